@@ -1,0 +1,145 @@
+"""Patient records as the client sees them (plaintext, never sent), and their validation.
+
+A record is ``{"kind", "created", "data"}`` serialised to JSON, then sealed by
+:mod:`rxfed.crypto.records`. The node stores only the sealed blob under a random id, so
+neither its size (padded) nor its URL reveals the kind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+import attrs
+
+from rxfed.errors import BadRequest
+
+KINDS = ("profile", "condition", "journal", "treatment", "observation")
+MAX_TEXT = 4000
+MAX_NAME = 120
+
+
+@attrs.frozen
+class Record:
+    id: str
+    version: int
+    kind: str
+    created: int
+    data: dict
+
+    def to_plaintext(self) -> bytes:
+        return json.dumps({"kind": self.kind, "created": self.created, "data": self.data},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_plaintext(cls, record_id: str, version: int, plaintext: bytes) -> Record:
+        doc = json.loads(plaintext)
+        return cls(record_id, version, doc["kind"], doc["created"], doc["data"])
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "version": self.version, "kind": self.kind, "created": self.created, "data": self.data}
+
+
+def _score(value: Any, what: str, lo: int = 0, hi: int = 10) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,6}\s*", value))
+    ):
+        raise BadRequest(f"{what} must be a whole number from {lo} to {hi}", code="out_of_range")
+    number = int(value)
+    if not lo <= number <= hi:
+        raise BadRequest(f"{what} must be from {lo} to {hi}, not {number}", code="out_of_range")
+    return number
+
+
+def _date(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError):
+        raise BadRequest(f"{what} must be a date like 2026-01-31", code="bad_date") from None
+
+
+def _text(value: str | None, what: str, limit: int = MAX_TEXT) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > limit or re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", value):
+        raise BadRequest(f"{what} must be at most {limit} printable characters", code="bad_text")
+    return value
+
+
+def condition(code: str, system: str = "icd10", label: str | None = None, onset: str | None = None) -> dict:
+    from rxfed.client.codes import normalise_code
+
+    if system not in ("icd10", "snomed"):
+        raise BadRequest("the code system must be icd10 or snomed", code="invalid_code")
+    return {"system": system, "code": normalise_code(system, code), "label": _text(label, "label", MAX_NAME),
+            "onset": _date(onset, "onset"), "abatement": None, "status": None, "source": None}
+
+
+def journal(*, symptoms: dict[str, Any] | None = None, feeling: Any = None, note: str | None = None,
+            questionnaires: list[dict] | None = None, date: str | None = None, today: dt.date | None = None) -> dict:
+    clean = {}
+    for name, value in (symptoms or {}).items():
+        key = _text(name, "symptom name", MAX_NAME)
+        if key is None:
+            raise BadRequest("a symptom needs a name, as NAME=0..10", code="bad_symptom")
+        clean[key.lower()] = _score(value, f"symptom {key!r}")
+    entry = {"date": _date(date, "date") or (today or dt.date.today()).isoformat(), "symptoms": clean,
+             "feeling": _score(feeling, "feeling"), "note": _text(note, "note"), "questionnaires": questionnaires or []}
+    if not clean and entry["feeling"] is None and entry["note"] is None and not entry["questionnaires"]:
+        raise BadRequest("a journal entry needs a symptom, a feeling, a note or a questionnaire", code="empty_entry")
+    return entry
+
+
+def treatment(name: str, *, dose: str | None = None, started: str | None = None, stopped: str | None = None,
+              efficacy: Any = None, side_effects: list[str] | None = None, adherence: Any = None) -> dict:
+    clean_name = _text(name, "treatment name", MAX_NAME)
+    if clean_name is None:
+        raise BadRequest("a treatment needs a name", code="bad_text")
+    started, stopped = _date(started, "started"), _date(stopped, "stopped")
+    if started and stopped and stopped < started:
+        raise BadRequest("a treatment cannot stop before it started", code="bad_date")
+    effects = [e for e in (_text(s, "side effect", MAX_NAME) for s in side_effects or []) if e]
+    return {"name": clean_name, "dose": _text(dose, "dose", MAX_NAME), "started": started, "stopped": stopped,
+            "efficacy": _score(efficacy, "efficacy"), "side_effects": effects,
+            "adherence": _score(adherence, "adherence"), "code": None, "status": None, "source": None}
+
+
+def summary(record: Record) -> str:
+    """One line for people: what a record says."""
+    d = record.data
+    if record.kind == "condition":
+        return f"{d['system'].upper()} {d['code']}" + (f" {d['label']}" if d.get("label") else "")
+    if record.kind == "treatment":
+        parts = [d["name"]]
+        if d.get("dose"):
+            parts.append(d["dose"])
+        if d.get("efficacy") is not None:
+            parts.append(f"efficacy {d['efficacy']}/10")
+        if d.get("side_effects"):
+            parts.append("side effects: " + ", ".join(d["side_effects"]))
+        return "; ".join(parts)
+    if record.kind == "journal":
+        parts = [d["date"]]
+        parts += [f"{k} {v}/10" for k, v in sorted(d.get("symptoms", {}).items())]
+        if d.get("feeling") is not None:
+            parts.append(f"feeling {d['feeling']}/10")
+        parts += [f"{q['instrument'].upper()} {q['total']} ({q['severity']})" for q in d.get("questionnaires", [])]
+        if d.get("note"):
+            parts.append(repr(d["note"]))
+        return "; ".join(parts)
+    if record.kind == "observation":
+        code = d.get("code") or {}
+        value = d.get("value")
+        return f"{code.get('display') or code.get('code')}: {value if value is not None else ''} {d.get('unit') or ''}".strip()
+    if record.kind == "profile":
+        return "patient profile (demographics from an import)"
+    return record.kind

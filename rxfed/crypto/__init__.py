@@ -1,0 +1,36 @@
+"""Cryptographic recipes for rxfed, composed from libsodium (PyNaCl) and pyca/cryptography.
+
+Only this package imports ``nacl`` or ``cryptography``. Everything here is a recipe built
+from library primitives; no primitive is implemented here. Each construction and its
+security argument is written down in ``spec/crypto.md``.
+"""
+
+from rxfed.crypto.encoding import b32_code, b64d, b64e
+from rxfed.crypto.errors import BadSignature, DecryptionFailed, WrongPassphrase
+from rxfed.crypto.keys import (
+    BoxKeyPair,
+    SigningKeyPair,
+    fingerprint,
+    hash_id,
+    random_bytes,
+    seal_to,
+    sha256,
+    verify_signature,
+)
+
+__all__ = [
+    "b32_code",
+    "b64d",
+    "b64e",
+    "BadSignature",
+    "DecryptionFailed",
+    "WrongPassphrase",
+    "BoxKeyPair",
+    "SigningKeyPair",
+    "fingerprint",
+    "hash_id",
+    "random_bytes",
+    "seal_to",
+    "sha256",
+    "verify_signature",
+]

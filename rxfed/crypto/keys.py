@@ -1,0 +1,100 @@
+"""Key pairs (Ed25519 signing, X25519 sealing), hashes and randomness."""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+import nacl.exceptions
+import nacl.hash
+import nacl.public
+import nacl.signing
+import nacl.utils
+
+from rxfed.crypto.encoding import b64e
+from rxfed.crypto.errors import BadSignature, DecryptionFailed
+
+
+def random_bytes(n: int) -> bytes:
+    """``n`` bytes from libsodium's CSPRNG."""
+    return nacl.utils.random(n)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def hash_id(data: bytes, *, person: bytes, size: int = 16) -> str:
+    """A short identifier derived from ``data``: BLAKE2b with a personalisation string, hex."""
+    return nacl.hash.blake2b(data, digest_size=size, person=person.ljust(16, b"\0")[:16]).decode()
+
+
+def fingerprint(public_key: bytes) -> str:
+    """Human-comparable fingerprint of a public key: ``SHA256:`` + base64url of its hash."""
+    return "SHA256:" + b64e(sha256(public_key))
+
+
+@attrs.frozen
+class SigningKeyPair:
+    """An Ed25519 key pair. ``seed`` is the 32-byte secret; it never appears in ``repr``."""
+
+    seed: bytes = attrs.field(repr=False)
+    _key: nacl.signing.SigningKey = attrs.field(repr=False, eq=False)
+
+    @classmethod
+    def generate(cls) -> SigningKeyPair:
+        key = nacl.signing.SigningKey.generate()
+        return cls(bytes(key), key)
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKeyPair:
+        return cls(seed, nacl.signing.SigningKey(seed))
+
+    @property
+    def public(self) -> bytes:
+        return bytes(self._key.verify_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte detached signature of ``message``."""
+        return self._key.sign(message).signature
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bytes:
+    """Return ``message`` if ``signature`` is valid for it under ``public_key``; else raise."""
+    try:
+        return nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError) as exc:
+        raise BadSignature() from exc
+
+
+@attrs.frozen
+class BoxKeyPair:
+    """An X25519 key pair used to receive sealed boxes (anonymous sender, authenticated by a
+    signature around them where the sender matters)."""
+
+    secret: bytes = attrs.field(repr=False)
+    _key: nacl.public.PrivateKey = attrs.field(repr=False, eq=False)
+
+    @classmethod
+    def generate(cls) -> BoxKeyPair:
+        key = nacl.public.PrivateKey.generate()
+        return cls(bytes(key), key)
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> BoxKeyPair:
+        return cls(secret, nacl.public.PrivateKey(secret))
+
+    @property
+    def public(self) -> bytes:
+        return bytes(self._key.public_key)
+
+    def open_sealed(self, sealed: bytes) -> bytes:
+        try:
+            return nacl.public.SealedBox(self._key).decrypt(sealed)
+        except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError) as exc:
+            raise DecryptionFailed() from exc
+
+
+def seal_to(public_key: bytes, message: bytes) -> bytes:
+    """Encrypt ``message`` to an X25519 public key (libsodium ``crypto_box_seal``)."""
+    return nacl.public.SealedBox(nacl.public.PublicKey(public_key)).encrypt(message)

@@ -1,0 +1,78 @@
+"""Errors that cross layers, each carrying an HTTP status hint and a stable code."""
+
+from __future__ import annotations
+
+
+class RxfedError(Exception):
+    """Base of every error rxfed raises on purpose.
+
+    ``status`` is a hint for the HTTP layer (like h11's ``error_status_hint``): the node maps
+    it to a response in one middleware. ``code`` is a stable machine-readable name that
+    clients and scripts may rely on; the message is for people and never contains secrets.
+    """
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_json(self) -> dict:
+        return {"error": self.code, "message": self.message}
+
+
+class BadRequest(RxfedError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(RxfedError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RxfedError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RxfedError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(RxfedError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(RxfedError):
+    status = 410
+    code = "gone"
+
+
+class PayloadTooLarge(RxfedError):
+    status = 413
+    code = "payload_too_large"
+
+
+class QuotaExceeded(RxfedError):
+    status = 413
+    code = "quota_exceeded"
+
+
+class RateLimited(RxfedError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(RxfedError):
+    status = 503
+    code = "unavailable"

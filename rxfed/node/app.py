@@ -1,0 +1,390 @@
+"""The node's aiohttp application: parse, check, call the store, reply.
+
+Handlers stay short: they read the body, authenticate the signature (protocol core), parse
+the body into a protocol object, call one store operation and answer JSON. Every error is
+an :class:`rxfed.errors.RxfedError` mapped to a JSON reply by one middleware; nothing a
+client sends can produce a stack trace in a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+import rxfed
+from rxfed.crypto import b64e, sha256
+from rxfed.errors import BadRequest, Forbidden, NotFound, RateLimited, RxfedError, Unauthorized
+from rxfed.node.config import NodeConfig, NodeKey
+from rxfed.node.guards import NonceWindow, RateLimiter
+from rxfed.plugins import RxfedPlugins
+from rxfed.protocol import vault as pv
+from rxfed.protocol.auth import SignedRequest
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.schema import b64, fields
+from rxfed.store import AuthKey, NewPatient, Nonce, Quota, Recovery, Store, StoredRecord
+
+log = logging.getLogger("rxfed.node")
+PROTOCOL_VERSIONS = ("1",)
+MAX_DEVICES = 32
+
+
+@attrs.define
+class NodeState:
+    config: NodeConfig
+    keys: list[NodeKey]
+    store: Store
+    plugins: RxfedPlugins
+    clock: Callable[[], float] = time.time
+    nonces: NonceWindow = attrs.Factory(NonceWindow)
+    limiter: RateLimiter = None
+    anonymous: RateLimiter = None
+    _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
+    _root_keys: dict[str, bytes] = attrs.Factory(dict)
+
+    def __attrs_post_init__(self) -> None:
+        lim = self.config.limits
+        self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
+        self.anonymous = RateLimiter(lim.anonymous_per_minute / 60.0, lim.anonymous_burst)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(self.config.limits.max_records, self.config.limits.max_vault_bytes)
+
+    async def auth_key(self, key: bytes) -> AuthKey | None:
+        found = self._auth_keys.get(key)
+        if found is None:
+            found = await self.store.auth_key(key)
+            if found is not None and len(self._auth_keys) < 200_000:
+                self._auth_keys[key] = found
+        return found
+
+    async def root_key(self, patient: str) -> bytes:
+        root = self._root_keys.get(patient)
+        if root is None:
+            account = await self.store.account(patient)
+            if account is None:
+                raise Unauthorized("unknown or erased account", code="unknown_account")
+            root = self._root_keys[patient] = account.root_key
+        return root
+
+    def forget_patient(self, patient: str) -> None:
+        self._root_keys.pop(patient, None)
+        for key in [k for k, a in self._auth_keys.items() if a.patient == patient]:
+            del self._auth_keys[key]
+
+
+NODE = web.AppKey("node", NodeState)
+routes = web.RouteTableDef()
+
+
+@attrs.frozen
+class Caller:
+    """An authenticated request: who signed it, its nonce and its parsed JSON body."""
+
+    auth: AuthKey
+    nonce: Nonce
+    body: Any
+    now: int
+
+    @property
+    def patient(self) -> str:
+        return self.auth.patient
+
+
+def _verify(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, raw: bytes) -> Nonce:
+    now = state.now()
+    window = state.config.limits.request_window_seconds
+    signed.verify(key, method=request.method, target=request.raw_path, destination=state.config.node_id,
+                  body=raw, now=now, window=window)
+    nonce = Nonce(signed.nonce, signed.created + window)
+    state.nonces.add(nonce, now)
+    return nonce
+
+
+def _json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    return loads(raw)
+
+
+async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",)) -> Caller:
+    state = request.app[NODE]
+    raw = await request.read()
+    signed = SignedRequest.from_headers(request.headers)
+    auth = await state.auth_key(signed.key)
+    if auth is None or auth.kind not in kinds:
+        raise Unauthorized("unknown signing key", code="unknown_key")
+    nonce = _verify(state, request, signed, signed.key, raw)
+    state.limiter.take(signed.key)
+    return Caller(auth, nonce, _json(raw), state.now())
+
+
+async def authenticate_new_device(request: web.Request, parse: Callable[[Any], Any], sign_key_of: Callable[[Any], bytes]):
+    """For requests signed by a key the node does not know yet (registration, enrolment):
+    the key comes from the root-signed certificate in the body."""
+    state = request.app[NODE]
+    state.anonymous.take(request.remote or "?")
+    raw = await request.read()
+    signed = SignedRequest.from_headers(request.headers)
+    obj = await parse(_json(raw))
+    if signed.key != sign_key_of(obj):
+        raise Unauthorized("the request must be signed by the device it enrols", code="bad_signature")
+    nonce = _verify(state, request, signed, signed.key, raw)
+    return obj, nonce
+
+
+def reply(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=canonical(data), status=status, content_type="application/json")
+
+
+# -- public --------------------------------------------------------------------------------
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return reply({"status": "ok"})
+
+
+@routes.get("/.well-known/rxfed")
+async def well_known(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    config = state.config
+    return reply({
+        "node_id": config.node_id,
+        "name": config.name,
+        "software": {"name": "rxfed", "version": rxfed.__version__},
+        "protocol_versions": list(PROTOCOL_VERSIONS),
+        "keys": [k.to_public_json() for k in state.keys],
+        "registration": config.registration,
+        "limits": {"max_body_bytes": config.limits.max_body_bytes, "max_records": config.limits.max_records,
+                   "max_vault_bytes": config.limits.max_vault_bytes,
+                   "request_window_seconds": config.limits.request_window_seconds},
+    })
+
+
+# -- patients ------------------------------------------------------------------------------
+
+
+def _recovery_row(setup: pv.RecoverySetup) -> Recovery:
+    return Recovery(setup.auth_key, canonical(setup.statement), setup.root_bundle, setup.keyring)
+
+
+def invite_hash(code: str) -> bytes:
+    return sha256(b"rxfed-invite|" + code.replace("-", "").strip().upper().encode())
+
+
+@routes.post("/v1/patients")
+async def register(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    mode = state.config.registration
+    if mode == "closed":
+        raise Forbidden("registration on this node is closed", code="registration_closed")
+
+    async def parse(obj):
+        return pv.Registration.from_json(obj)
+
+    reg, nonce = await authenticate_new_device(request, parse, lambda r: r.device.sign_key)
+    if mode == "invite" and not reg.invite:
+        raise Forbidden("this node registers patients by invitation; pass an invitation code", code="invite_required")
+    patient = pv.patient_id(reg.root_key)
+    await state.store.register_patient(
+        NewPatient(patient, reg.root_key, reg.device.device, reg.device.sign_key, canonical(reg.device.signed),
+                   reg.keyring, _recovery_row(reg.recovery)),
+        invite_hash=invite_hash(reg.invite) if mode == "invite" else None, nonce=nonce, now=state.now())
+    log.info("patient registered")
+    return reply({"patient": patient, "device": reg.device.device}, status=201)
+
+
+@routes.get("/v1/account")
+async def account(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    await state.store.check_signer(caller.patient, caller.auth.device)
+    acct = await state.store.account(caller.patient)
+    devices = await state.store.devices(caller.patient)
+    mine = next(d for d in devices if d.device == caller.auth.device)
+    recovery = await state.store.recovery(caller.patient)
+    return reply({
+        "patient": acct.patient,
+        "root_key": b64e(acct.root_key),
+        "created": acct.created,
+        "counter": acct.counter,
+        "records": acct.records,
+        "bytes": acct.bytes,
+        "quota": {"max_records": state.quota.max_records, "max_bytes": state.quota.max_bytes},
+        "devices": [{"device": d.device, "created": d.created, "revoked": d.revoked, "cert": loads(d.cert),
+                     "revocation": loads(d.revocation) if d.revocation else None} for d in devices],
+        "keyring": b64e(mine.keyring),
+        "recovery": loads(recovery.statement) if recovery else None,
+    })
+
+
+@routes.post("/v1/devices")
+async def enrol_device(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+
+    async def parse(obj):
+        patient = pv.DeviceEnrolment.claimed_patient(obj)
+        return pv.DeviceEnrolment.from_json(obj, await state.root_key(patient))
+
+    enrolment, nonce = await authenticate_new_device(request, parse, lambda e: e.device.sign_key)
+    cert = enrolment.device
+    active = [d for d in await state.store.devices(cert.patient) if d.revoked is None]
+    if len(active) >= MAX_DEVICES:
+        raise Forbidden(f"at most {MAX_DEVICES} active devices; revoke one first", code="too_many_devices")
+    await state.store.enrol_device(cert.patient, device=cert.device, sign_key=cert.sign_key,
+                                   cert=canonical(cert.signed), keyring=enrolment.keyring, nonce=nonce, now=state.now())
+    return reply({"patient": cert.patient, "device": cert.device}, status=201)
+
+
+@routes.post("/v1/devices/revoke")
+async def revoke_device(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    revocation = pv.DeviceRevocation.from_json(caller.body, await state.root_key(caller.patient))
+    await state.store.revoke_device(caller.patient, signer=caller.auth.device, device=revocation.device,
+                                    revocation=canonical(revocation.signed), keyrings=revocation.keyrings,
+                                    recovery_keyring=revocation.recovery_keyring, nonce=caller.nonce, now=caller.now)
+    return reply({"revoked": revocation.device})
+
+
+@routes.put("/v1/recovery")
+async def set_recovery(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    setup = pv.RecoverySetup.from_json(caller.body, "recovery", await state.root_key(caller.patient))
+    await state.store.set_recovery(caller.patient, signer=caller.auth.device, recovery=_recovery_row(setup),
+                                   nonce=caller.nonce)
+    state.forget_patient(caller.patient)  # the old recovery key must stop working at once
+    return reply({"updated": True})
+
+
+@routes.post("/v1/recovery/bundle")
+async def recovery_bundle(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    state.anonymous.take(request.remote or "?")
+    caller = await authenticate(request, kinds=("recovery",))
+    found = await state.store.recovery_by_key(caller.auth.key)
+    if found is None:
+        raise Unauthorized("unknown recovery key", code="unknown_key")
+    patient, root_key, recovery = found
+    return reply({"patient": patient, "root_key": b64e(root_key), "statement": loads(recovery.statement),
+                  "root_bundle": b64e(recovery.root_bundle), "keyring": b64e(recovery.keyring)})
+
+
+@routes.post("/v1/account/erase")
+async def erase_account(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    f = fields(caller.body, "erase", {"tombstone": lambda v, w: v})
+    pv.parse_tombstone(f["tombstone"], "erase.tombstone", await state.root_key(caller.patient))
+    await state.store.erase_patient(caller.patient, signer=caller.auth.device, tombstone=canonical(f["tombstone"]),
+                                    nonce=caller.nonce, now=caller.now)
+    state.forget_patient(caller.patient)
+    log.info("patient account erased")
+    return reply({"erased": True, "patient": caller.patient})
+
+
+# -- vault ---------------------------------------------------------------------------------
+
+
+@routes.get("/v1/vault")
+async def get_vault(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    vault = await state.store.vault(caller.patient, caller.auth.device)
+    return reply({
+        "manifest": loads(vault.manifest) if vault.manifest else None,
+        "records": [{"id": r.id, "version": r.version, "blob": b64e(r.blob)} for r in vault.records],
+    })
+
+
+@routes.post("/v1/vault")
+async def commit(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    change = pv.Commit.from_json(caller.body, await state.root_key(caller.patient))
+    counter = await state.store.commit(
+        caller.patient, signer=caller.auth.device, counter=change.manifest.counter,
+        manifest=canonical(change.manifest.signed),
+        puts=[StoredRecord(p.id, p.version, p.blob) for p in change.puts],
+        deletes=[(d.id, d.version) for d in change.deletes], quota=state.quota, nonce=caller.nonce)
+    return reply({"counter": counter})
+
+
+# -- the application -----------------------------------------------------------------------
+
+
+def _error_reply(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.Response(body=canonical({"error": code, "message": message}), status=status,
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RateLimited as exc:
+        return _error_reply(exc.status, exc.code, exc.message, {"Retry-After": str(max(1, round(exc.retry_after)))})
+    except RxfedError as exc:
+        return _error_reply(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
+        return _error_reply(exc.status, code, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Never a traceback to the client; the log gets the exception type and location
+        # (the node holds no plaintext, so nothing in it can leak a patient's data).
+        log.exception("internal error handling %s %s", request.method, request.path)
+        return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
+
+
+async def _store_ctx(app: web.Application):
+    state = app[NODE]
+    await state.store.open()
+    state.nonces.load(await state.store.load_nonces(state.now()))
+
+    async def prune():
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await state.store.prune_nonces(state.now())
+            except RxfedError as exc:
+                log.warning("pruning nonces failed: %s", exc.message)
+
+    task = asyncio.create_task(prune())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await state.store.close()
+
+
+def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins | None = None,
+               store: Store | None = None, clock: Callable[[], float] = time.time) -> web.Application:
+    """The node application. The store is opened and closed with the application."""
+    if plugins is None:
+        plugins = RxfedPlugins(disabled=config.disabled_plugins)
+    if store is None:
+        options = dict(config.storage)
+        backend = plugins.storage_backend(options.pop("backend", "sqlite"))
+        store = backend.open(config.data_dir, options)
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    app[NODE] = NodeState(config, keys, store, plugins, clock)
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_store_ctx)
+    return app

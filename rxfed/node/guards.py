@@ -1,0 +1,53 @@
+"""In-memory guards of the request path: the replay window and rate limits."""
+
+from __future__ import annotations
+
+import time
+
+from rxfed.errors import RateLimited
+from rxfed.store import Nonce, Replayed
+
+
+class NonceWindow:
+    """Nonces seen inside the signature window. Write operations also persist their nonce in
+    the same transaction as the write, and a restarted node reloads them from the store."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, int] = {}
+        self._next_prune = 0
+
+    def add(self, nonce: Nonce, now: int) -> None:
+        if now >= self._next_prune:
+            self._seen = {n: e for n, e in self._seen.items() if e >= now}
+            self._next_prune = now + 30
+        if nonce.value in self._seen:
+            raise Replayed()
+        self._seen[nonce.value] = nonce.expires
+
+    def load(self, nonces: list[Nonce]) -> None:
+        for n in nonces:
+            self._seen[n.value] = n.expires
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class RateLimiter:
+    """Token buckets by key: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: int, *, clock=time.monotonic, max_keys: int = 100_000):
+        self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
+        self._buckets: dict[object, tuple[float, float]] = {}
+
+    def take(self, key: object) -> None:
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            raise RateLimited("too many requests; slow down", retry_after=(1.0 - tokens) / self.rate)
+        if len(self._buckets) >= self.max_keys and key not in self._buckets:
+            # Forget buckets that have refilled completely: they carry no state.
+            full = [k for k, (t, ts) in self._buckets.items() if t + (now - ts) * self.rate >= self.burst]
+            for k in full:
+                del self._buckets[k]
+        self._buckets[key] = (tokens - 1.0, now)

@@ -1,0 +1,113 @@
+"""Canonical JSON (the integer-only subset of RFC 8785 / JCS) and a strict parser.
+
+Canonical form: UTF-8, no insignificant whitespace, object keys sorted by their UTF-16 code
+units, strings escaped as ECMAScript ``JSON.stringify`` does, integers only and within
++/-(2**53 - 1). Floats, NaN, duplicate keys and non-string keys are refused, so every value
+has exactly one encoding and signatures over it are unambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rxfed.errors import BadRequest
+
+MAX_SAFE_INTEGER = 2**53 - 1
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+class CanonicalError(BadRequest):
+    code = "bad_json"
+
+
+def _string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch < " ":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise CanonicalError("integer out of the safe range")
+        out.append(str(value))
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, (list, tuple)):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    elif isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise CanonicalError("object keys must be strings")
+        out.append("{")
+        for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be"))):
+            if i:
+                out.append(",")
+            out.append(_string(key))
+            out.append(":")
+            _encode(value[key], out)
+        out.append("}")
+    else:
+        raise CanonicalError(f"{type(value).__name__} has no canonical JSON form")
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical UTF-8 bytes of ``value``."""
+    out: list[str] = []
+    _encode(value, out)
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalError("strings must be valid Unicode (no lone surrogates)") from exc
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise CanonicalError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_float(text: str) -> Any:
+    raise CanonicalError("numbers must be integers")
+
+
+def _no_constant(text: str) -> Any:
+    raise CanonicalError(f"{text} is not JSON")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON strictly: duplicate keys, floats, NaN and non-UTF-8 are refused."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        value = json.loads(
+            data, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant
+        )
+    except CanonicalError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise CanonicalError("malformed JSON") from exc
+    canonical(value)  # range and surrogate checks
+    return value

@@ -1,0 +1,199 @@
+"""The storage interface every backend implements (SQLite built in; PostgreSQL to follow).
+
+A store speaks in domain operations, each atomic: it either applies completely or raises
+and changes nothing. Every write operation takes the request's nonce, persisted in the same
+transaction, so a replayed write is refused even after a restart. Backends are plugins
+chosen by configured name (see ``rxfed.hookspecs.rxfed_storage_backends``) and must pass
+``tests/store/contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import attrs
+
+from rxfed.errors import Unauthorized
+
+
+class Replayed(Unauthorized):
+    code = "replayed_request"
+
+    def __init__(self, message: str = "this request was already received (replay)"):
+        super().__init__(message)
+
+
+@attrs.frozen
+class Nonce:
+    """A request nonce and when it may be forgotten (the end of its signature window)."""
+
+    value: bytes
+    expires: int
+
+
+@attrs.frozen
+class AuthKey:
+    """What a public key that signs requests stands for. Immutable facts only: whether a
+    device is revoked is checked by every operation, inside its transaction."""
+
+    key: bytes
+    kind: str  # "device" or "recovery"
+    patient: str
+    device: str | None
+
+
+@attrs.frozen
+class Account:
+    patient: str
+    root_key: bytes
+    created: int
+    counter: int
+    records: int
+    bytes: int
+
+
+@attrs.frozen
+class Device:
+    device: str
+    patient: str
+    cert: bytes
+    keyring: bytes = attrs.field(repr=False)
+    created: int
+    revoked: int | None
+    revocation: bytes | None
+
+
+@attrs.frozen
+class StoredRecord:
+    id: str
+    version: int
+    blob: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Vault:
+    manifest: bytes | None
+    records: tuple[StoredRecord, ...]
+
+
+@attrs.frozen
+class Quota:
+    max_records: int
+    max_bytes: int
+
+
+@attrs.frozen
+class Recovery:
+    """What restores a patient's access from a recovery code (all opaque to the node but
+    ``auth_key``, which authenticates the request for the rest)."""
+
+    auth_key: bytes
+    statement: bytes
+    root_bundle: bytes = attrs.field(repr=False)
+    keyring: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class NewPatient:
+    patient: str
+    root_key: bytes
+    device: str
+    device_sign_key: bytes
+    device_cert: bytes
+    keyring: bytes = attrs.field(repr=False)
+    recovery: Recovery
+
+
+class Store(abc.ABC):
+    """One node's persistent state. All methods are coroutines; all writes are durable
+    (fsynced) before they return."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- node ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    async def add_invites(self, code_hashes: list[bytes], now: int) -> None: ...
+
+    @abc.abstractmethod
+    async def open_invites(self) -> int:
+        """How many invitation codes are still unused."""
+
+    @abc.abstractmethod
+    async def load_nonces(self, now: int) -> list[Nonce]:
+        """Nonces still inside their window, so a restarted node keeps refusing replays."""
+
+    @abc.abstractmethod
+    async def prune_nonces(self, now: int) -> int: ...
+
+    # -- patients --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def register_patient(self, new: NewPatient, *, invite_hash: bytes | None, nonce: Nonce, now: int) -> None:
+        """Create a patient with one device. With ``invite_hash``, consume that unused
+        invitation in the same transaction (Forbidden if unknown or used). Conflict if the
+        root or device key is registered; Gone if the patient erased their account."""
+
+    @abc.abstractmethod
+    async def auth_key(self, key: bytes) -> AuthKey | None: ...
+
+    @abc.abstractmethod
+    async def account(self, patient: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def devices(self, patient: str) -> list[Device]: ...
+
+    @abc.abstractmethod
+    async def enrol_device(self, patient: str, *, device: str, sign_key: bytes, cert: bytes, keyring: bytes,
+                           nonce: Nonce, now: int) -> None: ...
+
+    @abc.abstractmethod
+    async def revoke_device(self, patient: str, *, signer: str | None, device: str, revocation: bytes,
+                            keyrings: dict[str, bytes], recovery_keyring: bytes, nonce: Nonce, now: int) -> None:
+        """Mark ``device`` revoked, replace the keyring of every remaining device and of the
+        recovery key (all now hold the rotated vault key); the set of ``keyrings`` must be
+        exactly the remaining devices (Conflict otherwise)."""
+
+    @abc.abstractmethod
+    async def set_recovery(self, patient: str, *, signer: str, recovery: Recovery, nonce: Nonce) -> None:
+        """Replace the patient's recovery key (the old one stops working at once)."""
+
+    @abc.abstractmethod
+    async def recovery(self, patient: str) -> Recovery | None: ...
+
+    @abc.abstractmethod
+    async def recovery_by_key(self, auth_key: bytes) -> tuple[str, bytes, Recovery] | None:
+        """(patient, root key, recovery) for a recovery auth key."""
+
+    @abc.abstractmethod
+    async def check_signer(self, patient: str, device: str | None) -> None:
+        """Raise Unauthorized unless the patient exists and ``device`` (if given) is one of
+        their devices that is not revoked."""
+
+    # -- vault -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
+                     puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
+                     nonce: Nonce) -> int:
+        """Apply one vault change atomically. ``counter`` must be the stored counter plus
+        one; a put's version must be one more than the stored one (1 for a new record); a
+        delete's version must match. Conflict on any mismatch, QuotaExceeded past the quota."""
+
+    @abc.abstractmethod
+    async def vault(self, patient: str, device: str | None) -> Vault: ...
+
+    @abc.abstractmethod
+    async def erase_patient(self, patient: str, *, signer: str, tombstone: bytes, nonce: Nonce, now: int) -> None:
+        """Delete every record, device and key of the patient so that no byte of their
+        ciphertext stays in the database files, and keep the signed tombstone."""
+
+    @abc.abstractmethod
+    async def tombstone(self, patient: str) -> bytes | None: ...

@@ -1,0 +1,41 @@
+"""The patient vault end to end: register, write, read back, recover, revoke, erase."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import MARKER, PASSPHRASE
+from rxfed.client import PatientClient
+from rxfed.client.sdk import NodeRefused
+
+
+async def test_records_round_trip(make_patient):
+    patient = await make_patient()
+    await patient.add_condition("G40.909", "icd10", label=f"epilepsy {MARKER}")
+    await patient.add_journal(symptoms={"headache": 4}, feeling=6, note=f"slept badly {MARKER}")
+    await patient.add_treatment("levetiracetam", dose="500 mg", efficacy=7, side_effects=["tiredness"])
+    records = await patient.records()
+    assert [r.kind for r in records] == ["treatment", "journal", "condition"]
+    assert records[2].data["code"] == "G40.909"
+    assert records[1].data["symptoms"] == {"headache": 4}
+
+
+async def test_recover_on_new_device_then_revoke_old(make_patient, node, tmp_path):
+    patient = await make_patient()
+    await patient.add_condition("E11.9")
+    new = await PatientClient.recover(node.url, tmp_path / "new-device", patient.recovery_code, PASSPHRASE, kdf="min")
+    async with new:
+        assert [r.data["code"] for r in await new.records()] == ["E11.9"]
+        await new.revoke_device(patient.device)
+        await new.add_condition("I10")
+        assert {r.data["code"] for r in await new.records()} == {"E11.9", "I10"}
+    with pytest.raises(NodeRefused) as info:
+        await patient.records()
+    assert info.value.code == "revoked_device"
+
+
+async def test_erase_account(make_patient, node):
+    patient = await make_patient()
+    await patient.add_condition("E11.9")
+    result = await patient.erase_account()
+    assert result["erased"] is True
