@@ -284,7 +284,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     def lines():
         if not found:
             return ["no records yet"]
-        return [f"{dt.datetime.fromtimestamp(r.created, dt.timezone.utc):%Y-%m-%d}  {r.kind:<11} {summary(r)}"
+        return [f"{r.created[:10]}  {r.kind:<11} {summary(r)}"
                 for r in found]
 
     Output(args.json).result({"records": [r.to_json() for r in found]}, lines)

@@ -26,7 +26,8 @@ class Record:
     id: str
     version: int
     kind: str
-    created: int
+    #: When the record was written, ISO 8601 UTC with microseconds (sorts as text).
+    created: str
     data: dict
 
     def to_plaintext(self) -> bytes:
@@ -40,6 +41,10 @@ class Record:
 
     def to_json(self) -> dict:
         return {"id": self.id, "version": self.version, "kind": self.kind, "created": self.created, "data": self.data}
+
+
+def timestamp(unix: float) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _score(value: Any, what: str, lo: int = 0, hi: int = 10) -> int | None:

@@ -354,8 +354,10 @@ class PatientClient:
 
     async def add_records(self, items: list[tuple[str, dict]]) -> list[Record]:
         """Encrypt and store new records (in chunks, each an atomic commit)."""
-        now = self._now()
-        new = [Record(random_bytes(16).hex(), 1, kind, now, data) for kind, data in items]
+        now = self.clock()
+        # One microsecond apart, so "newest first" keeps the order they were given in.
+        new = [Record(random_bytes(16).hex(), 1, kind, rec.timestamp(now + i / 1e6), data)
+               for i, (kind, data) in enumerate(items)]
         for attempt in range(2):
             state = await self._load()
             try:
@@ -368,6 +370,12 @@ class PatientClient:
                     raise
                 new = [r for r in new if r.id not in state.entries]
         return new  # pragma: no cover
+
+    async def open_vault(self) -> OpenVault:
+        """Load and verify the vault once, then write record after record without reloading
+        it (for bulk writers; another device writing meanwhile makes the next write fail with
+        ``stale_manifest``, after which open the vault again)."""
+        return OpenVault(self, await self._load())
 
     async def add_record(self, kind: str, data: dict) -> Record:
         return (await self.add_records([(kind, data)]))[0]
@@ -439,3 +447,20 @@ class PatientClient:
         if remove_profile:
             self.profile.remove()
         return result
+
+
+class OpenVault:
+    """A verified vault kept in memory between writes; see :meth:`PatientClient.open_vault`."""
+
+    def __init__(self, client: PatientClient, state: VaultState):
+        self.client = client
+        self.state = state
+
+    @property
+    def counter(self) -> int:
+        return self.state.counter
+
+    async def add(self, kind: str, data: dict) -> Record:
+        record = Record(random_bytes(16).hex(), 1, kind, rec.timestamp(self.client.clock()), data)
+        self.state = await self.client._commit(self.state, [record])
+        return record

@@ -239,11 +239,15 @@ class SQLiteStore(Store):
 
         def run():
             conn = self._reader_conn()
-            conn.execute("BEGIN")
             try:
-                return fn(conn, *args)
-            finally:
-                conn.execute("COMMIT")
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn, *args)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.error("store read failed: %s: %s", type(exc).__name__, exc)
+                raise Unavailable("the store could not be read; try again") from None
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 

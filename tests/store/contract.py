@@ -1,0 +1,162 @@
+"""The contract every storage backend passes. Backends are parametrised in conftest."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rxfed.errors import Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized
+from rxfed.store import NewPatient, Nonce, Quota, Recovery, Replayed, StoredRecord
+
+QUOTA = Quota(max_records=10, max_bytes=10_000)
+_nonce = iter(range(10**9))
+
+
+def nonce() -> Nonce:
+    return Nonce(next(_nonce).to_bytes(16, "big"), 2**40)
+
+
+def new_patient(n: int) -> NewPatient:
+    b = bytes([n]) * 32
+    return NewPatient(f"{n:032x}", b, f"d{n:031x}", b[:31] + b"d", b"cert", b"keyring",
+                      Recovery(b[:31] + b"r", b"statement", b"root-bundle", b"recovery-keyring"))
+
+
+async def register(store, n: int, **kw) -> NewPatient:
+    p = new_patient(n)
+    await store.register_patient(p, invite_hash=kw.get("invite"), nonce=nonce(), now=1000)
+    return p
+
+
+async def commit(store, p: NewPatient, counter: int, puts=(), deletes=(), quota=QUOTA, n=None):
+    return await store.commit(p.patient, signer=p.device, counter=counter, manifest=b"m%d" % counter,
+                              puts=list(puts), deletes=list(deletes), quota=quota, nonce=n or nonce())
+
+
+class StoreContract:
+    """Subclass with a ``store`` fixture yielding an opened, empty store."""
+
+    async def test_register_and_lookup(self, store):
+        p = await register(store, 1)
+        key = await store.auth_key(p.device_sign_key)
+        assert (key.kind, key.patient, key.device) == ("device", p.patient, p.device)
+        rkey = await store.auth_key(p.recovery.auth_key)
+        assert (rkey.kind, rkey.patient) == ("recovery", p.patient)
+        assert await store.auth_key(b"x" * 32) is None
+        account = await store.account(p.patient)
+        assert (account.counter, account.records, account.root_key) == (0, 0, p.root_key)
+
+    async def test_register_twice_conflicts(self, store):
+        await register(store, 1)
+        with pytest.raises(Conflict):
+            await register(store, 1)
+
+    async def test_invites_are_single_use(self, store):
+        await store.add_invites([b"h" * 32], now=1)
+        assert await store.open_invites() == 1
+        await register(store, 1, invite=b"h" * 32)
+        assert await store.open_invites() == 0
+        with pytest.raises(Forbidden):
+            await register(store, 2, invite=b"h" * 32)
+        assert await store.account(new_patient(2).patient) is None
+
+    async def test_replayed_nonce_refused_and_nothing_changes(self, store):
+        p = await register(store, 1)
+        n = nonce()
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"blob")], n=n)
+        with pytest.raises(Replayed):
+            await commit(store, p, 2, [StoredRecord("b" * 32, 1, b"blob")], n=n)
+        assert [r.id for r in (await store.vault(p.patient, p.device)).records] == ["a" * 32]
+        assert n.value in {x.value for x in await store.load_nonces(now=0)}
+
+    async def test_commit_versions_and_counter(self, store):
+        p = await register(store, 1)
+        rid = "a" * 32
+        assert await commit(store, p, 1, [StoredRecord(rid, 1, b"v1")]) == 1
+        with pytest.raises(Conflict):  # stale counter
+            await commit(store, p, 1, [StoredRecord(rid, 2, b"v2")])
+        with pytest.raises(Conflict):  # skipped version
+            await commit(store, p, 2, [StoredRecord(rid, 3, b"v3")])
+        assert await commit(store, p, 2, [StoredRecord(rid, 2, b"v2")]) == 2
+        vault = await store.vault(p.patient, p.device)
+        assert [(r.id, r.version, r.blob) for r in vault.records] == [(rid, 2, b"v2")]
+        assert vault.manifest == b"m2"
+        assert await commit(store, p, 3, deletes=[(rid, 2)]) == 3
+        account = await store.account(p.patient)
+        assert (account.records, account.bytes, account.counter) == (0, 0, 3)
+
+    async def test_failed_commit_changes_nothing(self, store):
+        p = await register(store, 1)
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")])
+        with pytest.raises(Conflict):  # the second put is stale, so the first must not land
+            await commit(store, p, 2, [StoredRecord("b" * 32, 1, b"y"), StoredRecord("a" * 32, 5, b"z")])
+        vault = await store.vault(p.patient, p.device)
+        assert [(r.id, r.blob) for r in vault.records] == [("a" * 32, b"x")]
+        assert (await store.account(p.patient)).counter == 1
+
+    async def test_quota(self, store):
+        p = await register(store, 1)
+        with pytest.raises(QuotaExceeded):
+            await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x" * 20_000)])
+        puts = [StoredRecord(f"{i:032x}", 1, b"x") for i in range(11)]
+        with pytest.raises(QuotaExceeded):
+            await commit(store, p, 1, puts)
+        assert (await store.account(p.patient)).records == 0
+
+    async def test_patients_are_isolated(self, store):
+        a, b = await register(store, 1), await register(store, 2)
+        await commit(store, a, 1, [StoredRecord("a" * 32, 1, b"secret-a")])
+        with pytest.raises(Unauthorized):  # b's device cannot sign for a
+            await store.commit(a.patient, signer=b.device, counter=2, manifest=b"m", puts=[], deletes=[],
+                               quota=QUOTA, nonce=nonce())
+        with pytest.raises(Unauthorized):
+            await store.vault(a.patient, b.device)
+        assert (await store.vault(b.patient, b.device)).records == ()
+
+    async def test_revoke_device_rotates_keyrings(self, store):
+        p = await register(store, 1)
+        await store.enrol_device(p.patient, device="e" * 32, sign_key=b"e" * 32, cert=b"c2", keyring=b"k2",
+                                 nonce=nonce(), now=2000)
+        with pytest.raises(Conflict):  # keyrings must match the remaining devices exactly
+            await store.revoke_device(p.patient, signer="e" * 32, device=p.device, revocation=b"r",
+                                      keyrings={}, recovery_keyring=b"rk", nonce=nonce(), now=3000)
+        await store.revoke_device(p.patient, signer="e" * 32, device=p.device, revocation=b"r",
+                                  keyrings={"e" * 32: b"k3"}, recovery_keyring=b"rk2", nonce=nonce(), now=3000)
+        devices = {d.device: d for d in await store.devices(p.patient)}
+        assert devices[p.device].revoked == 3000 and devices["e" * 32].keyring == b"k3"
+        assert (await store.recovery(p.patient)).keyring == b"rk2"
+        with pytest.raises(Unauthorized):
+            await commit(store, p, 1)
+        with pytest.raises(Unauthorized):
+            await store.check_signer(p.patient, p.device)
+
+    async def test_recovery_rotation(self, store):
+        p = await register(store, 1)
+        await store.set_recovery(p.patient, signer=p.device, recovery=Recovery(b"n" * 32, b"s", b"rb", b"rk"),
+                                 nonce=nonce())
+        assert await store.recovery_by_key(p.recovery.auth_key) is None
+        patient, root, rec = await store.recovery_by_key(b"n" * 32)
+        assert (patient, root, rec.root_bundle) == (p.patient, p.root_key, b"rb")
+
+    async def test_erase(self, store):
+        p = await register(store, 1)
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"to-be-erased")])
+        await store.erase_patient(p.patient, signer=p.device, tombstone=b"tomb", nonce=nonce(), now=5)
+        assert await store.account(p.patient) is None
+        assert await store.auth_key(p.device_sign_key) is None
+        assert await store.tombstone(p.patient) == b"tomb"
+        with pytest.raises(Gone):
+            await register(store, 1)
+
+    async def test_concurrent_commits_are_serialised(self, store):
+        p = await register(store, 1)
+        results = await asyncio.gather(
+            *(commit(store, p, 1, [StoredRecord(f"{i:032x}", 1, b"x")]) for i in range(8)), return_exceptions=True)
+        assert sum(r == 1 for r in results) == 1
+        assert all(isinstance(r, Conflict) for r in results if r != 1)
+
+    async def test_prune_nonces(self, store):
+        await register(store, 1)
+        await store.prune_nonces(now=2**41)
+        assert await store.load_nonces(now=0) == []

@@ -1,0 +1,205 @@
+"""The ``rxfed`` command as people and scripts use it: stdout, stderr, exit codes, --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rxfed.testing import free_port
+
+FHIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fhir"
+ENV = {**os.environ, "RXFED_PASSPHRASE": "cli pass phrase", "RXFED_KDF": "min"}
+
+
+def rxfed(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rxfed", *args], capture_output=True, text=True,
+                          env=env or ENV, input=input, timeout=60, stdin=None if input is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def node_url(tmp_path_factory):
+    data = tmp_path_factory.mktemp("cli") / "node"
+    port = free_port()
+    init = rxfed("node", "init", str(data), "--name", "CLI test node", "--port", str(port), "--json")
+    assert init.returncode == 0, init.stderr
+    doc = json.loads(init.stdout)
+    assert doc["node_id"] == f"127.0.0.1:{port}" and doc["fingerprint"].startswith("SHA256:")
+    assert (data / "node-keys.json").stat().st_mode & 0o777 == 0o600
+    config = (data / "rxfed.toml").read_text()
+    (data / "rxfed.toml").write_text(config.replace("anonymous_per_minute = 30.0", "anonymous_per_minute = 6000.0"))
+    proc = subprocess.Popen([sys.executable, "-m", "rxfed", "node", "run", str(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("node did not start: " + proc.stderr.read().decode())
+    yield url
+    proc.terminate()
+    proc.wait(20)
+    log = (data / "node.log").read_text()
+    assert "MARKERCLI" not in log and "Traceback" not in log
+
+
+class ProfilePath(type(Path())):
+    recovery_code: str
+    patient: str
+
+
+@pytest.fixture
+def profile(node_url, tmp_path):
+    path = ProfilePath(tmp_path / "profile")
+    out = rxfed("patient", "register", "--node", node_url, "--profile", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"patient", "device", "recovery_code", "node"}
+    path.recovery_code = doc["recovery_code"]
+    path.patient = doc["patient"]
+    return path
+
+
+def test_register_prints_id_last(node_url, tmp_path):
+    out = rxfed("patient", "register", "--node", node_url, "--profile", str(tmp_path / "p"))
+    assert out.returncode == 0
+    lines = out.stdout.strip().splitlines()
+    assert len(lines[-1]) == 32 and "recovery code" in out.stdout
+    assert "tests only" in out.stderr  # the min KDF warning
+
+
+def test_records_and_show(profile):
+    p = str(profile)
+    assert rxfed("patient", "condition", "add", "--profile", p, "e119", "--label", "MARKERCLI").returncode == 0
+    out = rxfed("patient", "journal", "add", "--profile", p, "--symptom", "pain=4", "--feeling", "6",
+                "--phq9", "1,1,0,0,1,0,0,0,1", "--country", "GB")
+    assert out.returncode == 0, out.stderr
+    assert "116 123" in out.stderr and "Pfizer" in out.stderr  # item 9 > 0: crisis resources; attribution
+    out = rxfed("patient", "treatment", "add", "--profile", p, "metformin", "--dose", "500 mg", "--efficacy", "7",
+                "--side-effect", "nausea", "--started", "2025-01-02", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["kind"] == "treatment"
+    out = rxfed("patient", "show", "--profile", p, "--json")
+    records = json.loads(out.stdout)["records"]
+    assert [r["kind"] for r in records] == ["treatment", "journal", "condition"]
+    assert records[2]["data"]["code"] == "E11.9"
+    assert records[1]["data"]["questionnaires"][0]["total"] == 4
+    human = rxfed("patient", "show", "--profile", p).stdout
+    assert "ICD10 E11.9 MARKERCLI" in human
+
+
+@pytest.mark.parametrize("args", [
+    ["patient", "condition", "add", "X"],
+    ["patient", "journal", "add", "--feeling", "12"],
+    ["patient", "journal", "add", "--symptom", "pain"],
+    ["patient", "journal", "add", "--phq9", "1,2"],
+    ["patient", "treatment", "add", "x", "--adherence", "high"],
+])
+def test_bad_usage_exits_2(profile, args):
+    out = rxfed(*args[:3], "--profile", str(profile), *args[3:])
+    assert out.returncode == 2, out
+    assert out.stdout == "" and out.stderr.startswith("rxfed: error:")
+
+
+def test_no_passphrase_without_terminal_exits_2(profile):
+    env = {k: v for k, v in ENV.items() if k != "RXFED_PASSPHRASE"}
+    out = rxfed("patient", "show", "--profile", str(profile), env=env)
+    assert out.returncode == 2 and "RXFED_PASSPHRASE" in out.stderr
+
+
+def test_wrong_passphrase_exits_1(profile):
+    out = rxfed("patient", "show", "--profile", str(profile), env={**ENV, "RXFED_PASSPHRASE": "nope"})
+    assert out.returncode == 1 and "passphrase" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unreachable_node_exits_1(tmp_path):
+    out = rxfed("patient", "register", "--node", f"http://127.0.0.1:{free_port()}", "--profile", str(tmp_path / "x"))
+    assert out.returncode == 1 and "cannot reach" in out.stderr
+    assert not (tmp_path / "x" / "keys.json").exists()
+
+
+def test_argparse_usage_exits_2():
+    assert rxfed("patient").returncode == 2
+    assert rxfed("nonsense").returncode == 2
+
+
+def test_devices_recover_rotate_passphrase(profile, node_url, tmp_path):
+    new = tmp_path / "new"
+    env = {**ENV, "RXFED_RECOVERY_CODE": profile.recovery_code}
+    out = rxfed("patient", "recover", "--node", node_url, "--profile", str(new), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["patient"] == profile.patient
+    devices = json.loads(rxfed("patient", "devices", "list", "--profile", str(new), "--json").stdout)["devices"]
+    assert len(devices) == 2 and all(d["verified"] for d in devices)
+    old = next(d["device"] for d in devices if not d["current"])
+    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new)).returncode == 0
+    assert rxfed("patient", "show", "--profile", str(profile)).returncode == 1  # revoked device is refused
+    rotated = rxfed("patient", "recovery-code", "rotate", "--profile", str(new), "--json")
+    assert rotated.returncode == 0
+    env = {**ENV, "RXFED_RECOVERY_CODE": profile.recovery_code}
+    stale = rxfed("patient", "recover", "--node", node_url, "--profile", str(tmp_path / "again"), env=env)
+    assert stale.returncode == 1  # the old code stopped working
+    out = rxfed("patient", "passphrase", "--profile", str(new), env={**ENV, "RXFED_NEW_PASSPHRASE": "another one"})
+    assert out.returncode == 0
+    assert rxfed("patient", "show", "--profile", str(new), env={**ENV, "RXFED_PASSPHRASE": "another one"}).returncode == 0
+
+
+def test_delete_account(profile):
+    assert rxfed("patient", "delete-account", "--profile", str(profile)).returncode == 2  # needs --yes without a tty
+    out = rxfed("patient", "delete-account", "--profile", str(profile), "--yes", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["erased"] is True
+    assert not (profile / "keys.json").exists()
+
+
+@pytest.mark.skipif(not FHIR.is_dir(), reason="shared/data/fhir not present")
+def test_fhir_import_export(profile, tmp_path):
+    src = next(FHIR.glob("Alberto*.json"))
+    out = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(src), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["imported"]["condition"] == 3 and doc["imported"]["treatment"] == 2
+    dest = tmp_path / "out.json"
+    out = rxfed("patient", "export", "--profile", str(profile), "--fhir", str(dest))
+    assert out.returncode == 0, out.stderr
+    bundle = json.loads(dest.read_text())
+    types = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert {"Patient", "Condition", "MedicationStatement", "Observation"} <= types
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"resourceType": "Patient"}')
+    out = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_invite_only_node(tmp_path):
+    data = tmp_path / "inv"
+    port = free_port()
+    assert rxfed("node", "init", str(data), "--name", "inv", "--port", str(port), "--registration", "invite").returncode == 0
+    out = rxfed("node", "invite", str(data), "--count", "2", "--json")
+    codes = json.loads(out.stdout)["codes"]
+    assert len(codes) == 2 and len(set(codes)) == 2
+    assert rxfed("node", "init", str(data), "--name", "again").returncode == 1  # exists: refused
+
+
+def test_plugins_list():
+    out = rxfed("plugins", "list", "--json")
+    assert out.returncode == 0
+    assert "sqlite" in json.loads(out.stdout)["storage_backends"]
+
+
+def test_demo_json():
+    out = rxfed("demo", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["patients"]) == 2
+    for p in doc["patients"]:
+        assert len(p["patient_sees"]) == 3 and len(p["node_stores"]) == 3

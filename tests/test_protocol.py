@@ -1,0 +1,67 @@
+"""The sans-I/O protocol core: canonical JSON and signed requests."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rxfed.crypto import SigningKeyPair
+from rxfed.errors import BadRequest, Unauthorized
+from rxfed.protocol.auth import SignedRequest, sign_request
+from rxfed.protocol.canonical import canonical, loads
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_canonical_round_trip(value):
+    assert canonical(loads(canonical(value))) == canonical(value)
+
+
+def test_canonical_vectors():
+    # RFC 8785 ordering is by UTF-16 code units; escapes as ECMAScript JSON.stringify.
+    assert canonical({"b": 1, "a": [True, None, "x"], "\u20ac": 0, "\U0001f600": 0, "\ufb01": 0}) == (
+        '{"a":[true,null,"x"],"b":1,"\u20ac":0,"\U0001f600":0,"\ufb01":0}'.encode())
+    assert canonical("\n\t\x01\"\\/\u2028") == b'"\\n\\t\\u0001\\"\\\\/\xe2\x80\xa8"'
+
+
+@pytest.mark.parametrize("bad", [1.5, float("nan"), 2**53, {1: 2}, b"bytes", "\ud800"])
+def test_canonical_refuses(bad):
+    with pytest.raises(BadRequest):
+        canonical(bad)
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1,"a":2}', b"1.0", b"NaN", b"1e5", b"\xff", b"{", b"9007199254740992"])
+def test_strict_parser_refuses(raw):
+    with pytest.raises(BadRequest):
+        loads(raw)
+
+
+def _signed(key, **kw):
+    args = dict(method="POST", target="/v1/vault?x=1", destination="node.example:443", body=b"{}", now=1000)
+    args.update(kw)
+    return SignedRequest.from_headers(sign_request(key, **args))
+
+
+def test_signed_request_verifies_every_field():
+    key = SigningKeyPair.generate()
+    good = dict(method="POST", target="/v1/vault?x=1", destination="node.example:443", body=b"{}", now=1000)
+    _signed(key).verify(key.public, **good)
+    for field, value in [("method", "PUT"), ("target", "/v1/vault?x=2"), ("destination", "other:443"),
+                         ("body", b"{ }")]:
+        with pytest.raises(Unauthorized, match="signature"):
+            _signed(key).verify(key.public, **{**good, field: value})
+    with pytest.raises(Unauthorized, match="window"):
+        _signed(key).verify(key.public, **{**good, "now": 1000 + 301})
+    with pytest.raises(Unauthorized, match="signature"):
+        _signed(key).verify(SigningKeyPair.generate().public, **good)
+
+
+def test_each_signature_has_a_fresh_nonce():
+    key = SigningKeyPair.generate()
+    assert _signed(key).nonce != _signed(key).nonce
