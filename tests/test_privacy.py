@@ -151,3 +151,19 @@ async def test_revoked_device_cannot_read_new_records(make_patient, node, tmp_pa
     with pytest.raises(DecryptionFailed):
         open_record(VaultKeyring({1: b"\0" * 32}), record_ad(new.patient, blob.id, blob.version), blob.blob)
     assert keyring_before
+
+
+async def test_erased_account_leaves_no_ciphertext(make_patient, node):
+    patient = await make_patient()
+    await patient.add_journal(note=MARKER)
+    blobs = [r.blob for r in (await node.app_store().vault(patient.patient, None)).records]
+    manifest_sig = (await signed(patient, "GET", "/v1/vault"))[1]["manifest"]["sig"]
+    await patient.erase_account()
+    status, doc = await signed(patient, "GET", "/v1/vault")
+    assert status == 401
+    await node.stop()
+    files = [p.read_bytes() for p in node.data_dir.rglob("*") if p.is_file()]
+    for blob in blobs:
+        assert not any(blob[-64:] in data for data in files)
+    assert not any(manifest_sig.encode() in data for data in files)
+    assert any(patient.patient.encode() in data for data in files)  # the tombstone stays

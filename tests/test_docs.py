@@ -1,0 +1,52 @@
+"""The documentation keeps up with the code: every hook documented with its signature."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from rxfed import hookspecs
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = [name for name, fn in vars(hookspecs).items() if name.startswith("rxfed_") and callable(fn)]
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hook_documented_with_signature(name):
+    doc = (ROOT / "spec" / "plugin_hooks.md").read_text()
+    params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+    assert f"### `{name}({params})`" in doc
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hookspec_has_docstring_with_example(name):
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    assert ":return:" in doc and "Example" in doc
+
+
+def test_no_stale_hooks_in_docs():
+    doc = (ROOT / "spec" / "plugin_hooks.md").read_text()
+    assert set(re.findall(r"^### `(rxfed_\w+)\(", doc, re.M)) == set(HOOKS)
+
+
+def test_builtin_plugins_declared_as_entry_points():
+    import tomllib
+
+    entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["rxfed"]
+    assert entry_points["sqlite"] == "rxfed_plugins.sqlite_store"
+
+
+def test_core_never_imports_builtin_plugins_or_crypto_libraries():
+    for path in (ROOT / "rxfed").rglob("*.py"):
+        text = path.read_text()
+        assert "rxfed_plugins" not in text or path.name == "testing.py", path
+        if "crypto" not in path.parts:
+            assert not re.search(r"^\s*(import|from) (nacl|cryptography)\b", text, re.M), path
+
+
+def test_protocol_is_sans_io():
+    for path in (ROOT / "rxfed" / "protocol").rglob("*.py"):
+        assert not re.search(r"^\s*(import|from) (aiohttp|rxfed\.store|rxfed\.node|asyncio|sqlite3)", path.read_text(), re.M), path
