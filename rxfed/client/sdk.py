@@ -14,16 +14,15 @@ from rxfed.client import records as rec
 from rxfed.client.profile import Identity, Profile
 from rxfed.client.records import Record
 from rxfed.crypto import (
-    BadSignature,
     BoxKeyPair,
     DecryptionFailed,
     SigningKeyPair,
     b64d,
     b64e,
+    open_signed,
     random_bytes,
-    seal_to,
+    seal_signed,
     sha256,
-    verify_signature,
 )
 from rxfed.crypto.keyfile import KdfCost
 from rxfed.crypto.records import VaultKeyring, open_record, seal_record, secretbox_open, secretbox_seal
@@ -32,6 +31,7 @@ from rxfed.errors import BadRequest, Conflict, RxfedError, Unavailable
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.statements import sign_statement
 
 #: Records per commit when importing many at once (keeps each request well under the limit).
 CHUNK = 64
@@ -65,18 +65,13 @@ def record_ad(patient: str, record_id: str, version: int) -> bytes:
 def keyring_envelope(root: SigningKeyPair, holder: str, box_key: bytes, keyring: VaultKeyring) -> bytes:
     """The vault keyring sealed to one holder (a device or the recovery key), signed inside by
     the root key so the node cannot hand a device a keyring of its own making."""
-    data = keyring.to_bytes()
-    signature = root.sign(b"rxfed-keyring|" + holder.encode() + b"|" + data)
-    return seal_to(box_key, signature + data)
+    return seal_signed(root, box_key, b"rxfed-keyring|" + holder.encode() + b"|", keyring.to_bytes())
 
 
 def open_keyring_envelope(root_key: bytes, holder: str, box: BoxKeyPair, sealed: bytes) -> VaultKeyring:
     try:
-        inner = box.open_sealed(sealed)
-        signature, data = inner[:64], inner[64:]
-        verify_signature(root_key, b"rxfed-keyring|" + holder.encode() + b"|" + data, signature)
-        return VaultKeyring.from_bytes(data)
-    except (DecryptionFailed, BadSignature):
+        return VaultKeyring.from_bytes(open_signed(root_key, box, b"rxfed-keyring|" + holder.encode() + b"|", sealed))
+    except DecryptionFailed:
         raise IntegrityError("the vault keyring from the node is not one the patient sealed") from None
 
 
@@ -417,7 +412,7 @@ class PatientClient:
             raise BadRequest(f"no active device {device}", code="unknown_device")
         statement = state.account["recovery"]
         recovery = pv.parse_recovery_statement(statement, "recovery", root.public)
-        revocation = pv.sign_statement(root, {"type": pv.REVOCATION, "patient": self.patient, "device": device,
+        revocation = sign_statement(root, {"type": pv.REVOCATION, "patient": self.patient, "device": device,
                                               "revoked": self._now()})
         await self._call("POST", "/v1/devices/revoke", {
             "revocation": revocation, "keyrings": remaining,
@@ -441,7 +436,7 @@ class PatientClient:
     async def erase_account(self, *, remove_profile: bool = True) -> dict:
         """Erase every record, device and key of this patient on the node; the node keeps a
         tombstone signed by the patient. Then remove the local key file."""
-        tombstone = pv.sign_statement(self.identity.root, {"type": pv.TOMBSTONE, "patient": self.patient,
+        tombstone = sign_statement(self.identity.root, {"type": pv.TOMBSTONE, "patient": self.patient,
                                                            "deleted": self._now()})
         result = await self._call("POST", "/v1/account/erase", {"tombstone": tombstone})
         if remove_profile:

@@ -98,3 +98,24 @@ class BoxKeyPair:
 def seal_to(public_key: bytes, message: bytes) -> bytes:
     """Encrypt ``message`` to an X25519 public key (libsodium ``crypto_box_seal``)."""
     return nacl.public.SealedBox(nacl.public.PublicKey(public_key)).encrypt(message)
+
+
+def seal_signed(signer: SigningKeyPair, recipient_box_key: bytes, context: bytes, data: bytes) -> bytes:
+    """``data`` sealed to an X25519 key, with the signer's Ed25519 signature over
+    ``context || data`` inside. A sealed box alone is anonymous; the signature inside says
+    who sealed it, and ``context`` (who it is for, and what it is) keeps it from being
+    replayed to another holder or for another purpose."""
+    return seal_to(recipient_box_key, signer.sign(context + data) + data)
+
+
+def open_signed(signer_public: bytes, box: BoxKeyPair, context: bytes, sealed: bytes) -> bytes:
+    """The data of :func:`seal_signed`, or :class:`DecryptionFailed` if it does not open
+    or was not signed by ``signer_public`` for ``context``."""
+    inner = box.open_sealed(sealed)
+    if len(inner) < 64:
+        raise DecryptionFailed()
+    try:
+        verify_signature(signer_public, context + inner[64:], inner[:64])
+    except BadSignature:
+        raise DecryptionFailed() from None
+    return inner[64:]

@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import BadSignature, SigningKeyPair, b64e, hash_id, sha256, verify_signature
+from rxfed.crypto import SigningKeyPair, b64e, hash_id, sha256
 from rxfed.errors import BadRequest, Forbidden
-from rxfed.protocol.canonical import canonical
+from rxfed.protocol.statements import open_statement, sign_statement
 from rxfed.protocol.schema import HEX_ID, anything, array, b64, const, fields, integer, mapping, text
 
 MAX_VERSION = 2**31 - 1
@@ -27,26 +27,7 @@ def device_id(device_sign_key: bytes) -> str:
     return hash_id(device_sign_key, person=b"rxfed-device")
 
 
-# -- signed statements ---------------------------------------------------------------------
-
-
-def sign_statement(key: SigningKeyPair, body: dict) -> dict:
-    """``{"body": body, "sig": ...}``: an Ed25519 signature over the body's canonical bytes."""
-    return {"body": body, "sig": b64e(key.sign(b"rxfed-statement|" + canonical(body)))}
-
-
-def open_statement(obj: Any, where: str, kind: str, public_key: bytes | None) -> dict:
-    """Check shape and ``type``; with ``public_key``, check the signature too (Forbidden)."""
-    parsed = fields(obj, where, {"body": anything, "sig": b64(64)})
-    body = parsed["body"]
-    if not isinstance(body, dict) or body.get("type") != kind:
-        raise BadRequest(f"{where} must be a signed {kind}")
-    if public_key is not None:
-        try:
-            verify_signature(public_key, b"rxfed-statement|" + canonical(body), parsed["sig"])
-        except BadSignature:
-            raise Forbidden(f"{where}: signature is not the patient's", code="bad_statement_signature") from None
-    return body
+# -- statements ----------------------------------------------------------------------------
 
 
 @attrs.frozen
