@@ -15,11 +15,14 @@ import attrs
 from aiohttp import web
 
 from rxfed.node.app import create_app
-from rxfed.node.config import Limits, NodeConfig, create_node_keys, load_node_keys
+from rxfed.node.config import Federation, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 
 #: Limits for tests: generous rate limits so tests are not throttled unless they mean to be.
 TEST_LIMITS = Limits(requests_per_second=10_000, burst=10_000, anonymous_per_minute=60_000, anonymous_burst=10_000)
+#: Federation settings for tests: fast retries, no key-refetch delay.
+TEST_FEDERATION = Federation(backoff_base=0.05, backoff_max=0.5, breaker_threshold=1000, breaker_cooldown=1.0,
+                             request_timeout=2.0, key_refetch=0)
 
 
 def free_port() -> int:
@@ -45,6 +48,7 @@ class NodeHarness:
     name: str = "test-node"
     registration: str = "open"
     limits: Limits = TEST_LIMITS
+    federation: Federation = TEST_FEDERATION
     plugins: RxfedPlugins | None = None
     clock: Callable[[], float] = time.time
     port: int = attrs.field(factory=free_port)
@@ -58,7 +62,7 @@ class NodeHarness:
     async def start(self) -> NodeHarness:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.url, port=self.port,
-                                 registration=self.registration, limits=self.limits)
+                                 registration=self.registration, limits=self.limits, federation=self.federation)
         if not (self.data_dir / "node-keys.json").exists():
             create_node_keys(self.data_dir)
             self.config.save()
@@ -80,6 +84,28 @@ class NodeHarness:
 
     def app_store(self):
         """The running node's store (for tests and the demo to look at what the node holds)."""
+        return self.state.store
+
+    @property
+    def node_id(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def state(self):
         from rxfed.node.app import NODE
 
-        return self.runner.app[NODE].store
+        return self.runner.app[NODE]
+
+    async def allow(self, *others: NodeHarness) -> None:
+        """Allow peers explicitly (the only way to federate over loopback and plain HTTP)."""
+        for other in others:
+            await self.app_store().set_peer_policy(other.node_id, "allowed", url=other.url)
+        await self.state.federation.policy_changed()
+
+
+async def start_federation(base: Path, *names: str, **kwargs) -> list[NodeHarness]:
+    """Nodes on loopback that allow each other: the in-process federation for tests."""
+    nodes = [await NodeHarness(base / name, name=name, **kwargs).start() for name in names]
+    for node in nodes:
+        await node.allow(*(n for n in nodes if n is not node))
+    return nodes

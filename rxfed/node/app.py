@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,11 +21,14 @@ from aiohttp import web
 import rxfed
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Forbidden, NotFound, RateLimited, RxfedError, Unauthorized
-from rxfed.node.config import NodeConfig, NodeKey
+from rxfed.crypto import SigningKeyPair
+from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys
+from rxfed.node.federation import Federation
 from rxfed.node.guards import NonceWindow, RateLimiter
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import SignedRequest
+from rxfed.protocol.federation import TXN_ID
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.schema import b64, fields
 from rxfed.store import AuthKey, NewPatient, Nonce, Quota, Recovery, Store, StoredRecord
@@ -44,13 +48,32 @@ class NodeState:
     nonces: NonceWindow = attrs.Factory(NonceWindow)
     limiter: RateLimiter = None
     anonymous: RateLimiter = None
+    federation: Federation = None
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
     _root_keys: dict[str, bytes] = attrs.Factory(dict)
+    _keys_mtime: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         lim = self.config.limits
         self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
         self.anonymous = RateLimiter(lim.anonymous_per_minute / 60.0, lim.anonymous_burst)
+        self.federation = Federation(self)
+
+    def signing_key(self) -> SigningKeyPair:
+        return current_key(self.keys).key
+
+    def reload_keys(self) -> None:
+        """Pick up keys rotated by ``rxfed node rotate-key`` while the node runs."""
+        path = self.config.data_dir / KEYS_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime != self._keys_mtime:
+            if self._keys_mtime:
+                self.keys = load_node_keys(self.config.data_dir)
+                log.info("node keys reloaded")
+            self._keys_mtime = mtime
 
     def now(self) -> int:
         return int(self.clock())
@@ -321,6 +344,27 @@ async def commit(request: web.Request) -> web.Response:
     return reply({"counter": counter})
 
 
+# -- federation ----------------------------------------------------------------------------
+
+
+@routes.put("/federation/v1/transactions/{txn}")
+async def receive_transaction(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    txn_id = request.match_info["txn"]
+    if not re.fullmatch(TXN_ID, txn_id):
+        raise BadRequest("malformed transaction id")
+    raw = await request.read()
+    signed = SignedRequest.from_headers(request.headers)
+    if signed.origin is None:
+        raise Unauthorized("federation requests name their origin", code="unsigned")
+    await state.federation.check_inbound(signed.origin)
+    document = await state.federation.document(signed.origin, need_key=signed.key)
+    document.key_for(signed.key, signed.created)
+    nonce = _verify(state, request, signed, signed.key, raw)
+    reply_bytes = await state.federation.receive(signed.origin, txn_id, _json(raw), nonce)
+    return web.Response(body=reply_bytes, content_type="application/json")
+
+
 # -- the application -----------------------------------------------------------------------
 
 
@@ -355,17 +399,24 @@ async def _store_ctx(app: web.Application):
     state = app[NODE]
     await state.store.open()
     state.nonces.load(await state.store.load_nonces(state.now()))
+    state.reload_keys()
 
-    async def prune():
+    async def housekeeping():
+        ticks = 0
         while True:
-            await asyncio.sleep(60)
-            try:
-                await state.store.prune_nonces(state.now())
-            except RxfedError as exc:
-                log.warning("pruning nonces failed: %s", exc.message)
+            await asyncio.sleep(5)
+            ticks += 1
+            state.reload_keys()
+            if ticks % 12 == 0:
+                try:
+                    await state.store.prune_nonces(state.now())
+                except RxfedError as exc:
+                    log.warning("pruning nonces failed: %s", exc.message)
 
-    task = asyncio.create_task(prune())
+    task = asyncio.create_task(housekeeping())
+    await state.federation.start()
     yield
+    await state.federation.stop()
     task.cancel()
     try:
         await task

@@ -46,6 +46,26 @@ class Limits:
     request_window_seconds: int = 300
 
 @attrs.frozen
+class Federation:
+    """How this node talks to other nodes."""
+
+    #: ``open``: any node reachable over HTTPS that is not denied; ``allowlist``: allowed peers only.
+    mode: str = "open"
+    #: Retry delay: full jitter over ``backoff_base * 2**attempts`` seconds, capped.
+    backoff_base: float = 0.5
+    backoff_max: float = 300.0
+    #: Consecutive failures that open a peer's circuit breaker, and its first cool-down.
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+    #: Events undelivered this long (seconds) become dead letters.
+    dead_after: int = 86400
+    request_timeout: float = 10.0
+    max_batch: int = 500
+    #: Minimum seconds between fetches of a peer's key document when a key is unknown.
+    key_refetch: int = 30
+
+
+@attrs.frozen
 class NodeConfig:
     data_dir: Path
     name: str
@@ -55,6 +75,7 @@ class NodeConfig:
     registration: str = "open"
     storage: dict[str, Any] = attrs.field(factory=lambda: {"backend": "sqlite"})
     limits: Limits = Limits()
+    federation: Federation = Federation()
     tls_cert: str | None = None
     tls_key: str | None = None
     disabled_plugins: tuple[str, ...] = ()
@@ -75,10 +96,10 @@ class NodeConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
         node = doc.get("node", {})
-        limit_names = {f.name for f in attrs.fields(Limits)}
-        unknown = set(doc.get("limits", {})) - limit_names
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting limits.{sorted(unknown)[0]}")
+        for section, cls_ in (("limits", Limits), ("federation", Federation)):
+            unknown = set(doc.get(section, {})) - {f.name for f in attrs.fields(cls_)}
+            if unknown:
+                raise ConfigError(f"{path}: unknown setting {section}.{sorted(unknown)[0]}")
         try:
             config = cls(
                 data_dir=data_dir,
@@ -89,6 +110,7 @@ class NodeConfig:
                 registration=node.get("registration", "open"),
                 storage=dict(doc.get("storage", {"backend": "sqlite"})),
                 limits=Limits(**doc.get("limits", {})),
+                federation=Federation(**doc.get("federation", {})),
                 tls_cert=doc.get("tls", {}).get("cert") or None,
                 tls_key=doc.get("tls", {}).get("key") or None,
                 disabled_plugins=tuple(doc.get("plugins", {}).get("disabled", ())),
@@ -107,12 +129,17 @@ class NodeConfig:
             raise ConfigError("port must be from 1 to 65535")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both a certificate and a key")
+        if self.federation.mode not in ("open", "allowlist"):
+            raise ConfigError("federation.mode must be open or allowlist")
         if not self.name or len(self.name) > 200:
             raise ConfigError("the node name must be 1 to 200 characters")
 
     def save(self) -> None:
         s = _toml_string
         limits = "\n".join(f"{f.name} = {getattr(self.limits, f.name)!r}" for f in attrs.fields(Limits))
+        federation = "\n".join(
+            f"{f.name} = {s(v) if isinstance(v := getattr(self.federation, f.name), str) else repr(v)}"
+            for f in attrs.fields(Federation))
         storage = "\n".join(f"{k} = {s(str(v))}" for k, v in self.storage.items())
         text = (
             "# rxfed node configuration. Restart the node after editing.\n\n"
@@ -120,7 +147,7 @@ class NodeConfig:
             f"host = {s(self.host)}\nport = {self.port}\n"
             f"# open: anyone may register; invite: a code from 'rxfed node invite'; closed: nobody\n"
             f"registration = {s(self.registration)}\n\n"
-            f"[storage]\n{storage}\n\n[limits]\n{limits}\n\n"
+            f"[storage]\n{storage}\n\n[limits]\n{limits}\n\n[federation]\n{federation}\n\n"
             f"[tls]\ncert = {s(self.tls_cert or '')}\nkey = {s(self.tls_key or '')}\n\n"
             f"[plugins]\ndisabled = [{', '.join(s(p) for p in self.disabled_plugins)}]\n\n"
             f"[logging]\nfile = {s(self.log_file or '')}\n"
@@ -167,6 +194,22 @@ def create_node_keys(data_dir: Path, now: int | None = None) -> NodeKey:
 def save_node_keys(data_dir: Path, keys: list[NodeKey]) -> None:
     doc = {"keys": [{"seed": b64e(k.key.seed), "valid_from": k.valid_from, "valid_until": k.valid_until} for k in keys]}
     _write_private(data_dir / KEYS_FILE, json.dumps(doc, indent=1).encode())
+
+def rotate_node_key(data_dir: Path, *, overlap: int, now: int | None = None) -> tuple[NodeKey, list[NodeKey]]:
+    """Add a new signing key; keys without an end date get one ``overlap`` seconds from now,
+    so signatures they made stay verifiable while peers learn the new key."""
+    now = int(now or time.time())
+    keys = load_node_keys(data_dir)
+    ended = [attrs.evolve(k, valid_until=now + overlap) if k.valid_until is None else k for k in keys]
+    new = NodeKey(SigningKeyPair.generate(), now, None)
+    save_node_keys(data_dir, [*ended, new])
+    return new, ended
+
+
+def current_key(keys: list[NodeKey]) -> NodeKey:
+    """The key to sign with: the newest without an end date."""
+    return max((k for k in keys if k.valid_until is None), key=lambda k: k.valid_from, default=keys[-1])
+
 
 def load_node_keys(data_dir: Path) -> list[NodeKey]:
     path = Path(data_dir) / KEYS_FILE

@@ -197,3 +197,165 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def tombstone(self, patient: str) -> bytes | None: ...
+
+    # -- federation: peers -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def peer(self, node_id: str) -> Peer | None: ...
+
+    @abc.abstractmethod
+    async def peers(self) -> list[Peer]: ...
+
+    @abc.abstractmethod
+    async def set_peer_policy(self, node_id: str, policy: str, *, url: str | None = None,
+                              fingerprint: str | None = None) -> None:
+        """Record the operator's decision about a peer (creating the peer if unknown)."""
+
+    @abc.abstractmethod
+    async def save_peer_document(self, node_id: str, document: bytes, now: int) -> None: ...
+
+    @abc.abstractmethod
+    async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
+                            breaker_until: int | None = None) -> int:
+        """Record a delivery attempt; returns the number of consecutive failures."""
+
+    # -- federation: outbox ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, items: list[tuple[str, bytes]], now: int) -> None:
+        """Queue (destination, event) pairs for delivery."""
+
+    @abc.abstractmethod
+    async def next_transaction(self, destination: str, *, max_events: int, now: int,
+                               dead_after: int) -> OutboundTransaction | None:
+        """The transaction to send next: the oldest one sent but not acknowledged (same id,
+        same events), or a new one formed from queued events with the next sequence number.
+        Events queued longer than ``dead_after`` seconds become dead letters first."""
+
+    @abc.abstractmethod
+    async def transaction_delivered(self, txn_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def transaction_failed(self, txn_id: str, *, error: str, next_attempt_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    async def due_destinations(self) -> list[tuple[str, int | None]]:
+        """Destinations with something to send, with the time (ms) of their next attempt."""
+
+    @abc.abstractmethod
+    async def outbox_summary(self) -> list[OutboxSummary]: ...
+
+    @abc.abstractmethod
+    async def dead_letters(self, destination: str | None = None) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def replay_dead_letters(self, now: int, destination: str | None = None) -> int:
+        """Queue dead letters again; returns how many."""
+
+    # -- federation: inbox -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def inbox_reply(self, origin: str, txn_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def apply_inbound(self, origin: str, txn_id: str, seq: int, *, make_reply,
+                            communities: list[tuple[CommunityRow, list[CommunityEvent]]],
+                            outbox: list[tuple[str, bytes]], nonce: Nonce, now: int) -> bytes:
+        """Apply one inbound transaction exactly once: community events (idempotent by
+        community and sequence number), the events it queues onward, the sequence tracking
+        of ``origin``, and the reply (``make_reply(missing)``), all in one store transaction.
+        A transaction seen before returns its stored reply and changes nothing."""
+
+    # -- communities -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def communities(self, *, hosted_by: str | None = None) -> list[CommunityRow]: ...
+
+    @abc.abstractmethod
+    async def community(self, community_id: str) -> CommunityRow | None: ...
+
+    @abc.abstractmethod
+    async def community_events(self, community_id: str, *, after: int = 0, limit: int = 1000) -> list[CommunityEvent]: ...
+
+    @abc.abstractmethod
+    async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
+                                      outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
+                                      subscribe: str | None = None) -> None:
+        """Store events a local patient submitted (at the host: stamped and sequenced),
+        queue their fan-out, persist the request nonce and subscribe the patient, at once."""
+
+    @abc.abstractmethod
+    async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
+                    community_id: str) -> None:
+        """Queue a local patient's event for a community hosted elsewhere and subscribe them."""
+
+    @abc.abstractmethod
+    async def subscribed(self, patient: str, community_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def subscriptions(self, patient: str) -> list[str]: ...
+
+
+# -- federation ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Peer:
+    """What a node knows and decided about another node."""
+
+    node_id: str
+    policy: str  # "known", "allowed", "denied", "blocked"
+    url: str | None
+    fingerprint: str | None
+    document: bytes | None  # the peer's /.well-known/rxfed, as fetched
+    fetched: int | None
+    failures: int
+    breaker_until: int | None
+    last_success: int | None
+    last_error: str | None
+
+
+@attrs.frozen
+class OutboundTransaction:
+    txn_id: str
+    destination: str
+    seq: int
+    events: tuple[bytes, ...]
+    attempts: int
+    created: int
+    next_attempt_ms: int
+
+
+@attrs.frozen
+class OutboxSummary:
+    destination: str
+    pending: int
+    in_flight: int
+    oldest: int | None
+    next_attempt: int | None
+    dead: int
+
+
+@attrs.frozen
+class DeadLetter:
+    id: int
+    destination: str
+    event: bytes
+    created: int
+    died: int
+    reason: str
+
+
+@attrs.frozen
+class CommunityRow:
+    id: str
+    host: str
+    name: str
+    condition: str | None
+    approval: bool
+    public: bool
+    seq: int
+    created: int
+
+
+@attrs.frozen
+class CommunityEvent:
+    seq: int
+    event: bytes
+    stamp: bytes

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -21,13 +23,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rxfed.protocol.federation import track_sequence
 from rxfed.errors import RxfedError, Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized, Unavailable
 from rxfed.store import (
     Account,
     AuthKey,
+    CommunityEvent,
+    CommunityRow,
+    DeadLetter,
     Device,
     NewPatient,
     Nonce,
+    OutboundTransaction,
+    OutboxSummary,
+    Peer,
     Quota,
     Recovery,
     Replayed,
@@ -81,6 +90,80 @@ MIGRATIONS: list[str] = [
     CREATE INDEX nonces_expires ON nonces(expires);
     CREATE TABLE tombstones (patient_id TEXT PRIMARY KEY, root_key BLOB NOT NULL UNIQUE,
                              tombstone BLOB NOT NULL, deleted INTEGER NOT NULL) WITHOUT ROWID;
+    """,
+    # 2: federation and communities
+    """
+    CREATE TABLE peers (
+        node_id TEXT PRIMARY KEY,
+        policy TEXT NOT NULL DEFAULT 'known',
+        url TEXT,
+        fingerprint TEXT,
+        document BLOB,
+        fetched INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        breaker_until INTEGER,
+        last_success INTEGER,
+        last_error TEXT,
+        out_seq INTEGER NOT NULL DEFAULT 0,
+        in_contiguous INTEGER NOT NULL DEFAULT 0,
+        in_seen TEXT NOT NULL DEFAULT '[]'
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        event BLOB NOT NULL,
+        created INTEGER NOT NULL,
+        txn TEXT
+    );
+    CREATE INDEX outbox_queue ON outbox(destination, txn, id);
+    CREATE TABLE outbox_txns (
+        txn TEXT PRIMARY KEY,
+        destination TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_txns_dest ON outbox_txns(destination, seq);
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        event BLOB NOT NULL,
+        created INTEGER NOT NULL,
+        died INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE inbox (
+        origin TEXT NOT NULL,
+        txn TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        reply BLOB NOT NULL,
+        received INTEGER NOT NULL,
+        PRIMARY KEY (origin, txn)
+    ) WITHOUT ROWID;
+    CREATE TABLE communities (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        name TEXT NOT NULL,
+        condition TEXT,
+        approval INTEGER NOT NULL,
+        public INTEGER NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE community_events (
+        community_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        stamp BLOB NOT NULL,
+        PRIMARY KEY (community_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        patient_id TEXT NOT NULL,
+        community_id TEXT NOT NULL,
+        PRIMARY KEY (patient_id, community_id)
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -450,7 +533,7 @@ class SQLiteStore(Store):
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
             (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
-            for table in ("records", "recovery", "devices"):
+            for table in ("records", "recovery", "devices", "subscriptions"):
                 c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
             c.execute("DELETE FROM patients WHERE id=?", (patient,))
             c.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?)", (patient, root_key, tombstone, now))
@@ -461,6 +544,261 @@ class SQLiteStore(Store):
     async def tombstone(self, patient: str) -> bytes | None:
         row = await self._read(lambda c: c.execute("SELECT tombstone FROM tombstones WHERE patient_id=?", (patient,)).fetchone())
         return row[0] if row else None
+
+
+    # -- federation: peers -----------------------------------------------------------------
+    _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "
+                     "last_success, last_error")
+
+    async def peer(self, node_id: str) -> Peer | None:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {self._PEER_COLUMNS} FROM peers WHERE node_id=?", (node_id,)).fetchone())
+        return Peer(*row) if row else None
+
+    async def peers(self) -> list[Peer]:
+        rows = await self._read(lambda c: c.execute(f"SELECT {self._PEER_COLUMNS} FROM peers ORDER BY node_id").fetchall())
+        return [Peer(*r) for r in rows]
+
+    @staticmethod
+    def _ensure_peer(c: sqlite3.Connection, node_id: str) -> None:
+        c.execute("INSERT OR IGNORE INTO peers (node_id) VALUES (?)", (node_id,))
+
+    async def set_peer_policy(self, node_id: str, policy: str, *, url: str | None = None,
+                              fingerprint: str | None = None) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._ensure_peer(c, node_id)
+            c.execute("UPDATE peers SET policy=?, url=coalesce(?, url), fingerprint=coalesce(?, fingerprint), "
+                      "failures=0, breaker_until=NULL WHERE node_id=?", (policy, url, fingerprint, node_id))
+
+        await self._write(op)
+
+    async def save_peer_document(self, node_id: str, document: bytes, now: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._ensure_peer(c, node_id)
+            c.execute("UPDATE peers SET document=?, fetched=? WHERE node_id=?", (document, now, node_id))
+
+        await self._write(op)
+
+    async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
+                            breaker_until: int | None = None) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            self._ensure_peer(c, node_id)
+            if ok:
+                c.execute("UPDATE peers SET failures=0, breaker_until=NULL, last_success=? WHERE node_id=?",
+                          (now, node_id))
+                return 0
+            c.execute("UPDATE peers SET failures=failures+1, last_error=?, breaker_until=? WHERE node_id=?",
+                      (error, breaker_until, node_id))
+            return c.execute("SELECT failures FROM peers WHERE node_id=?", (node_id,)).fetchone()[0]
+
+        return await self._write(op)
+
+    # -- federation: outbox ----------------------------------------------------------------
+    async def enqueue(self, items: list[tuple[str, bytes]], now: int) -> None:
+        await self._write(lambda c: self._enqueue(c, items, now))
+
+    @staticmethod
+    def _enqueue(c: sqlite3.Connection, items: list[tuple[str, bytes]], now: int) -> None:
+        c.executemany("INSERT INTO outbox (destination, event, created) VALUES (?, ?, ?)",
+                      [(dest, event, now) for dest, event in items])
+
+    async def next_transaction(self, destination: str, *, max_events: int, now: int,
+                               dead_after: int) -> OutboundTransaction | None:
+        def op(c: sqlite3.Connection) -> OutboundTransaction | None:
+            cutoff = now - dead_after
+            # Whole transactions expire together, so a dead transaction never half-arrives.
+            for (txn,) in c.execute("SELECT txn FROM outbox_txns WHERE destination=? AND created < ?",
+                                    (destination, cutoff)).fetchall():
+                self._bury(c, "txn=?", (txn,), now, "undelivered past the maximum age")
+                c.execute("DELETE FROM outbox_txns WHERE txn=?", (txn,))
+            self._bury(c, "destination=? AND txn IS NULL AND created < ?", (destination, cutoff), now,
+                       "undelivered past the maximum age")
+            row = c.execute("SELECT txn, seq, attempts, created, next_attempt FROM outbox_txns WHERE destination=? "
+                            "ORDER BY seq LIMIT 1", (destination,)).fetchone()
+            if row is None:
+                ids = [r[0] for r in c.execute("SELECT id FROM outbox WHERE destination=? AND txn IS NULL "
+                                               "ORDER BY id LIMIT ?", (destination, max_events))]
+                if not ids:
+                    return None
+                self._ensure_peer(c, destination)
+                c.execute("UPDATE peers SET out_seq=out_seq+1 WHERE node_id=?", (destination,))
+                (seq,) = c.execute("SELECT out_seq FROM peers WHERE node_id=?", (destination,)).fetchone()
+                txn = _new_txn_id()
+                c.execute("INSERT INTO outbox_txns (txn, destination, seq, created) VALUES (?, ?, ?, ?)",
+                          (txn, destination, seq, now))
+                c.execute(f"UPDATE outbox SET txn=? WHERE id IN ({','.join('?' * len(ids))})", (txn, *ids))
+                row = (txn, seq, 0, now, 0)
+            txn, seq, attempts, created, next_attempt = row
+            events = tuple(r[0] for r in c.execute("SELECT event FROM outbox WHERE txn=? ORDER BY id", (txn,)))
+            return OutboundTransaction(txn, destination, seq, events, attempts, created, next_attempt)
+
+        return await self._write(op)
+
+    @staticmethod
+    def _bury(c: sqlite3.Connection, where: str, args: tuple, now: int, reason: str) -> None:
+        c.execute(f"INSERT INTO dead_letters (destination, event, created, died, reason) "
+                  f"SELECT destination, event, created, ?, ? FROM outbox WHERE {where} ORDER BY id", (now, reason, *args))
+        c.execute(f"DELETE FROM outbox WHERE {where}", args)
+
+    async def transaction_delivered(self, txn_id: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM outbox WHERE txn=?", (txn_id,))
+            c.execute("DELETE FROM outbox_txns WHERE txn=?", (txn_id,))
+
+        await self._write(op)
+
+    async def transaction_failed(self, txn_id: str, *, error: str, next_attempt_ms: int) -> None:
+        await self._write(lambda c: c.execute(
+            "UPDATE outbox_txns SET attempts=attempts+1, last_error=?, next_attempt=? WHERE txn=?",
+            (error[:500], next_attempt_ms, txn_id)))
+
+    async def due_destinations(self) -> list[tuple[str, int | None]]:
+        # Every unacknowledged transaction still has its events in the outbox, and it goes
+        # before any newer event, so a destination is due when its oldest transaction is.
+        return await self._read(lambda c: c.execute(
+            "SELECT o.destination, (SELECT min(t.next_attempt) FROM outbox_txns t WHERE t.destination = o.destination) "
+            "FROM outbox o GROUP BY o.destination ORDER BY 1").fetchall())
+
+    async def outbox_summary(self) -> list[OutboxSummary]:
+        def op(c: sqlite3.Connection) -> list[OutboxSummary]:
+            out = []
+            dests = [r[0] for r in c.execute(
+                "SELECT destination FROM outbox UNION SELECT destination FROM dead_letters ORDER BY 1")]
+            for dest in dests:
+                pending, in_flight, oldest = c.execute(
+                    "SELECT count(*) - count(txn), count(txn), min(created) FROM outbox WHERE destination=?",
+                    (dest,)).fetchone()
+                (next_attempt,) = c.execute("SELECT min(next_attempt) FROM outbox_txns WHERE destination=?",
+                                            (dest,)).fetchone()
+                (dead,) = c.execute("SELECT count(*) FROM dead_letters WHERE destination=?", (dest,)).fetchone()
+                out.append(OutboxSummary(dest, pending, in_flight, oldest, next_attempt, dead))
+            return out
+
+        return await self._read(op)
+
+    async def dead_letters(self, destination: str | None = None) -> list[DeadLetter]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT id, destination, event, created, died, reason FROM dead_letters "
+            "WHERE ? IS NULL OR destination=? ORDER BY id", (destination, destination)).fetchall())
+        return [DeadLetter(*r) for r in rows]
+
+    async def replay_dead_letters(self, now: int, destination: str | None = None) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            moved = c.execute("INSERT INTO outbox (destination, event, created) SELECT destination, event, ? "
+                              "FROM dead_letters WHERE ? IS NULL OR destination=? ORDER BY id",
+                              (now, destination, destination)).rowcount
+            c.execute("DELETE FROM dead_letters WHERE ? IS NULL OR destination=?", (destination, destination))
+            return moved
+
+        return await self._write(op)
+
+    # -- federation: inbox -----------------------------------------------------------------
+    async def inbox_reply(self, origin: str, txn_id: str) -> bytes | None:
+        row = await self._read(lambda c: c.execute("SELECT reply FROM inbox WHERE origin=? AND txn=?",
+                                                   (origin, txn_id)).fetchone())
+        return row[0] if row else None
+
+    async def apply_inbound(self, origin: str, txn_id: str, seq: int, *, make_reply,
+                            communities: list[tuple[CommunityRow, list[CommunityEvent]]],
+                            outbox: list[tuple[str, bytes]], nonce: Nonce, now: int) -> bytes:
+        def op(c: sqlite3.Connection) -> bytes:
+            row = c.execute("SELECT reply FROM inbox WHERE origin=? AND txn=?", (origin, txn_id)).fetchone()
+            if row:
+                return row[0]
+            self._use_nonce(c, nonce)
+            for community, events in communities:
+                self._write_community(c, community, events)
+            self._enqueue(c, outbox, now)
+            self._ensure_peer(c, origin)
+            contiguous, seen_json = c.execute("SELECT in_contiguous, in_seen FROM peers WHERE node_id=?",
+                                              (origin,)).fetchone()
+            contiguous, seen, missing = track_sequence(contiguous, set(json.loads(seen_json)), seq)
+            c.execute("UPDATE peers SET in_contiguous=?, in_seen=? WHERE node_id=?",
+                      (contiguous, json.dumps(sorted(seen)[-10_000:]), origin))
+            reply = make_reply(missing)
+            c.execute("INSERT INTO inbox VALUES (?, ?, ?, ?, ?)", (origin, txn_id, seq, reply, now))
+            return reply
+
+        return await self._write(op)
+
+    # -- communities -----------------------------------------------------------------------
+    _COMMUNITY_COLUMNS = "id, host, name, condition, approval, public, seq, created"
+
+    async def communities(self, *, hosted_by: str | None = None) -> list[CommunityRow]:
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {self._COMMUNITY_COLUMNS} FROM communities WHERE ? IS NULL OR host=? ORDER BY created, id",
+            (hosted_by, hosted_by)).fetchall())
+        return [_community(r) for r in rows]
+
+    async def community(self, community_id: str) -> CommunityRow | None:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {self._COMMUNITY_COLUMNS} FROM communities WHERE id=?", (community_id,)).fetchone())
+        return _community(row) if row else None
+
+    async def community_events(self, community_id: str, *, after: int = 0, limit: int = 1000) -> list[CommunityEvent]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT seq, event, stamp FROM community_events WHERE community_id=? AND seq>? ORDER BY seq LIMIT ?",
+            (community_id, after, limit)).fetchall())
+        return [CommunityEvent(*r) for r in rows]
+
+    @staticmethod
+    def _write_community(c: sqlite3.Connection, community: CommunityRow, events: list[CommunityEvent]) -> None:
+        c.execute("INSERT OR IGNORE INTO communities VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                  (community.id, community.host, community.name, community.condition, int(community.approval),
+                   int(community.public), community.created))
+        c.executemany("INSERT OR IGNORE INTO community_events VALUES (?, ?, ?, ?)",
+                      [(community.id, e.seq, e.event, e.stamp) for e in events])
+        # The community's seq is the highest contiguous one stored: mirrors may see gaps.
+        (seq,) = c.execute("SELECT seq FROM communities WHERE id=?", (community.id,)).fetchone()
+        while c.execute("SELECT 1 FROM community_events WHERE community_id=? AND seq=?",
+                        (community.id, seq + 1)).fetchone():
+            seq += 1
+        c.execute("UPDATE communities SET seq=? WHERE id=?", (seq, community.id))
+
+    async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
+                                      outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
+                                      subscribe: str | None = None) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            if nonce is not None:
+                self._use_nonce(c, nonce)
+            (current,) = c.execute("SELECT coalesce(max(seq), 0) FROM community_events WHERE community_id=?",
+                                   (community.id,)).fetchone()
+            if events and events[0].seq != current + 1:
+                raise Conflict("the community moved on; try again", code="stale_community")
+            self._write_community(c, community, events)
+            self._enqueue(c, outbox, now)
+            if subscribe:
+                c.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (subscribe, community.id))
+
+        await self._write(op)
+
+    async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
+                    community_id: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._use_nonce(c, nonce)
+            self._enqueue(c, [(destination, event)], now)
+            c.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (patient, community_id))
+
+        await self._write(op)
+
+    async def subscribed(self, patient: str, community_id: str) -> bool:
+        row = await self._read(lambda c: c.execute("SELECT 1 FROM subscriptions WHERE patient_id=? AND community_id=?",
+                                                   (patient, community_id)).fetchone())
+        return row is not None
+
+    async def subscriptions(self, patient: str) -> list[str]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT community_id FROM subscriptions WHERE patient_id=? ORDER BY community_id", (patient,)).fetchall())
+        return [r[0] for r in rows]
+
+
+def _community(row: tuple) -> CommunityRow:
+    id_, host, name, condition, approval, public, seq, created = row
+    return CommunityRow(id_, host, name, condition, bool(approval), bool(public), seq, created)
+
+
+def _new_txn_id() -> str:
+    return secrets.token_urlsafe(18)
 
 
 def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:

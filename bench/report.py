@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Report on one bench/run.sh results folder: medians over the rounds, ratios, targets.
+
+Reads every ``*.json`` JSON line that bench/run.sh saved (``synapse-I.json``,
+``ceiling-full-I.json``, ``rxfed-I.json``; the ``*.detail.json`` files and ``meta.json`` are
+not JSON lines and are skipped), takes the median of each figure over the rounds that
+completed, and prints Markdown: the comparison table, the targets with pass/fail, and the
+per-round figures with each round's own ratios.
+
+  python bench/report.py [RESULTS_DIR]     # default: the newest folder in bench/results/
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+RXFED, SYNAPSE, CEILING = "rxfed", "synapse", "ceiling FULL"
+NAMES = {RXFED: "rxfed", SYNAPSE: "Synapse", CEILING: "ceiling FULL"}
+
+# (label, rxfed key, peer key, decimals)
+ROWS = [
+    ("records or msgs/s, concurrency 1", "records_per_s_c1", "msgs_per_s_c1", 1),
+    ("records or msgs/s, concurrency 16", "records_per_s_c16", "msgs_per_s_c16", 1),
+    ("p50 latency, concurrency 1 (ms)", "p50_ms_c1", "p50_ms_c1", 2),
+    ("p99 latency, concurrency 16 (ms)", "p99_ms_c16", "p99_ms_c16", 1),
+    ("idle RSS (MiB)", "rss_idle_mib", "rss_idle_mib", 1),
+    ("startup, empty database (s)", "startup_s", "startup_s", 2),
+]
+
+
+def classify(doc: dict) -> str | None:
+    peer = doc.get("peer")
+    if peer == "rxfed":
+        return RXFED
+    if peer == "synapse":
+        return SYNAPSE
+    if peer == "aiohttp-sqlite-ceiling" and "synchronous=FULL" in str(doc.get("version", "")):
+        return CEILING
+    return None
+
+
+def load(folder: Path) -> dict[str, dict[int, dict]]:
+    """{system: {round: json line}} from every saved JSON line in the folder."""
+    found: dict[str, dict[int, dict]] = {RXFED: {}, SYNAPSE: {}, CEILING: {}}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "meta.json" or path.name.endswith(".detail.json"):
+            continue
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        try:
+            doc = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            print(f"warning: {path.name} holds no JSON line; skipped", file=sys.stderr)
+            continue
+        system = classify(doc) if isinstance(doc, dict) else None
+        if system is None:
+            continue
+        m = re.search(r"-(\d+)\.json$", path.name)
+        found[system][int(m.group(1)) if m else len(found[system]) + 1] = doc
+    return found
+
+
+def key_for(system: str, row) -> str:
+    return row[1] if system == RXFED else row[2]
+
+
+def usable(runs: dict[int, dict]) -> tuple[list[dict], str]:
+    """The complete rounds (all rounds, with a warning, if none completed)."""
+    done = [d for _, d in sorted(runs.items()) if d.get("complete")]
+    if done:
+        note = "" if len(done) == len(runs) else f"{len(done)} of {len(runs)} rounds complete"
+        return done, note
+    if runs:
+        return [d for _, d in sorted(runs.items())], f"no complete round: median over {len(runs)} incomplete rounds"
+    return [], "no rounds"
+
+
+def median(docs: list[dict], key: str) -> float | None:
+    values = [d[key] for d in docs if isinstance(d.get(key), (int, float))]
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, decimals: int) -> str:
+    return "n/a" if value is None else f"{value:.{decimals}f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "n/a"
+    return f"{r:.3f}" if r < 1 else f"{r:.2f}" if r < 10 else f"{r:.1f}"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        folder = Path(argv[1])
+    else:
+        results = Path(__file__).resolve().parent / "results"
+        folders = sorted(p for p in results.glob("*") if p.is_dir()) if results.is_dir() else []
+        if not folders:
+            print(f"no results in {results}; run bench/run.sh first", file=sys.stderr)
+            return 2
+        folder = folders[-1]
+    if not folder.is_dir():
+        print(f"{folder} is not a folder", file=sys.stderr)
+        return 2
+    found = load(folder)
+    meta = {}
+    if (folder / "meta.json").is_file():
+        meta = json.loads((folder / "meta.json").read_text())
+
+    docs, notes = {}, {}
+    for system in (RXFED, SYNAPSE, CEILING):
+        docs[system], notes[system] = usable(found[system])
+    med = {s: {row[0]: median(docs[s], key_for(s, row)) for row in ROWS} for s in docs}
+
+    print(f"## rxfed encrypted record writes vs peers, {folder.name}")
+    print()
+    if meta:
+        print(f"N={meta.get('N')} per concurrency level, concurrency {meta.get('conc')}, "
+              f"{meta.get('patients')} patients, R={meta.get('R')} rounds; Python {meta.get('python')}, "
+              f"rxfed {meta.get('rxfed')}, {meta.get('cpus')} CPUs ({meta.get('cpu')}), commit "
+              f"{(meta.get('commit') or '?')[:12]}.")
+    counts = ", ".join(f"{NAMES[s]} {len(docs[s])}" + (f" ({notes[s]})" if notes[s] else "") for s in docs)
+    print(f"Medians over the rounds: {counts}. Synapse and the ceiling count `m.room.encrypted` messages,")
+    print("rxfed counts sealed journal records (each with a newly signed manifest). Latency ratios below 1 and")
+    print("RSS/startup ratios below 1 favour rxfed.")
+    print()
+    print("| | rxfed (median) | Synapse (median) | ceiling FULL (median) | rxfed / Synapse | rxfed / ceiling |")
+    print("|---|---|---|---|---|---|")
+    for label, _rk, _pk, dec in ROWS:
+        r, s, c = med[RXFED][label], med[SYNAPSE][label], med[CEILING][label]
+        print(f"| {label} | {fmt(r, dec)} | {fmt(s, dec)} | {fmt(c, dec)} | {fmt_ratio(ratio(r, s))} | "
+              f"{fmt_ratio(ratio(r, c))} |")
+    print()
+
+    r_c16, s_c16, c_c16 = (med[x][ROWS[1][0]] for x in (RXFED, SYNAPSE, CEILING))
+    r_p50 = med[RXFED][ROWS[2][0]]
+    r_rss, s_rss = med[RXFED][ROWS[4][0]], med[SYNAPSE][ROWS[4][0]]
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+    have = lambda *v: all(x is not None for x in v)  # noqa: E731
+    targets = [
+        ("rxfed c16 throughput >= 25x Synapse c16",
+         f"{fmt(r_c16, 1)} vs 25 x {fmt(s_c16, 1)} = {fmt(25 * s_c16 if have(s_c16) else None, 1)} "
+         f"({fmt_ratio(ratio(r_c16, s_c16))}x)",
+         r_c16 >= 25 * s_c16 if have(r_c16, s_c16) else None),
+        ("rxfed c16 throughput >= ceiling FULL c16",
+         f"{fmt(r_c16, 1)} vs {fmt(c_c16, 1)} ({fmt_ratio(ratio(r_c16, c_c16))}x)",
+         r_c16 >= c_c16 if have(r_c16, c_c16) else None),
+        ("rxfed p50 latency c1 < 3 ms", f"{fmt(r_p50, 2)} ms", r_p50 < 3 if have(r_p50) else None),
+        ("rxfed idle RSS <= 0.5x Synapse idle RSS",
+         f"{fmt(r_rss, 1)} vs 0.5 x {fmt(s_rss, 1)} = {fmt(0.5 * s_rss if have(s_rss) else None, 1)} MiB "
+         f"({fmt_ratio(ratio(r_rss, s_rss))}x)",
+         r_rss <= 0.5 * s_rss if have(r_rss, s_rss) else None),
+    ]
+    print("### Targets (medians)")
+    print()
+    print("| target | measured | result |")
+    print("|---|---|---|")
+    for name, measured, ok in targets:
+        print(f"| {name} | {measured} | {verdict(ok)} |")
+    print()
+
+    cpu = [median(docs[RXFED], f"server_cpu_ms_per_record_c{c}") for c in (1, 16)]
+    ccpu = [median(docs[RXFED], f"client_cpu_ms_per_record_c{c}") for c in (1, 16)]
+    if any(v is not None for v in cpu + ccpu):
+        print(f"rxfed CPU per record (median): node {fmt(cpu[0], 2)} ms at c1, {fmt(cpu[1], 2)} ms at c16; "
+              f"load client (SDK sealing, signing, profile fsync) {fmt(ccpu[0], 2)} ms at c1, "
+              f"{fmt(ccpu[1], 2)} ms at c16.")
+        print()
+
+    print("### Per round")
+    print()
+    print("| round | system | c1 /s | c16 /s | p50 c1 ms | p99 c16 ms | idle RSS MiB | startup s | complete "
+          "| rxfed/Synapse c16 | rxfed/ceiling c16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rounds = sorted(set().union(*(found[s].keys() for s in found)))
+    for i in rounds:
+        for system in (RXFED, SYNAPSE, CEILING):
+            d = found[system].get(i)
+            if d is None:
+                print(f"| {i} | {NAMES[system]} | missing | | | | | | | | |")
+                continue
+            vals = [fmt(d.get(key_for(system, row)), row[3]) for row in ROWS]
+            extra = ["", ""]
+            if system == RXFED:
+                s, c = found[SYNAPSE].get(i), found[CEILING].get(i)
+                extra = [fmt_ratio(ratio(d.get("records_per_s_c16"), (s or {}).get("msgs_per_s_c16"))),
+                         fmt_ratio(ratio(d.get("records_per_s_c16"), (c or {}).get("msgs_per_s_c16")))]
+            print(f"| {i} | {NAMES[system]} | " + " | ".join(vals) + f" | {'yes' if d.get('complete') else 'NO'} | "
+                  + " | ".join(extra) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# rxfed encrypted record writes, measured side by side with the peers in one run.
+#
+# Each of R rounds runs, one after the other on this machine:
+#   (a) the Synapse peer            bash "$SHARED/peers/synapse/run.sh"
+#   (b) the aiohttp+SQLite ceiling  CEILING_SYNC_MODE=FULL bash "$SHARED/peers/synapse/ceiling.sh"
+#   (c) our node: `rxfed node init` in a fresh temp dir on a free port, rate limits raised,
+#       `rxfed node run` in the background, launch -> first 200 from GET /health (startup_s),
+#       IDLE_S s idle, VmRSS (rss_idle_mib), then bench/load.py, then SIGTERM (SIGKILL
+#       after 20 s) and the temp dir removed.
+# Every raw JSON line and output goes to bench/results/<timestamp>/; at the end
+# bench/report.py prints the medians over the R rounds and the targets.
+#
+# Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), PATIENTS (16), PROFILE_ROOT (unset:
+#   the patients' profile dirs live in the node's temp dir; set e.g. /dev/shm to keep the
+#   SDK's per-write fsync of state.json off the disk the node's WAL is on),
+#   PYTHON (python3; must have rxfed installed), SHARED (the `shared` folder beside the repo),
+#   RXFED_PEERS_CACHE (/tmp/rxfed-peers, the peers' venvs), SYNAPSE_PORT, CEILING_PORT.
+# Exit code: 0 if every step of every round completed, 3 if any failed or was incomplete.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+SHARED="${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}"
+PYTHON="${PYTHON:-python3}"
+R="${R:-3}"
+N="${N:-2000}"
+CONC="${CONC:-1,16}"
+IDLE_S="${IDLE_S:-5}"
+PATIENTS="${PATIENTS:-16}"
+export PYTHON N CONC IDLE_S  # the peer scripts read the same settings
+
+if [[ ! -f $SHARED/peers/lib.sh ]]; then
+    echo "no peer benchmarks in $SHARED/peers (set SHARED to the folder holding peers/)" >&2
+    exit 2
+fi
+# start_server, wait_health, stop_server, run_child, stop_child and say: the same helpers the
+# peers use, so startup and shutdown are measured and done the same way.
+# shellcheck source=/dev/null
+source "$SHARED/peers/lib.sh"
+PY="$PYTHON"  # wait_health's interpreter (stdlib only)
+
+if ! [[ $R =~ ^[1-9][0-9]*$ && $N =~ ^[1-9][0-9]*$ && $PATIENTS =~ ^[1-9][0-9]*$ ]]; then
+    say "R, N and PATIENTS must be positive integers"
+    exit 2
+fi
+if ! "$PYTHON" -c 'import rxfed.client.sdk, aiohttp' 2>/dev/null; then
+    say "$PYTHON cannot import rxfed and aiohttp; set PYTHON to the project's interpreter (e.g. PYTHON=/tmp/venv/bin/python)"
+    exit 2
+fi
+# `python -m rxfed` if the package has a __main__, else the console script beside $PYTHON.
+if "$PYTHON" -m rxfed --help >/dev/null 2>&1; then
+    RXFED=("$PYTHON" -m rxfed)
+else
+    PYBIN="$(command -v "$PYTHON")" || { say "$PYTHON not found"; exit 2; }
+    RXFED=("$(dirname "$PYBIN")/rxfed")
+    if [[ ! -x ${RXFED[0]} ]]; then
+        say "'$PYTHON -m rxfed' does not work and there is no rxfed console script at ${RXFED[0]}"
+        exit 2
+    fi
+fi
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RESULTS="$BENCH/results/$STAMP"
+mkdir -p "$RESULTS"
+NODE_DIR=""
+FAILED=()
+T_START=$(date +%s)
+
+# remove_node_dir : the node's temp dir, and the profiles under PROFILE_ROOT if any.
+remove_node_dir() {
+    [[ -n $NODE_DIR ]] || return 0
+    if [[ -L $NODE_DIR/profiles-link ]]; then
+        rm -rf -- "$(readlink "$NODE_DIR/profiles-link")"
+    fi
+    rm -rf -- "$NODE_DIR"
+    NODE_DIR=""
+}
+
+_cleanup() {
+    local rc=$?
+    stop_child
+    stop_server
+    remove_node_dir
+    return "$rc"
+}
+trap _cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Run info, for whoever reads the results later.
+"$PYTHON" - "$RESULTS/meta.json" "$BENCH/.." <<EOF
+import json, os, platform, sys
+from pathlib import Path
+import aiohttp, rxfed
+repo = Path(sys.argv[2]).resolve()
+head = None
+try:  # the checked-out commit, read from the files (no git command)
+    ref = (repo / ".git" / "HEAD").read_text().strip()
+    head = (repo / ".git" / ref[5:]).read_text().strip() if ref.startswith("ref: ") else ref
+except OSError:
+    pass
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
+json.dump({"stamp": "$STAMP", "R": $R, "N": $N, "conc": "$CONC", "idle_s": "$IDLE_S", "patients": $PATIENTS,
+           "python": sys.version.split()[0], "python_path": sys.executable, "rxfed": rxfed.__version__,
+           "aiohttp": aiohttp.__version__, "commit": head, "cpus": os.cpu_count(), "cpu": cpu,
+           "kernel": platform.release(), "rxfed_command": "${RXFED[*]}",
+           "profile_root": "${PROFILE_ROOT:-}" or None}, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# keep_json NAME : the last line of NAME.out, if it is a JSON object, becomes NAME.json.
+keep_json() {
+    local name=$1
+    tail -n 1 "$RESULTS/$name.out" >"$RESULTS/$name.json" 2>/dev/null || true
+    if ! "$PYTHON" -c 'import json, sys; assert isinstance(json.load(open(sys.argv[1])), dict)' \
+        "$RESULTS/$name.json" 2>/dev/null; then
+        rm -f "$RESULTS/$name.json"
+        return 1
+    fi
+}
+
+# run_peer NAME CMD... : one peer script; its summary and JSON line go to NAME.out.
+run_peer() {
+    local name=$1 rc=0; shift
+    say ""
+    say "=== $name ($(date -u +%H:%M:%S))"
+    run_child "$@" >"$RESULTS/$name.out" || rc=$?
+    cat "$RESULTS/$name.out" >&2
+    if ! keep_json "$name"; then
+        say "$name: no JSON line (exit code $rc)"
+        FAILED+=("$name")
+    elif [[ $rc -ne 0 ]]; then
+        say "$name: exit code $rc (incomplete)"
+        FAILED+=("$name")
+    fi
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+rss_mib() {
+    awk '/^VmRSS:/ { printf "%.1f\n", $2 / 1024 }' "/proc/$1/status"
+}
+
+# raise_limits FILE : rate limits out of the way, in the [limits] table rxfed wrote.
+raise_limits() {
+    "$PYTHON" - "$1" <<'EOF'
+import re, sys, tomllib
+path = sys.argv[1]
+want = {"requests_per_second": "1000000.0", "burst": "1000000",
+        "anonymous_per_minute": "1000000.0", "anonymous_burst": "1000000"}
+out, section, seen = [], None, set()
+for line in open(path).read().splitlines(keepends=True):
+    m = re.match(r"\s*\[([^\]]+)\]\s*(#.*)?$", line)
+    if m:
+        section = m.group(1).strip()
+    else:
+        m = re.match(r"(\s*)([A-Za-z0-9_]+)(\s*=\s*)", line)
+        if section == "limits" and m and m.group(2) in want:
+            line = f"{m.group(1)}{m.group(2)}{m.group(3)}{want[m.group(2)]}\n"
+            seen.add(m.group(2))
+    out.append(line)
+text = "".join(out)
+missing = "".join(f"{k} = {v}\n" for k, v in want.items() if k not in seen)
+if missing:
+    if re.search(r"(?m)^\[limits\]", text):
+        text = re.sub(r"(?m)^\[limits\][^\n]*\n", lambda m: m.group(0) + missing, text, count=1)
+    else:
+        text += "\n[limits]\n" + missing
+limits = tomllib.loads(text).get("limits", {})
+wrong = {k: limits.get(k) for k in want if float(limits.get(k, 0)) != 1e6}
+if wrong:
+    sys.exit(f"could not raise the rate limits in {path}: {wrong}")
+with open(path, "w") as f:
+    f.write(text)
+EOF
+}
+
+# run_rxfed NAME : our node, measured like the peers' measure_server, with bench/load.py.
+run_rxfed() {
+    local name=$1 port startup_s rss profiles rc=0
+    say ""
+    say "=== $name ($(date -u +%H:%M:%S))"
+    # (called from an `if`, so errexit is off in here: every step checks its own status)
+    NODE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/rxfed-bench.XXXXXX")" || return 1
+    port="$(free_port)" || return 1
+    "${RXFED[@]}" node init "$NODE_DIR/node" --name "rxfed bench" --port "$port" >"$NODE_DIR/init.log" 2>&1 \
+        || { cat "$NODE_DIR/init.log" >&2; return 1; }
+    raise_limits "$NODE_DIR/node/rxfed.toml" || return 1
+    start_server "$NODE_DIR/server.log" "${RXFED[@]}" node run "$NODE_DIR/node"
+    say "rxfed: pid $SERVER_PID, waiting for http://127.0.0.1:$port/health"
+    if ! startup_s="$(wait_health "$port" 120)"; then
+        cp "$NODE_DIR/server.log" "$RESULTS/$name.server.log" 2>/dev/null || true
+        return 1
+    fi
+    say "healthy after $startup_s s; idle $IDLE_S s, then $N records at concurrency $CONC"
+    sleep "$IDLE_S"
+    # the patients' profile dirs: in the node's temp dir (removed with it), or under PROFILE_ROOT
+    profiles="$NODE_DIR/profiles"
+    if [[ -n ${PROFILE_ROOT:-} ]]; then
+        profiles="$(mktemp -d "$PROFILE_ROOT/rxfed-bench-profiles.XXXXXX")" || return 1
+        ln -s "$profiles" "$NODE_DIR/profiles-link"  # so the cleanup below finds it
+    fi
+    rss="$(rss_mib "$SERVER_PID" 2>/dev/null)" || rss=""
+    if [[ -z $rss ]]; then
+        say "rxfed: the node (pid $SERVER_PID) exited while idle"
+        cp "$NODE_DIR/server.log" "$RESULTS/$name.server.log" 2>/dev/null || true
+        return 1
+    fi
+    run_child "$PYTHON" "$BENCH/load.py" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$N" \
+        --conc "$CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" \
+        --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
+    stop_server
+    cat "$RESULTS/$name.out" >&2
+    if [[ $rc -ne 0 ]]; then
+        # keep the end of the node's log for a failed run (it holds no plaintext)
+        tail -n 200 "$NODE_DIR/server.log" >"$RESULTS/$name.server.log" 2>/dev/null || true
+    fi
+    remove_node_dir
+    keep_json "$name" && return "$rc"
+    say "$name: no JSON line"
+    return 1
+}
+
+say "results in $RESULTS"
+say "R=$R rounds of: Synapse, ceiling (synchronous=FULL), rxfed; N=$N, CONC=$CONC, IDLE_S=$IDLE_S, PATIENTS=$PATIENTS"
+say "rxfed command: ${RXFED[*]}"
+for ((i = 1; i <= R; i++)); do
+    say ""
+    say "##### round $i of $R"
+    run_peer "synapse-$i" bash "$SHARED/peers/synapse/run.sh"
+    run_peer "ceiling-full-$i" env CEILING_SYNC_MODE=FULL bash "$SHARED/peers/synapse/ceiling.sh"
+    if ! run_rxfed "rxfed-$i"; then
+        say "rxfed-$i: failed or incomplete"
+        FAILED+=("rxfed-$i")
+        stop_server
+        remove_node_dir
+    fi
+done
+
+say ""
+say "all rounds done in $(($(date +%s) - T_START)) s; raw results in $RESULTS"
+"$PYTHON" "$BENCH/report.py" "$RESULTS" | tee "$RESULTS/report.md"
+if ((${#FAILED[@]})); then
+    say "failed or incomplete: ${FAILED[*]}"
+    exit 3
+fi

@@ -1,0 +1,381 @@
+"""Federation I/O: peer key discovery with SSRF guards, the outbox worker, the inbox.
+
+The protocol decisions live in :mod:`rxfed.protocol.federation`; this module fetches,
+sends, retries and persists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import attrs
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
+
+from rxfed.errors import BadRequest, Forbidden, RxfedError, Unauthorized, Unavailable
+from rxfed.protocol.auth import sign_request
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.federation import (
+    PROTOCOL_VERSIONS,
+    EventResult,
+    NodeDocument,
+    Transaction,
+    WireEvent,
+    negotiate,
+    node_id_ok,
+    reply_json,
+)
+from rxfed.store import CommunityEvent, CommunityRow, Peer
+
+log = logging.getLogger("rxfed.federation")
+
+POLICIES = ("known", "allowed", "denied", "blocked")
+
+
+class PeerRefused(Forbidden):
+    code = "peer_refused"
+
+
+class DeliveryError(Exception):
+    """A transaction did not reach its destination (retried later)."""
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip.is_global and not ip.is_multicast
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names but drops private, loopback and link-local addresses unless the name
+    belongs to a peer the operator allowed explicitly: a stranger cannot make the node
+    connect to its own network (server-side request forgery), also not by DNS rebinding,
+    since the check applies to the very addresses the connection uses."""
+
+    def __init__(self, allowed_hosts: Callable[[], set[str]]):
+        self._inner = DefaultResolver()
+        self._allowed_hosts = allowed_hosts
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        found = await self._inner.resolve(host, port, family)
+        if host.lower() in self._allowed_hosts():
+            return found
+        public = [r for r in found if _is_public(r["host"])]
+        if not public:
+            raise OSError(f"refusing to connect to {host}: it resolves to private addresses only")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@attrs.frozen
+class InboundEffects:
+    """What applying inbound events changes, written in one store transaction."""
+
+    communities: list[tuple[CommunityRow, list[CommunityEvent]]] = attrs.Factory(list)
+    outbox: list[tuple[str, bytes]] = attrs.Factory(list)
+    #: Run once the store has committed (to update in-memory caches).
+    after_commit: list[Callable[[], None]] = attrs.Factory(list)
+
+
+#: An inbound handler takes (origin, events of its kind) and returns a result per event
+#: (in order) plus the effects to persist.
+InboundHandler = Callable[[str, list[WireEvent]], Awaitable[tuple[list[EventResult], InboundEffects]]]
+
+
+class Federation:
+    """One node's view of its peers: policy, keys, the HTTP client and the outbox worker."""
+
+    def __init__(self, state):
+        self.state = state
+        self.settings = state.config.federation
+        self.handlers: dict[str, InboundHandler] = {}
+        self._documents: dict[str, tuple[NodeDocument, float]] = {}
+        self._allowed_hosts: set[str] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = asyncio.Event()
+        self._active: dict[str, asyncio.Task] = {}
+        self._task: asyncio.Task | None = None
+        self._failing: set[str] = set()
+        #: Serialises everything that validates against and then changes shared state
+        #: (inbound transactions, local community submissions).
+        self.lock = asyncio.Lock()
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._refresh_allowed()
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(lambda: self._allowed_hosts), limit_per_host=4)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
+            total=self.settings.request_timeout), auto_decompress=False)
+        self._task = asyncio.create_task(self._run(), name="rxfed-outbox")
+
+    async def stop(self) -> None:
+        # A flag as well as cancellation: a cancel that races a wake-up must not be lost.
+        self._stopping = True
+        tasks = [t for t in [self._task, *self._active.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def notify(self) -> None:
+        """Something was queued: deliver now rather than at the next timer."""
+        self._wake.set()
+
+    async def _refresh_allowed(self) -> None:
+        hosts = set()
+        for peer in await self.state.store.peers():
+            if peer.policy == "allowed":
+                hosts.add((urlsplit(self.url_for(peer)).hostname or "").lower())
+        self._allowed_hosts = hosts
+
+    async def policy_changed(self) -> None:
+        await self._refresh_allowed()
+        self._documents.clear()
+        self.notify()
+
+    # -- peers -----------------------------------------------------------------------------
+    @staticmethod
+    def url_for(peer: Peer | None, node_id: str | None = None) -> str:
+        if peer is not None and peer.url:
+            return peer.url.rstrip("/")
+        return f"https://{node_id or peer.node_id}"
+
+    def _check_url(self, peer: Peer | None, url: str) -> None:
+        parts = urlsplit(url)
+        allowed = peer is not None and peer.policy == "allowed"
+        host = parts.hostname or ""
+        if parts.scheme != "https" and not (allowed and _is_loopback(host)):
+            raise PeerRefused(f"peers talk HTTPS off loopback; {url} is not allowed")
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if not allowed and not _is_public(str(literal)):
+            raise PeerRefused(f"refusing to contact private address {host} of a peer not explicitly allowed")
+
+    async def check_inbound(self, origin: str) -> Peer | None:
+        if not node_id_ok(origin):
+            raise BadRequest("malformed origin node id", code="bad_origin")
+        if origin == self.state.config.node_id:
+            raise Unauthorized("a node does not send itself transactions", code="wrong_origin")
+        peer = await self.state.store.peer(origin)
+        policy = peer.policy if peer else "known"
+        if policy in ("denied", "blocked"):
+            raise PeerRefused(f"this node does not accept traffic from {origin}")
+        if self.settings.mode == "allowlist" and policy != "allowed":
+            raise PeerRefused(f"this node federates with allowed peers only; {origin} is not one")
+        return peer
+
+    async def document(self, node_id: str, *, need_key: bytes | None = None) -> NodeDocument:
+        """The peer's key document: cached in memory and in the store, refetched when a
+        key it signs with is unknown (rotation), at most every ``key_refetch`` seconds."""
+        cached = self._documents.get(node_id)
+        peer = await self.state.store.peer(node_id)
+        if cached is None and peer is not None and peer.document:
+            try:
+                cached = (NodeDocument.from_json(loads(peer.document)), peer.fetched or 0)
+            except RxfedError:
+                cached = None
+        fresh_enough = cached is not None and time.time() - cached[1] < self.settings.key_refetch
+        if cached is not None and (need_key is None or any(k.public_key == need_key for k in cached[0].keys)):
+            return cached[0]
+        if cached is not None and fresh_enough:
+            return cached[0]  # unknown key, but we asked recently: the caller will refuse
+        doc = await self._fetch_document(node_id, peer)
+        self._documents[node_id] = (doc, time.time())
+        return doc
+
+    async def _fetch_document(self, node_id: str, peer: Peer | None) -> NodeDocument:
+        url = self.url_for(peer, node_id)
+        self._check_url(peer, url)
+        try:
+            async with self._session.get(url + "/.well-known/rxfed", allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise Unavailable(f"{node_id} answered {resp.status} for its key document")
+                raw = await resp.content.read(64 * 1024 + 1)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"cannot fetch the key document of {node_id}: {exc or type(exc).__name__}") from None
+        if len(raw) > 64 * 1024:
+            raise BadRequest(f"the key document of {node_id} is too large")
+        doc = NodeDocument.from_json(loads(raw))
+        if doc.node_id != node_id:
+            raise Unauthorized(f"{url} says it is {doc.node_id}, not {node_id}", code="wrong_node")
+        negotiate(PROTOCOL_VERSIONS, doc.protocol_versions)
+        if peer is not None and peer.fingerprint:
+            from rxfed.crypto import fingerprint
+
+            if not any(fingerprint(k.public_key) == peer.fingerprint for k in doc.keys):
+                raise Unauthorized(f"{node_id} no longer publishes the pinned key {peer.fingerprint}", code="pin_mismatch")
+        await self.state.store.save_peer_document(node_id, canonical(loads(raw)), int(time.time()))
+        return doc
+
+    # -- outbound --------------------------------------------------------------------------
+    async def send_events(self, destination: str, events: list[WireEvent]) -> None:
+        """Queue events for a peer (durably) and wake the worker."""
+        await self.state.store.enqueue([(destination, canonical(e.to_json())) for e in events], self.state.now())
+        self.notify()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                next_ms = await self._start_due()
+            except RxfedError as exc:
+                log.warning("outbox scan failed: %s", exc.message)
+                next_ms = None
+            timeout = 30.0 if next_ms is None else max(0.0, next_ms / 1000 - time.time())
+            try:
+                async with asyncio.timeout(min(timeout, 30.0)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _start_due(self) -> int | None:
+        now_ms = int(time.time() * 1000)
+        soonest = None
+        for destination, when in await self.state.store.due_destinations():
+            if destination in self._active:
+                continue
+            peer = await self.state.store.peer(destination)
+            if peer is not None and peer.policy == "blocked":
+                continue
+            if peer is not None and peer.breaker_until:
+                when = max(when or 0, peer.breaker_until * 1000)
+            if when and when > now_ms:
+                soonest = when if soonest is None else min(soonest, when)
+                continue
+            self._active[destination] = asyncio.create_task(self._deliver(destination))
+        return soonest
+
+    async def _deliver(self, destination: str) -> None:
+        s, store = self.settings, self.state.store
+        try:
+            while True:
+                txn = await store.next_transaction(destination, max_events=s.max_batch, now=self.state.now(),
+                                                   dead_after=s.dead_after)
+                if txn is None or txn.next_attempt_ms > time.time() * 1000:
+                    return
+                try:
+                    await self._send(destination, txn)
+                except (DeliveryError, RxfedError) as exc:
+                    message = exc.message if isinstance(exc, RxfedError) else str(exc)
+                    await self._failed(destination, txn, message)
+                    return
+                await store.transaction_delivered(txn.txn_id)
+                if destination in self._failing:
+                    self._failing.discard(destination)
+                    await store.peer_delivery(destination, ok=True, now=self.state.now())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery to %s failed unexpectedly", destination)
+        finally:
+            self._active.pop(destination, None)
+            self._wake.set()
+
+    async def _failed(self, destination: str, txn, message: str) -> None:
+        s = self.settings
+        now = self.state.now()
+        peer = await self.state.store.peer(destination)
+        failures = (peer.failures if peer else 0) + 1
+        breaker_until = None
+        if failures >= s.breaker_threshold:
+            cooldown = min(s.backoff_max, s.breaker_cooldown * 2 ** (failures - s.breaker_threshold))
+            breaker_until = now + max(1, int(cooldown))
+        self._failing.add(destination)
+        await self.state.store.peer_delivery(destination, ok=False, now=now, error=message,
+                                             breaker_until=breaker_until)
+        delay = random.uniform(0, min(s.backoff_max, s.backoff_base * 2 ** txn.attempts))  # full jitter
+        await self.state.store.transaction_failed(txn.txn_id, error=message,
+                                                  next_attempt_ms=int((time.time() + delay) * 1000))
+        log.info("delivery to %s failed (attempt %d): %s; retry in %.1fs", destination, txn.attempts + 1,
+                 message, delay)
+
+    async def _send(self, destination: str, txn) -> dict:
+        peer = await self.state.store.peer(destination)
+        url = self.url_for(peer, destination)
+        self._check_url(peer, url)
+        events = [loads(e) for e in txn.events]
+        body = canonical({"origin": self.state.config.node_id, "destination": destination, "seq": txn.seq,
+                          "events": events})
+        path = f"/federation/v1/transactions/{txn.txn_id}"
+        headers = sign_request(self.state.signing_key(), method="PUT", target=path, destination=destination,
+                               origin=self.state.config.node_id, body=body, now=self.state.now())
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.put(url + path, data=body, headers=headers, allow_redirects=False) as resp:
+                raw = await resp.content.read(4 * 1024 * 1024)
+                status = resp.status
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        if status != 200:
+            detail = ""
+            try:
+                detail = loads(raw).get("message", "")
+            except (RxfedError, AttributeError):
+                pass
+            raise DeliveryError(f"{destination} answered {status} {detail}".strip())
+        reply = loads(raw)
+        rejected = {k: v for k, v in (reply.get("results") or {}).items() if not v.get("ok")}
+        if rejected:
+            log.warning("%s rejected %d event(s) of transaction %s: %s", destination, len(rejected), txn.txn_id,
+                        "; ".join(f"{v.get('error')}" for v in list(rejected.values())[:3]))
+        if reply.get("missing"):
+            log.info("%s reports missing transactions %s", destination, reply["missing"][:10])
+        return reply
+
+    # -- inbound ---------------------------------------------------------------------------
+    async def receive(self, origin: str, txn_id: str, body: Any, nonce) -> bytes:
+        txn = Transaction.from_json(txn_id, body)
+        txn.check_route(signed_origin=origin, me=self.state.config.node_id)
+        stored = await self.state.store.inbox_reply(origin, txn_id)
+        if stored is not None:
+            return stored
+        async with self.lock:
+            return await self._apply(origin, txn, nonce)
+
+    async def _apply(self, origin: str, txn: Transaction, nonce) -> bytes:
+        results: dict[str, EventResult] = {}
+        effects = InboundEffects()
+        by_kind: dict[str, list[WireEvent]] = {}
+        for event in txn.events:
+            by_kind.setdefault(event.kind, []).append(event)
+        for kind, events in by_kind.items():
+            handler = self.handlers.get(kind)
+            if handler is None:
+                for e in events:
+                    results[e.id] = EventResult(False, "unknown_kind", f"this node does not handle {kind!r} events")
+                continue
+            outcomes, more = await handler(origin, events)
+            for e, outcome in zip(events, outcomes):
+                results[e.id] = outcome
+            effects.communities.extend(more.communities)
+            effects.outbox.extend(more.outbox)
+            effects.after_commit.extend(more.after_commit)
+        reply = await self.state.store.apply_inbound(
+            origin, txn.txn_id, txn.seq, make_reply=lambda missing: canonical(reply_json(results, missing)),
+            communities=effects.communities, outbox=effects.outbox, nonce=nonce, now=self.state.now())
+        for update in effects.after_commit:
+            update()
+        if effects.outbox:
+            self.notify()
+        return reply

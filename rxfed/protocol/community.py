@@ -1,0 +1,727 @@
+"""Community events and state: signed membership changes and messages, folded in sequence
+order by the same pure code on the host (to validate) and on clients (to read).
+
+A community lives on one host node. A member appears in it only under a per-community
+member key (Ed25519) and box key (X25519) that its client made for this community alone.
+Every event is a statement signed by a member key (membership changes by the member or the
+admin, messages and sender keys by their sender); the host checks it against the state,
+gives it the next sequence number and countersigns it with a host stamp. Nodes store and
+forward ciphertext only.
+
+Keys follow membership: every membership change bumps ``version``, and a sender may post
+only under a sender key it distributed, for the current version, to exactly the joined
+members. So after any change each sender must hand a fresh key to the members of the moment
+before posting again: a member who left never gets a key for later messages, and one who
+joined never gets a key for earlier ones.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from typing import Any
+
+import attrs
+
+from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e, random_bytes
+from rxfed.crypto.groups import (
+    COMMITMENT_SIZE,
+    FRANKING_KEY_SIZE,
+    MAX_EPOCH,
+    MESSAGE_OVERHEAD,
+    SEALED_SENDER_KEY_SIZE,
+    SenderKey,
+    check_commitment,
+    commitment,
+    new_franking_key,
+    open_message,
+    open_sender_key,
+    seal_message,
+    seal_sender_key,
+)
+from rxfed.crypto.records import bucket_size
+from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.schema import HEX_ID, anything, b64, const, fields, integer, mapping, text
+from rxfed.protocol.statements import open_statement, sign_statement, statement_hash
+
+CREATE = "rxfed.community.create"
+JOIN = "rxfed.community.join"
+APPROVE = "rxfed.community.approve"
+LEAVE = "rxfed.community.leave"
+REMOVE = "rxfed.community.remove"
+SENDER_KEY = "rxfed.community.sender-key"
+MESSAGE = "rxfed.community.message"
+HOST_STAMP = "rxfed.host-stamp"
+FRANKING_REPORT = "rxfed.franking-report"
+
+MAX_TIME = 2**40
+MAX_SEQ = 2**53 - 1
+MAX_VERSION = 2**31 - 1
+#: Joined and pending members at most: a sender-key event carries one sealed key per member.
+MAX_MEMBERS = 1000
+MAX_NAME = 80
+MAX_TEXT = 4000
+#: Largest message ciphertext. The padded plaintext must fit a bucket below it, so the
+#: largest bucket is 4 KiB: 4000 characters of mostly ASCII text fit, far fewer of a script
+#: that takes several UTF-8 bytes a character (make_message says so with message_too_long).
+MAX_CIPHERTEXT = 8 * 1024
+#: How far an event's own time may stray from the host's clock (see check_timely).
+MAX_SKEW = 300
+
+_NAME = r"[^\x00-\x1f\x7f]+"
+#: An ICD-10 category: a letter and two characters (G40, E11, and ICD-10-CM's C4A, M1A...).
+_CONDITION = r"[A-Z][0-9][0-9A-Z]"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NODE_ID = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[1-9][0-9]{{0,4}}))?")
+
+
+def node_id(value: Any, where: str) -> str:
+    """Validate a node id: the lower-case authority of its public URL (``host[:port]``,
+    ``[ipv6]:port``)."""
+    match = _NODE_ID.fullmatch(value) if isinstance(value, str) and len(value) <= 261 else None
+    ok = match is not None and (not match["port"] or int(match["port"]) <= 65535)
+    if ok and match["ipv6"]:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            ok = False
+    if not ok:
+        raise BadRequest(f"{where} is not a node id (host or host:port, lower case)", code="bad_node_id")
+    return value
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where} must be true or false")
+    return value
+
+
+def _member_key(value: Any, where: str) -> str:
+    """A member key as it appears in JSON object keys: kept as its (canonical) base64url."""
+    return b64e(b64(32)(value, where))
+
+
+def _ciphertext(value: Any, where: str) -> bytes:
+    data = b64(max_length=MAX_CIPHERTEXT)(value, where)
+    # A sealed message is a padded bucket plus nonce and tag, nothing else. A client that
+    # skipped padding would tell every node that stores or forwards it the exact length of
+    # the message, so the host refuses any other length rather than trusting clients.
+    # ``bucket_size(n - 1) == n`` holds exactly when n is a bucket size.
+    padded = len(data) - MESSAGE_OVERHEAD
+    if padded <= 0 or bucket_size(padded - 1) != padded:
+        raise BadRequest(f"{where} is not a padded message", code="unpadded_message")
+    return data
+
+
+_TIME = integer(0, MAX_TIME)
+_TEXT = text(MAX_TEXT)
+
+
+@attrs.frozen
+class CommunityAddress:
+    """``<id>@<host>``: a random 128-bit id and the node id of the host."""
+
+    id: str
+    host: str
+
+    @classmethod
+    def generate(cls, host: str) -> CommunityAddress:
+        return cls(random_bytes(16).hex(), node_id(host, "host"))
+
+    @classmethod
+    def parse(cls, value: Any, where: str = "community") -> CommunityAddress:
+        ident, at, host = value.partition("@") if isinstance(value, str) else ("", "", "")
+        if not at or not re.fullmatch(HEX_ID, ident):
+            raise BadRequest(f"{where} must be <32 hex digits>@<host>", code="bad_address")
+        try:
+            return cls(ident, node_id(host, where))
+        except BadRequest as exc:
+            raise BadRequest(exc.message, code="bad_address") from None
+
+    def __str__(self) -> str:
+        return f"{self.id}@{self.host}"
+
+
+# -- events --------------------------------------------------------------------------------
+#
+# Each class parses one event type. ``author`` is the key that must have signed it when the
+# body names it; ``None`` means the community's admin signed it (approve, remove). ``when``
+# is the event's own claim of time, if it makes one.
+
+
+@attrs.frozen
+class Create:
+    TYPE = CREATE
+    FIELDS = {"name": text(MAX_NAME, _NAME), "approval": _boolean, "admin": b64(32), "admin_box": b64(32),
+              "node": node_id, "created": _TIME}
+    OPTIONAL = {"condition": text(3, _CONDITION)}
+
+    community: CommunityAddress
+    name: str
+    condition: str | None
+    approval: bool
+    admin: bytes
+    admin_box: bytes
+    node: str
+    created: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.admin)
+    when = property(lambda self: self.created)
+
+
+@attrs.frozen
+class Join:
+    TYPE = JOIN
+    FIELDS = {"member": b64(32), "box_key": b64(32), "node": node_id, "time": _TIME}
+
+    community: CommunityAddress
+    member: bytes
+    box_key: bytes
+    node: str
+    time: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.member)
+    when = property(lambda self: self.time)
+
+
+@attrs.frozen
+class _MemberEvent:
+    """An event about one member, the ``member`` it names (its subject)."""
+
+    FIELDS = {"member": b64(32), "time": _TIME}
+
+    community: CommunityAddress
+    member: bytes
+    time: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    when = property(lambda self: self.time)
+
+
+@attrs.frozen
+class Approve(_MemberEvent):
+    TYPE = APPROVE
+    author = None
+
+
+@attrs.frozen
+class Leave(_MemberEvent):
+    TYPE = LEAVE
+    author = property(lambda self: self.member)
+
+
+@attrs.frozen
+class Remove(_MemberEvent):
+    TYPE = REMOVE
+    author = None
+
+
+@attrs.frozen
+class SenderKeyDistribution:
+    """A sender's new key for ``epoch``, sealed to each member listed in ``keys`` (member key
+    base64url to sealed key), made for membership ``version``."""
+
+    TYPE = SENDER_KEY
+    FIELDS = {"sender": b64(32), "epoch": integer(1, MAX_EPOCH), "version": integer(1, MAX_VERSION),
+              "keys": mapping(_member_key, b64(SEALED_SENDER_KEY_SIZE), MAX_MEMBERS)}
+
+    community: CommunityAddress
+    sender: bytes
+    epoch: int
+    version: int
+    keys: dict[str, bytes] = attrs.field(repr=False)
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.sender)
+    when = None
+
+
+@attrs.frozen
+class MessagePosted:
+    TYPE = MESSAGE
+    FIELDS = {"sender": b64(32), "epoch": integer(1, MAX_EPOCH), "ciphertext": _ciphertext,
+              "commitment": b64(COMMITMENT_SIZE), "sent": _TIME}
+
+    community: CommunityAddress
+    sender: bytes
+    epoch: int
+    ciphertext: bytes = attrs.field(repr=False)
+    commitment: bytes
+    sent: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.sender)
+    when = property(lambda self: self.sent)
+
+
+Event = Create | Join | Approve | Leave | Remove | SenderKeyDistribution | MessagePosted
+_EVENTS: dict[str, type] = {cls.TYPE: cls for cls in Event.__args__}
+
+
+def parse_event(obj: Any, where: str = "event") -> Event:
+    """The typed event of a statement, shape checked; its signature is *not* checked here,
+    since the admin's key comes from the state (:meth:`CommunityState.apply` checks it)."""
+    body = obj.get("body") if isinstance(obj, dict) else None
+    cls = _EVENTS.get(body.get("type") if isinstance(body, dict) else None)
+    if cls is None:
+        raise BadRequest(f"{where} is not a community event", code="bad_event")
+    body = open_statement(obj, where, cls.TYPE, None)
+    f = fields(body, where, {"type": const(cls.TYPE), "community": CommunityAddress.parse, **cls.FIELDS},
+               getattr(cls, "OPTIONAL", {}))
+    del f["type"]
+    return cls(**f, signed=obj)
+
+
+def check_timely(event: dict, now: int, *, skew: int = MAX_SKEW) -> None:
+    """For the host on submission: refuse an event whose own time is more than ``skew``
+    seconds from ``now``, so the ``sent`` a franking report shows is close to the truth.
+    (Not part of :meth:`CommunityState.apply`, which replays old events too.)"""
+    when = parse_event(event).when
+    if when is not None and abs(when - now) > skew:
+        raise BadRequest(f"event time is more than {skew} s from the host's clock", code="clock_skew")
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+class MemberStatus(enum.StrEnum):
+    PENDING = "pending"
+    JOINED = "joined"
+    LEFT = "left"
+    REMOVED = "removed"
+
+
+PENDING, JOINED, LEFT, REMOVED = MemberStatus
+
+#: Every membership transition: event type -> (statuses it may start from, status it leads
+#: to, code and message when it may not). ``None`` is "never seen": a member key that left
+#: or was removed cannot join again (its client makes a new key), so a replayed join fails.
+#: A join leads to ``JOINED`` straight away in an open community.
+_MEMBERSHIP: dict[str, tuple[tuple[MemberStatus | None, ...], MemberStatus, str, str]] = {
+    JOIN: ((None,), PENDING, "already_member", "this member key has already joined; join under a new key"),
+    APPROVE: ((PENDING,), JOINED, "not_pending", "only a pending member can be approved"),
+    LEAVE: ((JOINED, PENDING), LEFT, "not_a_member", "not a current member"),
+    REMOVE: ((JOINED, PENDING), REMOVED, "not_a_member", "not a current member"),
+}
+
+
+@attrs.frozen
+class Member:
+    member: bytes
+    box_key: bytes
+    node: str
+    status: MemberStatus
+
+    @property
+    def member_b64(self) -> str:
+        return b64e(self.member)
+
+
+@attrs.frozen
+class CommunityMeta:
+    name: str
+    condition: str | None
+    approval: bool
+    admin: bytes
+    host: str
+
+
+@attrs.frozen
+class CommunityState:
+    """The community after events ``1..seq``: a value, changed only by :meth:`apply`.
+
+    ``members`` maps member key (base64url) to :class:`Member`, in join order; ``senders``
+    maps member key to the (epoch, membership version) of its latest sender key; ``version``
+    counts membership changes.
+    """
+
+    address: CommunityAddress
+    seq: int = 0
+    version: int = 0
+    meta: CommunityMeta | None = None
+    members: dict[str, Member] = attrs.field(factory=dict, repr=False)
+    senders: dict[str, tuple[int, int]] = attrs.field(factory=dict, repr=False)
+    # Per sender: the latest ``sent`` and the commitments posted at that second, so a
+    # replayed message is refused while the state stays small (``sent`` never goes back).
+    _recent: dict[str, tuple[int, frozenset[bytes]]] = attrs.field(factory=dict, repr=False, alias="recent")
+
+    @classmethod
+    def empty(cls, address: CommunityAddress) -> CommunityState:
+        return cls(address)
+
+    @classmethod
+    def from_events(cls, events: list[tuple[int, dict]]) -> CommunityState:
+        """Fold ``(seq, event)`` pairs from the first (the create event) on."""
+        if not events:
+            raise BadRequest("a community starts with its create event")
+        state = cls.empty(parse_event(events[0][1]).community)
+        for seq, event in events:
+            state = state.apply(event, seq=seq)
+        return state
+
+    def apply(self, event: dict, *, seq: int) -> CommunityState:
+        """The state after ``event`` as number ``seq``, or BadRequest (malformed), Forbidden
+        (bad signature, not allowed) or Conflict (not a valid next event)."""
+        return self.step(event, seq=seq)[0]
+
+    def step(self, event: dict, *, seq: int) -> tuple[CommunityState, Event]:
+        """:meth:`apply`, also returning the parsed event."""
+        if seq != self.seq + 1:
+            raise Conflict(f"expected event {self.seq + 1}, got {seq}", code="out_of_order")
+        parsed = parse_event(event)
+        if parsed.community != self.address:
+            raise BadRequest("event is for another community", code="wrong_community")
+        if (self.meta is None) != isinstance(parsed, Create):
+            raise Conflict("a community starts with exactly one create event",
+                           code="not_created" if self.meta is None else "already_created")
+        signer = parsed.author if parsed.author is not None else self.meta.admin
+        open_statement(event, "event", parsed.TYPE, signer)
+        return attrs.evolve(_FOLD[type(parsed)](self, parsed), seq=seq), parsed
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def joined(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members.values() if m.status is JOINED)
+
+    def member_nodes(self) -> set[str]:
+        """Home nodes of joined and pending members: where the host fans events out."""
+        return {m.node for m in self.members.values() if m.status in (JOINED, PENDING)}
+
+    def status(self, member: bytes) -> MemberStatus | None:
+        found = self.members.get(b64e(member))
+        return found.status if found else None
+
+    def needs_sender_key(self, member: bytes) -> bool:
+        """Whether ``member`` must distribute a new sender key before it may post."""
+        record = self.senders.get(b64e(member))
+        return record is None or record[1] != self.version
+
+    def next_epoch(self, member: bytes) -> int:
+        return self.senders.get(b64e(member), (0, 0))[0] + 1
+
+    def last_sent(self, member: bytes) -> int:
+        """The ``sent`` of ``member``'s latest message; a new one may not be earlier."""
+        return self._recent.get(b64e(member), (0, frozenset()))[0]
+
+
+def _create(state: CommunityState, event: Create) -> CommunityState:
+    meta = CommunityMeta(event.name, event.condition, event.approval, event.admin, state.address.host)
+    admin = Member(event.admin, event.admin_box, event.node, JOINED)
+    return attrs.evolve(state, meta=meta, members={admin.member_b64: admin}, version=state.version + 1)
+
+
+def _membership(state: CommunityState, event: Join | Approve | Leave | Remove) -> CommunityState:
+    key = b64e(event.member)
+    current = state.members.get(key)
+    sources, target, code, message = _MEMBERSHIP[event.TYPE]
+    if (current.status if current else None) not in sources:
+        raise Conflict(message, code=code)
+    if event.author is None:  # approve, remove: the admin acts, and must still be a member
+        if state.status(state.meta.admin) is not JOINED:
+            raise Forbidden("the admin has left this community", code="not_admin")
+        if event.member == state.meta.admin:
+            raise Conflict("the admin leaves rather than removing themselves", code="admin_cannot_remove_self")
+    if isinstance(event, Join):
+        if sum(m.status in (JOINED, PENDING) for m in state.members.values()) >= MAX_MEMBERS:
+            raise Conflict(f"a community has at most {MAX_MEMBERS} members", code="community_full")
+        updated = Member(event.member, event.box_key, event.node, target if state.meta.approval else JOINED)
+    else:
+        updated = attrs.evolve(current, status=target)
+    return attrs.evolve(state, members={**state.members, key: updated}, version=state.version + 1)
+
+
+def _joined_sender(state: CommunityState, sender: bytes) -> str:
+    key = b64e(sender)
+    if state.status(sender) is not JOINED:
+        raise Forbidden("only a joined member may do this", code="not_a_member")
+    return key
+
+
+def _sender_key(state: CommunityState, event: SenderKeyDistribution) -> CommunityState:
+    key = _joined_sender(state, event.sender)
+    if event.epoch < state.next_epoch(event.sender):
+        raise Conflict("a sender key's epoch must be above the sender's last", code="stale_epoch")
+    if event.version != state.version:
+        raise Conflict("membership changed since this sender key was made", code="membership_changed")
+    if set(event.keys) != {m.member_b64 for m in state.joined()}:
+        raise Conflict("a sender key goes to exactly the joined members", code="wrong_recipients")
+    return attrs.evolve(state, senders={**state.senders, key: (event.epoch, event.version)})
+
+
+def _message(state: CommunityState, event: MessagePosted) -> CommunityState:
+    key = _joined_sender(state, event.sender)
+    if state.senders.get(key) != (event.epoch, state.version):
+        raise Conflict("membership changed: distribute a new sender key first", code="rotate_sender_key")
+    last, seen = state._recent.get(key, (0, frozenset()))
+    if event.sent < last:
+        raise Conflict("a message may not be older than its sender's last", code="stale_message")
+    if event.sent == last and event.commitment in seen:
+        raise Conflict("this message was already posted", code="duplicate_message")
+    seen = seen | {event.commitment} if event.sent == last else frozenset({event.commitment})
+    return attrs.evolve(state, recent={**state._recent, key: (event.sent, seen)})
+
+
+_FOLD = {Create: _create, Join: _membership, Approve: _membership, Leave: _membership, Remove: _membership,
+         SenderKeyDistribution: _sender_key, MessagePosted: _message}
+
+
+# -- builders, for clients -----------------------------------------------------------------
+
+
+def _built(key: SigningKeyPair, body: dict) -> dict:
+    # Parse what we build, so a client learns of a bad field before the host does.
+    statement = sign_statement(key, body)
+    parse_event(statement)
+    return statement
+
+
+def make_create(admin: SigningKeyPair, admin_box: bytes, address: CommunityAddress, *, name: str,
+                condition: str | None, approval: bool, node: str, now: int) -> dict:
+    return _built(admin, {"type": CREATE, "community": str(address), "name": name, "condition": condition,
+                          "approval": approval, "admin": b64e(admin.public), "admin_box": b64e(admin_box),
+                          "node": node, "created": now})
+
+
+def make_join(member: SigningKeyPair, box_public: bytes, address: CommunityAddress, node: str, now: int) -> dict:
+    return _built(member, {"type": JOIN, "community": str(address), "member": b64e(member.public),
+                           "box_key": b64e(box_public), "node": node, "time": now})
+
+
+def make_approve(admin: SigningKeyPair, address: CommunityAddress, member: bytes, now: int) -> dict:
+    return _built(admin, {"type": APPROVE, "community": str(address), "member": b64e(member), "time": now})
+
+
+def make_leave(member: SigningKeyPair, address: CommunityAddress, now: int) -> dict:
+    return _built(member, {"type": LEAVE, "community": str(address), "member": b64e(member.public), "time": now})
+
+
+def make_remove(admin: SigningKeyPair, address: CommunityAddress, member: bytes, now: int) -> dict:
+    return _built(admin, {"type": REMOVE, "community": str(address), "member": b64e(member), "time": now})
+
+
+def _sender_key_context(address: CommunityAddress, recipient: bytes, epoch: int) -> bytes:
+    return canonical({"community": str(address), "recipient": b64e(recipient), "epoch": epoch})
+
+
+def _message_ad(address: CommunityAddress, sender: bytes, epoch: int) -> bytes:
+    return canonical({"community": str(address), "sender": b64e(sender), "epoch": epoch})
+
+
+def _franked(address: CommunityAddress, sender: bytes, text: str, sent: int) -> bytes:
+    """What a message commitment commits to."""
+    return canonical({"community": str(address), "sender": b64e(sender), "text": text, "sent": sent})
+
+
+def make_sender_key(sender: SigningKeyPair, state: CommunityState, sender_key: SenderKey,
+                    address: CommunityAddress | None = None) -> dict:
+    """``sender_key`` sealed to every joined member (the sender too, so its other devices and
+    its own history read back), for the current membership version. Make the key with
+    ``SenderKey.generate(state.next_epoch(sender.public))``."""
+    if address is not None and address != state.address:
+        raise BadRequest("state is for another community", code="wrong_community")
+    address = state.address
+    keys = {}
+    for m in state.joined():
+        context = _sender_key_context(address, m.member, sender_key.epoch)
+        keys[m.member_b64] = b64e(seal_sender_key(sender, m.box_key, context, sender_key))
+    return _built(sender, {"type": SENDER_KEY, "community": str(address), "sender": b64e(sender.public),
+                           "epoch": sender_key.epoch, "version": state.version, "keys": keys})
+
+
+def make_message(sender: SigningKeyPair, sender_key: SenderKey, address: CommunityAddress, text: str,
+                 now: int) -> tuple[dict, bytes]:
+    """A message statement and its franking key. ``now`` must not be before the sender's
+    last message (``state.last_sent``)."""
+    _TEXT(text, "text")
+    franking_key = new_franking_key()
+    plaintext = canonical({"text": text, "franking_key": b64e(franking_key), "sent": now})
+    if bucket_size(len(plaintext)) + MESSAGE_OVERHEAD > MAX_CIPHERTEXT:
+        raise BadRequest("message is too long once encoded", code="message_too_long")
+    sealed = seal_message(sender_key, _message_ad(address, sender.public, sender_key.epoch), plaintext)
+    committed = commitment(franking_key, _franked(address, sender.public, text, now))
+    statement = _built(sender, {
+        "type": MESSAGE, "community": str(address), "sender": b64e(sender.public), "epoch": sender_key.epoch,
+        "ciphertext": b64e(sealed), "commitment": b64e(committed), "sent": now})
+    return statement, franking_key
+
+
+# -- host stamps ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HostStamp:
+    """The host's countersignature on event ``seq``: which event (its statement hash), who
+    signed it, the message commitment if it is a message, and the host's time."""
+
+    community: CommunityAddress
+    seq: int
+    event: bytes
+    sender: bytes
+    commitment: bytes | None
+    time: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    TYPE = HOST_STAMP
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str, host_public_keys: list[bytes] | None) -> HostStamp:
+        """Parse a stamp; with ``host_public_keys`` (the host's current and earlier keys),
+        one of them must verify it (Forbidden otherwise)."""
+        body = open_statement(obj, where, cls.TYPE, None)
+        if host_public_keys is not None and not any(_verifies(obj, where, key) for key in host_public_keys):
+            raise Forbidden(f"{where}: no host key verifies it", code="bad_stamp")
+        f = fields(body, where, {"type": const(cls.TYPE), "community": CommunityAddress.parse,
+                                 "seq": integer(1, MAX_SEQ), "event": b64(32), "sender": b64(32), "time": _TIME},
+                   {"commitment": b64(COMMITMENT_SIZE)})
+        return cls(f["community"], f["seq"], f["event"], f["sender"], f["commitment"], f["time"], obj)
+
+
+def _verifies(obj: dict, where: str, key: bytes) -> bool:
+    try:
+        open_statement(obj, where, HOST_STAMP, key)
+    except Forbidden:
+        return False
+    return True
+
+
+def stamp(host_key: SigningKeyPair, address: CommunityAddress, seq: int, event: dict, now: int, *,
+          signer: bytes | None = None) -> dict:
+    """The host stamp for ``event`` accepted as number ``seq``. ``signer`` is needed only
+    for events the admin signs (approve, remove: pass ``state.meta.admin``); other events
+    name their signer. The event's signature is checked against it."""
+    parsed = parse_event(event)
+    if parsed.community != address:
+        raise BadRequest("event is for another community", code="wrong_community")
+    if parsed.author is not None and signer not in (None, parsed.author):
+        raise BadRequest("this event names another signer")
+    signer = parsed.author if parsed.author is not None else signer
+    if signer is None:
+        raise BadRequest("an admin event needs the admin key to stamp it")
+    open_statement(event, "event", parsed.TYPE, signer)
+    franked = parsed.commitment if isinstance(parsed, MessagePosted) else None
+    return sign_statement(host_key, {
+        "type": HOST_STAMP, "community": str(address), "seq": seq, "event": b64e(statement_hash(event)),
+        "sender": b64e(signer), "commitment": b64e(franked) if franked else None, "time": now})
+
+
+def verify_stamp(host_public_keys: list[bytes], stamped: dict, event: dict) -> HostStamp:
+    """The stamp, if one of the host's keys signed it and it is for exactly ``event``;
+    Forbidden otherwise."""
+    parsed_stamp = HostStamp.from_json(stamped, "stamp", host_public_keys)
+    parsed = parse_event(event)
+    franked = parsed.commitment if isinstance(parsed, MessagePosted) else None
+    if (statement_hash(event) != parsed_stamp.event or parsed.community != parsed_stamp.community
+            or parsed.author not in (None, parsed_stamp.sender) or franked != parsed_stamp.commitment):
+        raise Forbidden("stamp is for another event", code="stamp_mismatch")
+    return parsed_stamp
+
+
+# -- reading, for clients ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Message:
+    """A decrypted message. ``verified``: the franking commitment matches the text, so it
+    can be reported; an unverified message is shown with a warning, if at all."""
+
+    seq: int
+    sender: bytes
+    text: str
+    sent: int
+    epoch: int
+    franking_key: bytes = attrs.field(repr=False)
+    commitment: bytes
+    verified: bool
+
+
+def read_messages(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair) -> list[Message]:
+    """Fold ``(seq, event)`` pairs from the create event on and decrypt every message this
+    member has a sender key for. Messages without one (posted before it joined or after it
+    left) and ones that do not open are skipped; an invalid event raises, as the host
+    should never have stamped it."""
+    if not state_events:
+        return []
+    state = CommunityState.from_events(state_events[:1])
+    keys: dict[tuple[bytes, int], SenderKey] = {}
+    mine = b64e(me.public)
+    out: list[Message] = []
+    for seq, statement in state_events[1:]:
+        state, event = state.step(statement, seq=seq)
+        if isinstance(event, SenderKeyDistribution) and mine in event.keys:
+            context = _sender_key_context(state.address, me.public, event.epoch)
+            try:
+                key = open_sender_key(event.sender, my_box, context, event.keys[mine])
+            except DecryptionFailed:
+                continue
+            if key.epoch == event.epoch:
+                keys[(event.sender, key.epoch)] = key
+        elif isinstance(event, MessagePosted) and (event.sender, event.epoch) in keys:
+            message = _open(state.address, seq, event, keys[(event.sender, event.epoch)])
+            if message is not None:
+                out.append(message)
+    return out
+
+
+def _open(address: CommunityAddress, seq: int, event: MessagePosted, key: SenderKey) -> Message | None:
+    try:
+        plaintext = open_message(key, _message_ad(address, event.sender, event.epoch), event.ciphertext)
+        f = fields(loads(plaintext), "message", {"text": _TEXT, "franking_key": b64(FRANKING_KEY_SIZE),
+                                                 "sent": _TIME})
+    except (DecryptionFailed, BadRequest):
+        return None
+    verified = f["sent"] == event.sent and check_commitment(
+        f["franking_key"], _franked(address, event.sender, f["text"], event.sent), event.commitment)
+    return Message(seq, event.sender, f["text"], event.sent, event.epoch, f["franking_key"], event.commitment, verified)
+
+
+# -- franking reports ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class FrankingReport:
+    """A verified report: the host stamped this message from ``sender`` at ``stamped``, and
+    its committed text is ``text``."""
+
+    community: CommunityAddress
+    seq: int
+    sender: bytes
+    text: str
+    sent: int
+    stamped: int
+
+
+def franking_report(message: Message, event: dict, stamp: dict) -> dict:
+    """What a recipient hands a moderator: the text and franking key of ``message``, with the
+    signed event and its host stamp. It reveals this one message and nothing else."""
+    if getattr(parse_event(event), "commitment", None) != message.commitment:
+        raise BadRequest("this event is not the reported message")
+    return {"type": FRANKING_REPORT, "text": message.text, "franking_key": b64e(message.franking_key),
+            "event": event, "stamp": stamp}
+
+
+def open_franking_report(report: Any, host_public_keys: list[bytes]) -> FrankingReport:
+    """The report's facts, if the host stamped the event, its sender signed it, and the text
+    and franking key open its commitment; Forbidden or BadRequest otherwise."""
+    f = fields(report, "report", {"type": const(FRANKING_REPORT), "text": _TEXT,
+                                  "franking_key": b64(FRANKING_KEY_SIZE), "event": anything, "stamp": anything})
+    stamped = verify_stamp(host_public_keys, f["stamp"], f["event"])
+    event = parse_event(f["event"], "report.event")
+    if not isinstance(event, MessagePosted):
+        raise BadRequest("report.event is not a message", code="bad_event")
+    open_statement(f["event"], "report.event", MESSAGE, event.sender)
+    if not check_commitment(f["franking_key"], _franked(event.community, event.sender, f["text"], event.sent),
+                            event.commitment):
+        raise Forbidden("the reported text does not open the message's commitment", code="bad_franking")
+    return FrankingReport(event.community, stamped.seq, event.sender, f["text"], event.sent, stamped.time)
+
+
+def verify_franking_report(report: Any, host_public_keys: list[bytes]) -> bool:
+    try:
+        open_franking_report(report, host_public_keys)
+    except RxfedError:
+        return False
+    return True

@@ -1,0 +1,434 @@
+"""Community events and state, two in-memory sides: a host that validates and stamps, and
+members who build events and read messages. No network."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64e
+from rxfed.crypto.groups import SenderKey, seal_message
+from rxfed.errors import BadRequest, Conflict, Forbidden
+from rxfed.protocol.community import (
+    CommunityAddress,
+    CommunityState,
+    HostStamp,
+    MemberStatus,
+    check_timely,
+    franking_report,
+    make_approve,
+    make_create,
+    make_join,
+    make_leave,
+    make_message,
+    make_remove,
+    make_sender_key,
+    open_franking_report,
+    parse_event,
+    read_messages,
+    stamp,
+    verify_franking_report,
+    verify_stamp,
+)
+from rxfed.protocol.statements import sign_statement
+
+HOST = "127.0.0.1:8470"
+HOST_KEY = SigningKeyPair.generate()
+
+
+class Person:
+    """A patient's client in one community: its member key, box key and home node."""
+
+    def __init__(self, node: str = "home.example"):
+        self.key = SigningKeyPair.generate()
+        self.box = BoxKeyPair.generate()
+        self.node = node
+        self.sender_key: SenderKey | None = None
+
+    @property
+    def public(self) -> bytes:
+        return self.key.public
+
+
+class Host:
+    """The host node's side: apply each event to the state, stamp it, keep the log."""
+
+    def __init__(self, admin: Person, *, approval: bool = False):
+        self.address = CommunityAddress.generate(HOST)
+        self.state = CommunityState.empty(self.address)
+        self.log: list[tuple[int, dict]] = []
+        self.stamps: dict[int, dict] = {}
+        self.now = 1_700_000_000
+        self.submit(make_create(admin.key, admin.box.public, self.address, name="Epilepsy support",
+                                condition="G40", approval=approval, node=admin.node, now=self.now))
+
+    def tick(self) -> int:
+        self.now += 1
+        return self.now
+
+    def submit(self, event: dict) -> int:
+        state, parsed = self.state.step(event, seq=self.state.seq + 1)
+        signer = state.meta.admin if parsed.author is None else None
+        self.stamps[state.seq] = stamp(HOST_KEY, self.address, state.seq, event, self.tick(), signer=signer)
+        self.state = state
+        self.log.append((state.seq, event))
+        return state.seq
+
+    def join(self, person: Person) -> int:
+        return self.submit(make_join(person.key, person.box.public, self.address, person.node, self.tick()))
+
+    def rotate(self, person: Person) -> None:
+        key = SenderKey.generate(self.state.next_epoch(person.public))
+        self.submit(make_sender_key(person.key, self.state, key, self.address))
+        person.sender_key = key
+
+    def post(self, person: Person, text: str) -> int:
+        if self.state.needs_sender_key(person.public):
+            self.rotate(person)
+        event, _ = make_message(person.key, person.sender_key, self.address, text, self.tick())
+        return self.submit(event)
+
+    def read(self, person: Person) -> list[str]:
+        return [m.text for m in read_messages(self.log, person.key, person.box)]
+
+
+def refused(host: Host, event: dict, error: type, code: str, *, seq: int | None = None) -> None:
+    with pytest.raises(error) as info:
+        host.state.apply(event, seq=seq or host.state.seq + 1)
+    assert info.value.code == code
+
+
+# -- scenario ------------------------------------------------------------------------------
+
+
+def test_open_community_keys_follow_membership():
+    admin, a, c = Person("hospital.example"), Person("a.example"), Person("c.example")
+    host = Host(admin)
+    assert host.state.members[b64e(admin.public)].status is MemberStatus.JOINED
+    host.join(a)
+    assert [m.member for m in host.state.joined()] == [admin.public, a.public]
+    assert host.state.member_nodes() == {"hospital.example", "a.example"}
+
+    host.post(admin, "welcome")
+    host.post(a, "hello, new here")
+    assert host.read(admin) == host.read(a) == ["welcome", "hello, new here"]
+
+    host.submit(make_leave(a.key, host.address, host.tick()))
+    assert host.state.member_nodes() == {"hospital.example"}
+    # The admin's key was made for the old membership: it must rotate before posting.
+    stale, _ = make_message(admin.key, admin.sender_key, host.address, "after A left", host.tick())
+    refused(host, stale, Conflict, "rotate_sender_key")
+    host.post(admin, "after A left")
+    # A left: handed every event, it still reads only what was sent while it was a member.
+    assert host.read(a) == ["welcome", "hello, new here"]
+
+    host.join(c)
+    host.post(admin, "welcome C")
+    host.post(c, "hi all")
+    # C joined late: it reads nothing from before.
+    assert host.read(c) == ["welcome C", "hi all"]
+    assert host.read(admin) == ["welcome", "hello, new here", "after A left", "welcome C", "hi all"]
+    assert all(m.verified for m in read_messages(host.log, c.key, c.box))
+
+
+def test_approval_community_pending_until_approved():
+    admin, a, b = Person(), Person("a.example"), Person("b.example")
+    host = Host(admin, approval=True)
+    host.join(a)
+    host.submit(make_approve(admin.key, host.address, a.public, host.tick()))
+    host.join(b)
+    assert host.state.status(b.public) is MemberStatus.PENDING
+    assert "b.example" in host.state.member_nodes()  # pending members get events fanned out
+    version = host.state.version
+
+    host.post(a, "before B is approved")
+    # A pending member receives no key, and may neither post nor distribute one.
+    assert b64e(b.public) not in parse_event(host.log[-2][1]).keys
+    b.sender_key = SenderKey.generate(1)
+    refused(host, make_sender_key(b.key, host.state, b.sender_key), Forbidden, "not_a_member")
+    # Only the admin approves: A's signature does not verify as the admin's.
+    refused(host, sign_statement(a.key, parse_event(make_approve(admin.key, host.address, b.public, 1)).signed["body"]),
+            Forbidden, "bad_statement_signature")
+
+    host.submit(make_approve(admin.key, host.address, b.public, host.tick()))
+    assert host.state.status(b.public) is MemberStatus.JOINED and host.state.version == version + 1
+    host.post(a, "welcome B")
+    host.post(b, "thanks")
+    assert host.read(b) == ["welcome B", "thanks"]
+    assert host.read(a) == ["before B is approved", "welcome B", "thanks"]
+    refused(host, make_approve(admin.key, host.address, b.public, host.tick()), Conflict, "not_pending")
+
+
+def test_removed_member_and_admin_rules():
+    admin, a, b = Person(), Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    host.join(b)
+    host.post(b, "spam")
+    host.submit(make_remove(admin.key, host.address, b.public, host.tick()))
+    host.post(a, "after removal")
+    assert host.read(b) == ["spam"]
+    assert host.state.status(b.public) is MemberStatus.REMOVED
+    # A member key that left or was removed cannot join again; its client makes a new one.
+    refused(host, make_join(b.key, b.box.public, host.address, b.node, host.tick()), Conflict, "already_member")
+    refused(host, make_remove(admin.key, host.address, admin.public, host.tick()), Conflict,
+            "admin_cannot_remove_self")
+    # A member cannot remove another.
+    body = parse_event(make_remove(admin.key, host.address, a.public, 1)).signed["body"]
+    refused(host, sign_statement(a.key, body), Forbidden, "bad_statement_signature")
+
+    host.submit(make_leave(admin.key, host.address, host.tick()))
+    refused(host, make_remove(admin.key, host.address, a.public, host.tick()), Forbidden, "not_admin")
+    host.post(a, "still here")
+    assert host.read(a)[-1] == "still here"
+
+
+def test_member_cannot_forge_another_members_message():
+    admin, a = Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    host.post(admin, "real")
+    host.post(a, "mine")
+    # A holds the admin's sender key (every member does), so it can encrypt "as" the admin,
+    # but the event must be signed by the sender it names.
+    forged, _ = make_message(a.key, admin.sender_key, host.address, "stop your medication", host.tick())
+    body = dict(parse_event(forged).signed["body"], sender=b64e(admin.public))
+    refused(host, sign_statement(a.key, body), Forbidden, "bad_statement_signature")
+    # Nor can it re-sign the admin's ciphertext as its own: the AD binds the sender.
+    theirs = dict(host.log[-3][1]["body"], sender=b64e(a.public), epoch=a.sender_key.epoch, sent=host.tick())
+    seq = host.submit(sign_statement(a.key, theirs))
+    assert seq not in [m.seq for m in read_messages(host.log, admin.key, admin.box)]
+
+
+def test_forged_duplicated_and_out_of_order_events_refused():
+    admin, a, other = Person(), Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    host.post(a, "one")
+    message = host.log[-1][1]
+    create = host.log[0][1]
+
+    refused(host, make_leave(a.key, host.address, host.tick()), Conflict, "out_of_order", seq=host.state.seq + 2)
+    refused(host, make_leave(a.key, host.address, host.tick()), Conflict, "out_of_order", seq=host.state.seq)
+    refused(host, create, Conflict, "already_created")
+    refused(host, make_join(a.key, a.box.public, host.address, a.node, host.tick()), Conflict, "already_member")
+    refused(host, message, Conflict, "duplicate_message")
+    refused(host, host.log[-2][1], Conflict, "stale_epoch")  # replayed sender key
+    older, _ = make_message(a.key, a.sender_key, host.address, "older", host.now - 5)
+    refused(host, older, Conflict, "stale_message")
+    refused(host, make_leave(other.key, host.address, host.tick()), Conflict, "not_a_member")
+    stranger, _ = make_message(other.key, a.sender_key, host.address, "hi", host.tick())
+    refused(host, stranger, Forbidden, "not_a_member")
+
+    elsewhere = CommunityAddress.generate(HOST)
+    refused(host, make_leave(a.key, elsewhere, host.tick()), BadRequest, "wrong_community")
+    tampered = {"body": dict(message["body"], sent=message["body"]["sent"] + 1), "sig": message["sig"]}
+    refused(host, tampered, Forbidden, "bad_statement_signature")
+    refused(host, {"body": {"type": "rxfed.community.nope"}, "sig": message["sig"]}, BadRequest, "bad_event")
+    with pytest.raises(Conflict) as info:
+        CommunityState.empty(host.address).apply(host.log[1][1], seq=1)
+    assert info.value.code == "not_created"
+
+
+def test_sender_key_must_go_to_exactly_the_joined_members():
+    admin, a, b = Person(), Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    key = SenderKey.generate(1)
+    made_before_b = make_sender_key(a.key, host.state, key)
+    host.join(b)
+    refused(host, made_before_b, Conflict, "membership_changed")
+    good = make_sender_key(a.key, host.state, key)
+    body = good["body"]
+    fewer = dict(body, keys={k: v for k, v in body["keys"].items() if k != b64e(b.public)})
+    refused(host, sign_statement(a.key, fewer), Conflict, "wrong_recipients")
+    host.submit(good)
+    refused(host, make_sender_key(a.key, host.state, key), Conflict, "stale_epoch")
+
+
+def test_message_ciphertext_must_be_padded_and_bounded():
+    admin = Person()
+    host = Host(admin)
+    host.rotate(admin)
+    event, _ = make_message(admin.key, admin.sender_key, host.address, "x", host.tick())
+    body = event["body"]
+    unpadded = seal_message(admin.sender_key, b"", b"x")[:-1]
+    with pytest.raises(BadRequest) as info:
+        parse_event(sign_statement(admin.key, dict(body, ciphertext=b64e(unpadded))))
+    assert info.value.code == "unpadded_message"
+    make_message(admin.key, admin.sender_key, host.address, "a" * 4000, host.tick())
+    with pytest.raises(BadRequest):
+        make_message(admin.key, admin.sender_key, host.address, "a" * 4001, host.tick())
+    with pytest.raises(BadRequest) as info:
+        make_message(admin.key, admin.sender_key, host.address, "\u00e9" * 4000, host.tick())
+    assert info.value.code == "message_too_long"
+
+
+# -- stamps and franking -------------------------------------------------------------------
+
+
+def test_host_stamp():
+    admin, a = Person(), Person()
+    host = Host(admin, approval=True)
+    host.join(a)
+    seq = host.submit(make_approve(admin.key, host.address, a.public, host.tick()))
+    event, stamped = host.log[-1][1], host.stamps[seq]
+    rotated = SigningKeyPair.generate().public
+    parsed = verify_stamp([rotated, HOST_KEY.public], stamped, event)
+    assert (parsed.seq, parsed.sender, parsed.commitment) == (seq, admin.public, None)
+    with pytest.raises(Forbidden):
+        verify_stamp([rotated], stamped, event)
+    with pytest.raises(Forbidden):
+        verify_stamp([HOST_KEY.public], stamped, host.log[0][1])
+    with pytest.raises(BadRequest):  # the admin signed it; the host must say so
+        stamp(HOST_KEY, host.address, seq, event, host.now)
+    with pytest.raises(Forbidden):
+        stamp(HOST_KEY, host.address, seq, event, host.now, signer=a.public)
+    assert HostStamp.from_json(stamped, "stamp", None).event == parsed.event
+
+
+@pytest.fixture
+def reported():
+    admin, a = Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    seq = host.post(admin, "stop taking your insulin, cinnamon cures it")
+    (message,) = read_messages(host.log, a.key, a.box)
+    assert message.verified and message.seq == seq
+    return franking_report(message, host.log[-1][1], host.stamps[seq]), admin, host, message
+
+
+def test_franking_report_verifies(reported):
+    report, admin, _, _ = reported
+    assert verify_franking_report(report, [HOST_KEY.public])
+    facts = open_franking_report(report, [HOST_KEY.public])
+    assert facts.sender == admin.public and facts.text.startswith("stop taking")
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda r: dict(r, text="something else"),
+    lambda r: dict(r, franking_key=b64e(b"\1" * 32)),
+    lambda r: dict(r, stamp=sign_statement(SigningKeyPair.generate(), r["stamp"]["body"])),
+    lambda r: dict(r, event={"body": dict(r["event"]["body"], sent=1), "sig": r["event"]["sig"]}),
+    lambda r: {k: v for k, v in r.items() if k != "stamp"},
+])
+def test_tampered_franking_report_fails(reported, tamper):
+    report, _, _, _ = reported
+    assert not verify_franking_report(tamper(report), [HOST_KEY.public])
+
+
+def test_franking_report_of_another_event_refused(reported):
+    _, _, host, message = reported
+    with pytest.raises(BadRequest):
+        franking_report(message, host.log[0][1], host.stamps[1])
+    # A report pairing the message with another event's stamp does not verify either.
+    mixed = franking_report(message, host.log[-1][1], host.stamps[1])
+    assert not verify_franking_report(mixed, [HOST_KEY.public])
+
+
+def test_commitment_mismatch_is_read_as_unverified():
+    admin, a = Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    host.rotate(admin)
+    event, _ = make_message(admin.key, admin.sender_key, host.address, "hello", host.tick())
+    body = dict(event["body"], commitment=b64e(b"\0" * 32))
+    host.submit(sign_statement(admin.key, body))
+    (message,) = read_messages(host.log, a.key, a.box)
+    assert message.text == "hello" and not message.verified
+
+
+# -- addresses and time --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "0123456789abcdef0123456789abcdef@127.0.0.1:8470",
+    "0123456789abcdef0123456789abcdef@hospital.example",
+    "0123456789abcdef0123456789abcdef@[::1]:8470",
+    "0123456789abcdef0123456789abcdef@node-1.example.org:443",
+])
+def test_address_parse(text):
+    assert str(CommunityAddress.parse(text)) == text
+
+
+@pytest.mark.parametrize("text", [
+    "", "@", "0123456789abcdef0123456789abcdef", "0123456789ABCDEF0123456789abcdef@h.example",
+    "0123456789abcdef0123456789abcde@h.example", "0123456789abcdef0123456789abcdef@",
+    "0123456789abcdef0123456789abcdef@Hospital.example", "0123456789abcdef0123456789abcdef@h.example:0",
+    "0123456789abcdef0123456789abcdef@h.example:65536", "0123456789abcdef0123456789abcdef@[::g]:1",
+    "0123456789abcdef0123456789abcdef@a@b", "0123456789abcdef0123456789abcdef@-h.example",
+    "0123456789abcdef0123456789abcdef@h..example", "0123456789abcdef0123456789abcdef@h.example/x", None, 7,
+])
+def test_address_junk_refused(text):
+    with pytest.raises(BadRequest) as info:
+        CommunityAddress.parse(text)
+    assert info.value.code == "bad_address"
+
+
+@given(st.text(max_size=60))
+def test_address_parse_never_crashes(text):
+    try:
+        assert str(CommunityAddress.parse(text)) == text
+    except BadRequest:
+        pass
+
+
+def test_check_timely():
+    admin = Person()
+    host = Host(admin)
+    event = make_leave(admin.key, host.address, 1000)
+    check_timely(event, 1200)
+    with pytest.raises(BadRequest):
+        check_timely(event, 1400)
+
+
+# -- property: who can read what -----------------------------------------------------------
+
+_ops = st.lists(st.tuples(st.sampled_from(["join", "leave", "post"]), st.integers(0, 3)), max_size=14)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_ops)
+def test_members_read_exactly_what_was_sent_while_they_were_joined(ops):
+    admin = Person()
+    people = [Person() for _ in range(4)]
+    host = Host(admin)
+    expected: dict[int, list[str]] = {i: [] for i in range(4)}
+    admin_expected: list[str] = []
+    for n, (op, i) in enumerate(ops):
+        person, status = people[i], host.state.status(people[i].public)
+        if op == "join" and status is None:
+            host.join(person)
+        elif op == "leave" and status is MemberStatus.JOINED:
+            host.submit(make_leave(person.key, host.address, host.tick()))
+        elif op == "post":
+            sender = person if status is MemberStatus.JOINED else admin
+            text = f"message {n}"
+            host.post(sender, text)
+            admin_expected.append(text)
+            for j, p in enumerate(people):
+                if host.state.status(p.public) is MemberStatus.JOINED:
+                    expected[j].append(text)
+    assert host.read(admin) == admin_expected
+    for i, person in enumerate(people):
+        assert host.read(person) == expected[i]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["body", "sig", "type", "text", "event",
+                                                                         "stamp", "franking_key", "community"]),
+                                                        c, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60)
+@given(_json)
+def test_junk_is_refused_cleanly(junk):
+    assert not verify_franking_report(junk, [HOST_KEY.public])
+    with pytest.raises(BadRequest):
+        parse_event(junk)
+    with pytest.raises((BadRequest, Forbidden)):
+        verify_stamp([HOST_KEY.public], junk, junk)

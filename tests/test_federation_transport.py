@@ -1,0 +1,268 @@
+"""Node-to-node delivery: signed transactions, retries, exactly-once, faults, peer policy."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+
+import pytest
+from aiohttp import web
+
+from helpers import raw_request
+from rxfed.node.federation import InboundEffects
+from rxfed.protocol.auth import sign_request
+from rxfed.protocol.canonical import canonical
+from rxfed.protocol.federation import EventResult, WireEvent
+from rxfed.testing import NodeHarness, free_port, start_federation
+
+
+def note(i: int) -> WireEvent:
+    return WireEvent("test.note", {"n": i})
+
+
+def record_notes(node: NodeHarness) -> list[int]:
+    """Install a handler for test.note events on ``node``; returns the list it fills."""
+    seen: list[int] = []
+
+    async def handler(origin, events):
+        seen.extend(e.content["n"] for e in events)
+        return [EventResult(True) for _ in events], InboundEffects()
+
+    node.state.federation.handlers["test.note"] = handler
+    return seen
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def pair(tmp_path):
+    nodes = await start_federation(tmp_path, "a", "b")
+    yield nodes
+    for n in nodes:
+        await n.stop()
+
+
+async def outbox_empty(node):
+    return not await node.app_store().due_destinations()
+
+
+async def test_events_arrive_in_order(pair):
+    a, b = pair
+    seen = record_notes(b)
+    for i in range(0, 300, 30):
+        await a.state.federation.send_events(b.node_id, [note(j) for j in range(i, i + 30)])
+    await wait_for(lambda: len(seen) == 300)
+    assert seen == list(range(300))
+    await wait_for(lambda: outbox_empty(a))
+
+
+async def test_peer_down_then_restarted_gets_everything_once(pair):
+    a, b = pair
+    await b.stop()
+    await a.state.federation.send_events(b.node_id, [note(i) for i in range(50)])
+    await wait_for(lambda: a.app_store().peer(b.node_id))
+    await asyncio.sleep(0.3)  # a few failed attempts
+    peer = await a.app_store().peer(b.node_id)
+    assert peer.failures >= 1 and peer.last_error
+    await a.state.federation.send_events(b.node_id, [note(i) for i in range(50, 60)])
+    await b.start()
+    seen = record_notes(b)
+    await wait_for(lambda: len(seen) >= 60)
+    await asyncio.sleep(0.2)
+    assert sorted(seen) == list(range(60)) and len(seen) == 60
+
+
+async def test_sender_restarted_with_full_outbox(pair):
+    a, b = pair
+    await b.stop()
+    await a.state.federation.send_events(b.node_id, [note(i) for i in range(20)])
+    await a.stop()
+    await b.start()
+    seen = record_notes(b)
+    await a.start()
+    await wait_for(lambda: len(seen) == 20)
+    assert seen == list(range(20))
+
+
+def _txn_request(a: NodeHarness, b: NodeHarness, txn: str, seq: int, events, *, now=None, destination=None,
+                 body_destination=None):
+    body = canonical({"origin": a.node_id, "destination": body_destination or b.node_id, "seq": seq,
+                      "events": [e.to_json() for e in events]})
+    path = f"/federation/v1/transactions/{txn}"
+    headers = sign_request(a.state.signing_key(), method="PUT", target=path, destination=destination or b.node_id,
+                           origin=a.node_id, body=body, now=int(now or time.time()))
+    return path, body, {**headers, "Content-Type": "application/json"}
+
+
+async def test_duplicate_and_reordered_transactions(pair):
+    a, b = pair
+    seen = record_notes(b)
+    path2, body2, h2 = _txn_request(a, b, "txn-two-aaaaaaaaaaaaaaa", 2, [note(2)])
+    status, reply = await raw_request(b.url, "PUT", path2, body2, h2)
+    assert status == 200 and reply["missing"] == [1]
+    path1, body1, h1 = _txn_request(a, b, "txn-one-aaaaaaaaaaaaaaa", 1, [note(1)])
+    status, reply = await raw_request(b.url, "PUT", path1, body1, h1)
+    assert status == 200 and reply["missing"] == []
+    # a retry of transaction 2 (fresh signature and nonce) gets the stored reply, applies nothing
+    path2, body2, h2 = _txn_request(a, b, "txn-two-aaaaaaaaaaaaaaa", 2, [note(2)])
+    status, again = await raw_request(b.url, "PUT", path2, body2, h2)
+    assert status == 200 and list(again["results"]) == list(reply["results"]) or again["missing"] == [1]
+    assert seen == [2, 1]
+
+
+async def test_bad_federation_requests_change_nothing(pair):
+    a, b = pair
+    seen = record_notes(b)
+    txn = "txn-bad-aaaaaaaaaaaaaaa"
+    path, body, headers = _txn_request(a, b, txn, 1, [note(1)])
+    sig = bytearray(headers["Rxfed-Signature"].encode())
+    sig[3] = ord("A") if sig[3] != ord("A") else ord("B")
+    cases = [
+        ({**headers, "Rxfed-Signature": sig.decode()}, body, 401),
+        (_txn_request(a, b, txn, 1, [note(1)], destination="elsewhere.example")[2], body, 401),
+        (_txn_request(a, b, txn, 1, [note(1)], now=time.time() - 3600)[2], body, 401),
+        (_txn_request(a, b, txn, 1, [note(1)], body_destination="elsewhere.example")[2],
+         _txn_request(a, b, txn, 1, [note(1)], body_destination="elsewhere.example")[1], 400),
+        ({k: v for k, v in headers.items() if k != "Rxfed-Origin"}, body, 401),
+        ({**headers, "Rxfed-Origin": "10.0.0.1"}, body, 403),  # a stranger on a private address: not fetched
+    ]
+    for hdrs, payload, status in cases:
+        got, doc = await raw_request(b.url, "PUT", path, payload, hdrs)
+        assert got == status and set(doc) == {"error", "message"}, (got, doc)
+    for junk in [b"{", b"[]", b'{"origin": 1}', json.dumps({"origin": a.node_id, "destination": b.node_id,
+                                                             "seq": 1, "events": [{"kind": "X"}]}).encode()]:
+        p, _, h = _txn_request(a, b, txn, 1, [])
+        h = sign_request(a.state.signing_key(), method="PUT", target=p, destination=b.node_id, origin=a.node_id,
+                         body=junk, now=int(time.time()))
+        got, doc = await raw_request(b.url, "PUT", p, junk, {**h, "Content-Type": "application/json"})
+        assert got == 400, (junk, doc)
+    assert await b.app_store().inbox_reply(a.node_id, txn) is None
+    # and a replay of a good request is refused
+    status, _ = await raw_request(b.url, "PUT", path, body, headers)
+    assert status == 200
+    status, doc = await raw_request(b.url, "PUT", path, body, headers)
+    assert status == 401 and doc["error"] == "replayed_request"
+    assert seen == [1]
+
+
+async def test_denied_and_blocked_peers(pair):
+    a, b = pair
+    seen = record_notes(b)
+    await b.app_store().set_peer_policy(a.node_id, "denied")
+    path, body, headers = _txn_request(a, b, "txn-deny-aaaaaaaaaaaaaa", 1, [note(1)])
+    status, doc = await raw_request(b.url, "PUT", path, body, headers)
+    assert status == 403 and doc["error"] == "peer_refused"
+    await a.app_store().set_peer_policy(b.node_id, "blocked")
+    await a.state.federation.send_events(b.node_id, [note(2)])
+    await asyncio.sleep(0.3)
+    assert seen == [] and [s.pending for s in await a.app_store().outbox_summary()] == [1]
+
+
+async def test_unresponsive_peer_backoff_breaker_dead_letter(tmp_path):
+    """A peer that answers 500 or hangs: retries back off, the breaker opens, old events die."""
+    hits = []
+
+    async def broken(request):
+        hits.append(time.monotonic())
+        if len(hits) % 2:
+            return web.Response(status=500)
+        await asyncio.sleep(5)  # longer than the request timeout
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    from rxfed.node.config import Federation
+
+    a = await NodeHarness(tmp_path / "a", federation=Federation(
+        backoff_base=0.05, backoff_max=0.2, breaker_threshold=3, breaker_cooldown=1, request_timeout=0.3,
+        dead_after=2, key_refetch=0)).start()
+    try:
+        peer = f"127.0.0.1:{port}"
+        await a.app_store().set_peer_policy(peer, "allowed", url=f"http://{peer}")
+        await a.state.federation.policy_changed()
+        await a.state.federation.send_events(peer, [note(1), note(2)])
+        await wait_for(lambda: len(hits) >= 3, timeout=10)
+        state = await a.app_store().peer(peer)
+        assert state.failures >= 3 and state.breaker_until is not None
+        n = len(hits)
+        await asyncio.sleep(0.5)
+        assert len(hits) <= n + 1  # the open breaker holds further attempts back
+        await wait_for(lambda: a.app_store().dead_letters(), timeout=10)
+        dead = await a.app_store().dead_letters()
+        assert len(dead) == 2 and "maximum age" in dead[0].reason
+        assert await a.app_store().replay_dead_letters(a.state.now()) == 2
+        assert [s.pending for s in await a.app_store().outbox_summary()] == [2]
+    finally:
+        await a.stop()
+        await runner.cleanup()
+
+
+async def test_no_requests_to_private_addresses_of_strangers(pair):
+    a, b = pair
+    fed = a.state.federation
+    from rxfed.node.federation import PeerRefused
+
+    with pytest.raises(PeerRefused):
+        fed._check_url(None, "http://127.0.0.1:9")
+    with pytest.raises(PeerRefused):
+        fed._check_url(None, "https://10.1.2.3")
+    with pytest.raises(PeerRefused):
+        fed._check_url(None, "https://[::1]:443")
+    fed._check_url(None, "https://93.184.216.34")
+    # a stranger's name that resolves to loopback is refused by the resolver itself
+    from rxfed.errors import Unavailable
+
+    with pytest.raises((Unavailable, PeerRefused)):
+        await fed._fetch_document("localhost", None)
+    with pytest.raises(OSError, match="private"):
+        from rxfed.node.federation import GuardedResolver
+
+        await GuardedResolver(lambda: set()).resolve("localhost", 443)
+    assert await GuardedResolver(lambda: {"localhost"}).resolve("localhost", 443)
+
+
+async def test_inbound_from_stranger_with_private_origin_is_refused(pair):
+    """An unknown origin naming a private address: the node does not fetch its keys."""
+    a, b = pair
+    await b.app_store().set_peer_policy(a.node_id, "known", url="")
+    b.state.federation._documents.clear()
+    await b.state.federation.policy_changed()
+    path, body, headers = _txn_request(a, b, "txn-strange-aaaaaaaaaaa", 1, [note(1)])
+    status, doc = await raw_request(b.url, "PUT", path, body, headers)
+    assert status in (403, 503), doc
+
+
+async def test_key_rotation_with_overlap(pair):
+    a, b = pair
+    seen = record_notes(b)
+    from rxfed.node.config import load_node_keys, rotate_node_key
+
+    old_key = a.state.signing_key()
+    rotate_node_key(a.data_dir, overlap=3600)
+    a.state.reload_keys()
+    a.state.keys = load_node_keys(a.data_dir)
+    assert a.state.signing_key().public != old_key.public
+    await a.state.federation.send_events(b.node_id, [note(1)])
+    await wait_for(lambda: seen == [1])
+    # the old key still verifies signatures made inside its overlap
+    path, body, headers = _txn_request(a, b, "txn-old-key-aaaaaaaaaaa", 5, [note(5)])
+    headers = {**sign_request(old_key, method="PUT", target=path, destination=b.node_id, origin=a.node_id,
+                              body=body, now=int(time.time())), "Content-Type": "application/json"}
+    status, _ = await raw_request(b.url, "PUT", path, body, headers)
+    assert status == 200 and seen == [1, 5]
