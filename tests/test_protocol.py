@@ -23,6 +23,21 @@ def test_canonical_round_trip(value):
     assert canonical(loads(canonical(value))) == canonical(value)
 
 
+@given(json_values)
+def test_fast_canonical_equals_reference(value):
+    from rxfed.protocol.canonical import reference_canonical
+
+    assert canonical(value) == reference_canonical(value)
+
+
+@given(st.dictionaries(st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0x1F700,
+                                                       blacklist_categories=("Cs",)), max_size=3), st.integers(-1000, 1000), max_size=6))
+def test_key_order_is_utf16(value):
+    from rxfed.protocol.canonical import reference_canonical
+
+    assert canonical(value) == reference_canonical(value)
+
+
 def test_canonical_vectors():
     # RFC 8785 ordering is by UTF-16 code units; escapes as ECMAScript JSON.stringify.
     assert canonical({"b": 1, "a": [True, None, "x"], "\u20ac": 0, "\U0001f600": 0, "\ufb01": 0}) == (

@@ -181,7 +181,9 @@ class PatientClient:
         return self._session
 
     async def _call(self, method: str, path: str, body: Any = None, *, key: SigningKeyPair | None = None) -> Any:
-        raw = canonical(body) if body is not None else b""
+        return await self._call_raw(method, path, canonical(body) if body is not None else b"", key=key)
+
+    async def _call_raw(self, method: str, path: str, raw: bytes, *, key: SigningKeyPair | None = None) -> Any:
         headers = sign_request(key or self.identity.device, method=method, target=path,
                                destination=self.identity.node_id, body=raw, now=self._now())
         return await self._http(self._session_or_new(), method, self.identity.node_url.rstrip("/") + path,
@@ -331,7 +333,9 @@ class PatientClient:
         found = self._decrypt(await self._load())
         return [r for r in found if kind is None or r.kind == kind]
 
-    async def _commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> VaultState:
+    def _prepare_commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> tuple[dict, VaultState]:
+        """Seal the records and sign the next manifest: the body of one commit, and the vault
+        state once the node has accepted it."""
         entries, counter = dict(state.entries), state.counter
         body_puts = []
         for record in puts:
@@ -343,9 +347,14 @@ class PatientClient:
         for rid in deletes:
             body_deletes.append({"id": rid, "version": entries.pop(rid)[0]})
         manifest = pv.Manifest.issue(self.identity.root, counter + 1, entries, self._now())
-        await self._call("POST", "/v1/vault", {"put": body_puts, "delete": body_deletes, "manifest": manifest.signed})
-        self.profile.set_counter(manifest.counter)
-        return attrs.evolve(state, counter=manifest.counter, entries=entries)
+        body = {"put": body_puts, "delete": body_deletes, "manifest": manifest.signed}
+        return body, attrs.evolve(state, counter=manifest.counter, entries=entries)
+
+    async def _commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> VaultState:
+        body, after = self._prepare_commit(state, puts, deletes)
+        await self._call("POST", "/v1/vault", body)
+        self.profile.set_counter(after.counter)
+        return after
 
     async def add_records(self, items: list[tuple[str, dict]]) -> list[Record]:
         """Encrypt and store new records (in chunks, each an atomic commit)."""
@@ -444,6 +453,15 @@ class PatientClient:
         return result
 
 
+@attrs.frozen
+class PreparedWrite:
+    """A sealed record and its signed commit, ready to send (see :meth:`OpenVault.prepare`)."""
+
+    record: Record
+    body: bytes = attrs.field(repr=False)
+    counter: int
+
+
 class OpenVault:
     """A verified vault kept in memory between writes; see :meth:`PatientClient.open_vault`."""
 
@@ -455,7 +473,18 @@ class OpenVault:
     def counter(self) -> int:
         return self.state.counter
 
-    async def add(self, kind: str, data: dict) -> Record:
+    def prepare(self, kind: str, data: dict) -> PreparedWrite:
+        """Seal a new record and sign the commit that adds it, without sending it. Prepared
+        writes must be sent in the order they were prepared; after a failed send, open the
+        vault again (the prepared ones after it are void)."""
         record = Record(random_bytes(16).hex(), 1, kind, rec.timestamp(self.client.clock()), data)
-        self.state = await self.client._commit(self.state, [record])
-        return record
+        body, self.state = self.client._prepare_commit(self.state, [record])
+        return PreparedWrite(record, canonical(body), self.state.counter)
+
+    async def send(self, prepared: PreparedWrite) -> Record:
+        await self.client._call_raw("POST", "/v1/vault", prepared.body)
+        self.client.profile.set_counter(prepared.counter)
+        return prepared.record
+
+    async def add(self, kind: str, data: dict) -> Record:
+        return await self.send(self.prepare(kind, data))

@@ -8,8 +8,10 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from rxfed.crypto import b32_code, fingerprint
 from rxfed.errors import Conflict
@@ -17,7 +19,36 @@ from rxfed.node.app import create_app, invite_hash
 from rxfed.node.config import ConfigError, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+class AccessLog(AbstractAccessLogger):
+    """One line per request (time, address, method, path, status, bytes, seconds) written to
+    a buffered file and flushed every few seconds: the ``logging`` module's per-record
+    formatting and flush would cost about a tenth of the node's time per request. Paths
+    carry no patient data (record ids are random; kinds never appear in a URL)."""
+
+    stream: IO[str] | None = None
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
+        if self.stream is not None:
+            self.stream.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {request.remote} {request.method} "
+                              f"{request.path} {response.status} {response.body_length} {time_taken:.4f}\n")
+
+    @property
+    def enabled(self) -> bool:
+        return self.stream is not None
+
+
+async def _flush_access_log(app: web.Application):
+    async def flush():
+        while True:
+            await asyncio.sleep(2)
+            AccessLog.stream.flush()
+
+    task = asyncio.create_task(flush()) if AccessLog.stream else None
+    yield
+    if task:
+        task.cancel()
+    if AccessLog.stream:
+        AccessLog.stream.flush()
 
 
 def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port: int = 8470,
@@ -65,8 +96,12 @@ def create_invites(data_dir: str | Path, count: int) -> list[str]:
 
 
 def setup_logging(config: NodeConfig, *, verbose: bool = False) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Everything (the access log included) to the node's log file; warnings and errors to
+    stderr too. With no log file configured, everything goes to stderr."""
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
     if config.log_file:
+        console.setLevel(logging.WARNING)
         handlers.append(logging.FileHandler(config.data_dir / config.log_file))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,6 +118,15 @@ def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None 
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(cert, key)
+    try:
+        import uvloop  # a faster event loop where available (Linux, macOS)
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
     app = create_app(config, keys)
+    if config.access_log:
+        AccessLog.stream = open(config.data_dir / config.access_log, "a", buffering=64 * 1024)
+        app.cleanup_ctx.append(_flush_access_log)
     web.run_app(app, host=host or config.host, port=port or config.port, ssl_context=context,
-                access_log_format=ACCESS_LOG_FORMAT, print=print_ready, handler_cancellation=True)
+                access_log_class=AccessLog, print=print_ready, handler_cancellation=True)

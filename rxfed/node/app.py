@@ -9,6 +9,8 @@ client sends can produce a stack trace in a reply.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import re
 import time
@@ -49,6 +51,8 @@ class NodeState:
     limiter: RateLimiter = None
     anonymous: RateLimiter = None
     federation: Federation = None
+    verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
+        lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
     _root_keys: dict[str, bytes] = attrs.Factory(dict)
     _keys_mtime: float = 0.0
@@ -123,11 +127,14 @@ class Caller:
         return self.auth.patient
 
 
-def _verify(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, raw: bytes) -> Nonce:
+async def _verify(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, raw: bytes) -> Nonce:
     now = state.now()
     window = state.config.limits.request_window_seconds
-    signed.verify(key, method=request.method, target=request.raw_path, destination=state.config.node_id,
-                  body=raw, now=now, window=window)
+    # The Ed25519 check runs in a worker thread (libsodium releases the GIL), so the event
+    # loop goes on parsing and answering other requests meanwhile.
+    await asyncio.get_running_loop().run_in_executor(
+        state.verifier, functools.partial(signed.verify, key, method=request.method, target=request.raw_path,
+                                          destination=state.config.node_id, body=raw, now=now, window=window))
     nonce = Nonce(signed.nonce, signed.created + window)
     state.nonces.add(nonce, now)
     return nonce
@@ -146,7 +153,7 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
     auth = await state.auth_key(signed.key)
     if auth is None or auth.kind not in kinds:
         raise Unauthorized("unknown signing key", code="unknown_key")
-    nonce = _verify(state, request, signed, signed.key, raw)
+    nonce = await _verify(state, request, signed, signed.key, raw)
     state.limiter.take(signed.key)
     return Caller(auth, nonce, _json(raw), state.now())
 
@@ -161,7 +168,7 @@ async def authenticate_new_device(request: web.Request, parse: Callable[[Any], A
     obj = await parse(_json(raw))
     if signed.key != sign_key_of(obj):
         raise Unauthorized("the request must be signed by the device it enrols", code="bad_signature")
-    nonce = _verify(state, request, signed, signed.key, raw)
+    nonce = await _verify(state, request, signed, signed.key, raw)
     return obj, nonce
 
 
@@ -335,7 +342,7 @@ async def get_vault(request: web.Request) -> web.Response:
 async def commit(request: web.Request) -> web.Response:
     state = request.app[NODE]
     caller = await authenticate(request)
-    change = pv.Commit.from_json(caller.body, await state.root_key(caller.patient))
+    change = pv.Commit.from_json(caller.body, caller.patient)
     counter = await state.store.commit(
         caller.patient, signer=caller.auth.device, counter=change.manifest.counter,
         manifest=canonical(change.manifest.signed),
@@ -360,7 +367,7 @@ async def receive_transaction(request: web.Request) -> web.Response:
     await state.federation.check_inbound(signed.origin)
     document = await state.federation.document(signed.origin, need_key=signed.key)
     document.key_for(signed.key, signed.created)
-    nonce = _verify(state, request, signed, signed.key, raw)
+    nonce = await _verify(state, request, signed, signed.key, raw)
     reply_bytes = await state.federation.receive(signed.origin, txn_id, _json(raw), nonce)
     return web.Response(body=reply_bytes, content_type="application/json")
 
@@ -423,6 +430,7 @@ async def _store_ctx(app: web.Application):
     except asyncio.CancelledError:
         pass
     await state.store.close()
+    state.verifier.shutdown(wait=False)
 
 
 def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins | None = None,

@@ -80,6 +80,7 @@ class NodeConfig:
     tls_key: str | None = None
     disabled_plugins: tuple[str, ...] = ()
     log_file: str | None = "node.log"
+    access_log: str | None = "access.log"
 
     @property
     def node_id(self) -> str:
@@ -115,6 +116,7 @@ class NodeConfig:
                 tls_key=doc.get("tls", {}).get("key") or None,
                 disabled_plugins=tuple(doc.get("plugins", {}).get("disabled", ())),
                 log_file=doc.get("logging", {}).get("file", "node.log") or None,
+                access_log=doc.get("logging", {}).get("access", "access.log") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: missing or invalid setting ({exc})") from None
@@ -150,7 +152,8 @@ class NodeConfig:
             f"[storage]\n{storage}\n\n[limits]\n{limits}\n\n[federation]\n{federation}\n\n"
             f"[tls]\ncert = {s(self.tls_cert or '')}\nkey = {s(self.tls_key or '')}\n\n"
             f"[plugins]\ndisabled = [{', '.join(s(p) for p in self.disabled_plugins)}]\n\n"
-            f"[logging]\nfile = {s(self.log_file or '')}\n"
+            f"[logging]\n# empty to log to stderr only / to keep no access log\n"
+            f"file = {s(self.log_file or '')}\naccess = {s(self.access_log or '')}\n"
         )
         _write_private(self.data_dir / CONFIG_FILE, text.encode(), mode=0o644)
 

@@ -50,7 +50,7 @@ class DeviceCert:
     def issue(cls, root: SigningKeyPair, sign_key: bytes, box_key: bytes, now: int) -> DeviceCert:
         body = {"type": cls.TYPE, "patient": patient_id(root.public), "sign_key": b64e(sign_key),
                 "box_key": b64e(box_key), "issued": now}
-        return cls.from_json(sign_statement(root, body), "device", root.public)
+        return cls(body["patient"], sign_key, box_key, now, sign_statement(root, body))
 
     @classmethod
     def from_json(cls, obj: Any, where: str, root_key: bytes | None) -> DeviceCert:
@@ -85,9 +85,10 @@ class Manifest:
 
     @classmethod
     def issue(cls, root: SigningKeyPair, counter: int, entries: dict[str, tuple[int, bytes]], now: int) -> Manifest:
+        digest = cls.digest_of(entries)
         body = {"type": cls.TYPE, "patient": patient_id(root.public), "counter": counter, "count": len(entries),
-                "digest": b64e(cls.digest_of(entries)), "issued": now}
-        return cls.from_json(sign_statement(root, body), "manifest", root.public)
+                "digest": b64e(digest), "issued": now}
+        return cls(body["patient"], counter, len(entries), digest, now, sign_statement(root, body))
 
     @classmethod
     def from_json(cls, obj: Any, where: str, root_key: bytes | None) -> Manifest:
@@ -151,14 +152,21 @@ class Commit:
     manifest: Manifest
 
     @classmethod
-    def from_json(cls, obj: Any, root_key: bytes) -> Commit:
+    def from_json(cls, obj: Any, patient: str) -> Commit:
+        """Parse a commit for ``patient``. The manifest's signature is the client's to check
+        (on every read): every device of the patient holds the root key that signs it, so
+        the node checking it would stop nothing a device could not do anyway; the node
+        checks what it enforces, that the manifest is the patient's and its counter."""
         f = fields(obj, "commit", {"manifest": anything},
                    {"put": array(_put, MAX_RECORDS_PER_COMMIT), "delete": array(_delete, MAX_RECORDS_PER_COMMIT)})
         puts, deletes = tuple(f["put"] or ()), tuple(f["delete"] or ())
         ids = [p.id for p in puts] + [d.id for d in deletes]
         if len(ids) != len(set(ids)):
             raise BadRequest("commit names the same record twice")
-        return cls(puts, deletes, Manifest.from_json(f["manifest"], "commit.manifest", root_key))
+        manifest = Manifest.from_json(f["manifest"], "commit.manifest", None)
+        if manifest.patient != patient:
+            raise Forbidden("commit.manifest belongs to another patient")
+        return cls(puts, deletes, manifest)
 
     def to_json(self) -> dict:
         return {
