@@ -68,13 +68,14 @@ def run_async(coro) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rxfed.cli import demo, node, patient, plugins
+    from rxfed.cli import community, demo, node, patient, plugins
 
     parser = argparse.ArgumentParser(prog="rxfed", description="Federated, end-to-end encrypted patient networks.")
     parser.add_argument("--version", action="version", version=f"rxfed {__import__('rxfed').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     node.add_parser(sub)
     patient.add_parser(sub)
+    community.add_parser(sub)
     plugins.add_parser(sub)
     demo.add_parser(sub)
     return parser

@@ -1,85 +1,166 @@
-"""``rxfed demo``: a node on loopback, two patients, their encrypted records, side by side."""
+"""``rxfed demo``: three nodes on loopback, patients on different nodes, their encrypted
+records, and one end-to-end encrypted community they share, shown from both sides."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from rxfed.cli import Output, json_flag, note, run_async
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run a node on loopback with two demo patients and show what it stores")
-    p.add_argument("--keep", metavar="DIR", help="keep the node's data and the profiles in DIR (default: a temporary directory, removed)")
+    p = sub.add_parser("demo", help="run a three-node federation on loopback and show what nodes store")
+    p.add_argument("--keep", metavar="DIR", help="keep the nodes' data and the profiles in DIR (default: a temporary directory, removed)")
     json_flag(p)
     p.set_defaults(func=cmd_demo)
 
 
 PATIENTS = {
     "amara": {
+        "node": "hospital-a",
         "condition": ("G40.909", "icd10", "epilepsy"),
         "journal": {"symptoms": {"fatigue": 6, "headache": 3}, "feeling": 5, "note": "an aura in the morning, no seizure"},
         "treatment": ("levetiracetam", {"dose": "500 mg twice daily", "efficacy": 7, "side_effects": ["irritability"],
                                         "adherence": 9}),
+        "post": "Levetiracetam made me irritable the first month, then it settled. Anyone else?",
     },
     "bruno": {
-        "condition": ("44054006", "snomed", "type 2 diabetes"),
-        "journal": {"symptoms": {"thirst": 4}, "feeling": 7, "note": "walked 5 km, glucose steadier"},
-        "treatment": ("metformin", {"dose": "850 mg", "efficacy": 6, "side_effects": ["nausea"], "adherence": 8}),
+        "node": "hospital-b",
+        "condition": ("84757009", "snomed", "epilepsy"),
+        "journal": {"symptoms": {"sleep": 4}, "feeling": 7, "note": "slept better since the dose change"},
+        "treatment": ("lamotrigine", {"dose": "100 mg", "efficacy": 6, "side_effects": ["dizziness"], "adherence": 8}),
+        "post": "Same here for two weeks. Sleep helped me more than anything.",
     },
 }
+NODES = ("hospital-a", "hospital-b", "community-c")
+
+
+async def _wait(check, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return
+        except Exception:  # noqa: BLE001 - not there yet: federation is asynchronous
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the federation did not settle in time")
 
 
 async def _demo(work: Path) -> dict:
     from rxfed.client import PatientClient
+    from rxfed.client.community import Communities
     from rxfed.plugins import RxfedPlugins
     from rxfed.testing import NodeHarness
 
-    node = NodeHarness(work / "node", name="demo-node", plugins=RxfedPlugins())
-    await node.start()
-    summary = {"node": {"url": node.url, "node_id": node.config.node_id, "data_dir": str(node.data_dir)}, "patients": []}
+    nodes = {name: await NodeHarness(work / name, name=name, plugins=RxfedPlugins()).start() for name in NODES}
+    for node in nodes.values():
+        await node.allow(*(n for n in nodes.values() if n is not node))
+    summary = {"nodes": {name: {"url": n.url, "node_id": n.node_id, "data_dir": str(n.data_dir)}
+                         for name, n in nodes.items()}, "patients": [], "community": {}}
+    clients = {}
     try:
         for name, spec in PATIENTS.items():
-            client, code = await PatientClient.register(node.url, work / name, f"demo passphrase for {name}",
-                                                        kdf="interactive")
-            async with client:
-                code_, system, label = spec["condition"]
-                await client.add_condition(code_, system, label)
-                await client.add_journal(**spec["journal"])
-                tname, tkw = spec["treatment"]
-                await client.add_treatment(tname, **tkw)
-                seen = await client.records()
-                stored = await node.app_store().vault(client.patient, None)
+            node = nodes[spec["node"]]
+            client, _code = await PatientClient.register(node.url, work / name, f"demo passphrase for {name}",
+                                                         kdf="interactive")
+            clients[name] = client
+            code_, system, label = spec["condition"]
+            await client.add_condition(code_, system, label)
+            await client.add_journal(**spec["journal"])
+            tname, tkw = spec["treatment"]
+            await client.add_treatment(tname, **tkw)
+            seen = await client.records()
+            stored = await node.app_store().vault(client.patient, None)
             summary["patients"].append({
-                "name": name,
-                "patient": client.patient,
-                "profile": str(work / name),
+                "name": name, "node": spec["node"], "patient": client.patient, "profile": str(work / name),
                 "patient_sees": [r.to_json() for r in seen],
                 "node_stores": [{"id": r.id, "version": r.version, "bytes": len(r.blob),
                                  "blob_prefix_hex": r.blob[:24].hex()} for r in stored.records],
             })
+        organiser, _ = await PatientClient.register(nodes["community-c"].url, work / "carla", "demo passphrase",
+                                                    kdf="interactive")
+        clients["carla"] = organiser
+        host = Communities(organiser)
+        address = await host.create("Living with epilepsy", condition="G40")
+        for name in PATIENTS:
+            await Communities(clients[name]).join(address)
+
+        async def all_joined():
+            state = (await host.read(address)).state
+            return state is not None and len(state.joined()) == 3
+
+        await _wait(all_joined)
+        for name in PATIENTS:
+            member = Communities(clients[name])
+
+            async def caught_up(member=member):
+                view = await member.read(address)
+                return view.state is not None and len(view.state.joined()) == 3
+
+            await _wait(caught_up)
+        await host.post(address, "Welcome! This group is end to end encrypted; no node can read it.")
+        for name, spec in PATIENTS.items():
+            await _wait(lambda: _count(Communities(clients[name]), address, 1))
+            await Communities(clients[name]).post(address, spec["post"])
+        total = 1 + len(PATIENTS)
+        for name in ("carla", *PATIENTS):
+            await _wait(lambda name=name: _count(Communities(clients[name]), address, total))
+        views = {name: (await Communities(clients[name]).read(address)).to_json() for name in ("carla", *PATIENTS)}
+        hosted = await nodes["community-c"].app_store().community_events(address.split("@")[0])
+        summary["community"] = {
+            "address": address, "host": "community-c",
+            "members": {name: views[name]["me"] for name in views},
+            "seen_by": {name: [{"sender": m["sender"][:8], "text": m["text"], "verified": m["verified"]}
+                               for m in v["messages"]] for name, v in views.items()},
+            "host_stores": [{"seq": e.seq, "type": _event_type(e.event), "bytes": len(e.event)} for e in hosted],
+        }
     finally:
-        await node.stop()
+        for client in clients.values():
+            await client.close()
+        for node in nodes.values():
+            await node.stop()
     return summary
+
+
+def _event_type(raw: bytes) -> str:
+    from rxfed.protocol.canonical import loads
+
+    return loads(raw)["body"]["type"].rsplit(".", 1)[-1]
+
+
+async def _count(member, address: str, n: int) -> bool:
+    return len((await member.read(address)).messages) >= n
 
 
 def _lines(summary: dict) -> list[str]:
     from rxfed.client.records import Record, summary as describe
 
-    out = [f"node {summary['node']['node_id']} served from {summary['node']['data_dir']}", ""]
+    out = ["three nodes on loopback: " + ", ".join(f"{k} ({v['node_id']})" for k, v in summary["nodes"].items()), ""]
     for p in summary["patients"]:
-        out.append(f"patient {p['name']} ({p['patient']})")
+        out.append(f"patient {p['name']} on {p['node']} ({p['patient']})")
         stored = {r["id"]: r for r in p["node_stores"]}
-        out.append(f"  {'what the node stores':<58} | what the patient sees")
+        out.append(f"  {'what ' + p['node'] + ' stores':<58} | what the patient sees")
         for r in p["patient_sees"]:
             s = stored[r["id"]]
             left = f"{s['id'][:12]}.. v{s['version']} {s['bytes']:>5} B {s['blob_prefix_hex'][:24]}.."
             record = Record(r["id"], r["version"], r["kind"], r["created"], r["data"])
             out.append(f"  {left:<58} | {r['kind']}: {describe(record)}")
         out.append("")
-    out.append("The node holds only padded ciphertext under random ids; keys never left the patients' profiles.")
+    c = summary["community"]
+    out.append(f"community 'Living with epilepsy' hosted on {c['host']}: {c['address']}")
+    out.append("  what the host stores (signed events, messages as ciphertext):")
+    out += [f"    #{e['seq']:<3} {e['type']:<11} {e['bytes']:>5} B" for e in c["host_stores"]]
+    for name, messages in c["seen_by"].items():
+        out.append(f"  what {name} reads (pseudonym {c['members'][name][:8]}):")
+        out += [f"    {m['sender']}: {m['text']}" for m in messages]
+    out.append("")
+    out.append("Nodes hold only padded ciphertext and pseudonyms; keys never left the patients' profiles.")
     return out
 
 

@@ -29,6 +29,34 @@ def add_parser(sub) -> None:
     run.add_argument("--tls-key", help="PEM private key for --tls-cert")
     run.set_defaults(func=cmd_run)
 
+    peers = nsub.add_parser("peers", help="list peers, or allow, deny, block or reset one")
+    peers.add_argument("data_dir", metavar="DATA_DIR")
+    peers.add_argument("peer_action", metavar="ACTION", choices=("list", "allow", "deny", "block", "reset"),
+                       help="list | allow PEER | deny PEER (refuse their traffic) | block PEER (also stop ours) | reset PEER")
+    peers.add_argument("peer", metavar="PEER", nargs="?", help="the peer's node id (host[:port])")
+    peers.add_argument("--url", help="with allow: the peer's base URL (needed for http on loopback)")
+    peers.add_argument("--fingerprint", help="with allow: pin the peer's key fingerprint (SHA256:...)")
+    json_flag(peers)
+    peers.set_defaults(func=cmd_peers)
+
+    outbox = nsub.add_parser("outbox", help="list queued and dead events, or replay dead letters")
+    outbox.add_argument("data_dir", metavar="DATA_DIR")
+    outbox.add_argument("outbox_action", metavar="ACTION", choices=("list", "replay"))
+    outbox.add_argument("--peer", help="with replay: only this destination")
+    json_flag(outbox)
+    outbox.set_defaults(func=cmd_outbox)
+
+    status = nsub.add_parser("status", help="peers, queues, breakers, dead letters, key validity")
+    status.add_argument("data_dir", metavar="DATA_DIR")
+    json_flag(status)
+    status.set_defaults(func=cmd_status)
+
+    rotate = nsub.add_parser("rotate-key", help="add a new identity key; old keys stay valid for the overlap")
+    rotate.add_argument("data_dir", metavar="DATA_DIR")
+    rotate.add_argument("--overlap-days", type=float, default=7.0, help="how long old keys stay valid (default 7)")
+    json_flag(rotate)
+    rotate.set_defaults(func=cmd_rotate)
+
     invite = nsub.add_parser("invite", help="print single-use invitation codes")
     invite.add_argument("data_dir", metavar="DATA_DIR")
     invite.add_argument("--count", type=int, default=1, help="how many codes (default 1)")
@@ -65,3 +93,70 @@ def cmd_invite(args: argparse.Namespace) -> None:
         raise UsageError("--count must be from 1 to 1000")
     codes = create_invites(args.data_dir, args.count)
     Output(args.json).result({"codes": codes}, codes)
+
+
+_POLICY = {"allow": "allowed", "deny": "denied", "block": "blocked", "reset": "known"}
+
+
+def cmd_peers(args: argparse.Namespace) -> None:
+    from rxfed.node import admin
+
+    if args.peer_action == "list":
+        if args.peer or args.url or args.fingerprint:
+            raise UsageError("'peers list' takes no PEER, --url or --fingerprint")
+        rows = admin.peers_list(args.data_dir)
+        Output(args.json).result({"peers": rows}, lambda: [
+            f"{r['node_id']}\t{r['policy']}\tbreaker {r['breaker']}\tfailures {r['failures']}"
+            + (f"\tlast error: {r['last_error']}" if r["last_error"] and r["failures"] else "") for r in rows]
+            or ["no peers yet"])
+        return
+    if not args.peer:
+        raise UsageError(f"'peers {args.peer_action}' needs a PEER")
+    if args.peer_action != "allow" and (args.url or args.fingerprint):
+        raise UsageError("--url and --fingerprint go with allow")
+    policy = _POLICY[args.peer_action]
+    admin.peer_policy(args.data_dir, args.peer, policy, url=args.url, fingerprint=args.fingerprint)
+    Output(args.json).result({"peer": args.peer, "policy": policy}, [f"{args.peer} is now {policy}"])
+
+
+def cmd_outbox(args: argparse.Namespace) -> None:
+    from rxfed.node import admin
+
+    if args.outbox_action == "list":
+        doc = admin.outbox_list(args.data_dir)
+        Output(args.json).result(doc, lambda: [
+            f"{d['destination']}\tqueued {d['pending']}\tin flight {d['in_flight']}\tdead {d['dead']}"
+            for d in doc["destinations"]] or ["outbox empty"])
+        return
+    n = admin.outbox_replay(args.data_dir, args.peer)
+    Output(args.json).result({"replayed": n}, [f"{n} dead letter(s) queued again"])
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from rxfed.node import admin
+
+    doc = admin.node_status(args.data_dir)
+
+    def lines():
+        out = [f"node {doc['node_id']} ({doc['name']}), registration {doc['registration']}, "
+               f"federation {doc['federation_mode']}"]
+        for k in doc["keys"]:
+            until = "no end date" if k["valid_until"] is None else f"valid {k['expires_in_days']} more days"
+            out.append(f"key {k['fingerprint']}  {until}")
+        for p in doc["peers"]:
+            out.append(f"peer {p['node_id']}: {p['policy']}, breaker {p['breaker']}, failures {p['failures']}")
+        out.append(f"queued events: {doc['queued_events']}, dead letters: {doc['dead_letters']}, "
+                   f"communities hosted: {doc['communities_hosted']}")
+        return out
+
+    Output(args.json).result(doc, lines)
+
+
+def cmd_rotate(args: argparse.Namespace) -> None:
+    from rxfed.node import admin
+
+    if args.overlap_days < 0:
+        raise UsageError("--overlap-days must not be negative")
+    doc = admin.rotate_key(args.data_dir, args.overlap_days)
+    Output(args.json).result(doc, [f"new key {doc['fingerprint']}; old keys stay valid {args.overlap_days:g} days",
+                                   doc["key_id"]])

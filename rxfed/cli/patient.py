@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+
+import attrs
 import json
 import sys
 from pathlib import Path
@@ -101,7 +103,7 @@ def add_parser(sub) -> None:
 
     show = psub.add_parser("show", help="decrypt and show every record, newest first")
     _profile(show)
-    show.add_argument("--kind", choices=("profile", "condition", "journal", "treatment", "observation"))
+    show.add_argument("--kind", choices=("profile", "condition", "journal", "treatment", "observation", "community"))
     json_flag(show)
     show.set_defaults(func=cmd_show)
 
@@ -280,6 +282,9 @@ def cmd_show(args: argparse.Namespace) -> None:
     from rxfed.client.records import summary
 
     found = _with_client(args, lambda c: c.records(args.kind))
+    # Community memberships hold the member's private keys: never printed, listed on request.
+    found = [r if r.kind != "community" else attrs.evolve(r, data={"address": r.data["address"], "name": r.data.get("name")})
+             for r in found if args.kind == "community" or r.kind != "community"]
 
     def lines():
         if not found:

@@ -16,7 +16,7 @@ import attrs
 
 from rxfed.errors import BadRequest
 
-KINDS = ("profile", "condition", "journal", "treatment", "observation")
+KINDS = ("profile", "condition", "journal", "treatment", "observation", "community")
 MAX_TEXT = 4000
 MAX_NAME = 120
 
@@ -147,4 +147,6 @@ def summary(record: Record) -> str:
         return f"{code.get('display') or code.get('code')}: {value if value is not None else ''} {d.get('unit') or ''}".strip()
     if record.kind == "profile":
         return "patient profile (demographics from an import)"
+    if record.kind == "community":
+        return f"member of {d.get('name') or 'community'} {d['address']}"
     return record.kind

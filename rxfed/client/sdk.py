@@ -183,9 +183,13 @@ class PatientClient:
     async def _call(self, method: str, path: str, body: Any = None, *, key: SigningKeyPair | None = None) -> Any:
         return await self._call_raw(method, path, canonical(body) if body is not None else b"", key=key)
 
-    async def _call_raw(self, method: str, path: str, raw: bytes, *, key: SigningKeyPair | None = None) -> Any:
-        headers = sign_request(key or self.identity.device, method=method, target=path,
-                               destination=self.identity.node_id, body=raw, now=self._now())
+    def _sign(self, method: str, path: str, raw: bytes, key: SigningKeyPair | None = None) -> dict[str, str]:
+        return sign_request(key or self.identity.device, method=method, target=path,
+                            destination=self.identity.node_id, body=raw, now=self._now())
+
+    async def _call_raw(self, method: str, path: str, raw: bytes, *, key: SigningKeyPair | None = None,
+                        headers: dict[str, str] | None = None) -> Any:
+        headers = headers or self._sign(method, path, raw, key)
         return await self._http(self._session_or_new(), method, self.identity.node_url.rstrip("/") + path,
                                 body=raw, headers=headers)
 
@@ -460,6 +464,9 @@ class PreparedWrite:
     record: Record
     body: bytes = attrs.field(repr=False)
     counter: int
+    #: Request signature made at prepare time (valid for the node's time window), or None
+    #: to sign when sending.
+    headers: dict[str, str] | None = attrs.field(default=None, repr=False)
 
 
 class OpenVault:
@@ -473,16 +480,19 @@ class OpenVault:
     def counter(self) -> int:
         return self.state.counter
 
-    def prepare(self, kind: str, data: dict) -> PreparedWrite:
-        """Seal a new record and sign the commit that adds it, without sending it. Prepared
-        writes must be sent in the order they were prepared; after a failed send, open the
-        vault again (the prepared ones after it are void)."""
+    def prepare(self, kind: str, data: dict, *, sign: bool = False) -> PreparedWrite:
+        """Seal a new record and sign the commit that adds it, without sending it; with
+        ``sign``, sign the request too (it must then be sent within the node's time window).
+        Prepared writes must be sent in the order they were prepared; after a failed send,
+        open the vault again (the prepared ones after it are void)."""
         record = Record(random_bytes(16).hex(), 1, kind, rec.timestamp(self.client.clock()), data)
         body, self.state = self.client._prepare_commit(self.state, [record])
-        return PreparedWrite(record, canonical(body), self.state.counter)
+        raw = canonical(body)
+        headers = self.client._sign("POST", "/v1/vault", raw) if sign else None
+        return PreparedWrite(record, raw, self.state.counter, headers)
 
     async def send(self, prepared: PreparedWrite) -> Record:
-        await self.client._call_raw("POST", "/v1/vault", prepared.body)
+        await self.client._call_raw("POST", "/v1/vault", prepared.body, headers=prepared.headers)
         self.client.profile.set_counter(prepared.counter)
         return prepared.record
 

@@ -130,3 +130,88 @@ def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None 
         app.cleanup_ctx.append(_flush_access_log)
     web.run_app(app, host=host or config.host, port=port or config.port, ssl_context=context,
                 access_log_class=AccessLog, print=print_ready, handler_cancellation=True)
+
+
+# -- operator commands on a node's data directory (the node may be running) ------------------
+
+
+def _store_action(data_dir: str | Path, action):
+    config = NodeConfig.load(data_dir)
+    return config, asyncio.run(_with_store(config, action))
+
+
+def peer_policy(data_dir: str | Path, peer: str, policy: str, *, url: str | None = None,
+                fingerprint: str | None = None) -> None:
+    from rxfed.protocol.federation import node_id_ok
+
+    if not node_id_ok(peer):
+        raise ConfigError(f"{peer!r} is not a node id (host or host:port)")
+    if url is not None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(f"--url {url!r} must be http(s)://host[:port]")
+    if fingerprint is not None and not fingerprint.startswith("SHA256:"):
+        raise ConfigError("a fingerprint looks like SHA256:... (rxfed node init prints it)")
+    _store_action(data_dir, lambda store: store.set_peer_policy(peer, policy, url=url, fingerprint=fingerprint))
+
+
+def peers_list(data_dir: str | Path) -> list[dict]:
+    _config, peers = _store_action(data_dir, lambda store: store.peers())
+    now = int(time.time())
+    return [{"node_id": p.node_id, "policy": p.policy, "url": p.url, "fingerprint": p.fingerprint,
+             "failures": p.failures, "breaker": "open" if p.breaker_until and p.breaker_until > now else "closed",
+             "last_success": p.last_success, "last_error": p.last_error} for p in peers]
+
+
+def outbox_list(data_dir: str | Path) -> dict:
+    async def action(store):
+        return await store.outbox_summary(), await store.dead_letters()
+
+    _config, (summary, dead) = _store_action(data_dir, action)
+    return {"destinations": [{"destination": s.destination, "pending": s.pending, "in_flight": s.in_flight,
+                              "oldest": s.oldest, "next_attempt": (s.next_attempt // 1000) if s.next_attempt else None,
+                              "dead": s.dead} for s in summary],
+            "dead_letters": [{"id": d.id, "destination": d.destination, "created": d.created, "died": d.died,
+                              "reason": d.reason, "bytes": len(d.event)} for d in dead]}
+
+
+def outbox_replay(data_dir: str | Path, destination: str | None) -> int:
+    _config, n = _store_action(data_dir, lambda store: store.replay_dead_letters(int(time.time()), destination))
+    return n
+
+
+def rotate_key(data_dir: str | Path, overlap_days: float) -> dict:
+    from rxfed.node.config import rotate_node_key
+
+    NodeConfig.load(data_dir)
+    new, _old = rotate_node_key(Path(data_dir), overlap=int(overlap_days * 86400))
+    return {"key_id": new.key_id, "fingerprint": fingerprint(new.key.public), "valid_from": new.valid_from}
+
+
+def node_status(data_dir: str | Path) -> dict:
+    config = NodeConfig.load(data_dir)
+    keys = load_node_keys(config.data_dir)
+    now = int(time.time())
+
+    async def action(store):
+        return (await store.peers(), await store.outbox_summary(), await store.dead_letters(),
+                await store.communities(hosted_by=config.node_id))
+
+    peers, summary, dead, communities = asyncio.run(_with_store(config, action))
+    return {
+        "node_id": config.node_id, "name": config.name, "public_url": config.public_url,
+        "registration": config.registration, "federation_mode": config.federation.mode,
+        "keys": [{**k.to_public_json(), "current": k.valid_until is None or k.valid_until > now,
+                  "expires_in_days": None if k.valid_until is None else round((k.valid_until - now) / 86400, 1)}
+                 for k in keys],
+        "peers": [{"node_id": p.node_id, "policy": p.policy, "failures": p.failures,
+                   "breaker": "open" if p.breaker_until and p.breaker_until > now else "closed",
+                   "last_success": p.last_success, "last_error": p.last_error} for p in peers],
+        "queues": [{"destination": s.destination, "pending": s.pending, "in_flight": s.in_flight,
+                    "oldest": s.oldest} for s in summary],
+        "queued_events": sum(s.pending + s.in_flight for s in summary),
+        "dead_letters": len(dead),
+        "communities_hosted": len(communities),
+    }

@@ -51,6 +51,7 @@ class NodeState:
     limiter: RateLimiter = None
     anonymous: RateLimiter = None
     federation: Federation = None
+    communities: Any = None
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
@@ -414,6 +415,10 @@ async def _store_ctx(app: web.Application):
             await asyncio.sleep(5)
             ticks += 1
             state.reload_keys()
+            try:
+                await state.federation.refresh_policies()  # `rxfed node peers` edits the store
+            except RxfedError as exc:
+                log.warning("reading peer policies failed: %s", exc.message)
             if ticks % 12 == 0:
                 try:
                     await state.store.prune_nonces(state.now())
@@ -443,7 +448,11 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
     app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
-    app[NODE] = NodeState(config, keys, store, plugins, clock)
+    from rxfed.node import communities
+
+    app[NODE] = state = NodeState(config, keys, store, plugins, clock)
+    communities.install(state)
     app.add_routes(routes)
+    app.add_routes(communities.routes)
     app.cleanup_ctx.append(_store_ctx)
     return app

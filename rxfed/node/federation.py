@@ -147,6 +147,12 @@ class Federation:
                 hosts.add((urlsplit(self.url_for(peer)).hostname or "").lower())
         self._allowed_hosts = hosts
 
+    async def refresh_policies(self) -> None:
+        before = self._allowed_hosts
+        await self._refresh_allowed()
+        if self._allowed_hosts != before:
+            self._documents.clear()
+
     async def policy_changed(self) -> None:
         await self._refresh_allowed()
         self._documents.clear()

@@ -666,6 +666,25 @@ def read_messages(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_b
     return out
 
 
+def own_sender_key(state: CommunityState, state_events: list[tuple[int, dict]], me: SigningKeyPair,
+                   my_box: BoxKeyPair) -> SenderKey | None:
+    """``me``'s current sender key, opened from its own latest distribution (a sender seals
+    its key to itself as well), or None if it has none yet."""
+    epoch = state.senders.get(b64e(me.public), (0, 0))[0]
+    mine = b64e(me.public)
+    for _seq, statement in reversed(state_events):
+        body = statement.get("body") if isinstance(statement, dict) else None
+        if isinstance(body, dict) and body.get("type") == SENDER_KEY and body.get("sender") == mine \
+                and body.get("epoch") == epoch:
+            event = parse_event(statement)
+            try:
+                return open_sender_key(me.public, my_box, _sender_key_context(state.address, me.public, epoch),
+                                       event.keys[mine])
+            except (DecryptionFailed, KeyError):
+                return None
+    return None
+
+
 def _open(address: CommunityAddress, seq: int, event: MessagePosted, key: SenderKey) -> Message | None:
     try:
         plaintext = open_message(key, _message_ad(address, event.sender, event.epoch), event.ciphertext)

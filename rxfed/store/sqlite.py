@@ -743,7 +743,10 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _write_community(c: sqlite3.Connection, community: CommunityRow, events: list[CommunityEvent]) -> None:
-        c.execute("INSERT OR IGNORE INTO communities VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+        # A mirror may see other events before the create event; the create event names it.
+        c.execute("INSERT INTO communities VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT(id) DO UPDATE SET "
+                  "name=excluded.name, condition=excluded.condition, approval=excluded.approval "
+                  "WHERE excluded.name != ''",
                   (community.id, community.host, community.name, community.condition, int(community.approval),
                    int(community.public), community.created))
         c.executemany("INSERT OR IGNORE INTO community_events VALUES (?, ?, ?, ?)",

@@ -1,0 +1,122 @@
+"""``rxfed community``: condition communities, end to end encrypted, across nodes."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from rxfed.cli import Output, json_flag, run_async
+from rxfed.cli.patient import _profile, _with_client
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("community", help="condition communities")
+    csub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    create = csub.add_parser("create", help="create a community hosted on your home node")
+    _profile(create)
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--condition", metavar="CODE", help="ICD-10 category the community is about, e.g. G40")
+    create.add_argument("--approval", action="store_true", help="joins need an admin's approval")
+    json_flag(create)
+    create.set_defaults(func=cmd_create)
+
+    ls = csub.add_parser("list", help="list a node's public communities")
+    ls.add_argument("--node", required=True, metavar="URL")
+    json_flag(ls)
+    ls.set_defaults(func=cmd_list)
+
+    for name, helptext, func in (("join", "join a community (through your home node)", cmd_join),
+                                 ("leave", "leave a community", cmd_leave),
+                                 ("read", "decrypt and show a community's messages", cmd_read)):
+        sp = csub.add_parser(name, help=helptext)
+        _profile(sp)
+        sp.add_argument("address", metavar="ADDRESS")
+        json_flag(sp)
+        sp.set_defaults(func=func)
+
+    post = csub.add_parser("post", help="post an end-to-end encrypted message")
+    _profile(post)
+    post.add_argument("address", metavar="ADDRESS")
+    post.add_argument("text", metavar="TEXT")
+    json_flag(post)
+    post.set_defaults(func=cmd_post)
+
+    approve = csub.add_parser("approve", help="approve a pending member (admins)")
+    _profile(approve)
+    approve.add_argument("address", metavar="ADDRESS")
+    approve.add_argument("member", metavar="MEMBER", help="the member's pseudonym, from 'community read'")
+    json_flag(approve)
+    approve.set_defaults(func=cmd_approve)
+
+
+def _communities(client):
+    from rxfed.client.community import Communities
+
+    return Communities(client)
+
+
+def cmd_create(args: argparse.Namespace) -> None:
+    from rxfed.client import records
+
+    condition = args.condition.strip().upper()[:3] if args.condition else None
+    if condition:
+        records.condition(condition, "icd10")  # validates the code shape; exit 2 if bad
+    address = _with_client(args, lambda c: _communities(c).create(args.name, condition=condition,
+                                                                   approval=args.approval))
+    Output(args.json).result({"address": address, "name": args.name, "condition": condition,
+                              "approval": args.approval}, [f"community {args.name!r} created", address])
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from rxfed.client.community import Communities
+
+    found = run_async(Communities.directory(args.node))
+    Output(args.json).result({"communities": found}, lambda: [
+        f"{c['address']}  {c['name']}" + (f"  [{c['condition']}]" if c["condition"] else "")
+        + f"  {c['members']} member(s)" + ("  (approval)" if c["approval"] else "") for c in found] or ["none"])
+
+
+def cmd_join(args: argparse.Namespace) -> None:
+    result = _with_client(args, lambda c: _communities(c).join(args.address))
+    queued = result.get("queued", False)
+    Output(args.json).result({"address": args.address, "queued": queued, "seq": result.get("seq")},
+                             [("join sent to the host" if queued else "joined"), args.address])
+
+
+def cmd_leave(args: argparse.Namespace) -> None:
+    result = _with_client(args, lambda c: _communities(c).leave(args.address))
+    Output(args.json).result({"address": args.address, "queued": result.get("queued", False)},
+                             ["left; later messages are sealed to the remaining members only", args.address])
+
+
+def cmd_post(args: argparse.Namespace) -> None:
+    result = _with_client(args, lambda c: _communities(c).post(args.address, args.text))
+    Output(args.json).result({"address": args.address, "queued": result.get("queued", False),
+                              "seq": result.get("seq")}, ["posted (end to end encrypted)"])
+
+
+def cmd_approve(args: argparse.Namespace) -> None:
+    result = _with_client(args, lambda c: _communities(c).approve(args.address, args.member))
+    Output(args.json).result({"address": args.address, "member": args.member, "seq": result.get("seq"),
+                              "queued": result.get("queued", False)}, ["approved", args.member])
+
+
+def cmd_read(args: argparse.Namespace) -> None:
+    view = _with_client(args, lambda c: _communities(c).read(args.address))
+    doc = view.to_json()
+
+    def lines():
+        out = [f"{doc['name'] or doc['address']}  (you are {doc['me'][:8]})"]
+        pending = [m for m in doc["members"] if m["status"] == "pending"]
+        if pending:
+            out.append("pending approval: " + ", ".join(m["member"] for m in pending))
+        for m in doc["messages"]:
+            when = dt.datetime.fromtimestamp(m["sent"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            who = "you" if m["mine"] else m["sender"][:8]
+            out.append(f"[{when}] {who}: {m['text']}" + ("" if m["verified"] else "  (unverified)"))
+        if not doc["messages"]:
+            out.append("no messages you can read yet")
+        return out
+
+    Output(args.json).result(doc, lines)

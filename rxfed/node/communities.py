@@ -1,0 +1,275 @@
+"""Condition communities on a node: hosting (validate, sequence, stamp, fan out), relaying a
+local patient's events to a remote host, and mirroring communities hosted elsewhere.
+
+The host is authoritative: it folds every event into the community state
+(:class:`rxfed.protocol.community.CommunityState`), refuses what is not a valid next event,
+stamps what it accepts with its node key and fans it out to the home nodes of the members.
+Nodes only ever hold ciphertext and signed membership changes under per-community
+pseudonyms.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from rxfed.crypto import b64e
+from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
+from rxfed.node.app import NODE, authenticate, reply
+from rxfed.node.federation import InboundEffects
+from rxfed.protocol import community as pc
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.federation import EventResult, WireEvent
+from rxfed.protocol.schema import anything, fields, integer
+from rxfed.protocol.statements import statement_hash
+from rxfed.store import CommunityEvent, CommunityRow
+
+log = logging.getLogger("rxfed.communities")
+routes = web.RouteTableDef()
+SUBMIT = "community.submit"
+EVENT = "community.event"
+
+
+@attrs.frozen
+class Hosted:
+    """A hosted community's state and the hashes of its events (to spot resubmissions)."""
+
+    state: pc.CommunityState
+    hashes: frozenset[bytes]
+
+
+class Communities:
+    """The communities a node hosts (state cached in memory, rebuilt from the store)."""
+
+    def __init__(self, state):
+        self.node = state
+        self._hosted: dict[str, Hosted] = {}
+
+    @property
+    def me(self) -> str:
+        return self.node.config.node_id
+
+    async def hosted(self, community_id: str) -> Hosted | None:
+        found = self._hosted.get(community_id)
+        if found is None:
+            row = await self.node.store.community(community_id)
+            if row is None or row.host != self.me:
+                return None
+            events = await self._all_events(community_id)
+            state = pc.CommunityState.from_events([(e.seq, loads(e.event)) for e in events])
+            found = self._hosted[community_id] = Hosted(state, frozenset(statement_hash(loads(e.event)) for e in events))
+        return found
+
+    async def _all_events(self, community_id: str) -> list[CommunityEvent]:
+        out: list[CommunityEvent] = []
+        while True:
+            page = await self.node.store.community_events(community_id, after=out[-1].seq if out else 0, limit=1000)
+            out.extend(page)
+            if len(page) < 1000:
+                return out
+
+    def accept(self, hosted: Hosted | None, address: pc.CommunityAddress, event: dict) -> tuple[Hosted, CommunityEvent]:
+        """Validate ``event`` as the next one, stamp it: the new state and the stored event."""
+        pc.check_timely(event, self.node.now())
+        if hosted is None:
+            if not isinstance(pc.parse_event(event), pc.Create):
+                raise NotFound(f"no community {address} on this node", code="unknown_community")
+            state = pc.CommunityState.empty(address)
+        else:
+            state = hosted.state
+        new_state, parsed = state.step(event, seq=state.seq + 1)
+        signer = None if parsed.author is not None else state.meta.admin
+        stamped = pc.stamp(self.node.signing_key(), address, new_state.seq, event, self.node.now(), signer=signer)
+        hashes = (hosted.hashes if hosted else frozenset()) | {statement_hash(event)}
+        return Hosted(new_state, hashes), CommunityEvent(new_state.seq, canonical(event), canonical(stamped))
+
+    async def fan_out(self, before: pc.CommunityState | None, after: pc.CommunityState,
+                      stored: list[CommunityEvent]) -> list[tuple[str, bytes]]:
+        """Outbox entries: each new event to every member node (before and after, so a node
+        whose last member left still learns it), and the full history to a node that has
+        just gained its first member (it needs every event to fold the state)."""
+        address = str(after.address)
+        old_nodes = before.member_nodes() if before else set()
+        targets = (old_nodes | after.member_nodes()) - {self.me}
+        new_nodes = after.member_nodes() - old_nodes - {self.me}
+        items: list[tuple[str, bytes]] = []
+        if new_nodes and stored and stored[0].seq > 1:
+            history = [e for e in await self._all_events(after.address.id) if e.seq < stored[0].seq]
+            for node in sorted(new_nodes):
+                items += [(node, _wire(address, e)) for e in history]
+        for node in sorted(targets):
+            items += [(node, _wire(address, e)) for e in stored]
+        return items
+
+    def row(self, state: pc.CommunityState, created: int) -> CommunityRow:
+        meta = state.meta
+        return CommunityRow(state.address.id, state.address.host, meta.name, meta.condition, meta.approval,
+                            True, state.seq, created)
+
+    def remember(self, community_id: str, hosted: Hosted) -> None:
+        self._hosted[community_id] = hosted
+
+    # -- federation handlers ----------------------------------------------------------------
+    async def on_submit(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
+        """At the host: events members on ``origin`` submitted through their home node."""
+        results, effects = [], InboundEffects()
+        pending: dict[str, Hosted] = {}
+        for wire in events:
+            try:
+                f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse, "event": anything})
+                address, event = f["community"], f["event"]
+                if address.host != self.me:
+                    raise BadRequest(f"{address} is not hosted here", code="not_host")
+                hosted = pending.get(address.id) or await self.hosted(address.id)
+                if hosted is None:
+                    raise NotFound(f"no community {address} on this node", code="unknown_community")
+                if statement_hash(event) in hosted.hashes:
+                    results.append(EventResult(True))  # a resubmission of an accepted event
+                    continue
+                parsed = pc.parse_event(event)
+                if isinstance(parsed, pc.Create):
+                    raise Forbidden("communities are created on their host by a local patient")
+                member_node = _member_node(hosted.state, parsed)
+                if member_node != origin:
+                    raise Forbidden(f"this member's home node is {member_node}, not {origin}", code="wrong_origin")
+                after, stored = self.accept(hosted, address, event)
+                pending[address.id] = after
+                effects.communities.append((self.row(after.state, self.node.now()), [stored]))
+                effects.outbox.extend(await self.fan_out(hosted.state, after.state, [stored]))
+                results.append(EventResult(True))
+            except RxfedError as exc:
+                results.append(EventResult(False, exc.code, exc.message))
+        for cid, hosted in pending.items():
+            effects.after_commit.append(lambda cid=cid, hosted=hosted: self.remember(cid, hosted))
+        return results, effects
+
+    async def on_event(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
+        """At a member's home node: stamped events from the host, kept as a mirror."""
+        results, effects = [], InboundEffects()
+        for wire in events:
+            try:
+                f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse, "seq": integer(1, pc.MAX_SEQ),
+                                                     "event": anything, "stamp": anything})
+                address = f["community"]
+                if address.host != origin:
+                    raise Forbidden(f"{origin} does not host {address}", code="not_host")
+                document = await self.node.federation.document(origin)
+                stamp = pc.verify_stamp([k.public_key for k in document.keys], f["stamp"], f["event"])
+                if stamp.seq != f["seq"]:
+                    raise Forbidden("stamp is for another position", code="stamp_mismatch")
+                parsed = pc.parse_event(f["event"])
+                row = CommunityRow(address.id, address.host, parsed.name if isinstance(parsed, pc.Create) else "",
+                                   parsed.condition if isinstance(parsed, pc.Create) else None,
+                                   parsed.approval if isinstance(parsed, pc.Create) else False, False, 0,
+                                   self.node.now())
+                effects.communities.append((row, [CommunityEvent(f["seq"], canonical(f["event"]), canonical(f["stamp"]))]))
+                results.append(EventResult(True))
+            except RxfedError as exc:
+                results.append(EventResult(False, exc.code, exc.message))
+        return results, effects
+
+
+def _member_node(state: pc.CommunityState, event: Any) -> str:
+    if isinstance(event, pc.Join):
+        return event.node
+    author = event.author if event.author is not None else state.meta.admin
+    member = state.members.get(b64e(author))
+    if member is None:
+        raise Forbidden("not a member of this community", code="not_a_member")
+    return member.node
+
+
+def _wire(address: str, event: CommunityEvent) -> bytes:
+    return canonical(WireEvent(EVENT, {"community": address, "seq": event.seq, "event": loads(event.event),
+                                       "stamp": loads(event.stamp)}).to_json())
+
+
+# -- client API ----------------------------------------------------------------------------
+
+
+@routes.get("/v1/communities")
+async def list_communities(request: web.Request) -> web.Response:
+    """The public communities this node hosts (no authentication: a directory)."""
+    state = request.app[NODE]
+    out = []
+    for row in await state.store.communities(hosted_by=state.config.node_id):
+        hosted = await state.communities.hosted(row.id)
+        out.append({"address": f"{row.id}@{row.host}", "name": row.name, "condition": row.condition,
+                    "approval": row.approval, "members": len(hosted.state.joined()) if hosted else 0,
+                    "created": row.created})
+    return reply({"communities": out})
+
+
+@routes.post("/v1/communities/events")
+async def submit(request: web.Request) -> web.Response:
+    """A local patient's community event: applied here if this node hosts the community,
+    otherwise queued for the host (202)."""
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    f = fields(caller.body, "submission", {"community": pc.CommunityAddress.parse, "event": anything})
+    address, event = f["community"], f["event"]
+    parsed = pc.parse_event(event)
+    if parsed.community != address:
+        raise BadRequest("the event is for another community", code="wrong_community")
+    communities = state.communities
+    if address.host != state.config.node_id:
+        if isinstance(parsed, pc.Create):
+            raise BadRequest("create communities on your home node", code="not_host")
+        wire = canonical(WireEvent(SUBMIT, {"community": str(address), "event": event}).to_json())
+        await state.store.relay(address.host, wire, now=caller.now, nonce=caller.nonce, patient=caller.patient,
+                                community_id=address.id)
+        state.federation.notify()
+        return reply({"community": str(address), "queued": True}, status=202)
+    async with state.federation.lock:
+        hosted = await communities.hosted(address.id)
+        if hosted is None and isinstance(parsed, pc.Create) and await state.store.community(address.id):
+            raise BadRequest("that community id is taken", code="already_created")
+        if isinstance(parsed, pc.Join) and parsed.node != state.config.node_id:
+            raise Forbidden("a member joins through their own home node", code="wrong_origin")
+        after, stored = communities.accept(hosted, address, event)
+        outbox = await communities.fan_out(hosted.state if hosted else None, after.state, [stored])
+        await state.store.append_community_events(communities.row(after.state, caller.now), [stored], outbox=outbox,
+                                                  now=caller.now, nonce=caller.nonce, subscribe=caller.patient)
+        communities.remember(address.id, after)
+    if outbox:
+        state.federation.notify()
+    return reply({"community": str(address), "seq": stored.seq, "stamp": loads(stored.stamp)})
+
+
+@routes.get("/v1/communities/{id}/events")
+async def read_events(request: web.Request) -> web.Response:
+    """Events of a community this patient joined through this node, from ``after``."""
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    community_id = request.match_info["id"]
+    if not await state.store.subscribed(caller.patient, community_id):
+        raise NotFound("you have not joined that community through this node", code="unknown_community")
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = min(1000, int(request.query.get("limit", "1000")))
+    except ValueError:
+        raise BadRequest("after and limit must be whole numbers") from None
+    row = await state.store.community(community_id)
+    events = await state.store.community_events(community_id, after=max(0, after), limit=max(1, limit))
+    host_keys: list[str] = []
+    if row is not None:
+        if row.host == state.config.node_id:
+            host_keys = [b64e(k.key.public) for k in state.keys]
+        else:
+            try:
+                host_keys = [b64e(k.public_key) for k in (await state.federation.document(row.host)).keys]
+            except RxfedError:
+                host_keys = []
+    return reply({"community": f"{community_id}@{row.host}" if row else None, "seq": row.seq if row else 0,
+                  "host_keys": host_keys,
+                  "events": [{"seq": e.seq, "event": loads(e.event), "stamp": loads(e.stamp)} for e in events]})
+
+
+def install(state) -> None:
+    """Wire communities into a node: state, federation handlers."""
+    state.communities = Communities(state)
+    state.federation.handlers[SUBMIT] = state.communities.on_submit
+    state.federation.handlers[EVENT] = state.communities.on_event

@@ -1,0 +1,124 @@
+"""Write the federation test vectors in this folder from fixed keys, nonces and times.
+
+    python spec/vectors/generate.py          # rewrite the vector files
+    tests/test_vectors.py                    # checks the files against the code
+
+Every value is deterministic (Ed25519 signatures are), so a change to any byte of the
+protocol shows up as a diff of these files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from rxfed.crypto import SigningKeyPair, b64e  # noqa: E402
+from rxfed.errors import RxfedError  # noqa: E402
+from rxfed.protocol.auth import sign_request, signing_bytes  # noqa: E402
+from rxfed.protocol.canonical import canonical, loads  # noqa: E402
+from rxfed.protocol.federation import Transaction  # noqa: E402
+from rxfed.protocol.statements import sign_statement  # noqa: E402
+
+SEED = bytes(range(1, 33))
+NONCE = bytes([0x02] * 16)
+CREATED = 1764000000
+
+CANONICAL_GOOD = [
+    '{"b":2,"a":1}',
+    '{"z":[3,2,1],"a":{"y":null,"x":true}}',
+    '{"\\u20ac":1,"\\ud83d\\ude00":2,"\\ufb01":3,"a":0}',
+    '"line\\nbreak\\ttab\\u0001 quote\\" backslash\\\\ slash/ \\u2028"',
+    '[-9007199254740991,0,9007199254740991]',
+    '{"nested":{"deeper":{"deepest":[{},[]]}}}',
+]
+CANONICAL_BAD = [
+    ('{"a":1,"a":2}', "bad_json"),
+    ("1.5", "bad_json"),
+    ("1e3", "bad_json"),
+    ("NaN", "bad_json"),
+    ("9007199254740992", "bad_json"),
+    ('"\\ud800"', "bad_json"),
+    ("{", "bad_json"),
+]
+
+
+def canonical_vectors() -> dict:
+    good = [{"input": text, "canonical": canonical(loads(text)).decode()} for text in CANONICAL_GOOD]
+    bad = []
+    for text, code in CANONICAL_BAD:
+        try:
+            loads(text)
+        except RxfedError as exc:
+            assert exc.code == code
+            bad.append({"input": text, "error": exc.code})
+        else:  # pragma: no cover
+            raise AssertionError(f"{text} parsed")
+    return {"good": good, "bad": bad}
+
+
+def request_vectors() -> dict:
+    key = SigningKeyPair.from_seed(SEED)
+    body = canonical({"origin": "a.example", "destination": "c.example", "seq": 1, "events": []})
+    args = dict(method="PUT", target="/federation/v1/transactions/txn-0000000000000001", destination="c.example",
+                body=body, now=CREATED, nonce=NONCE, origin="a.example")
+    headers = sign_request(key, **args)
+    string = signing_bytes(method="PUT", target=args["target"], destination="c.example", origin="a.example",
+                           key=key.public, created=CREATED, nonce=NONCE, body=body)
+    return {"seed": b64e(SEED), "public_key": b64e(key.public), "method": "PUT", "target": args["target"],
+            "destination": "c.example", "origin": "a.example", "created": CREATED, "nonce": b64e(NONCE),
+            "body": body.decode(), "signing_string": string.decode(), "headers": headers}
+
+
+def statement_vectors() -> dict:
+    key = SigningKeyPair.from_seed(SEED)
+    body = {"type": "rxfed.community.leave", "community": "0" * 32 + "@c.example",
+            "member": b64e(key.public), "time": CREATED}
+    return {"seed": b64e(SEED), "body": body, "statement": sign_statement(key, body),
+            "signed_bytes": "rxfed-statement|" + canonical(body).decode()}
+
+
+def transaction_vectors() -> dict:
+    good = {"origin": "a.example", "destination": "c.example", "seq": 7,
+            "events": [{"kind": "community.submit", "content": {"community": "0" * 32 + "@c.example", "event": {}}}]}
+    bad = [
+        ({"origin": "a.example", "destination": "c.example", "seq": 0, "events": []}, "bad_request"),
+        ({"origin": "a.example", "destination": "c.example", "seq": 1, "events": [], "extra": 1}, "unknown_field"),
+        ({"origin": "a.example", "destination": "c.example", "seq": 1}, "missing_field"),
+        ({"origin": "a.example", "destination": "c.example", "seq": 1, "events": [{"kind": "Bad Kind", "content": {}}]},
+         "bad_request"),
+        ({"origin": "a.example", "destination": "c.example", "seq": 1, "events": [{"kind": "x", "content": []}]},
+         "bad_request"),
+    ]
+    out_bad = []
+    for obj, code in bad:
+        try:
+            Transaction.from_json("txn-0000000000000001", obj)
+        except RxfedError as exc:
+            assert exc.code == code, (obj, exc.code)
+            out_bad.append({"body": obj, "error": exc.code})
+        else:  # pragma: no cover
+            raise AssertionError(obj)
+    txn = Transaction.from_json("txn-0000000000000001", good)
+    return {"good": {"body": good, "event_ids": [e.id for e in txn.events]}, "bad": out_bad}
+
+
+VECTORS = {
+    "canonical.json": canonical_vectors,
+    "request-signature.json": request_vectors,
+    "statement.json": statement_vectors,
+    "transaction.json": transaction_vectors,
+}
+
+
+def render(name: str) -> str:
+    return json.dumps(VECTORS[name](), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    for name in VECTORS:
+        (HERE / name).write_text(render(name))
+        print(f"wrote {name}")

@@ -1,0 +1,69 @@
+"""The test vectors in spec/vectors/ match what the code produces and accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from rxfed.crypto import SigningKeyPair, b64d
+from rxfed.errors import RxfedError
+from rxfed.protocol.auth import SignedRequest
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.federation import Transaction
+from rxfed.protocol.statements import open_statement
+
+VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors"
+spec = importlib.util.spec_from_file_location("generate_vectors", VECTORS / "generate.py")
+generate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(generate)
+
+
+@pytest.mark.parametrize("name", sorted(generate.VECTORS))
+def test_vector_files_are_current(name):
+    assert (VECTORS / name).read_text() == generate.render(name), f"run python spec/vectors/generate.py ({name})"
+
+
+def load(name):
+    return json.loads((VECTORS / name).read_text())
+
+
+def test_canonical_vectors():
+    v = load("canonical.json")
+    for case in v["good"]:
+        assert canonical(loads(case["input"])).decode() == case["canonical"]
+    for case in v["bad"]:
+        with pytest.raises(RxfedError) as info:
+            loads(case["input"])
+        assert info.value.code == case["error"]
+
+
+def test_request_signature_vector_verifies_and_breaks():
+    v = load("request-signature.json")
+    key = SigningKeyPair.from_seed(b64d(v["seed"]))
+    signed = SignedRequest.from_headers(v["headers"])
+    args = dict(method=v["method"], target=v["target"], destination=v["destination"], body=v["body"].encode(),
+                now=v["created"])
+    signed.verify(key.public, **args)
+    assert signed.signing_bytes(method=v["method"], target=v["target"], destination=v["destination"],
+                                body=v["body"].encode()).decode() == v["signing_string"]
+    with pytest.raises(RxfedError):
+        signed.verify(key.public, **{**args, "destination": "b.example"})
+
+
+def test_statement_vector():
+    v = load("statement.json")
+    key = SigningKeyPair.from_seed(b64d(v["seed"]))
+    assert open_statement(v["statement"], "s", v["body"]["type"], key.public) == v["body"]
+
+
+def test_transaction_vectors():
+    v = load("transaction.json")
+    txn = Transaction.from_json("txn-0000000000000001", v["good"]["body"])
+    assert [e.id for e in txn.events] == v["good"]["event_ids"]
+    for case in v["bad"]:
+        with pytest.raises(RxfedError) as info:
+            Transaction.from_json("txn-0000000000000001", case["body"])
+        assert info.value.code == case["error"]
