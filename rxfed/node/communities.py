@@ -10,13 +10,14 @@ pseudonyms.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import attrs
 from aiohttp import web
 
-from rxfed.crypto import b64e
+from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
 from rxfed.node.app import NODE, authenticate, reply
 from rxfed.node.federation import InboundEffects
@@ -35,10 +36,11 @@ EVENT = "community.event"
 
 @attrs.frozen
 class Hosted:
-    """A hosted community's state and the hashes of its events (to spot resubmissions)."""
+    """A hosted community's state, and the hashes of events accepted on top of what is
+    committed (kept apart so a refused batch leaves the committed hashes untouched)."""
 
     state: pc.CommunityState
-    hashes: frozenset[bytes]
+    new_hashes: tuple[bytes, ...] = ()
 
 
 class Communities:
@@ -47,6 +49,8 @@ class Communities:
     def __init__(self, state):
         self.node = state
         self._hosted: dict[str, Hosted] = {}
+        #: Statement hashes of each hosted community's events, to answer a resubmission ok.
+        self._hashes: dict[str, set[bytes]] = {}
 
     @property
     def me(self) -> str:
@@ -60,8 +64,13 @@ class Communities:
                 return None
             events = await self._all_events(community_id)
             state = pc.CommunityState.from_events([(e.seq, loads(e.event)) for e in events])
-            found = self._hosted[community_id] = Hosted(state, frozenset(statement_hash(loads(e.event)) for e in events))
+            found = self._hosted[community_id] = Hosted(state)
+            self._hashes[community_id] = {statement_hash(loads(e.event)) for e in events}
         return found
+
+    def seen(self, hosted: Hosted, event: dict) -> bool:
+        digest = statement_hash(event)
+        return digest in hosted.new_hashes or digest in self._hashes.get(hosted.state.address.id, ())
 
     async def _all_events(self, community_id: str) -> list[CommunityEvent]:
         out: list[CommunityEvent] = []
@@ -73,7 +82,6 @@ class Communities:
 
     def accept(self, hosted: Hosted | None, address: pc.CommunityAddress, event: dict) -> tuple[Hosted, CommunityEvent]:
         """Validate ``event`` as the next one, stamp it: the new state and the stored event."""
-        pc.check_timely(event, self.node.now())
         if hosted is None:
             if not isinstance(pc.parse_event(event), pc.Create):
                 raise NotFound(f"no community {address} on this node", code="unknown_community")
@@ -81,10 +89,14 @@ class Communities:
         else:
             state = hosted.state
         new_state, parsed = state.step(event, seq=state.seq + 1)
-        signer = None if parsed.author is not None else state.meta.admin
-        stamped = pc.stamp(self.node.signing_key(), address, new_state.seq, event, self.node.now(), signer=signer)
-        hashes = (hosted.hashes if hosted else frozenset()) | {statement_hash(event)}
-        return Hosted(new_state, hashes), CommunityEvent(new_state.seq, canonical(event), canonical(stamped))
+        now = self.node.now()
+        pc.check_timely(parsed, now)
+        signer = parsed.author if parsed.author is not None else state.meta.admin
+        raw = canonical(event)
+        digest = sha256(raw)  # == statement_hash(event), without encoding it twice
+        stamped = pc.stamp_checked(self.node.signing_key(), new_state.seq, parsed, signer, now, digest=digest)
+        new_hashes = (hosted.new_hashes if hosted else ()) + (digest,)
+        return Hosted(new_state, new_hashes), CommunityEvent(new_state.seq, raw, canonical(stamped))
 
     async def fan_out(self, before: pc.CommunityState | None, after: pc.CommunityState,
                       stored: list[CommunityEvent]) -> list[tuple[str, bytes]]:
@@ -110,7 +122,9 @@ class Communities:
                             True, state.seq, created)
 
     def remember(self, community_id: str, hosted: Hosted) -> None:
-        self._hosted[community_id] = hosted
+        """Adopt ``hosted`` once its events are committed."""
+        self._hashes.setdefault(community_id, set()).update(hosted.new_hashes)
+        self._hosted[community_id] = Hosted(hosted.state)
 
     # -- federation handlers ----------------------------------------------------------------
     async def on_submit(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
@@ -126,7 +140,7 @@ class Communities:
                 hosted = pending.get(address.id) or await self.hosted(address.id)
                 if hosted is None:
                     raise NotFound(f"no community {address} on this node", code="unknown_community")
-                if statement_hash(event) in hosted.hashes:
+                if self.seen(hosted, event):
                     results.append(EventResult(True))  # a resubmission of an accepted event
                     continue
                 parsed = pc.parse_event(event)
@@ -147,29 +161,59 @@ class Communities:
         return results, effects
 
     async def on_event(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
-        """At a member's home node: stamped events from the host, kept as a mirror."""
-        results, effects = [], InboundEffects()
-        for wire in events:
+        """At a member's home node: stamped events from the host, kept as a mirror. The
+        stamps are checked in the node's verifier threads, so a large transaction uses more
+        than the event loop's core."""
+        results: list[EventResult | None] = [None] * len(events)
+        effects = InboundEffects()
+        checks = []
+        for i, wire in enumerate(events):
             try:
-                f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse, "seq": integer(1, pc.MAX_SEQ),
-                                                     "event": anything, "stamp": anything})
-                address = f["community"]
-                if address.host != origin:
-                    raise Forbidden(f"{origin} does not host {address}", code="not_host")
-                document = await self.node.federation.document(origin)
-                stamp = pc.verify_stamp([k.public_key for k in document.keys], f["stamp"], f["event"])
-                if stamp.seq != f["seq"]:
-                    raise Forbidden("stamp is for another position", code="stamp_mismatch")
-                parsed = pc.parse_event(f["event"])
-                row = CommunityRow(address.id, address.host, parsed.name if isinstance(parsed, pc.Create) else "",
-                                   parsed.condition if isinstance(parsed, pc.Create) else None,
-                                   parsed.approval if isinstance(parsed, pc.Create) else False, False, 0,
-                                   self.node.now())
-                effects.communities.append((row, [CommunityEvent(f["seq"], canonical(f["event"]), canonical(f["stamp"]))]))
-                results.append(EventResult(True))
+                f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse,
+                                                     "seq": integer(1, pc.MAX_SEQ), "event": anything,
+                                                     "stamp": anything})
+                if f["community"].host != origin:
+                    raise Forbidden(f"{origin} does not host {f['community']}", code="not_host")
+                checks.append((i, f))
             except RxfedError as exc:
-                results.append(EventResult(False, exc.code, exc.message))
+                results[i] = EventResult(False, exc.code, exc.message)
+        if checks:
+            keys = [k.public_key for k in (await self.node.federation.document(origin)).keys]
+            halves = [checks[::2], checks[1::2]]
+            loop = asyncio.get_running_loop()
+            grouped: dict[str, tuple[CommunityRow, list[CommunityEvent]]] = {}
+            for done in await asyncio.gather(*(loop.run_in_executor(self.node.verifier, _check_stamps, keys, h)
+                                               for h in halves if h)):
+                for i, f, outcome in done:
+                    results[i] = outcome
+                    if not outcome.ok:
+                        continue
+                    address = f["community"]
+                    row, stored = grouped.setdefault(address.id, (self._mirror_row(address), []))
+                    if f["event"]["body"]["type"] == pc.CREATE:  # the create event names the community
+                        parsed = pc.parse_event(f["event"])
+                        row = attrs.evolve(row, name=parsed.name, condition=parsed.condition, approval=parsed.approval)
+                        grouped[address.id] = (row, stored)
+                    stored.append(CommunityEvent(f["seq"], canonical(f["event"]), canonical(f["stamp"])))
+            effects.communities.extend(grouped.values())
         return results, effects
+
+    def _mirror_row(self, address: pc.CommunityAddress) -> CommunityRow:
+        return CommunityRow(address.id, address.host, "", None, False, False, 0, self.node.now())
+
+
+def _check_stamps(keys: list[bytes], items: list[tuple[int, dict]]) -> list[tuple[int, dict, EventResult]]:
+    """Verify host stamps (run in a verifier thread: libsodium releases the GIL)."""
+    out = []
+    for i, f in items:
+        try:
+            stamp = pc.verify_stamp(keys, f["stamp"], f["event"])
+            if stamp.seq != f["seq"]:
+                raise Forbidden("stamp is for another position", code="stamp_mismatch")
+            out.append((i, f, EventResult(True)))
+        except RxfedError as exc:
+            out.append((i, f, EventResult(False, exc.code, exc.message)))
+    return out
 
 
 def _member_node(state: pc.CommunityState, event: Any) -> str:
@@ -183,8 +227,10 @@ def _member_node(state: pc.CommunityState, event: Any) -> str:
 
 
 def _wire(address: str, event: CommunityEvent) -> bytes:
-    return canonical(WireEvent(EVENT, {"community": address, "seq": event.seq, "event": loads(event.event),
-                                       "stamp": loads(event.stamp)}).to_json())
+    """The canonical ``community.event`` wire event, spliced from the stored canonical bytes
+    (keys in canonical order) rather than parsed and encoded again for every destination."""
+    return b"".join([b'{"content":{"community":', canonical(address), b',"event":', event.event, b',"seq":',
+                     str(event.seq).encode(), b',"stamp":', event.stamp, b'},"kind":"', EVENT.encode(), b'"}'])
 
 
 # -- client API ----------------------------------------------------------------------------

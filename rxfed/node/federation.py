@@ -33,6 +33,7 @@ from rxfed.protocol.federation import (
     negotiate,
     node_id_ok,
     reply_json,
+    transaction_body,
 )
 from rxfed.store import CommunityEvent, CommunityRow, Peer
 
@@ -195,6 +196,8 @@ class Federation:
         """The peer's key document: cached in memory and in the store, refetched when a
         key it signs with is unknown (rotation), at most every ``key_refetch`` seconds."""
         cached = self._documents.get(node_id)
+        if cached is not None and (need_key is None or any(k.public_key == need_key for k in cached[0].keys)):
+            return cached[0]
         peer = await self.state.store.peer(node_id)
         if cached is None and peer is not None and peer.document:
             try:
@@ -320,9 +323,7 @@ class Federation:
         peer = await self.state.store.peer(destination)
         url = self.url_for(peer, destination)
         self._check_url(peer, url)
-        events = [loads(e) for e in txn.events]
-        body = canonical({"origin": self.state.config.node_id, "destination": destination, "seq": txn.seq,
-                          "events": events})
+        body = transaction_body(self.state.config.node_id, destination, txn.seq, list(txn.events))
         path = f"/federation/v1/transactions/{txn.txn_id}"
         headers = sign_request(self.state.signing_key(), method="PUT", target=path, destination=destination,
                                origin=self.state.config.node_id, body=body, now=self.state.now())
@@ -341,10 +342,10 @@ class Federation:
                 pass
             raise DeliveryError(f"{destination} answered {status} {detail}".strip())
         reply = loads(raw)
-        rejected = {k: v for k, v in (reply.get("results") or {}).items() if not v.get("ok")}
+        rejected = [r for r in reply.get("results") or [] if isinstance(r, dict) and not r.get("ok")]
         if rejected:
             log.warning("%s rejected %d event(s) of transaction %s: %s", destination, len(rejected), txn.txn_id,
-                        "; ".join(f"{v.get('error')}" for v in list(rejected.values())[:3]))
+                        "; ".join(f"{r.get('error')}" for r in rejected[:3]))
         if reply.get("missing"):
             log.info("%s reports missing transactions %s", destination, reply["missing"][:10])
         return reply
@@ -360,20 +361,20 @@ class Federation:
             return await self._apply(origin, txn, nonce)
 
     async def _apply(self, origin: str, txn: Transaction, nonce) -> bytes:
-        results: dict[str, EventResult] = {}
+        results: list[EventResult | None] = [None] * len(txn.events)
         effects = InboundEffects()
-        by_kind: dict[str, list[WireEvent]] = {}
-        for event in txn.events:
-            by_kind.setdefault(event.kind, []).append(event)
-        for kind, events in by_kind.items():
+        by_kind: dict[str, list[int]] = {}
+        for i, event in enumerate(txn.events):
+            by_kind.setdefault(event.kind, []).append(i)
+        for kind, positions in by_kind.items():
             handler = self.handlers.get(kind)
             if handler is None:
-                for e in events:
-                    results[e.id] = EventResult(False, "unknown_kind", f"this node does not handle {kind!r} events")
+                for i in positions:
+                    results[i] = EventResult(False, "unknown_kind", f"this node does not handle {kind!r} events")
                 continue
-            outcomes, more = await handler(origin, events)
-            for e, outcome in zip(events, outcomes):
-                results[e.id] = outcome
+            outcomes, more = await handler(origin, [txn.events[i] for i in positions])
+            for i, outcome in zip(positions, outcomes):
+                results[i] = outcome
             effects.communities.extend(more.communities)
             effects.outbox.extend(more.outbox)
             effects.after_commit.extend(more.after_commit)

@@ -9,6 +9,7 @@ has exactly one encoding and signatures over it are unambiguous.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rxfed.errors import BadRequest
@@ -148,6 +149,7 @@ def _safe_int(text: str) -> int:
 
 
 _SURROGATE_CHECK = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def loads(data: bytes | str) -> Any:
@@ -158,8 +160,10 @@ def loads(data: bytes | str) -> Any:
             data = data.decode("utf-8")
         value = json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_no_float,
                            parse_constant=_no_constant, parse_int=_safe_int)
-        # An escaped lone surrogate parses into a str that cannot be UTF-8 encoded.
-        _SURROGATE_CHECK.encode(value).encode("utf-8")
+        # An escaped lone surrogate parses into a str that cannot be UTF-8 encoded; only a
+        # \uD800-\uDFFF escape can make one (raw surrogates are not valid UTF-8).
+        if _SURROGATE_ESCAPE.search(data):
+            _SURROGATE_CHECK.encode(value).encode("utf-8")
     except CanonicalError:
         raise
     except (ValueError, RecursionError) as exc:

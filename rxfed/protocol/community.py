@@ -276,11 +276,11 @@ def parse_event(obj: Any, where: str = "event") -> Event:
     return cls(**f, signed=obj)
 
 
-def check_timely(event: dict, now: int, *, skew: int = MAX_SKEW) -> None:
+def check_timely(event: dict | Event, now: int, *, skew: int = MAX_SKEW) -> None:
     """For the host on submission: refuse an event whose own time is more than ``skew``
     seconds from ``now``, so the ``sent`` a franking report shows is close to the truth.
     (Not part of :meth:`CommunityState.apply`, which replays old events too.)"""
-    when = parse_event(event).when
+    when = (event if not isinstance(event, dict) else parse_event(event)).when
     if when is not None and abs(when - now) > skew:
         raise BadRequest(f"event time is more than {skew} s from the host's clock", code="clock_skew")
 
@@ -602,10 +602,18 @@ def stamp(host_key: SigningKeyPair, address: CommunityAddress, seq: int, event: 
     if signer is None:
         raise BadRequest("an admin event needs the admin key to stamp it")
     open_statement(event, "event", parsed.TYPE, signer)
+    return stamp_checked(host_key, seq, parsed, signer, now)
+
+
+def stamp_checked(host_key: SigningKeyPair, seq: int, parsed: Event, signer: bytes, now: int, *,
+                  digest: bytes | None = None) -> dict:
+    """The host stamp for an event :meth:`CommunityState.step` has just accepted (so its
+    signature by ``signer`` is already checked). ``digest``: its statement hash, if known."""
     franked = parsed.commitment if isinstance(parsed, MessagePosted) else None
     return sign_statement(host_key, {
-        "type": HOST_STAMP, "community": str(address), "seq": seq, "event": b64e(statement_hash(event)),
-        "sender": b64e(signer), "commitment": b64e(franked) if franked else None, "time": now})
+        "type": HOST_STAMP, "community": str(parsed.community), "seq": seq,
+        "event": b64e(digest or statement_hash(parsed.signed)), "sender": b64e(signer),
+        "commitment": b64e(franked) if franked else None, "time": now})
 
 
 def verify_stamp(host_public_keys: list[bytes], stamped: dict, event: dict) -> HostStamp:

@@ -137,6 +137,13 @@ class Transaction:
             raise BadRequest(f"this transaction is for {self.destination}, not {me}", code="wrong_destination")
 
 
+def transaction_body(origin: str, destination: str, seq: int, events: list[bytes]) -> bytes:
+    """The canonical body of a transaction whose events are already canonical JSON: they
+    are spliced in rather than parsed and encoded again (keys in canonical order)."""
+    return b"".join([b'{"destination":', canonical(destination), b',"events":[', b",".join(events),
+                     b'],"origin":', canonical(origin), b',"seq":', str(seq).encode(), b"}"])
+
+
 @attrs.frozen
 class EventResult:
     ok: bool
@@ -147,8 +154,9 @@ class EventResult:
         return {"ok": True} if self.ok else {"ok": False, "error": self.error, "message": self.message}
 
 
-def reply_json(results: dict[str, EventResult], missing: list[int]) -> dict:
-    return {"results": {k: v.to_json() for k, v in results.items()}, "missing": missing}
+def reply_json(results: list[EventResult], missing: list[int]) -> dict:
+    """``results`` in the order of the transaction's events."""
+    return {"results": [r.to_json() for r in results], "missing": missing}
 
 
 def track_sequence(contiguous: int, seen: set[int], seq: int, *, window: int = 10_000) -> tuple[int, set[int], list[int]]:

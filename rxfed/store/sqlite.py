@@ -753,9 +753,17 @@ class SQLiteStore(Store):
                       [(community.id, e.seq, e.event, e.stamp) for e in events])
         # The community's seq is the highest contiguous one stored: mirrors may see gaps.
         (seq,) = c.execute("SELECT seq FROM communities WHERE id=?", (community.id,)).fetchone()
-        while c.execute("SELECT 1 FROM community_events WHERE community_id=? AND seq=?",
-                        (community.id, seq + 1)).fetchone():
-            seq += 1
+        while True:
+            following = c.execute("SELECT seq FROM community_events WHERE community_id=? AND seq>? ORDER BY seq "
+                                  "LIMIT 1000", (community.id, seq)).fetchall()
+            run = 0
+            for (n,) in following:
+                if n != seq + run + 1:
+                    break
+                run += 1
+            seq += run
+            if run < 1000:
+                break
         c.execute("UPDATE communities SET seq=? WHERE id=?", (seq, community.id))
 
     async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
