@@ -78,7 +78,10 @@ def parse_args(argv=None):
     ap.add_argument("--rss-idle-mib", type=float, default=None,
                     help="server idle RSS measured by the caller, passed through to the JSON line")
     ap.add_argument("--startup-s", type=float, default=None, help="server startup time, passed through")
-    ap.add_argument("--peer", default="rxfed", help="name put in the JSON line")
+    ap.add_argument("--peer", default=None, help="name put in the JSON line (default rxfed or rxfed-posts)")
+    ap.add_argument("--mode", choices=("records", "posts"), default="records",
+                    help="records: encrypted vault writes; posts: end-to-end encrypted posts to one community "
+                         "hosted on the node, by its members")
     ap.add_argument("--out", default="", help="also write all details as JSON to this file")
     args = ap.parse_args(argv)
     url = urlsplit(args.base)
@@ -88,6 +91,8 @@ def parse_args(argv=None):
         args.levels = [int(x) for x in args.conc.split(",") if x.strip()]
     except ValueError:
         ap.exit(2, f"--conc must be comma-separated integers, not {args.conc!r}\n")
+    if args.peer is None:
+        args.peer = "rxfed" if args.mode == "records" else "rxfed-posts"
     if not args.levels or min(args.levels) < 1 or args.n < 1 or args.patients < 1:
         ap.exit(2, "--conc levels, --n and --patients must be at least 1\n")
     args.base = args.base.rstrip("/")
@@ -140,6 +145,8 @@ class Patient:
         self.vault = vault
 
     async def reopen(self) -> None:
+        if not hasattr(self.vault, "state"):
+            return  # a community poster keeps no vault state to reload
         try:
             self.vault = await self.client.open_vault()
         except Exception:  # noqa: BLE001 - the next write will fail and be counted again
@@ -152,7 +159,61 @@ def error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class CommunityPoster:
+    """One member of the benchmark community, with the same prepare/send shape as a vault."""
+
+    def __init__(self, client: PatientClient, membership, sender_key, state):
+        self.client, self.membership, self.key = client, membership, sender_key
+        self.sent = max(int(time.time()), state.last_sent(membership.member.public))
+        self.count = 0
+
+    def prepare(self, kind: str, data: dict, *, sign: bool = False):
+        from rxfed.protocol import community as pc
+        from rxfed.protocol.canonical import canonical
+
+        self.count += 1
+        sent = self.sent + self.count // 50  # a busy member: fifty posts a second
+        event, _franking = pc.make_message(self.membership.member, self.key, self.membership.address,
+                                           data["note"], sent)
+        body = canonical({"community": str(self.membership.address), "event": event})
+        return body, self.client._sign("POST", "/v1/communities/events", body) if sign else None
+
+    async def send(self, prepared) -> None:
+        body, headers = prepared
+        await self.client._call_raw("POST", "/v1/communities/events", body, headers=headers)
+
+
+async def setup_posts(args, session: aiohttp.ClientSession, root: str) -> list[Patient]:
+    """An organiser creates a community on the node; members join; each hands out a sender key."""
+    from rxfed.client.community import Communities
+    from rxfed.crypto.groups import SenderKey
+    from rxfed.protocol import community as pc
+
+    count = max(args.patients, max(args.levels))
+    organiser, _ = await PatientClient.register(args.base, os.path.join(root, "organiser"), "bench", kdf="min",
+                                                session=session)
+    address = await Communities(organiser).create("bench community")
+    members = [organiser]
+    for i in range(count - 1):
+        client, _ = await PatientClient.register(args.base, os.path.join(root, f"m{i}"), "bench", kdf="min",
+                                                 session=session)
+        await Communities(client).join(address)
+        members.append(client)
+    out = []
+    for client in members:
+        communities = Communities(client)
+        mine = await communities.membership(address)
+        events, _ = await communities.events(mine.address)
+        state = pc.CommunityState.from_events(events)
+        key = SenderKey.generate(state.next_epoch(mine.member.public))
+        await communities._submit(mine.address, pc.make_sender_key(mine.member, state, key))
+        out.append(Patient(client, CommunityPoster(client, mine, key, state)))
+    return out
+
+
 async def setup(args, session: aiohttp.ClientSession, root: str) -> list[Patient]:
+    if args.mode == "posts":
+        return await setup_posts(args, session, root)
     count = max(args.patients, max(args.levels))
     sem = asyncio.Semaphore(8)
 
@@ -257,7 +318,7 @@ def report(args, result: dict) -> None:
             f"  [{r['errors']} errors {r['error_kinds']}{', timed out' if r['timed_out'] else ''}]"
         print(f"  c={r['concurrency']:<3} {r['records_per_s']:8.1f} records/s  p50 {r['p50_ms']} ms  "
               f"p99 {r['p99_ms']} ms{cpu}  client CPU {r['client_cpu_ms_per_record']:.2f} ms/rec{flag}")
-    line: dict = {"peer": args.peer}
+    line: dict = {"peer": args.peer, "mode": args.mode}
     for key in ("records_per_s", "p50_ms", "p99_ms"):
         for r in runs:
             line[f"{key}_c{r['concurrency']}"] = r[key]

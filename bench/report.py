@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 RXFED, SYNAPSE, CEILING = "rxfed", "synapse", "ceiling FULL"
-NAMES = {RXFED: "rxfed", SYNAPSE: "Synapse", CEILING: "ceiling FULL"}
+POSTS, FED = "rxfed posts", "rxfed federation"
+NAMES = {RXFED: "rxfed", SYNAPSE: "Synapse", CEILING: "ceiling FULL", POSTS: "rxfed posts", FED: "rxfed federation"}
 
 # (label, rxfed key, peer key, decimals)
 ROWS = [
@@ -35,6 +36,10 @@ def classify(doc: dict) -> str | None:
     peer = doc.get("peer")
     if peer == "rxfed":
         return RXFED
+    if peer == "rxfed-posts":
+        return POSTS
+    if peer == "rxfed-federation":
+        return FED
     if peer == "synapse":
         return SYNAPSE
     if peer == "aiohttp-sqlite-ceiling" and "synchronous=FULL" in str(doc.get("version", "")):
@@ -44,7 +49,7 @@ def classify(doc: dict) -> str | None:
 
 def load(folder: Path) -> dict[str, dict[int, dict]]:
     """{system: {round: json line}} from every saved JSON line in the folder."""
-    found: dict[str, dict[int, dict]] = {RXFED: {}, SYNAPSE: {}, CEILING: {}}
+    found: dict[str, dict[int, dict]] = {RXFED: {}, SYNAPSE: {}, CEILING: {}, POSTS: {}, FED: {}}
     for path in sorted(folder.glob("*.json")):
         if path.name == "meta.json" or path.name.endswith(".detail.json"):
             continue
@@ -197,7 +202,53 @@ def main(argv: list[str]) -> int:
                          fmt_ratio(ratio(d.get("records_per_s_c16"), (c or {}).get("msgs_per_s_c16")))]
             print(f"| {i} | {NAMES[system]} | " + " | ".join(vals) + f" | {'yes' if d.get('complete') else 'NO'} | "
                   + " | ".join(extra) + " |")
+    communities_report(found, docs)
     return 0
+
+
+def communities_report(found: dict[str, dict[int, dict]], docs: dict[str, list[dict]]) -> None:
+    """Community posts against Synapse's messages, and node-to-node delivery."""
+    posts, posts_note = usable(found[POSTS])
+    fed, fed_note = usable(found[FED])
+    if not posts and not fed:
+        return
+    print()
+    print("## Community posts and federation delivery")
+    print()
+    print(f"Medians over {len(posts)} posts round(s){' (' + posts_note + ')' if posts_note else ''} and "
+          f"{len(fed)} federation round(s){' (' + fed_note + ')' if fed_note else ''}. A post is an end-to-end")
+    print("encrypted, member-signed message to a community hosted on the node: verified, sequenced, stamped")
+    print("with the node's key and stored durably; Synapse's figure is its `m.room.encrypted` send.")
+    print()
+    print("| | rxfed posts (median) | Synapse (median) | rxfed / Synapse |")
+    print("|---|---|---|---|")
+    for label, rk, pk, dec in ROWS[:4]:
+        r, sy = median(posts, rk), median(docs[SYNAPSE], pk)
+        print(f"| {label.replace('records or msgs', 'posts or msgs')} | {fmt(r, dec)} | {fmt(sy, dec)} | "
+              f"{fmt_ratio(ratio(r, sy))} |")
+    delivered, e2e = median(fed, "events_per_s"), median(fed, "end_to_end_events_per_s")
+    p50, p99 = median(fed, "p50_ms"), median(fed, "p99_ms")
+    rate = median(fed, "rate")
+    print()
+    print("| federation, host node to member node | median |")
+    print("|---|---|")
+    print(f"| signed events delivered per second (batched transactions) | {fmt(delivered, 1)} |")
+    print(f"| events accepted and delivered per second (host validating, stamping and delivering) | {fmt(e2e, 1)} |")
+    print(f"| delivery latency p50 at {fmt(rate, 0)} events/s (ms) | {fmt(p50, 2)} |")
+    print(f"| delivery latency p99 at {fmt(rate, 0)} events/s (ms) | {fmt(p99, 2)} |")
+    print()
+    s_c16, p_c16 = median(docs[SYNAPSE], "msgs_per_s_c16"), median(posts, "records_per_s_c16")
+    rows = [
+        ("posts c16 >= 15x Synapse c16", f"{fmt(p_c16, 1)} vs 15 x {fmt(s_c16, 1)} ({fmt_ratio(ratio(p_c16, s_c16))}x)",
+         None if None in (p_c16, s_c16) else p_c16 >= 15 * s_c16),
+        ("signed events delivered between two nodes >= 2000/s", f"{fmt(delivered, 1)}/s",
+         None if delivered is None else delivered >= 2000),
+        ("p99 delivery latency < 50 ms at 100 events/s", f"{fmt(p99, 2)} ms", None if p99 is None else p99 < 50),
+    ]
+    print("| target | measured | result |")
+    print("|---|---|---|")
+    for name, measured, ok in rows:
+        print(f"| {name} | {measured} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |")
 
 
 if __name__ == "__main__":

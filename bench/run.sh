@@ -178,7 +178,7 @@ EOF
 
 # run_rxfed NAME : our node, measured like the peers' measure_server, with bench/load.py.
 run_rxfed() {
-    local name=$1 port startup_s rss profiles rc=0
+    local name=$1 mode=${2:-records} port startup_s rss profiles rc=0
     say ""
     say "=== $name ($(date -u +%H:%M:%S))"
     # (called from an `if`, so errexit is off in here: every step checks its own status)
@@ -207,7 +207,7 @@ run_rxfed() {
         cp "$NODE_DIR/server.log" "$RESULTS/$name.server.log" 2>/dev/null || true
         return 1
     fi
-    run_child "$PYTHON" "$BENCH/load.py" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$N" \
+    run_child "$PYTHON" "$BENCH/load.py" --mode "$mode" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$N" \
         --conc "$CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" \
         --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
     stop_server
@@ -223,19 +223,24 @@ run_rxfed() {
 }
 
 say "results in $RESULTS"
-say "R=$R rounds of: Synapse, ceiling (synchronous=FULL), rxfed; N=$N, CONC=$CONC, IDLE_S=$IDLE_S, PATIENTS=$PATIENTS"
+say "R=$R rounds of: Synapse, ceiling (synchronous=FULL), rxfed records, rxfed posts, rxfed federation; N=$N, CONC=$CONC, IDLE_S=$IDLE_S, PATIENTS=$PATIENTS"
 say "rxfed command: ${RXFED[*]}"
 for ((i = 1; i <= R; i++)); do
     say ""
     say "##### round $i of $R"
     run_peer "synapse-$i" bash "$SHARED/peers/synapse/run.sh"
     run_peer "ceiling-full-$i" env CEILING_SYNC_MODE=FULL bash "$SHARED/peers/synapse/ceiling.sh"
-    if ! run_rxfed "rxfed-$i"; then
-        say "rxfed-$i: failed or incomplete"
-        FAILED+=("rxfed-$i")
-        stop_server
-        remove_node_dir
-    fi
+    for mode in records posts; do
+        name="rxfed-$i"
+        [[ $mode == posts ]] && name="rxfed-posts-$i"
+        if ! run_rxfed "$name" "$mode"; then
+            say "$name: failed or incomplete"
+            FAILED+=("$name")
+            stop_server
+            remove_node_dir
+        fi
+    done
+    run_peer "federation-$i" "$PYTHON" "$BENCH/federation.py" --n "${FED_N:-5000}" --rate 100 --seconds "${FED_S:-10}"
 done
 
 say ""

@@ -51,6 +51,8 @@ class Communities:
         self._hosted: dict[str, Hosted] = {}
         #: Statement hashes of each hosted community's events, to answer a resubmission ok.
         self._hashes: dict[str, set[bytes]] = {}
+        #: The latest queued store write of each hosted community.
+        self._writes: dict[str, asyncio.Future] = {}
 
     @property
     def me(self) -> str:
@@ -109,6 +111,7 @@ class Communities:
         new_nodes = after.member_nodes() - old_nodes - {self.me}
         items: list[tuple[str, bytes]] = []
         if new_nodes and stored and stored[0].seq > 1:
+            await self.settled(after.address.id)
             history = [e for e in await self._all_events(after.address.id) if e.seq < stored[0].seq]
             for node in sorted(new_nodes):
                 items += [(node, _wire(address, e)) for e in history]
@@ -120,6 +123,23 @@ class Communities:
         meta = state.meta
         return CommunityRow(state.address.id, state.address.host, meta.name, meta.condition, meta.approval,
                             True, state.seq, created)
+
+    def pending(self, community_id: str, write) -> asyncio.Future:
+        """Start a store write for a hosted community now (so writes queue in order)."""
+        future = asyncio.ensure_future(write)
+        self._writes[community_id] = future
+        return future
+
+    async def settled(self, community_id: str) -> None:
+        """Wait for the community's queued writes (before reading its history back)."""
+        write = self._writes.get(community_id)
+        if write is not None and not write.done():
+            await asyncio.wait([write])
+
+    def forget(self, community_id: str) -> None:
+        """Drop the cached state (a write failed): the next use reloads it from the store."""
+        self._hosted.pop(community_id, None)
+        self._hashes.pop(community_id, None)
 
     def remember(self, community_id: str, hosted: Hosted) -> None:
         """Adopt ``hosted`` once its events are committed."""
@@ -277,9 +297,19 @@ async def submit(request: web.Request) -> web.Response:
             raise Forbidden("a member joins through their own home node", code="wrong_origin")
         after, stored = communities.accept(hosted, address, event)
         outbox = await communities.fan_out(hosted.state if hosted else None, after.state, [stored])
-        await state.store.append_community_events(communities.row(after.state, caller.now), [stored], outbox=outbox,
-                                                  now=caller.now, nonce=caller.nonce, subscribe=caller.patient)
+        # Queue the write and adopt the new state, then let the next submission in while
+        # this one is committed: concurrent posts share one fsync (group commit). Writes
+        # reach the store in the order queued here; if this one fails, the ones queued on
+        # top of it fail their sequence check too, and the cached state is dropped.
+        write = communities.pending(address.id, state.store.append_community_events(
+            communities.row(after.state, caller.now), [stored], outbox=outbox, now=caller.now, nonce=caller.nonce,
+            subscribe=caller.patient))
         communities.remember(address.id, after)
+    try:
+        await write
+    except BaseException:
+        communities.forget(address.id)
+        raise
     if outbox:
         state.federation.notify()
     return reply({"community": str(address), "seq": stored.seq, "stamp": loads(stored.stamp)})
