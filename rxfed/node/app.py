@@ -52,6 +52,7 @@ class NodeState:
     anonymous: RateLimiter = None
     federation: Federation = None
     communities: Any = None
+    in_flight: int = 0
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
@@ -131,11 +132,15 @@ class Caller:
 async def _verify(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, raw: bytes) -> Nonce:
     now = state.now()
     window = state.config.limits.request_window_seconds
-    # The Ed25519 check runs in a worker thread (libsodium releases the GIL), so the event
-    # loop goes on parsing and answering other requests meanwhile.
-    await asyncio.get_running_loop().run_in_executor(
-        state.verifier, functools.partial(signed.verify, key, method=request.method, target=request.raw_path,
-                                          destination=state.config.node_id, body=raw, now=now, window=window))
+    check = functools.partial(signed.verify, key, method=request.method, target=request.raw_path,
+                              destination=state.config.node_id, body=raw, now=now, window=window)
+    if state.in_flight > 1:
+        # Under load the Ed25519 check runs in a worker thread (libsodium releases the GIL),
+        # so the event loop goes on parsing and answering other requests meanwhile; alone,
+        # the thread hand-off would cost more than it saves.
+        await asyncio.get_running_loop().run_in_executor(state.verifier, check)
+    else:
+        check()
     nonce = Nonce(signed.nonce, signed.created + window)
     state.nonces.add(nonce, now)
     return nonce
@@ -383,6 +388,8 @@ def _error_reply(status: int, code: str, message: str, headers: dict | None = No
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    state = request.app[NODE]
+    state.in_flight += 1
     try:
         return await handler(request)
     except RateLimited as exc:
@@ -401,6 +408,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         # (the node holds no plaintext, so nothing in it can leak a patient's data).
         log.exception("internal error handling %s %s", request.method, request.path)
         return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
+    finally:
+        state.in_flight -= 1
 
 
 async def _store_ctx(app: web.Application):
