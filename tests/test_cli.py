@@ -203,3 +203,44 @@ def test_demo_json():
     assert len(doc["patients"]) == 2
     for p in doc["patients"]:
         assert len(p["patient_sees"]) == 3 and len(p["node_stores"]) == 3
+
+
+def test_community_commands(node_url, profile, tmp_path):
+    p = str(profile)
+    out = rxfed("community", "create", "--profile", p, "Test group", "--condition", "G40", "--json")
+    assert out.returncode == 0, out.stderr
+    address = json.loads(out.stdout)["address"]
+    listed = json.loads(rxfed("community", "list", "--node", node_url, "--json").stdout)["communities"]
+    assert [c["address"] for c in listed] == [address]
+    other = tmp_path / "other"
+    assert rxfed("patient", "register", "--node", node_url, "--profile", str(other)).returncode == 0
+    assert rxfed("community", "join", "--profile", str(other), address).returncode == 0
+    assert rxfed("community", "post", "--profile", p, address, "hello MARKERCLI").returncode == 0
+    out = rxfed("community", "read", "--profile", str(other), address, "--json")
+    doc = json.loads(out.stdout)
+    assert [m["text"] for m in doc["messages"]] == ["hello MARKERCLI"] and len(doc["members"]) == 2
+    assert "hello MARKERCLI" in rxfed("community", "read", "--profile", str(other), address).stdout
+    assert rxfed("community", "leave", "--profile", str(other), address).returncode == 0
+    assert rxfed("community", "read", "--profile", str(other), address).returncode == 1  # no longer a member
+    assert rxfed("community", "join", "--profile", p, "not-an-address").returncode == 2
+    assert rxfed("community", "create", "--profile", p, "x", "--condition", "nonsense").returncode == 2
+
+
+def test_node_admin_commands(tmp_path):
+    data = tmp_path / "adm"
+    assert rxfed("node", "init", str(data), "--name", "adm", "--port", "18999").returncode == 0
+    assert rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", "SHA256:abc").returncode == 0
+    assert rxfed("node", "peers", str(data), "block", "rogue.example").returncode == 0
+    peers = json.loads(rxfed("node", "peers", str(data), "list", "--json").stdout)["peers"]
+    assert {(p["node_id"], p["policy"]) for p in peers} == {("partner.example", "allowed"), ("rogue.example", "blocked")}
+    assert rxfed("node", "peers", str(data), "allow").returncode == 2  # needs a PEER
+    assert rxfed("node", "peers", str(data), "allow", "Not A Node!").returncode == 2
+    outbox = json.loads(rxfed("node", "outbox", str(data), "list", "--json").stdout)
+    assert outbox == {"destinations": [], "dead_letters": []}
+    assert json.loads(rxfed("node", "outbox", str(data), "replay", "--json").stdout) == {"replayed": 0}
+    rotated = json.loads(rxfed("node", "rotate-key", str(data), "--overlap-days", "2", "--json").stdout)
+    status = json.loads(rxfed("node", "status", str(data), "--json").stdout)
+    assert len(status["keys"]) == 2 and status["keys"][1]["fingerprint"] == rotated["fingerprint"]
+    assert status["keys"][0]["expires_in_days"] == pytest.approx(2, abs=0.1)
+    assert {p["node_id"] for p in status["peers"]} == {"partner.example", "rogue.example"}
+    assert status["queued_events"] == 0 and status["dead_letters"] == 0

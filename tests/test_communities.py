@@ -197,3 +197,41 @@ async def test_remote_member_survives_host_outage(fed, make_patient):
     await eventually(lambda: _has(admin, address, "posted while the host was down"))
     await asyncio.sleep(0.3)
     assert await texts(admin, address) == ["posted while the host was down"]
+
+
+async def test_removed_member_cannot_decrypt_later_messages(fed, make_patient):
+    a, b, c = fed
+    admin = Communities(await make_patient(c))
+    address = await admin.create("Moderated")
+    troll = Communities(await make_patient(b))
+    await troll.join(address)
+    await eventually(lambda: _joined(admin, address, 2))
+    await eventually(lambda: _seq_at_least(troll, address, 2))
+    await admin.post(address, "before removal")
+    await eventually(lambda: _has(troll, address, "before removal"))
+    membership = await troll.membership(address)
+    await admin.remove(address, membership.pseudonym)
+    await admin.post(address, "after removal")
+    events, _ = await admin.events(pc.CommunityAddress.parse(address))
+    assert [m.text for m in pc.read_messages(events, membership.member, membership.box)] == ["before removal"]
+    with pytest.raises(Exception):  # a removed member cannot post either
+        await troll.post(address, "still here?")
+
+
+@pytest.mark.parametrize("body", [
+    b"{", b"[]", b'{"community": "nope", "event": {}}', b'{"community": "' + b"0" * 32 + b'@x.example"}',
+    b'{"community": "' + b"0" * 32 + b'@x.example", "event": {"body": {}, "sig": "AA"}}',
+])
+async def test_bad_community_submissions_change_nothing(fed, make_patient, body):
+    from helpers import signed
+
+    a, b, c = fed
+    admin_client = await make_patient(c)
+    admin = Communities(admin_client)
+    address = await admin.create("Stable")
+    before = (await admin.read(address)).state.seq
+    status, doc = await signed(admin_client, "POST", "/v1/communities/events", body)
+    assert 400 <= status < 500 and set(doc) == {"error", "message"}, doc
+    assert (await admin.read(address)).state.seq == before
+    status, doc = await signed(admin_client, "GET", "/v1/communities/" + "f" * 32 + "/events")
+    assert status == 404

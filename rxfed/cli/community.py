@@ -42,12 +42,14 @@ def add_parser(sub) -> None:
     json_flag(post)
     post.set_defaults(func=cmd_post)
 
-    approve = csub.add_parser("approve", help="approve a pending member (admins)")
-    _profile(approve)
-    approve.add_argument("address", metavar="ADDRESS")
-    approve.add_argument("member", metavar="MEMBER", help="the member's pseudonym, from 'community read'")
-    json_flag(approve)
-    approve.set_defaults(func=cmd_approve)
+    for name, helptext, func in (("approve", "approve a pending member (admins)", cmd_approve),
+                                 ("remove", "remove a member (admins)", cmd_remove)):
+        sp = csub.add_parser(name, help=helptext)
+        _profile(sp)
+        sp.add_argument("address", metavar="ADDRESS")
+        sp.add_argument("member", metavar="MEMBER", help="the member's pseudonym, from 'community read --json'")
+        json_flag(sp)
+        sp.set_defaults(func=func)
 
 
 def _communities(client):
@@ -96,10 +98,18 @@ def cmd_post(args: argparse.Namespace) -> None:
                               "seq": result.get("seq")}, ["posted (end to end encrypted)"])
 
 
-def cmd_approve(args: argparse.Namespace) -> None:
-    result = _with_client(args, lambda c: _communities(c).approve(args.address, args.member))
+def _admin_action(args: argparse.Namespace, action: str, done: str) -> None:
+    result = _with_client(args, lambda c: getattr(_communities(c), action)(args.address, args.member))
     Output(args.json).result({"address": args.address, "member": args.member, "seq": result.get("seq"),
-                              "queued": result.get("queued", False)}, ["approved", args.member])
+                              "queued": result.get("queued", False)}, [done, args.member])
+
+
+def cmd_approve(args: argparse.Namespace) -> None:
+    _admin_action(args, "approve", "approved")
+
+
+def cmd_remove(args: argparse.Namespace) -> None:
+    _admin_action(args, "remove", "removed; later messages are sealed to the remaining members only")
 
 
 def cmd_read(args: argparse.Namespace) -> None:

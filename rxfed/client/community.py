@@ -128,6 +128,12 @@ class Communities:
         event = pc.make_approve(mine.member, mine.address, b64d(member, length=32), self._now())
         return await self._submit(mine.address, event)
 
+    async def remove(self, address: str, member: str) -> dict:
+        """Remove a member (admins): the next posts are sealed to the remaining members only."""
+        mine = await self.membership(address)
+        event = pc.make_remove(mine.member, mine.address, b64d(member, length=32), self._now())
+        return await self._submit(mine.address, event)
+
     async def leave(self, address: str) -> dict:
         mine = await self.membership(address)
         result = await self._submit(mine.address, pc.make_leave(mine.member, mine.address, self._now()))

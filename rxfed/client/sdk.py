@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -203,18 +204,45 @@ class PatientClient:
 
     # -- registration and recovery ---------------------------------------------------------
     @classmethod
+    @contextlib.asynccontextmanager
+    async def _new_device(cls, profile_dir: str | Path, session: aiohttp.ClientSession | None):
+        """A fresh profile directory and an HTTP session (closed again if setting up fails)."""
+        profile = Profile(Path(profile_dir))
+        if profile.exists:
+            raise Conflict(f"{profile.path} already holds a profile; choose another --profile", code="profile_exists")
+        own = session is None
+        session = session or cls._new_session()
+        try:
+            yield profile, session, own
+        except BaseException:
+            if own:
+                await session.close()
+            raise
+
+    @classmethod
+    async def _enrol(cls, profile: Profile, identity: Identity, passphrase: str, kdf: str, session, own: bool,
+                     clock, path: str, body: dict) -> PatientClient:
+        """Write the profile, then make the request that registers this device with the
+        node; the profile is removed again if the node refuses. (The profile comes first: a
+        registered device must never lack its keys.)"""
+        profile.create(identity, passphrase, KdfCost.named(kdf))
+        client = cls(profile, identity, session=session, clock=clock)
+        client._own_session = own
+        try:
+            await client._call("POST", path, body)
+        except BaseException:
+            profile.remove()
+            raise
+        return client
+
+    @classmethod
     async def register(cls, node_url: str, profile_dir: str | Path, passphrase: str, *, invite: str | None = None,
                        kdf: str = "moderate", clock: Callable[[], float] = time.time,
                        session: aiohttp.ClientSession | None = None) -> tuple[PatientClient, RecoveryCode]:
         """Create keys locally, register their public halves, and return the client and the
         recovery code (shown to the patient once; the node never sees it)."""
-        profile = Profile(Path(profile_dir))
-        if profile.exists:
-            raise Conflict(f"{profile.path} already holds a profile; choose another --profile", code="profile_exists")
-        cost = KdfCost.named(kdf)
-        own = session is None
-        session = session or cls._new_session()
-        try:
+        KdfCost.named(kdf)
+        async with cls._new_device(profile_dir, session) as (profile, session, own):
             node = await cls.discover(session, node_url)
             now = int(clock())
             root, device, box = SigningKeyPair.generate(), SigningKeyPair.generate(), BoxKeyPair.generate()
@@ -228,33 +256,16 @@ class PatientClient:
                 "recovery": recovery_setup(root, code, keyring, now).to_json(),
                 "invite": invite,
             }
-            # The profile is written first: a registered account must never lack its keys.
-            profile.create(identity, passphrase, cost)
-            client = cls(profile, identity, session=session, clock=clock)
-            client._own_session = own
-            try:
-                await client._call("POST", "/v1/patients", body)
-            except BaseException:
-                profile.remove()
-                raise
+            client = await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/patients", body)
             return client, code
-        except BaseException:
-            if own:
-                await session.close()
-            raise
 
     @classmethod
     async def recover(cls, node_url: str, profile_dir: str | Path, code: RecoveryCode, passphrase: str, *,
                       kdf: str = "moderate", clock: Callable[[], float] = time.time,
                       session: aiohttp.ClientSession | None = None) -> PatientClient:
         """Restore access on a new device from the recovery code alone."""
-        profile = Profile(Path(profile_dir))
-        if profile.exists:
-            raise Conflict(f"{profile.path} already holds a profile; choose another --profile", code="profile_exists")
-        cost = KdfCost.named(kdf)
-        own = session is None
-        session = session or cls._new_session()
-        try:
+        KdfCost.named(kdf)
+        async with cls._new_device(profile_dir, session) as (profile, session, own):
             node = await cls.discover(session, node_url)
             auth = code.auth_key()
             raw = canonical({})
@@ -277,20 +288,8 @@ class PatientClient:
             device, box = SigningKeyPair.generate(), BoxKeyPair.generate()
             cert = pv.DeviceCert.issue(root, device.public, box.public, int(clock()))
             identity = Identity(patient, node_url.rstrip("/"), node["node_id"], root, device, box)
-            profile.create(identity, passphrase, cost)
-            client = cls(profile, identity, session=session, clock=clock)
-            client._own_session = own
-            try:
-                await client._call("POST", "/v1/devices", {
-                    "device": cert.signed, "keyring": b64e(keyring_envelope(root, cert.device, box.public, keyring))})
-            except BaseException:
-                profile.remove()
-                raise
-            return client
-        except BaseException:
-            if own:
-                await session.close()
-            raise
+            body = {"device": cert.signed, "keyring": b64e(keyring_envelope(root, cert.device, box.public, keyring))}
+            return await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/devices", body)
 
     # -- the vault -------------------------------------------------------------------------
     async def _load(self) -> VaultState:
