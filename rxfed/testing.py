@@ -68,7 +68,7 @@ class NodeHarness:
             self.config.save()
         app = create_app(self.config, load_node_keys(self.data_dir), plugins=self.plugins or builtin_plugins(),
                          clock=self.clock)
-        self.runner = web.AppRunner(app, handler_cancellation=True)
+        self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         return self

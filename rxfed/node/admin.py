@@ -129,7 +129,7 @@ def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None 
         AccessLog.stream = open(config.data_dir / config.access_log, "a", buffering=64 * 1024)
         app.cleanup_ctx.append(_flush_access_log)
     web.run_app(app, host=host or config.host, port=port or config.port, ssl_context=context,
-                access_log_class=AccessLog, print=print_ready, handler_cancellation=True)
+                access_log_class=AccessLog, print=print_ready)
 
 
 # -- operator commands on a node's data directory (the node may be running) ------------------

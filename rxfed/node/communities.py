@@ -348,4 +348,5 @@ def install(state) -> None:
     """Wire communities into a node: state, federation handlers."""
     state.communities = Communities(state)
     state.federation.handlers[SUBMIT] = state.communities.on_submit
+    state.federation.serialised.add(SUBMIT)
     state.federation.handlers[EVENT] = state.communities.on_event

@@ -40,6 +40,8 @@ from rxfed.store import CommunityEvent, CommunityRow, Peer
 log = logging.getLogger("rxfed.federation")
 
 POLICIES = ("known", "allowed", "denied", "blocked")
+#: Transactions in flight to one destination at a time.
+WINDOW = 2
 
 
 class PeerRefused(Forbidden):
@@ -107,6 +109,9 @@ class Federation:
         self.state = state
         self.settings = state.config.federation
         self.handlers: dict[str, InboundHandler] = {}
+        #: Event kinds whose handlers validate against shared in-memory state: transactions
+        #: carrying them are applied one at a time, under :attr:`lock`.
+        self.serialised: set[str] = set()
         self._documents: dict[str, tuple[NodeDocument, float]] = {}
         self._allowed_hosts: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -276,24 +281,39 @@ class Federation:
         return soonest
 
     async def _deliver(self, destination: str) -> None:
+        """Send a destination's transactions, up to ``WINDOW`` at once (receivers apply them
+        in any order), until its queue is empty or a send fails."""
         s, store = self.settings, self.state.store
+        in_flight: dict[asyncio.Task, object] = {}
+        failed = False
         try:
             while True:
-                txn = await store.next_transaction(destination, max_events=s.max_batch, now=self.state.now(),
-                                                   dead_after=s.dead_after)
-                if txn is None or txn.next_attempt_ms > time.time() * 1000:
+                while not failed and len(in_flight) < WINDOW:
+                    txn = await store.next_transaction(destination, max_events=s.max_batch, now=self.state.now(),
+                                                       dead_after=s.dead_after,
+                                                       exclude=[t.txn_id for t in in_flight.values()])
+                    if txn is None or txn.next_attempt_ms > time.time() * 1000:
+                        break
+                    in_flight[asyncio.create_task(self._send(destination, txn))] = txn
+                if not in_flight:
                     return
-                try:
-                    await self._send(destination, txn)
-                except (DeliveryError, RxfedError) as exc:
-                    message = exc.message if isinstance(exc, RxfedError) else str(exc)
-                    await self._failed(destination, txn, message)
-                    return
-                await store.transaction_delivered(txn.txn_id)
-                if destination in self._failing:
-                    self._failing.discard(destination)
-                    await store.peer_delivery(destination, ok=True, now=self.state.now())
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    txn = in_flight.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        await store.transaction_delivered(txn.txn_id)
+                        if destination in self._failing:
+                            self._failing.discard(destination)
+                            await store.peer_delivery(destination, ok=True, now=self.state.now())
+                    elif isinstance(exc, (DeliveryError, RxfedError)):
+                        failed = True  # no new sends; let the others finish, then back off
+                        await self._failed(destination, txn, exc.message if isinstance(exc, RxfedError) else str(exc))
+                    else:
+                        raise exc
         except asyncio.CancelledError:
+            for task in in_flight:
+                task.cancel()
             raise
         except Exception:
             log.exception("delivery to %s failed unexpectedly", destination)
@@ -357,8 +377,12 @@ class Federation:
         stored = await self.state.store.inbox_reply(origin, txn_id)
         if stored is not None:
             return stored
-        async with self.lock:
-            return await self._apply(origin, txn, nonce)
+        if any(e.kind in self.serialised for e in txn.events):
+            async with self.lock:
+                return await self._apply(origin, txn, nonce)
+        # Kinds whose handlers keep no in-memory state apply without the lock (the store
+        # makes them idempotent), so transactions from several peers proceed together.
+        return await self._apply(origin, txn, nonce)
 
     async def _apply(self, origin: str, txn: Transaction, nonce) -> bytes:
         results: list[EventResult | None] = [None] * len(txn.events)

@@ -224,11 +224,12 @@ class Store(abc.ABC):
         """Queue (destination, event) pairs for delivery."""
 
     @abc.abstractmethod
-    async def next_transaction(self, destination: str, *, max_events: int, now: int,
-                               dead_after: int) -> OutboundTransaction | None:
+    async def next_transaction(self, destination: str, *, max_events: int, now: int, dead_after: int,
+                               exclude: list[str] = ()) -> OutboundTransaction | None:
         """The transaction to send next: the oldest one sent but not acknowledged (same id,
-        same events), or a new one formed from queued events with the next sequence number.
-        Events queued longer than ``dead_after`` seconds become dead letters first."""
+        same events) and not in ``exclude`` (those in flight), or a new one formed from
+        queued events with the next sequence number. Events queued longer than
+        ``dead_after`` seconds become dead letters first."""
 
     @abc.abstractmethod
     async def transaction_delivered(self, txn_id: str) -> None: ...

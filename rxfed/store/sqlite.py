@@ -259,21 +259,30 @@ class SQLiteStore(Store):
     def _apply(self, conn: sqlite3.Connection, batch: list) -> None:
         outcomes: list[tuple[Any, Any, BaseException | None]] = []
         checkpoint = False
+        # A savepoint per operation lets one fail alone; a batch of one needs none (its
+        # failure rolls back the transaction, which then commits nothing).
+        savepoints = len(batch) > 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, args, future, loop in batch:
-                conn.execute("SAVEPOINT op")
+                if savepoints:
+                    conn.execute("SAVEPOINT op")
                 try:
                     result = fn(conn, *args)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    if savepoints:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                    else:
+                        conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
                     if not isinstance(exc, RxfedError):
                         log.error("store operation failed: %s: %s", type(exc).__name__, exc)
                         exc = Unavailable("the store could not save this change; try again")
                     outcomes.append((future, loop, None, exc))
                     continue
-                conn.execute("RELEASE op")
+                if savepoints:
+                    conn.execute("RELEASE op")
                 if result is _CHECKPOINT:
                     checkpoint, result = True, None
                 outcomes.append((future, loop, result, None))
@@ -602,19 +611,23 @@ class SQLiteStore(Store):
         c.executemany("INSERT INTO outbox (destination, event, created) VALUES (?, ?, ?)",
                       [(dest, event, now) for dest, event in items])
 
-    async def next_transaction(self, destination: str, *, max_events: int, now: int,
-                               dead_after: int) -> OutboundTransaction | None:
+    async def next_transaction(self, destination: str, *, max_events: int, now: int, dead_after: int,
+                               exclude: list[str] = ()) -> OutboundTransaction | None:
         def op(c: sqlite3.Connection) -> OutboundTransaction | None:
             cutoff = now - dead_after
             # Whole transactions expire together, so a dead transaction never half-arrives.
             for (txn,) in c.execute("SELECT txn FROM outbox_txns WHERE destination=? AND created < ?",
                                     (destination, cutoff)).fetchall():
+                if txn in exclude:
+                    continue
                 self._bury(c, "txn=?", (txn,), now, "undelivered past the maximum age")
                 c.execute("DELETE FROM outbox_txns WHERE txn=?", (txn,))
             self._bury(c, "destination=? AND txn IS NULL AND created < ?", (destination, cutoff), now,
                        "undelivered past the maximum age")
+            skip = list(exclude)
             row = c.execute("SELECT txn, seq, attempts, created, next_attempt FROM outbox_txns WHERE destination=? "
-                            "ORDER BY seq LIMIT 1", (destination,)).fetchone()
+                            f"AND txn NOT IN ({','.join('?' * len(skip))}) ORDER BY seq LIMIT 1",
+                            (destination, *skip)).fetchone()
             if row is None:
                 ids = [r[0] for r in c.execute("SELECT id FROM outbox WHERE destination=? AND txn IS NULL "
                                                "ORDER BY id LIMIT ?", (destination, max_events))]
