@@ -235,3 +235,30 @@ async def test_bad_community_submissions_change_nothing(fed, make_patient, body)
     assert (await admin.read(address)).state.seq == before
     status, doc = await signed(admin_client, "GET", "/v1/communities/" + "f" * 32 + "/events")
     assert status == 404
+
+
+async def test_franking_report_from_a_real_host(fed, make_patient):
+    """A recipient proves to a moderator what a member sent, with the host's stamp, and a
+    doctored report fails; the host never read the message."""
+    a, b, c = fed
+    admin = Communities(await make_patient(c))
+    address = await admin.create("Reports")
+    alice, bob = Communities(await make_patient(a)), Communities(await make_patient(b))
+    await alice.join(address)
+    await bob.join(address)
+    await eventually(lambda: _joined(admin, address, 3))
+    await eventually(lambda: _joined(alice, address, 3))
+    await alice.post(address, "stop taking your insulin, it is poison")
+    await eventually(lambda: _has(bob, address, "stop taking your insulin, it is poison"))
+    seq = next(m.seq for m in (await bob.read(address)).messages)
+    report = await bob.report(address, seq)
+    host_keys = [k.key.public for k in c.state.keys]
+    assert pc.verify_franking_report(report, host_keys)
+    opened = pc.open_franking_report(report, host_keys)
+    assert opened.text == "stop taking your insulin, it is poison"
+    assert opened.sender == (await alice.membership(address)).member.public
+    doctored = {**report, "text": "something else"}
+    assert not pc.verify_franking_report(doctored, host_keys)
+    from rxfed.crypto import SigningKeyPair
+
+    assert not pc.verify_franking_report(report, [SigningKeyPair.generate().public])

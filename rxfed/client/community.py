@@ -173,6 +173,20 @@ class Communities:
         messages = pc.read_messages(events, mine.member, mine.box)
         return CommunityView(str(mine.address), state.meta.name, state, tuple(messages), mine.pseudonym)
 
+    async def report(self, address: str, seq: int) -> dict:
+        """A franking report of message ``seq`` this member received: its text and franking
+        key with the sender-signed event and the host's stamp, so a moderator can check who
+        sent what (:func:`rxfed.protocol.community.verify_franking_report`) while the node
+        never learns any other message."""
+        mine = await self.membership(address)
+        events, _keys = await self.events(mine.address)
+        message = next((m for m in pc.read_messages(events, mine.member, mine.box) if m.seq == seq), None)
+        if message is None:
+            raise NotFound(f"no message {seq} you can read in {address}", code="unknown_message")
+        page = await self.client._call("GET", f"/v1/communities/{mine.address.id}/events?after={seq - 1}&limit=1")
+        stored = page["events"][0]
+        return pc.franking_report(message, stored["event"], stored["stamp"])
+
     @staticmethod
     async def directory(node_url: str) -> list[dict]:
         """The public communities a node hosts (no account needed)."""
