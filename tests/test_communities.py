@@ -262,3 +262,57 @@ async def test_franking_report_from_a_real_host(fed, make_patient):
     from rxfed.crypto import SigningKeyPair
 
     assert not pc.verify_franking_report(report, [SigningKeyPair.generate().public])
+
+
+async def test_a_peer_cannot_write_into_a_community_it_does_not_host(fed, make_patient):
+    """Node B stamps events for the id of a community hosted on C under its own name: C
+    refuses them and its community is untouched."""
+    from rxfed.crypto import BoxKeyPair, SigningKeyPair
+    from rxfed.protocol.auth import sign_request
+    from rxfed.protocol.canonical import canonical
+    from rxfed.protocol.federation import WireEvent
+    from helpers import raw_request
+
+    a, b, c = fed
+    admin = Communities(await make_patient(c))
+    address = await admin.create("Genuine")
+    target = pc.CommunityAddress.parse(address)
+    forged_address = pc.CommunityAddress(target.id, b.node_id)
+    key, box = SigningKeyPair.generate(), BoxKeyPair.generate()
+    now = int(time.time())
+    event = pc.make_create(key, box.public, forged_address, name="PWNED", condition=None, approval=True,
+                           node=b.node_id, now=now)
+    stamp = pc.stamp(b.state.signing_key(), forged_address, 1, event, now)
+    wire = WireEvent("community.event", {"community": str(forged_address), "seq": 1, "event": event, "stamp": stamp})
+    body = canonical({"origin": b.node_id, "destination": c.node_id, "seq": 1, "events": [wire.to_json()]})
+    path = "/federation/v1/transactions/txn-forged-aaaaaaaaaaa"
+    headers = sign_request(b.state.signing_key(), method="PUT", target=path, destination=c.node_id,
+                           origin=b.node_id, body=body, now=now)
+    status, reply = await raw_request(c.url, "PUT", path, body, {**headers, "Content-Type": "application/json"})
+    assert status == 200 and reply["results"][0]["ok"] is False and reply["results"][0]["error"] == "not_host"
+    row = await c.app_store().community(target.id)
+    assert (row.name, row.host, row.seq) == ("Genuine", c.node_id, 1)
+    await admin.post(address, "still works")  # the community goes on
+
+
+async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patient, tmp_path):
+    from conftest import PASSPHRASE
+    from helpers import signed
+    from rxfed.client import PatientClient
+
+    a, b, c = fed
+    old = await make_patient(c)
+    address = await Communities(old).create("Devices")
+    new = await PatientClient.recover(c.url, tmp_path / "new-device", old.recovery_code, PASSPHRASE, kdf="min")
+    async with new:
+        await new.revoke_device(old.device)
+        target = pc.CommunityAddress.parse(address)
+        status, doc = await signed(old, "GET", f"/v1/communities/{target.id}/events")
+        assert status == 401 and doc["error"] == "revoked_device"
+        status, doc = await signed(old, "POST", "/v1/communities/events", {"community": address, "event": {}})
+        assert status == 401
+        status, doc = await signed(new, "GET", f"/v1/communities/{target.id}/events?after=99999999999999999999")
+        assert status == 400
+        status, doc = await signed(new, "GET", f"/v1/communities/{target.id}/events?after=-1")
+        assert status == 400
+        assert (await Communities(new).read(address)).state.seq == 1

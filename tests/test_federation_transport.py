@@ -235,7 +235,21 @@ async def test_no_requests_to_private_addresses_of_strangers(pair):
         from rxfed.node.federation import GuardedResolver
 
         await GuardedResolver(lambda: set()).resolve("localhost", 443)
-    assert await GuardedResolver(lambda: {"localhost"}).resolve("localhost", 443)
+    assert await GuardedResolver(lambda: {("localhost", 443)}).resolve("localhost", 443)
+    with pytest.raises(OSError, match="private"):  # allowing one port of a host opens no other
+        await GuardedResolver(lambda: {("localhost", 443)}).resolve("localhost", 8080)
+
+
+async def test_stranger_on_another_port_of_an_allowed_host_is_not_fetched(pair):
+    """b allowed a on 127.0.0.1:PORT; a stranger naming 127.0.0.1:OTHER gets nothing fetched
+    and learns nothing about that port."""
+    a, b = pair
+    stranger = f"127.0.0.1:{free_port()}"
+    path, body, headers = _txn_request(a, b, "txn-stranger-aaaaaaaaaa", 1, [note(1)])
+    headers = {**sign_request(a.state.signing_key(), method="PUT", target=path, destination=b.node_id,
+                              origin=stranger, body=body, now=int(time.time())), "Content-Type": "application/json"}
+    status, doc = await raw_request(b.url, "PUT", path, body, headers)
+    assert status in (403, 503) and "Connect" not in doc["message"] and "ssl" not in doc["message"], doc
 
 
 async def test_inbound_from_stranger_with_private_origin_is_refused(pair):

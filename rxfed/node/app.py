@@ -247,7 +247,9 @@ async def account(request: web.Request) -> web.Response:
     await state.store.check_signer(caller.patient, caller.auth.device)
     acct = await state.store.account(caller.patient)
     devices = await state.store.devices(caller.patient)
-    mine = next(d for d in devices if d.device == caller.auth.device)
+    mine = next((d for d in devices if d.device == caller.auth.device and d.revoked is None), None)
+    if acct is None or mine is None:  # revoked or erased in the meantime
+        raise Unauthorized("unknown device or account", code="unknown_key")
     recovery = await state.store.recovery(caller.patient)
     return reply({
         "patient": acct.patient,
@@ -371,6 +373,9 @@ async def receive_transaction(request: web.Request) -> web.Response:
     if signed.origin is None:
         raise Unauthorized("federation requests name their origin", code="unsigned")
     await state.federation.check_inbound(signed.origin)
+    if abs(state.now() - signed.created) > state.config.limits.request_window_seconds:
+        # Before any fetch of the origin's keys: a stale request costs us nothing.
+        raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
     document = await state.federation.document(signed.origin, need_key=signed.key)
     document.key_for(signed.key, signed.created)
     nonce = await _verify(state, request, signed, signed.key, raw)

@@ -157,6 +157,8 @@ class Communities:
                 address, event = f["community"], f["event"]
                 if address.host != self.me:
                     raise BadRequest(f"{address} is not hosted here", code="not_host")
+                if address.id not in pending:
+                    await self.settled(address.id)  # build only on committed local events
                 hosted = pending.get(address.id) or await self.hosted(address.id)
                 if hosted is None:
                     raise NotFound(f"no community {address} on this node", code="unknown_community")
@@ -192,8 +194,14 @@ class Communities:
                 f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse,
                                                      "seq": integer(1, pc.MAX_SEQ), "event": anything,
                                                      "stamp": anything})
-                if f["community"].host != origin:
-                    raise Forbidden(f"{origin} does not host {f['community']}", code="not_host")
+                address = f["community"]
+                if address.host != origin or address.host == self.me:
+                    raise Forbidden(f"{origin} does not host {address}", code="not_host")
+                known = await self.node.store.community(address.id)
+                if known is not None and known.host != address.host:
+                    raise Forbidden(f"community {address.id} is hosted by {known.host}", code="not_host")
+                if pc.parse_event(f["event"]).community != address:
+                    raise Forbidden("the event is for another community", code="wrong_community")
                 checks.append((i, f))
             except RxfedError as exc:
                 results[i] = EventResult(False, exc.code, exc.message)
@@ -275,6 +283,7 @@ async def submit(request: web.Request) -> web.Response:
     otherwise queued for the host (202)."""
     state = request.app[NODE]
     caller = await authenticate(request)
+    await state.store.check_signer(caller.patient, caller.auth.device)  # revoked devices stop here
     f = fields(caller.body, "submission", {"community": pc.CommunityAddress.parse, "event": anything})
     address, event = f["community"], f["event"]
     parsed = pc.parse_event(event)
@@ -291,6 +300,8 @@ async def submit(request: web.Request) -> web.Response:
         return reply({"community": str(address), "queued": True}, status=202)
     async with state.federation.lock:
         hosted = await communities.hosted(address.id)
+        if hosted is not None and communities.seen(hosted, event):
+            return reply({"community": str(address), "duplicate": True})  # a retry after a lost reply
         if hosted is None and isinstance(parsed, pc.Create) and await state.store.community(address.id):
             raise BadRequest("that community id is taken", code="already_created")
         if isinstance(parsed, pc.Join) and parsed.node != state.config.node_id:
@@ -320,14 +331,14 @@ async def read_events(request: web.Request) -> web.Response:
     """Events of a community this patient joined through this node, from ``after``."""
     state = request.app[NODE]
     caller = await authenticate(request)
+    await state.store.check_signer(caller.patient, caller.auth.device)
     community_id = request.match_info["id"]
     if not await state.store.subscribed(caller.patient, community_id):
         raise NotFound("you have not joined that community through this node", code="unknown_community")
-    try:
-        after = int(request.query.get("after", "0"))
-        limit = min(1000, int(request.query.get("limit", "1000")))
-    except ValueError:
-        raise BadRequest("after and limit must be whole numbers") from None
+    after_text, limit_text = request.query.get("after", "0"), request.query.get("limit", "1000")
+    if not (after_text.isdigit() and limit_text.isdigit() and len(after_text) <= 16 and len(limit_text) <= 5):
+        raise BadRequest("after and limit must be whole numbers")
+    after, limit = min(int(after_text), pc.MAX_SEQ), min(1000, int(limit_text))
     row = await state.store.community(community_id)
     events = await state.store.community_events(community_id, after=max(0, after), limit=max(1, limit))
     host_keys: list[str] = []

@@ -57,6 +57,11 @@ def _is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -70,13 +75,15 @@ class GuardedResolver(AbstractResolver):
     connect to its own network (server-side request forgery), also not by DNS rebinding,
     since the check applies to the very addresses the connection uses."""
 
-    def __init__(self, allowed_hosts: Callable[[], set[str]]):
+    def __init__(self, allowed: Callable[[], set[tuple[str, int]]]):
         self._inner = DefaultResolver()
-        self._allowed_hosts = allowed_hosts
+        self._allowed = allowed
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
         found = await self._inner.resolve(host, port, family)
-        if host.lower() in self._allowed_hosts():
+        # Exactly the allowed peer's host *and port*: allowing one service on a private
+        # host must not open the host's other ports to strangers.
+        if (host.lower(), port) in self._allowed():
             return found
         public = [r for r in found if _is_public(r["host"])]
         if not public:
@@ -113,12 +120,13 @@ class Federation:
         #: carrying them are applied one at a time, under :attr:`lock`.
         self.serialised: set[str] = set()
         self._documents: dict[str, tuple[NodeDocument, float]] = {}
-        self._allowed_hosts: set[str] = set()
+        self._allowed_hosts: set[tuple[str, int]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task] = {}
         self._task: asyncio.Task | None = None
         self._failing: set[str] = set()
+        self._succeeded: set[str] = set()
         #: Serialises everything that validates against and then changes shared state
         #: (inbound transactions, local community submissions).
         self.lock = asyncio.Lock()
@@ -150,7 +158,7 @@ class Federation:
         hosts = set()
         for peer in await self.state.store.peers():
             if peer.policy == "allowed":
-                hosts.add((urlsplit(self.url_for(peer)).hostname or "").lower())
+                hosts.add(_host_port(self.url_for(peer)))
         self._allowed_hosts = hosts
 
     async def refresh_policies(self) -> None:
@@ -173,7 +181,7 @@ class Federation:
 
     def _check_url(self, peer: Peer | None, url: str) -> None:
         parts = urlsplit(url)
-        allowed = peer is not None and peer.policy == "allowed"
+        allowed = peer is not None and peer.policy == "allowed" and _host_port(url) in self._allowed_hosts
         host = parts.hostname or ""
         if parts.scheme != "https" and not (allowed and _is_loopback(host)):
             raise PeerRefused(f"peers talk HTTPS off loopback; {url} is not allowed")
@@ -223,13 +231,14 @@ class Federation:
         self._check_url(peer, url)
         try:
             async with self._session.get(url + "/.well-known/rxfed", allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise Unavailable(f"{node_id} answered {resp.status} for its key document")
-                raw = await resp.content.read(64 * 1024 + 1)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise Unavailable(f"cannot fetch the key document of {node_id}: {exc or type(exc).__name__}") from None
-        if len(raw) > 64 * 1024:
-            raise BadRequest(f"the key document of {node_id} is too large")
+                status = resp.status
+                raw = await _read_capped(resp, 64 * 1024)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            # The details stay in our log: the caller may be a stranger probing our network.
+            log.info("fetching the key document of %s failed: %s", node_id, exc or type(exc).__name__)
+            raise Unavailable(f"cannot fetch the key document of {node_id}") from None
+        if status != 200:
+            raise Unavailable(f"cannot fetch the key document of {node_id}")
         doc = NodeDocument.from_json(loads(raw))
         if doc.node_id != node_id:
             raise Unauthorized(f"{url} says it is {doc.node_id}, not {node_id}", code="wrong_node")
@@ -303,20 +312,25 @@ class Federation:
                     exc = task.exception()
                     if exc is None:
                         await store.transaction_delivered(txn.txn_id)
-                        if destination in self._failing:
+                        if destination in self._failing or destination not in self._succeeded:
+                            # (also once per destination after a restart: a stored failure
+                            # count or open breaker is cleared by the first success)
                             self._failing.discard(destination)
+                            self._succeeded.add(destination)
                             await store.peer_delivery(destination, ok=True, now=self.state.now())
-                    elif isinstance(exc, (DeliveryError, RxfedError)):
-                        failed = True  # no new sends; let the others finish, then back off
-                        await self._failed(destination, txn, exc.message if isinstance(exc, RxfedError) else str(exc))
                     else:
-                        raise exc
+                        failed = True  # no new sends; let the others finish, then back off
+                        if not isinstance(exc, (DeliveryError, RxfedError)):
+                            log.error("delivery to %s failed unexpectedly: %r", destination, exc)
+                        await self._failed(destination, txn, exc.message if isinstance(exc, RxfedError) else str(exc))
         except asyncio.CancelledError:
             for task in in_flight:
                 task.cancel()
             raise
         except Exception:
             log.exception("delivery to %s failed unexpectedly", destination)
+            for task in in_flight:
+                task.cancel()
         finally:
             self._active.pop(destination, None)
             self._wake.set()
@@ -350,9 +364,9 @@ class Federation:
         headers["Content-Type"] = "application/json"
         try:
             async with self._session.put(url + path, data=body, headers=headers, allow_redirects=False) as resp:
-                raw = await resp.content.read(4 * 1024 * 1024)
                 status = resp.status
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raw = await _read_capped(resp, 16 * 1024 * 1024)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
         if status != 200:
             detail = ""
@@ -361,12 +375,18 @@ class Federation:
             except (RxfedError, AttributeError):
                 pass
             raise DeliveryError(f"{destination} answered {status} {detail}".strip())
-        reply = loads(raw)
-        rejected = [r for r in reply.get("results") or [] if isinstance(r, dict) and not r.get("ok")]
+        try:
+            reply = loads(raw)
+            results = reply["results"]
+            if not isinstance(results, list) or len(results) != len(txn.events):
+                raise ValueError("results")
+        except (RxfedError, KeyError, TypeError, ValueError):
+            raise DeliveryError(f"{destination} answered 200 with a malformed reply") from None
+        rejected = [r for r in results if isinstance(r, dict) and not r.get("ok")]
         if rejected:
             log.warning("%s rejected %d event(s) of transaction %s: %s", destination, len(rejected), txn.txn_id,
                         "; ".join(f"{r.get('error')}" for r in rejected[:3]))
-        if reply.get("missing"):
+        if isinstance(reply.get("missing"), list) and reply["missing"]:
             log.info("%s reports missing transactions %s", destination, reply["missing"][:10])
         return reply
 
@@ -410,3 +430,14 @@ class Federation:
         if effects.outbox:
             self.notify()
         return reply
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body (a single read returns only what has arrived), at most ``limit`` bytes."""
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"answer larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

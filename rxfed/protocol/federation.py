@@ -59,13 +59,15 @@ class NodeDocument:
         node_id = text(255)(obj.get("node_id"), "node_id")
         if not node_id_ok(node_id):
             raise BadRequest("the node document has a malformed node_id")
+        if not isinstance(obj.get("keys"), list) or not isinstance(obj.get("protocol_versions"), list):
+            raise BadRequest("the node document needs lists of keys and protocol_versions")
         keys = []
-        for i, k in enumerate(obj.get("keys") or []):
+        for i, k in enumerate(obj["keys"][:32]):
             f = fields(k, f"keys[{i}]", {"public_key": b64(32), "valid_from": integer(0, MAX_TIME)},
                        {"valid_until": integer(0, MAX_TIME), "key_id": anything, "alg": anything,
                         "fingerprint": anything})
             keys.append(NodeKey(f["public_key"], f["valid_from"], f["valid_until"]))
-        versions = tuple(v for v in obj.get("protocol_versions") or () if isinstance(v, str))
+        versions = tuple(v for v in obj["protocol_versions"][:32] if isinstance(v, str))
         return cls(node_id, str(obj.get("name", ""))[:200], versions, tuple(keys))
 
     def key_for(self, public_key: bytes, created: int) -> NodeKey:

@@ -756,6 +756,9 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _write_community(c: sqlite3.Connection, community: CommunityRow, events: list[CommunityEvent]) -> None:
+        row = c.execute("SELECT host FROM communities WHERE id=?", (community.id,)).fetchone()
+        if row is not None and row[0] != community.host:
+            raise Forbidden(f"community {community.id} is hosted by {row[0]}", code="not_host")
         # A mirror may see other events before the create event; the create event names it.
         c.execute("INSERT INTO communities VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT(id) DO UPDATE SET "
                   "name=excluded.name, condition=excluded.condition, approval=excluded.approval "
