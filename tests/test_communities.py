@@ -309,8 +309,12 @@ async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patien
         target = pc.CommunityAddress.parse(address)
         status, doc = await signed(old, "GET", f"/v1/communities/{target.id}/events")
         assert status == 401 and doc["error"] == "revoked_device"
-        status, doc = await signed(old, "POST", "/v1/communities/events", {"community": address, "event": {}})
-        assert status == 401
+        from rxfed.crypto import BoxKeyPair, SigningKeyPair
+
+        join = pc.make_join(SigningKeyPair.generate(), BoxKeyPair.generate().public, target, c.node_id,
+                            int(time.time()))
+        status, doc = await signed(old, "POST", "/v1/communities/events", {"community": address, "event": join})
+        assert status == 401 and doc["error"] == "revoked_device"
         status, doc = await signed(new, "GET", f"/v1/communities/{target.id}/events?after=99999999999999999999")
         assert status == 400
         status, doc = await signed(new, "GET", f"/v1/communities/{target.id}/events?after=-1")

@@ -283,7 +283,6 @@ async def submit(request: web.Request) -> web.Response:
     otherwise queued for the host (202)."""
     state = request.app[NODE]
     caller = await authenticate(request)
-    await state.store.check_signer(caller.patient, caller.auth.device)  # revoked devices stop here
     f = fields(caller.body, "submission", {"community": pc.CommunityAddress.parse, "event": anything})
     address, event = f["community"], f["event"]
     parsed = pc.parse_event(event)
@@ -295,7 +294,7 @@ async def submit(request: web.Request) -> web.Response:
             raise BadRequest("create communities on your home node", code="not_host")
         wire = canonical(WireEvent(SUBMIT, {"community": str(address), "event": event}).to_json())
         await state.store.relay(address.host, wire, now=caller.now, nonce=caller.nonce, patient=caller.patient,
-                                community_id=address.id)
+                                community_id=address.id, signer=caller.auth.device)
         state.federation.notify()
         return reply({"community": str(address), "queued": True}, status=202)
     async with state.federation.lock:
@@ -314,7 +313,7 @@ async def submit(request: web.Request) -> web.Response:
         # top of it fail their sequence check too, and the cached state is dropped.
         write = communities.pending(address.id, state.store.append_community_events(
             communities.row(after.state, caller.now), [stored], outbox=outbox, now=caller.now, nonce=caller.nonce,
-            subscribe=caller.patient))
+            subscribe=caller.patient, signer=caller.auth.device))
         communities.remember(address.id, after)
     try:
         await write
@@ -360,4 +359,5 @@ def install(state) -> None:
     state.communities = Communities(state)
     state.federation.handlers[SUBMIT] = state.communities.on_submit
     state.federation.serialised.add(SUBMIT)
+    state.federation.ordered.add(SUBMIT)
     state.federation.handlers[EVENT] = state.communities.on_event

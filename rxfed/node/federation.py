@@ -119,6 +119,8 @@ class Federation:
         #: Event kinds whose handlers validate against shared in-memory state: transactions
         #: carrying them are applied one at a time, under :attr:`lock`.
         self.serialised: set[str] = set()
+        #: Event kinds whose order across transactions matters (see :meth:`_ordered`).
+        self.ordered: set[str] = set()
         self._documents: dict[str, tuple[NodeDocument, float]] = {}
         self._allowed_hosts: set[tuple[str, int]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -133,6 +135,11 @@ class Federation:
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def _ordered_markers(self) -> list[bytes]:
+        # Queued events are canonical JSON, so a kind appears exactly like this.
+        return [b'"kind":' + canonical(kind) for kind in self.ordered]
+
     async def start(self) -> None:
         await self._refresh_allowed()
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(lambda: self._allowed_hosts), limit_per_host=4)
@@ -297,12 +304,14 @@ class Federation:
         failed = False
         try:
             while True:
-                while not failed and len(in_flight) < WINDOW:
+                while not failed and len(in_flight) < WINDOW and not any(map(self._ordered, in_flight.values())):
                     txn = await store.next_transaction(destination, max_events=s.max_batch, now=self.state.now(),
                                                        dead_after=s.dead_after,
                                                        exclude=[t.txn_id for t in in_flight.values()])
                     if txn is None or txn.next_attempt_ms > time.time() * 1000:
                         break
+                    if in_flight and self._ordered(txn):
+                        break  # it waits until the transactions before it are acknowledged
                     in_flight[asyncio.create_task(self._send(destination, txn))] = txn
                 if not in_flight:
                     return
@@ -334,6 +343,12 @@ class Federation:
         finally:
             self._active.pop(destination, None)
             self._wake.set()
+
+    def _ordered(self, txn) -> bool:
+        """Whether ``txn`` carries events that must reach the peer after everything queued
+        before them (a member's sender key before its message): such a transaction is
+        never sent alongside another."""
+        return any(marker in event for event in txn.events for marker in self._ordered_markers)
 
     async def _failed(self, destination: str, txn, message: str) -> None:
         s = self.settings

@@ -277,14 +277,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
                                       outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
-                                      subscribe: str | None = None) -> None:
+                                      subscribe: str | None = None, signer: str | None = None) -> None:
         """Store events a local patient submitted (at the host: stamped and sequenced),
-        queue their fan-out, persist the request nonce and subscribe the patient, at once."""
+        queue their fan-out, persist the request nonce and subscribe the patient, at once.
+        With ``signer`` (a device of ``subscribe``), refuse a revoked device or erased account."""
 
     @abc.abstractmethod
     async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
-                    community_id: str) -> None:
-        """Queue a local patient's event for a community hosted elsewhere and subscribe them."""
+                    community_id: str, signer: str | None = None) -> None:
+        """Queue a local patient's event for a community hosted elsewhere and subscribe them
+        (refused for a revoked ``signer`` device)."""
 
     @abc.abstractmethod
     async def subscribed(self, patient: str, community_id: str) -> bool: ...

@@ -784,10 +784,12 @@ class SQLiteStore(Store):
 
     async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
                                       outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
-                                      subscribe: str | None = None) -> None:
+                                      subscribe: str | None = None, signer: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             if nonce is not None:
                 self._use_nonce(c, nonce)
+            if signer is not None:
+                self._signer_ok(c, subscribe, signer)
             (current,) = c.execute("SELECT coalesce(max(seq), 0) FROM community_events WHERE community_id=?",
                                    (community.id,)).fetchone()
             if events and events[0].seq != current + 1:
@@ -800,9 +802,10 @@ class SQLiteStore(Store):
         await self._write(op)
 
     async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
-                    community_id: str) -> None:
+                    community_id: str, signer: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
+            self._signer_ok(c, patient, signer)
             self._enqueue(c, [(destination, event)], now)
             c.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (patient, community_id))
 
