@@ -189,6 +189,7 @@ class Communities:
         results: list[EventResult | None] = [None] * len(events)
         effects = InboundEffects()
         checks = []
+        hosts: dict[str, str] = {}
         for i, wire in enumerate(events):
             try:
                 f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse,
@@ -197,11 +198,11 @@ class Communities:
                 address = f["community"]
                 if address.host != origin or address.host == self.me:
                     raise Forbidden(f"{origin} does not host {address}", code="not_host")
-                known = await self.node.store.community(address.id)
-                if known is not None and known.host != address.host:
-                    raise Forbidden(f"community {address.id} is hosted by {known.host}", code="not_host")
-                if pc.parse_event(f["event"]).community != address:
-                    raise Forbidden("the event is for another community", code="wrong_community")
+                if address.id not in hosts:  # one look-up per community per transaction
+                    known = await self.node.store.community(address.id)
+                    hosts[address.id] = known.host if known else address.host
+                if hosts[address.id] != address.host:
+                    raise Forbidden(f"community {address.id} is hosted by {hosts[address.id]}", code="not_host")
                 checks.append((i, f))
             except RxfedError as exc:
                 results[i] = EventResult(False, exc.code, exc.message)
@@ -235,9 +236,9 @@ def _check_stamps(keys: list[bytes], items: list[tuple[int, dict]]) -> list[tupl
     out = []
     for i, f in items:
         try:
-            stamp = pc.verify_stamp(keys, f["stamp"], f["event"])
-            if stamp.seq != f["seq"]:
-                raise Forbidden("stamp is for another position", code="stamp_mismatch")
+            stamp = pc.verify_stamp(keys, f["stamp"], f["event"])  # also: event and stamp name one community
+            if stamp.seq != f["seq"] or stamp.community != f["community"]:
+                raise Forbidden("stamp is for another position or community", code="stamp_mismatch")
             out.append((i, f, EventResult(True)))
         except RxfedError as exc:
             out.append((i, f, EventResult(False, exc.code, exc.message)))
