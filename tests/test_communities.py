@@ -320,3 +320,14 @@ async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patien
         status, doc = await signed(new, "GET", f"/v1/communities/{target.id}/events?after=-1")
         assert status == 400
         assert (await Communities(new).read(address)).state.seq == 1
+
+
+async def test_event_with_a_non_string_type_is_a_clean_400(fed, make_patient):
+    from helpers import signed
+
+    a, b, c = fed
+    client = await make_patient(c)
+    address = await Communities(client).create("Types")
+    for junk in ({"body": {"type": []}, "sig": "A" * 86}, {"body": {"type": {}}}, {"body": []}):
+        status, doc = await signed(client, "POST", "/v1/communities/events", {"community": address, "event": junk})
+        assert status == 400, (junk, doc)

@@ -82,15 +82,17 @@ class Communities:
             if len(page) < 1000:
                 return out
 
-    def accept(self, hosted: Hosted | None, address: pc.CommunityAddress, event: dict) -> tuple[Hosted, CommunityEvent]:
-        """Validate ``event`` as the next one, stamp it: the new state and the stored event."""
+    def accept(self, hosted: Hosted | None, address: pc.CommunityAddress, event: dict, *,
+               parsed: pc.Event | None = None) -> tuple[Hosted, CommunityEvent]:
+        """Validate ``event`` as the next one, stamp it: the new state and the stored event.
+        (``parsed``: the event already parsed, see :meth:`CommunityState.step`.)"""
         if hosted is None:
             if not isinstance(pc.parse_event(event), pc.Create):
                 raise NotFound(f"no community {address} on this node", code="unknown_community")
             state = pc.CommunityState.empty(address)
         else:
             state = hosted.state
-        new_state, parsed = state.step(event, seq=state.seq + 1)
+        new_state, parsed = state.step(event, seq=state.seq + 1, parsed=parsed)
         now = self.node.now()
         pc.check_timely(parsed, now)
         signer = parsed.author if parsed.author is not None else state.meta.admin
@@ -171,7 +173,7 @@ class Communities:
                 member_node = _member_node(hosted.state, parsed)
                 if member_node != origin:
                     raise Forbidden(f"this member's home node is {member_node}, not {origin}", code="wrong_origin")
-                after, stored = self.accept(hosted, address, event)
+                after, stored = self.accept(hosted, address, event, parsed=parsed)
                 pending[address.id] = after
                 effects.communities.append((self.row(after.state, self.node.now()), [stored]))
                 effects.outbox.extend(await self.fan_out(hosted.state, after.state, [stored]))
@@ -306,7 +308,7 @@ async def submit(request: web.Request) -> web.Response:
             raise BadRequest("that community id is taken", code="already_created")
         if isinstance(parsed, pc.Join) and parsed.node != state.config.node_id:
             raise Forbidden("a member joins through their own home node", code="wrong_origin")
-        after, stored = communities.accept(hosted, address, event)
+        after, stored = communities.accept(hosted, address, event, parsed=parsed)
         outbox = await communities.fan_out(hosted.state if hosted else None, after.state, [stored])
         # Queue the write and adopt the new state, then let the next submission in while
         # this one is committed: concurrent posts share one fsync (group commit). Writes

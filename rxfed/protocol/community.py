@@ -266,7 +266,8 @@ def parse_event(obj: Any, where: str = "event") -> Event:
     """The typed event of a statement, shape checked; its signature is *not* checked here,
     since the admin's key comes from the state (:meth:`CommunityState.apply` checks it)."""
     body = obj.get("body") if isinstance(obj, dict) else None
-    cls = _EVENTS.get(body.get("type") if isinstance(body, dict) else None)
+    kind = body.get("type") if isinstance(body, dict) else None
+    cls = _EVENTS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise BadRequest(f"{where} is not a community event", code="bad_event")
     body = open_statement(obj, where, cls.TYPE, None)
@@ -368,11 +369,13 @@ class CommunityState:
         (bad signature, not allowed) or Conflict (not a valid next event)."""
         return self.step(event, seq=seq)[0]
 
-    def step(self, event: dict, *, seq: int) -> tuple[CommunityState, Event]:
-        """:meth:`apply`, also returning the parsed event."""
+    def step(self, event: dict, *, seq: int, parsed: Event | None = None) -> tuple[CommunityState, Event]:
+        """:meth:`apply`, also returning the parsed event. A caller that has parsed
+        ``event`` already may pass the result as ``parsed`` (its signature is still checked)."""
         if seq != self.seq + 1:
             raise Conflict(f"expected event {self.seq + 1}, got {seq}", code="out_of_order")
-        parsed = parse_event(event)
+        if parsed is None or parsed.signed is not event:
+            parsed = parse_event(event)
         if parsed.community != self.address:
             raise BadRequest("event is for another community", code="wrong_community")
         if (self.meta is None) != isinstance(parsed, Create):
