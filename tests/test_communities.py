@@ -83,6 +83,18 @@ async def test_patients_on_two_nodes_talk_in_a_community_hosted_on_a_third(fed, 
         await node.start()
 
 
+async def community_with_member(make_patient, host, home, name: str):
+    """An admin on ``host`` with a community, and a member on ``home`` who joined and whose
+    node has caught up: the setup most tests here start from."""
+    admin = Communities(await make_patient(host))
+    address = await admin.create(name)
+    member = Communities(await make_patient(home))
+    await member.join(address)
+    await eventually(lambda: _joined(admin, address, 2))
+    await eventually(lambda: _seq_at_least(member, address, 2))
+    return admin, member, address
+
+
 async def _seq_at_least(communities: Communities, address: str, n: int) -> bool:
     view = await communities.read(address)
     return view.state is not None and view.state.seq >= n
@@ -94,13 +106,7 @@ async def _has(communities: Communities, address: str, text: str) -> bool:
 
 async def test_leaver_cannot_read_later_messages_and_newcomer_no_history(fed, make_patient):
     a, b, c = fed
-    admin = Communities(await make_patient(c))
-    alice_client = await make_patient(a)
-    alice = Communities(alice_client)
-    address = await admin.create("Diabetes type 2")
-    await alice.join(address)
-    await eventually(lambda: _joined(admin, address, 2))
-    await eventually(lambda: _seq_at_least(alice, address, 2))
+    admin, alice, address = await community_with_member(make_patient, c, a, "Diabetes type 2")
     await admin.post(address, "before leaving")
     await eventually(lambda: _has(alice, address, "before leaving"))
     membership = await alice.membership(address)
@@ -183,12 +189,7 @@ async def test_remote_member_survives_host_outage(fed, make_patient):
     """The host is down while a member posts: the post waits in the home node's outbox and
     arrives exactly once when the host is back."""
     a, b, c = fed
-    admin = Communities(await make_patient(c))
-    address = await admin.create("Migraine")
-    alice = Communities(await make_patient(a))
-    await alice.join(address)
-    await eventually(lambda: _joined(admin, address, 2))
-    await eventually(lambda: _seq_at_least(alice, address, 2))
+    admin, alice, address = await community_with_member(make_patient, c, a, "Migraine")
     await c.stop()
     result = await alice.post(address, "posted while the host was down")
     assert result["queued"] is True
@@ -201,12 +202,7 @@ async def test_remote_member_survives_host_outage(fed, make_patient):
 
 async def test_removed_member_cannot_decrypt_later_messages(fed, make_patient):
     a, b, c = fed
-    admin = Communities(await make_patient(c))
-    address = await admin.create("Moderated")
-    troll = Communities(await make_patient(b))
-    await troll.join(address)
-    await eventually(lambda: _joined(admin, address, 2))
-    await eventually(lambda: _seq_at_least(troll, address, 2))
+    admin, troll, address = await community_with_member(make_patient, c, b, "Moderated")
     await admin.post(address, "before removal")
     await eventually(lambda: _has(troll, address, "before removal"))
     membership = await troll.membership(address)
