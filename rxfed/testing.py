@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 from aiohttp import web
@@ -33,10 +34,26 @@ def free_port() -> int:
 
 def builtin_plugins() -> RxfedPlugins:
     """A plugin manager holding only rxfed's built-in plugins, registered by hand."""
+    import rxfed_plugins.outcomes
+    import rxfed_plugins.signals
     import rxfed_plugins.sqlite_store
 
     plugins = RxfedPlugins(entry_points=False)
     plugins.register(rxfed_plugins.sqlite_store, "sqlite")
+    plugins.register(rxfed_plugins.signals, "signals")
+    plugins.register(rxfed_plugins.outcomes.Outcomes(), "outcomes")
+    return plugins
+
+
+def node_plugins(disabled=()) -> RxfedPlugins:
+    """Every installed plugin (entry points), with stateful built-ins given a fresh instance,
+    so several nodes in one process (the demo, tests) never share plugin state."""
+    import rxfed_plugins.outcomes
+
+    plugins = RxfedPlugins(disabled=disabled)
+    if plugins.pm.get_plugin("outcomes") is not None:
+        plugins.pm.unregister(name="outcomes")
+        plugins.register(rxfed_plugins.outcomes.Outcomes(), "outcomes")
     return plugins
 
 
@@ -109,3 +126,110 @@ async def start_federation(base: Path, *names: str, **kwargs) -> list[NodeHarnes
     for node in nodes:
         await node.allow(*(n for n in nodes if n is not node))
     return nodes
+
+
+# -- plugin managers and pytest fixtures for plugin authors ------------------------------
+
+#: Plugins for one manager: objects (each named by its manifest) or a name -> object mapping.
+PluginObjects = Iterable[object] | Mapping[str, object]
+
+
+def plugin_name(plugin: object) -> str | None:
+    """The name ``plugin`` declares in its manifest (the entry-point name it must have)."""
+    hook = getattr(plugin, "rxfed_plugin_manifest", None)
+    return getattr(hook() if callable(hook) else None, "name", None)
+
+
+def make_plugins(plugins: PluginObjects = (), **options: Any) -> RxfedPlugins:
+    """rxfed's built-in plugins plus ``plugins``, in a manager built with ``options``
+    (``timeout``, ``max_failures``, ...). A plugin given without a name is registered under
+    its manifest's name, so a node treats it as it would the installed plugin. The caller
+    closes the manager."""
+    manager = RxfedPlugins(entry_points=False, **options)
+    builtins = builtin_plugins()
+    try:
+        for name, plugin in builtins.pm.list_name_plugin():
+            if plugin is not None:
+                manager.register(plugin, name)
+    finally:
+        builtins.close()
+    named = plugins.items() if isinstance(plugins, Mapping) else [(plugin_name(p), p) for p in plugins]
+    for name, plugin in named:
+        manager.register(plugin, name)
+    return manager
+
+
+# The ``pytest11`` entry point loads this module into pytest. Without pytest (``rxfed demo``
+# uses the harness) the fixtures are simply not defined.
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    try:  # the async fixtures work in pytest-asyncio's strict mode as well as in auto mode
+        from pytest_asyncio import fixture as _async_fixture
+    except ImportError:  # pragma: no cover
+        _async_fixture = pytest.fixture
+
+    @pytest.fixture
+    def rxfed_plugins_factory():
+        """``rxfed_plugins_factory(*plugins, named={"name": obj}, **options)``: a plugin
+        manager with the built-ins and ``plugins`` (see :func:`make_plugins`)."""
+        made: list[RxfedPlugins] = []
+
+        def factory(*plugins: object, named: Mapping[str, object] | None = None, **options: Any) -> RxfedPlugins:
+            made.append(make_plugins(plugins, **options))
+            for name, plugin in (named or {}).items():
+                made[-1].register(plugin, name)
+            return made[-1]
+
+        yield factory
+        for manager in made:
+            manager.close()
+
+    @pytest.fixture
+    def rxfed_test_plugins() -> PluginObjects:
+        """The plugins ``rxfed_node`` registers besides the built-ins: override it."""
+        return ()
+
+    @_async_fixture
+    async def rxfed_node(tmp_path: Path, rxfed_test_plugins: PluginObjects):
+        """One started :class:`NodeHarness` on 127.0.0.1 with the ``rxfed_test_plugins``."""
+        plugins = make_plugins(rxfed_test_plugins)
+        harness = NodeHarness(tmp_path / "rxfed-node", plugins=plugins)
+        try:
+            yield await harness.start()
+        finally:
+            await harness.stop()
+            plugins.close()
+
+    @_async_fixture
+    async def rxfed_federation(tmp_path: Path):
+        """``await rxfed_federation(*names, plugins=..., **harness_options)``: started nodes
+        that allow each other, each with its own plugin manager. ``plugins`` is what every
+        node registers besides the built-ins, or ``node_name -> plugins`` for fresh
+        instances per node (one plugin object on several nodes shares its state)."""
+        started: list[NodeHarness] = []
+        managers: list[RxfedPlugins] = []
+
+        async def start(*names: str, plugins: PluginObjects | Callable[[str], PluginObjects] = (),
+                        **kwargs: Any) -> list[NodeHarness]:
+            nodes = []
+            for name in names:
+                managers.append(make_plugins(plugins(name) if callable(plugins) else plugins))
+                nodes.append(NodeHarness(tmp_path / "rxfed-federation" / name, name=name, plugins=managers[-1],
+                                         **kwargs))
+                started.append(nodes[-1])
+                await nodes[-1].start()
+            for node in nodes:
+                await node.allow(*(n for n in nodes if n is not node))
+            return nodes
+
+        try:
+            yield start
+        finally:
+            for node in reversed(started):
+                await node.stop()
+            for manager in managers:
+                manager.close()

@@ -190,10 +190,27 @@ def test_invite_only_node(tmp_path):
     assert rxfed("node", "init", str(data), "--name", "again").returncode == 1  # exists: refused
 
 
-def test_plugins_list():
+def test_plugins_list(tmp_path):
     out = rxfed("plugins", "list", "--json")
-    assert out.returncode == 0
-    assert "sqlite" in json.loads(out.stdout)["storage_backends"]
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert "sqlite" in doc["storage_backends"]
+    rows = {row["name"]: row for row in doc["plugins"]}
+    assert rows["sqlite"]["enabled"] and rows["sqlite"]["manifest"] is None
+    assert all(set(row) >= {"name", "enabled", "disabled_reason", "manifest"} for row in rows.values())
+    assert all(set(kind) >= {"name", "plugin"} for kind in doc["signal_kinds"])
+    if "tally" in rows:  # the example plugin, when installed
+        assert rows["tally"]["manifest"]["reads"] == ["diagnosis.category"]
+    # Disabled by a node's configuration: listed, not loaded.
+    data = tmp_path / "node"
+    assert rxfed("node", "init", str(data), "--name", "plugins", "--port", "18998").returncode == 0
+    config = (data / "rxfed.toml").read_text()
+    (data / "rxfed.toml").write_text(config.replace("[plugins]\ndisabled = []", '[plugins]\ndisabled = ["sqlite"]'))
+    doc = json.loads(rxfed("plugins", "list", "--node-dir", str(data), "--json").stdout)
+    row = next(row for row in doc["plugins"] if row["name"] == "sqlite")
+    assert not row["enabled"] and row["disabled_reason"] == "disabled in configuration"
+    assert "sqlite" not in doc["storage_backends"]
+    assert "sqlite\tdisabled" in rxfed("plugins", "list", "--disable", "sqlite").stdout
 
 
 def test_demo_json():
@@ -203,6 +220,12 @@ def test_demo_json():
     assert len(doc["patients"]) == 2
     for p in doc["patients"]:
         assert len(p["patient_sees"]) == 3 and len(p["node_stores"]) == 3
+    consent = doc["consent"]
+    assert consent["plugin_summary_before"] == {"lamotrigine": {"medium": "<11"}, "levetiracetam": {"high": "<11"}}
+    assert consent["plugin_summary_after"] == {"lamotrigine": {"medium": "<11"}} and consent["plugin_holds_after"] == 1
+    assert [e["event"] for e in consent["audit"]["amara"]["entries"]] == \
+        ["granted", "shared", "used", "revoked", "acknowledged"]
+    assert all(view["verified"] for view in consent["audit"].values())
 
 
 def test_community_commands(node_url, profile, tmp_path):
@@ -244,3 +267,33 @@ def test_node_admin_commands(tmp_path):
     assert status["keys"][0]["expires_in_days"] == pytest.approx(2, abs=0.1)
     assert {p["node_id"] for p in status["peers"]} == {"partner.example", "rogue.example"}
     assert status["queued_events"] == 0 and status["dead_letters"] == 0
+
+
+def test_consent_commands(node_url, profile, tmp_path):
+    node_id = node_url.removeprefix("http://")
+    assert rxfed("patient", "treatment", "add", "--profile", str(profile), "Metformin 500 mg", "--efficacy", "8").returncode == 0
+    preview = rxfed("patient", "signals", "--profile", str(profile), "--kind", "treatment.outcome", "--json")
+    assert preview.returncode == 0, preview.stderr
+    assert {"kind": "treatment.outcome", "body": {"treatment": "metformin", "efficacy": "high", "status": "ongoing"}} \
+        in json.loads(preview.stdout)["signals"]
+    granted = rxfed("patient", "consent", "grant", "--profile", str(profile), "--kind", "treatment.outcome",
+                    "--purpose", "research", "--to", f"plugin:{node_id}/outcomes", "--until", "2099-01-01")
+    assert granted.returncode == 2 and "at most a year" in granted.stderr
+    granted = rxfed("patient", "consent", "grant", "--profile", str(profile), "--kind", "treatment.outcome",
+                    "--purpose", "research", "--to", f"plugin:{node_id}/outcomes")
+    assert granted.returncode == 0, granted.stderr
+    grant_id = granted.stdout.strip().splitlines()[-1]
+    assert "sent 1 signal(s)" in granted.stdout
+    bad = rxfed("patient", "consent", "grant", "--profile", str(profile), "--kind", "sleep.band",
+                "--purpose", "research", "--to", "federation")
+    assert bad.returncode == 2 and "unknown signal kind" in bad.stderr and bad.stdout == ""
+    listed = json.loads(rxfed("patient", "consent", "list", "--profile", str(profile), "--json").stdout)
+    assert [g["grant"] for g in listed["grants"]] == [grant_id] and listed["grants"][0]["status"] == "live"
+    revoked = rxfed("patient", "consent", "revoke", "--profile", str(profile), grant_id, "--json")
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["pending"] == []
+    audit = json.loads(rxfed("patient", "audit", "--profile", str(profile), "--json").stdout)
+    assert audit["verified"] and [e["event"] for e in audit["entries"]] == \
+        ["granted", "shared", "used", "revoked", "acknowledged"]
+    out = tmp_path / "consent.json"
+    exported = rxfed("patient", "consent", "export", "--profile", str(profile), "--fhir", str(out))
+    assert exported.returncode == 0 and json.loads(out.read_text())["resourceType"] == "Bundle"

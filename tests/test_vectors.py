@@ -67,3 +67,22 @@ def test_transaction_vectors():
         with pytest.raises(RxfedError) as info:
             Transaction.from_json("txn-0000000000000001", case["body"])
         assert info.value.code == case["error"]
+
+
+def test_consent_vectors():
+    from rxfed.consent.audit import chain
+    from rxfed.consent.grants import Token, subject_of
+    from rxfed.crypto import b64e, pseudonym_key
+
+    v = load("consent.json")
+    key = pseudonym_key(b64d(v["root_seed"], length=32), v["pseudonym"]["label"])
+    assert b64e(key.public) == v["pseudonym"]["public_key"]
+    assert subject_of(key.public) == v["pseudonym"]["subject"]
+    token = Token.from_json(v["token"])
+    assert token.subject_key == key.public and token.recipient.only_plugin() == "outcomes"
+    with pytest.raises(RxfedError) as refused:
+        Token.from_json(v["widened_token"]["statement"])
+    assert refused.value.code == v["widened_token"]["error"] == "bad_statement_signature"
+    entries = [canonical(e) for e in v["audit"]["entries"]]
+    assert [e.decode() for e in entries] == v["audit"]["canonical"]
+    assert [b64e(h) for h in chain(entries)] == v["audit"]["hashes"]

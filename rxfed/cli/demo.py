@@ -1,5 +1,6 @@
 """``rxfed demo``: three nodes on loopback, patients on different nodes, their encrypted
-records, and one end-to-end encrypted community they share, shown from both sides."""
+records, one end-to-end encrypted community they share, shown from both sides, and consent
+granted, used by a plugin on another node, revoked and audited."""
 
 from __future__ import annotations
 
@@ -55,10 +56,9 @@ async def _wait(check, timeout=15.0):
 async def _demo(work: Path) -> dict:
     from rxfed.client import PatientClient
     from rxfed.client.community import Communities
-    from rxfed.plugins import RxfedPlugins
-    from rxfed.testing import NodeHarness
+    from rxfed.testing import NodeHarness, node_plugins
 
-    nodes = {name: await NodeHarness(work / name, name=name, plugins=RxfedPlugins()).start() for name in NODES}
+    nodes = {name: await NodeHarness(work / name, name=name, plugins=node_plugins()).start() for name in NODES}
     for node in nodes.values():
         await node.allow(*(n for n in nodes.values() if n is not node))
     summary = {"nodes": {name: {"url": n.url, "node_id": n.node_id, "data_dir": str(n.data_dir)}
@@ -120,12 +120,52 @@ async def _demo(work: Path) -> dict:
                                for m in v["messages"]] for name, v in views.items()},
             "host_stores": [{"seq": e.seq, "type": _event_type(e.event), "bytes": len(e.event)} for e in hosted],
         }
+        summary["consent"] = await _consent(nodes, clients)
     finally:
         for client in clients.values():
             await client.close()
         for node in nodes.values():
             await node.stop()
     return summary
+
+
+async def _consent(nodes: dict, clients: dict) -> dict:
+    """Both patients let the ``outcomes`` plugin on community-c use their treatment outcomes
+    for research; amara then revokes, and her audit log shows every step, verified."""
+    from rxfed.client.consent import Consent
+
+    c = nodes["community-c"]
+    outcomes = c.state.plugins.pm.get_plugin("outcomes")
+    recipient = f"plugin:{c.node_id}/outcomes"
+    consents = {name: Consent(clients[name]) for name in PATIENTS}
+    grants = {name: await consents[name].grant("treatment.outcome", "research", recipient) for name in PATIENTS}
+    await _wait(lambda: _true(outcomes.held() == len(PATIENTS)))
+    before = outcomes.summary()
+    revoked = await consents["amara"].revoke(grants["amara"]["grant"])
+
+    async def acknowledged():
+        (grant,) = await consents["amara"].list()
+        return grant["acknowledged"] == [c.node_id]
+
+    await _wait(acknowledged)
+    audits = {}
+    for name in PATIENTS:
+        view = await consents[name].audit()
+        audits[name] = view.to_json()
+    return {
+        "recipient": recipient, "kind": "treatment.outcome", "purpose": "research",
+        "grants": {name: {"grant": g["grant"], "signals": sum(s.get("signals", 0) for s in g["shared"])}
+                   for name, g in grants.items()},
+        "plugin_summary_before": before,
+        "revoked": {"patient": "amara", "grant": revoked["grant"], "acknowledged": [c.node_id]},
+        "plugin_summary_after": outcomes.summary(),
+        "plugin_holds_after": outcomes.held(),
+        "audit": audits,
+    }
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def _event_type(raw: bytes) -> str:
@@ -160,7 +200,20 @@ def _lines(summary: dict) -> list[str]:
         out.append(f"  what {name} reads (pseudonym {c['members'][name][:8]}):")
         out += [f"    {m['sender']}: {m['text']}" for m in messages]
     out.append("")
-    out.append("Nodes hold only padded ciphertext and pseudonyms; keys never left the patients' profiles.")
+    k = summary["consent"]
+    out.append(f"consent: amara and bruno grant {k['kind']} for {k['purpose']} to {k['recipient']}")
+    for name, g in k["grants"].items():
+        out.append(f"  {name}: grant {g['grant']}, {g['signals']} signal(s) sealed to community-c")
+    out.append(f"  the outcomes plugin's tally (counts under 11 suppressed): {k['plugin_summary_before']}")
+    out.append(f"  amara revokes; acknowledged by {', '.join(k['revoked']['acknowledged'])}; "
+               f"the plugin now holds {k['plugin_holds_after']} patient's signals")
+    for name, view in k["audit"].items():
+        steps = ", ".join(f"{e['event']}" + (f" by {e['plugin']}@{e['node']}" if e["event"] == "used" else "")
+                          for e in view["entries"])
+        out.append(f"  {name}'s audit log (hash chain verified, {view['head']['seq']} entries): {steps}")
+    out.append("")
+    out.append("Nodes hold only padded ciphertext and pseudonyms; keys never left the patients' profiles;")
+    out.append("what left a device was a typed signal under a grant the patient signed and could revoke.")
     return out
 
 

@@ -125,6 +125,10 @@ def add_parser(sub) -> None:
     json_flag(dele)
     dele.set_defaults(func=cmd_delete_account)
 
+    from rxfed.cli import consent
+
+    consent.add_parsers(psub, _profile)
+
 
 # -- helpers -------------------------------------------------------------------------------
 

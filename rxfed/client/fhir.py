@@ -576,3 +576,51 @@ def export_bundle(records: list[tuple[str, dict, str]], patient_ref: str) -> dic
     # Our own output failing validation is a bug, so let the ValidationError propagate.
     Bundle.model_validate(bundle)
     return bundle
+
+
+# -- consent -------------------------------------------------------------------------------
+
+_CONSENT_SCOPE = {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy",
+                  "display": "Privacy Consent"}
+_CONSENT_CATEGORY = {"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}
+_RXFED_PURPOSE = "https://rxfed.org/fhir/CodeSystem/purpose"
+_RXFED_KIND = "https://rxfed.org/fhir/CodeSystem/signal-kind"
+_RXFED_RECIPIENT = "https://rxfed.org/fhir/NamingSystem/recipient"
+
+
+def _instant(unix: int) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def consent_bundle(patient_ref: str, grants: list[dict]) -> dict:
+    """rxfed consent grants (as :meth:`rxfed.client.consent.Consent.list` gives them) as FHIR
+    R4B Consent resources in a collection Bundle: status active / inactive (revoked or
+    expired), the signal kind as ``provision.class``, the purpose as ``provision.purpose``,
+    the recipient as an actor identifier, the grant's period as ``provision.period``."""
+    key = _uuid(patient_ref)
+    patient_url = f"urn:uuid:{key}"
+    entries: list[dict] = [{"fullUrl": patient_url, "resource": {"resourceType": "Patient", "id": str(key)}}]
+    for g in grants:
+        consent_id = str(_uuid(patient_ref, "consent", g["grant"]))
+        end = g["revoked"] if g.get("revoked") else g["not_after"]
+        resource = {
+            "resourceType": "Consent", "id": consent_id,
+            "identifier": [{"system": "https://rxfed.org/fhir/NamingSystem/grant", "value": g["grant"]}],
+            "status": "active" if g["status"] == "live" else "inactive",
+            "scope": {"coding": [_CONSENT_SCOPE]}, "category": [{"coding": [_CONSENT_CATEGORY]}],
+            "patient": {"reference": patient_url}, "dateTime": _instant(g["created"]),
+            "policyRule": {"text": "rxfed consent grant: signed by the patient, revocable at any time"},
+            "provision": {
+                "type": "permit", "period": {"start": _instant(g["created"]), "end": _instant(end)},
+                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                                "code": "IRCP", "display": "information recipient"}]},
+                           "reference": {"identifier": {"system": _RXFED_RECIPIENT, "value": g["recipient"]},
+                                         "display": g["recipient"]}}],
+                "purpose": [{"system": _RXFED_PURPOSE, "code": g["purpose"]}],
+                "class": [{"system": _RXFED_KIND, "code": g["kind"]}],
+            },
+        }
+        entries.append({"fullUrl": f"urn:uuid:{consent_id}", "resource": resource})
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    Bundle.model_validate(bundle)
+    return bundle

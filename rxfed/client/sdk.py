@@ -447,7 +447,14 @@ class PatientClient:
 
     async def erase_account(self, *, remove_profile: bool = True) -> dict:
         """Erase every record, device and key of this patient on the node; the node keeps a
-        tombstone signed by the patient. Then remove the local key file."""
+        tombstone signed by the patient. Live consent grants are revoked first, so every
+        node that received signals deletes them. Then remove the local key file."""
+        from rxfed.client.consent import Consent
+
+        consent = Consent(self, plugins=False)
+        for grant in await consent.list():
+            if grant["status"] == "live":
+                await consent.revoke(grant["grant"])
         tombstone = sign_statement(self.identity.root, {"type": pv.TOMBSTONE, "patient": self.patient,
                                                            "deleted": self._now()})
         result = await self._call("POST", "/v1/account/erase", {"tombstone": tombstone})

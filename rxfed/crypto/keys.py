@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import attrs
+import nacl.encoding
 import nacl.exceptions
 import nacl.hash
 import nacl.public
@@ -119,3 +120,47 @@ def open_signed(signer_public: bytes, box: BoxKeyPair, context: bytes, sealed: b
     except BadSignature:
         raise DecryptionFailed() from None
     return inner[64:]
+
+
+# -- consent: pairwise pseudonyms, sealing to a node, the audit chain -----------------------
+
+_PSEUDONYM_PERSON = b"rxfed-pseudonym1"
+_AUDIT_PERSON = b"rxfed-audit-v1\0\0"
+
+
+def pseudonym_key(root_seed: bytes, label: str) -> SigningKeyPair:
+    """The patient's pairwise pseudonymous Ed25519 key for one recipient and purpose.
+
+    Its seed is keyed BLAKE2b (a PRF) of ``label`` under the root identity seed, so only the
+    root key's holder can derive it, the same label always gives the same key, and keys for
+    different labels are unlinkable without the root seed (spec/consent.md).
+    """
+    if len(root_seed) != 32:
+        raise ValueError("the root seed is 32 bytes")
+    seed = nacl.hash.blake2b(label.encode(), key=root_seed, digest_size=32, person=_PSEUDONYM_PERSON,
+                             encoder=nacl.encoding.RawEncoder)
+    return SigningKeyPair.from_seed(seed)
+
+
+def seal_to_node(node_public_key: bytes, message: bytes) -> bytes:
+    """Seal ``message`` to a node's Ed25519 identity key (libsodium sealed box to its X25519
+    birational equivalent), so nodes that relay it cannot read it."""
+    try:
+        box_key = nacl.signing.VerifyKey(node_public_key).to_curve25519_public_key()
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise DecryptionFailed("not a usable node key") from None
+    return nacl.public.SealedBox(box_key).encrypt(message)
+
+
+def open_as_node(node_key: SigningKeyPair, sealed: bytes) -> bytes:
+    try:
+        return nacl.public.SealedBox(node_key._key.to_curve25519_private_key()).decrypt(sealed)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise DecryptionFailed("cannot open: sealed to another key, or tampered") from None
+
+
+def audit_link(previous: bytes, entry: bytes) -> bytes:
+    """The next hash of an audit chain: BLAKE2b-256 over the previous hash and the entry's
+    canonical bytes (a 32-byte zero hash starts the chain)."""
+    return nacl.hash.blake2b(previous + entry, digest_size=32, person=_AUDIT_PERSON,
+                             encoder=nacl.encoding.RawEncoder)

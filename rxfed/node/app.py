@@ -52,6 +52,7 @@ class NodeState:
     anonymous: RateLimiter = None
     federation: Federation = None
     communities: Any = None
+    consent: Any = None
     in_flight: int = 0
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
@@ -112,6 +113,8 @@ class NodeState:
 
 
 NODE = web.AppKey("node", NodeState)
+#: Whether the application made its plugin manager (and so closes it).
+OWN_PLUGINS = web.AppKey("own_plugins", bool)
 routes = web.RouteTableDef()
 
 
@@ -436,8 +439,9 @@ async def _store_ctx(app: web.Application):
             if ticks % 12 == 0:
                 try:
                     await state.store.prune_nonces(state.now())
+                    await state.consent.housekeeping()
                 except RxfedError as exc:
-                    log.warning("pruning nonces failed: %s", exc.message)
+                    log.warning("housekeeping failed: %s", exc.message)
 
     task = asyncio.create_task(housekeeping())
     await state.federation.start()
@@ -450,23 +454,29 @@ async def _store_ctx(app: web.Application):
         pass
     await state.store.close()
     state.verifier.shutdown(wait=False)
+    if app.get(OWN_PLUGINS):
+        state.plugins.close()
 
 
 def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins | None = None,
                store: Store | None = None, clock: Callable[[], float] = time.time) -> web.Application:
     """The node application. The store is opened and closed with the application."""
-    if plugins is None:
+    own_plugins = plugins is None
+    if own_plugins:
         plugins = RxfedPlugins(disabled=config.disabled_plugins)
     if store is None:
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
     app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
-    from rxfed.node import communities
+    from rxfed.node import communities, consent
 
     app[NODE] = state = NodeState(config, keys, store, plugins, clock)
+    app[OWN_PLUGINS] = own_plugins
     communities.install(state)
+    consent.install(state)
     app.add_routes(routes)
     app.add_routes(communities.routes)
+    app.add_routes(consent.routes)
     app.cleanup_ctx.append(_store_ctx)
     return app

@@ -104,6 +104,66 @@ class NewPatient:
     recovery: Recovery
 
 
+
+# -- consent ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GrantRow:
+    """A local patient's consent grant (home node): scope, signed statement, revocation."""
+
+    id: str
+    patient: str
+    kind: str
+    purpose: str
+    recipient: str
+    not_after: int
+    created: int
+    statement: bytes
+    revoked: int | None = None
+    revocation: bytes | None = None
+
+
+@attrs.frozen
+class TokenRow:
+    """One recipient node's token of a local grant, its voucher and delivery state."""
+
+    token: str
+    grant_id: str
+    node: str
+    statement: bytes
+    voucher: bytes
+    revocation: bytes | None = None
+    shared: int | None = None
+    acked: int | None = None
+
+
+@attrs.frozen
+class ReceivedToken:
+    """A grant token this node received signals under (from any home node, itself too)."""
+
+    token: str
+    origin: str
+    subject: str
+    subject_key: bytes
+    kind: str
+    purpose: str
+    recipient: str
+    not_after: int
+    statement: bytes | None
+    voucher: bytes | None
+    received: int
+    revoked: int | None = None
+    delivery: str | None = None
+
+
+@attrs.frozen
+class AuditRow:
+    seq: int
+    entry: bytes
+    hash: bytes
+
+
 class Store(abc.ABC):
     """One node's persistent state. All methods are coroutines; all writes are durable
     (fsynced) before they return."""
@@ -293,6 +353,67 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def subscriptions(self, patient: str) -> list[str]: ...
+
+    # -- consent: the home node's grants and audit log ------------------------------------
+    @abc.abstractmethod
+    async def add_grant(self, grant: GrantRow, tokens: list[TokenRow], *, signer: str, audit: list[dict],
+                        nonce: Nonce, now: int) -> None:
+        """Store a local patient's grant and its tokens and log it, at once (refused for a
+        revoked ``signer`` device or an erased account)."""
+
+    @abc.abstractmethod
+    async def grants(self, patient: str) -> list[tuple[GrantRow, list[TokenRow]]]:
+        """A patient's grants, newest first, each with its tokens."""
+
+    @abc.abstractmethod
+    async def grant_of_token(self, token: str) -> tuple[GrantRow, TokenRow] | None: ...
+
+    @abc.abstractmethod
+    async def mark_shared(self, token: str, *, patient: str, signer: str, outbox: list[tuple[str, bytes]],
+                          audit: list[dict], nonce: Nonce, now: int) -> None:
+        """Record that the patient shared signals under ``token`` (still live: refused with
+        Gone once revoked), queue their delivery and log it, at once."""
+
+    @abc.abstractmethod
+    async def revoke_grant(self, patient: str, grant_id: str, *, signer: str, revocation: bytes,
+                           token_revocations: dict[str, bytes], outbox: list[tuple[str, bytes]],
+                           audit: list[dict], nonce: Nonce, now: int) -> None:
+        """Revoke a live grant and its tokens, queue the revocations and log it, at once."""
+
+    @abc.abstractmethod
+    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], ref: str, now: int) -> bool:
+        """Record ``node``'s acknowledgement of a revoked token (once; False when not a
+        revoked token of ours sent to ``node``)."""
+
+    @abc.abstractmethod
+    async def append_audit(self, patient: str, entries: list[dict], *, ref: str | None, now: int) -> bool:
+        """Append entries to a patient's audit chain (each gets ``seq``); with ``ref``, at
+        most once per reference (False when already there)."""
+
+    @abc.abstractmethod
+    async def audit(self, patient: str) -> list[AuditRow]: ...
+
+    # -- consent: signals received under tokens -------------------------------------------
+    @abc.abstractmethod
+    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]]) -> str:
+        """Keep ``signals`` under ``token``, replacing what it delivered before. Returns
+        ``"new"``, ``"duplicate"`` (this delivery was applied before) or ``"revoked"``."""
+
+    @abc.abstractmethod
+    async def revoke_received(self, token: ReceivedToken, revocation: bytes | None, now: int) -> bool:
+        """Delete every signal received under ``token`` and remember it revoked (a later
+        delivery under it is refused). True when it held signals."""
+
+    @abc.abstractmethod
+    async def received_token(self, token: str) -> ReceivedToken | None: ...
+
+    @abc.abstractmethod
+    async def received_signals(self, token: str | None = None) -> list[tuple[str, str, bytes]]:
+        """``(token, kind, body)`` of signals held (all tokens, or one)."""
+
+    @abc.abstractmethod
+    async def expire_received(self, now: int) -> list[ReceivedToken]:
+        """Delete the signals of tokens whose grant ended; returns those tokens."""
 
 
 # -- federation ---------------------------------------------------------------------------

@@ -23,25 +23,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rxfed.crypto import audit_link
+from rxfed.protocol.canonical import canonical
 from rxfed.protocol.federation import track_sequence
 from rxfed.errors import RxfedError, Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized, Unavailable
 from rxfed.store import (
     Account,
+    AuditRow,
     AuthKey,
     CommunityEvent,
     CommunityRow,
     DeadLetter,
     Device,
+    GrantRow,
     NewPatient,
     Nonce,
     OutboundTransaction,
     OutboxSummary,
     Peer,
     Quota,
+    ReceivedToken,
     Recovery,
     Replayed,
     Store,
     StoredRecord,
+    TokenRow,
     Vault,
 )
 
@@ -164,6 +170,65 @@ MIGRATIONS: list[str] = [
         community_id TEXT NOT NULL,
         PRIMARY KEY (patient_id, community_id)
     ) WITHOUT ROWID;
+    """,
+    """
+    -- v3: consent grants and tokens (home node), signals received under tokens, audit chains
+    CREATE TABLE grants (
+        id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        not_after INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        statement BLOB NOT NULL,
+        revoked INTEGER,
+        revocation BLOB
+    ) WITHOUT ROWID;
+    CREATE INDEX grants_patient ON grants (patient_id);
+    CREATE TABLE grant_tokens (
+        token TEXT PRIMARY KEY,
+        grant_id TEXT NOT NULL,
+        node TEXT NOT NULL,
+        statement BLOB NOT NULL,
+        voucher BLOB NOT NULL,
+        revocation BLOB,
+        shared INTEGER,
+        acked INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX grant_tokens_grant ON grant_tokens (grant_id);
+    CREATE TABLE received_tokens (
+        token TEXT PRIMARY KEY,
+        origin TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        subject_key BLOB NOT NULL,
+        kind TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        not_after INTEGER NOT NULL,
+        statement BLOB,
+        voucher BLOB,
+        received INTEGER NOT NULL,
+        revoked INTEGER,
+        revocation BLOB,
+        delivery TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE received_signals (
+        token TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (token, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        patient_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        ref TEXT,
+        PRIMARY KEY (patient_id, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX audit_ref ON audit (patient_id, ref)
     """,
 ]
 
@@ -542,8 +607,11 @@ class SQLiteStore(Store):
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
             (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
-            for table in ("records", "recovery", "devices", "subscriptions"):
+            for table in ("records", "recovery", "devices", "subscriptions", "audit"):
                 c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
+            c.execute("DELETE FROM grant_tokens WHERE grant_id IN (SELECT id FROM grants WHERE patient_id=?)",
+                      (patient,))
+            c.execute("DELETE FROM grants WHERE patient_id=?", (patient,))
             c.execute("DELETE FROM patients WHERE id=?", (patient,))
             c.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?)", (patient, root_key, tombstone, now))
             return _CHECKPOINT
@@ -820,6 +888,176 @@ class SQLiteStore(Store):
         rows = await self._read(lambda c: c.execute(
             "SELECT community_id FROM subscriptions WHERE patient_id=? ORDER BY community_id", (patient,)).fetchall())
         return [r[0] for r in rows]
+
+    # -- consent: grants and the audit chain (home node) -----------------------------------
+    _GRANT_COLUMNS = "id, patient_id, kind, purpose, recipient, not_after, created, statement, revoked, revocation"
+    _TOKEN_COLUMNS = "token, grant_id, node, statement, voucher, revocation, shared, acked"
+
+    @staticmethod
+    def _audit(c: sqlite3.Connection, patient: str, entries: list[dict], ref: str | None, now: int) -> bool:
+        if ref is not None and c.execute("SELECT 1 FROM audit WHERE patient_id=? AND ref=?",
+                                         (patient, ref)).fetchone():
+            return False
+        row = c.execute("SELECT seq, hash FROM audit WHERE patient_id=? ORDER BY seq DESC LIMIT 1",
+                        (patient,)).fetchone()
+        seq, previous = row if row else (0, bytes(32))
+        for entry in entries:
+            seq += 1
+            data = canonical({**entry, "seq": seq, "time": entry.get("time", now)})
+            previous = audit_link(previous, data)
+            c.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", (patient, seq, data, previous, ref))
+            ref = None  # the reference marks the first entry of the group
+        return True
+
+    async def add_grant(self, grant: GrantRow, tokens: list[TokenRow], *, signer: str, audit: list[dict],
+                        nonce: Nonce, now: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._use_nonce(c, nonce)
+            self._signer_ok(c, grant.patient, signer)
+            try:
+                c.execute(f"INSERT INTO grants ({self._GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                          (grant.id, grant.patient, grant.kind, grant.purpose, grant.recipient, grant.not_after,
+                           grant.created, grant.statement))
+                c.executemany(f"INSERT INTO grant_tokens ({self._TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                              [(t.token, grant.id, t.node, t.statement, t.voucher) for t in tokens])
+            except sqlite3.IntegrityError:
+                raise Conflict("that grant or token id is taken", code="duplicate_grant") from None
+            self._audit(c, grant.patient, audit, None, now)
+
+        await self._write(op)
+
+    async def grants(self, patient: str) -> list[tuple[GrantRow, list[TokenRow]]]:
+        def op(c: sqlite3.Connection):
+            out = []
+            for row in c.execute(f"SELECT {self._GRANT_COLUMNS} FROM grants WHERE patient_id=? "
+                                 "ORDER BY created DESC, id", (patient,)).fetchall():
+                tokens = [TokenRow(*t) for t in c.execute(
+                    f"SELECT {self._TOKEN_COLUMNS} FROM grant_tokens WHERE grant_id=? ORDER BY node", (row[0],))]
+                out.append((GrantRow(*row), tokens))
+            return out
+
+        return await self._read(op)
+
+    async def grant_of_token(self, token: str) -> tuple[GrantRow, TokenRow] | None:
+        def op(c: sqlite3.Connection):
+            t = c.execute(f"SELECT {self._TOKEN_COLUMNS} FROM grant_tokens WHERE token=?", (token,)).fetchone()
+            if t is None:
+                return None
+            g = c.execute(f"SELECT {self._GRANT_COLUMNS} FROM grants WHERE id=?", (t[1],)).fetchone()
+            return GrantRow(*g), TokenRow(*t)
+
+        return await self._read(op)
+
+    async def mark_shared(self, token: str, *, patient: str, signer: str, outbox: list[tuple[str, bytes]],
+                          audit: list[dict], nonce: Nonce, now: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._use_nonce(c, nonce)
+            self._signer_ok(c, patient, signer)
+            row = c.execute("SELECT g.revoked FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
+                            "WHERE t.token=? AND g.patient_id=?", (token, patient)).fetchone()
+            if row is None:
+                raise Gone("unknown grant token", code="unknown_grant")
+            if row[0] is not None:
+                raise Gone("the consent grant was revoked", code="grant_revoked")
+            c.execute("UPDATE grant_tokens SET shared=? WHERE token=?", (now, token))
+            self._enqueue(c, outbox, now)
+            self._audit(c, patient, audit, None, now)
+
+        await self._write(op)
+
+    async def revoke_grant(self, patient: str, grant_id: str, *, signer: str, revocation: bytes,
+                           token_revocations: dict[str, bytes], outbox: list[tuple[str, bytes]],
+                           audit: list[dict], nonce: Nonce, now: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            self._use_nonce(c, nonce)
+            self._signer_ok(c, patient, signer)
+            updated = c.execute("UPDATE grants SET revoked=?, revocation=? WHERE id=? AND patient_id=? "
+                                "AND revoked IS NULL", (now, revocation, grant_id, patient))
+            if updated.rowcount != 1:
+                raise Gone("no live grant with that id", code="unknown_grant")
+            c.executemany("UPDATE grant_tokens SET revocation=? WHERE token=? AND grant_id=?",
+                          [(r, t, grant_id) for t, r in token_revocations.items()])
+            self._enqueue(c, outbox, now)
+            self._audit(c, patient, audit, None, now)
+
+        await self._write(op)
+
+    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], ref: str, now: int) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT g.patient_id FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
+                            "WHERE t.token=? AND t.node=? AND g.revoked IS NOT NULL AND t.acked IS NULL",
+                            (token, node)).fetchone()
+            if row is None:
+                return False
+            c.execute("UPDATE grant_tokens SET acked=? WHERE token=?", (now, token))
+            return self._audit(c, row[0], audit, ref, now)
+
+        return await self._write(op)
+
+    async def append_audit(self, patient: str, entries: list[dict], *, ref: str | None, now: int) -> bool:
+        return await self._write(lambda c: self._audit(c, patient, entries, ref, now))
+
+    async def audit(self, patient: str) -> list[AuditRow]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT seq, entry, hash FROM audit WHERE patient_id=? ORDER BY seq", (patient,)).fetchall())
+        return [AuditRow(*r) for r in rows]
+
+    # -- consent: signals received ---------------------------------------------------------
+    _RECEIVED_COLUMNS = ("token, origin, subject, subject_key, kind, purpose, recipient, not_after, statement, "
+                         "voucher, received, revoked, delivery")
+
+    def _insert_received(self, c: sqlite3.Connection, t: ReceivedToken) -> None:
+        c.execute(f"INSERT OR IGNORE INTO received_tokens ({self._RECEIVED_COLUMNS}) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                  (t.token, t.origin, t.subject, t.subject_key, t.kind, t.purpose, t.recipient, t.not_after,
+                   t.statement, t.voucher, t.received))
+
+    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]]) -> str:
+        def op(c: sqlite3.Connection) -> str:
+            self._insert_received(c, token)
+            revoked, last = c.execute("SELECT revoked, delivery FROM received_tokens WHERE token=?",
+                                      (token.token,)).fetchone()
+            if revoked is not None:
+                return "revoked"
+            if last == delivery:
+                return "duplicate"
+            c.execute("DELETE FROM received_signals WHERE token=?", (token.token,))
+            c.executemany("INSERT INTO received_signals VALUES (?, ?, ?, ?)",
+                          [(token.token, n, kind, body) for n, (kind, body) in enumerate(signals)])
+            c.execute("UPDATE received_tokens SET delivery=? WHERE token=?", (delivery, token.token))
+            return "new"
+
+        return await self._write(op)
+
+    async def revoke_received(self, token: ReceivedToken, revocation: bytes | None, now: int) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            self._insert_received(c, token)
+            held = c.execute("DELETE FROM received_signals WHERE token=?", (token.token,)).rowcount
+            c.execute("UPDATE received_tokens SET revoked=COALESCE(revoked, ?), revocation=COALESCE(revocation, ?) "
+                      "WHERE token=?", (now, revocation, token.token))
+            return held > 0
+
+        return await self._write(op)
+
+    async def received_token(self, token: str) -> ReceivedToken | None:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {self._RECEIVED_COLUMNS} FROM received_tokens WHERE token=?", (token,)).fetchone())
+        return ReceivedToken(*row) if row else None
+
+    async def received_signals(self, token: str | None = None) -> list[tuple[str, str, bytes]]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT token, kind, body FROM received_signals WHERE ? IS NULL OR token=? ORDER BY token, n",
+            (token, token)).fetchall())
+        return [tuple(r) for r in rows]
+
+    async def expire_received(self, now: int) -> list[ReceivedToken]:
+        def op(c: sqlite3.Connection) -> list[ReceivedToken]:
+            rows = c.execute(f"SELECT {self._RECEIVED_COLUMNS} FROM received_tokens WHERE not_after <= ? "
+                             "AND token IN (SELECT token FROM received_signals)", (now,)).fetchall()
+            c.executemany("DELETE FROM received_signals WHERE token=?", [(r[0],) for r in rows])
+            return [ReceivedToken(*r) for r in rows]
+
+        return await self._write(op)
 
 
 def _community(row: tuple) -> CommunityRow:

@@ -106,7 +106,39 @@ def transaction_vectors() -> dict:
     return {"good": {"body": good, "event_ids": [e.id for e in txn.events]}, "bad": out_bad}
 
 
+def consent_vectors() -> dict:
+    from rxfed.consent.audit import chain
+    from rxfed.consent.grants import TOKEN, Token, pseudonym_label, subject_of
+    from rxfed.crypto import pseudonym_key
+
+    label = pseudonym_label("c.example", "research", "outcomes")
+    key = pseudonym_key(SEED, label)
+    body = {"type": TOKEN, "v": 1, "id": "0" * 32, "node": "c.example", "home": "a.example",
+            "subject": b64e(key.public), "kind": "diagnosis.category", "purpose": "research",
+            "recipient": "plugin:c.example/outcomes", "issued": CREATED, "not_after": CREATED + 86400}
+    token = sign_statement(key, body)
+    Token.from_json(token)
+    widened = {"body": {**body, "kind": "treatment.outcome"}, "sig": token["sig"]}
+    try:
+        Token.from_json(widened)
+    except RxfedError as exc:
+        widened_error = exc.code
+    else:  # pragma: no cover
+        raise AssertionError("a widened token parsed")
+    entries = [{"event": "granted", "grant": "1" * 32, "seq": 1, "time": CREATED},
+               {"event": "revoked", "grant": "1" * 32, "seq": 2, "time": CREATED + 60}]
+    return {
+        "root_seed": b64e(SEED),
+        "pseudonym": {"label": label, "public_key": b64e(key.public), "subject": subject_of(key.public)},
+        "token": token,
+        "widened_token": {"statement": widened, "error": widened_error},
+        "audit": {"entries": entries, "canonical": [canonical(e).decode() for e in entries],
+                  "hashes": [b64e(h) for h in chain(canonical(e) for e in entries)]},
+    }
+
+
 VECTORS = {
+    "consent.json": consent_vectors,
     "canonical.json": canonical_vectors,
     "request-signature.json": request_vectors,
     "statement.json": statement_vectors,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import attrs
 import pytest
 
 from rxfed.errors import Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized
-from rxfed.store import NewPatient, Nonce, Quota, Recovery, Replayed, StoredRecord
+from rxfed.store import GrantRow, NewPatient, Nonce, Quota, ReceivedToken, Recovery, Replayed, StoredRecord, TokenRow
 
 QUOTA = Quota(max_records=10, max_bytes=10_000)
 _nonce = iter(range(10**9))
@@ -160,3 +161,87 @@ class StoreContract:
         await register(store, 1)
         await store.prune_nonces(now=2**41)
         assert await store.load_nonces(now=0) == []
+
+    # -- consent ---------------------------------------------------------------------------
+    async def _grant(self, store, p, gid="g" * 32, nodes=("a", "b")):
+        grant = GrantRow(gid, p.patient, "diagnosis.category", "research", "federation", 5000, 1000, b"grant")
+        tokens = [TokenRow(f"{gid[:30]}t{i}", gid, node, b"token", b"voucher") for i, node in enumerate(nodes)]
+        await store.add_grant(grant, tokens, signer=p.device, audit=[{"event": "granted", "grant": gid}],
+                              nonce=nonce(), now=1000)
+        return grant, tokens
+
+    async def test_grants_tokens_and_revocation(self, store):
+        p, q = await register(store, 1), await register(store, 2)
+        grant, tokens = await self._grant(store, p)
+        assert await store.grants(q.patient) == []
+        ((row, stored),) = await store.grants(p.patient)
+        assert row == grant and [t.node for t in stored] == ["a", "b"]
+        assert await store.grant_of_token(tokens[0].token) == (grant, tokens[0])
+        with pytest.raises(Conflict):  # ids are never reused
+            await self._grant(store, p)
+        await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, outbox=[("b", b"{}")],
+                                audit=[{"event": "shared"}], nonce=nonce(), now=1100)
+        with pytest.raises(Gone):  # another patient's token
+            await store.mark_shared(tokens[1].token, patient=q.patient, signer=q.device, outbox=[], audit=[],
+                                    nonce=nonce(), now=1100)
+        with pytest.raises(Gone):
+            await store.revoke_grant(q.patient, grant.id, signer=q.device, revocation=b"r", token_revocations={},
+                                     outbox=[], audit=[], nonce=nonce(), now=1200)
+        await store.revoke_grant(p.patient, grant.id, signer=p.device, revocation=b"r",
+                                 token_revocations={t.token: b"tr" for t in tokens}, outbox=[("b", b"{}")],
+                                 audit=[{"event": "revoked"}], nonce=nonce(), now=1200)
+        with pytest.raises(Gone):  # revoked: no more sharing, no second revocation
+            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, outbox=[], audit=[],
+                                    nonce=nonce(), now=1300)
+        ack = [{"event": "acknowledged"}]
+        assert not await store.token_acknowledged(tokens[0].token, "b", audit=ack, ref="x", now=1300)  # wrong node
+        assert await store.token_acknowledged(tokens[0].token, "a", audit=ack, ref="ack", now=1300)
+        assert not await store.token_acknowledged(tokens[0].token, "a", audit=ack, ref="ack", now=1301)
+        ((row, stored),) = await store.grants(p.patient)
+        assert row.revoked == 1200 and [t.acked for t in stored] == [1300, None]
+        assert [t.shared for t in stored] == [None, 1100]
+        assert [row.seq for row in await store.audit(p.patient)] == [1, 2, 3, 4]
+
+    async def test_audit_chain_and_references(self, store):
+        from rxfed.consent.audit import chain
+
+        p = await register(store, 1)
+        assert await store.append_audit(p.patient, [{"event": "used", "n": 1}, {"event": "used", "n": 2}],
+                                        ref="r1", now=7)
+        assert not await store.append_audit(p.patient, [{"event": "used", "n": 1}], ref="r1", now=8)
+        assert await store.append_audit(p.patient, [{"event": "revoked"}], ref=None, now=9)
+        rows = await store.audit(p.patient)
+        assert [r.seq for r in rows] == [1, 2, 3]
+        assert [r.hash for r in rows] == chain(r.entry for r in rows)
+        assert b'"time":7' in rows[0].entry and b'"seq":3' in rows[2].entry
+
+    async def test_received_signals_replace_dedupe_and_revoke(self, store):
+        token = ReceivedToken("t" * 32, "home", "SHA256:x", b"k" * 32, "diagnosis.category", "research",
+                              "federation", 5000, b"statement", b"voucher", 1000)
+        assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1"), ("diagnosis.category", b"2")]) == "new"
+        assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1")]) == "duplicate"
+        assert await store.receive_signals(token, "d2", [("diagnosis.category", b"3")]) == "new"
+        assert await store.received_signals() == [(token.token, "diagnosis.category", b"3")]
+        assert await store.revoke_received(token, b"revocation", now=2000)
+        assert await store.received_signals(token.token) == []
+        assert await store.receive_signals(token, "d3", [("diagnosis.category", b"4")]) == "revoked"
+        assert (await store.received_token(token.token)).revoked == 2000
+        # a revocation that arrives before any signal still bars the token
+        early = attrs.evolve(token, token="u" * 32)
+        assert not await store.revoke_received(early, None, now=2000)
+        assert await store.receive_signals(early, "d1", [("diagnosis.category", b"5")]) == "revoked"
+
+    async def test_expired_signals_are_deleted(self, store):
+        token = ReceivedToken("t" * 32, "home", "SHA256:x", b"k" * 32, "diagnosis.category", "research",
+                              "federation", 5000, None, None, 1000)
+        await store.receive_signals(token, "d1", [("diagnosis.category", b"1")])
+        assert await store.expire_received(4999) == []
+        assert [t.token for t in await store.expire_received(5000)] == [token.token]
+        assert await store.received_signals() == []
+        assert await store.expire_received(6000) == []
+
+    async def test_erase_removes_grants_and_audit(self, store):
+        p = await register(store, 1)
+        await self._grant(store, p)
+        await store.erase_patient(p.patient, signer=p.device, tombstone=b"t", nonce=nonce(), now=3000)
+        assert await store.grants(p.patient) == [] and await store.audit(p.patient) == []

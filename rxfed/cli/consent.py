@@ -1,0 +1,166 @@
+"""``rxfed patient consent|audit|signals|share``: what leaves the device, for whom, and its use."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from rxfed.cli import Output, json_flag
+
+
+def add_parsers(psub, profile) -> None:
+    con = psub.add_parser("consent", help="grant, list, revoke and export consent")
+    csub = con.add_subparsers(dest="consent_action", metavar="ACTION", required=True)
+    gr = csub.add_parser("grant", help="share one kind of signal, for one purpose, with a recipient")
+    profile(gr)
+    gr.add_argument("--kind", required=True, metavar="KIND", help="signal kind, e.g. diagnosis.category")
+    gr.add_argument("--purpose", required=True, metavar="PURPOSE", help="e.g. research, matching, moderation")
+    gr.add_argument("--to", required=True, metavar="RECIPIENT",
+                    help="node:NODE_ID, federation, or plugin:NODE_ID/NAME")
+    gr.add_argument("--until", metavar="DATE", help="end date (default 180 days; at most a year)")
+    gr.add_argument("--no-share", action="store_true", help="record the grant without sending signals yet")
+    json_flag(gr)
+    gr.set_defaults(func=cmd_grant)
+    ls = csub.add_parser("list", help="every grant, its status, and who acknowledged a revocation")
+    profile(ls)
+    json_flag(ls)
+    ls.set_defaults(func=cmd_list)
+    rv = csub.add_parser("revoke", help="revoke a grant (at once at home, federated to recipients)")
+    profile(rv)
+    rv.add_argument("grant", metavar="GRANT_ID")
+    json_flag(rv)
+    rv.set_defaults(func=cmd_revoke)
+    ex = csub.add_parser("export", help="write every grant as FHIR Consent resources")
+    profile(ex)
+    ex.add_argument("--fhir", required=True, metavar="OUT.json")
+    json_flag(ex)
+    ex.set_defaults(func=cmd_export)
+
+    au = psub.add_parser("audit", help="every use of your signals, from a hash chain checked on this device")
+    profile(au)
+    json_flag(au)
+    au.set_defaults(func=cmd_audit)
+
+    sg = psub.add_parser("signals", help="preview the signals your records give (nothing is sent)")
+    profile(sg)
+    sg.add_argument("--kind", action="append", metavar="KIND", help="only this kind (repeatable)")
+    json_flag(sg)
+    sg.set_defaults(func=cmd_signals)
+
+    sh = psub.add_parser("share", help="send current signals under your live grants")
+    profile(sh)
+    sh.add_argument("--grant", metavar="GRANT_ID", help="only this grant")
+    json_flag(sh)
+    sh.set_defaults(func=cmd_share)
+
+
+def _consent(args, action):
+    from rxfed.cli.patient import _with_client
+    from rxfed.client.consent import Consent
+
+    return _with_client(args, lambda client: action(Consent(client)))
+
+
+def _when(unix: int | None) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.timezone.utc).strftime("%Y-%m-%d") if unix else "-"
+
+
+def cmd_grant(args: argparse.Namespace) -> None:
+    from rxfed.consent.grants import parse_until
+
+    async def go(consent):
+        until = parse_until(args.until, consent._now()) if args.until else None
+        return await consent.grant(args.kind, args.purpose, args.to, until=until, share=not args.no_share)
+
+    result = _consent(args, go)
+    sent = [s for s in result["shared"] if s["sent"]]
+    Output(args.json).result(result, [
+        f"granted {result['kind']} for {result['purpose']} to {result['recipient']} until {_when(result['not_after'])}",
+        f"nodes: {', '.join(result['nodes'])}",
+        *(f"sent {s['signals']} signal(s) to {s['node']}" + (" (queued)" if s.get("queued") else "") for s in sent),
+        *(f"not sent to {s['node']}: {s['reason']}" for s in result["shared"] if not s["sent"]),
+        result["grant"],
+    ])
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    grants = _consent(args, lambda c: c.list())
+
+    def lines():
+        if not grants:
+            return ["no consent grants"]
+        out = []
+        for g in grants:
+            out.append(f"{g['grant']}  {g['status']:<8} {g['kind']} for {g['purpose']} to {g['recipient']} "
+                       f"until {_when(g['not_after'])}")
+            if g["status"] == "revoked":
+                out.append(f"    acknowledged: {', '.join(g['acknowledged']) or 'none yet'}; "
+                           f"waiting for: {', '.join(g['pending']) or 'nobody'}")
+            unverified = [t["node"] for t in g["tokens"] if not t["verified"]]
+            if unverified:
+                out.append(f"    WARNING: tokens for {', '.join(unverified)} were not made by this profile")
+        return out
+
+    Output(args.json).result({"grants": grants}, lines)
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    result = _consent(args, lambda c: c.revoke(args.grant))
+    Output(args.json).result(result, [
+        "revoked on your home node; plugins there no longer receive these signals",
+        *([f"waiting for acknowledgement from: {', '.join(result['pending'])} (see `consent list`)"]
+          if result["pending"] else []),
+        result["grant"],
+    ])
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    bundle = _consent(args, lambda c: c.fhir_bundle())
+    Path(args.fhir).write_text(json.dumps(bundle, indent=2) + "\n")
+    consents = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    Output(args.json).result({"file": args.fhir, "consents": consents},
+                             [f"wrote {consents} FHIR Consent resources", args.fhir])
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    view = _consent(args, lambda c: c.audit())
+
+    def lines():
+        out = []
+        for e in view.entries:
+            detail = {"granted": lambda: f"{e['kind']} for {e['purpose']} to {e['recipient']}",
+                      "shared": lambda: f"{e['count']} {e['kind']} signal(s) to {e['node']}",
+                      "used": lambda: f"plugin {e['plugin']} on {e['node']} used {e['count']} {e['kind']} "
+                                      f"signal(s) for {e['purpose']}",
+                      "revoked": lambda: "revoked",
+                      "acknowledged": lambda: f"{e['node']} deleted what it held and acknowledged"
+                      + (f" (plugins {', '.join(e['unconfirmed'])} could not confirm their deletion)"
+                         if e.get("unconfirmed") else "")}
+            what = detail.get(e["event"], lambda: e["event"])()
+            stamp = dt.datetime.fromtimestamp(e["time"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            out.append(f"{e['seq']:>4}  {stamp}  {e['event']:<12} grant {e.get('grant', '-')[:8]}  {what}")
+        out.append(f"audit chain verified: {view.head.seq} entries, head {view.to_json()['head']['hash']}")
+        return out
+
+    Output(args.json).result(view.to_json(), lines)
+
+
+def cmd_signals(args: argparse.Namespace) -> None:
+    async def go(consent):
+        kinds = args.kind or sorted(consent.plugins.signal_kinds())
+        records = await consent.client.records()
+        return {kind: await consent.derive(kind, records) for kind in kinds}
+
+    derived = _consent(args, go)
+    Output(args.json).result({"signals": [{"kind": k, "body": b} for k, bodies in derived.items() for b in bodies]},
+                             [f"{k}  {json.dumps(b, sort_keys=True)}" for k, bodies in derived.items() for b in bodies]
+                             or ["your records give no signals yet"])
+
+
+def cmd_share(args: argparse.Namespace) -> None:
+    sent = _consent(args, lambda c: c.share(args.grant))
+    Output(args.json).result({"shared": sent}, [
+        f"{s['grant'][:8]} -> {s['node']}: " + (f"{s['signals']} signal(s)" if s["sent"] else s["reason"])
+        for s in sent] or ["no live grants"])

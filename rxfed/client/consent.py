@@ -1,0 +1,204 @@
+"""A patient's consent, on the device: grants, signals derived and sealed here, revocation,
+and the audit log checked against the heads this device has seen.
+
+Signals are derived from the decrypted vault by client hooks (the built-in ``signals``
+plugin and any installed one), validated against their kind, and sealed to the recipient
+node's key, so the home node relays them without reading them unless it is the recipient.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import attrs
+
+from rxfed.client.profile import write_private
+from rxfed.client.sdk import PatientClient
+from rxfed.consent import audit as pa
+from rxfed.consent import grants as pg
+from rxfed.crypto import b64d, b64e, pseudonym_key, seal_to_node
+from rxfed.errors import BadRequest, NotFound
+from rxfed.plugins import RxfedPlugins
+from rxfed.protocol.canonical import canonical
+
+AUDIT_HEADS = "audit.json"
+#: How long a grant runs when the patient names no end: 180 days.
+DEFAULT_DURATION = 180 * 86400
+
+
+@attrs.frozen
+class AuditView:
+    entries: tuple[dict, ...]
+    head: pa.Head
+    verified: bool = True
+
+    def to_json(self) -> dict:
+        return {"entries": list(self.entries), "head": self.head.to_json(), "verified": self.verified}
+
+
+class Consent:
+    """Consent operations for one patient client. ``plugins`` supplies signal derivation
+    (client hooks); by default every installed plugin."""
+
+    def __init__(self, client: PatientClient, plugins: RxfedPlugins | None | bool = None):
+        self.client = client
+        self._plugins = plugins
+
+    @property
+    def plugins(self) -> RxfedPlugins:
+        if self._plugins is None:
+            self._plugins = RxfedPlugins()
+        elif self._plugins is False:  # revocation and listing need no plugins
+            self._plugins = RxfedPlugins(entry_points=False)
+        return self._plugins
+
+    def _now(self) -> int:
+        return int(self.client.clock())
+
+    def _key(self, node: str, purpose: str, plugin: str | None):
+        return pseudonym_key(self.client.identity.root.seed, pg.pseudonym_label(node, purpose, plugin))
+
+    async def nodes(self) -> dict:
+        """The nodes a grant can reach through the home node, and the kinds it knows."""
+        return await self.client._call("GET", "/v1/consent/nodes")
+
+    # -- signals ---------------------------------------------------------------------------
+    async def derive(self, kind: str, records=None) -> list[dict]:
+        """The signals of ``kind`` this patient's records give, exactly as they would leave
+        the device (derived and validated here; nothing is sent)."""
+        if records is None:
+            records = await self.client.records()
+        today = dt.datetime.fromtimestamp(self._now(), dt.timezone.utc).date()
+        return self.plugins.derive_signals(kind, records, today)
+
+    async def share(self, grant_id: str | None = None) -> list[dict]:
+        """Send the current signals under every live grant (or one): a delivery replaces
+        what the grant's recipients hold from before."""
+        grants = [g for g in await self.list() if g["status"] == "live" and grant_id in (None, g["grant"])]
+        if grant_id is not None and not grants:
+            raise NotFound("no live grant with that id", code="unknown_grant")
+        seal_keys = {n["node_id"]: b64d(n["seal_key"], length=32) for n in (await self.nodes())["nodes"]}
+        records = await self.client.records()
+        out = []
+        for grant in grants:
+            bodies = await self.derive(grant["kind"], records)
+            sealed_plain = canonical([{"kind": grant["kind"], "body": b} for b in bodies])
+            for token in grant["tokens"]:
+                if token["node"] not in seal_keys:
+                    out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
+                                "reason": "node unreachable from the home node"})
+                    continue
+                result = await self.client._call("POST", "/v1/consent/signals", {
+                    "token": token["token"], "delivery": pg.new_id(), "count": len(bodies),
+                    "sealed": b64e(seal_to_node(seal_keys[token["node"]], sealed_plain))})
+                out.append({"grant": grant["grant"], "node": token["node"], "sent": True, "signals": len(bodies),
+                            "queued": result.get("queued", False), "plugins": result.get("plugins", [])})
+        return out
+
+    # -- grants ----------------------------------------------------------------------------
+    async def grant(self, kind: str, purpose: str, recipient: str, *, until: int | None = None,
+                    share: bool = True) -> dict:
+        """Grant ``kind`` signals for ``purpose`` to ``recipient``; returns the grant id,
+        its tokens' nodes and (with ``share``) what was sent at once."""
+        now = self._now()
+        target = pg.Recipient.parse(recipient, "--to")
+        pg.check_purpose(purpose)
+        not_after = until if until is not None else now + DEFAULT_DURATION
+        if not_after <= now or not_after - now > pg.MAX_DURATION:
+            raise pg.ConsentError("a grant ends in the future and runs for at most a year", code="bad_date")
+        reachable = await self.nodes()
+        known_kinds = {k["name"] for k in reachable["kinds"]}
+        if kind not in known_kinds:
+            raise pg.ConsentError(f"unknown signal kind {kind!r} (known: {', '.join(sorted(known_kinds))})",
+                                  code="unknown_kind")
+        federated = [n["node_id"] for n in reachable["nodes"]]
+        nodes = target.nodes(federated)
+        for node in nodes:
+            if node not in federated:
+                raise pg.ConsentError(f"{node} is not a node your home node federates with", code="unknown_node")
+        identity = self.client.identity
+        tokens = [pg.Token.create(self._key(node, purpose, target.only_plugin()), node=node, home=identity.node_id,
+                                  kind=kind, purpose=purpose, recipient=target, issued=now, not_after=not_after)
+                  for node in nodes]
+        grant = pg.Grant.create(identity.device, patient=self.client.patient, device=self.client.device, kind=kind,
+                                purpose=purpose, recipient=target, issued=now, not_after=not_after,
+                                tokens=[t.id for t in tokens])
+        result = await self.client._call("POST", "/v1/consent/grants",
+                                         {"grant": grant.signed, "tokens": [t.signed for t in tokens]})
+        out = {"grant": result["grant"], "kind": kind, "purpose": purpose, "recipient": str(target),
+               "not_after": not_after, "nodes": nodes, "shared": []}
+        if share:
+            out["shared"] = await self.share(result["grant"])
+        return out
+
+    async def list(self) -> list[dict]:
+        """Every grant with its status (live, expired, revoked), where each token went,
+        whether it was shared and which nodes acknowledged a revocation."""
+        now = self._now()
+        out = []
+        for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
+            target = pg.Recipient.parse(g["recipient"])
+            tokens = []
+            for t in g["tokens"]:
+                token = pg.Token.from_json(t["statement"])
+                mine = self._key(token.node, token.purpose, target.only_plugin()).public == token.subject_key
+                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"],
+                               "acknowledged": t["acknowledged"], "verified": mine and token.kind == g["kind"]})
+            status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
+            out.append({"grant": g["grant"], "kind": g["kind"], "purpose": g["purpose"], "recipient": g["recipient"],
+                        "not_after": g["not_after"], "created": g["created"], "revoked": g["revoked"],
+                        "status": status, "tokens": tokens,
+                        "acknowledged": sorted(t["node"] for t in tokens if t["acknowledged"]),
+                        "pending": sorted(t["node"] for t in tokens if g["revoked"] and not t["acknowledged"])})
+        return out
+
+    async def revoke(self, grant_id: str) -> dict:
+        """Revoke a grant: at once on the home node, then federated to every node that got
+        a token; ``list()`` shows who has acknowledged."""
+        found = [g for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"] if g["grant"] == grant_id]
+        if not found:
+            raise NotFound("no such grant", code="unknown_grant")
+        grant = found[0]
+        now = self._now()
+        target = pg.Recipient.parse(grant["recipient"])
+        revocations = {}
+        for t in grant["tokens"]:
+            token = pg.Token.from_json(t["statement"])
+            revocations[t["token"]] = pg.revoke_token(self._key(token.node, token.purpose, target.only_plugin()),
+                                                      t["token"], now)
+        return await self.client._call("POST", "/v1/consent/revoke", {
+            "grant": grant_id, "revocation": pg.revoke_grant(self.client.identity.device, grant_id, now),
+            "tokens": revocations})
+
+    # -- audit -----------------------------------------------------------------------------
+    def _heads(self) -> list[pa.Head]:
+        try:
+            doc = json.loads((self.client.profile.path / AUDIT_HEADS).read_text())
+            return [pa.Head.from_json(h) for h in doc["heads"]]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest(f"{self.client.profile.path / AUDIT_HEADS} is damaged", code="bad_profile") from None
+
+    def _remember(self, heads: list[pa.Head]) -> None:
+        doc = {"heads": [h.to_json() for h in heads[-1000:]]}
+        write_private(self.client.profile.path / AUDIT_HEADS, json.dumps(doc).encode())
+
+    async def audit(self) -> AuditView:
+        """The audit log, verified: it hashes to a head the home node signed, and agrees with
+        every head this device saw before (else :class:`rxfed.consent.audit.AuditTampered`)."""
+        doc = await self.client._call("GET", "/v1/consent/audit")
+        well_known = await self.client.discover(self.client._session_or_new(), self.client.identity.node_url)
+        node_keys = [b64d(k["public_key"], length=32) for k in well_known.get("keys", [])]
+        seen = self._heads()
+        head = pa.verify(self.client.patient, doc["entries"], doc["head"], node_keys, seen)
+        if not seen or seen[-1] != head:
+            self._remember([*seen, head])
+        return AuditView(tuple(doc["entries"]), head)
+
+    # -- FHIR ------------------------------------------------------------------------------
+    async def fhir_bundle(self) -> dict:
+        """Every grant as a FHIR R4B Consent resource, in a collection Bundle."""
+        from rxfed.client.fhir import consent_bundle
+
+        return consent_bundle(self.client.patient, await self.list())

@@ -1,0 +1,89 @@
+"""The per-patient audit log: a hash chain with heads signed by the home node (sans-I/O).
+
+Entry *n* is canonical JSON; ``hash_n = audit_link(hash_{n-1}, entry_n)`` with a zero hash
+before the first. The node signs heads ``{patient, seq, hash}``; the client keeps every head
+it has seen, so a node that rewrites an entry, drops the tail or forks the log for this
+patient is caught the next time the client reads it (spec/consent.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from rxfed.crypto import SigningKeyPair, audit_link, b64d, b64e
+from rxfed.errors import Forbidden
+from rxfed.protocol.canonical import canonical
+from rxfed.protocol.statements import open_statement, sign_statement
+
+HEAD = "rxfed.audit.head"
+GENESIS = bytes(32)
+#: What an entry's ``event`` may be.
+EVENTS = ("granted", "shared", "used", "revoked", "acknowledged", "refused")
+
+
+class AuditTampered(Forbidden):
+    code = "audit_tampered"
+
+
+def chain(entries: Iterable[bytes], previous: bytes = GENESIS) -> list[bytes]:
+    """The hash after each entry (canonical bytes), starting from ``previous``."""
+    out = []
+    for entry in entries:
+        previous = audit_link(previous, entry)
+        out.append(previous)
+    return out
+
+
+def sign_head(node_key: SigningKeyPair, patient: str, seq: int, head: bytes, now: int) -> dict:
+    return sign_statement(node_key, {"type": HEAD, "patient": patient, "seq": seq, "hash": b64e(head),
+                                     "signed": now})
+
+
+@attrs.frozen
+class Head:
+    seq: int
+    hash: bytes
+
+    def to_json(self) -> dict:
+        return {"seq": self.seq, "hash": b64e(self.hash)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Head:
+        return cls(int(obj["seq"]), b64d(obj["hash"], length=32))
+
+
+def verify(patient: str, entries: list[dict], head_statement: Any, node_keys: list[bytes],
+           seen: Iterable[Head]) -> Head:
+    """Check a log the node served against its signed head and every head seen before.
+
+    ``entries`` are the log in order (each with its ``seq``, from 1). Returns the new head,
+    or raises :class:`AuditTampered` saying what does not add up.
+    """
+    for i, entry in enumerate(entries, start=1):
+        if entry.get("seq") != i:
+            raise AuditTampered(f"audit entry {i} is missing or out of order")
+    hashes = chain(canonical(e) for e in entries)
+    body = None
+    for key in node_keys:
+        try:
+            body = open_statement(head_statement, "head", HEAD, key)
+            break
+        except Forbidden:
+            continue
+    if body is None:
+        raise AuditTampered("the audit head is not signed by the home node")
+    if body.get("patient") != patient or body.get("seq") != len(entries):
+        raise AuditTampered("the signed audit head does not match the log served")
+    top = hashes[-1] if hashes else GENESIS
+    if body.get("hash") != b64e(top):
+        raise AuditTampered("the audit log does not hash to its signed head: an entry was changed")
+    for old in seen:
+        if old.seq > len(entries):
+            raise AuditTampered(f"the audit log is shorter than before ({len(entries)} entries, "
+                                f"{old.seq} seen): history was truncated")
+        if old.seq and hashes[old.seq - 1] != old.hash:
+            raise AuditTampered(f"audit entry {old.seq} differs from what was seen before: history was rewritten")
+    return Head(len(entries), top)

@@ -1,0 +1,296 @@
+"""Consent grants, grant tokens, vouchers and revocations (sans-I/O).
+
+A patient's **grant** says: signals of one kind, for one purpose, to one recipient
+(``node:ID``, ``federation`` or ``plugin:NODE_ID/NAME``), until a time. It is signed by one
+of the patient's devices and stays on the patient's home node.
+
+What travels is a **token** per recipient node: the same scope, signed by the patient's
+pairwise pseudonymous key for that node, purpose and plugin (derived from the root seed,
+:func:`rxfed.crypto.pseudonym_key`), so two recipients cannot link their tokens to each
+other or to the patient. The home node **vouches** for a token (a statement signed with its
+node key: "this pseudonym is a patient of mine"). A **revocation** is signed by the device
+(for the home node) and by each token's pseudonymous key (for the recipients).
+
+See spec/consent.md for the wire format and the security argument.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import attrs
+
+from rxfed.crypto import SigningKeyPair, b64d, b64e, fingerprint, hash_id, random_bytes
+from rxfed.errors import BadRequest, Forbidden, Gone
+from rxfed.protocol.schema import b64, const, fields, integer, text
+from rxfed.protocol.statements import open_statement, sign_statement
+
+GRANT = "rxfed.consent.grant"
+TOKEN = "rxfed.consent.token"
+VOUCHER = "rxfed.consent.voucher"
+REVOKE = "rxfed.consent.revoke"
+TOKEN_REVOKE = "rxfed.consent.token-revoke"
+
+PURPOSE = r"[a-z][a-z0-9_.-]{0,39}"
+PLUGIN = r"[a-z][a-z0-9_.-]{0,39}"
+NODE_ID = r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?"
+ID = r"[a-z0-9]{32}"
+#: The longest a grant may run: a year and a day; a patient renews it explicitly.
+MAX_DURATION = 366 * 86400
+#: How far a grant's issue time may be from the node's clock.
+SKEW = 300
+MAX_TIME = 2**41
+_RECIPIENT = re.compile(rf"node:(?P<node>{NODE_ID})|(?P<fed>federation)|plugin:(?P<pnode>{NODE_ID})/(?P<plugin>{PLUGIN})")
+
+
+class ConsentError(BadRequest):
+    code = "bad_grant"
+
+
+def new_id() -> str:
+    return hash_id(random_bytes(32), person=b"rxfed-consent-id")
+
+
+@attrs.frozen
+class Recipient:
+    """Who a grant is for: ``node:ID``, ``federation`` (every node federated at grant time,
+    the home node included) or ``plugin:NODE_ID/NAME`` (one plugin on one node)."""
+
+    kind: str
+    node: str | None = None
+    plugin: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any, where: str = "recipient") -> Recipient:
+        match = _RECIPIENT.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConsentError(f"{where} must be node:NODE_ID, federation or plugin:NODE_ID/NAME",
+                               code="bad_recipient")
+        if match["fed"]:
+            return cls("federation")
+        if match["node"]:
+            return cls("node", match["node"])
+        return cls("plugin", match["pnode"], match["plugin"])
+
+    def __str__(self) -> str:
+        if self.kind == "federation":
+            return "federation"
+        return f"node:{self.node}" if self.kind == "node" else f"plugin:{self.node}/{self.plugin}"
+
+    def nodes(self, federated: list[str]) -> list[str]:
+        """The nodes a grant to this recipient reaches, given the home node's federation
+        (``federated``: the home node first, then its peers)."""
+        return list(dict.fromkeys(federated)) if self.kind == "federation" else [self.node]
+
+    def covers(self, node: str, plugin: str) -> bool:
+        """True when this recipient includes ``plugin`` running on ``node``."""
+        if self.kind == "plugin":
+            return self.node == node and self.plugin == plugin
+        return self.kind == "federation" or self.node == node
+
+    def only_plugin(self) -> str | None:
+        return self.plugin if self.kind == "plugin" else None
+
+
+def check_purpose(value: Any) -> str:
+    if not isinstance(value, str) or re.fullmatch(PURPOSE, value) is None:
+        raise ConsentError("a purpose is lower case letters, digits, '.', '_' or '-', at most 40 (e.g. research)",
+                           code="bad_purpose")
+    return value
+
+
+def pseudonym_label(node: str, purpose: str, plugin: str | None) -> str:
+    """The label a pseudonymous key is derived from: one per node, purpose and plugin."""
+    return f"rxfed-pseudonym-v1|{node}|{purpose}|{plugin or ''}"
+
+
+def subject_of(key: bytes) -> str:
+    """The pseudonym plugins see: a fingerprint of the token's public key."""
+    return fingerprint(key)
+
+
+def parse_until(value: str, now: int) -> int:
+    """``--until`` as a Unix time: a date (end of that day, UTC) or an ISO datetime."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            moment = dt.datetime.combine(dt.date.fromisoformat(value), dt.time(23, 59, 59), dt.timezone.utc)
+        else:
+            moment = dt.datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.timezone.utc)
+    except (TypeError, ValueError):
+        raise ConsentError(f"--until must be a date like 2027-01-31, not {value!r}", code="bad_date") from None
+    until = int(moment.timestamp())
+    if until <= now:
+        raise ConsentError("--until must be in the future", code="bad_date")
+    if until - now > MAX_DURATION:
+        raise ConsentError("a grant runs for at most a year; renew it when it ends", code="bad_date")
+    return until
+
+
+# -- the grant (home node only) ------------------------------------------------------------
+
+
+@attrs.frozen
+class Grant:
+    id: str
+    patient: str
+    device: str
+    kind: str
+    purpose: str
+    recipient: Recipient
+    issued: int
+    not_after: int
+    tokens: tuple[str, ...]
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def create(cls, device_key: SigningKeyPair, *, patient: str, device: str, kind: str, purpose: str,
+               recipient: Recipient, issued: int, not_after: int, tokens: list[str]) -> Grant:
+        body = {"type": GRANT, "v": 1, "id": new_id(), "patient": patient, "device": device, "kind": kind,
+                "purpose": purpose, "recipient": str(recipient), "issued": issued, "not_after": not_after,
+                "tokens": list(tokens)}
+        return cls.from_json(sign_statement(device_key, body), device_key.public)
+
+    @classmethod
+    def from_json(cls, obj: Any, device_key: bytes | None) -> Grant:
+        body = open_statement(obj, "grant", GRANT, device_key)
+        f = fields(body, "grant", {
+            "type": const(GRANT), "v": const_int(1), "id": text(32, ID), "patient": text(128),
+            "device": text(128), "kind": text(96), "purpose": text(40, PURPOSE), "recipient": Recipient.parse,
+            "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME), "tokens": token_ids})
+        if f["not_after"] <= f["issued"] or f["not_after"] - f["issued"] > MAX_DURATION:
+            raise ConsentError("a grant ends after it is issued and runs for at most a year", code="bad_date")
+        return cls(f["id"], f["patient"], f["device"], f["kind"], f["purpose"], f["recipient"], f["issued"],
+                   f["not_after"], tuple(f["tokens"]), obj)
+
+
+def const_int(expected: int):
+    def check(value: Any, where: str) -> int:
+        if value != expected or isinstance(value, bool):
+            raise BadRequest(f"{where} must be {expected}", code="unsupported_version")
+        return value
+
+    return check
+
+
+def token_ids(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= 64 or len(set(value)) != len(value):
+        raise ConsentError(f"{where} must list 1 to 64 distinct token ids")
+    return [text(32, ID)(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+# -- tokens: what travels ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Token:
+    """One recipient node's copy of a grant, signed by the patient's pseudonymous key."""
+
+    id: str
+    node: str
+    home: str
+    subject_key: bytes
+    kind: str
+    purpose: str
+    recipient: Recipient
+    issued: int
+    not_after: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    @property
+    def subject(self) -> str:
+        return subject_of(self.subject_key)
+
+    @classmethod
+    def create(cls, key: SigningKeyPair, *, node: str, home: str, kind: str, purpose: str, recipient: Recipient,
+               issued: int, not_after: int) -> Token:
+        body = {"type": TOKEN, "v": 1, "id": new_id(), "node": node, "home": home, "subject": b64e(key.public),
+                "kind": kind, "purpose": purpose, "recipient": str(recipient), "issued": issued,
+                "not_after": not_after}
+        return cls.from_json(sign_statement(key, body))
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Token:
+        """Parse and check the signature under the subject key the token names."""
+        unverified = open_statement(obj, "token", TOKEN, None)
+        subject = b64(32)(unverified.get("subject") if isinstance(unverified, dict) else None, "token.subject")
+        body = open_statement(obj, "token", TOKEN, subject)
+        f = fields(body, "token", {
+            "type": const(TOKEN), "v": const_int(1), "id": text(32, ID), "node": text(260, NODE_ID),
+            "home": text(260, NODE_ID), "subject": b64(32), "kind": text(96), "purpose": text(40, PURPOSE),
+            "recipient": Recipient.parse, "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME)})
+        token = cls(f["id"], f["node"], f["home"], f["subject"], f["kind"], f["purpose"], f["recipient"],
+                    f["issued"], f["not_after"], obj)
+        if f["recipient"].kind != "federation" and f["recipient"].node != f["node"]:
+            raise ConsentError("the token's node is not its recipient", code="widened_grant")
+        return token
+
+    def matches(self, grant: Grant) -> bool:
+        """The token has exactly the grant's scope (a token can never widen its grant)."""
+        return (self.id in grant.tokens and self.kind == grant.kind and self.purpose == grant.purpose
+                and self.recipient == grant.recipient and self.not_after == grant.not_after)
+
+    def check_live(self, me: str, now: int, kinds) -> None:
+        """Refuse a token that is not for this node, expired, or for an unknown kind."""
+        if self.node != me:
+            raise Forbidden("the grant token is for another node", code="wrong_recipient")
+        if self.not_after <= now:
+            raise Gone("the consent grant has expired", code="grant_expired")
+        if self.kind not in kinds:
+            raise ConsentError(f"unknown signal kind {self.kind!r}", code="unknown_kind")
+
+
+def voucher(node_key: SigningKeyPair, token: Token, now: int) -> dict:
+    """The home node's statement that a token's pseudonym is one of its patients."""
+    return sign_statement(node_key, {"type": VOUCHER, "token": token.id, "subject": b64e(token.subject_key),
+                                     "home": token.home, "issued": now})
+
+
+def check_voucher(obj: Any, token: Token, home_keys: list[bytes]) -> None:
+    last: Exception | None = None
+    for key in home_keys:
+        try:
+            body = open_statement(obj, "voucher", VOUCHER, key)
+        except Forbidden as exc:
+            last = exc
+            continue
+        if body.get("token") != token.id or body.get("subject") != b64e(token.subject_key) \
+                or body.get("home") != token.home:
+            raise Forbidden("the voucher is for another token", code="bad_voucher")
+        return
+    raise Forbidden("the home node's voucher does not verify", code="bad_voucher") from last
+
+
+# -- revocation ----------------------------------------------------------------------------
+
+
+def revoke_grant(device_key: SigningKeyPair, grant_id: str, now: int) -> dict:
+    return sign_statement(device_key, {"type": REVOKE, "grant": grant_id, "revoked": now})
+
+
+def check_grant_revocation(obj: Any, grant_id: str, device_key: bytes) -> int:
+    body = open_statement(obj, "revocation", REVOKE, device_key)
+    f = fields(body, "revocation", {"type": const(REVOKE), "grant": text(32, ID), "revoked": integer(0, MAX_TIME)})
+    if f["grant"] != grant_id:
+        raise Forbidden("the revocation is for another grant", code="bad_revocation")
+    return f["revoked"]
+
+
+def revoke_token(key: SigningKeyPair, token_id: str, now: int) -> dict:
+    return sign_statement(key, {"type": TOKEN_REVOKE, "token": token_id, "revoked": now})
+
+
+def check_token_revocation(obj: Any, token_id: str, subject_key: bytes) -> int:
+    body = open_statement(obj, "token revocation", TOKEN_REVOKE, subject_key)
+    f = fields(body, "token revocation", {"type": const(TOKEN_REVOKE), "token": text(32, ID),
+                                          "revoked": integer(0, MAX_TIME)})
+    if f["token"] != token_id:
+        raise Forbidden("the revocation is for another token", code="bad_revocation")
+    return f["revoked"]
+
+
+def b64_key(value: str) -> bytes:
+    return b64d(value, length=32)

@@ -1,0 +1,410 @@
+"""Consent on a node: patients' grants and revocations (home node), signals received under
+grant tokens (any node), handing them to plugins, and the audit chain.
+
+Everything that reaches a plugin passed three checks here: the token is signed by the
+patient's pseudonymous key and vouched for by its home node; it is live (not revoked, not
+expired) and for this node; the plugin's manifest reads the kind and serves the purpose, and
+the token's recipient covers the plugin. Every hand-over is logged in the patient's audit
+chain on their home node (directly, or reported back over federation).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from rxfed.consent import audit as pa
+from rxfed.consent import grants as pg
+from rxfed.consent.signals import MAX_SIGNALS, Signal, SignalError
+from rxfed.crypto import DecryptionFailed, b64e, open_as_node
+from rxfed.errors import BadRequest, Forbidden, Gone, NotFound, RxfedError
+from rxfed.node.app import NODE, authenticate, reply
+from rxfed.node.federation import InboundEffects
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.federation import EventResult, WireEvent
+from rxfed.protocol.schema import anything, array, b64, fields, integer, mapping, text
+from rxfed.store import GrantRow, ReceivedToken, TokenRow
+
+log = logging.getLogger("rxfed.consent")
+routes = web.RouteTableDef()
+SIGNALS = "consent.signals"
+USED = "consent.used"
+REVOKE = "consent.revoke"
+ACK = "consent.ack"
+#: The largest sealed signal batch accepted (bytes after base64 decoding).
+MAX_SEALED = 256 * 1024
+
+
+class Consent:
+    """A node's consent machinery (installed as ``state.consent``)."""
+
+    def __init__(self, state):
+        self.node = state
+
+    @property
+    def me(self) -> str:
+        return self.node.config.node_id
+
+    def kinds(self):
+        return self.node.plugins.signal_kinds()
+
+    def my_keys(self) -> list[bytes]:
+        return [k.key.public for k in self.node.keys]
+
+    async def keys_of(self, node_id: str) -> list[bytes]:
+        if node_id == self.me:
+            return self.my_keys()
+        return [k.public_key for k in (await self.node.federation.document(node_id)).keys]
+
+    async def seal_key_of(self, node_id: str) -> bytes:
+        """The key to seal signals to: the node's newest key without an end date."""
+        if node_id == self.me:
+            return self.node.signing_key().public
+        keys = (await self.node.federation.document(node_id)).keys
+        return max(keys, key=lambda k: (k.valid_until is None, k.valid_from)).public_key
+
+    async def federated(self) -> list[str]:
+        """This node first, then the peers it federates with (allowed)."""
+        peers = sorted(p.node_id for p in await self.node.store.peers() if p.policy == "allowed")
+        return [self.me, *peers]
+
+    # -- receiving signals (any node) ------------------------------------------------------
+    def _received(self, token: pg.Token, voucher: dict | None) -> ReceivedToken:
+        return ReceivedToken(token.id, token.home, token.subject, token.subject_key, token.kind, token.purpose,
+                             str(token.recipient), token.not_after, canonical(token.signed),
+                             canonical(voucher) if voucher is not None else None, self.node.now())
+
+    def _open(self, sealed: bytes, token: pg.Token) -> list[dict]:
+        for key in self.node.keys:
+            try:
+                plaintext = open_as_node(key.key, sealed)
+                break
+            except DecryptionFailed:
+                continue
+        else:
+            raise Forbidden("the signals are sealed to another node", code="not_for_this_node")
+        items = loads(plaintext)
+        if not isinstance(items, list) or len(items) > MAX_SIGNALS:
+            raise SignalError(f"a delivery holds a list of at most {MAX_SIGNALS} signals")
+        kinds = self.kinds()
+        out = []
+        for i, item in enumerate(items):
+            f = fields(item, f"signals[{i}]", {"kind": text(96), "body": anything})
+            if f["kind"] != token.kind:
+                raise Forbidden(f"signals[{i}] is a {f['kind']} signal; the grant covers {token.kind} only",
+                                code="widened_grant")
+            out.append(kinds[token.kind].validate(f["body"]))
+        return out
+
+    async def receive(self, origin: str, content: Any) -> tuple[list[str], int, pg.Token, str]:
+        """Check and keep one delivery and hand it to plugins. Returns the plugins that took
+        it, the signal count, the token and the delivery id."""
+        f = fields(content, "signals", {"token": anything, "voucher": anything, "delivery": text(32, pg.ID),
+                                        "sealed": b64(max_length=MAX_SEALED)})
+        token = pg.Token.from_json(f["token"])
+        if token.home != origin:
+            raise Forbidden("a token travels from its own home node", code="wrong_origin")
+        pg.check_voucher(f["voucher"], token, await self.keys_of(origin))
+        token.check_live(self.me, self.node.now(), self.kinds())
+        bodies = self._open(f["sealed"], token)
+        outcome = await self.node.store.receive_signals(self._received(token, f["voucher"]), f["delivery"],
+                                                         [(token.kind, canonical(b)) for b in bodies])
+        if outcome == "revoked":
+            raise Gone("the consent grant was revoked", code="grant_revoked")
+        # A duplicate (the store kept it, the reply was lost) is handed over again: a
+        # delivery replaces the previous one under the same token, so plugins stay correct.
+        signals = [Signal(token.kind, b, token.subject, token.purpose, token.id, origin, self.node.now())
+                   for b in bodies]
+        taken = await self.hand_over(token, signals) if signals else []
+        return taken, len(signals), token, f["delivery"]
+
+    async def hand_over(self, token: pg.Token, signals: list[Signal]) -> list[str]:
+        plugins = self.node.plugins
+        taken = []
+        for name in plugins.recipients(token.kind, token.purpose, only=token.recipient.only_plugin()):
+            if token.recipient.covers(self.me, name) and await plugins.deliver_signals(name, signals):
+                taken.append(name)
+        return taken
+
+    async def revoked(self, token: pg.Token | ReceivedToken, revocation: dict | None) -> list[str]:
+        """Delete what was received under ``token`` and tell the plugins that may hold some.
+        Returns the plugins that could not confirm (failed, timed out, or disabled)."""
+        row = self._received(token, None) if isinstance(token, pg.Token) else token
+        if revocation is not None or row.revoked is None:
+            await self.node.store.revoke_received(row, canonical(revocation) if revocation else None, self.node.now())
+        return await self._tell_plugins(row)
+
+    async def _tell_plugins(self, row: ReceivedToken) -> list[str]:
+        recipient = pg.Recipient.parse(row.recipient)
+        unconfirmed = []
+        for name in self.node.plugins.holders(row.kind, row.purpose, only=recipient.only_plugin()):
+            if recipient.covers(self.me, name) and not await self.node.plugins.consent_revoked(
+                    name, row.token, row.subject):
+                unconfirmed.append(name)
+        if unconfirmed:
+            log.warning("plugins %s could not confirm deleting a revoked grant's signals", ", ".join(unconfirmed))
+        return unconfirmed
+
+    # -- federation handlers ---------------------------------------------------------------
+    async def on_signals(self, origin: str, events: list[WireEvent]):
+        results, effects = [], InboundEffects()
+        for event in events:
+            try:
+                taken, count, token, delivery = await self.receive(origin, event.content)
+            except RxfedError as exc:
+                log.info("signals from %s refused: %s", origin, exc.code)
+                results.append(EventResult(False, exc.code, exc.message))
+                continue
+            results.append(EventResult(True))
+            effects.outbox.append((origin, _wire(USED, {"token": token.id, "delivery": delivery, "count": count,
+                                                        "plugins": taken})))
+        return results, effects
+
+    async def on_revoke(self, origin: str, events: list[WireEvent]):
+        results, effects = [], InboundEffects()
+        for event in events:
+            try:
+                f = fields(event.content, "revoke", {"token": anything, "revocation": anything})
+                token = pg.Token.from_json(f["token"])
+                if token.home != origin or token.node != self.me:
+                    raise Forbidden("the token is not from this origin or not for this node", code="wrong_origin")
+                pg.check_token_revocation(f["revocation"], token.id, token.subject_key)
+                unconfirmed = await self.revoked(token, f["revocation"])
+            except RxfedError as exc:
+                results.append(EventResult(False, exc.code, exc.message))
+                continue
+            results.append(EventResult(True))
+            effects.outbox.append((origin, _wire(ACK, {"token": token.id, "unconfirmed": unconfirmed})))
+        return results, effects
+
+    async def on_used(self, origin: str, events: list[WireEvent]):
+        results = []
+        for event in events:
+            try:
+                f = fields(event.content, "used", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
+                                                   "count": integer(0, MAX_SIGNALS),
+                                                   "plugins": array(text(40, pg.PLUGIN), 64)})
+                await self.log_use(origin, f["token"], f["delivery"], f["count"], f["plugins"])
+            except RxfedError as exc:
+                results.append(EventResult(False, exc.code, exc.message))
+                continue
+            results.append(EventResult(True))
+        return results, InboundEffects()
+
+    async def on_ack(self, origin: str, events: list[WireEvent]):
+        results = []
+        for event in events:
+            try:
+                f = fields(event.content, "ack", {"token": text(32, pg.ID)},
+                           {"unconfirmed": array(text(40, pg.PLUGIN), 64)})
+                await self.log_ack(origin, f["token"], f["unconfirmed"] or [])
+            except RxfedError as exc:
+                results.append(EventResult(False, exc.code, exc.message))
+                continue
+            results.append(EventResult(True))
+        return results, InboundEffects()
+
+    # -- the home node's side --------------------------------------------------------------
+    async def _own_token(self, token_id: str, node: str) -> tuple[GrantRow, TokenRow]:
+        found = await self.node.store.grant_of_token(token_id)
+        if found is None or found[1].node != node:
+            raise NotFound("no such grant token sent to that node", code="unknown_grant")
+        return found
+
+    async def log_use(self, node: str, token_id: str, delivery: str, count: int, plugins: list[str]) -> None:
+        grant, _ = await self._own_token(token_id, node)
+        entries = [{"event": "used", "grant": grant.id, "node": node, "plugin": name, "purpose": grant.purpose,
+                    "kind": grant.kind, "count": count} for name in plugins]
+        if entries:
+            await self.node.store.append_audit(grant.patient, entries, ref=f"used:{token_id}:{delivery}",
+                                               now=self.node.now())
+
+    async def log_ack(self, node: str, token_id: str, unconfirmed: list[str]) -> None:
+        """Record ``node``'s acknowledgement; ``unconfirmed`` names plugins there that could
+        not confirm deleting (shown to the patient in the audit log)."""
+        grant, _ = await self._own_token(token_id, node)
+        entry = {"event": "acknowledged", "grant": grant.id, "node": node}
+        if unconfirmed:
+            entry["unconfirmed"] = sorted(unconfirmed)
+        await self.node.store.token_acknowledged(token_id, node, audit=[entry], ref=f"ack:{token_id}",
+                                                 now=self.node.now())
+
+    async def housekeeping(self) -> None:
+        """Delete signals whose grant ended and tell the plugins."""
+        for row in await self.node.store.expire_received(self.node.now()):
+            await self._tell_plugins(row)
+
+
+def _wire(kind: str, content: dict) -> bytes:
+    return canonical(WireEvent(kind, content).to_json())
+
+
+# -- client API ----------------------------------------------------------------------------
+
+
+@routes.get("/v1/consent/nodes")
+async def nodes(request: web.Request) -> web.Response:
+    """The nodes a grant can reach from here, with the keys to seal signals to."""
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    await state.store.check_signer(caller.patient, caller.auth.device)
+    out = []
+    for node_id in await state.consent.federated():
+        try:
+            key = await state.consent.seal_key_of(node_id)
+        except RxfedError:
+            continue  # unreachable right now: not offered
+        out.append({"node_id": node_id, "seal_key": b64e(key)})
+    return reply({"home": state.config.node_id, "nodes": out,
+                  "kinds": [k.to_json() for k in state.consent.kinds().values()]})
+
+
+@routes.post("/v1/consent/grants")
+async def add_grant(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    consent: Consent = state.consent
+    caller = await authenticate(request)
+    f = fields(caller.body, "grant request", {"grant": anything, "tokens": array(anything, 64)})
+    grant = pg.Grant.from_json(f["grant"], caller.auth.key)
+    now = caller.now
+    if grant.patient != caller.patient or grant.device != caller.auth.device:
+        raise Forbidden("a grant is signed by the patient's own device", code="bad_grant")
+    if abs(grant.issued - now) > pg.SKEW:
+        raise pg.ConsentError("the grant's issue time is off; check the clock", code="bad_date")
+    if grant.not_after <= now:
+        raise Gone("the grant has already expired", code="grant_expired")
+    if grant.kind not in consent.kinds():
+        raise pg.ConsentError(f"unknown signal kind {grant.kind!r}; `rxfed plugins list` shows the kinds "
+                              "this node's plugins define", code="unknown_kind")
+    federated = await consent.federated()
+    tokens = [pg.Token.from_json(t) for t in f["tokens"]]
+    nodes = [t.node for t in tokens]
+    if len(set(nodes)) != len(nodes) or {t.id for t in tokens} != set(grant.tokens):
+        raise pg.ConsentError("one token per recipient node, each listed in the grant", code="bad_grant")
+    for token in tokens:
+        if not token.matches(grant) or token.home != state.config.node_id:
+            raise Forbidden("a token's scope differs from its grant's", code="widened_grant")
+        if token.node not in federated:
+            raise pg.ConsentError(f"{token.node} is not a node this one federates with", code="unknown_node")
+    if grant.recipient.kind != "federation" and nodes != [grant.recipient.node]:
+        raise Forbidden("the tokens name other nodes than the grant's recipient", code="widened_grant")
+    rows = [TokenRow(t.id, grant.id, t.node, canonical(t.signed), canonical(pg.voucher(state.signing_key(), t, now)))
+            for t in tokens]
+    row = GrantRow(grant.id, grant.patient, grant.kind, grant.purpose, str(grant.recipient), grant.not_after, now,
+                   canonical(grant.signed))
+    await state.store.add_grant(row, rows, signer=caller.auth.device, nonce=caller.nonce, now=now, audit=[{
+        "event": "granted", "grant": grant.id, "kind": grant.kind, "purpose": grant.purpose,
+        "recipient": str(grant.recipient), "nodes": nodes, "not_after": grant.not_after}])
+    log.info("consent grant recorded")
+    return reply({"grant": grant.id, "not_after": grant.not_after,
+                  "tokens": [{"token": t.token, "node": t.node, "voucher": loads(t.voucher)} for t in rows]},
+                 status=201)
+
+
+@routes.get("/v1/consent/grants")
+async def list_grants(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    await state.store.check_signer(caller.patient, caller.auth.device)
+    out = []
+    for grant, tokens in await state.store.grants(caller.patient):
+        out.append({
+            "grant": grant.id, "kind": grant.kind, "purpose": grant.purpose, "recipient": grant.recipient,
+            "not_after": grant.not_after, "created": grant.created, "revoked": grant.revoked,
+            "statement": loads(grant.statement),
+            "tokens": [{"token": t.token, "node": t.node, "statement": loads(t.statement),
+                        "voucher": loads(t.voucher), "shared": t.shared, "acknowledged": t.acked}
+                       for t in tokens]})
+    return reply({"grants": out})
+
+
+@routes.post("/v1/consent/signals")
+async def share(request: web.Request) -> web.Response:
+    """Signals sealed to the token's node, sent under a live grant."""
+    state = request.app[NODE]
+    consent: Consent = state.consent
+    caller = await authenticate(request)
+    f = fields(caller.body, "share", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
+                                      "sealed": b64(max_length=MAX_SEALED), "count": integer(0, MAX_SIGNALS)})
+    found = await state.store.grant_of_token(f["token"])
+    if found is None or found[0].patient != caller.patient:
+        raise NotFound("no such grant token", code="unknown_grant")
+    grant, token = found
+    if grant.revoked is not None:
+        raise Gone("the consent grant was revoked", code="grant_revoked")
+    if grant.not_after <= caller.now:
+        raise Gone("the consent grant has expired", code="grant_expired")
+    content = {"token": loads(token.statement), "voucher": loads(token.voucher), "delivery": f["delivery"],
+               "sealed": b64e(f["sealed"])}
+    local = token.node == state.config.node_id
+    outbox = [] if local else [(token.node, _wire(SIGNALS, content))]
+    await state.store.mark_shared(token.token, patient=caller.patient, signer=caller.auth.device, outbox=outbox,
+                                  nonce=caller.nonce, now=caller.now, audit=[{
+                                      "event": "shared", "grant": grant.id, "node": token.node,
+                                      "kind": grant.kind, "count": f["count"]}])
+    if not local:
+        state.federation.notify()
+        return reply({"token": token.token, "node": token.node, "queued": True}, status=202)
+    taken, count, _, delivery = await consent.receive(state.config.node_id, content)
+    await consent.log_use(state.config.node_id, token.token, delivery, count, taken)
+    return reply({"token": token.token, "node": token.node, "queued": False, "plugins": taken})
+
+
+@routes.post("/v1/consent/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    consent: Consent = state.consent
+    caller = await authenticate(request)
+    f = fields(caller.body, "revoke", {"grant": text(32, pg.ID), "revocation": anything,
+                                       "tokens": mapping(text(32, pg.ID), anything, 64)})
+    mine = {g.id: (g, t) for g, t in await state.store.grants(caller.patient)}
+    if f["grant"] not in mine:
+        raise NotFound("no such grant", code="unknown_grant")
+    grant, tokens = mine[f["grant"]]
+    if grant.revoked is not None:
+        raise Gone("the grant is already revoked", code="grant_revoked")
+    pg.check_grant_revocation(f["revocation"], grant.id, caller.auth.key)
+    if set(f["tokens"]) != {t.token for t in tokens}:
+        raise BadRequest("a revocation covers every token of the grant", code="bad_revocation")
+    parsed = {}
+    for t in tokens:
+        token = pg.Token.from_json(loads(t.statement))
+        pg.check_token_revocation(f["tokens"][t.token], t.token, token.subject_key)
+        parsed[t.token] = token
+    outbox = [(t.node, _wire(REVOKE, {"token": loads(t.statement), "revocation": f["tokens"][t.token]}))
+              for t in tokens if t.node != state.config.node_id]
+    await state.store.revoke_grant(
+        caller.patient, grant.id, signer=caller.auth.device, revocation=canonical(f["revocation"]),
+        token_revocations={k: canonical(v) for k, v in f["tokens"].items()}, outbox=outbox, nonce=caller.nonce,
+        now=caller.now, audit=[{"event": "revoked", "grant": grant.id}])
+    for t in tokens:
+        if t.node == state.config.node_id:  # takes effect here at once
+            unconfirmed = await consent.revoked(parsed[t.token], f["tokens"][t.token])
+            await consent.log_ack(t.node, t.token, unconfirmed)
+    if outbox:
+        state.federation.notify()
+    log.info("consent grant revoked")
+    return reply({"grant": grant.id, "revoked": caller.now,
+                  "pending": sorted(t.node for t in tokens if t.node != state.config.node_id)})
+
+
+@routes.get("/v1/consent/audit")
+async def audit_log(request: web.Request) -> web.Response:
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    await state.store.check_signer(caller.patient, caller.auth.device)
+    rows = await state.store.audit(caller.patient)
+    head = rows[-1].hash if rows else pa.GENESIS
+    return reply({"entries": [loads(r.entry) for r in rows],
+                  "head": pa.sign_head(state.signing_key(), caller.patient, len(rows), head, caller.now)})
+
+
+def install(state) -> None:
+    state.consent = Consent(state)
+    handlers = state.federation.handlers
+    handlers[SIGNALS] = state.consent.on_signals
+    handlers[REVOKE] = state.consent.on_revoke
+    handlers[USED] = state.consent.on_used
+    handlers[ACK] = state.consent.on_ack

@@ -1,0 +1,401 @@
+"""Consent end to end across three real nodes: grant, signals, plugins, revocation, audit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import MARKER
+from helpers import signed
+from rxfed import hookimpl
+from rxfed.client.consent import Consent
+from rxfed.client.sdk import NodeRefused
+from rxfed.consent import audit as pa
+from rxfed.consent import grants as pg
+from rxfed.crypto import SigningKeyPair, b64e, seal_to_node
+from rxfed.errors import RxfedError
+from rxfed.plugins import PluginManifest
+from rxfed.protocol.canonical import canonical
+from rxfed.protocol.federation import WireEvent
+from rxfed.testing import builtin_plugins, start_federation
+from test_communities import eventually
+
+DRUG = MARKER.lower() + "ol"
+
+
+class Recorder:
+    """A node plugin that keeps what it is handed (diagnosis categories, for matching)."""
+
+    def __init__(self, name="recorder", purposes=("matching",)):
+        self.name, self.purposes = name, purposes
+        self.signals, self.revoked = [], []
+
+    @hookimpl
+    def rxfed_plugin_manifest(self):
+        return PluginManifest(self.name, "1.0", reads=("diagnosis.category",), purposes=self.purposes)
+
+    @hookimpl
+    def rxfed_signals_received(self, signals):
+        self.signals.extend(signals)
+
+    @hookimpl
+    def rxfed_consent_revoked(self, grant, subject):
+        self.revoked.append((grant, subject))
+
+
+def plugins_with(*extra):
+    plugins = builtin_plugins()
+    for plugin in extra:
+        plugins.register(plugin, plugin.name)
+    return plugins
+
+
+@pytest.fixture
+async def fed(tmp_path):
+    recorders = [Recorder() for _ in range(3)]
+    nodes = []
+    for name, rec in zip(("hospital-a", "hospital-b", "community-c"), recorders):
+        nodes.extend(await start_federation(tmp_path, name, plugins=plugins_with(rec)))
+    for node in nodes:
+        await node.allow(*(n for n in nodes if n is not node))
+    yield nodes
+    for n in nodes:
+        await n.stop()
+
+
+def recorder(node) -> Recorder:
+    return node.state.plugins.pm.get_plugin("recorder")
+
+
+def outcomes(node):
+    return node.state.plugins.pm.get_plugin("outcomes")
+
+
+async def consenting(make_patient, node):
+    patient = await make_patient(node)
+    await patient.add_condition("E11.9", label=MARKER)
+    await patient.add_treatment(DRUG.capitalize() + " 500 mg", efficacy=8, side_effects=["nausea"], adherence=9)
+    return patient, Consent(patient, plugins=builtin_plugins())
+
+
+def scan(data_dir, needle: bytes) -> list[str]:
+    return [p.name for p in data_dir.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+async def test_grant_use_revoke_across_the_federation(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("treatment.outcome", "research", f"plugin:{c.node_id}/outcomes")
+    assert granted["nodes"] == [c.node_id] and granted["shared"][0]["queued"]
+
+    await eventually(lambda: _true(outcomes(c).held() == 1))
+    assert outcomes(c).summary() == {DRUG: {"high": "<11"}}
+    assert outcomes(b).held() == 0 and outcomes(a).held() == 0
+
+    async def used():
+        entries = (await consent.audit()).entries
+        return any(e["event"] == "used" and e["plugin"] == "outcomes" and e["node"] == c.node_id for e in entries)
+
+    await eventually(used)
+    # The home node relayed the signals sealed: it never held the drug name in any form.
+    assert scan(a.data_dir, DRUG.encode()) == []
+    assert scan(a.data_dir, MARKER.encode()) == []
+    held = await c.app_store().received_signals()
+    assert len(held) == 1 and DRUG.encode() in held[0][2]
+    assert patient.patient.encode() not in b"".join(row[2] for row in held)
+
+    revoked = await consent.revoke(granted["grant"])
+    assert revoked["pending"] == [c.node_id]
+
+    async def acknowledged():
+        (grant,) = await consent.list()
+        return grant["status"] == "revoked" and grant["acknowledged"] == [c.node_id] and not grant["pending"]
+
+    await eventually(acknowledged)
+    assert outcomes(c).held() == 0
+    assert await c.app_store().received_signals() == []
+    with pytest.raises(RxfedError, match="no live grant"):
+        await consent.share(granted["grant"])
+    # and the home node refuses at once whatever a client sends under the revoked grant
+    (token,) = (await consent.list())[0]["tokens"]
+    with pytest.raises(NodeRefused) as refused:
+        await patient._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": pg.new_id(),
+                                                             "count": 0, "sealed": b64e(b"x" * 64)})
+    assert refused.value.code == "grant_revoked"
+    events = [e["event"] for e in (await consent.audit()).entries]
+    assert events == ["granted", "shared", "used", "revoked", "acknowledged"]
+
+
+async def _true(value):
+    return value
+
+
+async def test_home_node_as_recipient_plugins_see_only_a_pseudonym(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
+    assert granted["shared"] == [{"grant": granted["grant"], "node": a.node_id, "sent": True, "signals": 1,
+                                  "queued": False, "plugins": ["recorder"]}]
+    (signal,) = recorder(a).signals
+    assert signal.kind == "diagnosis.category" and dict(signal.body) == {"system": "icd10", "category": "E11",
+                                                                         "source": "icd10"}
+    assert signal.purpose == "matching" and signal.origin == a.node_id
+    assert patient.patient not in repr(signal) and patient.device not in repr(signal)
+    # the research-only plugin on the same node got nothing
+    assert outcomes(a).held() == 0
+    await consent.revoke(granted["grant"])
+    assert recorder(a).revoked == [(signal.grant, signal.subject)]  # at once, on the home node
+    (grant,) = await consent.list()
+    assert grant["acknowledged"] == [a.node_id]
+    assert await a.app_store().received_signals() == []
+
+
+async def test_pseudonyms_are_unlinkable_across_nodes_plugins_and_purposes(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    await consent.grant("diagnosis.category", "matching", "federation")
+    await eventually(lambda: _true(len(recorder(b).signals) == 1 and len(recorder(c).signals) == 1))
+    subjects = {n.node_id: recorder(n).signals[0].subject for n in fed}
+    assert len(set(subjects.values())) == 3
+    # another purpose on the same node: another pseudonym
+    await consent.grant("diagnosis.category", "research", f"node:{b.node_id}")
+    token_b = [t for g in await consent.list() for t in g["tokens"] if t["node"] == b.node_id]
+
+    async def both_received():
+        found = [await b.app_store().received_token(t["token"]) for t in token_b]
+        return found if all(found) else None
+
+    received = await eventually(both_received)
+    assert len({r.subject for r in received}) == 2 and len({r.subject_key for r in received}) == 2
+    # nothing any recipient holds names the patient, a device, or another recipient's pseudonym
+    for node in (b, c):
+        for needle in (patient.patient, patient.device, b64e(patient.identity.root.public)):
+            assert scan(node.data_dir, needle.encode()) == []
+    assert scan(c.data_dir, subjects[b.node_id].encode()) == []
+    assert scan(b.data_dir, subjects[c.node_id].encode()) == []
+
+
+async def test_bad_grants_are_refused_and_change_nothing(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    now = consent._now()
+    identity = patient.identity
+
+    def token(node=b.node_id, kind="diagnosis.category", not_after=now + 3600, recipient=None, key=None):
+        recipient = recipient or pg.Recipient("node", node)
+        key = key or consent._key(node, "matching", recipient.only_plugin())
+        return pg.Token.create(key, node=node, home=a.node_id, kind=kind, purpose="matching", recipient=recipient,
+                               issued=now, not_after=not_after)
+
+    def grant(tokens, kind="diagnosis.category", recipient=None, not_after=now + 3600, issued=now):
+        return pg.Grant.create(identity.device, patient=patient.patient, device=patient.device, kind=kind,
+                               purpose="matching", recipient=recipient or pg.Recipient("node", b.node_id),
+                               issued=issued, not_after=not_after, tokens=[t.id for t in tokens])
+
+    async def post(g, tokens):
+        return await patient._call("POST", "/v1/consent/grants", {"grant": g.signed if hasattr(g, "signed") else g,
+                                                                 "tokens": [t.signed for t in tokens]})
+
+    t = token()
+    forged = grant([t]).signed
+    forged = {"body": {**forged["body"], "purpose": "research"}, "sig": forged["sig"]}
+    cases = {
+        "bad_statement_signature": (forged, [t]),
+        "widened_grant": (grant([t2 := token(kind="treatment.outcome")]), [t2]),
+        "unknown_kind": (grant([t3 := token(kind="sleep.band")], kind="sleep.band"), [t3]),
+        "unknown_node": (grant([t4 := token(node="elsewhere.example")],
+                               recipient=pg.Recipient("node", "elsewhere.example")), [t4]),
+    }
+    for code, (g, tokens) in cases.items():
+        with pytest.raises(NodeRefused) as refused:
+            await post(g, tokens)
+        assert refused.value.code == code, code
+    # a token signed by a key other than the one it names
+    other = SigningKeyPair.generate()
+    t5 = token()
+    body = {**t5.signed["body"], "subject": b64e(other.public)}
+    with pytest.raises(NodeRefused) as refused:
+        await patient._call("POST", "/v1/consent/grants", {"grant": grant([t5]).signed,
+                                                         "tokens": [{"body": body, "sig": t5.signed["sig"]}]})
+    assert refused.value.code == "bad_statement_signature"
+    # a grant signed by another patient's device
+    other_patient = await make_patient(a)
+    with pytest.raises(NodeRefused) as refused:
+        await other_patient._call("POST", "/v1/consent/grants", {"grant": grant([t]).signed, "tokens": [t.signed]})
+    assert refused.value.code == "bad_statement_signature"
+    with pytest.raises(RxfedError) as refused:
+        await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}", until=now - 10)
+    assert refused.value.code == "bad_date"
+    with pytest.raises(RxfedError) as refused:
+        await consent.grant("sleep.band", "matching", f"node:{b.node_id}")
+    assert refused.value.code == "unknown_kind"
+    assert await consent.list() == []
+    assert [e for e in (await consent.audit()).entries] == []
+
+
+async def test_a_node_refuses_forged_or_widened_deliveries(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}", share=False)
+    (grant,) = await consent.list()
+    (token,) = (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
+    parsed = pg.Token.from_json(token["statement"])
+    b_key = b.state.signing_key().public
+
+    def content(signals, voucher=None, statement=None):
+        return {"token": statement or token["statement"], "voucher": voucher or token["voucher"],
+                "delivery": pg.new_id(), "sealed": b64e(seal_to_node(b_key, canonical(signals)))}
+
+    good = [{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11", "source": "icd10"}}]
+    wider = [{"kind": "treatment.outcome", "body": {"treatment": "metformin", "status": "ongoing"}}]
+    free_text = [{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11", "source": "icd10",
+                                                          "note": "my name is Ann"}}]
+    # a voucher made by a node other than the token's home
+    fake_voucher = pg.voucher(c.state.signing_key(), parsed, consent._now())
+    for body, origin, code in [(wider, a.node_id, "widened_grant"), (free_text, a.node_id, "bad_signal"),
+                               (good, c.node_id, "wrong_origin")]:
+        with pytest.raises(RxfedError) as refused:
+            await b.state.consent.receive(origin, content(body))
+        assert refused.value.code == code
+    with pytest.raises(RxfedError) as refused:
+        await b.state.consent.receive(a.node_id, content(good, voucher=fake_voucher))
+    assert refused.value.code == "bad_voucher"
+    assert recorder(b).signals == [] and await b.app_store().received_signals() == []
+    # sealed to another node: B cannot open what was meant for C
+    sealed_for_c = {**content(good), "sealed": b64e(seal_to_node(c.state.signing_key().public, canonical(good)))}
+    with pytest.raises(RxfedError) as refused:
+        await b.state.consent.receive(a.node_id, sealed_for_c)
+    assert refused.value.code == "not_for_this_node"
+    taken, count, _, _ = await b.state.consent.receive(a.node_id, content(good))
+    assert taken == ["recorder"] and count == 1
+
+
+async def test_revocation_reaches_a_node_that_was_down(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", "federation")
+    await eventually(lambda: _true(len(recorder(c).signals) == 1))
+    await c.stop()
+    revoked = await consent.revoke(granted["grant"])
+    assert revoked["pending"] == sorted([b.node_id, c.node_id])
+
+    async def b_acknowledged():
+        (grant,) = await consent.list()
+        return grant["acknowledged"] == sorted([a.node_id, b.node_id])
+
+    await eventually(b_acknowledged)
+    (grant,) = await consent.list()
+    assert grant["pending"] == [c.node_id]  # the patient sees who has not acknowledged
+    await c.start()
+
+    async def all_acknowledged():
+        (grant,) = await consent.list()
+        return not grant["pending"]
+
+    await eventually(all_acknowledged, timeout=20)
+    assert await c.app_store().received_signals() == []
+
+
+async def test_audit_log_rewrite_or_truncation_is_detected(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
+    await consent.revoke(granted["grant"])
+    view = await consent.audit()
+    assert view.head.seq == len(view.entries) == 5
+    db = a.data_dir / "rxfed.db"
+
+    def tamper(sql, *args):
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute(sql, args)
+        conn.close()
+
+    # rewrite an entry and re-chain everything after it: the node signs the new head, but
+    # the client remembers the old one
+    rows = [(seq, entry) for seq, entry in sqlite3.connect(db).execute(
+        "SELECT seq, entry FROM audit WHERE patient_id=? ORDER BY seq", (patient.patient,))]
+    rewritten = [(seq, entry.replace(b'"matching"', b'"research"')) for seq, entry in rows]
+    hashes = pa.chain(e for _, e in rewritten)
+    for (seq, entry), digest in zip(rewritten, hashes):
+        tamper("UPDATE audit SET entry=?, hash=? WHERE patient_id=? AND seq=?", entry, digest, patient.patient, seq)
+    with pytest.raises(pa.AuditTampered, match="rewritten"):
+        await consent.audit()
+    for (seq, entry), digest in zip(rows, pa.chain(e for _, e in rows)):
+        tamper("UPDATE audit SET entry=?, hash=? WHERE patient_id=? AND seq=?", entry, digest, patient.patient, seq)
+    assert (await consent.audit()).head == view.head
+    tamper("DELETE FROM audit WHERE patient_id=? AND seq=?", patient.patient, 5)
+    with pytest.raises(pa.AuditTampered, match="truncated"):
+        await consent.audit()
+
+
+async def test_fhir_consent_export(fed, make_patient):
+    from fhir.resources.R4B.bundle import Bundle
+
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}", share=False)
+    bundle = await consent.fhir_bundle()
+    Bundle.model_validate(bundle)
+    (resource,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent"]
+    assert resource["status"] == "active" and resource["identifier"][0]["value"] == granted["grant"]
+    assert resource["provision"]["purpose"][0]["code"] == "matching"
+    await consent.revoke(granted["grant"])
+    (resource,) = [e["resource"] for e in (await consent.fhir_bundle())["entry"]
+                   if e["resource"]["resourceType"] == "Consent"]
+    assert resource["status"] == "inactive"
+
+
+FUZZ: dict = {}
+CONSENT_ENDPOINTS = ["/v1/consent/grants", "/v1/consent/signals", "/v1/consent/revoke"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 2**60) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["grant", "tokens", "token", "delivery", "sealed", "count", "revocation", "voucher",
+                         "body", "sig", "type", "v", "id", "kind", "purpose", "recipient", "plugins"]),
+        children, max_size=5),
+    max_leaves=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values)
+async def test_fuzzed_consent_input_is_a_clean_4xx_and_changes_nothing(node, make_patient, body):
+    patient = FUZZ.get(node.data_dir) or FUZZ.setdefault(node.data_dir, await make_patient())
+    for path in CONSENT_ENDPOINTS:
+        status, doc = await signed(patient, "POST", path, json.dumps(body).encode())
+        assert 400 <= status < 500 and set(doc) == {"error", "message"}, (path, body, doc)
+    for handler in (node.state.consent.on_signals, node.state.consent.on_revoke, node.state.consent.on_used,
+                    node.state.consent.on_ack):
+        if isinstance(body, dict):
+            results, effects = await handler("peer.example", [WireEvent("consent.x", body)])
+            assert not results[0].ok and effects.outbox == []
+    assert (await signed(patient, "GET", "/v1/consent/grants"))[1] == {"grants": []}
+    assert await node.app_store().received_signals() == []
+
+
+class ForgetfulRecorder(Recorder):
+    @hookimpl
+    def rxfed_consent_revoked(self, grant, subject):
+        raise RuntimeError("cannot delete")
+
+
+async def test_a_plugin_that_cannot_confirm_deletion_is_shown_to_the_patient(tmp_path, make_patient):
+    from rxfed.testing import NodeHarness
+
+    node = await NodeHarness(tmp_path / "solo", plugins=plugins_with(ForgetfulRecorder())).start()
+    try:
+        patient, consent = await consenting(make_patient, node)
+        granted = await consent.grant("diagnosis.category", "matching", f"node:{node.node_id}")
+        await consent.revoke(granted["grant"])
+        # the node itself deleted what it held; the plugin's failure is on the record
+        assert await node.app_store().received_signals() == []
+        last = (await consent.audit()).entries[-1]
+        assert last["event"] == "acknowledged" and last["unconfirmed"] == ["recorder"]
+        (status,) = [s for s in node.state.plugins.status() if s.name == "recorder"]
+        assert "RuntimeError" in status.to_json()["last_error"]
+    finally:
+        await node.stop()
