@@ -83,3 +83,34 @@ async def test_each_node_of_a_federation_keeps_its_own_tally(rxfed_federation):
     signal = diagnosis("s1", "E11")
     assert await a.state.plugins.deliver_signals(NAME, [signal])
     assert tallies[0].counts(k=1) == {"E11": 1} and tallies[1].counts(k=1) == {}
+
+
+async def test_a_patient_grants_and_revokes_across_two_nodes(rxfed_federation, tmp_path):
+    """The whole path a plugin author relies on: a patient on node a grants diagnosis
+    categories for research to the tally on node b, then revokes."""
+    import asyncio
+
+    from rxfed.client import PatientClient
+    from rxfed.client.consent import Consent
+    from rxfed.testing import builtin_plugins
+
+    a, b = await rxfed_federation("a", "b", plugins=lambda node: [Tally()])
+    tally_b = b.state.plugins.pm.get_plugin(NAME)
+
+    async def until(check):
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("not in time")
+
+    patient, _code = await PatientClient.register(a.url, tmp_path / "patient", "a pass phrase", kdf="min")
+    async with patient:
+        await patient.add_condition("E11.9")
+        consent = Consent(patient, plugins=builtin_plugins())
+        granted = await consent.grant("diagnosis.category", "research", f"plugin:{b.node_id}/tally")
+        await until(lambda: tally_b.counts(k=1) == {"E11": 1})
+        await consent.revoke(granted["grant"])
+        await until(lambda: tally_b.held() == 0)
+        events = [e["event"] for e in (await consent.audit()).entries]
+        assert events[:3] == ["granted", "shared", "used"] and "revoked" in events

@@ -51,8 +51,8 @@ class Tally:
         for s in signals:
             received.setdefault((s.grant, s.subject), set()).add(s.body["category"])
         with self._lock:
-            for key, categories in received.items():
-                self._held.setdefault(key, set()).update(categories)
+            # A delivery under a grant token replaces the token's previous one (spec/consent.md).
+            self._held.update(received)
 
     @hookimpl
     def rxfed_consent_revoked(self, grant, subject):
