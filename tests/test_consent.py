@@ -210,6 +210,10 @@ async def test_bad_grants_are_refused_and_change_nothing(fed, make_patient):
         "unknown_node": (grant([t4 := token(node="elsewhere.example")],
                                recipient=pg.Recipient("node", "elsewhere.example")), [t4]),
     }
+    t6 = token(not_after=now - 10)
+    cases["grant_expired"] = (grant([t6], not_after=now - 10, issued=now - 100), [t6])
+    t7 = token()
+    cases["bad_date"] = (grant([t7], issued=now - 3600), [t7])  # issued an hour ago: a clock problem
     for code, (g, tokens) in cases.items():
         with pytest.raises(NodeRefused) as refused:
             await post(g, tokens)
@@ -298,6 +302,17 @@ async def test_revocation_reaches_a_node_that_was_down(fed, make_patient):
 
     await eventually(all_acknowledged, timeout=20)
     assert await c.app_store().received_signals() == []
+    # a delivery still in flight under the revoked token is refused where it arrives
+    (token,) = [t for t in (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
+                if t["node"] == b.node_id]
+    late = canonical([{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11",
+                                                               "source": "icd10"}}])
+    with pytest.raises(RxfedError) as refused:
+        await b.state.consent.receive(a.node_id, {"token": token["statement"], "voucher": token["voucher"],
+                                                  "delivery": pg.new_id(),
+                                                  "sealed": b64e(seal_to_node(b.state.signing_key().public, late))})
+    assert refused.value.code == "grant_revoked"
+    assert await b.app_store().received_signals() == [] and len(recorder(b).signals) == 1
 
 
 async def test_audit_log_rewrite_or_truncation_is_detected(fed, make_patient):
