@@ -162,7 +162,8 @@ def rxfed_signals_received(signals):
 
 @hookspec
 def rxfed_consent_revoked(grant, subject):
-    """A grant token was revoked: delete everything derived from its signals.
+    """Delete everything derived from a grant token's signals: the grant was revoked or
+    expired, or the patient's latest delivery under it carries no signals any more.
 
     :param grant: the revoked grant token's id (as in :attr:`Signal.grant`).
     :param subject: the pseudonym the signals came under.

@@ -414,3 +414,22 @@ async def test_a_plugin_that_cannot_confirm_deletion_is_shown_to_the_patient(tmp
         assert "RuntimeError" in status.to_json()["last_error"]
     finally:
         await node.stop()
+
+
+async def test_a_delivery_replaces_the_previous_one(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    await patient.add_condition("G40.909")
+    granted = await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
+    assert sorted(s.body["category"] for s in recorder(a).signals) == ["E11", "G40"]
+    assert len(await a.app_store().received_signals()) == 2
+
+    async def nothing(kind, records=None):
+        return []
+
+    consent.derive = nothing  # as if the patient's records no longer gave any signal
+    await consent.share(granted["grant"])
+    assert await a.app_store().received_signals() == []
+    assert recorder(a).revoked == [(recorder(a).signals[0].grant, recorder(a).signals[0].subject)]
+    events = [e["event"] for e in (await consent.audit()).entries]
+    assert events == ["granted", "shared", "used", "shared"]

@@ -117,7 +117,11 @@ class Consent:
         # delivery replaces the previous one under the same token, so plugins stay correct.
         signals = [Signal(token.kind, b, token.subject, token.purpose, token.id, origin, self.node.now())
                    for b in bodies]
-        taken = await self.hand_over(token, signals) if signals else []
+        if signals:
+            taken = await self.hand_over(token, signals)
+        else:  # the patient's records give nothing any more: plugins drop what the token gave
+            await self._tell_plugins(self._received(token, f["voucher"]))
+            taken = []
         return taken, len(signals), token, f["delivery"]
 
     async def hand_over(self, token: pg.Token, signals: list[Signal]) -> list[str]:
@@ -405,6 +409,8 @@ def install(state) -> None:
     state.consent = Consent(state)
     handlers = state.federation.handlers
     handlers[SIGNALS] = state.consent.on_signals
+    # A delivery replaces the token's previous one, so two must not overtake each other.
+    state.federation.ordered.add(SIGNALS)
     handlers[REVOKE] = state.consent.on_revoke
     handlers[USED] = state.consent.on_used
     handlers[ACK] = state.consent.on_ack
