@@ -433,3 +433,35 @@ async def test_a_delivery_replaces_the_previous_one(fed, make_patient):
     assert recorder(a).revoked == [(recorder(a).signals[0].grant, recorder(a).signals[0].subject)]
     events = [e["event"] for e in (await consent.audit()).entries]
     assert events == ["granted", "shared", "used", "shared"]
+
+
+async def test_a_recovered_device_sees_and_revokes_earlier_grants(fed, make_patient, tmp_path):
+    from conftest import PASSPHRASE
+    from rxfed.client import PatientClient
+
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", "federation")
+    await eventually(lambda: _true(len(recorder(c).signals) == 1))
+    async with await PatientClient.recover(a.url, tmp_path / "new-device", patient.recovery_code, PASSPHRASE,
+                                           kdf="min") as again:
+        other = Consent(again, plugins=builtin_plugins())
+        (grant,) = await other.list()
+        assert all(t["verified"] for t in grant["tokens"])  # the same pseudonymous keys, from the root
+        await other.revoke(granted["grant"])
+
+        async def acknowledged():
+            return not (await other.list())[0]["pending"]
+
+        await eventually(acknowledged)
+    for node in fed:
+        assert await node.app_store().received_signals() == []
+
+
+async def test_a_grant_to_a_plugin_this_node_lacks_is_refused(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    for recipient in (f"plugin:{a.node_id}/nosuch", f"plugin:{a.node_id}/outcomes"):  # outcomes reads other kinds
+        with pytest.raises(NodeRefused) as refused:
+            await consent.grant("diagnosis.category", "matching", recipient)
+        assert refused.value.code == "unknown_plugin"

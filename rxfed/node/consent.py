@@ -294,6 +294,12 @@ async def add_grant(request: web.Request) -> web.Response:
             raise pg.ConsentError(f"{token.node} is not a node this one federates with", code="unknown_node")
     if grant.recipient.kind != "federation" and nodes != [grant.recipient.node]:
         raise Forbidden("the tokens name other nodes than the grant's recipient", code="widened_grant")
+    if grant.recipient.kind == "plugin" and grant.recipient.node == state.config.node_id:
+        manifest = state.plugins.manifests().get(grant.recipient.plugin)
+        if manifest is None or not manifest.accepts(grant.kind, grant.purpose):
+            raise pg.ConsentError(f"no plugin {grant.recipient.plugin!r} on this node reads {grant.kind} for "
+                                  f"{grant.purpose}; `rxfed plugins list` shows what is installed",
+                                  code="unknown_plugin")
     rows = [TokenRow(t.id, grant.id, t.node, canonical(t.signed), canonical(pg.voucher(state.signing_key(), t, now)))
             for t in tokens]
     row = GrantRow(grant.id, grant.patient, grant.kind, grant.purpose, str(grant.recipient), grant.not_after, now,
