@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import sqlite3
 
@@ -412,6 +414,15 @@ async def test_a_plugin_that_cannot_confirm_deletion_is_shown_to_the_patient(tmp
         assert last["event"] == "acknowledged" and last["unconfirmed"] == ["recorder"]
         (status,) = [s for s in node.state.plugins.status() if s.name == "recorder"]
         assert "RuntimeError" in status.to_json()["last_error"]
+        # and the operator sees it with `rxfed node status` (the running node records it)
+        from rxfed.node import admin
+        from rxfed.node.app import report_plugins
+
+        status_now = functools.partial(asyncio.to_thread, admin.node_status, node.data_dir)
+        assert (await status_now())["plugins"] is None
+        await report_plugins(node.state, None)
+        (reported,) = [p for p in (await status_now())["plugins"] if p["name"] == "recorder"]
+        assert reported["total_failures"] == 1 and "RuntimeError" in reported["last_error"]
     finally:
         await node.stop()
 

@@ -147,6 +147,12 @@ def cmd_status(args: argparse.Namespace) -> None:
             out.append(f"peer {p['node_id']}: {p['policy']}, breaker {p['breaker']}, failures {p['failures']}")
         out.append(f"queued events: {doc['queued_events']}, dead letters: {doc['dead_letters']}, "
                    f"communities hosted: {doc['communities_hosted']}")
+        if doc["plugins"] is None:
+            out.append("plugins: not reported yet (the node reports them while it runs)")
+        for p in doc["plugins"] or []:
+            state = "enabled" if p["enabled"] else f"DISABLED ({p['disabled_reason']})"
+            out.append(f"plugin {p['name']}: {state}, {p['calls']} calls, {p['total_failures']} failures"
+                       + (f", last error: {p['last_error']}" if p["last_error"] else ""))
         return out
 
     Output(args.json).result(doc, lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import sys
@@ -197,9 +198,10 @@ def node_status(data_dir: str | Path) -> dict:
 
     async def action(store):
         return (await store.peers(), await store.outbox_summary(), await store.dead_letters(),
-                await store.communities(hosted_by=config.node_id))
+                await store.communities(hosted_by=config.node_id), await store.get_meta("plugins_status"))
 
-    peers, summary, dead, communities = asyncio.run(_with_store(config, action))
+    peers, summary, dead, communities, plugins = asyncio.run(_with_store(config, action))
+    plugins = json.loads(plugins) if plugins else {"at": None, "plugins": None}
     return {
         "node_id": config.node_id, "name": config.name, "public_url": config.public_url,
         "registration": config.registration, "federation_mode": config.federation.mode,
@@ -214,4 +216,6 @@ def node_status(data_dir: str | Path) -> dict:
         "queued_events": sum(s.pending + s.in_flight for s in summary),
         "dead_letters": len(dead),
         "communities_hosted": len(communities),
+        "plugins": plugins["plugins"],
+        "plugins_reported_at": plugins["at"],
     }

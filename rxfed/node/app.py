@@ -420,6 +420,20 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         state.in_flight -= 1
 
 
+async def report_plugins(state: NodeState, reported: list | None) -> list | None:
+    """Record plugin health for `rxfed node status` (another process) when it changed;
+    returns what is now recorded."""
+    plugins = [s.to_json() for s in state.plugins.status()]
+    if plugins == reported:
+        return reported
+    try:
+        await state.store.set_meta("plugins_status", canonical({"at": state.now(), "plugins": plugins}).decode())
+    except RxfedError as exc:
+        log.warning("recording plugin status failed: %s", exc.message)
+        return reported
+    return plugins
+
+
 async def _store_ctx(app: web.Application):
     state = app[NODE]
     await state.store.open()
@@ -427,11 +441,12 @@ async def _store_ctx(app: web.Application):
     state.reload_keys()
 
     async def housekeeping():
-        ticks = 0
+        ticks, reported = 0, None
         while True:
             await asyncio.sleep(5)
             ticks += 1
             state.reload_keys()
+            reported = await report_plugins(state, reported)
             try:
                 await state.federation.refresh_policies()  # `rxfed node peers` edits the store
             except RxfedError as exc:
