@@ -25,7 +25,6 @@ from rxfed.protocol import community as pc
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.federation import EventResult, WireEvent
 from rxfed.protocol.schema import anything, fields, integer
-from rxfed.protocol.statements import statement_hash
 from rxfed.store import CommunityEvent, CommunityRow
 
 log = logging.getLogger("rxfed.communities")
@@ -67,11 +66,11 @@ class Communities:
             events = await self._all_events(community_id)
             state = pc.CommunityState.from_events([(e.seq, loads(e.event)) for e in events])
             found = self._hosted[community_id] = Hosted(state)
-            self._hashes[community_id] = {statement_hash(loads(e.event)) for e in events}
+            self._hashes[community_id] = {sha256(e.event) for e in events}  # stored canonical
         return found
 
-    def seen(self, hosted: Hosted, event: dict) -> bool:
-        digest = statement_hash(event)
+    def seen(self, hosted: Hosted, digest: bytes) -> bool:
+        """Whether the event with statement hash ``digest`` was accepted already."""
         return digest in hosted.new_hashes or digest in self._hashes.get(hosted.state.address.id, ())
 
     async def _all_events(self, community_id: str) -> list[CommunityEvent]:
@@ -83,9 +82,10 @@ class Communities:
                 return out
 
     def accept(self, hosted: Hosted | None, address: pc.CommunityAddress, event: dict, *,
-               parsed: pc.Event | None = None) -> tuple[Hosted, CommunityEvent]:
-        """Validate ``event`` as the next one, stamp it: the new state and the stored event.
-        (``parsed``: the event already parsed, see :meth:`CommunityState.step`.)"""
+               parsed: pc.Event | None = None, raw: bytes | None = None) -> tuple[Hosted, CommunityEvent, dict]:
+        """Validate ``event`` as the next one, stamp it: the new state, the stored event and
+        the stamp. (``parsed``: the event already parsed, see :meth:`CommunityState.step`;
+        ``raw``: its canonical bytes, if already encoded.)"""
         if hosted is None:
             if not isinstance(pc.parse_event(event), pc.Create):
                 raise NotFound(f"no community {address} on this node", code="unknown_community")
@@ -96,11 +96,11 @@ class Communities:
         now = self.node.now()
         pc.check_timely(parsed, now)
         signer = parsed.author if parsed.author is not None else state.meta.admin
-        raw = canonical(event)
+        raw = raw if raw is not None else canonical(event)
         digest = sha256(raw)  # == statement_hash(event), without encoding it twice
         stamped = pc.stamp_checked(self.node.signing_key(), new_state.seq, parsed, signer, now, digest=digest)
         new_hashes = (hosted.new_hashes if hosted else ()) + (digest,)
-        return Hosted(new_state, new_hashes), CommunityEvent(new_state.seq, raw, canonical(stamped))
+        return Hosted(new_state, new_hashes), CommunityEvent(new_state.seq, raw, canonical(stamped)), stamped
 
     async def fan_out(self, before: pc.CommunityState | None, after: pc.CommunityState,
                       stored: list[CommunityEvent]) -> list[tuple[str, bytes]]:
@@ -164,7 +164,8 @@ class Communities:
                 hosted = pending.get(address.id) or await self.hosted(address.id)
                 if hosted is None:
                     raise NotFound(f"no community {address} on this node", code="unknown_community")
-                if self.seen(hosted, event):
+                raw = canonical(event)
+                if self.seen(hosted, sha256(raw)):
                     results.append(EventResult(True))  # a resubmission of an accepted event
                     continue
                 parsed = pc.parse_event(event)
@@ -173,7 +174,7 @@ class Communities:
                 member_node = _member_node(hosted.state, parsed)
                 if member_node != origin:
                     raise Forbidden(f"this member's home node is {member_node}, not {origin}", code="wrong_origin")
-                after, stored = self.accept(hosted, address, event, parsed=parsed)
+                after, stored, _ = self.accept(hosted, address, event, parsed=parsed, raw=raw)
                 pending[address.id] = after
                 effects.communities.append((self.row(after.state, self.node.now()), [stored]))
                 effects.outbox.extend(await self.fan_out(hosted.state, after.state, [stored]))
@@ -300,15 +301,16 @@ async def submit(request: web.Request) -> web.Response:
                                 community_id=address.id, signer=caller.auth.device)
         state.federation.notify()
         return reply({"community": str(address), "queued": True}, status=202)
+    raw = canonical(event)
     async with state.federation.lock:
         hosted = await communities.hosted(address.id)
-        if hosted is not None and communities.seen(hosted, event):
+        if hosted is not None and communities.seen(hosted, sha256(raw)):
             return reply({"community": str(address), "duplicate": True})  # a retry after a lost reply
         if hosted is None and isinstance(parsed, pc.Create) and await state.store.community(address.id):
             raise BadRequest("that community id is taken", code="already_created")
         if isinstance(parsed, pc.Join) and parsed.node != state.config.node_id:
             raise Forbidden("a member joins through their own home node", code="wrong_origin")
-        after, stored = communities.accept(hosted, address, event, parsed=parsed)
+        after, stored, stamp = communities.accept(hosted, address, event, parsed=parsed, raw=raw)
         outbox = await communities.fan_out(hosted.state if hosted else None, after.state, [stored])
         # Queue the write and adopt the new state, then let the next submission in while
         # this one is committed: concurrent posts share one fsync (group commit). Writes
@@ -325,7 +327,7 @@ async def submit(request: web.Request) -> web.Response:
         raise
     if outbox:
         state.federation.notify()
-    return reply({"community": str(address), "seq": stored.seq, "stamp": loads(stored.stamp)})
+    return reply({"community": str(address), "seq": stored.seq, "stamp": stamp})
 
 
 @routes.get("/v1/communities/{id}/events")
