@@ -12,7 +12,6 @@ import pytest
 from conftest import MARKER, PASSPHRASE
 from helpers import signed
 from rxfed.client import IntegrityError, PatientClient, RollbackDetected
-from rxfed.testing import NodeHarness
 
 FHIR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fhir"
 

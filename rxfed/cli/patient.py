@@ -328,7 +328,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     Output(args.json).result(
         {"imported": counts, "skipped": dict(result.skipped), "records": len(stored)},
         [f"imported {len(stored)} records: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))]
-        + ([f"skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(result.skipped.items()))] if result.skipped else []),
+        + (["skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(result.skipped.items()))] if result.skipped else []),
     )
 
 
