@@ -112,7 +112,7 @@ async def run(args) -> dict:
                 hosted = await communities.hosted(community_id)
                 stored, after = [], hosted
                 for event in batch:
-                    after, e = communities.accept(after, mine.address, event)
+                    after, e, _ = communities.accept(after, mine.address, event)
                     stored.append(e)
                 outbox = await communities.fan_out(hosted.state, after.state, stored)
                 await host.app_store().append_community_events(communities.row(after.state, host.state.now()),
