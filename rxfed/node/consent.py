@@ -10,6 +10,7 @@ chain on their home node (directly, or reported back over federation).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -254,13 +255,14 @@ async def nodes(request: web.Request) -> web.Response:
     state = request.app[NODE]
     caller = await authenticate(request)
     await state.store.check_signer(caller.patient, caller.auth.device)
-    out = []
-    for node_id in await state.consent.federated():
-        try:
-            key = await state.consent.seal_key_of(node_id)
-        except RxfedError:
-            continue  # unreachable right now: not offered
-        out.append({"node_id": node_id, "seal_key": b64e(key)})
+    federated = await state.consent.federated()
+    # Fetched together: a peer that is down costs one timeout, not one per peer.
+    keys = await asyncio.gather(*(state.consent.seal_key_of(n) for n in federated), return_exceptions=True)
+    for key in keys:
+        if isinstance(key, BaseException) and not isinstance(key, RxfedError):
+            raise key
+    out = [{"node_id": node_id, "seal_key": b64e(key)} for node_id, key in zip(federated, keys)
+           if isinstance(key, bytes)]  # an RxfedError: unreachable right now, so not offered
     return reply({"home": state.config.node_id, "nodes": out,
                   "kinds": [k.to_json() for k in state.consent.kinds().values()]})
 
