@@ -238,7 +238,8 @@ def test_community_commands(node_url, profile, tmp_path):
     other = tmp_path / "other"
     assert rxfed("patient", "register", "--node", node_url, "--profile", str(other)).returncode == 0
     assert rxfed("community", "join", "--profile", str(other), address).returncode == 0
-    assert rxfed("community", "post", "--profile", p, address, "hello MARKERCLI").returncode == 0
+    posted = rxfed("community", "post", "--profile", p, address, "hello MARKERCLI", "--json")
+    assert posted.returncode == 0 and json.loads(posted.stdout)["warnings"] == []
     out = rxfed("community", "read", "--profile", str(other), address, "--json")
     doc = json.loads(out.stdout)
     assert [m["text"] for m in doc["messages"]] == ["hello MARKERCLI"] and len(doc["members"]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from rxfed.cli import Output, json_flag, run_async
+from rxfed.cli import Output, json_flag, note, run_async
 from rxfed.cli.patient import _profile, _with_client
 
 
@@ -93,9 +93,18 @@ def cmd_leave(args: argparse.Namespace) -> None:
 
 
 def cmd_post(args: argparse.Namespace) -> None:
+    from rxfed.plugins import RxfedPlugins
+
+    # Client hooks check the text here, on the device; warnings are shown, never sent, and
+    # never stop the post (the patient decides).
+    warnings = RxfedPlugins().presend_check(args.text)
+    for w in warnings:
+        note(f"warning: {w.message}" + "".join(f"\n  {r}" for r in w.resources))
     result = _with_client(args, lambda c: _communities(c).post(args.address, args.text))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False),
-                              "seq": result.get("seq")}, ["posted (end to end encrypted)"])
+                              "seq": result.get("seq"),
+                              "warnings": [{"code": w.code, "message": w.message, "resources": list(w.resources)}
+                                           for w in warnings]}, ["posted (end to end encrypted)"])
 
 
 def _admin_action(args: argparse.Namespace, action: str, done: str) -> None:
