@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import sqlite3
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +24,7 @@ from rxfed.errors import RxfedError
 from rxfed.plugins import PluginManifest
 from rxfed.protocol.canonical import canonical
 from rxfed.protocol.federation import WireEvent
-from rxfed.testing import builtin_plugins, start_federation
+from rxfed.testing import NodeHarness, builtin_plugins, start_federation
 from test_communities import eventually
 
 DRUG = MARKER.lower() + "ol"
@@ -476,3 +477,37 @@ async def test_a_grant_to_a_plugin_this_node_lacks_is_refused(fed, make_patient)
         with pytest.raises(NodeRefused) as refused:
             await consent.grant("diagnosis.category", "matching", recipient)
         assert refused.value.code == "unknown_plugin"
+
+
+class SlowRecorder(Recorder):
+    @hookimpl
+    def rxfed_signals_received(self, signals):
+        time.sleep(2.5)  # longer than the sending node's request timeout in tests (2 s)
+        self.signals.extend(signals)
+
+
+async def test_a_slow_plugin_never_holds_up_federation_delivery(tmp_path, make_patient):
+    a = await NodeHarness(tmp_path / "a", plugins=plugins_with(Recorder())).start()
+    b = await NodeHarness(tmp_path / "b", plugins=plugins_with(SlowRecorder())).start()
+    try:
+        await a.allow(b)
+        await b.allow(a)
+        patient, consent = await consenting(make_patient, a)
+        started = time.monotonic()
+        await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}")
+
+        async def delivered():
+            return (await b.app_store().received_signals()) and not any(
+                s.pending + s.in_flight for s in await a.app_store().outbox_summary())
+
+        await eventually(delivered)
+        assert time.monotonic() - started < 2.0 and recorder(b).signals == []  # kept, acknowledged, plugin still busy
+
+        async def used():
+            return any(e["event"] == "used" for e in (await consent.audit()).entries)
+
+        await eventually(used)
+        assert len(recorder(b).signals) == 1
+    finally:
+        await a.stop()
+        await b.stop()

@@ -449,8 +449,10 @@ async def _store_ctx(app: web.Application):
                     log.warning("housekeeping failed: %s", exc.message)
 
     task = asyncio.create_task(housekeeping())
+    await state.consent.start()
     await state.federation.start()
     yield
+    await state.consent.stop()
     await state.federation.stop()
     task.cancel()
     try:

@@ -43,6 +43,28 @@ class Consent:
 
     def __init__(self, state):
         self.node = state
+        #: Deliveries from other nodes waiting to be handed to plugins, in arrival order.
+        self._deliveries: asyncio.Queue = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._hand_over_worker())
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Hand over what is queued (for at most ``grace`` seconds), then stop."""
+        if self._worker is None:
+            return
+        try:
+            await asyncio.wait_for(self._deliveries.join(), grace)
+        except TimeoutError:
+            log.warning("stopping with %d deliveries not yet handed to plugins (they are kept; the "
+                        "patient's next delivery replaces them)", self._deliveries.qsize())
+        self._worker.cancel()
+        try:
+            await self._worker
+        except asyncio.CancelledError:
+            pass
+        self._worker = None
 
     @property
     def me(self) -> str:
@@ -102,6 +124,11 @@ class Consent:
     async def receive(self, origin: str, content: Any) -> tuple[list[str], int, pg.Token, str]:
         """Check and keep one delivery and hand it to plugins. Returns the plugins that took
         it, the signal count, the token and the delivery id."""
+        token, signals, delivery = await self.keep(origin, content)
+        return await self.dispatch(token, signals), len(signals), token, delivery
+
+    async def keep(self, origin: str, content: Any) -> tuple[pg.Token, list[Signal], str]:
+        """Check one delivery and keep its signals (replacing the token's previous ones)."""
         f = fields(content, "signals", {"token": anything, "voucher": anything, "delivery": text(32, pg.ID),
                                         "sealed": b64(max_length=MAX_SEALED)})
         token = pg.Token.from_json(f["token"])
@@ -116,14 +143,33 @@ class Consent:
             raise Gone("the consent grant was revoked", code="grant_revoked")
         # A duplicate (the store kept it, the reply was lost) is handed over again: a
         # delivery replaces the previous one under the same token, so plugins stay correct.
-        signals = [Signal(token.kind, b, token.subject, token.purpose, token.id, origin, self.node.now())
-                   for b in bodies]
+        return token, [Signal(token.kind, b, token.subject, token.purpose, token.id, origin, self.node.now())
+                       for b in bodies], f["delivery"]
+
+    async def dispatch(self, token: pg.Token, signals: list[Signal]) -> list[str]:
+        """Hand a kept delivery to the plugins it covers; the names of those that took it."""
         if signals:
-            taken = await self.hand_over(token, signals)
-        else:  # the patient's records give nothing any more: plugins drop what the token gave
-            await self._tell_plugins(self._received(token, f["voucher"]))
-            taken = []
-        return taken, len(signals), token, f["delivery"]
+            return await self.hand_over(token, signals)
+        # the patient's records give nothing any more: plugins drop what the token gave
+        await self._tell_plugins(self._received(token, None))
+        return []
+
+    async def _hand_over_worker(self) -> None:
+        """Hands deliveries from other nodes to plugins, one at a time and in order, apart
+        from the federation transaction that brought them: a slow plugin (each call has its
+        timeout) delays plugins, never the sending node's delivery. Then reports the use."""
+        while True:
+            origin, token, signals, delivery = await self._deliveries.get()
+            try:
+                taken = await self.dispatch(token, signals)
+                await self.node.store.enqueue([(origin, _wire(USED, {
+                    "token": token.id, "delivery": delivery, "count": len(signals), "plugins": taken}))],
+                    self.node.now())
+                self.node.federation.notify()
+            except RxfedError as exc:
+                log.warning("handing a delivery to plugins failed: %s", exc.message)
+            finally:
+                self._deliveries.task_done()
 
     async def hand_over(self, token: pg.Token, signals: list[Signal]) -> list[str]:
         plugins = self.node.plugins
@@ -154,17 +200,20 @@ class Consent:
 
     # -- federation handlers ---------------------------------------------------------------
     async def on_signals(self, origin: str, events: list[WireEvent]):
-        results, effects = [], InboundEffects()
+        results, kept = [], []
         for event in events:
             try:
-                taken, count, token, delivery = await self.receive(origin, event.content)
+                token, signals, delivery = await self.keep(origin, event.content)
             except RxfedError as exc:
                 log.info("signals from %s refused: %s", origin, exc.code)
                 results.append(EventResult(False, exc.code, exc.message))
                 continue
             results.append(EventResult(True))
-            effects.outbox.append((origin, _wire(USED, {"token": token.id, "delivery": delivery, "count": count,
-                                                        "plugins": taken})))
+            kept.append((origin, token, signals, delivery))
+        # Queued for plugins once the transaction is committed. A delivery kept here and then
+        # re-applied after a lost reply is queued again: deliveries replace each other, so
+        # plugins stay correct, and the home node logs each delivery's use once.
+        effects = InboundEffects(after_commit=[lambda item=item: self._deliveries.put_nowait(item) for item in kept])
         return results, effects
 
     async def on_revoke(self, origin: str, events: list[WireEvent]):
