@@ -121,6 +121,8 @@ async def test_grant_use_revoke_across_the_federation(fed, make_patient):
     await eventually(acknowledged)
     assert outcomes(c).held() == 0
     assert await c.app_store().received_signals() == []
+    # deleted for real: not in the database file, not in the WAL either
+    assert scan(c.data_dir, DRUG.encode()) == []
     with pytest.raises(RxfedError, match="no live grant"):
         await consent.share(granted["grant"])
     # and the home node refuses at once whatever a client sends under the revoked grant

@@ -4,8 +4,9 @@ Durability: ``synchronous=FULL`` makes every COMMIT fsync the WAL before a reply
 To stay fast under concurrency the writer thread drains every operation waiting in its
 queue into one transaction (each inside its own SAVEPOINT, so one operation failing rolls
 back only itself), commits once, then answers them all: one fsync for many requests.
-``secure_delete=ON`` overwrites freed content with zeros; erasures end with a TRUNCATE
-checkpoint so the WAL keeps no old frames either.
+``secure_delete=ON`` overwrites freed content with zeros; erasures, and deletions of
+signals whose consent was revoked or expired, end with a TRUNCATE checkpoint so the WAL
+keeps no old frames either.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from rxfed.crypto import audit_link
 from rxfed.protocol.canonical import canonical
@@ -233,7 +236,12 @@ MIGRATIONS: list[str] = [
 ]
 
 _BATCH_MAX = 512
-_CHECKPOINT = object()
+@attrs.frozen
+class _Checkpoint:
+    """An operation's result, with a request to checkpoint the WAL (TRUNCATE) after the
+    commit, so deleted content leaves the WAL file too (erasure, revoked signals)."""
+
+    result: Any = None
 
 
 class SQLiteStore(Store):
@@ -348,8 +356,8 @@ class SQLiteStore(Store):
                     continue
                 if savepoints:
                     conn.execute("RELEASE op")
-                if result is _CHECKPOINT:
-                    checkpoint, result = True, None
+                if isinstance(result, _Checkpoint):
+                    checkpoint, result = True, result.result
                 outcomes.append((future, loop, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -614,7 +622,7 @@ class SQLiteStore(Store):
             c.execute("DELETE FROM grants WHERE patient_id=?", (patient,))
             c.execute("DELETE FROM patients WHERE id=?", (patient,))
             c.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?)", (patient, root_key, tombstone, now))
-            return _CHECKPOINT
+            return _Checkpoint()
 
         await self._write(op)
 
@@ -1035,7 +1043,8 @@ class SQLiteStore(Store):
             held = c.execute("DELETE FROM received_signals WHERE token=?", (token.token,)).rowcount
             c.execute("UPDATE received_tokens SET revoked=COALESCE(revoked, ?), revocation=COALESCE(revocation, ?) "
                       "WHERE token=?", (now, revocation, token.token))
-            return held > 0
+            # secure_delete zeroes the rows in the database file; the checkpoint clears the WAL.
+            return _Checkpoint(True) if held else False
 
         return await self._write(op)
 
@@ -1055,7 +1064,8 @@ class SQLiteStore(Store):
             rows = c.execute(f"SELECT {self._RECEIVED_COLUMNS} FROM received_tokens WHERE not_after <= ? "
                              "AND token IN (SELECT token FROM received_signals)", (now,)).fetchall()
             c.executemany("DELETE FROM received_signals WHERE token=?", [(r[0],) for r in rows])
-            return [ReceivedToken(*r) for r in rows]
+            expired = [ReceivedToken(*r) for r in rows]
+            return _Checkpoint(expired) if expired else expired
 
         return await self._write(op)
 
