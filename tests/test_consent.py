@@ -133,6 +133,11 @@ async def test_grant_use_revoke_across_the_federation(fed, make_patient):
     assert refused.value.code == "grant_revoked"
     events = [e["event"] for e in (await consent.audit()).entries]
     assert events == ["granted", "shared", "used", "revoked", "acknowledged"]
+    # a recipient cannot pad the patient's log: uses count only for deliveries that were made
+    (token,) = (await consent.list())[0]["tokens"]
+    results, _ = await a.state.consent.on_used(c.node_id, [WireEvent("consent.used", {
+        "token": token["token"], "delivery": pg.new_id(), "count": 1, "plugins": ["outcomes"] * 64})])
+    assert [e["event"] for e in (await consent.audit()).entries] == events
 
 
 async def _true(value):
@@ -182,6 +187,12 @@ async def test_pseudonyms_are_unlinkable_across_nodes_plugins_and_purposes(fed, 
             assert scan(node.data_dir, needle.encode()) == []
     assert scan(c.data_dir, subjects[b.node_id].encode()) == []
     assert scan(b.data_dir, subjects[c.node_id].encode()) == []
+    # what every recipient of one grant sees alike is whole days, not a linking timestamp
+    for node in (b, c):
+        held = await node.app_store().received_token(recorder(node).signals[0].grant)
+        token, voucher = json.loads(held.statement)["body"], json.loads(held.voucher)["body"]
+        assert token["issued"] % 86400 == 0 and token["not_after"] % 86400 == 86399
+        assert voucher["issued"] % 86400 == 0
 
 
 async def test_bad_grants_are_refused_and_change_nothing(fed, make_patient):
@@ -254,10 +265,15 @@ async def test_a_node_refuses_forged_or_widened_deliveries(fed, make_patient):
     (token,) = (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
     parsed = pg.Token.from_json(token["statement"])
     b_key = b.state.signing_key().public
+    token_key = consent._key(b.node_id, "matching", None)
+    seqs = iter(range(1000, 10**6))
 
-    def content(signals, voucher=None, statement=None):
+    def content(signals, voucher=None, statement=None, signer=None, seq=None, to=b_key):
+        delivery = pg.new_id()
+        signed = pg.sign_delivery(signer or token_key, token=parsed.id, node=b.node_id, delivery=delivery,
+                                  seq=seq or next(seqs), signals=signals)
         return {"token": statement or token["statement"], "voucher": voucher or token["voucher"],
-                "delivery": pg.new_id(), "sealed": b64e(seal_to_node(b_key, canonical(signals)))}
+                "delivery": delivery, "sealed": b64e(seal_to_node(to, canonical(signed)))}
 
     good = [{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11", "source": "icd10"}}]
     wider = [{"kind": "treatment.outcome", "body": {"treatment": "metformin", "status": "ongoing"}}]
@@ -275,12 +291,29 @@ async def test_a_node_refuses_forged_or_widened_deliveries(fed, make_patient):
     assert refused.value.code == "bad_voucher"
     assert recorder(b).signals == [] and await b.app_store().received_signals() == []
     # sealed to another node: B cannot open what was meant for C
-    sealed_for_c = {**content(good), "sealed": b64e(seal_to_node(c.state.signing_key().public, canonical(good)))}
     with pytest.raises(RxfedError) as refused:
-        await b.state.consent.receive(a.node_id, sealed_for_c)
+        await b.state.consent.receive(a.node_id, content(good, to=c.state.signing_key().public))
     assert refused.value.code == "not_for_this_node"
-    taken, count, _, _ = await b.state.consent.receive(a.node_id, content(good))
+    # the relaying home node (or anyone holding B's public key) cannot make a delivery: it
+    # is signed by the patient's pseudonymous token key, for this token, node and delivery id
+    with pytest.raises(RxfedError) as refused:
+        await b.state.consent.receive(a.node_id, content(good, signer=SigningKeyPair.generate()))
+    assert refused.value.code == "bad_statement_signature"
+    unsigned = {**content(good), "sealed": b64e(seal_to_node(b_key, canonical(good)))}
+    with pytest.raises(RxfedError):
+        await b.state.consent.receive(a.node_id, unsigned)
+    assert recorder(b).signals == [] and await b.app_store().received_signals() == []
+    delivered = content(good, seq=5000)
+    taken, count, _, _ = await b.state.consent.receive(a.node_id, delivered)
     assert taken == ["recorder"] and count == 1
+    # nor replay an old delivery under a new id, nor bring back an older one
+    with pytest.raises(RxfedError) as refused:
+        await b.state.consent.receive(a.node_id, {**delivered, "delivery": pg.new_id()})
+    assert refused.value.code == "bad_delivery"
+    with pytest.raises(RxfedError) as refused:
+        await b.state.consent.receive(a.node_id, content([], seq=4000))
+    assert refused.value.code == "stale_delivery"
+    assert len(await b.app_store().received_signals()) == 1
 
 
 async def test_revocation_reaches_a_node_that_was_down(fed, make_patient):
@@ -310,11 +343,14 @@ async def test_revocation_reaches_a_node_that_was_down(fed, make_patient):
     # a delivery still in flight under the revoked token is refused where it arrives
     (token,) = [t for t in (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
                 if t["node"] == b.node_id]
-    late = canonical([{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11",
-                                                               "source": "icd10"}}])
+    late_id = pg.new_id()
+    late = canonical(pg.sign_delivery(consent._key(b.node_id, "matching", None), token=token["token"],
+                                      node=b.node_id, delivery=late_id, seq=2**52, signals=[
+                                          {"kind": "diagnosis.category",
+                                           "body": {"system": "icd10", "category": "E11", "source": "icd10"}}]))
     with pytest.raises(RxfedError) as refused:
         await b.state.consent.receive(a.node_id, {"token": token["statement"], "voucher": token["voucher"],
-                                                  "delivery": pg.new_id(),
+                                                  "delivery": late_id,
                                                   "sealed": b64e(seal_to_node(b.state.signing_key().public, late))})
     assert refused.value.code == "grant_revoked"
     assert await b.app_store().received_signals() == [] and len(recorder(b).signals) == 1
@@ -513,3 +549,20 @@ async def test_a_slow_plugin_never_holds_up_federation_delivery(tmp_path, make_p
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_erasing_an_account_needs_its_grants_revoked_first(fed, make_patient):
+    from rxfed.protocol import vault as pv
+    from rxfed.protocol.statements import sign_statement
+
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
+    tombstone = sign_statement(patient.identity.root, {"type": pv.TOMBSTONE, "patient": patient.patient,
+                                                       "deleted": consent._now()})
+    with pytest.raises(NodeRefused) as refused:  # straight to the endpoint: refused, nothing erased
+        await patient._call("POST", "/v1/account/erase", {"tombstone": tombstone})
+    assert refused.value.code == "live_grants"
+    assert len(await a.app_store().received_signals()) == 1
+    await patient.erase_account()  # the SDK revokes first
+    assert await a.app_store().received_signals() == [] and len(recorder(a).revoked) == 1

@@ -9,15 +9,16 @@ node's key, so the home node relays them without reading them unless it is the r
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import attrs
 
 from rxfed.client.profile import write_private
-from rxfed.client.sdk import PatientClient
+from rxfed.client.sdk import IntegrityError, PatientClient
 from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
 from rxfed.crypto import b64d, b64e, pseudonym_key, seal_to_node
-from rxfed.errors import BadRequest, NotFound
+from rxfed.errors import BadRequest, NotFound, RxfedError
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.canonical import canonical
 
@@ -36,6 +37,17 @@ class AuditView:
         return {"entries": list(self.entries), "head": self.head.to_json(), "verified": self.verified}
 
 
+def node_url(node_id: str) -> str:
+    """Where a node answers: its id is the authority of its public URL, HTTPS off loopback
+    (spec/federation.md); a loopback node (a development federation) answers plain HTTP."""
+    host = node_id.rsplit(":", 1)[0] if node_id.count(":") == 1 else node_id
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return f"{'http' if loopback else 'https'}://{node_id}"
+
+
 class Consent:
     """Consent operations for one patient client. ``plugins`` supplies signal derivation
     (client hooks); by default every installed plugin."""
@@ -43,6 +55,8 @@ class Consent:
     def __init__(self, client: PatientClient, plugins: RxfedPlugins | None | bool = None):
         self.client = client
         self._plugins = plugins
+        #: Token statements as :meth:`list` last parsed them, by id.
+        self._tokens: dict[str, pg.Token] = {}
 
     @property
     def plugins(self) -> RxfedPlugins:
@@ -71,26 +85,53 @@ class Consent:
         today = dt.datetime.fromtimestamp(self._now(), dt.timezone.utc).date()
         return self.plugins.derive_signals(kind, records, today)
 
+    async def _seal_key(self, node: str) -> bytes:
+        """The key to seal to, from the node itself (``/.well-known/rxfed``), never from the
+        home node: a home that could name the key could read what it relays."""
+        identity = self.client.identity
+        url = identity.node_url if node == identity.node_id else node_url(node)
+        doc = await self.client.discover(self.client._session_or_new(), url)
+        if doc.get("node_id") != node:
+            raise IntegrityError(f"{url} says it is {doc.get('node_id')!r}, not {node}")
+        keys = [k for k in doc.get("keys", []) if isinstance(k, dict)]
+        if not keys:
+            raise IntegrityError(f"{node} publishes no key")
+        newest = max(keys, key=lambda k: (k.get("valid_until") is None, k.get("valid_from") or 0))
+        return b64d(newest["public_key"], length=32)
+
     async def share(self, grant_id: str | None = None) -> list[dict]:
         """Send the current signals under every live grant (or one): a delivery replaces
-        what the grant's recipients hold from before."""
+        what the grant's recipients hold from before. Only under tokens this profile made
+        (the home node cannot redirect them), each sealed to its node's own key and signed
+        by the token's pseudonymous key."""
         grants = [g for g in await self.list() if g["status"] == "live" and grant_id in (None, g["grant"])]
         if grant_id is not None and not grants:
             raise NotFound("no live grant with that id", code="unknown_grant")
-        seal_keys = {n["node_id"]: b64d(n["seal_key"], length=32) for n in (await self.nodes())["nodes"]}
         records = await self.client.records()
         out = []
         for grant in grants:
-            bodies = await self.derive(grant["kind"], records)
-            sealed_plain = canonical([{"kind": grant["kind"], "body": b} for b in bodies])
+            target = pg.Recipient.parse(grant["recipient"])
             for token in grant["tokens"]:
-                if token["node"] not in seal_keys:
+                parsed = self._tokens[token["token"]]
+                if not token["verified"]:
                     out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
-                                "reason": "node unreachable from the home node"})
+                                "reason": "this token was not made by this profile (not sent)"})
                     continue
+                try:
+                    seal_key = await self._seal_key(parsed.node)
+                except RxfedError as exc:
+                    out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
+                                "reason": f"cannot get the node's key: {exc.message}"})
+                    continue
+                key = self._key(parsed.node, parsed.purpose, target.only_plugin())
+                bodies = await self.derive(parsed.kind, records)
+                delivery = pg.new_id()
+                signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery,
+                                          seq=pg.delivery_seq(key, int(self.client.clock() * 1000)),
+                                          signals=[{"kind": parsed.kind, "body": b} for b in bodies])
                 result = await self.client._call("POST", "/v1/consent/signals", {
-                    "token": token["token"], "delivery": pg.new_id(), "count": len(bodies),
-                    "sealed": b64e(seal_to_node(seal_keys[token["node"]], sealed_plain))})
+                    "token": parsed.id, "delivery": delivery, "count": len(bodies),
+                    "sealed": b64e(seal_to_node(seal_key, canonical(signed)))})
                 out.append({"grant": grant["grant"], "node": token["node"], "sent": True, "signals": len(bodies),
                             "queued": result.get("queued", False), "plugins": result.get("plugins", [])})
         return out
@@ -103,7 +144,12 @@ class Consent:
         now = self._now()
         target = pg.Recipient.parse(recipient, "--to")
         pg.check_purpose(purpose)
-        not_after = until if until is not None else now + DEFAULT_DURATION
+        if until is not None and until <= now:
+            raise pg.ConsentError("a grant ends in the future", code="bad_date")
+        # whole days: every recipient sees this end, so it must not single the patient out
+        not_after = pg.end_of_day(until if until is not None else now + DEFAULT_DURATION)
+        if not_after - now > pg.MAX_DURATION:
+            not_after -= pg.DAY
         if not_after <= now or not_after - now > pg.MAX_DURATION:
             raise pg.ConsentError("a grant ends in the future and runs for at most a year", code="bad_date")
         reachable = await self.nodes()
@@ -140,7 +186,7 @@ class Consent:
             target = pg.Recipient.parse(g["recipient"])
             tokens = []
             for t in g["tokens"]:
-                token = pg.Token.from_json(t["statement"])
+                token = self._tokens[t["token"]] = pg.Token.from_json(t["statement"])
                 mine = self._key(token.node, token.purpose, target.only_plugin()).public == token.subject_key
                 tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"],
                                "acknowledged": t["acknowledged"], "verified": mine and token.kind == g["kind"]})

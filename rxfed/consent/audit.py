@@ -62,8 +62,10 @@ def verify(patient: str, entries: list[dict], head_statement: Any, node_keys: li
     ``entries`` are the log in order (each with its ``seq``, from 1). Returns the new head,
     or raises :class:`AuditTampered` saying what does not add up.
     """
+    if not isinstance(entries, list):
+        raise AuditTampered("the audit log is not a list of entries")
     for i, entry in enumerate(entries, start=1):
-        if entry.get("seq") != i:
+        if not isinstance(entry, dict) or entry.get("seq") != i:
             raise AuditTampered(f"audit entry {i} is missing or out of order")
     hashes = chain(canonical(e) for e in entries)
     body = None

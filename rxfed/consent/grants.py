@@ -24,12 +24,13 @@ import attrs
 
 from rxfed.crypto import SigningKeyPair, b64d, b64e, fingerprint, hash_id, random_bytes
 from rxfed.errors import BadRequest, Forbidden, Gone
-from rxfed.protocol.schema import b64, const, fields, integer, text
+from rxfed.protocol.schema import anything, b64, const, fields, integer, text
 from rxfed.protocol.statements import open_statement, sign_statement
 
 GRANT = "rxfed.consent.grant"
 TOKEN = "rxfed.consent.token"
 VOUCHER = "rxfed.consent.voucher"
+DELIVERY = "rxfed.consent.delivery"
 REVOKE = "rxfed.consent.revoke"
 TOKEN_REVOKE = "rxfed.consent.token-revoke"
 
@@ -42,6 +43,8 @@ MAX_DURATION = 366 * 86400
 #: How far a grant's issue time may be from the node's clock.
 SKEW = 300
 MAX_TIME = 2**41
+#: Times that every recipient of a grant sees are whole days (see :func:`day`).
+DAY = 86400
 _RECIPIENT = re.compile(rf"node:(?P<node>{NODE_ID})|(?P<fed>federation)|plugin:(?P<pnode>{NODE_ID})/(?P<plugin>{PLUGIN})")
 
 
@@ -177,9 +180,23 @@ def const_int(expected: int):
 
 
 def token_ids(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not 1 <= len(value) <= 64 or len(set(value)) != len(value):
+    if not isinstance(value, list) or not 1 <= len(value) <= 64:
         raise ConsentError(f"{where} must list 1 to 64 distinct token ids")
-    return [text(32, ID)(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    ids = [text(32, ID)(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if len(set(ids)) != len(ids):
+        raise ConsentError(f"{where} must list 1 to 64 distinct token ids")
+    return ids
+
+
+def day(unix: int) -> int:
+    """``unix`` rounded down to a whole UTC day. Times the recipients of one grant all see
+    are whole days, so a shared timestamp cannot link their tokens (beyond "granted the same
+    day"); ``not_after`` is the last second of a day for the same reason."""
+    return unix - unix % DAY
+
+
+def end_of_day(unix: int) -> int:
+    return day(unix) + DAY - 1
 
 
 # -- tokens: what travels ------------------------------------------------------------------
@@ -208,7 +225,7 @@ class Token:
     def create(cls, key: SigningKeyPair, *, node: str, home: str, kind: str, purpose: str, recipient: Recipient,
                issued: int, not_after: int) -> Token:
         body = {"type": TOKEN, "v": 1, "id": new_id(), "node": node, "home": home, "subject": b64e(key.public),
-                "kind": kind, "purpose": purpose, "recipient": str(recipient), "issued": issued,
+                "kind": kind, "purpose": purpose, "recipient": str(recipient), "issued": day(issued),
                 "not_after": not_after}
         return cls.from_json(sign_statement(key, body))
 
@@ -246,7 +263,7 @@ class Token:
 def voucher(node_key: SigningKeyPair, token: Token, now: int) -> dict:
     """The home node's statement that a token's pseudonym is one of its patients."""
     return sign_statement(node_key, {"type": VOUCHER, "token": token.id, "subject": b64e(token.subject_key),
-                                     "home": token.home, "issued": now})
+                                     "home": token.home, "issued": day(now)})
 
 
 def check_voucher(obj: Any, token: Token, home_keys: list[bytes]) -> None:
@@ -262,6 +279,37 @@ def check_voucher(obj: Any, token: Token, home_keys: list[bytes]) -> None:
             raise Forbidden("the voucher is for another token", code="bad_voucher")
         return
     raise Forbidden("the home node's voucher does not verify", code="bad_voucher") from last
+
+
+# -- deliveries: the signals, signed by the token's key ------------------------------------
+
+
+def delivery_seq(key: SigningKeyPair, now_ms: int) -> int:
+    """A delivery's sequence number: milliseconds plus an offset only the patient can derive
+    (keyed by the token's private key), so it grows with time for one token but two
+    recipients cannot line their deliveries up by it."""
+    return now_ms + int(hash_id(key.seed, person=b"rxfed-deliv-seq", size=4), 16)
+
+
+def sign_delivery(key: SigningKeyPair, *, token: str, node: str, delivery: str, seq: int,
+                  signals: list[dict]) -> dict:
+    """The plaintext sealed to the recipient: the signals, signed by the token's key, bound
+    to the token, the node and the delivery id, and ordered by ``seq``."""
+    return sign_statement(key, {"type": DELIVERY, "token": token, "node": node, "delivery": delivery, "seq": seq,
+                                "signals": signals})
+
+
+def open_delivery(obj: Any, token: Token, delivery: str) -> tuple[int, list]:
+    """``(seq, signals)`` of a delivery the token's key signed for this token, its node and
+    this delivery id; Forbidden otherwise (a relaying node cannot make or replay one)."""
+    body = open_statement(obj, "delivery", DELIVERY, token.subject_key)
+    f = fields(body, "delivery", {"type": const(DELIVERY), "token": text(32, ID), "node": text(260, NODE_ID),
+                                  "delivery": text(32, ID), "seq": integer(0, 2**53 - 1), "signals": anything})
+    if f["token"] != token.id or f["node"] != token.node or f["delivery"] != delivery:
+        raise Forbidden("the delivery is signed for another token, node or delivery", code="bad_delivery")
+    if not isinstance(f["signals"], list):
+        raise ConsentError("delivery.signals must be a list", code="bad_signal")
+    return f["seq"], f["signals"]
 
 
 # -- revocation ----------------------------------------------------------------------------

@@ -136,9 +136,10 @@ class SignalKind:
 class Signal:
     """A signal as a node plugin receives it.
 
-    ``subject`` is the patient's pairwise pseudonym for this recipient and purpose (it never
-    repeats across nodes, plugins or purposes); ``grant`` is the id of the grant token it
-    came under; ``origin`` is the patient's home node.
+    ``subject`` is the patient's pairwise pseudonym for this node and purpose (and plugin,
+    when the grant names one): it never repeats across nodes, purposes or named plugins;
+    ``grant`` is the id of the grant token it came under; ``origin`` is the patient's home
+    node.
     """
 
     kind: str

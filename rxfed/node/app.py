@@ -21,7 +21,7 @@ from aiohttp import web
 
 import rxfed
 from rxfed.crypto import b64e, sha256
-from rxfed.errors import BadRequest, Forbidden, RateLimited, RxfedError, Unauthorized
+from rxfed.errors import BadRequest, Conflict, Forbidden, RateLimited, RxfedError, Unauthorized
 from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys
 from rxfed.node.federation import Federation
@@ -322,6 +322,10 @@ async def erase_account(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     f = fields(caller.body, "erase", {"tombstone": lambda v, w: v})
     pv.parse_tombstone(f["tombstone"], "erase.tombstone", await state.root_key(caller.patient))
+    if any(g.revoked is None and g.not_after > caller.now for g, _ in await state.store.grants(caller.patient)):
+        # Only the patient's devices can sign the revocations other nodes act on.
+        raise Conflict("revoke your live consent grants first, so every node that received signals deletes "
+                       "them (the SDK and `rxfed patient delete-account` do this)", code="live_grants")
     await state.store.erase_patient(caller.patient, signer=caller.auth.device, tombstone=canonical(f["tombstone"]),
                                     nonce=caller.nonce, now=caller.now)
     state.forget_patient(caller.patient)

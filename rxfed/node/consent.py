@@ -20,7 +20,7 @@ from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
 from rxfed.consent.signals import MAX_SIGNALS, Signal, SignalError
 from rxfed.crypto import DecryptionFailed, b64e, open_as_node
-from rxfed.errors import BadRequest, Forbidden, Gone, NotFound, RxfedError
+from rxfed.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RxfedError, Unavailable
 from rxfed.node.app import NODE, authenticate, reply
 from rxfed.node.federation import InboundEffects
 from rxfed.protocol.canonical import canonical, loads
@@ -36,6 +36,8 @@ REVOKE = "consent.revoke"
 ACK = "consent.ack"
 #: The largest sealed signal batch accepted (bytes after base64 decoding).
 MAX_SEALED = 256 * 1024
+#: Deliveries waiting for plugins beyond which a node asks senders to come back later.
+MAX_QUEUED = 10_000
 
 
 class Consent:
@@ -99,7 +101,7 @@ class Consent:
                              str(token.recipient), token.not_after, canonical(token.signed),
                              canonical(voucher) if voucher is not None else None, self.node.now())
 
-    def _open(self, sealed: bytes, token: pg.Token) -> list[dict]:
+    def _open(self, sealed: bytes, token: pg.Token, delivery: str) -> tuple[int, list[dict]]:
         for key in self.node.keys:
             try:
                 plaintext = open_as_node(key.key, sealed)
@@ -108,8 +110,8 @@ class Consent:
                 continue
         else:
             raise Forbidden("the signals are sealed to another node", code="not_for_this_node")
-        items = loads(plaintext)
-        if not isinstance(items, list) or len(items) > MAX_SIGNALS:
+        seq, items = pg.open_delivery(loads(plaintext), token, delivery)
+        if len(items) > MAX_SIGNALS:
             raise SignalError(f"a delivery holds a list of at most {MAX_SIGNALS} signals")
         kinds = self.kinds()
         out = []
@@ -119,7 +121,7 @@ class Consent:
                 raise Forbidden(f"signals[{i}] is a {f['kind']} signal; the grant covers {token.kind} only",
                                 code="widened_grant")
             out.append(kinds[token.kind].validate(f["body"]))
-        return out
+        return seq, out
 
     async def receive(self, origin: str, content: Any) -> tuple[list[str], int, pg.Token, str]:
         """Check and keep one delivery and hand it to plugins. Returns the plugins that took
@@ -136,11 +138,13 @@ class Consent:
             raise Forbidden("a token travels from its own home node", code="wrong_origin")
         pg.check_voucher(f["voucher"], token, await self.keys_of(origin))
         token.check_live(self.me, self.node.now(), self.kinds())
-        bodies = self._open(f["sealed"], token)
+        seq, bodies = self._open(f["sealed"], token, f["delivery"])
         outcome = await self.node.store.receive_signals(self._received(token, f["voucher"]), f["delivery"],
-                                                         [(token.kind, canonical(b)) for b in bodies])
+                                                         [(token.kind, canonical(b)) for b in bodies], seq=seq)
         if outcome == "revoked":
             raise Gone("the consent grant was revoked", code="grant_revoked")
+        if outcome == "stale":
+            raise Conflict("a newer delivery under this grant was kept already", code="stale_delivery")
         # A duplicate (the store kept it, the reply was lost) is handed over again: a
         # delivery replaces the previous one under the same token, so plugins stay correct.
         return token, [Signal(token.kind, b, token.subject, token.purpose, token.id, origin, self.node.now())
@@ -200,6 +204,8 @@ class Consent:
 
     # -- federation handlers ---------------------------------------------------------------
     async def on_signals(self, origin: str, events: list[WireEvent]):
+        if self._deliveries.qsize() >= MAX_QUEUED:
+            raise Unavailable("this node's plugins are behind; deliver later")
         results, kept = [], []
         for event in events:
             try:
@@ -268,12 +274,14 @@ class Consent:
         return found
 
     async def log_use(self, node: str, token_id: str, delivery: str, count: int, plugins: list[str]) -> None:
+        """Log ``node``'s report of one delivery's use: once, and only for a delivery the
+        patient made under that token to that node (a recipient cannot pad the log)."""
         grant, _ = await self._own_token(token_id, node)
+        named = pg.Recipient.parse(grant.recipient).only_plugin()
+        names = sorted({p for p in plugins if named is None or p == named})
         entries = [{"event": "used", "grant": grant.id, "node": node, "plugin": name, "purpose": grant.purpose,
-                    "kind": grant.kind, "count": count} for name in plugins]
-        if entries:
-            await self.node.store.append_audit(grant.patient, entries, ref=f"used:{token_id}:{delivery}",
-                                               now=self.node.now())
+                    "kind": grant.kind, "count": count} for name in names]
+        await self.node.store.delivery_used(token_id, node, delivery, entries, self.node.now())
 
     async def log_ack(self, node: str, token_id: str, unconfirmed: list[str]) -> None:
         """Record ``node``'s acknowledgement; ``unconfirmed`` names plugins there that could
@@ -389,6 +397,7 @@ async def share(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     f = fields(caller.body, "share", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
                                       "sealed": b64(max_length=MAX_SEALED), "count": integer(0, MAX_SIGNALS)})
+    # (``count`` is the patient's own figure for their audit log; the node cannot check it.)
     found = await state.store.grant_of_token(f["token"])
     if found is None or found[0].patient != caller.patient:
         raise NotFound("no such grant token", code="unknown_grant")
@@ -401,7 +410,8 @@ async def share(request: web.Request) -> web.Response:
                "sealed": b64e(f["sealed"])}
     local = token.node == state.config.node_id
     outbox = [] if local else [(token.node, _wire(SIGNALS, content))]
-    await state.store.mark_shared(token.token, patient=caller.patient, signer=caller.auth.device, outbox=outbox,
+    await state.store.mark_shared(token.token, patient=caller.patient, signer=caller.auth.device,
+                                  delivery=f["delivery"], outbox=outbox,
                                   nonce=caller.nonce, now=caller.now, audit=[{
                                       "event": "shared", "grant": grant.id, "node": token.node,
                                       "kind": grant.kind, "count": f["count"]}])

@@ -369,10 +369,15 @@ class Store(abc.ABC):
     async def grant_of_token(self, token: str) -> tuple[GrantRow, TokenRow] | None: ...
 
     @abc.abstractmethod
-    async def mark_shared(self, token: str, *, patient: str, signer: str, outbox: list[tuple[str, bytes]],
-                          audit: list[dict], nonce: Nonce, now: int) -> None:
-        """Record that the patient shared signals under ``token`` (still live: refused with
-        Gone once revoked), queue their delivery and log it, at once."""
+    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str,
+                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int) -> None:
+        """Record that the patient shared signals under ``token`` as ``delivery`` (still
+        live: refused with Gone once revoked), queue their delivery and log it, at once."""
+
+    @abc.abstractmethod
+    async def delivery_used(self, token: str, node: str, delivery: str, entries: list[dict], now: int) -> bool:
+        """Log a recipient node's use of one recorded delivery, once: False (nothing logged)
+        unless ``delivery`` was shared under ``token`` to ``node`` and not reported before."""
 
     @abc.abstractmethod
     async def revoke_grant(self, patient: str, grant_id: str, *, signer: str, revocation: bytes,
@@ -395,9 +400,12 @@ class Store(abc.ABC):
 
     # -- consent: signals received under tokens -------------------------------------------
     @abc.abstractmethod
-    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]]) -> str:
+    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]], *,
+                              seq: int = 0) -> str:
         """Keep ``signals`` under ``token``, replacing what it delivered before. Returns
-        ``"new"``, ``"duplicate"`` (this delivery was applied before) or ``"revoked"``."""
+        ``"new"``, ``"duplicate"`` (this delivery was applied before), ``"stale"`` (``seq``
+        not above the last kept delivery's) or ``"revoked"``. Forbidden when the token id is
+        known from another origin or under another key."""
 
     @abc.abstractmethod
     async def revoke_received(self, token: ReceivedToken, revocation: bytes | None, now: int) -> bool:

@@ -214,7 +214,15 @@ MIGRATIONS: list[str] = [
         received INTEGER NOT NULL,
         revoked INTEGER,
         revocation BLOB,
-        delivery TEXT
+        delivery TEXT,
+        delivery_seq INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE deliveries (
+        token TEXT NOT NULL,
+        delivery TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        used INTEGER,
+        PRIMARY KEY (token, delivery)
     ) WITHOUT ROWID;
     CREATE TABLE received_signals (
         token TEXT NOT NULL,
@@ -617,6 +625,8 @@ class SQLiteStore(Store):
             (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
             for table in ("records", "recovery", "devices", "subscriptions", "audit"):
                 c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
+            c.execute("DELETE FROM deliveries WHERE token IN (SELECT token FROM grant_tokens WHERE grant_id IN "
+                      "(SELECT id FROM grants WHERE patient_id=?))", (patient,))
             c.execute("DELETE FROM grant_tokens WHERE grant_id IN (SELECT id FROM grants WHERE patient_id=?)",
                       (patient,))
             c.execute("DELETE FROM grants WHERE patient_id=?", (patient,))
@@ -956,8 +966,8 @@ class SQLiteStore(Store):
 
         return await self._read(op)
 
-    async def mark_shared(self, token: str, *, patient: str, signer: str, outbox: list[tuple[str, bytes]],
-                          audit: list[dict], nonce: Nonce, now: int) -> None:
+    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str,
+                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
@@ -968,6 +978,10 @@ class SQLiteStore(Store):
             if row[0] is not None:
                 raise Gone("the consent grant was revoked", code="grant_revoked")
             c.execute("UPDATE grant_tokens SET shared=? WHERE token=?", (now, token))
+            try:
+                c.execute("INSERT INTO deliveries VALUES (?, ?, ?, NULL)", (token, delivery, now))
+            except sqlite3.IntegrityError:
+                raise Conflict("that delivery id was used before", code="duplicate_delivery") from None
             self._enqueue(c, outbox, now)
             self._audit(c, patient, audit, None, now)
 
@@ -1002,6 +1016,20 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
+    async def delivery_used(self, token: str, node: str, delivery: str, entries: list[dict], now: int) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT g.patient_id FROM deliveries d JOIN grant_tokens t ON t.token = d.token "
+                            "JOIN grants g ON g.id = t.grant_id WHERE d.token=? AND d.delivery=? AND t.node=? "
+                            "AND d.used IS NULL", (token, delivery, node)).fetchone()
+            if row is None:
+                return False
+            c.execute("UPDATE deliveries SET used=? WHERE token=? AND delivery=?", (now, token, delivery))
+            if entries:
+                self._audit(c, row[0], entries, None, now)
+            return True
+
+        return await self._write(op)
+
     async def append_audit(self, patient: str, entries: list[dict], *, ref: str | None, now: int) -> bool:
         return await self._write(lambda c: self._audit(c, patient, entries, ref, now))
 
@@ -1019,20 +1047,27 @@ class SQLiteStore(Store):
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                   (t.token, t.origin, t.subject, t.subject_key, t.kind, t.purpose, t.recipient, t.not_after,
                    t.statement, t.voucher, t.received))
+        origin, key = c.execute("SELECT origin, subject_key FROM received_tokens WHERE token=?", (t.token,)).fetchone()
+        if origin != t.origin or key != t.subject_key:  # another home's token with the same id
+            raise Forbidden("that token id belongs to another patient's grant", code="wrong_origin")
 
-    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]]) -> str:
+    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]], *,
+                              seq: int = 0) -> str:
         def op(c: sqlite3.Connection) -> str:
             self._insert_received(c, token)
-            revoked, last = c.execute("SELECT revoked, delivery FROM received_tokens WHERE token=?",
-                                      (token.token,)).fetchone()
+            revoked, last, last_seq = c.execute("SELECT revoked, delivery, delivery_seq FROM received_tokens "
+                                                "WHERE token=?", (token.token,)).fetchone()
             if revoked is not None:
                 return "revoked"
             if last == delivery:
                 return "duplicate"
+            if last_seq is not None and seq <= last_seq:
+                return "stale"
             c.execute("DELETE FROM received_signals WHERE token=?", (token.token,))
             c.executemany("INSERT INTO received_signals VALUES (?, ?, ?, ?)",
                           [(token.token, n, kind, body) for n, (kind, body) in enumerate(signals)])
-            c.execute("UPDATE received_tokens SET delivery=? WHERE token=?", (delivery, token.token))
+            c.execute("UPDATE received_tokens SET delivery=?, delivery_seq=? WHERE token=?",
+                      (delivery, seq, token.token))
             return "new"
 
         return await self._write(op)
@@ -1064,6 +1099,9 @@ class SQLiteStore(Store):
             rows = c.execute(f"SELECT {self._RECEIVED_COLUMNS} FROM received_tokens WHERE not_after <= ? "
                              "AND token IN (SELECT token FROM received_signals)", (now,)).fetchall()
             c.executemany("DELETE FROM received_signals WHERE token=?", [(r[0],) for r in rows])
+            # A day after its end a token is forgotten: a delivery under it is refused anyway.
+            c.execute("DELETE FROM received_tokens WHERE not_after <= ? AND token NOT IN "
+                      "(SELECT token FROM received_signals)", (now - 86400,))
             expired = [ReceivedToken(*r) for r in rows]
             return _Checkpoint(expired) if expired else expired
 

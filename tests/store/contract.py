@@ -179,11 +179,20 @@ class StoreContract:
         assert await store.grant_of_token(tokens[0].token) == (grant, tokens[0])
         with pytest.raises(Conflict):  # ids are never reused
             await self._grant(store, p)
-        await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, outbox=[("b", b"{}")],
-                                audit=[{"event": "shared"}], nonce=nonce(), now=1100)
+        await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1",
+                                outbox=[("b", b"{}")], audit=[{"event": "shared"}], nonce=nonce(), now=1100)
+        with pytest.raises(Conflict):  # a delivery id is used once
+            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1",
+                                    outbox=[], audit=[], nonce=nonce(), now=1100)
         with pytest.raises(Gone):  # another patient's token
-            await store.mark_shared(tokens[1].token, patient=q.patient, signer=q.device, outbox=[], audit=[],
-                                    nonce=nonce(), now=1100)
+            await store.mark_shared(tokens[1].token, patient=q.patient, signer=q.device, delivery="d2", outbox=[],
+                                    audit=[], nonce=nonce(), now=1100)
+        # a use is logged once, for a delivery that was made, reported by the token's node
+        used = [{"event": "used"}]
+        assert not await store.delivery_used(tokens[1].token, "a", "d1", used, now=1150)  # wrong node
+        assert not await store.delivery_used(tokens[1].token, "b", "d9", used, now=1150)  # no such delivery
+        assert await store.delivery_used(tokens[1].token, "b", "d1", used, now=1150)
+        assert not await store.delivery_used(tokens[1].token, "b", "d1", used, now=1151)
         with pytest.raises(Gone):
             await store.revoke_grant(q.patient, grant.id, signer=q.device, revocation=b"r", token_revocations={},
                                      outbox=[], audit=[], nonce=nonce(), now=1200)
@@ -191,8 +200,8 @@ class StoreContract:
                                  token_revocations={t.token: b"tr" for t in tokens}, outbox=[("b", b"{}")],
                                  audit=[{"event": "revoked"}], nonce=nonce(), now=1200)
         with pytest.raises(Gone):  # revoked: no more sharing, no second revocation
-            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, outbox=[], audit=[],
-                                    nonce=nonce(), now=1300)
+            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d3", outbox=[],
+                                    audit=[], nonce=nonce(), now=1300)
         ack = [{"event": "acknowledged"}]
         assert not await store.token_acknowledged(tokens[0].token, "b", audit=ack, ref="x", now=1300)  # wrong node
         assert await store.token_acknowledged(tokens[0].token, "a", audit=ack, ref="ack", now=1300)
@@ -200,7 +209,7 @@ class StoreContract:
         ((row, stored),) = await store.grants(p.patient)
         assert row.revoked == 1200 and [t.acked for t in stored] == [1300, None]
         assert [t.shared for t in stored] == [None, 1100]
-        assert [row.seq for row in await store.audit(p.patient)] == [1, 2, 3, 4]
+        assert [row.seq for row in await store.audit(p.patient)] == [1, 2, 3, 4, 5]
 
     async def test_audit_chain_and_references(self, store):
         from rxfed.consent.audit import chain
@@ -220,7 +229,12 @@ class StoreContract:
                               "federation", 5000, b"statement", b"voucher", 1000)
         assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1"), ("diagnosis.category", b"2")]) == "new"
         assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1")]) == "duplicate"
-        assert await store.receive_signals(token, "d2", [("diagnosis.category", b"3")]) == "new"
+        assert await store.receive_signals(token, "d2", [("diagnosis.category", b"3")], seq=5) == "new"
+        assert await store.receive_signals(token, "d4", [("diagnosis.category", b"9")], seq=5) == "stale"
+        with pytest.raises(Forbidden):  # the same token id from another home, or under another key
+            await store.receive_signals(attrs.evolve(token, origin="other"), "d5", [], seq=9)
+        with pytest.raises(Forbidden):
+            await store.revoke_received(attrs.evolve(token, subject_key=b"x" * 32), None, now=1500)
         assert await store.received_signals() == [(token.token, "diagnosis.category", b"3")]
         assert await store.revoke_received(token, b"revocation", now=2000)
         assert await store.received_signals(token.token) == []
