@@ -20,8 +20,6 @@ from rxfed.protocol.statements import open_statement, sign_statement
 
 HEAD = "rxfed.audit.head"
 GENESIS = bytes(32)
-#: What an entry's ``event`` may be.
-EVENTS = ("granted", "shared", "used", "revoked", "acknowledged")
 
 
 class AuditTampered(Forbidden):

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import SigningKeyPair, b64d, b64e, fingerprint, hash_id, random_bytes
+from rxfed.crypto import SigningKeyPair, b64e, fingerprint, hash_id, random_bytes
 from rxfed.errors import BadRequest, Forbidden, Gone
 from rxfed.protocol.schema import anything, b64, const, fields, integer, text
 from rxfed.protocol.statements import open_statement, sign_statement
@@ -338,7 +338,3 @@ def check_token_revocation(obj: Any, token_id: str, subject_key: bytes) -> int:
     if f["token"] != token_id:
         raise Forbidden("the revocation is for another token", code="bad_revocation")
     return f["revoked"]
-
-
-def b64_key(value: str) -> bytes:
-    return b64d(value, length=32)

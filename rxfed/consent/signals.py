@@ -19,8 +19,6 @@ from rxfed.errors import BadRequest
 
 KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}(\.[a-z][a-z0-9_]{0,30}){1,3}")
 FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}")
-#: The longest serialised signal a node accepts (one signal, canonical JSON).
-MAX_SIGNAL_BYTES = 1024
 #: The most signals one delivery may carry.
 MAX_SIGNALS = 256
 
@@ -158,9 +156,3 @@ def kinds_by_name(kinds: Iterable[SignalKind]) -> dict[str, SignalKind]:
             raise ValueError(f"two plugins define signal kind {kind.name!r} differently")
         found[kind.name] = kind
     return found
-
-
-def validate_signal(kinds: Mapping[str, SignalKind], kind: str, body: Any) -> dict:
-    if kind not in kinds:
-        raise SignalError(f"unknown signal kind {kind!r}", code="unknown_kind")
-    return kinds[kind].validate(body)

@@ -290,8 +290,7 @@ class Consent:
         entry = {"event": "acknowledged", "grant": grant.id, "node": node}
         if unconfirmed:
             entry["unconfirmed"] = sorted(unconfirmed)
-        await self.node.store.token_acknowledged(token_id, node, audit=[entry], ref=f"ack:{token_id}",
-                                                 now=self.node.now())
+        await self.node.store.token_acknowledged(token_id, node, audit=[entry], now=self.node.now())
 
     async def housekeeping(self) -> None:
         """Delete signals whose grant ended and tell the plugins."""

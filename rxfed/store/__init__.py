@@ -386,14 +386,9 @@ class Store(abc.ABC):
         """Revoke a live grant and its tokens, queue the revocations and log it, at once."""
 
     @abc.abstractmethod
-    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], ref: str, now: int) -> bool:
+    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], now: int) -> bool:
         """Record ``node``'s acknowledgement of a revoked token (once; False when not a
         revoked token of ours sent to ``node``)."""
-
-    @abc.abstractmethod
-    async def append_audit(self, patient: str, entries: list[dict], *, ref: str | None, now: int) -> bool:
-        """Append entries to a patient's audit chain (each gets ``seq``); with ``ref``, at
-        most once per reference (False when already there)."""
 
     @abc.abstractmethod
     async def audit(self, patient: str) -> list[AuditRow]: ...

@@ -236,10 +236,8 @@ MIGRATIONS: list[str] = [
         seq INTEGER NOT NULL,
         entry BLOB NOT NULL,
         hash BLOB NOT NULL,
-        ref TEXT,
         PRIMARY KEY (patient_id, seq)
-    ) WITHOUT ROWID;
-    CREATE UNIQUE INDEX audit_ref ON audit (patient_id, ref)
+    ) WITHOUT ROWID
     """,
 ]
 
@@ -912,10 +910,8 @@ class SQLiteStore(Store):
     _TOKEN_COLUMNS = "token, grant_id, node, statement, voucher, revocation, shared, acked"
 
     @staticmethod
-    def _audit(c: sqlite3.Connection, patient: str, entries: list[dict], ref: str | None, now: int) -> bool:
-        if ref is not None and c.execute("SELECT 1 FROM audit WHERE patient_id=? AND ref=?",
-                                         (patient, ref)).fetchone():
-            return False
+    def _audit(c: sqlite3.Connection, patient: str, entries: list[dict], now: int) -> None:
+        """Append ``entries`` to the patient's chain (callers make each logged fact happen once)."""
         row = c.execute("SELECT seq, hash FROM audit WHERE patient_id=? ORDER BY seq DESC LIMIT 1",
                         (patient,)).fetchone()
         seq, previous = row if row else (0, bytes(32))
@@ -923,9 +919,7 @@ class SQLiteStore(Store):
             seq += 1
             data = canonical({**entry, "seq": seq, "time": entry.get("time", now)})
             previous = audit_link(previous, data)
-            c.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", (patient, seq, data, previous, ref))
-            ref = None  # the reference marks the first entry of the group
-        return True
+            c.execute("INSERT INTO audit VALUES (?, ?, ?, ?)", (patient, seq, data, previous))
 
     async def add_grant(self, grant: GrantRow, tokens: list[TokenRow], *, signer: str, audit: list[dict],
                         nonce: Nonce, now: int) -> None:
@@ -940,7 +934,7 @@ class SQLiteStore(Store):
                               [(t.token, grant.id, t.node, t.statement, t.voucher) for t in tokens])
             except sqlite3.IntegrityError:
                 raise Conflict("that grant or token id is taken", code="duplicate_grant") from None
-            self._audit(c, grant.patient, audit, None, now)
+            self._audit(c, grant.patient, audit, now)
 
         await self._write(op)
 
@@ -983,7 +977,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise Conflict("that delivery id was used before", code="duplicate_delivery") from None
             self._enqueue(c, outbox, now)
-            self._audit(c, patient, audit, None, now)
+            self._audit(c, patient, audit, now)
 
         await self._write(op)
 
@@ -1000,11 +994,11 @@ class SQLiteStore(Store):
             c.executemany("UPDATE grant_tokens SET revocation=? WHERE token=? AND grant_id=?",
                           [(r, t, grant_id) for t, r in token_revocations.items()])
             self._enqueue(c, outbox, now)
-            self._audit(c, patient, audit, None, now)
+            self._audit(c, patient, audit, now)
 
         await self._write(op)
 
-    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], ref: str, now: int) -> bool:
+    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], now: int) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute("SELECT g.patient_id FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
                             "WHERE t.token=? AND t.node=? AND g.revoked IS NOT NULL AND t.acked IS NULL",
@@ -1012,7 +1006,8 @@ class SQLiteStore(Store):
             if row is None:
                 return False
             c.execute("UPDATE grant_tokens SET acked=? WHERE token=?", (now, token))
-            return self._audit(c, row[0], audit, ref, now)
+            self._audit(c, row[0], audit, now)
+            return True
 
         return await self._write(op)
 
@@ -1025,13 +1020,10 @@ class SQLiteStore(Store):
                 return False
             c.execute("UPDATE deliveries SET used=? WHERE token=? AND delivery=?", (now, token, delivery))
             if entries:
-                self._audit(c, row[0], entries, None, now)
+                self._audit(c, row[0], entries, now)
             return True
 
         return await self._write(op)
-
-    async def append_audit(self, patient: str, entries: list[dict], *, ref: str | None, now: int) -> bool:
-        return await self._write(lambda c: self._audit(c, patient, entries, ref, now))
 
     async def audit(self, patient: str) -> list[AuditRow]:
         rows = await self._read(lambda c: c.execute(

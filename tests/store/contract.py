@@ -203,26 +203,27 @@ class StoreContract:
             await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d3", outbox=[],
                                     audit=[], nonce=nonce(), now=1300)
         ack = [{"event": "acknowledged"}]
-        assert not await store.token_acknowledged(tokens[0].token, "b", audit=ack, ref="x", now=1300)  # wrong node
-        assert await store.token_acknowledged(tokens[0].token, "a", audit=ack, ref="ack", now=1300)
-        assert not await store.token_acknowledged(tokens[0].token, "a", audit=ack, ref="ack", now=1301)
+        assert not await store.token_acknowledged(tokens[0].token, "b", audit=ack, now=1300)  # wrong node
+        assert await store.token_acknowledged(tokens[0].token, "a", audit=ack, now=1300)
+        assert not await store.token_acknowledged(tokens[0].token, "a", audit=ack, now=1301)  # logged once
         ((row, stored),) = await store.grants(p.patient)
         assert row.revoked == 1200 and [t.acked for t in stored] == [1300, None]
         assert [t.shared for t in stored] == [None, 1100]
         assert [row.seq for row in await store.audit(p.patient)] == [1, 2, 3, 4, 5]
 
-    async def test_audit_chain_and_references(self, store):
+    async def test_audit_chain(self, store):
         from rxfed.consent.audit import chain
 
-        p = await register(store, 1)
-        assert await store.append_audit(p.patient, [{"event": "used", "n": 1}, {"event": "used", "n": 2}],
-                                        ref="r1", now=7)
-        assert not await store.append_audit(p.patient, [{"event": "used", "n": 1}], ref="r1", now=8)
-        assert await store.append_audit(p.patient, [{"event": "revoked"}], ref=None, now=9)
+        p, q = await register(store, 1), await register(store, 2)
+        grant, tokens = await self._grant(store, p)
+        await store.mark_shared(tokens[0].token, patient=p.patient, signer=p.device, delivery="d1", outbox=[],
+                                audit=[{"event": "shared", "n": 1}, {"event": "shared", "n": 2}], nonce=nonce(),
+                                now=1007)
+        await self._grant(store, q, gid="h" * 32)  # another patient's chain is separate
         rows = await store.audit(p.patient)
-        assert [r.seq for r in rows] == [1, 2, 3]
+        assert [r.seq for r in rows] == [1, 2, 3] and len(await store.audit(q.patient)) == 1
         assert [r.hash for r in rows] == chain(r.entry for r in rows)
-        assert b'"time":7' in rows[0].entry and b'"seq":3' in rows[2].entry
+        assert b'"time":1000' in rows[0].entry and b'"seq":3' in rows[2].entry and b'"time":1007' in rows[2].entry
 
     async def test_received_signals_replace_dedupe_and_revoke(self, store):
         token = ReceivedToken("t" * 32, "home", "SHA256:x", b"k" * 32, "diagnosis.category", "research",
