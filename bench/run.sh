@@ -11,9 +11,11 @@
 # Every raw JSON line and output goes to bench/results/<timestamp>/; at the end
 # bench/report.py prints the medians over the R rounds and the targets.
 #
-# Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), PATIENTS (16), PROFILE_ROOT (unset:
-#   the patients' profile dirs live in the node's temp dir; set e.g. /dev/shm to keep the
-#   SDK's per-write fsync of state.json off the disk the node's WAL is on),
+# Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), PATIENTS (16), PROFILE_ROOT (/dev/shm
+#   if it is a writable directory: the patients' profile dirs stand for the patients' own
+#   devices, so the SDK's per-write fsync of state.json stays off the disk the node's WAL is
+#   on, as the peers' load client writes nothing to disk; set it empty to keep them in the
+#   node's temp dir),
 #   PYTHON (python3; must have rxfed installed), SHARED (the `shared` folder beside the repo),
 #   RXFED_PEERS_CACHE (/tmp/rxfed-peers, the peers' venvs), SYNAPSE_PORT, CEILING_PORT.
 # Exit code: 0 if every step of every round completed, 3 if any failed or was incomplete.
@@ -27,6 +29,10 @@ N="${N:-2000}"
 CONC="${CONC:-1,16}"
 IDLE_S="${IDLE_S:-5}"
 PATIENTS="${PATIENTS:-16}"
+if [[ -z ${PROFILE_ROOT+set} ]]; then
+    PROFILE_ROOT=""
+    [[ -d /dev/shm && -w /dev/shm ]] && PROFILE_ROOT=/dev/shm
+fi
 export PYTHON N CONC IDLE_S  # the peer scripts read the same settings
 
 if [[ ! -f $SHARED/peers/lib.sh ]]; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -82,7 +83,7 @@ class NodeConfig:
     log_file: str | None = "node.log"
     access_log: str | None = "access.log"
 
-    @property
+    @functools.cached_property
     def node_id(self) -> str:
         return node_id_from_url(self.public_url)
 

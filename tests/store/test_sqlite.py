@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+import time
 
 import pytest
 
 from contract import StoreContract, commit, nonce, register
+from rxfed.errors import Conflict
 from rxfed.store import StoredRecord
 from rxfed.store.sqlite import MIGRATIONS, SQLiteStore
 
@@ -64,3 +68,79 @@ async def test_newer_schema_refused(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="newer"):
         await SQLiteStore(tmp_path / "rxfed.db").open()
+
+
+# -- the writer: group commit inline on the event loop, or on the writer thread ----------------
+
+
+async def _runs_on(store) -> str:
+    return await store._write(lambda c: threading.current_thread().name)
+
+
+async def test_fast_commits_run_inline_slow_ones_on_the_writer_thread(store):
+    await register(store, 1)
+    assert await _runs_on(store) == threading.current_thread().name  # this disk commits fast
+    store._commit_s = 1.0  # as if every commit took a second: keep them off the event loop
+    assert await _runs_on(store) == "rxfed-sqlite-writer"
+    # heavy operations never run on the loop, whatever the disk
+    store._commit_s = 0.0
+    ran = []
+    await store._write(lambda c: ran.append(threading.current_thread().name), heavy=True)
+    assert ran == ["rxfed-sqlite-writer"]
+
+
+@pytest.mark.parametrize("slow_disk", [False, True])
+async def test_one_failing_operation_fails_alone_in_a_batch(store, slow_disk):
+    patients = [await register(store, n) for n in range(1, 6)]
+    if slow_disk:
+        store._commit_s = 1.0
+    ok = [commit(store, p, 1, [StoredRecord(f"{n:032x}", 1, b"r%d" % n)]) for n, p in enumerate(patients)]
+    stale = commit(store, patients[0], 7, [StoredRecord("f" * 32, 1, b"stale")])
+    results = await asyncio.gather(*ok[:2], stale, *ok[2:], return_exceptions=True)
+    assert isinstance(results[2], Conflict)
+    assert [r for i, r in enumerate(results) if i != 2] == [1] * 5
+    for n, p in enumerate(patients):
+        vault = await store.vault(p.patient, p.device)
+        assert [r.blob for r in vault.records] == [b"r%d" % n]
+
+
+async def test_another_process_writing_never_blocks_the_event_loop(store):
+    p = await register(store, 1)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. `rxfed node invite` while the node runs
+    try:
+        write = asyncio.ensure_future(commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")]))
+        started = time.perf_counter()
+        await asyncio.sleep(0.2)  # the loop keeps turning while the write waits for the lock
+        assert time.perf_counter() - started < 1.0
+        assert not write.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await write == 1
+
+
+async def test_writes_from_another_event_loop(store):
+    p = await register(store, 1)
+
+    def elsewhere():
+        return asyncio.run(commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")]))
+
+    assert await asyncio.to_thread(elsewhere) == 1
+    assert (await store.account(p.patient)).counter == 1
+
+
+async def test_close_writes_what_was_queued(tmp_path):
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    p = await register(s, 1)
+    write = asyncio.ensure_future(commit(s, p, 1, [StoredRecord("a" * 32, 1, b"x")]))
+    await asyncio.sleep(0)  # queued, not yet written
+    await s.close()
+    assert await write == 1
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    try:
+        assert (await s.account(p.patient)).counter == 1
+    finally:
+        await s.close()
