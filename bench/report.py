@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
     ccpu = [median(docs[RXFED], f"client_cpu_ms_per_record_c{c}") for c in (1, 16)]
     if any(v is not None for v in cpu + ccpu):
         print(f"rxfed CPU per record (median): node {fmt(cpu[0], 2)} ms at c1, {fmt(cpu[1], 2)} ms at c16; "
-              f"load client (SDK sealing, signing, profile fsync) {fmt(ccpu[0], 2)} ms at c1, "
+              f"load client (sending, reading replies, saving the vault counter) {fmt(ccpu[0], 2)} ms at c1, "
               f"{fmt(ccpu[1], 2)} ms at c16.")
         print()
 

@@ -13,9 +13,9 @@
 #
 # Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), PATIENTS (16), PROFILE_ROOT (/dev/shm
 #   if it is a writable directory: the patients' profile dirs stand for the patients' own
-#   devices, so the SDK's per-write fsync of state.json stays off the disk the node's WAL is
-#   on, as the peers' load client writes nothing to disk; set it empty to keep them in the
-#   node's temp dir),
+#   devices, so the SDK's rewrite of state.json after every write (a temp file and a
+#   rename) stays off the disk the node's WAL is on, as the peers' load client writes
+#   nothing to disk; set it empty to keep them in the node's temp dir),
 #   PYTHON (python3; must have rxfed installed), SHARED (the `shared` folder beside the repo),
 #   RXFED_PEERS_CACHE (/tmp/rxfed-peers, the peers' venvs), SYNAPSE_PORT, CEILING_PORT.
 # Exit code: 0 if every step of every round completed, 3 if any failed or was incomplete.

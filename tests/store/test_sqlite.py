@@ -11,7 +11,7 @@ import pytest
 
 from contract import StoreContract, commit, nonce, register
 from rxfed.errors import Conflict
-from rxfed.store import StoredRecord
+from rxfed.store import Replayed, StoredRecord
 from rxfed.store.sqlite import MIGRATIONS, SQLiteStore
 
 
@@ -142,5 +142,33 @@ async def test_close_writes_what_was_queued(tmp_path):
     await s.open()
     try:
         assert (await s.account(p.patient)).counter == 1
+    finally:
+        await s.close()
+
+
+async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
+    import rxfed.store.sqlite as backend
+
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:3])  # a database from before migration 4
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    p = await register(s, 1)
+    used = nonce()
+    await commit(s, p, 1, [StoredRecord("a" * 32, 1, b"first"), StoredRecord("b" * 32, 1, b"second")], n=used)
+    await s.close()
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    try:
+        conn = sqlite3.connect(s.path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        vault = await s.vault(p.patient, p.device)
+        assert [(r.id, r.blob) for r in vault.records] == [("a" * 32, b"first"), ("b" * 32, b"second")]
+        with pytest.raises(Replayed):
+            await commit(s, p, 2, [StoredRecord("c" * 32, 1, b"x")], n=used)
+        with pytest.raises(Conflict):  # the unique (patient, id) index holds
+            await commit(s, p, 2, [StoredRecord("a" * 32, 1, b"again")])
+        await commit(s, p, 2, [StoredRecord("a" * 32, 2, b"first, edited")])
+        assert [r.blob for r in (await s.vault(p.patient, p.device)).records] == [b"first, edited", b"second"]
     finally:
         await s.close()
