@@ -272,6 +272,8 @@ MIGRATIONS: list[str] = [
 ]
 
 _BATCH_MAX = 512
+#: Loop turns a batch may wait for more operations while they keep arriving.
+_GATHER_TURNS = 2
 #: Commits slower than this on average (seconds) go to the writer thread.
 _INLINE_COMMIT_S = 0.002
 
@@ -302,6 +304,8 @@ class SQLiteStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list = []
         self._flush_scheduled = False
+        self._gathered = 0  # operations pending at the last turn of the loop
+        self._turns = 0
         #: Moving average of COMMIT's duration (seconds), which decides inline or thread.
         self._commit_s = 0.0
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
@@ -407,7 +411,18 @@ class SQLiteStore(Store):
             self._queue.put(item)
 
     def _flush(self) -> None:
-        """On the event loop: write the operations gathered since the last batch."""
+        """On the event loop: write the operations gathered since the last batch.
+
+        While more keep arriving (the loop is still working through requests that came in
+        together), wait up to _GATHER_TURNS more turns of the loop, so that they share the
+        transaction and its fsync: a busy node commits fewer, larger batches."""
+        if (len(self._pending) > self._gathered and self._turns < _GATHER_TURNS
+                and len(self._pending) < _BATCH_MAX):
+            self._gathered = len(self._pending)
+            self._turns += 1
+            self._loop.call_soon(self._flush)
+            return
+        self._gathered = self._turns = 0
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
         if not batch:

@@ -172,3 +172,23 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
         assert [r.blob for r in (await s.vault(p.patient, p.device)).records] == [b"first, edited", b"second"]
     finally:
         await s.close()
+
+
+async def test_operations_arriving_together_share_a_transaction(store):
+    patients = [await register(store, n) for n in range(1, 9)]
+    commits = []
+    real = store._transaction
+
+    def counting(conn, batch, **kw):
+        commits.append(len(batch))
+        return real(conn, batch, **kw)
+
+    store._transaction = counting
+
+    async def arrive_later(p, turns):
+        for _ in range(turns):  # as requests still being parsed when the first reaches the store
+            await asyncio.sleep(0)
+        return await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")])
+
+    assert await asyncio.gather(*(arrive_later(p, i % 2) for i, p in enumerate(patients))) == [1] * 8
+    assert commits == [8]
