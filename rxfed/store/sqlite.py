@@ -361,13 +361,16 @@ class SQLiteStore(Store):
 
     # -- the writer: group commit ----------------------------------------------------------
     #
-    # Writes are grouped: every operation that arrives while a transaction runs goes into the
-    # next one, which commits them with one fsync. A batch runs inline on the event loop when
-    # commits are fast (a median-class SSD: a fraction of a millisecond), because a thread
-    # hand-off there and back costs more than the commit; it runs on the writer thread when
-    # commits are slow (so the loop never stalls on a slow disk), when the thread is already
-    # writing, when another process holds the database's write lock, for heavy operations
-    # (erasure, pruning) and for callers on another event loop.
+    # Writes are grouped: the operations that arrive together share one transaction and one
+    # fsync. A batch runs inline on the event loop when commits are fast (an SSD: a fraction
+    # of a millisecond), because a hand-off to a thread and back costs more than the commit
+    # and the thread would wait for the interpreter lock, held by the busy loop, at every
+    # statement. It runs on the writer thread when commits are slow (so the loop never
+    # stalls on a slow disk), when the thread is already writing, when another process holds
+    # the database's write lock (an operator command: the loop never waits for it), when an
+    # operation failed and the batch must run again with savepoints, for heavy operations
+    # (erasure, pruning, whatever may checkpoint the WAL) and for callers on another event
+    # loop. The write connection is used by one thread at a time, under _conn_lock.
 
     def _write_loop(self, ready: concurrent.futures.Future) -> None:
         try:
@@ -399,7 +402,8 @@ class SQLiteStore(Store):
                 if outcomes is None:
                     outcomes = self._transaction(conn, batch, savepoints=True)
                 self._finish(conn, outcomes, inline=False)
-        conn.close()
+        with self._conn_lock:
+            conn.close()
 
     def _set_busy_timeout(self, conn: sqlite3.Connection, ms: int) -> None:
         if self._busy_timeout_ms != ms:
