@@ -276,14 +276,20 @@ _BATCH_MAX = 512
 _GATHER_TURNS = 2
 #: Commits slower than this on average (seconds) go to the writer thread.
 _INLINE_COMMIT_S = 0.002
+#: Commits between two checkpoints of the WAL into the database file. SQLite's automatic
+#: checkpoint is off on the write connection, since it would run inside a COMMIT on the
+#: event loop; the writer thread checkpoints instead.
+_CHECKPOINT_EVERY = 100
 
 
 @attrs.frozen
 class _Checkpoint:
-    """An operation's result, with a request to checkpoint the WAL (TRUNCATE) after the
-    commit, so deleted content leaves the WAL file too (erasure, revoked signals)."""
+    """An operation's result, with a request to checkpoint the WAL after the commit:
+    TRUNCATE so deleted content leaves the WAL file too (erasure, revoked signals), PASSIVE
+    for the routine copy of the WAL into the database file."""
 
     result: Any = None
+    mode: str = "TRUNCATE"
 
 
 class SQLiteStore(Store):
@@ -307,7 +313,9 @@ class SQLiteStore(Store):
         self._gathered = 0  # operations pending at the last turn of the loop
         self._turns = 0
         #: Moving average of COMMIT's duration (seconds), which decides inline or thread.
-        self._commit_s = 0.0
+        #: It starts high, so a new store commits on the thread until it knows the disk.
+        self._commit_s = 2 * _INLINE_COMMIT_S
+        self._since_checkpoint = 0
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._closed = True
@@ -340,6 +348,14 @@ class SQLiteStore(Store):
         self._pending = []
         self._queue.put(None)
         await asyncio.to_thread(self._writer.join)
+        while True:  # only if the writer thread died: nothing may wait forever
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                _fn, _args, future, loop = item
+                loop.call_soon_threadsafe(_settle_all, [(future, None, Unavailable("the store is closed"))])
         self._reader.shutdown(wait=True)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -379,6 +395,8 @@ class SQLiteStore(Store):
         except BaseException as exc:
             ready.set_exception(exc)
             return
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._busy_timeout_ms = 10_000  # what _connect set on this new connection
         self._conn = conn
         ready.set_result(None)
         stopping = False
@@ -397,11 +415,14 @@ class SQLiteStore(Store):
                     break
                 batch.append(item)
             with self._conn_lock:
-                self._set_busy_timeout(conn, 10_000)
-                outcomes = self._transaction(conn, batch, savepoints=False)
-                if outcomes is None:
-                    outcomes = self._transaction(conn, batch, savepoints=True)
-                self._finish(conn, outcomes, inline=False)
+                try:
+                    self._set_busy_timeout(conn, 10_000)
+                    outcomes = self._transaction(conn, batch, savepoints=False)
+                    if outcomes is None:
+                        outcomes = self._transaction(conn, batch, savepoints=True)
+                    self._finish(conn, outcomes, inline=False)
+                except BaseException as exc:  # noqa: BLE001 - the thread must go on serving
+                    self._fail(conn, batch, exc, inline=False)
         with self._conn_lock:
             conn.close()
 
@@ -428,14 +449,17 @@ class SQLiteStore(Store):
             return
         self._gathered = self._turns = 0
         self._flush_scheduled = False
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+        if self._pending:  # more than one batch arrived at once: the rest goes next turn
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         if not batch:
             return
         if self._commit_s > _INLINE_COMMIT_S or not self._conn_lock.acquire(blocking=False):
             self._to_thread(batch)
             return
+        conn = self._conn
         try:
-            conn = self._conn
             self._set_busy_timeout(conn, 0)  # never wait for another process on the loop
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -445,14 +469,24 @@ class SQLiteStore(Store):
                 outcomes = self._transaction(conn, batch, savepoints=False, begun=True)
             if outcomes is not None:
                 self._finish(conn, outcomes, inline=True)
+        except BaseException as exc:  # noqa: BLE001 - every caller gets an answer
+            self._fail(conn, batch, exc, inline=True)
+            return
         finally:
             self._conn_lock.release()
         if outcomes is None:  # locked, or an operation failed: savepoints, on the thread
             self._to_thread(batch)
 
     def _finish(self, conn: sqlite3.Connection, outcomes: list, *, inline: bool) -> None:
-        if any(isinstance(result, _Checkpoint) for _future, _loop, result, _exc in outcomes):
+        modes = {result.mode for _future, _loop, result, _exc in outcomes if isinstance(result, _Checkpoint)}
+        if "TRUNCATE" in modes:
             self._checkpoint(conn)
+        elif "PASSIVE" in modes or (self._since_checkpoint >= _CHECKPOINT_EVERY and not inline):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._since_checkpoint = 0
+        elif self._since_checkpoint >= _CHECKPOINT_EVERY:  # inline: ask the writer thread
+            self._since_checkpoint = -_CHECKPOINT_EVERY  # once, until that one has run
+            self._queue.put((_passive_checkpoint, (), self._loop.create_future(), self._loop))
         by_loop: dict[Any, list] = {}
         for future, loop, result, exc in outcomes:
             if isinstance(result, _Checkpoint):
@@ -506,6 +540,7 @@ class SQLiteStore(Store):
                 started = time.perf_counter()
                 conn.execute("COMMIT")
                 self._commit_s += (time.perf_counter() - started - self._commit_s) / 16
+                self._since_checkpoint += 1
         except sqlite3.Error as exc:
             log.error("store transaction failed: %s", exc)
             if conn.in_transaction:
@@ -513,6 +548,25 @@ class SQLiteStore(Store):
             failure = Unavailable("the store could not save this change; try again")
             return [(future, loop, None, failure) for _fn, _args, future, loop in batch]
         return outcomes
+
+    def _fail(self, conn: sqlite3.Connection, batch: list, exc: BaseException, *, inline: bool) -> None:
+        """The store itself failed (a disk error, say): roll back, answer every caller."""
+        log.error("store batch failed: %s: %s", type(exc).__name__, exc)
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        failure = Unavailable("the store could not save this change; try again")
+        outcomes = [(future, loop, None, failure) for _fn, _args, future, loop in batch]
+        for future, loop, _result, error in outcomes:
+            if inline:
+                _settle_all([(future, None, error)])
+            else:
+                try:
+                    loop.call_soon_threadsafe(_settle_all, [(future, None, error)])
+                except RuntimeError:
+                    pass
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         # A reader holding an old snapshot makes TRUNCATE report busy; readers are short, so
@@ -746,13 +800,13 @@ class SQLiteStore(Store):
                     raise Conflict("deleted record is missing or at another version", code="stale_record")
                 records -= 1
                 size -= row[1]
-            if records > quota.max_records or size > quota.max_bytes:
-                raise QuotaExceeded(f"vault quota exceeded ({quota.max_records} records, {quota.max_bytes} bytes)")
             new = [(patient, p.id, p.version, p.blob) for p in puts if p.version == 1]
-            try:
+            try:  # before the quota check, so an existing record is a conflict, not a full vault
                 c.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", new)
             except sqlite3.IntegrityError:
                 raise Conflict("record version 1 is not new: the record exists", code="stale_record") from None
+            if records > quota.max_records or size > quota.max_bytes:
+                raise QuotaExceeded(f"vault quota exceeded ({quota.max_records} records, {quota.max_bytes} bytes)")
             if replaced:
                 c.executemany("UPDATE records SET version=?, blob=? WHERE patient_id=? AND id=?",
                               [(p.version, p.blob, patient, p.id) for p in replaced])
@@ -886,7 +940,7 @@ class SQLiteStore(Store):
             events = tuple(r[0] for r in c.execute("SELECT event FROM outbox WHERE txn=? ORDER BY id", (txn,)))
             return OutboundTransaction(txn, destination, seq, events, attempts, created, next_attempt)
 
-        return await self._write(op)
+        return await self._write(op, heavy=True)  # it may bury many expired events
 
     @staticmethod
     def _bury(c: sqlite3.Connection, where: str, args: tuple, now: int, reason: str) -> None:
@@ -1264,6 +1318,10 @@ def _community(row: tuple) -> CommunityRow:
 
 def _new_txn_id() -> str:
     return secrets.token_urlsafe(18)
+
+
+def _passive_checkpoint(conn: sqlite3.Connection) -> _Checkpoint:
+    return _Checkpoint(None, "PASSIVE")
 
 
 def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:

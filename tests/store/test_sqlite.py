@@ -10,8 +10,8 @@ import time
 import pytest
 
 from contract import StoreContract, commit, nonce, register
-from rxfed.errors import Conflict
-from rxfed.store import Replayed, StoredRecord
+from rxfed.errors import Conflict, Unavailable
+from rxfed.store import Quota, Replayed, StoredRecord
 from rxfed.store.sqlite import MIGRATIONS, SQLiteStore
 
 
@@ -78,8 +78,10 @@ async def _runs_on(store) -> str:
 
 
 async def test_fast_commits_run_inline_slow_ones_on_the_writer_thread(store):
+    assert await _runs_on(store) == "rxfed-sqlite-writer"  # a new store does not know the disk yet
     await register(store, 1)
-    assert await _runs_on(store) == threading.current_thread().name  # this disk commits fast
+    store._commit_s = 0.0  # as if the disk had shown it commits fast
+    assert await _runs_on(store) == threading.current_thread().name
     store._commit_s = 1.0  # as if every commit took a second: keep them off the event loop
     assert await _runs_on(store) == "rxfed-sqlite-writer"
     # heavy operations never run on the loop, whatever the disk
@@ -104,8 +106,15 @@ async def test_one_failing_operation_fails_alone_in_a_batch(store, slow_disk):
         assert [r.blob for r in vault.records] == [b"r%d" % n]
 
 
-async def test_another_process_writing_never_blocks_the_event_loop(store):
+@pytest.mark.parametrize("reopened", [False, True])
+async def test_another_process_writing_never_blocks_the_event_loop(store, reopened):
     p = await register(store, 1)
+    if reopened:  # the same store object, closed and opened again: a new connection
+        store._commit_s = 0.0
+        await store._write(lambda c: None)  # inline
+        await store.close()
+        await store.open()
+    store._commit_s = 0.0  # a fast disk: the batch would run inline on the loop
     other = sqlite3.connect(store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # e.g. `rxfed node invite` while the node runs
     try:
@@ -192,3 +201,48 @@ async def test_operations_arriving_together_share_a_transaction(store):
 
     assert await asyncio.gather(*(arrive_later(p, i % 2) for i, p in enumerate(patients))) == [1] * 8
     assert commits == [8]
+
+
+async def test_an_existing_record_is_a_conflict_even_at_the_quota(store):
+    p = await register(store, 1)
+    quota = Quota(max_records=1, max_bytes=10**6)
+    await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")], quota=quota)
+    with pytest.raises(Conflict) as refused:
+        await commit(store, p, 2, [StoredRecord("a" * 32, 1, b"again")], quota=quota)
+    assert refused.value.code == "stale_record"
+
+
+async def test_wal_is_checkpointed_by_the_writer_thread(store, monkeypatch):
+    import rxfed.store.sqlite as backend
+
+    ran = []
+    real = backend._passive_checkpoint
+
+    def passive(conn):
+        ran.append(threading.current_thread().name)
+        return real(conn)
+
+    monkeypatch.setattr(backend, "_CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(backend, "_passive_checkpoint", passive)
+    # no automatic checkpoint inside a COMMIT, which may run on the event loop
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    store._commit_s = 0.0
+    p = await register(store, 1)
+    for n in range(1, 13):
+        await commit(store, p, n, [StoredRecord(f"{n:032x}", 1, b"x" * 500)], quota=Quota(100, 10**6))
+    await asyncio.sleep(0.2)
+    assert ran and set(ran) == {"rxfed-sqlite-writer"}
+
+
+async def test_a_failing_store_answers_every_caller(store, monkeypatch):
+    p = await register(store, 1)
+
+    def broken(conn):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_checkpoint", broken)
+    with pytest.raises(Unavailable):  # an erasure checkpoints on the writer thread, which fails here
+        await store.erase_patient(p.patient, signer=p.device, tombstone=b"t", nonce=nonce(), now=1)
+    p2 = await register(store, 2)  # the writer thread still serves
+    await store._write(lambda c: None, heavy=True)
+    assert (await store.account(p2.patient)) is not None
