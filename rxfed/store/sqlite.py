@@ -277,19 +277,18 @@ _GATHER_TURNS = 2
 #: Commits slower than this on average (seconds) go to the writer thread.
 _INLINE_COMMIT_S = 0.002
 #: Commits between two checkpoints of the WAL into the database file. SQLite's automatic
-#: checkpoint is off on the write connection, since it would run inside a COMMIT on the
-#: event loop; the writer thread checkpoints instead.
+#: checkpoint is off on the write connection, since it would run inside a COMMIT (on the
+#: event loop, or holding up the writer); a checkpointer thread with its own connection
+#: runs them instead, which SQLite lets run alongside writes (PASSIVE).
 _CHECKPOINT_EVERY = 100
 
 
 @attrs.frozen
 class _Checkpoint:
-    """An operation's result, with a request to checkpoint the WAL after the commit:
-    TRUNCATE so deleted content leaves the WAL file too (erasure, revoked signals), PASSIVE
-    for the routine copy of the WAL into the database file."""
+    """An operation's result, with a request to checkpoint the WAL (TRUNCATE) after the
+    commit, so deleted content leaves the WAL file too (erasure, revoked signals)."""
 
     result: Any = None
-    mode: str = "TRUNCATE"
 
 
 class SQLiteStore(Store):
@@ -316,6 +315,8 @@ class SQLiteStore(Store):
         #: It starts high, so a new store commits on the thread until it knows the disk.
         self._commit_s = 2 * _INLINE_COMMIT_S
         self._since_checkpoint = 0
+        self._checkpoints: queue.SimpleQueue = queue.SimpleQueue()
+        self._checkpointer: threading.Thread | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._closed = True
@@ -338,6 +339,9 @@ class SQLiteStore(Store):
         await asyncio.wrap_future(ready)
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rxfed-sqlite-reader")
         self._loop = asyncio.get_running_loop()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="rxfed-sqlite-checkpointer",
+                                              daemon=True)
+        self._checkpointer.start()
         self._closed = False
 
     async def close(self) -> None:
@@ -356,6 +360,8 @@ class SQLiteStore(Store):
             if item is not None:
                 _fn, _args, future, loop = item
                 loop.call_soon_threadsafe(_settle_all, [(future, None, Unavailable("the store is closed"))])
+        self._checkpoints.put(None)
+        await asyncio.to_thread(self._checkpointer.join)
         self._reader.shutdown(wait=True)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -478,15 +484,8 @@ class SQLiteStore(Store):
             self._to_thread(batch)
 
     def _finish(self, conn: sqlite3.Connection, outcomes: list, *, inline: bool) -> None:
-        modes = {result.mode for _future, _loop, result, _exc in outcomes if isinstance(result, _Checkpoint)}
-        if "TRUNCATE" in modes:
+        if any(isinstance(result, _Checkpoint) for _future, _loop, result, _exc in outcomes):
             self._checkpoint(conn)
-        elif "PASSIVE" in modes or (self._since_checkpoint >= _CHECKPOINT_EVERY and not inline):
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self._since_checkpoint = 0
-        elif self._since_checkpoint >= _CHECKPOINT_EVERY:  # inline: ask the writer thread
-            self._since_checkpoint = -_CHECKPOINT_EVERY  # once, until that one has run
-            self._queue.put((_passive_checkpoint, (), self._loop.create_future(), self._loop))
         by_loop: dict[Any, list] = {}
         for future, loop, result, exc in outcomes:
             if isinstance(result, _Checkpoint):
@@ -541,6 +540,9 @@ class SQLiteStore(Store):
                 conn.execute("COMMIT")
                 self._commit_s += (time.perf_counter() - started - self._commit_s) / 16
                 self._since_checkpoint += 1
+                if self._since_checkpoint >= _CHECKPOINT_EVERY:
+                    self._since_checkpoint = 0
+                    self._checkpoints.put(True)
         except sqlite3.Error as exc:
             log.error("store transaction failed: %s", exc)
             if conn.in_transaction:
@@ -567,6 +569,20 @@ class SQLiteStore(Store):
                     loop.call_soon_threadsafe(_settle_all, [(future, None, error)])
                 except RuntimeError:
                     pass
+
+    def _checkpoint_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while self._checkpoints.get() is not None:
+                while not self._checkpoints.empty():  # one checkpoint serves every request queued
+                    if self._checkpoints.get() is None:
+                        return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         # A reader holding an old snapshot makes TRUNCATE report busy; readers are short, so
@@ -1318,10 +1334,6 @@ def _community(row: tuple) -> CommunityRow:
 
 def _new_txn_id() -> str:
     return secrets.token_urlsafe(18)
-
-
-def _passive_checkpoint(conn: sqlite3.Connection) -> _Checkpoint:
-    return _Checkpoint(None, "PASSIVE")
 
 
 def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:

@@ -212,26 +212,22 @@ async def test_an_existing_record_is_a_conflict_even_at_the_quota(store):
     assert refused.value.code == "stale_record"
 
 
-async def test_wal_is_checkpointed_by_the_writer_thread(store, monkeypatch):
+async def test_wal_is_checkpointed_by_the_checkpointer(store, monkeypatch):
     import rxfed.store.sqlite as backend
 
-    ran = []
-    real = backend._passive_checkpoint
-
-    def passive(conn):
-        ran.append(threading.current_thread().name)
-        return real(conn)
-
     monkeypatch.setattr(backend, "_CHECKPOINT_EVERY", 5)
-    monkeypatch.setattr(backend, "_passive_checkpoint", passive)
     # no automatic checkpoint inside a COMMIT, which may run on the event loop
     assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     store._commit_s = 0.0
     p = await register(store, 1)
+    before = store.path.stat().st_size
     for n in range(1, 13):
-        await commit(store, p, n, [StoredRecord(f"{n:032x}", 1, b"x" * 500)], quota=Quota(100, 10**6))
-    await asyncio.sleep(0.2)
-    assert ran and set(ran) == {"rxfed-sqlite-writer"}
+        await commit(store, p, n, [StoredRecord(f"{n:032x}", 1, b"x" * 3000)], quota=Quota(100, 10**6))
+    for _ in range(100):  # the checkpointer thread copies the WAL into the database file
+        if store.path.stat().st_size > before + 12 * 3000:
+            break
+        await asyncio.sleep(0.02)
+    assert store.path.stat().st_size > before + 12 * 3000
 
 
 async def test_a_failing_store_answers_every_caller(store, monkeypatch):
@@ -246,3 +242,17 @@ async def test_a_failing_store_answers_every_caller(store, monkeypatch):
     p2 = await register(store, 2)  # the writer thread still serves
     await store._write(lambda c: None, heavy=True)
     assert (await store.account(p2.patient)) is not None
+
+
+async def test_inline_batches_are_capped(store):
+    store._commit_s = 0.0
+    sizes = []
+    real = store._transaction
+
+    def counting(conn, batch, **kw):
+        sizes.append(len(batch))
+        return real(conn, batch, **kw)
+
+    store._transaction = counting
+    await asyncio.gather(*(store._write(lambda c: None) for _ in range(1200)))
+    assert sum(sizes) == 1200 and max(sizes) == 512
