@@ -1,14 +1,15 @@
-"""SQLite store: WAL mode, one writer thread with group commit, one reader thread.
+"""SQLite store: WAL mode, group commit, one reader thread.
 
 Durability: ``synchronous=FULL`` makes every COMMIT fsync the WAL before a reply is sent.
-To stay fast under concurrency the writer thread drains every operation waiting in its
-queue into one transaction (each inside its own SAVEPOINT, so one operation failing rolls
-back only itself), commits once, then answers them all: one fsync for many requests.
+To stay fast under concurrency, the operations that arrive together run in one transaction
+and share one COMMIT: one fsync for many requests. A batch runs first without savepoints;
+if an operation fails, it runs again with one SAVEPOINT per operation, so that one rolls
+back alone. Where a batch runs (inline on the event loop, or on the writer thread) is
+explained at ``_write_loop``. A checkpointer thread copies the WAL into the database file.
 ``secure_delete=ON`` overwrites freed content with zeros; erasures, and deletions of
 signals whose consent was revoked or expired, end with a TRUNCATE checkpoint so the WAL
 keeps no old frames either.
 """
-
 from __future__ import annotations
 
 import asyncio
