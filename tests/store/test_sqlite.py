@@ -212,24 +212,6 @@ async def test_an_existing_record_is_a_conflict_even_at_the_quota(store):
     assert refused.value.code == "stale_record"
 
 
-async def test_wal_is_checkpointed_by_the_checkpointer(store, monkeypatch):
-    import rxfed.store.sqlite as backend
-
-    monkeypatch.setattr(backend, "_CHECKPOINT_EVERY", 5)
-    # no automatic checkpoint inside a COMMIT, which may run on the event loop
-    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    store._commit_s = 0.0
-    p = await register(store, 1)
-    before = store.path.stat().st_size
-    for n in range(1, 13):
-        await commit(store, p, n, [StoredRecord(f"{n:032x}", 1, b"x" * 3000)], quota=Quota(100, 10**6))
-    for _ in range(100):  # the checkpointer thread copies the WAL into the database file
-        if store.path.stat().st_size > before + 12 * 3000:
-            break
-        await asyncio.sleep(0.02)
-    assert store.path.stat().st_size > before + 12 * 3000
-
-
 async def test_a_failing_store_answers_every_caller(store, monkeypatch):
     p = await register(store, 1)
 
