@@ -183,16 +183,23 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
         await s.close()
 
 
-async def test_operations_arriving_together_share_a_transaction(store):
-    patients = [await register(store, n) for n in range(1, 9)]
-    commits = []
+def _batch_sizes(store) -> list[int]:
+    """The sizes of the batches the store runs from now on, inline on a fast disk."""
+    sizes = []
     real = store._transaction
 
     def counting(conn, batch, **kw):
-        commits.append(len(batch))
+        sizes.append(len(batch))
         return real(conn, batch, **kw)
 
     store._transaction = counting
+    store._commit_s = 0.0
+    return sizes
+
+
+async def test_operations_arriving_together_share_a_transaction(store):
+    patients = [await register(store, n) for n in range(1, 9)]
+    commits = _batch_sizes(store)
 
     async def arrive_later(p, turns):
         for _ in range(turns):  # as requests still being parsed when the first reaches the store
@@ -227,14 +234,6 @@ async def test_a_failing_store_answers_every_caller(store, monkeypatch):
 
 
 async def test_inline_batches_are_capped(store):
-    store._commit_s = 0.0
-    sizes = []
-    real = store._transaction
-
-    def counting(conn, batch, **kw):
-        sizes.append(len(batch))
-        return real(conn, batch, **kw)
-
-    store._transaction = counting
+    sizes = _batch_sizes(store)
     await asyncio.gather(*(store._write(lambda c: None) for _ in range(1200)))
     assert sum(sizes) == 1200 and max(sizes) == 512
