@@ -482,6 +482,11 @@ class SQLiteStore(Store):
     def _finish(self, conn: sqlite3.Connection, outcomes: list, *, inline: bool) -> None:
         if any(isinstance(result, _Checkpoint) for _future, _loop, result, _exc in outcomes):
             self._checkpoint(conn)
+        self._answer(outcomes, inline=inline)
+
+    @staticmethod
+    def _answer(outcomes: list, *, inline: bool) -> None:
+        """Settle each caller's future: directly on the loop, else one hand-off per loop."""
         by_loop: dict[Any, list] = {}
         for future, loop, result, exc in outcomes:
             if isinstance(result, _Checkpoint):
@@ -539,8 +544,7 @@ class SQLiteStore(Store):
             log.error("store transaction failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            failure = Unavailable("the store could not save this change; try again")
-            return [(future, loop, None, failure) for _fn, _args, future, loop in batch]
+            return _failed(batch)
         return outcomes
 
     def _fail(self, conn: sqlite3.Connection, batch: list, exc: BaseException, *, inline: bool) -> None:
@@ -551,16 +555,7 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        failure = Unavailable("the store could not save this change; try again")
-        outcomes = [(future, loop, None, failure) for _fn, _args, future, loop in batch]
-        for future, loop, _result, error in outcomes:
-            if inline:
-                _settle_all([(future, None, error)])
-            else:
-                try:
-                    loop.call_soon_threadsafe(_settle_all, [(future, None, error)])
-                except RuntimeError:
-                    pass
+        self._answer(_failed(batch), inline=inline)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         # A reader holding an old snapshot makes TRUNCATE report busy; readers are short, so
@@ -1312,6 +1307,12 @@ def _community(row: tuple) -> CommunityRow:
 
 def _new_txn_id() -> str:
     return secrets.token_urlsafe(18)
+
+
+def _failed(batch: list) -> list:
+    """Every operation of ``batch`` answered: the store could not save it."""
+    failure = Unavailable("the store could not save this change; try again")
+    return [(future, loop, None, failure) for _fn, _args, future, loop in batch]
 
 
 def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
