@@ -142,10 +142,11 @@ def test_devices_recover_rotate_passphrase(profile, node_url, tmp_path):
     devices = json.loads(rxfed("patient", "devices", "list", "--profile", str(new), "--json").stdout)["devices"]
     assert len(devices) == 2 and all(d["verified"] for d in devices)
     old = next(d["device"] for d in devices if not d["current"])
-    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new)).returncode == 0
+    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new)).returncode == 2  # no code, no tty
+    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new), env=env).returncode == 0
     assert rxfed("patient", "show", "--profile", str(profile)).returncode == 1  # revoked device is refused
-    rotated = rxfed("patient", "recovery-code", "rotate", "--profile", str(new), "--json")
-    assert rotated.returncode == 0
+    rotated = rxfed("patient", "recovery-code", "rotate", "--profile", str(new), "--json", env=env)
+    assert rotated.returncode == 0, rotated.stderr
     env = {**ENV, "RXFED_RECOVERY_CODE": profile.recovery_code}
     stale = rxfed("patient", "recover", "--node", node_url, "--profile", str(tmp_path / "again"), env=env)
     assert stale.returncode == 1  # the old code stopped working

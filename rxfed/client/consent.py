@@ -69,8 +69,19 @@ class Consent:
     def _now(self) -> int:
         return int(self.client.clock())
 
-    def _key(self, node: str, purpose: str, plugin: str | None):
-        return pseudonym_key(self.client.identity.root.seed, pg.pseudonym_label(node, purpose, plugin))
+    def _key(self, node: str, purpose: str, plugin: str | None, subject_key: bytes | None = None):
+        """The pseudonymous key for (node, purpose, plugin): of the current identity epoch
+        for a new token, or of the epoch whose key ``subject_key`` is (tokens made before a
+        rotation keep theirs). Call ``await self.client.secrets()`` first."""
+        label = pg.pseudonym_label(node, purpose, plugin)
+        current = pseudonym_key(self.client.pseudonym_secret(), label)
+        if subject_key is None or current.public == subject_key:
+            return current
+        for secret in self.client.pseudonym_secrets():
+            key = pseudonym_key(secret, label)
+            if key.public == subject_key:
+                return key
+        return current
 
     async def nodes(self) -> dict:
         """The nodes a grant can reach through the home node, and the kinds it knows."""
@@ -123,7 +134,7 @@ class Consent:
                     out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
                                 "reason": f"cannot get the node's key: {exc.message}"})
                     continue
-                key = self._key(parsed.node, parsed.purpose, target.only_plugin())
+                key = self._key(parsed.node, parsed.purpose, target.only_plugin(), parsed.subject_key)
                 bodies = await self.derive(parsed.kind, records)
                 delivery = pg.new_id()
                 signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery,
@@ -144,6 +155,7 @@ class Consent:
         now = self._now()
         target = pg.Recipient.parse(recipient, "--to")
         pg.check_purpose(purpose)
+        await self.client.secrets()
         if until is not None and until <= now:
             raise pg.ConsentError("a grant ends in the future", code="bad_date")
         # whole days: every recipient sees this end, so it must not single the patient out
@@ -182,12 +194,14 @@ class Consent:
         whether it was shared and which nodes acknowledged a revocation."""
         now = self._now()
         out = []
+        await self.client.secrets()
         for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
             target = pg.Recipient.parse(g["recipient"])
             tokens = []
             for t in g["tokens"]:
                 token = self._tokens[t["token"]] = pg.Token.from_json(t["statement"])
-                mine = self._key(token.node, token.purpose, target.only_plugin()).public == token.subject_key
+                key = self._key(token.node, token.purpose, target.only_plugin(), token.subject_key)
+                mine = key.public == token.subject_key
                 tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"],
                                "acknowledged": t["acknowledged"], "verified": mine and token.kind == g["kind"]})
             status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
@@ -206,12 +220,13 @@ class Consent:
             raise NotFound("no such grant", code="unknown_grant")
         grant = found[0]
         now = self._now()
+        await self.client.secrets()
         target = pg.Recipient.parse(grant["recipient"])
         revocations = {}
         for t in grant["tokens"]:
             token = pg.Token.from_json(t["statement"])
-            revocations[t["token"]] = pg.revoke_token(self._key(token.node, token.purpose, target.only_plugin()),
-                                                      t["token"], now)
+            key = self._key(token.node, token.purpose, target.only_plugin(), token.subject_key)
+            revocations[t["token"]] = pg.revoke_token(key, t["token"], now)
         return await self.client._call("POST", "/v1/consent/revoke", {
             "grant": grant_id, "revocation": pg.revoke_grant(self.client.identity.device, grant_id, now),
             "tokens": revocations})
