@@ -86,3 +86,33 @@ def test_consent_vectors():
     entries = [canonical(e) for e in v["audit"]["entries"]]
     assert [e.decode() for e in entries] == v["audit"]["canonical"]
     assert [b64e(h) for h in chain(entries)] == v["audit"]["hashes"]
+
+
+def test_vault_vectors():
+    """Identity chain, sealed record, envelope and recovery bundle (spec/crypto.md 1-3, 6)."""
+    from rxfed.client.identity import EpochSecrets, open_secrets
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.records import VaultKeyring, open_record, secretbox_open
+    from rxfed.crypto.recovery import RecoveryCode
+    from rxfed.protocol import vault as pv
+
+    v = load("vault.json")
+    root = SigningKeyPair.from_seed(b64d(v["root_seed"]))
+    chain = pv.IdentityChain.verify(root.public, v["identity_chain"])
+    assert chain.current.epoch == 2 and chain.statements[0].patient == v["patient"]
+    with pytest.raises(RxfedError):  # epoch 2 alone is not a chain
+        pv.IdentityChain.verify(root.public, v["identity_chain"][1:])
+    secrets = EpochSecrets.from_bytes(v["secrets"]["bytes"].encode())
+    env = v["envelope"]
+    opened = open_secrets(chain.statements[0], env["holder"], BoxKeyPair.from_secret(b64d(env["box_secret"])),
+                          b64d(env["sealed"]))
+    assert opened == secrets
+    rec = v["record"]
+    sealed = b64d(rec["sealed"])
+    assert open_record(VaultKeyring({1: b64d(rec["vault_key"])}), rec["ad"].encode(), sealed) == rec["plaintext"].encode()
+    assert len(sealed) == 2 + 4 + 72 + 24 + rec["padded_size"] + 16
+    r = v["recovery"]
+    code = RecoveryCode.parse(r["code"])
+    assert b64d(r["bundle_key"]) == code.bundle_key() and b64d(r["auth_public"]) == code.auth_key().public
+    assert b64d(r["box_public"]) == BoxKeyPair.from_secret(code.box_secret()).public
+    assert secretbox_open(code.bundle_key(), r["bundle_ad"].encode(), b64d(r["root_bundle"])) == root.seed

@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from rxfed.crypto import SigningKeyPair, b64e  # noqa: E402
+from rxfed.crypto import SigningKeyPair, b64d, b64e  # noqa: E402
 from rxfed.errors import RxfedError  # noqa: E402
 from rxfed.protocol.auth import sign_request, signing_bytes  # noqa: E402
 from rxfed.protocol.canonical import canonical, loads  # noqa: E402
@@ -137,7 +137,81 @@ def consent_vectors() -> dict:
     }
 
 
+def _fixed_random(label: bytes):
+    """Deterministic bytes for vectors only: SHA-256 in counter mode over a label."""
+    import hashlib
+    import itertools
+
+    counter = itertools.count()
+
+    def draw(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(label + next(counter).to_bytes(4, "big")).digest()
+        return out[:n]
+
+    return draw
+
+
+def _frozen(name: str, key: str):
+    """A value of an existing vector file: sealed boxes draw an ephemeral key inside
+    libsodium, so their vectors are fixed once and checked by opening them."""
+    try:
+        return json.loads((HERE / name).read_text()).get(key)
+    except FileNotFoundError:
+        return None
+
+
+def vault_vectors() -> dict:
+    """spec/crypto.md sections 1 (identity chain), 2 (sealed records), 3 (envelopes) and 6
+    (recovery codes and bundles)."""
+    from rxfed.client.identity import EpochSecrets, open_secrets, seal_secrets
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.records import VaultKeyring, open_record, seal_record, secretbox_seal
+    from rxfed.crypto.recovery import RecoveryCode
+    from rxfed.protocol import vault as pv
+
+    root = SigningKeyPair.from_seed(SEED)
+    patient = pv.patient_id(root.public)
+    code = RecoveryCode(bytes(range(100, 120)))
+    box = BoxKeyPair.from_secret(code.box_secret())
+    secrets = EpochSecrets(1, SigningKeyPair.from_seed(bytes([7]) * 32), VaultKeyring({1: bytes([9]) * 32}),
+                           VaultKeyring({1: bytes([11]) * 32}))
+    identity = pv.IdentityStatement.issue(root, patient=patient, epoch=1, previous=None, master_key=root.public,
+                                          signing_key=secrets.signing.public, recovery_auth=code.auth_key().public,
+                                          recovery_box=box.public, now=CREATED)
+    master2 = SigningKeyPair.from_seed(bytes([13]) * 32)
+    identity2 = identity.next(root, signing_key=SigningKeyPair.from_seed(bytes([17]) * 32).public, now=CREATED + 60,
+                              master_key=master2.public)
+    pv.IdentityChain.verify(root.public, [identity.signed, identity2.signed])
+    device = BoxKeyPair.from_secret(bytes([21]) * 32)
+    holder = "d" * 32
+    envelope = _frozen("vault.json", "envelope")
+    if envelope is None or open_secrets(identity, holder, device, b64d(envelope["sealed"])) != secrets:
+        envelope = {"holder": holder, "epoch": 1, "box_secret": b64e(device.secret),
+                    "sealed": b64e(seal_secrets(secrets, holder, device.public))}
+    ad = canonical({"owner": patient, "record": "0" * 32, "version": 1})
+    plaintext = b'{"kind":"journal"}'
+    sealed = seal_record(secrets.keyring, ad, plaintext, random=_fixed_random(b"record"))
+    assert open_record(secrets.keyring, ad, sealed) == plaintext
+    bundle = secretbox_seal(code.bundle_key(), b"rxfed-recovery|" + patient.encode(), root.seed,
+                            random=_fixed_random(b"bundle"))
+    return {
+        "root_seed": b64e(SEED),
+        "patient": patient,
+        "identity_chain": [identity.signed, identity2.signed],
+        "secrets": {"bytes": secrets.to_bytes().decode(), "signing_public": b64e(secrets.signing.public)},
+        "envelope": envelope,
+        "record": {"vault_key": b64e(secrets.keyring.keys[1]), "epoch": 1, "ad": ad.decode(),
+                   "plaintext": plaintext.decode(), "sealed": b64e(sealed), "padded_size": 256},
+        "recovery": {"code": str(code), "bundle_key": b64e(code.bundle_key()), "box_public": b64e(box.public),
+                     "auth_public": b64e(code.auth_key().public), "bundle_ad": "rxfed-recovery|" + patient,
+                     "root_bundle": b64e(bundle)},
+    }
+
+
 VECTORS = {
+    "vault.json": vault_vectors,
     "consent.json": consent_vectors,
     "canonical.json": canonical_vectors,
     "request-signature.json": request_vectors,
