@@ -155,6 +155,29 @@ def test_devices_recover_rotate_passphrase(profile, node_url, tmp_path):
     assert rxfed("patient", "show", "--profile", str(new), env={**ENV, "RXFED_PASSPHRASE": "another one"}).returncode == 0
 
 
+def test_link_a_device_from_an_active_one(profile, node_url, tmp_path):
+    new = tmp_path / "laptop"
+    out = rxfed("patient", "link", "request", "--node", node_url, "--profile", str(new), "--json")
+    assert out.returncode == 0, out.stderr
+    link = json.loads(out.stdout)["link_code"]
+    early = rxfed("patient", "link", "finish", "--profile", str(new))
+    assert early.returncode == 1 and "no active device has enrolled" in early.stderr
+    assert rxfed("patient", "show", "--profile", str(new)).returncode == 1  # not linked yet
+    assert rxfed("patient", "devices", "add", "rxfed-link:nonsense", "--profile", str(profile)).returncode == 2
+    added = rxfed("patient", "devices", "add", link, "--profile", str(profile), "--json")
+    assert added.returncode == 0, added.stderr
+    doc = json.loads(added.stdout)
+    wrong = rxfed("patient", "link", "finish", "--profile", str(new), "--confirm", "AAAA-AAAA-AAAA-AAAA")
+    assert wrong.returncode == 1
+    out = rxfed("patient", "link", "finish", "--profile", str(new), "--confirm", doc["confirmation"], "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["patient"] == profile.patient
+    assert rxfed("patient", "show", "--profile", str(new)).returncode == 0
+    devices = json.loads(rxfed("patient", "devices", "list", "--profile", str(profile), "--json").stdout)["devices"]
+    laptop = next(d for d in devices if d["device"] == doc["device"])
+    assert laptop["known"] == "enrolled" and laptop["verified"]
+
+
 def test_delete_account(profile):
     assert rxfed("patient", "delete-account", "--profile", str(profile)).returncode == 2  # needs --yes without a tty
     out = rxfed("patient", "delete-account", "--profile", str(profile), "--yes", "--json")

@@ -431,6 +431,9 @@ class PatientClient:
     async def _account(self) -> tuple[dict, pv.IdentityChain, EpochSecrets]:
         """The account as the node serves it, with the identity chain checked against this
         device's pins (saved when it moved on) and this device's epoch secrets opened."""
+        if self.identity.patient is None:
+            raise Conflict("this device is waiting to be linked to an account: run `rxfed patient link finish`",
+                           code="not_linked")
         account = await self._call("GET", "/v1/account")
         pins = self.profile.state()
         chain, newer = verify_chain(self.root_key, account.get("identity"), pins)

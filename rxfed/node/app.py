@@ -167,8 +167,9 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
 
 
 async def authenticate_new_device(request: web.Request, parse: Callable[[Any], Any], sign_key_of: Callable[[Any], bytes]):
-    """For requests signed by a key the node does not know yet (registration, enrolment):
-    the key comes from the root-signed certificate in the body."""
+    """For a request signed by a key the node does not know yet (registration): the key
+    comes from the certificate in the body, which the registration's own first identity
+    epoch signs."""
     state = request.app[NODE]
     state.anonymous.take(request.remote or "?")
     raw = await request.read()
