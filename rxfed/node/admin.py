@@ -143,7 +143,7 @@ def _store_action(data_dir: str | Path, action):
 
 def peer_policy(data_dir: str | Path, peer: str, policy: str, *, url: str | None = None,
                 fingerprint: str | None = None) -> None:
-    from rxfed.protocol.federation import node_id_ok
+    from rxfed.protocol.federation import fingerprint_ok, node_id_ok
 
     if not node_id_ok(peer):
         raise ConfigError(f"{peer!r} is not a node id (host or host:port)")
@@ -153,8 +153,9 @@ def peer_policy(data_dir: str | Path, peer: str, policy: str, *, url: str | None
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"--url {url!r} must be http(s)://host[:port]")
-    if fingerprint is not None and not fingerprint.startswith("SHA256:"):
-        raise ConfigError("a fingerprint looks like SHA256:... (rxfed node init prints it)")
+    if fingerprint is not None and not fingerprint_ok(fingerprint):
+        raise ConfigError(f"--fingerprint {fingerprint!r} is not a complete key fingerprint: SHA256: and 43 "
+                          "base64url characters, as 'rxfed node init' and 'rxfed node status' print it")
     _store_action(data_dir, lambda store: store.set_peer_policy(peer, policy, url=url, fingerprint=fingerprint))
 
 

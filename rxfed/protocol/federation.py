@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import b64e, sha256
+from rxfed.crypto import b64d, b64e, sha256
 from rxfed.errors import BadRequest, Unauthorized
 from rxfed.protocol.canonical import canonical
 from rxfed.protocol.schema import anything, array, b64, fields, integer, text
@@ -25,10 +25,23 @@ MAX_TIME = 2**40
 NODE_ID = r"(\[[0-9a-fA-F:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?"
 TXN_ID = r"[A-Za-z0-9_-]{16,64}"
 EVENT_KIND = r"[a-z][a-z0-9_.-]{0,63}"
+FINGERPRINT = r"SHA256:[A-Za-z0-9_-]{43}"
 
 
 def node_id_ok(value: str) -> bool:
     return isinstance(value, str) and len(value) <= 255 and re.fullmatch(NODE_ID, value) is not None
+
+
+def fingerprint_ok(value: str) -> bool:
+    """Whether ``value`` is a complete key fingerprint: ``SHA256:`` and the unpadded
+    base64url of 32 bytes (43 characters, canonical)."""
+    if not isinstance(value, str) or not re.fullmatch(FINGERPRINT, value):
+        return False
+    try:
+        b64d(value[len("SHA256:"):], length=32)
+    except ValueError:
+        return False
+    return True
 
 
 @attrs.frozen
