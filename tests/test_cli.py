@@ -262,8 +262,13 @@ def test_node_admin_commands(tmp_path):
     fp = fingerprint(SigningKeyPair.generate().public)
     assert rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", fp).returncode == 0
     assert rxfed("node", "peers", str(data), "block", "rogue.example").returncode == 0
+    accepted = rxfed("node", "peers", str(data), "accept-key", "partner.example", "--json")
+    assert accepted.returncode == 0 and json.loads(accepted.stdout) == {"peer": "partner.example", "pinned": fp}
+    assert rxfed("node", "peers", str(data), "accept-key", "stranger.example").returncode == 2
+    assert rxfed("node", "peers", str(data), "accept-key").returncode == 2
     peers = json.loads(rxfed("node", "peers", str(data), "list", "--json").stdout)["peers"]
     assert {(p["node_id"], p["policy"]) for p in peers} == {("partner.example", "allowed"), ("rogue.example", "blocked")}
+    assert [p["trusted_keys"] for p in peers] == [[], []]
     assert rxfed("node", "peers", str(data), "allow").returncode == 2  # needs a PEER
     assert rxfed("node", "peers", str(data), "allow", "Not A Node!").returncode == 2
     outbox = json.loads(rxfed("node", "outbox", str(data), "list", "--json").stdout)

@@ -10,28 +10,15 @@ import time
 import pytest
 from aiohttp import web
 
-from helpers import raw_request
-from rxfed.node.federation import InboundEffects
+from helpers import raw_request, record_notes
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical
-from rxfed.protocol.federation import EventResult, WireEvent
-from rxfed.testing import NodeHarness, free_port, start_federation
+from rxfed.protocol.federation import WireEvent
+from rxfed.testing import NodeHarness, free_port
 
 
 def note(i: int) -> WireEvent:
     return WireEvent("test.note", {"n": i})
-
-
-def record_notes(node: NodeHarness) -> list[int]:
-    """Install a handler for test.note events on ``node``; returns the list it fills."""
-    seen: list[int] = []
-
-    async def handler(origin, events):
-        seen.extend(e.content["n"] for e in events)
-        return [EventResult(True) for _ in events], InboundEffects()
-
-    node.state.federation.handlers["test.note"] = handler
-    return seen
 
 
 async def wait_for(predicate, timeout=10.0):
@@ -44,14 +31,6 @@ async def wait_for(predicate, timeout=10.0):
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-async def pair(tmp_path):
-    nodes = await start_federation(tmp_path, "a", "b")
-    yield nodes
-    for n in nodes:
-        await n.stop()
 
 
 async def outbox_empty(node):
@@ -291,3 +270,4 @@ def test_spliced_transaction_body_is_canonical():
     events = [canonical(note(i).to_json()) for i in range(3)] + [canonical({"kind": "x", "content": {"é": "\n"}})]
     assert transaction_body("a.example", "b.example:1", 12, events) == canonical(
         {"origin": "a.example", "destination": "b.example:1", "seq": 12, "events": [loads(e) for e in events]})
+

@@ -86,3 +86,28 @@ def test_consent_vectors():
     entries = [canonical(e) for e in v["audit"]["entries"]]
     assert [e.decode() for e in entries] == v["audit"]["canonical"]
     assert [b64e(h) for h in chain(entries)] == v["audit"]["hashes"]
+
+
+def test_node_key_rotation_vectors():
+    from rxfed.crypto import b64e
+    from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys
+
+    v = load("node-key-rotation.json")
+    for name, seed in v["seeds"].items():
+        assert b64e(SigningKeyPair.from_seed(b64d(seed)).public) == v["public_keys"][name]
+    r12 = v["statements"]["r12"]
+    assert "rxfed-statement|" + canonical(r12["body"]).decode() == v["signed_bytes"]["r12"]
+    k1 = SigningKeyPair.from_seed(b64d(v["seeds"]["k1"]))
+    assert open_statement(r12, "r12", "rxfed.node-key-rotation", k1.public) == r12["body"]
+    with pytest.raises(RxfedError) as refused:
+        KeyRotation.from_statement(v["statements"]["forged"], "forged")
+    assert refused.value.code == "bad_statement_signature"
+    for case in v["cases"]:
+        anchors = tuple(NodeKey.from_json(k, "anchor") for k in case["anchors"])
+        rotations = []
+        for name in case["rotations"]:
+            try:
+                rotations.append(KeyRotation.from_statement(v["statements"][name], name))
+            except RxfedError:
+                pass
+        assert [k.to_json() for k in trusted_keys(anchors, tuple(rotations))] == case["trusted"], case["case"]
