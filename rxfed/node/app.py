@@ -377,7 +377,7 @@ async def receive_transaction(request: web.Request) -> web.Response:
     state = request.app[NODE]
     txn_id = request.match_info["txn"]
     if not re.fullmatch(TXN_ID, txn_id):
-        raise BadRequest("malformed transaction id")
+        raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
     raw = await request.read()
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:

@@ -276,6 +276,8 @@ class Transaction:
 
     @classmethod
     def from_json(cls, txn_id: str, obj: Any) -> Transaction:
+        if isinstance(obj, dict) and isinstance(obj.get("events"), list) and len(obj["events"]) > MAX_EVENTS_PER_TXN:
+            raise BadRequest(f"a transaction carries at most {MAX_EVENTS_PER_TXN} events", code="too_many_events")
         f = fields(obj, "transaction", {"origin": text(255), "destination": text(255),
                                         "seq": integer(1, 2**53 - 1), "events": array(anything, MAX_EVENTS_PER_TXN)})
         events = tuple(WireEvent.from_json(e, f"events[{i}]") for i, e in enumerate(f["events"]))
