@@ -88,6 +88,26 @@ def test_consent_vectors():
     assert [b64e(h) for h in chain(entries)] == v["audit"]["hashes"]
 
 
+def test_keyfile_vector():
+    from rxfed.crypto import WrongPassphrase, b64e
+    from rxfed.crypto.keyfile import KdfCost, keyfile_ad, keyfile_key, open_keyfile, seal_keyfile
+
+    v = load("keyfile.json")
+    cost = KdfCost(v["opslimit"], v["memlimit"])
+    assert cost == KdfCost.named("min")
+    salt = b64d(v["salt"], length=16)
+    assert b64e(keyfile_key(v["passphrase"], salt, cost)) == v["key"]
+    doc = json.loads(v["file"])
+    assert keyfile_ad({"format": doc["format"], "kdf": doc["kdf"]}).decode() == v["ad"]
+    assert b64d(doc["sealed"])[:24] == b64d(v["nonce"])  # nonce || ciphertext || tag
+    assert open_keyfile(v["file"].encode(), v["passphrase"]) == v["plaintext"].encode()
+    assert seal_keyfile(v["plaintext"].encode(), v["passphrase"], cost, salt=salt,
+                        nonce=b64d(v["nonce"])).decode() == v["file"]
+    for data, passphrase in ((v["tampered_file"], v["passphrase"]), (v["file"], v["passphrase"] + "!")):
+        with pytest.raises(WrongPassphrase):
+            open_keyfile(data.encode(), passphrase)
+
+
 def test_node_key_rotation_vectors():
     from rxfed.crypto import b64e
     from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys

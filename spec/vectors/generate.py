@@ -137,6 +137,45 @@ def consent_vectors() -> dict:
     }
 
 
+KEYFILE_PASSPHRASE = "correct horse battery staple"
+KEYFILE_SALT = bytes(range(16))
+KEYFILE_NONCE = bytes([0x03] * 24)
+
+
+def keyfile_vectors() -> dict:
+    """spec/crypto.md §4: a key file sealed at the minimal (test-only) cost."""
+    from rxfed.crypto import WrongPassphrase
+    from rxfed.crypto.keyfile import KdfCost, keyfile_ad, keyfile_key, open_keyfile, seal_keyfile
+
+    cost = KdfCost.named("min")
+    plaintext = canonical({"root": b64e(SEED), "test": "rxfed key file vector"})
+    data = seal_keyfile(plaintext, KEYFILE_PASSPHRASE, cost, salt=KEYFILE_SALT, nonce=KEYFILE_NONCE)
+    assert open_keyfile(data, KEYFILE_PASSPHRASE) == plaintext
+    doc = json.loads(data)
+    header = {"format": doc["format"], "kdf": doc["kdf"]}
+    # Raising the cost in the header (or any edit of it) makes the file fail to open.
+    tampered = data.replace(b'"memlimit": %d' % cost.memlimit, b'"memlimit": %d' % (2 * cost.memlimit))
+    for wrong, passphrase in ((tampered, KEYFILE_PASSPHRASE), (data, KEYFILE_PASSPHRASE + "!")):
+        try:
+            open_keyfile(wrong, passphrase)
+        except WrongPassphrase:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("a wrong key file opened")
+    return {
+        "passphrase": KEYFILE_PASSPHRASE,
+        "salt": b64e(KEYFILE_SALT),
+        "opslimit": cost.opslimit,
+        "memlimit": cost.memlimit,
+        "key": b64e(keyfile_key(KEYFILE_PASSPHRASE, KEYFILE_SALT, cost)),
+        "ad": keyfile_ad(header).decode(),
+        "nonce": b64e(KEYFILE_NONCE),
+        "plaintext": plaintext.decode(),
+        "file": data.decode(),
+        "tampered_file": tampered.decode(),
+    }
+
+
 def rotation_vectors() -> dict:
     """spec/federation.md §2.2: rotation statements and which keys a receiver trusts."""
     from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys
@@ -186,6 +225,7 @@ def rotation_vectors() -> dict:
 
 VECTORS = {
     "consent.json": consent_vectors,
+    "keyfile.json": keyfile_vectors,
     "node-key-rotation.json": rotation_vectors,
     "canonical.json": canonical_vectors,
     "request-signature.json": request_vectors,
