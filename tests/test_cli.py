@@ -277,10 +277,22 @@ def test_community_commands(node_url, profile, tmp_path):
 def test_node_admin_commands(tmp_path):
     data = tmp_path / "adm"
     assert rxfed("node", "init", str(data), "--name", "adm", "--port", "18999").returncode == 0
-    assert rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", "SHA256:abc").returncode == 0
+    for bad in ("SHA256:wrongwrong", "SHA256:abc", "sha256:" + "A" * 43, "SHA256:" + "A" * 42 + "B", "SHA256:" + "A" * 44):
+        refused = rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", bad)
+        assert refused.returncode == 2 and "fingerprint" in refused.stderr, (bad, refused.stderr)
+    assert rxfed("node", "peers", str(data), "list", "--json").stdout.count("partner.example") == 0  # nothing stored
+    from rxfed.crypto import SigningKeyPair, fingerprint
+
+    fp = fingerprint(SigningKeyPair.generate().public)
+    assert rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", fp).returncode == 0
     assert rxfed("node", "peers", str(data), "block", "rogue.example").returncode == 0
+    accepted = rxfed("node", "peers", str(data), "accept-key", "partner.example", "--json")
+    assert accepted.returncode == 0 and json.loads(accepted.stdout) == {"peer": "partner.example", "pinned": fp}
+    assert rxfed("node", "peers", str(data), "accept-key", "stranger.example").returncode == 2
+    assert rxfed("node", "peers", str(data), "accept-key").returncode == 2
     peers = json.loads(rxfed("node", "peers", str(data), "list", "--json").stdout)["peers"]
     assert {(p["node_id"], p["policy"]) for p in peers} == {("partner.example", "allowed"), ("rogue.example", "blocked")}
+    assert [p["trusted_keys"] for p in peers] == [[], []]
     assert rxfed("node", "peers", str(data), "allow").returncode == 2  # needs a PEER
     assert rxfed("node", "peers", str(data), "allow", "Not A Node!").returncode == 2
     outbox = json.loads(rxfed("node", "outbox", str(data), "list", "--json").stdout)

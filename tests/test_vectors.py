@@ -116,3 +116,48 @@ def test_vault_vectors():
     assert b64d(r["bundle_key"]) == code.bundle_key() and b64d(r["auth_public"]) == code.auth_key().public
     assert b64d(r["box_public"]) == BoxKeyPair.from_secret(code.box_secret()).public
     assert secretbox_open(code.bundle_key(), r["bundle_ad"].encode(), b64d(r["root_bundle"])) == root.seed
+
+
+def test_keyfile_vector():
+    from rxfed.crypto import WrongPassphrase, b64e
+    from rxfed.crypto.keyfile import KdfCost, keyfile_ad, keyfile_key, open_keyfile, seal_keyfile
+
+    v = load("keyfile.json")
+    cost = KdfCost(v["opslimit"], v["memlimit"])
+    assert cost == KdfCost.named("min")
+    salt = b64d(v["salt"], length=16)
+    assert b64e(keyfile_key(v["passphrase"], salt, cost)) == v["key"]
+    doc = json.loads(v["file"])
+    assert keyfile_ad({"format": doc["format"], "kdf": doc["kdf"]}).decode() == v["ad"]
+    assert b64d(doc["sealed"])[:24] == b64d(v["nonce"])  # nonce || ciphertext || tag
+    assert open_keyfile(v["file"].encode(), v["passphrase"]) == v["plaintext"].encode()
+    assert seal_keyfile(v["plaintext"].encode(), v["passphrase"], cost, salt=salt,
+                        nonce=b64d(v["nonce"])).decode() == v["file"]
+    for data, passphrase in ((v["tampered_file"], v["passphrase"]), (v["file"], v["passphrase"] + "!")):
+        with pytest.raises(WrongPassphrase):
+            open_keyfile(data.encode(), passphrase)
+
+
+def test_node_key_rotation_vectors():
+    from rxfed.crypto import b64e
+    from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys
+
+    v = load("node-key-rotation.json")
+    for name, seed in v["seeds"].items():
+        assert b64e(SigningKeyPair.from_seed(b64d(seed)).public) == v["public_keys"][name]
+    r12 = v["statements"]["r12"]
+    assert "rxfed-statement|" + canonical(r12["body"]).decode() == v["signed_bytes"]["r12"]
+    k1 = SigningKeyPair.from_seed(b64d(v["seeds"]["k1"]))
+    assert open_statement(r12, "r12", "rxfed.node-key-rotation", k1.public) == r12["body"]
+    with pytest.raises(RxfedError) as refused:
+        KeyRotation.from_statement(v["statements"]["forged"], "forged")
+    assert refused.value.code == "bad_statement_signature"
+    for case in v["cases"]:
+        anchors = tuple(NodeKey.from_json(k, "anchor") for k in case["anchors"])
+        rotations = []
+        for name in case["rotations"]:
+            try:
+                rotations.append(KeyRotation.from_statement(v["statements"][name], name))
+            except RxfedError:
+                pass
+        assert [k.to_json() for k in trusted_keys(anchors, tuple(rotations))] == case["trusted"], case["case"]

@@ -119,7 +119,9 @@ def open_record(keyring: VaultKeyring, ad: bytes, sealed: bytes) -> bytes:
 
 
 def secretbox_seal(key: bytes, ad: bytes, plaintext: bytes, *, random=random_bytes) -> bytes:
-    """XChaCha20-Poly1305 with a random nonce, for small secrets sealed under a derived key."""
+    """XChaCha20-Poly1305 with a random nonce, for small secrets sealed under a derived key:
+    ``nonce || ciphertext || tag``. ``random`` (n -> bytes) draws the nonce: the CSPRNG
+    unless a test vector fixes it."""
     return bytes(nacl.secret.Aead(key).encrypt(plaintext, ad, random(nacl.secret.Aead.NONCE_SIZE)))
 
 

@@ -23,7 +23,7 @@ import rxfed
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, RateLimited, RxfedError, Unauthorized
 from rxfed.crypto import SigningKeyPair
-from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys
+from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import Federation
 from rxfed.node.guards import NonceWindow, RateLimiter
 from rxfed.plugins import RxfedPlugins
@@ -57,6 +57,8 @@ class NodeState:
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
     _identities: dict[str, pv.IdentityChain] = attrs.Factory(dict)
     _keys_mtime: float = 0.0
+    #: (the key list, its public keys and rotation statements), signed once per key list.
+    _published: tuple = attrs.field(default=(None, None), init=False)
 
     def __attrs_post_init__(self) -> None:
         lim = self.config.limits
@@ -66,6 +68,13 @@ class NodeState:
 
     def signing_key(self) -> SigningKeyPair:
         return current_key(self.keys).key
+
+    def published_keys(self) -> dict:
+        """``keys`` and ``rotations`` of ``/.well-known/rxfed``."""
+        if self._published[0] is not self.keys:
+            self._published = (self.keys, {"keys": [k.to_public_json() for k in self.keys],
+                                           "rotations": rotation_statements(self.keys, self.config.node_id)})
+        return self._published[1]
 
     def reload_keys(self) -> None:
         """Pick up keys rotated by ``rxfed node rotate-key`` while the node runs."""
@@ -202,7 +211,7 @@ async def well_known(request: web.Request) -> web.Response:
         "name": config.name,
         "software": {"name": "rxfed", "version": rxfed.__version__},
         "protocol_versions": list(PROTOCOL_VERSIONS),
-        "keys": [k.to_public_json() for k in state.keys],
+        **state.published_keys(),
         "registration": config.registration,
         "limits": {"max_body_bytes": config.limits.max_body_bytes, "max_records": config.limits.max_records,
                    "max_vault_bytes": config.limits.max_vault_bytes,
@@ -375,7 +384,7 @@ async def receive_transaction(request: web.Request) -> web.Response:
     state = request.app[NODE]
     txn_id = request.match_info["txn"]
     if not re.fullmatch(TXN_ID, txn_id):
-        raise BadRequest("malformed transaction id")
+        raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
     raw = await request.read()
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:

@@ -282,7 +282,14 @@ class Store(abc.ABC):
         """Record the operator's decision about a peer (creating the peer if unknown)."""
 
     @abc.abstractmethod
-    async def save_peer_document(self, node_id: str, document: bytes, now: int) -> None: ...
+    async def save_peer_document(self, node_id: str, document: bytes, fetched: int, trusted_keys: bytes) -> None:
+        """Keep a peer's key document as fetched, and the keys this node now trusts for it."""
+
+    @abc.abstractmethod
+    async def forget_peer_keys(self, node_id: str) -> bool:
+        """Forget the keys trusted for a peer and its document (the operator accepts a key
+        change); the next document fetched counts as a first contact, or is checked against
+        the pin. False when the peer is unknown."""
 
     @abc.abstractmethod
     async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
@@ -447,6 +454,9 @@ class Peer:
     breaker_until: int | None
     last_success: int | None
     last_error: str | None
+    #: The keys this node trusts for the peer (canonical JSON list of keys), see
+    #: :func:`rxfed.protocol.federation.trusted_keys`; None before the first contact.
+    trusted_keys: bytes | None = None
 
 
 @attrs.frozen

@@ -282,6 +282,11 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     ALTER TABLE patients ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0
     """,
+    # 6: the keys a node trusts for each peer (pinned or learnt on first contact, and those
+    # reached from them by signed rotations), kept so a changed key is noticed
+    """
+    ALTER TABLE peers ADD COLUMN trusted_keys BLOB
+    """,
 ]
 
 _BATCH_MAX = 512
@@ -876,7 +881,7 @@ class SQLiteStore(Store):
 
     # -- federation: peers -----------------------------------------------------------------
     _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "
-                     "last_success, last_error")
+                     "last_success, last_error, trusted_keys")
 
     async def peer(self, node_id: str) -> Peer | None:
         row = await self._read(lambda c: c.execute(
@@ -895,17 +900,28 @@ class SQLiteStore(Store):
                               fingerprint: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._ensure_peer(c, node_id)
-            c.execute("UPDATE peers SET policy=?, url=coalesce(?, url), fingerprint=coalesce(?, fingerprint), "
-                      "failures=0, breaker_until=NULL WHERE node_id=?", (policy, url, fingerprint, node_id))
+            # A new pin replaces whatever trust was learnt before it.
+            c.execute("UPDATE peers SET policy=:policy, url=coalesce(:url, url), trusted_keys=CASE "
+                      "WHEN :pin IS NOT NULL AND :pin IS NOT fingerprint THEN NULL ELSE trusted_keys END, "
+                      "fingerprint=coalesce(:pin, fingerprint), failures=0, breaker_until=NULL WHERE node_id=:node",
+                      {"policy": policy, "url": url, "pin": fingerprint, "node": node_id})
 
         await self._write(op)
 
-    async def save_peer_document(self, node_id: str, document: bytes, now: int) -> None:
+    async def save_peer_document(self, node_id: str, document: bytes, fetched: int, trusted_keys: bytes) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._ensure_peer(c, node_id)
-            c.execute("UPDATE peers SET document=?, fetched=? WHERE node_id=?", (document, now, node_id))
+            c.execute("UPDATE peers SET document=?, fetched=?, trusted_keys=? WHERE node_id=?",
+                      (document, fetched, trusted_keys, node_id))
 
         await self._write(op)
+
+    async def forget_peer_keys(self, node_id: str) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            return c.execute("UPDATE peers SET trusted_keys=NULL, document=NULL, fetched=NULL WHERE node_id=?",
+                             (node_id,)).rowcount == 1
+
+        return await self._write(op)
 
     async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
                             breaker_until: int | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Write the federation test vectors in this folder from fixed keys, nonces and times.
+"""Write the test vectors in this folder from fixed keys, nonces and times.
 
     python spec/vectors/generate.py          # rewrite the vector files
     tests/test_vectors.py                    # checks the files against the code
@@ -210,9 +210,97 @@ def vault_vectors() -> dict:
     }
 
 
+KEYFILE_PASSPHRASE = "correct horse battery staple"
+KEYFILE_SALT = bytes(range(16))
+KEYFILE_NONCE = bytes([0x03] * 24)
+
+
+def keyfile_vectors() -> dict:
+    """spec/crypto.md §4: a key file sealed at the minimal (test-only) cost."""
+    from rxfed.crypto import WrongPassphrase
+    from rxfed.crypto.keyfile import KdfCost, keyfile_ad, keyfile_key, open_keyfile, seal_keyfile
+
+    cost = KdfCost.named("min")
+    plaintext = canonical({"root": b64e(SEED), "test": "rxfed key file vector"})
+    data = seal_keyfile(plaintext, KEYFILE_PASSPHRASE, cost, salt=KEYFILE_SALT, nonce=KEYFILE_NONCE)
+    assert open_keyfile(data, KEYFILE_PASSPHRASE) == plaintext
+    doc = json.loads(data)
+    header = {"format": doc["format"], "kdf": doc["kdf"]}
+    # Raising the cost in the header (or any edit of it) makes the file fail to open.
+    tampered = data.replace(b'"memlimit": %d' % cost.memlimit, b'"memlimit": %d' % (2 * cost.memlimit))
+    for wrong, passphrase in ((tampered, KEYFILE_PASSPHRASE), (data, KEYFILE_PASSPHRASE + "!")):
+        try:
+            open_keyfile(wrong, passphrase)
+        except WrongPassphrase:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("a wrong key file opened")
+    return {
+        "passphrase": KEYFILE_PASSPHRASE,
+        "salt": b64e(KEYFILE_SALT),
+        "opslimit": cost.opslimit,
+        "memlimit": cost.memlimit,
+        "key": b64e(keyfile_key(KEYFILE_PASSPHRASE, KEYFILE_SALT, cost)),
+        "ad": keyfile_ad(header).decode(),
+        "nonce": b64e(KEYFILE_NONCE),
+        "plaintext": plaintext.decode(),
+        "file": data.decode(),
+        "tampered_file": tampered.decode(),
+    }
+
+
+def rotation_vectors() -> dict:
+    """spec/federation.md §2.2: rotation statements and which keys a receiver trusts."""
+    from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys
+
+    k1, k2, k3, attacker = (SigningKeyPair.from_seed(bytes([n]) * 32) for n in (0x11, 0x12, 0x13, 0xAA))
+    day = 86400
+    r12 = KeyRotation("a.example", k1.public, k2.public, CREATED + 30 * day, CREATED + 37 * day).signed_by(k1)
+    r23 = KeyRotation("a.example", k2.public, k3.public, CREATED + 60 * day, CREATED + 67 * day).signed_by(k2)
+    forged = sign_statement(attacker, KeyRotation("a.example", k1.public, attacker.public, CREATED + 40 * day,
+                                                  CREATED + 41 * day).body())
+    fork = KeyRotation("a.example", k1.public, attacker.public, CREATED + 31 * day, CREATED + 38 * day).signed_by(k1)
+    late = KeyRotation("a.example", k1.public, attacker.public, CREATED + 90 * day, CREATED + 91 * day).signed_by(k1)
+    statements = {"r12": r12, "r23": r23, "forged": forged, "fork": fork, "late": late}
+    anchor1, anchor2 = NodeKey(k1.public, CREATED, None), NodeKey(k2.public, CREATED + 30 * day, None)
+    ended1 = NodeKey(k1.public, CREATED, CREATED + 37 * day)
+    followed1 = NodeKey(k1.public, CREATED, CREATED + 37 * day, k2.public)
+    cases = [
+        ("a chain from the pinned key is followed to the newest key", [anchor1], ["r12", "r23"]),
+        ("the statements' order does not matter", [anchor1], ["r23", "r12"]),
+        ("a rotation not signed by its old key introduces nothing", [anchor1], ["forged"]),
+        ("a key that signed two different rotations is followed by neither", [anchor1], ["r12", "fork", "r23"]),
+        ("a rotation made after its old key ended is not followed", [ended1], ["late"]),
+        ("a key whose rotation was followed introduces no other, even alone", [followed1, anchor2], ["fork"]),
+        ("rotations before the anchor are not needed, and not followed backwards", [anchor2], ["r12", "r23"]),
+    ]
+    out = []
+    for why, anchors, names in cases:
+        parsed = []
+        for name in names:
+            try:
+                parsed.append(KeyRotation.from_statement(statements[name], name))
+            except RxfedError:
+                pass
+        out.append({"case": why, "anchors": [k.to_json() for k in anchors], "rotations": names,
+                    "trusted": [k.to_json() for k in trusted_keys(tuple(anchors), tuple(parsed))]})
+    return {
+        "node": "a.example",
+        "seeds": {"k1": b64e(bytes([0x11]) * 32), "k2": b64e(bytes([0x12]) * 32), "k3": b64e(bytes([0x13]) * 32),
+                  "attacker": b64e(bytes([0xAA]) * 32)},
+        "public_keys": {"k1": b64e(k1.public), "k2": b64e(k2.public), "k3": b64e(k3.public),
+                        "attacker": b64e(attacker.public)},
+        "statements": statements,
+        "signed_bytes": {"r12": "rxfed-statement|" + canonical(r12["body"]).decode()},
+        "cases": out,
+    }
+
+
 VECTORS = {
     "vault.json": vault_vectors,
     "consent.json": consent_vectors,
+    "keyfile.json": keyfile_vectors,
+    "node-key-rotation.json": rotation_vectors,
     "canonical.json": canonical_vectors,
     "request-signature.json": request_vectors,
     "statement.json": statement_vectors,

@@ -292,3 +292,20 @@ class StoreContract:
         await self._grant(store, p)
         await store.erase_patient(p.patient, signer=p.device, tombstone=b"t", nonce=nonce(), now=3000)
         assert await store.grants(p.patient) == [] and await store.audit(p.patient) == []
+
+    async def test_peer_trust_kept_replaced_by_a_new_pin_and_forgotten(self, store):
+        await store.save_peer_document("a.example", b"{}", 100, b"[keys]")
+        peer = await store.peer("a.example")
+        assert (peer.document, peer.fetched, peer.trusted_keys, peer.fingerprint) == (b"{}", 100, b"[keys]", None)
+        await store.set_peer_policy("a.example", "allowed", url="https://a.example")
+        assert (await store.peer("a.example")).trusted_keys == b"[keys]"  # no pin given: trust kept
+        await store.set_peer_policy("a.example", "allowed", fingerprint="SHA256:one")
+        peer = await store.peer("a.example")
+        assert peer.trusted_keys is None and peer.fingerprint == "SHA256:one"  # a new pin replaces it
+        await store.save_peer_document("a.example", b"{}", 200, b"[pinned]")
+        await store.set_peer_policy("a.example", "allowed", fingerprint="SHA256:one")
+        assert (await store.peer("a.example")).trusted_keys == b"[pinned]"  # the same pin: kept
+        assert await store.forget_peer_keys("a.example")
+        peer = await store.peer("a.example")
+        assert (peer.document, peer.fetched, peer.trusted_keys, peer.fingerprint) == (None, None, None, "SHA256:one")
+        assert not await store.forget_peer_keys("nobody.example")
