@@ -115,9 +115,10 @@ def open_record(keyring: VaultKeyring, ad: bytes, sealed: bytes) -> bytes:
     return unpad(padded)
 
 
-def secretbox_seal(key: bytes, ad: bytes, plaintext: bytes) -> bytes:
-    """XChaCha20-Poly1305 with a random nonce, for small secrets sealed under a derived key."""
-    return bytes(nacl.secret.Aead(key).encrypt(plaintext, ad))
+def secretbox_seal(key: bytes, ad: bytes, plaintext: bytes, *, nonce: bytes | None = None) -> bytes:
+    """XChaCha20-Poly1305 with a random nonce, for small secrets sealed under a derived key.
+    (``nonce`` is for test vectors only: a nonce must never repeat under one key.)"""
+    return bytes(nacl.secret.Aead(key).encrypt(plaintext, ad, nonce))
 
 
 def secretbox_open(key: bytes, ad: bytes, sealed: bytes) -> bytes:
