@@ -716,3 +716,53 @@ async def test_a_host_key_rotation_is_learned_from_the_host(fed, make_patient):
     await eventually(lambda: _has(alice, address, "signed under the new key"))
     after = (await alice.membership(address)).host_keys
     assert len(before) == 1 and len(after) == 2 and after[0] == before[0]
+
+
+async def test_a_create_comes_with_the_about_it_commits_to(fed, make_patient):
+    """The host keeps a community's name and condition only if they open the create event's
+    commitment; its directory lists them with the create event, and a client checks both."""
+    from helpers import signed
+    from rxfed.crypto import BoxKeyPair, SigningKeyPair
+
+    a, b, c = fed
+    client = await make_patient(c)
+    about = pc.About.new("Migraine", "G43")
+    key = SigningKeyPair.generate()
+    create = pc.make_create(key, BoxKeyPair.generate().public, c.node_id, about=about, approval=False,
+                            node=c.node_id, now=int(time.time()))
+    address = str(pc.parse_event(create).community)
+    other = pc.About("Migraine", "G40", about.key).to_json()
+    for extra, status, code in (({}, 400, "missing_field"), ({"about": other}, 403, "bad_about")):
+        reply = await signed(client, "POST", "/v1/communities/events", {"community": address, "event": create,
+                                                                        **extra})
+        assert reply[0] == status and reply[1]["error"] == code
+    assert await Communities.directory(c.url) == []
+    status, _ = await signed(client, "POST", "/v1/communities/events",
+                             {"community": address, "event": create, "about": about.to_json()})
+    assert status == 200
+    (listed,) = await Communities.directory(c.url)
+    assert (listed["address"], listed["name"], listed["condition"]) == (address, "Migraine", "G43")
+    assert pc.Listing.from_json(listed).create.admin == key.public
+    leave = pc.make_leave(key, pc.CommunityAddress.parse(address), int(time.time()))
+    status, doc = await signed(client, "POST", "/v1/communities/events",
+                               {"community": address, "event": leave, "about": about.to_json()})
+    assert (status, doc["error"]) == (400, "unknown_field")
+
+
+async def test_joining_refuses_a_listing_the_creator_did_not_commit_to(fed, make_patient, monkeypatch):
+    from rxfed.client.sdk import IntegrityError
+
+    a, b, c = fed
+    admin = Communities(await make_patient(c))
+    address = await admin.create("Epilepsy support", condition="G40")
+    real = Communities.directory
+
+    async def doctored(url):
+        return [dict(entry, name="Diabetes support", condition="E11") for entry in await real(url)]
+
+    monkeypatch.setattr(Communities, "directory", staticmethod(doctored))
+    alice = Communities(await make_patient(a))
+    with pytest.raises(IntegrityError) as info:
+        await alice.join(address)
+    assert info.value.code == "bad_about"
+    assert await alice.memberships() == []

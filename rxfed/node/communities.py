@@ -29,13 +29,12 @@ from rxfed.protocol.federation import EventResult, WireEvent
 from rxfed.protocol.schema import anything, fields, integer
 from rxfed.store import CommunityEvent, CommunityRow
 
-#: Events in one page of ``POST /v1/communities/read``.
-PAGE = 1000
-
 log = logging.getLogger("rxfed.communities")
 routes = web.RouteTableDef()
 SUBMIT = "community.submit"
 EVENT = "community.event"
+#: Events in one page of ``POST /v1/communities/read`` (and of the host's own reads).
+PAGE = 1000
 
 
 @attrs.frozen
