@@ -101,15 +101,14 @@ async def run(args) -> dict:
 
         await wait(joined)
         mine = await admin.membership(address)
-        events, _ = await admin.events(mine.address)
-        state = pc.CommunityState.from_events(events)
+        state = (await admin.history(mine)).state
         key = SenderKey.generate(state.next_epoch(mine.member.public))
         communities = host.state.communities
         community_id = mine.address.id
 
         async def accept(batch: list[dict]) -> None:
             async with host.state.federation.lock:
-                hosted = await communities.hosted(community_id)
+                hosted = await communities.hosted(mine.address)
                 stored, after = [], hosted
                 for event in batch:
                     after, e, _ = communities.accept(after, mine.address, event)
@@ -137,7 +136,7 @@ async def run(args) -> dict:
         async def mirror_seq() -> int:
             return mirror_seq_now()
 
-        base = (await host.app_store().community(community_id)).seq
+        base = (await host.app_store().community(community_id, mine.address.host)).seq
         await wait(lambda: _at_least(mirror_seq, base))
 
         async def hold(policy: str) -> None:
@@ -165,7 +164,7 @@ async def run(args) -> dict:
         # latency at a fixed offered rate; arrivals read from the member's database
         count = int(args.rate * args.seconds)
         offered = messages(count, 2 * args.n)
-        seq = (await host.app_store().community(community_id)).seq
+        seq = (await host.app_store().community(community_id, mine.address.host)).seq
         sent: dict[int, float] = {}
         arrived: dict[int, float] = {}
         done = asyncio.Event()

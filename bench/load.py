@@ -203,8 +203,7 @@ async def setup_posts(args, session: aiohttp.ClientSession, root: str) -> list[P
     for client in members:
         communities = Communities(client)
         mine = await communities.membership(address)
-        events, _ = await communities.events(mine.address)
-        state = pc.CommunityState.from_events(events)
+        state = (await communities.history(mine)).state
         key = SenderKey.generate(state.next_epoch(mine.member.public))
         await communities._submit(mine.address, pc.make_sender_key(mine.member, state, key))
         out.append(Patient(client, CommunityPoster(client, mine, key, state)))

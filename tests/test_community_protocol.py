@@ -7,10 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64e
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e
 from rxfed.crypto.groups import SenderKey, seal_message
 from rxfed.errors import BadRequest, Conflict, Forbidden
 from rxfed.protocol.community import (
+    About,
     CommunityAddress,
     CommunityState,
     HostStamp,
@@ -26,6 +27,7 @@ from rxfed.protocol.community import (
     make_sender_key,
     open_franking_report,
     parse_event,
+    read_history,
     read_messages,
     stamp,
     verify_franking_report,
@@ -55,13 +57,14 @@ class Host:
     """The host node's side: apply each event to the state, stamp it, keep the log."""
 
     def __init__(self, admin: Person, *, approval: bool = False):
-        self.address = CommunityAddress.generate(HOST)
+        self.now = 1_700_000_000
+        create = make_create(admin.key, admin.box.public, HOST, about=About.new("Epilepsy support", "G40"),
+                             approval=approval, node=admin.node, now=self.now)
+        self.address = parse_event(create).community
         self.state = CommunityState.empty(self.address)
         self.log: list[tuple[int, dict]] = []
         self.stamps: dict[int, dict] = {}
-        self.now = 1_700_000_000
-        self.submit(make_create(admin.key, admin.box.public, self.address, name="Epilepsy support",
-                                condition="G40", approval=approval, node=admin.node, now=self.now))
+        self.submit(create)
 
     def tick(self) -> int:
         self.now += 1
@@ -129,7 +132,7 @@ def test_open_community_keys_follow_membership():
     # C joined late: it reads nothing from before.
     assert host.read(c) == ["welcome C", "hi all"]
     assert host.read(admin) == ["welcome", "hello, new here", "after A left", "welcome C", "hi all"]
-    assert all(m.verified for m in read_messages(host.log, c.key, c.box))
+    assert read_history(host.log, c.key, c.box).unreadable == ()
 
 
 def test_approval_community_pending_until_approved():
@@ -221,7 +224,7 @@ def test_forged_duplicated_and_out_of_order_events_refused():
     stranger, _ = make_message(other.key, a.sender_key, host.address, "hi", host.tick())
     refused(host, stranger, Forbidden, "not_a_member")
 
-    elsewhere = CommunityAddress.generate(HOST)
+    elsewhere = CommunityAddress("f" * 32, HOST)
     refused(host, make_leave(a.key, elsewhere, host.tick()), BadRequest, "wrong_community")
     tampered = {"body": dict(message["body"], sent=message["body"]["sent"] + 1), "sig": message["sig"]}
     refused(host, tampered, Forbidden, "bad_statement_signature")
@@ -285,7 +288,12 @@ def test_host_stamp():
         stamp(HOST_KEY, host.address, seq, event, host.now)
     with pytest.raises(Forbidden):
         stamp(HOST_KEY, host.address, seq, event, host.now, signer=a.public)
-    assert HostStamp.from_json(stamped, "stamp", None).event == parsed.event
+    assert HostStamp.from_json(stamped, "stamp", [HOST_KEY.public]).event == parsed.event
+    # Stamps are always checked: no key to check against is a refusal, never a pass.
+    with pytest.raises(Forbidden):
+        HostStamp.from_json(stamped, "stamp", [])
+    with pytest.raises(Forbidden):
+        verify_stamp([], stamped, event)
 
 
 @pytest.fixture
@@ -295,7 +303,7 @@ def reported():
     host.join(a)
     seq = host.post(admin, "stop taking your insulin, cinnamon cures it")
     (message,) = read_messages(host.log, a.key, a.box)
-    assert message.verified and message.seq == seq
+    assert message.seq == seq
     return franking_report(message, host.log[-1][1], host.stamps[seq]), admin, host, message
 
 
@@ -327,16 +335,20 @@ def test_franking_report_of_another_event_refused(reported):
     assert not verify_franking_report(mixed, [HOST_KEY.public])
 
 
-def test_commitment_mismatch_is_read_as_unverified():
+def test_a_message_whose_commitment_does_not_open_is_not_a_message():
+    """Shown, it could never be reported: a reader gets it as an unreadable item instead."""
     admin, a = Person(), Person()
     host = Host(admin)
     host.join(a)
     host.rotate(admin)
     event, _ = make_message(admin.key, admin.sender_key, host.address, "hello", host.tick())
     body = dict(event["body"], commitment=b64e(b"\0" * 32))
-    host.submit(sign_statement(admin.key, body))
-    (message,) = read_messages(host.log, a.key, a.box)
-    assert message.text == "hello" and not message.verified
+    seq = host.submit(sign_statement(admin.key, body))
+    host.post(admin, "fine")
+    assert [m.text for m in read_messages(host.log, a.key, a.box)] == ["fine"]
+    reading = read_history(host.log, a.key, a.box)
+    assert [m.text for m in reading.messages] == ["fine"]
+    assert [(u.seq, u.sender, u.reason) for u in reading.unreadable] == [(seq, admin.public, "bad_franking")]
 
 
 # -- addresses and time --------------------------------------------------------------------
@@ -432,3 +444,132 @@ def test_junk_is_refused_cleanly(junk):
         parse_event(junk)
     with pytest.raises((BadRequest, Forbidden)):
         verify_stamp([HOST_KEY.public], junk, junk)
+
+
+# -- self-certifying addresses, listings, pins, read proofs ---------------------------------
+
+
+def test_a_create_event_certifies_its_address():
+    from rxfed.protocol.community import community_id
+
+    admin = Person()
+    host = Host(admin, approval=True)
+    create = host.log[0][1]
+    body = create["body"]
+    assert host.address.id == community_id(HOST, body) and host.address.host == HOST
+    # The admin re-signs another creation under the same address: refused, by the id alone.
+    for changed in (dict(body, approval=False), dict(body, created=body["created"] + 1),
+                    dict(body, admin_box=b64e(BoxKeyPair.generate().public)),
+                    dict(body, community=f"{host.address.id}@other.example")):
+        with pytest.raises(BadRequest) as info:
+            parse_event(sign_statement(admin.key, changed))
+        assert info.value.code == "bad_community_id"
+    # Somebody else's key under the address is refused the same way.
+    forger = SigningKeyPair.generate()
+    with pytest.raises(BadRequest):
+        parse_event(sign_statement(forger, dict(body, admin=b64e(forger.public))))
+
+
+def test_the_create_event_names_no_condition():
+    admin = Person()
+    create = Host(admin).log[0][1]
+    assert "condition" not in create["body"] and "name" not in create["body"]
+    assert "G40" not in str(create) and "Epilepsy" not in str(create)
+
+
+def test_listing_is_checked_against_the_create_event():
+    from rxfed.protocol.community import Listing
+
+    admin = Person()
+    host = Host(admin, approval=True)
+    about = About.new("Epilepsy support", "G40")
+    create = make_create(admin.key, admin.box.public, HOST, about=about, approval=True, node=admin.node,
+                         now=host.now)
+    listing = Listing(parse_event(create), about, 3, host.now)
+    doc = listing.to_json()
+    again = Listing.from_json(doc)
+    assert (again.about.name, again.about.condition, again.address) == ("Epilepsy support", "G40", listing.address)
+    for doctored, code in ((dict(doc, name="Diabetes support"), "bad_about"), (dict(doc, condition="E11"), "bad_about"),
+                           (dict(doc, about=b64e(b"\1" * 32)), "bad_about"),
+                           (dict(doc, approval=False), "bad_listing"),
+                           (dict(doc, address=str(host.address)), "bad_listing")):
+        with pytest.raises((BadRequest, Forbidden)) as info:
+            Listing.from_json(doctored)
+        assert info.value.code == code
+    forged = {"body": doc["create"]["body"], "sig": sign_statement(SigningKeyPair.generate(), {})["sig"]}
+    with pytest.raises(Forbidden):
+        Listing.from_json(dict(doc, create=forged))
+
+
+def test_history_pin_accepts_only_extensions():
+    from rxfed.crypto import sha256
+    from rxfed.protocol.community import HistoryPin
+
+    hashes = [sha256(bytes([i])) for i in range(5)]
+    pin = HistoryPin().extend(hashes[:3])
+    assert pin.seq == 3
+    assert pin.extend(hashes[:3]) == pin
+    longer = pin.extend(hashes)
+    assert longer.seq == 5 and longer.extend(hashes) == longer
+    with pytest.raises(Forbidden) as info:
+        longer.extend(hashes[:4])
+    assert info.value.code == "rolled_back"
+    with pytest.raises(Forbidden) as info:
+        longer.extend(hashes[:1] + [sha256(b"other")] + hashes[2:])
+    assert info.value.code == "forked_history"
+    with pytest.raises(Forbidden) as info:  # same length, another last event
+        pin.extend(hashes[:2] + [sha256(b"other")])
+    assert info.value.code == "forked_history"
+
+
+def test_read_proof():
+    from rxfed.errors import Unauthorized
+    from rxfed.protocol.community import make_read_proof, open_read_proof
+
+    admin = Person()
+    host = Host(admin)
+    proof = make_read_proof(admin.key, host.address, "home.example", 1000)
+    assert open_read_proof(proof, host.address, node="home.example", now=1100) == admin.public
+    with pytest.raises(Forbidden):
+        open_read_proof(proof, host.address, node="other.example", now=1100)
+    with pytest.raises(Unauthorized):
+        open_read_proof(proof, host.address, node="home.example", now=2000)
+    with pytest.raises(BadRequest):
+        open_read_proof(proof, CommunityAddress("f" * 32, HOST), node="home.example", now=1100)
+    other = SigningKeyPair.generate()
+    with pytest.raises(Forbidden):  # signed by another key than the member it names
+        open_read_proof(sign_statement(other, proof["body"]), host.address, node="home.example", now=1100)
+
+
+def test_membership_change_for_mirrors():
+    from rxfed.protocol.community import membership_change
+
+    admin, a = Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    host.post(a, "hi")
+    host.submit(make_leave(a.key, host.address, host.tick()))
+    changes = [membership_change(parse_event(e)) for _, e in host.log]
+    assert changes == [(admin.public, True), (a.public, True), None, None, (a.public, False)]
+
+
+def test_unreadable_messages_say_why():
+    admin, a = Person(), Person()
+    host = Host(admin)
+    host.join(a)
+    host.rotate(admin)
+    # A ciphertext under another key: it does not decrypt.
+    event, _ = make_message(admin.key, SenderKey.generate(admin.sender_key.epoch), host.address, "x", host.tick())
+    undecryptable = host.submit(event)
+    # A sender key sealed to A that does not open (garbage of the right length).
+    body = parse_event(make_sender_key(admin.key, host.state, SenderKey.generate(2))).signed["body"]
+    body = dict(body, keys={**body["keys"], b64e(a.public): b64e(b"\0" * len(b64d(body["keys"][b64e(a.public)])))})
+    host.submit(sign_statement(admin.key, body))
+    admin.sender_key = None
+    broken, _ = make_message(admin.key, SenderKey.generate(2), host.address, "y", host.tick())
+    broken_seq = host.submit(broken)
+    reading = read_history(host.log, a.key, a.box)
+    assert reading.messages == ()
+    assert [(u.seq, u.reason) for u in reading.unreadable] == [(undecryptable, "undecryptable"),
+                                                                 (broken_seq, "bad_sender_key")]
+    assert all(u.explanation for u in reading.unreadable)

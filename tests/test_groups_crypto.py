@@ -110,3 +110,25 @@ def test_sender_key_distribution_is_authenticated_and_bound(wrong):
         sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
     with pytest.raises(DecryptionFailed):
         open_sender_key(sender_public, box, context, sealed)
+
+
+def test_history_link_chains_fixed_size_hashes():
+    from rxfed.crypto.groups import HISTORY_START, history_link
+
+    one = history_link(HISTORY_START, b"\1" * 32)
+    assert len(one) == 32 and one != history_link(HISTORY_START, b"\2" * 32)
+    assert history_link(one, b"\2" * 32) != history_link(history_link(HISTORY_START, b"\2" * 32), b"\1" * 32)
+    with pytest.raises(ValueError):
+        history_link(HISTORY_START, b"short")
+
+
+def test_sealed_box_with_a_given_ephemeral_key_is_libsodiums():
+    """For test vectors: the same bytes crypto_box_seal makes with that ephemeral key, so
+    crypto_box_seal_open opens them."""
+    from rxfed.crypto.keys import seal_to
+
+    recipient, ephemeral = BoxKeyPair.generate(), BoxKeyPair.generate()
+    sealed = seal_to(recipient.public, b"sender key", ephemeral=ephemeral)
+    assert sealed == seal_to(recipient.public, b"sender key", ephemeral=ephemeral)
+    assert sealed[:32] == ephemeral.public and len(sealed) == len(seal_to(recipient.public, b"sender key"))
+    assert recipient.open_sealed(sealed) == b"sender key"

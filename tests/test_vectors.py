@@ -167,3 +167,62 @@ def test_node_key_rotation_vectors():
             except RxfedError:
                 pass
         assert [k.to_json() for k in trusted_keys(anchors, tuple(rotations))] == case["trusted"], case["case"]
+
+
+def test_community_vectors():
+    """spec/crypto.md §8, checked from the vector's values with the code's primitives."""
+    from rxfed.crypto import BoxKeyPair, b64e, sha256
+    from rxfed.crypto.groups import SenderKey, check_commitment, open_message, open_sender_key
+    from rxfed.crypto.records import bucket_size
+    from rxfed.protocol import community as pc
+    from rxfed.protocol.statements import statement_hash
+
+    v = load("community.json")
+    host = SigningKeyPair.from_seed(b64d(v["host"]["seed"]))
+    admin = SigningKeyPair.from_seed(b64d(v["admin"]["seed"]))
+    member = SigningKeyPair.from_seed(b64d(v["member"]["seed"]))
+    member_box = BoxKeyPair.from_secret(b64d(v["member"]["box_secret"]))
+    assert (b64e(host.public), b64e(admin.public)) == (v["host"]["public_key"], v["admin"]["public_key"])
+
+    # The address certifies the create event; the create event commits to name and condition.
+    events = [(e["seq"], e["event"]) for e in v["events"]]
+    create = events[0][1]
+    assert sha256(v["address"]["hashed"].encode())[:16].hex() == v["address"]["id"]
+    assert pc.community_id(v["host"]["node"], create["body"]) == v["address"]["id"]
+    assert create["body"]["community"] == v["address"]["address"]
+    about = pc.About(v["about"]["name"], v["about"]["condition"], b64d(v["about"]["key"]))
+    assert b64e(about.commitment()) == v["about"]["commitment"] == create["body"]["about"]
+    about.check(pc.parse_event(create))
+
+    # Sender-key distribution: each recipient opens its sealed copy, signed by the sender.
+    key = SenderKey(v["sender_key"]["epoch"], b64d(v["sender_key"]["key"]))
+    assert b64e(key.to_bytes()) == v["sender_key"]["bytes"]
+    for r in v["sender_key"]["recipients"]:
+        box = BoxKeyPair.from_secret(b64d(r["box_secret"]))
+        assert box.open_sealed(b64d(r["sealed"])) == b64d(r["inner"])
+        context = r["context"].encode()
+        assert context.startswith(b"rxfed-sender-key|")
+        opened = open_sender_key(member.public, box, context[len(b"rxfed-sender-key|"):], b64d(r["sealed"]))
+        assert opened == key
+
+    # The message: padded, sealed under the sender key with its associated data, franked.
+    m = v["message"]
+    ad = m["ad"].encode()[len(b"rxfed-msg|"):]
+    ciphertext = b64d(m["ciphertext"])
+    assert ciphertext[:24] == b64d(m["nonce"])
+    assert len(ciphertext) == bucket_size(len(m["plaintext"].encode())) + 24 + 16
+    assert open_message(key, ad, ciphertext) == m["plaintext"].encode()
+    assert check_commitment(b64d(m["franking_key"]), m["franked"].encode(), b64d(m["commitment"]))
+
+    # Host stamps, the history chain, and what the member reads.
+    pin = pc.HistoryPin()
+    for e in v["events"]:
+        stamp = pc.verify_stamp([host.public], e["stamp"], e["event"])
+        assert stamp.seq == e["seq"] and stamp.event == statement_hash(e["event"])
+        pin = pin.extend([statement_hash(x["event"]) for x in v["events"][:e["seq"]]])
+        assert b64e(pin.head) == e["head"]
+    reading = pc.read_history(events, member, member_box)
+    assert [(x.text, x.sent) for x in reading.messages] == [(m["text"], m["sent"])]
+    address = pc.CommunityAddress.parse(v["address"]["address"])
+    assert pc.open_read_proof(v["read_proof"], address, node="a.example",
+                              now=v["read_proof"]["body"]["time"]) == member.public

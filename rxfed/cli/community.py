@@ -133,9 +133,12 @@ def cmd_read(args: argparse.Namespace) -> None:
         for m in doc["messages"]:
             when = dt.datetime.fromtimestamp(m["sent"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
             who = "you" if m["mine"] else m["sender"][:8]
-            out.append(f"[{when}] {who}: {m['text']}" + ("" if m["verified"] else "  (unverified)"))
+            out.append(f"[{when}] {who}: {m['text']}")
         if not doc["messages"]:
             out.append("no messages you can read yet")
+        if doc["unreadable"]:
+            out.append(f"{len(doc['unreadable'])} message(s) not shown, tampered with or sent by a faulty client:")
+            out.extend(f"  message {u['seq']} from {u['sender'][:8]}: {u['explanation']}" for u in doc["unreadable"])
         return out
 
     Output(args.json).result(doc, lines)

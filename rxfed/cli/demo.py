@@ -112,12 +112,13 @@ async def _demo(work: Path) -> dict:
         for name in ("carla", *PATIENTS):
             await _wait(lambda name=name: _count(Communities(clients[name]), address, total))
         views = {name: (await Communities(clients[name]).read(address)).to_json() for name in ("carla", *PATIENTS)}
-        hosted = await nodes["community-c"].app_store().community_events(address.split("@")[0])
+        community_id, host = address.split("@")
+        hosted = await nodes["community-c"].app_store().community_events(community_id, host)
         summary["community"] = {
             "address": address, "host": "community-c",
             "members": {name: views[name]["me"] for name in views},
-            "seen_by": {name: [{"sender": m["sender"][:8], "text": m["text"], "verified": m["verified"]}
-                               for m in v["messages"]] for name, v in views.items()},
+            "seen_by": {name: [{"sender": m["sender"][:8], "text": m["text"]} for m in v["messages"]]
+                        for name, v in views.items()},
             "host_stores": [{"seq": e.seq, "type": _event_type(e.event), "bytes": len(e.event)} for e in hosted],
         }
         summary["consent"] = await _consent(nodes, clients)

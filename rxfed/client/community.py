@@ -1,40 +1,68 @@
 """A patient's side of condition communities: per-community pseudonymous keys kept in the
-encrypted vault, events built and signed on the device, messages read and decrypted here."""
+encrypted vault, events built and signed on the device, messages read and decrypted here.
+
+The client trusts no node for what a community is. The address certifies the create event
+(hence the admin); the host's keys come from the host itself; every event must carry the
+host's stamp under those keys; and each device remembers how far it has read (a
+:class:`~rxfed.protocol.community.HistoryPin` in its profile directory), so a node that
+serves another history, or less of it, is refused with :class:`IntegrityError`.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
+import json
+from pathlib import Path
+
 import attrs
 
+from rxfed.client.profile import write_private
 from rxfed.client.records import Record
-from rxfed.client.sdk import PatientClient
-from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e
+from rxfed.client.sdk import IntegrityError, NodeRefused, PatientClient
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
 from rxfed.crypto.groups import SenderKey
-from rxfed.errors import BadRequest, NotFound
+from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import community as pc
+from rxfed.protocol.federation import NodeDocument
+from rxfed.protocol.statements import statement_hash
 
 KIND = "community"
+#: The per-device file of history pins, in the profile directory.
+PINS = "communities.json"
+#: Events per read request (the node's page size).
+PAGE = 1000
 
 
 @attrs.frozen
 class Membership:
-    """This patient's keys for one community (stored as a ``community`` record)."""
+    """This patient's keys for one community and what it pinned when it joined (stored as a
+    ``community`` record, so every device of the patient shares them): the statement hash
+    of the create event, the admin's key, and the host's keys as the host published them."""
 
     address: pc.CommunityAddress
     member: SigningKeyPair = attrs.field(repr=False)
     box: BoxKeyPair = attrs.field(repr=False)
     name: str
-    record_id: str
+    condition: str | None
+    create: bytes | None
+    admin: bytes | None
+    host_keys: tuple[bytes, ...]
+    record_id: str = ""
 
     @classmethod
     def from_record(cls, record: Record) -> Membership:
         d = record.data
+        create, admin = d.get("create"), d.get("admin")
         return cls(pc.CommunityAddress.parse(d["address"]), SigningKeyPair.from_seed(b64d(d["member_seed"])),
-                   BoxKeyPair.from_secret(b64d(d["box_secret"])), d.get("name") or "", record.id)
+                   BoxKeyPair.from_secret(b64d(d["box_secret"])), d.get("name") or "", d.get("condition"),
+                   b64d(create) if create else None, b64d(admin) if admin else None,
+                   tuple(b64d(k) for k in d.get("host_keys", [])), record.id)
 
-    @staticmethod
-    def data(address: pc.CommunityAddress, member: SigningKeyPair, box: BoxKeyPair, name: str) -> dict:
-        return {"address": str(address), "member_seed": b64e(member.seed), "box_secret": b64e(box.secret),
-                "name": name}
+    def to_data(self) -> dict:
+        return {"address": str(self.address), "member_seed": b64e(self.member.seed), "box_secret": b64e(self.box.secret),
+                "name": self.name, "condition": self.condition, "create": b64e(self.create) if self.create else None,
+                "admin": b64e(self.admin) if self.admin else None, "host_keys": [b64e(k) for k in self.host_keys]}
 
     @property
     def pseudonym(self) -> str:
@@ -42,14 +70,37 @@ class Membership:
 
 
 @attrs.frozen
+class History:
+    """A community's events as the home node served them, checked: every one stamped by the
+    host, extending what this device saw. ``reading`` is None while the node has none yet."""
+
+    membership: Membership
+    rows: tuple[tuple[int, dict, dict], ...] = attrs.field(repr=False)
+    reading: pc.Reading | None
+
+    @property
+    def events(self) -> list[tuple[int, dict]]:
+        return [(seq, event) for seq, event, _ in self.rows]
+
+    @property
+    def state(self) -> pc.CommunityState | None:
+        return self.reading.state if self.reading else None
+
+    def stamp(self, seq: int) -> dict:
+        return self.rows[seq - 1][2]
+
+
+@attrs.frozen
 class CommunityView:
-    """What a member sees: the state, decrypted messages, and whether the node has caught up."""
+    """What a member sees: the state, the messages it can read (each one reportable), and
+    those for it it cannot show (tampered with, or from a client that broke the protocol)."""
 
     address: str
     name: str
     state: pc.CommunityState | None
     messages: tuple[pc.Message, ...]
     me: str
+    unreadable: tuple[pc.Unreadable, ...] = ()
 
     def to_json(self) -> dict:
         members = []
@@ -60,8 +111,63 @@ class CommunityView:
             "address": self.address, "name": self.name, "me": self.me, "seq": self.state.seq if self.state else 0,
             "members": members,
             "messages": [{"seq": m.seq, "sender": b64e(m.sender), "mine": b64e(m.sender) == self.me, "text": m.text,
-                          "sent": m.sent, "verified": m.verified} for m in self.messages],
+                          "sent": m.sent} for m in self.messages],
+            "unreadable": [{"seq": u.seq, "sender": b64e(u.sender), "reason": u.reason, "explanation": u.explanation}
+                           for u in self.unreadable],
         }
+
+
+class HistoryPins:
+    """This device's pins, one per membership, in ``communities.json`` (mode 0600). A pin
+    only ever moves forward. Entries are named by a hash of the membership's secret member
+    key, so the file does not say which communities the patient is in."""
+
+    def __init__(self, profile_dir: Path):
+        self.path = Path(profile_dir) / PINS
+
+    def _load(self) -> dict:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            raise IntegrityError(f"{self.path} is damaged; this device cannot check community histories") from None
+        return doc if isinstance(doc, dict) else {}
+
+    @staticmethod
+    def _entry(mine: Membership) -> str:
+        return hash_id(mine.member.seed, person=b"rxfed-pin")
+
+    def get(self, mine: Membership) -> pc.HistoryPin:
+        found = self._load().get(self._entry(mine))
+        try:
+            return pc.HistoryPin(found["seq"], b64d(found["head"], length=32)) if found else pc.HistoryPin()
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError(f"{self.path} is damaged; this device cannot check community histories") from None
+
+    def save(self, mine: Membership, pin: pc.HistoryPin) -> None:
+        if pin.seq <= self.get(mine).seq:
+            return
+        doc = self._load()
+        doc[self._entry(mine)] = {"seq": pin.seq, "head": b64e(pin.head)}
+        # Not fsynced: after a crash a pin may be a step behind, which weakens the check by
+        # that step only (as for the vault counter).
+        write_private(self.path, json.dumps(doc, sort_keys=True).encode(), durable=False)
+
+    def forget(self, mine: Membership) -> None:
+        doc = self._load()
+        if doc.pop(self._entry(mine), None) is not None:
+            write_private(self.path, json.dumps(doc, sort_keys=True).encode(), durable=False)
+
+
+def host_url(host: str) -> str:
+    """Where a host node answers: ``https://{node id}``; plain HTTP only on loopback."""
+    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = name == "localhost"
+    return f"{'http' if loopback else 'https'}://{host}"
 
 
 class Communities:
@@ -69,6 +175,7 @@ class Communities:
 
     def __init__(self, client: PatientClient):
         self.client = client
+        self.pins = HistoryPins(client.profile.path)
 
     def _now(self) -> int:
         return int(self.client.clock())
@@ -83,44 +190,155 @@ class Communities:
                 return m
         raise NotFound(f"you are not a member of {address}", code="not_a_member")
 
-    async def _submit(self, address: pc.CommunityAddress, event: dict) -> dict:
-        return await self.client._call("POST", "/v1/communities/events", {"community": str(address), "event": event})
+    async def _submit(self, address: pc.CommunityAddress, event: dict, **extra) -> dict:
+        return await self.client._call("POST", "/v1/communities/events", {"community": str(address), "event": event,
+                                                                           **extra})
 
-    async def events(self, address: pc.CommunityAddress) -> tuple[list[tuple[int, dict]], list[bytes]]:
-        """Every event of the community the home node holds, in order, and the host's keys."""
-        out: list[tuple[int, dict]] = []
-        host_keys: list[bytes] = []
+    # -- the host, asked directly ------------------------------------------------------------
+    def _host_url(self, host: str) -> str:
+        return self.client.identity.node_url if host == self.client.identity.node_id else host_url(host)
+
+    async def _host_keys(self, host: str) -> tuple[bytes, ...]:
+        """The host's keys from its own ``/.well-known/rxfed``, never from the home node."""
+        url = self._host_url(host)
+        document = NodeDocument.from_json(await PatientClient.discover(self.client._session_or_new(), url))
+        if document.node_id != host:
+            raise IntegrityError(f"{url} says it is {document.node_id}, not {host}", code="wrong_node")
+        if not document.keys:
+            raise IntegrityError(f"{host} publishes no key to check its stamps with", code="bad_stamp")
+        return tuple(k.public_key for k in document.keys)
+
+    async def _listing(self, address: pc.CommunityAddress) -> pc.Listing:
+        """The community as its host lists it, checked against the create event the address
+        certifies (so the admin, the rules, the name and the condition are the creator's)."""
+        for entry in await self.directory(self._host_url(address.host)):
+            if isinstance(entry, dict) and entry.get("address") == str(address):
+                try:
+                    return pc.Listing.from_json(entry)
+                except RxfedError as exc:
+                    raise IntegrityError(f"{address.host} lists {address} wrongly: {exc.message}",
+                                         code=exc.code) from None
+        raise NotFound(f"{address.host} lists no community {address}", code="unknown_community")
+
+    async def _refresh_host_keys(self, mine: Membership) -> Membership:
+        """After a stamp by a key not pinned: the host's keys now, added to the pins (hosts
+        rotate keys, and list the ones that ended)."""
+        fresh = await self._host_keys(mine.address.host)
+        keys = mine.host_keys + tuple(k for k in fresh if k not in mine.host_keys)
+        if keys == mine.host_keys:
+            return mine
+        return await self._update(attrs.evolve(mine, host_keys=keys))
+
+    async def _update(self, mine: Membership) -> Membership:
+        for attempt in itertools.count():
+            record = next((r for r in await self.client.records(KIND) if r.id == mine.record_id), None)
+            if record is None:
+                raise NotFound(f"you are not a member of {mine.address}", code="not_a_member")
+            vault = await self.client.open_vault()
+            try:
+                await self.client._commit(vault.state, [attrs.evolve(record, data=mine.to_data())])
+                return mine
+            except NodeRefused as exc:
+                if exc.code != "stale_manifest" or attempt:
+                    raise
+
+    # -- reading -----------------------------------------------------------------------------
+    async def _fetch(self, mine: Membership) -> list[tuple[int, dict, dict]]:
+        """Every event the home node holds, in order, up to its first gap (a copy can hold one
+        while the host catches it up)."""
+        proof = pc.make_read_proof(mine.member, mine.address, self.client.identity.node_id, self._now())
+        out: list[tuple[int, dict, dict]] = []
         while True:
-            page = await self.client._call("GET", f"/v1/communities/{address.id}/events?after={out[-1][0] if out else 0}")
-            host_keys = [b64d(k) for k in page["host_keys"]]
-            for e in page["events"]:
-                if host_keys:
-                    pc.verify_stamp(host_keys, e["stamp"], e["event"])
-                out.append((e["seq"], e["event"]))
-            if len(page["events"]) < 1000:
+            body = {"community": str(mine.address), "after": out[-1][0] if out else 0, "limit": PAGE, "proof": proof}
+            try:
+                page = await self.client._call("POST", "/v1/communities/read", body)
+            except NodeRefused as exc:
+                if exc.code == "unknown_community" and not out:
+                    return []  # the node has not received the community yet
+                raise
+            try:
+                out.extend((e["seq"], e["event"], e["stamp"]) for e in page["events"])
+                count = len(page["events"])
+            except (KeyError, TypeError):
+                raise IntegrityError("the node answered a community read with a malformed page") from None
+            if count < PAGE:
                 break
-        # A mirror can hold a gap while the host catches it up: fold only the contiguous part.
-        contiguous = [e for i, e in enumerate(out) if e[0] == i + 1]
-        return contiguous, host_keys
+        contiguous: list[tuple[int, dict, dict]] = []
+        for row in out:
+            if row[0] != len(contiguous) + 1:
+                break
+            contiguous.append(row)
+        return contiguous
 
+    async def history(self, address: str | Membership) -> History:
+        """The community's events from the home node, checked against the host's stamps and
+        this device's pin; IntegrityError if they are not what the host stamped or do not
+        extend what this device saw."""
+        mine = address if isinstance(address, Membership) else await self.membership(address)
+        if mine.create is None or not mine.host_keys:
+            raise IntegrityError(f"the membership of {mine.address} pins nothing to check its history against; "
+                                 "leave the community and join it again", code="unpinned")
+        rows = await self._fetch(mine)
+        pin = self.pins.get(mine)
+        try:
+            hashes = []
+            for seq, event, stamped in rows:
+                try:
+                    stamp = pc.verify_stamp(list(mine.host_keys), stamped, event)
+                except Forbidden as exc:
+                    if exc.code != "bad_stamp":
+                        raise
+                    refreshed = await self._refresh_host_keys(mine)
+                    if refreshed is mine:
+                        raise
+                    mine = refreshed
+                    stamp = pc.verify_stamp(list(mine.host_keys), stamped, event)
+                if stamp.seq != seq or stamp.community != mine.address:
+                    raise Forbidden("a stamp is for another position or community", code="stamp_mismatch")
+                hashes.append(stamp.event)
+            if hashes and hashes[0] != mine.create:
+                raise Forbidden("the first event is not the create event this membership pinned",
+                                code="forked_history")
+            after = pin.extend(hashes)
+            reading = pc.read_history([(s, e) for s, e, _ in rows], mine.member, mine.box) if rows else None
+            if reading is not None and mine.admin is not None and reading.state.meta.admin != mine.admin:
+                raise Forbidden("the community's admin is not the one this membership pinned", code="forked_history")
+        except (NodeRefused, Unavailable):
+            raise
+        except RxfedError as exc:
+            raise IntegrityError(f"the node served a history of {mine.address} that the host did not stamp or "
+                                 f"that does not extend what this device saw: {exc.message}", code=exc.code) from None
+        self.pins.save(mine, after)
+        return History(mine, tuple(rows), reading)
+
+    # -- changes -----------------------------------------------------------------------------
     async def create(self, name: str, *, condition: str | None = None, approval: bool = False) -> str:
         node = self.client.identity.node_id
-        address = pc.CommunityAddress.generate(node)
+        about = pc.About.new(name, condition)
         member, box = SigningKeyPair.generate(), BoxKeyPair.generate()
-        event = pc.make_create(member, box.public, address, name=name, condition=condition, approval=approval,
-                               node=node, now=self._now())
-        await self.client.add_record(KIND, Membership.data(address, member, box, name))
-        await self._submit(address, event)
+        event = pc.make_create(member, box.public, node, about=about, approval=approval, node=node, now=self._now())
+        address = pc.parse_event(event).community
+        mine = Membership(address, member, box, name, condition, statement_hash(event), member.public,
+                          await self._host_keys(node))
+        await self.client.add_record(KIND, mine.to_data())
+        await self._submit(address, event, about=about.to_json())
         return str(address)
 
-    async def join(self, address: str, name: str = "") -> dict:
+    async def join(self, address: str) -> dict:
+        """Join through the home node, after checking the community with its host: its keys
+        and its listing, whose create event the address certifies. Approval communities
+        list the member as pending until the admin approves."""
         target = pc.CommunityAddress.parse(address)
         for m in await self.memberships():
             if m.address == target:
                 raise BadRequest(f"you are already a member of {address}", code="already_member")
+        host_keys = await self._host_keys(target.host)
+        listing = await self._listing(target)
         member, box = SigningKeyPair.generate(), BoxKeyPair.generate()
         event = pc.make_join(member, box.public, target, self.client.identity.node_id, self._now())
-        await self.client.add_record(KIND, Membership.data(target, member, box, name))
+        mine = Membership(target, member, box, listing.about.name, listing.about.condition,
+                          statement_hash(listing.create.signed), listing.create.admin, host_keys)
+        await self.client.add_record(KIND, mine.to_data())
         return await self._submit(target, event)
 
     async def approve(self, address: str, member: str) -> dict:
@@ -139,19 +357,22 @@ class Communities:
         result = await self._submit(mine.address, pc.make_leave(mine.member, mine.address, self._now()))
         state = await self.client.open_vault()
         await self.client._commit(state.state, [], deletes=[mine.record_id])
+        self.pins.forget(mine)
         return result
 
     async def post(self, address: str, text: str) -> dict:
         """Encrypt and post ``text``; first hands a fresh sender key to exactly the current
         members if the membership changed since this member's last key."""
         mine = await self.membership(address)
-        events, _keys = await self.events(mine.address)
-        if not events:
+        history = await self.history(mine)
+        state = history.state
+        if state is None:
             raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")
-        state = pc.CommunityState.from_events(events)
         if state.status(mine.member.public) is not pc.MemberStatus.JOINED:
             raise BadRequest("you are not (yet) a joined member of this community", code="not_joined")
-        key = await self._my_sender_key(state, events, mine)
+        # My latest sender key, read back from my own distribution (sealed to me too), so
+        # any of my devices can go on posting with it.
+        key = pc.own_sender_key(state, history.events, mine.member, mine.box)
         if key is None or state.needs_sender_key(mine.member.public):
             key = SenderKey.generate(state.next_epoch(mine.member.public))
             await self._submit(mine.address, pc.make_sender_key(mine.member, state, key))
@@ -159,19 +380,14 @@ class Communities:
         message, _franking = pc.make_message(mine.member, key, mine.address, text, now)
         return await self._submit(mine.address, message)
 
-    async def _my_sender_key(self, state: pc.CommunityState, events, mine: Membership) -> SenderKey | None:
-        """My latest sender key, read back from my own distribution (sealed to me too), so
-        any of my devices can go on posting with it."""
-        return pc.own_sender_key(state, events, mine.member, mine.box)
-
     async def read(self, address: str) -> CommunityView:
         mine = await self.membership(address)
-        events, _keys = await self.events(mine.address)
-        if not events:
+        history = await self.history(mine)
+        if history.reading is None:
             return CommunityView(str(mine.address), mine.name, None, (), mine.pseudonym)
-        state = pc.CommunityState.from_events(events)
-        messages = pc.read_messages(events, mine.member, mine.box)
-        return CommunityView(str(mine.address), state.meta.name, state, tuple(messages), mine.pseudonym)
+        reading = history.reading
+        return CommunityView(str(mine.address), mine.name, reading.state, reading.messages, mine.pseudonym,
+                             reading.unreadable)
 
     async def report(self, address: str, seq: int) -> dict:
         """A franking report of message ``seq`` this member received: its text and franking
@@ -179,17 +395,16 @@ class Communities:
         sent what (:func:`rxfed.protocol.community.verify_franking_report`) while the node
         never learns any other message."""
         mine = await self.membership(address)
-        events, _keys = await self.events(mine.address)
-        message = next((m for m in pc.read_messages(events, mine.member, mine.box) if m.seq == seq), None)
+        history = await self.history(mine)
+        messages = history.reading.messages if history.reading else ()
+        message = next((m for m in messages if m.seq == seq), None)
         if message is None:
             raise NotFound(f"no message {seq} you can read in {address}", code="unknown_message")
-        page = await self.client._call("GET", f"/v1/communities/{mine.address.id}/events?after={seq - 1}&limit=1")
-        stored = page["events"][0]
-        return pc.franking_report(message, stored["event"], stored["stamp"])
+        return pc.franking_report(message, history.rows[seq - 1][1], history.stamp(seq))
 
     @staticmethod
     async def directory(node_url: str) -> list[dict]:
-        """The public communities a node hosts (no account needed)."""
+        """The communities a node hosts (no account needed)."""
         async with PatientClient._new_session() as session:
             doc = await PatientClient._http(session, "GET", node_url.rstrip("/") + "/v1/communities")
         return doc["communities"]

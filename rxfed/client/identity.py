@@ -75,10 +75,12 @@ def _context(holder: str, epoch: int) -> bytes:
     return b"rxfed-keyring|" + holder.encode() + b"|" + str(epoch).encode() + b"|"
 
 
-def seal_secrets(secrets: EpochSecrets, holder: str, box_key: bytes) -> bytes:
+def seal_secrets(secrets: EpochSecrets, holder: str, box_key: bytes, *, ephemeral: BoxKeyPair | None = None) -> bytes:
     """The epoch's secrets sealed to one holder (a device id, or ``recovery``), signed inside
-    by the epoch's signing key over the holder's name and the epoch."""
-    return seal_signed(secrets.signing, box_key, _context(holder, secrets.epoch), secrets.to_bytes())
+    by the epoch's signing key over the holder's name and the epoch. (``ephemeral``: for
+    test vectors only, see :func:`rxfed.crypto.seal_to`.)"""
+    return seal_signed(secrets.signing, box_key, _context(holder, secrets.epoch), secrets.to_bytes(),
+                       ephemeral=ephemeral)
 
 
 def open_secrets(identity: pv.IdentityStatement, holder: str, box: BoxKeyPair, sealed: bytes) -> EpochSecrets:

@@ -20,6 +20,8 @@ import hmac
 import struct
 
 import attrs
+import nacl.encoding
+import nacl.hash
 
 from rxfed.crypto.errors import DecryptionFailed
 from rxfed.crypto.keys import BoxKeyPair, SigningKeyPair, open_signed, random_bytes, seal_signed
@@ -36,6 +38,9 @@ SEALED_SENDER_KEY_SIZE = 48 + 64 + 4 + KEY_SIZE
 
 _MESSAGE_AD = b"rxfed-msg|"
 _SENDER_KEY_CONTEXT = b"rxfed-sender-key|"
+_HISTORY_PERSON = b"rxfed-history-v1"
+#: Where a history chain starts, before the first event.
+HISTORY_START = bytes(32)
 
 
 @attrs.frozen
@@ -65,11 +70,13 @@ class SenderKey:
         return cls(epoch, data[4:])
 
 
-def seal_message(sender_key: SenderKey, ad: bytes, plaintext: bytes) -> bytes:
+def seal_message(sender_key: SenderKey, ad: bytes, plaintext: bytes, *, nonce: bytes | None = None) -> bytes:
     """``plaintext`` padded to a size bucket and sealed under the sender key; ``ad`` (the
     community, sender and epoch) is bound so a ciphertext cannot be replayed elsewhere.
-    The result is ``bucket_size(len(plaintext)) + MESSAGE_OVERHEAD`` bytes long."""
-    return secretbox_seal(sender_key.key, _MESSAGE_AD + ad, pad(plaintext))
+    The result is ``bucket_size(len(plaintext)) + MESSAGE_OVERHEAD`` bytes long.
+    (``nonce``: for test vectors only; by default a random one.)"""
+    return secretbox_seal(sender_key.key, _MESSAGE_AD + ad, pad(plaintext),
+                          random=random_bytes if nonce is None else lambda n: nonce)
 
 
 def open_message(sender_key: SenderKey, ad: bytes, sealed: bytes) -> bytes:
@@ -100,14 +107,26 @@ def check_commitment(franking_key: bytes, message: bytes, expected: bytes) -> bo
     return hmac.compare_digest(commitment(franking_key, message), expected)
 
 
-def seal_sender_key(sender: SigningKeyPair, recipient_box_key: bytes, context: bytes, key: SenderKey) -> bytes:
+def seal_sender_key(sender: SigningKeyPair, recipient_box_key: bytes, context: bytes, key: SenderKey, *,
+                    ephemeral: BoxKeyPair | None = None) -> bytes:
     """``key`` sealed to one member's box key and signed by the sender's member key.
     ``context`` names the community, the recipient's member key and the epoch, so the host
-    cannot hand one member's copy to another or replay it for another epoch."""
-    return seal_signed(sender, recipient_box_key, _SENDER_KEY_CONTEXT + context, key.to_bytes())
+    cannot hand one member's copy to another or replay it for another epoch.
+    (``ephemeral``: for test vectors only, see :func:`rxfed.crypto.keys.seal_to`.)"""
+    return seal_signed(sender, recipient_box_key, _SENDER_KEY_CONTEXT + context, key.to_bytes(), ephemeral=ephemeral)
 
 
 def open_sender_key(sender_public: bytes, box: BoxKeyPair, context: bytes, sealed: bytes) -> SenderKey:
     """The key of :func:`seal_sender_key`, or :class:`DecryptionFailed` if it does not open
     or was not sealed by ``sender_public`` for ``context``."""
     return SenderKey.from_bytes(open_signed(sender_public, box, _SENDER_KEY_CONTEXT + context, sealed))
+
+
+def history_link(previous: bytes, event_hash: bytes) -> bytes:
+    """The next head of a community history chain: BLAKE2b-256 (personal
+    ``rxfed-history-v1``) over the previous head and the next event's statement hash, both
+    32 bytes. :data:`HISTORY_START` is the head before the first event."""
+    if len(previous) != 32 or len(event_hash) != 32:
+        raise ValueError("history links are made of 32-byte hashes")
+    return nacl.hash.blake2b(previous + event_hash, digest_size=32, person=_HISTORY_PERSON,
+                             encoder=nacl.encoding.RawEncoder)

@@ -96,17 +96,28 @@ class BoxKeyPair:
             raise DecryptionFailed() from exc
 
 
-def seal_to(public_key: bytes, message: bytes) -> bytes:
-    """Encrypt ``message`` to an X25519 public key (libsodium ``crypto_box_seal``)."""
-    return nacl.public.SealedBox(nacl.public.PublicKey(public_key)).encrypt(message)
+def seal_to(public_key: bytes, message: bytes, *, ephemeral: BoxKeyPair | None = None) -> bytes:
+    """Encrypt ``message`` to an X25519 public key (libsodium ``crypto_box_seal``).
+
+    ``ephemeral`` is for test vectors only: the sealed box is then made with that key pair
+    instead of a fresh one, exactly as ``crypto_box_seal`` makes it (``crypto_box`` from the
+    ephemeral secret key to ``public_key`` with nonce BLAKE2b-192(ephemeral public ||
+    public_key), after the ephemeral public key), so it opens with ``crypto_box_seal_open``.
+    An ephemeral key used twice would reveal what it sealed."""
+    if ephemeral is None:
+        return nacl.public.SealedBox(nacl.public.PublicKey(public_key)).encrypt(message)
+    nonce = nacl.hash.blake2b(ephemeral.public + public_key, digest_size=24, encoder=nacl.encoding.RawEncoder)
+    box = nacl.public.Box(ephemeral._key, nacl.public.PublicKey(public_key))
+    return ephemeral.public + box.encrypt(message, nonce).ciphertext
 
 
-def seal_signed(signer: SigningKeyPair, recipient_box_key: bytes, context: bytes, data: bytes) -> bytes:
+def seal_signed(signer: SigningKeyPair, recipient_box_key: bytes, context: bytes, data: bytes, *,
+                ephemeral: BoxKeyPair | None = None) -> bytes:
     """``data`` sealed to an X25519 key, with the signer's Ed25519 signature over
     ``context || data`` inside. A sealed box alone is anonymous; the signature inside says
     who sealed it, and ``context`` (who it is for, and what it is) keeps it from being
-    replayed to another holder or for another purpose."""
-    return seal_to(recipient_box_key, signer.sign(context + data) + data)
+    replayed to another holder or for another purpose. (``ephemeral``: see :func:`seal_to`.)"""
+    return seal_to(recipient_box_key, signer.sign(context + data) + data, ephemeral=ephemeral)
 
 
 def open_signed(signer_public: bytes, box: BoxKeyPair, context: bytes, sealed: bytes) -> bytes:

@@ -16,23 +16,24 @@ from aiohttp.abc import AbstractAccessLogger
 
 from rxfed.crypto import b32_code, fingerprint
 from rxfed.errors import Conflict
-from rxfed.node.app import create_app, invite_hash
+from rxfed.node.app import create_app, invite_hash, logged_path
 from rxfed.node.config import ConfigError, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request (time, address, method, path, status, bytes, seconds) written to
-    a buffered file and flushed every few seconds: the ``logging`` module's per-record
-    formatting and flush would cost about a tenth of the node's time per request. Paths
-    carry no patient data (record ids are random; kinds never appear in a URL)."""
+    """One line per request (time, address, method, route, status, bytes, seconds) written
+    to a buffered file and flushed every few seconds: the ``logging`` module's per-record
+    formatting and flush would cost about a tenth of the node's time per request. A line
+    shows the route's pattern, never the path's values (:func:`rxfed.node.app.logged_path`),
+    so no line ties a client's address to a community, record or transaction."""
 
     stream: IO[str] | None = None
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
         if self.stream is not None:
             self.stream.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {request.remote} {request.method} "
-                              f"{request.path} {response.status} {response.body_length} {time_taken:.4f}\n")
+                              f"{logged_path(request)} {response.status} {response.body_length} {time_taken:.4f}\n")
 
     @property
     def enabled(self) -> bool:

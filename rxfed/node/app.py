@@ -190,6 +190,16 @@ async def authenticate_new_device(request: web.Request, parse: Callable[[Any], A
     return obj, nonce
 
 
+def logged_path(request: web.BaseRequest) -> str:
+    """A request's path as logs show it: the pattern of the route it matched
+    (``/federation/v1/transactions/{txn}``), never the values in it, so that no log line
+    ties an address to an id; ``(unmatched)`` for a path no route serves."""
+    match_info = getattr(request, "match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
 def reply(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=canonical(data), status=status, content_type="application/json")
 
@@ -449,7 +459,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         # Never a traceback to the client; the log gets the exception type and location
         # (the node holds no plaintext, so nothing in it can leak a patient's data).
-        log.exception("internal error handling %s %s", request.method, request.path)
+        log.exception("internal error handling %s %s", request.method, logged_path(request))
         return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
 
 

@@ -5,7 +5,9 @@ The host is authoritative: it folds every event into the community state
 (:class:`rxfed.protocol.community.CommunityState`), refuses what is not a valid next event,
 stamps what it accepts with its node key and fans it out to the home nodes of the members.
 Nodes only ever hold ciphertext and signed membership changes under per-community
-pseudonyms.
+pseudonyms. A node serves a community's events only to a member that signs for its member
+key, keeps no record of which patient is a member of what, and keeps name and condition
+only for the communities it hosts (its public directory).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ log = logging.getLogger("rxfed.communities")
 routes = web.RouteTableDef()
 SUBMIT = "community.submit"
 EVENT = "community.event"
+#: Events in one page of ``POST /v1/communities/read`` (and of the host's own reads).
+PAGE = 1000
 
 
 @attrs.frozen
@@ -57,11 +61,14 @@ class Communities:
     def me(self) -> str:
         return self.node.config.node_id
 
-    async def hosted(self, community_id: str) -> Hosted | None:
+    async def hosted(self, address: pc.CommunityAddress) -> Hosted | None:
+        if address.host != self.me:
+            return None
+        community_id = address.id
         found = self._hosted.get(community_id)
         if found is None:
-            row = await self.node.store.community(community_id)
-            if row is None or row.host != self.me:
+            row = await self.node.store.community(community_id, self.me)
+            if row is None:
                 return None
             events = await self._all_events(community_id)
             state = pc.CommunityState.from_events([(e.seq, loads(e.event)) for e in events])
@@ -76,9 +83,10 @@ class Communities:
     async def _all_events(self, community_id: str) -> list[CommunityEvent]:
         out: list[CommunityEvent] = []
         while True:
-            page = await self.node.store.community_events(community_id, after=out[-1].seq if out else 0, limit=1000)
+            page = await self.node.store.community_events(community_id, self.me, after=out[-1].seq if out else 0,
+                                                          limit=PAGE)
             out.extend(page)
-            if len(page) < 1000:
+            if len(page) < PAGE:
                 return out
 
     def accept(self, hosted: Hosted | None, address: pc.CommunityAddress, event: dict, *,
@@ -100,7 +108,7 @@ class Communities:
         digest = sha256(raw)  # == statement_hash(event), without encoding it twice
         stamped = pc.stamp_checked(self.node.signing_key(), new_state.seq, parsed, signer, now, digest=digest)
         new_hashes = (hosted.new_hashes if hosted else ()) + (digest,)
-        return Hosted(new_state, new_hashes), CommunityEvent(new_state.seq, raw, canonical(stamped)), stamped
+        return Hosted(new_state, new_hashes), _stored(new_state.seq, raw, canonical(stamped), parsed), stamped
 
     async def fan_out(self, before: pc.CommunityState | None, after: pc.CommunityState,
                       stored: list[CommunityEvent]) -> list[tuple[str, bytes]]:
@@ -121,10 +129,12 @@ class Communities:
             items += [(node, _wire(address, e)) for e in stored]
         return items
 
-    def row(self, state: pc.CommunityState, created: int) -> CommunityRow:
-        meta = state.meta
-        return CommunityRow(state.address.id, state.address.host, meta.name, meta.condition, meta.approval,
-                            True, state.seq, created)
+    def row(self, state: pc.CommunityState, created: int, about: pc.About | None = None) -> CommunityRow:
+        """The row of a hosted community. Its name, condition and commitment key are stored
+        with the create event (``about``); later rows leave them as they are."""
+        return CommunityRow(state.address.id, state.address.host, about.name if about else "",
+                            about.condition if about else None, state.meta.approval, True, state.seq, created,
+                            about.key if about else None)
 
     def pending(self, community_id: str, write) -> asyncio.Future:
         """Start a store write for a hosted community now (so writes queue in order)."""
@@ -161,7 +171,7 @@ class Communities:
                     raise BadRequest(f"{address} is not hosted here", code="not_host")
                 if address.id not in pending:
                     await self.settled(address.id)  # build only on committed local events
-                hosted = pending.get(address.id) or await self.hosted(address.id)
+                hosted = pending.get(address.id) or await self.hosted(address)
                 if hosted is None:
                     raise NotFound(f"no community {address} on this node", code="unknown_community")
                 raw = canonical(event)
@@ -186,13 +196,12 @@ class Communities:
         return results, effects
 
     async def on_event(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
-        """At a member's home node: stamped events from the host, kept as a mirror. The
-        stamps are checked in the node's verifier threads, so a large transaction uses more
-        than the event loop's core."""
+        """At a member's home node: stamped events from the host, kept as a copy keyed by the
+        community's address. The stamps are checked in the node's verifier threads, so a
+        large transaction uses more than the event loop's core."""
         results: list[EventResult | None] = [None] * len(events)
         effects = InboundEffects()
         checks = []
-        hosts: dict[str, str] = {}
         for i, wire in enumerate(events):
             try:
                 f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse,
@@ -201,11 +210,6 @@ class Communities:
                 address = f["community"]
                 if address.host != origin or address.host == self.me:
                     raise Forbidden(f"{origin} does not host {address}", code="not_host")
-                if address.id not in hosts:  # one look-up per community per transaction
-                    known = await self.node.store.community(address.id)
-                    hosts[address.id] = known.host if known else address.host
-                if hosts[address.id] != address.host:
-                    raise Forbidden(f"community {address.id} is hosted by {hosts[address.id]}", code="not_host")
                 checks.append((i, f))
             except RxfedError as exc:
                 results[i] = EventResult(False, exc.code, exc.message)
@@ -213,38 +217,41 @@ class Communities:
             keys = [k.public_key for k in (await self.node.federation.document(origin)).keys]
             halves = [checks[::2], checks[1::2]]
             loop = asyncio.get_running_loop()
-            grouped: dict[str, tuple[CommunityRow, list[CommunityEvent]]] = {}
+            grouped: dict[pc.CommunityAddress, tuple[CommunityRow, list[CommunityEvent]]] = {}
             for done in await asyncio.gather(*(loop.run_in_executor(self.node.verifier, _check_stamps, keys, h)
                                                for h in halves if h)):
-                for i, f, outcome in done:
+                for i, f, outcome, parsed in done:
                     results[i] = outcome
                     if not outcome.ok:
                         continue
                     address = f["community"]
-                    row, stored = grouped.setdefault(address.id, (self._mirror_row(address), []))
-                    if f["event"]["body"]["type"] == pc.CREATE:  # the create event names the community
-                        parsed = pc.parse_event(f["event"])
-                        row = attrs.evolve(row, name=parsed.name, condition=parsed.condition, approval=parsed.approval)
-                        grouped[address.id] = (row, stored)
-                    stored.append(CommunityEvent(f["seq"], canonical(f["event"]), canonical(f["stamp"])))
+                    _row, stored = grouped.setdefault(address, (self._mirror_row(address), []))
+                    stored.append(_stored(f["seq"], canonical(f["event"]), canonical(f["stamp"]), parsed))
             effects.communities.extend(grouped.values())
         return results, effects
 
     def _mirror_row(self, address: pc.CommunityAddress) -> CommunityRow:
+        """A copy of a community hosted elsewhere: no name, no condition."""
         return CommunityRow(address.id, address.host, "", None, False, False, 0, self.node.now())
 
 
-def _check_stamps(keys: list[bytes], items: list[tuple[int, dict]]) -> list[tuple[int, dict, EventResult]]:
-    """Verify host stamps (run in a verifier thread: libsodium releases the GIL)."""
+def _stored(seq: int, event: bytes, stamp: bytes, parsed: pc.Event) -> CommunityEvent:
+    change = pc.membership_change(parsed)
+    return CommunityEvent(seq, event, stamp, *(change or ()))
+
+
+def _check_stamps(keys: list[bytes], items: list[tuple[int, dict]]) -> list[tuple[int, dict, EventResult, Any]]:
+    """Verify host stamps (run in a verifier thread: libsodium releases the GIL); parsing the
+    events checks that a create event certifies its community's id."""
     out = []
     for i, f in items:
         try:
-            stamp = pc.verify_stamp(keys, f["stamp"], f["event"])  # also: event and stamp name one community
+            stamp, parsed = pc.check_stamped(keys, f["stamp"], f["event"])  # also: both name one community
             if stamp.seq != f["seq"] or stamp.community != f["community"]:
                 raise Forbidden("stamp is for another position or community", code="stamp_mismatch")
-            out.append((i, f, EventResult(True)))
+            out.append((i, f, EventResult(True), parsed))
         except RxfedError as exc:
-            out.append((i, f, EventResult(False, exc.code, exc.message)))
+            out.append((i, f, EventResult(False, exc.code, exc.message), None))
     return out
 
 
@@ -270,44 +277,55 @@ def _wire(address: str, event: CommunityEvent) -> bytes:
 
 @routes.get("/v1/communities")
 async def list_communities(request: web.Request) -> web.Response:
-    """The public communities this node hosts (no authentication: a directory)."""
+    """The communities this node hosts (no authentication: a directory), each with its
+    create event and the name and condition it commits to, so a client can check them."""
     state = request.app[NODE]
     out = []
     for row in await state.store.communities(hosted_by=state.config.node_id):
-        hosted = await state.communities.hosted(row.id)
-        out.append({"address": f"{row.id}@{row.host}", "name": row.name, "condition": row.condition,
-                    "approval": row.approval, "members": len(hosted.state.joined()) if hosted else 0,
-                    "created": row.created})
+        hosted = await state.communities.hosted(pc.CommunityAddress(row.id, row.host))
+        if hosted is None or row.about is None:
+            continue
+        create = pc.parse_event(hosted.state.meta.create)
+        about = pc.About(row.name, row.condition, row.about)
+        out.append(pc.Listing(create, about, len(hosted.state.joined()), row.created).to_json())
     return reply({"communities": out})
 
 
 @routes.post("/v1/communities/events")
 async def submit(request: web.Request) -> web.Response:
     """A local patient's community event: applied here if this node hosts the community,
-    otherwise queued for the host (202)."""
+    otherwise queued for the host (202). A create event comes with its ``about``."""
     state = request.app[NODE]
     caller = await authenticate(request)
-    f = fields(caller.body, "submission", {"community": pc.CommunityAddress.parse, "event": anything})
+    f = fields(caller.body, "submission", {"community": pc.CommunityAddress.parse, "event": anything},
+               {"about": anything})
     address, event = f["community"], f["event"]
     parsed = pc.parse_event(event)
     if parsed.community != address:
         raise BadRequest("the event is for another community", code="wrong_community")
+    about = None
+    if isinstance(parsed, pc.Create):
+        if f["about"] is None:
+            raise BadRequest("a create event comes with the name and condition it commits to", code="missing_field")
+        about = pc.About.from_json(f["about"]).check(parsed)
+    elif f["about"] is not None:
+        raise BadRequest("only a create event comes with about", code="unknown_field")
     communities = state.communities
     if address.host != state.config.node_id:
         if isinstance(parsed, pc.Create):
             raise BadRequest("create communities on your home node", code="not_host")
         wire = canonical(WireEvent(SUBMIT, {"community": str(address), "event": event}).to_json())
         await state.store.relay(address.host, wire, now=caller.now, nonce=caller.nonce, patient=caller.patient,
-                                community_id=address.id, signer=caller.auth.device)
+                                signer=caller.auth.device)
         state.federation.notify()
         return reply({"community": str(address), "queued": True}, status=202)
     raw = canonical(event)
     async with state.federation.lock:
-        hosted = await communities.hosted(address.id)
+        hosted = await communities.hosted(address)
         if hosted is not None and communities.seen(hosted, sha256(raw)):
             return reply({"community": str(address), "duplicate": True})  # a retry after a lost reply
-        if hosted is None and isinstance(parsed, pc.Create) and await state.store.community(address.id):
-            raise BadRequest("that community id is taken", code="already_created")
+        if hosted is None and isinstance(parsed, pc.Create) and await state.store.community(address.id, address.host):
+            raise BadRequest("that community exists", code="already_created")
         if isinstance(parsed, pc.Join) and parsed.node != state.config.node_id:
             raise Forbidden("a member joins through their own home node", code="wrong_origin")
         after, stored, stamp = communities.accept(hosted, address, event, parsed=parsed, raw=raw)
@@ -317,8 +335,8 @@ async def submit(request: web.Request) -> web.Response:
         # reach the store in the order queued here; if this one fails, the ones queued on
         # top of it fail their sequence check too, and the cached state is dropped.
         write = communities.pending(address.id, state.store.append_community_events(
-            communities.row(after.state, caller.now), [stored], outbox=outbox, now=caller.now, nonce=caller.nonce,
-            subscribe=caller.patient, signer=caller.auth.device))
+            communities.row(after.state, caller.now, about), [stored], outbox=outbox, now=caller.now,
+            nonce=caller.nonce, patient=caller.patient, signer=caller.auth.device))
         communities.remember(address.id, after)
     try:
         await write
@@ -330,32 +348,29 @@ async def submit(request: web.Request) -> web.Response:
     return reply({"community": str(address), "seq": stored.seq, "stamp": stamp})
 
 
-@routes.get("/v1/communities/{id}/events")
+@routes.post("/v1/communities/read")
 async def read_events(request: web.Request) -> web.Response:
-    """Events of a community this patient joined through this node, from ``after``."""
+    """Events of a community from ``after``, for a member: the request carries a proof
+    signed by a member key this node's copy of the community lets read. (A POST, so that
+    no community id appears in a URL, and so in no access log.)"""
     state = request.app[NODE]
     caller = await authenticate(request)
     await state.store.check_signer(caller.patient, caller.auth.device)
-    community_id = request.match_info["id"]
-    if not await state.store.subscribed(caller.patient, community_id):
-        raise NotFound("you have not joined that community through this node", code="unknown_community")
-    after_text, limit_text = request.query.get("after", "0"), request.query.get("limit", "1000")
-    if not (after_text.isdigit() and limit_text.isdigit() and len(after_text) <= 16 and len(limit_text) <= 5):
-        raise BadRequest("after and limit must be whole numbers")
-    after, limit = min(int(after_text), pc.MAX_SEQ), min(1000, int(limit_text))
-    row = await state.store.community(community_id)
-    events = await state.store.community_events(community_id, after=max(0, after), limit=max(1, limit))
-    host_keys: list[str] = []
-    if row is not None:
-        if row.host == state.config.node_id:
-            host_keys = [b64e(k.key.public) for k in state.keys]
-        else:
-            try:
-                host_keys = [b64e(k.public_key) for k in (await state.federation.document(row.host)).keys]
-            except RxfedError:
-                host_keys = []
-    return reply({"community": f"{community_id}@{row.host}" if row else None, "seq": row.seq if row else 0,
-                  "host_keys": host_keys,
+    f = fields(caller.body, "read", {"community": pc.CommunityAddress.parse, "proof": anything},
+               {"after": integer(0, pc.MAX_SEQ), "limit": integer(1, PAGE)})
+    address = f["community"]
+    member = pc.open_read_proof(f["proof"], address, node=state.config.node_id, now=caller.now,
+                                skew=state.config.limits.request_window_seconds)
+    reader = await state.store.community_reader(address.id, address.host, member)
+    if reader is None:
+        # The same answer for a community this node does not know: a stranger learns nothing.
+        raise NotFound("no community of yours by that address on this node", code="unknown_community")
+    if not reader:
+        raise Forbidden("this member key has left the community or was removed", code="not_a_member")
+    row = await state.store.community(address.id, address.host)
+    events = await state.store.community_events(address.id, address.host, after=f["after"] or 0,
+                                                limit=f["limit"] or PAGE)
+    return reply({"community": str(address), "seq": row.seq if row else 0,
                   "events": [{"seq": e.seq, "event": loads(e.event), "stamp": loads(e.stamp)} for e in events]})
 
 

@@ -13,6 +13,12 @@ only under a sender key it distributed, for the current version, to exactly the 
 members. So after any change each sender must hand a fresh key to the members of the moment
 before posting again: a member who left never gets a key for later messages, and one who
 joined never gets a key for earlier ones.
+
+Addresses certify their creation: a community's id is a hash of its create event (without
+the id) and its host, so ``<id>@<host>`` names exactly one create, hence one admin. Clients
+check every event against the host's stamp under the host's own keys and keep a
+:class:`HistoryPin`, so neither a member's home node nor anyone else can hand them another
+history than the one the host stamped, nor roll back one they have seen.
 """
 
 from __future__ import annotations
@@ -24,16 +30,18 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e, random_bytes
+from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e, sha256
 from rxfed.crypto.groups import (
     COMMITMENT_SIZE,
     FRANKING_KEY_SIZE,
+    HISTORY_START,
     MAX_EPOCH,
     MESSAGE_OVERHEAD,
     SEALED_SENDER_KEY_SIZE,
     SenderKey,
     check_commitment,
     commitment,
+    history_link,
     new_franking_key,
     open_message,
     open_sender_key,
@@ -41,7 +49,7 @@ from rxfed.crypto.groups import (
     seal_sender_key,
 )
 from rxfed.crypto.records import bucket_size
-from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError
+from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.schema import HEX_ID, anything, b64, const, fields, integer, mapping, text
 from rxfed.protocol.statements import open_statement, sign_statement, statement_hash
@@ -53,6 +61,7 @@ LEAVE = "rxfed.community.leave"
 REMOVE = "rxfed.community.remove"
 SENDER_KEY = "rxfed.community.sender-key"
 MESSAGE = "rxfed.community.message"
+READ = "rxfed.community.read"
 HOST_STAMP = "rxfed.host-stamp"
 FRANKING_REPORT = "rxfed.franking-report"
 
@@ -119,16 +128,20 @@ _TIME = integer(0, MAX_TIME)
 _TEXT = text(MAX_TEXT)
 
 
+def community_id(host: str, body: dict) -> str:
+    """The id a create event's ``body`` certifies on ``host``: the first 16 bytes of
+    SHA-256 over ``"rxfed-community-id|"`` and the canonical JSON of ``{"create": body
+    without its community field, "host": host}``, in hex."""
+    create = {k: v for k, v in body.items() if k != "community"}
+    return sha256(b"rxfed-community-id|" + canonical({"create": create, "host": host}))[:16].hex()
+
+
 @attrs.frozen
 class CommunityAddress:
-    """``<id>@<host>``: a random 128-bit id and the node id of the host."""
+    """``<id>@<host>``: the 128-bit id its create event certifies and the host's node id."""
 
     id: str
     host: str
-
-    @classmethod
-    def generate(cls, host: str) -> CommunityAddress:
-        return cls(random_bytes(16).hex(), node_id(host, "host"))
 
     @classmethod
     def parse(cls, value: Any, where: str = "community") -> CommunityAddress:
@@ -153,14 +166,15 @@ class CommunityAddress:
 
 @attrs.frozen
 class Create:
+    """A community's first event. ``about`` commits to its name and condition (see
+    :class:`About`), which stay off the event: nodes that copy it learn neither."""
+
     TYPE = CREATE
-    FIELDS = {"name": text(MAX_NAME, _NAME), "approval": _boolean, "admin": b64(32), "admin_box": b64(32),
+    FIELDS = {"about": b64(COMMITMENT_SIZE), "approval": _boolean, "admin": b64(32), "admin_box": b64(32),
               "node": node_id, "created": _TIME}
-    OPTIONAL = {"condition": text(3, _CONDITION)}
 
     community: CommunityAddress
-    name: str
-    condition: str | None
+    about: bytes
     approval: bool
     admin: bytes
     admin_box: bytes
@@ -274,6 +288,9 @@ def parse_event(obj: Any, where: str = "event") -> Event:
     f = fields(body, where, {"type": const(cls.TYPE), "community": CommunityAddress.parse, **cls.FIELDS},
                getattr(cls, "OPTIONAL", {}))
     del f["type"]
+    if cls is Create and community_id(f["community"].host, body) != f["community"].id:
+        raise BadRequest(f"{where}: the community id is not the one this create event certifies",
+                         code="bad_community_id")
     return cls(**f, signed=obj)
 
 
@@ -324,11 +341,14 @@ class Member:
 
 @attrs.frozen
 class CommunityMeta:
-    name: str
-    condition: str | None
+    """What the create event says: the commitment to name and condition, whether joins need
+    approval, the admin's key, the host; and the create event itself."""
+
+    about: bytes
     approval: bool
     admin: bytes
     host: str
+    create: dict = attrs.field(eq=False, repr=False)
 
 
 @attrs.frozen
@@ -412,7 +432,7 @@ class CommunityState:
 
 
 def _create(state: CommunityState, event: Create) -> CommunityState:
-    meta = CommunityMeta(event.name, event.condition, event.approval, event.admin, state.address.host)
+    meta = CommunityMeta(event.about, event.approval, event.admin, state.address.host, event.signed)
     admin = Member(event.admin, event.admin_box, event.node, JOINED)
     return attrs.evolve(state, meta=meta, members={admin.member_b64: admin}, version=state.version + 1)
 
@@ -482,11 +502,55 @@ def _built(key: SigningKeyPair, body: dict) -> dict:
     return statement
 
 
-def make_create(admin: SigningKeyPair, admin_box: bytes, address: CommunityAddress, *, name: str,
-                condition: str | None, approval: bool, node: str, now: int) -> dict:
-    return _built(admin, {"type": CREATE, "community": str(address), "name": name, "condition": condition,
-                          "approval": approval, "admin": b64e(admin.public), "admin_box": b64e(admin_box),
-                          "node": node, "created": now})
+@attrs.frozen
+class About:
+    """A community's name and condition (an ICD-10 category, or None) with the key of the
+    commitment to them in its create event: ``HMAC-SHA256(key, canonical({"condition",
+    "name"}))``, the construction of franking commitments. The host lists all three; every
+    other node holds only the commitment."""
+
+    name: str
+    condition: str | None
+    key: bytes = attrs.field(repr=False)
+
+    SCHEMA = {"name": text(MAX_NAME, _NAME), "key": b64(FRANKING_KEY_SIZE)}
+    OPTIONAL = {"condition": text(3, _CONDITION)}
+
+    @classmethod
+    def new(cls, name: str, condition: str | None) -> About:
+        """Fresh metadata with a random commitment key (the names are checked)."""
+        return cls.from_json({"name": name, "condition": condition, "key": b64e(new_franking_key())})
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "about") -> About:
+        f = fields(obj, where, cls.SCHEMA, cls.OPTIONAL)
+        return cls(f["name"], f["condition"], f["key"])
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "condition": self.condition, "key": b64e(self.key)}
+
+    def _committed(self) -> bytes:
+        return canonical({"condition": self.condition, "name": self.name})
+
+    def commitment(self) -> bytes:
+        return commitment(self.key, self._committed())
+
+    def check(self, create: Create) -> About:
+        """This metadata, if it is what ``create`` committed to; Forbidden otherwise."""
+        if not check_commitment(self.key, self._committed(), create.about):
+            raise Forbidden("this name and condition are not the ones the community's creator committed to",
+                            code="bad_about")
+        return self
+
+
+def make_create(admin: SigningKeyPair, admin_box: bytes, host: str, *, about: About, approval: bool, node: str,
+                now: int) -> dict:
+    """The create event of a new community on ``host``; its address is the one it certifies
+    (``parse_event(event).community``)."""
+    body = {"type": CREATE, "about": b64e(about.commitment()), "approval": approval, "admin": b64e(admin.public),
+            "admin_box": b64e(admin_box), "node": node, "created": now}
+    address = CommunityAddress(community_id(node_id(host, "host"), body), host)
+    return _built(admin, {**body, "community": str(address)})
 
 
 def make_join(member: SigningKeyPair, box_public: bytes, address: CommunityAddress, node: str, now: int) -> dict:
@@ -520,36 +584,103 @@ def _franked(address: CommunityAddress, sender: bytes, text: str, sent: int) -> 
 
 
 def make_sender_key(sender: SigningKeyPair, state: CommunityState, sender_key: SenderKey,
-                    address: CommunityAddress | None = None) -> dict:
+                    address: CommunityAddress | None = None, *, ephemerals: list[BoxKeyPair] | None = None) -> dict:
     """``sender_key`` sealed to every joined member (the sender too, so its other devices and
     its own history read back), for the current membership version. Make the key with
-    ``SenderKey.generate(state.next_epoch(sender.public))``."""
+    ``SenderKey.generate(state.next_epoch(sender.public))``. (``ephemerals``, one per joined
+    member in join order: for test vectors only.)"""
     if address is not None and address != state.address:
         raise BadRequest("state is for another community", code="wrong_community")
     address = state.address
     keys = {}
-    for m in state.joined():
+    for i, m in enumerate(state.joined()):
         context = _sender_key_context(address, m.member, sender_key.epoch)
-        keys[m.member_b64] = b64e(seal_sender_key(sender, m.box_key, context, sender_key))
+        ephemeral = ephemerals[i] if ephemerals is not None else None
+        keys[m.member_b64] = b64e(seal_sender_key(sender, m.box_key, context, sender_key, ephemeral=ephemeral))
     return _built(sender, {"type": SENDER_KEY, "community": str(address), "sender": b64e(sender.public),
                            "epoch": sender_key.epoch, "version": state.version, "keys": keys})
 
 
 def make_message(sender: SigningKeyPair, sender_key: SenderKey, address: CommunityAddress, text: str,
-                 now: int) -> tuple[dict, bytes]:
+                 now: int, *, franking_key: bytes | None = None, nonce: bytes | None = None) -> tuple[dict, bytes]:
     """A message statement and its franking key. ``now`` must not be before the sender's
-    last message (``state.last_sent``)."""
+    last message (``state.last_sent``). (``franking_key``, ``nonce``: for test vectors only;
+    by default fresh random ones.)"""
     _TEXT(text, "text")
-    franking_key = new_franking_key()
+    franking_key = franking_key or new_franking_key()
     plaintext = canonical({"text": text, "franking_key": b64e(franking_key), "sent": now})
     if bucket_size(len(plaintext)) + MESSAGE_OVERHEAD > MAX_CIPHERTEXT:
         raise BadRequest("message is too long once encoded", code="message_too_long")
-    sealed = seal_message(sender_key, _message_ad(address, sender.public, sender_key.epoch), plaintext)
+    sealed = seal_message(sender_key, _message_ad(address, sender.public, sender_key.epoch), plaintext, nonce=nonce)
     committed = commitment(franking_key, _franked(address, sender.public, text, now))
     statement = _built(sender, {
         "type": MESSAGE, "community": str(address), "sender": b64e(sender.public), "epoch": sender_key.epoch,
         "ciphertext": b64e(sealed), "commitment": b64e(committed), "sent": now})
     return statement, franking_key
+
+
+def membership_change(event: Event) -> tuple[bytes, bool] | None:
+    """For a node's copy of a community: the member key an event is about and whether that
+    key may read the copy from now on (the creator and joined or pending members may; one
+    that left or was removed may not), or None for events that change no membership. A
+    member key never joins twice, so these facts need no order: a key may read once its
+    create or join arrived, unless its leave or removal did too."""
+    if isinstance(event, Create):
+        return event.admin, True
+    if isinstance(event, Join):
+        return event.member, True
+    if isinstance(event, Leave | Remove):
+        return event.member, False
+    return None
+
+
+def make_read_proof(member: SigningKeyPair, address: CommunityAddress, node: str, now: int) -> dict:
+    """What a member sends its home node with a request for a community's events: its member
+    key's signature over the address, that node and the time."""
+    return sign_statement(member, {"type": READ, "community": str(address), "member": b64e(member.public),
+                                   "node": node, "time": now})
+
+
+def open_read_proof(obj: Any, address: CommunityAddress, *, node: str, now: int, skew: int = MAX_SKEW) -> bytes:
+    """The member key that signed a read proof for ``address`` to ``node`` within ``skew``
+    seconds of ``now``; BadRequest, Forbidden or Unauthorized otherwise."""
+    body = open_statement(obj, "proof", READ, None)
+    f = fields(body, "proof", {"type": const(READ), "community": CommunityAddress.parse, "member": b64(32),
+                               "node": node_id, "time": _TIME})
+    open_statement(obj, "proof", READ, f["member"])
+    if f["community"] != address:
+        raise BadRequest("the proof is for another community", code="wrong_community")
+    if f["node"] != node:
+        raise Forbidden("the proof is for another node", code="wrong_node")
+    if abs(f["time"] - now) > skew:
+        raise Unauthorized("the proof's time is outside the accepted window; check the clock", code="stale_request")
+    return f["member"]
+
+
+# -- what a client has seen ------------------------------------------------------------------
+
+
+@attrs.frozen
+class HistoryPin:
+    """How much of a community's history a device has folded (``seq`` events) and the head
+    of the hash chain over their statement hashes (:func:`rxfed.crypto.groups.history_link`)."""
+
+    seq: int = 0
+    head: bytes = HISTORY_START
+
+    def extend(self, event_hashes: list[bytes]) -> HistoryPin:
+        """The pin after folding events ``1..n`` with these statement hashes, if they extend
+        what this pin saw; Forbidden (``rolled_back``, ``forked_history``) otherwise."""
+        if len(event_hashes) < self.seq:
+            raise Forbidden(f"the node now serves {len(event_hashes)} events of a community this device has "
+                            f"seen {self.seq} of", code="rolled_back")
+        head = HISTORY_START
+        for i, digest in enumerate(event_hashes, 1):
+            head = history_link(head, digest)
+            if i == self.seq and head != self.head:
+                raise Forbidden(f"the community's history differs from what this device saw up to event {i}",
+                                code="forked_history")
+        return HistoryPin(len(event_hashes), head)
 
 
 # -- host stamps ---------------------------------------------------------------------------
@@ -571,11 +702,11 @@ class HostStamp:
     TYPE = HOST_STAMP
 
     @classmethod
-    def from_json(cls, obj: Any, where: str, host_public_keys: list[bytes] | None) -> HostStamp:
-        """Parse a stamp; with ``host_public_keys`` (the host's current and earlier keys),
-        one of them must verify it (Forbidden otherwise)."""
+    def from_json(cls, obj: Any, where: str, host_public_keys: list[bytes]) -> HostStamp:
+        """Parse a stamp one of ``host_public_keys`` (the host's current and earlier keys)
+        verifies; Forbidden otherwise, also when the list is empty."""
         body = open_statement(obj, where, cls.TYPE, None)
-        if host_public_keys is not None and not any(_verifies(obj, where, key) for key in host_public_keys):
+        if not any(_verifies(obj, where, key) for key in host_public_keys):
             raise Forbidden(f"{where}: no host key verifies it", code="bad_stamp")
         f = fields(body, where, {"type": const(cls.TYPE), "community": CommunityAddress.parse,
                                  "seq": integer(1, MAX_SEQ), "event": b64(32), "sender": b64(32), "time": _TIME},
@@ -622,13 +753,19 @@ def stamp_checked(host_key: SigningKeyPair, seq: int, parsed: Event, signer: byt
 def verify_stamp(host_public_keys: list[bytes], stamped: dict, event: dict) -> HostStamp:
     """The stamp, if one of the host's keys signed it and it is for exactly ``event``;
     Forbidden otherwise."""
+    return check_stamped(host_public_keys, stamped, event)[0]
+
+
+def check_stamped(host_public_keys: list[bytes], stamped: dict, event: dict) -> tuple[HostStamp, Event]:
+    """:func:`verify_stamp`, also returning the parsed event (its signature is not checked
+    here: the host checked it, and the stamp says so)."""
     parsed_stamp = HostStamp.from_json(stamped, "stamp", host_public_keys)
     parsed = parse_event(event)
     franked = parsed.commitment if isinstance(parsed, MessagePosted) else None
     if (statement_hash(event) != parsed_stamp.event or parsed.community != parsed_stamp.community
             or parsed.author not in (None, parsed_stamp.sender) or franked != parsed_stamp.commitment):
         raise Forbidden("stamp is for another event", code="stamp_mismatch")
-    return parsed_stamp
+    return parsed_stamp, parsed
 
 
 # -- reading, for clients ------------------------------------------------------------------
@@ -636,8 +773,8 @@ def verify_stamp(host_public_keys: list[bytes], stamped: dict, event: dict) -> H
 
 @attrs.frozen
 class Message:
-    """A decrypted message. ``verified``: the franking commitment matches the text, so it
-    can be reported; an unverified message is shown with a warning, if at all."""
+    """A decrypted message whose franking commitment opens with its text: it can always be
+    reported (:func:`franking_report`)."""
 
     seq: int
     sender: bytes
@@ -646,35 +783,78 @@ class Message:
     epoch: int
     franking_key: bytes = attrs.field(repr=False)
     commitment: bytes
-    verified: bool
 
 
-def read_messages(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair) -> list[Message]:
+#: Why a message addressed to a member is not shown to it.
+UNREADABLE = {
+    "undecryptable": "it does not decrypt under its sender's key",
+    "bad_franking": "its franking commitment does not match its text, so it could never be reported",
+    "bad_sender_key": "the sender key it was sent under, sealed to you, does not open",
+}
+
+
+@attrs.frozen
+class Unreadable:
+    """A message this member holds a sender key for (or was sent one) that it cannot show:
+    tampered with, or sent by a client that broke the protocol. ``reason`` is a key of
+    :data:`UNREADABLE`."""
+
+    seq: int
+    sender: bytes
+    reason: str
+
+    @property
+    def explanation(self) -> str:
+        return UNREADABLE[self.reason]
+
+
+@attrs.frozen
+class Reading:
+    """A community folded by one member: the state, the messages it can read (each one
+    reportable), and the messages for it that it cannot show."""
+
+    state: CommunityState
+    messages: tuple[Message, ...]
+    unreadable: tuple[Unreadable, ...]
+
+
+def read_history(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair) -> Reading:
     """Fold ``(seq, event)`` pairs from the create event on and decrypt every message this
     member has a sender key for. Messages without one (posted before it joined or after it
-    left) and ones that do not open are skipped; an invalid event raises, as the host
-    should never have stamped it."""
+    left) are skipped; ones that do not open, or whose commitment does not, are returned as
+    :class:`Unreadable`. An invalid event raises, as the host should never have stamped it."""
     if not state_events:
-        return []
+        raise BadRequest("a community starts with its create event")
     state = CommunityState.from_events(state_events[:1])
     keys: dict[tuple[bytes, int], SenderKey] = {}
+    broken: set[tuple[bytes, int]] = set()
     mine = b64e(me.public)
-    out: list[Message] = []
+    messages: list[Message] = []
+    unreadable: list[Unreadable] = []
     for seq, statement in state_events[1:]:
         state, event = state.step(statement, seq=seq)
         if isinstance(event, SenderKeyDistribution) and mine in event.keys:
             context = _sender_key_context(state.address, me.public, event.epoch)
             try:
                 key = open_sender_key(event.sender, my_box, context, event.keys[mine])
+                if key.epoch != event.epoch:
+                    raise DecryptionFailed()
             except DecryptionFailed:
+                broken.add((event.sender, event.epoch))
                 continue
-            if key.epoch == event.epoch:
-                keys[(event.sender, key.epoch)] = key
-        elif isinstance(event, MessagePosted) and (event.sender, event.epoch) in keys:
-            message = _open(state.address, seq, event, keys[(event.sender, event.epoch)])
-            if message is not None:
-                out.append(message)
-    return out
+            keys[(event.sender, key.epoch)] = key
+        elif isinstance(event, MessagePosted):
+            if (event.sender, event.epoch) in keys:
+                opened = _open(state.address, seq, event, keys[(event.sender, event.epoch)])
+                (messages if isinstance(opened, Message) else unreadable).append(opened)
+            elif (event.sender, event.epoch) in broken:
+                unreadable.append(Unreadable(seq, event.sender, "bad_sender_key"))
+    return Reading(state, tuple(messages), tuple(unreadable))
+
+
+def read_messages(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair) -> list[Message]:
+    """The messages of :func:`read_history` (none for an empty history)."""
+    return list(read_history(state_events, me, my_box).messages) if state_events else []
 
 
 def own_sender_key(state: CommunityState, state_events: list[tuple[int, dict]], me: SigningKeyPair,
@@ -696,16 +876,54 @@ def own_sender_key(state: CommunityState, state_events: list[tuple[int, dict]], 
     return None
 
 
-def _open(address: CommunityAddress, seq: int, event: MessagePosted, key: SenderKey) -> Message | None:
+def _open(address: CommunityAddress, seq: int, event: MessagePosted, key: SenderKey) -> Message | Unreadable:
     try:
         plaintext = open_message(key, _message_ad(address, event.sender, event.epoch), event.ciphertext)
         f = fields(loads(plaintext), "message", {"text": _TEXT, "franking_key": b64(FRANKING_KEY_SIZE),
                                                  "sent": _TIME})
     except (DecryptionFailed, BadRequest):
-        return None
-    verified = f["sent"] == event.sent and check_commitment(
-        f["franking_key"], _franked(address, event.sender, f["text"], event.sent), event.commitment)
-    return Message(seq, event.sender, f["text"], event.sent, event.epoch, f["franking_key"], event.commitment, verified)
+        return Unreadable(seq, event.sender, "undecryptable")
+    if f["sent"] != event.sent or not check_commitment(
+            f["franking_key"], _franked(address, event.sender, f["text"], event.sent), event.commitment):
+        return Unreadable(seq, event.sender, "bad_franking")
+    return Message(seq, event.sender, f["text"], event.sent, event.epoch, f["franking_key"], event.commitment)
+
+
+# -- the host's directory ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Listing:
+    """A community in its host's public directory: its create event, the name and
+    condition it committed to, and how many members have joined. A client checks a listing
+    before it joins (:meth:`from_json`), so it learns the admin and the rules from the event
+    the address certifies, never from a node's say-so."""
+
+    create: Create
+    about: About
+    members: int
+    listed: int
+
+    @property
+    def address(self) -> CommunityAddress:
+        return self.create.community
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "community") -> Listing:
+        f = fields(obj, where, {"address": CommunityAddress.parse, "name": anything, "condition": anything,
+                                "about": anything, "approval": _boolean, "members": integer(0, MAX_MEMBERS),
+                                "created": _TIME, "create": anything})
+        create = parse_event(f["create"], f"{where}.create")
+        if not isinstance(create, Create) or create.community != f["address"] or create.approval != f["approval"]:
+            raise BadRequest(f"{where}.create is not the create event of {f['address']}", code="bad_listing")
+        open_statement(f["create"], f"{where}.create", CREATE, create.admin)
+        about = About.from_json({"name": f["name"], "condition": f["condition"], "key": f["about"]}, where)
+        return cls(create, about.check(create), f["members"], f["created"])
+
+    def to_json(self) -> dict:
+        return {"address": str(self.address), "name": self.about.name, "condition": self.about.condition,
+                "about": b64e(self.about.key), "approval": self.create.approval, "members": self.members,
+                "created": self.listed, "create": self.create.signed}
 
 
 # -- franking reports ----------------------------------------------------------------------

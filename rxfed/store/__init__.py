@@ -349,34 +349,38 @@ class Store(abc.ABC):
         A transaction seen before returns its stored reply and changes nothing."""
 
     # -- communities -----------------------------------------------------------------------
+    #
+    # A community is keyed by its address, (id, host): a node's copy of one community never
+    # mixes with events another node sends under the same id. No row names a patient.
     @abc.abstractmethod
     async def communities(self, *, hosted_by: str | None = None) -> list[CommunityRow]: ...
 
     @abc.abstractmethod
-    async def community(self, community_id: str) -> CommunityRow | None: ...
+    async def community(self, community_id: str, host: str) -> CommunityRow | None: ...
 
     @abc.abstractmethod
-    async def community_events(self, community_id: str, *, after: int = 0, limit: int = 1000) -> list[CommunityEvent]: ...
+    async def community_events(self, community_id: str, host: str, *, after: int = 0,
+                               limit: int = 1000) -> list[CommunityEvent]: ...
+
+    @abc.abstractmethod
+    async def community_reader(self, community_id: str, host: str, member: bytes) -> bool | None:
+        """Whether ``member`` may read this node's copy of the community: True once its
+        create or join is stored, False once its leave or removal is too, None when the key
+        is unknown here (see :attr:`CommunityEvent.member`)."""
 
     @abc.abstractmethod
     async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
                                       outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
-                                      subscribe: str | None = None, signer: str | None = None) -> None:
+                                      patient: str | None = None, signer: str | None = None) -> None:
         """Store events a local patient submitted (at the host: stamped and sequenced),
-        queue their fan-out, persist the request nonce and subscribe the patient, at once.
-        With ``signer`` (a device of ``subscribe``), refuse a revoked device or erased account."""
+        queue their fan-out and persist the request nonce, at once. With ``signer`` (a
+        device of ``patient``), refuse a revoked device or erased account."""
 
     @abc.abstractmethod
     async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
-                    community_id: str, signer: str | None = None) -> None:
-        """Queue a local patient's event for a community hosted elsewhere and subscribe them
-        (refused for a revoked ``signer`` device)."""
-
-    @abc.abstractmethod
-    async def subscribed(self, patient: str, community_id: str) -> bool: ...
-
-    @abc.abstractmethod
-    async def subscriptions(self, patient: str) -> list[str]: ...
+                    signer: str | None = None) -> None:
+        """Queue a local patient's event for a community hosted elsewhere (refused for a
+        revoked ``signer`` device)."""
 
     # -- consent: the home node's grants and audit log ------------------------------------
     @abc.abstractmethod
@@ -498,6 +502,10 @@ class DeadLetter:
 
 @attrs.frozen
 class CommunityRow:
+    """A community this node hosts (``public``: listed in its directory, with the name,
+    condition and commitment key of :class:`rxfed.protocol.community.About`) or keeps a
+    copy of for its members (no name, no condition). ``seq``: the highest contiguous event."""
+
     id: str
     host: str
     name: str
@@ -506,10 +514,17 @@ class CommunityRow:
     public: bool
     seq: int
     created: int
+    about: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
 class CommunityEvent:
+    """A stored event and its host stamp. ``member``: the member key whose right to read
+    this node's copy the event changes, and ``active`` whether it may read from now on
+    (:func:`rxfed.protocol.community.membership_change`)."""
+
     seq: int
     event: bytes
     stamp: bytes
+    member: bytes | None = None
+    active: bool = False

@@ -287,6 +287,44 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE peers ADD COLUMN trusted_keys BLOB
     """,
+    # 7: communities keyed by address. A copy of a community is keyed by (id, host), so events
+    # another node sends under the same id stay apart. Who may read a copy is kept by member
+    # key (community_members), and no table links a patient to a community any more
+    # (subscriptions goes). Mirrors keep no name or condition. Communities from before this
+    # migration are dropped: their random ids certify no create event, so no client could
+    # accept them, and mirrors' copies of their create events name the condition.
+    """
+    DROP TABLE subscriptions;
+    DROP TABLE community_events;
+    DROP TABLE communities;
+    CREATE TABLE communities (
+        id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        name TEXT NOT NULL,
+        condition TEXT,
+        approval INTEGER NOT NULL,
+        public INTEGER NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL,
+        about BLOB,
+        PRIMARY KEY (id, host)
+    ) WITHOUT ROWID;
+    CREATE TABLE community_events (
+        community_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        stamp BLOB NOT NULL,
+        PRIMARY KEY (community_id, host, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE community_members (
+        community_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        member BLOB NOT NULL,
+        active INTEGER NOT NULL,
+        PRIMARY KEY (community_id, host, member)
+    ) WITHOUT ROWID
+    """,
 ]
 
 _BATCH_MAX = 512
@@ -881,7 +919,7 @@ class SQLiteStore(Store):
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
             (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
-            for table in ("records", "recovery", "devices", "identity_chain", "subscriptions", "audit"):
+            for table in ("records", "recovery", "devices", "identity_chain", "audit"):
                 c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
             c.execute("DELETE FROM deliveries WHERE token IN (SELECT token FROM grant_tokens WHERE grant_id IN "
                       "(SELECT id FROM grants WHERE patient_id=?))", (patient,))
@@ -1090,7 +1128,7 @@ class SQLiteStore(Store):
         return await self._write(op)
 
     # -- communities -----------------------------------------------------------------------
-    _COMMUNITY_COLUMNS = "id, host, name, condition, approval, public, seq, created"
+    _COMMUNITY_COLUMNS = "id, host, name, condition, approval, public, seq, created, about"
 
     async def communities(self, *, hosted_by: str | None = None) -> list[CommunityRow]:
         rows = await self._read(lambda c: c.execute(
@@ -1098,35 +1136,43 @@ class SQLiteStore(Store):
             (hosted_by, hosted_by)).fetchall())
         return [_community(r) for r in rows]
 
-    async def community(self, community_id: str) -> CommunityRow | None:
+    async def community(self, community_id: str, host: str) -> CommunityRow | None:
         row = await self._read(lambda c: c.execute(
-            f"SELECT {self._COMMUNITY_COLUMNS} FROM communities WHERE id=?", (community_id,)).fetchone())
+            f"SELECT {self._COMMUNITY_COLUMNS} FROM communities WHERE id=? AND host=?",
+            (community_id, host)).fetchone())
         return _community(row) if row else None
 
-    async def community_events(self, community_id: str, *, after: int = 0, limit: int = 1000) -> list[CommunityEvent]:
+    async def community_events(self, community_id: str, host: str, *, after: int = 0,
+                               limit: int = 1000) -> list[CommunityEvent]:
         rows = await self._read(lambda c: c.execute(
-            "SELECT seq, event, stamp FROM community_events WHERE community_id=? AND seq>? ORDER BY seq LIMIT ?",
-            (community_id, after, limit)).fetchall())
+            "SELECT seq, event, stamp FROM community_events WHERE community_id=? AND host=? AND seq>? "
+            "ORDER BY seq LIMIT ?", (community_id, host, after, limit)).fetchall())
         return [CommunityEvent(*r) for r in rows]
+
+    async def community_reader(self, community_id: str, host: str, member: bytes) -> bool | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT active FROM community_members WHERE community_id=? AND host=? AND member=?",
+            (community_id, host, member)).fetchone())
+        return None if row is None else bool(row[0])
 
     @staticmethod
     def _write_community(c: sqlite3.Connection, community: CommunityRow, events: list[CommunityEvent]) -> None:
-        row = c.execute("SELECT host FROM communities WHERE id=?", (community.id,)).fetchone()
-        if row is not None and row[0] != community.host:
-            raise Forbidden(f"community {community.id} is hosted by {row[0]}", code="not_host")
-        # A mirror may see other events before the create event; the create event names it.
-        c.execute("INSERT INTO communities VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT(id) DO UPDATE SET "
-                  "name=excluded.name, condition=excluded.condition, approval=excluded.approval "
-                  "WHERE excluded.name != ''",
-                  (community.id, community.host, community.name, community.condition, int(community.approval),
-                   int(community.public), community.created))
-        c.executemany("INSERT OR IGNORE INTO community_events VALUES (?, ?, ?, ?)",
-                      [(community.id, e.seq, e.event, e.stamp) for e in events])
+        key = (community.id, community.host)
+        # The row is made once: at the host with the create event, on a mirror by its first event.
+        c.execute("INSERT INTO communities VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(id, host) DO NOTHING",
+                  (*key, community.name, community.condition, int(community.approval), int(community.public),
+                   community.created, community.about))
+        c.executemany("INSERT OR IGNORE INTO community_events VALUES (?, ?, ?, ?, ?)",
+                      [(*key, e.seq, e.event, e.stamp) for e in events])
+        # Leaving wins, whatever order a mirror receives a member's events in.
+        c.executemany("INSERT INTO community_members VALUES (?, ?, ?, ?) ON CONFLICT(community_id, host, member) "
+                      "DO UPDATE SET active=min(active, excluded.active)",
+                      [(*key, e.member, int(e.active)) for e in events if e.member is not None])
         # The community's seq is the highest contiguous one stored: mirrors may see gaps.
-        (seq,) = c.execute("SELECT seq FROM communities WHERE id=?", (community.id,)).fetchone()
+        (seq,) = c.execute("SELECT seq FROM communities WHERE id=? AND host=?", key).fetchone()
         while True:
-            following = c.execute("SELECT seq FROM community_events WHERE community_id=? AND seq>? ORDER BY seq "
-                                  "LIMIT 1000", (community.id, seq)).fetchall()
+            following = c.execute("SELECT seq FROM community_events WHERE community_id=? AND host=? AND seq>? "
+                                  "ORDER BY seq LIMIT 1000", (*key, seq)).fetchall()
             run = 0
             for (n,) in following:
                 if n != seq + run + 1:
@@ -1135,46 +1181,33 @@ class SQLiteStore(Store):
             seq += run
             if run < 1000:
                 break
-        c.execute("UPDATE communities SET seq=? WHERE id=?", (seq, community.id))
+        c.execute("UPDATE communities SET seq=? WHERE id=? AND host=?", (seq, *key))
 
     async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
                                       outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
-                                      subscribe: str | None = None, signer: str | None = None) -> None:
+                                      patient: str | None = None, signer: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             if nonce is not None:
                 self._use_nonce(c, nonce)
             if signer is not None:
-                self._signer_ok(c, subscribe, signer)
-            (current,) = c.execute("SELECT coalesce(max(seq), 0) FROM community_events WHERE community_id=?",
-                                   (community.id,)).fetchone()
+                self._signer_ok(c, patient, signer)
+            (current,) = c.execute("SELECT coalesce(max(seq), 0) FROM community_events WHERE community_id=? "
+                                   "AND host=?", (community.id, community.host)).fetchone()
             if events and events[0].seq != current + 1:
                 raise Conflict("the community moved on; try again", code="stale_community")
             self._write_community(c, community, events)
             self._enqueue(c, outbox, now)
-            if subscribe:
-                c.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (subscribe, community.id))
 
         await self._write(op)
 
     async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
-                    community_id: str, signer: str | None = None) -> None:
+                    signer: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
             self._enqueue(c, [(destination, event)], now)
-            c.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (patient, community_id))
 
         await self._write(op)
-
-    async def subscribed(self, patient: str, community_id: str) -> bool:
-        row = await self._read(lambda c: c.execute("SELECT 1 FROM subscriptions WHERE patient_id=? AND community_id=?",
-                                                   (patient, community_id)).fetchone())
-        return row is not None
-
-    async def subscriptions(self, patient: str) -> list[str]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT community_id FROM subscriptions WHERE patient_id=? ORDER BY community_id", (patient,)).fetchall())
-        return [r[0] for r in rows]
 
     # -- consent: grants and the audit chain (home node) -----------------------------------
     _GRANT_COLUMNS = "id, patient_id, kind, purpose, recipient, not_after, created, statement, revoked, revocation"
@@ -1372,8 +1405,8 @@ class SQLiteStore(Store):
 
 
 def _community(row: tuple) -> CommunityRow:
-    id_, host, name, condition, approval, public, seq, created = row
-    return CommunityRow(id_, host, name, condition, bool(approval), bool(public), seq, created)
+    id_, host, name, condition, approval, public, seq, created, about = row
+    return CommunityRow(id_, host, name, condition, bool(approval), bool(public), seq, created, about)
 
 
 def _new_txn_id() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from rxfed.crypto import SigningKeyPair, b64d, b64e  # noqa: E402
+from rxfed.crypto import SigningKeyPair, b64e  # noqa: E402
 from rxfed.errors import RxfedError  # noqa: E402
 from rxfed.protocol.auth import sign_request, signing_bytes  # noqa: E402
 from rxfed.protocol.canonical import canonical, loads  # noqa: E402
@@ -153,15 +153,6 @@ def _fixed_random(label: bytes):
     return draw
 
 
-def _frozen(name: str, key: str):
-    """A value of an existing vector file: sealed boxes draw an ephemeral key inside
-    libsodium, so their vectors are fixed once and checked by opening them."""
-    try:
-        return json.loads((HERE / name).read_text()).get(key)
-    except FileNotFoundError:
-        return None
-
-
 def vault_vectors() -> dict:
     """spec/crypto.md sections 1 (identity chain), 2 (sealed records), 3 (envelopes) and 6
     (recovery codes and bundles)."""
@@ -192,10 +183,11 @@ def vault_vectors() -> dict:
         enroller_proof=pv.enrolment_proof(root, patient=patient, sign_key=device_key.public, box_key=device.public,
                                           enrolled_by="registration", enrolled_epoch=1), now=CREATED)
     holder = "d" * 32
-    envelope = _frozen("vault.json", "envelope")
-    if envelope is None or open_secrets(identity, holder, device, b64d(envelope["sealed"])) != secrets:
-        envelope = {"holder": holder, "epoch": 1, "box_secret": b64e(device.secret),
-                    "sealed": b64e(seal_secrets(secrets, holder, device.public))}
+    ephemeral = BoxKeyPair.from_secret(bytes([25]) * 32)
+    sealed_secrets = seal_secrets(secrets, holder, device.public, ephemeral=ephemeral)
+    assert open_secrets(identity, holder, device, sealed_secrets) == secrets
+    envelope = {"holder": holder, "epoch": 1, "box_secret": b64e(device.secret),
+                "ephemeral_secret": b64e(ephemeral.secret), "sealed": b64e(sealed_secrets)}
     ad = canonical({"owner": patient, "record": "0" * 32, "version": 1})
     plaintext = b'{"kind":"journal"}'
     sealed = seal_record(secrets.keyring, ad, plaintext, random=_fixed_random(b"record"))
@@ -304,8 +296,81 @@ def rotation_vectors() -> dict:
     }
 
 
+def community_vectors() -> dict:
+    """spec/crypto.md §8: a community's address, metadata commitment, sender-key
+    distribution, a sealed and franked message, host stamps, the history chain and a read
+    proof, all from fixed keys, nonces and times."""
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.groups import SenderKey
+    from rxfed.protocol import community as pc
+    from rxfed.protocol.statements import statement_hash
+
+    admin, admin_box = SigningKeyPair.from_seed(bytes([0x11] * 32)), BoxKeyPair.from_secret(bytes([0x12] * 32))
+    member, member_box = SigningKeyPair.from_seed(bytes([0x21] * 32)), BoxKeyPair.from_secret(bytes([0x22] * 32))
+    host = SigningKeyPair.from_seed(bytes([0x31] * 32))
+    about = pc.About("Epilepsy support", "G40", bytes([0x41] * 32))
+    create = pc.make_create(admin, admin_box.public, "c.example", about=about, approval=True, node="c.example",
+                            now=CREATED)
+    address = pc.parse_event(create).community
+    events = [create, pc.make_join(member, member_box.public, address, "a.example", CREATED + 60),
+              pc.make_approve(admin, address, member.public, CREATED + 120)]
+    state = pc.CommunityState.from_events(list(enumerate(events, 1)))
+    sender_key = SenderKey(1, bytes([0x51] * 32))
+    ephemerals = [BoxKeyPair.from_secret(bytes([0x61 + i] * 32)) for i in range(len(state.joined()))]
+    events.append(pc.make_sender_key(member, state, sender_key, ephemerals=ephemerals))
+    text = "Has anyone tried lamotrigine?"
+    franking_key, nonce = bytes([0x71] * 32), bytes([0x81] * 24)
+    message, _ = pc.make_message(member, sender_key, address, text, CREATED + 180, franking_key=franking_key,
+                                 nonce=nonce)
+    events.append(message)
+    stamps = [pc.stamp(host, address, seq, event, CREATED + 200 + seq,
+                       signer=admin.public if pc.parse_event(event).author is None else None)
+              for seq, event in enumerate(events, 1)]
+    heads, pin = [], pc.HistoryPin()
+    for seq in range(1, len(events) + 1):
+        pin = pin.extend([statement_hash(e) for e in events[:seq]])
+        heads.append(b64e(pin.head))
+    body = create["body"]
+    distribution = events[3]["body"]
+    plaintext = canonical({"text": text, "franking_key": b64e(franking_key), "sent": CREATED + 180})
+    recipients = []
+    for m, box, ephemeral in zip(state.joined(), (admin_box, member_box), ephemerals):
+        context = b"rxfed-sender-key|" + canonical({"community": str(address), "recipient": m.member_b64,
+                                                    "epoch": 1})
+        recipients.append({"member": m.member_b64, "box_secret": b64e(box.secret), "box_key": b64e(box.public),
+                           "ephemeral_secret": b64e(ephemeral.secret), "context": context.decode(),
+                           "inner": b64e(member.sign(context + sender_key.to_bytes()) + sender_key.to_bytes()),
+                           "sealed": distribution["keys"][m.member_b64]})
+    return {
+        "host": {"node": "c.example", "seed": b64e(host.seed), "public_key": b64e(host.public)},
+        "admin": {"seed": b64e(admin.seed), "public_key": b64e(admin.public), "box_secret": b64e(admin_box.secret)},
+        "member": {"seed": b64e(member.seed), "public_key": b64e(member.public),
+                   "box_secret": b64e(member_box.secret)},
+        "about": {"name": about.name, "condition": about.condition, "key": b64e(about.key),
+                  "committed": canonical({"condition": about.condition, "name": about.name}).decode(),
+                  "commitment": body["about"]},
+        "address": {"hashed": "rxfed-community-id|" + canonical({
+                        "create": {k: v for k, v in body.items() if k != "community"}, "host": "c.example"}).decode(),
+                    "id": address.id, "address": str(address)},
+        "sender_key": {"epoch": 1, "key": b64e(sender_key.key), "bytes": b64e(sender_key.to_bytes()),
+                       "recipients": recipients},
+        "message": {"text": text, "sent": CREATED + 180, "franking_key": b64e(franking_key),
+                    "plaintext": plaintext.decode(), "nonce": b64e(nonce),
+                    "ad": "rxfed-msg|" + canonical({"community": str(address), "sender": b64e(member.public),
+                                                    "epoch": 1}).decode(),
+                    "ciphertext": message["body"]["ciphertext"],
+                    "franked": canonical({"community": str(address), "sender": b64e(member.public), "text": text,
+                                          "sent": CREATED + 180}).decode(),
+                    "commitment": message["body"]["commitment"]},
+        "events": [{"seq": seq, "event": event, "stamp": stamp, "head": head}
+                   for seq, (event, stamp, head) in enumerate(zip(events, stamps, heads), 1)],
+        "read_proof": pc.make_read_proof(member, address, "a.example", CREATED + 240),
+    }
+
+
 VECTORS = {
     "vault.json": vault_vectors,
+    "community.json": community_vectors,
     "consent.json": consent_vectors,
     "keyfile.json": keyfile_vectors,
     "node-key-rotation.json": rotation_vectors,

@@ -8,7 +8,19 @@ import attrs
 import pytest
 
 from rxfed.errors import Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized
-from rxfed.store import GrantRow, NewPatient, Nonce, Quota, ReceivedToken, Recovery, Replayed, StoredRecord, TokenRow
+from rxfed.store import (
+    CommunityEvent,
+    CommunityRow,
+    GrantRow,
+    NewPatient,
+    Nonce,
+    Quota,
+    ReceivedToken,
+    Recovery,
+    Replayed,
+    StoredRecord,
+    TokenRow,
+)
 
 QUOTA = Quota(max_records=10, max_bytes=10_000)
 _nonce = iter(range(10**9))
@@ -35,8 +47,53 @@ async def commit(store, p: NewPatient, counter: int, puts=(), deletes=(), quota=
                               puts=list(puts), deletes=list(deletes), quota=quota, nonce=n or nonce(), epoch=epoch)
 
 
-class StoreContract:
-    """Subclass with a ``store`` fixture yielding an opened, empty store."""
+class CommunityContract:
+    """Communities in the store (mixed into :class:`StoreContract`)."""
+
+    @staticmethod
+    def row(host: str, name: str = "", about: bytes | None = None) -> CommunityRow:
+        return CommunityRow("c" * 32, host, name, "G40" if name else None, False, bool(name), 0, 1000, about)
+
+    async def test_communities_are_keyed_by_address(self, store):
+        ev = [CommunityEvent(1, b"create", b"stamp1", b"A" * 32, True), CommunityEvent(2, b"msg", b"stamp2")]
+        await store.append_community_events(self.row("host.example", "Group", b"k" * 32), ev, outbox=[], now=1)
+        await store.apply_inbound("other.example", "txn-1", 1, make_reply=lambda missing: b"{}",
+                                  communities=[(self.row("other.example"), [CommunityEvent(5, b"x", b"s")])],
+                                  outbox=[], nonce=nonce(), now=1)
+        hosted = await store.community("c" * 32, "host.example")
+        assert (hosted.name, hosted.condition, hosted.about, hosted.seq) == ("Group", "G40", b"k" * 32, 2)
+        other = await store.community("c" * 32, "other.example")
+        assert (other.name, other.condition, other.about, other.seq) == ("", None, None, 0)
+        assert [e.event for e in await store.community_events("c" * 32, "host.example")] == [b"create", b"msg"]
+        assert [e.event for e in await store.community_events("c" * 32, "other.example")] == [b"x"]
+        assert [r.host for r in await store.communities(hosted_by="host.example")] == ["host.example"]
+        # Later events leave the hosted row's name, condition and key as they were.
+        await store.append_community_events(self.row("host.example"), [CommunityEvent(3, b"m", b"s")], outbox=[],
+                                            now=2)
+        hosted = await store.community("c" * 32, "host.example")
+        assert (hosted.name, hosted.about, hosted.seq) == ("Group", b"k" * 32, 3)
+        with pytest.raises(Conflict):
+            await store.append_community_events(self.row("host.example"), [CommunityEvent(3, b"m", b"s")],
+                                                outbox=[], now=2)
+
+    async def test_who_may_read_a_copy_needs_no_order(self, store):
+        row = self.row("host.example")
+        leaver, stayer = b"L" * 32, b"S" * 32
+        # The leave arrives before the join: the key may not read, whatever comes later.
+        batches = [[CommunityEvent(4, b"leave", b"s", leaver, False)],
+                   [CommunityEvent(2, b"join", b"s", leaver, True), CommunityEvent(3, b"join", b"s", stayer, True)]]
+        for i, events in enumerate(batches):
+            await store.apply_inbound("host.example", f"txn-{i}", i + 1, make_reply=lambda missing: b"{}",
+                                      communities=[(row, events)], outbox=[], nonce=nonce(), now=1)
+        assert await store.community_reader("c" * 32, "host.example", leaver) is False
+        assert await store.community_reader("c" * 32, "host.example", stayer) is True
+        assert await store.community_reader("c" * 32, "host.example", b"U" * 32) is None
+        assert await store.community_reader("c" * 32, "other.example", stayer) is None
+
+
+class StoreContract(CommunityContract):
+    """Subclass with a ``store`` fixture yielding an opened, empty store (communities: see
+    :class:`CommunityContract`, which it includes)."""
 
     async def test_register_and_lookup(self, store):
         p = await register(store, 1)

@@ -246,3 +246,32 @@ async def test_inline_batches_are_capped(store):
     sizes = _batch_sizes(store)
     await asyncio.gather(*(store._write(lambda c: None) for _ in range(1200)))
     assert sum(sizes) == 1200 and max(sizes) == 512
+
+
+async def test_migration_7_drops_old_communities_and_keeps_the_rest(tmp_path, monkeypatch):
+    import rxfed.store.sqlite as backend
+
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:6])  # a database from before migration 7
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    p = await register(s, 1)
+    await commit(s, p, 1, [StoredRecord("a" * 32, 1, b"kept")])
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "rxfed.db")
+    with conn:
+        conn.execute("INSERT INTO communities VALUES (?, 'h.example', 'Epilepsy', 'G40', 0, 0, 1, 1)", ("c" * 32,))
+        conn.execute("INSERT INTO community_events VALUES (?, 1, x'7b7d', x'7b7d')", ("c" * 32,))
+        conn.execute("INSERT INTO subscriptions VALUES (?, ?)", (p.patient, "c" * 32))
+    conn.close()
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    try:
+        conn = sqlite3.connect(s.path)
+        tables = {t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "subscriptions" not in tables and "community_members" in tables
+        assert conn.execute("SELECT count(*) FROM communities").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM community_events").fetchone()[0] == 0
+        assert [r.blob for r in (await s.vault(p.patient, p.device)).records] == [b"kept"]
+    finally:
+        await s.close()
