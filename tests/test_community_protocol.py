@@ -11,6 +11,8 @@ from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e
 from rxfed.crypto.groups import SenderKey, seal_message
 from rxfed.errors import BadRequest, Conflict, Forbidden
 from rxfed.protocol.community import (
+    MemberStatus,
+    make_rekey,
     About,
     CommunityAddress,
     CommunityState,
@@ -550,7 +552,47 @@ def test_membership_change_for_mirrors():
     host.post(a, "hi")
     host.submit(make_leave(a.key, host.address, host.tick()))
     changes = [membership_change(parse_event(e)) for _, e in host.log]
-    assert changes == [(admin.public, True), (a.public, True), None, None, (a.public, False)]
+    assert changes == [((admin.public, True),), ((a.public, True),), (), (), ((a.public, False),)]
+    b, fresh = Person(), Person()
+    host.join(b)
+    host.submit(make_rekey(b.key, fresh.key, fresh.box.public, host.address, b.node, host.tick()))
+    assert membership_change(parse_event(host.log[-1][1])) == ((b.public, False), (fresh.public, True))
+
+
+def test_a_rekey_moves_the_seat_and_the_old_key_reads_nothing_later():
+    """After a device is revoked its patient's member keys are replaced: the old key (which
+    the revoked device held) leaves, the new one holds the seat (the admin's seat too), and
+    the next sender keys go to the new key only."""
+    admin, a = Person(), Person()
+    host = Host(admin, approval=True)
+    host.join(a)
+    host.submit(make_approve(admin.key, host.address, a.public, host.tick()))
+    host.post(a, "before")
+    new_a, new_admin = Person(), Person()
+    host.submit(make_rekey(a.key, new_a.key, new_a.box.public, host.address, a.node, host.tick()))
+    host.submit(make_rekey(admin.key, new_admin.key, new_admin.box.public, host.address, admin.node, host.tick()))
+    assert host.state.status(a.public) is MemberStatus.LEFT and host.state.status(new_a.public) is MemberStatus.JOINED
+    assert host.state.meta.admin == new_admin.public
+    host.post(new_a, "after")
+    assert host.read(new_admin) == ["after"]  # a new key holds no sender key from before it
+    assert "after" not in host.read(a)  # the old key holds no sender key of the new version
+    assert "after" not in host.read(admin)
+    # the old admin key can approve or remove nobody; the new one can
+    b = Person()
+    host.join(b)
+    refused(host, make_approve(admin.key, host.address, b.public, host.tick()), Forbidden, "bad_statement_signature")
+    host.submit(make_approve(new_admin.key, host.address, b.public, host.tick()))
+    # a rekey needs the new key's proof, a current member, a new key and the same home node
+    c = Person()
+    forged = make_rekey(b.key, c.key, c.box.public, host.address, b.node, host.tick())
+    forged["body"]["new_member"] = b64e(Person().public)
+    forged = sign_statement(b.key, forged["body"])
+    refused(host, forged, Forbidden, "bad_rekey_proof")
+    refused(host, make_rekey(a.key, c.key, c.box.public, host.address, a.node, host.tick()), Conflict, "not_a_member")
+    refused(host, make_rekey(b.key, new_a.key, new_a.box.public, host.address, b.node, host.tick()), Conflict,
+            "already_member")
+    refused(host, make_rekey(b.key, c.key, c.box.public, host.address, "elsewhere.example", host.tick()), Conflict,
+            "wrong_node")
 
 
 def test_unreadable_messages_say_why():

@@ -236,8 +236,7 @@ class Communities:
 
 
 def _stored(seq: int, event: bytes, stamp: bytes, parsed: pc.Event) -> CommunityEvent:
-    change = pc.membership_change(parsed)
-    return CommunityEvent(seq, event, stamp, *(change or ()))
+    return CommunityEvent(seq, event, stamp, pc.membership_change(parsed))
 
 
 def _check_stamps(keys: list[bytes], items: list[tuple[int, dict]]) -> list[tuple[int, dict, EventResult, Any]]:

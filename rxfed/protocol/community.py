@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e, sha256
+from rxfed.crypto import BadSignature, BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e, sha256, verify_signature
 from rxfed.crypto.groups import (
     COMMITMENT_SIZE,
     FRANKING_KEY_SIZE,
@@ -59,6 +59,7 @@ JOIN = "rxfed.community.join"
 APPROVE = "rxfed.community.approve"
 LEAVE = "rxfed.community.leave"
 REMOVE = "rxfed.community.remove"
+REKEY = "rxfed.community.rekey"
 SENDER_KEY = "rxfed.community.sender-key"
 MESSAGE = "rxfed.community.message"
 READ = "rxfed.community.read"
@@ -234,6 +235,36 @@ class Remove(_MemberEvent):
     author = None
 
 
+def _rekey_bytes(community: str, member: bytes, new_member: bytes, box_key: bytes) -> bytes:
+    return b"rxfed-community-rekey|" + canonical({"community": community, "member": b64e(member),
+                                                   "new_member": b64e(new_member), "box_key": b64e(box_key)})
+
+
+@attrs.frozen
+class Rekey:
+    """A member replaces its member and box keys (after a device of the patient was
+    revoked: the revoked device held the old ones). Signed by the old key; ``proof`` is the
+    new key's signature, so nobody can hand a seat to a key they do not hold. The old key
+    is then gone, the new one holds the same seat (the admin's too), and membership changes
+    so every sender hands out a fresh sender key, which the old key never receives."""
+
+    TYPE = REKEY
+    FIELDS = {"member": b64(32), "new_member": b64(32), "box_key": b64(32), "node": node_id, "proof": b64(64),
+              "time": _TIME}
+
+    community: CommunityAddress
+    member: bytes
+    new_member: bytes
+    box_key: bytes
+    node: str
+    proof: bytes
+    time: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.member)
+    when = property(lambda self: self.time)
+
+
 @attrs.frozen
 class SenderKeyDistribution:
     """A sender's new key for ``epoch``, sealed to each member listed in ``keys`` (member key
@@ -272,7 +303,7 @@ class MessagePosted:
     when = property(lambda self: self.sent)
 
 
-Event = Create | Join | Approve | Leave | Remove | SenderKeyDistribution | MessagePosted
+Event = Create | Join | Approve | Leave | Remove | Rekey | SenderKeyDistribution | MessagePosted
 _EVENTS: dict[str, type] = {cls.TYPE: cls for cls in Event.__args__}
 
 
@@ -457,6 +488,27 @@ def _membership(state: CommunityState, event: Join | Approve | Leave | Remove) -
     return attrs.evolve(state, members={**state.members, key: updated}, version=state.version + 1)
 
 
+def _rekey(state: CommunityState, event: Rekey) -> CommunityState:
+    old = state.members.get(b64e(event.member))
+    if old is None or old.status not in (JOINED, PENDING):
+        raise Conflict("not a current member", code="not_a_member")
+    if b64e(event.new_member) in state.members:
+        raise Conflict("this member key has already joined; rekey to a new key", code="already_member")
+    if event.node != old.node:
+        raise Conflict("a rekey keeps the member's home node", code="wrong_node")
+    try:
+        verify_signature(event.new_member, _rekey_bytes(str(event.community), event.member, event.new_member,
+                                                        event.box_key), event.proof)
+    except BadSignature:
+        raise Forbidden("the new member key's proof does not verify", code="bad_rekey_proof") from None
+    new = Member(event.new_member, event.box_key, event.node, old.status)
+    members = {**state.members, b64e(event.member): attrs.evolve(old, status=LEFT), new.member_b64: new}
+    meta = state.meta
+    if event.member == meta.admin:
+        meta = attrs.evolve(meta, admin=event.new_member)
+    return attrs.evolve(state, members=members, meta=meta, version=state.version + 1)
+
+
 def _joined_sender(state: CommunityState, sender: bytes) -> str:
     key = b64e(sender)
     if state.status(sender) is not JOINED:
@@ -489,6 +541,7 @@ def _message(state: CommunityState, event: MessagePosted) -> CommunityState:
 
 
 _FOLD = {Create: _create, Join: _membership, Approve: _membership, Leave: _membership, Remove: _membership,
+         Rekey: _rekey,
          SenderKeyDistribution: _sender_key, MessagePosted: _message}
 
 
@@ -566,6 +619,14 @@ def make_leave(member: SigningKeyPair, address: CommunityAddress, now: int) -> d
     return _built(member, {"type": LEAVE, "community": str(address), "member": b64e(member.public), "time": now})
 
 
+def make_rekey(member: SigningKeyPair, new_member: SigningKeyPair, box_public: bytes, address: CommunityAddress,
+               node: str, now: int) -> dict:
+    proof = new_member.sign(_rekey_bytes(str(address), member.public, new_member.public, box_public))
+    return _built(member, {"type": REKEY, "community": str(address), "member": b64e(member.public),
+                           "new_member": b64e(new_member.public), "box_key": b64e(box_public), "node": node,
+                           "proof": b64e(proof), "time": now})
+
+
 def make_remove(admin: SigningKeyPair, address: CommunityAddress, member: bytes, now: int) -> dict:
     return _built(admin, {"type": REMOVE, "community": str(address), "member": b64e(member), "time": now})
 
@@ -619,19 +680,21 @@ def make_message(sender: SigningKeyPair, sender_key: SenderKey, address: Communi
     return statement, franking_key
 
 
-def membership_change(event: Event) -> tuple[bytes, bool] | None:
-    """For a node's copy of a community: the member key an event is about and whether that
-    key may read the copy from now on (the creator and joined or pending members may; one
-    that left or was removed may not), or None for events that change no membership. A
-    member key never joins twice, so these facts need no order: a key may read once its
-    create or join arrived, unless its leave or removal did too."""
+def membership_change(event: Event) -> tuple[tuple[bytes, bool], ...]:
+    """For a node's copy of a community: the member keys an event is about and whether each
+    may read the copy from now on (the creator and joined or pending members may; one that
+    left, was removed or rekeyed may not). A member key never joins twice, so these facts
+    need no order: a key may read once its create, join or rekey arrived, unless its leave,
+    removal or rekey did too."""
     if isinstance(event, Create):
-        return event.admin, True
+        return ((event.admin, True),)
     if isinstance(event, Join):
-        return event.member, True
+        return ((event.member, True),)
+    if isinstance(event, Rekey):
+        return ((event.member, False), (event.new_member, True))
     if isinstance(event, Leave | Remove):
-        return event.member, False
-    return None
+        return ((event.member, False),)
+    return ()
 
 
 def make_read_proof(member: SigningKeyPair, address: CommunityAddress, node: str, now: int) -> dict:

@@ -519,12 +519,11 @@ class CommunityRow:
 
 @attrs.frozen
 class CommunityEvent:
-    """A stored event and its host stamp. ``member``: the member key whose right to read
-    this node's copy the event changes, and ``active`` whether it may read from now on
+    """A stored event and its host stamp. ``changes``: the member keys whose right to read
+    this node's copy the event changes, each with whether it may read from now on
     (:func:`rxfed.protocol.community.membership_change`)."""
 
     seq: int
     event: bytes
     stamp: bytes
-    member: bytes | None = None
-    active: bool = False
+    changes: tuple[tuple[bytes, bool], ...] = ()

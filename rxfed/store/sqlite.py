@@ -1167,7 +1167,7 @@ class SQLiteStore(Store):
         # Leaving wins, whatever order a mirror receives a member's events in.
         c.executemany("INSERT INTO community_members VALUES (?, ?, ?, ?) ON CONFLICT(community_id, host, member) "
                       "DO UPDATE SET active=min(active, excluded.active)",
-                      [(*key, e.member, int(e.active)) for e in events if e.member is not None])
+                      [(*key, member, int(active)) for e in events for member, active in e.changes])
         # The community's seq is the highest contiguous one stored: mirrors may see gaps.
         (seq,) = c.execute("SELECT seq FROM communities WHERE id=? AND host=?", key).fetchone()
         while True:

@@ -55,7 +55,7 @@ class CommunityContract:
         return CommunityRow("c" * 32, host, name, "G40" if name else None, False, bool(name), 0, 1000, about)
 
     async def test_communities_are_keyed_by_address(self, store):
-        ev = [CommunityEvent(1, b"create", b"stamp1", b"A" * 32, True), CommunityEvent(2, b"msg", b"stamp2")]
+        ev = [CommunityEvent(1, b"create", b"stamp1", ((b"A" * 32, True),)), CommunityEvent(2, b"msg", b"stamp2")]
         await store.append_community_events(self.row("host.example", "Group", b"k" * 32), ev, outbox=[], now=1)
         await store.apply_inbound("other.example", "txn-1", 1, make_reply=lambda missing: b"{}",
                                   communities=[(self.row("other.example"), [CommunityEvent(5, b"x", b"s")])],
@@ -80,8 +80,9 @@ class CommunityContract:
         row = self.row("host.example")
         leaver, stayer = b"L" * 32, b"S" * 32
         # The leave arrives before the join: the key may not read, whatever comes later.
-        batches = [[CommunityEvent(4, b"leave", b"s", leaver, False)],
-                   [CommunityEvent(2, b"join", b"s", leaver, True), CommunityEvent(3, b"join", b"s", stayer, True)]]
+        batches = [[CommunityEvent(4, b"leave", b"s", ((leaver, False),))],
+                   [CommunityEvent(2, b"join", b"s", ((leaver, True),)),
+                    CommunityEvent(3, b"join", b"s", ((stayer, True),))]]
         for i, events in enumerate(batches):
             await store.apply_inbound("host.example", f"txn-{i}", i + 1, make_reply=lambda missing: b"{}",
                                       communities=[(row, events)], outbox=[], nonce=nonce(), now=1)
