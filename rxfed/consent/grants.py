@@ -25,7 +25,7 @@ import attrs
 from rxfed.crypto import SigningKeyPair, b64e, fingerprint, hash_id, random_bytes
 from rxfed.errors import BadRequest, Forbidden, Gone
 from rxfed.protocol.schema import anything, b64, const, fields, integer, text
-from rxfed.protocol.statements import open_statement, sign_statement
+from rxfed.protocol.statements import open_statement, open_statement_by_any, sign_statement
 
 GRANT = "rxfed.consent.grant"
 TOKEN = "rxfed.consent.token"
@@ -267,18 +267,13 @@ def voucher(node_key: SigningKeyPair, token: Token, now: int) -> dict:
 
 
 def check_voucher(obj: Any, token: Token, home_keys: list[bytes]) -> None:
-    last: Exception | None = None
-    for key in home_keys:
-        try:
-            body = open_statement(obj, "voucher", VOUCHER, key)
-        except Forbidden as exc:
-            last = exc
-            continue
-        if body.get("token") != token.id or body.get("subject") != b64e(token.subject_key) \
-                or body.get("home") != token.home:
-            raise Forbidden("the voucher is for another token", code="bad_voucher")
-        return
-    raise Forbidden("the home node's voucher does not verify", code="bad_voucher") from last
+    try:
+        body = open_statement_by_any(obj, "voucher", VOUCHER, home_keys)
+    except Forbidden as exc:
+        raise Forbidden("the home node's voucher does not verify", code="bad_voucher") from exc
+    if body.get("token") != token.id or body.get("subject") != b64e(token.subject_key) \
+            or body.get("home") != token.home:
+        raise Forbidden("the voucher is for another token", code="bad_voucher")
 
 
 # -- deliveries: the signals, signed by the token's key ------------------------------------
