@@ -129,7 +129,7 @@ async def test_grant_use_revoke_across_the_federation(fed, make_patient):
     (token,) = (await consent.list())[0]["tokens"]
     with pytest.raises(NodeRefused) as refused:
         await patient._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": pg.new_id(),
-                                                             "count": 0, "sealed": b64e(b"x" * 64)})
+                                                             "seq": 2**40, "count": 0, "sealed": b64e(b"x" * 64)})
     assert refused.value.code == "grant_revoked"
     events = [e["event"] for e in (await consent.audit()).entries]
     assert events == ["granted", "shared", "used", "revoked", "acknowledged"]

@@ -17,7 +17,7 @@ from rxfed.client.profile import write_private
 from rxfed.client.sdk import IntegrityError, PatientClient
 from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
-from rxfed.crypto import b64d, b64e, pseudonym_key, seal_to_node
+from rxfed.crypto import b64d, b64e, pseudonym_key, random_bytes, seal_to_node
 from rxfed.errors import BadRequest, NotFound, RxfedError
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.canonical import canonical
@@ -126,11 +126,16 @@ class Consent:
                 key = self._key(parsed.node, parsed.purpose, target.only_plugin())
                 bodies = await self.derive(parsed.kind, records)
                 delivery = pg.new_id()
-                signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery,
-                                          seq=pg.delivery_seq(key, int(self.client.clock() * 1000)),
+                # Go on from the token's last sequence number, whichever device sent it (the
+                # home node keeps it); a token shared before the node kept it continues above
+                # any number it used then.
+                last = token["seq"] if token["seq"] is not None else (
+                    pg.legacy_seq_floor(int(self.client.clock() * 1000)) if token["shared"] else 0)
+                seq = pg.next_seq(last, random_bytes(4))
+                signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery, seq=seq,
                                           signals=[{"kind": parsed.kind, "body": b} for b in bodies])
                 result = await self.client._call("POST", "/v1/consent/signals", {
-                    "token": parsed.id, "delivery": delivery, "count": len(bodies),
+                    "token": parsed.id, "delivery": delivery, "seq": seq, "count": len(bodies),
                     "sealed": b64e(seal_to_node(seal_key, canonical(signed)))})
                 out.append({"grant": grant["grant"], "node": token["node"], "sent": True, "signals": len(bodies),
                             "queued": result.get("queued", False), "plugins": result.get("plugins", [])})
@@ -188,7 +193,7 @@ class Consent:
             for t in g["tokens"]:
                 token = self._tokens[t["token"]] = pg.Token.from_json(t["statement"])
                 mine = self._key(token.node, token.purpose, target.only_plugin()).public == token.subject_key
-                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"],
+                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"], "seq": t["seq"],
                                "acknowledged": t["acknowledged"], "verified": mine and token.kind == g["kind"]})
             status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
             out.append({"grant": g["grant"], "kind": g["kind"], "purpose": g["purpose"], "recipient": g["recipient"],

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from rxfed.crypto import SigningKeyPair, b64e, fingerprint, hash_id, random_bytes
-from rxfed.errors import BadRequest, Forbidden, Gone
+from rxfed.errors import BadRequest, Conflict, Forbidden, Gone
 from rxfed.protocol.schema import anything, b64, const, fields, integer, text
 from rxfed.protocol.statements import open_statement, open_statement_by_any, sign_statement
 
@@ -45,6 +45,9 @@ SKEW = 300
 MAX_TIME = 2**41
 #: Times that every recipient of a grant sees are whole days (see :func:`day`).
 DAY = 86400
+#: Delivery sequence numbers step up by a uniform random amount from 1 to this.
+SEQ_STEP = 2**32
+MAX_SEQ = 2**53 - 1
 _RECIPIENT = re.compile(rf"node:(?P<node>{NODE_ID})|(?P<fed>federation)|plugin:(?P<pnode>{NODE_ID})/(?P<plugin>{PLUGIN})")
 
 
@@ -279,11 +282,24 @@ def check_voucher(obj: Any, token: Token, home_keys: list[bytes]) -> None:
 # -- deliveries: the signals, signed by the token's key ------------------------------------
 
 
-def delivery_seq(key: SigningKeyPair, now_ms: int) -> int:
-    """A delivery's sequence number: milliseconds plus an offset only the patient can derive
-    (keyed by the token's private key), so it grows with time for one token but two
-    recipients cannot line their deliveries up by it."""
-    return now_ms + int(hash_id(key.seed, person=b"rxfed-deliv-seq", size=4), 16)
+def next_seq(last: int, random: bytes) -> int:
+    """The sequence number of a token's next delivery: ``last`` (the token's previous one,
+    0 for none) plus a uniform random step from 1 to 2**32 drawn from ``random`` (4 fresh
+    random bytes). The numbers grow for one token, so a recipient can refuse an old delivery;
+    their values and gaps depend on nothing but fresh randomness, never on time or on another
+    token, so recipients comparing them learn nothing that links their tokens."""
+    if len(random) != 4:
+        raise ValueError("a sequence step takes 4 random bytes")
+    seq = last + 1 + int.from_bytes(random, "big")
+    if seq > MAX_SEQ:
+        raise Conflict("this grant has made all the deliveries it can; grant again", code="seq_exhausted")
+    return seq
+
+
+def legacy_seq_floor(now_ms: int) -> int:
+    """A ``last`` above every sequence number a token shared under before the numbers were
+    relayed by the home node: those were milliseconds plus an offset below 2**32."""
+    return now_ms + SEQ_STEP
 
 
 def sign_delivery(key: SigningKeyPair, *, token: str, node: str, delivery: str, seq: int,
@@ -299,7 +315,7 @@ def open_delivery(obj: Any, token: Token, delivery: str) -> tuple[int, list]:
     this delivery id; Forbidden otherwise (a relaying node cannot make or replay one)."""
     body = open_statement(obj, "delivery", DELIVERY, token.subject_key)
     f = fields(body, "delivery", {"type": const(DELIVERY), "token": text(32, ID), "node": text(260, NODE_ID),
-                                  "delivery": text(32, ID), "seq": integer(0, 2**53 - 1), "signals": anything})
+                                  "delivery": text(32, ID), "seq": integer(0, MAX_SEQ), "signals": anything})
     if f["token"] != token.id or f["node"] != token.node or f["delivery"] != delivery:
         raise Forbidden("the delivery is signed for another token, node or delivery", code="bad_delivery")
     if not isinstance(f["signals"], list):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -383,7 +384,8 @@ async def list_grants(request: web.Request) -> web.Response:
             "not_after": grant.not_after, "created": grant.created, "revoked": grant.revoked,
             "statement": loads(grant.statement),
             "tokens": [{"token": t.token, "node": t.node, "statement": loads(t.statement),
-                        "voucher": loads(t.voucher), "shared": t.shared, "acknowledged": t.acked}
+                        "voucher": loads(t.voucher), "shared": t.shared, "seq": t.seq,
+                        "acknowledged": t.acked}
                        for t in tokens]})
     return reply({"grants": out})
 
@@ -395,8 +397,13 @@ async def share(request: web.Request) -> web.Response:
     consent: Consent = state.consent
     caller = await authenticate(request)
     f = fields(caller.body, "share", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
-                                      "sealed": b64(max_length=MAX_SEALED), "count": integer(0, MAX_SIGNALS)})
-    # (``count`` is the patient's own figure for their audit log; the node cannot check it.)
+                                      "seq": integer(1, pg.MAX_SEQ), "sealed": b64(max_length=MAX_SEALED),
+                                      "count": integer(0, MAX_SIGNALS)})
+    # ``count`` is the patient's own figure for their audit log; the node cannot check it.
+    # ``seq`` is the one sealed inside: the node keeps the last one per token and tells the
+    # patient's devices (``GET /v1/consent/grants``), so each continues from it. It is random
+    # steps, so it tells the node nothing; a node that lies about it only makes deliveries
+    # fail, which it could do by dropping them.
     found = await state.store.grant_of_token(f["token"])
     if found is None or found[0].patient != caller.patient:
         raise NotFound("no such grant token", code="unknown_grant")
@@ -409,8 +416,12 @@ async def share(request: web.Request) -> web.Response:
                "sealed": b64e(f["sealed"])}
     local = token.node == state.config.node_id
     outbox = [] if local else [(token.node, _wire(SIGNALS, content))]
+    # Each recipient gets its delivery after its own random delay, so the deliveries of one
+    # share (to the recipients of one grant) do not arrive at the same moment everywhere.
+    delay = state.config.federation.signal_delay
     await state.store.mark_shared(token.token, patient=caller.patient, signer=caller.auth.device,
-                                  delivery=f["delivery"], outbox=outbox,
+                                  delivery=f["delivery"], seq=f["seq"], outbox=outbox,
+                                  not_before=caller.now + secrets.randbelow(delay + 1) if delay else 0,
                                   nonce=caller.nonce, now=caller.now, audit=[{
                                       "event": "shared", "grant": grant.id, "node": token.node,
                                       "kind": grant.kind, "count": f["count"]}])

@@ -136,6 +136,8 @@ class TokenRow:
     revocation: bytes | None = None
     shared: int | None = None
     acked: int | None = None
+    #: The sequence number of the last delivery relayed under the token (devices go on from it).
+    seq: int | None = None
 
 
 @attrs.frozen
@@ -369,10 +371,13 @@ class Store(abc.ABC):
     async def grant_of_token(self, token: str) -> tuple[GrantRow, TokenRow] | None: ...
 
     @abc.abstractmethod
-    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str,
-                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int) -> None:
-        """Record that the patient shared signals under ``token`` as ``delivery`` (still
-        live: refused with Gone once revoked), queue their delivery and log it, at once."""
+    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str, seq: int,
+                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int,
+                          not_before: int = 0) -> None:
+        """Record that the patient shared signals under ``token`` as ``delivery`` numbered
+        ``seq`` (still live: refused with Gone once revoked; Conflict unless ``seq`` is above
+        the token's last one), queue their delivery, to be sent no earlier than
+        ``not_before``, and log it, at once."""
 
     @abc.abstractmethod
     async def delivery_used(self, token: str, node: str, delivery: str, entries: list[dict], now: int) -> bool:
