@@ -295,6 +295,7 @@ def test_consent_commands(node_url, profile, tmp_path):
     audit = json.loads(rxfed("patient", "audit", "--profile", str(profile), "--json").stdout)
     assert audit["verified"] and [e["event"] for e in audit["entries"]] == \
         ["granted", "shared", "used", "revoked", "acknowledged"]
+    assert audit["acknowledgements"] == {"5": "verified"}
     out = tmp_path / "consent.json"
     exported = rxfed("patient", "consent", "export", "--profile", str(profile), "--fhir", str(out))
     assert exported.returncode == 0 and json.loads(out.read_text())["resourceType"] == "Bundle"

@@ -1,5 +1,5 @@
 """Attacks on consent by the parties it must hold against: colluding recipients linking a
-patient's tokens."""
+patient's tokens, a home node faking acknowledgements."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from conftest import PASSPHRASE
 from rxfed.client.consent import Consent
 from rxfed.client.sdk import NodeRefused
 from rxfed.consent import grants as pg
-from rxfed.crypto import b64e
+from rxfed.crypto import SigningKeyPair, audit_link, b64e
+from rxfed.protocol.canonical import canonical
 from rxfed.testing import TEST_FEDERATION, NodeHarness, builtin_plugins
 from test_communities import eventually
 from test_consent import Recorder, _true, consenting, fed, plugins_with, recorder  # noqa: F401 (fed: a fixture)
@@ -115,3 +116,95 @@ async def test_the_deliveries_of_one_share_leave_at_independent_random_times(tmp
     finally:
         for node in nodes:
             await node.stop()
+
+
+def forge_acknowledgement(node, patient: str, token: str, *, entry: dict | None = None, ack: dict | None = None):
+    """What a home node can do to its own database: mark a token acknowledged and log it."""
+    db = sqlite3.connect(node.data_dir / "rxfed.db")
+    now = int(time.time())
+    with db:
+        if ack is None:
+            db.execute("UPDATE grant_tokens SET acked=? WHERE token=?", (now, token))
+        else:
+            db.execute("UPDATE grant_tokens SET acked=?, ack=? WHERE token=?", (now, canonical(ack), token))
+        if entry is not None:
+            seq, previous = db.execute("SELECT seq, hash FROM audit WHERE patient_id=? ORDER BY seq DESC LIMIT 1",
+                                       (patient,)).fetchone()
+            data = canonical({**entry, "seq": seq + 1, "time": now})
+            db.execute("INSERT INTO audit VALUES (?, ?, ?, ?)", (patient, seq + 1, data, audit_link(previous, data)))
+    db.close()
+
+
+async def test_a_home_node_cannot_fake_a_recipients_acknowledgement(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", f"node:{c.node_id}")
+    await eventually(lambda: _true(len(recorder(c).signals) == 1))
+    # The home node drops the revocation on its way to C ...
+    await a.app_store().set_peer_policy(c.node_id, "blocked")
+    await a.state.federation.policy_changed()
+    await consent.revoke(granted["grant"])
+    # ... and says C acknowledged, in the grant and in the audit log.
+    (token,) = (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
+    forge_acknowledgement(a, patient.patient, token["token"],
+                          entry={"event": "acknowledged", "grant": granted["grant"], "node": c.node_id})
+    (grant,) = await consent.list()
+    assert grant["acknowledged"] == [] and grant["pending"] == [c.node_id]
+    view = await consent.audit()
+    assert view.entries[-1]["event"] == "acknowledged" and view.forged == [view.entries[-1]["seq"]]
+    assert len(await c.app_store().received_signals()) == 1  # C still holds the signals
+
+    # An acknowledgement the home node signs in C's name, or C's real one for another token,
+    # is reported as forged.
+    in_cs_name = pg.Acknowledgement.create(a.state.signing_key(), token=token["token"], node=c.node_id,
+                                           revocation=token["revocation"], unconfirmed=[], now=int(time.time()))
+    forge_acknowledgement(a, patient.patient, token["token"], ack=in_cs_name.signed)
+    (grant,) = await consent.list()
+    assert grant["forged"] == [c.node_id] and grant["pending"] == [c.node_id] and grant["acknowledged"] == []
+    await a.app_store().set_peer_policy(c.node_id, "allowed", url=c.url)
+    await a.state.federation.policy_changed()
+    other = await consent.grant("diagnosis.category", "research", f"node:{c.node_id}", share=False)
+    await consent.revoke(other["grant"])
+
+    async def acknowledged():
+        return [g for g in await consent.list() if g["grant"] == other["grant"]][0]["acknowledged"] == [c.node_id]
+
+    await eventually(acknowledged)
+    (real,) = [g for g in (await patient._call("GET", "/v1/consent/grants"))["grants"]
+               if g["grant"] == other["grant"]][0]["tokens"]
+    forge_acknowledgement(a, patient.patient, token["token"], ack=real["ack"])
+    (first,) = [g for g in await consent.list() if g["grant"] == granted["grant"]]
+    assert first["forged"] == [c.node_id] and first["acknowledged"] == []
+    # C's real acknowledgement, relayed as it was signed, verifies
+    assert (await consent.audit()).acknowledgements[(await consent.audit()).entries[-1]["seq"]] == "verified"
+
+
+async def test_an_acknowledgement_is_signed_by_the_recipient_and_checked_by_the_client(fed, make_patient):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", "federation")
+    await eventually(lambda: _true(len(recorder(c).signals) == 1 and len(recorder(b).signals) == 1))
+    await consent.revoke(granted["grant"])
+
+    async def done():
+        (grant,) = await consent.list()
+        return grant["acknowledged"] == sorted(n.node_id for n in fed) and not grant["pending"]
+
+    await eventually(done)
+    (grant,) = await consent.list()
+    assert {t["ack"] for t in grant["tokens"]} == {"verified"} and grant["forged"] == []
+    view = await consent.audit()
+    acked = [e for e in view.entries if e["event"] == "acknowledged"]
+    assert len(acked) == 3 and all(view.acknowledgements[e["seq"]] == "verified" for e in acked)
+    for entry in acked:  # each signed by the node it names, for this token and revocation
+        assert entry["ack"]["body"]["node"] == entry["node"]
+    # a recipient's acknowledgement the home node cannot verify is refused, not logged
+    (token,) = [t for t in (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
+                if t["node"] == b.node_id]
+    bogus = pg.Acknowledgement.create(SigningKeyPair.generate(), token=token["token"], node=b.node_id,
+                                      revocation=token["revocation"], unconfirmed=[], now=int(time.time()))
+    from rxfed.protocol.federation import WireEvent
+
+    results, _ = await a.state.consent.on_ack(b.node_id, [WireEvent("consent.ack", {"token": token["token"],
+                                                                                     "ack": bogus.signed})])
+    assert results[0].error == "bad_ack"

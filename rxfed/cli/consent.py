@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from rxfed.cli import Output, json_flag
+from rxfed.cli import EXIT_REFUSED, Output, json_flag
 
 
 def add_parsers(psub, profile) -> None:
@@ -98,12 +98,16 @@ def cmd_list(args: argparse.Namespace) -> None:
             if g["status"] == "revoked":
                 out.append(f"    acknowledged: {', '.join(g['acknowledged']) or 'none yet'}; "
                            f"waiting for: {', '.join(g['pending']) or 'nobody'}")
+            if g["forged"]:
+                out.append(f"    WARNING: your home node shows acknowledgements from {', '.join(g['forged'])} that "
+                           "those nodes did not sign: they may still hold your signals")
             unverified = [t["node"] for t in g["tokens"] if not t["verified"]]
             if unverified:
                 out.append(f"    WARNING: tokens for {', '.join(unverified)} were not made by this profile")
         return out
 
     Output(args.json).result({"grants": grants}, lines)
+    return EXIT_REFUSED if any(g["forged"] for g in grants) else None
 
 
 def cmd_revoke(args: argparse.Namespace) -> None:
@@ -137,14 +141,22 @@ def cmd_audit(args: argparse.Namespace) -> None:
                       "revoked": lambda: "revoked",
                       "acknowledged": lambda: f"{e['node']} deleted what it held and acknowledged"
                       + (f" (plugins {', '.join(e['unconfirmed'])} could not confirm their deletion)"
-                         if e.get("unconfirmed") else "")}
+                         if e.get("unconfirmed") else "")
+                      + {"verified": ", signed by that node",
+                         "unchecked": " (its signature cannot be checked now: the node is unreachable)"}.get(
+                          view.acknowledgements.get(e["seq"]),
+                          ": NOT SIGNED by that node, which may still hold your signals")}
             what = detail.get(e["event"], lambda: e["event"])()
             stamp = dt.datetime.fromtimestamp(e["time"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             out.append(f"{e['seq']:>4}  {stamp}  {e['event']:<12} grant {e.get('grant', '-')[:8]}  {what}")
         out.append(f"audit chain verified: {view.head.seq} entries, head {view.to_json()['head']['hash']}")
+        if view.forged:
+            out.append(f"WARNING: entries {', '.join(map(str, view.forged))} claim acknowledgements the nodes "
+                       "did not sign")
         return out
 
     Output(args.json).result(view.to_json(), lines)
+    return EXIT_REFUSED if view.forged else None
 
 
 def cmd_signals(args: argparse.Namespace) -> None:

@@ -17,14 +17,21 @@ from rxfed.client.profile import write_private
 from rxfed.client.sdk import IntegrityError, PatientClient
 from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
-from rxfed.crypto import b64d, b64e, pseudonym_key, random_bytes, seal_to_node
+from rxfed.crypto import b64e, pseudonym_key, random_bytes, seal_to_node
 from rxfed.errors import BadRequest, NotFound, RxfedError
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.canonical import canonical
+from rxfed.protocol.federation import NodeDocument
 
 AUDIT_HEADS = "audit.json"
 #: How long a grant runs when the patient names no end: 180 days.
 DEFAULT_DURATION = 180 * 86400
+
+
+#: What the client found for a recipient's acknowledgement of a revocation.
+ACK_VERIFIED = "verified"  # signed by a key the node publishes, for this token and revocation
+ACK_FORGED = "forged"  # present, but not signed by the node for this token and revocation
+ACK_UNCHECKED = "unchecked"  # present, but the node's keys could not be fetched just now
 
 
 @attrs.frozen
@@ -32,9 +39,18 @@ class AuditView:
     entries: tuple[dict, ...]
     head: pa.Head
     verified: bool = True
+    #: For each ``acknowledged`` entry (by ``seq``): ``verified``, ``forged`` (the signed
+    #: acknowledgement is missing or false: the home node logged what the recipient did not
+    #: say) or ``unchecked`` (the recipient's keys could not be fetched).
+    acknowledgements: dict = attrs.field(factory=dict)
+
+    @property
+    def forged(self) -> list[int]:
+        return sorted(seq for seq, state in self.acknowledgements.items() if state == ACK_FORGED)
 
     def to_json(self) -> dict:
-        return {"entries": list(self.entries), "head": self.head.to_json(), "verified": self.verified}
+        return {"entries": list(self.entries), "head": self.head.to_json(), "verified": self.verified,
+                "acknowledgements": {str(seq): state for seq, state in sorted(self.acknowledgements.items())}}
 
 
 def node_url(node_id: str) -> str:
@@ -85,19 +101,23 @@ class Consent:
         today = dt.datetime.fromtimestamp(self._now(), dt.timezone.utc).date()
         return self.plugins.derive_signals(kind, records, today)
 
-    async def _seal_key(self, node: str) -> bytes:
-        """The key to seal to, from the node itself (``/.well-known/rxfed``), never from the
-        home node: a home that could name the key could read what it relays."""
+    async def _node_keys(self, node: str) -> NodeDocument:
+        """A node's keys, from the node itself (``/.well-known/rxfed``), never from the home
+        node: a home that could name a recipient's keys could read what it relays, and sign
+        acknowledgements in the recipient's name."""
         identity = self.client.identity
         url = identity.node_url if node == identity.node_id else node_url(node)
-        doc = await self.client.discover(self.client._session_or_new(), url)
-        if doc.get("node_id") != node:
-            raise IntegrityError(f"{url} says it is {doc.get('node_id')!r}, not {node}")
-        keys = [k for k in doc.get("keys", []) if isinstance(k, dict)]
-        if not keys:
+        doc = NodeDocument.from_json(await self.client.discover(self.client._session_or_new(), url))
+        if doc.node_id != node:
+            raise IntegrityError(f"{url} says it is {doc.node_id!r}, not {node}")
+        if not doc.keys:
             raise IntegrityError(f"{node} publishes no key")
-        newest = max(keys, key=lambda k: (k.get("valid_until") is None, k.get("valid_from") or 0))
-        return b64d(newest["public_key"], length=32)
+        return doc
+
+    async def _seal_key(self, node: str) -> bytes:
+        """The key to seal to: the node's newest key without an end date."""
+        keys = (await self._node_keys(node)).keys
+        return max(keys, key=lambda k: (k.valid_until is None, k.valid_from)).public_key
 
     async def share(self, grant_id: str | None = None) -> list[dict]:
         """Send the current signals under every live grant (or one): a delivery replaces
@@ -184,24 +204,64 @@ class Consent:
 
     async def list(self) -> list[dict]:
         """Every grant with its status (live, expired, revoked), where each token went,
-        whether it was shared and which nodes acknowledged a revocation."""
+        whether it was shared, and which nodes acknowledged a revocation: only those whose
+        acknowledgement is signed by a key the node itself publishes (``forged`` lists the
+        nodes the home node says acknowledged, with no such signature)."""
         now = self._now()
         out = []
+        documents: dict = {}
         for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
-            target = pg.Recipient.parse(g["recipient"])
             tokens = []
             for t in g["tokens"]:
-                token = self._tokens[t["token"]] = pg.Token.from_json(t["statement"])
-                mine = self._key(token.node, token.purpose, target.only_plugin()).public == token.subject_key
-                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"], "seq": t["seq"],
-                               "acknowledged": t["acknowledged"], "verified": mine and token.kind == g["kind"]})
+                token = self._mine(g, t)
+                ack = None
+                if g["revoked"] and token is not None and t.get("ack") is not None:
+                    ack = await self._check_ack(token, t.get("revocation"), t["ack"], documents)
+                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"], "seq": t.get("seq"),
+                               "acknowledged": t["acknowledged"] if ack == ACK_VERIFIED else None, "ack": ack,
+                               "verified": token is not None})
             status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
             out.append({"grant": g["grant"], "kind": g["kind"], "purpose": g["purpose"], "recipient": g["recipient"],
                         "not_after": g["not_after"], "created": g["created"], "revoked": g["revoked"],
                         "status": status, "tokens": tokens,
-                        "acknowledged": sorted(t["node"] for t in tokens if t["acknowledged"]),
-                        "pending": sorted(t["node"] for t in tokens if g["revoked"] and not t["acknowledged"])})
+                        "acknowledged": sorted(t["node"] for t in tokens if t["ack"] == ACK_VERIFIED),
+                        "pending": sorted(t["node"] for t in tokens if g["revoked"] and t["ack"] != ACK_VERIFIED),
+                        "forged": sorted(t["node"] for t in tokens if t["ack"] == ACK_FORGED)})
         return out
+
+    def _mine(self, grant: dict, listed: dict) -> pg.Token | None:
+        """The token as listed by the home node, if this profile made it for this grant's
+        scope and node (its pseudonym key is one this profile derives); else None."""
+        try:
+            token = pg.Token.from_json(listed["statement"])
+        except RxfedError:
+            return None  # not a token at all
+        self._tokens[token.id] = token
+        target = pg.Recipient.parse(grant["recipient"])
+        if (token.id != listed["token"] or token.node != listed["node"] or token.kind != grant["kind"]
+                or token.purpose != grant["purpose"] or token.recipient != target
+                or self._key(token.node, token.purpose, target.only_plugin()).public != token.subject_key):
+            return None
+        return token
+
+    async def _check_ack(self, token: pg.Token, revocation, ack, documents: dict) -> str:
+        """Check a relayed acknowledgement: ``revocation`` must be this patient's (signed by
+        the token's pseudonym key) and ``ack`` signed for it by a key the token's node
+        publishes itself. ``documents`` caches node keys for one listing."""
+        if token.node not in documents:
+            try:
+                documents[token.node] = [k.public_key for k in (await self._node_keys(token.node)).keys]
+            except RxfedError:
+                documents[token.node] = None
+        keys = documents[token.node]
+        if keys is None:
+            return ACK_UNCHECKED
+        try:
+            pg.check_token_revocation(revocation, token.id, token.subject_key)
+            pg.Acknowledgement.check(ack, token=token.id, node=token.node, revocation=revocation, node_keys=keys)
+        except RxfedError:
+            return ACK_FORGED
+        return ACK_VERIFIED
 
     async def revoke(self, grant_id: str) -> dict:
         """Revoke a grant: at once on the home node, then federated to every node that got
@@ -239,13 +299,34 @@ class Consent:
         """The audit log, verified: it hashes to a head the home node signed, and agrees with
         every head this device saw before (else :class:`rxfed.consent.audit.AuditTampered`)."""
         doc = await self.client._call("GET", "/v1/consent/audit")
-        well_known = await self.client.discover(self.client._session_or_new(), self.client.identity.node_url)
-        node_keys = [b64d(k["public_key"], length=32) for k in well_known.get("keys", [])]
+        node_keys = [k.public_key for k in (await self._node_keys(self.client.identity.node_id)).keys]
         seen = self._heads()
         head = pa.verify(self.client.patient, doc["entries"], doc["head"], node_keys, seen)
         if not seen or seen[-1] != head:
             self._remember([*seen, head])
-        return AuditView(tuple(doc["entries"]), head)
+        return AuditView(tuple(doc["entries"]), head, acknowledgements=await self._audit_acks(doc["entries"]))
+
+    async def _audit_acks(self, entries: list[dict]) -> dict[int, str]:
+        """Check the signed acknowledgement every ``acknowledged`` entry carries: the home
+        node writes the log, so an entry alone proves nothing."""
+        acked = [e for e in entries if e.get("event") == "acknowledged"]
+        if not acked:
+            return {}
+        grants = (await self.client._call("GET", "/v1/consent/grants"))["grants"]
+        tokens = {t["token"]: (g, t) for g in grants for t in g["tokens"]}
+        out, documents = {}, {}
+        for entry in acked:
+            ack = entry.get("ack")
+            body = ack.get("body") if isinstance(ack, dict) else None
+            found = tokens.get(body.get("token")) if isinstance(body, dict) and isinstance(body.get("token"), str) \
+                else None
+            token = self._mine(found[0], found[1]) if found else None
+            if token is None or found[0]["grant"] != entry.get("grant") or token.node != entry.get("node") \
+                    or not found[0]["revoked"]:
+                out[entry["seq"]] = ACK_FORGED
+                continue
+            out[entry["seq"]] = await self._check_ack(token, found[1].get("revocation"), ack, documents)
+        return out
 
     # -- FHIR ------------------------------------------------------------------------------
     async def fhir_bundle(self) -> dict:

@@ -5,11 +5,13 @@ A patient's **grant** says: signals of one kind, for one purpose, to one recipie
 of the patient's devices and stays on the patient's home node.
 
 What travels is a **token** per recipient node: the same scope, signed by the patient's
-pairwise pseudonymous key for that node, purpose and plugin (derived from the root seed,
-:func:`rxfed.crypto.pseudonym_key`), so two recipients cannot link their tokens to each
-other or to the patient. The home node **vouches** for a token (a statement signed with its
-node key: "this pseudonym is a patient of mine"). A **revocation** is signed by the device
-(for the home node) and by each token's pseudonymous key (for the recipients).
+pairwise pseudonymous key for that node, purpose and plugin (:func:`rxfed.crypto.pseudonym_key`),
+so two recipients cannot link their tokens to each other or to the patient. The home node
+**vouches** for a token (a statement signed with its node key: "this pseudonym is a patient
+of mine"). A **revocation** is signed by the device (for the home node) and by each token's
+pseudonymous key (for the recipients); a recipient answers it with an **acknowledgement**
+signed by its node key, which the patient's client checks against the keys that node
+publishes itself.
 
 See spec/consent.md for the wire format and the security argument.
 """
@@ -24,8 +26,8 @@ import attrs
 
 from rxfed.crypto import SigningKeyPair, b64e, fingerprint, hash_id, random_bytes
 from rxfed.errors import BadRequest, Conflict, Forbidden, Gone
-from rxfed.protocol.schema import anything, b64, const, fields, integer, text
-from rxfed.protocol.statements import open_statement, open_statement_by_any, sign_statement
+from rxfed.protocol.schema import anything, array, b64, const, fields, integer, text
+from rxfed.protocol.statements import open_statement, open_statement_by_any, sign_statement, statement_hash
 
 GRANT = "rxfed.consent.grant"
 TOKEN = "rxfed.consent.token"
@@ -33,6 +35,7 @@ VOUCHER = "rxfed.consent.voucher"
 DELIVERY = "rxfed.consent.delivery"
 REVOKE = "rxfed.consent.revoke"
 TOKEN_REVOKE = "rxfed.consent.token-revoke"
+ACK = "rxfed.consent.ack"
 
 PURPOSE = r"[a-z][a-z0-9_.-]{0,39}"
 PLUGIN = r"[a-z][a-z0-9_.-]{0,39}"
@@ -349,3 +352,43 @@ def check_token_revocation(obj: Any, token_id: str, subject_key: bytes) -> int:
     if f["token"] != token_id:
         raise Forbidden("the revocation is for another token", code="bad_revocation")
     return f["revoked"]
+
+
+# -- acknowledgement: the recipient's signed word that it deleted --------------------------
+
+
+@attrs.frozen
+class Acknowledgement:
+    """A recipient node's statement, signed by its node key, that it deleted what it held
+    under a revoked token: bound to the token, the exact revocation (its statement hash),
+    the node and a time. The home node relays and keeps it but cannot make one, so the
+    patient's client shows a node as done only with a valid one (spec/consent.md §6)."""
+
+    token: str
+    node: str
+    acknowledged: int
+    #: Plugins on that node that could not confirm deleting what they were handed.
+    unconfirmed: tuple[str, ...]
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def create(cls, node_key: SigningKeyPair, *, token: str, node: str, revocation: dict, unconfirmed: list[str],
+               now: int) -> Acknowledgement:
+        body = {"type": ACK, "token": token, "node": node, "revocation": b64e(statement_hash(revocation)),
+                "acknowledged": now, "unconfirmed": sorted(unconfirmed)}
+        return cls(token, node, now, tuple(sorted(unconfirmed)), sign_statement(node_key, body))
+
+    @classmethod
+    def check(cls, obj: Any, *, token: str, node: str, revocation: dict, node_keys: list[bytes]) -> Acknowledgement:
+        """The acknowledgement if one of ``node_keys`` (the node's own published keys)
+        signed it for this token, node and revocation; Forbidden (``bad_ack``) otherwise."""
+        try:
+            body = open_statement_by_any(obj, "acknowledgement", ACK, node_keys)
+        except Forbidden as exc:
+            raise Forbidden(f"the acknowledgement is not signed by a key {node} publishes", code="bad_ack") from exc
+        f = fields(body, "acknowledgement", {
+            "type": const(ACK), "token": text(32, ID), "node": text(260, NODE_ID), "revocation": b64(32),
+            "acknowledged": integer(0, MAX_TIME), "unconfirmed": array(text(40, PLUGIN), 64)})
+        if f["token"] != token or f["node"] != node or f["revocation"] != statement_hash(revocation):
+            raise Forbidden("the acknowledgement is for another token, node or revocation", code="bad_ack")
+        return cls(f["token"], f["node"], f["acknowledged"], tuple(f["unconfirmed"]), obj)

@@ -237,8 +237,14 @@ class Consent:
                 results.append(EventResult(False, exc.code, exc.message))
                 continue
             results.append(EventResult(True))
-            effects.outbox.append((origin, _wire(ACK, {"token": token.id, "unconfirmed": unconfirmed})))
+            ack = self.acknowledge(token.id, f["revocation"], unconfirmed)
+            effects.outbox.append((origin, _wire(ACK, {"token": token.id, "ack": ack.signed})))
         return results, effects
+
+    def acknowledge(self, token_id: str, revocation: dict, unconfirmed: list[str]) -> pg.Acknowledgement:
+        """This node's signed statement that it deleted what ``token_id`` gave it."""
+        return pg.Acknowledgement.create(self.node.signing_key(), token=token_id, node=self.me, revocation=revocation,
+                                         unconfirmed=unconfirmed, now=self.node.now())
 
     async def on_used(self, origin: str, events: list[WireEvent]):
         results = []
@@ -258,9 +264,8 @@ class Consent:
         results = []
         for event in events:
             try:
-                f = fields(event.content, "ack", {"token": text(32, pg.ID)},
-                           {"unconfirmed": array(text(40, pg.PLUGIN), 64)})
-                await self.log_ack(origin, f["token"], f["unconfirmed"] or [])
+                f = fields(event.content, "ack", {"token": text(32, pg.ID), "ack": anything})
+                await self.log_ack(origin, f["token"], f["ack"])
             except RxfedError as exc:
                 results.append(EventResult(False, exc.code, exc.message))
                 continue
@@ -284,14 +289,21 @@ class Consent:
                     "kind": grant.kind, "count": count} for name in names]
         await self.node.store.delivery_used(token_id, node, delivery, entries, self.node.now())
 
-    async def log_ack(self, node: str, token_id: str, unconfirmed: list[str]) -> None:
-        """Record ``node``'s acknowledgement; ``unconfirmed`` names plugins there that could
-        not confirm deleting (shown to the patient in the audit log)."""
-        grant, _ = await self._own_token(token_id, node)
-        entry = {"event": "acknowledged", "grant": grant.id, "node": node}
-        if unconfirmed:
-            entry["unconfirmed"] = sorted(unconfirmed)
-        await self.node.store.token_acknowledged(token_id, node, audit=[entry], now=self.node.now())
+    async def log_ack(self, node: str, token_id: str, ack: Any) -> None:
+        """Keep ``node``'s signed acknowledgement of a revoked token and log it (with the
+        plugins there that could not confirm deleting). The patient's client checks the
+        signature itself, against the keys ``node`` publishes; checking here too keeps a
+        broken or misdirected one out of the log."""
+        grant, token = await self._own_token(token_id, node)
+        if token.revocation is None:
+            raise Conflict("that grant token is not revoked", code="not_revoked")
+        checked = pg.Acknowledgement.check(ack, token=token_id, node=node, revocation=loads(token.revocation),
+                                           node_keys=await self.keys_of(node))
+        entry = {"event": "acknowledged", "grant": grant.id, "node": node, "ack": checked.signed}
+        if checked.unconfirmed:
+            entry["unconfirmed"] = list(checked.unconfirmed)
+        await self.node.store.token_acknowledged(token_id, node, ack=canonical(checked.signed), audit=[entry],
+                                                 now=self.node.now())
 
     async def housekeeping(self) -> None:
         """Delete signals whose grant ended and tell the plugins."""
@@ -385,7 +397,8 @@ async def list_grants(request: web.Request) -> web.Response:
             "statement": loads(grant.statement),
             "tokens": [{"token": t.token, "node": t.node, "statement": loads(t.statement),
                         "voucher": loads(t.voucher), "shared": t.shared, "seq": t.seq,
-                        "acknowledged": t.acked}
+                        "revocation": loads(t.revocation) if t.revocation else None,
+                        "acknowledged": t.acked, "ack": loads(t.ack) if t.ack else None}
                        for t in tokens]})
     return reply({"grants": out})
 
@@ -463,7 +476,8 @@ async def revoke(request: web.Request) -> web.Response:
     for t in tokens:
         if t.node == state.config.node_id:  # takes effect here at once
             unconfirmed = await consent.revoked(parsed[t.token], f["tokens"][t.token])
-            await consent.log_ack(t.node, t.token, unconfirmed)
+            ack = consent.acknowledge(t.token, f["tokens"][t.token], unconfirmed)
+            await consent.log_ack(t.node, t.token, ack.signed)
     if outbox:
         state.federation.notify()
     log.info("consent grant revoked")

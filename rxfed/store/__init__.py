@@ -138,6 +138,8 @@ class TokenRow:
     acked: int | None = None
     #: The sequence number of the last delivery relayed under the token (devices go on from it).
     seq: int | None = None
+    #: The recipient's signed acknowledgement of the revocation, as relayed.
+    ack: bytes | None = None
 
 
 @attrs.frozen
@@ -391,8 +393,8 @@ class Store(abc.ABC):
         """Revoke a live grant and its tokens, queue the revocations and log it, at once."""
 
     @abc.abstractmethod
-    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], now: int) -> bool:
-        """Record ``node``'s acknowledgement of a revoked token (once; False when not a
+    async def token_acknowledged(self, token: str, node: str, *, ack: bytes, audit: list[dict], now: int) -> bool:
+        """Keep ``node``'s signed acknowledgement of a revoked token (once; False when not a
         revoked token of ours sent to ``node``)."""
 
     @abc.abstractmethod

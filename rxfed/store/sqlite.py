@@ -58,10 +58,11 @@ from rxfed.store import (
 log = logging.getLogger("rxfed.store")
 
 #: Consent delivery state: a grant token keeps the sequence number of its last delivery (the
-#: patient's devices continue from it); an outbox event may wait until a time (Unix seconds:
-#: signal deliveries, each after a random delay).
+#: patient's devices continue from it) and the recipient's signed acknowledgement; an outbox
+#: event may wait until a time (Unix seconds: signal deliveries, each after a random delay).
 CONSENT_DELIVERY_STATE = """
     ALTER TABLE grant_tokens ADD COLUMN seq INTEGER;
+    ALTER TABLE grant_tokens ADD COLUMN ack BLOB;
     ALTER TABLE outbox ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0
     """
 
@@ -1120,7 +1121,7 @@ class SQLiteStore(Store):
 
     # -- consent: grants and the audit chain (home node) -----------------------------------
     _GRANT_COLUMNS = "id, patient_id, kind, purpose, recipient, not_after, created, statement, revoked, revocation"
-    _TOKEN_COLUMNS = "token, grant_id, node, statement, voucher, revocation, shared, acked, seq"
+    _TOKEN_COLUMNS = "token, grant_id, node, statement, voucher, revocation, shared, acked, seq, ack"
 
     @staticmethod
     def _audit(c: sqlite3.Connection, patient: str, entries: list[dict], now: int) -> None:
@@ -1144,7 +1145,7 @@ class SQLiteStore(Store):
                           (grant.id, grant.patient, grant.kind, grant.purpose, grant.recipient, grant.not_after,
                            grant.created, grant.statement))
                 c.executemany(f"INSERT INTO grant_tokens ({self._TOKEN_COLUMNS}) "
-                              "VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                              "VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL)",
                               [(t.token, grant.id, t.node, t.statement, t.voucher) for t in tokens])
             except sqlite3.IntegrityError:
                 raise Conflict("that grant or token id is taken", code="duplicate_grant") from None
@@ -1216,14 +1217,14 @@ class SQLiteStore(Store):
 
         await self._write(op)
 
-    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], now: int) -> bool:
+    async def token_acknowledged(self, token: str, node: str, *, ack: bytes, audit: list[dict], now: int) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute("SELECT g.patient_id FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
                             "WHERE t.token=? AND t.node=? AND g.revoked IS NOT NULL AND t.acked IS NULL",
                             (token, node)).fetchone()
             if row is None:
                 return False
-            c.execute("UPDATE grant_tokens SET acked=? WHERE token=?", (now, token))
+            c.execute("UPDATE grant_tokens SET acked=?, ack=? WHERE token=?", (now, ack, token))
             self._audit(c, row[0], audit, now)
             return True
 

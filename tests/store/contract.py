@@ -208,12 +208,14 @@ class StoreContract:
             await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d3", seq=20,
                                     outbox=[], audit=[], nonce=nonce(), now=1300)
         ack = [{"event": "acknowledged"}]
-        assert not await store.token_acknowledged(tokens[0].token, "b", audit=ack, now=1300)  # wrong node
-        assert await store.token_acknowledged(tokens[0].token, "a", audit=ack, now=1300)
-        assert not await store.token_acknowledged(tokens[0].token, "a", audit=ack, now=1301)  # logged once
+        assert not await store.token_acknowledged(tokens[0].token, "b", ack=b"ack", audit=ack, now=1300)  # wrong node
+        assert await store.token_acknowledged(tokens[0].token, "a", ack=b"ack", audit=ack, now=1300)
+        assert not await store.token_acknowledged(tokens[0].token, "a", ack=b"2nd", audit=ack, now=1301)  # once
         ((row, stored),) = await store.grants(p.patient)
         assert row.revoked == 1200 and [t.acked for t in stored] == [1300, None]
+        assert [t.ack for t in stored] == [b"ack", None]
         assert [t.shared for t in stored] == [None, 1100] and [t.seq for t in stored] == [None, 10]
+        assert [t.revocation for t in stored] == [b"tr", b"tr"]
         assert [row.seq for row in await store.audit(p.patient)] == [1, 2, 3, 4, 5]
 
     async def test_audit_chain(self, store):
