@@ -1,5 +1,5 @@
 """Attacks on consent by the parties it must hold against: colluding recipients linking a
-patient's tokens, a home node faking acknowledgements."""
+patient's tokens, a home node faking acknowledgements or widening a federation grant."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rxfed.client.consent import Consent
 from rxfed.client.sdk import NodeRefused
 from rxfed.consent import grants as pg
 from rxfed.crypto import SigningKeyPair, audit_link, b64e
+from rxfed.errors import RxfedError
 from rxfed.protocol.canonical import canonical
 from rxfed.testing import TEST_FEDERATION, NodeHarness, builtin_plugins
 from test_communities import eventually
@@ -208,3 +209,92 @@ async def test_an_acknowledgement_is_signed_by_the_recipient_and_checked_by_the_
     results, _ = await a.state.consent.on_ack(b.node_id, [WireEvent("consent.ack", {"token": token["token"],
                                                                                      "ack": bogus.signed})])
     assert results[0].error == "bad_ack"
+
+
+async def test_a_home_node_cannot_widen_a_federation_grant(fed, make_patient, tmp_path):
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    named = sorted(n.node_id for n in fed)
+    granted = await consent.grant("diagnosis.category", "matching", "federation", nodes=named)
+    await eventually(lambda: _true(all(len(recorder(n).signals) == 1 for n in fed)))
+    (grant,) = await consent.list()
+    assert grant["nodes"] == named and all(t["verified"] and t["named"] for t in grant["tokens"])
+    # The home node starts federating with a node it controls.
+    evil = await NodeHarness(tmp_path / "evil", plugins=plugins_with(Recorder())).start()
+    try:
+        await a.allow(evil)
+        await evil.allow(a)
+        # A new grant to the nodes the patient agreed to is refused rather than reaching it.
+        with pytest.raises(RxfedError) as refused:
+            await consent.grant("diagnosis.category", "research", "federation", nodes=named)
+        assert refused.value.code == "nodes_differ" and evil.node_id in refused.value.message
+        assert len(await consent.list()) == 1
+        # It adds the node to the existing grant: the only token it can make for it is under
+        # a key of its own, which the client does not derive, so nothing is sent there.
+        wider = sorted([*named, evil.node_id])
+        fake = pg.Token.create(SigningKeyPair.generate(), node=evil.node_id, home=a.node_id,
+                               kind="diagnosis.category", purpose="matching", recipient=pg.Recipient("federation"),
+                               nodes=wider, issued=int(time.time()), not_after=grant["not_after"])
+        db = sqlite3.connect(a.data_dir / "rxfed.db")
+        with db:
+            db.execute("INSERT INTO grant_tokens (token, grant_id, node, statement, voucher) VALUES (?, ?, ?, ?, ?)",
+                       (fake.id, granted["grant"], evil.node_id, canonical(fake.signed),
+                        canonical(pg.voucher(a.state.signing_key(), fake, int(time.time())))))
+        db.close()
+        (listed,) = await consent.list()
+        (added,) = [t for t in listed["tokens"] if t["node"] == evil.node_id]
+        assert not added["verified"] and not added["named"] and listed["nodes"] == named
+        shared = await consent.share(granted["grant"])
+        assert sorted(s["node"] for s in shared if s["sent"]) == named
+        assert [s["node"] for s in shared if not s["sent"]] == [evil.node_id]
+        await eventually(lambda: _true(all(len(recorder(n).signals) == 2 for n in fed)))
+        assert recorder(evil).signals == [] and await evil.app_store().received_signals() == []
+        # Nor can the patient's token for another node be used there: it names its node.
+        (real,) = [t for t in (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
+                   if t["node"] == b.node_id]
+        with pytest.raises(RxfedError) as refused:
+            await evil.state.consent.keep(a.node_id, {"token": real["statement"], "voucher": real["voucher"],
+                                                      "delivery": pg.new_id(), "sealed": b64e(b"x" * 64)})
+        assert refused.value.code == "wrong_recipient"
+        # A token always names the node it is for among its grant's nodes ...
+        key = consent._key(evil.node_id, "matching", None)
+        with pytest.raises(RxfedError) as refused:
+            pg.Token.create(key, node=evil.node_id, home=a.node_id, kind="diagnosis.category", purpose="matching",
+                            recipient=pg.Recipient("federation"), nodes=named, issued=int(time.time()),
+                            not_after=grant["not_after"])
+        assert refused.value.code == "widened_grant"
+        # ... and an honest home node takes only tokens for exactly the nodes the grant names.
+        now = consent._now()
+        tokens = [pg.Token.create(consent._key(n, "research", None), node=n, home=a.node_id,
+                                  kind="diagnosis.category", purpose="research", recipient=pg.Recipient("federation"),
+                                  nodes=wider, issued=now, not_after=now + 3600) for n in named]
+        narrow = pg.Grant.create(patient.identity.device, patient=patient.patient, device=patient.device,
+                                 kind="diagnosis.category", purpose="research", recipient=pg.Recipient("federation"),
+                                 issued=now, not_after=now + 3600, nodes=named, tokens=[t.id for t in tokens])
+        with pytest.raises(NodeRefused) as refused:
+            await patient._call("POST", "/v1/consent/grants", {"grant": narrow.signed,
+                                                                "tokens": [t.signed for t in tokens]})
+        assert refused.value.code == "widened_grant"
+        assert len(await consent.list()) == 1
+    finally:
+        await evil.stop()
+
+
+async def test_a_federation_token_that_names_no_nodes_is_refused_by_recipients(fed, make_patient):
+    """A version 1 token (from before grants named their nodes) is still read, so its grant
+    can be listed and revoked, but a recipient takes no signals under it."""
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    key = consent._key(b.node_id, "matching", None)
+    now = consent._now()
+    body = {"type": pg.TOKEN, "v": 1, "id": pg.new_id(), "node": b.node_id, "home": a.node_id,
+            "subject": b64e(key.public), "kind": "diagnosis.category", "purpose": "matching",
+            "recipient": "federation", "issued": pg.day(now), "not_after": now + 3600}
+    from rxfed.protocol.statements import sign_statement
+
+    old = pg.Token.from_json(sign_statement(key, body))
+    assert old.nodes is None and old.v == 1
+    with pytest.raises(RxfedError) as refused:
+        old.check_live(b.node_id, now, b.state.consent.kinds())
+    assert refused.value.code == "widened_grant"
+    assert pg.check_token_revocation(pg.revoke_token(key, old.id, now), old.id, old.subject_key) == now

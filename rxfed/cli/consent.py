@@ -20,6 +20,9 @@ def add_parsers(psub, profile) -> None:
     gr.add_argument("--to", required=True, metavar="RECIPIENT",
                     help="node:NODE_ID, federation, or plugin:NODE_ID/NAME")
     gr.add_argument("--until", metavar="DATE", help="end date (default 180 days; at most a year)")
+    gr.add_argument("--nodes", metavar="NODE,...", type=lambda v: [n for n in v.split(",") if n],
+                    help="the nodes you agree to (for --to federation): refused if your home node would reach "
+                         "any other, or not all of them")
     gr.add_argument("--no-share", action="store_true", help="record the grant without sending signals yet")
     json_flag(gr)
     gr.set_defaults(func=cmd_grant)
@@ -72,7 +75,8 @@ def cmd_grant(args: argparse.Namespace) -> None:
 
     async def go(consent):
         until = parse_until(args.until, consent._now()) if args.until else None
-        return await consent.grant(args.kind, args.purpose, args.to, until=until, share=not args.no_share)
+        return await consent.grant(args.kind, args.purpose, args.to, until=until, nodes=args.nodes,
+                                   share=not args.no_share)
 
     result = _consent(args, go)
     sent = [s for s in result["shared"] if s["sent"]]
@@ -104,6 +108,9 @@ def cmd_list(args: argparse.Namespace) -> None:
             unverified = [t["node"] for t in g["tokens"] if not t["verified"]]
             if unverified:
                 out.append(f"    WARNING: tokens for {', '.join(unverified)} were not made by this profile")
+            unnamed = [t["node"] for t in g["tokens"] if t["verified"] and not t["named"]]
+            if unnamed:
+                out.append(f"    WARNING: tokens for {', '.join(unnamed)} are not named by the grant you signed")
         return out
 
     Output(args.json).result({"grants": grants}, lines)

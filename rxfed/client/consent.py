@@ -132,10 +132,14 @@ class Consent:
         for grant in grants:
             target = pg.Recipient.parse(grant["recipient"])
             for token in grant["tokens"]:
-                parsed = self._tokens[token["token"]]
-                if not token["verified"]:
+                parsed = self._tokens.get(token["token"])
+                if not token["verified"] or not token["named"]:
+                    reason = ("this token was not made by this profile" if not token["verified"] else
+                              "this token's node is not one the grant names (made before grants named their "
+                              "nodes: grant again)" if parsed.nodes is None else
+                              "this token's node is not one the grant names")
                     out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
-                                "reason": "this token was not made by this profile (not sent)"})
+                                "reason": reason + " (not sent)"})
                     continue
                 try:
                     seal_key = await self._seal_key(parsed.node)
@@ -163,9 +167,14 @@ class Consent:
 
     # -- grants ----------------------------------------------------------------------------
     async def grant(self, kind: str, purpose: str, recipient: str, *, until: int | None = None,
-                    share: bool = True) -> dict:
+                    nodes: list[str] | None = None, share: bool = True) -> dict:
         """Grant ``kind`` signals for ``purpose`` to ``recipient``; returns the grant id,
-        its tokens' nodes and (with ``share``) what was sent at once."""
+        its tokens' nodes and (with ``share``) what was sent at once.
+
+        The grant names its nodes, and the patient signs them: for ``federation``, the nodes
+        the home node federates with now. With ``nodes`` (the nodes the patient agrees to),
+        the grant is refused unless those are exactly the nodes the home node offers, so a
+        home node cannot slip in a peer of its own."""
         now = self._now()
         target = pg.Recipient.parse(recipient, "--to")
         pg.check_purpose(purpose)
@@ -183,21 +192,32 @@ class Consent:
             raise pg.ConsentError(f"unknown signal kind {kind!r} (known: {', '.join(sorted(known_kinds))})",
                                   code="unknown_kind")
         federated = [n["node_id"] for n in reachable["nodes"]]
-        nodes = target.nodes(federated)
-        for node in nodes:
+        reached = sorted(target.nodes(federated))
+        for node in reached:
             if node not in federated:
                 raise pg.ConsentError(f"{node} is not a node your home node federates with", code="unknown_node")
+        if nodes is not None and set(nodes) != set(reached):
+            added, missing = sorted(set(reached) - set(nodes)), sorted(set(nodes) - set(reached))
+            raise pg.ConsentError(
+                "the grant would reach other nodes than you named: "
+                + "; ".join([*([f"also {', '.join(added)}"] if added else []),
+                             *([f"not {', '.join(missing)} (not federated or unreachable now)"] if missing else [])]),
+                code="nodes_differ")
+        if len(reached) > pg.MAX_NODES:
+            raise pg.ConsentError(f"a grant reaches at most {pg.MAX_NODES} nodes; grant to nodes by name",
+                                  code="bad_recipient")
         identity = self.client.identity
         tokens = [pg.Token.create(self._key(node, purpose, target.only_plugin()), node=node, home=identity.node_id,
-                                  kind=kind, purpose=purpose, recipient=target, issued=now, not_after=not_after)
-                  for node in nodes]
+                                  kind=kind, purpose=purpose, recipient=target, nodes=reached, issued=now,
+                                  not_after=not_after)
+                  for node in reached]
         grant = pg.Grant.create(identity.device, patient=self.client.patient, device=self.client.device, kind=kind,
-                                purpose=purpose, recipient=target, issued=now, not_after=not_after,
+                                purpose=purpose, recipient=target, issued=now, not_after=not_after, nodes=reached,
                                 tokens=[t.id for t in tokens])
         result = await self.client._call("POST", "/v1/consent/grants",
                                          {"grant": grant.signed, "tokens": [t.signed for t in tokens]})
         out = {"grant": result["grant"], "kind": kind, "purpose": purpose, "recipient": str(target),
-               "not_after": not_after, "nodes": nodes, "shared": []}
+               "not_after": not_after, "nodes": reached, "shared": []}
         if share:
             out["shared"] = await self.share(result["grant"])
         return out
@@ -211,19 +231,26 @@ class Consent:
         out = []
         documents: dict = {}
         for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
+            mine = {t["token"]: token for t in g["tokens"] if (token := self._mine(g, t)) is not None}
+            # The nodes the patient signed: every token this profile made names them.
+            named = {tok.nodes for tok in mine.values()}
+            signed_nodes = named.pop() if len(named) == 1 else None
             tokens = []
             for t in g["tokens"]:
-                token = self._mine(g, t)
+                token = mine.get(t["token"])
                 ack = None
                 if g["revoked"] and token is not None and t.get("ack") is not None:
                     ack = await self._check_ack(token, t.get("revocation"), t["ack"], documents)
                 tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"], "seq": t.get("seq"),
                                "acknowledged": t["acknowledged"] if ack == ACK_VERIFIED else None, "ack": ack,
-                               "verified": token is not None})
+                               "verified": token is not None,
+                               "named": token is not None and signed_nodes is not None
+                               and token.node in signed_nodes})
             status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
             out.append({"grant": g["grant"], "kind": g["kind"], "purpose": g["purpose"], "recipient": g["recipient"],
                         "not_after": g["not_after"], "created": g["created"], "revoked": g["revoked"],
                         "status": status, "tokens": tokens,
+                        "nodes": list(signed_nodes) if signed_nodes is not None else None,
                         "acknowledged": sorted(t["node"] for t in tokens if t["ack"] == ACK_VERIFIED),
                         "pending": sorted(t["node"] for t in tokens if g["revoked"] and t["ack"] != ACK_VERIFIED),
                         "forged": sorted(t["node"] for t in tokens if t["ack"] == ACK_FORGED)})

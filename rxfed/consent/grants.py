@@ -4,6 +4,9 @@ A patient's **grant** says: signals of one kind, for one purpose, to one recipie
 (``node:ID``, ``federation`` or ``plugin:NODE_ID/NAME``), until a time. It is signed by one
 of the patient's devices and stays on the patient's home node.
 
+The grant names its recipient **nodes**, so the home node cannot widen a ``federation``
+grant by federating with a node of its own afterwards.
+
 What travels is a **token** per recipient node: the same scope, signed by the patient's
 pairwise pseudonymous key for that node, purpose and plugin (:func:`rxfed.crypto.pseudonym_key`),
 so two recipients cannot link their tokens to each other or to the patient. The home node
@@ -36,6 +39,9 @@ DELIVERY = "rxfed.consent.delivery"
 REVOKE = "rxfed.consent.revoke"
 TOKEN_REVOKE = "rxfed.consent.token-revoke"
 ACK = "rxfed.consent.ack"
+#: The version of grants and tokens made now: 2 names the recipient nodes. Version 1
+#: tokens (no ``nodes``) are still read, so grants made before can be listed and revoked.
+VERSION = 2
 
 PURPOSE = r"[a-z][a-z0-9_.-]{0,39}"
 PLUGIN = r"[a-z][a-z0-9_.-]{0,39}"
@@ -51,6 +57,8 @@ DAY = 86400
 #: Delivery sequence numbers step up by a uniform random amount from 1 to this.
 SEQ_STEP = 2**32
 MAX_SEQ = 2**53 - 1
+#: The most recipient nodes one grant can name.
+MAX_NODES = 64
 _RECIPIENT = re.compile(rf"node:(?P<node>{NODE_ID})|(?P<fed>federation)|plugin:(?P<pnode>{NODE_ID})/(?P<plugin>{PLUGIN})")
 
 
@@ -152,28 +160,36 @@ class Grant:
     recipient: Recipient
     issued: int
     not_after: int
+    #: The recipient nodes, sorted: the one node of a ``node:`` or ``plugin:`` grant, the
+    #: nodes of the federation the patient agreed to for a ``federation`` grant.
+    nodes: tuple[str, ...]
     tokens: tuple[str, ...]
     signed: dict = attrs.field(eq=False, repr=False)
 
     @classmethod
     def create(cls, device_key: SigningKeyPair, *, patient: str, device: str, kind: str, purpose: str,
-               recipient: Recipient, issued: int, not_after: int, tokens: list[str]) -> Grant:
-        body = {"type": GRANT, "v": 1, "id": new_id(), "patient": patient, "device": device, "kind": kind,
+               recipient: Recipient, issued: int, not_after: int, nodes: list[str], tokens: list[str]) -> Grant:
+        body = {"type": GRANT, "v": VERSION, "id": new_id(), "patient": patient, "device": device, "kind": kind,
                 "purpose": purpose, "recipient": str(recipient), "issued": issued, "not_after": not_after,
-                "tokens": list(tokens)}
+                "nodes": sorted(nodes), "tokens": list(tokens)}
         return cls.from_json(sign_statement(device_key, body), device_key.public)
 
     @classmethod
     def from_json(cls, obj: Any, device_key: bytes | None) -> Grant:
         body = open_statement(obj, "grant", GRANT, device_key)
         f = fields(body, "grant", {
-            "type": const(GRANT), "v": const_int(1), "id": text(32, ID), "patient": text(128),
+            "type": const(GRANT), "v": const_int(VERSION), "id": text(32, ID), "patient": text(128),
             "device": text(128), "kind": text(96), "purpose": text(40, PURPOSE), "recipient": Recipient.parse,
-            "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME), "tokens": token_ids})
+            "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME), "nodes": node_list,
+            "tokens": token_ids})
         if f["not_after"] <= f["issued"] or f["not_after"] - f["issued"] > MAX_DURATION:
             raise ConsentError("a grant ends after it is issued and runs for at most a year", code="bad_date")
+        if f["recipient"].kind != "federation" and f["nodes"] != (f["recipient"].node,):
+            raise ConsentError("a grant to one node names that node only", code="widened_grant")
+        if len(f["tokens"]) != len(f["nodes"]):
+            raise ConsentError("a grant has one token per node it names")
         return cls(f["id"], f["patient"], f["device"], f["kind"], f["purpose"], f["recipient"], f["issued"],
-                   f["not_after"], tuple(f["tokens"]), obj)
+                   f["not_after"], f["nodes"], tuple(f["tokens"]), obj)
 
 
 def const_int(expected: int):
@@ -192,6 +208,16 @@ def token_ids(value: Any, where: str) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ConsentError(f"{where} must list 1 to 64 distinct token ids")
     return ids
+
+
+def node_list(value: Any, where: str) -> tuple[str, ...]:
+    """The recipient nodes a grant or token names: 1 to 64 node ids, sorted, distinct."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_NODES:
+        raise ConsentError(f"{where} must list 1 to {MAX_NODES} node ids")
+    nodes = tuple(text(260, NODE_ID)(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if list(nodes) != sorted(set(nodes)):
+        raise ConsentError(f"{where} must list distinct node ids in sorted order")
+    return nodes
 
 
 def day(unix: int) -> int:
@@ -221,6 +247,10 @@ class Token:
     recipient: Recipient
     issued: int
     not_after: int
+    #: The nodes of the grant (``node`` among them); None for a version 1 ``federation``
+    #: token, made before grants named their nodes.
+    nodes: tuple[str, ...] | None
+    v: int
     signed: dict = attrs.field(eq=False, repr=False)
 
     @property
@@ -229,37 +259,51 @@ class Token:
 
     @classmethod
     def create(cls, key: SigningKeyPair, *, node: str, home: str, kind: str, purpose: str, recipient: Recipient,
-               issued: int, not_after: int) -> Token:
-        body = {"type": TOKEN, "v": 1, "id": new_id(), "node": node, "home": home, "subject": b64e(key.public),
-                "kind": kind, "purpose": purpose, "recipient": str(recipient), "issued": day(issued),
-                "not_after": not_after}
+               nodes: list[str], issued: int, not_after: int) -> Token:
+        body = {"type": TOKEN, "v": VERSION, "id": new_id(), "node": node, "home": home,
+                "subject": b64e(key.public), "kind": kind, "purpose": purpose, "recipient": str(recipient),
+                "nodes": sorted(nodes), "issued": day(issued), "not_after": not_after}
         return cls.from_json(sign_statement(key, body))
 
     @classmethod
     def from_json(cls, obj: Any) -> Token:
-        """Parse and check the signature under the subject key the token names."""
+        """Parse and check the signature under the pseudonym key the token names."""
         unverified = open_statement(obj, "token", TOKEN, None)
         subject = b64(32)(unverified.get("subject") if isinstance(unverified, dict) else None, "token.subject")
         body = open_statement(obj, "token", TOKEN, subject)
-        f = fields(body, "token", {
-            "type": const(TOKEN), "v": const_int(1), "id": text(32, ID), "node": text(260, NODE_ID),
-            "home": text(260, NODE_ID), "subject": b64(32), "kind": text(96), "purpose": text(40, PURPOSE),
-            "recipient": Recipient.parse, "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME)})
-        token = cls(f["id"], f["node"], f["home"], f["subject"], f["kind"], f["purpose"], f["recipient"],
-                    f["issued"], f["not_after"], obj)
-        if f["recipient"].kind != "federation" and f["recipient"].node != f["node"]:
+        version = body.get("v")
+        if version not in (1, VERSION) or isinstance(version, bool):
+            raise BadRequest(f"token.v must be {VERSION}", code="unsupported_version")
+        spec = {"type": const(TOKEN), "v": anything, "id": text(32, ID), "node": text(260, NODE_ID),
+                "home": text(260, NODE_ID), "subject": b64(32), "kind": text(96), "purpose": text(40, PURPOSE),
+                "recipient": Recipient.parse, "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME)}
+        if version == VERSION:
+            spec["nodes"] = node_list
+        f = fields(body, "token", spec)
+        recipient = f["recipient"]
+        if recipient.kind != "federation" and recipient.node != f["node"]:
             raise ConsentError("the token's node is not its recipient", code="widened_grant")
-        return token
+        nodes = f.get("nodes") or (None if recipient.kind == "federation" else (f["node"],))
+        if nodes is not None and (f["node"] not in nodes
+                                  or (recipient.kind != "federation" and nodes != (f["node"],))):
+            raise ConsentError("the token's node is not one its grant names", code="widened_grant")
+        return cls(f["id"], f["node"], f["home"], f["subject"], f["kind"], f["purpose"], recipient, f["issued"],
+                   f["not_after"], nodes, version, obj)
 
     def matches(self, grant: Grant) -> bool:
         """The token has exactly the grant's scope (a token can never widen its grant)."""
-        return (self.id in grant.tokens and self.kind == grant.kind and self.purpose == grant.purpose
-                and self.recipient == grant.recipient and self.not_after == grant.not_after)
+        return (self.v == VERSION and self.id in grant.tokens and self.kind == grant.kind
+                and self.purpose == grant.purpose and self.recipient == grant.recipient
+                and self.nodes == grant.nodes and self.not_after == grant.not_after)
 
     def check_live(self, me: str, now: int, kinds) -> None:
-        """Refuse a token that is not for this node, expired, or for an unknown kind."""
+        """Refuse a token that is not for this node (named by the patient), expired, or for
+        an unknown kind."""
         if self.node != me:
             raise Forbidden("the grant token is for another node", code="wrong_recipient")
+        if self.nodes is None:
+            raise Forbidden("the token does not name its grant's nodes (made by an older rxfed); the patient "
+                            "grants again", code="widened_grant")
         if self.not_after <= now:
             raise Gone("the consent grant has expired", code="grant_expired")
         if self.kind not in kinds:

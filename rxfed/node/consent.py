@@ -355,7 +355,7 @@ async def add_grant(request: web.Request) -> web.Response:
                               "this node's plugins define", code="unknown_kind")
     federated = await consent.federated()
     tokens = [pg.Token.from_json(t) for t in f["tokens"]]
-    nodes = [t.node for t in tokens]
+    nodes = sorted(t.node for t in tokens)
     if len(set(nodes)) != len(nodes) or {t.id for t in tokens} != set(grant.tokens):
         raise pg.ConsentError("one token per recipient node, each listed in the grant", code="bad_grant")
     for token in tokens:
@@ -363,8 +363,8 @@ async def add_grant(request: web.Request) -> web.Response:
             raise Forbidden("a token's scope differs from its grant's", code="widened_grant")
         if token.node not in federated:
             raise pg.ConsentError(f"{token.node} is not a node this one federates with", code="unknown_node")
-    if grant.recipient.kind != "federation" and nodes != [grant.recipient.node]:
-        raise Forbidden("the tokens name other nodes than the grant's recipient", code="widened_grant")
+    if tuple(nodes) != grant.nodes:  # one token for each node the patient named, no other
+        raise Forbidden("the tokens' nodes differ from the nodes the grant names", code="widened_grant")
     if grant.recipient.kind == "plugin" and grant.recipient.node == state.config.node_id:
         manifest = state.plugins.manifests().get(grant.recipient.plugin)
         if manifest is None or not manifest.accepts(grant.kind, grant.purpose):
@@ -377,7 +377,7 @@ async def add_grant(request: web.Request) -> web.Response:
                    canonical(grant.signed))
     await state.store.add_grant(row, rows, signer=caller.auth.device, nonce=caller.nonce, now=now, audit=[{
         "event": "granted", "grant": grant.id, "kind": grant.kind, "purpose": grant.purpose,
-        "recipient": str(grant.recipient), "nodes": nodes, "not_after": grant.not_after}])
+        "recipient": str(grant.recipient), "nodes": list(grant.nodes), "not_after": grant.not_after}])
     log.info("consent grant recorded")
     return reply({"grant": grant.id, "not_after": grant.not_after,
                   "tokens": [{"token": t.token, "node": t.node, "voucher": loads(t.voucher)} for t in rows]},
