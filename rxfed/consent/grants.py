@@ -236,7 +236,12 @@ def end_of_day(unix: int) -> int:
 
 @attrs.frozen
 class Token:
-    """One recipient node's copy of a grant, signed by the patient's pseudonymous key."""
+    """One recipient node's copy of a grant, signed by the patient's pseudonymous key.
+
+    ``subject_key`` is the **pseudonym key** (the token body's ``subject`` field: the
+    Ed25519 public key that signs the token and its deliveries); :attr:`subject` is the
+    **pseudonym** plugins see, a fingerprint of that key.
+    """
 
     id: str
     node: str
