@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from rxfed.client import PatientClient
-from rxfed.testing import NodeHarness
+from rxfed.testing import NodeHarness, start_federation
 
 PASSPHRASE = "correct horse battery staple"
 #: Unique marker written into records so storage scans can look for it.
@@ -20,6 +20,15 @@ async def node(tmp_path):
     await harness.start()
     yield harness
     await harness.stop()
+
+
+@pytest.fixture
+async def pair(tmp_path):
+    """Two started nodes, a and b, that allow each other (no pinned keys)."""
+    nodes = await start_federation(tmp_path, "a", "b")
+    yield nodes
+    for n in nodes:
+        await n.stop()
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ import time
 
 import aiohttp
 
+from rxfed.node.federation import InboundEffects
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical
+from rxfed.protocol.federation import EventResult
 
 
 async def raw_request(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None):
@@ -31,3 +33,16 @@ async def signed(client, method: str, path: str, body=None, **kw):
     if raw:
         headers["Content-Type"] = "application/json"
     return await raw_request(client.identity.node_url, method, path, raw, headers)
+
+
+def record_notes(node) -> list[int]:
+    """Install a handler for ``test.note`` events (content ``{"n": int}``) on a running
+    node harness; returns the list it fills with the numbers received."""
+    seen: list[int] = []
+
+    async def handler(origin, events):
+        seen.extend(e.content["n"] for e in events)
+        return [EventResult(True) for _ in events], InboundEffects()
+
+    node.state.federation.handlers["test.note"] = handler
+    return seen

@@ -34,11 +34,13 @@ async def commit_body(client, **override):
     from rxfed.crypto.records import seal_record
 
     rid = random_bytes(16).hex()
-    blob = seal_record(vault.state.keyring, record_ad(client.patient, rid, 1),
+    blob = seal_record(vault.state.secrets.keyring, record_ad(client.patient, rid, 1),
                        Record(rid, 1, "journal", 1, {"note": "x"}).to_plaintext())
     entries = dict(vault.state.entries)
     entries[rid] = (1, sha256(blob))
-    manifest = pv.Manifest.issue(client.identity.root, vault.counter + 1, entries, int(time.time()))
+    secrets = vault.state.secrets
+    manifest = pv.Manifest.issue(secrets.signing, patient=client.patient, epoch=secrets.epoch,
+                                 counter=vault.counter + 1, entries=entries, now=int(time.time()))
     body = {"put": [{"id": rid, "version": 1, "blob": b64e(blob)}], "delete": [], "manifest": manifest.signed}
     body.update(override)
     return body

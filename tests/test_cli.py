@@ -142,16 +142,40 @@ def test_devices_recover_rotate_passphrase(profile, node_url, tmp_path):
     devices = json.loads(rxfed("patient", "devices", "list", "--profile", str(new), "--json").stdout)["devices"]
     assert len(devices) == 2 and all(d["verified"] for d in devices)
     old = next(d["device"] for d in devices if not d["current"])
-    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new)).returncode == 0
+    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new)).returncode == 2  # no code, no tty
+    assert rxfed("patient", "devices", "revoke", old, "--profile", str(new), env=env).returncode == 0
     assert rxfed("patient", "show", "--profile", str(profile)).returncode == 1  # revoked device is refused
-    rotated = rxfed("patient", "recovery-code", "rotate", "--profile", str(new), "--json")
-    assert rotated.returncode == 0
+    rotated = rxfed("patient", "recovery-code", "rotate", "--profile", str(new), "--json", env=env)
+    assert rotated.returncode == 0, rotated.stderr
     env = {**ENV, "RXFED_RECOVERY_CODE": profile.recovery_code}
     stale = rxfed("patient", "recover", "--node", node_url, "--profile", str(tmp_path / "again"), env=env)
     assert stale.returncode == 1  # the old code stopped working
     out = rxfed("patient", "passphrase", "--profile", str(new), env={**ENV, "RXFED_NEW_PASSPHRASE": "another one"})
     assert out.returncode == 0
     assert rxfed("patient", "show", "--profile", str(new), env={**ENV, "RXFED_PASSPHRASE": "another one"}).returncode == 0
+
+
+def test_link_a_device_from_an_active_one(profile, node_url, tmp_path):
+    new = tmp_path / "laptop"
+    out = rxfed("patient", "link", "request", "--node", node_url, "--profile", str(new), "--json")
+    assert out.returncode == 0, out.stderr
+    link = json.loads(out.stdout)["link_code"]
+    early = rxfed("patient", "link", "finish", "--profile", str(new))
+    assert early.returncode == 1 and "no active device has enrolled" in early.stderr
+    assert rxfed("patient", "show", "--profile", str(new)).returncode == 1  # not linked yet
+    assert rxfed("patient", "devices", "add", "rxfed-link:nonsense", "--profile", str(profile)).returncode == 2
+    added = rxfed("patient", "devices", "add", link, "--profile", str(profile), "--json")
+    assert added.returncode == 0, added.stderr
+    doc = json.loads(added.stdout)
+    wrong = rxfed("patient", "link", "finish", "--profile", str(new), "--confirm", "AAAA-AAAA-AAAA-AAAA")
+    assert wrong.returncode == 1
+    out = rxfed("patient", "link", "finish", "--profile", str(new), "--confirm", doc["confirmation"], "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["patient"] == profile.patient
+    assert rxfed("patient", "show", "--profile", str(new)).returncode == 0
+    devices = json.loads(rxfed("patient", "devices", "list", "--profile", str(profile), "--json").stdout)["devices"]
+    laptop = next(d for d in devices if d["device"] == doc["device"])
+    assert laptop["known"] == "enrolled" and laptop["verified"]
 
 
 def test_delete_account(profile):
@@ -253,10 +277,22 @@ def test_community_commands(node_url, profile, tmp_path):
 def test_node_admin_commands(tmp_path):
     data = tmp_path / "adm"
     assert rxfed("node", "init", str(data), "--name", "adm", "--port", "18999").returncode == 0
-    assert rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", "SHA256:abc").returncode == 0
+    for bad in ("SHA256:wrongwrong", "SHA256:abc", "sha256:" + "A" * 43, "SHA256:" + "A" * 42 + "B", "SHA256:" + "A" * 44):
+        refused = rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", bad)
+        assert refused.returncode == 2 and "fingerprint" in refused.stderr, (bad, refused.stderr)
+    assert rxfed("node", "peers", str(data), "list", "--json").stdout.count("partner.example") == 0  # nothing stored
+    from rxfed.crypto import SigningKeyPair, fingerprint
+
+    fp = fingerprint(SigningKeyPair.generate().public)
+    assert rxfed("node", "peers", str(data), "allow", "partner.example", "--fingerprint", fp).returncode == 0
     assert rxfed("node", "peers", str(data), "block", "rogue.example").returncode == 0
+    accepted = rxfed("node", "peers", str(data), "accept-key", "partner.example", "--json")
+    assert accepted.returncode == 0 and json.loads(accepted.stdout) == {"peer": "partner.example", "pinned": fp}
+    assert rxfed("node", "peers", str(data), "accept-key", "stranger.example").returncode == 2
+    assert rxfed("node", "peers", str(data), "accept-key").returncode == 2
     peers = json.loads(rxfed("node", "peers", str(data), "list", "--json").stdout)["peers"]
     assert {(p["node_id"], p["policy"]) for p in peers} == {("partner.example", "allowed"), ("rogue.example", "blocked")}
+    assert [p["trusted_keys"] for p in peers] == [[], []]
     assert rxfed("node", "peers", str(data), "allow").returncode == 2  # needs a PEER
     assert rxfed("node", "peers", str(data), "allow", "Not A Node!").returncode == 2
     outbox = json.loads(rxfed("node", "outbox", str(data), "list", "--json").stdout)

@@ -183,7 +183,7 @@ async def test_pseudonyms_are_unlinkable_across_nodes_plugins_and_purposes(fed, 
     assert len({r.subject for r in received}) == 2 and len({r.subject_key for r in received}) == 2
     # nothing any recipient holds names the patient, a device, or another recipient's pseudonym
     for node in (b, c):
-        for needle in (patient.patient, patient.device, b64e(patient.identity.root.public)):
+        for needle in (patient.patient, patient.device, b64e(patient.root_key)):
             assert scan(node.data_dir, needle.encode()) == []
     assert scan(c.data_dir, subjects[b.node_id].encode()) == []
     assert scan(b.data_dir, subjects[c.node_id].encode()) == []
@@ -559,8 +559,9 @@ async def test_erasing_an_account_needs_its_grants_revoked_first(fed, make_patie
     a, b, c = fed
     patient, consent = await consenting(make_patient, a)
     await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
-    tombstone = sign_statement(patient.identity.root, {"type": pv.TOMBSTONE, "patient": patient.patient,
-                                                       "deleted": consent._now()})
+    secrets = await patient.secrets()
+    tombstone = sign_statement(secrets.signing, {"type": pv.TOMBSTONE, "patient": patient.patient,
+                                                 "epoch": secrets.epoch, "deleted": consent._now()})
     with pytest.raises(NodeRefused) as refused:  # straight to the endpoint: refused, nothing erased
         await patient._call("POST", "/v1/account/erase", {"tombstone": tombstone})
     assert refused.value.code == "live_grants"

@@ -10,28 +10,15 @@ import time
 import pytest
 from aiohttp import web
 
-from helpers import raw_request
-from rxfed.node.federation import InboundEffects
+from helpers import raw_request, record_notes
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical
-from rxfed.protocol.federation import EventResult, WireEvent
-from rxfed.testing import NodeHarness, free_port, start_federation
+from rxfed.protocol.federation import WireEvent
+from rxfed.testing import NodeHarness, free_port
 
 
 def note(i: int) -> WireEvent:
     return WireEvent("test.note", {"n": i})
-
-
-def record_notes(node: NodeHarness) -> list[int]:
-    """Install a handler for test.note events on ``node``; returns the list it fills."""
-    seen: list[int] = []
-
-    async def handler(origin, events):
-        seen.extend(e.content["n"] for e in events)
-        return [EventResult(True) for _ in events], InboundEffects()
-
-    node.state.federation.handlers["test.note"] = handler
-    return seen
 
 
 async def wait_for(predicate, timeout=10.0):
@@ -44,14 +31,6 @@ async def wait_for(predicate, timeout=10.0):
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-async def pair(tmp_path):
-    nodes = await start_federation(tmp_path, "a", "b")
-    yield nodes
-    for n in nodes:
-        await n.stop()
 
 
 async def outbox_empty(node):
@@ -291,3 +270,39 @@ def test_spliced_transaction_body_is_canonical():
     events = [canonical(note(i).to_json()) for i in range(3)] + [canonical({"kind": "x", "content": {"é": "\n"}})]
     assert transaction_body("a.example", "b.example:1", 12, events) == canonical(
         {"origin": "a.example", "destination": "b.example:1", "seq": 12, "events": [loads(e) for e in events]})
+
+
+async def test_error_codes_of_the_transaction_endpoint(pair):
+    """Codes a second implementation can rely on (spec/federation.md §6), each with its status."""
+    a, b = pair
+    cases = []
+    path, body, headers = _txn_request(a, b, "short", 1, [note(1)])
+    cases.append(("bad_txn_id", 400, path, body, headers))
+    path, body, headers = _txn_request(a, b, "txn-many-aaaaaaaaaaaaaa", 1, [note(i) for i in range(1001)])
+    cases.append(("too_many_events", 400, path, body, headers))
+    path, body, headers = _txn_request(a, b, "txn-self-aaaaaaaaaaaaaa", 1, [note(1)])
+    cases.append(("wrong_origin", 401, path, body, {**headers, "Rxfed-Origin": b.node_id}))
+    cases.append(("bad_origin", 400, path, body, {**headers, "Rxfed-Origin": "Not A Node"}))
+    cases.append(("stale_request", 401, *_txn_request(a, b, "txn-old-aaaaaaaaaaaaaaa", 1, [note(1)],
+                                                      now=time.time() - 301)))
+    for code, status, p, payload, hdrs in cases:
+        got, doc = await raw_request(b.url, "PUT", p, payload, hdrs)
+        assert (got, doc["error"]) == (status, code), doc
+
+
+def test_every_federation_error_code_is_in_the_spec():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "spec" / "federation.md").read_text().split("## 6. Errors")[1]
+    listed = set(re.findall(r"^\| \d{3} \| `(\w+)`(?:, `(\w+)`)?", table, re.M))
+    listed = {c for pair in listed for c in pair if c}
+    raised = set()
+    for name in ("protocol/federation.py", "protocol/auth.py", "protocol/canonical.py", "node/federation.py"):
+        raised |= set(re.findall(r'code\s*=\s*"(\w+)"', (root / "rxfed" / name).read_text()))
+    app = (root / "rxfed" / "node" / "app.py").read_text()
+    receive = app[app.index("async def receive_transaction"):app.index("# -- the application")]
+    raised |= set(re.findall(r'code="(\w+)"', receive))
+    raised |= {"replayed_request", "missing_field", "unknown_field", "bad_request", "payload_too_large"}
+    assert raised - listed == set()

@@ -32,6 +32,32 @@ async def test_well_known_and_health(node):
     assert doc["node_id"] == node.config.node_id and doc["protocol_versions"] == ["1"]
     assert doc["keys"][0]["alg"] == "ed25519" and doc["keys"][0]["valid_until"] is None
     assert (await raw_request(node.url, "GET", "/health")) == (200, {"status": "ok"})
+    assert doc["rotations"] == []
+
+
+async def test_well_known_publishes_signed_rotations(tmp_path):
+    """After two rotations (picked up while the node runs) each key introduces its successor
+    in a rotation statement signed by the key before it."""
+    from rxfed.crypto import b64e
+    from rxfed.node.config import load_node_keys, rotate_node_key
+    from rxfed.protocol.federation import KeyRotation, NodeDocument
+
+    harness = await NodeHarness(tmp_path / "rotating").start()
+    try:
+        rotate_node_key(harness.data_dir, overlap=600)
+        rotate_node_key(harness.data_dir, overlap=60)
+        keys = load_node_keys(harness.data_dir)
+        harness.state._keys_mtime = 1.0  # as if the key file changed since the last look
+        harness.state.reload_keys()
+        _, doc = await raw_request(harness.url, "GET", "/.well-known/rxfed")
+        rotations = [KeyRotation.from_statement(r, "r") for r in doc["rotations"]]
+        assert [(b64e(r.old), b64e(r.new)) for r in rotations] == [
+            (b64e(keys[0].key.public), b64e(keys[1].key.public)), (b64e(keys[1].key.public), b64e(keys[2].key.public))]
+        assert [(r.valid_from, r.old_valid_until) for r in rotations] == [
+            (keys[1].valid_from, keys[0].valid_until), (keys[2].valid_from, keys[1].valid_until)]
+        assert len(NodeDocument.from_json(doc).rotations) == 2 and {r.node for r in rotations} == {harness.node_id}
+    finally:
+        await harness.stop()
 
 
 async def test_rate_limit_per_key(tmp_path, make_patient):

@@ -26,7 +26,7 @@ async def test_recover_on_new_device_then_revoke_old(make_patient, node, tmp_pat
     new = await PatientClient.recover(node.url, tmp_path / "new-device", patient.recovery_code, PASSPHRASE, kdf="min")
     async with new:
         assert [r.data["code"] for r in await new.records()] == ["E11.9"]
-        await new.revoke_device(patient.device)
+        await new.revoke_device(patient.device, patient.recovery_code)
         await new.add_condition("I10")
         assert {r.data["code"] for r in await new.records()} == {"E11.9", "I10"}
     with pytest.raises(NodeRefused) as info:

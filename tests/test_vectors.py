@@ -75,7 +75,7 @@ def test_consent_vectors():
     from rxfed.crypto import b64e, pseudonym_key
 
     v = load("consent.json")
-    key = pseudonym_key(b64d(v["root_seed"], length=32), v["pseudonym"]["label"])
+    key = pseudonym_key(b64d(v["pseudonym_secret"], length=32), v["pseudonym"]["label"])
     assert b64e(key.seed) == v["pseudonym"]["seed"]
     assert b64e(key.public) == v["pseudonym"]["public_key"]
     assert pg.subject_of(key.public) == v["pseudonym"]["subject"]
@@ -134,3 +134,78 @@ def test_acknowledgement_vector():
     with pytest.raises(RxfedError):
         pg.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example", revocation=v["revocation"],
                                  node_keys=[SigningKeyPair.from_seed(bytes(32)).public])
+
+
+def test_vault_vectors():
+    """Identity chain, sealed record, envelope and recovery bundle (spec/crypto.md 1-3, 6)."""
+    from rxfed.client.identity import EpochSecrets, open_secrets
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.records import VaultKeyring, open_record, secretbox_open
+    from rxfed.crypto.recovery import RecoveryCode
+    from rxfed.protocol import vault as pv
+
+    v = load("vault.json")
+    root = SigningKeyPair.from_seed(b64d(v["root_seed"]))
+    chain = pv.IdentityChain.verify(root.public, v["identity_chain"])
+    assert chain.current.epoch == 2 and chain.statements[0].patient == v["patient"]
+    with pytest.raises(RxfedError):  # epoch 2 alone is not a chain
+        pv.IdentityChain.verify(root.public, v["identity_chain"][1:])
+    secrets = EpochSecrets.from_bytes(v["secrets"]["bytes"].encode())
+    env = v["envelope"]
+    opened = open_secrets(chain.statements[0], env["holder"], BoxKeyPair.from_secret(b64d(env["box_secret"])),
+                          b64d(env["sealed"]))
+    assert opened == secrets
+    rec = v["record"]
+    sealed = b64d(rec["sealed"])
+    assert open_record(VaultKeyring({1: b64d(rec["vault_key"])}), rec["ad"].encode(), sealed) == rec["plaintext"].encode()
+    assert len(sealed) == 2 + 4 + 72 + 24 + rec["padded_size"] + 16
+    r = v["recovery"]
+    code = RecoveryCode.parse(r["code"])
+    assert b64d(r["bundle_key"]) == code.bundle_key() and b64d(r["auth_public"]) == code.auth_key().public
+    assert b64d(r["box_public"]) == BoxKeyPair.from_secret(code.box_secret()).public
+    assert secretbox_open(code.bundle_key(), r["bundle_ad"].encode(), b64d(r["root_bundle"])) == root.seed
+
+
+def test_keyfile_vector():
+    from rxfed.crypto import WrongPassphrase, b64e
+    from rxfed.crypto.keyfile import KdfCost, keyfile_ad, keyfile_key, open_keyfile, seal_keyfile
+
+    v = load("keyfile.json")
+    cost = KdfCost(v["opslimit"], v["memlimit"])
+    assert cost == KdfCost.named("min")
+    salt = b64d(v["salt"], length=16)
+    assert b64e(keyfile_key(v["passphrase"], salt, cost)) == v["key"]
+    doc = json.loads(v["file"])
+    assert keyfile_ad({"format": doc["format"], "kdf": doc["kdf"]}).decode() == v["ad"]
+    assert b64d(doc["sealed"])[:24] == b64d(v["nonce"])  # nonce || ciphertext || tag
+    assert open_keyfile(v["file"].encode(), v["passphrase"]) == v["plaintext"].encode()
+    assert seal_keyfile(v["plaintext"].encode(), v["passphrase"], cost, salt=salt,
+                        nonce=b64d(v["nonce"])).decode() == v["file"]
+    for data, passphrase in ((v["tampered_file"], v["passphrase"]), (v["file"], v["passphrase"] + "!")):
+        with pytest.raises(WrongPassphrase):
+            open_keyfile(data.encode(), passphrase)
+
+
+def test_node_key_rotation_vectors():
+    from rxfed.crypto import b64e
+    from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys
+
+    v = load("node-key-rotation.json")
+    for name, seed in v["seeds"].items():
+        assert b64e(SigningKeyPair.from_seed(b64d(seed)).public) == v["public_keys"][name]
+    r12 = v["statements"]["r12"]
+    assert "rxfed-statement|" + canonical(r12["body"]).decode() == v["signed_bytes"]["r12"]
+    k1 = SigningKeyPair.from_seed(b64d(v["seeds"]["k1"]))
+    assert open_statement(r12, "r12", "rxfed.node-key-rotation", k1.public) == r12["body"]
+    with pytest.raises(RxfedError) as refused:
+        KeyRotation.from_statement(v["statements"]["forged"], "forged")
+    assert refused.value.code == "bad_statement_signature"
+    for case in v["cases"]:
+        anchors = tuple(NodeKey.from_json(k, "anchor") for k in case["anchors"])
+        rotations = []
+        for name in case["rotations"]:
+            try:
+                rotations.append(KeyRotation.from_statement(v["statements"][name], name))
+            except RxfedError:
+                pass
+        assert [k.to_json() for k in trusted_keys(anchors, tuple(rotations))] == case["trusted"], case["case"]

@@ -29,10 +29,13 @@ def add_parser(sub) -> None:
     run.add_argument("--tls-key", help="PEM private key for --tls-cert")
     run.set_defaults(func=cmd_run)
 
-    peers = nsub.add_parser("peers", help="list peers, or allow, deny, block or reset one")
+    peers = nsub.add_parser("peers", help="list peers, or allow, deny, block or reset one, or accept its new key")
     peers.add_argument("data_dir", metavar="DATA_DIR")
-    peers.add_argument("peer_action", metavar="ACTION", choices=("list", "allow", "deny", "block", "reset"),
-                       help="list | allow PEER | deny PEER (refuse their traffic) | block PEER (also stop ours) | reset PEER")
+    peers.add_argument("peer_action", metavar="ACTION",
+                       choices=("list", "allow", "deny", "block", "reset", "accept-key"),
+                       help="list | allow PEER | deny PEER (refuse their traffic) | block PEER (also stop ours) | "
+                            "reset PEER | accept-key PEER (forget its trusted keys: it changed keys without a "
+                            "signed rotation)")
     peers.add_argument("peer", metavar="PEER", nargs="?", help="the peer's node id (host[:port])")
     peers.add_argument("--url", help="with allow: the peer's base URL (needed for http on loopback)")
     peers.add_argument("--fingerprint", help="with allow: pin the peer's key fingerprint (SHA256:...)")
@@ -114,6 +117,12 @@ def cmd_peers(args: argparse.Namespace) -> None:
         raise UsageError(f"'peers {args.peer_action}' needs a PEER")
     if args.peer_action != "allow" and (args.url or args.fingerprint):
         raise UsageError("--url and --fingerprint go with allow")
+    if args.peer_action == "accept-key":
+        pin = admin.accept_peer_key(args.data_dir, args.peer)
+        after = f"must list the pinned key {pin}" if pin else "is trusted as on first contact"
+        Output(args.json).result({"peer": args.peer, "pinned": pin}, [
+            f"{args.peer}: trusted keys forgotten; the next key document it serves {after}"])
+        return
     policy = _POLICY[args.peer_action]
     admin.peer_policy(args.data_dir, args.peer, policy, url=args.url, fingerprint=args.fingerprint)
     Output(args.json).result({"peer": args.peer, "policy": policy}, [f"{args.peer} is now {policy}"])

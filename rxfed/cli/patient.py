@@ -34,17 +34,38 @@ def add_parser(sub) -> None:
     rec.add_argument("--node", required=True, metavar="URL")
     _profile(rec)
     rec.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"))
+    rec.add_argument("--revoke-others", action="store_true",
+                     help="revoke every other device in the same step (a lost or stolen one)")
     json_flag(rec)
     rec.set_defaults(func=cmd_recover)
 
-    dev = psub.add_parser("devices", help="list or revoke devices")
+    link = psub.add_parser("link", help="add this machine as a device of an existing patient, from an active device")
+    lsub = link.add_subparsers(dest="link_action", metavar="ACTION", required=True)
+    lr = lsub.add_parser("request", help="make this device's keys and print a link code for an active device")
+    lr.add_argument("--node", required=True, metavar="URL")
+    _profile(lr)
+    lr.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"))
+    json_flag(lr)
+    lr.set_defaults(func=cmd_link_request)
+    lf = lsub.add_parser("finish", help="once an active device added this one, adopt the account")
+    _profile(lf)
+    lf.add_argument("--confirm", metavar="CODE", help="the confirmation code `devices add` printed")
+    json_flag(lf)
+    lf.set_defaults(func=cmd_link_finish)
+
+    dev = psub.add_parser("devices", help="list, add or revoke devices")
     dsub = dev.add_subparsers(dest="devices_action", metavar="ACTION", required=True)
     dl = dsub.add_parser("list", help="list devices")
     _profile(dl)
     json_flag(dl)
     dl.set_defaults(func=cmd_devices_list)
-    dr = dsub.add_parser("revoke", help="revoke a device and rotate the vault key")
-    dr.add_argument("device", metavar="DEVICE_ID")
+    da = dsub.add_parser("add", help="enrol a new device from its link code (`rxfed patient link request`)")
+    da.add_argument("link", metavar="LINK_CODE")
+    _profile(da)
+    json_flag(da)
+    da.set_defaults(func=cmd_devices_add)
+    dr = dsub.add_parser("revoke", help="revoke a device (needs the recovery code, from RXFED_RECOVERY_CODE or a prompt)")
+    dr.add_argument("device", metavar="DEVICE_ID", nargs="+")
     _profile(dr)
     json_flag(dr)
     dr.set_defaults(func=cmd_devices_revoke)
@@ -57,7 +78,8 @@ def add_parser(sub) -> None:
 
     rc = psub.add_parser("recovery-code", help="manage the recovery code")
     rcsub = rc.add_subparsers(dest="rc_action", metavar="ACTION", required=True)
-    rot = rcsub.add_parser("rotate", help="issue a new recovery code; the old one stops working")
+    rot = rcsub.add_parser("rotate", help="issue a new recovery code (give the current one in RXFED_RECOVERY_CODE "
+                                          "or at the prompt); the old one stops working")
     _profile(rot)
     json_flag(rot)
     rot.set_defaults(func=cmd_recovery_rotate)
@@ -181,19 +203,25 @@ def cmd_register(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_recover(args: argparse.Namespace) -> None:
-    from rxfed.client import PatientClient
+def _recovery_code(prompt: str = "Recovery code: "):
     from rxfed.crypto.recovery import RecoveryCode
 
-    kdf = kdf_choice(args)
     try:
-        code = RecoveryCode.parse(secret_input("RXFED_RECOVERY_CODE", "Recovery code: "))
+        return RecoveryCode.parse(secret_input("RXFED_RECOVERY_CODE", prompt))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    from rxfed.client import PatientClient
+
+    kdf = kdf_choice(args)
+    code = _recovery_code()
     passphrase = _passphrase(new=True)
 
     async def go():
-        client = await PatientClient.recover(args.node, Path(args.profile), code, passphrase, kdf=kdf)
+        client = await PatientClient.recover(args.node, Path(args.profile), code, passphrase, kdf=kdf,
+                                             revoke_others=args.revoke_others)
         async with client:
             return client.patient, client.device
 
@@ -202,15 +230,49 @@ def cmd_recover(args: argparse.Namespace) -> None:
                              [f"access restored; this device is {device}", patient])
 
 
+def cmd_link_request(args: argparse.Namespace) -> None:
+    from rxfed.client import PatientClient
+
+    kdf = kdf_choice(args)
+    passphrase = _passphrase(new=True)
+    code = run_async(PatientClient.request_link(args.node, Path(args.profile), passphrase, kdf=kdf))
+    Output(args.json).result({"link_code": code, "node": args.node}, [
+        "on an active device of yours, run:", f"  rxfed patient devices add {code} --profile ...",
+        f"then here: rxfed patient link finish --profile {args.profile} --confirm CODE", code])
+
+
+def cmd_link_finish(args: argparse.Namespace) -> None:
+    client = _client(args)
+
+    async def go():
+        async with client:
+            confirm = await client.finish_link(args.confirm)
+            return client.patient, client.device, confirm
+
+    patient, device, confirm = run_async(go())
+    lines = [f"this device ({device}) is linked to patient {patient}"]
+    if args.confirm is None:
+        lines.append(f"check that the other device showed the confirmation code {confirm}")
+    Output(args.json).result({"patient": patient, "device": device, "confirmation": confirm,
+                              "confirmed": args.confirm is not None}, lines + [patient])
+
+
+def cmd_devices_add(args: argparse.Namespace) -> None:
+    device, confirm = _with_client(args, lambda c: c.add_device(args.link))
+    Output(args.json).result({"device": device, "confirmation": confirm}, [
+        f"device {device} enrolled; on it, run `rxfed patient link finish --confirm {confirm}`", confirm])
+
+
 def cmd_devices_list(args: argparse.Namespace) -> None:
     devices = _with_client(args, lambda c: c.devices())
     rows = [{"device": d.device, "created": d.created, "revoked": d.revoked, "current": d.current,
-             "verified": d.verified} for d in devices]
+             "verified": d.verified, "enrolled_by": d.enrolled_by, "known": d.known} for d in devices]
 
     def lines():
         out = []
         for d in devices:
             flags = [f for f, on in (("this device", d.current), ("revoked", d.revoked is not None),
+                                     (f"enrolled by {d.enrolled_by}", d.enrolled_by is not None),
                                      ("NOT SIGNED BY YOUR KEY", not d.verified)) if on]
             created = dt.datetime.fromtimestamp(d.created, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             out.append(f"{d.device}  added {created}" + (f"  ({', '.join(flags)})" if flags else ""))
@@ -220,9 +282,17 @@ def cmd_devices_list(args: argparse.Namespace) -> None:
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.revoke_device(args.device))
-    Output(args.json).result({"revoked": args.device},
-                             ["device revoked; the vault key was rotated", args.device])
+    client = _client(args)
+    code = _recovery_code()
+
+    async def go():
+        async with client:
+            return await client.revoke_devices(args.device, code)
+
+    revoked = run_async(go())
+    Output(args.json).result({"revoked": revoked}, [
+        "revoked (a new identity epoch: revoked devices can read nothing written from now on, and enrol, "
+        "revoke or change nothing):", *revoked])
 
 
 def cmd_passphrase(args: argparse.Namespace) -> None:
@@ -233,7 +303,14 @@ def cmd_passphrase(args: argparse.Namespace) -> None:
 
 
 def cmd_recovery_rotate(args: argparse.Namespace) -> None:
-    code = _with_client(args, lambda c: c.rotate_recovery_code())
+    client = _client(args)
+    current = _recovery_code("Current recovery code: ")
+
+    async def go():
+        async with client:
+            return await client.rotate_recovery_code(current)
+
+    code = run_async(go())
     Output(args.json).result({"recovery_code": str(code)},
                              ["new recovery code (the old one no longer works); keep it safe:", str(code)])
 

@@ -85,8 +85,19 @@ class Consent:
     def _now(self) -> int:
         return int(self.client.clock())
 
-    def _key(self, node: str, purpose: str, plugin: str | None):
-        return pseudonym_key(self.client.identity.root.seed, pg.pseudonym_label(node, purpose, plugin))
+    def _key(self, node: str, purpose: str, plugin: str | None, subject_key: bytes | None = None):
+        """The pseudonymous key for (node, purpose, plugin): of the current identity epoch
+        for a new token, or of the epoch whose key ``subject_key`` is (tokens made before a
+        rotation keep theirs). Call ``await self.client.secrets()`` first."""
+        label = pg.pseudonym_label(node, purpose, plugin)
+        current = pseudonym_key(self.client.pseudonym_secret(), label)
+        if subject_key is None or current.public == subject_key:
+            return current
+        for secret in self.client.pseudonym_secrets():
+            key = pseudonym_key(secret, label)
+            if key.public == subject_key:
+                return key
+        return current
 
     async def nodes(self) -> dict:
         """The nodes a grant can reach through the home node, and the kinds it knows."""
@@ -147,7 +158,7 @@ class Consent:
                     out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
                                 "reason": f"cannot get the node's key: {exc.message}"})
                     continue
-                key = self._key(parsed.node, parsed.purpose, target.only_plugin())
+                key = self._key(parsed.node, parsed.purpose, target.only_plugin(), parsed.subject_key)
                 bodies = await self.derive(parsed.kind, records)
                 delivery = pg.new_id()
                 # Go on from the token's last sequence number, whichever device sent it (the
@@ -178,6 +189,7 @@ class Consent:
         now = self._now()
         target = pg.Recipient.parse(recipient, "--to")
         pg.check_purpose(purpose)
+        await self.client.secrets()
         if until is not None and until <= now:
             raise pg.ConsentError("a grant ends in the future", code="bad_date")
         # whole days: every recipient sees this end, so it must not single the patient out
@@ -230,6 +242,7 @@ class Consent:
         now = self._now()
         out = []
         documents: dict = {}
+        await self.client.secrets()
         for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
             mine = {t["token"]: token for t in g["tokens"] if (token := self._mine(g, t)) is not None}
             # The nodes the patient signed: every token this profile made names them.
@@ -267,7 +280,8 @@ class Consent:
         target = pg.Recipient.parse(grant["recipient"])
         if (token.id != listed["token"] or token.node != listed["node"] or token.kind != grant["kind"]
                 or token.purpose != grant["purpose"] or token.recipient != target
-                or self._key(token.node, token.purpose, target.only_plugin()).public != token.subject_key):
+                or self._key(token.node, token.purpose, target.only_plugin(), token.subject_key).public
+                != token.subject_key):
             return None
         return token
 
@@ -298,12 +312,13 @@ class Consent:
             raise NotFound("no such grant", code="unknown_grant")
         grant = found[0]
         now = self._now()
+        await self.client.secrets()
         target = pg.Recipient.parse(grant["recipient"])
         revocations = {}
         for t in grant["tokens"]:
             token = pg.Token.from_json(t["statement"])
-            revocations[t["token"]] = pg.revoke_token(self._key(token.node, token.purpose, target.only_plugin()),
-                                                      t["token"], now)
+            key = self._key(token.node, token.purpose, target.only_plugin(), token.subject_key)
+            revocations[t["token"]] = pg.revoke_token(key, t["token"], now)
         return await self.client._call("POST", "/v1/consent/revoke", {
             "grant": grant_id, "revocation": pg.revoke_grant(self.client.identity.device, grant_id, now),
             "tokens": revocations})
@@ -339,6 +354,7 @@ class Consent:
         acked = [e for e in entries if e.get("event") == "acknowledged"]
         if not acked:
             return {}
+        await self.client.secrets()
         grants = (await self.client._call("GET", "/v1/consent/grants"))["grants"]
         tokens = {t["token"]: (g, t) for g in grants for t in g["tokens"]}
         out, documents = {}, {}

@@ -1,9 +1,11 @@
 """The patient's profile directory: the passphrase-sealed key file and local state.
 
-``keys.json`` holds the secrets (root identity seed, this device's signing seed and box
-secret) sealed with Argon2id + XChaCha20-Poly1305; ``state.json`` holds what is not secret
-but must survive between runs: the highest manifest counter seen, to detect a node that
-rolls the vault back. Both are written atomically with mode 0600.
+``keys.json`` holds this device's secrets (its signing seed and box secret; the patient's
+master key is never kept on a device) and the patient's root public key, sealed with
+Argon2id + XChaCha20-Poly1305; ``state.json`` holds what is not secret but must survive
+between runs: what this device has seen and pins (the highest manifest counter, the newest
+identity epoch and its hash, the devices it enrolled and revoked), so that a node serving an
+older or forked state is detected. Both are written atomically with mode 0600.
 """
 
 from __future__ import annotations
@@ -32,28 +34,58 @@ class WrongPassphraseError(Unauthorized):
 
 @attrs.frozen
 class Identity:
-    """Everything secret about one patient device, plus where the patient is registered."""
+    """One patient device's own secrets, the patient's root public key (which names the
+    patient), and where the patient is registered. ``patient`` and ``root_key`` are None on
+    a device waiting to be linked to an account (``rxfed patient link``)."""
 
-    patient: str
+    patient: str | None
     node_url: str
     node_id: str
-    root: SigningKeyPair = attrs.field(repr=False)
+    root_key: bytes | None
     device: SigningKeyPair = attrs.field(repr=False)
     box: BoxKeyPair = attrs.field(repr=False)
 
     def to_bytes(self) -> bytes:
         return json.dumps({
-            "patient": self.patient, "node_url": self.node_url, "node_id": self.node_id,
-            "root": b64e(self.root.seed), "device": b64e(self.device.seed), "box": b64e(self.box.secret),
+            "format": 2, "patient": self.patient, "node_url": self.node_url, "node_id": self.node_id,
+            "root_key": b64e(self.root_key) if self.root_key else None,
+            "device": b64e(self.device.seed), "box": b64e(self.box.secret),
         }).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Identity:
         doc = json.loads(data)
-        return cls(doc["patient"], doc["node_url"], doc["node_id"],
-                   SigningKeyPair.from_seed(b64d(doc["root"], length=32)),
+        if doc.get("format") != 2:
+            raise ProfileError("this profile was made by an older rxfed whose devices held the patient's root "
+                               "key; register again, or recover with the recovery code into a new profile")
+        root_key = doc.get("root_key")
+        return cls(doc["patient"], doc["node_url"], doc["node_id"], b64d(root_key, length=32) if root_key else None,
                    SigningKeyPair.from_seed(b64d(doc["device"], length=32)),
                    BoxKeyPair.from_secret(b64d(doc["box"], length=32)))
+
+
+@attrs.frozen
+class LocalState:
+    """What this device has seen: the newest manifest counter and identity epoch (with the
+    hash of that epoch's statement), and the devices it enrolled or revoked itself."""
+
+    counter: int = 0
+    epoch: int = 0
+    identity_hash: str | None = None
+    devices: dict[str, str] = attrs.Factory(dict)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"counter": self.counter, "epoch": self.epoch, "identity_hash": self.identity_hash,
+                           "devices": self.devices}, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LocalState:
+        doc = json.loads(data)
+        devices = doc.get("devices", {})
+        if not isinstance(devices, dict):
+            raise ValueError("devices")
+        return cls(int(doc["counter"]), int(doc.get("epoch", 0)), doc.get("identity_hash"),
+                   {str(k): str(v) for k, v in devices.items()})
 
 
 def write_private(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -82,7 +114,7 @@ class Profile:
             raise Conflict(f"{self.path} already holds a profile; choose another --profile", code="profile_exists")
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.save(identity, passphrase, cost)
-        self.set_counter(0)
+        self.save_state(LocalState())
 
     def save(self, identity: Identity, passphrase: str, cost: KdfCost) -> None:
         try:
@@ -101,18 +133,25 @@ class Profile:
         except WrongPassphrase as exc:
             raise WrongPassphraseError(str(exc)) from None
 
-    def counter(self) -> int:
+    def state(self) -> LocalState:
         try:
-            return int(json.loads((self.path / STATE).read_text())["counter"])
+            return LocalState.from_bytes((self.path / STATE).read_bytes())
         except FileNotFoundError:
-            return 0
-        except (ValueError, KeyError, TypeError):
+            return LocalState()
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ProfileError(f"{self.path / STATE} is damaged") from None
+
+    def save_state(self, state: LocalState, *, durable: bool = True) -> None:
+        write_private(self.path / STATE, state.to_bytes(), durable=durable)
+
+    def counter(self) -> int:
+        return self.state().counter
 
     def set_counter(self, counter: int) -> None:
         # Not fsynced: after a crash the counter may be a step behind, which weakens rollback
         # detection by that step only; an fsync per write would double a write's cost.
-        write_private(self.path / STATE, json.dumps({"counter": counter}).encode(), durable=False)
+        # (Identity pins are saved durably by save_state.)
+        self.save_state(attrs.evolve(self.state(), counter=counter), durable=False)
 
     def remove(self) -> None:
         for name in (KEYS, STATE):

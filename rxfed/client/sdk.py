@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 from collections.abc import Callable, Iterable
@@ -12,27 +13,27 @@ import aiohttp
 import attrs
 
 from rxfed.client import records as rec
-from rxfed.client.profile import Identity, Profile
-from rxfed.client.records import Record
-from rxfed.crypto import (
-    BoxKeyPair,
-    DecryptionFailed,
-    SigningKeyPair,
-    b64d,
-    b64e,
-    open_signed,
-    random_bytes,
-    seal_signed,
-    sha256,
+from rxfed.client.identity import (
+    EpochSecrets,
+    IntegrityError,
+    RollbackDetected,
+    open_secrets,
+    seal_secrets,
+    verify_chain,
 )
+from rxfed.client.profile import Identity, LocalState, Profile
+from rxfed.client.records import Record
+from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64d, b64e, random_bytes, sha256
 from rxfed.crypto.keyfile import KdfCost
-from rxfed.crypto.records import VaultKeyring, open_record, seal_record, secretbox_open, secretbox_seal
+from rxfed.crypto.records import open_record, seal_record, secretbox_open, secretbox_seal
 from rxfed.crypto.recovery import RecoveryCode
-from rxfed.errors import BadRequest, Conflict, RxfedError, Unavailable
+from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.statements import sign_statement
+
+__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "RollbackDetected"]
 
 #: Records per commit when importing many at once (keeps each request well under the limit).
 CHUNK = 64
@@ -47,55 +48,59 @@ class NodeRefused(RxfedError):
         self.status = status
 
 
-class IntegrityError(RxfedError):
-    """The node served something the patient never signed: tampering or silent loss."""
-
-    status = 502
-    code = "integrity_error"
-
-
-class RollbackDetected(IntegrityError):
-    code = "rollback_detected"
-
-
 def record_ad(patient: str, record_id: str, version: int) -> bytes:
     """Associated data binding a sealed record to its owner, id and version."""
     return canonical({"owner": patient, "record": record_id, "version": version})
 
 
-def keyring_envelope(root: SigningKeyPair, holder: str, box_key: bytes, keyring: VaultKeyring) -> bytes:
-    """The vault keyring sealed to one holder (a device or the recovery key), signed inside by
-    the root key so the node cannot hand a device a keyring of its own making."""
-    return seal_signed(root, box_key, b"rxfed-keyring|" + holder.encode() + b"|", keyring.to_bytes())
+def _bundle_ad(patient: str) -> bytes:
+    return b"rxfed-recovery|" + patient.encode()
 
 
-def open_keyring_envelope(root_key: bytes, holder: str, box: BoxKeyPair, sealed: bytes) -> VaultKeyring:
+def recovery_material(master: SigningKeyPair, code: RecoveryCode, secrets: EpochSecrets, patient: str) -> pv.RecoverySetup:
+    """What the node keeps for a recovery code: the master key sealed under the code's bundle
+    key, and the epoch's secrets sealed to the code's box key."""
+    box = BoxKeyPair.from_secret(code.box_secret())
+    return pv.RecoverySetup(secretbox_seal(code.bundle_key(), _bundle_ad(patient), master.seed),
+                            seal_secrets(secrets, "recovery", box.public))
+
+
+LINK_PREFIX = "rxfed-link:"
+
+
+def link_code(sign_key: bytes, box_key: bytes) -> str:
+    """What a new device shows so that an active device can enrol it: its two public keys."""
+    return LINK_PREFIX + b64e(sign_key + box_key)
+
+
+def parse_link_code(text: str) -> tuple[bytes, bytes]:
+    text = (text or "").strip()
     try:
-        return VaultKeyring.from_bytes(open_signed(root_key, box, b"rxfed-keyring|" + holder.encode() + b"|", sealed))
-    except DecryptionFailed:
-        raise IntegrityError("the vault keyring from the node is not one the patient sealed") from None
+        if not text.startswith(LINK_PREFIX):
+            raise ValueError
+        raw = b64d(text[len(LINK_PREFIX):], length=64)
+    except ValueError:
+        raise BadRequest("a link code starts with rxfed-link: and is printed by `rxfed patient link`",
+                         code="bad_link_code") from None
+    return raw[:32], raw[32:]
 
 
-def _recovery_box(code: RecoveryCode) -> BoxKeyPair:
-    return BoxKeyPair.from_secret(code.box_secret())
-
-
-def recovery_setup(root: SigningKeyPair, code: RecoveryCode, keyring: VaultKeyring, now: int) -> pv.RecoverySetup:
-    box = _recovery_box(code)
-    auth = code.auth_key()
-    patient = pv.patient_id(root.public)
-    statement = pv.RecoverySetup.statement_for(root, auth.public, box.public, now)
-    root_bundle = secretbox_seal(code.bundle_key(), b"rxfed-recovery|" + patient.encode(), root.seed)
-    return pv.RecoverySetup(auth.public, box.public, statement, root_bundle,
-                            keyring_envelope(root, "recovery", box.public, keyring))
+def confirmation_code(identity: pv.IdentityStatement, device: str) -> str:
+    """A short code both devices show when one enrols the other: it binds the identity epoch
+    the enrolling device signed under and the new device, so a node cannot hand the new
+    device another identity (compare, or pass it to ``link finish --confirm``)."""
+    text = base64.b32encode(sha256(b"rxfed-link-confirm|" + identity.hash + device.encode())[:10]).decode()
+    return "-".join(text[i : i + 4] for i in range(0, 16, 4))
 
 
 @attrs.frozen
 class VaultState:
-    """The vault as the node served it, checked against the patient's signed manifest."""
+    """The vault as the node served it, checked against the patient's identity chain and
+    signed manifest."""
 
     account: dict
-    keyring: VaultKeyring = attrs.field(repr=False)
+    chain: pv.IdentityChain
+    secrets: EpochSecrets = attrs.field(repr=False)
     counter: int
     entries: dict[str, tuple[int, bytes]]
     blobs: dict[str, tuple[int, bytes]] = attrs.field(repr=False)
@@ -107,7 +112,11 @@ class DeviceInfo:
     created: int
     revoked: int | None
     current: bool
+    #: The certificate verifies, and the node's "revoked" agrees with the epoch it names.
     verified: bool
+    enrolled_by: str | None
+    #: What this device itself did: "registered", "enrolled", "revoked", or None.
+    known: str | None
 
 
 class PatientClient:
@@ -120,12 +129,16 @@ class PatientClient:
         self.clock = clock
         self._session = session
         self._own_session = session is None
+        self._secrets: EpochSecrets | None = None
+        self._passphrase: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
     def open(cls, profile_dir: str | Path, passphrase: str, **kwargs: Any) -> PatientClient:
-        profile = Profile(Path(profile_dir))
-        return cls(profile, profile.unlock(passphrase), **kwargs)
+        profile = Profile(Path(profile_dir).expanduser())
+        client = cls(profile, profile.unlock(passphrase), **kwargs)
+        client._passphrase = passphrase
+        return client
 
     async def __aenter__(self) -> PatientClient:
         return self
@@ -141,6 +154,10 @@ class PatientClient:
     @property
     def patient(self) -> str:
         return self.identity.patient
+
+    @property
+    def root_key(self) -> bytes:
+        return self.identity.root_key
 
     @property
     def device(self) -> str:
@@ -221,81 +238,236 @@ class PatientClient:
 
     @classmethod
     async def _enrol(cls, profile: Profile, identity: Identity, passphrase: str, kdf: str, session, own: bool,
-                     clock, path: str, body: dict) -> PatientClient:
+                     clock, path: str, body: dict, *, key: SigningKeyPair | None = None,
+                     pins: LocalState | None = None) -> PatientClient:
         """Write the profile, then make the request that registers this device with the
         node; the profile is removed again if the node refuses. (The profile comes first: a
         registered device must never lack its keys.)"""
         profile.create(identity, passphrase, KdfCost.named(kdf))
+        if pins is not None:
+            profile.save_state(pins)
         client = cls(profile, identity, session=session, clock=clock)
         client._own_session = own
         try:
-            await client._call("POST", path, body)
+            await client._call("POST", path, body, key=key)
         except BaseException:
             profile.remove()
             raise
         return client
+
+    @staticmethod
+    def _pins(identity: pv.IdentityStatement, device: str, how: str) -> LocalState:
+        return LocalState(epoch=identity.epoch, identity_hash=b64e(identity.hash), devices={device: how})
 
     @classmethod
     async def register(cls, node_url: str, profile_dir: str | Path, passphrase: str, *, invite: str | None = None,
                        kdf: str = "moderate", clock: Callable[[], float] = time.time,
                        session: aiohttp.ClientSession | None = None) -> tuple[PatientClient, RecoveryCode]:
         """Create keys locally, register their public halves, and return the client and the
-        recovery code (shown to the patient once; the node never sees it)."""
+        recovery code (shown to the patient once; the node never sees it). The master key
+        is sealed under the code and then forgotten: no device keeps it."""
         KdfCost.named(kdf)
         async with cls._new_device(profile_dir, session) as (profile, session, own):
             node = await cls.discover(session, node_url)
             now = int(clock())
             root, device, box = SigningKeyPair.generate(), SigningKeyPair.generate(), BoxKeyPair.generate()
-            keyring, code = VaultKeyring.generate(), RecoveryCode.generate()
-            cert = pv.DeviceCert.issue(root, device.public, box.public, now)
-            identity = Identity(pv.patient_id(root.public), node_url.rstrip("/"), node["node_id"], root, device, box)
+            secrets, code = EpochSecrets.first(), RecoveryCode.generate()
+            patient = pv.patient_id(root.public)
+            ident = pv.IdentityStatement.issue(
+                root, patient=patient, epoch=1, previous=None, master_key=root.public,
+                signing_key=secrets.signing.public, recovery_auth=code.auth_key().public,
+                recovery_box=BoxKeyPair.from_secret(code.box_secret()).public, now=now)
+            cert = pv.DeviceCert.issue(secrets.signing, patient=patient, epoch=1, sign_key=device.public,
+                                       box_key=box.public, enrolled_by="registration", now=now)
+            identity = Identity(patient, node_url.rstrip("/"), node["node_id"], root.public, device, box)
             body = {
                 "root_key": b64e(root.public),
+                "identity": ident.signed,
                 "device": cert.signed,
-                "keyring": b64e(keyring_envelope(root, cert.device, box.public, keyring)),
-                "recovery": recovery_setup(root, code, keyring, now).to_json(),
+                "keyring": b64e(seal_secrets(secrets, cert.device, box.public)),
+                "recovery": recovery_material(root, code, secrets, patient).to_json(),
                 "invite": invite,
             }
-            client = await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/patients", body)
+            client = await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/patients", body,
+                                      pins=cls._pins(ident, cert.device, "registered"))
             return client, code
+
+    @classmethod
+    async def _recovery_bundle(cls, session: aiohttp.ClientSession, node_url: str, node_id: str, code: RecoveryCode,
+                               now: int, pins: LocalState | None = None, root_key: bytes | None = None):
+        """What the node keeps for ``code``, checked: (patient, root key, chain, master key,
+        epoch secrets). Only the current code opens anything: the node answers only to the
+        current recovery key, and the master key it holds must be the current epoch's."""
+        auth = code.auth_key()
+        raw = canonical({})
+        headers = sign_request(auth, method="POST", target="/v1/recovery/bundle", destination=node_id, body=raw,
+                               now=now)
+        try:
+            found = await cls._http(session, "POST", node_url.rstrip("/") + "/v1/recovery/bundle", body=raw,
+                                    headers=headers)
+        except NodeRefused as exc:
+            if exc.code == "unknown_key":
+                raise Forbidden("this recovery code is not the patient's current one on this node",
+                                code="wrong_recovery_code") from None
+            raise
+        try:
+            found_root = b64d(found["root_key"], length=32)
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("the node's recovery answer is malformed") from None
+        if root_key is not None and found_root != root_key:
+            raise Forbidden("this recovery code belongs to another account", code="wrong_recovery_code")
+        patient = pv.patient_id(found_root)
+        chain, pins = verify_chain(found_root, found.get("identity"), pins or LocalState())
+        current = chain.current
+        if current.recovery_auth != auth.public:
+            raise Forbidden("this recovery code is not the patient's current one", code="wrong_recovery_code")
+        try:
+            seed = secretbox_open(code.bundle_key(), _bundle_ad(patient), b64d(found["root_bundle"]))
+        except (DecryptionFailed, KeyError, TypeError, ValueError):
+            raise IntegrityError("the recovery bundle does not open with this code") from None
+        master = SigningKeyPair.from_seed(seed)
+        if master.public != current.master_key:
+            raise IntegrityError("the recovery bundle holds another master key than the current epoch names")
+        secrets = open_secrets(current, "recovery", BoxKeyPair.from_secret(code.box_secret()), b64d(found["keyring"]))
+        return patient, found_root, chain, master, secrets
 
     @classmethod
     async def recover(cls, node_url: str, profile_dir: str | Path, code: RecoveryCode, passphrase: str, *,
                       kdf: str = "moderate", clock: Callable[[], float] = time.time,
-                      session: aiohttp.ClientSession | None = None) -> PatientClient:
-        """Restore access on a new device from the recovery code alone."""
+                      session: aiohttp.ClientSession | None = None, revoke_others: bool = False) -> PatientClient:
+        """Restore access on a new device from the recovery code alone; with
+        ``revoke_others``, revoke every other device in the same step (a lost or stolen one)."""
         KdfCost.named(kdf)
         async with cls._new_device(profile_dir, session) as (profile, session, own):
             node = await cls.discover(session, node_url)
-            auth = code.auth_key()
-            raw = canonical({})
-            headers = sign_request(auth, method="POST", target="/v1/recovery/bundle", destination=node["node_id"],
-                                   body=raw, now=int(clock()))
-            found = await cls._http(session, "POST", node_url.rstrip("/") + "/v1/recovery/bundle", body=raw,
-                                    headers=headers)
-            root_key = b64d(found["root_key"], length=32)
-            patient = pv.patient_id(root_key)
-            if found["patient"] != patient:
-                raise IntegrityError("the node's recovery answer names another patient")
-            try:
-                seed = secretbox_open(code.bundle_key(), b"rxfed-recovery|" + patient.encode(), b64d(found["root_bundle"]))
-            except DecryptionFailed:
-                raise IntegrityError("the recovery bundle does not open with this code") from None
-            root = SigningKeyPair.from_seed(seed)
-            if root.public != root_key:
-                raise IntegrityError("the recovery bundle holds another identity key")
-            keyring = open_keyring_envelope(root_key, "recovery", _recovery_box(code), b64d(found["keyring"]))
+            patient, root_key, chain, _master, secrets = await cls._recovery_bundle(
+                session, node_url, node["node_id"], code, int(clock()))
             device, box = SigningKeyPair.generate(), BoxKeyPair.generate()
-            cert = pv.DeviceCert.issue(root, device.public, box.public, int(clock()))
-            identity = Identity(patient, node_url.rstrip("/"), node["node_id"], root, device, box)
-            body = {"device": cert.signed, "keyring": b64e(keyring_envelope(root, cert.device, box.public, keyring))}
-            return await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/devices", body)
+            cert = pv.DeviceCert.issue(secrets.signing, patient=patient, epoch=secrets.epoch, sign_key=device.public,
+                                       box_key=box.public, enrolled_by="recovery", now=int(clock()))
+            identity = Identity(patient, node_url.rstrip("/"), node["node_id"], root_key, device, box)
+            body = {"device": cert.signed, "keyring": b64e(seal_secrets(secrets, cert.device, box.public))}
+            client = await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/devices", body,
+                                      key=code.auth_key(), pins=cls._pins(chain.current, cert.device, "registered"))
+            if revoke_others:
+                others = [d.device for d in await client.devices() if not d.current and d.revoked is None]
+                if others:
+                    await client.revoke_devices(others, code)
+            return client
+
+    # -- linking a new device from an active one -------------------------------------------
+    @classmethod
+    async def request_link(cls, node_url: str, profile_dir: str | Path, passphrase: str, *,
+                           kdf: str = "moderate", session: aiohttp.ClientSession | None = None) -> str:
+        """Make this device's keys and a profile waiting to be linked; return the link code
+        to enter on an active device (``add_device``). Nothing is sent to the node."""
+        KdfCost.named(kdf)
+        async with cls._new_device(profile_dir, session) as (profile, session, own):
+            try:
+                node = await cls.discover(session, node_url)
+                device, box = SigningKeyPair.generate(), BoxKeyPair.generate()
+                profile.create(Identity(None, node_url.rstrip("/"), node["node_id"], None, device, box), passphrase,
+                               KdfCost.named(kdf))
+                return link_code(device.public, box.public)
+            finally:
+                if own:
+                    await session.close()
+
+    async def finish_link(self, confirm: str | None = None) -> str:
+        """On a device that requested a link: once an active device enrolled it, adopt the
+        account. ``confirm`` is the confirmation code the enrolling device showed; without it
+        the code this device computes is returned for the patient to compare. Returns the
+        confirmation code."""
+        if self.identity.patient is not None:
+            raise Conflict("this device is already linked to an account", code="already_linked")
+        try:
+            account = await self._call("GET", "/v1/account")
+        except NodeRefused as exc:
+            if exc.code in ("unknown_key", "unknown_account"):
+                raise NotFound("no active device has enrolled this one yet: run `rxfed patient devices add` "
+                               "with this device's link code on one", code="not_linked") from None
+            raise
+        try:
+            root_key = b64d(account["root_key"], length=32)
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("the node's account answer is malformed") from None
+        chain, pins = verify_chain(root_key, account.get("identity"), LocalState())
+        open_secrets(chain.current, self.device, self.identity.box, b64d(account["keyring"]))
+        code = confirmation_code(chain.current, self.device)
+        if confirm is not None and confirm.replace("-", "").strip().upper() != code.replace("-", ""):
+            raise IntegrityError("the confirmation code does not match: the node may be serving another identity; "
+                                 "this device was not linked")
+        identity = attrs.evolve(self.identity, patient=pv.patient_id(root_key), root_key=root_key)
+        from rxfed.crypto.keyfile import keyfile_cost
+
+        self._passphrase_save(identity, keyfile_cost((self.profile.path / "keys.json").read_bytes()))
+        self.profile.save_state(attrs.evolve(pins, devices={self.device: "registered"}))
+        return code
+
+    def _passphrase_save(self, identity: Identity, cost: KdfCost) -> None:
+        if self._passphrase is None:
+            raise BadRequest("open the profile with its passphrase to finish linking", code="passphrase_required")
+        self.profile.save(identity, self._passphrase, cost)
+        self.identity = identity
+
+    async def add_device(self, link: str) -> tuple[str, str]:
+        """Enrol the device that showed ``link`` (its link code) under the current epoch;
+        returns (device id, confirmation code to compare on the new device)."""
+        sign_key, box_key = parse_link_code(link)
+        state = await self._load()
+        secrets = state.secrets
+        cert = pv.DeviceCert.issue(secrets.signing, patient=self.patient, epoch=secrets.epoch, sign_key=sign_key,
+                                   box_key=box_key, enrolled_by=self.device, now=self._now())
+        await self._call("POST", "/v1/devices", {"device": cert.signed,
+                                                 "keyring": b64e(seal_secrets(secrets, cert.device, box_key))})
+        self._remember_devices({cert.device: "enrolled"})
+        return cert.device, confirmation_code(state.chain.current, cert.device)
+
+    def _remember_devices(self, devices: dict[str, str]) -> None:
+        pins = self.profile.state()
+        self.profile.save_state(attrs.evolve(pins, devices={**pins.devices, **devices}))
 
     # -- the vault -------------------------------------------------------------------------
-    async def _load(self) -> VaultState:
-        root = self.identity.root
+    async def _account(self) -> tuple[dict, pv.IdentityChain, EpochSecrets]:
+        """The account as the node serves it, with the identity chain checked against this
+        device's pins (saved when it moved on) and this device's epoch secrets opened."""
+        if self.identity.patient is None:
+            raise Conflict("this device is waiting to be linked to an account: run `rxfed patient link finish`",
+                           code="not_linked")
         account = await self._call("GET", "/v1/account")
-        keyring = open_keyring_envelope(root.public, self.device, self.identity.box, b64d(account["keyring"]))
+        pins = self.profile.state()
+        chain, newer = verify_chain(self.root_key, account.get("identity"), pins)
+        if account.get("patient") != self.patient:
+            raise IntegrityError("the node's account answer names another patient")
+        secrets = open_secrets(chain.current, self.device, self.identity.box, b64d(account["keyring"]))
+        if newer != pins:
+            self.profile.save_state(newer)
+        self._secrets = secrets
+        return account, chain, secrets
+
+    async def secrets(self) -> EpochSecrets:
+        """This epoch's secrets (loaded from the node once per client)."""
+        if self._secrets is None:
+            await self._account()
+        return self._secrets
+
+    def pseudonym_secret(self, epoch: int | None = None) -> bytes:
+        """The pseudonym secret of ``epoch`` (the current one by default); call
+        :meth:`secrets` first."""
+        if self._secrets is None:
+            raise RuntimeError("load the account first (await client.secrets())")
+        keys = self._secrets.pseudonyms.keys
+        return keys[self._secrets.epoch if epoch is None else epoch]
+
+    def pseudonym_secrets(self) -> list[bytes]:
+        """Every epoch's pseudonym secret, newest first."""
+        if self._secrets is None:
+            raise RuntimeError("load the account first (await client.secrets())")
+        keys = self._secrets.pseudonyms.keys
+        return [keys[e] for e in sorted(keys, reverse=True)]
+
+    async def _load(self) -> VaultState:
+        account, chain, secrets = await self._account()
         vault = await self._call("GET", "/v1/vault")
         blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
         entries = {rid: (ver, sha256(blob)) for rid, (ver, blob) in blobs.items()}
@@ -306,9 +478,11 @@ class PatientClient:
                 raise IntegrityError("the node holds records but no manifest the patient signed")
         else:
             try:
-                manifest = pv.Manifest.from_json(vault["manifest"], "manifest", root.public)
+                manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
             except RxfedError:
-                raise IntegrityError("the vault manifest is not signed by this patient") from None
+                raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
+            if manifest.patient != self.patient or manifest.epoch != chain.current.epoch:
+                raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
             if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
                 raise IntegrityError("the records the node served do not match the patient's signed manifest: "
                                      "a record was dropped, replaced or rolled back")
@@ -318,13 +492,13 @@ class PatientClient:
                                    "this device has already seen")
         if counter > last_seen:
             self.profile.set_counter(counter)
-        return VaultState(account, keyring, counter, entries, blobs)
+        return VaultState(account, chain, secrets, counter, entries, blobs)
 
     def _decrypt(self, state: VaultState) -> list[Record]:
         out = []
         for rid, (version, blob) in state.blobs.items():
             try:
-                plaintext = open_record(state.keyring, record_ad(self.patient, rid, version), blob)
+                plaintext = open_record(state.secrets.keyring, record_ad(self.patient, rid, version), blob)
             except DecryptionFailed:
                 raise IntegrityError(f"record {rid} does not decrypt: it was tampered with") from None
             out.append(Record.from_plaintext(rid, version, plaintext))
@@ -343,13 +517,14 @@ class PatientClient:
         body_puts = []
         for record in puts:
             version = entries[record.id][0] + 1 if record.id in entries else 1
-            blob = seal_record(state.keyring, record_ad(self.patient, record.id, version), record.to_plaintext())
+            blob = seal_record(state.secrets.keyring, record_ad(self.patient, record.id, version), record.to_plaintext())
             entries[record.id] = (version, sha256(blob))
             body_puts.append({"id": record.id, "version": version, "blob": b64e(blob)})
         body_deletes = []
         for rid in deletes:
             body_deletes.append({"id": rid, "version": entries.pop(rid)[0]})
-        manifest = pv.Manifest.issue(self.identity.root, counter + 1, entries, self._now())
+        manifest = pv.Manifest.issue(state.secrets.signing, patient=self.patient, epoch=state.secrets.epoch,
+                                     counter=counter + 1, entries=entries, now=self._now())
         body = {"put": body_puts, "delete": body_deletes, "manifest": manifest.signed}
         return body, attrs.evolve(state, counter=manifest.counter, entries=entries)
 
@@ -398,38 +573,99 @@ class PatientClient:
 
     # -- devices, passphrase, recovery, erasure ---------------------------------------------
     async def devices(self) -> list[DeviceInfo]:
-        account = await self._call("GET", "/v1/account")
+        """Every device the node lists, each certificate checked against the identity chain,
+        with what this device itself knows of it."""
+        account, chain, _ = await self._account()
+        known = self.profile.state().devices
         out = []
         for d in account["devices"]:
+            enrolled_by = None
             try:
-                cert = pv.DeviceCert.from_json(d["cert"], "device", self.identity.root.public)
-                verified = cert.device == d["device"]
-            except RxfedError:
+                cert = pv.DeviceCert.from_json(d["cert"], "device", chain)
+                enrolled_by = cert.enrolled_by
+                active = cert.epoch == chain.current.epoch
+                verified = cert.device == d["device"] and active == (d["revoked"] is None)
+            except (RxfedError, KeyError, TypeError):
                 verified = False
-            out.append(DeviceInfo(d["device"], d["created"], d["revoked"], d["device"] == self.device, verified))
+            out.append(DeviceInfo(d["device"], d["created"], d["revoked"], d["device"] == self.device, verified,
+                                  enrolled_by, known.get(d["device"])))
         return out
 
-    async def revoke_device(self, device: str) -> None:
-        """Revoke a device and rotate the vault key: records written from now on are sealed
-        under a key the revoked device never had."""
+    async def revoke_device(self, device: str, code: RecoveryCode) -> list[str]:
+        """Revoke a device; see :meth:`revoke_devices`."""
+        return await self.revoke_devices([device], code)
+
+    async def revoke_devices(self, devices: Iterable[str], code: RecoveryCode) -> list[str]:
+        """Revoke devices, and every device they enrolled, by starting a new identity epoch
+        (which needs the recovery code: only it opens the master key). The revoked devices
+        hold nothing of the new epoch: not its signing key (so they can enrol, revoke and
+        change nothing), nor its vault key (so they read nothing written from now on).
+        Returns the devices revoked."""
         state = await self._load()
-        root = self.identity.root
-        keyring = state.keyring.rotated()
-        remaining = {}
+        targets = set(devices)
+        if self.device in targets:
+            raise BadRequest("a device cannot revoke itself: revoke it from another device, or recover on a new "
+                             "one with the recovery code and --revoke-others", code="revoke_self")
+        certs = self._active_certs(state)
+        unknown = targets - set(certs)
+        if unknown:
+            raise BadRequest(f"no active device {sorted(unknown)[0]}", code="unknown_device")
+        dropped = set(targets)
+        while True:  # a revoked device's enrolments go with it (it may have enrolled a spare)
+            more = {d for d, c in certs.items() if c.enrolled_by in dropped} - dropped
+            if not more:
+                break
+            dropped |= more
+        _, _, _, master, _ = await self._recovery_bundle(self._session_or_new(), self.identity.node_url,
+                                                         self.identity.node_id, code, self._now(),
+                                                         self.profile.state(), self.root_key)
+        kept = [c for d, c in certs.items() if d not in dropped]
+        result = await self._rotate(state, master, kept, code)
+        self._remember_devices({d: "revoked" for d in result["revoked"]})
+        return result["revoked"]
+
+    @staticmethod
+    def _active_certs(state: VaultState) -> dict[str, pv.DeviceCert]:
+        """The devices active at the current epoch, by certificate (not by the node's word)."""
+        out = {}
         for d in state.account["devices"]:
-            if d["revoked"] is None and d["device"] != device:
-                cert = pv.DeviceCert.from_json(d["cert"], "device", root.public)
-                remaining[cert.device] = b64e(keyring_envelope(root, cert.device, cert.box_key, keyring))
-        if not any(d["device"] == device and d["revoked"] is None for d in state.account["devices"]):
-            raise BadRequest(f"no active device {device}", code="unknown_device")
-        statement = state.account["recovery"]
-        recovery = pv.parse_recovery_statement(statement, "recovery", root.public)
-        revocation = sign_statement(root, {"type": pv.REVOCATION, "patient": self.patient, "device": device,
-                                              "revoked": self._now()})
-        await self._call("POST", "/v1/devices/revoke", {
-            "revocation": revocation, "keyrings": remaining,
-            "recovery_keyring": b64e(keyring_envelope(root, "recovery", recovery["box_key"], keyring)),
-        })
+            try:
+                cert = pv.DeviceCert.from_json(d["cert"], "device", state.chain)
+            except RxfedError:
+                continue
+            if cert.epoch == state.chain.current.epoch and d["revoked"] is None:
+                out[cert.device] = cert
+        return out
+
+    async def _rotate(self, state: VaultState, master: SigningKeyPair, kept: list[pv.DeviceCert],
+                      code: RecoveryCode, *, new_master: SigningKeyPair | None = None) -> dict:
+        """Start the next identity epoch: new signing key, vault key and pseudonym secret,
+        sealed to the ``kept`` devices and to ``code``'s recovery keys; the vault manifest
+        re-signed under the new key in the same step."""
+        now = self._now()
+        nxt = state.secrets.next()
+        box = BoxKeyPair.from_secret(code.box_secret())
+        identity = state.chain.current.next(master, signing_key=nxt.signing.public, now=now,
+                                            master_key=new_master.public if new_master else None,
+                                            recovery_auth=code.auth_key().public, recovery_box=box.public)
+        devices = []
+        for c in kept:
+            cert = pv.DeviceCert.issue(nxt.signing, patient=self.patient, epoch=nxt.epoch, sign_key=c.sign_key,
+                                       box_key=c.box_key, enrolled_by=c.enrolled_by, now=now)
+            devices.append({"device": cert.signed, "keyring": b64e(seal_secrets(nxt, cert.device, c.box_key))})
+        manifest = None
+        if state.counter:
+            manifest = pv.Manifest.issue(nxt.signing, patient=self.patient, epoch=nxt.epoch, counter=state.counter + 1,
+                                         entries=state.entries, now=now).signed
+        body = {"identity": identity.signed, "devices": devices,
+                "recovery": recovery_material(new_master or master, code, nxt, self.patient).to_json(),
+                "manifest": manifest}
+        result = await self._call("POST", "/v1/identity", body)
+        pins = self.profile.state()
+        self.profile.save_state(attrs.evolve(pins, epoch=identity.epoch, identity_hash=b64e(identity.hash),
+                                             counter=state.counter + 1 if manifest else pins.counter))
+        self._secrets = nxt
+        return result
 
     def change_passphrase(self, new_passphrase: str, kdf: str | None = None) -> None:
         from rxfed.crypto.keyfile import keyfile_cost
@@ -437,13 +673,18 @@ class PatientClient:
         cost = KdfCost.named(kdf) if kdf else keyfile_cost((self.profile.path / "keys.json").read_bytes())
         self.profile.save(self.identity, new_passphrase, cost)
 
-    async def rotate_recovery_code(self) -> RecoveryCode:
-        """A new recovery code; the old one stops working at once."""
+    async def rotate_recovery_code(self, code: RecoveryCode) -> RecoveryCode:
+        """A new recovery code, given the current one. It starts a new identity epoch under a
+        new master key: the old code opens only the retired master key and secrets of epochs
+        before, which no device that has seen the new epoch accepts. Returns the new code."""
         state = await self._load()
-        code = RecoveryCode.generate()
-        setup = recovery_setup(self.identity.root, code, state.keyring, self._now())
-        await self._call("PUT", "/v1/recovery", setup.to_json())
-        return code
+        _, _, _, master, _ = await self._recovery_bundle(self._session_or_new(), self.identity.node_url,
+                                                         self.identity.node_id, code, self._now(),
+                                                         self.profile.state(), self.root_key)
+        new = RecoveryCode.generate()
+        await self._rotate(state, master, list(self._active_certs(state).values()), new,
+                           new_master=SigningKeyPair.generate())
+        return new
 
     async def erase_account(self, *, remove_profile: bool = True) -> dict:
         """Erase every record, device and key of this patient on the node; the node keeps a
@@ -455,8 +696,9 @@ class PatientClient:
         for grant in await consent.list():
             if grant["status"] == "live":
                 await consent.revoke(grant["grant"])
-        tombstone = sign_statement(self.identity.root, {"type": pv.TOMBSTONE, "patient": self.patient,
-                                                           "deleted": self._now()})
+        secrets = await self.secrets()
+        tombstone = sign_statement(secrets.signing, {"type": pv.TOMBSTONE, "patient": self.patient,
+                                                     "epoch": secrets.epoch, "deleted": self._now()})
         result = await self._call("POST", "/v1/account/erase", {"tombstone": tombstone})
         if remove_profile:
             self.profile.remove()

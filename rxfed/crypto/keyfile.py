@@ -44,21 +44,29 @@ class KdfCost:
         return cls(*table[name])
 
 
-def _derive(passphrase: str, salt: bytes, cost: KdfCost) -> bytes:
+def keyfile_key(passphrase: str, salt: bytes, cost: KdfCost) -> bytes:
     return _argon.kdf(KEY_SIZE, passphrase.encode("utf-8"), salt, opslimit=cost.opslimit, memlimit=cost.memlimit)
 
 
-def seal_keyfile(secrets: bytes, passphrase: str, cost: KdfCost) -> bytes:
+def seal_keyfile(secrets: bytes, passphrase: str, cost: KdfCost, *, salt: bytes | None = None,
+                 nonce: bytes | None = None) -> bytes:
+    """The key file. ``salt`` and ``nonce`` are random unless given (test vectors only)."""
     if not passphrase:
         raise ValueError("the passphrase must not be empty")
-    salt = random_bytes(_argon.SALTBYTES)
+    salt = random_bytes(_argon.SALTBYTES) if salt is None else salt
     header = {
         "format": FORMAT,
         "kdf": {"alg": "argon2id13", "opslimit": cost.opslimit, "memlimit": cost.memlimit, "salt": b64e(salt)},
     }
-    ad = json.dumps(header, sort_keys=True).encode()
-    sealed = secretbox_seal(_derive(passphrase, salt, cost), ad, secrets)
+    sealed = secretbox_seal(keyfile_key(passphrase, salt, cost), keyfile_ad(header), secrets,
+                            random=random_bytes if nonce is None else lambda n: nonce)
     return json.dumps({**header, "sealed": b64e(sealed)}, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def keyfile_ad(header: dict) -> bytes:
+    """The associated data: the header ``{format, kdf}`` as Python's ``json.dumps`` writes
+    it with sorted keys (``", "`` and ``": "`` separators, ASCII); spec/crypto.md §4."""
+    return json.dumps(header, sort_keys=True).encode()
 
 
 def keyfile_cost(data: bytes) -> KdfCost:
@@ -83,11 +91,10 @@ def _parse(data: bytes) -> dict:
 
 def open_keyfile(data: bytes, passphrase: str) -> bytes:
     doc = _parse(data)
-    header = {"format": doc["format"], "kdf": doc["kdf"]}
-    ad = json.dumps(header, sort_keys=True).encode()
+    ad = keyfile_ad({"format": doc["format"], "kdf": doc["kdf"]})
     cost = KdfCost(doc["kdf"]["opslimit"], doc["kdf"]["memlimit"])
     try:
-        key = _derive(passphrase, b64d(doc["kdf"]["salt"]), cost)
+        key = keyfile_key(passphrase, b64d(doc["kdf"]["salt"]), cost)
         return secretbox_open(key, ad, b64d(doc["sealed"]))
     except (DecryptionFailed, ValueError, nacl.exceptions.CryptoError) as exc:
         raise WrongPassphrase() from exc

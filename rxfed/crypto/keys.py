@@ -128,16 +128,17 @@ _PSEUDONYM_PERSON = b"rxfed-pseudonym1"
 _AUDIT_PERSON = b"rxfed-audit-v1\0\0"
 
 
-def pseudonym_key(root_seed: bytes, label: str) -> SigningKeyPair:
+def pseudonym_key(secret: bytes, label: str) -> SigningKeyPair:
     """The patient's pairwise pseudonymous Ed25519 key for one recipient and purpose.
 
-    Its seed is keyed BLAKE2b (a PRF) of ``label`` under the root identity seed, so only the
-    root key's holder can derive it, the same label always gives the same key, and keys for
-    different labels are unlinkable without the root seed (spec/consent.md).
+    Its seed is keyed BLAKE2b (a PRF) of ``label`` under an identity epoch's pseudonym
+    secret, so only the patient's devices can derive it, the same label always gives the
+    same key, and keys for different labels are unlinkable without the secret
+    (spec/consent.md).
     """
-    if len(root_seed) != 32:
-        raise ValueError("the root seed is 32 bytes")
-    seed = nacl.hash.blake2b(label.encode(), key=root_seed, digest_size=32, person=_PSEUDONYM_PERSON,
+    if len(secret) != 32:
+        raise ValueError("the pseudonym secret is 32 bytes")
+    seed = nacl.hash.blake2b(label.encode(), key=secret, digest_size=32, person=_PSEUDONYM_PERSON,
                              encoder=nacl.encoding.RawEncoder)
     return SigningKeyPair.from_seed(seed)
 

@@ -89,11 +89,14 @@ class VaultKeyring:
         return cls(keys)
 
 
-def seal_record(keyring: VaultKeyring, ad: bytes, plaintext: bytes) -> bytes:
+def seal_record(keyring: VaultKeyring, ad: bytes, plaintext: bytes, *, random=random_bytes) -> bytes:
+    """Seal under a fresh record key; ``random`` (n -> bytes) draws the record key and both
+    nonces, the CSPRNG unless a test vector fixes it."""
     epoch = keyring.current_epoch
-    record_key = random_bytes(KEY_SIZE)
-    wrapped = nacl.secret.Aead(keyring.keys[epoch]).encrypt(record_key, b"rxfed-key|" + ad)
-    body = nacl.secret.Aead(record_key).encrypt(pad(plaintext), b"rxfed-body|" + ad)
+    record_key = random(KEY_SIZE)
+    wrapped = nacl.secret.Aead(keyring.keys[epoch]).encrypt(record_key, b"rxfed-key|" + ad,
+                                                            random(nacl.secret.Aead.NONCE_SIZE))
+    body = nacl.secret.Aead(record_key).encrypt(pad(plaintext), b"rxfed-body|" + ad, random(nacl.secret.Aead.NONCE_SIZE))
     return MAGIC + struct.pack(">I", epoch) + bytes(wrapped) + bytes(body)
 
 
@@ -115,9 +118,11 @@ def open_record(keyring: VaultKeyring, ad: bytes, sealed: bytes) -> bytes:
     return unpad(padded)
 
 
-def secretbox_seal(key: bytes, ad: bytes, plaintext: bytes) -> bytes:
-    """XChaCha20-Poly1305 with a random nonce, for small secrets sealed under a derived key."""
-    return bytes(nacl.secret.Aead(key).encrypt(plaintext, ad))
+def secretbox_seal(key: bytes, ad: bytes, plaintext: bytes, *, random=random_bytes) -> bytes:
+    """XChaCha20-Poly1305 with a random nonce, for small secrets sealed under a derived key:
+    ``nonce || ciphertext || tag``. ``random`` (n -> bytes) draws the nonce: the CSPRNG
+    unless a test vector fixes it."""
+    return bytes(nacl.secret.Aead(key).encrypt(plaintext, ad, random(nacl.secret.Aead.NONCE_SIZE)))
 
 
 def secretbox_open(key: bytes, ad: bytes, sealed: bytes) -> bytes:

@@ -3,9 +3,9 @@
 From the code the client derives, with keyed BLAKE2b (libsodium ``crypto_generichash``,
 distinct personalisation per purpose), three independent keys:
 
-* ``bundle_key``: seals the root identity seed that the node keeps (XChaCha20-Poly1305);
-* ``box_secret``: an X25519 secret; the vault keyring is sealed to its public half, like to
-  a device, so any device can reseal a rotated keyring to it without knowing the code;
+* ``bundle_key``: seals the patient's current master key, which the node keeps (XChaCha20-Poly1305);
+* ``box_secret``: an X25519 secret; the identity epoch's secrets are sealed to its public
+  half, like to a device;
 * ``auth_key``: an Ed25519 key whose public half the node stores, so a patient who lost
   every device can authenticate a request for the bundle without revealing the code.
 

@@ -19,6 +19,7 @@ from rxfed.errors import Conflict
 from rxfed.node.app import create_app, invite_hash
 from rxfed.node.config import ConfigError, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
+from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
 class AccessLog(AbstractAccessLogger):
     """One line per request (time, address, method, path, status, bytes, seconds) written to
@@ -141,27 +142,46 @@ def _store_action(data_dir: str | Path, action):
     return config, asyncio.run(_with_store(config, action))
 
 
-def peer_policy(data_dir: str | Path, peer: str, policy: str, *, url: str | None = None,
-                fingerprint: str | None = None) -> None:
-    from rxfed.protocol.federation import node_id_ok
-
+def _check_peer(peer: str) -> None:
     if not node_id_ok(peer):
         raise ConfigError(f"{peer!r} is not a node id (host or host:port)")
+
+
+def peer_policy(data_dir: str | Path, peer: str, policy: str, *, url: str | None = None,
+                fingerprint: str | None = None) -> None:
+    _check_peer(peer)
     if url is not None:
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"--url {url!r} must be http(s)://host[:port]")
-    if fingerprint is not None and not fingerprint.startswith("SHA256:"):
-        raise ConfigError("a fingerprint looks like SHA256:... (rxfed node init prints it)")
+    if fingerprint is not None and not fingerprint_ok(fingerprint):
+        raise ConfigError(f"--fingerprint {fingerprint!r} is not a complete key fingerprint: SHA256: and 43 "
+                          "base64url characters, as 'rxfed node init' and 'rxfed node status' print it")
     _store_action(data_dir, lambda store: store.set_peer_policy(peer, policy, url=url, fingerprint=fingerprint))
+
+
+def accept_peer_key(data_dir: str | Path, peer: str) -> str | None:
+    """Forget the keys trusted for ``peer``: its next key document is trusted as on first
+    contact, or checked against its pin (returned). For a peer that really changed keys
+    without a signed rotation; compare the new fingerprint with its operator first."""
+    _check_peer(peer)
+
+    async def action(store):
+        return await store.forget_peer_keys(peer), await store.peer(peer)
+
+    _config, (known, row) = _store_action(data_dir, action)
+    if not known:
+        raise ConfigError(f"{peer} is not a peer this node knows")
+    return row.fingerprint
 
 
 def peers_list(data_dir: str | Path) -> list[dict]:
     _config, peers = _store_action(data_dir, lambda store: store.peers())
     now = int(time.time())
     return [{"node_id": p.node_id, "policy": p.policy, "url": p.url, "fingerprint": p.fingerprint,
+             "trusted_keys": [fingerprint(k.public_key) for k in keys_from_json(p.trusted_keys or b"[]")],
              "failures": p.failures, "breaker": "open" if p.breaker_until and p.breaker_until > now else "closed",
              "last_success": p.last_success, "last_error": p.last_error} for p in peers]
 

@@ -23,7 +23,7 @@ import rxfed
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, RateLimited, RxfedError, Unauthorized
 from rxfed.crypto import SigningKeyPair
-from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys
+from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import Federation
 from rxfed.node.guards import NonceWindow, RateLimiter
 from rxfed.plugins import RxfedPlugins
@@ -55,8 +55,10 @@ class NodeState:
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
-    _root_keys: dict[str, bytes] = attrs.Factory(dict)
+    _identities: dict[str, pv.IdentityChain] = attrs.Factory(dict)
     _keys_mtime: float = 0.0
+    #: (the key list, its public keys and rotation statements), signed once per key list.
+    _published: tuple = attrs.field(default=(None, None), init=False)
 
     def __attrs_post_init__(self) -> None:
         lim = self.config.limits
@@ -66,6 +68,13 @@ class NodeState:
 
     def signing_key(self) -> SigningKeyPair:
         return current_key(self.keys).key
+
+    def published_keys(self) -> dict:
+        """``keys`` and ``rotations`` of ``/.well-known/rxfed``."""
+        if self._published[0] is not self.keys:
+            self._published = (self.keys, {"keys": [k.to_public_json() for k in self.keys],
+                                           "rotations": rotation_statements(self.keys, self.config.node_id)})
+        return self._published[1]
 
     def reload_keys(self) -> None:
         """Pick up keys rotated by ``rxfed node rotate-key`` while the node runs."""
@@ -95,17 +104,22 @@ class NodeState:
                 self._auth_keys[key] = found
         return found
 
-    async def root_key(self, patient: str) -> bytes:
-        root = self._root_keys.get(patient)
-        if root is None:
+    async def identity(self, patient: str) -> pv.IdentityChain:
+        """The patient's identity chain as stored (checked when it was accepted), cached until
+        the patient rotates or is erased."""
+        chain = self._identities.get(patient)
+        if chain is None:
             account = await self.store.account(patient)
-            if account is None:
+            statements = await self.store.identity_chain(patient)
+            if account is None or not statements:
                 raise Unauthorized("unknown or erased account", code="unknown_account")
-            root = self._root_keys[patient] = account.root_key
-        return root
+            chain = pv.IdentityChain.verify(account.root_key, [loads(s) for s in statements])
+            if len(self._identities) < 100_000:
+                self._identities[patient] = chain
+        return chain
 
     def forget_patient(self, patient: str) -> None:
-        self._root_keys.pop(patient, None)
+        self._identities.pop(patient, None)
         for key in [k for k, a in self._auth_keys.items() if a.patient == patient]:
             del self._auth_keys[key]
 
@@ -162,8 +176,9 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
 
 
 async def authenticate_new_device(request: web.Request, parse: Callable[[Any], Any], sign_key_of: Callable[[Any], bytes]):
-    """For requests signed by a key the node does not know yet (registration, enrolment):
-    the key comes from the root-signed certificate in the body."""
+    """For a request signed by a key the node does not know yet (registration): the key
+    comes from the certificate in the body, which the registration's own first identity
+    epoch signs."""
     state = request.app[NODE]
     state.anonymous.take(request.remote or "?")
     raw = await request.read()
@@ -196,7 +211,7 @@ async def well_known(request: web.Request) -> web.Response:
         "name": config.name,
         "software": {"name": "rxfed", "version": rxfed.__version__},
         "protocol_versions": list(PROTOCOL_VERSIONS),
-        "keys": [k.to_public_json() for k in state.keys],
+        **state.published_keys(),
         "registration": config.registration,
         "limits": {"max_body_bytes": config.limits.max_body_bytes, "max_records": config.limits.max_records,
                    "max_vault_bytes": config.limits.max_vault_bytes,
@@ -207,8 +222,8 @@ async def well_known(request: web.Request) -> web.Response:
 # -- patients ------------------------------------------------------------------------------
 
 
-def _recovery_row(setup: pv.RecoverySetup) -> Recovery:
-    return Recovery(setup.auth_key, canonical(setup.statement), setup.root_bundle, setup.keyring)
+def _recovery_row(identity: pv.IdentityStatement, setup: pv.RecoverySetup) -> Recovery:
+    return Recovery(identity.recovery_auth, canonical(identity.signed), setup.root_bundle, setup.keyring)
 
 
 def invite_hash(code: str) -> bytes:
@@ -231,7 +246,7 @@ async def register(request: web.Request) -> web.Response:
     patient = pv.patient_id(reg.root_key)
     await state.store.register_patient(
         NewPatient(patient, reg.root_key, reg.device.device, reg.device.sign_key, canonical(reg.device.signed),
-                   reg.keyring, _recovery_row(reg.recovery)),
+                   reg.keyring, _recovery_row(reg.identity, reg.recovery), canonical(reg.identity.signed)),
         invite_hash=invite_hash(reg.invite) if mode == "invite" else None, nonce=nonce, now=state.now())
     log.info("patient registered")
     return reply({"patient": patient, "device": reg.device.device}, status=201)
@@ -247,60 +262,59 @@ async def account(request: web.Request) -> web.Response:
     mine = next((d for d in devices if d.device == caller.auth.device and d.revoked is None), None)
     if acct is None or mine is None:  # revoked or erased in the meantime
         raise Unauthorized("unknown device or account", code="unknown_key")
-    recovery = await state.store.recovery(caller.patient)
+    chain = await state.store.identity_chain(caller.patient)
     return reply({
         "patient": acct.patient,
         "root_key": b64e(acct.root_key),
+        "identity": [loads(s) for s in chain],
         "created": acct.created,
         "counter": acct.counter,
         "records": acct.records,
         "bytes": acct.bytes,
         "quota": {"max_records": state.quota.max_records, "max_bytes": state.quota.max_bytes},
-        "devices": [{"device": d.device, "created": d.created, "revoked": d.revoked, "cert": loads(d.cert),
-                     "revocation": loads(d.revocation) if d.revocation else None} for d in devices],
+        "devices": [{"device": d.device, "created": d.created, "revoked": d.revoked, "cert": loads(d.cert)}
+                    for d in devices],
         "keyring": b64e(mine.keyring),
-        "recovery": loads(recovery.statement) if recovery else None,
     })
 
 
 @routes.post("/v1/devices")
 async def enrol_device(request: web.Request) -> web.Response:
+    """A new device, enrolled by an active device or by the recovery key (never by itself:
+    a device certificate alone proves only that someone once held a signing key)."""
     state = request.app[NODE]
-
-    async def parse(obj):
-        patient = pv.DeviceEnrolment.claimed_patient(obj)
-        return pv.DeviceEnrolment.from_json(obj, await state.root_key(patient))
-
-    enrolment, nonce = await authenticate_new_device(request, parse, lambda e: e.device.sign_key)
+    caller = await authenticate(request, kinds=("device", "recovery"))
+    enrolment = pv.DeviceEnrolment.from_json(caller.body, await state.identity(caller.patient))
     cert = enrolment.device
-    active = [d for d in await state.store.devices(cert.patient) if d.revoked is None]
+    if cert.enrolled_by != (caller.auth.device or "recovery"):
+        raise Forbidden("the certificate must name the device or recovery key that signs the enrolment",
+                        code="wrong_enroller")
+    active = [d for d in await state.store.devices(caller.patient) if d.revoked is None]
     if len(active) >= MAX_DEVICES:
         raise Forbidden(f"at most {MAX_DEVICES} active devices; revoke one first", code="too_many_devices")
-    await state.store.enrol_device(cert.patient, device=cert.device, sign_key=cert.sign_key,
-                                   cert=canonical(cert.signed), keyring=enrolment.keyring, nonce=nonce, now=state.now())
-    return reply({"patient": cert.patient, "device": cert.device}, status=201)
+    await state.store.enrol_device(caller.patient, signer=caller.auth.device, epoch=cert.epoch, device=cert.device,
+                                   sign_key=cert.sign_key, cert=canonical(cert.signed), keyring=enrolment.keyring,
+                                   nonce=caller.nonce, now=caller.now)
+    return reply({"patient": caller.patient, "device": cert.device}, status=201)
 
 
-@routes.post("/v1/devices/revoke")
-async def revoke_device(request: web.Request) -> web.Response:
+@routes.post("/v1/identity")
+async def rotate_identity(request: web.Request) -> web.Response:
+    """A new identity epoch, signed by the master key (which only the recovery code opens):
+    revokes every active device it does not certify again, and replaces recovery material."""
     state = request.app[NODE]
-    caller = await authenticate(request)
-    revocation = pv.DeviceRevocation.from_json(caller.body, await state.root_key(caller.patient))
-    await state.store.revoke_device(caller.patient, signer=caller.auth.device, device=revocation.device,
-                                    revocation=canonical(revocation.signed), keyrings=revocation.keyrings,
-                                    recovery_keyring=revocation.recovery_keyring, nonce=caller.nonce, now=caller.now)
-    return reply({"revoked": revocation.device})
-
-
-@routes.put("/v1/recovery")
-async def set_recovery(request: web.Request) -> web.Response:
-    state = request.app[NODE]
-    caller = await authenticate(request)
-    setup = pv.RecoverySetup.from_json(caller.body, "recovery", await state.root_key(caller.patient))
-    await state.store.set_recovery(caller.patient, signer=caller.auth.device, recovery=_recovery_row(setup),
-                                   nonce=caller.nonce)
+    caller = await authenticate(request, kinds=("device", "recovery"))
+    rotation = pv.IdentityRotation.from_json(caller.body, await state.identity(caller.patient))
+    identity = rotation.identity
+    revoked = await state.store.rotate_identity(
+        caller.patient, signer=caller.auth.device, epoch=identity.epoch, identity=canonical(identity.signed),
+        devices={k.cert.device: (canonical(k.cert.signed), k.keyring) for k in rotation.devices},
+        recovery=_recovery_row(identity, rotation.recovery),
+        manifest=(rotation.manifest.counter, canonical(rotation.manifest.signed)) if rotation.manifest else None,
+        nonce=caller.nonce, now=caller.now)
     state.forget_patient(caller.patient)  # the old recovery key must stop working at once
-    return reply({"updated": True})
+    log.info("patient identity rotated")
+    return reply({"epoch": identity.epoch, "revoked": revoked})
 
 
 @routes.post("/v1/recovery/bundle")
@@ -312,7 +326,8 @@ async def recovery_bundle(request: web.Request) -> web.Response:
     if found is None:
         raise Unauthorized("unknown recovery key", code="unknown_key")
     patient, root_key, recovery = found
-    return reply({"patient": patient, "root_key": b64e(root_key), "statement": loads(recovery.statement),
+    chain = await state.store.identity_chain(patient)
+    return reply({"patient": patient, "root_key": b64e(root_key), "identity": [loads(s) for s in chain],
                   "root_bundle": b64e(recovery.root_bundle), "keyring": b64e(recovery.keyring)})
 
 
@@ -321,7 +336,7 @@ async def erase_account(request: web.Request) -> web.Response:
     state = request.app[NODE]
     caller = await authenticate(request)
     f = fields(caller.body, "erase", {"tombstone": lambda v, w: v})
-    pv.parse_tombstone(f["tombstone"], "erase.tombstone", await state.root_key(caller.patient))
+    pv.parse_tombstone(f["tombstone"], "erase.tombstone", (await state.identity(caller.patient)).current)
     if any(g.revoked is None and g.not_after > caller.now for g, _ in await state.store.grants(caller.patient)):
         # Only the patient's devices can sign the revocations other nodes act on.
         raise Conflict("revoke your live consent grants first, so every node that received signals deletes "
@@ -356,7 +371,8 @@ async def commit(request: web.Request) -> web.Response:
         caller.patient, signer=caller.auth.device, counter=change.manifest.counter,
         manifest=canonical(change.manifest.signed),
         puts=[StoredRecord(p.id, p.version, p.blob) for p in change.puts],
-        deletes=[(d.id, d.version) for d in change.deletes], quota=state.quota, nonce=caller.nonce)
+        deletes=[(d.id, d.version) for d in change.deletes], quota=state.quota, nonce=caller.nonce,
+        epoch=change.manifest.epoch)
     return reply({"counter": counter})
 
 
@@ -368,7 +384,7 @@ async def receive_transaction(request: web.Request) -> web.Response:
     state = request.app[NODE]
     txn_id = request.match_info["txn"]
     if not re.fullmatch(TXN_ID, txn_id):
-        raise BadRequest("malformed transaction id")
+        raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
     raw = await request.read()
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:

@@ -16,6 +16,7 @@ import attrs
 
 from rxfed.crypto import SigningKeyPair, b64d, b64e, fingerprint
 from rxfed.errors import BadRequest
+from rxfed.protocol.federation import KeyRotation
 
 CONFIG_FILE = "rxfed.toml"
 KEYS_FILE = "node-keys.json"
@@ -215,6 +216,16 @@ def rotate_node_key(data_dir: Path, *, overlap: int, now: int | None = None) -> 
     new = NodeKey(SigningKeyPair.generate(), now, None)
     save_node_keys(data_dir, [*ended, new])
     return new, ended
+
+
+def rotation_statements(keys: list[NodeKey], node_id: str) -> list[dict]:
+    """The rotations a node publishes: each key of the file introduced by the key before
+    it, which :func:`rotate_node_key` ended when it added the new one. Derived from the file
+    (the node holds every old seed; Ed25519 signatures are deterministic), so key files
+    written before rotations were published get them too."""
+    return [KeyRotation(node_id, old.key.public, new.key.public, new.valid_from, old.valid_until).signed_by(old.key)
+            for old, new in zip(keys, keys[1:])
+            if old.valid_until is not None and old.valid_until >= new.valid_from]
 
 
 def current_key(keys: list[NodeKey]) -> NodeKey:

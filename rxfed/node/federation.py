@@ -21,6 +21,7 @@ import attrs
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
+from rxfed.crypto import fingerprint
 from rxfed.errors import BadRequest, Forbidden, RxfedError, Unauthorized, Unavailable
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
@@ -30,6 +31,8 @@ from rxfed.protocol.federation import (
     NodeDocument,
     Transaction,
     WireEvent,
+    keys_from_json,
+    keys_json,
     negotiate,
     node_id_ok,
     reply_json,
@@ -46,6 +49,10 @@ WINDOW = 2
 
 class PeerRefused(Forbidden):
     code = "peer_refused"
+
+
+def _trusts(doc: NodeDocument, key: bytes) -> bool:
+    return any(k.public_key == key for k in doc.keys)
 
 
 class DeliveryError(Exception):
@@ -123,6 +130,8 @@ class Federation:
         self.ordered: set[str] = set()
         self._documents: dict[str, tuple[NodeDocument, float]] = {}
         self._allowed_hosts: set[tuple[str, int]] = set()
+        #: Per peer, what its cached document depends on in the store (url, pin, trusted keys).
+        self._trust: dict[str, tuple] = {}
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task] = {}
@@ -162,17 +171,25 @@ class Federation:
         self._wake.set()
 
     async def _refresh_allowed(self) -> None:
-        hosts = set()
+        hosts, trust = set(), {}
         for peer in await self.state.store.peers():
             if peer.policy == "allowed":
                 hosts.add(_host_port(self.url_for(peer)))
+            trust[peer.node_id] = (peer.url, peer.fingerprint, peer.trusted_keys)
         self._allowed_hosts = hosts
+        self._trust = trust
 
     async def refresh_policies(self) -> None:
-        before = self._allowed_hosts
+        """Pick up what ``rxfed node peers`` changed in the store: allowed hosts, and a
+        peer's URL, pin or forgotten keys (its cached document no longer holds)."""
+        hosts, trust = self._allowed_hosts, self._trust
         await self._refresh_allowed()
-        if self._allowed_hosts != before:
+        if self._allowed_hosts != hosts:
             self._documents.clear()
+            return
+        for node_id, depends in self._trust.items():
+            if trust.get(node_id) != depends:
+                self._documents.pop(node_id, None)
 
     async def policy_changed(self) -> None:
         await self._refresh_allowed()
@@ -213,22 +230,26 @@ class Federation:
         return peer
 
     async def document(self, node_id: str, *, need_key: bytes | None = None) -> NodeDocument:
-        """The peer's key document: cached in memory and in the store, refetched when a
-        key it signs with is unknown (rotation), at most every ``key_refetch`` seconds."""
+        """The peer's key document as this node trusts it (``keys`` holds only trusted keys,
+        :meth:`_trusted`): cached in memory and in the store, refetched when a key it signs
+        with is not a trusted one (a rotation), at most every ``key_refetch`` seconds. The
+        trust decision is made once per document, so verifying a request stays a look-up."""
         cached = self._documents.get(node_id)
-        if cached is not None and (need_key is None or any(k.public_key == need_key for k in cached[0].keys)):
+        if cached is not None and (need_key is None or _trusts(cached[0], need_key)):
             return cached[0]
         peer = await self.state.store.peer(node_id)
         if cached is None and peer is not None and peer.document:
             try:
-                cached = (NodeDocument.from_json(loads(peer.document)), peer.fetched or 0)
+                doc = NodeDocument.from_json(loads(peer.document))
+                cached = (await self._trusted(peer.node_id, peer, doc, peer.document, peer.fetched or 0),
+                          peer.fetched or 0)
+                self._documents[node_id] = cached
             except RxfedError:
                 cached = None
-        fresh_enough = cached is not None and time.time() - cached[1] < self.settings.key_refetch
-        if cached is not None and (need_key is None or any(k.public_key == need_key for k in cached[0].keys)):
+        if cached is not None and (need_key is None or _trusts(cached[0], need_key)):
             return cached[0]
-        if cached is not None and fresh_enough:
-            return cached[0]  # unknown key, but we asked recently: the caller will refuse
+        if cached is not None and time.time() - cached[1] < self.settings.key_refetch:
+            return cached[0]  # not a trusted key, but we asked recently: the caller will refuse
         doc = await self._fetch_document(node_id, peer)
         self._documents[node_id] = (doc, time.time())
         return doc
@@ -246,17 +267,40 @@ class Federation:
             raise Unavailable(f"cannot fetch the key document of {node_id}") from None
         if status != 200:
             raise Unavailable(f"cannot fetch the key document of {node_id}")
-        doc = NodeDocument.from_json(loads(raw))
+        obj = loads(raw)
+        doc = NodeDocument.from_json(obj)
         if doc.node_id != node_id:
             raise Unauthorized(f"{url} says it is {doc.node_id}, not {node_id}", code="wrong_node")
         negotiate(PROTOCOL_VERSIONS, doc.protocol_versions)
-        if peer is not None and peer.fingerprint:
-            from rxfed.crypto import fingerprint
+        return await self._trusted(node_id, peer, doc, canonical(obj), int(time.time()))
 
-            if not any(fingerprint(k.public_key) == peer.fingerprint for k in doc.keys):
-                raise Unauthorized(f"{node_id} no longer publishes the pinned key {peer.fingerprint}", code="pin_mismatch")
-        await self.state.store.save_peer_document(node_id, canonical(loads(raw)), int(time.time()))
-        return doc
+    async def _trusted(self, node_id: str, peer: Peer | None, doc: NodeDocument, raw: bytes,
+                       fetched: int) -> NodeDocument:
+        """``doc`` as this node trusts it, and the trusted keys remembered with it. The
+        anchors are the keys trusted before; before any, the operator's pin (a listed key
+        with that fingerprint) or, unpinned, every listed key (trust on first use). Keys
+        reached from the anchors by signed rotations join them; every other key is refused,
+        as a changed host key is by SSH, until the operator accepts it."""
+        if peer is not None and peer.trusted_keys:
+            anchors = keys_from_json(peer.trusted_keys)
+        elif peer is not None and peer.fingerprint:
+            anchors = tuple(k for k in doc.keys if fingerprint(k.public_key) == peer.fingerprint)
+            if not anchors:
+                raise Unauthorized(f"{node_id} does not publish the pinned key {peer.fingerprint}", code="pin_mismatch")
+        else:
+            anchors = doc.keys
+        view = doc.trusting(anchors)
+        if view.untrusted:
+            log.warning("%s publishes key(s) %s that are neither trusted for it nor signed by a trusted key; their "
+                        "requests are refused. If %s really changed keys, check the fingerprint with its operator and "
+                        "accept it: rxfed node peers DATA_DIR %s", node_id,
+                        ", ".join(sorted(fingerprint(k) for k in view.untrusted)), node_id,
+                        f"allow {node_id} --fingerprint SHA256:..." if peer is not None and peer.fingerprint
+                        else f"accept-key {node_id}")
+        trusted = keys_json(view.keys)
+        if peer is None or trusted != peer.trusted_keys or raw != peer.document or fetched != peer.fetched:
+            await self.state.store.save_peer_document(node_id, raw, fetched, trusted)
+        return view
 
     # -- outbound --------------------------------------------------------------------------
     async def send_events(self, destination: str, events: list[WireEvent]) -> None:

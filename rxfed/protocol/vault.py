@@ -1,5 +1,5 @@
-"""Vault protocol objects: signed statements (device certificates, manifests, revocations,
-tombstones) and the bodies of the client API, each parsed strictly from JSON."""
+"""Vault protocol objects: the identity chain, device certificates, manifests, tombstones,
+and the bodies of the client API, each parsed strictly from JSON."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import attrs
 
 from rxfed.crypto import SigningKeyPair, b64e, hash_id, sha256
-from rxfed.errors import BadRequest, Forbidden
-from rxfed.protocol.statements import open_statement, sign_statement
+from rxfed.errors import BadRequest, Conflict, Forbidden
+from rxfed.protocol.statements import open_statement, sign_statement, statement_hash
 from rxfed.protocol.schema import HEX_ID, anything, array, b64, const, fields, integer, mapping, text
 
 MAX_VERSION = 2**31 - 1
@@ -28,15 +28,130 @@ def device_id(device_sign_key: bytes) -> str:
 
 
 # -- statements ----------------------------------------------------------------------------
+#
+# The key hierarchy (spec/crypto.md section 1): a patient's *master key* signs only identity
+# statements and lives only under the recovery code; each identity statement names the
+# epoch's *signing key*, which active devices hold and which signs device certificates,
+# manifests, keyring envelopes and tombstones. Revoking a device or rotating the recovery
+# code starts a new epoch, which only the master key can sign.
+
+IDENTITY = "rxfed.identity"
+#: Identity epochs a chain may reach (each rotation is one; far beyond any real use).
+MAX_EPOCH = 4096
+ENROLLED_BY = r"registration|recovery|[0-9a-f]{32}"
+
+
+@attrs.frozen
+class IdentityStatement:
+    """One epoch of a patient's identity, signed by the previous epoch's master key (the first
+    by the root key itself, which is the first master key and names the patient).
+
+    ``previous`` is the hash of the previous statement, so a chain cannot be spliced; the
+    recovery keys are here too, so whoever reseals a keyring to the recovery holder takes the
+    key from a statement only the master key could sign."""
+
+    patient: str
+    epoch: int
+    previous: bytes | None
+    master_key: bytes
+    signing_key: bytes
+    recovery_auth: bytes
+    recovery_box: bytes
+    issued: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def issue(cls, signer: SigningKeyPair, *, patient: str, epoch: int, previous: bytes | None, master_key: bytes,
+              signing_key: bytes, recovery_auth: bytes, recovery_box: bytes, now: int) -> IdentityStatement:
+        body = {"type": IDENTITY, "patient": patient, "epoch": epoch,
+                "previous": b64e(previous) if previous is not None else None,
+                "master_key": b64e(master_key), "signing_key": b64e(signing_key),
+                "recovery": {"auth_key": b64e(recovery_auth), "box_key": b64e(recovery_box)}, "issued": now}
+        return cls(patient, epoch, previous, master_key, signing_key, recovery_auth, recovery_box, now,
+                   sign_statement(signer, body))
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str, signer_key: bytes | None) -> IdentityStatement:
+        body = open_statement(obj, where, IDENTITY, signer_key)
+        f = fields(body, where, {"type": const(IDENTITY), "patient": text(32, HEX_ID),
+                                 "epoch": integer(1, MAX_EPOCH), "previous": anything, "master_key": b64(32),
+                                 "signing_key": b64(32), "recovery": anything, "issued": integer(0, MAX_TIME)})
+        r = fields(f["recovery"], f"{where}.recovery", {"auth_key": b64(32), "box_key": b64(32)})
+        previous = None if f["previous"] is None else b64(32)(f["previous"], f"{where}.previous")
+        if (previous is None) != (f["epoch"] == 1):
+            raise BadRequest(f"{where}: only the first epoch has no previous statement")
+        return cls(f["patient"], f["epoch"], previous, f["master_key"], f["signing_key"], r["auth_key"],
+                   r["box_key"], f["issued"], obj)
+
+    @property
+    def hash(self) -> bytes:
+        return statement_hash(self.signed)
+
+    def next(self, master: SigningKeyPair, *, signing_key: bytes, now: int, master_key: bytes | None = None,
+             recovery_auth: bytes | None = None, recovery_box: bytes | None = None) -> IdentityStatement:
+        """The next epoch, signed by this epoch's ``master`` (which must be this epoch's
+        master key); a new master key and recovery keys when the recovery code changes."""
+        if master.public != self.master_key:
+            raise Forbidden("the next identity epoch must be signed by the current master key",
+                            code="wrong_master_key")
+        return IdentityStatement.issue(
+            master, patient=self.patient, epoch=self.epoch + 1, previous=self.hash,
+            master_key=master_key or self.master_key, signing_key=signing_key,
+            recovery_auth=recovery_auth or self.recovery_auth, recovery_box=recovery_box or self.recovery_box,
+            now=now)
+
+
+def check_extends(current: IdentityStatement, nxt: IdentityStatement, where: str) -> None:
+    """Refuse ``nxt`` unless it is the epoch after ``current``, signed by its master key and
+    naming it as previous (its signature must already have been checked against
+    ``current.master_key``)."""
+    if nxt.patient != current.patient or nxt.epoch != current.epoch + 1 or nxt.previous != current.hash:
+        raise Forbidden(f"{where} does not extend identity epoch {current.epoch}", code="bad_identity_chain")
+
+
+@attrs.frozen
+class IdentityChain:
+    """A patient's identity epochs from the first, each checked against the one before."""
+
+    statements: tuple[IdentityStatement, ...]
+
+    @classmethod
+    def verify(cls, root_key: bytes, objs: Any, where: str = "identity") -> IdentityChain:
+        if not isinstance(objs, list) or not objs or len(objs) > MAX_EPOCH:
+            raise BadRequest(f"{where} must be a non-empty list of identity statements")
+        first = IdentityStatement.from_json(objs[0], f"{where}[0]", root_key)
+        if first.epoch != 1 or first.master_key != root_key or first.patient != patient_id(root_key):
+            raise Forbidden(f"{where}[0] is not this patient's first identity epoch", code="bad_identity_chain")
+        chain = [first]
+        for i, obj in enumerate(objs[1:], 1):
+            nxt = IdentityStatement.from_json(obj, f"{where}[{i}]", chain[-1].master_key)
+            check_extends(chain[-1], nxt, f"{where}[{i}]")
+            chain.append(nxt)
+        return cls(tuple(chain))
+
+    @property
+    def current(self) -> IdentityStatement:
+        return self.statements[-1]
+
+    def signing_key(self, epoch: int) -> bytes:
+        if not 1 <= epoch <= len(self.statements):
+            raise Forbidden(f"unknown identity epoch {epoch}", code="unknown_epoch")
+        return self.statements[epoch - 1].signing_key
+
+    def to_json(self) -> list:
+        return [s.signed for s in self.statements]
 
 
 @attrs.frozen
 class DeviceCert:
-    """A root-signed statement that a device's signing and box keys belong to a patient."""
+    """A statement by an epoch's signing key that a device's signing and box keys belong to
+    the patient, and who enrolled it (``registration``, ``recovery`` or a device id)."""
 
     patient: str
+    epoch: int
     sign_key: bytes
     box_key: bytes
+    enrolled_by: str
     issued: int
     signed: dict = attrs.field(eq=False, repr=False)
 
@@ -47,28 +162,36 @@ class DeviceCert:
         return device_id(self.sign_key)
 
     @classmethod
-    def issue(cls, root: SigningKeyPair, sign_key: bytes, box_key: bytes, now: int) -> DeviceCert:
-        body = {"type": cls.TYPE, "patient": patient_id(root.public), "sign_key": b64e(sign_key),
-                "box_key": b64e(box_key), "issued": now}
-        return cls(body["patient"], sign_key, box_key, now, sign_statement(root, body))
+    def issue(cls, signer: SigningKeyPair, *, patient: str, epoch: int, sign_key: bytes, box_key: bytes,
+              enrolled_by: str, now: int) -> DeviceCert:
+        body = {"type": cls.TYPE, "patient": patient, "epoch": epoch, "sign_key": b64e(sign_key),
+                "box_key": b64e(box_key), "enrolled_by": enrolled_by, "issued": now}
+        return cls(patient, epoch, sign_key, box_key, enrolled_by, now, sign_statement(signer, body))
 
     @classmethod
-    def from_json(cls, obj: Any, where: str, root_key: bytes | None) -> DeviceCert:
-        body = open_statement(obj, where, cls.TYPE, root_key)
-        f = fields(body, where, {"type": const(cls.TYPE), "patient": text(32, HEX_ID), "sign_key": b64(32),
-                                 "box_key": b64(32), "issued": integer(0, MAX_TIME)})
-        if root_key is not None and f["patient"] != patient_id(root_key):
-            raise Forbidden(f"{where} certifies a device for another patient")
-        return cls(f["patient"], f["sign_key"], f["box_key"], f["issued"], obj)
+    def from_json(cls, obj: Any, where: str, chain: IdentityChain | None) -> DeviceCert:
+        """Parse, and with ``chain`` check the signature by the signing key of the epoch the
+        certificate names (whether that epoch is current is the caller's question)."""
+        body = open_statement(obj, where, cls.TYPE, None)
+        f = fields(body, where, {"type": const(cls.TYPE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
+                                 "sign_key": b64(32), "box_key": b64(32), "enrolled_by": text(32, ENROLLED_BY),
+                                 "issued": integer(0, MAX_TIME)})
+        if chain is not None:
+            if f["patient"] != chain.current.patient:
+                raise Forbidden(f"{where} certifies a device for another patient")
+            open_statement(obj, where, cls.TYPE, chain.signing_key(f["epoch"]))
+        return cls(f["patient"], f["epoch"], f["sign_key"], f["box_key"], f["enrolled_by"], f["issued"], obj)
 
 
 @attrs.frozen
 class Manifest:
     """The patient's signed view of their vault: a counter that only grows, and a digest of
     every (record id, version, ciphertext hash). It lets a client detect a node that rolls
-    the vault back, drops a record or serves an old version."""
+    the vault back, drops a record or serves an old version. Signed by the signing key of
+    ``epoch``, which must be the current epoch when the manifest is made."""
 
     patient: str
+    epoch: int
     counter: int
     count: int
     digest: bytes
@@ -84,42 +207,33 @@ class Manifest:
         return sha256("\n".join(lines).encode())
 
     @classmethod
-    def issue(cls, root: SigningKeyPair, counter: int, entries: dict[str, tuple[int, bytes]], now: int) -> Manifest:
+    def issue(cls, signer: SigningKeyPair, *, patient: str, epoch: int, counter: int,
+              entries: dict[str, tuple[int, bytes]], now: int) -> Manifest:
         digest = cls.digest_of(entries)
-        body = {"type": cls.TYPE, "patient": patient_id(root.public), "counter": counter, "count": len(entries),
+        body = {"type": cls.TYPE, "patient": patient, "epoch": epoch, "counter": counter, "count": len(entries),
                 "digest": b64e(digest), "issued": now}
-        return cls(body["patient"], counter, len(entries), digest, now, sign_statement(root, body))
+        return cls(patient, epoch, counter, len(entries), digest, now, sign_statement(signer, body))
 
     @classmethod
-    def from_json(cls, obj: Any, where: str, root_key: bytes | None) -> Manifest:
-        body = open_statement(obj, where, cls.TYPE, root_key)
-        f = fields(body, where, {"type": const(cls.TYPE), "patient": text(32, HEX_ID),
+    def from_json(cls, obj: Any, where: str, signing_key: bytes | None) -> Manifest:
+        body = open_statement(obj, where, cls.TYPE, signing_key)
+        f = fields(body, where, {"type": const(cls.TYPE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
                                  "counter": integer(1, MAX_VERSION), "count": integer(0, MAX_VERSION),
                                  "digest": b64(32), "issued": integer(0, MAX_TIME)})
-        if root_key is not None and f["patient"] != patient_id(root_key):
-            raise Forbidden(f"{where} belongs to another patient")
-        return cls(f["patient"], f["counter"], f["count"], f["digest"], f["issued"], obj)
+        return cls(f["patient"], f["epoch"], f["counter"], f["count"], f["digest"], f["issued"], obj)
 
 
-def _simple_statement(kind: str, extra: dict):
-    def from_json(obj: Any, where: str, root_key: bytes | None) -> dict:
-        body = open_statement(obj, where, kind, root_key)
-        f = fields(body, where, {"type": const(kind), "patient": text(32, HEX_ID), **extra})
-        if root_key is not None and f["patient"] != patient_id(root_key):
-            raise Forbidden(f"{where} belongs to another patient")
-        return f
-
-    return from_json
-
-
-#: A root-signed revocation of one device.
-REVOCATION = "rxfed.device-revocation"
-parse_revocation = _simple_statement(REVOCATION, {"device": text(32, HEX_ID), "revoked": integer(0, MAX_TIME)})
-#: A root-signed statement that the patient erased their account.
+#: A statement by the current signing key that the patient erased their account.
 TOMBSTONE = "rxfed.tombstone"
-parse_tombstone = _simple_statement(TOMBSTONE, {"deleted": integer(0, MAX_TIME)})
-parse_recovery_statement = _simple_statement(
-    "rxfed.recovery-key", {"auth_key": b64(32), "box_key": b64(32), "issued": integer(0, MAX_TIME)})
+
+
+def parse_tombstone(obj: Any, where: str, identity: IdentityStatement) -> dict:
+    body = open_statement(obj, where, TOMBSTONE, identity.signing_key)
+    f = fields(body, where, {"type": const(TOMBSTONE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
+                             "deleted": integer(0, MAX_TIME)})
+    if f["patient"] != identity.patient or f["epoch"] != identity.epoch:
+        raise Forbidden(f"{where} is not signed by this patient's current key", code="stale_identity")
+    return f
 
 
 # -- client API bodies ---------------------------------------------------------------------
@@ -154,9 +268,8 @@ class Commit:
     @classmethod
     def from_json(cls, obj: Any, patient: str) -> Commit:
         """Parse a commit for ``patient``. The manifest's signature is the client's to check
-        (on every read): every device of the patient holds the root key that signs it, so
-        the node checking it would stop nothing a device could not do anyway; the node
-        checks what it enforces, that the manifest is the patient's and its counter."""
+        (on every read); the node checks what it enforces: that the manifest is the
+        patient's, its counter (a compare-and-swap) and its epoch (the current one)."""
         f = fields(obj, "commit", {"manifest": anything},
                    {"put": array(_put, MAX_RECORDS_PER_COMMIT), "delete": array(_delete, MAX_RECORDS_PER_COMMIT)})
         puts, deletes = tuple(f["put"] or ()), tuple(f["delete"] or ())
@@ -177,47 +290,36 @@ class Commit:
 
 
 _KEYRING = b64(max_length=8192)
+_BUNDLE = b64(max_length=1024)
 
 
 @attrs.frozen
 class RecoverySetup:
-    """What the node keeps so that a recovery code can restore a patient's access.
+    """What the node keeps so that a recovery code can restore a patient's access: the
+    current master key sealed under a key derived from the code (``root_bundle``), and the
+    epoch's device secrets sealed to the recovery box key (``keyring``). The auth and box
+    keys themselves are named by the identity statement."""
 
-    ``statement`` is root-signed and names the recovery auth key (signs the request for the
-    bundle) and the recovery box key (receives the vault keyring, like a device does), so
-    any device can reseal a rotated keyring to it without knowing the code, and the node
-    cannot substitute its own key. ``root_bundle`` is the root seed sealed under a key
-    derived from the code; ``keyring`` is the vault keyring sealed to the box key.
-    """
-
-    auth_key: bytes
-    box_key: bytes
-    statement: dict = attrs.field(repr=False)
     root_bundle: bytes = attrs.field(repr=False)
     keyring: bytes = attrs.field(repr=False)
 
-    TYPE = "rxfed.recovery-key"
-
-    @staticmethod
-    def statement_for(root: SigningKeyPair, auth_key: bytes, box_key: bytes, now: int) -> dict:
-        return sign_statement(root, {"type": RecoverySetup.TYPE, "patient": patient_id(root.public),
-                                     "auth_key": b64e(auth_key), "box_key": b64e(box_key), "issued": now})
-
     @classmethod
-    def from_json(cls, obj: Any, where: str, root_key: bytes) -> RecoverySetup:
-        f = fields(obj, where, {"statement": anything, "root_bundle": b64(max_length=1024), "keyring": _KEYRING})
-        key = parse_recovery_statement(f["statement"], f"{where}.statement", root_key)
-        return cls(key["auth_key"], key["box_key"], f["statement"], f["root_bundle"], f["keyring"])
+    def from_json(cls, obj: Any, where: str) -> RecoverySetup:
+        f = fields(obj, where, {"root_bundle": _BUNDLE, "keyring": _KEYRING})
+        return cls(f["root_bundle"], f["keyring"])
 
     def to_json(self) -> dict:
-        return {"statement": self.statement, "root_bundle": b64e(self.root_bundle), "keyring": b64e(self.keyring)}
+        return {"root_bundle": b64e(self.root_bundle), "keyring": b64e(self.keyring)}
 
 
+def _first_epoch(root_key: bytes, obj: Any, where: str) -> IdentityChain:
+    return IdentityChain.verify(root_key, [obj], where)
 
 
 @attrs.frozen
 class Registration:
     root_key: bytes
+    identity: IdentityStatement
     device: DeviceCert
     keyring: bytes = attrs.field(repr=False)
     recovery: RecoverySetup
@@ -226,49 +328,73 @@ class Registration:
     @classmethod
     def from_json(cls, obj: Any) -> Registration:
         f = fields(obj, "registration",
-                   {"root_key": b64(32), "device": anything, "keyring": _KEYRING, "recovery": anything},
+                   {"root_key": b64(32), "identity": anything, "device": anything, "keyring": _KEYRING,
+                    "recovery": anything},
                    {"invite": text(64)})
-        device = DeviceCert.from_json(f["device"], "registration.device", f["root_key"])
-        recovery = RecoverySetup.from_json(f["recovery"], "registration.recovery", f["root_key"])
-        return cls(f["root_key"], device, f["keyring"], recovery, f["invite"])
+        chain = _first_epoch(f["root_key"], f["identity"], "registration.identity")
+        device = DeviceCert.from_json(f["device"], "registration.device", chain)
+        if device.epoch != 1 or device.enrolled_by != "registration":
+            raise Forbidden("registration.device must be certified at epoch 1 by registration")
+        recovery = RecoverySetup.from_json(f["recovery"], "registration.recovery")
+        return cls(f["root_key"], chain.current, device, f["keyring"], recovery, f["invite"])
 
 
 @attrs.frozen
 class DeviceEnrolment:
-    """A new device, certified by the root key, with the vault keyring sealed to it."""
+    """A new device, certified by the current epoch's signing key, with the epoch's device
+    secrets sealed to it. The request is signed by an active device or the recovery key,
+    which the certificate must name as its enroller."""
 
     device: DeviceCert
     keyring: bytes = attrs.field(repr=False)
 
     @classmethod
-    def from_json(cls, obj: Any, root_key: bytes) -> DeviceEnrolment:
+    def from_json(cls, obj: Any, identity: IdentityChain) -> DeviceEnrolment:
         f = fields(obj, "enrolment", {"device": anything, "keyring": _KEYRING})
-        return cls(DeviceCert.from_json(f["device"], "enrolment.device", root_key), f["keyring"])
-
-    @staticmethod
-    def claimed_patient(obj: Any) -> str:
-        """The patient a not-yet-verified enrolment names, to look up the root key."""
-        f = fields(obj, "enrolment", {"device": anything, "keyring": _KEYRING})
-        return DeviceCert.from_json(f["device"], "enrolment.device", None).patient
+        cert = DeviceCert.from_json(f["device"], "enrolment.device", identity)
+        if cert.epoch != identity.current.epoch:
+            raise Conflict("enrolment.device is certified for an earlier identity epoch; sync and retry",
+                           code="stale_identity")
+        return cls(cert, f["keyring"])
 
 
 @attrs.frozen
-class DeviceRevocation:
-    """A root-signed revocation plus the rotated keyring sealed to every remaining device."""
+class KeptDevice:
+    cert: DeviceCert
+    keyring: bytes = attrs.field(repr=False)
 
-    device: str
-    revoked: int
-    keyrings: dict[str, bytes] = attrs.field(repr=False)
-    recovery_keyring: bytes = attrs.field(repr=False)
-    signed: dict = attrs.field(eq=False, repr=False)
+
+@attrs.frozen
+class IdentityRotation:
+    """A new identity epoch: the statement (signed by the current master key), every device
+    that stays active certified again under the new signing key with the new epoch's secrets
+    sealed to it, the recovery material for the epoch, and the vault manifest re-signed under
+    the new key. Active devices left out are revoked."""
+
+    identity: IdentityStatement
+    devices: tuple[KeptDevice, ...]
+    recovery: RecoverySetup
+    manifest: Manifest | None
 
     @classmethod
-    def from_json(cls, obj: Any, root_key: bytes) -> DeviceRevocation:
-        f = fields(obj, "revocation", {"revocation": anything, "keyrings": mapping(text(32, HEX_ID), _KEYRING, 64),
-                                       "recovery_keyring": _KEYRING})
-        r = parse_revocation(f["revocation"], "revocation.revocation", root_key)
-        return cls(r["device"], r["revoked"], f["keyrings"], f["recovery_keyring"], f["revocation"])
-
-    def to_json(self) -> dict:
-        return {"revocation": self.signed, "keyrings": {d: b64e(k) for d, k in self.keyrings.items()},
-                "recovery_keyring": b64e(self.recovery_keyring)}
+    def from_json(cls, obj: Any, current: IdentityChain) -> IdentityRotation:
+        f = fields(obj, "rotation", {"identity": anything, "devices": array(anything, 64), "recovery": anything},
+                   {"manifest": anything})
+        nxt = IdentityStatement.from_json(f["identity"], "rotation.identity", current.current.master_key)
+        check_extends(current.current, nxt, "rotation.identity")
+        chain = IdentityChain(current.statements + (nxt,))
+        kept = []
+        for i, d in enumerate(f["devices"]):
+            g = fields(d, f"rotation.devices[{i}]", {"device": anything, "keyring": _KEYRING})
+            cert = DeviceCert.from_json(g["device"], f"rotation.devices[{i}].device", chain)
+            if cert.epoch != nxt.epoch:
+                raise Forbidden(f"rotation.devices[{i}] is not certified for epoch {nxt.epoch}")
+            kept.append(KeptDevice(cert, g["keyring"]))
+        if len({k.cert.device for k in kept}) != len(kept):
+            raise BadRequest("rotation.devices names a device twice")
+        manifest = None
+        if f["manifest"] is not None:
+            manifest = Manifest.from_json(f["manifest"], "rotation.manifest", nxt.signing_key)
+            if manifest.patient != nxt.patient or manifest.epoch != nxt.epoch:
+                raise Forbidden("rotation.manifest is not for the new epoch")
+        return cls(nxt, tuple(kept), RecoverySetup.from_json(f["recovery"], "rotation.recovery"), manifest)

@@ -46,6 +46,7 @@ class AuthKey:
 class Account:
     patient: str
     root_key: bytes
+    epoch: int
     created: int
     counter: int
     records: int
@@ -102,6 +103,8 @@ class NewPatient:
     device_cert: bytes
     keyring: bytes = attrs.field(repr=False)
     recovery: Recovery
+    #: The first identity statement (epoch 1), canonical bytes.
+    identity: bytes
 
 
 
@@ -216,19 +219,26 @@ class Store(abc.ABC):
     async def devices(self, patient: str) -> list[Device]: ...
 
     @abc.abstractmethod
-    async def enrol_device(self, patient: str, *, device: str, sign_key: bytes, cert: bytes, keyring: bytes,
-                           nonce: Nonce, now: int) -> None: ...
+    async def identity_chain(self, patient: str) -> list[bytes]:
+        """The patient's identity statements, epoch 1 first (empty for an unknown patient)."""
 
     @abc.abstractmethod
-    async def revoke_device(self, patient: str, *, signer: str | None, device: str, revocation: bytes,
-                            keyrings: dict[str, bytes], recovery_keyring: bytes, nonce: Nonce, now: int) -> None:
-        """Mark ``device`` revoked, replace the keyring of every remaining device and of the
-        recovery key (all now hold the rotated vault key); the set of ``keyrings`` must be
-        exactly the remaining devices (Conflict otherwise)."""
+    async def enrol_device(self, patient: str, *, signer: str | None, epoch: int, device: str, sign_key: bytes,
+                           cert: bytes, keyring: bytes, nonce: Nonce, now: int) -> None:
+        """Add a device certified at identity ``epoch``, which must be the current one
+        (Conflict ``stale_identity``). ``signer`` is the enrolling device, which must be
+        active (None: the recovery key enrols)."""
 
     @abc.abstractmethod
-    async def set_recovery(self, patient: str, *, signer: str, recovery: Recovery, nonce: Nonce) -> None:
-        """Replace the patient's recovery key (the old one stops working at once)."""
+    async def rotate_identity(self, patient: str, *, signer: str | None, epoch: int, identity: bytes,
+                              devices: dict[str, tuple[bytes, bytes]], recovery: Recovery,
+                              manifest: tuple[int, bytes] | None, nonce: Nonce, now: int) -> list[str]:
+        """Start identity ``epoch`` (the current one plus one, Conflict ``stale_identity``
+        otherwise): store its statement, replace the certificate and keyring of every device
+        in ``devices`` (device -> (cert, keyring); each must be active), revoke every other
+        active device, replace the recovery material, and with ``manifest`` (counter,
+        statement) re-sign the vault (counter must follow the stored one). ``signer``, if a
+        device, must be active and kept. Returns the revoked devices."""
 
     @abc.abstractmethod
     async def recovery(self, patient: str) -> Recovery | None: ...
@@ -246,8 +256,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
-                     nonce: Nonce) -> int:
-        """Apply one vault change atomically. ``counter`` must be the stored counter plus
+                     nonce: Nonce, epoch: int) -> int:
+        """Apply one vault change atomically. ``epoch`` (the manifest's identity epoch) must
+        be the current one (Conflict ``stale_identity``); ``counter`` must be the stored counter plus
         one; a put's version must be one more than the stored one (1 for a new record); a
         delete's version must match. Conflict on any mismatch, QuotaExceeded past the quota."""
 
@@ -275,7 +286,14 @@ class Store(abc.ABC):
         """Record the operator's decision about a peer (creating the peer if unknown)."""
 
     @abc.abstractmethod
-    async def save_peer_document(self, node_id: str, document: bytes, now: int) -> None: ...
+    async def save_peer_document(self, node_id: str, document: bytes, fetched: int, trusted_keys: bytes) -> None:
+        """Keep a peer's key document as fetched, and the keys this node now trusts for it."""
+
+    @abc.abstractmethod
+    async def forget_peer_keys(self, node_id: str) -> bool:
+        """Forget the keys trusted for a peer and its document (the operator accepts a key
+        change); the next document fetched counts as a first contact, or is checked against
+        the pin. False when the peer is unknown."""
 
     @abc.abstractmethod
     async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
@@ -443,6 +461,9 @@ class Peer:
     breaker_until: int | None
     last_success: int | None
     last_error: str | None
+    #: The keys this node trusts for the peer (canonical JSON list of keys), see
+    #: :func:`rxfed.protocol.federation.trusted_keys`; None before the first contact.
+    trusted_keys: bytes | None = None
 
 
 @attrs.frozen

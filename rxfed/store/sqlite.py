@@ -279,7 +279,24 @@ MIGRATIONS: list[str] = [
     DROP TABLE nonces;
     ALTER TABLE nonces_by_expiry RENAME TO nonces
     """,
-    # 5
+    # 5: identity epochs. A patient's master key signs one statement per epoch (the first
+    # at registration); the epoch's signing key certifies devices and signs manifests.
+    # Accounts from before have no chain and must register again.
+    """
+    CREATE TABLE identity_chain (
+        patient_id TEXT NOT NULL REFERENCES patients(id),
+        epoch INTEGER NOT NULL,
+        statement BLOB NOT NULL,
+        PRIMARY KEY (patient_id, epoch)
+    ) WITHOUT ROWID;
+    ALTER TABLE patients ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0
+    """,
+    # 6: the keys a node trusts for each peer (pinned or learnt on first contact, and those
+    # reached from them by signed rotations), kept so a changed key is noticed
+    """
+    ALTER TABLE peers ADD COLUMN trusted_keys BLOB
+    """,
+    # 7
     CONSENT_DELIVERY_STATE,
 ]
 
@@ -682,7 +699,9 @@ class SQLiteStore(Store):
                 used = c.execute("UPDATE invites SET used=? WHERE code_hash=? AND used IS NULL", (now, invite_hash))
                 if used.rowcount != 1:
                     raise Forbidden("unknown or already used invitation code", code="bad_invite")
-            c.execute("INSERT INTO patients (id, root_key, created) VALUES (?, ?, ?)", (new.patient, new.root_key, now))
+            c.execute("INSERT INTO patients (id, root_key, created, epoch) VALUES (?, ?, ?, 1)",
+                      (new.patient, new.root_key, now))
+            c.execute("INSERT INTO identity_chain VALUES (?, 1, ?)", (new.patient, new.identity))
             c.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) VALUES (?, ?, ?, ?, ?, ?)",
                       (new.device, new.patient, new.device_sign_key, new.device_cert, new.keyring, now))
             self._put_recovery(c, new.patient, new.recovery)
@@ -701,7 +720,8 @@ class SQLiteStore(Store):
 
     async def account(self, patient: str) -> Account | None:
         row = await self._read(lambda c: c.execute(
-            "SELECT id, root_key, created, counter, records, bytes FROM patients WHERE id=?", (patient,)).fetchone())
+            "SELECT id, root_key, epoch, created, counter, records, bytes FROM patients WHERE id=?",
+            (patient,)).fetchone())
         return Account(*row) if row else None
 
     async def devices(self, patient: str) -> list[Device]:
@@ -710,11 +730,23 @@ class SQLiteStore(Store):
             "ORDER BY created, id", (patient,)).fetchall())
         return [Device(*r) for r in rows]
 
-    async def enrol_device(self, patient: str, *, device: str, sign_key: bytes, cert: bytes, keyring: bytes,
-                           nonce: Nonce, now: int) -> None:
+    async def identity_chain(self, patient: str) -> list[bytes]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT statement FROM identity_chain WHERE patient_id=? ORDER BY epoch", (patient,)).fetchall())
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def _current_epoch(c: sqlite3.Connection, patient: str, signer: str | None, epoch: int) -> None:
+        (current,) = SQLiteStore._signer_ok(c, patient, signer, "p.epoch")
+        if current != epoch:
+            raise Conflict(f"identity epoch {epoch} is not the current epoch {current}; sync and retry",
+                           code="stale_identity")
+
+    async def enrol_device(self, patient: str, *, signer: str | None, epoch: int, device: str, sign_key: bytes,
+                           cert: bytes, keyring: bytes, nonce: Nonce, now: int) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
-            self._signer_ok(c, patient, None)
+            self._current_epoch(c, patient, signer, epoch)
             if c.execute("SELECT 1 FROM devices WHERE sign_key=? OR id=?", (sign_key, device)).fetchone():
                 raise Conflict("this device is already enrolled", code="already_registered")
             c.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) VALUES (?, ?, ?, ?, ?, ?)",
@@ -722,23 +754,35 @@ class SQLiteStore(Store):
 
         await self._write(op)
 
-    async def revoke_device(self, patient: str, *, signer: str | None, device: str, revocation: bytes,
-                            keyrings: dict[str, bytes], recovery_keyring: bytes, nonce: Nonce, now: int) -> None:
-        def op(c: sqlite3.Connection) -> None:
+    async def rotate_identity(self, patient: str, *, signer: str | None, epoch: int, identity: bytes,
+                              devices: dict[str, tuple[bytes, bytes]], recovery: Recovery,
+                              manifest: tuple[int, bytes] | None, nonce: Nonce, now: int) -> list[str]:
+        def op(c: sqlite3.Connection) -> list[str]:
             self._use_nonce(c, nonce)
-            self._signer_ok(c, patient, signer)
-            rows = c.execute("SELECT id, revoked FROM devices WHERE patient_id=?", (patient,)).fetchall()
-            active = {r[0] for r in rows if r[1] is None}
-            if device not in active:
-                raise Conflict("no such active device", code="unknown_device")
-            remaining = active - {device}
-            if set(keyrings) != remaining:
-                raise Conflict("the rotated keyring must be sealed to exactly the remaining devices", code="keyring_mismatch")
-            c.execute("UPDATE devices SET revoked=?, revocation=? WHERE id=?", (now, revocation, device))
-            c.executemany("UPDATE devices SET keyring=? WHERE id=?", [(k, d) for d, k in keyrings.items()])
-            c.execute("UPDATE recovery SET keyring=? WHERE patient_id=?", (recovery_keyring, patient))
+            self._current_epoch(c, patient, signer, epoch - 1)
+            active = {r[0] for r in c.execute("SELECT id FROM devices WHERE patient_id=? AND revoked IS NULL",
+                                              (patient,))}
+            if not set(devices) <= active:
+                raise Conflict("a kept device is not an active device of this patient", code="unknown_device")
+            if signer is not None and signer not in devices:
+                raise Conflict("the device that signs a rotation must stay active", code="unknown_device")
+            revoked = sorted(active - set(devices))
+            if manifest is not None:
+                (stored,) = c.execute("SELECT counter FROM patients WHERE id=?", (patient,)).fetchone()
+                if manifest[0] != stored + 1:
+                    raise Conflict(f"manifest counter {manifest[0]} does not follow {stored}; sync and retry",
+                                   code="stale_manifest")
+                c.execute("UPDATE patients SET counter=?, manifest=? WHERE id=?", (manifest[0], manifest[1], patient))
+            c.execute("UPDATE patients SET epoch=? WHERE id=?", (epoch, patient))
+            c.execute("INSERT INTO identity_chain VALUES (?, ?, ?)", (patient, epoch, identity))
+            c.executemany("UPDATE devices SET revoked=?, revocation=? WHERE id=?",
+                          [(now, identity, d) for d in revoked])
+            c.executemany("UPDATE devices SET cert=?, keyring=? WHERE id=?",
+                          [(cert, keyring, d) for d, (cert, keyring) in devices.items()])
+            self._put_recovery(c, patient, recovery)
+            return revoked
 
-        await self._write(op)
+        return await self._write(op)
 
     @staticmethod
     def _put_recovery(c: sqlite3.Connection, patient: str, recovery: Recovery) -> None:
@@ -747,14 +791,6 @@ class SQLiteStore(Store):
             raise Conflict("this recovery key is in use", code="already_registered")
         c.execute("INSERT OR REPLACE INTO recovery VALUES (?, ?, ?, ?, ?)",
                   (patient, recovery.auth_key, recovery.statement, recovery.root_bundle, recovery.keyring))
-
-    async def set_recovery(self, patient: str, *, signer: str, recovery: Recovery, nonce: Nonce) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            self._use_nonce(c, nonce)
-            self._signer_ok(c, patient, signer)
-            self._put_recovery(c, patient, recovery)
-
-        await self._write(op)
 
     async def recovery(self, patient: str) -> Recovery | None:
         row = await self._read(lambda c: c.execute(
@@ -773,10 +809,14 @@ class SQLiteStore(Store):
     # -- vault -----------------------------------------------------------------------------
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
-                     nonce: Nonce) -> int:
+                     nonce: Nonce, epoch: int) -> int:
         def op(c: sqlite3.Connection) -> int:
             self._use_nonce(c, nonce)
-            stored, records, size = self._signer_ok(c, patient, signer, "p.counter, p.records, p.bytes")
+            stored, records, size, current = self._signer_ok(c, patient, signer,
+                                                             "p.counter, p.records, p.bytes, p.epoch")
+            if epoch != current:
+                raise Conflict(f"the manifest is signed for identity epoch {epoch}, not the current {current}; "
+                               "sync and retry", code="stale_identity")
             if counter != stored + 1:
                 raise Conflict(f"manifest counter {counter} does not follow {stored}; sync and retry",
                                code="stale_manifest")
@@ -832,7 +872,7 @@ class SQLiteStore(Store):
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
             (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
-            for table in ("records", "recovery", "devices", "subscriptions", "audit"):
+            for table in ("records", "recovery", "devices", "identity_chain", "subscriptions", "audit"):
                 c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
             c.execute("DELETE FROM deliveries WHERE token IN (SELECT token FROM grant_tokens WHERE grant_id IN "
                       "(SELECT id FROM grants WHERE patient_id=?))", (patient,))
@@ -852,7 +892,7 @@ class SQLiteStore(Store):
 
     # -- federation: peers -----------------------------------------------------------------
     _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "
-                     "last_success, last_error")
+                     "last_success, last_error, trusted_keys")
 
     async def peer(self, node_id: str) -> Peer | None:
         row = await self._read(lambda c: c.execute(
@@ -871,17 +911,28 @@ class SQLiteStore(Store):
                               fingerprint: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._ensure_peer(c, node_id)
-            c.execute("UPDATE peers SET policy=?, url=coalesce(?, url), fingerprint=coalesce(?, fingerprint), "
-                      "failures=0, breaker_until=NULL WHERE node_id=?", (policy, url, fingerprint, node_id))
+            # A new pin replaces whatever trust was learnt before it.
+            c.execute("UPDATE peers SET policy=:policy, url=coalesce(:url, url), trusted_keys=CASE "
+                      "WHEN :pin IS NOT NULL AND :pin IS NOT fingerprint THEN NULL ELSE trusted_keys END, "
+                      "fingerprint=coalesce(:pin, fingerprint), failures=0, breaker_until=NULL WHERE node_id=:node",
+                      {"policy": policy, "url": url, "pin": fingerprint, "node": node_id})
 
         await self._write(op)
 
-    async def save_peer_document(self, node_id: str, document: bytes, now: int) -> None:
+    async def save_peer_document(self, node_id: str, document: bytes, fetched: int, trusted_keys: bytes) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._ensure_peer(c, node_id)
-            c.execute("UPDATE peers SET document=?, fetched=? WHERE node_id=?", (document, now, node_id))
+            c.execute("UPDATE peers SET document=?, fetched=?, trusted_keys=? WHERE node_id=?",
+                      (document, fetched, trusted_keys, node_id))
 
         await self._write(op)
+
+    async def forget_peer_keys(self, node_id: str) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            return c.execute("UPDATE peers SET trusted_keys=NULL, document=NULL, fetched=NULL WHERE node_id=?",
+                             (node_id,)).rowcount == 1
+
+        return await self._write(op)
 
     async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
                             breaker_until: int | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Write the federation test vectors in this folder from fixed keys, nonces and times.
+"""Write the test vectors in this folder from fixed keys, nonces and times.
 
     python spec/vectors/generate.py          # rewrite the vector files
     tests/test_vectors.py                    # checks the files against the code
@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from rxfed.crypto import SigningKeyPair, b64e  # noqa: E402
+from rxfed.crypto import SigningKeyPair, b64d, b64e  # noqa: E402
 from rxfed.errors import RxfedError  # noqa: E402
 from rxfed.protocol.auth import sign_request, signing_bytes  # noqa: E402
 from rxfed.protocol.canonical import canonical, loads  # noqa: E402
@@ -111,25 +111,10 @@ NODE_SEED = bytes(range(33, 65))
 DEVICE_SEED = bytes(range(65, 97))
 
 
-def _fixed_box(node_key, plaintext: bytes) -> bytes:
-    """The sealed box of the vector file if it still opens to ``plaintext``, else a new one.
-    A sealed box uses a fresh ephemeral key, so it is kept rather than made again: the
-    vector is a box another implementation must open, not one it must reproduce."""
-    from rxfed.crypto import DecryptionFailed, b64d, open_as_node, seal_to_node
-
-    try:
-        sealed = b64d(json.loads((HERE / "consent.json").read_text())["sealed_box"]["sealed"])
-        if open_as_node(node_key, sealed) == plaintext:
-            return sealed
-    except (OSError, KeyError, TypeError, ValueError, DecryptionFailed):
-        pass
-    return seal_to_node(node_key.public, plaintext)
-
-
 def consent_vectors() -> dict:
     from rxfed.consent import grants as pg
     from rxfed.consent.audit import chain
-    from rxfed.crypto import node_box_key, pseudonym_key, sha256
+    from rxfed.crypto import DecryptionFailed, node_box_key, open_as_node, pseudonym_key, seal_to_node, sha256
 
     # Whole days, as every recipient of a grant sees them (spec/consent.md §1).
     issued, not_after = pg.day(CREATED), pg.end_of_day(CREATED + 86400)
@@ -160,13 +145,19 @@ def consent_vectors() -> dict:
     delivery = pg.sign_delivery(key, token="0" * 32, node="c.example", delivery="2" * 32, seq=seq, signals=signals)
     node = SigningKeyPair.from_seed(NODE_SEED)
     plaintext = canonical(delivery)
+    box = (_frozen("consent.json", "sealed_box") or {}).get("sealed")
+    try:
+        sealed = b64d(box) if box and open_as_node(node, b64d(box)) == plaintext else None
+    except DecryptionFailed:
+        sealed = None
+    sealed = sealed or seal_to_node(node.public, plaintext)
     revocation = pg.revoke_token(key, "0" * 32, CREATED + 3600)
     ack = pg.Acknowledgement.create(node, token="0" * 32, node="c.example", revocation=revocation,
                                     unconfirmed=["outcomes"], now=CREATED + 3660)
     entries = [{"event": "granted", "grant": "1" * 32, "seq": 1, "time": CREATED},
                {"event": "revoked", "grant": "1" * 32, "seq": 2, "time": CREATED + 60}]
     return {
-        "root_seed": b64e(SEED),
+        "pseudonym_secret": b64e(SEED),
         "pseudonym": {"label": label, "seed": b64e(key.seed), "public_key": b64e(key.public),
                       "subject": pg.subject_of(key.public)},
         "token": token,
@@ -176,7 +167,7 @@ def consent_vectors() -> dict:
                      "canonical": plaintext.decode()},
         "sealed_box": {"node_seed": b64e(NODE_SEED), "node_public_key": b64e(node.public),
                        "node_x25519_public_key": b64e(node_box_key(node.public)),
-                       "plaintext": plaintext.decode(), "sealed": b64e(_fixed_box(node, plaintext))},
+                       "plaintext": plaintext.decode(), "sealed": b64e(sealed)},
         "ack": {"node_seed": b64e(NODE_SEED), "revocation": revocation,
                 "revocation_sha256": b64e(sha256(canonical(revocation))), "statement": ack.signed},
         "audit": {"entries": entries, "canonical": [canonical(e).decode() for e in entries],
@@ -184,8 +175,170 @@ def consent_vectors() -> dict:
     }
 
 
+def _fixed_random(label: bytes):
+    """Deterministic bytes for vectors only: SHA-256 in counter mode over a label."""
+    import hashlib
+    import itertools
+
+    counter = itertools.count()
+
+    def draw(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(label + next(counter).to_bytes(4, "big")).digest()
+        return out[:n]
+
+    return draw
+
+
+def _frozen(name: str, key: str):
+    """A value of an existing vector file: sealed boxes draw an ephemeral key inside
+    libsodium, so their vectors are fixed once and checked by opening them."""
+    try:
+        return json.loads((HERE / name).read_text()).get(key)
+    except FileNotFoundError:
+        return None
+
+
+def vault_vectors() -> dict:
+    """spec/crypto.md sections 1 (identity chain), 2 (sealed records), 3 (envelopes) and 6
+    (recovery codes and bundles)."""
+    from rxfed.client.identity import EpochSecrets, open_secrets, seal_secrets
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.records import VaultKeyring, open_record, seal_record, secretbox_seal
+    from rxfed.crypto.recovery import RecoveryCode
+    from rxfed.protocol import vault as pv
+
+    root = SigningKeyPair.from_seed(SEED)
+    patient = pv.patient_id(root.public)
+    code = RecoveryCode(bytes(range(100, 120)))
+    box = BoxKeyPair.from_secret(code.box_secret())
+    secrets = EpochSecrets(1, SigningKeyPair.from_seed(bytes([7]) * 32), VaultKeyring({1: bytes([9]) * 32}),
+                           VaultKeyring({1: bytes([11]) * 32}))
+    identity = pv.IdentityStatement.issue(root, patient=patient, epoch=1, previous=None, master_key=root.public,
+                                          signing_key=secrets.signing.public, recovery_auth=code.auth_key().public,
+                                          recovery_box=box.public, now=CREATED)
+    master2 = SigningKeyPair.from_seed(bytes([13]) * 32)
+    identity2 = identity.next(root, signing_key=SigningKeyPair.from_seed(bytes([17]) * 32).public, now=CREATED + 60,
+                              master_key=master2.public)
+    pv.IdentityChain.verify(root.public, [identity.signed, identity2.signed])
+    device = BoxKeyPair.from_secret(bytes([21]) * 32)
+    holder = "d" * 32
+    envelope = _frozen("vault.json", "envelope")
+    if envelope is None or open_secrets(identity, holder, device, b64d(envelope["sealed"])) != secrets:
+        envelope = {"holder": holder, "epoch": 1, "box_secret": b64e(device.secret),
+                    "sealed": b64e(seal_secrets(secrets, holder, device.public))}
+    ad = canonical({"owner": patient, "record": "0" * 32, "version": 1})
+    plaintext = b'{"kind":"journal"}'
+    sealed = seal_record(secrets.keyring, ad, plaintext, random=_fixed_random(b"record"))
+    assert open_record(secrets.keyring, ad, sealed) == plaintext
+    bundle = secretbox_seal(code.bundle_key(), b"rxfed-recovery|" + patient.encode(), root.seed,
+                            random=_fixed_random(b"bundle"))
+    return {
+        "root_seed": b64e(SEED),
+        "patient": patient,
+        "identity_chain": [identity.signed, identity2.signed],
+        "secrets": {"bytes": secrets.to_bytes().decode(), "signing_public": b64e(secrets.signing.public)},
+        "envelope": envelope,
+        "record": {"vault_key": b64e(secrets.keyring.keys[1]), "epoch": 1, "ad": ad.decode(),
+                   "plaintext": plaintext.decode(), "sealed": b64e(sealed), "padded_size": 256},
+        "recovery": {"code": str(code), "bundle_key": b64e(code.bundle_key()), "box_public": b64e(box.public),
+                     "auth_public": b64e(code.auth_key().public), "bundle_ad": "rxfed-recovery|" + patient,
+                     "root_bundle": b64e(bundle)},
+    }
+
+
+KEYFILE_PASSPHRASE = "correct horse battery staple"
+KEYFILE_SALT = bytes(range(16))
+KEYFILE_NONCE = bytes([0x03] * 24)
+
+
+def keyfile_vectors() -> dict:
+    """spec/crypto.md §4: a key file sealed at the minimal (test-only) cost."""
+    from rxfed.crypto import WrongPassphrase
+    from rxfed.crypto.keyfile import KdfCost, keyfile_ad, keyfile_key, open_keyfile, seal_keyfile
+
+    cost = KdfCost.named("min")
+    plaintext = canonical({"root": b64e(SEED), "test": "rxfed key file vector"})
+    data = seal_keyfile(plaintext, KEYFILE_PASSPHRASE, cost, salt=KEYFILE_SALT, nonce=KEYFILE_NONCE)
+    assert open_keyfile(data, KEYFILE_PASSPHRASE) == plaintext
+    doc = json.loads(data)
+    header = {"format": doc["format"], "kdf": doc["kdf"]}
+    # Raising the cost in the header (or any edit of it) makes the file fail to open.
+    tampered = data.replace(b'"memlimit": %d' % cost.memlimit, b'"memlimit": %d' % (2 * cost.memlimit))
+    for wrong, passphrase in ((tampered, KEYFILE_PASSPHRASE), (data, KEYFILE_PASSPHRASE + "!")):
+        try:
+            open_keyfile(wrong, passphrase)
+        except WrongPassphrase:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("a wrong key file opened")
+    return {
+        "passphrase": KEYFILE_PASSPHRASE,
+        "salt": b64e(KEYFILE_SALT),
+        "opslimit": cost.opslimit,
+        "memlimit": cost.memlimit,
+        "key": b64e(keyfile_key(KEYFILE_PASSPHRASE, KEYFILE_SALT, cost)),
+        "ad": keyfile_ad(header).decode(),
+        "nonce": b64e(KEYFILE_NONCE),
+        "plaintext": plaintext.decode(),
+        "file": data.decode(),
+        "tampered_file": tampered.decode(),
+    }
+
+
+def rotation_vectors() -> dict:
+    """spec/federation.md §2.2: rotation statements and which keys a receiver trusts."""
+    from rxfed.protocol.federation import KeyRotation, NodeKey, trusted_keys
+
+    k1, k2, k3, attacker = (SigningKeyPair.from_seed(bytes([n]) * 32) for n in (0x11, 0x12, 0x13, 0xAA))
+    day = 86400
+    r12 = KeyRotation("a.example", k1.public, k2.public, CREATED + 30 * day, CREATED + 37 * day).signed_by(k1)
+    r23 = KeyRotation("a.example", k2.public, k3.public, CREATED + 60 * day, CREATED + 67 * day).signed_by(k2)
+    forged = sign_statement(attacker, KeyRotation("a.example", k1.public, attacker.public, CREATED + 40 * day,
+                                                  CREATED + 41 * day).body())
+    fork = KeyRotation("a.example", k1.public, attacker.public, CREATED + 31 * day, CREATED + 38 * day).signed_by(k1)
+    late = KeyRotation("a.example", k1.public, attacker.public, CREATED + 90 * day, CREATED + 91 * day).signed_by(k1)
+    statements = {"r12": r12, "r23": r23, "forged": forged, "fork": fork, "late": late}
+    anchor1, anchor2 = NodeKey(k1.public, CREATED, None), NodeKey(k2.public, CREATED + 30 * day, None)
+    ended1 = NodeKey(k1.public, CREATED, CREATED + 37 * day)
+    followed1 = NodeKey(k1.public, CREATED, CREATED + 37 * day, k2.public)
+    cases = [
+        ("a chain from the pinned key is followed to the newest key", [anchor1], ["r12", "r23"]),
+        ("the statements' order does not matter", [anchor1], ["r23", "r12"]),
+        ("a rotation not signed by its old key introduces nothing", [anchor1], ["forged"]),
+        ("a key that signed two different rotations is followed by neither", [anchor1], ["r12", "fork", "r23"]),
+        ("a rotation made after its old key ended is not followed", [ended1], ["late"]),
+        ("a key whose rotation was followed introduces no other, even alone", [followed1, anchor2], ["fork"]),
+        ("rotations before the anchor are not needed, and not followed backwards", [anchor2], ["r12", "r23"]),
+    ]
+    out = []
+    for why, anchors, names in cases:
+        parsed = []
+        for name in names:
+            try:
+                parsed.append(KeyRotation.from_statement(statements[name], name))
+            except RxfedError:
+                pass
+        out.append({"case": why, "anchors": [k.to_json() for k in anchors], "rotations": names,
+                    "trusted": [k.to_json() for k in trusted_keys(tuple(anchors), tuple(parsed))]})
+    return {
+        "node": "a.example",
+        "seeds": {"k1": b64e(bytes([0x11]) * 32), "k2": b64e(bytes([0x12]) * 32), "k3": b64e(bytes([0x13]) * 32),
+                  "attacker": b64e(bytes([0xAA]) * 32)},
+        "public_keys": {"k1": b64e(k1.public), "k2": b64e(k2.public), "k3": b64e(k3.public),
+                        "attacker": b64e(attacker.public)},
+        "statements": statements,
+        "signed_bytes": {"r12": "rxfed-statement|" + canonical(r12["body"]).decode()},
+        "cases": out,
+    }
+
+
 VECTORS = {
+    "vault.json": vault_vectors,
     "consent.json": consent_vectors,
+    "keyfile.json": keyfile_vectors,
+    "node-key-rotation.json": rotation_vectors,
     "canonical.json": canonical_vectors,
     "request-signature.json": request_vectors,
     "statement.json": statement_vectors,

@@ -21,7 +21,7 @@ def nonce() -> Nonce:
 def new_patient(n: int) -> NewPatient:
     b = bytes([n]) * 32
     return NewPatient(f"{n:032x}", b, f"d{n:031x}", b[:31] + b"d", b"cert", b"keyring",
-                      Recovery(b[:31] + b"r", b"statement", b"root-bundle", b"recovery-keyring"))
+                      Recovery(b[:31] + b"r", b"statement", b"root-bundle", b"recovery-keyring"), b"identity-1")
 
 
 async def register(store, n: int, **kw) -> NewPatient:
@@ -30,9 +30,9 @@ async def register(store, n: int, **kw) -> NewPatient:
     return p
 
 
-async def commit(store, p: NewPatient, counter: int, puts=(), deletes=(), quota=QUOTA, n=None):
+async def commit(store, p: NewPatient, counter: int, puts=(), deletes=(), quota=QUOTA, n=None, epoch=1):
     return await store.commit(p.patient, signer=p.device, counter=counter, manifest=b"m%d" % counter,
-                              puts=list(puts), deletes=list(deletes), quota=quota, nonce=n or nonce())
+                              puts=list(puts), deletes=list(deletes), quota=quota, nonce=n or nonce(), epoch=epoch)
 
 
 class StoreContract:
@@ -110,35 +110,67 @@ class StoreContract:
         await commit(store, a, 1, [StoredRecord("a" * 32, 1, b"secret-a")])
         with pytest.raises(Unauthorized):  # b's device cannot sign for a
             await store.commit(a.patient, signer=b.device, counter=2, manifest=b"m", puts=[], deletes=[],
-                               quota=QUOTA, nonce=nonce())
+                               quota=QUOTA, nonce=nonce(), epoch=1)
         with pytest.raises(Unauthorized):
             await store.vault(a.patient, b.device)
         assert (await store.vault(b.patient, b.device)).records == ()
 
-    async def test_revoke_device_rotates_keyrings(self, store):
+    async def _enrol(self, store, p, device="e" * 32, epoch=1, signer=None):
+        await store.enrol_device(p.patient, signer=signer or p.device, epoch=epoch, device=device,
+                                 sign_key=device.encode()[:32], cert=b"c2", keyring=b"k2", nonce=nonce(), now=2000)
+
+    async def test_identity_chain_and_enrolment(self, store):
         p = await register(store, 1)
-        await store.enrol_device(p.patient, device="e" * 32, sign_key=b"e" * 32, cert=b"c2", keyring=b"k2",
-                                 nonce=nonce(), now=2000)
-        with pytest.raises(Conflict):  # keyrings must match the remaining devices exactly
-            await store.revoke_device(p.patient, signer="e" * 32, device=p.device, revocation=b"r",
-                                      keyrings={}, recovery_keyring=b"rk", nonce=nonce(), now=3000)
-        await store.revoke_device(p.patient, signer="e" * 32, device=p.device, revocation=b"r",
-                                  keyrings={"e" * 32: b"k3"}, recovery_keyring=b"rk2", nonce=nonce(), now=3000)
+        assert await store.identity_chain(p.patient) == [b"identity-1"]
+        assert (await store.account(p.patient)).epoch == 1
+        with pytest.raises(Conflict) as exc:  # a certificate of another epoch
+            await self._enrol(store, p, epoch=2)
+        assert exc.value.code == "stale_identity"
+        await self._enrol(store, p)
+        await store.enrol_device(p.patient, signer=None, epoch=1, device="f" * 32, sign_key=b"f" * 32,
+                                 cert=b"c", keyring=b"k", nonce=nonce(), now=2000)  # by the recovery key
+        assert {d.device for d in await store.devices(p.patient)} == {p.device, "e" * 32, "f" * 32}
+
+    async def test_rotation_revokes_devices_left_out(self, store):
+        p = await register(store, 1)
+        await self._enrol(store, p)
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")])
+        rec = Recovery(b"n" * 32, b"identity-2", b"rb2", b"rk2")
+        with pytest.raises(Conflict) as exc:  # epochs follow each other
+            await store.rotate_identity(p.patient, signer="e" * 32, epoch=3, identity=b"identity-3",
+                                        devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=None,
+                                        nonce=nonce(), now=3000)
+        assert exc.value.code == "stale_identity"
+        with pytest.raises(Conflict):  # the signing device must stay
+            await store.rotate_identity(p.patient, signer=p.device, epoch=2, identity=b"identity-2",
+                                        devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=None,
+                                        nonce=nonce(), now=3000)
+        with pytest.raises(Conflict):  # the manifest counter is a compare-and-swap
+            await store.rotate_identity(p.patient, signer="e" * 32, epoch=2, identity=b"identity-2",
+                                        devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=(5, b"m"),
+                                        nonce=nonce(), now=3000)
+        revoked = await store.rotate_identity(p.patient, signer="e" * 32, epoch=2, identity=b"identity-2",
+                                              devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=(2, b"m2"),
+                                              nonce=nonce(), now=3000)
+        assert revoked == [p.device]
+        assert await store.identity_chain(p.patient) == [b"identity-1", b"identity-2"]
         devices = {d.device: d for d in await store.devices(p.patient)}
-        assert devices[p.device].revoked == 3000 and devices["e" * 32].keyring == b"k3"
+        assert devices[p.device].revoked == 3000 and (devices["e" * 32].cert, devices["e" * 32].keyring) == (b"c3", b"k3")
         assert (await store.recovery(p.patient)).keyring == b"rk2"
+        assert await store.recovery_by_key(p.recovery.auth_key) is None  # the old recovery key is gone
+        patient, root, found = await store.recovery_by_key(b"n" * 32)
+        assert (patient, root, found.root_bundle) == (p.patient, p.root_key, b"rb2")
+        assert (await store.vault(p.patient, None)).manifest == b"m2"
         with pytest.raises(Unauthorized):
-            await commit(store, p, 1)
+            await commit(store, p, 3, epoch=2)
         with pytest.raises(Unauthorized):
             await store.check_signer(p.patient, p.device)
-
-    async def test_recovery_rotation(self, store):
-        p = await register(store, 1)
-        await store.set_recovery(p.patient, signer=p.device, recovery=Recovery(b"n" * 32, b"s", b"rb", b"rk"),
-                                 nonce=nonce())
-        assert await store.recovery_by_key(p.recovery.auth_key) is None
-        patient, root, rec = await store.recovery_by_key(b"n" * 32)
-        assert (patient, root, rec.root_bundle) == (p.patient, p.root_key, b"rb")
+        with pytest.raises(Conflict) as exc:  # a manifest of the old epoch
+            await store.commit(p.patient, signer="e" * 32, counter=3, manifest=b"m", puts=[], deletes=[],
+                               quota=QUOTA, nonce=nonce(), epoch=1)
+        assert exc.value.code == "stale_identity"
+        with pytest.raises(Conflict):  # nor may an enrolment use it
+            await self._enrol(store, p, device="g" * 32, epoch=1, signer="e" * 32)
 
     async def test_erase(self, store):
         p = await register(store, 1)
@@ -284,3 +316,20 @@ class StoreContract:
         await self._grant(store, p)
         await store.erase_patient(p.patient, signer=p.device, tombstone=b"t", nonce=nonce(), now=3000)
         assert await store.grants(p.patient) == [] and await store.audit(p.patient) == []
+
+    async def test_peer_trust_kept_replaced_by_a_new_pin_and_forgotten(self, store):
+        await store.save_peer_document("a.example", b"{}", 100, b"[keys]")
+        peer = await store.peer("a.example")
+        assert (peer.document, peer.fetched, peer.trusted_keys, peer.fingerprint) == (b"{}", 100, b"[keys]", None)
+        await store.set_peer_policy("a.example", "allowed", url="https://a.example")
+        assert (await store.peer("a.example")).trusted_keys == b"[keys]"  # no pin given: trust kept
+        await store.set_peer_policy("a.example", "allowed", fingerprint="SHA256:one")
+        peer = await store.peer("a.example")
+        assert peer.trusted_keys is None and peer.fingerprint == "SHA256:one"  # a new pin replaces it
+        await store.save_peer_document("a.example", b"{}", 200, b"[pinned]")
+        await store.set_peer_policy("a.example", "allowed", fingerprint="SHA256:one")
+        assert (await store.peer("a.example")).trusted_keys == b"[pinned]"  # the same pin: kept
+        assert await store.forget_peer_keys("a.example")
+        peer = await store.peer("a.example")
+        assert (peer.document, peer.fetched, peer.trusted_keys, peer.fingerprint) == (None, None, None, "SHA256:one")
+        assert not await store.forget_peer_keys("nobody.example")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from contract import StoreContract, commit, nonce, register
+from contract import new_patient, StoreContract, commit, nonce, register
 from rxfed.errors import Conflict, Unavailable
 from rxfed.store import Quota, Replayed, StoredRecord
 from rxfed.store.sqlite import CONSENT_DELIVERY_STATE, MIGRATIONS, SQLiteStore
@@ -161,10 +161,18 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:3])  # a database from before migration 4
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
-    p = await register(s, 1)
-    used = nonce()
-    await commit(s, p, 1, [StoredRecord("a" * 32, 1, b"first"), StoredRecord("b" * 32, 1, b"second")], n=used)
     await s.close()
+    p, used = new_patient(1), nonce()
+    conn = sqlite3.connect(s.path)  # rows as the code of schema 3 wrote them
+    with conn:
+        conn.execute("INSERT INTO patients (id, root_key, created, counter) VALUES (?, ?, 1000, 1)",
+                     (p.patient, p.root_key))
+        conn.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) VALUES (?, ?, ?, ?, ?, 1000)",
+                     (p.device, p.patient, p.device_sign_key, p.device_cert, p.keyring))
+        conn.executemany("INSERT INTO records VALUES (?, ?, 1, ?)",
+                         [(p.patient, "a" * 32, b"first"), (p.patient, "b" * 32, b"second")])
+        conn.execute("INSERT INTO nonces VALUES (?, ?)", (used.value, used.expires))
+    conn.close()
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
@@ -173,11 +181,12 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         vault = await s.vault(p.patient, p.device)
         assert [(r.id, r.blob) for r in vault.records] == [("a" * 32, b"first"), ("b" * 32, b"second")]
+        # (accounts from before migration 5 are at identity epoch 0)
         with pytest.raises(Replayed):
-            await commit(s, p, 2, [StoredRecord("c" * 32, 1, b"x")], n=used)
+            await commit(s, p, 2, [StoredRecord("c" * 32, 1, b"x")], n=used, epoch=0)
         with pytest.raises(Conflict):  # the unique (patient, id) index holds
-            await commit(s, p, 2, [StoredRecord("a" * 32, 1, b"again")])
-        await commit(s, p, 2, [StoredRecord("a" * 32, 2, b"first, edited")])
+            await commit(s, p, 2, [StoredRecord("a" * 32, 1, b"again")], epoch=0)
+        await commit(s, p, 2, [StoredRecord("a" * 32, 2, b"first, edited")], epoch=0)
         assert [r.blob for r in (await s.vault(p.patient, p.device)).records] == [b"first, edited", b"second"]
     finally:
         await s.close()
