@@ -147,9 +147,12 @@ async def test_unknown_key_refused(node, patient):
 
     status, doc = await signed(other, "GET", "/v1/vault", key=SigningKeyPair.generate())
     assert status == 401 and doc["error"] == "unknown_key"
-    # the recovery key authenticates only the recovery request
-    status, doc = await signed(patient, "GET", "/v1/vault", key=patient.recovery_code.auth_key())
-    assert status == 401 and doc["error"] == "unknown_key"
+    # the recovery key authenticates the recovery requests (bundle, vault read, enrolment,
+    # rotation) and nothing else
+    for method, path in (("GET", "/v1/account"), ("POST", "/v1/vault"), ("POST", "/v1/consent/grants")):
+        status, doc = await signed(patient, method, path, {} if method == "POST" else None,
+                                   key=patient.recovery_code.auth_key())
+        assert status == 401 and doc["error"] == "unknown_key", path
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

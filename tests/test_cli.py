@@ -136,12 +136,13 @@ def test_argparse_usage_exits_2():
 def test_devices_recover_rotate_passphrase(profile, node_url, tmp_path):
     new = tmp_path / "new"
     env = {**ENV, "RXFED_RECOVERY_CODE": profile.recovery_code}
-    out = rxfed("patient", "recover", "--node", node_url, "--profile", str(new), "--json", env=env)
+    (old,) = [d["device"] for d in json.loads(rxfed("patient", "devices", "list", "--profile", str(profile),
+                                                     "--json").stdout)["devices"]]
+    out = rxfed("patient", "recover", "--node", node_url, "--profile", str(new), "--keep", old, "--json", env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["patient"] == profile.patient
     devices = json.loads(rxfed("patient", "devices", "list", "--profile", str(new), "--json").stdout)["devices"]
-    assert len(devices) == 2 and all(d["verified"] for d in devices)
-    old = next(d["device"] for d in devices if not d["current"])
+    assert len(devices) == 2 and all(d["verified"] and d["revoked"] is None for d in devices)
     assert rxfed("patient", "devices", "revoke", old, "--profile", str(new)).returncode == 2  # no code, no tty
     assert rxfed("patient", "devices", "revoke", old, "--profile", str(new), env=env).returncode == 0
     assert rxfed("patient", "show", "--profile", str(profile)).returncode == 1  # revoked device is refused
@@ -160,7 +161,8 @@ def test_link_a_device_from_an_active_one(profile, node_url, tmp_path):
     out = rxfed("patient", "link", "request", "--node", node_url, "--profile", str(new), "--json")
     assert out.returncode == 0, out.stderr
     link = json.loads(out.stdout)["link_code"]
-    early = rxfed("patient", "link", "finish", "--profile", str(new))
+    assert rxfed("patient", "link", "finish", "--profile", str(new)).returncode == 2  # --confirm, no terminal
+    early = rxfed("patient", "link", "finish", "--profile", str(new), "--confirm", "AAAA-AAAA-AAAA-AAAA")
     assert early.returncode == 1 and "no active device has enrolled" in early.stderr
     assert rxfed("patient", "show", "--profile", str(new)).returncode == 1  # not linked yet
     assert rxfed("patient", "devices", "add", "rxfed-link:nonsense", "--profile", str(profile)).returncode == 2

@@ -301,7 +301,7 @@ async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patien
     address = await Communities(old).create("Devices")
     new = await PatientClient.recover(c.url, tmp_path / "new-device", old.recovery_code, PASSPHRASE, kdf="min")
     async with new:
-        await new.revoke_device(old.device, old.recovery_code)
+        # recovering revoked the old device
         target = pc.CommunityAddress.parse(address)
         status, doc = await signed(old, "GET", f"/v1/communities/{target.id}/events")
         assert status == 401 and doc["error"] == "revoked_device"

@@ -9,7 +9,6 @@ import time
 import attrs
 import pytest
 
-from conftest import PASSPHRASE
 from rxfed.client.consent import Consent
 from rxfed.client.sdk import NodeRefused
 from rxfed.consent import grants as pg
@@ -70,13 +69,12 @@ async def test_colluding_recipients_cannot_link_tokens_by_delivery_numbers(fed, 
 
 
 async def test_devices_of_one_patient_continue_each_others_delivery_numbers(fed, make_patient, tmp_path):
-    from rxfed.client import PatientClient
+    from test_identity_security import linked_device
 
     a, b, c = fed
     patient, consent = await consenting(make_patient, a)
     granted = await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}")
-    async with await PatientClient.recover(a.url, tmp_path / "second-device", patient.recovery_code, PASSPHRASE,
-                                           kdf="min") as again:
+    async with await linked_device(patient, a, tmp_path, "second-device") as again:
         other = Consent(again, plugins=builtin_plugins())
         for device in (other, consent, other):
             await device.share(granted["grant"])

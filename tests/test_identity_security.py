@@ -8,6 +8,7 @@ node's database directly, which is what a malicious operator can do.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -16,16 +17,22 @@ from conftest import PASSPHRASE
 from helpers import signed
 from rxfed.client import IntegrityError, PatientClient, RollbackDetected
 from rxfed.client.identity import open_secrets
-from rxfed.client.sdk import record_ad, recovery_material
-from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e
+from rxfed.client.sdk import new_device_cert, record_ad, recovery_material
+from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64d, b64e
 from rxfed.crypto.records import open_record, secretbox_open
 from rxfed.errors import BadRequest, Forbidden
 from rxfed.protocol import vault as pv
 from rxfed.protocol.canonical import canonical, loads
 
 
-def db(node) -> sqlite3.Connection:
-    return sqlite3.connect(node.data_dir / "rxfed.db", isolation_level=None)
+@contextlib.contextmanager
+def db(node):
+    """A connection to the node's database, as its operator has (autocommit), closed after."""
+    conn = sqlite3.connect(node.data_dir / "rxfed.db", isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 async def linked_device(patient: PatientClient, node, tmp_path, name="stolen") -> PatientClient:
@@ -70,20 +77,23 @@ async def test_a_device_cannot_enrol_itself(make_patient, node, tmp_path):
     patient = await make_patient()
     secrets = await patient.secrets()
     newcomer = SigningKeyPair.generate()
-    cert = pv.DeviceCert.issue(secrets.signing, patient=patient.patient, epoch=1, sign_key=newcomer.public,
-                               box_key=b"\x01" * 32, enrolled_by=patient.device, now=patient._now())
+    box = b"\x01" * 32
+    proof = pv.device_key_proof(newcomer, box)
+    cert = new_device_cert(secrets.signing, newcomer, patient=patient.patient, epoch=1, sign_key=newcomer.public,
+                           box_key=box, device_proof=proof, enrolled_by=patient.device, now=patient._now())
     body = {"device": cert.signed, "keyring": b64e(b"x" * 100)}
     status, doc = await signed(patient, "POST", "/v1/devices", body, key=newcomer)
     assert (status, doc["error"]) == (401, "unknown_key")
     # signed by an active device, but naming another enroller
-    cert = pv.DeviceCert.issue(secrets.signing, patient=patient.patient, epoch=1, sign_key=newcomer.public,
-                               box_key=b"\x01" * 32, enrolled_by="recovery", now=patient._now())
+    cert = new_device_cert(secrets.signing, patient.identity.device, patient=patient.patient, epoch=1,
+                           sign_key=newcomer.public, box_key=box, device_proof=proof, enrolled_by="recovery",
+                           now=patient._now())
     status, doc = await signed(patient, "POST", "/v1/devices", {"device": cert.signed, "keyring": b64e(b"x" * 100)})
     assert (status, doc["error"]) == (403, "wrong_enroller")
     # a certificate signed by a key of the patient's own making, not the epoch's
-    cert = pv.DeviceCert.issue(SigningKeyPair.generate(), patient=patient.patient, epoch=1,
-                               sign_key=newcomer.public, box_key=b"\x01" * 32, enrolled_by=patient.device,
-                               now=patient._now())
+    cert = new_device_cert(SigningKeyPair.generate(), patient.identity.device, patient=patient.patient, epoch=1,
+                           sign_key=newcomer.public, box_key=box, device_proof=proof, enrolled_by=patient.device,
+                           now=patient._now())
     status, doc = await signed(patient, "POST", "/v1/devices", {"device": cert.signed, "keyring": b64e(b"x" * 100)})
     assert (status, doc["error"]) == (403, "bad_statement_signature")
     assert len(await patient.devices()) == 1
@@ -100,8 +110,10 @@ async def test_revoked_device_enrols_revokes_and_changes_nothing(make_patient, n
         # enrol a fresh key with what the laptop holds (the old epoch's signing key)
         fresh = SigningKeyPair.generate()
         for epoch in (1, 2):
-            cert = pv.DeviceCert.issue(old.signing, patient=patient.patient, epoch=epoch, sign_key=fresh.public,
-                                       box_key=b"\x02" * 32, enrolled_by=thief.device, now=thief._now())
+            cert = new_device_cert(old.signing, thief.identity.device, patient=patient.patient, epoch=epoch,
+                                   sign_key=fresh.public, box_key=b"\x02" * 32,
+                                   device_proof=pv.device_key_proof(fresh, b"\x02" * 32), enrolled_by=thief.device,
+                                   now=thief._now())
             for key in (thief.identity.device, fresh):
                 status, doc = await signed(thief, "POST", "/v1/devices",
                                            {"device": cert.signed, "keyring": b64e(b"x" * 100)}, key=key)
@@ -114,7 +126,9 @@ async def test_revoked_device_enrols_revokes_and_changes_nothing(make_patient, n
         impostor = pv.IdentityStatement.issue(
             old.signing, patient=patient.patient, epoch=3, previous=current.current.hash, master_key=old.signing.public,
             signing_key=fresh.public, recovery_auth=fresh.public, recovery_box=fresh.public, now=thief._now())
-        body = {"identity": impostor.signed, "devices": [],
+        manifest = pv.Manifest.issue(fresh, patient=patient.patient, epoch=3, counter=2, entries={},
+                                     now=thief._now())
+        body = {"identity": impostor.signed, "devices": [], "manifest": manifest.signed,
                 "recovery": {"root_bundle": b64e(b"r" * 80), "keyring": b64e(b"k" * 100)}}
         status, doc = await signed(thief, "POST", "/v1/identity", body)
         assert status in (401, 403) and doc["error"] in ("revoked_device", "bad_statement_signature")
@@ -255,7 +269,7 @@ async def test_recovery_keys_come_from_the_signed_chain(make_patient, node, tmp_
     # the new epoch's recovery envelope opens with the (unchanged) code: recovery still works
     again = await PatientClient.recover(node.url, tmp_path / "again", patient.recovery_code, PASSPHRASE, kdf="min")
     async with again:
-        assert (await again.secrets()).epoch == 2
+        assert (await again.secrets()).epoch == 3  # the revocation's, then the recovery's own
 
 
 async def test_revoking_a_device_revokes_what_it_enrolled(make_patient, node, tmp_path):
@@ -291,3 +305,129 @@ def test_recovery_material_is_sealed_to_the_code():
     assert secretbox_open(code.bundle_key(), b"rxfed-recovery|" + b"a" * 32, setup.root_bundle) == master.seed
     with pytest.raises(DecryptionFailed):
         secretbox_open(RecoveryCode.generate().bundle_key(), b"rxfed-recovery|" + b"a" * 32, setup.root_bundle)
+
+
+# -- found by attacking the first version of the hierarchy ----------------------------------
+
+
+async def test_forged_certificates_by_a_stolen_device_are_not_kept(make_patient, node, tmp_path):
+    """Before its revocation a stolen device holds the epoch's signing key. It certifies a
+    spare of its own claiming to come from registration, and the patient's other device with
+    the thief's box key; the node serves both. Neither is kept by the revocation, so the
+    next epoch's secrets reach no key of the thief's."""
+    patient = await make_patient()
+    tablet = await linked_device(patient, node, tmp_path, "tablet")
+    await tablet.close()
+    thief = await linked_device(patient, node, tmp_path)
+    old = await stolen_secrets(thief)
+    await thief.close()
+    spare, spare_box = SigningKeyPair.generate(), BoxKeyPair.generate()
+    spare_cert = new_device_cert(old.signing, SigningKeyPair.generate(), patient=patient.patient, epoch=1,
+                                 sign_key=spare.public, box_key=spare_box.public,
+                                 device_proof=pv.device_key_proof(spare, spare_box.public),
+                                 enrolled_by="registration", now=patient._now())
+    thief_box = BoxKeyPair.generate()
+    with db(node) as conn:
+        real, = conn.execute("SELECT cert FROM devices WHERE id=?", (tablet.device,)).fetchone()
+        body = loads(real)["body"]
+        forged_tablet = pv.DeviceCert.issue(
+            old.signing, patient=patient.patient, epoch=1, sign_key=b64d(body["sign_key"]), box_key=thief_box.public,
+            enrolled_by=body["enrolled_by"], enrolled_epoch=1, device_proof=b64d(body["proof"]["device"]),
+            enroller_proof=b64d(body["proof"]["enroller"]), now=patient._now())
+        conn.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) VALUES (?, ?, ?, ?, ?, 1)",
+                     (spare_cert.device, patient.patient, spare.public, canonical(spare_cert.signed), b"k"))
+        conn.execute("UPDATE devices SET cert=? WHERE id=?", (canonical(forged_tablet.signed), tablet.device))
+    listed = {d.device: d for d in await patient.devices()}
+    assert not listed[spare_cert.device].verified and not listed[tablet.device].verified
+    revoked = await patient.revoke_device(thief.device, patient.recovery_code)
+    assert spare_cert.device in revoked and tablet.device in revoked  # fail closed: the forged tablet goes too
+    with db(node) as conn:
+        envelopes = [r[0] for r in conn.execute("SELECT keyring FROM devices WHERE revoked IS NULL")]
+    chain = pv.IdentityChain.verify(patient.root_key, (await patient._call("GET", "/v1/account"))["identity"])
+    for sealed in envelopes:
+        for box in (spare_box, thief_box):
+            for holder in (spare_cert.device, tablet.device, patient.device):
+                with pytest.raises(IntegrityError):
+                    open_secrets(chain.current, holder, box, sealed)
+
+
+async def test_a_device_cannot_take_the_recovery_key_as_its_own(make_patient, node, tmp_path):
+    """A stolen device enrolled a "device" whose signing key is the patient's recovery auth
+    key (public in the identity statement), so that the node took recovery requests for a
+    device's: the patient could then never recover, revoke or rotate. A certificate now
+    needs the device's own proof of its key, and the store keeps the two kinds apart."""
+    patient = await make_patient()
+    secrets = await patient.secrets()
+    chain = pv.IdentityChain.verify(patient.root_key, (await patient._call("GET", "/v1/account"))["identity"])
+    auth_public = chain.current.recovery_auth
+    forged = pv.DeviceCert.issue(
+        secrets.signing, patient=patient.patient, epoch=1, sign_key=auth_public, box_key=b"\x03" * 32,
+        enrolled_by=patient.device, enrolled_epoch=1, device_proof=b"\x00" * 64,
+        enroller_proof=pv.enrolment_proof(patient.identity.device, patient=patient.patient, sign_key=auth_public,
+                                          box_key=b"\x03" * 32, enrolled_by=patient.device, enrolled_epoch=1),
+        now=patient._now())
+    status, doc = await signed(patient, "POST", "/v1/devices", {"device": forged.signed, "keyring": b64e(b"x" * 100)})
+    assert (status, doc["error"]) == (403, "bad_device_proof")
+    thief = await linked_device(patient, node, tmp_path)
+    await thief.close()
+    assert await patient.revoke_device(thief.device, patient.recovery_code) == [thief.device]
+
+
+async def test_recovery_from_a_rolled_back_node_seals_nothing_to_a_revoked_device(make_patient, node, tmp_path):
+    """The node restores a backup from before a revocation (the chain, the recovery row, the
+    envelopes). A device recovering with the (unchanged) code saw nothing newer, yet what it
+    writes is sealed under a fresh epoch of its own, which the revoked device never holds."""
+    patient = await make_patient()
+    thief = await linked_device(patient, node, tmp_path)
+    old = await stolen_secrets(thief)
+    await thief.close()
+    tables = ("patients", "devices", "identity_chain", "recovery")
+    with db(node) as conn:
+        backup = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+    await patient.revoke_device(thief.device, patient.recovery_code)
+    with db(node) as conn:  # the operator restores the backup of those tables
+        for table, rows in backup.items():
+            conn.execute(f"DELETE FROM {table}")
+            conn.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
+    node.state.forget_patient(patient.patient)
+    again = await PatientClient.recover(node.url, tmp_path / "again", patient.recovery_code, PASSPHRASE, kdf="min",
+                                        keep=[patient.device])
+    async with again:
+        record = await again.add_condition("F32.1")
+        assert (await again.secrets()).epoch == 2
+    with db(node) as conn:
+        blob, = conn.execute("SELECT blob FROM records WHERE id=?", (record.id,)).fetchone()
+    with pytest.raises(DecryptionFailed):
+        open_record(old.keyring, record_ad(patient.patient, record.id, 1), blob)
+    with pytest.raises(IntegrityError):  # and the patient's pinned device sees the fork
+        await patient.records()
+
+
+async def test_a_device_linked_by_someone_else_is_not_adopted(make_patient, node, tmp_path):
+    """Whoever sees a link code (or the node) can enrol it under an account of their own;
+    without the confirmation code of the patient's own device the new device adopts nothing."""
+    patient, attacker = await make_patient(), await make_patient()
+    code = await PatientClient.request_link(node.url, tmp_path / "new", PASSPHRASE, kdf="min")
+    await attacker.add_device(code)
+    new = PatientClient.open(tmp_path / "new", PASSPHRASE)
+    async with new:
+        with pytest.raises(IntegrityError):
+            await new.finish_link("ABCD-EFGH-IJKL-MNOP")
+        with pytest.raises(TypeError):
+            await new.finish_link()  # the code is required
+    assert PatientClient.open(tmp_path / "new", PASSPHRASE).identity.patient is None
+    with pytest.raises(Exception):
+        await patient.add_device(code)  # and the patient's own enrolment is refused, not silently joined
+
+
+async def test_a_rotation_must_re_sign_the_vault(make_patient, node, tmp_path):
+    """A rotation without the re-signed manifest left the vault's manifest in the old epoch,
+    unreadable for good. The manifest is now required and compared-and-swapped."""
+    patient = await make_patient()
+    thief = await linked_device(patient, node, tmp_path)
+    await thief.close()
+    await patient.revoke_device(thief.device, patient.recovery_code)  # an empty vault: counter 0 -> 1
+    await patient.add_condition("E11.9")
+    assert [r.data["code"] for r in await patient.records()] == ["E11.9"]
+    status, doc = await signed(patient, "POST", "/v1/identity", {"identity": {}, "devices": [], "recovery": {}})
+    assert (status, doc["error"]) == (400, "missing_field")

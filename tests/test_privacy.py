@@ -139,7 +139,7 @@ async def test_revoked_device_cannot_read_new_records(make_patient, node, tmp_pa
     old = await make_patient()
     new = await PatientClient.recover(node.url, tmp_path / "new", old.recovery_code, PASSPHRASE, kdf="min")
     async with new:
-        await new.revoke_device(old.device, old.recovery_code)
+        # recovering revoked the old device
         await new.add_journal(note=MARKER)
         blob = (await node.app_store().vault(new.patient, None)).records[0]
         keyring_before = old.identity  # the old device's keys

@@ -150,6 +150,12 @@ def test_vault_vectors():
     assert chain.current.epoch == 2 and chain.statements[0].patient == v["patient"]
     with pytest.raises(RxfedError):  # epoch 2 alone is not a chain
         pv.IdentityChain.verify(root.public, v["identity_chain"][1:])
+    cert = pv.DeviceCert.from_json(v["device_cert"]["cert"], "cert", chain)
+    cert.check_enroller(chain, {})
+    assert cert.device == pv.device_id(SigningKeyPair.from_seed(b64d(v["device_cert"]["sign_seed"])).public)
+    forged = {**v["device_cert"]["cert"], "body": {**v["device_cert"]["cert"]["body"], "enrolled_by": "recovery"}}
+    with pytest.raises(RxfedError):
+        pv.DeviceCert.from_json(forged, "cert", chain)
     secrets = EpochSecrets.from_bytes(v["secrets"]["bytes"].encode())
     env = v["envelope"]
     opened = open_secrets(chain.statements[0], env["holder"], BoxKeyPair.from_secret(b64d(env["box_secret"])),

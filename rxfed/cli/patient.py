@@ -34,8 +34,12 @@ def add_parser(sub) -> None:
     rec.add_argument("--node", required=True, metavar="URL")
     _profile(rec)
     rec.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"))
-    rec.add_argument("--revoke-others", action="store_true",
-                     help="revoke every other device in the same step (a lost or stolen one)")
+    keep = rec.add_mutually_exclusive_group()
+    keep.add_argument("--keep", action="append", default=[], metavar="DEVICE_ID",
+                      help="keep this other device active (repeat); every device not kept is revoked")
+    keep.add_argument("--keep-all", action="store_true",
+                      help="keep every other device whose certificate verifies (trusts the node's device list; "
+                           "to add a device while others stay, prefer `rxfed patient link`)")
     json_flag(rec)
     rec.set_defaults(func=cmd_recover)
 
@@ -49,7 +53,8 @@ def add_parser(sub) -> None:
     lr.set_defaults(func=cmd_link_request)
     lf = lsub.add_parser("finish", help="once an active device added this one, adopt the account")
     _profile(lf)
-    lf.add_argument("--confirm", metavar="CODE", help="the confirmation code `devices add` printed")
+    lf.add_argument("--confirm", metavar="CODE",
+                    help="the confirmation code `devices add` printed (asked for on a terminal)")
     json_flag(lf)
     lf.set_defaults(func=cmd_link_finish)
 
@@ -221,7 +226,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
     async def go():
         client = await PatientClient.recover(args.node, Path(args.profile), code, passphrase, kdf=kdf,
-                                             revoke_others=args.revoke_others)
+                                             keep="all" if args.keep_all else args.keep)
         async with client:
             return client.patient, client.device
 
@@ -243,18 +248,20 @@ def cmd_link_request(args: argparse.Namespace) -> None:
 
 def cmd_link_finish(args: argparse.Namespace) -> None:
     client = _client(args)
+    given = args.confirm
+    if given is None:
+        if not sys.stdin.isatty():
+            raise UsageError("pass --confirm CODE: the confirmation code `rxfed patient devices add` printed")
+        given = input("Confirmation code shown by the other device: ")
 
     async def go():
         async with client:
-            confirm = await client.finish_link(args.confirm)
+            confirm = await client.finish_link(given)
             return client.patient, client.device, confirm
 
     patient, device, confirm = run_async(go())
-    lines = [f"this device ({device}) is linked to patient {patient}"]
-    if args.confirm is None:
-        lines.append(f"check that the other device showed the confirmation code {confirm}")
-    Output(args.json).result({"patient": patient, "device": device, "confirmation": confirm,
-                              "confirmed": args.confirm is not None}, lines + [patient])
+    Output(args.json).result({"patient": patient, "device": device, "confirmation": confirm},
+                             [f"this device ({device}) is linked to patient {patient}", patient])
 
 
 def cmd_devices_add(args: argparse.Namespace) -> None:
@@ -273,6 +280,7 @@ def cmd_devices_list(args: argparse.Namespace) -> None:
         for d in devices:
             flags = [f for f, on in (("this device", d.current), ("revoked", d.revoked is not None),
                                      (f"enrolled by {d.enrolled_by}", d.enrolled_by is not None),
+                                     (f"{d.known} from this device", d.known is not None),
                                      ("NOT SIGNED BY YOUR KEY", not d.verified)) if on]
             created = dt.datetime.fromtimestamp(d.created, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             out.append(f"{d.device}  added {created}" + (f"  ({', '.join(flags)})" if flags else ""))
@@ -290,6 +298,9 @@ def cmd_devices_revoke(args: argparse.Namespace) -> None:
             return await client.revoke_devices(args.device, code)
 
     revoked = run_async(go())
+    extra = sorted(set(revoked) - set(args.device))
+    if extra:
+        note(f"also revoked, as enrolled by a revoked device: {', '.join(extra)}")
     Output(args.json).result({"revoked": revoked}, [
         "revoked (a new identity epoch: revoked devices can read nothing written from now on, and enrol, "
         "revoke or change nothing):", *revoked])

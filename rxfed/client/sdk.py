@@ -68,21 +68,66 @@ def recovery_material(master: SigningKeyPair, code: RecoveryCode, secrets: Epoch
 LINK_PREFIX = "rxfed-link:"
 
 
-def link_code(sign_key: bytes, box_key: bytes) -> str:
-    """What a new device shows so that an active device can enrol it: its two public keys."""
-    return LINK_PREFIX + b64e(sign_key + box_key)
+def link_code(device: SigningKeyPair, box_key: bytes) -> str:
+    """What a new device shows so that an active device can enrol it: its two public keys and
+    its own proof that they go together."""
+    return LINK_PREFIX + b64e(device.public + box_key + pv.device_key_proof(device, box_key))
 
 
-def parse_link_code(text: str) -> tuple[bytes, bytes]:
+def parse_link_code(text: str) -> tuple[bytes, bytes, bytes]:
+    """(sign key, box key, device proof) of a link code."""
     text = (text or "").strip()
     try:
         if not text.startswith(LINK_PREFIX):
             raise ValueError
-        raw = b64d(text[len(LINK_PREFIX):], length=64)
+        raw = b64d(text[len(LINK_PREFIX):], length=128)
     except ValueError:
-        raise BadRequest("a link code starts with rxfed-link: and is printed by `rxfed patient link`",
+        raise BadRequest("a link code starts with rxfed-link: and is printed by `rxfed patient link request`",
                          code="bad_link_code") from None
-    return raw[:32], raw[32:]
+    return raw[:32], raw[32:64], raw[64:]
+
+
+def new_device_cert(signer: SigningKeyPair, enroller: SigningKeyPair, *, patient: str, epoch: int, sign_key: bytes,
+                    box_key: bytes, device_proof: bytes, enrolled_by: str, now: int) -> pv.DeviceCert:
+    """A certificate for a device enrolled now, at ``epoch``, with the enroller's proof."""
+    proof = pv.enrolment_proof(enroller, patient=patient, sign_key=sign_key, box_key=box_key, enrolled_by=enrolled_by,
+                               enrolled_epoch=epoch)
+    return pv.DeviceCert.issue(signer, patient=patient, epoch=epoch, sign_key=sign_key, box_key=box_key,
+                               enrolled_by=enrolled_by, enrolled_epoch=epoch, device_proof=device_proof,
+                               enroller_proof=proof, now=now)
+
+
+def verified_devices(chain: pv.IdentityChain, listing: list) -> dict[str, pv.DeviceCert]:
+    """The devices active at the current epoch by their certificates, not by the node's
+    word: certified at the current epoch, with the device's own proof, and an enroller's
+    proof that verifies under the root key, a recovery key of the chain, or a device that
+    verifies in turn. The node's "revoked" flag can only remove a device from this set."""
+    certs = {}
+    for d in listing:
+        try:
+            cert = pv.DeviceCert.from_json(d["cert"], "device", chain)
+        except (RxfedError, KeyError, TypeError):
+            continue
+        if cert.device == d.get("device"):
+            certs[cert.device] = (cert, d.get("revoked"))
+    keys = {device: cert.sign_key for device, (cert, _) in certs.items()}
+    good: dict[str, pv.DeviceCert] = {}
+    for device, (cert, revoked) in certs.items():
+        seen, current = set(), cert
+        try:  # walk the enrolment lineage back to registration or recovery
+            while True:
+                current.check_enroller(chain, keys)
+                if current.enrolled_by in ("registration", "recovery"):
+                    break
+                if current.enrolled_by in seen:
+                    raise Forbidden("an enrolment cycle")
+                seen.add(current.enrolled_by)
+                current = certs[current.enrolled_by][0]
+        except (RxfedError, KeyError):
+            continue
+        if cert.epoch == chain.current.epoch and revoked is None:
+            good[device] = cert
+    return good
 
 
 def confirmation_code(identity: pv.IdentityStatement, device: str) -> str:
@@ -91,6 +136,71 @@ def confirmation_code(identity: pv.IdentityStatement, device: str) -> str:
     device another identity (compare, or pass it to ``link finish --confirm``)."""
     text = base64.b32encode(sha256(b"rxfed-link-confirm|" + identity.hash + device.encode())[:10]).decode()
     return "-".join(text[i : i + 4] for i in range(0, 16, 4))
+
+
+@attrs.frozen
+class RecoveryAccess:
+    """What the recovery code opens, checked (see ``PatientClient._recovery_bundle``)."""
+
+    patient: str
+    root_key: bytes
+    chain: pv.IdentityChain
+    master: SigningKeyPair = attrs.field(repr=False)
+    secrets: EpochSecrets = attrs.field(repr=False)
+    devices: list
+
+
+def _checked_vault(vault: Any, patient: str, chain: pv.IdentityChain,
+                   last_seen: int) -> tuple[dict[str, tuple[int, bytes]], int]:
+    """(entries, counter) of the vault the node served, checked against the current epoch's
+    signed manifest and the highest counter this device saw."""
+    try:
+        entries = {r["id"]: (r["version"], sha256(b64d(r["blob"]))) for r in vault["records"]}
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError("the node's vault answer is malformed") from None
+    if vault.get("manifest") is None:
+        counter = 0
+        if entries:
+            raise IntegrityError("the node holds records but no manifest the patient signed")
+    else:
+        try:
+            manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
+        except RxfedError:
+            raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
+        if manifest.patient != patient or manifest.epoch != chain.current.epoch:
+            raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
+        if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
+            raise IntegrityError("the records the node served do not match the patient's signed manifest: "
+                                 "a record was dropped, replaced or rolled back")
+        counter = manifest.counter
+    if counter < last_seen:
+        raise RollbackDetected(f"the node served vault version {counter}, older than version {last_seen} "
+                               "this device has already seen")
+    return entries, counter
+
+
+def _rotation(chain: pv.IdentityChain, nxt: EpochSecrets, master: SigningKeyPair, code: RecoveryCode,
+              devices: list[pv.DeviceCert], counter: int, entries: dict, now: int, *,
+              new_master: SigningKeyPair | None = None) -> tuple[dict, pv.IdentityStatement]:
+    """The body of ``POST /v1/identity`` for epoch ``nxt.epoch``: the statement signed by
+    ``master`` (naming ``new_master`` and ``code``'s recovery keys), ``devices`` certified
+    again under the new signing key with the new secrets sealed to each, the recovery
+    material, and the vault manifest re-signed (counter + 1)."""
+    box = BoxKeyPair.from_secret(code.box_secret())
+    identity = chain.current.next(master, signing_key=nxt.signing.public, now=now,
+                                  master_key=new_master.public if new_master else None,
+                                  recovery_auth=code.auth_key().public, recovery_box=box.public)
+    certified = []
+    for c in devices:
+        cert = c if c.epoch == nxt.epoch else c.recertify(nxt.signing, nxt.epoch, now)
+        certified.append({"device": cert.signed, "keyring": b64e(seal_secrets(nxt, cert.device, cert.box_key))})
+    patient = chain.current.patient
+    manifest = pv.Manifest.issue(nxt.signing, patient=patient, epoch=nxt.epoch, counter=counter + 1, entries=entries,
+                                 now=now)
+    body = {"identity": identity.signed, "devices": certified,
+            "recovery": recovery_material(new_master or master, code, nxt, patient).to_json(),
+            "manifest": manifest.signed}
+    return body, identity
 
 
 @attrs.frozen
@@ -277,8 +387,9 @@ class PatientClient:
                 root, patient=patient, epoch=1, previous=None, master_key=root.public,
                 signing_key=secrets.signing.public, recovery_auth=code.auth_key().public,
                 recovery_box=BoxKeyPair.from_secret(code.box_secret()).public, now=now)
-            cert = pv.DeviceCert.issue(secrets.signing, patient=patient, epoch=1, sign_key=device.public,
-                                       box_key=box.public, enrolled_by="registration", now=now)
+            cert = new_device_cert(secrets.signing, root, patient=patient, epoch=1, sign_key=device.public,
+                                   box_key=box.public, device_proof=pv.device_key_proof(device, box.public),
+                                   enrolled_by="registration", now=now)
             identity = Identity(patient, node_url.rstrip("/"), node["node_id"], root.public, device, box)
             body = {
                 "root_key": b64e(root.public),
@@ -329,31 +440,48 @@ class PatientClient:
         if master.public != current.master_key:
             raise IntegrityError("the recovery bundle holds another master key than the current epoch names")
         secrets = open_secrets(current, "recovery", BoxKeyPair.from_secret(code.box_secret()), b64d(found["keyring"]))
-        return patient, found_root, chain, master, secrets
+        return RecoveryAccess(patient, found_root, chain, master, secrets, found.get("devices") or [])
 
     @classmethod
     async def recover(cls, node_url: str, profile_dir: str | Path, code: RecoveryCode, passphrase: str, *,
                       kdf: str = "moderate", clock: Callable[[], float] = time.time,
-                      session: aiohttp.ClientSession | None = None, revoke_others: bool = False) -> PatientClient:
-        """Restore access on a new device from the recovery code alone; with
-        ``revoke_others``, revoke every other device in the same step (a lost or stolen one)."""
+                      session: aiohttp.ClientSession | None = None, keep: Iterable[str] | str = ()) -> PatientClient:
+        """Restore access on a new device from the recovery code alone. Recovery always starts
+        a new identity epoch, sealed to this device and to the devices in ``keep`` (device
+        ids, or ``"all"`` for every device whose certificate verifies): so even a node that
+        serves an old backup of the account cannot make this device write under secrets a
+        revoked device holds. Every other device is revoked."""
         KdfCost.named(kdf)
         async with cls._new_device(profile_dir, session) as (profile, session, own):
             node = await cls.discover(session, node_url)
-            patient, root_key, chain, _master, secrets = await cls._recovery_bundle(
-                session, node_url, node["node_id"], code, int(clock()))
+            access = await cls._recovery_bundle(session, node_url, node["node_id"], code, int(clock()))
+            now = int(clock())
+            auth = code.auth_key()
+            # the vault as it stands, checked against the current epoch's manifest
+            raw = canonical({})
+            headers = sign_request(auth, method="GET", target="/v1/vault", destination=node["node_id"], body=b"",
+                                   now=now)
+            vault = await cls._http(session, "GET", node_url.rstrip("/") + "/v1/vault", headers=headers)
+            del raw
+            entries, counter = _checked_vault(vault, access.patient, access.chain, 0)
+            active = verified_devices(access.chain, access.devices)
+            if keep == "all":
+                kept = list(active.values())
+            else:
+                unknown = set(keep) - set(active)
+                if unknown:
+                    raise BadRequest(f"no active device {sorted(unknown)[0]} to keep", code="unknown_device")
+                kept = [active[d] for d in keep]
             device, box = SigningKeyPair.generate(), BoxKeyPair.generate()
-            cert = pv.DeviceCert.issue(secrets.signing, patient=patient, epoch=secrets.epoch, sign_key=device.public,
-                                       box_key=box.public, enrolled_by="recovery", now=int(clock()))
-            identity = Identity(patient, node_url.rstrip("/"), node["node_id"], root_key, device, box)
-            body = {"device": cert.signed, "keyring": b64e(seal_secrets(secrets, cert.device, box.public))}
-            client = await cls._enrol(profile, identity, passphrase, kdf, session, own, clock, "/v1/devices", body,
-                                      key=code.auth_key(), pins=cls._pins(chain.current, cert.device, "registered"))
-            if revoke_others:
-                others = [d.device for d in await client.devices() if not d.current and d.revoked is None]
-                if others:
-                    await client.revoke_devices(others, code)
-            return client
+            nxt = access.secrets.next()
+            cert = new_device_cert(nxt.signing, auth, patient=access.patient, epoch=nxt.epoch, sign_key=device.public,
+                                   box_key=box.public, device_proof=pv.device_key_proof(device, box.public),
+                                   enrolled_by="recovery", now=now)
+            body, identity = _rotation(access.chain, nxt, access.master, code, kept + [cert], counter, entries, now)
+            ident = Identity(access.patient, node_url.rstrip("/"), node["node_id"], access.root_key, device, box)
+            pins = attrs.evolve(cls._pins(identity, cert.device, "registered"), counter=counter + 1)
+            return await cls._enrol(profile, ident, passphrase, kdf, session, own, clock, "/v1/identity", body,
+                                    key=auth, pins=pins)
 
     # -- linking a new device from an active one -------------------------------------------
     @classmethod
@@ -368,16 +496,15 @@ class PatientClient:
                 device, box = SigningKeyPair.generate(), BoxKeyPair.generate()
                 profile.create(Identity(None, node_url.rstrip("/"), node["node_id"], None, device, box), passphrase,
                                KdfCost.named(kdf))
-                return link_code(device.public, box.public)
+                return link_code(device, box.public)
             finally:
                 if own:
                     await session.close()
 
-    async def finish_link(self, confirm: str | None = None) -> str:
+    async def finish_link(self, confirm: str) -> str:
         """On a device that requested a link: once an active device enrolled it, adopt the
-        account. ``confirm`` is the confirmation code the enrolling device showed; without it
-        the code this device computes is returned for the patient to compare. Returns the
-        confirmation code."""
+        account. ``confirm`` is the confirmation code the enrolling device showed: it must
+        match, or the node is serving another identity and nothing is adopted."""
         if self.identity.patient is not None:
             raise Conflict("this device is already linked to an account", code="already_linked")
         try:
@@ -394,7 +521,7 @@ class PatientClient:
         chain, pins = verify_chain(root_key, account.get("identity"), LocalState())
         open_secrets(chain.current, self.device, self.identity.box, b64d(account["keyring"]))
         code = confirmation_code(chain.current, self.device)
-        if confirm is not None and confirm.replace("-", "").strip().upper() != code.replace("-", ""):
+        if (confirm or "").replace("-", "").strip().upper() != code.replace("-", ""):
             raise IntegrityError("the confirmation code does not match: the node may be serving another identity; "
                                  "this device was not linked")
         identity = attrs.evolve(self.identity, patient=pv.patient_id(root_key), root_key=root_key)
@@ -413,11 +540,17 @@ class PatientClient:
     async def add_device(self, link: str) -> tuple[str, str]:
         """Enrol the device that showed ``link`` (its link code) under the current epoch;
         returns (device id, confirmation code to compare on the new device)."""
-        sign_key, box_key = parse_link_code(link)
+        sign_key, box_key, proof = parse_link_code(link)
         state = await self._load()
         secrets = state.secrets
-        cert = pv.DeviceCert.issue(secrets.signing, patient=self.patient, epoch=secrets.epoch, sign_key=sign_key,
-                                   box_key=box_key, enrolled_by=self.device, now=self._now())
+        try:
+            cert = new_device_cert(secrets.signing, self.identity.device, patient=self.patient, epoch=secrets.epoch,
+                                   sign_key=sign_key, box_key=box_key, device_proof=proof, enrolled_by=self.device,
+                                   now=self._now())
+            pv.DeviceCert.from_json(cert.signed, "link code", state.chain)
+        except RxfedError:
+            raise BadRequest("the link code's proof does not verify: copy it again from the new device",
+                             code="bad_link_code") from None
         await self._call("POST", "/v1/devices", {"device": cert.signed,
                                                  "keyring": b64e(seal_secrets(secrets, cert.device, box_key))})
         self._remember_devices({cert.device: "enrolled"})
@@ -470,26 +603,8 @@ class PatientClient:
         account, chain, secrets = await self._account()
         vault = await self._call("GET", "/v1/vault")
         blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
-        entries = {rid: (ver, sha256(blob)) for rid, (ver, blob) in blobs.items()}
         last_seen = self.profile.counter()
-        if vault["manifest"] is None:
-            counter = 0
-            if entries:
-                raise IntegrityError("the node holds records but no manifest the patient signed")
-        else:
-            try:
-                manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
-            except RxfedError:
-                raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
-            if manifest.patient != self.patient or manifest.epoch != chain.current.epoch:
-                raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
-            if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
-                raise IntegrityError("the records the node served do not match the patient's signed manifest: "
-                                     "a record was dropped, replaced or rolled back")
-            counter = manifest.counter
-        if counter < last_seen:
-            raise RollbackDetected(f"the node served vault version {counter}, older than version {last_seen} "
-                                   "this device has already seen")
+        entries, counter = _checked_vault(vault, self.patient, chain, last_seen)
         if counter > last_seen:
             self.profile.set_counter(counter)
         return VaultState(account, chain, secrets, counter, entries, blobs)
@@ -577,16 +692,17 @@ class PatientClient:
         with what this device itself knows of it."""
         account, chain, _ = await self._account()
         known = self.profile.state().devices
+        good = verified_devices(chain, account["devices"])
         out = []
         for d in account["devices"]:
             enrolled_by = None
             try:
-                cert = pv.DeviceCert.from_json(d["cert"], "device", chain)
-                enrolled_by = cert.enrolled_by
-                active = cert.epoch == chain.current.epoch
-                verified = cert.device == d["device"] and active == (d["revoked"] is None)
+                enrolled_by = pv.DeviceCert.from_json(d["cert"], "device", None).enrolled_by
             except (RxfedError, KeyError, TypeError):
-                verified = False
+                pass
+            # active by certificate exactly when the node says active; revoked ones are
+            # whatever the node says (they hold nothing current either way)
+            verified = (d["device"] in good) == (d["revoked"] is None)
             out.append(DeviceInfo(d["device"], d["created"], d["revoked"], d["device"] == self.device, verified,
                                   enrolled_by, known.get(d["device"])))
         return out
@@ -606,7 +722,7 @@ class PatientClient:
         if self.device in targets:
             raise BadRequest("a device cannot revoke itself: revoke it from another device, or recover on a new "
                              "one with the recovery code and --revoke-others", code="revoke_self")
-        certs = self._active_certs(state)
+        certs = verified_devices(state.chain, state.account["devices"])
         unknown = targets - set(certs)
         if unknown:
             raise BadRequest(f"no active device {sorted(unknown)[0]}", code="unknown_device")
@@ -616,54 +732,25 @@ class PatientClient:
             if not more:
                 break
             dropped |= more
-        _, _, _, master, _ = await self._recovery_bundle(self._session_or_new(), self.identity.node_url,
-                                                         self.identity.node_id, code, self._now(),
-                                                         self.profile.state(), self.root_key)
+        access = await self._recovery_bundle(self._session_or_new(), self.identity.node_url, self.identity.node_id,
+                                             code, self._now(), self.profile.state(), self.root_key)
         kept = [c for d, c in certs.items() if d not in dropped]
-        result = await self._rotate(state, master, kept, code)
+        result = await self._rotate(state, access.master, kept, code)
         self._remember_devices({d: "revoked" for d in result["revoked"]})
         return result["revoked"]
 
-    @staticmethod
-    def _active_certs(state: VaultState) -> dict[str, pv.DeviceCert]:
-        """The devices active at the current epoch, by certificate (not by the node's word)."""
-        out = {}
-        for d in state.account["devices"]:
-            try:
-                cert = pv.DeviceCert.from_json(d["cert"], "device", state.chain)
-            except RxfedError:
-                continue
-            if cert.epoch == state.chain.current.epoch and d["revoked"] is None:
-                out[cert.device] = cert
-        return out
-
     async def _rotate(self, state: VaultState, master: SigningKeyPair, kept: list[pv.DeviceCert],
                       code: RecoveryCode, *, new_master: SigningKeyPair | None = None) -> dict:
-        """Start the next identity epoch: new signing key, vault key and pseudonym secret,
-        sealed to the ``kept`` devices and to ``code``'s recovery keys; the vault manifest
-        re-signed under the new key in the same step."""
-        now = self._now()
+        """Start the next identity epoch from this device (which must be among ``kept``)."""
+        if self.device not in {c.device for c in kept}:
+            raise IntegrityError("this device's certificate does not verify; it cannot rotate the identity")
         nxt = state.secrets.next()
-        box = BoxKeyPair.from_secret(code.box_secret())
-        identity = state.chain.current.next(master, signing_key=nxt.signing.public, now=now,
-                                            master_key=new_master.public if new_master else None,
-                                            recovery_auth=code.auth_key().public, recovery_box=box.public)
-        devices = []
-        for c in kept:
-            cert = pv.DeviceCert.issue(nxt.signing, patient=self.patient, epoch=nxt.epoch, sign_key=c.sign_key,
-                                       box_key=c.box_key, enrolled_by=c.enrolled_by, now=now)
-            devices.append({"device": cert.signed, "keyring": b64e(seal_secrets(nxt, cert.device, c.box_key))})
-        manifest = None
-        if state.counter:
-            manifest = pv.Manifest.issue(nxt.signing, patient=self.patient, epoch=nxt.epoch, counter=state.counter + 1,
-                                         entries=state.entries, now=now).signed
-        body = {"identity": identity.signed, "devices": devices,
-                "recovery": recovery_material(new_master or master, code, nxt, self.patient).to_json(),
-                "manifest": manifest}
+        body, identity = _rotation(state.chain, nxt, master, code, kept, state.counter, state.entries, self._now(),
+                                   new_master=new_master)
         result = await self._call("POST", "/v1/identity", body)
         pins = self.profile.state()
         self.profile.save_state(attrs.evolve(pins, epoch=identity.epoch, identity_hash=b64e(identity.hash),
-                                             counter=state.counter + 1 if manifest else pins.counter))
+                                             counter=state.counter + 1))
         self._secrets = nxt
         return result
 
@@ -678,12 +765,11 @@ class PatientClient:
         new master key: the old code opens only the retired master key and secrets of epochs
         before, which no device that has seen the new epoch accepts. Returns the new code."""
         state = await self._load()
-        _, _, _, master, _ = await self._recovery_bundle(self._session_or_new(), self.identity.node_url,
-                                                         self.identity.node_id, code, self._now(),
-                                                         self.profile.state(), self.root_key)
+        access = await self._recovery_bundle(self._session_or_new(), self.identity.node_url, self.identity.node_id,
+                                             code, self._now(), self.profile.state(), self.root_key)
         new = RecoveryCode.generate()
-        await self._rotate(state, master, list(self._active_certs(state).values()), new,
-                           new_master=SigningKeyPair.generate())
+        await self._rotate(state, access.master, list(verified_devices(state.chain, state.account["devices"]).values()),
+                           new, new_master=SigningKeyPair.generate())
         return new
 
     async def erase_account(self, *, remove_profile: bool = True) -> dict:

@@ -278,40 +278,59 @@ async def account(request: web.Request) -> web.Response:
     })
 
 
+async def _enroller(state: NodeState, caller: Caller, chain: pv.IdentityChain) -> str:
+    """Who enrols: the calling device, or ``recovery`` when the current recovery key signs."""
+    if caller.auth.kind == "recovery":
+        if caller.auth.key != chain.current.recovery_auth:
+            raise Unauthorized("unknown recovery key", code="unknown_key")
+        return "recovery"
+    return caller.auth.device
+
+
 @routes.post("/v1/devices")
 async def enrol_device(request: web.Request) -> web.Response:
     """A new device, enrolled by an active device or by the recovery key (never by itself:
-    a device certificate alone proves only that someone once held a signing key)."""
+    a device certificate alone proves only that someone holds an epoch's signing key)."""
     state = request.app[NODE]
     caller = await authenticate(request, kinds=("device", "recovery"))
-    enrolment = pv.DeviceEnrolment.from_json(caller.body, await state.identity(caller.patient))
+    chain = await state.identity(caller.patient)
+    enrolment = pv.DeviceEnrolment.from_json(caller.body, chain, await _enroller(state, caller, chain), caller.auth.key)
     cert = enrolment.device
-    if cert.enrolled_by != (caller.auth.device or "recovery"):
-        raise Forbidden("the certificate must name the device or recovery key that signs the enrolment",
-                        code="wrong_enroller")
-    active = [d for d in await state.store.devices(caller.patient) if d.revoked is None]
-    if len(active) >= MAX_DEVICES:
-        raise Forbidden(f"at most {MAX_DEVICES} active devices; revoke one first", code="too_many_devices")
     await state.store.enrol_device(caller.patient, signer=caller.auth.device, epoch=cert.epoch, device=cert.device,
                                    sign_key=cert.sign_key, cert=canonical(cert.signed), keyring=enrolment.keyring,
-                                   nonce=caller.nonce, now=caller.now)
+                                   nonce=caller.nonce, now=caller.now, max_devices=MAX_DEVICES,
+                                   recovery_key=caller.auth.key if caller.auth.kind == "recovery" else None)
     return reply({"patient": caller.patient, "device": cert.device}, status=201)
 
 
 @routes.post("/v1/identity")
 async def rotate_identity(request: web.Request) -> web.Response:
     """A new identity epoch, signed by the master key (which only the recovery code opens):
-    revokes every active device it does not certify again, and replaces recovery material."""
+    revokes every active device it does not certify again, and replaces recovery material.
+    Signed by the recovery key, it may also enrol the recovering device in the same step."""
     state = request.app[NODE]
     caller = await authenticate(request, kinds=("device", "recovery"))
-    rotation = pv.IdentityRotation.from_json(caller.body, await state.identity(caller.patient))
+    chain = await state.identity(caller.patient)
+    enroller = await _enroller(state, caller, chain)
+    listed = {}
+    for d in await state.store.devices(caller.patient):
+        listed[d.device] = (pv.DeviceCert.from_json(loads(d.cert), "device", None).sign_key, d.revoked)
+    rotation = pv.IdentityRotation.from_json(caller.body, chain, {d: key for d, (key, _) in listed.items()})
     identity = rotation.identity
+    kept, added = {}, {}
+    for k in rotation.devices:
+        entry = (canonical(k.cert.signed), k.keyring)
+        if k.cert.device in listed:
+            kept[k.cert.device] = entry
+        elif enroller == "recovery" and k.cert.enrolled_by == "recovery" and k.cert.enrolled_epoch == identity.epoch:
+            added[k.cert.device] = (k.cert.sign_key, *entry)
+        else:
+            raise Conflict("a device in the rotation is not a device of this patient", code="unknown_device")
     revoked = await state.store.rotate_identity(
         caller.patient, signer=caller.auth.device, epoch=identity.epoch, identity=canonical(identity.signed),
-        devices={k.cert.device: (canonical(k.cert.signed), k.keyring) for k in rotation.devices},
-        recovery=_recovery_row(identity, rotation.recovery),
-        manifest=(rotation.manifest.counter, canonical(rotation.manifest.signed)) if rotation.manifest else None,
-        nonce=caller.nonce, now=caller.now)
+        devices=kept, added=added, recovery=_recovery_row(identity, rotation.recovery),
+        manifest=(rotation.manifest.counter, canonical(rotation.manifest.signed)),
+        recovery_key=caller.auth.key if enroller == "recovery" else None, nonce=caller.nonce, now=caller.now)
     state.forget_patient(caller.patient)  # the old recovery key must stop working at once
     log.info("patient identity rotated")
     return reply({"epoch": identity.epoch, "revoked": revoked})
@@ -327,8 +346,11 @@ async def recovery_bundle(request: web.Request) -> web.Response:
         raise Unauthorized("unknown recovery key", code="unknown_key")
     patient, root_key, recovery = found
     chain = await state.store.identity_chain(patient)
+    devices = await state.store.devices(patient)
     return reply({"patient": patient, "root_key": b64e(root_key), "identity": [loads(s) for s in chain],
-                  "root_bundle": b64e(recovery.root_bundle), "keyring": b64e(recovery.keyring)})
+                  "root_bundle": b64e(recovery.root_bundle), "keyring": b64e(recovery.keyring),
+                  "devices": [{"device": d.device, "created": d.created, "revoked": d.revoked, "cert": loads(d.cert)}
+                              for d in devices]})
 
 
 @routes.post("/v1/account/erase")
@@ -354,7 +376,8 @@ async def erase_account(request: web.Request) -> web.Response:
 @routes.get("/v1/vault")
 async def get_vault(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    caller = await authenticate(request)
+    # The recovery key reads the vault too: a recovery re-signs the manifest under a new epoch.
+    caller = await authenticate(request, kinds=("device", "recovery"))
     vault = await state.store.vault(caller.patient, caller.auth.device)
     return reply({
         "manifest": loads(vault.manifest) if vault.manifest else None,

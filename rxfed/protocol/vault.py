@@ -7,9 +7,10 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import SigningKeyPair, b64e, hash_id, sha256
+from rxfed.crypto import BadSignature, SigningKeyPair, b64e, hash_id, sha256, verify_signature
 from rxfed.errors import BadRequest, Conflict, Forbidden
-from rxfed.protocol.statements import open_statement, sign_statement, statement_hash
+from rxfed.protocol.canonical import canonical
+from rxfed.protocol.statements import DOMAIN, open_statement, sign_statement, statement_hash
 from rxfed.protocol.schema import HEX_ID, anything, array, b64, const, fields, integer, mapping, text
 
 MAX_VERSION = 2**31 - 1
@@ -142,16 +143,42 @@ class IdentityChain:
         return [s.signed for s in self.statements]
 
 
+def device_key_proof(device: SigningKeyPair, box_key: bytes) -> bytes:
+    """The device's own signature binding its box key to its signing key: without it, whoever
+    holds an epoch's signing key could certify another device's signing key with a box key
+    of their own, and receive that device's next envelope."""
+    return device.sign(b"rxfed-device-key|" + device.public + box_key)
+
+
+def _enrolment_bytes(patient: str, sign_key: bytes, box_key: bytes, enrolled_by: str, enrolled_epoch: int) -> bytes:
+    return DOMAIN + canonical({"type": "rxfed.device-enrolment", "patient": patient, "sign_key": b64e(sign_key),
+                               "box_key": b64e(box_key), "enrolled_by": enrolled_by, "enrolled_epoch": enrolled_epoch})
+
+
+def enrolment_proof(enroller: SigningKeyPair, *, patient: str, sign_key: bytes, box_key: bytes, enrolled_by: str,
+                    enrolled_epoch: int) -> bytes:
+    """The enroller's signature over a device's enrolment: the root key for ``registration``,
+    the recovery auth key of ``enrolled_epoch`` for ``recovery``, or the enrolling device's
+    own signing key. An epoch's signing key alone (which a stolen device holds) cannot make
+    one, so a certificate cannot name an enroller it was not made by."""
+    return enroller.sign(_enrolment_bytes(patient, sign_key, box_key, enrolled_by, enrolled_epoch))
+
+
 @attrs.frozen
 class DeviceCert:
     """A statement by an epoch's signing key that a device's signing and box keys belong to
-    the patient, and who enrolled it (``registration``, ``recovery`` or a device id)."""
+    the patient, carrying the device's own proof of its keys and its enroller's proof
+    (``registration``, ``recovery`` or a device id, at ``enrolled_epoch``). A rotation
+    certifies a kept device again under the new epoch with the same proofs."""
 
     patient: str
     epoch: int
     sign_key: bytes
     box_key: bytes
     enrolled_by: str
+    enrolled_epoch: int
+    device_proof: bytes = attrs.field(repr=False)
+    enroller_proof: bytes = attrs.field(repr=False)
     issued: int
     signed: dict = attrs.field(eq=False, repr=False)
 
@@ -163,24 +190,65 @@ class DeviceCert:
 
     @classmethod
     def issue(cls, signer: SigningKeyPair, *, patient: str, epoch: int, sign_key: bytes, box_key: bytes,
-              enrolled_by: str, now: int) -> DeviceCert:
+              enrolled_by: str, enrolled_epoch: int, device_proof: bytes, enroller_proof: bytes,
+              now: int) -> DeviceCert:
         body = {"type": cls.TYPE, "patient": patient, "epoch": epoch, "sign_key": b64e(sign_key),
-                "box_key": b64e(box_key), "enrolled_by": enrolled_by, "issued": now}
-        return cls(patient, epoch, sign_key, box_key, enrolled_by, now, sign_statement(signer, body))
+                "box_key": b64e(box_key), "enrolled_by": enrolled_by, "enrolled_epoch": enrolled_epoch,
+                "proof": {"device": b64e(device_proof), "enroller": b64e(enroller_proof)}, "issued": now}
+        return cls(patient, epoch, sign_key, box_key, enrolled_by, enrolled_epoch, device_proof, enroller_proof, now,
+                   sign_statement(signer, body))
+
+    def recertify(self, signer: SigningKeyPair, epoch: int, now: int) -> DeviceCert:
+        return DeviceCert.issue(signer, patient=self.patient, epoch=epoch, sign_key=self.sign_key, box_key=self.box_key,
+                                enrolled_by=self.enrolled_by, enrolled_epoch=self.enrolled_epoch,
+                                device_proof=self.device_proof, enroller_proof=self.enroller_proof, now=now)
 
     @classmethod
     def from_json(cls, obj: Any, where: str, chain: IdentityChain | None) -> DeviceCert:
         """Parse, and with ``chain`` check the signature by the signing key of the epoch the
-        certificate names (whether that epoch is current is the caller's question)."""
+        certificate names and the device's own proof (whether that epoch is current, and the
+        enroller's proof, are for :meth:`check_enroller`)."""
         body = open_statement(obj, where, cls.TYPE, None)
         f = fields(body, where, {"type": const(cls.TYPE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
                                  "sign_key": b64(32), "box_key": b64(32), "enrolled_by": text(32, ENROLLED_BY),
+                                 "enrolled_epoch": integer(1, MAX_EPOCH), "proof": anything,
                                  "issued": integer(0, MAX_TIME)})
+        proof = fields(f["proof"], f"{where}.proof", {"device": b64(64), "enroller": b64(64)})
+        cert = cls(f["patient"], f["epoch"], f["sign_key"], f["box_key"], f["enrolled_by"], f["enrolled_epoch"],
+                   proof["device"], proof["enroller"], f["issued"], obj)
         if chain is not None:
             if f["patient"] != chain.current.patient:
                 raise Forbidden(f"{where} certifies a device for another patient")
+            if cert.enrolled_epoch > cert.epoch:
+                raise Forbidden(f"{where} was enrolled after the epoch it is certified for")
             open_statement(obj, where, cls.TYPE, chain.signing_key(f["epoch"]))
-        return cls(f["patient"], f["epoch"], f["sign_key"], f["box_key"], f["enrolled_by"], f["issued"], obj)
+            try:
+                verify_signature(cert.sign_key, b"rxfed-device-key|" + cert.sign_key + cert.box_key, cert.device_proof)
+            except BadSignature:
+                raise Forbidden(f"{where}: the device's own proof of its keys does not verify",
+                                code="bad_device_proof") from None
+        return cert
+
+    def enroller_key(self, chain: IdentityChain, device_keys: dict[str, bytes]) -> bytes | None:
+        """The key that must have signed this enrolment, or None when it is unknown (a device
+        enroller the caller cannot name)."""
+        if self.enrolled_by == "registration":
+            return chain.statements[0].master_key if self.enrolled_epoch == 1 else None
+        if self.enrolled_by == "recovery":
+            return chain.statements[self.enrolled_epoch - 1].recovery_auth
+        return device_keys.get(self.enrolled_by)
+
+    def check_enroller(self, chain: IdentityChain, device_keys: dict[str, bytes], where: str = "device") -> None:
+        """Raise Forbidden unless the enroller's proof verifies (``device_keys``: device id
+        to signing key of the devices the caller knows)."""
+        key = self.enroller_key(chain, device_keys)
+        message = _enrolment_bytes(self.patient, self.sign_key, self.box_key, self.enrolled_by, self.enrolled_epoch)
+        try:
+            if key is None:
+                raise BadSignature()
+            verify_signature(key, message, self.enroller_proof)
+        except BadSignature:
+            raise Forbidden(f"{where}: the enroller's proof does not verify", code="bad_enroller_proof") from None
 
 
 @attrs.frozen
@@ -335,6 +403,7 @@ class Registration:
         device = DeviceCert.from_json(f["device"], "registration.device", chain)
         if device.epoch != 1 or device.enrolled_by != "registration":
             raise Forbidden("registration.device must be certified at epoch 1 by registration")
+        device.check_enroller(chain, {}, "registration.device")
         recovery = RecoverySetup.from_json(f["recovery"], "registration.recovery")
         return cls(f["root_key"], chain.current, device, f["keyring"], recovery, f["invite"])
 
@@ -343,18 +412,22 @@ class Registration:
 class DeviceEnrolment:
     """A new device, certified by the current epoch's signing key, with the epoch's device
     secrets sealed to it. The request is signed by an active device or the recovery key,
-    which the certificate must name as its enroller."""
+    which the certificate must name as its enroller and whose proof it must carry."""
 
     device: DeviceCert
     keyring: bytes = attrs.field(repr=False)
 
     @classmethod
-    def from_json(cls, obj: Any, identity: IdentityChain) -> DeviceEnrolment:
+    def from_json(cls, obj: Any, identity: IdentityChain, enrolled_by: str, enroller_key: bytes) -> DeviceEnrolment:
         f = fields(obj, "enrolment", {"device": anything, "keyring": _KEYRING})
         cert = DeviceCert.from_json(f["device"], "enrolment.device", identity)
-        if cert.epoch != identity.current.epoch:
+        if cert.epoch != identity.current.epoch or cert.enrolled_epoch != cert.epoch:
             raise Conflict("enrolment.device is certified for an earlier identity epoch; sync and retry",
                            code="stale_identity")
+        if cert.enrolled_by != enrolled_by:
+            raise Forbidden("the certificate must name the device or recovery key that signs the enrolment",
+                            code="wrong_enroller")
+        cert.check_enroller(identity, {enrolled_by: enroller_key}, "enrolment.device")
         return cls(cert, f["keyring"])
 
 
@@ -368,33 +441,36 @@ class KeptDevice:
 class IdentityRotation:
     """A new identity epoch: the statement (signed by the current master key), every device
     that stays active certified again under the new signing key with the new epoch's secrets
-    sealed to it, the recovery material for the epoch, and the vault manifest re-signed under
-    the new key. Active devices left out are revoked."""
+    sealed to it (and, when the recovery key signs, a device it enrols in the same step),
+    the recovery material for the epoch, and the vault manifest re-signed under the new key.
+    Active devices left out are revoked."""
 
     identity: IdentityStatement
     devices: tuple[KeptDevice, ...]
     recovery: RecoverySetup
-    manifest: Manifest | None
+    manifest: Manifest
 
     @classmethod
-    def from_json(cls, obj: Any, current: IdentityChain) -> IdentityRotation:
-        f = fields(obj, "rotation", {"identity": anything, "devices": array(anything, 64), "recovery": anything},
-                   {"manifest": anything})
+    def from_json(cls, obj: Any, current: IdentityChain, device_keys: dict[str, bytes]) -> IdentityRotation:
+        """``device_keys``: device id to signing key of every device the node lists, to
+        check enrollers' proofs."""
+        f = fields(obj, "rotation", {"identity": anything, "devices": array(anything, 64), "recovery": anything,
+                                     "manifest": anything})
         nxt = IdentityStatement.from_json(f["identity"], "rotation.identity", current.current.master_key)
         check_extends(current.current, nxt, "rotation.identity")
         chain = IdentityChain(current.statements + (nxt,))
         kept = []
         for i, d in enumerate(f["devices"]):
-            g = fields(d, f"rotation.devices[{i}]", {"device": anything, "keyring": _KEYRING})
-            cert = DeviceCert.from_json(g["device"], f"rotation.devices[{i}].device", chain)
+            where = f"rotation.devices[{i}]"
+            g = fields(d, where, {"device": anything, "keyring": _KEYRING})
+            cert = DeviceCert.from_json(g["device"], f"{where}.device", chain)
             if cert.epoch != nxt.epoch:
-                raise Forbidden(f"rotation.devices[{i}] is not certified for epoch {nxt.epoch}")
+                raise Forbidden(f"{where} is not certified for epoch {nxt.epoch}")
+            cert.check_enroller(chain, device_keys, f"{where}.device")
             kept.append(KeptDevice(cert, g["keyring"]))
         if len({k.cert.device for k in kept}) != len(kept):
             raise BadRequest("rotation.devices names a device twice")
-        manifest = None
-        if f["manifest"] is not None:
-            manifest = Manifest.from_json(f["manifest"], "rotation.manifest", nxt.signing_key)
-            if manifest.patient != nxt.patient or manifest.epoch != nxt.epoch:
-                raise Forbidden("rotation.manifest is not for the new epoch")
+        manifest = Manifest.from_json(f["manifest"], "rotation.manifest", nxt.signing_key)
+        if manifest.patient != nxt.patient or manifest.epoch != nxt.epoch:
+            raise Forbidden("rotation.manifest is not for the new epoch")
         return cls(nxt, tuple(kept), RecoverySetup.from_json(f["recovery"], "rotation.recovery"), manifest)

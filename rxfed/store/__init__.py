@@ -224,21 +224,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def enrol_device(self, patient: str, *, signer: str | None, epoch: int, device: str, sign_key: bytes,
-                           cert: bytes, keyring: bytes, nonce: Nonce, now: int) -> None:
+                           cert: bytes, keyring: bytes, nonce: Nonce, now: int, max_devices: int,
+                           recovery_key: bytes | None = None) -> None:
         """Add a device certified at identity ``epoch``, which must be the current one
         (Conflict ``stale_identity``). ``signer`` is the enrolling device, which must be
-        active (None: the recovery key enrols)."""
+        active; with ``recovery_key`` instead, that must be the patient's current recovery
+        key. Forbidden ``too_many_devices`` past ``max_devices`` active devices; Conflict if
+        the key is any device's or any recovery key."""
 
     @abc.abstractmethod
     async def rotate_identity(self, patient: str, *, signer: str | None, epoch: int, identity: bytes,
-                              devices: dict[str, tuple[bytes, bytes]], recovery: Recovery,
-                              manifest: tuple[int, bytes] | None, nonce: Nonce, now: int) -> list[str]:
+                              devices: dict[str, tuple[bytes, bytes]], added: dict[str, tuple[bytes, bytes, bytes]],
+                              recovery: Recovery, manifest: tuple[int, bytes], nonce: Nonce, now: int,
+                              recovery_key: bytes | None = None) -> list[str]:
         """Start identity ``epoch`` (the current one plus one, Conflict ``stale_identity``
         otherwise): store its statement, replace the certificate and keyring of every device
-        in ``devices`` (device -> (cert, keyring); each must be active), revoke every other
-        active device, replace the recovery material, and with ``manifest`` (counter,
-        statement) re-sign the vault (counter must follow the stored one). ``signer``, if a
-        device, must be active and kept. Returns the revoked devices."""
+        in ``devices`` (device -> (cert, keyring); each must be active), add the devices in
+        ``added`` (device -> (sign key, cert, keyring)), revoke every other active device,
+        replace the recovery material, and re-sign the vault with ``manifest`` (counter,
+        statement; the counter must follow the stored one). ``signer``, if a device, must be
+        active and kept; with ``recovery_key`` instead, that must be the current recovery
+        key. Returns the revoked devices."""
 
     @abc.abstractmethod
     async def recovery(self, patient: str) -> Recovery | None: ...

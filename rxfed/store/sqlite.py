@@ -691,8 +691,7 @@ class SQLiteStore(Store):
                 raise Gone("this account was erased; register with new keys", code="erased")
             if c.execute("SELECT 1 FROM patients WHERE root_key=?", (new.root_key,)).fetchone():
                 raise Conflict("this patient is already registered", code="already_registered")
-            if c.execute("SELECT 1 FROM devices WHERE sign_key=?", (new.device_sign_key,)).fetchone():
-                raise Conflict("this device key is already registered", code="already_registered")
+            self._new_device_key(c, new.device, new.device_sign_key)
             if c.execute("SELECT 1 FROM recovery WHERE auth_key=?", (new.recovery.auth_key,)).fetchone():
                 raise Conflict("this recovery key is already registered", code="already_registered")
             if invite_hash is not None:
@@ -736,30 +735,47 @@ class SQLiteStore(Store):
         return [r[0] for r in rows]
 
     @staticmethod
-    def _current_epoch(c: sqlite3.Connection, patient: str, signer: str | None, epoch: int) -> None:
+    def _current_epoch(c: sqlite3.Connection, patient: str, signer: str | None, epoch: int,
+                       recovery_key: bytes | None) -> None:
         (current,) = SQLiteStore._signer_ok(c, patient, signer, "p.epoch")
+        if signer is None and not c.execute("SELECT 1 FROM recovery WHERE patient_id=? AND auth_key=?",
+                                            (patient, recovery_key)).fetchone():
+            raise Unauthorized("unknown recovery key", code="unknown_key")
         if current != epoch:
             raise Conflict(f"identity epoch {epoch} is not the current epoch {current}; sync and retry",
                            code="stale_identity")
 
+    @staticmethod
+    def _new_device_key(c: sqlite3.Connection, device: str, sign_key: bytes) -> None:
+        """A device key must be new: no device's, and no recovery key (a device holding a
+        patient's recovery auth key as its own would stand in its place)."""
+        if (c.execute("SELECT 1 FROM devices WHERE sign_key=? OR id=?", (sign_key, device)).fetchone()
+                or c.execute("SELECT 1 FROM recovery WHERE auth_key=?", (sign_key,)).fetchone()):
+            raise Conflict("this device key is already registered", code="already_registered")
+
     async def enrol_device(self, patient: str, *, signer: str | None, epoch: int, device: str, sign_key: bytes,
-                           cert: bytes, keyring: bytes, nonce: Nonce, now: int) -> None:
+                           cert: bytes, keyring: bytes, nonce: Nonce, now: int, max_devices: int,
+                           recovery_key: bytes | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
-            self._current_epoch(c, patient, signer, epoch)
-            if c.execute("SELECT 1 FROM devices WHERE sign_key=? OR id=?", (sign_key, device)).fetchone():
-                raise Conflict("this device is already enrolled", code="already_registered")
+            self._current_epoch(c, patient, signer, epoch, recovery_key)
+            self._new_device_key(c, device, sign_key)
+            (active,) = c.execute("SELECT count(*) FROM devices WHERE patient_id=? AND revoked IS NULL",
+                                  (patient,)).fetchone()
+            if active >= max_devices:
+                raise Forbidden(f"at most {max_devices} active devices; revoke one first", code="too_many_devices")
             c.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) VALUES (?, ?, ?, ?, ?, ?)",
                       (device, patient, sign_key, cert, keyring, now))
 
         await self._write(op)
 
     async def rotate_identity(self, patient: str, *, signer: str | None, epoch: int, identity: bytes,
-                              devices: dict[str, tuple[bytes, bytes]], recovery: Recovery,
-                              manifest: tuple[int, bytes] | None, nonce: Nonce, now: int) -> list[str]:
+                              devices: dict[str, tuple[bytes, bytes]], added: dict[str, tuple[bytes, bytes, bytes]],
+                              recovery: Recovery, manifest: tuple[int, bytes], nonce: Nonce, now: int,
+                              recovery_key: bytes | None = None) -> list[str]:
         def op(c: sqlite3.Connection) -> list[str]:
             self._use_nonce(c, nonce)
-            self._current_epoch(c, patient, signer, epoch - 1)
+            self._current_epoch(c, patient, signer, epoch - 1, recovery_key)
             active = {r[0] for r in c.execute("SELECT id FROM devices WHERE patient_id=? AND revoked IS NULL",
                                               (patient,))}
             if not set(devices) <= active:
@@ -767,12 +783,15 @@ class SQLiteStore(Store):
             if signer is not None and signer not in devices:
                 raise Conflict("the device that signs a rotation must stay active", code="unknown_device")
             revoked = sorted(active - set(devices))
-            if manifest is not None:
-                (stored,) = c.execute("SELECT counter FROM patients WHERE id=?", (patient,)).fetchone()
-                if manifest[0] != stored + 1:
-                    raise Conflict(f"manifest counter {manifest[0]} does not follow {stored}; sync and retry",
-                                   code="stale_manifest")
-                c.execute("UPDATE patients SET counter=?, manifest=? WHERE id=?", (manifest[0], manifest[1], patient))
+            (stored,) = c.execute("SELECT counter FROM patients WHERE id=?", (patient,)).fetchone()
+            if manifest[0] != stored + 1:
+                raise Conflict(f"manifest counter {manifest[0]} does not follow {stored}; sync and retry",
+                               code="stale_manifest")
+            c.execute("UPDATE patients SET counter=?, manifest=? WHERE id=?", (manifest[0], manifest[1], patient))
+            for device, (sign_key, cert, keyring) in added.items():
+                self._new_device_key(c, device, sign_key)
+                c.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (device, patient, sign_key, cert, keyring, now))
             c.execute("UPDATE patients SET epoch=? WHERE id=?", (epoch, patient))
             c.execute("INSERT INTO identity_chain VALUES (?, ?, ?)", (patient, epoch, identity))
             c.executemany("UPDATE devices SET revoked=?, revocation=? WHERE id=?",
@@ -787,7 +806,8 @@ class SQLiteStore(Store):
     @staticmethod
     def _put_recovery(c: sqlite3.Connection, patient: str, recovery: Recovery) -> None:
         other = c.execute("SELECT patient_id FROM recovery WHERE auth_key=?", (recovery.auth_key,)).fetchone()
-        if other and other[0] != patient:
+        if (other and other[0] != patient) or c.execute("SELECT 1 FROM devices WHERE sign_key=?",
+                                                        (recovery.auth_key,)).fetchone():
             raise Conflict("this recovery key is in use", code="already_registered")
         c.execute("INSERT OR REPLACE INTO recovery VALUES (?, ?, ?, ?, ?)",
                   (patient, recovery.auth_key, recovery.statement, recovery.root_bundle, recovery.keyring))

@@ -223,6 +223,12 @@ def vault_vectors() -> dict:
                               master_key=master2.public)
     pv.IdentityChain.verify(root.public, [identity.signed, identity2.signed])
     device = BoxKeyPair.from_secret(bytes([21]) * 32)
+    device_key = SigningKeyPair.from_seed(bytes([23]) * 32)
+    cert = pv.DeviceCert.issue(
+        secrets.signing, patient=patient, epoch=1, sign_key=device_key.public, box_key=device.public,
+        enrolled_by="registration", enrolled_epoch=1, device_proof=pv.device_key_proof(device_key, device.public),
+        enroller_proof=pv.enrolment_proof(root, patient=patient, sign_key=device_key.public, box_key=device.public,
+                                          enrolled_by="registration", enrolled_epoch=1), now=CREATED)
     holder = "d" * 32
     envelope = _frozen("vault.json", "envelope")
     if envelope is None or open_secrets(identity, holder, device, b64d(envelope["sealed"])) != secrets:
@@ -239,6 +245,8 @@ def vault_vectors() -> dict:
         "patient": patient,
         "identity_chain": [identity.signed, identity2.signed],
         "secrets": {"bytes": secrets.to_bytes().decode(), "signing_public": b64e(secrets.signing.public)},
+        "device_cert": {"sign_seed": b64e(device_key.seed), "cert": cert.signed,
+                        "device_proof_message": b64e(b"rxfed-device-key|" + device_key.public + device.public)},
         "envelope": envelope,
         "record": {"vault_key": b64e(secrets.keyring.keys[1]), "epoch": 1, "ad": ad.decode(),
                    "plaintext": plaintext.decode(), "sealed": b64e(sealed), "padded_size": 256},

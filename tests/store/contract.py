@@ -117,7 +117,8 @@ class StoreContract:
 
     async def _enrol(self, store, p, device="e" * 32, epoch=1, signer=None):
         await store.enrol_device(p.patient, signer=signer or p.device, epoch=epoch, device=device,
-                                 sign_key=device.encode()[:32], cert=b"c2", keyring=b"k2", nonce=nonce(), now=2000)
+                                 sign_key=device.encode()[:32], cert=b"c2", keyring=b"k2", nonce=nonce(), now=2000,
+                                 max_devices=4)
 
     async def test_identity_chain_and_enrolment(self, store):
         p = await register(store, 1)
@@ -127,9 +128,22 @@ class StoreContract:
             await self._enrol(store, p, epoch=2)
         assert exc.value.code == "stale_identity"
         await self._enrol(store, p)
+        with pytest.raises(Unauthorized):  # by a recovery key that is not the patient's
+            await store.enrol_device(p.patient, signer=None, epoch=1, device="f" * 32, sign_key=b"f" * 32,
+                                     cert=b"c", keyring=b"k", nonce=nonce(), now=2000, max_devices=4,
+                                     recovery_key=b"x" * 32)
         await store.enrol_device(p.patient, signer=None, epoch=1, device="f" * 32, sign_key=b"f" * 32,
-                                 cert=b"c", keyring=b"k", nonce=nonce(), now=2000)  # by the recovery key
+                                 cert=b"c", keyring=b"k", nonce=nonce(), now=2000, max_devices=4,
+                                 recovery_key=p.recovery.auth_key)  # by the recovery key
         assert {d.device for d in await store.devices(p.patient)} == {p.device, "e" * 32, "f" * 32}
+        with pytest.raises(Conflict):  # a device key may not be a recovery key
+            await store.enrol_device(p.patient, signer=p.device, epoch=1, device="g" * 32,
+                                     sign_key=p.recovery.auth_key, cert=b"c", keyring=b"k", nonce=nonce(), now=2000,
+                                     max_devices=4)
+        await self._enrol(store, p, device="h" * 32)
+        with pytest.raises(Forbidden) as exc:
+            await self._enrol(store, p, device="i" * 32)
+        assert exc.value.code == "too_many_devices"
 
     async def test_rotation_revokes_devices_left_out(self, store):
         p = await register(store, 1)
@@ -138,24 +152,26 @@ class StoreContract:
         rec = Recovery(b"n" * 32, b"identity-2", b"rb2", b"rk2")
         with pytest.raises(Conflict) as exc:  # epochs follow each other
             await store.rotate_identity(p.patient, signer="e" * 32, epoch=3, identity=b"identity-3",
-                                        devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=None,
+                                        devices={"e" * 32: (b"c3", b"k3")}, added={}, recovery=rec, manifest=(2, b"m2"),
                                         nonce=nonce(), now=3000)
         assert exc.value.code == "stale_identity"
         with pytest.raises(Conflict):  # the signing device must stay
             await store.rotate_identity(p.patient, signer=p.device, epoch=2, identity=b"identity-2",
-                                        devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=None,
+                                        devices={"e" * 32: (b"c3", b"k3")}, added={}, recovery=rec, manifest=(2, b"m2"),
                                         nonce=nonce(), now=3000)
         with pytest.raises(Conflict):  # the manifest counter is a compare-and-swap
             await store.rotate_identity(p.patient, signer="e" * 32, epoch=2, identity=b"identity-2",
-                                        devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=(5, b"m"),
+                                        devices={"e" * 32: (b"c3", b"k3")}, added={}, recovery=rec, manifest=(5, b"m"),
                                         nonce=nonce(), now=3000)
         revoked = await store.rotate_identity(p.patient, signer="e" * 32, epoch=2, identity=b"identity-2",
-                                              devices={"e" * 32: (b"c3", b"k3")}, recovery=rec, manifest=(2, b"m2"),
-                                              nonce=nonce(), now=3000)
+                                              devices={"e" * 32: (b"c3", b"k3")},
+                                              added={"j" * 32: (b"j" * 32, b"cj", b"kj")}, recovery=rec,
+                                              manifest=(2, b"m2"), nonce=nonce(), now=3000)
         assert revoked == [p.device]
         assert await store.identity_chain(p.patient) == [b"identity-1", b"identity-2"]
         devices = {d.device: d for d in await store.devices(p.patient)}
         assert devices[p.device].revoked == 3000 and (devices["e" * 32].cert, devices["e" * 32].keyring) == (b"c3", b"k3")
+        assert devices["j" * 32].revoked is None and (await store.auth_key(b"j" * 32)).device == "j" * 32
         assert (await store.recovery(p.patient)).keyring == b"rk2"
         assert await store.recovery_by_key(p.recovery.auth_key) is None  # the old recovery key is gone
         patient, root, found = await store.recovery_by_key(b"n" * 32)
