@@ -326,13 +326,18 @@ def test_consent_commands(node_url, profile, tmp_path):
     bad = rxfed("patient", "consent", "grant", "--profile", str(profile), "--kind", "sleep.band",
                 "--purpose", "research", "--to", "federation")
     assert bad.returncode == 2 and "unknown signal kind" in bad.stderr and bad.stdout == ""
+    other = rxfed("patient", "consent", "grant", "--profile", str(profile), "--kind", "treatment.outcome",
+                  "--purpose", "matching", "--to", "federation", "--nodes", f"{node_id},partner.example")
+    assert other.returncode == 2 and "not partner.example" in other.stderr and other.stdout == ""
     listed = json.loads(rxfed("patient", "consent", "list", "--profile", str(profile), "--json").stdout)
     assert [g["grant"] for g in listed["grants"]] == [grant_id] and listed["grants"][0]["status"] == "live"
+    assert listed["grants"][0]["nodes"] == [node_id] and listed["grants"][0]["forged"] == []
     revoked = rxfed("patient", "consent", "revoke", "--profile", str(profile), grant_id, "--json")
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["pending"] == []
     audit = json.loads(rxfed("patient", "audit", "--profile", str(profile), "--json").stdout)
     assert audit["verified"] and [e["event"] for e in audit["entries"]] == \
         ["granted", "shared", "used", "revoked", "acknowledged"]
+    assert audit["acknowledgements"] == {"5": "verified"}
     out = tmp_path / "consent.json"
     exported = rxfed("patient", "consent", "export", "--profile", str(profile), "--fhir", str(out))
     assert exported.returncode == 0 and json.loads(out.read_text())["resourceType"] == "Bundle"

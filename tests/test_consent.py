@@ -129,7 +129,7 @@ async def test_grant_use_revoke_across_the_federation(fed, make_patient):
     (token,) = (await consent.list())[0]["tokens"]
     with pytest.raises(NodeRefused) as refused:
         await patient._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": pg.new_id(),
-                                                             "count": 0, "sealed": b64e(b"x" * 64)})
+                                                             "seq": 2**40, "count": 0, "sealed": b64e(b"x" * 64)})
     assert refused.value.code == "grant_revoked"
     events = [e["event"] for e in (await consent.audit()).entries]
     assert events == ["granted", "shared", "used", "revoked", "acknowledged"]
@@ -205,12 +205,13 @@ async def test_bad_grants_are_refused_and_change_nothing(fed, make_patient):
         recipient = recipient or pg.Recipient("node", node)
         key = key or consent._key(node, "matching", recipient.only_plugin())
         return pg.Token.create(key, node=node, home=a.node_id, kind=kind, purpose="matching", recipient=recipient,
-                               issued=now, not_after=not_after)
+                               nodes=[node], issued=now, not_after=not_after)
 
     def grant(tokens, kind="diagnosis.category", recipient=None, not_after=now + 3600, issued=now):
+        recipient = recipient or pg.Recipient("node", b.node_id)
         return pg.Grant.create(identity.device, patient=patient.patient, device=patient.device, kind=kind,
-                               purpose="matching", recipient=recipient or pg.Recipient("node", b.node_id),
-                               issued=issued, not_after=not_after, tokens=[t.id for t in tokens])
+                               purpose="matching", recipient=recipient, issued=issued, not_after=not_after,
+                               nodes=[t.node for t in tokens], tokens=[t.id for t in tokens])
 
     async def post(g, tokens):
         return await patient._call("POST", "/v1/consent/grants", {"grant": g.signed if hasattr(g, "signed") else g,

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from rxfed.cli import Output, json_flag
+from rxfed.cli import EXIT_REFUSED, Output, json_flag
 
 
 def add_parsers(psub, profile) -> None:
@@ -20,6 +20,9 @@ def add_parsers(psub, profile) -> None:
     gr.add_argument("--to", required=True, metavar="RECIPIENT",
                     help="node:NODE_ID, federation, or plugin:NODE_ID/NAME")
     gr.add_argument("--until", metavar="DATE", help="end date (default 180 days; at most a year)")
+    gr.add_argument("--nodes", metavar="NODE,...", type=lambda v: [n for n in v.split(",") if n],
+                    help="the nodes you agree to (for --to federation): refused if your home node would reach "
+                         "any other, or not all of them")
     gr.add_argument("--no-share", action="store_true", help="record the grant without sending signals yet")
     json_flag(gr)
     gr.set_defaults(func=cmd_grant)
@@ -72,7 +75,8 @@ def cmd_grant(args: argparse.Namespace) -> None:
 
     async def go(consent):
         until = parse_until(args.until, consent._now()) if args.until else None
-        return await consent.grant(args.kind, args.purpose, args.to, until=until, share=not args.no_share)
+        return await consent.grant(args.kind, args.purpose, args.to, until=until, nodes=args.nodes,
+                                   share=not args.no_share)
 
     result = _consent(args, go)
     sent = [s for s in result["shared"] if s["sent"]]
@@ -98,12 +102,19 @@ def cmd_list(args: argparse.Namespace) -> None:
             if g["status"] == "revoked":
                 out.append(f"    acknowledged: {', '.join(g['acknowledged']) or 'none yet'}; "
                            f"waiting for: {', '.join(g['pending']) or 'nobody'}")
+            if g["forged"]:
+                out.append(f"    WARNING: your home node shows acknowledgements from {', '.join(g['forged'])} that "
+                           "those nodes did not sign: they may still hold your signals")
             unverified = [t["node"] for t in g["tokens"] if not t["verified"]]
             if unverified:
                 out.append(f"    WARNING: tokens for {', '.join(unverified)} were not made by this profile")
+            unnamed = [t["node"] for t in g["tokens"] if t["verified"] and not t["named"]]
+            if unnamed:
+                out.append(f"    WARNING: tokens for {', '.join(unnamed)} are not named by the grant you signed")
         return out
 
     Output(args.json).result({"grants": grants}, lines)
+    return EXIT_REFUSED if any(g["forged"] for g in grants) else None
 
 
 def cmd_revoke(args: argparse.Namespace) -> None:
@@ -137,14 +148,22 @@ def cmd_audit(args: argparse.Namespace) -> None:
                       "revoked": lambda: "revoked",
                       "acknowledged": lambda: f"{e['node']} deleted what it held and acknowledged"
                       + (f" (plugins {', '.join(e['unconfirmed'])} could not confirm their deletion)"
-                         if e.get("unconfirmed") else "")}
+                         if e.get("unconfirmed") else "")
+                      + {"verified": ", signed by that node",
+                         "unchecked": " (its signature cannot be checked now: the node is unreachable)"}.get(
+                          view.acknowledgements.get(e["seq"]),
+                          ": NOT SIGNED by that node, which may still hold your signals")}
             what = detail.get(e["event"], lambda: e["event"])()
             stamp = dt.datetime.fromtimestamp(e["time"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             out.append(f"{e['seq']:>4}  {stamp}  {e['event']:<12} grant {e.get('grant', '-')[:8]}  {what}")
         out.append(f"audit chain verified: {view.head.seq} entries, head {view.to_json()['head']['hash']}")
+        if view.forged:
+            out.append(f"WARNING: entries {', '.join(map(str, view.forged))} claim acknowledgements the nodes "
+                       "did not sign")
         return out
 
     Output(args.json).result(view.to_json(), lines)
+    return EXIT_REFUSED if view.forged else None
 
 
 def cmd_signals(args: argparse.Namespace) -> None:

@@ -17,14 +17,21 @@ from rxfed.client.profile import write_private
 from rxfed.client.sdk import IntegrityError, PatientClient
 from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
-from rxfed.crypto import b64d, b64e, pseudonym_key, seal_to_node
+from rxfed.crypto import b64e, pseudonym_key, random_bytes, seal_to_node
 from rxfed.errors import BadRequest, NotFound, RxfedError
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.canonical import canonical
+from rxfed.protocol.federation import NodeDocument
 
 AUDIT_HEADS = "audit.json"
 #: How long a grant runs when the patient names no end: 180 days.
 DEFAULT_DURATION = 180 * 86400
+
+
+#: What the client found for a recipient's acknowledgement of a revocation.
+ACK_VERIFIED = "verified"  # signed by a key the node publishes, for this token and revocation
+ACK_FORGED = "forged"  # present, but not signed by the node for this token and revocation
+ACK_UNCHECKED = "unchecked"  # present, but the node's keys could not be fetched just now
 
 
 @attrs.frozen
@@ -32,9 +39,18 @@ class AuditView:
     entries: tuple[dict, ...]
     head: pa.Head
     verified: bool = True
+    #: For each ``acknowledged`` entry (by ``seq``): ``verified``, ``forged`` (the signed
+    #: acknowledgement is missing or false: the home node logged what the recipient did not
+    #: say) or ``unchecked`` (the recipient's keys could not be fetched).
+    acknowledgements: dict = attrs.field(factory=dict)
+
+    @property
+    def forged(self) -> list[int]:
+        return sorted(seq for seq, state in self.acknowledgements.items() if state == ACK_FORGED)
 
     def to_json(self) -> dict:
-        return {"entries": list(self.entries), "head": self.head.to_json(), "verified": self.verified}
+        return {"entries": list(self.entries), "head": self.head.to_json(), "verified": self.verified,
+                "acknowledgements": {str(seq): state for seq, state in sorted(self.acknowledgements.items())}}
 
 
 def node_url(node_id: str) -> str:
@@ -96,19 +112,23 @@ class Consent:
         today = dt.datetime.fromtimestamp(self._now(), dt.timezone.utc).date()
         return self.plugins.derive_signals(kind, records, today)
 
-    async def _seal_key(self, node: str) -> bytes:
-        """The key to seal to, from the node itself (``/.well-known/rxfed``), never from the
-        home node: a home that could name the key could read what it relays."""
+    async def _node_keys(self, node: str) -> NodeDocument:
+        """A node's keys, from the node itself (``/.well-known/rxfed``), never from the home
+        node: a home that could name a recipient's keys could read what it relays, and sign
+        acknowledgements in the recipient's name."""
         identity = self.client.identity
         url = identity.node_url if node == identity.node_id else node_url(node)
-        doc = await self.client.discover(self.client._session_or_new(), url)
-        if doc.get("node_id") != node:
-            raise IntegrityError(f"{url} says it is {doc.get('node_id')!r}, not {node}")
-        keys = [k for k in doc.get("keys", []) if isinstance(k, dict)]
-        if not keys:
+        doc = NodeDocument.from_json(await self.client.discover(self.client._session_or_new(), url))
+        if doc.node_id != node:
+            raise IntegrityError(f"{url} says it is {doc.node_id!r}, not {node}")
+        if not doc.keys:
             raise IntegrityError(f"{node} publishes no key")
-        newest = max(keys, key=lambda k: (k.get("valid_until") is None, k.get("valid_from") or 0))
-        return b64d(newest["public_key"], length=32)
+        return doc
+
+    async def _seal_key(self, node: str) -> bytes:
+        """The key to seal to: the node's newest key without an end date."""
+        keys = (await self._node_keys(node)).keys
+        return max(keys, key=lambda k: (k.valid_until is None, k.valid_from)).public_key
 
     async def share(self, grant_id: str | None = None) -> list[dict]:
         """Send the current signals under every live grant (or one): a delivery replaces
@@ -123,10 +143,14 @@ class Consent:
         for grant in grants:
             target = pg.Recipient.parse(grant["recipient"])
             for token in grant["tokens"]:
-                parsed = self._tokens[token["token"]]
-                if not token["verified"]:
+                parsed = self._tokens.get(token["token"])
+                if not token["verified"] or not token["named"]:
+                    reason = ("this token was not made by this profile" if not token["verified"] else
+                              "this token's node is not one the grant names (made before grants named their "
+                              "nodes: grant again)" if parsed.nodes is None else
+                              "this token's node is not one the grant names")
                     out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
-                                "reason": "this token was not made by this profile (not sent)"})
+                                "reason": reason + " (not sent)"})
                     continue
                 try:
                     seal_key = await self._seal_key(parsed.node)
@@ -137,11 +161,16 @@ class Consent:
                 key = self._key(parsed.node, parsed.purpose, target.only_plugin(), parsed.subject_key)
                 bodies = await self.derive(parsed.kind, records)
                 delivery = pg.new_id()
-                signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery,
-                                          seq=pg.delivery_seq(key, int(self.client.clock() * 1000)),
+                # Go on from the token's last sequence number, whichever device sent it (the
+                # home node keeps it); a token shared before the node kept it continues above
+                # any number it used then.
+                last = token["seq"] if token["seq"] is not None else (
+                    pg.legacy_seq_floor(int(self.client.clock() * 1000)) if token["shared"] else 0)
+                seq = pg.next_seq(last, random_bytes(4))
+                signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery, seq=seq,
                                           signals=[{"kind": parsed.kind, "body": b} for b in bodies])
                 result = await self.client._call("POST", "/v1/consent/signals", {
-                    "token": parsed.id, "delivery": delivery, "count": len(bodies),
+                    "token": parsed.id, "delivery": delivery, "seq": seq, "count": len(bodies),
                     "sealed": b64e(seal_to_node(seal_key, canonical(signed)))})
                 out.append({"grant": grant["grant"], "node": token["node"], "sent": True, "signals": len(bodies),
                             "queued": result.get("queued", False), "plugins": result.get("plugins", [])})
@@ -149,9 +178,14 @@ class Consent:
 
     # -- grants ----------------------------------------------------------------------------
     async def grant(self, kind: str, purpose: str, recipient: str, *, until: int | None = None,
-                    share: bool = True) -> dict:
+                    nodes: list[str] | None = None, share: bool = True) -> dict:
         """Grant ``kind`` signals for ``purpose`` to ``recipient``; returns the grant id,
-        its tokens' nodes and (with ``share``) what was sent at once."""
+        its tokens' nodes and (with ``share``) what was sent at once.
+
+        The grant names its nodes, and the patient signs them: for ``federation``, the nodes
+        the home node federates with now. With ``nodes`` (the nodes the patient agrees to),
+        the grant is refused unless those are exactly the nodes the home node offers, so a
+        home node cannot slip in a peer of its own."""
         now = self._now()
         target = pg.Recipient.parse(recipient, "--to")
         pg.check_purpose(purpose)
@@ -170,47 +204,105 @@ class Consent:
             raise pg.ConsentError(f"unknown signal kind {kind!r} (known: {', '.join(sorted(known_kinds))})",
                                   code="unknown_kind")
         federated = [n["node_id"] for n in reachable["nodes"]]
-        nodes = target.nodes(federated)
-        for node in nodes:
+        reached = sorted(target.nodes(federated))
+        for node in reached:
             if node not in federated:
                 raise pg.ConsentError(f"{node} is not a node your home node federates with", code="unknown_node")
+        if nodes is not None and set(nodes) != set(reached):
+            added, missing = sorted(set(reached) - set(nodes)), sorted(set(nodes) - set(reached))
+            raise pg.ConsentError(
+                "the grant would reach other nodes than you named: "
+                + "; ".join([*([f"also {', '.join(added)}"] if added else []),
+                             *([f"not {', '.join(missing)} (not federated or unreachable now)"] if missing else [])]),
+                code="nodes_differ")
+        if len(reached) > pg.MAX_NODES:
+            raise pg.ConsentError(f"a grant reaches at most {pg.MAX_NODES} nodes; grant to nodes by name",
+                                  code="bad_recipient")
         identity = self.client.identity
         tokens = [pg.Token.create(self._key(node, purpose, target.only_plugin()), node=node, home=identity.node_id,
-                                  kind=kind, purpose=purpose, recipient=target, issued=now, not_after=not_after)
-                  for node in nodes]
+                                  kind=kind, purpose=purpose, recipient=target, nodes=reached, issued=now,
+                                  not_after=not_after)
+                  for node in reached]
         grant = pg.Grant.create(identity.device, patient=self.client.patient, device=self.client.device, kind=kind,
-                                purpose=purpose, recipient=target, issued=now, not_after=not_after,
+                                purpose=purpose, recipient=target, issued=now, not_after=not_after, nodes=reached,
                                 tokens=[t.id for t in tokens])
         result = await self.client._call("POST", "/v1/consent/grants",
                                          {"grant": grant.signed, "tokens": [t.signed for t in tokens]})
         out = {"grant": result["grant"], "kind": kind, "purpose": purpose, "recipient": str(target),
-               "not_after": not_after, "nodes": nodes, "shared": []}
+               "not_after": not_after, "nodes": reached, "shared": []}
         if share:
             out["shared"] = await self.share(result["grant"])
         return out
 
     async def list(self) -> list[dict]:
         """Every grant with its status (live, expired, revoked), where each token went,
-        whether it was shared and which nodes acknowledged a revocation."""
+        whether it was shared, and which nodes acknowledged a revocation: only those whose
+        acknowledgement is signed by a key the node itself publishes (``forged`` lists the
+        nodes the home node says acknowledged, with no such signature)."""
         now = self._now()
         out = []
+        documents: dict = {}
         await self.client.secrets()
         for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
-            target = pg.Recipient.parse(g["recipient"])
+            mine = {t["token"]: token for t in g["tokens"] if (token := self._mine(g, t)) is not None}
+            # The nodes the patient signed: every token this profile made names them.
+            named = {tok.nodes for tok in mine.values()}
+            signed_nodes = named.pop() if len(named) == 1 else None
             tokens = []
             for t in g["tokens"]:
-                token = self._tokens[t["token"]] = pg.Token.from_json(t["statement"])
-                key = self._key(token.node, token.purpose, target.only_plugin(), token.subject_key)
-                mine = key.public == token.subject_key
-                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"],
-                               "acknowledged": t["acknowledged"], "verified": mine and token.kind == g["kind"]})
+                token = mine.get(t["token"])
+                ack = None
+                if g["revoked"] and token is not None and t.get("ack") is not None:
+                    ack = await self._check_ack(token, t.get("revocation"), t["ack"], documents)
+                tokens.append({"token": t["token"], "node": t["node"], "shared": t["shared"], "seq": t.get("seq"),
+                               "acknowledged": t["acknowledged"] if ack == ACK_VERIFIED else None, "ack": ack,
+                               "verified": token is not None,
+                               "named": token is not None and signed_nodes is not None
+                               and token.node in signed_nodes})
             status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
             out.append({"grant": g["grant"], "kind": g["kind"], "purpose": g["purpose"], "recipient": g["recipient"],
                         "not_after": g["not_after"], "created": g["created"], "revoked": g["revoked"],
                         "status": status, "tokens": tokens,
-                        "acknowledged": sorted(t["node"] for t in tokens if t["acknowledged"]),
-                        "pending": sorted(t["node"] for t in tokens if g["revoked"] and not t["acknowledged"])})
+                        "nodes": list(signed_nodes) if signed_nodes is not None else None,
+                        "acknowledged": sorted(t["node"] for t in tokens if t["ack"] == ACK_VERIFIED),
+                        "pending": sorted(t["node"] for t in tokens if g["revoked"] and t["ack"] != ACK_VERIFIED),
+                        "forged": sorted(t["node"] for t in tokens if t["ack"] == ACK_FORGED)})
         return out
+
+    def _mine(self, grant: dict, listed: dict) -> pg.Token | None:
+        """The token as listed by the home node, if this profile made it for this grant's
+        scope and node (its pseudonym key is one this profile derives); else None."""
+        try:
+            token = pg.Token.from_json(listed["statement"])
+        except RxfedError:
+            return None  # not a token at all
+        self._tokens[token.id] = token
+        target = pg.Recipient.parse(grant["recipient"])
+        if (token.id != listed["token"] or token.node != listed["node"] or token.kind != grant["kind"]
+                or token.purpose != grant["purpose"] or token.recipient != target
+                or self._key(token.node, token.purpose, target.only_plugin(), token.subject_key).public
+                != token.subject_key):
+            return None
+        return token
+
+    async def _check_ack(self, token: pg.Token, revocation, ack, documents: dict) -> str:
+        """Check a relayed acknowledgement: ``revocation`` must be this patient's (signed by
+        the token's pseudonym key) and ``ack`` signed for it by a key the token's node
+        publishes itself. ``documents`` caches node keys for one listing."""
+        if token.node not in documents:
+            try:
+                documents[token.node] = [k.public_key for k in (await self._node_keys(token.node)).keys]
+            except RxfedError:
+                documents[token.node] = None
+        keys = documents[token.node]
+        if keys is None:
+            return ACK_UNCHECKED
+        try:
+            pg.check_token_revocation(revocation, token.id, token.subject_key)
+            pg.Acknowledgement.check(ack, token=token.id, node=token.node, revocation=revocation, node_keys=keys)
+        except RxfedError:
+            return ACK_FORGED
+        return ACK_VERIFIED
 
     async def revoke(self, grant_id: str) -> dict:
         """Revoke a grant: at once on the home node, then federated to every node that got
@@ -249,13 +341,35 @@ class Consent:
         """The audit log, verified: it hashes to a head the home node signed, and agrees with
         every head this device saw before (else :class:`rxfed.consent.audit.AuditTampered`)."""
         doc = await self.client._call("GET", "/v1/consent/audit")
-        well_known = await self.client.discover(self.client._session_or_new(), self.client.identity.node_url)
-        node_keys = [b64d(k["public_key"], length=32) for k in well_known.get("keys", [])]
+        node_keys = [k.public_key for k in (await self._node_keys(self.client.identity.node_id)).keys]
         seen = self._heads()
         head = pa.verify(self.client.patient, doc["entries"], doc["head"], node_keys, seen)
         if not seen or seen[-1] != head:
             self._remember([*seen, head])
-        return AuditView(tuple(doc["entries"]), head)
+        return AuditView(tuple(doc["entries"]), head, acknowledgements=await self._audit_acks(doc["entries"]))
+
+    async def _audit_acks(self, entries: list[dict]) -> dict[int, str]:
+        """Check the signed acknowledgement every ``acknowledged`` entry carries: the home
+        node writes the log, so an entry alone proves nothing."""
+        acked = [e for e in entries if e.get("event") == "acknowledged"]
+        if not acked:
+            return {}
+        await self.client.secrets()
+        grants = (await self.client._call("GET", "/v1/consent/grants"))["grants"]
+        tokens = {t["token"]: (g, t) for g in grants for t in g["tokens"]}
+        out, documents = {}, {}
+        for entry in acked:
+            ack = entry.get("ack")
+            body = ack.get("body") if isinstance(ack, dict) else None
+            found = tokens.get(body.get("token")) if isinstance(body, dict) and isinstance(body.get("token"), str) \
+                else None
+            token = self._mine(found[0], found[1]) if found else None
+            if token is None or found[0]["grant"] != entry.get("grant") or token.node != entry.get("node") \
+                    or not found[0]["revoked"]:
+                out[entry["seq"]] = ACK_FORGED
+                continue
+            out[entry["seq"]] = await self._check_ack(token, found[1].get("revocation"), ack, documents)
+        return out
 
     # -- FHIR ------------------------------------------------------------------------------
     async def fhir_bundle(self) -> dict:

@@ -16,7 +16,7 @@ import attrs
 from rxfed.crypto import SigningKeyPair, audit_link, b64d, b64e
 from rxfed.errors import Forbidden
 from rxfed.protocol.canonical import canonical
-from rxfed.protocol.statements import open_statement, sign_statement
+from rxfed.protocol.statements import open_statement_by_any, sign_statement
 
 HEAD = "rxfed.audit.head"
 GENESIS = bytes(32)
@@ -66,15 +66,10 @@ def verify(patient: str, entries: list[dict], head_statement: Any, node_keys: li
         if not isinstance(entry, dict) or entry.get("seq") != i:
             raise AuditTampered(f"audit entry {i} is missing or out of order")
     hashes = chain(canonical(e) for e in entries)
-    body = None
-    for key in node_keys:
-        try:
-            body = open_statement(head_statement, "head", HEAD, key)
-            break
-        except Forbidden:
-            continue
-    if body is None:
-        raise AuditTampered("the audit head is not signed by the home node")
+    try:
+        body = open_statement_by_any(head_statement, "head", HEAD, node_keys)
+    except Forbidden:
+        raise AuditTampered("the audit head is not signed by the home node") from None
     if body.get("patient") != patient or body.get("seq") != len(entries):
         raise AuditTampered("the signed audit head does not match the log served")
     top = hashes[-1] if hashes else GENESIS

@@ -4,12 +4,17 @@ A patient's **grant** says: signals of one kind, for one purpose, to one recipie
 (``node:ID``, ``federation`` or ``plugin:NODE_ID/NAME``), until a time. It is signed by one
 of the patient's devices and stays on the patient's home node.
 
+The grant names its recipient **nodes**, so the home node cannot widen a ``federation``
+grant by federating with a node of its own afterwards.
+
 What travels is a **token** per recipient node: the same scope, signed by the patient's
-pairwise pseudonymous key for that node, purpose and plugin (derived from the root seed,
-:func:`rxfed.crypto.pseudonym_key`), so two recipients cannot link their tokens to each
-other or to the patient. The home node **vouches** for a token (a statement signed with its
-node key: "this pseudonym is a patient of mine"). A **revocation** is signed by the device
-(for the home node) and by each token's pseudonymous key (for the recipients).
+pairwise pseudonymous key for that node, purpose and plugin (:func:`rxfed.crypto.pseudonym_key`),
+so two recipients cannot link their tokens to each other or to the patient. The home node
+**vouches** for a token (a statement signed with its node key: "this pseudonym is a patient
+of mine"). A **revocation** is signed by the device (for the home node) and by each token's
+pseudonymous key (for the recipients); a recipient answers it with an **acknowledgement**
+signed by its node key, which the patient's client checks against the keys that node
+publishes itself.
 
 See spec/consent.md for the wire format and the security argument.
 """
@@ -23,9 +28,9 @@ from typing import Any
 import attrs
 
 from rxfed.crypto import SigningKeyPair, b64e, fingerprint, hash_id, random_bytes
-from rxfed.errors import BadRequest, Forbidden, Gone
-from rxfed.protocol.schema import anything, b64, const, fields, integer, text
-from rxfed.protocol.statements import open_statement, sign_statement
+from rxfed.errors import BadRequest, Conflict, Forbidden, Gone
+from rxfed.protocol.schema import anything, array, b64, const, fields, integer, text
+from rxfed.protocol.statements import open_statement, open_statement_by_any, sign_statement, statement_hash
 
 GRANT = "rxfed.consent.grant"
 TOKEN = "rxfed.consent.token"
@@ -33,6 +38,10 @@ VOUCHER = "rxfed.consent.voucher"
 DELIVERY = "rxfed.consent.delivery"
 REVOKE = "rxfed.consent.revoke"
 TOKEN_REVOKE = "rxfed.consent.token-revoke"
+ACK = "rxfed.consent.ack"
+#: The version of grants and tokens made now: 2 names the recipient nodes. Version 1
+#: tokens (no ``nodes``) are still read, so grants made before can be listed and revoked.
+VERSION = 2
 
 PURPOSE = r"[a-z][a-z0-9_.-]{0,39}"
 PLUGIN = r"[a-z][a-z0-9_.-]{0,39}"
@@ -45,6 +54,11 @@ SKEW = 300
 MAX_TIME = 2**41
 #: Times that every recipient of a grant sees are whole days (see :func:`day`).
 DAY = 86400
+#: Delivery sequence numbers step up by a uniform random amount from 1 to this.
+SEQ_STEP = 2**32
+MAX_SEQ = 2**53 - 1
+#: The most recipient nodes one grant can name.
+MAX_NODES = 64
 _RECIPIENT = re.compile(rf"node:(?P<node>{NODE_ID})|(?P<fed>federation)|plugin:(?P<pnode>{NODE_ID})/(?P<plugin>{PLUGIN})")
 
 
@@ -146,28 +160,36 @@ class Grant:
     recipient: Recipient
     issued: int
     not_after: int
+    #: The recipient nodes, sorted: the one node of a ``node:`` or ``plugin:`` grant, the
+    #: nodes of the federation the patient agreed to for a ``federation`` grant.
+    nodes: tuple[str, ...]
     tokens: tuple[str, ...]
     signed: dict = attrs.field(eq=False, repr=False)
 
     @classmethod
     def create(cls, device_key: SigningKeyPair, *, patient: str, device: str, kind: str, purpose: str,
-               recipient: Recipient, issued: int, not_after: int, tokens: list[str]) -> Grant:
-        body = {"type": GRANT, "v": 1, "id": new_id(), "patient": patient, "device": device, "kind": kind,
+               recipient: Recipient, issued: int, not_after: int, nodes: list[str], tokens: list[str]) -> Grant:
+        body = {"type": GRANT, "v": VERSION, "id": new_id(), "patient": patient, "device": device, "kind": kind,
                 "purpose": purpose, "recipient": str(recipient), "issued": issued, "not_after": not_after,
-                "tokens": list(tokens)}
+                "nodes": sorted(nodes), "tokens": list(tokens)}
         return cls.from_json(sign_statement(device_key, body), device_key.public)
 
     @classmethod
     def from_json(cls, obj: Any, device_key: bytes | None) -> Grant:
         body = open_statement(obj, "grant", GRANT, device_key)
         f = fields(body, "grant", {
-            "type": const(GRANT), "v": const_int(1), "id": text(32, ID), "patient": text(128),
+            "type": const(GRANT), "v": const_int(VERSION), "id": text(32, ID), "patient": text(128),
             "device": text(128), "kind": text(96), "purpose": text(40, PURPOSE), "recipient": Recipient.parse,
-            "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME), "tokens": token_ids})
+            "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME), "nodes": node_list,
+            "tokens": token_ids})
         if f["not_after"] <= f["issued"] or f["not_after"] - f["issued"] > MAX_DURATION:
             raise ConsentError("a grant ends after it is issued and runs for at most a year", code="bad_date")
+        if f["recipient"].kind != "federation" and f["nodes"] != (f["recipient"].node,):
+            raise ConsentError("a grant to one node names that node only", code="widened_grant")
+        if len(f["tokens"]) != len(f["nodes"]):
+            raise ConsentError("a grant has one token per node it names")
         return cls(f["id"], f["patient"], f["device"], f["kind"], f["purpose"], f["recipient"], f["issued"],
-                   f["not_after"], tuple(f["tokens"]), obj)
+                   f["not_after"], f["nodes"], tuple(f["tokens"]), obj)
 
 
 def const_int(expected: int):
@@ -188,6 +210,16 @@ def token_ids(value: Any, where: str) -> list[str]:
     return ids
 
 
+def node_list(value: Any, where: str) -> tuple[str, ...]:
+    """The recipient nodes a grant or token names: 1 to 64 node ids, sorted, distinct."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_NODES:
+        raise ConsentError(f"{where} must list 1 to {MAX_NODES} node ids")
+    nodes = tuple(text(260, NODE_ID)(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if list(nodes) != sorted(set(nodes)):
+        raise ConsentError(f"{where} must list distinct node ids in sorted order")
+    return nodes
+
+
 def day(unix: int) -> int:
     """``unix`` rounded down to a whole UTC day. Times the recipients of one grant all see
     are whole days, so a shared timestamp cannot link their tokens (beyond "granted the same
@@ -204,7 +236,12 @@ def end_of_day(unix: int) -> int:
 
 @attrs.frozen
 class Token:
-    """One recipient node's copy of a grant, signed by the patient's pseudonymous key."""
+    """One recipient node's copy of a grant, signed by the patient's pseudonymous key.
+
+    ``subject_key`` is the **pseudonym key** (the token body's ``subject`` field: the
+    Ed25519 public key that signs the token and its deliveries); :attr:`subject` is the
+    **pseudonym** plugins see, a fingerprint of that key.
+    """
 
     id: str
     node: str
@@ -215,6 +252,10 @@ class Token:
     recipient: Recipient
     issued: int
     not_after: int
+    #: The nodes of the grant (``node`` among them); None for a version 1 ``federation``
+    #: token, made before grants named their nodes.
+    nodes: tuple[str, ...] | None
+    v: int
     signed: dict = attrs.field(eq=False, repr=False)
 
     @property
@@ -223,37 +264,51 @@ class Token:
 
     @classmethod
     def create(cls, key: SigningKeyPair, *, node: str, home: str, kind: str, purpose: str, recipient: Recipient,
-               issued: int, not_after: int) -> Token:
-        body = {"type": TOKEN, "v": 1, "id": new_id(), "node": node, "home": home, "subject": b64e(key.public),
-                "kind": kind, "purpose": purpose, "recipient": str(recipient), "issued": day(issued),
-                "not_after": not_after}
+               nodes: list[str], issued: int, not_after: int) -> Token:
+        body = {"type": TOKEN, "v": VERSION, "id": new_id(), "node": node, "home": home,
+                "subject": b64e(key.public), "kind": kind, "purpose": purpose, "recipient": str(recipient),
+                "nodes": sorted(nodes), "issued": day(issued), "not_after": not_after}
         return cls.from_json(sign_statement(key, body))
 
     @classmethod
     def from_json(cls, obj: Any) -> Token:
-        """Parse and check the signature under the subject key the token names."""
+        """Parse and check the signature under the pseudonym key the token names."""
         unverified = open_statement(obj, "token", TOKEN, None)
         subject = b64(32)(unverified.get("subject") if isinstance(unverified, dict) else None, "token.subject")
         body = open_statement(obj, "token", TOKEN, subject)
-        f = fields(body, "token", {
-            "type": const(TOKEN), "v": const_int(1), "id": text(32, ID), "node": text(260, NODE_ID),
-            "home": text(260, NODE_ID), "subject": b64(32), "kind": text(96), "purpose": text(40, PURPOSE),
-            "recipient": Recipient.parse, "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME)})
-        token = cls(f["id"], f["node"], f["home"], f["subject"], f["kind"], f["purpose"], f["recipient"],
-                    f["issued"], f["not_after"], obj)
-        if f["recipient"].kind != "federation" and f["recipient"].node != f["node"]:
+        version = body.get("v")
+        if version not in (1, VERSION) or isinstance(version, bool):
+            raise BadRequest(f"token.v must be {VERSION}", code="unsupported_version")
+        spec = {"type": const(TOKEN), "v": anything, "id": text(32, ID), "node": text(260, NODE_ID),
+                "home": text(260, NODE_ID), "subject": b64(32), "kind": text(96), "purpose": text(40, PURPOSE),
+                "recipient": Recipient.parse, "issued": integer(0, MAX_TIME), "not_after": integer(0, MAX_TIME)}
+        if version == VERSION:
+            spec["nodes"] = node_list
+        f = fields(body, "token", spec)
+        recipient = f["recipient"]
+        if recipient.kind != "federation" and recipient.node != f["node"]:
             raise ConsentError("the token's node is not its recipient", code="widened_grant")
-        return token
+        nodes = f.get("nodes") or (None if recipient.kind == "federation" else (f["node"],))
+        if nodes is not None and (f["node"] not in nodes
+                                  or (recipient.kind != "federation" and nodes != (f["node"],))):
+            raise ConsentError("the token's node is not one its grant names", code="widened_grant")
+        return cls(f["id"], f["node"], f["home"], f["subject"], f["kind"], f["purpose"], recipient, f["issued"],
+                   f["not_after"], nodes, version, obj)
 
     def matches(self, grant: Grant) -> bool:
         """The token has exactly the grant's scope (a token can never widen its grant)."""
-        return (self.id in grant.tokens and self.kind == grant.kind and self.purpose == grant.purpose
-                and self.recipient == grant.recipient and self.not_after == grant.not_after)
+        return (self.v == VERSION and self.id in grant.tokens and self.kind == grant.kind
+                and self.purpose == grant.purpose and self.recipient == grant.recipient
+                and self.nodes == grant.nodes and self.not_after == grant.not_after)
 
     def check_live(self, me: str, now: int, kinds) -> None:
-        """Refuse a token that is not for this node, expired, or for an unknown kind."""
+        """Refuse a token that is not for this node (named by the patient), expired, or for
+        an unknown kind."""
         if self.node != me:
             raise Forbidden("the grant token is for another node", code="wrong_recipient")
+        if self.nodes is None:
+            raise Forbidden("the token does not name its grant's nodes (made by an older rxfed); the patient "
+                            "grants again", code="widened_grant")
         if self.not_after <= now:
             raise Gone("the consent grant has expired", code="grant_expired")
         if self.kind not in kinds:
@@ -267,28 +322,36 @@ def voucher(node_key: SigningKeyPair, token: Token, now: int) -> dict:
 
 
 def check_voucher(obj: Any, token: Token, home_keys: list[bytes]) -> None:
-    last: Exception | None = None
-    for key in home_keys:
-        try:
-            body = open_statement(obj, "voucher", VOUCHER, key)
-        except Forbidden as exc:
-            last = exc
-            continue
-        if body.get("token") != token.id or body.get("subject") != b64e(token.subject_key) \
-                or body.get("home") != token.home:
-            raise Forbidden("the voucher is for another token", code="bad_voucher")
-        return
-    raise Forbidden("the home node's voucher does not verify", code="bad_voucher") from last
+    try:
+        body = open_statement_by_any(obj, "voucher", VOUCHER, home_keys)
+    except Forbidden as exc:
+        raise Forbidden("the home node's voucher does not verify", code="bad_voucher") from exc
+    if body.get("token") != token.id or body.get("subject") != b64e(token.subject_key) \
+            or body.get("home") != token.home:
+        raise Forbidden("the voucher is for another token", code="bad_voucher")
 
 
 # -- deliveries: the signals, signed by the token's key ------------------------------------
 
 
-def delivery_seq(key: SigningKeyPair, now_ms: int) -> int:
-    """A delivery's sequence number: milliseconds plus an offset only the patient can derive
-    (keyed by the token's private key), so it grows with time for one token but two
-    recipients cannot line their deliveries up by it."""
-    return now_ms + int(hash_id(key.seed, person=b"rxfed-deliv-seq", size=4), 16)
+def next_seq(last: int, random: bytes) -> int:
+    """The sequence number of a token's next delivery: ``last`` (the token's previous one,
+    0 for none) plus a uniform random step from 1 to 2**32 drawn from ``random`` (4 fresh
+    random bytes). The numbers grow for one token, so a recipient can refuse an old delivery;
+    their values and gaps depend on nothing but fresh randomness, never on time or on another
+    token, so recipients comparing them learn nothing that links their tokens."""
+    if len(random) != 4:
+        raise ValueError("a sequence step takes 4 random bytes")
+    seq = last + 1 + int.from_bytes(random, "big")
+    if seq > MAX_SEQ:
+        raise Conflict("this grant has made all the deliveries it can; grant again", code="seq_exhausted")
+    return seq
+
+
+def legacy_seq_floor(now_ms: int) -> int:
+    """A ``last`` above every sequence number a token shared under before the numbers were
+    relayed by the home node: those were milliseconds plus an offset below 2**32."""
+    return now_ms + SEQ_STEP
 
 
 def sign_delivery(key: SigningKeyPair, *, token: str, node: str, delivery: str, seq: int,
@@ -304,7 +367,7 @@ def open_delivery(obj: Any, token: Token, delivery: str) -> tuple[int, list]:
     this delivery id; Forbidden otherwise (a relaying node cannot make or replay one)."""
     body = open_statement(obj, "delivery", DELIVERY, token.subject_key)
     f = fields(body, "delivery", {"type": const(DELIVERY), "token": text(32, ID), "node": text(260, NODE_ID),
-                                  "delivery": text(32, ID), "seq": integer(0, 2**53 - 1), "signals": anything})
+                                  "delivery": text(32, ID), "seq": integer(0, MAX_SEQ), "signals": anything})
     if f["token"] != token.id or f["node"] != token.node or f["delivery"] != delivery:
         raise Forbidden("the delivery is signed for another token, node or delivery", code="bad_delivery")
     if not isinstance(f["signals"], list):
@@ -338,3 +401,43 @@ def check_token_revocation(obj: Any, token_id: str, subject_key: bytes) -> int:
     if f["token"] != token_id:
         raise Forbidden("the revocation is for another token", code="bad_revocation")
     return f["revoked"]
+
+
+# -- acknowledgement: the recipient's signed word that it deleted --------------------------
+
+
+@attrs.frozen
+class Acknowledgement:
+    """A recipient node's statement, signed by its node key, that it deleted what it held
+    under a revoked token: bound to the token, the exact revocation (its statement hash),
+    the node and a time. The home node relays and keeps it but cannot make one, so the
+    patient's client shows a node as done only with a valid one (spec/consent.md §6)."""
+
+    token: str
+    node: str
+    acknowledged: int
+    #: Plugins on that node that could not confirm deleting what they were handed.
+    unconfirmed: tuple[str, ...]
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def create(cls, node_key: SigningKeyPair, *, token: str, node: str, revocation: dict, unconfirmed: list[str],
+               now: int) -> Acknowledgement:
+        body = {"type": ACK, "token": token, "node": node, "revocation": b64e(statement_hash(revocation)),
+                "acknowledged": now, "unconfirmed": sorted(unconfirmed)}
+        return cls(token, node, now, tuple(sorted(unconfirmed)), sign_statement(node_key, body))
+
+    @classmethod
+    def check(cls, obj: Any, *, token: str, node: str, revocation: dict, node_keys: list[bytes]) -> Acknowledgement:
+        """The acknowledgement if one of ``node_keys`` (the node's own published keys)
+        signed it for this token, node and revocation; Forbidden (``bad_ack``) otherwise."""
+        try:
+            body = open_statement_by_any(obj, "acknowledgement", ACK, node_keys)
+        except Forbidden as exc:
+            raise Forbidden(f"the acknowledgement is not signed by a key {node} publishes", code="bad_ack") from exc
+        f = fields(body, "acknowledgement", {
+            "type": const(ACK), "token": text(32, ID), "node": text(260, NODE_ID), "revocation": b64(32),
+            "acknowledged": integer(0, MAX_TIME), "unconfirmed": array(text(40, PLUGIN), 64)})
+        if f["token"] != token or f["node"] != node or f["revocation"] != statement_hash(revocation):
+            raise Forbidden("the acknowledgement is for another token, node or revocation", code="bad_ack")
+        return cls(f["token"], f["node"], f["acknowledged"], tuple(f["unconfirmed"]), obj)

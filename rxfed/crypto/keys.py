@@ -154,14 +154,19 @@ def pseudonym_key(secret: bytes, label: str) -> SigningKeyPair:
     return SigningKeyPair.from_seed(seed)
 
 
+def node_box_key(node_public_key: bytes) -> bytes:
+    """The X25519 public key birationally equivalent to a node's Ed25519 identity key
+    (libsodium ``crypto_sign_ed25519_pk_to_curve25519``): what signals are sealed to."""
+    try:
+        return bytes(nacl.signing.VerifyKey(node_public_key).to_curve25519_public_key())
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise DecryptionFailed("not a usable node key") from None
+
+
 def seal_to_node(node_public_key: bytes, message: bytes) -> bytes:
     """Seal ``message`` to a node's Ed25519 identity key (libsodium sealed box to its X25519
     birational equivalent), so nodes that relay it cannot read it."""
-    try:
-        box_key = nacl.signing.VerifyKey(node_public_key).to_curve25519_public_key()
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        raise DecryptionFailed("not a usable node key") from None
-    return nacl.public.SealedBox(box_key).encrypt(message)
+    return seal_to(node_box_key(node_public_key), message)
 
 
 def open_as_node(node_key: SigningKeyPair, sealed: bytes) -> bytes:

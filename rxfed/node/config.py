@@ -65,6 +65,10 @@ class Federation:
     max_batch: int = 500
     #: Minimum seconds between fetches of a peer's key document when a key is unknown.
     key_refetch: int = 30
+    #: A patient's signal delivery waits a random 0 to this many seconds before it goes to
+    #: its recipient, each recipient's delay drawn apart, so the recipients of one grant do
+    #: not all receive it at the same moment (spec/crypto.md §9 says what this does not hide).
+    signal_delay: int = 60
 
 
 @attrs.frozen
@@ -135,6 +139,9 @@ class NodeConfig:
             raise ConfigError("TLS needs both a certificate and a key")
         if self.federation.mode not in ("open", "allowlist"):
             raise ConfigError("federation.mode must be open or allowlist")
+        delay = self.federation.signal_delay
+        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= 3600:
+            raise ConfigError("federation.signal_delay must be a whole number of seconds from 0 to 3600")
         if not self.name or len(self.name) > 200:
             raise ConfigError("the node name must be 1 to 200 characters")
 

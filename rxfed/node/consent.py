@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -236,8 +237,14 @@ class Consent:
                 results.append(EventResult(False, exc.code, exc.message))
                 continue
             results.append(EventResult(True))
-            effects.outbox.append((origin, _wire(ACK, {"token": token.id, "unconfirmed": unconfirmed})))
+            ack = self.acknowledge(token.id, f["revocation"], unconfirmed)
+            effects.outbox.append((origin, _wire(ACK, {"token": token.id, "ack": ack.signed})))
         return results, effects
+
+    def acknowledge(self, token_id: str, revocation: dict, unconfirmed: list[str]) -> pg.Acknowledgement:
+        """This node's signed statement that it deleted what ``token_id`` gave it."""
+        return pg.Acknowledgement.create(self.node.signing_key(), token=token_id, node=self.me, revocation=revocation,
+                                         unconfirmed=unconfirmed, now=self.node.now())
 
     async def on_used(self, origin: str, events: list[WireEvent]):
         results = []
@@ -257,9 +264,8 @@ class Consent:
         results = []
         for event in events:
             try:
-                f = fields(event.content, "ack", {"token": text(32, pg.ID)},
-                           {"unconfirmed": array(text(40, pg.PLUGIN), 64)})
-                await self.log_ack(origin, f["token"], f["unconfirmed"] or [])
+                f = fields(event.content, "ack", {"token": text(32, pg.ID), "ack": anything})
+                await self.log_ack(origin, f["token"], f["ack"])
             except RxfedError as exc:
                 results.append(EventResult(False, exc.code, exc.message))
                 continue
@@ -283,14 +289,21 @@ class Consent:
                     "kind": grant.kind, "count": count} for name in names]
         await self.node.store.delivery_used(token_id, node, delivery, entries, self.node.now())
 
-    async def log_ack(self, node: str, token_id: str, unconfirmed: list[str]) -> None:
-        """Record ``node``'s acknowledgement; ``unconfirmed`` names plugins there that could
-        not confirm deleting (shown to the patient in the audit log)."""
-        grant, _ = await self._own_token(token_id, node)
-        entry = {"event": "acknowledged", "grant": grant.id, "node": node}
-        if unconfirmed:
-            entry["unconfirmed"] = sorted(unconfirmed)
-        await self.node.store.token_acknowledged(token_id, node, audit=[entry], now=self.node.now())
+    async def log_ack(self, node: str, token_id: str, ack: Any) -> None:
+        """Keep ``node``'s signed acknowledgement of a revoked token and log it (with the
+        plugins there that could not confirm deleting). The patient's client checks the
+        signature itself, against the keys ``node`` publishes; checking here too keeps a
+        broken or misdirected one out of the log."""
+        grant, token = await self._own_token(token_id, node)
+        if token.revocation is None:
+            raise Conflict("that grant token is not revoked", code="not_revoked")
+        checked = pg.Acknowledgement.check(ack, token=token_id, node=node, revocation=loads(token.revocation),
+                                           node_keys=await self.keys_of(node))
+        entry = {"event": "acknowledged", "grant": grant.id, "node": node, "ack": checked.signed}
+        if checked.unconfirmed:
+            entry["unconfirmed"] = list(checked.unconfirmed)
+        await self.node.store.token_acknowledged(token_id, node, ack=canonical(checked.signed), audit=[entry],
+                                                 now=self.node.now())
 
     async def housekeeping(self) -> None:
         """Delete signals whose grant ended and tell the plugins."""
@@ -342,7 +355,7 @@ async def add_grant(request: web.Request) -> web.Response:
                               "this node's plugins define", code="unknown_kind")
     federated = await consent.federated()
     tokens = [pg.Token.from_json(t) for t in f["tokens"]]
-    nodes = [t.node for t in tokens]
+    nodes = sorted(t.node for t in tokens)
     if len(set(nodes)) != len(nodes) or {t.id for t in tokens} != set(grant.tokens):
         raise pg.ConsentError("one token per recipient node, each listed in the grant", code="bad_grant")
     for token in tokens:
@@ -350,8 +363,8 @@ async def add_grant(request: web.Request) -> web.Response:
             raise Forbidden("a token's scope differs from its grant's", code="widened_grant")
         if token.node not in federated:
             raise pg.ConsentError(f"{token.node} is not a node this one federates with", code="unknown_node")
-    if grant.recipient.kind != "federation" and nodes != [grant.recipient.node]:
-        raise Forbidden("the tokens name other nodes than the grant's recipient", code="widened_grant")
+    if tuple(nodes) != grant.nodes:  # one token for each node the patient named, no other
+        raise Forbidden("the tokens' nodes differ from the nodes the grant names", code="widened_grant")
     if grant.recipient.kind == "plugin" and grant.recipient.node == state.config.node_id:
         manifest = state.plugins.manifests().get(grant.recipient.plugin)
         if manifest is None or not manifest.accepts(grant.kind, grant.purpose):
@@ -364,7 +377,7 @@ async def add_grant(request: web.Request) -> web.Response:
                    canonical(grant.signed))
     await state.store.add_grant(row, rows, signer=caller.auth.device, nonce=caller.nonce, now=now, audit=[{
         "event": "granted", "grant": grant.id, "kind": grant.kind, "purpose": grant.purpose,
-        "recipient": str(grant.recipient), "nodes": nodes, "not_after": grant.not_after}])
+        "recipient": str(grant.recipient), "nodes": list(grant.nodes), "not_after": grant.not_after}])
     log.info("consent grant recorded")
     return reply({"grant": grant.id, "not_after": grant.not_after,
                   "tokens": [{"token": t.token, "node": t.node, "voucher": loads(t.voucher)} for t in rows]},
@@ -383,7 +396,9 @@ async def list_grants(request: web.Request) -> web.Response:
             "not_after": grant.not_after, "created": grant.created, "revoked": grant.revoked,
             "statement": loads(grant.statement),
             "tokens": [{"token": t.token, "node": t.node, "statement": loads(t.statement),
-                        "voucher": loads(t.voucher), "shared": t.shared, "acknowledged": t.acked}
+                        "voucher": loads(t.voucher), "shared": t.shared, "seq": t.seq,
+                        "revocation": loads(t.revocation) if t.revocation else None,
+                        "acknowledged": t.acked, "ack": loads(t.ack) if t.ack else None}
                        for t in tokens]})
     return reply({"grants": out})
 
@@ -395,8 +410,13 @@ async def share(request: web.Request) -> web.Response:
     consent: Consent = state.consent
     caller = await authenticate(request)
     f = fields(caller.body, "share", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
-                                      "sealed": b64(max_length=MAX_SEALED), "count": integer(0, MAX_SIGNALS)})
-    # (``count`` is the patient's own figure for their audit log; the node cannot check it.)
+                                      "seq": integer(1, pg.MAX_SEQ), "sealed": b64(max_length=MAX_SEALED),
+                                      "count": integer(0, MAX_SIGNALS)})
+    # ``count`` is the patient's own figure for their audit log; the node cannot check it.
+    # ``seq`` is the one sealed inside: the node keeps the last one per token and tells the
+    # patient's devices (``GET /v1/consent/grants``), so each continues from it. It is random
+    # steps, so it tells the node nothing; a node that lies about it only makes deliveries
+    # fail, which it could do by dropping them.
     found = await state.store.grant_of_token(f["token"])
     if found is None or found[0].patient != caller.patient:
         raise NotFound("no such grant token", code="unknown_grant")
@@ -409,8 +429,12 @@ async def share(request: web.Request) -> web.Response:
                "sealed": b64e(f["sealed"])}
     local = token.node == state.config.node_id
     outbox = [] if local else [(token.node, _wire(SIGNALS, content))]
+    # Each recipient gets its delivery after its own random delay, so the deliveries of one
+    # share (to the recipients of one grant) do not arrive at the same moment everywhere.
+    delay = state.config.federation.signal_delay
     await state.store.mark_shared(token.token, patient=caller.patient, signer=caller.auth.device,
-                                  delivery=f["delivery"], outbox=outbox,
+                                  delivery=f["delivery"], seq=f["seq"], outbox=outbox,
+                                  not_before=caller.now + secrets.randbelow(delay + 1) if delay else 0,
                                   nonce=caller.nonce, now=caller.now, audit=[{
                                       "event": "shared", "grant": grant.id, "node": token.node,
                                       "kind": grant.kind, "count": f["count"]}])
@@ -452,7 +476,8 @@ async def revoke(request: web.Request) -> web.Response:
     for t in tokens:
         if t.node == state.config.node_id:  # takes effect here at once
             unconfirmed = await consent.revoked(parsed[t.token], f["tokens"][t.token])
-            await consent.log_ack(t.node, t.token, unconfirmed)
+            ack = consent.acknowledge(t.token, f["tokens"][t.token], unconfirmed)
+            await consent.log_ack(t.node, t.token, ack.signed)
     if outbox:
         state.federation.notify()
     log.info("consent grant revoked")

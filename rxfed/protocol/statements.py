@@ -33,6 +33,17 @@ def open_statement(obj: Any, where: str, kind: str, public_key: bytes | None) ->
     return body
 
 
+def open_statement_by_any(obj: Any, where: str, kind: str, public_keys: list[bytes]) -> dict:
+    """:func:`open_statement` under whichever of ``public_keys`` signed it (a node publishes
+    several keys while it rotates); Forbidden when none did."""
+    for key in public_keys:
+        try:
+            return open_statement(obj, where, kind, key)
+        except Forbidden:
+            continue
+    raise Forbidden(f"{where}: not signed by any of the expected keys", code="bad_statement_signature")
+
+
 def statement_hash(obj: dict) -> bytes:
     """SHA-256 of a statement's canonical bytes (body and signature): its identity."""
     return sha256(canonical(obj))

@@ -139,6 +139,10 @@ class TokenRow:
     revocation: bytes | None = None
     shared: int | None = None
     acked: int | None = None
+    #: The sequence number of the last delivery relayed under the token (devices go on from it).
+    seq: int | None = None
+    #: The recipient's signed acknowledgement of the revocation, as relayed.
+    ack: bytes | None = None
 
 
 @attrs.frozen
@@ -397,10 +401,13 @@ class Store(abc.ABC):
     async def grant_of_token(self, token: str) -> tuple[GrantRow, TokenRow] | None: ...
 
     @abc.abstractmethod
-    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str,
-                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int) -> None:
-        """Record that the patient shared signals under ``token`` as ``delivery`` (still
-        live: refused with Gone once revoked), queue their delivery and log it, at once."""
+    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str, seq: int,
+                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int,
+                          not_before: int = 0) -> None:
+        """Record that the patient shared signals under ``token`` as ``delivery`` numbered
+        ``seq`` (still live: refused with Gone once revoked; Conflict unless ``seq`` is above
+        the token's last one), queue their delivery, to be sent no earlier than
+        ``not_before``, and log it, at once."""
 
     @abc.abstractmethod
     async def delivery_used(self, token: str, node: str, delivery: str, entries: list[dict], now: int) -> bool:
@@ -414,8 +421,8 @@ class Store(abc.ABC):
         """Revoke a live grant and its tokens, queue the revocations and log it, at once."""
 
     @abc.abstractmethod
-    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], now: int) -> bool:
-        """Record ``node``'s acknowledgement of a revoked token (once; False when not a
+    async def token_acknowledged(self, token: str, node: str, *, ack: bytes, audit: list[dict], now: int) -> bool:
+        """Keep ``node``'s signed acknowledgement of a revoked token (once; False when not a
         revoked token of ours sent to ``node``)."""
 
     @abc.abstractmethod

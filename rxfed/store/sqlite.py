@@ -57,6 +57,15 @@ from rxfed.store import (
 
 log = logging.getLogger("rxfed.store")
 
+#: Consent delivery state: a grant token keeps the sequence number of its last delivery (the
+#: patient's devices continue from it) and the recipient's signed acknowledgement; an outbox
+#: event may wait until a time (Unix seconds: signal deliveries, each after a random delay).
+CONSENT_DELIVERY_STATE = """
+    ALTER TABLE grant_tokens ADD COLUMN seq INTEGER;
+    ALTER TABLE grant_tokens ADD COLUMN ack BLOB;
+    ALTER TABLE outbox ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0
+    """
+
 MIGRATIONS: list[str] = [
     # 1: the vault
     """
@@ -325,6 +334,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (community_id, host, member)
     ) WITHOUT ROWID
     """,
+    # 8
+    CONSENT_DELIVERY_STATE,
 ]
 
 _BATCH_MAX = 512
@@ -1000,9 +1011,9 @@ class SQLiteStore(Store):
         await self._write(lambda c: self._enqueue(c, items, now))
 
     @staticmethod
-    def _enqueue(c: sqlite3.Connection, items: list[tuple[str, bytes]], now: int) -> None:
-        c.executemany("INSERT INTO outbox (destination, event, created) VALUES (?, ?, ?)",
-                      [(dest, event, now) for dest, event in items])
+    def _enqueue(c: sqlite3.Connection, items: list[tuple[str, bytes]], now: int, not_before: int = 0) -> None:
+        c.executemany("INSERT INTO outbox (destination, event, created, not_before) VALUES (?, ?, ?, ?)",
+                      [(dest, event, now, not_before) for dest, event in items])
 
     async def next_transaction(self, destination: str, *, max_events: int, now: int, dead_after: int,
                                exclude: list[str] = ()) -> OutboundTransaction | None:
@@ -1023,7 +1034,8 @@ class SQLiteStore(Store):
                             (destination, *skip)).fetchone()
             if row is None:
                 ids = [r[0] for r in c.execute("SELECT id FROM outbox WHERE destination=? AND txn IS NULL "
-                                               "ORDER BY id LIMIT ?", (destination, max_events))]
+                                               "AND not_before <= ? ORDER BY id LIMIT ?",
+                                               (destination, now, max_events))]
                 if not ids:
                     return None
                 self._ensure_peer(c, destination)
@@ -1060,9 +1072,11 @@ class SQLiteStore(Store):
 
     async def due_destinations(self) -> list[tuple[str, int | None]]:
         # Every unacknowledged transaction still has its events in the outbox, and it goes
-        # before any newer event, so a destination is due when its oldest transaction is.
+        # before any newer event, so a destination is due when its oldest transaction is;
+        # with none, when its first waiting event may go (0, at once, for most).
         return await self._read(lambda c: c.execute(
-            "SELECT o.destination, (SELECT min(t.next_attempt) FROM outbox_txns t WHERE t.destination = o.destination) "
+            "SELECT o.destination, coalesce((SELECT min(t.next_attempt) FROM outbox_txns t "
+            "WHERE t.destination = o.destination), min(o.not_before) * 1000) "
             "FROM outbox o GROUP BY o.destination ORDER BY 1").fetchall())
 
     async def outbox_summary(self) -> list[OutboxSummary]:
@@ -1211,7 +1225,7 @@ class SQLiteStore(Store):
 
     # -- consent: grants and the audit chain (home node) -----------------------------------
     _GRANT_COLUMNS = "id, patient_id, kind, purpose, recipient, not_after, created, statement, revoked, revocation"
-    _TOKEN_COLUMNS = "token, grant_id, node, statement, voucher, revocation, shared, acked"
+    _TOKEN_COLUMNS = "token, grant_id, node, statement, voucher, revocation, shared, acked, seq, ack"
 
     @staticmethod
     def _audit(c: sqlite3.Connection, patient: str, entries: list[dict], now: int) -> None:
@@ -1234,7 +1248,8 @@ class SQLiteStore(Store):
                 c.execute(f"INSERT INTO grants ({self._GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                           (grant.id, grant.patient, grant.kind, grant.purpose, grant.recipient, grant.not_after,
                            grant.created, grant.statement))
-                c.executemany(f"INSERT INTO grant_tokens ({self._TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                c.executemany(f"INSERT INTO grant_tokens ({self._TOKEN_COLUMNS}) "
+                              "VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL)",
                               [(t.token, grant.id, t.node, t.statement, t.voucher) for t in tokens])
             except sqlite3.IntegrityError:
                 raise Conflict("that grant or token id is taken", code="duplicate_grant") from None
@@ -1264,23 +1279,27 @@ class SQLiteStore(Store):
 
         return await self._read(op)
 
-    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str,
-                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int) -> None:
+    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str, seq: int,
+                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int,
+                          not_before: int = 0) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
-            row = c.execute("SELECT g.revoked FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
+            row = c.execute("SELECT g.revoked, t.seq FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
                             "WHERE t.token=? AND g.patient_id=?", (token, patient)).fetchone()
             if row is None:
                 raise Gone("unknown grant token", code="unknown_grant")
             if row[0] is not None:
                 raise Gone("the consent grant was revoked", code="grant_revoked")
-            c.execute("UPDATE grant_tokens SET shared=? WHERE token=?", (now, token))
+            if row[1] is not None and seq <= row[1]:
+                raise Conflict("another device shared under this grant since this one looked; share again",
+                               code="stale_delivery")
+            c.execute("UPDATE grant_tokens SET shared=?, seq=? WHERE token=?", (now, seq, token))
             try:
                 c.execute("INSERT INTO deliveries VALUES (?, ?, ?, NULL)", (token, delivery, now))
             except sqlite3.IntegrityError:
                 raise Conflict("that delivery id was used before", code="duplicate_delivery") from None
-            self._enqueue(c, outbox, now)
+            self._enqueue(c, outbox, now, not_before)
             self._audit(c, patient, audit, now)
 
         await self._write(op)
@@ -1302,14 +1321,14 @@ class SQLiteStore(Store):
 
         await self._write(op)
 
-    async def token_acknowledged(self, token: str, node: str, *, audit: list[dict], now: int) -> bool:
+    async def token_acknowledged(self, token: str, node: str, *, ack: bytes, audit: list[dict], now: int) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute("SELECT g.patient_id FROM grant_tokens t JOIN grants g ON g.id = t.grant_id "
                             "WHERE t.token=? AND t.node=? AND g.revoked IS NOT NULL AND t.acked IS NULL",
                             (token, node)).fetchone()
             if row is None:
                 return False
-            c.execute("UPDATE grant_tokens SET acked=? WHERE token=?", (now, token))
+            c.execute("UPDATE grant_tokens SET acked=?, ack=? WHERE token=?", (now, ack, token))
             self._audit(c, row[0], audit, now)
             return True
 

@@ -285,14 +285,19 @@ class StoreContract(CommunityContract):
         assert await store.grant_of_token(tokens[0].token) == (grant, tokens[0])
         with pytest.raises(Conflict):  # ids are never reused
             await self._grant(store, p)
-        await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1",
+        await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1", seq=10,
                                 outbox=[("b", b"{}")], audit=[{"event": "shared"}], nonce=nonce(), now=1100)
         with pytest.raises(Conflict):  # a delivery id is used once
-            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1",
+            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1", seq=11,
                                     outbox=[], audit=[], nonce=nonce(), now=1100)
+        for seq in (10, 9):  # a device that did not see the last delivery's number shares again
+            with pytest.raises(Conflict) as stale:
+                await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d5",
+                                        seq=seq, outbox=[("b", b"{}")], audit=[], nonce=nonce(), now=1100)
+            assert stale.value.code == "stale_delivery"
         with pytest.raises(Gone):  # another patient's token
-            await store.mark_shared(tokens[1].token, patient=q.patient, signer=q.device, delivery="d2", outbox=[],
-                                    audit=[], nonce=nonce(), now=1100)
+            await store.mark_shared(tokens[1].token, patient=q.patient, signer=q.device, delivery="d2", seq=12,
+                                    outbox=[], audit=[], nonce=nonce(), now=1100)
         # a use is logged once, for a delivery that was made, reported by the token's node
         used = [{"event": "used"}]
         assert not await store.delivery_used(tokens[1].token, "a", "d1", used, now=1150)  # wrong node
@@ -306,15 +311,17 @@ class StoreContract(CommunityContract):
                                  token_revocations={t.token: b"tr" for t in tokens}, outbox=[("b", b"{}")],
                                  audit=[{"event": "revoked"}], nonce=nonce(), now=1200)
         with pytest.raises(Gone):  # revoked: no more sharing, no second revocation
-            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d3", outbox=[],
-                                    audit=[], nonce=nonce(), now=1300)
+            await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d3", seq=20,
+                                    outbox=[], audit=[], nonce=nonce(), now=1300)
         ack = [{"event": "acknowledged"}]
-        assert not await store.token_acknowledged(tokens[0].token, "b", audit=ack, now=1300)  # wrong node
-        assert await store.token_acknowledged(tokens[0].token, "a", audit=ack, now=1300)
-        assert not await store.token_acknowledged(tokens[0].token, "a", audit=ack, now=1301)  # logged once
+        assert not await store.token_acknowledged(tokens[0].token, "b", ack=b"ack", audit=ack, now=1300)  # wrong node
+        assert await store.token_acknowledged(tokens[0].token, "a", ack=b"ack", audit=ack, now=1300)
+        assert not await store.token_acknowledged(tokens[0].token, "a", ack=b"2nd", audit=ack, now=1301)  # once
         ((row, stored),) = await store.grants(p.patient)
         assert row.revoked == 1200 and [t.acked for t in stored] == [1300, None]
-        assert [t.shared for t in stored] == [None, 1100]
+        assert [t.ack for t in stored] == [b"ack", None]
+        assert [t.shared for t in stored] == [None, 1100] and [t.seq for t in stored] == [None, 10]
+        assert [t.revocation for t in stored] == [b"tr", b"tr"]
         assert [row.seq for row in await store.audit(p.patient)] == [1, 2, 3, 4, 5]
 
     async def test_audit_chain(self, store):
@@ -322,7 +329,7 @@ class StoreContract(CommunityContract):
 
         p, q = await register(store, 1), await register(store, 2)
         grant, tokens = await self._grant(store, p)
-        await store.mark_shared(tokens[0].token, patient=p.patient, signer=p.device, delivery="d1", outbox=[],
+        await store.mark_shared(tokens[0].token, patient=p.patient, signer=p.device, delivery="d1", seq=1, outbox=[],
                                 audit=[{"event": "shared", "n": 1}, {"event": "shared", "n": 2}], nonce=nonce(),
                                 now=1007)
         await self._grant(store, q, gid="h" * 32)  # another patient's chain is separate
@@ -351,6 +358,23 @@ class StoreContract(CommunityContract):
         early = attrs.evolve(token, token="u" * 32)
         assert not await store.revoke_received(early, None, now=2000)
         assert await store.receive_signals(early, "d1", [("diagnosis.category", b"5")]) == "revoked"
+
+    async def test_a_delivery_waits_in_the_outbox_until_its_time(self, store):
+        p = await register(store, 1)
+        grant, tokens = await self._grant(store, p)
+        await store.enqueue([("b", b"now")], now=1000)
+        await store.mark_shared(tokens[1].token, patient=p.patient, signer=p.device, delivery="d1", seq=1,
+                                outbox=[("b", b"later")], not_before=1060, audit=[], nonce=nonce(), now=1000)
+        await store.mark_shared(tokens[0].token, patient=p.patient, signer=p.device, delivery="d2", seq=1,
+                                outbox=[("a", b"later")], not_before=1030, audit=[], nonce=nonce(), now=1000)
+        assert await store.due_destinations() == [("a", 1030_000), ("b", 0)]
+        txn = await store.next_transaction("b", max_events=10, now=1059, dead_after=86400)
+        assert txn.events == (b"now",)
+        await store.transaction_delivered(txn.txn_id)
+        assert await store.due_destinations() == [("a", 1030_000), ("b", 1060_000)]
+        assert await store.next_transaction("b", max_events=10, now=1059, dead_after=86400) is None
+        assert (await store.next_transaction("b", max_events=10, now=1060, dead_after=86400)).events == (b"later",)
+        assert [s.pending + s.in_flight for s in await store.outbox_summary()] == [1, 1]
 
     async def test_expired_signals_are_deleted(self, store):
         token = ReceivedToken("t" * 32, "home", "SHA256:x", b"k" * 32, "diagnosis.category", "research",

@@ -12,7 +12,7 @@ import pytest
 from contract import new_patient, StoreContract, commit, nonce, register
 from rxfed.errors import Conflict, Unavailable
 from rxfed.store import Quota, Replayed, StoredRecord
-from rxfed.store.sqlite import MIGRATIONS, SQLiteStore
+from rxfed.store.sqlite import CONSENT_DELIVERY_STATE, MIGRATIONS, SQLiteStore
 
 
 @pytest.fixture
@@ -188,6 +188,34 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
             await commit(s, p, 2, [StoredRecord("a" * 32, 1, b"again")], epoch=0)
         await commit(s, p, 2, [StoredRecord("a" * 32, 2, b"first, edited")], epoch=0)
         assert [r.blob for r in (await s.vault(p.patient, p.device)).records] == [b"first, edited", b"second"]
+    finally:
+        await s.close()
+
+
+async def test_consent_delivery_state_migration_keeps_grants_and_queued_events(tmp_path, monkeypatch):
+    import rxfed.store.sqlite as backend
+
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:MIGRATIONS.index(CONSENT_DELIVERY_STATE)])
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    p = await register(s, 1)
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "rxfed.db")  # rows as that schema's code wrote them
+    with conn:
+        conn.execute("INSERT INTO grants VALUES (?, ?, 'diagnosis.category', 'research', 'node:b', 5000, 1000, "
+                     "x'00', NULL, NULL)", ("g" * 32, p.patient))
+        conn.execute("INSERT INTO grant_tokens VALUES (?, ?, 'b', ?, x'00', NULL, 1100, NULL)",
+                     ("t" * 32, "g" * 32, b"token"))
+        conn.execute("INSERT INTO outbox (destination, event, created) VALUES ('b', ?, 1000)", (b"queued before",))
+    conn.close()
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    try:
+        ((_, (token,)),) = await s.grants(p.patient)
+        assert (token.seq, token.ack, token.statement, token.shared) == (None, None, b"token", 1100)
+        assert await s.due_destinations() == [("b", 0)]  # an event queued before waits for nothing
+        assert (await s.next_transaction("b", max_events=10, now=1000, dead_after=86400)).events == (b"queued before",)
     finally:
         await s.close()
 
