@@ -338,7 +338,7 @@ async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patien
                 body = body.replace(b'"after":null', b'"after":99999999999999999999')
             status, doc = await signed(new, "POST", "/v1/communities/read", body)
             assert status == 400, doc
-        assert (await Communities(new).read(address)).state.seq == 1
+        assert (await Communities(new).read(address)).state.seq == 2  # the create, and the recovery's rekey
 
 
 async def test_event_with_a_non_string_type_is_a_clean_400(fed, make_patient):
@@ -766,3 +766,47 @@ async def test_joining_refuses_a_listing_the_creator_did_not_commit_to(fed, make
         await alice.join(address)
     assert info.value.code == "bad_about"
     assert await alice.memberships() == []
+
+
+async def test_a_revoked_device_reads_no_later_community_message(fed, make_patient, tmp_path):
+    """The revoked device held the patient's member keys (they live in the vault). Revoking
+    it rekeys every community of the patient, keeping the seat: later posts are sealed to
+    the new keys only, so even a node that hands the revoked device every event gives it
+    nothing readable; the patient still reads everything, before and after."""
+    from conftest import PASSPHRASE
+    from rxfed.client import PatientClient
+
+    a, b, c = fed
+    admin, member, address = await community_with_member(make_patient, c, a, "Rekeyed")
+    patient = member.client
+    await member.post(address, "before the theft")
+    code = await PatientClient.request_link(a.url, tmp_path / "laptop", PASSPHRASE, kdf="min")
+    _device, confirm = await patient.add_device(code)
+    laptop = PatientClient.open(tmp_path / "laptop", PASSPHRASE)
+    await laptop.finish_link(confirm)
+    stolen = await Communities(laptop).membership(address)  # what the thief holds
+    await laptop.close()
+    await patient.revoke_device(laptop.device, patient.recovery_code)
+    assert patient.followups["communities"] == {address: "rekeyed"}
+    await eventually(lambda: _joined(admin, address, 2))
+    mine = await member.membership(address)
+    assert mine.member.public != stolen.member.public and mine.previous[0][0].public == stolen.member.public
+    await eventually(lambda: _seq_at_least(admin, address, 5))
+    await admin.post(address, "after the revocation")
+    await member.post(address, "me too, with new keys")
+    await eventually(lambda: _has(member, address, "me too, with new keys"))
+    view = await member.read(address)
+    assert [m.text for m in view.messages] == ["before the theft", "after the revocation", "me too, with new keys"]
+    # everything the host holds, handed to the thief: only what it could read before
+    from rxfed.protocol.canonical import loads
+
+    events = [(e.seq, loads(e.event)) for e in await c.app_store().community_events(
+        pc.CommunityAddress.parse(address).id, c.node_id)]
+    read = pc.read_history(events, stolen.member, stolen.box)
+    assert [m.text for m in read.messages] == ["before the theft"]
+    # and the old key reads nothing from the patient's home node either
+    from helpers import signed
+
+    proof = pc.make_read_proof(stolen.member, pc.CommunityAddress.parse(address), a.node_id, int(time.time()))
+    status, doc = await signed(patient, "POST", "/v1/communities/read", {"community": address, "proof": proof})
+    assert status == 403

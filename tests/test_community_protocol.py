@@ -592,7 +592,7 @@ def test_a_rekey_moves_the_seat_and_the_old_key_reads_nothing_later():
     refused(host, make_rekey(b.key, new_a.key, new_a.box.public, host.address, b.node, host.tick()), Conflict,
             "already_member")
     refused(host, make_rekey(b.key, c.key, c.box.public, host.address, "elsewhere.example", host.tick()), Conflict,
-            "wrong_node")
+            "rekey_moves_node")
 
 
 def test_unreadable_messages_say_why():

@@ -486,7 +486,10 @@ async def test_a_delivery_replaces_the_previous_one(fed, make_patient):
     assert events == ["granted", "shared", "used", "shared"]
 
 
-async def test_a_recovered_device_sees_and_revokes_earlier_grants(fed, make_patient, tmp_path):
+async def test_a_recovered_device_renews_earlier_grants_then_revokes_them(fed, make_patient, tmp_path):
+    """A recovery starts a new identity epoch, so grants made under the previous epoch's
+    pseudonym secret (which the lost device knew) are revoked and granted again under the
+    new one: the recipient sees a new pseudonym and drops the old one's signals."""
     from conftest import PASSPHRASE
     from rxfed.client import PatientClient
 
@@ -494,15 +497,21 @@ async def test_a_recovered_device_sees_and_revokes_earlier_grants(fed, make_pati
     patient, consent = await consenting(make_patient, a)
     granted = await consent.grant("diagnosis.category", "matching", "federation")
     await eventually(lambda: _true(len(recorder(c).signals) == 1))
+    old_subject = recorder(c).signals[0].subject
     async with await PatientClient.recover(a.url, tmp_path / "new-device", patient.recovery_code, PASSPHRASE,
                                            kdf="min") as again:
+        (renewed,) = again.followups["grants"]
+        assert renewed["grant"] == granted["grant"] and "renewed" in renewed
         other = Consent(again, plugins=builtin_plugins())
-        (grant,) = await other.list()
-        assert all(t["verified"] for t in grant["tokens"])  # the same pseudonymous keys, from the root
-        await other.revoke(granted["grant"])
+        grants = {g["grant"]: g for g in await other.list()}
+        assert grants[granted["grant"]]["status"] == "revoked"
+        assert grants[renewed["renewed"]]["status"] == "live"
+        assert all(t["verified"] for g in grants.values() for t in g["tokens"])
+        await eventually(lambda: _true(any(s.subject != old_subject for s in recorder(c).signals)))
+        await other.revoke(renewed["renewed"])
 
         async def acknowledged():
-            return not (await other.list())[0]["pending"]
+            return not any(g["pending"] for g in await other.list())
 
         await eventually(acknowledged)
     for node in fed:

@@ -35,6 +35,12 @@ def add_parser(sub) -> None:
         json_flag(sp)
         sp.set_defaults(func=func)
 
+    rk = csub.add_parser("rekey", help="replace your member keys in one community, or all (after revoking a device)")
+    _profile(rk)
+    rk.add_argument("address", metavar="ADDRESS", nargs="?", help="default: every community you are in")
+    json_flag(rk)
+    rk.set_defaults(func=cmd_rekey)
+
     post = csub.add_parser("post", help="post an end-to-end encrypted message")
     _profile(post)
     post.add_argument("address", metavar="ADDRESS")
@@ -90,6 +96,22 @@ def cmd_leave(args: argparse.Namespace) -> None:
     result = _with_client(args, lambda c: _communities(c).leave(args.address))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False)},
                              ["left; later messages are sealed to the remaining members only", args.address])
+
+
+def cmd_rekey(args: argparse.Namespace) -> None:
+    async def go(client):
+        communities = _communities(client)
+        if args.address:
+            await communities.rekey(args.address)
+            return {args.address: "rekeyed"}
+        return await communities.rekey_all()
+
+    outcomes = _with_client(args, go)
+    failed = {a: o for a, o in outcomes.items() if o != "rekeyed"}
+    Output(args.json).result({"communities": outcomes}, [f"{a}: {o}" for a, o in outcomes.items()] or
+                             ["you are in no community"])
+    if failed:
+        raise SystemExit(1)
 
 
 def cmd_post(args: argparse.Namespace) -> None:

@@ -228,9 +228,10 @@ def cmd_recover(args: argparse.Namespace) -> None:
         client = await PatientClient.recover(args.node, Path(args.profile), code, passphrase, kdf=kdf,
                                              keep="all" if args.keep_all else args.keep)
         async with client:
-            return client.patient, client.device
+            return client.patient, client.device, client.followups
 
-    patient, device = run_async(go())
+    patient, device, followups = run_async(go())
+    _report_followups(followups)
     Output(args.json).result({"patient": patient, "device": device},
                              [f"access restored; this device is {device}", patient])
 
@@ -289,19 +290,31 @@ def cmd_devices_list(args: argparse.Namespace) -> None:
     Output(args.json).result({"devices": rows}, lines)
 
 
+def _report_followups(followups: dict) -> None:
+    """Say on stderr what a revocation or recovery could not replace yet."""
+    for address, outcome in (followups.get("communities") or {}).items():
+        if outcome != "rekeyed":
+            note(f"community {address}: member keys not replaced yet ({outcome}); "
+                 "run `rxfed community rekey` when its host answers")
+    for grant in followups.get("grants") or []:
+        if "error" in grant:
+            note(f"consent grant {grant['grant']}: not renewed ({grant['error']}); revoke it and grant again")
+
+
 def cmd_devices_revoke(args: argparse.Namespace) -> None:
     client = _client(args)
     code = _recovery_code()
 
     async def go():
         async with client:
-            return await client.revoke_devices(args.device, code)
+            return await client.revoke_devices(args.device, code), client.followups
 
-    revoked = run_async(go())
+    revoked, followups = run_async(go())
     extra = sorted(set(revoked) - set(args.device))
     if extra:
         note(f"also revoked, as enrolled by a revoked device: {', '.join(extra)}")
-    Output(args.json).result({"revoked": revoked}, [
+    _report_followups(followups)
+    Output(args.json).result({"revoked": revoked, **followups}, [
         "revoked (a new identity epoch: revoked devices can read nothing written from now on, and enrol, "
         "revoke or change nothing):", *revoked])
 

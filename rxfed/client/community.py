@@ -22,7 +22,7 @@ from rxfed.client.records import Record
 from rxfed.client.sdk import IntegrityError, NodeRefused, PatientClient
 from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
 from rxfed.crypto.groups import SenderKey
-from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError, Unavailable
+from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import community as pc
 from rxfed.protocol.federation import NodeDocument
 from rxfed.protocol.statements import statement_hash
@@ -49,6 +49,9 @@ class Membership:
     admin: bytes | None
     host_keys: tuple[bytes, ...]
     record_id: str = ""
+    #: Member and box keys this membership had before rekeys, newest first: they read the
+    #: messages sent to them.
+    previous: tuple[tuple[SigningKeyPair, BoxKeyPair], ...] = attrs.field(default=(), repr=False)
 
     @classmethod
     def from_record(cls, record: Record) -> Membership:
@@ -57,12 +60,20 @@ class Membership:
         return cls(pc.CommunityAddress.parse(d["address"]), SigningKeyPair.from_seed(b64d(d["member_seed"])),
                    BoxKeyPair.from_secret(b64d(d["box_secret"])), d.get("name") or "", d.get("condition"),
                    b64d(create) if create else None, b64d(admin) if admin else None,
-                   tuple(b64d(k) for k in d.get("host_keys", [])), record.id)
+                   tuple(b64d(k) for k in d.get("host_keys", [])), record.id,
+                   tuple((SigningKeyPair.from_seed(b64d(p["member_seed"])), BoxKeyPair.from_secret(b64d(p["box_secret"])))
+                         for p in d.get("previous", [])))
 
     def to_data(self) -> dict:
         return {"address": str(self.address), "member_seed": b64e(self.member.seed), "box_secret": b64e(self.box.secret),
                 "name": self.name, "condition": self.condition, "create": b64e(self.create) if self.create else None,
-                "admin": b64e(self.admin) if self.admin else None, "host_keys": [b64e(k) for k in self.host_keys]}
+                "admin": b64e(self.admin) if self.admin else None, "host_keys": [b64e(k) for k in self.host_keys],
+                "previous": [{"member_seed": b64e(m.seed), "box_secret": b64e(b.secret)} for m, b in self.previous]}
+
+    @property
+    def keys(self) -> tuple[tuple[SigningKeyPair, BoxKeyPair], ...]:
+        """The current member and box keys, then earlier ones, newest first."""
+        return ((self.member, self.box),) + self.previous
 
     @property
     def pseudonym(self) -> str:
@@ -117,6 +128,25 @@ class CommunityView:
         }
 
 
+def _read_with(mine: Membership, events: list[tuple[int, dict]]) -> pc.Reading:
+    """The community read with every key this membership has had: the current key's view,
+    with the messages its earlier keys were sent added (each message once)."""
+    reading = pc.read_history(events, mine.member, mine.box)
+    if not mine.previous:
+        return reading
+    messages = {m.seq: m for m in reading.messages}
+    unreadable = {u.seq: u for u in reading.unreadable}
+    for member, box in mine.previous:
+        earlier = pc.read_history(events, member, box)
+        for m in earlier.messages:
+            messages.setdefault(m.seq, m)
+        for u in earlier.unreadable:
+            if u.seq not in messages:
+                unreadable.setdefault(u.seq, u)
+    return attrs.evolve(reading, messages=tuple(messages[k] for k in sorted(messages)),
+                        unreadable=tuple(unreadable[k] for k in sorted(unreadable) if k not in messages))
+
+
 class HistoryPins:
     """This device's pins, one per membership, in ``communities.json`` (mode 0600). A pin
     only ever moves forward. Entries are named by a hash of the membership's secret member
@@ -136,7 +166,8 @@ class HistoryPins:
 
     @staticmethod
     def _entry(mine: Membership) -> str:
-        return hash_id(mine.member.seed, person=b"rxfed-pin")
+        # the membership's first member key: a rekey keeps the pin
+        return hash_id(mine.keys[-1][0].seed, person=b"rxfed-pin")
 
     def get(self, mine: Membership) -> pc.HistoryPin:
         found = self._load().get(self._entry(mine))
@@ -246,7 +277,8 @@ class Communities:
     async def _fetch(self, mine: Membership) -> list[tuple[int, dict, dict]]:
         """Every event the home node holds, in order, up to its first gap (a copy can hold one
         while the host catches it up)."""
-        proof = pc.make_read_proof(mine.member, mine.address, self.client.identity.node_id, self._now())
+        keys = list(mine.keys)
+        proof = pc.make_read_proof(keys[0][0], mine.address, self.client.identity.node_id, self._now())
         out: list[tuple[int, dict, dict]] = []
         while True:
             body = {"community": str(mine.address), "after": out[-1][0] if out else 0, "limit": PAGE, "proof": proof}
@@ -255,6 +287,11 @@ class Communities:
             except NodeRefused as exc:
                 if exc.code == "unknown_community" and not out:
                     return []  # the node has not received the community yet
+                if exc.code == "not_a_member" and len(keys) > 1 and not out:
+                    # a rekey not yet on this node's copy: read with the key it replaces
+                    keys.pop(0)
+                    proof = pc.make_read_proof(keys[0][0], mine.address, self.client.identity.node_id, self._now())
+                    continue
                 raise
             try:
                 out.extend((e["seq"], e["event"], e["stamp"]) for e in page["events"])
@@ -300,8 +337,8 @@ class Communities:
                 raise Forbidden("the first event is not the create event this membership pinned",
                                 code="forked_history")
             after = pin.extend(hashes)
-            reading = pc.read_history([(s, e) for s, e, _ in rows], mine.member, mine.box) if rows else None
-            if reading is not None and mine.admin is not None and reading.state.meta.admin != mine.admin:
+            reading = _read_with(mine, [(s, e) for s, e, _ in rows]) if rows else None
+            if reading is not None and mine.admin is not None and pc.parse_event(rows[0][1]).admin != mine.admin:
                 raise Forbidden("the community's admin is not the one this membership pinned", code="forked_history")
         except (NodeRefused, Unavailable):
             raise
@@ -359,6 +396,38 @@ class Communities:
         await self.client._commit(state.state, [], deletes=[mine.record_id])
         self.pins.forget(mine)
         return result
+
+    async def rekey(self, address: str | Membership) -> dict:
+        """Replace this membership's member and box keys, keeping its seat (after a device
+        was revoked: it held the old ones). The new keys are in the vault before the host
+        hears of them; a rekey that did not reach the host is sent again by the next call."""
+        mine = address if isinstance(address, Membership) else await self.membership(address)
+        state = (await self.history(mine)).state
+        if state is None:
+            raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")
+        current = state.status(mine.member.public)
+        if current in (pc.MemberStatus.JOINED, pc.MemberStatus.PENDING):
+            old = (mine.member, mine.box)
+            mine = await self._update(attrs.evolve(mine, member=SigningKeyPair.generate(), box=BoxKeyPair.generate(),
+                                                   previous=(old,) + mine.previous))
+        elif not mine.previous or current is not None:
+            raise Conflict("this membership's key is no current member: it cannot be rekeyed", code="not_a_member")
+        signer = mine.previous[0][0]
+        event = pc.make_rekey(signer, mine.member, mine.box.public, mine.address, self.client.identity.node_id,
+                              self._now())
+        result = await self._submit(mine.address, event)
+        return {"address": str(mine.address), "member": mine.pseudonym, **(result or {})}
+
+    async def rekey_all(self) -> dict[str, str]:
+        """Rekey every membership; what became of each (``rekeyed``, or the error)."""
+        out = {}
+        for mine in await self.memberships():
+            try:
+                await self.rekey(mine)
+                out[str(mine.address)] = "rekeyed"
+            except RxfedError as exc:
+                out[str(mine.address)] = f"{exc.code}: {exc.message}"
+        return out
 
     async def post(self, address: str, text: str) -> dict:
         """Encrypt and post ``text``; first hands a fresh sender key to exactly the current

@@ -304,6 +304,30 @@ class Consent:
             return ACK_FORGED
         return ACK_VERIFIED
 
+    async def renew(self) -> list[dict]:
+        """After an identity rotation: every live grant whose tokens were made under an
+        earlier epoch's pseudonym secret (which a revoked device knew) is revoked and
+        granted again, same kind, purpose, recipients and end, under the current epoch's.
+        Returns what became of each: ``{grant, renewed: new grant id}`` or ``{grant, error}``."""
+        out = []
+        for grant in await self.list():
+            if grant["status"] != "live":
+                continue
+            target = pg.Recipient.parse(grant["recipient"])
+            stale = [t for t in grant["tokens"] if t["verified"]
+                     and self._key(t["node"], grant["purpose"], target.only_plugin()).public
+                     != self._tokens[t["token"]].subject_key]
+            if not stale:
+                continue
+            try:
+                await self.revoke(grant["grant"])
+                again = await self.grant(grant["kind"], grant["purpose"], grant["recipient"],
+                                         until=grant["not_after"] - 1, nodes=grant["nodes"])
+                out.append({"grant": grant["grant"], "renewed": again["grant"]})
+            except RxfedError as exc:
+                out.append({"grant": grant["grant"], "error": f"{exc.code}: {exc.message}"})
+        return out
+
     async def revoke(self, grant_id: str) -> dict:
         """Revoke a grant: at once on the home node, then federated to every node that got
         a token; ``list()`` shows who has acknowledged."""

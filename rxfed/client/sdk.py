@@ -241,6 +241,8 @@ class PatientClient:
         self._own_session = session is None
         self._secrets: EpochSecrets | None = None
         self._passphrase: str | None = None
+        #: What the last revocation or recovery replaced (see :meth:`after_revocation`).
+        self.followups: dict = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -480,8 +482,10 @@ class PatientClient:
             body, identity = _rotation(access.chain, nxt, access.master, code, kept + [cert], counter, entries, now)
             ident = Identity(access.patient, node_url.rstrip("/"), node["node_id"], access.root_key, device, box)
             pins = attrs.evolve(cls._pins(identity, cert.device, "registered"), counter=counter + 1)
-            return await cls._enrol(profile, ident, passphrase, kdf, session, own, clock, "/v1/identity", body,
-                                    key=auth, pins=pins)
+            client = await cls._enrol(profile, ident, passphrase, kdf, session, own, clock, "/v1/identity", body,
+                                      key=auth, pins=pins)
+            client.followups = await client.after_revocation()
+            return client
 
     # -- linking a new device from an active one -------------------------------------------
     @classmethod
@@ -737,7 +741,21 @@ class PatientClient:
         kept = [c for d, c in certs.items() if d not in dropped]
         result = await self._rotate(state, access.master, kept, code)
         self._remember_devices({d: "revoked" for d in result["revoked"]})
+        self.followups = await self.after_revocation()
         return result["revoked"]
+
+    async def after_revocation(self) -> dict:
+        """What a revoked device could still use after the new epoch, replaced: the member
+        keys of every community (rekeyed, keeping each seat) and the pseudonymous keys of
+        every live consent grant (revoked and granted again). Run by :meth:`revoke_devices`
+        and :meth:`recover`; run it again if a host or node was unreachable. Returns
+        ``{"communities": {address: outcome}, "grants": [...]}``."""
+        from rxfed.client.community import Communities
+        from rxfed.client.consent import Consent
+
+        communities = await Communities(self).rekey_all()
+        grants = await Consent(self, plugins=None).renew()
+        return {"communities": communities, "grants": grants}
 
     async def _rotate(self, state: VaultState, master: SigningKeyPair, kept: list[pv.DeviceCert],
                       code: RecoveryCode, *, new_master: SigningKeyPair | None = None) -> dict:

@@ -495,7 +495,7 @@ def _rekey(state: CommunityState, event: Rekey) -> CommunityState:
     if b64e(event.new_member) in state.members:
         raise Conflict("this member key has already joined; rekey to a new key", code="already_member")
     if event.node != old.node:
-        raise Conflict("a rekey keeps the member's home node", code="wrong_node")
+        raise Conflict("a rekey keeps the member's home node", code="rekey_moves_node")
     try:
         verify_signature(event.new_member, _rekey_bytes(str(event.community), event.member, event.new_member,
                                                         event.box_key), event.proof)
