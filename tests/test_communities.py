@@ -810,3 +810,26 @@ async def test_a_revoked_device_reads_no_later_community_message(fed, make_patie
     proof = pc.make_read_proof(stolen.member, pc.CommunityAddress.parse(address), a.node_id, int(time.time()))
     status, doc = await signed(patient, "POST", "/v1/communities/read", {"community": address, "proof": proof})
     assert status == 403
+
+
+async def test_a_host_key_listed_without_a_signed_rotation_is_not_learned(fed, make_patient, monkeypatch):
+    """Whoever can answer for the host's URL lists a key of their own beside the pinned one:
+    the client learns only keys the pinned ones signed in as successors."""
+    import attrs
+
+    from rxfed.crypto import SigningKeyPair
+    from rxfed.protocol.federation import NodeKey
+
+    a, b, c = fed
+    admin, alice, address = await community_with_member(make_patient, c, a, "Pinned host")
+    mine = await alice.membership(address)
+    real = alice._host_document
+    intruder = SigningKeyPair.generate()
+
+    async def doctored(host):
+        doc = await real(host)
+        return attrs.evolve(doc, keys=doc.keys + (NodeKey(intruder.public, 0, None),))
+
+    monkeypatch.setattr(alice, "_host_document", doctored)
+    assert await alice._refresh_host_keys(mine) is mine  # nothing new to pin
+    assert (await alice.membership(address)).host_keys == mine.host_keys

@@ -486,10 +486,11 @@ async def test_a_delivery_replaces_the_previous_one(fed, make_patient):
     assert events == ["granted", "shared", "used", "shared"]
 
 
-async def test_a_recovered_device_renews_earlier_grants_then_revokes_them(fed, make_patient, tmp_path):
-    """A recovery starts a new identity epoch, so grants made under the previous epoch's
-    pseudonym secret (which the lost device knew) are revoked and granted again under the
-    new one: the recipient sees a new pseudonym and drops the old one's signals."""
+async def test_a_recovery_revokes_the_grants_of_the_devices_it_revokes(fed, make_patient, tmp_path):
+    """A recovery revokes every other device and starts a new identity epoch. Grants made by
+    a device revoked then (perhaps a stolen one) are revoked, not renewed: the recipients
+    drop their signals; the patient grants again from the new device under a new, unlinkable
+    pseudonym."""
     from conftest import PASSPHRASE
     from rxfed.client import PatientClient
 
@@ -500,22 +501,45 @@ async def test_a_recovered_device_renews_earlier_grants_then_revokes_them(fed, m
     old_subject = recorder(c).signals[0].subject
     async with await PatientClient.recover(a.url, tmp_path / "new-device", patient.recovery_code, PASSPHRASE,
                                            kdf="min") as again:
-        (renewed,) = again.followups["grants"]
-        assert renewed["grant"] == granted["grant"] and "renewed" in renewed
+        assert again.followups["grants"] == [{"grant": granted["grant"],
+                                              "revoked": "made by a device that is no longer active"}]
         other = Consent(again, plugins=builtin_plugins())
-        grants = {g["grant"]: g for g in await other.list()}
-        assert grants[granted["grant"]]["status"] == "revoked"
-        assert grants[renewed["renewed"]]["status"] == "live"
-        assert all(t["verified"] for g in grants.values() for t in g["tokens"])
-        await eventually(lambda: _true(any(s.subject != old_subject for s in recorder(c).signals)))
-        await other.revoke(renewed["renewed"])
+        (old,) = await other.list()
+        assert old["status"] == "revoked"
 
         async def acknowledged():
             return not any(g["pending"] for g in await other.list())
 
         await eventually(acknowledged)
-    for node in fed:
-        assert await node.app_store().received_signals() == []
+        for node in fed:
+            assert await node.app_store().received_signals() == []
+        await other.grant("diagnosis.category", "matching", "federation")
+        await eventually(lambda: _true(any(s.subject != old_subject for s in recorder(c).signals)))
+
+
+async def test_renewing_after_a_revocation_keeps_the_grants_of_the_remaining_device(fed, make_patient, tmp_path):
+    """Revoking a linked device: the grants the patient made on the remaining device are
+    granted again under the new epoch's pseudonym secret (which the revoked device never
+    held), then the old ones revoked; the recipient sees a new pseudonym."""
+    from conftest import PASSPHRASE
+    from rxfed.client import PatientClient
+
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", "federation")
+    await eventually(lambda: _true(len(recorder(c).signals) == 1))
+    old_subject = recorder(c).signals[0].subject
+    code = await PatientClient.request_link(a.url, tmp_path / "laptop", PASSPHRASE, kdf="min")
+    laptop_id, confirm = await patient.add_device(code)
+    laptop = PatientClient.open(tmp_path / "laptop", PASSPHRASE)
+    await laptop.finish_link(confirm)
+    await laptop.close()
+    await patient.revoke_device(laptop_id, patient.recovery_code)
+    (renewed,) = patient.followups["grants"]
+    assert renewed["grant"] == granted["grant"] and "renewed" in renewed
+    grants = {g["grant"]: g for g in await consent.list()}
+    assert grants[granted["grant"]]["status"] == "revoked" and grants[renewed["renewed"]]["status"] == "live"
+    await eventually(lambda: _true(any(s.subject != old_subject for s in recorder(c).signals)))
 
 
 async def test_a_grant_to_a_plugin_this_node_lacks_is_refused(fed, make_patient):

@@ -296,3 +296,79 @@ async def test_a_federation_token_that_names_no_nodes_is_refused_by_recipients(f
         old.check_live(b.node_id, now, b.state.consent.kinds())
     assert refused.value.code == "widened_grant"
     assert pg.check_token_revocation(pg.revoke_token(key, old.id, now), old.id, old.subject_key) == now
+
+
+# -- after a revocation: nothing a revoked device or the node makes is shared under ---------
+
+
+async def test_a_grant_a_revoked_device_makes_with_the_node_gets_nothing(fed, make_patient, tmp_path):
+    """The revoked device keeps its epoch's pseudonym secret; with the home node's help it
+    registers a grant to that node after the revocation. The patient's client sees that no
+    active device of theirs signed it: it shares nothing under it and renews nothing."""
+    from helpers import signed
+    from rxfed.crypto import pseudonym_key
+    from test_identity_security import db, linked_device
+
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    thief = await linked_device(patient, a, tmp_path)
+    old = await thief.secrets()
+    await patient.revoke_device(thief.device, patient.recovery_code)
+    now = int(time.time())
+    target = pg.Recipient.parse(f"node:{a.node_id}")
+    not_after = pg.end_of_day(now + 30 * 86400)
+    key = pseudonym_key(old.pseudonym_secret, pg.pseudonym_label(a.node_id, "matching", None))
+    token = pg.Token.create(key, node=a.node_id, home=a.node_id, kind="diagnosis.category", purpose="matching",
+                            recipient=target, nodes=[a.node_id], issued=now, not_after=not_after)
+    grant = pg.Grant.create(thief.identity.device, patient=patient.patient, device=thief.device,
+                            kind="diagnosis.category", purpose="matching", recipient=target, issued=now,
+                            not_after=not_after, nodes=[a.node_id], tokens=[token.id])
+    with db(a) as conn:  # the node lets the revoked device's request through
+        conn.execute("UPDATE devices SET revoked=NULL WHERE id=?", (thief.device,))
+    status, _ = await signed(thief, "POST", "/v1/consent/grants", {"grant": grant.signed, "tokens": [token.signed]})
+    assert status == 201
+    with db(a) as conn:
+        conn.execute("UPDATE devices SET revoked=? WHERE id=?", (now, thief.device))
+    await thief.close()
+    fresh = Consent(patient, plugins=builtin_plugins())
+    (listed,) = [g for g in await fresh.list() if g["grant"] == grant.id]
+    assert listed["device"] == thief.device and not listed["device_active"]
+    before = len(recorder(a).signals)
+    await patient.add_condition("F32.1", label="written after the revocation")
+    shared = [s for s in await fresh.share() if s["grant"] == grant.id]
+    assert shared and not any(s["sent"] for s in shared)
+    assert len(recorder(a).signals) == before
+    (renewal,) = await fresh.renew()
+    assert renewal == {"grant": grant.id, "revoked": "made by a device that is no longer active"}
+
+
+async def test_a_grant_the_node_un_revokes_stays_revoked(fed, make_patient):
+    """The home node clears a grant's revocation in its listing (and is the recipient): the
+    client remembers what it revoked and shares nothing more under it."""
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
+    await consent.revoke(granted["grant"])
+    db = sqlite3.connect(a.data_dir / "rxfed.db")
+    with db:
+        db.execute("UPDATE grants SET revoked=NULL, revocation=NULL")
+        db.execute("UPDATE received_tokens SET revoked=NULL, revocation=NULL")
+    db.close()
+    (listed,) = await consent.list()
+    assert listed["status"] == "revoked"
+    before = len(recorder(a).signals)
+    await patient.add_condition("F32.1")
+    assert await consent.share() == []
+    assert len(recorder(a).signals) == before
+
+
+async def test_revocation_times_are_whole_days(fed, make_patient):
+    """Every recipient of a grant sees the token revocation's time: a whole UTC day, so
+    colluding recipients cannot pair a patient's pseudonyms by the second they were revoked."""
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    granted = await consent.grant("diagnosis.category", "matching", "federation")
+    await consent.revoke(granted["grant"])
+    (listed,) = (await patient._call("GET", "/v1/consent/grants"))["grants"]
+    for t in listed["tokens"]:
+        assert t["revocation"]["body"]["revoked"] % pg.DAY == 0

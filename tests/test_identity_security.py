@@ -431,3 +431,20 @@ async def test_a_rotation_must_re_sign_the_vault(make_patient, node, tmp_path):
     assert [r.data["code"] for r in await patient.records()] == ["E11.9"]
     status, doc = await signed(patient, "POST", "/v1/identity", {"identity": {}, "devices": [], "recovery": {}})
     assert (status, doc["error"]) == (400, "missing_field")
+
+
+async def test_rotating_the_recovery_code_rekeys_communities_too(make_patient, node, tmp_path):
+    """What the old code opens in an old backup (the old epochs' secrets, so the community
+    member keys in the vault) reads no community post made after the rotation."""
+    from rxfed.client.community import Communities
+
+    patient = await make_patient()
+    communities = Communities(patient)
+    address = await communities.create("Mine")
+    before = await communities.membership(address)
+    await patient.rotate_recovery_code(patient.recovery_code)
+    assert patient.followups["communities"] == {address: "rekeyed"}
+    after = await communities.membership(address)
+    assert after.member.public != before.member.public and after.previous[0][0].public == before.member.public
+    await communities.post(address, "after the rotation")
+    assert [m.text for m in (await communities.read(address)).messages] == ["after the rotation"]

@@ -229,15 +229,20 @@ class Communities:
     def _host_url(self, host: str) -> str:
         return self.client.identity.node_url if host == self.client.identity.node_id else host_url(host)
 
-    async def _host_keys(self, host: str) -> tuple[bytes, ...]:
-        """The host's keys from its own ``/.well-known/rxfed``, never from the home node."""
+    async def _host_document(self, host: str) -> NodeDocument:
+        """The host's key document from its own ``/.well-known/rxfed``, never from the home node."""
         url = self._host_url(host)
         document = NodeDocument.from_json(await PatientClient.discover(self.client._session_or_new(), url))
         if document.node_id != host:
             raise IntegrityError(f"{url} says it is {document.node_id}, not {host}", code="wrong_node")
         if not document.keys:
             raise IntegrityError(f"{host} publishes no key to check its stamps with", code="bad_stamp")
-        return tuple(k.public_key for k in document.keys)
+        return document
+
+    async def _host_keys(self, host: str) -> tuple[bytes, ...]:
+        """The host's keys when joining (trusted on first use, like a node first meeting a
+        peer: pinned from then on)."""
+        return tuple(k.public_key for k in (await self._host_document(host)).keys)
 
     async def _listing(self, address: pc.CommunityAddress) -> pc.Listing:
         """The community as its host lists it, checked against the create event the address
@@ -252,9 +257,13 @@ class Communities:
         raise NotFound(f"{address.host} lists no community {address}", code="unknown_community")
 
     async def _refresh_host_keys(self, mine: Membership) -> Membership:
-        """After a stamp by a key not pinned: the host's keys now, added to the pins (hosts
-        rotate keys, and list the ones that ended)."""
-        fresh = await self._host_keys(mine.address.host)
+        """After a stamp by a key not pinned: the host's keys reached from the pinned ones by
+        signed rotations, added to the pins (hosts rotate keys, and list the ones that ended)."""
+        document = await self._host_document(mine.address.host)
+        # only keys the pinned ones signed in as successors (spec/federation.md section 2.2): a
+        # document listing an extra key beside the pinned one adds nothing
+        anchors = tuple(k for k in document.keys if k.public_key in mine.host_keys)
+        fresh = [k.public_key for k in document.trusting(anchors).keys] if anchors else []
         keys = mine.host_keys + tuple(k for k in fresh if k not in mine.host_keys)
         if keys == mine.host_keys:
             return mine

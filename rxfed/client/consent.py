@@ -24,6 +24,9 @@ from rxfed.protocol.canonical import canonical
 from rxfed.protocol.federation import NodeDocument
 
 AUDIT_HEADS = "audit.json"
+#: The grants and tokens this profile revoked: never shared under again, whatever the
+#: home node lists.
+REVOKED = "consent-revoked.json"
 #: How long a grant runs when the patient names no end: 180 days.
 DEFAULT_DURATION = 180 * 86400
 
@@ -139,11 +142,24 @@ class Consent:
         if grant_id is not None and not grants:
             raise NotFound("no live grant with that id", code="unknown_grant")
         records = await self.client.records()
+        revoked_here = self._revoked_here()["tokens"]
         out = []
         for grant in grants:
             target = pg.Recipient.parse(grant["recipient"])
+            if not grant["device_active"]:
+                out.extend({"grant": grant["grant"], "node": t["node"], "sent": False,
+                            "reason": "made by a device that is no longer active: grant again (not sent)"}
+                           for t in grant["tokens"])
+                continue
             for token in grant["tokens"]:
                 parsed = self._tokens.get(token["token"])
+                if parsed is not None and (token["token"] in revoked_here or self._key(
+                        parsed.node, parsed.purpose, target.only_plugin()).public != parsed.subject_key):
+                    # revoked by this profile, or made under an earlier identity epoch (whose
+                    # pseudonym secret a revoked device may hold): renew, never share under it
+                    out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
+                                "reason": "this token is revoked or of an earlier identity epoch (not sent)"})
+                    continue
                 if not token["verified"] or not token["named"]:
                     reason = ("this token was not made by this profile" if not token["verified"] else
                               "this token's node is not one the grant names (made before grants named their "
@@ -158,7 +174,7 @@ class Consent:
                     out.append({"grant": grant["grant"], "node": token["node"], "sent": False,
                                 "reason": f"cannot get the node's key: {exc.message}"})
                     continue
-                key = self._key(parsed.node, parsed.purpose, target.only_plugin(), parsed.subject_key)
+                key = self._key(parsed.node, parsed.purpose, target.only_plugin())
                 bodies = await self.derive(parsed.kind, records)
                 delivery = pg.new_id()
                 # Go on from the token's last sequence number, whichever device sent it (the
@@ -243,8 +259,13 @@ class Consent:
         out = []
         documents: dict = {}
         await self.client.secrets()
+        devices = await self.client.devices_by_certificate()
+        revoked_here = self._revoked_here()
         for g in (await self.client._call("GET", "/v1/consent/grants"))["grants"]:
+            signed_by = self._signed_by(g, devices)
             mine = {t["token"]: token for t in g["tokens"] if (token := self._mine(g, t)) is not None}
+            if signed_by is None:
+                mine = {}  # a grant no device of the patient's signed: nothing of it is ours
             # The nodes the patient signed: every token this profile made names them.
             named = {tok.nodes for tok in mine.values()}
             signed_nodes = named.pop() if len(named) == 1 else None
@@ -259,15 +280,52 @@ class Consent:
                                "verified": token is not None,
                                "named": token is not None and signed_nodes is not None
                                and token.node in signed_nodes})
-            status = "revoked" if g["revoked"] else ("expired" if g["not_after"] <= now else "live")
+            # the status from what the patient signed and did, not from the node's columns
+            not_after = signed_by[1].not_after if signed_by else g["not_after"]
+            revoked = g["revoked"] or (g["grant"] in revoked_here["grants"] and now)
+            status = ("foreign" if signed_by is None else "revoked" if revoked else
+                      "expired" if not_after <= now else "live")
             out.append({"grant": g["grant"], "kind": g["kind"], "purpose": g["purpose"], "recipient": g["recipient"],
-                        "not_after": g["not_after"], "created": g["created"], "revoked": g["revoked"],
+                        "not_after": not_after, "created": g["created"], "revoked": g["revoked"],
                         "status": status, "tokens": tokens,
+                        "device": signed_by[0] if signed_by else None,
+                        "device_active": bool(signed_by and signed_by[2]),
                         "nodes": list(signed_nodes) if signed_nodes is not None else None,
                         "acknowledged": sorted(t["node"] for t in tokens if t["ack"] == ACK_VERIFIED),
                         "pending": sorted(t["node"] for t in tokens if g["revoked"] and t["ack"] != ACK_VERIFIED),
                         "forged": sorted(t["node"] for t in tokens if t["ack"] == ACK_FORGED)})
         return out
+
+    def _signed_by(self, listed: dict, devices: dict) -> tuple[str, pg.Grant, bool] | None:
+        """(device, grant, whether that device is active) if the grant statement the node
+        lists is signed by a device of this patient whose certificate verifies, and says what
+        the listing says (tokens the node added are not the grant's: ``_mine`` refuses them);
+        else None (the node, or someone, made it)."""
+        try:
+            body = listed["statement"]["body"]
+            cert, active = devices[body["device"]]
+            grant = pg.Grant.from_json(listed["statement"], cert.sign_key)
+        except (RxfedError, KeyError, TypeError):
+            return None
+        if (grant.id != listed["grant"] or grant.patient != self.client.patient or grant.kind != listed["kind"]
+                or grant.purpose != listed["purpose"] or str(grant.recipient) != listed["recipient"]
+                or not set(grant.tokens) <= {t["token"] for t in listed["tokens"]}):
+            return None
+        return grant.device, grant, active
+
+    def _revoked_here(self) -> dict:
+        try:
+            doc = json.loads((self.client.profile.path / REVOKED).read_text())
+            return {"grants": set(doc["grants"]), "tokens": set(doc["tokens"])}
+        except FileNotFoundError:
+            return {"grants": set(), "tokens": set()}
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest(f"{self.client.profile.path / REVOKED} is damaged", code="bad_profile") from None
+
+    def _remember_revoked(self, grant_id: str, tokens: list[str]) -> None:
+        known = self._revoked_here()
+        doc = {"grants": sorted(known["grants"] | {grant_id}), "tokens": sorted(known["tokens"] | set(tokens))}
+        write_private(self.client.profile.path / REVOKED, json.dumps(doc).encode())
 
     def _mine(self, grant: dict, listed: dict) -> pg.Token | None:
         """The token as listed by the home node, if this profile made it for this grant's
@@ -317,12 +375,19 @@ class Consent:
             stale = [t for t in grant["tokens"] if t["verified"]
                      and self._key(t["node"], grant["purpose"], target.only_plugin()).public
                      != self._tokens[t["token"]].subject_key]
-            if not stale:
+            if not stale and grant["device_active"]:
                 continue
             try:
-                await self.revoke(grant["grant"])
+                if not grant["device_active"]:
+                    # made by a device revoked since (perhaps the stolen one): not the
+                    # patient's to renew; revoke it and let them grant again if they wish
+                    await self.revoke(grant["grant"])
+                    out.append({"grant": grant["grant"], "revoked": "made by a device that is no longer active"})
+                    continue
+                # grant first: if the new grant is refused, the old one still stands
                 again = await self.grant(grant["kind"], grant["purpose"], grant["recipient"],
                                          until=grant["not_after"] - 1, nodes=grant["nodes"])
+                await self.revoke(grant["grant"])
                 out.append({"grant": grant["grant"], "renewed": again["grant"]})
             except RxfedError as exc:
                 out.append({"grant": grant["grant"], "error": f"{exc.code}: {exc.message}"})
@@ -342,7 +407,10 @@ class Consent:
         for t in grant["tokens"]:
             token = pg.Token.from_json(t["statement"])
             key = self._key(token.node, token.purpose, target.only_plugin(), token.subject_key)
-            revocations[t["token"]] = pg.revoke_token(key, t["token"], now)
+            # every recipient of the grant sees this time: a whole day, so it links nothing
+            revocations[t["token"]] = pg.revoke_token(key, t["token"], pg.day(now))
+        # remembered before it is sent: whatever the node lists later, nothing more is shared
+        self._remember_revoked(grant_id, list(revocations))
         return await self.client._call("POST", "/v1/consent/revoke", {
             "grant": grant_id, "revocation": pg.revoke_grant(self.client.identity.device, grant_id, now),
             "tokens": revocations})

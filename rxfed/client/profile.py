@@ -154,5 +154,6 @@ class Profile:
         self.save_state(attrs.evolve(self.state(), counter=counter), durable=False)
 
     def remove(self) -> None:
-        for name in (KEYS, STATE):
+        # the key file and everything this device kept about the account (pins, heads)
+        for name in (KEYS, STATE, "communities.json", "audit.json", "consent-revoked.json"):
             (self.path / name).unlink(missing_ok=True)

@@ -97,11 +97,12 @@ def new_device_cert(signer: SigningKeyPair, enroller: SigningKeyPair, *, patient
                                enroller_proof=proof, now=now)
 
 
-def verified_devices(chain: pv.IdentityChain, listing: list) -> dict[str, pv.DeviceCert]:
-    """The devices active at the current epoch by their certificates, not by the node's
-    word: certified at the current epoch, with the device's own proof, and an enroller's
-    proof that verifies under the root key, a recovery key of the chain, or a device that
-    verifies in turn. The node's "revoked" flag can only remove a device from this set."""
+def checked_devices(chain: pv.IdentityChain, listing: list) -> dict[str, tuple[pv.DeviceCert, bool]]:
+    """Every device the node lists whose certificate verifies, by its certificates and not
+    the node's word: certified at some epoch of the chain, with the device's own proof, and
+    an enroller's proof that verifies under the root key, a recovery key of the chain, or a
+    device that verifies in turn. Each with whether it is active: certified at the current
+    epoch and not marked revoked (the node's flag can only take a device out)."""
     certs = {}
     for d in listing:
         try:
@@ -111,7 +112,7 @@ def verified_devices(chain: pv.IdentityChain, listing: list) -> dict[str, pv.Dev
         if cert.device == d.get("device"):
             certs[cert.device] = (cert, d.get("revoked"))
     keys = {device: cert.sign_key for device, (cert, _) in certs.items()}
-    good: dict[str, pv.DeviceCert] = {}
+    good: dict[str, tuple[pv.DeviceCert, bool]] = {}
     for device, (cert, revoked) in certs.items():
         seen, current = set(), cert
         try:  # walk the enrolment lineage back to registration or recovery
@@ -125,9 +126,13 @@ def verified_devices(chain: pv.IdentityChain, listing: list) -> dict[str, pv.Dev
                 current = certs[current.enrolled_by][0]
         except (RxfedError, KeyError):
             continue
-        if cert.epoch == chain.current.epoch and revoked is None:
-            good[device] = cert
+        good[device] = (cert, cert.epoch == chain.current.epoch and revoked is None)
     return good
+
+
+def verified_devices(chain: pv.IdentityChain, listing: list) -> dict[str, pv.DeviceCert]:
+    """The devices active at the current epoch by their certificates (:func:`checked_devices`)."""
+    return {d: cert for d, (cert, active) in checked_devices(chain, listing).items() if active}
 
 
 def confirmation_code(identity: pv.IdentityStatement, device: str) -> str:
@@ -757,6 +762,11 @@ class PatientClient:
         grants = await Consent(self, plugins=None).renew()
         return {"communities": communities, "grants": grants}
 
+    async def devices_by_certificate(self) -> dict[str, tuple[pv.DeviceCert, bool]]:
+        """:func:`checked_devices` for this patient, as the node lists them now."""
+        account, chain, _ = await self._account()
+        return checked_devices(chain, account["devices"])
+
     async def _rotate(self, state: VaultState, master: SigningKeyPair, kept: list[pv.DeviceCert],
                       code: RecoveryCode, *, new_master: SigningKeyPair | None = None) -> dict:
         """Start the next identity epoch from this device (which must be among ``kept``)."""
@@ -788,6 +798,8 @@ class PatientClient:
         new = RecoveryCode.generate()
         await self._rotate(state, access.master, list(verified_devices(state.chain, state.account["devices"]).values()),
                            new, new_master=SigningKeyPair.generate())
+        # what the old code opened (the old epochs' secrets, in old backups) is replaced too
+        self.followups = await self.after_revocation()
         return new
 
     async def erase_account(self, *, remove_profile: bool = True) -> dict:

@@ -469,9 +469,14 @@ async def revoke(request: web.Request) -> web.Response:
         parsed[t.token] = token
     outbox = [(t.node, _wire(REVOKE, {"token": loads(t.statement), "revocation": f["tokens"][t.token]}))
               for t in tokens if t.node != state.config.node_id]
+    # Like deliveries, each recipient's revocation leaves after its own random delay, so the
+    # revocations of one grant do not arrive at the same moment everywhere.
+    delay = state.config.federation.signal_delay
+    hold = {node: caller.now + secrets.randbelow(delay + 1) for node, _ in outbox} if delay else None
     await state.store.revoke_grant(
         caller.patient, grant.id, signer=caller.auth.device, revocation=canonical(f["revocation"]),
         token_revocations={k: canonical(v) for k, v in f["tokens"].items()}, outbox=outbox, nonce=caller.nonce,
+        not_before=hold,
         now=caller.now, audit=[{"event": "revoked", "grant": grant.id}])
     for t in tokens:
         if t.node == state.config.node_id:  # takes effect here at once

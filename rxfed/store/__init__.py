@@ -417,8 +417,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revoke_grant(self, patient: str, grant_id: str, *, signer: str, revocation: bytes,
                            token_revocations: dict[str, bytes], outbox: list[tuple[str, bytes]],
-                           audit: list[dict], nonce: Nonce, now: int) -> None:
-        """Revoke a live grant and its tokens, queue the revocations and log it, at once."""
+                           audit: list[dict], nonce: Nonce, now: int,
+                           not_before: dict[str, int] | None = None) -> None:
+        """Revoke a live grant and its tokens, queue the revocations and log it, at once;
+        ``not_before`` holds each destination's revocation until that time."""
 
     @abc.abstractmethod
     async def token_acknowledged(self, token: str, node: str, *, ack: bytes, audit: list[dict], now: int) -> bool:

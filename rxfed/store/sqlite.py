@@ -1306,7 +1306,8 @@ class SQLiteStore(Store):
 
     async def revoke_grant(self, patient: str, grant_id: str, *, signer: str, revocation: bytes,
                            token_revocations: dict[str, bytes], outbox: list[tuple[str, bytes]],
-                           audit: list[dict], nonce: Nonce, now: int) -> None:
+                           audit: list[dict], nonce: Nonce, now: int,
+                           not_before: dict[str, int] | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
@@ -1316,7 +1317,8 @@ class SQLiteStore(Store):
                 raise Gone("no live grant with that id", code="unknown_grant")
             c.executemany("UPDATE grant_tokens SET revocation=? WHERE token=? AND grant_id=?",
                           [(r, t, grant_id) for t, r in token_revocations.items()])
-            self._enqueue(c, outbox, now)
+            for item in outbox:
+                self._enqueue(c, [item], now, (not_before or {}).get(item[0], 0))
             self._audit(c, patient, audit, now)
 
         await self._write(op)
