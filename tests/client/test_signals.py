@@ -622,3 +622,86 @@ def test_plugins_extend_the_snomed_table_through_the_hook():
     plugins.register(Extra(), "extra")
     assert plugins.derive_signals("diagnosis.category", [record], today) == [
         {"system": "icd10", "category": "G35", "source": "snomed"}]
+
+
+# -- held-out style exports: long and SNOMED CT product names, the deceased, text-only -----
+
+EHR_DATA = ROOT / "tests" / "data" / "fhir"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    # Too long joined with "and": the first word of each ingredient, in alphabetical order.
+    ("Amlodipine 5 MG / Hydrochlorothiazide 12.5 MG / Olmesartan medoxomil 20 MG Oral Tablet",
+     "amlodipine hydrochlorothiazide olmesartan"),
+    ("amLODIPine 10 mg / olmesartan medoxomil 40 mg / hydroCHLOROthiazide 25 mg oral tablet",
+     "amlodipine hydrochlorothiazide olmesartan"),
+    ("Acetaminophen 21.7 MG/ML / Dextromethorphan Hydrobromide 1 MG/ML / doxylamine succinate 0.417 MG/ML "
+     "Oral Solution", "acetaminophen dextromethorphan doxylamine"),
+    ("Elvitegravir 150 MG / Cobicistat 150 MG / Emtricitabine 200 MG / Tenofovir alafenamide 10 MG Oral Tablet",
+     "cobicistat elvitegravir emtricitabine tenofovir"),
+    # Short enough: every ingredient whole, and the order they are written in does not matter.
+    ("Oxycodone Hydrochloride 5 MG / Acetaminophen 325 MG Oral Tablet", "acetaminophen and oxycodone"),
+    # SNOMED CT product and clinical drug names.
+    ("Product containing anastrozole (medicinal product)", "anastrozole"),
+    ("Product containing only anastrozole (medicinal product)", "anastrozole"),
+    ("Product containing precisely anastrozole 1 milligram/1 each conventional release oral tablet (clinical drug)",
+     "anastrozole"),
+    ("Anastrozole-containing product", "anastrozole"),
+    ("Metformin-containing product in oral dose form", "metformin"),
+    ("Product containing amlodipine and olmesartan (medicinal product)", "amlodipine and olmesartan"),
+    ("Product containing precisely amlodipine (as amlodipine besilate) 5 milligram and olmesartan medoxomil "
+     "20 milligram/1 each conventional release oral tablet (clinical drug)", "amlodipine and olmesartan medoxomil"),
+])
+def test_long_and_snomed_product_drug_names_are_generalised(name, expected):
+    assert signals.normalise_name(name, drug=True) == expected
+    # Imported names may be longer than those a patient types (records.MAX_NAME).
+    imported = record("treatment", {**rec.treatment("x"), "name": name, "source": "fhir"})
+    assert [b["treatment"] for b in signals.treatment_outcomes([imported], TODAY)] == [expected]
+
+
+def test_seven_ingredients_are_not_a_name():
+    vitamins = " / ".join(f"Vitamin {x} 1 MG" for x in "ACDEK") + " / Folic Acid 1 MG / Biotin 1 MG Oral Tablet"
+    assert signals.normalise_name(vitamins, drug=True) is None
+
+
+@pytest.mark.parametrize(("patient", "band"), [
+    ({"deceasedDateTime": "1989-07-14T03:20:00-05:00"}, "18-29"),   # died aged 24, not 61 today
+    ({"deceasedDateTime": "1989"}, "18-29"),
+    ({"deceasedBoolean": False}, "60-69"),
+])
+def test_the_age_band_of_a_deceased_patient_is_their_age_at_death(patient, band):
+    [body] = signals.demographics([profile("1965-03-02", **patient)], TODAY)
+    assert body["age_band"] == band
+
+
+def test_a_deceased_patient_without_a_date_of_death_has_no_age_band_and_no_years():
+    records = [profile("1930-03-02", deceasedBoolean=True), condition("I10", onset="1975-02-09")]
+    assert signals.demographics(records, TODAY) == []
+    assert signals.categories(records, today=TODAY) == [{"system": "icd10", "category": "I10", "source": "icd10"}]
+
+
+def test_onset_years_of_a_patient_who_died_at_90_or_over_are_not_sent():
+    records = [profile("1900-01-01", deceasedDateTime="1995-01-01"), condition("I10", onset="1990-01-01")]
+    assert signals.demographics(records, TODAY)[0]["age_band"] == "90+"
+    assert signals.categories(records, today=TODAY) == [{"system": "icd10", "category": "I10", "source": "icd10"}]
+    # Born 1930, died at 50: 96 today, but the onset year says nothing of an age over 89.
+    died_at_50 = [profile("1930-03-02", deceasedDateTime="1980-07-14"), condition("I10", onset="1975-02-09")]
+    assert signals.categories(died_at_50, today=TODAY)[0]["onset_year"] == 1975
+    assert signals.demographics(died_at_50, TODAY)[0]["age_band"] == "50-59"
+
+
+def test_text_only_conditions_give_no_signal(plugins):
+    result = import_bundle(json.loads((EHR_DATA / "text-only-conditions.json").read_text()))
+    records = [record(kind, data) for kind, data in result.records]
+    assert plugins.derive_signals("diagnosis.category", records, TODAY) == [
+        {"system": "icd10", "category": "I10", "source": "snomed", "onset_year": 1987}]
+    assert plugins.derive_signals("demographics.band", records, TODAY) == [
+        {"age_band": "18-29", "sex": "female", "country": "US"}]
+
+
+def test_ips_and_cerner_treatments_give_signals(plugins):
+    for name, expected in (("ips-patient-summary.json", ["anastrozole"]),
+                           ("cerner-medications-and-vitals.json", ["amlodipine", "amlodipine hydrochlorothiazide olmesartan"])):
+        result = import_bundle(json.loads((EHR_DATA / name).read_text()))
+        records = [record(kind, data) for kind, data in result.records]
+        assert [b["treatment"] for b in plugins.derive_signals("treatment.outcome", records, TODAY)] == expected
