@@ -144,6 +144,48 @@ def treatment(name: str, *, dose: str | None = None, started: str | None = None,
             "adherence": score(adherence, "adherence"), "code": None, "status": None, "source": None}
 
 
+def clinical_date(record: Record) -> str | None:
+    """The day a record is about (onset, start, the day measured or written), not the day it
+    was stored: an import stores years of history at once."""
+    field = {"condition": "onset", "treatment": "started", "journal": "date", "observation": "date"}.get(record.kind)
+    value = record.data.get(field) if field else None
+    if value is None and record.kind == "treatment":
+        value = record.data.get("stopped")
+    return value if isinstance(value, str) else None
+
+
+def shown_number(value: Any) -> str:
+    """A measured value as people read it: at most four significant digits after the point
+    (``19.124306358791486`` -> ``19.12``), whole numbers as they are."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    digits = len(str(int(abs(value))))
+    return f"{value:.{max(4, digits)}g}"
+
+
+# LOINC blood pressure components, shown as "systolic/diastolic".
+_SYSTOLIC, _DIASTOLIC = "8480-6", "8462-4"
+
+
+def _measured(value: Any, unit: str | None) -> str:
+    return f"{shown_number(value)} {unit}" if unit else shown_number(value)
+
+
+def _observation_summary(d: dict) -> str:
+    code = d.get("code") or {}
+    name = code.get("display") or code.get("code") or "observation"
+    if d.get("value") is not None:
+        return f"{name}: {_measured(d['value'], d.get('unit'))}"
+    parts = {(c.get("code") or {}).get("code"): c for c in d.get("components") or [] if c.get("value") is not None}
+    systolic, diastolic = parts.get(_SYSTOLIC), parts.get(_DIASTOLIC)
+    if systolic and diastolic and systolic.get("unit") == diastolic.get("unit"):
+        return (f"{name}: {shown_number(systolic['value'])}/{shown_number(diastolic['value'])}"
+                + (f" {systolic['unit']}" if systolic.get("unit") else ""))
+    shown = [f"{(c.get('code') or {}).get('display') or (c.get('code') or {}).get('code')} "
+             f"{_measured(c['value'], c.get('unit'))}" for c in parts.values()]
+    return f"{name}: {', '.join(shown)}" if shown else name
+
+
 def summary(record: Record) -> str:
     """One line for people: what a record says."""
     d = record.data
@@ -170,9 +212,7 @@ def summary(record: Record) -> str:
             parts.append(repr(d["note"]))
         return "; ".join(parts)
     if record.kind == "observation":
-        code = d.get("code") or {}
-        value = d.get("value")
-        return f"{code.get('display') or code.get('code')}: {value if value is not None else ''} {d.get('unit') or ''}".strip()
+        return _observation_summary(d)
     if record.kind == "profile":
         return "patient profile (demographics from an import)"
     if record.kind == "community":
