@@ -549,15 +549,16 @@ def _table_rows() -> list[dict]:
     path = importlib.resources.files("rxfed_plugins") / "data" / "snomed_icd10.csv"
     with path.open("r", encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["snomed_concept_id", "icd10_category", "label"]
+        assert reader.fieldnames == ["snomed_concept_id", "icd10_category", "label", "icd10_title", "source"]
         return list(reader)
 
 
 def test_table_rows_are_well_formed():
     rows = _table_rows()
-    assert 40 <= len(rows) <= 120
+    assert 250 <= len(rows) <= 1000
     concepts = [row["snomed_concept_id"] for row in rows]
     assert len(concepts) == len(set(concepts))
+    titles = {}
     for row in rows:
         concept, category = row["snomed_concept_id"], row["icd10_category"]
         assert verhoeff_valid(concept), concept
@@ -565,8 +566,44 @@ def test_table_rows_are_well_formed():
         assert normalise_code("snomed", concept) == concept
         assert re.fullmatch(r"[A-Z][0-9][0-9A-Z]", category), row
         assert normalise_code("icd10", category) == category
-        assert row["label"].strip() and row["label"] == row["label"].strip()
+        for field in ("label", "icd10_title"):
+            assert row[field].strip() and row[field] == row[field].strip(), row
+        # Where the category comes from, in both WHO ICD-10 and ICD-10-CM (spec/signals.md).
+        assert row["source"] in ("title", "inclusion", "index"), row
+        # One title per category.
+        assert titles.setdefault(category, row["icd10_title"]) == row["icd10_title"], row
     assert signals.load_table() == {row["snomed_concept_id"]: row["icd10_category"] for row in rows}
+
+
+def _synthea_conditions() -> list[dict]:
+    with open(ROOT / "tests" / "data" / "synthea_conditions.csv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table_covers_every_non_z_condition_synthea_modules_generate():
+    """tests/data/synthea_conditions.csv lists the condition concepts of Synthea's modules;
+    each is mapped, or left out for a stated reason (spec/signals.md reports the counts)."""
+    table, listed = signals.load_table(), _synthea_conditions()
+    assert len(listed) >= 250 and len({c["snomed_concept_id"] for c in listed}) == len(listed)
+    for concept in listed:
+        code, why = concept["snomed_concept_id"], concept["left_out_because"]
+        assert verhoeff_valid(code) and code[-3:-1] in ("00", "10"), code
+        assert (code in table) != bool(why), concept
+    mapped = [c for c in listed if not c["left_out_because"]]
+    assert len(mapped) >= 190
+    # The two real exports' concepts are in the list too.
+    assert set(LEFT_OUT) | {"84757009", "128613002", "38341003", "444814009"} <= {c["snomed_concept_id"] for c in listed}
+
+
+def test_signals_spec_reports_the_coverage():
+    listed = _synthea_conditions()
+    by_design = [c for c in listed if re.search(r"\(Z\d|external cause|a death", c["left_out_because"])
+                 and "F17" not in c["left_out_because"]]
+    mapped = [c for c in listed if not c["left_out_because"]]
+    spec = (ROOT / "spec" / "signals.md").read_text()
+    others = len(listed) - len(by_design)
+    assert (f"{len(listed)} condition concepts" in spec and f"{len(mapped)} of the {others}" in spec
+            and f"{len(by_design)} are" in spec), (len(listed), len(by_design), len(mapped), others)
 
 
 def test_table_holds_no_social_finding_or_z_code():
