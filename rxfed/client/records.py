@@ -73,6 +73,13 @@ def record_key(record_id: str, data: dict) -> str:
     return key if is_record_key(key) else derive_key("record", record_id)
 
 
+def content_key(kind: str, data: dict) -> str:
+    """A key of what an imported record says, for records imported before import keys
+    existed: such a record is recognised when the same file gives the same record again."""
+    said = {k: v for k, v in data.items() if k != "import_key"}
+    return derive_key("content", kind, json.dumps(said, sort_keys=True, ensure_ascii=False))
+
+
 def score(value: Any, what: str, lo: int = 0, hi: int = 10) -> int | None:
     if value is None:
         return None

@@ -556,9 +556,17 @@ class PatientClient:
             state = await self._load()
             todo, held = [r for r in new if r.id not in state.entries], []
             if skip_known:
-                known = {rec.record_key(r.id, r.data): r for r in self._decrypt(state) if r.id not in ours}
-                held = [known[r.data.get("import_key")] for r in todo if r.data.get("import_key") in known]
-                todo = [r for r in todo if r.data.get("import_key") not in known]
+                known = {}
+                for r in self._decrypt(state):
+                    if r.id not in ours:
+                        known[rec.record_key(r.id, r.data)] = r
+                        if "import_key" not in r.data:
+                            # Imported before keys were kept (or written here): known by what it says.
+                            known[rec.content_key(r.kind, r.data)] = r
+                found = [known.get(r.data.get("import_key")) or known.get(rec.content_key(r.kind, r.data))
+                         for r in todo]
+                held = [r for r in found if r is not None]
+                todo = [r for r, there in zip(todo, found) if there is None]
             try:
                 for i in range(0, len(todo), CHUNK):
                     state = await self._commit(state, todo[i : i + CHUNK])

@@ -524,6 +524,18 @@ async def test_importing_the_same_file_twice_adds_nothing(make_patient):
     assert stored == [] and own.id in {r.id for r in present}
 
 
+async def test_records_imported_before_import_keys_are_recognised_by_what_they_say(make_patient):
+    patient = await make_patient()
+    imported = import_bundle(synthea(ALBERTO))
+    # As the client stored them before it kept import keys, with the Patient's server id.
+    keyless = [(kind, {k: v for k, v in data.items() if k != "import_key"}) for kind, data in imported.records]
+    keyless[0] = ("profile", {"fhir_patient": synthea(ALBERTO)["entry"][0]["resource"]})
+    await patient.add_records(keyless)
+    stored, present = await patient.import_records(list(imported.records))
+    # Only the profile differs (the Patient's server id is no longer kept), so only it is new.
+    assert [r.kind for r in stored] == ["profile"] and len(present) == len(imported.records) - 1
+
+
 def _every_kind() -> list[tuple[str, dict, str]]:
     from rxfed.client import records as rec
 
