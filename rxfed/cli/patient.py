@@ -7,7 +7,9 @@ import datetime as dt
 
 import attrs
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rxfed.cli import Output, UsageError, json_flag, kdf_choice, note, run_async, secret_input
@@ -382,9 +384,6 @@ def cmd_show(args: argparse.Namespace) -> None:
 def _write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (plaintext health records, like the profile
     directory), whole or not at all: a new file beside it, renamed over the old one."""
-    import os
-    import tempfile
-
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
