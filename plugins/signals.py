@@ -113,6 +113,7 @@ _BRACKETED = re.compile(r"\[[^\]]*\]|\([^)]*\)|\{[^}]*\}")
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9./%-]*")
 _UNITS = frozenset("""
     mg mcg ug g kg ml l dl unt unit units iu meq mmol actuat actuation hr hrs h day days week weeks
+    milligram milligrams microgram micrograms gram grams milliliter millilitre milliliters millilitres
 """.split())
 _FORMS = frozenset("""
     oral tablet tablets tab tabs capsule capsules cap caps solution suspension injection injectable
@@ -157,28 +158,51 @@ def _words(segment: str, drug: bool) -> list[str]:
     return words
 
 
+# SNOMED CT names medicinal products "Product containing (only|precisely) X and Y ..." and
+# "X-containing product ...".
+_PRODUCT = re.compile(r"\s*(?:medicinal\s+)?product\s+containing\s+(?:(?:only|precisely)\s+)*(?P<rest>.*)", re.S)
+_CONTAINING = re.compile(r"\s*(?P<rest>.*?)-containing\s+product\b.*", re.S)
+
+
+def _ingredients(cleaned: str) -> list[str]:
+    product = _PRODUCT.fullmatch(cleaned) or _CONTAINING.fullmatch(cleaned)
+    if product is not None:
+        return re.split(r"\s(?:and|/)\s", product["rest"])
+    return re.split(r"\s/\s", cleaned)  # RxNorm: "A 5 MG / B 10 MG Oral Tablet"
+
+
+def _fits(name: str) -> bool:
+    return len(name) <= NAME_LENGTH and re.fullmatch(NAME, name) is not None
+
+
 def normalise_name(text: Any, *, drug: bool = False) -> str | None:
     """A treatment, side-effect or symptom name as it may leave the device, else None.
 
     ASCII lower case; anything in brackets dropped (brand names, notes); each part cut at
     the first word starting with a digit (a strength, a date). Drug names (``drug=True``)
-    also lose leading pack quantities, units, dose forms and trailing salts, and the
-    ingredients of a combination (RxNorm's " / ") are joined with "and":
+    also lose leading pack quantities, units, dose forms and trailing salts, and SNOMED CT's
+    "Product containing ..." wording; the ingredients of a combination (RxNorm's " / ",
+    SNOMED CT's " and ") are sorted and joined with "and", or, when that is longer than a
+    name may be, named by the first word of each, space-separated:
     ``"Metformin hydrochloride 500 MG Oral Tablet"`` -> ``"metformin"``,
-    ``"Clonazepam [Klonopin]"`` -> ``"clonazepam"``. None unless what remains fits
-    :data:`NAME` (at most six words, 48 characters): a sentence is not a name.
+    ``"Clonazepam [Klonopin]"`` -> ``"clonazepam"``, ``"Product containing anastrozole
+    (medicinal product)"`` -> ``"anastrozole"``, ``"Amlodipine 5 MG / Hydrochlorothiazide
+    12.5 MG / Olmesartan medoxomil 20 MG Oral Tablet"`` -> ``"amlodipine hydrochlorothiazide
+    olmesartan"``. None unless what remains fits :data:`NAME` (at most six words, 48
+    characters): a sentence is not a name.
     """
     if not isinstance(text, str):
         return None
     cleaned = _BRACKETED.sub(" ", _ascii_lower(text))
-    segments = re.split(r"\s/\s", cleaned) if drug else [cleaned]
-    names: list[str] = []
-    for segment in segments:
-        name = " ".join(_words(segment, drug))
-        if name and name not in names:
-            names.append(name)
-    result = " and ".join(names)
-    return result if len(result) <= NAME_LENGTH and re.fullmatch(NAME, result) else None
+    names = sorted({name for name in (" ".join(_words(part, drug))
+                                      for part in (_ingredients(cleaned) if drug else [cleaned])) if name})
+    if not names:
+        return None
+    whole = " and ".join(names)
+    if _fits(whole) or len(names) == 1:
+        return whole if _fits(whole) else None
+    short = " ".join(name.split()[0] for name in names)
+    return short if _fits(short) else None
 
 
 # -- the SNOMED CT to ICD-10 table ---------------------------------------------------------
@@ -267,23 +291,37 @@ def _day(today: dt.date) -> dt.date:
     return today.date() if isinstance(today, dt.datetime) else today
 
 
-def _birth_year(records: Iterable[Any]) -> int | None:
+def _patient(records: Iterable[Any]) -> dict:
     profiles = _of_kind(records, "profile")
-    if not profiles:
-        return None
-    patient = profiles[-1].data.get("fhir_patient") or {}
-    match = re.match(r"([0-9]{4})", patient.get("birthDate") or "") if isinstance(patient, dict) else None
+    patient = profiles[-1].data.get("fhir_patient") if profiles else None
+    return patient if isinstance(patient, dict) else {}
+
+
+def _year_of(value: Any) -> int | None:
+    match = re.match(r"([0-9]{4})", value) if isinstance(value, str) else None
     return int(match.group(1)) if match else None
 
 
 def _age(records: Iterable[Any], today: dt.date) -> int | None:
-    born = _birth_year(records)
-    return today.year - born if born is not None and born <= today.year else None
+    """Years from the birth year to this year, or to the year of death: a patient who died
+    is as old as they were then. None without a birth year, or for a patient known to have
+    died on an unknown date (their age is unknown)."""
+    patient = _patient(records)
+    born = _year_of(patient.get("birthDate"))
+    if patient.get("deceasedBoolean") is True:
+        return None
+    died = _year_of(patient.get("deceasedDateTime"))
+    until = min(died, today.year) if died is not None else today.year
+    return until - born if born is not None and born <= until else None
 
 
 def _years_allowed(records: Iterable[Any], today: dt.date) -> bool:
     age = _age(records, today)
-    return age is None or age < 90
+    if age is None:
+        # Without a birth year a year says nothing of an age; with one but an unknown date
+        # of death, the patient may have been 90 or over.
+        return _year_of(_patient(records).get("birthDate")) is None
+    return age < 90
 
 
 # -- derivations ---------------------------------------------------------------------------
@@ -451,16 +489,17 @@ def _country(patient: dict) -> str | None:
 def demographics(records: Iterable[Any], today: dt.date) -> list[dict]:
     """A ``demographics.band`` body from the latest profile record, or none without a birth year.
 
-    The age is today's year minus the birth year (the full birth date is never read), so
-    it may be one more than the true age and "90+" errs towards grouping. Only the
-    country of the home (else first current) address is kept.
+    The age is today's year (or the year of death) minus the birth year (the full dates are
+    never read), so it may be one more than the true age and "90+" errs towards grouping; a
+    patient who died on an unknown date gives none. Only the country of the home (else
+    first current) address is kept.
     """
     records = list(records)
     today = _day(today)
     age = _age(records, today)
     if age is None:
         return []
-    patient = _of_kind(records, "profile")[-1].data.get("fhir_patient") or {}
+    patient = _patient(records)
     gender = patient.get("gender")
     body = {"age_band": _age_band(age), "sex": gender if gender in SEXES else "unknown"}
     country = _country(patient)

@@ -91,9 +91,11 @@ def test_records_and_show(profile):
     assert out.returncode == 0 and json.loads(out.stdout)["kind"] == "treatment"
     out = rxfed("patient", "show", "--profile", p, "--json")
     records = json.loads(out.stdout)["records"]
-    assert [r["kind"] for r in records] == ["treatment", "journal", "condition"]
+    # Newest first by the day each is about; the condition has no onset, so it comes last.
+    assert [r["kind"] for r in records] == ["journal", "treatment", "condition"]
+    assert records[1]["date"] == "2025-01-02" and records[2]["date"] is None
     assert records[2]["data"]["code"] == "E11.9"
-    assert records[1]["data"]["questionnaires"][0]["total"] == 4
+    assert records[0]["data"]["questionnaires"][0]["total"] == 4
     human = rxfed("patient", "show", "--profile", p).stdout
     assert "ICD10 E11.9 MARKERCLI" in human
 
@@ -204,6 +206,67 @@ def test_fhir_import_export(profile, tmp_path):
     bad.write_text('{"resourceType": "Patient"}')
     out = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(bad))
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+EHR = Path(__file__).resolve().parent / "data" / "fhir"
+
+
+@pytest.mark.skipif(not FHIR.is_dir(), reason="shared/data/fhir not present")
+def test_importing_a_file_again_adds_nothing_and_says_so(profile):
+    src = str(next(FHIR.glob("Edward*.json")))
+    first = json.loads(rxfed("patient", "import", "--profile", str(profile), "--fhir", src, "--json").stdout)
+    assert first["records"] >= 40 and first["already_imported"] == 0
+    assert {"type": "Claim", "reason": "rxfed keeps no records of this resource type", "count": 9} in first["skipped_why"]
+    again = rxfed("patient", "import", "--profile", str(profile), "--fhir", src)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == f"nothing new: all {first['records']} records of this file were imported before"
+    assert "were imported before and are left as they are" in again.stderr
+    assert "skipped 9 Claim: rxfed keeps no records of this resource type" in again.stderr
+    shown = json.loads(rxfed("patient", "show", "--profile", str(profile), "--json").stdout)["records"]
+    assert len(shown) == first["records"]
+
+
+def test_import_says_what_it_skipped_and_why(profile):
+    out = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(EHR / "text-only-conditions.json"), "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["skipped"] == {"Condition": 3} and sum(t["count"] for t in doc["skipped_why"]) == 3
+    assert "skipped 1 Condition: marked entered-in-error" in out.stderr
+    assert "1 Condition kept with its label only" in out.stderr
+    assert [n["type"] for n in doc["notes"]] == ["Condition", "Condition"]
+
+
+def test_a_file_about_two_patients_is_refused_and_nothing_imported(profile):
+    out = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(EHR / "searchset-two-patients.json"))
+    assert out.returncode == 1 and "2 different patients" in out.stderr and "Traceback" not in out.stderr
+    assert rxfed("patient", "show", "--profile", str(profile)).stdout.strip() == "no records yet"
+
+
+def test_export_to_standard_output_and_to_a_private_file(profile, tmp_path):
+    assert rxfed("patient", "import", "--profile", str(profile), "--fhir", str(EHR / "epic-problem-list.json")).returncode == 0
+    out = subprocess.run([sys.executable, "-m", "rxfed", "patient", "export", "--profile", str(profile), "--fhir", "-"],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["resourceType"] == "Bundle" and not (tmp_path / "-").exists()
+    dest = tmp_path / "mine.json"
+    dest.write_text("old")
+    dest.chmod(0o644)
+    assert rxfed("patient", "export", "--profile", str(profile), "--fhir", str(dest)).returncode == 0
+    assert dest.stat().st_mode & 0o777 == 0o600 and json.loads(dest.read_text())["resourceType"] == "Bundle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json", "profile"]  # no temporary file left
+
+
+def test_show_prints_clinical_dates_blood_pressure_and_rounded_values(profile):
+    assert rxfed("patient", "import", "--profile", str(profile), "--fhir",
+                 str(EHR / "cerner-medications-and-vitals.json")).returncode == 0
+    lines = rxfed("patient", "show", "--profile", str(profile)).stdout.splitlines()
+    assert "2024-02-27  observation Blood pressure: 148/91 mmHg" in lines
+    assert "2024-02-27  observation Body mass index: 31.29 kg/m2" in lines
+    assert "2009-06-01  condition   ICD10 I10 Essential (primary) hypertension" in lines
+    assert "no date     condition   Chronic right knee pain since fall at work (no code)" in lines
+    assert lines[0].startswith("2024-02-27") and lines[-1].startswith("no date")
+    records = json.loads(rxfed("patient", "show", "--profile", str(profile), "--json").stdout)["records"]
+    assert [r["date"] for r in records][:3] == ["2024-02-27"] * 3
 
 
 def test_invite_only_node(tmp_path):

@@ -7,7 +7,9 @@ import datetime as dt
 
 import attrs
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rxfed.cli import Output, UsageError, json_flag, kdf_choice, note, run_async, secret_input
@@ -136,13 +138,14 @@ def add_parser(sub) -> None:
 
     exp = psub.add_parser("export", help="write a FHIR R4 Bundle of every record")
     _profile(exp)
-    exp.add_argument("--fhir", required=True, metavar="OUT.json")
+    exp.add_argument("--fhir", required=True, metavar="OUT.json",
+                     help="the file to write (readable by you only), or - for standard output")
     json_flag(exp)
     exp.set_defaults(func=cmd_export)
 
-    imp = psub.add_parser("import", help="encrypt and store a hospital's FHIR export")
+    imp = psub.add_parser("import", help="encrypt and store a hospital's FHIR export (again: adds only what is new)")
     _profile(imp)
-    imp.add_argument("--fhir", required=True, metavar="IN.json")
+    imp.add_argument("--fhir", required=True, metavar="IN.json", help="the Bundle to read, or - for standard input")
     json_flag(imp)
     imp.set_defaults(func=cmd_import)
 
@@ -384,52 +387,99 @@ def cmd_treatment_add(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from rxfed.client.records import summary
+    from rxfed.client.records import clinical_date, summary
 
     found = _with_client(args, lambda c: c.records(args.kind))
     # Community memberships hold the member's private keys: never printed, listed on request.
     found = [r if r.kind != "community" else attrs.evolve(r, data={"address": r.data["address"], "name": r.data.get("name")})
              for r in found if args.kind == "community" or r.kind != "community"]
+    # Newest first by the day a record is about, then those without one (records() gives
+    # newest written first, and the sort keeps that order among equals).
+    found.sort(key=lambda r: (clinical_date(r) is not None, clinical_date(r) or ""), reverse=True)
 
     def lines():
         if not found:
             return ["no records yet"]
-        return [f"{r.created[:10]}  {r.kind:<11} {summary(r)}"
-                for r in found]
+        return [f"{clinical_date(r) or 'no date':<10}  {r.kind:<11} {summary(r)}" for r in found]
 
-    Output(args.json).result({"records": [r.to_json() for r in found]}, lines)
+    Output(args.json).result({"records": [{**r.to_json(), "date": clinical_date(r)} for r in found]}, lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (plaintext health records, like the profile
+    directory), whole or not at all: a new file beside it, renamed over the old one."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from rxfed.client.fhir import export_bundle
+
+    to_stdout = args.fhir == "-"
+    if to_stdout and args.json:
+        raise UsageError("--fhir - writes the Bundle to standard output, where --json would write too: use one")
 
     async def go(client):
         return client.patient, await client.records()
 
     patient, found = _with_client(args, go)
     bundle = export_bundle([(r.kind, r.data, r.id) for r in found], patient)
-    Path(args.fhir).write_text(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
-    Output(args.json).result({"file": args.fhir, "resources": len(bundle.get("entry", []))},
-                             [f"wrote {len(bundle.get('entry', []))} FHIR resources", args.fhir])
+    text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
+    count = len(bundle.get("entry", []))
+    if to_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        note(f"wrote {count} FHIR resources")
+        return
+    _write_private(Path(args.fhir), text)
+    Output(args.json).result({"file": args.fhir, "resources": count}, [f"wrote {count} FHIR resources", args.fhir])
+
+
+def _comparable(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k not in ("import_key", "source")}
 
 
 def cmd_import(args: argparse.Namespace) -> None:
     from rxfed.client.fhir import import_bundle
     from rxfed.errors import BadRequest
 
+    source = "standard input" if args.fhir == "-" else args.fhir
+    raw = sys.stdin.buffer.read() if args.fhir == "-" else Path(args.fhir).read_bytes()
     try:
-        doc = json.loads(Path(args.fhir).read_bytes())
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"{args.fhir} is not JSON: {exc}") from None
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"{source} is not JSON: {exc}") from None
     result = import_bundle(doc)
-    stored = _with_client(args, lambda c: c.add_records(list(result.records)))
+    stored, held = _with_client(args, lambda c: c.import_records(list(result.records)))
     counts: dict[str, int] = {}
     for r in stored:
         counts[r.kind] = counts.get(r.kind, 0) + 1
+    incoming = {data["import_key"]: data for _, data in result.records}
+    changed = sum(1 for r in held if _comparable(r.data) != _comparable(incoming.get(r.data.get("import_key"), r.data)))
+    for tally in result.skipped_why:
+        note(f"skipped {tally.count} {tally.resource_type}: {tally.reason}")
+    for tally in result.notes:
+        note(f"{tally.count} {tally.resource_type} {tally.reason}")
+    if held:
+        note(f"{len(held)} records of this file were imported before and are left as they are"
+             + (f"; {changed} of them differ from the file now (rxfed keeps the copy you have)" if changed else ""))
+    lines = [f"imported {len(stored)} records" + (": " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                                                   if counts else "")]
+    if held and not stored:
+        lines = [f"nothing new: all {len(held)} records of this file were imported before"]
+    if result.skipped:
+        lines.append("skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(result.skipped.items())))
     Output(args.json).result(
-        {"imported": counts, "skipped": dict(result.skipped), "records": len(stored)},
-        [f"imported {len(stored)} records: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))]
-        + (["skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(result.skipped.items()))] if result.skipped else []),
+        {"imported": counts, "records": len(stored), "already_imported": len(held), "changed_since_import": changed,
+         "skipped": dict(result.skipped), "skipped_why": [t.to_json() for t in result.skipped_why],
+         "notes": [t.to_json() for t in result.notes]},
+        lines,
     )
 
 

@@ -12,10 +12,28 @@ import re
 
 from rxfed.errors import BadRequest
 
+#: The URI rxfed writes for each code system it knows.
 SYSTEM_URIS = {"icd10": "http://hl7.org/fhir/sid/icd-10", "snomed": "http://snomed.info/sct"}
 
-# ICD-10-CM codes are ICD-10 codes with more detail after the dot, so one system covers both.
-_URI_SYSTEMS = {uri: name for name, uri in SYSTEM_URIS.items()} | {"http://hl7.org/fhir/sid/icd-10-cm": "icd10"}
+# Every name HL7 registers for these code systems (FHIR's list of external code systems and
+# the HL7 Terminology NamingSystems): the http URIs and the OIDs, which EHRs that grew out of
+# CDA (Epic among them) still write as urn:oid:. ICD-10-CM and the national editions of
+# ICD-10 keep the WHO categories and add detail after the dot, so one system covers them all.
+# ICD-10-PCS (procedures, OID .6.4) is deliberately absent: its codes are not diagnoses.
+_ALIASES = {
+    "icd10": (
+        "http://hl7.org/fhir/sid/icd-10", "http://terminology.hl7.org/CodeSystem/icd10",
+        "urn:oid:2.16.840.1.113883.6.3",                                      # WHO ICD-10
+        "http://hl7.org/fhir/sid/icd-10-cm", "http://terminology.hl7.org/CodeSystem/icd10CM",
+        "urn:oid:2.16.840.1.113883.6.90",                                     # ICD-10-CM
+        "http://hl7.org/fhir/sid/icd-10-nl", "http://terminology.hl7.org/CodeSystem/ICD10dut",
+        "urn:oid:2.16.840.1.113883.6.3.2",                                    # Dutch edition
+        "http://hl7.org/fhir/sid/icd-10-de", "http://terminology.hl7.org/CodeSystem/dmdICD10",
+        "urn:oid:2.16.840.1.113883.6.3.3",                                    # German edition
+    ),
+    "snomed": ("http://snomed.info/sct", "urn:oid:2.16.840.1.113883.6.96"),
+}
+_URI_SYSTEMS = {uri: name for name, uris in _ALIASES.items() for uri in uris}
 
 # Category: a letter, a digit, then a digit or (C4A, C7A, D3A, M1A, Z3A) a letter; then up to
 # four characters of detail, letters included for ICD-10-CM placeholders and 7th characters.
@@ -120,5 +138,12 @@ def normalise_code(system: str, code: str) -> str:
 
 
 def system_from_uri(uri: str | None) -> str | None:
-    """``"icd10"`` or ``"snomed"`` for a FHIR ``Coding.system`` we understand, else None."""
-    return _URI_SYSTEMS.get(uri) if isinstance(uri, str) else None
+    """``"icd10"`` or ``"snomed"`` for a FHIR ``Coding.system`` naming ICD-10 (any edition)
+    or SNOMED CT by any of its registered URIs, else None."""
+    if not isinstance(uri, str):
+        return None
+    uri = uri.strip()
+    # The urn and oid scheme names are case-insensitive (RFC 8141); the URLs are not.
+    if uri[:8].lower() == "urn:oid:":
+        uri = "urn:oid:" + uri[8:]
+    return _URI_SYSTEMS.get(uri)

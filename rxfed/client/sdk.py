@@ -660,22 +660,47 @@ class PatientClient:
 
     async def add_records(self, items: list[tuple[str, dict]]) -> list[Record]:
         """Encrypt and store new records (in chunks, each an atomic commit)."""
+        return (await self._add_records(items, skip_known=False))[0]
+
+    async def import_records(self, items: list[tuple[str, dict]]) -> tuple[list[Record], list[Record]]:
+        """Store the imported records (``data["import_key"]``, as :func:`rxfed.client.fhir.import_bundle`
+        gives them) that the vault does not hold yet; returns ``(stored, already held)``, the
+        latter the records already there that the items' keys name, so importing a file again
+        adds nothing. A record written on a device is known by the key its export carries."""
+        return await self._add_records(items, skip_known=True)
+
+    async def _add_records(self, items: list[tuple[str, dict]], *, skip_known: bool) -> tuple[list[Record], list[Record]]:
         now = self.clock()
         # One microsecond apart, so "newest first" keeps the order they were given in.
         new = [Record(random_bytes(16).hex(), 1, kind, rec.timestamp(now + i / 1e6), data)
                for i, (kind, data) in enumerate(items)]
+        ours = {r.id for r in new}
+        written: list[Record] = []
         for attempt in range(2):
             state = await self._load()
+            todo, held = [r for r in new if r.id not in state.entries], []
+            if skip_known:
+                known = {}
+                for r in self._decrypt(state):
+                    if r.id not in ours:
+                        known[rec.record_key(r.id, r.data)] = r
+                        if "import_key" not in r.data:
+                            # Imported before keys were kept (or written here): known by what it says.
+                            known[rec.content_key(r.kind, r.data)] = r
+                found = [known.get(r.data.get("import_key")) or known.get(rec.content_key(r.kind, r.data))
+                         for r in todo]
+                held = [r for r in found if r is not None]
+                todo = [r for r, there in zip(todo, found) if there is None]
             try:
-                for i in range(0, len(new), CHUNK):
-                    state = await self._commit(state, new[i : i + CHUNK])
-                return new
+                for i in range(0, len(todo), CHUNK):
+                    state = await self._commit(state, todo[i : i + CHUNK])
+                    written += todo[i : i + CHUNK]
+                return written, held
             except NodeRefused as exc:
                 # Another device committed in between: reload once and try again.
                 if exc.code != "stale_manifest" or attempt:
                     raise
-                new = [r for r in new if r.id not in state.entries]
-        return new  # pragma: no cover
+        return written, []  # pragma: no cover
 
     async def open_vault(self) -> OpenVault:
         """Load and verify the vault once, then write record after record without reloading

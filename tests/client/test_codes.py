@@ -161,9 +161,29 @@ def test_unknown_system_is_refused():
     ("http://hl7.org/fhir/sid/icd-10", "icd10"),
     ("http://hl7.org/fhir/sid/icd-10-cm", "icd10"),
     ("http://snomed.info/sct", "snomed"),
+    # The OID forms EHRs (Epic among them) write, and the other URIs HL7 registers.
+    ("urn:oid:2.16.840.1.113883.6.3", "icd10"),
+    ("urn:oid:2.16.840.1.113883.6.90", "icd10"),
+    ("urn:oid:2.16.840.1.113883.6.96", "snomed"),
+    ("URN:OID:2.16.840.1.113883.6.96", "snomed"),
+    ("http://terminology.hl7.org/CodeSystem/icd10", "icd10"),
+    ("http://terminology.hl7.org/CodeSystem/icd10CM", "icd10"),
+    ("http://hl7.org/fhir/sid/icd-10-nl", "icd10"),
+    ("http://terminology.hl7.org/CodeSystem/ICD10dut", "icd10"),
+    ("urn:oid:2.16.840.1.113883.6.3.2", "icd10"),
+    ("http://terminology.hl7.org/CodeSystem/dmdICD10", "icd10"),
+    ("urn:oid:2.16.840.1.113883.6.3.3", "icd10"),
+    (" http://snomed.info/sct ", "snomed"),
+    # Procedures, not diagnoses; other code systems; an OID of something else.
+    ("http://www.cms.gov/Medicare/Coding/ICD10", None),
+    ("urn:oid:2.16.840.1.113883.6.4", None),
+    ("urn:oid:2.16.840.1.113883.6.1", None),
+    ("urn:oid:2.16.840.1.113883.6.9", None),
     ("http://loinc.org", None),
     ("http://www.nlm.nih.gov/research/umls/rxnorm", None),
+    ("urn:oid:1.2.840.114350.1.13.0.1.7.2.728286", None),
     (None, None),
+    (7, None),
 ])
 def test_system_from_uri(uri, system):
     assert system_from_uri(uri) == system

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from rxfed.client.fhir import REDACTED, export_bundle, import_bundle
 from rxfed.client.questionnaires import score
-from rxfed.errors import BadRequest
+from rxfed.errors import BadRequest, Conflict
 
 # The repo is cloned with shared/ beside it, locally and in CI.
 FHIR_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fhir"
@@ -35,7 +36,8 @@ def synthea(name: str) -> dict:
 
 
 def of_kind(result, kind: str) -> list[dict]:
-    return [data for k, data in result.records if k == kind]
+    """The records of one kind, without their import keys (tested on their own)."""
+    return [{k: v for k, v in data.items() if k != "import_key"} for kind_, data in result.records if kind_ == kind]
 
 
 def bundle(*resources: dict, kind: str = "collection") -> dict:
@@ -122,7 +124,8 @@ def test_identifiers_stay_in_the_profile(name):
     assert len(identifiers) >= 9
     result = import_bundle(doc)
     [profile] = of_kind(result, "profile")
-    assert profile == {"fhir_patient": patient}
+    # The source server's id is not kept: where the record came from is its import key.
+    assert profile == {"fhir_patient": {k: v for k, v in patient.items() if k != "id"}}
     profile_text = json.dumps(profile)
     assert all(value in profile_text for value in identifiers)
     others = json.dumps([data for kind, data in result.records if kind != "profile"]).lower()
@@ -282,7 +285,6 @@ def test_every_bundle_type_a_hospital_sends_is_accepted(kind):
     (bundle({"id": "x"}), "entry 0: the resource has no resourceType"),
     (bundle({**PATIENT, "contained": [{"resourceType": "Nope"}]}), "missing or unknown resourceType"),
     ({"resourceType": "Bundle", "type": "collection", "entry": [7]}, r"entry\.0"),
-    (bundle(PATIENT, {**PATIENT, "id": "p2"}), "holds 2 patients"),
 ])
 def test_bad_input_is_refused_clearly(doc, message):
     with pytest.raises(BadRequest, match=message) as caught:
@@ -350,20 +352,27 @@ def test_export_journal_and_treatments():
     assert "44249-1" in response["questionnaire"]
     assert [(i["linkId"], i["answer"]) for i in response["item"]] == [
         (str(n), [{"valueInteger": a}]) for n, a in enumerate(phq9["answers"], start=1)]
-    observations = {(o["code"].get("text") or o["code"]["coding"][0]["code"]): o
-                    for o in _resources(exported, "Observation")}
+    observations = {o["code"]["coding"][0]["code"]: o for o in _resources(exported, "Observation")}
     assert observations["44261-6"]["valueInteger"] == 10
     assert observations["44261-6"]["derivedFrom"] == [
         {"reference": next(e["fullUrl"] for e in exported["entry"] if e["resource"] is response)}]
-    assert observations["fatigue (0-10)"]["valueInteger"] == 7
-    assert observations["overall feeling (0-10)"]["effectiveDateTime"] == "2024-05-06"
+    journal_codes = "https://rxfed.org/fhir/CodeSystem/journal"
+    assert observations["symptom"]["code"]["coding"][0]["system"] == journal_codes
+    assert (observations["symptom"]["code"]["text"], observations["symptom"]["valueInteger"]) == ("fatigue", 7)
+    assert (observations["feeling"]["effectiveDateTime"], observations["feeling"]["valueInteger"]) == ("2024-05-06", 4)
+    # Every resource of the journal entry carries its key.
+    keys = {json.dumps(r["identifier"]) for r in [response, *observations.values()]}
+    assert len({k.strip("[]") for k in keys}) == 1
     taking, stopped = _resources(exported, "MedicationStatement")
+    # Recorded without a status: "unknown", with the period that says the rest.
     assert (taking["status"], taking["effectivePeriod"], taking["dosage"]) == (
-        "active", {"start": "2020-01-01"}, [{"text": "100 mg"}])
+        "unknown", {"start": "2020-01-01"}, [{"text": "100 mg"}])
     assert taking["medicationCodeableConcept"]["coding"][0]["system"] == "http://www.nlm.nih.gov/research/umls/rxnorm"
-    assert (stopped["status"], stopped["effectivePeriod"]) == ("completed", {"end": "2019-01-01"})
+    assert {e["url"].rsplit("-", 1)[-1]: e.get("valueInteger", e.get("valueString")) for e in taking["extension"]} == {
+        "efficacy": 8, "adherence": 9, "effect": "rash"}
+    assert (stopped["status"], stopped["effectivePeriod"]) == ("unknown", {"end": "2019-01-01"})
     again = import_bundle(exported)
-    assert of_kind(again, "journal")[0]["questionnaires"] == [phq9]
+    assert of_kind(again, "journal") == [{**records[0][1], "note": None}]
 
 
 def test_export_refuses_a_tampered_questionnaire_or_a_bad_patient_ref():
@@ -373,3 +382,221 @@ def test_export_refuses_a_tampered_questionnaire_or_a_bad_patient_ref():
         export_bundle([("journal", journal, "j1")], "p1")
     with pytest.raises(BadRequest, match="patient reference"):
         export_bundle([], "not a valid id!")
+
+
+# -- exports shaped like real EHRs' (tests/data/fhir/, written for these tests) -------------
+
+EHR_DATA = Path(__file__).resolve().parents[1] / "data" / "fhir"
+
+
+def ehr(name: str) -> dict:
+    return json.loads((EHR_DATA / name).read_text())
+
+
+def reasons(result) -> dict[tuple[str, str], int]:
+    return {(r.resource_type, r.reason): r.count for r in result.skipped_why}
+
+
+def test_epic_oid_code_systems_are_read():
+    result = import_bundle(ehr("epic-problem-list.json"))
+    conditions = of_kind(result, "condition")
+    assert [(c["system"], c["code"]) for c in conditions] == [
+        ("icd10", "E11.9"), ("icd10", "I10"), ("icd10", "E78.2"), ("icd10", "J45.40"), ("icd10", "K21.9"),
+        ("icd10", "M17.11"), ("icd10", "J01.00")]
+    assert conditions[-1]["status"] == "resolved" and conditions[-1]["abatement"] == "2023-01-30"
+    assert result.skipped == {"OperationOutcome": 1}
+
+
+def test_what_is_skipped_says_why():
+    result = import_bundle(ehr("text-only-conditions.json"))
+    why = reasons(result)
+    assert why == {
+        ("Condition", "it has neither a code nor a text"): 1,
+        ("Condition", "no ICD-10 or SNOMED CT code and no text (coded only in "
+                      "urn:oid:1.2.840.114350.1.13.9001.2.7.2.728286)"): 1,
+        ("Condition", "marked entered-in-error"): 1,
+    }
+    assert sum(why.values()) == result.skipped["Condition"] == 3
+    synthea_why = reasons(import_bundle(synthea(ALBERTO)))
+    assert synthea_why[("Claim", "rxfed keeps no records of this resource type")] == 8
+
+
+@pytest.mark.parametrize("doc", [
+    ehr("searchset-two-patients.json"),
+    bundle(PATIENT, {**PATIENT, "id": "p2"}),
+    bundle(PATIENT, condition((SNOMED, "84757009")),
+           {**condition((SNOMED, "195967001")), "subject": {"reference": "Patient/p2"}}),
+    bundle(condition((SNOMED, "84757009")),
+           {**condition((SNOMED, "195967001")), "subject": {"reference": "urn:uuid:5e0d3c1a-57f8-4bb1-9a0b-3df0e2ee4a11"}}),
+    bundle(condition((SNOMED, "84757009")),
+           {**condition((SNOMED, "195967001")),
+            "subject": {"identifier": {"system": "urn:oid:2.16.840.1.113883.3.13.6", "value": "4471"}}}),
+    bundle(condition((SNOMED, "84757009")),
+           {"resourceType": "Claim", "status": "active", "use": "claim", "created": "2020-01-01",
+            "type": {"coding": [{"code": "professional"}]}, "priority": {"coding": [{"code": "normal"}]},
+            "provider": {"display": "x"}, "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "y"}}],
+            "patient": {"reference": "Patient/p9"}}),
+])
+def test_a_bundle_about_more_than_one_patient_is_refused(doc):
+    with pytest.raises(Conflict, match="different patients") as caught:
+        import_bundle(doc)
+    assert caught.value.code == "several_patients"
+    assert "4471" not in caught.value.message and "Zebedee" not in caught.value.message
+
+
+@pytest.mark.parametrize("doc", [
+    ehr("epic-problem-list.json"),   # Patient/ID relative to absolute fullUrls
+    ehr("cerner-medications-and-vitals.json"),
+    ehr("ips-patient-summary.json"),  # urn:uuid references, a Practitioner, a Composition
+    bundle(condition((SNOMED, "84757009")), condition((SNOMED, "195967001"))),
+    bundle({**PATIENT, "identifier": [{"system": "urn:x", "value": "7"}]},
+           {**condition((SNOMED, "84757009")), "subject": {"identifier": {"system": "urn:x", "value": "7"}}},
+           {**condition((SNOMED, "195967001")), "subject": {"reference": "Group/g1"}},
+           {**condition((SNOMED, "38341003")), "subject": {"display": "the patient"}}),
+])
+def test_one_patient_referred_to_in_different_ways_is_one_patient(doc):
+    assert import_bundle(doc).records
+
+
+def test_ips_absent_and_unknown_codes_are_not_records():
+    result = import_bundle(ehr("ips-patient-summary.json"))
+    assert [(c["code"], c["label"]) for c in of_kind(result, "condition")] == [
+        ("254837009", "Malignant neoplasm of breast")]
+    treatments = of_kind(result, "treatment")
+    assert [t["name"] for t in treatments] == ["Product containing anastrozole (medicinal product)"]
+    why = reasons(result)
+    assert why[("Condition", "it records only that the information is absent or unknown (no-problem-info)")] == 1
+    assert why[("MedicationStatement",
+                "it records only that the information is absent or unknown (no-medication-info)")] == 1
+    # A coded "nothing to record" and a data-absent-reason are the same thing.
+    nothing = import_bundle(bundle(
+        condition((SNOMED, "160245001")),
+        condition(("http://terminology.hl7.org/CodeSystem/data-absent-reason", "asked-unknown")),
+        {**condition(), "code": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                                                "valueCode": "unknown"}]}},
+    ))
+    assert nothing.records == () and nothing.skipped == {"Condition": 3}
+
+
+def test_text_only_conditions_are_kept_with_a_label_and_no_code():
+    result = import_bundle(ehr("text-only-conditions.json"))
+    conditions = of_kind(result, "condition")
+    assert [(c["system"], c["code"], c["label"], c["onset"]) for c in conditions] == [
+        (None, None, "Chronic migraine with visual aura", "1983-05-01"),
+        (None, None, "Rheumatoid arthritis", "1986-11-20"),
+        ("snomed", "38341003", "Hypertension", "1987-02-09"),
+    ]
+    assert [(n.resource_type, n.count) for n in result.notes] == [("Condition", 1), ("Condition", 1)]
+    assert "http://hl7.org/fhir/sid/icd-9-cm" in result.notes[1].reason
+    [cerner] = [c for c in of_kind(import_bundle(ehr("cerner-medications-and-vitals.json")), "condition")
+                if c["code"] is None]
+    assert cerner["label"] == "Chronic right knee pain since fall at work"
+
+
+def test_every_record_has_a_stable_import_key():
+    doc = ehr("cerner-medications-and-vitals.json")
+    first, again = import_bundle(doc), import_bundle(copy.deepcopy(doc))
+    keys = [data["import_key"] for _, data in first.records]
+    assert keys == [data["import_key"] for _, data in again.records]
+    assert len(set(keys)) == len(keys) and all(re.fullmatch(r"[0-9a-f]{32}", k) for k in keys)
+    # Without a fullUrl the key comes from the content, so the same file still gives the same keys.
+    plain = bundle(condition((SNOMED, "84757009")), condition((SNOMED, "195967001")))
+    assert [d["import_key"] for _, d in import_bundle(plain).records] == [
+        d["import_key"] for _, d in import_bundle(copy.deepcopy(plain)).records]
+    # The same resource listed twice in one Bundle is one record.
+    doubled = import_bundle(bundle(condition((SNOMED, "84757009")), condition((SNOMED, "84757009"))))
+    assert len(doubled.records) == 1 and reasons(doubled) == {("Condition", "it appears twice in the Bundle"): 1}
+
+
+async def test_importing_the_same_file_twice_adds_nothing(make_patient):
+    patient = await make_patient()
+    imported = import_bundle(synthea(EDWARD))
+    stored, present = await patient.import_records(list(imported.records))
+    assert len(stored) == len(imported.records) and present == []
+    stored, present = await patient.import_records(list(import_bundle(synthea(EDWARD)).records))
+    assert stored == [] and len(present) == len(imported.records)
+    assert len(await patient.records()) == len(imported.records)
+    # A record written on the device and exported comes back as itself, not as a copy.
+    own = await patient.add_condition("G40.909", label="epilepsy")
+    records = await patient.records()
+    exported = export_bundle([(r.kind, r.data, r.id) for r in records], "p1")
+    stored, present = await patient.import_records(list(import_bundle(exported).records))
+    assert stored == [] and own.id in {r.id for r in present}
+
+
+async def test_records_imported_before_import_keys_are_recognised_by_what_they_say(make_patient):
+    patient = await make_patient()
+    imported = import_bundle(synthea(ALBERTO))
+    # As the client stored them before it kept import keys, with the Patient's server id.
+    keyless = [(kind, {k: v for k, v in data.items() if k != "import_key"}) for kind, data in imported.records]
+    keyless[0] = ("profile", {"fhir_patient": synthea(ALBERTO)["entry"][0]["resource"]})
+    await patient.add_records(keyless)
+    stored, present = await patient.import_records(list(imported.records))
+    # Only the profile differs (the Patient's server id is no longer kept), so only it is new.
+    assert [r.kind for r in stored] == ["profile"] and len(present) == len(imported.records) - 1
+
+
+def _every_kind() -> list[tuple[str, dict, str]]:
+    from rxfed.client import records as rec
+
+    phq9 = score("phq9", [1, 1, 1, 1, 1, 1, 1, 1, 2]).to_dict()
+    gad7 = score("gad7", [0, 1, 2, 3, 0, 1, 2]).to_dict()
+    profile = {"fhir_patient": {"resourceType": "Patient", "name": [{"family": "Quartermaine"}],
+                                "birthDate": "1980-01-02", "gender": "female"}}
+    return [
+        ("profile", profile, "r0"),
+        ("condition", rec.condition("g40909", label="Epilepsy", onset="2010-01-01"), "r1"),
+        ("condition", {**rec.condition("84757009", "snomed"), "status": "remission", "abatement": "2020-02-02"}, "r2"),
+        ("condition", {"system": None, "code": None, "label": "Chronic migraine with aura", "onset": None,
+                       "abatement": None, "status": "active", "source": "fhir"}, "r3"),
+        ("journal", rec.journal(symptoms={"fatigue": 7, "headache": 0}, feeling=4, questionnaires=[phq9, gad7],
+                                date="2024-05-06"), "r4"),
+        ("journal", rec.journal(symptoms={"aura": 3}, date="2024-05-07"), "r5"),
+        ("journal", rec.journal(feeling=9, date="2024-05-08"), "r6"),
+        ("treatment", rec.treatment("Lamotrigine", dose="100 mg twice daily", started="2020-01-01", efficacy=8,
+                                    side_effects=["rash", "dizziness"], adherence=9), "r7"),
+        ("treatment", {**rec.treatment("Valproate", stopped="2030-01-01"),
+                       "code": {"system": "rxnorm", "code": "40254"}}, "r8"),
+        ("treatment", {**rec.treatment("Carbamazepine", started="2001-01-01", stopped="2003-01-01"),
+                       "status": "stopped", "code": {"system": "urn:oid:1.2.3", "code": "X1"}, "source": "fhir"}, "r9"),
+        ("observation", {"code": {"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure"},
+                         "category": "vital-signs", "date": "2024-02-27", "value": None, "unit": None,
+                         "components": [
+                             {"code": {"system": "http://loinc.org", "code": "8480-6", "display": "Systolic"},
+                              "value": 148, "unit": "mm[Hg]"},
+                             {"code": {"system": "http://loinc.org", "code": "8462-4", "display": "Diastolic"},
+                              "value": 91.5, "unit": "mm[Hg]"}]}, "r10"),
+        ("observation", {"code": {"system": "http://loinc.org", "code": "72166-2", "display": "Tobacco smoking status"},
+                         "category": "social-history", "date": "2019-03-04", "value": "Never smoker", "unit": None,
+                         "components": []}, "r11"),
+        ("observation", {"code": {"system": "http://loinc.org", "code": "39156-5", "display": "BMI"},
+                         "category": None, "date": None, "value": 19.124306358791486, "unit": "kg/m2",
+                         "components": []}, "r12"),
+    ]
+
+
+def _without_provenance(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k not in ("source", "import_key")}
+
+
+def test_export_then_import_is_lossless():
+    from rxfed.client.records import record_key
+
+    records = _every_kind()
+    back = import_bundle(json.loads(json.dumps(export_bundle(records, "p1"))))
+    # The questionnaires' total scores: rxfed scores the answers, which come back.
+    assert back.skipped == {"Observation": 2}
+    assert [(k, _without_provenance(d)) for k, d in back.records] == [
+        (kind, _without_provenance(data)) for kind, data, _ in records]
+    # Each record comes back under the key its export gave it: importing it again is a no-op.
+    assert [d["import_key"] for _, d in back.records] == [record_key(rid, data) for _, data, rid in records]
+    again = import_bundle(export_bundle([(k, d, f"other-{i}") for i, (k, d) in enumerate(back.records)], "p1"))
+    assert [d["import_key"] for _, d in again.records] == [d["import_key"] for _, d in back.records]
+
+
+@pytest.mark.parametrize("name", [ALBERTO, EDWARD])
+def test_export_then_import_of_a_synthea_record_is_lossless(name):
+    imported = import_bundle(synthea(name))
+    records = [(kind, data, f"record-{i}") for i, (kind, data) in enumerate(imported.records)]
+    back = import_bundle(export_bundle(records, "p1"))
+    assert back.records == imported.records

@@ -549,15 +549,16 @@ def _table_rows() -> list[dict]:
     path = importlib.resources.files("rxfed_plugins") / "data" / "snomed_icd10.csv"
     with path.open("r", encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["snomed_concept_id", "icd10_category", "label"]
+        assert reader.fieldnames == ["snomed_concept_id", "icd10_category", "label", "icd10_title", "source"]
         return list(reader)
 
 
 def test_table_rows_are_well_formed():
     rows = _table_rows()
-    assert 40 <= len(rows) <= 120
+    assert 250 <= len(rows) <= 1000
     concepts = [row["snomed_concept_id"] for row in rows]
     assert len(concepts) == len(set(concepts))
+    titles = {}
     for row in rows:
         concept, category = row["snomed_concept_id"], row["icd10_category"]
         assert verhoeff_valid(concept), concept
@@ -565,8 +566,44 @@ def test_table_rows_are_well_formed():
         assert normalise_code("snomed", concept) == concept
         assert re.fullmatch(r"[A-Z][0-9][0-9A-Z]", category), row
         assert normalise_code("icd10", category) == category
-        assert row["label"].strip() and row["label"] == row["label"].strip()
+        for field in ("label", "icd10_title"):
+            assert row[field].strip() and row[field] == row[field].strip(), row
+        # Where the category comes from, in both WHO ICD-10 and ICD-10-CM (spec/signals.md).
+        assert row["source"] in ("title", "inclusion", "index"), row
+        # One title per category.
+        assert titles.setdefault(category, row["icd10_title"]) == row["icd10_title"], row
     assert signals.load_table() == {row["snomed_concept_id"]: row["icd10_category"] for row in rows}
+
+
+def _synthea_conditions() -> list[dict]:
+    with open(ROOT / "tests" / "data" / "synthea_conditions.csv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table_covers_every_non_z_condition_synthea_modules_generate():
+    """tests/data/synthea_conditions.csv lists the condition concepts of Synthea's modules;
+    each is mapped, or left out for a stated reason (spec/signals.md reports the counts)."""
+    table, listed = signals.load_table(), _synthea_conditions()
+    assert len(listed) >= 250 and len({c["snomed_concept_id"] for c in listed}) == len(listed)
+    for concept in listed:
+        code, why = concept["snomed_concept_id"], concept["left_out_because"]
+        assert verhoeff_valid(code) and code[-3:-1] in ("00", "10"), code
+        assert (code in table) != bool(why), concept
+    mapped = [c for c in listed if not c["left_out_because"]]
+    assert len(mapped) >= 190
+    # The two real exports' concepts are in the list too.
+    assert set(LEFT_OUT) | {"84757009", "128613002", "38341003", "444814009"} <= {c["snomed_concept_id"] for c in listed}
+
+
+def test_signals_spec_reports_the_coverage():
+    listed = _synthea_conditions()
+    by_design = [c for c in listed if re.search(r"\(Z\d|external cause|a death", c["left_out_because"])
+                 and "F17" not in c["left_out_because"]]
+    mapped = [c for c in listed if not c["left_out_because"]]
+    spec = (ROOT / "spec" / "signals.md").read_text()
+    others = len(listed) - len(by_design)
+    assert (f"{len(listed)} condition concepts" in spec and f"{len(mapped)} of the {others}" in spec
+            and f"{len(by_design)} are" in spec), (len(listed), len(by_design), len(mapped), others)
 
 
 def test_table_holds_no_social_finding_or_z_code():
@@ -622,3 +659,86 @@ def test_plugins_extend_the_snomed_table_through_the_hook():
     plugins.register(Extra(), "extra")
     assert plugins.derive_signals("diagnosis.category", [record], today) == [
         {"system": "icd10", "category": "G35", "source": "snomed"}]
+
+
+# -- held-out style exports: long and SNOMED CT product names, the deceased, text-only -----
+
+EHR_DATA = ROOT / "tests" / "data" / "fhir"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    # Too long joined with "and": the first word of each ingredient, in alphabetical order.
+    ("Amlodipine 5 MG / Hydrochlorothiazide 12.5 MG / Olmesartan medoxomil 20 MG Oral Tablet",
+     "amlodipine hydrochlorothiazide olmesartan"),
+    ("amLODIPine 10 mg / olmesartan medoxomil 40 mg / hydroCHLOROthiazide 25 mg oral tablet",
+     "amlodipine hydrochlorothiazide olmesartan"),
+    ("Acetaminophen 21.7 MG/ML / Dextromethorphan Hydrobromide 1 MG/ML / doxylamine succinate 0.417 MG/ML "
+     "Oral Solution", "acetaminophen dextromethorphan doxylamine"),
+    ("Elvitegravir 150 MG / Cobicistat 150 MG / Emtricitabine 200 MG / Tenofovir alafenamide 10 MG Oral Tablet",
+     "cobicistat elvitegravir emtricitabine tenofovir"),
+    # Short enough: every ingredient whole, and the order they are written in does not matter.
+    ("Oxycodone Hydrochloride 5 MG / Acetaminophen 325 MG Oral Tablet", "acetaminophen and oxycodone"),
+    # SNOMED CT product and clinical drug names.
+    ("Product containing anastrozole (medicinal product)", "anastrozole"),
+    ("Product containing only anastrozole (medicinal product)", "anastrozole"),
+    ("Product containing precisely anastrozole 1 milligram/1 each conventional release oral tablet (clinical drug)",
+     "anastrozole"),
+    ("Anastrozole-containing product", "anastrozole"),
+    ("Metformin-containing product in oral dose form", "metformin"),
+    ("Product containing amlodipine and olmesartan (medicinal product)", "amlodipine and olmesartan"),
+    ("Product containing precisely amlodipine (as amlodipine besilate) 5 milligram and olmesartan medoxomil "
+     "20 milligram/1 each conventional release oral tablet (clinical drug)", "amlodipine and olmesartan medoxomil"),
+])
+def test_long_and_snomed_product_drug_names_are_generalised(name, expected):
+    assert signals.normalise_name(name, drug=True) == expected
+    # Imported names may be longer than those a patient types (records.MAX_NAME).
+    imported = record("treatment", {**rec.treatment("x"), "name": name, "source": "fhir"})
+    assert [b["treatment"] for b in signals.treatment_outcomes([imported], TODAY)] == [expected]
+
+
+def test_seven_ingredients_are_not_a_name():
+    vitamins = " / ".join(f"Vitamin {x} 1 MG" for x in "ACDEK") + " / Folic Acid 1 MG / Biotin 1 MG Oral Tablet"
+    assert signals.normalise_name(vitamins, drug=True) is None
+
+
+@pytest.mark.parametrize(("patient", "band"), [
+    ({"deceasedDateTime": "1989-07-14T03:20:00-05:00"}, "18-29"),   # died aged 24, not 61 today
+    ({"deceasedDateTime": "1989"}, "18-29"),
+    ({"deceasedBoolean": False}, "60-69"),
+])
+def test_the_age_band_of_a_deceased_patient_is_their_age_at_death(patient, band):
+    [body] = signals.demographics([profile("1965-03-02", **patient)], TODAY)
+    assert body["age_band"] == band
+
+
+def test_a_deceased_patient_without_a_date_of_death_has_no_age_band_and_no_years():
+    records = [profile("1930-03-02", deceasedBoolean=True), condition("I10", onset="1975-02-09")]
+    assert signals.demographics(records, TODAY) == []
+    assert signals.categories(records, today=TODAY) == [{"system": "icd10", "category": "I10", "source": "icd10"}]
+
+
+def test_onset_years_of_a_patient_who_died_at_90_or_over_are_not_sent():
+    records = [profile("1900-01-01", deceasedDateTime="1995-01-01"), condition("I10", onset="1990-01-01")]
+    assert signals.demographics(records, TODAY)[0]["age_band"] == "90+"
+    assert signals.categories(records, today=TODAY) == [{"system": "icd10", "category": "I10", "source": "icd10"}]
+    # Born 1930, died at 50: 96 today, but the onset year says nothing of an age over 89.
+    died_at_50 = [profile("1930-03-02", deceasedDateTime="1980-07-14"), condition("I10", onset="1975-02-09")]
+    assert signals.categories(died_at_50, today=TODAY)[0]["onset_year"] == 1975
+    assert signals.demographics(died_at_50, TODAY)[0]["age_band"] == "50-59"
+
+
+def test_text_only_conditions_give_no_signal(plugins):
+    result = import_bundle(json.loads((EHR_DATA / "text-only-conditions.json").read_text()))
+    records = [record(kind, data) for kind, data in result.records]
+    assert plugins.derive_signals("diagnosis.category", records, TODAY) == [
+        {"system": "icd10", "category": "I10", "source": "snomed", "onset_year": 1987}]
+    assert plugins.derive_signals("demographics.band", records, TODAY) == [
+        {"age_band": "18-29", "sex": "female", "country": "US"}]
+
+
+def test_ips_and_cerner_treatments_give_signals(plugins):
+    for name, expected in (("ips-patient-summary.json", ["anastrozole"]),
+                           ("cerner-medications-and-vitals.json", ["amlodipine", "amlodipine hydrochlorothiazide olmesartan"])):
+        result = import_bundle(json.loads((EHR_DATA / name).read_text()))
+        records = [record(kind, data) for kind, data in result.records]
+        assert [b["treatment"] for b in plugins.derive_signals("treatment.outcome", records, TODAY)] == expected
