@@ -31,3 +31,29 @@ async def test_load_script(node, tmp_path, mode):
 async def test_federation_script():
     result = await run(str(BENCH / "federation.py"), "--n", "100", "--rate", "100", "--seconds", "0.5")
     assert result["complete"] and result["events_per_s"] > 0
+
+
+def test_report_counts_a_target_met_only_when_the_worst_round_meets_it(tmp_path, capsys):
+    """Two rounds at 30x Synapse and one at 20x: the median passes, the worst round does not."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for i, rxfed_c16 in enumerate((3000, 3000, 2000), 1):
+        lines = {
+            f"synapse-{i}.json": {"peer": "synapse", "complete": True, "msgs_per_s_c16": 100, "msgs_per_s_c1": 50,
+                                  "rss_idle_mib": 100},
+            f"ceiling-full-{i}.json": {"peer": "aiohttp-sqlite-ceiling", "version": "synchronous=FULL",
+                                       "complete": True, "msgs_per_s_c16": 1500},
+            f"rxfed-{i}.json": {"peer": "rxfed", "complete": True, "records_per_s_c16": rxfed_c16, "p50_ms_c1": 0.7,
+                                "rss_idle_mib": 40},
+        }
+        for name, doc in lines.items():
+            (tmp_path / name).write_text(json.dumps(doc) + "\n")
+    assert report.main(["report.py", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("| rxfed c16 throughput >= 25x")]
+    assert row.split(" | ")[1:] == ["30.0x", "20.0x", "NOT MET |"]
+    (row,) = [line for line in out.splitlines() if line.startswith("| rxfed c16 throughput >= 1.0x")]
+    assert row.endswith("| met |")
