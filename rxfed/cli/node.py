@@ -162,6 +162,11 @@ def cmd_status(args: argparse.Namespace) -> None:
             state = "enabled" if p["enabled"] else f"DISABLED ({p['disabled_reason']})"
             out.append(f"plugin {p['name']}: {state}, {p['calls']} calls, {p['total_failures']} failures"
                        + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+        st = doc.get("store")
+        out.append("store: not reported yet (the node reports it while it runs)" if st is None else
+                   f"store: commits on the {st['mode']}, {st['commit_us'] / 1000:.2f} ms each on average "
+                   f"({st['inline_batches']} batches on the event loop, {st['thread_batches']} on the writer thread, "
+                   f"{st['switches']} switches)")
         return out
 
     Output(args.json).result(doc, lines)

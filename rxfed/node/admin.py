@@ -219,9 +219,10 @@ def node_status(data_dir: str | Path) -> dict:
 
     async def action(store):
         return (await store.peers(), await store.outbox_summary(), await store.dead_letters(),
-                await store.communities(hosted_by=config.node_id), await store.get_meta("plugins_status"))
+                await store.communities(hosted_by=config.node_id), await store.get_meta("plugins_status"),
+                await store.get_meta("store_status"))
 
-    peers, summary, dead, communities, plugins = asyncio.run(_with_store(config, action))
+    peers, summary, dead, communities, plugins, store_status = asyncio.run(_with_store(config, action))
     plugins = json.loads(plugins) if plugins else {"at": None, "plugins": None}
     return {
         "node_id": config.node_id, "name": config.name, "public_url": config.public_url,
@@ -238,5 +239,7 @@ def node_status(data_dir: str | Path) -> dict:
         "dead_letters": len(dead),
         "communities_hosted": len(communities),
         "plugins": plugins["plugins"],
+        # as the running node last recorded it (every few seconds): where batches commit
+        "store": json.loads(store_status) if store_status else None,
         "plugins_reported_at": plugins["at"],
     }

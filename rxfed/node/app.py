@@ -477,6 +477,23 @@ async def report_plugins(state: NodeState, reported: list | None) -> list | None
     return plugins
 
 
+async def report_store(state: NodeState, reported: dict | None) -> dict | None:
+    """Record where the store commits (event loop or writer thread, commit time, counts)
+    for `rxfed node status` when it changed; returns what is now recorded."""
+    status = getattr(state.store, "commit_status", None)
+    if status is None:
+        return reported
+    now = status()
+    if now == reported:
+        return reported
+    try:
+        await state.store.set_meta("store_status", canonical({"at": state.now(), **now}).decode())
+    except RxfedError as exc:
+        log.warning("recording store status failed: %s", exc.message)
+        return reported
+    return now
+
+
 async def _store_ctx(app: web.Application):
     state = app[NODE]
     await state.store.open()
@@ -484,12 +501,13 @@ async def _store_ctx(app: web.Application):
     state.reload_keys()
 
     async def housekeeping():
-        ticks, reported = 0, None
+        ticks, reported, reported_store = 0, None, None
         while True:
             await asyncio.sleep(5)
             ticks += 1
             state.reload_keys()
             reported = await report_plugins(state, reported)
+            reported_store = await report_store(state, reported_store)
             try:
                 await state.federation.refresh_policies()  # `rxfed node peers` edits the store
             except RxfedError as exc:

@@ -342,7 +342,15 @@ _BATCH_MAX = 512
 #: Loop turns a batch may wait for more operations while they keep arriving.
 _GATHER_TURNS = 2
 #: Commits slower than this on average (seconds) go to the writer thread.
-_INLINE_COMMIT_S = 0.002
+#: Where batches commit, with hysteresis so that noise around one threshold cannot flip
+#: it: on the event loop while commits there average under _SLOW_COMMIT_S; once on the
+#: writer thread, back only when a probe (one batch run inline, at most every _PROBE_S)
+#: commits under _FAST_COMMIT_S. Only inline commits are timed: on the thread COMMIT's
+#: time includes waiting for the interpreter lock held by the busy loop, which would keep a
+#: store on the thread on any disk.
+_FAST_COMMIT_S = 0.002
+_SLOW_COMMIT_S = 0.004
+_PROBE_S = 2.0
 
 
 @attrs.frozen
@@ -373,9 +381,15 @@ class SQLiteStore(Store):
         self._flush_scheduled = False
         self._gathered = 0  # operations pending at the last turn of the loop
         self._turns = 0
-        #: Moving average of COMMIT's duration (seconds), which decides inline or thread.
-        #: It starts high, so a new store commits on the thread until it knows the disk.
-        self._commit_s = 2 * _INLINE_COMMIT_S
+        #: Moving average of inline COMMITs' duration (seconds). A new store starts on the
+        #: thread and probes with its first batch, so it learns the disk from one commit.
+        self._commit_s = 2 * _SLOW_COMMIT_S
+        self._inline = False
+        self._next_probe = 0.0
+        self._last_commit_s = 0.0
+        #: Counts for operators (``rxfed node status``): batches committed on the event loop
+        #: and on the writer thread.
+        self.stats = {"inline_batches": 0, "thread_batches": 0, "switches": 0}
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._closed = True
@@ -404,6 +418,8 @@ class SQLiteStore(Store):
         if self._closed:
             return
         self._closed = True
+        log.info("store closed: %d batches committed on the event loop, %d on the writer thread; commits "
+                 "averaged %.2f ms", self.stats["inline_batches"], self.stats["thread_batches"], self._commit_s * 1000)
         self._to_thread(self._pending)  # before the stop mark, so they are written first
         self._pending = []
         self._queue.put(None)
@@ -488,11 +504,33 @@ class SQLiteStore(Store):
                     outcomes = self._transaction(conn, batch, savepoints=False)
                     if outcomes is None:
                         outcomes = self._transaction(conn, batch, savepoints=True)
+                    self.stats["thread_batches"] += 1
                     self._finish(conn, outcomes, inline=False)
                 except BaseException as exc:  # noqa: BLE001 - the thread must go on serving
                     self._fail(conn, batch, exc, inline=False)
         with self._conn_lock:
             conn.close()
+
+    def _timed(self, probe: bool) -> None:
+        """After an inline commit: fold its time into the average and decide where the next
+        batches commit (see _FAST_COMMIT_S)."""
+        took = self._last_commit_s
+        if probe:
+            self._commit_s = took
+            if took < _FAST_COMMIT_S:
+                self._inline = True
+                self.stats["switches"] += 1
+            return
+        self._commit_s += (took - self._commit_s) / 16
+        if self._commit_s > _SLOW_COMMIT_S:
+            self._inline = False
+            self._next_probe = time.monotonic() + _PROBE_S
+            self.stats["switches"] += 1
+
+    def commit_status(self) -> dict:
+        """Where batches commit now and how that went, for operators."""
+        return {"mode": "event loop" if self._inline else "writer thread", "commit_us": round(self._commit_s * 1e6),
+                **self.stats}
 
     def _set_busy_timeout(self, conn: sqlite3.Connection, ms: int) -> None:
         if self._busy_timeout_ms != ms:
@@ -523,7 +561,13 @@ class SQLiteStore(Store):
             self._loop.call_soon(self._flush)
         if not batch:
             return
-        if self._commit_s > _INLINE_COMMIT_S or not self._conn_lock.acquire(blocking=False):
+        probe = False
+        if not self._inline:
+            now = time.monotonic()
+            probe = now >= self._next_probe
+            if probe:
+                self._next_probe = now + _PROBE_S
+        if (not self._inline and not probe) or not self._conn_lock.acquire(blocking=False):
             self._to_thread(batch)
             return
         conn = self._conn
@@ -536,6 +580,8 @@ class SQLiteStore(Store):
             else:
                 outcomes = self._transaction(conn, batch, savepoints=False, begun=True)
             if outcomes is not None:
+                self.stats["inline_batches"] += 1
+                self._timed(probe)
                 self._finish(conn, outcomes, inline=True)
         except BaseException as exc:  # noqa: BLE001 - every caller gets an answer
             self._fail(conn, batch, exc, inline=True)
@@ -605,7 +651,7 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 started = time.perf_counter()
                 conn.execute("COMMIT")
-                self._commit_s += (time.perf_counter() - started - self._commit_s) / 16
+                self._last_commit_s = time.perf_counter() - started
         except sqlite3.Error as exc:
             log.error("store transaction failed: %s", exc)
             if conn.in_transaction:

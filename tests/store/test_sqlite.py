@@ -77,25 +77,68 @@ async def _runs_on(store) -> str:
     return await store._write(lambda c: threading.current_thread().name)
 
 
+def _on_loop(store) -> None:
+    """As if the disk had shown it commits fast: batches run inline on the event loop."""
+    store._inline, store._commit_s = True, 0.0
+
+
+def _on_thread(store) -> None:
+    """As if commits were slow: batches run on the writer thread, no probe for a while."""
+    store._inline, store._next_probe = False, float("inf")
+
+
 async def test_fast_commits_run_inline_slow_ones_on_the_writer_thread(store):
-    assert await _runs_on(store) == "rxfed-sqlite-writer"  # a new store does not know the disk yet
-    await register(store, 1)
-    store._commit_s = 0.0  # as if the disk had shown it commits fast
+    _on_loop(store)
     assert await _runs_on(store) == threading.current_thread().name
-    store._commit_s = 1.0  # as if every commit took a second: keep them off the event loop
+    _on_thread(store)
     assert await _runs_on(store) == "rxfed-sqlite-writer"
     # heavy operations never run on the loop, whatever the disk
-    store._commit_s = 0.0
+    _on_loop(store)
     ran = []
     await store._write(lambda c: ran.append(threading.current_thread().name), heavy=True)
     assert ran == ["rxfed-sqlite-writer"]
+
+
+async def test_where_batches_commit_has_hysteresis(store, monkeypatch):
+    """Noise around one threshold cannot flip the store: inline commits move it to the
+    thread only when they average over the slow mark; from the thread a probe (one inline
+    batch, at most every _PROBE_S) brings it back only when it commits under the fast mark.
+    A new store probes with its first batch."""
+    import rxfed.store.sqlite as backend
+
+    assert store.commit_status()["mode"] == "writer thread"
+    assert await _runs_on(store) == threading.current_thread().name  # the first batch probes
+    took = {"s": 0.001}
+    real = store._timed
+
+    def timed(probe):
+        store._last_commit_s = took["s"]
+        real(probe)
+
+    monkeypatch.setattr(store, "_timed", timed)
+    _on_loop(store)
+    took["s"] = (backend._FAST_COMMIT_S + backend._SLOW_COMMIT_S) / 2  # between the marks: stays
+    for _ in range(50):
+        assert await _runs_on(store) == threading.current_thread().name
+    took["s"] = 10 * backend._SLOW_COMMIT_S
+    for _ in range(20):
+        await _runs_on(store)
+    assert store.commit_status()["mode"] == "writer thread" and store.stats["switches"] >= 1
+    store._next_probe = 0.0  # a probe is due: it commits between the marks, so the store stays
+    took["s"] = (backend._FAST_COMMIT_S + backend._SLOW_COMMIT_S) / 2
+    assert await _runs_on(store) == threading.current_thread().name
+    assert await _runs_on(store) == "rxfed-sqlite-writer"
+    store._next_probe = 0.0  # the next probe is fast: back on the loop
+    took["s"] = backend._FAST_COMMIT_S / 4
+    await _runs_on(store)
+    assert store.commit_status()["mode"] == "event loop"
 
 
 @pytest.mark.parametrize("slow_disk", [False, True])
 async def test_one_failing_operation_fails_alone_in_a_batch(store, slow_disk):
     patients = [await register(store, n) for n in range(1, 6)]
     if slow_disk:
-        store._commit_s = 1.0
+        _on_thread(store)
     ok = [commit(store, p, 1, [StoredRecord(f"{n:032x}", 1, b"r%d" % n)]) for n, p in enumerate(patients)]
     stale = commit(store, patients[0], 7, [StoredRecord("f" * 32, 1, b"stale")])
     results = await asyncio.gather(*ok[:2], stale, *ok[2:], return_exceptions=True)
@@ -110,11 +153,11 @@ async def test_one_failing_operation_fails_alone_in_a_batch(store, slow_disk):
 async def test_another_process_writing_never_blocks_the_event_loop(store, reopened):
     p = await register(store, 1)
     if reopened:  # the same store object, closed and opened again: a new connection
-        store._commit_s = 0.0
+        _on_loop(store)
         await store._write(lambda c: None)  # inline
         await store.close()
         await store.open()
-    store._commit_s = 0.0  # a fast disk: the batch would run inline on the loop
+    _on_loop(store)  # a fast disk: the batch would run inline on the loop
     other = sqlite3.connect(store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # e.g. `rxfed node invite` while the node runs
     try:
@@ -230,7 +273,7 @@ def _batch_sizes(store) -> list[int]:
         return real(conn, batch, **kw)
 
     store._transaction = counting
-    store._commit_s = 0.0
+    _on_loop(store)
     return sizes
 
 
