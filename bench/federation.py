@@ -88,8 +88,8 @@ async def run(args) -> dict:
     try:
         await host.app_store().set_peer_policy(member_id, "allowed", url=member_url)
         await host.state.federation.policy_changed()
-        admin_client, _ = await PatientClient.register(host.url, tmp / "admin", "x", kdf="min")
-        member_client, _ = await PatientClient.register(member_url, tmp / "alice", "x", kdf="min")
+        admin_client, _ = await PatientClient.register(host.url, tmp / "admin", "bench pass phrase", kdf="min")
+        member_client, _ = await PatientClient.register(member_url, tmp / "alice", "bench pass phrase", kdf="min")
         clients += [admin_client, member_client]
         admin = Communities(admin_client)
         address = await admin.create("bench")

@@ -4,7 +4,7 @@
 Works against one running node on http://127.0.0.1 (it refuses any other host).
 
 Setup (not timed): register --patients patients (more if a concurrency level is larger)
-with ``PatientClient.register(url, DIR/pN, "bench", kdf="min", session=...)`` on one shared
+with ``PatientClient.register(url, DIR/pN, PASSPHRASE, kdf="min", session=...)`` on one shared
 aiohttp session, open each vault once (``client.open_vault()``), then send --warmup writes.
 
 Then for each concurrency C in --conc: N encrypted record writes -- each a ~300-byte journal
@@ -49,6 +49,8 @@ from rxfed import __version__ as RXFED_VERSION
 from rxfed.client.sdk import NodeRefused, PatientClient
 
 TICK = os.sysconf("SC_CLK_TCK")
+#: The load patients' key-file passphrase (long enough for the minimum; the KDF cost is "min").
+PASSPHRASE = "bench pass phrase"
 
 SYMPTOMS = ("fatigue", "joint pain", "headache", "brain fog", "nausea", "dizziness", "sleep quality", "anxiety")
 NOTES = (
@@ -190,12 +192,12 @@ async def setup_posts(args, session: aiohttp.ClientSession, root: str) -> list[P
     from rxfed.protocol import community as pc
 
     count = max(args.patients, max(args.levels))
-    organiser, _ = await PatientClient.register(args.base, os.path.join(root, "organiser"), "bench", kdf="min",
+    organiser, _ = await PatientClient.register(args.base, os.path.join(root, "organiser"), PASSPHRASE, kdf="min",
                                                 session=session)
     address = await Communities(organiser).create("bench community")
     members = [organiser]
     for i in range(count - 1):
-        client, _ = await PatientClient.register(args.base, os.path.join(root, f"m{i}"), "bench", kdf="min",
+        client, _ = await PatientClient.register(args.base, os.path.join(root, f"m{i}"), PASSPHRASE, kdf="min",
                                                  session=session)
         await Communities(client).join(address)
         members.append(client)
@@ -218,7 +220,7 @@ async def setup(args, session: aiohttp.ClientSession, root: str) -> list[Patient
 
     async def one(i: int) -> Patient:
         async with sem:
-            client, _code = await PatientClient.register(args.base, os.path.join(root, f"p{i}"), "bench",
+            client, _code = await PatientClient.register(args.base, os.path.join(root, f"p{i}"), PASSPHRASE,
                                                          kdf="min", session=session)
             return Patient(client, await client.open_vault())
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rxfed import hookimpl
-from rxfed.plugins import StorageBackend
-from rxfed.store.sqlite import SQLiteStore
+from rxfed import StorageBackend, hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.store.sqlite import SQLiteStore
 
 
 def open_sqlite(data_dir: Path, options: dict[str, Any]) -> SQLiteStore:
+    # Imported when a node opens its store, not when a patient's device loads the plugins
+    # for their client hooks (the store is of no use there).
+    from rxfed.store.sqlite import SQLiteStore
+
     return SQLiteStore(Path(data_dir) / options.get("path", "rxfed.db"), synchronous=options.get("synchronous", "FULL"))
 
 

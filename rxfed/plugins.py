@@ -24,7 +24,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -32,7 +32,9 @@ import pluggy
 from rxfed import hookspecs
 from rxfed.consent.signals import KIND_NAME, Signal, SignalError, SignalKind
 from rxfed.errors import RxfedError
-from rxfed.store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.store import Store  # only named in annotations: the patient's device has no store
 
 ENTRY_POINT_GROUP = "rxfed"
 log = logging.getLogger("rxfed.plugins")

@@ -57,3 +57,9 @@ def test_report_counts_a_target_met_only_when_the_worst_round_meets_it(tmp_path,
     assert row.split(" | ")[1:] == ["30.0x", "20.0x", "NOT MET |"]
     (row,) = [line for line in out.splitlines() if line.startswith("| rxfed c16 throughput >= 1.0x")]
     assert row.endswith("| met |")
+
+
+@pytest.mark.slow
+async def test_cli_latency_script():
+    result = await run(str(BENCH / "cli_latency.py"), "--n", "1")
+    assert result["complete"] and result["commands"]["patient show"]["own_ms_p50"] > 0

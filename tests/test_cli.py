@@ -23,11 +23,10 @@ def rxfed(*args: str, env: dict | None = None, input: str | None = None) -> subp
                           env=env or ENV, input=input, timeout=60, stdin=None if input is not None else subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def node_url(tmp_path_factory):
-    data = tmp_path_factory.mktemp("cli") / "node"
+def serve_node(data: Path, name: str):
+    """``rxfed node init`` and ``rxfed node run`` in ``data``: yields the node's URL."""
     port = free_port()
-    init = rxfed("node", "init", str(data), "--name", "CLI test node", "--port", str(port), "--json")
+    init = rxfed("node", "init", str(data), "--name", name, "--port", str(port), "--json")
     assert init.returncode == 0, init.stderr
     doc = json.loads(init.stdout)
     assert doc["node_id"] == f"127.0.0.1:{port}" and doc["fingerprint"].startswith("SHA256:")
@@ -52,6 +51,11 @@ def node_url(tmp_path_factory):
     proc.wait(20)
     log = (data / "node.log").read_text()
     assert "MARKERCLI" not in log and "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def node_url(tmp_path_factory):
+    yield from serve_node(tmp_path_factory.mktemp("cli") / "node", "CLI test node")
 
 
 class ProfilePath(type(Path())):
@@ -153,9 +157,9 @@ def test_devices_recover_rotate_passphrase(profile, node_url, tmp_path):
     env = {**ENV, "RXFED_RECOVERY_CODE": profile.recovery_code}
     stale = rxfed("patient", "recover", "--node", node_url, "--profile", str(tmp_path / "again"), env=env)
     assert stale.returncode == 1  # the old code stopped working
-    out = rxfed("patient", "passphrase", "--profile", str(new), env={**ENV, "RXFED_NEW_PASSPHRASE": "another one"})
+    out = rxfed("patient", "passphrase", "--profile", str(new), env={**ENV, "RXFED_NEW_PASSPHRASE": "another pass phrase"})
     assert out.returncode == 0
-    assert rxfed("patient", "show", "--profile", str(new), env={**ENV, "RXFED_PASSPHRASE": "another one"}).returncode == 0
+    assert rxfed("patient", "show", "--profile", str(new), env={**ENV, "RXFED_PASSPHRASE": "another pass phrase"}).returncode == 0
 
 
 def test_link_a_device_from_an_active_one(profile, node_url, tmp_path):
@@ -404,3 +408,257 @@ def test_consent_commands(node_url, profile, tmp_path):
     out = tmp_path / "consent.json"
     exported = rxfed("patient", "consent", "export", "--profile", str(profile), "--fhir", str(out))
     assert exported.returncode == 0 and json.loads(out.read_text())["resourceType"] == "Bundle"
+
+
+# -- records a patient can fix ------------------------------------------------------------
+
+
+def test_record_edit_and_delete(profile):
+    p = str(profile)
+    added = rxfed("patient", "condition", "add", "--profile", p, "E11.9", "--label", "diabetis", "--json")
+    record = json.loads(added.stdout)
+    edited = rxfed("patient", "record", "edit", record["id"][:10], "--profile", p, "--label", "type 2 diabetes",
+                   "--onset", "2019-03-01", "--json")
+    assert edited.returncode == 0, edited.stderr
+    doc = json.loads(edited.stdout)
+    assert set(doc) == {"id", "kind", "version", "data"}
+    assert doc["id"] == record["id"] and doc["version"] == 2 and doc["kind"] == "condition"
+    assert doc["data"]["label"] == "type 2 diabetes" and doc["data"]["onset"] == "2019-03-01"
+    assert doc["data"]["code"] == "E11.9"
+    human = rxfed("patient", "record", "edit", record["id"], "--profile", p, "--label", "")  # clears the label
+    assert human.returncode == 0 and human.stdout.strip().splitlines()[-1] == record["id"]
+    shown = json.loads(rxfed("patient", "show", "--profile", p, "--json").stdout)["records"]
+    assert [(r["id"], r["version"], r["data"]["label"]) for r in shown] == [(record["id"], 3, None)]
+    # Fields of another kind, nothing to change, an invalid value: bad usage, nothing changed.
+    for extra in (["--feeling", "5"], [], ["--code", "nonsense"], ["--onset", "yesterday"]):
+        out = rxfed("patient", "record", "edit", record["id"], "--profile", p, *extra)
+        assert out.returncode == 2 and out.stdout == "", (extra, out.stderr)
+    assert rxfed("patient", "record", "edit", "0" * 32, "--profile", p, "--label", "x").returncode == 1
+    assert rxfed("patient", "record", "edit", "abc", "--profile", p, "--label", "x").returncode == 2  # too short
+    journal = json.loads(rxfed("patient", "journal", "add", "--profile", p, "--symptom", "pain=4", "--symptom",
+                               "fatigue=2", "--feeling", "6", "--json").stdout)
+    out = rxfed("patient", "record", "edit", journal["id"], "--profile", p, "--symptom", "pain=", "--symptom",
+                "nausea=3", "--feeling", "", "--note", "felt better after lunch", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)["data"]
+    assert data["symptoms"] == {"fatigue": 2, "nausea": 3} and data["feeling"] is None
+    assert data["note"] == "felt better after lunch"
+    deleted = rxfed("patient", "record", "delete", journal["id"], "--profile", p, "--json")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout) == {"id": journal["id"], "kind": "journal", "deleted": True}
+    shown = json.loads(rxfed("patient", "show", "--profile", p, "--json").stdout)["records"]
+    assert [r["id"] for r in shown] == [record["id"]]
+    assert rxfed("patient", "record", "delete", journal["id"], "--profile", p).returncode == 1  # gone
+
+
+def test_treatment_edit_keeps_what_is_not_changed(profile):
+    p = str(profile)
+    t = json.loads(rxfed("patient", "treatment", "add", "--profile", p, "metformim", "--dose", "500 mg",
+                         "--efficacy", "7", "--side-effect", "nausea", "--json").stdout)
+    out = rxfed("patient", "record", "edit", t["id"], "--profile", p, "--name", "metformin", "--side-effect", "",
+                "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)["data"]
+    assert (data["name"], data["dose"], data["efficacy"], data["side_effects"]) == ("metformin", "500 mg", 7, [])
+
+
+# -- the profile: default path, RXFED_PROFILE, passphrase length ---------------------------
+
+
+def test_profile_from_rxfed_profile_and_default(node_url, tmp_path):
+    env = {**ENV, "RXFED_PROFILE": str(tmp_path / "via-env")}
+    out = rxfed("patient", "register", "--node", node_url, env=env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "via-env" / "keys.json").exists()
+    assert rxfed("patient", "condition", "add", "I10", env=env).returncode == 0
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in ENV.items() if k != "RXFED_PROFILE"} | {"HOME": str(home)}
+    assert rxfed("patient", "register", "--node", node_url, env=env).returncode == 0
+    assert (home / ".rxfed" / "keys.json").exists()
+    assert rxfed("patient", "condition", "add", "E11", env=env).returncode == 0
+    shown = json.loads(rxfed("patient", "show", "--json", env=env).stdout)["records"]
+    assert [r["data"]["code"] for r in shown] == ["E11"]
+    missing = rxfed("patient", "show", env={**env, "HOME": str(tmp_path / "nobody")})
+    assert missing.returncode == 1 and "no profile in" in missing.stderr and "RXFED_PROFILE" in missing.stderr
+
+
+def test_a_short_passphrase_is_refused(node_url, tmp_path):
+    out = rxfed("patient", "register", "--node", node_url, "--profile", str(tmp_path / "p"),
+                env={**ENV, "RXFED_PASSPHRASE": "x"})
+    assert out.returncode == 2 and "at least 15 characters" in out.stderr
+    assert not (tmp_path / "p" / "keys.json").exists()
+    out = rxfed("patient", "register", "--node", node_url, "--profile", str(tmp_path / "q"),
+                env={**ENV, "RXFED_PASSPHRASE": "fourteen chars"})
+    assert out.returncode == 2
+
+
+def test_a_short_new_passphrase_is_refused(profile):
+    out = rxfed("patient", "passphrase", "--profile", str(profile), env={**ENV, "RXFED_NEW_PASSPHRASE": "short"})
+    assert out.returncode == 2 and "at least 15 characters" in out.stderr
+    assert rxfed("patient", "show", "--profile", str(profile)).returncode == 0  # the old one still opens it
+
+
+# -- usage and exit codes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8472", "localhost:8472", "rxfed.example.org", "ftp://example.org"])
+def test_node_url_without_scheme_is_bad_usage(url, tmp_path):
+    out = rxfed("patient", "register", "--node", url, "--profile", str(tmp_path / "p"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "scheme" in out.stderr or "not a URL" in out.stderr
+    assert not (tmp_path / "p").exists()
+    assert rxfed("community", "list", "--node", url).returncode == 2
+
+
+def test_node_url_hint_names_the_scheme():
+    out = rxfed("community", "list", "--node", "127.0.0.1:8472")
+    assert "http://127.0.0.1:8472" in out.stderr
+
+
+def test_show_into_a_closed_pipe_ends_quietly(profile):
+    """``rxfed patient show | head -1``: the conventional end by SIGPIPE, not an error."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "rxfed", "patient", "show", "--profile", str(profile)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+    proc.stdout.close()  # the reader is gone before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == -signal.SIGPIPE
+    assert err == ""
+
+
+def test_invite_on_an_open_node_is_a_refusal(tmp_path):
+    data = tmp_path / "open"
+    assert rxfed("node", "init", str(data), "--name", "open", "--port", str(free_port())).returncode == 0
+    out = rxfed("node", "invite", str(data))
+    assert out.returncode == 1 and "invite" in out.stderr
+
+
+def test_missing_and_non_json_import_files_are_both_bad_usage(profile, tmp_path):
+    missing = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("this is not JSON")
+    out = rxfed("patient", "import", "--profile", str(profile), "--fhir", str(garbage))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert rxfed("patient", "import", "--profile", str(profile), "--fhir", str(tmp_path)).returncode == 2  # a dir
+
+
+def test_actions_are_named_when_missing_or_wrong(profile):
+    out = rxfed("patient", "recovery-code", "--profile", str(profile))
+    assert out.returncode == 2 and "invalid choice" not in out.stderr and "rotate" in out.stderr
+    out = rxfed("patient", "recovery-code", "turn", "--profile", str(profile))
+    assert out.returncode == 2 and "'turn' is not an action" in out.stderr and "rotate" in out.stderr
+    # --profile before the action is taken too
+    out = rxfed("patient", "devices", "--profile", str(profile), "list", "--json")
+    assert out.returncode == 0, out.stderr
+
+
+def test_community_post_prints_its_id_last(profile):
+    p = str(profile)
+    address = json.loads(rxfed("community", "create", "--profile", p, "Ids", "--json").stdout)["address"]
+    out = rxfed("community", "post", "--profile", p, address, "hello")
+    assert out.returncode == 0, out.stderr
+    post_id = out.stdout.strip().splitlines()[-1]
+    doc = json.loads(rxfed("community", "post", "--profile", p, address, "again", "--json").stdout)
+    assert len(post_id) == 43 and doc["id"] != post_id and len(doc["id"]) == 43
+
+
+def test_delete_account_leaves_communities_first(profile, node_url, tmp_path):
+    organiser = tmp_path / "organiser"
+    assert rxfed("patient", "register", "--node", node_url, "--profile", str(organiser)).returncode == 0
+    address = json.loads(rxfed("community", "create", "--profile", str(organiser), "Leavers", "--json").stdout)["address"]
+    assert rxfed("community", "join", "--profile", str(profile), address).returncode == 0
+    out = rxfed("patient", "delete-account", "--profile", str(profile), "--yes", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["left"] == [address]
+    members = json.loads(rxfed("community", "read", "--profile", str(organiser), address, "--json").stdout)["members"]
+    assert [m["status"] for m in members if not m["me"]] == ["left"]
+
+
+# -- shell completion and progress -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_scripts(shell):
+    out = rxfed("completion", shell)
+    assert out.returncode == 0, out.stderr
+    assert "patient" in out.stdout and "unlock" in out.stdout and "recovery-code" in out.stdout
+    if shell == "zsh":
+        assert out.stdout.startswith("#compdef rxfed")
+    else:
+        import shutil
+
+        if shutil.which("bash"):
+            check = subprocess.run(["bash", "-c", 'eval "$(cat)"; complete -p rxfed'], input=out.stdout,
+                                   capture_output=True, text=True, timeout=30)
+            assert check.returncode == 0 and "rxfed" in check.stdout, check.stderr
+
+
+def _observations(n: int, prefix: str = "obs") -> dict:
+    """A hospital export of ``n`` vital-sign Observations for one patient."""
+    entries = [{"fullUrl": "urn:uuid:patient-1", "resource": {"resourceType": "Patient", "id": "patient-1",
+                                                             "birthDate": "1970-05-01", "gender": "female"}}]
+    for i in range(n):
+        entries.append({"fullUrl": f"urn:uuid:{prefix}-{i}", "resource": {
+            "resourceType": "Observation", "id": f"{prefix}-{i}", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": "urn:uuid:patient-1"},
+            "effectiveDateTime": f"2020-01-{1 + i % 28:02d}T08:00:00Z",
+            "valueQuantity": {"value": 60 + i % 30, "unit": "/min", "system": "http://unitsofmeasure.org",
+                              "code": "/min"}}})
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def test_progress_on_a_terminal_only(profile, tmp_path):
+    import pty
+
+    def import_args(name: str) -> list[str]:  # two exports (importing one again adds nothing)
+        bundle = tmp_path / f"{name}.json"
+        bundle.write_text(json.dumps(_observations(150, name)))
+        return [sys.executable, "-m", "rxfed", "patient", "import", "--profile", str(profile), "--fhir", str(bundle)]
+
+    piped = subprocess.run(import_args("piped"), capture_output=True, text=True, env=ENV, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert piped.returncode == 0, piped.stderr
+    assert "storing records" not in piped.stderr
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(import_args("terminal"), stdout=subprocess.PIPE, stderr=follower,
+                            stdin=subprocess.DEVNULL, env=ENV)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(60) == 0
+    os.close(leader)
+    assert b"storing records: 64/" in shown and b"(100%)" in shown
+    assert b"imported" in proc.stdout.read()
+
+
+def test_join_through_a_node_that_will_not_deliver_says_why(profile, tmp_path):
+    """The host answers the patient's device, but the patient's home node never contacts a
+    loopback peer its operator did not allow: the join is refused, saying so, not "sent"."""
+    nodes = serve_node(tmp_path / "host", "CLI host node")
+    host = next(nodes)
+    try:
+        organiser = tmp_path / "organiser"
+        assert rxfed("patient", "register", "--node", host, "--profile", str(organiser)).returncode == 0
+        created = rxfed("community", "create", "--profile", str(organiser), "Elsewhere", "--json")
+        address = json.loads(created.stdout)["address"]
+        out = rxfed("community", "join", "--profile", str(profile), address)
+        assert out.returncode == 1 and "join sent" not in out.stdout
+        assert f"will not deliver to {host.removeprefix('http://')}" in out.stderr
+        assert "private address" in out.stderr and "rxfed node peers" in out.stderr
+        shown = json.loads(rxfed("patient", "show", "--profile", str(profile), "--kind", "community", "--json").stdout)
+        assert shown["records"] == []
+    finally:
+        next(nodes, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import attrs
 import pytest
 
 from conftest import MARKER
@@ -833,3 +834,34 @@ async def test_a_host_key_listed_without_a_signed_rotation_is_not_learned(fed, m
     monkeypatch.setattr(alice, "_host_document", doctored)
     assert await alice._refresh_host_keys(mine) is mine  # nothing new to pin
     assert (await alice.membership(address)).host_keys == mine.host_keys
+
+
+@pytest.mark.parametrize("policy", [None, "blocked", "denied", "allowlist"])
+async def test_a_join_the_home_node_will_not_deliver_is_refused_with_the_reason(tmp_path, make_patient, policy):
+    """The patient's home node will not contact the host (a loopback peer it was never told
+    to allow, a blocked or denied one, or a stranger in allowlist mode): the join is refused
+    at once, saying why, instead of "sent" and then "try again shortly" forever."""
+    from rxfed.testing import NodeHarness
+
+    home = await NodeHarness(tmp_path / "home", name="home").start()
+    host = await NodeHarness(tmp_path / "host", name="host").start()
+    try:
+        if policy in ("blocked", "denied"):
+            await home.app_store().set_peer_policy(host.node_id, policy, url=host.url)
+            await home.state.federation.policy_changed()
+        elif policy == "allowlist":
+            home.state.federation.settings = attrs.evolve(home.state.federation.settings, mode="allowlist")
+        address = await Communities(await make_patient(host)).create("Elsewhere")
+        patient = await make_patient(home)
+        with pytest.raises(NodeRefused) as info:
+            await Communities(patient).join(address)
+        assert info.value.status == 403 and info.value.code == "peer_refused"
+        assert f"will not deliver to {host.node_id}" in info.value.message
+        reason = {None: "private address", "blocked": "blocks", "denied": "refuses its traffic",
+                  "allowlist": "allowed peers only"}[policy]
+        assert reason in info.value.message
+        assert await patient.records("community") == []  # no membership left behind
+        assert await home.state.store.due_destinations() == []  # nothing queued
+    finally:
+        await home.stop()
+        await host.stop()

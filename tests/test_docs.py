@@ -50,3 +50,19 @@ def test_core_never_imports_builtin_plugins_or_crypto_libraries():
 def test_protocol_is_sans_io():
     for path in (ROOT / "rxfed" / "protocol").rglob("*.py"):
         assert not re.search(r"^\s*(import|from) (aiohttp|rxfed\.store|rxfed\.node|asyncio|sqlite3)", path.read_text(), re.M), path
+
+
+def test_patient_actions_listed_with_the_help_their_parsers_have():
+    """``rxfed patient --help`` lists actions from a table (their parsers are built only when
+    run); the table must say what the parsers say."""
+    import argparse
+
+    from rxfed.cli import Parser
+    from rxfed.cli import patient
+
+    parser = Parser(prog="rxfed")
+    patient.add_parser(parser.add_subparsers(dest="command"), None)
+    actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in actions.choices["patient"]._actions if isinstance(a, argparse._SubParsersAction))
+    built = {c.dest: c.help for c in sub._choices_actions}
+    assert built == patient.ACTIONS

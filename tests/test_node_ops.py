@@ -142,7 +142,7 @@ def _self_signed(tmp_path):
 def test_tls(tmp_path):
     cert, key = _self_signed(tmp_path)
     port = free_port()
-    env = {**os.environ, "RXFED_PASSPHRASE": "x", "RXFED_KDF": "min", "SSL_CERT_FILE": str(cert)}
+    env = {**os.environ, "RXFED_PASSPHRASE": "tls test pass phrase", "RXFED_KDF": "min", "SSL_CERT_FILE": str(cert)}
     run = lambda *a: subprocess.run([sys.executable, "-m", "rxfed", *a], capture_output=True, text=True, env=env,
                                     timeout=60, stdin=subprocess.DEVNULL)
     data = tmp_path / "node"

@@ -361,3 +361,14 @@ async def test_a_closed_manager_refuses_calls_without_charging_plugins(make_plug
     assert not await plugins.deliver_signals("good", [mood()])
     row = status(plugins, "good")
     assert row.enabled and row.failures == 0 and row.refused == 1
+
+
+def test_what_plugin_authors_import_comes_from_rxfed():
+    import rxfed
+    from rxfed import PluginManifest, StorageBackend, hookimpl
+    from rxfed import plugins
+
+    assert PluginManifest is plugins.PluginManifest and StorageBackend is plugins.StorageBackend
+    assert hookimpl.project_name == "rxfed" and rxfed.hookimpl is hookimpl
+    assert {"hookimpl", "PluginManifest", "StorageBackend"} <= set(rxfed.__all__)
+

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import json
 import os
 import sys
@@ -20,6 +18,10 @@ class UsageError(Exception):
     """Bad usage detected after argparse: exit 2 with the message."""
 
 
+class StdoutClosed(Exception):
+    """Whoever reads our standard output stopped reading (``rxfed patient show | head -1``)."""
+
+
 class Output:
     """Writes a command's result: human lines, or one JSON document with ``--json``."""
 
@@ -27,17 +29,109 @@ class Output:
         self.as_json = as_json
 
     def result(self, doc: dict, lines: list[str] | Callable[[], list[str]]) -> None:
-        if self.as_json:
-            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-        else:
-            for line in lines() if callable(lines) else lines:
-                sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        try:
+            if self.as_json:
+                sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+            else:
+                for line in lines() if callable(lines) else lines:
+                    sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise StdoutClosed from None
 
 
 def note(message: str) -> None:
     """Information for the person at the terminal (stderr, so stdout stays the result)."""
-    sys.stderr.write(message + "\n")
+    try:
+        sys.stderr.write(message + "\n")
+    except BrokenPipeError:
+        pass
+
+
+class TerminalProgress:
+    """``progress(what, done, total)`` on standard error, only when it is a terminal (a
+    script or a log file gets no progress lines, only the result)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.shown = 0.0
+
+    @classmethod
+    def if_terminal(cls) -> TerminalProgress | None:
+        try:
+            return cls() if sys.stderr.isatty() else None
+        except (AttributeError, ValueError):
+            return None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if done < total and now - self.shown < 0.1:
+            return
+        self.shown = now
+        try:
+            self.stream.write(f"\r{what}: {done}/{total} ({100 * done // max(total, 1)}%)")
+            if done >= total:
+                self.stream.write("\r\x1b[K")  # the line is cleared once the work is done
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+
+#: shtab's completion hints, spelled out so that building the parser needs no shtab.
+COMPLETE_DIRECTORY = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
+COMPLETE_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+
+
+def node_url(text: str) -> str:
+    """``--node``: an http(s) URL; anything else is bad usage, said clearly."""
+    from urllib.parse import urlsplit
+
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        try:
+            parts.port
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} has an invalid port") from None
+        return value.rstrip("/")
+    local = value.split(":")[0] in ("127.0.0.1", "localhost", "[::1]")
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a URL: write it with its scheme, e.g. {'http' if local else 'https'}://{value}")
+
+
+def input_file(text: str) -> str:
+    """A file the command reads: one that is missing or unreadable is bad usage (exit 2),
+    like one that is not in the format the command reads."""
+    if text == "-":
+        return text
+    path = os.path.expanduser(text)
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{text}: not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot be read (permission denied)")
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors that name the actions a command has instead of "invalid
+    choice" for whatever word came first."""
+
+    def error(self, message: str) -> NoReturn:
+        actions = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if actions is not None and actions.dest != argparse.SUPPRESS:
+            choices = ", ".join(actions.choices)
+            if "invalid choice" in message:
+                word = message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0].strip("'\"")
+                what = "command" if actions.dest == "command" else "action"
+                message = f"{word!r} is not {'a' if what == 'command' else 'an'} {what} of `{self.prog}`; choose one " \
+                          f"of: {choices}"
+            elif message.startswith("the following arguments are required") and actions.metavar in message:
+                message = f"`{self.prog}` needs an action: {choices} (`{self.prog} ACTION --help` for more)"
+        super().error(message)
 
 
 def secret_input(env: str, prompt: str, *, confirm: bool = False) -> str:
@@ -48,6 +142,8 @@ def secret_input(env: str, prompt: str, *, confirm: bool = False) -> str:
         return value
     if not sys.stdin.isatty():
         raise UsageError(f"no terminal to ask on: set {env}")
+    import getpass
+
     value = getpass.getpass(prompt)
     if confirm and getpass.getpass("Again, to confirm: ") != value:
         raise UsageError("the two entries differ")
@@ -64,21 +160,92 @@ def kdf_choice(args: argparse.Namespace) -> str:
 
 
 def run_async(coro) -> Any:
+    import asyncio  # not at import: `rxfed --help` and the node's admin commands do without it
+
     return asyncio.run(coro)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from rxfed.cli import community, demo, node, patient, plugins
+#: The commands: name -> (module, one-line help). Only the module of the command being run is
+#: imported and its parsers built: building every parser of every command costs more than
+#: most commands take to run.
+COMMANDS = {
+    "node": "rxfed.cli.node",
+    "patient": "rxfed.cli.patient",
+    "community": "rxfed.cli.community",
+    "plugins": "rxfed.cli.plugins",
+    "demo": "rxfed.cli.demo",
+}
+HELP = {
+    "node": "run and administer a node",
+    "patient": "a patient's keys, records and account",
+    "community": "condition communities",
+    "plugins": "list installed plugins",
+    "demo": "run a three-node federation on loopback and show what nodes store",
+    "completion": "print a shell completion script: eval \"$(rxfed completion bash)\"",
+}
+#: Other names a command answers to.
+ALIASES = {"plugins": ["plugin"]}
 
-    parser = argparse.ArgumentParser(prog="rxfed", description="Federated, end-to-end encrypted patient networks.")
+
+def wanted_word(words: list[str] | None, options_with_values: tuple[str, ...] = ()) -> str | None:
+    """The first word of ``words`` that is not an option (nor an option's value)."""
+    skip = False
+    for word in words or ():
+        if skip:
+            skip = False
+        elif word in options_with_values:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def add_actions(sub, helps: dict[str, str], builders: dict, words: list[str] | None, *,
+                options_with_values: tuple[str, ...] = ()) -> None:
+    """Add the actions ``helps`` names to ``sub``: in full (``builders[name](sub)``; a key
+    may be a tuple of names one builder adds together) for the action ``words`` picks, or
+    for all when ``words`` is None; the others by name and help only, which is all that
+    ``--help`` and an error message need."""
+    wanted = None if words is None else wanted_word(words, options_with_values)
+    built: set[str] = set()
+    for key, build in builders.items():
+        names = key if isinstance(key, tuple) else (key,)
+        if words is None or wanted in names or any(wanted in ALIASES.get(n, ()) for n in names):
+            build(sub)
+            built.update(names)
+    for name, text in helps.items():
+        if name not in built:
+            sub.add_parser(name, help=text, aliases=ALIASES.get(name, []))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``rxfed`` parser: for ``argv``'s command only, or every command's when None."""
+    import importlib
+
+    parser = Parser(prog="rxfed", description="Federated, end-to-end encrypted patient networks.")
     parser.add_argument("--version", action="version", version=f"rxfed {__import__('rxfed').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    node.add_parser(sub)
-    patient.add_parser(sub)
-    community.add_parser(sub)
-    plugins.add_parser(sub)
-    demo.add_parser(sub)
+    wanted = wanted_word(argv)
+    rest = None if argv is None else argv[argv.index(wanted) + 1:] if wanted in argv else []
+
+    def command(name: str):
+        return lambda sub: importlib.import_module(COMMANDS[name]).add_parser(sub, rest)
+
+    def completion(sub) -> None:
+        comp = sub.add_parser("completion", help=HELP["completion"])
+        comp.add_argument("shell", choices=("bash", "zsh"))
+        comp.set_defaults(func=cmd_completion)
+
+    builders = {name: command(name) for name in COMMANDS} | {"completion": completion}
+    add_actions(sub, HELP, builders, argv)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> None:
+    import shtab
+
+    script = shtab.complete(build_parser(None), shell=args.shell)
+    Output(False).result({}, [script.rstrip("\n")])
 
 
 def json_flag(parser: argparse.ArgumentParser) -> None:
@@ -90,11 +257,30 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _stdout_closed() -> NoReturn:
+    """The reader of our output went away: end as Unix tools do, killed by SIGPIPE (exit
+    status 141 in a shell), with no message; where there is no SIGPIPE, exit 1 quietly."""
+    import signal
+
+    try:  # what is still buffered must not fail again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    raise SystemExit(EXIT_REFUSED)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+    except StdoutClosed:
+        _stdout_closed()
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE)
     except RxfedError as exc:

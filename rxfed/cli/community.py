@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from rxfed.cli import Output, json_flag, note, run_async
+from rxfed.cli import HELP, Output, json_flag, node_url, note, run_async
 from rxfed.cli.patient import _profile, _with_client
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("community", help="condition communities")
+def add_parser(sub, words: list[str] | None = None) -> None:
+    p = sub.add_parser("community", help=HELP["community"])
     csub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     create = csub.add_parser("create", help="create a community hosted on your home node")
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     create.set_defaults(func=cmd_create)
 
     ls = csub.add_parser("list", help="list a node's public communities")
-    ls.add_argument("--node", required=True, metavar="URL")
+    ls.add_argument("--node", required=True, metavar="URL", type=node_url)
     json_flag(ls)
     ls.set_defaults(func=cmd_list)
 
@@ -89,7 +89,8 @@ def cmd_join(args: argparse.Namespace) -> None:
     result = _with_client(args, lambda c: _communities(c).join(args.address))
     queued = result.get("queued", False)
     Output(args.json).result({"address": args.address, "queued": queued, "seq": result.get("seq")},
-                             [("join sent to the host" if queued else "joined"), args.address])
+                             [("join sent to the host (through your home node, which will deliver it)" if queued
+                               else "joined"), args.address])
 
 
 def cmd_leave(args: argparse.Namespace) -> None:
@@ -124,9 +125,11 @@ def cmd_post(args: argparse.Namespace) -> None:
         note(f"warning: {w.message}" + "".join(f"\n  {r}" for r in w.resources))
     result = _with_client(args, lambda c: _communities(c).post(args.address, args.text))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False),
-                              "seq": result.get("seq"),
+                              "seq": result.get("seq"), "id": result["id"],
                               "warnings": [{"code": w.code, "message": w.message, "resources": list(w.resources)}
-                                           for w in warnings]}, ["posted (end to end encrypted)"])
+                                           for w in warnings]},
+                             ["posted (end to end encrypted)" + (", queued for the host" if result.get("queued")
+                                                                  else ""), result["id"]])
 
 
 def _admin_action(args: argparse.Namespace, action: str, done: str) -> None:

@@ -11,11 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from rxfed.cli import Output, json_flag, note, run_async
+from rxfed.cli import HELP, Output, json_flag, note, run_async
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run a three-node federation on loopback and show what nodes store")
+def add_parser(sub, words: list[str] | None = None) -> None:
+    p = sub.add_parser("demo", help=HELP["demo"])
     p.add_argument("--keep", metavar="DIR", help="keep the nodes' data and the profiles in DIR (default: a temporary directory, removed)")
     json_flag(p)
     p.set_defaults(func=cmd_demo)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import Output, UsageError, json_flag, note
+from rxfed.cli import HELP, Output, UsageError, json_flag, note
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("node", help="run and administer a node")
+def add_parser(sub, words: list[str] | None = None) -> None:
+    p = sub.add_parser("node", help=HELP["node"])
     nsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     init = nsub.add_parser("init", help="create a node in DATA_DIR")

@@ -9,33 +9,75 @@ import attrs
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from rxfed.cli import Output, UsageError, json_flag, kdf_choice, note, run_async, secret_input
+from rxfed.cli import (
+    COMPLETE_DIRECTORY,
+    COMPLETE_FILE,
+    HELP,
+    Output,
+    TerminalProgress,
+    UsageError,
+    add_actions,
+    input_file,
+    json_flag,
+    kdf_choice,
+    node_url,
+    note,
+    run_async,
+    secret_input,
+)
 
 
 def _profile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", required=True, metavar="DIR", help="the patient's local key directory")
+    # SUPPRESS, so that a --profile given before the action (`recovery-code --profile DIR
+    # rotate`) is not overwritten by the action's own default.
+    p.add_argument("--profile", metavar="DIR", default=argparse.SUPPRESS,
+                   help="the patient's profile directory (default: $RXFED_PROFILE, else ~/.rxfed)"
+                   ).complete = COMPLETE_DIRECTORY
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("patient", help="a patient's keys, records and account")
-    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+def _group(psub, name: str, help: str, dest: str):
+    """A command with actions (``devices list``, ``record edit``): it takes ``--profile``
+    before its action too."""
+    group = psub.add_parser(name, help=help)
+    _profile(group)
+    return group.add_subparsers(dest=dest, metavar="ACTION", required=True)
 
-    reg = psub.add_parser("register", help="create keys and register with a node")
-    reg.add_argument("--node", required=True, metavar="URL")
+
+def profile_path(args: argparse.Namespace) -> Path:
+    """``--profile``, else ``$RXFED_PROFILE``, else ``~/.rxfed``."""
+    from rxfed.client.profile import default_profile
+
+    given = getattr(args, "profile", None)
+    return Path(given).expanduser() if given else default_profile()
+
+
+def _node(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", required=True, metavar="URL", type=node_url,
+                   help="the node's URL, with its scheme (https://..., or http:// on this machine)")
+
+
+def _kdf(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"),
+                   help="Argon2id cost protecting the key file (default moderate; min is for tests)")
+
+
+def _add_register(psub) -> None:
+    reg = psub.add_parser("register", help=ACTIONS["register"])
+    _node(reg)
     _profile(reg)
     reg.add_argument("--invite", metavar="CODE", help="invitation code, on nodes that require one")
-    reg.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"),
-                     help="Argon2id cost protecting the key file (default moderate; min is for tests)")
+    _kdf(reg)
     json_flag(reg)
     reg.set_defaults(func=cmd_register)
 
-    rec = psub.add_parser("recover", help="restore access on this device with the recovery code")
-    rec.add_argument("--node", required=True, metavar="URL")
+
+def _add_recover(psub) -> None:
+    rec = psub.add_parser("recover", help=ACTIONS["recover"])
+    _node(rec)
     _profile(rec)
-    rec.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"))
+    _kdf(rec)
     keep = rec.add_mutually_exclusive_group()
     keep.add_argument("--keep", action="append", default=[], metavar="DEVICE_ID",
                       help="keep this other device active (repeat); every device not kept is revoked")
@@ -45,12 +87,13 @@ def add_parser(sub) -> None:
     json_flag(rec)
     rec.set_defaults(func=cmd_recover)
 
-    link = psub.add_parser("link", help="add this machine as a device of an existing patient, from an active device")
-    lsub = link.add_subparsers(dest="link_action", metavar="ACTION", required=True)
+
+def _add_link(psub) -> None:
+    lsub = _group(psub, "link", ACTIONS["link"], "link_action")
     lr = lsub.add_parser("request", help="make this device's keys and print a link code for an active device")
-    lr.add_argument("--node", required=True, metavar="URL")
+    _node(lr)
     _profile(lr)
-    lr.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"))
+    _kdf(lr)
     json_flag(lr)
     lr.set_defaults(func=cmd_link_request)
     lf = lsub.add_parser("finish", help="once an active device added this one, adopt the account")
@@ -60,8 +103,9 @@ def add_parser(sub) -> None:
     json_flag(lf)
     lf.set_defaults(func=cmd_link_finish)
 
-    dev = psub.add_parser("devices", help="list, add or revoke devices")
-    dsub = dev.add_subparsers(dest="devices_action", metavar="ACTION", required=True)
+
+def _add_devices(psub) -> None:
+    dsub = _group(psub, "devices", ACTIONS["devices"], "devices_action")
     dl = dsub.add_parser("list", help="list devices")
     _profile(dl)
     json_flag(dl)
@@ -77,22 +121,26 @@ def add_parser(sub) -> None:
     json_flag(dr)
     dr.set_defaults(func=cmd_devices_revoke)
 
-    pw = psub.add_parser("passphrase", help="change the key-file passphrase (new one from RXFED_NEW_PASSPHRASE or a prompt)")
+
+def _add_passphrase(psub) -> None:
+    pw = psub.add_parser("passphrase", help=ACTIONS["passphrase"])
     _profile(pw)
-    pw.add_argument("--kdf", choices=("interactive", "moderate", "sensitive", "min"))
+    _kdf(pw)
     json_flag(pw)
     pw.set_defaults(func=cmd_passphrase)
 
-    rc = psub.add_parser("recovery-code", help="manage the recovery code")
-    rcsub = rc.add_subparsers(dest="rc_action", metavar="ACTION", required=True)
+
+def _add_recovery_code(psub) -> None:
+    rcsub = _group(psub, "recovery-code", ACTIONS["recovery-code"], "rc_action")
     rot = rcsub.add_parser("rotate", help="issue a new recovery code (give the current one in RXFED_RECOVERY_CODE "
                                           "or at the prompt); the old one stops working")
     _profile(rot)
     json_flag(rot)
     rot.set_defaults(func=cmd_recovery_rotate)
 
-    cond = psub.add_parser("condition", help="diagnoses")
-    csub = cond.add_subparsers(dest="cond_action", metavar="ACTION", required=True)
+
+def _add_condition(psub) -> None:
+    csub = _group(psub, "condition", ACTIONS["condition"], "cond_action")
     ca = csub.add_parser("add", help="add a diagnosis (ICD-10 or SNOMED CT code)")
     _profile(ca)
     ca.add_argument("code", metavar="CODE")
@@ -102,8 +150,9 @@ def add_parser(sub) -> None:
     json_flag(ca)
     ca.set_defaults(func=cmd_condition_add)
 
-    jour = psub.add_parser("journal", help="symptom and mood journal")
-    jsub = jour.add_subparsers(dest="journal_action", metavar="ACTION", required=True)
+
+def _add_journal(psub) -> None:
+    jsub = _group(psub, "journal", ACTIONS["journal"], "journal_action")
     ja = jsub.add_parser("add", help="add a journal entry")
     _profile(ja)
     ja.add_argument("--symptom", action="append", default=[], metavar="NAME=0..10")
@@ -116,8 +165,9 @@ def add_parser(sub) -> None:
     json_flag(ja)
     ja.set_defaults(func=cmd_journal_add)
 
-    tr = psub.add_parser("treatment", help="treatments tried")
-    tsub = tr.add_subparsers(dest="treatment_action", metavar="ACTION", required=True)
+
+def _add_treatment(psub) -> None:
+    tsub = _group(psub, "treatment", ACTIONS["treatment"], "treatment_action")
     ta = tsub.add_parser("add", help="add a treatment")
     _profile(ta)
     ta.add_argument("name", metavar="NAME")
@@ -130,47 +180,182 @@ def add_parser(sub) -> None:
     json_flag(ta)
     ta.set_defaults(func=cmd_treatment_add)
 
-    show = psub.add_parser("show", help="decrypt and show every record, newest first")
+
+def _add_record(psub) -> None:
+    rsub = _group(psub, "record", ACTIONS["record"], "record_action")
+    ed = rsub.add_parser("edit", help="change fields of a condition, journal entry or treatment (stored as the "
+                                      "record's next version; an empty value clears a field)")
+    ed.add_argument("record", metavar="RECORD_ID", help="the record's id (printed when it was added; `show --json`), "
+                                                        "or a unique prefix of it of at least 8 characters")
+    _profile(ed)
+    cond_fields = ed.add_argument_group("a condition's fields")
+    cond_fields.add_argument("--code", metavar="CODE")
+    cond_fields.add_argument("--system", choices=("icd10", "snomed"))
+    cond_fields.add_argument("--label", metavar="TEXT")
+    cond_fields.add_argument("--onset", metavar="DATE")
+    journal_fields = ed.add_argument_group("a journal entry's fields")
+    journal_fields.add_argument("--symptom", action="append", default=[], metavar="NAME=0..10",
+                                help="set a symptom's score; NAME= removes it")
+    journal_fields.add_argument("--feeling", metavar="0..10")
+    journal_fields.add_argument("--note", metavar="TEXT")
+    journal_fields.add_argument("--phq9", metavar="ANSWERS")
+    journal_fields.add_argument("--gad7", metavar="ANSWERS")
+    journal_fields.add_argument("--date", metavar="DATE")
+    treatment_fields = ed.add_argument_group("a treatment's fields")
+    treatment_fields.add_argument("--name", metavar="NAME")
+    treatment_fields.add_argument("--dose")
+    treatment_fields.add_argument("--started", metavar="DATE")
+    treatment_fields.add_argument("--stopped", metavar="DATE")
+    treatment_fields.add_argument("--efficacy", metavar="0..10")
+    treatment_fields.add_argument("--side-effect", action="append", default=[], metavar="NAME",
+                                  help="the side effects, replacing those stored (one empty value: none)")
+    treatment_fields.add_argument("--adherence", metavar="0..10")
+    json_flag(ed)
+    ed.set_defaults(func=cmd_record_edit)
+    rd = rsub.add_parser("delete", help="delete a record for good (the signed manifest no longer lists it)")
+    rd.add_argument("record", metavar="RECORD_ID", help="the record's id, or a unique prefix of at least 8 characters")
+    _profile(rd)
+    json_flag(rd)
+    rd.set_defaults(func=cmd_record_delete)
+
+
+def _add_show(psub) -> None:
+    show = psub.add_parser("show", help=ACTIONS["show"])
     _profile(show)
     show.add_argument("--kind", choices=("profile", "condition", "journal", "treatment", "observation", "community"))
     json_flag(show)
     show.set_defaults(func=cmd_show)
 
-    exp = psub.add_parser("export", help="write a FHIR R4 Bundle of every record")
+
+def _add_export(psub) -> None:
+    exp = psub.add_parser("export", help=ACTIONS["export"])
     _profile(exp)
     exp.add_argument("--fhir", required=True, metavar="OUT.json",
                      help="the file to write (readable by you only), or - for standard output")
     json_flag(exp)
     exp.set_defaults(func=cmd_export)
 
-    imp = psub.add_parser("import", help="encrypt and store a hospital's FHIR export (again: adds only what is new)")
+
+def _add_import(psub) -> None:
+    imp = psub.add_parser("import", help=ACTIONS["import"])
     _profile(imp)
-    imp.add_argument("--fhir", required=True, metavar="IN.json", help="the Bundle to read, or - for standard input")
+    imp.add_argument("--fhir", required=True, metavar="IN.json", type=input_file,
+                     help="the Bundle to read, or - for standard input").complete = COMPLETE_FILE
     json_flag(imp)
     imp.set_defaults(func=cmd_import)
 
-    dele = psub.add_parser("delete-account", help="erase every record and key of this patient on the node")
+
+def _add_delete_account(psub) -> None:
+    dele = psub.add_parser("delete-account", help=ACTIONS["delete-account"])
     _profile(dele)
     dele.add_argument("--yes", action="store_true", help="do not ask for confirmation (required without a terminal)")
     json_flag(dele)
     dele.set_defaults(func=cmd_delete_account)
 
+
+def _add_unlock(psub) -> None:
+    ul = psub.add_parser("unlock", help=ACTIONS["unlock"])
+    _profile(ul)
+    ul.add_argument("--for", dest="duration", default="15m", metavar="DURATION",
+                    help="how long: 90s, 15m, 2h (default 15m, at most 24h)")
+    json_flag(ul)
+    ul.set_defaults(func=cmd_unlock)
+
+
+def _add_lock(psub) -> None:
+    lk = psub.add_parser("lock", help=ACTIONS["lock"])
+    _profile(lk)
+    json_flag(lk)
+    lk.set_defaults(func=cmd_lock)
+
+
+def _add_consent(psub) -> None:
     from rxfed.cli import consent
 
     consent.add_parsers(psub, _profile)
+
+
+#: ``rxfed patient`` actions and their one-line help, in the order ``--help`` lists them.
+ACTIONS = {
+    "register": "create keys and register with a node",
+    "recover": "restore access on this device with the recovery code",
+    "link": "add this machine as a device of an existing patient, from an active device",
+    "devices": "list, add or revoke devices",
+    "passphrase": "change the key-file passphrase (new one from RXFED_NEW_PASSPHRASE or a prompt)",
+    "recovery-code": "manage the recovery code",
+    "condition": "diagnoses",
+    "journal": "symptom and mood journal",
+    "treatment": "treatments tried",
+    "record": "edit or delete a record (a typo, a duplicate)",
+    "show": "decrypt and show every record, newest first",
+    "export": "write a FHIR R4 Bundle of every record",
+    "import": "encrypt and store a hospital's FHIR export (again: adds only what is new)",
+    "delete-account": "erase every record and key of this patient on the node",
+    "unlock": "keep the key file open for a while (an agent, as ssh-agent does), so commands need no passphrase",
+    "lock": "end the unlock agent now: commands ask for the passphrase again",
+    "consent": "grant, list, revoke and export consent",
+    "audit": "every use of your signals, from a hash chain checked on this device",
+    "signals": "preview the signals your records give (nothing is sent)",
+    "share": "send current signals under your live grants",
+}
+
+#: Who builds each action's parser (one builder may add several actions).
+_BUILDERS = {
+    "register": _add_register, "recover": _add_recover, "link": _add_link, "devices": _add_devices,
+    "passphrase": _add_passphrase, "recovery-code": _add_recovery_code, "condition": _add_condition,
+    "journal": _add_journal, "treatment": _add_treatment, "record": _add_record, "show": _add_show,
+    "export": _add_export, "import": _add_import, "delete-account": _add_delete_account, "unlock": _add_unlock,
+    "lock": _add_lock, ("consent", "audit", "signals", "share"): _add_consent,
+}
+
+
+def add_parser(sub, words: list[str] | None = None) -> None:
+    """``rxfed patient``. With ``words`` (the command line after ``patient``) only the action
+    named there is built in full; the others are listed by name and help."""
+    p = sub.add_parser("patient", help=HELP["patient"])
+    _profile(p)
+    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_actions(psub, ACTIONS, _BUILDERS, words, options_with_values=("--profile",))
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
 def _passphrase(*, new: bool = False) -> str:
-    return secret_input("RXFED_PASSPHRASE", "Key-file passphrase: ", confirm=new)
+    passphrase = secret_input("RXFED_PASSPHRASE", "Key-file passphrase: ", confirm=new)
+    if new:
+        _check_new(passphrase)
+    return passphrase
 
 
-def _client(args: argparse.Namespace):
-    from rxfed.client import PatientClient
+def _check_new(passphrase: str) -> None:
+    from rxfed.client.profile import WeakPassphrase, check_new_passphrase
 
-    return PatientClient.open(Path(args.profile), _passphrase())
+    try:
+        check_new_passphrase(passphrase)
+    except WeakPassphrase as exc:
+        raise UsageError(exc.message) from None
+
+
+def _client(args: argparse.Namespace, *, passphrase: bool = False):
+    """The patient's client: from the unlock agent if one holds the profile, else opened
+    with the passphrase (always with it when ``passphrase``: the command rewrites the key
+    file)."""
+    from rxfed.client import PatientClient, Profile
+    from rxfed.client.sdk import ProfileLocked
+    from rxfed.errors import NotFound
+
+    path = profile_path(args)
+    if not Profile(path).exists:
+        raise NotFound(f"no profile in {path}; register or recover first (or name one with --profile or "
+                       "RXFED_PROFILE)", code="no_profile")
+    progress = TerminalProgress.if_terminal()
+    if not passphrase:
+        try:
+            return PatientClient.open(path, progress=progress)
+        except ProfileLocked:
+            pass
+    return PatientClient.open(path, _passphrase(), progress=progress)
 
 
 def _with_client(args: argparse.Namespace, action):
@@ -198,7 +383,8 @@ def cmd_register(args: argparse.Namespace) -> None:
     passphrase = _passphrase(new=True)
 
     async def go():
-        client, code = await PatientClient.register(args.node, Path(args.profile), passphrase, invite=args.invite, kdf=kdf)
+        client, code = await PatientClient.register(args.node, profile_path(args), passphrase, invite=args.invite,
+                                                    kdf=kdf)
         async with client:
             return client.patient, client.device, code
 
@@ -228,7 +414,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
     passphrase = _passphrase(new=True)
 
     async def go():
-        client = await PatientClient.recover(args.node, Path(args.profile), code, passphrase, kdf=kdf,
+        client = await PatientClient.recover(args.node, profile_path(args), code, passphrase, kdf=kdf,
                                              keep="all" if args.keep_all else args.keep)
         async with client:
             return client.patient, client.device, client.followups
@@ -244,14 +430,14 @@ def cmd_link_request(args: argparse.Namespace) -> None:
 
     kdf = kdf_choice(args)
     passphrase = _passphrase(new=True)
-    code = run_async(PatientClient.request_link(args.node, Path(args.profile), passphrase, kdf=kdf))
+    code = run_async(PatientClient.request_link(args.node, profile_path(args), passphrase, kdf=kdf))
     Output(args.json).result({"link_code": code, "node": args.node}, [
         "on an active device of yours, run:", f"  rxfed patient devices add {code} --profile ...",
-        f"then here: rxfed patient link finish --profile {args.profile} --confirm CODE", code])
+        f"then here: rxfed patient link finish --profile {profile_path(args)} --confirm CODE", code])
 
 
 def cmd_link_finish(args: argparse.Namespace) -> None:
-    client = _client(args)
+    client = _client(args, passphrase=True)
     given = args.confirm
     if given is None:
         if not sys.stdin.isatty():
@@ -323,10 +509,16 @@ def cmd_devices_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_passphrase(args: argparse.Namespace) -> None:
-    client = _client(args)
+    from rxfed.client import agent
+
+    client = _client(args, passphrase=True)
     new = secret_input("RXFED_NEW_PASSPHRASE", "New passphrase: ", confirm=True)
+    _check_new(new)
     client.change_passphrase(new, args.kdf)
-    Output(args.json).result({"changed": True}, ["passphrase changed"])
+    locked = agent.lock(client.profile.path)
+    Output(args.json).result({"changed": True, "locked": locked},
+                             ["passphrase changed"] + (["the unlock agent was ended; unlock again with the new "
+                                                        "passphrase"] if locked else []))
 
 
 def cmd_recovery_rotate(args: argparse.Namespace) -> None:
@@ -408,6 +600,8 @@ def cmd_show(args: argparse.Namespace) -> None:
 def _write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (plaintext health records, like the profile
     directory), whole or not at all: a new file beside it, renamed over the old one."""
+    import tempfile  # here, not at import: every other command would pay for it
+
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -489,6 +683,142 @@ def cmd_delete_account(args: argparse.Namespace) -> None:
             raise UsageError("deleting an account cannot be undone: pass --yes to confirm without a terminal")
         if input("This erases every record on the node and this device's key file. Type 'delete' to go on: ") != "delete":
             raise UsageError("not confirmed; nothing was deleted")
+    from rxfed.client import agent
+
     result = _with_client(args, lambda c: c.erase_account())
-    Output(args.json).result({"erased": True, "patient": result["patient"]},
-                             ["account erased on the node; the local key file was removed", result["patient"]])
+    agent.lock(profile_path(args))
+    Output(args.json).result(
+        {"erased": True, "patient": result["patient"], "left": result["left"], "not_left": result["not_left"]},
+        [*(f"left community {a}" for a in result["left"]),
+         *(f"could not leave community {n['address']}: {n['reason']}" for n in result["not_left"]),
+         "account erased on the node; the local key file was removed", result["patient"]])
+
+
+def _find_record(records, given: str):
+    """The record ``given`` names: its id, or a unique prefix of it (8 characters or more)."""
+    from rxfed.errors import NotFound
+
+    text = given.strip().lower()
+    if len(text) < 8:
+        raise UsageError(f"{given!r}: give the record id, or at least its first 8 characters")
+    found = [r for r in records if r.id.startswith(text)]
+    if not found:
+        raise NotFound(f"no record {given}", code="unknown_record")
+    if len(found) > 1:
+        raise UsageError(f"{given!r} starts {len(found)} record ids: give more of it")
+    return found[0]
+
+
+#: The options ``record edit`` takes for each kind of record.
+EDITABLE = {
+    "condition": ("code", "system", "label", "onset"),
+    "journal": ("symptom", "feeling", "note", "phq9", "gad7", "date"),
+    "treatment": ("name", "dose", "started", "stopped", "efficacy", "side_effect", "adherence"),
+}
+
+
+def _given(args: argparse.Namespace) -> dict:
+    every = {name for names in EDITABLE.values() for name in names}
+    return {name: getattr(args, name) for name in every if getattr(args, name) not in (None, [])}
+
+
+def _edited(kind: str, old: dict, given: dict) -> dict:
+    """The record's data with the ``given`` fields changed, checked as a new record of its
+    kind is (an empty value clears a field)."""
+    from rxfed.client import questionnaires, records
+
+    allowed = EDITABLE.get(kind)
+    if allowed is None:
+        raise UsageError(f"a {kind} record cannot be edited field by field; delete it instead")
+    wrong = sorted(set(given) - set(allowed))
+    if wrong:
+        raise UsageError(f"--{wrong[0].replace('_', '-')} is not a field of a {kind} record; a {kind} takes "
+                         + ", ".join("--" + n.replace("_", "-") for n in allowed))
+    if not given:
+        raise UsageError(f"nothing to change: give one of " + ", ".join("--" + n.replace("_", "-") for n in allowed))
+
+    def value(name):
+        if name not in given:
+            return old.get(name)
+        return given[name] if given[name] != "" else None
+
+    if kind == "condition":
+        built = records.condition(value("code") or old["code"], value("system") or old["system"], value("label"),
+                                  value("onset"))
+        return {**old, **{k: built[k] for k in ("system", "code", "label", "onset")}}
+    if kind == "journal":
+        symptoms = dict(old.get("symptoms") or {})
+        for name, score in _symptoms(given.get("symptom", [])).items():
+            if score == "":
+                symptoms.pop(name.strip().lower(), None)
+            else:
+                symptoms[name] = score
+        kept = [q for q in old.get("questionnaires") or [] if q.get("instrument") not in given]
+        scores = [questionnaires.score(name, questionnaires.parse_answers(given[name])).to_dict()
+                  for name in ("phq9", "gad7") if given.get(name)]
+        built = records.journal(symptoms=symptoms, feeling=value("feeling"), note=value("note"),
+                                questionnaires=kept + scores, date=value("date") or old.get("date"))
+        return {**old, **built}
+    effects = old.get("side_effects") or []
+    if "side_effect" in given:
+        effects = [e for e in given["side_effect"] if e.strip()]
+    built = records.treatment(value("name") or old["name"], dose=value("dose"), started=value("started"),
+                              stopped=value("stopped"), efficacy=value("efficacy"), side_effects=effects,
+                              adherence=value("adherence"))
+    fields = ("name", "dose", "started", "stopped", "efficacy", "side_effects", "adherence")
+    return {**old, **{k: built[k] for k in fields}}
+
+
+def _resolve(client, given: str):
+    async def find():
+        return _find_record(await client.records(), given)
+
+    return find()
+
+
+def cmd_record_edit(args: argparse.Namespace) -> None:
+    given = _given(args)
+
+    async def go(client):
+        record = await _resolve(client, args.record)
+        return await client.edit_record(record.id, lambda current: _edited(current.kind, current.data, given))
+
+    record = _with_client(args, go)
+    Output(args.json).result({"id": record.id, "kind": record.kind, "version": record.version, "data": record.data},
+                             [f"{record.kind} updated (version {record.version})", record.id])
+
+
+def cmd_record_delete(args: argparse.Namespace) -> None:
+    from rxfed.client.records import summary
+
+    async def go(client):
+        record = await _resolve(client, args.record)
+        return await client.delete_record(record.id)
+
+    record = _with_client(args, go)
+    Output(args.json).result({"id": record.id, "kind": record.kind, "deleted": True},
+                             [f"deleted {record.kind}: {summary(record)}", record.id])
+
+
+def cmd_unlock(args: argparse.Namespace) -> None:
+    from rxfed.client import Profile, agent
+
+    seconds = agent.parse_duration(args.duration)
+    path = profile_path(args)
+    profile = Profile(path)
+    identity = profile.unlock(_passphrase())
+    started = agent.start(path, identity.to_bytes(), seconds)
+    until = dt.datetime.fromtimestamp(started["expires"]).strftime("%H:%M:%S")
+    Output(args.json).result(
+        {"profile": str(path), "expires": started["expires"], "socket": started["socket"], "pid": started["pid"]},
+        [f"unlocked {path} until {until}: commands need no passphrase until then (`rxfed patient lock` ends it "
+         "sooner)", str(started["expires"])])
+
+
+def cmd_lock(args: argparse.Namespace) -> None:
+    from rxfed.client import agent
+
+    path = profile_path(args)
+    locked = agent.lock(path)
+    Output(args.json).result({"profile": str(path), "locked": locked},
+                             [f"locked {path}: the agent ended" if locked else f"no unlock agent held {path}"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import Output, json_flag
+from rxfed.cli import ALIASES, HELP, Output, json_flag
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list installed plugins")
+def add_parser(sub, words: list[str] | None = None) -> None:
+    p = sub.add_parser("plugins", help=HELP["plugins"], aliases=ALIASES["plugins"])
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = psub.add_parser("list", help="list the plugins of the rxfed entry-point group, with their manifests")
     ls.add_argument("--disable", action="append", default=[], metavar="NAME", help="treat plugin NAME as disabled")
@@ -58,3 +58,4 @@ def list_plugins(args: argparse.Namespace) -> None:
         return out
 
     Output(args.json).result({"plugins": rows, "signal_kinds": kinds, "storage_backends": backends}, lines)
+

@@ -384,8 +384,15 @@ class Communities:
         event = pc.make_join(member, box.public, target, self.client.identity.node_id, self._now())
         mine = Membership(target, member, box, listing.about.name, listing.about.condition,
                           statement_hash(listing.create.signed), listing.create.admin, host_keys)
-        await self.client.add_record(KIND, mine.to_data())
-        return await self._submit(target, event)
+        # The keys are stored first: a join the node accepted must never lack them.
+        record = await self.client.add_record(KIND, mine.to_data())
+        try:
+            return await self._submit(target, event)
+        except NodeRefused:
+            # The node said no (for one, it will not deliver to the host): nothing was sent.
+            vault = await self.client.open_vault()
+            await self.client._commit(vault.state, [], deletes=[record.id])
+            raise
 
     async def approve(self, address: str, member: str) -> dict:
         mine = await self.membership(address)
@@ -456,7 +463,9 @@ class Communities:
             await self._submit(mine.address, pc.make_sender_key(mine.member, state, key))
         now = max(self._now(), state.last_sent(mine.member.public))
         message, _franking = pc.make_message(mine.member, key, mine.address, text, now)
-        return await self._submit(mine.address, message)
+        result = await self._submit(mine.address, message)
+        # The post's id: the hash of its signed statement, known before the host numbers it.
+        return {**result, "id": b64e(statement_hash(message))}
 
     async def read(self, address: str) -> CommunityView:
         mine = await self.membership(address)

@@ -22,6 +22,23 @@ from rxfed.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 KEYS = "keys.json"
 STATE = "state.json"
+#: Where a profile is when none is named: ``$RXFED_PROFILE``, else this.
+DEFAULT_PROFILE = "~/.rxfed"
+#: The shortest passphrase a new key file accepts, in characters (spec/cli.md says why).
+MIN_PASSPHRASE = 15
+
+
+def default_profile() -> Path:
+    """``$RXFED_PROFILE`` if set, else ``~/.rxfed``; ``~`` expanded."""
+    return Path(os.environ.get("RXFED_PROFILE") or DEFAULT_PROFILE).expanduser()
+
+
+def check_new_passphrase(passphrase: str) -> None:
+    """A passphrase chosen for a key file must be at least :data:`MIN_PASSPHRASE` characters:
+    it is all that protects the device's keys in a stolen copy of the file."""
+    if len(passphrase or "") < MIN_PASSPHRASE:
+        raise WeakPassphrase(f"the passphrase must be at least {MIN_PASSPHRASE} characters (a few words "
+                             f"work well); this one has {len(passphrase or '')}")
 
 
 class ProfileError(BadRequest):
@@ -30,6 +47,10 @@ class ProfileError(BadRequest):
 
 class WrongPassphraseError(Unauthorized):
     code = "wrong_passphrase"
+
+
+class WeakPassphrase(BadRequest):
+    code = "weak_passphrase"
 
 
 @attrs.frozen
@@ -112,6 +133,7 @@ class Profile:
     def create(self, identity: Identity, passphrase: str, cost: KdfCost) -> None:
         if self.exists:
             raise Conflict(f"{self.path} already holds a profile; choose another --profile", code="profile_exists")
+        check_new_passphrase(passphrase)
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.save(identity, passphrase, cost)
         self.save_state(LocalState())

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import attrs
 
 from rxfed.client import records as rec
+from rxfed.client import transport
 from rxfed.client.identity import (
     EpochSecrets,
     IntegrityError,
@@ -27,13 +27,19 @@ from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64d, b64
 from rxfed.crypto.keyfile import KdfCost
 from rxfed.crypto.records import open_record, seal_record, secretbox_open, secretbox_seal
 from rxfed.crypto.recovery import RecoveryCode
-from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
+from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unauthorized, Unavailable
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.statements import sign_statement
 
-__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "RollbackDetected"]
+__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RollbackDetected"]
+
+#: How the client talks HTTP: its own :class:`rxfed.client.transport.Http` by default, or an
+#: ``aiohttp.ClientSession`` the caller brings.
+Session = Any
+#: ``progress(what, done, total)``: how far a long piece of work has come.
+Progress = Callable[[str, int, int], None]
 
 #: Records per commit when importing many at once (keeps each request well under the limit).
 CHUNK = 64
@@ -46,6 +52,12 @@ class NodeRefused(RxfedError):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message, code=code)
         self.status = status
+
+
+class ProfileLocked(Unauthorized):
+    """No passphrase was given and no unlock agent holds the profile."""
+
+    code = "profile_locked"
 
 
 def record_ad(patient: str, record_id: str, version: int) -> bytes:
@@ -237,11 +249,13 @@ class DeviceInfo:
 class PatientClient:
     """One patient device talking to its home node. Use as an async context manager."""
 
-    def __init__(self, profile: Profile, identity: Identity, *, session: aiohttp.ClientSession | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, profile: Profile, identity: Identity, *, session: Session | None = None,
+                 clock: Callable[[], float] = time.time, progress: Progress | None = None):
         self.profile = profile
         self.identity = identity
         self.clock = clock
+        #: Told how long work goes (``progress(what, done, total)``): storing many records.
+        self.progress = progress
         self._session = session
         self._own_session = session is None
         self._secrets: EpochSecrets | None = None
@@ -251,8 +265,19 @@ class PatientClient:
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def open(cls, profile_dir: str | Path, passphrase: str, **kwargs: Any) -> PatientClient:
+    def open(cls, profile_dir: str | Path, passphrase: str | None = None, **kwargs: Any) -> PatientClient:
+        """Open the profile in ``profile_dir`` (``~`` is expanded) with its passphrase, or,
+        without one, from the unlock agent holding it (``rxfed patient unlock``; raises
+        :class:`ProfileLocked` when none does)."""
         profile = Profile(Path(profile_dir).expanduser())
+        if passphrase is None:
+            from rxfed.client import agent
+
+            opened = agent.identity_bytes(profile.path)
+            if opened is None:
+                raise ProfileLocked(f"no passphrase given and no unlock agent holds {profile.path}: give the "
+                                    "passphrase, or run `rxfed patient unlock` first")
+            return cls(profile, Identity.from_bytes(opened), **kwargs)
         client = cls(profile, profile.unlock(passphrase), **kwargs)
         client._passphrase = passphrase
         return client
@@ -285,16 +310,14 @@ class PatientClient:
 
     # -- HTTP ------------------------------------------------------------------------------
     @staticmethod
-    async def _http(session: aiohttp.ClientSession, method: str, url: str, *, body: bytes = b"",
+    async def _http(session: Session, method: str, url: str, *, body: bytes = b"",
                     headers: dict[str, str] | None = None) -> Any:
         headers = dict(headers or {})
         if body:
             headers["Content-Type"] = "application/json"
         try:
-            async with session.request(method, url, data=body or None, headers=headers) as resp:
-                payload = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status, payload = await transport.request(session, method, url, body=body, headers=headers)
+        except OSError as exc:  # refused, reset, timed out, malformed HTTP
             raise Unavailable(f"cannot reach the node at {url.split('/v1')[0]}: {exc or type(exc).__name__}") from None
         try:
             doc = loads(payload) if payload else None
@@ -307,10 +330,10 @@ class PatientClient:
         return doc
 
     @staticmethod
-    def _new_session() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), raise_for_status=False)
+    def _new_session() -> transport.Http:
+        return transport.Http()
 
-    def _session_or_new(self) -> aiohttp.ClientSession:
+    def _session_or_new(self) -> Session:
         if self._session is None:
             self._session = self._new_session()
         return self._session
@@ -329,7 +352,7 @@ class PatientClient:
                                 body=raw, headers=headers)
 
     @classmethod
-    async def discover(cls, session: aiohttp.ClientSession, node_url: str) -> dict:
+    async def discover(cls, session: Session, node_url: str) -> dict:
         """The node's ``/.well-known/rxfed`` document, checked for a protocol we speak."""
         doc = await cls._http(session, "GET", node_url.rstrip("/") + "/.well-known/rxfed")
         if not isinstance(doc, dict) or PROTOCOL_VERSION not in doc.get("protocol_versions", []):
@@ -339,9 +362,9 @@ class PatientClient:
     # -- registration and recovery ---------------------------------------------------------
     @classmethod
     @contextlib.asynccontextmanager
-    async def _new_device(cls, profile_dir: str | Path, session: aiohttp.ClientSession | None):
+    async def _new_device(cls, profile_dir: str | Path, session: Session | None):
         """A fresh profile directory and an HTTP session (closed again if setting up fails)."""
-        profile = Profile(Path(profile_dir))
+        profile = Profile(Path(profile_dir).expanduser())
         if profile.exists:
             raise Conflict(f"{profile.path} already holds a profile; choose another --profile", code="profile_exists")
         own = session is None
@@ -379,7 +402,7 @@ class PatientClient:
     @classmethod
     async def register(cls, node_url: str, profile_dir: str | Path, passphrase: str, *, invite: str | None = None,
                        kdf: str = "moderate", clock: Callable[[], float] = time.time,
-                       session: aiohttp.ClientSession | None = None) -> tuple[PatientClient, RecoveryCode]:
+                       session: Session | None = None) -> tuple[PatientClient, RecoveryCode]:
         """Create keys locally, register their public halves, and return the client and the
         recovery code (shown to the patient once; the node never sees it). The master key
         is sealed under the code and then forgotten: no device keeps it."""
@@ -411,7 +434,7 @@ class PatientClient:
             return client, code
 
     @classmethod
-    async def _recovery_bundle(cls, session: aiohttp.ClientSession, node_url: str, node_id: str, code: RecoveryCode,
+    async def _recovery_bundle(cls, session: Session, node_url: str, node_id: str, code: RecoveryCode,
                                now: int, pins: LocalState | None = None, root_key: bytes | None = None):
         """What the node keeps for ``code``, checked: (patient, root key, chain, master key,
         epoch secrets). Only the current code opens anything: the node answers only to the
@@ -452,7 +475,7 @@ class PatientClient:
     @classmethod
     async def recover(cls, node_url: str, profile_dir: str | Path, code: RecoveryCode, passphrase: str, *,
                       kdf: str = "moderate", clock: Callable[[], float] = time.time,
-                      session: aiohttp.ClientSession | None = None, keep: Iterable[str] | str = ()) -> PatientClient:
+                      session: Session | None = None, keep: Iterable[str] | str = ()) -> PatientClient:
         """Restore access on a new device from the recovery code alone. Recovery always starts
         a new identity epoch, sealed to this device and to the devices in ``keep`` (device
         ids, or ``"all"`` for every device whose certificate verifies): so even a node that
@@ -495,7 +518,7 @@ class PatientClient:
     # -- linking a new device from an active one -------------------------------------------
     @classmethod
     async def request_link(cls, node_url: str, profile_dir: str | Path, passphrase: str, *,
-                           kdf: str = "moderate", session: aiohttp.ClientSession | None = None) -> str:
+                           kdf: str = "moderate", session: Session | None = None) -> str:
         """Make this device's keys and a profile waiting to be linked; return the link code
         to enter on an active device (``add_device``). Nothing is sent to the node."""
         KdfCost.named(kdf)
@@ -618,14 +641,16 @@ class PatientClient:
             self.profile.set_counter(counter)
         return VaultState(account, chain, secrets, counter, entries, blobs)
 
+    def _decrypt_one(self, state: VaultState, rid: str) -> Record:
+        version, blob = state.blobs[rid]
+        try:
+            plaintext = open_record(state.secrets.keyring, record_ad(self.patient, rid, version), blob)
+        except DecryptionFailed:
+            raise IntegrityError(f"record {rid} does not decrypt: it was tampered with") from None
+        return Record.from_plaintext(rid, version, plaintext)
+
     def _decrypt(self, state: VaultState) -> list[Record]:
-        out = []
-        for rid, (version, blob) in state.blobs.items():
-            try:
-                plaintext = open_record(state.secrets.keyring, record_ad(self.patient, rid, version), blob)
-            except DecryptionFailed:
-                raise IntegrityError(f"record {rid} does not decrypt: it was tampered with") from None
-            out.append(Record.from_plaintext(rid, version, plaintext))
+        out = [self._decrypt_one(state, rid) for rid in state.blobs]
         out.sort(key=lambda r: (r.created, r.id), reverse=True)
         return out
 
@@ -695,12 +720,52 @@ class PatientClient:
                 for i in range(0, len(todo), CHUNK):
                     state = await self._commit(state, todo[i : i + CHUNK])
                     written += todo[i : i + CHUNK]
+                    if self.progress is not None and len(todo) > CHUNK:
+                        self.progress("storing records", len(written), len(todo))
                 return written, held
             except NodeRefused as exc:
                 # Another device committed in between: reload once and try again.
                 if exc.code != "stale_manifest" or attempt:
                     raise
         return written, []  # pragma: no cover
+
+    async def edit_record(self, record_id: str, data: dict | Callable[[Record], dict]) -> Record:
+        """Replace the data of record ``record_id`` (a typo, a wrong date, a better label):
+        ``data`` is the new data, or a function from the record as stored to its new data
+        (called again if another device changed the vault meanwhile). The change is the record's next version, sealed under the current vault key (its
+        associated data names the new version) and covered by a newly signed manifest, so a
+        node that serves the old version afterwards is caught like any rollback. Kind and
+        creation time stay. Returns the record as stored now."""
+        return await self._change_record(record_id, data)
+
+    async def delete_record(self, record_id: str) -> Record:
+        """Delete record ``record_id`` (a duplicate, a mistake). The next signed manifest no
+        longer lists it, so a node that keeps serving it is caught. Returns the record as it
+        was."""
+        return await self._change_record(record_id, None)
+
+    async def _change_record(self, record_id: str, data: dict | Callable[[Record], dict] | None) -> Record:
+        for attempt in range(2):
+            state = await self._load()
+            if record_id not in state.blobs:
+                raise NotFound(f"no record {record_id}", code="unknown_record")
+            record = self._decrypt_one(state, record_id)
+            if record.kind == "community":
+                raise BadRequest("a community record holds the membership's keys: use `rxfed community leave`",
+                                 code="community_record")
+            new_data = data(record) if callable(data) else data
+            changed = record if data is None else attrs.evolve(record, version=record.version + 1, data=new_data)
+            try:
+                if data is None:
+                    await self._commit(state, [], deletes=[record_id])
+                else:
+                    await self._commit(state, [changed])
+                return changed
+            except NodeRefused as exc:
+                # Another device committed in between: reload once and apply the change again.
+                if exc.code not in ("stale_manifest", "stale_record") or attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def open_vault(self) -> OpenVault:
         """Load and verify the vault once, then write record after record without reloading
@@ -808,7 +873,10 @@ class PatientClient:
         return result
 
     def change_passphrase(self, new_passphrase: str, kdf: str | None = None) -> None:
+        from rxfed.client.profile import check_new_passphrase
         from rxfed.crypto.keyfile import keyfile_cost
+
+        check_new_passphrase(new_passphrase)
 
         cost = KdfCost.named(kdf) if kdf else keyfile_cost((self.profile.path / "keys.json").read_bytes())
         self.profile.save(self.identity, new_passphrase, cost)
@@ -830,20 +898,31 @@ class PatientClient:
     async def erase_account(self, *, remove_profile: bool = True) -> dict:
         """Erase every record, device and key of this patient on the node; the node keeps a
         tombstone signed by the patient. Live consent grants are revoked first, so every
-        node that received signals deletes them. Then remove the local key file."""
+        node that received signals deletes them, and the patient leaves every community, so
+        no member list keeps them (a community that refuses the departure does not hold up
+        the erasure: it is reported in ``not_left``). Then remove the local key file."""
+        from rxfed.client.community import Communities
         from rxfed.client.consent import Consent
 
         consent = Consent(self, plugins=False)
         for grant in await consent.list():
             if grant["status"] == "live":
                 await consent.revoke(grant["grant"])
+        communities, left, not_left = Communities(self), [], []
+        for membership in await communities.memberships():
+            address = str(membership.address)
+            try:
+                await communities.leave(address)
+                left.append(address)
+            except RxfedError as exc:
+                not_left.append({"address": address, "reason": exc.message})
         secrets = await self.secrets()
         tombstone = sign_statement(secrets.signing, {"type": pv.TOMBSTONE, "patient": self.patient,
                                                      "epoch": secrets.epoch, "deleted": self._now()})
         result = await self._call("POST", "/v1/account/erase", {"tombstone": tombstone})
         if remove_profile:
             self.profile.remove()
-        return result
+        return {**result, "left": left, "not_left": not_left}
 
 
 @attrs.frozen

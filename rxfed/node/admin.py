@@ -92,7 +92,9 @@ def create_invites(data_dir: str | Path, count: int) -> list[str]:
     """Single-use invitation codes; the store keeps only their hashes."""
     config = NodeConfig.load(data_dir)
     if config.registration != "invite":
-        raise ConfigError(f"this node's registration is {config.registration!r}; invitations need 'invite'")
+        # A refusal, not bad usage: the command is right, the node's setting says no.
+        raise Conflict(f"this node's registration is {config.registration!r}, so it takes no invitations; set "
+                       "registration = \"invite\" in its rxfed.toml first", code="not_invite_only")
     codes = [b32_code(10) for _ in range(count)]
     asyncio.run(_with_store(config, lambda store: store.add_invites([invite_hash(c) for c in codes], int(time.time()))))
     return codes

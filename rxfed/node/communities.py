@@ -313,6 +313,7 @@ async def submit(request: web.Request) -> web.Response:
     if address.host != state.config.node_id:
         if isinstance(parsed, pc.Create):
             raise BadRequest("create communities on your home node", code="not_host")
+        await state.federation.check_deliverable(address.host)
         wire = canonical(WireEvent(SUBMIT, {"community": str(address), "event": event}).to_json())
         await state.store.relay(address.host, wire, now=caller.now, nonce=caller.nonce, patient=caller.patient,
                                 signer=caller.auth.device)

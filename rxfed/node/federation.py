@@ -216,6 +216,29 @@ class Federation:
         if not allowed and not _is_public(str(literal)):
             raise PeerRefused(f"refusing to contact private address {host} of a peer not explicitly allowed")
 
+    async def check_deliverable(self, destination: str) -> None:
+        """Raise :class:`PeerRefused` saying why, when this node will not exchange events
+        with ``destination`` (blocked or denied, not allowed in allowlist mode, or an address
+        it refuses to contact): a local patient learns it at once, instead of from something
+        queued that never leaves."""
+        peer = await self.state.store.peer(destination)
+        policy = peer.policy if peer else "known"
+        reason = None
+        if policy == "blocked":
+            reason = "this node blocks it: nothing is sent there"
+        elif policy == "denied":
+            reason = "this node refuses its traffic, so nothing it sends back would be accepted"
+        elif self.settings.mode == "allowlist" and policy != "allowed":
+            reason = "this node federates with allowed peers only, and it is not one"
+        else:
+            try:
+                self._check_url(peer, self.url_for(peer, destination))
+            except PeerRefused as exc:
+                reason = exc.message
+        if reason is not None:
+            raise PeerRefused(f"your home node will not deliver to {destination}: {reason}. Its operator decides "
+                              "which nodes it talks to (`rxfed node peers`)")
+
     async def check_inbound(self, origin: str) -> Peer | None:
         if not node_id_ok(origin):
             raise BadRequest("malformed origin node id", code="bad_origin")

@@ -104,7 +104,7 @@ async def test_a_patient_grants_and_revokes_across_two_nodes(rxfed_federation, t
             await asyncio.sleep(0.05)
         raise AssertionError("not in time")
 
-    patient, _code = await PatientClient.register(a.url, tmp_path / "patient", "a pass phrase", kdf="min")
+    patient, _code = await PatientClient.register(a.url, tmp_path / "patient", "a long pass phrase", kdf="min")
     async with patient:
         await patient.add_condition("E11.9")
         consent = Consent(patient, plugins=builtin_plugins())
