@@ -52,6 +52,29 @@ def test_protocol_is_sans_io():
         assert not re.search(r"^\s*(import|from) (aiohttp|rxfed\.store|rxfed\.node|asyncio|sqlite3)", path.read_text(), re.M), path
 
 
+def test_the_readme_plugin_and_its_test_run_as_written(tmp_path):
+    """README, "Write a plugin": the plugin, the pytest settings and the complete test are
+    copied as they stand and run."""
+    import os
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Write a plugin"):readme.index("## Security")]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    plugin = next(code for lang, code in blocks if lang == "python" and "class Counts" in code)
+    test = next(code for lang, code in blocks if lang == "python" and "async def test_" in code)
+    settings = next(code for lang, code in blocks if lang == "toml")
+    (tmp_path / "rxfed_counts.py").write_text(plugin)
+    (tmp_path / "test_counts.py").write_text(test)
+    (tmp_path / "pyproject.toml").write_text(settings)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_counts.py"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout
+
+
 def test_patient_actions_listed_with_the_help_their_parsers_have():
     """``rxfed patient --help`` lists actions from a table (their parsers are built only when
     run); the table must say what the parsers say."""

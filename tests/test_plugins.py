@@ -372,3 +372,42 @@ def test_what_plugin_authors_import_comes_from_rxfed():
     assert hookimpl.project_name == "rxfed" and rxfed.hookimpl is hookimpl
     assert {"hookimpl", "PluginManifest", "StorageBackend"} <= set(rxfed.__all__)
 
+
+def test_plugin_template_names(tmp_path):
+    from rxfed.cli import main
+
+    for bad in ("Tally", "1tally", "tally!", "-x", "x-"):
+        with pytest.raises(SystemExit) as info:
+            main(["plugins", "new", bad, "--dir", str(tmp_path)])
+        assert info.value.code == 2
+    assert list(tmp_path.iterdir()) == []
+    assert main(["plugin", "new", "mood_trends", "--dir", str(tmp_path)]) == 0
+    made = tmp_path / "rxfed-mood_trends"
+    assert (made / "src" / "rxfed_mood_trends" / "__init__.py").read_text().count("class MoodTrends:") == 1
+    with pytest.raises(SystemExit) as info:  # exists: refused
+        main(["plugins", "new", "mood_trends", "--dir", str(tmp_path)])
+    assert info.value.code == 1
+
+
+@pytest.mark.slow
+def test_the_plugin_template_installs_and_passes_its_own_tests(tmp_path):
+    """``rxfed plugins new NAME`` as a plugin author uses it: generate, install (a real pip
+    install, here into a folder of its own so this environment is left as it was), test."""
+    import os
+    import subprocess
+    import sys
+
+    made = subprocess.run([sys.executable, "-m", "rxfed", "plugins", "new", "symptom-trends", "--dir", str(tmp_path),
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    package = tmp_path / "rxfed-symptom-trends"
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                              str(package)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert (site / "rxfed_symptom_trends").is_dir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
+    assert "4 passed" in tests.stdout

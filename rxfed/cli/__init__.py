@@ -179,7 +179,7 @@ HELP = {
     "node": "run and administer a node",
     "patient": "a patient's keys, records and account",
     "community": "condition communities",
-    "plugins": "list installed plugins",
+    "plugins": "list installed plugins, or start a new one from the template",
     "demo": "run a three-node federation on loopback and show what nodes store",
     "completion": "print a shell completion script: eval \"$(rxfed completion bash)\"",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import ALIASES, HELP, Output, json_flag
+from rxfed.cli import ALIASES, COMPLETE_DIRECTORY, HELP, Output, UsageError, json_flag
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -16,6 +16,14 @@ def add_parser(sub, words: list[str] | None = None) -> None:
                     help="also treat the plugins a node's [plugins] disabled setting names as disabled")
     json_flag(ls)
     ls.set_defaults(func=list_plugins)
+    new = psub.add_parser("new", help="start a plugin package from rxfed's template (it installs and passes its "
+                                      "own tests as generated)")
+    new.add_argument("name", metavar="NAME", help="the plugin's name: lower case letters, digits, _ and -, "
+                                                  "starting with a letter (e.g. symptom-trends)")
+    new.add_argument("--dir", metavar="DIR", default=".",
+                     help="where to create the package folder rxfed-NAME (default: here)").complete = COMPLETE_DIRECTORY
+    json_flag(new)
+    new.set_defaults(func=new_plugin)
 
 
 def list_plugins(args: argparse.Namespace) -> None:
@@ -59,3 +67,51 @@ def list_plugins(args: argparse.Namespace) -> None:
 
     Output(args.json).result({"plugins": rows, "signal_kinds": kinds, "storage_backends": backends}, lines)
 
+
+#: What ``plugins new`` accepts as a name: a plugin name (rxfed.plugins.NAME) that is also
+#: a Python identifier once ``-`` becomes ``_``.
+PLUGIN_NAME = r"[a-z][a-z0-9_-]{0,39}"
+
+
+def render_template(name: str, dest) -> list[str]:
+    """Write the plugin template for ``name`` into the new folder ``dest``; the files written."""
+    import importlib.resources
+    import re
+    from pathlib import Path
+
+    if not re.fullmatch(PLUGIN_NAME, name) or name.endswith(("-", "_")):
+        raise UsageError(f"{name!r} is not a plugin name: lower case letters, digits, _ and -, starting with a letter")
+    module = name.replace("-", "_")
+    values = {"{{name}}": name, "{{module}}": module,
+              "{{class}}": "".join(part.capitalize() for part in re.split(r"[-_]", name))}
+    dest = Path(dest)
+    if dest.exists():
+        from rxfed.errors import Conflict
+
+        raise Conflict(f"{dest} exists already; choose another --dir or name", code="exists")
+    written = []
+
+    def copy(folder, into: Path) -> None:
+        for item in sorted(folder.iterdir(), key=lambda i: i.name):
+            target = into / item.name.replace("MODULE", module).removesuffix(".tmpl")
+            if item.is_dir():
+                copy(item, target)
+                continue
+            text = item.read_text(encoding="utf-8")
+            for key, value in values.items():
+                text = text.replace(key, value)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            written.append(str(target.relative_to(dest)))
+
+    copy(importlib.resources.files("rxfed") / "templates" / "plugin", dest)
+    return written
+
+
+def new_plugin(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    dest = Path(args.dir).expanduser() / f"rxfed-{args.name}"
+    files = render_template(args.name, dest)
+    Output(args.json).result({"name": args.name, "directory": str(dest), "files": files}, [
+        f"plugin {args.name!r} created; to try it:", f"  cd {dest} && pip install -e '.[test]' && pytest", str(dest)])

@@ -19,8 +19,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from rxfed import hookimpl
-from rxfed.plugins import PluginManifest
+from rxfed import PluginManifest, hookimpl
 
 __version__ = "0.1.0"
 
