@@ -109,6 +109,13 @@ def test_the_agent_writes_no_key_to_disk(unlocked, env, tmp_path):
             assert not any(n in data for n in needles), path
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_the_agent_is_not_given_the_passphrase(unlocked):
+    """`unlock` read RXFED_PASSPHRASE from its environment; the agent's has none of it."""
+    environ = Path(f"/proc/{unlocked.pid}/environ").read_bytes()
+    assert b"RXFED_PASSPHRASE" not in environ and PASSPHRASE.encode() not in environ
+
+
 def test_another_profile_gets_nothing_from_the_agent(unlocked, node_url, tmp_path, env):
     other = register(node_url, tmp_path / "other", env)
     assert rxfed("patient", "condition", "add", "--profile", str(unlocked), "E11", env=env).returncode == 0

@@ -528,6 +528,17 @@ def test_show_into_a_closed_pipe_ends_quietly(profile):
     assert err == ""
 
 
+def test_export_to_a_closed_pipe_ends_quietly_too(profile):
+    """``export --fhir -`` writes the Bundle to standard output itself."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "rxfed", "patient", "export", "--profile", str(profile), "--fhir",
+                             "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == -signal.SIGPIPE and err == ""
+
+
 def test_invite_on_an_open_node_is_a_refusal(tmp_path):
     data = tmp_path / "open"
     assert rxfed("node", "init", str(data), "--name", "open", "--port", str(free_port())).returncode == 0

@@ -257,6 +257,19 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe or socket whose reader has gone (as opposed to a
+    connection to the node that broke)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _stdout_closed() -> NoReturn:
     """The reader of our output went away: end as Unix tools do, killed by SIGPIPE (exit
     status 141 in a shell), with no message; where there is no SIGPIPE, exit 1 quietly."""
@@ -290,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(exc.message, EXIT_USAGE if local_bad_input else EXIT_REFUSED)
     except KeyboardInterrupt:
         fail("interrupted", EXIT_REFUSED)
+    except BrokenPipeError as exc:  # a command that wrote to stdout itself (`export --fhir -`)
+        if _stdout_gone():
+            _stdout_closed()
+        fail(f"{exc.strerror or exc}", EXIT_REFUSED)
     except OSError as exc:
         fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", EXIT_REFUSED)
     return result or EXIT_OK

@@ -40,6 +40,8 @@ TICK = 1.0
 #: The longest a client may take to send its request (a stalled peer must not hold the agent).
 REQUEST_TIMEOUT = 2.0
 MAX_REQUEST = 16 * 1024
+#: Environment variables the agent process is not given.
+SECRET_VARIABLES = ("RXFED_PASSPHRASE", "RXFED_NEW_PASSPHRASE", "RXFED_RECOVERY_CODE")
 
 
 class AgentError(RxfedError):
@@ -204,9 +206,11 @@ def start(profile: str | os.PathLike, identity: bytes, seconds: int) -> dict:
 
     request = {"profile": real_profile(profile), "keyfile": keyfile_digest(profile), "seconds": seconds,
                "identity": base64.b64encode(identity).decode()}
+    # The agent gets the opened key file and nothing else secret: not the passphrase or a
+    # recovery code the starting command's environment may hold.
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | {"PYTHONSAFEPATH": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rxfed.client.agent"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PYTHONSAFEPATH": "1"})
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         proc.stdin.close()
