@@ -202,16 +202,23 @@ def test_an_unsafe_runtime_directory_is_refused(node_url, tmp_path, env, runtime
     assert out.returncode == 1 and os.listdir(elsewhere) == []
 
 
-def test_the_agent_ends_at_its_deadline(tmp_path, runtime):
-    profile = tmp_path / "p"
+def serving(profile: Path, seconds: float) -> tuple[agent.Agent, threading.Thread]:
+    """An agent for ``profile`` (a key file of its own) serving on a thread of this process."""
     profile.mkdir()
     (profile / "keys.json").write_bytes(b"{}")
     path = agent._private_dir() / agent.socket_path(profile).name
     served = agent.Agent(path, agent.real_profile(profile), agent.keyfile_digest(profile), b"secret",
-                         time.time() + 0.3, tick=0.05)
+                         time.time() + seconds, tick=0.05)
     served.bind()
     thread = threading.Thread(target=served.serve)
     thread.start()
+    return served, thread
+
+
+def test_the_agent_ends_at_its_deadline(tmp_path, runtime):
+    profile = tmp_path / "p"
+    served, thread = serving(profile, 0.3)
+    path = served.path
     assert agent.identity_bytes(profile) == b"secret"
     thread.join(2)
     assert not thread.is_alive() and not path.exists()
@@ -220,16 +227,8 @@ def test_the_agent_ends_at_its_deadline(tmp_path, runtime):
 
 
 def test_the_agent_ends_when_its_socket_is_taken_away(tmp_path, runtime):
-    profile = tmp_path / "p"
-    profile.mkdir()
-    (profile / "keys.json").write_bytes(b"{}")
-    path = agent._private_dir() / agent.socket_path(profile).name
-    served = agent.Agent(path, agent.real_profile(profile), agent.keyfile_digest(profile), b"secret",
-                         time.time() + 60, tick=0.05)
-    served.bind()
-    thread = threading.Thread(target=served.serve)
-    thread.start()
-    path.unlink()
+    served, thread = serving(tmp_path / "p", 60)
+    served.path.unlink()
     thread.join(2)
     assert not thread.is_alive()
 
