@@ -25,6 +25,9 @@ TIMEOUT = 60.0
 #: An idle connection older than this is closed rather than reused (servers drop idle
 #: keep-alive connections after a while; reusing one the server is closing loses the request).
 IDLE_REUSE = 15.0
+#: The largest answer read from a node (a whole vault at the largest quota fits): a node
+#: that sends more is refused rather than let fill the device's memory.
+MAX_RESPONSE = 512 * 1024 * 1024
 
 
 class TransportError(OSError):
@@ -64,7 +67,7 @@ class _Connection:
         out += conn.send(h11.EndOfMessage())
         self.writer.write(out)
         await self.writer.drain()
-        status, chunks = 0, []
+        status, chunks, size = 0, [], 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -73,6 +76,9 @@ class _Connection:
                 status = event.status_code
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
+                size += len(event.data)
+                if size > MAX_RESPONSE:
+                    raise TransportError(f"the node's answer is larger than {MAX_RESPONSE} bytes")
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
