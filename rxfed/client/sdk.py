@@ -820,7 +820,8 @@ class PatientClient:
         targets = set(devices)
         if self.device in targets:
             raise BadRequest("a device cannot revoke itself: revoke it from another device, or recover on a new "
-                             "one with the recovery code and --revoke-others", code="revoke_self")
+                             "one with the recovery code (which revokes the devices it does not keep)",
+                             code="revoke_self")
         certs = verified_devices(state.chain, state.account["devices"])
         unknown = targets - set(certs)
         if unknown:
