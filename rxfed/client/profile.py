@@ -125,6 +125,10 @@ def write_private(path: Path, data: bytes, *, durable: bool = True) -> None:
 @attrs.frozen
 class Profile:
     path: Path
+    #: The state as this process last read or wrote it, with the file's (mtime, size) then:
+    #: reused while the file is unchanged (a write per record needs no read), re-read as soon
+    #: as another process changed it.
+    _state_cache: dict = attrs.field(factory=dict, eq=False, repr=False, alias="state_cache")
 
     @property
     def exists(self) -> bool:
@@ -155,16 +159,30 @@ class Profile:
         except WrongPassphrase as exc:
             raise WrongPassphraseError(str(exc)) from None
 
-    def state(self) -> LocalState:
+    def _stamp(self) -> tuple[int, int] | None:
         try:
-            return LocalState.from_bytes((self.path / STATE).read_bytes())
+            st = os.stat(self.path / STATE)
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def state(self) -> LocalState:
+        stamp = self._stamp()
+        cached = self._state_cache.get("state")
+        if cached is not None and stamp is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            state = LocalState.from_bytes((self.path / STATE).read_bytes())
         except FileNotFoundError:
             return LocalState()
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ProfileError(f"{self.path / STATE} is damaged") from None
+        self._state_cache["state"] = (stamp, state)
+        return state
 
     def save_state(self, state: LocalState, *, durable: bool = True) -> None:
         write_private(self.path / STATE, state.to_bytes(), durable=durable)
+        self._state_cache["state"] = (self._stamp(), state)
 
     def counter(self) -> int:
         return self.state().counter

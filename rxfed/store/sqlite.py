@@ -13,6 +13,8 @@ keeps no old frames either.
 from __future__ import annotations
 
 import asyncio
+import collections
+import statistics
 import concurrent.futures
 import json
 import logging
@@ -343,14 +345,16 @@ _BATCH_MAX = 512
 _GATHER_TURNS = 2
 #: Commits slower than this on average (seconds) go to the writer thread.
 #: Where batches commit, with hysteresis so that noise around one threshold cannot flip
-#: it: on the event loop while commits there average under _SLOW_COMMIT_S; once on the
-#: writer thread, back only when a probe (one batch run inline, at most every _PROBE_S)
-#: commits under _FAST_COMMIT_S. Only inline commits are timed: on the thread COMMIT's
-#: time includes waiting for the interpreter lock held by the busy loop, which would keep a
-#: store on the thread on any disk.
+#: it: on the event loop while the median of the last _WINDOW inline commits stays under
+#: _SLOW_COMMIT_S (a median, so the occasional commit that carries a WAL checkpoint does not
+#: count); once on the writer thread, back only when a probe (one batch run inline, at most
+#: every _PROBE_S) commits under _FAST_COMMIT_S. Only inline commits are timed: on the
+#: thread COMMIT's time includes waiting for the interpreter lock held by the busy loop,
+#: which would keep a store on the thread on any disk.
 _FAST_COMMIT_S = 0.002
 _SLOW_COMMIT_S = 0.004
 _PROBE_S = 2.0
+_WINDOW = 31
 
 
 @attrs.frozen
@@ -387,6 +391,7 @@ class SQLiteStore(Store):
         self._inline = False
         self._next_probe = 0.0
         self._last_commit_s = 0.0
+        self._recent: collections.deque[float] = collections.deque(maxlen=_WINDOW)
         #: Counts for operators (``rxfed node status``): batches committed on the event loop
         #: and on the writer thread.
         self.stats = {"inline_batches": 0, "thread_batches": 0, "switches": 0}
@@ -516,13 +521,16 @@ class SQLiteStore(Store):
         batches commit (see _FAST_COMMIT_S)."""
         took = self._last_commit_s
         if probe:
-            self._commit_s = took
             if took < _FAST_COMMIT_S:
                 self._inline = True
+                self._recent.clear()
                 self.stats["switches"] += 1
+            self._recent.append(took)
+            self._commit_s = statistics.median(self._recent)
             return
-        self._commit_s += (took - self._commit_s) / 16
-        if self._commit_s > _SLOW_COMMIT_S:
+        self._recent.append(took)
+        self._commit_s = statistics.median(self._recent)
+        if len(self._recent) >= 3 and self._commit_s > _SLOW_COMMIT_S:
             self._inline = False
             self._next_probe = time.monotonic() + _PROBE_S
             self.stats["switches"] += 1
@@ -568,6 +576,8 @@ class SQLiteStore(Store):
             if probe:
                 self._next_probe = now + _PROBE_S
         if (not self._inline and not probe) or not self._conn_lock.acquire(blocking=False):
+            if probe:  # the thread holds the connection: probe with the next batch instead
+                self._next_probe = 0.0
             self._to_thread(batch)
             return
         conn = self._conn
