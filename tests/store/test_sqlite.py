@@ -124,13 +124,19 @@ async def test_where_batches_commit_has_hysteresis(store, monkeypatch):
     for _ in range(20):
         await _runs_on(store)
     assert store.commit_status()["mode"] == "writer thread" and store.stats["switches"] >= 1
-    store._next_probe = 0.0  # a probe is due: it commits between the marks, so the store stays
+    # A probe is due: it commits between the marks, so the store stays on the thread. (A probe
+    # that finds the thread still holding the connection is tried with the next batch.)
+    store._next_probe = 0.0
     took["s"] = (backend._FAST_COMMIT_S + backend._SLOW_COMMIT_S) / 2
-    assert await _runs_on(store) == threading.current_thread().name
-    assert await _runs_on(store) == "rxfed-sqlite-writer"
+    ran = [await _runs_on(store) for _ in range(8)]
+    assert ran.count(threading.current_thread().name) == 1 and ran[-1] == "rxfed-sqlite-writer"
+    assert store.commit_status()["mode"] == "writer thread"
     store._next_probe = 0.0  # the next probe is fast: back on the loop
     took["s"] = backend._FAST_COMMIT_S / 4
-    await _runs_on(store)
+    for _ in range(8):
+        await _runs_on(store)
+        if store.commit_status()["mode"] == "event loop":
+            break
     assert store.commit_status()["mode"] == "event loop"
 
 
