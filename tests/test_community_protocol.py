@@ -286,6 +286,14 @@ def test_host_stamp():
         verify_stamp([rotated], stamped, event)
     with pytest.raises(Forbidden):
         verify_stamp([HOST_KEY.public], stamped, host.log[0][1])
+    # a key retired before the stamp's time stamps nothing (member nodes check validity)
+    from rxfed.protocol.community import check_stamped
+
+    when = stamped["body"]["time"]
+    check_stamped([HOST_KEY.public], stamped, event, lambda key, t: t <= when)
+    with pytest.raises(Forbidden) as info:
+        check_stamped([HOST_KEY.public], stamped, event, lambda key, t: t < when)
+    assert info.value.code == "bad_stamp"
     with pytest.raises(BadRequest):  # the admin signed it; the host must say so
         stamp(HOST_KEY, host.address, seq, event, host.now)
     with pytest.raises(Forbidden):

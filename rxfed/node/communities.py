@@ -214,7 +214,7 @@ class Communities:
             except RxfedError as exc:
                 results[i] = EventResult(False, exc.code, exc.message)
         if checks:
-            keys = [k.public_key for k in (await self.node.federation.document(origin)).keys]
+            keys = {k.public_key: k for k in (await self.node.federation.document(origin)).keys}
             halves = [checks[::2], checks[1::2]]
             loop = asyncio.get_running_loop()
             grouped: dict[pc.CommunityAddress, tuple[CommunityRow, list[CommunityEvent]]] = {}
@@ -239,13 +239,15 @@ def _stored(seq: int, event: bytes, stamp: bytes, parsed: pc.Event) -> Community
     return CommunityEvent(seq, event, stamp, pc.membership_change(parsed))
 
 
-def _check_stamps(keys: list[bytes], items: list[tuple[int, dict]]) -> list[tuple[int, dict, EventResult, Any]]:
-    """Verify host stamps (run in a verifier thread: libsodium releases the GIL); parsing the
-    events checks that a create event certifies its community's id."""
+def _check_stamps(keys: dict, items: list[tuple[int, dict]]) -> list[tuple[int, dict, EventResult, Any]]:
+    """Verify host stamps (run in a verifier thread: libsodium releases the GIL) under the
+    host's trusted keys valid at each stamp's time; parsing the events checks that a create
+    event certifies its community's id."""
     out = []
+    public, valid_at = list(keys), (lambda key, when: keys[key].valid_at(when))
     for i, f in items:
         try:
-            stamp, parsed = pc.check_stamped(keys, f["stamp"], f["event"])  # also: both name one community
+            stamp, parsed = pc.check_stamped(public, f["stamp"], f["event"], valid_at)  # both name one community
             if stamp.seq != f["seq"] or stamp.community != f["community"]:
                 raise Forbidden("stamp is for another position or community", code="stamp_mismatch")
             out.append((i, f, EventResult(True), parsed))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -765,15 +766,19 @@ class HostStamp:
     TYPE = HOST_STAMP
 
     @classmethod
-    def from_json(cls, obj: Any, where: str, host_public_keys: list[bytes]) -> HostStamp:
+    def from_json(cls, obj: Any, where: str, host_public_keys: list[bytes],
+                  valid_at: Callable[[bytes, int], bool] | None = None) -> HostStamp:
         """Parse a stamp one of ``host_public_keys`` (the host's current and earlier keys)
-        verifies; Forbidden otherwise, also when the list is empty."""
+        verifies; Forbidden otherwise, also when the list is empty. With ``valid_at(key,
+        time)``, only a key valid at the stamp's own time counts (a retired key stamps
+        nothing new)."""
         body = open_statement(obj, where, cls.TYPE, None)
-        if not any(_verifies(obj, where, key) for key in host_public_keys):
-            raise Forbidden(f"{where}: no host key verifies it", code="bad_stamp")
         f = fields(body, where, {"type": const(cls.TYPE), "community": CommunityAddress.parse,
                                  "seq": integer(1, MAX_SEQ), "event": b64(32), "sender": b64(32), "time": _TIME},
                    {"commitment": b64(COMMITMENT_SIZE)})
+        keys = [k for k in host_public_keys if valid_at is None or valid_at(k, f["time"])]
+        if not any(_verifies(obj, where, key) for key in keys):
+            raise Forbidden(f"{where}: no host key valid at its time verifies it", code="bad_stamp")
         return cls(f["community"], f["seq"], f["event"], f["sender"], f["commitment"], f["time"], obj)
 
 
@@ -819,10 +824,11 @@ def verify_stamp(host_public_keys: list[bytes], stamped: dict, event: dict) -> H
     return check_stamped(host_public_keys, stamped, event)[0]
 
 
-def check_stamped(host_public_keys: list[bytes], stamped: dict, event: dict) -> tuple[HostStamp, Event]:
+def check_stamped(host_public_keys: list[bytes], stamped: dict, event: dict,
+                  valid_at: Callable[[bytes, int], bool] | None = None) -> tuple[HostStamp, Event]:
     """:func:`verify_stamp`, also returning the parsed event (its signature is not checked
     here: the host checked it, and the stamp says so)."""
-    parsed_stamp = HostStamp.from_json(stamped, "stamp", host_public_keys)
+    parsed_stamp = HostStamp.from_json(stamped, "stamp", host_public_keys, valid_at)
     parsed = parse_event(event)
     franked = parsed.commitment if isinstance(parsed, MessagePosted) else None
     if (statement_hash(event) != parsed_stamp.event or parsed.community != parsed_stamp.community
