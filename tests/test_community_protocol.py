@@ -11,13 +11,12 @@ from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e
 from rxfed.crypto.groups import SenderKey, seal_message
 from rxfed.errors import BadRequest, Conflict, Forbidden
 from rxfed.protocol.community import (
-    MemberStatus,
-    make_rekey,
     About,
     CommunityAddress,
     CommunityState,
     HostStamp,
     MemberStatus,
+    make_rekey,
     check_timely,
     franking_report,
     make_approve,

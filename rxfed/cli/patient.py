@@ -735,7 +735,7 @@ def _edited(kind: str, old: dict, given: dict) -> dict:
         raise UsageError(f"--{wrong[0].replace('_', '-')} is not a field of a {kind} record; a {kind} takes "
                          + ", ".join("--" + n.replace("_", "-") for n in allowed))
     if not given:
-        raise UsageError(f"nothing to change: give one of " + ", ".join("--" + n.replace("_", "-") for n in allowed))
+        raise UsageError("nothing to change: give one of " + ", ".join("--" + n.replace("_", "-") for n in allowed))
 
     def value(name):
         if name not in given:

@@ -11,7 +11,7 @@ from rxfed.crypto import BadSignature, SigningKeyPair, b64e, hash_id, sha256, ve
 from rxfed.errors import BadRequest, Conflict, Forbidden
 from rxfed.protocol.canonical import canonical
 from rxfed.protocol.statements import DOMAIN, open_statement, sign_statement, statement_hash
-from rxfed.protocol.schema import HEX_ID, anything, array, b64, const, fields, integer, mapping, text
+from rxfed.protocol.schema import HEX_ID, anything, array, b64, const, fields, integer, text
 
 MAX_VERSION = 2**31 - 1
 MAX_TIME = 2**40
