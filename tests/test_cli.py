@@ -319,6 +319,10 @@ def test_demo_json():
     assert [e["event"] for e in consent["audit"]["amara"]["entries"]] == \
         ["granted", "shared", "used", "revoked", "acknowledged"]
     assert all(view["verified"] for view in consent["audit"].values())
+    devices = doc["devices"]
+    assert devices["revoked"] == [devices["laptop"]] and devices["epoch"] == 2
+    assert list(devices["community_rekeyed"].values()) == ["rekeyed"]
+    assert devices["old_member_key"] != devices["new_member_key"]
 
 
 def test_community_commands(node_url, profile, tmp_path):

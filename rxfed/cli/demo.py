@@ -67,8 +67,9 @@ async def _demo(work: Path) -> dict:
     try:
         for name, spec in PATIENTS.items():
             node = nodes[spec["node"]]
-            client, _code = await PatientClient.register(node.url, work / name, f"demo passphrase for {name}",
-                                                         kdf="interactive")
+            client, code = await PatientClient.register(node.url, work / name, f"demo passphrase for {name}",
+                                                        kdf="interactive")
+            client.recovery_code = code  # kept for the device step below; a patient writes it down
             clients[name] = client
             code_, system, label = spec["condition"]
             await client.add_condition(code_, system, label)
@@ -122,6 +123,7 @@ async def _demo(work: Path) -> dict:
             "host_stores": [{"seq": e.seq, "type": _event_type(e.event), "bytes": len(e.event)} for e in hosted],
         }
         summary["consent"] = await _consent(nodes, clients)
+        summary["devices"] = await _stolen_laptop(work, nodes, clients, address)
     finally:
         for client in clients.values():
             await client.close()
@@ -179,6 +181,31 @@ async def _count(member, address: str, n: int) -> bool:
     return len((await member.read(address)).messages) >= n
 
 
+async def _stolen_laptop(work: Path, nodes: dict, clients: dict, address: str) -> dict:
+    """bruno adds a laptop from his phone, loses it, and revokes it with his recovery code:
+    a new identity epoch the laptop never sees, his community keys replaced."""
+    from rxfed.client import PatientClient
+    from rxfed.client.community import Communities
+
+    bruno, node = clients["bruno"], nodes[PATIENTS["bruno"]["node"]]
+    code = await PatientClient.request_link(node.url, work / "bruno-laptop", "demo passphrase for bruno's laptop",
+                                            kdf="interactive")
+    device, confirm = await bruno.add_device(code)
+    laptop = PatientClient.open(work / "bruno-laptop", "demo passphrase for bruno's laptop")
+    try:
+        await laptop.finish_link(confirm)
+        read_on_laptop = len(await laptop.records())
+        before = await Communities(laptop).membership(address)
+    finally:
+        await laptop.close()
+    revoked = await bruno.revoke_device(device, bruno.recovery_code)
+    after = await Communities(bruno).membership(address)
+    await Communities(clients["carla"]).post(address, "Posted after bruno revoked his laptop.")
+    return {"laptop": device, "confirmation": confirm, "laptop_read_records": read_on_laptop, "revoked": revoked,
+            "epoch": (await bruno.secrets()).epoch, "community_rekeyed": bruno.followups["communities"],
+            "old_member_key": before.pseudonym[:8], "new_member_key": after.pseudonym[:8]}
+
+
 def _lines(summary: dict) -> list[str]:
     from rxfed.client.records import Record, summary as describe
 
@@ -212,6 +239,14 @@ def _lines(summary: dict) -> list[str]:
         steps = ", ".join(f"{e['event']}" + (f" by {e['plugin']}@{e['node']}" if e["event"] == "used" else "")
                           for e in view["entries"])
         out.append(f"  {name}'s audit log (hash chain verified, {view['head']['seq']} entries): {steps}")
+    d = summary["devices"]
+    out.append("")
+    out.append(f"devices: bruno links a laptop from his phone (confirmation {d['confirmation']}); it reads his "
+               f"{d['laptop_read_records']} records")
+    out.append(f"  the laptop is stolen: bruno revokes it with his recovery code -> identity epoch {d['epoch']}, "
+               f"which the laptop never sees; revoked: {', '.join(r[:12] for r in d['revoked'])}")
+    out.append(f"  his community seat moved from member key {d['old_member_key']} to {d['new_member_key']}: "
+               "later posts are sealed to the new key only")
     out.append("")
     out.append("Nodes hold only padded ciphertext and pseudonyms; keys never left the patients' profiles;")
     out.append("what left a device was a typed signal under a grant the patient signed and could revoke.")
