@@ -80,6 +80,15 @@ def test_every_problem_is_listed(node_dir, capsys):
     assert code == 1 and len(err.splitlines()) == 2
 
 
+def test_missing_and_misshapen_sections(node_dir, capsys):
+    edit(node_dir, 'name = "config test"\n', "")
+    edit(node_dir, "[limits]\n", "[old_limits]\n")
+    edit(node_dir, "# rxfed node configuration", "limits = 3  # a key before any section\n# rxfed node configuration")
+    code, _, err = run(capsys, "node", "check", str(node_dir))
+    assert code == 1 and "[node] name: missing; it is required" in err and "[limits]: must be a table" in err
+    assert "[old_limits]: unknown section" in err and "Traceback" not in err
+
+
 def test_port_out_of_range_on_the_command_line_is_bad_usage(node_dir, capsys):
     code, _, err = run(capsys, "node", "run", str(node_dir), "--port", "80000")
     assert code == 2 and "ports are from 1 to 65535" in err

@@ -248,7 +248,7 @@ def parse_config(doc: dict) -> _ConfigFile:
     with attrs.validators.disabled():
         try:
             parsed = _CONVERTER.structure(doc, _ConfigFile)
-        except Exception as exc:  # cattrs collects every problem into one exception group
+        except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:  # cattrs: every problem in one group
             raise ConfigFileError(_structure_problems(exc)) from None
     problems = _validation_problems(parsed)
     if problems:
