@@ -101,6 +101,17 @@ def node_url(text: str) -> str:
         f"{text!r} is not a URL: write it with its scheme, e.g. {'http' if local else 'https'}://{value}")
 
 
+def port_number(text: str) -> int:
+    """``--port``: a whole number from 1 to 65535, or bad usage."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port: ports are from 1 to 65535")
+    return port
+
+
 def input_file(text: str) -> str:
     """A file the command reads: one that is missing or unreadable is bad usage (exit 2),
     like one that is not in the format the command reads."""
@@ -253,7 +264,8 @@ def json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"rxfed: error: {message}\n")
+    for line in message.splitlines() or [""]:  # one line per problem (a config file's, say)
+        sys.stderr.write(f"rxfed: error: {line}\n")
     raise SystemExit(code)
 
 

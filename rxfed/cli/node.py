@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import HELP, Output, UsageError, json_flag, note
+from rxfed.cli import HELP, Output, UsageError, json_flag, note, port_number
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     init.add_argument("data_dir", metavar="DATA_DIR")
     init.add_argument("--name", required=True, help="a label for people, e.g. 'St Example Hospital'")
     init.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    init.add_argument("--port", type=int, default=8470, help="port to listen on (default 8470)")
+    init.add_argument("--port", type=port_number, default=8470, help="port to listen on (default 8470)")
     init.add_argument("--public-url", help="URL patients and peers use (default http://HOST:PORT); its host:port is the node id")
     init.add_argument("--registration", choices=("open", "invite", "closed"), default="open")
     json_flag(init)
@@ -24,10 +24,14 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     run = nsub.add_parser("run", help="serve the node in DATA_DIR")
     run.add_argument("data_dir", metavar="DATA_DIR")
     run.add_argument("--host", help="override the configured listen address")
-    run.add_argument("--port", type=int, help="override the configured port")
+    run.add_argument("--port", type=port_number, help="override the configured port")
     run.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     run.add_argument("--tls-key", help="PEM private key for --tls-cert")
     run.set_defaults(func=cmd_run)
+
+    check = nsub.add_parser("check", help="check DATA_DIR's configuration, keys and TLS files without starting")
+    check.add_argument("data_dir", metavar="DATA_DIR")
+    check.set_defaults(func=cmd_check)
 
     peers = nsub.add_parser("peers", help="list peers, or allow, deny, block or reset one, or accept its new key")
     peers.add_argument("data_dir", metavar="DATA_DIR")
@@ -87,6 +91,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise UsageError("--tls-cert and --tls-key go together")
     run_node(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
              print_ready=note)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from rxfed.node.admin import check_node
+
+    check_node(args.data_dir)
+    Output(False).result({}, ["configuration ok"])
 
 
 def cmd_invite(args: argparse.Namespace) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sqlite3
 import ssl
 import sys
 import time
@@ -17,7 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 from rxfed.crypto import b32_code, fingerprint
 from rxfed.errors import Conflict
 from rxfed.node.app import create_app, invite_hash, logged_path
-from rxfed.node.config import ConfigError, Limits, NodeConfig, create_node_keys, load_node_keys
+from rxfed.node.config import ConfigError, ConfigFileError, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
@@ -81,7 +83,14 @@ async def _with_store(config: NodeConfig, action):
     options = dict(config.storage)
     backend = RxfedPlugins(disabled=config.disabled_plugins).storage_backend(options.pop("backend", "sqlite"))
     store = backend.open(config.data_dir, options)
-    await store.open()
+    try:
+        await store.open()
+    except RuntimeError as exc:  # a database newer than this rxfed
+        raise ConfigFileError([f"{config.data_dir}: {exc}; upgrade rxfed to use this data directory"]) from None
+    except (sqlite3.Error, OSError) as exc:
+        writable = os.access(config.data_dir, os.W_OK)
+        raise ConfigFileError([f"{config.data_dir}: cannot open the store ({exc})"
+                               + ("" if writable else "; the directory is not writable by this user")]) from None
     try:
         return await action(store)
     finally:
@@ -112,17 +121,57 @@ def setup_logging(config: NodeConfig, *, verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def tls_context(config: NodeConfig, cert: str | None = None, key: str | None = None) -> ssl.SSLContext | None:
+    """The server's TLS context: ``cert`` and ``key`` from the command line (relative to the
+    working directory), else the ``[tls]`` files (relative to the data directory)."""
+    where = "--tls-cert/--tls-key" if cert else "[tls] cert/key"
+    if cert:
+        cert_path, key_path = Path(cert), Path(key)
+    elif config.tls_cert:
+        cert_path, key_path = config.tls_path(config.tls_cert), config.tls_path(config.tls_key)
+    else:
+        return None
+    problems = [f"{where}: {path} does not exist" for path in (cert_path, key_path) if not path.is_file()]
+    if problems:
+        raise ConfigFileError(problems)
+    try:
+        head_cert, head_key = cert_path.read_bytes()[:4096], key_path.read_bytes()[:4096]
+    except OSError as exc:
+        raise ConfigFileError([f"{where}: {exc.filename}: {exc.strerror}"]) from None
+    if b"PRIVATE KEY-----" in head_cert and b"CERTIFICATE-----" in head_key:
+        raise ConfigFileError([f"{where}: the certificate and the key are swapped: {cert_path} holds a private key "
+                               f"and {key_path} a certificate"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise ConfigFileError([f"{where}: cannot use {cert_path} (a PEM certificate chain) with {key_path} (its PEM "
+                               f"private key): {exc.reason or exc}"]) from None
+    return context
+
+
+def check_node(data_dir: str | Path, *, tls_cert: str | None = None, tls_key: str | None = None) -> NodeConfig:
+    """Everything ``run`` checks before it listens (``rxfed node check``): the config, the
+    identity keys, the TLS files. Raises :class:`ConfigFileError` with every problem."""
+    config = NodeConfig.load(data_dir)
+    problems = []
+    for check in (lambda: load_node_keys(config.data_dir), lambda: tls_context(config, tls_cert, tls_key)):
+        try:
+            check()
+        except ConfigFileError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigFileError(problems)
+    return config
+
+
 def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None = None,
              tls_cert: str | None = None, tls_key: str | None = None, print_ready=None) -> None:
-    config = NodeConfig.load(data_dir)
+    config = check_node(data_dir, tls_cert=tls_cert, tls_key=tls_key)
     keys = load_node_keys(config.data_dir)
+    context = tls_context(config, tls_cert, tls_key)
     setup_logging(config)
-    cert, key = tls_cert or config.tls_cert, tls_key or config.tls_key
-    context = None
-    if cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert, key)
     try:
         import uvloop  # a faster event loop where available (Linux, macOS)
 

@@ -13,9 +13,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import cattrs
+import tomli_w
 
 from rxfed.crypto import SigningKeyPair, b64d, b64e, fingerprint
-from rxfed.errors import BadRequest
+from rxfed.errors import BadRequest, RxfedError
 from rxfed.protocol.federation import KeyRotation
 
 CONFIG_FILE = "rxfed.toml"
@@ -34,41 +36,232 @@ def node_id_from_url(url: str) -> str:
         raise ConfigError(f"public URL {url!r} must have no path, query or credentials")
     return parts.netloc.lower()
 
+class ConfigFileError(RxfedError):
+    """What a data directory holds is unusable (its ``rxfed.toml``, keys, TLS files or
+    store): one line per problem, and the command exits 1, not 2 (spec/cli.md)."""
+
+    status = 500
+    code = "bad_config"
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _number(kind: type, low: float, high: float | None = None, *, above: bool = False):
+    """An attrs validator: a whole number (``int``) or a number (``float``, ints allowed)
+    from ``low`` (exclusive with ``above``) to ``high``; booleans are neither."""
+    what = "a whole number" if kind is int else "a number"
+    bound = f"above {low:g}" if above else f"from {low:g}" + (f" to {high:g}" if high is not None else " up")
+    if above and high is not None:
+        bound += f" and at most {high:g}"
+
+    def check(_instance, attribute, value):
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or (value <= low if above else value < low) or (
+                high is not None and value > high):
+            raise ValueError(f"must be {what} {bound}, not {value!r}")
+    return check
+
+
+def _one_of(*choices: str):
+    def check(_instance, attribute, value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+    return check
+
+
 @attrs.frozen
 class Limits:
-    max_body_bytes: int = 1024 * 1024
-    max_records: int = 20000
-    max_vault_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_number(int, 1024, 1 << 30))
+    max_records: int = attrs.field(default=20000, validator=_number(int, 1))
+    max_vault_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_number(int, 1))
     #: Signed requests per second per signing key, and the burst allowed above that.
-    requests_per_second: float = 50.0
-    burst: int = 200
+    requests_per_second: float = attrs.field(default=50.0, validator=_number(float, 0, above=True))
+    burst: int = attrs.field(default=200, validator=_number(int, 1))
     #: Unauthenticated requests (registration, recovery) per minute per remote address.
-    anonymous_per_minute: float = 30.0
-    anonymous_burst: int = 30
-    request_window_seconds: int = 300
+    anonymous_per_minute: float = attrs.field(default=30.0, validator=_number(float, 0, above=True))
+    anonymous_burst: int = attrs.field(default=30, validator=_number(int, 1))
+    request_window_seconds: int = attrs.field(default=300, validator=_number(int, 1, 86400))
 
 @attrs.frozen
 class Federation:
     """How this node talks to other nodes."""
 
     #: ``open``: any node reachable over HTTPS that is not denied; ``allowlist``: allowed peers only.
-    mode: str = "open"
+    mode: str = attrs.field(default="open", validator=_one_of("open", "allowlist"))
     #: Retry delay: full jitter over ``backoff_base * 2**attempts`` seconds, capped.
-    backoff_base: float = 0.5
-    backoff_max: float = 300.0
+    backoff_base: float = attrs.field(default=0.5, validator=_number(float, 0, above=True))
+    backoff_max: float = attrs.field(default=300.0, validator=_number(float, 0, above=True))
     #: Consecutive failures that open a peer's circuit breaker, and its first cool-down.
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 30.0
+    breaker_threshold: int = attrs.field(default=5, validator=_number(int, 1))
+    breaker_cooldown: float = attrs.field(default=30.0, validator=_number(float, 0, above=True))
     #: Events undelivered this long (seconds) become dead letters.
-    dead_after: int = 86400
-    request_timeout: float = 10.0
-    max_batch: int = 500
+    dead_after: int = attrs.field(default=86400, validator=_number(int, 1))
+    request_timeout: float = attrs.field(default=10.0, validator=_number(float, 0, 600, above=True))
+    max_batch: int = attrs.field(default=500, validator=_number(int, 1, 100000))
     #: Minimum seconds between fetches of a peer's key document when a key is unknown.
-    key_refetch: int = 30
+    key_refetch: int = attrs.field(default=30, validator=_number(int, 0))
     #: A patient's signal delivery waits a random 0 to this many seconds before it goes to
     #: its recipient, each recipient's delay drawn apart, so the recipients of one grant do
     #: not all receive it at the same moment (spec/crypto.md §9 says what this does not hide).
-    signal_delay: int = 60
+    signal_delay: int = attrs.field(default=60, validator=_number(int, 0, 3600))
+
+
+def _name_ok(_instance, attribute, value):
+    if not isinstance(value, str) or not NAME_OK.match(value):
+        raise ValueError("must be 1 to 200 characters, none of them control characters")
+
+
+def _public_url_ok(_instance, attribute, value):
+    node_id_from_url(value)
+
+
+# -- the file: one attrs class per section, read with cattrs ----------------------------------
+
+
+@attrs.frozen
+class _NodeSection:
+    name: str = attrs.field(validator=_name_ok)
+    public_url: str = attrs.field(validator=_public_url_ok)
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8470, validator=_number(int, 1, 65535))
+    registration: str = attrs.field(default="open", validator=_one_of(*REGISTRATION_MODES))
+
+
+@attrs.frozen
+class _SQLiteStorage:
+    backend: str = "sqlite"
+    path: str = "rxfed.db"
+    synchronous: str = attrs.field(default="FULL", validator=_one_of("FULL", "EXTRA", "NORMAL"))
+
+
+@attrs.frozen
+class _TLSSection:
+    #: PEM files; relative paths are inside the data directory.
+    cert: str = ""
+    key: str = ""
+
+
+@attrs.frozen
+class _PluginsSection:
+    disabled: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class _LoggingSection:
+    file: str = "node.log"
+    access: str = "access.log"
+
+
+@attrs.frozen
+class _ConfigFile:
+    node: _NodeSection
+    #: ``_SQLiteStorage`` for the built-in backend; another backend's plugin checks its own options.
+    storage: Any = attrs.field(factory=_SQLiteStorage)
+    limits: Limits = Limits()
+    federation: Federation = Federation()
+    tls: _TLSSection = _TLSSection()
+    plugins: _PluginsSection = _PluginsSection()
+    logging: _LoggingSection = _LoggingSection()
+
+
+def _exact(kind: type, what: str):
+    def structure(value, _type):
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise TypeError(f"must be {what}, not {value!r}")
+        return value
+    return structure
+
+
+def _float(value, _type):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"must be a number, not {value!r}")
+    return value
+
+
+def _names(value, _type):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"must be a list of names, e.g. [\"outcomes\"], not {value!r}")
+    return tuple(value)
+
+
+def _storage(value, _type):
+    if not isinstance(value, dict):
+        raise TypeError("must be a table")
+    if value.get("backend", "sqlite") == "sqlite":
+        return _CONVERTER.structure(value, _SQLiteStorage)
+    return dict(value)
+
+
+_CONVERTER = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+_CONVERTER.register_structure_hook(int, _exact(int, "a whole number"))
+_CONVERTER.register_structure_hook(str, _exact(str, "a string"))
+_CONVERTER.register_structure_hook(bool, _exact(bool, "true or false"))
+_CONVERTER.register_structure_hook(float, _float)
+_CONVERTER.register_structure_hook_func(lambda t: t == tuple[str, ...], _names)
+_CONVERTER.register_structure_hook_func(lambda t: t is Any, _storage)
+
+
+def _where(path: tuple[str, ...]) -> str:
+    return f"[{path[0]}]" + (f" {'.'.join(path[1:])}" if len(path) > 1 else "")
+
+
+def _structure_problems(exc: BaseException, path: tuple[str, ...] = ()) -> list[str]:
+    """One line per problem cattrs found, naming the section and key."""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        cl = exc.cl
+        known = ", ".join(f.name for f in attrs.fields(cl))
+        what = "section" if not path else "setting"
+        return [f"{_where((*path, key))}: unknown {what}; the known {what}s{' here' if path else ''} are {known}"
+                for key in sorted(exc.extra_fields)]
+    if isinstance(exc, cattrs.ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        out = [p for sub, note in with_notes for p in _structure_problems(sub, (*path, note.name))]
+        return out + [p for sub in without for p in _structure_problems(sub, path)]
+    if isinstance(exc, KeyError) and path:
+        return [f"{_where(path)}: missing; it is required"]
+    if not path:
+        return [str(exc)]
+    message = str(exc) if isinstance(exc, (TypeError, ValueError)) else f"invalid ({exc})"
+    if "not a dict" in message or "object is not subscriptable" in message or "has no attribute" in message or "not iterable" in message:
+        message = "must be a table (a [section])"
+    return [f"{_where(path)}: {message}"]
+
+
+def _validation_problems(obj: Any, path: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        if attrs.has(type(value)):
+            out += _validation_problems(value, (*path, field.name))
+        elif field.validator is not None:
+            try:
+                field.validator(obj, field, value)
+            except (ValueError, TypeError, BadRequest) as exc:
+                out.append(f"{_where((*path, field.name))}: {getattr(exc, 'message', None) or exc}")
+    return out
+
+
+def parse_config(doc: dict) -> _ConfigFile:
+    """The file's contents, every setting checked; :class:`ConfigFileError` lists every problem."""
+    with attrs.validators.disabled():
+        try:
+            parsed = _CONVERTER.structure(doc, _ConfigFile)
+        except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:  # cattrs: every problem in one group
+            raise ConfigFileError(_structure_problems(exc)) from None
+    problems = _validation_problems(parsed)
+    if problems:
+        raise ConfigFileError(problems)
+    return parsed
+
+
+def installed_plugins() -> list[str]:
+    from importlib.metadata import entry_points
+
+    from rxfed.plugins import ENTRY_POINT_GROUP
+
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 @attrs.frozen
@@ -94,80 +287,72 @@ class NodeConfig:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> NodeConfig:
+        """Read and check ``rxfed.toml``: unknown sections and settings, wrong types, values
+        out of range and plugins that are not installed are errors, all listed at once."""
         data_dir = Path(data_dir)
         path = data_dir / CONFIG_FILE
         try:
-            doc = tomllib.loads(path.read_text())
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"{path} not found; create the node with 'rxfed node init {data_dir}'") from None
+            raise ConfigFileError([f"{path} not found; create the node with 'rxfed node init {data_dir}'"]) from None
+        except PermissionError:
+            raise ConfigFileError([f"{path} cannot be read (permission denied)"]) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        node = doc.get("node", {})
-        for section, cls_ in (("limits", Limits), ("federation", Federation)):
-            unknown = set(doc.get(section, {})) - {f.name for f in attrs.fields(cls_)}
-            if unknown:
-                raise ConfigError(f"{path}: unknown setting {section}.{sorted(unknown)[0]}")
+            raise ConfigFileError([f"{path}: not valid TOML: {exc}"]) from None
         try:
-            config = cls(
-                data_dir=data_dir,
-                name=node["name"],
-                public_url=node["public_url"],
-                host=node.get("host", "127.0.0.1"),
-                port=int(node.get("port", 8470)),
-                registration=node.get("registration", "open"),
-                storage=dict(doc.get("storage", {"backend": "sqlite"})),
-                limits=Limits(**doc.get("limits", {})),
-                federation=Federation(**doc.get("federation", {})),
-                tls_cert=doc.get("tls", {}).get("cert") or None,
-                tls_key=doc.get("tls", {}).get("key") or None,
-                disabled_plugins=tuple(doc.get("plugins", {}).get("disabled", ())),
-                log_file=doc.get("logging", {}).get("file", "node.log") or None,
-                access_log=doc.get("logging", {}).get("access", "access.log") or None,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: missing or invalid setting ({exc})") from None
-        config.validate()
-        return config
+            parsed = parse_config(doc)
+        except ConfigFileError as exc:
+            raise ConfigFileError([f"{path}: {p}" for p in exc.problems]) from None
+        installed = installed_plugins()
+        unknown = [name for name in parsed.plugins.disabled if name not in installed]
+        if unknown:
+            raise ConfigFileError([f"{path}: [plugins] disabled: no installed plugin is named {name!r}; the "
+                                   f"installed plugins are {', '.join(installed)}" for name in unknown])
+        storage = parsed.storage if isinstance(parsed.storage, dict) else attrs.asdict(parsed.storage)
+        return cls(
+            data_dir=data_dir, name=parsed.node.name, public_url=parsed.node.public_url, host=parsed.node.host,
+            port=parsed.node.port, registration=parsed.node.registration, storage=storage, limits=parsed.limits,
+            federation=parsed.federation, tls_cert=parsed.tls.cert or None, tls_key=parsed.tls.key or None,
+            disabled_plugins=parsed.plugins.disabled, log_file=parsed.logging.file or None,
+            access_log=parsed.logging.access or None)
 
     def validate(self) -> None:
         node_id_from_url(self.public_url)
         if self.registration not in REGISTRATION_MODES:
             raise ConfigError(f"registration must be one of {', '.join(REGISTRATION_MODES)}")
-        if not 0 < self.port < 65536:
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ConfigError("port must be from 1 to 65535")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both a certificate and a key")
-        if self.federation.mode not in ("open", "allowlist"):
-            raise ConfigError("federation.mode must be open or allowlist")
-        delay = self.federation.signal_delay
-        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= 3600:
-            raise ConfigError("federation.signal_delay must be a whole number of seconds from 0 to 3600")
-        if not self.name or len(self.name) > 200:
-            raise ConfigError("the node name must be 1 to 200 characters")
+        if not NAME_OK.match(self.name or ""):
+            raise ConfigError("the node name must be 1 to 200 characters, none of them control characters")
+
+    def tls_path(self, value: str) -> Path:
+        """A ``[tls]`` path: relative ones are inside the data directory."""
+        return self.data_dir / Path(value).expanduser()
+
+    def to_toml(self) -> str:
+        """The file ``save`` writes, comments included (each section written by tomli-w)."""
+        sections = [
+            ("node", "registration: open: anyone may register; invite: a code from 'rxfed node invite'; closed: "
+                     "nobody", {"name": self.name, "public_url": self.public_url, "host": self.host,
+                                "port": self.port, "registration": self.registration}),
+            ("storage", None, dict(self.storage)),
+            ("limits", None, attrs.asdict(self.limits)),
+            ("federation", None, attrs.asdict(self.federation)),
+            ("tls", "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
+             {"cert": self.tls_cert or "", "key": self.tls_key or ""}),
+            ("plugins", "plugin names to block, e.g. [\"outcomes\"]", {"disabled": list(self.disabled_plugins)}),
+            ("logging", "inside this directory; empty to log to stderr only / to keep no access log",
+             {"file": self.log_file or "", "access": self.access_log or ""}),
+        ]
+        text = "# rxfed node configuration. Restart the node after editing; check it with 'rxfed node check'.\n"
+        for _name, comment, values in sections:
+            text += "\n" + (f"# {comment}\n" if comment else "") + tomli_w.dumps({_name: values})
+        return text
 
     def save(self) -> None:
-        s = _toml_string
-        limits = "\n".join(f"{f.name} = {getattr(self.limits, f.name)!r}" for f in attrs.fields(Limits))
-        federation = "\n".join(
-            f"{f.name} = {s(v) if isinstance(v := getattr(self.federation, f.name), str) else repr(v)}"
-            for f in attrs.fields(Federation))
-        storage = "\n".join(f"{k} = {s(str(v))}" for k, v in self.storage.items())
-        text = (
-            "# rxfed node configuration. Restart the node after editing.\n\n"
-            f"[node]\nname = {s(self.name)}\npublic_url = {s(self.public_url)}\n"
-            f"host = {s(self.host)}\nport = {self.port}\n"
-            f"# open: anyone may register; invite: a code from 'rxfed node invite'; closed: nobody\n"
-            f"registration = {s(self.registration)}\n\n"
-            f"[storage]\n{storage}\n\n[limits]\n{limits}\n\n[federation]\n{federation}\n\n"
-            f"[tls]\ncert = {s(self.tls_cert or '')}\nkey = {s(self.tls_key or '')}\n\n"
-            f"[plugins]\ndisabled = [{', '.join(s(p) for p in self.disabled_plugins)}]\n\n"
-            f"[logging]\n# empty to log to stderr only / to keep no access log\n"
-            f"file = {s(self.log_file or '')}\naccess = {s(self.access_log or '')}\n"
-        )
-        _write_private(self.data_dir / CONFIG_FILE, text.encode(), mode=0o644)
-
-def _toml_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
+        _write_private(self.data_dir / CONFIG_FILE, self.to_toml().encode(), mode=0o644)
 
 def _write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write atomically (temp file, fsync, rename) with ``mode`` from the start."""
@@ -240,13 +425,13 @@ def load_node_keys(data_dir: Path) -> list[NodeKey]:
         keys = [NodeKey(SigningKeyPair.from_seed(b64d(k["seed"], length=32)), k["valid_from"], k["valid_until"])
                 for k in doc["keys"]]
     except FileNotFoundError:
-        raise ConfigError(f"{path} not found") from None
+        raise ConfigFileError([f"{path} not found"]) from None
     except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is damaged") from None
+        raise ConfigFileError([f"{path} is damaged"]) from None
     if not keys:
-        raise ConfigError(f"{path} holds no key")
+        raise ConfigFileError([f"{path} holds no key"])
     if path.stat().st_mode & 0o077:
-        raise ConfigError(f"{path} must be readable by its owner only (chmod 600)")
+        raise ConfigFileError([f"{path} must be readable by its owner only (chmod 600)"])
     return keys
 
 NAME_OK = re.compile(r"^[^\x00-\x1f]{1,200}$")
