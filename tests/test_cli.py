@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -263,7 +264,9 @@ def test_export_to_standard_output_and_to_a_private_file(profile, tmp_path):
 def test_show_prints_clinical_dates_blood_pressure_and_rounded_values(profile):
     assert rxfed("patient", "import", "--profile", str(profile), "--fhir",
                  str(EHR / "cerner-medications-and-vitals.json")).returncode == 0
-    lines = rxfed("patient", "show", "--profile", str(profile)).stdout.splitlines()
+    shown = rxfed("patient", "show", "--profile", str(profile)).stdout.splitlines()
+    assert all(re.search(r"  \[[0-9a-f]{8}\]$", line) for line in shown)  # each with its id, for record edit
+    lines = [re.sub(r"  \[[0-9a-f]{8}\]$", "", line) for line in shown]
     assert "2024-02-27  observation Blood pressure: 148/91 mmHg" in lines
     assert "2024-02-27  observation Body mass index: 31.29 kg/m2" in lines
     assert "2009-06-01  condition   ICD10 I10 Essential (primary) hypertension" in lines

@@ -592,7 +592,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     def lines():
         if not found:
             return ["no records yet"]
-        return [f"{clinical_date(r) or 'no date':<10}  {r.kind:<11} {summary(r)}" for r in found]
+        # the id's first 8 characters: enough for `rxfed patient record edit|delete`
+        return [f"{clinical_date(r) or 'no date':<10}  {r.kind:<11} {summary(r)}  [{r.id[:8]}]" for r in found]
 
     Output(args.json).result({"records": [{**r.to_json(), "date": clinical_date(r)} for r in found]}, lines)
 
