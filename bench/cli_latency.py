@@ -31,8 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from nodeproc import wait_health
 
 PASSPHRASE = "a benchmark pass phrase"
 
@@ -97,12 +98,7 @@ def main() -> int:
         node = subprocess.Popen([args.python, "-m", "rxfed", "node", "run", str(work / "node")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
+        wait_health(url)
         locked_env = {**env, "RXFED_PASSPHRASE": PASSPHRASE}
         run(args.python, ["patient", "register", "--node", url], locked_env)  # the default cost: moderate
         for i in range(10):

@@ -35,8 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from nodeproc import wait_health
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,12 +72,7 @@ def _member_node(tmp: Path, host: NodeHarness):
     (data / "rxfed.toml").write_text(config)
     proc = subprocess.Popen([*rxfed, "node", "run", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.05)
+    wait_health(url)
     return proc, url, f"127.0.0.1:{port}", data / "rxfed.db"
 
 
