@@ -23,7 +23,8 @@ from rxfed.plugins import RxfedPlugins
 TEST_LIMITS = Limits(requests_per_second=10_000, burst=10_000, anonymous_per_minute=60_000, anonymous_burst=10_000)
 #: Federation settings for tests: fast retries, no key-refetch delay.
 TEST_FEDERATION = Federation(backoff_base=0.05, backoff_max=0.5, breaker_threshold=1000, breaker_cooldown=1.0,
-                             request_timeout=2.0, key_refetch=0, signal_delay=0)
+                             request_timeout=2.0, key_refetch=0, signal_delay=0, inbound_per_second=10_000,
+                             inbound_burst=10_000, key_fetches_per_minute=60_000)
 
 
 def free_port() -> int:

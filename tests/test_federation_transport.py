@@ -116,7 +116,9 @@ async def test_bad_federation_requests_change_nothing(pair):
         (_txn_request(a, b, txn, 1, [note(1)], body_destination="elsewhere.example")[2],
          _txn_request(a, b, txn, 1, [note(1)], body_destination="elsewhere.example")[1], 400),
         ({k: v for k, v in headers.items() if k != "Rxfed-Origin"}, body, 401),
-        ({**headers, "Rxfed-Origin": "10.0.0.1"}, body, 403),  # a stranger on a private address: not fetched
+        # a stranger on a private address: not fetched
+        ({**headers, "Rxfed-Origin": "10.0.0.1"}, body.replace(a.node_id.encode(), b"10.0.0.1"), 403),
+        ({**headers, "Rxfed-Origin": "10.0.0.1"}, body, 401),  # the body names another origin: refused before
     ]
     for hdrs, payload, status in cases:
         got, doc = await raw_request(b.url, "PUT", path, payload, hdrs)
@@ -227,6 +229,7 @@ async def test_stranger_on_another_port_of_an_allowed_host_is_not_fetched(pair):
     a, b = pair
     stranger = f"127.0.0.1:{free_port()}"
     path, body, headers = _txn_request(a, b, "txn-stranger-aaaaaaaaaa", 1, [note(1)])
+    body = body.replace(a.node_id.encode(), stranger.encode())
     headers = {**sign_request(a.state.signing_key(), method="PUT", target=path, destination=b.node_id,
                               origin=stranger, body=body, now=int(time.time())), "Content-Type": "application/json"}
     status, doc = await raw_request(b.url, "PUT", path, body, headers)

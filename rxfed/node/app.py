@@ -418,18 +418,20 @@ async def receive_transaction(request: web.Request) -> web.Response:
     txn_id = request.match_info["txn"]
     if not re.fullmatch(TXN_ID, txn_id):
         raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
-    raw = await request.read()
+    # Everything that needs no key comes before the key look-up, which may fetch the
+    # origin's document: a request that is not well formed costs a cheap refusal, no fetch.
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:
         raise Unauthorized("federation requests name their origin", code="unsigned")
-    await state.federation.check_inbound(signed.origin)
+    peer = await state.federation.check_inbound(signed.origin)
     if abs(state.now() - signed.created) > state.config.limits.request_window_seconds:
-        # Before any fetch of the origin's keys: a stale request costs us nothing.
         raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
+    raw = await request.read()
+    txn = state.federation.parse_inbound(signed.origin, txn_id, _json(raw))
     document = await state.federation.document(signed.origin, need_key=signed.key)
     document.key_for(signed.key, signed.created)
     nonce = await _verify(state, request, signed, signed.key, raw)
-    reply_bytes = await state.federation.receive(signed.origin, txn_id, _json(raw), nonce)
+    reply_bytes = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
     return web.Response(body=reply_bytes, content_type="application/json")
 
 

@@ -383,3 +383,6 @@ def install(state) -> None:
     state.federation.serialised.add(SUBMIT)
     state.federation.ordered.add(SUBMIT)
     state.federation.handlers[EVENT] = state.communities.on_event
+    # A community's history is a log its members' nodes need whole: its events wait for a
+    # peer that is away rather than die by age (spec/federation.md §4.1).
+    state.federation.logs.update((SUBMIT, EVENT))

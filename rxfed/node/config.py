@@ -84,6 +84,13 @@ class Limits:
     anonymous_burst: int = attrs.field(default=30, validator=_number(int, 1))
     request_window_seconds: int = attrs.field(default=300, validator=_number(int, 1, 86400))
 
+def _outlasts_backoff(instance, attribute, value):
+    backoff_max = instance.backoff_max
+    if isinstance(backoff_max, (int, float)) and isinstance(value, int) and value < 2 * backoff_max:
+        raise ValueError(f"must be at least twice backoff_max ({2 * backoff_max:g}), not {value!r}: "
+                         "events would die while deliveries to a reachable peer are still held back")
+
+
 @attrs.frozen
 class Federation:
     """How this node talks to other nodes."""
@@ -96,12 +103,23 @@ class Federation:
     #: Consecutive failures that open a peer's circuit breaker, and its first cool-down.
     breaker_threshold: int = attrs.field(default=5, validator=_number(int, 1))
     breaker_cooldown: float = attrs.field(default=30.0, validator=_number(float, 0, above=True))
-    #: Events undelivered this long (seconds) become dead letters.
-    dead_after: int = attrs.field(default=86400, validator=_number(int, 1))
+    #: Events undelivered this long (seconds) become dead letters (never those of a log,
+    #: such as a community's history: they wait). At least twice ``backoff_max``, the
+    #: longest a breaker or a backoff holds a transaction back, so every event gets tried.
+    dead_after: int = attrs.field(default=86400, validator=[_number(int, 1), _outlasts_backoff])
     request_timeout: float = attrs.field(default=10.0, validator=_number(float, 0, 600, above=True))
     max_batch: int = attrs.field(default=500, validator=_number(int, 1, 100000))
     #: Minimum seconds between fetches of a peer's key document when a key is unknown.
     key_refetch: int = attrs.field(default=30, validator=_number(int, 0))
+    #: Seconds a failed fetch of an origin's key document is remembered: requests naming
+    #: that origin meanwhile are answered 503 at once, without a fetch.
+    key_failure_ttl: int = attrs.field(default=30, validator=_number(int, 0, 86400))
+    #: Fetches of key documents of origins not seen before, per minute, all origins together.
+    key_fetches_per_minute: int = attrs.field(default=60, validator=_number(int, 1))
+    #: Transactions accepted per second from one origin, and the burst above that (429
+    #: with Retry-After beyond; our own sender waits as asked).
+    inbound_per_second: float = attrs.field(default=20.0, validator=_number(float, 0, above=True))
+    inbound_burst: int = attrs.field(default=200, validator=_number(int, 1))
     #: A patient's signal delivery waits a random 0 to this many seconds before it goes to
     #: its recipient, each recipient's delay drawn apart, so the recipients of one grant do
     #: not all receive it at the same moment (spec/crypto.md §9 says what this does not hide).

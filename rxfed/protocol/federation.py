@@ -280,6 +280,9 @@ class Transaction:
             raise BadRequest(f"a transaction carries at most {MAX_EVENTS_PER_TXN} events", code="too_many_events")
         f = fields(obj, "transaction", {"origin": text(255), "destination": text(255),
                                         "seq": integer(1, 2**53 - 1), "events": array(anything, MAX_EVENTS_PER_TXN)})
+        if not f["events"]:
+            # It would change nothing but cost a write (its reply, for idempotency).
+            raise BadRequest("a transaction carries at least one event", code="empty_transaction")
         events = tuple(WireEvent.from_json(e, f"events[{i}]") for i, e in enumerate(f["events"]))
         return cls(txn_id, f["origin"], f["destination"], f["seq"], events)
 

@@ -10,6 +10,7 @@ chosen by configured name (see ``rxfed.hookspecs.rxfed_storage_backends``) and m
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import attrs
 
@@ -306,6 +307,11 @@ class Store(abc.ABC):
                             breaker_until: int | None = None) -> int:
         """Record a delivery attempt; returns the number of consecutive failures."""
 
+    @abc.abstractmethod
+    async def peer_recovered(self, node_id: str, *, now: int) -> None:
+        """The peer showed it is up (it sent an authenticated transaction): no failures, no
+        open breaker, and every transaction waiting for it due at once."""
+
     # -- federation: outbox ----------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, items: list[tuple[str, bytes]], now: int) -> None:
@@ -313,11 +319,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def next_transaction(self, destination: str, *, max_events: int, now: int, dead_after: int,
-                               exclude: list[str] = ()) -> OutboundTransaction | None:
+                               exclude: list[str] = (),
+                               may_die: Callable[[bytes], bool] = lambda event: True) -> OutboundTransaction | None:
         """The transaction to send next: the oldest one sent but not acknowledged (same id,
         same events) and not in ``exclude`` (those in flight), or a new one formed from
         queued events with the next sequence number. Events queued longer than
-        ``dead_after`` seconds become dead letters first."""
+        ``dead_after`` seconds become dead letters first, those ``may_die`` (the delivery
+        policy's rule) lets die: a transaction dies whole, or waits whole."""
 
     @abc.abstractmethod
     async def transaction_delivered(self, txn_id: str) -> None: ...
@@ -342,6 +350,11 @@ class Store(abc.ABC):
     # -- federation: inbox -----------------------------------------------------------------
     @abc.abstractmethod
     async def inbox_reply(self, origin: str, txn_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def prune_inbox(self, before: int) -> int:
+        """Forget received transactions (their stored replies) received before ``before``
+        (Unix seconds); returns how many."""
 
     @abc.abstractmethod
     async def apply_inbound(self, origin: str, txn_id: str, seq: int, *, make_reply,

@@ -338,6 +338,8 @@ MIGRATIONS: list[str] = [
     """,
     # 8
     CONSENT_DELIVERY_STATE,
+    # 9: the inbox is pruned by age (replies kept past the senders' retry horizon only)
+    "CREATE INDEX inbox_received ON inbox(received)",
 ]
 
 _BATCH_MAX = 512
@@ -1062,6 +1064,13 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
+    async def peer_recovered(self, node_id: str, *, now: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE peers SET failures=0, breaker_until=NULL WHERE node_id=?", (node_id,))
+            c.execute("UPDATE outbox_txns SET next_attempt=0 WHERE destination=?", (node_id,))
+
+        await self._write(op)
+
     # -- federation: outbox ----------------------------------------------------------------
     async def enqueue(self, items: list[tuple[str, bytes]], now: int) -> None:
         await self._write(lambda c: self._enqueue(c, items, now))
@@ -1072,18 +1081,25 @@ class SQLiteStore(Store):
                       [(dest, event, now, not_before) for dest, event in items])
 
     async def next_transaction(self, destination: str, *, max_events: int, now: int, dead_after: int,
-                               exclude: list[str] = ()) -> OutboundTransaction | None:
+                               exclude: list[str] = (),
+                               may_die: Callable[[bytes], bool] = lambda event: True) -> OutboundTransaction | None:
         def op(c: sqlite3.Connection) -> OutboundTransaction | None:
             cutoff = now - dead_after
-            # Whole transactions expire together, so a dead transaction never half-arrives.
+            # Whole transactions expire together, so a dead transaction never half-arrives;
+            # one holding an event that may not die (part of a log) waits whole.
             for (txn,) in c.execute("SELECT txn FROM outbox_txns WHERE destination=? AND created < ?",
                                     (destination, cutoff)).fetchall():
                 if txn in exclude:
                     continue
-                self._bury(c, "txn=?", (txn,), now, "undelivered past the maximum age")
-                c.execute("DELETE FROM outbox_txns WHERE txn=?", (txn,))
-            self._bury(c, "destination=? AND txn IS NULL AND created < ?", (destination, cutoff), now,
-                       "undelivered past the maximum age")
+                if all(may_die(e) for (e,) in c.execute("SELECT event FROM outbox WHERE txn=?", (txn,))):
+                    self._bury(c, "txn=?", (txn,), now, "undelivered past the maximum age")
+                    c.execute("DELETE FROM outbox_txns WHERE txn=?", (txn,))
+            dying = [i for i, e in c.execute("SELECT id, event FROM outbox WHERE destination=? AND txn IS NULL "
+                                             "AND created < ?", (destination, cutoff)).fetchall() if may_die(e)]
+            for start in range(0, len(dying), 500):
+                ids = dying[start:start + 500]
+                self._bury(c, f"id IN ({','.join('?' * len(ids))})", tuple(ids), now,
+                           "undelivered past the maximum age")
             skip = list(exclude)
             row = c.execute("SELECT txn, seq, attempts, created, next_attempt FROM outbox_txns WHERE destination=? "
                             f"AND txn NOT IN ({','.join('?' * len(skip))}) ORDER BY seq LIMIT 1",
@@ -1128,11 +1144,12 @@ class SQLiteStore(Store):
 
     async def due_destinations(self) -> list[tuple[str, int | None]]:
         # Every unacknowledged transaction still has its events in the outbox, and it goes
-        # before any newer event, so a destination is due when its oldest transaction is;
-        # with none, when its first waiting event may go (0, at once, for most).
+        # before any newer event, so a destination is due when its oldest transaction is
+        # (the one sent first; an earlier retry time of a later one would wake the worker
+        # for nothing); with none, when its first waiting event may go (0, at once, for most).
         return await self._read(lambda c: c.execute(
-            "SELECT o.destination, coalesce((SELECT min(t.next_attempt) FROM outbox_txns t "
-            "WHERE t.destination = o.destination), min(o.not_before) * 1000) "
+            "SELECT o.destination, coalesce((SELECT t.next_attempt FROM outbox_txns t "
+            "WHERE t.destination = o.destination ORDER BY t.seq LIMIT 1), min(o.not_before) * 1000) "
             "FROM outbox o GROUP BY o.destination ORDER BY 1").fetchall())
 
     async def outbox_summary(self) -> list[OutboxSummary]:
@@ -1165,6 +1182,12 @@ class SQLiteStore(Store):
                               (now, destination, destination)).rowcount
             c.execute("DELETE FROM dead_letters WHERE ? IS NULL OR destination=?", (destination, destination))
             return moved
+
+        return await self._write(op, heavy=True)
+
+    async def prune_inbox(self, before: int) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            return c.execute("DELETE FROM inbox WHERE received < ?", (before,)).rowcount
 
         return await self._write(op, heavy=True)
 
