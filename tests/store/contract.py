@@ -407,3 +407,47 @@ class StoreContract(CommunityContract):
         peer = await store.peer("a.example")
         assert (peer.document, peer.fetched, peer.trusted_keys, peer.fingerprint) == (None, None, None, "SHA256:one")
         assert not await store.forget_peer_keys("nobody.example")
+
+    async def test_expired_events_die_as_the_rule_says_and_transactions_whole(self, store):
+        keep = lambda event: not event.startswith(b"log")  # noqa: E731 (the delivery policy's rule)
+        await store.enqueue([("b", b"log-1"), ("b", b"note-1"), ("b", b"note-2")], now=1000)
+        txn = await store.next_transaction("b", max_events=2, now=1000, dead_after=100, may_die=keep)
+        assert txn.events == (b"log-1", b"note-1")
+        # past dead_after: the unformed note dies, the transaction holding a log event waits whole
+        again = await store.next_transaction("b", max_events=2, now=1200, dead_after=100, may_die=keep)
+        assert again.txn_id == txn.txn_id and again.events == txn.events
+        assert [d.event for d in await store.dead_letters()] == [b"note-2"]
+        # a transaction of events that may die dies whole
+        await store.transaction_delivered(txn.txn_id)
+        await store.enqueue([("c", b"note-3"), ("c", b"note-4")], now=1200)
+        formed = await store.next_transaction("c", max_events=5, now=1200, dead_after=100, may_die=keep)
+        assert await store.next_transaction("c", max_events=5, now=1400, dead_after=100, may_die=keep) is None
+        assert [d.event for d in await store.dead_letters("c")] == [b"note-3", b"note-4"] and formed
+
+    async def test_a_recovered_peer_has_no_breaker_and_its_transactions_are_due(self, store):
+        await store.enqueue([("b", b"e")], now=1000)
+        txn = await store.next_transaction("b", max_events=5, now=1000, dead_after=86400)
+        await store.transaction_failed(txn.txn_id, error="down", next_attempt_ms=9_000_000)
+        await store.peer_delivery("b", ok=False, now=1000, error="down", breaker_until=9000)
+        assert await store.due_destinations() == [("b", 9_000_000)]
+        await store.peer_recovered("b", now=1001)
+        peer = await store.peer("b")
+        assert (peer.failures, peer.breaker_until) == (0, None)
+        assert await store.due_destinations() == [("b", 0)]
+
+    async def test_due_time_is_the_oldest_transactions(self, store):
+        await store.enqueue([("b", b"1"), ("b", b"2")], now=1000)
+        first = await store.next_transaction("b", max_events=1, now=1000, dead_after=86400)
+        second = await store.next_transaction("b", max_events=1, now=1000, dead_after=86400, exclude=[first.txn_id])
+        await store.transaction_failed(first.txn_id, error="x", next_attempt_ms=5000)
+        await store.transaction_failed(second.txn_id, error="x", next_attempt_ms=2000)
+        assert await store.due_destinations() == [("b", 5000)]  # the one sent first
+
+    async def test_inbox_pruned_by_age(self, store):
+        for i, when in enumerate([1000, 2000]):
+            await store.apply_inbound("a.example", f"txn-{i}", i + 1, make_reply=lambda missing: b"{}",
+                                      communities=[], outbox=[], nonce=nonce(), now=when)
+        assert await store.prune_inbox(1000) == 0
+        assert await store.prune_inbox(1500) == 1
+        assert await store.inbox_reply("a.example", "txn-0") is None
+        assert await store.inbox_reply("a.example", "txn-1") == b"{}"
