@@ -408,3 +408,19 @@ async def test_allowlist_never_fetches_for_unknown_origins(tmp_path):
             await b.state.federation.document("stranger.example")
     finally:
         await b.stop()
+
+
+async def test_a_peer_that_talks_but_fails_our_deliveries_is_not_retried_on_each_of_its_transactions(pair):
+    a, b = pair
+    fed, calls = a.state.federation, []
+    real = a.app_store().peer_recovered
+
+    async def counting(node_id, *, now):
+        calls.append(node_id)
+        await real(node_id, now=now)
+
+    a.app_store().peer_recovered = counting
+    for _ in range(3):
+        await a.app_store().peer_delivery(b.node_id, ok=False, now=a.state.now(), error="refused")
+        await fed.peer_seen(b.node_id, await a.app_store().peer(b.node_id))
+    assert calls == [b.node_id]  # once per breaker_cooldown

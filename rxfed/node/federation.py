@@ -160,6 +160,8 @@ class Federation:
         #: Fetches in progress: concurrent requests naming one origin share one fetch.
         self._fetching: dict[str, asyncio.Future] = {}
         self._next_prune = 0.0
+        #: Per origin, until when its transactions do not close our breaker for it again.
+        self._seen_until: dict[str, float] = {}
         self._documents: dict[str, tuple[NodeDocument, float]] = {}
         self._allowed_hosts: set[tuple[str, int]] = set()
         #: Per peer, what its cached document depends on in the store (url, pin, trusted keys).
@@ -476,25 +478,28 @@ class Federation:
         fails."""
         s, store, policy = self.settings, self.state.store, self.policy
         in_flight: dict[asyncio.Task, object] = {}
+        alone: set[str] = set()  # the ids of transactions in flight that go alone
         failed = False
         try:
             while True:
-                while not failed and len(in_flight) < window and not any(
-                        policy.goes_alone(t.events) for t in in_flight.values()):
+                while not failed and len(in_flight) < window and not alone:
                     now = self._now()
                     txn = await store.next_transaction(destination, max_events=s.max_batch, now=int(now),
                                                        dead_after=s.dead_after, may_die=policy.may_die,
                                                        exclude=[t.txn_id for t in in_flight.values()])
                     if txn is None or txn.next_attempt_ms > now * 1000:
                         break
-                    if in_flight and policy.goes_alone(txn.events):
-                        break  # it waits until the transactions before it are acknowledged
+                    if policy.goes_alone(txn.events):
+                        if in_flight:
+                            break  # it waits until the transactions before it are acknowledged
+                        alone.add(txn.txn_id)
                     in_flight[asyncio.create_task(self._send(destination, txn))] = txn
                 if not in_flight:
                     return
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     txn = in_flight.pop(task)
+                    alone.discard(txn.txn_id)
                     exc = task.exception()
                     if exc is None:
                         await store.transaction_delivered(txn.txn_id)
@@ -552,7 +557,16 @@ class Federation:
         the cool-down and each transaction's backoff."""
         if origin not in self._failing and (peer is None or (not peer.failures and peer.breaker_until is None)):
             return
-        self.policy.on_peer_seen(_delivery_state(peer), self._now())
+        now = self._now()
+        if now < self._seen_until.get(origin, 0):
+            # Closed on its word within the cool-down already: a peer that talks to us but
+            # fails our deliveries (it refuses them, or only its inbound path is broken) is
+            # retried at most that often, not on each of its transactions.
+            return
+        self._seen_until[origin] = now + self.settings.breaker_cooldown
+        if len(self._seen_until) > 10_000:
+            self._seen_until = {k: v for k, v in self._seen_until.items() if v > now}
+        self.policy.on_peer_seen(_delivery_state(peer), now)
         self._failing.discard(origin)
         await self.state.store.peer_recovered(origin, now=self.state.now())
         log.info("%s is reachable again (it sent us a transaction): delivering to it now", origin)

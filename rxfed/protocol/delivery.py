@@ -223,7 +223,7 @@ def event_kind(event: bytes) -> str | None:
     keys are sorted, so ``kind`` is the object's last member and the kind grammar has no
     characters JSON escapes: reading it from the end is exact, not a guess. Anything else
     is parsed in full; None when it is not an event at all."""
-    match = _KIND_TAIL.search(event)
+    match = _KIND_TAIL.search(event, max(0, len(event) - 80))  # the tail is at most 76 bytes
     if match is not None:
         return match.group(1).decode()
     try:
