@@ -424,3 +424,16 @@ async def test_a_peer_that_talks_but_fails_our_deliveries_is_not_retried_on_each
         await a.app_store().peer_delivery(b.node_id, ok=False, now=a.state.now(), error="refused")
         await fed.peer_seen(b.node_id, await a.app_store().peer(b.node_id))
     assert calls == [b.node_id]  # once per breaker_cooldown
+
+
+async def test_peers_list_shows_a_half_open_breaker(pair):
+    from rxfed.node import admin
+
+    a, b = pair
+    await a.app_store().peer_delivery(b.node_id, ok=False, now=a.state.now(), error="down",
+                                      breaker_until=a.state.now() - 1)
+    await a.app_store().peer_delivery("c.example", ok=False, now=a.state.now(), error="down",
+                                      breaker_until=a.state.now() + 600)
+    listed = await asyncio.to_thread(admin.peers_list, a.data_dir)
+    states = {p["node_id"]: p["breaker"] for p in listed}
+    assert states[b.node_id] == "half-open" and states["c.example"] == "open"

@@ -21,6 +21,7 @@ from rxfed.errors import Conflict
 from rxfed.node.app import create_app, invite_hash, logged_path
 from rxfed.node.config import ConfigError, ConfigFileError, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
+from rxfed.protocol.delivery import PeerDelivery
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
 class AccessLog(AbstractAccessLogger):
@@ -229,12 +230,18 @@ def accept_peer_key(data_dir: str | Path, peer: str) -> str | None:
     return row.fingerprint
 
 
+def _breaker(peer, now: int) -> str:
+    """``closed``, ``open`` or ``half-open`` (the cool-down is over; the next transaction is
+    the trial), as the delivery policy sees it."""
+    return PeerDelivery(peer.failures, peer.breaker_until).breaker(now).value
+
+
 def peers_list(data_dir: str | Path) -> list[dict]:
     _config, peers = _store_action(data_dir, lambda store: store.peers())
     now = int(time.time())
     return [{"node_id": p.node_id, "policy": p.policy, "url": p.url, "fingerprint": p.fingerprint,
              "trusted_keys": [fingerprint(k.public_key) for k in keys_from_json(p.trusted_keys or b"[]")],
-             "failures": p.failures, "breaker": "open" if p.breaker_until and p.breaker_until > now else "closed",
+             "failures": p.failures, "breaker": _breaker(p, now),
              "last_success": p.last_success, "last_error": p.last_error} for p in peers]
 
 
@@ -282,7 +289,7 @@ def node_status(data_dir: str | Path) -> dict:
                   "expires_in_days": None if k.valid_until is None else round((k.valid_until - now) / 86400, 1)}
                  for k in keys],
         "peers": [{"node_id": p.node_id, "policy": p.policy, "failures": p.failures,
-                   "breaker": "open" if p.breaker_until and p.breaker_until > now else "closed",
+                   "breaker": _breaker(p, now),
                    "last_success": p.last_success, "last_error": p.last_error} for p in peers],
         "queues": [{"destination": s.destination, "pending": s.pending, "in_flight": s.in_flight,
                     "oldest": s.oldest} for s in summary],
