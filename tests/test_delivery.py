@@ -105,6 +105,21 @@ async def test_after_the_cooldown_one_trial_goes_then_the_rest(tmp_path):
             await a.stop()
 
 
+async def test_an_open_breaker_replaces_every_transactions_backoff(tmp_path):
+    """Two transactions in flight fail; the first failure (below the threshold) draws a long
+    backoff, the second opens the breaker. When the cool-down ends both may go: the trial
+    does not wait for the first one's own backoff."""
+    async with FakePeer(lambda n: 500 if n < 2 else None) as peer:
+        a = await _node(tmp_path, "a", breaker_threshold=2, breaker_cooldown=1, backoff_base=100, backoff_max=200,
+                        dead_after=400, max_batch=1)
+        try:
+            await _allow(a, peer.node_id)
+            await a.state.federation.send_events(peer.node_id, [note(1), note(2)])
+            await wait_for(lambda: len(peer.delivered) == 2, timeout=8)
+        finally:
+            await a.stop()
+
+
 async def test_a_transaction_from_the_peer_closes_the_breaker(tmp_path):
     """a's breaker for b is open for five minutes; b sends a a transaction: b is up, so a
     delivers what waits for b at once (before: after the whole cool-down)."""

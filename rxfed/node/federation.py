@@ -548,6 +548,11 @@ class Federation:
             await self.state.store.peer_delivery(destination, ok=False, now=int(now), error=message,
                                                  breaker_until=retry.peer.breaker_until)
         await self.state.store.transaction_failed(txn.txn_id, error=message, next_attempt_ms=int(retry.retry_at * 1000))
+        if retry.breaker is Breaker.OPEN and retry.peer.breaker_until is not None:
+            # The cool-down replaces every transaction's own backoff: all wait for its end,
+            # and the oldest is then the trial.
+            await self.state.store.reschedule_transactions(destination,
+                                                           next_attempt_ms=retry.peer.breaker_until * 1000)
         log.info("delivery to %s failed (attempt %d): %s; retry in %.1fs%s", destination, txn.attempts + 1,
                  message, retry.delay, " (breaker open)" if retry.breaker is Breaker.OPEN else "")
 

@@ -334,6 +334,11 @@ class Store(abc.ABC):
     async def transaction_failed(self, txn_id: str, *, error: str, next_attempt_ms: int) -> None: ...
 
     @abc.abstractmethod
+    async def reschedule_transactions(self, destination: str, *, next_attempt_ms: int) -> None:
+        """Make every unacknowledged transaction to ``destination`` due at ``next_attempt_ms``
+        (an open breaker holds them all until its cool-down ends)."""
+
+    @abc.abstractmethod
     async def due_destinations(self) -> list[tuple[str, int | None]]:
         """Destinations with something to send, with the time (ms) of their next attempt."""
 

@@ -1142,6 +1142,10 @@ class SQLiteStore(Store):
             "UPDATE outbox_txns SET attempts=attempts+1, last_error=?, next_attempt=? WHERE txn=?",
             (error[:500], next_attempt_ms, txn_id)))
 
+    async def reschedule_transactions(self, destination: str, *, next_attempt_ms: int) -> None:
+        await self._write(lambda c: c.execute("UPDATE outbox_txns SET next_attempt=? WHERE destination=?",
+                                              (next_attempt_ms, destination)))
+
     async def due_destinations(self) -> list[tuple[str, int | None]]:
         # Every unacknowledged transaction still has its events in the outbox, and it goes
         # before any newer event, so a destination is due when its oldest transaction is

@@ -451,3 +451,13 @@ class StoreContract(CommunityContract):
         assert await store.prune_inbox(1500) == 1
         assert await store.inbox_reply("a.example", "txn-0") is None
         assert await store.inbox_reply("a.example", "txn-1") == b"{}"
+
+    async def test_reschedule_every_transaction_of_a_destination(self, store):
+        await store.enqueue([("b", b"1"), ("b", b"2"), ("c", b"3")], now=1000)
+        first = await store.next_transaction("b", max_events=1, now=1000, dead_after=86400)
+        await store.next_transaction("b", max_events=1, now=1000, dead_after=86400, exclude=[first.txn_id])
+        third = await store.next_transaction("c", max_events=1, now=1000, dead_after=86400)
+        await store.transaction_failed(first.txn_id, error="x", next_attempt_ms=900_000)
+        await store.transaction_failed(third.txn_id, error="x", next_attempt_ms=5000)
+        await store.reschedule_transactions("b", next_attempt_ms=40_000)
+        assert await store.due_destinations() == [("b", 40_000), ("c", 5000)]
