@@ -69,6 +69,9 @@ def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port:
                         storage=storage or {"backend": "sqlite"})
     config.validate()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # An existing directory keeps its mode through mkdir: it holds the identity key, the
+    # database (received signals, audit logs) and the logs, so nobody else may list or read it.
+    os.chmod(data_dir, 0o700)
     key = create_node_keys(data_dir)
     config.save()
     asyncio.run(_with_store(config, lambda store: store.set_meta("created", str(int(time.time())))))

@@ -18,6 +18,7 @@ import statistics
 import concurrent.futures
 import json
 import logging
+import os
 import queue
 import secrets
 import sqlite3
@@ -410,7 +411,8 @@ class SQLiteStore(Store):
         return conn
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_database(self.path)
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._writer = threading.Thread(target=self._write_loop, args=(ready,), name="rxfed-sqlite-writer", daemon=True)
         self._writer.start()
@@ -1479,6 +1481,25 @@ class SQLiteStore(Store):
             return _Checkpoint(expired) if expired else expired
 
         return await self._write(op, heavy=True)
+
+
+def _private_database(path: Path) -> None:
+    """The database, its WAL and its shared-memory file readable by their owner only: they
+    hold received signals and audit logs. SQLite creates a database 0644 (less the umask)
+    and gives the WAL and -shm files the database's mode, so the database is created 0600
+    here before SQLite opens it, and looser files left by an older rxfed are tightened."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(file, 0o600)
+            log.warning("%s was readable by others (mode %o); now 0600", file.name, mode & 0o777)
 
 
 def _community(row: tuple) -> CommunityRow:
