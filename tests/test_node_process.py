@@ -47,3 +47,271 @@ def test_a_store_left_readable_by_an_older_version_is_tightened(tmp_path):
     os.chmod(data / "rxfed.db", 0o644)
     asyncio.run(admin._with_store(NodeConfig.load(data), lambda store: store.get_meta("created")))
     assert _mode(data / "rxfed.db") == 0o600
+
+
+# -- signals and logs --------------------------------------------------------------------
+
+
+def _node_dir(tmp_path, **logging_settings):
+    data = tmp_path / "node"
+    config, _fp = admin.init_node(data, name="ops test", port=free_port())
+    text = (data / "rxfed.toml").read_text()
+    for key, value in logging_settings.items():
+        text = text.replace(f'{key} = "', f'{key} = "{value}', 1) if f'{key} = ""' in text else text
+    (data / "rxfed.toml").write_text(text)
+    return data, config
+
+
+def _start(data, *, preexec=None, env=None):
+    import subprocess
+    import sys
+    import urllib.request
+
+    config = NodeConfig.load(data)
+    proc = subprocess.Popen([sys.executable, *(preexec or []), "-m", "rxfed", "node", "run", str(data)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env or os.environ)
+    url = f"http://127.0.0.1:{config.port}"
+    for _ in range(150):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("node did not start: " + proc.stderr.read().decode())
+
+
+def _get(url: str, timeout: float = 5) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sighup_reopens_the_logs_and_sigterm_stops_cleanly(tmp_path):
+    """logrotate moves node.log and access.log away and sends SIGHUP: the node reopens
+    both, and the next lines land in new files (created 0600). The first line says what
+    started; SIGTERM exits 0 after a line saying the node stopped cleanly."""
+    import signal
+
+    import rxfed
+
+    data, config = _node_dir(tmp_path, access="access.log")
+    proc, url = _start(data)
+    try:
+        _get(url + "/.well-known/rxfed")
+        _wait_for(lambda: (data / "access.log").stat().st_size > 0)  # flushed every 2 s
+        os.rename(data / "node.log", data / "node.log.1")
+        os.rename(data / "access.log", data / "access.log.1")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: (data / "node.log").exists() and "reopened" in (data / "node.log").read_text())
+        assert proc.poll() is None
+        assert _get(url + "/health") == 200
+        _wait_for(lambda: (data / "access.log").exists() and "/health" in (data / "access.log").read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    stderr = proc.stderr.read().decode()
+    assert rc == 0, stderr
+    first = (data / "node.log.1").read_text()
+    assert f"rxfed {rxfed.__version__} node {config.node_id} started" in first
+    assert f"listening on http://127.0.0.1:{config.port}" in first and "storage sqlite" in first
+    assert "/.well-known/rxfed" in (data / "access.log.1").read_text()
+    after = (data / "node.log").read_text()
+    assert after.rstrip().endswith("node stopped cleanly") and "started" not in after
+    assert "Traceback" not in stderr + first + after
+    assert _mode(data / "node.log") == _mode(data / "access.log") == 0o600
+
+
+def test_the_access_log_is_off_by_default_and_names_no_client(tmp_path):
+    """No access log unless configured; when configured, a line has the time, method,
+    route pattern, status, size and duration, and no client address."""
+    data, config = _node_dir(tmp_path)
+    assert config.access_log is None and NodeConfig.load(data).access_log is None
+    assert 'access = ""' in (data / "rxfed.toml").read_text()
+    (data / "rxfed.toml").write_text((data / "rxfed.toml").read_text().replace('access = ""', 'access = "access.log"'))
+    proc, url = _start(data)
+    try:
+        _get(url + "/health")
+        _wait_for(lambda: (data / "access.log").exists() and "/health" in (data / "access.log").read_text())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    lines = (data / "access.log").read_text().splitlines()
+    assert lines and all("127.0.0.1" not in line for line in lines)
+    assert lines[-1].split()[1:4] == ["GET", "/health", "200"]
+
+
+# -- a full disk -------------------------------------------------------------------------
+
+
+def _fill_disk(store, full: bool = True) -> None:
+    """SQLite's own full disk on the store's write connection: a database that may not
+    grow answers SQLITE_FULL ("database or disk is full") to every write needing a page."""
+    with store._conn_lock:
+        store._conn.execute(f"PRAGMA max_page_count={1 if full else 1 << 30}")
+
+
+async def test_a_full_disk_answers_503_with_retry_after_and_health_says_so(node, make_patient, monkeypatch, caplog):
+    """Writes answer 503 with Retry-After; /health answers 503 naming the store while
+    writes fail, and ok again once they work; the log says so once, not once per write."""
+    import logging
+
+    import aiohttp
+    import pytest
+
+    from helpers import raw_request
+    from rxfed.client.sdk import NodeRefused
+    from rxfed.node import app
+
+    answers = []
+
+    async def on_end(_session, _ctx, params):
+        answers.append((params.response.status, params.response.headers.get("Retry-After")))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        patient = await make_patient(session=session)
+        await patient.add_journal(feeling=3)
+        _fill_disk(node.app_store())
+        caplog.set_level(logging.INFO, "rxfed")
+        for _ in range(3):
+            with pytest.raises(NodeRefused) as refused:
+                await patient.add_journal(note="x" * 4000)
+            assert refused.value.status == 503
+        assert answers[-1] == (503, "5")
+        status, doc = await raw_request(node.url, "GET", "/health")
+        assert status == 503 and doc["status"] == "failing"
+        assert doc["store"]["writable"] is False and doc["store"]["error"] == "the disk is full"
+        failing = [r for r in caplog.records if "store writes are failing" in r.getMessage()]
+        assert len(failing) == 1 and "database or disk is full" in failing[0].getMessage()
+
+        _fill_disk(node.app_store(), full=False)
+        monkeypatch.setattr(app, "HEALTH_PROBE_S", 0.0)  # no write has come since: /health tries one
+        assert await raw_request(node.url, "GET", "/health") == (200, {"status": "ok"})
+        assert any("store writes work again" in r.getMessage() for r in caplog.records)
+        await patient.add_journal(note="x" * 4000)
+
+
+def test_a_log_file_that_cannot_be_written_says_so_once(tmp_path, capsys):
+    """Every write of node.log failing (ENOSPC) costs lines, not a traceback per line on
+    stderr; when writes work again the log says how many lines were lost."""
+    import errno
+    import io
+    import logging
+
+    from rxfed.node.logs import LogFile
+
+    class FullDisk(io.StringIO):
+        full = True
+
+        def write(self, text):
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(text)
+
+    handler = LogFile(tmp_path / "node.log")
+    handler.stream.close()
+    handler.stream = stream = FullDisk()
+    logger = logging.getLogger("rxfed.test.fulldisk")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(50):
+            logger.warning("line %d", i)
+        stream.full = False
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "No space left on device" in err
+    assert stream.getvalue().splitlines()[-2:] == ["after", "50 log lines were lost while "
+                                                   f"{tmp_path / 'node.log'} could not be written"]
+
+
+async def test_an_access_log_that_cannot_be_written_keeps_connections(monkeypatch, capsys):
+    """ENOSPC from the access log inside aiohttp loses the line, never the keep-alive
+    connection, and writes no traceback."""
+    import errno
+
+    import aiohttp
+    from aiohttp import web
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = write
+
+    monkeypatch.setattr(admin.AccessLog, "stream", FullDisk())
+
+    async def which(request):
+        return web.Response(text=str(id(request.protocol)))
+
+    app = web.Application()
+    app.router.add_get("/", which)
+    runner = web.AppRunner(app, access_log_class=admin.AccessLog)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            seen = []
+            for _ in range(3):
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert resp.status == 200
+                    seen.append(await resp.text())
+        assert len(set(seen)) == 1  # one connection served all three
+    finally:
+        await runner.cleanup()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_node_whose_logs_hit_a_full_disk_serves_and_stops_cleanly(tmp_path):
+    """node.log and access.log on a full device (/dev/full: every write ENOSPC): requests
+    are answered on one keep-alive connection, stderr says so in a line or two with no
+    traceback, and SIGTERM still exits 0."""
+    import http.client
+
+    import pytest
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    data, config = _node_dir(tmp_path, access="access.log")
+    os.unlink(data / "node.log") if (data / "node.log").exists() else None
+    os.symlink("/dev/full", data / "node.log")
+    os.symlink("/dev/full", data / "access.log")
+    proc, _url = _start(data)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", config.port, timeout=5)
+        for _ in range(20):
+            conn.request("GET", "/.well-known/rxfed")
+            assert conn.getresponse().read()
+        time.sleep(2.5)  # an access-log flush fails in between
+        for _ in range(5):
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read()
+        conn.close()
+    finally:
+        proc.terminate()
+        rc = proc.wait(30)
+    err = proc.stderr.read().decode()
+    assert rc == 0, err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert len(err.splitlines()) <= 4, err
