@@ -52,25 +52,35 @@ def test_a_store_left_readable_by_an_older_version_is_tightened(tmp_path):
 # -- signals and logs --------------------------------------------------------------------
 
 
-def _node_dir(tmp_path, **logging_settings):
+def _node_dir(tmp_path, **settings):
+    """A node made by ``node init``, with ``settings`` (key = TOML value) changed in rxfed.toml."""
+    import re
+
     data = tmp_path / "node"
-    config, _fp = admin.init_node(data, name="ops test", port=free_port())
+    admin.init_node(data, name="ops test", port=free_port())
     text = (data / "rxfed.toml").read_text()
-    for key, value in logging_settings.items():
-        text = text.replace(f'{key} = "', f'{key} = "{value}', 1) if f'{key} = ""' in text else text
+    for key, value in settings.items():
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert n == 1, key
     (data / "rxfed.toml").write_text(text)
-    return data, config
+    return data, NodeConfig.load(data)
 
 
-def _start(data, *, preexec=None, env=None):
+def _start(data, *, files: int | None = None):
+    """``rxfed node run DATA`` in a subprocess (with at most ``files`` open files, soft and
+    hard, when given), once it answers /health."""
     import subprocess
     import sys
     import urllib.request
 
     config = NodeConfig.load(data)
-    proc = subprocess.Popen([sys.executable, *(preexec or []), "-m", "rxfed", "node", "run", str(data)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env or os.environ)
+    run = ["-m", "rxfed", "node", "run", str(data)]
+    if files:
+        run = ["-c", "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, "
+               f"({files}, {files})); sys.argv = ['rxfed', 'node', 'run', {str(data)!r}]; "
+               "runpy.run_module('rxfed', run_name='__main__', alter_sys=True)"]
+    proc = subprocess.Popen([sys.executable, *run], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{config.port}"
     for _ in range(150):
         try:
@@ -110,7 +120,7 @@ def test_sighup_reopens_the_logs_and_sigterm_stops_cleanly(tmp_path):
 
     import rxfed
 
-    data, config = _node_dir(tmp_path, access="access.log")
+    data, config = _node_dir(tmp_path, access='"access.log"')
     proc, url = _start(data)
     try:
         _get(url + "/.well-known/rxfed")
@@ -143,7 +153,7 @@ def test_the_access_log_is_off_by_default_and_names_no_client(tmp_path):
     data, config = _node_dir(tmp_path)
     assert config.access_log is None and NodeConfig.load(data).access_log is None
     assert 'access = ""' in (data / "rxfed.toml").read_text()
-    (data / "rxfed.toml").write_text((data / "rxfed.toml").read_text().replace('access = ""', 'access = "access.log"'))
+    data, config = _node_dir(tmp_path / "on", access='"access.log"')
     proc, url = _start(data)
     try:
         _get(url + "/health")
@@ -292,7 +302,7 @@ def test_a_node_whose_logs_hit_a_full_disk_serves_and_stops_cleanly(tmp_path):
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    data, config = _node_dir(tmp_path, access="access.log")
+    data, config = _node_dir(tmp_path, access='"access.log"')
     os.unlink(data / "node.log") if (data / "node.log").exists() else None
     os.symlink("/dev/full", data / "node.log")
     os.symlink("/dev/full", data / "access.log")
@@ -315,3 +325,61 @@ def test_a_node_whose_logs_hit_a_full_disk_serves_and_stops_cleanly(tmp_path):
     assert rc == 0, err
     assert "Traceback" not in err and "Logging error" not in err
     assert len(err.splitlines()) <= 4, err
+
+
+# -- connections and open files ----------------------------------------------------------
+
+
+def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import json, resource; from rxfed.node.admin import raise_fd_limit; "
+                          "_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+                          "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+                          "print(json.dumps([raise_fd_limit(), hard, resource.getrlimit(resource.RLIMIT_NOFILE)[0]]))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (before, after), hard, now = json.loads(out.stdout)
+    assert before == 256 and after == now == min(hard, 1 << 20) and now > 256
+
+
+def test_idle_connections_cannot_lock_out_new_clients(tmp_path):
+    """300 idle connections to a node allowed 256 open files (soft and hard: nothing to
+    raise) and 100 connections: new clients are still served at once, because a new
+    connection past the cap closes the oldest idle one."""
+    import socket
+
+    data, config = _node_dir(tmp_path, max_connections="100", keepalive_timeout="60.0")
+    proc, url = _start(data, files=256)
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", config.port), timeout=5))
+        started = time.monotonic()
+        assert [_get(url + "/health", timeout=3) for _ in range(20)] == [200] * 20
+        assert time.monotonic() - started < 10
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.terminate()
+        rc = proc.wait(30)
+    log = (data / "node.log").read_text()
+    assert rc == 0 and "open-file limit 256" in log and "at most 100 connections" in log
+    assert "connection limit (100) reached" in log
+
+
+def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path):
+    import socket
+
+    data, config = _node_dir(tmp_path, keepalive_timeout="1.0")
+    proc, _url = _start(data)
+    try:
+        with socket.create_connection(("127.0.0.1", config.port), timeout=10) as sock:
+            started = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the node, before any request
+            assert time.monotonic() - started < 5
+    finally:
+        proc.terminate()
+        proc.wait(30)
