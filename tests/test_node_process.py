@@ -7,6 +7,7 @@ import asyncio
 import os
 import stat
 import time
+from pathlib import Path
 
 from rxfed.node import admin
 from rxfed.node.config import NodeConfig
@@ -383,3 +384,75 @@ def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# -- deployment files --------------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _unit() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in (DEPLOY / "systemd" / "rxfed-node.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_the_systemd_unit_runs_the_node_hardened():
+    """What the unit promises: a dedicated user, a read-only system but for the data
+    directory, no privileges; reload is SIGHUP; the commands are ones rxfed has."""
+    import shlex
+
+    from rxfed.cli import build_parser
+
+    unit = _unit()
+    assert unit["User"] == ["rxfed"] and unit["NoNewPrivileges"] == ["yes"]
+    assert unit["ProtectSystem"] == ["strict"] and unit["ReadWritePaths"] == ["/var/lib/rxfed"]
+    for key in ("PrivateTmp", "PrivateDevices", "ProtectHome", "ProtectKernelTunables", "RestrictSUIDSGID"):
+        assert unit[key] == ["yes"], key
+    assert unit["CapabilityBoundingSet"] == [""] and unit["UMask"] == ["0077"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    for command in unit["ExecStartPre"] + unit["ExecStart"]:
+        argv = shlex.split(command)
+        assert argv[0].endswith("/rxfed") and argv[-1].startswith("/var/lib/rxfed/")
+        args = build_parser(argv[1:]).parse_args(argv[1:])
+        assert args.action in ("check", "run")
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed here (package systemd)")
+    rxfed = Path(sys.executable).with_name("rxfed")  # verify wants ExecStart to exist
+    text = (DEPLOY / "systemd" / "rxfed-node.service").read_text()
+    unit = tmp_path / "rxfed-node.service"
+    unit.write_text(text.replace("/opt/rxfed/bin/rxfed", str(rxfed)).replace("/var/lib/rxfed", str(tmp_path)))
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+
+def test_the_logrotate_file_parses(tmp_path):
+    import getpass
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if not shutil.which("logrotate"):
+        pytest.skip("logrotate is not installed here")
+    user = getpass.getuser()
+    text = (DEPLOY / "logrotate" / "rxfed-node").read_text().replace("/var/lib/rxfed/node", str(tmp_path))
+    conf = tmp_path / "rxfed-node"
+    conf.write_text(text.replace("rxfed rxfed", f"{user} {user}"))
+    (tmp_path / "node.log").write_text("x\n")
+    out = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "error" not in out.stderr.lower(), out.stderr
