@@ -456,3 +456,159 @@ def test_the_logrotate_file_parses(tmp_path):
     out = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(conf)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "error" not in out.stderr.lower(), out.stderr
+
+
+# -- trusted CA bundles ------------------------------------------------------------------
+
+
+def _private_ca(where: Path) -> tuple[Path, Path, Path]:
+    """A certificate authority of its own (as a hospital network has) and a certificate it
+    signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "St Example Hospital test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    where.mkdir(parents=True, exist_ok=True)
+    paths = where / "ca.pem", where / "cert.pem", where / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+async def test_federation_trusts_the_configured_ca_bundle(tmp_path, monkeypatch):
+    """A peer whose certificate a private CA signed: a node with ``[federation] ca_bundle``
+    naming that CA fetches its key document over HTTPS; a node without it refuses."""
+    import shutil
+    import ssl
+
+    import attrs
+    import pytest
+    from aiohttp import web
+
+    from rxfed.errors import Unavailable
+    from rxfed.node.app import create_app
+    from rxfed.node.config import create_node_keys, load_node_keys
+    from rxfed.testing import TEST_FEDERATION, TEST_LIMITS, NodeHarness, builtin_plugins
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    ca, cert, key = _private_ca(tmp_path / "pki")
+    port = free_port()
+    peer = NodeConfig(data_dir=tmp_path / "peer", name="TLS peer", public_url=f"https://127.0.0.1:{port}", port=port,
+                      limits=TEST_LIMITS)
+    peer.data_dir.mkdir()
+    create_node_keys(peer.data_dir)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    runner = web.AppRunner(create_app(peer, load_node_keys(peer.data_dir), plugins=builtin_plugins()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_tls).start()
+    (tmp_path / "trusting").mkdir()
+    shutil.copy(ca, tmp_path / "trusting" / "hospital-ca.pem")
+    trusting = await NodeHarness(tmp_path / "trusting", federation=attrs.evolve(
+        TEST_FEDERATION, ca_bundle="hospital-ca.pem")).start()
+    default = await NodeHarness(tmp_path / "default").start()
+    try:
+        for node in (trusting, default):
+            await node.app_store().set_peer_policy(peer.node_id, "allowed", url=peer.public_url)
+            await node.state.federation.policy_changed()
+        assert (await trusting.state.federation.document(peer.node_id)).node_id == peer.node_id
+        with pytest.raises(Unavailable):
+            await default.state.federation.document(peer.node_id)
+    finally:
+        await trusting.stop()
+        await default.stop()
+        await runner.cleanup()
+
+
+def test_node_check_names_a_bad_ca_bundle(tmp_path):
+    import pytest
+
+    from rxfed.node.config import ConfigFileError
+
+    data, _config = _node_dir(tmp_path, ca_bundle='"hospital-ca.pem"')
+    with pytest.raises(ConfigFileError) as missing:
+        admin.check_node(data)
+    assert missing.value.problems == [f"[federation] ca_bundle: {data / 'hospital-ca.pem'} does not exist"]
+    (data / "hospital-ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigFileError) as bad:
+        admin.check_node(data)
+    assert len(bad.value.problems) == 1 and "is not a PEM file of CA certificates" in bad.value.problems[0]
+    _private_ca(tmp_path / "pki")
+    (data / "hospital-ca.pem").write_bytes((tmp_path / "pki" / "ca.pem").read_bytes())
+    admin.check_node(data)
+
+
+def test_the_patient_client_trusts_a_ca_bundle(tmp_path):
+    """A node whose certificate a private CA signed: ``--ca-bundle`` or RXFED_CA_BUNDLE
+    makes the patient's commands trust it; without, a certificate error and exit 1."""
+    import subprocess
+    import sys
+
+    ca, cert, key = _private_ca(tmp_path / "pki")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"} | {
+        "RXFED_PASSPHRASE": "ca bundle pass phrase", "RXFED_KDF": "min"}
+    data = tmp_path / "node"
+    admin.init_node(data, name="private CA", port=port, public_url=f"https://127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "rxfed", "node", "run", str(data), "--tls-cert", str(cert),
+                             "--tls-key", str(key)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    rxfed = lambda *a, extra=None: subprocess.run([sys.executable, "-m", "rxfed", *a], capture_output=True, text=True,
+                                                  env=env | (extra or {}), timeout=60, stdin=subprocess.DEVNULL)
+    node = f"https://127.0.0.1:{port}"
+    try:
+        import ssl
+
+        trusted = ssl.create_default_context(cafile=str(ca))
+        _wait_for(lambda: _serves(node, trusted), timeout=15)
+        refused = rxfed("patient", "register", "--node", node, "--profile", str(tmp_path / "refused"))
+        assert refused.returncode == 1 and "certificate verify failed" in refused.stderr
+        flag = rxfed("patient", "register", "--node", node, "--profile", str(tmp_path / "flag"), "--ca-bundle", str(ca))
+        assert flag.returncode == 0, flag.stderr
+        assert rxfed("patient", "show", "--profile", str(tmp_path / "flag"), "--ca-bundle", str(ca)).returncode == 0
+        variable = rxfed("patient", "register", "--node", node, "--profile", str(tmp_path / "variable"),
+                         extra={"RXFED_CA_BUNDLE": str(ca)})
+        assert variable.returncode == 0, variable.stderr
+        missing = rxfed("patient", "register", "--node", node, "--profile", str(tmp_path / "missing"),
+                        "--ca-bundle", str(tmp_path / "nowhere.pem"))
+        assert missing.returncode == 2 and "nowhere.pem: no such file" in missing.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _serves(url: str, context) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1, context=context):
+            return True
+    except OSError:
+        return False

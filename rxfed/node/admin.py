@@ -112,12 +112,28 @@ def tls_context(config: NodeConfig, cert: str | None = None, key: str | None = N
     return context
 
 
+def _check_ca_bundle(config: NodeConfig) -> None:
+    from rxfed.node.federation import peer_tls_context
+
+    path = config.ca_bundle
+    if path is None:
+        return
+    if not path.is_file():
+        raise ConfigFileError([f"[federation] ca_bundle: {path} does not exist"])
+    try:
+        peer_tls_context(path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigFileError([f"[federation] ca_bundle: {path} is not a PEM file of CA certificates "
+                               f"({getattr(exc, 'reason', None) or exc})"]) from None
+
+
 def check_node(data_dir: str | Path, *, tls_cert: str | None = None, tls_key: str | None = None) -> NodeConfig:
     """Everything ``run`` checks before it listens (``rxfed node check``): the config, the
     identity keys, the TLS files. Raises :class:`ConfigFileError` with every problem."""
     config = NodeConfig.load(data_dir)
     problems = []
-    for check in (lambda: load_node_keys(config.data_dir), lambda: tls_context(config, tls_cert, tls_key)):
+    for check in (lambda: load_node_keys(config.data_dir), lambda: tls_context(config, tls_cert, tls_key),
+                  lambda: _check_ca_bundle(config)):
         try:
             check()
         except ConfigFileError as exc:
