@@ -357,7 +357,8 @@ class NodeConfig:
             ("tls", "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
              {"cert": self.tls_cert or "", "key": self.tls_key or ""}),
             ("plugins", "plugin names to block, e.g. [\"outcomes\"]", {"disabled": list(self.disabled_plugins)}),
-            ("logging", "inside this directory; empty to log to stderr only / to keep no access log",
+            ("logging", "inside this directory; file empty: stderr only; access: a file name to keep an access log "
+                        "(routes and statuses, no client addresses)",
              {"file": self.log_file or "", "access": self.access_log or ""}),
         ]
         text = "# rxfed node configuration. Restart the node after editing; check it with 'rxfed node check'.\n"
