@@ -182,7 +182,8 @@ class ConnectionCap:
 
     def connection_made(self, handler, transport) -> None:
         self._made(handler, transport)
-        connections = self.server._connections  # oldest first
+        # aiohttp's own dict, oldest first (its public ``connections`` copies it as a list)
+        connections = getattr(self.server, "_connections", None) or self.server.connections
         if len(connections) <= self.limit:
             return
         open_ = [h for h in connections if h.transport is not None]  # closed ones are leaving
@@ -236,9 +237,12 @@ async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: i
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen)
     before, files = raise_fd_limit()
-    limit = min(config.limits.max_connections, max(16, files - _FD_RESERVE))
+    unlimited = files < 0  # RLIM_INFINITY
+    limit = config.limits.max_connections if unlimited else min(config.limits.max_connections,
+                                                                max(16, files - _FD_RESERVE))
     runner = web.AppRunner(app, access_log_class=AccessLog, keepalive_timeout=config.limits.keepalive_timeout)
     await runner.setup()
     try:
@@ -249,9 +253,10 @@ async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: i
         listening = ", ".join(f"{scheme}://{_url_host(a[0])}:{a[1]}" for a in runner.addresses)
         storage = dict(config.storage)
         backend = storage.pop("backend", "sqlite")
-        log.info("rxfed %s node %s started (pid %d): listening on %s; storage %s (%s); open-file limit %d%s, at "
+        log.info("rxfed %s node %s started (pid %d): listening on %s; storage %s (%s); open-file limit %s%s, at "
                  "most %d connections, idle ones closed after %gs", rxfed.__version__, config.node_id, os.getpid(),
-                 listening, backend, ", ".join(f"{k} {v}" for k, v in storage.items()) or "defaults", files,
+                 listening, backend, ", ".join(f"{k} {v}" for k, v in storage.items()) or "defaults",
+                 "unlimited" if unlimited else files,
                  f" (raised from {before})" if files != before else "", limit, config.limits.keepalive_timeout)
         if limit < config.limits.max_connections:
             log.warning("[limits] max_connections %d lowered to %d to fit the open-file limit (%d); raise the limit "
