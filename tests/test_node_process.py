@@ -612,3 +612,27 @@ def _serves(url: str, context) -> bool:
             return True
     except OSError:
         return False
+
+
+async def test_a_failing_store_is_not_reported_again_every_few_seconds(node, monkeypatch, caplog):
+    """While the store's writes fail (it said so once), the housekeeping's status records
+    failing every 5 s add no warning each (they would reach stderr)."""
+    import logging
+
+    from rxfed.errors import Unavailable
+    from rxfed.node import app
+
+    async def full(*_args):
+        raise Unavailable("the store could not save this change; try again")
+
+    store = node.state.store
+    monkeypatch.setattr(store, "set_meta", full)
+    caplog.set_level(logging.WARNING, "rxfed")
+    monkeypatch.setattr(store, "write_health", lambda: {"writable": False, "since": 1, "error": "x",
+                                                        "failed_batches": 1, "checked": 0.0})
+    assert await app.report_store(node.state, None) is None
+    assert await app.report_plugins(node.state, None) is None
+    assert not caplog.records
+    monkeypatch.setattr(store, "write_health", lambda: {"writable": True, "checked": 0.0})
+    await app.report_store(node.state, None)
+    assert "recording store status failed" in caplog.text

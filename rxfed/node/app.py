@@ -484,6 +484,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
 
 
+def store_writable(state: NodeState) -> bool:
+    check = getattr(state.store, "write_health", None)
+    return check is None or check()["writable"]
+
+
 async def report_plugins(state: NodeState, reported: list | None) -> list | None:
     """Record plugin health for `rxfed node status` (another process) when it changed;
     returns what is now recorded."""
@@ -493,7 +498,8 @@ async def report_plugins(state: NodeState, reported: list | None) -> list | None
     try:
         await state.store.set_meta("plugins_status", canonical({"at": state.now(), "plugins": plugins}).decode())
     except RxfedError as exc:
-        log.warning("recording plugin status failed: %s", exc.message)
+        if store_writable(state):  # else the store logged that its writes fail, once
+            log.warning("recording plugin status failed: %s", exc.message)
         return reported
     return plugins
 
@@ -510,7 +516,8 @@ async def report_store(state: NodeState, reported: dict | None) -> dict | None:
     try:
         await state.store.set_meta("store_status", canonical({"at": state.now(), **now}).decode())
     except RxfedError as exc:
-        log.warning("recording store status failed: %s", exc.message)
+        if store_writable(state):  # else the store logged that its writes fail, once
+            log.warning("recording store status failed: %s", exc.message)
         return reported
     return now
 
