@@ -48,6 +48,12 @@ def test_a_store_left_readable_by_an_older_version_is_tightened(tmp_path):
     os.chmod(data / "rxfed.db", 0o644)
     asyncio.run(admin._with_store(NodeConfig.load(data), lambda store: store.get_meta("created")))
     assert _mode(data / "rxfed.db") == 0o600
+    (data / "node.log").write_text("an older node's line\n")
+    os.chmod(data / "node.log", 0o644)
+    from rxfed.node.logs import LogFile
+
+    LogFile(data / "node.log").close()
+    assert _mode(data / "node.log") == 0o600
 
 
 # -- signals and logs --------------------------------------------------------------------

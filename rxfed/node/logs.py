@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,11 @@ log = logging.getLogger("rxfed.node")
 
 
 def _private(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
+    fd = os.open(path, flags, 0o600)
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:  # left readable by an older rxfed
+        os.fchmod(fd, 0o600)
+    return fd
 
 
 def open_private(path: str | Path, *, buffering: int = -1) -> IO[str]:
