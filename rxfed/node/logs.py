@@ -23,6 +23,8 @@ import attrs
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from rxfed.node.app import logged_path
+
 log = logging.getLogger("rxfed.node")
 
 
@@ -116,8 +118,6 @@ class AccessLog(AbstractAccessLogger):
     lost: int = 0
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
-        from rxfed.node.app import logged_path
-
         stream = AccessLog.stream
         if stream is None:
             return
