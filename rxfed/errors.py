@@ -74,5 +74,9 @@ class RateLimited(RxfedError):
 
 
 class Unavailable(RxfedError):
+    """The node cannot do this now (its store cannot write, it is stopping): try again after
+    ``retry_after`` seconds (the reply's ``Retry-After``)."""
+
     status = 503
     code = "unavailable"
+    retry_after: float = 5.0

@@ -62,6 +62,11 @@ def test_init_writes_toml_the_node_reads_back(tmp_path, capsys):
     ('mode = "open"', 'mode = "closed"', "[federation] mode: must be one of 'open', 'allowlist'"),
     ("signal_delay = 60", "signal_delay = true", "[federation] signal_delay: must be a whole number"),
     ("requests_per_second = 50.0", "requests_per_second = 0", "[limits] requests_per_second: must be a number above"),
+    ("max_connections = 10000", "max_connections = 10", "[limits] max_connections: must be a whole number from 16"),
+    ("keepalive_timeout = 20.0", 'keepalive_timeout = "long"', "[limits] keepalive_timeout: must be a number"),
+    ("keepalive_timeout = 20.0", "keepalive_timeout = 0", "[limits] keepalive_timeout: must be a number above 0"),
+    ('ca_bundle = ""', "ca_bundle = 1", "[federation] ca_bundle: must be a string"),
+    ('access = ""', "access = true", "[logging] access: must be a string"),
 ])
 def test_bad_setting_is_one_line_naming_it(node_dir, capsys, old, new, expected):
     edit(node_dir, old, new)

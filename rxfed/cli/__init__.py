@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "ca_bundle", None):  # a patient-side command's --ca-bundle: the transport reads it
+        os.environ["RXFED_CA_BUNDLE"] = args.ca_bundle
     try:
         result = args.func(args)
     except StdoutClosed:

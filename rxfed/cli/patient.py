@@ -35,6 +35,9 @@ def _profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="DIR", default=argparse.SUPPRESS,
                    help="the patient's profile directory (default: $RXFED_PROFILE, else ~/.rxfed)"
                    ).complete = COMPLETE_DIRECTORY
+    p.add_argument("--ca-bundle", metavar="FILE", default=argparse.SUPPRESS,
+                   help="trust only these CAs (PEM) for the node's HTTPS (default: $RXFED_CA_BUNDLE, else the "
+                        "system's)").complete = COMPLETE_FILE
 
 
 def _group(psub, name: str, help: str, dest: str):

@@ -12,6 +12,7 @@ it to the SDK instead: :func:`request` accepts either.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,27 @@ IDLE_REUSE = 15.0
 #: The largest answer read from a node (a whole vault at the largest quota fits): a node
 #: that sends more is refused rather than let fill the device's memory.
 MAX_RESPONSE = 512 * 1024 * 1024
+
+
+#: A PEM file of the certificate authorities to trust for nodes' HTTPS instead of the
+#: system's (a hospital's own CA, say): ``Http(ca_bundle=...)``, else this variable.
+CA_BUNDLE_VARIABLE = "RXFED_CA_BUNDLE"
+
+
+def tls_context(ca_bundle: str | os.PathLike | None = None):
+    """The client's TLS context: the system's CAs, or only those of ``ca_bundle`` (as
+    curl's ``--cacert``). Certificates and host names are always checked."""
+    import ssl
+
+    if not ca_bundle:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_bundle))
+    except FileNotFoundError:
+        raise BadRequest(f"CA bundle {ca_bundle}: no such file", code="bad_ca_bundle") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise BadRequest(f"CA bundle {ca_bundle}: not a PEM file of CA certificates ({exc})",
+                         code="bad_ca_bundle") from None
 
 
 class TransportError(OSError):
@@ -98,16 +120,15 @@ class Http:
     ``(status, body)``. Use one per task or share it: concurrent requests take separate
     connections. ``close()`` ends the idle ones."""
 
-    def __init__(self, *, timeout: float = TIMEOUT):
+    def __init__(self, *, timeout: float = TIMEOUT, ca_bundle: str | os.PathLike | None = None):
         self.timeout = timeout
+        self.ca_bundle = ca_bundle or os.environ.get(CA_BUNDLE_VARIABLE) or None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._tls: Any = None
 
     def _tls_context(self):
         if self._tls is None:
-            import ssl
-
-            self._tls = ssl.create_default_context()
+            self._tls = tls_context(self.ca_bundle)
         return self._tls
 
     async def _connection(self, key: tuple[str, str, int]) -> _Connection:

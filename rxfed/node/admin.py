@@ -6,55 +6,25 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sqlite3
 import ssl
-import sys
 import time
 from pathlib import Path
-from typing import IO
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
+import rxfed
 from rxfed.crypto import b32_code, fingerprint
 from rxfed.errors import Conflict
-from rxfed.node.app import create_app, invite_hash, logged_path
+from rxfed.node.app import create_app, invite_hash
 from rxfed.node.config import ConfigError, ConfigFileError, Limits, NodeConfig, create_node_keys, load_node_keys
+from rxfed.node.logs import AccessLog, NodeLogs, flush_access_log, setup_logging
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.delivery import PeerDelivery
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
-class AccessLog(AbstractAccessLogger):
-    """One line per request (time, address, method, route, status, bytes, seconds) written
-    to a buffered file and flushed every few seconds: the ``logging`` module's per-record
-    formatting and flush would cost about a tenth of the node's time per request. A line
-    shows the route's pattern, never the path's values (:func:`rxfed.node.app.logged_path`),
-    so no line ties a client's address to a community, record or transaction."""
-
-    stream: IO[str] | None = None
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
-        if self.stream is not None:
-            self.stream.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {request.remote} {request.method} "
-                              f"{logged_path(request)} {response.status} {response.body_length} {time_taken:.4f}\n")
-
-    @property
-    def enabled(self) -> bool:
-        return self.stream is not None
-
-
-async def _flush_access_log(app: web.Application):
-    async def flush():
-        while True:
-            await asyncio.sleep(2)
-            AccessLog.stream.flush()
-
-    task = asyncio.create_task(flush()) if AccessLog.stream else None
-    yield
-    if task:
-        task.cancel()
-    if AccessLog.stream:
-        AccessLog.stream.flush()
+log = logging.getLogger("rxfed.node")
 
 
 def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port: int = 8470,
@@ -70,6 +40,9 @@ def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port:
                         storage=storage or {"backend": "sqlite"})
     config.validate()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # An existing directory keeps its mode through mkdir: it holds the identity key, the
+    # database (received signals, audit logs) and the logs, so nobody else may list or read it.
+    os.chmod(data_dir, 0o700)
     key = create_node_keys(data_dir)
     config.save()
     asyncio.run(_with_store(config, lambda store: store.set_meta("created", str(int(time.time())))))
@@ -110,18 +83,6 @@ def create_invites(data_dir: str | Path, count: int) -> list[str]:
     return codes
 
 
-def setup_logging(config: NodeConfig, *, verbose: bool = False) -> None:
-    """Everything (the access log included) to the node's log file; warnings and errors to
-    stderr too. With no log file configured, everything goes to stderr."""
-    console = logging.StreamHandler(sys.stderr)
-    handlers: list[logging.Handler] = [console]
-    if config.log_file:
-        console.setLevel(logging.WARNING)
-        handlers.append(logging.FileHandler(config.data_dir / config.log_file))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def tls_context(config: NodeConfig, cert: str | None = None, key: str | None = None) -> ssl.SSLContext | None:
     """The server's TLS context: ``cert`` and ``key`` from the command line (relative to the
     working directory), else the ``[tls]`` files (relative to the data directory)."""
@@ -152,12 +113,28 @@ def tls_context(config: NodeConfig, cert: str | None = None, key: str | None = N
     return context
 
 
+def _check_ca_bundle(config: NodeConfig) -> None:
+    from rxfed.node.federation import peer_tls_context
+
+    path = config.ca_bundle
+    if path is None:
+        return
+    if not path.is_file():
+        raise ConfigFileError([f"[federation] ca_bundle: {path} does not exist"])
+    try:
+        peer_tls_context(path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigFileError([f"[federation] ca_bundle: {path} is not a PEM file of CA certificates "
+                               f"({getattr(exc, 'reason', None) or exc})"]) from None
+
+
 def check_node(data_dir: str | Path, *, tls_cert: str | None = None, tls_key: str | None = None) -> NodeConfig:
     """Everything ``run`` checks before it listens (``rxfed node check``): the config, the
     identity keys, the TLS files. Raises :class:`ConfigFileError` with every problem."""
     config = NodeConfig.load(data_dir)
     problems = []
-    for check in (lambda: load_node_keys(config.data_dir), lambda: tls_context(config, tls_cert, tls_key)):
+    for check in (lambda: load_node_keys(config.data_dir), lambda: tls_context(config, tls_cert, tls_key),
+                  lambda: _check_ca_bundle(config)):
         try:
             check()
         except ConfigFileError as exc:
@@ -167,24 +144,130 @@ def check_node(data_dir: str | Path, *, tls_cert: str | None = None, tls_key: st
     return config
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit; returns (before, after).
+
+    Every connection costs a file descriptor, and the soft limit is often 1024 while the hard
+    limit allows far more: idle connections past the soft limit make ``accept`` fail, and
+    new clients (health checks included) time out until the idle ones leave."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft, soft
+    return soft, target
+
+
+#: File descriptors kept for the store, logs, the event loop and outgoing federation.
+_FD_RESERVE = 64
+
+
+class ConnectionCap:
+    """At most ``limit`` open client connections. Past it a new connection closes the
+    oldest idle one (no request in progress: before its first request or between two) and
+    stays, as nginx reuses keep-alive connections when it runs out: idle connections cannot
+    lock new clients out. When every connection is busy, the new one is closed instead."""
+
+    def __init__(self, server: web.Server, limit: int):
+        self.server, self.limit = server, limit
+        self.evicted = self.refused = 0
+        self._warned = 0.0
+        self._made = server.connection_made
+        server.connection_made = self.connection_made  # the hook aiohttp calls for each connection
+
+    def connection_made(self, handler, transport) -> None:
+        self._made(handler, transport)
+        # aiohttp's own dict, oldest first (its public ``connections`` copies it as a list)
+        connections = getattr(self.server, "_connections", None) or self.server.connections
+        if len(connections) <= self.limit:
+            return
+        open_ = [h for h in connections if h.transport is not None]  # closed ones are leaving
+        if len(open_) <= self.limit:
+            return
+        idle = next((h for h in open_ if h is not handler and not getattr(h, "_request_in_progress", True)), None)
+        if idle is not None:
+            idle.force_close()
+            self.evicted += 1
+        else:
+            handler.force_close()
+            self.refused += 1
+        if time.monotonic() - self._warned > 60:
+            self._warned = time.monotonic()
+            log.warning("connection limit (%d) reached: %d idle connections closed for new ones, %d new ones "
+                        "refused while every connection was busy", self.limit, self.evicted, self.refused)
+
+
 def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None = None,
              tls_cert: str | None = None, tls_key: str | None = None, print_ready=None) -> None:
+    """Serve until SIGTERM or SIGINT (a graceful stop: in-flight requests finish, queued
+    writes commit). SIGHUP reopens the log files."""
     config = check_node(data_dir, tls_cert=tls_cert, tls_key=tls_key)
     keys = load_node_keys(config.data_dir)
     context = tls_context(config, tls_cert, tls_key)
-    setup_logging(config)
+    logs = setup_logging(config.data_dir, config.log_file, config.access_log)
     try:
-        import uvloop  # a faster event loop where available (Linux, macOS)
+        try:
+            import uvloop  # a faster event loop where available (Linux, macOS)
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    app = create_app(config, keys)
-    if config.access_log:
-        AccessLog.stream = open(config.data_dir / config.access_log, "a", buffering=64 * 1024)
-        app.cleanup_ctx.append(_flush_access_log)
-    web.run_app(app, host=host or config.host, port=port or config.port, ssl_context=context,
-                access_log_class=AccessLog, print=print_ready)
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            pass
+        app = create_app(config, keys)
+        if config.access_log:
+            app.cleanup_ctx.append(flush_access_log)
+        asyncio.run(_serve(app, config, host=host or config.host, port=port or config.port, ssl_context=context,
+                           logs=logs, print_ready=print_ready))
+    finally:
+        logs.close()
+
+
+async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None, logs: NodeLogs, print_ready) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("stopping (%s): finishing requests in flight", sig.name)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+    before, files = raise_fd_limit()
+    unlimited = files < 0  # RLIM_INFINITY
+    limit = config.limits.max_connections if unlimited else min(config.limits.max_connections,
+                                                                max(16, files - _FD_RESERVE))
+    runner = web.AppRunner(app, access_log_class=AccessLog, keepalive_timeout=config.limits.keepalive_timeout)
+    await runner.setup()
+    try:
+        ConnectionCap(runner.server, limit)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+        await site.start()
+        scheme = "https" if ssl_context else "http"
+        listening = ", ".join(f"{scheme}://{_url_host(a[0])}:{a[1]}" for a in runner.addresses)
+        storage = dict(config.storage)
+        backend = storage.pop("backend", "sqlite")
+        log.info("rxfed %s node %s started (pid %d): listening on %s; storage %s (%s); open-file limit %s%s, at "
+                 "most %d connections, idle ones closed after %gs", rxfed.__version__, config.node_id, os.getpid(),
+                 listening, backend, ", ".join(f"{k} {v}" for k, v in storage.items()) or "defaults",
+                 "unlimited" if unlimited else files,
+                 f" (raised from {before})" if files != before else "", limit, config.limits.keepalive_timeout)
+        if limit < config.limits.max_connections:
+            log.warning("[limits] max_connections %d lowered to %d to fit the open-file limit (%d); raise the limit "
+                        "(LimitNOFILE= in the systemd unit) to allow more", config.limits.max_connections, limit, files)
+        if print_ready:
+            print_ready(f"rxfed node {config.node_id} listening on {listening} (Ctrl-C to stop)")
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+    log.info("node stopped cleanly")
 
 
 # -- operator commands on a node's data directory (the node may be running) ------------------

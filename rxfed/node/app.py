@@ -21,7 +21,7 @@ from aiohttp import web
 
 import rxfed
 from rxfed.crypto import b64e, sha256
-from rxfed.errors import BadRequest, Conflict, Forbidden, RateLimited, RxfedError, Unauthorized
+from rxfed.errors import BadRequest, Conflict, Forbidden, RateLimited, RxfedError, Unauthorized, Unavailable
 from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import Federation
@@ -207,9 +207,30 @@ def reply(data: Any, status: int = 200) -> web.Response:
 # -- public --------------------------------------------------------------------------------
 
 
+#: Seconds without any write after which a failing store's /health makes a small write of
+#: its own, so that a node taken out of rotation sees that its disk has room again.
+HEALTH_PROBE_S = 5.0
+
+
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    return reply({"status": "ok"})
+    """``{"status": "ok"}``; 503 ``{"status": "failing", "store": ...}`` while the store's
+    writes fail (a full disk), so a load balancer or monitor sees what clients see."""
+    state = request.app[NODE]
+    check = getattr(state.store, "write_health", None)
+    store = check() if check is not None else {"writable": True}
+    if not store["writable"] and time.time() - store["checked"] >= HEALTH_PROBE_S:
+        try:
+            await state.store.set_meta("health_probe", str(state.now()))
+        except RxfedError:
+            pass
+        store = check()
+    if store["writable"]:
+        return reply({"status": "ok"})
+    return web.Response(body=canonical({"status": "failing", "store": {
+        "writable": False, "since": store["since"], "failed_batches": store["failed_batches"],
+        "error": "the disk is full" if "full" in store["error"].lower() else "writes fail (see the node log)"}}),
+        status=503, content_type="application/json", headers={"Retry-After": str(round(HEALTH_PROBE_S))})
 
 
 @routes.get("/.well-known/rxfed")
@@ -447,7 +468,7 @@ def _error_reply(status: int, code: str, message: str, headers: dict | None = No
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except RateLimited as exc:
+    except (RateLimited, Unavailable) as exc:
         return _error_reply(exc.status, exc.code, exc.message, {"Retry-After": str(max(1, round(exc.retry_after)))})
     except RxfedError as exc:
         return _error_reply(exc.status, exc.code, exc.message)
@@ -465,6 +486,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
 
 
+def store_writable(state: NodeState) -> bool:
+    check = getattr(state.store, "write_health", None)
+    return check is None or check()["writable"]
+
+
 async def report_plugins(state: NodeState, reported: list | None) -> list | None:
     """Record plugin health for `rxfed node status` (another process) when it changed;
     returns what is now recorded."""
@@ -474,7 +500,8 @@ async def report_plugins(state: NodeState, reported: list | None) -> list | None
     try:
         await state.store.set_meta("plugins_status", canonical({"at": state.now(), "plugins": plugins}).decode())
     except RxfedError as exc:
-        log.warning("recording plugin status failed: %s", exc.message)
+        if store_writable(state):  # else the store logged that its writes fail, once
+            log.warning("recording plugin status failed: %s", exc.message)
         return reported
     return plugins
 
@@ -491,7 +518,8 @@ async def report_store(state: NodeState, reported: dict | None) -> dict | None:
     try:
         await state.store.set_meta("store_status", canonical({"at": state.now(), **now}).decode())
     except RxfedError as exc:
-        log.warning("recording store status failed: %s", exc.message)
+        if store_writable(state):  # else the store logged that its writes fail, once
+            log.warning("recording store status failed: %s", exc.message)
         return reported
     return now
 

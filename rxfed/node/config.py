@@ -74,6 +74,11 @@ def _one_of(*choices: str):
 @attrs.frozen
 class Limits:
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_number(int, 1024, 1 << 30))
+    #: Open client connections at most; past it a new one closes the oldest idle one (or
+    #: itself, when every connection is busy). Lowered at start-up to fit the open-file limit.
+    max_connections: int = attrs.field(default=10000, validator=_number(int, 16, 1 << 20))
+    #: Seconds a connection may sit idle (before its first request or between requests).
+    keepalive_timeout: float = attrs.field(default=20.0, validator=_number(float, 0, 3600, above=True))
     max_records: int = attrs.field(default=20000, validator=_number(int, 1))
     max_vault_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_number(int, 1))
     #: Signed requests per second per signing key, and the burst allowed above that.
@@ -124,6 +129,9 @@ class Federation:
     #: its recipient, each recipient's delay drawn apart, so the recipients of one grant do
     #: not all receive it at the same moment (spec/crypto.md §9 says what this does not hide).
     signal_delay: int = attrs.field(default=60, validator=_number(int, 0, 3600))
+    #: PEM file of the certificate authorities trusted for peers' HTTPS, relative to the data
+    #: directory; empty for the system's. It replaces the system's list (as curl's --cacert).
+    ca_bundle: str = ""
 
 
 def _name_ok(_instance, attribute, value):
@@ -169,7 +177,8 @@ class _PluginsSection:
 @attrs.frozen
 class _LoggingSection:
     file: str = "node.log"
-    access: str = "access.log"
+    #: Off by default: see README (Run a node, Logs) for what it holds and its retention.
+    access: str = ""
 
 
 @attrs.frozen
@@ -297,7 +306,7 @@ class NodeConfig:
     tls_key: str | None = None
     disabled_plugins: tuple[str, ...] = ()
     log_file: str | None = "node.log"
-    access_log: str | None = "access.log"
+    access_log: str | None = None
 
     @functools.cached_property
     def node_id(self) -> str:
@@ -345,6 +354,11 @@ class NodeConfig:
         if not NAME_OK.match(self.name or ""):
             raise ConfigError("the node name must be 1 to 200 characters, none of them control characters")
 
+    @property
+    def ca_bundle(self) -> Path | None:
+        """``[federation] ca_bundle`` as a path (inside the data directory when relative)."""
+        return self.tls_path(self.federation.ca_bundle) if self.federation.ca_bundle else None
+
     def tls_path(self, value: str) -> Path:
         """A ``[tls]`` path: relative ones are inside the data directory."""
         return self.data_dir / Path(value).expanduser()
@@ -361,7 +375,8 @@ class NodeConfig:
             ("tls", "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
              {"cert": self.tls_cert or "", "key": self.tls_key or ""}),
             ("plugins", "plugin names to block, e.g. [\"outcomes\"]", {"disabled": list(self.disabled_plugins)}),
-            ("logging", "inside this directory; empty to log to stderr only / to keep no access log",
+            ("logging", "inside this directory; file empty: stderr only; access: a file name to keep an access log "
+                        "(routes and statuses, no client addresses)",
              {"file": self.log_file or "", "access": self.access_log or ""}),
         ]
         text = "# rxfed node configuration. Restart the node after editing; check it with 'rxfed node check'.\n"

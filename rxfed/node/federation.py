@@ -11,7 +11,9 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -90,6 +92,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def peer_tls_context(ca_bundle: Path | None) -> ssl.SSLContext | None:
+    """The TLS context for peers' HTTPS: None for the system's CAs, else one trusting only
+    ``[federation] ca_bundle`` (a hospital network's own CA). Raises ``ssl.SSLError`` or
+    ``OSError`` for a file that is not a PEM file of certificates (``rxfed node check``
+    says so first)."""
+    if ca_bundle is None:
+        return None
+    return ssl.create_default_context(cafile=str(ca_bundle))
 
 
 class GuardedResolver(AbstractResolver):
@@ -187,7 +199,8 @@ class Federation:
 
     async def start(self) -> None:
         await self._refresh_allowed()
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(lambda: self._allowed_hosts), limit_per_host=4)
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(lambda: self._allowed_hosts), limit_per_host=4,
+                                         ssl=peer_tls_context(self.state.config.ca_bundle) or True)
         self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
             total=self.settings.request_timeout), auto_decompress=False)
         self._task = asyncio.create_task(self._run(), name="rxfed-outbox")

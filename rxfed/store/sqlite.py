@@ -18,6 +18,7 @@ import statistics
 import concurrent.futures
 import json
 import logging
+import os
 import queue
 import secrets
 import sqlite3
@@ -400,6 +401,9 @@ class SQLiteStore(Store):
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._closed = True
+        self._write_failure: tuple[int, str] | None = None
+        self._failed_batches = 0
+        self._write_checked = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -412,7 +416,8 @@ class SQLiteStore(Store):
         return conn
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_database(self.path)
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._writer = threading.Thread(target=self._write_loop, args=(ready,), name="rxfed-sqlite-writer", daemon=True)
         self._writer.start()
@@ -645,6 +650,12 @@ class SQLiteStore(Store):
                 try:
                     result = fn(conn, *args)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    if isinstance(exc, sqlite3.OperationalError):  # the disk (full, say), not the operation
+                        self._write_failed(exc)
+                    elif not isinstance(exc, RxfedError):
+                        log.error("store operation failed: %s: %s", type(exc).__name__, exc)
+                    if not conn.in_transaction:  # SQLite rolled it all back itself (SQLITE_FULL does)
+                        return _failed(batch)
                     if not savepoints:
                         conn.execute("ROLLBACK")
                         if len(batch) > 1:
@@ -653,7 +664,6 @@ class SQLiteStore(Store):
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
                     if not isinstance(exc, RxfedError):
-                        log.error("store operation failed: %s: %s", type(exc).__name__, exc)
                         exc = Unavailable("the store could not save this change; try again")
                     outcomes.append((future, loop, None, exc))
                     continue
@@ -664,8 +674,9 @@ class SQLiteStore(Store):
                 started = time.perf_counter()
                 conn.execute("COMMIT")
                 self._last_commit_s = time.perf_counter() - started
+                self._write_worked()
         except sqlite3.Error as exc:
-            log.error("store transaction failed: %s", exc)
+            self._write_failed(exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return _failed(batch)
@@ -673,13 +684,45 @@ class SQLiteStore(Store):
 
     def _fail(self, conn: sqlite3.Connection, batch: list, exc: BaseException, *, inline: bool) -> None:
         """The store itself failed (a disk error, say): roll back, answer every caller."""
-        log.error("store batch failed: %s: %s", type(exc).__name__, exc)
+        self._write_failed(exc)
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
         self._answer(_failed(batch), inline=inline)
+
+    # -- write health: what /health reports ----------------------------------------------
+    #
+    # A full disk fails every write while reads go on working. The node logs when writes
+    # start failing and when they work again (not once per failed batch: that would fill
+    # the log, itself maybe on the full disk), and /health reports it.
+
+    def _write_failed(self, exc: BaseException) -> None:
+        now = time.time()
+        self._write_checked = now
+        if self._write_failure is None:
+            self._write_failure = (int(now), f"{type(exc).__name__}: {exc}")
+            self._failed_batches = 0
+            log.error("store writes are failing (%s: %s); writes answer 503 until they work again",
+                      type(exc).__name__, exc)
+        self._failed_batches += 1
+
+    def _write_worked(self) -> None:
+        self._write_checked = time.time()
+        if self._write_failure is not None:
+            log.warning("store writes work again, after %d failed batches since %s", self._failed_batches,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._write_failure[0])))
+            self._write_failure = None
+
+    def write_health(self) -> dict:
+        """Whether the last write committed: ``writable``, and when failing ``since`` (unix
+        time), ``error`` and ``failed_batches``; ``checked``: when a write last ended."""
+        failure = self._write_failure
+        if failure is None:
+            return {"writable": True, "checked": self._write_checked}
+        return {"writable": False, "since": failure[0], "error": failure[1], "failed_batches": self._failed_batches,
+                "checked": self._write_checked}
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         # A reader holding an old snapshot makes TRUNCATE report busy; readers are short, so
@@ -1506,6 +1549,25 @@ class SQLiteStore(Store):
             return _Checkpoint(expired) if expired else expired
 
         return await self._write(op, heavy=True)
+
+
+def _private_database(path: Path) -> None:
+    """The database, its WAL and its shared-memory file readable by their owner only: they
+    hold received signals and audit logs. SQLite creates a database 0644 (less the umask)
+    and gives the WAL and -shm files the database's mode, so the database is created 0600
+    here before SQLite opens it, and looser files left by an older rxfed are tightened."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(file, 0o600)
+            log.warning("%s was readable by others (mode %o); now 0600", file.name, mode & 0o777)
 
 
 def _community(row: tuple) -> CommunityRow:
