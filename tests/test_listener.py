@@ -460,7 +460,7 @@ async def test_a_request_whose_client_left_while_queued_does_no_work(tmp_path, m
     ("anonymous_global_burst = 120", "anonymous_global_burst = 1.5", "[limits] anonymous_global_burst: must be a whole"),
     ("max_in_flight = 32", "max_in_flight = 0", "[limits] max_in_flight: must be a whole number from 1"),
     ("max_queued = 1024", "max_queued = -1", "[limits] max_queued: must be a whole number from 0"),
-    ("queue_timeout = 1.0", "queue_timeout = 0", "[limits] queue_timeout: must be a number above 0"),
+    ("queue_timeout = 0.5", "queue_timeout = 0", "[limits] queue_timeout: must be a number above 0"),
     ("trusted_proxies = []", 'trusted_proxies = ["10.0.0.300"]',
      "[node] trusted_proxies: '10.0.0.300' is not an IP address or CIDR network"),
     ("trusted_proxies = []", 'trusted_proxies = "10.0.0.1"', "[node] trusted_proxies: must be a list of strings"),

@@ -23,6 +23,11 @@ from rxfed.node.config import ConfigError, ConfigFileError, Limits, NodeConfig, 
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
+#: Connections the kernel queues for the node to accept (capped by net.core.somaxconn). aiohttp's
+#: default of 128 drops the SYNs of a burst of new clients, which then wait 1, 3, 7 s to retry.
+LISTEN_BACKLOG = 4096
+
+
 class AccessLog(AbstractAccessLogger):
     """One line per request (time, address, method, route, status, bytes, seconds) written
     to a buffered file and flushed every few seconds: the ``logging`` module's per-record
@@ -183,7 +188,7 @@ def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None 
         AccessLog.stream = open(config.data_dir / config.access_log, "a", buffering=64 * 1024)
         app.cleanup_ctx.append(_flush_access_log)
     web.run_app(app, host=host or config.host, port=port or config.port, ssl_context=context,
-                access_log_class=AccessLog, print=print_ready)
+                access_log_class=AccessLog, print=print_ready, backlog=LISTEN_BACKLOG)
 
 
 # -- operator commands on a node's data directory (the node may be running) ------------------

@@ -42,6 +42,7 @@ log = logging.getLogger("rxfed.node")
 #: body it did not send in time).
 CLOSE_AFTER_REPLY = web.RequestKey("close_after_reply", bool)
 _ADMITTED = web.RequestKey("admitted", bool)
+_ARRIVED = web.RequestKey("arrived", float)
 _HEAD_TIMEOUT_BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
 _HEAD_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY))
@@ -182,8 +183,10 @@ def client_address(request: web.BaseRequest, trusted: Sequence) -> str:
 
 
 class Admission:
-    """At most ``max_in_flight`` requests worked on at once, at most ``max_queued`` waiting,
-    each for at most ``queue_timeout`` seconds; the rest shed with 503 and Retry-After."""
+    """At most ``max_in_flight`` requests worked on at once, at most ``max_queued`` waiting;
+    a request not admitted within ``queue_timeout`` seconds of its handler starting (which
+    counts the time spent checking its headers and reading its body under load) and the
+    rest are shed with 503 and Retry-After."""
 
     def __init__(self, max_in_flight: int, max_queued: int, queue_timeout: float):
         self.max_in_flight, self.max_queued, self.queue_timeout = max_in_flight, max_queued, queue_timeout
@@ -196,17 +199,26 @@ class Admission:
     def in_flight(self) -> int:
         return self.max_in_flight - self._slots._value
 
+    def refuse_if_full(self) -> None:
+        """Shed at once, before a request costs anything, while the queue is full."""
+        if self.waiting >= self.max_queued and self._slots.locked():
+            self.shed += 1
+            raise Overloaded("the node is busy; retry after the time in Retry-After")
+
     async def enter(self, request: web.BaseRequest) -> None:
         """Wait for a slot for ``request`` (once; :meth:`leave` frees it)."""
         if request.get(_ADMITTED):
             return
         if self._slots.locked() or self.waiting:
-            if self.waiting >= self.max_queued:
+            self.refuse_if_full()
+            arrived = request.get(_ARRIVED)
+            left = self.queue_timeout - (asyncio.get_running_loop().time() - arrived if arrived else 0.0)
+            if left <= 0:
                 self.shed += 1
                 raise Overloaded("the node is busy; retry after the time in Retry-After")
             self.waiting += 1
             try:
-                async with asyncio.timeout(self.queue_timeout):
+                async with asyncio.timeout(left):
                     await self._slots.acquire()
             except TimeoutError:
                 self.shed += 1
@@ -299,13 +311,18 @@ LISTENER = web.AppKey("listener", Listener)
 
 @web.middleware
 async def guard_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Refuse a compressed body before anything reads it; free the request's admission slot
-    when it is answered."""
+    """Refuse a compressed body before anything reads it, and any request but ``/health`` at
+    once while the admission queue is full; free the request's admission slot when it is
+    answered."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedEncoding(f"request bodies are taken uncompressed only, not in {encoding[:40]!r}; send "
                                   "them without Content-Encoding")
+    admission = request.app[LISTENER].admission
+    request[_ARRIVED] = asyncio.get_running_loop().time()
+    if request.path != "/health":
+        admission.refuse_if_full()
     try:
         return await handler(request)
     finally:
-        request.app[LISTENER].admission.leave(request)
+        admission.leave(request)
