@@ -98,7 +98,7 @@ class Limits:
     anonymous_global_burst: int = attrs.field(default=120, validator=_number(int, 1))
     #: Requests worked on at once; more wait, at most ``max_queued`` of them and each for at
     #: most ``queue_timeout`` seconds, and beyond that get 503 with Retry-After.
-    max_in_flight: int = attrs.field(default=64, validator=_number(int, 1, 100000))
+    max_in_flight: int = attrs.field(default=32, validator=_number(int, 1, 100000))
     max_queued: int = attrs.field(default=1024, validator=_number(int, 0, 1000000))
     queue_timeout: float = attrs.field(default=0.5, validator=_number(float, 0, 600, above=True))
 

@@ -188,41 +188,12 @@ class Admission:
     counts the time spent checking its headers and reading its body under load) and the
     rest are shed with 503 and Retry-After."""
 
-    #: The longest Retry-After the node names.
-    MAX_RETRY_AFTER = 30.0
-
-    def __init__(self, max_in_flight: int, max_queued: int, queue_timeout: float, *, clock=None):
+    def __init__(self, max_in_flight: int, max_queued: int, queue_timeout: float):
         self.max_in_flight, self.max_queued, self.queue_timeout = max_in_flight, max_queued, queue_timeout
-        self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self._slots = asyncio.Semaphore(max_in_flight)
         self.waiting = 0
         self.shed = 0
         self.gone = 0
-        #: (second, admitted, shed) for this second and the one before
-        self._now = (0, 0, 0)
-        self._last = (0, 0, 0)
-
-    def _count(self, admitted: int = 0, shed: int = 0) -> None:
-        second = int(self.clock())
-        if second != self._now[0]:
-            self._last = self._now if second == self._now[0] + 1 else (second - 1, 0, 0)
-            self._now = (second, 0, 0)
-        self._now = (second, self._now[1] + admitted, self._now[2] + shed)
-        self.shed += shed
-
-    def retry_after(self) -> float:
-        """Seconds until a shed client should try again: about how long the node needs to
-        admit everyone who wants in now (shed in the last second, waiting, working) at the
-        rate it admitted in the last second, so that the retries of thousands of shed
-        clients spread out to what it can take instead of all coming back in one second."""
-        self._count()
-        _, admitted, shed = self._last
-        demand = max(shed, self._now[2]) + self.waiting + self.in_flight
-        return min(self.MAX_RETRY_AFTER, max(1.0, demand / max(1, admitted)))
-
-    def _overloaded(self) -> Overloaded:
-        self._count(shed=1)
-        return Overloaded("the node is busy; retry after the time in Retry-After", retry_after=self.retry_after())
 
     @property
     def in_flight(self) -> int:
@@ -231,7 +202,8 @@ class Admission:
     def refuse_if_full(self) -> None:
         """Shed at once, before a request costs anything, while the queue is full."""
         if self.waiting >= self.max_queued and self._slots.locked():
-            raise self._overloaded()
+            self.shed += 1
+            raise Overloaded("the node is busy; retry after the time in Retry-After")
 
     async def enter(self, request: web.BaseRequest) -> None:
         """Wait for a slot for ``request`` (once; :meth:`leave` frees it)."""
@@ -240,21 +212,22 @@ class Admission:
         if self._slots.locked() or self.waiting:
             self.refuse_if_full()
             arrived = request.get(_ARRIVED)
-            left = self.queue_timeout - (self.clock() - arrived if arrived else 0.0)
+            left = self.queue_timeout - (asyncio.get_running_loop().time() - arrived if arrived else 0.0)
             if left <= 0:
-                raise self._overloaded()
+                self.shed += 1
+                raise Overloaded("the node is busy; retry after the time in Retry-After")
             self.waiting += 1
             try:
                 async with asyncio.timeout(left):
                     await self._slots.acquire()
             except TimeoutError:
-                raise self._overloaded() from None
+                self.shed += 1
+                raise Overloaded("the node is busy; retry after the time in Retry-After") from None
             finally:
                 self.waiting -= 1
         else:
             await self._slots.acquire()
         request[_ADMITTED] = True
-        self._count(admitted=1)
         transport = request.transport
         if transport is None or transport.is_closing():
             self.gone += 1
@@ -346,7 +319,7 @@ async def guard_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise UnsupportedEncoding(f"request bodies are taken uncompressed only, not in {encoding[:40]!r}; send "
                                   "them without Content-Encoding")
     admission = request.app[LISTENER].admission
-    request[_ARRIVED] = admission.clock()
+    request[_ARRIVED] = asyncio.get_running_loop().time()
     if request.path != "/health":
         admission.refuse_if_full()
     try:
