@@ -33,10 +33,7 @@ import json
 import os
 import random
 import resource
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from urllib.parse import urlsplit
@@ -225,26 +222,8 @@ def report(args, result: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_own_fd_limit()
-    own_root = not args.profiles
-    root = tempfile.mkdtemp(prefix="rxfed-sweep-profiles.") if own_root else args.profiles
-    os.makedirs(root, exist_ok=True)
-    try:
-        try:
-            import uvloop
-
-            result = uvloop.run(run(args, root))
-        except ImportError:
-            result = asyncio.run(run(args, root))
-    finally:
-        if own_root:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    report(args, result)
-    return 0 if result["complete"] else 3
+    return load.run_main(args, run, report, "rxfed-sweep-profiles.")
 
 
 if __name__ == "__main__":

@@ -369,19 +369,26 @@ def test_client_address(remote, headers, expected):
 # -- 4. admission: shed beyond the queue, drop work for clients that left -----------------------------------
 
 
+def hold_vault_reads(node, monkeypatch) -> tuple[asyncio.Event, list]:
+    """Vault reads wait for the returned event (so a request holds its work slot); each
+    read is recorded in the returned list when it starts."""
+    gate, calls = asyncio.Event(), []
+    vault = node.state.store.vault
+
+    async def slow_vault(*args, **kw):
+        calls.append(args)
+        await gate.wait()
+        return await vault(*args, **kw)
+
+    monkeypatch.setattr(node.state.store, "vault", slow_vault)
+    return gate, calls
+
+
 async def test_beyond_its_queue_the_node_sheds_with_503_and_retry_after(tmp_path, make_patient, monkeypatch):
     node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 1, "queue_timeout": 0.5})
     try:
         patients = [await make_patient(node) for _ in range(3)]
-        gate, calls = asyncio.Event(), []
-        vault = node.state.store.vault
-
-        async def slow_vault(*args, **kw):
-            calls.append(args)
-            await gate.wait()
-            return await vault(*args, **kw)
-
-        monkeypatch.setattr(node.state.store, "vault", slow_vault)
+        gate, calls = hold_vault_reads(node, monkeypatch)
         first = asyncio.create_task(signed(patients[0], "GET", "/v1/vault"))
         while not calls:
             await asyncio.sleep(0.01)
@@ -419,15 +426,7 @@ async def test_a_request_whose_client_left_while_queued_does_no_work(tmp_path, m
     node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 10, "queue_timeout": 5})
     try:
         patients = [await make_patient(node) for _ in range(2)]
-        gate, calls = asyncio.Event(), []
-        vault = node.state.store.vault
-
-        async def slow_vault(*args, **kw):
-            calls.append(args)
-            await gate.wait()
-            return await vault(*args, **kw)
-
-        monkeypatch.setattr(node.state.store, "vault", slow_vault)
+        gate, calls = hold_vault_reads(node, monkeypatch)
         first = asyncio.create_task(signed(patients[0], "GET", "/v1/vault"))
         while not calls:
             await asyncio.sleep(0.01)

@@ -21,12 +21,12 @@ from aiohttp import web
 
 import rxfed
 from rxfed.crypto import b64e, sha256
-from rxfed.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, RxfedError, Unauthorized
+from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
 from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import Federation
 from rxfed.node.guards import NonceWindow, RateLimiter
-from rxfed.node.listener import LISTENER, ClientGone, Listener, guard_middleware, read_body
+from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, guard_middleware, read_body
 from rxfed.node.listener import install as install_listener
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
@@ -193,12 +193,6 @@ def _json(raw: bytes) -> Any:
     return loads(raw)
 
 
-def _check_size(request: web.Request, limit: int) -> None:
-    """A body its Content-Length says is too large is refused before anything else."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
-
-
 def _check_window(state: NodeState, signed: SignedRequest) -> None:
     if abs(state.now() - signed.created) > state.config.limits.request_window_seconds:
         raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
@@ -209,7 +203,7 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
     """The request's signer and body. The headers, the key and the time window are checked
     before the body is read (see :func:`_signed_body`)."""
     state = request.app[NODE]
-    _check_size(request, state.config.limits.max_body_bytes if limit is None else limit)
+    check_declared_size(request, state.config.limits.max_body_bytes if limit is None else limit)
     signed = SignedRequest.from_headers(request.headers)
     _check_window(state, signed)
     auth = await state.auth_key(signed.key)
@@ -227,7 +221,7 @@ async def authenticate_new_device(request: web.Request, parse: Callable[[Any], A
     listener = request.app[LISTENER]
     lim = state.config.limits
     listener.take_anonymous(request)
-    _check_size(request, lim.anonymous_max_body_bytes)
+    check_declared_size(request, lim.anonymous_max_body_bytes)
     signed = SignedRequest.from_headers(request.headers)
     _check_window(state, signed)
     async with listener.unverified():
@@ -469,7 +463,7 @@ async def receive_transaction(request: web.Request) -> web.Response:
     txn_id = request.match_info["txn"]
     if not re.fullmatch(TXN_ID, txn_id):
         raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
-    _check_size(request, state.config.limits.max_body_bytes)
+    check_declared_size(request, state.config.limits.max_body_bytes)
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:
         raise Unauthorized("federation requests name their origin", code="unsigned")

@@ -40,9 +40,10 @@ log = logging.getLogger("rxfed.node")
 
 #: Set on a request whose connection closes once its reply is written (no draining of the
 #: body it did not send in time).
-CLOSE_AFTER_REPLY = web.RequestKey("close_after_reply", bool)
-_ADMITTED = web.RequestKey("admitted", bool)
-_ARRIVED = web.RequestKey("arrived", float)
+_key = getattr(web, "RequestKey", lambda name, _type: f"rxfed.{name}")  # typed keys from aiohttp 3.12 on
+CLOSE_AFTER_REPLY = _key("close_after_reply", bool)
+_ADMITTED = _key("admitted", bool)
+_ARRIVED = _key("arrived", float)
 _HEAD_TIMEOUT_BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
 _HEAD_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY))
@@ -242,12 +243,16 @@ class Admission:
 # -- bodies ---------------------------------------------------------------------------------
 
 
+def check_declared_size(request: web.BaseRequest, limit: int) -> None:
+    """A body its Content-Length says is larger than ``limit`` is refused before it is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
+
+
 async def read_body(request: web.BaseRequest, *, limit: int, timeout: float) -> bytes:
     """The request's body: at most ``limit`` bytes (413 at once when Content-Length says
     more), all of it within ``timeout`` seconds (else 408, and the connection closes)."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
+    check_declared_size(request, limit)
     if not request.body_exists:
         return b""
     chunks, size = [], 0
