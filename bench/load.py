@@ -368,11 +368,17 @@ async def run(args, root: str) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return run_main(parse_args(argv), run, report, "rxfed-bench-profiles.")
+
+
+def run_main(args, run, report, prefix: str) -> int:
+    """Run ``run(args, root)`` with the patients' profiles under ``root`` (a temp dir unless
+    --profiles names one), write --out, print ``report``; exit code 0 if complete, else 3.
+    Shared with bench/sweep.py."""
     # SIGTERM (from bench/run.sh's trap) unwinds like Ctrl-C, so the temp profiles are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     own_root = not args.profiles
-    root = tempfile.mkdtemp(prefix="rxfed-bench-profiles.") if own_root else args.profiles
+    root = tempfile.mkdtemp(prefix=prefix) if own_root else args.profiles
     os.makedirs(root, exist_ok=True)
     try:
         try:

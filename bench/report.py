@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 RXFED, SYNAPSE, CEILING = "rxfed", "synapse", "ceiling FULL"
-POSTS, FED = "rxfed posts", "rxfed federation"
-NAMES = {RXFED: "rxfed", SYNAPSE: "Synapse", CEILING: "ceiling FULL", POSTS: "rxfed posts", FED: "rxfed federation"}
+POSTS, FED, SWEEP = "rxfed posts", "rxfed federation", "rxfed sweep"
+NAMES = {RXFED: "rxfed", SYNAPSE: "Synapse", CEILING: "ceiling FULL", POSTS: "rxfed posts", FED: "rxfed federation",
+         SWEEP: "rxfed sweep"}
 
 # (label, rxfed key, peer key, decimals)
 ROWS = [
@@ -42,6 +43,8 @@ def classify(doc: dict) -> str | None:
         return POSTS
     if peer == "rxfed-federation":
         return FED
+    if peer == "rxfed-sweep":
+        return SWEEP
     if peer == "synapse":
         return SYNAPSE
     if peer == "aiohttp-sqlite-ceiling" and "synchronous=FULL" in str(doc.get("version", "")):
@@ -51,7 +54,7 @@ def classify(doc: dict) -> str | None:
 
 def load(folder: Path) -> dict[str, dict[int, dict]]:
     """{system: {round: json line}} from every saved JSON line in the folder."""
-    found: dict[str, dict[int, dict]] = {RXFED: {}, SYNAPSE: {}, CEILING: {}, POSTS: {}, FED: {}}
+    found: dict[str, dict[int, dict]] = {RXFED: {}, SYNAPSE: {}, CEILING: {}, POSTS: {}, FED: {}, SWEEP: {}}
     for path in sorted(folder.glob("*.json")):
         if path.name == "meta.json" or path.name.endswith(".detail.json"):
             continue
@@ -145,6 +148,8 @@ def main(argv: list[str]) -> int:
     if (folder / "meta.json").is_file():
         meta = json.loads((folder / "meta.json").read_text())
 
+    if found[SWEEP] and not any(found[s] for s in (RXFED, SYNAPSE, CEILING, POSTS, FED)):
+        return sweep_report(folder, found[SWEEP], meta)
     docs, notes = {}, {}
     for system in (RXFED, SYNAPSE, CEILING):
         docs[system], notes[system] = usable(found[system])
@@ -216,6 +221,50 @@ def main(argv: list[str]) -> int:
             print(f"| {i} | {NAMES[system]} | " + " | ".join(vals) + f" | {'yes' if d.get('complete') else 'NO'} | "
                   + " | ".join(extra) + " |")
     communities_report(found, docs)
+    return 0
+
+
+def sweep_report(folder: Path, rounds: dict[int, dict], meta: dict) -> int:
+    """The concurrency sweep (bench/sweep.py): per level the median over the complete
+    rounds, and its targets, each met only when its worst round meets it."""
+    docs, note = usable(rounds)
+    levels = sorted({c for d in docs for c in d.get("levels", [])})
+    print(f"## rxfed concurrency sweep, signed record writes, {folder.name}")
+    print()
+    if meta:
+        print(f"At least {meta.get('sweep_n')} writes per level, R={meta.get('R')} rounds; Python {meta.get('python')}, "
+              f"rxfed {meta.get('rxfed')}, {meta.get('cpus')} CPUs ({meta.get('cpu')}), commit "
+              f"{(meta.get('commit') or '?')[:12]}.")
+    print(f"Medians over {len(docs)} round(s){' (' + note + ')' if note else ''}. A shed write (503 with "
+          "Retry-After) is sent again after the time it names; `answer max` is the longest any attempt waited for "
+          "its answer (2xx or 503).")
+    print()
+    print("| concurrency | records/s | x c16 | p50 ms | p99 ms | answer max ms | shed (503) | late (> 2 s) | timeouts "
+          "| errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base = median(docs, "records_per_s_c16")
+    for c in levels:
+        rate = median(docs, f"records_per_s_c{c}")
+        counts = [fmt(median(docs, f"{k}_c{c}"), 0) for k in ("shed", "late", "timeouts", "errors")]
+        print(f"| {c} | {fmt(rate, 1)} | {fmt_ratio(ratio(rate, base))} | {fmt(median(docs, f'p50_ms_c{c}'), 1)} | "
+              f"{fmt(median(docs, f'p99_ms_c{c}'), 1)} | {fmt(median(docs, f'answer_max_ms_c{c}'), 1)} | "
+              + " | ".join(counts) + " |")
+    print()
+    ratios = [ratio(d.get("records_per_s_c1024"), d.get("records_per_s_c16")) for d in docs]
+    slowest = [max((d.get(f"answer_max_ms_c{c}") or 0) for c in d.get("levels", [])) / 1000 for d in docs]
+    unanswered = [sum((d.get(f"late_c{c}") or 0) + (d.get(f"timeouts_c{c}") or 0) + (d.get(f"errors_c{c}") or 0)
+                      for c in d.get("levels", [])) for d in docs]
+    rows = [
+        target_row("c1024 throughput >= 0.8x c16", [r for r in ratios if r is not None], 0.8, higher=True),
+        target_row("every attempt answered (2xx or 503 + Retry-After) within 2 s", slowest, 2.0, higher=False,
+                   unit=" s"),
+        target_row("late answers, timeouts and errors, all levels", [float(u) for u in unanswered], 0.5,
+                   higher=False, unit=""),
+    ]
+    print("| target | median | worst round | result |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
     return 0
 
 

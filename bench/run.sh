@@ -11,6 +11,10 @@
 # Every raw JSON line and output goes to bench/results/<timestamp>/; at the end
 # bench/report.py prints the medians over the R rounds and the targets.
 #
+# MODE=sweep (or bench/sweep.sh) runs only the node's concurrency sweep instead: R rounds of
+# (c) with bench/sweep.py at SWEEP_CONC (16,64,256,1024,4096), SWEEP_N writes per level at
+# least (4000), the node's own admission settings left as they are.
+#
 # Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), PATIENTS (16), PROFILE_ROOT (/dev/shm
 #   if it is a writable directory: the patients' profile dirs stand for the patients' own
 #   devices, so the SDK's rewrite of state.json after every write (a temp file and a
@@ -29,12 +33,19 @@ N="${N:-2000}"
 CONC="${CONC:-1,16}"
 IDLE_S="${IDLE_S:-5}"
 PATIENTS="${PATIENTS:-16}"
+MODE="${MODE:-compare}"
+SWEEP_CONC="${SWEEP_CONC:-16,64,256,1024,4096}"
+SWEEP_N="${SWEEP_N:-4000}"
 if [[ -z ${PROFILE_ROOT+set} ]]; then
     PROFILE_ROOT=""
     [[ -d /dev/shm && -w /dev/shm ]] && PROFILE_ROOT=/dev/shm
 fi
 export PYTHON N CONC IDLE_S  # the peer scripts read the same settings
 
+if [[ $MODE != compare && $MODE != sweep ]]; then
+    echo "MODE must be compare (the default) or sweep, not $MODE" >&2
+    exit 2
+fi
 if [[ ! -f $SHARED/peers/lib.sh ]]; then
     echo "no peer benchmarks in $SHARED/peers (set SHARED to the folder holding peers/)" >&2
     exit 2
@@ -45,8 +56,8 @@ fi
 source "$SHARED/peers/lib.sh"
 PY="$PYTHON"  # wait_health's interpreter (stdlib only)
 
-if ! [[ $R =~ ^[1-9][0-9]*$ && $N =~ ^[1-9][0-9]*$ && $PATIENTS =~ ^[1-9][0-9]*$ ]]; then
-    say "R, N and PATIENTS must be positive integers"
+if ! [[ $R =~ ^[1-9][0-9]*$ && $N =~ ^[1-9][0-9]*$ && $PATIENTS =~ ^[1-9][0-9]*$ && $SWEEP_N =~ ^[1-9][0-9]*$ ]]; then
+    say "R, N, PATIENTS and SWEEP_N must be positive integers"
     exit 2
 fi
 if ! "$PYTHON" -c 'import rxfed.client.sdk, aiohttp' 2>/dev/null; then
@@ -106,7 +117,7 @@ try:  # the checked-out commit, read from the files (no git command)
 except OSError:
     pass
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
-json.dump({"stamp": "$STAMP", "R": $R, "N": $N, "conc": "$CONC", "idle_s": "$IDLE_S", "patients": $PATIENTS,
+json.dump({"stamp": "$STAMP", "R": $R, "N": $N, "conc": "$CONC", "idle_s": "$IDLE_S", "patients": $PATIENTS, "mode": "$MODE", "sweep_conc": "$SWEEP_CONC", "sweep_n": $SWEEP_N,
            "python": sys.version.split()[0], "python_path": sys.executable, "rxfed": rxfed.__version__,
            "aiohttp": aiohttp.__version__, "commit": head, "cpus": os.cpu_count(), "cpu": cpu,
            "kernel": platform.release(), "rxfed_command": "${RXFED[*]}",
@@ -154,7 +165,8 @@ raise_limits() {
 import re, sys, tomllib
 path = sys.argv[1]
 want = {"requests_per_second": "1000000.0", "burst": "1000000",
-        "anonymous_per_minute": "1000000.0", "anonymous_burst": "1000000"}
+        "anonymous_per_minute": "1000000.0", "anonymous_burst": "1000000",
+        "anonymous_global_per_minute": "1000000.0", "anonymous_global_burst": "1000000"}
 out, section, seen = [], None, set()
 for line in open(path).read().splitlines(keepends=True):
     m = re.match(r"\s*\[([^\]]+)\]\s*(#.*)?$", line)
@@ -199,7 +211,11 @@ run_rxfed() {
         cp "$NODE_DIR/server.log" "$RESULTS/$name.server.log" 2>/dev/null || true
         return 1
     fi
-    say "healthy after $startup_s s; idle $IDLE_S s, then $N records at concurrency $CONC"
+    if [[ $mode == sweep ]]; then
+        say "healthy after $startup_s s; idle $IDLE_S s, then at least $SWEEP_N records at each concurrency of $SWEEP_CONC"
+    else
+        say "healthy after $startup_s s; idle $IDLE_S s, then $N records at concurrency $CONC"
+    fi
     sleep "$IDLE_S"
     # the patients' profile dirs: in the node's temp dir (removed with it), or under PROFILE_ROOT
     profiles="$NODE_DIR/profiles"
@@ -213,9 +229,15 @@ run_rxfed() {
         cp "$NODE_DIR/server.log" "$RESULTS/$name.server.log" 2>/dev/null || true
         return 1
     fi
-    run_child "$PYTHON" "$BENCH/load.py" --mode "$mode" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$N" \
-        --conc "$CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" \
-        --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
+    if [[ $mode == sweep ]]; then
+        run_child "$PYTHON" "$BENCH/sweep.py" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$SWEEP_N" \
+            --conc "$SWEEP_CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" \
+            --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
+    else
+        run_child "$PYTHON" "$BENCH/load.py" --mode "$mode" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$N" \
+            --conc "$CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" \
+            --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
+    fi
     stop_server
     cat "$RESULTS/$name.out" >&2
     if [[ $rc -ne 0 ]]; then
@@ -229,6 +251,27 @@ run_rxfed() {
 }
 
 say "results in $RESULTS"
+if [[ $MODE == sweep ]]; then
+    say "R=$R rounds of the rxfed concurrency sweep: levels $SWEEP_CONC, at least $SWEEP_N writes per level"
+    for ((i = 1; i <= R; i++)); do
+        say ""
+        say "##### round $i of $R"
+        if ! run_rxfed "sweep-$i" sweep; then
+            say "sweep-$i: failed or incomplete"
+            FAILED+=("sweep-$i")
+            stop_server
+            remove_node_dir
+        fi
+    done
+    say ""
+    say "all rounds done in $(($(date +%s) - T_START)) s; raw results in $RESULTS"
+    "$PYTHON" "$BENCH/report.py" "$RESULTS" | tee "$RESULTS/report.md"
+    if ((${#FAILED[@]})); then
+        say "failed or incomplete: ${FAILED[*]}"
+        exit 3
+    fi
+    exit 0
+fi
 say "R=$R rounds of: Synapse, ceiling (synchronous=FULL), rxfed records, rxfed posts, rxfed federation; N=$N, CONC=$CONC, IDLE_S=$IDLE_S, PATIENTS=$PATIENTS"
 say "rxfed command: ${RXFED[*]}"
 for ((i = 1; i <= R; i++)); do

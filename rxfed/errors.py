@@ -80,3 +80,28 @@ class Unavailable(RxfedError):
     status = 503
     code = "unavailable"
     retry_after: float = 5.0
+
+
+class RequestTimeout(RxfedError):
+    """The client took too long to send its request; the node closes the connection."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedEncoding(RxfedError):
+    """A request body in a content coding the node does not decode (it takes identity only)."""
+
+    status = 415
+    code = "unsupported_encoding"
+    headers = {"Accept-Encoding": "identity"}  # RFC 9110 15.5.16: the codings that are taken
+
+
+class Overloaded(Unavailable):
+    """The node sheds this request: more are waiting than it can answer in time."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -20,7 +20,8 @@ from rxfed.node.config import Federation, Limits, NodeConfig, create_node_keys, 
 from rxfed.plugins import RxfedPlugins
 
 #: Limits for tests: generous rate limits so tests are not throttled unless they mean to be.
-TEST_LIMITS = Limits(requests_per_second=10_000, burst=10_000, anonymous_per_minute=60_000, anonymous_burst=10_000)
+TEST_LIMITS = Limits(requests_per_second=10_000, burst=10_000, anonymous_per_minute=60_000, anonymous_burst=10_000,
+                     anonymous_global_per_minute=600_000, anonymous_global_burst=100_000)
 #: Federation settings for tests: fast retries, no key-refetch delay.
 TEST_FEDERATION = Federation(backoff_base=0.05, backoff_max=0.5, breaker_threshold=1000, breaker_cooldown=1.0,
                              request_timeout=2.0, key_refetch=0, signal_delay=0, inbound_per_second=10_000,
@@ -69,6 +70,8 @@ class NodeHarness:
     federation: Federation = TEST_FEDERATION
     plugins: RxfedPlugins | None = None
     clock: Callable[[], float] = time.time
+    #: ``[node] trusted_proxies``: peers whose X-Forwarded-For / Forwarded the node believes.
+    trusted_proxies: tuple[str, ...] = ()
     port: int = attrs.field(factory=free_port)
     runner: web.AppRunner | None = None
     config: NodeConfig | None = None
@@ -80,7 +83,8 @@ class NodeHarness:
     async def start(self) -> NodeHarness:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.url, port=self.port,
-                                 registration=self.registration, limits=self.limits, federation=self.federation)
+                                 registration=self.registration, limits=self.limits, federation=self.federation,
+                                 trusted_proxies=tuple(self.trusted_proxies))
         if not (self.data_dir / "node-keys.json").exists():
             create_node_keys(self.data_dir)
             self.config.save()

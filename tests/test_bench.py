@@ -63,3 +63,45 @@ def test_report_counts_a_target_met_only_when_the_worst_round_meets_it(tmp_path,
 async def test_cli_latency_script():
     result = await run(str(BENCH / "cli_latency.py"), "--n", "1")
     assert result["complete"] and result["commands"]["patient show"]["own_ms_p50"] > 0
+
+
+async def test_sweep_script(node, tmp_path):
+    result = await run(str(BENCH / "sweep.py"), "--base", node.url, "--conc", "2,8", "--n", "16", "--per-writer", "2",
+                       "--profiles", str(tmp_path / "profiles"))
+    assert result["complete"] and result["records_per_s_c8"] > 0 and result["timeouts_c8"] == 0
+
+
+async def test_sweep_resends_a_shed_write_after_retry_after(node, tmp_path):
+    """Once the patients are registered the node gets one slot and no queue, so it sheds most
+    of 8 writers' requests; each is sent again after its Retry-After and every write lands."""
+    from rxfed.node.listener import Admission
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(BENCH / "sweep.py"), "--base", node.url, "--conc", "8", "--n", "16", "--per-writer", "2",
+        "--profiles", str(tmp_path / "profiles"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    while not (line := await asyncio.wait_for(proc.stderr.readline(), 60)).startswith(b"setup:"):
+        assert line, "sweep.py ended before its setup"
+    node.state.listener.admission = Admission(1, 0, 0.5)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["complete"] and result["shed_c8"] > 0 and result["errors_c8"] == 0
+
+
+def test_report_sweep_targets(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    line = {"peer": "rxfed-sweep", "complete": True, "levels": [16, 1024], "records_per_s_c16": 2000,
+            "records_per_s_c1024": 1500, "answer_max_ms_c16": 80, "answer_max_ms_c1024": 2300, "late_c1024": 3,
+            "late_c16": 0, "timeouts_c16": 0, "timeouts_c1024": 0, "errors_c16": 0, "errors_c1024": 0}
+    (tmp_path / "sweep-1.json").write_text(json.dumps(line) + "\n")
+    assert report.main(["report.py", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (row,) = [r for r in out.splitlines() if r.startswith("| c1024 throughput >= 0.8x c16")]
+    assert row.split(" | ")[1:] == ["0.750x", "0.750x", "NOT MET |"]
+    (row,) = [r for r in out.splitlines() if r.startswith("| every attempt answered")]
+    assert row.endswith("| NOT MET |")
+    assert "| 1024 | 1500.0 | 0.750 |" in out

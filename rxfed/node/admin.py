@@ -26,6 +26,10 @@ from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
 
 log = logging.getLogger("rxfed.node")
 
+#: Connections the kernel queues for the node to accept (capped by net.core.somaxconn). aiohttp's
+#: default of 128 drops the SYNs of a burst of new clients, which then wait 1, 3, 7 s to retry.
+LISTEN_BACKLOG = 4096
+
 
 def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port: int = 8470,
               public_url: str | None = None, registration: str = "open", limits: Limits | None = None,
@@ -248,7 +252,7 @@ async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: i
     await runner.setup()
     try:
         ConnectionCap(runner.server, limit)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
         await site.start()
         scheme = "https" if ssl_context else "http"
         listening = ", ".join(f"{scheme}://{_url_host(a[0])}:{a[1]}" for a in runner.addresses)

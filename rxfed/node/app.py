@@ -21,11 +21,13 @@ from aiohttp import web
 
 import rxfed
 from rxfed.crypto import b64e, sha256
-from rxfed.errors import BadRequest, Conflict, Forbidden, RateLimited, RxfedError, Unauthorized, Unavailable
+from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
 from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import Federation
 from rxfed.node.guards import NonceWindow, RateLimiter
+from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, guard_middleware, read_body
+from rxfed.node.listener import install as install_listener
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import SignedRequest
@@ -52,6 +54,7 @@ class NodeState:
     federation: Federation = None
     communities: Any = None
     consent: Any = None
+    listener: Listener = None
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
@@ -63,7 +66,8 @@ class NodeState:
     def __attrs_post_init__(self) -> None:
         lim = self.config.limits
         self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
-        self.anonymous = RateLimiter(lim.anonymous_per_minute / 60.0, lim.anonymous_burst)
+        self.listener = Listener(lim, self.config.trusted_proxies)
+        self.anonymous = self.listener.anonymous
         self.federation = Federation(self)
 
     def signing_key(self) -> SigningKeyPair:
@@ -144,17 +148,43 @@ class Caller:
         return self.auth.patient
 
 
-async def _verify(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, raw: bytes) -> Nonce:
-    now = state.now()
-    window = state.config.limits.request_window_seconds
-    # Inline, on the event loop: about 50 us of libsodium. Handing it to a worker thread under
-    # load measured slower on two cores (community posts at concurrency 16: -15%; record
-    # writes: no difference): the GIL hand-backs cost more than the overlap gains.
-    signed.verify(key, method=request.method, target=request.raw_path, destination=state.config.node_id,
-                  body=raw, now=now, window=window)
-    nonce = Nonce(signed.nonce, signed.created + window)
+async def _admit(state: NodeState, request: web.Request, signed: SignedRequest, now: int) -> Nonce:
+    """Wait for a work slot (or be shed), then record the nonce: a request shed before its
+    nonce is recorded may be sent again as it was."""
+    await request.app[LISTENER].admission.enter(request)
+    nonce = Nonce(signed.nonce, signed.created + state.config.limits.request_window_seconds)
     state.nonces.add(nonce, now)
     return nonce
+
+
+async def _signed_body(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, *,
+                       limit: int | None = None, rate_limit: bool = False) -> tuple[bytes, Nonce]:
+    """The body of a request signed by ``key``, its signature checked and its nonce recorded;
+    with ``rate_limit``, a request of the key's budget is spent once the signature is good.
+
+    With a ``Content-Digest`` header (every rxfed client sends one) the signature is checked
+    before the body is read, so only a request the key's owner signed makes the node read a
+    body; without one the body is read first, counted among the unverified bodies."""
+    lim = state.config.limits
+    limit = lim.max_body_bytes if limit is None else limit
+    now = state.now()
+    where = dict(method=request.method, target=request.raw_path, destination=state.config.node_id, now=now,
+                 window=lim.request_window_seconds)
+    if signed.digest is None:
+        async with request.app[LISTENER].unverified():
+            raw = await read_body(request, limit=limit, timeout=lim.body_timeout)
+        # Inline, on the event loop: about 50 us of libsodium. Handing it to a worker thread
+        # under load measured slower on two cores (community posts at concurrency 16: -15%;
+        # record writes: no difference): the GIL hand-backs cost more than the overlap gains.
+        signed.verify(key, body=raw, **where)
+        if rate_limit:
+            state.limiter.take(signed.key)
+    else:
+        signed.verify_head(key, **where)
+        if rate_limit:
+            state.limiter.take(signed.key)
+        raw = signed.check_body(await read_body(request, limit=limit, timeout=lim.body_timeout))
+    return raw, await _admit(state, request, signed, now)
 
 
 def _json(raw: bytes) -> Any:
@@ -163,31 +193,46 @@ def _json(raw: bytes) -> Any:
     return loads(raw)
 
 
-async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",)) -> Caller:
+def _check_window(state: NodeState, signed: SignedRequest) -> None:
+    if abs(state.now() - signed.created) > state.config.limits.request_window_seconds:
+        raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
+
+
+async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",),
+                       limit: int | None = None) -> Caller:
+    """The request's signer and body. The headers, the key and the time window are checked
+    before the body is read (see :func:`_signed_body`)."""
     state = request.app[NODE]
-    raw = await request.read()
+    check_declared_size(request, state.config.limits.max_body_bytes if limit is None else limit)
     signed = SignedRequest.from_headers(request.headers)
+    _check_window(state, signed)
     auth = await state.auth_key(signed.key)
     if auth is None or auth.kind not in kinds:
         raise Unauthorized("unknown signing key", code="unknown_key")
-    nonce = await _verify(state, request, signed, signed.key, raw)
-    state.limiter.take(signed.key)
+    raw, nonce = await _signed_body(state, request, signed, signed.key, limit=limit, rate_limit=True)
     return Caller(auth, nonce, _json(raw), state.now())
 
 
 async def authenticate_new_device(request: web.Request, parse: Callable[[Any], Any], sign_key_of: Callable[[Any], bytes]):
     """For a request signed by a key the node does not know yet (registration): the key
     comes from the certificate in the body, which the registration's own first identity
-    epoch signs."""
+    epoch signs. Anonymous, so rate limited by address and in all, and its body is small."""
     state = request.app[NODE]
-    state.anonymous.take(request.remote or "?")
-    raw = await request.read()
+    listener = request.app[LISTENER]
+    lim = state.config.limits
+    listener.take_anonymous(request)
+    check_declared_size(request, lim.anonymous_max_body_bytes)
     signed = SignedRequest.from_headers(request.headers)
+    _check_window(state, signed)
+    async with listener.unverified():
+        raw = await read_body(request, limit=lim.anonymous_max_body_bytes, timeout=lim.body_timeout)
     obj = await parse(_json(raw))
     if signed.key != sign_key_of(obj):
         raise Unauthorized("the request must be signed by the device it enrols", code="bad_signature")
-    nonce = await _verify(state, request, signed, signed.key, raw)
-    return obj, nonce
+    now = state.now()
+    signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
+                  body=raw, now=now, window=lim.request_window_seconds)
+    return obj, await _admit(state, request, signed, now)
 
 
 def logged_path(request: web.BaseRequest) -> str:
@@ -370,8 +415,8 @@ async def rotate_identity(request: web.Request) -> web.Response:
 @routes.post("/v1/recovery/bundle")
 async def recovery_bundle(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    state.anonymous.take(request.remote or "?")
-    caller = await authenticate(request, kinds=("recovery",))
+    request.app[LISTENER].take_anonymous(request)
+    caller = await authenticate(request, kinds=("recovery",), limit=state.config.limits.anonymous_max_body_bytes)
     found = await state.store.recovery_by_key(caller.auth.key)
     if found is None:
         raise Unauthorized("unknown recovery key", code="unknown_key")
@@ -439,19 +484,26 @@ async def receive_transaction(request: web.Request) -> web.Response:
     txn_id = request.match_info["txn"]
     if not re.fullmatch(TXN_ID, txn_id):
         raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
+    lim = state.config.limits
+    check_declared_size(request, lim.max_body_bytes)
     # Everything that needs no key comes before the key look-up, which may fetch the
     # origin's document: a request that is not well formed costs a cheap refusal, no fetch.
+    # The body is read before its signature is checked, so it counts among the unverified ones.
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:
         raise Unauthorized("federation requests name their origin", code="unsigned")
     peer = await state.federation.check_inbound(signed.origin)
-    if abs(state.now() - signed.created) > state.config.limits.request_window_seconds:
+    now = state.now()
+    if abs(now - signed.created) > lim.request_window_seconds:
         raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
-    raw = await request.read()
+    async with request.app[LISTENER].unverified():
+        raw = await read_body(request, limit=lim.max_body_bytes, timeout=lim.body_timeout)
     txn = state.federation.parse_inbound(signed.origin, txn_id, _json(raw))
     document = await state.federation.document(signed.origin, need_key=signed.key)
     document.key_for(signed.key, signed.created)
-    nonce = await _verify(state, request, signed, signed.key, raw)
+    signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
+                  body=raw, now=now, window=lim.request_window_seconds)
+    nonce = await _admit(state, request, signed, now)
     reply_bytes = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
     return web.Response(body=reply_bytes, content_type="application/json")
 
@@ -468,10 +520,15 @@ def _error_reply(status: int, code: str, message: str, headers: dict | None = No
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (RateLimited, Unavailable) as exc:
-        return _error_reply(exc.status, exc.code, exc.message, {"Retry-After": str(max(1, round(exc.retry_after)))})
     except RxfedError as exc:
-        return _error_reply(exc.status, exc.code, exc.message)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if getattr(exc, "retry_after", None) is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return _error_reply(exc.status, exc.code, exc.message, headers or None)
+    except ClientGone:
+        # Nobody to answer (the client left mid-body, or while its request waited).
+        log.debug("client left before %s %s was answered", request.method, logged_path(request))
+        return _error_reply(499, "client_gone", "the client closed the connection")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -576,11 +633,13 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, guard_middleware], client_max_size=config.limits.max_body_bytes)
+    install_listener(app, config.limits)
     from rxfed.node import communities, consent
 
     app[NODE] = state = NodeState(config, keys, store, plugins, clock)
     app[OWN_PLUGINS] = own_plugins
+    app[LISTENER] = state.listener
     communities.install(state)
     consent.install(state)
     app.add_routes(routes)

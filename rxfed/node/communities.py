@@ -22,6 +22,7 @@ from aiohttp import web
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
 from rxfed.node.app import NODE, authenticate, reply
+from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
 from rxfed.protocol import community as pc
 from rxfed.protocol.canonical import canonical, loads
@@ -281,6 +282,7 @@ async def list_communities(request: web.Request) -> web.Response:
     """The communities this node hosts (no authentication: a directory), each with its
     create event and the name and condition it commits to, so a client can check them."""
     state = request.app[NODE]
+    await request.app[LISTENER].admission.enter(request)
     out = []
     for row in await state.store.communities(hosted_by=state.config.node_id):
         hosted = await state.communities.hosted(pc.CommunityAddress(row.id, row.host))

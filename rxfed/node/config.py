@@ -88,6 +88,24 @@ class Limits:
     anonymous_per_minute: float = attrs.field(default=30.0, validator=_number(float, 0, above=True))
     anonymous_burst: int = attrs.field(default=30, validator=_number(int, 1))
     request_window_seconds: int = attrs.field(default=300, validator=_number(int, 1, 86400))
+    #: Seconds a client has to send a request's line and headers, from the first byte of it.
+    header_timeout: float = attrs.field(default=10.0, validator=_number(float, 0, 3600, above=True))
+    #: Seconds a client has to send a request's body once the node reads it (after checking
+    #: the signature headers), and the most a refused request's unread body is drained.
+    body_timeout: float = attrs.field(default=30.0, validator=_number(float, 0, 3600, above=True))
+    #: The largest body of an unauthenticated request (registration, recovery).
+    anonymous_max_body_bytes: int = attrs.field(default=64 * 1024, validator=_number(int, 1024, 1 << 30))
+    #: Bodies read at once before a signature can vouch for them (registrations, and signed
+    #: requests without a Content-Digest header); more get 503 with Retry-After.
+    max_unverified_bodies: int = attrs.field(default=32, validator=_number(int, 1, 100000))
+    #: Unauthenticated requests per minute from every address together, and their burst.
+    anonymous_global_per_minute: float = attrs.field(default=600.0, validator=_number(float, 0, above=True))
+    anonymous_global_burst: int = attrs.field(default=120, validator=_number(int, 1))
+    #: Requests worked on at once; more wait, at most ``max_queued`` of them and each for at
+    #: most ``queue_timeout`` seconds, and beyond that get 503 with Retry-After.
+    max_in_flight: int = attrs.field(default=32, validator=_number(int, 1, 100000))
+    max_queued: int = attrs.field(default=1024, validator=_number(int, 0, 1000000))
+    queue_timeout: float = attrs.field(default=0.5, validator=_number(float, 0, 600, above=True))
 
 def _outlasts_backoff(instance, attribute, value):
     backoff_max = instance.backoff_max
@@ -153,6 +171,8 @@ class _NodeSection:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8470, validator=_number(int, 1, 65535))
     registration: str = attrs.field(default="open", validator=_one_of(*REGISTRATION_MODES))
+    #: Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / Forwarded the node believes.
+    trusted_proxies: list[str] = attrs.field(factory=list, validator=lambda _i, _a, v: proxy_networks(v))
 
 
 @attrs.frozen
@@ -213,6 +233,25 @@ def _names(value, _type):
     return tuple(value)
 
 
+def _strings(value, _type):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"must be a list of strings, e.g. [\"127.0.0.1\", \"10.0.0.0/8\"], not {value!r}")
+    return list(value)
+
+
+def proxy_networks(values) -> tuple:
+    """``trusted_proxies`` as :mod:`ipaddress` networks; a bad entry is a ValueError."""
+    import ipaddress
+
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)") from None
+    return tuple(out)
+
+
 def _storage(value, _type):
     if not isinstance(value, dict):
         raise TypeError("must be a table")
@@ -228,6 +267,7 @@ _CONVERTER.register_structure_hook(bool, _exact(bool, "true or false"))
 _CONVERTER.register_structure_hook(float, _float)
 _CONVERTER.register_structure_hook_func(lambda t: t == tuple[str, ...], _names)
 _CONVERTER.register_structure_hook_func(lambda t: t is Any, _storage)
+_CONVERTER.register_structure_hook_func(lambda t: t == list[str], _strings)
 
 
 def _where(path: tuple[str, ...]) -> str:
@@ -307,6 +347,7 @@ class NodeConfig:
     disabled_plugins: tuple[str, ...] = ()
     log_file: str | None = "node.log"
     access_log: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
     @functools.cached_property
     def node_id(self) -> str:
@@ -341,7 +382,8 @@ class NodeConfig:
             port=parsed.node.port, registration=parsed.node.registration, storage=storage, limits=parsed.limits,
             federation=parsed.federation, tls_cert=parsed.tls.cert or None, tls_key=parsed.tls.key or None,
             disabled_plugins=parsed.plugins.disabled, log_file=parsed.logging.file or None,
-            access_log=parsed.logging.access or None)
+            access_log=parsed.logging.access or None,
+            trusted_proxies=tuple(parsed.node.trusted_proxies))
 
     def validate(self) -> None:
         node_id_from_url(self.public_url)
@@ -367,8 +409,10 @@ class NodeConfig:
         """The file ``save`` writes, comments included (each section written by tomli-w)."""
         sections = [
             ("node", "registration: open: anyone may register; invite: a code from 'rxfed node invite'; closed: "
-                     "nobody", {"name": self.name, "public_url": self.public_url, "host": self.host,
-                                "port": self.port, "registration": self.registration}),
+                     "nobody\n# trusted_proxies: addresses or networks of the reverse proxies whose X-Forwarded-For "
+                     "the node believes", {"name": self.name, "public_url": self.public_url, "host": self.host,
+                                "port": self.port, "registration": self.registration,
+                                "trusted_proxies": list(self.trusted_proxies)}),
             ("storage", None, dict(self.storage)),
             ("limits", None, attrs.asdict(self.limits)),
             ("federation", None, attrs.asdict(self.federation)),

@@ -4,10 +4,17 @@ The signature covers, as canonical JSON: method, target (path and query), destin
 id, origin node id (server-to-server only), signer key, creation time, a fresh random nonce
 and the SHA-256 of the body. The receiver checks each of them; replay protection (the nonce
 store) is the caller's, since it is state.
+
+The body's SHA-256 also travels in a ``Content-Digest`` header (RFC 9530), so a receiver can
+check the signature from the headers alone and read the body only for a request that an
+owner of the key signed, then compare its digest (:meth:`SignedRequest.verify_head`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Mapping
 
 import attrs
@@ -22,6 +29,9 @@ H_CREATED = "Rxfed-Created"
 H_NONCE = "Rxfed-Nonce"
 H_SIGNATURE = "Rxfed-Signature"
 H_ORIGIN = "Rxfed-Origin"
+H_DIGEST = "Content-Digest"
+#: RFC 9530's ``sha-256=:BASE64:`` member; other algorithms in the header are ignored.
+_SHA256_MEMBER = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/]{43}=):\s*(?:$|[,;])")
 NONCE_BYTES = 16
 DEFAULT_WINDOW = 300
 
@@ -35,6 +45,8 @@ class SignedRequest:
     nonce: bytes
     signature: bytes = attrs.field(repr=False)
     origin: str | None = None
+    #: The SHA-256 of the body the ``Content-Digest`` header claims, if it is there.
+    digest: bytes | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> SignedRequest:
@@ -51,14 +63,16 @@ class SignedRequest:
                 nonce=b64d(headers[H_NONCE], length=NONCE_BYTES),
                 signature=b64d(headers[H_SIGNATURE], length=64),
                 origin=headers.get(H_ORIGIN),
+                digest=parse_content_digest(headers.get(H_DIGEST)),
             )
         except ValueError:
             raise BadRequest("malformed signature headers", code="bad_signature_headers") from None
 
-    def signing_bytes(self, *, method: str, target: str, destination: str, body: bytes) -> bytes:
+    def signing_bytes(self, *, method: str, target: str, destination: str, body: bytes | None = None,
+                      digest: bytes | None = None) -> bytes:
         return signing_bytes(
             method=method, target=target, destination=destination, origin=self.origin,
-            key=self.key, created=self.created, nonce=self.nonce, body=body,
+            key=self.key, created=self.created, nonce=self.nonce, body=body, digest=digest,
         )
 
     def verify(self, public_key: bytes, *, method: str, target: str, destination: str, body: bytes,
@@ -67,7 +81,28 @@ class SignedRequest:
         :class:`Unauthorized`. The nonce must still be checked against the replay store."""
         if abs(now - self.created) > window:
             raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
-        message = self.signing_bytes(method=method, target=target, destination=destination, body=body)
+        return self._check(public_key, self.signing_bytes(method=method, target=target, destination=destination,
+                                                          body=body))
+
+    def verify_head(self, public_key: bytes, *, method: str, target: str, destination: str, now: int,
+                    window: int = DEFAULT_WINDOW) -> SignedRequest:
+        """Like :meth:`verify`, over the digest the ``Content-Digest`` header claims instead of
+        the body, which is not read yet; the caller then reads the body and checks it with
+        :meth:`check_body`."""
+        if self.digest is None:
+            raise Unauthorized("request has no Content-Digest header", code="unsigned")
+        if abs(now - self.created) > window:
+            raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
+        return self._check(public_key, self.signing_bytes(method=method, target=target, destination=destination,
+                                                          digest=self.digest))
+
+    def check_body(self, body: bytes) -> bytes:
+        """``body`` if it is the one whose digest :meth:`verify_head` checked."""
+        if sha256(body) != self.digest:
+            raise Unauthorized("the body does not match its signed Content-Digest", code="bad_signature")
+        return body
+
+    def _check(self, public_key: bytes, message: bytes) -> SignedRequest:
         try:
             verify_signature(public_key, message, self.signature)
         except BadSignature:
@@ -75,8 +110,28 @@ class SignedRequest:
         return self
 
 
+def parse_content_digest(value: str | None) -> bytes | None:
+    """The SHA-256 in a ``Content-Digest`` header (RFC 9530), None without a ``sha-256``
+    member; a malformed one is a :class:`ValueError`."""
+    if value is None:
+        return None
+    match = _SHA256_MEMBER.search(value)
+    if match is None:
+        if "sha-256" in value:
+            raise ValueError("bad Content-Digest")
+        return None
+    try:
+        return base64.b64decode(match.group(1), validate=True)
+    except binascii.Error:
+        raise ValueError("bad Content-Digest") from None
+
+
+def content_digest(body: bytes) -> str:
+    return f"sha-256=:{base64.b64encode(sha256(body)).decode()}:"
+
+
 def signing_bytes(*, method: str, target: str, destination: str, origin: str | None, key: bytes,
-                  created: int, nonce: bytes, body: bytes) -> bytes:
+                  created: int, nonce: bytes, body: bytes | None = None, digest: bytes | None = None) -> bytes:
     return canonical({
         "v": VERSION,
         "method": method.upper(),
@@ -86,7 +141,7 @@ def signing_bytes(*, method: str, target: str, destination: str, origin: str | N
         "key": b64e(key),
         "created": created,
         "nonce": b64e(nonce),
-        "digest": b64e(sha256(body)),
+        "digest": b64e(sha256(body) if digest is None else digest),
     })
 
 
@@ -101,6 +156,7 @@ def sign_request(key: SigningKeyPair, *, method: str, target: str, destination: 
         H_CREATED: str(now),
         H_NONCE: b64e(nonce),
         H_SIGNATURE: b64e(key.sign(message)),
+        H_DIGEST: content_digest(body),
     }
     if origin is not None:
         headers[H_ORIGIN] = origin

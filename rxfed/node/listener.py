@@ -1,0 +1,333 @@
+"""The HTTP listener's defences: slow clients, bodies, load, and addresses behind proxies.
+
+A node faces the internet (or a reverse proxy that does), so what a request costs before it
+is known to be wanted must stay small and bounded in time:
+
+- a request's line and headers must arrive within ``header_timeout`` of its first byte
+  (:class:`GuardedRequestHandler`; aiohttp itself waits for a head for as long as the
+  connection's idle timeout);
+- a body is read only after the signature headers, the key and the time window are checked
+  (``authenticate`` in :mod:`rxfed.node.app`), within ``body_timeout``, no larger than its
+  endpoint's limit (:func:`read_body`), and bodies no signature vouches for yet are capped in
+  number (:meth:`Listener.unverified`);
+- request bodies are taken in the identity coding only: a compressed body is refused with
+  415 before anything decompresses it (nothing the node's clients send compresses well:
+  records are ciphertext);
+- at most ``max_in_flight`` requests are worked on at once; up to ``max_queued`` more wait,
+  each at most ``queue_timeout`` seconds, and beyond that a request is shed with 503 and
+  ``Retry-After`` (:class:`Admission`), so that under overload the node keeps answering at its
+  best rate instead of answering everyone late; a request whose client left while it waited
+  is dropped before any work;
+- unauthenticated requests are rate limited per client address, which behind a configured
+  trusted proxy is the forwarded one (:func:`client_address`), and all together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+from rxfed.errors import BadRequest, Overloaded, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+from rxfed.node.config import Limits, proxy_networks
+from rxfed.node.guards import RateLimiter
+
+log = logging.getLogger("rxfed.node")
+
+#: Set on a request whose connection closes once its reply is written (no draining of the
+#: body it did not send in time).
+_key = getattr(web, "RequestKey", lambda name, _type: f"rxfed.{name}")  # typed keys from aiohttp 3.12 on
+CLOSE_AFTER_REPLY = _key("close_after_reply", bool)
+_ADMITTED = _key("admitted", bool)
+_ARRIVED = _key("arrived", float)
+_HEAD_TIMEOUT_BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
+_HEAD_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY))
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was read or worked on: there is
+    nobody to answer, and nothing to log above debug."""
+
+
+# -- the connection: a deadline for each request head ---------------------------------------
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for each request head.
+
+    The deadline starts with the first bytes received while no request is being handled
+    and ends when a handler starts; if the head is still incomplete then, the client gets a
+    408 and the connection closes. A request whose handler marks it
+    :data:`CLOSE_AFTER_REPLY` closes its connection once the reply is written, without
+    draining the rest of its body."""
+
+    def __init__(self, *args, header_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._head_timer is None and not self._in_request:
+            self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+        super().data_received(data)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        waiting = self._waiter is not None and not self._waiter.done()  # still no complete head
+        if self._in_request or self.transport is None or not waiting:
+            return
+        log.debug("request head not complete within %g s; connection closed", self._header_timeout)
+        self.transport.write(_HEAD_TIMEOUT_REPLY)
+        self.force_close()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    async def _handle_request(self, request, start_time, request_handler):
+        self._in_request = True
+        self._cancel_head_timer()
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._in_request = False
+
+    async def finish_response(self, request, resp, start_time):
+        close = bool(request.get(CLOSE_AFTER_REPLY))
+        if close and resp is not None and not resp.prepared:
+            resp.force_close()  # says Connection: close
+        result = await super().finish_response(request, resp, start_time)
+        if close:
+            self.force_close()
+        return result
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+
+class _GuardedServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+def install(app: web.Application, limits: Limits) -> None:
+    """Serve ``app`` with :class:`GuardedRequestHandler` however it is run (``web.run_app``,
+    ``AppRunner``): aiohttp has no setting for a head deadline, so the server it makes for
+    the application is given this handler class."""
+    make_server = app._make_handler
+
+    def make_handler(**kwargs) -> web.Server:
+        server = make_server(**kwargs, header_timeout=limits.header_timeout,
+                             # a refused request's unread body is drained this long at most
+                             lingering_time=min(10.0, limits.body_timeout),
+                             # bodies are taken in the identity coding only (guard_middleware)
+                             auto_decompress=False)
+        server.__class__ = _GuardedServer
+        return server
+
+    app._make_handler = make_handler
+
+
+# -- client addresses -----------------------------------------------------------------------
+
+
+def _ip(text: str | None):
+    if not text:
+        return None
+    text = text.strip().strip('"')
+    if text.startswith("["):  # Forwarded: for="[2001:db8::1]:4711"
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # 192.0.2.1:4711
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def client_address(request: web.BaseRequest, trusted: Sequence) -> str:
+    """The address a request came from: the peer's, or, when the peer is a trusted proxy,
+    the nearest address in its ``Forwarded`` (RFC 7239) or else ``X-Forwarded-For`` chain
+    that is not itself a trusted proxy. Headers from any other peer are ignored (anyone can
+    send them). An IPv6 client is keyed by its /64, which one subscriber usually holds."""
+    peer = _ip(request.remote)
+    if peer is None:
+        return request.remote or "?"
+    address = peer
+    if trusted and any(peer in net for net in trusted):
+        if "Forwarded" in request.headers:
+            hops = [_ip(item.get("for")) for item in request.forwarded]
+        else:
+            hops = [_ip(h) for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+        for hop in reversed(hops):  # the proxy appends what it saw: read from the right
+            if hop is None:
+                break  # unreadable: stay with the last hop the proxies vouch for
+            address = hop
+            if not any(hop in net for net in trusted):
+                break
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+# -- admission ------------------------------------------------------------------------------
+
+
+class Admission:
+    """At most ``max_in_flight`` requests worked on at once, at most ``max_queued`` waiting;
+    a request not admitted within ``queue_timeout`` seconds of its handler starting (which
+    counts the time spent checking its headers and reading its body under load) and the
+    rest are shed with 503 and Retry-After."""
+
+    def __init__(self, max_in_flight: int, max_queued: int, queue_timeout: float):
+        self.max_in_flight, self.max_queued, self.queue_timeout = max_in_flight, max_queued, queue_timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self.waiting = 0
+        self.shed = 0
+        self.gone = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.max_in_flight - self._slots._value
+
+    def refuse_if_full(self) -> None:
+        """Shed at once, before a request costs anything, while the queue is full."""
+        if self.waiting >= self.max_queued and self._slots.locked():
+            self.shed += 1
+            raise Overloaded("the node is busy; retry after the time in Retry-After")
+
+    async def enter(self, request: web.BaseRequest) -> None:
+        """Wait for a slot for ``request`` (once; :meth:`leave` frees it)."""
+        if request.get(_ADMITTED):
+            return
+        if self._slots.locked() or self.waiting:
+            self.refuse_if_full()
+            arrived = request.get(_ARRIVED)
+            left = self.queue_timeout - (asyncio.get_running_loop().time() - arrived if arrived else 0.0)
+            if left <= 0:
+                self.shed += 1
+                raise Overloaded("the node is busy; retry after the time in Retry-After")
+            self.waiting += 1
+            try:
+                async with asyncio.timeout(left):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self.shed += 1
+                raise Overloaded("the node is busy; retry after the time in Retry-After") from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        request[_ADMITTED] = True
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            self.gone += 1
+            raise ClientGone()
+
+    def leave(self, request: web.BaseRequest) -> None:
+        if request.get(_ADMITTED):
+            request[_ADMITTED] = False
+            self._slots.release()
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+def check_declared_size(request: web.BaseRequest, limit: int) -> None:
+    """A body its Content-Length says is larger than ``limit`` is refused before it is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
+
+
+async def read_body(request: web.BaseRequest, *, limit: int, timeout: float) -> bytes:
+    """The request's body: at most ``limit`` bytes (413 at once when Content-Length says
+    more), all of it within ``timeout`` seconds (else 408, and the connection closes)."""
+    check_declared_size(request, limit)
+    if not request.body_exists:
+        return b""
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    request[CLOSE_AFTER_REPLY] = True
+                    raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        request[CLOSE_AFTER_REPLY] = True
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    except RequestPayloadError:
+        raise BadRequest("malformed request body (its framing)", code="bad_body") from None
+    except ConnectionError:  # the client left mid-body
+        raise ClientGone() from None
+    return b"".join(chunks)
+
+
+class Listener:
+    """The listener's shared state for one node: admission, the unverified-body cap, the
+    anonymous budgets, the trusted proxies."""
+
+    def __init__(self, limits: Limits, trusted_proxies: Sequence[str] = ()):
+        self.limits = limits
+        self.trusted = proxy_networks(trusted_proxies)
+        self.admission = Admission(limits.max_in_flight, limits.max_queued, limits.queue_timeout)
+        self.anonymous = RateLimiter(limits.anonymous_per_minute / 60.0, limits.anonymous_burst)
+        self.anonymous_all = RateLimiter(limits.anonymous_global_per_minute / 60.0, limits.anonymous_global_burst)
+        self.unverified_bodies = 0
+
+    def take_anonymous(self, request: web.BaseRequest) -> None:
+        """One unauthenticated request from the request's client: its address's budget, then
+        everyone's (so one address that is refused costs the others nothing)."""
+        self.anonymous.take(client_address(request, self.trusted))
+        self.anonymous_all.take("*")
+
+    def unverified(self) -> _UnverifiedBody:
+        """``async with listener.unverified():`` around reading a body no signature vouches
+        for yet; 503 with Retry-After when ``max_unverified_bodies`` are being read."""
+        return _UnverifiedBody(self)
+
+
+class _UnverifiedBody:
+    def __init__(self, listener: Listener):
+        self.listener = listener
+
+    async def __aenter__(self) -> None:
+        if self.listener.unverified_bodies >= self.listener.limits.max_unverified_bodies:
+            raise Overloaded("too many requests are sending their bodies; retry after the time in Retry-After")
+        self.listener.unverified_bodies += 1
+
+    async def __aexit__(self, *exc) -> None:
+        self.listener.unverified_bodies -= 1
+
+
+LISTENER = web.AppKey("listener", Listener)
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Refuse a compressed body before anything reads it, and any request but ``/health`` at
+    once while the admission queue is full; free the request's admission slot when it is
+    answered."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(f"request bodies are taken uncompressed only, not in {encoding[:40]!r}; send "
+                                  "them without Content-Encoding")
+    admission = request.app[LISTENER].admission
+    request[_ARRIVED] = asyncio.get_running_loop().time()
+    if request.path != "/health":
+        admission.refuse_if_full()
+    try:
+        return await handler(request)
+    finally:
+        admission.leave(request)
