@@ -62,6 +62,10 @@ def test_init_writes_toml_the_node_reads_back(tmp_path, capsys):
     ('mode = "open"', 'mode = "closed"', "[federation] mode: must be one of 'open', 'allowlist'"),
     ("signal_delay = 60", "signal_delay = true", "[federation] signal_delay: must be a whole number"),
     ("requests_per_second = 50.0", "requests_per_second = 0", "[limits] requests_per_second: must be a number above"),
+    ('listen = ""', 'listen = "localhost"', "[metrics] listen: must be host:port"),
+    ('listen = ""', 'listen = "127.0.0.1:99999"', "[metrics] listen: must be host:port"),
+    ('listen = ""', 'listen = 9470', "[metrics] listen: must be a string"),
+    ('listen = ""', 'listen = ":9470"\ntoken = "x"', "[metrics] token: unknown setting"),
 ])
 def test_bad_setting_is_one_line_naming_it(node_dir, capsys, old, new, expected):
     edit(node_dir, old, new)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import HELP, Output, UsageError, json_flag, note, port_number
+from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, json_flag, note, port_number
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -53,7 +53,8 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     json_flag(outbox)
     outbox.set_defaults(func=cmd_outbox)
 
-    status = nsub.add_parser("status", help="peers, queues, breakers, dead letters, key validity")
+    status = nsub.add_parser("status", help="whether the node runs, its live settings, peers, queues, breakers, "
+                                            "dead letters, key validity (exit 1 when it is not running)")
     status.add_argument("data_dir", metavar="DATA_DIR")
     json_flag(status)
     status.set_defaults(func=cmd_status)
@@ -69,6 +70,10 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     invite.add_argument("--count", type=int, default=1, help="how many codes (default 1)")
     json_flag(invite)
     invite.set_defaults(func=cmd_invite)
+
+    from rxfed.cli import node_admin
+
+    node_admin.add_parsers(nsub)
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -158,8 +163,17 @@ def cmd_status(args: argparse.Namespace) -> None:
     doc = admin.node_status(args.data_dir)
 
     def lines():
-        out = [f"node {doc['node_id']} ({doc['name']}), registration {doc['registration']}, "
-               f"federation {doc['federation_mode']}"]
+        if doc["running"]:
+            out = [f"running: pid {doc['pid']}, rxfed {doc['version']}, up {doc['uptime_seconds']} s, listening on "
+                   f"{doc['settings']['node']['host']}:{doc['settings']['node']['port']}"
+                   + (f", metrics on {', '.join(doc['metrics_listening'])}" if doc["metrics_listening"] else "")]
+            if doc["changed_in_file"]:
+                out.append(f"rxfed.toml differs from what the node runs ({', '.join(doc['changed_in_file'])}): "
+                           "restart the node to apply it ('rxfed node check' first)")
+        else:
+            out = ["NOT RUNNING (nothing answers on its control socket); what its store holds:"]
+        out.append(f"node {doc['node_id']} ({doc['name']}), registration {doc['registration']}, "
+                   f"federation {doc['federation_mode']}")
         for k in doc["keys"]:
             until = "no end date" if k["valid_until"] is None else f"valid {k['expires_in_days']} more days"
             out.append(f"key {k['fingerprint']}  {until}")
@@ -178,9 +192,14 @@ def cmd_status(args: argparse.Namespace) -> None:
                    f"store: commits on the {st['mode']}, {st['commit_us'] / 1000:.2f} ms each on average "
                    f"({st['inline_batches']} batches on the event loop, {st['thread_batches']} on the writer thread, "
                    f"{st['switches']} switches)")
+        if doc["suspended_accounts"]:
+            out.append(f"suspended accounts: {doc['suspended_accounts']}")
         return out
 
     Output(args.json).result(doc, lines)
+    if not doc["running"]:
+        note(f"rxfed: the node in {args.data_dir} is not running")
+        return EXIT_REFUSED
 
 
 def cmd_rotate(args: argparse.Namespace) -> None:
