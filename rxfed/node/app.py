@@ -173,7 +173,7 @@ class AccountSuspended(Forbidden):
 
     def __init__(self):
         super().__init__("this account is suspended by the node's operator: it may read and export its data, "
-                         "revoke consent, leave communities and erase itself, nothing else")
+                         "delete records, revoke consent, leave communities and erase itself, nothing else")
 
 
 async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",),
