@@ -89,6 +89,9 @@ async def test_metrics_show_outbox_breakers_dead_letters_plugins_and_refusals(tm
         await store.set_peer_policy("peer.example", "blocked")  # nothing is sent to it: the queue stays
         await store.enqueue([("peer.example", b'{"kind":"x"}'), ("peer.example", b'{"kind":"y"}')], now)
         await store.peer_delivery("peer.example", ok=False, now=now, error="refused", breaker_until=now + 600)
+        await store.set_peer_policy("gone.example", "blocked")
+        await store.enqueue([("gone.example", b'{"kind":"z"}')], now - 10_000)
+        assert await store.next_transaction("gone.example", max_events=10, now=now, dead_after=60) is None  # buried
         node.state.plugins._failed("outcomes", "rxfed_receive_signals", "RuntimeError: boom")
         for _ in range(3):  # past the anonymous burst of one
             await raw_request(node.url, "POST", "/v1/patients", {})
@@ -98,7 +101,8 @@ async def test_metrics_show_outbox_breakers_dead_letters_plugins_and_refusals(tm
         assert queued + in_flight == 2
         assert sample(text, "rxfed_peer_breaker_open", peer="peer.example") == 1
         assert sample(text, "rxfed_peer_consecutive_failures", peer="peer.example") == 1
-        assert sample(text, "rxfed_dead_letters") == 0
+        assert sample(text, "rxfed_dead_letters") == 1
+        assert sample(text, "rxfed_outbox_dead_letters", peer="gone.example") == 1
         assert sample(text, "rxfed_plugin_failures_total", plugin="outcomes") == 1
         assert sample(text, "rxfed_rate_limited_total", limit="anonymous") >= 2
         assert sample(text, "rxfed_http_requests_total", route="/v1/patients", status="429") >= 2
@@ -114,6 +118,7 @@ async def test_each_node_in_a_process_has_its_own_metrics(pair):
     text_b = (await control_metrics(b)).decode()
     assert sample(text_a, "rxfed_http_requests_total", route="/health") == 3
     assert sample(text_b, "rxfed_http_requests_total", route="/health") is None
+    assert a.state.metrics.listening == [] and a.metrics_url is None  # no metrics listener unless configured
 
 
 async def control_metrics(node) -> bytes:
@@ -142,7 +147,7 @@ async def test_status_shows_the_running_process_not_the_file(watched):
     assert doc["metrics_listening"] == [watched.metrics_url.removeprefix("http://").removesuffix("/metrics")]
     shown = await asyncio.to_thread(rxfed, "node", "status", str(watched.data_dir))
     assert shown.returncode == 0 and "running: pid" in shown.stdout
-    assert "rxfed.toml differs from what the node runs (node.registration)" in shown.stdout
+    assert "rxfed.toml differs from what the node runs (node.registration): edited since it started" in shown.stdout
     assert oct(os.stat(control.socket_path(watched.data_dir)).st_mode & 0o777) == "0o600"
     await watched.stop()
     assert not control.socket_path(watched.data_dir).exists()
@@ -300,3 +305,21 @@ async def test_plugin_health_from_the_running_node(node):
     shown = await asyncio.to_thread(rxfed, "node", "plugins", str(node.data_dir))
     assert shown.returncode == 0 and "outcomes: enabled" in shown.stdout and "1 failures" in shown.stdout
     assert "RuntimeError: boom" in shown.stdout
+
+
+async def test_a_patient_who_erases_their_account_leaves_every_member_list(node, make_patient):
+    admin_patient, member = await make_patient(), await make_patient()
+    address = await Communities(admin_patient).create("Morning walkers", condition="E11")
+    await Communities(member).join(address)
+    (row,) = await asyncio.to_thread(administer.communities_list, node.data_dir)
+    assert row["members"] == 2
+    erased = await member.erase_account(remove_profile=False)
+    assert erased["left"] == [address] and erased["not_left"] == []
+    (row,) = await asyncio.to_thread(administer.communities_list, node.data_dir)
+    assert row["members"] == 1 and row["admin_left"] is False
+    assert len((await Communities(admin_patient).read(address)).state.joined()) == 1  # what members see
+
+
+async def test_the_control_socket_refuses_a_malformed_reload(node):
+    with pytest.raises(control.NodeUnreachable, match="400"):
+        await asyncio.to_thread(control.ask, node.data_dir, "POST", "/reload", ["not", "an", "object"])

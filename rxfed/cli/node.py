@@ -169,7 +169,8 @@ def cmd_status(args: argparse.Namespace) -> None:
                    + (f", metrics on {', '.join(doc['metrics_listening'])}" if doc["metrics_listening"] else "")]
             if doc["changed_in_file"]:
                 out.append(f"rxfed.toml differs from what the node runs ({', '.join(doc['changed_in_file'])}): "
-                           "restart the node to apply it ('rxfed node check' first)")
+                           "edited since it started (restart to apply it, after 'rxfed node check'), or "
+                           "overridden on its command line")
         else:
             out = ["NOT RUNNING (nothing answers on its control socket); what its store holds:"]
         out.append(f"node {doc['node_id']} ({doc['name']}), registration {doc['registration']}, "

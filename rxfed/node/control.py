@@ -172,11 +172,16 @@ def control_app(state: Any) -> web.Application:
     @routes.post("/reload")
     async def reload(request: web.Request) -> web.Response:
         """An operator's command changed accounts or communities in the store."""
-        body = await request.json()
+        try:
+            body = await request.json()
+            accounts, communities = list(body.get("accounts", [])), list(body.get("communities", []))
+        except (ValueError, AttributeError, TypeError):
+            return reply({"error": "bad_request", "message": "a JSON object with accounts and communities"},
+                         status=400)
         await reload_suspended(state)
-        for patient in body.get("accounts", []):
+        for patient in accounts:
             state.forget_patient(patient)
-        for community in body.get("communities", []):
+        for community in communities:
             state.communities.forget(community)
         return reply({"reloaded": True})
 
