@@ -158,6 +158,7 @@ def cmd_outbox(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
+    from rxfed.cli.node_admin import plugin_health
     from rxfed.node import admin
 
     doc = admin.node_status(args.data_dir)
@@ -184,10 +185,7 @@ def cmd_status(args: argparse.Namespace) -> None:
                    f"communities hosted: {doc['communities_hosted']}")
         if doc["plugins"] is None:
             out.append("plugins: not reported yet (the node reports them while it runs)")
-        for p in doc["plugins"] or []:
-            state = "enabled" if p["enabled"] else f"DISABLED ({p['disabled_reason']})"
-            out.append(f"plugin {p['name']}: {state}, {p['calls']} calls, {p['total_failures']} failures"
-                       + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+        out += [f"plugin {plugin_health(p)}" for p in doc["plugins"] or []]
         st = doc.get("store")
         out.append("store: not reported yet (the node reports it while it runs)" if st is None else
                    f"store: commits on the {st['mode']}, {st['commit_us'] / 1000:.2f} ms each on average "

@@ -107,6 +107,13 @@ def cmd_communities(args: argparse.Namespace) -> None:
     Output(args.json).result(doc, [f"{doc['community']} is removed" + _told(doc)])
 
 
+def plugin_health(p: dict) -> str:
+    """One plugin's health in one line (``node plugins``, ``node status``)."""
+    state = "enabled" if p["enabled"] else f"DISABLED ({p['disabled_reason']})"
+    return (f"{p['name']}: {state}, {p['calls']} calls, {p['total_failures']} failures"
+            + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+
+
 def cmd_plugins(args: argparse.Namespace) -> None:
     from rxfed.node import administer
 
@@ -116,11 +123,7 @@ def cmd_plugins(args: argparse.Namespace) -> None:
         if doc["plugins"] is None:
             return ["plugins: not reported yet (the node reports them while it runs)"]
         out = [] if doc["running"] else [f"the node is not running; as it last reported ({_when(doc['reported_at'])}):"]
-        for p in doc["plugins"]:
-            state = "enabled" if p["enabled"] else f"DISABLED ({p['disabled_reason']})"
-            out.append(f"{p['name']}: {state}, {p['calls']} calls, {p['total_failures']} failures"
-                       + (f", last error: {p['last_error']}" if p["last_error"] else ""))
-        return out
+        return out + [plugin_health(p) for p in doc["plugins"]]
 
     Output(args.json).result(doc, lines)
 

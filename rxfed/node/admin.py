@@ -305,7 +305,8 @@ def node_status(data_dir: str | Path) -> dict:
                "changed_in_file": _differences(live["settings"], config.settings()) if live else []}
     return {
         **running,
-        "node_id": node_id_from_url(settings["node"]["public_url"]), "name": settings["node"]["name"], "public_url": settings["node"]["public_url"],
+        "node_id": node_id_from_url(settings["node"]["public_url"]), "name": settings["node"]["name"],
+        "public_url": settings["node"]["public_url"],
         "registration": settings["node"]["registration"], "federation_mode": settings["federation"]["mode"],
         "keys": [{**k.to_public_json(), "current": k.valid_until is None or k.valid_until > now,
                   "expires_in_days": None if k.valid_until is None else round((k.valid_until - now) / 86400, 1)}

@@ -188,10 +188,10 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
     auth = await state.auth_key(signed.key)
     if auth is None or auth.kind not in kinds:
         raise Unauthorized("unknown signing key", code="unknown_key")
-    if not suspended_ok and auth.patient in state.suspended:
-        raise AccountSuspended()
     nonce = await _verify(state, request, signed, signed.key, raw)
     state.limiter.take(signed.key)
+    if not suspended_ok and auth.patient in state.suspended:  # only to a verified signer
+        raise AccountSuspended()
     return Caller(auth, nonce, _json(raw), state.now())
 
 
