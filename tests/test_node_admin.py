@@ -181,6 +181,41 @@ async def test_a_long_data_dir_path_still_gets_a_control_socket(tmp_path):
         await node.stop()
 
 
+def test_a_node_process_reports_what_it_runs_and_cleans_up(tmp_path):
+    """``rxfed node run`` with a port override and a metrics listener: status shows the
+    port it listens on (and that the file says otherwise), the listener serves, and a
+    SIGTERM leaves no control socket behind."""
+    import signal
+    import time
+
+    from rxfed.node.admin import init_node
+
+    data, port, metrics_port = tmp_path / "n", free_port(), free_port()
+    init_node(data, name="process", port=free_port())
+    path = data / "rxfed.toml"
+    path.write_text(path.read_text().replace('listen = ""', f'listen = "127.0.0.1:{metrics_port}"'))
+    proc = subprocess.Popen([sys.executable, "-m", "rxfed", "node", "run", str(data), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            status = rxfed("node", "status", str(data), "--json")
+            if status.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(proc.stderr.read().decode())
+        doc = json.loads(status.stdout)
+        assert doc["pid"] == proc.pid and doc["settings"]["node"]["port"] == port
+        assert doc["changed_in_file"] == ["node.port"] and doc["metrics_listening"] == [f"127.0.0.1:{metrics_port}"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            assert b"rxfed_node_info" in r.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert not control.socket_path(data).exists()
+    assert rxfed("node", "status", str(data)).returncode == 1
+
+
 # -- accounts ------------------------------------------------------------------------------------
 
 
@@ -208,6 +243,16 @@ async def test_a_suspended_account_is_refused_but_can_take_its_data_and_go(node,
                                                           ("account.unsuspend", patient.patient),
                                                           ("account.suspend", patient.patient)]
     assert log[0]["detail"] == {"reason": "spam reports"} and log[0]["by"]
+
+
+async def test_only_a_verified_signer_learns_its_account_is_suspended(node, make_patient):
+    from helpers import signed_headers
+
+    patient = await make_patient()
+    await asyncio.to_thread(administer.suspend, node.data_dir, patient.patient, reason=None)
+    headers = {**signed_headers(patient, "POST", "/v1/vault", b'{"a":1}'), "Content-Type": "application/json"}
+    status, doc = await raw_request(node.url, "POST", "/v1/vault", b'{"a":2}', headers)  # not what was signed
+    assert (status, doc["error"]) == (401, "bad_signature")
 
 
 async def test_a_suspension_the_node_was_not_told_of_is_picked_up(node, make_patient):
