@@ -64,10 +64,14 @@ async def test_metrics_count_requests_by_route_and_name_no_one(watched, make_pat
     await patient.add_journal(feeling=6)
     address = await Communities(patient).create("Epilepsy friends", condition="G40")
     assert (await raw_request(watched.url, "GET", "/nowhere/" + patient.patient))[0] == 404
+    for method in ("TRACE", "PROPFIND"):
+        await raw_request(watched.url, method, "/health")
     text = await scrape(watched.metrics_url)
     assert sample(text, "rxfed_http_requests_total", route="/v1/vault", method="POST", status="200") >= 2
     assert sample(text, "rxfed_http_requests_total", route="/v1/patients", method="POST", status="201") == 1
     assert sample(text, "rxfed_http_requests_total", route="(unmatched)", status="404") == 1
+    assert sample(text, "rxfed_http_requests_total", route="(unmatched)", method="other", status="405") == 2
+    assert "TRACE" not in text and "PROPFIND" not in text
     assert sample(text, "rxfed_http_request_duration_seconds_count", route="/v1/vault") >= 2
     assert sample(text, "rxfed_store_commit_seconds_count") >= 3
     assert sample(text, "rxfed_store_batch_operations_sum") >= 3

@@ -58,7 +58,8 @@ class NodeMetrics:
         self.registry.register(_NodeCollector(self))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
+        # A client names any method it likes: keys stay bounded (and so does memory).
+        key = (route, method if method in _METHODS else "other", status)
         try:
             self.requests[key] += 1
         except KeyError:
@@ -130,7 +131,7 @@ class _NodeCollector:
         requests = CounterMetricFamily("rxfed_http_requests", "HTTP requests answered, by route pattern, method "
                                        "and status", labels=["route", "method", "status"])
         for (route, method, status), n in list(self.metrics.requests.items()):
-            requests.add_metric([route, method if method in _METHODS else "other", str(status)], n)
+            requests.add_metric([route, method, str(status)], n)
         yield requests
         latency = HistogramMetricFamily("rxfed_http_request_duration_seconds", "Time from a request's handler "
                                         "start to its reply, by route pattern", labels=["route"])
