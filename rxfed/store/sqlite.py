@@ -346,6 +346,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE patients ADD COLUMN suspended INTEGER;
     ALTER TABLE patients ADD COLUMN suspended_reason TEXT;
+    CREATE INDEX patients_suspended ON patients(suspended) WHERE suspended IS NOT NULL;
     CREATE TABLE operator_log (
         seq INTEGER PRIMARY KEY,
         time INTEGER NOT NULL,
