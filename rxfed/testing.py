@@ -73,6 +73,8 @@ class NodeHarness:
     #: ``[node] trusted_proxies``: peers whose X-Forwarded-For / Forwarded the node believes.
     trusted_proxies: tuple[str, ...] = ()
     port: int = attrs.field(factory=free_port)
+    #: ``host:port`` for the node's metrics listener, or None for none.
+    metrics_listen: str | None = None
     runner: web.AppRunner | None = None
     config: NodeConfig | None = None
 
@@ -80,11 +82,15 @@ class NodeHarness:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://{self.metrics_listen}/metrics" if self.metrics_listen else None
+
     async def start(self) -> NodeHarness:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.url, port=self.port,
                                  registration=self.registration, limits=self.limits, federation=self.federation,
-                                 trusted_proxies=tuple(self.trusted_proxies))
+                                 trusted_proxies=tuple(self.trusted_proxies), metrics_listen=self.metrics_listen)
         if not (self.data_dir / "node-keys.json").exists():
             create_node_keys(self.data_dir)
             self.config.save()

@@ -459,8 +459,10 @@ async def test_a_plugin_that_cannot_confirm_deletion_is_shown_to_the_patient(tmp
         from rxfed.node.app import report_plugins
 
         status_now = functools.partial(asyncio.to_thread, admin.node_status, node.data_dir)
-        assert (await status_now())["plugins"] is None
-        await report_plugins(node.state, None)
+        (live,) = [p for p in (await status_now())["plugins"] if p["name"] == "recorder"]
+        assert live["total_failures"] == 1 and "RuntimeError" in live["last_error"]
+        await report_plugins(node.state, None)  # and what it last recorded, once it stopped
+        await node.stop()
         (reported,) = [p for p in (await status_now())["plugins"] if p["name"] == "recorder"]
         assert reported["total_failures"] == 1 and "RuntimeError" in reported["last_error"]
     finally:

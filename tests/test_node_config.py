@@ -67,6 +67,10 @@ def test_init_writes_toml_the_node_reads_back(tmp_path, capsys):
     ("keepalive_timeout = 20.0", "keepalive_timeout = 0", "[limits] keepalive_timeout: must be a number above 0"),
     ('ca_bundle = ""', "ca_bundle = 1", "[federation] ca_bundle: must be a string"),
     ('access = ""', "access = true", "[logging] access: must be a string"),
+    ('listen = ""', 'listen = "localhost"', "[metrics] listen: must be host:port"),
+    ('listen = ""', 'listen = "127.0.0.1:99999"', "[metrics] listen: must be host:port"),
+    ('listen = ""', 'listen = 9470', "[metrics] listen: must be a string"),
+    ('listen = ""', 'listen = ":9470"\ntoken = "x"', "[metrics] token: unknown setting"),
 ])
 def test_bad_setting_is_one_line_naming_it(node_dir, capsys, old, new, expected):
     edit(node_dir, old, new)

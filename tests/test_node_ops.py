@@ -173,7 +173,8 @@ def test_tls(tmp_path):
 
 async def test_node_status_shows_where_the_store_commits(node, make_patient):
     """An operator sees whether batches commit on the event loop or the writer thread, the
-    commit time and the counts, as the running node records them."""
+    commit time and the counts: from the running node at once, and once it stopped, as it
+    last recorded them."""
     import asyncio
 
     from rxfed.node import admin
@@ -181,8 +182,10 @@ async def test_node_status_shows_where_the_store_commits(node, make_patient):
 
     patient = await make_patient()
     await patient.add_journal(feeling=5)
-    assert (await asyncio.to_thread(admin.node_status, node.data_dir))["store"] is None
-    await report_store(node.state, None)
     store = (await asyncio.to_thread(admin.node_status, node.data_dir))["store"]
     assert store["mode"] in ("event loop", "writer thread") and store["inline_batches"] >= 1
     assert set(store) == {"at", "mode", "commit_us", "inline_batches", "thread_batches", "switches"}
+    await report_store(node.state, None)
+    await node.stop()
+    stopped = await asyncio.to_thread(admin.node_status, node.data_dir)
+    assert not stopped["running"] and stopped["store"]["inline_batches"] >= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import HELP, Output, UsageError, json_flag, note, port_number
+from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, json_flag, note, port_number
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -53,7 +53,8 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     json_flag(outbox)
     outbox.set_defaults(func=cmd_outbox)
 
-    status = nsub.add_parser("status", help="peers, queues, breakers, dead letters, key validity")
+    status = nsub.add_parser("status", help="whether the node runs, its live settings, peers, queues, breakers, "
+                                            "dead letters, key validity (exit 1 when it is not running)")
     status.add_argument("data_dir", metavar="DATA_DIR")
     json_flag(status)
     status.set_defaults(func=cmd_status)
@@ -69,6 +70,10 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     invite.add_argument("--count", type=int, default=1, help="how many codes (default 1)")
     json_flag(invite)
     invite.set_defaults(func=cmd_invite)
+
+    from rxfed.cli import node_admin
+
+    node_admin.add_parsers(nsub)
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -153,13 +158,24 @@ def cmd_outbox(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
+    from rxfed.cli.node_admin import plugin_health
     from rxfed.node import admin
 
     doc = admin.node_status(args.data_dir)
 
     def lines():
-        out = [f"node {doc['node_id']} ({doc['name']}), registration {doc['registration']}, "
-               f"federation {doc['federation_mode']}"]
+        if doc["running"]:
+            out = [f"running: pid {doc['pid']}, rxfed {doc['version']}, up {doc['uptime_seconds']} s, listening on "
+                   f"{doc['settings']['node']['host']}:{doc['settings']['node']['port']}"
+                   + (f", metrics on {', '.join(doc['metrics_listening'])}" if doc["metrics_listening"] else "")]
+            if doc["changed_in_file"]:
+                out.append(f"rxfed.toml differs from what the node runs ({', '.join(doc['changed_in_file'])}): "
+                           "edited since it started (restart to apply it, after 'rxfed node check'), or "
+                           "overridden on its command line")
+        else:
+            out = ["NOT RUNNING (nothing answers on its control socket); what its store holds:"]
+        out.append(f"node {doc['node_id']} ({doc['name']}), registration {doc['registration']}, "
+                   f"federation {doc['federation_mode']}")
         for k in doc["keys"]:
             until = "no end date" if k["valid_until"] is None else f"valid {k['expires_in_days']} more days"
             out.append(f"key {k['fingerprint']}  {until}")
@@ -169,18 +185,20 @@ def cmd_status(args: argparse.Namespace) -> None:
                    f"communities hosted: {doc['communities_hosted']}")
         if doc["plugins"] is None:
             out.append("plugins: not reported yet (the node reports them while it runs)")
-        for p in doc["plugins"] or []:
-            state = "enabled" if p["enabled"] else f"DISABLED ({p['disabled_reason']})"
-            out.append(f"plugin {p['name']}: {state}, {p['calls']} calls, {p['total_failures']} failures"
-                       + (f", last error: {p['last_error']}" if p["last_error"] else ""))
+        out += [f"plugin {plugin_health(p)}" for p in doc["plugins"] or []]
         st = doc.get("store")
         out.append("store: not reported yet (the node reports it while it runs)" if st is None else
                    f"store: commits on the {st['mode']}, {st['commit_us'] / 1000:.2f} ms each on average "
                    f"({st['inline_batches']} batches on the event loop, {st['thread_batches']} on the writer thread, "
                    f"{st['switches']} switches)")
+        if doc["suspended_accounts"]:
+            out.append(f"suspended accounts: {doc['suspended_accounts']}")
         return out
 
     Output(args.json).result(doc, lines)
+    if not doc["running"]:
+        note(f"rxfed: the node in {args.data_dir} is not running")
+        return EXIT_REFUSED
 
 
 def cmd_rotate(args: argparse.Namespace) -> None:

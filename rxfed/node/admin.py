@@ -12,13 +12,15 @@ import ssl
 import time
 from pathlib import Path
 
+import attrs
 from aiohttp import web
 
 import rxfed
 from rxfed.crypto import b32_code, fingerprint
 from rxfed.errors import Conflict
 from rxfed.node.app import create_app, invite_hash
-from rxfed.node.config import ConfigError, ConfigFileError, Limits, NodeConfig, create_node_keys, load_node_keys
+from rxfed.node.config import (ConfigError, ConfigFileError, Limits, NodeConfig, create_node_keys, load_node_keys,
+                               node_id_from_url)
 from rxfed.node.logs import AccessLog, NodeLogs, flush_access_log, setup_logging
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.delivery import PeerDelivery
@@ -212,6 +214,8 @@ def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None 
     """Serve until SIGTERM or SIGINT (a graceful stop: in-flight requests finish, queued
     writes commit). SIGHUP reopens the log files."""
     config = check_node(data_dir, tls_cert=tls_cert, tls_key=tls_key)
+    # What the process really uses, so `rxfed node status` shows it (overrides included).
+    config = attrs.evolve(config, host=host or config.host, port=port or config.port)
     keys = load_node_keys(config.data_dir)
     context = tls_context(config, tls_cert, tls_key)
     logs = setup_logging(config.data_dir, config.log_file, config.access_log)
@@ -357,9 +361,23 @@ def rotate_key(data_dir: str | Path, overlap_days: float) -> dict:
     return {"key_id": new.key_id, "fingerprint": fingerprint(new.key.public), "valid_from": new.valid_from}
 
 
+def _differences(live: dict, written: dict) -> list[str]:
+    """``section.setting`` of every setting whose value in the file is not the running one."""
+    names = {(s, k) for section in (live, written) for s in section for k in section[s]}
+    return sorted(f"{s}.{k}" for s, k in names if live.get(s, {}).get(k) != written.get(s, {}).get(k))
+
+
 def node_status(data_dir: str | Path) -> dict:
+    """The node as its store holds it and, while it runs, as the running process reports
+    it (``running``; its settings, plugins and store commits are then the live ones)."""
+    from rxfed.node import control
+
     config = NodeConfig.load(data_dir)
     keys = load_node_keys(config.data_dir)
+    try:
+        live = control.ask(config.data_dir, "GET", "/status")
+    except control.NodeUnreachable as exc:
+        raise ConfigFileError([str(exc)]) from None
     now = int(time.time())
 
     async def action(store):
@@ -369,9 +387,21 @@ def node_status(data_dir: str | Path) -> dict:
 
     peers, summary, dead, communities, plugins, store_status = asyncio.run(_with_store(config, action))
     plugins = json.loads(plugins) if plugins else {"at": None, "plugins": None}
+    settings = live["settings"] if live else config.settings()
+    if live:
+        plugins = {"at": now, "plugins": live["plugins"]}
+        store_status = json.dumps({"at": now, **live["store"]}) if live["store"] else store_status
+    running = {"running": bool(live), "pid": live and live["pid"], "version": live and live["version"],
+               "started": live and live["started"], "uptime_seconds": live and live["uptime_seconds"],
+               "settings": live and live["settings"], "metrics_listening": live and live["metrics_listening"],
+               "suspended_accounts": live and live["suspended_accounts"],
+               # settings edited in rxfed.toml (or overridden on the command line) since the start
+               "changed_in_file": _differences(live["settings"], config.settings()) if live else []}
     return {
-        "node_id": config.node_id, "name": config.name, "public_url": config.public_url,
-        "registration": config.registration, "federation_mode": config.federation.mode,
+        **running,
+        "node_id": node_id_from_url(settings["node"]["public_url"]), "name": settings["node"]["name"],
+        "public_url": settings["node"]["public_url"],
+        "registration": settings["node"]["registration"], "federation_mode": settings["federation"]["mode"],
         "keys": [{**k.to_public_json(), "current": k.valid_until is None or k.valid_until > now,
                   "expires_in_days": None if k.valid_until is None else round((k.valid_until - now) / 86400, 1)}
                  for k in keys],

@@ -57,6 +57,11 @@ class NodeState:
     listener: Listener = None
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
+    #: Patients whose accounts the operator suspended (``rxfed node accounts``), read from
+    #: the store at start, by housekeeping and when the operator's command says so.
+    suspended: set[str] = attrs.Factory(set)
+    metrics: Any = None
+    started: float = attrs.Factory(time.time)
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
     _identities: dict[str, pv.IdentityChain] = attrs.Factory(dict)
     _keys_mtime: float = 0.0
@@ -198,10 +203,21 @@ def _check_window(state: NodeState, signed: SignedRequest) -> None:
         raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
 
 
+class AccountSuspended(Forbidden):
+    code = "account_suspended"
+
+    def __init__(self):
+        super().__init__("this account is suspended by the node's operator: it may read and export its data, "
+                         "delete records, revoke consent, leave communities and erase itself, nothing else")
+
+
 async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",),
-                       limit: int | None = None) -> Caller:
+                       limit: int | None = None, suspended_ok: bool = False) -> Caller:
     """The request's signer and body. The headers, the key and the time window are checked
-    before the body is read (see :func:`_signed_body`)."""
+    before the body is read (see :func:`_signed_body`). A suspended account is refused (403
+    ``account_suspended``) unless ``suspended_ok``: reads of its own data, consent
+    revocation and erasure stay open to it, so suspension never holds a patient's data or
+    consent hostage."""
     state = request.app[NODE]
     check_declared_size(request, state.config.limits.max_body_bytes if limit is None else limit)
     signed = SignedRequest.from_headers(request.headers)
@@ -210,6 +226,8 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
     if auth is None or auth.kind not in kinds:
         raise Unauthorized("unknown signing key", code="unknown_key")
     raw, nonce = await _signed_body(state, request, signed, signed.key, limit=limit, rate_limit=True)
+    if not suspended_ok and auth.patient in state.suspended:  # only to a verified signer
+        raise AccountSuspended()
     return Caller(auth, nonce, _json(raw), state.now())
 
 
@@ -331,7 +349,7 @@ async def register(request: web.Request) -> web.Response:
 @routes.get("/v1/account")
 async def account(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     await state.store.check_signer(caller.patient, caller.auth.device)
     acct = await state.store.account(caller.patient)
     devices = await state.store.devices(caller.patient)
@@ -416,7 +434,8 @@ async def rotate_identity(request: web.Request) -> web.Response:
 async def recovery_bundle(request: web.Request) -> web.Response:
     state = request.app[NODE]
     request.app[LISTENER].take_anonymous(request)
-    caller = await authenticate(request, kinds=("recovery",), limit=state.config.limits.anonymous_max_body_bytes)
+    caller = await authenticate(request, kinds=("recovery",), limit=state.config.limits.anonymous_max_body_bytes,
+                                suspended_ok=True)
     found = await state.store.recovery_by_key(caller.auth.key)
     if found is None:
         raise Unauthorized("unknown recovery key", code="unknown_key")
@@ -432,7 +451,7 @@ async def recovery_bundle(request: web.Request) -> web.Response:
 @routes.post("/v1/account/erase")
 async def erase_account(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     f = fields(caller.body, "erase", {"tombstone": lambda v, w: v})
     pv.parse_tombstone(f["tombstone"], "erase.tombstone", (await state.identity(caller.patient)).current)
     if any(g.revoked is None and g.not_after > caller.now for g, _ in await state.store.grants(caller.patient)):
@@ -453,7 +472,7 @@ async def erase_account(request: web.Request) -> web.Response:
 async def get_vault(request: web.Request) -> web.Response:
     state = request.app[NODE]
     # The recovery key reads the vault too: a recovery re-signs the manifest under a new epoch.
-    caller = await authenticate(request, kinds=("device", "recovery"))
+    caller = await authenticate(request, kinds=("device", "recovery"), suspended_ok=True)
     vault = await state.store.vault(caller.patient, caller.auth.device)
     return reply({
         "manifest": loads(vault.manifest) if vault.manifest else None,
@@ -464,8 +483,10 @@ async def get_vault(request: web.Request) -> web.Response:
 @routes.post("/v1/vault")
 async def commit(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     change = pv.Commit.from_json(caller.body, caller.patient)
+    if change.puts and caller.patient in state.suspended:
+        raise AccountSuspended()  # deleting stays open (leaving a community deletes its record)
     counter = await state.store.commit(
         caller.patient, signer=caller.auth.device, counter=change.manifest.counter,
         manifest=canonical(change.manifest.signed),
@@ -581,10 +602,19 @@ async def report_store(state: NodeState, reported: dict | None) -> dict | None:
     return now
 
 
+async def reload_suspended(state: NodeState) -> None:
+    """Read the suspended accounts again (``rxfed node accounts`` changed them)."""
+    try:
+        state.suspended = await state.store.suspended_accounts()
+    except RxfedError as exc:
+        log.warning("reading suspended accounts failed: %s", exc.message)
+
+
 async def _store_ctx(app: web.Application):
     state = app[NODE]
     await state.store.open()
     state.nonces.load(await state.store.load_nonces(state.now()))
+    state.suspended = await state.store.suspended_accounts()
     state.reload_keys()
 
     async def housekeeping():
@@ -595,6 +625,7 @@ async def _store_ctx(app: web.Application):
             state.reload_keys()
             reported = await report_plugins(state, reported)
             reported_store = await report_store(state, reported_store)
+            await reload_suspended(state)  # if the operator's command could not tell us
             try:
                 await state.federation.refresh_policies()  # `rxfed node peers` edits the store
             except RxfedError as exc:
@@ -633,11 +664,14 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
-    app = web.Application(middlewares=[error_middleware, guard_middleware], client_max_size=config.limits.max_body_bytes)
-    install_listener(app, config.limits)
-    from rxfed.node import communities, consent
+    from rxfed.node import communities, consent, control, metrics
 
-    app[NODE] = state = NodeState(config, keys, store, plugins, clock)
+    state = NodeState(config, keys, store, plugins, clock)
+    state.metrics = metrics.NodeMetrics(state)
+    app = web.Application(middlewares=[metrics.middleware(state.metrics), error_middleware, guard_middleware],
+                          client_max_size=config.limits.max_body_bytes)
+    install_listener(app, config.limits)
+    app[NODE] = state
     app[OWN_PLUGINS] = own_plugins
     app[LISTENER] = state.listener
     communities.install(state)
@@ -646,4 +680,8 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
     app.cleanup_ctx.append(_store_ctx)
+    # After the store: the control socket and the metrics listener read it.
+    app.cleanup_ctx.append(control.control_ctx)
+    if config.metrics_listen:
+        app.cleanup_ctx.append(metrics.metrics_ctx(state.metrics, config.metrics_listen))
     return app

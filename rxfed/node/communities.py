@@ -21,7 +21,7 @@ from aiohttp import web
 
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
-from rxfed.node.app import NODE, authenticate, reply
+from rxfed.node.app import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
 from rxfed.protocol import community as pc
@@ -299,11 +299,13 @@ async def submit(request: web.Request) -> web.Response:
     """A local patient's community event: applied here if this node hosts the community,
     otherwise queued for the host (202). A create event comes with its ``about``."""
     state = request.app[NODE]
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     f = fields(caller.body, "submission", {"community": pc.CommunityAddress.parse, "event": anything},
                {"about": anything})
     address, event = f["community"], f["event"]
     parsed = pc.parse_event(event)
+    if caller.patient in state.suspended and not isinstance(parsed, pc.Leave):
+        raise AccountSuspended()  # leaving stays open: no member list keeps a patient against their will
     if parsed.community != address:
         raise BadRequest("the event is for another community", code="wrong_community")
     about = None

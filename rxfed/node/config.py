@@ -201,6 +201,27 @@ class _LoggingSection:
     access: str = ""
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as (host, port); ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in " /[]"):
+        raise ValueError(f"must be host:port (e.g. \"127.0.0.1:9470\"), or empty for no metrics listener, not {value!r}")
+    return host, int(port)
+
+
+def _listen_ok(_instance, attribute, value):
+    if value:
+        split_listen(value)
+
+
+@attrs.frozen
+class _MetricsSection:
+    #: ``host:port`` of the Prometheus listener (``GET /metrics``); empty: none.
+    listen: str = attrs.field(default="", validator=_listen_ok)
+
+
 @attrs.frozen
 class _ConfigFile:
     node: _NodeSection
@@ -211,6 +232,7 @@ class _ConfigFile:
     tls: _TLSSection = _TLSSection()
     plugins: _PluginsSection = _PluginsSection()
     logging: _LoggingSection = _LoggingSection()
+    metrics: _MetricsSection = _MetricsSection()
 
 
 def _exact(kind: type, what: str):
@@ -348,6 +370,8 @@ class NodeConfig:
     log_file: str | None = "node.log"
     access_log: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    #: ``host:port`` of the metrics listener, or None for none.
+    metrics_listen: str | None = None
 
     @functools.cached_property
     def node_id(self) -> str:
@@ -382,7 +406,7 @@ class NodeConfig:
             port=parsed.node.port, registration=parsed.node.registration, storage=storage, limits=parsed.limits,
             federation=parsed.federation, tls_cert=parsed.tls.cert or None, tls_key=parsed.tls.key or None,
             disabled_plugins=parsed.plugins.disabled, log_file=parsed.logging.file or None,
-            access_log=parsed.logging.access or None,
+            access_log=parsed.logging.access or None, metrics_listen=parsed.metrics.listen or None,
             trusted_proxies=tuple(parsed.node.trusted_proxies))
 
     def validate(self) -> None:
@@ -405,27 +429,42 @@ class NodeConfig:
         """A ``[tls]`` path: relative ones are inside the data directory."""
         return self.data_dir / Path(value).expanduser()
 
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """Every setting by section, as ``rxfed.toml`` spells it (``rxfed node status``
+        shows the running node's)."""
+        return {
+            "node": {"name": self.name, "public_url": self.public_url, "host": self.host, "port": self.port,
+                     "registration": self.registration, "trusted_proxies": list(self.trusted_proxies)},
+            "storage": ({**attrs.asdict(_SQLiteStorage()), **self.storage}
+                        if self.storage.get("backend", "sqlite") == "sqlite" else dict(self.storage)),
+            "limits": attrs.asdict(self.limits),
+            "federation": attrs.asdict(self.federation),
+            "tls": {"cert": self.tls_cert or "", "key": self.tls_key or ""},
+            "plugins": {"disabled": list(self.disabled_plugins)},
+            "logging": {"file": self.log_file or "", "access": self.access_log or ""},
+            "metrics": {"listen": self.metrics_listen or ""},
+        }
+
+    _COMMENTS = {
+        "node": "registration: open: anyone may register; invite: a code from 'rxfed node invite'; closed: nobody"
+                "\n# trusted_proxies: addresses or networks of the reverse proxies whose X-Forwarded-For the node "
+                "believes",
+        "tls": "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
+        "plugins": "plugin names to block, e.g. [\"outcomes\"]",
+        "logging": "inside this directory; file empty: stderr only; access: a file name to keep an access log "
+                   "(routes and statuses, no client addresses)",
+        "metrics": "Prometheus metrics (GET /metrics) on host:port, e.g. \"127.0.0.1:9470\"; empty for none. "
+                   "Counts only, no ids; keep it off the public interface",
+    }
+
     def to_toml(self) -> str:
         """The file ``save`` writes, comments included (each section written by tomli-w)."""
-        sections = [
-            ("node", "registration: open: anyone may register; invite: a code from 'rxfed node invite'; closed: "
-                     "nobody\n# trusted_proxies: addresses or networks of the reverse proxies whose X-Forwarded-For "
-                     "the node believes", {"name": self.name, "public_url": self.public_url, "host": self.host,
-                                "port": self.port, "registration": self.registration,
-                                "trusted_proxies": list(self.trusted_proxies)}),
-            ("storage", None, dict(self.storage)),
-            ("limits", None, attrs.asdict(self.limits)),
-            ("federation", None, attrs.asdict(self.federation)),
-            ("tls", "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
-             {"cert": self.tls_cert or "", "key": self.tls_key or ""}),
-            ("plugins", "plugin names to block, e.g. [\"outcomes\"]", {"disabled": list(self.disabled_plugins)}),
-            ("logging", "inside this directory; file empty: stderr only; access: a file name to keep an access log "
-                        "(routes and statuses, no client addresses)",
-             {"file": self.log_file or "", "access": self.access_log or ""}),
-        ]
         text = "# rxfed node configuration. Restart the node after editing; check it with 'rxfed node check'.\n"
-        for _name, comment, values in sections:
-            text += "\n" + (f"# {comment}\n" if comment else "") + tomli_w.dumps({_name: values})
+        for name, values in self.settings().items():
+            if name == "storage":  # as given: defaults stay implicit
+                values = dict(self.storage)
+            comment = self._COMMENTS.get(name)
+            text += "\n" + (f"# {comment}\n" if comment else "") + tomli_w.dumps({name: values})
         return text
 
     def save(self) -> None:

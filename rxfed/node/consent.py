@@ -387,7 +387,7 @@ async def add_grant(request: web.Request) -> web.Response:
 @routes.get("/v1/consent/grants")
 async def list_grants(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     await state.store.check_signer(caller.patient, caller.auth.device)
     out = []
     for grant, tokens in await state.store.grants(caller.patient):
@@ -450,7 +450,7 @@ async def share(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     state = request.app[NODE]
     consent: Consent = state.consent
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     f = fields(caller.body, "revoke", {"grant": text(32, pg.ID), "revocation": anything,
                                        "tokens": mapping(text(32, pg.ID), anything, 64)})
     mine = {g.id: (g, t) for g, t in await state.store.grants(caller.patient)}
@@ -493,7 +493,7 @@ async def revoke(request: web.Request) -> web.Response:
 @routes.get("/v1/consent/audit")
 async def audit_log(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    caller = await authenticate(request)
+    caller = await authenticate(request, suspended_ok=True)
     await state.store.check_signer(caller.patient, caller.auth.device)
     rows = await state.store.audit(caller.patient)
     head = rows[-1].hash if rows else pa.GENESIS

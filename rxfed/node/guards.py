@@ -38,12 +38,15 @@ class RateLimiter:
     def __init__(self, rate: float, burst: int, *, clock=time.monotonic, max_keys: int = 100_000):
         self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
         self._buckets: dict[object, tuple[float, float]] = {}
+        #: Requests refused so far (``/metrics``).
+        self.refused = 0
 
     def take(self, key: object) -> None:
         now = self.clock()
         tokens, last = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens < 1.0:
+            self.refused += 1
             raise RateLimited("too many requests; slow down", retry_after=(1.0 - tokens) / self.rate)
         if len(self._buckets) >= self.max_keys and key not in self._buckets:
             # Forget buckets that have refilled completely: they carry no state.

@@ -166,6 +166,34 @@ class ReceivedToken:
 
 
 @attrs.frozen
+class AccountSummary:
+    """What an operator sees of one account (``rxfed node accounts list``): sizes and
+    states, never a record, key or community."""
+
+    patient: str
+    created: int
+    records: int
+    bytes: int
+    devices: int
+    live_grants: int
+    suspended: int | None
+    suspended_reason: str | None
+
+
+@attrs.frozen
+class OperatorEntry:
+    """One line of the node's operator log: what an operator did, to what, when and as
+    which system user (``rxfed node log``)."""
+
+    time: int
+    action: str
+    subject: str
+    by: str
+    detail: str = "{}"
+    seq: int | None = None
+
+
+@attrs.frozen
 class AuditRow:
     seq: int
     entry: bytes
@@ -279,6 +307,39 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def tombstone(self, patient: str) -> bytes | None: ...
+
+    # -- operator actions --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def accounts(self, now: int) -> list[AccountSummary]:
+        """Every account, oldest first (grants live at ``now`` are counted)."""
+
+    @abc.abstractmethod
+    async def suspended_accounts(self) -> set[str]:
+        """The patients whose accounts are suspended (the node refuses their writes)."""
+
+    @abc.abstractmethod
+    async def set_suspended(self, patient: str, *, since: int | None, reason: str | None,
+                            log: OperatorEntry) -> bool:
+        """Suspend (``since``: when) or unsuspend (None) an account and log it, at once.
+        NotFound for an unknown account; False (nothing logged) when already so."""
+
+    @abc.abstractmethod
+    async def operator_erase(self, patient: str, *, tombstone: bytes, now: int, log: OperatorEntry) -> None:
+        """Erase an account as :meth:`erase_patient` does, on the operator's word (no
+        device signs it; ``tombstone`` is the node's statement), and log it. NotFound for an
+        unknown account."""
+
+    @abc.abstractmethod
+    async def remove_community(self, community_id: str, host: str, *, log: OperatorEntry) -> bool:
+        """Delete this node's copy of a community (events, readers, row) and log it; False
+        (nothing logged) when there is none."""
+
+    @abc.abstractmethod
+    async def log_operator(self, entry: OperatorEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def operator_log(self, limit: int = 1000) -> list[OperatorEntry]:
+        """The newest ``limit`` entries of the operator log, oldest first."""
 
     # -- federation: peers -----------------------------------------------------------------
     @abc.abstractmethod

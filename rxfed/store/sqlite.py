@@ -13,6 +13,7 @@ keeps no old frames either.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import statistics
 import concurrent.futures
@@ -33,9 +34,10 @@ import attrs
 from rxfed.crypto import audit_link
 from rxfed.protocol.canonical import canonical
 from rxfed.protocol.federation import track_sequence
-from rxfed.errors import RxfedError, Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized, Unavailable
+from rxfed.errors import RxfedError, Conflict, Forbidden, Gone, NotFound, QuotaExceeded, Unauthorized, Unavailable
 from rxfed.store import (
     Account,
+    AccountSummary,
     AuditRow,
     AuthKey,
     CommunityEvent,
@@ -45,6 +47,7 @@ from rxfed.store import (
     GrantRow,
     NewPatient,
     Nonce,
+    OperatorEntry,
     OutboundTransaction,
     OutboxSummary,
     Peer,
@@ -341,6 +344,21 @@ MIGRATIONS: list[str] = [
     CONSENT_DELIVERY_STATE,
     # 9: the inbox is pruned by age (replies kept past the senders' retry horizon only)
     "CREATE INDEX inbox_received ON inbox(received)",
+    # 10: operator actions. An account may be suspended (since when, and why, for the
+    # operator); the operator log keeps what operators did (``rxfed node log``).
+    """
+    ALTER TABLE patients ADD COLUMN suspended INTEGER;
+    ALTER TABLE patients ADD COLUMN suspended_reason TEXT;
+    CREATE INDEX patients_suspended ON patients(suspended) WHERE suspended IS NOT NULL;
+    CREATE TABLE operator_log (
+        seq INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        by TEXT NOT NULL,
+        detail TEXT NOT NULL
+    )
+    """,
 ]
 
 _BATCH_MAX = 512
@@ -358,6 +376,9 @@ _FAST_COMMIT_S = 0.002
 _SLOW_COMMIT_S = 0.004
 _PROBE_S = 2.0
 _WINDOW = 31
+#: Upper bounds of the commit-time (seconds) and batch-size histograms (``/metrics``).
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 @attrs.frozen
@@ -398,6 +419,12 @@ class SQLiteStore(Store):
         #: Counts for operators (``rxfed node status``): batches committed on the event loop
         #: and on the writer thread.
         self.stats = {"inline_batches": 0, "thread_batches": 0, "switches": 0}
+        #: Commit times and batch sizes, counted per bucket (the last count: above every
+        #: bound), with their sums; updated under _conn_lock, by whichever side commits.
+        self._commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
+        self._batch_counts = [0] * (len(BATCH_BUCKETS) + 1)
+        self._commit_sum = 0.0
+        self._batch_sum = 0
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._closed = True
@@ -547,6 +574,18 @@ class SQLiteStore(Store):
         return {"mode": "event loop" if self._inline else "writer thread", "commit_us": round(self._commit_s * 1e6),
                 **self.stats}
 
+    def commit_histograms(self) -> dict[str, tuple[tuple, list[int], float]]:
+        """Commit times (seconds) and batch sizes (operations) of every commit so far: the
+        bucket bounds, the count in each bucket and above the last, and the sum."""
+        return {"commit_seconds": (COMMIT_BUCKETS, list(self._commit_counts), self._commit_sum),
+                "batch_operations": (BATCH_BUCKETS, list(self._batch_counts), float(self._batch_sum))}
+
+    def _observe(self, took: float, operations: int) -> None:
+        self._commit_counts[bisect.bisect_left(COMMIT_BUCKETS, took)] += 1
+        self._batch_counts[bisect.bisect_left(BATCH_BUCKETS, operations)] += 1
+        self._commit_sum += took
+        self._batch_sum += operations
+
     def _set_busy_timeout(self, conn: sqlite3.Connection, ms: int) -> None:
         if self._busy_timeout_ms != ms:
             conn.execute(f"PRAGMA busy_timeout={ms}")
@@ -675,6 +714,7 @@ class SQLiteStore(Store):
                 conn.execute("COMMIT")
                 self._last_commit_s = time.perf_counter() - started
                 self._write_worked()
+                self._observe(self._last_commit_s, len(batch))
         except sqlite3.Error as exc:
             self._write_failed(exc)
             if conn.in_transaction:
@@ -1030,24 +1070,96 @@ class SQLiteStore(Store):
         def op(c: sqlite3.Connection) -> object:
             self._use_nonce(c, nonce)
             self._signer_ok(c, patient, signer)
-            (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
-            for table in ("records", "recovery", "devices", "identity_chain", "audit"):
-                c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
-            c.execute("DELETE FROM deliveries WHERE token IN (SELECT token FROM grant_tokens WHERE grant_id IN "
-                      "(SELECT id FROM grants WHERE patient_id=?))", (patient,))
-            c.execute("DELETE FROM grant_tokens WHERE grant_id IN (SELECT id FROM grants WHERE patient_id=?)",
-                      (patient,))
-            c.execute("DELETE FROM grants WHERE patient_id=?", (patient,))
-            c.execute("DELETE FROM patients WHERE id=?", (patient,))
-            c.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?)", (patient, root_key, tombstone, now))
-            return _Checkpoint()
+            return self._erase(c, patient, tombstone, now)
 
         await self._write(op, heavy=True)
+
+    @staticmethod
+    def _erase(c: sqlite3.Connection, patient: str, tombstone: bytes, now: int) -> _Checkpoint:
+        (root_key,) = c.execute("SELECT root_key FROM patients WHERE id=?", (patient,)).fetchone()
+        for table in ("records", "recovery", "devices", "identity_chain", "audit"):
+            c.execute(f"DELETE FROM {table} WHERE patient_id=?", (patient,))
+        c.execute("DELETE FROM deliveries WHERE token IN (SELECT token FROM grant_tokens WHERE grant_id IN "
+                  "(SELECT id FROM grants WHERE patient_id=?))", (patient,))
+        c.execute("DELETE FROM grant_tokens WHERE grant_id IN (SELECT id FROM grants WHERE patient_id=?)",
+                  (patient,))
+        c.execute("DELETE FROM grants WHERE patient_id=?", (patient,))
+        c.execute("DELETE FROM patients WHERE id=?", (patient,))
+        c.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?)", (patient, root_key, tombstone, now))
+        return _Checkpoint()
 
     async def tombstone(self, patient: str) -> bytes | None:
         row = await self._read(lambda c: c.execute("SELECT tombstone FROM tombstones WHERE patient_id=?", (patient,)).fetchone())
         return row[0] if row else None
 
+
+    # -- operator actions --------------------------------------------------------------------
+    async def accounts(self, now: int) -> list[AccountSummary]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT p.id, p.created, p.records, p.bytes, "
+            "(SELECT count(*) FROM devices d WHERE d.patient_id=p.id AND d.revoked IS NULL), "
+            "(SELECT count(*) FROM grants g WHERE g.patient_id=p.id AND g.revoked IS NULL AND g.not_after>?), "
+            "p.suspended, p.suspended_reason FROM patients p ORDER BY p.created, p.id", (now,)).fetchall())
+        return [AccountSummary(*r) for r in rows]
+
+    async def suspended_accounts(self) -> set[str]:
+        rows = await self._read(lambda c: c.execute("SELECT id FROM patients WHERE suspended IS NOT NULL").fetchall())
+        return {r[0] for r in rows}
+
+    @staticmethod
+    def _log(c: sqlite3.Connection, entry: OperatorEntry) -> None:
+        c.execute("INSERT INTO operator_log (time, action, subject, by, detail) VALUES (?, ?, ?, ?, ?)",
+                  (entry.time, entry.action, entry.subject, entry.by, entry.detail))
+
+    @staticmethod
+    def _account_exists(c: sqlite3.Connection, patient: str) -> tuple:
+        row = c.execute("SELECT suspended FROM patients WHERE id=?", (patient,)).fetchone()
+        if row is None:
+            erased = c.execute("SELECT 1 FROM tombstones WHERE patient_id=?", (patient,)).fetchone()
+            raise NotFound(f"no account {patient} on this node" + (" (it was erased)" if erased else ""),
+                           code="unknown_account")
+        return row
+
+    async def set_suspended(self, patient: str, *, since: int | None, reason: str | None,
+                            log: OperatorEntry) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            (current,) = self._account_exists(c, patient)
+            if (current is None) == (since is None):
+                return False
+            c.execute("UPDATE patients SET suspended=?, suspended_reason=? WHERE id=?", (since, reason, patient))
+            self._log(c, log)
+            return True
+
+        return await self._write(op)
+
+    async def operator_erase(self, patient: str, *, tombstone: bytes, now: int, log: OperatorEntry) -> None:
+        def op(c: sqlite3.Connection) -> object:
+            self._account_exists(c, patient)
+            self._log(c, log)
+            return self._erase(c, patient, tombstone, now)
+
+        await self._write(op, heavy=True)
+
+    async def remove_community(self, community_id: str, host: str, *, log: OperatorEntry) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            key = (community_id, host)
+            if c.execute("DELETE FROM communities WHERE id=? AND host=?", key).rowcount == 0:
+                return False
+            c.execute("DELETE FROM community_events WHERE community_id=? AND host=?", key)
+            c.execute("DELETE FROM community_members WHERE community_id=? AND host=?", key)
+            self._log(c, log)
+            return True
+
+        return await self._write(op, heavy=True)
+
+    async def log_operator(self, entry: OperatorEntry) -> None:
+        await self._write(self._log, entry)
+
+    async def operator_log(self, limit: int = 1000) -> list[OperatorEntry]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT time, action, subject, by, detail, seq FROM operator_log ORDER BY seq DESC LIMIT ?",
+            (limit,)).fetchall())
+        return [OperatorEntry(*r) for r in reversed(rows)]
 
     # -- federation: peers -----------------------------------------------------------------
     _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "

@@ -7,13 +7,14 @@ import asyncio
 import attrs
 import pytest
 
-from rxfed.errors import Conflict, Forbidden, Gone, QuotaExceeded, Unauthorized
+from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, Unauthorized
 from rxfed.store import (
     CommunityEvent,
     CommunityRow,
     GrantRow,
     NewPatient,
     Nonce,
+    OperatorEntry,
     Quota,
     ReceivedToken,
     Recovery,
@@ -92,7 +93,56 @@ class CommunityContract:
         assert await store.community_reader("c" * 32, "other.example", stayer) is None
 
 
-class StoreContract(CommunityContract):
+class OperatorContract:
+    """Operator actions: account states, operator erasure, removed communities, the log
+    (mixed into :class:`StoreContract`)."""
+
+    @staticmethod
+    def entry(action: str, subject: str) -> OperatorEntry:
+        return OperatorEntry(7, action, subject, "alice", '{"why":"test"}')
+
+    async def test_suspension_is_kept_logged_and_changes_once(self, store):
+        p, q = await register(store, 1), await register(store, 2)
+        assert await store.suspended_accounts() == set()
+        assert await store.set_suspended(p.patient, since=5, reason="spam", log=self.entry("suspend", p.patient))
+        assert not await store.set_suspended(p.patient, since=6, reason="again", log=self.entry("suspend", p.patient))
+        assert await store.suspended_accounts() == {p.patient}
+        listed = {a.patient: a for a in await store.accounts(now=0)}
+        assert (listed[p.patient].suspended, listed[p.patient].suspended_reason) == (5, "spam")
+        assert listed[q.patient].suspended is None and listed[q.patient].devices == 1
+        assert await store.set_suspended(p.patient, since=None, reason=None, log=self.entry("unsuspend", p.patient))
+        assert await store.suspended_accounts() == set()
+        with pytest.raises(NotFound):
+            await store.set_suspended("f" * 32, since=1, reason=None, log=self.entry("suspend", "f" * 32))
+        log = await store.operator_log()
+        assert [(e.action, e.subject, e.by) for e in log] == [("suspend", p.patient, "alice"),
+                                                              ("unsuspend", p.patient, "alice")]
+        assert log[0].seq < log[1].seq and log[0].detail == '{"why":"test"}'
+
+    async def test_operator_erasure_erases_and_is_logged(self, store):
+        p = await register(store, 1)
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"to-be-erased")])
+        await store.operator_erase(p.patient, tombstone=b"node-tomb", now=9, log=self.entry("erase", p.patient))
+        assert await store.account(p.patient) is None and await store.auth_key(p.device_sign_key) is None
+        assert await store.tombstone(p.patient) == b"node-tomb"
+        with pytest.raises(NotFound, match="erased"):
+            await store.operator_erase(p.patient, tombstone=b"t", now=9, log=self.entry("erase", p.patient))
+        with pytest.raises(Gone):
+            await register(store, 1)
+        assert [e.action for e in await store.operator_log()] == ["erase"]
+
+    async def test_a_removed_community_leaves_nothing(self, store):
+        ev = [CommunityEvent(1, b"create", b"stamp1", ((b"A" * 32, True),))]
+        await store.append_community_events(CommunityContract.row("host.example", "Group", b"k" * 32), ev,
+                                            outbox=[], now=1)
+        assert await store.remove_community("c" * 32, "other.example", log=self.entry("remove", "x")) is False
+        assert await store.remove_community("c" * 32, "host.example", log=self.entry("remove", "x")) is True
+        assert await store.communities() == [] and await store.community_events("c" * 32, "host.example") == []
+        assert await store.community_reader("c" * 32, "host.example", b"A" * 32) is None
+        assert [e.action for e in await store.operator_log()] == ["remove"]
+
+
+class StoreContract(CommunityContract, OperatorContract):
     """Subclass with a ``store`` fixture yielding an opened, empty store (communities: see
     :class:`CommunityContract`, which it includes)."""
 

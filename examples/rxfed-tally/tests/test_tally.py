@@ -110,6 +110,10 @@ async def test_a_patient_grants_and_revokes_across_two_nodes(rxfed_federation, t
         consent = Consent(patient, plugins=builtin_plugins())
         granted = await consent.grant("diagnosis.category", "research", f"plugin:{b.node_id}/tally")
         await until(lambda: tally_b.counts(k=1) == {"E11": 1})
+        for _ in range(200):  # b reports the use to a in its own transaction, after counting
+            if "used" in [e["event"] for e in (await consent.audit()).entries]:
+                break
+            await asyncio.sleep(0.05)
         await consent.revoke(granted["grant"])
         await until(lambda: tally_b.held() == 0)
         events = [e["event"] for e in (await consent.audit()).entries]

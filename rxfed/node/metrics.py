@@ -1,0 +1,253 @@
+"""What a running node counts for its operator: Prometheus metrics, counts only.
+
+Every node application has its own :class:`prometheus_client.CollectorRegistry` (several
+nodes run in one test process, and the demo runs three). Labels are bounded and name no one:
+a route is its pattern (``/federation/v1/transactions/{txn}``, never the id in it), a
+method one of the standard ones, a peer the host name its operator configured or a peer
+that contacted the node. No patient, device, record, grant or community id appears in a
+label, so a scrape (or a monitoring system's retention) can link nothing to a patient.
+
+The per-request cost is one middleware: two clock reads, two dict lookups and a bisect
+(``bench/metrics_overhead.py`` measures it). Everything else (store, outbox, breakers,
+plugins, rate limits) is read when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+import rxfed
+
+#: Request latency buckets (seconds): a record write takes a few milliseconds; a client
+#: gives up after a few seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+
+
+def route_of(request: web.BaseRequest) -> str:
+    """A request's route pattern, never the values in its path (``(unmatched)`` for a
+    path no route serves); the same text the access log shows."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
+class NodeMetrics:
+    """One node's metrics: plain counters the request path updates (the event loop is one
+    thread: no locks, one dict lookup and a bisect per request, about a fifth of what
+    prometheus-client's locked Counter and Histogram cost), and a collector that turns them,
+    and the node's state, into metric families when scraped."""
+
+    def __init__(self, state: Any):
+        self.state = state
+        self.started = time.time()
+        self.registry = CollectorRegistry(auto_describe=False)
+        #: (route, method, status) -> requests answered.
+        self.requests: dict[tuple[str, str, int], int] = {}
+        #: route -> [count per latency bucket (the last: above every bound), sum of seconds].
+        self.latency: dict[str, list] = {}
+        #: What the last scrape read from the store (outbox per peer, peers).
+        self._snapshot: tuple[list, list, int] = ([], [], 0)
+        #: The metrics listener's addresses while it serves (``rxfed node status``).
+        self.listening: list = []
+        self.registry.register(_NodeCollector(self))
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        # A client names any method it likes: keys stay bounded (and so does memory).
+        key = (route, method if method in _METHODS else "other", status)
+        try:
+            self.requests[key] += 1
+        except KeyError:
+            self.requests[key] = 1
+        timed = self.latency.get(route)
+        if timed is None:
+            timed = self.latency[route] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
+        timed[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        timed[1] += seconds
+
+    async def refresh(self) -> None:
+        """Read what lives in the store (outbox depth, peers' breakers) before a scrape."""
+        store = self.state.store
+        self._snapshot = (await store.outbox_summary(), await store.peers(), self.state.now())
+
+    async def render(self) -> bytes:
+        await self.refresh()
+        return generate_latest(self.registry)
+
+
+def _histogram(name: str, doc: str, bounds: tuple, counts: list[int], total: float, labels: dict | None = None,
+               family: HistogramMetricFamily | None = None) -> HistogramMetricFamily:
+    """Per-bucket counts (the last: above every bound) as a Prometheus histogram's
+    cumulative buckets."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*(repr(float(b)) for b in bounds), "+Inf"), counts):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    if family is None:
+        family = HistogramMetricFamily(name, doc, labels=list(labels) if labels else None)
+    family.add_metric(list(labels.values()) if labels else [], buckets, total)
+    return family
+
+
+def middleware(metrics: NodeMetrics):
+    """Count and time every request by its route pattern (outermost: it sees the status
+    the error middleware chose)."""
+    clock = time.perf_counter
+    observe = metrics.observe
+
+    @web.middleware
+    async def count(request: web.Request, handler) -> web.StreamResponse:
+        started = clock()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # a redirect or an error the error middleware let through
+            observe(route_of(request), request.method, exc.status, clock() - started)
+            raise
+        observe(route_of(request), request.method, response.status, clock() - started)
+        return response
+
+    return count
+
+
+class _NodeCollector:
+    """Read at each scrape: the store's commits, the outbox and breakers (as the last
+    refresh read them), plugin health, rate-limit refusals, accounts suspended."""
+
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        state = self.metrics.state
+        info = GaugeMetricFamily("rxfed_node_info", "This node's software", labels=["version"])
+        info.add_metric([rxfed.__version__], 1)
+        yield info
+        yield GaugeMetricFamily("rxfed_node_start_time_seconds", "When the node started (Unix time)",
+                                value=self.metrics.started)
+        requests = CounterMetricFamily("rxfed_http_requests", "HTTP requests answered, by route pattern, method "
+                                       "and status", labels=["route", "method", "status"])
+        for (route, method, status), n in list(self.metrics.requests.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("rxfed_http_request_duration_seconds", "Time from a request's handler "
+                                        "start to its reply, by route pattern", labels=["route"])
+        for route, (counts, total) in list(self.metrics.latency.items()):
+            _histogram("", "", LATENCY_BUCKETS, counts, total, {"route": route}, latency)
+        yield latency
+        yield from self._store(state.store)
+        yield from self._federation(*self.metrics._snapshot)
+        refused = CounterMetricFamily("rxfed_rate_limited", "Requests refused by a rate limit (429)",
+                                      labels=["limit"])
+        for name, limiter in (("signed", state.limiter), ("anonymous", state.anonymous)):
+            refused.add_metric([name], limiter.refused)
+        yield refused
+        yield GaugeMetricFamily("rxfed_accounts_suspended", "Accounts the operator suspended",
+                                value=len(state.suspended))
+        yield from self._plugins(state.plugins.status())
+
+    @staticmethod
+    def _store(store):
+        status = getattr(store, "commit_status", None)
+        if status is None:
+            return
+        s = status()
+        yield GaugeMetricFamily("rxfed_store_commit_inline", "1 while store batches commit on the event loop, "
+                                "0 on the writer thread", value=1 if s["mode"] == "event loop" else 0)
+        batches = CounterMetricFamily("rxfed_store_batches", "Store batches committed, by where", labels=["where"])
+        batches.add_metric(["event_loop"], s["inline_batches"])
+        batches.add_metric(["writer_thread"], s["thread_batches"])
+        yield batches
+        yield CounterMetricFamily("rxfed_store_mode_switches", "Times the store moved its commits between the "
+                                  "event loop and the writer thread", value=s["switches"])
+        histograms = getattr(store, "commit_histograms", None)
+        if histograms is None:
+            return
+        h = histograms()
+        for name, doc, key in (("rxfed_store_commit_seconds", "Store COMMIT times", "commit_seconds"),
+                               ("rxfed_store_batch_operations", "Operations per committed store batch",
+                                "batch_operations")):
+            yield _histogram(name, doc, *h[key])
+
+    @staticmethod
+    def _federation(summary, peers, now):
+        pending = GaugeMetricFamily("rxfed_outbox_queued_events", "Events queued for a peer, not yet sent",
+                                    labels=["peer"])
+        in_flight = GaugeMetricFamily("rxfed_outbox_in_flight_events", "Events sent to a peer, not yet acknowledged",
+                                      labels=["peer"])
+        dead = GaugeMetricFamily("rxfed_outbox_dead_letters", "Events given up on, by peer (rxfed node outbox)",
+                                 labels=["peer"])
+        oldest = GaugeMetricFamily("rxfed_outbox_oldest_age_seconds", "Age of the oldest event queued for a peer",
+                                   labels=["peer"])
+        for s in summary:
+            pending.add_metric([s.destination], s.pending)
+            in_flight.add_metric([s.destination], s.in_flight)
+            dead.add_metric([s.destination], s.dead)
+            if s.oldest is not None:
+                oldest.add_metric([s.destination], max(0, now - s.oldest))
+        yield from (pending, in_flight, dead, oldest)
+        yield GaugeMetricFamily("rxfed_dead_letters", "Dead letters held, all peers", value=sum(s.dead for s in summary))
+        breaker = GaugeMetricFamily("rxfed_peer_breaker_open", "1 while deliveries to a peer wait out its circuit "
+                                    "breaker", labels=["peer"])
+        failures = GaugeMetricFamily("rxfed_peer_consecutive_failures", "Failed deliveries to a peer in a row",
+                                     labels=["peer"])
+        for p in peers:
+            breaker.add_metric([p.node_id], 1 if p.breaker_until and p.breaker_until > now else 0)
+            failures.add_metric([p.node_id], p.failures)
+        yield from (breaker, failures)
+
+    @staticmethod
+    def _plugins(statuses):
+        calls = CounterMetricFamily("rxfed_plugin_calls", "Hook calls made to a plugin", labels=["plugin"])
+        failed = CounterMetricFamily("rxfed_plugin_failures", "Hook calls that raised or timed out", labels=["plugin"])
+        refused = CounterMetricFamily("rxfed_plugin_refused", "Hook calls not made: the plugin was busy",
+                                      labels=["plugin"])
+        enabled = GaugeMetricFamily("rxfed_plugin_enabled", "1 while a plugin is enabled, 0 once disabled (by "
+                                    "configuration or after failing in a row)", labels=["plugin"])
+        for s in statuses:
+            calls.add_metric([s.name], s.calls)
+            failed.add_metric([s.name], s.total_failures)
+            refused.add_metric([s.name], s.refused)
+            enabled.add_metric([s.name], 1 if s.enabled else 0)
+        yield from (calls, failed, refused, enabled)
+
+
+METRICS = web.AppKey("metrics", NodeMetrics)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    body = await request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def metrics_app(metrics: NodeMetrics) -> web.Application:
+    """The metrics listener's application: ``GET /metrics`` and nothing else."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", serve_metrics)
+    return app
+
+
+def metrics_ctx(metrics: NodeMetrics, listen: str):
+    """A cleanup context for the node's application: serve :func:`metrics_app` on
+    ``listen`` (``host:port``) while the node runs."""
+
+    async def ctx(_app: web.Application):
+        from rxfed.node.config import ConfigFileError, split_listen
+
+        host, port = split_listen(listen)
+        runner = web.AppRunner(metrics_app(metrics), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigFileError([f"[metrics] listen: cannot listen on {listen}: {exc.strerror or exc}"]) from None
+        metrics.listening = runner.addresses
+        yield
+        await runner.cleanup()
+
+    return ctx
