@@ -10,6 +10,7 @@ chosen by configured name (see ``rxfed.hookspecs.rxfed_storage_backends``) and m
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 
 import attrs
 
@@ -175,8 +176,24 @@ class Store(abc.ABC):
     """One node's persistent state. All methods are coroutines; all writes are durable
     (fsynced) before they return."""
 
+    #: Set before :meth:`open` to upgrade a database with an older schema (``rxfed node
+    #: migrate``); without it such a database is refused, so that no other command
+    #: migrates it silently. A new, empty database is always created at the newest schema.
+    migrate: bool = False
+
     @abc.abstractmethod
     async def open(self) -> None: ...
+
+    def schema(self) -> tuple[int | None, int]:
+        """(the stored schema version, None when nothing is stored yet; the code's version)."""
+        raise NotImplementedError(f"the {type(self).__name__} backend does not report its schema")
+
+    async def backup_to(self, dest: Path, *, meta: dict[str, str] | None = None) -> int:
+        """Write a consistent copy of the whole store to the new file ``dest`` (mode 0600)
+        while the node may be serving, with ``meta`` rows set in the copy; returns the
+        copy's schema version. Backends whose database has its own tools may refuse."""
+        raise NotImplementedError(f"the {type(self).__name__} backend has no built-in backup; use its database's "
+                                  "own tools")
 
     @abc.abstractmethod
     async def close(self) -> None: ...
