@@ -172,6 +172,20 @@ class AuditRow:
     hash: bytes
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer rxfed."""
+
+
+class SchemaOutdated(RuntimeError):
+    """The database's schema is older than the code's and the store was not opened to
+    migrate it."""
+
+    def __init__(self, message: str, *, current: int, latest: int):
+        super().__init__(message)
+        self.current = current
+        self.latest = latest
+
+
 class Store(abc.ABC):
     """One node's persistent state. All methods are coroutines; all writes are durable
     (fsynced) before they return."""
@@ -279,10 +293,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
-                     nonce: Nonce, epoch: int) -> int:
+                     nonce: Nonce, epoch: int, base: int | None = None) -> int:
         """Apply one vault change atomically. ``epoch`` (the manifest's identity epoch) must
-        be the current one (Conflict ``stale_identity``); ``counter`` must be the stored counter plus
-        one; a put's version must be one more than the stored one (1 for a new record); a
+        be the current one (Conflict ``stale_identity``); ``base`` (by default ``counter`` minus
+        one) must be the stored counter and ``counter`` above it; a put's version must be one more than the stored one (1 for a new record); a
         delete's version must match. Conflict on any mismatch, QuotaExceeded past the quota."""
 
     @abc.abstractmethod

@@ -52,6 +52,8 @@ from rxfed.store import (
     ReceivedToken,
     Recovery,
     Replayed,
+    SchemaOutdated,
+    SchemaTooNew,
     Store,
     StoredRecord,
     TokenRow,
@@ -364,20 +366,6 @@ class _Checkpoint:
     commit, so deleted content leaves the WAL file too (erasure, revoked signals)."""
 
     result: Any = None
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer rxfed."""
-
-
-class SchemaOutdated(RuntimeError):
-    """The database's schema is older than the code's and the store was not opened to
-    migrate it."""
-
-    def __init__(self, message: str, *, current: int, latest: int):
-        super().__init__(message)
-        self.current = current
-        self.latest = latest
 
 
 def schema_version(path: str | Path) -> int | None:
@@ -1021,7 +1009,9 @@ class SQLiteStore(Store):
     # -- vault -----------------------------------------------------------------------------
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
-                     nonce: Nonce, epoch: int) -> int:
+                     nonce: Nonce, epoch: int, base: int | None = None) -> int:
+        from_counter = counter - 1 if base is None else base
+
         def op(c: sqlite3.Connection) -> int:
             self._use_nonce(c, nonce)
             stored, records, size, current = self._signer_ok(c, patient, signer,
@@ -1029,7 +1019,7 @@ class SQLiteStore(Store):
             if epoch != current:
                 raise Conflict(f"the manifest is signed for identity epoch {epoch}, not the current {current}; "
                                "sync and retry", code="stale_identity")
-            if counter != stored + 1:
+            if from_counter != stored or counter <= stored:
                 raise Conflict(f"manifest counter {counter} does not follow {stored}; sync and retry",
                                code="stale_manifest")
             replaced = []

@@ -1,0 +1,192 @@
+"""Back up, restore and upgrade a node: ``rxfed node backup|restore|migrate``, the restore
+statement, and a patient's device that is told what a restore lost and goes on only with
+the patient's consent."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import stat
+import tarfile
+
+import pytest
+
+from rxfed.cli import main
+from rxfed.node.admin import init_node
+from rxfed.node.config import load_node_keys
+from rxfed.protocol.restore import RestoreStatement
+from rxfed.store.sqlite import MIGRATIONS, schema_version
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def node_dir(tmp_path):
+    init_node(tmp_path / "n", name="backup test", port=18481)
+    return tmp_path / "n"
+
+
+def files(path):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def test_init_creates_a_migrated_database(node_dir):
+    assert schema_version(node_dir / "rxfed.db") == len(MIGRATIONS)
+
+
+def test_backup_is_a_private_file_with_or_without_keys(node_dir, tmp_path, capsys):
+    out = tmp_path / "b.rxfed-backup"
+    code, doc, err = run(capsys, "node", "backup", str(node_dir), str(out), "--json")
+    assert code == 0, err
+    doc = json.loads(doc)
+    assert set(doc) == {"backup", "node_id", "taken", "schema", "keys", "bytes"}
+    assert doc["keys"] is True and doc["schema"] == len(MIGRATIONS) and doc["node_id"] == "127.0.0.1:18481"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["backup.json", "node-keys.json", "rxfed.db", "rxfed.toml"]
+    # never over an existing file
+    before = out.read_bytes()
+    code, _, err = run(capsys, "node", "backup", str(node_dir), str(out))
+    assert code == 1 and "exists" in err and out.read_bytes() == before
+    code, _, err = run(capsys, "node", "backup", str(node_dir), str(tmp_path / "k.rxfed-backup"), "--no-keys")
+    assert code == 0, err
+    with tarfile.open(tmp_path / "k.rxfed-backup") as tar:
+        assert "node-keys.json" not in tar.getnames()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_restore_signs_a_statement_and_refuses_to_overwrite(node_dir, tmp_path, capsys):
+    out = tmp_path / "b.rxfed-backup"
+    assert run(capsys, "node", "backup", str(node_dir), str(out))[0] == 0
+    target = tmp_path / "restored"
+    code, doc, err = run(capsys, "node", "restore", str(out), str(target), "--json")
+    assert code == 0, err
+    doc = json.loads(doc)
+    assert set(doc) == {"data_dir", "node_id", "backup_taken", "restored", "restore_id", "schema", "keys", "config",
+                        "replaced", "needs_migration"}
+    assert (doc["keys"], doc["config"], doc["replaced"], doc["needs_migration"]) == ("backup", "backup", None, False)
+    assert stat.S_IMODE((target / "rxfed.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((target / "node-keys.json").stat().st_mode) == 0o600
+    (row,) = sqlite3.connect(target / "rxfed.db").execute("SELECT value FROM meta WHERE key='restore'").fetchone()
+    keys = [k.key.public for k in load_node_keys(node_dir)]
+    statement = RestoreStatement.from_json(json.loads(row), "restore", keys)
+    assert (statement.node, statement.restore_id, statement.backup_taken) == (doc["node_id"], doc["restore_id"],
+                                                                               doc["backup_taken"])
+    assert run(capsys, "node", "check", str(target))[:2] == (0, "configuration ok\n")
+    # a data directory with a database is not overwritten...
+    before = files(target)
+    code, _, err = run(capsys, "node", "restore", str(out), str(target))
+    assert code == 1 and "--replace" in err and files(target) == before
+    # ...unless asked: the old one is moved aside
+    code, doc, err = run(capsys, "node", "restore", str(out), str(target), "--replace", "--json")
+    assert code == 0, err
+    replaced = json.loads(doc)["replaced"]
+    assert (target / replaced.rsplit("/", 1)[1] / "rxfed.db").read_bytes() == before["rxfed.db"]
+    assert json.loads(doc)["keys"] == "kept"
+
+
+def test_restore_without_keys_needs_them_and_changes_nothing(node_dir, tmp_path, capsys):
+    out = tmp_path / "b.rxfed-backup"
+    assert run(capsys, "node", "backup", str(node_dir), str(out), "--no-keys")[0] == 0
+    target = tmp_path / "restored"
+    code, _, err = run(capsys, "node", "restore", str(out), str(target))
+    assert code == 1 and "--keys FILE" in err and list(target.iterdir()) == []
+    code, doc, err = run(capsys, "node", "restore", str(out), str(target), "--keys", str(node_dir / "node-keys.json"),
+                         "--json")
+    assert code == 0, err
+    assert (target / "node-keys.json").read_bytes() == (node_dir / "node-keys.json").read_bytes()
+
+
+def _tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("members", [
+    None,  # not a tar at all
+    {"backup.json": b"{}", "rxfed.db": b"", "rxfed.toml": b""},
+    {"../escape": b"x", "backup.json": b"{}"},
+    {"rxfed.db": b""},
+])
+def test_restore_refuses_what_is_not_a_backup(tmp_path, capsys, members):
+    bad = tmp_path / "bad"
+    if members is None:
+        bad.write_bytes(b"not a backup at all")
+    else:
+        _tar(bad, members)
+    target = tmp_path / "restored"
+    code, _, err = run(capsys, "node", "restore", str(bad), str(target))
+    assert code == 1 and "not an rxfed backup" in err and len(err.splitlines()) == 1
+    assert list(target.iterdir()) == [] and not (tmp_path / "escape").exists()
+
+
+def test_restore_of_another_nodes_backup_is_refused(node_dir, tmp_path, capsys):
+    init_node(tmp_path / "other", name="other", port=18482)
+    out = tmp_path / "b.rxfed-backup"
+    assert run(capsys, "node", "backup", str(node_dir), str(out))[0] == 0
+    before = files(tmp_path / "other")
+    code, _, err = run(capsys, "node", "restore", str(out), str(tmp_path / "other"), "--replace")
+    assert code == 1 and "is a backup of 127.0.0.1:18481" in err and files(tmp_path / "other") == before
+
+
+@pytest.fixture
+def old_node(tmp_path, monkeypatch):
+    """A node whose database is at the schema of the release before."""
+    import rxfed.store.sqlite as backend
+
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:-1])
+    init_node(tmp_path / "old", name="old", port=18483)
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
+    assert schema_version(tmp_path / "old" / "rxfed.db") == len(MIGRATIONS) - 1
+    return tmp_path / "old"
+
+
+@pytest.mark.parametrize("command", [("status",), ("check",), ("run",), ("invite", "--count", "1"),
+                                     ("outbox", "list")])
+def test_an_older_database_is_never_migrated_silently(old_node, capsys, command):
+    code, _, err = run(capsys, "node", command[0], str(old_node), *command[1:])
+    assert code == 1, err
+    if command[0] != "invite":  # (invite refuses earlier: registration is open)
+        assert len(err.splitlines()) == 1 and f"rxfed node migrate {old_node}" in err and "older than" in err
+    assert schema_version(old_node / "rxfed.db") == len(MIGRATIONS) - 1
+
+
+def test_migrate_takes_a_backup_first(old_node, tmp_path, capsys):
+    before = (old_node / "rxfed.db").read_bytes()
+    code, doc, err = run(capsys, "node", "migrate", str(old_node), "--json")
+    assert code == 0, err
+    doc = json.loads(doc)
+    assert (doc["from"], doc["to"], doc["migrated"]) == (len(MIGRATIONS) - 1, len(MIGRATIONS), True)
+    assert schema_version(old_node / "rxfed.db") == len(MIGRATIONS)
+    backup = old_node / "backups" / doc["backup"].rsplit("/", 1)[1]
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert stat.S_IMODE((old_node / "backups").stat().st_mode) == 0o700
+    with tarfile.open(backup) as tar:
+        copy = tar.extractfile("rxfed.db").read()
+    assert len(copy) >= len(before) // 2 and b"SQLite format 3" in copy[:16]
+    restored = tmp_path / "from-backup"
+    assert run(capsys, "node", "restore", str(backup), str(restored))[0] == 0
+    assert schema_version(restored / "rxfed.db") == len(MIGRATIONS) - 1  # the backup is from before
+    assert run(capsys, "node", "status", str(old_node))[0] == 0
+    code, out, err = run(capsys, "node", "migrate", str(old_node))
+    assert code == 0 and "nothing to migrate" in out
+
+
+def test_a_database_newer_than_the_code_is_still_one_line(node_dir, capsys):
+    with sqlite3.connect(node_dir / "rxfed.db") as conn:
+        conn.execute("PRAGMA user_version=9999")
+    for command in ("run", "migrate", "check"):
+        code, _, err = run(capsys, "node", command, str(node_dir))
+        assert code == 1 and len(err.splitlines()) == 1 and "newer than this rxfed" in err, (command, err)
