@@ -10,6 +10,7 @@ import os
 import sqlite3
 import stat
 import tarfile
+import time
 
 import pytest
 
@@ -190,3 +191,149 @@ def test_a_database_newer_than_the_code_is_still_one_line(node_dir, capsys):
     for command in ("run", "migrate", "check"):
         code, _, err = run(capsys, "node", command, str(node_dir))
         assert code == 1 and len(err.splitlines()) == 1 and "newer than this rxfed" in err, (command, err)
+
+
+# -- a patient's device and a restored node --------------------------------------------------
+
+import asyncio  # noqa: E402
+
+from rxfed.client import PatientClient, RollbackDetected  # noqa: E402
+from rxfed.client.restore import RestoreDetected  # noqa: E402
+from rxfed.crypto import SigningKeyPair  # noqa: E402
+from rxfed.node.backup import backup_node, restore_node  # noqa: E402
+from rxfed.node.config import current_key  # noqa: E402
+from rxfed.protocol.restore import SKEW  # noqa: E402
+from helpers import raw_request  # noqa: E402
+
+
+async def restored(node, tmp_path, before, after):
+    """Run ``before`` (writes), back the running node up, run ``after`` (more writes), stop
+    the node, restore the backup over it and start it again."""
+    await before()
+    out = tmp_path / f"backup-{len(list(tmp_path.iterdir()))}.rxfed-backup"
+    await asyncio.to_thread(backup_node, node.data_dir, out)
+    await after()
+    await node.stop()
+    doc = await asyncio.to_thread(restore_node, out, node.data_dir, replace=True)
+    await node.start()
+    return doc
+
+
+async def test_restore_end_to_end(make_patient, node, tmp_path):
+    patient = await make_patient()
+    kept = {}
+
+    async def before():
+        kept["a"] = await patient.add_condition("E11.9", label="before the backup")
+        kept["b"] = await patient.add_journal(symptoms={"fatigue": 3})
+
+    async def after():
+        kept["c"] = await patient.add_condition("I10", label="after the backup")
+        await patient.edit_record(kept["a"].id, {**kept["a"].data, "label": "edited after the backup"})
+        await patient.delete_record(kept["b"].id)
+        kept["seen"] = [(r.id, r.data) for r in await patient.records()]
+
+    doc = await restored(node, tmp_path, before, after)
+    # the restore statement is published with the node's keys and with every vault
+    status, well_known = await raw_request(node.url, "GET", "/.well-known/rxfed")
+    assert status == 200 and well_known["restore"]["body"]["restore"] == doc["restore_id"]
+    with pytest.raises(RestoreDetected) as told:
+        await patient.records()
+    report = told.value.report
+    assert report.restore_id == doc["restore_id"] and report.node == node.node_id
+    assert report.served < report.seen and report.complete
+    lost = {r.id: (r.kind, r.seen_version, r.node_version, r.recoverable) for r in report.lost}
+    assert lost == {kept["c"].id: ("condition", 1, None, True), kept["a"].id: ("condition", 2, 1, True)}
+    assert report.reappeared == (kept["b"].id,)
+    assert any("--accept-restore " + doc["restore_id"] in line for line in report.lines())
+    # nothing goes on without the patient's consent: writes are refused too
+    with pytest.raises(RestoreDetected):
+        await patient.add_journal(symptoms={"fatigue": 5})
+    assert (await patient.restore_report()) == report
+    # the patient accepts: this device uploads again what it holds
+    result = await patient.accept_restore(report.restore_id)
+    assert sorted(result["reuploaded"]) == sorted([kept["a"].id, kept["c"].id])
+    assert result["deleted"] == [kept["b"].id] and result["not_recoverable"] == []
+    assert sorted((r.id, r.data) for r in await patient.records()) == sorted(kept["seen"])
+    assert await patient.restore_report() is None
+    # the new manifest is above every version this device saw: no number names two vaults
+    assert patient.profile.state().counter > report.seen
+    await patient.add_journal(symptoms={"fatigue": 5})
+    assert len(await patient.records()) == 3
+    # a second device, opened from the same profile after the fact, agrees
+    again = PatientClient.open(patient.profile.path, "correct horse battery staple")
+    async with again:
+        assert sorted(r.id for r in await again.records()) == sorted(r.id for r in await patient.records())
+
+
+@pytest.fixture
+async def rolled_back(make_patient, node, tmp_path):
+    """A patient whose device saw writes the restored node no longer has."""
+    patient = await make_patient()
+
+    async def before():
+        await patient.add_condition("E11.9")
+
+    async def after():
+        await patient.add_condition("I10")
+
+    doc = await restored(node, tmp_path, before, after)
+    return patient, doc
+
+
+def _statement(harness, key=None, **changes):
+    from rxfed.protocol.statements import sign_statement
+
+    return sign_statement(key or current_key(harness.state.keys).key, {**harness.state.restore["body"], **changes})
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "other key", "other node", "before the last sync",
+                                     "future", "backup before the vault served", "malformed"])
+async def test_a_rollback_with_a_bad_restore_statement_is_refused(rolled_back, node, forgery):
+    patient, doc = rolled_back
+    now = int(time.time())
+    good = node.state.restore
+    node.state.restore = {
+        "unsigned": {"body": good["body"], "sig": good["sig"][:-4] + "AAAA"},
+        "other key": _statement(node, key=SigningKeyPair.generate()),
+        "other node": _statement(node, node="elsewhere.example"),
+        "before the last sync": _statement(node, restored=now - 10 * SKEW, backup_taken=now - 20 * SKEW),
+        "future": _statement(node, restored=now + 10 * SKEW),
+        "backup before the vault served": _statement(node, backup_taken=now - 10 * SKEW),
+        "malformed": {"body": {"type": "rxfed.restore"}, "sig": good["sig"]},
+    }[forgery]
+    with pytest.raises(RollbackDetected, match="restore statement does not account for it") as refused:
+        await patient.records()
+    assert not isinstance(refused.value, RestoreDetected)
+    with pytest.raises(RollbackDetected):
+        await patient.accept_restore(doc["restore_id"])
+    assert patient.profile.state().restores == ()
+
+
+async def test_a_restore_statement_accounts_for_one_rollback_only(rolled_back, node, tmp_path):
+    patient, doc = rolled_back
+    await patient.accept_restore(doc["restore_id"])
+    assert len(await patient.records()) == 2
+    accepted = node.state.restore
+
+    async def after():
+        await patient.add_condition("J45")
+
+    second = await restored(node, tmp_path, lambda: asyncio.sleep(0), after)
+    fresh = node.state.restore
+    node.state.restore = accepted  # the node rolls back again under the statement accepted before
+    with pytest.raises(RollbackDetected, match="already accepted"):
+        await patient.records()
+    node.state.restore = fresh  # a new restore is told again, and needs consent again
+    with pytest.raises(RestoreDetected) as told:
+        await patient.records()
+    assert told.value.report.restore_id == second["restore_id"] != doc["restore_id"]
+    assert [r.kind for r in told.value.report.lost] == ["condition"]
+
+
+async def test_no_rollback_no_restore_to_accept(make_patient, node):
+    patient = await make_patient()
+    await patient.add_condition("E11.9")
+    assert await patient.restore_report() is None
+    with pytest.raises(Exception, match="no restore to accept"):
+        await patient.accept_restore("0" * 32)

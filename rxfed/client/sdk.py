@@ -23,6 +23,8 @@ from rxfed.client.identity import (
 )
 from rxfed.client.profile import Identity, LocalState, Profile
 from rxfed.client.records import Record
+from rxfed.client.restore import LostRecord, RestoreDetected, RestoreReport
+from rxfed.client.vault_cache import VaultCache
 from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64d, b64e, random_bytes, sha256
 from rxfed.crypto.keyfile import KdfCost
 from rxfed.crypto.records import open_record, seal_record, secretbox_open, secretbox_seal
@@ -31,9 +33,10 @@ from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, 
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
-from rxfed.protocol.statements import sign_statement
+from rxfed.protocol.statements import sign_statement, statement_hash
 
-__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RollbackDetected"]
+__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RestoreDetected", "RestoreReport",
+           "RollbackDetected"]
 
 #: How the client talks HTTP: its own :class:`rxfed.client.transport.Http` by default, or an
 #: ``aiohttp.ClientSession`` the caller brings.
@@ -167,32 +170,52 @@ class RecoveryAccess:
     devices: list
 
 
-def _checked_vault(vault: Any, patient: str, chain: pv.IdentityChain,
-                   last_seen: int) -> tuple[dict[str, tuple[int, bytes]], int]:
-    """(entries, counter) of the vault the node served, checked against the current epoch's
-    signed manifest and the highest counter this device saw."""
+def _verified_vault(vault: Any, patient: str,
+                    chain: pv.IdentityChain) -> tuple[dict[str, tuple[int, bytes]], int, pv.Manifest | None]:
+    """(entries, counter, manifest) of the vault the node served, checked against the
+    current epoch's signed manifest."""
     try:
         entries = {r["id"]: (r["version"], sha256(b64d(r["blob"]))) for r in vault["records"]}
     except (KeyError, TypeError, ValueError):
         raise IntegrityError("the node's vault answer is malformed") from None
     if vault.get("manifest") is None:
-        counter = 0
         if entries:
             raise IntegrityError("the node holds records but no manifest the patient signed")
-    else:
-        try:
-            manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
-        except RxfedError:
-            raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
-        if manifest.patient != patient or manifest.epoch != chain.current.epoch:
-            raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
-        if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
-            raise IntegrityError("the records the node served do not match the patient's signed manifest: "
-                                 "a record was dropped, replaced or rolled back")
-        counter = manifest.counter
+        return entries, 0, None
+    try:
+        manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
+    except RxfedError:
+        raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
+    if manifest.patient != patient or manifest.epoch != chain.current.epoch:
+        raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
+    if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
+        raise IntegrityError("the records the node served do not match the patient's signed manifest: "
+                             "a record was dropped, replaced or rolled back")
+    return entries, manifest.counter, manifest
+
+
+def manifest_pin(manifest: dict | None) -> str | None:
+    """What a device pins of the manifest it saw besides its counter: its hash."""
+    return None if manifest is None else b64e(statement_hash(manifest))
+
+
+def _rollback_check(counter: int, manifest: pv.Manifest | None, last_seen: int, seen_hash: str | None) -> None:
+    """RollbackDetected when the vault is older than the one this device saw, or is another
+    vault under the same counter."""
     if counter < last_seen:
         raise RollbackDetected(f"the node served vault version {counter}, older than version {last_seen} "
                                "this device has already seen")
+    if (counter == last_seen and seen_hash is not None and manifest is not None
+            and manifest_pin(manifest.signed) != seen_hash):
+        raise RollbackDetected(f"the node served another vault version {counter} than the one this device saw")
+
+
+def _checked_vault(vault: Any, patient: str, chain: pv.IdentityChain,
+                   last_seen: int) -> tuple[dict[str, tuple[int, bytes]], int]:
+    """(entries, counter) of the vault the node served, checked against the current epoch's
+    signed manifest and the highest counter this device saw."""
+    entries, counter, manifest = _verified_vault(vault, patient, chain)
+    _rollback_check(counter, manifest, last_seen, None)
     return entries, counter
 
 
@@ -634,12 +657,146 @@ class PatientClient:
     async def _load(self) -> VaultState:
         account, chain, secrets = await self._account()
         vault = await self._call("GET", "/v1/vault")
-        blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
-        last_seen = self.profile.counter()
-        entries, counter = _checked_vault(vault, self.patient, chain, last_seen)
-        if counter > last_seen:
-            self.profile.set_counter(counter)
+        try:
+            blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("the node's vault answer is malformed") from None
+        pins = self.profile.state()
+        entries, counter, manifest = _verified_vault(vault, self.patient, chain)
+        try:
+            _rollback_check(counter, manifest, pins.counter, pins.manifest_hash)
+        except RollbackDetected as exc:
+            raise RestoreDetected(await self._restore_report(vault, blobs, counter, manifest, secrets, pins,
+                                                             exc)) from None
+        self._seen(pins, counter, manifest, blobs)
         return VaultState(account, chain, secrets, counter, entries, blobs)
+
+    def _seen(self, pins: LocalState, counter: int, manifest: pv.Manifest | None,
+              blobs: dict[str, tuple[int, bytes]]) -> None:
+        """Pin the vault just verified, and bring the local copy up to it (unless a restore's
+        re-upload is unfinished: the copy still holds what it must upload)."""
+        cached = None
+        if pins.cached != counter and pins.restore_pending is None:
+            VaultCache(self.profile.path).rewrite(blobs)
+            cached = counter
+        self.profile.set_counter(counter, manifest_pin(manifest.signed if manifest else None), synced=self._now(),
+                                 cached=cached)
+
+    # -- restores (spec/crypto.md section 11) ----------------------------------------------
+    async def _restore_report(self, vault: dict, blobs: dict[str, tuple[int, bytes]], counter: int,
+                              manifest: pv.Manifest | None, secrets: EpochSecrets, pins: LocalState,
+                              rollback: RollbackDetected) -> RestoreReport:
+        """The report on a rolled-back vault that a valid restore statement accounts for; the
+        rollback itself (with why the statement is refused, if there is one) otherwise."""
+        raw = vault.get("restore")
+        if raw is None:
+            raise rollback
+        from rxfed.protocol.federation import NodeDocument
+        from rxfed.protocol.restore import RestoreStatement, check_restore
+
+        try:
+            claimed = raw["body"]["restored"]
+            doc = NodeDocument.from_json(await self.discover(self._session_or_new(), self.identity.node_url))
+            if doc.node_id != self.identity.node_id:
+                raise IntegrityError(f"the node says it is {doc.node_id!r}, not {self.identity.node_id}")
+            keys = [k.public_key for k in doc.keys if isinstance(claimed, int) and k.valid_at(claimed)]
+            statement = RestoreStatement.from_json(raw, "restore", keys)
+            check_restore(statement, node=self.identity.node_id, synced=pins.synced,
+                          served_issued=manifest.issued if manifest else 0,
+                          accepted=tuple(r for r in pins.restores if r != pins.restore_pending), now=self._now())
+        except (RxfedError, KeyError, TypeError) as exc:
+            reason = exc.message if isinstance(exc, RxfedError) else "it is malformed"
+            raise RollbackDetected(f"{rollback.message}; the node's restore statement does not account for it: "
+                                   f"{reason}") from None
+        lost, reappeared = self._compare(VaultCache(self.profile.path).load(), blobs, secrets)
+        complete = pins.cached == pins.counter
+        return RestoreReport(statement.node, statement.restore_id, statement.backup_taken, statement.restored,
+                             pins.counter, counter, tuple(lost), tuple(reappeared) if complete else (), complete)
+
+    def _open_cached(self, secrets: EpochSecrets, rid: str, version: int, blob: bytes) -> Record | None:
+        try:
+            return Record.from_plaintext(rid, version, open_record(secrets.keyring,
+                                                                   record_ad(self.patient, rid, version), blob))
+        except (DecryptionFailed, ValueError, KeyError, TypeError):
+            return None
+
+    def _compare(self, cache: dict[str, tuple[int, bytes]], blobs: dict[str, tuple[int, bytes]],
+                 secrets: EpochSecrets) -> tuple[list[LostRecord], list[str]]:
+        """What this device's copy holds that the node does not (by content: a record the
+        device uploaded again after a restore is sealed anew), and what the node holds that
+        the copy does not."""
+        lost = []
+        for rid, (version, blob) in sorted(cache.items()):
+            served = blobs.get(rid)
+            if served is not None and served[1] == blob:
+                continue
+            mine = self._open_cached(secrets, rid, version, blob)
+            if served is not None and mine is not None:
+                theirs = self._open_cached(secrets, rid, served[0], served[1])
+                if theirs is not None and (theirs.kind, theirs.created, theirs.data) == (mine.kind, mine.created,
+                                                                                          mine.data):
+                    continue
+            lost.append(LostRecord(rid, mine.kind if mine else None, version, served[0] if served else None,
+                                   mine is not None))
+        return lost, sorted(rid for rid in blobs if rid not in cache)
+
+    async def restore_report(self) -> RestoreReport | None:
+        """The restore this device has not accepted yet, if the node serves an older vault
+        under a valid restore statement; None when the vault is in step. Raises
+        :class:`RollbackDetected` for a rollback no valid statement accounts for."""
+        try:
+            await self._load()
+        except RestoreDetected as exc:
+            return exc.report
+        return None
+
+    async def accept_restore(self, restore_id: str) -> dict:
+        """Accept the restore ``restore_id`` (the patient's consent, after seeing its report):
+        upload again every lost record version this device holds (sealed anew as the node's
+        next version), delete again what was deleted since the backup, and sign a manifest
+        above every vault version this device saw, so no version number names two vaults.
+        Resumes an upload cut short. Returns ``{"restore", "reuploaded", "deleted",
+        "not_recoverable"}`` (record ids)."""
+        account, chain, secrets = await self._account()
+        vault = await self._call("GET", "/v1/vault")
+        try:
+            blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("the node's vault answer is malformed") from None
+        entries, counter, manifest = _verified_vault(vault, self.patient, chain)
+        pins = self.profile.state()
+        if pins.restore_pending != restore_id:
+            try:
+                _rollback_check(counter, manifest, pins.counter, pins.manifest_hash)
+            except RollbackDetected as exc:
+                report = await self._restore_report(vault, blobs, counter, manifest, secrets, pins, exc)
+            else:
+                raise Conflict("the node serves the vault this device saw: there is no restore to accept",
+                               code="no_restore")
+            if report.restore_id != restore_id:
+                raise Conflict(f"the node shows restore {report.restore_id}, not {restore_id}: see "
+                               "`rxfed patient sync`", code="other_restore")
+            pins = attrs.evolve(pins, restore_pending=restore_id, restores=(*pins.restores, restore_id)[-64:])
+            self.profile.save_state(pins)
+        cache = VaultCache(self.profile.path).load()
+        lost, reappeared = self._compare(cache, blobs, secrets)
+        records = [self._open_cached(secrets, r.id, r.seen_version, cache[r.id][1])
+                   for r in lost if r.recoverable]
+        records = [r for r in records if r is not None]
+        deletes = reappeared if pins.cached == pins.counter else []
+        ops: list[tuple[str, Any]] = [("put", r) for r in records] + [("delete", rid) for rid in deletes]
+        state = VaultState(account, chain, secrets, counter, entries, blobs)
+        first = True
+        while first or ops:
+            chunk, ops = ops[:CHUNK], ops[CHUNK:]
+            jump = max(pins.counter, state.counter) + 1 if first else None
+            state = await self._commit(state, [r for k, r in chunk if k == "put"],
+                                       [rid for k, rid in chunk if k == "delete"], next_counter=jump)
+            first = False
+        self.profile.save_state(attrs.evolve(self.profile.state(), restore_pending=None))
+        await self._load()  # the local copy follows the vault again
+        return {"restore": restore_id, "reuploaded": [r.id for r in records], "deleted": list(deletes),
+                "not_recoverable": [r.id for r in lost if not r.recoverable]}
 
     def _decrypt_one(self, state: VaultState, rid: str) -> Record:
         version, blob = state.blobs[rid]
@@ -659,9 +816,11 @@ class PatientClient:
         found = self._decrypt(await self._load())
         return [r for r in found if kind is None or r.kind == kind]
 
-    def _prepare_commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> tuple[dict, VaultState]:
-        """Seal the records and sign the next manifest: the body of one commit, and the vault
-        state once the node has accepted it."""
+    def _prepare_commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = (), *,
+                        next_counter: int | None = None) -> tuple[dict, VaultState]:
+        """Seal the records and sign the next manifest (counter ``next_counter``, by default
+        one more than the state's): the body of one commit, and the vault state once the node
+        has accepted it."""
         entries, counter = dict(state.entries), state.counter
         body_puts = []
         for record in puts:
@@ -673,15 +832,31 @@ class PatientClient:
         for rid in deletes:
             body_deletes.append({"id": rid, "version": entries.pop(rid)[0]})
         manifest = pv.Manifest.issue(state.secrets.signing, patient=self.patient, epoch=state.secrets.epoch,
-                                     counter=counter + 1, entries=entries, now=self._now())
+                                     counter=next_counter or counter + 1, entries=entries, now=self._now())
         body = {"put": body_puts, "delete": body_deletes, "manifest": manifest.signed}
+        if next_counter is not None:
+            body["base"] = counter
         return body, attrs.evolve(state, counter=manifest.counter, entries=entries)
 
-    async def _commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> VaultState:
-        body, after = self._prepare_commit(state, puts, deletes)
+    async def _commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = (), *,
+                      next_counter: int | None = None) -> VaultState:
+        body, after = self._prepare_commit(state, puts, deletes, next_counter=next_counter)
         await self._call("POST", "/v1/vault", body)
-        self.profile.set_counter(after.counter)
+        self._committed(state.counter, body)
         return after
+
+    def _committed(self, base: int, body: dict) -> None:
+        """After the node accepted ``body``: pin its manifest, and add it to the local copy
+        when the copy reflected the vault it was made from."""
+        pins = self.profile.state()
+        manifest = body["manifest"]
+        cached = None
+        if pins.cached == base and pins.restore_pending is None:
+            VaultCache(self.profile.path).append([(p["id"], p["version"], b64d(p["blob"])) for p in body["put"]],
+                                                 [d["id"] for d in body["delete"]])
+            cached = manifest["body"]["counter"]
+        self.profile.set_counter(manifest["body"]["counter"], manifest_pin(manifest), synced=self._now(),
+                                 cached=cached)
 
     async def add_records(self, items: list[tuple[str, dict]]) -> list[Record]:
         """Encrypt and store new records (in chunks, each an atomic commit)."""
@@ -869,7 +1044,7 @@ class PatientClient:
         result = await self._call("POST", "/v1/identity", body)
         pins = self.profile.state()
         self.profile.save_state(attrs.evolve(pins, epoch=identity.epoch, identity_hash=b64e(identity.hash),
-                                             counter=state.counter + 1))
+                                             counter=state.counter + 1, manifest_hash=manifest_pin(body["manifest"])))
         self._secrets = nxt
         return result
 
@@ -936,6 +1111,9 @@ class PreparedWrite:
     #: Request signature made at prepare time (valid for the node's time window), or None
     #: to sign when sending.
     headers: dict[str, str] | None = attrs.field(default=None, repr=False)
+    #: The counter the commit was made from, and the commit itself (for the local copy).
+    base: int = 0
+    commit: dict = attrs.field(factory=dict, repr=False)
 
 
 class OpenVault:
@@ -955,14 +1133,15 @@ class OpenVault:
         Prepared writes must be sent in the order they were prepared; after a failed send,
         open the vault again (the prepared ones after it are void)."""
         record = Record(random_bytes(16).hex(), 1, kind, rec.timestamp(self.client.clock()), data)
+        base = self.state.counter
         body, self.state = self.client._prepare_commit(self.state, [record])
         raw = canonical(body)
         headers = self.client._sign("POST", "/v1/vault", raw) if sign else None
-        return PreparedWrite(record, raw, self.state.counter, headers)
+        return PreparedWrite(record, raw, self.state.counter, headers, base, body)
 
     async def send(self, prepared: PreparedWrite) -> Record:
         await self.client._call_raw("POST", "/v1/vault", prepared.body, headers=prepared.headers)
-        self.client.profile.set_counter(prepared.counter)
+        self.client._committed(prepared.base, prepared.commit)
         return prepared.record
 
     async def add(self, kind: str, data: dict) -> Record:
