@@ -337,3 +337,94 @@ async def test_no_rollback_no_restore_to_accept(make_patient, node):
     assert await patient.restore_report() is None
     with pytest.raises(Exception, match="no restore to accept"):
         await patient.accept_restore("0" * 32)
+
+
+async def test_patient_sync_shows_the_restore_and_accepts_it_by_id(rolled_back, monkeypatch, capsys):
+    patient, doc = rolled_back
+    monkeypatch.setenv("RXFED_PASSPHRASE", "correct horse battery staple")
+    profile = str(patient.profile.path)
+
+    def cli(*argv):
+        return asyncio.to_thread(run, capsys, "patient", *argv, "--profile", profile)
+
+    code, out, err = await cli("show")
+    assert code == 1 and len(err.splitlines()) == 1 and f"--accept-restore {doc['restore_id']}" in err
+    code, out, err = await cli("sync", "--json")
+    assert code == 1, err
+    shown = json.loads(out)
+    assert shown["in_step"] is False and shown["restore"]["restore_id"] == doc["restore_id"]
+    assert set(shown["restore"]) == {"node", "restore_id", "backup_taken", "restored", "seen", "served", "lost",
+                                     "reappeared", "complete"}
+    assert [r["kind"] for r in shown["restore"]["lost"]] == ["condition"]
+    code, out, err = await cli("sync")
+    assert code == 1 and "this device can upload it again" in out
+    code, out, err = await cli("sync", "--accept-restore", "f" * 32)
+    assert code == 1 and "not " + "f" * 32 in err
+    code, out, err = await cli("sync", "--accept-restore", doc["restore_id"], "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    assert set(done) == {"in_step", "restore", "reuploaded", "deleted", "not_recoverable"}
+    assert len(done["reuploaded"]) == 1
+    code, out, err = await cli("sync", "--json")
+    assert code == 0 and json.loads(out)["in_step"] is True
+    code, out, err = await cli("show")
+    assert code == 0 and "I10" in out
+
+
+async def test_a_restore_from_before_a_revocation_is_refused_and_explained(make_patient, node, tmp_path):
+    """A restore cannot undo a revocation for the devices that saw it: the identity epoch
+    is never accepted back, whatever the node signs; the patient is told how to revoke again."""
+    from test_identity_security import linked_device
+
+    patient = await make_patient()
+    box = {}
+
+    async def before():
+        await patient.add_condition("E11.9")
+        box["thief"] = await linked_device(patient, node, tmp_path)
+        await box["thief"].close()
+
+    async def after():
+        await patient.revoke_device(box["thief"].device, patient.recovery_code)
+
+    await restored(node, tmp_path, before, after)
+    with pytest.raises(RollbackDetected, match="recovery code that was current at the backup") as refused:
+        await patient.records()
+    assert not isinstance(refused.value, RestoreDetected)
+    with pytest.raises(RollbackDetected):
+        await patient.accept_restore(node.state.restore["body"]["restore"])
+
+
+async def test_each_device_is_told_what_only_it_held(make_patient, node, tmp_path):
+    """The phone accepts the restore first and signs the next vault version; the laptop had
+    written that same version number before the restore, with its own record: the laptop
+    sees another vault under the number it pinned, is told, and uploads its record again."""
+    from test_identity_security import linked_device
+
+    phone = await make_patient()
+    box = {}
+
+    async def before():
+        await phone.add_condition("E11.9")
+        box["laptop"] = laptop = await linked_device(phone, node, tmp_path, name="laptop")
+        await laptop.records()
+
+    async def after():
+        box["mine"] = await phone.add_condition("I10", label="written on the phone")
+        await box["laptop"].records()
+        box["laptops"] = await box["laptop"].add_journal(symptoms={"fatigue": 7})  # the phone never saw it
+
+    doc = await restored(node, tmp_path, before, after)
+    laptop = box["laptop"]
+    with pytest.raises(RestoreDetected) as told:
+        await phone.records()
+    assert [r.id for r in told.value.report.lost] == [box["mine"].id]
+    await phone.accept_restore(doc["restore_id"])
+    assert phone.profile.state().counter == laptop.profile.state().counter  # the same number, another vault
+    with pytest.raises(RestoreDetected) as told:
+        await laptop.records()
+    assert [r.id for r in told.value.report.lost] == [box["laptops"].id]
+    await laptop.accept_restore(doc["restore_id"])
+    ids = sorted(r.id for r in await laptop.records())
+    assert ids == sorted(r.id for r in await phone.records()) and box["laptops"].id in ids and box["mine"].id in ids
+    await laptop.close()

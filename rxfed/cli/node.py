@@ -78,7 +78,7 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     restore.add_argument("data_dir", metavar="DATA_DIR")
     restore.add_argument("--keys", metavar="FILE", help="the node's node-keys.json, for a backup taken with --no-keys")
     restore.add_argument("--replace", action="store_true",
-                         help="DATA_DIR holds a database: move it aside into DATA_DIR/replaced-TIME/")
+                         help="DATA_DIR holds a database: move it aside into DATA_DIR/replaced-TIME-ID/")
     json_flag(restore)
     restore.set_defaults(func=cmd_restore)
 

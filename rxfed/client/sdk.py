@@ -624,7 +624,19 @@ class PatientClient:
                            code="not_linked")
         account = await self._call("GET", "/v1/account")
         pins = self.profile.state()
-        chain, newer = verify_chain(self.root_key, account.get("identity"), pins)
+        try:
+            chain, newer = verify_chain(self.root_key, account.get("identity"), pins)
+        except RollbackDetected as exc:
+            restore = account.get("restore") if isinstance(account, dict) else None
+            if not isinstance(restore, dict):
+                raise
+            # Never accepted: the identity epochs since the backup (a device revoked, a recovery
+            # code changed) cannot be uploaded again from a device (spec/crypto.md section 11).
+            raise RollbackDetected(f"{exc.message}. The node says it was restored from a backup taken before that "
+                                   "epoch, so a device revocation or recovery-code change made since is undone on "
+                                   "the node; this device does not go on under the older identity. Make the change "
+                                   "again by recovering with `rxfed patient recover` and the recovery code that was "
+                                   "current at the backup") from None
         if account.get("patient") != self.patient:
             raise IntegrityError("the node's account answer names another patient")
         secrets = open_secrets(chain.current, self.device, self.identity.box, b64d(account["keyring"]))

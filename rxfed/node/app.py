@@ -289,6 +289,7 @@ async def account(request: web.Request) -> web.Response:
         "devices": [{"device": d.device, "created": d.created, "revoked": d.revoked, "cert": loads(d.cert)}
                     for d in devices],
         "keyring": b64e(mine.keyring),
+        "restore": state.restore,
     })
 
 

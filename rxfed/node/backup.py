@@ -182,7 +182,7 @@ def restore_node(backup: str | Path, data_dir: str | Path, *, keys_file: str | P
     node's current keys: a key rotated since the backup stays), else the backup's. The
     configuration already in ``data_dir`` is kept; else the backup's is used. A database
     already there is refused unless ``replace``, which moves it (with its WAL) into
-    ``data_dir/replaced-TIME/``. Nothing changes in ``data_dir`` until every file is ready."""
+    ``data_dir/replaced-TIME-ID/``. Nothing changes in ``data_dir`` until every file is ready."""
     backup, data_dir = Path(backup), Path(data_dir)
     now = time.time() if now is None else now
     if not backup.is_file():
@@ -234,7 +234,7 @@ def restore_node(backup: str | Path, data_dir: str | Path, *, keys_file: str | P
         # every file is ready: move them in
         replaced = None
         if db.exists():
-            replaced = data_dir / f"replaced-{_stamp(now)}"
+            replaced = data_dir / f"replaced-{_stamp(now)}-{statement.restore_id[:8]}"
             replaced.mkdir(mode=0o700)
             for suffix in ("", "-wal", "-shm"):
                 old = db.with_name(db.name + suffix)
