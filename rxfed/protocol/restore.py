@@ -1,6 +1,6 @@
 """Restore statements: a node's signed admission that it was restored from a backup, and the
 rule by which a patient's device weighs one against what it has seen (spec/crypto.md
-section 9).
+section 11).
 
 A restored node serves every vault as it was at the backup: older than what devices saw
 since. Without a statement that is a rollback attack and devices refuse it. With one, the
