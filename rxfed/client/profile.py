@@ -87,8 +87,8 @@ class Identity:
 
 @attrs.frozen
 class LocalState:
-    """What this device has seen: the newest manifest counter (with the hash of that
-    manifest, and when this device last saw the vault verified: ``synced``, its own clock)
+    """What this device has seen: the newest manifest counter (with that manifest's
+    digest, and when this device last saw the vault verified: ``synced``, its own clock)
     and identity epoch (with the hash of that epoch's statement), and the devices it
     enrolled or revoked itself. ``cached`` is the manifest counter the local copy of the
     vault (:class:`rxfed.client.vault_cache.VaultCache`) reflects; ``restores`` the ids of
@@ -204,13 +204,14 @@ class Profile:
         return self.state().counter
 
     def set_counter(self, counter: int, manifest_hash: str | None = None, *, synced: int | None = None,
-                    cached: int | None = None) -> None:
-        """Pin the vault this device saw: its counter, its manifest's hash, when (``synced``)
-        and, when the local copy was brought up to it, ``cached``."""
+                    cached: int | None = None, state: LocalState | None = None) -> None:
+        """Pin the vault this device saw: its counter, its manifest's pin, when (``synced``)
+        and, when the local copy was brought up to it, ``cached`` (``state``: the state as
+        just read, to save reading it again)."""
         # Not fsynced: after a crash the counter may be a step behind, which weakens rollback
         # detection by that step only; an fsync per write would double a write's cost.
         # (Identity pins are saved durably by save_state.)
-        state = self.state()
+        state = state or self.state()
         self.save_state(attrs.evolve(state, counter=counter, manifest_hash=manifest_hash,
                                      synced=state.synced if synced is None else synced,
                                      cached=state.cached if cached is None else cached), durable=False)

@@ -33,7 +33,7 @@ from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, 
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
-from rxfed.protocol.statements import sign_statement, statement_hash
+from rxfed.protocol.statements import sign_statement
 
 __all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RestoreDetected", "RestoreReport",
            "RollbackDetected"]
@@ -195,8 +195,9 @@ def _verified_vault(vault: Any, patient: str,
 
 
 def manifest_pin(manifest: dict | None) -> str | None:
-    """What a device pins of the manifest it saw besides its counter: its hash."""
-    return None if manifest is None else b64e(statement_hash(manifest))
+    """What a device pins of the manifest it saw besides its counter: the digest of the
+    records it lists (two manifests with one counter and one digest describe the same vault)."""
+    return None if manifest is None else manifest["body"]["digest"]
 
 
 def _rollback_check(counter: int, manifest: pv.Manifest | None, last_seen: int, seen_hash: str | None) -> None:
@@ -864,11 +865,10 @@ class PatientClient:
         manifest = body["manifest"]
         cached = None
         if pins.cached == base and pins.restore_pending is None:
-            VaultCache(self.profile.path).append([(p["id"], p["version"], b64d(p["blob"])) for p in body["put"]],
-                                                 [d["id"] for d in body["delete"]])
+            VaultCache(self.profile.path).append_encoded(body["put"], [d["id"] for d in body["delete"]])
             cached = manifest["body"]["counter"]
         self.profile.set_counter(manifest["body"]["counter"], manifest_pin(manifest), synced=self._now(),
-                                 cached=cached)
+                                 cached=cached, state=pins)
 
     async def add_records(self, items: list[tuple[str, dict]]) -> list[Record]:
         """Encrypt and store new records (in chunks, each an atomic commit)."""

@@ -44,6 +44,20 @@ class VaultCache:
         finally:
             os.close(fd)
 
+    def append_encoded(self, puts: list[dict], deletes: Iterable[str] = ()) -> None:
+        """:meth:`append` for the puts of a commit body (``{"id", "version", "blob"}``, the
+        blob already base64url): each line written as it is, with no decoding (a device adds
+        one per record written)."""
+        lines = [f'{{"id": "{p["id"]}", "version": {int(p["version"])}, "blob": "{p["blob"]}"}}' for p in puts]
+        lines += [json.dumps({"id": rid, "deleted": True}) for rid in deletes]
+        if not lines:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, ("\n".join(lines) + "\n").encode())
+        finally:
+            os.close(fd)
+
     def load(self) -> dict[str, tuple[int, bytes]]:
         """Record id to (version, sealed blob); lines that do not parse (a write cut short)
         are skipped."""
