@@ -428,3 +428,12 @@ async def test_each_device_is_told_what_only_it_held(make_patient, node, tmp_pat
     ids = sorted(r.id for r in await laptop.records())
     assert ids == sorted(r.id for r in await phone.records()) and box["laptops"].id in ids and box["mine"].id in ids
     await laptop.close()
+
+
+async def test_restore_over_a_running_node_is_refused(node, tmp_path, capsys):
+    out = tmp_path / "b.rxfed-backup"
+    await asyncio.to_thread(backup_node, node.data_dir, out)
+    before = (node.data_dir / "rxfed.db").stat().st_ino
+    code, _, err = await asyncio.to_thread(run, capsys, "node", "restore", str(out), str(node.data_dir), "--replace")
+    assert code == 1 and "stop the node" in err and len(err.splitlines()) == 1
+    assert (node.data_dir / "rxfed.db").stat().st_ino == before

@@ -64,6 +64,20 @@ def schema_problems(config: NodeConfig) -> list[str]:
             f"'rxfed node migrate {config.data_dir}' (it takes a backup first)"]
 
 
+def refuse_if_serving(config: NodeConfig, what: str) -> None:
+    """Conflict when something answers on the node's configured address: ``restore`` and
+    ``migrate`` must not change a database under a running node."""
+    import socket
+
+    try:
+        with socket.create_connection((config.host, config.port), timeout=0.5):
+            pass
+    except OSError:
+        return
+    raise Conflict(f"something listens on {config.host}:{config.port}, the node's address: stop the node before "
+                   f"{what}", code="node_running")
+
+
 def _stamp(now: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
 
@@ -224,6 +238,8 @@ def restore_node(backup: str | Path, data_dir: str | Path, *, keys_file: str | P
         if db.exists() and not replace:
             raise Conflict(f"{data_dir} already holds a database; stop the node and pass --replace to move it "
                            "aside", code="node_exists")
+        if db.exists():
+            refuse_if_serving(attrs.evolve(config, data_dir=data_dir), "restoring over its database")
         from rxfed.store.sqlite import schema_version, set_meta_offline
 
         schema = schema_version(staged / DATABASE)
@@ -267,6 +283,7 @@ def migrate_node(data_dir: str | Path, *, backup: str | Path | None = None, now:
         raise ConfigFileError(schema_problems(config))
     if current == latest or current == 0:
         return {"from": current, "to": latest, "migrated": False, "backup": None}
+    refuse_if_serving(config, "migrating its database")
     if backup is None:
         folder = config.data_dir / BACKUPS
         folder.mkdir(mode=0o700, exist_ok=True)
