@@ -437,3 +437,25 @@ async def test_restore_over_a_running_node_is_refused(node, tmp_path, capsys):
     code, _, err = await asyncio.to_thread(run, capsys, "node", "restore", str(out), str(node.data_dir), "--replace")
     assert code == 1 and "stop the node" in err and len(err.splitlines()) == 1
     assert (node.data_dir / "rxfed.db").stat().st_ino == before
+
+
+async def test_an_acceptance_cut_short_resumes(rolled_back, monkeypatch):
+    from rxfed.errors import Unavailable
+
+    patient, doc = rolled_back
+    real = patient._call
+
+    async def down(method, path, body=None, **kw):
+        if method == "POST" and path == "/v1/vault":
+            raise Unavailable("cannot reach the node")
+        return await real(method, path, body, **kw)
+
+    monkeypatch.setattr(patient, "_call", down)
+    with pytest.raises(Unavailable):
+        await patient.accept_restore(doc["restore_id"])
+    monkeypatch.setattr(patient, "_call", real)
+    with pytest.raises(RestoreDetected):  # still told, and nothing was lost from the copy meanwhile
+        await patient.records()
+    done = await patient.accept_restore(doc["restore_id"])
+    assert len(done["reuploaded"]) == 1 and len(await patient.records()) == 2
+    assert patient.profile.state().restore_pending is None

@@ -778,6 +778,12 @@ class PatientClient:
             raise IntegrityError("the node's vault answer is malformed") from None
         entries, counter, manifest = _verified_vault(vault, self.patient, chain)
         pins = self.profile.state()
+        served = vault.get("restore")
+        if pins.restore_pending == restore_id and not (
+                isinstance(served, dict) and isinstance(served.get("body"), dict)
+                and served["body"].get("restore") == restore_id):
+            raise Conflict(f"the node no longer shows restore {restore_id}: see `rxfed patient sync`",
+                           code="other_restore")
         if pins.restore_pending != restore_id:
             try:
                 _rollback_check(counter, manifest, pins.counter, pins.manifest_hash)
@@ -797,7 +803,8 @@ class PatientClient:
                    for r in lost if r.recoverable]
         records = [r for r in records if r is not None]
         deletes = reappeared if pins.cached == pins.counter else []
-        ops: list[tuple[str, Any]] = [("put", r) for r in records] + [("delete", rid) for rid in deletes]
+        # deletions first: they are known only while the copy is complete, that is before the first commit
+        ops: list[tuple[str, Any]] = [("delete", rid) for rid in deletes] + [("put", r) for r in records]
         state = VaultState(account, chain, secrets, counter, entries, blobs)
         first = True
         while first or ops:
