@@ -4,9 +4,9 @@ the patient's consent."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import os
 import sqlite3
 import stat
 import tarfile
@@ -14,20 +14,17 @@ import time
 
 import pytest
 
-from rxfed.cli import main
+from helpers import raw_request
+from test_node_config import run
+
+from rxfed.client import PatientClient, RollbackDetected
+from rxfed.client.restore import RestoreDetected
+from rxfed.crypto import SigningKeyPair
 from rxfed.node.admin import init_node
-from rxfed.node.config import load_node_keys
-from rxfed.protocol.restore import RestoreStatement
+from rxfed.node.backup import backup_node, restore_node
+from rxfed.node.config import current_key, load_node_keys
+from rxfed.protocol.restore import SKEW, RestoreStatement
 from rxfed.store.sqlite import MIGRATIONS, schema_version
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
@@ -195,15 +192,6 @@ def test_a_database_newer_than_the_code_is_still_one_line(node_dir, capsys):
 
 # -- a patient's device and a restored node --------------------------------------------------
 
-import asyncio  # noqa: E402
-
-from rxfed.client import PatientClient, RollbackDetected  # noqa: E402
-from rxfed.client.restore import RestoreDetected  # noqa: E402
-from rxfed.crypto import SigningKeyPair  # noqa: E402
-from rxfed.node.backup import backup_node, restore_node  # noqa: E402
-from rxfed.node.config import current_key  # noqa: E402
-from rxfed.protocol.restore import SKEW  # noqa: E402
-from helpers import raw_request  # noqa: E402
 
 
 async def restored(node, tmp_path, before, after):

@@ -667,22 +667,29 @@ class PatientClient:
         keys = self._secrets.pseudonyms.keys
         return [keys[e] for e in sorted(keys, reverse=True)]
 
-    async def _load(self) -> VaultState:
+    async def _fetch_vault(self) -> tuple[VaultState, dict, pv.Manifest | None]:
+        """The account and the vault as the node serves them, each verified (not yet against
+        this device's vault pins), with the raw vault reply and its manifest."""
         account, chain, secrets = await self._account()
         vault = await self._call("GET", "/v1/vault")
         try:
             blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("the node's vault answer is malformed") from None
-        pins = self.profile.state()
         entries, counter, manifest = _verified_vault(vault, self.patient, chain)
+        return VaultState(account, chain, secrets, counter, entries, blobs), vault, manifest
+
+    async def _load(self) -> VaultState:
+        state, vault, manifest = await self._fetch_vault()
+        secrets, counter, blobs = state.secrets, state.counter, state.blobs
+        pins = self.profile.state()
         try:
             _rollback_check(counter, manifest, pins.counter, pins.manifest_hash)
         except RollbackDetected as exc:
             raise RestoreDetected(await self._restore_report(vault, blobs, counter, manifest, secrets, pins,
                                                              exc)) from None
         self._seen(pins, counter, manifest, blobs)
-        return VaultState(account, chain, secrets, counter, entries, blobs)
+        return state
 
     def _seen(self, pins: LocalState, counter: int, manifest: pv.Manifest | None,
               blobs: dict[str, tuple[int, bytes]]) -> None:
@@ -770,13 +777,8 @@ class PatientClient:
         above every vault version this device saw, so no version number names two vaults.
         Resumes an upload cut short. Returns ``{"restore", "reuploaded", "deleted",
         "not_recoverable"}`` (record ids)."""
-        account, chain, secrets = await self._account()
-        vault = await self._call("GET", "/v1/vault")
-        try:
-            blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
-        except (KeyError, TypeError, ValueError):
-            raise IntegrityError("the node's vault answer is malformed") from None
-        entries, counter, manifest = _verified_vault(vault, self.patient, chain)
+        state, vault, manifest = await self._fetch_vault()
+        secrets, counter, blobs = state.secrets, state.counter, state.blobs
         pins = self.profile.state()
         served = vault.get("restore")
         if pins.restore_pending == restore_id and not (
@@ -805,7 +807,6 @@ class PatientClient:
         deletes = reappeared if pins.cached == pins.counter else []
         # deletions first: they are known only while the copy is complete, that is before the first commit
         ops: list[tuple[str, Any]] = [("delete", rid) for rid in deletes] + [("put", r) for r in records]
-        state = VaultState(account, chain, secrets, counter, entries, blobs)
         first = True
         while first or ops:
             chunk, ops = ops[:CHUNK], ops[CHUNK:]

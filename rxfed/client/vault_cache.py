@@ -34,20 +34,15 @@ class VaultCache:
 
     def append(self, puts: Iterable[tuple[str, int, bytes]], deletes: Iterable[str] = ()) -> None:
         """Add one commit the node accepted (puts as (id, version, sealed blob))."""
-        lines = [json.dumps({"id": rid, "version": v, "blob": b64e(blob)}) for rid, v, blob in puts]
-        lines += [json.dumps({"id": rid, "deleted": True}) for rid in deletes]
-        if not lines:
-            return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, ("\n".join(lines) + "\n").encode())
-        finally:
-            os.close(fd)
+        self._append([{"id": rid, "version": v, "blob": b64e(blob)} for rid, v, blob in puts], deletes)
 
     def append_encoded(self, puts: list[dict], deletes: Iterable[str] = ()) -> None:
         """:meth:`append` for the puts of a commit body (``{"id", "version", "blob"}``, the
-        blob already base64url): each line written as it is, with no decoding (a device adds
-        one per record written)."""
+        blob already base64url; a device adds one per record written)."""
+        self._append(puts, deletes)
+
+    def _append(self, puts: list[dict], deletes: Iterable[str]) -> None:
+        # each line formatted as it is, with no JSON encoder: ids are hex, blobs base64url
         lines = [f'{{"id": "{p["id"]}", "version": {int(p["version"])}, "blob": "{p["blob"]}"}}' for p in puts]
         lines += [json.dumps({"id": rid, "deleted": True}) for rid in deletes]
         if not lines:
