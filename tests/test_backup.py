@@ -447,3 +447,23 @@ async def test_an_acceptance_cut_short_resumes(rolled_back, monkeypatch):
     done = await patient.accept_restore(doc["restore_id"])
     assert len(done["reuploaded"]) == 1 and len(await patient.records()) == 2
     assert patient.profile.state().restore_pending is None
+
+
+async def test_a_device_enrolled_after_the_backup_is_told_why_the_node_forgot_it(make_patient, node, tmp_path):
+    from test_identity_security import linked_device
+
+    patient = await make_patient()
+    box = {}
+
+    async def before():
+        await patient.add_condition("E11.9")
+
+    async def after():
+        box["laptop"] = await linked_device(patient, node, tmp_path, name="laptop")
+        await box["laptop"].records()
+
+    await restored(node, tmp_path, before, after)
+    with pytest.raises(Exception, match="restored from a backup taken .* before this device") as told:
+        await box["laptop"].records()
+    assert "rxfed patient link" in str(told.value)
+    await box["laptop"].close()

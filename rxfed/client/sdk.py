@@ -623,7 +623,12 @@ class PatientClient:
         if self.identity.patient is None:
             raise Conflict("this device is waiting to be linked to an account: run `rxfed patient link finish`",
                            code="not_linked")
-        account = await self._call("GET", "/v1/account")
+        try:
+            account = await self._call("GET", "/v1/account")
+        except NodeRefused as exc:
+            if exc.code != "unknown_key":
+                raise
+            raise await self._unknown_after_restore(exc) from None
         pins = self.profile.state()
         try:
             chain, newer = verify_chain(self.root_key, account.get("identity"), pins)
@@ -703,6 +708,25 @@ class PatientClient:
                                  cached=cached)
 
     # -- restores (spec/crypto.md section 11) ----------------------------------------------
+    async def _unknown_after_restore(self, refused: NodeRefused) -> NodeRefused:
+        """The node does not know this device: when it says it was restored from a backup
+        taken after this device last synced there, say why and what to do."""
+        try:
+            doc = await self.discover(self._session_or_new(), self.identity.node_url)
+            taken = doc["restore"]["body"]["backup_taken"]
+        except (RxfedError, KeyError, TypeError):
+            return refused
+        synced = self.profile.state().synced
+        if not isinstance(taken, int) or (synced is not None and synced < taken):
+            return refused
+        from rxfed.client.restore import _utc
+
+        return NodeRefused(refused.status, refused.code,
+                           f"{refused.message}: the node says it was restored from a backup taken {_utc(taken)}, "
+                           "before this device (or the account) was enrolled there. Link this device again from "
+                           "another of your devices (`rxfed patient link`), or recover with the recovery code "
+                           "(`rxfed patient recover`); this device's sealed copy of the vault is kept in its "
+                           "profile")
     async def _restore_report(self, vault: dict, blobs: dict[str, tuple[int, bytes]], counter: int,
                               manifest: pv.Manifest | None, secrets: EpochSecrets, pins: LocalState,
                               rollback: RollbackDetected) -> RestoreReport:
