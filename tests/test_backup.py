@@ -130,6 +130,19 @@ def test_restore_refuses_what_is_not_a_backup(tmp_path, capsys, members):
     assert list(target.iterdir()) == [] and not (tmp_path / "escape").exists()
 
 
+def test_restore_of_a_damaged_database_is_one_line_and_changes_nothing(node_dir, tmp_path, capsys):
+    out = tmp_path / "b.rxfed-backup"
+    assert run(capsys, "node", "backup", str(node_dir), str(out))[0] == 0
+    with tarfile.open(out) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    members["rxfed.db"] = b"SQLite format 3\x00" + b"\xff" * 4096
+    _tar(tmp_path / "damaged", members)
+    target = tmp_path / "restored"
+    code, _, err = run(capsys, "node", "restore", str(tmp_path / "damaged"), str(target))
+    assert code == 1 and "is damaged" in err and len(err.splitlines()) == 1
+    assert list(target.iterdir()) == []
+
+
 def test_restore_of_another_nodes_backup_is_refused(node_dir, tmp_path, capsys):
     init_node(tmp_path / "other", name="other", port=18482)
     out = tmp_path / "b.rxfed-backup"

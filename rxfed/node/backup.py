@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import tarfile
 import tempfile
 import time
@@ -240,13 +241,16 @@ def restore_node(backup: str | Path, data_dir: str | Path, *, keys_file: str | P
                            "aside", code="node_exists")
         if db.exists():
             refuse_if_serving(attrs.evolve(config, data_dir=data_dir), "restoring over its database")
-        from rxfed.store.sqlite import schema_version, set_meta_offline
+        from rxfed.store.sqlite import check_database, set_meta_offline
 
-        schema = schema_version(staged / DATABASE)
         statement = RestoreStatement.issue(current_key(keys).key, node=config.node_id,
                                            restore_id=secrets.token_hex(16), backup_taken=manifest["taken"],
                                            restored=int(now))
-        set_meta_offline(staged / DATABASE, {"restore": canonical(statement.signed).decode()})
+        try:
+            schema = check_database(staged / DATABASE)
+            set_meta_offline(staged / DATABASE, {"restore": canonical(statement.signed).decode()})
+        except sqlite3.Error as exc:
+            raise ConfigFileError([f"{backup} is damaged: its database does not open ({exc})"]) from None
         # every file is ready: move them in
         replaced = None
         if db.exists():

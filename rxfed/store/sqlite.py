@@ -423,6 +423,19 @@ def backup_database(path: str | Path, dest: str | Path, *, meta: dict[str, str] 
     return version
 
 
+def check_database(path: str | Path) -> int:
+    """The schema version of the database file at ``path``, after SQLite's ``quick_check``
+    (sqlite3.DatabaseError when the file is not a sound database)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {result}")
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
 def set_meta_offline(path: str | Path, values: dict[str, str]) -> None:
     """Write ``meta`` rows into a database no node serves (a restored copy, before it
     starts), whatever its schema version, without migrating it."""
