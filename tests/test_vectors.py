@@ -274,3 +274,19 @@ def test_community_vectors():
     address = pc.CommunityAddress.parse(v["address"]["address"])
     assert pc.open_read_proof(v["read_proof"], address, node="a.example",
                               now=v["read_proof"]["body"]["time"]) == member.public
+
+
+def test_restore_statement_vector():
+    from rxfed.protocol.restore import RestoreStatement
+
+    v = load("restore.json")
+    key = SigningKeyPair.from_seed(b64d(v["seed"]))
+    statement = RestoreStatement.from_json(v["statement"], "restore", [key.public])
+    assert (statement.node, statement.restore_id, statement.backup_taken, statement.restored) == (
+        "a.example", "0123456789abcdef0123456789abcdef", 1764000000 - 3600, 1764000000)
+    assert ("rxfed-statement|" + canonical(v["statement"]["body"]).decode()) == v["signed_bytes"]
+    with pytest.raises(RxfedError):  # another key, or a changed time, does not verify
+        RestoreStatement.from_json(v["statement"], "restore", [SigningKeyPair.from_seed(bytes(32)).public])
+    changed = {**v["statement"], "body": {**v["statement"]["body"], "restored": 1764000001}}
+    with pytest.raises(RxfedError):
+        RestoreStatement.from_json(changed, "restore", [key.public])

@@ -65,6 +65,30 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     json_flag(rotate)
     rotate.set_defaults(func=cmd_rotate)
 
+    backup = nsub.add_parser("backup", help="write a consistent backup of DATA_DIR to OUT while the node runs")
+    backup.add_argument("data_dir", metavar="DATA_DIR")
+    backup.add_argument("out", metavar="OUT", help="the backup file to create (never replaced)")
+    backup.add_argument("--no-keys", action="store_true",
+                        help="leave the node's identity keys out (keep node-keys.json apart yourself)")
+    json_flag(backup)
+    backup.set_defaults(func=cmd_backup)
+
+    restore = nsub.add_parser("restore", help="restore a backup into DATA_DIR (node stopped) and sign a restore "
+                                              "statement for patients' devices")
+    restore.add_argument("backup", metavar="BACKUP")
+    restore.add_argument("data_dir", metavar="DATA_DIR")
+    restore.add_argument("--keys", metavar="FILE", help="the node's node-keys.json, for a backup taken with --no-keys")
+    restore.add_argument("--replace", action="store_true",
+                         help="DATA_DIR holds a database: move it aside into DATA_DIR/replaced-TIME-ID/")
+    json_flag(restore)
+    restore.set_defaults(func=cmd_restore)
+
+    migrate = nsub.add_parser("migrate", help="back up DATA_DIR, then upgrade its database to this rxfed's schema")
+    migrate.add_argument("data_dir", metavar="DATA_DIR")
+    migrate.add_argument("--backup", metavar="OUT", help="where the backup goes (default DATA_DIR/backups/...)")
+    json_flag(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+
     invite = nsub.add_parser("invite", help="print single-use invitation codes")
     invite.add_argument("data_dir", metavar="DATA_DIR")
     invite.add_argument("--count", type=int, default=1, help="how many codes (default 1)")
@@ -209,3 +233,46 @@ def cmd_rotate(args: argparse.Namespace) -> None:
     doc = admin.rotate_key(args.data_dir, args.overlap_days)
     Output(args.json).result(doc, [f"new key {doc['fingerprint']}; old keys stay valid {args.overlap_days:g} days",
                                    doc["key_id"]])
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    from rxfed.node.backup import backup_node
+
+    doc = backup_node(args.data_dir, args.out, keys=not args.no_keys)
+    keys = "with the node's identity keys" if doc["keys"] else "without the identity keys (keep node-keys.json apart)"
+    Output(args.json).result(doc, [f"backup of {doc['node_id']} written to {doc['backup']} ({doc['bytes']} bytes, "
+                                   f"schema {doc['schema']}), {keys}"])
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    from rxfed.node.backup import restore_node
+
+    doc = restore_node(args.backup, args.data_dir, keys_file=args.keys, replace=args.replace)
+
+    def lines():
+        out = [f"restored {doc['node_id']} into {doc['data_dir']} from the backup taken "
+               f"{_utc(doc['backup_taken'])}; restore {doc['restore_id']} signed",
+               "patients' devices will show what was lost since the backup and ask before going on"]
+        if doc["replaced"]:
+            out.append(f"the database that was there is in {doc['replaced']}")
+        if doc["needs_migration"]:
+            out.append(f"the backup's schema is older than this rxfed: run 'rxfed node migrate {doc['data_dir']}' "
+                       "before 'node run'")
+        return out
+
+    Output(args.json).result(doc, lines)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from rxfed.node.backup import migrate_node
+
+    doc = migrate_node(args.data_dir, backup=args.backup)
+    Output(args.json).result(doc, [f"database schema {doc['from']} upgraded to {doc['to']}; backup first in "
+                                   f"{doc['backup']}"] if doc["migrated"] else
+                                  [f"database schema {doc['to']} is this rxfed's: nothing to migrate"])
+
+
+def _utc(t: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))

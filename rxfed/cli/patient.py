@@ -230,6 +230,16 @@ def _add_show(psub) -> None:
     show.set_defaults(func=cmd_show)
 
 
+def _add_sync(psub) -> None:
+    sync = psub.add_parser("sync", help=ACTIONS["sync"])
+    _profile(sync)
+    sync.add_argument("--accept-restore", metavar="RESTORE_ID",
+                      help="accept the node's restore RESTORE_ID (shown by `sync`): upload again what this device "
+                           "holds and go on from the restored vault")
+    json_flag(sync)
+    sync.set_defaults(func=cmd_sync)
+
+
 def _add_export(psub) -> None:
     exp = psub.add_parser("export", help=ACTIONS["export"])
     _profile(exp)
@@ -291,6 +301,7 @@ ACTIONS = {
     "treatment": "treatments tried",
     "record": "edit or delete a record (a typo, a duplicate)",
     "show": "decrypt and show every record, newest first",
+    "sync": "check the vault against what this device saw; after a node restore, see what was lost and accept it",
     "export": "write a FHIR R4 Bundle of every record",
     "import": "encrypt and store a hospital's FHIR export (again: adds only what is new)",
     "delete-account": "erase every record and key of this patient on the node",
@@ -306,7 +317,7 @@ ACTIONS = {
 _BUILDERS = {
     "register": _add_register, "recover": _add_recover, "link": _add_link, "devices": _add_devices,
     "passphrase": _add_passphrase, "recovery-code": _add_recovery_code, "condition": _add_condition,
-    "journal": _add_journal, "treatment": _add_treatment, "record": _add_record, "show": _add_show,
+    "journal": _add_journal, "treatment": _add_treatment, "record": _add_record, "show": _add_show, "sync": _add_sync,
     "export": _add_export, "import": _add_import, "delete-account": _add_delete_account, "unlock": _add_unlock,
     "lock": _add_lock, ("consent", "audit", "signals", "share"): _add_consent,
 }
@@ -599,6 +610,30 @@ def cmd_show(args: argparse.Namespace) -> None:
         return [f"{clinical_date(r) or 'no date':<10}  {r.kind:<11} {summary(r)}  [{r.id[:8]}]" for r in found]
 
     Output(args.json).result({"records": [{**r.to_json(), "date": clinical_date(r)} for r in found]}, lines)
+
+
+def cmd_sync(args: argparse.Namespace) -> int | None:
+    """In step, or the report of a node restore this device has not accepted (exit 1), or,
+    with ``--accept-restore``, what accepting it uploaded again."""
+    if args.accept_restore:
+        done = _with_client(args, lambda c: c.accept_restore(args.accept_restore))
+        Output(args.json).result({"in_step": True, **done}, [
+            f"restore {done['restore']} accepted: {len(done['reuploaded'])} record(s) uploaded again, "
+            f"{len(done['deleted'])} deleted again"
+            + (f", {len(done['not_recoverable'])} this device could not restore" if done["not_recoverable"] else "")])
+        return None
+
+    async def check(client):
+        report = await client.restore_report()
+        return report, client.profile.state().counter
+
+    report, counter = _with_client(args, check)
+    if report is None:
+        Output(args.json).result({"in_step": True, "counter": counter},
+                                 [f"in step with the node: vault version {counter}"])
+        return None
+    Output(args.json).result({"in_step": False, "restore": report.to_json()}, report.lines())
+    return 1  # refused until the patient accepts
 
 
 def _write_private(path: Path, text: str) -> None:

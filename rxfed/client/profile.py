@@ -87,26 +87,42 @@ class Identity:
 
 @attrs.frozen
 class LocalState:
-    """What this device has seen: the newest manifest counter and identity epoch (with the
-    hash of that epoch's statement), and the devices it enrolled or revoked itself."""
+    """What this device has seen: the newest manifest counter (with that manifest's
+    digest, and when this device last saw the vault verified: ``synced``, its own clock)
+    and identity epoch (with the hash of that epoch's statement), and the devices it
+    enrolled or revoked itself. ``cached`` is the manifest counter the local copy of the
+    vault (:class:`rxfed.client.vault_cache.VaultCache`) reflects; ``restores`` the ids of
+    the node restores the patient accepted here, and ``restore_pending`` one whose
+    re-upload is not finished."""
 
     counter: int = 0
     epoch: int = 0
     identity_hash: str | None = None
     devices: dict[str, str] = attrs.Factory(dict)
+    manifest_hash: str | None = None
+    synced: int | None = None
+    cached: int = 0
+    restores: tuple[str, ...] = ()
+    restore_pending: str | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps({"counter": self.counter, "epoch": self.epoch, "identity_hash": self.identity_hash,
-                           "devices": self.devices}, sort_keys=True).encode()
+                           "devices": self.devices, "manifest_hash": self.manifest_hash, "synced": self.synced,
+                           "cached": self.cached, "restores": list(self.restores),
+                           "restore_pending": self.restore_pending}, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LocalState:
         doc = json.loads(data)
         devices = doc.get("devices", {})
-        if not isinstance(devices, dict):
+        restores = doc.get("restores", [])
+        if not isinstance(devices, dict) or not isinstance(restores, list):
             raise ValueError("devices")
+        synced = doc.get("synced")
         return cls(int(doc["counter"]), int(doc.get("epoch", 0)), doc.get("identity_hash"),
-                   {str(k): str(v) for k, v in devices.items()})
+                   {str(k): str(v) for k, v in devices.items()}, doc.get("manifest_hash"),
+                   None if synced is None else int(synced), int(doc.get("cached", 0)),
+                   tuple(str(r) for r in restores), doc.get("restore_pending"))
 
 
 def write_private(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -187,13 +203,20 @@ class Profile:
     def counter(self) -> int:
         return self.state().counter
 
-    def set_counter(self, counter: int) -> None:
+    def set_counter(self, counter: int, manifest_hash: str | None = None, *, synced: int | None = None,
+                    cached: int | None = None, state: LocalState | None = None) -> None:
+        """Pin the vault this device saw: its counter, its manifest's pin, when (``synced``)
+        and, when the local copy was brought up to it, ``cached`` (``state``: the state as
+        just read, to save reading it again)."""
         # Not fsynced: after a crash the counter may be a step behind, which weakens rollback
         # detection by that step only; an fsync per write would double a write's cost.
         # (Identity pins are saved durably by save_state.)
-        self.save_state(attrs.evolve(self.state(), counter=counter), durable=False)
+        state = state or self.state()
+        self.save_state(attrs.evolve(state, counter=counter, manifest_hash=manifest_hash,
+                                     synced=state.synced if synced is None else synced,
+                                     cached=state.cached if cached is None else cached), durable=False)
 
     def remove(self) -> None:
         # the key file and everything this device kept about the account (pins, heads)
-        for name in (KEYS, STATE, "communities.json", "audit.json", "consent-revoked.json"):
+        for name in (KEYS, STATE, "communities.json", "audit.json", "consent-revoked.json", "vault-cache.jsonl"):
             (self.path / name).unlink(missing_ok=True)

@@ -23,6 +23,8 @@ from rxfed.client.identity import (
 )
 from rxfed.client.profile import Identity, LocalState, Profile
 from rxfed.client.records import Record
+from rxfed.client.restore import LostRecord, RestoreDetected, RestoreReport
+from rxfed.client.vault_cache import VaultCache
 from rxfed.crypto import BoxKeyPair, DecryptionFailed, SigningKeyPair, b64d, b64e, random_bytes, sha256
 from rxfed.crypto.keyfile import KdfCost
 from rxfed.crypto.records import open_record, seal_record, secretbox_open, secretbox_seal
@@ -33,7 +35,8 @@ from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.statements import sign_statement
 
-__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RollbackDetected"]
+__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RestoreDetected", "RestoreReport",
+           "RollbackDetected"]
 
 #: How the client talks HTTP: its own :class:`rxfed.client.transport.Http` by default, or an
 #: ``aiohttp.ClientSession`` the caller brings.
@@ -167,32 +170,53 @@ class RecoveryAccess:
     devices: list
 
 
-def _checked_vault(vault: Any, patient: str, chain: pv.IdentityChain,
-                   last_seen: int) -> tuple[dict[str, tuple[int, bytes]], int]:
-    """(entries, counter) of the vault the node served, checked against the current epoch's
-    signed manifest and the highest counter this device saw."""
+def _verified_vault(vault: Any, patient: str,
+                    chain: pv.IdentityChain) -> tuple[dict[str, tuple[int, bytes]], int, pv.Manifest | None]:
+    """(entries, counter, manifest) of the vault the node served, checked against the
+    current epoch's signed manifest."""
     try:
         entries = {r["id"]: (r["version"], sha256(b64d(r["blob"]))) for r in vault["records"]}
     except (KeyError, TypeError, ValueError):
         raise IntegrityError("the node's vault answer is malformed") from None
     if vault.get("manifest") is None:
-        counter = 0
         if entries:
             raise IntegrityError("the node holds records but no manifest the patient signed")
-    else:
-        try:
-            manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
-        except RxfedError:
-            raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
-        if manifest.patient != patient or manifest.epoch != chain.current.epoch:
-            raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
-        if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
-            raise IntegrityError("the records the node served do not match the patient's signed manifest: "
-                                 "a record was dropped, replaced or rolled back")
-        counter = manifest.counter
+        return entries, 0, None
+    try:
+        manifest = pv.Manifest.from_json(vault["manifest"], "manifest", chain.current.signing_key)
+    except RxfedError:
+        raise IntegrityError("the vault manifest is not signed by this patient's current key") from None
+    if manifest.patient != patient or manifest.epoch != chain.current.epoch:
+        raise IntegrityError("the vault manifest is not this patient's for the current identity epoch")
+    if manifest.digest != pv.Manifest.digest_of(entries) or manifest.count != len(entries):
+        raise IntegrityError("the records the node served do not match the patient's signed manifest: "
+                             "a record was dropped, replaced or rolled back")
+    return entries, manifest.counter, manifest
+
+
+def manifest_pin(manifest: dict | None) -> str | None:
+    """What a device pins of the manifest it saw besides its counter: the digest of the
+    records it lists (two manifests with one counter and one digest describe the same vault)."""
+    return None if manifest is None else manifest["body"]["digest"]
+
+
+def _rollback_check(counter: int, manifest: pv.Manifest | None, last_seen: int, seen_hash: str | None) -> None:
+    """RollbackDetected when the vault is older than the one this device saw, or is another
+    vault under the same counter."""
     if counter < last_seen:
         raise RollbackDetected(f"the node served vault version {counter}, older than version {last_seen} "
                                "this device has already seen")
+    if (counter == last_seen and seen_hash is not None and manifest is not None
+            and manifest_pin(manifest.signed) != seen_hash):
+        raise RollbackDetected(f"the node served another vault version {counter} than the one this device saw")
+
+
+def _checked_vault(vault: Any, patient: str, chain: pv.IdentityChain,
+                   last_seen: int) -> tuple[dict[str, tuple[int, bytes]], int]:
+    """(entries, counter) of the vault the node served, checked against the current epoch's
+    signed manifest and the highest counter this device saw."""
+    entries, counter, manifest = _verified_vault(vault, patient, chain)
+    _rollback_check(counter, manifest, last_seen, None)
     return entries, counter
 
 
@@ -599,9 +623,26 @@ class PatientClient:
         if self.identity.patient is None:
             raise Conflict("this device is waiting to be linked to an account: run `rxfed patient link finish`",
                            code="not_linked")
-        account = await self._call("GET", "/v1/account")
+        try:
+            account = await self._call("GET", "/v1/account")
+        except NodeRefused as exc:
+            if exc.code != "unknown_key":
+                raise
+            raise await self._unknown_after_restore(exc) from None
         pins = self.profile.state()
-        chain, newer = verify_chain(self.root_key, account.get("identity"), pins)
+        try:
+            chain, newer = verify_chain(self.root_key, account.get("identity"), pins)
+        except RollbackDetected as exc:
+            restore = account.get("restore") if isinstance(account, dict) else None
+            if not isinstance(restore, dict):
+                raise
+            # Never accepted: the identity epochs since the backup (a device revoked, a recovery
+            # code changed) cannot be uploaded again from a device (spec/crypto.md section 11).
+            raise RollbackDetected(f"{exc.message}. The node says it was restored from a backup taken before that "
+                                   "epoch, so a device revocation or recovery-code change made since is undone on "
+                                   "the node; this device does not go on under the older identity. Make the change "
+                                   "again by recovering with `rxfed patient recover` and the recovery code that was "
+                                   "current at the backup") from None
         if account.get("patient") != self.patient:
             raise IntegrityError("the node's account answer names another patient")
         secrets = open_secrets(chain.current, self.device, self.identity.box, b64d(account["keyring"]))
@@ -631,15 +672,176 @@ class PatientClient:
         keys = self._secrets.pseudonyms.keys
         return [keys[e] for e in sorted(keys, reverse=True)]
 
-    async def _load(self) -> VaultState:
+    async def _fetch_vault(self) -> tuple[VaultState, dict, pv.Manifest | None]:
+        """The account and the vault as the node serves them, each verified (not yet against
+        this device's vault pins), with the raw vault reply and its manifest."""
         account, chain, secrets = await self._account()
         vault = await self._call("GET", "/v1/vault")
-        blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
-        last_seen = self.profile.counter()
-        entries, counter = _checked_vault(vault, self.patient, chain, last_seen)
-        if counter > last_seen:
-            self.profile.set_counter(counter)
-        return VaultState(account, chain, secrets, counter, entries, blobs)
+        try:
+            blobs = {r["id"]: (r["version"], b64d(r["blob"])) for r in vault["records"]}
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("the node's vault answer is malformed") from None
+        entries, counter, manifest = _verified_vault(vault, self.patient, chain)
+        return VaultState(account, chain, secrets, counter, entries, blobs), vault, manifest
+
+    async def _load(self) -> VaultState:
+        state, vault, manifest = await self._fetch_vault()
+        secrets, counter, blobs = state.secrets, state.counter, state.blobs
+        pins = self.profile.state()
+        try:
+            _rollback_check(counter, manifest, pins.counter, pins.manifest_hash)
+        except RollbackDetected as exc:
+            raise RestoreDetected(await self._restore_report(vault, blobs, counter, manifest, secrets, pins,
+                                                             exc)) from None
+        self._seen(pins, counter, manifest, blobs)
+        return state
+
+    def _seen(self, pins: LocalState, counter: int, manifest: pv.Manifest | None,
+              blobs: dict[str, tuple[int, bytes]]) -> None:
+        """Pin the vault just verified, and bring the local copy up to it (unless a restore's
+        re-upload is unfinished: the copy still holds what it must upload)."""
+        cached = None
+        if pins.cached != counter and pins.restore_pending is None:
+            VaultCache(self.profile.path).rewrite(blobs)
+            cached = counter
+        self.profile.set_counter(counter, manifest_pin(manifest.signed if manifest else None), synced=self._now(),
+                                 cached=cached)
+
+    # -- restores (spec/crypto.md section 11) ----------------------------------------------
+    async def _unknown_after_restore(self, refused: NodeRefused) -> NodeRefused:
+        """The node does not know this device: when it says it was restored from a backup
+        taken after this device last synced there, say why and what to do."""
+        try:
+            doc = await self.discover(self._session_or_new(), self.identity.node_url)
+            taken = doc["restore"]["body"]["backup_taken"]
+        except (RxfedError, KeyError, TypeError):
+            return refused
+        synced = self.profile.state().synced
+        if not isinstance(taken, int) or (synced is not None and synced < taken):
+            return refused
+        from rxfed.client.restore import _utc
+
+        return NodeRefused(refused.status, refused.code,
+                           f"{refused.message}: the node says it was restored from a backup taken {_utc(taken)}, "
+                           "before this device (or the account) was enrolled there. Link this device again from "
+                           "another of your devices (`rxfed patient link`), or recover with the recovery code "
+                           "(`rxfed patient recover`); this device's sealed copy of the vault is kept in its "
+                           "profile")
+    async def _restore_report(self, vault: dict, blobs: dict[str, tuple[int, bytes]], counter: int,
+                              manifest: pv.Manifest | None, secrets: EpochSecrets, pins: LocalState,
+                              rollback: RollbackDetected) -> RestoreReport:
+        """The report on a rolled-back vault that a valid restore statement accounts for; the
+        rollback itself (with why the statement is refused, if there is one) otherwise."""
+        raw = vault.get("restore")
+        if raw is None:
+            raise rollback
+        from rxfed.protocol.federation import NodeDocument
+        from rxfed.protocol.restore import RestoreStatement, check_restore
+
+        try:
+            claimed = raw["body"]["restored"]
+            doc = NodeDocument.from_json(await self.discover(self._session_or_new(), self.identity.node_url))
+            if doc.node_id != self.identity.node_id:
+                raise IntegrityError(f"the node says it is {doc.node_id!r}, not {self.identity.node_id}")
+            keys = [k.public_key for k in doc.keys if isinstance(claimed, int) and k.valid_at(claimed)]
+            statement = RestoreStatement.from_json(raw, "restore", keys)
+            check_restore(statement, node=self.identity.node_id, synced=pins.synced,
+                          served_issued=manifest.issued if manifest else 0,
+                          accepted=tuple(r for r in pins.restores if r != pins.restore_pending), now=self._now())
+        except (RxfedError, KeyError, TypeError) as exc:
+            reason = exc.message if isinstance(exc, RxfedError) else "it is malformed"
+            raise RollbackDetected(f"{rollback.message}; the node's restore statement does not account for it: "
+                                   f"{reason}") from None
+        lost, reappeared = self._compare(VaultCache(self.profile.path).load(), blobs, secrets)
+        complete = pins.cached == pins.counter
+        return RestoreReport(statement.node, statement.restore_id, statement.backup_taken, statement.restored,
+                             pins.counter, counter, tuple(lost), tuple(reappeared) if complete else (), complete)
+
+    def _open_cached(self, secrets: EpochSecrets, rid: str, version: int, blob: bytes) -> Record | None:
+        try:
+            return Record.from_plaintext(rid, version, open_record(secrets.keyring,
+                                                                   record_ad(self.patient, rid, version), blob))
+        except (DecryptionFailed, ValueError, KeyError, TypeError):
+            return None
+
+    def _compare(self, cache: dict[str, tuple[int, bytes]], blobs: dict[str, tuple[int, bytes]],
+                 secrets: EpochSecrets) -> tuple[list[LostRecord], list[str]]:
+        """What this device's copy holds that the node does not (by content: a record the
+        device uploaded again after a restore is sealed anew), and what the node holds that
+        the copy does not."""
+        lost = []
+        for rid, (version, blob) in sorted(cache.items()):
+            served = blobs.get(rid)
+            if served is not None and served[1] == blob:
+                continue
+            mine = self._open_cached(secrets, rid, version, blob)
+            if served is not None and mine is not None:
+                theirs = self._open_cached(secrets, rid, served[0], served[1])
+                if theirs is not None and (theirs.kind, theirs.created, theirs.data) == (mine.kind, mine.created,
+                                                                                          mine.data):
+                    continue
+            lost.append(LostRecord(rid, mine.kind if mine else None, version, served[0] if served else None,
+                                   mine is not None))
+        return lost, sorted(rid for rid in blobs if rid not in cache)
+
+    async def restore_report(self) -> RestoreReport | None:
+        """The restore this device has not accepted yet, if the node serves an older vault
+        under a valid restore statement; None when the vault is in step. Raises
+        :class:`RollbackDetected` for a rollback no valid statement accounts for."""
+        try:
+            await self._load()
+        except RestoreDetected as exc:
+            return exc.report
+        return None
+
+    async def accept_restore(self, restore_id: str) -> dict:
+        """Accept the restore ``restore_id`` (the patient's consent, after seeing its report):
+        upload again every lost record version this device holds (sealed anew as the node's
+        next version), delete again what was deleted since the backup, and sign a manifest
+        above every vault version this device saw, so no version number names two vaults.
+        Resumes an upload cut short. Returns ``{"restore", "reuploaded", "deleted",
+        "not_recoverable"}`` (record ids)."""
+        state, vault, manifest = await self._fetch_vault()
+        secrets, counter, blobs = state.secrets, state.counter, state.blobs
+        pins = self.profile.state()
+        served = vault.get("restore")
+        if pins.restore_pending == restore_id and not (
+                isinstance(served, dict) and isinstance(served.get("body"), dict)
+                and served["body"].get("restore") == restore_id):
+            raise Conflict(f"the node no longer shows restore {restore_id}: see `rxfed patient sync`",
+                           code="other_restore")
+        if pins.restore_pending != restore_id:
+            try:
+                _rollback_check(counter, manifest, pins.counter, pins.manifest_hash)
+            except RollbackDetected as exc:
+                report = await self._restore_report(vault, blobs, counter, manifest, secrets, pins, exc)
+            else:
+                raise Conflict("the node serves the vault this device saw: there is no restore to accept",
+                               code="no_restore")
+            if report.restore_id != restore_id:
+                raise Conflict(f"the node shows restore {report.restore_id}, not {restore_id}: see "
+                               "`rxfed patient sync`", code="other_restore")
+            pins = attrs.evolve(pins, restore_pending=restore_id, restores=(*pins.restores, restore_id)[-64:])
+            self.profile.save_state(pins)
+        cache = VaultCache(self.profile.path).load()
+        lost, reappeared = self._compare(cache, blobs, secrets)
+        records = [self._open_cached(secrets, r.id, r.seen_version, cache[r.id][1])
+                   for r in lost if r.recoverable]
+        records = [r for r in records if r is not None]
+        deletes = reappeared if pins.cached == pins.counter else []
+        # deletions first: they are known only while the copy is complete, that is before the first commit
+        ops: list[tuple[str, Any]] = [("delete", rid) for rid in deletes] + [("put", r) for r in records]
+        first = True
+        while first or ops:
+            chunk, ops = ops[:CHUNK], ops[CHUNK:]
+            jump = max(pins.counter, state.counter) + 1 if first else None
+            state = await self._commit(state, [r for k, r in chunk if k == "put"],
+                                       [rid for k, rid in chunk if k == "delete"], next_counter=jump)
+            first = False
+        self.profile.save_state(attrs.evolve(self.profile.state(), restore_pending=None))
+        await self._load()  # the local copy follows the vault again
+        return {"restore": restore_id, "reuploaded": [r.id for r in records], "deleted": list(deletes),
+                "not_recoverable": [r.id for r in lost if not r.recoverable]}
 
     def _decrypt_one(self, state: VaultState, rid: str) -> Record:
         version, blob = state.blobs[rid]
@@ -659,9 +861,11 @@ class PatientClient:
         found = self._decrypt(await self._load())
         return [r for r in found if kind is None or r.kind == kind]
 
-    def _prepare_commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> tuple[dict, VaultState]:
-        """Seal the records and sign the next manifest: the body of one commit, and the vault
-        state once the node has accepted it."""
+    def _prepare_commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = (), *,
+                        next_counter: int | None = None) -> tuple[dict, VaultState]:
+        """Seal the records and sign the next manifest (counter ``next_counter``, by default
+        one more than the state's): the body of one commit, and the vault state once the node
+        has accepted it."""
         entries, counter = dict(state.entries), state.counter
         body_puts = []
         for record in puts:
@@ -673,15 +877,30 @@ class PatientClient:
         for rid in deletes:
             body_deletes.append({"id": rid, "version": entries.pop(rid)[0]})
         manifest = pv.Manifest.issue(state.secrets.signing, patient=self.patient, epoch=state.secrets.epoch,
-                                     counter=counter + 1, entries=entries, now=self._now())
+                                     counter=next_counter or counter + 1, entries=entries, now=self._now())
         body = {"put": body_puts, "delete": body_deletes, "manifest": manifest.signed}
+        if next_counter is not None:
+            body["base"] = counter
         return body, attrs.evolve(state, counter=manifest.counter, entries=entries)
 
-    async def _commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = ()) -> VaultState:
-        body, after = self._prepare_commit(state, puts, deletes)
+    async def _commit(self, state: VaultState, puts: list[Record], deletes: Iterable[str] = (), *,
+                      next_counter: int | None = None) -> VaultState:
+        body, after = self._prepare_commit(state, puts, deletes, next_counter=next_counter)
         await self._call("POST", "/v1/vault", body)
-        self.profile.set_counter(after.counter)
+        self._committed(state.counter, body)
         return after
+
+    def _committed(self, base: int, body: dict) -> None:
+        """After the node accepted ``body``: pin its manifest, and add it to the local copy
+        when the copy reflected the vault it was made from."""
+        pins = self.profile.state()
+        manifest = body["manifest"]
+        cached = None
+        if pins.cached == base and pins.restore_pending is None:
+            VaultCache(self.profile.path).append_encoded(body["put"], [d["id"] for d in body["delete"]])
+            cached = manifest["body"]["counter"]
+        self.profile.set_counter(manifest["body"]["counter"], manifest_pin(manifest), synced=self._now(),
+                                 cached=cached, state=pins)
 
     async def add_records(self, items: list[tuple[str, dict]]) -> list[Record]:
         """Encrypt and store new records (in chunks, each an atomic commit)."""
@@ -869,7 +1088,7 @@ class PatientClient:
         result = await self._call("POST", "/v1/identity", body)
         pins = self.profile.state()
         self.profile.save_state(attrs.evolve(pins, epoch=identity.epoch, identity_hash=b64e(identity.hash),
-                                             counter=state.counter + 1))
+                                             counter=state.counter + 1, manifest_hash=manifest_pin(body["manifest"])))
         self._secrets = nxt
         return result
 
@@ -936,6 +1155,9 @@ class PreparedWrite:
     #: Request signature made at prepare time (valid for the node's time window), or None
     #: to sign when sending.
     headers: dict[str, str] | None = attrs.field(default=None, repr=False)
+    #: The counter the commit was made from, and the commit itself (for the local copy).
+    base: int = 0
+    commit: dict = attrs.field(factory=dict, repr=False)
 
 
 class OpenVault:
@@ -955,14 +1177,15 @@ class OpenVault:
         Prepared writes must be sent in the order they were prepared; after a failed send,
         open the vault again (the prepared ones after it are void)."""
         record = Record(random_bytes(16).hex(), 1, kind, rec.timestamp(self.client.clock()), data)
+        base = self.state.counter
         body, self.state = self.client._prepare_commit(self.state, [record])
         raw = canonical(body)
         headers = self.client._sign("POST", "/v1/vault", raw) if sign else None
-        return PreparedWrite(record, raw, self.state.counter, headers)
+        return PreparedWrite(record, raw, self.state.counter, headers, base, body)
 
     async def send(self, prepared: PreparedWrite) -> Record:
         await self.client._call_raw("POST", "/v1/vault", prepared.body, headers=prepared.headers)
-        self.client.profile.set_counter(prepared.counter)
+        self.client._committed(prepared.base, prepared.commit)
         return prepared.record
 
     async def add(self, kind: str, data: dict) -> Record:

@@ -63,8 +63,13 @@ async def _with_store(config: NodeConfig, action):
     options = dict(config.storage)
     backend = RxfedPlugins(disabled=config.disabled_plugins).storage_backend(options.pop("backend", "sqlite"))
     store = backend.open(config.data_dir, options)
+    from rxfed.store import SchemaOutdated
+
     try:
         await store.open()
+    except SchemaOutdated as exc:  # never migrated silently: `rxfed node migrate` backs up first
+        raise ConfigFileError([f"{config.data_dir}: {exc}; upgrade it with 'rxfed node migrate {config.data_dir}' "
+                               "(it takes a backup first)"]) from None
     except RuntimeError as exc:  # a database newer than this rxfed
         raise ConfigFileError([f"{config.data_dir}: {exc}; upgrade rxfed to use this data directory"]) from None
     except (sqlite3.Error, OSError) as exc:
@@ -145,6 +150,9 @@ def check_node(data_dir: str | Path, *, tls_cert: str | None = None, tls_key: st
             check()
         except ConfigFileError as exc:
             problems += exc.problems
+    from rxfed.node.backup import schema_problems
+
+    problems += schema_problems(config)  # an older schema: `rxfed node migrate` first
     if problems:
         raise ConfigFileError(problems)
     return config

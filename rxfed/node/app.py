@@ -65,6 +65,9 @@ class NodeState:
     _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
     _identities: dict[str, pv.IdentityChain] = attrs.Factory(dict)
     _keys_mtime: float = 0.0
+    #: The restore statement ``rxfed node restore`` signed (spec/crypto.md section 11), or
+    #: None: published with the node's keys and with every vault.
+    restore: dict | None = None
     #: (the key list, its public keys and rotation statements), signed once per key list.
     _published: tuple = attrs.field(default=(None, None), init=False)
 
@@ -306,6 +309,7 @@ async def well_known(request: web.Request) -> web.Response:
         "software": {"name": "rxfed", "version": rxfed.__version__},
         "protocol_versions": list(PROTOCOL_VERSIONS),
         **state.published_keys(),
+        "restore": state.restore,
         "registration": config.registration,
         "limits": {"max_body_bytes": config.limits.max_body_bytes, "max_records": config.limits.max_records,
                    "max_vault_bytes": config.limits.max_vault_bytes,
@@ -369,6 +373,7 @@ async def account(request: web.Request) -> web.Response:
         "devices": [{"device": d.device, "created": d.created, "revoked": d.revoked, "cert": loads(d.cert)}
                     for d in devices],
         "keyring": b64e(mine.keyring),
+        "restore": state.restore,
     })
 
 
@@ -477,6 +482,7 @@ async def get_vault(request: web.Request) -> web.Response:
     return reply({
         "manifest": loads(vault.manifest) if vault.manifest else None,
         "records": [{"id": r.id, "version": r.version, "blob": b64e(r.blob)} for r in vault.records],
+        "restore": state.restore,
     })
 
 
@@ -492,7 +498,7 @@ async def commit(request: web.Request) -> web.Response:
         manifest=canonical(change.manifest.signed),
         puts=[StoredRecord(p.id, p.version, p.blob) for p in change.puts],
         deletes=[(d.id, d.version) for d in change.deletes], quota=state.quota, nonce=caller.nonce,
-        epoch=change.manifest.epoch)
+        epoch=change.manifest.epoch, base=change.base)
     return reply({"counter": counter})
 
 
@@ -613,6 +619,8 @@ async def reload_suspended(state: NodeState) -> None:
 async def _store_ctx(app: web.Application):
     state = app[NODE]
     await state.store.open()
+    restore = await state.store.get_meta("restore")
+    state.restore = loads(restore.encode()) if restore else None
     state.nonces.load(await state.store.load_nonces(state.now()))
     state.suspended = await state.store.suspended_accounts()
     state.reload_keys()

@@ -347,14 +347,20 @@ class Commit:
     puts: tuple[RecordPut, ...]
     deletes: tuple[RecordDelete, ...]
     manifest: Manifest
+    #: The counter this commit was made from (the compare-and-swap's expected value); by
+    #: default the manifest's counter minus one. A device that accepted a restore names the
+    #: restored counter here and signs a manifest above every counter it saw before, so no
+    #: counter names two different vaults.
+    base: int | None = None
 
     @classmethod
     def from_json(cls, obj: Any, patient: str) -> Commit:
         """Parse a commit for ``patient``. The manifest's signature is the client's to check
         (on every read); the node checks what it enforces: that the manifest is the
-        patient's, its counter (a compare-and-swap) and its epoch (the current one)."""
+        patient's, its counter (a compare-and-swap on ``base``) and its epoch (the current one)."""
         f = fields(obj, "commit", {"manifest": anything},
-                   {"put": array(_put, MAX_RECORDS_PER_COMMIT), "delete": array(_delete, MAX_RECORDS_PER_COMMIT)})
+                   {"put": array(_put, MAX_RECORDS_PER_COMMIT), "delete": array(_delete, MAX_RECORDS_PER_COMMIT),
+                    "base": integer(0, MAX_VERSION)})
         puts, deletes = tuple(f["put"] or ()), tuple(f["delete"] or ())
         ids = [p.id for p in puts] + [d.id for d in deletes]
         if len(ids) != len(set(ids)):
@@ -362,14 +368,19 @@ class Commit:
         manifest = Manifest.from_json(f["manifest"], "commit.manifest", None)
         if manifest.patient != patient:
             raise Forbidden("commit.manifest belongs to another patient")
-        return cls(puts, deletes, manifest)
+        if f["base"] is not None and f["base"] >= manifest.counter:
+            raise BadRequest("commit.base must be below the manifest's counter")
+        return cls(puts, deletes, manifest, f["base"])
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "put": [{"id": p.id, "version": p.version, "blob": b64e(p.blob)} for p in self.puts],
             "delete": [{"id": d.id, "version": d.version} for d in self.deletes],
             "manifest": self.manifest.signed,
         }
+        if self.base is not None:
+            out["base"] = self.base
+        return out
 
 
 _KEYRING = b64(max_length=8192)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 
@@ -200,12 +201,42 @@ class AuditRow:
     hash: bytes
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer rxfed."""
+
+
+class SchemaOutdated(RuntimeError):
+    """The database's schema is older than the code's and the store was not opened to
+    migrate it."""
+
+    def __init__(self, message: str, *, current: int, latest: int):
+        super().__init__(message)
+        self.current = current
+        self.latest = latest
+
+
 class Store(abc.ABC):
     """One node's persistent state. All methods are coroutines; all writes are durable
     (fsynced) before they return."""
 
+    #: Set before :meth:`open` to upgrade a database with an older schema (``rxfed node
+    #: migrate``); without it such a database is refused, so that no other command
+    #: migrates it silently. A new, empty database is always created at the newest schema.
+    migrate: bool = False
+
     @abc.abstractmethod
     async def open(self) -> None: ...
+
+    def schema(self) -> tuple[int | None, int]:
+        """(the stored schema version, None when nothing is stored yet; the code's version)."""
+        raise NotImplementedError(f"the {type(self).__name__} backend does not report its schema")
+
+    async def backup_to(self, dest: Path, *, meta: dict[str, str] | None = None) -> int:
+        """Write a consistent copy of the whole store to the new file ``dest`` (mode 0600)
+        while the node may be serving, with ``meta`` rows set in the copy; returns the
+        copy's schema version. Backends whose database has its own tools may refuse."""
+        raise NotImplementedError(f"the {type(self).__name__} backend has no built-in backup; use its database's "
+                                  "own tools")
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -291,10 +322,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
-                     nonce: Nonce, epoch: int) -> int:
+                     nonce: Nonce, epoch: int, base: int | None = None) -> int:
         """Apply one vault change atomically. ``epoch`` (the manifest's identity epoch) must
-        be the current one (Conflict ``stale_identity``); ``counter`` must be the stored counter plus
-        one; a put's version must be one more than the stored one (1 for a new record); a
+        be the current one (Conflict ``stale_identity``); ``base`` (by default ``counter`` minus
+        one) must be the stored counter and ``counter`` above it; a put's version must be one more than the stored one (1 for a new record); a
         delete's version must match. Conflict on any mismatch, QuotaExceeded past the quota."""
 
     @abc.abstractmethod

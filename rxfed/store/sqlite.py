@@ -55,6 +55,8 @@ from rxfed.store import (
     ReceivedToken,
     Recovery,
     Replayed,
+    SchemaOutdated,
+    SchemaTooNew,
     Store,
     StoredRecord,
     TokenRow,
@@ -389,13 +391,95 @@ class _Checkpoint:
     result: Any = None
 
 
+def schema_version(path: str | Path) -> int | None:
+    """The schema version of the database at ``path`` (0: empty), or None when there is no
+    file. Reads the header only: nothing is created, locked for long or migrated."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def backup_database(path: str | Path, dest: str | Path, *, meta: dict[str, str] | None = None) -> int:
+    """Copy the database at ``path`` into a new file ``dest`` (mode 0600) with SQLite's
+    online backup API: one consistent snapshot, taken while the node keeps serving (in WAL
+    mode a reader blocks no writer, and the copy is made in one step, so no commit lands
+    half in it). ``meta`` rows are written into the copy. Returns the copy's schema version.
+
+    The copy is a single file in rollback-journal mode (no WAL beside it), fsynced."""
+    path, dest = Path(path), Path(dest)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            dst = sqlite3.connect(dest, isolation_level=None)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+                version = dst.execute("PRAGMA user_version").fetchone()[0]
+                if meta:
+                    has_meta = dst.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+                    if has_meta:
+                        dst.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+                integrity = dst.execute("PRAGMA quick_check").fetchone()[0]
+                if integrity != "ok":
+                    raise sqlite3.DatabaseError(f"the copy fails SQLite's check: {integrity}")
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return version
+
+
+def check_database(path: str | Path) -> int:
+    """The schema version of the database file at ``path``, after SQLite's ``quick_check``
+    (sqlite3.DatabaseError when the file is not a sound database)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {result}")
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def set_meta_offline(path: str | Path, values: dict[str, str]) -> None:
+    """Write ``meta`` rows into a database no node serves (a restored copy, before it
+    starts), whatever its schema version, without migrating it."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 class SQLiteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL"):
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", migrate: bool = False):
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self.path = Path(path)
+        self.migrate = migrate
         self.synchronous = synchronous
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -474,9 +558,15 @@ class SQLiteStore(Store):
         self._reader.shutdown(wait=True)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema to the newest: a new, empty database always (creating it is not
+        an upgrade), an older one only when ``self.migrate`` says so (``rxfed node migrate``,
+        which takes a backup first); otherwise :class:`SchemaOutdated`."""
         current = conn.execute("PRAGMA user_version").fetchone()[0]
         if current > len(MIGRATIONS):
-            raise RuntimeError(f"database schema {current} is newer than this rxfed ({len(MIGRATIONS)})")
+            raise SchemaTooNew(f"database schema {current} is newer than this rxfed ({len(MIGRATIONS)})")
+        if 0 < current < len(MIGRATIONS) and not self.migrate:
+            raise SchemaOutdated(f"database schema {current} is older than this rxfed ({len(MIGRATIONS)})",
+                                 current=current, latest=len(MIGRATIONS))
         for version in range(current, len(MIGRATIONS)):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -568,6 +658,14 @@ class SQLiteStore(Store):
             self._inline = False
             self._next_probe = time.monotonic() + _PROBE_S
             self.stats["switches"] += 1
+
+    def schema(self) -> tuple[int | None, int]:
+        """(the database's schema version, or None when it does not exist yet; this code's)."""
+        return schema_version(self.path), len(MIGRATIONS)
+
+    async def backup_to(self, dest: Path, *, meta: dict[str, str] | None = None) -> int:
+        """See :func:`backup_database`; the store need not be open (a node may be serving it)."""
+        return await asyncio.to_thread(backup_database, self.path, dest, meta=meta)
 
     def commit_status(self) -> dict:
         """Where batches commit now and how that went, for operators."""
@@ -1008,7 +1106,9 @@ class SQLiteStore(Store):
     # -- vault -----------------------------------------------------------------------------
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
-                     nonce: Nonce, epoch: int) -> int:
+                     nonce: Nonce, epoch: int, base: int | None = None) -> int:
+        from_counter = counter - 1 if base is None else base
+
         def op(c: sqlite3.Connection) -> int:
             self._use_nonce(c, nonce)
             stored, records, size, current = self._signer_ok(c, patient, signer,
@@ -1016,7 +1116,7 @@ class SQLiteStore(Store):
             if epoch != current:
                 raise Conflict(f"the manifest is signed for identity epoch {epoch}, not the current {current}; "
                                "sync and retry", code="stale_identity")
-            if counter != stored + 1:
+            if from_counter != stored or counter <= stored:
                 raise Conflict(f"manifest counter {counter} does not follow {stored}; sync and retry",
                                code="stale_manifest")
             replaced = []

@@ -403,7 +403,19 @@ def community_vectors() -> dict:
     }
 
 
+def restore_vectors() -> dict:
+    from rxfed.protocol.restore import RestoreStatement
+
+    key = SigningKeyPair.from_seed(SEED)
+    statement = RestoreStatement.issue(key, node="a.example", restore_id="0123456789abcdef0123456789abcdef",
+                                       backup_taken=CREATED - 3600, restored=CREATED)
+    return {"seed": b64e(SEED), "public_key": b64e(key.public),
+            "signed_bytes": "rxfed-statement|" + canonical(statement.signed["body"]).decode(),
+            "statement": statement.signed}
+
+
 VECTORS = {
+    "restore.json": restore_vectors,
     "vault.json": vault_vectors,
     "community.json": community_vectors,
     "consent.json": consent_vectors,

@@ -156,6 +156,18 @@ class StoreContract(CommunityContract, OperatorContract):
         account = await store.account(p.patient)
         assert (account.counter, account.records, account.root_key) == (0, 0, p.root_key)
 
+    async def test_a_commit_may_name_its_base_and_jump_the_counter(self, store):
+        p = await register(store, 1)
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")])
+        for base, counter in ((0, 9), (2, 9), (1, 1)):  # the base must be the stored counter, the counter above it
+            with pytest.raises(Conflict):
+                await store.commit(p.patient, signer=p.device, counter=counter, manifest=b"m", puts=[], deletes=[],
+                                   quota=QUOTA, nonce=nonce(), epoch=1, base=base)
+        assert await store.commit(p.patient, signer=p.device, counter=9, manifest=b"m9", puts=[], deletes=[],
+                                  quota=QUOTA, nonce=nonce(), epoch=1, base=1) == 9
+        assert (await store.account(p.patient)).counter == 9
+        await commit(store, p, 10)  # and on from there as before
+
     async def test_register_twice_conflicts(self, store):
         await register(store, 1)
         with pytest.raises(Conflict):

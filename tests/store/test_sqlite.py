@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import threading
 import time
 
@@ -223,7 +225,7 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
         conn.execute("INSERT INTO nonces VALUES (?, ?)", (used.value, used.expires))
     conn.close()
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
-    s = SQLiteStore(tmp_path / "rxfed.db")
+    s = SQLiteStore(tmp_path / "rxfed.db", migrate=True)
     await s.open()
     try:
         conn = sqlite3.connect(s.path)
@@ -258,7 +260,7 @@ async def test_consent_delivery_state_migration_keeps_grants_and_queued_events(t
         conn.execute("INSERT INTO outbox (destination, event, created) VALUES ('b', ?, 1000)", (b"queued before",))
     conn.close()
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
-    s = SQLiteStore(tmp_path / "rxfed.db")
+    s = SQLiteStore(tmp_path / "rxfed.db", migrate=True)
     await s.open()
     try:
         ((_, (token,)),) = await s.grants(p.patient)
@@ -341,7 +343,7 @@ async def test_migration_7_drops_old_communities_and_keeps_the_rest(tmp_path, mo
         conn.execute("INSERT INTO subscriptions VALUES (?, ?)", (p.patient, "c" * 32))
     conn.close()
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
-    s = SQLiteStore(tmp_path / "rxfed.db")
+    s = SQLiteStore(tmp_path / "rxfed.db", migrate=True)
     await s.open()
     try:
         conn = sqlite3.connect(s.path)
@@ -352,3 +354,62 @@ async def test_migration_7_drops_old_communities_and_keeps_the_rest(tmp_path, mo
         assert [r.blob for r in (await s.vault(p.patient, p.device)).records] == [b"kept"]
     finally:
         await s.close()
+
+
+async def test_older_schema_is_refused_unless_opened_to_migrate(tmp_path, monkeypatch):
+    import rxfed.store.sqlite as backend
+
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:-1])  # a database from the release before
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    await s.close()
+    monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    assert s.schema() == (len(MIGRATIONS) - 1, len(MIGRATIONS))
+    with pytest.raises(backend.SchemaOutdated, match="older than this rxfed") as refused:
+        await s.open()
+    assert (refused.value.current, refused.value.latest) == (len(MIGRATIONS) - 1, len(MIGRATIONS))
+    assert backend.schema_version(s.path) == len(MIGRATIONS) - 1  # refused means untouched
+    s = SQLiteStore(tmp_path / "rxfed.db", migrate=True)
+    await s.open()
+    await s.close()
+    assert backend.schema_version(s.path) == len(MIGRATIONS)
+
+
+async def test_a_new_database_is_created_at_the_newest_schema(tmp_path):
+    s = SQLiteStore(tmp_path / "new.db")
+    assert s.schema() == (None, len(MIGRATIONS))
+    await s.open()
+    await s.close()
+    assert s.schema() == (len(MIGRATIONS), len(MIGRATIONS))
+
+
+async def test_backup_while_writing_is_a_consistent_private_copy(tmp_path):
+    import rxfed.store.sqlite as backend
+
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    try:
+        p = await register(s, 1)
+        await commit(s, p, 1, [StoredRecord("a" * 32, 1, b"before")])
+        async def sequential():
+            for n in range(2, 9):
+                await commit(s, p, n, [StoredRecord(f"{n:032x}", 1, b"during")])
+
+        writer = asyncio.ensure_future(sequential())
+        copy = tmp_path / "copy.db"
+        version = await s.backup_to(copy, meta={"backup_taken": "1234"})
+        await writer
+    finally:
+        await s.close()
+    assert version == len(MIGRATIONS)
+    assert stat.S_IMODE(os.stat(copy).st_mode) == 0o600
+    assert not (tmp_path / "copy.db-wal").exists()
+    conn = sqlite3.connect(copy)
+    counter, records = conn.execute("SELECT counter, records FROM patients").fetchone()
+    stored = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+    assert counter == stored == records >= 1  # every commit wholly in the copy or wholly out
+    assert conn.execute("SELECT value FROM meta WHERE key='backup_taken'").fetchone() == ("1234",)
+    conn.close()
+    with pytest.raises(FileExistsError):  # never overwrites
+        backend.backup_database(tmp_path / "rxfed.db", copy)
