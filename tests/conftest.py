@@ -14,6 +14,17 @@ PASSPHRASE = "correct horse battery staple"
 MARKER = "ZQXMARKER"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _plugin_index(tmp_path_factory):
+    """The suite's own plugin index (rxfed.plugin_index), never the user's cache; the
+    commands tests run inherit it."""
+    import os
+
+    os.environ["RXFED_PLUGIN_INDEX"] = str(tmp_path_factory.mktemp("plugin-index") / "plugins.json")
+    yield
+    os.environ.pop("RXFED_PLUGIN_INDEX", None)
+
+
 @pytest.fixture
 async def node(tmp_path):
     harness = NodeHarness(tmp_path / "node")
