@@ -689,6 +689,12 @@ class RxfedPlugins:
         return sorted(name for name, manifest in self.manifests().items()
                       if name in receivers and manifest.accepts(kind, purpose) and (only is None or name == only))
 
+    def offered(self) -> list[PluginManifest]:
+        """The manifests of the enabled plugins that receive signals: what a node publishes
+        (``/.well-known/rxfed``) so that a patient's client can check a grant before signing it."""
+        receivers = {impl.plugin_name for impl in self._impls("rxfed_signals_received")}
+        return [manifest for name, manifest in self.manifests().items() if name in receivers]
+
     def holders(self, kind: str, purpose: str, only: str | None = None) -> list[str]:
         """Plugins that may hold ``kind`` signals given for ``purpose``: those that may
         receive them now and those disabled since, whose manifest accepted them. A revocation

@@ -35,6 +35,11 @@ def add_parsers(psub, profile) -> None:
     rv.add_argument("grant", metavar="GRANT_ID")
     json_flag(rv)
     rv.set_defaults(func=cmd_revoke)
+    rc = csub.add_parser("recipients", help="the nodes and plugins a grant can reach: what each reads, for which "
+                                             "purposes")
+    profile(rc)
+    json_flag(rc)
+    rc.set_defaults(func=cmd_recipients)
     ex = csub.add_parser("export", help="write every grant as FHIR Consent resources")
     profile(ex)
     ex.add_argument("--fhir", required=True, metavar="OUT.json")
@@ -83,10 +88,32 @@ def cmd_grant(args: argparse.Namespace) -> None:
     Output(args.json).result(result, [
         f"granted {result['kind']} for {result['purpose']} to {result['recipient']} until {_when(result['not_after'])}",
         f"nodes: {', '.join(result['nodes'])}",
+        *([f"received by: {', '.join(receivers)}"] if (receivers := [
+            f"{node}/{name}" for node, names in result["receivers"].items() for name in names or ()]) else []),
+        *(f"not checked: {node} does not publish its plugins" for node, names in result["receivers"].items()
+          if names is None),
         *(f"sent {s['signals']} signal(s) to {s['node']}" + (" (queued)" if s.get("queued") else "") for s in sent),
         *(f"not sent to {s['node']}: {s['reason']}" for s in result["shared"] if not s["sent"]),
         result["grant"],
     ])
+
+
+def cmd_recipients(args: argparse.Namespace) -> None:
+    found = _consent(args, lambda c: c.recipients())
+
+    def lines():
+        out = [f"signal kinds: {', '.join(found['kinds'])}"]
+        for node in found["nodes"]:
+            home = " (your home node)" if node["node_id"] == found["home"] else ""
+            if node["plugins"] is None:
+                out.append(f"{node['node_id']}{home}: does not publish its plugins")
+                continue
+            out.append(f"{node['node_id']}{home}:" + ("" if node["plugins"] else " no plugin receives signals"))
+            out.extend(f"  plugin:{node['node_id']}/{p['name']}  reads {', '.join(p['reads']) or 'nothing'} "
+                       f"for {', '.join(p['purposes']) or 'no purpose'}" for p in node["plugins"])
+        return out
+
+    Output(args.json).result(found, lines)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
