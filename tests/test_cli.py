@@ -418,8 +418,16 @@ def test_consent_commands(node_url, profile, tmp_path):
         ["granted", "shared", "used", "revoked", "acknowledged"]
     assert audit["acknowledgements"] == {"5": "verified"}
     out = tmp_path / "consent.json"
+    out.write_text("old")
+    out.chmod(0o644)
     exported = rxfed("patient", "consent", "export", "--profile", str(profile), "--fhir", str(out))
     assert exported.returncode == 0 and json.loads(out.read_text())["resourceType"] == "Bundle"
+    assert out.stat().st_mode & 0o777 == 0o600  # what the patient shares, and with whom: private
+    piped = subprocess.run([sys.executable, "-m", "rxfed", "patient", "consent", "export", "--profile", str(profile),
+                            "--fhir", "-"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["resourceType"] == "Bundle"
+    assert not (tmp_path / "-").exists() and "wrote 1 FHIR Consent resources" in piped.stderr
 
 
 # -- records a patient can fix ------------------------------------------------------------

@@ -42,7 +42,8 @@ def add_parsers(psub, profile) -> None:
     rc.set_defaults(func=cmd_recipients)
     ex = csub.add_parser("export", help="write every grant as FHIR Consent resources")
     profile(ex)
-    ex.add_argument("--fhir", required=True, metavar="OUT.json")
+    ex.add_argument("--fhir", required=True, metavar="OUT.json", help="a file only you can read, or - for standard "
+                                                                     "output")
     json_flag(ex)
     ex.set_defaults(func=cmd_export)
 
@@ -155,9 +156,26 @@ def cmd_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    """As ``patient export``: ``--fhir -`` writes to standard output, a file is written whole
+    or not at all and only its owner can read it (grants say what the patient shares, and
+    with whom: as private as the records)."""
+    import sys
+
+    from rxfed.cli import UsageError, note
+    from rxfed.cli.patient import _write_private
+
+    to_stdout = args.fhir == "-"
+    if to_stdout and args.json:
+        raise UsageError("--fhir - writes the Bundle to standard output, where --json would write too: use one")
     bundle = _consent(args, lambda c: c.fhir_bundle())
-    Path(args.fhir).write_text(json.dumps(bundle, indent=2) + "\n")
+    text = json.dumps(bundle, indent=2) + "\n"
     consents = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    if to_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        note(f"wrote {consents} FHIR Consent resources")
+        return
+    _write_private(Path(args.fhir).expanduser(), text)
     Output(args.json).result({"file": args.fhir, "consents": consents},
                              [f"wrote {consents} FHIR Consent resources", args.fhir])
 
