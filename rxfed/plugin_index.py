@@ -169,8 +169,12 @@ class PluginIndex:
                     continue
                 entry = {"value": ep.value, "dist": origin, "hooks": None, "files": []}
                 before = known.get(ep.name)
-                if (isinstance(before, dict) and origin is not None and before.get("dist") == origin
-                        and before.get("value") == ep.value and before.get("hooks") is not None
+                # Kept for the same distribution, or for source files outside any installed
+                # distribution (a checkout's own metadata directory and its editable install
+                # name the same files), as long as those files are unchanged.
+                if (isinstance(before, dict) and before.get("value") == ep.value and before.get("hooks") is not None
+                        and (origin is not None and before.get("dist") == origin
+                             or before["files"] and not any(_installed(f) for f, _, _ in before["files"]))
                         and all(_stamp(f) == [m, s] for f, m, s in before["files"])):
                     entry["hooks"], entry["files"] = before["hooks"], before["files"]
                 self.entries[ep.name] = entry
