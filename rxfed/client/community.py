@@ -316,10 +316,15 @@ class Communities:
             contiguous.append(row)
         return contiguous
 
-    async def history(self, address: str | Membership) -> History:
+    async def history(self, address: str | Membership, *, messages: bool = True) -> History:
         """The community's events from the home node, checked against the host's stamps and
         this device's pin; IntegrityError if they are not what the host stamped or do not
-        extend what this device saw."""
+        extend what this device saw. Without ``messages`` the state is folded but no message
+        is opened (``reading`` then holds the state alone): what posting and rekeying need.
+
+        The events this device already checked (up to its pin, when the served ones hash to
+        the pinned head) are not checked against their stamps again: they are the very
+        events whose stamps it verified. Events after the pin are."""
         mine = address if isinstance(address, Membership) else await self.membership(address)
         if mine.create is None or not mine.host_keys:
             raise IntegrityError(f"the membership of {mine.address} pins nothing to check its history against; "
@@ -328,7 +333,11 @@ class Communities:
         pin = self.pins.get(mine)
         try:
             hashes = []
+            seen = pin.seq if pin.covers([statement_hash(event) for _, event, _ in rows[:pin.seq]]) else 0
             for seq, event, stamped in rows:
+                if seq <= seen:
+                    hashes.append(statement_hash(event))
+                    continue
                 try:
                     stamp = pc.verify_stamp(list(mine.host_keys), stamped, event)
                 except Forbidden as exc:
@@ -346,7 +355,9 @@ class Communities:
                 raise Forbidden("the first event is not the create event this membership pinned",
                                 code="forked_history")
             after = pin.extend(hashes)
-            reading = _read_with(mine, [(s, e) for s, e, _ in rows]) if rows else None
+            events = [(s, e) for s, e, _ in rows]
+            reading = (None if not rows else _read_with(mine, events) if messages
+                       else pc.Reading(pc.CommunityState.from_events(events), (), ()))
             if reading is not None and mine.admin is not None and pc.parse_event(rows[0][1]).admin != mine.admin:
                 raise Forbidden("the community's admin is not the one this membership pinned", code="forked_history")
         except (NodeRefused, Unavailable):
@@ -418,7 +429,7 @@ class Communities:
         was revoked: it held the old ones). The new keys are in the vault before the host
         hears of them; a rekey that did not reach the host is sent again by the next call."""
         mine = address if isinstance(address, Membership) else await self.membership(address)
-        state = (await self.history(mine)).state
+        state = (await self.history(mine, messages=False)).state
         if state is None:
             raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")
         current = state.status(mine.member.public)
@@ -449,7 +460,7 @@ class Communities:
         """Encrypt and post ``text``; first hands a fresh sender key to exactly the current
         members if the membership changed since this member's last key."""
         mine = await self.membership(address)
-        history = await self.history(mine)
+        history = await self.history(mine, messages=False)
         state = history.state
         if state is None:
             raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")

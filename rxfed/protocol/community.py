@@ -732,6 +732,16 @@ class HistoryPin:
     seq: int = 0
     head: bytes = HISTORY_START
 
+    def covers(self, event_hashes: list[bytes]) -> bool:
+        """Whether events ``1..seq`` with these statement hashes are exactly the ones this
+        pin folded (their chain ends at the pinned head)."""
+        if len(event_hashes) != self.seq:
+            return False
+        head = HISTORY_START
+        for digest in event_hashes:
+            head = history_link(head, digest)
+        return head == self.head
+
     def extend(self, event_hashes: list[bytes]) -> HistoryPin:
         """The pin after folding events ``1..n`` with these statement hashes, if they extend
         what this pin saw; Forbidden (``rolled_back``, ``forked_history``) otherwise."""
