@@ -886,12 +886,22 @@ async def test_posting_checks_only_the_events_this_device_has_not_seen(make_pati
     address = await admin.create("Busy")
     for i in range(20):
         await admin.post(address, f"message {i}")
-    checked, opened = [], []
-    verify_stamp, read_history = pc.verify_stamp, pc.read_history
+    checked, signatures, opened = [], [], []
+    verify_stamp, read_history, open_statement = pc.verify_stamp, pc.read_history, pc.open_statement
     monkeypatch.setattr(pc, "verify_stamp", lambda *a: checked.append(1) or verify_stamp(*a))
-    monkeypatch.setattr(pc, "read_history", lambda *a: opened.append(1) or read_history(*a))
+    monkeypatch.setattr(pc, "read_history", lambda *a, **k: opened.append(1) or read_history(*a, **k))
+
+    def counted(obj, where, kind, key):
+        if key is not None and where == "event":  # the node in this process checks events too
+            signatures.append(kind)
+        return open_statement(obj, where, kind, key)
+
+    monkeypatch.setattr(pc, "open_statement", counted)
     await admin.post(address, "one more")
-    assert len(checked) <= 2 and opened == []  # the post before this one, at most; no message opened
+    # the post before this one, at most (and the node's check of the new one): no message opened
+    assert len(checked) <= 2 and len(signatures) <= 3 and opened == [], signatures
     checked.clear()
+    signatures.clear()
     view = await admin.read(address)
     assert [m.text for m in view.messages][-1] == "one more" and len(checked) == 1 and opened == [1]
+    assert signatures == ["rxfed.community.message"] and len(view.messages) == 21

@@ -128,16 +128,17 @@ class CommunityView:
         }
 
 
-def _read_with(mine: Membership, events: list[tuple[int, dict]]) -> pc.Reading:
+def _read_with(mine: Membership, events: list[tuple[int, dict]], checked: int = 0) -> pc.Reading:
     """The community read with every key this membership has had: the current key's view,
-    with the messages its earlier keys were sent added (each message once)."""
-    reading = pc.read_history(events, mine.member, mine.box)
+    with the messages its earlier keys were sent added (each message once). ``checked``:
+    events whose signatures this device verified before (up to its pin)."""
+    reading = pc.read_history(events, mine.member, mine.box, checked=checked)
     if not mine.previous:
         return reading
     messages = {m.seq: m for m in reading.messages}
     unreadable = {u.seq: u for u in reading.unreadable}
     for member, box in mine.previous:
-        earlier = pc.read_history(events, member, box)
+        earlier = pc.read_history(events, member, box, checked=len(events))  # verified just above
         for m in earlier.messages:
             messages.setdefault(m.seq, m)
         for u in earlier.unreadable:
@@ -323,8 +324,9 @@ class Communities:
         is opened (``reading`` then holds the state alone): what posting and rekeying need.
 
         The events this device already checked (up to its pin, when the served ones hash to
-        the pinned head) are not checked against their stamps again: they are the very
-        events whose stamps it verified. Events after the pin are."""
+        the pinned head) are not checked against their stamps, nor their signatures, again:
+        they are the very statements it verified (the pin is saved only after a full check).
+        Events after the pin are; every rule of the fold still applies to all."""
         mine = address if isinstance(address, Membership) else await self.membership(address)
         if mine.create is None or not mine.host_keys:
             raise IntegrityError(f"the membership of {mine.address} pins nothing to check its history against; "
@@ -356,8 +358,8 @@ class Communities:
                                 code="forked_history")
             after = pin.extend(hashes)
             events = [(s, e) for s, e, _ in rows]
-            reading = (None if not rows else _read_with(mine, events) if messages
-                       else pc.Reading(pc.CommunityState.from_events(events), (), ()))
+            reading = (None if not rows else _read_with(mine, events, seen) if messages
+                       else pc.Reading(pc.CommunityState.from_events(events, checked=seen), (), ()))
             if reading is not None and mine.admin is not None and pc.parse_event(rows[0][1]).admin != mine.admin:
                 raise Forbidden("the community's admin is not the one this membership pinned", code="forked_history")
         except (NodeRefused, Unavailable):
