@@ -14,6 +14,7 @@ import ipaddress
 import itertools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -24,8 +25,10 @@ from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import community as pc
-from rxfed.protocol.federation import NodeDocument
 from rxfed.protocol.statements import statement_hash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.protocol.federation import NodeDocument
 
 KIND = "community"
 #: The per-device file of history pins, in the profile directory.
@@ -232,6 +235,9 @@ class Communities:
 
     async def _host_document(self, host: str) -> NodeDocument:
         """The host's key document from its own ``/.well-known/rxfed``, never from the home node."""
+        # here, not at import: posting and reading never need it (rxfed command latency)
+        from rxfed.protocol.federation import NodeDocument
+
         url = self._host_url(host)
         document = NodeDocument.from_json(await PatientClient.discover(self.client._session_or_new(), url))
         if document.node_id != host:
