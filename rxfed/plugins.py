@@ -36,7 +36,7 @@ from rxfed.errors import RxfedError
 if TYPE_CHECKING:  # pragma: no cover
     from rxfed.store import Store  # only named in annotations: the patient's device has no store
 
-ENTRY_POINT_GROUP = "rxfed"
+ENTRY_POINT_GROUP = "rxfed"  # rxfed.plugin_index.GROUP
 log = logging.getLogger("rxfed.plugins")
 
 #: Seconds one implementation may take before its call counts as failed.
@@ -291,11 +291,13 @@ class RxfedPlugins:
     ``timeout``: seconds per implementation call; ``max_failures``: failures in a row that
     disable a plugin; ``workers``: threads for synchronous plugin code; ``max_in_flight``:
     synchronous calls one plugin may have on those threads at once (more fail at once).
+    ``hooks``: load only the installed plugins that implement one of these hooks (the
+    ``rxfed`` command's pre-send check needs no other; see :mod:`rxfed.plugin_index`).
     Call :meth:`close` when done (it never waits for a hung plugin).
     """
 
     def __init__(self, *, entry_points: bool = True, disabled: Iterable[str] = (),
-                 timeout: float = DEFAULT_TIMEOUT, max_failures: int = DEFAULT_MAX_FAILURES,
+                 hooks: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT, max_failures: int = DEFAULT_MAX_FAILURES,
                  workers: int = DEFAULT_WORKERS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
         if timeout <= 0 or max_failures < 1 or workers < 1 or max_in_flight < 1:
             raise ValueError("timeout, max_failures, workers and max_in_flight must be positive")
@@ -317,9 +319,32 @@ class RxfedPlugins:
         for name in self.disabled:
             self.pm.set_blocked(name)
         if entry_points:
-            self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            self._load_entry_points(hooks)
         self.pm.check_pending()
         self.manifests()
+
+    def _load_entry_points(self, hooks: Iterable[str] | None) -> None:
+        """Import and register the installed plugins (those ``hooks`` need, if given), as
+        pluggy's ``load_setuptools_entrypoints`` does, through the environment's plugin index."""
+        import sys
+
+        from rxfed.plugin_index import PluginIndex, load_object
+
+        index = PluginIndex.load(ENTRY_POINT_GROUP)
+        for name, value in list(index.wanted(hooks, blocked=self.disabled)):
+            if self.pm.get_plugin(name) is not None:
+                continue
+            before = set(sys.modules)
+            plugin = load_object(value)
+            self.pm.register(plugin, name)
+            loaded = [sys.modules[m] for m in set(sys.modules) - before]
+            callers = self.pm.get_hookcallers(plugin) or []
+            functions = [impl.function for caller in callers for impl in caller.get_hookimpls()
+                         if impl.plugin is plugin]
+            index.learnt(name, [caller.name for caller in callers], loaded, functions)
+            if hooks is not None and not set(hooks).intersection(caller.name for caller in callers):
+                self.pm.unregister(plugin, name)  # imported only to learn its hooks
+        index.save()
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register ``plugin`` (under ``name``, which its manifest must repeat) unless blocked."""
@@ -663,6 +688,12 @@ class RxfedPlugins:
         receivers = {impl.plugin_name for impl in self._impls("rxfed_signals_received")}
         return sorted(name for name, manifest in self.manifests().items()
                       if name in receivers and manifest.accepts(kind, purpose) and (only is None or name == only))
+
+    def offered(self) -> list[PluginManifest]:
+        """The manifests of the enabled plugins that receive signals: what a node publishes
+        (``/.well-known/rxfed``) so that a patient's client can check a grant before signing it."""
+        receivers = {impl.plugin_name for impl in self._impls("rxfed_signals_received")}
+        return [manifest for name, manifest in self.manifests().items() if name in receivers]
 
     def holders(self, kind: str, purpose: str, only: str | None = None) -> list[str]:
         """Plugins that may hold ``kind`` signals given for ``purpose``: those that may

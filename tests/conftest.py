@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import os
+import shutil
+import tempfile
 
 import pytest
 
 from rxfed.client import PatientClient
 from rxfed.testing import NodeHarness, start_federation
+
+# The suite's own plugin index (rxfed.plugin_index), never the user's cache: set before any
+# test module is imported, so the commands tests run (with environments copied at import)
+# inherit it.
+_INDEX_DIR = tempfile.mkdtemp(prefix="rxfed-test-index-")
+os.environ["RXFED_PLUGIN_INDEX"] = os.path.join(_INDEX_DIR, "plugins.json")
+atexit.register(shutil.rmtree, _INDEX_DIR, True)
 
 PASSPHRASE = "correct horse battery staple"
 #: Unique marker written into records so storage scans can look for it.

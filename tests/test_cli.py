@@ -24,6 +24,10 @@ def rxfed(*args: str, env: dict | None = None, input: str | None = None) -> subp
                           env=env or ENV, input=input, timeout=60, stdin=None if input is not None else subprocess.DEVNULL)
 
 
+#: The data directory of each node serve_node started, by URL.
+NODE_DIRS: dict[str, Path] = {}
+
+
 def serve_node(data: Path, name: str):
     """``rxfed node init`` and ``rxfed node run`` in ``data``: yields the node's URL."""
     port = free_port()
@@ -37,6 +41,7 @@ def serve_node(data: Path, name: str):
     proc = subprocess.Popen([sys.executable, "-m", "rxfed", "node", "run", str(data)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=ENV)
     url = f"http://127.0.0.1:{port}"
+    NODE_DIRS[url] = data
     for _ in range(100):
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as r:
@@ -413,8 +418,16 @@ def test_consent_commands(node_url, profile, tmp_path):
         ["granted", "shared", "used", "revoked", "acknowledged"]
     assert audit["acknowledgements"] == {"5": "verified"}
     out = tmp_path / "consent.json"
+    out.write_text("old")
+    out.chmod(0o644)
     exported = rxfed("patient", "consent", "export", "--profile", str(profile), "--fhir", str(out))
     assert exported.returncode == 0 and json.loads(out.read_text())["resourceType"] == "Bundle"
+    assert out.stat().st_mode & 0o777 == 0o600  # what the patient shares, and with whom: private
+    piped = subprocess.run([sys.executable, "-m", "rxfed", "patient", "consent", "export", "--profile", str(profile),
+                            "--fhir", "-"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["resourceType"] == "Bundle"
+    assert not (tmp_path / "-").exists() and "wrote 1 FHIR Consent resources" in piped.stderr
 
 
 # -- records a patient can fix ------------------------------------------------------------
@@ -678,5 +691,59 @@ def test_join_through_a_node_that_will_not_deliver_says_why(profile, tmp_path):
         assert "private address" in out.stderr and "rxfed node peers" in out.stderr
         shown = json.loads(rxfed("patient", "show", "--profile", str(profile), "--kind", "community", "--json").stdout)
         assert shown["records"] == []
+    finally:
+        next(nodes, None)
+
+
+def test_a_grant_is_checked_against_what_its_recipients_publish(profile, node_url, tmp_path):
+    """A plugin the other node does not have, or a purpose no node serves, is refused before
+    anything is signed, from what each node publishes itself; a grant to a plugin that is
+    there is made and says who receives it."""
+    home = node_url.removeprefix("http://")
+    nodes = serve_node(tmp_path / "other", "CLI other node")
+    other_url = next(nodes)
+    other = other_url.removeprefix("http://")
+    try:
+        assert rxfed("node", "peers", str(tmp_path / "other"), "allow", home, "--url", node_url).returncode == 0
+        allowed = rxfed("node", "peers", str(NODE_DIRS[node_url]), "allow", other, "--url", other_url)
+        assert allowed.returncode == 0, allowed.stderr
+        assert rxfed("patient", "treatment", "add", "--profile", str(profile), "Metformin", "--efficacy", "8"
+                     ).returncode == 0
+        for _ in range(50):  # the running node sees the operator's `peers allow` within moments
+            offered = json.loads(rxfed("patient", "consent", "recipients", "--profile", str(profile), "--json").stdout)
+            by_node = {n["node_id"]: n["plugins"] for n in offered["nodes"]}
+            if other in by_node:
+                break
+            time.sleep(0.2)
+        assert set(by_node) == {home, other} and "treatment.outcome" in offered["kinds"]
+        assert {"name": "outcomes", "reads": ["treatment.outcome"], "purposes": ["research"]}.items() <= \
+            next(p for p in by_node[other] if p["name"] == "outcomes").items()
+
+        def grant(*args):
+            return rxfed("patient", "consent", "grant", "--profile", str(profile), "--kind", "treatment.outcome",
+                         *args)
+
+        nosuch = grant("--purpose", "research", "--to", f"plugin:{other}/nosuch")
+        assert nosuch.returncode == 2 and nosuch.stdout == ""
+        assert f"{other} has no plugin 'nosuch'" in nosuch.stderr and "outcomes (treatment.outcome for research)" \
+            in nosuch.stderr and "rxfed plugins list" not in nosuch.stderr
+        wrong = grant("--purpose", "matching", "--to", f"plugin:{other}/outcomes")
+        assert wrong.returncode == 2 and "reads treatment.outcome for research, not treatment.outcome for matching" \
+            in wrong.stderr
+        advertising = grant("--purpose", "advertising", "--to", "federation")
+        assert advertising.returncode == 2 and advertising.stdout == ""
+        assert "no plugin on" in advertising.stderr and "for advertising" in advertising.stderr
+        assert "purposes served there for treatment.outcome: research" in advertising.stderr
+        listed = json.loads(rxfed("patient", "consent", "list", "--profile", str(profile), "--json").stdout)
+        assert listed["grants"] == []  # nothing was signed or sent
+        made = grant("--purpose", "research", "--to", f"plugin:{other}/outcomes", "--json")
+        assert made.returncode == 0, made.stderr
+        doc = json.loads(made.stdout)
+        assert doc["receivers"] == {other: ["outcomes"]} and doc["nodes"] == [other]
+        shown = grant("--purpose", "research", "--to", "federation")
+        assert shown.returncode == 0, shown.stderr
+        line = next(x for x in shown.stdout.splitlines() if x.startswith("received by: "))
+        assert sorted(line.removeprefix("received by: ").split(", ")) == sorted([f"{home}/outcomes",
+                                                                                 f"{other}/outcomes"])
     finally:
         next(nodes, None)

@@ -11,6 +11,7 @@ import pytest
 from conftest import MARKER
 from rxfed.client.community import Communities
 from rxfed.client.sdk import NodeRefused
+from rxfed.errors import RxfedError
 from rxfed.protocol import community as pc
 from rxfed.testing import start_federation
 
@@ -221,6 +222,15 @@ async def test_removed_member_cannot_decrypt_later_messages(fed, make_patient):
     await admin.post(address, "after removal")
     events = (await admin.history(address)).events
     assert [m.text for m in pc.read_messages(events, membership.member, membership.box)] == ["before removal"]
+
+    async def removal_reached_the_trolls_node():
+        try:
+            state = (await troll.history(address, messages=False)).state
+        except RxfedError:
+            return True
+        return state is not None and state.status(membership.member.public) is not pc.MemberStatus.JOINED
+
+    await eventually(removal_reached_the_trolls_node)
     with pytest.raises(Exception):  # a removed member cannot post either
         await troll.post(address, "still here?")
 
@@ -865,3 +875,33 @@ async def test_a_join_the_home_node_will_not_deliver_is_refused_with_the_reason(
     finally:
         await home.stop()
         await host.stop()
+
+
+async def test_posting_checks_only_the_events_this_device_has_not_seen(make_patient, node, monkeypatch):
+    """A community's history grows with every message: a device checks each host stamp
+    once, and what it pinned is recognised by its hash chain, not verified again (posting
+    stays fast in a busy community); posting opens no message. (A node that serves another
+    past is still caught: the rolled-back and forked history tests above.)"""
+    admin = Communities(await make_patient(node))
+    address = await admin.create("Busy")
+    for i in range(20):
+        await admin.post(address, f"message {i}")
+    checked, signatures, opened = [], [], []
+    verify_stamp, read_history, open_statement = pc.verify_stamp, pc.read_history, pc.open_statement
+    monkeypatch.setattr(pc, "verify_stamp", lambda *a: checked.append(1) or verify_stamp(*a))
+    monkeypatch.setattr(pc, "read_history", lambda *a, **k: opened.append(1) or read_history(*a, **k))
+
+    def counted(obj, where, kind, key):
+        if key is not None and where == "event":  # the node in this process checks events too
+            signatures.append(kind)
+        return open_statement(obj, where, kind, key)
+
+    monkeypatch.setattr(pc, "open_statement", counted)
+    await admin.post(address, "one more")
+    # the post before this one, at most (and the node's check of the new one): no message opened
+    assert len(checked) <= 2 and len(signatures) <= 3 and opened == [], signatures
+    checked.clear()
+    signatures.clear()
+    view = await admin.read(address)
+    assert [m.text for m in view.messages][-1] == "one more" and len(checked) == 1 and opened == [1]
+    assert signatures == ["rxfed.community.message"] and len(view.messages) == 21

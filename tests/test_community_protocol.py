@@ -14,6 +14,7 @@ from rxfed.protocol.community import (
     About,
     CommunityAddress,
     CommunityState,
+    HistoryPin,
     HostStamp,
     MemberStatus,
     make_rekey,
@@ -622,3 +623,13 @@ def test_unreadable_messages_say_why():
     assert [(u.seq, u.reason) for u in reading.unreadable] == [(undecryptable, "undecryptable"),
                                                                  (broken_seq, "bad_sender_key")]
     assert all(u.explanation for u in reading.unreadable)
+
+
+def test_a_pin_covers_exactly_the_history_it_folded():
+    """What lets a device skip re-checking events it saw: the hash chain of the served
+    prefix must end at the pinned head; any other event, order or length does not."""
+    one, two, other = (bytes([i]) * 32 for i in (1, 2, 3))
+    pin = HistoryPin().extend([one, two])
+    assert pin.covers([one, two]) and HistoryPin().covers([])
+    assert not pin.covers([one, other]) and not pin.covers([two, one]) and not pin.covers([one])
+    assert not pin.covers([one, two, other])

@@ -59,7 +59,7 @@ def plugins_with(*extra):
 
 @pytest.fixture
 async def fed(tmp_path):
-    recorders = [Recorder() for _ in range(3)]
+    recorders = [Recorder(purposes=("matching", "research")) for _ in range(3)]
     nodes = []
     for name, rec in zip(("hospital-a", "hospital-b", "community-c"), recorders):
         nodes.extend(await start_federation(tmp_path, name, plugins=plugins_with(rec)))
@@ -544,13 +544,50 @@ async def test_renewing_after_a_revocation_keeps_the_grants_of_the_remaining_dev
     await eventually(lambda: _true(any(s.subject != old_subject for s in recorder(c).signals)))
 
 
-async def test_a_grant_to_a_plugin_this_node_lacks_is_refused(fed, make_patient):
+async def test_a_grant_to_a_plugin_this_node_lacks_is_refused(fed, make_patient, monkeypatch):
     a, b, c = fed
     patient, consent = await consenting(make_patient, a)
     for recipient in (f"plugin:{a.node_id}/nosuch", f"plugin:{a.node_id}/outcomes"):  # outcomes reads other kinds
+        # the client, from what the node publishes, before signing anything
+        with pytest.raises(pg.ConsentError) as refused:
+            await consent.grant("diagnosis.category", "matching", recipient)
+        assert refused.value.code == "unknown_plugin"
+    assert (await consent.list()) == []
+
+    async def publishes_nothing(nodes):  # a client that could not check: the home node refuses
+        return dict.fromkeys(nodes)
+
+    monkeypatch.setattr(consent, "offers", publishes_nothing)
+    for recipient in (f"plugin:{a.node_id}/nosuch", f"plugin:{a.node_id}/outcomes"):
         with pytest.raises(NodeRefused) as refused:
             await consent.grant("diagnosis.category", "matching", recipient)
         assert refused.value.code == "unknown_plugin"
+        assert "`rxfed patient consent recipients` lists what each node offers" in refused.value.message
+
+
+async def test_what_a_node_publishes_is_checked_before_a_grant_is_signed(fed, make_patient):
+    """A plugin on another node that is not there or reads something else, and a purpose
+    no plugin on the grant's nodes serves, are refused with nothing signed or sent; each
+    node's own document is what counts."""
+    a, b, c = fed
+    patient, consent = await consenting(make_patient, a)
+    doc = await patient.discover(patient._session_or_new(), b.url)
+    assert {"name": "recorder", "version": "1.0", "reads": ["diagnosis.category"],
+            "purposes": ["matching", "research"]} in doc["plugins"]
+    with pytest.raises(pg.ConsentError, match=f"{b.node_id} has no plugin 'nosuch'; it offers: "):
+        await consent.grant("diagnosis.category", "matching", f"plugin:{b.node_id}/nosuch")
+    with pytest.raises(pg.ConsentError) as refused:
+        await consent.grant("diagnosis.category", "advertising", "federation")
+    assert refused.value.code == "no_recipient" and "matching, research" in refused.value.message
+    with pytest.raises(pg.ConsentError) as refused:
+        await consent.grant("diagnosis.category", "advertising", f"node:{c.node_id}")
+    assert refused.value.code == "no_recipient"
+    assert await consent.list() == [] and recorder(b).signals == [] and recorder(c).signals == []
+    granted = await consent.grant("diagnosis.category", "matching", f"plugin:{b.node_id}/recorder")
+    assert granted["receivers"] == {b.node_id: ["recorder"]}
+    await eventually(lambda: _true(len(recorder(b).signals) == 1))
+    wide = await consent.grant("diagnosis.category", "matching", "federation", share=False)
+    assert wide["receivers"] == {n.node_id: ["recorder"] for n in fed}
 
 
 class SlowRecorder(Recorder):
@@ -603,3 +640,20 @@ async def test_erasing_an_account_needs_its_grants_revoked_first(fed, make_patie
     assert len(await a.app_store().received_signals()) == 1
     await patient.erase_account()  # the SDK revokes first
     assert await a.app_store().received_signals() == [] and len(recorder(a).revoked) == 1
+
+
+def test_a_nodes_published_plugins_are_read_strictly_and_new_keys_ignored():
+    doc = {"plugins": [{"name": "tally", "version": "0.1", "reads": ["diagnosis.category"], "purposes": ["research"],
+                        "description": "a key a later version adds"}]}
+    (tally,) = pg.offered_plugins(doc, "n.example")
+    assert tally.accepts("diagnosis.category", "research") and not tally.accepts("diagnosis.category", "matching")
+    assert pg.offered_plugins({}, "n.example") is None  # an older node: not checked
+    for bad in ({"plugins": "tally"}, {"plugins": [{"name": "Not A Name", "reads": [], "purposes": []}]},
+                {"plugins": [{"name": "tally", "reads": "diagnosis.category", "purposes": []}]},
+                {"plugins": [{"name": "x"}] * (pg.MAX_OFFERED + 1)}):
+        with pytest.raises(RxfedError) as refused:
+            pg.offered_plugins(bad, "n.example")
+        assert refused.value.code == "bad_node_document" and "n.example publishes" in refused.value.message
+    unchecked = pg.grant_receivers(pg.Recipient.parse("plugin:n.example/nosuch"), "diagnosis.category", "research",
+                                   {"n.example": None})
+    assert unchecked == {"n.example": None}

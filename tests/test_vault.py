@@ -149,3 +149,22 @@ async def test_open_without_a_passphrase_needs_an_agent(make_patient):
     patient = await make_patient()
     with pytest.raises(ProfileLocked):
         PatientClient.open(patient.profile.path)
+
+
+async def test_reading_a_large_vault_reports_progress(make_patient):
+    """A whole vault of hundreds of records (a new device, `show`, `export`) says how far
+    opening it has come, as a large import does while storing; a small one says nothing."""
+    patient = await make_patient()
+    calls = []
+    patient.progress = lambda what, done, total: calls.append((what, done, total))
+    await patient.add_records([("journal", {"feeling": i % 10}) for i in range(300)])
+    calls.clear()
+    assert len(await patient.records()) == 300
+    assert calls[0] == ("opening records", 1, 300) and calls[-1] == ("opening records", 300, 300)
+    assert [done for _, done, _ in calls] == list(range(1, 301))
+    small = await make_patient()
+    small.progress = lambda *a: calls.append(a)
+    calls.clear()
+    await small.add_journal(feeling=5)
+    await small.records()
+    assert calls == []

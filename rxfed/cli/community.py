@@ -115,12 +115,21 @@ def cmd_rekey(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-def cmd_post(args: argparse.Namespace) -> None:
+def _presend_warnings(text: str) -> list:
+    """Client hooks check the text here, on the device; warnings are shown, never sent, and
+    never stop the post (the patient decides). Only plugins that implement the check are
+    loaded, and none at all when no installed plugin does (rxfed.plugin_index)."""
+    from rxfed.plugin_index import any_implementing
+
+    if not any_implementing(["rxfed_presend_check"]):
+        return []
     from rxfed.plugins import RxfedPlugins
 
-    # Client hooks check the text here, on the device; warnings are shown, never sent, and
-    # never stop the post (the patient decides).
-    warnings = RxfedPlugins().presend_check(args.text)
+    return RxfedPlugins(hooks=["rxfed_presend_check"]).presend_check(text)
+
+
+def cmd_post(args: argparse.Namespace) -> None:
+    warnings = _presend_warnings(args.text)
     for w in warnings:
         note(f"warning: {w.message}" + "".join(f"\n  {r}" for r in w.resources))
     result = _with_client(args, lambda c: _communities(c).post(args.address, args.text))

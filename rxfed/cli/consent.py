@@ -35,9 +35,15 @@ def add_parsers(psub, profile) -> None:
     rv.add_argument("grant", metavar="GRANT_ID")
     json_flag(rv)
     rv.set_defaults(func=cmd_revoke)
+    rc = csub.add_parser("recipients", help="the nodes and plugins a grant can reach: what each reads, for which "
+                                             "purposes")
+    profile(rc)
+    json_flag(rc)
+    rc.set_defaults(func=cmd_recipients)
     ex = csub.add_parser("export", help="write every grant as FHIR Consent resources")
     profile(ex)
-    ex.add_argument("--fhir", required=True, metavar="OUT.json")
+    ex.add_argument("--fhir", required=True, metavar="OUT.json", help="a file only you can read, or - for standard "
+                                                                     "output")
     json_flag(ex)
     ex.set_defaults(func=cmd_export)
 
@@ -83,10 +89,32 @@ def cmd_grant(args: argparse.Namespace) -> None:
     Output(args.json).result(result, [
         f"granted {result['kind']} for {result['purpose']} to {result['recipient']} until {_when(result['not_after'])}",
         f"nodes: {', '.join(result['nodes'])}",
+        *([f"received by: {', '.join(receivers)}"] if (receivers := [
+            f"{node}/{name}" for node, names in result["receivers"].items() for name in names or ()]) else []),
+        *(f"not checked: {node} does not publish its plugins" for node, names in result["receivers"].items()
+          if names is None),
         *(f"sent {s['signals']} signal(s) to {s['node']}" + (" (queued)" if s.get("queued") else "") for s in sent),
         *(f"not sent to {s['node']}: {s['reason']}" for s in result["shared"] if not s["sent"]),
         result["grant"],
     ])
+
+
+def cmd_recipients(args: argparse.Namespace) -> None:
+    found = _consent(args, lambda c: c.recipients())
+
+    def lines():
+        out = [f"signal kinds: {', '.join(found['kinds'])}"]
+        for node in found["nodes"]:
+            home = " (your home node)" if node["node_id"] == found["home"] else ""
+            if node["plugins"] is None:
+                out.append(f"{node['node_id']}{home}: does not publish its plugins")
+                continue
+            out.append(f"{node['node_id']}{home}:" + ("" if node["plugins"] else " no plugin receives signals"))
+            out.extend(f"  plugin:{node['node_id']}/{p['name']}  reads {', '.join(p['reads']) or 'nothing'} "
+                       f"for {', '.join(p['purposes']) or 'no purpose'}" for p in node["plugins"])
+        return out
+
+    Output(args.json).result(found, lines)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -128,9 +156,26 @@ def cmd_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    """As ``patient export``: ``--fhir -`` writes to standard output, a file is written whole
+    or not at all and only its owner can read it (grants say what the patient shares, and
+    with whom: as private as the records)."""
+    import sys
+
+    from rxfed.cli import UsageError, note
+    from rxfed.cli.patient import _write_private
+
+    to_stdout = args.fhir == "-"
+    if to_stdout and args.json:
+        raise UsageError("--fhir - writes the Bundle to standard output, where --json would write too: use one")
     bundle = _consent(args, lambda c: c.fhir_bundle())
-    Path(args.fhir).write_text(json.dumps(bundle, indent=2) + "\n")
+    text = json.dumps(bundle, indent=2) + "\n"
     consents = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent")
+    if to_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        note(f"wrote {consents} FHIR Consent resources")
+        return
+    _write_private(Path(args.fhir).expanduser(), text)
     Output(args.json).result({"file": args.fhir, "consents": consents},
                              [f"wrote {consents} FHIR Consent resources", args.fhir])
 

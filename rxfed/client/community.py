@@ -14,6 +14,7 @@ import ipaddress
 import itertools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -24,8 +25,10 @@ from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import community as pc
-from rxfed.protocol.federation import NodeDocument
 from rxfed.protocol.statements import statement_hash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.protocol.federation import NodeDocument
 
 KIND = "community"
 #: The per-device file of history pins, in the profile directory.
@@ -128,16 +131,17 @@ class CommunityView:
         }
 
 
-def _read_with(mine: Membership, events: list[tuple[int, dict]]) -> pc.Reading:
+def _read_with(mine: Membership, events: list[tuple[int, dict]], checked: int = 0) -> pc.Reading:
     """The community read with every key this membership has had: the current key's view,
-    with the messages its earlier keys were sent added (each message once)."""
-    reading = pc.read_history(events, mine.member, mine.box)
+    with the messages its earlier keys were sent added (each message once). ``checked``:
+    events whose signatures this device verified before (up to its pin)."""
+    reading = pc.read_history(events, mine.member, mine.box, checked=checked)
     if not mine.previous:
         return reading
     messages = {m.seq: m for m in reading.messages}
     unreadable = {u.seq: u for u in reading.unreadable}
     for member, box in mine.previous:
-        earlier = pc.read_history(events, member, box)
+        earlier = pc.read_history(events, member, box, checked=len(events))  # verified just above
         for m in earlier.messages:
             messages.setdefault(m.seq, m)
         for u in earlier.unreadable:
@@ -231,6 +235,9 @@ class Communities:
 
     async def _host_document(self, host: str) -> NodeDocument:
         """The host's key document from its own ``/.well-known/rxfed``, never from the home node."""
+        # here, not at import: posting and reading never need it (rxfed command latency)
+        from rxfed.protocol.federation import NodeDocument
+
         url = self._host_url(host)
         document = NodeDocument.from_json(await PatientClient.discover(self.client._session_or_new(), url))
         if document.node_id != host:
@@ -316,10 +323,16 @@ class Communities:
             contiguous.append(row)
         return contiguous
 
-    async def history(self, address: str | Membership) -> History:
+    async def history(self, address: str | Membership, *, messages: bool = True) -> History:
         """The community's events from the home node, checked against the host's stamps and
         this device's pin; IntegrityError if they are not what the host stamped or do not
-        extend what this device saw."""
+        extend what this device saw. Without ``messages`` the state is folded but no message
+        is opened (``reading`` then holds the state alone): what posting and rekeying need.
+
+        The events this device already checked (up to its pin, when the served ones hash to
+        the pinned head) are not checked against their stamps, nor their signatures, again:
+        they are the very statements it verified (the pin is saved only after a full check).
+        Events after the pin are; every rule of the fold still applies to all."""
         mine = address if isinstance(address, Membership) else await self.membership(address)
         if mine.create is None or not mine.host_keys:
             raise IntegrityError(f"the membership of {mine.address} pins nothing to check its history against; "
@@ -328,7 +341,11 @@ class Communities:
         pin = self.pins.get(mine)
         try:
             hashes = []
+            seen = pin.seq if pin.covers([statement_hash(event) for _, event, _ in rows[:pin.seq]]) else 0
             for seq, event, stamped in rows:
+                if seq <= seen:
+                    hashes.append(statement_hash(event))
+                    continue
                 try:
                     stamp = pc.verify_stamp(list(mine.host_keys), stamped, event)
                 except Forbidden as exc:
@@ -346,7 +363,9 @@ class Communities:
                 raise Forbidden("the first event is not the create event this membership pinned",
                                 code="forked_history")
             after = pin.extend(hashes)
-            reading = _read_with(mine, [(s, e) for s, e, _ in rows]) if rows else None
+            events = [(s, e) for s, e, _ in rows]
+            reading = (None if not rows else _read_with(mine, events, seen) if messages
+                       else pc.Reading(pc.CommunityState.from_events(events, checked=seen), (), ()))
             if reading is not None and mine.admin is not None and pc.parse_event(rows[0][1]).admin != mine.admin:
                 raise Forbidden("the community's admin is not the one this membership pinned", code="forked_history")
         except (NodeRefused, Unavailable):
@@ -418,7 +437,7 @@ class Communities:
         was revoked: it held the old ones). The new keys are in the vault before the host
         hears of them; a rekey that did not reach the host is sent again by the next call."""
         mine = address if isinstance(address, Membership) else await self.membership(address)
-        state = (await self.history(mine)).state
+        state = (await self.history(mine, messages=False)).state
         if state is None:
             raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")
         current = state.status(mine.member.public)
@@ -449,7 +468,7 @@ class Communities:
         """Encrypt and post ``text``; first hands a fresh sender key to exactly the current
         members if the membership changed since this member's last key."""
         mine = await self.membership(address)
-        history = await self.history(mine)
+        history = await self.history(mine, messages=False)
         state = history.state
         if state is None:
             raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")

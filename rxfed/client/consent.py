@@ -115,13 +115,43 @@ class Consent:
         today = dt.datetime.fromtimestamp(self._now(), dt.timezone.utc).date()
         return self.plugins.derive_signals(kind, records, today)
 
+    async def _document(self, node: str) -> dict:
+        """A node's ``/.well-known/rxfed`` document, from the node itself."""
+        identity = self.client.identity
+        url = identity.node_url if node == identity.node_id else node_url(node)
+        return await self.client.discover(self.client._session_or_new(), url)
+
+    async def offers(self, nodes: list[str]) -> dict[str, tuple[pg.OfferedPlugin, ...] | None]:
+        """What each node says it offers: the plugins there that receive signals, with the
+        kinds they read and the purposes they serve (None: the node does not say). Asked of
+        each node itself, never of the home node, which could claim anything for its peers."""
+        import asyncio
+
+        async def one(node: str):
+            doc = await self._document(node)
+            if doc.get("node_id") != node:
+                raise IntegrityError(f"{node}'s document says it is {doc.get('node_id')!r}")
+            return pg.offered_plugins(doc, node)
+
+        found = await asyncio.gather(*(one(n) for n in nodes))
+        return dict(zip(nodes, found))
+
+    async def recipients(self) -> dict:
+        """What a grant can reach: the signal kinds the home node knows, and for each node it
+        federates with, the plugins there that receive signals (as the node publishes them)."""
+        reachable = await self.nodes()
+        ids = [n["node_id"] for n in reachable["nodes"]]
+        offers = await self.offers(ids)
+        return {"home": reachable["home"], "kinds": sorted(k["name"] for k in reachable["kinds"]),
+                "nodes": [{"node_id": node, "plugins": None if offers[node] is None
+                           else [p.to_json() for p in offers[node]]} for node in ids]}
+
     async def _node_keys(self, node: str) -> NodeDocument:
         """A node's keys, from the node itself (``/.well-known/rxfed``), never from the home
         node: a home that could name a recipient's keys could read what it relays, and sign
         acknowledgements in the recipient's name."""
-        identity = self.client.identity
-        url = identity.node_url if node == identity.node_id else node_url(node)
-        doc = NodeDocument.from_json(await self.client.discover(self.client._session_or_new(), url))
+        url = self.client.identity.node_url if node == self.client.identity.node_id else node_url(node)
+        doc = NodeDocument.from_json(await self._document(node))
         if doc.node_id != node:
             raise IntegrityError(f"{url} says it is {doc.node_id!r}, not {node}")
         if not doc.keys:
@@ -234,6 +264,10 @@ class Consent:
         if len(reached) > pg.MAX_NODES:
             raise pg.ConsentError(f"a grant reaches at most {pg.MAX_NODES} nodes; grant to nodes by name",
                                   code="bad_recipient")
+        # Checked against what the recipients themselves publish before anything is signed:
+        # a plugin that is not there, or a purpose nobody serves, would only send signals
+        # where nothing uses them.
+        receivers = pg.grant_receivers(target, kind, purpose, await self.offers(reached))
         identity = self.client.identity
         tokens = [pg.Token.create(self._key(node, purpose, target.only_plugin()), node=node, home=identity.node_id,
                                   kind=kind, purpose=purpose, recipient=target, nodes=reached, issued=now,
@@ -245,7 +279,7 @@ class Consent:
         result = await self.client._call("POST", "/v1/consent/grants",
                                          {"grant": grant.signed, "tokens": [t.signed for t in tokens]})
         out = {"grant": result["grant"], "kind": kind, "purpose": purpose, "recipient": str(target),
-               "not_after": not_after, "nodes": reached, "shared": []}
+               "not_after": not_after, "nodes": reached, "receivers": receivers, "shared": []}
         if share:
             out["shared"] = await self.share(result["grant"])
         return out

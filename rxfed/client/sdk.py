@@ -852,7 +852,13 @@ class PatientClient:
         return Record.from_plaintext(rid, version, plaintext)
 
     def _decrypt(self, state: VaultState) -> list[Record]:
-        out = [self._decrypt_one(state, rid) for rid in state.blobs]
+        if self.progress is None or len(state.blobs) <= 4 * CHUNK:
+            out = [self._decrypt_one(state, rid) for rid in state.blobs]
+        else:  # a whole large vault, as a new device or `show` reads it: say how far it is
+            out = []
+            for rid in state.blobs:
+                out.append(self._decrypt_one(state, rid))
+                self.progress("opening records", len(out), len(state.blobs))
         out.sort(key=lambda r: (r.created, r.id), reverse=True)
         return out
 

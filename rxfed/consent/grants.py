@@ -111,6 +111,91 @@ class Recipient:
         return self.plugin if self.kind == "plugin" else None
 
 
+@attrs.frozen
+class OfferedPlugin:
+    """A plugin a node says, in its ``/.well-known/rxfed`` document, receives signals: the
+    kinds its manifest reads and the purposes it serves."""
+
+    name: str
+    version: str
+    reads: tuple[str, ...]
+    purposes: tuple[str, ...]
+
+    def accepts(self, kind: str, purpose: str) -> bool:
+        return kind in self.reads and purpose in self.purposes
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, "reads": list(self.reads),
+                "purposes": list(self.purposes)}
+
+    def __str__(self) -> str:
+        return f"{self.name} ({', '.join(self.reads) or 'no kind'} for {', '.join(self.purposes) or 'no purpose'})"
+
+
+#: The most plugins a node document may list.
+MAX_OFFERED = 200
+
+
+def offered_plugins(doc: Any, node: str) -> tuple[OfferedPlugin, ...] | None:
+    """The plugins ``node``'s document offers (``plugins``), or None when the document does
+    not say (a node older than the list): then a grant to it cannot be checked."""
+    listed = doc.get("plugins") if isinstance(doc, dict) else None
+    if listed is None:
+        return None
+    words = array(text(80), 64)
+    try:
+        out = []
+        for i, row in enumerate(array(anything, MAX_OFFERED)(listed, "plugins")):
+            if not isinstance(row, dict):  # other keys are left for later versions to add
+                raise BadRequest(f"plugins[{i}] must be an object")
+            name = text(40, PLUGIN)(row.get("name"), f"plugins[{i}].name")
+            version = text(80)(row.get("version", ""), f"plugins[{i}].version") if row.get("version") else ""
+            out.append(OfferedPlugin(name, version, tuple(words(row.get("reads"), f"plugins[{i}].reads")),
+                                     tuple(words(row.get("purposes"), f"plugins[{i}].purposes"))))
+    except BadRequest as exc:
+        raise BadRequest(f"{node} publishes a malformed list of plugins: {exc.message}",
+                         code="bad_node_document") from None
+    return tuple(out)
+
+
+def _offers_text(plugins: tuple[OfferedPlugin, ...]) -> str:
+    return "; ".join(str(p) for p in plugins) if plugins else "no plugin that receives signals"
+
+
+def grant_receivers(recipient: Recipient, kind: str, purpose: str,
+                    offers: dict[str, tuple[OfferedPlugin, ...] | None]) -> dict[str, list[str] | None]:
+    """The plugins a grant of ``kind`` for ``purpose`` to ``recipient`` would reach on each
+    of its nodes (``offers``: what each node publishes; None: it does not say), checked
+    before the patient signs it. Refused (:class:`ConsentError`, ``unknown_plugin`` or
+    ``no_recipient``) when the named plugin is not there or does not read the kind for the
+    purpose, or when no plugin on any of the nodes would: such a grant would send the
+    patient's signals where nothing uses them."""
+    receivers = {node: None if plugins is None else [p.name for p in plugins if p.accepts(kind, purpose)
+                                                     and recipient.covers(node, p.name)]
+                 for node, plugins in offers.items()}
+    if recipient.kind == "plugin":
+        plugins = offers.get(recipient.node)
+        if plugins is None:
+            return receivers
+        named = next((p for p in plugins if p.name == recipient.plugin), None)
+        if named is None:
+            raise ConsentError(f"{recipient.node} has no plugin {recipient.plugin!r}; it offers: "
+                               f"{_offers_text(plugins)}", code="unknown_plugin")
+        if not named.accepts(kind, purpose):
+            raise ConsentError(f"plugin {recipient.plugin!r} on {recipient.node} reads "
+                               f"{', '.join(named.reads) or 'no kind'} for {', '.join(named.purposes) or 'no purpose'}, "
+                               f"not {kind} for {purpose}", code="unknown_plugin")
+        return receivers
+    if receivers and all(found is not None and not found for found in receivers.values()):
+        served = sorted({purpose for plugins in offers.values() for p in plugins or () if kind in p.reads
+                         for purpose in p.purposes})
+        where = ", ".join(sorted(offers))
+        raise ConsentError(f"no plugin on {where} reads {kind} for {purpose}"
+                           + (f" (purposes served there for {kind}: {', '.join(served)})" if served
+                              else f" (no plugin there reads {kind})"), code="no_recipient")
+    return receivers
+
+
 def check_purpose(value: Any) -> str:
     if not isinstance(value, str) or re.fullmatch(PURPOSE, value) is None:
         raise ConsentError("a purpose is lower case letters, digits, '.', '_' or '-', at most 40 (e.g. research)",

@@ -311,6 +311,10 @@ async def well_known(request: web.Request) -> web.Response:
         **state.published_keys(),
         "restore": state.restore,
         "registration": config.registration,
+        # What a grant to this node can reach: the client checks a grant against it before
+        # the patient signs (spec/consent.md, "What a node offers").
+        "plugins": [{"name": m.name, "version": m.version, "reads": list(m.reads), "purposes": list(m.purposes)}
+                    for m in state.plugins.offered()],
         "limits": {"max_body_bytes": config.limits.max_body_bytes, "max_records": config.limits.max_records,
                    "max_vault_bytes": config.limits.max_vault_bytes,
                    "request_window_seconds": config.limits.request_window_seconds},

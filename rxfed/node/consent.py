@@ -351,8 +351,8 @@ async def add_grant(request: web.Request) -> web.Response:
     if grant.not_after <= now:
         raise Gone("the grant has already expired", code="grant_expired")
     if grant.kind not in consent.kinds():
-        raise pg.ConsentError(f"unknown signal kind {grant.kind!r}; `rxfed plugins list` shows the kinds "
-                              "this node's plugins define", code="unknown_kind")
+        raise pg.ConsentError(f"unknown signal kind {grant.kind!r}; `rxfed patient consent recipients` lists the "
+                              "kinds this node knows", code="unknown_kind")
     federated = await consent.federated()
     tokens = [pg.Token.from_json(t) for t in f["tokens"]]
     nodes = sorted(t.node for t in tokens)
@@ -369,7 +369,7 @@ async def add_grant(request: web.Request) -> web.Response:
         manifest = state.plugins.manifests().get(grant.recipient.plugin)
         if manifest is None or not manifest.accepts(grant.kind, grant.purpose):
             raise pg.ConsentError(f"no plugin {grant.recipient.plugin!r} on this node reads {grant.kind} for "
-                                  f"{grant.purpose}; `rxfed plugins list` shows what is installed",
+                                  f"{grant.purpose}; `rxfed patient consent recipients` lists what each node offers",
                                   code="unknown_plugin")
     rows = [TokenRow(t.id, grant.id, t.node, canonical(t.signed), canonical(pg.voucher(state.signing_key(), t, now)))
             for t in tokens]

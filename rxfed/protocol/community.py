@@ -407,13 +407,15 @@ class CommunityState:
         return cls(address)
 
     @classmethod
-    def from_events(cls, events: list[tuple[int, dict]]) -> CommunityState:
-        """Fold ``(seq, event)`` pairs from the first (the create event) on."""
+    def from_events(cls, events: list[tuple[int, dict]], *, checked: int = 0) -> CommunityState:
+        """Fold ``(seq, event)`` pairs from the first (the create event) on. ``checked``:
+        events up to this number are exactly ones whose signatures the caller verified
+        before (a device's pinned history), and are not verified again."""
         if not events:
             raise BadRequest("a community starts with its create event")
         state = cls.empty(parse_event(events[0][1]).community)
         for seq, event in events:
-            state = state.apply(event, seq=seq)
+            state = state.step(event, seq=seq, checked=seq <= checked)[0]
         return state
 
     def apply(self, event: dict, *, seq: int) -> CommunityState:
@@ -421,9 +423,12 @@ class CommunityState:
         (bad signature, not allowed) or Conflict (not a valid next event)."""
         return self.step(event, seq=seq)[0]
 
-    def step(self, event: dict, *, seq: int, parsed: Event | None = None) -> tuple[CommunityState, Event]:
+    def step(self, event: dict, *, seq: int, parsed: Event | None = None,
+             checked: bool = False) -> tuple[CommunityState, Event]:
         """:meth:`apply`, also returning the parsed event. A caller that has parsed
-        ``event`` already may pass the result as ``parsed`` (its signature is still checked)."""
+        ``event`` already may pass the result as ``parsed`` (its signature is still checked).
+        ``checked``: the caller verified this very statement's signature before (its hash is
+        in a history it pinned), so it is not verified again; every rule still applies."""
         if seq != self.seq + 1:
             raise Conflict(f"expected event {self.seq + 1}, got {seq}", code="out_of_order")
         if parsed is None or parsed.signed is not event:
@@ -434,7 +439,8 @@ class CommunityState:
             raise Conflict("a community starts with exactly one create event",
                            code="not_created" if self.meta is None else "already_created")
         signer = parsed.author if parsed.author is not None else self.meta.admin
-        open_statement(event, "event", parsed.TYPE, signer)
+        if not checked:
+            open_statement(event, "event", parsed.TYPE, signer)
         return attrs.evolve(_FOLD[type(parsed)](self, parsed), seq=seq), parsed
 
     # -- queries ---------------------------------------------------------------------------
@@ -732,6 +738,16 @@ class HistoryPin:
     seq: int = 0
     head: bytes = HISTORY_START
 
+    def covers(self, event_hashes: list[bytes]) -> bool:
+        """Whether events ``1..seq`` with these statement hashes are exactly the ones this
+        pin folded (their chain ends at the pinned head)."""
+        if len(event_hashes) != self.seq:
+            return False
+        head = HISTORY_START
+        for digest in event_hashes:
+            head = history_link(head, digest)
+        return head == self.head
+
     def extend(self, event_hashes: list[bytes]) -> HistoryPin:
         """The pin after folding events ``1..n`` with these statement hashes, if they extend
         what this pin saw; Forbidden (``rolled_back``, ``forked_history``) otherwise."""
@@ -887,21 +903,23 @@ class Reading:
     unreadable: tuple[Unreadable, ...]
 
 
-def read_history(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair) -> Reading:
+def read_history(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair, *,
+                 checked: int = 0) -> Reading:
     """Fold ``(seq, event)`` pairs from the create event on and decrypt every message this
     member has a sender key for. Messages without one (posted before it joined or after it
     left) are skipped; ones that do not open, or whose commitment does not, are returned as
-    :class:`Unreadable`. An invalid event raises, as the host should never have stamped it."""
+    :class:`Unreadable`. An invalid event raises, as the host should never have stamped it.
+    ``checked`` as for :meth:`CommunityState.from_events`."""
     if not state_events:
         raise BadRequest("a community starts with its create event")
-    state = CommunityState.from_events(state_events[:1])
+    state = CommunityState.from_events(state_events[:1], checked=checked)
     keys: dict[tuple[bytes, int], SenderKey] = {}
     broken: set[tuple[bytes, int]] = set()
     mine = b64e(me.public)
     messages: list[Message] = []
     unreadable: list[Unreadable] = []
     for seq, statement in state_events[1:]:
-        state, event = state.step(statement, seq=seq)
+        state, event = state.step(statement, seq=seq, checked=seq <= checked)
         if isinstance(event, SenderKeyDistribution) and mine in event.keys:
             context = _sender_key_context(state.address, me.public, event.epoch)
             try:
