@@ -556,5 +556,8 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
+    from rxfed.node import web as web_client
+
+    web_client.install(app)
     app.cleanup_ctx.append(_store_ctx)
     return app

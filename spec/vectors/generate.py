@@ -403,7 +403,47 @@ def community_vectors() -> dict:
     }
 
 
+def client_vectors() -> dict:
+    """What the patient's clients (the SDK and the web client) make that the other vectors do
+    not pin: patient and device ids, padding buckets, a journal record's plaintext and its
+    sealed form, and a vault manifest (spec/crypto.md sections 1, 2 and 5; spec/web.md)."""
+    from rxfed.client import records as rec
+    from rxfed.client.sdk import record_ad
+    from rxfed.crypto import sha256
+    from rxfed.crypto.records import VaultKeyring, bucket_size, open_record, seal_record
+    from rxfed.protocol import vault as pv
+
+    root = SigningKeyPair.from_seed(SEED)
+    patient = pv.patient_id(root.public)
+    device = SigningKeyPair.from_seed(bytes([23]) * 32)
+    signing = SigningKeyPair.from_seed(bytes([7]) * 32)
+    keyring = VaultKeyring({1: bytes([9]) * 32, 2: bytes([10]) * 32})
+    data = rec.journal(symptoms={"Fatigue": 6, "douleur \u00e9paule": "3"}, feeling=4,
+                       note="Tired \u2014 \U0001f634 \"quoted\"\n\tand a tab", date="2026-01-02")
+    record = rec.Record("0" * 31 + "1", 1, "journal", "2026-01-02T03:04:05.000006Z", data)
+    plaintext = record.to_plaintext()
+    ad = record_ad(patient, record.id, record.version)
+    sealed = seal_record(keyring, ad, plaintext, random=_fixed_random(b"journal"))
+    assert open_record(keyring, ad, sealed) == plaintext
+    blobs = {record.id: sealed, "f" * 32: b"R1 another blob"}
+    entries = {rid: (1, sha256(blob)) for rid, blob in blobs.items()}
+    signed = pv.Manifest.issue(signing, patient=patient, epoch=2, counter=5, entries=entries, now=CREATED)
+    return {
+        "root_seed": b64e(SEED),
+        "patient": patient,
+        "device_seed": b64e(device.seed),
+        "device": pv.device_id(device.public),
+        "buckets": [[n, bucket_size(n)] for n in (0, 1, 255, 256, 257, 65535, 65536, 200000)],
+        "journal": {"record": record.to_json(), "plaintext": plaintext.decode(), "ad": ad.decode(),
+                    "keyring": b64e(keyring.to_bytes()), "sealed": b64e(sealed)},
+        "manifest": {"signing_seed": b64e(signing.seed), "epoch": 2, "counter": 5,
+                     "blobs": {rid: b64e(blob) for rid, blob in blobs.items()},
+                     "digest": b64e(pv.Manifest.digest_of(entries)), "statement": signed.signed},
+    }
+
+
 VECTORS = {
+    "client.json": client_vectors,
     "vault.json": vault_vectors,
     "community.json": community_vectors,
     "consent.json": consent_vectors,

@@ -1,0 +1,172 @@
+// The page: which view shows, forms, and what the patient is told. All cryptography is in
+// client.mjs and below; this module only handles the DOM, writing text nodes only (never markup from data).
+
+import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
+import { ready } from "./sodium.mjs";
+
+const $ = (id) => document.getElementById(id);
+const VIEWS = ["loading", "welcome", "recovery", "unlock", "journal"];
+let patient = null;
+let pendingPatient = null;
+window.rxfedTimings = timings;
+
+function show(view) {
+  for (const v of VIEWS) $(v).hidden = v !== view;
+  $("lock").hidden = view !== "journal";
+  const heading = $(`${view}-h`);
+  if (heading) heading.focus();
+}
+
+function status(text) {
+  $("status").textContent = text;
+}
+
+function error(exc) {
+  const box = $("error");
+  if (exc === null) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  let message = exc.message || String(exc);
+  if (exc instanceof NodeRefused && exc.code === "revoked_device") {
+    message = "This browser was removed from your account (revoked). Use your recovery code to get back in.";
+  } else if (exc instanceof NodeRefused) message = `The node refused: ${message}`;
+  else if (exc.code === "wrong_passphrase") message = "That passphrase does not open this browser's keys.";
+  else if (!(exc instanceof Invalid) && !(exc instanceof NodeRefused)) message = `Something is wrong: ${message}`;
+  box.textContent = message;
+  box.hidden = false;
+  status("");
+}
+
+async function busy(form, what, work) {
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  error(null);
+  status(what);
+  try {
+    await work();
+  } catch (exc) {
+    error(exc);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function storageNotice() {
+  let persisted = false;
+  try {
+    persisted = navigator.storage && (await navigator.storage.persisted() || await navigator.storage.persist());
+  } catch {
+    persisted = false;
+  }
+  $("storage").textContent = persisted
+    ? "This browser has agreed to keep your keys. If you ever clear this site's data, your recovery code brings your journal back."
+    : "This browser may clear your keys: when it runs low on space, or when you clear browsing data or use a private window. "
+      + "Your journal stays safe on the node, and your recovery code is the way back to it. Keep the code somewhere safe.";
+}
+
+function entryItem(r) {
+  const li = document.createElement("li");
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const d = r.data;
+  const parts = Object.keys(d.symptoms || {}).sort().map((k) => `${k} ${d.symptoms[k]}/10`);
+  if (d.feeling !== null && d.feeling !== undefined) parts.push(`feeling ${d.feeling}/10`);
+  meta.textContent = [d.date, ...parts].join(" · ");
+  li.append(meta);
+  if (d.note) {
+    const note = document.createElement("div");
+    note.className = "note";
+    note.textContent = d.note;
+    li.append(note);
+  }
+  return li;
+}
+
+function render(records) {
+  const journal = records.filter((r) => r.kind === "journal")
+    .sort((a, b) => (a.data.date === b.data.date ? (a.created < b.created ? 1 : -1) : a.data.date < b.data.date ? 1 : -1));
+  $("entries").replaceChildren(...journal.map(entryItem));
+  $("empty").hidden = journal.length > 0;
+}
+
+async function opened(p) {
+  patient = p;
+  render(await patient.load());
+  show("journal");
+  status("Unlocked.");
+  performance.mark("rxfed-unlocked");
+  document.body.dataset.state = "unlocked";
+  await storageNotice();
+}
+
+$("register-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  busy(form, "Making your keys…", async () => {
+    checkNewPassphrase(form.passphrase.value, form.again.value);
+    const { patient: p, code } = await Patient.register(form.passphrase.value, { invite: form.invite.value.trim() || null });
+    form.reset();
+    pendingPatient = p;
+    $("recovery-code").textContent = code;
+    show("recovery");
+    status("Your account is made.");
+  });
+});
+
+$("recovery-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy(ev.target, "Opening your journal…", async () => {
+    $("recovery-code").textContent = ""; // shown once
+    const p = pendingPatient;
+    pendingPatient = null;
+    await opened(p);
+  });
+});
+
+$("unlock-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  busy(form, "Unlocking…", async () => {
+    const p = await Patient.unlock(form.passphrase.value);
+    form.reset();
+    await opened(p);
+  });
+});
+
+$("journal-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  busy(form, "Saving…", async () => {
+    const symptoms = [1, 2, 3].map((i) => [form[`s${i}`].value, form[`v${i}`].value]);
+    const record = await patient.addJournal({ symptoms, feeling: form.feeling.value, note: form.note.value, date: form.date.value });
+    form.reset();
+    render(patient.state.records);
+    status(`Saved the entry of ${record.data.date}.`);
+    document.body.dataset.saved = String(Number(document.body.dataset.saved || 0) + 1);
+  });
+});
+
+$("lock").addEventListener("click", () => {
+  patient = null; // the keys are only in this page's memory: drop them
+  $("entries").replaceChildren();
+  document.body.dataset.state = "locked";
+  show("unlock");
+  status("Locked.");
+});
+
+async function start() {
+  try {
+    await ready();
+    const info = await fetch("/.well-known/rxfed", { cache: "no-store" }).then((r) => r.json());
+    $("node-name").textContent = info.name ? `· ${info.name}` : "";
+    show((await hasProfile()) ? "unlock" : "welcome");
+    document.body.dataset.state = "ready";
+  } catch (exc) {
+    show("welcome");
+    error(exc);
+  }
+}
+
+start();
