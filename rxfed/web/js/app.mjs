@@ -128,10 +128,12 @@ $("recovery-form").addEventListener("submit", (ev) => {
 $("unlock-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const form = ev.target;
+  const t0 = performance.now();
   busy(form, "Unlocking…", async () => {
     const p = await Patient.unlock(form.passphrase.value);
     form.reset();
     await opened(p);
+    timings.unlock_ms = Math.round(performance.now() - t0); // Argon2id included (timings.argon2_ms)
   });
 });
 
@@ -163,6 +165,7 @@ async function start() {
     $("node-name").textContent = info.name ? `· ${info.name}` : "";
     show((await hasProfile()) ? "unlock" : "welcome");
     document.body.dataset.state = "ready";
+    timings.ready_ms = Math.round(performance.now()); // from navigation start
   } catch (exc) {
     show("welcome");
     error(exc);

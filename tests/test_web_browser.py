@@ -1,0 +1,184 @@
+"""The web client in a real browser: headless Chromium (Debian's package) driven by
+Playwright, against a real node on loopback, with the CLI on the same account.
+
+Marked ``browser``; CI runs them (.ci/run installs chromium when missing and sets
+RXFED_REQUIRE_BROWSER, so there a missing browser fails instead of skipping). Screenshots at
+desktop and phone widths go to ``test-artefacts/web/`` (gitignored), or ``$RXFED_ARTEFACTS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MARKER
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("RXFED_CHROMIUM", "/usr/bin/chromium")
+PASSPHRASE = "a browser passphrase of some length"
+CLI_PASSPHRASE = "the command line passphrase"
+SYMPTOM = "zqxsymptom"
+ARTEFACTS = Path(os.environ.get("RXFED_ARTEFACTS") or ROOT / "test-artefacts" / "web")
+#: Before any page script runs: record CSP violations where the test can read them.
+WATCH_CSP = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
+"""
+
+
+def _browser_or_skip():
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        async_playwright = None
+    missing = ("playwright is not installed" if async_playwright is None
+               else None if Path(CHROMIUM).exists() or shutil.which(CHROMIUM) else f"no chromium at {CHROMIUM}")
+    if missing:
+        if os.environ.get("RXFED_REQUIRE_BROWSER"):
+            pytest.fail(f"browser tests required (RXFED_REQUIRE_BROWSER) but {missing}")
+        pytest.skip(f"{missing} (apt-get install chromium; pip install playwright)")
+    return async_playwright
+
+
+async def cli(*args: str, code: str | None = None) -> dict:
+    env = {**os.environ, "RXFED_PASSPHRASE": CLI_PASSPHRASE, "RXFED_AGENT_DISABLE": "1"}
+    if code:
+        env["RXFED_RECOVERY_CODE"] = code
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rxfed", *args, "--json",
+                                                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, (args, out.decode(), err.decode())
+    return json.loads(out)
+
+
+class Watched:
+    """A page whose console errors, uncaught exceptions and CSP violations are collected."""
+
+    def __init__(self, page):
+        self.page = page
+        self.problems: list[str] = []
+        page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}")
+                if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+
+    async def csp(self) -> list[str]:
+        return await self.page.evaluate("window.__csp || []")
+
+
+async def unlock_by_keyboard(page, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_selector("#unlock:not([hidden])")
+    # The view's heading has focus: Tab reaches the passphrase, Enter submits.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.id") == "unlock-pass"
+    await page.keyboard.type(PASSPHRASE)
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+
+
+async def entries(page) -> str:
+    return await page.text_content("#entries")
+
+
+async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path):
+    async_playwright = _browser_or_skip()
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    url = node.url + "/"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            await context.add_init_script(WATCH_CSP)
+            page = await context.new_page()
+            watched = Watched(page)
+
+            # register: keys made in the page, the recovery code shown once
+            await page.goto(url)
+            await page.wait_for_selector("body[data-state=ready]")
+            await page.fill("#reg-pass", PASSPHRASE)
+            await page.fill("#reg-pass2", PASSPHRASE + " but different")
+            await page.click("#register-form button[type=submit]")
+            await page.wait_for_selector("#error:not([hidden])")
+            assert "differ" in await page.text_content("#error")
+            await page.fill("#reg-pass2", PASSPHRASE)
+            await page.click("#register-form button[type=submit]")
+            await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
+            code = (await page.text_content("#recovery-code")).strip()
+            assert len(code) == 44
+            await page.screenshot(path=ARTEFACTS / "recovery-code-desktop.png", full_page=True)
+            await page.check("#recovery-kept")
+            await page.click("#recovery-form button[type=submit]")
+            await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+            assert await page.text_content("#recovery-code") == ""
+            assert "recovery code" in await page.text_content("#storage")
+
+            # a journal entry, then one the page refuses (nothing is sent)
+            await page.fill("#j-s1", SYMPTOM)
+            await page.fill("#j-v1", "7")
+            await page.fill("#j-feeling", "4")
+            await page.fill("#j-note", f"{MARKER} written in the browser")
+            await page.click("#journal-form button[type=submit]")
+            await page.wait_for_selector("body[data-saved='1']")
+            assert f"{SYMPTOM} 7/10" in await entries(page) and MARKER in await entries(page)
+            await page.fill("#j-v2", "11")
+            await page.fill("#j-s2", "pain")
+            await page.click("#journal-form button[type=submit]")
+            await page.wait_for_selector("#error:not([hidden])")
+            assert "0 to 10" in await page.text_content("#error")
+            await page.click("#lock")
+            await page.wait_for_selector("#unlock:not([hidden])")
+            assert await entries(page) == ""
+            timings = await page.evaluate("window.rxfedTimings")
+
+            # reload: the keys are only in IndexedDB under the passphrase; a wrong one opens nothing
+            await page.goto(url)
+            await page.wait_for_selector("#unlock:not([hidden])")
+            await page.fill("#unlock-pass", "not the passphrase at all")
+            await page.click("#unlock-form button[type=submit]")
+            await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "does not open" in await page.text_content("#error")
+            await unlock_by_keyboard(page, url)
+            assert MARKER in await entries(page)
+            await page.screenshot(path=ARTEFACTS / "journal-desktop.png", full_page=True)
+
+            # the CLI reads what the browser wrote (recovering into a profile of its own,
+            # keeping the browser), and writes an entry of its own
+            profile = tmp_path / "cli-profile"
+            await cli("patient", "recover", "--node", node.url, "--profile", str(profile), "--kdf", "min",
+                      "--keep-all", code=code)
+            shown = await cli("patient", "show", "--profile", str(profile))
+            journal = [r for r in shown["records"] if r["kind"] == "journal"]
+            assert [r["data"]["note"] for r in journal] == [f"{MARKER} written in the browser"]
+            assert journal[0]["data"]["symptoms"] == {SYMPTOM: 7} and journal[0]["data"]["feeling"] == 4
+            await cli("patient", "journal", "add", "--profile", str(profile), "--symptom", "pain=2",
+                      "--note", "written with the CLI")
+
+            # the browser reads what the CLI wrote, at the identity epoch the recovery began
+            await unlock_by_keyboard(page, url)
+            listed = await entries(page)
+            assert "written with the CLI" in listed and "pain 2/10" in listed and MARKER in listed
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await page.screenshot(path=ARTEFACTS / "journal-phone.png", full_page=True)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+
+            assert watched.problems == []
+            assert await watched.csp() == []
+        finally:
+            await browser.close()
+
+    # the node holds only ciphertext of what the browser wrote
+    for path in node.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert MARKER.encode() not in data and SYMPTOM.encode() not in data, path
+    print(f"\nweb client timings (ms): {timings}")
