@@ -182,3 +182,72 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
             data = path.read_bytes()
             assert MARKER.encode() not in data and SYMPTOM.encode() not in data, path
     print(f"\nweb client timings (ms): {timings}")
+
+
+async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wrote(node, tmp_path):
+    async_playwright = _browser_or_skip()
+    profile = tmp_path / "cli-profile"
+    await cli("patient", "register", "--node", node.url, "--profile", str(profile), "--kdf", "min")
+    await cli("patient", "journal", "add", "--profile", str(profile), "--symptom", "pain=3",
+              "--note", "written before the browser")
+    url = node.url + "/"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(viewport={"width": 390, "height": 844})
+            await context.add_init_script(WATCH_CSP)
+            page = await context.new_page()
+            watched = Watched(page)
+            await page.goto(url)
+            await page.wait_for_selector("body[data-state=ready]")
+            await page.fill("#link-pass", PASSPHRASE)
+            await page.fill("#link-pass2", PASSPHRASE)
+            await page.click("#link-form button[type=submit]")
+            await page.wait_for_selector("#link:not([hidden])", timeout=30_000)
+            link = await page.text_content("#link-code")
+            assert link.startswith("rxfed-link:")
+            await page.screenshot(path=ARTEFACTS / "link-phone.png", full_page=True)
+
+            # finishing before a device enrolled the browser says so, and adopts nothing
+            await page.fill("#link-confirm", "AAAA-AAAA-AAAA-AAAA")
+            await page.click("#confirm-form button[type=submit]")
+            await page.wait_for_selector("#error:not([hidden])")
+            assert "No device has enrolled this browser yet" in await page.text_content("#error")
+            # Chromium logs the node's 401 (unknown key) itself; that one is expected
+            assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
+            watched.problems.clear()
+
+            added = await cli("patient", "devices", "add", link, "--profile", str(profile))
+            confirmation = added["confirmation"]
+            wrong = ("B" if confirmation[0] == "A" else "A") + confirmation[1:]
+            await page.fill("#link-confirm", wrong)
+            await page.click("#confirm-form button[type=submit]")
+            await page.wait_for_selector("#error:has-text('does not match')")
+            assert await page.get_attribute("body", "data-state") == "linking"
+
+            # the right code: the browser adopts the account and reads what the CLI wrote
+            await page.fill("#link-confirm", confirmation.lower())
+            await page.click("#confirm-form button[type=submit]")
+            await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+            assert "written before the browser" in await entries(page)
+            await page.fill("#j-note", f"{MARKER} written in the linked browser")
+            await page.fill("#j-feeling", "8")
+            await page.click("#journal-form button[type=submit]")
+            await page.wait_for_selector("body[data-saved='1']")
+
+            # linked for good: a reload asks for the passphrase and opens the journal
+            await unlock_by_keyboard(page, url)
+            assert MARKER in await entries(page) and "written before the browser" in await entries(page)
+            await page.screenshot(path=ARTEFACTS / "linked-journal-phone.png", full_page=True)
+            assert watched.problems == []
+            assert await watched.csp() == []
+        finally:
+            await browser.close()
+
+    notes = {r["data"].get("note") for r in (await cli("patient", "show", "--profile", str(profile)))["records"]}
+    assert {f"{MARKER} written in the linked browser", "written before the browser"} <= notes
+    devices = (await cli("patient", "devices", "list", "--profile", str(profile)))["devices"]
+    assert len(devices) == 2 and all(d["verified"] for d in devices)
+    for path in node.data_dir.rglob("*"):
+        if path.is_file():
+            assert MARKER.encode() not in path.read_bytes(), path

@@ -406,10 +406,11 @@ def community_vectors() -> dict:
 def client_vectors() -> dict:
     """What the patient's clients (the SDK and the web client) make that the other vectors do
     not pin: patient and device ids, padding buckets, a journal record's plaintext and its
-    sealed form, and a vault manifest (spec/crypto.md sections 1, 2 and 5; spec/web.md)."""
+    sealed form, a vault manifest, and a device link's link and confirmation codes
+    (spec/crypto.md sections 1, 2 and 5; spec/web.md)."""
     from rxfed.client import records as rec
-    from rxfed.client.sdk import record_ad
-    from rxfed.crypto import sha256
+    from rxfed.client.sdk import confirmation_code, link_code, record_ad
+    from rxfed.crypto import BoxKeyPair, sha256
     from rxfed.crypto.records import VaultKeyring, bucket_size, open_record, seal_record
     from rxfed.protocol import vault as pv
 
@@ -428,7 +429,16 @@ def client_vectors() -> dict:
     blobs = {record.id: sealed, "f" * 32: b"R1 another blob"}
     entries = {rid: (1, sha256(blob)) for rid, blob in blobs.items()}
     signed = pv.Manifest.issue(signing, patient=patient, epoch=2, counter=5, entries=entries, now=CREATED)
+    box = BoxKeyPair.from_secret(bytes([21]) * 32)
+    recovery = SigningKeyPair.from_seed(bytes([27]) * 32)
+    identity = pv.IdentityStatement.issue(root, patient=patient, epoch=1, previous=None, master_key=root.public,
+                                          signing_key=signing.public, recovery_auth=recovery.public,
+                                          recovery_box=BoxKeyPair.from_secret(bytes([29]) * 32).public, now=CREATED)
     return {
+        "link": {"device_seed": b64e(device.seed), "box_secret": b64e(box.secret),
+                 "link_code": link_code(device, box.public), "identity": identity.signed,
+                 "device": pv.device_id(device.public),
+                 "confirmation": confirmation_code(identity, pv.device_id(device.public))},
         "root_seed": b64e(SEED),
         "patient": patient,
         "device_seed": b64e(device.seed),

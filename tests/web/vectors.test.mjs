@@ -144,3 +144,12 @@ test("client: ids, buckets, journal record, manifest", () => {
   const signer = new so.SigningKeyPair(b64d(m.signing_seed));
   assert.deepEqual(p.manifest(signer, { patient: v.patient, epoch: m.epoch, counter: m.counter, entries, now: m.statement.body.issued }), m.statement);
 });
+
+test("client: link code and confirmation code", () => {
+  const v = vectors("client.json").link;
+  const device = new so.SigningKeyPair(b64d(v.device_seed));
+  const box = new so.BoxKeyPair(b64d(v.box_secret));
+  assert.equal(p.linkCode(device, box.public), v.link_code);
+  assert.equal(p.deviceId(device.public), v.device);
+  assert.equal(p.confirmationCode(p.statementHash(v.identity), v.device), v.confirmation);
+});

@@ -5,7 +5,7 @@ import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings 
 import { ready } from "./sodium.mjs";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["loading", "welcome", "recovery", "unlock", "journal"];
+const VIEWS = ["loading", "welcome", "recovery", "link", "unlock", "journal"];
 let patient = null;
 let pendingPatient = null;
 window.rxfedTimings = timings;
@@ -115,6 +115,45 @@ $("register-form").addEventListener("submit", (ev) => {
   });
 });
 
+function showLink(p) {
+  patient = p;
+  $("link-code").textContent = p.linkCode;
+  show("link");
+  document.body.dataset.state = "linking";
+}
+
+$("link-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  busy(form, "Making this browser's keys…", async () => {
+    checkNewPassphrase(form.passphrase.value, form.again.value);
+    const p = await Patient.requestLink(form.passphrase.value);
+    form.reset();
+    showLink(p);
+    status("Waiting for a device of yours to add this browser.");
+  });
+});
+
+$("link-copy").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText($("link-command").textContent);
+    status("The command is copied.");
+  } catch {
+    status("Copying is not allowed here: select the command and copy it.");
+  }
+});
+
+$("confirm-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  busy(form, "Checking…", async () => {
+    await patient.finishLink(form.confirm.value);
+    form.reset();
+    $("link-code").textContent = "";
+    await opened(patient);
+  });
+});
+
 $("recovery-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   busy(ev.target, "Opening your journal…", async () => {
@@ -132,6 +171,11 @@ $("unlock-form").addEventListener("submit", (ev) => {
   busy(form, "Unlocking…", async () => {
     const p = await Patient.unlock(form.passphrase.value);
     form.reset();
+    if (!p.linked) {
+      showLink(p);
+      status("This browser still waits to be linked.");
+      return;
+    }
     await opened(p);
     timings.unlock_ms = Math.round(performance.now() - t0); // Argon2id included (timings.argon2_ms)
   });

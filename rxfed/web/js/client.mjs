@@ -80,18 +80,19 @@ export class Node {
 export const hasProfile = async () => (await store.get("keyfile")) !== undefined;
 
 function identityBytes(id) {
-  // The CLI's Identity format 2 (rxfed/client/profile.py), so both hold the same secrets.
+  // The CLI's Identity format 2 (rxfed/client/profile.py), so both hold the same secrets;
+  // patient and root key are null on a device waiting to be linked.
   return utf8(JSON.stringify({
-    format: 2, patient: id.patient, node_url: id.nodeUrl, node_id: id.nodeId, root_key: b64e(id.rootKey),
+    format: 2, patient: id.patient, node_url: id.nodeUrl, node_id: id.nodeId, root_key: id.rootKey ? b64e(id.rootKey) : null,
     device: b64e(id.device.seed), box: b64e(id.box.secret),
   }));
 }
 
 function identityFrom(bytes) {
   const doc = JSON.parse(fromUtf8(bytes));
-  if (doc.format !== 2 || !doc.patient) throw new Invalid("this browser's key file is not one this client can use", "bad_profile");
+  if (doc.format !== 2) throw new Invalid("this browser's key file is not one this client can use", "bad_profile");
   return {
-    patient: doc.patient, nodeUrl: doc.node_url, nodeId: doc.node_id, rootKey: b64d(doc.root_key, 32),
+    patient: doc.patient, nodeUrl: doc.node_url, nodeId: doc.node_id, rootKey: doc.root_key ? b64d(doc.root_key, 32) : null,
     device: new SigningKeyPair(b64d(doc.device, 32)), box: new BoxKeyPair(b64d(doc.box, 32)),
   };
 }
@@ -115,10 +116,68 @@ export class Patient {
     this.node = node;
     this.id = identity;
     this.state = null; // the checked vault: chain, secrets, entries, counter, records
+    this.passphrase = null;
   }
 
   get device() {
     return p.deviceId(this.id.device.public);
+  }
+
+  /** Whether this browser still waits to be linked to an account (requestLink). */
+  get linked() {
+    return this.id.patient !== null;
+  }
+
+  /** The link code an active device enrols this browser with (`rxfed patient devices add`). */
+  get linkCode() {
+    return p.linkCode(this.id.device, this.id.box.public);
+  }
+
+  /** Make this browser's keys and keep them (sealed) waiting to be linked to an existing
+   * account from one of its active devices; nothing is sent to the node. */
+  static async requestLink(passphrase) {
+    checkNewPassphrase(passphrase);
+    await ready();
+    if (await hasProfile()) throw new Invalid("This browser already holds an account for this node.", "profile_exists");
+    const node = await Node.discover();
+    const id = { patient: null, nodeUrl: location.origin, nodeId: node.info.node_id, rootKey: null,
+      device: SigningKeyPair.generate(), box: BoxKeyPair.generate() };
+    const keyfile = timed("argon2_ms", () => sealKeyfile(identityBytes(id), passphrase, pwhashCost(KDF)));
+    await store.putAll({ keyfile, state: store.EMPTY_PINS });
+    const patient = new Patient(node, id);
+    patient.passphrase = passphrase;
+    return patient;
+  }
+
+  /** Once an active device has enrolled this browser, adopt the account. `confirm` is the
+   * confirmation code the enrolling device showed: it must match what this browser computes
+   * from the identity the node serves, or nothing is adopted (sdk.finish_link). */
+  async finishLink(confirm) {
+    if (this.linked) throw new Invalid("This browser is already linked to an account.", "already_linked");
+    let account;
+    try {
+      account = await this.node.call("GET", "/v1/account", null, this.id.device);
+    } catch (exc) {
+      if (exc instanceof NodeRefused && ["unknown_key", "unknown_account"].includes(exc.code)) {
+        throw new Invalid("No device has enrolled this browser yet: run `rxfed patient devices add` with the link code first.", "not_linked");
+      }
+      throw exc;
+    }
+    const rootKey = b64d(account.root_key, 32);
+    const chain = p.verifyIdentityChain(rootKey, account.identity);
+    const pins = p.checkPins(chain, store.EMPTY_PINS);
+    const current = chain[chain.length - 1];
+    p.openSecrets(current, this.device, this.id.box, b64d(account.keyring), loads);
+    const code = p.confirmationCode(current.hash, this.device);
+    if ((confirm || "").replace(/[\s-]/g, "").toUpperCase() !== code.replace(/-/g, "")) {
+      throw new p.IntegrityError("The confirmation code does not match: the node may be serving another identity. This browser was not linked.");
+    }
+    const id = { ...this.id, patient: p.patientId(rootKey), rootKey };
+    const keyfile = timed("argon2_ms", () => sealKeyfile(identityBytes(id), this.passphrase, pwhashCost(KDF)));
+    await store.putAll({ keyfile, state: { ...pins, devices: { [this.device]: "registered" } } });
+    this.id = id;
+    this.passphrase = null;
+    return code;
   }
 
   /** Make keys in the page, register their public halves, keep the key file in IndexedDB;
@@ -166,7 +225,10 @@ export class Patient {
     if (keyfile === undefined) throw new Invalid("This browser holds no account for this node.", "no_profile");
     const node = await Node.discover();
     const opened = timed("argon2_ms", () => openKeyfile(keyfile, passphrase));
-    return new Patient(node, identityFrom(opened));
+    const patient = new Patient(node, identityFrom(opened));
+    // Kept only while a link is unfinished: finishing seals the key file again with it.
+    patient.passphrase = patient.linked ? null : passphrase;
+    return patient;
   }
 
   /** The account and vault as the node serves them, checked against the identity chain,

@@ -170,6 +170,19 @@ export function verifyDeviceCert(obj, chain) {
   return { ...body, signKey, boxKey, device: deviceId(signKey) };
 }
 
+// -- linking a device from an active one (§1) ------------------------------------------------------
+export const LINK_PREFIX = "rxfed-link:";
+
+/** What a new device shows so that an active device can enrol it (sdk.link_code). */
+export const linkCode = (device, boxKey) => LINK_PREFIX + b64e(concat(device.public, boxKey, deviceKeyProof(device, boxKey)));
+
+/** The code both devices show when one enrols the other: it binds the identity epoch the
+ * enrolling device signed under and the new device (sdk.confirmation_code). */
+export function confirmationCode(identityHash, device) {
+  const text = b32e(sha256(concat(utf8("rxfed-link-confirm|"), identityHash, utf8(device))).subarray(0, 10));
+  return text.match(/.{4}/g).join("-");
+}
+
 // -- vault keyrings and epoch secrets (§3) ----------------------------------------------------------
 /** Keys by epoch: `epoch (uint32 BE) || key (32)` for each (crypto/records.py VaultKeyring). */
 export class Keyring {
