@@ -159,3 +159,46 @@ def test_javascript_passes_the_shared_vectors():
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "# fail 0" in out.stdout
+
+
+async def test_web_check_passes_for_the_released_client_and_names_what_a_node_changed(node, tmp_path):
+    import asyncio
+    import sys
+
+    from aiohttp import web
+
+    from rxfed.cli.web import compare
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rxfed", "web", "check", "--node", node.url,
+                                                "--json", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    doc = json.loads(out)
+    assert doc["same"] is True and doc["differs"] == doc["missing"] == doc["extra"] == []
+
+    # a node serving a modified module (manifest regenerated to match, as a careful attacker
+    # would) and one more file: caught against the installed manifest
+    copy = tmp_path / "web"
+    shutil.copytree(WEB, copy)
+    (copy / "js" / "client.mjs").write_text((copy / "js" / "client.mjs").read_text() + "\n// exfiltrate\n")
+    (copy / "js" / "extra.mjs").write_text("export const x = 1;\n")
+    (copy / "vendor" / "LICENSE-libsodium.txt").unlink()
+    html, manifest = manifest_script.render(copy)
+    (copy / "index.html").write_text(html)
+    (copy / "web-manifest.json").write_text(manifest)
+    app = web.Application()
+    node_web.install(app, copy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]
+        released = json.loads((WEB / "web-manifest.json").read_text())
+        result = await compare(f"http://127.0.0.1:{port}", released)
+    finally:
+        await runner.cleanup()
+    assert result["same"] is False
+    assert result["differs"] == ["index.html", "js/client.mjs"]
+    assert result["missing"] == ["vendor/LICENSE-libsodium.txt"] and result["extra"] == ["js/extra.mjs"]
