@@ -2,17 +2,22 @@
 Playwright, against a real node on loopback, with the CLI on the same account.
 
 Marked ``browser``; CI runs them (.ci/run installs chromium when missing and sets
-RXFED_REQUIRE_BROWSER, so there a missing browser fails instead of skipping). Screenshots at
-desktop and phone widths go to ``test-artefacts/web/`` (gitignored), or ``$RXFED_ARTEFACTS``.
+RXFED_REQUIRE_BROWSER, so there a missing browser fails instead of skipping). Every view is
+scanned with axe-core (no serious or critical violation). Screenshots at desktop and phone
+widths go to ``test-artefacts/web/`` (gitignored), or ``$RXFED_ARTEFACTS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +40,49 @@ document.addEventListener('securitypolicyviolation',
 """
 
 
+#: axe-core, the accessibility checker, fetched once with npm (tests only, never served)
+#: and checked against the registry's integrity pinned here.
+AXE = ("axe-core", "4.14.1",
+       "sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==")
+AXE_CACHE = Path(os.environ.get("RXFED_TEST_CACHE") or Path.home() / ".cache" / "rxfed-tests")
+
+
+def _requirement(missing: str):
+    if os.environ.get("RXFED_REQUIRE_BROWSER"):
+        pytest.fail(f"browser tests required (RXFED_REQUIRE_BROWSER) but {missing}")
+    pytest.skip(missing)
+
+
+def axe_source() -> str:
+    name, version, integrity = AXE
+    tarball = AXE_CACHE / f"{name}-{version}.tgz"
+    if not tarball.exists():
+        if shutil.which("npm") is None:
+            _requirement("npm is not installed (it fetches axe-core for the accessibility scan)")
+        AXE_CACHE.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(["npm", "pack", f"{name}@{version}", "--silent"], cwd=AXE_CACHE, capture_output=True,
+                             text=True, timeout=120)
+        if out.returncode != 0:
+            _requirement(f"npm could not fetch {name}@{version}: {out.stderr.strip()[-300:]}")
+    data = tarball.read_bytes()
+    if "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode() != integrity:
+        tarball.unlink()
+        pytest.fail(f"{tarball} does not match the pinned integrity of {name}@{version}")
+    with tarfile.open(tarball) as tar:
+        return tar.extractfile("package/axe.min.js").read().decode()
+
+
+async def axe_scan(page, view: str) -> None:
+    """No serious or critical accessibility violation on the page as it is now. (axe is run
+    through the DevTools protocol, which the page's CSP does not govern.)"""
+    if not await page.evaluate("typeof window.axe === 'object'"):
+        await page.evaluate(axe_source())
+    found = await page.evaluate("axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map("
+                                "v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))})))")
+    bad = [v for v in found if v["impact"] in ("serious", "critical")]
+    assert bad == [], f"accessibility violations on the {view} view: {bad}"
+
+
 def _browser_or_skip():
     try:
         from playwright.async_api import async_playwright
@@ -43,9 +91,7 @@ def _browser_or_skip():
     missing = ("playwright is not installed" if async_playwright is None
                else None if Path(CHROMIUM).exists() or shutil.which(CHROMIUM) else f"no chromium at {CHROMIUM}")
     if missing:
-        if os.environ.get("RXFED_REQUIRE_BROWSER"):
-            pytest.fail(f"browser tests required (RXFED_REQUIRE_BROWSER) but {missing}")
-        pytest.skip(f"{missing} (apt-get install chromium; pip install playwright)")
+        _requirement(f"{missing} (apt-get install chromium; pip install playwright)")
     return async_playwright
 
 
@@ -105,6 +151,7 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
             # register: keys made in the page, the recovery code shown once
             await page.goto(url)
             await page.wait_for_selector("body[data-state=ready]")
+            await axe_scan(page, "welcome")
             await page.fill("#reg-pass", PASSPHRASE)
             await page.fill("#reg-pass2", PASSPHRASE + " but different")
             await page.click("#register-form button[type=submit]")
@@ -116,6 +163,7 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
             code = (await page.text_content("#recovery-code")).strip()
             assert len(code) == 44
             await page.screenshot(path=ARTEFACTS / "recovery-code-desktop.png", full_page=True)
+            await axe_scan(page, "recovery code")
             await page.check("#recovery-kept")
             await page.click("#recovery-form button[type=submit]")
             await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
@@ -135,6 +183,7 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
             await page.click("#journal-form button[type=submit]")
             await page.wait_for_selector("#error:not([hidden])")
             assert "0 to 10" in await page.text_content("#error")
+            await axe_scan(page, "journal")
             await page.click("#lock")
             await page.wait_for_selector("#unlock:not([hidden])")
             assert await entries(page) == ""
@@ -143,6 +192,7 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
             # reload: the keys are only in IndexedDB under the passphrase; a wrong one opens nothing
             await page.goto(url)
             await page.wait_for_selector("#unlock:not([hidden])")
+            await axe_scan(page, "unlock")
             await page.fill("#unlock-pass", "not the passphrase at all")
             await page.click("#unlock-form button[type=submit]")
             await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
@@ -207,6 +257,7 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
             link = await page.text_content("#link-code")
             assert link.startswith("rxfed-link:")
             await page.screenshot(path=ARTEFACTS / "link-phone.png", full_page=True)
+            await axe_scan(page, "link")
 
             # finishing before a device enrolled the browser says so, and adopts nothing
             await page.fill("#link-confirm", "AAAA-AAAA-AAAA-AAAA")
@@ -239,6 +290,7 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
             await unlock_by_keyboard(page, url)
             assert MARKER in await entries(page) and "written before the browser" in await entries(page)
             await page.screenshot(path=ARTEFACTS / "linked-journal-phone.png", full_page=True)
+            await axe_scan(page, "journal at phone width")
             assert watched.problems == []
             assert await watched.csp() == []
         finally:
