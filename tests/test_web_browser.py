@@ -303,3 +303,59 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
     for path in node.data_dir.rglob("*"):
         if path.is_file():
             assert MARKER.encode() not in path.read_bytes(), path
+
+
+async def test_the_page_refuses_what_the_node_swapped_and_a_revoked_browser_is_told(node, tmp_path):
+    async_playwright = _browser_or_skip()
+    url = node.url + "/"
+    store = node.app_store()
+    rows = lambda: store._read(lambda c: c.execute("SELECT id, blob FROM records ORDER BY id").fetchall())  # noqa: E731
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context()
+            await context.add_init_script(WATCH_CSP)
+            page = await context.new_page()
+            watched = Watched(page)
+            await page.goto(url)
+            await page.wait_for_selector("body[data-state=ready]")
+            await page.fill("#reg-pass", PASSPHRASE)
+            await page.fill("#reg-pass2", PASSPHRASE)
+            await page.click("#register-form button[type=submit]")
+            await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
+            code = (await page.text_content("#recovery-code")).strip()
+            await page.check("#recovery-kept")
+            await page.click("#recovery-form button[type=submit]")
+            await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+            for i, note in enumerate(("first entry", "second entry"), 1):
+                await page.fill("#j-note", note)
+                await page.click("#journal-form button[type=submit]")
+                await page.wait_for_selector(f"body[data-saved='{i}']")
+
+            # the node swaps the two sealed records: the signed manifest no longer matches
+            (a, blob_a), (b, blob_b) = await rows()
+            swap = "UPDATE records SET blob=? WHERE id=?"
+            await store._write(lambda c: (c.execute(swap, (blob_b, a)), c.execute(swap, (blob_a, b))))
+            await page.goto(url)
+            await page.wait_for_selector("#unlock:not([hidden])")
+            await page.fill("#unlock-pass", PASSPHRASE)
+            await page.click("#unlock-form button[type=submit]")
+            await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "signed manifest" in await page.text_content("#error")
+            assert await page.get_attribute("body", "data-state") != "unlocked" and await entries(page) == ""
+            await store._write(lambda c: (c.execute(swap, (blob_a, a)), c.execute(swap, (blob_b, b))))
+
+            # a recovery that keeps no other device revokes the browser: it is told so
+            await cli("patient", "recover", "--node", node.url, "--profile", str(tmp_path / "cli"), "--kdf", "min",
+                      code=code)
+            await page.goto(url)
+            await page.wait_for_selector("#unlock:not([hidden])")
+            await page.fill("#unlock-pass", PASSPHRASE)
+            await page.click("#unlock-form button[type=submit]")
+            await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "removed from your account" in await page.text_content("#error")
+            # Chromium logs the node's 401 (revoked device) itself; nothing else went wrong
+            assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
+            assert await watched.csp() == []
+        finally:
+            await browser.close()
