@@ -11,6 +11,10 @@
 2. rxfed/web/web-manifest.json: the SHA-384 and size of every file the node serves,
    index.html included. The node serves exactly the files listed there, at /web/PATH and
    the page at /, and publishes the manifest at /web-manifest.json.
+3. PATH.gz beside every served file of at least 4 KiB: gzip at level 9 with no time stamp
+   (so the same file always gives the same bytes), which the node sends to browsers that
+   accept gzip (aiohttp's FileResponse picks such a sibling); SRI and the manifest hash the
+   file itself, which is what the browser checks after decoding.
 
 tests/test_web.py fails when either is stale.
 """
@@ -18,6 +22,7 @@ tests/test_web.py fails when either is stale.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import re
@@ -31,6 +36,8 @@ ENTRY = "js/app.mjs"
 STYLE = "app.css"
 #: Files kept beside the client that the node does not serve.
 NOT_SERVED = {MANIFEST, "vendor/libsodium.json"}
+#: Files at least this large get a precompressed .gz sibling.
+GZIP_FROM = 4096
 ASSETS = re.compile(r"(<!-- assets:[^\n]*-->\n)(.*?)(<!-- /assets -->)", re.S)
 
 
@@ -40,7 +47,22 @@ def sri(data: bytes) -> str:
 
 def files(web: Path = WEB) -> list[str]:
     return sorted(p.relative_to(web).as_posix() for p in web.rglob("*")
-                  if p.is_file() and not p.name.startswith(".") and p.relative_to(web).as_posix() not in NOT_SERVED)
+                  if p.is_file() and not p.name.startswith(".") and p.suffix != ".gz"
+                  and p.relative_to(web).as_posix() not in NOT_SERVED)
+
+
+def gzipped(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def compressed(web: Path, html: str) -> dict[str, bytes]:
+    """PATH.gz -> its bytes, for every served file of at least GZIP_FROM bytes."""
+    out = {}
+    for name in files(web):
+        data = html.encode() if name == "index.html" else (web / name).read_bytes()
+        if len(data) >= GZIP_FROM:
+            out[name + ".gz"] = gzipped(data)
+    return out
 
 
 def render(web: Path = WEB) -> tuple[str, str]:
@@ -73,7 +95,13 @@ def main() -> None:
     html, manifest = render()
     (WEB / "index.html").write_text(html)
     (WEB / MANIFEST).write_text(manifest)
-    print(f"wrote rxfed/web/index.html and rxfed/web/{MANIFEST}")
+    wanted = compressed(WEB, html)
+    for stale in WEB.rglob("*.gz"):
+        if stale.relative_to(WEB).as_posix() not in wanted:
+            stale.unlink()
+    for name, data in wanted.items():
+        (WEB / name).write_bytes(data)
+    print(f"wrote rxfed/web/index.html, rxfed/web/{MANIFEST} and {len(wanted)} .gz files")
 
 
 if __name__ == "__main__":

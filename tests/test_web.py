@@ -53,6 +53,16 @@ def test_manifest_and_integrity_are_current():
         assert sri((WEB / name).read_bytes()) == entry["integrity"], name
 
 
+def test_precompressed_copies_are_current():
+    html, _ = manifest_script.render()
+    wanted = manifest_script.compressed(WEB, html)
+    present = {p.relative_to(WEB).as_posix() for p in WEB.rglob("*.gz")}
+    assert present == set(wanted), "run python3 scripts/web-manifest.py"
+    for name, data in wanted.items():
+        assert (WEB / name).read_bytes() == data, f"{name} is stale: run python3 scripts/web-manifest.py"
+    assert "vendor/libsodium-sumo.mjs.gz" in wanted
+
+
 def test_a_changed_file_makes_the_manifest_stale(tmp_path):
     copy = tmp_path / "web"
     shutil.copytree(WEB, copy)
@@ -141,9 +151,17 @@ async def test_node_serves_the_client_under_strict_headers(node):
             assert headers["Content-Type"].startswith("text/javascript")
     status, body, headers = await raw_request(node.url, "GET", "/web-manifest.json")
     assert status == 200 and json.loads(body) == manifest
+    # a browser that accepts gzip gets the precompressed copy of a large file, same bytes decoded
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.url + "/web/vendor/libsodium-sumo.mjs", headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers.get("Content-Encoding") == "gzip"
+            assert resp.headers["Content-Security-Policy"] == node_web.CSP
+            assert resp.headers["Content-Type"].startswith("text/javascript")
+            assert sri(await resp.read()) == manifest["files"]["vendor/libsodium-sumo.mjs"]["integrity"]
 
 
 @pytest.mark.parametrize("path", ["/web/nothing.mjs", "/web/../pyproject.toml", "/web/%2e%2e/node/web.py",
+                                  "/web/vendor/libsodium-sumo.mjs.gz",
                                   "/web/vendor/libsodium.json", "/web/web-manifest.json", "/web/"])
 async def test_node_serves_nothing_outside_the_manifest(node, path):
     status, body, _ = await raw_request(node.url, "GET", path)

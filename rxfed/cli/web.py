@@ -64,9 +64,12 @@ async def compare(url: str, released: dict) -> dict:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from rxfed.node.web import MANIFEST, WEB_DIR
+    from pathlib import Path
 
-    released = json.loads((WEB_DIR / MANIFEST).read_text())
+    import rxfed
+
+    # the installed release's manifest (read here, not through rxfed.node: no aiohttp import)
+    released = json.loads((Path(rxfed.__file__).parent / "web" / "web-manifest.json").read_text())
     result = run_async(compare(args.node, released))
 
     def lines() -> list[str]:

@@ -208,7 +208,7 @@ export class Patient {
     const keyfile = timed("argon2_ms", () => sealKeyfile(identityBytes(id), passphrase, pwhashCost(KDF)));
     // The key file is stored first: a registered device must never lack its keys.
     const pins = { ...store.EMPTY_PINS, epoch: 1, identity_hash: b64e(p.statementHash(identity)), devices: { [deviceId]: "registered" } };
-    await store.putAll({ keyfile, state: pins, patient });
+    await store.putAll({ keyfile, state: pins });
     try {
       await node.call("POST", "/v1/patients", body, device);
     } catch (exc) {
