@@ -217,6 +217,9 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
             await unlock_by_keyboard(page, url)
             listed = await entries(page)
             assert "written with the CLI" in listed and "pain 2/10" in listed and MARKER in listed
+            devices = await page.text_content("#devices")
+            assert "This browser" in devices and "made when you registered" in devices
+            assert "added with the recovery code" in devices and "does not verify" not in devices
             await page.set_viewport_size({"width": 390, "height": 844})
             await page.screenshot(path=ARTEFACTS / "journal-phone.png", full_page=True)
             assert await page.evaluate("document.documentElement.scrollWidth") <= 390
@@ -281,6 +284,11 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
             await page.click("#confirm-form button[type=submit]")
             await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
             assert "written before the browser" in await entries(page)
+            listed = (await cli("patient", "devices", "list", "--profile", str(profile)))["devices"]
+            cli_device = next(d["device"] for d in listed if d["current"])
+            devices = await page.text_content("#devices")
+            assert f"This browser ({added['device'][:8]}), added by device {cli_device[:8]}" in devices
+            assert "does not verify" not in devices
             await page.fill("#j-note", f"{MARKER} written in the linked browser")
             await page.fill("#j-feeling", "8")
             await page.click("#journal-form button[type=submit]")

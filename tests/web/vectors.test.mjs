@@ -153,3 +153,30 @@ test("client: link code and confirmation code", () => {
   assert.equal(p.deviceId(device.public), v.device);
   assert.equal(p.confirmationCode(p.statementHash(v.identity), v.device), v.confirmation);
 });
+
+test("devices: certificates checked back through their enrollers (sdk.checked_devices)", () => {
+  const v = vectors("vault.json");
+  const root = new so.SigningKeyPair(b64d(v.root_seed));
+  const chain = p.verifyIdentityChain(root.public, v.identity_chain).slice(0, 1);
+  const secrets = p.EpochSecrets.fromBytes(utf8(v.secrets.bytes), loads);
+  const first = new so.SigningKeyPair(b64d(v.device_cert.sign_seed));
+  const firstId = p.deviceId(first.public);
+  const enrol = (enroller, enrolledBy) => {
+    const device = so.SigningKeyPair.generate(), box = so.BoxKeyPair.generate();
+    return p.deviceCert(secrets.signing, enroller, { patient: v.patient, epoch: 1, signKey: device.public, boxKey: box.public,
+      deviceProof: p.deviceKeyProof(device, box.public), enrolledBy, now: 1 });
+  };
+  const linked = enrol(first, firstId); // enrolled by the first device
+  const orphan = enrol(so.SigningKeyPair.generate(), "e".repeat(32)); // by a device nobody lists
+  const forged = enrol(so.SigningKeyPair.generate(), "registration"); // "registration" without the root key
+  const listing = [v.device_cert.cert, linked, orphan, forged].map((cert) => ({
+    device: p.deviceId(b64d(cert.body.sign_key)), cert, revoked: null,
+  }));
+  listing[1].revoked = 5;
+  const good = p.checkedDevices(chain, listing);
+  assert.deepEqual([...good.keys()].sort(), [firstId, listing[1].device].sort());
+  assert.equal(good.get(firstId).active, true);
+  assert.equal(good.get(listing[1].device).active, false); // the node's flag takes it out
+  // a listing that names another device id for a certificate counts for nothing
+  assert.equal(p.checkedDevices(chain, [{ ...listing[0], device: "f".repeat(32) }]).size, 0);
+});

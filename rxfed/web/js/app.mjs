@@ -91,9 +91,29 @@ function render(records) {
   $("empty").hidden = journal.length > 0;
 }
 
+function day(unix) {
+  return new Date(unix * 1000).toISOString().slice(0, 10);
+}
+
+function renderDevices() {
+  const short = (id) => id.slice(0, 8);
+  $("devices").replaceChildren(...patient.devices().map((d) => {
+    const li = document.createElement("li");
+    const by = d.enrolledBy === null ? "" : d.enrolledBy === "registration" ? ", made when you registered"
+      : d.enrolledBy === "recovery" ? ", added with the recovery code"
+      : d.enrolledBy === patient.device ? ", added by this browser" : `, added by device ${short(d.enrolledBy)}`;
+    li.textContent = `${d.current ? "This browser" : `Device ${short(d.device)}`} (${short(d.device)})${by}, since ${day(d.created)}`
+      + (d.revoked ? `, removed ${day(d.revoked)}` : "") + (d.verified ? "" : " — its certificate does not verify: treat it as unknown");
+    if (!d.verified) li.className = "error";
+    li.dataset.device = d.device;
+    return li;
+  }));
+}
+
 async function opened(p) {
   patient = p;
   render(await patient.load());
+  renderDevices();
   show("journal");
   status("Unlocked.");
   performance.mark("rxfed-unlocked");
@@ -197,6 +217,7 @@ $("journal-form").addEventListener("submit", (ev) => {
 $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
   $("entries").replaceChildren();
+  $("devices").replaceChildren();
   document.body.dataset.state = "locked";
   show("unlock");
   status("Locked.");

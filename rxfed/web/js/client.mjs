@@ -263,6 +263,21 @@ export class Patient {
     return records;
   }
 
+  /** The devices the node lists, each checked by its certificate (not the node's word),
+   * with what this browser knows of it (sdk.devices). `verified`: the certificate verifies
+   * and the node's "revoked" agrees with the epoch it names. */
+  devices() {
+    const { chain, account } = this.state;
+    const good = p.checkedDevices(chain, account.devices);
+    return (account.devices || []).map((d) => {
+      const cert = good.get(d.device);
+      return {
+        device: d.device, created: d.created, revoked: d.revoked, current: d.device === this.device,
+        enrolledBy: cert ? cert.cert.enrolled_by : null, verified: (cert !== undefined && cert.active) === (d.revoked == null),
+      };
+    });
+  }
+
   /** Seal a new journal entry and commit it with the next signed manifest. */
   async addJournal(entry) {
     const data = journal(entry);

@@ -141,33 +141,92 @@ export function deviceCert(signer, enroller, { patient, epoch, signKey, boxKey, 
   });
 }
 
-/** Check a device certificate against the chain: the epoch's signing key, the device's own
- * proof and (for registration and recovery) the enroller's proof. */
-export function verifyDeviceCert(obj, chain) {
+/** A device certificate checked against the chain: signed by the signing key of the epoch
+ * it names, for this patient, with the device's own proof of its keys (pv.DeviceCert.from_json).
+ * The enroller's proof is for checkEnroller. */
+export function parseDeviceCert(obj, chain) {
   const body = obj && obj.body;
   if (!body || !Number.isInteger(body.epoch) || body.epoch < 1 || body.epoch > chain.length) {
     throw new IntegrityError("a device certificate names an unknown epoch");
   }
   openStatement(obj, "rxfed.device-cert", chain[body.epoch - 1].signingKey, "device certificate");
-  const signKey = b64d(body.sign_key, 32), boxKey = b64d(body.box_key, 32);
+  let signKey, boxKey, deviceProof, enrollerProof;
   try {
-    verifySignature(signKey, concat(utf8("rxfed-device-key|"), signKey, boxKey), b64d(body.proof.device, 64));
+    signKey = b64d(body.sign_key, 32);
+    boxKey = b64d(body.box_key, 32);
+    deviceProof = b64d(body.proof.device, 64);
+    enrollerProof = b64d(body.proof.enroller, 64);
+  } catch {
+    throw new IntegrityError("a device certificate is malformed");
+  }
+  if (body.patient !== chain[0].patient || !Number.isInteger(body.enrolled_epoch) || body.enrolled_epoch < 1
+      || body.enrolled_epoch > body.epoch) {
+    throw new IntegrityError("a device certificate is not this patient's");
+  }
+  try {
+    verifySignature(signKey, concat(utf8("rxfed-device-key|"), signKey, boxKey), deviceProof);
   } catch {
     throw new IntegrityError("a device's own proof of its keys does not verify", "bad_device_proof");
   }
-  if (body.patient !== chain[0].patient || body.enrolled_epoch > body.epoch) throw new IntegrityError("a device certificate is not this patient's");
-  let enroller = null;
-  if (body.enrolled_by === "registration" && body.enrolled_epoch === 1) enroller = chain[0].masterKey;
-  else if (body.enrolled_by === "recovery") enroller = chain[body.enrolled_epoch - 1].recoveryAuth;
-  if (enroller !== null) {
+  return { ...body, signKey, boxKey, enrollerProof, device: deviceId(signKey) };
+}
+
+/** Throw unless the enroller's proof verifies: the root key for registration, the recovery
+ * key of the enrolment's epoch for recovery, or the enrolling device's signing key
+ * (`deviceKeys`: device id -> signing key). */
+export function checkEnroller(cert, chain, deviceKeys = new Map()) {
+  let key = null;
+  if (cert.enrolled_by === "registration") key = cert.enrolled_epoch === 1 ? chain[0].masterKey : null;
+  else if (cert.enrolled_by === "recovery") key = chain[cert.enrolled_epoch - 1].recoveryAuth;
+  else key = deviceKeys.get(cert.enrolled_by) ?? null;
+  try {
+    if (key === null) throw new Error("unknown enroller");
+    verifySignature(key, enrolmentBytes(cert.patient, cert.signKey, cert.boxKey, cert.enrolled_by, cert.enrolled_epoch),
+      cert.enrollerProof);
+  } catch {
+    throw new IntegrityError("the enroller's proof does not verify", "bad_enroller_proof");
+  }
+}
+
+/** A certificate enrolled by registration or recovery, fully checked. */
+export function verifyDeviceCert(obj, chain) {
+  const cert = parseDeviceCert(obj, chain);
+  checkEnroller(cert, chain);
+  return cert;
+}
+
+/** Every device the node lists whose certificate verifies by itself and through its
+ * enrollers back to registration or recovery, with whether it is active (certified at the
+ * current epoch and not marked revoked: the node's flag can only take a device out), as
+ * sdk.checked_devices. */
+export function checkedDevices(chain, listing) {
+  const certs = new Map();
+  for (const d of listing || []) {
     try {
-      verifySignature(enroller, enrolmentBytes(body.patient, signKey, boxKey, body.enrolled_by, body.enrolled_epoch),
-        b64d(body.proof.enroller, 64));
+      const cert = parseDeviceCert(d.cert, chain);
+      if (cert.device === d.device) certs.set(cert.device, { cert, revoked: d.revoked });
     } catch {
-      throw new IntegrityError("the enroller's proof does not verify", "bad_enroller_proof");
+      // left out: a certificate that does not verify is not a device of this patient
     }
   }
-  return { ...body, signKey, boxKey, device: deviceId(signKey) };
+  const keys = new Map([...certs].map(([device, { cert }]) => [device, cert.signKey]));
+  const good = new Map();
+  for (const [device, { cert, revoked }] of certs) {
+    try {
+      const seen = new Set();
+      for (let current = cert; ;) {
+        checkEnroller(current, chain, keys);
+        if (current.enrolled_by === "registration" || current.enrolled_by === "recovery") break;
+        if (seen.has(current.enrolled_by) || !certs.has(current.enrolled_by)) throw new Error("lineage");
+        seen.add(current.enrolled_by);
+        current = certs.get(current.enrolled_by).cert;
+      }
+    } catch {
+      continue;
+    }
+    good.set(device, { cert, active: cert.epoch === chain.length && revoked == null });
+  }
+  return good;
 }
 
 // -- linking a device from an active one (§1) ------------------------------------------------------
