@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -121,6 +122,25 @@ class Watched:
         return await self.page.evaluate("window.__csp || []")
 
 
+@contextlib.asynccontextmanager
+async def opened_page(url: str, viewport: dict | None = None):
+    """A fresh browser profile with the client loaded and ready: (page, watched)."""
+    async_playwright = _browser_or_skip()
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 900})
+            await context.add_init_script(WATCH_CSP)
+            page = await context.new_page()
+            watched = Watched(page)
+            await page.goto(url)
+            await page.wait_for_selector("body[data-state=ready]")
+            yield page, watched
+        finally:
+            await browser.close()
+
+
 async def unlock_by_keyboard(page, url: str) -> None:
     await page.goto(url)
     await page.wait_for_selector("#unlock:not([hidden])")
@@ -132,102 +152,99 @@ async def unlock_by_keyboard(page, url: str) -> None:
     await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
 
 
+async def unlock_expecting_error(page, url: str) -> str:
+    """Reload, unlock with the right passphrase, and return the error the page shows."""
+    await page.goto(url)
+    await page.wait_for_selector("#unlock:not([hidden])")
+    await page.fill("#unlock-pass", PASSPHRASE)
+    await page.click("#unlock-form button[type=submit]")
+    await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    return await page.text_content("#error")
+
+
 async def entries(page) -> str:
     return await page.text_content("#entries")
 
 
 async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path):
-    async_playwright = _browser_or_skip()
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
     url = node.url + "/"
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
-            await context.add_init_script(WATCH_CSP)
-            page = await context.new_page()
-            watched = Watched(page)
+    async with opened_page(url) as (page, watched):
+        # register: keys made in the page, the recovery code shown once
+        await axe_scan(page, "welcome")
+        await page.fill("#reg-pass", PASSPHRASE)
+        await page.fill("#reg-pass2", PASSPHRASE + " but different")
+        await page.click("#register-form button[type=submit]")
+        await page.wait_for_selector("#error:not([hidden])")
+        assert "differ" in await page.text_content("#error")
+        await page.fill("#reg-pass2", PASSPHRASE)
+        await page.click("#register-form button[type=submit]")
+        await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
+        code = (await page.text_content("#recovery-code")).strip()
+        assert len(code) == 44
+        await page.screenshot(path=ARTEFACTS / "recovery-code-desktop.png", full_page=True)
+        await axe_scan(page, "recovery code")
+        await page.check("#recovery-kept")
+        await page.click("#recovery-form button[type=submit]")
+        await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+        assert await page.text_content("#recovery-code") == ""
+        assert "recovery code" in await page.text_content("#storage")
 
-            # register: keys made in the page, the recovery code shown once
-            await page.goto(url)
-            await page.wait_for_selector("body[data-state=ready]")
-            await axe_scan(page, "welcome")
-            await page.fill("#reg-pass", PASSPHRASE)
-            await page.fill("#reg-pass2", PASSPHRASE + " but different")
-            await page.click("#register-form button[type=submit]")
-            await page.wait_for_selector("#error:not([hidden])")
-            assert "differ" in await page.text_content("#error")
-            await page.fill("#reg-pass2", PASSPHRASE)
-            await page.click("#register-form button[type=submit]")
-            await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
-            code = (await page.text_content("#recovery-code")).strip()
-            assert len(code) == 44
-            await page.screenshot(path=ARTEFACTS / "recovery-code-desktop.png", full_page=True)
-            await axe_scan(page, "recovery code")
-            await page.check("#recovery-kept")
-            await page.click("#recovery-form button[type=submit]")
-            await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
-            assert await page.text_content("#recovery-code") == ""
-            assert "recovery code" in await page.text_content("#storage")
+        # a journal entry, then one the page refuses (nothing is sent)
+        await page.fill("#j-s1", SYMPTOM)
+        await page.fill("#j-v1", "7")
+        await page.fill("#j-feeling", "4")
+        await page.fill("#j-note", f"{MARKER} written in the browser")
+        await page.click("#journal-form button[type=submit]")
+        await page.wait_for_selector("body[data-saved='1']")
+        assert f"{SYMPTOM} 7/10" in await entries(page) and MARKER in await entries(page)
+        await page.fill("#j-v2", "11")
+        await page.fill("#j-s2", "pain")
+        await page.click("#journal-form button[type=submit]")
+        await page.wait_for_selector("#error:not([hidden])")
+        assert "0 to 10" in await page.text_content("#error")
+        await axe_scan(page, "journal")
+        await page.click("#lock")
+        await page.wait_for_selector("#unlock:not([hidden])")
+        assert await entries(page) == ""
+        timings = await page.evaluate("window.rxfedTimings")
 
-            # a journal entry, then one the page refuses (nothing is sent)
-            await page.fill("#j-s1", SYMPTOM)
-            await page.fill("#j-v1", "7")
-            await page.fill("#j-feeling", "4")
-            await page.fill("#j-note", f"{MARKER} written in the browser")
-            await page.click("#journal-form button[type=submit]")
-            await page.wait_for_selector("body[data-saved='1']")
-            assert f"{SYMPTOM} 7/10" in await entries(page) and MARKER in await entries(page)
-            await page.fill("#j-v2", "11")
-            await page.fill("#j-s2", "pain")
-            await page.click("#journal-form button[type=submit]")
-            await page.wait_for_selector("#error:not([hidden])")
-            assert "0 to 10" in await page.text_content("#error")
-            await axe_scan(page, "journal")
-            await page.click("#lock")
-            await page.wait_for_selector("#unlock:not([hidden])")
-            assert await entries(page) == ""
-            timings = await page.evaluate("window.rxfedTimings")
+        # reload: the keys are only in IndexedDB under the passphrase; a wrong one opens nothing
+        await page.goto(url)
+        await page.wait_for_selector("#unlock:not([hidden])")
+        await axe_scan(page, "unlock")
+        await page.fill("#unlock-pass", "not the passphrase at all")
+        await page.click("#unlock-form button[type=submit]")
+        await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+        assert "does not open" in await page.text_content("#error")
+        await unlock_by_keyboard(page, url)
+        assert MARKER in await entries(page)
+        await page.screenshot(path=ARTEFACTS / "journal-desktop.png", full_page=True)
 
-            # reload: the keys are only in IndexedDB under the passphrase; a wrong one opens nothing
-            await page.goto(url)
-            await page.wait_for_selector("#unlock:not([hidden])")
-            await axe_scan(page, "unlock")
-            await page.fill("#unlock-pass", "not the passphrase at all")
-            await page.click("#unlock-form button[type=submit]")
-            await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
-            assert "does not open" in await page.text_content("#error")
-            await unlock_by_keyboard(page, url)
-            assert MARKER in await entries(page)
-            await page.screenshot(path=ARTEFACTS / "journal-desktop.png", full_page=True)
+        # the CLI reads what the browser wrote (recovering into a profile of its own,
+        # keeping the browser), and writes an entry of its own
+        profile = tmp_path / "cli-profile"
+        await cli("patient", "recover", "--node", node.url, "--profile", str(profile), "--kdf", "min",
+                  "--keep-all", code=code)
+        shown = await cli("patient", "show", "--profile", str(profile))
+        journal = [r for r in shown["records"] if r["kind"] == "journal"]
+        assert [r["data"]["note"] for r in journal] == [f"{MARKER} written in the browser"]
+        assert journal[0]["data"]["symptoms"] == {SYMPTOM: 7} and journal[0]["data"]["feeling"] == 4
+        await cli("patient", "journal", "add", "--profile", str(profile), "--symptom", "pain=2",
+                  "--note", "written with the CLI")
 
-            # the CLI reads what the browser wrote (recovering into a profile of its own,
-            # keeping the browser), and writes an entry of its own
-            profile = tmp_path / "cli-profile"
-            await cli("patient", "recover", "--node", node.url, "--profile", str(profile), "--kdf", "min",
-                      "--keep-all", code=code)
-            shown = await cli("patient", "show", "--profile", str(profile))
-            journal = [r for r in shown["records"] if r["kind"] == "journal"]
-            assert [r["data"]["note"] for r in journal] == [f"{MARKER} written in the browser"]
-            assert journal[0]["data"]["symptoms"] == {SYMPTOM: 7} and journal[0]["data"]["feeling"] == 4
-            await cli("patient", "journal", "add", "--profile", str(profile), "--symptom", "pain=2",
-                      "--note", "written with the CLI")
+        # the browser reads what the CLI wrote, at the identity epoch the recovery began
+        await unlock_by_keyboard(page, url)
+        listed = await entries(page)
+        assert "written with the CLI" in listed and "pain 2/10" in listed and MARKER in listed
+        devices = await page.text_content("#devices")
+        assert "This browser" in devices and "made when you registered" in devices
+        assert "added with the recovery code" in devices and "does not verify" not in devices
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.screenshot(path=ARTEFACTS / "journal-phone.png", full_page=True)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
 
-            # the browser reads what the CLI wrote, at the identity epoch the recovery began
-            await unlock_by_keyboard(page, url)
-            listed = await entries(page)
-            assert "written with the CLI" in listed and "pain 2/10" in listed and MARKER in listed
-            devices = await page.text_content("#devices")
-            assert "This browser" in devices and "made when you registered" in devices
-            assert "added with the recovery code" in devices and "does not verify" not in devices
-            await page.set_viewport_size({"width": 390, "height": 844})
-            await page.screenshot(path=ARTEFACTS / "journal-phone.png", full_page=True)
-            assert await page.evaluate("document.documentElement.scrollWidth") <= 390
-
-            assert watched.problems == []
-            assert await watched.csp() == []
-        finally:
-            await browser.close()
+        assert watched.problems == []
+        assert await watched.csp() == []
 
     # the node holds only ciphertext of what the browser wrote
     for path in node.data_dir.rglob("*"):
@@ -238,71 +255,61 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
 
 
 async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wrote(node, tmp_path):
-    async_playwright = _browser_or_skip()
+    _browser_or_skip()
     profile = tmp_path / "cli-profile"
     await cli("patient", "register", "--node", node.url, "--profile", str(profile), "--kdf", "min")
     await cli("patient", "journal", "add", "--profile", str(profile), "--symptom", "pain=3",
               "--note", "written before the browser")
     url = node.url + "/"
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = await browser.new_context(viewport={"width": 390, "height": 844})
-            await context.add_init_script(WATCH_CSP)
-            page = await context.new_page()
-            watched = Watched(page)
-            await page.goto(url)
-            await page.wait_for_selector("body[data-state=ready]")
-            await page.fill("#link-pass", PASSPHRASE)
-            await page.fill("#link-pass2", PASSPHRASE)
-            await page.click("#link-form button[type=submit]")
-            await page.wait_for_selector("#link:not([hidden])", timeout=30_000)
-            link = await page.text_content("#link-code")
-            assert link.startswith("rxfed-link:")
-            await page.screenshot(path=ARTEFACTS / "link-phone.png", full_page=True)
-            await axe_scan(page, "link")
+    async with opened_page(url, {"width": 390, "height": 844}) as (page, watched):
+        await page.fill("#link-pass", PASSPHRASE)
+        await page.fill("#link-pass2", PASSPHRASE)
+        await page.click("#link-form button[type=submit]")
+        await page.wait_for_selector("#link:not([hidden])", timeout=30_000)
+        link = await page.text_content("#link-code")
+        assert link.startswith("rxfed-link:")
+        await page.screenshot(path=ARTEFACTS / "link-phone.png", full_page=True)
+        await axe_scan(page, "link")
 
-            # finishing before a device enrolled the browser says so, and adopts nothing
-            await page.fill("#link-confirm", "AAAA-AAAA-AAAA-AAAA")
-            await page.click("#confirm-form button[type=submit]")
-            await page.wait_for_selector("#error:not([hidden])")
-            assert "No device has enrolled this browser yet" in await page.text_content("#error")
-            # Chromium logs the node's 401 (unknown key) itself; that one is expected
-            assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
-            watched.problems.clear()
+        # finishing before a device enrolled the browser says so, and adopts nothing
+        await page.fill("#link-confirm", "AAAA-AAAA-AAAA-AAAA")
+        await page.click("#confirm-form button[type=submit]")
+        await page.wait_for_selector("#error:not([hidden])")
+        assert "No device has enrolled this browser yet" in await page.text_content("#error")
+        # Chromium logs the node's 401 (unknown key) itself; that one is expected
+        assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
+        watched.problems.clear()
 
-            added = await cli("patient", "devices", "add", link, "--profile", str(profile))
-            confirmation = added["confirmation"]
-            wrong = ("B" if confirmation[0] == "A" else "A") + confirmation[1:]
-            await page.fill("#link-confirm", wrong)
-            await page.click("#confirm-form button[type=submit]")
-            await page.wait_for_selector("#error:has-text('does not match')")
-            assert await page.get_attribute("body", "data-state") == "linking"
+        added = await cli("patient", "devices", "add", link, "--profile", str(profile))
+        confirmation = added["confirmation"]
+        wrong = ("B" if confirmation[0] == "A" else "A") + confirmation[1:]
+        await page.fill("#link-confirm", wrong)
+        await page.click("#confirm-form button[type=submit]")
+        await page.wait_for_selector("#error:has-text('does not match')")
+        assert await page.get_attribute("body", "data-state") == "linking"
 
-            # the right code: the browser adopts the account and reads what the CLI wrote
-            await page.fill("#link-confirm", confirmation.lower())
-            await page.click("#confirm-form button[type=submit]")
-            await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
-            assert "written before the browser" in await entries(page)
-            listed = (await cli("patient", "devices", "list", "--profile", str(profile)))["devices"]
-            cli_device = next(d["device"] for d in listed if d["current"])
-            devices = await page.text_content("#devices")
-            assert f"This browser ({added['device'][:8]}), added by device {cli_device[:8]}" in devices
-            assert "does not verify" not in devices
-            await page.fill("#j-note", f"{MARKER} written in the linked browser")
-            await page.fill("#j-feeling", "8")
-            await page.click("#journal-form button[type=submit]")
-            await page.wait_for_selector("body[data-saved='1']")
+        # the right code: the browser adopts the account and reads what the CLI wrote
+        await page.fill("#link-confirm", confirmation.lower())
+        await page.click("#confirm-form button[type=submit]")
+        await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+        assert "written before the browser" in await entries(page)
+        listed = (await cli("patient", "devices", "list", "--profile", str(profile)))["devices"]
+        cli_device = next(d["device"] for d in listed if d["current"])
+        devices = await page.text_content("#devices")
+        assert f"This browser ({added['device'][:8]}), added by device {cli_device[:8]}" in devices
+        assert "does not verify" not in devices
+        await page.fill("#j-note", f"{MARKER} written in the linked browser")
+        await page.fill("#j-feeling", "8")
+        await page.click("#journal-form button[type=submit]")
+        await page.wait_for_selector("body[data-saved='1']")
 
-            # linked for good: a reload asks for the passphrase and opens the journal
-            await unlock_by_keyboard(page, url)
-            assert MARKER in await entries(page) and "written before the browser" in await entries(page)
-            await page.screenshot(path=ARTEFACTS / "linked-journal-phone.png", full_page=True)
-            await axe_scan(page, "journal at phone width")
-            assert watched.problems == []
-            assert await watched.csp() == []
-        finally:
-            await browser.close()
+        # linked for good: a reload asks for the passphrase and opens the journal
+        await unlock_by_keyboard(page, url)
+        assert MARKER in await entries(page) and "written before the browser" in await entries(page)
+        await page.screenshot(path=ARTEFACTS / "linked-journal-phone.png", full_page=True)
+        await axe_scan(page, "journal at phone width")
+        assert watched.problems == []
+        assert await watched.csp() == []
 
     notes = {r["data"].get("note") for r in (await cli("patient", "show", "--profile", str(profile)))["records"]}
     assert {f"{MARKER} written in the linked browser", "written before the browser"} <= notes
@@ -314,56 +321,35 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
 
 
 async def test_the_page_refuses_what_the_node_swapped_and_a_revoked_browser_is_told(node, tmp_path):
-    async_playwright = _browser_or_skip()
     url = node.url + "/"
     store = node.app_store()
     rows = lambda: store._read(lambda c: c.execute("SELECT id, blob FROM records ORDER BY id").fetchall())  # noqa: E731
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = await browser.new_context()
-            await context.add_init_script(WATCH_CSP)
-            page = await context.new_page()
-            watched = Watched(page)
-            await page.goto(url)
-            await page.wait_for_selector("body[data-state=ready]")
-            await page.fill("#reg-pass", PASSPHRASE)
-            await page.fill("#reg-pass2", PASSPHRASE)
-            await page.click("#register-form button[type=submit]")
-            await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
-            code = (await page.text_content("#recovery-code")).strip()
-            await page.check("#recovery-kept")
-            await page.click("#recovery-form button[type=submit]")
-            await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
-            for i, note in enumerate(("first entry", "second entry"), 1):
-                await page.fill("#j-note", note)
-                await page.click("#journal-form button[type=submit]")
-                await page.wait_for_selector(f"body[data-saved='{i}']")
+    async with opened_page(url) as (page, watched):
+        await page.fill("#reg-pass", PASSPHRASE)
+        await page.fill("#reg-pass2", PASSPHRASE)
+        await page.click("#register-form button[type=submit]")
+        await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
+        code = (await page.text_content("#recovery-code")).strip()
+        await page.check("#recovery-kept")
+        await page.click("#recovery-form button[type=submit]")
+        await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+        for i, note in enumerate(("first entry", "second entry"), 1):
+            await page.fill("#j-note", note)
+            await page.click("#journal-form button[type=submit]")
+            await page.wait_for_selector(f"body[data-saved='{i}']")
 
-            # the node swaps the two sealed records: the signed manifest no longer matches
-            (a, blob_a), (b, blob_b) = await rows()
-            swap = "UPDATE records SET blob=? WHERE id=?"
-            await store._write(lambda c: (c.execute(swap, (blob_b, a)), c.execute(swap, (blob_a, b))))
-            await page.goto(url)
-            await page.wait_for_selector("#unlock:not([hidden])")
-            await page.fill("#unlock-pass", PASSPHRASE)
-            await page.click("#unlock-form button[type=submit]")
-            await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
-            assert "signed manifest" in await page.text_content("#error")
-            assert await page.get_attribute("body", "data-state") != "unlocked" and await entries(page) == ""
-            await store._write(lambda c: (c.execute(swap, (blob_a, a)), c.execute(swap, (blob_b, b))))
+        # the node swaps the two sealed records: the signed manifest no longer matches
+        (a, blob_a), (b, blob_b) = await rows()
+        swap = "UPDATE records SET blob=? WHERE id=?"
+        await store._write(lambda c: (c.execute(swap, (blob_b, a)), c.execute(swap, (blob_a, b))))
+        assert "signed manifest" in await unlock_expecting_error(page, url)
+        assert await page.get_attribute("body", "data-state") != "unlocked" and await entries(page) == ""
+        await store._write(lambda c: (c.execute(swap, (blob_a, a)), c.execute(swap, (blob_b, b))))
 
-            # a recovery that keeps no other device revokes the browser: it is told so
-            await cli("patient", "recover", "--node", node.url, "--profile", str(tmp_path / "cli"), "--kdf", "min",
-                      code=code)
-            await page.goto(url)
-            await page.wait_for_selector("#unlock:not([hidden])")
-            await page.fill("#unlock-pass", PASSPHRASE)
-            await page.click("#unlock-form button[type=submit]")
-            await page.wait_for_selector("#error:not([hidden])", timeout=30_000)
-            assert "removed from your account" in await page.text_content("#error")
-            # Chromium logs the node's 401 (revoked device) itself; nothing else went wrong
-            assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
-            assert await watched.csp() == []
-        finally:
-            await browser.close()
+        # a recovery that keeps no other device revokes the browser: it is told so
+        await cli("patient", "recover", "--node", node.url, "--profile", str(tmp_path / "cli"), "--kdf", "min",
+                  code=code)
+        assert "removed from your account" in await unlock_expecting_error(page, url)
+        # Chromium logs the node's 401 (revoked device) itself; nothing else went wrong
+        assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
+        assert await watched.csp() == []
