@@ -231,11 +231,17 @@ async def test_register_write_reload_unlock_and_the_cli_reads_it(node, tmp_path)
         assert journal[0]["data"]["symptoms"] == {SYMPTOM: 7} and journal[0]["data"]["feeling"] == 4
         await cli("patient", "journal", "add", "--profile", str(profile), "--symptom", "pain=2",
                   "--note", "written with the CLI")
+        await cli("patient", "condition", "add", "--profile", str(profile), "E11.9", "--label", "type 2 diabetes",
+                  "--onset", "2019-03-01")
+        await cli("patient", "treatment", "add", "--profile", str(profile), "metformin", "--dose", "500 mg",
+                  "--efficacy", "7")
 
         # the browser reads what the CLI wrote, at the identity epoch the recovery began
         await unlock_by_keyboard(page, url)
         listed = await entries(page)
         assert "written with the CLI" in listed and "pain 2/10" in listed and MARKER in listed
+        assert "2019-03-01 · Condition · ICD10 E11.9 type 2 diabetes" in listed
+        assert "no date · Treatment · metformin; 500 mg; efficacy 7/10" in listed
         devices = await page.text_content("#devices")
         assert "This browser" in devices and "made when you registered" in devices
         assert "added with the recovery code" in devices and "does not verify" not in devices

@@ -434,7 +434,25 @@ def client_vectors() -> dict:
     identity = pv.IdentityStatement.issue(root, patient=patient, epoch=1, previous=None, master_key=root.public,
                                           signing_key=signing.public, recovery_auth=recovery.public,
                                           recovery_box=BoxKeyPair.from_secret(bytes([29]) * 32).public, now=CREATED)
+    shown = [
+        rec.Record("1" * 32, 1, "condition", "2026-01-01T00:00:00.000000Z",
+                   rec.condition("E11.9", label="type 2 diabetes", onset="2019-03-01")),
+        rec.Record("2" * 32, 1, "condition", "2026-01-01T00:00:00.000000Z",
+                   {"system": None, "code": None, "label": "Chronic pain", "onset": None}),
+        rec.Record("3" * 32, 1, "treatment", "2026-01-01T00:00:00.000000Z",
+                   rec.treatment("metformin", dose="500 mg", efficacy=7, side_effects=["nausea", "bloating"],
+                                 stopped="2024-02-01")),
+        rec.Record("4" * 32, 1, "observation", "2026-01-01T00:00:00.000000Z",
+                   {"code": {"display": "Body Mass Index"}, "value": 19.124306358791486, "unit": "kg/m2",
+                    "date": "2020-05-05"}),
+        rec.Record("5" * 32, 1, "observation", "2026-01-01T00:00:00.000000Z",
+                   {"code": {"display": "Blood pressure"}, "value": None, "date": "2020-05-06", "components": [
+                       {"code": {"code": "8480-6"}, "value": 120, "unit": "mm[Hg]"},
+                       {"code": {"code": "8462-4"}, "value": 80, "unit": "mm[Hg]"}]}),
+        rec.Record("6" * 32, 1, "profile", "2026-01-01T00:00:00.000000Z", {}),
+    ]
     return {
+        "summaries": [{"record": r.to_json(), "summary": rec.summary(r), "date": rec.clinical_date(r)} for r in shown],
         "link": {"device_seed": b64e(device.seed), "box_secret": b64e(box.secret),
                  "link_code": link_code(device, box.public), "identity": identity.signed,
                  "device": pv.device_id(device.public),

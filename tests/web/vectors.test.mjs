@@ -180,3 +180,16 @@ test("devices: certificates checked back through their enrollers (sdk.checked_de
   // a listing that names another device id for a certificate counts for nothing
   assert.equal(p.checkedDevices(chain, [{ ...listing[0], device: "f".repeat(32) }]).size, 0);
 });
+
+test("client: record summaries and clinical dates as records.py gives them", async () => {
+  const { clinicalDate, summary, byClinicalDate } = await import("../../rxfed/web/js/records.mjs");
+  const v = vectors("client.json").summaries;
+  for (const c of v) {
+    assert.equal(summary(c.record), c.summary, c.record.kind);
+    assert.equal(clinicalDate(c.record), c.date, c.record.kind);
+  }
+  const order = byClinicalDate(v.map((c) => c.record)).map((r) => clinicalDate(r));
+  assert.deepEqual(order, ["2024-02-01", "2020-05-06", "2020-05-05", "2019-03-01", null, null]);
+  const journal = vectors("client.json").journal.record;
+  assert.equal(summary(journal), "douleur épaule 3/10 · fatigue 6/10 · feeling 4/10");
+});

@@ -2,6 +2,7 @@
 // client.mjs and below; this module only handles the DOM, writing text nodes only (never markup from data).
 
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
+import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import { ready } from "./sodium.mjs";
 
 const $ = (id) => document.getElementById(id);
@@ -68,27 +69,27 @@ async function storageNotice() {
 
 function entryItem(r) {
   const li = document.createElement("li");
+  li.dataset.kind = r.kind;
   const meta = document.createElement("div");
   meta.className = "meta";
-  const d = r.data;
-  const parts = Object.keys(d.symptoms || {}).sort().map((k) => `${k} ${d.symptoms[k]}/10`);
-  if (d.feeling !== null && d.feeling !== undefined) parts.push(`feeling ${d.feeling}/10`);
-  meta.textContent = [d.date, ...parts].join(" · ");
+  const said = summary(r);
+  const kind = r.kind === "journal" ? [] : [KIND_NAMES[r.kind] || r.kind];
+  meta.textContent = [clinicalDate(r) || "no date", ...kind, ...(said ? [said] : [])].join(" · ");
   li.append(meta);
-  if (d.note) {
+  if (r.kind === "journal" && r.data.note) {
     const note = document.createElement("div");
     note.className = "note";
-    note.textContent = d.note;
+    note.textContent = r.data.note;
     li.append(note);
   }
   return li;
 }
 
 function render(records) {
-  const journal = records.filter((r) => r.kind === "journal")
-    .sort((a, b) => (a.data.date === b.data.date ? (a.created < b.created ? 1 : -1) : a.data.date < b.data.date ? 1 : -1));
-  $("entries").replaceChildren(...journal.map(entryItem));
-  $("empty").hidden = journal.length > 0;
+  // every record but the community memberships (their keys), as `rxfed patient show`
+  const shown = byClinicalDate(records.filter((r) => r.kind !== "community"));
+  $("entries").replaceChildren(...shown.map(entryItem));
+  $("empty").hidden = shown.length > 0;
 }
 
 function day(unix) {
@@ -102,7 +103,7 @@ function renderDevices() {
     const by = d.enrolledBy === null ? "" : d.enrolledBy === "registration" ? ", made when you registered"
       : d.enrolledBy === "recovery" ? ", added with the recovery code"
       : d.enrolledBy === patient.device ? ", added by this browser" : `, added by device ${short(d.enrolledBy)}`;
-    li.textContent = `${d.current ? "This browser" : `Device ${short(d.device)}`} (${short(d.device)})${by}, since ${day(d.created)}`
+    li.textContent = `${d.current ? `This browser (${short(d.device)})` : `Device ${short(d.device)}`}${by}, since ${day(d.created)}`
       + (d.revoked ? `, removed ${day(d.revoked)}` : "") + (d.verified ? "" : " — its certificate does not verify: treat it as unknown");
     if (!d.verified) li.className = "error";
     li.dataset.device = d.device;
