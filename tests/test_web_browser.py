@@ -308,6 +308,25 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
         await page.fill("#j-feeling", "8")
         await page.click("#journal-form button[type=submit]")
         await page.wait_for_selector("body[data-saved='1']")
+        # a treatment from the keyboard (the dates through the date pickers' own input), after
+        # one the page refuses (it stops before it starts)
+        await page.fill("#t-started", "2025-03-01")
+        await page.fill("#t-stopped", "2025-02-01")
+        await page.focus("#t-name")
+        for field, value in (("name", "lamotrigine"), ("dose", "50 mg"), ("efficacy", "6"),
+                             ("effects", "rash, dizziness"), ("adherence", "9")):
+            await page.focus(f"#t-{field}")
+            await page.keyboard.type(value)
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.textContent") == "Save treatment"
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector("#error:has-text('cannot stop before it started')")
+        await page.fill("#t-stopped", "")
+        await page.focus("#treatment-form button[type=submit]")
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector("body[data-saved='2']")
+        assert "2025-03-01 · Treatment · lamotrigine; 50 mg; efficacy 6/10; side effects: rash, dizziness" \
+            in await entries(page)
 
         # linked for good: a reload asks for the passphrase and opens the journal
         await unlock_by_keyboard(page, url)
@@ -317,8 +336,12 @@ async def test_a_cli_patient_links_the_browser_and_each_reads_what_the_other_wro
         assert watched.problems == []
         assert await watched.csp() == []
 
-    notes = {r["data"].get("note") for r in (await cli("patient", "show", "--profile", str(profile)))["records"]}
+    shown = (await cli("patient", "show", "--profile", str(profile)))["records"]
+    notes = {r["data"].get("note") for r in shown}
     assert {f"{MARKER} written in the linked browser", "written before the browser"} <= notes
+    assert [r["data"] for r in shown if r["kind"] == "treatment"] == [
+        {"name": "lamotrigine", "dose": "50 mg", "started": "2025-03-01", "stopped": None, "efficacy": 6,
+         "side_effects": ["rash", "dizziness"], "adherence": 9, "code": None, "status": None, "source": None}]
     devices = (await cli("patient", "devices", "list", "--profile", str(profile)))["devices"]
     assert len(devices) == 2 and all(d["verified"] for d in devices)
     for path in node.data_dir.rglob("*"):

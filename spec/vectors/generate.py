@@ -451,7 +451,10 @@ def client_vectors() -> dict:
                        {"code": {"code": "8462-4"}, "value": 80, "unit": "mm[Hg]"}]}),
         rec.Record("6" * 32, 1, "profile", "2026-01-01T00:00:00.000000Z", {}),
     ]
+    entered = {"dose": "500 mg", "started": "2024-01-01", "stopped": "2024-02-01", "efficacy": "7",
+               "side_effects": ["nausea", " ", "bloating"], "adherence": 9}
     return {
+        "treatment": {"name": " metformin ", "entered": entered, "data": rec.treatment(" metformin ", **entered)},
         "summaries": [{"record": r.to_json(), "summary": rec.summary(r), "date": rec.clinical_date(r)} for r in shown],
         "link": {"device_seed": b64e(device.seed), "box_secret": b64e(box.secret),
                  "link_code": link_code(device, box.public), "identity": identity.signed,

@@ -193,3 +193,15 @@ test("client: record summaries and clinical dates as records.py gives them", asy
   const journal = vectors("client.json").journal.record;
   assert.equal(summary(journal), "douleur épaule 3/10 · fatigue 6/10 · feeling 4/10");
 });
+
+test("client: a treatment's data validated as records.treatment makes it", async () => {
+  const { treatment } = await import("../../rxfed/web/js/client.mjs");
+  const v = vectors("client.json").treatment;
+  const e = v.entered;
+  assert.deepEqual(treatment({ name: v.name, dose: e.dose, started: e.started, stopped: e.stopped, efficacy: e.efficacy,
+    sideEffects: e.side_effects, adherence: String(e.adherence) }), v.data);
+  assert.throws(() => treatment({ name: "x", started: "2024-02-01", stopped: "2024-01-01" }), (x) => x.code === "bad_date");
+  assert.throws(() => treatment({ name: "x", started: "2024-02-30" }), (x) => x.code === "bad_date");
+  assert.throws(() => treatment({ name: " " }), (x) => x.code === "bad_text");
+  assert.throws(() => treatment({ name: "x", efficacy: "11" }), (x) => x.code === "out_of_range");
+});

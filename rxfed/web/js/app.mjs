@@ -215,6 +215,22 @@ $("journal-form").addEventListener("submit", (ev) => {
   });
 });
 
+$("treatment-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  busy(form, "Saving…", async () => {
+    const field = (id) => $(`t-${id}`).value;
+    const record = await patient.addTreatment({
+      name: field("name"), dose: field("dose"), started: field("started"), stopped: field("stopped"),
+      efficacy: field("efficacy"), sideEffects: field("effects").split(","), adherence: field("adherence"),
+    });
+    form.reset();
+    render(patient.state.records);
+    status(`Saved the treatment ${record.data.name}.`);
+    document.body.dataset.saved = String(Number(document.body.dataset.saved || 0) + 1);
+  });
+});
+
 $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
   $("entries").replaceChildren();

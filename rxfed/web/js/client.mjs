@@ -279,12 +279,22 @@ export class Patient {
   }
 
   /** Seal a new journal entry and commit it with the next signed manifest. */
-  async addJournal(entry) {
-    const data = journal(entry);
+  addJournal(entry) {
+    return this.addRecord("journal", journal(entry));
+  }
+
+  /** A treatment tried (records.treatment). */
+  addTreatment(entry) {
+    return this.addRecord("treatment", treatment(entry));
+  }
+
+  /** Seal a new record of `kind` (its data already validated) and commit it with the next
+   * signed manifest; once more after a reload if another device wrote first. */
+  async addRecord(kind, data) {
     for (let attempt = 0; ; attempt++) {
       if (this.state === null) await this.load();
       const t0 = performance.now();
-      const record = { id: hex(randomBytes(16)), version: 1, kind: "journal", created: timestamp(Date.now() + this.node.offset * 1000), data };
+      const record = { id: hex(randomBytes(16)), version: 1, kind, created: timestamp(Date.now() + this.node.offset * 1000), data };
       const { secrets, counter } = this.state;
       const entries = new Map(this.state.entries);
       const blob = p.sealRecord(secrets.keyring, p.recordAd(this.id.patient, record.id, 1), p.recordPlaintext(record));
@@ -335,6 +345,29 @@ function score(value, what) {
   return n;
 }
 
+/** A calendar date as YYYY-MM-DD, or null when empty; a day that does not exist is refused. */
+function isoDate(value, what) {
+  const text = (value ?? "").trim();
+  if (!text) return null;
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
+  const d = m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3])) : null;
+  if (!d || d.getUTCFullYear() !== +m[1] || d.getUTCMonth() !== +m[2] - 1 || d.getUTCDate() !== +m[3]) {
+    throw new Invalid(`${what} must be a date like 2026-01-31.`, "bad_date");
+  }
+  return text;
+}
+
+/** A treatment's data, validated as rxfed/client/records.py treatment() does. */
+export function treatment({ name, dose = null, started = null, stopped = null, efficacy = null, sideEffects = [], adherence = null }) {
+  const clean = text(name, "The treatment's name", 120);
+  if (clean === null) throw new Invalid("A treatment needs a name.", "bad_text");
+  const from = isoDate(started, "The start"), to = isoDate(stopped, "The end");
+  if (from && to && to < from) throw new Invalid("A treatment cannot stop before it started.", "bad_date");
+  const effects = sideEffects.map((e) => text(e, "A side effect", 120)).filter((e) => e !== null);
+  return { name: clean, dose: text(dose, "The dose", 120), started: from, stopped: to, efficacy: score(efficacy, "Efficacy"),
+    side_effects: effects, adherence: score(adherence, "Adherence"), code: null, status: null, source: null };
+}
+
 /** A journal entry's data, validated as rxfed/client/records.py journal() does. */
 export function journal({ symptoms = [], feeling = null, note = null, date = null }) {
   const clean = {};
@@ -348,9 +381,8 @@ export function journal({ symptoms = [], feeling = null, note = null, date = nul
     if (n === null) throw new Invalid(`Symptom “${key}” needs a score from 0 to 10.`, "out_of_range");
     clean[key.toLowerCase()] = n;
   }
-  let day = date && date.trim() ? date.trim() : localDate();
-  if (!/^\d{4}-\d{2}-\d{2}$/.test(day) || Number.isNaN(Date.parse(day))) throw new Invalid("The date must be a date like 2026-01-31.", "bad_date");
-  const entry = { date: day, symptoms: clean, feeling: score(feeling, "Feeling"), note: text(note, "The note", 4000), questionnaires: [] };
+  const entry = { date: isoDate(date, "The date") || localDate(), symptoms: clean, feeling: score(feeling, "Feeling"),
+    note: text(note, "The note", 4000), questionnaires: [] };
   if (!Object.keys(clean).length && entry.feeling === null && entry.note === null) {
     throw new Invalid("A journal entry needs a symptom, a feeling or a note.", "empty_entry");
   }
