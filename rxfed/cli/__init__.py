@@ -185,6 +185,7 @@ COMMANDS = {
     "community": "rxfed.cli.community",
     "plugins": "rxfed.cli.plugins",
     "demo": "rxfed.cli.demo",
+    "web": "rxfed.cli.web",
 }
 HELP = {
     "node": "run and administer a node",
@@ -192,6 +193,7 @@ HELP = {
     "community": "condition communities",
     "plugins": "list installed plugins, or start a new one from the template",
     "demo": "run a three-node federation on loopback and show what nodes store",
+    "web": "check that a node serves the released patient web client",
     "completion": "print a shell completion script: eval \"$(rxfed completion bash)\"",
 }
 #: Other names a command answers to.

@@ -691,6 +691,9 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
+    from rxfed.node import web as web_client
+
+    web_client.install(app)
     app.cleanup_ctx.append(_store_ctx)
     # After the store: the control socket and the metrics listener read it.
     app.cleanup_ctx.append(control.control_ctx)

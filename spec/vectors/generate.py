@@ -414,8 +414,79 @@ def restore_vectors() -> dict:
             "statement": statement.signed}
 
 
+def client_vectors() -> dict:
+    """What the patient's clients (the SDK and the web client) make that the other vectors do
+    not pin: patient and device ids, padding buckets, a journal record's plaintext and its
+    sealed form, a vault manifest, and a device link's link and confirmation codes
+    (spec/crypto.md sections 1, 2 and 5; spec/web.md)."""
+    from rxfed.client import records as rec
+    from rxfed.client.sdk import confirmation_code, link_code, record_ad
+    from rxfed.crypto import BoxKeyPair, sha256
+    from rxfed.crypto.records import VaultKeyring, bucket_size, open_record, seal_record
+    from rxfed.protocol import vault as pv
+
+    root = SigningKeyPair.from_seed(SEED)
+    patient = pv.patient_id(root.public)
+    device = SigningKeyPair.from_seed(bytes([23]) * 32)
+    signing = SigningKeyPair.from_seed(bytes([7]) * 32)
+    keyring = VaultKeyring({1: bytes([9]) * 32, 2: bytes([10]) * 32})
+    data = rec.journal(symptoms={"Fatigue": 6, "douleur \u00e9paule": "3"}, feeling=4,
+                       note="Tired \u2014 \U0001f634 \"quoted\"\n\tand a tab", date="2026-01-02")
+    record = rec.Record("0" * 31 + "1", 1, "journal", "2026-01-02T03:04:05.000006Z", data)
+    plaintext = record.to_plaintext()
+    ad = record_ad(patient, record.id, record.version)
+    sealed = seal_record(keyring, ad, plaintext, random=_fixed_random(b"journal"))
+    assert open_record(keyring, ad, sealed) == plaintext
+    blobs = {record.id: sealed, "f" * 32: b"R1 another blob"}
+    entries = {rid: (1, sha256(blob)) for rid, blob in blobs.items()}
+    signed = pv.Manifest.issue(signing, patient=patient, epoch=2, counter=5, entries=entries, now=CREATED)
+    box = BoxKeyPair.from_secret(bytes([21]) * 32)
+    recovery = SigningKeyPair.from_seed(bytes([27]) * 32)
+    identity = pv.IdentityStatement.issue(root, patient=patient, epoch=1, previous=None, master_key=root.public,
+                                          signing_key=signing.public, recovery_auth=recovery.public,
+                                          recovery_box=BoxKeyPair.from_secret(bytes([29]) * 32).public, now=CREATED)
+    shown = [
+        rec.Record("1" * 32, 1, "condition", "2026-01-01T00:00:00.000000Z",
+                   rec.condition("E11.9", label="type 2 diabetes", onset="2019-03-01")),
+        rec.Record("2" * 32, 1, "condition", "2026-01-01T00:00:00.000000Z",
+                   {"system": None, "code": None, "label": "Chronic pain", "onset": None}),
+        rec.Record("3" * 32, 1, "treatment", "2026-01-01T00:00:00.000000Z",
+                   rec.treatment("metformin", dose="500 mg", efficacy=7, side_effects=["nausea", "bloating"],
+                                 stopped="2024-02-01")),
+        rec.Record("4" * 32, 1, "observation", "2026-01-01T00:00:00.000000Z",
+                   {"code": {"display": "Body Mass Index"}, "value": 19.124306358791486, "unit": "kg/m2",
+                    "date": "2020-05-05"}),
+        rec.Record("5" * 32, 1, "observation", "2026-01-01T00:00:00.000000Z",
+                   {"code": {"display": "Blood pressure"}, "value": None, "date": "2020-05-06", "components": [
+                       {"code": {"code": "8480-6"}, "value": 120, "unit": "mm[Hg]"},
+                       {"code": {"code": "8462-4"}, "value": 80, "unit": "mm[Hg]"}]}),
+        rec.Record("6" * 32, 1, "profile", "2026-01-01T00:00:00.000000Z", {}),
+    ]
+    entered = {"dose": "500 mg", "started": "2024-01-01", "stopped": "2024-02-01", "efficacy": "7",
+               "side_effects": ["nausea", " ", "bloating"], "adherence": 9}
+    return {
+        "treatment": {"name": " metformin ", "entered": entered, "data": rec.treatment(" metformin ", **entered)},
+        "summaries": [{"record": r.to_json(), "summary": rec.summary(r), "date": rec.clinical_date(r)} for r in shown],
+        "link": {"device_seed": b64e(device.seed), "box_secret": b64e(box.secret),
+                 "link_code": link_code(device, box.public), "identity": identity.signed,
+                 "device": pv.device_id(device.public),
+                 "confirmation": confirmation_code(identity, pv.device_id(device.public))},
+        "root_seed": b64e(SEED),
+        "patient": patient,
+        "device_seed": b64e(device.seed),
+        "device": pv.device_id(device.public),
+        "buckets": [[n, bucket_size(n)] for n in (0, 1, 255, 256, 257, 65535, 65536, 200000)],
+        "journal": {"record": record.to_json(), "plaintext": plaintext.decode(), "ad": ad.decode(),
+                    "keyring": b64e(keyring.to_bytes()), "sealed": b64e(sealed)},
+        "manifest": {"signing_seed": b64e(signing.seed), "epoch": 2, "counter": 5,
+                     "blobs": {rid: b64e(blob) for rid, blob in blobs.items()},
+                     "digest": b64e(pv.Manifest.digest_of(entries)), "statement": signed.signed},
+    }
+
+
 VECTORS = {
     "restore.json": restore_vectors,
+    "client.json": client_vectors,
     "vault.json": vault_vectors,
     "community.json": community_vectors,
     "consent.json": consent_vectors,
