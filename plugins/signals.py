@@ -38,7 +38,7 @@ from fractions import Fraction
 from typing import Any
 
 from rxfed import hookimpl
-from rxfed.client.codes import normalise_code
+from rxfed.vocabulary.codes import normalise_code
 from rxfed.consent.signals import Field, SignalKind
 from rxfed.errors import BadRequest
 from rxfed.plugins import PluginError

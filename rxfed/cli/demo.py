@@ -56,9 +56,18 @@ async def _wait(check, timeout=15.0):
 async def _demo(work: Path) -> dict:
     from rxfed.client import PatientClient
     from rxfed.client.community import Communities
-    from rxfed.testing import NodeHarness, node_plugins
+    from rxfed.node.config import Federation
+    from rxfed.node.local import LocalNode
+    from rxfed.plugins import RxfedPlugins
 
-    nodes = {name: await NodeHarness(work / name, name=name, plugins=node_plugins()).start() for name in NODES}
+    # Quick retries and no signal delay, so the demo settles in seconds; the installed plugins
+    # on every node, the outcomes plugin only where the patients' grants send their signals
+    # (its entry point is one object, which two nodes in one process would share).
+    fast = Federation(backoff_base=0.05, backoff_max=0.5, request_timeout=2.0, key_refetch=0, signal_delay=0)
+    nodes = {}
+    for name in NODES:
+        plugins = RxfedPlugins(disabled=() if name == "community-c" else ("outcomes",))
+        nodes[name] = await LocalNode(work / name, plugins, name=name, federation=fast).start()
     for node in nodes.values():
         await node.allow(*(n for n in nodes.values() if n is not node))
     summary = {"nodes": {name: {"url": n.url, "node_id": n.node_id, "data_dir": str(n.data_dir)}
@@ -129,6 +138,7 @@ async def _demo(work: Path) -> dict:
             await client.close()
         for node in nodes.values():
             await node.stop()
+            node.plugins.close()
     return summary
 
 

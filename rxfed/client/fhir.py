@@ -44,7 +44,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from rxfed.client import records as rec
-from rxfed.client.codes import SYSTEM_URIS, normalise_code, system_from_uri
+from rxfed.vocabulary.codes import SYSTEM_URIS, normalise_code, system_from_uri
 from rxfed.client.questionnaires import INSTRUMENTS, Instrument, Score, score
 from rxfed.client.records import derive_key, is_record_key, record_key
 from rxfed.errors import BadRequest, Conflict

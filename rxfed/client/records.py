@@ -114,7 +114,7 @@ def text(value: str | None, what: str, limit: int = MAX_TEXT) -> str | None:
 
 
 def condition(code: str, system: str = "icd10", label: str | None = None, onset: str | None = None) -> dict:
-    from rxfed.client.codes import normalise_code
+    from rxfed.vocabulary.codes import normalise_code
 
     if system not in ("icd10", "snomed"):
         raise BadRequest("the code system must be icd10 or snomed", code="invalid_code")

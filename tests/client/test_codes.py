@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxfed.client.codes import (
+from rxfed.vocabulary.codes import (
     SYSTEM_URIS,
     normalise_code,
     system_from_uri,

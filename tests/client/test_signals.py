@@ -17,7 +17,7 @@ import pytest
 
 import rxfed_plugins.signals as signals
 from rxfed.client import records as rec
-from rxfed.client.codes import normalise_code, verhoeff_valid
+from rxfed.vocabulary.codes import normalise_code, verhoeff_valid
 from rxfed.client.fhir import import_bundle
 from rxfed.client.records import Record
 from rxfed.consent.signals import SignalError
@@ -640,7 +640,7 @@ def test_signals_plugin_is_a_declared_entry_point():
 
 def test_plugins_extend_the_snomed_table_through_the_hook():
     from rxfed import hookimpl
-    from rxfed.client.codes import verhoeff_check_digit
+    from rxfed.vocabulary.codes import verhoeff_check_digit
     from rxfed.client.records import Record
 
     concept = "9999900" + verhoeff_check_digit("9999900")  # a concept id the shipped table lacks
