@@ -11,11 +11,15 @@
 # Every raw JSON line and output goes to bench/results/<timestamp>/; at the end
 # bench/report.py prints the medians over the R rounds and the targets.
 #
+# Before every measured run (peers and ours alike) the page cache's dirty pages are written
+# out (`sync`) and the disk is left SETTLE_S seconds: the writeback of the run before
+# (Synapse's database, the ceiling's WAL) would otherwise land inside the next one's fsyncs.
+# The dirty and writeback kB before and after settling go to settle.log.
 # MODE=sweep (or bench/sweep.sh) runs only the node's concurrency sweep instead: R rounds of
 # (c) with bench/sweep.py at SWEEP_CONC (16,64,256,1024,4096), SWEEP_N writes per level at
 # least (4000), the node's own admission settings left as they are.
 #
-# Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), PATIENTS (16), PROFILE_ROOT (/dev/shm
+# Environment: R (3), N (2000), CONC (1,16), IDLE_S (5), SETTLE_S (3), PATIENTS (16), PROFILE_ROOT (/dev/shm
 #   if it is a writable directory: the patients' profile dirs stand for the patients' own
 #   devices, so the SDK's rewrite of state.json after every write (a temp file and a
 #   rename) stays off the disk the node's WAL is on, as the peers' load client writes
@@ -32,6 +36,7 @@ R="${R:-3}"
 N="${N:-2000}"
 CONC="${CONC:-1,16}"
 IDLE_S="${IDLE_S:-5}"
+SETTLE_S="${SETTLE_S:-3}"
 PATIENTS="${PATIENTS:-16}"
 MODE="${MODE:-compare}"
 SWEEP_CONC="${SWEEP_CONC:-16,64,256,1024,4096}"
@@ -117,7 +122,7 @@ try:  # the checked-out commit, read from the files (no git command)
 except OSError:
     pass
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
-json.dump({"stamp": "$STAMP", "R": $R, "N": $N, "conc": "$CONC", "idle_s": "$IDLE_S", "patients": $PATIENTS, "mode": "$MODE", "sweep_conc": "$SWEEP_CONC", "sweep_n": $SWEEP_N,
+json.dump({"stamp": "$STAMP", "R": $R, "N": $N, "conc": "$CONC", "idle_s": "$IDLE_S", "settle_s": "$SETTLE_S", "patients": $PATIENTS, "mode": "$MODE", "sweep_conc": "$SWEEP_CONC", "sweep_n": $SWEEP_N,
            "python": sys.version.split()[0], "python_path": sys.executable, "rxfed": rxfed.__version__,
            "aiohttp": aiohttp.__version__, "commit": head, "cpus": os.cpu_count(), "cpu": cpu,
            "kernel": platform.release(), "rxfed_command": "${RXFED[*]}",
@@ -135,10 +140,21 @@ keep_json() {
     fi
 }
 
+# settle NAME : write out dirty pages and let the disk rest before NAME is measured.
+settle() {
+    local before after
+    before="$(awk '/^(Dirty|Writeback):/ { printf "%s %s kB ", $1, $2 }' /proc/meminfo)"
+    sync
+    sleep "$SETTLE_S"
+    after="$(awk '/^(Dirty|Writeback):/ { printf "%s %s kB ", $1, $2 }' /proc/meminfo)"
+    echo "$1 before: $before| after sync + ${SETTLE_S}s: $after" >>"$RESULTS/settle.log"
+}
+
 # run_peer NAME CMD... : one peer script; its summary and JSON line go to NAME.out.
 run_peer() {
     local name=$1 rc=0; shift
     say ""
+    settle "$name"
     say "=== $name ($(date -u +%H:%M:%S))"
     run_child "$@" >"$RESULTS/$name.out" || rc=$?
     cat "$RESULTS/$name.out" >&2
@@ -200,6 +216,7 @@ run_rxfed() {
     say ""
     say "=== $name ($(date -u +%H:%M:%S))"
     # (called from an `if`, so errexit is off in here: every step checks its own status)
+    settle "$name"
     NODE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/rxfed-bench.XXXXXX")" || return 1
     port="$(free_port)" || return 1
     "${RXFED[@]}" node init "$NODE_DIR/node" --name "rxfed bench" --port "$port" >"$NODE_DIR/init.log" 2>&1 \

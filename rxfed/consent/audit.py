@@ -35,6 +35,28 @@ def chain(entries: Iterable[bytes], previous: bytes = GENESIS) -> list[bytes]:
     return out
 
 
+@attrs.frozen
+class Appended:
+    """One entry as the log stores it: its number, canonical bytes and chain hash."""
+
+    seq: int
+    entry: bytes
+    hash: bytes
+
+
+def append(head: tuple[int, bytes] | None, entries: Iterable[dict], now: int) -> list[Appended]:
+    """Entries to add after ``head`` (the last ``(seq, hash)``, or None for an empty log):
+    each numbered, stamped with ``now`` unless it has its own ``time``, and chained."""
+    seq, previous = head if head is not None else (0, GENESIS)
+    out = []
+    for entry in entries:
+        seq += 1
+        data = canonical({**entry, "seq": seq, "time": entry.get("time", now)})
+        previous = audit_link(previous, data)
+        out.append(Appended(seq, data, previous))
+    return out
+
+
 def sign_head(node_key: SigningKeyPair, patient: str, seq: int, head: bytes, now: int) -> dict:
     return sign_statement(node_key, {"type": HEAD, "patient": patient, "seq": seq, "hash": b64e(head),
                                      "signed": now})

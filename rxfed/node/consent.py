@@ -20,6 +20,7 @@ from aiohttp import web
 from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
 from rxfed.consent.signals import MAX_SIGNALS, Signal, SignalError
+from rxfed.consent.tokens import TokenOutcome
 from rxfed.crypto import DecryptionFailed, b64e, open_as_node
 from rxfed.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RxfedError, Unavailable
 from rxfed.node.app import NODE, authenticate, reply
@@ -142,9 +143,9 @@ class Consent:
         seq, bodies = self._open(f["sealed"], token, f["delivery"])
         outcome = await self.node.store.receive_signals(self._received(token, f["voucher"]), f["delivery"],
                                                          [(token.kind, canonical(b)) for b in bodies], seq=seq)
-        if outcome == "revoked":
+        if outcome is TokenOutcome.REVOKED:
             raise Gone("the consent grant was revoked", code="grant_revoked")
-        if outcome == "stale":
+        if outcome is TokenOutcome.STALE:
             raise Conflict("a newer delivery under this grant was kept already", code="stale_delivery")
         # A duplicate (the store kept it, the reply was lost) is handed over again: a
         # delivery replaces the previous one under the same token, so plugins stay correct.

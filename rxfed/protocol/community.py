@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -1060,3 +1060,29 @@ def verify_franking_report(report: Any, host_public_keys: list[bytes]) -> bool:
     except RxfedError:
         return False
     return True
+
+
+# -- a community's log as a store keeps it ----------------------------------------------
+
+
+def check_append(stored: int, first: int) -> None:
+    """At the host, events extend the log: the first new one follows the highest stored."""
+    if first != stored + 1:
+        raise Conflict("the community moved on; try again", code="stale_community")
+
+
+def contiguous_end(seq: int, following: Iterable[int]) -> int:
+    """The end of the run of consecutive sequence numbers after ``seq`` in ``following``
+    (ascending). A mirror may receive events out of order; it reports and serves the log up
+    to its first gap."""
+    for n in following:
+        if n != seq + 1:
+            break
+        seq = n
+    return seq
+
+
+def member_active(stored: bool | None, event_active: bool) -> bool:
+    """A member's status on a mirror: leaving wins, whatever order the mirror receives the
+    member's events in."""
+    return event_active if stored is None else stored and event_active

@@ -12,10 +12,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 from rxfed.errors import Unauthorized
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.consent.tokens import TokenOutcome
 
 
 class Replayed(Unauthorized):
@@ -543,11 +547,11 @@ class Store(abc.ABC):
     # -- consent: signals received under tokens -------------------------------------------
     @abc.abstractmethod
     async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]], *,
-                              seq: int = 0) -> str:
-        """Keep ``signals`` under ``token``, replacing what it delivered before. Returns
-        ``"new"``, ``"duplicate"`` (this delivery was applied before), ``"stale"`` (``seq``
-        not above the last kept delivery's) or ``"revoked"``. Forbidden when the token id is
-        known from another origin or under another key."""
+                              seq: int = 0) -> TokenOutcome:
+        """Keep ``signals`` under ``token``, replacing what it delivered before, as
+        :func:`rxfed.consent.tokens.on_delivery` decides: returns its
+        :class:`~rxfed.consent.tokens.TokenOutcome`. Forbidden when the token id is known
+        from another origin or under another key."""
 
     @abc.abstractmethod
     async def revoke_received(self, token: ReceivedToken, revocation: bytes | None, now: int) -> bool:

@@ -31,10 +31,12 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import audit_link
-from rxfed.protocol.canonical import canonical
+from rxfed.consent.audit import append as audit_append
+from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_delivery
+from rxfed.protocol import account as pa
+from rxfed.protocol import community as pcm
 from rxfed.protocol.federation import track_sequence
-from rxfed.errors import RxfedError, Conflict, Forbidden, Gone, NotFound, QuotaExceeded, Unauthorized, Unavailable
+from rxfed.errors import RxfedError, Conflict, Forbidden, Gone, NotFound, Unauthorized, Unavailable
 from rxfed.store import (
     Account,
     AccountSummary,
@@ -1018,9 +1020,7 @@ class SQLiteStore(Store):
         if signer is None and not c.execute("SELECT 1 FROM recovery WHERE patient_id=? AND auth_key=?",
                                             (patient, recovery_key)).fetchone():
             raise Unauthorized("unknown recovery key", code="unknown_key")
-        if current != epoch:
-            raise Conflict(f"identity epoch {epoch} is not the current epoch {current}; sync and retry",
-                           code="stale_identity")
+        pa.check_epoch(current, epoch)
 
     @staticmethod
     def _new_device_key(c: sqlite3.Connection, device: str, sign_key: bytes) -> None:
@@ -1039,8 +1039,7 @@ class SQLiteStore(Store):
             self._new_device_key(c, device, sign_key)
             (active,) = c.execute("SELECT count(*) FROM devices WHERE patient_id=? AND revoked IS NULL",
                                   (patient,)).fetchone()
-            if active >= max_devices:
-                raise Forbidden(f"at most {max_devices} active devices; revoke one first", code="too_many_devices")
+            pa.check_enrolment(active, max_devices)
             c.execute("INSERT INTO devices (id, patient_id, sign_key, cert, keyring, created) VALUES (?, ?, ?, ?, ?, ?)",
                       (device, patient, sign_key, cert, keyring, now))
 
@@ -1053,17 +1052,10 @@ class SQLiteStore(Store):
         def op(c: sqlite3.Connection) -> list[str]:
             self._use_nonce(c, nonce)
             self._current_epoch(c, patient, signer, epoch - 1, recovery_key)
-            active = {r[0] for r in c.execute("SELECT id FROM devices WHERE patient_id=? AND revoked IS NULL",
-                                              (patient,))}
-            if not set(devices) <= active:
-                raise Conflict("a kept device is not an active device of this patient", code="unknown_device")
-            if signer is not None and signer not in devices:
-                raise Conflict("the device that signs a rotation must stay active", code="unknown_device")
-            revoked = sorted(active - set(devices))
+            active = [r[0] for r in c.execute("SELECT id FROM devices WHERE patient_id=? AND revoked IS NULL",
+                                              (patient,))]
             (stored,) = c.execute("SELECT counter FROM patients WHERE id=?", (patient,)).fetchone()
-            if manifest[0] != stored + 1:
-                raise Conflict(f"manifest counter {manifest[0]} does not follow {stored}; sync and retry",
-                               code="stale_manifest")
+            revoked = pa.plan_rotation(active, devices, signer, counter=stored, manifest_counter=manifest[0])
             c.execute("UPDATE patients SET counter=?, manifest=? WHERE id=?", (manifest[0], manifest[1], patient))
             for device, (sign_key, cert, keyring) in added.items():
                 self._new_device_key(c, device, sign_key)
@@ -1107,53 +1099,29 @@ class SQLiteStore(Store):
     async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
                      puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
                      nonce: Nonce, epoch: int, base: int | None = None) -> int:
-        from_counter = counter - 1 if base is None else base
-
         def op(c: sqlite3.Connection) -> int:
             self._use_nonce(c, nonce)
-            stored, records, size, current = self._signer_ok(c, patient, signer,
-                                                             "p.counter, p.records, p.bytes, p.epoch")
-            if epoch != current:
-                raise Conflict(f"the manifest is signed for identity epoch {epoch}, not the current {current}; "
-                               "sync and retry", code="stale_identity")
-            if from_counter != stored or counter <= stored:
-                raise Conflict(f"manifest counter {counter} does not follow {stored}; sync and retry",
-                               code="stale_manifest")
-            replaced = []
-            for put in puts:
-                if put.version == 1:  # a new record: the INSERT below refuses one that exists
-                    records += 1
-                else:
-                    row = c.execute("SELECT version, length(blob) FROM records WHERE patient_id=? AND id=?",
-                                    (patient, put.id)).fetchone()
-                    if row is None or put.version != row[0] + 1:
-                        expected = 1 if row is None else row[0] + 1
-                        raise Conflict(f"record version {put.version} is not {expected}", code="stale_record")
-                    size -= row[1]
-                    replaced.append(put)
-                size += len(put.blob)
-            for rid, version in deletes:
-                row = c.execute("SELECT version, length(blob) FROM records WHERE patient_id=? AND id=?",
-                                (patient, rid)).fetchone()
-                if row is None or row[0] != version:
-                    raise Conflict("deleted record is missing or at another version", code="stale_record")
-                records -= 1
-                size -= row[1]
-            new = [(patient, p.id, p.version, p.blob) for p in puts if p.version == 1]
-            try:  # before the quota check, so an existing record is a conflict, not a full vault
-                c.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", new)
-            except sqlite3.IntegrityError:
-                raise Conflict("record version 1 is not new: the record exists", code="stale_record") from None
-            if records > quota.max_records or size > quota.max_bytes:
-                raise QuotaExceeded(f"vault quota exceeded ({quota.max_records} records, {quota.max_bytes} bytes)")
-            if replaced:
-                c.executemany("UPDATE records SET version=?, blob=? WHERE patient_id=? AND id=?",
-                              [(p.version, p.blob, patient, p.id) for p in replaced])
-            if deletes:
-                c.executemany("DELETE FROM records WHERE patient_id=? AND id=?", [(patient, rid) for rid, _ in deletes])
+            totals = pa.VaultTotals(*self._signer_ok(c, patient, signer, "p.counter, p.records, p.bytes, p.epoch"))
+            ids = [p.id for p in puts] + [rid for rid, _ in deletes]
+            stored = {}
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                stored.update((rid, pa.Stored(version, size)) for rid, version, size in c.execute(
+                    f"SELECT id, version, length(blob) FROM records WHERE patient_id=? AND id IN "
+                    f"({','.join('?' * len(part))})", (patient, *part)))
+            plan = pa.plan_commit(totals, stored, counter=counter, base=base, epoch=epoch,
+                                  puts=[(p.id, p.version, len(p.blob)) for p in puts], deletes=deletes,
+                                  max_records=quota.max_records, max_bytes=quota.max_bytes)
+            blobs = {p.id: p for p in puts}
+            c.executemany("INSERT INTO records VALUES (?, ?, ?, ?)",
+                          [(patient, rid, blobs[rid].version, blobs[rid].blob) for rid in plan.inserts])
+            c.executemany("UPDATE records SET version=?, blob=? WHERE patient_id=? AND id=?",
+                          [(blobs[rid].version, blobs[rid].blob, patient, rid) for rid in plan.replaces])
+            c.executemany("DELETE FROM records WHERE patient_id=? AND id=?", [(patient, rid) for rid in plan.deletes])
+            t = plan.totals
             c.execute("UPDATE patients SET counter=?, manifest=?, records=?, bytes=? WHERE id=?",
-                      (counter, manifest, records, size, patient))
-            return counter
+                      (t.counter, manifest, t.records, t.bytes, patient))
+            return t.counter
 
         return await self._write(op)
 
@@ -1516,22 +1484,24 @@ class SQLiteStore(Store):
                    community.created, community.about))
         c.executemany("INSERT OR IGNORE INTO community_events VALUES (?, ?, ?, ?, ?)",
                       [(*key, e.seq, e.event, e.stamp) for e in events])
-        # Leaving wins, whatever order a mirror receives a member's events in.
-        c.executemany("INSERT INTO community_members VALUES (?, ?, ?, ?) ON CONFLICT(community_id, host, member) "
-                      "DO UPDATE SET active=min(active, excluded.active)",
-                      [(*key, member, int(active)) for e in events for member, active in e.changes])
-        # The community's seq is the highest contiguous one stored: mirrors may see gaps.
+        members: dict[bytes, bool] = {}
+        for e in events:
+            for member, active in e.changes:
+                if member not in members:
+                    row = c.execute("SELECT active FROM community_members WHERE community_id=? AND host=? "
+                                    "AND member=?", (*key, member)).fetchone()
+                    members[member] = None if row is None else bool(row[0])
+                members[member] = pcm.member_active(members[member], active)
+        c.executemany("INSERT OR REPLACE INTO community_members VALUES (?, ?, ?, ?)",
+                      [(*key, member, int(active)) for member, active in members.items()])
+        # The community's seq is the end of the contiguous run stored: mirrors may see gaps.
         (seq,) = c.execute("SELECT seq FROM communities WHERE id=? AND host=?", key).fetchone()
         while True:
-            following = c.execute("SELECT seq FROM community_events WHERE community_id=? AND host=? AND seq>? "
-                                  "ORDER BY seq LIMIT 1000", (*key, seq)).fetchall()
-            run = 0
-            for (n,) in following:
-                if n != seq + run + 1:
-                    break
-                run += 1
-            seq += run
-            if run < 1000:
+            following = [n for (n,) in c.execute("SELECT seq FROM community_events WHERE community_id=? AND host=? "
+                                                 "AND seq>? ORDER BY seq LIMIT 1000", (*key, seq))]
+            end = pcm.contiguous_end(seq, following)
+            done, seq = end - seq < 1000, end
+            if done:
                 break
         c.execute("UPDATE communities SET seq=? WHERE id=? AND host=?", (seq, *key))
 
@@ -1545,8 +1515,8 @@ class SQLiteStore(Store):
                 self._signer_ok(c, patient, signer)
             (current,) = c.execute("SELECT coalesce(max(seq), 0) FROM community_events WHERE community_id=? "
                                    "AND host=?", (community.id, community.host)).fetchone()
-            if events and events[0].seq != current + 1:
-                raise Conflict("the community moved on; try again", code="stale_community")
+            if events:
+                pcm.check_append(current, events[0].seq)
             self._write_community(c, community, events)
             self._enqueue(c, outbox, now)
 
@@ -1568,14 +1538,10 @@ class SQLiteStore(Store):
     @staticmethod
     def _audit(c: sqlite3.Connection, patient: str, entries: list[dict], now: int) -> None:
         """Append ``entries`` to the patient's chain (callers make each logged fact happen once)."""
-        row = c.execute("SELECT seq, hash FROM audit WHERE patient_id=? ORDER BY seq DESC LIMIT 1",
-                        (patient,)).fetchone()
-        seq, previous = row if row else (0, bytes(32))
-        for entry in entries:
-            seq += 1
-            data = canonical({**entry, "seq": seq, "time": entry.get("time", now)})
-            previous = audit_link(previous, data)
-            c.execute("INSERT INTO audit VALUES (?, ?, ?, ?)", (patient, seq, data, previous))
+        head = c.execute("SELECT seq, hash FROM audit WHERE patient_id=? ORDER BY seq DESC LIMIT 1",
+                         (patient,)).fetchone()
+        c.executemany("INSERT INTO audit VALUES (?, ?, ?, ?)",
+                      [(patient, a.seq, a.entry, a.hash) for a in audit_append(head, entries, now)])
 
     async def add_grant(self, grant: GrantRow, tokens: list[TokenRow], *, signer: str, audit: list[dict],
                         nonce: Nonce, now: int) -> None:
@@ -1627,11 +1593,7 @@ class SQLiteStore(Store):
                             "WHERE t.token=? AND g.patient_id=?", (token, patient)).fetchone()
             if row is None:
                 raise Gone("unknown grant token", code="unknown_grant")
-            if row[0] is not None:
-                raise Gone("the consent grant was revoked", code="grant_revoked")
-            if row[1] is not None and seq <= row[1]:
-                raise Conflict("another device shared under this grant since this one looked; share again",
-                               code="stale_delivery")
+            check_share(revoked=row[0], last_seq=row[1], seq=seq)
             c.execute("UPDATE grant_tokens SET shared=?, seq=? WHERE token=?", (now, seq, token))
             try:
                 c.execute("INSERT INTO deliveries VALUES (?, ?, ?, NULL)", (token, delivery, now))
@@ -1707,23 +1669,20 @@ class SQLiteStore(Store):
             raise Forbidden("that token id belongs to another patient's grant", code="wrong_origin")
 
     async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]], *,
-                              seq: int = 0) -> str:
-        def op(c: sqlite3.Connection) -> str:
+                              seq: int = 0) -> TokenOutcome:
+        def op(c: sqlite3.Connection) -> TokenOutcome:
             self._insert_received(c, token)
-            revoked, last, last_seq = c.execute("SELECT revoked, delivery, delivery_seq FROM received_tokens "
-                                                "WHERE token=?", (token.token,)).fetchone()
-            if revoked is not None:
-                return "revoked"
-            if last == delivery:
-                return "duplicate"
-            if last_seq is not None and seq <= last_seq:
-                return "stale"
+            state = ReceivedState(*c.execute("SELECT revoked, delivery, delivery_seq FROM received_tokens "
+                                             "WHERE token=?", (token.token,)).fetchone())
+            outcome = on_delivery(state, delivery, seq)
+            if outcome is not TokenOutcome.NEW:
+                return outcome
             c.execute("DELETE FROM received_signals WHERE token=?", (token.token,))
             c.executemany("INSERT INTO received_signals VALUES (?, ?, ?, ?)",
                           [(token.token, n, kind, body) for n, (kind, body) in enumerate(signals)])
             c.execute("UPDATE received_tokens SET delivery=?, delivery_seq=? WHERE token=?",
                       (delivery, seq, token.token))
-            return "new"
+            return outcome
 
         return await self._write(op)
 

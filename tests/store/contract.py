@@ -7,6 +7,7 @@ import asyncio
 import attrs
 import pytest
 
+from rxfed.consent.tokens import TokenOutcome
 from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, Unauthorized
 from rxfed.store import (
     CommunityEvent,
@@ -403,10 +404,10 @@ class StoreContract(CommunityContract, OperatorContract):
     async def test_received_signals_replace_dedupe_and_revoke(self, store):
         token = ReceivedToken("t" * 32, "home", "SHA256:x", b"k" * 32, "diagnosis.category", "research",
                               "federation", 5000, b"statement", b"voucher", 1000)
-        assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1"), ("diagnosis.category", b"2")]) == "new"
-        assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1")]) == "duplicate"
-        assert await store.receive_signals(token, "d2", [("diagnosis.category", b"3")], seq=5) == "new"
-        assert await store.receive_signals(token, "d4", [("diagnosis.category", b"9")], seq=5) == "stale"
+        assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1"), ("diagnosis.category", b"2")]) is TokenOutcome.NEW
+        assert await store.receive_signals(token, "d1", [("diagnosis.category", b"1")]) is TokenOutcome.DUPLICATE
+        assert await store.receive_signals(token, "d2", [("diagnosis.category", b"3")], seq=5) is TokenOutcome.NEW
+        assert await store.receive_signals(token, "d4", [("diagnosis.category", b"9")], seq=5) is TokenOutcome.STALE
         with pytest.raises(Forbidden):  # the same token id from another home, or under another key
             await store.receive_signals(attrs.evolve(token, origin="other"), "d5", [], seq=9)
         with pytest.raises(Forbidden):
@@ -414,12 +415,12 @@ class StoreContract(CommunityContract, OperatorContract):
         assert await store.received_signals() == [(token.token, "diagnosis.category", b"3")]
         assert await store.revoke_received(token, b"revocation", now=2000)
         assert await store.received_signals(token.token) == []
-        assert await store.receive_signals(token, "d3", [("diagnosis.category", b"4")]) == "revoked"
+        assert await store.receive_signals(token, "d3", [("diagnosis.category", b"4")]) is TokenOutcome.REVOKED
         assert (await store.received_token(token.token)).revoked == 2000
         # a revocation that arrives before any signal still bars the token
         early = attrs.evolve(token, token="u" * 32)
         assert not await store.revoke_received(early, None, now=2000)
-        assert await store.receive_signals(early, "d1", [("diagnosis.category", b"5")]) == "revoked"
+        assert await store.receive_signals(early, "d1", [("diagnosis.category", b"5")]) is TokenOutcome.REVOKED
 
     async def test_a_delivery_waits_in_the_outbox_until_its_time(self, store):
         p = await register(store, 1)
