@@ -23,7 +23,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import make_mocked_request
 
 from rxfed.node import metrics
-from rxfed.node.app import error_middleware
+from rxfed.node.http import error_middleware
 from rxfed.testing import NodeHarness
 
 

@@ -39,9 +39,12 @@ ALLOWED: dict[str, set[str]] = {
 
 #: Upward imports that exist today, as (importing module, imported module). Issue 12 removes them.
 KNOWN: set[tuple[str, str]] = {
-    # The store computes audit links, canonical bytes and federation sequences itself.
-    ("rxfed.store.sqlite", "rxfed.crypto"),
-    ("rxfed.store.sqlite", "rxfed.protocol.canonical"),
+    # The store calls the rules itself (spec/store.md: operations move above the store).
+    ("rxfed.store", "rxfed.consent.tokens"),
+    ("rxfed.store.sqlite", "rxfed.consent.audit"),
+    ("rxfed.store.sqlite", "rxfed.consent.tokens"),
+    ("rxfed.store.sqlite", "rxfed.protocol.account"),
+    ("rxfed.store.sqlite", "rxfed.protocol.community"),
     ("rxfed.store.sqlite", "rxfed.protocol.federation"),
 }
 
@@ -52,7 +55,7 @@ def layer_of(module: str) -> str:
         return "builtin_plugins"
     if len(parts) == 1:
         return "plugins"  # rxfed/__init__.py: the plugin author's API (hookimpl, PluginManifest)
-    return {"hookspecs": "plugins", "__main__": "cli"}.get(parts[1], parts[1])
+    return {"hookspecs": "plugins", "plugin_index": "plugins", "__main__": "cli"}.get(parts[1], parts[1])
 
 
 def modules() -> dict[str, Path]:
@@ -170,8 +173,6 @@ KNOWN_CYCLES: list[list[str]] = [
     ["rxfed.cli.consent", "rxfed.cli.patient"],  # shared profile/passphrase helpers live in patient
     # the SDK's account-wide steps (revocation follow-ups, erasure) call both services
     ["rxfed.client.community", "rxfed.client.consent", "rxfed.client.sdk"],
-    # the API modules reach back into app for NODE, authenticate and reply
-    ["rxfed.node.app", "rxfed.node.communities", "rxfed.node.consent"],
 ]
 
 

@@ -260,14 +260,13 @@ async def test_only_a_verified_signer_learns_its_account_is_suspended(node, make
 
 
 async def test_a_suspension_the_node_was_not_told_of_is_picked_up(node, make_patient):
-    from rxfed.node.app import reload_suspended
     from rxfed.store import OperatorEntry
 
     patient = await make_patient()
     await node.app_store().set_suspended(patient.patient, since=1, reason=None,
                                          log=OperatorEntry(1, "account.suspend", patient.patient, "test"))
     await patient.add_journal(feeling=3)  # not yet known to the running node
-    await reload_suspended(node.state)  # what housekeeping does every few seconds
+    await node.state.reload_suspended()  # what housekeeping does every few seconds
     with pytest.raises(NodeRefused, match="suspended"):
         await patient.add_journal(feeling=3)
 
@@ -279,7 +278,7 @@ async def test_operator_erasure(node, make_patient):
     patient, granting = await make_patient(), await make_patient()
     await patient.add_journal(feeling=5)
     await granting.add_condition("E11.9")
-    await Consent(granting, plugins=builtin_plugins()).grant("diagnosis.category", "matching", f"node:{node.node_id}")
+    await Consent(granting, plugins=builtin_plugins()).grant("treatment.outcome", "research", f"plugin:{node.node_id}/outcomes")
     with pytest.raises(Conflict, match="live consent grant"):
         await asyncio.to_thread(administer.erase, node.data_dir, granting.patient, reason=None)
     forced = await asyncio.to_thread(administer.erase, node.data_dir, granting.patient, reason="court order",

@@ -20,9 +20,9 @@ TOTALS = pa.VaultTotals(counter=4, records=2, bytes=300, epoch=1)
 STORED = {"a": pa.Stored(1, 100), "b": pa.Stored(3, 200)}
 
 
-def plan(*, puts=(), deletes=(), counter=5, epoch=1, max_records=10, max_bytes=10_000, stored=STORED):
+def plan(*, puts=(), deletes=(), counter=5, epoch=1, max_records=10, max_bytes=10_000, stored=STORED, base=None):
     return pa.plan_commit(TOTALS, stored, counter=counter, epoch=epoch, puts=puts, deletes=deletes,
-                          max_records=max_records, max_bytes=max_bytes)
+                          max_records=max_records, max_bytes=max_bytes, base=base)
 
 
 def test_a_commit_plans_inserts_replacements_and_deletions_with_new_totals():

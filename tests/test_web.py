@@ -205,7 +205,7 @@ async def test_web_check_passes_for_the_released_client_and_names_what_a_node_ch
     html, manifest = manifest_script.render(copy)
     (copy / "index.html").write_text(html)
     (copy / "web-manifest.json").write_text(manifest)
-    from rxfed.node.app import error_middleware
+    from rxfed.node.http import error_middleware
 
     app = web.Application(middlewares=[error_middleware])
     node_web.install(app, copy)

@@ -1,32 +1,28 @@
 """The node's aiohttp application: parse, check, call the store, reply.
 
-Handlers stay short: they read the body, authenticate the signature (protocol core), parse
-the body into a protocol object, call one store operation and answer JSON. Every error is
-an :class:`rxfed.errors.RxfedError` mapped to a JSON reply by one middleware; nothing a
-client sends can produce a stack trace in a reply.
+Handlers stay short: they authenticate the request and read its body (rxfed.node.http),
+parse the body into a protocol object, call one store operation and answer JSON.
+:func:`create_app` wires the API modules (this one, communities, consent), the listener,
+metrics and the control socket around one :class:`~rxfed.node.http.NodeState`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
-import attrs
 from aiohttp import web
 
 import rxfed
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
-from rxfed.crypto import SigningKeyPair
-from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
-from rxfed.node.federation import Federation
-from rxfed.node.guards import NonceWindow, RateLimiter
-from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, guard_middleware, read_body
+from rxfed.node.config import NodeConfig, NodeKey
+from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, AccountSuspended, Caller, NodeState,
+                             admit, authenticate, authenticate_new_device, body_json, error_middleware, reply)
+from rxfed.node.listener import LISTENER, check_declared_size, guard_middleware, read_body
 from rxfed.node.listener import install as install_listener
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
@@ -34,240 +30,10 @@ from rxfed.protocol.auth import SignedRequest
 from rxfed.protocol.federation import TXN_ID
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.schema import fields
-from rxfed.store import AuthKey, NewPatient, Nonce, Quota, Recovery, Store, StoredRecord
+from rxfed.store import NewPatient, Recovery, Store, StoredRecord
 
 log = logging.getLogger("rxfed.node")
-PROTOCOL_VERSIONS = ("1",)
-MAX_DEVICES = 32
-
-
-@attrs.define
-class NodeState:
-    config: NodeConfig
-    keys: list[NodeKey]
-    store: Store
-    plugins: RxfedPlugins
-    clock: Callable[[], float] = time.time
-    nonces: NonceWindow = attrs.Factory(NonceWindow)
-    limiter: RateLimiter = None
-    anonymous: RateLimiter = None
-    federation: Federation = None
-    communities: Any = None
-    consent: Any = None
-    listener: Listener = None
-    verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
-        lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))
-    #: Patients whose accounts the operator suspended (``rxfed node accounts``), read from
-    #: the store at start, by housekeeping and when the operator's command says so.
-    suspended: set[str] = attrs.Factory(set)
-    metrics: Any = None
-    started: float = attrs.Factory(time.time)
-    _auth_keys: dict[bytes, AuthKey] = attrs.Factory(dict)
-    _identities: dict[str, pv.IdentityChain] = attrs.Factory(dict)
-    _keys_mtime: float = 0.0
-    #: The restore statement ``rxfed node restore`` signed (spec/crypto.md section 11), or
-    #: None: published with the node's keys and with every vault.
-    restore: dict | None = None
-    #: (the key list, its public keys and rotation statements), signed once per key list.
-    _published: tuple = attrs.field(default=(None, None), init=False)
-
-    def __attrs_post_init__(self) -> None:
-        lim = self.config.limits
-        self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
-        self.listener = Listener(lim, self.config.trusted_proxies)
-        self.anonymous = self.listener.anonymous
-        self.federation = Federation(self)
-
-    def signing_key(self) -> SigningKeyPair:
-        return current_key(self.keys).key
-
-    def published_keys(self) -> dict:
-        """``keys`` and ``rotations`` of ``/.well-known/rxfed``."""
-        if self._published[0] is not self.keys:
-            self._published = (self.keys, {"keys": [k.to_public_json() for k in self.keys],
-                                           "rotations": rotation_statements(self.keys, self.config.node_id)})
-        return self._published[1]
-
-    def reload_keys(self) -> None:
-        """Pick up keys rotated by ``rxfed node rotate-key`` while the node runs."""
-        path = self.config.data_dir / KEYS_FILE
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            return
-        if mtime != self._keys_mtime:
-            if self._keys_mtime:
-                self.keys = load_node_keys(self.config.data_dir)
-                log.info("node keys reloaded")
-            self._keys_mtime = mtime
-
-    def now(self) -> int:
-        return int(self.clock())
-
-    @property
-    def quota(self) -> Quota:
-        return Quota(self.config.limits.max_records, self.config.limits.max_vault_bytes)
-
-    async def auth_key(self, key: bytes) -> AuthKey | None:
-        found = self._auth_keys.get(key)
-        if found is None:
-            found = await self.store.auth_key(key)
-            if found is not None and len(self._auth_keys) < 200_000:
-                self._auth_keys[key] = found
-        return found
-
-    async def identity(self, patient: str) -> pv.IdentityChain:
-        """The patient's identity chain as stored (checked when it was accepted), cached until
-        the patient rotates or is erased."""
-        chain = self._identities.get(patient)
-        if chain is None:
-            account = await self.store.account(patient)
-            statements = await self.store.identity_chain(patient)
-            if account is None or not statements:
-                raise Unauthorized("unknown or erased account", code="unknown_account")
-            chain = pv.IdentityChain.verify(account.root_key, [loads(s) for s in statements])
-            if len(self._identities) < 100_000:
-                self._identities[patient] = chain
-        return chain
-
-    def forget_patient(self, patient: str) -> None:
-        self._identities.pop(patient, None)
-        for key in [k for k, a in self._auth_keys.items() if a.patient == patient]:
-            del self._auth_keys[key]
-
-
-NODE = web.AppKey("node", NodeState)
-#: Whether the application made its plugin manager (and so closes it).
-OWN_PLUGINS = web.AppKey("own_plugins", bool)
 routes = web.RouteTableDef()
-
-
-@attrs.frozen
-class Caller:
-    """An authenticated request: who signed it, its nonce and its parsed JSON body."""
-
-    auth: AuthKey
-    nonce: Nonce
-    body: Any
-    now: int
-
-    @property
-    def patient(self) -> str:
-        return self.auth.patient
-
-
-async def _admit(state: NodeState, request: web.Request, signed: SignedRequest, now: int) -> Nonce:
-    """Wait for a work slot (or be shed), then record the nonce: a request shed before its
-    nonce is recorded may be sent again as it was."""
-    await request.app[LISTENER].admission.enter(request)
-    nonce = Nonce(signed.nonce, signed.created + state.config.limits.request_window_seconds)
-    state.nonces.add(nonce, now)
-    return nonce
-
-
-async def _signed_body(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, *,
-                       limit: int | None = None, rate_limit: bool = False) -> tuple[bytes, Nonce]:
-    """The body of a request signed by ``key``, its signature checked and its nonce recorded;
-    with ``rate_limit``, a request of the key's budget is spent once the signature is good.
-
-    With a ``Content-Digest`` header (every rxfed client sends one) the signature is checked
-    before the body is read, so only a request the key's owner signed makes the node read a
-    body; without one the body is read first, counted among the unverified bodies."""
-    lim = state.config.limits
-    limit = lim.max_body_bytes if limit is None else limit
-    now = state.now()
-    where = dict(method=request.method, target=request.raw_path, destination=state.config.node_id, now=now,
-                 window=lim.request_window_seconds)
-    if signed.digest is None:
-        async with request.app[LISTENER].unverified():
-            raw = await read_body(request, limit=limit, timeout=lim.body_timeout)
-        # Inline, on the event loop: about 50 us of libsodium. Handing it to a worker thread
-        # under load measured slower on two cores (community posts at concurrency 16: -15%;
-        # record writes: no difference): the GIL hand-backs cost more than the overlap gains.
-        signed.verify(key, body=raw, **where)
-        if rate_limit:
-            state.limiter.take(signed.key)
-    else:
-        signed.verify_head(key, **where)
-        if rate_limit:
-            state.limiter.take(signed.key)
-        raw = signed.check_body(await read_body(request, limit=limit, timeout=lim.body_timeout))
-    return raw, await _admit(state, request, signed, now)
-
-
-def _json(raw: bytes) -> Any:
-    if not raw:
-        return None
-    return loads(raw)
-
-
-def _check_window(state: NodeState, signed: SignedRequest) -> None:
-    if abs(state.now() - signed.created) > state.config.limits.request_window_seconds:
-        raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
-
-
-class AccountSuspended(Forbidden):
-    code = "account_suspended"
-
-    def __init__(self):
-        super().__init__("this account is suspended by the node's operator: it may read and export its data, "
-                         "delete records, revoke consent, leave communities and erase itself, nothing else")
-
-
-async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",),
-                       limit: int | None = None, suspended_ok: bool = False) -> Caller:
-    """The request's signer and body. The headers, the key and the time window are checked
-    before the body is read (see :func:`_signed_body`). A suspended account is refused (403
-    ``account_suspended``) unless ``suspended_ok``: reads of its own data, consent
-    revocation and erasure stay open to it, so suspension never holds a patient's data or
-    consent hostage."""
-    state = request.app[NODE]
-    check_declared_size(request, state.config.limits.max_body_bytes if limit is None else limit)
-    signed = SignedRequest.from_headers(request.headers)
-    _check_window(state, signed)
-    auth = await state.auth_key(signed.key)
-    if auth is None or auth.kind not in kinds:
-        raise Unauthorized("unknown signing key", code="unknown_key")
-    raw, nonce = await _signed_body(state, request, signed, signed.key, limit=limit, rate_limit=True)
-    if not suspended_ok and auth.patient in state.suspended:  # only to a verified signer
-        raise AccountSuspended()
-    return Caller(auth, nonce, _json(raw), state.now())
-
-
-async def authenticate_new_device(request: web.Request, parse: Callable[[Any], Any], sign_key_of: Callable[[Any], bytes]):
-    """For a request signed by a key the node does not know yet (registration): the key
-    comes from the certificate in the body, which the registration's own first identity
-    epoch signs. Anonymous, so rate limited by address and in all, and its body is small."""
-    state = request.app[NODE]
-    listener = request.app[LISTENER]
-    lim = state.config.limits
-    listener.take_anonymous(request)
-    check_declared_size(request, lim.anonymous_max_body_bytes)
-    signed = SignedRequest.from_headers(request.headers)
-    _check_window(state, signed)
-    async with listener.unverified():
-        raw = await read_body(request, limit=lim.anonymous_max_body_bytes, timeout=lim.body_timeout)
-    obj = await parse(_json(raw))
-    if signed.key != sign_key_of(obj):
-        raise Unauthorized("the request must be signed by the device it enrols", code="bad_signature")
-    now = state.now()
-    signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
-                  body=raw, now=now, window=lim.request_window_seconds)
-    return obj, await _admit(state, request, signed, now)
-
-
-def logged_path(request: web.BaseRequest) -> str:
-    """A request's path as logs show it: the pattern of the route it matched
-    (``/federation/v1/transactions/{txn}``), never the values in it, so that no log line
-    ties an address to an id; ``(unmatched)`` for a path no route serves."""
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
-    return resource.canonical if resource is not None else "(unmatched)"
-
-
-def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=canonical(data), status=status, content_type="application/json")
 
 
 # -- public --------------------------------------------------------------------------------
@@ -529,49 +295,17 @@ async def receive_transaction(request: web.Request) -> web.Response:
         raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
     async with request.app[LISTENER].unverified():
         raw = await read_body(request, limit=lim.max_body_bytes, timeout=lim.body_timeout)
-    txn = state.federation.parse_inbound(signed.origin, txn_id, _json(raw))
+    txn = state.federation.parse_inbound(signed.origin, txn_id, body_json(raw))
     document = await state.federation.document(signed.origin, need_key=signed.key)
     document.key_for(signed.key, signed.created)
     signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
                   body=raw, now=now, window=lim.request_window_seconds)
-    nonce = await _admit(state, request, signed, now)
+    nonce = await admit(state, request, signed, now)
     reply_bytes = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
     return web.Response(body=reply_bytes, content_type="application/json")
 
 
 # -- the application -----------------------------------------------------------------------
-
-
-def _error_reply(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.Response(body=canonical({"error": code, "message": message}), status=status,
-                        content_type="application/json", headers=headers)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except RxfedError as exc:
-        headers = dict(getattr(exc, "headers", None) or {})
-        if getattr(exc, "retry_after", None) is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return _error_reply(exc.status, exc.code, exc.message, headers or None)
-    except ClientGone:
-        # Nobody to answer (the client left mid-body, or while its request waited).
-        log.debug("client left before %s %s was answered", request.method, logged_path(request))
-        return _error_reply(499, "client_gone", "the client closed the connection")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
-        return _error_reply(exc.status, code, exc.reason)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        # Never a traceback to the client; the log gets the exception type and location
-        # (the node holds no plaintext, so nothing in it can leak a patient's data).
-        log.exception("internal error handling %s %s", request.method, logged_path(request))
-        return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
 
 
 def store_writable(state: NodeState) -> bool:
@@ -612,14 +346,6 @@ async def report_store(state: NodeState, reported: dict | None) -> dict | None:
     return now
 
 
-async def reload_suspended(state: NodeState) -> None:
-    """Read the suspended accounts again (``rxfed node accounts`` changed them)."""
-    try:
-        state.suspended = await state.store.suspended_accounts()
-    except RxfedError as exc:
-        log.warning("reading suspended accounts failed: %s", exc.message)
-
-
 async def _store_ctx(app: web.Application):
     state = app[NODE]
     await state.store.open()
@@ -637,7 +363,7 @@ async def _store_ctx(app: web.Application):
             state.reload_keys()
             reported = await report_plugins(state, reported)
             reported_store = await report_store(state, reported_store)
-            await reload_suspended(state)  # if the operator's command could not tell us
+            await state.reload_suspended()  # if the operator's command could not tell us
             try:
                 await state.federation.refresh_policies()  # `rxfed node peers` edits the store
             except RxfedError as exc:

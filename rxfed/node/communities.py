@@ -21,7 +21,7 @@ from aiohttp import web
 
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
-from rxfed.node.app import NODE, AccountSuspended, authenticate, reply
+from rxfed.node.http import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
 from rxfed.protocol import community as pc

@@ -23,7 +23,7 @@ from rxfed.consent.signals import MAX_SIGNALS, Signal, SignalError
 from rxfed.consent.tokens import TokenOutcome
 from rxfed.crypto import DecryptionFailed, b64e, open_as_node
 from rxfed.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RxfedError, Unavailable
-from rxfed.node.app import NODE, authenticate, reply
+from rxfed.node.http import NODE, authenticate, reply
 from rxfed.node.federation import InboundEffects
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.federation import EventResult, WireEvent

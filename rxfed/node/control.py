@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 import rxfed
+from rxfed.node.http import NODE
 
 SOCKET_FILE = "admin.sock"
 #: Seconds a command waits for the node's answer.
@@ -154,7 +155,6 @@ def live_status(state: Any) -> dict:
 
 
 def control_app(state: Any) -> web.Application:
-    from rxfed.node.app import reload_suspended
 
     reply = web.json_response  # settings hold floats, which canonical JSON does not
     routes = web.RouteTableDef()
@@ -178,7 +178,7 @@ def control_app(state: Any) -> web.Application:
         except (ValueError, AttributeError, TypeError):
             return reply({"error": "bad_request", "message": "a JSON object with accounts and communities"},
                          status=400)
-        await reload_suspended(state)
+        await state.reload_suspended()
         for patient in accounts:
             state.forget_patient(patient)
         for community in communities:
@@ -195,7 +195,6 @@ def control_app(state: Any) -> web.Application:
 
 async def control_ctx(app: web.Application):
     """A cleanup context of the node's application: serve the control socket while it runs."""
-    from rxfed.node.app import NODE
 
     state = app[NODE]
     path = socket_path(state.config.data_dir)

@@ -7,7 +7,7 @@ is known to be wanted must stay small and bounded in time:
   (:class:`GuardedRequestHandler`; aiohttp itself waits for a head for as long as the
   connection's idle timeout);
 - a body is read only after the signature headers, the key and the time window are checked
-  (``authenticate`` in :mod:`rxfed.node.app`), within ``body_timeout``, no larger than its
+  (``authenticate`` in :mod:`rxfed.node.http`), within ``body_timeout``, no larger than its
   endpoint's limit (:func:`read_body`), and bodies no signature vouches for yet are capped in
   number (:meth:`Listener.unverified`);
 - request bodies are taken in the identity coding only: a compressed body is refused with

@@ -15,7 +15,8 @@ from pathlib import Path
 import attrs
 from aiohttp import web
 
-from rxfed.node.app import NODE, create_app
+from rxfed.node.app import create_app
+from rxfed.node.http import NODE
 from rxfed.node.config import Federation, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 

@@ -23,7 +23,7 @@ import attrs
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from rxfed.node.app import logged_path
+from rxfed.node.http import logged_path
 
 log = logging.getLogger("rxfed.node")
 
@@ -106,7 +106,7 @@ class AccessLog(AbstractAccessLogger):
     """One line per request (time, method, route, status, bytes, seconds) written to a
     buffered file and flushed every few seconds: the ``logging`` module's per-record
     formatting and flush would cost about a tenth of the node's time per request. A line
-    shows the route's pattern, never the path's values (:func:`rxfed.node.app.logged_path`),
+    shows the route's pattern, never the path's values (:func:`rxfed.node.http.logged_path`),
     and no client address, so no line ties a client to an account, community, record or
     transaction. Off unless ``[logging] access`` names a file.
 

@@ -52,13 +52,20 @@ export function requestSigningBytes({ method, target, destination, origin = null
   });
 }
 
+/** RFC 9530's Content-Digest of a body: standard, padded base64 of its SHA-256. With it the
+ * node checks the signature before it reads the body (spec/crypto.md §7). */
+export function contentDigest(body) {
+  const std = b64e(sha256(body)).replace(/-/g, "+").replace(/_/g, "/");
+  return `sha-256=:${std}${"=".repeat((4 - (std.length % 4)) % 4)}:`;
+}
+
 /** The headers that sign a request; a retry signs again (a fresh nonce). */
 export function signRequest(key, { method, target, destination, body, now, nonce = null, origin = null }) {
   nonce = nonce ?? randomBytes(16);
   const message = requestSigningBytes({ method, target, destination, origin, key: key.public, created: now, nonce, body });
   const headers = {
     "Rxfed-Key": b64e(key.public), "Rxfed-Created": String(now), "Rxfed-Nonce": b64e(nonce),
-    "Rxfed-Signature": b64e(key.sign(message)),
+    "Rxfed-Signature": b64e(key.sign(message)), "Content-Digest": contentDigest(body),
   };
   if (origin !== null) headers["Rxfed-Origin"] = origin;
   return headers;
