@@ -41,9 +41,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from urllib.parse import urlsplit
 
 import aiohttp
+from nodeproc import check_target
 
 from rxfed import __version__ as RXFED_VERSION
 from rxfed.client.sdk import NodeRefused, PatientClient
@@ -86,18 +86,11 @@ def parse_args(argv=None):
                          "hosted on the node, by its members")
     ap.add_argument("--out", default="", help="also write all details as JSON to this file")
     args = ap.parse_args(argv)
-    url = urlsplit(args.base)
-    if url.scheme != "http" or url.hostname != "127.0.0.1":
-        ap.exit(2, f"load.py talks to http://127.0.0.1 only (loopback); got --base {args.base}\n")
-    try:
-        args.levels = [int(x) for x in args.conc.split(",") if x.strip()]
-    except ValueError:
-        ap.exit(2, f"--conc must be comma-separated integers, not {args.conc!r}\n")
+    check_target(ap, args, "load.py")
     if args.peer is None:
         args.peer = "rxfed" if args.mode == "records" else "rxfed-posts"
     if not args.levels or min(args.levels) < 1 or args.n < 1 or args.patients < 1:
         ap.exit(2, "--conc levels, --n and --patients must be at least 1\n")
-    args.base = args.base.rstrip("/")
     return args
 
 

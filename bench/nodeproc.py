@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from urllib.parse import urlsplit
 
 
 def wait_health(url: str, *, tries: int = 200, pause: float = 0.05) -> bool:
@@ -15,3 +16,16 @@ def wait_health(url: str, *, tries: int = 200, pause: float = 0.05) -> bool:
         except OSError:
             time.sleep(pause)
     return False
+
+
+def check_target(ap, args, script: str) -> None:
+    """The checks every load script makes of its arguments: a loopback ``--base`` and
+    ``--conc`` levels (set as ``args.levels``); bad usage exits 2."""
+    url = urlsplit(args.base)
+    if url.scheme != "http" or url.hostname != "127.0.0.1":
+        ap.exit(2, f"{script} talks to http://127.0.0.1 only (loopback); got --base {args.base}\n")
+    try:
+        args.levels = [int(x) for x in args.conc.split(",") if x.strip()]
+    except ValueError:
+        ap.exit(2, f"--conc must be comma-separated integers, not {args.conc!r}\n")
+    args.base = args.base.rstrip("/")

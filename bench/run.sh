@@ -267,6 +267,18 @@ run_rxfed() {
     return 1
 }
 
+# finish : the report, and exit 3 if any step failed or was incomplete.
+finish() {
+    say ""
+    say "all rounds done in $(($(date +%s) - T_START)) s; raw results in $RESULTS"
+    "$PYTHON" "$BENCH/report.py" "$RESULTS" | tee "$RESULTS/report.md"
+    if ((${#FAILED[@]})); then
+        say "failed or incomplete: ${FAILED[*]}"
+        exit 3
+    fi
+    exit 0
+}
+
 say "results in $RESULTS"
 if [[ $MODE == sweep ]]; then
     say "R=$R rounds of the rxfed concurrency sweep: levels $SWEEP_CONC, at least $SWEEP_N writes per level"
@@ -280,14 +292,7 @@ if [[ $MODE == sweep ]]; then
             remove_node_dir
         fi
     done
-    say ""
-    say "all rounds done in $(($(date +%s) - T_START)) s; raw results in $RESULTS"
-    "$PYTHON" "$BENCH/report.py" "$RESULTS" | tee "$RESULTS/report.md"
-    if ((${#FAILED[@]})); then
-        say "failed or incomplete: ${FAILED[*]}"
-        exit 3
-    fi
-    exit 0
+    finish
 fi
 say "R=$R rounds of: Synapse, ceiling (synchronous=FULL), rxfed records, rxfed posts, rxfed federation; N=$N, CONC=$CONC, IDLE_S=$IDLE_S, PATIENTS=$PATIENTS"
 say "rxfed command: ${RXFED[*]}"
@@ -308,11 +313,4 @@ for ((i = 1; i <= R; i++)); do
     done
     run_peer "federation-$i" "$PYTHON" "$BENCH/federation.py" --n "${FED_N:-5000}" --rate 100 --seconds "${FED_S:-10}"
 done
-
-say ""
-say "all rounds done in $(($(date +%s) - T_START)) s; raw results in $RESULTS"
-"$PYTHON" "$BENCH/report.py" "$RESULTS" | tee "$RESULTS/report.md"
-if ((${#FAILED[@]})); then
-    say "failed or incomplete: ${FAILED[*]}"
-    exit 3
-fi
+finish

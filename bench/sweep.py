@@ -36,11 +36,11 @@ import resource
 import sys
 import time
 from collections import Counter
-from urllib.parse import urlsplit
 
 import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nodeproc import check_target  # noqa: E402
 import load  # noqa: E402  (bench/load.py: the same patients and journal entries)
 
 from rxfed import __version__ as RXFED_VERSION  # noqa: E402
@@ -62,16 +62,9 @@ def parse_args(argv=None):
     ap.add_argument("--startup-s", type=float, default=None, help="passed through to the JSON line")
     ap.add_argument("--out", default="", help="also write all details as JSON to this file")
     args = ap.parse_args(argv)
-    url = urlsplit(args.base)
-    if url.scheme != "http" or url.hostname != "127.0.0.1":
-        ap.exit(2, f"sweep.py talks to http://127.0.0.1 only (loopback); got --base {args.base}\n")
-    try:
-        args.levels = [int(x) for x in args.conc.split(",") if x.strip()]
-    except ValueError:
-        ap.exit(2, f"--conc must be comma-separated integers, not {args.conc!r}\n")
+    check_target(ap, args, "sweep.py")
     if not args.levels or min(args.levels) < 1 or args.n < 1 or args.per_writer < 1:
         ap.exit(2, "--conc levels, --n and --per-writer must be at least 1\n")
-    args.base = args.base.rstrip("/")
     args.mode = "records"  # what load.setup reads
     return args
 
