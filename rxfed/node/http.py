@@ -69,7 +69,7 @@ class NodeState:
     def __attrs_post_init__(self) -> None:
         lim = self.config.limits
         self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
-        self.listener = Listener(lim, self.config.trusted_proxies)
+        self.listener = Listener(lim, self.config.trusted_proxies, self.config.forwarded_header)
         self.anonymous = self.listener.anonymous
         self.federation = Federation(self)
 
