@@ -368,6 +368,28 @@ async def test_a_patient_who_erases_their_account_leaves_every_member_list(node,
     assert len((await Communities(admin_patient).read(address)).state.joined()) == 1  # what members see
 
 
-async def test_the_control_socket_refuses_a_malformed_reload(node):
+@pytest.mark.parametrize("body", [["not", "an", "object"], {"accounts": [{"a": 1}]}, {"communities": [["x"]]},
+                                  {"accounts": 7}, {"accounts": "abc"}])
+async def test_the_control_socket_refuses_a_malformed_reload(node, body):
+    """Ids that are not strings used to be looked up as they came (500, a traceback in the log)."""
     with pytest.raises(control.NodeUnreachable, match="400"):
-        await asyncio.to_thread(control.ask, node.data_dir, "POST", "/reload", ["not", "an", "object"])
+        await asyncio.to_thread(control.ask, node.data_dir, "POST", "/reload", body)
+    assert (await asyncio.to_thread(control.ask, node.data_dir, "GET", "/status"))["running"] is True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux creates a socket file with its socket's mode")
+def test_the_control_socket_is_private_from_the_moment_it_exists(tmp_path, monkeypatch):
+    """The socket file used to be created with the umask's mode (0775 under umask 002) and
+    made 0600 only after: in between, another user could connect."""
+    import stat
+
+    monkeypatch.setattr(control.os, "chmod", lambda *a, **k: None)  # the moment between bind and chmod
+    old = os.umask(0o002)
+    try:
+        sock = control._bind(tmp_path / "admin.sock")
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.lstat(tmp_path / "admin.sock").st_mode) == 0o600
+    finally:
+        sock.close()
