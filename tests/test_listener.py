@@ -544,3 +544,19 @@ async def test_a_malformed_content_digest_is_400(node, make_patient, value):
     headers = dict(signed_headers(patient, "GET", "/v1/account", b""), **{H_DIGEST: value})
     status, reply = await raw_request(node.url, "GET", "/v1/account", b"", headers)
     assert status == 400 and reply["error"] == "bad_signature_headers"
+
+
+async def test_a_replayed_request_spends_nothing_of_its_signers_budget(tmp_path, make_patient):
+    """A request seen before is refused before it spends the key's rate budget (and before
+    its body is read): replaying a captured request used to lock its signer out."""
+    node = await start(tmp_path, "replayed", limits={"requests_per_second": 0.001, "burst": 12})
+    try:
+        patient = await make_patient(node)
+        headers = signed_headers(patient, "GET", "/v1/account", b"")
+        assert (await raw_request(node.url, "GET", "/v1/account", b"", headers))[0] == 200
+        for _ in range(15):
+            status, reply = await raw_request(node.url, "GET", "/v1/account", b"", headers)
+            assert status == 401 and reply["error"] == "replayed_request"
+        assert (await signed(patient, "GET", "/v1/account"))[0] == 200
+    finally:
+        await node.stop()
