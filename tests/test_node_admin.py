@@ -114,6 +114,31 @@ async def test_metrics_show_outbox_breakers_dead_letters_plugins_and_refusals(tm
         await node.stop()
 
 
+async def test_destinations_patients_name_share_one_metrics_label(tmp_path):
+    """Every host a patient named (a community elsewhere, a grant's node) used to be a label
+    of its own in five series, kept while its dead letters are: a client could grow a scrape
+    without bound. Only configured peers and peers whose keys the node holds are named."""
+    port = free_port()
+    node = await NodeHarness(tmp_path / "n", metrics_listen=f"127.0.0.1:{port}").start()
+    try:
+        store, now = node.app_store(), node.state.now()
+        await store.set_peer_policy("partner.example", "blocked")  # configured: named (and nothing is sent)
+        await store.enqueue([("partner.example", b'{"kind":"x"}')], now)
+        strangers = [f"h{i}.attacker.example" for i in range(40)]
+        await store.enqueue([(host, b'{"kind":"x"}') for host in strangers], now)
+        for host in strangers[:5]:
+            await store.peer_delivery(host, ok=False, now=now, error="refused", breaker_until=now + 600)
+        text = await scrape(f"http://127.0.0.1:{port}/metrics")
+        assert "attacker.example" not in text
+        assert sample(text, "rxfed_outbox_queued_events", peer="partner.example") == 1
+        queued = sample(text, "rxfed_outbox_queued_events", peer="(other)") or 0
+        in_flight = sample(text, "rxfed_outbox_in_flight_events", peer="(other)") or 0
+        assert queued + in_flight == 40
+        assert sample(text, "rxfed_peer_breaker_open", peer="(other)") == 5
+    finally:
+        await node.stop()
+
+
 async def test_each_node_in_a_process_has_its_own_metrics(pair):
     a, b = pair
     for _ in range(3):
