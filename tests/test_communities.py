@@ -905,3 +905,28 @@ async def test_posting_checks_only_the_events_this_device_has_not_seen(make_pati
     view = await admin.read(address)
     assert [m.text for m in view.messages][-1] == "one more" and len(checked) == 1 and opened == [1]
     assert signatures == ["rxfed.community.message"] and len(view.messages) == 21
+
+
+async def test_the_community_directory_costs_one_build_however_often_strangers_ask(node, make_patient, monkeypatch):
+    """Anyone may ask for the directory, with no budget: each request used to read the store
+    and list every hosted community again. One build answers them all until it is two
+    seconds old or a community changes."""
+    from helpers import raw_request
+
+    admin = await make_patient(node)
+    await Communities(admin).create("Morning walkers", condition="E11")
+    store = node.state.store
+    reads = []
+    real = store.communities
+
+    async def counted(*args, **kwargs):
+        reads.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "communities", counted)
+    replies = await asyncio.gather(*(raw_request(node.url, "GET", "/v1/communities") for _ in range(30)))
+    assert all(status == 200 and len(body["communities"]) == 1 for status, body in replies)
+    assert len(reads) == 1
+    await Communities(admin).create("Evening walkers", condition="E11")  # a change: built again
+    status, body = await raw_request(node.url, "GET", "/v1/communities")
+    assert status == 200 and len(body["communities"]) == 2 and len(reads) == 2

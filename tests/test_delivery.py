@@ -195,6 +195,22 @@ async def test_a_log_waits_for_its_peer_while_other_events_die(tmp_path):
             await a.stop()
 
 
+async def test_a_log_for_a_destination_that_never_answered_dies_by_age(tmp_path):
+    """A patient names the host of a community it submits to: a log queued for a host that
+    never accepted anything (nor is allowed, nor known by its keys) used to wait, and be
+    retried, forever, so names of hosts that do not exist kept the node probing them. It
+    dies after dead_after like any event; nothing is stalled behind it."""
+    a = await _node(tmp_path, "a", dead_after=1, backoff_base=0.05, backoff_max=0.3)
+    try:
+        nowhere = "127.0.0.1:9"  # refused at once: a private address of a peer nobody allowed
+        await a.state.federation.send_events(nowhere, [WireEvent("community.submit", {"seq": 1})])
+        await wait_for(lambda: a.app_store().dead_letters(), timeout=6)
+        assert [b'"kind":"community.submit"' in d.event for d in await a.app_store().dead_letters()] == [True]
+        await wait_for(lambda: _outbox_empty(a), timeout=5)
+    finally:
+        await a.stop()
+
+
 async def _outbox_empty(node) -> bool:
     return not await node.app_store().due_destinations()
 

@@ -314,7 +314,32 @@ async def test_behind_a_trusted_proxy_each_visitor_has_its_own_budget(tmp_path):
         assert statuses[:3] == [401] * 3 and statuses[3:] == [429, 429]
         for i in range(10):  # everyone else still gets through the same proxy
             assert await junk_registration(node, {"X-Forwarded-For": f"203.0.113.{i}, 127.0.0.1"}) == 401
-        assert await junk_registration(node, {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}) == 401
+    finally:
+        await node.stop()
+
+
+async def test_behind_a_forwarded_proxy_each_visitor_has_its_own_budget(tmp_path):
+    node = await start(tmp_path, trusted_proxies=("127.0.0.1",), forwarded_header="Forwarded",
+                       limits={"anonymous_per_minute": 3.0, "anonymous_burst": 3})
+    try:
+        statuses = [await junk_registration(node, {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'})
+                    for _ in range(5)]
+        assert statuses[:3] == [401] * 3 and statuses[3:] == [429, 429]
+        assert await junk_registration(node, {"Forwarded": "for=203.0.113.1"}) == 401
+    finally:
+        await node.stop()
+
+
+async def test_a_client_forwarded_header_passed_on_by_an_x_forwarded_for_proxy_is_ignored(tmp_path):
+    """A proxy that appends to X-Forwarded-For (README's nginx example) passes a client's own
+    Forwarded header on unchanged: the node used to prefer it, so a client naming a new
+    address in it each time had a fresh budget each time."""
+    node = await start(tmp_path, trusted_proxies=("127.0.0.1",),
+                       limits={"anonymous_per_minute": 3.0, "anonymous_burst": 3})
+    try:
+        statuses = [await junk_registration(node, {"Forwarded": f"for=198.51.100.{i}",
+                                                   "X-Forwarded-For": "203.0.113.7"}) for i in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
     finally:
         await node.stop()
 
@@ -357,13 +382,25 @@ def request_from(remote: str, headers: dict):
     ("10.0.0.5", {"X-Forwarded-For": "garbage, 10.0.0.9"}, "10.0.0.9"),
     ("10.0.0.5", {}, "10.0.0.5"),
     ("192.0.2.1", {"X-Forwarded-For": "198.51.100.1"}, "192.0.2.1"),  # not a trusted proxy
-    ("10.0.0.5", {"Forwarded": 'for=198.51.100.2;proto=https, for="[2001:db8:1:2::17]:80"'}, "2001:db8:1:2::/64"),
+    ("10.0.0.5", {"Forwarded": "for=198.51.100.2", "X-Forwarded-For": "198.51.100.3"}, "198.51.100.3"),
+    ("10.0.0.5", {"Forwarded": "for=198.51.100.2"}, "10.0.0.5"),  # not the header the proxy writes
     ("::ffff:192.0.2.9", {}, "192.0.2.9"),
 ])
 def test_client_address(remote, headers, expected):
     from rxfed.node.config import proxy_networks
 
     assert client_address(request_from(remote, headers), proxy_networks(["10.0.0.0/8"])) == expected
+
+
+@pytest.mark.parametrize("remote,headers,expected", [
+    ("10.0.0.5", {"Forwarded": 'for=198.51.100.2;proto=https, for="[2001:db8:1:2::17]:80"'}, "2001:db8:1:2::/64"),
+    ("10.0.0.5", {"Forwarded": "for=198.51.100.2", "X-Forwarded-For": "198.51.100.3"}, "198.51.100.2"),
+    ("10.0.0.5", {"X-Forwarded-For": "198.51.100.3"}, "10.0.0.5"),
+])
+def test_client_address_from_forwarded(remote, headers, expected):
+    from rxfed.node.config import proxy_networks
+
+    assert client_address(request_from(remote, headers), proxy_networks(["10.0.0.0/8"]), "Forwarded") == expected
 
 
 # -- 4. admission: shed beyond the queue, drop work for clients that left -----------------------------------
@@ -507,3 +544,19 @@ async def test_a_malformed_content_digest_is_400(node, make_patient, value):
     headers = dict(signed_headers(patient, "GET", "/v1/account", b""), **{H_DIGEST: value})
     status, reply = await raw_request(node.url, "GET", "/v1/account", b"", headers)
     assert status == 400 and reply["error"] == "bad_signature_headers"
+
+
+async def test_a_replayed_request_spends_nothing_of_its_signers_budget(tmp_path, make_patient):
+    """A request seen before is refused before it spends the key's rate budget (and before
+    its body is read): replaying a captured request used to lock its signer out."""
+    node = await start(tmp_path, "replayed", limits={"requests_per_second": 0.001, "burst": 12})
+    try:
+        patient = await make_patient(node)
+        headers = signed_headers(patient, "GET", "/v1/account", b"")
+        assert (await raw_request(node.url, "GET", "/v1/account", b"", headers))[0] == 200
+        for _ in range(15):
+            status, reply = await raw_request(node.url, "GET", "/v1/account", b"", headers)
+            assert status == 401 and reply["error"] == "replayed_request"
+        assert (await signed(patient, "GET", "/v1/account"))[0] == 200
+    finally:
+        await node.stop()

@@ -114,6 +114,31 @@ async def test_metrics_show_outbox_breakers_dead_letters_plugins_and_refusals(tm
         await node.stop()
 
 
+async def test_destinations_patients_name_share_one_metrics_label(tmp_path):
+    """Every host a patient named (a community elsewhere, a grant's node) used to be a label
+    of its own in five series, kept while its dead letters are: a client could grow a scrape
+    without bound. Only configured peers and peers whose keys the node holds are named."""
+    port = free_port()
+    node = await NodeHarness(tmp_path / "n", metrics_listen=f"127.0.0.1:{port}").start()
+    try:
+        store, now = node.app_store(), node.state.now()
+        await store.set_peer_policy("partner.example", "blocked")  # configured: named (and nothing is sent)
+        await store.enqueue([("partner.example", b'{"kind":"x"}')], now)
+        strangers = [f"h{i}.attacker.example" for i in range(40)]
+        await store.enqueue([(host, b'{"kind":"x"}') for host in strangers], now)
+        for host in strangers[:5]:
+            await store.peer_delivery(host, ok=False, now=now, error="refused", breaker_until=now + 600)
+        text = await scrape(f"http://127.0.0.1:{port}/metrics")
+        assert "attacker.example" not in text
+        assert sample(text, "rxfed_outbox_queued_events", peer="partner.example") == 1
+        queued = sample(text, "rxfed_outbox_queued_events", peer="(other)") or 0
+        in_flight = sample(text, "rxfed_outbox_in_flight_events", peer="(other)") or 0
+        assert queued + in_flight == 40
+        assert sample(text, "rxfed_peer_breaker_open", peer="(other)") == 5
+    finally:
+        await node.stop()
+
+
 async def test_each_node_in_a_process_has_its_own_metrics(pair):
     a, b = pair
     for _ in range(3):
@@ -368,6 +393,28 @@ async def test_a_patient_who_erases_their_account_leaves_every_member_list(node,
     assert len((await Communities(admin_patient).read(address)).state.joined()) == 1  # what members see
 
 
-async def test_the_control_socket_refuses_a_malformed_reload(node):
+@pytest.mark.parametrize("body", [["not", "an", "object"], {"accounts": [{"a": 1}]}, {"communities": [["x"]]},
+                                  {"accounts": 7}, {"accounts": "abc"}])
+async def test_the_control_socket_refuses_a_malformed_reload(node, body):
+    """Ids that are not strings used to be looked up as they came (500, a traceback in the log)."""
     with pytest.raises(control.NodeUnreachable, match="400"):
-        await asyncio.to_thread(control.ask, node.data_dir, "POST", "/reload", ["not", "an", "object"])
+        await asyncio.to_thread(control.ask, node.data_dir, "POST", "/reload", body)
+    assert (await asyncio.to_thread(control.ask, node.data_dir, "GET", "/status"))["running"] is True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux creates a socket file with its socket's mode")
+def test_the_control_socket_is_private_from_the_moment_it_exists(tmp_path, monkeypatch):
+    """The socket file used to be created with the umask's mode (0775 under umask 002) and
+    made 0600 only after: in between, another user could connect."""
+    import stat
+
+    monkeypatch.setattr(control.os, "chmod", lambda *a, **k: None)  # the moment between bind and chmod
+    old = os.umask(0o002)
+    try:
+        sock = control._bind(tmp_path / "admin.sock")
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.lstat(tmp_path / "admin.sock").st_mode) == 0o600
+    finally:
+        sock.close()

@@ -71,6 +71,8 @@ def test_init_writes_toml_the_node_reads_back(tmp_path, capsys):
     ('listen = ""', 'listen = "127.0.0.1:99999"', "[metrics] listen: must be host:port"),
     ('listen = ""', 'listen = 9470', "[metrics] listen: must be a string"),
     ('listen = ""', 'listen = ":9470"\ntoken = "x"', "[metrics] token: unknown setting"),
+    ('forwarded_header = "X-Forwarded-For"', 'forwarded_header = "X-Real-IP"',
+     "[node] forwarded_header: must be one of X-Forwarded-For, Forwarded, not 'X-Real-IP'"),
 ])
 def test_bad_setting_is_one_line_naming_it(node_dir, capsys, old, new, expected):
     edit(node_dir, old, new)

@@ -222,3 +222,45 @@ async def test_web_check_passes_for_the_released_client_and_names_what_a_node_ch
     assert result["same"] is False
     assert result["differs"] == ["index.html", "js/client.mjs"]
     assert result["missing"] == ["vendor/LICENSE-libsodium.txt"] and result["extra"] == ["js/extra.mjs"]
+
+
+async def test_web_check_shows_no_terminal_escape_a_node_puts_in_its_manifest():
+    """What a node says reaches the operator's terminal: an escape sequence in its version
+    (here one that retitles the window) was written as it came."""
+    import asyncio
+    import sys
+
+    from aiohttp import web
+
+    async def manifest(request):
+        return web.json_response({"software": {"version": "9.9\x1b]0;all files match\x07\x1b[2K"},
+                                  "files": {"js/\u202eevil.mjs": {}}})
+
+    app = web.Application()
+    app.router.add_get("/web-manifest.json", manifest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rxfed", "web", "check", "--node",
+                                                    f"http://127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        out, err = await proc.communicate()
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 1, err.decode()
+    assert b"\x1b" not in out and b"\x07" not in out and "\u202e".encode() not in out
+    assert "9.9\\x1b]0;all files match\\x07" in out.decode() and "\\u202eevil.mjs" in out.decode()
+
+
+def test_an_error_message_is_shown_without_its_terminal_escapes(capsys):
+    import pytest as _pytest
+
+    from rxfed.cli import fail
+
+    with _pytest.raises(SystemExit):
+        fail("the node answered: \x1b[1A\x1b[2Krxfed: ok\r", 1)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\r" not in err and "\\x1b[1A" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -22,6 +23,19 @@ class StdoutClosed(Exception):
     """Whoever reads our standard output stopped reading (``rxfed patient show | head -1``)."""
 
 
+#: Characters a terminal acts on rather than shows (C0/C1 controls but tab and newline;
+#: bidirectional overrides and isolates, which reorder what is shown).
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(line: str) -> str:
+    """``line`` as a terminal may print it: what other nodes and files say (an error's
+    message, a version, a name) reaches the operator's terminal, and an escape sequence in
+    it must not retitle the window, hide a line or forge one. Each such character is shown
+    as its escape (``\\x1b``, ``\\u202e``) instead."""
+    return _UNSHOWN.sub(lambda m: m.group().encode("unicode_escape").decode(), line)
+
+
 class Output:
     """Writes a command's result: human lines, or one JSON document with ``--json``."""
 
@@ -34,7 +48,7 @@ class Output:
                 sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
             else:
                 for line in lines() if callable(lines) else lines:
-                    sys.stdout.write(line + "\n")
+                    sys.stdout.write(shown(line) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             raise StdoutClosed from None
@@ -43,7 +57,7 @@ class Output:
 def note(message: str) -> None:
     """Information for the person at the terminal (stderr, so stdout stays the result)."""
     try:
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(shown(message) + "\n")
     except BrokenPipeError:
         pass
 
@@ -267,7 +281,7 @@ def json_flag(parser: argparse.ArgumentParser) -> None:
 
 def fail(message: str, code: int) -> NoReturn:
     for line in message.splitlines() or [""]:  # one line per problem (a config file's, say)
-        sys.stderr.write(f"rxfed: error: {line}\n")
+        sys.stderr.write(f"rxfed: error: {shown(line)}\n")
     raise SystemExit(code)
 
 

@@ -36,6 +36,8 @@ SUBMIT = "community.submit"
 EVENT = "community.event"
 #: Events in one page of ``POST /v1/communities/read`` (and of the host's own reads).
 PAGE = 1000
+#: Seconds one build of the community directory answers every request for it.
+DIRECTORY_TTL = 2.0
 
 
 @attrs.frozen
@@ -57,6 +59,9 @@ class Communities:
         self._hashes: dict[str, set[bytes]] = {}
         #: The latest queued store write of each hosted community.
         self._writes: dict[str, asyncio.Future] = {}
+        #: The directory's reply and until when it serves (see :meth:`directory`).
+        self._directory: tuple[float, bytes] | None = None
+        self._directory_lock = asyncio.Lock()
 
     @property
     def me(self) -> str:
@@ -153,11 +158,37 @@ class Communities:
         """Drop the cached state (a write failed): the next use reloads it from the store."""
         self._hosted.pop(community_id, None)
         self._hashes.pop(community_id, None)
+        self._directory = None
 
     def remember(self, community_id: str, hosted: Hosted) -> None:
         """Adopt ``hosted`` once its events are committed."""
         self._hashes.setdefault(community_id, set()).update(hosted.new_hashes)
         self._hosted[community_id] = Hosted(hosted.state)
+        self._directory = None
+
+    async def directory(self) -> bytes:
+        """The reply of ``GET /v1/communities``. Anyone may ask, as often as they like, and it
+        costs a store read and every hosted community's listing: it is made once for all
+        the requests of :data:`DIRECTORY_TTL` seconds (and again once a community changes),
+        so its cost no longer grows with the rate strangers ask at."""
+        now = asyncio.get_running_loop().time()
+        if self._directory is not None and self._directory[0] > now:
+            return self._directory[1]
+        async with self._directory_lock:  # concurrent askers share one build
+            now = asyncio.get_running_loop().time()
+            if self._directory is not None and self._directory[0] > now:
+                return self._directory[1]
+            out = []
+            for row in await self.node.store.communities(hosted_by=self.me):
+                hosted = await self.hosted(pc.CommunityAddress(row.id, row.host))
+                if hosted is None or row.about is None:
+                    continue
+                create = pc.parse_event(hosted.state.meta.create)
+                about = pc.About(row.name, row.condition, row.about)
+                out.append(pc.Listing(create, about, len(hosted.state.joined()), row.created).to_json())
+            body = canonical({"communities": out})
+            self._directory = (now + DIRECTORY_TTL, body)
+            return body
 
     # -- federation handlers ----------------------------------------------------------------
     async def on_submit(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
@@ -283,15 +314,7 @@ async def list_communities(request: web.Request) -> web.Response:
     create event and the name and condition it commits to, so a client can check them."""
     state = request.app[NODE]
     await request.app[LISTENER].admission.enter(request)
-    out = []
-    for row in await state.store.communities(hosted_by=state.config.node_id):
-        hosted = await state.communities.hosted(pc.CommunityAddress(row.id, row.host))
-        if hosted is None or row.about is None:
-            continue
-        create = pc.parse_event(hosted.state.meta.create)
-        about = pc.About(row.name, row.condition, row.about)
-        out.append(pc.Listing(create, about, len(hosted.state.joined()), row.created).to_json())
-    return reply({"communities": out})
+    return web.Response(body=await state.communities.directory(), content_type="application/json")
 
 
 @routes.post("/v1/communities/events")

@@ -173,6 +173,8 @@ class _NodeSection:
     registration: str = attrs.field(default="open", validator=_one_of(*REGISTRATION_MODES))
     #: Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / Forwarded the node believes.
     trusted_proxies: list[str] = attrs.field(factory=list, validator=lambda _i, _a, v: proxy_networks(v))
+    #: The one header the trusted proxies write the client's address into (see FORWARDED_HEADERS).
+    forwarded_header: str = attrs.field(default="X-Forwarded-For", validator=lambda _i, _a, v: forwarded_header(v))
 
 
 @attrs.frozen
@@ -259,6 +261,21 @@ def _strings(value, _type):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"must be a list of strings, e.g. [\"127.0.0.1\", \"10.0.0.0/8\"], not {value!r}")
     return list(value)
+
+
+#: The headers a reverse proxy may forward the client's address in. The node reads only the
+#: one ``[node] forwarded_header`` names: a proxy passes on the other unchanged from the
+#: client (nginx, HAProxy, Caddy and Traefik append to X-Forwarded-For and forward a
+#: client's own ``Forwarded``), so believing both would let any client pick its address.
+FORWARDED_HEADERS = ("X-Forwarded-For", "Forwarded")
+
+
+def forwarded_header(value) -> str:
+    """``forwarded_header`` as the header's canonical name; another is a ValueError."""
+    for name in FORWARDED_HEADERS:
+        if isinstance(value, str) and value.lower() == name.lower():
+            return name
+    raise ValueError(f"must be one of {', '.join(FORWARDED_HEADERS)}, not {value!r}")
 
 
 def proxy_networks(values) -> tuple:
@@ -370,6 +387,7 @@ class NodeConfig:
     log_file: str | None = "node.log"
     access_log: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: str = "X-Forwarded-For"
     #: ``host:port`` of the metrics listener, or None for none.
     metrics_listen: str | None = None
 
@@ -407,7 +425,8 @@ class NodeConfig:
             federation=parsed.federation, tls_cert=parsed.tls.cert or None, tls_key=parsed.tls.key or None,
             disabled_plugins=parsed.plugins.disabled, log_file=parsed.logging.file or None,
             access_log=parsed.logging.access or None, metrics_listen=parsed.metrics.listen or None,
-            trusted_proxies=tuple(parsed.node.trusted_proxies))
+            trusted_proxies=tuple(parsed.node.trusted_proxies),
+            forwarded_header=forwarded_header(parsed.node.forwarded_header))
 
     def validate(self) -> None:
         node_id_from_url(self.public_url)
@@ -434,7 +453,8 @@ class NodeConfig:
         shows the running node's)."""
         return {
             "node": {"name": self.name, "public_url": self.public_url, "host": self.host, "port": self.port,
-                     "registration": self.registration, "trusted_proxies": list(self.trusted_proxies)},
+                     "registration": self.registration, "trusted_proxies": list(self.trusted_proxies),
+                     "forwarded_header": self.forwarded_header},
             "storage": ({**attrs.asdict(_SQLiteStorage()), **self.storage}
                         if self.storage.get("backend", "sqlite") == "sqlite" else dict(self.storage)),
             "limits": attrs.asdict(self.limits),
@@ -448,7 +468,8 @@ class NodeConfig:
     _COMMENTS = {
         "node": "registration: open: anyone may register; invite: a code from 'rxfed node invite'; closed: nobody"
                 "\n# trusted_proxies: addresses or networks of the reverse proxies whose X-Forwarded-For the node "
-                "believes",
+                "believes\n# forwarded_header: the header those proxies write the client address in (X-Forwarded-For "
+                "or Forwarded; the other is ignored)",
         "tls": "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
         "plugins": "plugin names to block, e.g. [\"outcomes\"]",
         "logging": "inside this directory; file empty: stderr only; access: a file name to keep an access log "

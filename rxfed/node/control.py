@@ -125,6 +125,10 @@ def _bind(path: Path) -> socket.socket:
             raise ConfigFileError([f"another node is running on {path.parent} (it answers on {path})"])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        # Linux creates the socket file with the socket's own mode (less the umask): set to
+        # 0600 first, nobody else can connect in the moment between bind and chmod.
+        with contextlib.suppress(OSError):
+            os.fchmod(sock.fileno(), 0o600)
         with _address(path) as address:
             sock.bind(address)
         os.chmod(path, 0o600)
@@ -174,10 +178,12 @@ def control_app(state: Any) -> web.Application:
         """An operator's command changed accounts or communities in the store."""
         try:
             body = await request.json()
-            accounts, communities = list(body.get("accounts", [])), list(body.get("communities", []))
+            accounts, communities = body.get("accounts", []), body.get("communities", [])
         except (ValueError, AttributeError, TypeError):
-            return reply({"error": "bad_request", "message": "a JSON object with accounts and communities"},
-                         status=400)
+            accounts = communities = None
+        if not all(isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in (accounts, communities)):
+            return reply({"error": "bad_request", "message": "a JSON object with accounts and communities, each a "
+                                                            "list of ids"}, status=400)
         await state.reload_suspended()
         for patient in accounts:
             state.forget_patient(patient)

@@ -490,6 +490,7 @@ class Federation:
         in any order; 1 for a half-open breaker's trial), until its queue is empty or a send
         fails."""
         s, store, policy = self.settings, self.state.store, self.policy
+        may_die = policy.may_die if _has_answered(await store.peer(destination)) else _any_may_die
         in_flight: dict[asyncio.Task, object] = {}
         alone: set[str] = set()  # the ids of transactions in flight that go alone
         failed = False
@@ -498,7 +499,7 @@ class Federation:
                 while not failed and len(in_flight) < window and not alone:
                     now = self._now()
                     txn = await store.next_transaction(destination, max_events=s.max_batch, now=int(now),
-                                                       dead_after=s.dead_after, may_die=policy.may_die,
+                                                       dead_after=s.dead_after, may_die=may_die,
                                                        exclude=[t.txn_id for t in in_flight.values()])
                     if txn is None or txn.next_attempt_ms > now * 1000:
                         break
@@ -693,6 +694,20 @@ class Federation:
         if effects.outbox:
             self.notify()
         return reply
+
+
+def _has_answered(peer: Peer | None) -> bool:
+    """Whether a log queued for ``peer`` waits for it past ``dead_after``: only for a peer
+    the operator allowed, one that accepted a delivery, or one whose keys this node holds.
+    Patients name the hosts they submit to; a log for a host that never answered stalls
+    nothing behind it, and waiting for it would keep the node retrying any name a client
+    made up, for ever."""
+    return peer is not None and (peer.policy == "allowed" or peer.last_success is not None
+                                 or peer.trusted_keys is not None)
+
+
+def _any_may_die(event: bytes) -> bool:
+    return True
 
 
 def _delivery_state(peer: Peer | None) -> PeerDelivery:

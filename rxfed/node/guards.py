@@ -24,6 +24,13 @@ class NonceWindow:
             raise Replayed()
         self._seen[nonce.value] = nonce.expires
 
+    def check(self, value: bytes) -> None:
+        """Refuse a nonce already seen, without recording it (:meth:`add` does, once the
+        request is admitted): a replay is then refused before it costs its signer's rate
+        budget or a body read."""
+        if value in self._seen:
+            raise Replayed()
+
     def load(self, nonces: list[Nonce]) -> None:
         for n in nonces:
             self._seen[n.value] = n.expires

@@ -153,17 +153,20 @@ def _ip(text: str | None):
         return None
 
 
-def client_address(request: web.BaseRequest, trusted: Sequence) -> str:
+def client_address(request: web.BaseRequest, trusted: Sequence, header: str = "X-Forwarded-For") -> str:
     """The address a request came from: the peer's, or, when the peer is a trusted proxy,
-    the nearest address in its ``Forwarded`` (RFC 7239) or else ``X-Forwarded-For`` chain
-    that is not itself a trusted proxy. Headers from any other peer are ignored (anyone can
-    send them). An IPv6 client is keyed by its /64, which one subscriber usually holds."""
+    the nearest address in the chain of ``header`` (``X-Forwarded-For``, or ``Forwarded``
+    of RFC 7239: the one the proxies write) that is not itself a trusted proxy. The other
+    header is never read: a proxy that writes one passes the other on from the client as it
+    came, so reading it would let a client name any address. Headers from any other peer
+    are ignored (anyone can send them). An IPv6 client is keyed by its /64, which one
+    subscriber usually holds."""
     peer = _ip(request.remote)
     if peer is None:
         return request.remote or "?"
     address = peer
     if trusted and any(peer in net for net in trusted):
-        if "Forwarded" in request.headers:
+        if header == "Forwarded":
             hops = [_ip(item.get("for")) for item in request.forwarded]
         else:
             hops = [_ip(h) for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
@@ -278,9 +281,10 @@ class Listener:
     """The listener's shared state for one node: admission, the unverified-body cap, the
     anonymous budgets, the trusted proxies."""
 
-    def __init__(self, limits: Limits, trusted_proxies: Sequence[str] = ()):
+    def __init__(self, limits: Limits, trusted_proxies: Sequence[str] = (), forwarded_header: str = "X-Forwarded-For"):
         self.limits = limits
         self.trusted = proxy_networks(trusted_proxies)
+        self.forwarded_header = forwarded_header
         self.admission = Admission(limits.max_in_flight, limits.max_queued, limits.queue_timeout)
         self.anonymous = RateLimiter(limits.anonymous_per_minute / 60.0, limits.anonymous_burst)
         self.anonymous_all = RateLimiter(limits.anonymous_global_per_minute / 60.0, limits.anonymous_global_burst)
@@ -289,7 +293,7 @@ class Listener:
     def take_anonymous(self, request: web.BaseRequest) -> None:
         """One unauthenticated request from the request's client: its address's budget, then
         everyone's (so one address that is refused costs the others nothing)."""
-        self.anonymous.take(client_address(request, self.trusted))
+        self.anonymous.take(client_address(request, self.trusted, self.forwarded_header))
         self.anonymous_all.take("*")
 
     def unverified(self) -> _UnverifiedBody:

@@ -42,6 +42,8 @@ class LocalNode:
     clock: Callable[[], float] = time.time
     #: ``[node] trusted_proxies``: peers whose X-Forwarded-For / Forwarded the node believes.
     trusted_proxies: tuple[str, ...] = ()
+    #: ``[node] forwarded_header``: which of the two those proxies write.
+    forwarded_header: str = "X-Forwarded-For"
     port: int = attrs.field(factory=free_port)
     #: ``host:port`` for the node's metrics listener, or None for none.
     metrics_listen: str | None = None
@@ -56,7 +58,8 @@ class LocalNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.url, port=self.port,
                                  registration=self.registration, limits=self.limits, federation=self.federation,
-                                 trusted_proxies=tuple(self.trusted_proxies), metrics_listen=self.metrics_listen)
+                                 trusted_proxies=tuple(self.trusted_proxies), forwarded_header=self.forwarded_header,
+                                 metrics_listen=self.metrics_listen)
         if not (self.data_dir / "node-keys.json").exists():
             create_node_keys(self.data_dir)
             self.config.save()

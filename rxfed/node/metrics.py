@@ -4,7 +4,8 @@ Every node application has its own :class:`prometheus_client.CollectorRegistry` 
 nodes run in one test process, and the demo runs three). Labels are bounded and name no one:
 a route is its pattern (``/federation/v1/transactions/{txn}``, never the id in it), a
 method one of the standard ones, a peer the host name its operator configured or a peer
-that contacted the node. No patient, device, record, grant or community id appears in a
+whose keys the node holds (at most :data:`MAX_PEER_LABELS`; other destinations, which
+patients name, count together as ``(other)``). No patient, device, record, grant or community id appears in a
 label, so a scrape (or a monitoring system's retention) can link nothing to a patient.
 
 The per-request cost is one middleware: two clock reads, two dict lookups and a bisect
@@ -28,6 +29,10 @@ import rxfed
 #: gives up after a few seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+#: Peers with a label of their own, at most (operator-configured ones first).
+MAX_PEER_LABELS = 200
+#: The label of every other destination together (see NodeCollector._federation).
+OTHER_PEERS = "(other)"
 
 
 def route_of(request: web.BaseRequest) -> str:
@@ -174,6 +179,18 @@ class _NodeCollector:
 
     @staticmethod
     def _federation(summary, peers, now):
+        # A patient names the hosts of the communities it joins and of the nodes it grants to,
+        # so the outbox and the peer table hold destinations a client chose: only a peer the
+        # operator configured or one this node holds keys for (it answered, or contacted us)
+        # is a label of its own, at most MAX_PEER_LABELS of them; the rest count together as
+        # OTHER_PEERS, so no client can grow the series a scrape returns.
+        configured = sorted(p.node_id for p in peers if p.policy != "known")
+        keyed = sorted(p.node_id for p in peers if p.policy == "known" and p.trusted_keys is not None)
+        named = set((configured + keyed)[:MAX_PEER_LABELS])
+
+        def label(node_id: str) -> str:
+            return node_id if node_id in named else OTHER_PEERS
+
         pending = GaugeMetricFamily("rxfed_outbox_queued_events", "Events queued for a peer, not yet sent",
                                     labels=["peer"])
         in_flight = GaugeMetricFamily("rxfed_outbox_in_flight_events", "Events sent to a peer, not yet acknowledged",
@@ -182,21 +199,34 @@ class _NodeCollector:
                                  labels=["peer"])
         oldest = GaugeMetricFamily("rxfed_outbox_oldest_age_seconds", "Age of the oldest event queued for a peer",
                                    labels=["peer"])
+        by_peer: dict[str, list] = {}
         for s in summary:
-            pending.add_metric([s.destination], s.pending)
-            in_flight.add_metric([s.destination], s.in_flight)
-            dead.add_metric([s.destination], s.dead)
+            row = by_peer.setdefault(label(s.destination), [0, 0, 0, None])
+            row[0] += s.pending
+            row[1] += s.in_flight
+            row[2] += s.dead
             if s.oldest is not None:
-                oldest.add_metric([s.destination], max(0, now - s.oldest))
+                row[3] = s.oldest if row[3] is None else min(row[3], s.oldest)
+        for peer, (n_pending, n_in_flight, n_dead, first) in by_peer.items():
+            pending.add_metric([peer], n_pending)
+            in_flight.add_metric([peer], n_in_flight)
+            dead.add_metric([peer], n_dead)
+            if first is not None:
+                oldest.add_metric([peer], max(0, now - first))
         yield from (pending, in_flight, dead, oldest)
         yield GaugeMetricFamily("rxfed_dead_letters", "Dead letters held, all peers", value=sum(s.dead for s in summary))
         breaker = GaugeMetricFamily("rxfed_peer_breaker_open", "1 while deliveries to a peer wait out its circuit "
-                                    "breaker", labels=["peer"])
-        failures = GaugeMetricFamily("rxfed_peer_consecutive_failures", "Failed deliveries to a peer in a row",
-                                     labels=["peer"])
+                                    f"breaker ({OTHER_PEERS}: how many of those peers)", labels=["peer"])
+        failures = GaugeMetricFamily("rxfed_peer_consecutive_failures", "Failed deliveries to a peer in a row "
+                                     f"({OTHER_PEERS}: their sum)", labels=["peer"])
+        by_peer = {}
         for p in peers:
-            breaker.add_metric([p.node_id], 1 if p.breaker_until and p.breaker_until > now else 0)
-            failures.add_metric([p.node_id], p.failures)
+            row = by_peer.setdefault(label(p.node_id), [0, 0])
+            row[0] += 1 if p.breaker_until and p.breaker_until > now else 0
+            row[1] += p.failures
+        for peer, (n_open, n_failures) in by_peer.items():
+            breaker.add_metric([peer], n_open)
+            failures.add_metric([peer], n_failures)
         yield from (breaker, failures)
 
     @staticmethod
