@@ -468,3 +468,22 @@ async def test_peers_list_shows_a_half_open_breaker(pair):
     listed = await asyncio.to_thread(admin.peers_list, a.data_dir)
     states = {p["node_id"]: p["breaker"] for p in listed}
     assert states[b.node_id] == "half-open" and states["c.example"] == "open"
+
+
+def test_the_default_per_origin_limit_admits_a_busy_peers_steady_traffic():
+    """At low rates a peer sends each event in its own transaction: the default limit must
+    take 100 a second for as long as they come (the federation benchmark's offered rate;
+    a limit of 20 a second held every event back half a second), and refuse a flood."""
+    from rxfed.errors import RateLimited
+    from rxfed.node.config import Federation
+    from rxfed.node.guards import RateLimiter
+
+    now = [0.0]
+    defaults = Federation()
+    limiter = RateLimiter(defaults.inbound_per_second, defaults.inbound_burst, clock=lambda: now[0])
+    for _ in range(100 * 60):  # a minute at 100 transactions a second
+        limiter.take("peer.example")
+        now[0] += 0.01
+    with pytest.raises(RateLimited):  # a flood of 3000 at once is not taken
+        for _ in range(3000):
+            limiter.take("flood.example")

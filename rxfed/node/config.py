@@ -141,8 +141,8 @@ class Federation:
     key_fetches_per_minute: int = attrs.field(default=60, validator=_number(int, 1))
     #: Transactions accepted per second from one origin, and the burst above that (429
     #: with Retry-After beyond; our own sender waits as asked).
-    inbound_per_second: float = attrs.field(default=20.0, validator=_number(float, 0, above=True))
-    inbound_burst: int = attrs.field(default=200, validator=_number(int, 1))
+    inbound_per_second: float = attrs.field(default=200.0, validator=_number(float, 0, above=True))
+    inbound_burst: int = attrs.field(default=1000, validator=_number(int, 1))
     #: A patient's signal delivery waits a random 0 to this many seconds before it goes to
     #: its recipient, each recipient's delay drawn apart, so the recipients of one grant do
     #: not all receive it at the same moment (spec/crypto.md §9 says what this does not hide).
