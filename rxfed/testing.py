@@ -38,18 +38,6 @@ def builtin_plugins() -> RxfedPlugins:
     return plugins
 
 
-def node_plugins(disabled=()) -> RxfedPlugins:
-    """Every installed plugin (entry points), with stateful built-ins given a fresh instance,
-    so several nodes in one process (the demo, tests) never share plugin state."""
-    import rxfed_plugins.outcomes
-
-    plugins = RxfedPlugins(disabled=disabled)
-    if plugins.pm.get_plugin("outcomes") is not None:
-        plugins.pm.unregister(name="outcomes")
-        plugins.register(rxfed_plugins.outcomes.Outcomes(), "outcomes")
-    return plugins
-
-
 @attrs.define
 class NodeHarness(LocalNode):
     """One node serving on 127.0.0.1 (a :class:`rxfed.node.local.LocalNode`) with test
