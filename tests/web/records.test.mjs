@@ -1,0 +1,123 @@
+// The page's records against Python's: spec/vectors/records.json and fhir.json (written by
+// spec/vectors/generate.py from rxfed/client and rxfed/vocabulary) pass in the web client's
+// JavaScript, so each client reads what the other writes and a FHIR file gives the same
+// records in both. Run with `node --test tests/web/`.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+
+import { timeline } from "../../rxfed/web/js/charts.mjs";
+import { exportBundle, importBundle, parseJson } from "../../rxfed/web/js/fhir.mjs";
+import { pyFloat, recordPlaintext } from "../../rxfed/web/js/protocol.mjs";
+import { crisisResources, score } from "../../rxfed/web/js/questionnaires.mjs";
+import * as rec from "../../rxfed/web/js/records.mjs";
+import * as so from "../../rxfed/web/js/sodium.mjs";
+import { searchConcepts, normaliseCode } from "../../rxfed/web/js/vocabulary.mjs";
+
+await so.ready();
+const text = (path) => readFileSync(new URL(`../../${path}`, import.meta.url), "utf8");
+const vectors = (name) => JSON.parse(text(`spec/vectors/${name}`));
+
+function outcome(work) {
+  try {
+    return { ok: work() };
+  } catch (exc) {
+    if (!exc.code) throw exc;
+    return { error: exc.code };
+  }
+}
+const withoutCode = (o) => ("error" in o ? { error: o.error } : o);
+
+test("diagnosis codes are normalised and refused as in Python", () => {
+  for (const c of vectors("records.json").codes) {
+    assert.deepEqual(withoutCode(outcome(() => normaliseCode(c.system, c.code))), "ok" in c ? { ok: c.ok } : { error: c.error }, `${c.system} ${c.code}`);
+  }
+});
+
+test("the label search finds a diagnosis by words of its name or by code", () => {
+  const found = searchConcepts("type 2 diab");
+  assert.ok(found.some((c) => c.system === "icd10" && c.code === "E11"), JSON.stringify(found));
+  assert.ok(found.every((c) => /type 2/i.test(c.label)));
+  assert.ok(searchConcepts("E11").length >= 1 && searchConcepts("E11")[0].code.startsWith("E11"));
+  assert.deepEqual(searchConcepts("   "), []);
+  for (const c of searchConcepts("a", 1000)) assert.equal(normaliseCode(c.system, c.code), c.code, `${c.system} ${c.code} is valid`);
+});
+
+test("PHQ-9 and GAD-7 score as in Python, and the crisis message is word for word", () => {
+  const v = vectors("records.json");
+  for (const s of v.scores) assert.deepEqual(withoutCode(outcome(() => score(s.instrument, s.answers))), "ok" in s ? { ok: s.ok } : { error: s.error });
+  for (const [country, message] of Object.entries(v.crisis)) assert.equal(crisisResources(country === "" ? null : country), message);
+});
+
+test("conditions and journal entries are the data Python writes", () => {
+  const v = vectors("records.json");
+  for (const c of v.conditions) {
+    const got = withoutCode(outcome(() => rec.condition(c.given)));
+    if ("ok" in c) assert.deepEqual(got, { ok: c.ok });
+    else assert.ok("error" in got, JSON.stringify(c.given));
+  }
+  for (const j of v.journal) {
+    const given = { ...j.given, symptoms: Object.entries(j.given.symptoms || {}) };
+    const got = withoutCode(outcome(() => rec.journal(given)));
+    if ("ok" in j) assert.deepEqual(got, { ok: j.ok });
+    else assert.equal(got.error, j.error);
+  }
+});
+
+test("import keys, content keys and floats are Python's", () => {
+  const v = vectors("records.json");
+  for (const k of v.keys) assert.equal(rec.deriveKey(...k.parts), k.key);
+  for (const k of v.content_keys) assert.equal(rec.contentKey(k.kind, k.data), k.key);
+  for (const f of v.floats) assert.equal(pyFloat(f.value), f.python);
+  const plain = new TextDecoder().decode(recordPlaintext({ kind: "observation", created: "x", data: { value: 19.124306358791486, n: 3 } }));
+  assert.equal(plain, '{"created":"x","data":{"n":3,"value":19.124306358791486},"kind":"observation"}');
+});
+
+function imported(doc, floats) {
+  try {
+    const r = importBundle(doc, floats);
+    return { records: r.records, skipped: r.skipped, skipped_why: r.skippedWhy, notes: r.notes };
+  } catch (exc) {
+    if (!exc.code) throw exc;
+    return { error: exc.code };
+  }
+}
+
+test("a FHIR Bundle gives the records Python gives, or the same refusal", () => {
+  // parsed with the page's own parser, so the hand-made Bundles keep their floats ("25.0")
+  const { doc, floats } = parseJson(text("spec/vectors/fhir.json"));
+  for (const c of doc.imports) {
+    const source = c.file ? parseJson(text(c.file)) : { doc: c.bundle, floats };
+    const want = c.error ? { error: c.error } : { records: c.records, skipped: c.skipped, skipped_why: c.skipped_why, notes: c.notes };
+    assert.deepEqual(imported(source.doc, source.floats), want, c.file || c.name);
+  }
+});
+
+test("an export is the Bundle Python exports", async () => {
+  for (const e of vectors("fhir.json").exports) {
+    assert.deepEqual(await exportBundle(e.records, e.patient), e.bundle);
+  }
+});
+
+test("the timeline: series by symptom, feeling, treatments as periods", () => {
+  const r = (kind, data, created = "2026-01-01T00:00:00.000000Z") => ({ id: kind + JSON.stringify(data), kind, created, data });
+  const data = timeline([
+    r("journal", { date: "2024-01-03", symptoms: { pain: 4 }, feeling: 6 }),
+    r("journal", { date: "2024-01-01", symptoms: { pain: 7, fatigue: 2 }, feeling: null }),
+    r("journal", { date: "2024-01-03", symptoms: { pain: 5 }, feeling: null }, "2026-01-02T00:00:00.000000Z"),
+    r("treatment", { name: "ibuprofen", started: "2024-01-02", stopped: null }),
+    r("treatment", { name: "no start", started: null, stopped: "2024-01-02" }),
+    r("condition", { system: "icd10", code: "M54.5", label: "Low back pain", onset: "2023-12-30" }),
+  ], "2024-01-10");
+  assert.equal(data.start, "2023-12-30");
+  assert.equal(data.end, "2024-01-10");
+  assert.deepEqual(data.series, [
+    { name: "fatigue", points: [{ date: "2024-01-01", value: 2 }] },
+    { name: "pain", points: [{ date: "2024-01-01", value: 7 }, { date: "2024-01-03", value: 5 }] },
+    { name: "feeling", points: [{ date: "2024-01-03", value: 6 }] },
+  ]);
+  assert.deepEqual(data.treatments, [{ name: "ibuprofen", start: "2024-01-02", end: "2024-01-10", ongoing: true }]);
+  assert.deepEqual(data.conditions, [{ label: "Low back pain", date: "2023-12-30" }]);
+  assert.equal(timeline([], "2024-01-10"), null);
+});
