@@ -324,14 +324,16 @@ export class Patient {
   }
 
   /** Run `work` (which commits) on the vault as it is; once more after a reload when another
-   * device committed in between (the node answers stale_manifest or stale_record). */
+   * device committed in between (the node answers stale_manifest or stale_record) or a
+   * recovery started a new identity epoch since this page loaded (stale_identity): a tab
+   * stays open for days. */
   async retried(work) {
     for (let attempt = 0; ; attempt++) {
       if (this.state === null) await this.load();
       try {
         return await work();
       } catch (exc) {
-        if (exc instanceof NodeRefused && ["stale_manifest", "stale_record"].includes(exc.code) && attempt === 0) {
+        if (exc instanceof NodeRefused && ["stale_manifest", "stale_record", "stale_identity"].includes(exc.code) && attempt === 0) {
           this.state = null;
           continue;
         }
