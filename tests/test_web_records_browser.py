@@ -201,6 +201,11 @@ async def test_fhir_import_and_export_and_the_passphrase_change(node, tmp_path):
         await page.set_input_files("#import-file", str(bad))
         await page.click("#import-form button[type=submit]")
         await page.wait_for_selector("#error:has-text('expected a FHIR Bundle')")
+        # nor is a Bundle about two people
+        await page.set_input_files("#import-file", str(CERNER.parent / "searchset-two-patients.json"))
+        await page.click("#import-form button[type=submit]")
+        await page.wait_for_selector("#error:has-text('2 different patients')")
+        assert len((await cli("patient", "show", "--profile", str(profile)))["records"]) == 8  # nothing stored
 
         # the export downloads a Bundle the CLI imports as records it already holds
         await page.fill("#j-s1", "pain")

@@ -121,3 +121,9 @@ test("the timeline: series by symptom, feeling, treatments as periods", () => {
   assert.deepEqual(data.conditions, [{ label: "Low back pain", date: "2023-12-30" }]);
   assert.equal(timeline([], "2024-01-10"), null);
 });
+
+test("text limits count characters as Python does, not UTF-16 units", () => {
+  const sleepy = "\u{1f634}";
+  assert.equal(rec.journal({ note: sleepy.repeat(4000), date: "2024-01-01" }).note.length, 8000);
+  assert.throws(() => rec.journal({ note: sleepy.repeat(4001), date: "2024-01-01" }), (e) => e.code === "bad_text");
+});

@@ -102,7 +102,7 @@ export function localDate(d = new Date()) {
 export function text(value, what, limit = MAX_TEXT) {
   const clean = (value ?? "").trim();
   if (!clean) return null;
-  if (clean.length > limit || /[\x00-\x08\x0b\x0c\x0e-\x1f]/.test(clean)) {
+  if ([...clean].length > limit || /[\x00-\x08\x0b\x0c\x0e-\x1f]/.test(clean)) {
     throw new Invalid(`${what} must be at most ${limit} printable characters.`, "bad_text");
   }
   return clean;
