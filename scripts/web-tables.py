@@ -10,7 +10,8 @@
   GAD-7 as rxfed/client/questionnaires.py defines them (items, severity bands, LOINC codes)
   and the crisis lines shown for PHQ-9 item 9.
 * FHIR_RESOURCE_TYPES: the resource types of FHIR R4B (fhir.resources), which an import
-  names or is refused; FHIR: the code system, extension and naming system URIs of
+  names or is refused; FHIR_ELEMENTS: the elements of the resources and data types the page
+  reads (an element they lack refuses the file); FHIR: the code system, extension and naming system URIs of
   rxfed/client/fhir.py, and SYSTEM_URIS, SYSTEM_ALIASES: those of rxfed/vocabulary/codes.py.
   They are names, never fetched: this file is the only module that spells a URL.
 
@@ -72,6 +73,23 @@ def resource_types() -> list[str]:
     return sorted(names)
 
 
+#: The FHIR types whose elements the page checks (the resources it keeps, and the data types
+#: it reads in them): an element the R4B model does not have refuses the file, as in Python.
+CHECKED_TYPES = ("Patient", "Condition", "MedicationStatement", "MedicationRequest", "Medication", "Observation",
+                 "QuestionnaireResponse", "CodeableConcept", "Coding", "Reference", "Period", "Quantity")
+
+
+def elements() -> dict:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    out = {}
+    for name in CHECKED_TYPES:
+        fields = get_fhir_model_class(name).model_fields
+        out[name] = sorted({f.alias or k for k, f in fields.items()} - {"fhir_comments"}
+                           | ({"resourceType"} if name[0].isupper() and get_fhir_model_class(name).has_resource_base() else set()))
+    return out
+
+
 def fhir_names() -> dict:
     from rxfed.client import fhir
 
@@ -108,6 +126,7 @@ def render() -> str:
     lines.append(const("SYSTEM_ALIASES", {k: list(v) for k, v in codes._ALIASES.items()}))
     lines.append(const("FHIR", fhir_names()))
     lines.append(const("FHIR_RESOURCE_TYPES", resource_types()))
+    lines.append(const("FHIR_ELEMENTS", elements()))
     return "".join(lines)
 
 

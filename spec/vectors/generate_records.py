@@ -171,6 +171,10 @@ def _cases() -> list[tuple[str, dict]]:
             {"resourceType": "Condition", "subject": SUBJECT, "code": {"text": "  Asthma  "}, "onsetDateTime": "2012"},
             {"resourceType": "Observation", "status": "final", "subject": SUBJECT, "code": {"coding": [{"code": "a"}]},
              "effectiveInstant": "2015-02-07T13:28:17.239+02:00", "valueBoolean": False})),
+        ("an element FHIR does not have", _bundle({**PATIENT, "shoeSize": 44})),
+        ("an element FHIR does not have, in a coding", _bundle({"resourceType": "Condition", "subject": SUBJECT,
+                                                                "code": {"coding": [{"code": "x", "colour": "red"}]}})),
+        ("a contained resource of no type", _bundle({**PATIENT, "contained": [{"resourceType": "Nope"}]})),
         ("an observation without code", _bundle({"resourceType": "Observation", "status": "final", "subject": SUBJECT})),
     ]
 

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { timeline } from "../../rxfed/web/js/charts.mjs";
-import { exportBundle, importBundle, parseJson } from "../../rxfed/web/js/fhir.mjs";
+import { InvalidFhir, exportBundle, importBundle, parseJson } from "../../rxfed/web/js/fhir.mjs";
 import { pyFloat, recordPlaintext } from "../../rxfed/web/js/protocol.mjs";
 import { crisisResources, score } from "../../rxfed/web/js/questionnaires.mjs";
 import * as rec from "../../rxfed/web/js/records.mjs";
@@ -126,4 +126,29 @@ test("text limits count characters as Python does, not UTF-16 units", () => {
   const sleepy = "\u{1f634}";
   assert.equal(rec.journal({ note: sleepy.repeat(4000), date: "2024-01-01" }).note.length, 8000);
   assert.throws(() => rec.journal({ note: sleepy.repeat(4001), date: "2024-01-01" }), (e) => e.code === "bad_text");
+});
+
+test("a malformed Bundle only ever gives InvalidFhir, never a crash", () => {
+  // a seeded generator of JSON values, as tests/client/test_fhir.py's hypothesis strategy
+  let seed = 42;
+  const rand = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
+  const leaf = () => [null, true, false, rand(20) - 5, 2.5, "", "x", "2024-01-01", "Patient/p1", "#c"][rand(10)];
+  const value = (depth) => {
+    if (depth > 2 || rand(3) === 0) return leaf();
+    if (rand(2)) return Array.from({ length: rand(3) }, () => value(depth + 1));
+    const keys = ["code", "coding", "system", "text", "reference", "value", "valueInteger", "start", "item", "answer", "linkId", "resourceType"];
+    return Object.fromEntries(Array.from({ length: rand(4) }, () => [keys[rand(keys.length)], value(depth + 1)]));
+  };
+  const fields = ["subject", "code", "status", "valueInteger", "valueQuantity", "item", "name", "onsetDateTime", "onsetPeriod",
+    "medicationCodeableConcept", "medicationReference", "contained", "identifier", "component", "derivedFrom", "extension", "authored", "effectivePeriod"];
+  const types = ["Patient", "Condition", "Observation", "MedicationRequest", "MedicationStatement", "QuestionnaireResponse", "Medication", "Claim", "Nope", 3, null];
+  for (let i = 0; i < 2000; i++) {
+    const resource = { resourceType: types[rand(types.length)] };
+    for (let j = rand(4); j > 0; j--) resource[fields[rand(fields.length)]] = value(0);
+    try {
+      importBundle({ resourceType: "Bundle", type: "collection", entry: [{ resource }] });
+    } catch (exc) {
+      assert.ok(exc instanceof InvalidFhir, `${exc.stack}\n${JSON.stringify(resource)}`);
+    }
+  }
 });

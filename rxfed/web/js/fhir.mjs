@@ -7,7 +7,7 @@
 import { pyFloat } from "./protocol.mjs";
 import { INSTRUMENTS, fromStored, score } from "./questionnaires.mjs";
 import * as rec from "./records.mjs";
-import { FHIR, FHIR_RESOURCE_TYPES, SYSTEM_URIS } from "./tables.mjs";
+import { FHIR, FHIR_ELEMENTS, FHIR_RESOURCE_TYPES, SYSTEM_URIS } from "./tables.mjs";
 import { normaliseCode, systemFromUri } from "./vocabulary.mjs";
 
 const { LOINC, RXNORM, CONDITION_CLINICAL, OBSERVATION_CATEGORY, MOTHERS_MAIDEN_NAME, IPS_ABSENT_UNKNOWN,
@@ -179,15 +179,22 @@ function checkShape(value, shape, where) {
     return;
   }
   if (!isObject(value)) throw bad(`not a valid FHIR R4 Bundle: ${where}: Input should be an object`);
-  for (const [k, s] of Object.entries(shape)) checkShape(value[k], s, `${where}.${k}`);
+  if (shape.$model) {
+    const known = ELEMENTS.get(shape.$model);
+    const extra = Object.keys(value).find((k) => !known.has(k));
+    if (extra !== undefined) throw bad(`not a valid FHIR R4 Bundle: ${where}.${extra}: Extra inputs are not permitted`);
+  }
+  for (const [k, s] of Object.entries(shape)) if (k !== "$model") checkShape(value[k], s, `${where}.${k}`);
 }
 
-const CODING = { system: "string", code: "code", display: "string" };
+const ELEMENTS = new Map(Object.entries(FHIR_ELEMENTS).map(([k, v]) => [k, new Set(v)]));
+
+const CODING = { $model: "Coding", system: "string", code: "code", display: "string" };
 const EXTENSION = { url: "string", valueString: "string", valueInteger: "integer" };
-const CONCEPT = { coding: [CODING], text: "string", extension: [EXTENSION] };
-const REFERENCE = { reference: "string", display: "string", type: "string", identifier: { system: "string", value: "string" } };
-const PERIOD = { start: "date", end: "date" };
-const QUANTITY = { value: "decimal", unit: "string", code: "code" };
+const CONCEPT = { $model: "CodeableConcept", coding: [CODING], text: "string", extension: [EXTENSION] };
+const REFERENCE = { $model: "Reference", reference: "string", display: "string", type: "string", identifier: { system: "string", value: "string" } };
+const PERIOD = { $model: "Period", start: "date", end: "date" };
+const QUANTITY = { $model: "Quantity", value: "decimal", unit: "string", code: "code" };
 const VALUE = { valueQuantity: QUANTITY, valueCodeableConcept: CONCEPT, valueInteger: "integer", valueBoolean: "boolean",
   valueString: "string", valueDateTime: "date" };
 const SUBJECTS = { subject: REFERENCE, patient: REFERENCE, beneficiary: REFERENCE, id: "string" };
@@ -233,7 +240,13 @@ function validated(doc) {
       if (!RESOURCE_TYPES.has(kind)) throw bad(`entry ${index}: ${shown(kind)} is not a FHIR R4 resource type`);
       checkShape(entry.fullUrl, "string", `entry.${index}.fullUrl`);
       const shape = RESOURCE_SHAPES[kind];
-      if (shape) checkShape(resource, shape, `entry.${index}.resource`);
+      if (shape) checkShape(resource, { $model: kind, ...shape }, `entry.${index}.resource`);
+      for (const [i, inner] of list(resource.contained).entries()) {
+        if (!isObject(inner) || typeof inner.resourceType !== "string" || !RESOURCE_TYPES.has(inner.resourceType)) {
+          throw bad("not a valid FHIR R4 Bundle: a nested or contained resource has a missing or unknown resourceType");
+        }
+        if (RESOURCE_SHAPES[inner.resourceType]) checkShape(inner, { $model: inner.resourceType, ...RESOURCE_SHAPES[inner.resourceType] }, `entry.${index}.resource.contained.${i}`);
+      }
       for (const field of REQUIRED[kind] || []) {
         if (!has(resource, field)) throw bad(`not a valid FHIR R4 Bundle: entry.${index}.resource.${field}: Field required`);
       }
