@@ -114,6 +114,11 @@ async def test_records_written_in_the_page_and_with_the_cli_read_each_other(node
         assert "2024-01-04" in table and "metformin" in table and "onset: " + LABEL in table
         await page.screenshot(path=ARTEFACTS / "timeline-desktop.png", full_page=True)
         await page.locator("#timeline").screenshot(path=ARTEFACTS / "timeline-chart.png")
+        # the last 30 days (today is well after January 2024): nothing of it, and the ongoing treatment
+        await page.select_option("#timeline-range", "30")
+        assert await page.locator(f"#timeline-chart g.series[data-series='{SYMPTOM}']").count() == 0
+        assert await page.locator("#timeline-chart g.treatment[data-treatment='metformin']").count() == 1
+        await page.select_option("#timeline-range", "all")
         await axe_scan(page, "timeline, questionnaire and condition forms")
 
         # edit the first entry (its next version) and delete the condition
@@ -246,6 +251,12 @@ async def test_fhir_import_and_export_and_the_passphrase_change(node, tmp_path):
         await page.click("#unlock-form button[type=submit]")
         await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
         assert "pain 3/10" in await entries(page)
+        # what the page imported and wrote is ciphertext on the node
+        for path in node.data_dir.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                for plain in (b"BRANNIGAN", b"Quarry Ridge", b"amlodipine", b"olmesartan"):
+                    assert plain not in data, (path, plain)
         # Chromium logs the node's 409 itself: the first import after the CLI's recovery was
         # refused as signed for the old identity epoch, and the page reloaded and signed again
         assert [p for p in watched.problems if "409 (Conflict)" not in p] == []

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { timeline } from "../../rxfed/web/js/charts.mjs";
+import { rangeStart, timeline } from "../../rxfed/web/js/charts.mjs";
 import { InvalidFhir, exportBundle, importBundle, parseJson } from "../../rxfed/web/js/fhir.mjs";
 import { pyFloat, recordPlaintext } from "../../rxfed/web/js/protocol.mjs";
 import { crisisResources, score } from "../../rxfed/web/js/questionnaires.mjs";
@@ -120,6 +120,21 @@ test("the timeline: series by symptom, feeling, treatments as periods", () => {
   assert.deepEqual(data.treatments, [{ name: "ibuprofen", start: "2024-01-02", end: "2024-01-10", ongoing: true }]);
   assert.deepEqual(data.conditions, [{ label: "Low back pain", date: "2023-12-30" }]);
   assert.equal(timeline([], "2024-01-10"), null);
+  // the last 7 days: the older entry and the onset drop out, the treatment is drawn from the range's start
+  const since = rangeStart("7", "2024-01-10");
+  assert.equal(since, "2024-01-03");
+  const recent = timeline([
+    r("journal", { date: "2024-01-01", symptoms: { pain: 7 }, feeling: null }),
+    r("journal", { date: "2024-01-05", symptoms: { pain: 2 }, feeling: null }),
+    r("treatment", { name: "ibuprofen", started: "2023-12-01", stopped: null }),
+    r("treatment", { name: "stopped long ago", started: "2023-01-01", stopped: "2023-02-01" }),
+    r("condition", { system: "icd10", code: "M54.5", label: "Low back pain", onset: "2023-12-30" }),
+  ], "2024-01-10", since);
+  assert.deepEqual([recent.start, recent.end], ["2024-01-03", "2024-01-10"]);
+  assert.deepEqual(recent.series, [{ name: "pain", points: [{ date: "2024-01-05", value: 2 }] }]);
+  assert.deepEqual(recent.treatments.map((t) => [t.name, t.start]), [["ibuprofen", "2024-01-03"]]);
+  assert.deepEqual(recent.conditions, []);
+  assert.equal(rangeStart("all", "2024-01-10"), null);
 });
 
 test("text limits count characters as Python does, not UTF-16 units", () => {

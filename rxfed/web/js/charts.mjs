@@ -12,11 +12,31 @@ const MARKERS = ["circle", "square", "diamond", "triangle"];
 const toTime = (date) => Date.parse(`${date}T00:00:00Z`);
 const isDate = (v) => typeof v === "string" && /^\d{4}-\d{2}-\d{2}$/.test(v) && Number.isFinite(toTime(v));
 
+/** The first day of a range ending `today`: "all" (null), or a number of days back. */
+export function rangeStart(range, today) {
+  if (range === "all" || !Number.isInteger(Number(range))) return null;
+  return new Date(toTime(today) - Number(range) * DAY).toISOString().slice(0, 10);
+}
+
 /** What the timeline shows, from decrypted records: {start, end (dates), series: [{name,
  * points: [{date, value}]}] (symptoms by name, then "feeling"), treatments: [{name, start,
  * end, ongoing}], conditions: [{label, date}], days: the dates with a journal entry}. A
- * treatment without a start is left out (it has no period); one without an end runs to `today`. */
-export function timeline(records, today) {
+ * treatment without a start is left out (it has no period); one without an end runs to
+ * `today`. With `since`, only what falls on or after that day (a treatment that started
+ * earlier is drawn from `since`). */
+export function timeline(records, today, since = null) {
+  if (since !== null) {
+    records = records.flatMap((r) => {
+      const d = r.data;
+      if (r.kind === "journal") return isDate(d.date) && d.date >= since ? [r] : [];
+      if (r.kind === "condition") return isDate(d.onset) && d.onset >= since ? [r] : [];
+      if (r.kind === "treatment" && isDate(d.started)) {
+        if (isDate(d.stopped) && d.stopped < since) return [];
+        return [{ ...r, data: { ...d, started: d.started < since ? since : d.started } }];
+      }
+      return [];
+    });
+  }
   const symptoms = new Map(), feeling = [], treatments = [], conditions = [];
   const journal = records.filter((r) => r.kind === "journal" && isDate(r.data.date))
     .sort((a, b) => (a.data.date < b.data.date ? -1 : a.data.date > b.data.date ? 1 : a.created < b.created ? -1 : 1));

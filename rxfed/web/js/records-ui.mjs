@@ -4,7 +4,7 @@
 // data); app.mjs mounts it and calls show() whenever the records change.
 
 import { Patient } from "./client.mjs";
-import { chart, legend, table, timeline } from "./charts.mjs";
+import { chart, legend, rangeStart, table, timeline } from "./charts.mjs";
 import { InvalidFhir, exportBundle, importBundle, parseJson } from "./fhir.mjs";
 import { ANSWERS, ATTRIBUTION, INSTRUMENTS, browserCountry, crisisResources, score, stored } from "./questionnaires.mjs";
 import { EDITABLE, Invalid, KIND_NAMES, clinicalDate, condition, edited, journal, localDate, summary } from "./records.mjs";
@@ -64,15 +64,23 @@ function timelineSection() {
     toggle.textContent = open ? "Hide the table" : "Show as a table";
     $("timeline-table").hidden = !open;
   });
-  section.append(node("h3", { id: "timeline-h" }, "Timeline"),
+  const range = node("div", { className: "range" });
+  const pick = field(range, { id: "timeline-range", label: "Show", value: "all",
+    options: [["all", "everything"], ["365", "the last year"], ["90", "the last 3 months"], ["30", "the last 30 days"]] });
+  pick.addEventListener("change", () => showTimeline(shownRecords));
+  section.append(node("h3", { id: "timeline-h" }, "Timeline"), range,
     node("p", { id: "timeline-empty" }, "Your symptoms, feeling and treatments appear here over time once you write them."),
     node("div", { id: "timeline-chart-box", className: "chart-box" }), node("div", { id: "timeline-legend" }), toggle,
     node("div", { id: "timeline-table", className: "table-box", hidden: true }));
   return section;
 }
 
+let shownRecords = [];
+
 function showTimeline(records) {
-  const data = timeline(records, localDate());
+  shownRecords = records;
+  const today = localDate();
+  const data = timeline(records, today, rangeStart($("timeline-range").value, today));
   $("timeline-empty").hidden = data !== null;
   $("timeline-toggle").hidden = data === null;
   if (data === null) {
@@ -400,6 +408,7 @@ export function mount(hooks) {
 /** The records changed (loaded, written, locked: `records` null): draw the timeline again. */
 export function show(records) {
   if (records === null) {
+    shownRecords = [];
     for (const id of ["timeline-chart-box", "timeline-legend", "timeline-table", "import-report"]) $(id).replaceChildren();
     $("crisis").hidden = true;
     $("q-result").hidden = true;
