@@ -62,6 +62,8 @@ async def test_records_written_in_the_page_and_with_the_cli_read_each_other(node
         code = await register(page)
 
         # a condition found by its label: the pick fills system, code and label
+        for folded in ("condition", "questionnaire"):
+            await page.click(f"#more-{folded} > summary")
         await page.fill("#c-search", "type 2 diab")
         await page.click("#c-found button.pick[data-code='E11']")
         assert await page.input_value("#c-system") == "icd10" and await page.input_value("#c-code") == "E11"
@@ -187,6 +189,8 @@ async def test_fhir_import_and_export_and_the_passphrase_change(node, tmp_path):
                   code=code)
 
         # a hospital's Bundle picked in the page gives the records the CLI would make of it
+        for folded in ("fhir", "settings"):
+            await page.click(f"#more-{folded} > summary")
         await page.set_input_files("#import-file", str(CERNER))
         await page.click("#import-form button[type=submit]")
         await saved(page, 1)

@@ -87,7 +87,9 @@ function showTimeline(records) {
     for (const id of ["timeline-chart-box", "timeline-legend", "timeline-table"]) $(id).replaceChildren();
     return;
   }
-  $("timeline-chart-box").replaceChildren(chart(data));
+  // drawn at the width it is shown at, so its text stays readable on a phone
+  const width = Math.max(320, Math.min(900, $("timeline-chart-box").clientWidth || 640));
+  $("timeline-chart-box").replaceChildren(chart(data, { width }));
   $("timeline-legend").replaceChildren(legend(data));
   $("timeline-table").replaceChildren(table(data));
 }
@@ -401,8 +403,14 @@ function passphraseForm() {
 /** Build the views into #records-ui; `hooks`: {patient(), rendered(), busy(form, what, work, button), status(text)}. */
 export function mount(hooks) {
   app = hooks;
-  $("records-ui").replaceChildren(timelineSection(), conditionForm(), questionnaireForm(), fhirSection(),
-    node("section", { id: "settings", "aria-labelledby": "settings-h" }, node("h3", { id: "settings-h" }, "Settings"), passphraseForm()));
+  // the less frequent forms fold away (a details element: keyboard and screen readers know it)
+  const folded = (id, title, ...content) => node("details", { id }, node("summary", {}, title), ...content);
+  $("records-ui").replaceChildren(timelineSection(),
+    folded("more-condition", "Add a condition (diagnosis)", conditionForm()),
+    folded("more-questionnaire", "Fill in a questionnaire (PHQ-9, GAD-7)", questionnaireForm()),
+    folded("more-fhir", "Import or export (FHIR)", fhirSection()),
+    folded("more-settings", "Settings", node("section", { id: "settings", "aria-labelledby": "settings-h" },
+      node("h3", { id: "settings-h" }, "Change the passphrase"), passphraseForm())));
 }
 
 /** The records changed (loaded, written, locked: `records` null): draw the timeline again. */
