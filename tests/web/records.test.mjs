@@ -167,3 +167,21 @@ test("a malformed Bundle only ever gives InvalidFhir, never a crash", () => {
     }
   }
 });
+
+test("an edit changes the fields of the form and keeps every other one, as `record edit` does", () => {
+  const imported = { name: "metformin", dose: "500 mg", started: "2020-01-01", stopped: null, efficacy: null, side_effects: [],
+    adherence: null, code: { system: "rxnorm", code: "6809" }, status: "active", source: "fhir", import_key: "0".repeat(32) };
+  assert.deepEqual(rec.edited("treatment", imported, { name: "metformin", dose: "1000 mg", started: "2020-01-01", stopped: "",
+    efficacy: "7", sideEffects: ["nausea", " "], adherence: "" }),
+  { ...imported, dose: "1000 mg", efficacy: 7, side_effects: ["nausea"] });
+  const cond = { system: "snomed", code: "44054006", label: "Diabetes", onset: null, abatement: "2021-01-01", status: "resolved",
+    source: "fhir", import_key: "1".repeat(32) };
+  assert.deepEqual(rec.edited("condition", cond, { system: "icd10", code: "e119", label: "Type 2 diabetes", onset: "2019-03-01" }),
+    { ...cond, system: "icd10", code: "E11.9", label: "Type 2 diabetes", onset: "2019-03-01" });
+  const phq9 = { instrument: "phq9", answers: [1, 1, 1, 1, 1, 1, 1, 1, 1], total: 9, severity: "mild" };
+  const entry = { date: "2024-01-01", symptoms: { pain: 3 }, feeling: null, note: null, questionnaires: [phq9], import_key: "2".repeat(32) };
+  assert.deepEqual(rec.edited("journal", entry, { date: "2024-01-02", symptoms: [["pain", "4"], ["", ""]], feeling: "6", note: "",
+    questionnaires: entry.questionnaires }), { ...entry, date: "2024-01-02", symptoms: { pain: 4 }, feeling: 6 });
+  assert.throws(() => rec.edited("journal", entry, { symptoms: [["pain", "11"]], questionnaires: [] }), (e) => e.code === "out_of_range");
+  assert.throws(() => rec.edited("observation", {}, {}), (e) => e.code === "not_editable");
+});
