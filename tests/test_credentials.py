@@ -665,3 +665,57 @@ def test_issuing_refuses_unknown_profiles_and_endless_validity():
         issued(h, valid_from=T0, valid_until=T0 + 2 * 365 * DAY)
     with pytest.raises(vc.BadClinician, match="at most"):
         issued(h, valid_from=T0, valid_until=T0)
+
+
+# -- across nodes: the issuer's published keys, rotation, revocation, expiry ---------------------
+
+
+def test_issue_verify_revoke_and_expire_across_three_nodes(tmp_path):
+    """Hospital A issues; nodes B (trust on first use) and C (A's first key pinned) verify
+    against A's ``/.well-known/rxfed`` keys, across a key rotation of A's."""
+    from rxfed.crypto import fingerprint
+    from rxfed.node.config import create_node_keys, current_key, load_node_keys, rotate_node_key, rotation_statements
+    from rxfed.protocol.federation import NodeDocument
+
+    def well_known() -> dict:
+        keys = load_node_keys(tmp_path)
+        return {"node_id": "hospital-a.example", "name": "Hospital A", "protocol_versions": ["1"],
+                "keys": [k.to_public_json() for k in keys], "rotations": rotation_statements(keys, "hospital-a.example")}
+
+    def issuer() -> Issuer:
+        return Issuer("hospital-a.example", "Hospital A", current_key(load_node_keys(tmp_path)).key)
+
+    first = create_node_keys(tmp_path, now=T0 - 100 * DAY)
+    list_url = "https://hospital-a.example/v1/clinicians/status/1"
+    before = vc.issue(issuer(), clinician(), valid_from=T0 - 10 * DAY, valid_until=T0 + 30 * DAY,
+                      status=StatusEntry(list_url, 11))
+    b_anchors = NodeDocument.from_json(well_known()).keys  # B meets A before the rotation
+    rotate_node_key(tmp_path, overlap=20 * DAY, now=T0 - 5 * DAY)
+    after = vc.issue(issuer(), clinician(), valid_from=T0 - 4 * DAY, valid_until=T0 + 30 * DAY,
+                     status=StatusEntry(list_url, 12))
+    # A key ended by the rotation cannot make new credentials that anyone accepts.
+    late = vc.issue(Issuer("hospital-a.example", "Hospital A", first.key), clinician(), valid_from=T0 + 16 * DAY,
+                    valid_until=T0 + 30 * DAY, status=StatusEntry(list_url, 13))
+
+    published = NodeDocument.from_json(well_known())
+    pinned = next(k for k in published.keys if fingerprint(k.public_key) == fingerprint(first.key.public))
+    verifiers = {"B": IssuerKeys.from_node_document(published.trusting(b_anchors)),
+                 "C": IssuerKeys.from_node_document(published.trusting((attrs.evolve(pinned, valid_until=None),)))}
+
+    def lists(now, revoked=()):
+        bits = Bitstring.empty()
+        for i in revoked:
+            bits = bits.with_bit(i)
+        return {list_url: status_list_credential(issuer(), list_url, bits, valid_from=now - 60, valid_until=now + DAY)}
+
+    for name, keys in verifiers.items():
+        for document in (before, after):
+            got = vc.verify(document, issuers={keys.issuer: keys}, now=T0, status_lists=lists(T0))
+            assert got.issuer_node == "hospital-a.example", name
+        with pytest.raises(UnknownIssuerKey):
+            vc.verify(late, issuers={keys.issuer: keys}, now=T0 + 17 * DAY, status_lists=lists(T0 + 17 * DAY))
+        with pytest.raises(CredentialRevoked):
+            vc.verify(before, issuers={keys.issuer: keys}, now=T0, status_lists=lists(T0, revoked=(11,)))
+        assert vc.verify(after, issuers={keys.issuer: keys}, now=T0, status_lists=lists(T0, revoked=(11,)))
+        with pytest.raises(CredentialExpired):
+            vc.verify(after, issuers={keys.issuer: keys}, now=T0 + 31 * DAY, status_lists=lists(T0 + 31 * DAY))
