@@ -719,3 +719,64 @@ def test_issue_verify_revoke_and_expire_across_three_nodes(tmp_path):
         assert vc.verify(after, issuers={keys.issuer: keys}, now=T0, status_lists=lists(T0, revoked=(11,)))
         with pytest.raises(CredentialExpired):
             vc.verify(after, issuers={keys.issuer: keys}, now=T0 + 31 * DAY, status_lists=lists(T0 + 31 * DAY))
+
+
+def test_a_proof_without_a_creation_time_is_refused():
+    """The issuer key's validity is checked at ``created``; without it a retired key could sign."""
+    h = hospital()
+    document = issued(h)
+    unsigned = {k: v for k, v in document.items() if k != "proof"}
+    proof = json.loads(json.dumps(document["proof"]))
+    del proof["created"]
+    config = proof_configuration(unsigned, {k: v for k, v in proof.items() if k not in ("proofValue", "@context")})
+    proof["proofValue"] = base58btc_encode(h.issuer.key.sign(hash_data(jcs(unsigned), config)))
+    with pytest.raises(MalformedCredential, match="when it was created"):
+        check({**unsigned, "proof": proof}, h)
+
+
+def _paths(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _paths(item, (*path, i))
+
+
+_FUZZ_HOSPITAL = hospital()
+_FUZZ_DOCUMENT = issued(_FUZZ_HOSPITAL)
+_FUZZ_PATHS = list(_paths(_FUZZ_DOCUMENT))[1:]
+_ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.floats(allow_nan=False,
+                         allow_infinity=False) | st.text(max_size=20),
+                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                    max_size=3), max_leaves=8)
+
+
+@given(st.sampled_from(_FUZZ_PATHS), _ANY_JSON | st.just(...))
+def test_any_change_to_a_credential_is_refused_with_a_credential_error(path, replacement):
+    document = json.loads(json.dumps(_FUZZ_DOCUMENT))
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    if replacement is ...:
+        if path == ("proof", "@context"):
+            return  # the configuration takes the document's @context anyway: what is signed is unchanged
+        del parent[path[-1]]
+    elif parent[path[-1]] == replacement:
+        return
+    else:
+        parent[path[-1]] = replacement
+    try:
+        check(document, _FUZZ_HOSPITAL)
+    except (vc.CredentialError, JcsError):
+        return
+    raise AssertionError(f"accepted after changing {path!r}")
+
+
+@given(st.binary(max_size=300))
+def test_garbage_documents_raise_only_parse_errors(data):
+    try:
+        load_document(data)
+    except JcsError:
+        pass

@@ -170,6 +170,9 @@ class IssuerKeys:
         return cls(did_web(document.node_id), document.keys)
 
     def public_key_for(self, verification_method: str, created: int | None) -> bytes:
+        if created is None:
+            # Without it the key's validity cannot be checked: a retired key could sign.
+            raise MalformedCredential("the proof must state when it was created")
         controller, _, fragment = verification_method.partition("#")
         if controller != self.issuer:
             raise WrongIssuer(f"the proof is made by a key of {controller}, not of the issuer {self.issuer}")
@@ -179,7 +182,7 @@ class IssuerKeys:
             raise MalformedCredential(f"the verification method does not end in an Ed25519 Multikey: {exc}") from None
         for key in self.keys:
             if key.public_key == public_key:
-                if created is not None and not key.valid_at(created):
+                if not key.valid_at(created):
                     raise UnknownIssuerKey(f"the key that signed was not valid for {self.issuer} when the proof was made")
                 return public_key
         raise UnknownIssuerKey(f"the key that signed is not one {self.issuer} publishes")

@@ -44,6 +44,8 @@ MIN_BITS = 131_072
 #: The largest list a verifier decompresses (1 MiB of bits, eight million credentials):
 #: a bound on what a hostile list can make it allocate.
 MAX_BITS = 2**23
+#: How long a published list is valid: how long a stale copy can hide a revocation.
+LIST_VALIDITY = 86400
 _INDEX = re.compile(r"0|[1-9][0-9]{0,15}")
 
 
@@ -146,11 +148,13 @@ def random_index(taken: Container[int], size: int, draw: Callable[[int], int], *
     raise ValueError(f"no free index found in {tries} draws: start a new status list")
 
 
-def status_list_credential(issuer: Issuer, list_url: str, bits: Bitstring, *, valid_from: int, valid_until: int,
-                           purpose: str = REVOCATION) -> dict:
+def status_list_credential(issuer: Issuer, list_url: str, bits: Bitstring, *, valid_from: int,
+                           valid_until: int | None = None, purpose: str = REVOCATION) -> dict:
     """The signed ``BitstringStatusListCredential`` the issuer publishes at ``list_url``.
     ``valid_until`` bounds how long a stale copy can hide a revocation: verifiers refuse
-    the list after it."""
+    the list after it (default: :data:`LIST_VALIDITY` after ``valid_from``)."""
+    if valid_until is None:
+        valid_until = valid_from + LIST_VALIDITY
     document = {
         "@context": [VC_CONTEXT],
         "id": list_url,
