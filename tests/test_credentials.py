@@ -268,7 +268,7 @@ def test_a_badge_credential_verifies_and_shows_only_what_it_discloses():
     got = check(document, h, expected_issuer="did:web:hospital-a.example")
     assert got.clinician_key == CLINICIAN_KEY.public
     assert (got.role, got.specialty, got.name, got.npi) == ("physician", ENDO, None, None)
-    assert got.badge() == "verified physician, Endocrinology, Hospital A"
+    assert got.badge() == "verified physician, Endocrinology, Hospital A (hospital-a.example)"
     assert got.valid_until == T0 + 30 * DAY and got.status == StatusEntry(h.list_url, 94567)
 
 
@@ -279,7 +279,7 @@ def test_derived_profiles_share_one_status_bit_and_disclose_progressively():
                               status=StatusEntry(h.list_url, 7), new_id=lambda: next(ids))
     role, badge, full = (check(creds[p], h) for p in ("role", "badge", "full"))
     assert (role.role, role.specialty, role.name) == ("physician", None, None)
-    assert role.badge() == "verified physician, Hospital A"
+    assert role.badge() == "verified physician, Hospital A (hospital-a.example)"
     assert (badge.specialty, badge.name, badge.npi) == (ENDO, None, None)
     assert (full.name, full.npi) == ("Dr Ada Example", NPI)
     assert len({c["id"] for c in creds.values()}) == 3
@@ -437,6 +437,8 @@ def test_malformed_documents_are_refused_with_the_reason(change, message):
     ({"specialty": "Endocrinology"}, "NUCC"),
     ({"npi": "1234567890"}, "check digit"),
     ({"name": 7}, "name"),
+    ({"name": "Dr A\u202eelgooG"}, "printable"),
+    ({"specialty": {"code": ENDO, "name": ""}}, "specialty.name"),
 ])
 def test_claims_are_checked_after_the_proof(subject_change, message):
     """A hospital signing nonsense (or an old version's vocabulary) is refused, not shown."""

@@ -232,21 +232,30 @@ class VerifiedClinician:
     status: StatusEntry
 
     def badge(self) -> str:
-        """What a reader is shown, e.g. ``verified physician, Endocrinology, Hospital A``."""
+        """What a reader is shown, e.g. ``verified physician, Endocrinology, Hospital A
+        (hospital-a.example)``. The node id is always there: the name is the issuer's own
+        word, the node id is who signed."""
         parts = [f"verified {self.role}" if self.role else "verified clinician"]
         if self.specialty_name:
             parts.append(self.specialty_name)
-        parts.append(self.issuer_name or self.issuer_node)
+        parts.append(f"{self.issuer_name} ({self.issuer_node})" if self.issuer_name else self.issuer_node)
         return ", ".join(parts)
+
+
+def _shown(value: Any, where: str, max_length: int) -> str:
+    """Text a reader will see: printable (no control or bidirectional-override characters that
+    could disguise it), 1 to ``max_length`` characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length or not value.isprintable():
+        raise MalformedCredential(f"{where} must be printable text of 1 to {max_length} characters")
+    return value
 
 
 def _issuer_of(doc: dict) -> tuple[str, str | None]:
     issuer = doc.get("issuer")
     name = None
     if isinstance(issuer, dict):
-        name = issuer.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > 200):
-            raise MalformedCredential("issuer.name must be text of at most 200 characters")
+        if issuer.get("name") is not None:
+            name = _shown(issuer["name"], "issuer.name", 200)
         issuer = issuer.get("id")
     if not isinstance(issuer, str):
         raise MalformedCredential("the credential names no issuer")
@@ -308,15 +317,13 @@ def verify(document: Any, *, issuers: Mapping[str, IssuerKeys], now: int, status
         raise MalformedCredential(f"the role {role!r} is not one rxfed knows")
     if "specialty" in subject:
         s = subject["specialty"]
-        if not isinstance(s, dict) or not nucc_valid(s.get("code")) or not isinstance(s.get("name"), str):
+        if not isinstance(s, dict) or not nucc_valid(s.get("code")):
             raise MalformedCredential("specialty must be {code: a NUCC taxonomy code, name: text}")
-        specialty, specialty_name = s["code"], s["name"][:100]
+        specialty, specialty_name = s["code"], _shown(s.get("name"), "specialty.name", 100)
     npi = subject.get("npi")
     if npi is not None and not npi_valid(npi):
         raise MalformedCredential("the credential's NPI fails its check digit")
-    name = subject.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise MalformedCredential("the clinician's name must be text of at most 200 characters")
+    name = None if subject.get("name") is None else _shown(subject["name"], "the clinician's name", 200)
     if "credentialStatus" not in doc:
         raise MalformedCredential("a clinician credential must carry its revocation status entry")
     entry = StatusEntry.from_json(doc["credentialStatus"])

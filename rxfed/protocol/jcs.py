@@ -15,7 +15,7 @@ from typing import Any
 
 import rfc8785
 
-from rxfed.errors import BadRequest
+from rxfed.protocol.canonical import CanonicalError, _no_constant, _no_duplicates
 
 #: Most bytes a credential document may have (a status list credential is the largest:
 #: a 16 KB bitstring compresses to a few hundred bytes, but a list with many revocations
@@ -23,8 +23,8 @@ from rxfed.errors import BadRequest
 MAX_DOCUMENT_BYTES = 256 * 1024
 
 
-class JcsError(BadRequest):
-    code = "bad_json"
+class JcsError(CanonicalError):
+    """No canonical form, or not JSON at all (``400 bad_json``, as rxfed's own parser says)."""
 
 
 def jcs(value: Any) -> bytes:
@@ -34,19 +34,6 @@ def jcs(value: Any) -> bytes:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, RecursionError, ValueError, TypeError) as exc:
         raise JcsError(f"no JSON canonical form: {exc}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise JcsError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _no_constant(text: str) -> Any:
-    raise JcsError(f"{text} is not JSON")
 
 
 def load_document(data: bytes | str) -> Any:
@@ -59,8 +46,8 @@ def load_document(data: bytes | str) -> Any:
         raise JcsError(f"a credential document is at most {MAX_DOCUMENT_BYTES} bytes")
     try:
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except JcsError:
-        raise
+    except CanonicalError as exc:
+        raise JcsError(exc.message) from None
     except (ValueError, RecursionError) as exc:
         raise JcsError("malformed JSON") from exc
     jcs(value)
