@@ -519,6 +519,16 @@ def test_encoding_is_deterministic_small_and_round_trips():
     assert Bitstring.decode(text) == bits
 
 
+@given(st.sets(st.integers(0, MIN_BITS - 1), max_size=50))
+def test_any_set_of_revocations_round_trips(revoked):
+    bits = Bitstring.empty()
+    for index in revoked:
+        bits = bits.with_bit(index)
+    decoded = Bitstring.decode(bits.encode())
+    set_bits = {8 * i + j for i, byte in enumerate(decoded.data) if byte for j in range(8) if decoded.get(8 * i + j)}
+    assert set_bits == revoked
+
+
 def _encoded(data: bytes) -> str:
     return "u" + base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
