@@ -792,3 +792,14 @@ def test_garbage_documents_raise_only_parse_errors(data):
         load_document(data)
     except JcsError:
         pass
+
+
+def test_the_published_list_has_its_ttl_and_headers():
+    from rxfed.protocol.status_list import LIST_TTL, LIST_VALIDITY, publication_headers
+
+    h = hospital()
+    published = h.status_list()
+    assert published["credentialSubject"]["ttl"] == LIST_TTL * 1000 < LIST_VALIDITY * 1000
+    default = status_list_credential(h.issuer, h.list_url, Bitstring.empty(), valid_from=T0)
+    assert default["validUntil"] == "2026-05-29T20:26:40Z"  # a day after T0
+    assert publication_headers() == {"Content-Type": "application/vc", "Cache-Control": "public, max-age=3600"}

@@ -46,6 +46,11 @@ MIN_BITS = 131_072
 MAX_BITS = 2**23
 #: How long a published list is valid: how long a stale copy can hide a revocation.
 LIST_VALIDITY = 86400
+#: When verifiers should fetch the list again (``ttl``, and the reply's Cache-Control), seconds.
+LIST_TTL = 3600
+#: The media type of a credential secured with an embedded proof (VC 2.0 §6.1), for the
+#: reply that publishes a list.
+MEDIA_TYPE = "application/vc"
 _INDEX = re.compile(r"0|[1-9][0-9]{0,15}")
 
 
@@ -163,9 +168,15 @@ def status_list_credential(issuer: Issuer, list_url: str, bits: Bitstring, *, va
         "validFrom": format_time(valid_from),
         "validUntil": format_time(valid_until),
         "credentialSubject": {"id": f"{list_url}#list", "type": LIST_TYPE, "statusPurpose": purpose,
-                              "encodedList": bits.encode()},
+                              "encodedList": bits.encode(), "ttl": LIST_TTL * 1000},
     }
     return add_proof(document, issuer.key, verification_method=issuer.verification_method, created=valid_from)
+
+
+def publication_headers() -> dict[str, str]:
+    """The headers of the reply that serves a status list credential (its body is the
+    credential's JCS bytes): the media type, and caching aligned with ``ttl``."""
+    return {"Content-Type": MEDIA_TYPE, "Cache-Control": f"public, max-age={LIST_TTL}"}
 
 
 def verify_status_list(document: Any, keys: IssuerKeys, entry: StatusEntry, *, now: int) -> Bitstring:
