@@ -250,7 +250,7 @@ def clinician(**changes) -> vc.Clinician:
 def issued(h: Hospital, *, profile: str = "badge", index: int = 94567, valid_from: int = T0 - DAY,
            valid_until: int = T0 + 30 * DAY) -> dict:
     return vc.issue(h.issuer, clinician(), valid_from=valid_from, valid_until=valid_until,
-                    status=StatusEntry(h.list_url, index), profile=profile)
+                    status=StatusEntry(h.list_url, index), profile=profile, credential_id=vc.new_credential_id())
 
 
 def check(document, h: Hospital, *, now: int = T0, status_list: dict | None = None, **kwargs):
@@ -353,12 +353,12 @@ def test_wrong_issuer_is_refused_three_ways():
     # B signs a credential claiming to come from A, naming its own key as A's.
     impostor = Issuer("hospital-a.example", "Hospital A", b.issuer.key)
     forged = vc.issue(impostor, clinician(), valid_from=T0 - DAY, valid_until=T0 + DAY,
-                      status=StatusEntry(a.list_url, 1))
+                      status=StatusEntry(a.list_url, 1), credential_id=vc.new_credential_id())
     with pytest.raises(UnknownIssuerKey, match="not one did:web:hospital-a.example publishes"):
         check(forged, a)
     # B signs as B but writes A as the issuer.
     relabelled = {k: v for k, v in vc.issue(b.issuer, clinician(), valid_from=T0 - DAY, valid_until=T0 + DAY,
-                                             status=StatusEntry(a.list_url, 1)).items()}
+                                             status=StatusEntry(a.list_url, 1), credential_id=vc.new_credential_id()).items()}
     relabelled["issuer"] = {"id": a.issuer.did, "name": "Hospital A"}
     with pytest.raises(WrongIssuer, match="made by a key of did:web:hospital-b.example"):
         check(relabelled, a)
@@ -473,11 +473,11 @@ def test_bad_status_entries_are_refused(status_change, message):
 def test_a_status_list_elsewhere_than_the_issuing_node_is_never_fetched():
     h = hospital()
     document = vc.issue(h.issuer, clinician(), valid_from=T0 - DAY, valid_until=T0 + DAY,
-                        status=StatusEntry("https://10.0.0.1/internal", 3))
+                        status=StatusEntry("https://10.0.0.1/internal", 3), credential_id=vc.new_credential_id())
     with pytest.raises(StatusUnavailable, match="not on the issuing node"):
         vc.verify(document, issuers={h.issuer.did: h.keys}, now=T0, status_lists={})
     plain = vc.issue(h.issuer, clinician(), valid_from=T0 - DAY, valid_until=T0 + DAY,
-                     status=StatusEntry("http://hospital-a.example/v1/clinicians/status/1", 3))
+                     status=StatusEntry("http://hospital-a.example/v1/clinicians/status/1", 3), credential_id=vc.new_credential_id())
     with pytest.raises(StatusUnavailable, match="not on the issuing node"):
         vc.verify(plain, issuers={h.issuer.did: h.keys}, now=T0, status_lists={})
 
@@ -700,14 +700,14 @@ def test_issue_verify_revoke_and_expire_across_three_nodes(tmp_path):
     first = create_node_keys(tmp_path, now=T0 - 100 * DAY)
     list_url = "https://hospital-a.example/v1/clinicians/status/1"
     before = vc.issue(issuer(), clinician(), valid_from=T0 - 10 * DAY, valid_until=T0 + 30 * DAY,
-                      status=StatusEntry(list_url, 11))
+                      status=StatusEntry(list_url, 11), credential_id=vc.new_credential_id())
     b_anchors = NodeDocument.from_json(well_known()).keys  # B meets A before the rotation
     rotate_node_key(tmp_path, overlap=20 * DAY, now=T0 - 5 * DAY)
     after = vc.issue(issuer(), clinician(), valid_from=T0 - 4 * DAY, valid_until=T0 + 30 * DAY,
-                     status=StatusEntry(list_url, 12))
+                     status=StatusEntry(list_url, 12), credential_id=vc.new_credential_id())
     # A key ended by the rotation cannot make new credentials that anyone accepts.
     late = vc.issue(Issuer("hospital-a.example", "Hospital A", first.key), clinician(), valid_from=T0 + 16 * DAY,
-                    valid_until=T0 + 30 * DAY, status=StatusEntry(list_url, 13))
+                    valid_until=T0 + 30 * DAY, status=StatusEntry(list_url, 13), credential_id=vc.new_credential_id())
 
     published = NodeDocument.from_json(well_known())
     pinned = next(k for k in published.keys if fingerprint(k.public_key) == fingerprint(first.key.public))

@@ -181,8 +181,13 @@ def _subject(clinician: Clinician, profile: str) -> dict:
     return subject
 
 
+def new_credential_id() -> str:
+    """A fresh random ``urn:uuid:`` (for callers; the core takes ids as parameters)."""
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
 def issue(issuer: Issuer, clinician: Clinician, *, valid_from: int, valid_until: int, status: StatusEntry,
-          profile: str = "badge", credential_id: str | None = None) -> dict:
+          credential_id: str, profile: str = "badge") -> dict:
     """The signed credential of one disclosure ``profile`` for ``clinician``."""
     if profile not in PROFILES:
         raise BadClinician(f"profile must be one of {', '.join(PROFILES)}")
@@ -190,7 +195,7 @@ def issue(issuer: Issuer, clinician: Clinician, *, valid_from: int, valid_until:
         raise BadClinician(f"a credential is valid for more than no time and at most {MAX_VALIDITY // 86400} days")
     document = {
         "@context": [VC_CONTEXT],
-        "id": credential_id or f"urn:uuid:{uuid.uuid4()}",
+        "id": credential_id,
         "type": ["VerifiableCredential", CREDENTIAL_TYPE],
         "issuer": {"id": issuer.did, "name": issuer.name},
         "validFrom": format_time(valid_from),
@@ -202,8 +207,7 @@ def issue(issuer: Issuer, clinician: Clinician, *, valid_from: int, valid_until:
 
 
 def issue_profiles(issuer: Issuer, clinician: Clinician, *, valid_from: int, valid_until: int, status: StatusEntry,
-                   profiles: tuple[str, ...] = tuple(PROFILES),
-                   new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}") -> dict[str, dict]:
+                   new_id: Callable[[], str], profiles: tuple[str, ...] = tuple(PROFILES)) -> dict[str, dict]:
     """One credential per disclosure profile, all revoked by the one status bit."""
     return {p: issue(issuer, clinician, valid_from=valid_from, valid_until=valid_until, status=status, profile=p,
                      credential_id=new_id()) for p in profiles}
