@@ -95,16 +95,38 @@ def test_the_statistics_reject_a_wrong_scale():
 
 def test_the_default_source_is_the_operating_systems_csprng(monkeypatch):
     calls = []
-    real = secrets.randbelow
+    real = secrets.token_bytes
 
     def counting(n):
         calls.append(n)
         return real(n)
 
-    monkeypatch.setattr(secrets, "randbelow", counting)
+    monkeypatch.setattr(secrets, "token_bytes", counting)
     noise.discrete_laplace(3)
     noise.polya_difference(2, "1/3")
-    assert calls and all(type(n) is int for n in calls)
+    assert len(calls) >= 2  # a fresh source (its own bytes) for each call
+
+
+def test_two_sources_never_share_bytes(monkeypatch):
+    """Each call makes its own source, so two calls (two threads, a parent and a forked
+    child) never draw from one buffer."""
+    a, b = noise.CsprngSource(), noise.CsprngSource()
+    assert [a.randbelow(2**64) for _ in range(4)] != [b.randbelow(2**64) for _ in range(4)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 200, 256, 257, 1000, 2**31 + 5])
+def test_the_csprng_source_is_uniform(n):
+    """Values bucketed by n // 10 (or by value when n is small) fit uniform; and the
+    rejection keeps the largest values as likely as the smallest."""
+    source = noise.CsprngSource()
+    draws = [source.randbelow(n) for _ in range(20_000)]
+    assert 0 <= min(draws) and max(draws) < n
+    buckets = min(n, 10)
+    counts = Counter(d * buckets // n for d in draws)
+    e = [sum(1 for v in range(n) if v * buckets // n == b) / n * len(draws) for b in range(buckets)] if n < 2000 \
+        else [len(draws) / buckets] * buckets
+    stat = sum((counts.get(b, 0) - e[b]) ** 2 / e[b] for b in range(buckets))
+    assert stat < chi2_critical(buckets - 1, 4.753)  # fresh randomness: the 1e-6 level
 
 
 @pytest.mark.parametrize("call", [

@@ -19,8 +19,9 @@ Laplace leaves holes that give the true value away). The algorithms:
   geometric - geometric, which is discrete Laplace with a = exp(-1/scale) (spec/privacy.md).
 
 ``rng`` is the random source: anything with ``randbelow(n)`` returning a uniform integer in
-[0, n). The default is the :mod:`secrets` module (the operating system's CSPRNG); tests pass
-a seeded one so their statistics are reproducible. Nothing else may be passed in production.
+[0, n). The default is a fresh :class:`CsprngSource` for each call: bytes from the operating
+system's CSPRNG (:func:`secrets.token_bytes`), read in blocks. Tests pass a seeded source so
+their statistics are reproducible; nothing else may be passed in production.
 """
 
 from __future__ import annotations
@@ -35,6 +36,42 @@ class RandomSource(Protocol):
 
 
 Rational = int | Fraction | str
+
+
+class CsprngSource:
+    """Uniform integers from the operating system's CSPRNG, read in blocks.
+
+    ``randbelow(n)`` takes the fewest whole bytes that can hold n - 1 and rejects values at
+    or above the largest multiple of n they can hold, so what it returns is exactly uniform
+    (the rejection method of :meth:`random.SystemRandom.randbelow`, a byte at a time instead
+    of a system call per draw: a release draws about a hundred integers per cell). One
+    source serves one caller: it is made fresh for each top-level call and never shared
+    between threads or across a fork, so no two callers can ever read the same bytes."""
+
+    _MAX_BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._block = 64
+
+    def randbelow(self, n: int) -> int:
+        if n <= 0:
+            raise ValueError("randbelow needs n > 0")
+        if n == 1:
+            return 0
+        width = ((n - 1).bit_length() + 7) >> 3
+        span = 1 << (8 * width)
+        limit = span - span % n
+        while True:
+            if self._pos + width > len(self._buf):
+                self._buf = secrets.token_bytes(max(self._block, width))
+                self._pos = 0
+                self._block = min(2 * self._block, self._MAX_BLOCK)
+            value = int.from_bytes(self._buf[self._pos:self._pos + width], "big")
+            self._pos += width
+            if value < limit:
+                return value % n
 
 #: Scales above this would make a sampler loop for a very long time (and no release needs one).
 MAX_SCALE = Fraction(10**6)
@@ -55,17 +92,19 @@ def rational(value: Rational, name: str = "value") -> Fraction:
     raise TypeError(f"{name} must be an int, a Fraction or a decimal string, not {type(value).__name__}")
 
 
-def bernoulli(p: Fraction, rng: RandomSource = secrets) -> bool:
+def bernoulli(p: Fraction, rng: RandomSource | None = None) -> bool:
     """True with probability ``p`` (0 <= p <= 1), exactly."""
+    rng = rng or CsprngSource()
     return rng.randbelow(p.denominator) < p.numerator
 
 
-def bernoulli_exp(gamma: Rational, rng: RandomSource = secrets) -> bool:
+def bernoulli_exp(gamma: Rational, rng: RandomSource | None = None) -> bool:
     """True with probability exp(-gamma), for a rational gamma >= 0 (CKS20, Algorithm 1).
 
     For gamma <= 1: draw Bernoulli(gamma/k) for k = 1, 2, ... until one fails; the number
     of the failing draw is odd with probability exactly sum (-gamma)^j / j! = exp(-gamma).
     Larger gamma is split into floor(gamma) factors exp(-1) and one exp(-(gamma mod 1))."""
+    rng = rng or CsprngSource()
     gamma = rational(gamma, "gamma")
     if gamma < 0:
         raise ValueError("gamma must be >= 0")
@@ -110,11 +149,12 @@ def _geometric_exp_inv(t: int, rng: RandomSource) -> int:
     return u + t * v
 
 
-def geometric(gamma: Rational, rng: RandomSource = secrets) -> int:
+def geometric(gamma: Rational, rng: RandomSource | None = None) -> int:
     """K >= 0 with P(K = k) = (1 - a) a^k for a = exp(-gamma), gamma > 0 rational.
 
     With gamma = s/t in lowest terms, X ~ geometric(exp(-1/t)) and K = floor(X / s):
     P(K >= k) = P(X >= s k) = a^k."""
+    rng = rng or CsprngSource()
     gamma = rational(gamma, "gamma")
     if gamma <= 0:
         raise ValueError("gamma must be > 0")
@@ -122,10 +162,11 @@ def geometric(gamma: Rational, rng: RandomSource = secrets) -> int:
     return _geometric_exp_inv(gamma.denominator, rng) // gamma.numerator
 
 
-def discrete_laplace(scale: Rational, rng: RandomSource = secrets) -> int:
+def discrete_laplace(scale: Rational, rng: RandomSource | None = None) -> int:
     """Y with P(Y = y) proportional to exp(-|y| / scale), scale > 0 rational (CKS20,
     Algorithm 2: a geometric magnitude and a fair sign, with the "negative zero" rejected so
     that 0 is not counted twice)."""
+    rng = rng or CsprngSource()
     scale = _check_scale(rational(scale, "scale"))
     t, s = scale.numerator, scale.denominator  # scale = t/s: magnitude floor(geometric(1/t) / s)
     while True:
@@ -136,7 +177,7 @@ def discrete_laplace(scale: Rational, rng: RandomSource = secrets) -> int:
         return -y if negative else y
 
 
-def polya(r: Rational, gamma: Rational, rng: RandomSource = secrets) -> int:
+def polya(r: Rational, gamma: Rational, rng: RandomSource | None = None) -> int:
     """K >= 0 from the Polya (negative binomial) distribution NB(r, a), a = exp(-gamma):
     P(K = k) = Gamma(k + r) / (Gamma(r) k!) (1 - a)^r a^k, for rational 0 < r <= 1.
 
@@ -144,6 +185,7 @@ def polya(r: Rational, gamma: Rational, rng: RandomSource = secrets) -> int:
     w(k) = prod_{j=1..k} (j - 1 + r) / j, which is at most 1 and rational, so a geometric
     draw k is accepted when k Bernoulli((j - 1 + r)/j) draws all succeed. The expected number
     of tries is (1 - a)^(r - 1)."""
+    rng = rng or CsprngSource()
     r = rational(r, "r")
     if not 0 < r <= 1:
         raise ValueError("r must be in (0, 1]")
@@ -168,10 +210,11 @@ def _polya(rn: int, rd: int, gn: int, gd: int, rng: RandomSource) -> int:
             return k
 
 
-def polya_difference(shares: int, gamma: Rational, rng: RandomSource = secrets) -> int:
+def polya_difference(shares: int, gamma: Rational, rng: RandomSource | None = None) -> int:
     """One node's share of distributed discrete Laplace noise: NB(1/shares, a) - NB(1/shares, a)
     with a = exp(-gamma). Any ``shares`` independent draws sum to exactly geometric - geometric,
     i.e. discrete Laplace with scale 1/gamma; more draws add more noise."""
+    rng = rng or CsprngSource()
     if isinstance(shares, bool) or not isinstance(shares, int) or shares < 1:
         raise ValueError("shares must be a positive integer")
     gamma = rational(gamma, "gamma")

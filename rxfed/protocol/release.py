@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import attrs
 
 from rxfed.crypto import b64e, sha256
-from rxfed.crypto.noise import RandomSource, polya_difference, rational
+from rxfed.crypto.noise import CsprngSource, RandomSource, polya_difference, rational
 from rxfed.errors import BadRequest, Conflict
 from rxfed.protocol.canonical import canonical
 
@@ -178,44 +177,60 @@ def bound_contributions(schema: TableSchema, period: str, contributions: Iterabl
     (see the module's docstring). Records of another period or an undeclared group are
     dropped; values outside the declared ones count in no cell."""
     check_period(period)
-    index = {cell: i for i, cell in enumerate(schema.cells)}
-    groups = set(schema.groups)
-    latest: dict[tuple[str, str], Contribution] = {}
+    stride = 1 + sum(len(m.values) for m in schema.measures)
+    base = {group: i * stride for i, group in enumerate(schema.groups)}
+    measures, offset = [], 1
+    for m in schema.measures:
+        measures.append((m.name, m.many, {v: offset + j for j, v in enumerate(m.values)}))
+        offset += len(m.values)
+    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
     dropped = 0
     for c in contributions:
-        if c.period != period or c.group not in groups:
+        if c.period != period or c.group not in base:
             dropped += 1
             continue
         key = (c.patient, c.group)
         if key in latest:
             dropped += 1  # a second record of one patient, group and period: the last counts
-        latest[key] = c
-    by_patient: dict[str, list[Contribution]] = {}
-    for (patient, _), c in latest.items():
-        by_patient.setdefault(patient, []).append(c)
-    counts = [0] * len(index)
-    records = clipped = 0
-    for patient, kept in by_patient.items():
-        if len(kept) > schema.max_groups:
-            clipped += len(kept) - schema.max_groups
-            kept = sorted(kept, key=lambda c: _rank(patient, c.group))[:schema.max_groups]
-        for c in kept:
-            records += 1
-            counts[index[(c.group, "reports", "")]] += 1
-            for m in schema.measures:
-                value = c.values.get(m.name)
-                if m.many:
-                    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                        continue
-                    chosen = sorted({v for v in value if isinstance(v, str) and (c.group, m.name, v) in index})
-                    if len(chosen) > m.many:
-                        clipped += 1
-                        chosen = sorted(chosen, key=lambda v: _rank(patient, c.group, v))[:m.many]
-                    for v in chosen:
-                        counts[index[(c.group, m.name, v)]] += 1
-                elif isinstance(value, str) and (c.group, m.name, value) in index:
-                    counts[index[(c.group, m.name, value)]] += 1
-    return BoundedCounts(tuple(counts), patients=len(by_patient), records=records, dropped=dropped, clipped=clipped)
+            del latest[key]
+        latest[key] = c.values
+    groups_of: dict[str, int] = {}
+    for patient, _ in latest:
+        groups_of[patient] = groups_of.get(patient, 0) + 1
+    over: dict[str, list[str]] = {p: [] for p, n in groups_of.items() if n > schema.max_groups}
+    for patient, group in latest:
+        if patient in over:
+            over[patient].append(group)
+    kept: dict[str, set[str]] = {}
+    clipped = 0
+    for patient, mine in over.items():
+        kept[patient] = set(sorted(mine, key=lambda g: _rank(patient, g))[:schema.max_groups])
+        clipped += len(mine) - schema.max_groups
+    counts = [0] * (stride * len(schema.groups))
+    records = 0
+    for (patient, group), values in latest.items():
+        if patient in kept and group not in kept[patient]:
+            continue
+        records += 1
+        at = base[group]
+        counts[at] += 1
+        for name, many, cell in measures:
+            value = values.get(name)
+            if value is None:
+                continue
+            if not many:
+                if isinstance(value, str) and value in cell:
+                    counts[at + cell[value]] += 1
+                continue
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                continue
+            chosen = {v for v in value if isinstance(v, str) and v in cell}
+            if len(chosen) > many:
+                clipped += 1
+                chosen = sorted(chosen, key=lambda v: _rank(patient, group, v))[:many]
+            for v in chosen:
+                counts[at + cell[v]] += 1
+    return BoundedCounts(tuple(counts), patients=len(groups_of), records=records, dropped=dropped, clipped=clipped)
 
 
 def noise_gamma(schema: TableSchema, epsilon: Any) -> Fraction:
@@ -224,10 +239,11 @@ def noise_gamma(schema: TableSchema, epsilon: Any) -> Fraction:
     return epsilon_of(epsilon) / schema.sensitivity
 
 
-def noise_share(schema: TableSchema, epsilon: Any, shares: int, rng: RandomSource = secrets) -> list[int]:
+def noise_share(schema: TableSchema, epsilon: Any, shares: int, rng: RandomSource | None = None) -> list[int]:
     """This node's noise for every cell: NB(1/shares) - NB(1/shares) each, so that any
     ``shares`` nodes' noise sums to exactly discrete Laplace (sensitivity / epsilon)."""
     gamma = noise_gamma(schema, epsilon)
+    rng = rng or CsprngSource()
     return [polya_difference(shares, gamma, rng) for _ in schema.cells]
 
 
