@@ -189,25 +189,25 @@ async def node_main(config: dict, index: int) -> dict:
                 while True:
                     data = await read_frame(reader, spec.key_of(node), spec.max_message)
                     await arrived.put((node, data))
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                pass  # the peer left, or the round is over and the loop is closing
 
         server = await asyncio.start_server(handle, "127.0.0.1", config["port"])
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "go"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     t = time.perf_counter()
     plan = rel.plan_release(ledger, config["epsilon"], PERIOD, release=config["release"], at=int(time.time()))
     assert plan.allowed
     timings["ledger_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     bounded = rel.bound_contributions(SCHEMA, PERIOD, records)
-    timings["bound_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timings["bound_s"], timings["bound_cpu_s"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     noise = rel.noise_share(SCHEMA, config["epsilon"], spec.threshold)
-    vector = [c + e for c, e in zip(bounded.counts, noise)]
-    timings["noise_s"] = time.perf_counter() - t
+    vector = [n + e for n, e in zip(bounded.counts, noise)]
+    timings["noise_s"], timings["noise_cpu_s"] = time.perf_counter() - t, time.process_time() - c
     participant = agg.Participant(spec, me, key, vector)
     mask_cpu = 0.0
 
@@ -236,7 +236,7 @@ async def node_main(config: dict, index: int) -> dict:
         finally:
             writer.close()
         timings["mask_and_reveal_s"] = mask_cpu
-        timings["release_s"] = time.perf_counter() - t0
+        timings["release_s"], timings["release_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         result.update(timings)
         return result
 
@@ -282,7 +282,7 @@ async def node_main(config: dict, index: int) -> dict:
     table = rel.publish(SCHEMA, PERIOD, list(outcome.total), epsilon=config["epsilon"], nodes=len(outcome.survivors),
                         computed=int(time.time())) if outcome.total else None
     timings["publish_s"] = time.perf_counter() - t
-    timings["release_s"] = time.perf_counter() - t0
+    timings["release_s"], timings["release_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
     timings["mask_and_reveal_s"] = mask_cpu
     timings["aggregator_cpu_s"] = agg_cpu
     result.update(timings)

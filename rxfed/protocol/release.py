@@ -206,6 +206,8 @@ def bound_contributions(schema: TableSchema, period: str, contributions: Iterabl
     for patient, mine in over.items():
         kept[patient] = set(sorted(mine, key=lambda g: _rank(patient, g))[:schema.max_groups])
         clipped += len(mine) - schema.max_groups
+    singles = [(name, cell) for name, many, cell in measures if not many]
+    multis = [(name, many, cell) for name, many, cell in measures if many]
     counts = [0] * (stride * len(schema.groups))
     records = 0
     for (patient, group), values in latest.items():
@@ -214,20 +216,21 @@ def bound_contributions(schema: TableSchema, period: str, contributions: Iterabl
         records += 1
         at = base[group]
         counts[at] += 1
-        for name, many, cell in measures:
+        for name, cell in singles:
             value = values.get(name)
-            if value is None:
+            if value.__class__ is str and value in cell:
+                counts[at + cell[value]] += 1
+        for name, many, cell in multis:
+            value = values.get(name)
+            if not isinstance(value, (list, tuple)):
                 continue
-            if not many:
-                if isinstance(value, str) and value in cell:
-                    counts[at + cell[value]] += 1
-                continue
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                continue
-            chosen = {v for v in value if isinstance(v, str) and v in cell}
+            chosen = sorted({v for v in value if v.__class__ is str and v in cell}, key=cell.__getitem__)
             if len(chosen) > many:
+                # keep ``many`` values in a row of the declared order, from a start fixed by
+                # the record: each value is as likely to be kept as any other
                 clipped += 1
-                chosen = sorted(chosen, key=lambda v: _rank(patient, group, v))[:many]
+                start = int.from_bytes(_rank(patient, group), "big") % len(chosen)
+                chosen = (chosen[start:] + chosen[:start])[:many]
             for v in chosen:
                 counts[at + cell[v]] += 1
     return BoundedCounts(tuple(counts), patients=len(groups_of), records=records, dropped=dropped, clipped=clipped)
