@@ -310,6 +310,18 @@ def test_an_aggregator_telling_nodes_different_survivor_lists_gets_no_reveal():
                                     "sigs": {**sigs_full, **sigs_pair}}))
 
 
+def test_a_survivor_list_outside_the_roster_a_node_was_given_is_refused():
+    """An aggregator that left k out of x's roster (so x masked nothing with k) cannot then
+    have x sign a list naming k: x would reveal its self seed while its vector carries no
+    mask that k's secrecy protects."""
+    spec, parts, a, out = started(n=3, collusion=0, dropouts=1)
+    x, j, k = spec.node_ids
+    roster = loads(dict(out)[x])
+    parts[x].receive(canonical({**roster, "adverts": [ad for ad in roster["adverts"] if ad["body"]["node"] != k]}))
+    with pytest.raises(AggregationRefused):
+        parts[x].receive(canonical({"type": "rxfed.agg.survivors", "round": spec.round, "nodes": [x, k]}))
+
+
 # -- what the aggregator refuses -----------------------------------------------------------
 
 
