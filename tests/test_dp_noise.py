@@ -35,6 +35,15 @@ def test_bernoulli_exp_has_probability_exp_minus_gamma(gamma):
     assert abs(hits - n * p) <= 4 * math.sqrt(n * p * (1 - p)) + (1e-9 if p in (0, 1) else 0)
 
 
+@pytest.mark.parametrize("p", ["0", "1/7", "1/2", "1"])
+def test_bernoulli_has_probability_p(p):
+    rng = SeededSource(8)
+    n = 20_000
+    hits = sum(noise.bernoulli(p, rng) for _ in range(n))
+    q = float(Fraction(p))
+    assert abs(hits - n * q) <= 4 * math.sqrt(n * q * (1 - q))
+
+
 @pytest.mark.parametrize("scale", ["1/2", "2", "10/3", "12"])
 def test_discrete_laplace_matches_its_pmf(scale):
     rng = SeededSource(2)
@@ -147,6 +156,7 @@ def test_float_parameters_are_refused(call):
     lambda: noise.discrete_laplace("abc"),
     lambda: noise.discrete_laplace(10**7),
     lambda: noise.bernoulli_exp("-1/2"),
+    lambda: noise.bernoulli("3/2"),
     lambda: noise.polya("3/2", "1"),
     lambda: noise.polya("0", "1"),
     lambda: noise.polya_difference(0, "1"),

@@ -92,9 +92,12 @@ def rational(value: Rational, name: str = "value") -> Fraction:
     raise TypeError(f"{name} must be an int, a Fraction or a decimal string, not {type(value).__name__}")
 
 
-def bernoulli(p: Fraction, rng: RandomSource | None = None) -> bool:
+def bernoulli(p: Rational, rng: RandomSource | None = None) -> bool:
     """True with probability ``p`` (0 <= p <= 1), exactly."""
     rng = rng or CsprngSource()
+    p = rational(p, "p")
+    if not 0 <= p <= 1:
+        raise ValueError("p must be in [0, 1]")
     return rng.randbelow(p.denominator) < p.numerator
 
 
