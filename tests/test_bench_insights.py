@@ -27,3 +27,8 @@ def test_insights_script_releases_a_table_over_three_processes():
     reports = nodes[0]["sample_row"]["treatment-00"]["reports"]
     assert reports == "<11" or 11 <= reports < 900 + 2000
     assert result["sampler"]["rxfed_us_per_draw"] > 0
+    kept = result["release_kept"]["per_node"]
+    assert kept[0]["outcome"] == "done"
+    # counts kept as records arrived are the same records' counts: the same bounding figures
+    assert [(n["patients"], n["records"], n["dropped"], n["clipped"]) for n in kept] == \
+        [(n["patients"], n["records"], n["dropped"], n["clipped"]) for n in nodes]

@@ -96,6 +96,40 @@ def test_one_patient_moves_each_cell_by_at_most_one_and_all_cells_by_at_most_the
     assert sum(diffs) <= SCHEMA.sensitivity
 
 
+operation = st.one_of(contribution.map(lambda c: ("put", c)),
+                      st.sampled_from(["p1", "p2", "p3", "p4"]).map(lambda p: ("remove", p)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operation, max_size=40))
+def test_counts_kept_up_to_date_equal_a_recount(ops):
+    """TableCounts after any sequence of records and removals holds what bound_contributions
+    gives for the records still held."""
+    live = rel.TableCounts(SCHEMA, P)
+    held: list[Contribution] = []
+    for kind, x in ops:
+        if kind == "put":
+            live.put(x)
+            held.append(x)
+        else:
+            live.remove(x)
+            held = [c for c in held if c.patient != x]
+    a, b = live.bounded(), rel.bound_contributions(SCHEMA, P, held)
+    assert (a.counts, a.patients, a.records, a.clipped) == (b.counts, b.patients, b.records, b.clipped)
+
+
+def test_a_removed_patient_is_in_no_later_count():
+    live = rel.TableCounts(SCHEMA, P)
+    live.put(Contribution("p1", "metformin", P, {"efficacy": "high", "side_effects": ["nausea"]}))
+    live.put(Contribution("p2", "metformin", P, {"efficacy": "high"}))
+    assert cell(live.bounded().counts, "metformin", "efficacy", "high") == 2
+    live.remove("p1")
+    counts = live.bounded().counts
+    assert cell(counts, "metformin", "efficacy", "high") == 1 and cell(counts, "metformin", "reports") == 1
+    assert cell(counts, "metformin", "side_effects", "nausea") == 0
+    assert not live.put(Contribution("p3", "metformin", "2026-10", {}))  # another period: not held
+
+
 def test_noise_shares_of_the_round_sum_to_discrete_laplace_at_the_declared_scale():
     schema = TableSchema("t", groups=("a",), measures=())  # one cell, sensitivity 1
     rng = SeededSource(11)

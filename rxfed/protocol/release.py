@@ -8,6 +8,7 @@ patient reported it would itself give that patient away, whatever noise it carri
 * :func:`bound_contributions`: one record per patient, group and period (the last one given
   wins, so a signal delivered twice counts once), at most ``max_groups`` groups per patient,
   values outside the declared ones dropped, multi-valued measures capped; integer counts.
+  :class:`TableCounts` keeps the same counts as records arrive and patients are removed.
   So one patient changes each cell by at most 1 and at most :attr:`TableSchema.sensitivity`
   cells in all (the L1 sensitivity the noise is calibrated to).
 * :func:`noise_share`: this node's share of the noise for every cell, exact (rxfed.crypto.noise).
@@ -172,68 +173,133 @@ def _rank(*parts: str) -> bytes:
     return hashlib.blake2b("\x00".join(parts).encode(), digest_size=8, person=b"rxfed-bound").digest()
 
 
+class _Layout:
+    """Where each record's values land: the offset of each group's cells, and per measure
+    the offset of each declared value within its group."""
+
+    def __init__(self, schema: TableSchema):
+        self.schema = schema
+        stride = 1 + sum(len(m.values) for m in schema.measures)
+        self.size = stride * len(schema.groups)
+        self.base = {group: i * stride for i, group in enumerate(schema.groups)}
+        self.singles: list[tuple[str, dict[str, int]]] = []
+        self.multis: list[tuple[str, int, dict[str, int]]] = []
+        offset = 1
+        for m in schema.measures:
+            cell = {v: offset + j for j, v in enumerate(m.values)}
+            if m.many:
+                self.multis.append((m.name, m.many, cell))
+            else:
+                self.singles.append((m.name, cell))
+            offset += len(m.values)
+
+    def count(self, patient: str, records: Mapping[str, Mapping[str, Any]], counts: list[int],
+              sign: int) -> tuple[int, int]:
+        """Add ``sign`` (1 or -1) to every cell one patient's records count in, at most
+        ``max_groups`` of them (chosen by a fixed order that favours no group); return how
+        many records counted and how many records or values were clipped."""
+        groups: Iterable[str] = records
+        clipped = 0
+        if len(records) > self.schema.max_groups:
+            groups = sorted(records, key=lambda g: _rank(patient, g))[:self.schema.max_groups]
+            clipped = len(records) - self.schema.max_groups
+        n = 0
+        for group in groups:
+            n += 1
+            values = records[group]
+            at = self.base[group]
+            counts[at] += sign
+            for name, cell in self.singles:
+                value = values.get(name)
+                if value.__class__ is str and value in cell:
+                    counts[at + cell[value]] += sign
+            for name, many, cell in self.multis:
+                value = values.get(name)
+                if not isinstance(value, (list, tuple)):
+                    continue
+                chosen = sorted({v for v in value if v.__class__ is str and v in cell}, key=cell.__getitem__)
+                if len(chosen) > many:
+                    # ``many`` values in a row of the declared order, from a start fixed by
+                    # the record: each value is as likely to be kept as any other
+                    clipped += 1
+                    start = int.from_bytes(_rank(patient, group), "big") % len(chosen)
+                    chosen = (chosen[start:] + chosen[:start])[:many]
+                for v in chosen:
+                    counts[at + cell[v]] += sign
+        return n, clipped
+
+
 def bound_contributions(schema: TableSchema, period: str, contributions: Iterable[Contribution]) -> BoundedCounts:
     """Count ``contributions`` into the table's cells with each patient's influence bounded
     (see the module's docstring). Records of another period or an undeclared group are
-    dropped; values outside the declared ones count in no cell."""
+    dropped; values outside the declared ones count in no cell. :class:`TableCounts` keeps
+    the same counts up to date one record at a time."""
     check_period(period)
-    stride = 1 + sum(len(m.values) for m in schema.measures)
-    base = {group: i * stride for i, group in enumerate(schema.groups)}
-    measures, offset = [], 1
-    for m in schema.measures:
-        measures.append((m.name, m.many, {v: offset + j for j, v in enumerate(m.values)}))
-        offset += len(m.values)
-    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    layout = _Layout(schema)
+    by_patient: dict[str, dict[str, Mapping[str, Any]]] = {}
     dropped = 0
     for c in contributions:
-        if c.period != period or c.group not in base:
+        if c.period != period or c.group not in layout.base:
             dropped += 1
             continue
-        key = (c.patient, c.group)
-        if key in latest:
+        mine = by_patient.get(c.patient)
+        if mine is None:
+            mine = by_patient[c.patient] = {}
+        elif c.group in mine:
             dropped += 1  # a second record of one patient, group and period: the last counts
-            del latest[key]
-        latest[key] = c.values
-    groups_of: dict[str, int] = {}
-    for patient, _ in latest:
-        groups_of[patient] = groups_of.get(patient, 0) + 1
-    over: dict[str, list[str]] = {p: [] for p, n in groups_of.items() if n > schema.max_groups}
-    for patient, group in latest:
-        if patient in over:
-            over[patient].append(group)
-    kept: dict[str, set[str]] = {}
-    clipped = 0
-    for patient, mine in over.items():
-        kept[patient] = set(sorted(mine, key=lambda g: _rank(patient, g))[:schema.max_groups])
-        clipped += len(mine) - schema.max_groups
-    singles = [(name, cell) for name, many, cell in measures if not many]
-    multis = [(name, many, cell) for name, many, cell in measures if many]
-    counts = [0] * (stride * len(schema.groups))
-    records = 0
-    for (patient, group), values in latest.items():
-        if patient in kept and group not in kept[patient]:
-            continue
-        records += 1
-        at = base[group]
-        counts[at] += 1
-        for name, cell in singles:
-            value = values.get(name)
-            if value.__class__ is str and value in cell:
-                counts[at + cell[value]] += 1
-        for name, many, cell in multis:
-            value = values.get(name)
-            if not isinstance(value, (list, tuple)):
-                continue
-            chosen = sorted({v for v in value if v.__class__ is str and v in cell}, key=cell.__getitem__)
-            if len(chosen) > many:
-                # keep ``many`` values in a row of the declared order, from a start fixed by
-                # the record: each value is as likely to be kept as any other
-                clipped += 1
-                start = int.from_bytes(_rank(patient, group), "big") % len(chosen)
-                chosen = (chosen[start:] + chosen[:start])[:many]
-            for v in chosen:
-                counts[at + cell[v]] += 1
-    return BoundedCounts(tuple(counts), patients=len(groups_of), records=records, dropped=dropped, clipped=clipped)
+        mine[c.group] = c.values
+    counts = [0] * layout.size
+    records = clipped = 0
+    for patient, mine in by_patient.items():
+        n, k = layout.count(patient, mine, counts, 1)
+        records += n
+        clipped += k
+    return BoundedCounts(tuple(counts), patients=len(by_patient), records=records, dropped=dropped, clipped=clipped)
+
+
+class TableCounts:
+    """One node's counts for a table and period, kept up to date as records arrive and
+    patients leave: :meth:`put` a record (a patient's later record of a group replaces the
+    earlier one), :meth:`remove` a patient (a revoked grant), and :meth:`bounded` gives what
+    :func:`bound_contributions` would give for the records held, so a release reads its
+    counts instead of recounting every record."""
+
+    def __init__(self, schema: TableSchema, period: str):
+        self.schema, self.period = schema, check_period(period)
+        self._layout = _Layout(schema)
+        self._counts = [0] * self._layout.size
+        self._records: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self._counted: dict[str, tuple[int, int]] = {}  # patient -> records counted, clipped
+        self._dropped = 0
+
+    def put(self, c: Contribution) -> bool:
+        """Hold one record; False (and counted as dropped) when it is of another period or
+        an undeclared group."""
+        if c.period != self.period or c.group not in self._layout.base:
+            self._dropped += 1
+            return False
+        mine = self._records.get(c.patient)
+        if mine is None:
+            mine = self._records[c.patient] = {}
+        else:
+            self._layout.count(c.patient, mine, self._counts, -1)  # take the patient out ...
+            if c.group in mine:
+                self._dropped += 1
+        mine[c.group] = c.values
+        self._counted[c.patient] = self._layout.count(c.patient, mine, self._counts, 1)  # ... and back in
+        return True
+
+    def remove(self, patient: str) -> None:
+        """Take every record of ``patient`` out of the counts (a revoked grant)."""
+        mine = self._records.pop(patient, None)
+        if mine is not None:
+            self._layout.count(patient, mine, self._counts, -1)
+            del self._counted[patient]
+
+    def bounded(self) -> BoundedCounts:
+        return BoundedCounts(tuple(self._counts), patients=len(self._counted),
+                             records=sum(r for r, _ in self._counted.values()), dropped=self._dropped,
+                             clipped=sum(c for _, c in self._counted.values()))
 
 
 def noise_gamma(schema: TableSchema, epsilon: Any) -> Fraction:
