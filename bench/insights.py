@@ -303,6 +303,7 @@ async def node_main(config: dict, index: int) -> dict:
         row = doc["rows"][TREATMENTS[0]]
         result["sample_row"] = {TREATMENTS[0]: {"reports": row["reports"], "efficacy": row["efficacy"]}}
         result["suppressed_cells"] = sum(1 for v in outcome.total if v < rel.SUPPRESS_BELOW)
+    print(json.dumps(result), flush=True)  # the parent's clock stops here, before the loop winds down
     server.close()
     for writer in pending.values():
         writer.close()
@@ -379,7 +380,9 @@ def main() -> int:
     if args.node is not None:
         with open(args.config) as f:
             config = json.load(f)
-        print(json.dumps(asyncio.run(node_main(config, args.node))), flush=True)
+        result = asyncio.run(node_main(config, args.node))
+        if args.node != 0:
+            print(json.dumps(result), flush=True)
         return 0
     if args.nodes < 2 or args.patients < 1 or args.samples < 100:
         ap.exit(2, "--nodes >= 2, --patients >= 1, --samples >= 100\n")
