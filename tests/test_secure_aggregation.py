@@ -158,6 +158,29 @@ def test_a_node_dropping_out_after_its_masked_input_abandons_the_round_unreveale
     assert not [d for s, _, d in r.wire if s == gone and loads(d)["type"] == "rxfed.agg.reveal"]
 
 
+def test_no_nodes_counts_cross_the_wire():
+    """Every byte of a round, in either direction: no node's vector appears, encoded or as
+    JSON numbers, and the only thing that decodes to the counts is the aggregator's total."""
+    spec = make_spec(3, 6)
+    values = [[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8], [9, 7, 9, 3, 2, 3]]
+    r = Round(spec, vectors_for(spec, values))
+    assert r.run().total == tuple(map(sum, zip(*values)))
+    for v in values:
+        encoded = agg.b64e(agg.encode_vector(v, 32))
+        as_json = canonical(v)[1:-1]
+        for _, _, data in r.wire:
+            assert encoded.encode() not in data and as_json not in data
+
+
+def test_a_node_silent_after_the_roster_abandons_a_round_that_tolerates_no_dropout():
+    spec = make_spec(3, 4, collusion=1, dropouts=0)
+    r = Round(spec, vectors_for(spec, [[1] * 4] * 3))
+    r.silent[spec.node_ids[1]] = "rxfed.agg.roster"
+    outcome = r.run()
+    assert outcome.phase == Phase.ABANDONED and "needs 3" in outcome.reason
+    assert not [d for s, _, d in r.wire if loads(d)["type"] in ("rxfed.agg.survivors", "rxfed.agg.reveal")]
+
+
 def test_too_few_adverts_abandon_before_anything_is_sent():
     spec = make_spec(3, 4, collusion=0, dropouts=1)
     r = Round(spec, vectors_for(spec, [[1] * 4] * 3))
