@@ -8,9 +8,9 @@ patient reported it would itself give that patient away, whatever noise it carri
 * :func:`bound_contributions`: one record per patient, group and period (the last one given
   wins, so a signal delivered twice counts once), at most ``max_groups`` groups per patient,
   values outside the declared ones dropped, multi-valued measures capped; integer counts.
-  :class:`TableCounts` keeps the same counts as records arrive and patients are removed.
   So one patient changes each cell by at most 1 and at most :attr:`TableSchema.sensitivity`
-  cells in all (the L1 sensitivity the noise is calibrated to).
+  cells in all (the L1 sensitivity the noise is calibrated to). :class:`TableCounts` keeps
+  the same counts as records arrive and patients are removed (a revoked grant).
 * :func:`noise_share`: this node's share of the noise for every cell, exact (rxfed.crypto.noise).
 * :func:`suppress` / :func:`publish`: after the noise, never before, values under ``k``
   (11) are shown as ``"<11"``.
