@@ -2,6 +2,7 @@
 // client.mjs and below; this module only handles the DOM, writing text nodes only (never markup from data).
 
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
+import * as consentView from "./consent-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import { ready } from "./sodium.mjs";
 
@@ -120,6 +121,7 @@ async function opened(p) {
   performance.mark("rxfed-unlocked");
   document.body.dataset.state = "unlocked";
   await storageNotice();
+  consentView.attach(patient); // its own status line; the journal does not wait for it
 }
 
 $("register-form").addEventListener("submit", (ev) => {
@@ -233,6 +235,7 @@ $("treatment-form").addEventListener("submit", (ev) => {
 
 $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
+  consentView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
   document.body.dataset.state = "locked";
