@@ -3,6 +3,7 @@
 
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
 import * as consentView from "./consent-ui.mjs";
+import * as devicesView from "./devices-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import { ready } from "./sodium.mjs";
 
@@ -116,6 +117,7 @@ async function opened(p) {
   patient = p;
   render(await patient.load());
   renderDevices();
+  devicesView.attach(patient, renderDevices);
   show("journal");
   status("Unlocked.");
   performance.mark("rxfed-unlocked");
@@ -236,11 +238,17 @@ $("treatment-form").addEventListener("submit", (ev) => {
 $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
   consentView.detach();
+  devicesView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
   document.body.dataset.state = "locked";
   show("unlock");
   status("Locked.");
+});
+
+devicesView.onRecovered(async (p, message) => {
+  await opened(p);
+  status(message);
 });
 
 async function start() {

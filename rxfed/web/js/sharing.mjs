@@ -372,6 +372,35 @@ export class PageConsent {
     return this.call("POST", "/v1/consent/revoke", { grant: grantId, revocation: c.revokeGrant(this.patient.id.device, grantId, now), tokens });
   }
 
+  /** After an identity rotation: every live grant whose tokens were made under an earlier
+   * epoch's pseudonym secret (which a revoked device knew) is granted again under the
+   * current one, then revoked; one made by a device no longer active is only revoked
+   * (Consent.renew). Call with the patient's state loaded at the new epoch. */
+  async renew() {
+    const out = [];
+    for (const grant of await this.list()) {
+      if (grant.status !== "live") continue;
+      const target = c.parseRecipient(grant.recipient);
+      const stale = grant.tokens.filter((t) => t.verified
+        && !equal(this.key(t.node, grant.purpose, target.plugin).public, this.tokens.get(t.token).subjectKey));
+      if (!stale.length && grant.device_active) continue;
+      try {
+        if (!grant.device_active) {
+          await this.revoke(grant.grant);
+          out.push({ grant: grant.grant, revoked: "made by a device that is no longer active" });
+          continue;
+        }
+        // grant first: if the new grant is refused, the old one still stands
+        const again = await this.grant(grant.kind, grant.purpose, grant.recipient, { until: grant.not_after - 1, nodes: grant.nodes });
+        await this.revoke(grant.grant);
+        out.push({ grant: grant.grant, renewed: again.grant });
+      } catch (exc) {
+        out.push({ grant: grant.grant, error: `${exc.code || "error"}: ${exc.message}` });
+      }
+    }
+    return out;
+  }
+
   /** The audit log, verified against the head the home node signed and every head this
    * browser saw; each acknowledgement it records checked under the recipient's own keys. */
   async audit() {
