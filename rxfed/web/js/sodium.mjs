@@ -124,6 +124,12 @@ export function toCurve25519(edPublic) {
   }
 }
 
+/** HMAC-SHA256 (libsodium crypto_auth_hmacsha256) of `message` under a 32-byte key. */
+export function hmacSha256(key, message) {
+  if (key.length !== 32) throw new Error("an HMAC key here is 32 bytes");
+  return s().crypto_auth_hmacsha256(message, key);
+}
+
 /** libsodium crypto_box_seal to an X25519 public key. */
 export const sealTo = (publicKey, message) => s().crypto_box_seal(message, publicKey);
 

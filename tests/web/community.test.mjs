@@ -1,0 +1,109 @@
+// spec/vectors/community.json in the web client's JavaScript: the address, the commitment to
+// name and condition, member events, sender keys, a sealed and franked message, host stamps,
+// the history chain and a read proof, as Python makes them.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+
+import * as cm from "../../rxfed/web/js/community.mjs";
+import { b64d, b64e, concat, fromUtf8, utf8 } from "../../rxfed/web/js/encoding.mjs";
+import * as p from "../../rxfed/web/js/protocol.mjs";
+import * as so from "../../rxfed/web/js/sodium.mjs";
+
+await so.ready();
+const v = JSON.parse(readFileSync(new URL("../../spec/vectors/community.json", import.meta.url), "utf8"));
+const admin = new so.SigningKeyPair(b64d(v.admin.seed, 32));
+const adminBox = new so.BoxKeyPair(b64d(v.admin.box_secret, 32));
+const member = new so.SigningKeyPair(b64d(v.member.seed, 32));
+const memberBox = new so.BoxKeyPair(b64d(v.member.box_secret, 32));
+const host = new so.SigningKeyPair(b64d(v.host.seed, 32));
+const address = cm.parseAddress(v.address.address);
+const [create, join, approve, distribution, message] = v.events.map((e) => e.event);
+
+test("address, commitment and member events", () => {
+  assert.equal(b64e(admin.public), v.admin.public_key);
+  assert.equal(b64e(host.public), v.host.public_key);
+  assert.equal(fromUtf8(cm.aboutCommitted(v.about)), v.about.committed);
+  assert.equal(b64e(cm.commitment(b64d(v.about.key, 32), cm.aboutCommitted(v.about))), v.about.commitment);
+  assert.equal(cm.checkAbout(v.about, create.body), v.about);
+  assert.throws(() => cm.checkAbout({ ...v.about, name: "Something else" }, create.body), (e) => e.code === "bad_about");
+  assert.equal(cm.communityId("c.example", create.body), v.address.id);
+  assert.equal(address.id, v.address.id);
+  assert.throws(() => cm.parseAddress("46db17ea@c.example"), (e) => e.code === "bad_address");
+  assert.deepEqual(cm.makeCreate(admin, adminBox.public, "c.example", { about: v.about, approval: true, node: "c.example",
+    now: create.body.created }), create);
+  assert.deepEqual(cm.makeJoin(member, memberBox.public, address, "a.example", join.body.time), join);
+  assert.deepEqual(cm.makeApprove(admin, address, member.public, approve.body.time), approve);
+  assert.deepEqual(cm.makeReadProof(member, address, "a.example", v.read_proof.body.time), v.read_proof);
+});
+
+test("sender keys, sealed and signed for one member and epoch", () => {
+  const key = { epoch: v.sender_key.epoch, key: b64d(v.sender_key.key, 32) };
+  assert.equal(b64e(cm.senderKeyBytes(key)), v.sender_key.bytes);
+  for (const r of v.sender_key.recipients) {
+    const box = new so.BoxKeyPair(b64d(r.box_secret, 32));
+    const recipient = b64d(r.member, 32);
+    assert.equal(fromUtf8(cm.senderKeyContext(address, recipient, 1)), r.context);
+    assert.equal(distribution.body.keys[r.member], r.sealed);
+    assert.deepEqual(cm.openSenderKey(member.public, box, address, recipient, 1, b64d(r.sealed)), key);
+    assert.equal(b64e(box.openSealed(b64d(r.sealed))), r.inner);
+    // for another member, epoch or sender it does not open
+    assert.throws(() => cm.openSenderKey(member.public, box, address, b64d(v.host.public_key, 32), 1, b64d(r.sealed)));
+    assert.throws(() => cm.openSenderKey(member.public, box, address, recipient, 2, b64d(r.sealed)));
+    assert.throws(() => cm.openSenderKey(admin.public, box, address, recipient, 1, b64d(r.sealed)));
+    const mine = cm.sealSenderKey(member, box.public, address, recipient, key);
+    assert.equal(mine.length, 148);
+    assert.deepEqual(cm.openSenderKey(member.public, box, address, recipient, 1, mine), key);
+  }
+});
+
+test("a sealed and franked message", () => {
+  const key = { epoch: 1, key: b64d(v.sender_key.key, 32) };
+  const m = v.message;
+  assert.equal(fromUtf8(cm.messageAd(address, member.public, 1)), m.ad);
+  assert.equal(fromUtf8(cm.franked(address, member.public, m.text, m.sent)), m.franked);
+  const nonce = b64d(m.nonce, 24);
+  const made = cm.makeMessage(member, key, address, m.text, m.sent, { frankingKey: b64d(m.franking_key, 32), random: () => nonce });
+  assert.deepEqual(made.statement, message);
+  const opened = cm.openMessage(address, message.body, key);
+  assert.equal(opened.text, m.text);
+  assert.equal(b64e(opened.frankingKey), m.franking_key);
+  assert.throws(() => cm.openMessage(address, { ...message.body, sent: m.sent + 1 }, key), (e) => e.code === "bad_franking");
+  assert.throws(() => cm.openMessage(address, { ...message.body, epoch: 2 }, key), (e) => e.code === "decryption_failed");
+  assert.throws(() => cm.openMessage(cm.parseAddress("0".repeat(32) + "@c.example"), message.body, key));
+});
+
+test("host stamps and the pinned history", () => {
+  let pin = { seq: 0, head: cm.HISTORY_START };
+  const hashes = [];
+  for (const e of v.events) {
+    const signer = e.seq === 3 ? admin.public : null; // the approval is the admin's
+    const body = cm.checkStamp([b64d(v.admin.public_key, 32), host.public], e.stamp, e.event, address, e.seq, signer);
+    assert.equal(body.seq, e.seq);
+    hashes.push(p.statementHash(e.event));
+    pin = cm.extendPin(pin, hashes);
+    assert.equal(b64e(pin.head), e.head);
+  }
+  // under a key the host does not publish, for another position, another event: refused
+  assert.throws(() => cm.checkStamp([admin.public], v.events[0].stamp, create, address, 1), (e) => e.code === "bad_stamp");
+  assert.throws(() => cm.checkStamp([host.public], v.events[0].stamp, create, address, 2), (e) => e.code === "stamp_mismatch");
+  assert.throws(() => cm.checkStamp([host.public], v.events[1].stamp, create, address, 2), (e) => e.code === "stamp_mismatch");
+  assert.throws(() => cm.checkStamp([], v.events[0].stamp, create, address, 1), (e) => e.code === "bad_stamp");
+  // fewer events than pinned, or another history up to the pin
+  assert.throws(() => cm.extendPin(pin, hashes.slice(0, 4)), (e) => e.code === "rolled_back");
+  const swapped = [hashes[0], hashes[2], hashes[1], hashes[3], hashes[4]];
+  assert.throws(() => cm.extendPin(pin, swapped), (e) => e.code === "forked_history");
+  // a message's stamp binds its commitment: a stamp without it is not this message's
+  const bare = p.signStatement(host, { ...v.events[4].stamp.body, commitment: null });
+  assert.throws(() => cm.checkStamp([host.public], bare, message, address, 5), (e) => e.code === "stamp_mismatch");
+});
+
+test("a rekey event carries the new key's proof", () => {
+  const next = new so.SigningKeyPair(new Uint8Array(32).fill(0x23));
+  const event = cm.makeRekey(member, next, memberBox.public, address, "a.example", 1764000300);
+  assert.equal(p.openStatement(event, cm.REKEY, member.public).new_member, b64e(next.public));
+  const proof = concat(utf8("rxfed-community-rekey|"), utf8(JSON.stringify({ box_key: b64e(memberBox.public),
+    community: address.text, member: b64e(member.public), new_member: b64e(next.public) })));
+  so.verifySignature(next.public, proof, b64d(event.body.proof, 64));
+});
