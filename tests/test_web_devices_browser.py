@@ -80,6 +80,9 @@ async def test_the_page_adds_a_cli_device_and_removes_it_with_the_recovery_code(
         assert len(listed) == 2 and all(d["verified"] for d in listed)
         await axe_scan(page, "journal with the devices forms")
 
+        # a community the CLI device created: its keys are the account's, rekeyed too
+        made = await cli("community", "create", "--profile", str(profile), "Lamotrigine users")
+
         # a grant made now is renewed when the epoch changes
         await page.select_option("#g-kind", "treatment.outcome")
         await page.select_option("#g-to", f"node:{node.node_id}")
@@ -102,7 +105,7 @@ async def test_the_page_adds_a_cli_device_and_removes_it_with_the_recovery_code(
         await page.click("#revoke-form button[type=submit]")
         await page.wait_for_selector("body[data-devices-revoked='1']", timeout=30_000)
         said = await page.text_content("#devices-status")
-        assert f"Removed {cli_device[:8]}" in said and "1 consent grant renewed" in said
+        assert f"Removed {cli_device[:8]}" in said and "1 consent grant renewed" in said and "1 community rekeyed" in said
         assert "removed" in await page.text_content(f"#devices li[data-device='{cli_device}']")
 
         # the removed device is refused by the node; the page reads on at the new epoch
@@ -113,6 +116,13 @@ async def test_the_page_adds_a_cli_device_and_removes_it_with_the_recovery_code(
         await page.wait_for_selector("body[data-consent=ready]")
         grants = await page.eval_on_selector_all("#grants li[data-grant]", "ls => ls.map(l => l.dataset.status)")
         assert sorted(grants) == ["live", "revoked"]
+        # the community folds with the rekey: the seat (the admin's) went to the new keys
+        await page.wait_for_selector(f"#my-communities li[data-address='{made['address']}']")
+        await page.click(f"#my-communities li[data-address='{made['address']}'] button.open")
+        await page.wait_for_selector("#community-view:not([hidden])", timeout=30_000)
+        assert (await page.text_content("#cv-members")).startswith("1 member;")
+        events = await node.app_store().community_events(*made["address"].split("@"))
+        assert [json.loads(e.event)["body"]["type"] for e in events][-1] == "rxfed.community.rekey"
         # Chromium logs the node's 401 for the code that is not the account's; nothing else
         assert [p for p in watched.problems if "401 (Unauthorized)" not in p] == []
         assert len(watched.problems) == 1

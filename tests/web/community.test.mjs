@@ -107,3 +107,47 @@ test("a rekey event carries the new key's proof", () => {
     community: address.text, member: b64e(member.public), new_member: b64e(next.public) })));
   so.verifySignature(next.public, proof, b64d(event.body.proof, 64));
 });
+
+test("the fold: membership, sender keys and messages, read by each member", () => {
+  const events = v.events.map((e) => [e.seq, e.event]);
+  const asMember = cm.readHistory(events, member, memberBox);
+  assert.equal(asMember.state.seq, 5);
+  assert.deepEqual(cm.joinedMembers(asMember.state).map((m) => b64e(m.member)), [v.admin.public_key, v.member.public_key]);
+  assert.deepEqual(asMember.messages.map((m) => [m.seq, m.text]), [[5, v.message.text]]);
+  assert.deepEqual(asMember.unreadable, []);
+  assert.deepEqual(cm.readHistory(events, admin, adminBox).messages.map((m) => m.text), [v.message.text]);
+  assert.deepEqual(cm.ownSenderKey(asMember.state, events, member, memberBox), { epoch: 1, key: b64d(v.sender_key.key, 32) });
+  // before the approval the member is pending and reads nothing
+  const pending = cm.readHistory(events.slice(0, 2), member, memberBox).state;
+  assert.equal(cm.statusOf(pending, member.public), "pending");
+  // what the host must never have stamped is refused
+  const again = [...events.slice(0, 3), [4, approve]];
+  assert.throws(() => cm.readHistory(again), (e) => e.code === "not_pending");
+  assert.throws(() => cm.readHistory([events[0], events[2]]), (e) => e.code === "out_of_order");
+  assert.throws(() => cm.readHistory([...events.slice(0, 3), [4, message]]), (e) => e.code === "rotate_sender_key");
+  const forged = structuredClone(join);
+  forged.body.node = "b.example";
+  assert.throws(() => cm.readHistory([events[0], [2, forged]]), (e) => e.code === "bad_statement_signature");
+  const unknown = structuredClone(create);
+  unknown.body.extra = 1;
+  assert.throws(() => cm.parseEvent(unknown), (e) => e.code === "unknown_field");
+  assert.throws(() => cm.parseEvent({ ...create, body: { ...create.body, admin: v.member.public_key } }), (e) => e.code === "bad_community_id");
+  // a message whose ciphertext was changed is shown as unreadable, not as a message
+  const tampered = structuredClone(message);
+  const raw = b64d(tampered.body.ciphertext);
+  raw[30] ^= 1;
+  tampered.body.ciphertext = b64e(raw);
+  const signedAgain = p.signStatement(member, tampered.body);
+  const read = cm.readHistory([...events.slice(0, 4), [5, signedAgain]], member, memberBox);
+  assert.deepEqual(read.unreadable.map((u) => [u.seq, u.reason]), [[5, "undecryptable"]]);
+  assert.deepEqual(read.messages, []);
+});
+
+test("a listing is checked against the create event its address certifies", () => {
+  const entry = { address: v.address.address, name: v.about.name, condition: v.about.condition, about: v.about.key, approval: true,
+    members: 2, created: 1764000000, create };
+  assert.equal(cm.checkListing(entry).address.text, v.address.address);
+  assert.throws(() => cm.checkListing({ ...entry, name: "Another name" }), (e) => e.code === "bad_about");
+  assert.throws(() => cm.checkListing({ ...entry, approval: false }), (e) => e.code === "bad_listing");
+  assert.throws(() => cm.checkListing({ ...entry, address: "0".repeat(32) + "@c.example" }), (e) => e.code === "bad_listing");
+});

@@ -2,6 +2,7 @@
 // client.mjs and below; this module only handles the DOM, writing text nodes only (never markup from data).
 
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
+import * as communitiesView from "./community-ui.mjs";
 import * as consentView from "./consent-ui.mjs";
 import * as devicesView from "./devices-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
@@ -123,7 +124,9 @@ async function opened(p) {
   performance.mark("rxfed-unlocked");
   document.body.dataset.state = "unlocked";
   await storageNotice();
-  consentView.attach(patient); // its own status line; the journal does not wait for it
+  // each with its own status line; the journal does not wait for them
+  communitiesView.attach(patient);
+  consentView.attach(patient);
 }
 
 $("register-form").addEventListener("submit", (ev) => {
@@ -237,6 +240,7 @@ $("treatment-form").addEventListener("submit", (ev) => {
 
 $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
+  communitiesView.detach();
   consentView.detach();
   devicesView.detach();
   $("entries").replaceChildren();

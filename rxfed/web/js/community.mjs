@@ -8,7 +8,7 @@ import { canonical } from "./canonical.mjs";
 import { b64d, b64e, concat, equal, fromUtf8, readU32be, u32be, utf8 } from "./encoding.mjs";
 import { IntegrityError, bucketSize, openStatement, signStatement, statementHash } from "./protocol.mjs";
 import { DecryptionFailed, aeadOpen, aeadSeal, blake2b, hmacSha256, openSigned, padTo, randomBytes, sealSigned, sha256,
-  unpadAny } from "./sodium.mjs";
+  unpadAny, verifySignature } from "./sodium.mjs";
 
 export const CREATE = "rxfed.community.create";
 export const JOIN = "rxfed.community.join";
@@ -118,7 +118,16 @@ export function openMessage(address, body, senderKey) {
   } catch {
     throw new DecryptionFailed();
   }
-  const key = b64d(doc.franking_key, 32);
+  if (!doc || typeof doc !== "object" || Object.keys(doc).sort().join() !== "franking_key,sent,text" || typeof doc.text !== "string"
+      || doc.text.length > 4000 || !Number.isSafeInteger(doc.sent)) {
+    throw new DecryptionFailed();
+  }
+  let key;
+  try {
+    key = b64d(doc.franking_key, 32);
+  } catch {
+    throw new DecryptionFailed();
+  }
   if (doc.sent !== body.sent || !checkCommitment(key, franked(address, sender, doc.text, doc.sent), b64d(body.commitment, 32))) {
     throw new IntegrityError("the message's commitment does not open with its text", "bad_franking");
   }
@@ -169,3 +178,242 @@ export function extendPin(pin, eventHashes) {
   });
   return { seq: eventHashes.length, head };
 }
+
+// -- events and the fold (pc.parse_event, pc.CommunityState): what a history may contain ----------
+const MAX_TIME = 2 ** 40, MAX_SEQ = 2 ** 53 - 1, MAX_VERSION = 2 ** 31 - 1, MAX_EPOCH = 2 ** 32 - 1, MAX_MEMBERS = 1000;
+const MAX_CIPHERTEXT = 8 * 1024, MESSAGE_OVERHEAD = 40, SEALED_SENDER_KEY = 148;
+const bad = (message, code = "bad_event") => new IntegrityError(message, code);
+
+const check = {
+  key: (n) => (v, where) => {
+    try {
+      return b64d(v, n);
+    } catch {
+      throw bad(`${where} is not ${n} bytes of base64url`);
+    }
+  },
+  int: (lo, hi) => (v, where) => {
+    if (!Number.isSafeInteger(v) || v < lo || v > hi) throw bad(`${where} must be a whole number from ${lo} to ${hi}`);
+    return v;
+  },
+  bool: (v, where) => {
+    if (typeof v !== "boolean") throw bad(`${where} must be true or false`);
+    return v;
+  },
+  node: (v, where) => {
+    if (typeof v !== "string" || v.length > 261 || !NODE_ID.test(v) || v !== v.toLowerCase()) throw bad(`${where} is not a node id`);
+    return v;
+  },
+  ciphertext: (v, where) => {
+    const data = check.key(null)(v, where);
+    const padded = data.length - MESSAGE_OVERHEAD;
+    if (data.length > MAX_CIPHERTEXT || padded <= 0 || bucketSize(padded - 1) !== padded) throw bad(`${where} is not a padded message`, "unpadded_message");
+    return data;
+  },
+  keys: (v, where) => {
+    if (!v || typeof v !== "object" || Array.isArray(v) || Object.keys(v).length > MAX_MEMBERS) throw bad(`${where} must map members to sealed keys`);
+    const out = new Map();
+    for (const [k, sealed] of Object.entries(v)) out.set(b64e(check.key(32)(k, where)), check.key(SEALED_SENDER_KEY)(sealed, where));
+    return out;
+  },
+};
+const TIME = check.int(0, MAX_TIME);
+const EVENTS = {
+  [CREATE]: { about: check.key(32), approval: check.bool, admin: check.key(32), admin_box: check.key(32), node: check.node, created: TIME },
+  [JOIN]: { member: check.key(32), box_key: check.key(32), node: check.node, time: TIME },
+  [APPROVE]: { member: check.key(32), time: TIME },
+  [LEAVE]: { member: check.key(32), time: TIME },
+  [REMOVE]: { member: check.key(32), time: TIME },
+  [REKEY]: { member: check.key(32), new_member: check.key(32), box_key: check.key(32), node: check.node, proof: check.key(64), time: TIME },
+  [SENDER_KEY]: { sender: check.key(32), epoch: check.int(1, MAX_EPOCH), version: check.int(1, MAX_VERSION), keys: check.keys },
+  [MESSAGE]: { sender: check.key(32), epoch: check.int(1, MAX_EPOCH), ciphertext: check.ciphertext, commitment: check.key(32), sent: TIME },
+};
+
+/** The typed event of a statement, shape checked (its signature is checked by the fold). */
+export function parseEvent(obj, where = "event") {
+  const body = obj && typeof obj === "object" ? obj.body : null;
+  const spec = body && typeof body === "object" ? EVENTS[body.type] : undefined;
+  if (!spec || typeof obj.sig !== "string") throw bad(`${where} is not a community event`);
+  const extra = Object.keys(body).filter((k) => k !== "type" && k !== "community" && !(k in spec));
+  if (extra.length) throw bad(`${where}: unknown field ${extra.sort()[0]}`, "unknown_field");
+  const e = { type: body.type, community: parseAddress(body.community), signed: obj };
+  for (const [name, validate] of Object.entries(spec)) {
+    if (!(name in body)) throw bad(`${where}: missing field ${name}`, "missing_field");
+    e[name] = validate(body[name], `${where}.${name}`);
+  }
+  if (e.type === CREATE && communityId(e.community.host, body) !== e.community.id) {
+    throw bad(`${where}: the community id is not the one this create event certifies`, "bad_community_id");
+  }
+  e.author = e.type === CREATE ? e.admin : e.type === APPROVE || e.type === REMOVE ? null : e.type === SENDER_KEY || e.type === MESSAGE ? e.sender : e.member;
+  return e;
+}
+
+const MEMBERSHIP = {
+  [JOIN]: [[null], "pending", "already_member", "this member key has already joined"],
+  [APPROVE]: [["pending"], "joined", "not_pending", "only a pending member can be approved"],
+  [LEAVE]: [["joined", "pending"], "left", "not_a_member", "not a current member"],
+  [REMOVE]: [["joined", "pending"], "removed", "not_a_member", "not a current member"],
+};
+
+/** An empty community state for `address`: {address, seq, version, meta, members (Map in
+ * join order: member b64 -> {member, boxKey, node, status}), senders, recent}. */
+export const emptyState = (address) => ({ address, seq: 0, version: 0, meta: null, members: new Map(), senders: new Map(), recent: new Map() });
+export const joinedMembers = (state) => [...state.members.values()].filter((m) => m.status === "joined");
+export const statusOf = (state, member) => state.members.get(b64e(member))?.status ?? null;
+
+function fold(state, e) {
+  const s = { ...state, members: new Map(state.members), senders: new Map(state.senders), recent: new Map(state.recent) };
+  if (e.type === CREATE) {
+    s.meta = { about: e.about, approval: e.approval, admin: e.admin, host: state.address.host, create: e.signed };
+    s.members.set(b64e(e.admin), { member: e.admin, boxKey: e.admin_box, node: e.node, status: "joined" });
+    s.version += 1;
+  } else if (e.type in MEMBERSHIP) {
+    const key = b64e(e.member), current = state.members.get(key);
+    const [sources, target, code, message] = MEMBERSHIP[e.type];
+    if (!sources.includes(current ? current.status : null)) throw bad(message, code);
+    if (e.author === null) {
+      if (statusOf(state, state.meta.admin) !== "joined") throw bad("the admin has left this community", "not_admin");
+      if (equal(e.member, state.meta.admin)) throw bad("the admin leaves rather than removing themselves", "admin_cannot_remove_self");
+    }
+    if (e.type === JOIN) {
+      if ([...state.members.values()].filter((m) => m.status === "joined" || m.status === "pending").length >= MAX_MEMBERS) {
+        throw bad(`a community has at most ${MAX_MEMBERS} members`, "community_full");
+      }
+      s.members.set(key, { member: e.member, boxKey: e.box_key, node: e.node, status: state.meta.approval ? target : "joined" });
+    } else {
+      s.members.set(key, { ...current, status: target });
+    }
+    s.version += 1;
+  } else if (e.type === REKEY) {
+    const old = state.members.get(b64e(e.member));
+    if (!old || !["joined", "pending"].includes(old.status)) throw bad("not a current member", "not_a_member");
+    if (state.members.has(b64e(e.new_member))) throw bad("this member key has already joined", "already_member");
+    if (e.node !== old.node) throw bad("a rekey keeps the member's home node", "rekey_moves_node");
+    try {
+      verifySignature(e.new_member, rekeyBytes(e.community.text, e.member, e.new_member, e.box_key), e.proof);
+    } catch {
+      throw bad("the new member key's proof does not verify", "bad_rekey_proof");
+    }
+    s.members.set(b64e(e.member), { ...old, status: "left" });
+    s.members.set(b64e(e.new_member), { member: e.new_member, boxKey: e.box_key, node: e.node, status: old.status });
+    if (equal(e.member, state.meta.admin)) s.meta = { ...state.meta, admin: e.new_member };
+    s.version += 1;
+  } else {
+    const key = b64e(e.sender);
+    if (statusOf(state, e.sender) !== "joined") throw bad("only a joined member may do this", "not_a_member");
+    if (e.type === SENDER_KEY) {
+      if (e.epoch < (state.senders.get(key)?.[0] ?? 0) + 1) throw bad("a sender key's epoch must be above the sender's last", "stale_epoch");
+      if (e.version !== state.version) throw bad("membership changed since this sender key was made", "membership_changed");
+      const joined = new Set(joinedMembers(state).map((m) => b64e(m.member)));
+      if (e.keys.size !== joined.size || [...e.keys.keys()].some((k) => !joined.has(k))) throw bad("a sender key goes to exactly the joined members", "wrong_recipients");
+      s.senders.set(key, [e.epoch, e.version]);
+    } else {
+      const sent = state.senders.get(key);
+      if (!sent || sent[0] !== e.epoch || sent[1] !== state.version) throw bad("membership changed: distribute a new sender key first", "rotate_sender_key");
+      const [last, seen] = state.recent.get(key) ?? [0, new Set()];
+      const c = b64e(e.commitment);
+      if (e.sent < last) throw bad("a message may not be older than its sender's last", "stale_message");
+      if (e.sent === last && seen.has(c)) throw bad("this message was already posted", "duplicate_message");
+      s.recent.set(key, [e.sent, e.sent === last ? new Set([...seen, c]) : new Set([c])]);
+    }
+  }
+  return s;
+}
+
+/** The state after `statement` as number `seq`, and the parsed event (CommunityState.step);
+ * `checked`: this very statement's signature was verified before (it is in the pinned history). */
+export function step(state, statement, seq, checked = false) {
+  if (seq !== state.seq + 1) throw bad(`expected event ${state.seq + 1}, got ${seq}`, "out_of_order");
+  const e = parseEvent(statement);
+  if (e.community.text !== state.address.text) throw bad("event is for another community", "wrong_community");
+  if ((state.meta === null) !== (e.type === CREATE)) throw bad("a community starts with exactly one create event", state.meta === null ? "not_created" : "already_created");
+  if (!checked) openStatement(statement, e.type, e.author ?? state.meta.admin, "event");
+  return [{ ...fold(state, e), seq }, e];
+}
+
+export const UNREADABLE = {
+  undecryptable: "it does not decrypt under its sender's key",
+  bad_franking: "its franking commitment does not match its text, so it could never be reported",
+  bad_sender_key: "the sender key it was sent under, sealed to you, does not open",
+};
+
+/** Fold events from the create event on and open every message `me` holds a sender key
+ * for (pc.read_history): {state, messages: [{seq, sender, text, sent, epoch, frankingKey,
+ * commitment}], unreadable: [{seq, sender, reason}]}. An invalid event throws. `me` null: the
+ * state alone. */
+export function readHistory(events, me = null, myBox = null, checked = 0) {
+  if (!events.length) throw bad("a community starts with its create event");
+  let state = emptyState(parseEvent(events[0][1]).community);
+  const keys = new Map(), broken = new Set(), messages = [], unreadable = [];
+  const mine = me ? b64e(me.public) : null;
+  for (const [seq, statement] of events) {
+    let e;
+    [state, e] = step(state, statement, seq, seq <= checked);
+    if (mine === null) continue;
+    const id = (sender, epoch) => `${b64e(sender)}/${epoch}`;
+    if (e.type === SENDER_KEY && e.keys.has(mine)) {
+      try {
+        keys.set(id(e.sender, e.epoch), openSenderKey(e.sender, myBox, state.address, me.public, e.epoch, e.keys.get(mine)));
+      } catch {
+        broken.add(id(e.sender, e.epoch));
+      }
+    } else if (e.type === MESSAGE) {
+      const key = keys.get(id(e.sender, e.epoch));
+      if (key) {
+        try {
+          const m = openMessage(state.address, statement.body, key);
+          messages.push({ seq, sender: e.sender, text: m.text, sent: m.sent, epoch: e.epoch, frankingKey: m.frankingKey, commitment: e.commitment });
+        } catch (exc) {
+          unreadable.push({ seq, sender: e.sender, reason: exc.code === "bad_franking" ? "bad_franking" : "undecryptable" });
+        }
+      } else if (broken.has(id(e.sender, e.epoch))) {
+        unreadable.push({ seq, sender: e.sender, reason: "bad_sender_key" });
+      }
+    }
+  }
+  return { state, messages, unreadable };
+}
+
+/** `me`'s current sender key, opened from its own latest distribution, or null. */
+export function ownSenderKey(state, events, me, myBox) {
+  const mine = b64e(me.public), epoch = state.senders.get(mine)?.[0] ?? 0;
+  for (let i = events.length - 1; i >= 0; i--) {
+    const body = events[i][1]?.body;
+    if (body && body.type === SENDER_KEY && body.sender === mine && body.epoch === epoch) {
+      try {
+        return openSenderKey(me.public, myBox, state.address, me.public, epoch, b64d(body.keys[mine]));
+      } catch {
+        return null;
+      }
+    }
+  }
+  return null;
+}
+
+/** A sender key for the current membership, sealed to every joined member (pc.make_sender_key). */
+export function makeSenderKey(sender, state, senderKey) {
+  const keys = {};
+  for (const m of joinedMembers(state)) keys[b64e(m.member)] = b64e(sealSenderKey(sender, m.boxKey, state.address, m.member, senderKey));
+  return signStatement(sender, { type: SENDER_KEY, community: state.address.text, sender: b64e(sender.public), epoch: senderKey.epoch,
+    version: state.version, keys });
+}
+
+/** A listing in the host's directory, checked against the create event its address
+ * certifies and the commitment to its name and condition (pc.Listing.from_json). */
+export function checkListing(entry) {
+  const create = parseEvent(entry && entry.create, "listing.create");
+  if (create.type !== CREATE || create.community.text !== entry.address || create.approval !== entry.approval) {
+    throw bad("the listing's create event is not its community's", "bad_listing");
+  }
+  openStatement(entry.create, CREATE, create.admin, "listing.create");
+  if (typeof entry.name !== "string" || !entry.name || entry.name.length > 80 || /[\x00-\x1f\x7f]/.test(entry.name)
+      || (entry.condition !== null && !/^[A-Z][0-9][0-9A-Z]$/.test(entry.condition))) {
+    throw bad("the listing's name or condition is malformed", "bad_listing");
+  }
+  checkAbout({ name: entry.name, condition: entry.condition, key: entry.about }, entry.create.body);
+  return { create, name: entry.name, condition: entry.condition, members: entry.members, address: create.community };
+}
+
+/** What a recipient hands a moderator about one message (pc.franking_report). */
+export const frankingReport = (message, event, stamp) =>
+  ({ type: "rxfed.franking-report", text: message.text, franking_key: b64e(message.frankingKey), event, stamp });

@@ -39,9 +39,12 @@ export function followupText({ grants, communities }) {
   const dropped = grants.filter((g) => g.revoked).length;
   if (dropped) parts.push(`${dropped} consent grant${dropped > 1 ? "s" : ""} made by a removed device revoked (grant again if you wish)`);
   if (failed.length) parts.push(`${failed.length} grant${failed.length > 1 ? "s" : ""} could not be renewed (${failed.map((g) => g.error).join("; ")})`);
-  if (communities) {
-    parts.push(`you are in ${communities} communit${communities > 1 ? "ies" : "y"}: run \`rxfed community rekey\` with the CLI, `
-      + "which this page cannot do yet, so that a removed device reads nothing posted from now on");
+  const outcomes = Object.entries(communities || {});
+  const rekeyed = outcomes.filter(([, o]) => o === "rekeyed").length, stuck = outcomes.filter(([, o]) => o !== "rekeyed");
+  if (rekeyed) parts.push(`${rekeyed} communit${rekeyed > 1 ? "ies" : "y"} rekeyed, so a removed device reads nothing posted from now on`);
+  if (stuck.length) {
+    parts.push(`${stuck.length} communit${stuck.length > 1 ? "ies" : "y"} could not be rekeyed yet (${stuck.map(([a, o]) => `${a}: ${o}`).join("; ")}): `
+      + "a removed device may read them until they are: retry with `rxfed community rekey`");
   }
   return parts.length ? ` ${parts.join("; ")}.` : "";
 }

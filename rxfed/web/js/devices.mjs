@@ -9,6 +9,7 @@ import { b64d, b64e, equal } from "./encoding.mjs";
 import { KDF, Node, Patient, checkNewPassphrase, identityBytes, timings } from "./client.mjs";
 import { sealKeyfile } from "./keyfile.mjs";
 import * as p from "./protocol.mjs";
+import { PageCommunities } from "./communities.mjs";
 import { PageConsent } from "./sharing.mjs";
 import { BoxKeyPair, SigningKeyPair, aeadOpen, pwhashCost, randomBytes, ready } from "./sodium.mjs";
 import * as store from "./store.mjs";
@@ -120,13 +121,13 @@ export async function addDevice(patient, link) {
   return { device, confirmation: p.confirmationCode(patient.state.chain[patient.state.chain.length - 1].hash, device) };
 }
 
-/** What a revoked device could still use, replaced (sdk.after_revocation): consent grants
- * renewed under the new epoch. Community member keys are rekeyed by the CLI
- * (`rxfed community rekey`): the page holds no community client yet, and says so. */
+/** What a revoked device could still use, replaced (sdk.after_revocation): every
+ * community's member keys rekeyed (keeping each seat), every live consent grant renewed
+ * under the new epoch's pseudonym keys. Returns {communities: {address: outcome}, grants}. */
 export async function afterRevocation(patient) {
-  const communities = patient.state.records.filter((r) => r.kind === "community").length;
+  const communities = await new PageCommunities(patient).rekeyAll();
   const grants = await new PageConsent(patient).renew();
-  return { grants, communities };
+  return { communities, grants };
 }
 
 /** Revoke devices, and every device they enrolled, by starting a new identity epoch under
