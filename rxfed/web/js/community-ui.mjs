@@ -5,30 +5,14 @@
 import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
 import { b64e } from "./encoding.mjs";
 import { UNREADABLE } from "./community.mjs";
+import * as ui from "./ui.mjs";
 
 const $ = (id) => document.getElementById(id);
 let communities = null;
 let open = null; // the address shown
 
-function say(text, isError = false) {
-  $("communities-status").textContent = isError ? "" : text;
-  const box = $("communities-error");
-  box.textContent = isError ? text : "";
-  box.hidden = !isError;
-}
-
-async function guarded(button, what, work) {
-  if (button) button.disabled = true;
-  say(what);
-  try {
-    await work();
-  } catch (exc) {
-    const message = exc.message || String(exc);
-    say(exc.status !== undefined ? `The node refused: ${message}` : message, true);
-  } finally {
-    if (button) button.disabled = false;
-  }
-}
+const say = ui.statusLine("communities");
+const guarded = (button, what, work) => ui.guarded(button, say, what, work);
 
 function button(text, className, onClick) {
   const b = document.createElement("button");
@@ -124,6 +108,7 @@ async function show(address) {
     return li;
   }));
   $("cv-unreadable").textContent = reading.unreadable.map((u) => `Message ${u.seq} from ${short(u.sender)} is not shown: ${UNREADABLE[u.reason]}.`).join(" ");
+  $("cv-unreadable").hidden = reading.unreadable.length === 0;
   $("cv-empty").hidden = reading.messages.length > 0;
   say("");
   document.body.dataset.read = String(Number(document.body.dataset.read || 0) + 1);

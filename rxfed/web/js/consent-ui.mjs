@@ -4,6 +4,7 @@
 // detach() when the page locks.
 
 import { PageConsent } from "./sharing.mjs";
+import * as ui from "./ui.mjs";
 
 const $ = (id) => document.getElementById(id);
 let consent = null;
@@ -16,12 +17,7 @@ const KIND_NAMES = {
   "demographics.band": "your age band, sex and country",
 };
 
-function say(text, isError = false) {
-  $("consent-status").textContent = isError ? "" : text;
-  const box = $("consent-error");
-  box.textContent = isError ? text : "";
-  box.hidden = !isError;
-}
+const say = ui.statusLine("consent");
 
 function item(text, extra = {}) {
   const li = document.createElement("li");
@@ -46,18 +42,7 @@ function showPreview(kind, list) {
   }
 }
 
-async function guarded(button, what, work) {
-  if (button) button.disabled = true;
-  say(what);
-  try {
-    await work();
-  } catch (exc) {
-    const message = exc.message || String(exc);
-    say(exc.status !== undefined ? `The node refused: ${message}` : message, true);
-  } finally {
-    if (button) button.disabled = false;
-  }
-}
+const guarded = (button, what, work) => ui.guarded(button, say, what, work);
 
 function ackText(g) {
   if (g.status !== "revoked") return "";

@@ -4,32 +4,14 @@
 
 import { addDevice, recover, revokeDevices } from "./devices.mjs";
 import { RecoveryCode } from "./protocol.mjs";
+import * as ui from "./ui.mjs";
 
 const $ = (id) => document.getElementById(id);
 let patient = null;
 let changed = () => {};
 let recovered = async () => {};
 
-function say(where, text, isError = false) {
-  $(`${where}-status`).textContent = isError ? "" : text;
-  const box = $(`${where}-error`);
-  box.textContent = isError ? text : "";
-  box.hidden = !isError;
-}
-
-async function guarded(form, where, what, work) {
-  const button = form.querySelector("button[type=submit]");
-  button.disabled = true;
-  say(where, what);
-  try {
-    await work();
-  } catch (exc) {
-    const message = exc.message || String(exc);
-    say(where, exc.status !== undefined ? `The node refused: ${message}` : message, true);
-  } finally {
-    button.disabled = false;
-  }
-}
+const say = ui.statusLine("devices");
 
 /** What the follow-ups of a new epoch did, in words. */
 export function followupText({ grants, communities }) {
@@ -72,7 +54,7 @@ export function detach() {
   $("revoke-device").replaceChildren();
   $("add-done").hidden = true;
   $("add-confirm").textContent = "";
-  say("devices", "");
+  say("");
 }
 
 /** `opened(patient, message)` shows the journal of an account recovered here. */
@@ -84,14 +66,14 @@ $("add-device-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   if (patient === null) return;
   const form = ev.target;
-  guarded(form, "devices", "Adding the device…", async () => {
+  ui.guarded(form.querySelector("button[type=submit]"), say, "Adding the device…", async () => {
     const { device, confirmation } = await addDevice(patient, $("add-link").value);
     form.reset();
     $("add-confirm").textContent = confirmation;
     $("add-done").hidden = false;
     changed();
     fillRevocable();
-    say("devices", `Added device ${device.slice(0, 8)}.`);
+    say(`Added device ${device.slice(0, 8)}.`);
   });
 });
 
@@ -99,14 +81,14 @@ $("revoke-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   if (patient === null) return;
   const form = ev.target;
-  guarded(form, "devices", "Removing the device…", async () => {
+  ui.guarded(form.querySelector("button[type=submit]"), say, "Removing the device…", async () => {
     if (!$("revoke-understood").checked) throw new Error("Tick that you understand this page sees your recovery code, or use the CLI.");
     const code = RecoveryCode.parse($("revoke-code").value);
     const { revoked, followups } = await revokeDevices(patient, [$("revoke-device").value], code);
     form.reset();
     changed();
     fillRevocable();
-    say("devices", `Removed ${revoked.map((d) => d.slice(0, 8)).join(", ")}: it reads nothing written from now on.${followupText(followups)}`);
+    say(`Removed ${revoked.map((d) => d.slice(0, 8)).join(", ")}: it reads nothing written from now on.${followupText(followups)}`);
     document.body.dataset.devicesRevoked = String(revoked.length);
   });
 });
