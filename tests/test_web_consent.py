@@ -136,6 +136,39 @@ def test_the_page_derives_the_same_signals_as_the_builtin_plugin(tmp_path):
             assert js[kind] == py[kind], (i, kind)
 
 
+def test_the_page_validates_signals_against_the_kinds_schema(tmp_path):
+    """Every body the built-in kinds derive fits (in JS, under the schema the node
+    publishes); a body that does not is refused naming its field, as SignalKind.validate."""
+    node_bin = shutil.which("node")
+    if node_bin is None:
+        pytest.skip("node is not installed")
+    kinds = {k.name: k.to_json() for k in builtin_signals.KINDS}
+    sets = [[_record(n, kind, copy.deepcopy(data)) for n, (kind, data) in enumerate(s)] for s in _record_sets()]
+    good = [[kind, body] for records in sets for kind in KINDS for body in builtin_signals.derive(kind, records, TODAY)]
+    bad = [["treatment.outcome", {"treatment": "Metformin 500 MG", "status": "ongoing"}],
+           ["treatment.outcome", {"treatment": "metformin", "status": "ongoing", "note": "free text"}],
+           ["symptom.trend", {"symptom": "fatigue", "window_weeks": 53, "direction": "stable", "level": "low",
+                              "entries": "1-2"}],
+           ["diagnosis.category", {"system": "icd10", "category": "Z59", "source": "icd10"}],
+           ["treatment.outcome", {"treatment": "metformin", "status": "ongoing", "side_effects": ["a"] * 11}],
+           ["demographics.band", {"age_band": "18-29"}]]
+    runner = tmp_path / "validate.mjs"
+    runner.write_text(
+        f"import {{ validateSignal }} from {json.dumps((ROOT / 'rxfed' / 'web' / 'js' / 'signals.mjs').as_uri())};\n"
+        f"const kinds = {json.dumps(kinds)};\n"
+        "const run = (cases) => cases.map(([k, b]) => { try { validateSignal(kinds[k], b); return null; } "
+        "catch (e) { return e.message; } });\n"
+        f"process.stdout.write(JSON.stringify({{good: run({json.dumps(good)}), bad: run({json.dumps(bad)})}}));\n")
+    out = subprocess.run([node_bin, str(runner)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    js = json.loads(out.stdout)
+    assert len(good) > 50 and js["good"] == [None] * len(good)
+    for (kind, body), message in zip(bad, js["bad"]):
+        with pytest.raises(Exception):
+            builtin_signals.KINDS[[k.name for k in builtin_signals.KINDS].index(kind)].validate(body)
+        assert message is not None, body
+
+
 def test_the_pages_names_and_dates_follow_python(tmp_path):
     """Name normalisation and date reading one value at a time, the corners included."""
     node_bin = shutil.which("node")

@@ -9,7 +9,7 @@ import { canonical, loads } from "./canonical.mjs";
 import * as c from "./consent.mjs";
 import { b64d, b64e, equal } from "./encoding.mjs";
 import { IntegrityError, checkedDevices, openStatement } from "./protocol.mjs";
-import { derive } from "./signals.mjs";
+import { derive, validateSignal } from "./signals.mjs";
 import { randomBytes } from "./sodium.mjs";
 import * as store from "./store.mjs";
 
@@ -309,6 +309,7 @@ export class PageConsent {
     const grants = (await this.list()).filter((g) => g.status === "live" && (grantId === null || g.grant === grantId));
     if (grantId !== null && !grants.length) throw new c.ConsentError("no live grant with that id", "unknown_grant");
     const revokedHere = (await this.remembered()).tokens;
+    const kinds = grants.length ? new Map((await this.call("GET", "/v1/consent/nodes")).kinds.map((k) => [k.name, k])) : new Map();
     const out = [];
     for (const grant of grants) {
       const target = c.parseRecipient(grant.recipient);
@@ -338,6 +339,14 @@ export class PageConsent {
         const bodies = this.preview(parsed.kind);
         if (bodies === null) {
           skip(`${parsed.kind} is derived by a plugin this page cannot run: share it with the CLI (not sent)`);
+          continue;
+        }
+        try {
+          // validated before anything leaves the page, as the CLI does (spec/signals.md)
+          if (!kinds.has(parsed.kind)) throw new Error(`the home node no longer knows ${parsed.kind}`);
+          bodies.forEach((body) => validateSignal(kinds.get(parsed.kind), body));
+        } catch (exc) {
+          skip(`a signal does not fit its kind: ${exc.message} (not sent)`);
           continue;
         }
         const delivery = c.newId();

@@ -313,3 +313,37 @@ export function derive(kind, records, today) {
   if (kind === "demographics.band") return demographics(records, t);
   return null;
 }
+
+/** The body if it fits `kind` exactly (SignalKind.validate, from the schema a node publishes
+ * in GET /v1/consent/nodes), else an Error naming the field: every field a closed
+ * vocabulary, no field the kind does not have. */
+export function validateSignal(kind, body) {
+  if (!isObject(body)) throw new Error(`a ${kind.name} signal must be an object`);
+  const unknown = Object.keys(body).filter((k) => !Object.hasOwn(kind.fields, k)).sort();
+  if (unknown.length) throw new Error(`a ${kind.name} signal has no field ${unknown[0]}`);
+  const one = (spec, value, where) => {
+    if (spec.type === "int") {
+      if (!Number.isSafeInteger(value) || value < spec.lo || value > spec.hi) throw new Error(`${where} must be a whole number from ${spec.lo} to ${spec.hi}`);
+    } else if (spec.type === "choice") {
+      if (!spec.choices.includes(value)) throw new Error(`${where} must be one of ${spec.choices.join(", ")}`);
+    } else if (typeof value !== "string" || value.length > spec.max_length || !new RegExp(`^(?:${spec.pattern})$`).test(value)) {
+      throw new Error(`${where} must match ${spec.pattern}`);
+    }
+  };
+  const out = {};
+  for (const [name, spec] of Object.entries(kind.fields)) {
+    const value = body[name] ?? null, where = `${kind.name}.${name}`;
+    if (value === null) {
+      if (spec.required) throw new Error(`${where} is required`);
+      continue;
+    }
+    if (spec.many) {
+      if (!Array.isArray(value) || value.length > spec.max_items) throw new Error(`${where} must be a list of at most ${spec.max_items} items`);
+      value.forEach((item, i) => one(spec, item, `${where}[${i}]`));
+    } else {
+      one(spec, value, where);
+    }
+    out[name] = value;
+  }
+  return out;
+}
