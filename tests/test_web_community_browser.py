@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MARKER
 from rxfed.crypto import SigningKeyPair, b64d
+from rxfed.node.config import rotate_node_key
 from rxfed.protocol import community as pc
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.statements import sign_statement
@@ -113,6 +114,27 @@ async def test_a_browser_on_a_and_the_cli_on_b_talk_in_a_community_hosted_on_c(t
         facts = pc.open_franking_report(report, host_keys)
         assert facts.text == said_by_cli and facts.seq == seq
         assert not pc.verify_franking_report({**report, "text": "something else"}, host_keys)
+
+        # the host rotates its key: the page follows the rotation the old key signed, from
+        # C's own document, and reads what C stamps under the new key
+        first_key = c.state.signing_key().public
+        rotate_node_key(c.data_dir, overlap=86400)
+        c.state.reload_keys()
+        new_key = c.state.signing_key().public
+        assert new_key != first_key
+        said_after_rotation = f"{MARKER} after the host's key rotation"
+        await cli("community", "post", "--profile", str(bob), address, said_after_rotation)
+
+        async def read_after_rotation():
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return said_after_rotation in await messages(page)
+
+        await eventually(read_after_rotation, timeout=30)
+        assert await page.is_hidden("#communities-error")
+        hosted = await c.app_store().community_events(*address.split("@"))
+        newest = pc.verify_stamp([new_key], loads(hosted[-1].stamp), loads(hosted[-1].event))
+        assert newest.seq == len(hosted)  # stamped under the key the page had never pinned
 
         # node A forges an event in its copy, stamped by a key of its own: the page refuses
         store = a.app_store()

@@ -151,3 +151,24 @@ test("a listing is checked against the create event its address certifies", () =
   assert.throws(() => cm.checkListing({ ...entry, approval: false }), (e) => e.code === "bad_listing");
   assert.throws(() => cm.checkListing({ ...entry, address: "0".repeat(32) + "@c.example" }), (e) => e.code === "bad_listing");
 });
+
+test("node key rotations (spec/vectors/node-key-rotation.json)", async () => {
+  const { parseRotation, trustedKeys } = await import("../../rxfed/web/js/nodekeys.mjs");
+  const r = JSON.parse(readFileSync(new URL("../../spec/vectors/node-key-rotation.json", import.meta.url), "utf8"));
+  for (const [name, seed] of Object.entries(r.seeds)) assert.equal(b64e(new so.SigningKeyPair(b64d(seed, 32)).public), r.public_keys[name]);
+  assert.throws(() => parseRotation(r.statements.forged, "forged"), (e) => e.code === "bad_statement_signature");
+  const asJson = (k) => ({ public_key: b64e(k.key), valid_from: k.validFrom, valid_until: k.validUntil,
+    successor: k.successor === null ? null : b64e(k.successor) });
+  for (const c of r.cases) {
+    const anchors = c.anchors.map((k) => ({ key: b64d(k.public_key, 32), validFrom: k.valid_from, validUntil: k.valid_until,
+      successor: k.successor ? b64d(k.successor, 32) : null }));
+    const rotations = c.rotations.flatMap((name) => {
+      try {
+        return [parseRotation(r.statements[name], name)];
+      } catch {
+        return [];
+      }
+    });
+    assert.deepEqual(trustedKeys(anchors, rotations).map(asJson), c.trusted, c.case);
+  }
+});

@@ -10,6 +10,7 @@ import * as cm from "./community.mjs";
 import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
 import * as p from "./protocol.mjs";
+import { followRotations } from "./nodekeys.mjs";
 import { nodeOrigin } from "./sharing.mjs";
 import { BoxKeyPair, SigningKeyPair, hashId, randomBytes, sha256 } from "./sodium.mjs";
 import * as store from "./store.mjs";
@@ -246,11 +247,19 @@ export class PageCommunities {
     return { state: reading.state, messages: sorted(messages), unreadable: sorted(unreadable).filter((u) => !messages.has(u.seq)) };
   }
 
-  /** After a stamp by a key not pinned: keys the host lists now are added only when they
-   * are reached from the pinned ones; without the rotation rules in the page, none is
-   * (the CLI follows signed rotations), so the stamp stays refused. */
+  /** After a stamp by a key not pinned: the host's keys reached from the pinned ones by
+   * signed rotations, added to the pins (hosts rotate keys and list the ones that ended);
+   * a key the document merely lists beside them adds nothing (Communities._refresh_host_keys). */
   async refreshHostKeys(mine) {
-    return mine;
+    const host = mine.address.host;
+    const doc = await publicGet(`${this.hostUrl(host)}/.well-known/rxfed`, host);
+    if (doc.node_id !== host) throw new p.IntegrityError(`${host} says it is ${doc.node_id}`, "wrong_node");
+    const pinned = new Set(mine.hostKeys.map(b64e));
+    const added = followRotations(doc, mine.hostKeys).filter((k) => !pinned.has(b64e(k)));
+    if (!added.length) return mine;
+    const updated = { ...mine, hostKeys: [...mine.hostKeys, ...added] };
+    await this.commit([{ ...mine.record, data: membershipData(updated) }]);
+    return updated;
   }
 
   /** Join through the home node after checking the community with its host: its keys and
