@@ -17,7 +17,8 @@ from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.statements import sign_statement
 from rxfed.testing import start_federation
 from test_communities import eventually
-from test_web_browser import ARTEFACTS, PASSPHRASE, _browser_or_skip, axe_scan, cli, opened_page, unlock_by_keyboard
+from test_web_devices_browser import cli_refused, register_in_page
+from test_web_browser import ARTEFACTS, _browser_or_skip, axe_scan, cli, opened_page, unlock_by_keyboard
 
 pytestmark = pytest.mark.browser
 
@@ -28,16 +29,6 @@ async def trio(tmp_path):
     yield nodes
     for n in nodes:
         await n.stop()
-
-
-async def register_in_page(page) -> None:
-    await page.fill("#reg-pass", PASSPHRASE)
-    await page.fill("#reg-pass2", PASSPHRASE)
-    await page.click("#register-form button[type=submit]")
-    await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
-    await page.check("#recovery-kept")
-    await page.click("#recovery-form button[type=submit]")
-    await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
 
 
 async def messages(page) -> str:
@@ -186,3 +177,62 @@ async def _joined(profile, address) -> bool:
 async def _cli_sees_member(profile, address, count: int) -> bool:
     view = await cli("community", "read", "--profile", str(profile), address)
     return sum(m["status"] in ("joined", "pending") for m in view["members"]) == count
+
+
+async def test_a_browser_patient_creates_a_community_and_admits_and_removes_a_cli_member(pair, tmp_path):
+    _browser_or_skip()
+    a, b = pair
+    bob = tmp_path / "bob"
+    await cli("patient", "register", "--node", b.url, "--profile", str(bob), "--kdf", "min")
+    async with opened_page(a.url + "/", {"width": 390, "height": 844}) as (page, watched):
+        await register_in_page(page)
+        await page.wait_for_selector("body[data-communities=ready]")
+        # a name the host would refuse is refused here first, and nothing is kept
+        await page.fill("#cc-name", "")
+        await page.click("#create-form button[type=submit]")
+        await page.wait_for_selector("#communities-error:has-text('1 to 80')")
+        await page.fill("#cc-name", "Migraine circle")
+        await page.fill("#cc-condition", "g43")
+        await page.check("#cc-approval")
+        await page.click("#create-form button[type=submit]")
+        await page.wait_for_selector("body[data-created='1']", timeout=30_000)
+        address = (await page.get_attribute("#my-communities li", "data-address"))
+        listed = (await cli("community", "list", "--node", a.url))["communities"]
+        assert [(c["address"], c["name"], c["condition"], c["approval"]) for c in listed] == \
+            [(address, "Migraine circle", "G43", True)]
+
+        # the CLI on B joins and waits for the admin: the page approves it
+        await cli("community", "join", "--profile", str(bob), address)
+
+        async def pending_in_page():
+            await page.click(f"#my-communities li[data-address='{address}'] button.open")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return await page.locator("#cv-admin-list button.approve").count() == 1
+
+        await eventually(pending_in_page, timeout=30)
+        await axe_scan(page, "a community its admin sees")
+        await page.click("#cv-admin-list button.approve")
+        await page.wait_for_selector("#cv-admin-list li:has-text('joined')", timeout=30_000)
+        await eventually(lambda: _joined(bob, address), timeout=30)
+        said = f"{MARKER} to the admin"
+        await cli("community", "post", "--profile", str(bob), address, said)
+
+        async def read_it():
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return said in await messages(page)
+
+        await eventually(read_it, timeout=30)
+
+        # removed, the CLI member is told so and posts nothing more
+        await page.click("#cv-admin-list button.remove")
+        await page.wait_for_selector("#communities-status:has-text('Removed')", timeout=30_000)
+
+        async def removed():
+            _, error = await cli_refused("community", "read", "--profile", str(bob), address)
+            return "left the community or was removed" in error
+
+        await eventually(removed, timeout=30)
+        await page.screenshot(path=ARTEFACTS / "community-admin-phone.png", full_page=True)
+        assert watched.problems == []
+        assert await watched.csp() == []

@@ -262,6 +262,32 @@ export class PageCommunities {
     return updated;
   }
 
+  /** A new community hosted on this node, with this patient as its admin
+   * (Communities.create); returns its address. */
+  async create(name, { condition = null, approval = false } = {}) {
+    const clean = (name || "").trim();
+    if (!clean || clean.length > 80 || /[\x00-\x1f\x7f]/.test(clean)) throw new p.IntegrityError("A community's name is 1 to 80 printable characters.", "bad_name");
+    const code = condition ? condition.trim().toUpperCase().slice(0, 3) : null;
+    if (code !== null && !/^[A-Z][0-9][0-9A-Z]$/.test(code)) throw new p.IntegrityError("A condition is an ICD-10 category, like G40.", "invalid_code");
+    const host = this.patient.id.nodeId;
+    const about = { name: clean, condition: code, key: b64e(randomBytes(32)) };
+    const member = SigningKeyPair.generate(), box = BoxKeyPair.generate();
+    const event = cm.makeCreate(member, box.public, host, { about, approval, node: host, now: this.now() });
+    const address = cm.parseAddress(event.body.community);
+    const mine = { address, member, box, name: clean, condition: code, create: p.statementHash(event), admin: member.public,
+      hostKeys: await this.hostKeys(host), previous: [] };
+    await this.commit([{ id: hex(randomBytes(16)), kind: KIND, created: timestamp(Date.now() + this.patient.node.offset * 1000), data: membershipData(mine) }]);
+    await this.submit(address, event, { about });
+    return address.text;
+  }
+
+  /** Approve a pending member, or remove a member (the admin's actions). */
+  async moderate(address, member, action) {
+    const mine = await this.membership(address);
+    const make = action === "approve" ? cm.makeApprove : cm.makeRemove;
+    return this.submit(mine.address, make(mine.member, mine.address, b64d(member, 32), this.now()));
+  }
+
   /** Join through the home node after checking the community with its host: its keys and
    * its listing, whose create event the address certifies (Communities.join). */
   async join(address) {

@@ -90,6 +90,23 @@ async function show(address) {
   const members = [...reading.state.members.values()].filter((m) => m.status === "joined" || m.status === "pending");
   $("cv-members").textContent = `${members.length} member${members.length === 1 ? "" : "s"}; you are ${me.slice(0, 8)}`
     + (reading.state.members.get(me)?.status === "pending" ? " (pending approval)" : "");
+  // the admin approves and removes members
+  const admin = b64e(reading.state.meta.admin) === me;
+  $("cv-admin").hidden = !admin;
+  $("cv-admin-list").replaceChildren(...(admin ? members.filter((m) => b64e(m.member) !== me) : []).map((m) => {
+    const key = b64e(m.member);
+    const li = document.createElement("li");
+    li.dataset.member = key;
+    li.append(`${key.slice(0, 8)} from ${m.node}, ${m.status} `);
+    const act = (action, label) => button(`${label} ${key.slice(0, 8)}`, action, (b) => guarded(b, `${label}…`, async () => {
+      await communities.moderate(address, key, action);
+      await show(address);
+      say(action === "approve" ? `Approved ${key.slice(0, 8)}.` : `Removed ${key.slice(0, 8)}: the next messages are sealed to the others only.`);
+    }));
+    if (m.status === "pending") li.append(act("approve", "Approve"), " ");
+    li.append(act("remove", "Remove"));
+    return li;
+  }));
   $("cv-messages").replaceChildren(...reading.messages.map((m) => {
     const li = document.createElement("li");
     li.dataset.seq = String(m.seq);
@@ -141,6 +158,19 @@ export function detach() {
   say("");
   delete document.body.dataset.communities;
 }
+
+$("create-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (communities === null) return;
+  const form = ev.target;
+  guarded(form.querySelector("button[type=submit]"), "Creating the community…", async () => {
+    const address = await communities.create($("cc-name").value, { condition: $("cc-condition").value || null, approval: $("cc-approval").checked });
+    form.reset();
+    await renderMine();
+    say(`Created: give people its address, ${address}, or let them find it in this node's directory.`);
+    document.body.dataset.created = String(Number(document.body.dataset.created || 0) + 1);
+  });
+});
 
 $("c-browse").addEventListener("click", (ev) => {
   if (communities !== null) guarded(ev.target, "Asking the host…", async () => {
