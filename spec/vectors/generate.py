@@ -484,7 +484,12 @@ def client_vectors() -> dict:
     }
 
 
+sys.path.insert(0, str(HERE))
+from generate_records import fhir_vectors, records_vectors  # noqa: E402
+
 VECTORS = {
+    "records.json": records_vectors,
+    "fhir.json": fhir_vectors,
     "restore.json": restore_vectors,
     "client.json": client_vectors,
     "vault.json": vault_vectors,

@@ -6,6 +6,7 @@ import * as communitiesView from "./community-ui.mjs";
 import * as consentView from "./consent-ui.mjs";
 import * as devicesView from "./devices-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
+import * as recordsUi from "./records-ui.mjs";
 import { ready } from "./sodium.mjs";
 
 const $ = (id) => document.getElementById(id);
@@ -43,8 +44,7 @@ function error(exc) {
   status("");
 }
 
-async function busy(form, what, work) {
-  const button = form.querySelector("button[type=submit]");
+async function busy(form, what, work, button = form.querySelector("button[type=submit]")) {
   button.disabled = true;
   error(null);
   status(what);
@@ -85,6 +85,7 @@ function entryItem(r) {
     note.textContent = r.data.note;
     li.append(note);
   }
+  recordsUi.decorateEntry(li, r);
   return li;
 }
 
@@ -93,6 +94,7 @@ function render(records) {
   const shown = byClinicalDate(records.filter((r) => r.kind !== "community"));
   $("entries").replaceChildren(...shown.map(entryItem));
   $("empty").hidden = shown.length > 0;
+  recordsUi.show(records);
 }
 
 function day(unix) {
@@ -245,10 +247,13 @@ $("lock").addEventListener("click", () => {
   devicesView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
+  recordsUi.show(null);
   document.body.dataset.state = "locked";
   show("unlock");
   status("Locked.");
 });
+
+recordsUi.mount({ patient: () => patient, rendered: () => render(patient.state.records), busy, status });
 
 devicesView.onRecovered(async (p, message) => {
   await opened(p);

@@ -5,14 +5,13 @@
 // from the host itself; the page's connect-src names the peers the home node federates
 // with (spec/web.md §2), and a host it cannot reach is left to the CLI.
 
-import { loads } from "./canonical.mjs";
 import * as cm from "./community.mjs";
 import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
 import * as p from "./protocol.mjs";
 import { followRotations } from "./nodekeys.mjs";
-import { nodeOrigin } from "./sharing.mjs";
-import { BoxKeyPair, SigningKeyPair, hashId, randomBytes, sha256 } from "./sodium.mjs";
+import { fetchPublic, nodeOrigin } from "./sharing.mjs";
+import { BoxKeyPair, SigningKeyPair, hashId, randomBytes } from "./sodium.mjs";
 import * as store from "./store.mjs";
 
 export const KIND = "community";
@@ -41,15 +40,11 @@ function membershipData(m) {
   };
 }
 
-async function publicGet(url, what) {
-  let response, doc;
-  try {
-    response = await fetch(url, { mode: "cors", credentials: "omit", cache: "no-store", redirect: "error" });
-    doc = loads(new Uint8Array(await response.arrayBuffer()));
-  } catch {
+async function publicGet(origin, path, what) {
+  const doc = await fetchPublic(origin, path);
+  if (doc === null) {
     throw new p.IntegrityError(`cannot reach ${what} from this browser (its node may not federate with it): use the rxfed command`, "unavailable");
   }
-  if (!response.ok) throw new p.IntegrityError(`${what} answered ${response.status}`, "unavailable");
   return doc;
 }
 
@@ -84,7 +79,7 @@ export class PageCommunities {
 
   /** The host's keys from its own /.well-known/rxfed, never from the home node. */
   async hostKeys(host) {
-    const doc = await publicGet(`${this.hostUrl(host)}/.well-known/rxfed`, host);
+    const doc = await publicGet(this.hostUrl(host), "/.well-known/rxfed", host);
     if (doc.node_id !== host) throw new p.IntegrityError(`${host} says it is ${doc.node_id}`, "wrong_node");
     const keys = (Array.isArray(doc.keys) ? doc.keys : []).flatMap((k) => {
       try {
@@ -100,7 +95,7 @@ export class PageCommunities {
   /** The communities a node hosts, as it lists them (no account needed), each checked
    * against the create event its address certifies; a listing that is not is left out. */
   async directory(host = this.patient.id.nodeId) {
-    const doc = await publicGet(`${this.hostUrl(host)}/v1/communities`, host);
+    const doc = await publicGet(this.hostUrl(host), "/v1/communities", host);
     const out = [];
     for (const entry of Array.isArray(doc.communities) ? doc.communities : []) {
       try {
@@ -113,38 +108,11 @@ export class PageCommunities {
     return out;
   }
 
-  /** Seal and commit records (`puts`: [{id, kind, created, data}], each the next version)
-   * and deletions, with the next signed manifest (sdk._commit); once more after a reload if
-   * another device wrote first. */
-  async commit(puts, deletes = []) {
-    for (let attempt = 0; ; attempt++) {
-      if (this.patient.state === null) await this.patient.load();
-      const { secrets, counter } = this.patient.state;
-      const entries = new Map(this.patient.state.entries);
-      const put = [];
-      for (const r of puts) {
-        const version = entries.has(r.id) ? entries.get(r.id)[0] + 1 : 1;
-        const blob = p.sealRecord(secrets.keyring, p.recordAd(this.patient.id.patient, r.id, version), p.recordPlaintext(r));
-        entries.set(r.id, [version, sha256(blob)]);
-        put.push({ id: r.id, version, blob: b64e(blob) });
-      }
-      const del = deletes.filter((id) => entries.has(id)).map((id) => ({ id, version: entries.get(id)[0] }));
-      del.forEach((d) => entries.delete(d.id));
-      const manifest = p.manifest(secrets.signing, { patient: this.patient.id.patient, epoch: secrets.epoch, counter: counter + 1, entries, now: this.now() });
-      try {
-        await this.patient.node.call("POST", "/v1/vault", { put, delete: del, manifest }, this.patient.id.device);
-      } catch (exc) {
-        if (["stale_manifest", "stale_record"].includes(exc.code) && attempt === 0) {
-          await this.patient.load(); // another device wrote first: on from what it wrote
-          continue;
-        }
-        throw exc;
-      }
-      const pins = (await store.get("state")) || store.EMPTY_PINS;
-      await store.putAll({ state: { ...pins, counter: counter + 1 } });
-      await this.patient.load(); // the state the other views read, replaced in one step
-      return;
-    }
+  /** Seal and commit records (`puts`, each the next version of what the vault holds) and
+   * deletions with the next signed manifest, once more after a reload if another device
+   * wrote first (client.mjs commit and retried). */
+  commit(puts, deletes = []) {
+    return this.patient.retried(() => this.patient.commit(puts, deletes));
   }
 
   async pins() {
@@ -252,7 +220,7 @@ export class PageCommunities {
    * a key the document merely lists beside them adds nothing (Communities._refresh_host_keys). */
   async refreshHostKeys(mine) {
     const host = mine.address.host;
-    const doc = await publicGet(`${this.hostUrl(host)}/.well-known/rxfed`, host);
+    const doc = await publicGet(this.hostUrl(host), "/.well-known/rxfed", host);
     if (doc.node_id !== host) throw new p.IntegrityError(`${host} says it is ${doc.node_id}`, "wrong_node");
     const pinned = new Set(mine.hostKeys.map(b64e));
     const added = followRotations(doc, mine.hostKeys).filter((k) => !pinned.has(b64e(k)));

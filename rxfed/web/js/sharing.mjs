@@ -28,16 +28,28 @@ export function nodeOrigin(nodeId) {
   return `${loopback ? "http" : "https"}://${nodeId}`;
 }
 
+/** The only documents the page reads from another origin: what a node publishes to anyone,
+ * without credentials (spec/web.md §2, "Other nodes' keys"). */
+export const PUBLIC_PATHS = Object.freeze(["/.well-known/rxfed", "/v1/communities"]);
+
+/** `path` (one of PUBLIC_PATHS) of the node at `origin` ("" for the home node), parsed;
+ * null when the node cannot be reached or answers no JSON (the caller says what that means). */
+export async function fetchPublic(origin, path) {
+  if (!PUBLIC_PATHS.includes(path)) throw new Error(`the page reads only public documents from other nodes, not ${path}`);
+  try {
+    const response = await fetch(`${origin}${path}`, { mode: "cors", credentials: "omit", cache: "no-store", redirect: "error" });
+    const doc = loads(new Uint8Array(await response.arrayBuffer()));
+    return response.ok ? doc : null;
+  } catch {
+    return null;
+  }
+}
+
 /** A node's /.well-known/rxfed, fetched from the node itself, never through the home node. */
 async function fetchDocument(url, nodeId) {
-  let response, doc;
-  try {
-    response = await fetch(`${url}/.well-known/rxfed`, { mode: "cors", credentials: "omit", cache: "no-store", redirect: "error" });
-    doc = loads(new Uint8Array(await response.arrayBuffer()));
-  } catch {
-    throw new c.ConsentError(`cannot reach ${nodeId} for its keys just now`, "unavailable");
-  }
-  if (!response.ok || !doc || doc.node_id !== nodeId) throw new IntegrityError(`${url} does not say it is ${nodeId}`);
+  const doc = await fetchPublic(url, "/.well-known/rxfed");
+  if (doc === null) throw new c.ConsentError(`cannot reach ${nodeId} for its keys just now`, "unavailable");
+  if (doc.node_id !== nodeId) throw new IntegrityError(`${url || "this node"} does not say it is ${nodeId}`);
   const keys = [];
   for (const k of Array.isArray(doc.keys) ? doc.keys.slice(0, 16) : []) {
     try {
