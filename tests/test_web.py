@@ -122,7 +122,12 @@ def test_page_has_no_inline_code_and_integrity_on_every_script():
         if path.name != "tables.mjs":
             text = text.replace('"http://www.w3.org/2000/svg"', "")
             assert "http://" not in text and "https://" not in text, path
-    assert re.findall(r"\bfetch\(\s*[\"'`](?!/)", "".join(p.read_text() for p in (WEB / "js").glob("*.mjs"))) == []
+    # another origin is reached only for the public documents of the peers the node allows,
+    # through one function that refuses any other path (spec/web.md §2, "Other nodes' keys")
+    code = "".join(p.read_text() for p in (WEB / "js").glob("*.mjs"))
+    assert re.findall(r"\bfetch\(\s*[\"'`](?!/)", code) == ["fetch(`"]
+    assert code.count("await fetch(`${origin}${path}`") == 1
+    assert 'PUBLIC_PATHS = Object.freeze(["/.well-known/rxfed", "/v1/communities"])' in code
 
 
 def test_vendored_libsodium_matches_its_record():

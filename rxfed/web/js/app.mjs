@@ -2,6 +2,9 @@
 // client.mjs and below; this module only handles the DOM, writing text nodes only (never markup from data).
 
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
+import * as communitiesView from "./community-ui.mjs";
+import * as consentView from "./consent-ui.mjs";
+import * as devicesView from "./devices-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import * as recordsUi from "./records-ui.mjs";
 import { ready } from "./sodium.mjs";
@@ -117,11 +120,15 @@ async function opened(p) {
   patient = p;
   render(await patient.load());
   renderDevices();
+  devicesView.attach(patient, renderDevices);
   show("journal");
   status("Unlocked.");
   performance.mark("rxfed-unlocked");
   document.body.dataset.state = "unlocked";
   await storageNotice();
+  // each with its own status line; the journal does not wait for them
+  communitiesView.attach(patient);
+  consentView.attach(patient);
 }
 
 $("register-form").addEventListener("submit", (ev) => {
@@ -235,6 +242,9 @@ $("treatment-form").addEventListener("submit", (ev) => {
 
 $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
+  communitiesView.detach();
+  consentView.detach();
+  devicesView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
   recordsUi.show(null);
@@ -244,6 +254,11 @@ $("lock").addEventListener("click", () => {
 });
 
 recordsUi.mount({ patient: () => patient, rendered: () => render(patient.state.records), busy, status });
+
+devicesView.onRecovered(async (p, message) => {
+  await opened(p);
+  status(message);
+});
 
 async function start() {
   try {

@@ -77,7 +77,7 @@ export class Node {
 
 export const hasProfile = async () => (await store.get("keyfile")) !== undefined;
 
-function identityBytes(id) {
+export function identityBytes(id) {
   // The CLI's Identity format 2 (rxfed/client/profile.py), so both hold the same secrets;
   // patient and root key are null on a device waiting to be linked.
   return utf8(JSON.stringify({

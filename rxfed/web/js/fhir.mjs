@@ -1,7 +1,7 @@
 // FHIR R4 import and export in the page: the port of rxfed/client/fhir.py, so a Bundle the
 // patient picks gives the records the CLI would make of it (the same data, the same import
 // keys, the same reasons for what it skips), and an export is a Bundle the CLI imports back
-// losslessly. spec/fhir.md describes the mapping; spec/web.md §7 what the page checks less
+// losslessly. spec/fhir.md describes the mapping; spec/web.md §9 what the page checks less
 // strictly than Python's R4B models.
 
 import { pyFloat } from "./protocol.mjs";

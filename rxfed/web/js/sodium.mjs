@@ -114,6 +114,22 @@ export class BoxKeyPair {
   }
 }
 
+/** The X25519 public key birationally equivalent to an Ed25519 one (libsodium
+ * crypto_sign_ed25519_pk_to_curve25519), as rxfed.crypto.node_box_key. */
+export function toCurve25519(edPublic) {
+  try {
+    return s().crypto_sign_ed25519_pk_to_curve25519(edPublic);
+  } catch {
+    throw new DecryptionFailed("not a usable node key");
+  }
+}
+
+/** HMAC-SHA256 (libsodium crypto_auth_hmacsha256) of `message` under a 32-byte key. */
+export function hmacSha256(key, message) {
+  if (key.length !== 32) throw new Error("an HMAC key here is 32 bytes");
+  return s().crypto_auth_hmacsha256(message, key);
+}
+
 /** libsodium crypto_box_seal to an X25519 public key. */
 export const sealTo = (publicKey, message) => s().crypto_box_seal(message, publicKey);
 

@@ -1,0 +1,198 @@
+// The communities view: a host's directory, join, your communities, read, post, leave, and
+// a franking report of a message for a moderator. The DOM only, text nodes only; the work
+// is in communities.mjs. app.mjs calls attach() once the vault is open and detach() on lock.
+
+import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
+import { b64e } from "./encoding.mjs";
+import { UNREADABLE } from "./community.mjs";
+import * as ui from "./ui.mjs";
+
+const $ = (id) => document.getElementById(id);
+let communities = null;
+let open = null; // the address shown
+
+const say = ui.statusLine("communities");
+const guarded = (button, what, work) => ui.guarded(button, say, what, work);
+
+function button(text, className, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = text;
+  b.addEventListener("click", () => onClick(b));
+  return b;
+}
+
+const when = (unix) => new Date(unix * 1000).toISOString().slice(0, 16).replace("T", " ");
+const short = (key) => b64e(key).slice(0, 8);
+
+async function renderMine() {
+  const mine = await communities.memberships();
+  $("my-communities").replaceChildren(...mine.map((m) => {
+    const li = document.createElement("li");
+    li.dataset.address = m.address.text;
+    li.append(`${m.name}${m.condition ? ` (${m.condition})` : ""} on ${m.address.host} `,
+      button(`Open ${m.name}`, "open", (b) => guarded(b, "Reading…", () => show(m.address.text))),
+      " ", button(`Leave ${m.name}`, "leave", (b) => guarded(b, "Leaving…", async () => {
+        await communities.leave(m.address.text);
+        if (open === m.address.text) hideView();
+        await renderMine();
+        say(`You left ${m.name}: you read nothing posted there from now on.`);
+      })));
+    return li;
+  }));
+  $("my-communities-empty").hidden = mine.length > 0;
+}
+
+async function renderDirectory() {
+  const host = $("c-host").value;
+  const listed = await communities.directory(host);
+  const mine = new Set((await communities.memberships()).map((m) => m.address.text));
+  $("directory").replaceChildren(...listed.map((l) => {
+    const li = document.createElement("li");
+    li.dataset.address = l.address.text;
+    li.append(`${l.name}${l.condition ? ` (${l.condition})` : ""}, ${l.members} member${l.members === 1 ? "" : "s"}`
+      + (l.create.approval ? ", joins approved by its admin " : " "));
+    if (!mine.has(l.address.text)) {
+      li.append(button(`Join ${l.name}`, "join", (b) => guarded(b, "Joining…", async () => {
+        await communities.join(l.address.text);
+        await renderMine();
+        await renderDirectory();
+        say(`You joined ${l.name}${l.create.approval ? " (pending until its admin approves)" : ""}.`);
+        document.body.dataset.joined = String(Number(document.body.dataset.joined || 0) + 1);
+      })));
+    }
+    return li;
+  }));
+  $("directory-empty").hidden = listed.length > 0;
+}
+
+function hideView() {
+  open = null;
+  $("community-view").hidden = true;
+  $("cv-messages").replaceChildren();
+  $("report-out").value = "";
+  $("report-wrap").hidden = true;
+}
+
+async function show(address) {
+  const { mine, reading } = await communities.read(address);
+  open = address;
+  $("cv-h").textContent = mine.name;
+  $("community-view").hidden = false;
+  const me = b64e(mine.member.public);
+  if (reading === null) {
+    $("cv-members").textContent = "Your home node has not received this community yet; try again shortly.";
+    $("cv-messages").replaceChildren();
+    say("");
+    return;
+  }
+  const members = [...reading.state.members.values()].filter((m) => m.status === "joined" || m.status === "pending");
+  $("cv-members").textContent = `${members.length} member${members.length === 1 ? "" : "s"}; you are ${me.slice(0, 8)}`
+    + (reading.state.members.get(me)?.status === "pending" ? " (pending approval)" : "");
+  // the admin approves and removes members
+  const admin = b64e(reading.state.meta.admin) === me;
+  $("cv-admin").hidden = !admin;
+  $("cv-admin-list").replaceChildren(...(admin ? members.filter((m) => b64e(m.member) !== me) : []).map((m) => {
+    const key = b64e(m.member);
+    const li = document.createElement("li");
+    li.dataset.member = key;
+    li.append(`${key.slice(0, 8)} from ${m.node}, ${m.status} `);
+    const act = (action, label) => button(`${label} ${key.slice(0, 8)}`, action, (b) => guarded(b, `${label}…`, async () => {
+      await communities.moderate(address, key, action);
+      await show(address);
+      say(action === "approve" ? `Approved ${key.slice(0, 8)}.` : `Removed ${key.slice(0, 8)}: the next messages are sealed to the others only.`);
+    }));
+    if (m.status === "pending") li.append(act("approve", "Approve"), " ");
+    li.append(act("remove", "Remove"));
+    return li;
+  }));
+  $("cv-messages").replaceChildren(...reading.messages.map((m) => {
+    const li = document.createElement("li");
+    li.dataset.seq = String(m.seq);
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = `${b64e(m.sender) === me ? "You" : short(m.sender)} · ${when(m.sent)}`;
+    const text = document.createElement("div");
+    text.className = "note";
+    text.textContent = m.text;
+    li.append(meta, text, button(`Report message ${m.seq}`, "report", (b) => guarded(b, "Making the report…", async () => {
+      const report = await communities.report(address, m.seq);
+      $("report-out").value = JSON.stringify(report);
+      $("report-wrap").hidden = false;
+      say("The report proves who sent this message and what it said; send it to the community's moderator. It reveals no other message.");
+    })));
+    return li;
+  }));
+  $("cv-unreadable").textContent = reading.unreadable.map((u) => `Message ${u.seq} from ${short(u.sender)} is not shown: ${UNREADABLE[u.reason]}.`).join(" ");
+  $("cv-unreadable").hidden = reading.unreadable.length === 0;
+  $("cv-empty").hidden = reading.messages.length > 0;
+  say("");
+  document.body.dataset.read = String(Number(document.body.dataset.read || 0) + 1);
+}
+
+export async function attach(patient) {
+  communities = new PageCommunities(patient);
+  $("communities").hidden = false;
+  $("presend-notice").textContent = PRESEND_NOTICE;
+  await guarded(null, "Loading your communities…", async () => {
+    const reachable = await patient.node.call("GET", "/v1/consent/nodes", null, patient.id.device);
+    const hosts = [reachable.home, ...reachable.nodes.map((n) => n.node_id).filter((n) => n !== reachable.home)];
+    $("c-host").replaceChildren(...hosts.map((h) => {
+      const o = document.createElement("option");
+      o.value = h;
+      o.textContent = h === reachable.home ? `${h} (your node)` : h;
+      return o;
+    }));
+    await renderMine();
+    say("");
+  });
+  document.body.dataset.communities = "ready";
+}
+
+export function detach() {
+  communities = null;
+  hideView();
+  for (const id of ["directory", "my-communities", "c-host"]) $(id).replaceChildren();
+  $("communities").hidden = true;
+  say("");
+  delete document.body.dataset.communities;
+}
+
+$("create-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (communities === null) return;
+  const form = ev.target;
+  guarded(form.querySelector("button[type=submit]"), "Creating the community…", async () => {
+    const address = await communities.create($("cc-name").value, { condition: $("cc-condition").value || null, approval: $("cc-approval").checked });
+    form.reset();
+    await renderMine();
+    say(`Created: give people its address, ${address}, or let them find it in this node's directory.`);
+    document.body.dataset.created = String(Number(document.body.dataset.created || 0) + 1);
+  });
+});
+
+$("c-browse").addEventListener("click", (ev) => {
+  if (communities !== null) guarded(ev.target, "Asking the host…", async () => {
+    await renderDirectory();
+    say("");
+  });
+});
+
+$("post-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (communities === null || open === null) return;
+  const form = ev.target;
+  guarded(form.querySelector("button[type=submit]"), "Posting…", async () => {
+    const result = await communities.post(open, $("post-text").value);
+    form.reset();
+    await show(open);
+    say(result.queued ? "Posted, end to end encrypted: it shows here once the community's host has taken it (Read again)."
+      : "Posted, end to end encrypted.");
+    document.body.dataset.posted = String(Number(document.body.dataset.posted || 0) + 1);
+  });
+});
+
+$("cv-refresh").addEventListener("click", (ev) => {
+  if (communities !== null && open !== null) guarded(ev.target, "Reading…", () => show(open));
+});

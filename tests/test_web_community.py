@@ -1,0 +1,149 @@
+"""The page folds community histories as rxfed/protocol/community.py does: histories built in
+Python with every event type (approval, leave, removal, rekey, sender keys, messages), read by
+each member in both languages, and the same refusals for what a host must never stamp."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64e
+from rxfed.crypto.groups import SenderKey
+from rxfed.errors import RxfedError
+from rxfed.protocol import community as pc
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 1764000000
+
+
+def _keys(n: int):
+    return SigningKeyPair.from_seed(bytes([n] * 32)), BoxKeyPair.from_secret(bytes([n + 100] * 32))
+
+
+def _history():
+    """(events, members' keys by name): a community that sees every kind of event."""
+    admin, alice, bob, carol, alice2 = (_keys(i) for i in (1, 2, 3, 4, 5))
+    about = pc.About("Lupus", "M32", bytes([9] * 32))
+    events = [pc.make_create(admin[0], admin[1].public, "c.example", about=about, approval=True, node="c.example", now=T)]
+    address = pc.parse_event(events[0]).community
+
+    def add(event):
+        events.append(event)
+        return pc.CommunityState.from_events(list(enumerate(events, 1)))
+
+    state = add(pc.make_join(alice[0], alice[1].public, address, "a.example", T + 1))
+    state = add(pc.make_join(bob[0], bob[1].public, address, "b.example", T + 2))
+    state = add(pc.make_join(carol[0], carol[1].public, address, "b.example", T + 3))
+    state = add(pc.make_approve(admin[0], address, alice[0].public, T + 4))
+    state = add(pc.make_approve(admin[0], address, bob[0].public, T + 5))
+    state = add(pc.make_remove(admin[0], address, carol[0].public, T + 6))
+    key = SenderKey.generate(1)
+    state = add(pc.make_sender_key(admin[0], state, key))
+    state = add(pc.make_message(admin[0], key, address, "welcome, alice and bob", T + 7)[0])
+    alice_key = SenderKey.generate(1)
+    state = add(pc.make_sender_key(alice[0], state, alice_key))
+    state = add(pc.make_message(alice[0], alice_key, address, "hello from alice ✓", T + 8)[0])
+    state = add(pc.make_leave(bob[0], address, T + 9))
+    state = add(pc.make_rekey(alice[0], alice2[0], alice2[1].public, address, "a.example", T + 10))
+    alice_key2 = SenderKey.generate(2)
+    state = add(pc.make_sender_key(alice2[0], state, alice_key2))
+    state = add(pc.make_message(alice2[0], alice_key2, address, "after bob left", T + 11)[0])
+    return events, {"admin": admin, "alice": alice, "bob": bob, "carol": carol, "alice2": alice2}
+
+
+def _python_view(events, keys):
+    pairs = list(enumerate(events, 1))
+    out = {}
+    for name, (member, box) in keys.items():
+        reading = pc.read_history(pairs, member, box)
+        state = reading.state
+        out[name] = {
+            "seq": state.seq, "version": state.version, "admin": b64e(state.meta.admin),
+            "members": [[m.member_b64, str(m.status), m.node] for m in state.members.values()],
+            "senders": {k: list(v) for k, v in sorted(state.senders.items())},
+            "messages": [[m.seq, b64e(m.sender), m.text, m.sent] for m in reading.messages],
+            "unreadable": [[u.seq, u.reason] for u in reading.unreadable]}
+    return out
+
+
+def _run_js(script: str, tmp_path: Path) -> dict:
+    node_bin = shutil.which("node")
+    if node_bin is None:
+        pytest.skip("node is not installed: the web client's JavaScript needs it")
+    path = tmp_path / "fold.mjs"
+    path.write_text(script)
+    out = subprocess.run([node_bin, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _js(events, keys, tmp_path, extra: str = "") -> dict:
+    module = lambda name: json.dumps((ROOT / "rxfed" / "web" / "js" / name).as_uri())  # noqa: E731
+    members = {name: [b64e(m.seed), b64e(b.secret)] for name, (m, b) in keys.items()}
+    return _run_js(f"""
+import * as cm from {module("community.mjs")};
+import * as so from {module("sodium.mjs")};
+import {{ b64d, b64e }} from {module("encoding.mjs")};
+await so.ready();
+const events = {json.dumps(events)}.map((e, i) => [i + 1, e]);
+const members = {json.dumps(members)};
+const out = {{}};
+for (const [name, [seed, box]] of Object.entries(members)) {{
+  const r = cm.readHistory(events, new so.SigningKeyPair(b64d(seed, 32)), new so.BoxKeyPair(b64d(box, 32)));
+  out[name] = {{ seq: r.state.seq, version: r.state.version, admin: b64e(r.state.meta.admin),
+    members: [...r.state.members.entries()].map(([k, m]) => [k, m.status, m.node]),
+    senders: Object.fromEntries([...r.state.senders.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1))),
+    messages: r.messages.map((m) => [m.seq, b64e(m.sender), m.text, m.sent]),
+    unreadable: r.unreadable.map((u) => [u.seq, u.reason]) }};
+}}
+{extra}
+process.stdout.write(JSON.stringify(out));
+""", tmp_path)
+
+
+def test_the_page_folds_and_reads_every_event_type_as_python(tmp_path):
+    events, keys = _history()
+    python = _python_view(events, keys)
+    # the history does what it says: bob left, carol was removed, alice's seat moved
+    assert [m[1] for m in python["admin"]["members"]] == ["joined", "left", "left", "removed", "joined"]
+    assert [m[2] for m in python["alice"]["messages"]] == ["welcome, alice and bob", "hello from alice ✓"]
+    assert [m[2] for m in python["alice2"]["messages"]] == ["after bob left"]
+    assert python["bob"]["messages"][-1][2] == "hello from alice ✓"
+    assert _js(events, keys, tmp_path) == python
+
+
+def test_the_page_refuses_what_python_refuses(tmp_path):
+    events, keys = _history()
+    cases = {
+        # a removed member leaves; a message under a sender key of an earlier membership; a
+        # second create; an approval of a member already joined
+        "removed member leaves": events[:7] + [pc.make_leave(keys["carol"][0], pc.parse_event(events[0]).community, T)],
+        "stale sender key": events[:12] + [events[10]],
+        "second create": events[:2] + [events[0]],
+        "approve again": events[:5] + [events[4]],
+    }
+    expected = {}
+    for name, history in cases.items():
+        try:
+            pc.CommunityState.from_events(list(enumerate(history, 1)))
+        except RxfedError as exc:
+            expected[name] = exc.code
+        else:
+            raise AssertionError(f"{name}: Python accepted it")
+    extra = f"""
+out.refused = {{}};
+for (const [name, history] of Object.entries({json.dumps(cases)})) {{
+  try {{
+    cm.readHistory(history.map((e, i) => [i + 1, e]));
+    out.refused[name] = null;
+  }} catch (exc) {{
+    out.refused[name] = exc.code;
+  }}
+}}
+"""
+    got = _js(events, {}, tmp_path, extra)
+    assert got["refused"] == expected

@@ -1,0 +1,238 @@
+"""Communities in a real browser (headless Chromium, as tests/test_web_browser.py): a browser
+patient on node A and a CLI patient on node B talk in a community hosted on node C. The page
+reads the host's directory and keys from C itself, checks every event against C's stamps,
+and refuses a history its own node forged; its report of a message verifies in Python."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import MARKER
+from rxfed.crypto import SigningKeyPair, b64d
+from rxfed.node.config import rotate_node_key
+from rxfed.protocol import community as pc
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.statements import sign_statement
+from rxfed.testing import start_federation
+from test_communities import eventually
+from test_web_devices_browser import cli_refused, register_in_page
+from test_web_browser import ARTEFACTS, _browser_or_skip, axe_scan, cli, opened_page, unlock_by_keyboard
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+async def trio(tmp_path):
+    nodes = await start_federation(tmp_path, "a", "b", "c")
+    yield nodes
+    for n in nodes:
+        await n.stop()
+
+
+async def messages(page) -> str:
+    return await page.text_content("#cv-messages")
+
+
+async def test_a_browser_on_a_and_the_cli_on_b_talk_in_a_community_hosted_on_c(trio, tmp_path):
+    _browser_or_skip()
+    a, b, c = trio
+    founder, bob = tmp_path / "founder", tmp_path / "bob"
+    await cli("patient", "register", "--node", c.url, "--profile", str(founder), "--kdf", "min")
+    await cli("patient", "register", "--node", b.url, "--profile", str(bob), "--kdf", "min")
+    made = await cli("community", "create", "--profile", str(founder), "Epilepsy support", "--condition", "G40")
+    address = made["address"]
+    await cli("community", "join", "--profile", str(bob), address)
+    said_by_cli = f"{MARKER} from the command line"
+    await eventually(lambda: _joined(bob, address), timeout=20)
+    await cli("community", "post", "--profile", str(bob), address, said_by_cli)
+
+    async with opened_page(a.url + "/") as (page, watched):
+        await register_in_page(page)
+        await page.wait_for_selector("body[data-communities=ready]")
+        # the directory comes from C itself (CORS), checked against each create event
+        await page.select_option("#c-host", c.node_id)
+        await page.click("#c-browse")
+        await page.wait_for_selector(f"#directory li[data-address='{address}']", timeout=30_000)
+        assert "Epilepsy support (G40), 2 members" in await page.text_content("#directory")
+        await axe_scan(page, "communities directory")
+        await page.click(f"#directory li[data-address='{address}'] button.join")
+        await page.wait_for_selector("body[data-joined='1']", timeout=30_000)
+
+        async def read_in_page():
+            await page.click(f"#my-communities li[data-address='{address}'] button.open")
+            await page.wait_for_selector("#community-view:not([hidden])", timeout=30_000)
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return said_by_cli in await messages(page)
+
+        # the CLI posts again after the browser joined: the browser can read that one (not
+        # the one before it joined: no sender key of that epoch was sealed to it)
+        await eventually(lambda: _cli_sees_member(bob, address, 3), timeout=20)
+        await cli("community", "post", "--profile", str(bob), address, said_by_cli)
+        await eventually(read_in_page, timeout=30)
+        assert await page.locator("#cv-messages li").count() == 1
+        assert "safety checks (client plugins) are shown by the rxfed command only" in \
+            await page.text_content("#presend-notice")
+
+        # the browser posts; the CLI on B reads it
+        said_in_page = f"{MARKER} from the browser"
+        await page.fill("#post-text", said_in_page)
+        await page.click("#post-form button[type=submit]")
+        await page.wait_for_selector("body[data-posted='1']", timeout=30_000)
+
+        async def shown_in_page():  # once the host stamped it and A's copy has it
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return said_in_page in await messages(page)
+
+        await eventually(shown_in_page, timeout=30)
+        await axe_scan(page, "a community")
+        await page.screenshot(path=ARTEFACTS / "community-desktop.png", full_page=True)
+
+        async def cli_reads_it():
+            view = await cli("community", "read", "--profile", str(bob), address)
+            return said_in_page in [m["text"] for m in view["messages"]]
+
+        await eventually(cli_reads_it, timeout=30)
+
+        # a report of the CLI's message made in the page verifies under C's keys in Python
+        seq = int(await page.get_attribute("#cv-messages li:has-text('from the command line')", "data-seq"))
+        await page.click(f"#cv-messages li[data-seq='{seq}'] button.report")
+        await page.wait_for_selector("#report-wrap:not([hidden])")
+        report = json.loads(await page.input_value("#report-out"))
+        host_keys = [b64d(k["public_key"]) for k in c.state.published_keys()["keys"]]
+        facts = pc.open_franking_report(report, host_keys)
+        assert facts.text == said_by_cli and facts.seq == seq
+        assert not pc.verify_franking_report({**report, "text": "something else"}, host_keys)
+
+        # the host rotates its key: the page follows the rotation the old key signed, from
+        # C's own document, and reads what C stamps under the new key
+        first_key = c.state.signing_key().public
+        rotate_node_key(c.data_dir, overlap=86400)
+        c.state.reload_keys()
+        new_key = c.state.signing_key().public
+        assert new_key != first_key
+        said_after_rotation = f"{MARKER} after the host's key rotation"
+        await cli("community", "post", "--profile", str(bob), address, said_after_rotation)
+
+        async def read_after_rotation():
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return said_after_rotation in await messages(page)
+
+        await eventually(read_after_rotation, timeout=30)
+        assert await page.is_hidden("#communities-error")
+        hosted = await c.app_store().community_events(*address.split("@"))
+        newest = pc.verify_stamp([new_key], loads(hosted[-1].stamp), loads(hosted[-1].event))
+        assert newest.seq == len(hosted)  # stamped under the key the page had never pinned
+
+        # node A forges an event in its copy, stamped by a key of its own: the page refuses
+        store = a.app_store()
+        rows = await store._read(lambda conn: conn.execute(
+            "SELECT seq, event, stamp FROM community_events ORDER BY seq").fetchall())
+        last_seq, last_event, last_stamp = rows[-1]
+        forged_stamp = loads(last_stamp)
+        fake_host = SigningKeyPair.generate()
+        forged = sign_statement(fake_host, forged_stamp["body"])
+        await store._write(lambda conn: conn.execute("UPDATE community_events SET stamp=? WHERE seq=?",
+                                                     (canonical(forged), last_seq)))
+        await page.click("#cv-refresh")
+        await page.wait_for_selector("#communities-error:not([hidden])", timeout=30_000)
+        assert "did not stamp" in await page.text_content("#communities-error")
+        await store._write(lambda conn: conn.execute("UPDATE community_events SET stamp=? WHERE seq=?",
+                                                     (last_stamp, last_seq)))
+        # and one that rolls the history back below what the page pinned
+        await store._write(lambda conn: conn.execute("DELETE FROM community_events WHERE seq=?", (last_seq,)))
+        await page.click("#cv-refresh")
+        await page.wait_for_selector("#communities-error:has-text('seen')", timeout=30_000)
+        await store._write(lambda conn: conn.execute(
+            "INSERT INTO community_events (community_id, host, seq, event, stamp) SELECT community_id, host, ?, ?, ? "
+            "FROM community_events LIMIT 1", (last_seq, last_event, last_stamp)))
+
+        # the pins survive a reload, and the membership (in the vault) too
+        await unlock_by_keyboard(page, a.url + "/")
+        await page.wait_for_selector(f"#my-communities li[data-address='{address}']")
+        await eventually(read_in_page, timeout=30)
+
+        # leave: the page keeps no keys for it, and the CLI sees the member gone
+        await page.click(f"#my-communities li[data-address='{address}'] button.leave")
+        await page.wait_for_selector("#my-communities-empty:not([hidden])", timeout=30_000)
+        await eventually(lambda: _cli_sees_member(bob, address, 2), timeout=20)
+        assert watched.problems == []
+        assert await watched.csp() == []
+
+    # no node holds the plaintext of what was said
+    for node in (a, b, c):
+        for path in node.data_dir.rglob("*"):
+            if path.is_file():
+                assert MARKER.encode() not in path.read_bytes(), path
+
+
+async def _joined(profile, address) -> bool:
+    view = await cli("community", "read", "--profile", str(profile), address)
+    return any(m["me"] and m["status"] == "joined" for m in view["members"])
+
+
+async def _cli_sees_member(profile, address, count: int) -> bool:
+    view = await cli("community", "read", "--profile", str(profile), address)
+    return sum(m["status"] in ("joined", "pending") for m in view["members"]) == count
+
+
+async def test_a_browser_patient_creates_a_community_and_admits_and_removes_a_cli_member(pair, tmp_path):
+    _browser_or_skip()
+    a, b = pair
+    bob = tmp_path / "bob"
+    await cli("patient", "register", "--node", b.url, "--profile", str(bob), "--kdf", "min")
+    async with opened_page(a.url + "/", {"width": 390, "height": 844}) as (page, watched):
+        await register_in_page(page)
+        await page.wait_for_selector("body[data-communities=ready]")
+        # a name the host would refuse is refused here first, and nothing is kept
+        await page.fill("#cc-name", "")
+        await page.click("#create-form button[type=submit]")
+        await page.wait_for_selector("#communities-error:has-text('1 to 80')")
+        await page.fill("#cc-name", "Migraine circle")
+        await page.fill("#cc-condition", "g43")
+        await page.check("#cc-approval")
+        await page.click("#create-form button[type=submit]")
+        await page.wait_for_selector("body[data-created='1']", timeout=30_000)
+        address = (await page.get_attribute("#my-communities li", "data-address"))
+        listed = (await cli("community", "list", "--node", a.url))["communities"]
+        assert [(c["address"], c["name"], c["condition"], c["approval"]) for c in listed] == \
+            [(address, "Migraine circle", "G43", True)]
+
+        # the CLI on B joins and waits for the admin: the page approves it
+        await cli("community", "join", "--profile", str(bob), address)
+
+        async def pending_in_page():
+            await page.click(f"#my-communities li[data-address='{address}'] button.open")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return await page.locator("#cv-admin-list button.approve").count() == 1
+
+        await eventually(pending_in_page, timeout=30)
+        await axe_scan(page, "a community its admin sees")
+        await page.click("#cv-admin-list button.approve")
+        await page.wait_for_selector("#cv-admin-list li:has-text('joined')", timeout=30_000)
+        await eventually(lambda: _joined(bob, address), timeout=30)
+        said = f"{MARKER} to the admin"
+        await cli("community", "post", "--profile", str(bob), address, said)
+
+        async def read_it():
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return said in await messages(page)
+
+        await eventually(read_it, timeout=30)
+
+        # removed, the CLI member is told so and posts nothing more
+        await page.click("#cv-admin-list button.remove")
+        await page.wait_for_selector("#communities-status:has-text('Removed')", timeout=30_000)
+
+        async def removed():
+            _, error = await cli_refused("community", "read", "--profile", str(bob), address)
+            return "left the community or was removed" in error
+
+        await eventually(removed, timeout=30)
+        await page.screenshot(path=ARTEFACTS / "community-admin-phone.png", full_page=True)
+        assert watched.problems == []
+        assert await watched.csp() == []
