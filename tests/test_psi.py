@@ -426,3 +426,46 @@ def test_max_message_size_bounds_every_message():
     pair = Pair.open(codes(*CODE_SPACE[:112]), codes(*CODE_SPACE[50:150]), limits=limits).blind().commit().reveal()
     assert max(len(m) for m in pair.messages.values()) <= limits.max_message_size()
     assert len(pair.messages["blinded_a"]) == limits.max_message_size()
+
+
+def test_the_vector_session_follows_the_spec():
+    """spec/vectors/psi.json (checked current by tests/test_vectors.py), recomputed from the
+    formulas of spec/crypto.md §12 with hashlib and the group alone."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from rxfed.crypto import b64d
+
+    v = json.loads((Path(__file__).resolve().parents[1] / "spec" / "vectors" / "psi.json").read_text())
+    m = {name: b64d(value) for name, value in v["messages"].items()}
+    ctx = v["context"]
+    prefix = b"".join(bytes([len(x)]) + x for x in (ctx["federation"].encode(), b64d(ctx["session_id"]),
+                                                    ctx["initiator"].encode(), ctx["responder"].encode()))
+    assert prefix == b64d(ctx["hash_prefix"])
+    dst = v["dst"].encode()
+    for element, point in v["hash_to_group"].items():
+        assert hash_to_group(prefix + element.encode(), dst) == b64d(point)
+    a, b = ExponentKey(b64d(v["keys"]["initiator"])), ExponentKey(b64d(v["keys"]["responder"]))
+    assert a.public == b64d(v["public"]["initiator"]) and b.public == b64d(v["public"]["responder"])
+    g40 = b64d(v["hash_to_group"]["G40"])
+    assert a.exponentiate(g40) == b64d(v["blinded_g40_by_initiator"])
+    assert b.exponentiate(a.exponentiate(g40)) == a.exponentiate(b.exponentiate(g40)) == b64d(v["doubly_blinded_g40"])
+
+    transcript = hashlib.blake2b(m["hello_initiator"] + m["hello_responder"], digest_size=32,
+                                 person=b"rxfed-psi-th").digest()
+    assert transcript == b64d(v["transcript"])
+    header = 5 + 1 + 1 + 16
+    blinded_a = [m["blinded_initiator"][header + 36 + 32 * i:header + 68 + 32 * i] for i in range(v["padded"]["initiator"])]
+    assert b64d(v["blinded_g40_by_initiator"]) in blinded_a
+    tags_of_a = [m["reveal_responder"][header + 4 + 12 * i:header + 16 + 12 * i] for i in range(v["padded"]["initiator"])]
+    g40_tag = hashlib.blake2b(b64d(v["doubly_blinded_g40"]), digest_size=12, key=transcript,
+                              person=b"rxfed-psi-tag").digest()
+    assert tags_of_a[blinded_a.index(b64d(v["blinded_g40_by_initiator"]))] == g40_tag
+    assert g40_tag in m["reveal_initiator"]
+    for role, name in ((0, "initiator"), (1, "responder")):
+        digest = hashlib.blake2b(bytes([role]) + m[f"reveal_{name}"], digest_size=32, key=transcript,
+                                 person=b"rxfed-psi-commit").digest()
+        assert m[f"commitment_{name}"] == m[f"commitment_{name}"][:header] + digest
+    assert v["common"] == ["G40", "J45"]
+

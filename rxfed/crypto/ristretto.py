@@ -67,12 +67,16 @@ def expand_message_xmd(msg: bytes, dst: bytes, length: int) -> bytes:
 
     A DST longer than 255 bytes is replaced by ``SHA-512("H2C-OVERSIZE-DST-" || DST)``
     (§5.3.3)."""
+    if not 0 < length <= 255 * _SHA512_SIZE:
+        raise ValueError("expand_message_xmd: length out of range")
+    return _expand(hashlib.sha512(bytes(_SHA512_BLOCK) + msg), length, _dst_prime(dst))
+
+
+def _dst_prime(dst: bytes) -> bytes:
+    """``DST || I2OSP(len(DST), 1)``, an oversized DST hashed first (RFC 9380 §5.3.3)."""
     if len(dst) > 255:
         dst = hashlib.sha512(b"H2C-OVERSIZE-DST-" + dst).digest()
-    ell = -(-length // _SHA512_SIZE)
-    if not 0 < length <= 65535 or ell > 255:
-        raise ValueError("expand_message_xmd: length out of range")
-    return _expand(hashlib.sha512(bytes(_SHA512_BLOCK) + msg), length, dst + bytes([len(dst)]))
+    return dst + bytes([len(dst)])
 
 
 def _expand(prefix_state, length: int, dst_prime: bytes) -> bytes:
@@ -105,9 +109,7 @@ class GroupHasher:
     the SHA-512 state after ``Z_pad || prefix`` is computed once and copied per element."""
 
     def __init__(self, dst: bytes, prefix: bytes = b""):
-        if len(dst) > 255:
-            dst = hashlib.sha512(b"H2C-OVERSIZE-DST-" + dst).digest()
-        self._dst_prime = dst + bytes([len(dst)])
+        self._dst_prime = _dst_prime(dst)
         self._state = hashlib.sha512(bytes(_SHA512_BLOCK) + prefix)
 
     def __call__(self, element: bytes) -> bytes:

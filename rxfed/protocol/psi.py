@@ -247,7 +247,10 @@ def _read_header(data: bytes, kind: MessageType, limits: PsiLimits) -> bytes:
     if version != VERSION:
         raise _malformed(f"PSI version {version} is not spoken here (version {VERSION})")
     if found != kind:
-        name = MessageType(found).name.lower() if found in MessageType._value2member_map_ else str(found)
+        try:
+            name = MessageType(found).name.lower()
+        except ValueError:
+            name = f"type {found}"
         raise _malformed(f"expected a PSI {kind.name.lower()} message, got {name}")
     return bytes(session_id)
 
