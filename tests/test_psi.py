@@ -469,3 +469,21 @@ def test_the_vector_session_follows_the_spec():
         assert m[f"commitment_{name}"] == m[f"commitment_{name}"][:header] + digest
     assert v["common"] == ["G40", "J45"]
 
+
+
+def test_threads_share_the_work_and_change_nothing():
+    ours = {f"x{i:04d}".encode() for i in range(700)}
+    theirs = {f"x{i:04d}".encode() for i in range(350, 1050)}
+    pair = Pair.open(ours, theirs)
+    one_a, blinded_one = pair.a.blind()
+    two_a, blinded_two = pair.a.blind(workers=3)
+    assert blinded_one == blinded_two and one_a == two_a
+    b, blinded_b = pair.b.blind(workers=2)
+    assert one_a.receive_blinded(blinded_b) == one_a.receive_blinded(blinded_b, workers=2)
+    # a bad element in any thread's share is refused as from one thread
+    parsed = Blinded.from_bytes(blinded_b, limits=PsiLimits())
+    bad = Blinded(parsed.session_id, parsed.public, parsed.elements[:-1] + (bytes.fromhex("ec" + "ff" * 30 + "7f"),)).to_bytes()
+    refused("psi_malformed", one_a.receive_blinded, bad, workers=2)
+    for workers in (0, -1, 1.5):
+        with pytest.raises(ValueError):
+            pair.a.blind(workers=workers)

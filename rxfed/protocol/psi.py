@@ -32,6 +32,7 @@ import hashlib
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 
@@ -65,6 +66,8 @@ MIN_PADDED = 64
 MIN_DUMMIES = 16
 #: Dummies whose doubly blinded tags are checked in the peer's reveal.
 CHECKED_DUMMIES = 256
+#: Below twice this many elements a step runs on one thread whatever ``workers`` says.
+_MIN_CHUNK = 256
 
 #: hash-to-group's domain separation tag (RFC 9380 §3.1: protocol, version, suite).
 HASH_DST = b"rxfed-psi-v1-ristretto255_XMD:SHA-512_R255MAP_RO_"
@@ -483,29 +486,39 @@ class PsiSession:
             raise _wrong_session("the hello does not answer this session")
         return attrs.evolve(self, phase=after, peer_hello=hello.to_bytes(), peer_size=hello.size)
 
-    def blind(self) -> tuple[PsiSession, bytes]:
+    def blind(self, *, workers: int = 1) -> tuple[PsiSession, bytes]:
         """Our padded set, blinded: each element hashed to the group (under the context)
-        and raised to our key, each dummy a random element."""
+        and raised to our key, each dummy a random element. ``workers`` threads share the
+        work (libsodium's calls release the interpreter lock)."""
         after = self._step("blind")
-        hasher = GroupHasher(HASH_DST, self.context.hash_prefix())
         scalars = dict(self.dummies)
-        key = self.key
-        elements = tuple(base_exponentiate(scalars[slot]) if element is None else key.exponentiate(hasher(element))
-                         for slot, element in enumerate(self.slots))
+        key, prefix = self.key, self.context.hash_prefix()
+
+        def blinder():
+            hasher = GroupHasher(HASH_DST, prefix)
+            return lambda item: (base_exponentiate(scalars[item[0]]) if item[1] is None
+                                 else key.exponentiate(hasher(item[1])))
+
+        elements = _each(blinder, list(enumerate(self.slots)), workers)
         message = Blinded(self.context.session_id, key.public, elements).to_bytes()
         return attrs.evolve(self, phase=after), message
 
-    def receive_blinded(self, data: bytes) -> tuple[PsiSession, bytes]:
-        """The peer's blinded set: raise each element to our key, tag it, and commit to the tags."""
+    def receive_blinded(self, data: bytes, *, workers: int = 1) -> tuple[PsiSession, bytes]:
+        """The peer's blinded set: raise each element to our key, tag it, and commit to the
+        tags (``workers`` as for :meth:`blind`)."""
         after = self._step("receive_blinded")
         blinded = Blinded.from_bytes(data, limits=self.limits)
         self._check_session(blinded.session_id)
         if len(blinded.elements) != self.peer_size:
             raise _malformed(f"the peer announced {self.peer_size} elements and sent {len(blinded.elements)}")
-        tagger = Tagger(self.transcript, size=TAG_SIZE, person=_TAG_PERSON)
-        key = self.key
+        key, transcript = self.key, self.transcript
+
+        def raiser():
+            tagger = Tagger(transcript, size=TAG_SIZE, person=_TAG_PERSON)
+            return lambda element: tagger(key.exponentiate(element))
+
         try:
-            tags = tuple(tagger(key.exponentiate(element)) for element in blinded.elements)
+            tags = _each(raiser, list(blinded.elements), workers)
         except InvalidElement:
             raise _malformed("the blinded set holds something that is not a group element") from None
         reveal = Reveal(self.context.session_id, tags).to_bytes()
@@ -542,6 +555,21 @@ class PsiSession:
                            if element is not None and found in theirs)
         result = PsiResult(common, self.own_size, len(self.slots), self.peer_size)
         return attrs.evolve(self, phase=after), result
+
+
+def _each(make: Callable[[], Callable], items: list, workers: int) -> tuple:
+    """``make()`` applied to every item, in order, on ``workers`` threads (each making its
+    own function, so no hash state is shared)."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError("workers is a positive integer")
+    if workers == 1 or len(items) < 2 * _MIN_CHUNK:
+        fn = make()
+        return tuple(fn(item) for item in items)
+    step = -(-len(items) // workers)
+    chunks = [items[i:i + step] for i in range(0, len(items), step)]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda chunk: [fn(item) for fn in (make(),) for item in chunk], chunks))
+    return tuple(item for part in parts for item in part)
 
 
 def _commit(transcript: bytes, role: Role, reveal: bytes) -> bytes:
