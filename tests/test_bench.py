@@ -33,6 +33,14 @@ async def test_federation_script():
     assert result["complete"] and result["events_per_s"] > 0
 
 
+async def test_psi_script():
+    """Two processes intersect 300 elements a side; the script checks the intersection."""
+    result = await run(str(BENCH / "psi.py"), "--n", "300", "--repeats", "1", "--no-peer")
+    (row,) = result["rows"]
+    assert row["n"] == 300 and row["padded"] == 320 and row["seconds"] > 0
+    assert row["bytes"] == 2 * (23 + 36 + 32 * 320) + 2 * (23 + 32) + 2 * (23 + 4 + 12 * 320) + 2 * 66
+
+
 def test_report_counts_a_target_met_only_when_the_worst_round_meets_it(tmp_path, capsys):
     """Two rounds at 30x Synapse and one at 20x: the median passes, the worst round does not."""
     import importlib.util

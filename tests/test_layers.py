@@ -118,6 +118,23 @@ def test_known_violations_still_exist():
     assert not KNOWN - present, f"fixed, delete from KNOWN: {sorted(KNOWN - present)}"
 
 
+#: Libraries of cryptographic primitives: only rxfed/crypto/ composes them (DESIGN.md).
+CRYPTO_LIBRARIES = {"nacl", "cryptography", "rbcl"}
+
+
+def test_only_the_crypto_layer_imports_crypto_libraries():
+    found = []
+    for module, path in sorted(modules().items()):
+        if layer_of(module) == "crypto":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{module}:{node.lineno} imports {name}" for name in names
+                      if name.split(".")[0] in CRYPTO_LIBRARIES]
+    assert not found, "\n".join(found)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from rxfed.node.app import NODE\n", [("rxfed.node.app", 1)]),
     ("def f():\n    from rxfed.client import sdk\n", [("rxfed.client.sdk", 2)]),

@@ -513,6 +513,50 @@ def client_vectors() -> dict:
     }
 
 
+def psi_vectors() -> dict:
+    """spec/crypto.md §13: one whole PSI session between two nodes, each side's randomness
+    fixed, every message as sent, and the values a second implementation needs to check
+    its hash to the group, transcript and tags."""
+    from rxfed.crypto.ristretto import ExponentKey, hash_to_group
+    from rxfed.protocol import psi
+
+    draw_a, draw_b = _fixed_random(b"rxfed-psi-a"), _fixed_random(b"rxfed-psi-b")
+    context = psi.PsiContext("rxfed-vectors", draw_a(16), "a.example", "b.example")
+    ours, theirs = [b"E11", b"G40", b"J45"], [b"G40", b"I10", b"J45"]
+    limits = psi.PsiLimits(min_padded=16)
+    a, hello_a = psi.start(context, ours, limits=limits, random=draw_a)
+    b, hello_b = psi.accept(hello_a, federation=context.federation, me=context.responder, peer=context.initiator,
+                            elements=theirs, limits=limits, random=draw_b)
+    a = a.receive_hello(hello_b)
+    a, blinded_a = a.blind()
+    b, blinded_b = b.blind()
+    a, commit_a = a.receive_blinded(blinded_b)
+    b, commit_b = b.receive_blinded(blinded_a)
+    a, reveal_a = a.receive_commitment(commit_b)
+    b, reveal_b = b.receive_commitment(commit_a)
+    a, result_a = a.receive_reveal(reveal_b)
+    b, result_b = b.receive_reveal(reveal_a)
+    assert result_a.common == result_b.common == {b"G40", b"J45"}
+    prefix = context.hash_prefix()
+    return {
+        "dst": psi.HASH_DST.decode(),
+        "context": {"federation": context.federation, "session_id": b64e(context.session_id),
+                    "initiator": context.initiator, "responder": context.responder, "hash_prefix": b64e(prefix)},
+        "hash_to_group": {e.decode(): b64e(hash_to_group(prefix + e, psi.HASH_DST)) for e in sorted({*ours, *theirs})},
+        "keys": {"initiator": b64e(a.key.scalar), "responder": b64e(b.key.scalar)},
+        "blinded_g40_by_initiator": b64e(a.key.exponentiate(hash_to_group(prefix + b"G40", psi.HASH_DST))),
+        "doubly_blinded_g40": b64e(b.key.exponentiate(a.key.exponentiate(hash_to_group(prefix + b"G40", psi.HASH_DST)))),
+        "transcript": b64e(a.transcript),
+        "sets": {"initiator": [e.decode() for e in ours], "responder": [e.decode() for e in theirs]},
+        "padded": {"initiator": len(a.slots), "responder": len(b.slots)},
+        "messages": {"hello_initiator": b64e(hello_a), "hello_responder": b64e(hello_b),
+                     "blinded_initiator": b64e(blinded_a), "blinded_responder": b64e(blinded_b),
+                     "commitment_initiator": b64e(commit_a), "commitment_responder": b64e(commit_b),
+                     "reveal_initiator": b64e(reveal_a), "reveal_responder": b64e(reveal_b)},
+        "common": sorted(e.decode() for e in result_a.common),
+        "public": {"initiator": b64e(ExponentKey(a.key.scalar).public), "responder": b64e(b.key.public)},
+    }
+
 sys.path.insert(0, str(HERE))
 from generate_records import fhir_vectors, records_vectors  # noqa: E402
 
@@ -531,6 +575,7 @@ VECTORS = {
     "request-signature.json": request_vectors,
     "statement.json": statement_vectors,
     "transaction.json": transaction_vectors,
+    "psi.json": psi_vectors,
 }
 
 
