@@ -5,7 +5,7 @@
 // Plugins installed beside rxfed may derive other kinds or add SNOMED CT mappings; those run
 // in Python only, and the page says so (spec/web.md §7).
 
-import { SNOMED_ICD10 } from "./snomed-icd10.mjs";
+import { SNOMED_ICD10 } from "./tables.mjs";
 
 export const KINDS = ["diagnosis.category", "treatment.outcome", "symptom.trend", "demographics.band"];
 const CATEGORY = /^[A-U][0-9][0-9A-Z]$/;
