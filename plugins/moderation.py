@@ -55,6 +55,7 @@ class Pattern:
     negation: str  # "allows": a negated match is not flagged; "ignore": the pattern holds its own
     requires: re.Pattern | None  # another cue the clause must hold
     direct: bool  # advice by its very form ("the right dose is 300 mg"): no addressee needed
+    whole: bool  # read across the whole message ("I stopped my meds. You should too.")
 
 
 @attrs.frozen
@@ -137,7 +138,8 @@ class ModerationRules:
             if c["scope"] not in SCOPES:
                 raise ValueError(f"unknown scope {c['scope']!r}")
             patterns = tuple(Pattern(rx(p["re"]), p.get("negation", "allows"),
-                                     rx(p["requires"]) if "requires" in p else None, bool(p.get("direct", False)))
+                                     rx(p["requires"]) if "requires" in p else None, bool(p.get("direct", False)),
+                                     bool(p.get("whole", False)))
                              for p in c["patterns"])
             if any(p.negation not in ("allows", "ignore") for p in patterns):
                 raise ValueError("a pattern's negation is 'allows' or 'ignore'")
@@ -170,16 +172,20 @@ class ModerationRules:
         clauses = [c.strip() for c in _CLAUSE.split(norm) if c.strip()]
         found = []
         for category in self.categories:
-            if any(self._flags(category, clause, norm) for clause in clauses):
+            whole = [p for p in category.patterns if p.whole]
+            if any(p.regex.search(norm) and (p.requires is None or p.requires.search(norm)) for p in whole) or any(
+                    self._flags(category, clause) for clause in clauses):
                 found.append(Finding(category.code, category.message, category.confirm))
         return found
 
-    def _flags(self, category: Category, clause: str, message: str) -> bool:
+    def _flags(self, category: Category, clause: str) -> bool:
         question = clause.endswith("?")
         own = clause if category.reported else self._unreported(clause)
         if any(e.search(own) for e in category.exceptions):
             return False
         for pattern in category.patterns:
+            if pattern.whole:
+                continue
             for m in pattern.regex.finditer(own):
                 if pattern.negation == "allows" and self._negated(own, m.start()):
                     continue
