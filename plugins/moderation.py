@@ -216,13 +216,23 @@ class ModerationRules:
             return True
         if self.addressee.search(m.group()) or self.addressee.search(before[-60:]):
             return True
-        if category.imperatives is not None:
+        if category.imperatives is not None and category.imperatives.match(clause, m.start()):
             lead = self.lead.match(before)
-            if lead is not None and lead.end() == len(before) and category.imperatives.match(clause, m.start()):
+            if lead is not None and lead.end() == len(before):
+                return True
+            # "Don't bother with 5 mg, start at 20 mg": an imperative after a comma, in a
+            # clause that opens with one (not "I quit sugar, take ...", which is testimony).
+            segment = before[before.rfind(",") + 1:].lstrip()
+            lead = self.lead.match(segment)
+            if "," in before and lead is not None and lead.end() == len(segment) and _OPENS_ADVICE.match(clause):
                 return True
         return False
 
 
+#: How an imperative clause opens: a verb of advice or a negated one.
+_OPENS_ADVICE = re.compile(r"^(?:(?:just|so|ok|okay|honestly|seriously|please|and|then|look|listen|[a-z]+,) )*"
+                           r"(?:don't|do not|dont|never|stop|quit|take|try|use|start|go|get|give|ditch|drop|skip|double|"
+                           r"forget|switch|swap|cut|up|bump|increase|avoid|refuse)\b")
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "`": "'", "\u00b4": "'",
                          "\u201c": '"', "\u201d": '"', "\u00ab": '"', "\u00bb": '"'})
 #: Sentences and clauses: advice in one ("I stopped. You should too.") is judged on its own.
