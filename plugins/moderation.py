@@ -56,6 +56,8 @@ class Pattern:
     requires: re.Pattern | None  # another cue the clause must hold
     direct: bool  # advice by its very form ("the right dose is 300 mg"): no addressee needed
     whole: bool  # read across the whole message ("I stopped my meds. You should too.")
+    also: tuple[re.Pattern, ...]  # cues that must all occur in the clause too (anywhere in it)
+    clause_level: bool  # addressed if the clause as a whole is (not the match alone)
 
 
 @attrs.frozen
@@ -90,6 +92,10 @@ class ModerationRules:
     asking: re.Pattern
     rhetorical: re.Pattern
     lead: re.Pattern
+    imperative: re.Pattern
+    subordinate: re.Pattern
+    speaker: re.Pattern
+    subject: re.Pattern
     negator: re.Pattern
     reporting: re.Pattern
     substitutions: tuple[tuple[re.Pattern, str], ...]
@@ -139,7 +145,8 @@ class ModerationRules:
                 raise ValueError(f"unknown scope {c['scope']!r}")
             patterns = tuple(Pattern(rx(p["re"]), p.get("negation", "allows"),
                                      rx(p["requires"]) if "requires" in p else None, bool(p.get("direct", False)),
-                                     bool(p.get("whole", False)))
+                                     bool(p.get("whole", False)), tuple(rx(a) for a in p.get("also", [])),
+                                     bool(p.get("clause", False)))
                              for p in c["patterns"])
             if any(p.negation not in ("allows", "ignore") for p in patterns):
                 raise ValueError("a pattern's negation is 'allows' or 'ignore'")
@@ -150,6 +157,7 @@ class ModerationRules:
         a = body["advice"]
         return cls(body["publisher"], int(body["version"]), str(body["issued"]), tuple(categories),
                    rx(a["addressee"]), rx(a["framing"]), rx(a["asking"]), rx(a["rhetorical"]), rx(a["lead"]),
+                   rx(a["imperative"]), rx(a["subordinate"]), rx(a["speaker"]), rx(a["subject"]),
                    rx(body["negator"]), rx(a["reporting"]),
                    tuple((rx(s[0]), s[1]) for s in body["substitutions"]))
 
@@ -191,7 +199,11 @@ class ModerationRules:
                     continue
                 if pattern.requires is not None and not pattern.requires.search(own):
                     continue
-                if category.scope == "any" or pattern.direct or self._addressed(category, own, m, question):
+                if not all(a.search(own) for a in pattern.also):
+                    continue
+                if (category.scope == "any" or pattern.direct
+                        or (self._clause_addressed(own, m.start(), question) if pattern.clause_level
+                            else self._addressed(category, own, m, question))):
                     return True
         return False
 
@@ -205,6 +217,24 @@ class ModerationRules:
         before = clause[max(0, at - 40): at]
         return self.negator.search(before) is not None
 
+    def _clause_addressed(self, clause: str, at: int, question: bool) -> bool:
+        """Whether the clause as a whole is said to someone else: it opens with an imperative,
+        or holds a "you", advice framing or a rhetorical question, and is not a question the
+        author asks nor what the author (or someone they tell of) did: "I quit my meds"."""
+        if question and self.asking.search(clause) and not self.rhetorical.search(clause):
+            return False
+        if self.rhetorical.search(clause) or self.framing.search(clause):
+            return True
+        before = clause[:at]
+        if self.speaker.search(before) or self.subject.match(before[before.rfind(",") + 1:]):
+            return False
+        if self.addressee.search(clause):
+            return True
+        start = self.subordinate.match(clause)  # "When the pain hits, take 3"
+        rest = clause[start.end():] if start else clause
+        lead = self.lead.match(rest)
+        return self.imperative.match(rest[lead.end():] if lead else rest) is not None
+
     def _addressed(self, category: Category, clause: str, m: re.Match, question: bool) -> bool:
         """Whether the match is said to someone else: an imperative, a "you" in or before
         it, or advice framing ("if I were you", "my advice"); a question the author asks
@@ -214,6 +244,8 @@ class ModerationRules:
             return False
         if self.rhetorical.search(clause) or self.framing.search(clause):
             return True
+        if self.speaker.search(before):
+            return False
         if self.addressee.search(m.group()) or self.addressee.search(before[-60:]):
             return True
         if category.imperatives is not None and category.imperatives.match(clause, m.start()):
