@@ -58,6 +58,7 @@ class Pattern:
     whole: bool  # read across the whole message ("I stopped my meds. You should too.")
     also: tuple[re.Pattern, ...]  # cues that must all occur in the clause too (anywhere in it)
     clause_level: bool  # addressed if the clause as a whole is (not the match alone)
+    unless: re.Pattern | None  # a cue that, found in the clause, means the match is not meant
 
 
 @attrs.frozen
@@ -146,7 +147,7 @@ class ModerationRules:
             patterns = tuple(Pattern(rx(p["re"]), p.get("negation", "allows"),
                                      rx(p["requires"]) if "requires" in p else None, bool(p.get("direct", False)),
                                      bool(p.get("whole", False)), tuple(rx(a) for a in p.get("also", [])),
-                                     bool(p.get("clause", False)))
+                                     bool(p.get("clause", False)), rx(p["unless"]) if "unless" in p else None)
                              for p in c["patterns"])
             if any(p.negation not in ("allows", "ignore") for p in patterns):
                 raise ValueError("a pattern's negation is 'allows' or 'ignore'")
@@ -200,6 +201,8 @@ class ModerationRules:
                 if pattern.requires is not None and not pattern.requires.search(own):
                     continue
                 if not all(a.search(own) for a in pattern.also):
+                    continue
+                if pattern.unless is not None and pattern.unless.search(own):
                     continue
                 if (category.scope == "any" or pattern.direct
                         or (self._clause_addressed(own, m.start(), question) if pattern.clause_level
