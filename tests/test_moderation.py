@@ -21,6 +21,9 @@ from test_cli import ENV, node_url, profile, rxfed  # noqa: F401  (node_url and 
 
 EVAL = Path(__file__).parent / "data" / "moderation_eval.txt"
 CATEGORIES = ("medication_change", "dosing_advice", "miracle_cure", "drug_sourcing", "crisis")
+#: dev: the rules were written against it; heldout*: each evaluated once before it was tuned
+#: on (spec/moderation.md, "Evaluation").
+SPLITS = ("dev", "heldout", "heldout2", "heldout3")
 
 
 def shipped() -> dict:
@@ -150,7 +153,7 @@ def evaluation_cases() -> list[tuple[str, list[str], str]]:
         if line.startswith("#") or not line.strip():
             continue
         split, labels, text = line.split("\t")
-        assert split in ("dev", "heldout") and text.strip(), line
+        assert split in SPLITS and text.strip(), line
         cases.append((split, labels.split(","), text))
     return cases
 
@@ -175,12 +178,12 @@ def test_the_evaluation_set_is_large_enough_and_half_testimony():
     assert len(testimony) * 2 >= len(cases)
     for c in CATEGORIES:
         assert sum(c in labels for _, labels, _ in cases) >= 20, c
-    assert {split for split, _, _ in cases} == {"dev", "heldout"}
+    assert {split for split, _, _ in cases} == set(SPLITS)
     known = set(CATEGORIES) | {"testimony", "benign"}
     assert all(set(labels) <= known for _, labels, _ in cases)
 
 
-@pytest.mark.parametrize("split", ["dev", "heldout"])
+@pytest.mark.parametrize("split", SPLITS)
 def test_the_targets_are_met(plugins, split):
     cases = [c for c in evaluation_cases() if c[0] == split]
     flagged = {text: {w.code for w in plugins.presend_check(text)} for _, _, text in cases}
