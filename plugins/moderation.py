@@ -18,10 +18,16 @@ warning saying why, and flags nothing. No model, no network.
 
 from __future__ import annotations
 
+import _sre
+import array
+import base64
 import functools
+import hashlib
 import importlib.resources
+import json
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,12 +131,13 @@ class ModerationRules:
         except BadRequest as exc:
             raise RulesRefused(exc.message) from None
         try:
-            return cls._compile(body)
+            with CompiledPatterns.load() as patterns:
+                return cls._compile(body, patterns.compile)
         except (KeyError, TypeError, ValueError, re.error) as exc:
             raise RulesRefused(f"{where}: signed, but not rules this plugin can apply ({exc})") from None
 
     @classmethod
-    def _compile(cls, body: dict) -> ModerationRules:
+    def _compile(cls, body: dict, compile_pattern=re.compile) -> ModerationRules:
         lexicon = {name: "(?:" + "|".join(words) + ")" for name, words in body["lexicon"].items()}
 
         def rx(text: str | list[str]) -> re.Pattern:
@@ -138,7 +145,7 @@ class ModerationRules:
                 text = "|".join(f"(?:{t})" for t in text)
             if not isinstance(text, str):
                 raise TypeError("a pattern must be a string or a list of strings")
-            return re.compile(re.sub(r"\{(\w+)\}", lambda m: lexicon[m.group(1)], text))
+            return compile_pattern(re.sub(r"\{(\w+)\}", lambda m: lexicon[m.group(1)], text))
 
         categories = []
         for c in body["categories"]:
@@ -272,6 +279,130 @@ _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "`": "'", 
                          "\u201c": '"', "\u201d": '"', "\u00ab": '"', "\u00bb": '"'})
 #: Sentences and clauses: advice in one ("I stopped. You should too.") is judged on its own.
 _CLAUSE = re.compile(r"(?<=[.!?;:\n])\s+|\n+|(?<=\?)|\s+(?:but|though|although|however|and then)\s+|\s-\s|\s--\s|\u2014")
+
+
+# -- compiled patterns, kept between runs -------------------------------------------------
+
+
+class CompiledPatterns:
+    """Python's compiled form of each pattern, kept in the user's cache directory, so that a
+    command does not parse some 240 kB of patterns every time (about 160 ms; loading them
+    takes a few).
+
+    CPython compiles a pattern in two steps, parsing it into its own bytecode and building the
+    pattern object from that bytecode (``_sre.compile``, which checks the bytecode before it
+    accepts it); this keeps the bytecode (32-bit words, base64) by the SHA-256 of the
+    pattern's text. The file is
+    ``$XDG_CACHE_HOME/rxfed/moderation-*.json`` (default ``~/.cache/rxfed``), one per
+    interpreter version, mode 0600, read only if it is this user's and nobody else may write
+    it (the trust the plugin index asks for). The rules are verified before anything is
+    compiled; a cache that cannot be read or written, an interpreter without these internals,
+    or an entry whose checksum does not match falls back to ``re.compile``. Like the plugin
+    index (which names the modules to import), the file is as trusted as the user's other
+    files: ``_sre`` does not defend against bytecode crafted to misbehave.
+    """
+
+    def __init__(self, path: str | None, entries: dict):
+        self.path = path
+        self.entries = entries
+        self.changed = False
+
+    @classmethod
+    def load(cls) -> CompiledPatterns:
+        path = _cache_path()
+        return cls(path, _read_private_json(path) if path else {})
+
+    def compile(self, text: str) -> re.Pattern:
+        key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        entry = self.entries.get(key)
+        if entry is not None and _entry_digest(key, entry[:-1]) == entry[-1]:
+            try:
+                flags, code, groups, groupindex, indexgroup = entry[:-1]
+                words = array.array("I")
+                words.frombytes(base64.b64decode(code))
+                return _sre.compile(text, flags, words.tolist(), groups, groupindex, tuple(indexgroup))
+            except Exception:  # noqa: BLE001 (any refusal: compile it the ordinary way)
+                pass
+        compiled = re.compile(text)
+        bytecode = _bytecode(text)
+        if bytecode is not None:
+            self.entries[key] = [*bytecode, _entry_digest(key, bytecode)]
+            self.changed = True
+        return compiled
+
+    def __enter__(self) -> CompiledPatterns:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.changed and self.path and exc[0] is None:
+            _write_private_json(self.path, self.entries)
+
+
+def _cache_path() -> str | None:
+    compiler = getattr(re, "_compiler", None)
+    if compiler is None or sys.implementation.name != "cpython":
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(sys.version.encode()).hexdigest()[:16]
+    return os.path.join(base, "rxfed", f"moderation-{digest}.json")
+
+
+def _entry_digest(key: str, entry: list) -> str:
+    """A checksum over one entry, so a damaged file (a partial write, a bad disk) is never
+    handed to ``_sre``; it is no defence against someone who may write the user's files, who
+    could as well change the plugin itself."""
+    return hashlib.sha256(json.dumps([key, entry], sort_keys=True).encode()).hexdigest()
+
+
+def _bytecode(text: str) -> list | None:
+    """What ``re._compiler.compile`` hands ``_sre.compile`` for ``text``, or None."""
+    try:
+        compiler, parser = re._compiler, re._parser  # type: ignore[attr-defined]
+        parsed = parser.parse(text, 0)
+        code = compiler._code(parsed, 0)
+        groupindex = dict(parsed.state.groupdict)
+        indexgroup = [None] * parsed.state.groups
+        for name, index in groupindex.items():
+            indexgroup[index] = name
+        if array.array("I").itemsize != 4:  # _sre's code words are 32 bits
+            return None
+        packed = base64.b64encode(array.array("I", code).tobytes()).decode("ascii")
+        return [parsed.state.flags, packed, parsed.state.groups - 1, groupindex, indexgroup]
+    except Exception:  # noqa: BLE001 (internals changed: no cache)
+        return None
+
+
+def _read_private_json(path: str) -> dict:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+            return {}
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            doc = json.loads(f.read(8 << 20))
+    except (OSError, ValueError):
+        return {}
+    finally:
+        os.close(fd)
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_private_json(path: str, doc: dict) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
 
 
 # -- the plugin ----------------------------------------------------------------------------
