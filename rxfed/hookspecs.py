@@ -142,19 +142,25 @@ def rxfed_derive_signals(kind, records, today, snomed_map):
 
 
 @hookspec
-def rxfed_presend_check(text):
+def rxfed_presend_check(text, country):
     """Check a message the patient is about to send, on the device.
 
     :param text: the plaintext message.
+    :param country: the patient's ISO 3166 country code (e.g. ``"GB"``), or None when not
+        known: for resources local to them, such as a crisis line. Like every hook argument,
+        an implementation may leave it out of its signature.
     :return: a list of :class:`rxfed.plugins.PresendWarning` (possibly empty). Warnings are
-        shown to the patient; they never block sending and never leave the device.
+        shown to the patient and never leave the device; one with ``confirm`` true lets the
+        author edit the message or send it anyway, one with ``confirm`` false (crisis
+        support) is shown at once and never stands between the patient and sending. A
+        plugin that could not check the message returns a warning with code ``unchecked``.
 
     Example::
 
         @hookimpl
         def rxfed_presend_check(text):
-            if "stop taking" in text.lower():
-                return [PresendWarning("medication_advice", "Talk to your clinician first.")]
+            if "stop taking your" in text.lower():
+                return [PresendWarning("medication_change", "Talk to your clinician first.")]
             return []
     """
 

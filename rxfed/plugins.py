@@ -102,11 +102,21 @@ class PluginManifest:
 
 @attrs.frozen
 class PresendWarning:
-    """A warning a client hook raises about a message before it is sent."""
+    """A warning a client hook raises about a message before it is sent.
+
+    ``code``: what was found (a category such as ``medication_change``, or ``unchecked`` when
+    the plugin could not check); ``resources``: lines to show with it (a crisis line);
+    ``confirm``: the author confirms before the message is sent (False: shown, never asked).
+    """
 
     code: str
     message: str
     resources: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    confirm: bool = True
+
+    def to_json(self) -> dict:
+        return {"code": self.code, "message": self.message, "resources": list(self.resources),
+                "confirm": self.confirm}
 
 
 @attrs.frozen
@@ -733,8 +743,9 @@ class RxfedPlugins:
         return [body for _, bodies in self._results("rxfed_derive_signals", check, kind=kind, records=records,
                                                     today=today, snomed_map=extra) for body in bodies]
 
-    def presend_check(self, text: str) -> list[PresendWarning]:
-        return [w for _, warnings in self._results("rxfed_presend_check", _list_of(PresendWarning), text=text)
+    def presend_check(self, text: str, country: str | None = None) -> list[PresendWarning]:
+        return [w for _, warnings in self._results("rxfed_presend_check", _list_of(PresendWarning), text=text,
+                                                   country=country)
                 for w in warnings]
 
     # -- node hooks ------------------------------------------------------------------------

@@ -62,13 +62,14 @@ def rewrite(path, text):
 def test_the_index_learns_each_plugins_hooks_and_later_loads_only_those_a_hook_needs(fake_site):
     plugins = RxfedPlugins(hooks=["rxfed_presend_check"])  # first run: every plugin imported once
     try:
-        assert plugins.names() == []  # none implements the hook; none stays registered
+        assert plugins.names() == ["moderation"]  # the only one implementing the hook stays registered
     finally:
         plugins.close()
     index = PluginIndex.load("rxfed")
     assert index.entries["fakeplug"]["hooks"] == ["rxfed_plugin_manifest"]
     assert index.entries["signals"]["hooks"] == ["rxfed_derive_signals", "rxfed_signal_kinds"]
-    assert not any_implementing(["rxfed_presend_check"])
+    assert index.entries["moderation"]["hooks"] == ["rxfed_plugin_manifest", "rxfed_presend_check"]
+    assert not any_implementing(["rxfed_presend_check"], blocked=["moderation"])
     sys.modules.pop("fakeplug_mod")
     RxfedPlugins(hooks=["rxfed_presend_check"]).close()
     assert "fakeplug_mod" not in sys.modules  # known not to implement it: not imported again
@@ -77,13 +78,13 @@ def test_the_index_learns_each_plugins_hooks_and_later_loads_only_those_a_hook_n
 
 def test_a_plugin_whose_code_changed_is_imported_again(fake_site):
     RxfedPlugins(hooks=["rxfed_presend_check"]).close()
-    assert not any_implementing(["rxfed_presend_check"])
+    assert not any_implementing(["rxfed_presend_check"], blocked=["moderation"])
     rewrite(fake_site / "fakeplug_mod.py", WARNS)  # an editable install: the source changed
     sys.modules.pop("fakeplug_mod", None)
-    assert any_implementing(["rxfed_presend_check"])
+    assert any_implementing(["rxfed_presend_check"], blocked=["moderation"])
     plugins = RxfedPlugins(hooks=["rxfed_presend_check"])
     try:
-        assert plugins.names() == ["fakeplug"]
+        assert plugins.names() == ["fakeplug", "moderation"]
         assert [w.message for w in plugins.presend_check("hello")] == ["checked: hello"]
     finally:
         plugins.close()
@@ -99,10 +100,10 @@ def test_installing_or_removing_a_distribution_is_seen(fake_site, tmp_path):
     (other / "entry_points.txt").write_text("[rxfed]\notherplug = otherplug_mod\n")
     (fake_site / "otherplug_mod.py").write_text(WARNS.replace("fakeplug", "otherplug"))
     try:
-        assert any_implementing(["rxfed_presend_check"])  # new, so its hooks are not known
+        assert any_implementing(["rxfed_presend_check"], blocked=["moderation"])  # new: its hooks are not known
         plugins = RxfedPlugins(hooks=["rxfed_presend_check"])
         try:
-            assert plugins.names() == ["otherplug"]
+            assert plugins.names() == ["moderation", "otherplug"]
         finally:
             plugins.close()
         for item in other.iterdir():
@@ -149,23 +150,24 @@ def test_an_unwritable_index_is_not_an_error(fake_site, monkeypatch, tmp_path):
         plugins.close()
 
 
-def test_community_post_loads_no_plugin_when_none_checks_messages(tmp_path):
+def test_community_post_loads_only_the_plugins_that_check_messages(tmp_path):
     """The `rxfed community post` pre-send check, as a new process runs it: once the index
-    knows the installed plugins, none is imported (nor importlib.metadata, nor the manager)."""
+    knows the installed plugins, only those implementing the check are imported (the
+    built-in moderation plugin), and importlib.metadata is not."""
     env = {**os.environ, "RXFED_PLUGIN_INDEX": str(tmp_path / "plugins.json")}
     probe = textwrap.dedent("""
         import sys
         from rxfed.cli.community import _presend_warnings
         assert _presend_warnings("hello") == []
-        loaded = [m for m in ("rxfed.plugins", "importlib.metadata", "rxfed_plugins.signals", "pluggy")
-                  if m in sys.modules]
+        loaded = [m for m in ("importlib.metadata", "rxfed_plugins.signals", "rxfed_plugins.outcomes",
+                              "rxfed_plugins.sqlite_store", "rxfed_plugins.moderation") if m in sys.modules]
         print(loaded)
     """)
     first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert first.returncode == 0, first.stderr
     then = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert then.returncode == 0, then.stderr
-    assert then.stdout.strip() == "[]"
+    assert then.stdout.strip() == "['rxfed_plugins.moderation']"
 
 
 def test_the_index_is_kept_across_working_directories(fake_site, monkeypatch, tmp_path):

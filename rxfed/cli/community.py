@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from rxfed.cli import HELP, Output, json_flag, node_url, note, run_async
+from rxfed.cli import EXIT_REFUSED, HELP, Output, fail, json_flag, node_url, note, run_async
+from rxfed.cli.moderation import country_option
 from rxfed.cli.profile import profile_option, with_client
 
 
@@ -45,6 +46,10 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     profile_option(post)
     post.add_argument("address", metavar="ADDRESS")
     post.add_argument("text", metavar="TEXT")
+    post.add_argument("--send-anyway", action="store_true",
+                      help="send even if a pre-send check warns (without a terminal, a warned message is "
+                           "otherwise not sent)")
+    country_option(post)
     json_flag(post)
     post.set_defaults(func=cmd_post)
 
@@ -115,28 +120,45 @@ def cmd_rekey(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-def _presend_warnings(text: str) -> list:
-    """Client hooks check the text here, on the device; warnings are shown, never sent, and
-    never stop the post (the patient decides). Only plugins that implement the check are
-    loaded, and none at all when no installed plugin does (rxfed.plugin_index)."""
-    from rxfed.plugin_index import any_implementing
+def _presend_warnings(text: str, country: str | None = None) -> list:
+    """Client hooks check the text here, on the device, before anything is sent; warnings are
+    shown and never leave the device. Only plugins that implement the check are loaded, and
+    none at all when no installed plugin does (rxfed.plugin_index)."""
+    from rxfed.cli.moderation import PresendCheck
 
-    if not any_implementing(["rxfed_presend_check"]):
-        return []
-    from rxfed.plugins import RxfedPlugins
+    check = PresendCheck()
+    try:
+        return check(text, country)
+    finally:
+        check.close()
 
-    return RxfedPlugins(hooks=["rxfed_presend_check"]).presend_check(text)
+
+def _confirmed() -> bool:
+    """Whether the author sends a message the checks warned about: asked on the terminal
+    (on stderr, so stdout stays the result), never without one: --send-anyway says so instead."""
+    import sys
+
+    if not sys.stdin.isatty():
+        return False
+    note("Send it anyway? [y/N] ")
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def cmd_post(args: argparse.Namespace) -> None:
-    warnings = _presend_warnings(args.text)
-    for w in warnings:
-        note(f"warning: {w.message}" + "".join(f"\n  {r}" for r in w.resources))
+    from rxfed.cli.moderation import chosen_country
+
+    warnings = _presend_warnings(args.text, chosen_country(args))
+    # Crisis support first, at once, and it never stands between the patient and sending.
+    for w in sorted(warnings, key=lambda w: w.confirm):
+        note(f"{'warning' if w.confirm else 'note'}: {w.message}" + "".join(f"\n  {r}" for r in w.resources))
+    asking = [w for w in warnings if w.confirm]
+    if asking and not args.send_anyway and not _confirmed():
+        fail(f"not sent: the pre-send check warns about this message ({', '.join(w.code for w in asking)}); "
+             "edit it, or send it as it is with --send-anyway", EXIT_REFUSED)
     result = with_client(args, lambda c: _communities(c).post(args.address, args.text))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False),
                               "seq": result.get("seq"), "id": result["id"],
-                              "warnings": [{"code": w.code, "message": w.message, "resources": list(w.resources)}
-                                           for w in warnings]},
+                              "warnings": [w.to_json() for w in warnings]},
                              ["posted (end to end encrypted)" + (", queued for the host" if result.get("queued")
                                                                   else ""), result["id"]])
 

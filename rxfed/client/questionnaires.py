@@ -16,6 +16,7 @@ import re
 import attrs
 
 from rxfed.errors import BadRequest
+from rxfed.vocabulary.crisis import crisis_lines, crisis_resources  # noqa: F401 (re-exported)
 
 ATTRIBUTION = (
     "PHQ-9 and GAD-7: developed by Drs. Robert L. Spitzer, Janet B.W. Williams, Kurt Kroenke and "
@@ -163,30 +164,5 @@ def parse_answers(text: str) -> list[int]:
     return [int(field) for field in fields]
 
 
-#: Who to call, by ISO 3166 country code.
-CRISIS_LINES = {
-    "US": "988 (Suicide & Crisis Lifeline, call or text)",
-    "GB": "Samaritans 116 123",
-    "IE": "Samaritans 116 123",
-    "CA": "9-8-8 (call or text)",
-    "AU": "Lifeline 13 11 14",
-    "NZ": "1737 (call or text)",
-    "DE": "TelefonSeelsorge 0800 111 0 111",
-    "FR": "3114",
-    "NL": "113 or 0800-0113",
-}
-#: "UK" is not the ISO code, but it is what people type.
-_COUNTRY_ALIASES = {"UK": "GB"}
-_FALLBACK_LINE = ("your local emergency number (112 in the EU, 911 in North America), "
-                  "or a helpline near you from findahelpline.com")
-
-
-def crisis_resources(country: str | None) -> str:
-    """A short, kind message with the crisis line for ``country`` (ISO code, any case)."""
-    code = country.strip().upper() if isinstance(country, str) else ""
-    line = CRISIS_LINES.get(_COUNTRY_ALIASES.get(code, code))
-    message = ("You deserve support right now, and you do not have to carry this alone. "
-               f"Please reach out now: {line or _FALLBACK_LINE}.")
-    if line:
-        message += " If you are in immediate danger, call your local emergency number."
-    return message
+#: Who to call, by ISO 3166 country code (rxfed/vocabulary/data/crisis_lines.json).
+CRISIS_LINES = crisis_lines()
