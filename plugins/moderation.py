@@ -19,12 +19,10 @@ warning saying why, and flags nothing. No model, no network.
 from __future__ import annotations
 
 import _sre
-import array
-import base64
 import functools
 import hashlib
 import importlib.resources
-import json
+import marshal
 import os
 import re
 import sys
@@ -291,13 +289,13 @@ class CompiledPatterns:
 
     CPython compiles a pattern in two steps, parsing it into its own bytecode and building the
     pattern object from that bytecode (``_sre.compile``, which checks the bytecode before it
-    accepts it); this keeps the bytecode (32-bit words, base64) by the SHA-256 of the
+    accepts it); this keeps the bytecode by the SHA-256 of the
     pattern's text. The file is
-    ``$XDG_CACHE_HOME/rxfed/moderation-*.json`` (default ``~/.cache/rxfed``), one per
+    ``$XDG_CACHE_HOME/rxfed/moderation-*.bin`` (default ``~/.cache/rxfed``), one per
     interpreter version, mode 0600, read only if it is this user's and nobody else may write
     it (the trust the plugin index asks for). The rules are verified before anything is
     compiled; a cache that cannot be read or written, an interpreter without these internals,
-    or an entry whose checksum does not match falls back to ``re.compile``. Like the plugin
+    or a file whose checksum does not match falls back to ``re.compile``. Like the plugin
     index (which names the modules to import), the file is as trusted as the user's other
     files: ``_sre`` does not defend against bytecode crafted to misbehave.
     """
@@ -310,23 +308,21 @@ class CompiledPatterns:
     @classmethod
     def load(cls) -> CompiledPatterns:
         path = _cache_path()
-        return cls(path, _read_private_json(path) if path else {})
+        return cls(path, _read_cache(path) if path else {})
 
     def compile(self, text: str) -> re.Pattern:
-        key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        key = hashlib.sha256(text.encode("utf-8")).digest()
         entry = self.entries.get(key)
-        if entry is not None and _entry_digest(key, entry[:-1]) == entry[-1]:
+        if entry is not None:
             try:
-                flags, code, groups, groupindex, indexgroup = entry[:-1]
-                words = array.array("I")
-                words.frombytes(base64.b64decode(code))
-                return _sre.compile(text, flags, words.tolist(), groups, groupindex, tuple(indexgroup))
+                flags, code, groups, groupindex, indexgroup = entry
+                return _sre.compile(text, flags, code, groups, groupindex, indexgroup)
             except Exception:  # noqa: BLE001 (any refusal: compile it the ordinary way)
                 pass
         compiled = re.compile(text)
         bytecode = _bytecode(text)
         if bytecode is not None:
-            self.entries[key] = [*bytecode, _entry_digest(key, bytecode)]
+            self.entries[key] = bytecode
             self.changed = True
         return compiled
 
@@ -335,7 +331,7 @@ class CompiledPatterns:
 
     def __exit__(self, *exc) -> None:
         if self.changed and self.path and exc[0] is None:
-            _write_private_json(self.path, self.entries)
+            _write_cache(self.path, self.entries)
 
 
 def _cache_path() -> str | None:
@@ -344,17 +340,10 @@ def _cache_path() -> str | None:
         return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(sys.version.encode()).hexdigest()[:16]
-    return os.path.join(base, "rxfed", f"moderation-{digest}.json")
+    return os.path.join(base, "rxfed", f"moderation-{digest}.bin")
 
 
-def _entry_digest(key: str, entry: list) -> str:
-    """A checksum over one entry, so a damaged file (a partial write, a bad disk) is never
-    handed to ``_sre``; it is no defence against someone who may write the user's files, who
-    could as well change the plugin itself."""
-    return hashlib.sha256(json.dumps([key, entry], sort_keys=True).encode()).hexdigest()
-
-
-def _bytecode(text: str) -> list | None:
+def _bytecode(text: str) -> tuple | None:
     """What ``re._compiler.compile`` hands ``_sre.compile`` for ``text``, or None."""
     try:
         compiler, parser = re._compiler, re._parser  # type: ignore[attr-defined]
@@ -364,15 +353,20 @@ def _bytecode(text: str) -> list | None:
         indexgroup = [None] * parsed.state.groups
         for name, index in groupindex.items():
             indexgroup[index] = name
-        if array.array("I").itemsize != 4:  # _sre's code words are 32 bits
-            return None
-        packed = base64.b64encode(array.array("I", code).tobytes()).decode("ascii")
-        return [parsed.state.flags, packed, parsed.state.groups - 1, groupindex, indexgroup]
+        return (int(parsed.state.flags), [int(word) for word in code], parsed.state.groups - 1, groupindex, tuple(indexgroup))
     except Exception:  # noqa: BLE001 (internals changed: no cache)
         return None
 
 
-def _read_private_json(path: str) -> dict:
+#: The cache file: this header, the SHA-256 of the rest, then the entries in ``marshal``'s
+#: format (plain lists, tuples, dicts, ints and strings: loading it runs nothing). One
+#: checksum over the whole file, so a damaged file (a partial write, a bad disk) is never
+#: handed to ``_sre``; it is no defence against someone who may write the user's files, who
+#: could as well change the plugin itself.
+_CACHE_MAGIC = b"rxfed-moderation-patterns-1\n"
+
+
+def _read_cache(path: str) -> dict:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
@@ -382,21 +376,29 @@ def _read_private_json(path: str) -> dict:
         if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
             return {}
         with os.fdopen(fd, "rb", closefd=False) as f:
-            doc = json.loads(f.read(8 << 20))
-    except (OSError, ValueError):
+            data = f.read(16 << 20)
+    except OSError:
         return {}
     finally:
         os.close(fd)
-    return doc if isinstance(doc, dict) else {}
+    head = len(_CACHE_MAGIC)
+    if not data.startswith(_CACHE_MAGIC) or hashlib.sha256(data[head + 32:]).digest() != data[head:head + 32]:
+        return {}
+    try:
+        entries = marshal.loads(data[head + 32:])
+    except (EOFError, ValueError, TypeError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
-def _write_private_json(path: str, doc: dict) -> None:
+def _write_cache(path: str, entries: dict) -> None:
+    body = marshal.dumps(entries)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_CACHE_MAGIC + hashlib.sha256(body).digest() + body)
         os.replace(temporary, path)
     except OSError:
         try:

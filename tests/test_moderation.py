@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pty
@@ -339,7 +338,7 @@ def test_patterns_rebuilt_from_the_cache_flag_what_freshly_compiled_ones_do(tmp_
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = moderation.shipped_rules_bytes()
     fresh = ModerationRules.from_bytes(data, moderation.PUBLISHERS)  # compiles and writes the cache
-    [cache] = (tmp_path / "cache" / "rxfed").glob("moderation-*.json")
+    [cache] = (tmp_path / "cache" / "rxfed").glob("moderation-*.bin")
     assert cache.stat().st_mode & 0o777 == 0o600
     rebuilt = ModerationRules.from_bytes(data, moderation.PUBLISHERS)
     assert moderation.CompiledPatterns.load().entries  # read back, not compiled again
@@ -351,11 +350,11 @@ def test_a_cache_others_could_write_or_that_is_damaged_is_not_used(tmp_path, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = moderation.shipped_rules_bytes()
     fresh = ModerationRules.from_bytes(data, moderation.PUBLISHERS)
-    [cache] = (tmp_path / "cache" / "rxfed").glob("moderation-*.json")
-    doc = json.loads(cache.read_text())
-    for entry in doc.values():
-        entry[1] = base64.b64encode(b"\x01\x00\x00\x00" * 4).decode()  # damaged: the checksum no longer matches
-    cache.write_text(json.dumps(doc))
+    [cache] = (tmp_path / "cache" / "rxfed").glob("moderation-*.bin")
+    doc = moderation.CompiledPatterns.load().entries
+    damaged = bytearray(cache.read_bytes())
+    damaged[-5] ^= 0x01  # damaged: the checksum no longer matches
+    cache.write_bytes(bytes(damaged))
     calls = []
     real = re.compile
     monkeypatch.setattr(moderation.re, "compile", lambda *a: calls.append(1) or real(*a))
