@@ -51,7 +51,12 @@ def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port:
     os.chmod(data_dir, 0o700)
     key = create_node_keys(data_dir)
     config.save()
-    asyncio.run(_with_store(config, lambda store: store.set_meta("created", str(int(time.time())))))
+    try:
+        asyncio.run(_with_store(config, lambda store: store.set_meta("created", str(int(time.time())))))
+    except BaseException:  # no store (a database server unreachable, say): no half-made node either
+        for name in ("rxfed.toml", "node-keys.json"):
+            (data_dir / name).unlink(missing_ok=True)
+        raise
     return config, fingerprint(key.key.public)
 
 
@@ -62,7 +67,10 @@ def _url_host(host: str) -> str:
 async def _with_store(config: NodeConfig, action):
     options = dict(config.storage)
     backend = RxfedPlugins(disabled=config.disabled_plugins).storage_backend(options.pop("backend", "sqlite"))
-    store = backend.open(config.data_dir, options)
+    try:
+        store = backend.open(config.data_dir, options)
+    except ValueError as exc:  # the backend's own options ([storage] dsn, say)
+        raise ConfigFileError([f"{config.data_dir / 'rxfed.toml'}: {exc}"]) from None
     from rxfed.store import SchemaOutdated
 
     try:

@@ -288,11 +288,19 @@ def migrate_node(data_dir: str | Path, *, backup: str | Path | None = None, now:
     if current == latest or current == 0:
         return {"from": current, "to": latest, "migrated": False, "backup": None}
     refuse_if_serving(config, "migrating its database")
-    if backup is None:
-        folder = config.data_dir / BACKUPS
-        folder.mkdir(mode=0o700, exist_ok=True)
-        backup = folder / f"pre-migrate-{current}-to-{latest}-{_stamp(now)}.rxfed-backup"
-    taken = backup_node(config.data_dir, backup, now=now)
+    if getattr(store, "path", None) is None:
+        # A database server (PostgreSQL) has its own backups (pg_dump, base backups); rxfed
+        # migrates it in one transaction, which either applies whole or leaves it as it was.
+        if backup is not None:
+            raise ConfigFileError([f"--backup: the {config.storage.get('backend')} backend is backed up with its "
+                                   "database's own tools (pg_dump); migrate without --backup"])
+        taken = {"backup": None}
+    else:
+        if backup is None:
+            folder = config.data_dir / BACKUPS
+            folder.mkdir(mode=0o700, exist_ok=True)
+            backup = folder / f"pre-migrate-{current}-to-{latest}-{_stamp(now)}.rxfed-backup"
+        taken = backup_node(config.data_dir, backup, now=now)
     store.migrate = True
 
     async def upgrade():
