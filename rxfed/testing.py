@@ -276,6 +276,8 @@ if pytest is not None:
         if request.param == "sqlite":
             yield "sqlite"
             return
+        if request.node.get_closest_marker("sqlite_only"):
+            pytest.skip("looks into the SQLite database file itself")
         databases = request.getfixturevalue("rxfed_pg_databases")
         _DATABASES = databases
         try:
