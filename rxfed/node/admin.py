@@ -25,6 +25,7 @@ from rxfed.node.logs import AccessLog, NodeLogs, flush_access_log, setup_logging
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.delivery import PeerDelivery
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
+from rxfed.store import safe_dsn
 
 log = logging.getLogger("rxfed.node")
 
@@ -280,7 +281,8 @@ async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: i
         backend = storage.pop("backend", "sqlite")
         log.info("rxfed %s node %s started (pid %d): listening on %s; storage %s (%s); open-file limit %s%s, at "
                  "most %d connections, idle ones closed after %gs", rxfed.__version__, config.node_id, os.getpid(),
-                 listening, backend, ", ".join(f"{k} {v}" for k, v in storage.items()) or "defaults",
+                 listening, backend, ", ".join(f"{k} {safe_dsn(v) if k == 'dsn' else v}" for k, v in storage.items())
+                 or "defaults",
                  "unlimited" if unlimited else files,
                  f" (raised from {before})" if files != before else "", limit, config.limits.keepalive_timeout)
         if limit < config.limits.max_connections:

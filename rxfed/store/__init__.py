@@ -216,6 +216,20 @@ class SchemaOutdated(RuntimeError):
         self.latest = latest
 
 
+def safe_dsn(dsn: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "(an unreadable database URL)"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Backend(abc.ABC):
     """Where a store's rows live: transactions over a row-level connection
     (:class:`rxfed.store.sql.SQLConnection`). The operations on top are written once, in

@@ -516,6 +516,20 @@ class StoreContract(CommunityContract, OperatorContract):
         assert await store.inbox_reply("a.example", "txn-0") is None
         assert await store.inbox_reply("a.example", "txn-1") == Inbound(b"[]", ())
 
+    async def test_an_inbound_transaction_is_applied_once_and_its_reply_kept(self, store):
+        row = CommunityContract.row("host.example")
+        first = await store.apply_inbound("a.example", "txn-3", 3, results=b'[{"ok":true}]',
+                                          communities=[(row, [CommunityEvent(1, b"e", b"s")])],
+                                          outbox=[("c.example", b"onward")], nonce=nonce(), now=1)
+        assert first == Inbound(b'[{"ok":true}]', (1, 2))  # numbers 1 and 2 were not seen
+        again = await store.apply_inbound("a.example", "txn-3", 3, results=b"[]", communities=[],
+                                          outbox=[("c.example", b"twice")], nonce=nonce(), now=2)
+        assert again == first and await store.inbox_reply("a.example", "txn-3") == first
+        assert [s.pending for s in await store.outbox_summary()] == [1]  # queued once
+        later = await store.apply_inbound("a.example", "txn-1", 1, results=b"[]", communities=[], outbox=[],
+                                          nonce=nonce(), now=3)
+        assert later.missing == (2,)
+
     async def test_reschedule_every_transaction_of_a_destination(self, store):
         await store.enqueue([("b", b"1"), ("b", b"2"), ("c", b"3")], now=1000)
         first = await store.next_transaction("b", max_events=1, now=1000, dead_after=86400)

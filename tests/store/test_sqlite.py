@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import stat
@@ -417,3 +418,29 @@ async def test_backup_while_writing_is_a_consistent_private_copy(tmp_path):
     conn.close()
     with pytest.raises(FileExistsError):  # never overwrites
         backend.backup_database(tmp_path / "rxfed.db", copy)
+
+
+async def test_migration_11_keeps_the_inbox_replies_as_results_and_missing_numbers(tmp_path, monkeypatch):
+    from rxfed.store import Inbound
+
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS[:10])  # a database from before migration 11
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "rxfed.db")
+    with conn:  # a reply as the node of schema 10 stored it
+        conn.execute("INSERT INTO inbox VALUES ('a.example', 'txn-1', 4, ?, 1000)",
+                     (b'{"missing":[2,3],"results":[{"ok":true},{"error":"x","ok":false}]}',))
+    conn.close()
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS)
+    s = SQLiteStore(tmp_path / "rxfed.db", migrate=True)
+    await s.open()
+    try:
+        kept = await s.inbox_reply("a.example", "txn-1")
+        assert kept.missing == (2, 3)
+        assert json.loads(kept.results) == [{"ok": True}, {"error": "x", "ok": False}]
+        from rxfed.node.federation import inbound_reply
+        assert inbound_reply(kept) == b'{"missing":[2,3],"results":[{"ok":true},{"error":"x","ok":false}]}'
+        assert isinstance(kept, Inbound)
+    finally:
+        await s.close()

@@ -17,12 +17,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from rxfed.errors import Conflict, RxfedError, Unavailable
-from rxfed.store import Backend, SchemaOutdated, SchemaTooNew
+from rxfed.store import Backend, SchemaOutdated, SchemaTooNew, safe_dsn
 from rxfed.store.postgresql import schema
 from rxfed.store.postgresql.connection import PostgreSQLConnection
 
@@ -35,19 +34,6 @@ _RETRY = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 class StoreUnreachable(OSError):
     """The database server cannot be reached, or refuses this rxfed's login."""
-
-
-def safe_dsn(dsn: str) -> str:
-    """``dsn`` without its password, for messages and logs."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "(an unreadable DSN)"
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PostgreSQLBackend(Backend):
