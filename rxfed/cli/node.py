@@ -85,6 +85,11 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     json_flag(restore)
     restore.set_defaults(func=cmd_restore)
 
+    move = nsub.add_parser("migrate-db", help="move a stopped SQLite node's data into an empty PostgreSQL database")
+    move.add_argument("data_dir", metavar="DATA_DIR")
+    move.add_argument("--to", required=True, metavar="DSN", help="postgresql://USER@HOST/DB, an empty database")
+    json_flag(move)
+    move.set_defaults(func=cmd_migrate_db)
     migrate = nsub.add_parser("migrate", help="back up DATA_DIR, then upgrade its database to this rxfed's schema")
     migrate.add_argument("data_dir", metavar="DATA_DIR")
     migrate.add_argument("--backup", metavar="OUT", help="where the backup goes (default DATA_DIR/backups/...)")
@@ -279,6 +284,15 @@ def cmd_migrate(args: argparse.Namespace) -> None:
                                       "in one transaction (back the database up with its own tools)")]
                              if doc["migrated"] else
                                   [f"database schema {doc['to']} is this rxfed's: nothing to migrate"])
+
+
+def cmd_migrate_db(args: argparse.Namespace) -> None:
+    from rxfed.node.backup import migrate_db_node
+
+    doc = migrate_db_node(args.data_dir, to=args.to)
+    rows = sum(doc["rows"].values())
+    Output(args.json).result(doc, [f"{rows} rows moved to {doc['to']} and checked: every read answers alike; "
+                                   f"{doc['data_dir']} now uses PostgreSQL (the SQLite file {doc['sqlite']} is kept)"])
 
 
 def _utc(t: int) -> str:

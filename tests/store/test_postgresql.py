@@ -212,3 +212,38 @@ async def test_dump_and_files_hold_no_plaintext(rxfed_pg_databases, tmp_path):
         seen = seen or stored[0].blob[:32] in data
         assert [f for f in forms if f in data] == [], path
     assert seen  # the scan sees stored ciphertext in the files too
+
+
+async def test_migrate_db_moves_a_sqlite_node_and_it_serves_on(rxfed_pg_databases, tmp_path, capsys):
+    from conftest import PASSPHRASE
+    from rxfed.client import PatientClient
+    from rxfed.testing import NodeHarness
+
+    node = await NodeHarness(tmp_path / "node").start()
+    patient, _code = await PatientClient.register(node.url, tmp_path / "p", PASSPHRASE, kdf="min")
+    await patient.add_journal(feeling=3, note="before the move")
+    await node.app_store().set_peer_policy("b.example", "allowed", url="https://b.example")
+    await node.app_store().enqueue([("b.example", b'{"kind":"x"}')], now=1000)
+    await patient.close()
+    await node.stop()
+    empty = await rxfed_pg_databases.create_empty()
+    code, out, err = await asyncio.to_thread(run, capsys, "node", "migrate-db", str(tmp_path / "node"), "--to", empty,
+                                             "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["verified"] and doc["rows"]["records"] >= 1 and doc["rows"]["outbox"] == 1
+    assert 'backend = "postgresql"' in (tmp_path / "node" / "rxfed.toml").read_text()
+    # a second move into the same (now full) database is refused, and changes nothing
+    code, out, err = await asyncio.to_thread(run, capsys, "node", "migrate-db", str(tmp_path / "node"), "--to", empty)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    moved = await NodeHarness(tmp_path / "node", port=node.port, storage={"backend": "postgresql", "dsn": empty}).start()
+    try:
+        again = PatientClient.open(tmp_path / "p", PASSPHRASE)
+        try:
+            assert "before the move" in json.dumps([r.to_json() for r in await again.records()])
+            await again.add_journal(feeling=4, note="after the move")
+        finally:
+            await again.close()
+        assert (await moved.app_store().peer("b.example")).policy == "allowed"
+    finally:
+        await moved.stop()
