@@ -1,13 +1,19 @@
 """The PostgreSQL backend: the shared operations in real transactions, through asyncpg.
 
-Each write is one ``SERIALIZABLE`` transaction: the operations read rows, check them and
-write, and PostgreSQL makes concurrent ones (several requests of this process, or several
-node workers sharing the database) behave as if they ran one after the other, as they do
-on SQLite. A transaction PostgreSQL aborts for that reason (a serialisation failure or a
-deadlock) runs again from the start; an operation is a function of its arguments and the
-database, so that is safe. ``synchronous_commit=on``: a write returns after its commit is
-flushed to the server's WAL. Reads run in a read-only ``REPEATABLE READ`` transaction, so a
-read of several rows sees one snapshot.
+Each write is one ``REPEATABLE READ`` transaction (snapshot isolation) in which the
+account's row is locked (``FOR UPDATE``) by the first read of any write about a patient.
+Every other operation writes the rows whose values it decided on (a peer's sequence
+numbers, a token's state, a member's status, a community's seq), so PostgreSQL's
+first-updater-wins makes two concurrent ones collide; unique keys (nonces, transaction and
+token ids, record ids, event numbers, an outbound transaction's sequence number) catch the
+rest. A transaction PostgreSQL aborts for a collision (serialisation failure, deadlock) runs
+again from the start: an operation is a function of its arguments and the database, so
+concurrent writers (requests of one process, or several node workers) end as if they ran
+one after the other, as they do on SQLite. ``SERIALIZABLE`` would give that without the
+reasoning, but its predicate locks on index pages made one write in four between
+*different* patients fail and run again. ``synchronous_commit=on``: a write returns after
+its commit is flushed to the server's WAL. Reads run in a read-only ``REPEATABLE READ``
+transaction, so a read of several rows sees one snapshot.
 """
 from __future__ import annotations
 
@@ -111,8 +117,8 @@ class PostgreSQLBackend(Backend):
         for attempt in range(ATTEMPTS):
             try:
                 async with self._pool_or_fail().acquire() as conn:
-                    async with conn.transaction(isolation="serializable"):
-                        return await op(PostgreSQLConnection(conn), *args)
+                    async with conn.transaction(isolation="repeatable_read"):
+                        return await op(PostgreSQLConnection(conn, write=True), *args)
             except _RETRY:
                 self.stats["retries"] += 1
                 await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 7)))

@@ -36,8 +36,20 @@ def _count(status: str) -> int:
 class PostgreSQLConnection(SQLConnection):
     unique_violation = asyncpg.UniqueViolationError
 
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: asyncpg.Connection, *, write: bool = False):
         self.conn = conn
+        self.write = write
+
+    async def account_state(self, patient: str, device: str | None):
+        """In a write, the account's row is locked until the commit: the writes of one
+        patient (their vault counter, device count, audit chain) run one after another."""
+        if not self.write:
+            return await super().account_state(patient, device)
+        from rxfed.store.sql import AccountState
+
+        row = await self._one("SELECT d.patient_id, d.revoked, p.epoch, p.counter, p.records, p.bytes FROM patients p "
+                              "LEFT JOIN devices d ON d.id=? WHERE p.id=? FOR UPDATE OF p", (device, patient))
+        return AccountState(*row) if row else None
 
     async def _one(self, sql: str, args: Sequence = ()) -> Sequence | None:
         return await self.conn.fetchrow(dollar(sql), *args)
