@@ -112,26 +112,19 @@ class TestDatabases:
 
     async def create(self) -> str:
         """The DSN of a new database at the newest schema."""
-        import secrets
-
-        template = await self._ensure_template()
-        name = f"rxfed_test_{secrets.token_hex(8)}"
-        conn = await self._admin()
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        finally:
-            await conn.close()
-        self.created.append(name)
-        return _with_database(self.dsn, name)
+        return await self._new(template=await self._ensure_template())
 
     async def create_empty(self) -> str:
         """The DSN of a new, empty database (no schema)."""
+        return await self._new()
+
+    async def _new(self, template: str | None = None) -> str:
         import secrets
 
         name = f"rxfed_test_{secrets.token_hex(8)}"
         conn = await self._admin()
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         finally:
             await conn.close()
         self.created.append(name)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from contract import commit, new_patient, nonce, register
-from rxfed.cli import main
+from contract import commit, nonce, register
+from test_node_config import run
 from rxfed.errors import Conflict
 from rxfed.store import SchemaOutdated, SchemaTooNew, StoredRecord
 from rxfed.store.operations import Store
@@ -24,15 +23,6 @@ from rxfed.store.operations import Store
 asyncpg = pytest.importorskip("asyncpg")
 from rxfed.store.postgresql import PostgreSQLBackend, safe_dsn  # noqa: E402
 from rxfed.store.postgresql import schema as pg_schema  # noqa: E402
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 async def fetchval(dsn: str, sql: str, *args):
@@ -247,3 +237,21 @@ async def test_migrate_db_moves_a_sqlite_node_and_it_serves_on(rxfed_pg_database
         assert (await moved.app_store().peer("b.example")).policy == "allowed"
     finally:
         await moved.stop()
+
+
+async def test_a_node_on_postgresql_serves_health_and_metrics(rxfed_pg_databases, tmp_path):
+    import aiohttp
+
+    from rxfed.testing import NodeHarness, free_port
+
+    node = NodeHarness(tmp_path / "node", storage={"backend": "postgresql", "dsn": await rxfed_pg_databases.create()},
+                       metrics_listen=f"127.0.0.1:{free_port()}")
+    await node.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{node.url}/health") as r:
+                assert r.status == 200 and (await r.json())["status"] == "ok"
+            async with http.get(node.metrics_url) as r:
+                assert r.status == 200 and "rxfed_node_info" in await r.text()
+    finally:
+        await node.stop()

@@ -133,8 +133,5 @@ class PostgreSQLBackend(Backend):
         self.stats["busy"] += 1
         raise Unavailable("the store is busy; try again")
 
-    def commit_status(self) -> dict:
-        return {"mode": "postgresql", **self.stats}
-
 
 __all__ = ["PostgreSQLBackend", "StoreUnreachable", "SchemaOutdated", "SchemaTooNew", "safe_dsn"]
