@@ -255,3 +255,17 @@ async def test_a_node_on_postgresql_serves_health_and_metrics(rxfed_pg_databases
                 assert r.status == 200 and "rxfed_node_info" in await r.text()
     finally:
         await node.stop()
+
+
+async def test_connections_lost_to_the_server_fail_one_write_cleanly_then_the_store_reconnects(store, dsn):
+    from rxfed.errors import Unavailable
+
+    p = await register(store, 1)
+    await fetchval(dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname=current_database() "
+                        "AND pid <> pg_backend_pid()")
+    try:
+        await commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")])
+    except Unavailable:  # the write on the lost connection: 503, nothing half-done
+        pass
+    counter = (await store.account(p.patient)).counter
+    assert await commit(store, p, counter + 1, [StoredRecord("b" * 32, 1, b"y")]) == counter + 1
