@@ -269,3 +269,32 @@ async def test_connections_lost_to_the_server_fail_one_write_cleanly_then_the_st
         pass
     counter = (await store.account(p.patient)).counter
     assert await commit(store, p, counter + 1, [StoredRecord("b" * 32, 1, b"y")]) == counter + 1
+
+
+async def test_audit_entries_appended_at_once_by_two_workers_chain_in_order(store, dsn):
+    """A recipient's reports of use (which take no lock on the account) and the patient's
+    own grants append to one audit chain at the same time: every entry lands, numbered in
+    sequence, none refused."""
+    from rxfed.consent.audit import chain
+    from rxfed.store import GrantRow, TokenRow
+
+    p = await register(store, 1)
+    grant = GrantRow("g" * 32, p.patient, "diagnosis.category", "research", "federation", 5000, 1000, b"grant")
+    token = TokenRow("t" * 32, grant.id, "b", b"token", b"voucher")
+    await store.add_grant(grant, [token], signer=p.device, audit=[{"event": "granted"}], nonce=nonce(), now=1000)
+    for i in range(8):
+        await store.mark_shared(token.token, patient=p.patient, signer=p.device, delivery=f"d{i}", seq=i + 1, outbox=[],
+                                audit=[], nonce=nonce(), now=1000)
+    other = Store(PostgreSQLBackend(dsn))
+    await other.open()
+    try:
+        used = [other.delivery_used(token.token, "b", f"d{i}", [{"event": "used", "n": i}], now=1100) for i in range(8)]
+        grants = [store.add_grant(GrantRow(f"{i:032x}", p.patient, "diagnosis.category", "research", "federation",
+                                           5000, 1000, b"grant"), [], signer=p.device, audit=[{"event": "granted"}],
+                                  nonce=nonce(), now=1100) for i in range(8)]
+        results = await asyncio.gather(*(x for pair in zip(used, grants) for x in pair))
+    finally:
+        await other.close()
+    assert results == [True, None] * 8
+    rows = await store.audit(p.patient)
+    assert [r.seq for r in rows] == list(range(1, 18)) and [r.hash for r in rows] == chain(r.entry for r in rows)

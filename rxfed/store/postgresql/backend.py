@@ -6,8 +6,8 @@ Every other operation writes the rows whose values it decided on (a peer's seque
 numbers, a token's state, a member's status, a community's seq), so PostgreSQL's
 first-updater-wins makes two concurrent ones collide; unique keys (nonces, transaction and
 token ids, record ids, event numbers, an outbound transaction's sequence number) catch the
-rest. A transaction PostgreSQL aborts for a collision (serialisation failure, deadlock) runs
-again from the start: an operation is a function of its arguments and the database, so
+rest. A transaction PostgreSQL aborts for a collision (serialisation failure, deadlock, a
+unique key another writer took since this one's snapshot) runs again from the start: an operation is a function of its arguments and the database, so
 concurrent writers (requests of one process, or several node workers) end as if they ran
 one after the other, as they do on SQLite. ``SERIALIZABLE`` would give that without the
 reasoning, but its predicate locks on index pages made one write in four between
@@ -122,11 +122,15 @@ class PostgreSQLBackend(Backend):
             except _RETRY:
                 self.stats["retries"] += 1
                 await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 7)))
+            except asyncpg.UniqueViolationError:
+                # Two writers made the same row at once from one snapshot (the next entry of
+                # an audit chain, say): run again, and the operation sees the other's row.
+                if attempt == ATTEMPTS - 1:
+                    raise Conflict("that already exists", code="already_exists") from None
+                self.stats["retries"] += 1
+                await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 7)))
             except RxfedError:
                 raise
-            except asyncpg.UniqueViolationError:
-                # Two writers made the same row at once (a key registered twice, say).
-                raise Conflict("that already exists", code="already_exists") from None
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.error("store write failed: %s: %s", type(exc).__name__, exc)
                 raise Unavailable("the store could not save this change; try again") from None
