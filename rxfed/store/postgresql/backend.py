@@ -36,6 +36,8 @@ log = logging.getLogger("rxfed.store")
 #: Times a write runs before the caller hears the store is busy.
 ATTEMPTS = 12
 _RETRY = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+#: The server or the connection failed: the caller gets 503 (the pool replaces the connection).
+_FAILED = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class StoreUnreachable(OSError):
@@ -109,7 +111,7 @@ class PostgreSQLBackend(Backend):
                     return await op(PostgreSQLConnection(conn), *args)
         except RxfedError:
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _FAILED as exc:
             log.error("store read failed: %s: %s", type(exc).__name__, exc)
             raise Unavailable("the store could not be read; try again") from None
 
@@ -131,7 +133,7 @@ class PostgreSQLBackend(Backend):
                 await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 7)))
             except RxfedError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _FAILED as exc:
                 log.error("store write failed: %s: %s", type(exc).__name__, exc)
                 raise Unavailable("the store could not save this change; try again") from None
         self.stats["busy"] += 1
