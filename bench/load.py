@@ -46,7 +46,7 @@ import aiohttp
 from nodeproc import check_target
 
 from rxfed import __version__ as RXFED_VERSION
-from rxfed.client.sdk import NodeRefused, PatientClient
+from rxfed.client import NodeRefused, PatientClient
 
 TICK = os.sysconf("SC_CLK_TCK")
 #: The load patients' key-file passphrase (long enough for the minimum; the KDF cost is "min").

@@ -1,7 +1,8 @@
 """Every rxfed hook specification, grouped by where it runs.
 
 * **Plugin metadata**: every plugin that handles signals declares a manifest.
-* **Infrastructure hooks** provide machinery chosen by configured name (a storage backend).
+* **Infrastructure hooks** provide machinery chosen by configured name (a storage backend,
+  clinician verification backends).
 * **Vocabulary hooks** define signal kinds and code mappings; node and client both load them.
 * **Node hooks** receive consented signals on a node (matchers, moderation, verification).
 * **Client hooks** run on the patient's device, with plaintext in reach.
@@ -56,6 +57,25 @@ def rxfed_storage_backends():
         @hookimpl
         def rxfed_storage_backends():
             return [StorageBackend("sqlite", "embedded SQLite, WAL mode", open_sqlite)]
+    """
+
+
+@hookspec
+def rxfed_clinician_verifiers():
+    """Offer clinician verification backends a hospital node can name in its configuration.
+
+    Before a node vouches for a clinician, the backends the operator configured check the
+    claim against what the hospital knows (an NPI's check digit and an offline registry, the
+    staff directory); every configured backend must accept it.
+
+    :return: a list of :class:`rxfed.plugins.ClinicianVerifier`; every implementation's lists
+        are collected and the node picks backends by name (never by hook order).
+
+    Example::
+
+        @hookimpl
+        def rxfed_clinician_verifiers():
+            return [ClinicianVerifier("npi", "NPI check digit and offline registry", open_npi)]
     """
 
 

@@ -34,6 +34,7 @@ from rxfed.consent.signals import KIND_NAME, Signal, SignalError, SignalKind
 from rxfed.errors import RxfedError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.protocol.credentials import Clinician
     from rxfed.store.operations import Store  # only named in annotations: the patient's device has no store
 
 ENTRY_POINT_GROUP = "rxfed"  # rxfed.plugin_index.GROUP
@@ -117,6 +118,28 @@ class StorageBackend:
     name: str
     description: str
     open: Callable[[Path, dict[str, Any]], Store]
+
+
+@attrs.frozen
+class BackendVerdict:
+    """What one clinician verification backend says of a clinician: ``accepted`` and why
+    (the reason is for the operator, e.g. "NPI 1234567893 is deactivated in the registry")."""
+
+    backend: str
+    accepted: bool
+    reason: str
+
+
+@attrs.frozen
+class ClinicianVerifier:
+    """A clinician verification backend a plugin offers. ``open(options)`` returns the
+    check: a callable taking a :class:`rxfed.protocol.credentials.Clinician` and returning a
+    :class:`BackendVerdict`; ``options`` is the backend's configuration section. ``open``
+    may raise ``ValueError`` or ``OSError`` for a configuration it cannot use."""
+
+    name: str
+    description: str
+    open: Callable[[dict[str, Any]], Callable[[Clinician], BackendVerdict]]
 
 
 @attrs.frozen
@@ -601,23 +624,58 @@ class RxfedPlugins:
         return {name: manifest for name, manifest in sorted(self._manifests.items())
                 if manifest is not None and self.enabled(name)}
 
-    def storage_backends(self) -> dict[str, StorageBackend]:
-        found: dict[str, StorageBackend] = {}
-        for name, backends in self._results("rxfed_storage_backends", _list_of(StorageBackend)):
-            for backend in backends:
-                if backend.name in found:
-                    raise PluginError(f"two plugins offer a storage backend named {backend.name!r}")
-                found[backend.name] = backend
+    def _offered(self, hook: str, cls: type, what: str) -> dict[str, Any]:
+        """Everything the enabled plugins offer through ``hook`` (lists of ``cls``), by name."""
+        found: dict[str, Any] = {}
+        for _, offered in self._results(hook, _list_of(cls)):
+            for item in offered:
+                if item.name in found:
+                    raise PluginError(f"two plugins offer a {what} named {item.name!r}")
+                found[item.name] = item
         return found
 
+    @staticmethod
+    def _chosen(offered: dict[str, Any], name: str, what: str) -> Any:
+        if name not in offered:
+            known = ", ".join(sorted(offered)) or "none"
+            raise PluginError(f"{what} {name!r} not found (installed: {known}); is the plugin that provides it installed?")
+        return offered[name]
+
+    def storage_backends(self) -> dict[str, StorageBackend]:
+        return self._offered("rxfed_storage_backends", StorageBackend, "storage backend")
+
     def storage_backend(self, name: str) -> StorageBackend:
-        backends = self.storage_backends()
-        if name not in backends:
-            known = ", ".join(sorted(backends)) or "none"
-            raise PluginError(
-                f"storage backend {name!r} not found (installed: {known}); is the plugin that provides it installed?"
-            )
-        return backends[name]
+        return self._chosen(self.storage_backends(), name, "storage backend")
+
+    def clinician_verifiers(self) -> dict[str, ClinicianVerifier]:
+        return self._offered("rxfed_clinician_verifiers", ClinicianVerifier, "clinician verifier")
+
+    def clinician_verifier(self, name: str) -> ClinicianVerifier:
+        return self._chosen(self.clinician_verifiers(), name, "clinician verifier")
+
+    def vet_clinician(self, clinician: Clinician, configured: dict[str, dict[str, Any]]) -> list[BackendVerdict]:
+        """Ask each configured backend (name -> its options) about ``clinician``. A backend
+        that is not installed, or cannot use its options, is a PluginError (the operator's
+        configuration is wrong); one whose check raises or answers something other than a
+        BackendVerdict counts as refusing, with that as its reason."""
+        offered = self.clinician_verifiers()
+        checks = []
+        for name, options in configured.items():
+            verifier = self._chosen(offered, name, "clinician verifier")
+            try:
+                checks.append((name, verifier.open(dict(options))))
+            except (ValueError, OSError) as exc:
+                raise PluginError(f"clinician verifier {name!r} cannot start: {exc}") from None
+        verdicts = []
+        for name, check in checks:
+            try:
+                verdict = check(clinician)
+                if not isinstance(verdict, BackendVerdict):
+                    raise TypeError(f"answered a {type(verdict).__name__}, not a BackendVerdict")
+            except Exception as exc:  # a backend's bug refuses the clinician, it does not vouch
+                verdict = BackendVerdict(name, False, f"the backend failed: {_describe(exc, quote=True)}")
+            verdicts.append(attrs.evolve(verdict, backend=name))
+        return verdicts
 
     # -- vocabulary ------------------------------------------------------------------------
 

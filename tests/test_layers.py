@@ -167,9 +167,6 @@ def cycles() -> list[list[str]]:
 
 #: Import cycles that exist today (issue 12 breaks them); the list may only shrink.
 KNOWN_CYCLES: list[list[str]] = [
-    ["rxfed.cli.consent", "rxfed.cli.patient"],  # shared profile/passphrase helpers live in patient
-    # the SDK's account-wide steps (revocation follow-ups, erasure) call both services
-    ["rxfed.client.community", "rxfed.client.consent", "rxfed.client.sdk"],
 ]
 
 

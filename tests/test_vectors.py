@@ -290,3 +290,26 @@ def test_restore_statement_vector():
     changed = {**v["statement"], "body": {**v["statement"]["body"], "restored": 1764000001}}
     with pytest.raises(RxfedError):
         RestoreStatement.from_json(changed, "restore", [key.public])
+
+
+def test_credential_vectors():
+    """A second implementation verifies these with the issuer's key alone (spec/crypto.md §12)."""
+    from rxfed.crypto.multikey import ed25519_multikey
+    from rxfed.protocol import credentials as vc
+    from rxfed.protocol.data_integrity import BadProof, CredentialRevoked, IssuerKeys
+    from rxfed.protocol.federation import NodeKey
+
+    v = load("credential.json")
+    key = SigningKeyPair.from_seed(bytes.fromhex(v["issuer"]["seed"]))
+    assert v["issuer"]["verification_method"] == f"{v['issuer']['did']}#{ed25519_multikey(key.public)}"
+    keys = {v["issuer"]["did"]: IssuerKeys(v["issuer"]["did"], (NodeKey(key.public, 0, None),))}
+    url = v["credentials"]["badge"]["credentialStatus"]["statusListCredential"]
+    for profile, document in v["credentials"].items():
+        got = vc.verify(document, issuers=keys, now=v["verify_at"], status_lists={url: v["status_lists"]["unrevoked"]})
+        assert got.clinician_key == b64d(v["clinician_public_key"], length=32), profile
+        with pytest.raises(CredentialRevoked):
+            vc.verify(document, issuers=keys, now=v["verify_at"], status_lists={url: v["status_lists"]["revoked"]})
+        tampered = json.loads(json.dumps(document))
+        tampered["credentialSubject"]["role"] = "nurse"
+        with pytest.raises(BadProof):
+            vc.verify(tampered, issuers=keys, now=v["verify_at"], status_lists={url: v["status_lists"]["unrevoked"]})

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 
 from rxfed.cli import HELP, Output, json_flag, node_url, note, run_async
-from rxfed.cli.patient import _profile, _with_client
+from rxfed.cli.profile import profile_option, with_client
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     csub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     create = csub.add_parser("create", help="create a community hosted on your home node")
-    _profile(create)
+    profile_option(create)
     create.add_argument("name", metavar="NAME")
     create.add_argument("--condition", metavar="CODE", help="ICD-10 category the community is about, e.g. G40")
     create.add_argument("--approval", action="store_true", help="joins need an admin's approval")
@@ -30,19 +30,19 @@ def add_parser(sub, words: list[str] | None = None) -> None:
                                  ("leave", "leave a community", cmd_leave),
                                  ("read", "decrypt and show a community's messages", cmd_read)):
         sp = csub.add_parser(name, help=helptext)
-        _profile(sp)
+        profile_option(sp)
         sp.add_argument("address", metavar="ADDRESS")
         json_flag(sp)
         sp.set_defaults(func=func)
 
     rk = csub.add_parser("rekey", help="replace your member keys in one community, or all (after revoking a device)")
-    _profile(rk)
+    profile_option(rk)
     rk.add_argument("address", metavar="ADDRESS", nargs="?", help="default: every community you are in")
     json_flag(rk)
     rk.set_defaults(func=cmd_rekey)
 
     post = csub.add_parser("post", help="post an end-to-end encrypted message")
-    _profile(post)
+    profile_option(post)
     post.add_argument("address", metavar="ADDRESS")
     post.add_argument("text", metavar="TEXT")
     json_flag(post)
@@ -51,7 +51,7 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     for name, helptext, func in (("approve", "approve a pending member (admins)", cmd_approve),
                                  ("remove", "remove a member (admins)", cmd_remove)):
         sp = csub.add_parser(name, help=helptext)
-        _profile(sp)
+        profile_option(sp)
         sp.add_argument("address", metavar="ADDRESS")
         sp.add_argument("member", metavar="MEMBER", help="the member's pseudonym, from 'community read --json'")
         json_flag(sp)
@@ -70,7 +70,7 @@ def cmd_create(args: argparse.Namespace) -> None:
     condition = args.condition.strip().upper()[:3] if args.condition else None
     if condition:
         records.condition(condition, "icd10")  # validates the code shape; exit 2 if bad
-    address = _with_client(args, lambda c: _communities(c).create(args.name, condition=condition,
+    address = with_client(args, lambda c: _communities(c).create(args.name, condition=condition,
                                                                    approval=args.approval))
     Output(args.json).result({"address": address, "name": args.name, "condition": condition,
                               "approval": args.approval}, [f"community {args.name!r} created", address])
@@ -86,7 +86,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_join(args: argparse.Namespace) -> None:
-    result = _with_client(args, lambda c: _communities(c).join(args.address))
+    result = with_client(args, lambda c: _communities(c).join(args.address))
     queued = result.get("queued", False)
     Output(args.json).result({"address": args.address, "queued": queued, "seq": result.get("seq")},
                              [("join sent to the host (through your home node, which will deliver it)" if queued
@@ -94,7 +94,7 @@ def cmd_join(args: argparse.Namespace) -> None:
 
 
 def cmd_leave(args: argparse.Namespace) -> None:
-    result = _with_client(args, lambda c: _communities(c).leave(args.address))
+    result = with_client(args, lambda c: _communities(c).leave(args.address))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False)},
                              ["left; later messages are sealed to the remaining members only", args.address])
 
@@ -107,7 +107,7 @@ def cmd_rekey(args: argparse.Namespace) -> None:
             return {args.address: "rekeyed"}
         return await communities.rekey_all()
 
-    outcomes = _with_client(args, go)
+    outcomes = with_client(args, go)
     failed = {a: o for a, o in outcomes.items() if o != "rekeyed"}
     Output(args.json).result({"communities": outcomes}, [f"{a}: {o}" for a, o in outcomes.items()] or
                              ["you are in no community"])
@@ -132,7 +132,7 @@ def cmd_post(args: argparse.Namespace) -> None:
     warnings = _presend_warnings(args.text)
     for w in warnings:
         note(f"warning: {w.message}" + "".join(f"\n  {r}" for r in w.resources))
-    result = _with_client(args, lambda c: _communities(c).post(args.address, args.text))
+    result = with_client(args, lambda c: _communities(c).post(args.address, args.text))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False),
                               "seq": result.get("seq"), "id": result["id"],
                               "warnings": [{"code": w.code, "message": w.message, "resources": list(w.resources)}
@@ -142,7 +142,7 @@ def cmd_post(args: argparse.Namespace) -> None:
 
 
 def _admin_action(args: argparse.Namespace, action: str, done: str) -> None:
-    result = _with_client(args, lambda c: getattr(_communities(c), action)(args.address, args.member))
+    result = with_client(args, lambda c: getattr(_communities(c), action)(args.address, args.member))
     Output(args.json).result({"address": args.address, "member": args.member, "seq": result.get("seq"),
                               "queued": result.get("queued", False)}, [done, args.member])
 
@@ -156,7 +156,7 @@ def cmd_remove(args: argparse.Namespace) -> None:
 
 
 def cmd_read(args: argparse.Namespace) -> None:
-    view = _with_client(args, lambda c: _communities(c).read(args.address))
+    view = with_client(args, lambda c: _communities(c).read(args.address))
     doc = view.to_json()
 
     def lines():

@@ -66,10 +66,10 @@ def add_parsers(psub, profile) -> None:
 
 
 def _consent(args, action):
-    from rxfed.cli.patient import _with_client
+    from rxfed.cli.profile import with_client
     from rxfed.client.consent import Consent
 
-    return _with_client(args, lambda client: action(Consent(client)))
+    return with_client(args, lambda client: action(Consent(client)))
 
 
 def _when(unix: int | None) -> str:
@@ -162,7 +162,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     import sys
 
     from rxfed.cli import UsageError, note
-    from rxfed.cli.patient import _write_private
+    from rxfed.cli.profile import write_private
 
     to_stdout = args.fhir == "-"
     if to_stdout and args.json:
@@ -175,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         sys.stdout.flush()
         note(f"wrote {consents} FHIR Consent resources")
         return
-    _write_private(Path(args.fhir).expanduser(), text)
+    write_private(Path(args.fhir).expanduser(), text)
     Output(args.json).result({"file": args.fhir, "consents": consents},
                              [f"wrote {consents} FHIR Consent resources", args.fhir])
 

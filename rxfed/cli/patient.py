@@ -7,16 +7,22 @@ import datetime as dt
 
 import attrs
 import json
-import os
 import sys
 from pathlib import Path
 
+from rxfed.cli.profile import (
+    ask_passphrase,
+    check_new_passphrase,
+    open_client,
+    profile_option,
+    profile_path,
+    with_client,
+    write_private,
+)
 from rxfed.cli import (
-    COMPLETE_DIRECTORY,
     COMPLETE_FILE,
     HELP,
     Output,
-    TerminalProgress,
     UsageError,
     add_actions,
     input_file,
@@ -29,31 +35,12 @@ from rxfed.cli import (
 )
 
 
-def _profile(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS, so that a --profile given before the action (`recovery-code --profile DIR
-    # rotate`) is not overwritten by the action's own default.
-    p.add_argument("--profile", metavar="DIR", default=argparse.SUPPRESS,
-                   help="the patient's profile directory (default: $RXFED_PROFILE, else ~/.rxfed)"
-                   ).complete = COMPLETE_DIRECTORY
-    p.add_argument("--ca-bundle", metavar="FILE", default=argparse.SUPPRESS,
-                   help="trust only these CAs (PEM) for the node's HTTPS (default: $RXFED_CA_BUNDLE, else the "
-                        "system's)").complete = COMPLETE_FILE
-
-
 def _group(psub, name: str, help: str, dest: str):
     """A command with actions (``devices list``, ``record edit``): it takes ``--profile``
     before its action too."""
     group = psub.add_parser(name, help=help)
-    _profile(group)
+    profile_option(group)
     return group.add_subparsers(dest=dest, metavar="ACTION", required=True)
-
-
-def profile_path(args: argparse.Namespace) -> Path:
-    """``--profile``, else ``$RXFED_PROFILE``, else ``~/.rxfed``."""
-    from rxfed.client.profile import default_profile
-
-    given = getattr(args, "profile", None)
-    return Path(given).expanduser() if given else default_profile()
 
 
 def _node(p: argparse.ArgumentParser) -> None:
@@ -69,7 +56,7 @@ def _kdf(p: argparse.ArgumentParser) -> None:
 def _add_register(psub) -> None:
     reg = psub.add_parser("register", help=ACTIONS["register"])
     _node(reg)
-    _profile(reg)
+    profile_option(reg)
     reg.add_argument("--invite", metavar="CODE", help="invitation code, on nodes that require one")
     _kdf(reg)
     json_flag(reg)
@@ -79,7 +66,7 @@ def _add_register(psub) -> None:
 def _add_recover(psub) -> None:
     rec = psub.add_parser("recover", help=ACTIONS["recover"])
     _node(rec)
-    _profile(rec)
+    profile_option(rec)
     _kdf(rec)
     keep = rec.add_mutually_exclusive_group()
     keep.add_argument("--keep", action="append", default=[], metavar="DEVICE_ID",
@@ -95,12 +82,12 @@ def _add_link(psub) -> None:
     lsub = _group(psub, "link", ACTIONS["link"], "link_action")
     lr = lsub.add_parser("request", help="make this device's keys and print a link code for an active device")
     _node(lr)
-    _profile(lr)
+    profile_option(lr)
     _kdf(lr)
     json_flag(lr)
     lr.set_defaults(func=cmd_link_request)
     lf = lsub.add_parser("finish", help="once an active device added this one, adopt the account")
-    _profile(lf)
+    profile_option(lf)
     lf.add_argument("--confirm", metavar="CODE",
                     help="the confirmation code `devices add` printed (asked for on a terminal)")
     json_flag(lf)
@@ -110,24 +97,24 @@ def _add_link(psub) -> None:
 def _add_devices(psub) -> None:
     dsub = _group(psub, "devices", ACTIONS["devices"], "devices_action")
     dl = dsub.add_parser("list", help="list devices")
-    _profile(dl)
+    profile_option(dl)
     json_flag(dl)
     dl.set_defaults(func=cmd_devices_list)
     da = dsub.add_parser("add", help="enrol a new device from its link code (`rxfed patient link request`)")
     da.add_argument("link", metavar="LINK_CODE")
-    _profile(da)
+    profile_option(da)
     json_flag(da)
     da.set_defaults(func=cmd_devices_add)
     dr = dsub.add_parser("revoke", help="revoke a device (needs the recovery code, from RXFED_RECOVERY_CODE or a prompt)")
     dr.add_argument("device", metavar="DEVICE_ID", nargs="+")
-    _profile(dr)
+    profile_option(dr)
     json_flag(dr)
     dr.set_defaults(func=cmd_devices_revoke)
 
 
 def _add_passphrase(psub) -> None:
     pw = psub.add_parser("passphrase", help=ACTIONS["passphrase"])
-    _profile(pw)
+    profile_option(pw)
     _kdf(pw)
     json_flag(pw)
     pw.set_defaults(func=cmd_passphrase)
@@ -137,7 +124,7 @@ def _add_recovery_code(psub) -> None:
     rcsub = _group(psub, "recovery-code", ACTIONS["recovery-code"], "rc_action")
     rot = rcsub.add_parser("rotate", help="issue a new recovery code (give the current one in RXFED_RECOVERY_CODE "
                                           "or at the prompt); the old one stops working")
-    _profile(rot)
+    profile_option(rot)
     json_flag(rot)
     rot.set_defaults(func=cmd_recovery_rotate)
 
@@ -145,7 +132,7 @@ def _add_recovery_code(psub) -> None:
 def _add_condition(psub) -> None:
     csub = _group(psub, "condition", ACTIONS["condition"], "cond_action")
     ca = csub.add_parser("add", help="add a diagnosis (ICD-10 or SNOMED CT code)")
-    _profile(ca)
+    profile_option(ca)
     ca.add_argument("code", metavar="CODE")
     ca.add_argument("--system", choices=("icd10", "snomed"), default="icd10")
     ca.add_argument("--label", metavar="TEXT")
@@ -157,7 +144,7 @@ def _add_condition(psub) -> None:
 def _add_journal(psub) -> None:
     jsub = _group(psub, "journal", ACTIONS["journal"], "journal_action")
     ja = jsub.add_parser("add", help="add a journal entry")
-    _profile(ja)
+    profile_option(ja)
     ja.add_argument("--symptom", action="append", default=[], metavar="NAME=0..10")
     ja.add_argument("--feeling", metavar="0..10")
     ja.add_argument("--note", metavar="TEXT")
@@ -172,7 +159,7 @@ def _add_journal(psub) -> None:
 def _add_treatment(psub) -> None:
     tsub = _group(psub, "treatment", ACTIONS["treatment"], "treatment_action")
     ta = tsub.add_parser("add", help="add a treatment")
-    _profile(ta)
+    profile_option(ta)
     ta.add_argument("name", metavar="NAME")
     ta.add_argument("--dose")
     ta.add_argument("--started", metavar="DATE")
@@ -190,7 +177,7 @@ def _add_record(psub) -> None:
                                       "record's next version; an empty value clears a field)")
     ed.add_argument("record", metavar="RECORD_ID", help="the record's id (printed when it was added; `show --json`), "
                                                         "or a unique prefix of it of at least 8 characters")
-    _profile(ed)
+    profile_option(ed)
     cond_fields = ed.add_argument_group("a condition's fields")
     cond_fields.add_argument("--code", metavar="CODE")
     cond_fields.add_argument("--system", choices=("icd10", "snomed"))
@@ -217,14 +204,14 @@ def _add_record(psub) -> None:
     ed.set_defaults(func=cmd_record_edit)
     rd = rsub.add_parser("delete", help="delete a record for good (the signed manifest no longer lists it)")
     rd.add_argument("record", metavar="RECORD_ID", help="the record's id, or a unique prefix of at least 8 characters")
-    _profile(rd)
+    profile_option(rd)
     json_flag(rd)
     rd.set_defaults(func=cmd_record_delete)
 
 
 def _add_show(psub) -> None:
     show = psub.add_parser("show", help=ACTIONS["show"])
-    _profile(show)
+    profile_option(show)
     show.add_argument("--kind", choices=("profile", "condition", "journal", "treatment", "observation", "community"))
     json_flag(show)
     show.set_defaults(func=cmd_show)
@@ -232,7 +219,7 @@ def _add_show(psub) -> None:
 
 def _add_sync(psub) -> None:
     sync = psub.add_parser("sync", help=ACTIONS["sync"])
-    _profile(sync)
+    profile_option(sync)
     sync.add_argument("--accept-restore", metavar="RESTORE_ID",
                       help="accept the node's restore RESTORE_ID (shown by `sync`): upload again what this device "
                            "holds and go on from the restored vault")
@@ -242,7 +229,7 @@ def _add_sync(psub) -> None:
 
 def _add_export(psub) -> None:
     exp = psub.add_parser("export", help=ACTIONS["export"])
-    _profile(exp)
+    profile_option(exp)
     exp.add_argument("--fhir", required=True, metavar="OUT.json",
                      help="the file to write (readable by you only), or - for standard output")
     json_flag(exp)
@@ -251,7 +238,7 @@ def _add_export(psub) -> None:
 
 def _add_import(psub) -> None:
     imp = psub.add_parser("import", help=ACTIONS["import"])
-    _profile(imp)
+    profile_option(imp)
     imp.add_argument("--fhir", required=True, metavar="IN.json", type=input_file,
                      help="the Bundle to read, or - for standard input").complete = COMPLETE_FILE
     json_flag(imp)
@@ -260,7 +247,7 @@ def _add_import(psub) -> None:
 
 def _add_delete_account(psub) -> None:
     dele = psub.add_parser("delete-account", help=ACTIONS["delete-account"])
-    _profile(dele)
+    profile_option(dele)
     dele.add_argument("--yes", action="store_true", help="do not ask for confirmation (required without a terminal)")
     json_flag(dele)
     dele.set_defaults(func=cmd_delete_account)
@@ -268,7 +255,7 @@ def _add_delete_account(psub) -> None:
 
 def _add_unlock(psub) -> None:
     ul = psub.add_parser("unlock", help=ACTIONS["unlock"])
-    _profile(ul)
+    profile_option(ul)
     ul.add_argument("--for", dest="duration", default="15m", metavar="DURATION",
                     help="how long: 90s, 15m, 2h (default 15m, at most 24h)")
     json_flag(ul)
@@ -277,7 +264,7 @@ def _add_unlock(psub) -> None:
 
 def _add_lock(psub) -> None:
     lk = psub.add_parser("lock", help=ACTIONS["lock"])
-    _profile(lk)
+    profile_option(lk)
     json_flag(lk)
     lk.set_defaults(func=cmd_lock)
 
@@ -285,7 +272,7 @@ def _add_lock(psub) -> None:
 def _add_consent(psub) -> None:
     from rxfed.cli import consent
 
-    consent.add_parsers(psub, _profile)
+    consent.add_parsers(psub, profile_option)
 
 
 #: ``rxfed patient`` actions and their one-line help, in the order ``--help`` lists them.
@@ -327,59 +314,12 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     """``rxfed patient``. With ``words`` (the command line after ``patient``) only the action
     named there is built in full; the others are listed by name and help."""
     p = sub.add_parser("patient", help=HELP["patient"])
-    _profile(p)
+    profile_option(p)
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     add_actions(psub, ACTIONS, _BUILDERS, words, options_with_values=("--profile",))
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _passphrase(*, new: bool = False) -> str:
-    passphrase = secret_input("RXFED_PASSPHRASE", "Key-file passphrase: ", confirm=new)
-    if new:
-        _check_new(passphrase)
-    return passphrase
-
-
-def _check_new(passphrase: str) -> None:
-    from rxfed.client.profile import WeakPassphrase, check_new_passphrase
-
-    try:
-        check_new_passphrase(passphrase)
-    except WeakPassphrase as exc:
-        raise UsageError(exc.message) from None
-
-
-def _client(args: argparse.Namespace, *, passphrase: bool = False):
-    """The patient's client: from the unlock agent if one holds the profile, else opened
-    with the passphrase (always with it when ``passphrase``: the command rewrites the key
-    file)."""
-    from rxfed.client import PatientClient, Profile
-    from rxfed.client.sdk import ProfileLocked
-    from rxfed.errors import NotFound
-
-    path = profile_path(args)
-    if not Profile(path).exists:
-        raise NotFound(f"no profile in {path}; register or recover first (or name one with --profile or "
-                       "RXFED_PROFILE)", code="no_profile")
-    progress = TerminalProgress.if_terminal()
-    if not passphrase:
-        try:
-            return PatientClient.open(path, progress=progress)
-        except ProfileLocked:
-            pass
-    return PatientClient.open(path, _passphrase(), progress=progress)
-
-
-def _with_client(args: argparse.Namespace, action):
-    client = _client(args)
-
-    async def go():
-        async with client:
-            return await action(client)
-
-    return run_async(go())
 
 
 def _created(out: Output, record, what: str) -> None:
@@ -394,7 +334,7 @@ def cmd_register(args: argparse.Namespace) -> None:
     from rxfed.client import PatientClient
 
     kdf = kdf_choice(args)
-    passphrase = _passphrase(new=True)
+    passphrase = ask_passphrase(new=True)
 
     async def go():
         client, code = await PatientClient.register(args.node, profile_path(args), passphrase, invite=args.invite,
@@ -425,7 +365,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
     kdf = kdf_choice(args)
     code = _recovery_code()
-    passphrase = _passphrase(new=True)
+    passphrase = ask_passphrase(new=True)
 
     async def go():
         client = await PatientClient.recover(args.node, profile_path(args), code, passphrase, kdf=kdf,
@@ -443,7 +383,7 @@ def cmd_link_request(args: argparse.Namespace) -> None:
     from rxfed.client import PatientClient
 
     kdf = kdf_choice(args)
-    passphrase = _passphrase(new=True)
+    passphrase = ask_passphrase(new=True)
     code = run_async(PatientClient.request_link(args.node, profile_path(args), passphrase, kdf=kdf))
     Output(args.json).result({"link_code": code, "node": args.node}, [
         "on an active device of yours, run:", f"  rxfed patient devices add {code} --profile ...",
@@ -451,7 +391,7 @@ def cmd_link_request(args: argparse.Namespace) -> None:
 
 
 def cmd_link_finish(args: argparse.Namespace) -> None:
-    client = _client(args, passphrase=True)
+    client = open_client(args, passphrase=True)
     given = args.confirm
     if given is None:
         if not sys.stdin.isatty():
@@ -469,13 +409,13 @@ def cmd_link_finish(args: argparse.Namespace) -> None:
 
 
 def cmd_devices_add(args: argparse.Namespace) -> None:
-    device, confirm = _with_client(args, lambda c: c.add_device(args.link))
+    device, confirm = with_client(args, lambda c: c.add_device(args.link))
     Output(args.json).result({"device": device, "confirmation": confirm}, [
         f"device {device} enrolled; on it, run `rxfed patient link finish --confirm {confirm}`", confirm])
 
 
 def cmd_devices_list(args: argparse.Namespace) -> None:
-    devices = _with_client(args, lambda c: c.devices())
+    devices = with_client(args, lambda c: c.devices())
     rows = [{"device": d.device, "created": d.created, "revoked": d.revoked, "current": d.current,
              "verified": d.verified, "enrolled_by": d.enrolled_by, "known": d.known} for d in devices]
 
@@ -505,7 +445,7 @@ def _report_followups(followups: dict) -> None:
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> None:
-    client = _client(args)
+    client = open_client(args)
     code = _recovery_code()
 
     async def go():
@@ -525,9 +465,9 @@ def cmd_devices_revoke(args: argparse.Namespace) -> None:
 def cmd_passphrase(args: argparse.Namespace) -> None:
     from rxfed.client import agent
 
-    client = _client(args, passphrase=True)
+    client = open_client(args, passphrase=True)
     new = secret_input("RXFED_NEW_PASSPHRASE", "New passphrase: ", confirm=True)
-    _check_new(new)
+    check_new_passphrase(new)
     client.change_passphrase(new, args.kdf)
     locked = agent.lock(client.profile.path)
     Output(args.json).result({"changed": True, "locked": locked},
@@ -536,7 +476,7 @@ def cmd_passphrase(args: argparse.Namespace) -> None:
 
 
 def cmd_recovery_rotate(args: argparse.Namespace) -> None:
-    client = _client(args)
+    client = open_client(args)
     current = _recovery_code("Current recovery code: ")
 
     async def go():
@@ -552,7 +492,7 @@ def cmd_condition_add(args: argparse.Namespace) -> None:
     from rxfed.client import records
 
     data = records.condition(args.code, args.system, args.label, args.onset)
-    record = _with_client(args, lambda c: c.add_record("condition", data))
+    record = with_client(args, lambda c: c.add_record("condition", data))
     _created(Output(args.json), record, "condition")
 
 
@@ -573,7 +513,7 @@ def cmd_journal_add(args: argparse.Namespace) -> None:
               for name, text in (("phq9", args.phq9), ("gad7", args.gad7)) if text]
     data = records.journal(symptoms=_symptoms(args.symptom), feeling=args.feeling, note=args.note,
                            questionnaires=[s.to_dict() for s in scores], date=args.date)
-    record = _with_client(args, lambda c: c.add_record("journal", data))
+    record = with_client(args, lambda c: c.add_record("journal", data))
     for s in scores:
         note(f"{s.instrument.upper()} score {s.total}: {s.severity}")
         if s.crisis:
@@ -588,14 +528,14 @@ def cmd_treatment_add(args: argparse.Namespace) -> None:
 
     data = records.treatment(args.name, dose=args.dose, started=args.started, stopped=args.stopped,
                              efficacy=args.efficacy, side_effects=args.side_effect, adherence=args.adherence)
-    record = _with_client(args, lambda c: c.add_record("treatment", data))
+    record = with_client(args, lambda c: c.add_record("treatment", data))
     _created(Output(args.json), record, "treatment")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
     from rxfed.client.records import clinical_date, summary
 
-    found = _with_client(args, lambda c: c.records(args.kind))
+    found = with_client(args, lambda c: c.records(args.kind))
     # Community memberships hold the member's private keys: never printed, listed on request.
     found = [r if r.kind != "community" else attrs.evolve(r, data={"address": r.data["address"], "name": r.data.get("name")})
              for r in found if args.kind == "community" or r.kind != "community"]
@@ -616,7 +556,7 @@ def cmd_sync(args: argparse.Namespace) -> int | None:
     """In step, or the report of a node restore this device has not accepted (exit 1), or,
     with ``--accept-restore``, what accepting it uploaded again."""
     if args.accept_restore:
-        done = _with_client(args, lambda c: c.accept_restore(args.accept_restore))
+        done = with_client(args, lambda c: c.accept_restore(args.accept_restore))
         Output(args.json).result({"in_step": True, **done}, [
             f"restore {done['restore']} accepted: {len(done['reuploaded'])} record(s) uploaded again, "
             f"{len(done['deleted'])} deleted again"
@@ -627,28 +567,13 @@ def cmd_sync(args: argparse.Namespace) -> int | None:
         report = await client.restore_report()
         return report, client.profile.state().counter
 
-    report, counter = _with_client(args, check)
+    report, counter = with_client(args, check)
     if report is None:
         Output(args.json).result({"in_step": True, "counter": counter},
                                  [f"in step with the node: vault version {counter}"])
         return None
     Output(args.json).result({"in_step": False, "restore": report.to_json()}, report.lines())
     return 1  # refused until the patient accepts
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (plaintext health records, like the profile
-    directory), whole or not at all: a new file beside it, renamed over the old one."""
-    import tempfile  # here, not at import: every other command would pay for it
-
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -661,7 +586,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     async def go(client):
         return client.patient, await client.records()
 
-    patient, found = _with_client(args, go)
+    patient, found = with_client(args, go)
     bundle = export_bundle([(r.kind, r.data, r.id) for r in found], patient)
     text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
     count = len(bundle.get("entry", []))
@@ -670,7 +595,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         sys.stdout.flush()
         note(f"wrote {count} FHIR resources")
         return
-    _write_private(Path(args.fhir), text)
+    write_private(Path(args.fhir), text)
     Output(args.json).result({"file": args.fhir, "resources": count}, [f"wrote {count} FHIR resources", args.fhir])
 
 
@@ -689,7 +614,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"{source} is not JSON: {exc}") from None
     result = import_bundle(doc)
-    stored, held = _with_client(args, lambda c: c.import_records(list(result.records)))
+    stored, held = with_client(args, lambda c: c.import_records(list(result.records)))
     counts: dict[str, int] = {}
     for r in stored:
         counts[r.kind] = counts.get(r.kind, 0) + 1
@@ -724,7 +649,7 @@ def cmd_delete_account(args: argparse.Namespace) -> None:
             raise UsageError("not confirmed; nothing was deleted")
     from rxfed.client import agent
 
-    result = _with_client(args, lambda c: c.erase_account())
+    result = with_client(args, lambda c: c.erase_account())
     agent.lock(profile_path(args))
     Output(args.json).result(
         {"erased": True, "patient": result["patient"], "left": result["left"], "not_left": result["not_left"]},
@@ -822,7 +747,7 @@ def cmd_record_edit(args: argparse.Namespace) -> None:
         record = await _resolve(client, args.record)
         return await client.edit_record(record.id, lambda current: _edited(current.kind, current.data, given))
 
-    record = _with_client(args, go)
+    record = with_client(args, go)
     Output(args.json).result({"id": record.id, "kind": record.kind, "version": record.version, "data": record.data},
                              [f"{record.kind} updated (version {record.version})", record.id])
 
@@ -834,7 +759,7 @@ def cmd_record_delete(args: argparse.Namespace) -> None:
         record = await _resolve(client, args.record)
         return await client.delete_record(record.id)
 
-    record = _with_client(args, go)
+    record = with_client(args, go)
     Output(args.json).result({"id": record.id, "kind": record.kind, "deleted": True},
                              [f"deleted {record.kind}: {summary(record)}", record.id])
 
@@ -845,7 +770,7 @@ def cmd_unlock(args: argparse.Namespace) -> None:
     seconds = agent.parse_duration(args.duration)
     path = profile_path(args)
     profile = Profile(path)
-    identity = profile.unlock(_passphrase())
+    identity = profile.unlock(ask_passphrase())
     started = agent.start(path, identity.to_bytes(), seconds)
     until = dt.datetime.fromtimestamp(started["expires"]).strftime("%H:%M:%S")
     Output(args.json).result(

@@ -6,6 +6,7 @@ over :class:`PatientClient`.
 
 from rxfed.client.profile import Profile
 from rxfed.client.records import Record
-from rxfed.client.sdk import IntegrityError, NodeRefused, PatientClient, RollbackDetected
+from rxfed.client.account import PatientClient
+from rxfed.client.sdk import IntegrityError, NodeRefused, RollbackDetected
 
 __all__ = ["PatientClient", "Profile", "Record", "IntegrityError", "NodeRefused", "RollbackDetected"]

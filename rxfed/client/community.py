@@ -20,7 +20,7 @@ import attrs
 
 from rxfed.client.profile import write_private
 from rxfed.client.records import Record
-from rxfed.client.sdk import IntegrityError, NodeRefused, PatientClient
+from rxfed.client.sdk import IntegrityError, NodeRefused, PatientCore
 from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
@@ -208,7 +208,7 @@ def host_url(host: str) -> str:
 class Communities:
     """Community operations for one patient client."""
 
-    def __init__(self, client: PatientClient):
+    def __init__(self, client: PatientCore):
         self.client = client
         self.pins = HistoryPins(client.profile.path)
 
@@ -239,7 +239,7 @@ class Communities:
         from rxfed.protocol.federation import NodeDocument
 
         url = self._host_url(host)
-        document = NodeDocument.from_json(await PatientClient.discover(self.client._session_or_new(), url))
+        document = NodeDocument.from_json(await PatientCore.discover(self.client._session_or_new(), url))
         if document.node_id != host:
             raise IntegrityError(f"{url} says it is {document.node_id}, not {host}", code="wrong_node")
         if not document.keys:
@@ -511,6 +511,6 @@ class Communities:
     @staticmethod
     async def directory(node_url: str) -> list[dict]:
         """The communities a node hosts (no account needed)."""
-        async with PatientClient._new_session() as session:
-            doc = await PatientClient._http(session, "GET", node_url.rstrip("/") + "/v1/communities")
+        async with PatientCore._new_session() as session:
+            doc = await PatientCore._http(session, "GET", node_url.rstrip("/") + "/v1/communities")
         return doc["communities"]

@@ -14,7 +14,7 @@ import json
 import attrs
 
 from rxfed.client.profile import write_private
-from rxfed.client.sdk import IntegrityError, PatientClient
+from rxfed.client.sdk import IntegrityError, PatientCore
 from rxfed.consent import audit as pa
 from rxfed.consent import grants as pg
 from rxfed.crypto import b64e, pseudonym_key, random_bytes, seal_to_node
@@ -71,7 +71,7 @@ class Consent:
     """Consent operations for one patient client. ``plugins`` supplies signal derivation
     (client hooks); by default every installed plugin."""
 
-    def __init__(self, client: PatientClient, plugins: RxfedPlugins | None | bool = None):
+    def __init__(self, client: PatientCore, plugins: RxfedPlugins | None | bool = None):
         self.client = client
         self._plugins = plugins
         #: Token statements as :meth:`list` last parsed them, by id.

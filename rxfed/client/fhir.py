@@ -14,7 +14,7 @@ wrote as text only is kept by its label, without a code.
 
 Every imported record keeps a stable key of the resource it came from
 (``data["import_key"]``), so importing the same file twice adds nothing
-(:meth:`rxfed.client.sdk.PatientClient.import_records`). Export writes each record's key
+(:meth:`rxfed.client.PatientClient.import_records`). Export writes each record's key
 as an identifier and everything rxfed holds in FHIR's own terms or, where FHIR has none
 (journal scores, what the patient reported about a treatment), in rxfed's: importing an
 export gives back the same records (their ``source`` aside).

@@ -1,4 +1,4 @@
-"""PatientClient: register, recover, and read and write the encrypted vault."""
+"""PatientCore: register, recover, and read and write the encrypted vault."""
 
 from __future__ import annotations
 
@@ -33,9 +33,8 @@ from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, 
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import sign_request
 from rxfed.protocol.canonical import canonical, loads
-from rxfed.protocol.statements import sign_statement
 
-__all__ = ["IntegrityError", "NodeRefused", "PatientClient", "ProfileLocked", "RestoreDetected", "RestoreReport",
+__all__ = ["IntegrityError", "NodeRefused", "PatientCore", "ProfileLocked", "RestoreDetected", "RestoreReport",
            "RollbackDetected"]
 
 #: How the client talks HTTP: its own :class:`rxfed.client.transport.Http` by default, or an
@@ -160,7 +159,7 @@ def confirmation_code(identity: pv.IdentityStatement, device: str) -> str:
 
 @attrs.frozen
 class RecoveryAccess:
-    """What the recovery code opens, checked (see ``PatientClient._recovery_bundle``)."""
+    """What the recovery code opens, checked (see ``PatientCore._recovery_bundle``)."""
 
     patient: str
     root_key: bytes
@@ -270,8 +269,11 @@ class DeviceInfo:
     known: str | None
 
 
-class PatientClient:
-    """One patient device talking to its home node. Use as an async context manager."""
+class PatientCore:
+    """One patient device talking to its home node: keys, identity, devices and records. Use as
+    an async context manager. :class:`rxfed.client.PatientClient` is what applications use: it
+    adds the steps that span the patient's communities and consent grants, which this module
+    does not import (they build on it)."""
 
     def __init__(self, profile: Profile, identity: Identity, *, session: Session | None = None,
                  clock: Callable[[], float] = time.time, progress: Progress | None = None):
@@ -289,7 +291,7 @@ class PatientClient:
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def open(cls, profile_dir: str | Path, passphrase: str | None = None, **kwargs: Any) -> PatientClient:
+    def open(cls, profile_dir: str | Path, passphrase: str | None = None, **kwargs: Any) -> PatientCore:
         """Open the profile in ``profile_dir`` (``~`` is expanded) with its passphrase, or,
         without one, from the unlock agent holding it (``rxfed patient unlock``; raises
         :class:`ProfileLocked` when none does)."""
@@ -306,7 +308,7 @@ class PatientClient:
         client._passphrase = passphrase
         return client
 
-    async def __aenter__(self) -> PatientClient:
+    async def __aenter__(self) -> PatientCore:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -403,7 +405,7 @@ class PatientClient:
     @classmethod
     async def _enrol(cls, profile: Profile, identity: Identity, passphrase: str, kdf: str, session, own: bool,
                      clock, path: str, body: dict, *, key: SigningKeyPair | None = None,
-                     pins: LocalState | None = None) -> PatientClient:
+                     pins: LocalState | None = None) -> PatientCore:
         """Write the profile, then make the request that registers this device with the
         node; the profile is removed again if the node refuses. (The profile comes first: a
         registered device must never lack its keys.)"""
@@ -426,7 +428,7 @@ class PatientClient:
     @classmethod
     async def register(cls, node_url: str, profile_dir: str | Path, passphrase: str, *, invite: str | None = None,
                        kdf: str = "moderate", clock: Callable[[], float] = time.time,
-                       session: Session | None = None) -> tuple[PatientClient, RecoveryCode]:
+                       session: Session | None = None) -> tuple[PatientCore, RecoveryCode]:
         """Create keys locally, register their public halves, and return the client and the
         recovery code (shown to the patient once; the node never sees it). The master key
         is sealed under the code and then forgotten: no device keeps it."""
@@ -499,7 +501,7 @@ class PatientClient:
     @classmethod
     async def recover(cls, node_url: str, profile_dir: str | Path, code: RecoveryCode, passphrase: str, *,
                       kdf: str = "moderate", clock: Callable[[], float] = time.time,
-                      session: Session | None = None, keep: Iterable[str] | str = ()) -> PatientClient:
+                      session: Session | None = None, keep: Iterable[str] | str = ()) -> PatientCore:
         """Restore access on a new device from the recovery code alone. Recovery always starts
         a new identity epoch, sealed to this device and to the devices in ``keep`` (device
         ids, or ``"all"`` for every device whose certificate verifies): so even a node that
@@ -1066,17 +1068,10 @@ class PatientClient:
         return result["revoked"]
 
     async def after_revocation(self) -> dict:
-        """What a revoked device could still use after the new epoch, replaced: the member
-        keys of every community (rekeyed, keeping each seat) and the pseudonymous keys of
-        every live consent grant (revoked and granted again). Run by :meth:`revoke_devices`
-        and :meth:`recover`; run it again if a host or node was unreachable. Returns
-        ``{"communities": {address: outcome}, "grants": [...]}``."""
-        from rxfed.client.community import Communities
-        from rxfed.client.consent import Consent
-
-        communities = await Communities(self).rekey_all()
-        grants = await Consent(self, plugins=None).renew()
-        return {"communities": communities, "grants": grants}
+        """Replace what a revoked device could still use (community member keys, consent
+        pseudonyms): see :meth:`rxfed.client.PatientClient.after_revocation`, which knows the
+        communities and consent services this core does not import."""
+        raise NotImplementedError("use rxfed.client.PatientClient, which rekeys communities and renews grants")
 
     async def devices_by_certificate(self) -> dict[str, tuple[pv.DeviceCert, bool]]:
         """:func:`checked_devices` for this patient, as the node lists them now."""
@@ -1121,36 +1116,6 @@ class PatientClient:
         self.followups = await self.after_revocation()
         return new
 
-    async def erase_account(self, *, remove_profile: bool = True) -> dict:
-        """Erase every record, device and key of this patient on the node; the node keeps a
-        tombstone signed by the patient. Live consent grants are revoked first, so every
-        node that received signals deletes them, and the patient leaves every community, so
-        no member list keeps them (a community that refuses the departure does not hold up
-        the erasure: it is reported in ``not_left``). Then remove the local key file."""
-        from rxfed.client.community import Communities
-        from rxfed.client.consent import Consent
-
-        consent = Consent(self, plugins=False)
-        for grant in await consent.list():
-            if grant["status"] == "live":
-                await consent.revoke(grant["grant"])
-        communities, left, not_left = Communities(self), [], []
-        for membership in await communities.memberships():
-            address = str(membership.address)
-            try:
-                await communities.leave(address)
-                left.append(address)
-            except RxfedError as exc:
-                not_left.append({"address": address, "reason": exc.message})
-        secrets = await self.secrets()
-        tombstone = sign_statement(secrets.signing, {"type": pv.TOMBSTONE, "patient": self.patient,
-                                                     "epoch": secrets.epoch, "deleted": self._now()})
-        result = await self._call("POST", "/v1/account/erase", {"tombstone": tombstone})
-        if remove_profile:
-            self.profile.remove()
-        return {**result, "left": left, "not_left": not_left}
-
-
 @attrs.frozen
 class PreparedWrite:
     """A sealed record and its signed commit, ready to send (see :meth:`OpenVault.prepare`)."""
@@ -1167,9 +1132,9 @@ class PreparedWrite:
 
 
 class OpenVault:
-    """A verified vault kept in memory between writes; see :meth:`PatientClient.open_vault`."""
+    """A verified vault kept in memory between writes; see :meth:`PatientCore.open_vault`."""
 
-    def __init__(self, client: PatientClient, state: VaultState):
+    def __init__(self, client: PatientCore, state: VaultState):
         self.client = client
         self.state = state
 

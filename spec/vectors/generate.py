@@ -414,6 +414,35 @@ def restore_vectors() -> dict:
             "statement": statement.signed}
 
 
+def credential_vectors() -> dict:
+    """Clinician credentials (spec/crypto.md §12): the three disclosure profiles of one
+    clinician, issued by a node with a fixed key, and its status list before and after the
+    clinician's index is revoked. Ed25519 is deterministic, so every byte is fixed."""
+    from rxfed.protocol import credentials as vc
+    from rxfed.protocol.data_integrity import Issuer, did_document
+    from rxfed.protocol.federation import NodeKey
+    from rxfed.protocol.status_list import Bitstring, StatusEntry, status_list_credential
+
+    issuer = Issuer("hospital-a.example", "Hospital A", SigningKeyPair.from_seed(SEED))
+    clinician_key = SigningKeyPair.from_seed(bytes(range(33, 65)))
+    clinician = vc.Clinician.create(clinician_key.public, "physician", "207RE0101X", "Endocrinology",
+                                    name="Dr Ada Example", npi="1234567893")
+    list_url = vc.status_list_url("https://hospital-a.example", "1")
+    entry = StatusEntry(list_url, 94567)
+    ids = iter(f"urn:uuid:6a1c4e7e-0000-4000-8000-00000000000{i}" for i in range(3))
+    credentials = vc.issue_profiles(issuer, clinician, valid_from=CREATED, valid_until=CREATED + 30 * 86400,
+                                    status=entry, new_id=lambda: next(ids))
+    now = CREATED + 86400
+    lists = {name: status_list_credential(issuer, list_url, bits, valid_from=now - 3600)
+             for name, bits in (("unrevoked", Bitstring.empty()), ("revoked", Bitstring.empty().with_bit(94567)))}
+    return {"issuer": {"node_id": issuer.node_id, "seed": SEED.hex(), "did": issuer.did,
+                       "verification_method": issuer.verification_method,
+                       "did_document": did_document(issuer.node_id, (NodeKey(issuer.key.public, CREATED, None),))},
+            "clinician_public_key": b64e(clinician_key.public), "verify_at": now,
+            "credentials": credentials, "status_lists": lists,
+            "expected": {"unrevoked": "valid", "revoked": "credential_revoked"}}
+
+
 def client_vectors() -> dict:
     """What the patient's clients (the SDK and the web client) make that the other vectors do
     not pin: patient and device ids, padding buckets, a journal record's plaintext and its
@@ -484,7 +513,12 @@ def client_vectors() -> dict:
     }
 
 
+sys.path.insert(0, str(HERE))
+from generate_records import fhir_vectors, records_vectors  # noqa: E402
+
 VECTORS = {
+    "records.json": records_vectors,
+    "fhir.json": fhir_vectors,
     "restore.json": restore_vectors,
     "client.json": client_vectors,
     "vault.json": vault_vectors,
@@ -493,6 +527,7 @@ VECTORS = {
     "keyfile.json": keyfile_vectors,
     "node-key-rotation.json": rotation_vectors,
     "canonical.json": canonical_vectors,
+    "credential.json": credential_vectors,
     "request-signature.json": request_vectors,
     "statement.json": statement_vectors,
     "transaction.json": transaction_vectors,

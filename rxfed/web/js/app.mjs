@@ -3,6 +3,7 @@
 
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
+import * as recordsUi from "./records-ui.mjs";
 import { ready } from "./sodium.mjs";
 
 const $ = (id) => document.getElementById(id);
@@ -40,8 +41,7 @@ function error(exc) {
   status("");
 }
 
-async function busy(form, what, work) {
-  const button = form.querySelector("button[type=submit]");
+async function busy(form, what, work, button = form.querySelector("button[type=submit]")) {
   button.disabled = true;
   error(null);
   status(what);
@@ -82,6 +82,7 @@ function entryItem(r) {
     note.textContent = r.data.note;
     li.append(note);
   }
+  recordsUi.decorateEntry(li, r);
   return li;
 }
 
@@ -90,6 +91,7 @@ function render(records) {
   const shown = byClinicalDate(records.filter((r) => r.kind !== "community"));
   $("entries").replaceChildren(...shown.map(entryItem));
   $("empty").hidden = shown.length > 0;
+  recordsUi.show(records);
 }
 
 function day(unix) {
@@ -235,10 +237,13 @@ $("lock").addEventListener("click", () => {
   patient = null; // the keys are only in this page's memory: drop them
   $("entries").replaceChildren();
   $("devices").replaceChildren();
+  recordsUi.show(null);
   document.body.dataset.state = "locked";
   show("unlock");
   status("Locked.");
 });
+
+recordsUi.mount({ patient: () => patient, rendered: () => render(patient.state.records), busy, status });
 
 async function start() {
   try {

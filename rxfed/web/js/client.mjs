@@ -7,7 +7,10 @@ import { b64d, b64e, fromUtf8, hex, utf8 } from "./encoding.mjs";
 import { MIN_PASSPHRASE, openKeyfile, sealKeyfile } from "./keyfile.mjs";
 import * as p from "./protocol.mjs";
 import { BoxKeyPair, SigningKeyPair, pwhashCost, randomBytes, ready, sha256 } from "./sodium.mjs";
+import { Invalid, contentKey, journal, recordKey, treatment } from "./records.mjs";
 import * as store from "./store.mjs";
+
+export { Invalid, journal, treatment };
 
 /** The node answered with an error; `status` and `code` are the node's. */
 export class NodeRefused extends Error {
@@ -17,16 +20,11 @@ export class NodeRefused extends Error {
   }
 }
 
-export class Invalid extends Error {
-  constructor(message, code) {
-    super(message);
-    this.code = code;
-  }
-}
-
 /** Argon2id cost of the browser's key file: libsodium's interactive cost (64 MiB), which
  * phones can afford; spec/web.md says why it is not the CLI's moderate. */
 export const KDF = "interactive";
+/** Records per commit, as the SDK writes them (sdk.CHUNK). */
+export const CHUNK = 64;
 export const timings = {};
 
 async function http(method, path, { body = null, headers = {} } = {}) {
@@ -291,100 +289,136 @@ export class Patient {
   /** Seal a new record of `kind` (its data already validated) and commit it with the next
    * signed manifest; once more after a reload if another device wrote first. */
   async addRecord(kind, data) {
+    return (await this.addRecords([[kind, data]]))[0];
+  }
+
+  /** Seal `puts` (records; a record the vault holds becomes its next version) and drop
+   * `deletes` (ids) in one commit under the next signed manifest (sdk._prepare_commit). */
+  async commit(puts, deletes = []) {
+    const t0 = performance.now();
+    const { secrets, counter } = this.state;
+    const entries = new Map(this.state.entries);
+    const body = { put: [], delete: [], manifest: null };
+    const stored = [];
+    for (const record of puts) {
+      const version = entries.has(record.id) ? entries.get(record.id)[0] + 1 : 1;
+      const blob = p.sealRecord(secrets.keyring, p.recordAd(this.id.patient, record.id, version), p.recordPlaintext(record));
+      entries.set(record.id, [version, sha256(blob)]);
+      body.put.push({ id: record.id, version, blob: b64e(blob) });
+      stored.push({ ...record, version });
+    }
+    for (const rid of deletes) {
+      body.delete.push({ id: rid, version: entries.get(rid)[0] });
+      entries.delete(rid);
+    }
+    body.manifest = p.manifest(secrets.signing, { patient: this.id.patient, epoch: secrets.epoch, counter: counter + 1, entries, now: this.node.now() });
+    await this.node.call("POST", "/v1/vault", body, this.id.device);
+    timings.save_ms = Math.round((performance.now() - t0) * 10) / 10;
+    const changed = new Set([...stored.map((r) => r.id), ...deletes]);
+    const records = [...stored, ...this.state.records.filter((r) => !changed.has(r.id))];
+    records.sort((a, b) => (a.created < b.created ? 1 : a.created > b.created ? -1 : 0));
+    this.state = { ...this.state, entries, counter: counter + 1, records };
+    const pins = (await store.get("state")) || store.EMPTY_PINS;
+    await store.putAll({ state: { ...pins, counter: counter + 1 } });
+    return stored;
+  }
+
+  /** Run `work` (which commits) on the vault as it is; once more after a reload when another
+   * device committed in between (the node answers stale_manifest or stale_record) or a
+   * recovery started a new identity epoch since this page loaded (stale_identity): a tab
+   * stays open for days. */
+  async retried(work) {
     for (let attempt = 0; ; attempt++) {
       if (this.state === null) await this.load();
-      const t0 = performance.now();
-      const record = { id: hex(randomBytes(16)), version: 1, kind, created: timestamp(Date.now() + this.node.offset * 1000), data };
-      const { secrets, counter } = this.state;
-      const entries = new Map(this.state.entries);
-      const blob = p.sealRecord(secrets.keyring, p.recordAd(this.id.patient, record.id, 1), p.recordPlaintext(record));
-      entries.set(record.id, [1, sha256(blob)]);
-      const manifest = p.manifest(secrets.signing, { patient: this.id.patient, epoch: secrets.epoch, counter: counter + 1, entries, now: this.node.now() });
       try {
-        await this.node.call("POST", "/v1/vault", { put: [{ id: record.id, version: 1, blob: b64e(blob) }], delete: [], manifest }, this.id.device);
+        return await work();
       } catch (exc) {
-        if (exc instanceof NodeRefused && exc.code === "stale_manifest" && attempt === 0) {
-          this.state = null; // another device wrote first: reload and try once more
+        if (exc instanceof NodeRefused && ["stale_manifest", "stale_record", "stale_identity"].includes(exc.code) && attempt === 0) {
+          this.state = null;
           continue;
         }
         throw exc;
       }
-      timings.save_ms = Math.round((performance.now() - t0) * 10) / 10;
-      this.state = { ...this.state, entries, counter: counter + 1, records: [record, ...this.state.records] };
-      const pins = (await store.get("state")) || store.EMPTY_PINS;
-      await store.putAll({ state: { ...pins, counter: counter + 1 } });
-      return record;
     }
+  }
+
+  /** New records, `items` [kind, data] pairs, stored in commits of at most CHUNK; with
+   * `skipKnown` (an import) those whose import key (or, for records imported before keys
+   * were kept, whose content) the vault already holds are left out and returned as held
+   * (sdk._add_records). Returns {stored, held}. */
+  async addRecords(items, { skipKnown = false } = {}) {
+    const now = Date.now() + this.node.offset * 1000;
+    // one microsecond apart, so "newest first" keeps the order they were given in
+    const fresh = items.map(([kind, data], i) => ({ id: hex(randomBytes(16)), version: 1, kind, created: timestamp(now, i), data }));
+    const written = [];
+    const held = await this.retried(async () => {
+      let todo = fresh.filter((r) => !this.state.entries.has(r.id)), found = [];
+      if (skipKnown) {
+        const known = new Map();
+        for (const r of this.state.records) {
+          known.set(recordKey(r.id, r.data), r);
+          if (!("import_key" in r.data)) known.set(contentKey(r.kind, r.data), r);
+        }
+        const match = todo.map((r) => known.get(r.data.import_key) || known.get(contentKey(r.kind, r.data)) || null);
+        found = match.filter((r) => r !== null);
+        todo = todo.filter((r, i) => match[i] === null);
+      }
+      for (let i = 0; i < todo.length; i += CHUNK) written.push(...await this.commit(todo.slice(i, i + CHUNK)));
+      return found;
+    });
+    return skipKnown ? { stored: written, held } : written;
+  }
+
+  /** Store imported records (each with data.import_key) the vault does not hold yet. */
+  importRecords(items) {
+    return this.addRecords(items, { skipKnown: true });
+  }
+
+  /** The record's next version with new data (`change`: a function from the record as
+   * stored to its new data, applied again if another device changed the vault meanwhile),
+   * sealed under the current vault key and covered by the next signed manifest; kind and
+   * creation time stay (sdk.edit_record). */
+  editRecord(recordId, change) {
+    return this.changeRecord(recordId, change);
+  }
+
+  /** Delete a record: the next signed manifest no longer lists it (sdk.delete_record). */
+  deleteRecord(recordId) {
+    return this.changeRecord(recordId, null);
+  }
+
+  changeRecord(recordId, change) {
+    return this.retried(async () => {
+      const record = this.state.records.find((r) => r.id === recordId);
+      if (record === undefined) throw new Invalid("That record is no longer in your vault.", "unknown_record");
+      if (record.kind === "community") {
+        throw new Invalid("A community record holds the membership's keys: leave the community instead.", "community_record");
+      }
+      if (change === null) {
+        await this.commit([], [recordId]);
+        return record;
+      }
+      return (await this.commit([{ ...record, data: change(record) }]))[0];
+    });
+  }
+
+  /** Seal this browser's key file again under a new passphrase, at the browser's Argon2id
+   * cost; the current passphrase must open it first (sdk.change_passphrase). */
+  static async changePassphrase(current, next, again) {
+    checkNewPassphrase(next, again);
+    await ready();
+    const keyfile = await store.get("keyfile");
+    if (keyfile === undefined) throw new Invalid("This browser holds no account for this node.", "no_profile");
+    const secrets = timed("argon2_ms", () => openKeyfile(keyfile, current));
+    const sealed = sealKeyfile(secrets, next, pwhashCost(KDF));
+    secrets.fill(0);
+    await store.putAll({ keyfile: sealed });
   }
 }
 
 /** When a record was written: ISO 8601 UTC with microseconds, as the CLI writes it. */
-export function timestamp(ms) {
-  return new Date(ms).toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
-}
-
-function localDate(d = new Date()) {
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
-}
-
-function text(value, what, limit) {
-  const clean = (value ?? "").trim();
-  if (!clean) return null;
-  if (clean.length > limit || /[\x00-\x08\x0b\x0c\x0e-\x1f]/.test(clean)) {
-    throw new Invalid(`${what} must be at most ${limit} printable characters.`, "bad_text");
-  }
-  return clean;
-}
-
-function score(value, what) {
-  if (value === null || value === undefined || String(value).trim() === "") return null;
-  const s = String(value).trim();
-  if (!/^-?\d{1,6}$/.test(s)) throw new Invalid(`${what} must be a whole number from 0 to 10.`, "out_of_range");
-  const n = Number(s);
-  if (n < 0 || n > 10) throw new Invalid(`${what} must be from 0 to 10, not ${n}.`, "out_of_range");
-  return n;
-}
-
-/** A calendar date as YYYY-MM-DD, or null when empty; a day that does not exist is refused. */
-function isoDate(value, what) {
-  const text = (value ?? "").trim();
-  if (!text) return null;
-  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
-  const d = m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3])) : null;
-  if (!d || d.getUTCFullYear() !== +m[1] || d.getUTCMonth() !== +m[2] - 1 || d.getUTCDate() !== +m[3]) {
-    throw new Invalid(`${what} must be a date like 2026-01-31.`, "bad_date");
-  }
-  return text;
-}
-
-/** A treatment's data, validated as rxfed/client/records.py treatment() does. */
-export function treatment({ name, dose = null, started = null, stopped = null, efficacy = null, sideEffects = [], adherence = null }) {
-  const clean = text(name, "The treatment's name", 120);
-  if (clean === null) throw new Invalid("A treatment needs a name.", "bad_text");
-  const from = isoDate(started, "The start"), to = isoDate(stopped, "The end");
-  if (from && to && to < from) throw new Invalid("A treatment cannot stop before it started.", "bad_date");
-  const effects = sideEffects.map((e) => text(e, "A side effect", 120)).filter((e) => e !== null);
-  return { name: clean, dose: text(dose, "The dose", 120), started: from, stopped: to, efficacy: score(efficacy, "Efficacy"),
-    side_effects: effects, adherence: score(adherence, "Adherence"), code: null, status: null, source: null };
-}
-
-/** A journal entry's data, validated as rxfed/client/records.py journal() does. */
-export function journal({ symptoms = [], feeling = null, note = null, date = null }) {
-  const clean = {};
-  for (const [name, value] of symptoms) {
-    const key = text(name, "A symptom name", 120);
-    const n = score(value, key ? `Symptom “${key}”` : "A symptom");
-    if (key === null) {
-      if (n !== null) throw new Invalid("A symptom score needs a name.", "bad_symptom");
-      continue;
-    }
-    if (n === null) throw new Invalid(`Symptom “${key}” needs a score from 0 to 10.`, "out_of_range");
-    clean[key.toLowerCase()] = n;
-  }
-  const entry = { date: isoDate(date, "The date") || localDate(), symptoms: clean, feeling: score(feeling, "Feeling"),
-    note: text(note, "The note", 4000), questionnaires: [] };
-  if (!Object.keys(clean).length && entry.feeling === null && entry.note === null) {
-    throw new Invalid("A journal entry needs a symptom, a feeling or a note.", "empty_entry");
-  }
-  return entry;
+export function timestamp(ms, micro = 0) {
+  const us = Math.floor(ms) * 1000 + micro;
+  const seconds = Math.floor(us / 1e6);
+  return new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, `.${String(us - seconds * 1e6).padStart(6, "0")}Z`);
 }

@@ -355,11 +355,31 @@ export function recordPlaintext({ kind, created, data }) {
   return utf8(pyCompact({ kind, created, data }));
 }
 
-function pyCompact(value) {
-  if (value === null || typeof value !== "object") {
-    if (typeof value === "number" && !Number.isSafeInteger(value)) throw new Error("record numbers are integers here");
-    return JSON.stringify(value);
+/** A float as Python's repr() writes it: the shortest digits that read back the same, in
+ * exponent form below 1e-4 and from 1e16, else with a point ("70.0"). */
+export function pyFloat(value) {
+  if (!Number.isFinite(value)) throw new Error("NaN and infinities have no JSON form");
+  const [mantissa, exp] = value.toExponential().split("e");
+  const e = Number(exp), negative = mantissa.startsWith("-");
+  const digits = mantissa.replace(/^-/, "").replace(".", "");
+  let out;
+  if (e < -4 || e >= 16) {
+    const m = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
+    out = `${m}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  } else if (e >= 0) {
+    out = `${digits.slice(0, e + 1).padEnd(e + 1, "0")}.${digits.slice(e + 1) || "0"}`;
+  } else {
+    out = `0.${"0".repeat(-e - 1)}${digits}`;
   }
+  return negative ? `-${out}` : out;
+}
+
+/** A number as Python's json.dumps writes what it reads back as the same value: integers as
+ * they are, any other number as a float (an imported measurement may be one). */
+export const pyNumber = (value) => (Number.isSafeInteger(value) ? String(value) : pyFloat(value));
+
+function pyCompact(value) {
+  if (value === null || typeof value !== "object") return typeof value === "number" ? pyNumber(value) : JSON.stringify(value);
   if (Array.isArray(value)) return "[" + value.map(pyCompact).join(",") + "]";
   const byCodePoint = (a, b) => {
     const x = [...a], y = [...b];
