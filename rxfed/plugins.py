@@ -35,7 +35,7 @@ from rxfed.errors import RxfedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from rxfed.protocol.credentials import Clinician
-    from rxfed.store import Store  # only named in annotations: the patient's device has no store
+    from rxfed.store.operations import Store  # only named in annotations: the patient's device has no store
 
 ENTRY_POINT_GROUP = "rxfed"  # rxfed.plugin_index.GROUP
 log = logging.getLogger("rxfed.plugins")
@@ -122,7 +122,8 @@ class PresendWarning:
 @attrs.frozen
 class StorageBackend:
     """A storage backend a plugin offers. ``open(data_dir, options)`` returns an unopened
-    :class:`rxfed.store.Store`; ``options`` is the ``[storage]`` config section."""
+    :class:`rxfed.store.operations.Store` over the plugin's :class:`rxfed.store.Backend`;
+    ``options`` is the ``[storage]`` config section."""
 
     name: str
     description: str

@@ -28,11 +28,13 @@ TEST_FEDERATION = Federation(backoff_base=0.05, backoff_max=0.5, breaker_thresho
 def builtin_plugins() -> RxfedPlugins:
     """A plugin manager holding only rxfed's built-in plugins, registered by hand."""
     import rxfed_plugins.outcomes
+    import rxfed_plugins.postgresql_store
     import rxfed_plugins.signals
     import rxfed_plugins.sqlite_store
 
     plugins = RxfedPlugins(entry_points=False)
     plugins.register(rxfed_plugins.sqlite_store, "sqlite")
+    plugins.register(rxfed_plugins.postgresql_store, "postgresql")
     plugins.register(rxfed_plugins.signals, "signals")
     plugins.register(rxfed_plugins.outcomes.Outcomes(), "outcomes")
     return plugins
@@ -52,7 +54,125 @@ class NodeHarness(LocalNode):
     async def start(self) -> NodeHarness:
         if self.plugins is None:
             self.plugins = builtin_plugins()
+        if self.storage is None and _DATABASES is not None:  # a test chose PostgreSQL
+            self.storage = {"backend": "postgresql", "dsn": await _DATABASES.create()}
         return await super().start()
+
+
+# -- PostgreSQL for tests: a fresh database per test --------------------------------------
+
+#: The environment variable naming the PostgreSQL server tests may use (a DSN whose user
+#: may create databases, e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``).
+PG_DSN_ENV = "RXFED_TEST_PG_DSN"
+
+
+def _with_database(dsn: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+class TestDatabases:
+    """Fresh PostgreSQL databases on the server at ``dsn``, each a copy (``CREATE DATABASE
+    ... TEMPLATE``) of one database migrated once per process, each dropped by :meth:`drop_all`.
+    Tests using them are independent and may run in parallel."""
+
+    __test__ = False  # not a test class
+    _template: str | None = None
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.created: list[str] = []
+
+    async def _admin(self):
+        import asyncpg
+
+        return await asyncpg.connect(self.dsn, timeout=10)
+
+    async def _ensure_template(self) -> str:
+        import atexit
+        import os
+        import secrets
+
+        from rxfed.store.postgresql import PostgreSQLBackend
+
+        if TestDatabases._template is None:
+            name = f"rxfed_template_{os.getpid()}_{secrets.token_hex(4)}"
+            conn = await self._admin()
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+            backend = PostgreSQLBackend(_with_database(self.dsn, name), max_connections=1)
+            await backend.open()
+            await backend.close()
+            TestDatabases._template = name
+            atexit.register(_drop_template, self.dsn, name)
+        return TestDatabases._template
+
+    async def create(self) -> str:
+        """The DSN of a new database at the newest schema."""
+        return await self._new(template=await self._ensure_template())
+
+    async def create_empty(self) -> str:
+        """The DSN of a new, empty database (no schema)."""
+        return await self._new()
+
+    async def _new(self, template: str | None = None) -> str:
+        import secrets
+
+        name = f"rxfed_test_{secrets.token_hex(8)}"
+        conn = await self._admin()
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        finally:
+            await conn.close()
+        self.created.append(name)
+        return _with_database(self.dsn, name)
+
+    async def drop_all(self) -> None:
+        conn = await self._admin()
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        self.created.clear()
+
+
+def _drop_template(dsn: str, name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def drop():
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(drop())
+    except Exception:  # noqa: BLE001 - the server may be gone at exit
+        pass
+
+
+#: Set while a test runs its nodes on PostgreSQL (the ``rxfed_store_backend`` fixture).
+_DATABASES: TestDatabases | None = None
+
+
+def pg_test_dsn() -> str | None:
+    """The PostgreSQL server tests may use, or None (``RXFED_TEST_PG_DSN`` not set, or
+    asyncpg not installed)."""
+    import importlib.util
+    import os
+
+    dsn = os.environ.get(PG_DSN_ENV)
+    return dsn if dsn and importlib.util.find_spec("asyncpg") is not None else None
+
+
+PG_SKIP_REASON = f"PostgreSQL tests need {PG_DSN_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres) and asyncpg"
 
 
 async def start_federation(base: Path, *names: str, **kwargs) -> list[NodeHarness]:
@@ -122,6 +242,41 @@ if pytest is not None:
         yield factory
         for manager in made:
             manager.close()
+
+    @pytest.fixture
+    def rxfed_pg_databases():
+        """A :class:`TestDatabases` on the ``RXFED_TEST_PG_DSN`` server (skips without it);
+        every database made through it is dropped after the test. (A plain fixture, so
+        that async fixtures may ask for it with ``request.getfixturevalue``.)"""
+        import asyncio
+        import concurrent.futures
+
+        dsn = pg_test_dsn()
+        if dsn is None:
+            pytest.skip(PG_SKIP_REASON)
+        databases = TestDatabases(dsn)
+        try:
+            yield databases
+        finally:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # off the test's event loop
+                pool.submit(asyncio.run, databases.drop_all()).result()
+
+    @pytest.fixture(params=["sqlite", "postgresql"])
+    def rxfed_store_backend(request):
+        """Run the test twice: its :class:`NodeHarness` nodes on SQLite, then each on a
+        fresh PostgreSQL database (skipped without ``RXFED_TEST_PG_DSN``). Yields the name."""
+        global _DATABASES
+        if request.param == "sqlite":
+            yield "sqlite"
+            return
+        if request.node.get_closest_marker("sqlite_only"):
+            pytest.skip("looks into the SQLite database file itself")
+        databases = request.getfixturevalue("rxfed_pg_databases")
+        _DATABASES = databases
+        try:
+            yield "postgresql"
+        finally:
+            _DATABASES = None
 
     @pytest.fixture
     def rxfed_test_plugins() -> PluginObjects:

@@ -155,7 +155,7 @@ def test_restore_of_another_nodes_backup_is_refused(node_dir, tmp_path, capsys):
 @pytest.fixture
 def old_node(tmp_path, monkeypatch):
     """A node whose database is at the schema of the release before."""
-    import rxfed.store.sqlite as backend
+    import rxfed.store.sqlite.schema as backend
 
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:-1])
     init_node(tmp_path / "old", name="old", port=18483)

@@ -16,6 +16,10 @@ from rxfed.protocol import community as pc
 from rxfed.testing import start_federation
 
 
+#: Every test here runs with its nodes on SQLite and again on PostgreSQL (RXFED_TEST_PG_DSN).
+pytestmark = pytest.mark.usefixtures("rxfed_store_backend")
+
+
 async def eventually(check, timeout=10.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -428,6 +432,7 @@ def _spy_on_requests(client) -> list[bytes]:
 
 
 @pytest.mark.parametrize("host_keys", ["own", "none"])
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_home_node_cannot_forge_a_private_community(fed, make_patient, host_keys):
     """Alice's home node rewrites its copy of an approval community: a create of its own
     making, an approval by its own admin key and a sock-puppet member. Alice's client
@@ -477,6 +482,7 @@ async def test_home_node_cannot_forge_a_private_community(fed, make_patient, hos
     assert not any(b64e(puppet.public).encode() in body for body in sent)
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_home_node_cannot_add_a_sock_puppet_with_its_own_stamp(fed, make_patient):
     """In an open community the home node appends a sock puppet's join to the real history,
     stamped with its own key: the client checks stamps against the host's own key."""
@@ -499,6 +505,7 @@ async def test_home_node_cannot_add_a_sock_puppet_with_its_own_stamp(fed, make_p
     assert not any(b64e(puppet.public).encode() in body for body in sent)
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_home_node_cannot_roll_a_community_back(fed, make_patient):
     """Once a device has seen event n, a history shorter than n (say, hiding a removal) is
     refused."""
@@ -518,6 +525,7 @@ async def test_home_node_cannot_roll_a_community_back(fed, make_patient):
     assert info.value.code == "rolled_back"
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_home_node_cannot_pass_off_another_community(fed, make_patient):
     """The home node serves the genuine, stamped history of another community of the same
     host under this one's address: refused."""
@@ -585,6 +593,7 @@ async def test_joining_a_lookalike_address_reads_nothing(fed, make_patient):
     assert len((await admin.read(address)).state.members) == 2
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_home_node_keeps_no_diagnosis_and_no_patient_link(fed, make_patient, monkeypatch, caplog):
     """What a member's home node keeps or logs names no condition, no community name, and
     links no patient (or address) to a community."""

@@ -27,6 +27,10 @@ from rxfed.protocol.federation import WireEvent
 from rxfed.testing import NodeHarness, builtin_plugins, start_federation
 from test_communities import eventually
 
+#: Every test here runs with its nodes on SQLite and again on PostgreSQL (RXFED_TEST_PG_DSN).
+pytestmark = pytest.mark.usefixtures("rxfed_store_backend")
+
+
 DRUG = MARKER.lower() + "ol"
 
 
@@ -357,6 +361,7 @@ async def test_revocation_reaches_a_node_that_was_down(fed, make_patient):
     assert await b.app_store().received_signals() == [] and len(recorder(b).signals) == 1
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_audit_log_rewrite_or_truncation_is_detected(fed, make_patient):
     a, b, c = fed
     patient, consent = await consenting(make_patient, a)

@@ -22,6 +22,10 @@ from rxfed.testing import TEST_FEDERATION, NodeHarness, free_port
 from test_federation_transport import _txn_request, note, wait_for
 
 
+#: Every test here runs with its nodes on SQLite and again on PostgreSQL (RXFED_TEST_PG_DSN).
+pytestmark = pytest.mark.usefixtures("rxfed_store_backend")
+
+
 class FakePeer:
     """An HTTP server standing in for a peer: ``behaviour(request_number)`` returns a status
     (or None to answer 200 with one ok result per event). Records every request."""
@@ -234,6 +238,7 @@ def test_config_with_dead_after_below_the_breaker_hold_is_refused(tmp_path):
 # -- 4: aiohttp's own resend after a dropped connection ----------------------------------------
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_a_resend_after_a_dropped_connection_is_signed_anew(pair):
     """A proxy in front of b passes the first request on, then drops the connection before
     the answer. aiohttp sends the PUT again by itself; signed anew, b answers it with the
@@ -314,6 +319,7 @@ async def test_a_throttled_sender_waits_as_asked_and_counts_no_failure(tmp_path)
         await b.stop()
 
 
+@pytest.mark.sqlite_only  # reads or writes the SQLite file itself
 async def test_empty_transactions_are_refused_without_a_write(pair):
     a, b = pair
     path, body, headers = _txn_request(a, b, "txn-empty-aaaaaaaaaaaaa", 1, [])

@@ -18,6 +18,8 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     init.add_argument("--port", type=port_number, default=8470, help="port to listen on (default 8470)")
     init.add_argument("--public-url", help="URL patients and peers use (default http://HOST:PORT); its host:port is the node id")
     init.add_argument("--registration", choices=("open", "invite", "closed"), default="open")
+    init.add_argument("--db", metavar="DSN", help="keep the node's data in PostgreSQL (postgresql://USER@HOST/DB, "
+                      "a database of its own) instead of SQLite in DATA_DIR; needs rxfed[postgresql]")
     json_flag(init)
     init.set_defaults(func=cmd_init)
 
@@ -83,6 +85,11 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     json_flag(restore)
     restore.set_defaults(func=cmd_restore)
 
+    move = nsub.add_parser("migrate-db", help="move a stopped SQLite node's data into an empty PostgreSQL database")
+    move.add_argument("data_dir", metavar="DATA_DIR")
+    move.add_argument("--to", required=True, metavar="DSN", help="postgresql://USER@HOST/DB, an empty database")
+    json_flag(move)
+    move.set_defaults(func=cmd_migrate_db)
     migrate = nsub.add_parser("migrate", help="back up DATA_DIR, then upgrade its database to this rxfed's schema")
     migrate.add_argument("data_dir", metavar="DATA_DIR")
     migrate.add_argument("--backup", metavar="OUT", help="where the backup goes (default DATA_DIR/backups/...)")
@@ -103,8 +110,13 @@ def add_parser(sub, words: list[str] | None = None) -> None:
 def cmd_init(args: argparse.Namespace) -> None:
     from rxfed.node.admin import init_node
 
+    storage = None
+    if args.db is not None:
+        if not args.db.startswith(("postgresql://", "postgres://")):
+            raise UsageError("--db must be a postgresql:// URL (SQLite, the default, needs no --db)")
+        storage = {"backend": "postgresql", "dsn": args.db}
     config, fp = init_node(args.data_dir, name=args.name, host=args.host, port=args.port,
-                           public_url=args.public_url, registration=args.registration)
+                           public_url=args.public_url, registration=args.registration, storage=storage)
     Output(args.json).result(
         {"node_id": config.node_id, "fingerprint": fp, "public_url": config.public_url,
          "data_dir": str(config.data_dir), "registration": config.registration},
@@ -267,9 +279,20 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     from rxfed.node.backup import migrate_node
 
     doc = migrate_node(args.data_dir, backup=args.backup)
-    Output(args.json).result(doc, [f"database schema {doc['from']} upgraded to {doc['to']}; backup first in "
-                                   f"{doc['backup']}"] if doc["migrated"] else
+    Output(args.json).result(doc, [f"database schema {doc['from']} upgraded to {doc['to']}; "
+                                   + (f"backup first in {doc['backup']}" if doc["backup"] else
+                                      "in one transaction (back the database up with its own tools)")]
+                             if doc["migrated"] else
                                   [f"database schema {doc['to']} is this rxfed's: nothing to migrate"])
+
+
+def cmd_migrate_db(args: argparse.Namespace) -> None:
+    from rxfed.node.backup import migrate_db_node
+
+    doc = migrate_db_node(args.data_dir, to=args.to)
+    rows = sum(doc["rows"].values())
+    Output(args.json).result(doc, [f"{rows} rows moved to {doc['to']} and checked: every read answers alike; "
+                                   f"{doc['data_dir']} now uses PostgreSQL (the SQLite file {doc['sqlite']} is kept)"])
 
 
 def _utc(t: int) -> str:

@@ -25,6 +25,7 @@ from rxfed.node.logs import AccessLog, NodeLogs, flush_access_log, setup_logging
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol.delivery import PeerDelivery
 from rxfed.protocol.federation import fingerprint_ok, keys_from_json, node_id_ok
+from rxfed.store import safe_dsn
 
 log = logging.getLogger("rxfed.node")
 
@@ -51,7 +52,12 @@ def init_node(data_dir: str | Path, *, name: str, host: str = "127.0.0.1", port:
     os.chmod(data_dir, 0o700)
     key = create_node_keys(data_dir)
     config.save()
-    asyncio.run(_with_store(config, lambda store: store.set_meta("created", str(int(time.time())))))
+    try:
+        asyncio.run(_with_store(config, lambda store: store.set_meta("created", str(int(time.time())))))
+    except BaseException:  # no store (a database server unreachable, say): no half-made node either
+        for name in ("rxfed.toml", "node-keys.json"):
+            (data_dir / name).unlink(missing_ok=True)
+        raise
     return config, fingerprint(key.key.public)
 
 
@@ -62,7 +68,10 @@ def _url_host(host: str) -> str:
 async def _with_store(config: NodeConfig, action):
     options = dict(config.storage)
     backend = RxfedPlugins(disabled=config.disabled_plugins).storage_backend(options.pop("backend", "sqlite"))
-    store = backend.open(config.data_dir, options)
+    try:
+        store = backend.open(config.data_dir, options)
+    except ValueError as exc:  # the backend's own options ([storage] dsn, say)
+        raise ConfigFileError([f"{config.data_dir / 'rxfed.toml'}: {exc}"]) from None
     from rxfed.store import SchemaOutdated
 
     try:
@@ -272,7 +281,8 @@ async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: i
         backend = storage.pop("backend", "sqlite")
         log.info("rxfed %s node %s started (pid %d): listening on %s; storage %s (%s); open-file limit %s%s, at "
                  "most %d connections, idle ones closed after %gs", rxfed.__version__, config.node_id, os.getpid(),
-                 listening, backend, ", ".join(f"{k} {v}" for k, v in storage.items()) or "defaults",
+                 listening, backend, ", ".join(f"{k} {safe_dsn(v) if k == 'dsn' else v}" for k, v in storage.items())
+                 or "defaults",
                  "unlimited" if unlimited else files,
                  f" (raised from {before})" if files != before else "", limit, config.limits.keepalive_timeout)
         if limit < config.limits.max_connections:

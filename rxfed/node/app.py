@@ -30,7 +30,8 @@ from rxfed.protocol.auth import SignedRequest
 from rxfed.protocol.federation import TXN_ID
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.schema import fields
-from rxfed.store import NewPatient, Recovery, Store, StoredRecord
+from rxfed.store import NewPatient, Recovery, StoredRecord
+from rxfed.store.operations import Store
 
 log = logging.getLogger("rxfed.node")
 routes = web.RouteTableDef()

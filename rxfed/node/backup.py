@@ -288,11 +288,19 @@ def migrate_node(data_dir: str | Path, *, backup: str | Path | None = None, now:
     if current == latest or current == 0:
         return {"from": current, "to": latest, "migrated": False, "backup": None}
     refuse_if_serving(config, "migrating its database")
-    if backup is None:
-        folder = config.data_dir / BACKUPS
-        folder.mkdir(mode=0o700, exist_ok=True)
-        backup = folder / f"pre-migrate-{current}-to-{latest}-{_stamp(now)}.rxfed-backup"
-    taken = backup_node(config.data_dir, backup, now=now)
+    if getattr(store, "path", None) is None:
+        # A database server (PostgreSQL) has its own backups (pg_dump, base backups); rxfed
+        # migrates it in one transaction, which either applies whole or leaves it as it was.
+        if backup is not None:
+            raise ConfigFileError([f"--backup: the {config.storage.get('backend')} backend is backed up with its "
+                                   "database's own tools (pg_dump); migrate without --backup"])
+        taken = {"backup": None}
+    else:
+        if backup is None:
+            folder = config.data_dir / BACKUPS
+            folder.mkdir(mode=0o700, exist_ok=True)
+            backup = folder / f"pre-migrate-{current}-to-{latest}-{_stamp(now)}.rxfed-backup"
+        taken = backup_node(config.data_dir, backup, now=now)
     store.migrate = True
 
     async def upgrade():
@@ -301,3 +309,86 @@ def migrate_node(data_dir: str | Path, *, backup: str | Path | None = None, now:
 
     asyncio.run(upgrade())
     return {"from": current, "to": _schema(store)[0], "migrated": True, "backup": taken["backup"]}
+
+
+async def _same_reads(old, new, now: int) -> list[str]:
+    """What the two stores answer differently, by the contract's reads (nothing: the same)."""
+    differ = []
+
+    async def same(what: str, read) -> None:
+        a, b = await read(old), await read(new)
+        if a != b:
+            differ.append(what)
+
+    accounts = await old.accounts(now)
+    for what, read in (("accounts", lambda s: s.accounts(now)), ("peers", lambda s: s.peers()),
+                       ("outbox", lambda s: s.outbox_summary()), ("due destinations", lambda s: s.due_destinations()),
+                       ("dead letters", lambda s: s.dead_letters()), ("communities", lambda s: s.communities()),
+                       ("received signals", lambda s: s.received_signals()),
+                       ("operator log", lambda s: s.operator_log(1 << 30)), ("open invites", lambda s: s.open_invites()),
+                       ("nonces", lambda s: _as_set(s.load_nonces(0))), ("suspended", lambda s: s.suspended_accounts())):
+        await same(what, read)
+    for account in accounts:
+        p = account.patient
+        for what, read in (("vault", lambda s: s.vault(p, None)), ("devices", lambda s: s.devices(p)),
+                           ("identity", lambda s: s.identity_chain(p)), ("recovery", lambda s: s.recovery(p)),
+                           ("grants", lambda s: s.grants(p)), ("audit", lambda s: s.audit(p)),
+                           ("account", lambda s: s.account(p))):
+            await same(f"{what} of {p}", read)
+    for community in await old.communities():
+        await same(f"events of {community.id}@{community.host}",
+                   lambda s: s.community_events(community.id, community.host, limit=1 << 30))
+    return differ
+
+
+async def _as_set(read) -> set:
+    return set(await read)
+
+
+def migrate_db_node(data_dir: str | Path, *, to: str, now: float | None = None) -> dict:
+    """Move a stopped SQLite node's data into the empty PostgreSQL database ``to`` (one
+    transaction), check that both answer every read of the store contract alike, then
+    point the node's rxfed.toml at PostgreSQL. The SQLite file stays where it was."""
+    config = NodeConfig.load(data_dir)
+    now = int(time.time() if now is None else now)
+    if config.storage.get("backend", "sqlite") != "sqlite":
+        raise ConfigFileError([f"{config.data_dir}: the node's store is {config.storage.get('backend')}, not sqlite"])
+    if not to.startswith(("postgresql://", "postgres://")):
+        raise ConfigFileError([f"--to must be a postgresql:// URL, not {to!r}"])
+    source = store_of(config)
+    if source.schema()[0] is None:
+        raise ConfigFileError([f"{config.data_dir}: no database to move"])
+    refuse_if_serving(config, "moving its database")
+    target_config = attrs.evolve(config, storage={"backend": "postgresql", "dsn": to})
+    try:
+        from rxfed.store.postgresql.port import PortRefused, copy_sqlite_to_postgresql
+    except ImportError:
+        raise ConfigFileError(["moving to PostgreSQL needs asyncpg: pip install 'rxfed[postgresql]'"]) from None
+
+    async def move() -> tuple[dict[str, int], list[str]]:
+        copied = await copy_sqlite_to_postgresql(source.path, to)
+        target = store_of(target_config)
+        await source.open()
+        try:
+            await target.open()
+            try:
+                return copied, await _same_reads(source, target, now)
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+
+    try:
+        copied, differ = asyncio.run(move())
+    except PortRefused as exc:
+        raise ConfigFileError([f"{config.data_dir}: {exc}"]) from None
+    except OSError as exc:  # the server cannot be reached
+        raise ConfigFileError([f"{config.data_dir}: {exc}"]) from None
+    if differ:
+        raise ConfigFileError([f"{config.data_dir}: the copy in PostgreSQL reads differently ({', '.join(differ)}); "
+                               "the node still uses SQLite"])
+    target_config.save()
+    from rxfed.store import safe_dsn
+
+    return {"data_dir": str(config.data_dir), "to": safe_dsn(to), "rows": copied, "verified": True,
+            "sqlite": str(source.path)}

@@ -38,10 +38,9 @@ from rxfed.protocol.federation import (
     keys_json,
     negotiate,
     node_id_ok,
-    reply_json,
     transaction_body,
 )
-from rxfed.store import CommunityEvent, CommunityRow, Peer
+from rxfed.store import CommunityEvent, CommunityRow, Inbound, Peer
 
 log = logging.getLogger("rxfed.federation")
 
@@ -660,7 +659,7 @@ class Federation:
         txn_id = txn.txn_id
         stored = await self.state.store.inbox_reply(origin, txn_id)
         if stored is not None:
-            return stored
+            return inbound_reply(stored)
         if any(e.kind in self.serialised for e in txn.events):
             async with self.lock:
                 return await self._apply(origin, txn, nonce)
@@ -686,14 +685,21 @@ class Federation:
             effects.communities.extend(more.communities)
             effects.outbox.extend(more.outbox)
             effects.after_commit.extend(more.after_commit)
-        reply = await self.state.store.apply_inbound(
-            origin, txn.txn_id, txn.seq, make_reply=lambda missing: canonical(reply_json(results, missing)),
+        inbound = await self.state.store.apply_inbound(
+            origin, txn.txn_id, txn.seq, results=canonical([r.to_json() for r in results]),
             communities=effects.communities, outbox=effects.outbox, nonce=nonce, now=self.state.now())
+        reply = inbound_reply(inbound)
         for update in effects.after_commit:
             update()
         if effects.outbox:
             self.notify()
         return reply
+
+
+def inbound_reply(inbound: Inbound) -> bytes:
+    """The reply to a received transaction, from what the store kept of it (the same bytes
+    for the first answer and for every retry)."""
+    return canonical({"results": loads(inbound.results), "missing": list(inbound.missing)})
 
 
 def _has_answered(peer: Peer | None) -> bool:

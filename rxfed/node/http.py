@@ -29,7 +29,8 @@ from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import SignedRequest
 from rxfed.protocol.canonical import canonical, loads
-from rxfed.store import AuthKey, Nonce, Quota, Store
+from rxfed.store import AuthKey, Nonce, Quota
+from rxfed.store.operations import Store
 
 log = logging.getLogger("rxfed.node")
 PROTOCOL_VERSIONS = ("1",)

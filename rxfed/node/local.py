@@ -47,6 +47,8 @@ class LocalNode:
     port: int = attrs.field(factory=free_port)
     #: ``host:port`` for the node's metrics listener, or None for none.
     metrics_listen: str | None = None
+    #: The ``[storage]`` section (the embedded SQLite database in ``data_dir`` by default).
+    storage: dict | None = None
     runner: web.AppRunner | None = None
     config: NodeConfig | None = None
 
@@ -59,7 +61,7 @@ class LocalNode:
         self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.url, port=self.port,
                                  registration=self.registration, limits=self.limits, federation=self.federation,
                                  trusted_proxies=tuple(self.trusted_proxies), forwarded_header=self.forwarded_header,
-                                 metrics_listen=self.metrics_listen)
+                                 metrics_listen=self.metrics_listen, storage=self.storage or {"backend": "sqlite"})
         if not (self.data_dir / "node-keys.json").exists():
             create_node_keys(self.data_dir)
             self.config.save()

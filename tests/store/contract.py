@@ -13,6 +13,7 @@ from rxfed.store import (
     CommunityEvent,
     CommunityRow,
     GrantRow,
+    Inbound,
     NewPatient,
     Nonce,
     OperatorEntry,
@@ -59,7 +60,7 @@ class CommunityContract:
     async def test_communities_are_keyed_by_address(self, store):
         ev = [CommunityEvent(1, b"create", b"stamp1", ((b"A" * 32, True),)), CommunityEvent(2, b"msg", b"stamp2")]
         await store.append_community_events(self.row("host.example", "Group", b"k" * 32), ev, outbox=[], now=1)
-        await store.apply_inbound("other.example", "txn-1", 1, make_reply=lambda missing: b"{}",
+        await store.apply_inbound("other.example", "txn-1", 1, results=b"[]",
                                   communities=[(self.row("other.example"), [CommunityEvent(5, b"x", b"s")])],
                                   outbox=[], nonce=nonce(), now=1)
         hosted = await store.community("c" * 32, "host.example")
@@ -86,7 +87,7 @@ class CommunityContract:
                    [CommunityEvent(2, b"join", b"s", ((leaver, True),)),
                     CommunityEvent(3, b"join", b"s", ((stayer, True),))]]
         for i, events in enumerate(batches):
-            await store.apply_inbound("host.example", f"txn-{i}", i + 1, make_reply=lambda missing: b"{}",
+            await store.apply_inbound("host.example", f"txn-{i}", i + 1, results=b"[]",
                                       communities=[(row, events)], outbox=[], nonce=nonce(), now=1)
         assert await store.community_reader("c" * 32, "host.example", leaver) is False
         assert await store.community_reader("c" * 32, "host.example", stayer) is True
@@ -508,12 +509,26 @@ class StoreContract(CommunityContract, OperatorContract):
 
     async def test_inbox_pruned_by_age(self, store):
         for i, when in enumerate([1000, 2000]):
-            await store.apply_inbound("a.example", f"txn-{i}", i + 1, make_reply=lambda missing: b"{}",
+            await store.apply_inbound("a.example", f"txn-{i}", i + 1, results=b"[]",
                                       communities=[], outbox=[], nonce=nonce(), now=when)
         assert await store.prune_inbox(1000) == 0
         assert await store.prune_inbox(1500) == 1
         assert await store.inbox_reply("a.example", "txn-0") is None
-        assert await store.inbox_reply("a.example", "txn-1") == b"{}"
+        assert await store.inbox_reply("a.example", "txn-1") == Inbound(b"[]", ())
+
+    async def test_an_inbound_transaction_is_applied_once_and_its_reply_kept(self, store):
+        row = CommunityContract.row("host.example")
+        first = await store.apply_inbound("a.example", "txn-3", 3, results=b'[{"ok":true}]',
+                                          communities=[(row, [CommunityEvent(1, b"e", b"s")])],
+                                          outbox=[("c.example", b"onward")], nonce=nonce(), now=1)
+        assert first == Inbound(b'[{"ok":true}]', (1, 2))  # numbers 1 and 2 were not seen
+        again = await store.apply_inbound("a.example", "txn-3", 3, results=b"[]", communities=[],
+                                          outbox=[("c.example", b"twice")], nonce=nonce(), now=2)
+        assert again == first and await store.inbox_reply("a.example", "txn-3") == first
+        assert [s.pending for s in await store.outbox_summary()] == [1]  # queued once
+        later = await store.apply_inbound("a.example", "txn-1", 1, results=b"[]", communities=[], outbox=[],
+                                          nonce=nonce(), now=3)
+        assert later.missing == (2,)
 
     async def test_reschedule_every_transaction_of_a_destination(self, store):
         await store.enqueue([("b", b"1"), ("b", b"2"), ("c", b"3")], now=1000)

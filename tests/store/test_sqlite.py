@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import stat
@@ -11,10 +12,17 @@ import time
 
 import pytest
 
-from contract import new_patient, StoreContract, commit, nonce, register
+from contract import new_patient, commit, nonce, register
 from rxfed.errors import Conflict, Unavailable
+import rxfed.store.sqlite.engine as engine
+import rxfed.store.sqlite.schema as schema
 from rxfed.store import Quota, Replayed, StoredRecord
-from rxfed.store.sqlite import CONSENT_DELIVERY_STATE, MIGRATIONS, SQLiteStore
+from rxfed.store.operations import Store
+from rxfed.store.sqlite import CONSENT_DELIVERY_STATE, MIGRATIONS, SQLiteBackend
+
+
+def SQLiteStore(path, **kwargs) -> Store:
+    return Store(SQLiteBackend(path, **kwargs))
 
 
 @pytest.fixture
@@ -23,10 +31,6 @@ async def store(tmp_path):
     await s.open()
     yield s
     await s.close()
-
-
-class TestSQLiteContract(StoreContract):
-    pass
 
 
 async def test_pragmas_and_schema(store):
@@ -81,12 +85,14 @@ async def _runs_on(store) -> str:
 
 def _on_loop(store) -> None:
     """As if the disk had shown it commits fast: batches run inline on the event loop."""
-    store._inline, store._commit_s = True, 0.0
+    backend = getattr(store, "backend", store)
+    backend._inline, backend._commit_s = True, 0.0
 
 
 def _on_thread(store) -> None:
     """As if commits were slow: batches run on the writer thread, no probe for a while."""
-    store._inline, store._next_probe = False, float("inf")
+    backend = getattr(store, "backend", store)
+    backend._inline, backend._next_probe = False, float("inf")
 
 
 async def test_fast_commits_run_inline_slow_ones_on_the_writer_thread(store):
@@ -106,8 +112,8 @@ async def test_where_batches_commit_has_hysteresis(store, monkeypatch):
     thread only when they average over the slow mark; from the thread a probe (one inline
     batch, at most every _PROBE_S) brings it back only when it commits under the fast mark.
     A new store probes with its first batch."""
-    import rxfed.store.sqlite as backend
-
+    backend = engine
+    store = store.backend
     assert store.commit_status()["mode"] == "writer thread"
     assert await _runs_on(store) == threading.current_thread().name  # the first batch probes
     took = {"s": 0.001}
@@ -211,8 +217,7 @@ async def test_close_writes_what_was_queued(tmp_path):
 
 
 async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
-    import rxfed.store.sqlite as backend
-
+    backend = schema
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:3])  # a database from before migration 4
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
@@ -248,8 +253,7 @@ async def test_migration_4_keeps_records_and_nonces(tmp_path, monkeypatch):
 
 
 async def test_consent_delivery_state_migration_keeps_grants_and_queued_events(tmp_path, monkeypatch):
-    import rxfed.store.sqlite as backend
-
+    backend = schema
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:MIGRATIONS.index(CONSENT_DELIVERY_STATE)])
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
@@ -278,13 +282,13 @@ async def test_consent_delivery_state_migration_keeps_grants_and_queued_events(t
 def _batch_sizes(store) -> list[int]:
     """The sizes of the batches the store runs from now on, inline on a fast disk."""
     sizes = []
-    real = store._transaction
+    real = store.backend._transaction
 
     def counting(conn, batch, **kw):
         sizes.append(len(batch))
         return real(conn, batch, **kw)
 
-    store._transaction = counting
+    store.backend._transaction = counting
     _on_loop(store)
     return sizes
 
@@ -317,7 +321,7 @@ async def test_a_failing_store_answers_every_caller(store, monkeypatch):
     def broken(conn):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_checkpoint", broken)
+    monkeypatch.setattr(store.backend, "_checkpoint", broken)
     with pytest.raises(Unavailable):  # an erasure checkpoints on the writer thread, which fails here
         await store.erase_patient(p.patient, signer=p.device, tombstone=b"t", nonce=nonce(), now=1)
     p2 = await register(store, 2)  # the writer thread still serves
@@ -332,8 +336,7 @@ async def test_inline_batches_are_capped(store):
 
 
 async def test_migration_7_drops_old_communities_and_keeps_the_rest(tmp_path, monkeypatch):
-    import rxfed.store.sqlite as backend
-
+    backend = schema
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:6])  # a database from before migration 7
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
@@ -361,8 +364,7 @@ async def test_migration_7_drops_old_communities_and_keeps_the_rest(tmp_path, mo
 
 
 async def test_older_schema_is_refused_unless_opened_to_migrate(tmp_path, monkeypatch):
-    import rxfed.store.sqlite as backend
-
+    backend = schema
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS[:-1])  # a database from the release before
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
@@ -370,7 +372,7 @@ async def test_older_schema_is_refused_unless_opened_to_migrate(tmp_path, monkey
     monkeypatch.setattr(backend, "MIGRATIONS", MIGRATIONS)
     s = SQLiteStore(tmp_path / "rxfed.db")
     assert s.schema() == (len(MIGRATIONS) - 1, len(MIGRATIONS))
-    with pytest.raises(backend.SchemaOutdated, match="older than this rxfed") as refused:
+    with pytest.raises(schema.SchemaOutdated, match="older than this rxfed") as refused:
         await s.open()
     assert (refused.value.current, refused.value.latest) == (len(MIGRATIONS) - 1, len(MIGRATIONS))
     assert backend.schema_version(s.path) == len(MIGRATIONS) - 1  # refused means untouched
@@ -389,8 +391,7 @@ async def test_a_new_database_is_created_at_the_newest_schema(tmp_path):
 
 
 async def test_backup_while_writing_is_a_consistent_private_copy(tmp_path):
-    import rxfed.store.sqlite as backend
-
+    backend = schema
     s = SQLiteStore(tmp_path / "rxfed.db")
     await s.open()
     try:
@@ -417,3 +418,29 @@ async def test_backup_while_writing_is_a_consistent_private_copy(tmp_path):
     conn.close()
     with pytest.raises(FileExistsError):  # never overwrites
         backend.backup_database(tmp_path / "rxfed.db", copy)
+
+
+async def test_migration_11_keeps_the_inbox_replies_as_results_and_missing_numbers(tmp_path, monkeypatch):
+    from rxfed.store import Inbound
+
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS[:10])  # a database from before migration 11
+    s = SQLiteStore(tmp_path / "rxfed.db")
+    await s.open()
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "rxfed.db")
+    with conn:  # a reply as the node of schema 10 stored it
+        conn.execute("INSERT INTO inbox VALUES ('a.example', 'txn-1', 4, ?, 1000)",
+                     (b'{"missing":[2,3],"results":[{"ok":true},{"error":"x","ok":false}]}',))
+    conn.close()
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS)
+    s = SQLiteStore(tmp_path / "rxfed.db", migrate=True)
+    await s.open()
+    try:
+        kept = await s.inbox_reply("a.example", "txn-1")
+        assert kept.missing == (2, 3)
+        assert json.loads(kept.results) == [{"ok": True}, {"error": "x", "ok": False}]
+        from rxfed.node.federation import inbound_reply
+        assert inbound_reply(kept) == b'{"missing":[2,3],"results":[{"ok":true},{"error":"x","ok":false}]}'
+        assert isinstance(kept, Inbound)
+    finally:
+        await s.close()

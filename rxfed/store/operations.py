@@ -1,0 +1,806 @@
+"""The node's store: every domain operation written once, over any backend.
+
+A write reads the rows it needs through the backend's row-level connection
+(:class:`rxfed.store.sql.SQLConnection`), calls the pure rule from protocol/ or consent/,
+and applies the typed plan the rule returns; an error anywhere rolls the whole transaction
+back, so a refused write changes nothing. The backend decides how a transaction runs
+(:class:`rxfed.store.Backend`): SQLite groups the operations that arrive together into one
+transaction and drives each operation's coroutine to its end without suspending; PostgreSQL
+awaits the same coroutine inside a real transaction of its own. Every write takes the
+request's nonce, persisted in the same transaction, so a replayed write is refused even
+after a restart. ``tests/store/contract.py`` runs every operation on every backend.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from operator import methodcaller
+from pathlib import Path
+from typing import Any
+
+from rxfed.consent.audit import append as audit_append
+from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_delivery
+from rxfed.errors import Conflict, Forbidden, Gone, NotFound, Unauthorized
+from rxfed.protocol import account as pa
+from rxfed.protocol import community as pcm
+from rxfed.protocol.federation import track_sequence
+from rxfed.store import (
+    Account,
+    AccountSummary,
+    AuditRow,
+    AuthKey,
+    Backend,
+    CommunityEvent,
+    CommunityRow,
+    DeadLetter,
+    Device,
+    GrantRow,
+    Inbound,
+    NewPatient,
+    Nonce,
+    OperatorEntry,
+    OutboundTransaction,
+    OutboxSummary,
+    Peer,
+    Quota,
+    ReceivedToken,
+    Recovery,
+    Replayed,
+    StoredRecord,
+    TokenRow,
+    Vault,
+)
+from rxfed.store.sql import AccountState, SQLConnection as Conn
+
+#: Why an event that waited too long went to the dead letters.
+TOO_OLD = "undelivered past the maximum age"
+#: How many numbers of an origin's transactions seen out of order are kept.
+SEEN_WINDOW = 10_000
+
+
+# -- steps shared by several operations ---------------------------------------------------
+
+
+async def _use_nonce(c: Conn, nonce: Nonce) -> None:
+    if not await c.add_nonce(nonce):
+        raise Replayed()
+
+
+async def _signer(c: Conn, patient: str, device: str | None) -> AccountState:
+    """The account's row, after checking that it exists and that ``device`` (if given) is one
+    of its live devices."""
+    state = await c.account_state(patient, device)
+    if state is None:
+        raise Unauthorized("unknown or erased account", code="unknown_account")
+    if device is not None:
+        if state.device_patient != patient:
+            raise Unauthorized("unknown device", code="unknown_key")
+        if state.device_revoked is not None:
+            raise Unauthorized("this device was revoked", code="revoked_device")
+    return state
+
+
+async def _current_epoch(c: Conn, patient: str, signer: str | None, epoch: int,
+                         recovery_key: bytes | None) -> AccountState:
+    state = await _signer(c, patient, signer)
+    if signer is None and not await c.has_recovery_key(patient, recovery_key):
+        raise Unauthorized("unknown recovery key", code="unknown_key")
+    pa.check_epoch(state.epoch, epoch)
+    return state
+
+
+async def _new_device_key(c: Conn, device: str, sign_key: bytes) -> None:
+    """A device key must be new: no device's, and no recovery key (a device holding a
+    patient's recovery auth key as its own would stand in its place)."""
+    if await c.device_key_taken(device, sign_key):
+        raise Conflict("this device key is already registered", code="already_registered")
+
+
+async def _put_recovery(c: Conn, patient: str, recovery: Recovery) -> None:
+    other = await c.recovery_key_owner(recovery.auth_key)
+    if (other is not None and other != patient) or await c.is_device_key(recovery.auth_key):
+        raise Conflict("this recovery key is in use", code="already_registered")
+    await c.put_recovery(patient, recovery)
+
+
+async def _account_exists(c: Conn, patient: str) -> int | None:
+    """When the account was suspended (None: it is not); NotFound when there is none."""
+    row = await c.suspension(patient)
+    if row is None:
+        erased = await c.tombstone(patient) is not None
+        raise NotFound(f"no account {patient} on this node" + (" (it was erased)" if erased else ""),
+                       code="unknown_account")
+    return row[0]
+
+
+async def _erase(c: Conn, patient: str, tombstone: bytes, now: int) -> None:
+    await c.erase(patient, tombstone, now)
+    c.scrub()
+
+
+async def _audit(c: Conn, patient: str, entries: list[dict], now: int) -> None:
+    """Append ``entries`` to the patient's chain (callers make each logged fact happen once)."""
+    appended = audit_append(await c.audit_head(patient), entries, now)
+    await c.add_audit(patient, [AuditRow(a.seq, a.entry, a.hash) for a in appended])
+
+
+async def _write_community(c: Conn, community: CommunityRow, events: list[CommunityEvent]) -> None:
+    key = (community.id, community.host)
+    # The row is made once: at the host with the create event, on a mirror by its first event.
+    await c.ensure_community(community)
+    await c.add_community_events(*key, events)
+    members: dict[bytes, bool] = {}
+    for e in events:
+        for member, active in e.changes:
+            if member not in members:
+                members[member] = await c.member_state(*key, member)
+            members[member] = pcm.member_active(members[member], active)
+    await c.set_members(*key, members)
+    # The community's seq is the end of the contiguous run stored: mirrors may see gaps.
+    seq = await c.community_seq(*key)
+    while True:
+        end = pcm.contiguous_end(seq, await c.event_seqs_after(*key, seq, 1000))
+        done, seq = end - seq < 1000, end
+        if done:
+            break
+    await c.set_community_seq(*key, seq)
+
+
+async def _insert_received(c: Conn, t: ReceivedToken) -> None:
+    await c.add_received(t)
+    origin, key = await c.received_origin(t.token)
+    if origin != t.origin or key != t.subject_key:  # another home's token with the same id
+        raise Forbidden("that token id belongs to another patient's grant", code="wrong_origin")
+
+
+# -- the operations -----------------------------------------------------------------------
+
+
+async def _register_patient(c: Conn, new: NewPatient, invite_hash: bytes | None, nonce: Nonce, now: int) -> None:
+    await _use_nonce(c, nonce)
+    if await c.root_key_erased(new.root_key):
+        raise Gone("this account was erased; register with new keys", code="erased")
+    if await c.root_key_registered(new.root_key):
+        raise Conflict("this patient is already registered", code="already_registered")
+    await _new_device_key(c, new.device, new.device_sign_key)
+    if await c.recovery_key_owner(new.recovery.auth_key) is not None:
+        raise Conflict("this recovery key is already registered", code="already_registered")
+    if invite_hash is not None and not await c.use_invite(invite_hash, now):
+        raise Forbidden("unknown or already used invitation code", code="bad_invite")
+    await c.add_patient(new.patient, new.root_key, now)
+    await c.add_identity(new.patient, 1, new.identity)
+    await c.add_device(new.device, new.patient, new.device_sign_key, new.device_cert, new.keyring, now)
+    await _put_recovery(c, new.patient, new.recovery)
+
+
+async def _enrol_device(c: Conn, patient: str, signer: str | None, epoch: int, device: str, sign_key: bytes,
+                        cert: bytes, keyring: bytes, nonce: Nonce, now: int, max_devices: int,
+                        recovery_key: bytes | None) -> None:
+    await _use_nonce(c, nonce)
+    await _current_epoch(c, patient, signer, epoch, recovery_key)
+    await _new_device_key(c, device, sign_key)
+    pa.check_enrolment(len(await c.active_devices(patient)), max_devices)
+    await c.add_device(device, patient, sign_key, cert, keyring, now)
+
+
+async def _rotate_identity(c: Conn, patient: str, signer: str | None, epoch: int, identity: bytes,
+                           devices: dict[str, tuple[bytes, bytes]], added: dict[str, tuple[bytes, bytes, bytes]],
+                           recovery: Recovery, manifest: tuple[int, bytes], nonce: Nonce, now: int,
+                           recovery_key: bytes | None) -> list[str]:
+    await _use_nonce(c, nonce)
+    state = await _current_epoch(c, patient, signer, epoch - 1, recovery_key)
+    revoked = pa.plan_rotation(await c.active_devices(patient), devices, signer, counter=state.counter,
+                               manifest_counter=manifest[0])
+    await c.set_manifest(patient, manifest[0], manifest[1])
+    for device, (sign_key, cert, keyring) in added.items():
+        await _new_device_key(c, device, sign_key)
+        await c.add_device(device, patient, sign_key, cert, keyring, now)
+    await c.set_epoch(patient, epoch)
+    await c.add_identity(patient, epoch, identity)
+    await c.revoke_devices(revoked, now, identity)
+    await c.recertify_devices(devices)
+    await _put_recovery(c, patient, recovery)
+    return revoked
+
+
+async def _commit(c: Conn, patient: str, signer: str, counter: int, manifest: bytes, puts: list[StoredRecord],
+                  deletes: list[tuple[str, int]], quota: Quota, nonce: Nonce, epoch: int, base: int | None) -> int:
+    await _use_nonce(c, nonce)
+    s = await _signer(c, patient, signer)
+    ids = [p.id for p in puts] + [rid for rid, _ in deletes]
+    stored = {rid: pa.Stored(version, size) for rid, (version, size) in (await c.record_versions(patient, ids)).items()}
+    plan = pa.plan_commit(pa.VaultTotals(s.counter, s.records, s.bytes, s.epoch), stored, counter=counter, base=base,
+                          epoch=epoch, puts=[(p.id, p.version, len(p.blob)) for p in puts], deletes=deletes,
+                          max_records=quota.max_records, max_bytes=quota.max_bytes)
+    blobs = {p.id: p for p in puts}
+    await c.add_records(patient, [blobs[rid] for rid in plan.inserts])
+    await c.replace_records(patient, [blobs[rid] for rid in plan.replaces])
+    await c.delete_records(patient, plan.deletes)
+    t = plan.totals
+    await c.set_vault(patient, t.counter, manifest, t.records, t.bytes)
+    return t.counter
+
+
+async def _vault(c: Conn, patient: str, device: str | None) -> Vault:
+    await _signer(c, patient, device)
+    return Vault(await c.manifest(patient), tuple(await c.records(patient)))
+
+
+async def _erase_patient(c: Conn, patient: str, signer: str, tombstone: bytes, nonce: Nonce, now: int) -> None:
+    await _use_nonce(c, nonce)
+    await _signer(c, patient, signer)
+    await _erase(c, patient, tombstone, now)
+
+
+async def _set_suspended(c: Conn, patient: str, since: int | None, reason: str | None, log: OperatorEntry) -> bool:
+    current = await _account_exists(c, patient)
+    if (current is None) == (since is None):
+        return False
+    await c.set_suspended(patient, since, reason)
+    await c.log_operator(log)
+    return True
+
+
+async def _operator_erase(c: Conn, patient: str, tombstone: bytes, now: int, log: OperatorEntry) -> None:
+    await _account_exists(c, patient)
+    await c.log_operator(log)
+    await _erase(c, patient, tombstone, now)
+
+
+async def _remove_community(c: Conn, community_id: str, host: str, log: OperatorEntry) -> bool:
+    if not await c.remove_community(community_id, host):
+        return False
+    await c.log_operator(log)
+    return True
+
+
+async def _set_peer_policy(c: Conn, node_id: str, policy: str, url: str | None, fingerprint: str | None) -> None:
+    await c.ensure_peer(node_id)
+    await c.set_peer_policy(node_id, policy, url, fingerprint)
+
+
+async def _save_peer_document(c: Conn, node_id: str, document: bytes, fetched: int, trusted_keys: bytes) -> None:
+    await c.ensure_peer(node_id)
+    await c.save_peer_document(node_id, document, fetched, trusted_keys)
+
+
+async def _peer_delivery(c: Conn, node_id: str, ok: bool, now: int, error: str | None,
+                         breaker_until: int | None) -> int:
+    await c.ensure_peer(node_id)
+    if ok:
+        await c.peer_delivered(node_id, now)
+        return 0
+    return await c.peer_failed(node_id, error, breaker_until)
+
+
+async def _next_transaction(c: Conn, destination: str, max_events: int, now: int, dead_after: int,
+                            exclude: list[str], may_die: Callable[[bytes], bool]) -> OutboundTransaction | None:
+    cutoff = now - dead_after
+    # Whole transactions expire together, so a dead transaction never half-arrives; one
+    # holding an event that may not die (part of a log) waits whole.
+    for txn in await c.transactions_created_before(destination, cutoff):
+        if txn not in exclude and all(may_die(e) for e in await c.transaction_events(txn)):
+            await c.bury_transaction(txn, now, TOO_OLD)
+    await c.bury_events([i for i, e in await c.unformed_events_before(destination, cutoff) if may_die(e)], now,
+                        TOO_OLD)
+    pending = await c.oldest_transaction(destination, list(exclude))
+    if pending is None:
+        ids = await c.waiting_events(destination, now, max_events)
+        if not ids:
+            return None
+        seq = await c.next_out_seq(destination)
+        txn = secrets.token_urlsafe(18)
+        await c.form_transaction(txn, destination, seq, now, ids)
+        return OutboundTransaction(txn, destination, seq, tuple(await c.transaction_events(txn)), 0, now, 0)
+    return OutboundTransaction(pending.txn, destination, pending.seq, tuple(await c.transaction_events(pending.txn)),
+                               pending.attempts, pending.created, pending.next_attempt_ms)
+
+
+async def _apply_inbound(c: Conn, origin: str, txn_id: str, seq: int, results: bytes,
+                         communities: list[tuple[CommunityRow, list[CommunityEvent]]],
+                         outbox: list[tuple[str, bytes]], nonce: Nonce, now: int) -> Inbound:
+    stored = await c.inbound(origin, txn_id)
+    if stored is not None:
+        return stored
+    await _use_nonce(c, nonce)
+    for community, events in communities:
+        await _write_community(c, community, events)
+    await c.enqueue(outbox, now)
+    contiguous, seen = await c.inbound_sequence(origin)
+    contiguous, seen, missing = track_sequence(contiguous, set(seen), seq)
+    await c.set_inbound_sequence(origin, contiguous, sorted(seen)[-SEEN_WINDOW:])
+    reply = Inbound(results, tuple(missing))
+    await c.add_inbound(origin, txn_id, seq, reply, now)
+    return reply
+
+
+async def _append_community_events(c: Conn, community: CommunityRow, events: list[CommunityEvent],
+                                   outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None,
+                                   patient: str | None, signer: str | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    if signer is not None:
+        await _signer(c, patient, signer)
+    if events:
+        pcm.check_append(await c.last_event_seq(community.id, community.host), events[0].seq)
+    await _write_community(c, community, events)
+    await c.enqueue(outbox, now)
+
+
+async def _relay(c: Conn, destination: str, event: bytes, now: int, nonce: Nonce, patient: str,
+                 signer: str | None) -> None:
+    await _use_nonce(c, nonce)
+    await _signer(c, patient, signer)
+    await c.enqueue([(destination, event)], now)
+
+
+async def _add_grant(c: Conn, grant: GrantRow, tokens: list[TokenRow], signer: str, audit: list[dict], nonce: Nonce,
+                     now: int) -> None:
+    await _use_nonce(c, nonce)
+    await _signer(c, grant.patient, signer)
+    if not await c.add_grant(grant, tokens):
+        raise Conflict("that grant or token id is taken", code="duplicate_grant")
+    await _audit(c, grant.patient, audit, now)
+
+
+async def _mark_shared(c: Conn, token: str, patient: str, signer: str, delivery: str, seq: int,
+                       outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int,
+                       not_before: int) -> None:
+    await _use_nonce(c, nonce)
+    await _signer(c, patient, signer)
+    state = await c.token_share_state(token, patient)
+    if state is None:
+        raise Gone("unknown grant token", code="unknown_grant")
+    check_share(revoked=state[0], last_seq=state[1], seq=seq)
+    await c.set_token_shared(token, now, seq)
+    if not await c.add_delivery(token, delivery, now):
+        raise Conflict("that delivery id was used before", code="duplicate_delivery")
+    await c.enqueue(outbox, now, not_before)
+    await _audit(c, patient, audit, now)
+
+
+async def _revoke_grant(c: Conn, patient: str, grant_id: str, signer: str, revocation: bytes,
+                        token_revocations: dict[str, bytes], outbox: list[tuple[str, bytes]], audit: list[dict],
+                        nonce: Nonce, now: int, not_before: dict[str, int] | None) -> None:
+    await _use_nonce(c, nonce)
+    await _signer(c, patient, signer)
+    if not await c.revoke_grant(grant_id, patient, now, revocation):
+        raise Gone("no live grant with that id", code="unknown_grant")
+    await c.set_token_revocations(grant_id, token_revocations)
+    for item in outbox:
+        await c.enqueue([item], now, (not_before or {}).get(item[0], 0))
+    await _audit(c, patient, audit, now)
+
+
+async def _token_acknowledged(c: Conn, token: str, node: str, ack: bytes, audit: list[dict], now: int) -> bool:
+    patient = await c.unacknowledged_revoked_token(token, node)
+    if patient is None:
+        return False
+    await c.set_token_acknowledged(token, now, ack)
+    await _audit(c, patient, audit, now)
+    return True
+
+
+async def _delivery_used(c: Conn, token: str, node: str, delivery: str, entries: list[dict], now: int) -> bool:
+    patient = await c.unused_delivery(token, node, delivery)
+    if patient is None:
+        return False
+    await c.set_delivery_used(token, delivery, now)
+    if entries:
+        await _audit(c, patient, entries, now)
+    return True
+
+
+async def _receive_signals(c: Conn, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]],
+                           seq: int) -> TokenOutcome:
+    await _insert_received(c, token)
+    outcome = on_delivery(ReceivedState(*await c.received_state(token.token)), delivery, seq)
+    if outcome is TokenOutcome.NEW:
+        await c.replace_received_signals(token.token, signals)
+        await c.set_received_delivery(token.token, delivery, seq)
+    return outcome
+
+
+async def _revoke_received(c: Conn, token: ReceivedToken, revocation: bytes | None, now: int) -> bool:
+    await _insert_received(c, token)
+    held = await c.delete_received_signals(token.token)
+    await c.set_received_revoked(token.token, now, revocation)
+    if held:
+        c.scrub()
+    return bool(held)
+
+
+async def _expire_received(c: Conn, now: int) -> list[ReceivedToken]:
+    expired = await c.ended_received(now)
+    for t in expired:
+        await c.delete_received_signals(t.token)
+    # A day after its end a token is forgotten: a delivery under it is refused anyway.
+    await c.forget_received(now - 86400)
+    if expired:
+        c.scrub()
+    return expired
+
+
+class Store:
+    """One node's persistent state over a :class:`~rxfed.store.Backend`. All methods are
+    coroutines; all writes are durable before they return.
+
+    What a backend offers beyond the interface (the SQLite engine's commit statistics and
+    write health, its file ``path``) is reached through the store as well."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "backend":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def __repr__(self) -> str:
+        return f"Store({self.backend!r})"
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def migrate(self) -> bool:
+        """Set before :meth:`open` to upgrade a database with an older schema (``rxfed node
+        migrate``); without it such a database is refused, so that no other command
+        migrates it silently. A new, empty database is always created at the newest schema."""
+        return self.backend.migrate
+
+    @migrate.setter
+    def migrate(self, value: bool) -> None:
+        self.backend.migrate = value
+
+    async def open(self) -> None:
+        await self.backend.open()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    def schema(self) -> tuple[int | None, int]:
+        """(the stored schema version, None when nothing is stored yet; the code's version)."""
+        return self.backend.schema()
+
+    async def backup_to(self, dest: Path, *, meta: dict[str, str] | None = None) -> int:
+        """Write a consistent copy of the whole store to the new file ``dest`` (mode 0600)
+        while the node may be serving, with ``meta`` rows set in the copy; returns the
+        copy's schema version. Backends whose database has its own tools refuse."""
+        return await self.backend.backup_to(dest, meta=meta)
+
+    # -- node ------------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        return await self.backend.read(methodcaller("get_meta", key))
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.backend.write(methodcaller("set_meta", key, value))
+
+    async def add_invites(self, code_hashes: list[bytes], now: int) -> None:
+        await self.backend.write(methodcaller("add_invites", code_hashes, now))
+
+    async def open_invites(self) -> int:
+        """How many invitation codes are still unused."""
+        return await self.backend.read(methodcaller("open_invites"))
+
+    async def load_nonces(self, now: int) -> list[Nonce]:
+        """Nonces still inside their window, so a restarted node keeps refusing replays."""
+        return await self.backend.read(methodcaller("load_nonces", now))
+
+    async def prune_nonces(self, now: int) -> int:
+        return await self.backend.write(methodcaller("prune_nonces", now), heavy=True)
+
+    # -- patients --------------------------------------------------------------------------
+    async def register_patient(self, new: NewPatient, *, invite_hash: bytes | None, nonce: Nonce, now: int) -> None:
+        """Create a patient with one device. With ``invite_hash``, consume that unused
+        invitation in the same transaction (Forbidden if unknown or used). Conflict if the
+        root or device key is registered; Gone if the patient erased their account."""
+        await self.backend.write(_register_patient, new, invite_hash, nonce, now)
+
+    async def auth_key(self, key: bytes) -> AuthKey | None:
+        return await self.backend.read(methodcaller("auth_key", key))
+
+    async def account(self, patient: str) -> Account | None:
+        return await self.backend.read(methodcaller("account", patient))
+
+    async def devices(self, patient: str) -> list[Device]:
+        return await self.backend.read(methodcaller("devices", patient))
+
+    async def identity_chain(self, patient: str) -> list[bytes]:
+        """The patient's identity statements, epoch 1 first (empty for an unknown patient)."""
+        return await self.backend.read(methodcaller("identity_chain", patient))
+
+    async def enrol_device(self, patient: str, *, signer: str | None, epoch: int, device: str, sign_key: bytes,
+                           cert: bytes, keyring: bytes, nonce: Nonce, now: int, max_devices: int,
+                           recovery_key: bytes | None = None) -> None:
+        """Add a device certified at identity ``epoch``, which must be the current one
+        (Conflict ``stale_identity``). ``signer`` is the enrolling device, which must be
+        active; with ``recovery_key`` instead, that must be the patient's current recovery
+        key. Forbidden ``too_many_devices`` past ``max_devices`` active devices; Conflict if
+        the key is any device's or any recovery key."""
+        await self.backend.write(_enrol_device, patient, signer, epoch, device, sign_key, cert, keyring, nonce, now,
+                                 max_devices, recovery_key)
+
+    async def rotate_identity(self, patient: str, *, signer: str | None, epoch: int, identity: bytes,
+                              devices: dict[str, tuple[bytes, bytes]], added: dict[str, tuple[bytes, bytes, bytes]],
+                              recovery: Recovery, manifest: tuple[int, bytes], nonce: Nonce, now: int,
+                              recovery_key: bytes | None = None) -> list[str]:
+        """Start identity ``epoch`` (the current one plus one, Conflict ``stale_identity``
+        otherwise): store its statement, replace the certificate and keyring of every device
+        in ``devices`` (device -> (cert, keyring); each must be active), add the devices in
+        ``added`` (device -> (sign key, cert, keyring)), revoke every other active device,
+        replace the recovery material, and re-sign the vault with ``manifest`` (counter,
+        statement; the counter must follow the stored one). ``signer``, if a device, must be
+        active and kept; with ``recovery_key`` instead, that must be the current recovery
+        key. Returns the revoked devices."""
+        return await self.backend.write(_rotate_identity, patient, signer, epoch, identity, devices, added, recovery,
+                                        manifest, nonce, now, recovery_key)
+
+    async def recovery(self, patient: str) -> Recovery | None:
+        return await self.backend.read(methodcaller("recovery", patient))
+
+    async def recovery_by_key(self, auth_key: bytes) -> tuple[str, bytes, Recovery] | None:
+        """(patient, root key, recovery) for a recovery auth key."""
+        return await self.backend.read(methodcaller("recovery_by_key", auth_key))
+
+    async def check_signer(self, patient: str, device: str | None) -> None:
+        """Raise Unauthorized unless the patient exists and ``device`` (if given) is one of
+        their devices that is not revoked."""
+        await self.backend.read(_signer, patient, device)
+
+    # -- vault -----------------------------------------------------------------------------
+    async def commit(self, patient: str, *, signer: str, counter: int, manifest: bytes,
+                     puts: list[StoredRecord], deletes: list[tuple[str, int]], quota: Quota,
+                     nonce: Nonce, epoch: int, base: int | None = None) -> int:
+        """Apply one vault change atomically, as :func:`rxfed.protocol.account.plan_commit`
+        plans it: ``epoch`` must be the current one (Conflict ``stale_identity``), ``base``
+        (by default ``counter`` minus one) the stored counter and ``counter`` above it; a
+        put's version one more than the stored one (1 for a new record); a delete's version
+        must match. Conflict on any mismatch, QuotaExceeded past the quota."""
+        return await self.backend.write(_commit, patient, signer, counter, manifest, puts, deletes, quota, nonce,
+                                        epoch, base)
+
+    async def vault(self, patient: str, device: str | None) -> Vault:
+        return await self.backend.read(_vault, patient, device)
+
+    async def erase_patient(self, patient: str, *, signer: str, tombstone: bytes, nonce: Nonce, now: int) -> None:
+        """Delete every record, device and key of the patient so that no byte of their
+        ciphertext stays in the database files, and keep the signed tombstone."""
+        await self.backend.write(_erase_patient, patient, signer, tombstone, nonce, now, heavy=True)
+
+    async def tombstone(self, patient: str) -> bytes | None:
+        return await self.backend.read(methodcaller("tombstone", patient))
+
+    # -- operator actions --------------------------------------------------------------------
+    async def accounts(self, now: int) -> list[AccountSummary]:
+        """Every account, oldest first (grants live at ``now`` are counted)."""
+        return await self.backend.read(methodcaller("accounts", now))
+
+    async def suspended_accounts(self) -> set[str]:
+        """The patients whose accounts are suspended (the node refuses their writes)."""
+        return await self.backend.read(methodcaller("suspended_accounts"))
+
+    async def set_suspended(self, patient: str, *, since: int | None, reason: str | None,
+                            log: OperatorEntry) -> bool:
+        """Suspend (``since``: when) or unsuspend (None) an account and log it, at once.
+        NotFound for an unknown account; False (nothing logged) when already so."""
+        return await self.backend.write(_set_suspended, patient, since, reason, log)
+
+    async def operator_erase(self, patient: str, *, tombstone: bytes, now: int, log: OperatorEntry) -> None:
+        """Erase an account as :meth:`erase_patient` does, on the operator's word (no
+        device signs it; ``tombstone`` is the node's statement), and log it. NotFound for an
+        unknown account."""
+        await self.backend.write(_operator_erase, patient, tombstone, now, log, heavy=True)
+
+    async def remove_community(self, community_id: str, host: str, *, log: OperatorEntry) -> bool:
+        """Delete this node's copy of a community (events, readers, row) and log it; False
+        (nothing logged) when there is none."""
+        return await self.backend.write(_remove_community, community_id, host, log, heavy=True)
+
+    async def log_operator(self, entry: OperatorEntry) -> None:
+        await self.backend.write(methodcaller("log_operator", entry))
+
+    async def operator_log(self, limit: int = 1000) -> list[OperatorEntry]:
+        """The newest ``limit`` entries of the operator log, oldest first."""
+        return await self.backend.read(methodcaller("operator_log", limit))
+
+    # -- federation: peers -----------------------------------------------------------------
+    async def peer(self, node_id: str) -> Peer | None:
+        return await self.backend.read(methodcaller("peer", node_id))
+
+    async def peers(self) -> list[Peer]:
+        return await self.backend.read(methodcaller("peers"))
+
+    async def set_peer_policy(self, node_id: str, policy: str, *, url: str | None = None,
+                              fingerprint: str | None = None) -> None:
+        """Record the operator's decision about a peer (creating the peer if unknown)."""
+        await self.backend.write(_set_peer_policy, node_id, policy, url, fingerprint)
+
+    async def save_peer_document(self, node_id: str, document: bytes, fetched: int, trusted_keys: bytes) -> None:
+        """Keep a peer's key document as fetched, and the keys this node now trusts for it."""
+        await self.backend.write(_save_peer_document, node_id, document, fetched, trusted_keys)
+
+    async def forget_peer_keys(self, node_id: str) -> bool:
+        """Forget the keys trusted for a peer and its document (the operator accepts a key
+        change); the next document fetched counts as a first contact, or is checked against
+        the pin. False when the peer is unknown."""
+        return await self.backend.write(methodcaller("forget_peer_keys", node_id))
+
+    async def peer_delivery(self, node_id: str, *, ok: bool, now: int, error: str | None = None,
+                            breaker_until: int | None = None) -> int:
+        """Record a delivery attempt; returns the number of consecutive failures."""
+        return await self.backend.write(_peer_delivery, node_id, ok, now, error, breaker_until)
+
+    async def peer_recovered(self, node_id: str, *, now: int) -> None:
+        """The peer showed it is up (it sent an authenticated transaction): no failures, no
+        open breaker, and every transaction waiting for it due at once."""
+        await self.backend.write(methodcaller("peer_recovered", node_id))
+
+    # -- federation: outbox ----------------------------------------------------------------
+    async def enqueue(self, items: list[tuple[str, bytes]], now: int) -> None:
+        """Queue (destination, event) pairs for delivery."""
+        await self.backend.write(methodcaller("enqueue", items, now))
+
+    async def next_transaction(self, destination: str, *, max_events: int, now: int, dead_after: int,
+                               exclude: list[str] = (),
+                               may_die: Callable[[bytes], bool] = lambda event: True) -> OutboundTransaction | None:
+        """The transaction to send next: the oldest one sent but not acknowledged (same id,
+        same events) and not in ``exclude`` (those in flight), or a new one formed from
+        queued events with the next sequence number. Events queued longer than
+        ``dead_after`` seconds become dead letters first, those ``may_die`` (the delivery
+        policy's rule) lets die: a transaction dies whole, or waits whole."""
+        return await self.backend.write(_next_transaction, destination, max_events, now, dead_after, list(exclude),
+                                        may_die, heavy=True)  # it may bury many expired events
+
+    async def transaction_delivered(self, txn_id: str) -> None:
+        await self.backend.write(methodcaller("transaction_delivered", txn_id))
+
+    async def transaction_failed(self, txn_id: str, *, error: str, next_attempt_ms: int) -> None:
+        await self.backend.write(methodcaller("transaction_failed", txn_id, error, next_attempt_ms))
+
+    async def reschedule_transactions(self, destination: str, *, next_attempt_ms: int) -> None:
+        """Make every unacknowledged transaction to ``destination`` due at ``next_attempt_ms``
+        (an open breaker holds them all until its cool-down ends)."""
+        await self.backend.write(methodcaller("reschedule_transactions", destination, next_attempt_ms))
+
+    async def due_destinations(self) -> list[tuple[str, int | None]]:
+        """Destinations with something to send, with the time (ms) of their next attempt."""
+        return await self.backend.read(methodcaller("due_destinations"))
+
+    async def outbox_summary(self) -> list[OutboxSummary]:
+        return await self.backend.read(methodcaller("outbox_summary"))
+
+    async def dead_letters(self, destination: str | None = None) -> list[DeadLetter]:
+        return await self.backend.read(methodcaller("dead_letters", destination))
+
+    async def replay_dead_letters(self, now: int, destination: str | None = None) -> int:
+        """Queue dead letters again; returns how many."""
+        return await self.backend.write(methodcaller("replay_dead_letters", now, destination), heavy=True)
+
+    # -- federation: inbox -----------------------------------------------------------------
+    async def inbox_reply(self, origin: str, txn_id: str) -> Inbound | None:
+        """What :meth:`apply_inbound` kept of a transaction received before, or None."""
+        return await self.backend.read(methodcaller("inbound", origin, txn_id))
+
+    async def prune_inbox(self, before: int) -> int:
+        """Forget received transactions (their stored replies) received before ``before``
+        (Unix seconds); returns how many."""
+        return await self.backend.write(methodcaller("prune_inbox", before), heavy=True)
+
+    async def apply_inbound(self, origin: str, txn_id: str, seq: int, *, results: bytes,
+                            communities: list[tuple[CommunityRow, list[CommunityEvent]]],
+                            outbox: list[tuple[str, bytes]], nonce: Nonce, now: int) -> Inbound:
+        """Apply one inbound transaction exactly once: community events (idempotent by
+        community and sequence number), the events it queues onward, the sequence tracking
+        of ``origin`` (:func:`rxfed.protocol.federation.track_sequence`), and what the node
+        replies (``results``, opaque here, and the sequence numbers found missing), all in
+        one store transaction. A transaction seen before returns what was kept and changes
+        nothing; the node makes the reply from it."""
+        return await self.backend.write(_apply_inbound, origin, txn_id, seq, results, communities, outbox, nonce, now)
+
+    # -- communities -----------------------------------------------------------------------
+    #
+    # A community is keyed by its address, (id, host): a node's copy of one community never
+    # mixes with events another node sends under the same id. No row names a patient.
+    async def communities(self, *, hosted_by: str | None = None) -> list[CommunityRow]:
+        return await self.backend.read(methodcaller("communities", hosted_by))
+
+    async def community(self, community_id: str, host: str) -> CommunityRow | None:
+        return await self.backend.read(methodcaller("community", community_id, host))
+
+    async def community_events(self, community_id: str, host: str, *, after: int = 0,
+                               limit: int = 1000) -> list[CommunityEvent]:
+        return await self.backend.read(methodcaller("community_events", community_id, host, after, limit))
+
+    async def community_reader(self, community_id: str, host: str, member: bytes) -> bool | None:
+        """Whether ``member`` may read this node's copy of the community: True once its
+        create or join is stored, False once its leave or removal is too, None when the key
+        is unknown here (see :attr:`CommunityEvent.changes`)."""
+        return await self.backend.read(methodcaller("member_state", community_id, host, member))
+
+    async def append_community_events(self, community: CommunityRow, events: list[CommunityEvent], *,
+                                      outbox: list[tuple[str, bytes]], now: int, nonce: Nonce | None = None,
+                                      patient: str | None = None, signer: str | None = None) -> None:
+        """Store events a local patient submitted (at the host: stamped and sequenced),
+        queue their fan-out and persist the request nonce, at once. With ``signer`` (a
+        device of ``patient``), refuse a revoked device or erased account."""
+        await self.backend.write(_append_community_events, community, events, outbox, now, nonce, patient, signer)
+
+    async def relay(self, destination: str, event: bytes, *, now: int, nonce: Nonce, patient: str,
+                    signer: str | None = None) -> None:
+        """Queue a local patient's event for a community hosted elsewhere (refused for a
+        revoked ``signer`` device)."""
+        await self.backend.write(_relay, destination, event, now, nonce, patient, signer)
+
+    # -- consent: the home node's grants and audit log ------------------------------------
+    async def add_grant(self, grant: GrantRow, tokens: list[TokenRow], *, signer: str, audit: list[dict],
+                        nonce: Nonce, now: int) -> None:
+        """Store a local patient's grant and its tokens and log it, at once (refused for a
+        revoked ``signer`` device or an erased account)."""
+        await self.backend.write(_add_grant, grant, tokens, signer, audit, nonce, now)
+
+    async def grants(self, patient: str) -> list[tuple[GrantRow, list[TokenRow]]]:
+        """A patient's grants, newest first, each with its tokens."""
+        return await self.backend.read(methodcaller("grants", patient))
+
+    async def grant_of_token(self, token: str) -> tuple[GrantRow, TokenRow] | None:
+        return await self.backend.read(methodcaller("grant_of_token", token))
+
+    async def mark_shared(self, token: str, *, patient: str, signer: str, delivery: str, seq: int,
+                          outbox: list[tuple[str, bytes]], audit: list[dict], nonce: Nonce, now: int,
+                          not_before: int = 0) -> None:
+        """Record that the patient shared signals under ``token`` as ``delivery`` numbered
+        ``seq`` (still live: refused with Gone once revoked; Conflict unless ``seq`` is above
+        the token's last one), queue their delivery, to be sent no earlier than
+        ``not_before``, and log it, at once."""
+        await self.backend.write(_mark_shared, token, patient, signer, delivery, seq, outbox, audit, nonce, now,
+                                 not_before)
+
+    async def delivery_used(self, token: str, node: str, delivery: str, entries: list[dict], now: int) -> bool:
+        """Log a recipient node's use of one recorded delivery, once: False (nothing logged)
+        unless ``delivery`` was shared under ``token`` to ``node`` and not reported before."""
+        return await self.backend.write(_delivery_used, token, node, delivery, entries, now)
+
+    async def revoke_grant(self, patient: str, grant_id: str, *, signer: str, revocation: bytes,
+                           token_revocations: dict[str, bytes], outbox: list[tuple[str, bytes]],
+                           audit: list[dict], nonce: Nonce, now: int,
+                           not_before: dict[str, int] | None = None) -> None:
+        """Revoke a live grant and its tokens, queue the revocations and log it, at once;
+        ``not_before`` holds each destination's revocation until that time."""
+        await self.backend.write(_revoke_grant, patient, grant_id, signer, revocation, token_revocations, outbox,
+                                 audit, nonce, now, not_before)
+
+    async def token_acknowledged(self, token: str, node: str, *, ack: bytes, audit: list[dict], now: int) -> bool:
+        """Keep ``node``'s signed acknowledgement of a revoked token (once; False when not a
+        revoked token of ours sent to ``node``)."""
+        return await self.backend.write(_token_acknowledged, token, node, ack, audit, now)
+
+    async def audit(self, patient: str) -> list[AuditRow]:
+        return await self.backend.read(methodcaller("audit", patient))
+
+    # -- consent: signals received under tokens -------------------------------------------
+    async def receive_signals(self, token: ReceivedToken, delivery: str, signals: list[tuple[str, bytes]], *,
+                              seq: int = 0) -> TokenOutcome:
+        """Keep ``signals`` under ``token``, replacing what it delivered before, as
+        :func:`rxfed.consent.tokens.on_delivery` decides: returns its
+        :class:`~rxfed.consent.tokens.TokenOutcome`. Forbidden when the token id is known
+        from another origin or under another key."""
+        return await self.backend.write(_receive_signals, token, delivery, signals, seq)
+
+    async def revoke_received(self, token: ReceivedToken, revocation: bytes | None, now: int) -> bool:
+        """Delete every signal received under ``token`` and remember it revoked (a later
+        delivery under it is refused). True when it held signals."""
+        return await self.backend.write(_revoke_received, token, revocation, now, heavy=True)
+
+    async def received_token(self, token: str) -> ReceivedToken | None:
+        return await self.backend.read(methodcaller("received_token", token))
+
+    async def received_signals(self, token: str | None = None) -> list[tuple[str, str, bytes]]:
+        """``(token, kind, body)`` of signals held (all tokens, or one)."""
+        return await self.backend.read(methodcaller("received_signals", token))
+
+    async def expire_received(self, now: int) -> list[ReceivedToken]:
+        """Delete the signals of tokens whose grant ended; returns those tokens."""
+        return await self.backend.write(_expire_received, now, heavy=True)
