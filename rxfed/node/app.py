@@ -329,8 +329,8 @@ async def report_plugins(state: NodeState, reported: list | None) -> list | None
 
 
 async def report_store(state: NodeState, reported: dict | None) -> dict | None:
-    """Record where the store commits (event loop or writer thread, commit time, counts)
-    for `rxfed node status` when it changed; returns what is now recorded."""
+    """Record where the store's batches run (event loop or writer thread, commit time,
+    counts) for `rxfed node status` when it changed; returns what is now recorded."""
     status = getattr(state.store, "commit_status", None)
     if status is None:
         return reported

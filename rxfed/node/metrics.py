@@ -134,14 +134,16 @@ class _NodeCollector:
         if status is None:
             return
         s = status()
-        yield GaugeMetricFamily("rxfed_store_commit_inline", "1 while store batches commit on the event loop, "
-                                "0 on the writer thread", value=1 if s["mode"] == "event loop" else 0)
-        batches = CounterMetricFamily("rxfed_store_batches", "Store batches committed, by where", labels=["where"])
+        yield GaugeMetricFamily("rxfed_store_commit_inline", "1 when the last store batch ran inline (statements "
+                                "on the event loop, COMMIT on the committer thread), 0 when on the writer thread",
+                                value=1 if s["mode"] == "event loop" else 0)
+        batches = CounterMetricFamily("rxfed_store_batches", "Store batches committed, by where their statements "
+                                      "ran", labels=["where"])
         batches.add_metric(["event_loop"], s["inline_batches"])
         batches.add_metric(["writer_thread"], s["thread_batches"])
         yield batches
-        yield CounterMetricFamily("rxfed_store_mode_switches", "Times the store moved its commits between the "
-                                  "event loop and the writer thread", value=s["switches"])
+        yield CounterMetricFamily("rxfed_store_mode_switches", "Times a store batch ran elsewhere than the one "
+                                  "before it (event loop or writer thread)", value=s["switches"])
         histograms = getattr(store, "commit_histograms", None)
         if histograms is None:
             return
