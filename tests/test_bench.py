@@ -24,8 +24,28 @@ async def run(*args: str) -> dict:
 @pytest.mark.parametrize("mode", ["records", "posts"])
 async def test_load_script(node, tmp_path, mode):
     result = await run(str(BENCH / "load.py"), "--base", node.url, "--n", "40", "--conc", "1,4", "--patients", "4",
-                       "--warmup", "4", "--mode", mode, "--profiles", str(tmp_path / "profiles"))
+                       "--warmup", "4", "--mode", mode, "--profiles", str(tmp_path / "profiles"),
+                       "--data-dir", str(node.data_dir))
     assert result["complete"] and result["records_per_s_c4"] > 0
+    # the store's group commits of each phase, from the node's control socket
+    assert result["store_ops_per_batch_c1"] == 1 and 1 <= result["store_ops_per_batch_c4"] <= 4
+    assert result["store_commit_ms_c4"] > 0 and result["store_switches_c4"] >= 0
+
+
+def test_report_shows_each_rounds_cpu_and_commits(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for i, ops in enumerate((15.5, 5.2), 1):
+        (tmp_path / f"rxfed-{i}.json").write_text(json.dumps(
+            {"peer": "rxfed", "complete": True, "records_per_s_c16": 2000, "server_cpu_ms_per_record_c16": 0.3,
+             "store_ops_per_batch_c16": ops, "store_commit_ms_c16": 0.4, "store_writer_thread_c16": 0,
+             "store_switches_c16": 0}) + "\n")
+    assert report.main(["report.py", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 | 2000", "| 2 | 2000"))]
+    assert len(rows) == 2 and "n/a / 15.50" in rows[0] and "n/a / 5.20" in rows[1]
 
 
 async def test_federation_script():
