@@ -444,6 +444,39 @@ async def test_beyond_its_queue_the_node_sheds_with_503_and_retry_after(tmp_path
         await node.stop()
 
 
+async def test_a_shed_request_costs_no_signature_check_and_no_body_read(tmp_path, make_patient, monkeypatch):
+    """Under load a request waits for its work slot before anything but its headers is looked
+    at: shed, it has cost neither a signature check nor a body read."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 0.3,
+                                         "body_timeout": 5.0})
+    try:
+        patients = [await make_patient(node) for _ in range(2)]
+        gate, calls = hold_vault_reads(node, monkeypatch)
+        first = asyncio.create_task(signed(patients[0], "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        checked = []
+        from rxfed.protocol.auth import SignedRequest
+
+        verify_head = SignedRequest.verify_head
+        monkeypatch.setattr(SignedRequest, "verify_head", lambda self, *a, **kw: checked.append(1) or
+                            verify_head(self, *a, **kw))
+        body = b'{"put": []}' * 10
+        headers = signed_headers(patients[1], "POST", "/v1/vault", body)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(head("POST", "/v1/vault", {**headers, "Content-Length": str(len(body))}))  # and no body
+        await writer.drain()
+        t0 = time.monotonic()
+        status, reply_headers, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded" and "retry-after" in reply_headers
+        assert time.monotonic() - t0 < 2 and checked == []  # its queue time, not the body's timeout
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        await node.stop()
+
+
 async def test_shed_replies_carry_retry_after(tmp_path, make_patient):
     import aiohttp
 

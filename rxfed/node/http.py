@@ -170,14 +170,20 @@ async def admit(state: NodeState, request: web.Request, signed: SignedRequest, n
 
 async def _signed_body(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, *,
                        limit: int | None = None, rate_limit: bool = False) -> tuple[bytes, Nonce]:
-    """The body of a request signed by ``key``, its signature checked and its nonce recorded;
-    with ``rate_limit``, a request of the key's budget is spent once the signature is good.
+    """The body of a request signed by ``key``, once it holds a work slot (or is shed, before
+    anything else), its signature checked and its nonce recorded; with ``rate_limit``, a
+    request of the key's budget is spent once the signature is good.
 
     With a ``Content-Digest`` header (every rxfed client sends one) the signature is checked
     before the body is read, so only a request the key's owner signed makes the node read a
     body; without one the body is read first, counted among the unverified bodies."""
     lim = state.config.limits
     limit = lim.max_body_bytes if limit is None else limit
+    # A work slot first: a request the node sheds under load has cost it its headers only,
+    # not a signature check and a body read.
+    waiting = request.app[LISTENER].admission.take(request)
+    if waiting is not None:
+        await waiting
     now = state.now()
     where = dict(method=request.method, target=request.raw_path, destination=state.config.node_id, now=now,
                  window=lim.request_window_seconds)
