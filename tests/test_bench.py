@@ -85,6 +85,22 @@ async def test_cli_latency_script():
     assert result["complete"] and result["commands"]["patient show"]["own_ms_p50"] > 0
 
 
+def test_sweep_retries_never_before_retry_after_and_spread_out_more_each_time():
+    import random
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import sweep
+    finally:
+        sys.path.remove(str(BENCH))
+    policy = sweep.RetryPolicy(cap=8.0, rng=random.Random(7))
+    for attempt, widest in ((1, 1.0), (2, 2.0), (3, 4.0), (5, 8.0), (12, 8.0)):
+        waits = [policy.delay(1.0, attempt) for _ in range(2000)]
+        assert min(waits) >= 1.0 and max(waits) <= 1.0 + widest  # never before Retry-After; capped
+        assert max(waits) - min(waits) > 0.9 * widest  # spread over the whole range
+    assert min(policy.delay(3.0, 1) for _ in range(100)) >= 3.0
+
+
 async def test_sweep_script(node, tmp_path):
     result = await run(str(BENCH / "sweep.py"), "--base", node.url, "--conc", "2,8", "--n", "16", "--per-writer", "2",
                        "--profiles", str(tmp_path / "profiles"))

@@ -477,6 +477,36 @@ async def test_a_shed_request_costs_no_signature_check_and_no_body_read(tmp_path
         await node.stop()
 
 
+async def test_queue_time_counts_from_the_requests_first_bytes(tmp_path, make_patient, monkeypatch):
+    """queue_timeout bounds the wait from when a request began to arrive, not from when the
+    node got round to it: one whose head took longer than that is shed as soon as it is
+    complete, while every slot is busy."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 1.0,
+                                         "header_timeout": 5.0})
+    try:
+        patients = [await make_patient(node) for _ in range(2)]
+        gate, calls = hold_vault_reads(node, monkeypatch)
+        first = asyncio.create_task(signed(patients[0], "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        whole = head("GET", "/v1/vault", signed_headers(patients[1], "GET", "/v1/vault", b""))
+        writer.write(whole[:20])
+        await writer.drain()
+        await asyncio.sleep(1.2)
+        writer.write(whole[20:])
+        await writer.drain()
+        t0 = time.monotonic()
+        status, _, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded"
+        assert time.monotonic() - t0 < 0.6  # not another queue_timeout of waiting
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        await node.stop()
+
+
 async def test_shed_replies_carry_retry_after(tmp_path, make_patient):
     import aiohttp
 

@@ -216,9 +216,9 @@ def client_address(request: web.BaseRequest, trusted: Sequence, header: str = "X
 
 class Admission:
     """At most ``max_in_flight`` requests worked on at once, at most ``max_queued`` waiting;
-    a request not admitted within ``queue_timeout`` seconds of its handler starting (which
-    counts the time spent checking its headers and reading its body under load) and the
-    rest are shed with 503 and Retry-After.
+    a request not admitted within ``queue_timeout`` seconds of its first bytes arriving
+    (which counts the time a busy event loop took to reach it) and the rest are shed with
+    503 and Retry-After.
 
     A free slot is taken without waiting or allocating (:meth:`enter` returns None); only a
     request that must queue gets a future, and a slot freed while requests wait passes to
@@ -395,13 +395,16 @@ def guard(request: web.BaseRequest, listener: Listener) -> None:
     once while the admission queue is full. It ends the request head's deadline and marks
     the request as holding no admission slot (:meth:`Admission.leave` frees one it took)."""
     protocol = request.protocol
+    arrived = None
     if isinstance(protocol, GuardedRequestHandler):
-        protocol.head_since = None
+        arrived, protocol.head_since = protocol.head_since, None
     request[_ADMITTED] = False
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and (encoding := encoding.strip().lower()) not in ("", "identity"):
         raise UnsupportedEncoding(f"request bodies are taken uncompressed only, not in {encoding[:40]!r}; send "
                                   "them without Content-Encoding")
-    request[_ARRIVED] = asyncio.get_running_loop().time()
+    # When its first bytes came, so that the time it waited for the busy loop to reach it
+    # counts towards queue_timeout too.
+    request[_ARRIVED] = arrived if arrived is not None else asyncio.get_running_loop().time()
     if request.path != "/health":
         listener.admission.refuse_if_full()
