@@ -43,7 +43,7 @@ import time
 from collections import Counter
 
 import aiohttp
-from nodeproc import check_target
+from nodeproc import check_target, store_counts, store_delta
 
 from rxfed import __version__ as RXFED_VERSION
 from rxfed.client import NodeRefused, PatientClient
@@ -84,6 +84,9 @@ def parse_args(argv=None):
     ap.add_argument("--mode", choices=("records", "posts"), default="records",
                     help="records: encrypted vault writes; posts: end-to-end encrypted posts to one community "
                          "hosted on the node, by its members")
+    ap.add_argument("--data-dir", default="",
+                    help="the node's data directory: its store's group commits per phase (batches, operations "
+                         "per batch, COMMIT ms, where they ran) are read from its control socket")
     ap.add_argument("--out", default="", help="also write all details as JSON to this file")
     args = ap.parse_args(argv)
     check_target(ap, args, "load.py")
@@ -264,6 +267,7 @@ async def write_phase(args, patients: list[Patient], n: int, conc: int, seq: lis
         for p in {id(p): p for p, _ in plan if id(p) in void}.values():
             await p.reopen()
 
+    store0 = store_counts(getattr(args, "data_dir", None))
     cpu0, ccpu0 = proc_cpu_s(args.pid), time.process_time()
     t0 = time.perf_counter()
     tasks = [asyncio.create_task(writer(plan)) for plan in plans]
@@ -288,6 +292,8 @@ async def write_phase(args, patients: list[Patient], n: int, conc: int, seq: lis
     if cpu0 is not None and cpu1 is not None:
         res["server_cpu_s"] = round(cpu1 - cpu0, 2)
         res["server_cpu_ms_per_record"] = round((cpu1 - cpu0) * 1000 / max(1, ok), 3)
+    if store0:
+        res["store"] = store_delta(store0, store_counts(args.data_dir))
     return res
 
 
@@ -310,8 +316,11 @@ def report(args, result: dict) -> None:
         cpu = f"  server CPU {r['server_cpu_ms_per_record']:.2f} ms/rec" if "server_cpu_ms_per_record" in r else ""
         flag = "" if r["errors"] == 0 and not r["timed_out"] else \
             f"  [{r['errors']} errors {r['error_kinds']}{', timed out' if r['timed_out'] else ''}]"
+        st = r.get("store")
+        store = (f"  store: {st['batches']} batches, {st['ops_per_batch']} ops each, COMMIT {st['commit_ms']} ms, "
+                 f"{st['writer_thread']} on the writer thread") if st else ""
         print(f"  c={r['concurrency']:<3} {r['records_per_s']:8.1f} records/s  p50 {r['p50_ms']} ms  "
-              f"p99 {r['p99_ms']} ms{cpu}  client CPU {r['client_cpu_ms_per_record']:.2f} ms/rec{flag}")
+              f"p99 {r['p99_ms']} ms{cpu}  client CPU {r['client_cpu_ms_per_record']:.2f} ms/rec{store}{flag}")
     line: dict = {"peer": args.peer, "mode": args.mode}
     for key in ("records_per_s", "p50_ms", "p99_ms"):
         for r in runs:
@@ -321,6 +330,11 @@ def report(args, result: dict) -> None:
             line[f"server_cpu_ms_per_record_c{r['concurrency']}"] = r["server_cpu_ms_per_record"]
     for r in runs:
         line[f"client_cpu_ms_per_record_c{r['concurrency']}"] = r["client_cpu_ms_per_record"]
+    for r in runs:  # the store's group commits in the phase (with --data-dir)
+        st = r.get("store") or {}
+        for key in ("ops_per_batch", "commit_ms", "writer_thread", "switches"):
+            if st.get(key) is not None:
+                line[f"store_{key}_c{r['concurrency']}"] = st[key]
     rss_idle = args.rss_idle_mib if args.rss_idle_mib is not None else mib(result.get("rss_before"))
     line.update(rss_idle_mib=rss_idle, rss_after_mib=mib(result.get("rss_after")), startup_s=args.startup_s,
                 n=args.n, patients=result.get("patients"), version=RXFED_VERSION, complete=result["complete"])

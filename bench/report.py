@@ -220,8 +220,29 @@ def main(argv: list[str]) -> int:
                          fmt_ratio(ratio(d.get("records_per_s_c16"), (c or {}).get("msgs_per_s_c16")))]
             print(f"| {i} | {NAMES[system]} | " + " | ".join(vals) + f" | {'yes' if d.get('complete') else 'NO'} | "
                   + " | ".join(extra) + " |")
+    store_report(found[RXFED])
     communities_report(found, docs)
     return 0
+
+
+def store_report(rounds: dict[int, dict]) -> None:
+    """What each rxfed round cost and how its store committed (issue 17: a round slower than
+    the others shows whether its batches were smaller, its commits slower, or its CPU per
+    record higher)."""
+    if not any("store_ops_per_batch_c16" in d or "server_cpu_ms_per_record_c16" in d for d in rounds.values()):
+        return
+    print()
+    print("### rxfed per round: CPU per record and the store's group commits")
+    print()
+    print("| round | c16 /s | node CPU ms/record c16 | client CPU ms/record c16 | ops per batch c1 / c16 "
+          "| COMMIT ms c1 / c16 | batches on the writer thread c16 | moves c16 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for i, d in sorted(rounds.items()):
+        print(f"| {i} | {fmt(d.get('records_per_s_c16'), 1)} | {fmt(d.get('server_cpu_ms_per_record_c16'), 3)} | "
+              f"{fmt(d.get('client_cpu_ms_per_record_c16'), 3)} | {fmt(d.get('store_ops_per_batch_c1'), 2)} / "
+              f"{fmt(d.get('store_ops_per_batch_c16'), 2)} | {fmt(d.get('store_commit_ms_c1'), 3)} / "
+              f"{fmt(d.get('store_commit_ms_c16'), 3)} | {fmt(d.get('store_writer_thread_c16'), 0)} | "
+              f"{fmt(d.get('store_switches_c16'), 0)} |")
 
 
 def sweep_report(folder: Path, rounds: dict[int, dict], meta: dict) -> int:

@@ -252,7 +252,7 @@ run_rxfed() {
             --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
     else
         run_child "$PYTHON" "$BENCH/load.py" --mode "$mode" --base "http://127.0.0.1:$port" --pid "$SERVER_PID" --n "$N" \
-            --conc "$CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" \
+            --conc "$CONC" --patients "$PATIENTS" --rss-idle-mib "$rss" --startup-s "$startup_s" --data-dir "$NODE_DIR/node" \
             --profiles "$profiles" --out "$RESULTS/$name.detail.json" >"$RESULTS/$name.out" || rc=$?
     fi
     stop_server

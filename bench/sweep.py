@@ -9,9 +9,11 @@ is compare-and-swap on its manifest counter).
 Then for each concurrency C in --conc: C writers, each sending its share of
 max(--n, --per-writer * C) encrypted record writes (prepared and signed before the clock
 starts, as in load.py) as raw ``POST /v1/vault`` requests on one shared connection pool. A
-request the node sheds (``503`` with ``Retry-After``) is sent again after the time it names
-(with jitter, so the retries do not arrive together); any other failure is counted. Per
-level it reports:
+request the node sheds (``503`` with ``Retry-After``) is sent again, unchanged, by the
+client's :class:`RetryPolicy`: never before the time ``Retry-After`` names, and later, at
+random, the more often that write was shed (exponential backoff with full jitter above
+``Retry-After``, capped), so the retries of one burst spread out instead of arriving
+together; any other failure is counted. Per level it reports:
 
 - ``records_per_s_cC``: successful writes / wall time of the phase;
 - ``p50_ms_cC``, ``p99_ms_cC``: latency of the successful attempts;
@@ -56,6 +58,8 @@ def parse_args(argv=None):
     ap.add_argument("--patients", type=int, default=16, help="patients to register (at least the largest level)")
     ap.add_argument("--deadline", type=float, default=2.0, help="an answer later than this (s) counts as late")
     ap.add_argument("--timeout", type=float, default=30.0, help="an attempt unanswered this long (s) is a timeout")
+    ap.add_argument("--retry-cap", type=float, default=8.0,
+                    help="most seconds a shed write waits beyond Retry-After (see RetryPolicy)")
     ap.add_argument("--phase-timeout", type=float, default=300.0, help="max seconds per level (and for setup)")
     ap.add_argument("--profiles", default="", help="directory for the patients' profile dirs (default: a temp dir)")
     ap.add_argument("--rss-idle-mib", type=float, default=None, help="passed through to the JSON line")
@@ -69,6 +73,21 @@ def parse_args(argv=None):
     return args
 
 
+class RetryPolicy:
+    """When a client sends a shed write again: never before ``Retry-After``, then a random
+    wait above it whose range doubles with each time the write was shed, up to ``cap``
+    seconds more (exponential backoff with full jitter, as AWS's architecture blog
+    describes it, on top of what the server asked for)."""
+
+    def __init__(self, cap: float = 8.0, rng: random.Random | None = None):
+        self.cap = cap
+        self.rng = rng or random.Random()
+
+    def delay(self, retry_after: float, attempt: int) -> float:
+        """Seconds to wait before sending again a write shed ``attempt`` times (1, 2, ...)."""
+        return retry_after + self.rng.uniform(0, min(self.cap, retry_after * 2 ** (attempt - 1)))
+
+
 def raise_own_fd_limit() -> None:
     """The load client holds a connection per writer: 4096 and more need more than the usual
     soft limit of 1024 file descriptors."""
@@ -80,6 +99,7 @@ def raise_own_fd_limit() -> None:
 async def phase(args, session: aiohttp.ClientSession, patients: list, conc: int, seq: list[int]) -> dict:
     n = max(args.n, args.per_writer * conc)
     url = args.base + "/v1/vault"
+    retries = RetryPolicy(args.retry_cap)
     ok_lat: list[float] = []
     answer_max = [0.0]
     counts: Counter = Counter()
@@ -122,12 +142,14 @@ async def phase(args, session: aiohttp.ClientSession, patients: list, conc: int,
 
     async def writer(plan) -> None:
         for p, prepared in plan:
+            shed = 0
             while True:
                 status, retry = await attempt(prepared)
                 if retry is None:
                     break
                 # shed before its nonce was recorded: the same signed request goes again
-                await asyncio.sleep(retry * random.uniform(0.5, 1.5))
+                shed += 1
+                await asyncio.sleep(retries.delay(retry, shed))
             if 200 <= status < 300:
                 p.client.profile.set_counter(prepared.counter)
             else:

@@ -24,8 +24,28 @@ async def run(*args: str) -> dict:
 @pytest.mark.parametrize("mode", ["records", "posts"])
 async def test_load_script(node, tmp_path, mode):
     result = await run(str(BENCH / "load.py"), "--base", node.url, "--n", "40", "--conc", "1,4", "--patients", "4",
-                       "--warmup", "4", "--mode", mode, "--profiles", str(tmp_path / "profiles"))
+                       "--warmup", "4", "--mode", mode, "--profiles", str(tmp_path / "profiles"),
+                       "--data-dir", str(node.data_dir))
     assert result["complete"] and result["records_per_s_c4"] > 0
+    # the store's group commits of each phase, from the node's control socket
+    assert result["store_ops_per_batch_c1"] == 1 and 1 <= result["store_ops_per_batch_c4"] <= 4
+    assert result["store_commit_ms_c4"] > 0 and result["store_switches_c4"] >= 0
+
+
+def test_report_shows_each_rounds_cpu_and_commits(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for i, ops in enumerate((15.5, 5.2), 1):
+        (tmp_path / f"rxfed-{i}.json").write_text(json.dumps(
+            {"peer": "rxfed", "complete": True, "records_per_s_c16": 2000, "server_cpu_ms_per_record_c16": 0.3,
+             "store_ops_per_batch_c16": ops, "store_commit_ms_c16": 0.4, "store_writer_thread_c16": 0,
+             "store_switches_c16": 0}) + "\n")
+    assert report.main(["report.py", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 | 2000", "| 2 | 2000"))]
+    assert len(rows) == 2 and "n/a / 15.50" in rows[0] and "n/a / 5.20" in rows[1]
 
 
 async def test_federation_script():
@@ -71,6 +91,22 @@ def test_report_counts_a_target_met_only_when_the_worst_round_meets_it(tmp_path,
 async def test_cli_latency_script():
     result = await run(str(BENCH / "cli_latency.py"), "--n", "1")
     assert result["complete"] and result["commands"]["patient show"]["own_ms_p50"] > 0
+
+
+def test_sweep_retries_never_before_retry_after_and_spread_out_more_each_time():
+    import random
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import sweep
+    finally:
+        sys.path.remove(str(BENCH))
+    policy = sweep.RetryPolicy(cap=8.0, rng=random.Random(7))
+    for attempt, widest in ((1, 1.0), (2, 2.0), (3, 4.0), (5, 8.0), (12, 8.0)):
+        waits = [policy.delay(1.0, attempt) for _ in range(2000)]
+        assert min(waits) >= 1.0 and max(waits) <= 1.0 + widest  # never before Retry-After; capped
+        assert max(waits) - min(waits) > 0.9 * widest  # spread over the whole range
+    assert min(policy.delay(3.0, 1) for _ in range(100)) >= 3.0
 
 
 async def test_sweep_script(node, tmp_path):

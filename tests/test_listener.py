@@ -444,13 +444,77 @@ async def test_beyond_its_queue_the_node_sheds_with_503_and_retry_after(tmp_path
         await node.stop()
 
 
+async def test_a_shed_request_costs_no_signature_check_and_no_body_read(tmp_path, make_patient, monkeypatch):
+    """Under load a request waits for its work slot before anything but its headers is looked
+    at: shed, it has cost neither a signature check nor a body read."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 0.3,
+                                         "body_timeout": 5.0})
+    try:
+        patients = [await make_patient(node) for _ in range(2)]
+        gate, calls = hold_vault_reads(node, monkeypatch)
+        first = asyncio.create_task(signed(patients[0], "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        checked = []
+        from rxfed.protocol.auth import SignedRequest
+
+        verify_head = SignedRequest.verify_head
+        monkeypatch.setattr(SignedRequest, "verify_head", lambda self, *a, **kw: checked.append(1) or
+                            verify_head(self, *a, **kw))
+        body = b'{"put": []}' * 10
+        headers = signed_headers(patients[1], "POST", "/v1/vault", body)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(head("POST", "/v1/vault", {**headers, "Content-Length": str(len(body))}))  # and no body
+        await writer.drain()
+        t0 = time.monotonic()
+        status, reply_headers, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded" and "retry-after" in reply_headers
+        assert time.monotonic() - t0 < 2 and checked == []  # its queue time, not the body's timeout
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        await node.stop()
+
+
+async def test_queue_time_counts_from_the_requests_first_bytes(tmp_path, make_patient, monkeypatch):
+    """queue_timeout bounds the wait from when a request began to arrive, not from when the
+    node got round to it: one whose head took longer than that is shed as soon as it is
+    complete, while every slot is busy."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 1.0,
+                                         "header_timeout": 5.0})
+    try:
+        patients = [await make_patient(node) for _ in range(2)]
+        gate, calls = hold_vault_reads(node, monkeypatch)
+        first = asyncio.create_task(signed(patients[0], "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        whole = head("GET", "/v1/vault", signed_headers(patients[1], "GET", "/v1/vault", b""))
+        writer.write(whole[:20])
+        await writer.drain()
+        await asyncio.sleep(1.2)
+        writer.write(whole[20:])
+        await writer.drain()
+        t0 = time.monotonic()
+        status, _, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded"
+        assert time.monotonic() - t0 < 0.6  # not another queue_timeout of waiting
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        await node.stop()
+
+
 async def test_shed_replies_carry_retry_after(tmp_path, make_patient):
     import aiohttp
 
     node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 0})
     try:
         patient = await make_patient(node)
-        node.state.listener.admission._slots._value = 0  # every slot busy
+        admission = node.state.listener.admission
+        admission.in_flight = admission.max_in_flight  # every slot busy
         async with aiohttp.ClientSession() as session:
             headers = signed_headers(patient, "GET", "/v1/vault", b"")
             async with session.get(node.url + "/v1/vault", headers=headers) as resp:
@@ -560,3 +624,70 @@ async def test_a_replayed_request_spends_nothing_of_its_signers_budget(tmp_path,
         assert (await signed(patient, "GET", "/v1/account"))[0] == 200
     finally:
         await node.stop()
+
+
+# -- admission without a semaphore ------------------------------------------------------------------------------
+
+
+class _Request(dict):
+    """What Admission reads of a request: its flags, its arrival, a live transport."""
+
+    class _Transport:
+        def is_closing(self) -> bool:
+            return False
+
+    transport = _Transport()
+
+
+def _arrived(loop) -> _Request:
+    from rxfed.node.listener import _ADMITTED, _ARRIVED
+
+    return _Request({_ADMITTED: False, _ARRIVED: loop.time()})
+
+
+async def test_admission_takes_a_free_slot_without_waiting_and_passes_freed_slots_in_order():
+    from rxfed.errors import Overloaded
+    from rxfed.node.listener import Admission
+
+    loop = asyncio.get_running_loop()
+    admission = Admission(max_in_flight=2, max_queued=2, queue_timeout=5)
+    first, second = _arrived(loop), _arrived(loop)
+    assert admission.take(first) is None and admission.take(second) is None  # nothing to await
+    assert admission.take(first) is None and admission.in_flight == 2  # once per request
+    waiting = [_arrived(loop), _arrived(loop)]
+    tasks = [asyncio.create_task(admission.enter(r)) for r in waiting]
+    await asyncio.sleep(0)
+    assert admission.waiting == 2
+    with pytest.raises(Overloaded):  # the queue is full: shed at once
+        admission.take(_arrived(loop))
+    admission.leave(first)  # the slot passes to the first waiting, in_flight stays
+    await asyncio.sleep(0)
+    assert tasks[0].done() and not tasks[1].done() and admission.in_flight == 2
+    admission.leave(second)
+    await asyncio.gather(*tasks)
+    for r in waiting:
+        admission.leave(r)
+        admission.leave(r)  # a second leave frees nothing
+    assert admission.in_flight == 0 and admission.waiting == 0
+
+
+async def test_admission_sheds_a_request_waiting_past_its_time_and_loses_no_slot():
+    from rxfed.errors import Overloaded
+    from rxfed.node.listener import Admission
+
+    loop = asyncio.get_running_loop()
+    admission = Admission(max_in_flight=1, max_queued=4, queue_timeout=0.05)
+    holder = _arrived(loop)
+    admission.take(holder)
+    late = [_arrived(loop) for _ in range(3)]
+    results = await asyncio.gather(*(admission.enter(r) for r in late), return_exceptions=True)
+    assert all(isinstance(r, Overloaded) for r in results) and admission.shed == 3
+    # one cancelled while it waits (its client left): it takes no slot with it
+    gone = asyncio.create_task(admission.enter(_arrived(loop)))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    admission.leave(holder)
+    assert admission.in_flight == 0 and admission.waiting == 0
+    again = _arrived(loop)
+    assert admission.take(again) is None and admission.in_flight == 1

@@ -224,9 +224,9 @@ def cmd_status(args: argparse.Namespace) -> None:
         out += [f"plugin {plugin_health(p)}" for p in doc["plugins"] or []]
         st = doc.get("store")
         out.append("store: not reported yet (the node reports it while it runs)" if st is None else
-                   f"store: commits on the {st['mode']}, {st['commit_us'] / 1000:.2f} ms each on average "
-                   f"({st['inline_batches']} batches on the event loop, {st['thread_batches']} on the writer thread, "
-                   f"{st['switches']} switches)")
+                   f"store: last batch on the {st['mode']}, commits {st['commit_us'] / 1000:.2f} ms each (median) "
+                   f"({st['inline_batches']} batches on the event loop with their COMMIT behind it, "
+                   f"{st['thread_batches']} on the writer thread, {st['switches']} moves between the two)")
         if doc["suspended_accounts"]:
             out.append(f"suspended accounts: {doc['suspended_accounts']}")
         return out

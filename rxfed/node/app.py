@@ -21,8 +21,8 @@ from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
 from rxfed.node.config import NodeConfig, NodeKey
 from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, AccountSuspended, Caller, NodeState,
-                             admit, authenticate, authenticate_new_device, body_json, error_middleware, reply)
-from rxfed.node.listener import LISTENER, check_declared_size, guard_middleware, read_body
+                             admit, authenticate, authenticate_new_device, body_json, node_middleware, reply)
+from rxfed.node.listener import LISTENER, check_declared_size, read_body
 from rxfed.node.listener import install as install_listener
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
@@ -330,8 +330,8 @@ async def report_plugins(state: NodeState, reported: list | None) -> list | None
 
 
 async def report_store(state: NodeState, reported: dict | None) -> dict | None:
-    """Record where the store commits (event loop or writer thread, commit time, counts)
-    for `rxfed node status` when it changed; returns what is now recorded."""
+    """Record where the store's batches run (event loop or writer thread, commit time,
+    counts) for `rxfed node status` when it changed; returns what is now recorded."""
     status = getattr(state.store, "commit_status", None)
     if status is None:
         return reported
@@ -407,7 +407,7 @@ def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins
 
     state = NodeState(config, keys, store, plugins, clock)
     state.metrics = metrics.NodeMetrics(state)
-    app = web.Application(middlewares=[metrics.middleware(state.metrics), error_middleware, guard_middleware],
+    app = web.Application(middlewares=[node_middleware(state.metrics.observe)],
                           client_max_size=config.limits.max_body_bytes)
     install_listener(app, config.limits)
     app[NODE] = state

@@ -24,7 +24,7 @@ from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import Federation
 from rxfed.node.guards import NonceWindow, RateLimiter
-from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, read_body
+from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, guard, read_body
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import SignedRequest
@@ -161,7 +161,9 @@ class Caller:
 async def admit(state: NodeState, request: web.Request, signed: SignedRequest, now: int) -> Nonce:
     """Wait for a work slot (or be shed), then record the nonce: a request shed before its
     nonce is recorded may be sent again as it was."""
-    await request.app[LISTENER].admission.enter(request)
+    waiting = request.app[LISTENER].admission.take(request)
+    if waiting is not None:
+        await waiting
     nonce = Nonce(signed.nonce, signed.created + state.config.limits.request_window_seconds)
     state.nonces.add(nonce, now)
     return nonce
@@ -169,14 +171,20 @@ async def admit(state: NodeState, request: web.Request, signed: SignedRequest, n
 
 async def _signed_body(state: NodeState, request: web.Request, signed: SignedRequest, key: bytes, *,
                        limit: int | None = None, rate_limit: bool = False) -> tuple[bytes, Nonce]:
-    """The body of a request signed by ``key``, its signature checked and its nonce recorded;
-    with ``rate_limit``, a request of the key's budget is spent once the signature is good.
+    """The body of a request signed by ``key``, once it holds a work slot (or is shed, before
+    anything else), its signature checked and its nonce recorded; with ``rate_limit``, a
+    request of the key's budget is spent once the signature is good.
 
     With a ``Content-Digest`` header (every rxfed client sends one) the signature is checked
     before the body is read, so only a request the key's owner signed makes the node read a
     body; without one the body is read first, counted among the unverified bodies."""
     lim = state.config.limits
     limit = lim.max_body_bytes if limit is None else limit
+    # A work slot first: a request the node sheds under load has cost it its headers only,
+    # not a signature check and a body read.
+    waiting = request.app[LISTENER].admission.take(request)
+    if waiting is not None:
+        await waiting
     now = state.now()
     where = dict(method=request.method, target=request.raw_path, destination=state.config.node_id, now=now,
                  window=lim.request_window_seconds)
@@ -283,28 +291,67 @@ def _error_reply(status: int, code: str, message: str, headers: dict | None = No
                         content_type="application/json", headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except RxfedError as exc:
+def _reply_for(request: web.BaseRequest, exc: BaseException) -> web.Response:
+    """The JSON reply for an error a handler raised (re-raises what is not an error reply)."""
+    if isinstance(exc, RxfedError):
         headers = dict(getattr(exc, "headers", None) or {})
         if getattr(exc, "retry_after", None) is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return _error_reply(exc.status, exc.code, exc.message, headers or None)
-    except ClientGone:
+    if isinstance(exc, ClientGone):
         # Nobody to answer (the client left mid-body, or while its request waited).
         log.debug("client left before %s %s was answered", request.method, logged_path(request))
         return _error_reply(499, "client_gone", "the client closed the connection")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
         return _error_reply(exc.status, code, exc.reason)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        # Never a traceback to the client; the log gets the exception type and location
-        # (the node holds no plaintext, so nothing in it can leak a patient's data).
-        log.exception("internal error handling %s %s", request.method, logged_path(request))
-        return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
+    if not isinstance(exc, Exception):  # cancellation, exit: not ours to answer
+        raise exc
+    # Never a traceback to the client; the log gets the exception type and location
+    # (the node holds no plaintext, so nothing in it can leak a patient's data).
+    log.error("internal error handling %s %s", request.method, logged_path(request), exc_info=exc)
+    return _error_reply(500, "internal", "internal error; the operator can find details in the node log")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every error as a JSON reply (for applications without the node's listener)."""
+    try:
+        return await handler(request)
+    except BaseException as exc:  # noqa: BLE001 - _reply_for re-raises what is not an error reply
+        return _reply_for(request, exc)
+
+
+def node_middleware(observe: Callable[[str, str, int, float], None] | None = None):
+    """The node's one middleware, around every handler: the listener's guard
+    (:func:`rxfed.node.listener.guard`: compressed bodies, a full admission queue), every
+    error as a JSON reply, the request's admission slot freed when it is answered, and, with
+    ``observe`` (:meth:`rxfed.node.metrics.NodeMetrics.observe`), the request counted and
+    timed by route pattern with the status the client gets. One middleware rather than
+    three: each layer costs every request a coroutine."""
+    clock = time.perf_counter
+
+    @web.middleware
+    async def node(request: web.Request, handler) -> web.StreamResponse:
+        started = clock()
+        listener = request.app[LISTENER]
+        try:
+            try:
+                guard(request, listener)
+                response = await handler(request)
+            finally:
+                listener.admission.leave(request)
+        except BaseException as exc:  # noqa: BLE001 - _reply_for re-raises what is not an error reply
+            try:
+                response = _reply_for(request, exc)
+            except web.HTTPException as passed:  # a redirect: counted, then on its way
+                if observe is not None:
+                    observe(logged_path(request), request.method, passed.status, clock() - started)
+                raise
+        if observe is not None:
+            observe(logged_path(request), request.method, response.status, clock() - started)
+        return response
+
+    return node

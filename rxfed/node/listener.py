@@ -25,9 +25,10 @@ is known to be wanted must stay small and bounded in time:
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -38,10 +39,8 @@ from rxfed.node.guards import RateLimiter
 
 log = logging.getLogger("rxfed.node")
 
-#: Set on a request whose connection closes once its reply is written (no draining of the
-#: body it did not send in time).
 _key = getattr(web, "RequestKey", lambda name, _type: f"rxfed.{name}")  # typed keys from aiohttp 3.12 on
-CLOSE_AFTER_REPLY = _key("close_after_reply", bool)
+#: Whether a request holds an admission slot (set False by :func:`guard` when it arrives).
 _ADMITTED = _key("admitted", bool)
 _ARRIVED = _key("arrived", float)
 _HEAD_TIMEOUT_BODY = b'{"error":"request_timeout","message":"the request headers did not arrive in time"}'
@@ -61,61 +60,90 @@ class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection handler with a deadline for each request head.
 
     The deadline starts with the first bytes received while no request is being handled
-    and ends when a handler starts; if the head is still incomplete then, the client gets a
-    408 and the connection closes. A request whose handler marks it
-    :data:`CLOSE_AFTER_REPLY` closes its connection once the reply is written, without
+    (:attr:`head_since`) and ends when a handler starts (:func:`guard`); the server's sweep
+    (:class:`_GuardedServer`) gives a head still incomplete after ``header_timeout`` a 408 and
+    closes the connection. One time stamp per request, no timer: the sweep runs a few times
+    per ``header_timeout`` over the open connections. A request marked with
+    :func:`close_after_reply` closes its connection once the reply is written, without
     draining the rest of its body."""
 
     def __init__(self, *args, header_timeout: float, **kwargs):
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._in_request = False
+        #: Loop time when the bytes of a request head began to arrive; None while no head
+        #: is awaited or a request is being handled.
+        self.head_since: float | None = None
+        self.close_after_reply = False
 
     def data_received(self, data: bytes) -> None:
-        if data and self._head_timer is None and not self._in_request:
-            self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+        if data and self.head_since is None and not self._request_in_progress:
+            self.head_since = self._loop.time()
         super().data_received(data)
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def head_overdue(self, now: float) -> None:
+        """Called by the sweep: a 408 and the connection closed when the head that began
+        arriving at :attr:`head_since` is still incomplete ``header_timeout`` later."""
+        since = self.head_since
+        if since is None or now - since < self._header_timeout:
+            return
         waiting = self._waiter is not None and not self._waiter.done()  # still no complete head
-        if self._in_request or self.transport is None or not waiting:
+        if self._request_in_progress or self.transport is None or not waiting:
             return
         log.debug("request head not complete within %g s; connection closed", self._header_timeout)
+        self.head_since = None
         self.transport.write(_HEAD_TIMEOUT_REPLY)
         self.force_close()
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def finish_response(self, request, resp, start_time):
+        if not self.close_after_reply:  # no coroutine of our own in the way of every reply
+            return super().finish_response(request, resp, start_time)
+        return self._finish_and_close(request, resp, start_time)
 
-    async def _handle_request(self, request, start_time, request_handler):
-        self._in_request = True
-        self._cancel_head_timer()
-        try:
-            return await super()._handle_request(request, start_time, request_handler)
-        finally:
-            self._in_request = False
-
-    async def finish_response(self, request, resp, start_time):
-        close = bool(request.get(CLOSE_AFTER_REPLY))
-        if close and resp is not None and not resp.prepared:
+    async def _finish_and_close(self, request, resp, start_time):
+        if resp is not None and not resp.prepared:
             resp.force_close()  # says Connection: close
         result = await super().finish_response(request, resp, start_time)
-        if close:
-            self.force_close()
+        self.force_close()
         return result
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
 
 
 class _GuardedServer(web.Server):
+    """aiohttp's server, making :class:`GuardedRequestHandler` connections and sweeping them
+    for overdue request heads while any are open."""
+
+    _sweep_handle: asyncio.TimerHandle | None = None
+
     def __call__(self) -> RequestHandler:
+        if self._sweep_handle is None:
+            self._sweep_handle = self._loop.call_later(self._sweep_every(), self._sweep)
         return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def _sweep_every(self) -> float:
+        """A quarter of the head deadline, between 50 ms and a second: a slow head is closed
+        between ``header_timeout`` and that much later."""
+        return min(1.0, max(0.05, self._kwargs["header_timeout"] / 4))
+
+    def _sweep(self) -> None:
+        connections = getattr(self, "_connections", None) or self.connections
+        now = self._loop.time()
+        for handler in list(connections):
+            if getattr(handler, "head_since", None) is not None:
+                handler.head_overdue(now)
+        self._sweep_handle = self._loop.call_later(self._sweep_every(), self._sweep) if connections else None
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        await super().shutdown(timeout)
+
+
+def close_after_reply(request: web.BaseRequest) -> None:
+    """Close ``request``'s connection once its reply is written, without draining the rest of
+    its body (a body that did not arrive in time, or is too large)."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedRequestHandler):
+        protocol.close_after_reply = True
 
 
 def install(app: web.Application, limits: Limits) -> None:
@@ -128,7 +156,7 @@ def install(app: web.Application, limits: Limits) -> None:
         server = make_server(**kwargs, header_timeout=limits.header_timeout,
                              # a refused request's unread body is drained this long at most
                              lingering_time=min(10.0, limits.body_timeout),
-                             # bodies are taken in the identity coding only (guard_middleware)
+                             # bodies are taken in the identity coding only (guard)
                              auto_decompress=False)
         server.__class__ = _GuardedServer
         return server
@@ -188,59 +216,94 @@ def client_address(request: web.BaseRequest, trusted: Sequence, header: str = "X
 
 class Admission:
     """At most ``max_in_flight`` requests worked on at once, at most ``max_queued`` waiting;
-    a request not admitted within ``queue_timeout`` seconds of its handler starting (which
-    counts the time spent checking its headers and reading its body under load) and the
-    rest are shed with 503 and Retry-After."""
+    a request not admitted within ``queue_timeout`` seconds of its first bytes arriving
+    (which counts the time a busy event loop took to reach it) and the rest are shed with
+    503 and Retry-After.
+
+    A free slot is taken without waiting or allocating (:meth:`enter` returns None); only a
+    request that must queue gets a future, and a slot freed while requests wait passes to
+    the first of them."""
 
     def __init__(self, max_in_flight: int, max_queued: int, queue_timeout: float):
         self.max_in_flight, self.max_queued, self.queue_timeout = max_in_flight, max_queued, queue_timeout
-        self._slots = asyncio.Semaphore(max_in_flight)
+        #: Requests holding a slot.
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self.waiting = 0
         self.shed = 0
         self.gone = 0
 
-    @property
-    def in_flight(self) -> int:
-        return self.max_in_flight - self._slots._value
-
     def refuse_if_full(self) -> None:
         """Shed at once, before a request costs anything, while the queue is full."""
-        if self.waiting >= self.max_queued and self._slots.locked():
+        if self.waiting >= self.max_queued and self.in_flight >= self.max_in_flight:
             self.shed += 1
             raise Overloaded("the node is busy; retry after the time in Retry-After")
 
     async def enter(self, request: web.BaseRequest) -> None:
-        """Wait for a slot for ``request`` (once; :meth:`leave` frees it)."""
-        if request.get(_ADMITTED):
-            return
-        if self._slots.locked() or self.waiting:
-            self.refuse_if_full()
-            arrived = request.get(_ARRIVED)
-            left = self.queue_timeout - (asyncio.get_running_loop().time() - arrived if arrived else 0.0)
-            if left <= 0:
-                self.shed += 1
-                raise Overloaded("the node is busy; retry after the time in Retry-After")
-            self.waiting += 1
-            try:
-                async with asyncio.timeout(left):
-                    await self._slots.acquire()
-            except TimeoutError:
+        """Wait for a slot for ``request`` (once; :meth:`leave` frees it), or be shed."""
+        waiting = self.take(request)
+        if waiting is not None:
+            await waiting
+
+    def take(self, request: web.BaseRequest) -> Awaitable[None] | None:
+        """:meth:`enter` without a coroutine when a slot is free: None when ``request`` got
+        one, else an awaitable that waits for one (or sheds the request when its time is
+        up). While the queue is full it sheds at once."""
+        if request[_ADMITTED]:
+            return None
+        if self.in_flight < self.max_in_flight and not self.waiting:
+            self.in_flight += 1
+            self._admitted(request)
+            return None
+        self.refuse_if_full()
+        left = self.queue_timeout - (asyncio.get_running_loop().time() - request[_ARRIVED])
+        if left <= 0:
+            self.shed += 1
+            raise Overloaded("the node is busy; retry after the time in Retry-After")
+        return self._queue(request, left)
+
+    async def _queue(self, request: web.BaseRequest, left: float) -> None:
+        slot = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(left):
+                await slot
+        except TimeoutError:
+            if not slot.done() or slot.cancelled():
+                slot.cancel()
                 self.shed += 1
                 raise Overloaded("the node is busy; retry after the time in Retry-After") from None
-            finally:
-                self.waiting -= 1
-        else:
-            await self._slots.acquire()
+            # handed a slot in the same turn as the wait ran out: keep it
+        except BaseException:
+            if slot.done() and not slot.cancelled():
+                self._release()  # the slot it was handed goes on to the next
+            else:
+                slot.cancel()
+            raise
+        finally:
+            self.waiting -= 1
+        self._admitted(request)
+
+    def _admitted(self, request: web.BaseRequest) -> None:
         request[_ADMITTED] = True
         transport = request.transport
         if transport is None or transport.is_closing():
             self.gone += 1
             raise ClientGone()
 
+    def _release(self) -> None:
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)  # the slot passes to the first request waiting
+                return
+        self.in_flight -= 1
+
     def leave(self, request: web.BaseRequest) -> None:
-        if request.get(_ADMITTED):
+        if request[_ADMITTED]:
             request[_ADMITTED] = False
-            self._slots.release()
+            self._release()
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -248,7 +311,8 @@ class Admission:
 
 def check_declared_size(request: web.BaseRequest, limit: int) -> None:
     """A body its Content-Length says is larger than ``limit`` is refused before it is read."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
 
 
@@ -258,17 +322,24 @@ async def read_body(request: web.BaseRequest, *, limit: int, timeout: float) -> 
     check_declared_size(request, limit)
     if not request.body_exists:
         return b""
+    content = request.content
+    if content.is_eof():  # all of it arrived with the head, as small bodies do: no timer needed
+        body = content.read_nowait()
+        if len(body) > limit:
+            close_after_reply(request)
+            raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
+        return body
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):
-            while chunk := await request.content.readany():
+            while chunk := await content.readany():
                 size += len(chunk)
                 if size > limit:
-                    request[CLOSE_AFTER_REPLY] = True
+                    close_after_reply(request)
                     raise PayloadTooLarge(f"request body over {limit} bytes", code="payload_too_large")
                 chunks.append(chunk)
     except TimeoutError:
-        request[CLOSE_AFTER_REPLY] = True
+        close_after_reply(request)
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
     except RequestPayloadError:
         raise BadRequest("malformed request body (its framing)", code="bad_body") from None
@@ -318,20 +389,22 @@ class _UnverifiedBody:
 LISTENER = web.AppKey("listener", Listener)
 
 
-@web.middleware
-async def guard_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Refuse a compressed body before anything reads it, and any request but ``/health`` at
-    once while the admission queue is full; free the request's admission slot when it is
-    answered."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
+def guard(request: web.BaseRequest, listener: Listener) -> None:
+    """What every request meets first (the node's one middleware calls it): a compressed
+    body is refused before anything reads it, and any request but ``/health`` is shed at
+    once while the admission queue is full. It ends the request head's deadline and marks
+    the request as holding no admission slot (:meth:`Admission.leave` frees one it took)."""
+    protocol = request.protocol
+    arrived = None
+    if isinstance(protocol, GuardedRequestHandler):
+        arrived, protocol.head_since = protocol.head_since, None
+    request[_ADMITTED] = False
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and (encoding := encoding.strip().lower()) not in ("", "identity"):
         raise UnsupportedEncoding(f"request bodies are taken uncompressed only, not in {encoding[:40]!r}; send "
                                   "them without Content-Encoding")
-    admission = request.app[LISTENER].admission
-    request[_ARRIVED] = asyncio.get_running_loop().time()
+    # When its first bytes came, so that the time it waited for the busy loop to reach it
+    # counts towards queue_timeout too.
+    request[_ARRIVED] = arrived if arrived is not None else asyncio.get_running_loop().time()
     if request.path != "/health":
-        admission.refuse_if_full()
-    try:
-        return await handler(request)
-    finally:
-        admission.leave(request)
+        listener.admission.refuse_if_full()

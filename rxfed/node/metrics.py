@@ -8,7 +8,8 @@ whose keys the node holds (at most :data:`MAX_PEER_LABELS`; other destinations, 
 patients name, count together as ``(other)``). No patient, device, record, grant or community id appears in a
 label, so a scrape (or a monitoring system's retention) can link nothing to a patient.
 
-The per-request cost is one middleware: two clock reads, two dict lookups and a bisect
+The per-request cost is :meth:`NodeMetrics.observe`, called by the node's one middleware
+(:func:`rxfed.node.http.node_middleware`): two clock reads, two dict lookups and a bisect
 (``bench/metrics_overhead.py`` measures it). Everything else (store, outbox, breakers,
 plugins, rate limits) is read when ``/metrics`` is scraped.
 """
@@ -33,13 +34,6 @@ _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 MAX_PEER_LABELS = 200
 #: The label of every other destination together (see NodeCollector._federation).
 OTHER_PEERS = "(other)"
-
-
-def route_of(request: web.BaseRequest) -> str:
-    """A request's route pattern, never the values in its path (``(unmatched)`` for a
-    path no route serves); the same text the access log shows."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "(unmatched)"
 
 
 class NodeMetrics:
@@ -99,26 +93,6 @@ def _histogram(name: str, doc: str, bounds: tuple, counts: list[int], total: flo
     return family
 
 
-def middleware(metrics: NodeMetrics):
-    """Count and time every request by its route pattern (outermost: it sees the status
-    the error middleware chose)."""
-    clock = time.perf_counter
-    observe = metrics.observe
-
-    @web.middleware
-    async def count(request: web.Request, handler) -> web.StreamResponse:
-        started = clock()
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # a redirect or an error the error middleware let through
-            observe(route_of(request), request.method, exc.status, clock() - started)
-            raise
-        observe(route_of(request), request.method, response.status, clock() - started)
-        return response
-
-    return count
-
-
 class _NodeCollector:
     """Read at each scrape: the store's commits, the outbox and breakers (as the last
     refresh read them), plugin health, rate-limit refusals, accounts suspended."""
@@ -160,14 +134,16 @@ class _NodeCollector:
         if status is None:
             return
         s = status()
-        yield GaugeMetricFamily("rxfed_store_commit_inline", "1 while store batches commit on the event loop, "
-                                "0 on the writer thread", value=1 if s["mode"] == "event loop" else 0)
-        batches = CounterMetricFamily("rxfed_store_batches", "Store batches committed, by where", labels=["where"])
+        yield GaugeMetricFamily("rxfed_store_commit_inline", "1 when the last store batch ran inline (statements "
+                                "on the event loop, COMMIT on the committer thread), 0 when on the writer thread",
+                                value=1 if s["mode"] == "event loop" else 0)
+        batches = CounterMetricFamily("rxfed_store_batches", "Store batches committed, by where their statements "
+                                      "ran", labels=["where"])
         batches.add_metric(["event_loop"], s["inline_batches"])
         batches.add_metric(["writer_thread"], s["thread_batches"])
         yield batches
-        yield CounterMetricFamily("rxfed_store_mode_switches", "Times the store moved its commits between the "
-                                  "event loop and the writer thread", value=s["switches"])
+        yield CounterMetricFamily("rxfed_store_mode_switches", "Times a store batch ran elsewhere than the one "
+                                  "before it (event loop or writer thread)", value=s["switches"])
         histograms = getattr(store, "commit_histograms", None)
         if histograms is None:
             return

@@ -76,80 +76,75 @@ async def test_newer_schema_refused(tmp_path):
         await SQLiteStore(tmp_path / "rxfed.db").open()
 
 
-# -- the writer: group commit inline on the event loop, or on the writer thread ----------------
+# -- the writer: statements inline on the event loop, COMMIT behind on the committer thread ------
 
 
 async def _runs_on(store) -> str:
     return await store._write(lambda c: threading.current_thread().name)
 
 
-def _on_loop(store) -> None:
-    """As if the disk had shown it commits fast: batches run inline on the event loop."""
-    backend = getattr(store, "backend", store)
-    backend._inline, backend._commit_s = True, 0.0
-
-
 def _on_thread(store) -> None:
-    """As if commits were slow: batches run on the writer thread, no probe for a while."""
-    backend = getattr(store, "backend", store)
-    backend._inline, backend._next_probe = False, float("inf")
+    """As if every caller were on another event loop: batches run on the writer thread."""
+    store.backend._loop = object()
 
 
-async def test_fast_commits_run_inline_slow_ones_on_the_writer_thread(store):
-    _on_loop(store)
-    assert await _runs_on(store) == threading.current_thread().name
-    _on_thread(store)
-    assert await _runs_on(store) == "rxfed-sqlite-writer"
-    # heavy operations never run on the loop, whatever the disk
-    _on_loop(store)
+async def test_batches_run_on_the_event_loop_and_heavy_ones_on_the_writer_thread(store):
+    assert await _runs_on(store) == threading.current_thread().name  # a new store too: no probing first
     ran = []
     await store._write(lambda c: ran.append(threading.current_thread().name), heavy=True)
-    assert ran == ["rxfed-sqlite-writer"]
+    assert ran == ["rxfed-sqlite-writer"]  # heavy operations never run on the loop
+    seen = {await _runs_on(store) for _ in range(50)}  # the thread may hold the connection a moment longer
+    assert threading.current_thread().name in seen
 
 
-async def test_where_batches_commit_has_hysteresis(store, monkeypatch):
-    """Noise around one threshold cannot flip the store: inline commits move it to the
-    thread only when they average over the slow mark; from the thread a probe (one inline
-    batch, at most every _PROBE_S) brings it back only when it commits under the fast mark.
-    A new store probes with its first batch."""
-    backend = engine
-    store = store.backend
-    assert store.commit_status()["mode"] == "writer thread"
-    assert await _runs_on(store) == threading.current_thread().name  # the first batch probes
-    took = {"s": 0.001}
-    real = store._timed
+async def test_a_slow_commit_leaves_the_event_loop_free_and_the_next_batch_gathers_behind_it(store):
+    """The COMMIT (its fsync) runs on the committer thread: the loop turns meanwhile, the
+    writes that arrive wait and share the next batch, and no caller is answered before its
+    batch is on disk. Nothing about the disk's speed changes where batches run."""
+    patients = [await register(store, n) for n in range(1, 10)]
+    sizes = _batch_sizes(store)
+    real, gate, commits = store.backend._conn, threading.Event(), []
 
-    def timed(probe):
-        store._last_commit_s = took["s"]
-        real(probe)
+    class SlowCommit:  # the write connection, with a disk that takes its time
+        def __getattr__(self, name):
+            return getattr(real, name)
 
-    monkeypatch.setattr(store, "_timed", timed)
-    _on_loop(store)
-    took["s"] = (backend._FAST_COMMIT_S + backend._SLOW_COMMIT_S) / 2  # between the marks: stays
-    for _ in range(50):
-        assert await _runs_on(store) == threading.current_thread().name
-    took["s"] = 10 * backend._SLOW_COMMIT_S
-    for _ in range(20):
-        await _runs_on(store)
-    assert store.commit_status()["mode"] == "writer thread" and store.stats["switches"] >= 1
-    # A probe is due: it commits between the marks, so the store stays on the thread. (A probe
-    # that finds the thread still holding the connection is tried with the next batch.)
-    store._next_probe = 0.0
-    took["s"] = (backend._FAST_COMMIT_S + backend._SLOW_COMMIT_S) / 2
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                commits.append(threading.current_thread().name)
+                gate.wait(10)
+            return real.execute(sql, *args)
+
+    store.backend._conn = SlowCommit()
+    try:
+        first = asyncio.ensure_future(commit(store, patients[0], 1, [StoredRecord("a" * 32, 1, b"x")]))
+        started = time.perf_counter()
+        await asyncio.sleep(0.1)  # the loop turns while the COMMIT waits
+        assert time.perf_counter() - started < 1.0 and not first.done() and commits
+        rest = [asyncio.ensure_future(commit(store, p, 1, [StoredRecord("a" * 32, 1, b"x")])) for p in patients[1:]]
+        await asyncio.sleep(0.1)
+        assert not any(f.done() for f in rest)  # waiting for the first batch to be on disk
+        gate.set()
+        assert await first == 1 and await asyncio.gather(*rest) == [1] * 8
+    finally:
+        gate.set()
+        store.backend._conn = real
+    assert sizes == [1, 8] and set(commits) == {"rxfed-sqlite-commit"}
+    assert (await store.account(patients[-1].patient)).counter == 1
+
+
+async def test_where_batches_ran_is_counted_for_operators(store):
+    await _runs_on(store)
+    status = store.commit_status()
+    assert status["mode"] == "event loop" and status["inline_batches"] == 1 and status["switches"] == 0
+    await store._write(lambda c: None, heavy=True)
+    status = store.commit_status()
+    assert status["mode"] == "writer thread" and status["thread_batches"] == 1 and status["switches"] == 1
     me = threading.current_thread().name
-    ran = []
-    while me not in ran and len(ran) < 200:  # under load the thread may hold it many times
-        ran.append(await _runs_on(store))
-    ran += [await _runs_on(store) for _ in range(5)]
-    assert ran.count(me) == 1 and ran[-5:] == ["rxfed-sqlite-writer"] * 5  # one probe, no more
-    assert store.commit_status()["mode"] == "writer thread"
-    store._next_probe = 0.0  # the next probe is fast: back on the loop
-    took["s"] = backend._FAST_COMMIT_S / 4
-    for _ in range(8):
-        await _runs_on(store)
-        if store.commit_status()["mode"] == "event loop":
-            break
-    assert store.commit_status()["mode"] == "event loop"
+    while await _runs_on(store) != me:  # the writer thread may still hold the connection a moment
+        pass
+    assert store.commit_status()["mode"] == "event loop" and store.commit_status()["switches"] == 2
+    assert store.commit_status()["commit_us"] > 0
 
 
 @pytest.mark.parametrize("slow_disk", [False, True])
@@ -171,11 +166,9 @@ async def test_one_failing_operation_fails_alone_in_a_batch(store, slow_disk):
 async def test_another_process_writing_never_blocks_the_event_loop(store, reopened):
     p = await register(store, 1)
     if reopened:  # the same store object, closed and opened again: a new connection
-        _on_loop(store)
         await store._write(lambda c: None)  # inline
         await store.close()
         await store.open()
-    _on_loop(store)  # a fast disk: the batch would run inline on the loop
     other = sqlite3.connect(store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # e.g. `rxfed node invite` while the node runs
     try:
@@ -280,7 +273,7 @@ async def test_consent_delivery_state_migration_keeps_grants_and_queued_events(t
 
 
 def _batch_sizes(store) -> list[int]:
-    """The sizes of the batches the store runs from now on, inline on a fast disk."""
+    """The sizes of the batches the store runs from now on."""
     sizes = []
     real = store.backend._transaction
 
@@ -289,7 +282,6 @@ def _batch_sizes(store) -> list[int]:
         return real(conn, batch, **kw)
 
     store.backend._transaction = counting
-    _on_loop(store)
     return sizes
 
 

@@ -37,17 +37,8 @@ log = logging.getLogger("rxfed.store")
 _BATCH_MAX = 512
 #: Loop turns a batch may wait for more operations while they keep arriving.
 _GATHER_TURNS = 2
-#: Commits slower than this on average (seconds) go to the writer thread.
-#: Where batches commit, with hysteresis so that noise around one threshold cannot flip
-#: it: on the event loop while the median of the last _WINDOW inline commits stays under
-#: _SLOW_COMMIT_S (a median, so the occasional commit that carries a WAL checkpoint does not
-#: count); once on the writer thread, back only when a probe (one batch run inline, at most
-#: every _PROBE_S) commits under _FAST_COMMIT_S. Only inline commits are timed: on the
-#: thread COMMIT's time includes waiting for the interpreter lock held by the busy loop,
-#: which would keep a store on the thread on any disk.
-_FAST_COMMIT_S = 0.002
-_SLOW_COMMIT_S = 0.004
-_PROBE_S = 2.0
+#: Inline COMMIT times kept for the operator's average (``rxfed node status``): a median,
+#: so the occasional commit that carries a WAL checkpoint does not dominate it.
 _WINDOW = 31
 #: Upper bounds of the commit-time (seconds) and batch-size histograms (``/metrics``).
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0)
@@ -75,15 +66,15 @@ class SQLiteBackend(Backend):
         self._flush_scheduled = False
         self._gathered = 0  # operations pending at the last turn of the loop
         self._turns = 0
-        #: Moving average of inline COMMITs' duration (seconds). A new store starts on the
-        #: thread and probes with its first batch, so it learns the disk from one commit.
-        self._commit_s = 2 * _SLOW_COMMIT_S
-        self._inline = False
-        self._next_probe = 0.0
+        #: Median of the last _WINDOW inline COMMITs' durations (seconds), for operators.
+        self._commit_s = 0.0
         self._last_commit_s = 0.0
         self._recent: collections.deque[float] = collections.deque(maxlen=_WINDOW)
-        #: Counts for operators (``rxfed node status``): batches committed on the event loop
-        #: and on the writer thread.
+        #: Where the last batch ran (True: its statements on the event loop, its COMMIT on
+        #: the committer thread; False: all of it on the writer thread).
+        self._inline = True
+        #: Counts for operators (``rxfed node status``): batches run inline and on the writer
+        #: thread, and how often one ran elsewhere than the one before it.
         self.stats = {"inline_batches": 0, "thread_batches": 0, "switches": 0}
         #: Commit times and batch sizes, counted per bucket (the last count: above every
         #: bound), with their sums; updated under _conn_lock, by whichever side commits.
@@ -92,6 +83,12 @@ class SQLiteBackend(Backend):
         self._commit_sum = 0.0
         self._batch_sum = 0
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        #: The thread that runs an inline batch's COMMIT (and so its fsync) while the event
+        #: loop goes on, fed through _commits; _committing is True while one is on its way
+        #: (the next inline batch waits for it).
+        self._committer: threading.Thread | None = None
+        self._commits: queue.SimpleQueue = queue.SimpleQueue()
+        self._committing = False
         self._reader_local = threading.local()
         self._closed = True
         self._write_failure: tuple[int, str] | None = None
@@ -116,6 +113,8 @@ class SQLiteBackend(Backend):
         self._writer.start()
         await asyncio.wrap_future(ready)
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rxfed-sqlite-reader")
+        self._committer = threading.Thread(target=self._commit_loop, name="rxfed-sqlite-commit", daemon=True)
+        self._committer.start()
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
@@ -138,28 +137,36 @@ class SQLiteBackend(Backend):
                 _fn, _args, future, loop = item
                 loop.call_soon_threadsafe(_settle_all, [(future, None, Unavailable("the store is closed"))])
         self._reader.shutdown(wait=True)
+        self._commits.put(None)
+        await asyncio.to_thread(self._committer.join)
 
     # -- the writer: group commit ----------------------------------------------------------
     #
     # Writes are grouped: the operations that arrive together share one transaction and one
-    # fsync. A batch runs inline on the event loop when commits are fast (an SSD: a fraction
-    # of a millisecond), because a hand-off to a thread and back costs more than the commit
-    # and the thread would wait for the interpreter lock, held by the busy loop, at every
-    # statement. It runs on the writer thread when commits are slow (so the loop never
-    # stalls on a slow disk), when the thread is already writing, when another process holds
-    # the database's write lock (an operator command: the loop never waits for it), when an
-    # operation failed and the batch must run again with savepoints, for heavy operations
-    # (erasure, pruning, whatever may checkpoint the WAL) and for callers on another event
-    # loop. The write connection is used by one thread at a time, under _conn_lock.
+    # fsync. A batch runs inline: its statements on the event loop, because a hand-off to a
+    # thread per statement would wait for the interpreter lock, held by the busy loop, at
+    # every statement; its COMMIT, which waits for the fsync, on the committer thread, while
+    # the loop goes on reading and checking requests. The writes that arrive meanwhile
+    # gather into the next batch, which starts as soon as the last one is on disk. So the
+    # disk's commit latency sets the batch size, not the loop's idle time, and throughput
+    # does not hang on how the writers happen to split into batches, nor on a threshold
+    # that noise would cross (an earlier design committed on the loop while commits were
+    # fast and moved to the thread when they were slow). Callers are answered once their
+    # COMMIT returned, never before.
+    #
+    # A batch runs on the writer thread instead when the thread is already writing, when
+    # another process holds the database's write lock (an operator command: the loop never
+    # waits for it), when an operation failed and the batch must run again with savepoints,
+    # for heavy operations (erasure, pruning, whatever may checkpoint the WAL) and for
+    # callers on another event loop. The write connection is used by one thread at a time,
+    # under _conn_lock, which an inline batch holds from its BEGIN to its COMMIT.
     #
     # SQLite's automatic checkpoint (every 1000 WAL pages) runs inside the COMMIT that
-    # crosses it, so inline it takes the loop for a few milliseconds every few thousand
-    # records, on a disk fast enough for inline commits (on a slow one, commits and their
-    # checkpoints run on the writer thread). Measured alternatives did worse in full
-    # benchmark runs: with a checkpointer thread running alongside the writes, record writes
-    # at concurrency 16 came to 22x and 24x Synapse's rate (27x and 28x without it), and
-    # checkpoints on the writer thread every 100 commits raised the p99 of federation
-    # delivery from about 6 ms to 43 ms.
+    # crosses it, so on the committer thread: the loop goes on meanwhile. Measured
+    # alternatives did worse in full benchmark runs: with a checkpointer thread running
+    # alongside the writes, record writes at concurrency 16 came to 22x and 24x Synapse's
+    # rate (27x and 28x without it), and checkpoints on the writer thread every 100 commits
+    # raised the p99 of federation delivery from about 6 ms to 43 ms.
 
     def _write_loop(self, ready: concurrent.futures.Future) -> None:
         try:
@@ -192,30 +199,18 @@ class SQLiteBackend(Backend):
                     outcomes = self._transaction(conn, batch, savepoints=False)
                     if outcomes is None:
                         outcomes = self._transaction(conn, batch, savepoints=True)
-                    self.stats["thread_batches"] += 1
+                    self._ran(False)
                     self._finish(conn, outcomes, inline=False)
                 except BaseException as exc:  # noqa: BLE001 - the thread must go on serving
                     self._fail(conn, batch, exc, inline=False)
         with self._conn_lock:
             conn.close()
 
-    def _timed(self, probe: bool) -> None:
-        """After an inline commit: fold its time into the average and decide where the next
-        batches commit (see _FAST_COMMIT_S)."""
-        took = self._last_commit_s
-        if probe:
-            if took < _FAST_COMMIT_S:
-                self._inline = True
-                self._recent.clear()
-                self.stats["switches"] += 1
-            self._recent.append(took)
-            self._commit_s = statistics.median(self._recent)
-            return
-        self._recent.append(took)
-        self._commit_s = statistics.median(self._recent)
-        if len(self._recent) >= 3 and self._commit_s > _SLOW_COMMIT_S:
-            self._inline = False
-            self._next_probe = time.monotonic() + _PROBE_S
+    def _ran(self, inline: bool) -> None:
+        """Count a batch by where it ran (the thread: under _conn_lock)."""
+        self.stats["inline_batches" if inline else "thread_batches"] += 1
+        if inline != self._inline:
+            self._inline = inline
             self.stats["switches"] += 1
 
     def schema(self) -> tuple[int | None, int]:
@@ -227,7 +222,10 @@ class SQLiteBackend(Backend):
         return await asyncio.to_thread(backup_database, self.path, dest, meta=meta)
 
     def commit_status(self) -> dict:
-        """Where batches commit now and how that went, for operators."""
+        """Where the last batch ran and how commits went, for operators: ``mode`` (``event
+        loop``: statements on the loop, COMMIT on the committer thread; ``writer thread``),
+        ``commit_us`` (the median of the last inline COMMITs), batches by where they ran and
+        how often that changed."""
         return {"mode": "event loop" if self._inline else "writer thread", "commit_us": round(self._commit_s * 1e6),
                 **self.stats}
 
@@ -266,24 +264,19 @@ class SQLiteBackend(Backend):
             return
         self._gathered = self._turns = 0
         self._flush_scheduled = False
+        if self._committing:  # the last inline batch's COMMIT is on its way: this one follows it
+            return
         batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
         if self._pending:  # more than one batch arrived at once: the rest goes next turn
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         if not batch:
             return
-        probe = False
-        if not self._inline:
-            now = time.monotonic()
-            probe = now >= self._next_probe
-            if probe:
-                self._next_probe = now + _PROBE_S
-        if (not self._inline and not probe) or not self._conn_lock.acquire(blocking=False):
-            if probe:  # the thread holds the connection: probe with the next batch instead
-                self._next_probe = 0.0
+        if not self._conn_lock.acquire(blocking=False):  # the writer thread is writing
             self._to_thread(batch)
             return
         conn = self._conn
+        behind = False
         try:
             self._set_busy_timeout(conn, 0)  # never wait for another process on the loop
             try:
@@ -291,18 +284,70 @@ class SQLiteBackend(Backend):
             except sqlite3.OperationalError:  # another process is writing: wait off the loop
                 outcomes = None
             else:
-                outcomes = self._transaction(conn, batch, savepoints=False, begun=True)
+                outcomes = self._transaction(conn, batch, savepoints=False, begun=True, commit=False)
             if outcomes is not None:
-                self.stats["inline_batches"] += 1
-                self._timed(probe)
-                self._finish(conn, outcomes, inline=True)
+                if conn.in_transaction:
+                    behind = True  # the committer thread releases the connection
+                    self._commit_behind(conn, outcomes)
+                    return
+                self._answer(outcomes, inline=True)  # a batch of one that failed: nothing to commit
         except BaseException as exc:  # noqa: BLE001 - every caller gets an answer
             self._fail(conn, batch, exc, inline=True)
             return
         finally:
-            self._conn_lock.release()
+            if not behind:
+                self._conn_lock.release()
         if outcomes is None:  # locked, or an operation failed: savepoints, on the thread
             self._to_thread(batch)
+
+    def _commit_behind(self, conn: sqlite3.Connection, outcomes: list) -> None:
+        """An inline batch's COMMIT, on the committer thread (see _write_loop)."""
+        self._committing = True
+        self._commits.put((conn, outcomes))
+
+    def _commit_loop(self) -> None:
+        while (item := self._commits.get()) is not None:
+            conn, outcomes = item
+            exc = self._commit_on_thread(conn, len(outcomes))
+            try:
+                self._loop.call_soon_threadsafe(self._committed, outcomes, exc)
+            except RuntimeError:  # the loop is closed: nobody waits for these any more
+                pass
+
+    def _commit_on_thread(self, conn: sqlite3.Connection, operations: int) -> BaseException | None:
+        try:
+            started = time.perf_counter()
+            conn.execute("COMMIT")
+            self._last_commit_s = time.perf_counter() - started
+            self._write_worked()
+            self._observe(self._last_commit_s, operations)
+            self._ran(True)
+            self._recent.append(self._last_commit_s)
+            self._commit_s = statistics.median(self._recent)
+            return None
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which answers every caller
+            self._write_failed(exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return exc
+        finally:
+            self._conn_lock.release()
+
+    def _committed(self, outcomes: list, exc: BaseException | None) -> None:
+        """On the event loop, once the committer thread is through: answer the batch, and
+        start the next one if writes gathered meanwhile."""
+        self._committing = False
+        if exc is None:
+            self._answer(outcomes, inline=True)
+        else:
+            self._answer([(future, loop, None, Unavailable("the store could not save this change; try again"))
+                          for future, loop, _result, _exc in outcomes], inline=True)
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _finish(self, conn: sqlite3.Connection, outcomes: list, *, inline: bool) -> None:
         if any(isinstance(result, _Checkpoint) for _future, _loop, result, _exc in outcomes):
@@ -327,7 +372,7 @@ class SQLiteBackend(Backend):
                 pass
 
     def _transaction(self, conn: sqlite3.Connection, batch: list, *, savepoints: bool,
-                     begun: bool = False) -> list | None:
+                     begun: bool = False, commit: bool = True) -> list | None:
         """Run ``batch`` in one transaction (``begun``: already open) and commit it.
 
         The batch runs first with no savepoints: operations rarely fail (a conflict, a
@@ -366,7 +411,7 @@ class SQLiteBackend(Backend):
                 if savepoints:
                     conn.execute("RELEASE op")
                 outcomes.append((future, loop, result, None))
-            if conn.in_transaction:
+            if commit and conn.in_transaction:
                 started = time.perf_counter()
                 conn.execute("COMMIT")
                 self._last_commit_s = time.perf_counter() - started
