@@ -42,7 +42,7 @@ from nodeproc import wait_health
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rxfed.client import PatientClient  # noqa: E402
-from rxfed.client.community import Communities  # noqa: E402
+from rxfed.client.community import PatientCommunities  # noqa: E402
 from rxfed.crypto.groups import SenderKey  # noqa: E402
 from rxfed.protocol import community as pc  # noqa: E402
 from rxfed.testing import NodeHarness, free_port  # noqa: E402
@@ -87,9 +87,9 @@ async def run(args) -> dict:
         admin_client, _ = await PatientClient.register(host.url, tmp / "admin", "bench pass phrase", kdf="min")
         member_client, _ = await PatientClient.register(member_url, tmp / "alice", "bench pass phrase", kdf="min")
         clients += [admin_client, member_client]
-        admin = Communities(admin_client)
+        admin = PatientCommunities(admin_client)
         address = await admin.create("bench")
-        await Communities(member_client).join(address)
+        await PatientCommunities(member_client).join(address)
 
         async def joined():
             view = await admin.read(address)

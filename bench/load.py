@@ -183,23 +183,23 @@ class CommunityPoster:
 
 async def setup_posts(args, session: aiohttp.ClientSession, root: str) -> list[Patient]:
     """An organiser creates a community on the node; members join; each hands out a sender key."""
-    from rxfed.client.community import Communities
+    from rxfed.client.community import PatientCommunities
     from rxfed.crypto.groups import SenderKey
     from rxfed.protocol import community as pc
 
     count = max(args.patients, max(args.levels))
     organiser, _ = await PatientClient.register(args.base, os.path.join(root, "organiser"), PASSPHRASE, kdf="min",
                                                 session=session)
-    address = await Communities(organiser).create("bench community")
+    address = await PatientCommunities(organiser).create("bench community")
     members = [organiser]
     for i in range(count - 1):
         client, _ = await PatientClient.register(args.base, os.path.join(root, f"m{i}"), PASSPHRASE, kdf="min",
                                                  session=session)
-        await Communities(client).join(address)
+        await PatientCommunities(client).join(address)
         members.append(client)
     out = []
     for client in members:
-        communities = Communities(client)
+        communities = PatientCommunities(client)
         mine = await communities.membership(address)
         state = (await communities.history(mine)).state
         key = SenderKey.generate(state.next_epoch(mine.member.public))

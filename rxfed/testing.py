@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from rxfed.node.config import Federation, Limits
+from rxfed.node.config import FederationSettings, Limits
 from rxfed.node.local import LocalNode, free_port  # noqa: F401 - free_port is part of this API
 from rxfed.plugins import RxfedPlugins
 
@@ -20,7 +20,7 @@ from rxfed.plugins import RxfedPlugins
 TEST_LIMITS = Limits(requests_per_second=10_000, burst=10_000, anonymous_per_minute=60_000, anonymous_burst=10_000,
                      anonymous_global_per_minute=600_000, anonymous_global_burst=100_000)
 #: Federation settings for tests: fast retries, no key-refetch delay.
-TEST_FEDERATION = Federation(backoff_base=0.05, backoff_max=0.5, breaker_threshold=1000, breaker_cooldown=1.0,
+TEST_FEDERATION = FederationSettings(backoff_base=0.05, backoff_max=0.5, breaker_threshold=1000, breaker_cooldown=1.0,
                              request_timeout=2.0, key_refetch=0, signal_delay=0, inbound_per_second=10_000,
                              inbound_burst=10_000, key_fetches_per_minute=60_000)
 
@@ -49,7 +49,7 @@ class NodeHarness(LocalNode):
     plugins: RxfedPlugins | None = None
     name: str = "test-node"
     limits: Limits = TEST_LIMITS
-    federation: Federation = TEST_FEDERATION
+    federation: FederationSettings = TEST_FEDERATION
 
     async def start(self) -> NodeHarness:
         if self.plugins is None:

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from conftest import MARKER
-from rxfed.client.community import Communities
+from rxfed.client.community import PatientCommunities
 from rxfed.client.sdk import NodeRefused
 from rxfed.errors import RxfedError
 from rxfed.protocol import community as pc
@@ -43,7 +43,7 @@ async def fed(tmp_path):
         await n.stop()
 
 
-async def texts(communities: Communities, address: str) -> list[str]:
+async def texts(communities: PatientCommunities, address: str) -> list[str]:
     return [m.text for m in (await communities.read(address)).messages]
 
 
@@ -51,10 +51,10 @@ async def test_patients_on_two_nodes_talk_in_a_community_hosted_on_a_third(fed, 
     a, b, c = fed
     host_patient = await make_patient(c)
     alice, bob = await make_patient(a), await make_patient(b)
-    host, ca, cb = Communities(host_patient), Communities(alice), Communities(bob)
+    host, ca, cb = PatientCommunities(host_patient), PatientCommunities(alice), PatientCommunities(bob)
     address = await host.create("Epilepsy support", condition="G40")
     assert address.endswith("@" + c.node_id)
-    listed = await Communities.directory(c.url)
+    listed = await PatientCommunities.directory(c.url)
     assert [x["address"] for x in listed] == [address] and listed[0]["condition"] == "G40"
 
     await ca.join(address)
@@ -92,21 +92,21 @@ async def test_patients_on_two_nodes_talk_in_a_community_hosted_on_a_third(fed, 
 async def community_with_member(make_patient, host, home, name: str):
     """An admin on ``host`` with a community, and a member on ``home`` who joined and whose
     node has caught up: the setup most tests here start from."""
-    admin = Communities(await make_patient(host))
+    admin = PatientCommunities(await make_patient(host))
     address = await admin.create(name)
-    member = Communities(await make_patient(home))
+    member = PatientCommunities(await make_patient(home))
     await member.join(address)
     await eventually(lambda: _joined(admin, address, 2))
     await eventually(lambda: _seq_at_least(member, address, 2))
     return admin, member, address
 
 
-async def _seq_at_least(communities: Communities, address: str, n: int) -> bool:
+async def _seq_at_least(communities: PatientCommunities, address: str, n: int) -> bool:
     view = await communities.read(address)
     return view.state is not None and view.state.seq >= n
 
 
-async def _has(communities: Communities, address: str, text: str) -> bool:
+async def _has(communities: PatientCommunities, address: str, text: str) -> bool:
     return text in await texts(communities, address)
 
 
@@ -134,7 +134,7 @@ async def test_leaver_cannot_read_later_messages_and_newcomer_no_history(fed, ma
     texts_for_alice = [m.text for m in pc.read_messages(events, membership.member, membership.box)]
     assert texts_for_alice == ["before leaving"]
     # A newcomer reads what comes after joining, not before.
-    bob = Communities(await make_patient(b))
+    bob = PatientCommunities(await make_patient(b))
     await bob.join(address)
     await eventually(lambda: _joined(admin, address, 2))
     await eventually(lambda: _seq_at_least(bob, address, 1))
@@ -143,16 +143,16 @@ async def test_leaver_cannot_read_later_messages_and_newcomer_no_history(fed, ma
     assert await texts(bob, address) == ["welcome bob"]
 
 
-async def _joined(communities: Communities, address: str, n: int) -> bool:
+async def _joined(communities: PatientCommunities, address: str, n: int) -> bool:
     view = await communities.read(address)
     return view.state is not None and len(view.state.joined()) == n
 
 
 async def test_approval_community_needs_admin(fed, make_patient):
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Rare disease", approval=True)
-    alice = Communities(await make_patient(a))
+    alice = PatientCommunities(await make_patient(a))
     await alice.join(address)
 
     async def pending():
@@ -172,7 +172,7 @@ async def test_approval_community_needs_admin(fed, make_patient):
 async def test_host_refuses_forged_and_misrouted_events(fed, make_patient):
     a, b, c = fed
     admin_client = await make_patient(c)
-    admin = Communities(admin_client)
+    admin = PatientCommunities(admin_client)
     address = await admin.create("Open group")
     intruder = await make_patient(c)
     target = pc.CommunityAddress.parse(address)
@@ -248,7 +248,7 @@ async def test_bad_community_submissions_change_nothing(fed, make_patient, body)
 
     a, b, c = fed
     admin_client = await make_patient(c)
-    admin = Communities(admin_client)
+    admin = PatientCommunities(admin_client)
     address = await admin.create("Stable")
     before = (await admin.read(address)).state.seq
     status, doc = await signed(admin_client, "POST", "/v1/communities/events", body)
@@ -265,9 +265,9 @@ async def test_franking_report_from_a_real_host(fed, make_patient):
     """A recipient proves to a moderator what a member sent, with the host's stamp, and a
     doctored report fails; the host never read the message."""
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Reports")
-    alice, bob = Communities(await make_patient(a)), Communities(await make_patient(b))
+    alice, bob = PatientCommunities(await make_patient(a)), PatientCommunities(await make_patient(b))
     await alice.join(address)
     await bob.join(address)
     await eventually(lambda: _joined(admin, address, 3))
@@ -299,7 +299,7 @@ async def test_a_peer_cannot_write_into_a_community_it_does_not_host(fed, make_p
     from helpers import raw_request
 
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Genuine")
     target = pc.CommunityAddress.parse(address)
     forged_address = pc.CommunityAddress(target.id, b.node_id)
@@ -332,12 +332,12 @@ async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patien
 
     a, b, c = fed
     old = await make_patient(c)
-    address = await Communities(old).create("Devices")
+    address = await PatientCommunities(old).create("Devices")
     new = await PatientClient.recover(c.url, tmp_path / "new-device", old.recovery_code, PASSPHRASE, kdf="min")
     async with new:
         # recovering revoked the old device
         target = pc.CommunityAddress.parse(address)
-        mine = await Communities(new).membership(address)
+        mine = await PatientCommunities(new).membership(address)
         proof = pc.make_read_proof(mine.member, target, c.node_id, int(time.time()))
         status, doc = await signed(old, "POST", "/v1/communities/read", {"community": address, "proof": proof})
         assert status == 401 and doc["error"] == "revoked_device"
@@ -353,7 +353,7 @@ async def test_revoked_device_is_refused_by_community_endpoints(fed, make_patien
                 body = body.replace(b'"after":null', b'"after":99999999999999999999')
             status, doc = await signed(new, "POST", "/v1/communities/read", body)
             assert status == 400, doc
-        assert (await Communities(new).read(address)).state.seq == 2  # the create, and the recovery's rekey
+        assert (await PatientCommunities(new).read(address)).state.seq == 2  # the create, and the recovery's rekey
 
 
 async def test_event_with_a_non_string_type_is_a_clean_400(fed, make_patient):
@@ -361,7 +361,7 @@ async def test_event_with_a_non_string_type_is_a_clean_400(fed, make_patient):
 
     a, b, c = fed
     client = await make_patient(c)
-    address = await Communities(client).create("Types")
+    address = await PatientCommunities(client).create("Types")
     for junk in ({"body": {"type": []}, "sig": "A" * 86}, {"body": {"type": {}}}, {"body": []}):
         status, doc = await signed(client, "POST", "/v1/communities/events", {"community": address, "event": junk})
         assert status == 400, (junk, doc)
@@ -442,10 +442,10 @@ async def test_home_node_cannot_forge_a_private_community(fed, make_patient, hos
     from rxfed.protocol.statements import sign_statement
 
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Rare disease", approval=True)
     alice_client = await make_patient(a)
-    alice = Communities(alice_client)
+    alice = PatientCommunities(alice_client)
     await alice.join(address)
     waiting = await eventually(lambda: _pending(admin, address))
     await admin.approve(address, waiting[0].member_b64)
@@ -540,7 +540,7 @@ async def test_home_node_cannot_pass_off_another_community(fed, make_patient):
     assert info.value.code == "stamp_mismatch"
 
 
-async def _pending(communities: Communities, address: str):
+async def _pending(communities: PatientCommunities, address: str):
     state = (await communities.read(address)).state
     return [m for m in state.members.values() if m.status is pc.MemberStatus.PENDING]
 
@@ -552,9 +552,9 @@ async def test_joining_a_lookalike_address_reads_nothing(fed, make_patient):
     from rxfed.errors import RxfedError
 
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Private group", approval=True)
-    alice = Communities(await make_patient(a))
+    alice = PatientCommunities(await make_patient(a))
     await alice.join(address)
     waiting = await eventually(lambda: _pending(admin, address))
     await admin.approve(address, waiting[0].member_b64)
@@ -562,7 +562,7 @@ async def test_joining_a_lookalike_address_reads_nothing(fed, make_patient):
     target = pc.CommunityAddress.parse(address)
 
     mallory_client = await make_patient(a)
-    mallory = Communities(mallory_client)
+    mallory = PatientCommunities(mallory_client)
     lookalike = f"{target.id}@nowhere.invalid"
     try:
         await mallory.join(lookalike)
@@ -615,10 +615,10 @@ async def test_home_node_keeps_no_diagnosis_and_no_patient_link(fed, make_patien
         await node.stop()
         await node.start()
     name = f"Epilepsy support {MARKER}"
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create(name, condition="G40")
     alice_client = await make_patient(a)
-    alice = Communities(alice_client)
+    alice = PatientCommunities(alice_client)
     await alice.join(address)
     await eventually(lambda: _joined(alice, address, 2))
     await alice.post(address, "hello")
@@ -708,7 +708,7 @@ async def test_a_squatted_id_does_not_block_the_real_copy(fed, make_patient):
     from rxfed.protocol.federation import WireEvent
 
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Squatted")
     target = pc.CommunityAddress.parse(address)
     squat = pc.CommunityAddress(target.id, b.node_id)
@@ -717,7 +717,7 @@ async def test_a_squatted_id_does_not_block_the_real_copy(fed, make_patient):
     stamp = _forged_stamp(b.state.signing_key(), str(squat), 2, leave, key.public)
     await _transaction(b, a, [WireEvent("community.event", {"community": str(squat), "seq": 2, "event": leave,
                                                             "stamp": stamp})])
-    alice = Communities(await make_patient(a))
+    alice = PatientCommunities(await make_patient(a))
     await alice.join(address)
     await eventually(lambda: _joined(alice, address, 2))
 
@@ -756,11 +756,11 @@ async def test_a_create_comes_with_the_about_it_commits_to(fed, make_patient):
         reply = await signed(client, "POST", "/v1/communities/events", {"community": address, "event": create,
                                                                         **extra})
         assert reply[0] == status and reply[1]["error"] == code
-    assert await Communities.directory(c.url) == []
+    assert await PatientCommunities.directory(c.url) == []
     status, _ = await signed(client, "POST", "/v1/communities/events",
                              {"community": address, "event": create, "about": about.to_json()})
     assert status == 200
-    (listed,) = await Communities.directory(c.url)
+    (listed,) = await PatientCommunities.directory(c.url)
     assert (listed["address"], listed["name"], listed["condition"]) == (address, "Migraine", "G43")
     assert pc.Listing.from_json(listed).create.admin == key.public
     leave = pc.make_leave(key, pc.CommunityAddress.parse(address), int(time.time()))
@@ -773,15 +773,15 @@ async def test_joining_refuses_a_listing_the_creator_did_not_commit_to(fed, make
     from rxfed.client.sdk import IntegrityError
 
     a, b, c = fed
-    admin = Communities(await make_patient(c))
+    admin = PatientCommunities(await make_patient(c))
     address = await admin.create("Epilepsy support", condition="G40")
-    real = Communities.directory
+    real = PatientCommunities.directory
 
     async def doctored(url):
         return [dict(entry, name="Diabetes support", condition="E11") for entry in await real(url)]
 
-    monkeypatch.setattr(Communities, "directory", staticmethod(doctored))
-    alice = Communities(await make_patient(a))
+    monkeypatch.setattr(PatientCommunities, "directory", staticmethod(doctored))
+    alice = PatientCommunities(await make_patient(a))
     with pytest.raises(IntegrityError) as info:
         await alice.join(address)
     assert info.value.code == "bad_about"
@@ -804,7 +804,7 @@ async def test_a_revoked_device_reads_no_later_community_message(fed, make_patie
     _device, confirm = await patient.add_device(code)
     laptop = PatientClient.open(tmp_path / "laptop", PASSPHRASE)
     await laptop.finish_link(confirm)
-    stolen = await Communities(laptop).membership(address)  # what the thief holds
+    stolen = await PatientCommunities(laptop).membership(address)  # what the thief holds
     await laptop.close()
     await patient.revoke_device(laptop.device, patient.recovery_code)
     assert patient.followups["communities"] == {address: "rekeyed"}
@@ -870,10 +870,10 @@ async def test_a_join_the_home_node_will_not_deliver_is_refused_with_the_reason(
             await home.state.federation.policy_changed()
         elif policy == "allowlist":
             home.state.federation.settings = attrs.evolve(home.state.federation.settings, mode="allowlist")
-        address = await Communities(await make_patient(host)).create("Elsewhere")
+        address = await PatientCommunities(await make_patient(host)).create("Elsewhere")
         patient = await make_patient(home)
         with pytest.raises(NodeRefused) as info:
-            await Communities(patient).join(address)
+            await PatientCommunities(patient).join(address)
         assert info.value.status == 403 and info.value.code == "peer_refused"
         assert f"will not deliver to {host.node_id}" in info.value.message
         reason = {None: "private address", "blocked": "blocks", "denied": "refuses its traffic",
@@ -891,7 +891,7 @@ async def test_posting_checks_only_the_events_this_device_has_not_seen(make_pati
     once, and what it pinned is recognised by its hash chain, not verified again (posting
     stays fast in a busy community); posting opens no message. (A node that serves another
     past is still caught: the rolled-back and forked history tests above.)"""
-    admin = Communities(await make_patient(node))
+    admin = PatientCommunities(await make_patient(node))
     address = await admin.create("Busy")
     for i in range(20):
         await admin.post(address, f"message {i}")
@@ -923,7 +923,7 @@ async def test_the_community_directory_costs_one_build_however_often_strangers_a
     from helpers import raw_request
 
     admin = await make_patient(node)
-    await Communities(admin).create("Morning walkers", condition="E11")
+    await PatientCommunities(admin).create("Morning walkers", condition="E11")
     store = node.state.store
     reads = []
     real = store.communities
@@ -936,6 +936,6 @@ async def test_the_community_directory_costs_one_build_however_often_strangers_a
     replies = await asyncio.gather(*(raw_request(node.url, "GET", "/v1/communities") for _ in range(30)))
     assert all(status == 200 and len(body["communities"]) == 1 for status, body in replies)
     assert len(reads) == 1
-    await Communities(admin).create("Evening walkers", condition="E11")  # a change: built again
+    await PatientCommunities(admin).create("Evening walkers", condition="E11")  # a change: built again
     status, body = await raw_request(node.url, "GET", "/v1/communities")
     assert status == 200 and len(body["communities"]) == 2 and len(reads) == 2

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from conftest import MARKER
 from helpers import signed
 from rxfed import hookimpl
-from rxfed.client.consent import Consent
+from rxfed.client.consent import PatientConsent
 from rxfed.client.sdk import NodeRefused
 from rxfed.consent import audit as pa
-from rxfed.consent import grants as pg
+from rxfed.consent import grants as consent_grants
 from rxfed.crypto import SigningKeyPair, b64e, seal_to_node
 from rxfed.errors import RxfedError
 from rxfed.plugins import PluginManifest
@@ -86,7 +86,7 @@ async def consenting(make_patient, node):
     patient = await make_patient(node)
     await patient.add_condition("E11.9", label=MARKER)
     await patient.add_treatment(DRUG.capitalize() + " 500 mg", efficacy=8, side_effects=["nausea"], adherence=9)
-    return patient, Consent(patient, plugins=builtin_plugins())
+    return patient, PatientConsent(patient, plugins=builtin_plugins())
 
 
 def scan(data_dir, needle: bytes) -> list[str]:
@@ -132,7 +132,7 @@ async def test_grant_use_revoke_across_the_federation(fed, make_patient):
     # and the home node refuses at once whatever a client sends under the revoked grant
     (token,) = (await consent.list())[0]["tokens"]
     with pytest.raises(NodeRefused) as refused:
-        await patient._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": pg.new_id(),
+        await patient._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": consent_grants.new_id(),
                                                              "seq": 2**40, "count": 0, "sealed": b64e(b"x" * 64)})
     assert refused.value.code == "grant_revoked"
     events = [e["event"] for e in (await consent.audit()).entries]
@@ -140,7 +140,7 @@ async def test_grant_use_revoke_across_the_federation(fed, make_patient):
     # a recipient cannot pad the patient's log: uses count only for deliveries that were made
     (token,) = (await consent.list())[0]["tokens"]
     results, _ = await a.state.consent.on_used(c.node_id, [WireEvent("consent.used", {
-        "token": token["token"], "delivery": pg.new_id(), "count": 1, "plugins": ["outcomes"] * 64})])
+        "token": token["token"], "delivery": consent_grants.new_id(), "count": 1, "plugins": ["outcomes"] * 64})])
     assert [e["event"] for e in (await consent.audit()).entries] == events
 
 
@@ -206,14 +206,14 @@ async def test_bad_grants_are_refused_and_change_nothing(fed, make_patient):
     identity = patient.identity
 
     def token(node=b.node_id, kind="diagnosis.category", not_after=now + 3600, recipient=None, key=None):
-        recipient = recipient or pg.Recipient("node", node)
+        recipient = recipient or consent_grants.Recipient("node", node)
         key = key or consent._key(node, "matching", recipient.only_plugin())
-        return pg.Token.create(key, node=node, home=a.node_id, kind=kind, purpose="matching", recipient=recipient,
+        return consent_grants.Token.create(key, node=node, home=a.node_id, kind=kind, purpose="matching", recipient=recipient,
                                nodes=[node], issued=now, not_after=not_after)
 
     def grant(tokens, kind="diagnosis.category", recipient=None, not_after=now + 3600, issued=now):
-        recipient = recipient or pg.Recipient("node", b.node_id)
-        return pg.Grant.create(identity.device, patient=patient.patient, device=patient.device, kind=kind,
+        recipient = recipient or consent_grants.Recipient("node", b.node_id)
+        return consent_grants.Grant.create(identity.device, patient=patient.patient, device=patient.device, kind=kind,
                                purpose="matching", recipient=recipient, issued=issued, not_after=not_after,
                                nodes=[t.node for t in tokens], tokens=[t.id for t in tokens])
 
@@ -229,7 +229,7 @@ async def test_bad_grants_are_refused_and_change_nothing(fed, make_patient):
         "widened_grant": (grant([t2 := token(kind="treatment.outcome")]), [t2]),
         "unknown_kind": (grant([t3 := token(kind="sleep.band")], kind="sleep.band"), [t3]),
         "unknown_node": (grant([t4 := token(node="elsewhere.example")],
-                               recipient=pg.Recipient("node", "elsewhere.example")), [t4]),
+                               recipient=consent_grants.Recipient("node", "elsewhere.example")), [t4]),
     }
     t6 = token(not_after=now - 10)
     cases["grant_expired"] = (grant([t6], not_after=now - 10, issued=now - 100), [t6])
@@ -268,14 +268,14 @@ async def test_a_node_refuses_forged_or_widened_deliveries(fed, make_patient):
     await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}", share=False)
     (grant,) = await consent.list()
     (token,) = (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
-    parsed = pg.Token.from_json(token["statement"])
+    parsed = consent_grants.Token.from_json(token["statement"])
     b_key = b.state.signing_key().public
     token_key = consent._key(b.node_id, "matching", None)
     seqs = iter(range(1000, 10**6))
 
     def content(signals, voucher=None, statement=None, signer=None, seq=None, to=b_key):
-        delivery = pg.new_id()
-        signed = pg.sign_delivery(signer or token_key, token=parsed.id, node=b.node_id, delivery=delivery,
+        delivery = consent_grants.new_id()
+        signed = consent_grants.sign_delivery(signer or token_key, token=parsed.id, node=b.node_id, delivery=delivery,
                                   seq=seq or next(seqs), signals=signals)
         return {"token": statement or token["statement"], "voucher": voucher or token["voucher"],
                 "delivery": delivery, "sealed": b64e(seal_to_node(to, canonical(signed)))}
@@ -285,7 +285,7 @@ async def test_a_node_refuses_forged_or_widened_deliveries(fed, make_patient):
     free_text = [{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11", "source": "icd10",
                                                           "note": "my name is Ann"}}]
     # a voucher made by a node other than the token's home
-    fake_voucher = pg.voucher(c.state.signing_key(), parsed, consent._now())
+    fake_voucher = consent_grants.voucher(c.state.signing_key(), parsed, consent._now())
     for body, origin, code in [(wider, a.node_id, "widened_grant"), (free_text, a.node_id, "bad_signal"),
                                (good, c.node_id, "wrong_origin")]:
         with pytest.raises(RxfedError) as refused:
@@ -313,7 +313,7 @@ async def test_a_node_refuses_forged_or_widened_deliveries(fed, make_patient):
     assert taken == ["recorder"] and count == 1
     # nor replay an old delivery under a new id, nor bring back an older one
     with pytest.raises(RxfedError) as refused:
-        await b.state.consent.receive(a.node_id, {**delivered, "delivery": pg.new_id()})
+        await b.state.consent.receive(a.node_id, {**delivered, "delivery": consent_grants.new_id()})
     assert refused.value.code == "bad_delivery"
     with pytest.raises(RxfedError) as refused:
         await b.state.consent.receive(a.node_id, content([], seq=4000))
@@ -348,8 +348,8 @@ async def test_revocation_reaches_a_node_that_was_down(fed, make_patient):
     # a delivery still in flight under the revoked token is refused where it arrives
     (token,) = [t for t in (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
                 if t["node"] == b.node_id]
-    late_id = pg.new_id()
-    late = canonical(pg.sign_delivery(consent._key(b.node_id, "matching", None), token=token["token"],
+    late_id = consent_grants.new_id()
+    late = canonical(consent_grants.sign_delivery(consent._key(b.node_id, "matching", None), token=token["token"],
                                       node=b.node_id, delivery=late_id, seq=2**52, signals=[
                                           {"kind": "diagnosis.category",
                                            "body": {"system": "icd10", "category": "E11", "source": "icd10"}}]))
@@ -510,7 +510,7 @@ async def test_a_recovery_revokes_the_grants_of_the_devices_it_revokes(fed, make
                                            kdf="min") as again:
         assert again.followups["grants"] == [{"grant": granted["grant"],
                                               "revoked": "made by a device that is no longer active"}]
-        other = Consent(again, plugins=builtin_plugins())
+        other = PatientConsent(again, plugins=builtin_plugins())
         (old,) = await other.list()
         assert old["status"] == "revoked"
 
@@ -554,7 +554,7 @@ async def test_a_grant_to_a_plugin_this_node_lacks_is_refused(fed, make_patient,
     patient, consent = await consenting(make_patient, a)
     for recipient in (f"plugin:{a.node_id}/nosuch", f"plugin:{a.node_id}/outcomes"):  # outcomes reads other kinds
         # the client, from what the node publishes, before signing anything
-        with pytest.raises(pg.ConsentError) as refused:
+        with pytest.raises(consent_grants.ConsentError) as refused:
             await consent.grant("diagnosis.category", "matching", recipient)
         assert refused.value.code == "unknown_plugin"
     assert (await consent.list()) == []
@@ -579,12 +579,12 @@ async def test_what_a_node_publishes_is_checked_before_a_grant_is_signed(fed, ma
     doc = await patient.discover(patient._session_or_new(), b.url)
     assert {"name": "recorder", "version": "1.0", "reads": ["diagnosis.category"],
             "purposes": ["matching", "research"]} in doc["plugins"]
-    with pytest.raises(pg.ConsentError, match=f"{b.node_id} has no plugin 'nosuch'; it offers: "):
+    with pytest.raises(consent_grants.ConsentError, match=f"{b.node_id} has no plugin 'nosuch'; it offers: "):
         await consent.grant("diagnosis.category", "matching", f"plugin:{b.node_id}/nosuch")
-    with pytest.raises(pg.ConsentError) as refused:
+    with pytest.raises(consent_grants.ConsentError) as refused:
         await consent.grant("diagnosis.category", "advertising", "federation")
     assert refused.value.code == "no_recipient" and "matching, research" in refused.value.message
-    with pytest.raises(pg.ConsentError) as refused:
+    with pytest.raises(consent_grants.ConsentError) as refused:
         await consent.grant("diagnosis.category", "advertising", f"node:{c.node_id}")
     assert refused.value.code == "no_recipient"
     assert await consent.list() == [] and recorder(b).signals == [] and recorder(c).signals == []
@@ -650,15 +650,15 @@ async def test_erasing_an_account_needs_its_grants_revoked_first(fed, make_patie
 def test_a_nodes_published_plugins_are_read_strictly_and_new_keys_ignored():
     doc = {"plugins": [{"name": "tally", "version": "0.1", "reads": ["diagnosis.category"], "purposes": ["research"],
                         "description": "a key a later version adds"}]}
-    (tally,) = pg.offered_plugins(doc, "n.example")
+    (tally,) = consent_grants.offered_plugins(doc, "n.example")
     assert tally.accepts("diagnosis.category", "research") and not tally.accepts("diagnosis.category", "matching")
-    assert pg.offered_plugins({}, "n.example") is None  # an older node: not checked
+    assert consent_grants.offered_plugins({}, "n.example") is None  # an older node: not checked
     for bad in ({"plugins": "tally"}, {"plugins": [{"name": "Not A Name", "reads": [], "purposes": []}]},
                 {"plugins": [{"name": "tally", "reads": "diagnosis.category", "purposes": []}]},
-                {"plugins": [{"name": "x"}] * (pg.MAX_OFFERED + 1)}):
+                {"plugins": [{"name": "x"}] * (consent_grants.MAX_OFFERED + 1)}):
         with pytest.raises(RxfedError) as refused:
-            pg.offered_plugins(bad, "n.example")
+            consent_grants.offered_plugins(bad, "n.example")
         assert refused.value.code == "bad_node_document" and "n.example publishes" in refused.value.message
-    unchecked = pg.grant_receivers(pg.Recipient.parse("plugin:n.example/nosuch"), "diagnosis.category", "research",
+    unchecked = consent_grants.grant_receivers(consent_grants.Recipient.parse("plugin:n.example/nosuch"), "diagnosis.category", "research",
                                    {"n.example": None})
     assert unchecked == {"n.example": None}

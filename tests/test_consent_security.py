@@ -9,9 +9,9 @@ import time
 import attrs
 import pytest
 
-from rxfed.client.consent import Consent
+from rxfed.client.consent import PatientConsent
 from rxfed.client.sdk import NodeRefused
-from rxfed.consent import grants as pg
+from rxfed.consent import grants as consent_grants
 from rxfed.crypto import SigningKeyPair, audit_link, b64e
 from rxfed.errors import RxfedError
 from rxfed.protocol.canonical import canonical
@@ -75,7 +75,7 @@ async def test_devices_of_one_patient_continue_each_others_delivery_numbers(fed,
     patient, consent = await consenting(make_patient, a)
     granted = await consent.grant("diagnosis.category", "matching", f"node:{b.node_id}")
     async with await linked_device(patient, a, tmp_path, "second-device") as again:
-        other = Consent(again, plugins=builtin_plugins())
+        other = PatientConsent(again, plugins=builtin_plugins())
         for device in (other, consent, other):
             await device.share(granted["grant"])
         # each delivery continued from the last one, whichever device sent it: B took all four
@@ -83,7 +83,7 @@ async def test_devices_of_one_patient_continue_each_others_delivery_numbers(fed,
         (token,) = (await other.list())[0]["tokens"]
         # a device that did not see the last number is told to share again, nothing is queued
         with pytest.raises(NodeRefused) as refused:
-            await again._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": pg.new_id(),
+            await again._call("POST", "/v1/consent/signals", {"token": token["token"], "delivery": consent_grants.new_id(),
                                                               "seq": token["seq"], "count": 0,
                                                               "sealed": b64e(b"x" * 64)})
         assert refused.value.code == "stale_delivery"
@@ -155,7 +155,7 @@ async def test_a_home_node_cannot_fake_a_recipients_acknowledgement(fed, make_pa
 
     # An acknowledgement the home node signs in C's name, or C's real one for another token,
     # is reported as forged.
-    in_cs_name = pg.Acknowledgement.create(a.state.signing_key(), token=token["token"], node=c.node_id,
+    in_cs_name = consent_grants.Acknowledgement.create(a.state.signing_key(), token=token["token"], node=c.node_id,
                                            revocation=token["revocation"], unconfirmed=[], now=int(time.time()))
     forge_acknowledgement(a, patient.patient, token["token"], ack=in_cs_name.signed)
     (grant,) = await consent.list()
@@ -200,7 +200,7 @@ async def test_an_acknowledgement_is_signed_by_the_recipient_and_checked_by_the_
     # a recipient's acknowledgement the home node cannot verify is refused, not logged
     (token,) = [t for t in (await patient._call("GET", "/v1/consent/grants"))["grants"][0]["tokens"]
                 if t["node"] == b.node_id]
-    bogus = pg.Acknowledgement.create(SigningKeyPair.generate(), token=token["token"], node=b.node_id,
+    bogus = consent_grants.Acknowledgement.create(SigningKeyPair.generate(), token=token["token"], node=b.node_id,
                                       revocation=token["revocation"], unconfirmed=[], now=int(time.time()))
     from rxfed.protocol.federation import WireEvent
 
@@ -230,14 +230,14 @@ async def test_a_home_node_cannot_widen_a_federation_grant(fed, make_patient, tm
         # It adds the node to the existing grant: the only token it can make for it is under
         # a key of its own, which the client does not derive, so nothing is sent there.
         wider = sorted([*named, evil.node_id])
-        fake = pg.Token.create(SigningKeyPair.generate(), node=evil.node_id, home=a.node_id,
-                               kind="diagnosis.category", purpose="matching", recipient=pg.Recipient("federation"),
+        fake = consent_grants.Token.create(SigningKeyPair.generate(), node=evil.node_id, home=a.node_id,
+                               kind="diagnosis.category", purpose="matching", recipient=consent_grants.Recipient("federation"),
                                nodes=wider, issued=int(time.time()), not_after=grant["not_after"])
         db = sqlite3.connect(a.data_dir / "rxfed.db")
         with db:
             db.execute("INSERT INTO grant_tokens (token, grant_id, node, statement, voucher) VALUES (?, ?, ?, ?, ?)",
                        (fake.id, granted["grant"], evil.node_id, canonical(fake.signed),
-                        canonical(pg.voucher(a.state.signing_key(), fake, int(time.time())))))
+                        canonical(consent_grants.voucher(a.state.signing_key(), fake, int(time.time())))))
         db.close()
         (listed,) = await consent.list()
         (added,) = [t for t in listed["tokens"] if t["node"] == evil.node_id]
@@ -252,22 +252,22 @@ async def test_a_home_node_cannot_widen_a_federation_grant(fed, make_patient, tm
                    if t["node"] == b.node_id]
         with pytest.raises(RxfedError) as refused:
             await evil.state.consent.keep(a.node_id, {"token": real["statement"], "voucher": real["voucher"],
-                                                      "delivery": pg.new_id(), "sealed": b64e(b"x" * 64)})
+                                                      "delivery": consent_grants.new_id(), "sealed": b64e(b"x" * 64)})
         assert refused.value.code == "wrong_recipient"
         # A token always names the node it is for among its grant's nodes ...
         key = consent._key(evil.node_id, "matching", None)
         with pytest.raises(RxfedError) as refused:
-            pg.Token.create(key, node=evil.node_id, home=a.node_id, kind="diagnosis.category", purpose="matching",
-                            recipient=pg.Recipient("federation"), nodes=named, issued=int(time.time()),
+            consent_grants.Token.create(key, node=evil.node_id, home=a.node_id, kind="diagnosis.category", purpose="matching",
+                            recipient=consent_grants.Recipient("federation"), nodes=named, issued=int(time.time()),
                             not_after=grant["not_after"])
         assert refused.value.code == "widened_grant"
         # ... and an honest home node takes only tokens for exactly the nodes the grant names.
         now = consent._now()
-        tokens = [pg.Token.create(consent._key(n, "research", None), node=n, home=a.node_id,
-                                  kind="diagnosis.category", purpose="research", recipient=pg.Recipient("federation"),
+        tokens = [consent_grants.Token.create(consent._key(n, "research", None), node=n, home=a.node_id,
+                                  kind="diagnosis.category", purpose="research", recipient=consent_grants.Recipient("federation"),
                                   nodes=wider, issued=now, not_after=now + 3600) for n in named]
-        narrow = pg.Grant.create(patient.identity.device, patient=patient.patient, device=patient.device,
-                                 kind="diagnosis.category", purpose="research", recipient=pg.Recipient("federation"),
+        narrow = consent_grants.Grant.create(patient.identity.device, patient=patient.patient, device=patient.device,
+                                 kind="diagnosis.category", purpose="research", recipient=consent_grants.Recipient("federation"),
                                  issued=now, not_after=now + 3600, nodes=named, tokens=[t.id for t in tokens])
         with pytest.raises(NodeRefused) as refused:
             await patient._call("POST", "/v1/consent/grants", {"grant": narrow.signed,
@@ -285,17 +285,17 @@ async def test_a_federation_token_that_names_no_nodes_is_refused_by_recipients(f
     patient, consent = await consenting(make_patient, a)
     key = consent._key(b.node_id, "matching", None)
     now = consent._now()
-    body = {"type": pg.TOKEN, "v": 1, "id": pg.new_id(), "node": b.node_id, "home": a.node_id,
+    body = {"type": consent_grants.TOKEN, "v": 1, "id": consent_grants.new_id(), "node": b.node_id, "home": a.node_id,
             "subject": b64e(key.public), "kind": "diagnosis.category", "purpose": "matching",
-            "recipient": "federation", "issued": pg.day(now), "not_after": now + 3600}
+            "recipient": "federation", "issued": consent_grants.day(now), "not_after": now + 3600}
     from rxfed.protocol.statements import sign_statement
 
-    old = pg.Token.from_json(sign_statement(key, body))
+    old = consent_grants.Token.from_json(sign_statement(key, body))
     assert old.nodes is None and old.v == 1
     with pytest.raises(RxfedError) as refused:
         old.check_live(b.node_id, now, b.state.consent.kinds())
     assert refused.value.code == "widened_grant"
-    assert pg.check_token_revocation(pg.revoke_token(key, old.id, now), old.id, old.subject_key) == now
+    assert consent_grants.check_token_revocation(consent_grants.revoke_token(key, old.id, now), old.id, old.subject_key) == now
 
 
 # -- after a revocation: nothing a revoked device or the node makes is shared under ---------
@@ -315,12 +315,12 @@ async def test_a_grant_a_revoked_device_makes_with_the_node_gets_nothing(fed, ma
     old = await thief.secrets()
     await patient.revoke_device(thief.device, patient.recovery_code)
     now = int(time.time())
-    target = pg.Recipient.parse(f"node:{a.node_id}")
-    not_after = pg.end_of_day(now + 30 * 86400)
-    key = pseudonym_key(old.pseudonym_secret, pg.pseudonym_label(a.node_id, "matching", None))
-    token = pg.Token.create(key, node=a.node_id, home=a.node_id, kind="diagnosis.category", purpose="matching",
+    target = consent_grants.Recipient.parse(f"node:{a.node_id}")
+    not_after = consent_grants.end_of_day(now + 30 * 86400)
+    key = pseudonym_key(old.pseudonym_secret, consent_grants.pseudonym_label(a.node_id, "matching", None))
+    token = consent_grants.Token.create(key, node=a.node_id, home=a.node_id, kind="diagnosis.category", purpose="matching",
                             recipient=target, nodes=[a.node_id], issued=now, not_after=not_after)
-    grant = pg.Grant.create(thief.identity.device, patient=patient.patient, device=thief.device,
+    grant = consent_grants.Grant.create(thief.identity.device, patient=patient.patient, device=thief.device,
                             kind="diagnosis.category", purpose="matching", recipient=target, issued=now,
                             not_after=not_after, nodes=[a.node_id], tokens=[token.id])
     with db(a) as conn:  # the node lets the revoked device's request through
@@ -330,7 +330,7 @@ async def test_a_grant_a_revoked_device_makes_with_the_node_gets_nothing(fed, ma
     with db(a) as conn:
         conn.execute("UPDATE devices SET revoked=? WHERE id=?", (now, thief.device))
     await thief.close()
-    fresh = Consent(patient, plugins=builtin_plugins())
+    fresh = PatientConsent(patient, plugins=builtin_plugins())
     (listed,) = [g for g in await fresh.list() if g["grant"] == grant.id]
     assert listed["device"] == thief.device and not listed["device_active"]
     before = len(recorder(a).signals)
@@ -371,4 +371,4 @@ async def test_revocation_times_are_whole_days(fed, make_patient):
     await consent.revoke(granted["grant"])
     (listed,) = (await patient._call("GET", "/v1/consent/grants"))["grants"]
     for t in listed["tokens"]:
-        assert t["revocation"]["body"]["revoked"] % pg.DAY == 0
+        assert t["revocation"]["body"]["revoked"] % consent_grants.DAY == 0

@@ -481,11 +481,11 @@ def test_the_default_per_origin_limit_admits_a_busy_peers_steady_traffic():
     take 100 a second for as long as they come (the federation benchmark's offered rate;
     a limit of 20 a second held every event back half a second), and refuse a flood."""
     from rxfed.errors import RateLimited
-    from rxfed.node.config import Federation
+    from rxfed.node.config import FederationSettings
     from rxfed.node.guards import RateLimiter
 
     now = [0.0]
-    defaults = Federation()
+    defaults = FederationSettings()
     limiter = RateLimiter(defaults.inbound_per_second, defaults.inbound_burst, clock=lambda: now[0])
     for _ in range(100 * 60):  # a minute at 100 transactions a second
         limiter.take("peer.example")

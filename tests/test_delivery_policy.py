@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rxfed.node.config import Federation
+from rxfed.node.config import FederationSettings
 from rxfed.protocol.canonical import canonical
 from rxfed.protocol.delivery import (
     TRANSITIONS,
@@ -144,8 +144,8 @@ def test_only_events_outside_logs_may_die():
 
 def test_dead_after_shorter_than_the_longest_holdback_is_refused():
     with pytest.raises(ValueError, match="dead_after|backoff_max"):
-        Federation(dead_after=60, backoff_max=300)
-    Federation(dead_after=600, backoff_max=300)
+        FederationSettings(dead_after=60, backoff_max=300)
+    FederationSettings(dead_after=600, backoff_max=300)
 
 
 def _calls(path: Path) -> set[str]:

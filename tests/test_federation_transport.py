@@ -169,9 +169,9 @@ async def test_unresponsive_peer_backoff_breaker_dead_letter(tmp_path):
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    from rxfed.node.config import Federation
+    from rxfed.node.config import FederationSettings
 
-    a = await NodeHarness(tmp_path / "a", federation=Federation(
+    a = await NodeHarness(tmp_path / "a", federation=FederationSettings(
         backoff_base=0.05, backoff_max=0.2, breaker_threshold=3, breaker_cooldown=1, request_timeout=0.3,
         dead_after=2, key_refetch=0)).start()
     try:

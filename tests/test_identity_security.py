@@ -436,10 +436,10 @@ async def test_a_rotation_must_re_sign_the_vault(make_patient, node, tmp_path):
 async def test_rotating_the_recovery_code_rekeys_communities_too(make_patient, node, tmp_path):
     """What the old code opens in an old backup (the old epochs' secrets, so the community
     member keys in the vault) reads no community post made after the rotation."""
-    from rxfed.client.community import Communities
+    from rxfed.client.community import PatientCommunities
 
     patient = await make_patient()
-    communities = Communities(patient)
+    communities = PatientCommunities(patient)
     address = await communities.create("Mine")
     before = await communities.membership(address)
     await patient.rotate_recovery_code(patient.recovery_code)

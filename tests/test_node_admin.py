@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from helpers import raw_request
-from rxfed.client.community import Communities
+from rxfed.client.community import PatientCommunities
 from rxfed.client.sdk import NodeRefused
 from rxfed.errors import BadRequest, Conflict, NotFound
 from rxfed.node import administer, control
@@ -62,7 +62,7 @@ async def test_metrics_count_requests_by_route_and_name_no_one(watched, make_pat
     patient = await make_patient(watched)
     await patient.add_journal(feeling=5)
     await patient.add_journal(feeling=6)
-    address = await Communities(patient).create("Epilepsy friends", condition="G40")
+    address = await PatientCommunities(patient).create("Epilepsy friends", condition="G40")
     assert (await raw_request(watched.url, "GET", "/nowhere/" + patient.patient))[0] == 404
     for method in ("TRACE", "PROPFIND"):
         await raw_request(watched.url, method, "/health")
@@ -250,7 +250,7 @@ def test_a_node_process_reports_what_it_runs_and_cleans_up(tmp_path):
 
 async def test_a_suspended_account_is_refused_but_can_take_its_data_and_go(node, make_patient):
     patient, other = await make_patient(), await make_patient()
-    address = await Communities(patient).create("Peer support", condition="E11")
+    address = await PatientCommunities(patient).create("Peer support", condition="E11")
     done = await asyncio.to_thread(administer.suspend, node.data_dir, patient.patient, reason="spam reports")
     assert done == {"account": patient.patient, "suspended": True, "changed": True, "node_told": True}
     with pytest.raises(NodeRefused) as refused:
@@ -261,7 +261,7 @@ async def test_a_suspended_account_is_refused_but_can_take_its_data_and_go(node,
     assert listed[patient.patient]["suspended_reason"] == "spam reports" and listed[other.patient]["suspended"] is None
     # reads, leaving and erasure stay open
     assert len(await patient.devices()) == 1
-    await Communities(patient).leave(address)
+    await PatientCommunities(patient).leave(address)
     await asyncio.to_thread(administer.unsuspend, node.data_dir, patient.patient)
     await patient.add_journal(feeling=4)
     await asyncio.to_thread(administer.suspend, node.data_dir, patient.patient, reason=None)
@@ -297,13 +297,13 @@ async def test_a_suspension_the_node_was_not_told_of_is_picked_up(node, make_pat
 
 
 async def test_operator_erasure(node, make_patient):
-    from rxfed.client.consent import Consent
+    from rxfed.client.consent import PatientConsent
     from rxfed.testing import builtin_plugins
 
     patient, granting = await make_patient(), await make_patient()
     await patient.add_journal(feeling=5)
     await granting.add_condition("E11.9")
-    await Consent(granting, plugins=builtin_plugins()).grant("treatment.outcome", "research", f"plugin:{node.node_id}/outcomes")
+    await PatientConsent(granting, plugins=builtin_plugins()).grant("treatment.outcome", "research", f"plugin:{node.node_id}/outcomes")
     with pytest.raises(Conflict, match="live consent grant"):
         await asyncio.to_thread(administer.erase, node.data_dir, granting.patient, reason=None)
     forced = await asyncio.to_thread(administer.erase, node.data_dir, granting.patient, reason="court order",
@@ -348,11 +348,11 @@ def test_account_commands_and_their_exit_codes(tmp_path):
 
 async def test_communities_list_flags_an_abandoned_one_and_remove_takes_it_away(node, make_patient):
     admin_patient, member = await make_patient(), await make_patient()
-    address = await Communities(admin_patient).create("Night shift diabetics", condition="E11")
-    await Communities(member).join(address)
+    address = await PatientCommunities(admin_patient).create("Night shift diabetics", condition="E11")
+    await PatientCommunities(member).join(address)
     (row,) = await asyncio.to_thread(administer.communities_list, node.data_dir)
     assert row["community"] == address and row["hosted"] and row["members"] == 2 and row["admin_left"] is False
-    await Communities(admin_patient).leave(address)
+    await PatientCommunities(admin_patient).leave(address)
     (row,) = await asyncio.to_thread(administer.communities_list, node.data_dir)
     assert row["members"] == 1 and row["admin_left"] is True
     shown = await asyncio.to_thread(rxfed, "node", "communities", str(node.data_dir), "list")
@@ -364,7 +364,7 @@ async def test_communities_list_flags_an_abandoned_one_and_remove_takes_it_away(
     assert (await raw_request(node.url, "GET", "/v1/communities"))[1] == {"communities": []}
     assert await asyncio.to_thread(administer.communities_list, node.data_dir) == []
     with pytest.raises((NodeRefused, NotFound)):  # the member can read and post nothing more in it
-        await Communities(member).post(address, "hello?")
+        await PatientCommunities(member).post(address, "hello?")
     with pytest.raises(NotFound):
         await asyncio.to_thread(administer.remove_community, node.data_dir, address, reason=None)
     with pytest.raises(BadRequest):
@@ -382,15 +382,15 @@ async def test_plugin_health_from_the_running_node(node):
 
 async def test_a_patient_who_erases_their_account_leaves_every_member_list(node, make_patient):
     admin_patient, member = await make_patient(), await make_patient()
-    address = await Communities(admin_patient).create("Morning walkers", condition="E11")
-    await Communities(member).join(address)
+    address = await PatientCommunities(admin_patient).create("Morning walkers", condition="E11")
+    await PatientCommunities(member).join(address)
     (row,) = await asyncio.to_thread(administer.communities_list, node.data_dir)
     assert row["members"] == 2
     erased = await member.erase_account(remove_profile=False)
     assert erased["left"] == [address] and erased["not_left"] == []
     (row,) = await asyncio.to_thread(administer.communities_list, node.data_dir)
     assert row["members"] == 1 and row["admin_left"] is False
-    assert len((await Communities(admin_patient).read(address)).state.joined()) == 1  # what members see
+    assert len((await PatientCommunities(admin_patient).read(address)).state.joined()) == 1  # what members see
 
 
 @pytest.mark.parametrize("body", [["not", "an", "object"], {"accounts": [{"a": 1}]}, {"communities": [["x"]]},

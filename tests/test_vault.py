@@ -100,15 +100,15 @@ async def test_an_edit_or_delete_the_node_undoes_is_detected(make_patient, node)
 
 
 async def test_community_records_are_left_not_deleted(make_patient):
-    from rxfed.client.community import Communities
+    from rxfed.client.community import PatientCommunities
 
     patient = await make_patient()
-    address = await Communities(patient).create("Mine")
+    address = await PatientCommunities(patient).create("Mine")
     (membership,) = await patient.records("community")
     with pytest.raises(BadRequest) as info:
         await patient.delete_record(membership.id)
     assert info.value.code == "community_record"
-    assert (await Communities(patient).membership(address)).record_id == membership.id
+    assert (await PatientCommunities(patient).membership(address)).record_id == membership.id
 
 
 async def test_the_readme_sdk_snippet_works(node, tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def test_transaction_vectors():
 
 
 def test_consent_vectors():
-    from rxfed.consent import grants as pg
+    from rxfed.consent import grants as consent_grants
     from rxfed.consent.audit import chain
     from rxfed.crypto import b64e, pseudonym_key
 
@@ -78,18 +78,18 @@ def test_consent_vectors():
     key = pseudonym_key(b64d(v["pseudonym_secret"], length=32), v["pseudonym"]["label"])
     assert b64e(key.seed) == v["pseudonym"]["seed"]
     assert b64e(key.public) == v["pseudonym"]["public_key"]
-    assert pg.subject_of(key.public) == v["pseudonym"]["subject"]
-    token = pg.Token.from_json(v["token"])
+    assert consent_grants.subject_of(key.public) == v["pseudonym"]["subject"]
+    token = consent_grants.Token.from_json(v["token"])
     assert token.subject_key == key.public and token.recipient.only_plugin() == "outcomes"
     assert token.nodes == ("c.example",) and token.v == 2
     # every time all recipients see is a whole day (spec/consent.md §1)
     assert token.issued % 86400 == 0 and token.not_after % 86400 == 86399
     with pytest.raises(RxfedError) as refused:
-        pg.Token.from_json(v["widened_token"]["statement"])
+        consent_grants.Token.from_json(v["widened_token"]["statement"])
     assert refused.value.code == v["widened_token"]["error"] == "bad_statement_signature"
     device = SigningKeyPair.from_seed(b64d(v["grant"]["device_seed"], length=32))
     assert b64e(device.public) == v["grant"]["device_public_key"]
-    assert token.matches(pg.Grant.from_json(v["grant"]["statement"], device.public))
+    assert token.matches(consent_grants.Grant.from_json(v["grant"]["statement"], device.public))
     entries = [canonical(e) for e in v["audit"]["entries"]]
     assert [e.decode() for e in entries] == v["audit"]["canonical"]
     assert [b64e(h) for h in chain(entries)] == v["audit"]["hashes"]
@@ -98,12 +98,12 @@ def test_consent_vectors():
 def test_delivery_and_sealed_box_vectors():
     """crypto.md §10: a fixed box sealed to a fixed node key opens to the given delivery,
     whose sequence number is the last one plus 1 + the random step as a big-endian uint32."""
-    from rxfed.consent import grants as pg
+    from rxfed.consent import grants as consent_grants
     from rxfed.crypto import DecryptionFailed, b64e, node_box_key, open_as_node
 
     v = load("consent.json")
     d, box = v["delivery"], v["sealed_box"]
-    assert pg.next_seq(d["last_seq"], b64d(d["random"], length=4)) == d["seq"]
+    assert consent_grants.next_seq(d["last_seq"], b64d(d["random"], length=4)) == d["seq"]
     assert canonical(d["statement"]).decode() == d["canonical"] == box["plaintext"]
     node = SigningKeyPair.from_seed(b64d(box["node_seed"], length=32))
     assert b64e(node.public) == box["node_public_key"]
@@ -111,28 +111,28 @@ def test_delivery_and_sealed_box_vectors():
     sealed = b64d(box["sealed"])
     assert len(sealed) == len(box["plaintext"].encode()) + 48  # ephemeral key (32) and MAC (16)
     assert open_as_node(node, sealed) == box["plaintext"].encode()
-    token = pg.Token.from_json(v["token"])
-    assert pg.open_delivery(loads(box["plaintext"]), token, "2" * 32) == (d["seq"], d["statement"]["body"]["signals"])
+    token = consent_grants.Token.from_json(v["token"])
+    assert consent_grants.open_delivery(loads(box["plaintext"]), token, "2" * 32) == (d["seq"], d["statement"]["body"]["signals"])
     with pytest.raises(DecryptionFailed):
         open_as_node(SigningKeyPair.from_seed(bytes(32)), sealed)
 
 
 def test_acknowledgement_vector():
-    from rxfed.consent import grants as pg
+    from rxfed.consent import grants as consent_grants
     from rxfed.crypto import b64e, sha256
 
     v = load("consent.json")["ack"]
     node = SigningKeyPair.from_seed(b64d(v["node_seed"], length=32))
     assert b64e(sha256(canonical(v["revocation"]))) == v["revocation_sha256"] == v["statement"]["body"]["revocation"]
-    ack = pg.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example", revocation=v["revocation"],
+    ack = consent_grants.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example", revocation=v["revocation"],
                                    node_keys=[node.public])
     assert ack.unconfirmed == ("outcomes",)
     with pytest.raises(RxfedError) as refused:  # another revocation, or another node's key
-        pg.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example",
+        consent_grants.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example",
                                  revocation={**v["revocation"], "sig": v["statement"]["sig"]}, node_keys=[node.public])
     assert refused.value.code == "bad_ack"
     with pytest.raises(RxfedError):
-        pg.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example", revocation=v["revocation"],
+        consent_grants.Acknowledgement.check(v["statement"], token="0" * 32, node="c.example", revocation=v["revocation"],
                                  node_keys=[SigningKeyPair.from_seed(bytes(32)).public])
 
 

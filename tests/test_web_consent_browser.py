@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import MARKER
-from rxfed.consent import grants as pg
+from rxfed.consent import grants as consent_grants
 from rxfed.crypto import SigningKeyPair
 from rxfed.protocol.canonical import canonical
 from test_communities import eventually
@@ -123,7 +123,7 @@ async def test_consent_granted_and_revoked_in_the_page_and_the_cli_reads_it(pair
         token = mine["tokens"][0]["token"]
         revocation = await store._read(lambda c: c.execute("SELECT revocation FROM grant_tokens WHERE token=?",
                                                            (token,)).fetchone()[0])
-        forged = pg.Acknowledgement.create(SigningKeyPair.generate(), token=token, node=b.node_id,
+        forged = consent_grants.Acknowledgement.create(SigningKeyPair.generate(), token=token, node=b.node_id,
                                            revocation=__import__("json").loads(revocation), unconfirmed=[], now=0)
         await store._write(lambda c: c.execute("UPDATE grant_tokens SET ack=? WHERE token=?",
                                                (canonical(forged.signed), token)))

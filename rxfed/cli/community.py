@@ -64,9 +64,9 @@ def add_parser(sub, words: list[str] | None = None) -> None:
 
 
 def _communities(client):
-    from rxfed.client.community import Communities
+    from rxfed.client.community import PatientCommunities
 
-    return Communities(client)
+    return PatientCommunities(client)
 
 
 def cmd_create(args: argparse.Namespace) -> None:
@@ -82,9 +82,9 @@ def cmd_create(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from rxfed.client.community import Communities
+    from rxfed.client.community import PatientCommunities
 
-    found = run_async(Communities.directory(args.node))
+    found = run_async(PatientCommunities.directory(args.node))
     Output(args.json).result({"communities": found}, lambda: [
         f"{c['address']}  {c['name']}" + (f"  [{c['condition']}]" if c["condition"] else "")
         + f"  {c['members']} member(s)" + ("  (approval)" if c["approval"] else "") for c in found] or ["none"])

@@ -67,9 +67,9 @@ def add_parsers(psub, profile) -> None:
 
 def _consent(args, action):
     from rxfed.cli.profile import with_client
-    from rxfed.client.consent import Consent
+    from rxfed.client.consent import PatientConsent
 
-    return with_client(args, lambda client: action(Consent(client)))
+    return with_client(args, lambda client: action(PatientConsent(client)))
 
 
 def _when(unix: int | None) -> str:

@@ -55,15 +55,15 @@ async def _wait(check, timeout=15.0):
 
 async def _demo(work: Path) -> dict:
     from rxfed.client import PatientClient
-    from rxfed.client.community import Communities
-    from rxfed.node.config import Federation
+    from rxfed.client.community import PatientCommunities
+    from rxfed.node.config import FederationSettings
     from rxfed.node.local import LocalNode
     from rxfed.plugins import RxfedPlugins
 
     # Quick retries and no signal delay, so the demo settles in seconds; the installed plugins
     # on every node, the outcomes plugin only where the patients' grants send their signals
     # (its entry point is one object, which two nodes in one process would share).
-    fast = Federation(backoff_base=0.05, backoff_max=0.5, request_timeout=2.0, key_refetch=0, signal_delay=0)
+    fast = FederationSettings(backoff_base=0.05, backoff_max=0.5, request_timeout=2.0, key_refetch=0, signal_delay=0)
     nodes = {}
     for name in NODES:
         plugins = RxfedPlugins(disabled=() if name == "community-c" else ("outcomes",))
@@ -96,10 +96,10 @@ async def _demo(work: Path) -> dict:
         organiser, _ = await PatientClient.register(nodes["community-c"].url, work / "carla", "demo passphrase",
                                                     kdf="interactive")
         clients["carla"] = organiser
-        host = Communities(organiser)
+        host = PatientCommunities(organiser)
         address = await host.create("Living with epilepsy", condition="G40")
         for name in PATIENTS:
-            await Communities(clients[name]).join(address)
+            await PatientCommunities(clients[name]).join(address)
 
         async def all_joined():
             state = (await host.read(address)).state
@@ -107,7 +107,7 @@ async def _demo(work: Path) -> dict:
 
         await _wait(all_joined)
         for name in PATIENTS:
-            member = Communities(clients[name])
+            member = PatientCommunities(clients[name])
 
             async def caught_up(member=member):
                 view = await member.read(address)
@@ -116,12 +116,12 @@ async def _demo(work: Path) -> dict:
             await _wait(caught_up)
         await host.post(address, "Welcome! This group is end to end encrypted; no node can read it.")
         for name, spec in PATIENTS.items():
-            await _wait(lambda: _count(Communities(clients[name]), address, 1))
-            await Communities(clients[name]).post(address, spec["post"])
+            await _wait(lambda: _count(PatientCommunities(clients[name]), address, 1))
+            await PatientCommunities(clients[name]).post(address, spec["post"])
         total = 1 + len(PATIENTS)
         for name in ("carla", *PATIENTS):
-            await _wait(lambda name=name: _count(Communities(clients[name]), address, total))
-        views = {name: (await Communities(clients[name]).read(address)).to_json() for name in ("carla", *PATIENTS)}
+            await _wait(lambda name=name: _count(PatientCommunities(clients[name]), address, total))
+        views = {name: (await PatientCommunities(clients[name]).read(address)).to_json() for name in ("carla", *PATIENTS)}
         community_id, host = address.split("@")
         hosted = await nodes["community-c"].app_store().community_events(community_id, host)
         summary["community"] = {
@@ -145,12 +145,12 @@ async def _demo(work: Path) -> dict:
 async def _consent(nodes: dict, clients: dict) -> dict:
     """Both patients let the ``outcomes`` plugin on community-c use their treatment outcomes
     for research; amara then revokes, and her audit log shows every step, verified."""
-    from rxfed.client.consent import Consent
+    from rxfed.client.consent import PatientConsent
 
     c = nodes["community-c"]
     outcomes = c.state.plugins.pm.get_plugin("outcomes")
     recipient = f"plugin:{c.node_id}/outcomes"
-    consents = {name: Consent(clients[name]) for name in PATIENTS}
+    consents = {name: PatientConsent(clients[name]) for name in PATIENTS}
     grants = {name: await consents[name].grant("treatment.outcome", "research", recipient) for name in PATIENTS}
     await _wait(lambda: _true(outcomes.held() == len(PATIENTS)))
     before = outcomes.summary()
@@ -195,7 +195,7 @@ async def _stolen_laptop(work: Path, nodes: dict, clients: dict, address: str) -
     """bruno adds a laptop from his phone, loses it, and revokes it with his recovery code:
     a new identity epoch the laptop never sees, his community keys replaced."""
     from rxfed.client import PatientClient
-    from rxfed.client.community import Communities
+    from rxfed.client.community import PatientCommunities
 
     bruno, node = clients["bruno"], nodes[PATIENTS["bruno"]["node"]]
     code = await PatientClient.request_link(node.url, work / "bruno-laptop", "demo passphrase for bruno's laptop",
@@ -205,12 +205,12 @@ async def _stolen_laptop(work: Path, nodes: dict, clients: dict, address: str) -
     try:
         await laptop.finish_link(confirm)
         read_on_laptop = len(await laptop.records())
-        before = await Communities(laptop).membership(address)
+        before = await PatientCommunities(laptop).membership(address)
     finally:
         await laptop.close()
     revoked = await bruno.revoke_device(device, bruno.recovery_code)
-    after = await Communities(bruno).membership(address)
-    await Communities(clients["carla"]).post(address, "Posted after bruno revoked his laptop.")
+    after = await PatientCommunities(bruno).membership(address)
+    await PatientCommunities(clients["carla"]).post(address, "Posted after bruno revoked his laptop.")
     return {"laptop": device, "confirmation": confirm, "laptop_read_records": read_on_laptop, "revoked": revoked,
             "epoch": (await bruno.secrets()).epoch, "community_rekeyed": bruno.followups["communities"],
             "old_member_key": before.pseudonym[:8], "new_member_key": after.pseudonym[:8]}

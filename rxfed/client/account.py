@@ -24,11 +24,11 @@ class PatientClient(PatientCore):
         every live consent grant (revoked and granted again). Run by :meth:`revoke_devices`
         and :meth:`recover`; run it again if a host or node was unreachable. Returns
         ``{"communities": {address: outcome}, "grants": [...]}``."""
-        from rxfed.client.community import Communities
-        from rxfed.client.consent import Consent
+        from rxfed.client.community import PatientCommunities
+        from rxfed.client.consent import PatientConsent
 
-        communities = await Communities(self).rekey_all()
-        grants = await Consent(self, plugins=None).renew()
+        communities = await PatientCommunities(self).rekey_all()
+        grants = await PatientConsent(self, plugins=None).renew()
         return {"communities": communities, "grants": grants}
 
     async def erase_account(self, *, remove_profile: bool = True) -> dict:
@@ -37,14 +37,14 @@ class PatientClient(PatientCore):
         node that received signals deletes them, and the patient leaves every community, so
         no member list keeps them (a community that refuses the departure does not hold up
         the erasure: it is reported in ``not_left``). Then remove the local key file."""
-        from rxfed.client.community import Communities
-        from rxfed.client.consent import Consent
+        from rxfed.client.community import PatientCommunities
+        from rxfed.client.consent import PatientConsent
 
-        consent = Consent(self, plugins=False)
+        consent = PatientConsent(self, plugins=False)
         for grant in await consent.list():
             if grant["status"] == "live":
                 await consent.revoke(grant["grant"])
-        communities, left, not_left = Communities(self), [], []
+        communities, left, not_left = PatientCommunities(self), [], []
         for membership in await communities.memberships():
             address = str(membership.address)
             try:

@@ -205,7 +205,7 @@ def host_url(host: str) -> str:
     return f"{'http' if loopback else 'https'}://{host}"
 
 
-class Communities:
+class PatientCommunities:
     """Community operations for one patient client."""
 
     def __init__(self, client: PatientCore):

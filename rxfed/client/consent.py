@@ -16,7 +16,7 @@ import attrs
 from rxfed.client.profile import write_private
 from rxfed.client.sdk import IntegrityError, PatientCore
 from rxfed.consent import audit as pa
-from rxfed.consent import grants as pg
+from rxfed.consent import grants as consent_grants
 from rxfed.crypto import b64e, pseudonym_key, random_bytes, seal_to_node
 from rxfed.errors import BadRequest, NotFound, RxfedError
 from rxfed.plugins import RxfedPlugins
@@ -67,7 +67,7 @@ def node_url(node_id: str) -> str:
     return f"{'http' if loopback else 'https'}://{node_id}"
 
 
-class Consent:
+class PatientConsent:
     """Consent operations for one patient client. ``plugins`` supplies signal derivation
     (client hooks); by default every installed plugin."""
 
@@ -75,7 +75,7 @@ class Consent:
         self.client = client
         self._plugins = plugins
         #: Token statements as :meth:`list` last parsed them, by id.
-        self._tokens: dict[str, pg.Token] = {}
+        self._tokens: dict[str, consent_grants.Token] = {}
 
     @property
     def plugins(self) -> RxfedPlugins:
@@ -92,7 +92,7 @@ class Consent:
         """The pseudonymous key for (node, purpose, plugin): of the current identity epoch
         for a new token, or of the epoch whose key ``subject_key`` is (tokens made before a
         rotation keep theirs). Call ``await self.client.secrets()`` first."""
-        label = pg.pseudonym_label(node, purpose, plugin)
+        label = consent_grants.pseudonym_label(node, purpose, plugin)
         current = pseudonym_key(self.client.pseudonym_secret(), label)
         if subject_key is None or current.public == subject_key:
             return current
@@ -121,7 +121,7 @@ class Consent:
         url = identity.node_url if node == identity.node_id else node_url(node)
         return await self.client.discover(self.client._session_or_new(), url)
 
-    async def offers(self, nodes: list[str]) -> dict[str, tuple[pg.OfferedPlugin, ...] | None]:
+    async def offers(self, nodes: list[str]) -> dict[str, tuple[consent_grants.OfferedPlugin, ...] | None]:
         """What each node says it offers: the plugins there that receive signals, with the
         kinds they read and the purposes they serve (None: the node does not say). Asked of
         each node itself, never of the home node, which could claim anything for its peers."""
@@ -131,7 +131,7 @@ class Consent:
             doc = await self._document(node)
             if doc.get("node_id") != node:
                 raise IntegrityError(f"{node}'s document says it is {doc.get('node_id')!r}")
-            return pg.offered_plugins(doc, node)
+            return consent_grants.offered_plugins(doc, node)
 
         found = await asyncio.gather(*(one(n) for n in nodes))
         return dict(zip(nodes, found))
@@ -175,7 +175,7 @@ class Consent:
         revoked_here = self._revoked_here()["tokens"]
         out = []
         for grant in grants:
-            target = pg.Recipient.parse(grant["recipient"])
+            target = consent_grants.Recipient.parse(grant["recipient"])
             if not grant["device_active"]:
                 out.extend({"grant": grant["grant"], "node": t["node"], "sent": False,
                             "reason": "made by a device that is no longer active: grant again (not sent)"}
@@ -206,14 +206,14 @@ class Consent:
                     continue
                 key = self._key(parsed.node, parsed.purpose, target.only_plugin())
                 bodies = await self.derive(parsed.kind, records)
-                delivery = pg.new_id()
+                delivery = consent_grants.new_id()
                 # Go on from the token's last sequence number, whichever device sent it (the
                 # home node keeps it); a token shared before the node kept it continues above
                 # any number it used then.
                 last = token["seq"] if token["seq"] is not None else (
-                    pg.legacy_seq_floor(int(self.client.clock() * 1000)) if token["shared"] else 0)
-                seq = pg.next_seq(last, random_bytes(4))
-                signed = pg.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery, seq=seq,
+                    consent_grants.legacy_seq_floor(int(self.client.clock() * 1000)) if token["shared"] else 0)
+                seq = consent_grants.next_seq(last, random_bytes(4))
+                signed = consent_grants.sign_delivery(key, token=parsed.id, node=parsed.node, delivery=delivery, seq=seq,
                                           signals=[{"kind": parsed.kind, "body": b} for b in bodies])
                 result = await self.client._call("POST", "/v1/consent/signals", {
                     "token": parsed.id, "delivery": delivery, "seq": seq, "count": len(bodies),
@@ -233,47 +233,47 @@ class Consent:
         the grant is refused unless those are exactly the nodes the home node offers, so a
         home node cannot slip in a peer of its own."""
         now = self._now()
-        target = pg.Recipient.parse(recipient, "--to")
-        pg.check_purpose(purpose)
+        target = consent_grants.Recipient.parse(recipient, "--to")
+        consent_grants.check_purpose(purpose)
         await self.client.secrets()
         if until is not None and until <= now:
-            raise pg.ConsentError("a grant ends in the future", code="bad_date")
+            raise consent_grants.ConsentError("a grant ends in the future", code="bad_date")
         # whole days: every recipient sees this end, so it must not single the patient out
-        not_after = pg.end_of_day(until if until is not None else now + DEFAULT_DURATION)
-        if not_after - now > pg.MAX_DURATION:
-            not_after -= pg.DAY
-        if not_after <= now or not_after - now > pg.MAX_DURATION:
-            raise pg.ConsentError("a grant ends in the future and runs for at most a year", code="bad_date")
+        not_after = consent_grants.end_of_day(until if until is not None else now + DEFAULT_DURATION)
+        if not_after - now > consent_grants.MAX_DURATION:
+            not_after -= consent_grants.DAY
+        if not_after <= now or not_after - now > consent_grants.MAX_DURATION:
+            raise consent_grants.ConsentError("a grant ends in the future and runs for at most a year", code="bad_date")
         reachable = await self.nodes()
         known_kinds = {k["name"] for k in reachable["kinds"]}
         if kind not in known_kinds:
-            raise pg.ConsentError(f"unknown signal kind {kind!r} (known: {', '.join(sorted(known_kinds))})",
+            raise consent_grants.ConsentError(f"unknown signal kind {kind!r} (known: {', '.join(sorted(known_kinds))})",
                                   code="unknown_kind")
         federated = [n["node_id"] for n in reachable["nodes"]]
         reached = sorted(target.nodes(federated))
         for node in reached:
             if node not in federated:
-                raise pg.ConsentError(f"{node} is not a node your home node federates with", code="unknown_node")
+                raise consent_grants.ConsentError(f"{node} is not a node your home node federates with", code="unknown_node")
         if nodes is not None and set(nodes) != set(reached):
             added, missing = sorted(set(reached) - set(nodes)), sorted(set(nodes) - set(reached))
-            raise pg.ConsentError(
+            raise consent_grants.ConsentError(
                 "the grant would reach other nodes than you named: "
                 + "; ".join([*([f"also {', '.join(added)}"] if added else []),
                              *([f"not {', '.join(missing)} (not federated or unreachable now)"] if missing else [])]),
                 code="nodes_differ")
-        if len(reached) > pg.MAX_NODES:
-            raise pg.ConsentError(f"a grant reaches at most {pg.MAX_NODES} nodes; grant to nodes by name",
+        if len(reached) > consent_grants.MAX_NODES:
+            raise consent_grants.ConsentError(f"a grant reaches at most {consent_grants.MAX_NODES} nodes; grant to nodes by name",
                                   code="bad_recipient")
         # Checked against what the recipients themselves publish before anything is signed:
         # a plugin that is not there, or a purpose nobody serves, would only send signals
         # where nothing uses them.
-        receivers = pg.grant_receivers(target, kind, purpose, await self.offers(reached))
+        receivers = consent_grants.grant_receivers(target, kind, purpose, await self.offers(reached))
         identity = self.client.identity
-        tokens = [pg.Token.create(self._key(node, purpose, target.only_plugin()), node=node, home=identity.node_id,
+        tokens = [consent_grants.Token.create(self._key(node, purpose, target.only_plugin()), node=node, home=identity.node_id,
                                   kind=kind, purpose=purpose, recipient=target, nodes=reached, issued=now,
                                   not_after=not_after)
                   for node in reached]
-        grant = pg.Grant.create(identity.device, patient=self.client.patient, device=self.client.device, kind=kind,
+        grant = consent_grants.Grant.create(identity.device, patient=self.client.patient, device=self.client.device, kind=kind,
                                 purpose=purpose, recipient=target, issued=now, not_after=not_after, nodes=reached,
                                 tokens=[t.id for t in tokens])
         result = await self.client._call("POST", "/v1/consent/grants",
@@ -330,7 +330,7 @@ class Consent:
                         "forged": sorted(t["node"] for t in tokens if t["ack"] == ACK_FORGED)})
         return out
 
-    def _signed_by(self, listed: dict, devices: dict) -> tuple[str, pg.Grant, bool] | None:
+    def _signed_by(self, listed: dict, devices: dict) -> tuple[str, consent_grants.Grant, bool] | None:
         """(device, grant, whether that device is active) if the grant statement the node
         lists is signed by a device of this patient whose certificate verifies, and says what
         the listing says (tokens the node added are not the grant's: ``_mine`` refuses them);
@@ -338,7 +338,7 @@ class Consent:
         try:
             body = listed["statement"]["body"]
             cert, active = devices[body["device"]]
-            grant = pg.Grant.from_json(listed["statement"], cert.sign_key)
+            grant = consent_grants.Grant.from_json(listed["statement"], cert.sign_key)
         except (RxfedError, KeyError, TypeError):
             return None
         if (grant.id != listed["grant"] or grant.patient != self.client.patient or grant.kind != listed["kind"]
@@ -361,15 +361,15 @@ class Consent:
         doc = {"grants": sorted(known["grants"] | {grant_id}), "tokens": sorted(known["tokens"] | set(tokens))}
         write_private(self.client.profile.path / REVOKED, json.dumps(doc).encode())
 
-    def _mine(self, grant: dict, listed: dict) -> pg.Token | None:
+    def _mine(self, grant: dict, listed: dict) -> consent_grants.Token | None:
         """The token as listed by the home node, if this profile made it for this grant's
         scope and node (its pseudonym key is one this profile derives); else None."""
         try:
-            token = pg.Token.from_json(listed["statement"])
+            token = consent_grants.Token.from_json(listed["statement"])
         except RxfedError:
             return None  # not a token at all
         self._tokens[token.id] = token
-        target = pg.Recipient.parse(grant["recipient"])
+        target = consent_grants.Recipient.parse(grant["recipient"])
         if (token.id != listed["token"] or token.node != listed["node"] or token.kind != grant["kind"]
                 or token.purpose != grant["purpose"] or token.recipient != target
                 or self._key(token.node, token.purpose, target.only_plugin(), token.subject_key).public
@@ -377,7 +377,7 @@ class Consent:
             return None
         return token
 
-    async def _check_ack(self, token: pg.Token, revocation, ack, documents: dict) -> str:
+    async def _check_ack(self, token: consent_grants.Token, revocation, ack, documents: dict) -> str:
         """Check a relayed acknowledgement: ``revocation`` must be this patient's (signed by
         the token's pseudonym key) and ``ack`` signed for it by a key the token's node
         publishes itself. ``documents`` caches node keys for one listing."""
@@ -390,8 +390,8 @@ class Consent:
         if keys is None:
             return ACK_UNCHECKED
         try:
-            pg.check_token_revocation(revocation, token.id, token.subject_key)
-            pg.Acknowledgement.check(ack, token=token.id, node=token.node, revocation=revocation, node_keys=keys)
+            consent_grants.check_token_revocation(revocation, token.id, token.subject_key)
+            consent_grants.Acknowledgement.check(ack, token=token.id, node=token.node, revocation=revocation, node_keys=keys)
         except RxfedError:
             return ACK_FORGED
         return ACK_VERIFIED
@@ -405,7 +405,7 @@ class Consent:
         for grant in await self.list():
             if grant["status"] != "live":
                 continue
-            target = pg.Recipient.parse(grant["recipient"])
+            target = consent_grants.Recipient.parse(grant["recipient"])
             stale = [t for t in grant["tokens"] if t["verified"]
                      and self._key(t["node"], grant["purpose"], target.only_plugin()).public
                      != self._tokens[t["token"]].subject_key]
@@ -436,17 +436,17 @@ class Consent:
         grant = found[0]
         now = self._now()
         await self.client.secrets()
-        target = pg.Recipient.parse(grant["recipient"])
+        target = consent_grants.Recipient.parse(grant["recipient"])
         revocations = {}
         for t in grant["tokens"]:
-            token = pg.Token.from_json(t["statement"])
+            token = consent_grants.Token.from_json(t["statement"])
             key = self._key(token.node, token.purpose, target.only_plugin(), token.subject_key)
             # every recipient of the grant sees this time: a whole day, so it links nothing
-            revocations[t["token"]] = pg.revoke_token(key, t["token"], pg.day(now))
+            revocations[t["token"]] = consent_grants.revoke_token(key, t["token"], consent_grants.day(now))
         # remembered before it is sent: whatever the node lists later, nothing more is shared
         self._remember_revoked(grant_id, list(revocations))
         return await self.client._call("POST", "/v1/consent/revoke", {
-            "grant": grant_id, "revocation": pg.revoke_grant(self.client.identity.device, grant_id, now),
+            "grant": grant_id, "revocation": consent_grants.revoke_grant(self.client.identity.device, grant_id, now),
             "tokens": revocations})
 
     # -- audit -----------------------------------------------------------------------------

@@ -940,7 +940,7 @@ def _instant(unix: int) -> str:
 
 
 def consent_bundle(patient_ref: str, grants: list[dict]) -> dict:
-    """rxfed consent grants (as :meth:`rxfed.client.consent.Consent.list` gives them) as FHIR
+    """rxfed consent grants (as :meth:`rxfed.client.consent.PatientConsent.list` gives them) as FHIR
     R4B Consent resources in a collection Bundle: status active / inactive (revoked or
     expired), the signal kind as ``provision.class``, the purpose as ``provision.purpose``,
     the recipient as an actor identifier, the grant's period as ``provision.period``."""

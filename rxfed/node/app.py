@@ -19,7 +19,7 @@ from aiohttp import web
 import rxfed
 from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
-from rxfed.node.config import NodeConfig, NodeKey
+from rxfed.node.config import NodeConfig, NodeSigningKey
 from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, AccountSuspended, Caller, NodeState,
                              admit, authenticate, authenticate_new_device, body_json, node_middleware, reply)
 from rxfed.node.listener import LISTENER, check_declared_size, read_body
@@ -393,7 +393,7 @@ async def _store_ctx(app: web.Application):
         state.plugins.close()
 
 
-def create_app(config: NodeConfig, keys: list[NodeKey], *, plugins: RxfedPlugins | None = None,
+def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: RxfedPlugins | None = None,
                store: Store | None = None, clock: Callable[[], float] = time.time) -> web.Application:
     """The node application. The store is opened and closed with the application."""
     own_plugins = plugins is None

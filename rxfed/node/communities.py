@@ -49,7 +49,7 @@ class Hosted:
     new_hashes: tuple[bytes, ...] = ()
 
 
-class Communities:
+class CommunityService:
     """The communities a node hosts (state cached in memory, rebuilt from the store)."""
 
     def __init__(self, state):
@@ -405,7 +405,7 @@ async def read_events(request: web.Request) -> web.Response:
 
 def install(state) -> None:
     """Wire communities into a node: state, federation handlers."""
-    state.communities = Communities(state)
+    state.communities = CommunityService(state)
     state.federation.handlers[SUBMIT] = state.communities.on_submit
     state.federation.serialised.add(SUBMIT)
     state.federation.ordered.add(SUBMIT)

@@ -115,7 +115,7 @@ def _outlasts_backoff(instance, attribute, value):
 
 
 @attrs.frozen
-class Federation:
+class FederationSettings:
     """How this node talks to other nodes."""
 
     #: ``open``: any node reachable over HTTPS that is not denied; ``allowlist``: allowed peers only.
@@ -230,7 +230,7 @@ class _ConfigFile:
     #: ``_SQLiteStorage`` for the built-in backend; another backend's plugin checks its own options.
     storage: Any = attrs.field(factory=_SQLiteStorage)
     limits: Limits = Limits()
-    federation: Federation = Federation()
+    federation: FederationSettings = FederationSettings()
     tls: _TLSSection = _TLSSection()
     plugins: _PluginsSection = _PluginsSection()
     logging: _LoggingSection = _LoggingSection()
@@ -380,7 +380,7 @@ class NodeConfig:
     registration: str = "open"
     storage: dict[str, Any] = attrs.field(factory=lambda: {"backend": "sqlite"})
     limits: Limits = Limits()
-    federation: Federation = Federation()
+    federation: FederationSettings = FederationSettings()
     tls_cert: str | None = None
     tls_key: str | None = None
     disabled_plugins: tuple[str, ...] = ()
@@ -504,7 +504,7 @@ def _write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 @attrs.frozen
-class NodeKey:
+class NodeSigningKey:
     """One of the node's Ed25519 identity keys with its validity period."""
 
     key: SigningKeyPair
@@ -520,27 +520,27 @@ class NodeKey:
                 "fingerprint": fingerprint(self.key.public), "valid_from": self.valid_from,
                 "valid_until": self.valid_until}
 
-def create_node_keys(data_dir: Path, now: int | None = None) -> NodeKey:
-    key = NodeKey(SigningKeyPair.generate(), int(now or time.time()), None)
+def create_node_keys(data_dir: Path, now: int | None = None) -> NodeSigningKey:
+    key = NodeSigningKey(SigningKeyPair.generate(), int(now or time.time()), None)
     save_node_keys(data_dir, [key])
     return key
 
-def save_node_keys(data_dir: Path, keys: list[NodeKey]) -> None:
+def save_node_keys(data_dir: Path, keys: list[NodeSigningKey]) -> None:
     doc = {"keys": [{"seed": b64e(k.key.seed), "valid_from": k.valid_from, "valid_until": k.valid_until} for k in keys]}
     _write_private(data_dir / KEYS_FILE, json.dumps(doc, indent=1).encode())
 
-def rotate_node_key(data_dir: Path, *, overlap: int, now: int | None = None) -> tuple[NodeKey, list[NodeKey]]:
+def rotate_node_key(data_dir: Path, *, overlap: int, now: int | None = None) -> tuple[NodeSigningKey, list[NodeSigningKey]]:
     """Add a new signing key; keys without an end date get one ``overlap`` seconds from now,
     so signatures they made stay verifiable while peers learn the new key."""
     now = int(now or time.time())
     keys = load_node_keys(data_dir)
     ended = [attrs.evolve(k, valid_until=now + overlap) if k.valid_until is None else k for k in keys]
-    new = NodeKey(SigningKeyPair.generate(), now, None)
+    new = NodeSigningKey(SigningKeyPair.generate(), now, None)
     save_node_keys(data_dir, [*ended, new])
     return new, ended
 
 
-def rotation_statements(keys: list[NodeKey], node_id: str) -> list[dict]:
+def rotation_statements(keys: list[NodeSigningKey], node_id: str) -> list[dict]:
     """The rotations a node publishes: each key of the file introduced by the key before
     it, which :func:`rotate_node_key` ended when it added the new one. Derived from the file
     (the node holds every old seed; Ed25519 signatures are deterministic), so key files
@@ -550,16 +550,16 @@ def rotation_statements(keys: list[NodeKey], node_id: str) -> list[dict]:
             if old.valid_until is not None and old.valid_until >= new.valid_from]
 
 
-def current_key(keys: list[NodeKey]) -> NodeKey:
+def current_key(keys: list[NodeSigningKey]) -> NodeSigningKey:
     """The key to sign with: the newest without an end date."""
     return max((k for k in keys if k.valid_until is None), key=lambda k: k.valid_from, default=keys[-1])
 
 
-def load_node_keys(data_dir: Path) -> list[NodeKey]:
+def load_node_keys(data_dir: Path) -> list[NodeSigningKey]:
     path = Path(data_dir) / KEYS_FILE
     try:
         doc = json.loads(path.read_text())
-        keys = [NodeKey(SigningKeyPair.from_seed(b64d(k["seed"], length=32)), k["valid_from"], k["valid_until"])
+        keys = [NodeSigningKey(SigningKeyPair.from_seed(b64d(k["seed"], length=32)), k["valid_from"], k["valid_until"])
                 for k in doc["keys"]]
     except FileNotFoundError:
         raise ConfigFileError([f"{path} not found"]) from None

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from rxfed.consent import audit as pa
-from rxfed.consent import grants as pg
+from rxfed.consent import grants as consent_grants
 from rxfed.consent.signals import MAX_SIGNALS, Signal, SignalError
 from rxfed.consent.tokens import TokenOutcome
 from rxfed.crypto import DecryptionFailed, b64e, open_as_node
@@ -42,7 +42,7 @@ MAX_SEALED = 256 * 1024
 MAX_QUEUED = 10_000
 
 
-class Consent:
+class ConsentService:
     """A node's consent machinery (installed as ``state.consent``)."""
 
     def __init__(self, state):
@@ -98,12 +98,12 @@ class Consent:
         return [self.me, *peers]
 
     # -- receiving signals (any node) ------------------------------------------------------
-    def _received(self, token: pg.Token, voucher: dict | None) -> ReceivedToken:
+    def _received(self, token: consent_grants.Token, voucher: dict | None) -> ReceivedToken:
         return ReceivedToken(token.id, token.home, token.subject, token.subject_key, token.kind, token.purpose,
                              str(token.recipient), token.not_after, canonical(token.signed),
                              canonical(voucher) if voucher is not None else None, self.node.now())
 
-    def _open(self, sealed: bytes, token: pg.Token, delivery: str) -> tuple[int, list[dict]]:
+    def _open(self, sealed: bytes, token: consent_grants.Token, delivery: str) -> tuple[int, list[dict]]:
         for key in self.node.keys:
             try:
                 plaintext = open_as_node(key.key, sealed)
@@ -112,7 +112,7 @@ class Consent:
                 continue
         else:
             raise Forbidden("the signals are sealed to another node", code="not_for_this_node")
-        seq, items = pg.open_delivery(loads(plaintext), token, delivery)
+        seq, items = consent_grants.open_delivery(loads(plaintext), token, delivery)
         if len(items) > MAX_SIGNALS:
             raise SignalError(f"a delivery holds a list of at most {MAX_SIGNALS} signals")
         kinds = self.kinds()
@@ -125,20 +125,20 @@ class Consent:
             out.append(kinds[token.kind].validate(f["body"]))
         return seq, out
 
-    async def receive(self, origin: str, content: Any) -> tuple[list[str], int, pg.Token, str]:
+    async def receive(self, origin: str, content: Any) -> tuple[list[str], int, consent_grants.Token, str]:
         """Check and keep one delivery and hand it to plugins. Returns the plugins that took
         it, the signal count, the token and the delivery id."""
         token, signals, delivery = await self.keep(origin, content)
         return await self.dispatch(token, signals), len(signals), token, delivery
 
-    async def keep(self, origin: str, content: Any) -> tuple[pg.Token, list[Signal], str]:
+    async def keep(self, origin: str, content: Any) -> tuple[consent_grants.Token, list[Signal], str]:
         """Check one delivery and keep its signals (replacing the token's previous ones)."""
-        f = fields(content, "signals", {"token": anything, "voucher": anything, "delivery": text(32, pg.ID),
+        f = fields(content, "signals", {"token": anything, "voucher": anything, "delivery": text(32, consent_grants.ID),
                                         "sealed": b64(max_length=MAX_SEALED)})
-        token = pg.Token.from_json(f["token"])
+        token = consent_grants.Token.from_json(f["token"])
         if token.home != origin:
             raise Forbidden("a token travels from its own home node", code="wrong_origin")
-        pg.check_voucher(f["voucher"], token, await self.keys_of(origin))
+        consent_grants.check_voucher(f["voucher"], token, await self.keys_of(origin))
         token.check_live(self.me, self.node.now(), self.kinds())
         seq, bodies = self._open(f["sealed"], token, f["delivery"])
         outcome = await self.node.store.receive_signals(self._received(token, f["voucher"]), f["delivery"],
@@ -152,7 +152,7 @@ class Consent:
         return token, [Signal(token.kind, b, token.subject, token.purpose, token.id, origin, self.node.now())
                        for b in bodies], f["delivery"]
 
-    async def dispatch(self, token: pg.Token, signals: list[Signal]) -> list[str]:
+    async def dispatch(self, token: consent_grants.Token, signals: list[Signal]) -> list[str]:
         """Hand a kept delivery to the plugins it covers; the names of those that took it."""
         if signals:
             return await self.hand_over(token, signals)
@@ -177,7 +177,7 @@ class Consent:
             finally:
                 self._deliveries.task_done()
 
-    async def hand_over(self, token: pg.Token, signals: list[Signal]) -> list[str]:
+    async def hand_over(self, token: consent_grants.Token, signals: list[Signal]) -> list[str]:
         plugins = self.node.plugins
         taken = []
         for name in plugins.recipients(token.kind, token.purpose, only=token.recipient.only_plugin()):
@@ -185,16 +185,16 @@ class Consent:
                 taken.append(name)
         return taken
 
-    async def revoked(self, token: pg.Token | ReceivedToken, revocation: dict | None) -> list[str]:
+    async def revoked(self, token: consent_grants.Token | ReceivedToken, revocation: dict | None) -> list[str]:
         """Delete what was received under ``token`` and tell the plugins that may hold some.
         Returns the plugins that could not confirm (failed, timed out, or disabled)."""
-        row = self._received(token, None) if isinstance(token, pg.Token) else token
+        row = self._received(token, None) if isinstance(token, consent_grants.Token) else token
         if revocation is not None or row.revoked is None:
             await self.node.store.revoke_received(row, canonical(revocation) if revocation else None, self.node.now())
         return await self._tell_plugins(row)
 
     async def _tell_plugins(self, row: ReceivedToken) -> list[str]:
-        recipient = pg.Recipient.parse(row.recipient)
+        recipient = consent_grants.Recipient.parse(row.recipient)
         unconfirmed = []
         for name in self.node.plugins.holders(row.kind, row.purpose, only=recipient.only_plugin()):
             if recipient.covers(self.me, name) and not await self.node.plugins.consent_revoked(
@@ -229,10 +229,10 @@ class Consent:
         for event in events:
             try:
                 f = fields(event.content, "revoke", {"token": anything, "revocation": anything})
-                token = pg.Token.from_json(f["token"])
+                token = consent_grants.Token.from_json(f["token"])
                 if token.home != origin or token.node != self.me:
                     raise Forbidden("the token is not from this origin or not for this node", code="wrong_origin")
-                pg.check_token_revocation(f["revocation"], token.id, token.subject_key)
+                consent_grants.check_token_revocation(f["revocation"], token.id, token.subject_key)
                 unconfirmed = await self.revoked(token, f["revocation"])
             except RxfedError as exc:
                 results.append(EventResult(False, exc.code, exc.message))
@@ -242,18 +242,18 @@ class Consent:
             effects.outbox.append((origin, _wire(ACK, {"token": token.id, "ack": ack.signed})))
         return results, effects
 
-    def acknowledge(self, token_id: str, revocation: dict, unconfirmed: list[str]) -> pg.Acknowledgement:
+    def acknowledge(self, token_id: str, revocation: dict, unconfirmed: list[str]) -> consent_grants.Acknowledgement:
         """This node's signed statement that it deleted what ``token_id`` gave it."""
-        return pg.Acknowledgement.create(self.node.signing_key(), token=token_id, node=self.me, revocation=revocation,
+        return consent_grants.Acknowledgement.create(self.node.signing_key(), token=token_id, node=self.me, revocation=revocation,
                                          unconfirmed=unconfirmed, now=self.node.now())
 
     async def on_used(self, origin: str, events: list[WireEvent]):
         results = []
         for event in events:
             try:
-                f = fields(event.content, "used", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
+                f = fields(event.content, "used", {"token": text(32, consent_grants.ID), "delivery": text(32, consent_grants.ID),
                                                    "count": integer(0, MAX_SIGNALS),
-                                                   "plugins": array(text(40, pg.PLUGIN), 64)})
+                                                   "plugins": array(text(40, consent_grants.PLUGIN), 64)})
                 await self.log_use(origin, f["token"], f["delivery"], f["count"], f["plugins"])
             except RxfedError as exc:
                 results.append(EventResult(False, exc.code, exc.message))
@@ -265,7 +265,7 @@ class Consent:
         results = []
         for event in events:
             try:
-                f = fields(event.content, "ack", {"token": text(32, pg.ID), "ack": anything})
+                f = fields(event.content, "ack", {"token": text(32, consent_grants.ID), "ack": anything})
                 await self.log_ack(origin, f["token"], f["ack"])
             except RxfedError as exc:
                 results.append(EventResult(False, exc.code, exc.message))
@@ -284,7 +284,7 @@ class Consent:
         """Log ``node``'s report of one delivery's use: once, and only for a delivery the
         patient made under that token to that node (a recipient cannot pad the log)."""
         grant, _ = await self._own_token(token_id, node)
-        named = pg.Recipient.parse(grant.recipient).only_plugin()
+        named = consent_grants.Recipient.parse(grant.recipient).only_plugin()
         names = sorted({p for p in plugins if named is None or p == named})
         entries = [{"event": "used", "grant": grant.id, "node": node, "plugin": name, "purpose": grant.purpose,
                     "kind": grant.kind, "count": count} for name in names]
@@ -298,7 +298,7 @@ class Consent:
         grant, token = await self._own_token(token_id, node)
         if token.revocation is None:
             raise Conflict("that grant token is not revoked", code="not_revoked")
-        checked = pg.Acknowledgement.check(ack, token=token_id, node=node, revocation=loads(token.revocation),
+        checked = consent_grants.Acknowledgement.check(ack, token=token_id, node=node, revocation=loads(token.revocation),
                                            node_keys=await self.keys_of(node))
         entry = {"event": "acknowledged", "grant": grant.id, "node": node, "ack": checked.signed}
         if checked.unconfirmed:
@@ -340,39 +340,39 @@ async def nodes(request: web.Request) -> web.Response:
 @routes.post("/v1/consent/grants")
 async def add_grant(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    consent: Consent = state.consent
+    consent: ConsentService = state.consent
     caller = await authenticate(request)
     f = fields(caller.body, "grant request", {"grant": anything, "tokens": array(anything, 64)})
-    grant = pg.Grant.from_json(f["grant"], caller.auth.key)
+    grant = consent_grants.Grant.from_json(f["grant"], caller.auth.key)
     now = caller.now
     if grant.patient != caller.patient or grant.device != caller.auth.device:
         raise Forbidden("a grant is signed by the patient's own device", code="bad_grant")
-    if abs(grant.issued - now) > pg.SKEW:
-        raise pg.ConsentError("the grant's issue time is off; check the clock", code="bad_date")
+    if abs(grant.issued - now) > consent_grants.SKEW:
+        raise consent_grants.ConsentError("the grant's issue time is off; check the clock", code="bad_date")
     if grant.not_after <= now:
         raise Gone("the grant has already expired", code="grant_expired")
     if grant.kind not in consent.kinds():
-        raise pg.ConsentError(f"unknown signal kind {grant.kind!r}; `rxfed patient consent recipients` lists the "
+        raise consent_grants.ConsentError(f"unknown signal kind {grant.kind!r}; `rxfed patient consent recipients` lists the "
                               "kinds this node knows", code="unknown_kind")
     federated = await consent.federated()
-    tokens = [pg.Token.from_json(t) for t in f["tokens"]]
+    tokens = [consent_grants.Token.from_json(t) for t in f["tokens"]]
     nodes = sorted(t.node for t in tokens)
     if len(set(nodes)) != len(nodes) or {t.id for t in tokens} != set(grant.tokens):
-        raise pg.ConsentError("one token per recipient node, each listed in the grant", code="bad_grant")
+        raise consent_grants.ConsentError("one token per recipient node, each listed in the grant", code="bad_grant")
     for token in tokens:
         if not token.matches(grant) or token.home != state.config.node_id:
             raise Forbidden("a token's scope differs from its grant's", code="widened_grant")
         if token.node not in federated:
-            raise pg.ConsentError(f"{token.node} is not a node this one federates with", code="unknown_node")
+            raise consent_grants.ConsentError(f"{token.node} is not a node this one federates with", code="unknown_node")
     if tuple(nodes) != grant.nodes:  # one token for each node the patient named, no other
         raise Forbidden("the tokens' nodes differ from the nodes the grant names", code="widened_grant")
     if grant.recipient.kind == "plugin" and grant.recipient.node == state.config.node_id:
         manifest = state.plugins.manifests().get(grant.recipient.plugin)
         if manifest is None or not manifest.accepts(grant.kind, grant.purpose):
-            raise pg.ConsentError(f"no plugin {grant.recipient.plugin!r} on this node reads {grant.kind} for "
+            raise consent_grants.ConsentError(f"no plugin {grant.recipient.plugin!r} on this node reads {grant.kind} for "
                                   f"{grant.purpose}; `rxfed patient consent recipients` lists what each node offers",
                                   code="unknown_plugin")
-    rows = [TokenRow(t.id, grant.id, t.node, canonical(t.signed), canonical(pg.voucher(state.signing_key(), t, now)))
+    rows = [TokenRow(t.id, grant.id, t.node, canonical(t.signed), canonical(consent_grants.voucher(state.signing_key(), t, now)))
             for t in tokens]
     row = GrantRow(grant.id, grant.patient, grant.kind, grant.purpose, str(grant.recipient), grant.not_after, now,
                    canonical(grant.signed))
@@ -408,10 +408,10 @@ async def list_grants(request: web.Request) -> web.Response:
 async def share(request: web.Request) -> web.Response:
     """Signals sealed to the token's node, sent under a live grant."""
     state = request.app[NODE]
-    consent: Consent = state.consent
+    consent: ConsentService = state.consent
     caller = await authenticate(request)
-    f = fields(caller.body, "share", {"token": text(32, pg.ID), "delivery": text(32, pg.ID),
-                                      "seq": integer(1, pg.MAX_SEQ), "sealed": b64(max_length=MAX_SEALED),
+    f = fields(caller.body, "share", {"token": text(32, consent_grants.ID), "delivery": text(32, consent_grants.ID),
+                                      "seq": integer(1, consent_grants.MAX_SEQ), "sealed": b64(max_length=MAX_SEALED),
                                       "count": integer(0, MAX_SIGNALS)})
     # ``count`` is the patient's own figure for their audit log; the node cannot check it.
     # ``seq`` is the one sealed inside: the node keeps the last one per token and tells the
@@ -450,23 +450,23 @@ async def share(request: web.Request) -> web.Response:
 @routes.post("/v1/consent/revoke")
 async def revoke(request: web.Request) -> web.Response:
     state = request.app[NODE]
-    consent: Consent = state.consent
+    consent: ConsentService = state.consent
     caller = await authenticate(request, suspended_ok=True)
-    f = fields(caller.body, "revoke", {"grant": text(32, pg.ID), "revocation": anything,
-                                       "tokens": mapping(text(32, pg.ID), anything, 64)})
+    f = fields(caller.body, "revoke", {"grant": text(32, consent_grants.ID), "revocation": anything,
+                                       "tokens": mapping(text(32, consent_grants.ID), anything, 64)})
     mine = {g.id: (g, t) for g, t in await state.store.grants(caller.patient)}
     if f["grant"] not in mine:
         raise NotFound("no such grant", code="unknown_grant")
     grant, tokens = mine[f["grant"]]
     if grant.revoked is not None:
         raise Gone("the grant is already revoked", code="grant_revoked")
-    pg.check_grant_revocation(f["revocation"], grant.id, caller.auth.key)
+    consent_grants.check_grant_revocation(f["revocation"], grant.id, caller.auth.key)
     if set(f["tokens"]) != {t.token for t in tokens}:
         raise BadRequest("a revocation covers every token of the grant", code="bad_revocation")
     parsed = {}
     for t in tokens:
-        token = pg.Token.from_json(loads(t.statement))
-        pg.check_token_revocation(f["tokens"][t.token], t.token, token.subject_key)
+        token = consent_grants.Token.from_json(loads(t.statement))
+        consent_grants.check_token_revocation(f["tokens"][t.token], t.token, token.subject_key)
         parsed[t.token] = token
     outbox = [(t.node, _wire(REVOKE, {"token": loads(t.statement), "revocation": f["tokens"][t.token]}))
               for t in tokens if t.node != state.config.node_id]
@@ -503,7 +503,7 @@ async def audit_log(request: web.Request) -> web.Response:
 
 
 def install(state) -> None:
-    state.consent = Consent(state)
+    state.consent = ConsentService(state)
     handlers = state.federation.handlers
     handlers[SIGNALS] = state.consent.on_signals
     # A delivery replaces the token's previous one, so two must not overtake each other.

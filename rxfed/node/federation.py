@@ -143,7 +143,7 @@ class InboundEffects:
 InboundHandler = Callable[[str, list[WireEvent]], Awaitable[tuple[list[EventResult], InboundEffects]]]
 
 
-class Federation:
+class FederationService:
     """One node's view of its peers: policy, keys, the HTTP client and the outbox worker."""
 
     def __init__(self, state, *, rng: random.Random | None = None):

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from rxfed.errors import Forbidden, RxfedError, Unauthorized
 from rxfed.crypto import SigningKeyPair
-from rxfed.node.config import KEYS_FILE, NodeConfig, NodeKey, current_key, load_node_keys, rotation_statements
-from rxfed.node.federation import Federation
+from rxfed.node.config import KEYS_FILE, NodeConfig, NodeSigningKey, current_key, load_node_keys, rotation_statements
+from rxfed.node.federation import FederationService
 from rxfed.node.guards import NonceWindow, RateLimiter
 from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, guard, read_body
 from rxfed.plugins import RxfedPlugins
@@ -40,14 +40,14 @@ MAX_DEVICES = 32
 @attrs.define
 class NodeState:
     config: NodeConfig
-    keys: list[NodeKey]
+    keys: list[NodeSigningKey]
     store: Store
     plugins: RxfedPlugins
     clock: Callable[[], float] = time.time
     nonces: NonceWindow = attrs.Factory(NonceWindow)
     limiter: RateLimiter = None
     anonymous: RateLimiter = None
-    federation: Federation = None
+    federation: FederationService = None
     communities: Any = None
     consent: Any = None
     listener: Listener = None
@@ -72,7 +72,7 @@ class NodeState:
         self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
         self.listener = Listener(lim, self.config.trusted_proxies, self.config.forwarded_header)
         self.anonymous = self.listener.anonymous
-        self.federation = Federation(self)
+        self.federation = FederationService(self)
 
     def signing_key(self) -> SigningKeyPair:
         return current_key(self.keys).key

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from rxfed.node.app import create_app
 from rxfed.node.http import NODE
-from rxfed.node.config import Federation, Limits, NodeConfig, create_node_keys, load_node_keys
+from rxfed.node.config import FederationSettings, Limits, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 
 
@@ -38,7 +38,7 @@ class LocalNode:
     name: str = "local-node"
     registration: str = "open"
     limits: Limits = attrs.Factory(Limits)
-    federation: Federation = attrs.Factory(Federation)
+    federation: FederationSettings = attrs.Factory(FederationSettings)
     clock: Callable[[], float] = time.time
     #: ``[node] trusted_proxies``: peers whose X-Forwarded-For / Forwarded the node believes.
     trusted_proxies: tuple[str, ...] = ()

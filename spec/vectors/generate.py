@@ -112,51 +112,51 @@ DEVICE_SEED = bytes(range(65, 97))
 
 
 def consent_vectors() -> dict:
-    from rxfed.consent import grants as pg
+    from rxfed.consent import grants as consent_grants
     from rxfed.consent.audit import chain
     from rxfed.crypto import BoxKeyPair, node_box_key, open_as_node, pseudonym_key, seal_to, sha256
 
     # Whole days, as every recipient of a grant sees them (spec/consent.md §1).
-    issued, not_after = pg.day(CREATED), pg.end_of_day(CREATED + 86400)
-    label = pg.pseudonym_label("c.example", "research", "outcomes")
+    issued, not_after = consent_grants.day(CREATED), consent_grants.end_of_day(CREATED + 86400)
+    label = consent_grants.pseudonym_label("c.example", "research", "outcomes")
     key = pseudonym_key(SEED, label)
-    body = {"type": pg.TOKEN, "v": pg.VERSION, "id": "0" * 32, "node": "c.example", "home": "a.example",
+    body = {"type": consent_grants.TOKEN, "v": consent_grants.VERSION, "id": "0" * 32, "node": "c.example", "home": "a.example",
             "subject": b64e(key.public), "kind": "diagnosis.category", "purpose": "research",
             "recipient": "plugin:c.example/outcomes", "nodes": ["c.example"], "issued": issued,
             "not_after": not_after}
     token = sign_statement(key, body)
-    parsed = pg.Token.from_json(token)
+    parsed = consent_grants.Token.from_json(token)
     widened = {"body": {**body, "kind": "treatment.outcome"}, "sig": token["sig"]}
     try:
-        pg.Token.from_json(widened)
+        consent_grants.Token.from_json(widened)
     except RxfedError as exc:
         widened_error = exc.code
     else:  # pragma: no cover
         raise AssertionError("a widened token parsed")
     device = SigningKeyPair.from_seed(DEVICE_SEED)
-    grant_body = {"type": pg.GRANT, "v": pg.VERSION, "id": "1" * 32, "patient": "3" * 32, "device": "4" * 32,
+    grant_body = {"type": consent_grants.GRANT, "v": consent_grants.VERSION, "id": "1" * 32, "patient": "3" * 32, "device": "4" * 32,
                   "kind": "diagnosis.category", "purpose": "research", "recipient": "plugin:c.example/outcomes",
                   "issued": CREATED, "not_after": not_after, "nodes": ["c.example"], "tokens": ["0" * 32]}
     grant = sign_statement(device, grant_body)
-    assert parsed.matches(pg.Grant.from_json(grant, device.public))
+    assert parsed.matches(consent_grants.Grant.from_json(grant, device.public))
     step = bytes([0, 0, 1, 0])
-    seq = pg.next_seq(0, step)
+    seq = consent_grants.next_seq(0, step)
     signals = [{"kind": "diagnosis.category", "body": {"system": "icd10", "category": "E11", "source": "icd10"}}]
-    delivery = pg.sign_delivery(key, token="0" * 32, node="c.example", delivery="2" * 32, seq=seq, signals=signals)
+    delivery = consent_grants.sign_delivery(key, token="0" * 32, node="c.example", delivery="2" * 32, seq=seq, signals=signals)
     node = SigningKeyPair.from_seed(NODE_SEED)
     plaintext = canonical(delivery)
     # seal_to_node is seal_to the node's X25519 key; a fixed ephemeral key makes it a vector
     sealed = seal_to(node_box_key(node.public), plaintext, ephemeral=BoxKeyPair.from_secret(bytes([0x27]) * 32))
     assert open_as_node(node, sealed) == plaintext
-    revocation = pg.revoke_token(key, "0" * 32, CREATED + 3600)
-    ack = pg.Acknowledgement.create(node, token="0" * 32, node="c.example", revocation=revocation,
+    revocation = consent_grants.revoke_token(key, "0" * 32, CREATED + 3600)
+    ack = consent_grants.Acknowledgement.create(node, token="0" * 32, node="c.example", revocation=revocation,
                                     unconfirmed=["outcomes"], now=CREATED + 3660)
     entries = [{"event": "granted", "grant": "1" * 32, "seq": 1, "time": CREATED},
                {"event": "revoked", "grant": "1" * 32, "seq": 2, "time": CREATED + 60}]
     return {
         "pseudonym_secret": b64e(SEED),
         "pseudonym": {"label": label, "seed": b64e(key.seed), "public_key": b64e(key.public),
-                      "subject": pg.subject_of(key.public)},
+                      "subject": consent_grants.subject_of(key.public)},
         "token": token,
         "widened_token": {"statement": widened, "error": widened_error},
         "grant": {"device_seed": b64e(DEVICE_SEED), "device_public_key": b64e(device.public), "statement": grant},

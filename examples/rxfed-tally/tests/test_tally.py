@@ -91,7 +91,7 @@ async def test_a_patient_grants_and_revokes_across_two_nodes(rxfed_federation, t
     import asyncio
 
     from rxfed.client import PatientClient
-    from rxfed.client.consent import Consent
+    from rxfed.client.consent import PatientConsent
     from rxfed.testing import builtin_plugins
 
     a, b = await rxfed_federation("a", "b", plugins=lambda node: [Tally()])
@@ -107,7 +107,7 @@ async def test_a_patient_grants_and_revokes_across_two_nodes(rxfed_federation, t
     patient, _code = await PatientClient.register(a.url, tmp_path / "patient", "a long pass phrase", kdf="min")
     async with patient:
         await patient.add_condition("E11.9")
-        consent = Consent(patient, plugins=builtin_plugins())
+        consent = PatientConsent(patient, plugins=builtin_plugins())
         granted = await consent.grant("diagnosis.category", "research", f"plugin:{b.node_id}/tally")
         await until(lambda: tally_b.counts(k=1) == {"E11": 1})
         for _ in range(200):  # b reports the use to a in its own transaction, after counting
