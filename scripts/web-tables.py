@@ -125,9 +125,11 @@ def render() -> str:
     lines.append(const("ANSWERS", [list(a) for a in q.ANSWERS]))
     lines.append(const("PHQ9_SELF_HARM_ITEM", q.PHQ9_SELF_HARM_ITEM))
     lines.append(const("ATTRIBUTION", q.ATTRIBUTION))
-    lines.append(const("CRISIS_LINES", q.CRISIS_LINES))
-    lines.append(const("COUNTRY_ALIASES", q._COUNTRY_ALIASES))
-    lines.append(const("FALLBACK_LINE", q._FALLBACK_LINE))
+    from rxfed.vocabulary import crisis
+
+    lines.append(const("CRISIS_LINES", crisis.crisis_lines()))
+    lines.append(const("COUNTRY_ALIASES", crisis._table()["aliases"]))
+    lines.append(const("FALLBACK_LINE", crisis._table()["fallback"]))
     from rxfed.vocabulary import codes
 
     lines.append("\n" + const("SYSTEM_URIS", codes.SYSTEM_URIS))
