@@ -141,6 +141,19 @@ async def opened_page(url: str, viewport: dict | None = None):
             await browser.close()
 
 
+async def register_in_page(page) -> str:
+    """Register in the page at its defaults; returns the recovery code it showed once."""
+    await page.fill("#reg-pass", PASSPHRASE)
+    await page.fill("#reg-pass2", PASSPHRASE)
+    await page.click("#register-form button[type=submit]")
+    await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
+    code = (await page.text_content("#recovery-code")).strip()
+    await page.check("#recovery-kept")
+    await page.click("#recovery-form button[type=submit]")
+    await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
+    return code
+
+
 async def unlock_by_keyboard(page, url: str) -> None:
     await page.goto(url)
     await page.wait_for_selector("#unlock:not([hidden])")

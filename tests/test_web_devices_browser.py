@@ -15,7 +15,7 @@ import pytest
 from conftest import MARKER
 from rxfed.crypto.recovery import RecoveryCode
 from test_web_browser import (ARTEFACTS, CLI_PASSPHRASE, PASSPHRASE, _browser_or_skip, axe_scan, cli, entries,
-                              opened_page, unlock_by_keyboard)
+                              opened_page, register_in_page, unlock_by_keyboard)
 
 pytestmark = pytest.mark.browser
 
@@ -29,18 +29,6 @@ async def cli_refused(*args: str) -> tuple[int, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode != 0, out.decode()
     return proc.returncode, err.decode()
-
-
-async def register_in_page(page) -> str:
-    await page.fill("#reg-pass", PASSPHRASE)
-    await page.fill("#reg-pass2", PASSPHRASE)
-    await page.click("#register-form button[type=submit]")
-    await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
-    code = (await page.text_content("#recovery-code")).strip()
-    await page.check("#recovery-kept")
-    await page.click("#recovery-form button[type=submit]")
-    await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
-    return code
 
 
 async def test_the_page_adds_a_cli_device_and_removes_it_with_the_recovery_code(node, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MARKER
-from test_web_browser import ARTEFACTS, PASSPHRASE, axe_scan, cli, entries, opened_page, unlock_by_keyboard
+from test_web_browser import ARTEFACTS, PASSPHRASE, axe_scan, cli, entries, opened_page, register_in_page, unlock_by_keyboard
 
 pytestmark = pytest.mark.browser
 
@@ -20,18 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CERNER = ROOT / "tests" / "data" / "fhir" / "cerner-medications-and-vitals.json"
 LABEL = "zqxlabel diabetes"
 SYMPTOM = "zqxsymptom"
-
-
-async def register(page) -> str:
-    await page.fill("#reg-pass", PASSPHRASE)
-    await page.fill("#reg-pass2", PASSPHRASE)
-    await page.click("#register-form button[type=submit]")
-    await page.wait_for_selector("#recovery:not([hidden])", timeout=30_000)
-    code = (await page.text_content("#recovery-code")).strip()
-    await page.check("#recovery-kept")
-    await page.click("#recovery-form button[type=submit]")
-    await page.wait_for_selector("body[data-state=unlocked]", timeout=30_000)
-    return code
 
 
 async def saved(page, n: int) -> None:
@@ -59,7 +47,7 @@ def _item(records: list[dict], kind: str, **match) -> dict:
 async def test_records_written_in_the_page_and_with_the_cli_read_each_other(node, tmp_path):
     url = node.url + "/"
     async with opened_page(url) as (page, watched):
-        code = await register(page)
+        code = await register_in_page(page)
 
         # a condition found by its label: the pick fills system, code and label
         for folded in ("condition", "questionnaire"):
@@ -183,7 +171,7 @@ async def test_records_written_in_the_page_and_with_the_cli_read_each_other(node
 async def test_fhir_import_and_export_and_the_passphrase_change(node, tmp_path):
     url = node.url + "/"
     async with opened_page(url) as (page, watched):
-        code = await register(page)
+        code = await register_in_page(page)
         profile = tmp_path / "cli"
         await cli("patient", "recover", "--node", node.url, "--profile", str(profile), "--kdf", "min", "--keep-all",
                   code=code)
