@@ -326,12 +326,7 @@ class SQLiteBackend(Backend):
             self._commit_s = statistics.median(self._recent)
             return None
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, which answers every caller
-            self._write_failed(exc)
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            self._roll_back(conn, exc)
             return exc
         finally:
             self._conn_lock.release()
@@ -426,13 +421,17 @@ class SQLiteBackend(Backend):
 
     def _fail(self, conn: sqlite3.Connection, batch: list, exc: BaseException, *, inline: bool) -> None:
         """The store itself failed (a disk error, say): roll back, answer every caller."""
+        self._roll_back(conn, exc)
+        self._answer(_failed(batch), inline=inline)
+
+    def _roll_back(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """After the store itself failed: note it (``/health``) and end the transaction."""
         self._write_failed(exc)
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        self._answer(_failed(batch), inline=inline)
 
     # -- write health: what /health reports ----------------------------------------------
     #
