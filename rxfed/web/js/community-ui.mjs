@@ -5,7 +5,7 @@
 import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
 import { b64e } from "./encoding.mjs";
 import { UNREADABLE } from "./community.mjs";
-import { presendWarnings } from "./moderation.mjs";
+import { presendWarnings, shippedRules } from "./moderation.mjs";
 import { browserCountry } from "./questionnaires.mjs";
 import * as ui from "./ui.mjs";
 
@@ -245,6 +245,9 @@ $("post-form").addEventListener("submit", (ev) => {
     await send(text);
   });
 });
+
+// compiling the rules takes a few hundred milliseconds: done when the author starts to write
+$("post-text").addEventListener("focus", () => shippedRules(), { once: true });
 
 $("post-text").addEventListener("input", () => {
   if (held !== null && $("post-text").value !== held) {

@@ -151,7 +151,6 @@ export class PyPattern {
     this.source = translate(src);
     try {
       this.global = new RegExp(this.source, "gu");
-      this.sticky = new RegExp(this.source, "yu");
     } catch (exc) {
       throw new SyntaxError(`pattern ${JSON.stringify(src.slice(0, 60))} does not compile in the page: ${exc.message}`);
     }
@@ -164,6 +163,8 @@ export class PyPattern {
 
   /** Python's match(text, pos): anchored at `pos` (lookbehinds still see what is before it). */
   match(text, pos = 0) {
+    // the anchored form is made when first needed (most patterns are only searched)
+    if (this.sticky === undefined) this.sticky = new RegExp(this.source, "yu");
     this.sticky.lastIndex = pos;
     return this.sticky.exec(text);
   }
