@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -215,3 +216,14 @@ out.unchecked = m.presendWarnings("You should stop taking your metformin", "GB",
     assert "signature does not verify" in got["another key"]
     assert "not rules this page can apply" in got["pattern"]
     assert [w["code"] for w in got["unchecked"]] == ["unchecked"] and got["unchecked"][0]["confirm"] is False
+
+
+def test_the_benchmark_still_runs():
+    """bench/web-moderation.mjs runs against the current page code (figures are not checked)."""
+    node_bin = shutil.which("node")
+    if node_bin is None:
+        pytest.skip("node is not installed")
+    done = subprocess.run([node_bin, str(ROOT / "bench" / "web-moderation.mjs")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "R": "1"})
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) == {"rounds", "load_ms", "check_ms_per_message"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import MARKER
-from test_web_browser import _browser_or_skip, axe_scan, opened_page
+from test_web_browser import ARTEFACTS, _browser_or_skip, axe_scan, opened_page
 from test_web_devices_browser import register_in_page
 
 pytestmark = pytest.mark.browser
@@ -42,6 +42,7 @@ async def test_the_page_runs_the_moderation_check_before_a_post(node, tmp_path):
         assert "someone else's medication" in await page.text_content("#presend-warnings")
         assert await page.is_hidden("#presend-crisis")
         await axe_scan(page, "a pre-send warning")
+        await page.screenshot(path=ARTEFACTS / "moderation-warning.png", full_page=True)
         assert sent[before:] == []  # the check ran here: no request at all
         assert await page.get_attribute("body", "data-posted") is None
         # editing dismisses it; the same text is held again
