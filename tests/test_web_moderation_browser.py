@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import MARKER
-from test_web_browser import ARTEFACTS, _browser_or_skip, axe_scan, opened_page
-from test_web_devices_browser import register_in_page
+from test_web_browser import ARTEFACTS, _browser_or_skip, axe_scan, opened_page, register_in_page
 
 pytestmark = pytest.mark.browser
 
