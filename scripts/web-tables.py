@@ -8,7 +8,8 @@
   label and every ICD-10 category under its title.
 * INSTRUMENTS, ANSWERS, ATTRIBUTION, CRISIS_LINES, COUNTRY_ALIASES, FALLBACK_LINE: PHQ-9 and
   GAD-7 as rxfed/client/questionnaires.py defines them (items, severity bands, LOINC codes)
-  and the crisis lines shown for PHQ-9 item 9.
+  and the crisis lines shown for PHQ-9 item 9 and for crisis language in a post;
+  CRISIS_NOTICE: where the lines come from (rxfed/vocabulary/data/crisis_lines.json).
 * FHIR_RESOURCE_TYPES: the resource types of FHIR R4B (fhir.resources), which an import
   names or is refused; FHIR_ELEMENTS: the elements of the resources and data types the page
   reads (an element they lack refuses the file); FHIR: the code system, extension and naming system URIs of
@@ -130,6 +131,7 @@ def render() -> str:
     lines.append(const("CRISIS_LINES", crisis.crisis_lines()))
     lines.append(const("COUNTRY_ALIASES", crisis._table()["aliases"]))
     lines.append(const("FALLBACK_LINE", crisis._table()["fallback"]))
+    lines.append(const("CRISIS_NOTICE", crisis.crisis_notice()))
     from rxfed.vocabulary import codes
 
     lines.append("\n" + const("SYSTEM_URIS", codes.SYSTEM_URIS))

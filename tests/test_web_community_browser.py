@@ -72,8 +72,8 @@ async def test_a_browser_on_a_and_the_cli_on_b_talk_in_a_community_hosted_on_c(t
         await cli("community", "post", "--profile", str(bob), address, said_by_cli)
         await eventually(read_in_page, timeout=30)
         assert await page.locator("#cv-messages li").count() == 1
-        assert "safety checks (client plugins) are shown by the rxfed command only" in \
-            await page.text_content("#presend-notice")
+        notice = await page.text_content("#presend-notice")
+        assert "checks it with the signed moderation rules" in notice and "only in the rxfed command" in notice
 
         # the browser posts; the CLI on B reads it
         said_in_page = f"{MARKER} from the browser"

@@ -240,20 +240,35 @@ $("treatment-form").addEventListener("submit", (ev) => {
   });
 });
 
-$("lock").addEventListener("click", () => {
-  patient = null; // the keys are only in this page's memory: drop them
+/** Drop the keys and every view of the account (they are only in this page's memory). */
+function closeAccount() {
+  patient = null;
   communitiesView.detach();
   consentView.detach();
   devicesView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
   recordsUi.show(null);
+}
+
+$("lock").addEventListener("click", () => {
+  closeAccount();
   document.body.dataset.state = "locked";
   show("unlock");
   status("Locked.");
 });
 
-recordsUi.mount({ patient: () => patient, rendered: () => render(patient.state.records), busy, status });
+function erased(result) {
+  closeAccount();
+  document.body.dataset.state = "erased";
+  show("welcome");
+  const notLeft = result.notLeft.map((n) => `${n.address} (${n.reason})`).join(", ");
+  status(`Your account is erased: ${result.revoked.length} consent grant${result.revoked.length === 1 ? "" : "s"} revoked, `
+    + `${result.left.length} communit${result.left.length === 1 ? "y" : "ies"} left`
+    + (notLeft ? `; not left, because the host refused: ${notLeft}` : "") + ". This browser keeps nothing of it.");
+}
+
+recordsUi.mount({ patient: () => patient, rendered: () => render(patient.state.records), busy, status, erased });
 
 devicesView.onRecovered(async (p, message) => {
   await opened(p);

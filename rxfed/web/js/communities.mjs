@@ -17,9 +17,11 @@ import * as store from "./store.mjs";
 export const KIND = "community";
 const PAGE = 1000;
 
-/** The pre-send checks of client plugins (rxfed_presend_check) are Python, run by the CLI
- * on the patient's machine; the page does not run them (spec/web.md §7). */
-export const PRESEND_NOTICE = "Warnings from safety checks (client plugins) are shown by the rxfed command only: this page does not run them.";
+/** Before a post is sealed the page runs the moderation plugin's check itself
+ * (js/moderation.mjs); other client plugins' pre-send checks are Python, run by the CLI on
+ * the patient's machine only (spec/web.md §7). */
+export const PRESEND_NOTICE = "Before a post is sent, this page checks it with the signed moderation rules, here in your browser: "
+  + "nothing about the check is uploaded. Checks from other client plugins, if any are installed, run only in the rxfed command.";
 
 /** A membership from its vault record (community.Membership.from_record). */
 export function membership(record) {

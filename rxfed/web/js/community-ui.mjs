@@ -5,11 +5,14 @@
 import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
 import { b64e } from "./encoding.mjs";
 import { UNREADABLE } from "./community.mjs";
+import { presendWarnings, shippedRules } from "./moderation.mjs";
+import { browserCountry } from "./questionnaires.mjs";
 import * as ui from "./ui.mjs";
 
 const $ = (id) => document.getElementById(id);
 let communities = null;
 let open = null; // the address shown
+let held = null; // the text the pre-send check warned about, until the author edits it or sends it anyway
 
 const say = ui.statusLine("communities");
 const guarded = (button, what, work) => ui.guarded(button, say, what, work);
@@ -67,7 +70,16 @@ async function renderDirectory() {
   $("directory-empty").hidden = listed.length > 0;
 }
 
+function clearPresend() {
+  held = null;
+  $("presend-warning").hidden = true;
+  $("presend-warnings").replaceChildren();
+  $("presend-crisis").hidden = true;
+  $("presend-crisis").replaceChildren();
+}
+
 function hideView() {
+  clearPresend();
   open = null;
   $("community-view").hidden = true;
   $("cv-messages").replaceChildren();
@@ -135,6 +147,7 @@ export async function attach(patient) {
   communities = new PageCommunities(patient);
   $("communities").hidden = false;
   $("presend-notice").textContent = PRESEND_NOTICE;
+  if (!$("post-country").value) $("post-country").value = browserCountry() || "";
   await guarded(null, "Loading your communities…", async () => {
     const reachable = await patient.node.call("GET", "/v1/consent/nodes", null, patient.id.device);
     const hosts = [reachable.home, ...reachable.nodes.map((n) => n.node_id).filter((n) => n !== reachable.home)];
@@ -179,18 +192,81 @@ $("c-browse").addEventListener("click", (ev) => {
   });
 });
 
+/** Send `text` to the community shown, sealed here; the check has run. */
+async function send(text) {
+  const result = await communities.post(open, text);
+  $("post-text").value = "";
+  held = null;
+  $("presend-warning").hidden = true;
+  await show(open);
+  say(result.queued ? "Posted, end to end encrypted: it shows here once the community's host has taken it (Read again)."
+    : "Posted, end to end encrypted.");
+  document.body.dataset.posted = String(Number(document.body.dataset.posted || 0) + 1);
+}
+
+/** The moderation check, here, before anything is sent: crisis support at once and never in
+ * the way; a warning holds the post until the author edits it or sends it anyway. */
+function presend(text) {
+  const warnings = presendWarnings(text, $("post-country").value);
+  const notes = warnings.filter((w) => !w.confirm);
+  $("presend-crisis").replaceChildren(...notes.map((w) => {
+    const p = document.createElement("p");
+    const strong = document.createElement("strong");
+    strong.textContent = w.message;
+    p.append(strong, ...w.resources.flatMap((r) => [document.createElement("br"), r]));
+    return p;
+  }));
+  $("presend-crisis").hidden = notes.length === 0;
+  const asking = warnings.filter((w) => w.confirm);
+  $("presend-warnings").replaceChildren(...asking.map((w) => {
+    const li = document.createElement("li");
+    li.dataset.code = w.code;
+    li.textContent = w.message;
+    return li;
+  }));
+  $("presend-warning").hidden = asking.length === 0;
+  document.body.dataset.presend = warnings.map((w) => w.code).join(" ") || "none";
+  return asking.length === 0;
+}
+
 $("post-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   if (communities === null || open === null) return;
   const form = ev.target;
-  guarded(form.querySelector("button[type=submit]"), "Posting…", async () => {
-    const result = await communities.post(open, $("post-text").value);
-    form.reset();
-    await show(open);
-    say(result.queued ? "Posted, end to end encrypted: it shows here once the community's host has taken it (Read again)."
-      : "Posted, end to end encrypted.");
-    document.body.dataset.posted = String(Number(document.body.dataset.posted || 0) + 1);
+  guarded(form.querySelector("button[type=submit]"), "Checking the message…", async () => {
+    const text = $("post-text").value;
+    if (!presend(text)) {
+      held = text;
+      say("Not sent yet: read the warning, then edit the message or send it anyway.");
+      $("presend-send").focus();
+      return;
+    }
+    say("Posting…");
+    await send(text);
   });
+});
+
+// compiling the rules takes a few hundred milliseconds: done when the author starts to write
+$("post-text").addEventListener("focus", () => shippedRules(), { once: true });
+
+$("post-text").addEventListener("input", () => {
+  if (held !== null && $("post-text").value !== held) {
+    held = null;
+    $("presend-warning").hidden = true;
+  }
+});
+
+$("presend-edit").addEventListener("click", () => {
+  held = null;
+  $("presend-warning").hidden = true;
+  say("");
+  $("post-text").focus();
+});
+
+$("presend-send").addEventListener("click", (ev) => {
+  if (communities === null || open === null || held === null) return;
+  const text = held;
+  guarded(ev.target, "Posting…", () => send(text));
 });
 
 $("cv-refresh").addEventListener("click", (ev) => {

@@ -3,6 +3,7 @@
 // export, and changing the passphrase. Builds its own nodes (text only, never markup from
 // data); app.mjs mounts it and calls show() whenever the records change.
 
+import { eraseAccount } from "./account.mjs";
 import { Patient } from "./client.mjs";
 import { chart, legend, rangeStart, table, timeline } from "./charts.mjs";
 import { InvalidFhir, exportBundle, importBundle, parseJson } from "./fhir.mjs";
@@ -400,7 +401,34 @@ function passphraseForm() {
   return form;
 }
 
-/** Build the views into #records-ui; `hooks`: {patient(), rendered(), busy(form, what, work, button), status(text)}. */
+// -- erasing the account ---------------------------------------------------------------------------------------
+
+function eraseForm() {
+  const form = node("form", { id: "erase-form", noValidate: true });
+  const fs = node("fieldset");
+  fs.append(node("legend", {}, "Erase this account"));
+  fs.append(node("p", { className: "hint" }, "Your consent grants are revoked first (every node that received signals "
+    + "deletes them), you leave every community, then your node erases every record, device and key of this account and "
+    + "keeps only a note, signed by you, that it was erased. Your other devices stop working too. This cannot be undone: "
+    + "export your records first if you want to keep them."));
+  const label = node("label", { htmlFor: "erase-understood" });
+  const understood = node("input", { type: "checkbox", id: "erase-understood" });
+  label.append(understood, " I understand: erase this account and everything in it");
+  fs.append(label, node("button", { type: "submit" }, "Erase the account"));
+  form.append(fs);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    app.busy(form, "Erasing the account…", async () => {
+      if (!understood.checked) throw new Invalid("Tick that you understand first: erasing cannot be undone.");
+      const result = await eraseAccount(app.patient());
+      app.erased(result);
+    });
+  });
+  return form;
+}
+
+/** Build the views into #records-ui; `hooks`: {patient(), rendered(), busy(form, what, work, button), status(text),
+ * erased(result)}. */
 export function mount(hooks) {
   app = hooks;
   // the less frequent forms fold away (a details element: keyboard and screen readers know it)
@@ -410,7 +438,8 @@ export function mount(hooks) {
     folded("more-questionnaire", "Fill in a questionnaire (PHQ-9, GAD-7)", questionnaireForm()),
     folded("more-fhir", "Import or export (FHIR)", fhirSection()),
     folded("more-settings", "Settings", node("section", { id: "settings", "aria-labelledby": "settings-h" },
-      node("h3", { id: "settings-h" }, "Change the passphrase"), passphraseForm())));
+      node("h3", { id: "settings-h" }, "Change the passphrase"), passphraseForm(),
+      node("h3", { id: "erase-h" }, "Erase the account"), eraseForm())));
 }
 
 /** The records changed (loaded, written, locked: `records` null): draw the timeline again. */

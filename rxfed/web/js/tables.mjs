@@ -491,6 +491,7 @@ export const ATTRIBUTION = "PHQ-9 and GAD-7: developed by Drs. Robert L. Spitzer
 export const CRISIS_LINES = {"US": "988 (Suicide & Crisis Lifeline, call or text)", "GB": "Samaritans 116 123", "IE": "Samaritans 116 123", "CA": "9-8-8 (call or text)", "AU": "Lifeline 13 11 14", "NZ": "1737 (call or text)", "DE": "TelefonSeelsorge 0800 111 0 111", "FR": "3114", "NL": "113 or 0800-0113"};
 export const COUNTRY_ALIASES = {"UK": "GB"};
 export const FALLBACK_LINE = "your local emergency number (112 in the EU, 911 in North America), or a helpline near you from findahelpline.com";
+export const CRISIS_NOTICE = "Crisis lines as the services publish them (988lifeline.org, samaritans.org, 988.ca, lifeline.org.au, 1737.org.nz, telefonseelsorge.de, 3114.fr, 113.nl); findahelpline.com lists lines in other countries.";
 
 export const SYSTEM_URIS = {"icd10": "http://hl7.org/fhir/sid/icd-10", "snomed": "http://snomed.info/sct"};
 export const SYSTEM_ALIASES = {"icd10": ["http://hl7.org/fhir/sid/icd-10", "http://terminology.hl7.org/CodeSystem/icd10", "urn:oid:2.16.840.1.113883.6.3", "http://hl7.org/fhir/sid/icd-10-cm", "http://terminology.hl7.org/CodeSystem/icd10CM", "urn:oid:2.16.840.1.113883.6.90", "http://hl7.org/fhir/sid/icd-10-nl", "http://terminology.hl7.org/CodeSystem/ICD10dut", "urn:oid:2.16.840.1.113883.6.3.2", "http://hl7.org/fhir/sid/icd-10-de", "http://terminology.hl7.org/CodeSystem/dmdICD10", "urn:oid:2.16.840.1.113883.6.3.3"], "snomed": ["http://snomed.info/sct", "urn:oid:2.16.840.1.113883.6.96"]};
