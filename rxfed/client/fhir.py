@@ -401,8 +401,9 @@ def _patient(entry: _Entry, ctx: _Context) -> tuple[str, dict]:
     # The source server's id and rxfed's own key say where the resource came from, which
     # the record's import key keeps; the rest is the person's demographics, kept whole.
     patient = {k: v for k, v in copy.deepcopy(entry.raw).items() if k != "id"}
-    if "identifier" in patient:
-        patient["identifier"] = [i for i in patient["identifier"] if i.get("system") != RECORD_KEY_SYSTEM]
+    if "identifier" in patient:  # a list of Identifiers, or null (the models read it as absent)
+        found = patient["identifier"] if isinstance(patient["identifier"], list) else []
+        patient["identifier"] = [i for i in found if not isinstance(i, dict) or i.get("system") != RECORD_KEY_SYSTEM]
         if not patient["identifier"]:
             del patient["identifier"]
     if set(patient) <= {"resourceType", "meta"}:

@@ -313,6 +313,14 @@ def test_malformed_resources_only_ever_raise_bad_request(resource_type, fields):
         pass
 
 
+def test_a_patient_whose_identifier_is_null_imports_like_one_without():
+    """Found by the property test above: ``"identifier": null`` raised a TypeError."""
+    with_null = import_bundle(bundle({"resourceType": "Patient", "id": "p1", "identifier": None, "gender": "female"}))
+    without = import_bundle(bundle({"resourceType": "Patient", "id": "p1", "gender": "female"}))
+    assert [r[1]["fhir_patient"] for r in with_null.records] == [r[1]["fhir_patient"] for r in without.records] \
+        == [{"resourceType": "Patient", "gender": "female"}]
+
+
 # -- export --------------------------------------------------------------------------------
 
 
