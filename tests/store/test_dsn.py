@@ -32,3 +32,21 @@ def test_migrate_db_refusing_a_url_does_not_echo_its_password(tmp_path):
     with pytest.raises(ConfigFileError) as caught:
         migrate_db_node(tmp_path / "n", to="postgresq://rxfed:hunter2@db/x")
     assert "hunter2" not in str(caught.value)
+
+
+def test_the_settings_a_node_reports_hide_the_dsn_password(tmp_path):
+    """``rxfed node status`` and the control socket's /status show ``NodeConfig.settings()``;
+    rxfed.toml itself keeps the DSN as given, readable by the owner only."""
+    import attrs
+
+    from rxfed.node.admin import init_node
+    from rxfed.node.config import CONFIG_FILE, NodeConfig
+
+    config, _fp = init_node(tmp_path / "n", name="n", host="127.0.0.1", port=18498)
+    pg = attrs.evolve(config, storage={"backend": "postgresql", "dsn": "postgresql://rxfed:hunter2@db/x"})
+    assert "hunter2" not in repr(pg.settings())
+    assert pg.settings()["storage"]["dsn"] == "postgresql://rxfed:***@db/x"
+    pg.save()
+    assert "hunter2" in (tmp_path / "n" / CONFIG_FILE).read_text()  # what the node connects with
+    assert (tmp_path / "n" / CONFIG_FILE).stat().st_mode & 0o077 == 0
+    assert NodeConfig.load(tmp_path / "n").storage["dsn"] == "postgresql://rxfed:hunter2@db/x"
