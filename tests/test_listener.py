@@ -551,6 +551,34 @@ async def test_a_shed_federation_transaction_costs_no_store_read_and_no_body_rea
         await node.stop()
 
 
+async def test_a_shed_registration_costs_no_body_read(tmp_path, make_patient, monkeypatch):
+    """A registration (signed by the device it enrols, which the body's certificate names)
+    is shed under load before its body is read or its certificates checked."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 0.3,
+                                         "body_timeout": 5.0})
+    gate, calls = hold_vault_reads(node, monkeypatch)
+    try:
+        patient = await make_patient(node)
+        first = asyncio.create_task(signed(patient, "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        body = b'{"registration": 1}' * 10
+        headers = unknown_key_headers(node, "POST", "/v1/patients", body)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(head("POST", "/v1/patients", {**headers, "Content-Length": str(len(body))}))  # and no body
+        await writer.drain()
+        t0 = time.monotonic()
+        status, reply_headers, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded" and "retry-after" in reply_headers
+        assert time.monotonic() - t0 < 2  # its queue time, not the body's timeout
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        gate.set()
+        await node.stop()
+
+
 async def test_queue_time_counts_from_the_requests_first_bytes(tmp_path, make_patient, monkeypatch):
     """queue_timeout bounds the wait from when a request began to arrive, not from when the
     node got round to it: one whose head took longer than that is shed as soon as it is

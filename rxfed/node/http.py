@@ -263,6 +263,9 @@ async def authenticate_new_device(request: web.Request, parse: Callable[[Any], A
     check_declared_size(request, lim.anonymous_max_body_bytes)
     signed = SignedRequest.from_headers(request.headers)
     _check_window(state, signed)
+    waiting = listener.admission.take(request)  # shed under load before its body is read
+    if waiting is not None:
+        await waiting
     async with listener.unverified():
         raw = await read_body(request, limit=lim.anonymous_max_body_bytes, timeout=lim.body_timeout)
     obj = await parse(body_json(raw))
