@@ -253,6 +253,10 @@ class Backend(abc.ABC):
     writes that may touch many rows."""
 
     name: str = ""
+    #: Whether writes started one after another on one event loop commit in that order (one
+    #: writer, as SQLite's). Where they may not (a pool of connections, as PostgreSQL's), a
+    #: caller that needs the order waits for each write before it starts the next.
+    ordered_writes: bool = False
     #: Set before :meth:`open` to upgrade a database with an older schema (``rxfed node
     #: migrate``); without it such a database is refused (:class:`SchemaOutdated`).
     migrate: bool = False
