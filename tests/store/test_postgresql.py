@@ -139,6 +139,15 @@ def test_node_init_with_an_unreachable_server_leaves_nothing(tmp_path, capsys):
     assert code == 2 and "postgresql://" in err
 
 
+def test_node_init_with_a_url_asyncpg_cannot_read_is_one_line_without_its_password(tmp_path, capsys):
+    """A port that is no number used to end in asyncpg's traceback."""
+    code, out, err = run(capsys, "node", "init", str(tmp_path / "n"), "--name", "pg", "--db",
+                         "postgresql://rxfed:hunter2@127.0.0.1:notaport/rxfed")
+    assert code == 1 and len(err.splitlines()) == 1 and "cannot be used" in err, err
+    assert "hunter2" not in out + err and "Traceback" not in err
+    assert not (tmp_path / "n" / "rxfed.toml").exists()
+
+
 async def test_concurrent_writers_are_serialised(store, dsn):
     """Commits to one vault from several connections at once: exactly one of each counter
     wins, whichever worker or connection it came through."""
