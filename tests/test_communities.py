@@ -939,3 +939,25 @@ async def test_the_community_directory_costs_one_build_however_often_strangers_a
     await PatientCommunities(admin).create("Evening walkers", condition="E11")  # a change: built again
     status, body = await raw_request(node.url, "GET", "/v1/communities")
     assert status == 200 and len(body["communities"]) == 2 and len(reads) == 2
+
+
+async def test_concurrent_events_of_one_community_are_all_accepted_on_every_backend(tmp_path, make_patient):
+    """Each event is sequenced and stamped at once and its write started at once, the next
+    one building on it. On PostgreSQL those writes used to run side by side on the pool's
+    connections, and one whose transaction began before the previous had committed failed
+    its sequence check: concurrent joins (or posts) were refused with 409 stale_community."""
+    from rxfed.testing import NodeHarness
+
+    node = await NodeHarness(tmp_path / "host").start()
+    try:
+        admin = await make_patient(node)
+        address = await PatientCommunities(admin).create("Walkers", condition="E11")
+        members = [await make_patient(node) for _ in range(8)]
+        results = await asyncio.gather(*(PatientCommunities(p).join(address) for p in members),
+                                       return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert sorted(r["seq"] for r in results) == list(range(2, 10))
+        view = await PatientCommunities(admin).read(address)
+        assert len(view.state.joined()) == 9
+    finally:
+        await node.stop()

@@ -803,3 +803,32 @@ def test_the_published_list_has_its_ttl_and_headers():
     default = status_list_credential(h.issuer, h.list_url, Bitstring.empty(), valid_from=T0)
     assert default["validUntil"] == "2026-05-29T20:26:40Z"  # a day after T0
     assert publication_headers() == {"Content-Type": "application/vc", "Cache-Control": "public, max-age=3600"}
+
+
+def _sign_as(h: Hospital, *, created: int, valid_from: int, valid_until: int) -> dict:
+    """A credential signed by the hospital's key with dates of the signer's choosing (what a
+    holder of the key, or of a key it has retired, can make without issue()'s checks)."""
+    document = {k: v for k, v in issued(h).items() if k != "proof"}
+    document = {**document, "validFrom": vc.format_time(valid_from), "validUntil": vc.format_time(valid_until)}
+    return add_proof(document, h.issuer.key, verification_method=h.issuer.verification_method, created=created)
+
+
+def test_a_retired_key_cannot_backdate_a_credential_that_is_valid_for_years():
+    """The key stopped being valid a year ago. Whoever kept it signs a proof 'created' while
+    it was valid, for a credential valid for ten more years: refused, since a credential is
+    valid at most MAX_VALIDITY from when its proof was made (spec/crypto.md §12.1)."""
+    h = hospital()
+    successor = Hospital(attrs.evolve(h.issuer, key=SigningKeyPair.generate()), h.list_url)
+    retired = attrs.evolve(h.keys, keys=(NodeKey(h.issuer.key.public, T0 - 900 * DAY, T0 - 365 * DAY),
+                                         NodeKey(successor.issuer.key.public, T0 - 365 * DAY, None)))
+    lists = {h.list_url: successor.status_list()}
+    backdated = _sign_as(h, created=T0 - 400 * DAY, valid_from=T0 - 400 * DAY, valid_until=T0 + 3650 * DAY)
+    with pytest.raises(MalformedCredential, match="at most 400 days"):
+        vc.verify(backdated, issuers={h.issuer.did: retired}, now=T0, status_lists=lists)
+    # validFrom moved close to now, the proof still dated from the key's time: refused too
+    moved = _sign_as(h, created=T0 - 400 * DAY, valid_from=T0 - DAY, valid_until=T0 + 300 * DAY)
+    with pytest.raises(MalformedCredential, match="created"):
+        vc.verify(moved, issuers={h.issuer.did: retired}, now=T0, status_lists=lists)
+    # what issue() makes (created = validFrom, within 400 days) still verifies
+    fine = _sign_as(h, created=T0 - DAY, valid_from=T0 - DAY, valid_until=T0 + 30 * DAY)
+    assert check(fine, h).role == "physician"

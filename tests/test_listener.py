@@ -477,6 +477,108 @@ async def test_a_shed_request_costs_no_signature_check_and_no_body_read(tmp_path
         await node.stop()
 
 
+async def test_a_shed_request_signed_by_an_unknown_key_costs_no_store_read(tmp_path, make_patient, monkeypatch):
+    """Looking a signing key up is a store read: it waits for a work slot like the signature
+    check, so requests signed by made-up keys cannot send the store reads while every slot is
+    busy (nothing else limits them: no signer's budget applies to a key nobody has)."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 8, "queue_timeout": 0.3})
+    gate, calls = hold_vault_reads(node, monkeypatch)
+    try:
+        patient = await make_patient(node)
+        first = asyncio.create_task(signed(patient, "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        looked_up = []
+        auth_key = node.state.store.auth_key
+
+        async def counted(key):
+            looked_up.append(key)
+            return await auth_key(key)
+
+        monkeypatch.setattr(node.state.store, "auth_key", counted)
+        for _ in range(4):
+            status, reply = await raw_request(node.url, "GET", "/v1/vault",
+                                              headers=unknown_key_headers(node, "GET", "/v1/vault", b""))
+            assert status == 503 and reply["error"] == "overloaded"
+        assert looked_up == []
+        gate.set()
+        assert (await first)[0] == 200
+        status, reply = await raw_request(node.url, "GET", "/v1/vault",
+                                          headers=unknown_key_headers(node, "GET", "/v1/vault", b""))
+        assert status == 401 and reply["error"] == "unknown_key" and len(looked_up) == 1  # admitted: looked up
+    finally:
+        gate.set()
+        await node.stop()
+
+
+async def test_a_shed_federation_transaction_costs_no_store_read_and_no_body_read(tmp_path, make_patient,
+                                                                                   monkeypatch):
+    """A federation transaction waits for its work slot like a patient's request: shed under
+    load, it has cost neither the look-up of its origin nor a body read (nor the fetch of
+    the origin's keys, nor a signature check)."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 0.3,
+                                         "body_timeout": 5.0})
+    gate, calls = hold_vault_reads(node, monkeypatch)
+    try:
+        patient = await make_patient(node)
+        first = asyncio.create_task(signed(patient, "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        looked_up = []
+        peer = node.state.store.peer
+
+        async def counted(node_id):
+            looked_up.append(node_id)
+            return await peer(node_id)
+
+        monkeypatch.setattr(node.state.store, "peer", counted)
+        path = "/federation/v1/transactions/" + "t" * 20
+        body = b'{"events": []}' * 10
+        headers = sign_request(SigningKeyPair.generate(), method="PUT", target=path, destination=node.node_id,
+                               body=body, now=int(time.time()), origin="elsewhere.example")
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(head("PUT", path, {**headers, "Content-Length": str(len(body))}))  # and no body
+        await writer.drain()
+        t0 = time.monotonic()
+        status, reply_headers, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded" and "retry-after" in reply_headers
+        assert time.monotonic() - t0 < 2 and looked_up == []  # its queue time, not the body's timeout
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        gate.set()
+        await node.stop()
+
+
+async def test_a_shed_registration_costs_no_body_read(tmp_path, make_patient, monkeypatch):
+    """A registration (signed by the device it enrols, which the body's certificate names)
+    is shed under load before its body is read or its certificates checked."""
+    node = await start(tmp_path, limits={"max_in_flight": 1, "max_queued": 4, "queue_timeout": 0.3,
+                                         "body_timeout": 5.0})
+    gate, calls = hold_vault_reads(node, monkeypatch)
+    try:
+        patient = await make_patient(node)
+        first = asyncio.create_task(signed(patient, "GET", "/v1/vault"))
+        while not calls:
+            await asyncio.sleep(0.01)
+        body = b'{"registration": 1}' * 10
+        headers = unknown_key_headers(node, "POST", "/v1/patients", body)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(head("POST", "/v1/patients", {**headers, "Content-Length": str(len(body))}))  # and no body
+        await writer.drain()
+        t0 = time.monotonic()
+        status, reply_headers, reply = await read_reply(reader, timeout=3)
+        assert status == 503 and json.loads(reply)["error"] == "overloaded" and "retry-after" in reply_headers
+        assert time.monotonic() - t0 < 2  # its queue time, not the body's timeout
+        writer.close()
+        gate.set()
+        assert (await first)[0] == 200
+    finally:
+        gate.set()
+        await node.stop()
+
+
 async def test_queue_time_counts_from_the_requests_first_bytes(tmp_path, make_patient, monkeypatch):
     """queue_timeout bounds the wait from when a request began to arrive, not from when the
     node got round to it: one whose head took longer than that is shed as soon as it is

@@ -290,10 +290,15 @@ async def receive_transaction(request: web.Request) -> web.Response:
     signed = SignedRequest.from_headers(request.headers)
     if signed.origin is None:
         raise Unauthorized("federation requests name their origin", code="unsigned")
-    peer = await state.federation.check_inbound(signed.origin)
     now = state.now()
     if abs(now - signed.created) > lim.request_window_seconds:
         raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
+    # A work slot before the origin's look-up (a store read), the body, the key fetch and the
+    # signature check: shed under load, a transaction has cost its headers only.
+    waiting = request.app[LISTENER].admission.take(request)
+    if waiting is not None:
+        await waiting
+    peer = await state.federation.check_inbound(signed.origin)
     async with request.app[LISTENER].unverified():
         raw = await read_body(request, limit=lim.max_body_bytes, timeout=lim.body_timeout)
     txn = state.federation.parse_inbound(signed.origin, txn_id, body_json(raw))

@@ -354,7 +354,9 @@ def migrate_db_node(data_dir: str | Path, *, to: str, now: float | None = None) 
     if config.storage.get("backend", "sqlite") != "sqlite":
         raise ConfigFileError([f"{config.data_dir}: the node's store is {config.storage.get('backend')}, not sqlite"])
     if not to.startswith(("postgresql://", "postgres://")):
-        raise ConfigFileError([f"--to must be a postgresql:// URL, not {to!r}"])
+        from rxfed.store import safe_dsn
+
+        raise ConfigFileError([f"--to must be a postgresql:// URL, not {safe_dsn(to)!r}"])
     source = store_of(config)
     if source.schema()[0] is None:
         raise ConfigFileError([f"{config.data_dir}: no database to move"])

@@ -143,7 +143,14 @@ class CommunityService:
                             about.key if about else None)
 
     def pending(self, community_id: str, write) -> asyncio.Future:
-        """Start a store write for a hosted community now (so writes queue in order)."""
+        """Start a store write for a hosted community now (so writes queue in order). On a
+        backend whose writes may commit out of order (PostgreSQL's pool), the write starts
+        once the community's previous one is through: the next event's sequence check must
+        see it committed, or it would be refused as stale."""
+        previous = self._writes.get(community_id)
+        if previous is not None and not previous.done() and not getattr(self.node.store.backend, "ordered_writes",
+                                                                         False):
+            write = _after(previous, write)
         future = asyncio.ensure_future(write)
         self._writes[community_id] = future
         return future
@@ -265,6 +272,17 @@ class CommunityService:
     def _mirror_row(self, address: pc.CommunityAddress) -> CommunityRow:
         """A copy of a community hosted elsewhere: no name, no condition."""
         return CommunityRow(address.id, address.host, "", None, False, False, 0, self.node.now())
+
+
+async def _after(previous: asyncio.Future, write):
+    """``write`` (a coroutine not started yet) once ``previous`` is done, whichever way: if
+    it failed, ``write`` fails its own sequence check, as it would on an ordered backend."""
+    try:
+        await asyncio.wait([previous])
+    except BaseException:
+        write.close()  # cancelled while it waited: it never starts
+        raise
+    return await write
 
 
 def _stored(seq: int, event: bytes, stamp: bytes, parsed: pc.Event) -> CommunityEvent:

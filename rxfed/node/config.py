@@ -456,7 +456,7 @@ class NodeConfig:
                      "registration": self.registration, "trusted_proxies": list(self.trusted_proxies),
                      "forwarded_header": self.forwarded_header},
             "storage": ({**attrs.asdict(_SQLiteStorage()), **self.storage}
-                        if self.storage.get("backend", "sqlite") == "sqlite" else dict(self.storage)),
+                        if self.storage.get("backend", "sqlite") == "sqlite" else self._shown_storage()),
             "limits": attrs.asdict(self.limits),
             "federation": attrs.asdict(self.federation),
             "tls": {"cert": self.tls_cert or "", "key": self.tls_key or ""},
@@ -488,8 +488,16 @@ class NodeConfig:
             text += "\n" + (f"# {comment}\n" if comment else "") + tomli_w.dumps({name: values})
         return text
 
+    def _shown_storage(self) -> dict[str, Any]:
+        """``[storage]`` as status and logs show it: a database URL without its password."""
+        from rxfed.store import safe_dsn
+
+        return {k: safe_dsn(v) if k == "dsn" and isinstance(v, str) else v for k, v in self.storage.items()}
+
     def save(self) -> None:
-        _write_private(self.data_dir / CONFIG_FILE, self.to_toml().encode(), mode=0o644)
+        # A database URL may hold a password: the file is then its owner's alone.
+        secret = self._shown_storage() != dict(self.storage)
+        _write_private(self.data_dir / CONFIG_FILE, self.to_toml().encode(), mode=0o600 if secret else 0o644)
 
 def _write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write atomically (temp file, fsync, rename) with ``mode`` from the start."""

@@ -228,7 +228,8 @@ class AccountSuspended(Forbidden):
 
 async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("device",),
                        limit: int | None = None, suspended_ok: bool = False) -> Caller:
-    """The request's signer and body. The headers, the key and the time window are checked
+    """The request's signer and body. The headers and the time window are checked, then the
+    request waits for its work slot (or is shed), then the key is looked up and checked, all
     before the body is read (see :func:`_signed_body`). A suspended account is refused (403
     ``account_suspended``) unless ``suspended_ok``: reads of its own data, consent
     revocation and erasure stay open to it, so suspension never holds a patient's data or
@@ -237,6 +238,11 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
     check_declared_size(request, state.config.limits.max_body_bytes if limit is None else limit)
     signed = SignedRequest.from_headers(request.headers)
     _check_window(state, signed)
+    # The key's lookup is a store read: it waits for a work slot too (a request signed by a
+    # made-up key spends no signer's budget, so nothing else would bound these reads).
+    waiting = request.app[LISTENER].admission.take(request)
+    if waiting is not None:
+        await waiting
     auth = await state.auth_key(signed.key)
     if auth is None or auth.kind not in kinds:
         raise Unauthorized("unknown signing key", code="unknown_key")
@@ -257,6 +263,9 @@ async def authenticate_new_device(request: web.Request, parse: Callable[[Any], A
     check_declared_size(request, lim.anonymous_max_body_bytes)
     signed = SignedRequest.from_headers(request.headers)
     _check_window(state, signed)
+    waiting = listener.admission.take(request)  # shed under load before its body is read
+    if waiting is not None:
+        await waiting
     async with listener.unverified():
         raw = await read_body(request, limit=lim.anonymous_max_body_bytes, timeout=lim.body_timeout)
     obj = await parse(body_json(raw))

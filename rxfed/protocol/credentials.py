@@ -310,6 +310,15 @@ def verify(document: Any, *, issuers: Mapping[str, IssuerKeys], now: int, status
     doc = verified.document
     valid_from = parse_time(doc["validFrom"], "validFrom")
     valid_until = parse_time(doc["validUntil"], "validUntil")
+    # What bounds the credentials a key can make after it is retired: the key is checked at
+    # the proof's ``created``, which is ``validFrom`` (spec/crypto.md §12.1), and a credential
+    # is valid at most MAX_VALIDITY from then. Without both, whoever kept a retired key could
+    # date a proof inside the key's validity and the credential's end years later.
+    if verified.created != valid_from:
+        raise MalformedCredential("the proof must be created at the credential's validFrom")
+    if not 0 < valid_until - valid_from <= MAX_VALIDITY:
+        raise MalformedCredential(f"a credential is valid for more than no time and at most "
+                                  f"{MAX_VALIDITY // 86400} days (validFrom to validUntil)")
     if now < valid_from:
         raise CredentialNotYetValid(f"the credential is valid from {doc['validFrom']}")
     if now > valid_until:

@@ -216,18 +216,28 @@ class SchemaOutdated(RuntimeError):
         self.latest = latest
 
 
+#: Query parameters of a PostgreSQL URL that carry a secret (libpq's and asyncpg's names).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 def safe_dsn(dsn: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A database URL without its password (in the authority or in the query), for messages
+    and logs."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        if parts.password is not None:
+            user, _, host = parts.netloc.rpartition("@")  # as written: brackets, several hosts, port
+            parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}")
+        if parts.query:
+            query = parse_qsl(parts.query, keep_blank_values=True)
+            if any(key.lower() in _SECRET_PARAMS for key, _ in query):
+                parts = parts._replace(query=urlencode(
+                    [(key, "***" if key.lower() in _SECRET_PARAMS else value) for key, value in query], safe="*"))
     except ValueError:
         return "(an unreadable database URL)"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts)
 
 
 class Backend(abc.ABC):
@@ -243,6 +253,10 @@ class Backend(abc.ABC):
     writes that may touch many rows."""
 
     name: str = ""
+    #: Whether writes started one after another on one event loop commit in that order (one
+    #: writer, as SQLite's). Where they may not (a pool of connections, as PostgreSQL's), a
+    #: caller that needs the order waits for each write before it starts the next.
+    ordered_writes: bool = False
     #: Set before :meth:`open` to upgrade a database with an older schema (``rxfed node
     #: migrate``); without it such a database is refused (:class:`SchemaOutdated`).
     migrate: bool = False

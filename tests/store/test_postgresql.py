@@ -111,6 +111,25 @@ def test_node_init_with_db_and_the_commands_that_check_the_schema(rxfed_pg_datab
     assert code == 0, err
 
 
+def test_a_dsn_password_stays_out_of_node_status_and_others_cannot_read_it(rxfed_pg_databases, tmp_path, capsys):
+    """The server here trusts local logins, so a password in the DSN is accepted and unused:
+    what matters is where it shows. ``node status`` (its settings) never prints it, and the
+    rxfed.toml that holds it is readable by the node's owner only."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    plain = urlsplit(asyncio.run(rxfed_pg_databases.create_empty()))
+    netloc = f"{plain.username or 'postgres'}:hunter2-secret@{plain.hostname}:{plain.port or 5432}"
+    dsn = urlunsplit(plain._replace(netloc=netloc))
+    code, out, err = run(capsys, "node", "init", str(tmp_path / "n"), "--name", "pg", "--port", "18492", "--db", dsn)
+    assert code == 0, err
+    assert "hunter2-secret" not in out + err
+    assert (tmp_path / "n" / "rxfed.toml").stat().st_mode & 0o077 == 0
+    code, out, err = run(capsys, "node", "status", str(tmp_path / "n"), "--json")
+    assert "hunter2-secret" not in out + err
+    code, out, err = run(capsys, "node", "status", str(tmp_path / "n"))
+    assert "hunter2-secret" not in out + err
+
+
 def test_node_init_with_an_unreachable_server_leaves_nothing(tmp_path, capsys):
     code, out, err = run(capsys, "node", "init", str(tmp_path / "n"), "--name", "pg", "--db",
                          "postgresql://rxfed@127.0.0.1:1/rxfed")
@@ -118,6 +137,15 @@ def test_node_init_with_an_unreachable_server_leaves_nothing(tmp_path, capsys):
     assert not (tmp_path / "n" / "rxfed.toml").exists() and not (tmp_path / "n" / "node-keys.json").exists()
     code, out, err = run(capsys, "node", "init", str(tmp_path / "m"), "--name", "pg", "--db", "mysql://x")
     assert code == 2 and "postgresql://" in err
+
+
+def test_node_init_with_a_url_asyncpg_cannot_read_is_one_line_without_its_password(tmp_path, capsys):
+    """A port that is no number used to end in asyncpg's traceback."""
+    code, out, err = run(capsys, "node", "init", str(tmp_path / "n"), "--name", "pg", "--db",
+                         "postgresql://rxfed:hunter2@127.0.0.1:notaport/rxfed")
+    assert code == 1 and len(err.splitlines()) == 1 and "cannot be used" in err, err
+    assert "hunter2" not in out + err and "Traceback" not in err
+    assert not (tmp_path / "n" / "rxfed.toml").exists()
 
 
 async def test_concurrent_writers_are_serialised(store, dsn):
@@ -298,3 +326,25 @@ async def test_audit_entries_appended_at_once_by_two_workers_chain_in_order(stor
     assert results == [True, None] * 8
     rows = await store.audit(p.patient)
     assert [r.seq for r in rows] == list(range(1, 18)) and [r.hash for r in rows] == chain(r.entry for r in rows)
+
+
+async def test_a_running_node_reports_its_dsn_without_the_password(rxfed_pg_databases, tmp_path):
+    """The control socket's /status (what ``rxfed node status`` prints for a running node)
+    carries the settings the node runs with: the DSN there has no password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from rxfed.node import control
+    from rxfed.node.admin import node_status
+    from rxfed.testing import NodeHarness
+
+    plain = urlsplit(await rxfed_pg_databases.create())
+    dsn = urlunsplit(plain._replace(netloc=f"{plain.username or 'postgres'}:hunter2-secret@{plain.hostname}:"
+                                           f"{plain.port or 5432}"))
+    node = await NodeHarness(tmp_path / "n", storage={"backend": "postgresql", "dsn": dsn}).start()
+    try:
+        live = await asyncio.to_thread(control.ask, node.data_dir, "GET", "/status")
+        assert live["running"] is True and "hunter2-secret" not in json.dumps(live)
+        assert live["settings"]["storage"]["dsn"].startswith(f"postgresql://{plain.username or 'postgres'}:***@")
+        assert "hunter2-secret" not in json.dumps(await asyncio.to_thread(node_status, node.data_dir))
+    finally:
+        await node.stop()

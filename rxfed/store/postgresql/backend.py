@@ -40,6 +40,24 @@ _RETRY = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 _FAILED = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
+def _without_secrets(text: str, dsn: str) -> str:
+    """``text`` (a library's message about ``dsn``) with the URL's passwords masked."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    secrets = set()
+    try:
+        parts = urlsplit(dsn)
+        authority = parts.netloc.rpartition("@")[0]
+        if ":" in authority:
+            secrets.add(authority.partition(":")[2])
+        secrets.update(v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "sslpassword"))
+    except ValueError:
+        return "(a message about an unreadable URL)"
+    for secret in sorted({*secrets, *map(unquote, secrets)} - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 class StoreUnreachable(OSError):
     """The database server cannot be reached, or refuses this rxfed's login."""
 
@@ -68,6 +86,10 @@ class PostgreSQLBackend(Backend):
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnreachable(f"cannot reach PostgreSQL at {safe_dsn(self.dsn)}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        except (ValueError, TypeError) as exc:  # asyncpg could not read the URL (a port that is no number, say)
+            raise StoreUnreachable(f"the PostgreSQL URL {safe_dsn(self.dsn)} cannot be used: "
+                                   f"{_without_secrets(str(exc).splitlines()[0] if str(exc) else '', self.dsn)}"
+                                   ) from None
 
     async def open(self) -> None:
         conn = await self._connect()

@@ -47,6 +47,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 class SQLiteBackend(Backend):
     name = "sqlite"
+    ordered_writes = True  # one writer: batches commit in the order their writes were queued
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", migrate: bool = False):
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
