@@ -46,7 +46,9 @@ async def test_storage_holds_no_plaintext(make_patient, node, node_log):
     await patient.add_condition("G40.909", "icd10", label=f"epilepsy {MARKER}")
     await patient.add_journal(symptoms={f"aura{MARKER}": 3}, feeling=4, note=f"note {MARKER} seizure")
     await patient.add_treatment("levetiracetam", dose="500 mg", side_effects=[f"tired{MARKER}"])
-    needles = [MARKER, "G40.909", "G40", "levetiracetam", "epilepsy", "seizure"]
+    # The category alone as it would stand in JSON ('"G40"', 5 bytes): a bare 3-byte needle
+    # turns up by chance in a few megabytes of ciphertext (about one run in five).
+    needles = [MARKER, "G40.909", '"G40"', "levetiracetam", "epilepsy", "seizure"]
     if not FHIR_DIR.is_dir():
         pytest.skip(f"the hospital exports are not at {FHIR_DIR}")
     with open(FHIR_DIR / "Alberto_Atencio_fc712d1f-5a2e-4407-9c55-a2a2bad623c2.json") as f:
