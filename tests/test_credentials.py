@@ -832,3 +832,24 @@ def test_a_retired_key_cannot_backdate_a_credential_that_is_valid_for_years():
     # what issue() makes (created = validFrom, within 400 days) still verifies
     fine = _sign_as(h, created=T0 - DAY, valid_from=T0 - DAY, valid_until=T0 + 30 * DAY)
     assert check(fine, h).role == "physician"
+
+
+def test_a_retired_key_cannot_sign_a_status_list_valid_for_years():
+    """The same bound for status lists: a list whose proof is dated inside a retired key's
+    validity and that stays valid for years (hiding later revocations) is refused; a list is
+    valid at most MAX_LIST_VALIDITY, from its proof's creation."""
+    h = hospital()
+    successor = Hospital(attrs.evolve(h.issuer, key=SigningKeyPair.generate()), h.list_url)
+    retired = attrs.evolve(h.keys, keys=(NodeKey(h.issuer.key.public, T0 - 900 * DAY, T0 - 365 * DAY),
+                                         NodeKey(successor.issuer.key.public, T0 - 365 * DAY, None)))
+    entry = StatusEntry(h.list_url, 3)
+    forever = status_list_credential(h.issuer, h.list_url, Bitstring.empty(), valid_from=T0 - 400 * DAY,
+                                     valid_until=T0 + 3650 * DAY)
+    with pytest.raises(StatusUnavailable, match="at most 7 days"):
+        verify_status_list(forever, retired, entry, now=T0)
+    document = {k: v for k, v in forever.items() if k != "proof"}
+    document["validFrom"], document["validUntil"] = vc.format_time(T0 - DAY), vc.format_time(T0 + DAY)
+    moved = add_proof(document, h.issuer.key, verification_method=h.issuer.verification_method, created=T0 - 400 * DAY)
+    with pytest.raises(StatusUnavailable, match="created at its validFrom"):
+        verify_status_list(moved, retired, entry, now=T0)
+    assert not verify_status_list(successor.status_list(), retired, entry, now=T0).get(3)

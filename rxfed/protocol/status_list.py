@@ -46,6 +46,9 @@ MIN_BITS = 131_072
 MAX_BITS = 2**23
 #: How long a published list is valid: how long a stale copy can hide a revocation.
 LIST_VALIDITY = 86400
+#: The longest a verifier accepts a list to be valid (validFrom to validUntil): what bounds the
+#: lists a retired key could still sign, as MAX_VALIDITY does for credentials.
+MAX_LIST_VALIDITY = 7 * 86400
 #: When verifiers should fetch the list again (``ttl``, and the reply's Cache-Control), seconds.
 LIST_TTL = 3600
 #: The media type of a credential secured with an embedded proof (VC 2.0 §6.1), for the
@@ -196,10 +199,20 @@ def verify_status_list(document: Any, keys: IssuerKeys, entry: StatusEntry, *, n
     if doc.get("id") != entry.list_url:
         raise StatusUnavailable(f"the status list is {doc.get('id')!r}, not the {entry.list_url} the credential names")
     try:
-        if "validFrom" in doc and now < parse_time(doc["validFrom"], "validFrom"):
+        if "validFrom" not in doc or "validUntil" not in doc:
+            raise MalformedCredential("the status list names no validity period (validFrom, validUntil)")
+        valid_from, valid_until = parse_time(doc["validFrom"], "validFrom"), parse_time(doc["validUntil"], "validUntil")
+        # As for credentials: the key is checked at the proof's ``created``, so it must be
+        # validFrom, and the period is bounded, or a retired key could sign a list that hides
+        # revocations for years.
+        if verified.created != valid_from:
+            raise MalformedCredential("the status list's proof must be created at its validFrom")
+        if not 0 < valid_until - valid_from <= MAX_LIST_VALIDITY:
+            raise MalformedCredential(f"a status list is valid for at most {MAX_LIST_VALIDITY // 86400} days")
+        if now < valid_from:
             raise CredentialNotYetValid("the status list is not valid yet")
-        if "validUntil" not in doc or now > parse_time(doc["validUntil"], "validUntil"):
-            raise CredentialExpired("the status list has expired (or has no end): fetch a fresh one")
+        if now > valid_until:
+            raise CredentialExpired("the status list has expired: fetch a fresh one")
     except (CredentialNotYetValid, CredentialExpired, MalformedCredential) as exc:
         raise StatusUnavailable(exc.message) from None
     subject = doc.get("credentialSubject")
