@@ -338,9 +338,10 @@ def _cache_path() -> str | None:
     compiler = getattr(re, "_compiler", None)
     if compiler is None or sys.implementation.name != "cpython":
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    from rxfed.plugin_index import cache_dir
+
     digest = hashlib.sha256(sys.version.encode()).hexdigest()[:16]
-    return os.path.join(base, "rxfed", f"moderation-{digest}.bin")
+    return os.path.join(cache_dir(), f"moderation-{digest}.bin")
 
 
 def _bytecode(text: str) -> tuple | None:

@@ -50,11 +50,20 @@ def cache_path() -> str:
         return chosen
     import hashlib
 
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     # One file per interpreter; sys.path (which `python -m` starts with the working
     # directory) is checked inside it.
     digest = hashlib.sha256(json.dumps([sys.executable, sys.prefix]).encode()).hexdigest()[:16]
-    return os.path.join(base, "rxfed", f"plugins-{digest}.json")
+    return os.path.join(cache_dir(), f"plugins-{digest}.json")
+
+
+def cache_dir() -> str:
+    """rxfed's folder in the user's cache: ``$XDG_CACHE_HOME/rxfed`` if that is an absolute
+    path (the XDG base directory specification ignores a relative one, which would name a
+    folder under whatever the working directory is), else ``~/.cache/rxfed``."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rxfed")
 
 
 def _stamp(path: str) -> list | None:

@@ -177,3 +177,18 @@ def test_the_index_is_kept_across_working_directories(fake_site, monkeypatch, tm
     monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
     index = PluginIndex.load("rxfed")
     assert index.entries["fakeplug"]["hooks"] == ["rxfed_plugin_manifest"]
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    """The XDG base directory specification ignores a relative $XDG_CACHE_HOME: it would put
+    the plugin index (which names modules to import) and the moderation patterns under
+    whatever directory a command is run from."""
+    from rxfed.plugin_index import cache_dir
+    from rxfed_plugins import moderation
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert cache_dir() == str(tmp_path / ".cache" / "rxfed")
+    assert moderation._cache_path().startswith(str(tmp_path / ".cache" / "rxfed") + "/")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "abs"))
+    assert cache_dir() == str(tmp_path / "abs" / "rxfed")
