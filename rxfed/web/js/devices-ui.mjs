@@ -1,8 +1,8 @@
-// The devices views: add a device from its link code, remove a lost one, and recover the
-// account in this browser with the recovery code (after saying what that trusts the page
-// with). The DOM only, text nodes only; the work is in devices.mjs.
+// The devices views: add a device from its link code, remove a lost one, recover the
+// account in this browser with the recovery code, and change the recovery code (each after
+// saying what typing the code trusts the page with). The DOM only, text nodes only; the work is in devices.mjs.
 
-import { addDevice, recover, revokeDevices } from "./devices.mjs";
+import { addDevice, recover, revokeDevices, rotateRecoveryCode } from "./devices.mjs";
 import { RecoveryCode } from "./protocol.mjs";
 import * as ui from "./ui.mjs";
 
@@ -54,7 +54,14 @@ export function detach() {
   $("revoke-device").replaceChildren();
   $("add-done").hidden = true;
   $("add-confirm").textContent = "";
+  hideNewCode();
   say("");
+}
+
+/** The new recovery code is shown once: dropped from the page when written down or locked. */
+function hideNewCode() {
+  $("rotate-new-code").textContent = "";
+  $("rotate-done").hidden = true;
 }
 
 /** `opened(patient, message)` shows the journal of an account recovered here. */
@@ -91,6 +98,29 @@ $("revoke-form").addEventListener("submit", (ev) => {
     say(`Removed ${revoked.map((d) => d.slice(0, 8)).join(", ")}: it reads nothing written from now on.${followupText(followups)}`);
     document.body.dataset.devicesRevoked = String(revoked.length);
   });
+});
+
+$("rotate-code-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (patient === null) return;
+  const form = ev.target;
+  ui.guarded(form.querySelector("button[type=submit]"), say, "Changing the recovery code…", async () => {
+    if (!$("rotate-understood").checked) throw new Error("Tick that you understand this page sees your recovery code, or use the CLI.");
+    const current = RecoveryCode.parse($("rotate-code").value);
+    const { code, followups } = await rotateRecoveryCode(patient, current);
+    form.reset();
+    changed();
+    fillRevocable();
+    $("rotate-new-code").textContent = String(code);
+    $("rotate-done").hidden = false;
+    say(`Your recovery code is changed: the old one no longer works. Write the new one down now.${followupText(followups)}`);
+    document.body.dataset.recoveryRotated = String(Number(document.body.dataset.recoveryRotated || 0) + 1);
+  });
+});
+
+$("rotate-kept").addEventListener("click", () => {
+  hideNewCode();
+  say("The new recovery code is no longer shown.");
 });
 
 $("recover-form").addEventListener("submit", (ev) => {
