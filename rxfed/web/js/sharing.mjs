@@ -8,6 +8,7 @@
 import { canonical, loads } from "./canonical.mjs";
 import * as c from "./consent.mjs";
 import { b64d, b64e, equal } from "./encoding.mjs";
+import { consentBundle } from "./fhir.mjs";
 import { IntegrityError, checkedDevices, openStatement } from "./protocol.mjs";
 import { derive, validateSignal } from "./signals.mjs";
 import { randomBytes } from "./sodium.mjs";
@@ -264,6 +265,12 @@ export class PageConsent {
       return ACK_FORGED;
     }
     return ACK_VERIFIED;
+  }
+
+  /** Every grant as a FHIR R4B Consent resource, in a collection Bundle, the one `rxfed
+   * patient consent export` writes (Consent.fhir_bundle). */
+  async fhirBundle() {
+    return consentBundle(this.patient.id.patient, await this.list());
   }
 
   /** Every grant with its status from what the patient signed and did, where each token
