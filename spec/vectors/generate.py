@@ -319,7 +319,41 @@ def rotation_vectors() -> dict:
                 pass
         out.append({"case": why, "anchors": [k.to_json() for k in anchors], "rotations": names,
                     "trusted": [k.to_json() for k in trusted_keys(tuple(anchors), tuple(parsed))]})
+    # Pinning (a node's peers, the web client's `nodes`): a document read with the keys
+    # trusted before (none at first contact: the listed keys are the anchors).
+    from rxfed.crypto import fingerprint
+    from rxfed.protocol.federation import NodeDocument
+
+    def listed(key, valid_from, valid_until=None):
+        return {"key_id": b64e(key.public)[:8], "alg": "ed25519", "public_key": b64e(key.public),
+                "fingerprint": fingerprint(key.public), "valid_from": valid_from, "valid_until": valid_until}
+
+    other = KeyRotation("b.example", k1.public, k2.public, CREATED + 30 * day, CREATED + 37 * day).signed_by(k1)
+    documents = [
+        ("first contact trusts every key listed", None, [listed(k1, CREATED), listed(k2, CREATED + day)], []),
+        ("a pinned key's signed rotation is followed", [anchor1],
+         [listed(k1, CREATED, CREATED + 37 * day), listed(k2, CREATED + 30 * day)], ["r12"]),
+        ("the pinned key may leave the document once its rotation is listed", [anchor1],
+         [listed(k3, CREATED + 60 * day)], ["r12", "r23"]),
+        ("a key changed without a rotation is untrusted", [anchor1], [listed(attacker, CREATED + 40 * day)], []),
+        ("a rotation its old key did not sign changes nothing", [anchor1],
+         [listed(k1, CREATED), listed(attacker, CREATED + 40 * day)], ["forged"]),
+        ("another node's rotation is not followed", [anchor1], [listed(k2, CREATED + 30 * day)], ["other"]),
+        ("a fork by the pinned key is followed by neither branch", [anchor1],
+         [listed(k2, CREATED + 30 * day), listed(attacker, CREATED + 31 * day)], ["r12", "fork"]),
+    ]
+    named = {**statements, "other": other}
+    pinning = []
+    for why, pinned, keys, names in documents:
+        doc = {"node_id": "a.example", "protocol_versions": ["1"], "keys": keys,
+               "rotations": [named[n] for n in names]}
+        parsed = NodeDocument.from_json(doc)
+        view = parsed.trusting(tuple(pinned) if pinned is not None else parsed.keys)
+        pinning.append({"case": why, "pinned": None if pinned is None else [k.to_json() for k in pinned],
+                        "document": doc, "trusted": [k.to_json() for k in view.keys],
+                        "untrusted": sorted(b64e(k) for k in view.untrusted)})
     return {
+        "pinning": pinning,
         "node": "a.example",
         "seeds": {"k1": b64e(bytes([0x11]) * 32), "k2": b64e(bytes([0x12]) * 32), "k3": b64e(bytes([0x13]) * 32),
                   "attacker": b64e(bytes([0xAA]) * 32)},

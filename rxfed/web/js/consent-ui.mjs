@@ -107,13 +107,15 @@ async function renderRecipients() {
   const to = $("g-to");
   const options = [["federation", "every node your home node federates with"]];
   const purposes = new Set();
-  for (const { node, plugins } of nodes) {
+  for (const { node, plugins, refused } of nodes) {
     options.push([`node:${node}`, `node ${node}`]);
     for (const p of plugins || []) {
       options.push([`plugin:${node}/${p.name}`, `${p.name} on ${node} (reads ${p.reads.join(", ") || "nothing"} for ${p.purposes.join(", ") || "no purpose"})`]);
       p.purposes.forEach((x) => purposes.add(x));
     }
-    if (plugins === undefined) options.push([`node:${node}`, `node ${node} (this browser cannot reach it now)`]);
+    if (plugins === undefined) {
+      options.push([`node:${node}`, `node ${node} (${refused ? "refused: it changed its keys without a signed rotation" : "this browser cannot reach it now"})`]);
+    }
   }
   to.replaceChildren(...options.map(([value, text]) => {
     const o = document.createElement("option");
