@@ -183,7 +183,14 @@ export async function rotateRecoveryCode(patient, code) {
   const nxt = nextSecrets(patient.state.secrets);
   const { body, identity } = rotation(chain, nxt, access.master, fresh, kept, counter, entries, patient.node.now(),
     { newMaster: SigningKeyPair.generate() });
-  await patient.node.call("POST", "/v1/identity", body, patient.id.device);
+  try {
+    await patient.node.call("POST", "/v1/identity", body, patient.id.device);
+  } catch (exc) {
+    // Refused (4xx): nothing changed, the old code still works. No clear answer (the
+    // network, 5xx): the node may have made the change, and the new code must not be lost.
+    if (!(exc.status >= 400 && exc.status < 500)) exc.pendingCode = fresh;
+    throw exc;
+  }
   await store.putAll({ state: { ...pins, epoch: nxt.epoch, identity_hash: b64e(p.statementHash(identity)), counter: counter + 1 } });
   await patient.load();
   return { code: fresh, followups: await afterRevocation(patient) };
