@@ -29,6 +29,9 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     run.add_argument("--port", type=port_number, help="override the configured port")
     run.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     run.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    run.add_argument("--workers", type=int, metavar="N", default=1,
+                     help="serve with N worker processes sharing the port and the database (PostgreSQL store only)")
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor of --workers N
     run.set_defaults(func=cmd_run)
 
     check = nsub.add_parser("check", help="check DATA_DIR's configuration, keys and TLS files without starting")
@@ -130,8 +133,19 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    run_node(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-             print_ready=note)
+    if args.workers != 1:
+        from rxfed.node.config import NodeConfig
+        from rxfed.node.workers import refusal
+
+        why = refusal(NodeConfig.load(args.data_dir), args.workers)
+        if why:
+            raise UsageError(why)
+        if args.worker is not None:
+            raise UsageError("--worker is set by the supervisor of --workers N")
+    if args.worker is not None and not 0 <= args.worker < 64:
+        raise UsageError("--worker must be from 0 to 63")
+    return run_node(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    print_ready=None if args.worker is not None else note, workers=args.workers, worker=args.worker)
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -204,6 +218,10 @@ def cmd_status(args: argparse.Namespace) -> None:
             out = [f"running: pid {doc['pid']}, rxfed {doc['version']}, up {doc['uptime_seconds']} s, listening on "
                    f"{doc['settings']['node']['host']}:{doc['settings']['node']['port']}"
                    + (f", metrics on {', '.join(doc['metrics_listening'])}" if doc["metrics_listening"] else "")]
+            if doc.get("workers"):
+                ws = doc["workers"]
+                out.append(f"workers: {sum(1 for w in ws if w['answering'])} of {len(ws)} answering (pids "
+                           + ", ".join(str(w["pid"]) for w in ws) + f"), {sum(w['restarts'] for w in ws)} restarts")
             if doc["changed_in_file"]:
                 out.append(f"rxfed.toml differs from what the node runs ({', '.join(doc['changed_in_file'])}): "
                            "edited since it started (restart to apply it, after 'rxfed node check'), or "

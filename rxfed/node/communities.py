@@ -20,7 +20,7 @@ import attrs
 from aiohttp import web
 
 from rxfed.crypto import b64e, sha256
-from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
+from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError
 from rxfed.node.http import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
@@ -38,6 +38,9 @@ EVENT = "community.event"
 PAGE = 1000
 #: Seconds one build of the community directory answers every request for it.
 DIRECTORY_TTL = 2.0
+#: Times a worker among several stamps a local member's event again after another worker
+#: appended to the community first.
+STALE_TRIES = 4
 
 
 @attrs.frozen
@@ -72,6 +75,14 @@ class CommunityService:
             return None
         community_id = address.id
         found = self._hosted.get(community_id)
+        write = self._writes.get(community_id)
+        if found is not None and not self.node.guards.caches and (write is None or write.done()):
+            # Another worker may have appended since: the cached state is used only while
+            # it is the committed one (the seq checks the write again, in its transaction).
+            row = await self.node.store.community(community_id, self.me)
+            if row is None or row.seq != found.state.seq:
+                self.forget(community_id)
+                found = None
         if found is None:
             row = await self.node.store.community(community_id, self.me)
             if row is None:
@@ -356,7 +367,6 @@ async def submit(request: web.Request) -> web.Response:
         about = pc.About.from_json(f["about"]).check(parsed)
     elif f["about"] is not None:
         raise BadRequest("only a create event comes with about", code="unknown_field")
-    communities = state.communities
     if address.host != state.config.node_id:
         if isinstance(parsed, pc.Create):
             raise BadRequest("create communities on your home node", code="not_host")
@@ -367,6 +377,21 @@ async def submit(request: web.Request) -> web.Response:
         state.federation.notify()
         return reply({"community": str(address), "queued": True}, status=202)
     raw = canonical(event)
+    # Among several workers another one may append first: the write then fails its sequence
+    # check (409 stale_community), the cached state is dropped, and the event is stamped
+    # again on top of what the other worker committed.
+    if state.guards.caches:
+        return await _host_submission(state, caller, address, event, parsed, raw, about)
+    for attempt in range(STALE_TRIES):
+        try:
+            return await _host_submission(state, caller, address, event, parsed, raw, about)
+        except Conflict as exc:
+            if exc.code != "stale_community" or attempt == STALE_TRIES - 1:
+                raise
+
+
+async def _host_submission(state, caller, address, event, parsed, raw, about) -> web.Response:
+    communities = state.communities
     async with state.federation.lock:
         hosted = await communities.hosted(address)
         if hosted is not None and communities.seen(hosted, sha256(raw)):
