@@ -142,8 +142,15 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise UsageError(why)
         if args.worker is not None:
             raise UsageError("--worker is set by the supervisor of --workers N")
-    if args.worker is not None and not 0 <= args.worker < 64:
-        raise UsageError("--worker must be from 0 to 63")
+    if args.worker is not None:
+        from rxfed.node.config import NodeConfig
+        from rxfed.node.workers import refusal
+
+        if not 0 <= args.worker < 64:
+            raise UsageError("--worker must be from 0 to 63")
+        why = refusal(NodeConfig.load(args.data_dir), 2)  # a worker is one of several
+        if why:
+            raise UsageError(why.replace("--workers 2", "--worker"))
     return run_node(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                     print_ready=None if args.worker is not None else note, workers=args.workers, worker=args.worker)
 
@@ -241,10 +248,15 @@ def cmd_status(args: argparse.Namespace) -> None:
             out.append("plugins: not reported yet (the node reports them while it runs)")
         out += [f"plugin {plugin_health(p)}" for p in doc["plugins"] or []]
         st = doc.get("store")
-        out.append("store: not reported yet (the node reports it while it runs)" if st is None else
-                   f"store: last batch on the {st['mode']}, commits {st['commit_us'] / 1000:.2f} ms each (median) "
-                   f"({st['inline_batches']} batches on the event loop with their COMMIT behind it, "
-                   f"{st['thread_batches']} on the writer thread, {st['switches']} moves between the two)")
+        if st is not None and st.get("backend") == "postgresql":
+            out.append(f"store: PostgreSQL, {st['connections']} connections open ({st['idle']} idle, at most "
+                       f"{st['max_connections']}), commits {st['commit_us'] / 1000:.2f} ms each (median, from "
+                       f"taking a connection), {st['retries']} run again after a collision, {st['busy']} given up busy")
+        else:
+            out.append("store: not reported yet (the node reports it while it runs)" if st is None else
+                       f"store: last batch on the {st['mode']}, commits {st['commit_us'] / 1000:.2f} ms each (median) "
+                       f"({st['inline_batches']} batches on the event loop with their COMMIT behind it, "
+                       f"{st['thread_batches']} on the writer thread, {st['switches']} moves between the two)")
         if doc["suspended_accounts"]:
             out.append(f"suspended accounts: {doc['suspended_accounts']}")
         return out

@@ -98,15 +98,24 @@ class Worker:
                 "started": int(self.started), "restarts": self.restarts, "last_exit": self.last_exit}
 
 
-def _die_with_parent() -> None:
-    """In the worker, before exec: SIGTERM when the supervisor dies (Linux), so a killed
-    supervisor leaves no worker serving on its own."""
+def _find_prctl():
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+#: Resolved before any fork: the child of a threaded process may only call what is ready.
+_PRCTL = _find_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the worker, between fork and exec: SIGTERM when the supervisor dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed supervisor leaves no worker serving on its own."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def worker_argv(data_dir: Path, index: int, host: str, port: int, tls_cert: str | None,
