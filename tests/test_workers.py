@@ -156,6 +156,11 @@ async def test_posts_to_one_community_through_two_workers_all_land_in_order(work
         community_id = address.partition("@")[0]
         events = await a.app_store().community_events(community_id, a.node_id, after=0, limit=100)
         assert [e.seq for e in events] == list(range(1, len(events) + 1)) and len(events) >= 11
+        # every event was checked against the very events before it: the whole log folds
+        from rxfed.protocol.canonical import loads
+        from rxfed.protocol.community import CommunityState
+
+        CommunityState.from_events([(e.seq, loads(e.event)) for e in events])
         assert sorted(m.text for m in (await host.read(address)).messages) == sorted(
             f"hello {i} {k}" for k in range(4) for i in range(2))
     finally:
