@@ -420,3 +420,35 @@ async def _eventually(predicate, timeout: float) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.2)
+
+
+def test_the_workers_port_is_refused_while_anything_else_holds_it():
+    """Another node of the same user serving on the port (its workers with
+    ``SO_REUSEPORT``, or a node of one process without): the supervisor refuses to start
+    rather than share the port with it."""
+    import socket
+
+    from rxfed.node.config import ConfigFileError
+    from rxfed.node.workers import reserve
+
+    first = reserve("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    worker = socket.socket()  # what a worker of the first supervisor does
+    worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        worker.bind(("127.0.0.1", port))
+        worker.listen()
+        with pytest.raises(ConfigFileError, match=f"cannot listen on 127.0.0.1:{port}"):
+            reserve("127.0.0.1", port)
+    finally:
+        worker.close()
+        first.close()
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    try:
+        with pytest.raises(ConfigFileError):
+            reserve("127.0.0.1", plain.getsockname()[1])
+    finally:
+        plain.close()

@@ -58,18 +58,28 @@ def refusal(config, workers: int) -> str | None:
 
 
 def reserve(host: str, port: int) -> socket.socket:
-    """The address bound, not listening, with ``SO_REUSEPORT``: the workers bind it too."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        from rxfed.node.config import ConfigFileError
+    """The address bound, not listening, with ``SO_REUSEPORT``: the workers bind it too.
 
-        raise ConfigFileError([f"cannot listen on {host}:{port}: {exc.strerror or exc}"]) from None
+    First it is bound without ``SO_REUSEPORT``: that fails while any socket listens on the
+    port, with the option or without. Otherwise another node of the same user started with
+    ``--workers`` on the same port by mistake would share it, and the kernel would spread
+    one node's clients over two nodes."""
+    from rxfed.node.config import ConfigFileError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for reuse_port in (False, True):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigFileError([f"cannot listen on {host}:{port}: {exc.strerror or exc}"]) from None
+        if not reuse_port:
+            port = sock.getsockname()[1]  # --port 0: the one the kernel chose, for all
+            sock.close()
     return sock
 
 
@@ -200,7 +210,9 @@ class Supervisor:
                 body = await request.json()
             except ValueError:
                 body = None
-            if not isinstance(body, dict):
+            lists = [body.get("accounts", []), body.get("communities", [])] if isinstance(body, dict) else None
+            if lists is None or not all(isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                                        for ids in lists):
                 return reply({"error": "bad_request", "message": "a JSON object with accounts and communities, "
                                                                 "each a list of ids"}, status=400)
             told = await asyncio.gather(*(self.ask(w, "POST", "/reload", body) for w in self.workers))
