@@ -224,6 +224,13 @@ def _stop(proc, timeout=40) -> int:
             proc.kill()
 
 
+def _wait(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -277,11 +284,18 @@ def test_two_worker_processes_share_the_port_restart_when_killed_and_drain_on_si
         with urllib.request.urlopen(url + "/health", timeout=5) as r:
             assert r.status == 200
         pids = [w["pid"] for w in status["workers"]]
+        # log rotation: SIGHUP to the supervisor reopens every process's log file
+        (data / "node.log").rename(data / "node.log.1")
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: (data / "node.log").exists(), 10)
+        time.sleep(0.5)
     finally:
         code = _stop(proc)
     assert code == 0, proc.stderr.read().decode()
     assert all(_gone(pid) for pid in pids)
     assert not list(data.glob("admin*.sock"))
+    log = (data / "node.log").read_text()  # the workers' last lines too: they reopened it
+    assert log.count("node stopped cleanly") == 2 and "supervisor stopped cleanly" in log, log
 
 
 @needs_pg

@@ -357,7 +357,8 @@ async def _store_ctx(app: web.Application):
     await state.store.open()
     restore = await state.store.get_meta("restore")
     state.restore = loads(restore.encode()) if restore else None
-    state.nonces.load(await state.store.load_nonces(state.now()))
+    if state.guards.caches:  # (among several workers the nonces are looked up in the store)
+        state.nonces.load(await state.store.load_nonces(state.now()))
     state.suspended = await state.store.suspended_accounts()
     state.reload_keys()
 

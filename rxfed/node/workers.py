@@ -8,6 +8,7 @@ supervisor binds the address first without listening (so ``--port 0`` picks one 
 all of them, and nobody else takes it while a worker restarts), starts the workers, restarts
 one that dies (logged, with a growing pause if it keeps dying at once), and on SIGTERM or
 SIGINT passes SIGTERM on, so every worker drains: requests in flight finish, then it exits.
+SIGHUP (log rotation) reopens its log files and is passed on too.
 
 The supervisor owns the control socket ``DATA_DIR/admin.sock`` that operator commands
 talk to: ``/status`` is a worker's status with the list of workers added, ``/reload`` is
@@ -145,6 +146,7 @@ class Supervisor:
                         for i in range(workers)]
         self.stopping = asyncio.Event()
         self.started = time.time()
+        self.logs = None
 
     async def _watch(self, worker: Worker) -> None:
         while not self.stopping.is_set():
@@ -252,6 +254,16 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig)
+
+        def reopen() -> None:  # logrotate: every process reopens its log files
+            if self.logs is not None:
+                self.logs.reopen()
+            for w in self.workers:
+                if w.alive:
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.send_signal(signal.SIGHUP)
+
+        loop.add_signal_handler(signal.SIGHUP, reopen)
         path = control.socket_path(self.config.data_dir)
         sock = control.bind(path)
         inode = os.stat(path).st_ino
@@ -314,6 +326,7 @@ def run_workers(config, workers: int, *, host: str, port: int, tls_cert: str | N
     logs = setup_logging(config.data_dir, config.log_file, False)
     try:
         supervisor = Supervisor(config, workers, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+        supervisor.logs = logs
         return asyncio.run(supervisor.run(print_ready))
     finally:
         reserved.close()
