@@ -791,6 +791,51 @@ class RxfedPlugins:
             {k: list(v) if isinstance(v, list) else v for k, v in s.body.items()})) for s in signals]
         return await self._call_async(impl, signals=handed)
 
+    async def matching_categories(self, name: str, signals: list[Signal]) -> list[list[str]] | None:
+        """What plugin ``name`` says of each of ``signals`` (``rxfed_matching_categories``):
+        a category list per signal, or None when it failed, answered something else, or its
+        manifest does not accept the signals. Never raises."""
+        from rxfed.protocol.matching import valid_category
+
+        impl = self._impl("rxfed_matching_categories", name)
+        manifest = self.manifests().get(name)
+        if impl is None or manifest is None or not all(manifest.accepts(s.kind, s.purpose) for s in signals):
+            return None
+        if not signals:
+            return []
+        if not self._begin(name):
+            return None
+        handed = [attrs.evolve(s, body=types.MappingProxyType(dict(s.body))) for s in signals]
+        hook = _hook_name(impl)
+        args = [{"signals": handed}[a] for a in impl.argnames]
+        try:
+            if inspect.iscoroutinefunction(impl.function):
+                result = await self._in_time(impl.function(*args))
+            else:
+                result = await self._wait_async(name, self._submit(name, impl.function, args))
+                if inspect.isawaitable(result):
+                    result = await self._in_time(result)
+        except PluginBusy as refusal:
+            self._refused(name, hook, refusal)
+            return None
+        except (Exception, SystemExit) as exc:
+            self._failed(name, hook, _describe(exc, quote=False))
+            return None
+        if (not isinstance(result, list) or len(result) != len(signals)
+                or not all(isinstance(row, list | tuple) and all(valid_category(c) for c in row) for row in result)):
+            self._failed(name, hook, "TypeError: returned something other than a list of category lists, one per signal")
+            return None
+        self._succeeded(name)
+        return [sorted(set(row)) for row in result]
+
+    def matchers(self) -> list[str]:
+        """Enabled plugins that name matching categories: their manifest serves ``matching``."""
+        from rxfed.protocol.matching import PURPOSE
+
+        impls = {impl.plugin_name for impl in self._impls("rxfed_matching_categories")}
+        return sorted(name for name, manifest in self.manifests().items()
+                      if name in impls and PURPOSE in manifest.purposes)
+
     async def consent_revoked(self, name: str, grant: str, subject: str) -> bool:
         """Tell plugin ``name`` to delete what it holds under ``grant`` for ``subject``; True
         when it returned in time without raising (or has nothing to delete). Never raises."""

@@ -384,7 +384,9 @@ async def _store_ctx(app: web.Application):
     task = asyncio.create_task(housekeeping())
     await state.consent.start()
     await state.federation.start()
+    await state.matching.start()
     yield
+    await state.matching.stop()
     await state.consent.stop()
     await state.federation.stop()
     task.cancel()
@@ -408,7 +410,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
-    from rxfed.node import communities, consent, control, metrics
+    from rxfed.node import communities, consent, control, matching, metrics
 
     state = NodeState(config, keys, store, plugins, clock)
     state.metrics = metrics.NodeMetrics(state)
@@ -420,9 +422,11 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     app[LISTENER] = state.listener
     communities.install(state)
     consent.install(state)
+    matching.install(state)
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
+    app.add_routes(matching.routes)
     from rxfed.node import web as web_client
 
     web_client.install(app)
