@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
+from helpers import raw_request
 from rxfed.client.consent import PatientConsent
 from rxfed.client.sdk import NodeRefused
+from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import MatchingSettings
+from rxfed.node.matching import FEDERATION
+from rxfed.protocol import matching as pm
+from rxfed.protocol import psi
+from rxfed.protocol.auth import sign_request
 from rxfed.testing import builtin_plugins
 from test_communities import eventually
 
@@ -112,3 +121,122 @@ async def test_the_schedule_runs_sessions_and_the_operator_lists_them(rxfed_fede
     sessions = await a.app_store().matching_sessions()
     assert any(s.outcome == "matched" and s.common == 2 for s in sessions)
     assert all(s.state is None for s in sessions)
+
+
+# -- a malicious or broken peer --------------------------------------------------------------
+
+
+async def peer_post(sender, receiver, path: str, body: bytes, *, key=None, headers=None):
+    """``body`` POSTed to ``receiver`` as ``sender`` signs it (or ``key``, a forgery)."""
+    signed = headers or sign_request(key or sender.state.signing_key(), method="POST", target=path,
+                                     destination=receiver.node_id, origin=sender.node_id, body=body,
+                                     now=int(time.time()))
+    status, answer = await raw_request(receiver.url, "POST", path, body,
+                                       {**signed, "Content-Type": "application/octet-stream"})
+    return status, answer, signed
+
+
+def error(answer) -> str:
+    return answer["error"] if isinstance(answer, dict) else json.loads(answer)["error"]
+
+
+async def responder_row(node, sid: str):
+    row = await node.app_store().matching_session(sid, "responder")
+    return None if row is None else (row.step, row.state, row.finished, row.outcome)
+
+
+async def test_a_peer_over_its_daily_rate_is_refused(rxfed_federation, make_patient):
+    a, b = await rxfed_federation("hospital-a", "hospital-b",
+                                  matching=MatchingSettings(interval=7 * 86400, sessions_per_peer_per_day=2))
+    assert [(await session(a, b)).outcome for _ in range(3)] == ["matched", "matched", "failed:rate_limited"]
+    answered = [s for s in await b.app_store().matching_sessions() if s.role == "responder"]
+    assert len(answered) == 2
+    # the refusal costs the responder nothing: no session, no blinding
+    status, answer, _ = await peer_post(a, b, "/v1/matching/sessions", hello_from(a, b)[1])
+    assert status == 429 and error(answer) == "rate_limited"
+    assert len([s for s in await b.app_store().matching_sessions() if s.role == "responder"]) == 2
+
+
+def hello_from(a, b, elements=(b"icd10:G40",), **limits):
+    context = psi.PsiContext.new(FEDERATION, a.node_id, b.node_id)
+    return psi.start(context, list(elements), limits=psi.PsiLimits(**limits))
+
+
+async def test_forged_replayed_oversized_malformed_and_misplaced_messages_change_nothing(three):
+    a, b, c, _ = three
+    initiator, hello = hello_from(a, b)
+    sid = initiator.context.session_id.hex()
+    status, answer, first = await peer_post(a, b, "/v1/matching/sessions", hello)
+    assert status == 200
+    hello_r, blinded_r = pm.unpack(answer, 2, limit=1 << 20)
+    opened = await responder_row(b, sid)
+    assert opened[0] == 1 and opened[2] is None
+
+    # the same request again: a replay
+    status, answer, _ = await peer_post(a, b, "/v1/matching/sessions", hello, headers=first)
+    assert status == 401 and error(answer) == "replayed_request"
+    initiator = initiator.receive_hello(hello_r)
+    initiator, blinded = initiator.blind()
+    initiator, commitment = initiator.receive_blinded(blinded_r)
+    good = pm.pack(blinded, commitment)
+    path = f"/v1/matching/sessions/{sid}/blinded"
+    refusals = [
+        # forged: signed by a key that is not hospital-a's
+        (dict(key=SigningKeyPair.generate()), good, 401),
+        # malformed: not a framed message, or a blinded set cut short
+        ({}, b"\x00garbage", 400),
+        ({}, pm.pack(blinded[:-7], commitment), 400),
+        # a commitment in place of the blinded set
+        ({}, pm.pack(commitment, commitment), 400),
+    ]
+    for kwargs, body, expected in refusals:
+        status, answer, _ = await peer_post(a, b, path, body, **kwargs)
+        assert status == expected, (status, answer)
+        assert await responder_row(b, sid) == opened
+    # oversized: refused from its Content-Length, before any read
+    status, answer, _ = await peer_post(a, b, path, b"\x00" * (b.state.matching.limits.max_message_size() * 3))
+    assert status == 413 and await responder_row(b, sid) == opened
+    # out of order: the reveal before the blinded set
+    status, answer, _ = await peer_post(a, b, f"/v1/matching/sessions/{sid}/reveal", good)
+    assert status == 409 and error(answer) == "psi_out_of_order" and await responder_row(b, sid) == opened
+    # another peer cannot step into the session
+    status, answer, _ = await peer_post(c, b, path, good)
+    assert status == 404 and error(answer) == "psi_wrong_session" and await responder_row(b, sid) == opened
+    # a session id that is no session
+    status, answer, _ = await peer_post(a, b, "/v1/matching/sessions/../x/blinded", good)
+    assert status in (404, 400)
+
+    # the session still completes after all that
+    status, answer, _ = await peer_post(a, b, path, good)
+    assert status == 200
+    commitment_r, reveal_r = pm.unpack(answer, 2, limit=1 << 20)
+    initiator, reveal = initiator.receive_commitment(commitment_r)
+    initiator, result = initiator.receive_reveal(reveal_r)
+    assert result.common == {b"icd10:G40"}
+    # counts for a category that is not common are refused, and change nothing
+    status, answer, _ = await peer_post(a, b, f"/v1/matching/sessions/{sid}/reveal",
+                                        pm.pack(reveal, pm.counts_message({"icd10:E11": 50})))
+    assert status == 400 and error(answer) == "psi_peer_misbehaved"
+    assert (await responder_row(b, sid))[0] == 2
+    status, answer, _ = await peer_post(a, b, f"/v1/matching/sessions/{sid}/reveal",
+                                        pm.pack(reveal, pm.counts_message({"icd10:G40": 500})))
+    assert status == 200
+    assert pm.read_counts(pm.unpack(answer, 1, limit=1 << 16)[0], common=frozenset({"icd10:G40"}), k=K) == {
+        "icd10:G40": K}
+    step, state, finished, outcome = await responder_row(b, sid)
+    assert state is None and finished is not None and outcome == "matched"
+    assert [(p, c, n) for p, c, n, _ in await b.app_store().matching_common()] == [(a.node_id, "icd10:G40", 500)]
+
+
+async def test_a_set_above_the_cap_and_a_stranger_are_refused_before_any_work(three, rxfed_federation):
+    a, b, c, _ = three
+    cap = b.state.matching.limits.max_elements
+    big = [f"icd10:X{i}".encode() for i in range(cap)]
+    _, hello = hello_from(a, b, big, max_elements=4 * cap)
+    status, answer, _ = await peer_post(a, b, "/v1/matching/sessions", hello)
+    assert status == 413 and error(answer) == "psi_too_large"
+    (stranger,) = await rxfed_federation("stranger", matching=IDLE)
+    _, hello = hello_from(stranger, b)
+    status, answer, _ = await peer_post(stranger, b, "/v1/matching/sessions", hello)
+    assert status == 403 and error(answer) == "peer_refused"
+    assert [s for s in await b.app_store().matching_sessions() if s.role == "responder"] == []

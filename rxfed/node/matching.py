@@ -26,7 +26,7 @@ from aiohttp import web
 
 from rxfed.consent.grants import Recipient
 from rxfed.consent.signals import Signal
-from rxfed.errors import BadRequest, Forbidden, NotFound, RateLimited, RxfedError, Unauthorized
+from rxfed.errors import Conflict, Forbidden, NotFound, RateLimited, RxfedError, Unauthorized
 from rxfed.node.federation import DeliveryError, PeerRefused
 from rxfed.node.http import NODE, admit, authenticate, reply
 from rxfed.node.listener import LISTENER, check_declared_size, read_body
@@ -234,9 +234,9 @@ class MatchingService:
         if row is None or row.peer != origin:
             raise NotFound("no such matching session with this peer", code="psi_wrong_session")
         if row.finished is not None or row.state is None:
-            raise BadRequest("the matching session has ended", code="psi_out_of_order")
+            raise Conflict("the matching session has ended", code="psi_out_of_order")
         if row.step != step:
-            raise BadRequest("the matching session is at another step", code="psi_out_of_order")
+            raise Conflict("the matching session is at another step", code="psi_out_of_order")
         return row, psi.session_from_state(row.state)
 
     async def blinded(self, origin: str, sid: str, body: bytes, nonce) -> bytes:
@@ -322,6 +322,7 @@ async def authenticate_peer(request: web.Request, limit: int) -> tuple[str, byte
     signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
                   body=raw, now=now, window=lim.request_window_seconds)
     nonce = await admit(state, request, signed, now)
+    state.federation.inbound.take(signed.origin)
     return signed.origin, raw, nonce
 
 
