@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
+from conftest import PASSPHRASE
 from helpers import raw_request
 from rxfed.client.consent import PatientConsent
 from rxfed.client.sdk import NodeRefused
@@ -240,3 +245,40 @@ async def test_a_set_above_the_cap_and_a_stranger_are_refused_before_any_work(th
     status, answer, _ = await peer_post(stranger, b, "/v1/matching/sessions", hello)
     assert status == 403 and error(answer) == "peer_refused"
     assert [s for s in await b.app_store().matching_sessions() if s.role == "responder"] == []
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+async def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RXFED_PASSPHRASE": PASSPHRASE, **(env or {})}
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "rxfed", *args], capture_output=True,
+                                   text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+
+
+async def test_patient_matches_and_the_operator_listing_on_the_command_line(three):
+    a, b, c, patients = three
+    assert (await session(a, b)).outcome == "matched"
+    assert (await session(a, c)).outcome == "matched"
+    await session(c, b)
+    profile = str(patients["hospital-a"][0][0].profile.path)
+    shown = await cli("patient", "matches", "--profile", profile)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [f"{K} patients on {b.node_id} (and {K} on your own node) share category G40"]
+    doc = json.loads((await cli("patient", "matches", "--profile", profile, "--json")).stdout)
+    assert doc["k"] == K and doc["own"] == [{"category": "icd10:G40", "node": a.node_id, "count": K}]
+    assert [(s["id"], s["count"]) for s in doc["suggestions"]] == [(f"{b.node_id}/icd10:G40", K)]
+    # a patient of community-c: nothing there reaches k
+    on_c = await cli("patient", "matches", "--profile", str(patients["community-c"][0][0].profile.path))
+    assert on_c.returncode == 0 and "no suggestions yet" in on_c.stdout
+
+    listed = await cli("node", "matching", str(a.data_dir), "sessions", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["sessions"]
+    assert sorted((r["peer"], r["role"], r["outcome"], r["common"]) for r in rows) == sorted([
+        (b.node_id, "initiator", "matched", 1), (c.node_id, "initiator", "matched", 0)])
+    assert all(r["own_size"] == 1 and r["own_padded"] >= 64 and r["peer_padded"] >= 64 and r["finished"] for r in rows)
+    text = await cli("node", "matching", str(b.data_dir), "sessions")
+    assert text.returncode == 0 and "G40" not in text.stdout and "responder\tmatched" in text.stdout
+    bad = await cli("node", "matching", str(b.data_dir), "sessions", "--limit", "0")
+    assert bad.returncode == 2 and bad.stdout == ""
