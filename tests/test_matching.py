@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import PASSPHRASE
 from helpers import raw_request
+from rxfed.client import matching as client_matching
 from rxfed.client.consent import PatientConsent
 from rxfed.client.sdk import NodeRefused
 from rxfed.crypto import SigningKeyPair
@@ -282,3 +284,69 @@ async def test_patient_matches_and_the_operator_listing_on_the_command_line(thre
     assert text.returncode == 0 and "G40" not in text.stdout and "responder\tmatched" in text.stdout
     bad = await cli("node", "matching", str(b.data_dir), "sessions", "--limit", "0")
     assert bad.returncode == 2 and bad.stdout == ""
+
+
+# -- pure rules --------------------------------------------------------------------------------
+
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "spec" / "vectors" / "matching.json").read_text())
+
+
+def test_suggestions_are_checked_and_worded_as_the_vectors_say():
+    for case in VECTORS["cases"]:
+        view = client_matching.checked(case["answer"])
+        assert view == case["checked"] and client_matching.lines(view) == case["lines"]
+    for case in VECTORS["refused"]:
+        with pytest.raises(client_matching.BadSuggestions):
+            client_matching.checked(case["answer"])
+
+
+def test_counts_are_bucketed_lower_bounds_never_below_k():
+    assert [pm.bucket(n) for n in (11, 14, 15, 23, 99, 100, 124, 999, 1000, 1249, 1250)] == [
+        11, 11, 15, 20, 95, 100, 100, 975, 1000, 1000, 1250]
+    assert all(K <= pm.bucket(n) <= n for n in range(K, 5000))
+    with pytest.raises(ValueError):
+        pm.bucket(K - 1)
+    assert pm.offered_counts([("p1", "icd10:G40"), ("p1", "icd10:G40"), ("p2", "icd10:G40")], k=5) == {}
+    with pytest.raises(ValueError):
+        pm.check_k(4)
+    with pytest.raises(ValueError):
+        MatchingSettings(k=4)
+
+
+def test_a_kept_session_is_the_session():
+    initiator, hello = hello_from_names("a", "b")
+    responder, hello_r = psi.accept(hello, federation=FEDERATION, me="b", peer="a", elements=[b"icd10:G40"])
+    responder, blinded_r = responder.blind()
+    kept = psi.session_from_state(psi.session_to_state(responder))
+    assert kept == responder
+    with pytest.raises(ValueError):
+        psi.session_from_state(b'{"v": 1}')
+    with pytest.raises(ValueError):
+        psi.session_from_state(b"\xff")
+
+
+def hello_from_names(a: str, b: str):
+    return psi.start(psi.PsiContext.new(FEDERATION, a, b), [b"icd10:G40"])
+
+
+async def test_a_patient_with_two_grants_counts_once_and_other_nodes_patients_not_at_all(rxfed_federation, make_patient):
+    a, b = await rxfed_federation("hospital-a", "hospital-b", matching=IDLE)
+    patients = [await consenting(make_patient, a, "G40.9") for _ in range(K - 1)]
+    consent = patients[0][1]
+    await consent.grant("diagnosis.category", "matching", f"node:{a.node_id}")
+    assert (await a.state.matching.offer()).counts == {}
+    # a patient of hospital-b granting to hospital-a's plugin is not hospital-a's patient
+    visitor = await make_patient(b)
+    await visitor.add_condition("G40.9")
+    await PatientConsent(visitor, plugins=builtin_plugins()).grant("diagnosis.category", "matching",
+                                                                    f"plugin:{a.node_id}/matching")
+
+    async def arrived():
+        return any(t.origin == b.node_id for t in [await a.app_store().received_token(tok) for tok, *_ in
+                                                   await a.app_store().received_signals()])
+
+    await eventually(arrived)
+    assert (await a.state.matching.offer()).counts == {}
+    await consenting(make_patient, a, "G40.9")
+    assert (await a.state.matching.offer()).counts == {"icd10:G40": K}

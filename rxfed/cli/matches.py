@@ -19,13 +19,9 @@ def cmd_matches(args: argparse.Namespace) -> None:
     from rxfed.client import matching
 
     found = with_client(args, matching.suggestions)
-    own = {o["category"]: o["count"] for o in found["own"]}
 
     def lines() -> list[str]:
-        out = [matching.sentence(s, own) for s in found["suggestions"]]
-        out += [f"{n} patients on your own node share category {matching.code_of(c)}; no other node shares it yet"
-                for c, n in own.items() if not any(s["category"] == c for s in found["suggestions"])]
-        return out or [f"no suggestions yet: a category shows once at least {found['k']} consenting patients on a "
-                       "node share it"]
+        return matching.lines(found) or [f"no suggestions yet: a category shows once at least {found['k']} "
+                                         "consenting patients on a node share it"]
 
     Output(args.json).result(found, lines)

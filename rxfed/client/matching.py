@@ -54,3 +54,13 @@ def sentence(suggestion: dict, own: dict[str, int]) -> str:
     category = suggestion["category"]
     mine = f" (and {own[category]} on your own node)" if category in own else ""
     return f"{suggestion['count']} patients on {suggestion['node']}{mine} share category {code_of(category)}"
+
+
+def lines(view: dict) -> list[str]:
+    """Every line a patient reads (the CLI and the page's Matches view): the suggestions,
+    then own-node counts no other node shares yet."""
+    own = {o["category"]: o["count"] for o in view["own"]}
+    out = [sentence(s, own) for s in view["suggestions"]]
+    out += [f"{n} patients on your own node share category {code_of(c)}; no other node shares it yet"
+            for c, n in own.items() if not any(s["category"] == c for s in view["suggestions"])]
+    return out
