@@ -23,6 +23,7 @@ from rxfed.node.matching import FEDERATION
 from rxfed.protocol import matching as pm
 from rxfed.protocol import psi
 from rxfed.protocol.auth import sign_request
+from rxfed.store import OperatorEntry
 from rxfed.testing import builtin_plugins
 from test_communities import eventually
 
@@ -348,5 +349,9 @@ async def test_a_patient_with_two_grants_counts_once_and_other_nodes_patients_no
 
     await eventually(arrived)
     assert (await a.state.matching.offer()).counts == {}
-    await consenting(make_patient, a, "G40.9")
+    last = (await consenting(make_patient, a, "G40.9"))[0]
     assert (await a.state.matching.offer()).counts == {"icd10:G40": K}
+    # an account the operator suspended (a fake one, say) does not count
+    await a.app_store().set_suspended(last.patient, since=int(time.time()), reason="spam",
+                                      log=OperatorEntry(int(time.time()), "account.suspend", last.patient, "test"))
+    assert (await a.state.matching.offer()).counts == {}

@@ -202,14 +202,23 @@ class MatchingService:
             outcome, why = "failed:unreachable", str(exc)
         else:
             row = attrs.evolve(row, finished=self.node.now(), outcome="matched", step=3, common=len(common))
-            await self.node.store.finish_matching_session(row, counts=theirs)
+            if not await self._finish(row, theirs):
+                return row
             log.info("matching session with %s: %d common categories in %.2f s", peer, len(common),
                      time.perf_counter() - started)
             return row
         row = attrs.evolve(row, finished=self.node.now(), outcome=outcome)
-        await self.node.store.finish_matching_session(row)
+        await self._finish(row, None)
         log.info("matching session with %s %s: %s", peer, outcome, why)
         return row
+
+    async def _finish(self, row: MatchingSession, counts: dict[str, int] | None) -> bool:
+        try:
+            await self.node.store.finish_matching_session(row, counts=counts)
+        except Conflict:  # it ran past session_timeout and was ended as expired: its results are dropped
+            log.warning("matching session with %s ended as expired before it finished", row.peer)
+            return False
+        return True
 
     # -- the responder ----------------------------------------------------------------------
     async def open_session(self, origin: str, hello: bytes, nonce) -> bytes:

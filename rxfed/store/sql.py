@@ -703,11 +703,12 @@ class SQLConnection:
                         "common, state")
 
     async def matching_members(self, origin: str, kind: str, purpose: str, now: int) -> list[MatchingMember]:
-        """Signals this node's own patients sent it under live tokens of ``kind`` for ``purpose``."""
+        """Signals this node's own patients (not suspended) sent it under live tokens of ``kind`` for ``purpose``."""
         rows = await self._all(
             "SELECT g.patient_id, t.token, t.subject, t.recipient, s.body FROM received_tokens t "
             "JOIN received_signals s ON s.token = t.token JOIN grant_tokens gt ON gt.token = t.token "
-            "JOIN grants g ON g.id = gt.grant_id WHERE t.origin=? AND t.kind=? AND t.purpose=? "
+            "JOIN grants g ON g.id = gt.grant_id JOIN patients p ON p.id = g.patient_id "
+            "WHERE t.origin=? AND t.kind=? AND t.purpose=? AND p.suspended IS NULL "
             "AND t.revoked IS NULL AND t.not_after > ? AND g.revoked IS NULL AND g.not_after > ? "
             "ORDER BY t.token, s.n", (origin, kind, purpose, now, now))
         return [MatchingMember(*r) for r in rows]
