@@ -493,6 +493,9 @@ class NodeConfig:
                 "believes\n# forwarded_header: the header those proxies write the client address in (X-Forwarded-For "
                 "or Forwarded; the other is ignored)",
         "tls": "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
+        "matching": "cross-node diagnosis matching with allowed peers (spec/federation.md 5b): k: the least number of "
+                    "consenting patients a category is offered, counted or shown with (at least 5); interval: seconds "
+                    "between sessions with each peer",
         "plugins": "plugin names to block, e.g. [\"outcomes\"]",
         "logging": "inside this directory; file empty: stderr only; access: a file name to keep an access log "
                    "(routes and statuses, no client addresses)",
