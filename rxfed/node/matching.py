@@ -26,13 +26,12 @@ from aiohttp import web
 
 from rxfed.consent.grants import Recipient
 from rxfed.consent.signals import Signal
-from rxfed.errors import Conflict, Forbidden, NotFound, RateLimited, RxfedError, Unauthorized
+from rxfed.errors import Conflict, Forbidden, NotFound, RateLimited, RxfedError
 from rxfed.node.federation import DeliveryError, PeerRefused
-from rxfed.node.http import NODE, admit, authenticate, reply
-from rxfed.node.listener import LISTENER, check_declared_size, read_body
+from rxfed.node.http import NODE, admit, authenticate, reply, signed_by_a_node
+from rxfed.node.listener import LISTENER, read_body
 from rxfed.protocol import matching as pm
 from rxfed.protocol import psi
-from rxfed.protocol.auth import SignedRequest
 from rxfed.protocol.canonical import loads
 from rxfed.store import MatchingSession
 
@@ -310,13 +309,8 @@ async def authenticate_peer(request: web.Request, limit: int) -> tuple[str, byte
     does not match with costs no key fetch and no body read."""
     state = request.app[NODE]
     lim = state.config.limits
-    check_declared_size(request, limit)
-    signed = SignedRequest.from_headers(request.headers)
-    if signed.origin is None:
-        raise Unauthorized("matching requests are signed by the peer node", code="unsigned")
+    signed = signed_by_a_node(state, request, limit)
     now = state.now()
-    if abs(now - signed.created) > lim.request_window_seconds:
-        raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
     state.matching.check_active()
     waiting = request.app[LISTENER].admission.take(request)
     if waiting is not None:
