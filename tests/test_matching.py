@@ -355,3 +355,20 @@ async def test_a_patient_with_two_grants_counts_once_and_other_nodes_patients_no
     await a.app_store().set_suspended(last.patient, since=int(time.time()), reason="spam",
                                       log=OperatorEntry(int(time.time()), "account.suspend", last.patient, "test"))
     assert (await a.state.matching.offer()).counts == {}
+
+
+async def test_a_node_that_does_not_match_says_so_and_a_denied_peer_is_no_longer_shown(rxfed_federation, make_patient):
+    a, b = await rxfed_federation("hospital-a", "hospital-b", matching=IDLE)
+    (off,) = await rxfed_federation("hospital-off", matching=MatchingSettings(enabled=False))
+    await off.allow(a)
+    await a.allow(off)
+    patients = [await consenting(make_patient, node, "G40.9") for node in (a, b) for _ in range(K)]
+    assert (await session(a, off)).outcome == "failed:matching_off"
+    with pytest.raises(NodeRefused) as refused:
+        await suggestions(await make_patient(off))
+    assert refused.value.status == 404 and refused.value.code == "matching_off"
+
+    assert (await session(a, b)).common == 1
+    assert [s["node"] for s in (await suggestions(patients[0][0]))["suggestions"]] == [b.node_id]
+    await a.app_store().set_peer_policy(b.node_id, "denied")
+    assert (await suggestions(patients[0][0]))["suggestions"] == []
