@@ -1,5 +1,6 @@
-"""``rxfed node accounts|communities|plugins|log``: administer a node's accounts and
-communities (while it runs, too), see plugin health and what operators did."""
+"""``rxfed node accounts|communities|plugins|log|matching``: administer a node's accounts and
+communities (while it runs, too), see plugin health, what operators did and the node's
+matching sessions."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def add_parsers(nsub) -> None:
     log.add_argument("--limit", type=int, default=100, help="the newest LIMIT entries (default 100)")
     json_flag(log)
     log.set_defaults(func=cmd_log)
+
+    matching = nsub.add_parser("matching", help="cross-node matching: the private set intersection sessions")
+    matching.add_argument("data_dir", metavar="DATA_DIR")
+    matching.add_argument("matching_action", metavar="ACTION", choices=("sessions",), help="sessions")
+    matching.add_argument("--limit", type=int, default=100, help="the newest LIMIT sessions (default 100)")
+    json_flag(matching)
+    matching.set_defaults(func=cmd_matching)
 
 
 def _when(ts: int | None) -> str:
@@ -138,3 +146,20 @@ def cmd_log(args: argparse.Namespace) -> None:
         f"{_when(e['time'])}\t{e['by']}\t{e['action']}\t{e['subject']}"
         + "".join(f"\t{k}: {v}" for k, v in sorted(e["detail"].items()) if v is not None) for e in rows]
         or ["the operator log is empty"])
+
+
+def cmd_matching(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    if not 1 <= args.limit <= 100_000:
+        raise UsageError("--limit must be from 1 to 100000")
+    rows = administer.matching_sessions(args.data_dir, args.limit)
+
+    def line(s: dict) -> str:
+        sizes = (f"offered {s['own_size']} (sent as {s['own_padded']}), peer sent {s['peer_padded']}"
+                 if s["own_padded"] is not None else "no sets exchanged")
+        common = f"\t{s['common']} common" if s["common"] is not None else ""
+        return (f"{_when(s['started'])}\t{s['peer']}\t{s['role']}\t{s['outcome']}\tfinished {_when(s['finished'])}"
+                f"\t{sizes}{common}")
+
+    Output(args.json).result({"sessions": rows}, lambda: [line(s) for s in rows] or ["no matching sessions"])

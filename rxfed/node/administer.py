@@ -226,3 +226,11 @@ def operator_log(data_dir: str | Path, limit: int) -> list[dict]:
     _config, rows = _run(data_dir, lambda store: store.operator_log(limit))
     return [{"seq": e.seq, "time": e.time, "action": e.action, "subject": e.subject, "by": e.by,
              "detail": json.loads(e.detail)} for e in rows]
+
+
+def matching_sessions(data_dir: str | Path, limit: int) -> list[dict]:
+    """The newest ``limit`` matching sessions, newest first (``rxfed node matching DATA_DIR
+    sessions``): peer, role, times, outcome, set sizes and how many categories were common;
+    the categories themselves are never in the log."""
+    _config, rows = _run(data_dir, lambda store: store.matching_sessions(limit))
+    return [s.to_json() for s in rows]

@@ -629,18 +629,38 @@ class FederationService:
         log.info("%s is reachable again (it sent us a transaction): delivering to it now", origin)
         self.notify()
 
-    def _signer(self, destination: str, path: str, body: bytes):
+    def _signer(self, destination: str, path: str, body: bytes, method: str = "PUT"):
         """A client middleware that signs each attempt of a request anew. aiohttp resends an
         idempotent request (PUT) once by itself when a kept-alive connection drops; with
         headers signed once, that resend carries the nonce the receiver may already have
         seen, and is refused as a replay. Signed here, every attempt has its own nonce."""
         async def sign(request: aiohttp.ClientRequest, handler) -> aiohttp.ClientResponse:
-            request.headers.update(sign_request(self.state.signing_key(), method="PUT", target=path,
+            request.headers.update(sign_request(self.state.signing_key(), method=method, target=path,
                                                 destination=destination, origin=self.state.config.node_id,
                                                 body=body, now=self.state.now()))
             return await handler(request)
 
         return sign
+
+    async def post(self, destination: str, path: str, body: bytes, *, limit: int,
+                   content_type: str = "application/octet-stream") -> tuple[int, bytes]:
+        """A signed ``POST`` of ``body`` to a peer, outside the outbox (an exchange that
+        needs its answer now, such as a matching session's step): ``(status, answer)``, the
+        answer at most ``limit`` bytes. :class:`PeerRefused` for a peer this node does not
+        contact, :class:`DeliveryError` when it cannot be reached."""
+        peer = await self.state.store.peer(destination)
+        await self.check_deliverable(destination)
+        url = self.url_for(peer, destination)
+        self._check_url(peer, url)
+        if self._session is None:
+            raise DeliveryError("the node is not running its federation client")
+        try:
+            async with self._session.post(url + path, data=body, headers={"Content-Type": content_type},
+                                          allow_redirects=False,
+                                          middlewares=(self._signer(destination, path, body, "POST"),)) as resp:
+                return resp.status, await _read_capped(resp, limit)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
 
     async def _send(self, destination: str, txn) -> dict:
         peer = await self.state.store.peer(destination)

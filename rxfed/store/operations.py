@@ -19,9 +19,11 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from rxfed.consent.audit import append as audit_append
 from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_delivery
-from rxfed.errors import Conflict, Forbidden, Gone, NotFound, Unauthorized
+from rxfed.errors import Conflict, Forbidden, Gone, NotFound, RateLimited, Unauthorized
 from rxfed.protocol import account as pa
 from rxfed.protocol import budget
 from rxfed.protocol import community as pcm
@@ -38,6 +40,8 @@ from rxfed.store import (
     Device,
     GrantRow,
     Inbound,
+    MatchingMember,
+    MatchingSession,
     NewPatient,
     Nonce,
     OperatorEntry,
@@ -427,6 +431,43 @@ async def _expire_received(c: Conn, now: int) -> list[ReceivedToken]:
     if expired:
         c.scrub()
     return expired
+
+
+async def _open_matching_session(c: Conn, session: MatchingSession, per_day: int, nonce: Nonce | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    started, open_now = await c.matching_sessions_since(session.peer, session.role, session.started - 86400)
+    if open_now >= 1:
+        raise RateLimited(f"{session.peer} has a matching session open with this node already", retry_after=60)
+    if started >= per_day:
+        raise RateLimited(f"{session.peer} had its {per_day} matching sessions with this node today", retry_after=3600)
+    if not await c.add_matching_session(session):
+        raise Conflict("a matching session with that id exists", code="psi_wrong_session")
+
+
+async def _advance_matching_session(c: Conn, session_id: str, role: str, step: int, state: bytes,
+                                    nonce: Nonce | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    if not await c.advance_matching_session(session_id, role, step, state):
+        raise Conflict("the matching session moved on", code="psi_out_of_order")
+
+
+async def _finish_matching_session(c: Conn, session: MatchingSession, counts: dict[str, int] | None,
+                                   nonce: Nonce | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    if not await c.finish_matching_session(session):
+        raise Conflict("the matching session has ended", code="psi_out_of_order")
+    if counts is not None:
+        await c.replace_matching_common(session.peer, counts, session.finished)
+
+
+async def _expire_matching_sessions(c: Conn, before: int, now: int) -> int:
+    stale = await c.stale_matching_sessions(before)
+    for s in stale:
+        await c.finish_matching_session(attrs.evolve(s, finished=now, outcome="failed:expired", state=None))
+    return len(stale)
 
 
 class Store:
@@ -833,3 +874,50 @@ class Store:
     async def expire_received(self, now: int) -> list[ReceivedToken]:
         """Delete the signals of tokens whose grant ended; returns those tokens."""
         return await self.backend.write(_expire_received, now, heavy=True)
+
+    # -- matching --------------------------------------------------------------------------
+    async def matching_members(self, origin: str, kind: str, purpose: str, now: int) -> list[MatchingMember]:
+        """The signals ``origin``'s (this node's) own patients sent it under live grants of
+        ``kind`` for ``purpose``, with the patient each came from (a patient with several
+        grants is one patient)."""
+        return await self.backend.read(methodcaller("matching_members", origin, kind, purpose, now))
+
+    async def matching_budget(self, peer: str, role: str, since: int) -> tuple[int, int]:
+        """(sessions ``peer`` had with this node in ``role`` since ``since``, of them still open)."""
+        return await self.backend.read(methodcaller("matching_sessions_since", peer, role, since))
+
+    async def open_matching_session(self, session: MatchingSession, *, per_day: int, nonce: Nonce | None = None) -> None:
+        """Log a new session (with its state when this node answers it). 429 when the peer
+        has one open with us in that role already, or had ``per_day`` of them in the last 24
+        hours; 409 ``psi_wrong_session`` for an id in use."""
+        await self.backend.write(_open_matching_session, session, per_day, nonce)
+
+    async def advance_matching_session(self, session_id: str, role: str, *, step: int, state: bytes,
+                                       nonce: Nonce | None = None) -> None:
+        """Keep an open session's next state; 409 ``psi_out_of_order`` unless it is still at ``step``."""
+        await self.backend.write(_advance_matching_session, session_id, role, step, state, nonce)
+
+    async def finish_matching_session(self, session: MatchingSession, *, counts: dict[str, int] | None = None,
+                                      nonce: Nonce | None = None) -> None:
+        """End a session as ``session`` says (its state deleted) and, after a match, keep the
+        peer's stated counts of the common categories in place of the previous ones."""
+        await self.backend.write(_finish_matching_session, session, counts, nonce)
+
+    async def matching_session(self, session_id: str, role: str) -> MatchingSession | None:
+        return await self.backend.read(methodcaller("matching_session", session_id, role))
+
+    async def matching_sessions(self, limit: int = 1000) -> list[MatchingSession]:
+        """The newest ``limit`` sessions, newest first, without their state."""
+        return await self.backend.read(methodcaller("matching_sessions", limit))
+
+    async def expire_matching_sessions(self, before: int, now: int) -> int:
+        """End, as ``failed:expired``, every session still open that started before ``before``."""
+        return await self.backend.write(_expire_matching_sessions, before, now)
+
+    async def matching_common(self, categories: list[str] | None = None) -> list[tuple[str, str, int, int]]:
+        """``(peer, category, count, updated)`` of the common categories each peer's last
+        completed session found (those in ``categories``, or all)."""
+        return await self.backend.read(methodcaller("matching_common", categories))
+
+    async def claim_matching_run(self, peer: str, *, now_ms: int, next_ms: int) -> bool:
+        return await self.backend.write(methodcaller("claim_matching_run", peer, now_ms, next_ms))

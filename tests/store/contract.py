@@ -8,12 +8,13 @@ import attrs
 import pytest
 
 from rxfed.consent.tokens import TokenOutcome
-from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, Unauthorized
+from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, RateLimited, Unauthorized
 from rxfed.store import (
     CommunityEvent,
     CommunityRow,
     GrantRow,
     Inbound,
+    MatchingSession,
     NewPatient,
     Nonce,
     OperatorEntry,
@@ -144,7 +145,68 @@ class OperatorContract:
         assert [e.action for e in await store.operator_log()] == ["remove"]
 
 
-class StoreContract(CommunityContract, OperatorContract):
+class MatchingContract:
+    """Matching sessions, peer counts and the schedule (mixed into :class:`StoreContract`)."""
+
+    @staticmethod
+    def answered(sid: str, peer: str = "a.example", started: int = 10_000) -> MatchingSession:
+        return MatchingSession(sid, "responder", peer, started, step=1, own_size=1, own_padded=64, peer_padded=64,
+                               state=b"secret state")
+
+    async def test_a_session_steps_once_and_ends_without_its_state(self, store):
+        await store.open_matching_session(self.answered("s1"), per_day=10, nonce=nonce())
+        await store.advance_matching_session("s1", "responder", step=1, state=b"next", nonce=nonce())
+        with pytest.raises(Conflict):  # a second request for the same step
+            await store.advance_matching_session("s1", "responder", step=1, state=b"other", nonce=nonce())
+        row = await store.matching_session("s1", "responder")
+        assert (row.step, row.state) == (2, b"next")
+        done = attrs.evolve(row, finished=10_005, outcome="matched", step=3, common=1, state=None)
+        await store.finish_matching_session(done, counts={"icd10:G40": 15}, nonce=nonce())
+        with pytest.raises(Conflict):
+            await store.finish_matching_session(done, counts={"icd10:E11": 20})
+        assert (await store.matching_session("s1", "responder")).state is None
+        assert [s.to_json()["outcome"] for s in await store.matching_sessions()] == ["matched"]
+        assert await store.matching_common() == [("a.example", "icd10:G40", 15, 10_005)]
+        assert await store.matching_common(["icd10:E11"]) == []
+
+    async def test_a_peer_has_one_open_session_and_a_daily_budget(self, store):
+        await store.open_matching_session(self.answered("s1"), per_day=2, nonce=nonce())
+        with pytest.raises(RateLimited):  # one open at a time
+            await store.open_matching_session(self.answered("s2"), per_day=2, nonce=nonce())
+        row = await store.matching_session("s1", "responder")
+        await store.finish_matching_session(attrs.evolve(row, finished=10_001, outcome="failed:x", state=None))
+        await store.open_matching_session(self.answered("s2", started=10_002), per_day=2, nonce=nonce())
+        assert await store.expire_matching_sessions(10_003, 10_003) == 1
+        with pytest.raises(RateLimited):  # two today
+            await store.open_matching_session(self.answered("s3", started=10_004), per_day=2, nonce=nonce())
+        await store.open_matching_session(self.answered("s3", peer="b.example"), per_day=2, nonce=nonce())
+        # a day later the budget is back
+        await store.open_matching_session(self.answered("s4", started=10_000 + 86_401), per_day=2, nonce=nonce())
+        assert await store.matching_budget("a.example", "responder", 10_000) == (3, 1)
+        with pytest.raises(Conflict):  # an id in use
+            await store.open_matching_session(self.answered("s4", peer="c.example"), per_day=2, nonce=nonce())
+        expired = await store.matching_session("s2", "responder")
+        assert expired.outcome == "failed:expired" and expired.state is None
+
+    async def test_a_replayed_nonce_opens_nothing(self, store):
+        n = nonce()
+        await store.open_matching_session(self.answered("s1"), per_day=5, nonce=n)
+        row = await store.matching_session("s1", "responder")
+        await store.finish_matching_session(attrs.evolve(row, finished=10_001, outcome="failed:x", state=None))
+        with pytest.raises(Replayed):
+            await store.open_matching_session(self.answered("s2"), per_day=5, nonce=n)
+        assert await store.matching_session("s2", "responder") is None
+
+    async def test_one_caller_claims_a_due_run(self, store):
+        assert await store.claim_matching_run("b.example", now_ms=1000, next_ms=5000)
+        assert not await store.claim_matching_run("b.example", now_ms=2000, next_ms=6000)
+        assert await store.claim_matching_run("b.example", now_ms=5000, next_ms=9000)
+        claims = await asyncio.gather(*(store.claim_matching_run("b.example", now_ms=9000, next_ms=20_000)
+                                        for _ in range(4)))
+        assert sorted(claims) == [False, False, False, True]
+
+
+class StoreContract(CommunityContract, OperatorContract, MatchingContract):
     """Subclass with a ``store`` fixture yielding an opened, empty store (communities: see
     :class:`CommunityContract`, which it includes)."""
 

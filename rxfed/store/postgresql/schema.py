@@ -231,6 +231,34 @@ MIGRATIONS: list[str] = [
                                at DOUBLE PRECISION NOT NULL);
     CREATE TABLE outbox_leases (destination TEXT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL)
     """,
+    # 3: cross-node matching: the PSI session log (with an open session's state), per peer
+    # the common categories and counts of its last completed session, the schedule.
+    """
+    CREATE TABLE matching_sessions (
+        id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        started BIGINT NOT NULL,
+        finished BIGINT,
+        outcome TEXT NOT NULL,
+        step BIGINT NOT NULL,
+        own_size BIGINT,
+        own_padded BIGINT,
+        peer_padded BIGINT,
+        common BIGINT,
+        state BYTEA,
+        PRIMARY KEY (id, role)
+    );
+    CREATE INDEX matching_sessions_peer ON matching_sessions (peer, role, started);
+    CREATE TABLE matching_common (
+        peer TEXT NOT NULL,
+        category TEXT NOT NULL,
+        count BIGINT NOT NULL,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (peer, category)
+    );
+    CREATE TABLE matching_schedule (peer TEXT PRIMARY KEY, next_run BIGINT NOT NULL)
+    """,
 ]
 
 
