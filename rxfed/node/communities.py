@@ -220,7 +220,7 @@ class CommunityService:
                 parsed = pc.parse_event(event)
                 if isinstance(parsed, pc.Create):
                     raise Forbidden("communities are created on their host by a local patient")
-                member_node = _member_node(hosted.state, parsed)
+                member_node = _member_node(hosted.state, parsed, origin)
                 if member_node != origin:
                     raise Forbidden(f"this member's home node is {member_node}, not {origin}", code="wrong_origin")
                 after, stored, _ = self.accept(hosted, address, event, parsed=parsed, raw=raw)
@@ -306,9 +306,15 @@ def _check_stamps(keys: dict, items: list[tuple[int, dict]]) -> list[tuple[int, 
     return out
 
 
-def _member_node(state: pc.CommunityState, event: Any) -> str:
+def _member_node(state: pc.CommunityState, event: Any, origin: str) -> str:
     if isinstance(event, pc.Join):
         return event.node
+    if isinstance(event, pc.Report):
+        # Filed under a fresh key that names nobody: it comes from the home node of some
+        # joined member (the reporter's, which the host does not pass on).
+        if not any(m.node == origin for m in state.joined()):
+            raise Forbidden(f"no joined member of this community is at {origin}", code="wrong_origin")
+        return origin
     author = event.author if event.author is not None else state.meta.admin
     member = state.members.get(b64e(author))
     if member is None:

@@ -1,0 +1,171 @@
+"""Reports to moderators and moderators' actions, in the community log (spec/moderation.md,
+"Reports and moderator actions"): the fold's rules, and what each member's reading shows."""
+
+from __future__ import annotations
+
+import pytest
+
+from rxfed.crypto import SigningKeyPair, b64e
+from rxfed.errors import BadRequest, Conflict, Forbidden
+from rxfed.protocol import community as pc
+from test_community_protocol import Host, Person, refused
+
+
+@pytest.fixture
+def community():
+    admin, alice, bob, carol = Person(), Person("a.example"), Person("b.example"), Person("c.example")
+    host = Host(admin)
+    for p in (alice, bob, carol):
+        host.join(p)
+    return host, admin, alice, bob, carol
+
+
+def _act(host: Host, who: Person, action: str, member: bytes, *, seq: int = 0, reason: str = "spam") -> dict:
+    return pc.make_action(who.key, host.address, action, member, seq=seq, reason=reason, now=host.tick())
+
+
+def _reading(host: Host, person: Person) -> pc.Reading:
+    return pc.read_history(host.log, person.key, person.box)
+
+
+def _message(host: Host, reader: Person, seq: int) -> pc.Message:
+    return next(m for m in _reading(host, reader).messages if m.seq == seq)
+
+
+def test_a_franked_report_reaches_every_moderator_verified_and_names_nobody(community):
+    host, admin, alice, bob, carol = community
+    host.submit(_act(host, admin, "appoint", carol.public, reason="moderator"))
+    bad = host.post(alice, "you should stop taking your insulin")
+    report = pc.make_report(host.state, _message(host, bob, bad), "medication_change", host.tick())
+    body = report["body"]
+    assert set(body["reports"]) == {b64e(admin.public), b64e(carol.public)}
+    # Nothing in the event names the reporter: not its member key, nor its box key or node.
+    for value in (b64e(bob.public), b64e(bob.box.public), bob.node, "you should stop"):
+        assert value not in str(report)
+    at = host.submit(report)
+    for moderator in (admin, carol):
+        [received] = _reading(host, moderator).reports
+        assert (received.status, received.seq, received.category, received.text) == (
+            "verified", bad, "medication_change", "you should stop taking your insulin")
+        assert received.sender == alice.public and received.report_seq == at
+    # Members who are no moderator hold nothing of it.
+    assert _reading(host, alice).reports == () and _reading(host, bob).reports == ()
+
+
+@pytest.mark.parametrize("forgery", ["text", "key", "seq"])
+def test_a_forged_report_is_refused_by_the_moderator(community, forgery):
+    host, admin, alice, bob, _carol = community
+    seq = host.post(alice, "hello everyone")
+    other = host.post(bob, "nice to meet you")
+    message = _message(host, bob, seq)
+    kwargs = {"text": {"text": "buy my pills, DM me"}, "key": {"franking_key": bytes(32)},
+              "seq": {}}[forgery]
+    if forgery == "seq":  # the franking of one message offered as another's
+        message = pc.Message(other, message.sender, message.text, message.sent, message.epoch,
+                             message.franking_key, message.commitment)
+    host.submit(pc.make_report(host.state, message, "spam", host.tick(), **kwargs))
+    [received] = _reading(host, admin).reports
+    assert received.status == "refused" and received.reason == "bad_franking"
+
+
+def test_a_report_is_sealed_to_exactly_the_moderators_under_a_fresh_key(community):
+    host, admin, alice, bob, carol = community
+    seq = host.post(alice, "hello")
+    message = _message(host, bob, seq)
+    # Under a member's own key it would name the reporter.
+    refused(host, pc.make_report(host.state, message, "spam", host.tick(), reporter=bob.key), Conflict,
+            "reporter_is_member")
+    # Leaving a moderator out (here: sealed before carol was appointed) is refused.
+    early = pc.make_report(host.state, message, "spam", host.tick())
+    host.submit(_act(host, admin, "appoint", carol.public, reason="moderator"))
+    refused(host, early, Conflict, "wrong_recipients")
+    reporter = SigningKeyPair.generate()
+    host.submit(pc.make_report(host.state, message, "spam", host.tick(), reporter=reporter))
+    refused(host, pc.make_report(host.state, message, "spam", host.tick(), reporter=reporter), Conflict,
+            "duplicate_report")
+    with pytest.raises(BadRequest):
+        pc.make_report(host.state, message, "rude", host.tick())
+
+
+def test_hide_warn_remove_ban_are_applied_in_every_members_reading(community):
+    host, admin, alice, bob, carol = community
+    host.submit(_act(host, admin, "appoint", carol.public, reason="moderator"))
+    bad = host.post(alice, "this tea cures diabetes")
+    fine = host.post(bob, "my A1c is down")
+    host.submit(_act(host, carol, "hide", alice.public, seq=bad, reason="miracle_cure"))
+    host.submit(_act(host, carol, "warn", alice.public, seq=bad, reason="miracle_cure"))
+    for reader in (admin, alice, bob, carol):
+        reading = _reading(host, reader)
+        assert set(reading.hidden) == {bad} and {m.seq for m in reading.messages} == {bad, fine}
+        assert [a.action for _, a in reading.actions] == ["appoint", "hide", "warn"]
+    host.submit(_act(host, carol, "ban", alice.public, reason="spam"))
+    assert host.state.status(alice.public) is pc.MemberStatus.REMOVED
+    assert b64e(alice.public) in host.state.banned
+    assert pc.membership_change(pc.parse_event(host.log[-1][1])) == ((alice.public, False),)
+    # A banned (removed) member cannot post, and later keys go to the others only.
+    host.post(bob, "after the ban")
+    assert "after the ban" not in [m.text for m in _reading(host, alice).messages]
+    host.submit(_act(host, carol, "remove", bob.public, reason="harassment"))
+    assert host.state.status(bob.public) is pc.MemberStatus.REMOVED
+
+
+def test_a_hide_of_a_message_by_someone_else_hides_nothing(community):
+    host, admin, alice, bob, _carol = community
+    seq = host.post(alice, "hello")
+    host.submit(_act(host, admin, "hide", bob.public, seq=seq, reason="spam"))
+    assert _reading(host, bob).hidden == {}
+
+
+def test_only_moderators_act_and_only_the_admin_appoints(community):
+    host, admin, alice, bob, carol = community
+    seq = host.post(alice, "hello")
+    refused(host, _act(host, bob, "hide", alice.public, seq=seq), Forbidden, "not_moderator")
+    refused(host, _act(host, bob, "appoint", bob.public), Forbidden, "not_moderator")
+    host.submit(_act(host, admin, "appoint", carol.public, reason="moderator"))
+    refused(host, _act(host, carol, "appoint", bob.public), Forbidden, "not_admin")
+    refused(host, _act(host, carol, "ban", admin.public), Conflict, "cannot_act_on_admin")
+    refused(host, _act(host, admin, "hide", alice.public, seq=host.state.seq + 5), Conflict, "bad_action")
+    refused(host, _act(host, admin, "remove", alice.public, seq=seq), Conflict, "bad_action")
+    # A forged signature: carol's action body signed by bob.
+    forged = _act(host, carol, "hide", alice.public, seq=seq)
+    from rxfed.protocol.statements import sign_statement
+
+    refused(host, sign_statement(bob.key, forged["body"]), Forbidden, "bad_statement_signature")
+    # A dismissed moderator acts no more; one who leaves neither.
+    host.submit(_act(host, admin, "dismiss", carol.public, reason="term ended"))
+    refused(host, _act(host, carol, "hide", alice.public, seq=seq), Forbidden, "not_moderator")
+
+
+def test_a_replayed_action_is_refused(community):
+    host, admin, alice, _bob, _carol = community
+    seq = host.post(alice, "hello")
+    action = _act(host, admin, "warn", alice.public, seq=seq, reason="be kind")
+    host.submit(action)
+    refused(host, action, Conflict, "duplicate_action")
+    old = pc.make_action(admin.key, host.address, "warn", alice.public, seq=seq, reason="again", now=host.now - 100)
+    refused(host, old, Conflict, "stale_action")
+    # In another community the signed address differs: refused as another community's event.
+    other = Host(admin)
+    with pytest.raises(BadRequest) as info:
+        other.state.apply(action, seq=other.state.seq + 1)
+    assert info.value.code == "wrong_community"
+
+
+def test_a_rekeyed_moderator_keeps_the_role(community):
+    host, admin, alice, _bob, carol = community
+    host.submit(_act(host, admin, "appoint", carol.public, reason="moderator"))
+    new = SigningKeyPair.generate()
+    from rxfed.crypto import BoxKeyPair
+
+    host.submit(pc.make_rekey(carol.key, new, BoxKeyPair.generate().public, host.address, carol.node, host.tick()))
+    assert host.state.is_moderator(new.public) and not host.state.is_moderator(carol.public)
+
+
+def test_action_and_report_shapes_are_checked(community):
+    host, admin, alice, _bob, _carol = community
+    good = _act(host, admin, "warn", alice.public)
+    for change in ({"action": "delete"}, {"reason": ""}, {"seq": -1}, {"extra": 1}):
+        from rxfed.protocol.statements import sign_statement
+
+        with pytest.raises(BadRequest):
+            pc.parse_event(sign_statement(admin.key, {**good["body"], **change}))
