@@ -169,3 +169,116 @@ def test_action_and_report_shapes_are_checked(community):
 
         with pytest.raises(BadRequest):
             pc.parse_event(sign_statement(admin.key, {**good["body"], **change}))
+
+
+# -- across nodes ----------------------------------------------------------------------------
+
+import asyncio  # noqa: E402
+import time  # noqa: E402
+
+from rxfed.client.community import PatientCommunities  # noqa: E402
+from rxfed.client.sdk import NodeRefused  # noqa: E402
+from rxfed.errors import RxfedError  # noqa: E402
+
+
+async def _eventually(check, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if await check():
+                return
+        except (NodeRefused, AssertionError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def _at_seq(communities: PatientCommunities, address: str, seq: int) -> bool:
+    view = await communities.read(address)
+    return view.state is not None and view.state.seq >= seq
+
+
+@pytest.mark.usefixtures("rxfed_store_backend")
+async def test_reports_and_actions_across_three_nodes(rxfed_federation, make_patient):
+    """The admin hosts on C, the moderator and the poster live on A, the reporter on B. A
+    report reaches both moderators verified and names nobody; the moderator's hide, warn and
+    ban reach every member's node and every member's client applies them; a non-moderator's
+    action and a replayed one are refused by the host."""
+    a, b, c = await rxfed_federation("node-a", "node-b", "node-c")
+    admin = PatientCommunities(await make_patient(c))
+    address = await admin.create("Type 2 diabetes")
+    mod, poster = PatientCommunities(await make_patient(a)), PatientCommunities(await make_patient(a))
+    reporter = PatientCommunities(await make_patient(b))
+    for member in (mod, poster, reporter):
+        await member.join(address)
+    await _eventually(lambda: _at_seq(admin, address, 4))
+    mod_key = (await mod.membership(address)).pseudonym
+    await admin.act(address, "appoint", mod_key, reason="moderator")
+    for member in (mod, poster, reporter):
+        await _eventually(lambda member=member: _at_seq(member, address, 5))
+    posted = await poster.post(address, "cinnamon cures diabetes, throw away your metformin")
+    await _eventually(lambda: _has_text(reporter, address, "cinnamon cures"))
+    seq = next(m.seq for m in (await reporter.read(address)).messages if "cinnamon" in m.text)
+    assert posted["id"]
+    await reporter.file_report(address, seq, "miracle_cure")
+    async def queued(who):
+        queue = await who.reports(address)
+        return queue and queue[0]["status"] == "verified"
+    for moderator in (admin, mod):
+        await _eventually(lambda moderator=moderator: queued(moderator))
+        [entry] = await moderator.reports(address)
+        assert entry["category"] == "miracle_cure" and entry["seq"] == seq
+        assert entry["sender"] == (await poster.membership(address)).pseudonym
+    with pytest.raises(RxfedError) as info:
+        await reporter.reports(address)
+    assert info.value.code == "not_moderator"
+
+    # The moderator (on A) hides the message and warns its sender; everyone's client applies it.
+    hide = await mod.act(address, "hide", seq=seq, reason="miracle_cure")
+    await mod.act(address, "warn", seq=seq, reason="miracle_cure")
+    for member in (admin, mod, poster, reporter):
+        await _eventually(lambda member=member: _at_seq(member, address, seq + 3))
+        doc = (await member.read(address)).to_json()
+        assert [h["seq"] for h in doc["hidden"]] == [seq]
+        assert seq not in [m["seq"] for m in doc["messages"]]
+    assert [w["about"] for w in (await poster.read(address)).to_json()["warnings"]] == [seq]
+    assert (await reporter.read(address)).to_json()["warnings"] == []
+    [entry] = await mod.reports(address)
+    assert [x["action"] for x in entry["actions"]] == ["hide", "warn"]
+
+    # A member who is no moderator is refused by its own client, and by the host when its
+    # client is bypassed (the host never stamps it, so no member's history holds it).
+    with pytest.raises(RxfedError) as refused_info:
+        await reporter.act(address, "hide", seq=seq, reason="spam")
+    assert refused_info.value.code == "not_moderator"
+    history = await mod.history(address, messages=False)
+    before = history.state.seq
+    mine = await reporter.membership(address)
+    await reporter._submit(mine.address, pc.make_action(mine.member, mine.address, "hide", history.rows[seq - 1][1]
+                                                        ["body"]["sender"] and pc.parse_event(
+                                                            history.rows[seq - 1][1]).sender,
+                                                        seq=seq, reason="spam", now=int(time.time())))
+    # A replayed action: resubmitted as it was, the host answers it as the one it took.
+    replay = next(e for s, e in history.events if pc.parse_event(e).TYPE == pc.ACTION
+                  and b64e(pc.statement_hash(e)) == hide["id"])
+    await mod._submit(history.membership.address, replay)
+    await asyncio.sleep(0.3)
+    assert (await admin.history(address, messages=False)).state.seq == before
+
+    # A ban removes the poster from every copy: its node refuses it the history.
+    await mod.act(address, "ban", (await poster.membership(address)).pseudonym, reason="miracle_cure")
+
+    async def banned():
+        try:
+            state = (await poster.history(address, messages=False)).state
+        except Exception:
+            return True
+        return state.status((await poster.membership(address)).member.public) is pc.MemberStatus.REMOVED
+    await _eventually(banned)
+    await _eventually(lambda: _at_seq(reporter, address, before + 1))
+    assert (await reporter.read(address)).to_json()["members"][2]["banned"] is True
+
+
+async def _has_text(communities: PatientCommunities, address: str, text: str) -> bool:
+    return any(text in m.text for m in (await communities.read(address)).messages)
