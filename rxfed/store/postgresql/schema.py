@@ -223,6 +223,25 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     )
     """,
+    # 2: operators' block lists. Instance blocks with Mastodon's severities and flags (a
+    # host also covers its subdomains), and hashed pseudonym bans (MSC4205): the node keeps
+    # only the hash of a banned pseudonym, as the shared list does.
+    """
+    CREATE TABLE domain_blocks (
+        domain TEXT PRIMARY KEY,
+        severity TEXT NOT NULL,
+        reject_media INTEGER NOT NULL,
+        reject_reports INTEGER NOT NULL,
+        public_comment TEXT NOT NULL,
+        obfuscate INTEGER NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE TABLE ban_hashes (
+        hash TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created BIGINT NOT NULL
+    )
+    """,
 ]
 
 
