@@ -30,6 +30,16 @@ def add_parsers(nsub) -> None:
     json_flag(communities)
     communities.set_defaults(func=cmd_communities)
 
+    bans = nsub.add_parser("bans", help="the hashed ban list of pseudonyms: list, add, remove, import, export")
+    bans.add_argument("data_dir", metavar="DATA_DIR")
+    bans.add_argument("ban_action", metavar="ACTION", choices=("list", "add", "remove", "import", "export"),
+                      help="list | add PSEUDONYM (kept as its hash) | remove HASH-OR-PSEUDONYM | import FILE (a "
+                           "shared list; - for stdin) | export [FILE] (stdout by default)")
+    bans.add_argument("value", metavar="ARG", nargs="?")
+    bans.add_argument("--reason", help="with add: why (kept, and shared by export)")
+    json_flag(bans)
+    bans.set_defaults(func=cmd_bans)
+
     plugins = nsub.add_parser("plugins", help="plugin health: calls, failures, disabled plugins")
     plugins.add_argument("data_dir", metavar="DATA_DIR")
     json_flag(plugins)
@@ -138,3 +148,35 @@ def cmd_log(args: argparse.Namespace) -> None:
         f"{_when(e['time'])}\t{e['by']}\t{e['action']}\t{e['subject']}"
         + "".join(f"\t{k}: {v}" for k, v in sorted(e["detail"].items()) if v is not None) for e in rows]
         or ["the operator log is empty"])
+
+
+def cmd_bans(args: argparse.Namespace) -> None:
+    from rxfed.cli.node import _export
+    from rxfed.node import administer
+
+    action = args.ban_action
+    if args.reason is not None and action != "add":
+        raise UsageError("--reason goes with add")
+    if action == "list":
+        if args.value:
+            raise UsageError("'bans list' takes no ARG")
+        rows = administer.bans_list(args.data_dir)
+        Output(args.json).result({"bans": rows}, lambda: [
+            f"{r['hashes']['sha256']}\t{r['recommendation']}\t{r['reason']}" for r in rows] or ["no bans"])
+        return
+    if action == "export":
+        _export(administer.export_bans(args.data_dir), args.value)
+        return
+    if not args.value:
+        raise UsageError(f"'bans {action}' needs {'a FILE' if action == 'import' else 'a PSEUDONYM' if action == 'add' else 'a HASH'}")
+    if action == "add":
+        if not args.reason:
+            raise UsageError("'bans add' needs --reason")
+        doc = administer.ban(args.data_dir, args.value, reason=args.reason)
+        Output(args.json).result(doc, [f"banned; the node keeps only the hash {doc['hashes']['sha256']}"])
+    elif action == "remove":
+        doc = administer.unban(args.data_dir, args.value)
+        Output(args.json).result(doc, [f"ban {doc['hash']} lifted"])
+    else:
+        doc = administer.import_bans(args.data_dir, args.value)
+        Output(args.json).result(doc, [f"{doc['imported']} ban(s) imported"])

@@ -24,6 +24,7 @@ from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
 from rxfed.node.http import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
+from rxfed.protocol import blocklists as pbl
 from rxfed.protocol import community as pc
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.federation import EventResult, WireEvent
@@ -81,6 +82,23 @@ class CommunityService:
             found = self._hosted[community_id] = Hosted(state)
             self._hashes[community_id] = {sha256(e.event) for e in events}  # stored canonical
         return found
+
+    async def check_lists(self, parsed: pc.Event, origin: str | None = None) -> None:
+        """The operator's lists (spec/moderation.md, "Operators"): a pseudonym on the node's
+        ban list submits nothing but its leave, whether this node hosts the community or
+        relays for its patient; and members on a silenced or suspended node join no
+        community hosted here (``origin``: the node that submitted it, None for a local
+        patient). Only hashes are looked up: the list holds no pseudonym."""
+        if isinstance(parsed, pc.Leave | pc.Create):
+            return
+        key = parsed.member if isinstance(parsed, pc.Join) else parsed.author
+        if key is not None and await self.node.store.banned([pbl.ban_hash(key)]):
+            raise Forbidden("this node's operator bans that pseudonym", code="banned_pseudonym")
+        if origin is not None and isinstance(parsed, pc.Join):
+            block = await self.node.store.block_for(origin)
+            if block is not None and block.severity in ("silence", "suspend"):
+                raise Forbidden(f"this node silences {origin}: its members join no community hosted here",
+                                code="silenced")
 
     def seen(self, hosted: Hosted, digest: bytes) -> bool:
         """Whether the event with statement hash ``digest`` was accepted already."""
@@ -223,6 +241,7 @@ class CommunityService:
                 member_node = _member_node(hosted.state, parsed, origin)
                 if member_node != origin:
                     raise Forbidden(f"this member's home node is {member_node}, not {origin}", code="wrong_origin")
+                await self.check_lists(parsed, origin)
                 after, stored, _ = self.accept(hosted, address, event, parsed=parsed, raw=raw)
                 pending[address.id] = after
                 effects.communities.append((self.row(after.state, self.node.now()), [stored]))
@@ -363,6 +382,7 @@ async def submit(request: web.Request) -> web.Response:
     elif f["about"] is not None:
         raise BadRequest("only a create event comes with about", code="unknown_field")
     communities = state.communities
+    await communities.check_lists(parsed)
     if address.host != state.config.node_id:
         if isinstance(parsed, pc.Create):
             raise BadRequest("create communities on your home node", code="not_host")

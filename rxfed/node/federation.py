@@ -275,8 +275,11 @@ class FederationService:
         peer = await self.state.store.peer(destination)
         policy = peer.policy if peer else "known"
         reason = None
+        block = await self.state.store.block_for(destination)
         if policy == "blocked":
             reason = "this node blocks it: nothing is sent there"
+        elif block is not None and block.severity == "suspend":
+            reason = f"this node suspends {', '.join(block.domains)}: nothing is sent there"
         elif policy == "denied":
             reason = "this node refuses its traffic, so nothing it sends back would be accepted"
         elif self.settings.mode == "allowlist" and policy != "allowed":
@@ -299,6 +302,9 @@ class FederationService:
         policy = peer.policy if peer else "known"
         if policy in ("denied", "blocked"):
             raise PeerRefused(f"this node does not accept traffic from {origin}")
+        block = await self.state.store.block_for(origin)
+        if block is not None and block.severity == "suspend":
+            raise PeerRefused(f"this node suspends {origin}: it accepts no traffic from it")
         if self.settings.mode == "allowlist" and policy != "allowed":
             raise PeerRefused(f"this node federates with allowed peers only; {origin} is not one")
         return peer
@@ -477,6 +483,9 @@ class FederationService:
             peer = await self.state.store.peer(destination)
             if peer is not None and peer.policy == "blocked":
                 continue
+            block = await self.state.store.block_for(destination)
+            if block is not None and block.severity == "suspend":
+                continue  # kept, as for a blocked peer: lifting the suspension sends it
             due = policy.due(_delivery_state(peer), when, now)
             if due.at_ms and due.at_ms > now * 1000:
                 soonest = due.at_ms if soonest is None else min(soonest, due.at_ms)
