@@ -786,3 +786,13 @@ def test_community_report_queue_and_actions(node_url, profile, tmp_path):
     warned = rxfed("community", "act", "--profile", p, address, "warn", "--seq", str(seq), "--reason", "no selling")
     assert warned.returncode == 0
     assert "a moderator warned you about message" in rxfed("community", "read", "--profile", str(other), address).stdout
+    # The moderator forwards the report to the sender's home node (here this node itself),
+    # whose operator lists it: the pseudonym, the category and the text, no reporter.
+    assert rxfed("community", "act", "--profile", p, address, "forward", "--reason", "spam").returncode == 2
+    sent = rxfed("community", "act", "--profile", p, address, "forward", "--seq", str(seq), "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["reason"] == "drug_sourcing"
+    kept = json.loads(rxfed("node", "reports", str(NODE_DIRS[node_url]), "--json").stdout)["reports"]
+    assert [(r["seq"], r["category"], r["text"]) for r in kept] == [(seq, "drug_sourcing",
+                                                                     "selling my spare oxycodone, DM me")]
+    assert kept[0]["sender"] == doc["hidden"][0]["sender"]

@@ -282,3 +282,128 @@ async def test_reports_and_actions_across_three_nodes(rxfed_federation, make_pat
 
 async def _has_text(communities: PatientCommunities, address: str, text: str) -> bool:
     return any(text in m.text for m in (await communities.read(address)).messages)
+
+
+# -- what a member's home node can and cannot do to actions (spec/moderation.md) -----------------
+
+
+@pytest.mark.sqlite_only  # reads the SQLite file itself
+async def test_a_home_node_cannot_forge_drop_or_undo_an_action(rxfed_federation, make_patient):
+    """The member's home node forges a hide in its copy (signed by a key of its own, stamped
+    by itself), drops the moderator's real hide from the middle of the history and renumbers
+    what follows, or serves the history from before the hide to a device that saw it: the
+    member's client refuses each (bad_stamp, stamp_mismatch, rolled_back). What it can do
+    is withhold everything from some event on, which no client can tell from a slow node."""
+    from rxfed.client.sdk import IntegrityError
+    from rxfed.protocol.statements import sign_statement
+    from test_communities import _forged_stamp, _mirror_rows, _serve_as_mirror
+
+    a, c = await rxfed_federation("node-a", "node-c")
+    admin = PatientCommunities(await make_patient(c))
+    address = await admin.create("Moderated")
+    member = PatientCommunities(await make_patient(a))
+    await member.join(address)
+    await _eventually(lambda: _at_seq(member, address, 2))
+    await admin.post(address, "first")
+    await member.post(address, "second")
+    await _eventually(lambda: _at_seq(member, address, 5))
+    view = await member.read(address)
+    seq = next(m.seq for m in view.messages if m.text == "second")
+    await admin.act(address, "hide", seq=seq, reason="spam")
+    await admin.post(address, "after the hide")
+    await _eventually(lambda: _at_seq(member, address, 7))
+    assert [h["seq"] for h in (await member.read(address)).to_json()["hidden"]] == [seq]
+    target = pc.CommunityAddress.parse(address)
+    real = _mirror_rows(a, target.id)
+    hide_at = next(s for s, e, _ in real if e["body"]["type"] == pc.ACTION)
+
+    # forged: a hide of the admin's message by a key the node made, under its own stamp
+    forger = SigningKeyPair.generate()
+    forged = sign_statement(forger, {"type": pc.ACTION, "community": address, "moderator": b64e(forger.public),
+                                     "action": "hide", "member": real[0][1]["body"]["admin"], "seq": 3,
+                                     "reason": "forged", "time": int(time.time())})
+    n = real[-1][0] + 1
+    _serve_as_mirror(a, c, real + [(n, forged, _forged_stamp(a.state.signing_key(), address, n, forged,
+                                                             forger.public))], "own")
+    with pytest.raises(IntegrityError) as info:
+        await member.read(address)
+    assert info.value.code == "bad_stamp"
+    # dropped and renumbered: the stamps bind each event's position
+    shifted = [(s - 1 if s > hide_at else s, e, st) for s, e, st in real if s != hide_at]
+    _serve_as_mirror(a, c, shifted, "own")
+    with pytest.raises(IntegrityError) as info:
+        await member.read(address)
+    assert info.value.code == "stamp_mismatch"
+    # undone: the history from before the hide, to a device that saw the hide
+    _serve_as_mirror(a, c, [r for r in real if r[0] < hide_at], "own")
+    with pytest.raises(IntegrityError) as info:
+        await member.read(address)
+    assert info.value.code == "rolled_back"
+
+
+@pytest.mark.usefixtures("rxfed_store_backend")
+async def test_a_moderator_forwards_a_verified_report_to_the_senders_home_node(rxfed_federation, make_patient):
+    """The admin (a moderator, on C) forwards a verified report to the poster's home node B:
+    B keeps it for its operator with the category, the pseudonym and the text, and nothing
+    that names the reporter (on A). B refuses a forward by a member who is no moderator,
+    one sealed to another node, and any from a node whose reports it rejects."""
+    from rxfed.crypto import seal_to_node
+    from rxfed.protocol import blocklists as pbl
+    from rxfed.protocol.canonical import canonical
+
+    a, b, c = await rxfed_federation("node-a", "node-b", "node-c")
+    admin = PatientCommunities(await make_patient(c))
+    address = await admin.create("Chronic pain")
+    reporter, poster = PatientCommunities(await make_patient(a)), PatientCommunities(await make_patient(b))
+    await reporter.join(address)
+    await poster.join(address)
+    await _eventually(lambda: _at_seq(poster, address, 3))
+    await _eventually(lambda: _at_seq(reporter, address, 3))
+    await poster.post(address, "I sell tramadol, no prescription needed")
+    await _eventually(lambda: _has_text(reporter, address, "tramadol"))
+    seq = next(m.seq for m in (await reporter.read(address)).messages)
+    await reporter.file_report(address, seq, "drug_sourcing")
+    await _eventually(lambda: _queue_has(admin, address))
+    sent = await admin.forward(address, seq)
+    assert (sent["node"], sent["category"]) == (b.node_id, "drug_sourcing")
+
+    async def kept():
+        return await b.state.store.forwarded_reports()
+
+    await _eventually(kept)
+    [row] = await b.state.store.forwarded_reports()
+    poster_key = (await poster.membership(address)).pseudonym
+    reporter_key = (await reporter.membership(address)).pseudonym
+    assert (row["seq"], row["sender"], row["category"], row["text"], row["origin"]) == (
+        seq, poster_key, "drug_sourcing", "I sell tramadol, no prescription needed", c.node_id)
+    assert reporter_key not in str(row) and a.node_id not in str(row)
+    # Forwarded again: kept once.
+    await admin.forward(address, seq)
+    await asyncio.sleep(0.3)
+    assert len(await b.state.store.forwarded_reports()) == 1
+
+    history = await reporter.history(address)
+    message = next(m for m in history.reading.messages if m.seq == seq)
+    franking = pc.franking_report(message, history.rows[seq - 1][1], history.stamp(seq))
+    mine = await reporter.membership(address)
+    forged = pc.make_forward(mine.member, franking, "spam", int(time.time()))  # no moderator
+    b_key = b.state.signing_key().public
+    with pytest.raises(Exception) as info:
+        await b.state.communities.keep_forward(a.node_id, mine.address, seal_to_node(b_key, canonical(forged)))
+    assert getattr(info.value, "code", None) == "not_moderator"
+    with pytest.raises(Exception) as info:
+        await b.state.communities.keep_forward(a.node_id, mine.address,
+                                               seal_to_node(a.state.signing_key().public, canonical(forged)))
+    assert getattr(info.value, "code", None) == "not_for_this_node"
+    doctored = pc.make_forward(mine.member, {**franking, "text": "something else"}, "spam", int(time.time()))
+    with pytest.raises(Exception) as info:
+        await b.state.communities.keep_forward(a.node_id, mine.address, seal_to_node(b_key, canonical(doctored)))
+    assert getattr(info.value, "code", None) == "bad_franking"
+    await b.state.store.put_domain_blocks([pbl.domain_block(c.node_id, "noop", reject_reports=True)], now=1)
+    with pytest.raises(Exception) as info:
+        await b.state.communities.keep_forward(c.node_id, mine.address, seal_to_node(b_key, canonical(forged)))
+    assert getattr(info.value, "code", None) == "reports_rejected"
+
+
+async def _queue_has(who: PatientCommunities, address: str) -> bool:
+    return any(r["status"] == "verified" for r in await who.reports(address))

@@ -82,11 +82,14 @@ def add_parser(sub, words: list[str] | None = None) -> None:
                                       "the admin appoints and dismisses moderators")
     profile_option(act)
     act.add_argument("address", metavar="ADDRESS")
-    act.add_argument("action", metavar="ACTION", choices=ACTIONS, help=", ".join(ACTIONS))
+    act.add_argument("action", metavar="ACTION", choices=ACTIONS + ("forward",),
+                     help=", ".join(ACTIONS) + ", or forward (the verified report of --seq, to its sender's "
+                          "home node)")
     act.add_argument("member", metavar="MEMBER", nargs="?",
                      help="the member's pseudonym (for hide and warn: default the sender of --seq)")
     act.add_argument("--seq", type=_seq, default=0, help="the message hidden, or warned about")
-    act.add_argument("--reason", required=True, help="shown to members: a report category or a few words")
+    act.add_argument("--reason", help="shown to members: a report category or a few words (forward: the "
+                                      "category, default the report's)")
     json_flag(act)
     act.set_defaults(func=cmd_act)
 
@@ -243,8 +246,22 @@ def cmd_reports(args: argparse.Namespace) -> None:
 
 
 def cmd_act(args: argparse.Namespace) -> None:
-    if args.action in ("hide",) and not args.seq:
-        fail("hide names the message: --seq SEQ", 2)
+    if args.action in ("hide", "forward") and not args.seq:
+        fail(f"{args.action} names the message: --seq SEQ", 2)
+    if args.action == "forward":
+        if args.member:
+            fail("forward names the message (--seq), not a member", 2)
+        if args.reason is not None and args.reason not in REPORT_CATEGORIES:
+            fail(f"forward: --reason is a category, one of {', '.join(REPORT_CATEGORIES)}", 2)
+        result = with_client(args, lambda c: _communities(c).forward(args.address, args.seq, args.reason))
+        Output(args.json).result({"address": args.address, "action": "forward", "member": result["member"],
+                                  "about": args.seq, "reason": result["category"], "node": result["node"],
+                                  "queued": result.get("queued", False)},
+                                 [f"the report of message {args.seq} is on its way to {result['node']}, the sender's "
+                                  "home node (sealed to it; it names no reporter)"])
+        return
+    if not args.reason:
+        fail(f"{args.action} needs --reason", 2)
     if args.member is None and not args.seq:
         fail(f"{args.action} names the member: MEMBER", 2)
     result = with_client(args, lambda c: _communities(c).act(args.address, args.action, args.member, seq=args.seq,

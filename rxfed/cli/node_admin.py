@@ -40,6 +40,12 @@ def add_parsers(nsub) -> None:
     json_flag(bans)
     bans.set_defaults(func=cmd_bans)
 
+    reports = nsub.add_parser("reports", help="reports communities' moderators forwarded about your members' "
+                                              "messages (verified; no reporter named)")
+    reports.add_argument("data_dir", metavar="DATA_DIR")
+    json_flag(reports)
+    reports.set_defaults(func=cmd_reports)
+
     plugins = nsub.add_parser("plugins", help="plugin health: calls, failures, disabled plugins")
     plugins.add_argument("data_dir", metavar="DATA_DIR")
     json_flag(plugins)
@@ -180,3 +186,12 @@ def cmd_bans(args: argparse.Namespace) -> None:
     else:
         doc = administer.import_bans(args.data_dir, args.value)
         Output(args.json).result(doc, [f"{doc['imported']} ban(s) imported"])
+
+
+def cmd_reports(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    rows = administer.forwarded_reports(args.data_dir)
+    Output(args.json).result({"reports": rows}, lambda: [
+        f"{_when(r['received'])}\t{r['community']} message {r['seq']} from {r['sender']} [{r['category']}], "
+        f"forwarded by {r['from']}: {r['text']}" for r in rows] or ["no reports"])

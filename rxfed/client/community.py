@@ -21,10 +21,11 @@ import attrs
 from rxfed.client.profile import write_private
 from rxfed.client.records import Record
 from rxfed.client.sdk import IntegrityError, NodeRefused, PatientCore
-from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id, seal_to_node
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import community as pc
+from rxfed.protocol.canonical import canonical
 from rxfed.protocol.statements import statement_hash
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -568,6 +569,30 @@ class PatientCommunities:
                       and a.member == r.sender and a.action in ("remove", "ban")]
             out.append({**r.to_json(), "actions": taken})
         return out
+
+    async def forward(self, address: str, seq: int, category: str | None = None) -> dict:
+        """Forward the verified report of message ``seq`` to its sender's home node, as the
+        moderators decided: the franking report and its category (the report's own, unless
+        ``category`` says otherwise), signed by this moderator and sealed to that node's key
+        from its own key document. The reporter is named nowhere in it."""
+        mine = await self.membership(address)
+        history = await self.history(mine)
+        reading = history.reading
+        found = [r for r in (reading.reports if reading else ()) if r.seq == seq and r.status == "verified"]
+        if not found:
+            raise NotFound(f"no verified report of message {seq} in your queue", code="unknown_report")
+        report = found[-1]
+        category = category or report.category
+        franking = {"type": pc.FRANKING_REPORT, "text": report.text, "franking_key": b64e(report.franking_key),
+                    "event": history.rows[seq - 1][1], "stamp": history.stamp(seq)}
+        node = reading.state.members[b64e(report.sender)].node
+        document = await self._host_document(node)
+        key = max(document.keys, key=lambda k: (k.valid_until is None, k.valid_from)).public_key
+        statement = pc.make_forward(mine.member, franking, category, self._now())
+        sealed = seal_to_node(key, canonical(statement))
+        result = await self.client._call("POST", "/v1/communities/forward",
+                                         {"community": str(mine.address), "node": node, "sealed": b64e(sealed)})
+        return {**(result or {}), "node": node, "member": b64e(report.sender), "category": category}
 
     async def act(self, address: str, action: str, member: str | None = None, *, seq: int = 0,
                   reason: str) -> dict:

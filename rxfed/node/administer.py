@@ -342,3 +342,13 @@ def export_bans(data_dir: str | Path) -> bytes:
 
     _config, entries = _run(data_dir, lambda store: store.ban_entries())
     return pbl.to_ban_list(entries)
+
+
+def forwarded_reports(data_dir: str | Path) -> list[dict]:
+    """Reports communities' moderators forwarded about messages of this node's members:
+    each verified on arrival (host's stamp, sender's signature, franking, a moderator's
+    signature). The member appears under the community pseudonym only; no reporter."""
+    _config, rows = _run(data_dir, lambda store: store.forwarded_reports())
+    return [{"community": f"{r['community_id']}@{r['host']}", "seq": r["seq"], "sender": r["sender"],
+             "category": r["category"], "text": r["text"], "sent": r["sent"], "moderator": r["moderator"],
+             "from": r["origin"], "received": r["received"]} for r in rows]

@@ -78,6 +78,7 @@ HOST_STAMP = "rxfed.host-stamp"
 FRANKING_REPORT = "rxfed.franking-report"
 ACTION = "rxfed.community.action"
 REPORT = "rxfed.community.report"
+REPORT_FORWARD = "rxfed.report-forward"
 
 MAX_TIME = 2**40
 MAX_SEQ = 2**53 - 1
@@ -924,6 +925,50 @@ def open_report(address: CommunityAddress, report_seq: int, event: Report, me: S
     return ReceivedReport(report_seq, event.time, f["seq"], category, f["text"], posted.sender, posted.sent,
                           "verified" if ok else "refused", None if ok else "bad_franking",
                           f["franking_key"] if ok else None)
+
+
+@attrs.frozen
+class ForwardedReport:
+    """A report a moderator forwarded to the sender's home node, checked: the host stamped
+    message ``seq`` from ``sender``, its text is ``text``, and ``moderator`` (a member key)
+    signed the decision to forward it, as ``category``. It names no reporter."""
+
+    community: CommunityAddress
+    seq: int
+    sender: bytes
+    text: str
+    sent: int
+    category: str
+    moderator: bytes
+    time: int
+
+
+def make_forward(moderator: SigningKeyPair, report: dict, category: str, now: int) -> dict:
+    """A moderator's decision to show a verified report to the sender's home node: the
+    franking report (text, franking key, the sender-signed event and the host's stamp) and
+    its category, signed by the moderator's member key. Sealed to that node's key
+    (``seal_to_node``) before it leaves the device, so the nodes relaying it read nothing."""
+    if category not in REPORT_CATEGORIES:
+        raise BadRequest(f"category must be one of {', '.join(REPORT_CATEGORIES)}", code="bad_category")
+    community = str(parse_event(report["event"]).community)
+    return sign_statement(moderator, {"type": REPORT_FORWARD, "community": community, "category": category,
+                                      "report": report, "moderator": b64e(moderator.public), "time": now})
+
+
+def open_forward(obj: Any, host_public_keys: list[bytes]) -> ForwardedReport:
+    """The facts of a forwarded report, if its moderator signed it and its franking report
+    verifies under the host's keys; Forbidden or BadRequest otherwise. Whether the signer is
+    a moderator of the community is for the receiver to check against its copy."""
+    body = open_statement(obj, "forward", REPORT_FORWARD, None)
+    f = fields(body, "forward", {"type": const(REPORT_FORWARD), "community": CommunityAddress.parse,
+                                 "category": text(32, "|".join(REPORT_CATEGORIES)), "report": anything,
+                                 "moderator": b64(32), "time": _TIME})
+    open_statement(obj, "forward", REPORT_FORWARD, f["moderator"])
+    facts = open_franking_report(f["report"], host_public_keys)
+    if facts.community != f["community"]:
+        raise BadRequest("the forwarded report is of another community's message", code="wrong_community")
+    return ForwardedReport(facts.community, facts.seq, facts.sender, facts.text, facts.sent, f["category"],
+                           f["moderator"], f["time"])
 
 
 def membership_change(event: Event) -> tuple[tuple[bytes, bool], ...]:

@@ -670,6 +670,18 @@ class Store:
     async def delete_ban_entry(self, hash_: str, *, log: OperatorEntry | None = None) -> bool:
         return await self.backend.write(_delete_ban_entry, hash_, log)
 
+    async def keep_forwarded_report(self, row: dict) -> bool:
+        """Keep a report a community's moderator forwarded to this node (keys as
+        :meth:`forwarded_reports` gives them); False when it was kept already."""
+        columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
+                   "moderator", "origin")
+        return await self.backend.write(methodcaller("put_forwarded_report", tuple(row[c] for c in columns)))
+
+    async def forwarded_reports(self) -> list[dict]:
+        columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
+                   "moderator", "origin")
+        return [dict(zip(columns, r)) for r in await self.backend.read(methodcaller("forwarded_reports"))]
+
     # -- federation: peers -----------------------------------------------------------------
     async def peer(self, node_id: str) -> Peer | None:
         return await self.backend.read(methodcaller("peer", node_id))

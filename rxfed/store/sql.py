@@ -356,6 +356,17 @@ class SQLConnection:
     async def delete_ban_hash(self, hash_: str) -> bool:
         return await self._run("DELETE FROM ban_hashes WHERE hash=?", (hash_,)) == 1
 
+    async def put_forwarded_report(self, row: Sequence) -> bool:
+        """(id, received, community_id, host, seq, sender, category, text, sent, moderator,
+        origin); False when that report was kept already."""
+        return await self._run("INSERT INTO forwarded_reports (id, received, community_id, host, seq, sender, category, "
+                               "text, sent, moderator, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (id) DO NOTHING", tuple(row)) == 1
+
+    async def forwarded_reports(self) -> list[Sequence]:
+        return await self._all("SELECT id, received, community_id, host, seq, sender, category, text, sent, moderator, "
+                               "origin FROM forwarded_reports ORDER BY received, id")
+
     _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "
                      "last_success, last_error, trusted_keys")
 

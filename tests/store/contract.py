@@ -128,6 +128,11 @@ class OperatorContract:
         assert await store.banned([entry.hash, pbl.ban_hash("B" * 42 + "A")]) == [entry.hash]
         assert await store.ban_entries() == [entry]
         assert await store.delete_ban_entry(entry.hash) and await store.banned([entry.hash]) == []
+        report = {"id": "r1", "received": 5, "community_id": "c" * 32, "host": "h.example", "seq": 7, "sender": "S",
+                  "category": "spam", "text": "buy ✓", "sent": 4, "moderator": "M", "origin": "m.example"}
+        assert await store.keep_forwarded_report(report)
+        assert not await store.keep_forwarded_report({**report, "text": "other"})  # kept once
+        assert await store.forwarded_reports() == [report]
 
     async def test_suspension_is_kept_logged_and_changes_once(self, store):
         p, q = await register(store, 1), await register(store, 2)
