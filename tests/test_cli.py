@@ -327,6 +327,9 @@ def test_demo_json():
     assert [e["event"] for e in consent["audit"]["amara"]["entries"]] == \
         ["granted", "shared", "used", "revoked", "acknowledged"]
     assert all(view["verified"] for view in consent["audit"].values())
+    moderation = doc["moderation"]
+    assert (moderation["status"], moderation["category"], moderation["reporter_named"]) == (
+        "verified", "drug_sourcing", False)
     devices = doc["devices"]
     assert devices["revoked"] == [devices["laptop"]] and devices["epoch"] == 2
     assert list(devices["community_rekeyed"].values()) == ["rekeyed"]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, fail, json_flag, note, port_number
+from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, json_flag, note, port_number, write_export
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -192,7 +191,7 @@ def cmd_peers(args: argparse.Namespace) -> None:
     if args.peer_action == "export":
         from rxfed.node import administer
 
-        _export(administer.export_blocks(args.data_dir), args.peer)
+        write_export(administer.export_blocks(args.data_dir), args.peer)
         return
     if not args.peer:
         raise UsageError(f"'peers {args.peer_action}' needs a {'FILE' if args.peer_action == 'import' else 'PEER'}")
@@ -221,23 +220,6 @@ def cmd_peers(args: argparse.Namespace) -> None:
     policy = _POLICY[args.peer_action]
     admin.peer_policy(args.data_dir, args.peer, policy, url=args.url, fingerprint=args.fingerprint)
     Output(args.json).result({"peer": args.peer, "policy": policy}, [f"{args.peer} is now {policy}"])
-
-
-def _export(data: str | bytes, path: str | None) -> None:
-    """An exported list on stdout (no path, or -), or written to ``path``."""
-    raw = data.encode() if isinstance(data, str) else data + b"\n"
-    if path in (None, "-"):
-        sys.stdout.buffer.write(raw)
-        sys.stdout.flush()
-        return
-    try:
-        with open(path, "xb") as f:
-            f.write(raw)
-    except FileExistsError:
-        fail(f"{path} exists; export to a new file", EXIT_REFUSED)
-    except OSError as exc:
-        fail(f"cannot write {path}: {exc.strerror}", EXIT_REFUSED)
-    note(f"wrote {path}")
 
 
 def cmd_outbox(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rxfed.cli import Output, UsageError, json_flag
+from rxfed.cli import Output, UsageError, json_flag, write_export
 
 
 def add_parsers(nsub) -> None:
@@ -157,7 +157,6 @@ def cmd_log(args: argparse.Namespace) -> None:
 
 
 def cmd_bans(args: argparse.Namespace) -> None:
-    from rxfed.cli.node import _export
     from rxfed.node import administer
 
     action = args.ban_action
@@ -171,7 +170,7 @@ def cmd_bans(args: argparse.Namespace) -> None:
             f"{r['hashes']['sha256']}\t{r['recommendation']}\t{r['reason']}" for r in rows] or ["no bans"])
         return
     if action == "export":
-        _export(administer.export_bans(args.data_dir), args.value)
+        write_export(administer.export_bans(args.data_dir), args.value)
         return
     if not args.value:
         raise UsageError(f"'bans {action}' needs {'a FILE' if action == 'import' else 'a PSEUDONYM' if action == 'add' else 'a HASH'}")
