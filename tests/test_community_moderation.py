@@ -407,3 +407,32 @@ async def test_a_moderator_forwards_a_verified_report_to_the_senders_home_node(r
 
 async def _queue_has(who: PatientCommunities, address: str) -> bool:
     return any(r["status"] == "verified" for r in await who.reports(address))
+
+
+_ADDRESS = "0" * 32 + "@127.0.0.1:1"
+
+
+@pytest.mark.parametrize("body", [
+    b"{", b"[]", {"community": "nope", "node": "a.example", "sealed": "AA"},
+    {"community": _ADDRESS, "node": "Not A Node", "sealed": "AA"},
+    {"community": _ADDRESS, "node": "a.example", "sealed": "not base64!"},
+    {"community": _ADDRESS, "node": "a.example", "sealed": "A" * 100_000},
+    {"community": _ADDRESS, "node": "a.example"},
+    {"community": _ADDRESS, "node": "a.example", "sealed": "AA", "extra": 1},
+    "self-junk", "self-sealed-junk",
+])
+async def test_bad_forwards_are_clean_4xx_and_keep_nothing(rxfed_node, make_patient, body):
+    """Malformed, oversized, unopenable or unverifiable forwards: a 4xx JSON error, nothing kept."""
+    from helpers import signed
+    from rxfed.crypto import seal_to_node
+
+    client = await make_patient(rxfed_node)
+    me = rxfed_node.node_id
+    if body == "self-junk":
+        body = {"community": "0" * 32 + "@" + me, "node": me, "sealed": b64e(b"x" * 80)}
+    elif body == "self-sealed-junk":
+        body = {"community": "0" * 32 + "@" + me, "node": me,
+                "sealed": b64e(seal_to_node(rxfed_node.state.signing_key().public, b'{"body": 1}'))}
+    status, doc = await signed(client, "POST", "/v1/communities/forward", body)
+    assert 400 <= status < 500 and set(doc) == {"error", "message"}, (status, doc)
+    assert await rxfed_node.state.store.forwarded_reports() == []
