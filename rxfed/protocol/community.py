@@ -857,21 +857,22 @@ def _report_context(address: CommunityAddress, moderator: bytes, reporter: bytes
 
 def make_report(state: CommunityState, message: Message, category: str, now: int, *,
                 reporter: SigningKeyPair | None = None, text: str | None = None,
-                franking_key: bytes | None = None) -> dict:
+                franking_key: bytes | None = None, ephemerals: list[BoxKeyPair] | None = None) -> dict:
     """A report of ``message`` (one this member read) as ``category``, sealed to each current
     moderator under a fresh reporter key: ``seal_signed(reporter, moderator's box key,
     "rxfed-report|" || canonical({community, moderator, reporter}), pad(canonical({category,
     franking_key, seq, text})))``. Nothing in it names the reporter. (``reporter``, ``text``,
     ``franking_key``: for tests and vectors; a forged text or key is what a moderator's
-    check refuses.)"""
+    check refuses. ``ephemerals``, one per moderator in order: for test vectors only.)"""
     if category not in REPORT_CATEGORIES:
         raise BadRequest(f"category must be one of {', '.join(REPORT_CATEGORIES)}", code="bad_category")
     reporter = reporter or SigningKeyPair.generate()
     payload = pad(canonical({"category": category, "franking_key": b64e(franking_key or message.franking_key),
                              "seq": message.seq, "text": message.text if text is None else text}))
     reports = {m.member_b64: b64e(seal_signed(reporter, m.box_key, _report_context(state.address, m.member,
-                                                                                  reporter.public), payload))
-               for m in state.moderator_keys()}
+                                                                                  reporter.public), payload,
+                                              ephemeral=ephemerals[i] if ephemerals else None))
+               for i, m in enumerate(state.moderator_keys())}
     if not reports:
         raise Conflict("this community has no moderator to report to", code="no_moderator")
     return _built(reporter, {"type": REPORT, "community": str(state.address), "reporter": b64e(reporter.public),
