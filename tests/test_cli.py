@@ -789,6 +789,8 @@ def test_community_report_queue_and_actions(node_url, profile, tmp_path):
     warned = rxfed("community", "act", "--profile", p, address, "warn", "--seq", str(seq), "--reason", "no selling")
     assert warned.returncode == 0
     assert "a moderator warned you about message" in rxfed("community", "read", "--profile", str(other), address).stdout
+    assert rxfed("community", "act", "--profile", str(other), address, "ban", "--seq", str(seq),
+                 "--reason", "x").returncode == 1  # no moderator
     # The moderator forwards the report to the sender's home node (here this node itself),
     # whose operator lists it: the pseudonym, the category and the text, no reporter.
     assert rxfed("community", "act", "--profile", p, address, "forward", "--reason", "spam").returncode == 2
@@ -799,3 +801,9 @@ def test_community_report_queue_and_actions(node_url, profile, tmp_path):
     assert [(r["seq"], r["category"], r["text"]) for r in kept] == [(seq, "drug_sourcing",
                                                                      "selling my spare oxycodone, DM me")]
     assert kept[0]["sender"] == doc["hidden"][0]["sender"]
+    banned = rxfed("community", "act", "--profile", p, address, "ban", "--seq", str(seq), "--reason", "drug_sourcing",
+                   "--json")
+    assert banned.returncode == 0, banned.stderr
+    assert json.loads(banned.stdout)["member"] == kept[0]["sender"]
+    members = json.loads(rxfed("community", "read", "--profile", p, address, "--json").stdout)["members"]
+    assert [m["banned"] for m in members if m["member"] == kept[0]["sender"]] == [True]

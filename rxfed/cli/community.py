@@ -86,7 +86,7 @@ def add_parser(sub, words: list[str] | None = None) -> None:
                      help=", ".join(ACTIONS) + ", or forward (the verified report of --seq, to its sender's "
                           "home node)")
     act.add_argument("member", metavar="MEMBER", nargs="?",
-                     help="the member's pseudonym (for hide and warn: default the sender of --seq)")
+                     help="the member's pseudonym (default: the sender of --seq)")
     act.add_argument("--seq", type=_seq, default=0, help="the message hidden, or warned about")
     act.add_argument("--reason", help="shown to members: a report category or a few words (forward: the "
                                       "category, default the report's)")

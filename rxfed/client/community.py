@@ -596,8 +596,9 @@ class PatientCommunities:
 
     async def act(self, address: str, action: str, member: str | None = None, *, seq: int = 0,
                   reason: str) -> dict:
-        """A moderator's action, signed with this member's key (see pc.Action). ``hide`` and
-        ``warn`` may name a message ``seq`` alone: its sender is the member acted on."""
+        """A moderator's action, signed with this member's key (see pc.Action). Without
+        ``member``, the sender of message ``seq`` is the member acted on (a hide or warn then
+        names that message; a remove or ban names none)."""
         if action not in pc.ACTIONS:
             raise BadRequest(f"action must be one of {', '.join(pc.ACTIONS)}", code="bad_action")
         mine = await self.membership(address)
@@ -611,6 +612,8 @@ class PatientCommunities:
             if not isinstance(event, pc.MessagePosted):
                 raise BadRequest(f"event {seq} is not a message", code="not_a_message")
             target = event.sender
+            if action not in ("hide", "warn"):
+                seq = 0  # "ban the sender of message 12": the ban itself names no message
         else:
             target = b64d(member, length=32)
         statement = pc.make_action(mine.member, mine.address, action, target, seq=seq, reason=reason,
