@@ -279,6 +279,16 @@ async def test_reports_and_actions_across_three_nodes(rxfed_federation, make_pat
     await _eventually(lambda: _at_seq(reporter, address, before + 1))
     assert (await reporter.read(address)).to_json()["members"][2]["banned"] is True
 
+    # No node holds the reported message in the clear: neither the post nor the report.
+    for node in (a, b, c):
+        await node.stop()
+    for node in (a, b, c):
+        for path in node.data_dir.rglob("*"):
+            if path.is_file():
+                assert b"cinnamon" not in path.read_bytes(), path
+    for node in (a, b, c):
+        await node.start()
+
 
 async def _has_text(communities: PatientCommunities, address: str, text: str) -> bool:
     return any(text in m.text for m in (await communities.read(address)).messages)
