@@ -446,3 +446,16 @@ async def test_bad_forwards_are_clean_4xx_and_keep_nothing(rxfed_node, make_pati
     status, doc = await signed(client, "POST", "/v1/communities/forward", body)
     assert 400 <= status < 500 and set(doc) == {"error", "message"}, (status, doc)
     assert await rxfed_node.state.store.forwarded_reports() == []
+
+
+def test_a_report_of_the_longest_message_fits(community):
+    """The longest message a client can post, reported with the longest category: the sealed
+    report stays within the bound the host checks (so a report is never refused for size)."""
+    host, admin, alice, bob, _carol = community
+    for text in ("a" * pc.MAX_TEXT, "é" * 2002):  # the most characters; about the most bytes
+        seq = host.post(alice, text)
+        report = pc.make_report(host.state, _message(host, bob, seq), "medication_change", host.tick())
+        host.submit(report)
+        assert max(len(v) for v in report["body"]["reports"].values()) * 3 // 4 <= pc.MAX_SEALED_REPORT
+        received = _reading(host, admin).reports[-1]
+        assert received.status == "verified" and received.text == text

@@ -102,8 +102,9 @@ REPORT_CATEGORIES = ("medication_change", "dosing_advice", "miracle_cure", "drug
 MAX_MODERATORS = 10
 MAX_REASON = 200
 #: A report sealed to one moderator: the sealed box (48), the reporter's signature (64) and
-#: the padded report, whose text is at most a message's.
-MAX_SEALED_REPORT = 48 + 64 + 2 * MAX_CIPHERTEXT
+#: the padded report. Its text is a message's, whose padded plaintext fits 4 KiB, so the
+#: report (a few bytes more) fits the next bucket, 8 KiB.
+MAX_SEALED_REPORT = 48 + 64 + MAX_CIPHERTEXT
 #: How far an event's own time may stray from the host's clock (see check_timely).
 MAX_SKEW = 300
 

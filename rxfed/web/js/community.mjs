@@ -233,7 +233,7 @@ check.reports = (v, where) => {
   const out = new Map();
   for (const [k, sealed] of Object.entries(v)) {
     const data = check.key(null)(sealed, where);
-    if (data.length > 48 + 64 + 2 * MAX_CIPHERTEXT) throw bad(`${where} is too long`);
+    if (data.length > 48 + 64 + MAX_CIPHERTEXT) throw bad(`${where} is too long`);
     out.set(b64e(check.key(32)(k, where)), data);
   }
   return out;
