@@ -256,6 +256,11 @@ async def _remove_community(c: Conn, community_id: str, host: str, log: Operator
     return True
 
 
+async def _peer_and_block(c: Conn, node_id: str, candidates: list[str]):
+    peer = await c.peer(node_id)
+    return peer, pbl.effective(_block(r) for r in await c.domain_blocks(candidates))
+
+
 def _block(row) -> pbl.DomainBlock:
     domain, severity, media, reports, comment, obfuscate = row
     return pbl.DomainBlock(domain, severity, bool(media), bool(reports), comment, bool(obfuscate))
@@ -647,6 +652,11 @@ class Store:
         parent domains: :func:`rxfed.protocol.blocklists.candidates`), None when none does."""
         rows = await self.backend.read(methodcaller("domain_blocks", pbl.candidates(node_id)))
         return pbl.effective(_block(r) for r in rows)
+
+    async def peer_and_block(self, node_id: str) -> tuple[Peer | None, pbl.Effective | None]:
+        """:meth:`peer` and :meth:`block_for` in one read (the federation's checks of every
+        transaction need both)."""
+        return await self.backend.read(_peer_and_block, node_id, pbl.candidates(node_id))
 
     async def put_domain_blocks(self, blocks: list[pbl.DomainBlock], *, now: int,
                                 log: OperatorEntry | None = None) -> None:
