@@ -173,7 +173,8 @@ def cmd_bans(args: argparse.Namespace) -> None:
         write_export(administer.export_bans(args.data_dir), args.value)
         return
     if not args.value:
-        raise UsageError(f"'bans {action}' needs {'a FILE' if action == 'import' else 'a PSEUDONYM' if action == 'add' else 'a HASH'}")
+        needs = {"import": "a FILE", "add": "a PSEUDONYM", "remove": "a HASH or PSEUDONYM"}[action]
+        raise UsageError(f"'bans {action}' needs {needs}")
     if action == "add":
         if not args.reason:
             raise UsageError("'bans add' needs --reason")

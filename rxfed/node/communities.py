@@ -338,15 +338,19 @@ class CommunityService:
             events.extend((e.seq, loads(e.event)) for e in page)
             if len(page) < PAGE:
                 break
-        state = pc.CommunityState.from_events(events, checked=len(events))  # the host checked them
+        # the copy up to its first gap (a copy may receive events out of order); the host
+        # checked every signature, and the stamps were checked on arrival
+        events = events[:pc.contiguous_end(0, [seq for seq, _ in events])]
+        state = pc.CommunityState.from_events(events, checked=len(events))
         if not state.is_moderator(facts.moderator):
             raise Forbidden("the report was forwarded by no moderator of the community", code="not_moderator")
+        # kept once per message and moderator, however often it is forwarded
+        kept_as = b64e(sha256(canonical({"community": str(address), "seq": facts.seq,
+                                         "moderator": b64e(facts.moderator)})))
         return await self.node.store.keep_forwarded_report({
-            # once per message and moderator, however often it is forwarded
-            "id": b64e(sha256(canonical({"community": str(address), "seq": facts.seq,
-                                         "moderator": b64e(facts.moderator)}))), "received": self.node.now(), "community_id": address.id,
-            "host": address.host, "seq": facts.seq, "sender": b64e(facts.sender), "category": facts.category,
-            "text": facts.text, "sent": facts.sent, "moderator": b64e(facts.moderator), "origin": origin})
+            "id": kept_as, "received": self.node.now(), "community_id": address.id, "host": address.host,
+            "seq": facts.seq, "sender": b64e(facts.sender), "category": facts.category, "text": facts.text,
+            "sent": facts.sent, "moderator": b64e(facts.moderator), "origin": origin})
 
     def _mirror_row(self, address: pc.CommunityAddress) -> CommunityRow:
         """A copy of a community hosted elsewhere: no name, no condition."""

@@ -359,8 +359,8 @@ class SQLConnection:
     async def put_forwarded_report(self, row: Sequence) -> bool:
         """(id, received, community_id, host, seq, sender, category, text, sent, moderator,
         origin); False when that report was kept already."""
-        return await self._run("INSERT INTO forwarded_reports (id, received, community_id, host, seq, sender, category, "
-                               "text, sent, moderator, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        return await self._run("INSERT INTO forwarded_reports (id, received, community_id, host, seq, sender, "
+                               "category, text, sent, moderator, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                                "ON CONFLICT (id) DO NOTHING", tuple(row)) == 1
 
     async def forwarded_reports(self) -> list[Sequence]:
