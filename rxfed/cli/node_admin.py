@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rxfed.cli import Output, UsageError, json_flag
+from rxfed.cli import Output, UsageError, json_flag, write_export
 
 
 def add_parsers(nsub) -> None:
@@ -30,6 +30,22 @@ def add_parsers(nsub) -> None:
     communities.add_argument("--reason", help="with remove: why, for the operator log")
     json_flag(communities)
     communities.set_defaults(func=cmd_communities)
+
+    bans = nsub.add_parser("bans", help="the hashed ban list of pseudonyms: list, add, remove, import, export")
+    bans.add_argument("data_dir", metavar="DATA_DIR")
+    bans.add_argument("ban_action", metavar="ACTION", choices=("list", "add", "remove", "import", "export"),
+                      help="list | add PSEUDONYM (kept as its hash) | remove HASH-OR-PSEUDONYM | import FILE (a "
+                           "shared list; - for stdin) | export [FILE] (stdout by default)")
+    bans.add_argument("value", metavar="ARG", nargs="?")
+    bans.add_argument("--reason", help="with add: why (kept, and shared by export)")
+    json_flag(bans)
+    bans.set_defaults(func=cmd_bans)
+
+    reports = nsub.add_parser("reports", help="reports communities' moderators forwarded about your members' "
+                                              "messages (verified; no reporter named)")
+    reports.add_argument("data_dir", metavar="DATA_DIR")
+    json_flag(reports)
+    reports.set_defaults(func=cmd_reports)
 
     plugins = nsub.add_parser("plugins", help="plugin health: calls, failures, disabled plugins")
     plugins.add_argument("data_dir", metavar="DATA_DIR")
@@ -163,3 +179,42 @@ def cmd_matching(args: argparse.Namespace) -> None:
                 f"\t{sizes}{common}")
 
     Output(args.json).result({"sessions": rows}, lambda: [line(s) for s in rows] or ["no matching sessions"])
+def cmd_bans(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    action = args.ban_action
+    if args.reason is not None and action != "add":
+        raise UsageError("--reason goes with add")
+    if action == "list":
+        if args.value:
+            raise UsageError("'bans list' takes no ARG")
+        rows = administer.bans_list(args.data_dir)
+        Output(args.json).result({"bans": rows}, lambda: [
+            f"{r['hashes']['sha256']}\t{r['recommendation']}\t{r['reason']}" for r in rows] or ["no bans"])
+        return
+    if action == "export":
+        write_export(administer.export_bans(args.data_dir), args.value)
+        return
+    if not args.value:
+        needs = {"import": "a FILE", "add": "a PSEUDONYM", "remove": "a HASH or PSEUDONYM"}[action]
+        raise UsageError(f"'bans {action}' needs {needs}")
+    if action == "add":
+        if not args.reason:
+            raise UsageError("'bans add' needs --reason")
+        doc = administer.ban(args.data_dir, args.value, reason=args.reason)
+        Output(args.json).result(doc, [f"banned; the node keeps only the hash {doc['hashes']['sha256']}"])
+    elif action == "remove":
+        doc = administer.unban(args.data_dir, args.value)
+        Output(args.json).result(doc, [f"ban {doc['hash']} lifted"])
+    else:
+        doc = administer.import_bans(args.data_dir, args.value)
+        Output(args.json).result(doc, [f"{doc['imported']} ban(s) imported"])
+
+
+def cmd_reports(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    rows = administer.forwarded_reports(args.data_dir)
+    Output(args.json).result({"reports": rows}, lambda: [
+        f"{_when(r['received'])}\t{r['community']} message {r['seq']} from {r['sender']} [{r['category']}], "
+        f"forwarded by {r['from']}: {r['text']}" for r in rows] or ["no reports"])

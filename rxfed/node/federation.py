@@ -284,11 +284,13 @@ class FederationService:
         with ``destination`` (blocked or denied, not allowed in allowlist mode, or an address
         it refuses to contact): a local patient learns it at once, instead of from something
         queued that never leaves."""
-        peer = await self.state.store.peer(destination)
+        peer, block = await self.state.store.peer_and_block(destination)
         policy = peer.policy if peer else "known"
         reason = None
         if policy == "blocked":
             reason = "this node blocks it: nothing is sent there"
+        elif block is not None and block.severity == "suspend":
+            reason = f"this node suspends {', '.join(block.domains)}: nothing is sent there"
         elif policy == "denied":
             reason = "this node refuses its traffic, so nothing it sends back would be accepted"
         elif self.settings.mode == "allowlist" and policy != "allowed":
@@ -307,10 +309,12 @@ class FederationService:
             raise BadRequest("malformed origin node id", code="bad_origin")
         if origin == self.state.config.node_id:
             raise Unauthorized("a node does not send itself transactions", code="wrong_origin")
-        peer = await self.state.store.peer(origin)
+        peer, block = await self.state.store.peer_and_block(origin)
         policy = peer.policy if peer else "known"
         if policy in ("denied", "blocked"):
             raise PeerRefused(f"this node does not accept traffic from {origin}")
+        if block is not None and block.severity == "suspend":
+            raise PeerRefused(f"this node suspends {origin}: it accepts no traffic from it")
         if self.settings.mode == "allowlist" and policy != "allowed":
             raise PeerRefused(f"this node federates with allowed peers only; {origin} is not one")
         return peer
@@ -486,9 +490,11 @@ class FederationService:
         for destination, when in await self.state.store.due_destinations():
             if destination in self._active:
                 continue
-            peer = await self.state.store.peer(destination)
+            peer, block = await self.state.store.peer_and_block(destination)
             if peer is not None and peer.policy == "blocked":
                 continue
+            if block is not None and block.severity == "suspend":
+                continue  # kept, as for a blocked peer: lifting the suspension sends it
             due = policy.due(_delivery_state(peer), when, now)
             if due.at_ms and due.at_ms > now * 1000:
                 soonest = due.at_ms if soonest is None else min(soonest, due.at_ms)

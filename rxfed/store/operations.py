@@ -26,6 +26,7 @@ from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_de
 from rxfed.errors import Conflict, Forbidden, Gone, NotFound, RateLimited, Unauthorized
 from rxfed.protocol import account as pa
 from rxfed.protocol import budget
+from rxfed.protocol import blocklists as pbl
 from rxfed.protocol import community as pcm
 from rxfed.protocol.federation import track_sequence
 from rxfed.store import (
@@ -264,6 +265,42 @@ async def _remove_community(c: Conn, community_id: str, host: str, log: Operator
         return False
     await c.log_operator(log)
     return True
+
+
+async def _peer_and_block(c: Conn, node_id: str, candidates: list[str]):
+    peer = await c.peer(node_id)
+    return peer, pbl.effective(_block(r) for r in await c.domain_blocks(candidates))
+
+
+def _block(row) -> pbl.DomainBlock:
+    domain, severity, media, reports, comment, obfuscate = row
+    return pbl.DomainBlock(domain, severity, bool(media), bool(reports), comment, bool(obfuscate))
+
+
+async def _put_domain_blocks(c: Conn, rows: list, now: int, log: OperatorEntry | None) -> None:
+    await c.put_domain_blocks(rows, now)
+    if log is not None:
+        await c.log_operator(log)
+
+
+async def _delete_domain_block(c: Conn, domain: str, log: OperatorEntry | None) -> bool:
+    found = await c.delete_domain_block(domain)
+    if found and log is not None:
+        await c.log_operator(log)
+    return found
+
+
+async def _put_ban_entries(c: Conn, rows: list, now: int, log: OperatorEntry | None) -> None:
+    await c.put_ban_hashes(rows, now)
+    if log is not None:
+        await c.log_operator(log)
+
+
+async def _delete_ban_entry(c: Conn, hash_: str, log: OperatorEntry | None) -> bool:
+    found = await c.delete_ban_hash(hash_)
+    if found and log is not None:
+        await c.log_operator(log)
+    return found
 
 
 async def _set_peer_policy(c: Conn, node_id: str, policy: str, url: str | None, fingerprint: str | None) -> None:
@@ -675,6 +712,55 @@ class Store:
     async def operator_log(self, limit: int = 1000) -> list[OperatorEntry]:
         """The newest ``limit`` entries of the operator log, oldest first."""
         return await self.backend.read(methodcaller("operator_log", limit))
+
+    # -- operators' block lists ---------------------------------------------------------------
+    async def domain_blocks(self) -> list[pbl.DomainBlock]:
+        return [_block(r) for r in await self.backend.read(methodcaller("domain_blocks"))]
+
+    async def block_for(self, node_id: str) -> pbl.Effective | None:
+        """What the instance blocks that cover ``node_id`` add up to (its host and the host's
+        parent domains: :func:`rxfed.protocol.blocklists.candidates`), None when none does."""
+        rows = await self.backend.read(methodcaller("domain_blocks", pbl.candidates(node_id)))
+        return pbl.effective(_block(r) for r in rows)
+
+    async def peer_and_block(self, node_id: str) -> tuple[Peer | None, pbl.Effective | None]:
+        """:meth:`peer` and :meth:`block_for` in one read (the federation's checks of every
+        transaction need both)."""
+        return await self.backend.read(_peer_and_block, node_id, pbl.candidates(node_id))
+
+    async def put_domain_blocks(self, blocks: list[pbl.DomainBlock], *, now: int,
+                                log: OperatorEntry | None = None) -> None:
+        """Add or replace ``blocks`` in one transaction (an import lands whole or not at all)."""
+        await self.backend.write(_put_domain_blocks, [(b.domain, b.severity, b.reject_media, b.reject_reports,
+                                                      b.public_comment, b.obfuscate) for b in blocks], now, log)
+
+    async def delete_domain_block(self, domain: str, *, log: OperatorEntry | None = None) -> bool:
+        return await self.backend.write(_delete_domain_block, domain, log)
+
+    async def ban_entries(self) -> list[pbl.BanEntry]:
+        return [pbl.BanEntry(h, r) for h, r in await self.backend.read(methodcaller("ban_hashes"))]
+
+    async def banned(self, hashes: list[str]) -> list[str]:
+        """Which of ``hashes`` (see :func:`rxfed.protocol.blocklists.ban_hash`) are banned."""
+        return [h for h, _r in await self.backend.read(methodcaller("ban_hashes", hashes))]
+
+    async def put_ban_entries(self, entries: list[pbl.BanEntry], *, now: int, log: OperatorEntry | None = None) -> None:
+        await self.backend.write(_put_ban_entries, [(e.hash, e.reason) for e in entries], now, log)
+
+    async def delete_ban_entry(self, hash_: str, *, log: OperatorEntry | None = None) -> bool:
+        return await self.backend.write(_delete_ban_entry, hash_, log)
+
+    async def keep_forwarded_report(self, row: dict) -> bool:
+        """Keep a report a community's moderator forwarded to this node (keys as
+        :meth:`forwarded_reports` gives them); False when it was kept already."""
+        columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
+                   "moderator", "origin")
+        return await self.backend.write(methodcaller("put_forwarded_report", tuple(row[c] for c in columns)))
+
+    async def forwarded_reports(self) -> list[dict]:
+        columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
+                   "moderator", "origin")
+        return [dict(zip(columns, r)) for r in await self.backend.read(methodcaller("forwarded_reports"))]
 
     # -- federation: peers -----------------------------------------------------------------
     async def peer(self, node_id: str) -> Peer | None:

@@ -343,6 +343,57 @@ class SQLConnection:
         return True
 
     # -- federation: peers -----------------------------------------------------------------
+    # -- operators' block lists (rows: see rxfed.protocol.blocklists) --------------------------
+    _BLOCK_COLUMNS = "domain, severity, reject_media, reject_reports, public_comment, obfuscate"
+
+    async def domain_blocks(self, domains: Sequence[str] | None = None) -> list[Sequence]:
+        if domains is None:
+            return await self._all(f"SELECT {self._BLOCK_COLUMNS} FROM domain_blocks ORDER BY domain")
+        if not domains:
+            return []
+        return await self._all(f"SELECT {self._BLOCK_COLUMNS} FROM domain_blocks WHERE domain IN "
+                               f"({_marks(len(domains))}) ORDER BY domain", list(domains))
+
+    async def put_domain_blocks(self, rows: list[Sequence], now: int) -> None:
+        """Add or replace blocks: (domain, severity, reject_media, reject_reports,
+        public_comment, obfuscate) each."""
+        await self._many("INSERT INTO domain_blocks (domain, severity, reject_media, reject_reports, public_comment, "
+                         "obfuscate, created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET "
+                         "severity=excluded.severity, reject_media=excluded.reject_media, "
+                         "reject_reports=excluded.reject_reports, public_comment=excluded.public_comment, "
+                         "obfuscate=excluded.obfuscate",
+                         [(d, sev, int(m), int(r), c, int(o), now) for d, sev, m, r, c, o in rows])
+
+    async def delete_domain_block(self, domain: str) -> bool:
+        return await self._run("DELETE FROM domain_blocks WHERE domain=?", (domain,)) == 1
+
+    async def ban_hashes(self, hashes: Sequence[str] | None = None) -> list[Sequence]:
+        """(hash, reason) rows: all, or those among ``hashes``."""
+        if hashes is None:
+            return await self._all("SELECT hash, reason FROM ban_hashes ORDER BY hash")
+        if not hashes:
+            return []
+        return await self._all(f"SELECT hash, reason FROM ban_hashes WHERE hash IN ({_marks(len(hashes))})",
+                               list(hashes))
+
+    async def put_ban_hashes(self, rows: list[Sequence], now: int) -> None:
+        await self._many("INSERT INTO ban_hashes (hash, reason, created) VALUES (?, ?, ?) ON CONFLICT (hash) DO "
+                         "UPDATE SET reason=excluded.reason", [(h, r, now) for h, r in rows])
+
+    async def delete_ban_hash(self, hash_: str) -> bool:
+        return await self._run("DELETE FROM ban_hashes WHERE hash=?", (hash_,)) == 1
+
+    async def put_forwarded_report(self, row: Sequence) -> bool:
+        """(id, received, community_id, host, seq, sender, category, text, sent, moderator,
+        origin); False when that report was kept already."""
+        return await self._run("INSERT INTO forwarded_reports (id, received, community_id, host, seq, sender, "
+                               "category, text, sent, moderator, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (id) DO NOTHING", tuple(row)) == 1
+
+    async def forwarded_reports(self) -> list[Sequence]:
+        return await self._all("SELECT id, received, community_id, host, seq, sender, category, text, sent, moderator, "
+                               "origin FROM forwarded_reports ORDER BY received, id")
+
     _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "
                      "last_success, last_error, trusted_keys")
 

@@ -104,6 +104,37 @@ class OperatorContract:
     def entry(action: str, subject: str) -> OperatorEntry:
         return OperatorEntry(7, action, subject, "alice", '{"why":"test"}')
 
+    async def test_block_lists_cover_subdomains_and_keep_only_hashes(self, store):
+        from rxfed.protocol import blocklists as pbl
+
+        blocks = [pbl.domain_block("example.org", "silence", public_comment="spam, \"ads\""),
+                  pbl.domain_block("bad.example.org", "suspend", reject_reports=True),
+                  pbl.domain_block("other.example:8443", "noop", reject_media=True)]
+        await store.put_domain_blocks(blocks, now=10, log=self.entry("block-import", "3 blocks"))
+        assert await store.domain_blocks() == sorted(blocks, key=lambda b: b.domain)
+        worst = await store.block_for("a.bad.example.org:8470")
+        assert (worst.severity, worst.reject_reports, set(worst.domains)) == ("suspend", True,
+                                                                                {"bad.example.org", "example.org"})
+        assert (await store.block_for("example.org")).severity == "silence"
+        assert await store.block_for("other.example") is None  # a block with a port covers that port only
+        assert (await store.block_for("other.example:8443")).reject_media
+        assert await store.block_for("notexample.org") is None
+        await store.put_domain_blocks([pbl.domain_block("example.org", "suspend")], now=11)
+        assert (await store.block_for("example.org")).severity == "suspend"  # replaced
+        assert await store.delete_domain_block("example.org", log=self.entry("unblock", "example.org"))
+        assert not await store.delete_domain_block("example.org")
+        assert [e.action for e in await store.operator_log()][-2:] == ["block-import", "unblock"]
+        entry = pbl.ban_entry("A" * 43, "spam")
+        await store.put_ban_entries([entry], now=12)
+        assert await store.banned([entry.hash, pbl.ban_hash("B" * 42 + "A")]) == [entry.hash]
+        assert await store.ban_entries() == [entry]
+        assert await store.delete_ban_entry(entry.hash) and await store.banned([entry.hash]) == []
+        report = {"id": "r1", "received": 5, "community_id": "c" * 32, "host": "h.example", "seq": 7, "sender": "S",
+                  "category": "spam", "text": "buy ✓", "sent": 4, "moderator": "M", "origin": "m.example"}
+        assert await store.keep_forwarded_report(report)
+        assert not await store.keep_forwarded_report({**report, "text": "other"})  # kept once
+        assert await store.forwarded_reports() == [report]
+
     async def test_suspension_is_kept_logged_and_changes_once(self, store):
         p, q = await register(store, 1), await register(store, 2)
         assert await store.suspended_accounts() == set()

@@ -21,7 +21,8 @@ TABLES = ("meta", "invites", "patients", "devices", "recovery", "records", "iden
           "peers", "outbox", "outbox_txns", "dead_letters", "inbox", "communities", "community_events",
           "community_members", "grants", "grant_tokens", "received_tokens", "deliveries", "received_signals", "audit",
           "operator_log", "rate_budgets", "outbox_leases",
-          "matching_sessions", "matching_common", "matching_schedule")
+          "matching_sessions", "matching_common", "matching_schedule", "domain_blocks", "ban_hashes",
+          "forwarded_reports")
 #: Columns PostgreSQL numbers itself: after the copy its sequences go on from the highest.
 IDENTITIES = {"outbox": "id", "dead_letters": "id", "operator_log": "seq"}
 

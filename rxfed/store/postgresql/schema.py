@@ -259,6 +259,39 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE matching_schedule (peer TEXT PRIMARY KEY, next_run BIGINT NOT NULL)
     """,
+    # 4: operators' block lists. Instance blocks with Mastodon's severities and flags (a
+    # host also covers its subdomains), and hashed pseudonym bans (MSC4205): the node keeps
+    # only the hash of a banned pseudonym, as the shared list does; and the reports that
+    # communities' moderators forwarded to this node about its members' messages.
+    """
+    CREATE TABLE domain_blocks (
+        domain TEXT PRIMARY KEY,
+        severity TEXT NOT NULL,
+        reject_media INTEGER NOT NULL,
+        reject_reports INTEGER NOT NULL,
+        public_comment TEXT NOT NULL,
+        obfuscate INTEGER NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE TABLE ban_hashes (
+        hash TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE TABLE forwarded_reports (
+        id TEXT PRIMARY KEY,
+        received BIGINT NOT NULL,
+        community_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        sender TEXT NOT NULL,
+        category TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent BIGINT NOT NULL,
+        moderator TEXT NOT NULL,
+        origin TEXT NOT NULL
+    )
+    """,
 ]
 
 
