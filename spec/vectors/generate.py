@@ -553,6 +553,9 @@ def fold_vectors() -> dict:
         "states": states,
         "readers": readers,
         "refused": refused,
+    }
+
+
 def moderation_vectors() -> dict:
     """spec/moderation.md and spec/crypto.md §14, on the history of community.json: the admin
     appoints the member a moderator, a report of the member's message sealed to both
