@@ -10,7 +10,6 @@ serves another history, or less of it, is refused with :class:`IntegrityError`.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import json
 from pathlib import Path
@@ -21,6 +20,7 @@ import attrs
 from rxfed.client.profile import write_private
 from rxfed.client.records import Record
 from rxfed.client.sdk import IntegrityError, NodeRefused, PatientCore
+from rxfed.client.transport import host_url
 from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
@@ -115,6 +115,8 @@ class CommunityView:
     messages: tuple[pc.Message, ...]
     me: str
     unreadable: tuple[pc.Unreadable, ...] = ()
+    #: The verdict on each badged message's badge, by seq (rxfed.protocol.badges).
+    badges: dict = attrs.field(factory=dict)
 
     def to_json(self) -> dict:
         members = []
@@ -125,7 +127,8 @@ class CommunityView:
             "address": self.address, "name": self.name, "me": self.me, "seq": self.state.seq if self.state else 0,
             "members": members,
             "messages": [{"seq": m.seq, "sender": b64e(m.sender), "mine": b64e(m.sender) == self.me, "text": m.text,
-                          "sent": m.sent} for m in self.messages],
+                          "sent": m.sent, "badge": self.badges[m.seq].to_json() if m.seq in self.badges else None}
+                         for m in self.messages],
             "unreadable": [{"seq": u.seq, "sender": b64e(u.sender), "reason": u.reason, "explanation": u.explanation}
                            for u in self.unreadable],
         }
@@ -193,16 +196,6 @@ class HistoryPins:
         doc = self._load()
         if doc.pop(self._entry(mine), None) is not None:
             write_private(self.path, json.dumps(doc, sort_keys=True).encode(), durable=False)
-
-
-def host_url(host: str) -> str:
-    """Where a host node answers: ``https://{node id}``; plain HTTP only on loopback."""
-    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    try:
-        loopback = ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        loopback = name == "localhost"
-    return f"{'http' if loopback else 'https'}://{host}"
 
 
 class PatientCommunities:
@@ -464,9 +457,23 @@ class PatientCommunities:
                 out[str(mine.address)] = f"{exc.code}: {exc.message}"
         return out
 
-    async def post(self, address: str, text: str) -> dict:
+    async def post(self, address: str, text: str, *, badge: dict | None = None) -> dict:
         """Encrypt and post ``text``; first hands a fresh sender key to exactly the current
-        members if the membership changed since this member's last key."""
+        members if the membership changed since this member's last key. ``badge``: a
+        clinician credential of this profile's clinician key, checked as readers will check
+        it (refused with the reason if it would not show), then bound to the post."""
+        clinician = None
+        if badge is not None:
+            from rxfed.client.clinician import BadgeChecker, clinician_key
+
+            key = await clinician_key(self.client)
+            if key is None:
+                raise BadRequest("this profile has no clinician key: run 'rxfed patient clinician key' and have "
+                                 "your hospital issue a credential for it", code="no_clinician_key")
+            verdict = await BadgeChecker(self.client._session_or_new(), self._now()).credential(badge, key.public)
+            if not verdict.verified:
+                raise Forbidden(f"the badge would not show: {verdict.explanation}", code=verdict.reason)
+            clinician = (key, badge)
         mine = await self.membership(address)
         history = await self.history(mine, messages=False)
         state = history.state
@@ -481,7 +488,7 @@ class PatientCommunities:
             key = SenderKey.generate(state.next_epoch(mine.member.public))
             await self._submit(mine.address, pc.make_sender_key(mine.member, state, key))
         now = max(self._now(), state.last_sent(mine.member.public))
-        message, _franking = pc.make_message(mine.member, key, mine.address, text, now)
+        message, _franking = pc.make_message(mine.member, key, mine.address, text, now, badge=clinician)
         result = await self._submit(mine.address, message)
         # The post's id: the hash of its signed statement, known before the host numbers it.
         return {**result, "id": b64e(statement_hash(message))}
@@ -492,8 +499,17 @@ class PatientCommunities:
         if history.reading is None:
             return CommunityView(str(mine.address), mine.name, None, (), mine.pseudonym)
         reading = history.reading
+        verdicts = {}
+        badged = [m for m in reading.messages if m.badge is not None]
+        if badged:
+            from rxfed.client.clinician import BadgeChecker
+
+            checker = BadgeChecker(self.client._session_or_new(), self._now())
+            for m in badged:
+                verdicts[m.seq] = await checker.verdict(m.badge, community=str(mine.address), sender=m.sender,
+                                                        text=m.text, sent=m.sent)
         return CommunityView(str(mine.address), mine.name, reading.state, reading.messages, mine.pseudonym,
-                             reading.unreadable)
+                             reading.unreadable, verdicts)
 
     async def report(self, address: str, seq: int) -> dict:
         """A franking report of message ``seq`` this member received: its text and franking

@@ -197,3 +197,15 @@ async def request(session: Any, method: str, url: str, *, body: bytes = b"",
             return resp.status, await resp.read()
     except aiohttp.ClientError as exc:
         raise TransportError(str(exc) or type(exc).__name__) from None
+
+
+def host_url(host: str) -> str:
+    """Where a host node answers: ``https://{node id}``; plain HTTP only on loopback."""
+    import ipaddress
+
+    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = name == "localhost"
+    return f"{'http' if loopback else 'https'}://{host}"

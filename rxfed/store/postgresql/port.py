@@ -20,7 +20,7 @@ from rxfed.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 TABLES = ("meta", "invites", "patients", "devices", "recovery", "records", "identity_chain", "nonces", "tombstones",
           "peers", "outbox", "outbox_txns", "dead_letters", "inbox", "communities", "community_events",
           "community_members", "grants", "grant_tokens", "received_tokens", "deliveries", "received_signals", "audit",
-          "operator_log")
+          "operator_log", "clinician_credentials")
 #: Columns PostgreSQL numbers itself: after the copy its sequences go on from the highest.
 IDENTITIES = {"outbox": "id", "dead_letters": "id", "operator_log": "seq"}
 
