@@ -328,3 +328,88 @@ async def test_bad_issue_and_revoke_input_changes_nothing(fed, make_patient):
         await asyncio.to_thread(clinicians.revoke, a.data_dir, "0123456789abcdef")
     assert await asyncio.to_thread(clinicians.issued, a.data_dir) == []
     assert [e.action for e in await a.app_store().operator_log()] == []
+
+
+# -- the commands, as an operator and a clinician run them ------------------------------------
+
+
+async def rxfed(*args: str, expect: int = 0) -> tuple[str, str]:
+    import os
+    import sys
+
+    env = {**os.environ, "RXFED_PASSPHRASE": "the command line passphrase", "RXFED_AGENT_DISABLE": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rxfed", *args, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == expect, (args, out.decode(), err.decode())
+    return out.decode(), err.decode()
+
+
+@pytest.mark.slow
+async def test_the_commands_issue_post_read_and_revoke(fed, tmp_path):
+    a, b, c = fed
+    doctor, reader, founder = tmp_path / "doctor", tmp_path / "reader", tmp_path / "founder"
+    for profile, node in ((doctor, b), (reader, a), (founder, c)):
+        await rxfed("patient", "register", "--node", node.url, "--profile", str(profile), "--kdf", "min", "--json")
+    key = json.loads((await rxfed("patient", "clinician", "key", "--profile", str(doctor), "--json"))[0])["key"]
+    assert (await rxfed("patient", "clinician", "key", "--profile", str(doctor)))[0].strip() == key  # the same
+    shown = json.loads((await rxfed("patient", "show", "--profile", str(doctor), "--json"))[0])["records"]
+    assert [r["data"] for r in shown if r["kind"] == "clinician"] == [{"did": key}]  # never the secret
+
+    node = str(a.data_dir)
+    issue = ("node", "clinicians", node, "issue", "--key", key, "--role", "physician", "--specialty", ENDO[0],
+             "--specialty-name", ENDO[1], "--npi", NPI)
+    _out, err = await rxfed(*issue[:-2], expect=1)  # no NPI: the npi backend refuses
+    assert "not issued" in err and "npi" in err
+    for wrong in (("--specialty", "endo"), ("--key", "z6Mk"), ("--role", "wizard"), ("--valid-days", "500")):
+        await rxfed(*issue, *wrong, expect=2)
+    await rxfed(*issue, "--bogus", expect=2)
+    assert json.loads((await rxfed("node", "clinicians", node, "list", "--json"))[0]) == {"credentials": []}
+    bundle = tmp_path / "credentials.json"
+    made = json.loads((await rxfed(*issue, "--out", str(bundle), "--json"))[0])
+    assert set(made) >= {"id", "clinician", "role", "specialty", "status_index", "valid_until", "state", "file",
+                         "verdicts"} and made["clinician"] == key and "credentials" not in made
+    assert (bundle.stat().st_mode & 0o777) == 0o600
+    await rxfed(*issue, "--out", str(bundle), expect=2)  # never written over
+    stdout_bundle = json.loads((await rxfed(*issue))[0])
+    assert set(stdout_bundle["credentials"]) == {"badge", "role", "full"}
+
+    address = json.loads((await rxfed("community", "create", "--profile", str(founder), "Thyroid", "--json"))[0])[
+        "address"]
+    for profile in (doctor, reader):
+        await rxfed("community", "join", "--profile", str(profile), address, "--json")
+
+    async def members():
+        view = json.loads((await rxfed("community", "read", "--profile", str(doctor), address, "--json"))[0])
+        return len([m for m in view["members"] if m["status"] == "joined"]) == 3
+
+    await eventually(members, timeout=30)
+    await rxfed("community", "post", "--profile", str(doctor), address, "x", "--badge", str(tmp_path / "none.json"),
+                expect=2)
+    await rxfed("community", "post", "--profile", str(doctor), address, "x", "--badge", str(bundle),
+                "--badge-profile", "nope", expect=2)
+    await rxfed("community", "post", "--profile", str(reader), address, "x", "--badge", str(bundle), expect=1)
+    posted = json.loads((await rxfed("community", "post", "--profile", str(doctor), address,
+                                     "TSH is best checked six weeks after a dose change.", "--badge", str(bundle),
+                                     "--json"))[0])
+    assert posted["badge"] is True
+
+    async def badge():
+        view = json.loads((await rxfed("community", "read", "--profile", str(reader), address, "--json"))[0])
+        return next((m["badge"] for m in view["messages"]), None)
+
+    await eventually(badge, timeout=30)
+    assert (await badge())["verified"]
+    text = (await rxfed("community", "read", "--profile", str(reader), address))[0]
+    assert f"[verified physician, Endocrinology, hospital-a ({a.node_id})]" in text
+
+    await rxfed("node", "clinicians", node, "revoke", "nothex", expect=2)
+    await rxfed("node", "clinicians", node, "revoke", "0123456789abcdef", expect=1)
+    out, _ = await rxfed("node", "clinicians", node, "revoke", made["id"], "--reason", "left", "--json")
+    assert json.loads(out) == {"id": made["id"], "revoked": True, "changed": True}
+    listed = json.loads((await rxfed("node", "clinicians", node, "list", "--json"))[0])["credentials"]
+    assert {r["id"]: r["state"] for r in listed}[made["id"]] == "revoked" and len(listed) == 2
+    assert (await badge())["reason"] == "credential_revoked"
+    text = (await rxfed("community", "read", "--profile", str(reader), address))[0]
+    assert "clinician badge REFUSED: the issuer has revoked the credential" in text

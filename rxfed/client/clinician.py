@@ -49,6 +49,8 @@ def load_credential(path: str | Path, profile: str = "badge") -> dict:
 
     try:
         document = load_document(Path(path).read_bytes())
+    except OSError as exc:
+        raise BadRequest(f"{path}: cannot read it: {exc.strerror or exc}", code="bad_badge_file") from None
     except JcsError as exc:
         raise BadRequest(f"{path}: not a credential file: {exc.message}", code="bad_badge_file") from None
     if isinstance(document, dict) and isinstance(document.get("credentials"), dict):

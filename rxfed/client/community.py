@@ -468,8 +468,8 @@ class PatientCommunities:
 
             key = await clinician_key(self.client)
             if key is None:
-                raise BadRequest("this profile has no clinician key: run 'rxfed patient clinician key' and have "
-                                 "your hospital issue a credential for it", code="no_clinician_key")
+                raise Conflict("this profile has no clinician key: run 'rxfed patient clinician key' and have "
+                               "your hospital issue a credential for it", code="no_clinician_key")
             verdict = await BadgeChecker(self.client._session_or_new(), self._now()).credential(badge, key.public)
             if not verdict.verified:
                 raise Forbidden(f"the badge would not show: {verdict.explanation}", code=verdict.reason)

@@ -99,7 +99,7 @@ def issue(data_dir: str | Path, *, key: str, role: str, specialty: str, specialt
                                 now, valid_until)
 
     def log(row: IssuedCredential):
-        return _entry("clinician-issue", row.id, clinician=row.clinician, role=row.role, specialty=row.specialty,
+        return _entry("clinician.issue", row.id, clinician=row.clinician, role=row.role, specialty=row.specialty,
                       valid_until=row.valid_until, backends=[v.backend for v in verdicts])
 
     _config, row = _run(data_dir, lambda store: store.issue_credentials(LIST_ID, draw=draw, make=make, log=log))
@@ -126,5 +126,5 @@ def revoke(data_dir: str | Path, issuance: str, *, reason: str | None = None) ->
     reason = _reason(reason)
     now = int(time.time())
     _config, changed = _run(data_dir, lambda store: store.revoke_credential(
-        issuance, when=now, reason=reason, log=_entry("clinician-revoke", issuance, reason=reason)))
+        issuance, when=now, reason=reason, log=_entry("clinician.revoke", issuance, reason=reason)))
     return {"id": issuance, "revoked": True, "changed": changed}
