@@ -10,6 +10,7 @@ import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
 import * as p from "./protocol.mjs";
 import { followRotations } from "./nodekeys.mjs";
+import { badgeVerdict } from "./credentials.mjs";
 import { fetchPublic, nodeOrigin } from "./sharing.mjs";
 import { BoxKeyPair, SigningKeyPair, hashId, randomBytes } from "./sodium.mjs";
 import * as store from "./store.mjs";
@@ -352,7 +353,44 @@ export class PageCommunities {
   async read(address) {
     const mine = await this.membership(address);
     const { reading } = await this.history(mine);
-    return { mine, reading };
+    const badges = new Map();
+    const badged = reading ? reading.messages.filter((m) => m.badge !== null && m.badge !== undefined) : [];
+    if (badged.length) {
+      // Each badge checked here, against the issuer's keys and status list fetched from the
+      // issuing node itself, never from the home node that relays the post (spec/crypto.md 12.8).
+      const cache = { issuers: {}, lists: {}, failed: new Set() };
+      for (const m of badged) {
+        badges.set(m.seq, await badgeVerdict(m.badge, { community: mine.address.text, sender: m.sender, text: m.text, sent: m.sent },
+          { now: this.now(), cache, fetchKeys: (node) => this.issuerKeys(node), fetchList: (url, node) => this.statusList(url, node) }));
+      }
+    }
+    return { mine, reading, badges };
+  }
+
+  /** A credential issuer's keys with their validity, from its own /.well-known/rxfed; null
+   * when this page cannot reach it (its node does not federate with the issuer, say). */
+  async issuerKeys(node) {
+    const doc = await fetchPublic(this.hostUrl(node), "/.well-known/rxfed");
+    if (doc === null || doc.node_id !== node || !Array.isArray(doc.keys)) return null;
+    const keys = [];
+    for (const k of doc.keys.slice(0, 16)) {
+      try {
+        if (!Number.isSafeInteger(k.valid_from) || !(k.valid_until === null || Number.isSafeInteger(k.valid_until))) continue;
+        keys.push({ key: b64d(k.public_key, 32), validFrom: k.valid_from, validUntil: k.valid_until });
+      } catch {
+        // a malformed entry names no key
+      }
+    }
+    return keys.length ? keys : null;
+  }
+
+  /** A status list from the issuing node at the URL the credential names (the credential
+   * check has made sure it is on that node). */
+  async statusList(url, node) {
+    const origin = this.hostUrl(node);
+    const base = origin || nodeOrigin(node);
+    if (!url.startsWith(`${base}/`)) return null;
+    return fetchPublic(origin, url.slice(base.length));
   }
 
   /** A franking report of message `seq`: its text and franking key with the sender-signed

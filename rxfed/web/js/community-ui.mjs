@@ -88,7 +88,7 @@ function hideView() {
 }
 
 async function show(address) {
-  const { mine, reading } = await communities.read(address);
+  const { mine, reading, badges } = await communities.read(address);
   open = address;
   $("cv-h").textContent = mine.name;
   $("community-view").hidden = false;
@@ -128,7 +128,17 @@ async function show(address) {
     const text = document.createElement("div");
     text.className = "note";
     text.textContent = m.text;
-    li.append(meta, text, button(`Report message ${m.seq}`, "report", (b) => guarded(b, "Making the report…", async () => {
+    li.append(meta, text);
+    const verdict = badges.get(m.seq);
+    if (verdict) {
+      // the reader's own check of the clinician badge (spec/crypto.md 12.8): what it says, or why not
+      const badge = document.createElement("div");
+      badge.className = verdict.verified ? "badge verified" : "badge refused";
+      badge.dataset.badge = verdict.verified ? "verified" : verdict.reason;
+      badge.textContent = verdict.verified ? `✓ ${verdict.badge}` : `Clinician badge refused: ${verdict.explanation}`;
+      li.append(badge);
+    }
+    li.append(button(`Report message ${m.seq}`, "report", (b) => guarded(b, "Making the report…", async () => {
       const report = await communities.report(address, m.seq);
       $("report-out").value = JSON.stringify(report);
       $("report-wrap").hidden = false;

@@ -118,8 +118,14 @@ export function openMessage(address, body, senderKey) {
   } catch {
     throw new DecryptionFailed();
   }
-  if (!doc || typeof doc !== "object" || Object.keys(doc).sort().join() !== "franking_key,sent,text" || typeof doc.text !== "string"
-      || doc.text.length > 4000 || !Number.isSafeInteger(doc.sent)) {
+  // `badge` is optional: a clinician's credential bound to the post (spec/crypto.md 12.8),
+  // checked by the reader's page after the message opens (credentials.mjs badgeVerdict).
+  const fields = doc && typeof doc === "object" ? Object.keys(doc).sort().join() : "";
+  const badge = doc && typeof doc === "object" ? doc.badge ?? null : null;
+  const badgeShaped = badge === null || (typeof badge === "object" && !Array.isArray(badge) && Object.keys(badge).sort().join() === "credential,signature"
+    && badge.credential !== null && typeof badge.credential === "object" && !Array.isArray(badge.credential) && typeof badge.signature === "string");
+  if (!(fields === "franking_key,sent,text" || (fields === "badge,franking_key,sent,text" && badgeShaped))
+      || typeof doc.text !== "string" || doc.text.length > 4000 || !Number.isSafeInteger(doc.sent)) {
     throw new DecryptionFailed();
   }
   let key;
@@ -131,7 +137,7 @@ export function openMessage(address, body, senderKey) {
   if (doc.sent !== body.sent || !checkCommitment(key, franked(address, sender, doc.text, doc.sent), b64d(body.commitment, 32))) {
     throw new IntegrityError("the message's commitment does not open with its text", "bad_franking");
   }
-  return { text: doc.text, sent: doc.sent, frankingKey: key };
+  return { text: doc.text, sent: doc.sent, frankingKey: key, badge };
 }
 
 // -- host stamps and the pinned history -----------------------------------------------------------
@@ -362,7 +368,8 @@ export function readHistory(events, me = null, myBox = null, checked = 0) {
       if (key) {
         try {
           const m = openMessage(state.address, statement.body, key);
-          messages.push({ seq, sender: e.sender, text: m.text, sent: m.sent, epoch: e.epoch, frankingKey: m.frankingKey, commitment: e.commitment });
+          messages.push({ seq, sender: e.sender, text: m.text, sent: m.sent, epoch: e.epoch, frankingKey: m.frankingKey, commitment: e.commitment,
+            badge: m.badge });
         } catch (exc) {
           unreadable.push({ seq, sender: e.sender, reason: exc.code === "bad_franking" ? "bad_franking" : "undecryptable" });
         }
