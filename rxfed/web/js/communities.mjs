@@ -10,7 +10,7 @@ import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
 import * as p from "./protocol.mjs";
 import { followRotations } from "./nodekeys.mjs";
-import { badgeVerdict } from "./credentials.mjs";
+import { badgeVerdict, didKey, makeBadge } from "./credentials.mjs";
 import { fetchPublic, nodeOrigin } from "./sharing.mjs";
 import { BoxKeyPair, SigningKeyPair, hashId, randomBytes } from "./sodium.mjs";
 import * as store from "./store.mjs";
@@ -296,8 +296,12 @@ export class PageCommunities {
 
   /** Encrypt and post `text`; first hands a fresh sender key to exactly the current members
    * if the membership changed since this member's last key (Communities.post). */
-  async post(address, text) {
+  async post(address, text, { credential = null } = {}) {
     if (typeof text !== "string" || !text.trim() || text.length > 4000) throw new p.IntegrityError("A message is 1 to 4000 characters.", "bad_text");
+    const clinician = credential === null ? null : await this.clinicianKey();
+    if (credential !== null && clinician === null) {
+      throw new p.IntegrityError("This account has no clinician key yet: show it (below), and have your hospital issue a credential for it.", "no_clinician_key");
+    }
     const mine = await this.membership(address);
     const { rows, reading } = await this.history(mine, { messages: false });
     if (reading === null) throw new p.IntegrityError("this node has not received the community yet; try again shortly", "not_ready");
@@ -311,7 +315,19 @@ export class PageCommunities {
       await this.submit(mine.address, cm.makeSenderKey(mine.member, state, key));
     }
     const now = Math.max(this.now(), state.recent.get(mineKey)?.[0] ?? 0);
-    const { statement } = cm.makeMessage(mine.member, key, mine.address, text, now);
+    let badge = null;
+    if (credential !== null) {
+      try {
+        badge = makeBadge(clinician, credential, { community: mine.address.text, sender: mine.member.public, text, sent: now });
+      } catch (exc) {
+        throw new p.IntegrityError(`The badge cannot go on this post: ${exc.message}.`, exc.code || "malformed_badge");
+      }
+      // checked as every reader will check it, before anything is sent
+      const verdict = await badgeVerdict(badge, { community: mine.address.text, sender: mine.member.public, text, sent: now },
+        { now: this.now(), fetchKeys: (node) => this.issuerKeys(node), fetchList: (url, node) => this.statusList(url, node) });
+      if (!verdict.verified) throw new p.IntegrityError(`The badge would not show: ${verdict.explanation}.`, verdict.reason);
+    }
+    const { statement } = cm.makeMessage(mine.member, key, mine.address, text, now, { badge });
     const result = await this.submit(mine.address, statement);
     return { ...result, id: b64e(p.statementHash(statement)) };
   }
@@ -365,6 +381,25 @@ export class PageCommunities {
       }
     }
     return { mine, reading, badges };
+  }
+
+  /** This account's clinician key (a `clinician` record in the vault, the CLI's: `rxfed
+   * patient clinician key`), made and stored on first use with `create`, else null. */
+  async clinicianKey({ create = false } = {}) {
+    if (this.patient.state === null) await this.patient.load();
+    for (const r of this.patient.state.records.filter((x) => x.kind === "clinician")) {
+      try {
+        return new SigningKeyPair(b64d(r.data.seed, 32));
+      } catch {
+        // a record that holds no key names none
+      }
+    }
+    if (!create) return null;
+    const key = SigningKeyPair.generate();
+    await this.commit([{ id: hex(randomBytes(16)), kind: "clinician", created: timestamp(Date.now() + this.patient.node.offset * 1000),
+      data: { seed: b64e(key.seed), did: didKey(key.public) } }]);
+    await this.patient.load();
+    return key;
   }
 
   /** A credential issuer's keys with their validity, from its own /.well-known/rxfed; null

@@ -5,7 +5,9 @@
 import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
 import { b64e } from "./encoding.mjs";
 import { UNREADABLE } from "./community.mjs";
+import { credentialFromFile, didKey } from "./credentials.mjs";
 import { presendWarnings, shippedRules } from "./moderation.mjs";
+import { IntegrityError } from "./protocol.mjs";
 import { browserCountry } from "./questionnaires.mjs";
 import * as ui from "./ui.mjs";
 
@@ -203,8 +205,26 @@ $("c-browse").addEventListener("click", (ev) => {
 });
 
 /** Send `text` to the community shown, sealed here; the check has run. */
+/** The credential the author chose to show, from the picked credentials file, or null. */
+async function chosenCredential() {
+  const file = $("post-badge").files[0];
+  if (!file) return null;
+  let doc;
+  try {
+    doc = JSON.parse(await file.text());
+  } catch {
+    throw new IntegrityError(`${file.name} is not a credentials file.`, "bad_badge_file");
+  }
+  try {
+    return credentialFromFile(doc, $("post-badge-profile").value);
+  } catch (exc) {
+    throw new IntegrityError(`${file.name}: ${exc.message}.`, "bad_badge_file");
+  }
+}
+
 async function send(text) {
-  const result = await communities.post(open, text);
+  const credential = await chosenCredential();
+  const result = await communities.post(open, text, { credential });
   $("post-text").value = "";
   held = null;
   $("presend-warning").hidden = true;
@@ -253,6 +273,16 @@ $("post-form").addEventListener("submit", (ev) => {
     }
     say("Posting…");
     await send(text);
+  });
+});
+
+$("clinician-key").addEventListener("click", (ev) => {
+  if (communities === null) return;
+  guarded(ev.target, "Opening your clinician key…", async () => {
+    const key = await communities.clinicianKey({ create: true });
+    $("clinician-key-out").textContent = didKey(key.public);
+    $("clinician-key-out").hidden = false;
+    say("Give this key to your hospital: it issues your credentials for it ('rxfed node clinicians issue --key').");
   });
 });
 

@@ -98,8 +98,10 @@ export const messageAd = (address, sender, epoch) => concat(utf8("rxfed-msg|"), 
 export const franked = (address, sender, text, sent) => canonical({ community: address.text, sender: b64e(sender), text, sent });
 
 /** A message statement under `senderKey` and its franking key (pc.make_message). */
-export function makeMessage(sender, senderKey, address, text, now, { frankingKey = randomBytes(32), random = randomBytes } = {}) {
-  const plaintext = canonical({ text, franking_key: b64e(frankingKey), sent: now });
+export function makeMessage(sender, senderKey, address, text, now, { frankingKey = randomBytes(32), random = randomBytes, badge = null } = {}) {
+  // `badge`: {credential, signature} bound to this text and time (credentials.mjs makeBadge)
+  const plaintext = canonical(badge === null ? { text, franking_key: b64e(frankingKey), sent: now }
+    : { text, franking_key: b64e(frankingKey), sent: now, badge });
   const sealed = aeadSeal(senderKey.key, messageAd(address, sender.public, senderKey.epoch), padTo(plaintext, bucketSize(plaintext.length)), random);
   const statement = signStatement(sender, { type: MESSAGE, community: address.text, sender: b64e(sender.public), epoch: senderKey.epoch,
     ciphertext: b64e(sealed), commitment: b64e(commitment(frankingKey, franked(address, sender.public, text, now))), sent: now });

@@ -71,6 +71,23 @@ export function base58btcDecode(text) {
   return new Uint8Array([...new Array(zeros).fill(0), ...bytes]);
 }
 
+/** base58btc multibase ("z" then base58 with the Bitcoin alphabet) of `bytes`. */
+export function base58btcEncode(bytes) {
+  let n = 0n;
+  for (const b of bytes) n = n * 256n + BigInt(b);
+  let out = "";
+  while (n > 0n) {
+    out = B58[Number(n % 58n)] + out;
+    n /= 58n;
+  }
+  let zeros = 0;
+  while (zeros < bytes.length && bytes[zeros] === 0) zeros++;
+  return "z" + "1".repeat(zeros) + out;
+}
+
+/** The did:key of an Ed25519 public key: how a credential names its clinician. */
+export const didKey = (publicKey) => "did:key:" + base58btcEncode(concat(new Uint8Array([0xed, 0x01]), publicKey));
+
 /** The Ed25519 key of a Multikey ("z6Mk..."): 0xed 0x01 then 32 bytes. */
 export function ed25519FromMultikey(text) {
   const data = base58btcDecode(text);
@@ -332,6 +349,28 @@ export function badgeBinding(community, sender, text, sent, credential) {
     credential: credential.id ?? null, credential_hash: b64e(sha256(jcs(credential))) }));
 }
 
+/** The `badge` of a post: `credential` bound to it by `clinician`, the key it vouches for
+ * (badges.make_badge); CredentialError("wrong_clinician_key") for a credential of another key. */
+export function makeBadge(clinician, credential, { community, sender, text, sent }) {
+  if (!credential || typeof credential !== "object" || !credential.credentialSubject) refuse("malformed_badge");
+  if (!equal(keyOfDid(credential.credentialSubject.id), clinician.public)) {
+    refuse("wrong_clinician_key", "this credential vouches for another clinician key than this profile's");
+  }
+  if (jcs(credential).length > MAX_CREDENTIAL) refuse("malformed_badge");
+  return { credential, signature: b64e(clinician.sign(badgeBinding(community, sender, text, sent, credential))) };
+}
+
+/** One credential from a credentials file `rxfed node clinicians issue` wrote (its
+ * `credentials` by profile), or from a file of one credential; CredentialError otherwise. */
+export function credentialFromFile(doc, profile = "badge") {
+  if (doc && typeof doc === "object" && doc.credentials && typeof doc.credentials === "object") {
+    if (!(profile in doc.credentials)) refuse("bad_badge_file", `the file holds no ${profile} credential`);
+    return doc.credentials[profile];
+  }
+  if (!doc || typeof doc !== "object" || !doc.credentialSubject) refuse("bad_badge_file", "the file holds no clinician credential");
+  return doc;
+}
+
 /** The credential of a badge whose binding verifies ({credential, clinicianKey}); CredentialError otherwise. */
 export function openBadge(badge, { community, sender, text, sent }) {
   if (!badge || typeof badge !== "object" || Object.keys(badge).sort().join() !== "credential,signature"
@@ -367,7 +406,7 @@ export async function badgeVerdict(badge, post, { now, fetchKeys, fetchList, cac
   } catch (e) {
     return no(e.code || "malformed_badge");
   }
-  const clinician = "did:key:" + badge.credential.credentialSubject.id.slice("did:key:".length);
+  const clinician = didKey(bound.clinicianKey);
   for (let i = 0; i < 3; i++) {
     try {
       const got = await verifyCredential(bound.credential, { issuers: cache.issuers, statusLists: cache.lists, now });
