@@ -141,8 +141,8 @@ async def test_an_expired_credential_shows_no_badge(fed, make_patient, monkeypat
     assert shown["verified"] and shown["badge"] == f"verified physician, hospital-a ({a.node_id})"  # role: no specialty
     later = BadgeChecker.__init__
 
-    def in_31_days(self, session, now):
-        later(self, session, now + 31 * 86400)
+    def in_31_days(self, session, now, **kw):
+        later(self, session, now + 31 * 86400, **kw)
 
     monkeypatch.setattr(BadgeChecker, "__init__", in_31_days)
     assert (await badge_of(reader, address, "Check your ketones when over 250."))["reason"] == "credential_expired"
@@ -413,3 +413,38 @@ async def test_the_commands_issue_post_read_and_revoke(fed, tmp_path):
     assert (await badge())["reason"] == "credential_revoked"
     text = (await rxfed("community", "read", "--profile", str(reader), address))[0]
     assert "clinician badge REFUSED: the issuer has revoked the credential" in text
+
+
+async def test_a_reader_contacts_no_issuer_its_home_node_does_not_federate_with(fed, make_patient, tmp_path,
+                                                                             monkeypatch):
+    """A badge names its issuer, which every reader's client would contact: a member posting
+    a badge from a node of their own choosing could learn who reads the community, and when.
+    Readers contact only their home node and its peers; any other issuer is refused unasked."""
+    from rxfed.testing import NodeHarness
+
+    a, b, c = fed
+    stranger = await NodeHarness(tmp_path / "stranger", name="stranger").start()
+    try:
+        address, (doctor, reader) = await community(make_patient, c, b, a)
+        key = await clinician_key(doctor.client, create=True)
+        issued = await issue(stranger, key.public)
+        await doctor.post(address, "From a node nobody federates with.", badge=issued["credentials"]["badge"])
+        asked = []
+        fetch = BadgeChecker._issuer_keys
+
+        async def recorded(self, issuer):
+            asked.append(issuer)
+            return await fetch(self, issuer)
+
+        monkeypatch.setattr(BadgeChecker, "_issuer_keys", recorded)
+        shown = await _wait_badge(reader, address, "From a node nobody federates with.")
+        assert shown["reason"] == "issuer_not_federated" and not shown["verified"]
+        assert asked == []
+        # The same credential from a peer's issuance is checked as usual.
+        issued_by_a = await issue(a, key.public)
+        await _wait_message(doctor, address, "From a node nobody federates with.")
+        await doctor.post(address, "From hospital A.", badge=issued_by_a["credentials"]["badge"])
+        assert (await _wait_badge(reader, address, "From hospital A."))["verified"]
+        assert set(asked) == {did_web(a.node_id)}  # once per reading, only the peer
+    finally:
+        await stranger.stop()

@@ -67,9 +67,14 @@ class BadgeChecker:
     """Verifies post badges for one reading: each issuer's keys and each status list are
     fetched at most once, from the issuing node."""
 
-    def __init__(self, session: Any, now: int):
+    def __init__(self, session: Any, now: int, *, contactable: set[str] | None = None):
         self.session = session
         self.now = now
+        #: The nodes this client may contact for a credential's keys and status list (None:
+        #: any). A reader passes its home node and the peers it federates with, so a badge
+        #: naming any other issuer cannot make every reader's client call an address of the
+        #: poster's choosing (and so learn who reads the community, and when).
+        self.contactable = contactable
         self.issuers: dict[str, IssuerKeys] = {}
         self.lists: dict[str, Any] = {}
         self.failed: dict[str, str] = {}
@@ -108,6 +113,9 @@ class BadgeChecker:
             try:
                 verified = vc.verify(credential, issuers=self.issuers, now=self.now, status_lists=self.lists)
             except IssuerKeysNeeded as exc:
+                if self.contactable is not None and node_of_did(exc.issuer) not in self.contactable:
+                    return badges.BadgeVerdict(False, reason="issuer_not_federated", clinician=clinician,
+                                               issuer=exc.issuer)
                 if exc.issuer in self.failed or not await self._fetch(exc.issuer, self._issuer_keys):
                     return badges.BadgeVerdict(False, reason="issuer_unreachable", clinician=clinician,
                                                issuer=exc.issuer)

@@ -504,12 +504,23 @@ class PatientCommunities:
         if badged:
             from rxfed.client.clinician import BadgeChecker
 
-            checker = BadgeChecker(self.client._session_or_new(), self._now())
+            checker = BadgeChecker(self.client._session_or_new(), self._now(), contactable=await self._federated())
             for m in badged:
                 verdicts[m.seq] = await checker.verdict(m.badge, community=str(mine.address), sender=m.sender,
                                                         text=m.text, sent=m.sent)
         return CommunityView(str(mine.address), mine.name, reading.state, reading.messages, mine.pseudonym,
                              reading.unreadable, verdicts)
+
+    async def _federated(self) -> set[str]:
+        """The home node and the peers it federates with (``GET /v1/consent/nodes``): the only
+        issuers a reader's client contacts to check a badge; the home node alone if it cannot
+        say."""
+        home = self.client.identity.node_id
+        try:
+            doc = await self.client._call("GET", "/v1/consent/nodes")
+            return {home, *(n["node_id"] for n in doc["nodes"] if isinstance(n, dict) and isinstance(n.get("node_id"), str))}
+        except (RxfedError, KeyError, TypeError):
+            return {home}
 
     async def report(self, address: str, seq: int) -> dict:
         """A franking report of message ``seq`` this member received: its text and franking

@@ -36,6 +36,7 @@ export const REASONS = Object.freeze({
   credential_revoked: "the issuer has revoked the credential",
   status_unavailable: "the issuer's status list could not be checked, so revocation is unknown",
   issuer_unreachable: "the issuing node could not be reached to check the credential",
+  issuer_not_federated: "the issuing node is not one your home node federates with, so your client does not contact it to check the credential",
 });
 
 export class CredentialError extends Error {
