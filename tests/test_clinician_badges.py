@@ -365,6 +365,7 @@ async def test_the_commands_issue_post_read_and_revoke(fed, tmp_path):
     for wrong in (("--specialty", "endo"), ("--key", "z6Mk"), ("--role", "wizard"), ("--valid-days", "500")):
         await rxfed(*issue, *wrong, expect=2)
     await rxfed(*issue, "--bogus", expect=2)
+    await rxfed(*issue, "--out", str(tmp_path / "no-such-dir" / "c.json"), expect=2)
     assert json.loads((await rxfed("node", "clinicians", node, "list", "--json"))[0]) == {"credentials": []}
     bundle = tmp_path / "credentials.json"
     made = json.loads((await rxfed(*issue, "--out", str(bundle), "--json"))[0])

@@ -194,6 +194,9 @@ def cmd_clinicians(args: argparse.Namespace) -> None:
 
     if args.out and Path(args.out).exists():
         raise UsageError(f"--out {args.out} exists; credentials are never written over another file")
+    if args.out and not Path(args.out).absolute().parent.is_dir():
+        # checked before anything is signed or recorded: an issuance whose file cannot be written
+        raise UsageError(f"--out {args.out}: its directory does not exist")
     doc = clinicians.issue(args.data_dir, key=args.key, role=args.role, specialty=args.specialty,
                            specialty_name=args.specialty_name, name=args.name, npi=args.npi, staff_id=args.staff_id,
                            valid_days=args.valid_days)
