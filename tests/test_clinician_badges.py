@@ -449,3 +449,37 @@ async def test_a_reader_contacts_no_issuer_its_home_node_does_not_federate_with(
         assert set(asked) == {did_web(a.node_id)}  # once per reading, only the peer
     finally:
         await stranger.stop()
+
+
+async def test_a_status_list_answer_is_read_no_further_than_its_limit():
+    """A hostile issuer's endless status list costs a reader at most MAX_LIST_BYTES."""
+    from aiohttp import web as aioweb
+
+    from rxfed.client import transport
+    from rxfed.client.clinician import MAX_LIST_BYTES
+
+    sent = {"bytes": 0}
+
+    async def endless(request):
+        response = aioweb.StreamResponse()
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"0" * 64 * 1024)
+            sent["bytes"] += 64 * 1024
+        return response
+
+    app = aioweb.Application()
+    app.router.add_get("/v1/clinicians/status/1", endless)
+    runner = aioweb.AppRunner(app)
+    await runner.setup()
+    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    checker = BadgeChecker(transport.Http(), 0)
+    try:
+        assert not await checker._fetch(f"http://127.0.0.1:{port}/v1/clinicians/status/1", checker._status_list)
+        assert "larger than" in next(iter(checker.failed.values()))
+        assert MAX_LIST_BYTES < 64 * 64 * 1024
+    finally:
+        await checker.session.close()
+        await runner.cleanup()

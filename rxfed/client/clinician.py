@@ -91,8 +91,8 @@ class BadgeChecker:
     async def _status_list(self, url: str) -> None:
         from rxfed.protocol.jcs import load_document
 
-        status, body = await transport.request(self.session, "GET", url)
-        if status != 200 or len(body) > MAX_LIST_BYTES:
+        status, body = await transport.request(self.session, "GET", url, max_bytes=MAX_LIST_BYTES)
+        if status != 200:
             raise CredentialError(f"the status list {url} answered {status}")
         self.lists[url] = load_document(body)
 
