@@ -308,12 +308,7 @@ export class PageCommunities {
     const state = reading.state;
     if (cm.statusOf(state, mine.member.public) !== "joined") throw new p.IntegrityError("you are not (yet) a joined member of this community", "not_joined");
     const events = rows.map(([seq, event]) => [seq, event]);
-    let key = cm.ownSenderKey(state, events, mine.member, mine.box);
     const mineKey = b64e(mine.member.public), sent = state.senders.get(mineKey);
-    if (key === null || !sent || sent[1] !== state.version) {
-      key = { epoch: (sent?.[0] ?? 0) + 1, key: randomBytes(32) };
-      await this.submit(mine.address, cm.makeSenderKey(mine.member, state, key));
-    }
     const now = Math.max(this.now(), state.recent.get(mineKey)?.[0] ?? 0);
     let badge = null;
     if (credential !== null) {
@@ -322,10 +317,15 @@ export class PageCommunities {
       } catch (exc) {
         throw new p.IntegrityError(`The badge cannot go on this post: ${exc.message}.`, exc.code || "malformed_badge");
       }
-      // checked as every reader will check it, before anything is sent
+      // checked as every reader will check it, before anything (a sender key) is sent
       const verdict = await badgeVerdict(badge, { community: mine.address.text, sender: mine.member.public, text, sent: now },
         { now: this.now(), fetchKeys: (node) => this.issuerKeys(node), fetchList: (url, node) => this.statusList(url, node) });
       if (!verdict.verified) throw new p.IntegrityError(`The badge would not show: ${verdict.explanation}.`, verdict.reason);
+    }
+    let key = cm.ownSenderKey(state, events, mine.member, mine.box);
+    if (key === null || !sent || sent[1] !== state.version) {
+      key = { epoch: (sent?.[0] ?? 0) + 1, key: randomBytes(32) };
+      await this.submit(mine.address, cm.makeSenderKey(mine.member, state, key));
     }
     const { statement } = cm.makeMessage(mine.member, key, mine.address, text, now, { badge });
     const result = await this.submit(mine.address, statement);
