@@ -483,3 +483,40 @@ async def test_a_status_list_answer_is_read_no_further_than_its_limit():
     finally:
         await checker.session.close()
         await runner.cleanup()
+
+
+async def test_a_reader_pins_the_issuers_keys_and_follows_only_signed_rotations(fed, make_patient):
+    """The first reading pins the issuer's keys on this device; a signed rotation is followed;
+    keys swapped without one (whoever answers for the issuer's address later) are not, so a
+    credential under them shows no badge for this reader, though a fresh one would trust it."""
+    from rxfed.client.clinician import PINS
+    from rxfed.crypto import SigningKeyPair as Keys
+    from rxfed.node.config import NodeSigningKey, rotate_node_key, save_node_keys
+
+    a, b, c = fed
+    address, (doctor, reader) = await community(make_patient, c, b, a)
+    key = await clinician_key(doctor.client, create=True)
+    first = await issue(a, key.public)
+    await doctor.post(address, "Before the rotation.", badge=first["credentials"]["badge"])
+    assert (await _wait_badge(reader, address, "Before the rotation."))["verified"]
+    pins = reader.client.profile.path / PINS
+    assert did_web(a.node_id) in json.loads(pins.read_text()) and (pins.stat().st_mode & 0o777) == 0o600
+
+    rotate_node_key(a.data_dir, overlap=3600)
+    a.state.reload_keys()
+    rotated = await issue(a, key.public)
+    await _wait_message(doctor, address, "Before the rotation.")
+    await doctor.post(address, "After a signed rotation.", badge=rotated["credentials"]["badge"])
+    assert (await _wait_badge(reader, address, "After a signed rotation."))["verified"]
+
+    import time
+
+    save_node_keys(a.data_dir, [NodeSigningKey(Keys.generate(), int(time.time()) - 60, None)])
+    a.state.reload_keys()
+    swapped = await issue(a, key.public)
+    await _wait_message(doctor, address, "After a signed rotation.")
+    with pytest.raises(Forbidden, match="does not publish"):  # the doctor's device pinned the keys too
+        await doctor.post(address, "Under swapped keys.", badge=swapped["credentials"]["badge"])
+    await _raw_post(doctor, await doctor.membership(address), "Under swapped keys.", (key, swapped["credentials"]["badge"]))
+    refused = await _wait_badge(reader, address, "Under swapped keys.")
+    assert not refused["verified"] and refused["reason"] == "unknown_issuer_key"

@@ -11,6 +11,7 @@ credential names (spec/crypto.md section 12).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from rxfed.protocol import credentials as vc
 from rxfed.protocol.data_integrity import CredentialError, IssuerKeys, IssuerKeysNeeded, did_web, node_of_did
 
 KIND = "clinician"
+#: The per-device file of issuers' pinned keys, in the profile directory.
+PINS = "issuers.json"
 #: Largest status list reply a reader accepts (a list of 2^23 bits compresses far below it).
 MAX_LIST_BYTES = 256 * 1024
 
@@ -67,9 +70,13 @@ class BadgeChecker:
     """Verifies post badges for one reading: each issuer's keys and each status list are
     fetched at most once, from the issuing node."""
 
-    def __init__(self, session: Any, now: int, *, contactable: set[str] | None = None):
+    def __init__(self, session: Any, now: int, *, contactable: set[str] | None = None, pins: Path | None = None):
         self.session = session
         self.now = now
+        #: This device's pins of issuers' keys (``issuers.json`` in the profile directory):
+        #: the keys first seen for each issuer, and those they signed in as successors, so a
+        #: later answer for an issuer's address cannot swap its keys (None: nothing kept).
+        self.pins = pins
         #: The nodes this client may contact for a credential's keys and status list (None:
         #: any). A reader passes its home node and the peers it federates with, so a badge
         #: naming any other issuer cannot make every reader's client call an address of the
@@ -82,11 +89,31 @@ class BadgeChecker:
     async def _issuer_keys(self, issuer: str) -> None:
         from rxfed.protocol.federation import NodeDocument
 
+        from rxfed.protocol.federation import keys_from_json, keys_json
+
         node = node_of_did(issuer)
         document = NodeDocument.from_json(await PatientCore.discover(self.session, transport.host_url(node)))
         if document.node_id != node:
             raise CredentialError(f"{node} says it is {document.node_id}")
-        self.issuers[issuer] = IssuerKeys(did_web(document.node_id), document.keys)
+        pins = self._load_pins()
+        anchors = keys_from_json(b64d(pins[issuer])) if issuer in pins else document.keys
+        trusted = document.trusting(anchors).keys
+        self.issuers[issuer] = IssuerKeys(did_web(document.node_id), trusted)
+        if self.pins is not None and b64e(keys_json(trusted)) != pins.get(issuer):
+            from rxfed.client.profile import write_private
+
+            write_private(self.pins, json.dumps({**pins, issuer: b64e(keys_json(trusted))}, sort_keys=True).encode())
+
+    def _load_pins(self) -> dict[str, str]:
+        if self.pins is None:
+            return {}
+        try:
+            pins = json.loads(self.pins.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise CredentialError(f"{self.pins} cannot be read: {exc}") from None
+        return pins if isinstance(pins, dict) else {}
 
     async def _status_list(self, url: str) -> None:
         from rxfed.protocol.jcs import load_document

@@ -470,7 +470,10 @@ class PatientCommunities:
             if key is None:
                 raise Conflict("this profile has no clinician key: run 'rxfed patient clinician key' and have "
                                "your hospital issue a credential for it", code="no_clinician_key")
-            verdict = await BadgeChecker(self.client._session_or_new(), self._now()).credential(badge, key.public)
+            from rxfed.client.clinician import PINS
+
+            verdict = await BadgeChecker(self.client._session_or_new(), self._now(),
+                                         pins=self.client.profile.path / PINS).credential(badge, key.public)
             if not verdict.verified:
                 raise Forbidden(f"the badge would not show: {verdict.explanation}", code=verdict.reason)
             clinician = (key, badge)
@@ -504,7 +507,10 @@ class PatientCommunities:
         if badged:
             from rxfed.client.clinician import BadgeChecker
 
-            checker = BadgeChecker(self.client._session_or_new(), self._now(), contactable=await self._federated())
+            from rxfed.client.clinician import PINS
+
+            checker = BadgeChecker(self.client._session_or_new(), self._now(), contactable=await self._federated(),
+                                   pins=self.client.profile.path / PINS)
             for m in badged:
                 verdicts[m.seq] = await checker.verdict(m.badge, community=str(mine.address), sender=m.sender,
                                                         text=m.text, sent=m.sent)
