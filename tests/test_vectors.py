@@ -340,3 +340,45 @@ def test_moderation_vectors():
         assert [[r.report_seq, r.seq, r.category, r.text, r.status] for r in reading.reports] == v["expected"]["reports"]
     facts = pc.open_forward(v["forward"], [b64d(base["host"]["public_key"])])
     assert facts.text == v["expected"]["reports"][0][3] and facts.category == "miracle_cure"
+def test_badge_vectors():
+    """The badge binding a second implementation (the web client) reproduces: the bytes the
+    clinician signs, the signature (Ed25519 is deterministic), the verdict and each refusal."""
+    from rxfed.protocol import badges
+    from rxfed.protocol import credentials as vc
+    from rxfed.protocol.data_integrity import CredentialError, IssuerKeys
+    from rxfed.protocol.federation import NodeKey
+
+    v = load("badge.json")
+    clinician = SigningKeyPair.from_seed(b64d(v["clinician_seed"], length=32))
+    sender = b64d(v["sender_public_key"], length=32)
+    where = {"community": v["community"], "sender": sender, "text": v["text"], "sent": v["sent"]}
+    assert badges._binding(v["community"], sender, v["text"], v["sent"], v["credential"]).decode() == v["signed_bytes"]
+    assert badges.make_badge(clinician, v["credential"], **where) == v["badge"]
+    assert json.loads(v["plaintext"])["badge"] == v["badge"]
+    key = SigningKeyPair.from_seed(bytes.fromhex(v["issuer"]["seed"]))
+    issuers = {v["issuer"]["did"]: IssuerKeys(v["issuer"]["did"], (NodeKey(key.public, 0, None),))}
+    url = v["credential"]["credentialStatus"]["statusListCredential"]
+
+    def verdict(badge, *, status_list=v["status_list"], **change):
+        try:
+            bound = badges.open_badge(badge, **{**where, **change})
+            return vc.verify(bound.credential, issuers=issuers, now=v["verify_at"],
+                             status_lists={url: status_list}).badge()
+        except CredentialError as exc:
+            return exc.code
+
+    assert verdict(v["badge"]) == v["shown"]
+    for case in v["refused"]:
+        badge, change, status_list = json.loads(json.dumps(v["badge"])), {}, v["status_list"]
+        if "sender_public_key" in case:
+            change["sender"] = b64d(case["sender_public_key"], length=32)
+        if "text" in case:
+            change["text"] = case["text"]
+        if "sent" in case:
+            change["sent"] = case["sent"]
+        if case.get("status_list") == "revoked":
+            status_list = v["revoked_status_list"]
+        if "specialty_name" in case:
+            badge["credential"]["credentialSubject"]["specialty"]["name"] = case["specialty_name"]
+            badge = badges.make_badge(clinician, badge["credential"], **where)  # a fresh binding, a forged claim
+        assert verdict(badge, status_list=status_list, **change) == case["reason"], case["change"]

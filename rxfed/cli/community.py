@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from rxfed.cli import EXIT_REFUSED, HELP, Output, fail, json_flag, node_url, note, run_async
+from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, fail, json_flag, node_url, note, run_async
 from rxfed.cli.moderation import country_option
 from rxfed.cli.profile import profile_option, with_client
 
@@ -49,6 +49,11 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     post.add_argument("--send-anyway", action="store_true",
                       help="send even if a pre-send check warns (without a terminal, a warned message is "
                            "otherwise not sent)")
+    post.add_argument("--badge", metavar="FILE", help="show a verified-clinician badge: the credentials file "
+                      "'rxfed node clinicians issue' wrote for your clinician key")
+    post.add_argument("--badge-profile", metavar="PROFILE", default="badge",
+                      help="which of the file's credentials the post shows: badge (role, specialty, hospital; the "
+                           "default), role (only that you are a clinician there) or full (also name and NPI)")
     country_option(post)
     json_flag(post)
     post.set_defaults(func=cmd_post)
@@ -190,6 +195,13 @@ def _confirmed() -> bool:
 def cmd_post(args: argparse.Namespace) -> None:
     from rxfed.cli.moderation import chosen_country
 
+    badge = None
+    if args.badge:
+        from rxfed.client.clinician import load_credential
+
+        badge = load_credential(args.badge, args.badge_profile)
+    elif args.badge_profile != "badge":
+        raise UsageError("--badge-profile goes with --badge")
     warnings = _presend_warnings(args.text, chosen_country(args))
     # Crisis support first, at once, and it never stands between the patient and sending.
     for w in sorted(warnings, key=lambda w: w.confirm):
@@ -198,9 +210,9 @@ def cmd_post(args: argparse.Namespace) -> None:
     if asking and not args.send_anyway and not _confirmed():
         fail(f"not sent: the pre-send check warns about this message ({', '.join(w.code for w in asking)}); "
              "edit it, or send it as it is with --send-anyway", EXIT_REFUSED)
-    result = with_client(args, lambda c: _communities(c).post(args.address, args.text))
+    result = with_client(args, lambda c: _communities(c).post(args.address, args.text, badge=badge))
     Output(args.json).result({"address": args.address, "queued": result.get("queued", False),
-                              "seq": result.get("seq"), "id": result["id"],
+                              "seq": result.get("seq"), "id": result["id"], "badge": badge is not None,
                               "warnings": [w.to_json() for w in warnings]},
                              ["posted (end to end encrypted)" + (", queued for the host" if result.get("queued")
                                                                   else ""), result["id"]])
@@ -293,6 +305,10 @@ def cmd_read(args: argparse.Namespace) -> None:
             when = dt.datetime.fromtimestamp(m["sent"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
             who = "you" if m["mine"] else m["sender"][:8]
             out.append(f"[{when}] {who}: {m['text']}")
+            b = m["badge"]
+            if b is not None:
+                out.append(f"    [{b['badge']}]" if b["verified"] else
+                           f"    [clinician badge REFUSED: {b['explanation']}]")
         for w in doc["warnings"]:
             out.append("a moderator warned you" + (f" about message {w['about']}" if w["about"] else "")
                        + f": {w['reason']}")

@@ -52,6 +52,38 @@ def add_parsers(nsub) -> None:
     json_flag(plugins)
     plugins.set_defaults(func=cmd_plugins)
 
+    cl = nsub.add_parser("clinicians", help="issue, list or revoke the verified-clinician credentials this node "
+                                            "vouches for")
+    cl.add_argument("data_dir", metavar="DATA_DIR")
+    clsub = cl.add_subparsers(dest="clinician_action", metavar="ACTION", required=True)
+    ci = clsub.add_parser("issue", help="check a clinician with the configured verification backends, then sign "
+                                        "their credentials (one per disclosure profile: badge, role, full)")
+    ci.add_argument("--key", required=True, metavar="DID_KEY",
+                    help="the clinician's public key, as 'rxfed patient clinician key' prints it (did:key:z6Mk...)")
+    ci.add_argument("--role", required=True, help="physician, nurse, nurse-practitioner, physician-assistant, "
+                    "pharmacist, psychologist, dietitian, therapist, social-worker or midwife")
+    ci.add_argument("--specialty", required=True, metavar="CODE",
+                    help="NUCC Health Care Provider Taxonomy code, e.g. 207RE0101X")
+    ci.add_argument("--specialty-name", required=True, metavar="NAME", help="what readers see, e.g. Endocrinology")
+    ci.add_argument("--name", help="the clinician's name (only in the full profile)")
+    ci.add_argument("--npi", help="the clinician's NPI (checked by the npi backend; only in the full profile)")
+    ci.add_argument("--staff-id", help="the hospital's staff id (checked by the hospital-directory backend; never "
+                                       "in a credential)")
+    ci.add_argument("--valid-days", type=float, default=365.0, help="how long the credentials are valid (default "
+                                                                    "365, at most 400)")
+    ci.add_argument("--out", metavar="FILE", help="write the signed credentials here (default: standard output)")
+    json_flag(ci)
+    ci.set_defaults(func=cmd_clinicians)
+    cli_list = clsub.add_parser("list", help="the credentials this node issued, with their state")
+    json_flag(cli_list)
+    cli_list.set_defaults(func=cmd_clinicians)
+    cr = clsub.add_parser("revoke", help="revoke a clinician's credentials (every profile): verifiers refuse them "
+                                         "once they fetch the status list again")
+    cr.add_argument("credential", metavar="ID", help="the id 'clinicians list' shows")
+    cr.add_argument("--reason", help="why, for the operator log")
+    json_flag(cr)
+    cr.set_defaults(func=cmd_clinicians)
+
     log = nsub.add_parser("log", help="the operator log: what operators did to accounts and communities")
     log.add_argument("data_dir", metavar="DATA_DIR")
     log.add_argument("--limit", type=int, default=100, help="the newest LIMIT entries (default 100)")
@@ -218,3 +250,51 @@ def cmd_reports(args: argparse.Namespace) -> None:
     Output(args.json).result({"reports": rows}, lambda: [
         f"{_when(r['received'])}\t{r['community']} message {r['seq']} from {r['sender']} [{r['category']}], "
         f"forwarded by {r['from']}: {r['text']}" for r in rows] or ["no reports"])
+def cmd_clinicians(args: argparse.Namespace) -> None:
+    from rxfed.node import clinician_admin as clinicians
+
+    action = args.clinician_action
+    if action == "list":
+        rows = clinicians.issued(args.data_dir)
+        Output(args.json).result({"credentials": rows}, lambda: [
+            f"{r['id']}\t{r['state'].upper() if r['state'] != 'valid' else 'valid'} until {_when(r['valid_until'])}\t"
+            f"{r['role']} {r['specialty']}\t{r['clinician']}"
+            + (f"\trevoked {_when(r['revoked'])}" + (f": {r['revoked_reason']}" if r["revoked_reason"] else "")
+               if r["revoked"] else "") for r in rows] or ["no credentials issued"])
+        return
+    if action == "revoke":
+        doc = clinicians.revoke(args.data_dir, args.credential, reason=args.reason)
+        Output(args.json).result(doc, [f"{args.credential} is revoked" if doc["changed"] else
+                                       f"{args.credential} was already revoked"])
+        return
+    import json
+    from pathlib import Path
+
+    if args.out and Path(args.out).exists():
+        raise UsageError(f"--out {args.out} exists; credentials are never written over another file")
+    if args.out and not Path(args.out).absolute().parent.is_dir():
+        # checked before anything is signed or recorded: an issuance whose file cannot be written
+        raise UsageError(f"--out {args.out}: its directory does not exist")
+    doc = clinicians.issue(args.data_dir, key=args.key, role=args.role, specialty=args.specialty,
+                           specialty_name=args.specialty_name, name=args.name, npi=args.npi, staff_id=args.staff_id,
+                           valid_days=args.valid_days)
+    bundle = json.dumps({"clinician": doc["clinician"], "credentials": doc["credentials"]}, indent=2,
+                        ensure_ascii=False) + "\n"
+    summary = {k: v for k, v in doc.items() if k != "credentials"}
+    if args.out:
+        from rxfed.cli.profile import write_private
+
+        write_private(Path(args.out), bundle)
+        Output(args.json).result({**summary, "file": args.out}, [
+            f"issued {doc['id']}: {doc['role']} {doc['specialty']} for {doc['clinician']}, valid until "
+            f"{_when(doc['valid_until'])}", f"credentials ({', '.join(doc['credentials'])}) written to {args.out}"])
+        return
+    if args.json:
+        Output(True).result(doc, [])
+        return
+    import sys
+
+    from rxfed.cli import note
+
+    sys.stdout.write(bundle)
+    note(f"issued {doc['id']}: {doc['role']} {doc['specialty']}, valid until {_when(doc['valid_until'])}")

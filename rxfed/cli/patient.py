@@ -212,7 +212,8 @@ def _add_record(psub) -> None:
 def _add_show(psub) -> None:
     show = psub.add_parser("show", help=ACTIONS["show"])
     profile_option(show)
-    show.add_argument("--kind", choices=("profile", "condition", "journal", "treatment", "observation", "community"))
+    show.add_argument("--kind", choices=("profile", "condition", "journal", "treatment", "observation", "community",
+                                         "clinician"))
     json_flag(show)
     show.set_defaults(func=cmd_show)
 
@@ -281,6 +282,15 @@ def _add_consent(psub) -> None:
     consent.add_parsers(psub, profile_option)
 
 
+def _add_clinician(psub) -> None:
+    clsub = _group(psub, "clinician", ACTIONS["clinician"], "clinician_action")
+    key = clsub.add_parser("key", help="print this profile's clinician key (made on first use, kept in the vault), "
+                                       "for your hospital's 'rxfed node clinicians issue --key'")
+    profile_option(key)
+    json_flag(key)
+    key.set_defaults(func=cmd_clinician_key)
+
+
 #: ``rxfed patient`` actions and their one-line help, in the order ``--help`` lists them.
 ACTIONS = {
     "register": "create keys and register with a node",
@@ -305,6 +315,7 @@ ACTIONS = {
     "signals": "preview the signals your records give (nothing is sent)",
     "share": "send current signals under your live grants",
     "matches": "patients on other nodes who share your diagnosis categories",
+    "clinician": "your clinician key, which a hospital's credential vouches for (badges on your posts)",
 }
 
 #: Who builds each action's parser (one builder may add several actions).
@@ -314,6 +325,7 @@ _BUILDERS = {
     "journal": _add_journal, "treatment": _add_treatment, "record": _add_record, "show": _add_show, "sync": _add_sync,
     "export": _add_export, "import": _add_import, "delete-account": _add_delete_account, "unlock": _add_unlock,
     "lock": _add_lock, ("consent", "audit", "signals", "share"): _add_consent, "matches": _add_matches,
+    "clinician": _add_clinician,
 }
 
 
@@ -539,6 +551,15 @@ def cmd_treatment_add(args: argparse.Namespace) -> None:
     _created(Output(args.json), record, "treatment")
 
 
+def cmd_clinician_key(args: argparse.Namespace) -> None:
+    from rxfed.client.clinician import clinician_key
+    from rxfed.protocol.credentials import did_key
+
+    key = with_client(args, lambda c: clinician_key(c, create=True))
+    did = did_key(key.public)
+    Output(args.json).result({"key": did}, [did])
+
+
 def cmd_show(args: argparse.Namespace) -> None:
     from rxfed.client.records import clinical_date, summary
 
@@ -546,6 +567,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     # Community memberships hold the member's private keys: never printed, listed on request.
     found = [r if r.kind != "community" else attrs.evolve(r, data={"address": r.data["address"], "name": r.data.get("name")})
              for r in found if args.kind == "community" or r.kind != "community"]
+    # The clinician key's record holds its secret: only its public key is ever shown.
+    found = [r if r.kind != "clinician" else attrs.evolve(r, data={"did": r.data.get("did")}) for r in found]
     # Newest first by the day a record is about, then those without one (records() gives
     # newest written first, and the sort keeps that order among equals).
     found.sort(key=lambda r: (clinical_date(r) is not None, clinical_date(r) or ""), reverse=True)

@@ -10,7 +10,6 @@ serves another history, or less of it, is refused with :class:`IntegrityError`.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import json
 from pathlib import Path
@@ -21,6 +20,7 @@ import attrs
 from rxfed.client.profile import write_private
 from rxfed.client.records import Record
 from rxfed.client.sdk import IntegrityError, NodeRefused, PatientCore
+from rxfed.client.transport import host_url
 from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id, seal_to_node
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
@@ -121,6 +121,8 @@ class CommunityView:
     hidden: dict[int, tuple[int, pc.Action]] = attrs.field(factory=dict)
     #: Every member key this membership has had (warnings to any of them are for this patient).
     my_keys: frozenset[str] = frozenset()
+    #: The verdict on each badged message's badge, by seq (rxfed.protocol.badges).
+    badges: dict = attrs.field(factory=dict)
 
     @property
     def shown(self) -> tuple[pc.Message, ...]:
@@ -140,7 +142,8 @@ class CommunityView:
             "address": self.address, "name": self.name, "me": self.me, "seq": self.state.seq if self.state else 0,
             "members": members,
             "messages": [{"seq": m.seq, "sender": b64e(m.sender), "mine": b64e(m.sender) == self.me, "text": m.text,
-                          "sent": m.sent} for m in self.shown],
+                          "sent": m.sent, "badge": self.badges[m.seq].to_json() if m.seq in self.badges else None}
+                         for m in self.shown],
             "unreadable": [{"seq": u.seq, "sender": b64e(u.sender), "reason": u.reason, "explanation": u.explanation}
                            for u in self.unreadable],
             "hidden": [{"seq": seq, "sender": b64e(a.member), "by": b64e(a.moderator), "action": at,
@@ -224,16 +227,6 @@ class HistoryPins:
         doc = self._load()
         if doc.pop(self._entry(mine), None) is not None:
             write_private(self.path, json.dumps(doc, sort_keys=True).encode(), durable=False)
-
-
-def host_url(host: str) -> str:
-    """Where a host node answers: ``https://{node id}``; plain HTTP only on loopback."""
-    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    try:
-        loopback = ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        loopback = name == "localhost"
-    return f"{'http' if loopback else 'https'}://{host}"
 
 
 class PatientCommunities:
@@ -495,9 +488,26 @@ class PatientCommunities:
                 out[str(mine.address)] = f"{exc.code}: {exc.message}"
         return out
 
-    async def post(self, address: str, text: str) -> dict:
+    async def post(self, address: str, text: str, *, badge: dict | None = None) -> dict:
         """Encrypt and post ``text``; first hands a fresh sender key to exactly the current
-        members if the membership changed since this member's last key."""
+        members if the membership changed since this member's last key. ``badge``: a
+        clinician credential of this profile's clinician key, checked as readers will check
+        it (refused with the reason if it would not show), then bound to the post."""
+        clinician = None
+        if badge is not None:
+            from rxfed.client.clinician import BadgeChecker, clinician_key
+
+            key = await clinician_key(self.client)
+            if key is None:
+                raise Conflict("this profile has no clinician key: run 'rxfed patient clinician key' and have "
+                               "your hospital issue a credential for it", code="no_clinician_key")
+            from rxfed.client.clinician import PINS
+
+            verdict = await BadgeChecker(self.client._session_or_new(), self._now(),
+                                         pins=self.client.profile.path / PINS).credential(badge, key.public)
+            if not verdict.verified:
+                raise Forbidden(f"the badge would not show: {verdict.explanation}", code=verdict.reason)
+            clinician = (key, badge)
         mine = await self.membership(address)
         history = await self.history(mine, messages=False)
         state = history.state
@@ -512,7 +522,7 @@ class PatientCommunities:
             key = SenderKey.generate(state.next_epoch(mine.member.public))
             await self._submit(mine.address, pc.make_sender_key(mine.member, state, key))
         now = max(self._now(), state.last_sent(mine.member.public))
-        message, _franking = pc.make_message(mine.member, key, mine.address, text, now)
+        message, _franking = pc.make_message(mine.member, key, mine.address, text, now, badge=clinician)
         result = await self._submit(mine.address, message)
         # The post's id: the hash of its signed statement, known before the host numbers it.
         return {**result, "id": b64e(statement_hash(message))}
@@ -523,9 +533,19 @@ class PatientCommunities:
         if history.reading is None:
             return CommunityView(str(mine.address), mine.name, None, (), mine.pseudonym)
         reading = history.reading
+        verdicts = {}
+        badged = [m for m in reading.messages if m.badge is not None]
+        if badged:
+            from rxfed.client.clinician import PINS, BadgeChecker
+
+            checker = BadgeChecker(self.client._session_or_new(), self._now(), contactable=await self._federated(),
+                                   pins=self.client.profile.path / PINS)
+            for m in badged:
+                verdicts[m.seq] = await checker.verdict(m.badge, community=str(mine.address), sender=m.sender,
+                                                        text=m.text, sent=m.sent)
         return CommunityView(str(mine.address), mine.name, reading.state, reading.messages, mine.pseudonym,
                              reading.unreadable, reading.actions, reading.hidden,
-                             frozenset(b64e(m.public) for m, _ in mine.keys))
+                             frozenset(b64e(m.public) for m, _ in mine.keys), verdicts)
 
     async def file_report(self, address: str, seq: int, category: str) -> dict:
         """Report message ``seq`` (one this member read) to the community's moderators as
@@ -622,6 +642,17 @@ class PatientCommunities:
         history.state.apply(statement, seq=history.state.seq + 1)
         result = await self._submit(mine.address, statement)
         return {**(result or {}), "action": action, "member": b64e(target), "id": b64e(statement_hash(statement))}
+
+    async def _federated(self) -> set[str]:
+        """The home node and the peers it federates with (``GET /v1/consent/nodes``): the only
+        issuers a reader's client contacts to check a badge; the home node alone if it cannot
+        say."""
+        home = self.client.identity.node_id
+        try:
+            doc = await self.client._call("GET", "/v1/consent/nodes")
+            return {home, *(n["node_id"] for n in doc["nodes"] if isinstance(n, dict) and isinstance(n.get("node_id"), str))}
+        except (RxfedError, KeyError, TypeError):
+            return {home}
 
     async def report(self, address: str, seq: int) -> dict:
         """A franking report of message ``seq`` this member received: its text and franking

@@ -17,7 +17,7 @@ import attrs
 from rxfed.crypto import sha256
 from rxfed.errors import BadRequest
 
-KINDS = ("profile", "condition", "journal", "treatment", "observation", "community")
+KINDS = ("profile", "condition", "journal", "treatment", "observation", "community", "clinician")
 MAX_TEXT = 4000
 MAX_NAME = 120
 
@@ -224,4 +224,6 @@ def summary(record: Record) -> str:
         return "patient profile (demographics from an import)"
     if record.kind == "community":
         return f"member of {d.get('name') or 'community'} {d['address']}"
+    if record.kind == "clinician":
+        return f"clinician key {d.get('did')}"
     return record.kind

@@ -980,6 +980,9 @@ class PatientCore:
             if record.kind == "community":
                 raise BadRequest("a community record holds the membership's keys: use `rxfed community leave`",
                                  code="community_record")
+            if record.kind == "clinician":
+                raise BadRequest("the clinician record holds the key your hospital's credentials vouch for",
+                                 code="clinician_record")
             new_data = data(record) if callable(data) else data
             changed = record if data is None else attrs.evolve(record, version=record.version + 1, data=new_data)
             try:

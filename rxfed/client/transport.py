@@ -81,7 +81,8 @@ class _Connection:
         return (self.h11.our_state is h11.IDLE and not self.reader.at_eof()
                 and time.monotonic() - self.used < IDLE_REUSE)
 
-    async def exchange(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
+    async def exchange(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+                       max_bytes: int = MAX_RESPONSE) -> tuple[int, bytes]:
         conn = self.h11
         out = conn.send(h11.Request(method=method, target=target, headers=headers))
         if body:
@@ -99,8 +100,8 @@ class _Connection:
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
                 size += len(event.data)
-                if size > MAX_RESPONSE:
-                    raise TransportError(f"the node's answer is larger than {MAX_RESPONSE} bytes")
+                if size > max_bytes:
+                    raise TransportError(f"the node's answer is larger than {max_bytes} bytes")
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
@@ -145,7 +146,7 @@ class Http:
         return _Connection(reader, writer)
 
     async def request(self, method: str, url: str, *, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+                      headers: dict[str, str] | None = None, max_bytes: int = MAX_RESPONSE) -> tuple[int, bytes]:
         scheme, host, port, target = split_url(url)
         name = f"[{host}]" if ":" in host else host
         authority = name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
@@ -155,7 +156,7 @@ class Http:
         try:
             async with asyncio.timeout(self.timeout):
                 conn = await self._connection(key)
-                status, payload = await conn.exchange(method, target, lines, body)
+                status, payload = await conn.exchange(method, target, lines, body, max_bytes)
         except h11.ProtocolError as exc:
             if conn is not None:
                 conn.close()
@@ -184,16 +185,35 @@ class Http:
 
 
 async def request(session: Any, method: str, url: str, *, body: bytes = b"",
-                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+                  headers: dict[str, str] | None = None, max_bytes: int = MAX_RESPONSE) -> tuple[int, bytes]:
     """``(status, body)`` through ``session``: an :class:`Http`, or an
-    ``aiohttp.ClientSession`` a caller brought. Failures to talk to the node are ``OSError``."""
+    ``aiohttp.ClientSession`` a caller brought. Failures to talk to the node are ``OSError``;
+    so is an answer longer than ``max_bytes`` (read no further)."""
     if isinstance(session, Http):
-        return await session.request(method, url, body=body, headers=headers)
+        return await session.request(method, url, body=body, headers=headers, max_bytes=max_bytes)
     import aiohttp  # the caller made an aiohttp session, so it is imported already
 
     split_url(url)
     try:
         async with session.request(method, url, data=body or None, headers=headers) as resp:
-            return resp.status, await resp.read()
+            chunks, size = [], 0
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TransportError(f"the node's answer is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            return resp.status, b"".join(chunks)
     except aiohttp.ClientError as exc:
         raise TransportError(str(exc) or type(exc).__name__) from None
+
+
+def host_url(host: str) -> str:
+    """Where a host node answers: ``https://{node id}``; plain HTTP only on loopback."""
+    import ipaddress
+
+    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = name == "localhost"
+    return f"{'http' if loopback else 'https'}://{host}"

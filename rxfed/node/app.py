@@ -429,7 +429,10 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
     app.add_routes(matching.routes)
+    from rxfed.node import clinicians
     from rxfed.node import web as web_client
+
+    clinicians.install(app)
 
     web_client.install(app)
     app.cleanup_ctx.append(_store_ctx)

@@ -215,6 +215,18 @@ class _PluginsSection:
     disabled: tuple[str, ...] = ()
 
 
+def _verifiers_ok(_instance, _attribute, value):
+    if not isinstance(value, dict) or any(not isinstance(k, str) or not isinstance(v, dict) for k, v in value.items()):
+        raise ValueError("must be tables of verification backends by name, e.g. [clinicians.verifiers.npi]")
+
+
+@attrs.frozen
+class _CliniciansSection:
+    #: The verification backends (name -> options) every clinician must pass before the node
+    #: vouches for them (``rxfed node clinicians issue``; spec/crypto.md section 12.5).
+    verifiers: dict[str, dict[str, Any]] = attrs.field(factory=lambda: {"npi": {}}, validator=_verifiers_ok)
+
+
 @attrs.frozen
 class _LoggingSection:
     file: str = "node.log"
@@ -255,6 +267,7 @@ class _ConfigFile:
     plugins: _PluginsSection = _PluginsSection()
     logging: _LoggingSection = _LoggingSection()
     metrics: _MetricsSection = _MetricsSection()
+    clinicians: _CliniciansSection = _CliniciansSection()
 
 
 def _exact(kind: type, what: str):
@@ -411,6 +424,8 @@ class NodeConfig:
     forwarded_header: str = "X-Forwarded-For"
     #: ``host:port`` of the metrics listener, or None for none.
     metrics_listen: str | None = None
+    #: ``[clinicians] verifiers``: backend name -> its options.
+    clinician_verifiers: dict[str, dict[str, Any]] = attrs.field(factory=lambda: {"npi": {}})
 
     @functools.cached_property
     def node_id(self) -> str:
@@ -447,7 +462,8 @@ class NodeConfig:
             disabled_plugins=parsed.plugins.disabled, log_file=parsed.logging.file or None,
             access_log=parsed.logging.access or None, metrics_listen=parsed.metrics.listen or None,
             trusted_proxies=tuple(parsed.node.trusted_proxies),
-            forwarded_header=forwarded_header(parsed.node.forwarded_header))
+            forwarded_header=forwarded_header(parsed.node.forwarded_header),
+            clinician_verifiers=dict(parsed.clinicians.verifiers))
 
     def validate(self) -> None:
         node_id_from_url(self.public_url)
@@ -485,6 +501,7 @@ class NodeConfig:
             "plugins": {"disabled": list(self.disabled_plugins)},
             "logging": {"file": self.log_file or "", "access": self.access_log or ""},
             "metrics": {"listen": self.metrics_listen or ""},
+            "clinicians": {"verifiers": {k: dict(v) for k, v in self.clinician_verifiers.items()}},
         }
 
     _COMMENTS = {
@@ -499,6 +516,8 @@ class NodeConfig:
         "plugins": "plugin names to block, e.g. [\"outcomes\"]",
         "logging": "inside this directory; file empty: stderr only; access: a file name to keep an access log "
                    "(routes and statuses, no client addresses)",
+        "clinicians": "verifiers: the backends every clinician must pass before 'rxfed node clinicians issue' "
+                      "vouches for them,\n# e.g. [clinicians.verifiers.hospital-directory] path = \"staff.csv\"",
         "metrics": "Prometheus metrics (GET /metrics) on host:port, e.g. \"127.0.0.1:9470\"; empty for none. "
                    "Counts only, no ids; keep it off the public interface",
     }

@@ -41,7 +41,9 @@ MAX_CONNECT = 64
 _NODE_ID = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?")
 #: Unauthenticated documents another node's page reads from this one (a recipient's or a
 #: community host's keys, the public directory): CORS for any origin, never credentials.
-PUBLIC = ("/.well-known/rxfed", "/v1/communities")
+PUBLIC = ("/.well-known/rxfed", "/v1/communities", "/.well-known/did.json")
+#: Public documents under a prefix: the clinician status lists a node publishes.
+PUBLIC_PREFIXES = ("/v1/clinicians/status/",)
 
 
 def peer_origin(node_id: str) -> str | None:
@@ -123,7 +125,7 @@ def install(app: web.Application, web_dir: Path = WEB_DIR) -> None:
         return respond(web_dir / MANIFEST)
 
     async def cors(request: web.Request, response: web.StreamResponse) -> None:
-        if request.method in ("GET", "HEAD") and request.path in PUBLIC:
+        if request.method in ("GET", "HEAD") and (request.path in PUBLIC or request.path.startswith(PUBLIC_PREFIXES)):
             response.headers["Access-Control-Allow-Origin"] = "*"
 
     app.on_response_prepare.append(cors)

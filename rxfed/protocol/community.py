@@ -827,13 +827,21 @@ def make_sender_key(sender: SigningKeyPair, state: CommunityState, sender_key: S
 
 
 def make_message(sender: SigningKeyPair, sender_key: SenderKey, address: CommunityAddress, text: str,
-                 now: int, *, franking_key: bytes | None = None, nonce: bytes | None = None) -> tuple[dict, bytes]:
+                 now: int, *, franking_key: bytes | None = None, nonce: bytes | None = None,
+                 badge: tuple[SigningKeyPair, dict] | None = None) -> tuple[dict, bytes]:
     """A message statement and its franking key. ``now`` must not be before the sender's
-    last message (``state.last_sent``). (``franking_key``, ``nonce``: for test vectors only;
-    by default fresh random ones.)"""
+    last message (``state.last_sent``). ``badge``: (the clinician's key, the credential it
+    shows), bound to this post inside the ciphertext (rxfed.protocol.badges). (``franking_key``,
+    ``nonce``: for test vectors only; by default fresh random ones.)"""
+    from rxfed.protocol.badges import make_badge
+
     _TEXT(text, "text")
     franking_key = franking_key or new_franking_key()
-    plaintext = canonical({"text": text, "franking_key": b64e(franking_key), "sent": now})
+    inner = {"text": text, "franking_key": b64e(franking_key), "sent": now}
+    if badge is not None:
+        inner["badge"] = make_badge(badge[0], badge[1], community=str(address), sender=sender.public, text=text,
+                                    sent=now)
+    plaintext = canonical(inner)
     if bucket_size(len(plaintext)) + MESSAGE_OVERHEAD > MAX_CIPHERTEXT:
         raise BadRequest("message is too long once encoded", code="message_too_long")
     sealed = seal_message(sender_key, _message_ad(address, sender.public, sender_key.epoch), plaintext, nonce=nonce)
@@ -1156,6 +1164,9 @@ class Message:
     epoch: int
     franking_key: bytes = attrs.field(repr=False)
     commitment: bytes
+    #: The clinician badge the sender attached (``{credential, signature}``, not verified
+    #: yet: rxfed.protocol.badges), or None.
+    badge: dict | None = None
 
 
 #: Why a message addressed to a member is not shown to it.
@@ -1274,17 +1285,25 @@ def own_sender_key(state: CommunityState, state_events: list[tuple[int, dict]], 
     return None
 
 
+def _badge(value: Any, where: str) -> dict:
+    # here, not at import: the credential code is only loaded for a post that has a badge
+    from rxfed.protocol.badges import badge_shape
+
+    return badge_shape(value, where)
+
+
 def _open(address: CommunityAddress, seq: int, event: MessagePosted, key: SenderKey) -> Message | Unreadable:
     try:
         plaintext = open_message(key, _message_ad(address, event.sender, event.epoch), event.ciphertext)
         f = fields(loads(plaintext), "message", {"text": _TEXT, "franking_key": b64(FRANKING_KEY_SIZE),
-                                                 "sent": _TIME})
+                                                 "sent": _TIME}, {"badge": _badge})
     except (DecryptionFailed, BadRequest):
         return Unreadable(seq, event.sender, "undecryptable")
     if f["sent"] != event.sent or not check_commitment(
             f["franking_key"], _franked(address, event.sender, f["text"], event.sent), event.commitment):
         return Unreadable(seq, event.sender, "bad_franking")
-    return Message(seq, event.sender, f["text"], event.sent, event.epoch, f["franking_key"], event.commitment)
+    return Message(seq, event.sender, f["text"], event.sent, event.epoch, f["franking_key"], event.commitment,
+                   f["badge"])
 
 
 # -- the host's directory ------------------------------------------------------------------

@@ -187,6 +187,25 @@ class AccountSummary:
 
 
 @attrs.frozen
+class IssuedCredential:
+    """One issuance of clinician credentials by this node (``rxfed node clinicians``): the
+    clinician's ``did:key``, what was vouched for, the ids of the derived credentials by
+    profile (``profiles``, JSON), the status bit they share and whether it is set."""
+
+    id: str
+    clinician: str
+    role: str
+    specialty: str
+    profiles: str
+    list_id: str
+    index: int
+    issued: int
+    valid_until: int
+    revoked: int | None = None
+    revoked_reason: str | None = None
+
+
+@attrs.frozen
 class OperatorEntry:
     """One line of the node's operator log: what an operator did, to what, when and as
     which system user (``rxfed node log``)."""

@@ -41,6 +41,7 @@ from rxfed.store import (
     Device,
     GrantRow,
     Inbound,
+    IssuedCredential,
     MatchingMember,
     MatchingSession,
     NewPatient,
@@ -301,6 +302,30 @@ async def _delete_ban_entry(c: Conn, hash_: str, log: OperatorEntry | None) -> b
     if found and log is not None:
         await c.log_operator(log)
     return found
+async def _issue_credentials(c: Conn, list_id: str, draw: Callable[[set[int]], int],
+                             make: Callable[[int], IssuedCredential], log: Callable[[IssuedCredential], OperatorEntry]
+                             ) -> IssuedCredential:
+    """Draw a free status index of ``list_id`` (``draw(taken)``), record the issuance ``make``
+    builds for it, and log it: the index can never be handed out twice."""
+    taken = set(await c.status_indexes(list_id))
+    index = draw(taken)
+    if index in taken:
+        raise Conflict(f"status index {index} of list {list_id} is taken", code="status_index_taken")
+    issued = make(index)
+    await c.add_issued_credential(issued)
+    await c.log_operator(log(issued))
+    return issued
+
+
+async def _revoke_credential(c: Conn, credential_id: str, when: int, reason: str | None, log: OperatorEntry) -> bool:
+    """Set the status bit of an issuance (NotFound for none); False (nothing logged) when it
+    was already revoked: a revocation is never undone."""
+    if await c.issued_credential(credential_id) is None:
+        raise NotFound(f"this node issued no credential {credential_id!r}", code="unknown_credential")
+    if not await c.revoke_issued_credential(credential_id, when, reason):
+        return False
+    await c.log_operator(log)
+    return True
 
 
 async def _set_peer_policy(c: Conn, node_id: str, policy: str, url: str | None, fingerprint: str | None) -> None:
@@ -761,6 +786,26 @@ class Store:
         columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
                    "moderator", "origin")
         return [dict(zip(columns, r)) for r in await self.backend.read(methodcaller("forwarded_reports"))]
+    # -- clinician credentials ------------------------------------------------------------
+    async def issue_credentials(self, list_id: str, *, draw: Callable[[set[int]], int],
+                                make: Callable[[int], IssuedCredential],
+                                log: Callable[[IssuedCredential], OperatorEntry]) -> IssuedCredential:
+        """Record one issuance at a status index ``draw(taken indexes)`` picks (``make(index)``
+        is the row; it signs the credentials, so nothing is signed for an index not kept)."""
+        return await self.backend.write(_issue_credentials, list_id, draw, make, log)
+
+    async def issued_credentials(self) -> list[IssuedCredential]:
+        return await self.backend.read(methodcaller("issued_credentials"))
+
+    async def revoke_credential(self, credential_id: str, *, when: int, reason: str | None,
+                                log: OperatorEntry) -> bool:
+        return await self.backend.write(_revoke_credential, credential_id, when, reason, log)
+
+    async def status_list(self, list_id: str) -> tuple[list[int], list[int]]:
+        """``(indexes issued, indexes revoked)`` of one status list."""
+        async def read(c: Conn):
+            return await c.status_indexes(list_id), await c.status_indexes(list_id, revoked_only=True)
+        return await self.backend.read(read)
 
     # -- federation: peers -----------------------------------------------------------------
     async def peer(self, node_id: str) -> Peer | None:

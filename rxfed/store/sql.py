@@ -29,6 +29,7 @@ from rxfed.store import (
     Device,
     GrantRow,
     Inbound,
+    IssuedCredential,
     MatchingMember,
     MatchingSession,
     Nonce,
@@ -333,6 +334,35 @@ class SQLConnection:
         rows = await self._all("SELECT time, action, subject, by, detail, seq FROM operator_log ORDER BY seq DESC "
                                "LIMIT ?", (limit,))
         return [OperatorEntry(*r) for r in reversed(rows)]
+
+    # -- clinician credentials ------------------------------------------------------------
+    _CREDENTIAL_COLUMNS = ("id, clinician, role, specialty, profiles, list_id, idx, issued, valid_until, revoked, "
+                           "revoked_reason")
+
+    async def add_issued_credential(self, c: IssuedCredential) -> None:
+        await self._run(f"INSERT INTO clinician_credentials ({self._CREDENTIAL_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (c.id, c.clinician, c.role, c.specialty, c.profiles, c.list_id, c.index, c.issued,
+                         c.valid_until, c.revoked, c.revoked_reason))
+
+    async def issued_credentials(self) -> list[IssuedCredential]:
+        rows = await self._all(f"SELECT {self._CREDENTIAL_COLUMNS} FROM clinician_credentials ORDER BY issued, id")
+        return [IssuedCredential(*r) for r in rows]
+
+    async def issued_credential(self, credential_id: str) -> IssuedCredential | None:
+        row = await self._one(f"SELECT {self._CREDENTIAL_COLUMNS} FROM clinician_credentials WHERE id=?",
+                              (credential_id,))
+        return None if row is None else IssuedCredential(*row)
+
+    async def status_indexes(self, list_id: str, *, revoked_only: bool = False) -> list[int]:
+        where = " AND revoked IS NOT NULL" if revoked_only else ""
+        rows = await self._all(f"SELECT idx FROM clinician_credentials WHERE list_id=?{where} ORDER BY idx",
+                               (list_id,))
+        return [r[0] for r in rows]
+
+    async def revoke_issued_credential(self, credential_id: str, when: int, reason: str | None) -> bool:
+        return await self._run("UPDATE clinician_credentials SET revoked=?, revoked_reason=? "
+                               "WHERE id=? AND revoked IS NULL", (when, reason, credential_id)) == 1
 
     async def remove_community(self, community_id: str, host: str) -> bool:
         key = (community_id, host)

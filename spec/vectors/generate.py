@@ -643,6 +643,38 @@ def credential_vectors() -> dict:
             "expected": {"unrevoked": "valid", "revoked": "credential_revoked"}}
 
 
+def badge_vectors() -> dict:
+    """A clinician badge on a post (spec/crypto.md section 12.8): the badge profile of
+    credential.json bound to one post by the clinician's key, the bytes it signs, the
+    plaintext that carries it, what a reader shows, and changes a reader refuses."""
+    from rxfed.protocol import badges
+
+    creds = credential_vectors()
+    clinician = SigningKeyPair.from_seed(bytes(range(33, 65)))
+    sender = SigningKeyPair.from_seed(bytes(range(65, 97)))
+    community, text, sent = "00112233445566778899aabbccddeeff@community-c.example", "TSH six weeks after a change.", \
+        CREATED + 3600
+    credential = creds["credentials"]["badge"]
+    badge = badges.make_badge(clinician, credential, community=community, sender=sender.public, text=text, sent=sent)
+    signed = badges._binding(community, sender.public, text, sent, credential)
+    other = SigningKeyPair.from_seed(bytes(range(97, 129)))
+    return {"community": community, "sender_public_key": b64e(sender.public), "text": text, "sent": sent,
+            "clinician_seed": b64e(clinician.seed), "credential": credential, "signed_bytes": signed.decode(),
+            "badge": badge, "franking_key": b64e(bytes(32)),
+            "plaintext": canonical({"text": text, "franking_key": b64e(bytes(32)), "sent": sent,
+                                    "badge": badge}).decode(),
+            "verify_at": creds["verify_at"], "status_list": creds["status_lists"]["unrevoked"],
+            "revoked_status_list": creds["status_lists"]["revoked"], "issuer": creds["issuer"],
+            "shown": "verified physician, Endocrinology, Hospital A (hospital-a.example)",
+            "refused": [{"change": "another sender", "sender_public_key": b64e(other.public),
+                         "reason": "bad_badge_binding"},
+                        {"change": "another text", "text": text + "!", "reason": "bad_badge_binding"},
+                        {"change": "another time", "sent": sent + 1, "reason": "bad_badge_binding"},
+                        {"change": "the status list revoked", "status_list": "revoked",
+                         "reason": "credential_revoked"},
+                        {"change": "a claim changed", "specialty_name": "Cardiology", "reason": "bad_proof"}]}
+
+
 def client_vectors() -> dict:
     """What the patient's clients (the SDK and the web client) make that the other vectors do
     not pin: patient and device ids, padding buckets, a journal record's plaintext and its
@@ -774,6 +806,7 @@ VECTORS = {
     "node-key-rotation.json": rotation_vectors,
     "canonical.json": canonical_vectors,
     "credential.json": credential_vectors,
+    "badge.json": badge_vectors,
     "request-signature.json": request_vectors,
     "statement.json": statement_vectors,
     "transaction.json": transaction_vectors,

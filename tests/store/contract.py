@@ -14,6 +14,7 @@ from rxfed.store import (
     CommunityRow,
     GrantRow,
     Inbound,
+    IssuedCredential,
     MatchingSession,
     NewPatient,
     Nonce,
@@ -237,7 +238,47 @@ class MatchingContract:
         assert sorted(claims) == [False, False, False, True]
 
 
-class StoreContract(CommunityContract, OperatorContract, MatchingContract):
+class ClinicianContract:
+    """Clinician credentials: issuances on random status indexes, never one index twice,
+    revocation once and logged (mixed into :class:`StoreContract`)."""
+
+    @staticmethod
+    def issued(index: int, issuance: str = "0123456789abcdef") -> IssuedCredential:
+        return IssuedCredential(issuance, "did:key:z6Mk", "physician", "207RE0101X", '{"badge":"urn:uuid:1"}', "1",
+                                index, 100, 200)
+
+    async def test_issuances_take_free_indexes_and_revoke_once(self, store):
+        entry = OperatorContract.entry
+        seen = []
+
+        def draw(taken):
+            seen.append(set(taken))
+            return 7 if 7 not in taken else 9
+
+        first = await store.issue_credentials("1", draw=draw, make=self.issued,
+                                              log=lambda r: entry("clinician-issue", r.id))
+        second = await store.issue_credentials("1", draw=draw, make=lambda i: self.issued(i, "fedcba9876543210"),
+                                               log=lambda r: entry("clinician-issue", r.id))
+        assert (first.index, second.index) == (7, 9) and seen == [set(), {7}]
+        assert await store.status_list("1") == ([7, 9], [])
+        assert await store.status_list("2") == ([], [])
+        with pytest.raises(Conflict):  # the same index again: refused, nothing written
+            await store.issue_credentials("1", draw=lambda taken: 7, make=lambda i: self.issued(i, "aaaaaaaaaaaaaaaa"),
+                                          log=lambda r: entry("clinician-issue", r.id))
+        assert [r.id for r in await store.issued_credentials()] == [first.id, second.id]
+        assert await store.revoke_credential(first.id, when=150, reason="left", log=entry("clinician-revoke", first.id))
+        assert not await store.revoke_credential(first.id, when=160, reason=None, log=entry("clinician-revoke", first.id))
+        with pytest.raises(NotFound):
+            await store.revoke_credential("bbbbbbbbbbbbbbbb", when=1, reason=None, log=entry("clinician-revoke", "b"))
+        assert await store.status_list("1") == ([7, 9], [7])
+        rows = {r.id: r for r in await store.issued_credentials()}
+        assert (rows[first.id].revoked, rows[first.id].revoked_reason) == (150, "left")
+        assert rows[second.id].revoked is None
+        assert [e.action for e in await store.operator_log()] == ["clinician-issue", "clinician-issue",
+                                                                  "clinician-revoke"]
+
+
+class StoreContract(CommunityContract, OperatorContract, MatchingContract, ClinicianContract):
     """Subclass with a ``store`` fixture yielding an opened, empty store (communities: see
     :class:`CommunityContract`, which it includes)."""
 

@@ -292,6 +292,23 @@ MIGRATIONS: list[str] = [
         origin TEXT NOT NULL
     )
     """,
+    # 5: clinician credentials the node issued and their revocations (SQLite's 15)
+    """
+    CREATE TABLE clinician_credentials (
+        id TEXT PRIMARY KEY,
+        clinician TEXT NOT NULL,
+        role TEXT NOT NULL,
+        specialty TEXT NOT NULL,
+        profiles TEXT NOT NULL,
+        list_id TEXT NOT NULL,
+        idx BIGINT NOT NULL,
+        issued BIGINT NOT NULL,
+        valid_until BIGINT NOT NULL,
+        revoked BIGINT,
+        revoked_reason TEXT,
+        UNIQUE (list_id, idx)
+    )
+    """,
 ]
 
 

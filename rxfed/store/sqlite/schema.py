@@ -390,6 +390,24 @@ MIGRATIONS: list[str] = [
         origin TEXT NOT NULL
     )
     """,
+    # 15: clinician credentials the node issued (one row per issuance: its derived
+    # credentials share one status bit, spec/crypto.md section 12) and their revocations
+    """
+    CREATE TABLE clinician_credentials (
+        id TEXT PRIMARY KEY,
+        clinician TEXT NOT NULL,
+        role TEXT NOT NULL,
+        specialty TEXT NOT NULL,
+        profiles TEXT NOT NULL,
+        list_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        issued INTEGER NOT NULL,
+        valid_until INTEGER NOT NULL,
+        revoked INTEGER,
+        revoked_reason TEXT,
+        UNIQUE (list_id, idx)
+    )
+    """,
 ]
 
 

@@ -10,6 +10,7 @@ import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
 import * as p from "./protocol.mjs";
 import { followRotations, trustNode, untrustedError } from "./nodekeys.mjs";
+import { badgeVerdict, didKey, makeBadge } from "./credentials.mjs";
 import { fetchPublic, nodeOrigin } from "./sharing.mjs";
 import { BoxKeyPair, SigningKeyPair, hashId, randomBytes } from "./sodium.mjs";
 import * as store from "./store.mjs";
@@ -308,22 +309,38 @@ export class PageCommunities {
 
   /** Encrypt and post `text`; first hands a fresh sender key to exactly the current members
    * if the membership changed since this member's last key (Communities.post). */
-  async post(address, text) {
+  async post(address, text, { credential = null } = {}) {
     if (typeof text !== "string" || !text.trim() || text.length > 4000) throw new p.IntegrityError("A message is 1 to 4000 characters.", "bad_text");
+    const clinician = credential === null ? null : await this.clinicianKey();
+    if (credential !== null && clinician === null) {
+      throw new p.IntegrityError("This account has no clinician key yet: show it (below), and have your hospital issue a credential for it.", "no_clinician_key");
+    }
     const mine = await this.membership(address);
     const { rows, reading } = await this.history(mine, { messages: false });
     if (reading === null) throw new p.IntegrityError("this node has not received the community yet; try again shortly", "not_ready");
     const state = reading.state;
     if (cm.statusOf(state, mine.member.public) !== "joined") throw new p.IntegrityError("you are not (yet) a joined member of this community", "not_joined");
     const events = rows.map(([seq, event]) => [seq, event]);
-    let key = cm.ownSenderKey(state, events, mine.member, mine.box);
     const mineKey = b64e(mine.member.public), sent = state.senders.get(mineKey);
+    const now = Math.max(this.now(), state.recent.get(mineKey)?.[0] ?? 0);
+    let badge = null;
+    if (credential !== null) {
+      try {
+        badge = makeBadge(clinician, credential, { community: mine.address.text, sender: mine.member.public, text, sent: now });
+      } catch (exc) {
+        throw new p.IntegrityError(`The badge cannot go on this post: ${exc.message}.`, exc.code || "malformed_badge");
+      }
+      // checked as every reader will check it, before anything (a sender key) is sent
+      const verdict = await badgeVerdict(badge, { community: mine.address.text, sender: mine.member.public, text, sent: now },
+        { now: this.now(), fetchKeys: (node) => this.issuerKeys(node), fetchList: (url, node) => this.statusList(url, node) });
+      if (!verdict.verified) throw new p.IntegrityError(`The badge would not show: ${verdict.explanation}.`, verdict.reason);
+    }
+    let key = cm.ownSenderKey(state, events, mine.member, mine.box);
     if (key === null || !sent || sent[1] !== state.version) {
       key = { epoch: (sent?.[0] ?? 0) + 1, key: randomBytes(32) };
       await this.submit(mine.address, cm.makeSenderKey(mine.member, state, key));
     }
-    const now = Math.max(this.now(), state.recent.get(mineKey)?.[0] ?? 0);
-    const { statement } = cm.makeMessage(mine.member, key, mine.address, text, now);
+    const { statement } = cm.makeMessage(mine.member, key, mine.address, text, now, { badge });
     const result = await this.submit(mine.address, statement);
     return { ...result, id: b64e(p.statementHash(statement)) };
   }
@@ -365,7 +382,63 @@ export class PageCommunities {
   async read(address) {
     const mine = await this.membership(address);
     const { reading } = await this.history(mine);
-    return { mine, reading };
+    const badges = new Map();
+    const badged = reading ? reading.messages.filter((m) => m.badge !== null && m.badge !== undefined) : [];
+    if (badged.length) {
+      // Each badge checked here, against the issuer's keys and status list fetched from the
+      // issuing node itself, never from the home node that relays the post (spec/crypto.md 12.8).
+      const cache = { issuers: {}, lists: {}, failed: new Set() };
+      for (const m of badged) {
+        badges.set(m.seq, await badgeVerdict(m.badge, { community: mine.address.text, sender: m.sender, text: m.text, sent: m.sent },
+          { now: this.now(), cache, fetchKeys: (node) => this.issuerKeys(node), fetchList: (url, node) => this.statusList(url, node) }));
+      }
+    }
+    return { mine, reading, badges };
+  }
+
+  /** This account's clinician key (a `clinician` record in the vault, the CLI's: `rxfed
+   * patient clinician key`), made and stored on first use with `create`, else null. */
+  async clinicianKey({ create = false } = {}) {
+    if (this.patient.state === null) await this.patient.load();
+    for (const r of this.patient.state.records.filter((x) => x.kind === "clinician")) {
+      try {
+        return new SigningKeyPair(b64d(r.data.seed, 32));
+      } catch {
+        // a record that holds no key names none
+      }
+    }
+    if (!create) return null;
+    const key = SigningKeyPair.generate();
+    await this.commit([{ id: hex(randomBytes(16)), kind: "clinician", created: timestamp(Date.now() + this.patient.node.offset * 1000),
+      data: { seed: b64e(key.seed), did: didKey(key.public) } }]);
+    await this.patient.load();
+    return key;
+  }
+
+  /** A credential issuer's keys with their validity, from its own /.well-known/rxfed; null
+   * when this page cannot reach it (its node does not federate with the issuer, say). */
+  async issuerKeys(node) {
+    const doc = await fetchPublic(this.hostUrl(node), "/.well-known/rxfed");
+    if (doc === null || doc.node_id !== node || !Array.isArray(doc.keys)) return null;
+    const keys = [];
+    for (const k of doc.keys.slice(0, 16)) {
+      try {
+        if (!Number.isSafeInteger(k.valid_from) || !(k.valid_until === null || Number.isSafeInteger(k.valid_until))) continue;
+        keys.push({ key: b64d(k.public_key, 32), validFrom: k.valid_from, validUntil: k.valid_until });
+      } catch {
+        // a malformed entry names no key
+      }
+    }
+    return keys.length ? keys : null;
+  }
+
+  /** A status list from the issuing node at the URL the credential names (the credential
+   * check has made sure it is on that node). */
+  async statusList(url, node) {
+    const origin = this.hostUrl(node);
+    const base = origin || nodeOrigin(node);
+    if (!url.startsWith(`${base}/`)) return null;
+    return fetchPublic(origin, url.slice(base.length));
   }
 
   /** Report message `seq` to the community's moderators as `category`, sealed to each of

@@ -6,7 +6,9 @@
 import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
 import { b64e } from "./encoding.mjs";
 import { UNREADABLE, isModerator } from "./community.mjs";
+import { credentialFromFile, didKey } from "./credentials.mjs";
 import { presendWarnings, shippedRules } from "./moderation.mjs";
+import { IntegrityError } from "./protocol.mjs";
 import { browserCountry } from "./questionnaires.mjs";
 import * as ui from "./ui.mjs";
 
@@ -89,7 +91,7 @@ function hideView() {
 }
 
 async function show(address) {
-  const { mine, reading } = await communities.read(address);
+  const { mine, reading, badges } = await communities.read(address);
   open = address;
   $("cv-h").textContent = mine.name;
   $("community-view").hidden = false;
@@ -147,7 +149,17 @@ async function show(address) {
     const text = document.createElement("div");
     text.className = "note";
     text.textContent = m.text;
-    li.append(meta, text, button(`Report message ${m.seq} to the moderators`, "report-mods", (b) => guarded(b, "Reporting…", async () => {
+    li.append(meta, text);
+    const verdict = badges.get(m.seq);
+    if (verdict) {
+      // the reader's own check of the clinician badge (spec/crypto.md 12.8): what it says, or why not
+      const badge = document.createElement("div");
+      badge.className = verdict.verified ? "badge verified" : "badge refused";
+      badge.dataset.badge = verdict.verified ? "verified" : verdict.reason;
+      badge.textContent = verdict.verified ? `✓ ${verdict.badge}` : `Clinician badge refused: ${verdict.explanation}`;
+      li.append(badge);
+    }
+    li.append(button(`Report message ${m.seq} to the moderators`, "report-mods", (b) => guarded(b, "Reporting…", async () => {
       await communities.fileReport(address, m.seq, $("report-category").value);
       say("Reported: only the community's moderators can read the report, and it does not say who made it.");
     })), " ", button(`Report message ${m.seq}`, "report", (b) => guarded(b, "Making the report…", async () => {
@@ -247,8 +259,26 @@ $("c-browse").addEventListener("click", (ev) => {
 });
 
 /** Send `text` to the community shown, sealed here; the check has run. */
+/** The credential the author chose to show, from the picked credentials file, or null. */
+async function chosenCredential() {
+  const file = $("post-badge").files[0];
+  if (!file) return null;
+  let doc;
+  try {
+    doc = JSON.parse(await file.text());
+  } catch {
+    throw new IntegrityError(`${file.name} is not a credentials file.`, "bad_badge_file");
+  }
+  try {
+    return credentialFromFile(doc, $("post-badge-profile").value);
+  } catch (exc) {
+    throw new IntegrityError(`${file.name}: ${exc.message}.`, "bad_badge_file");
+  }
+}
+
 async function send(text) {
-  const result = await communities.post(open, text);
+  const credential = await chosenCredential();
+  const result = await communities.post(open, text, { credential });
   $("post-text").value = "";
   held = null;
   $("presend-warning").hidden = true;
@@ -297,6 +327,16 @@ $("post-form").addEventListener("submit", (ev) => {
     }
     say("Posting…");
     await send(text);
+  });
+});
+
+$("clinician-key").addEventListener("click", (ev) => {
+  if (communities === null) return;
+  guarded(ev.target, "Opening your clinician key…", async () => {
+    const key = await communities.clinicianKey({ create: true });
+    $("clinician-key-out").textContent = didKey(key.public);
+    $("clinician-key-out").hidden = false;
+    say("Give this key to your hospital: it issues your credentials for it ('rxfed node clinicians issue --key').");
   });
 });
 

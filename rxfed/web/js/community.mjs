@@ -104,8 +104,10 @@ export const messageAd = (address, sender, epoch) => concat(utf8("rxfed-msg|"), 
 export const franked = (address, sender, text, sent) => canonical({ community: address.text, sender: b64e(sender), text, sent });
 
 /** A message statement under `senderKey` and its franking key (pc.make_message). */
-export function makeMessage(sender, senderKey, address, text, now, { frankingKey = randomBytes(32), random = randomBytes } = {}) {
-  const plaintext = canonical({ text, franking_key: b64e(frankingKey), sent: now });
+export function makeMessage(sender, senderKey, address, text, now, { frankingKey = randomBytes(32), random = randomBytes, badge = null } = {}) {
+  // `badge`: {credential, signature} bound to this text and time (credentials.mjs makeBadge)
+  const plaintext = canonical(badge === null ? { text, franking_key: b64e(frankingKey), sent: now }
+    : { text, franking_key: b64e(frankingKey), sent: now, badge });
   const sealed = aeadSeal(senderKey.key, messageAd(address, sender.public, senderKey.epoch), padTo(plaintext, bucketSize(plaintext.length)), random);
   const statement = signStatement(sender, { type: MESSAGE, community: address.text, sender: b64e(sender.public), epoch: senderKey.epoch,
     ciphertext: b64e(sealed), commitment: b64e(commitment(frankingKey, franked(address, sender.public, text, now))), sent: now });
@@ -124,8 +126,14 @@ export function openMessage(address, body, senderKey) {
   } catch {
     throw new DecryptionFailed();
   }
-  if (!doc || typeof doc !== "object" || Object.keys(doc).sort().join() !== "franking_key,sent,text" || typeof doc.text !== "string"
-      || doc.text.length > 4000 || !Number.isSafeInteger(doc.sent)) {
+  // `badge` is optional: a clinician's credential bound to the post (spec/crypto.md 12.8),
+  // checked by the reader's page after the message opens (credentials.mjs badgeVerdict).
+  const fields = doc && typeof doc === "object" ? Object.keys(doc).sort().join() : "";
+  const badge = doc && typeof doc === "object" ? doc.badge ?? null : null;
+  const badgeShaped = badge === null || (typeof badge === "object" && !Array.isArray(badge) && Object.keys(badge).sort().join() === "credential,signature"
+    && badge.credential !== null && typeof badge.credential === "object" && !Array.isArray(badge.credential) && typeof badge.signature === "string");
+  if (!(fields === "franking_key,sent,text" || (fields === "badge,franking_key,sent,text" && badgeShaped))
+      || typeof doc.text !== "string" || doc.text.length > 4000 || !Number.isSafeInteger(doc.sent)) {
     throw new DecryptionFailed();
   }
   let key;
@@ -137,7 +145,7 @@ export function openMessage(address, body, senderKey) {
   if (doc.sent !== body.sent || !checkCommitment(key, franked(address, sender, doc.text, doc.sent), b64d(body.commitment, 32))) {
     throw new IntegrityError("the message's commitment does not open with its text", "bad_franking");
   }
-  return { text: doc.text, sent: doc.sent, frankingKey: key };
+  return { text: doc.text, sent: doc.sent, frankingKey: key, badge };
 }
 
 // -- host stamps and the pinned history -----------------------------------------------------------
@@ -467,7 +475,8 @@ export function readHistory(events, me = null, myBox = null, checked = 0) {
       if (key) {
         try {
           const m = openMessage(state.address, statement.body, key);
-          messages.push({ seq, sender: e.sender, text: m.text, sent: m.sent, epoch: e.epoch, frankingKey: m.frankingKey, commitment: e.commitment });
+          messages.push({ seq, sender: e.sender, text: m.text, sent: m.sent, epoch: e.epoch, frankingKey: m.frankingKey, commitment: e.commitment,
+            badge: m.badge });
         } catch (exc) {
           unreadable.push({ seq, sender: e.sender, reason: exc.code === "bad_franking" ? "bad_franking" : "undecryptable" });
         }

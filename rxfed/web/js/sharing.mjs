@@ -33,11 +33,13 @@ export function nodeOrigin(nodeId) {
 /** The only documents the page reads from another origin: what a node publishes to anyone,
  * without credentials (spec/web.md §2, "Other nodes' keys"). */
 export const PUBLIC_PATHS = Object.freeze(["/.well-known/rxfed", "/v1/communities"]);
+/** And the clinician status lists a node publishes (spec/crypto.md section 12.4). */
+export const STATUS_LIST_PATH = /^\/v1\/clinicians\/status\/[a-z0-9-]{1,32}$/;
 
 /** `path` (one of PUBLIC_PATHS) of the node at `origin` ("" for the home node), parsed;
  * null when the node cannot be reached or answers no JSON (the caller says what that means). */
 export async function fetchPublic(origin, path) {
-  if (!PUBLIC_PATHS.includes(path)) throw new Error(`the page reads only public documents from other nodes, not ${path}`);
+  if (!PUBLIC_PATHS.includes(path) && !STATUS_LIST_PATH.test(path)) throw new Error(`the page reads only public documents from other nodes, not ${path}`);
   try {
     const response = await fetch(`${origin}${path}`, { mode: "cors", credentials: "omit", cache: "no-store", redirect: "error" });
     const doc = loads(new Uint8Array(await response.arrayBuffer()));
