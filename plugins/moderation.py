@@ -19,8 +19,10 @@ warning saying why, and flags nothing. No model, no network.
 from __future__ import annotations
 
 import _sre
+import array
 import functools
 import hashlib
+import hmac
 import importlib.resources
 import marshal
 import os
@@ -282,70 +284,283 @@ _CLAUSE = re.compile(r"(?<=[.!?;:\n])\s+|\n+|(?<=\?)|\s+(?:but|though|although|h
 # -- compiled patterns, kept between runs -------------------------------------------------
 
 
+class LazyPattern:
+    """One pattern, compiled the first time a string could hold a match, with the same
+    ``search``, ``match``, ``fullmatch``, ``finditer`` and ``sub`` answers as ``re.compile``'s.
+
+    ``need`` is what every match contains, read off the parsed pattern (:func:`_needs`): a
+    tuple of sets of literal strings, every match holding one string of each set (None: not
+    known). A string holding none of one set's strings cannot match anywhere in it, so the
+    pattern answers "no match" without being compiled or run; otherwise it is compiled (by
+    ``build``) and asked. The answers are those of the compiled pattern either way: ``need``
+    is a necessary condition, never a sufficient one.
+    """
+
+    __slots__ = ("pattern", "need", "_build", "_compiled")
+
+    def __init__(self, pattern: str, need: tuple[frozenset[str], ...] | None, build):
+        self.pattern = pattern
+        self.need = need
+        self._build = build
+        self._compiled: re.Pattern | None = None
+
+    def could_match(self, string: str) -> bool:
+        return self.need is None or all(any(s in string for s in alternatives) for alternatives in self.need)
+
+    @property
+    def compiled(self) -> re.Pattern:
+        if self._compiled is None:
+            self._compiled = self._build(self.pattern)
+            self._build = None
+        return self._compiled
+
+    def search(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match | None:
+        return self.compiled.search(string, pos, endpos) if self.could_match(string) else None
+
+    def match(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match | None:
+        return self.compiled.match(string, pos, endpos) if self.could_match(string) else None
+
+    def fullmatch(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match | None:
+        return self.compiled.fullmatch(string, pos, endpos) if self.could_match(string) else None
+
+    def finditer(self, string: str, pos: int = 0, endpos: int = sys.maxsize):
+        return self.compiled.finditer(string, pos, endpos) if self.could_match(string) else iter(())
+
+    def sub(self, repl, string: str, count: int = 0) -> str:
+        return self.compiled.sub(repl, string, count) if self.could_match(string) else string
+
+    def __repr__(self) -> str:
+        return f"LazyPattern({self.pattern[:40]!r}...)"
+
+
+#: Factors of a match kept per pattern (each a set of literal strings the match holds one of).
+_MAX_FACTORS = 3
+
+
+def _needs(parsed, flags: int) -> tuple[frozenset[str], ...] | None:
+    """What every match of a parsed pattern (``re._parser.parse``) contains: up to
+    :data:`_MAX_FACTORS` sets of literal strings, each a necessary condition (the match holds
+    at least one string of each set), the most selective first; None when nothing is known.
+
+    Sound by construction: a run of literals (zero-width assertions such as ``\\b`` between
+    them consume nothing, so the run's characters are adjacent in the match) is in every
+    match of the sequence it belongs to; so is whatever a group, or a repeat of at least once,
+    needs; an alternation needs one of what its branches need (and nothing if one branch
+    needs nothing). Anything else (character classes, optional parts, lookarounds,
+    backreferences, case-insensitive literals) ends a run and adds nothing."""
+    factors = _sequence_factors(parsed.data if hasattr(parsed, "data") else parsed, flags)
+    factors.sort(key=_selectivity)
+    chosen: list[frozenset[str]] = []
+    for f in factors:
+        if f not in chosen and _selectivity(f)[0] is False:
+            chosen.append(f)
+        if len(chosen) == _MAX_FACTORS:
+            break
+    return tuple(chosen) or None
+
+
+def _selectivity(alternatives: frozenset[str]) -> tuple:
+    shortest = min(len(s) for s in alternatives)
+    return (shortest < 2, len(alternatives), -shortest)
+
+
+def _sequence_factors(items, flags: int) -> list[frozenset[str]]:
+    from re import _constants as c  # type: ignore[attr-defined]
+
+    factors: list[frozenset[str]] = []
+    run: list[str] = []
+
+    def end_run():
+        if run:
+            factors.append(frozenset(["".join(run)]))
+            run.clear()
+
+    for op, av in items:
+        if op is c.LITERAL and not flags & (c.SRE_FLAG_IGNORECASE | c.SRE_FLAG_LOCALE):
+            run.append(chr(av))
+            continue
+        if op is c.AT:
+            continue  # zero width: the literals on either side stay adjacent
+        end_run()
+        best = None
+        if op is c.SUBPATTERN:
+            _, add, remove, sub = av
+            best = _one_of(_sequence_factors(sub.data, (flags | add) & ~remove))
+        elif op is c.ATOMIC_GROUP:
+            best = _one_of(_sequence_factors(av.data, flags))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            low, _, sub = av
+            if low >= 1:
+                best = _one_of(_sequence_factors(sub.data, flags))
+        elif op is c.BRANCH:
+            union: set[str] = set()
+            for branch in av[1]:
+                one = _one_of(_sequence_factors(branch.data, flags))
+                if one is None:
+                    union = set()
+                    break
+                union |= one
+            best = _minimal(union) if union else None
+        if best is not None:
+            factors.append(best)
+    end_run()
+    return factors
+
+
+def _one_of(factors: list[frozenset[str]]) -> frozenset[str] | None:
+    """The most selective of a sequence's factors (any one of them is necessary)."""
+    return min(factors, key=_selectivity) if factors else None
+
+
+def _minimal(strings: set[str]) -> frozenset[str]:
+    """The same condition with fewer strings: one that holds another is implied by it."""
+    ordered = sorted(strings, key=len)
+    kept: list[str] = []
+    for s in ordered:
+        if not any(k in s for k in kept):
+            kept.append(s)
+    return frozenset(kept)
+
+
 class CompiledPatterns:
-    """Python's compiled form of each pattern, kept in the user's cache directory, so that a
-    command does not parse some 240 kB of patterns every time (about 160 ms; loading them
-    takes a few).
+    """The patterns of the rules, each compiled when first needed (:class:`LazyPattern`), and
+    what compiling them takes kept in the user's cache directory, so that a command neither
+    parses some 270 kB of patterns (about 160 ms) nor builds the ones a message cannot match.
 
     CPython compiles a pattern in two steps, parsing it into its own bytecode and building the
     pattern object from that bytecode (``_sre.compile``, which checks the bytecode before it
-    accepts it); this keeps the bytecode by the SHA-256 of the
-    pattern's text. The file is
-    ``$XDG_CACHE_HOME/rxfed/moderation-*.bin`` (default ``~/.cache/rxfed``), one per
-    interpreter version, mode 0600, read only if it is this user's and nobody else may write
-    it (the trust the plugin index asks for). The rules are verified before anything is
-    compiled; a cache that cannot be read or written, an interpreter without these internals,
-    or a file whose checksum does not match falls back to ``re.compile``. Like the plugin
-    index (which names the modules to import), the file is as trusted as the user's other
-    files: ``_sre`` does not defend against bytecode crafted to misbehave.
+    accepts it). The cache keeps, by the SHA-256 of each pattern's text, the bytecode (raw
+    32-bit code words, read without building an object per word) and what every match needs
+    (:func:`_needs`). The file is ``$XDG_CACHE_HOME/rxfed/moderation-*.bin`` (default
+    ``~/.cache/rxfed``), one per interpreter version and byte order, mode 0600, read only if it
+    is this user's and nobody else may write it or its folder (the trust the plugin index
+    asks for). The rules are verified before anything is compiled. The file's index is
+    covered by one SHA-256 and each pattern's bytecode by its own, checked when that pattern
+    is built, so a damaged or truncated file is never handed to ``_sre``; a cache that cannot
+    be read or written, an interpreter without these internals, or anything that does not
+    check out is compiled the ordinary way (``re.compile``). Like the plugin index (which
+    names the modules to import), the file is as trusted as the user's other files: someone
+    who may write them can as well change the plugin itself.
     """
 
-    def __init__(self, path: str | None, entries: dict):
+    def __init__(self, path: str | None, index: dict, fd: int | None = None, start: int = 0, size: int = 0):
         self.path = path
-        self.entries = entries
+        self.index = index  # key -> (flags, groups, groupindex, indexgroup, need, offset, words, digest)
+        self._fd = fd  # the file, open: each pattern's code words are read when it is built
+        self._start = start  # where the code words begin in it
+        self._size = size  # and how many bytes of them there are
+        self._checked: set[int] = set()  # ids of the index's sets found well formed
+        self.used: dict[bytes, tuple] = {}  # what this run compiled, for the next file
+        self.fresh: dict[bytes, bytes] = {}  # code words of patterns compiled in this run
         self.changed = False
 
     @classmethod
     def load(cls) -> CompiledPatterns:
         path = _cache_path()
-        return cls(path, _read_cache(path) if path else {})
+        return cls(path, *_read_cache(path)) if path else cls(None, {})
 
-    def compile(self, text: str) -> re.Pattern:
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _code_words(self, offset: int, words: int) -> bytes:
+        if self._fd is None:
+            return b""
+        try:
+            return os.pread(self._fd, words * 4, self._start + offset * 4)
+        except OSError:
+            return b""
+
+    @property
+    def entries(self) -> dict:
+        return self.index
+
+    def compile(self, text: str) -> LazyPattern:
         key = hashlib.sha256(text.encode("utf-8")).digest()
-        entry = self.entries.get(key)
-        if entry is not None:
+        entry = self.index.get(key)
+        if entry is not None and _entry_ok(entry, self._size, self._checked):
+            self.used[key] = entry
+            return LazyPattern(text, entry[4], functools.partial(self._build, entry))
+        self.changed = True
+        built = _bytecode(text)
+        if built is None:
+            return LazyPattern(text, None, re.compile)
+        flags, code, groups, groupindex, indexgroup, need = built
+        words = array.array("I", code).tobytes()
+        self.fresh[key] = words
+        self.used[key] = (flags, groups, groupindex, indexgroup, need, -1, len(code), hashlib.sha256(words).digest())
+        try:
+            compiled = _sre.compile(text, flags, code, groups, groupindex, indexgroup)
+        except Exception:  # noqa: BLE001 (internals changed: the ordinary way)
+            return LazyPattern(text, None, re.compile)
+        pattern = LazyPattern(text, need, None)
+        pattern._compiled = compiled
+        return pattern
+
+    def _build(self, entry: tuple, text: str) -> re.Pattern:
+        flags, groups, groupindex, indexgroup, _, offset, words, digest = entry
+        raw = self._code_words(offset, words)
+        if len(raw) == words * 4 and hashlib.sha256(raw).digest() == digest:
+            code = array.array("I")
+            code.frombytes(raw)
             try:
-                flags, code, groups, groupindex, indexgroup = entry
-                return _sre.compile(text, flags, code, groups, groupindex, indexgroup)
+                return _sre.compile(text, flags, code.tolist(), groups, dict(groupindex), tuple(indexgroup))
             except Exception:  # noqa: BLE001 (any refusal: compile it the ordinary way)
                 pass
-        compiled = re.compile(text)
-        bytecode = _bytecode(text)
-        if bytecode is not None:
-            self.entries[key] = bytecode
-            self.changed = True
-        return compiled
+        return re.compile(text)
 
     def __enter__(self) -> CompiledPatterns:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.changed and self.path and exc[0] is None:
-            _write_cache(self.path, self.entries)
+        if self.path and exc[0] is None and self.changed:
+            # Kept: what this run compiled, and the other entries of the file (the patterns of
+            # another rules file, RXFED_MODERATION_RULES), unless the file grows too large.
+            kept = {key: entry for key, entry in self.index.items()
+                    if key not in self.used and _entry_ok(entry, self._size, self._checked)}
+            if self._size > _MAX_CACHE_BYTES // 2:
+                kept = {}
+            _write_cache(self.path, {**kept, **self.used}, self.fresh, self._code_words)
+
+
+def _entry_ok(entry, size: int, checked: set[int]) -> bool:
+    """An index entry of the expected shape, whose bytecode lies inside the file (``checked``:
+    ids of the sets of strings already found well formed; the file shares equal sets)."""
+    try:
+        flags, groups, groupindex, indexgroup, need, offset, words, digest = entry
+    except (TypeError, ValueError):
+        return False
+    if not (type(flags) is int and type(groups) is int and type(groupindex) is dict
+            and type(indexgroup) is tuple and type(offset) is int and type(words) is int
+            and 0 <= offset and 0 < words and (offset + words) * 4 <= size
+            and type(digest) is bytes and len(digest) == 32 and (need is None or type(need) is tuple)):
+        return False
+    for alternatives in need or ():
+        if id(alternatives) not in checked:
+            if not (type(alternatives) is frozenset and alternatives
+                    and all(type(s) is str and s for s in alternatives)):
+                return False
+            checked.add(id(alternatives))
+    return True
 
 
 def _cache_path() -> str | None:
     compiler = getattr(re, "_compiler", None)
-    if compiler is None or sys.implementation.name != "cpython":
+    if compiler is None or sys.implementation.name != "cpython" or array.array("I").itemsize != 4:
         return None
     from rxfed.plugin_index import cache_dir
 
-    digest = hashlib.sha256(sys.version.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{sys.version} {sys.byteorder}".encode()).hexdigest()[:16]
     return os.path.join(cache_dir(), f"moderation-{digest}.bin")
 
 
 def _bytecode(text: str) -> tuple | None:
-    """What ``re._compiler.compile`` hands ``_sre.compile`` for ``text``, or None."""
+    """What ``re._compiler.compile`` hands ``_sre.compile`` for ``text``, and what every
+    match needs (:func:`_needs`), or None."""
     try:
         compiler, parser = re._compiler, re._parser  # type: ignore[attr-defined]
         parsed = parser.parse(text, 0)
@@ -354,52 +569,128 @@ def _bytecode(text: str) -> tuple | None:
         indexgroup = [None] * parsed.state.groups
         for name, index in groupindex.items():
             indexgroup[index] = name
-        return (int(parsed.state.flags), [int(word) for word in code], parsed.state.groups - 1, groupindex, tuple(indexgroup))
+        return (int(parsed.state.flags), [int(word) for word in code], parsed.state.groups - 1, groupindex,
+                tuple(indexgroup), _needs(parsed, int(parsed.state.flags)))
     except Exception:  # noqa: BLE001 (internals changed: no cache)
         return None
 
 
-#: The cache file: this header, the SHA-256 of the rest, then the entries in ``marshal``'s
-#: format (plain lists, tuples, dicts, ints and strings: loading it runs nothing). One
-#: checksum over the whole file, so a damaged file (a partial write, a bad disk) is never
-#: handed to ``_sre``; it is no defence against someone who may write the user's files, who
-#: could as well change the plugin itself.
-_CACHE_MAGIC = b"rxfed-moderation-patterns-1\n"
+#: The cache file: this header, HMAC-SHA256 of the index under this user's cache key
+#: (:func:`_cache_key`), the index's length (4 bytes, big endian), the index in ``marshal``'s
+#: format (plain tuples, dicts, frozensets, ints, bytes and strings: loading it runs nothing),
+#: then the code words of every pattern, each covered by the SHA-256 its index entry holds.
+#: A file made without the key (damaged, copied from another account or machine, or written
+#: by anyone who knows the format but not the key) is refused whole; someone who may read the
+#: user's files has the key, and could as well change the plugin itself.
+_CACHE_MAGIC = b"rxfed-moderation-patterns-2\n"
+_MAX_CACHE_BYTES = 16 << 20
+_KEY_FILE = "moderation-cache.key"
 
 
-def _read_cache(path: str) -> dict:
+def _private(st: os.stat_result, *, readable: bool = True) -> bool:
+    """This user's own, and nobody else may write it (nor read it, with ``readable=False``)."""
+    if not hasattr(os, "getuid"):
+        return True
+    return st.st_uid == os.getuid() and not st.st_mode & (0o022 if readable else 0o077)
+
+
+def _cache_key(folder: str, *, create: bool) -> bytes | None:
+    """The 32 random bytes that authenticate this user's pattern cache, kept next to it
+    (mode 0600, read only if it is the user's own and nobody else may read or write it);
+    made on first use when ``create``. None: no usable key, so no cache."""
+    path = os.path.join(folder, _KEY_FILE)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except FileExistsError:
+                continue  # made meanwhile by another process: read theirs
+            except OSError:
+                return None
+            key = os.urandom(32)
+            try:
+                os.write(fd, key)
+            finally:
+                os.close(fd)
+            return key
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            key = os.read(fd, 33) if _private(st, readable=False) and _private(os.stat(folder)) else b""
+        except OSError:
+            key = b""
+        finally:
+            os.close(fd)
+        return key if len(key) == 32 else None
+    return None
+
+
+def _read_cache(path: str) -> tuple[dict, int | None, int, int]:
+    """The file's index, the file (open: the caller closes it), where its code words begin
+    and how many bytes of them there are; an empty index and no file if it is not usable."""
+    nothing: tuple[dict, None, int, int] = ({}, None, 0, 0)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return {}
+        return nothing
     try:
         st = os.fstat(fd)
-        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-            return {}
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(16 << 20)
-    except OSError:
-        return {}
-    finally:
+        folder = os.path.dirname(path)
+        if not (_private(st) and _private(os.stat(folder))):
+            raise OSError("not this user's own")
+        key = _cache_key(folder, create=False)
+        if key is None:
+            raise OSError("no key")
+        head = len(_CACHE_MAGIC)
+        top = os.read(fd, head + 36)
+        if not top.startswith(_CACHE_MAGIC) or len(top) != head + 36:
+            raise OSError("not a cache file")
+        length = int.from_bytes(top[head + 32:], "big")
+        if length > _MAX_CACHE_BYTES or st.st_size > _MAX_CACHE_BYTES:
+            raise OSError("too large")
+        index_bytes = os.read(fd, length)
+        if len(index_bytes) != length or not hmac.compare_digest(hmac.digest(key, index_bytes, "sha256"),
+                                                                     top[head:head + 32]):
+            raise OSError("damaged")
+        index = marshal.loads(index_bytes)
+        if not isinstance(index, dict):
+            raise OSError("not an index")
+    except (OSError, EOFError, ValueError, TypeError):
         os.close(fd)
-    head = len(_CACHE_MAGIC)
-    if not data.startswith(_CACHE_MAGIC) or hashlib.sha256(data[head + 32:]).digest() != data[head:head + 32]:
-        return {}
-    try:
-        entries = marshal.loads(data[head + 32:])
-    except (EOFError, ValueError, TypeError):
-        return {}
-    return entries if isinstance(entries, dict) else {}
+        return nothing
+    start = head + 36 + length
+    return index, fd, start, max(0, st.st_size - start)
 
 
-def _write_cache(path: str, entries: dict) -> None:
-    body = marshal.dumps(entries)
+def _write_cache(path: str, used: dict, fresh: dict, old) -> None:
+    """Write ``used`` (entries: their code words from ``fresh`` or, read by ``old(offset,
+    words)``, from the file read before); equal sets of strings are written once."""
+    index, blob, offset, shared = {}, bytearray(), 0, {}
+    for key, (flags, groups, groupindex, indexgroup, need, at, words, digest) in used.items():
+        raw = fresh[key] if key in fresh else old(at, words)
+        if len(raw) != words * 4 or hashlib.sha256(raw).digest() != digest:
+            continue
+        if need is not None:
+            need = tuple(shared.setdefault(alternatives, alternatives) for alternatives in need)
+        index[key] = (flags, groups, groupindex, indexgroup, need, offset, words, digest)
+        blob += raw
+        offset += words
+    body = marshal.dumps(index)
+    key = _cache_key(os.path.dirname(path), create=True)
+    if key is None:
+        return
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(_CACHE_MAGIC + hashlib.sha256(body).digest() + body)
+            f.write(_CACHE_MAGIC + hmac.digest(key, body, "sha256") + len(body).to_bytes(4, "big") + body + blob)
         os.replace(temporary, path)
     except OSError:
         try:

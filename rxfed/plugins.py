@@ -30,10 +30,10 @@ import attrs
 import pluggy
 
 from rxfed import hookspecs
-from rxfed.consent.signals import KIND_NAME, Signal, SignalError, SignalKind
 from rxfed.errors import RxfedError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.consent.signals import Signal, SignalKind
     from rxfed.protocol.credentials import Clinician
     from rxfed.store.operations import Store  # only named in annotations: the patient's device has no store
 
@@ -94,6 +94,10 @@ class PluginManifest:
             return f"manifest name {self.name!r} must match {NAME}"
         if not all(isinstance(v, str) for v in (self.version, *self.reads, *self.purposes, *self.sends)):
             return "manifest version, reads, purposes and sends must be strings"
+        if not self.reads:
+            return None
+        from rxfed.consent.signals import KIND_NAME  # the signal vocabulary: only for plugins that read signals
+
         bad = [kind for kind in self.reads if KIND_NAME.fullmatch(kind) is None]
         if bad:
             return f"manifest reads {bad[0]!r}, which is not a signal kind name"
@@ -691,6 +695,8 @@ class RxfedPlugins:
 
     def signal_kinds_by_plugin(self) -> dict[str, list[SignalKind]]:
         """The signal kinds each enabled plugin defines (read once per plugin)."""
+        from rxfed.consent.signals import SignalKind
+
         missing = [impl for impl in self._impls("rxfed_signal_kinds") if impl.plugin_name not in self._kinds]
         for impl in missing:
             ok, kinds = self._call(impl, _list_of(SignalKind))
@@ -728,6 +734,8 @@ class RxfedPlugins:
     def derive_signals(self, kind: str, records, today) -> list[dict]:
         """Signal bodies of ``kind`` derived on the device, validated against the kind. A
         plugin that fails, or returns a body that does not fit, contributes nothing."""
+        from rxfed.consent.signals import SignalError
+
         kinds = self.signal_kinds()
         if kind not in kinds:
             raise SignalError(f"unknown signal kind {kind!r}", code="unknown_kind")
