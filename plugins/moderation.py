@@ -23,7 +23,6 @@ import array
 import functools
 import hashlib
 import hmac
-import importlib.resources
 import marshal
 import os
 import re
@@ -33,14 +32,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from rxfed import hookimpl
 from rxfed.crypto import b64d
 from rxfed.errors import BadRequest, Forbidden
 from rxfed.protocol.canonical import loads
 from rxfed.protocol.statements import open_statement
-from rxfed.vocabulary.crisis import crisis_notice, crisis_resources
 
 #: Publishers whose rules this plugin accepts: the name a rules file gives in ``publisher``
 #: and the Ed25519 public key (base64url) its signature must verify under.
@@ -55,57 +51,72 @@ class RulesRefused(BadRequest):
     code = "moderation_rules_refused"
 
 
-@attrs.frozen
-class Pattern:
-    regex: re.Pattern
-    negation: str  # "allows": a negated match is not flagged; "ignore": the pattern holds its own
-    requires: re.Pattern | None  # another cue the clause must hold
-    direct: bool  # advice by its very form ("the right dose is 300 mg"): no addressee needed
-    whole: bool  # read across the whole message ("I stopped my meds. You should too.")
-    also: tuple[re.Pattern, ...]  # cues that must all occur in the clause too (anywhere in it)
-    clause_level: bool  # addressed if the clause as a whole is (not the match alone)
-    unless: re.Pattern | None  # a cue that, found in the clause, means the match is not meant
+class _Record:
+    """A frozen record with fields named by ``__slots__``, compared and hashed by value
+    (what ``attrs.frozen`` gives, without building methods when the module is imported: the
+    ``rxfed`` command imports this plugin before every post)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *values):
+        if len(values) != len(self.__slots__):
+            raise TypeError(f"{type(self).__name__} takes {len(self.__slots__)} values, not {len(values)}")
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        return self._values() == other._values() if type(other) is type(self) else NotImplemented
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self):
+        return f"{type(self).__name__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
-@attrs.frozen
-class Category:
-    code: str
-    message: str
-    confirm: bool
-    scope: str  # "advice": only when addressed to others; "any": wherever it occurs
-    patterns: tuple[Pattern, ...]
-    exceptions: tuple[re.Pattern, ...]
-    imperatives: re.Pattern | None
-    reported: bool  # whether reported speech counts ("my doctor told me to stop" does not)
+class Pattern(_Record):
+    __slots__ = (
+        "regex",
+        "negation",  # "allows": a negated match is not flagged; "ignore": the pattern holds its own
+        "requires",  # another cue the clause must hold (or None)
+        "direct",  # advice by its very form ("the right dose is 300 mg"): no addressee needed
+        "whole",  # read across the whole message ("I stopped my meds. You should too.")
+        "also",  # cues that must all occur in the clause too (anywhere in it)
+        "clause_level",  # addressed if the clause as a whole is (not the match alone)
+        "unless",  # a cue that, found in the clause, means the match is not meant (or None)
+    )
 
 
-@attrs.frozen
-class Finding:
-    code: str
-    message: str
-    confirm: bool
+class Category(_Record):
+    __slots__ = (
+        "code",
+        "message",
+        "confirm",
+        "scope",  # "advice": only when addressed to others; "any": wherever it occurs
+        "patterns",
+        "exceptions",
+        "imperatives",  # or None
+        "reported",  # whether reported speech counts ("my doctor told me to stop" does not)
+    )
 
 
-@attrs.frozen
-class ModerationRules:
-    """A verified, compiled rules file. :meth:`check` applies it to one message."""
+class Finding(_Record):
+    __slots__ = ("code", "message", "confirm")
 
-    publisher: str
-    version: int
-    issued: str
-    categories: tuple[Category, ...]
-    addressee: re.Pattern
-    framing: re.Pattern
-    asking: re.Pattern
-    rhetorical: re.Pattern
-    lead: re.Pattern
-    imperative: re.Pattern
-    subordinate: re.Pattern
-    speaker: re.Pattern
-    subject: re.Pattern
-    negator: re.Pattern
-    reporting: re.Pattern
-    substitutions: tuple[tuple[re.Pattern, str], ...]
+
+class ModerationRules(_Record):
+    """A verified, compiled rules file. :meth:`check` applies it to one message. Its patterns
+    are :class:`LazyPattern` objects (or ``re.Pattern`` ones: both answer alike)."""
+
+    __slots__ = ("publisher", "version", "issued", "categories", "addressee", "framing", "asking", "rhetorical",
+                 "lead", "imperative", "subordinate", "speaker", "subject", "negator", "reporting", "substitutions",
+                 "clause", "opens_advice")
 
     @classmethod
     def from_bytes(cls, data: bytes, trusted: dict[str, str], *, where: str = "moderation rules") -> ModerationRules:
@@ -167,7 +178,8 @@ class ModerationRules:
                    rx(a["addressee"]), rx(a["framing"]), rx(a["asking"]), rx(a["rhetorical"]), rx(a["lead"]),
                    rx(a["imperative"]), rx(a["subordinate"]), rx(a["speaker"]), rx(a["subject"]),
                    rx(body["negator"]), rx(a["reporting"]),
-                   tuple((rx(s[0]), s[1]) for s in body["substitutions"]))
+                   tuple((rx(s[0]), s[1]) for s in body["substitutions"]),
+                   compile_pattern(_CLAUSE.pattern), compile_pattern(_OPENS_ADVICE.pattern))
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -185,7 +197,7 @@ class ModerationRules:
     def check(self, text: str) -> list[Finding]:
         """The categories ``text`` falls in (at most one finding per category)."""
         norm = self.normalise(text)
-        clauses = [c.strip() for c in _CLAUSE.split(norm) if c.strip()]
+        clauses = [c.strip() for c in self.clause.split(norm) if c.strip()]
         found = []
         for category in self.categories:
             whole = [p for p in category.patterns if p.whole]
@@ -266,19 +278,19 @@ class ModerationRules:
             # clause that opens with one (not "I quit sugar, take ...", which is testimony).
             segment = before[before.rfind(",") + 1:].lstrip()
             lead = self.lead.match(segment)
-            if "," in before and lead is not None and lead.end() == len(segment) and _OPENS_ADVICE.match(clause):
+            if "," in before and lead is not None and lead.end() == len(segment) and self.opens_advice.match(clause):
                 return True
         return False
 
 
 #: How an imperative clause opens: a verb of advice or a negated one.
-_OPENS_ADVICE = re.compile(r"^(?:(?:just|so|ok|okay|honestly|seriously|please|and|then|look|listen|[a-z]+,) )*"
+_OPENS_ADVICE_TEXT = (r"^(?:(?:just|so|ok|okay|honestly|seriously|please|and|then|look|listen|[a-z]+,) )*"
                            r"(?:don't|do not|dont|never|stop|quit|take|try|use|start|go|get|give|ditch|drop|skip|double|"
                            r"forget|switch|swap|cut|up|bump|increase|avoid|refuse)\b")
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "`": "'", "\u00b4": "'",
                          "\u201c": '"', "\u201d": '"', "\u00ab": '"', "\u00bb": '"'})
 #: Sentences and clauses: advice in one ("I stopped. You should too.") is judged on its own.
-_CLAUSE = re.compile(r"(?<=[.!?;:\n])\s+|\n+|(?<=\?)|\s+(?:but|though|although|however|and then)\s+|\s-\s|\s--\s|\u2014")
+_CLAUSE_TEXT = r"(?<=[.!?;:\n])\s+|\n+|(?<=\?)|\s+(?:but|though|although|however|and then)\s+|\s-\s|\s--\s|\u2014"
 
 
 # -- compiled patterns, kept between runs -------------------------------------------------
@@ -309,10 +321,15 @@ class LazyPattern:
 
     @property
     def compiled(self) -> re.Pattern:
-        if self._compiled is None:
-            self._compiled = self._build(self.pattern)
+        compiled = self._compiled
+        if compiled is None:
+            build = self._build
+            if build is None:  # built meanwhile, by another thread
+                return self._compiled
+            compiled = build(self.pattern)
+            self._compiled = compiled  # before the builder is dropped (see above)
             self._build = None
-        return self._compiled
+        return compiled
 
     def search(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match | None:
         return self.compiled.search(string, pos, endpos) if self.could_match(string) else None
@@ -329,9 +346,16 @@ class LazyPattern:
     def sub(self, repl, string: str, count: int = 0) -> str:
         return self.compiled.sub(repl, string, count) if self.could_match(string) else string
 
+    def split(self, string: str, maxsplit: int = 0) -> list[str]:
+        return self.compiled.split(string, maxsplit) if self.could_match(string) else [string]
+
     def __repr__(self) -> str:
         return f"LazyPattern({self.pattern[:40]!r}...)"
 
+
+#: The engine's own two patterns (a rules object compiles its own copies, through the cache).
+_OPENS_ADVICE = LazyPattern(_OPENS_ADVICE_TEXT, None, re.compile)
+_CLAUSE = LazyPattern(_CLAUSE_TEXT, None, re.compile)
 
 #: Factors of a match kept per pattern (each a set of literal strings the match holds one of).
 _MAX_FACTORS = 3
@@ -352,7 +376,7 @@ def _needs(parsed, flags: int) -> tuple[frozenset[str], ...] | None:
     factors.sort(key=_selectivity)
     chosen: list[frozenset[str]] = []
     for f in factors:
-        if f not in chosen and _selectivity(f)[0] is False:
+        if f not in chosen and _selectivity(f)[0] is False and not any("\0" in s for s in f):
             chosen.append(f)
         if len(chosen) == _MAX_FACTORS:
             break
@@ -449,7 +473,8 @@ class CompiledPatterns:
         self._fd = fd  # the file, open: each pattern's code words are read when it is built
         self._start = start  # where the code words begin in it
         self._size = size  # and how many bytes of them there are
-        self._checked: set[int] = set()  # ids of the index's sets found well formed
+        self._checked: set[str] = set()  # the index's needs found well formed
+        self._split: dict[str, tuple[str, ...]] = {}
         self.used: dict[bytes, tuple] = {}  # what this run compiled, for the next file
         self.fresh: dict[bytes, bytes] = {}  # code words of patterns compiled in this run
         self.changed = False
@@ -484,7 +509,7 @@ class CompiledPatterns:
         entry = self.index.get(key)
         if entry is not None and _entry_ok(entry, self._size, self._checked):
             self.used[key] = entry
-            return LazyPattern(text, entry[4], functools.partial(self._build, entry))
+            return LazyPattern(text, self._need(entry[4]), functools.partial(self._build, entry))
         self.changed = True
         built = _bytecode(text)
         if built is None:
@@ -492,7 +517,8 @@ class CompiledPatterns:
         flags, code, groups, groupindex, indexgroup, need = built
         words = array.array("I", code).tobytes()
         self.fresh[key] = words
-        self.used[key] = (flags, groups, groupindex, indexgroup, need, -1, len(code), hashlib.sha256(words).digest())
+        self.used[key] = (flags, groups, groupindex, indexgroup, _joined(need), -1, len(code),
+                          hashlib.sha256(words).digest())
         try:
             compiled = _sre.compile(text, flags, code, groups, groupindex, indexgroup)
         except Exception:  # noqa: BLE001 (internals changed: the ordinary way)
@@ -500,6 +526,14 @@ class CompiledPatterns:
         pattern = LazyPattern(text, need, None)
         pattern._compiled = compiled
         return pattern
+
+    def _need(self, joined: tuple[str, ...] | None) -> tuple[tuple[str, ...], ...] | None:
+        """A need as the index keeps it (each set of strings joined by NUL) as sets of strings;
+        the file shares equal sets, and so does this (each split once)."""
+        if joined is None:
+            return None
+        return tuple(self._split[s] if s in self._split else self._split.setdefault(s, tuple(s.split("\0")))
+                     for s in joined)
 
     def _build(self, entry: tuple, text: str) -> re.Pattern:
         flags, groups, groupindex, indexgroup, _, offset, words, digest = entry
@@ -527,9 +561,15 @@ class CompiledPatterns:
             _write_cache(self.path, {**kept, **self.used}, self.fresh, self._code_words)
 
 
-def _entry_ok(entry, size: int, checked: set[int]) -> bool:
+def _joined(need: tuple[frozenset[str], ...] | None) -> tuple[str, ...] | None:
+    """A need as the cache keeps it: each set of strings as one string, sorted, joined by NUL
+    (one object for ``marshal`` to read instead of hundreds)."""
+    return None if need is None else tuple("\0".join(sorted(alternatives)) for alternatives in need)
+
+
+def _entry_ok(entry, size: int, checked: set[str]) -> bool:
     """An index entry of the expected shape, whose bytecode lies inside the file (``checked``:
-    ids of the sets of strings already found well formed; the file shares equal sets)."""
+    the needs already found well formed; the file shares equal ones)."""
     try:
         flags, groups, groupindex, indexgroup, need, offset, words, digest = entry
     except (TypeError, ValueError):
@@ -539,12 +579,13 @@ def _entry_ok(entry, size: int, checked: set[int]) -> bool:
             and 0 <= offset and 0 < words and (offset + words) * 4 <= size
             and type(digest) is bytes and len(digest) == 32 and (need is None or type(need) is tuple)):
         return False
-    for alternatives in need or ():
-        if id(alternatives) not in checked:
-            if not (type(alternatives) is frozenset and alternatives
-                    and all(type(s) is str and s for s in alternatives)):
+    for joined in need or ():
+        if type(joined) is not str:
+            return False
+        if joined not in checked:
+            if not joined or "\0\0" in joined or joined[0] == "\0" or joined[-1] == "\0":
                 return False
-            checked.add(id(alternatives))
+            checked.add(joined)
     return True
 
 
@@ -703,6 +744,17 @@ def _write_cache(path: str, used: dict, fresh: dict, old) -> None:
 
 
 def shipped_rules_bytes() -> bytes:
+    """The rules file shipped with the plugin (read beside this module when it is a file on
+    disk, as it is when installed; through ``importlib.resources`` otherwise)."""
+    here = globals().get("__file__")
+    if here:
+        try:
+            with open(os.path.join(os.path.dirname(here), "data", "moderation_rules.json"), "rb") as f:
+                return f.read(MAX_RULES_BYTES + 1)
+        except OSError:
+            pass
+    import importlib.resources
+
     return (importlib.resources.files("rxfed_plugins") / "data" / "moderation_rules.json").read_bytes()
 
 
@@ -746,6 +798,8 @@ def warnings_for(text: str, country: str | None = None) -> list[Any]:
     for finding in active.check(text):
         resources: Iterable[str] = ()
         if finding.code == "crisis":
+            from rxfed.vocabulary.crisis import crisis_notice, crisis_resources
+
             resources = (crisis_resources(country), crisis_notice())
         out.append(PresendWarning(finding.code, finding.message, resources, confirm=finding.confirm))
     return out
