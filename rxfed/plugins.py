@@ -30,10 +30,10 @@ import attrs
 import pluggy
 
 from rxfed import hookspecs
-from rxfed.consent.signals import KIND_NAME, Signal, SignalError, SignalKind
 from rxfed.errors import RxfedError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rxfed.consent.signals import Signal, SignalKind
     from rxfed.protocol.credentials import Clinician
     from rxfed.store.operations import Store  # only named in annotations: the patient's device has no store
 
@@ -94,6 +94,10 @@ class PluginManifest:
             return f"manifest name {self.name!r} must match {NAME}"
         if not all(isinstance(v, str) for v in (self.version, *self.reads, *self.purposes, *self.sends)):
             return "manifest version, reads, purposes and sends must be strings"
+        if not self.reads:
+            return None
+        from rxfed.consent.signals import KIND_NAME  # the signal vocabulary: only for plugins that read signals
+
         bad = [kind for kind in self.reads if KIND_NAME.fullmatch(kind) is None]
         if bad:
             return f"manifest reads {bad[0]!r}, which is not a signal kind name"
@@ -326,13 +330,14 @@ class RxfedPlugins:
     disable a plugin; ``workers``: threads for synchronous plugin code; ``max_in_flight``:
     synchronous calls one plugin may have on those threads at once (more fail at once).
     ``hooks``: load only the installed plugins that implement one of these hooks (the
-    ``rxfed`` command's pre-send check needs no other; see :mod:`rxfed.plugin_index`).
+    ``rxfed`` command's pre-send check needs no other; see :mod:`rxfed.plugin_index`), found
+    in ``plugin_index`` if the caller has just loaded it.
     Call :meth:`close` when done (it never waits for a hung plugin).
     """
 
     def __init__(self, *, entry_points: bool = True, disabled: Iterable[str] = (),
                  hooks: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT, max_failures: int = DEFAULT_MAX_FAILURES,
-                 workers: int = DEFAULT_WORKERS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
+                 workers: int = DEFAULT_WORKERS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, plugin_index=None):
         if timeout <= 0 or max_failures < 1 or workers < 1 or max_in_flight < 1:
             raise ValueError("timeout, max_failures, workers and max_in_flight must be positive")
         self.timeout = float(timeout)
@@ -353,18 +358,20 @@ class RxfedPlugins:
         for name in self.disabled:
             self.pm.set_blocked(name)
         if entry_points:
-            self._load_entry_points(hooks)
+            self._load_entry_points(hooks, plugin_index)
         self.pm.check_pending()
         self.manifests()
 
-    def _load_entry_points(self, hooks: Iterable[str] | None) -> None:
+    def _load_entry_points(self, hooks: Iterable[str] | None, index=None) -> None:
         """Import and register the installed plugins (those ``hooks`` need, if given), as
-        pluggy's ``load_setuptools_entrypoints`` does, through the environment's plugin index."""
+        pluggy's ``load_setuptools_entrypoints`` does, through the environment's plugin index
+        (``index``: one the caller loaded just now, not read again)."""
         import sys
 
         from rxfed.plugin_index import PluginIndex, load_object
 
-        index = PluginIndex.load(ENTRY_POINT_GROUP)
+        if index is None:
+            index = PluginIndex.load(ENTRY_POINT_GROUP)
         for name, value in list(index.wanted(hooks, blocked=self.disabled)):
             if self.pm.get_plugin(name) is not None:
                 continue
@@ -696,6 +703,8 @@ class RxfedPlugins:
 
     def signal_kinds_by_plugin(self) -> dict[str, list[SignalKind]]:
         """The signal kinds each enabled plugin defines (read once per plugin)."""
+        from rxfed.consent.signals import SignalKind
+
         missing = [impl for impl in self._impls("rxfed_signal_kinds") if impl.plugin_name not in self._kinds]
         for impl in missing:
             ok, kinds = self._call(impl, _list_of(SignalKind))
@@ -733,6 +742,8 @@ class RxfedPlugins:
     def derive_signals(self, kind: str, records, today) -> list[dict]:
         """Signal bodies of ``kind`` derived on the device, validated against the kind. A
         plugin that fails, or returns a body that does not fit, contributes nothing."""
+        from rxfed.consent.signals import SignalError
+
         kinds = self.signal_kinds()
         if kind not in kinds:
             raise SignalError(f"unknown signal kind {kind!r}", code="unknown_kind")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -329,36 +328,3 @@ def test_on_a_terminal_the_author_is_asked(community, answer, sent):
     assert b"Send it anyway? [y/N]" in err
     assert proc.returncode == (0 if sent else 1)
     assert read_texts(reader, address) == ([text] if sent else [])
-
-
-# -- compiled patterns kept between runs ---------------------------------------------------
-
-
-def test_patterns_rebuilt_from_the_cache_flag_what_freshly_compiled_ones_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    data = moderation.shipped_rules_bytes()
-    fresh = ModerationRules.from_bytes(data, moderation.PUBLISHERS)  # compiles and writes the cache
-    [cache] = (tmp_path / "cache" / "rxfed").glob("moderation-*.bin")
-    assert cache.stat().st_mode & 0o777 == 0o600
-    rebuilt = ModerationRules.from_bytes(data, moderation.PUBLISHERS)
-    assert moderation.CompiledPatterns.load().entries  # read back, not compiled again
-    texts = [text for _, _, text in evaluation_cases()]
-    assert [rebuilt.check(t) for t in texts] == [fresh.check(t) for t in texts]
-
-
-def test_a_cache_others_could_write_or_that_is_damaged_is_not_used(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    data = moderation.shipped_rules_bytes()
-    fresh = ModerationRules.from_bytes(data, moderation.PUBLISHERS)
-    [cache] = (tmp_path / "cache" / "rxfed").glob("moderation-*.bin")
-    doc = moderation.CompiledPatterns.load().entries
-    damaged = bytearray(cache.read_bytes())
-    damaged[-5] ^= 0x01  # damaged: the checksum no longer matches
-    cache.write_bytes(bytes(damaged))
-    calls = []
-    real = re.compile
-    monkeypatch.setattr(moderation.re, "compile", lambda *a: calls.append(1) or real(*a))
-    assert ModerationRules.from_bytes(data, moderation.PUBLISHERS).check("I want to die") == fresh.check("I want to die")
-    assert len(calls) == len(doc)  # every pattern compiled again, none built from the damaged bytecode
-    os.chmod(cache, 0o666)
-    assert moderation.CompiledPatterns.load().entries == {}

@@ -53,13 +53,16 @@ class PresendCheck:
     check are loaded, and none when no installed plugin does (rxfed.plugin_index)."""
 
     def __init__(self):
-        from rxfed.plugin_index import any_implementing
+        from rxfed.plugin_index import GROUP, PluginIndex
 
         self.plugins = None
-        if any_implementing(["rxfed_presend_check"]):
+        index = PluginIndex.load(GROUP)
+        if any(True for _ in index.wanted(["rxfed_presend_check"])):
             from rxfed.plugins import RxfedPlugins
 
-            self.plugins = RxfedPlugins(hooks=["rxfed_presend_check"])
+            self.plugins = RxfedPlugins(hooks=["rxfed_presend_check"], plugin_index=index)
+        else:
+            index.save()
 
     @property
     def available(self) -> bool:
