@@ -186,6 +186,15 @@ async def await_me_maybe(value: Any) -> Any:
 # -- isolation machinery -------------------------------------------------------------------
 
 
+@attrs.frozen
+class NodeContext:
+    """What ``rxfed_node_started`` hands a plugin: the node's id, clock and store."""
+
+    node_id: str
+    now: Callable[[], int]
+    store: Store
+
+
 class PluginTimeout(TimeoutError):
     """A plugin did not answer within the timeout (the message is rxfed's own)."""
 
@@ -790,6 +799,14 @@ class RxfedPlugins:
         handed = [attrs.evolve(s, body=types.MappingProxyType(
             {k: list(v) if isinstance(v, list) else v for k, v in s.body.items()})) for s in signals]
         return await self._call_async(impl, signals=handed)
+
+    async def node_started(self, node: NodeContext) -> list[str]:
+        """Tell every plugin the node is up; the names of those that failed. Never raises."""
+        failed = []
+        for impl in self._impls("rxfed_node_started"):
+            if not await self._call_async(impl, node=node):
+                failed.append(impl.plugin_name)
+        return failed
 
     async def consent_revoked(self, name: str, grant: str, subject: str) -> bool:
         """Tell plugin ``name`` to delete what it holds under ``grant`` for ``subject``; True

@@ -1,12 +1,13 @@
-"""``rxfed node accounts|communities|plugins|log``: administer a node's accounts and
-communities (while it runs, too), see plugin health and what operators did."""
+"""``rxfed node accounts|communities|plugins|log|insights``: administer a node's accounts and
+communities (while it runs, too), see plugin health and what operators did, release insights
+tables and read the privacy-budget ledger."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from rxfed.cli import Output, UsageError, json_flag
+from rxfed.cli import Output, UsageError, input_file, json_flag
 
 
 def add_parsers(nsub) -> None:
@@ -40,6 +41,21 @@ def add_parsers(nsub) -> None:
     log.add_argument("--limit", type=int, default=100, help="the newest LIMIT entries (default 100)")
     json_flag(log)
     log.set_defaults(func=cmd_log)
+
+
+    insights = nsub.add_parser("insights", help="insights tables: the privacy-budget ledger, releases, the budget")
+    insights.add_argument("data_dir", metavar="DATA_DIR")
+    insights.add_argument("insights_action", metavar="ACTION", choices=("ledger", "releases", "budget", "release"),
+                          help="ledger | releases | budget EPSILON | release CATEGORY --table FILE --epsilon E")
+    insights.add_argument("value", metavar="ARG", nargs="?",
+                          help="budget: the epsilon per period (e.g. 1, 1/2, 0.5); release: the ICD-10 category")
+    insights.add_argument("--table", metavar="FILE", type=input_file,
+                          help="release: the table declaration, JSON {treatments, side_effects, symptoms, max_groups}")
+    insights.add_argument("--epsilon", help="release: the epsilon this release spends (exact: 1/4, 0.25)")
+    insights.add_argument("--period", help="ledger, release: the calendar month YYYY-MM (release: this month)")
+    insights.add_argument("--category", help="releases: only this category's")
+    json_flag(insights)
+    insights.set_defaults(func=cmd_insights)
 
 
 def _when(ts: int | None) -> str:
@@ -138,3 +154,57 @@ def cmd_log(args: argparse.Namespace) -> None:
         f"{_when(e['time'])}\t{e['by']}\t{e['action']}\t{e['subject']}"
         + "".join(f"\t{k}: {v}" for k, v in sorted(e["detail"].items()) if v is not None) for e in rows]
         or ["the operator log is empty"])
+
+
+def _ledger_lines(doc: dict) -> list[str]:
+    out = [f"budget per period: epsilon {doc['budget']}"]
+    for p in doc["periods"]:
+        out.append(f"{p['period']}: spent {p['spent']}, {p['remaining']} left")
+        out += [f"  {r['release']}\tepsilon {r['epsilon']}\t{_when(r['at'])}" for r in p["releases"]]
+    return out if doc["periods"] else out + ["no release charged yet"]
+
+
+def cmd_insights(args: argparse.Namespace) -> None:
+    import json
+
+    import sys
+
+    from rxfed.node import insights
+
+    action = args.insights_action
+    extra = {"--table": args.table, "--epsilon": args.epsilon}
+    if action != "release" and any(v is not None for v in extra.values()):
+        raise UsageError("--table and --epsilon go with release")
+    if action in ("ledger", "releases") and args.value is not None:
+        raise UsageError(f"'insights {action}' takes no ARG")
+    if args.category is not None and action != "releases":
+        raise UsageError("--category goes with releases")
+    if args.period is not None and action not in ("ledger", "release"):
+        raise UsageError("--period goes with ledger and release")
+    if action == "ledger":
+        doc = insights.ledger(args.data_dir, args.period)
+        Output(args.json).result(doc, lambda: _ledger_lines(doc))
+    elif action == "releases":
+        rows = insights.releases(args.data_dir, args.category)
+        Output(args.json).result({"releases": rows}, lambda: [
+            f"{r['release']}\t{r['category']}\t{r['period']}\tepsilon {r['published']['epsilon']}\t"
+            f"{len(r['published']['rows'])} treatments\t{_when(r['computed'])}" for r in rows] or ["no releases"])
+    elif action == "budget":
+        if args.value is None:
+            raise UsageError("'insights budget' needs the EPSILON per period")
+        doc = insights.set_budget(args.data_dir, args.value)
+        Output(args.json).result(doc, lambda: _ledger_lines(doc))
+    else:
+        if args.value is None or args.table is None or args.epsilon is None:
+            raise UsageError("'insights release' needs a CATEGORY, --table FILE and --epsilon")
+        try:
+            with (open(args.table, encoding="utf-8") if args.table != "-" else sys.stdin) as f:
+                declaration = json.load(f)
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"{args.table} is not JSON") from None
+        doc = insights.release(args.data_dir, args.value, declaration, epsilon=args.epsilon, period=args.period)
+        published = doc["published"]
+        Output(args.json).result(doc, lambda: [
+            f"released {doc['category']} for {published['period']} as {doc['release']} (epsilon {published['epsilon']})",
+            *[f"  {name}: {row['reports']} reports" for name, row in sorted(published["rows"].items())],
+            *_ledger_lines(doc["ledger"])])

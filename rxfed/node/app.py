@@ -24,7 +24,7 @@ from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, 
                              admit, authenticate, authenticate_new_device, body_json, node_middleware, reply)
 from rxfed.node.listener import LISTENER, check_declared_size, read_body
 from rxfed.node.listener import install as install_listener
-from rxfed.plugins import RxfedPlugins
+from rxfed.plugins import NodeContext, RxfedPlugins
 from rxfed.protocol import vault as pv
 from rxfed.protocol.auth import SignedRequest
 from rxfed.protocol.federation import TXN_ID
@@ -382,6 +382,9 @@ async def _store_ctx(app: web.Application):
                     log.warning("housekeeping failed: %s", exc.message)
 
     task = asyncio.create_task(housekeeping())
+    failed = await state.plugins.node_started(NodeContext(state.config.node_id, state.now, state.store))
+    if failed:
+        log.warning("plugins %s failed to start; the node serves without them", ", ".join(failed))
     await state.consent.start()
     await state.federation.start()
     yield
@@ -408,7 +411,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
-    from rxfed.node import communities, consent, control, metrics
+    from rxfed.node import communities, consent, control, insights, metrics
 
     state = NodeState(config, keys, store, plugins, clock)
     state.metrics = metrics.NodeMetrics(state)
@@ -423,6 +426,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
+    app.add_routes(insights.routes)
     from rxfed.node import web as web_client
 
     web_client.install(app)

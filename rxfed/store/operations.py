@@ -24,6 +24,9 @@ from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_de
 from rxfed.errors import Conflict, Forbidden, Gone, NotFound, Unauthorized
 from rxfed.protocol import account as pa
 from rxfed.protocol import community as pcm
+from rxfed.protocol import insights as pin
+from rxfed.protocol import release as prl
+from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.federation import track_sequence
 from rxfed.store import (
     Account,
@@ -57,6 +60,10 @@ from rxfed.store.sql import AccountState, SQLConnection as Conn
 TOO_OLD = "undelivered past the maximum age"
 #: How many numbers of an origin's transactions seen out of order are kept.
 SEEN_WINDOW = 10_000
+#: The meta row holding the insights privacy budget per period (an exact fraction as text).
+INSIGHTS_BUDGET = "insights.budget"
+#: The budget per period until the operator sets one (spec/privacy.md section 6).
+DEFAULT_INSIGHTS_BUDGET = "1"
 
 
 # -- steps shared by several operations ---------------------------------------------------
@@ -421,6 +428,53 @@ async def _expire_received(c: Conn, now: int) -> list[ReceivedToken]:
         c.scrub()
     return expired
 
+
+
+# -- insights (plugins/insights.py) --------------------------------------------------------
+
+
+async def _insights_ledger(c: Conn, lock: bool) -> prl.Ledger:
+    """The ledger as it stands. With ``lock``, the budget's meta row is written first, so a
+    concurrent release (another worker process, PostgreSQL) waits for this transaction."""
+    budget = await c.get_meta(INSIGHTS_BUDGET) or DEFAULT_INSIGHTS_BUDGET
+    if lock:
+        await c.set_meta(INSIGHTS_BUDGET, budget)
+    entries = tuple(prl.LedgerEntry(r, p, prl.epsilon_of(e), at) for r, _, p, e, at in await c.insight_ledger(None))
+    return prl.Ledger(prl.epsilon_of(budget, "budget"), entries)
+
+
+async def _set_insights_budget(c: Conn, budget: str) -> None:
+    await c.set_meta(INSIGHTS_BUDGET, prl.epsilon_text(prl.epsilon_of(budget, "budget")))
+
+
+async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, category: str, period: str,
+                            epsilon: str, now: int, rng) -> prl.ReleasedTable:
+    ledger = await _insights_ledger(c, lock=True)
+    plan = prl.plan_release(ledger, epsilon, period, release=release, at=now)
+    if not plan.allowed:
+        raise Forbidden(plan.reason, code=plan.code)
+    eps = prl.epsilon_of(epsilon)
+    await c.add_insight_charge(release, schema.name, period, prl.epsilon_text(eps), now)
+    rows = await c.insight_records(period)
+    tokens = {(subject, kind + "|" + group): token for subject, kind, group, token, _ in rows}
+    found, used = pin.contributions(category, period, [(s, k, g, loads(b)) for s, k, g, _, b in rows])
+    counts = prl.bound_contributions(schema, period, found).counts
+    noise = prl.noise_share(schema, eps, 1, rng)
+    table = prl.publish(schema, period, [n + x for n, x in zip(counts, noise)], epsilon=eps, nodes=1, computed=now)
+    await c.add_insight_release(release, schema.name, category, period, now, canonical(table.to_json()))
+    # the audit of every patient whose signals went into the release, once per grant
+    logged: set[str] = set()
+    for subject, keys in sorted(used.items()):
+        for token in sorted({tokens[(subject, key)] for key in keys if (subject, key) in tokens}):
+            mine = await c.grant_of_token(token)
+            if mine is None or mine[0].id in logged:
+                continue
+            grant = mine[0]
+            logged.add(grant.id)
+            await _audit(c, grant.patient, [{"event": "released", "grant": grant.id, "release": release,
+                                             "table": schema.name, "period": period,
+                                             "epsilon": prl.epsilon_text(eps), "nodes": 1}], now)
+    return table
 
 class Store:
     """One node's persistent state over a :class:`~rxfed.store.Backend`. All methods are
@@ -804,3 +858,38 @@ class Store:
     async def expire_received(self, now: int) -> list[ReceivedToken]:
         """Delete the signals of tokens whose grant ended; returns those tokens."""
         return await self.backend.write(_expire_received, now, heavy=True)
+
+    # -- insights (plugins/insights.py) ----------------------------------------------------
+    async def put_insight_records(self, token: str, period: str, records: list[tuple[str, str, str, bytes]]) -> None:
+        """Hold the records of a token's latest delivery for ``period``
+        (``(subject, kind, group, body)``), replacing what the token gave in that period."""
+        await self.backend.write(methodcaller("replace_insight_records", token, period, records))
+
+    async def drop_insight_records(self, token: str) -> int:
+        """Forget every record a token gave, in every period (its grant was revoked)."""
+        return await self.backend.write(methodcaller("delete_insight_records", token), heavy=True)
+
+    async def insight_records(self, period: str) -> list[tuple[str, str, str, str, bytes]]:
+        return await self.backend.read(methodcaller("insight_records", period))
+
+    async def insights_ledger(self) -> prl.Ledger:
+        """The privacy-budget ledger: the budget per period and every release charged."""
+        return await self.backend.read(_insights_ledger, False)
+
+    async def set_insights_budget(self, budget: str) -> None:
+        """Set the epsilon each period allows (BadRequest unless an exact positive epsilon)."""
+        await self.backend.write(_set_insights_budget, budget)
+
+    async def release_insights(self, release: str, schema: prl.TableSchema, category: str, period: str,
+                               epsilon: str, now: int, rng=None) -> prl.ReleasedTable:
+        """Release ``category``'s table for ``period`` from the records this node holds, at
+        once: charge ``epsilon`` to the ledger (Forbidden ``budget_exhausted`` when the
+        period's budget does not cover it), count with each patient's influence bounded,
+        add exact discrete Laplace noise, suppress small cells, keep the published table and
+        log the release in the audit of every patient whose signals went into it."""
+        return await self.backend.write(_release_insights, release, schema, category, period, epsilon, now, rng,
+                                        heavy=True)
+
+    async def insight_releases(self, category: str | None = None) -> list[tuple[str, str, str, str, int, bytes]]:
+        """Published tables (of one category, or all), newest first."""
+        return await self.backend.read(methodcaller("insight_releases", category))

@@ -637,6 +637,50 @@ class SQLConnection:
     async def set_delivery_used(self, token: str, delivery: str, now: int) -> None:
         await self._run("UPDATE deliveries SET used=? WHERE token=? AND delivery=?", (now, token, delivery))
 
+    # -- insights (plugins/insights.py) ----------------------------------------------------
+    async def replace_insight_records(self, token: str, period: str,
+                                      records: list[tuple[str, str, str, bytes]]) -> None:
+        """Hold a token's latest delivery for ``period``: ``(subject, kind, group, body)``
+        rows replace what the token gave in that period (one row per subject, kind and group:
+        a later one wins)."""
+        await self._run("DELETE FROM insights_records WHERE token=? AND period=?", (token, period))
+        await self._many("INSERT INTO insights_records (period, subject, kind, grp, token, body) VALUES "
+                         "(?, ?, ?, ?, ?, ?) ON CONFLICT (period, subject, kind, grp) DO UPDATE SET "
+                         "token=excluded.token, body=excluded.body",
+                         [(period, subject, kind, group, token, body) for subject, kind, group, body in records])
+
+    async def delete_insight_records(self, token: str) -> int:
+        return await self._run("DELETE FROM insights_records WHERE token=?", (token,))
+
+    async def insight_records(self, period: str) -> list[tuple[str, str, str, str, bytes]]:
+        """``(subject, kind, group, token, body)`` held for ``period``."""
+        rows = await self._all("SELECT subject, kind, grp, token, body FROM insights_records WHERE period=? "
+                               "ORDER BY subject, kind, grp", (period,))
+        return [(a, k, g, t, bytes(b)) for a, k, g, t, b in rows]
+
+    async def insight_ledger(self, period: str | None) -> list[tuple[str, str, str, str, int]]:
+        """``(release, table, period, epsilon, at)`` charged (in one period, or all), oldest first."""
+        where, args = ("WHERE period=? ", (period,)) if period is not None else ("", ())
+        rows = await self._all(f"SELECT release, tbl, period, epsilon, at FROM insights_ledger {where}"
+                               "ORDER BY at, release", args)
+        return [tuple(r) for r in rows]
+
+    async def add_insight_charge(self, release: str, table: str, period: str, epsilon: str, at: int) -> None:
+        await self._run("INSERT INTO insights_ledger (release, tbl, period, epsilon, at) VALUES (?, ?, ?, ?, ?)",
+                        (release, table, period, epsilon, at))
+
+    async def add_insight_release(self, release: str, table: str, category: str, period: str, computed: int,
+                                  body: bytes) -> None:
+        await self._run("INSERT INTO insights_releases (release, tbl, category, period, computed, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (release, table, category, period, computed, body))
+
+    async def insight_releases(self, category: str | None) -> list[tuple[str, str, str, str, int, bytes]]:
+        """``(release, table, category, period, computed, body)``, newest first."""
+        where, args = ("WHERE category=? ", (category,)) if category is not None else ("", ())
+        rows = await self._all(f"SELECT release, tbl, category, period, computed, body FROM insights_releases "
+                               f"{where}ORDER BY computed DESC, release", args)
+        return [(r, t, c, p, n, bytes(b)) for r, t, c, p, n, b in rows]
+
     # -- consent: signals received ---------------------------------------------------------
     _RECEIVED_COLUMNS = ("token, origin, subject, subject_key, kind, purpose, recipient, not_after, statement, "
                          "voucher, received, revoked, delivery")

@@ -319,6 +319,39 @@ MIGRATIONS: list[str] = [
     UPDATE inbox SET missing = coalesce(json_extract(CAST(reply AS TEXT), '$.missing'), '[]'),
         reply = CAST(coalesce(json_extract(CAST(reply AS TEXT), '$.results'), '[]') AS BLOB)
     """,
+    # 12: federated insights (plugins/insights.py). The records the insights plugin was
+    # handed, one per period, pseudonym, kind and group (a treatment), so a signal delivered
+    # twice is held once; the privacy-budget ledger (exact epsilons as text); the tables
+    # released, as published.
+    """
+    CREATE TABLE insights_records (
+        period TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        token TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (period, subject, kind, grp)
+    ) WITHOUT ROWID;
+    CREATE INDEX insights_records_token ON insights_records(token);
+    CREATE TABLE insights_ledger (
+        release TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        period TEXT NOT NULL,
+        epsilon TEXT NOT NULL,
+        at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX insights_ledger_period ON insights_ledger(period);
+    CREATE TABLE insights_releases (
+        release TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        computed INTEGER NOT NULL,
+        body BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX insights_releases_category ON insights_releases(category, computed)
+    """,
 ]
 
 

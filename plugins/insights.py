@@ -1,0 +1,69 @@
+"""Built-in node plugin: federated treatment insights under differential privacy.
+
+It reads ``treatment.outcome`` and ``symptom.trend`` signals granted for the ``insights``
+purpose and keeps them in the node's store, one record per period (calendar month),
+pseudonym, kind and treatment or symptom, so a signal delivered twice is held once; a
+revoked grant's records are deleted, so its patient is in no later release. Only a
+patient's home node counts them: signals from a patient of another node are not kept, so
+no patient counts twice in a federation total (spec/privacy.md section 6).
+
+Releases (``rxfed node insights DATA_DIR release``) count these records with each
+patient's influence bounded, charge the privacy-budget ledger, add exact discrete Laplace
+noise and suppress small cells after the noise (rxfed.store.operations, release_insights).
+The records and the ledger live in the store: several worker processes may serve a node.
+"""
+
+from __future__ import annotations
+
+from rxfed import hookimpl
+from rxfed.plugins import NodeContext, PluginManifest
+from rxfed.protocol import insights as pin
+from rxfed.protocol.canonical import canonical
+
+NAME = "insights"
+
+
+class Insights:
+    """The plugin (an instance per node, so in-process federations keep theirs apart)."""
+
+    def __init__(self) -> None:
+        self.node: NodeContext | None = None
+
+    @hookimpl
+    def rxfed_plugin_manifest(self):
+        return PluginManifest(name=NAME, version="1.0", reads=pin.KINDS, purposes=(pin.PURPOSE,), sends=(),
+                              description="treatment insights tables: counts with exact discrete Laplace noise "
+                                          "under a privacy budget, small cells suppressed")
+
+    @hookimpl
+    def rxfed_node_started(self, node):
+        self.node = node
+
+    def _node(self) -> NodeContext:
+        if self.node is None:
+            raise RuntimeError("the insights plugin needs the node's store (rxfed_node_started was not called)")
+        return self.node
+
+    @hookimpl
+    async def rxfed_signals_received(self, signals):
+        node = self._node()
+        period = pin.period_of(node.now())
+        by_token: dict[str, list[tuple[str, str, str, bytes]]] = {}
+        for s in signals:
+            if s.origin != node.node_id:
+                continue  # a patient is counted by their home node only
+            group = pin.record_of(s.kind, s.body)
+            if group is None:
+                continue
+            body = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.body.items()}
+            by_token.setdefault(s.grant, []).append((s.subject, s.kind, group, canonical(body)))
+        for token, records in by_token.items():
+            await node.store.put_insight_records(token, period, records)
+
+    @hookimpl
+    async def rxfed_consent_revoked(self, grant, subject):
+        await self._node().store.drop_insight_records(grant)
+
+
+#: The instance the ``rxfed`` entry point registers.
+plugin = Insights()

@@ -1,0 +1,127 @@
+"""Insights on a node: the operator's ledger, releases and published tables
+(``rxfed node insights``), and the tables patients read (``GET /v1/insights/{category}``).
+
+A release reads only the store (the records plugins/insights.py keeps as signals arrive),
+so an operator may run one while the node serves; each is charged to the privacy-budget
+ledger in the same transaction that publishes it (rxfed.store.operations). A patient's query
+reads a published table and spends nothing: asking twice gives the same answer.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from rxfed.errors import BadRequest, NotFound
+from rxfed.node.http import NODE, authenticate, reply
+from rxfed.protocol import insights as pin
+from rxfed.protocol import release as prl
+from rxfed.protocol.canonical import loads
+
+routes = web.RouteTableDef()
+
+
+def _run(data_dir: str | Path, action):
+    from rxfed.node.administer import _run as run
+
+    return run(data_dir, action)[1]
+
+
+def ledger_doc(ledger: prl.Ledger, period: str | None = None) -> dict:
+    """The ledger as ``rxfed node insights DATA_DIR ledger --json`` shows it: the budget per
+    period, and per period what was spent and what is left, with every release charged."""
+    periods = sorted({e.period for e in ledger.entries} | ({period} if period else set()))
+    return {"budget": prl.epsilon_text(ledger.budget),
+            "periods": [{"period": p, "spent": prl.epsilon_text(ledger.spent(p)),
+                         "remaining": prl.epsilon_text(ledger.remaining(p)),
+                         "releases": [{"release": e.release, "epsilon": prl.epsilon_text(e.epsilon), "at": e.at}
+                                      for e in ledger.entries if e.period == p]}
+                        for p in periods if period is None or p == period]}
+
+
+def ledger(data_dir: str | Path, period: str | None = None) -> dict:
+    if period is not None:
+        prl.check_period(period)
+    return ledger_doc(_run(data_dir, lambda store: store.insights_ledger()), period)
+
+
+def set_budget(data_dir: str | Path, budget: str) -> dict:
+    eps = prl.epsilon_text(prl.epsilon_of(budget, "budget"))
+
+    async def action(store):
+        await store.set_insights_budget(eps)
+        return await store.insights_ledger()
+
+    return ledger_doc(_run(data_dir, action))
+
+
+def _release_row(row: tuple) -> dict:
+    release, table, category, period, computed, body = row
+    return {"release": release, "table": table, "category": category, "period": period, "computed": computed,
+            "published": loads(body)}
+
+
+def releases(data_dir: str | Path, category: str | None = None) -> list[dict]:
+    if category is not None:
+        pin.check_category(category)
+    return [_release_row(r) for r in _run(data_dir, lambda store: store.insight_releases(category))]
+
+
+def declared_table(category: str, declaration: Any) -> prl.TableSchema:
+    """A category's table from the operator's declaration, a JSON object: ``treatments``
+    (required), ``side_effects``, ``symptoms`` (lists of names) and ``max_groups``."""
+    pin.check_category(category)
+    if not isinstance(declaration, dict) or not set(declaration) <= {"treatments", "side_effects", "symptoms",
+                                                                      "max_groups"} \
+            or "treatments" not in declaration:
+        raise BadRequest("a table declaration is {treatments, side_effects, symptoms, max_groups}",
+                         code="bad_table")
+    lists = {k: declaration.get(k, []) for k in ("treatments", "side_effects", "symptoms")}
+    if not all(isinstance(v, list) for v in lists.values()):
+        raise BadRequest("treatments, side_effects and symptoms are lists of names", code="bad_table")
+    return pin.outcome_table(category, lists["treatments"], side_effects=lists["side_effects"],
+                             symptoms=lists["symptoms"], max_groups=declaration.get("max_groups", 1))
+
+
+def release(data_dir: str | Path, category: str, declaration: Any, *, epsilon: str, period: str | None = None,
+            now: int | None = None) -> dict:
+    """Release ``category``'s table for ``period`` (this month by default) from the records
+    this node holds; Forbidden ``budget_exhausted`` once the period's budget is spent."""
+    schema = declared_table(category, declaration)
+    now = int(time.time()) if now is None else now
+    period = prl.check_period(period) if period is not None else pin.period_of(now)
+    eps = prl.epsilon_text(prl.epsilon_of(epsilon))
+    release_id = secrets.token_urlsafe(12)
+
+    async def action(store):
+        table = await store.release_insights(release_id, schema, category, period, eps, now)
+        return table, await store.insights_ledger()
+
+    table, after = _run(data_dir, action)
+    return {"release": release_id, "category": category, "published": table.to_json(),
+            "ledger": ledger_doc(after, period)}
+
+
+# -- what patients read ----------------------------------------------------------------------
+
+
+@routes.get("/v1/insights/{category}")
+async def get_insights(request: web.Request) -> web.Response:
+    """The newest published table of a category, as :func:`rxfed.protocol.insights.patient_view`
+    shows it, with the ledger of its period. Only a patient of this node may read it; reading
+    spends no budget."""
+    state = request.app[NODE]
+    caller = await authenticate(request, suspended_ok=True)
+    await state.store.check_signer(caller.patient, caller.auth.device)
+    category = pin.check_category(request.match_info["category"])
+    rows = await state.store.insight_releases(category)
+    if not rows:
+        raise NotFound(f"no table has been released for {category} yet", code="no_release")
+    row = _release_row(rows[0])
+    view = pin.patient_view(row["published"])
+    return reply({"release": row["release"], "category": category, **view,
+                  "ledger": ledger_doc(await state.store.insights_ledger(), row["period"])})
