@@ -169,7 +169,7 @@ def cmd_insights(args: argparse.Namespace) -> None:
 
     import sys
 
-    from rxfed.node import insights
+    from rxfed.node import administer
 
     action = args.insights_action
     extra = {"--table": args.table, "--epsilon": args.epsilon}
@@ -182,17 +182,17 @@ def cmd_insights(args: argparse.Namespace) -> None:
     if args.period is not None and action not in ("ledger", "release"):
         raise UsageError("--period goes with ledger and release")
     if action == "ledger":
-        doc = insights.ledger(args.data_dir, args.period)
+        doc = administer.insights_ledger(args.data_dir, args.period)
         Output(args.json).result(doc, lambda: _ledger_lines(doc))
     elif action == "releases":
-        rows = insights.releases(args.data_dir, args.category)
+        rows = administer.insights_releases(args.data_dir, args.category)
         Output(args.json).result({"releases": rows}, lambda: [
             f"{r['release']}\t{r['category']}\t{r['period']}\tepsilon {r['published']['epsilon']}\t"
             f"{len(r['published']['rows'])} treatments\t{_when(r['computed'])}" for r in rows] or ["no releases"])
     elif action == "budget":
         if args.value is None:
             raise UsageError("'insights budget' needs the EPSILON per period")
-        doc = insights.set_budget(args.data_dir, args.value)
+        doc = administer.insights_budget(args.data_dir, args.value)
         Output(args.json).result(doc, lambda: _ledger_lines(doc))
     else:
         if args.value is None or args.table is None or args.epsilon is None:
@@ -202,7 +202,7 @@ def cmd_insights(args: argparse.Namespace) -> None:
                 declaration = json.load(f)
         except (ValueError, UnicodeDecodeError):
             raise UsageError(f"{args.table} is not JSON") from None
-        doc = insights.release(args.data_dir, args.value, declaration, epsilon=args.epsilon, period=args.period)
+        doc = administer.insights_release(args.data_dir, args.value, declaration, epsilon=args.epsilon, period=args.period)
         published = doc["published"]
         Output(args.json).result(doc, lambda: [
             f"released {doc['category']} for {published['period']} as {doc['release']} (epsilon {published['epsilon']})",

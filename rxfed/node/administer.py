@@ -13,11 +13,16 @@ import asyncio
 import getpass
 import json
 import re
+import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from rxfed.errors import BadRequest, Conflict, NotFound
+from rxfed.node import insights as ins
 from rxfed.node.config import NodeConfig
+from rxfed.protocol import insights as pin
+from rxfed.protocol import release as prl
 from rxfed.protocol.canonical import canonical
 from rxfed.store import OperatorEntry
 
@@ -226,3 +231,47 @@ def operator_log(data_dir: str | Path, limit: int) -> list[dict]:
     _config, rows = _run(data_dir, lambda store: store.operator_log(limit))
     return [{"seq": e.seq, "time": e.time, "action": e.action, "subject": e.subject, "by": e.by,
              "detail": json.loads(e.detail)} for e in rows]
+
+
+# -- insights ------------------------------------------------------------------------------------
+
+
+def insights_ledger(data_dir: str | Path, period: str | None = None) -> dict:
+    if period is not None:
+        prl.check_period(period)
+    return ins.ledger_doc(_run(data_dir, lambda store: store.insights_ledger())[1], period)
+
+
+def insights_budget(data_dir: str | Path, budget: str) -> dict:
+    eps = prl.epsilon_text(prl.epsilon_of(budget, "budget"))
+
+    async def action(store):
+        await store.set_insights_budget(eps)
+        return await store.insights_ledger()
+
+    return ins.ledger_doc(_run(data_dir, action)[1])
+
+
+def insights_releases(data_dir: str | Path, category: str | None = None) -> list[dict]:
+    if category is not None:
+        pin.check_category(category)
+    return [ins.release_row(r) for r in _run(data_dir, lambda store: store.insight_releases(category))[1]]
+
+
+def insights_release(data_dir: str | Path, category: str, declaration: Any, *, epsilon: str,
+                     period: str | None = None, now: int | None = None) -> dict:
+    """Release ``category``'s table for ``period`` (this month by default) from the records
+    this node holds; Forbidden ``budget_exhausted`` once the period's budget is spent."""
+    schema = ins.declared_table(category, declaration)
+    now = int(time.time()) if now is None else now
+    period = prl.check_period(period) if period is not None else pin.period_of(now)
+    eps = prl.epsilon_text(prl.epsilon_of(epsilon))
+    release_id = secrets.token_urlsafe(12)
+
+    async def action(store):
+        table = await store.release_insights(release_id, schema, category, period, eps, now)
+        return table, await store.insights_ledger()
+
+    table, after = _run(data_dir, action)[1]
+    return {"release": release_id, "category": category, "published": table.to_json(),
+            "ledger": ins.ledger_doc(after, period)}

@@ -1,5 +1,6 @@
-"""Insights on a node: the operator's ledger, releases and published tables
-(``rxfed node insights``), and the tables patients read (``GET /v1/insights/{category}``).
+"""Insights on a node: the ledger and table declarations as the operator sees them (``rxfed
+node insights``, run by rxfed.node.administer), and the tables patients read (``GET
+/v1/insights/{category}``).
 
 A release reads only the store (the records plugins/insights.py keeps as signals arrive),
 so an operator may run one while the node serves; each is charged to the privacy-budget
@@ -9,9 +10,6 @@ reads a published table and spends nothing: asking twice gives the same answer.
 
 from __future__ import annotations
 
-import secrets
-import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,12 +21,6 @@ from rxfed.protocol import release as prl
 from rxfed.protocol.canonical import loads
 
 routes = web.RouteTableDef()
-
-
-def _run(data_dir: str | Path, action):
-    from rxfed.node.administer import _run as run
-
-    return run(data_dir, action)[1]
 
 
 def ledger_doc(ledger: prl.Ledger, period: str | None = None) -> dict:
@@ -43,32 +35,10 @@ def ledger_doc(ledger: prl.Ledger, period: str | None = None) -> dict:
                         for p in periods if period is None or p == period]}
 
 
-def ledger(data_dir: str | Path, period: str | None = None) -> dict:
-    if period is not None:
-        prl.check_period(period)
-    return ledger_doc(_run(data_dir, lambda store: store.insights_ledger()), period)
-
-
-def set_budget(data_dir: str | Path, budget: str) -> dict:
-    eps = prl.epsilon_text(prl.epsilon_of(budget, "budget"))
-
-    async def action(store):
-        await store.set_insights_budget(eps)
-        return await store.insights_ledger()
-
-    return ledger_doc(_run(data_dir, action))
-
-
-def _release_row(row: tuple) -> dict:
+def release_row(row: tuple) -> dict:
     release, table, category, period, computed, body = row
     return {"release": release, "table": table, "category": category, "period": period, "computed": computed,
             "published": loads(body)}
-
-
-def releases(data_dir: str | Path, category: str | None = None) -> list[dict]:
-    if category is not None:
-        pin.check_category(category)
-    return [_release_row(r) for r in _run(data_dir, lambda store: store.insight_releases(category))]
 
 
 def declared_table(category: str, declaration: Any) -> prl.TableSchema:
@@ -87,25 +57,6 @@ def declared_table(category: str, declaration: Any) -> prl.TableSchema:
                              symptoms=lists["symptoms"], max_groups=declaration.get("max_groups", 1))
 
 
-def release(data_dir: str | Path, category: str, declaration: Any, *, epsilon: str, period: str | None = None,
-            now: int | None = None) -> dict:
-    """Release ``category``'s table for ``period`` (this month by default) from the records
-    this node holds; Forbidden ``budget_exhausted`` once the period's budget is spent."""
-    schema = declared_table(category, declaration)
-    now = int(time.time()) if now is None else now
-    period = prl.check_period(period) if period is not None else pin.period_of(now)
-    eps = prl.epsilon_text(prl.epsilon_of(epsilon))
-    release_id = secrets.token_urlsafe(12)
-
-    async def action(store):
-        table = await store.release_insights(release_id, schema, category, period, eps, now)
-        return table, await store.insights_ledger()
-
-    table, after = _run(data_dir, action)
-    return {"release": release_id, "category": category, "published": table.to_json(),
-            "ledger": ledger_doc(after, period)}
-
-
 # -- what patients read ----------------------------------------------------------------------
 
 
@@ -121,7 +72,7 @@ async def get_insights(request: web.Request) -> web.Response:
     rows = await state.store.insight_releases(category)
     if not rows:
         raise NotFound(f"no table has been released for {category} yet", code="no_release")
-    row = _release_row(rows[0])
+    row = release_row(rows[0])
     view = pin.patient_view(row["published"])
     return reply({"release": row["release"], "category": category, **view,
                   "ledger": ledger_doc(await state.store.insights_ledger(), row["period"])})
