@@ -733,7 +733,7 @@ def test_a_grant_is_checked_against_what_its_recipients_publish(profile, node_ur
         advertising = grant("--purpose", "advertising", "--to", "federation")
         assert advertising.returncode == 2 and advertising.stdout == ""
         assert "no plugin on" in advertising.stderr and "for advertising" in advertising.stderr
-        assert "purposes served there for treatment.outcome: research" in advertising.stderr
+        assert "purposes served there for treatment.outcome: insights, research" in advertising.stderr
         listed = json.loads(rxfed("patient", "consent", "list", "--profile", str(profile), "--json").stdout)
         assert listed["grants"] == []  # nothing was signed or sent
         made = grant("--purpose", "research", "--to", f"plugin:{other}/outcomes", "--json")

@@ -19,7 +19,7 @@ from rxfed.client.insights import insights
 from rxfed.client.sdk import NodeRefused
 from rxfed.protocol.canonical import loads
 from rxfed.protocol.insights import period_of
-from rxfed.testing import builtin_plugins, start_federation
+from rxfed.testing import builtin_plugins
 
 pytestmark = pytest.mark.usefixtures("rxfed_store_backend")
 
@@ -29,14 +29,6 @@ TABLE = {"treatments": ["metformin", "insulin"], "side_effects": ["nausea", "diz
 def rxfed(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rxfed", *args], capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture
-async def pair(tmp_path):
-    nodes = await start_federation(tmp_path, "home-a", "other-b")
-    yield nodes
-    for n in nodes:
-        await n.stop()
 
 
 async def diabetic(make_patient, node, *, drug="Metformin 500 mg", efficacy=8):

@@ -20,8 +20,13 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_insights)
 
 
+#: The order bands are shown in (JSON objects have none: the node's answer is canonical JSON).
+ORDER = ("low", "medium", "high", "ongoing", "stopped", "improving", "stable", "worsening")
+
+
 def _bands(values: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in values.items()) or "-"
+    ordered = sorted(values, key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))
+    return ", ".join(f"{k} {values[k]}" for k in ordered) or "-"
 
 
 def lines(doc: dict) -> list[str]:
@@ -38,8 +43,8 @@ def lines(doc: dict) -> list[str]:
         out.append(f"  status: {_bands(t['status'])}")
         if t["side_effects"]:
             out.append("  side effects: " + ", ".join(f"{e['name']} {e['reports']}" for e in t["side_effects"]))
-        for symptom, trend in t["symptoms"].items():
-            out.append(f"  {symptom}: {_bands(trend)}")
+        for symptom in sorted(t["symptoms"]):
+            out.append(f"  {symptom}: {_bands(t['symptoms'][symptom])}")
     return out
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from fractions import Fraction
 from typing import Any
 
 from rxfed.errors import BadRequest
@@ -123,12 +122,14 @@ def contributions(category: str, period: str, rows: Iterable[tuple[str, str, str
 
 
 def _share(part: Sequence[Any], whole: Sequence[Any]) -> str | None:
-    """``sum(part) / sum(whole)`` as a percentage (text, one decimal), or None when a value
+    """``sum(part) / sum(whole)`` as a percentage with one decimal, rounded half up in
+    integers (``"87.5"``), clamped to 0-100 (noisy values may be negative); None when a value
     it needs was suppressed or the whole is not positive."""
-    if not all(isinstance(v, int) for v in (*part, *whole)) or sum(whole) <= 0:
+    if not all(type(v) is int for v in (*part, *whole)) or sum(whole) <= 0:
         return None
-    share = min(max(Fraction(sum(part), sum(whole)), Fraction(0)), Fraction(1)) * 100
-    return f"{round(share, 1):.1f}"
+    p, w = sum(part), sum(whole)
+    tenths = min(max((2000 * p + w) // (2 * w), 0), 1000)
+    return f"{tenths // 10}.{tenths % 10}"
 
 
 def patient_view(table: ReleasedTable | Mapping[str, Any], treatment: str | None = None) -> dict:
