@@ -4,8 +4,9 @@ It reads ``treatment.outcome`` and ``symptom.trend`` signals granted for the ``i
 purpose and keeps them in the node's store, one record per period (calendar month),
 pseudonym, kind and treatment or symptom, so a signal delivered twice is held once; a
 revoked grant's records are deleted, so its patient is in no later release. Only a
-patient's home node counts them: signals from a patient of another node are not kept, so
-no patient counts twice in a federation total (spec/privacy.md section 6).
+patient's home node counts them, and only under a grant that names this plugin
+(``plugin:NODE/insights``): signals from a patient of another node, or under a grant to the
+whole node, are not kept, so no patient counts twice (spec/privacy.md section 6).
 
 Releases (``rxfed node insights DATA_DIR release``) count these records with each
 patient's influence bounded, charge the privacy-budget ledger, add exact discrete Laplace
@@ -49,9 +50,18 @@ class Insights:
         node = self._node()
         period = pin.period_of(node.now())
         by_token: dict[str, list[tuple[str, str, str, bytes]]] = {}
+        recipients: dict[str, str | None] = {}
         for s in signals:
             if s.origin != node.node_id:
                 continue  # a patient is counted by their home node only
+            if s.grant not in recipients:
+                token = await node.store.received_token(s.grant)
+                recipients[s.grant] = token.recipient if token is not None else None
+            if recipients[s.grant] != f"plugin:{node.node_id}/{NAME}":
+                # Only a grant naming this plugin: the patient's pseudonym differs between a
+                # grant to the node and one to the plugin, so taking both would count one
+                # patient twice.
+                continue
             group = pin.record_of(s.kind, s.body)
             if group is None:
                 continue

@@ -84,6 +84,14 @@ async def test_signals_are_held_once_by_the_home_node_and_dropped_on_revocation(
         await asyncio.sleep(0.05)
     assert await delivered()
     assert len(await held(a)) == 2
+    # a grant to the whole node (another pseudonym) or a second grant to the plugin: still
+    # one record per kind and group, under the one pseudonym
+    await consent.grant("treatment.outcome", "insights", f"node:{a.node_id}")
+    again = await consent.grant("treatment.outcome", "insights", f"plugin:{a.node_id}/insights")
+    assert [(k, g) for _, k, g, _, _ in await held(a)] == [("symptom.trend", "fatigue"),
+                                                           ("treatment.outcome", "metformin")]
+    await consent.revoke(again["grant"])
+    await consent.share(outcome["grant"])
     await consent.revoke(outcome["grant"])
     assert [k for _, k, *_ in await held(a)] == ["symptom.trend"]
     await consent.revoke(trend["grant"])
