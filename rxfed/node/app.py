@@ -371,6 +371,10 @@ async def _store_ctx(app: web.Application):
             reported_store = await report_store(state, reported_store)
             await state.reload_suspended()  # if the operator's command could not tell us
             try:
+                await state.insights.tick()  # insights rounds whose phase timed out
+            except RxfedError as exc:
+                log.warning("insights rounds: %s", exc.message)
+            try:
                 await state.federation.refresh_policies()  # `rxfed node peers` edits the store
             except RxfedError as exc:
                 log.warning("reading peer policies failed: %s", exc.message)
@@ -423,6 +427,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     app[LISTENER] = state.listener
     communities.install(state)
     consent.install(state)
+    insights.install(state)
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)

@@ -50,6 +50,7 @@ class NodeState:
     federation: FederationService = None
     communities: Any = None
     consent: Any = None
+    insights: Any = None
     listener: Listener = None
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))

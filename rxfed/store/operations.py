@@ -447,22 +447,21 @@ async def _set_insights_budget(c: Conn, budget: str) -> None:
     await c.set_meta(INSIGHTS_BUDGET, prl.epsilon_text(prl.epsilon_of(budget, "budget")))
 
 
-async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, category: str, period: str,
-                            epsilon: str, now: int, rng) -> prl.ReleasedTable:
+async def _charge_and_count(c: Conn, release: str, schema: prl.TableSchema, category: str, period: str,
+                            epsilon: str, nodes: int, now: int) -> tuple[int, ...]:
+    """Charge ``epsilon`` for ``release`` (Forbidden ``budget_exhausted`` when the period's
+    budget does not cover it), log the release in the audit of every patient whose records
+    go into it (once per grant), and return the bounded true counts: for noise, in the same
+    transaction, never to be kept or sent as they are."""
     ledger = await _insights_ledger(c, lock=True)
     plan = prl.plan_release(ledger, epsilon, period, release=release, at=now)
     if not plan.allowed:
         raise Forbidden(plan.reason, code=plan.code)
-    eps = prl.epsilon_of(epsilon)
-    await c.add_insight_charge(release, schema.name, period, prl.epsilon_text(eps), now)
+    eps = prl.epsilon_text(prl.epsilon_of(epsilon))
+    await c.add_insight_charge(release, schema.name, period, eps, now)
     rows = await c.insight_records(period)
     tokens = {(subject, kind + "|" + group): token for subject, kind, group, token, _ in rows}
     found, used = pin.contributions(category, period, [(s, k, g, loads(b)) for s, k, g, _, b in rows])
-    counts = prl.bound_contributions(schema, period, found).counts
-    noise = prl.noise_share(schema, eps, 1, rng)
-    table = prl.publish(schema, period, [n + x for n, x in zip(counts, noise)], epsilon=eps, nodes=1, computed=now)
-    await c.add_insight_release(release, schema.name, category, period, now, canonical(table.to_json()))
-    # the audit of every patient whose signals went into the release, once per grant
     logged: set[str] = set()
     for subject, keys in sorted(used.items()):
         for token in sorted({tokens[(subject, key)] for key in keys if (subject, key) in tokens}):
@@ -472,9 +471,89 @@ async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, cate
             grant = mine[0]
             logged.add(grant.id)
             await _audit(c, grant.patient, [{"event": "released", "grant": grant.id, "release": release,
-                                             "table": schema.name, "period": period,
-                                             "epsilon": prl.epsilon_text(eps), "nodes": 1}], now)
+                                             "table": schema.name, "period": period, "epsilon": eps,
+                                             "nodes": nodes}], now)
+    return prl.bound_contributions(schema, period, found).counts
+
+
+async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, category: str, period: str,
+                            epsilon: str, now: int, rng) -> prl.ReleasedTable:
+    counts = await _charge_and_count(c, release, schema, category, period, epsilon, 1, now)
+    noise = prl.noise_share(schema, epsilon, 1, rng)
+    table = prl.publish(schema, period, [n + x for n, x in zip(counts, noise)], epsilon=epsilon, nodes=1, computed=now)
+    await c.add_insight_release(release, schema.name, category, period, now, canonical(table.to_json()))
     return table
+
+
+#: How many message digests a round's row remembers (a round has a few messages per node).
+_SEEN = 256
+
+
+async def _insights_start(c: Conn, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
+    if not await c.add_insight_round(row):
+        raise Conflict("this round exists already", code="aggregation_replay")
+    await c.enqueue(outbox, now)
+
+
+async def _insights_join(c: Conn, row: tuple, schema: prl.TableSchema, threshold: int, epsilon: str, nodes: int,
+                         make: Callable, outbox_to: str | None, now: int, rng) -> tuple[bytes, bytes]:
+    """Join a round as a participant: refused beyond the schedule (one round per table and
+    period), charged, counted, noised with this node's share; the participant's state kept
+    and its advert queued for the aggregator (unless this node is the aggregator), at once."""
+    round_id, _, release, category, period = row[:5]
+    if await c.insight_round(round_id, "participant") is not None:
+        raise Conflict("this node joined that round already", code="aggregation_replay")
+    if await c.insight_charged(schema.name, period):
+        raise Forbidden(f"{schema.name} was released for {period} already: one round per table and period",
+                        code="beyond_schedule")
+    counts = await _charge_and_count(c, release, schema, category, period, epsilon, nodes, now)
+    noise = prl.noise_share(schema, epsilon, threshold, rng)
+    state, advert = make([n + x for n, x in zip(counts, noise)])
+    await c.add_insight_round((*row[:6], "advertise", state, "[]", now))
+    if outbox_to is not None:
+        await c.enqueue([(outbox_to, advert)], now)
+    return state, advert
+
+
+async def _insights_step(c: Conn, round_id: str, role: str, digest: str | None, step: Callable, me: str,
+                         now: int) -> list[tuple[str, bytes]]:
+    """One message (or a deadline, ``digest`` None) into a round's state, at once: the state
+    read under its row lock, ``step(row)`` (pure) giving the new state, the messages out
+    (queued here, except those to this node, returned) and a table to publish. A message
+    seen before changes nothing."""
+    if not await c.lock_insight_round(round_id, role):
+        raise NotFound("no such round here", code="unknown_round")
+    row = await c.insight_round(round_id, role)
+    seen = loads(row[8].encode())
+    if digest is not None and digest in seen:
+        return []
+    result = step(row)
+    if digest is not None:
+        seen = (seen + [digest])[-_SEEN:]
+    await c.set_insight_round(round_id, role, result["phase"], result["state"], canonical(seen).decode(), now)
+    away = [(node, data) for node, data in result["out"] if node != me]
+    if away:
+        await c.enqueue(away, now)
+    published = result.get("publish")
+    if published is not None and not await c.has_insight_release(published[0]):
+        await c.add_insight_release(*published)
+    return [(node, data) for node, data in result["out"] if node == me]
+
+
+async def _insights_published(c: Conn, round_id: str, origin: str, table: dict, body: bytes, now: int) -> bool:
+    """Keep a round's published table, from its aggregator, on a node that took part."""
+    row = await c.insight_round(round_id, "participant")
+    if row is None or row[5] != origin:
+        raise Forbidden("no round of that aggregator's here", code="unknown_round")
+    if row[6] != "done":
+        raise Forbidden("this node did not reveal its masks in that round", code="aggregation_refused")
+    if table.get("period") != row[4]:
+        raise Forbidden("the table is for another period", code="aggregation_refused")
+    if await c.has_insight_release(row[2]):
+        return False
+    await c.add_insight_release(row[2], table["table"], row[3], row[4], now, body)
+    return True
+
 
 class Store:
     """One node's persistent state over a :class:`~rxfed.store.Backend`. All methods are
@@ -893,3 +972,36 @@ class Store:
     async def insight_releases(self, category: str | None = None) -> list[tuple[str, str, str, str, int, bytes]]:
         """Published tables (of one category, or all), newest first."""
         return await self.backend.read(methodcaller("insight_releases", category))
+
+    async def set_insights_schedule(self, category: str, body: bytes) -> None:
+        await self.backend.write(methodcaller("set_insight_schedule", category, body))
+
+    async def insights_schedule(self, category: str | None = None) -> list[tuple[str, bytes]]:
+        return await self.backend.read(methodcaller("insight_schedule", category))
+
+    async def start_insights_round(self, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
+        """Keep a new round's aggregator state and queue its invitations, at once."""
+        await self.backend.write(_insights_start, row, outbox, now)
+
+    async def join_insights_round(self, row: tuple, schema: prl.TableSchema, threshold: int, epsilon: str,
+                                  nodes: int, make: Callable, outbox_to: str | None, now: int,
+                                  rng=None) -> tuple[bytes, bytes]:
+        return await self.backend.write(_insights_join, row, schema, threshold, epsilon, nodes, make, outbox_to, now,
+                                        rng, heavy=True)
+
+    async def step_insights_round(self, round_id: str, role: str, digest: str | None, step: Callable, me: str,
+                                  now: int) -> list[tuple[str, bytes]]:
+        return await self.backend.write(_insights_step, round_id, role, digest, step, me, now)
+
+    async def insights_published(self, round_id: str, origin: str, table: dict, body: bytes, now: int) -> bool:
+        return await self.backend.write(_insights_published, round_id, origin, table, body, now)
+
+    async def insight_round(self, round_id: str, role: str) -> tuple | None:
+        return await self.backend.read(methodcaller("insight_round", round_id, role))
+
+    async def insight_charged(self, table: str, period: str) -> bool:
+        """Whether the ledger holds a release of ``table`` for ``period``."""
+        return await self.backend.read(methodcaller("insight_charged", table, period))
+
+    async def insight_rounds(self, role: str | None = None) -> list[tuple]:
+        return await self.backend.read(methodcaller("insight_rounds", role))

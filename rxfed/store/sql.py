@@ -681,6 +681,49 @@ class SQLConnection:
                                f"{where}ORDER BY computed DESC, release", args)
         return [(r, t, c, p, n, bytes(b)) for r, t, c, p, n, b in rows]
 
+    async def insight_charged(self, table: str, period: str) -> bool:
+        return await self._one("SELECT 1 FROM insights_ledger WHERE tbl=? AND period=?", (table, period)) is not None
+
+    async def set_insight_schedule(self, category: str, body: bytes) -> None:
+        await self._run("INSERT INTO insights_schedule (category, body) VALUES (?, ?) ON CONFLICT (category) "
+                        "DO UPDATE SET body=excluded.body", (category, body))
+
+    async def insight_schedule(self, category: str | None) -> list[tuple[str, bytes]]:
+        where, args = ("WHERE category=? ", (category,)) if category is not None else ("", ())
+        rows = await self._all(f"SELECT category, body FROM insights_schedule {where}ORDER BY category", args)
+        return [(c, bytes(b)) for c, b in rows]
+
+    _ROUND_COLUMNS = "round, role, release, category, period, aggregator, phase, state, seen, updated"
+
+    async def add_insight_round(self, row: tuple) -> bool:
+        return await self._run(f"INSERT INTO insights_rounds ({self._ROUND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                               "?, ?) ON CONFLICT DO NOTHING", row) == 1
+
+    async def lock_insight_round(self, round_id: str, role: str) -> bool:
+        """Take the row's write lock before reading it (PostgreSQL; SQLite writes one at a time)."""
+        return await self._run("UPDATE insights_rounds SET updated=updated WHERE round=? AND role=?",
+                               (round_id, role)) == 1
+
+    async def insight_round(self, round_id: str, role: str) -> tuple | None:
+        row = await self._one(f"SELECT {self._ROUND_COLUMNS} FROM insights_rounds WHERE round=? AND role=?",
+                              (round_id, role))
+        return (*row[:7], bytes(row[7]), row[8], row[9]) if row else None
+
+    async def set_insight_round(self, round_id: str, role: str, phase: str, state: bytes, seen: str,
+                                updated: int) -> None:
+        await self._run("UPDATE insights_rounds SET phase=?, state=?, seen=?, updated=? WHERE round=? AND role=?",
+                        (phase, state, seen, updated, round_id, role))
+
+    async def insight_rounds(self, role: str | None) -> list[tuple]:
+        """``(round, role, release, category, period, aggregator, phase, updated)``, newest first."""
+        where, args = ("WHERE role=? ", (role,)) if role is not None else ("", ())
+        rows = await self._all(f"SELECT round, role, release, category, period, aggregator, phase, updated FROM "
+                               f"insights_rounds {where}ORDER BY updated DESC, round", args)
+        return [tuple(r) for r in rows]
+
+    async def has_insight_release(self, release: str) -> bool:
+        return await self._one("SELECT 1 FROM insights_releases WHERE release=?", (release,)) is not None
+
     # -- consent: signals received ---------------------------------------------------------
     _RECEIVED_COLUMNS = ("token, origin, subject, subject_key, kind, purpose, recipient, not_after, statement, "
                          "voucher, received, revoked, delivery")

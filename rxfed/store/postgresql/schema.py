@@ -251,7 +251,24 @@ MIGRATIONS: list[str] = [
         computed BIGINT NOT NULL,
         body BYTEA NOT NULL
     );
-    CREATE INDEX insights_releases_category ON insights_releases(category, computed)
+    CREATE INDEX insights_releases_category ON insights_releases(category, computed);
+    CREATE TABLE insights_schedule (
+        category TEXT PRIMARY KEY,
+        body BYTEA NOT NULL
+    );
+    CREATE TABLE insights_rounds (
+        round TEXT NOT NULL,
+        role TEXT NOT NULL,
+        release TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        aggregator TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        state BYTEA NOT NULL,
+        seen TEXT NOT NULL,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (round, role)
+    )
     """,
 ]
 

@@ -322,7 +322,7 @@ MIGRATIONS: list[str] = [
     # 12: federated insights (plugins/insights.py). The records the insights plugin was
     # handed, one per period, pseudonym, kind and group (a treatment), so a signal delivered
     # twice is held once; the privacy-budget ledger (exact epsilons as text); the tables
-    # released, as published.
+    # released, as published; each category's scheduled round; the state of rounds.
     """
     CREATE TABLE insights_records (
         period TEXT NOT NULL,
@@ -350,7 +350,24 @@ MIGRATIONS: list[str] = [
         computed INTEGER NOT NULL,
         body BLOB NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX insights_releases_category ON insights_releases(category, computed)
+    CREATE INDEX insights_releases_category ON insights_releases(category, computed);
+    CREATE TABLE insights_schedule (
+        category TEXT PRIMARY KEY,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE insights_rounds (
+        round TEXT NOT NULL,
+        role TEXT NOT NULL,
+        release TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        aggregator TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        state BLOB NOT NULL,
+        seen TEXT NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (round, role)
+    )
     """,
 ]
 
