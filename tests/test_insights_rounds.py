@@ -89,3 +89,138 @@ async def test_a_round_releases_the_federation_total_to_every_node(trio, make_pa
 async def _phase(node, round_id, role, phase):
     row = await node.app_store().insight_round(round_id, role)
     return row is not None and row[6] == phase
+
+
+def spy_outbox(node) -> list[tuple[str, dict]]:
+    """Every event the node sends to other nodes, as (destination, event): the transactions
+    its federation sender takes from the outbox to put on the wire."""
+    store = node.app_store()
+    sent: list[tuple[str, dict]] = []
+    original = store.next_transaction
+    seen: set[str] = set()
+
+    async def next_transaction(destination, **kw):
+        txn = await original(destination, **kw)
+        if txn is not None and txn.txn_id not in seen:
+            seen.add(txn.txn_id)
+            sent.extend((txn.destination, loads(e)) for e in txn.events)
+        return txn
+
+    store.next_transaction = next_transaction
+    return sent
+
+
+async def test_nothing_a_node_sends_reveals_its_counts(trio, make_patient):
+    from rxfed.crypto import b64d
+    from rxfed.protocol import aggregation as ag
+
+    for node in trio:
+        for _ in range(3):
+            _, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+    await schedule(trio)
+    a, b, c = trio
+    wires = {n.node_id: spy_outbox(n) for n in (b, c)}
+    await a.state.insights.start_round("E11")
+
+    async def everywhere():
+        return all([len(await releases(n)) == 1 for n in trio])
+
+    await until(everywhere)
+    for node_id, sent in wires.items():
+        kinds = [(dest, e["kind"]) for dest, e in sent if e["kind"].startswith("insights.")]
+        assert kinds and all(dest == a.node_id and kind == "insights.agg" for dest, kind in kinds)
+        messages = [loads(b64d(e["content"]["message"])) for _, e in sent if e["kind"] == "insights.agg"]
+        assert [m["type"] for m in messages] == ["rxfed.agg.advert", "rxfed.agg.masked",
+                                                "rxfed.agg.survivors-signed", "rxfed.agg.reveal"]
+        (masked,) = [m for m in messages if m["type"] == "rxfed.agg.masked"]
+        cells = ag.decode_vector(b64d(masked["vector"]), 28, 48)
+        # 3 patients' counts plus noise are small; masked, every cell is spread over 2^48
+        assert all(abs(v) >= 1 << 24 for v in ag.centred(cells, 48))
+        (reveal,) = [m for m in messages if m["type"] == "rxfed.agg.reveal"]
+        assert reveal["pair_seeds"] == {}  # nobody dropped: no pairwise seed is revealed
+
+
+async def test_a_node_dropping_out_abandons_the_round_and_nothing_is_published(trio, make_patient):
+    for node in trio:
+        _, consent = await diabetic(make_patient, node)
+        await grant_both(consent, node.node_id)
+    await schedule(trio)
+    a, b, c = trio
+    await c.stop()  # c never advertises
+    round_id = await a.state.insights.start_round("E11")
+    await until(lambda: _phase(b, round_id, "participant", "advertise"))
+    await until(lambda: _aggregator_heard(a, round_id, 2))
+    await a.state.insights.tick(a.state.now() + a.state.insights.phase_timeout + 1)
+    assert await _phase(a, round_id, "aggregator", "abandoned")
+    await until(lambda: _phase(b, round_id, "participant", "abandoned"))
+    assert await _phase(a, round_id, "participant", "abandoned")
+    assert await releases(a) == [] and await releases(b) == []
+    # the round was charged when each node committed to it: a hostile aggregator cannot
+    # run it again for that table and period
+    assert [e.release for e in (await b.app_store().insights_ledger()).entries] == [round_id]
+    with pytest.raises(Forbidden):
+        await a.state.insights.start_round("E11")
+    # what a participant keeps of an abandoned round holds no secret any more
+    state = loads((await b.app_store().insight_round(round_id, "participant"))[7])
+    assert state["mask_secret"] is None and state["self_seed"] is None and state["vector"] is None
+
+
+async def _aggregator_heard(node, round_id, adverts):
+    row = await node.app_store().insight_round(round_id, "aggregator")
+    return row is not None and len(loads(row[7])["aggregator"]["adverts"]) == adverts
+
+
+async def test_bad_forged_and_replayed_round_messages_are_refused_and_change_nothing(trio, make_patient):
+    from rxfed.crypto import b64e
+    from rxfed.node import insights as ni
+    from rxfed.protocol.federation import WireEvent
+
+    for node in trio:
+        _, consent = await diabetic(make_patient, node)
+        await grant_both(consent, node.node_id)
+    await schedule(trio)
+    a, b, c = trio
+    wire_b = spy_outbox(b)
+    round_id = await a.state.insights.start_round("E11")
+
+    async def everywhere():
+        return all([len(await releases(n)) == 1 for n in trio])
+
+    await until(everywhere)
+
+    async def send(node, origin, kind, content):
+        handler = node.state.federation.handlers[kind]
+        (result,), _ = await handler(origin, [WireEvent(kind, content)])
+        return result
+
+    before = {n.node_id: (await n.app_store().insight_round(round_id, "participant"),
+                          await n.app_store().insight_round(round_id, "aggregator"),
+                          await releases(n), (await n.app_store().insights_ledger()).entries) for n in trio}
+    agg = lambda to, message, rid=round_id: {"round": rid, "to": to, "message": b64e(message)}  # noqa: E731
+    cases = [
+        (b, a.node_id, ni.AGG, {"round": round_id}),  # missing fields
+        (b, a.node_id, ni.AGG, agg("participant", b"not json")),
+        (b, a.node_id, ni.AGG, agg("nobody", b"{}")),
+        (b, a.node_id, ni.AGG, agg("participant", b"{}", "0" * 32)),  # unknown round
+        (b, c.node_id, ni.AGG, agg("participant", canonical({"type": "rxfed.agg.abandon", "round": round_id,
+                                                            "reason": "forged"}))),  # not the aggregator
+        (a, c.node_id, ni.AGG, agg("aggregator", canonical({"type": "rxfed.agg.reveal", "round": round_id,
+                                                           "node": b.node_id, "self_seed": b64e(bytes(32)),
+                                                           "pair_seeds": {}}))),  # in b's name
+        (b, a.node_id, ni.ROUND, {"spec": {"round": "x"}, "category": "E11", "period": "2026-01"}),
+        (b, a.node_id, ni.ROUND, {"spec": {}, "category": "Z99", "period": "2026-01"}),
+        (b, c.node_id, ni.PUBLISHED, {"round": round_id, "table": loads((await releases(a))[0][5])}),
+        (b, a.node_id, ni.PUBLISHED, {"round": round_id, "table": {"rows": {}}}),
+    ]
+    for node, origin, kind, content in cases:
+        result = await send(node, origin, kind, content)
+        assert not result.ok and result.error, (kind, content, result)
+    # a message replayed (the same bytes again) is taken once: nothing changes
+    (dest, advert), = [(d, e) for d, e in wire_b if e["kind"] == ni.AGG][:1]
+    assert (await send(a, b.node_id, ni.AGG, advert["content"])).ok
+    after = {n.node_id: (await n.app_store().insight_round(round_id, "participant"),
+                         await n.app_store().insight_round(round_id, "aggregator"),
+                         await releases(n), (await n.app_store().insights_ledger()).entries) for n in trio}
+    strip = lambda v: {k: (p and p[:9], g and g[:9], r, e) for k, (p, g, r, e) in v.items()}  # noqa: E731
+    assert strip(after) == strip(before)
