@@ -5,6 +5,7 @@ rounds beyond the schedule; bad, forged and replayed messages."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -224,3 +225,68 @@ async def test_bad_forged_and_replayed_round_messages_are_refused_and_change_not
                          await releases(n), (await n.app_store().insights_ledger()).entries) for n in trio}
     strip = lambda v: {k: (p and p[:9], g and g[:9], r, e) for k, (p, g, r, e) in v.items()}  # noqa: E731
     assert strip(after) == strip(before)
+
+
+async def test_the_operator_schedules_and_starts_a_round_from_the_command_line(trio, make_patient, tmp_path):
+    from test_insights import rxfed
+
+    for node in trio:
+        _, consent = await diabetic(make_patient, node)
+        await grant_both(consent, node.node_id)
+    a = trio[0]
+    (tmp_path / "t.json").write_text(json.dumps(TABLE))
+    nodes = ",".join(n.node_id for n in trio)
+    for node in trio:
+        done = await asyncio.to_thread(rxfed, "node", "insights", str(node.data_dir), "schedule", "E11", "--table",
+                                       str(tmp_path / "t.json"), "--epsilon", "1/4", "--aggregator", a.node_id,
+                                       "--nodes", nodes, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["nodes"] == sorted(n.node_id for n in trio)
+    # only the aggregator starts it
+    refused = await asyncio.to_thread(rxfed, "node", "insights", str(trio[1].data_dir), "round", "E11")
+    assert refused.returncode == 1 and "runs this round" in refused.stderr
+    started = await asyncio.to_thread(rxfed, "node", "insights", str(a.data_dir), "round", "E11", "--json")
+    assert started.returncode == 0, started.stderr
+    round_id = json.loads(started.stdout)["round"]
+
+    async def everywhere():
+        return all([len(await releases(n)) == 1 for n in trio])
+
+    await until(everywhere)
+    rounds = json.loads((await asyncio.to_thread(rxfed, "node", "insights", str(a.data_dir), "rounds",
+                                                 "--json")).stdout)["rounds"]
+    assert {(r["role"], r["phase"]) for r in rounds if r["round"] == round_id} == {("aggregator", "done"),
+                                                                                 ("participant", "done")}
+    # bad schedules are bad usage and change nothing
+    for bad in (["--aggregator", "nobody.example"], ["--collusion", "3"], ["--epsilon", "0"]):
+        args = {"--aggregator": a.node_id, "--collusion": "1", "--epsilon": "1/4"}
+        args.update(dict(zip(bad[::2], bad[1::2])))
+        done = await asyncio.to_thread(rxfed, "node", "insights", str(a.data_dir), "schedule", "E11", "--table",
+                                       str(tmp_path / "t.json"), "--nodes", nodes,
+                                       *[x for kv in args.items() for x in kv])
+        assert done.returncode == 2, (bad, done.stderr)
+    doc, _ = await a.state.insights.schedule("E11")
+    assert doc["epsilon"] == "1/4" and doc["aggregator"] == a.node_id
+
+
+async def test_a_monthly_schedule_starts_the_last_months_round_once(trio):
+    doc = await schedule(trio)
+    for n in trio:
+        await n.app_store().set_insights_schedule("E11", canonical({**doc, "monthly": True}))
+    a = trio[0]
+    assert await trio[1].state.insights.monthly() == []  # not the aggregator
+    (round_id,) = await a.state.insights.monthly()
+    assert await a.state.insights.monthly() == []
+
+    async def everywhere():
+        return all([len(await releases(n)) == 1 for n in trio])
+
+    await until(everywhere)
+    (row,) = await releases(a)
+    assert row[0] == round_id and row[3] == loads(row[5])["period"] != _this_month(a)
+
+
+def _this_month(node):
+    from rxfed.protocol.insights import period_of
+
+    return period_of(node.state.now())

@@ -275,3 +275,42 @@ def insights_release(data_dir: str | Path, category: str, declaration: Any, *, e
     table, after = _run(data_dir, action)[1]
     return {"release": release_id, "category": category, "published": table.to_json(),
             "ledger": ins.ledger_doc(after, period)}
+
+
+def insights_schedule(data_dir: str | Path, category: str, declaration: Any, *, epsilon: str, aggregator: str,
+                      nodes: list[str], collusion: int = 1, dropouts: int = 0, monthly: bool = False) -> dict:
+    """Declare the round this node takes part in for ``category``: the table, the epsilon,
+    the aggregator and every node, the thresholds; ``monthly``: the aggregator starts the
+    round of the month just ended by itself. A node joins no round that differs."""
+    doc = {**ins.schedule_doc(category, declaration, epsilon=epsilon, aggregator=aggregator, nodes=nodes,
+                              collusion=collusion, dropouts=dropouts), "monthly": bool(monthly)}
+
+    async def action(store):
+        await store.set_insights_schedule(category, canonical(doc))
+
+    _run(data_dir, action)
+    return {"category": category, **doc}
+
+
+def insights_round(data_dir: str | Path, category: str, period: str | None = None) -> dict:
+    """Ask the running node (the round's aggregator) to start the scheduled round."""
+    from rxfed.errors import Forbidden
+    from rxfed.node import control
+
+    pin.check_category(category)
+    if period is not None:
+        prl.check_period(period)
+    config = NodeConfig.load(data_dir)
+    answer = control.ask(config.data_dir, "POST", "/insights/round", {"category": category, "period": period})
+    if answer is None:
+        raise Conflict(f"the node in {data_dir} is not running: a round needs it to reach its peers",
+                       code="not_running")
+    if "error" in answer:
+        raise Forbidden(answer["message"], code=answer["error"])  # the node refused: exit 1
+    return answer
+
+
+def insights_rounds(data_dir: str | Path) -> list[dict]:
+    rows = _run(data_dir, lambda store: store.insight_rounds())[1]
+    return [{"round": r[0], "role": r[1], "release": r[2], "category": r[3], "period": r[4], "aggregator": r[5],
+             "phase": r[6], "updated": r[7]} for r in rows]

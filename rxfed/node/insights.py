@@ -280,8 +280,28 @@ class InsightsService:
                 raise Forbidden("the table is not the one this node's schedule declares", code="not_scheduled")
         await self.node.store.insights_published(f["round"], origin, table, canonical(table), self.node.now())
 
+    async def monthly(self) -> list[str]:
+        """Start the round of the month just ended for every schedule this node aggregates
+        that says ``monthly``, once (a round charged, even abandoned, is never run again)."""
+        started = []
+        this = pin.period_of(self.node.now())
+        last = pin.period_of(calendar.timegm((int(this[:4]), int(this[5:]), 1, 0, 0, 0)) - 1)
+        for category, body in await self.node.store.insights_schedule():
+            doc = loads(body)
+            if not doc.get("monthly") or doc["aggregator"] != self.me:
+                continue
+            if await self.node.store.insight_charged(pin.table_from_json(doc["table"]).name, last):
+                continue
+            started.append(await self.start_round(category, last))
+        return started
+
     async def tick(self, now: int | None = None) -> None:
-        """Go on with (or abandon) the rounds this node aggregates whose phase timed out."""
+        """Go on with (or abandon) the rounds this node aggregates whose phase timed out,
+        and start the monthly ones due."""
+        try:
+            await self.monthly()
+        except RxfedError as exc:
+            log.warning("starting a monthly insights round failed: %s", exc.message)
         now = self.node.now() if now is None else now
         for round_id, *_, phase, updated in await self.node.store.insight_rounds("aggregator"):
             if phase in ("done", "abandoned") or updated + self.phase_timeout > now:
