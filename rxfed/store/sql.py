@@ -681,6 +681,32 @@ class SQLConnection:
                                f"{where}ORDER BY computed DESC, release", args)
         return [(r, t, c, p, n, bytes(b)) for r, t, c, p, n, b in rows]
 
+    async def grants_of_tokens(self, tokens: list[str]) -> dict[str, tuple[str, str]]:
+        """token -> (grant id, patient) for those of ``tokens`` that are this node's own."""
+        out: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(tokens), CHUNK):
+            part = tokens[start:start + CHUNK]
+            rows = await self._all("SELECT t.token, g.id, g.patient_id FROM grant_tokens t JOIN grants g ON "
+                                   f"g.id = t.grant_id WHERE t.token IN ({', '.join('?' * len(part))})", part)
+            out.update({t: (g, p) for t, g, p in rows})
+        return out
+
+    async def audit_heads(self, patients: list[str]) -> dict[str, tuple[int, bytes]]:
+        """patient -> (seq, hash) of the last audit entry, for those of ``patients`` with one."""
+        out: dict[str, tuple[int, bytes]] = {}
+        for start in range(0, len(patients), CHUNK):
+            part = patients[start:start + CHUNK]
+            rows = await self._all("SELECT a.patient_id, a.seq, a.hash FROM audit a JOIN (SELECT patient_id, "
+                                   "max(seq) AS last FROM audit WHERE patient_id IN "
+                                   f"({', '.join('?' * len(part))}) GROUP BY patient_id) h ON "
+                                   "a.patient_id = h.patient_id AND a.seq = h.last", part)
+            out.update({p: (n, bytes(h)) for p, n, h in rows})
+        return out
+
+    async def add_audit_rows(self, rows: list[tuple[str, AuditRow]]) -> None:
+        await self._many("INSERT INTO audit (patient_id, seq, entry, hash) VALUES (?, ?, ?, ?)",
+                         [(patient, a.seq, a.entry, a.hash) for patient, a in rows])
+
     async def insight_charged(self, table: str, period: str) -> bool:
         return await self._one("SELECT 1 FROM insights_ledger WHERE tbl=? AND period=?", (table, period)) is not None
 
