@@ -25,10 +25,13 @@ NAME = "insights"
 
 
 class Insights:
-    """The plugin (an instance per node, so in-process federations keep theirs apart)."""
+    """The plugin. One instance may serve several nodes of one process (the entry point's
+    object is shared by every node an in-process federation starts): each signal goes to the
+    store of the node that is its patient's home, the only node that counts it."""
 
     def __init__(self) -> None:
-        self.node: NodeContext | None = None
+        #: node id -> the node's context (rxfed_node_started)
+        self.nodes: dict[str, NodeContext] = {}
 
     @hookimpl
     def rxfed_plugin_manifest(self):
@@ -38,21 +41,17 @@ class Insights:
 
     @hookimpl
     def rxfed_node_started(self, node):
-        self.node = node
-
-    def _node(self) -> NodeContext:
-        if self.node is None:
-            raise RuntimeError("the insights plugin needs the node's store (rxfed_node_started was not called)")
-        return self.node
+        self.nodes[node.node_id] = node
 
     @hookimpl
     async def rxfed_signals_received(self, signals):
-        node = self._node()
-        period = pin.period_of(node.now())
-        by_token: dict[str, list[tuple[str, str, str, bytes]]] = {}
+        if not self.nodes:
+            raise RuntimeError("the insights plugin needs the node's store (rxfed_node_started was not called)")
+        by_token: dict[tuple[str, str], list[tuple[str, str, str, bytes]]] = {}
         recipients: dict[str, str | None] = {}
         for s in signals:
-            if s.origin != node.node_id:
+            node = self.nodes.get(s.origin)
+            if node is None:
                 continue  # a patient is counted by their home node only
             if s.grant not in recipients:
                 token = await node.store.received_token(s.grant)
@@ -66,13 +65,17 @@ class Insights:
             if group is None:
                 continue
             body = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in s.body.items()}
-            by_token.setdefault(s.grant, []).append((s.subject, s.kind, group, canonical(body)))
-        for token, records in by_token.items():
-            await node.store.put_insight_records(token, period, records)
+            by_token.setdefault((s.origin, s.grant), []).append((s.subject, s.kind, group, canonical(body)))
+        for (origin, token), records in by_token.items():
+            node = self.nodes[origin]
+            await node.store.put_insight_records(token, pin.period_of(node.now()), records)
 
     @hookimpl
     async def rxfed_consent_revoked(self, grant, subject):
-        await self._node().store.drop_insight_records(grant)
+        # the hook names no node: token ids are random and unique, so every node of this
+        # process forgets what the token gave it (nothing, on all but one)
+        for node in self.nodes.values():
+            await node.store.drop_insight_records(grant)
 
 
 #: The instance the ``rxfed`` entry point registers.

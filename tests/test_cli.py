@@ -327,6 +327,10 @@ def test_demo_json():
     assert [e["event"] for e in consent["audit"]["amara"]["entries"]] == \
         ["granted", "shared", "used", "revoked", "acknowledged"]
     assert all(view["verified"] for view in consent["audit"].values())
+    seen = doc["insights"]["amara_reads"]
+    assert seen["nodes"] == 3 and seen["epsilon"] == "1/2" and seen["release"] == doc["insights"]["round"]
+    assert [t["treatment"] for t in seen["treatments"]] == ["lamotrigine", "levetiracetam"]
+    assert all(t["reports"] == "<11" or t["reports"] >= 11 for t in seen["treatments"])
     devices = doc["devices"]
     assert devices["revoked"] == [devices["laptop"]] and devices["epoch"] == 2
     assert list(devices["community_rekeyed"].values()) == ["rekeyed"]

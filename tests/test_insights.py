@@ -201,3 +201,32 @@ async def test_bad_patient_requests_are_a_clean_4xx(pair, make_patient):
         assert 400 <= status < 500 and isinstance(body, dict), (path, status, body)
     status, _ = await signed(patient, "GET", "/v1/insights/E11")
     assert status == 404
+
+
+async def test_one_plugin_object_serving_two_nodes_keeps_each_nodes_patients_apart(tmp_path, make_patient):
+    """The entry point's object is one per process: an in-process federation (the demo)
+    shares it between nodes, and each signal still goes to its home node's store only."""
+    from rxfed.testing import start_federation
+    from rxfed_plugins.insights import Insights
+
+    shared = Insights()
+    managers = []
+    for _ in range(2):
+        plugins = builtin_plugins()
+        plugins.pm.unregister(name="insights")
+        plugins.register(shared, "insights")
+        managers.append(plugins)
+    a, b = [(await start_federation(tmp_path / name, name, plugins=m))[0] for name, m in zip("ab", managers)]
+    try:
+        await a.allow(b)
+        await b.allow(a)
+        _, on_a = await diabetic(make_patient, a)
+        _, on_b = await diabetic(make_patient, b)
+        (g_a, _), (g_b, _) = await grant_both(on_a, a.node_id), await grant_both(on_b, b.node_id)
+        rows_a, rows_b = await held(a), await held(b)
+        assert len(rows_a) == len(rows_b) == 2 and {r[0] for r in rows_a}.isdisjoint({r[0] for r in rows_b})
+        await on_a.revoke(g_a["grant"])
+        assert len(await held(a)) == 1 and len(await held(b)) == 2
+    finally:
+        for n in (a, b):
+            await n.stop()
