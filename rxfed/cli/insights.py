@@ -33,6 +33,9 @@ def lines(doc: dict) -> list[str]:
     when = dt.datetime.fromtimestamp(doc["computed"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     out = [f"{doc['category']}, {doc['period']}: computed {when}Z from {doc['nodes']} node(s), epsilon "
            f"{doc['epsilon']} spent (values under {doc['suppressed_below']} shown as <{doc['suppressed_below']})"]
+    for p in doc["ledger"]["periods"]:
+        out.append(f"your node's privacy budget for {p['period']}: {p['spent']} of {doc['ledger']['budget']} spent, "
+                   f"{p['remaining']} left")
     if not doc["treatments"]:
         out.append("no such treatment in this table")
     for t in doc["treatments"]:

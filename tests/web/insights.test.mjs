@@ -12,7 +12,8 @@ const v = JSON.parse(readFileSync(new URL("../../spec/vectors/insights.json", im
 test("the page's lines are the CLI's", () => {
   assert.deepEqual(insightsLines(checkInsights(v.view, "E11")), v.lines);
   assert.deepEqual(insightsLines(forTreatment(v.view, "metformin")), v.metformin_lines);
-  assert.deepEqual(insightsLines(forTreatment(v.view, "nosuch")).slice(1), ["no such treatment in this table"]);
+  assert.deepEqual(insightsLines(forTreatment(v.view, "nosuch")).slice(-1), ["no such treatment in this table"]);
+  assert.match(v.lines[1], /^your node.s privacy budget for 2026-11: 1\/2 of 1 spent, 1\/2 left$/);
 });
 
 test("an answer in another form, or for another category, is refused", () => {

@@ -11,8 +11,10 @@ let patient = null;
 const say = ui.statusLine("insights");
 
 function show(doc) {
-  const [head, ...rest] = insightsLines(doc);
-  $("insights-summary").textContent = head;
+  const all = insightsLines(doc);
+  const budget = all.filter((l) => l.startsWith("your node's privacy budget"));
+  const [head, ...rest] = all.filter((l) => !budget.includes(l));
+  $("insights-summary").textContent = [head, ...budget].join(" ");
   const items = [];
   let current = null;
   for (const line of rest) {

@@ -19,7 +19,8 @@ export function checkInsights(doc, category) {
   if (!doc || typeof doc !== "object" || Array.isArray(doc)
       || JSON.stringify(Object.keys(doc).sort()) !== JSON.stringify(KEYS)
       || doc.category !== category || !Array.isArray(doc.treatments)
-      || !Number.isSafeInteger(doc.computed) || !Number.isSafeInteger(doc.nodes)) {
+      || !Number.isSafeInteger(doc.computed) || !Number.isSafeInteger(doc.nodes)
+      || !doc.ledger || !Array.isArray(doc.ledger.periods)) {
     throw new InsightsError("The node's insights table is not in the expected form.", "bad_insights");
   }
   return doc;
@@ -49,6 +50,9 @@ export function insightsLines(doc) {
   const k = doc.suppressed_below;
   const out = [`${doc.category}, ${doc.period}: computed ${when(doc.computed)}Z from ${doc.nodes} node(s), epsilon `
     + `${doc.epsilon} spent (values under ${k} shown as <${k})`];
+  for (const p of doc.ledger.periods) {
+    out.push(`your node's privacy budget for ${p.period}: ${p.spent} of ${doc.ledger.budget} spent, ${p.remaining} left`);
+  }
   if (!doc.treatments.length) out.push("no such treatment in this table");
   for (const t of doc.treatments) {
     const improved = t.share_improved !== null ? `${t.share_improved}% improved` : "share improved: -";
