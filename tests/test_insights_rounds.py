@@ -290,3 +290,45 @@ def _this_month(node):
     from rxfed.protocol.insights import period_of
 
     return period_of(node.state.now())
+
+
+async def test_a_hostile_aggregator_cannot_make_a_node_join_another_round(trio):
+    """An aggregator standing in for a node it names (its own key in that node's place),
+    changing the epsilon, the nodes or the thresholds, or asking for a future month: the
+    node refuses before anything is charged."""
+    from rxfed.protocol import aggregation as ag
+    from rxfed.protocol import release as prl
+
+    await schedule(trio)
+    a, b, c = trio
+    doc, schema = await a.state.insights.schedule("E11")
+    period = _this_month(a)
+
+    def respec(invite, **changes):
+        spec = ag.RoundSpec.from_json(invite["spec"])
+        fields = {"round": spec.round, "aggregator": spec.aggregator, "nodes": spec.nodes, "cells": spec.cells,
+                  "table": spec.table, "bits": spec.bits, "collusion": spec.collusion, "dropouts": spec.dropouts}
+        fields.update(changes)
+        return {**invite, "spec": ag.RoundSpec(**fields).to_json()}
+
+    invite = await a.state.insights.invitation("E11", period, doc, schema)
+    spec = ag.RoundSpec.from_json(invite["spec"])
+    own = a.state.signing_key().public
+    stand_in = tuple((n, own if n == c.node_id else k) for n, k in spec.nodes)
+    cases = {
+        "unknown_key": respec(invite, nodes=stand_in),
+        "not_scheduled": respec(invite, table=prl.release_digest(schema, period, "1", spec.round)),
+        "bad_period": {**respec(invite, table=prl.release_digest(schema, "2099-01", doc["epsilon"], spec.round)),
+                       "period": "2099-01"},
+    }
+    cases["not_scheduled "] = respec(invite, collusion=0)
+    for code, bad in cases.items():
+        with pytest.raises(Forbidden) as refused:
+            await b.state.insights.join(a.node_id, bad)
+        assert refused.value.code == code.strip(), (code, refused.value.message)
+    # from a node the schedule does not name as aggregator
+    with pytest.raises(Forbidden) as refused:
+        await b.state.insights.join(c.node_id, invite)
+    assert refused.value.code == "not_scheduled"
+    assert (await b.app_store().insights_ledger()).entries == ()
+    assert await b.app_store().insight_rounds() == []
