@@ -64,7 +64,7 @@ async def test_a_released_table_is_read_in_the_page_as_the_cli_shows_it(node, tm
         # one treatment, asked again: the same table (no budget spent)
         await page.fill("#i-treatment", "Metformin")
         await page.click("#insights-form button[type=submit]")
-        await page.wait_for_function("document.querySelectorAll('#insights-table > li').length === 1")
+        await page.wait_for_selector("body[data-insights-rows='1']")
         assert await page_lines(page) == _as_shown(lines({**by_cli, "treatments": [
             t for t in by_cli["treatments"] if t["treatment"] == "metformin"]}))
         assert "1/2 of 1 spent, 1/2 left" in await page.text_content("#insights-summary")

@@ -6,6 +6,7 @@ import * as communitiesView from "./community-ui.mjs";
 import * as consentView from "./consent-ui.mjs";
 import * as devicesView from "./devices-ui.mjs";
 import * as insightsView from "./insights-ui.mjs";
+import * as nodeKeysView from "./nodekeys-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import * as recordsUi from "./records-ui.mjs";
 import { ready } from "./sodium.mjs";
@@ -131,6 +132,7 @@ async function opened(p) {
   communitiesView.attach(patient);
   consentView.attach(patient);
   insightsView.attach(patient);
+  nodeKeysView.attach();
 }
 
 $("register-form").addEventListener("submit", (ev) => {
@@ -249,6 +251,7 @@ function closeAccount() {
   consentView.detach();
   insightsView.detach();
   devicesView.detach();
+  nodeKeysView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
   recordsUi.show(null);

@@ -35,6 +35,7 @@ function show(doc) {
   }
   $("insights-table").replaceChildren(...items);
   document.body.dataset.insights = doc.release;
+  document.body.dataset.insightsRows = String(items.length);
 }
 
 export function attach(p) {
@@ -49,6 +50,7 @@ export function detach() {
   $("insights").hidden = true;
   say("");
   delete document.body.dataset.insights;
+  delete document.body.dataset.insightsRows;
 }
 
 $("insights-form").addEventListener("submit", (ev) => {
