@@ -169,6 +169,25 @@ def rxfed_presend_check(text, country):
 
 
 @hookspec
+def rxfed_node_started(node):
+    """The node is up: its store is open and it is about to serve.
+
+    :param node: a :class:`rxfed.plugins.NodeContext`: ``node_id``, ``now()`` (Unix seconds,
+        the node's clock) and ``store`` (:class:`rxfed.store.operations.Store`). A plugin keeps
+        whatever must survive a restart or be shared by the node's worker processes in the
+        store, never in memory alone: with ``--workers N`` each process calls this hook.
+    :return: None (or an awaitable). A raise or a timeout is logged and counted against the
+        plugin; the node starts anyway.
+
+    Example::
+
+        @hookimpl
+        def rxfed_node_started(node):
+            STATE["store"] = node.store
+    """
+
+
+@hookspec
 def rxfed_signals_received(signals):
     """Receive signals the node may hand to this plugin.
 

@@ -190,6 +190,15 @@ async def await_me_maybe(value: Any) -> Any:
 # -- isolation machinery -------------------------------------------------------------------
 
 
+@attrs.frozen
+class NodeContext:
+    """What ``rxfed_node_started`` hands a plugin: the node's id, clock and store."""
+
+    node_id: str
+    now: Callable[[], int]
+    store: Store
+
+
 class PluginTimeout(TimeoutError):
     """A plugin did not answer within the timeout (the message is rxfed's own)."""
 
@@ -837,6 +846,13 @@ class RxfedPlugins:
         impls = {impl.plugin_name for impl in self._impls("rxfed_matching_categories")}
         return sorted(name for name, manifest in self.manifests().items()
                       if name in impls and PURPOSE in manifest.purposes)
+    async def node_started(self, node: NodeContext) -> list[str]:
+        """Tell every plugin the node is up; the names of those that failed. Never raises."""
+        failed = []
+        for impl in self._impls("rxfed_node_started"):
+            if not await self._call_async(impl, node=node):
+                failed.append(impl.plugin_name)
+        return failed
 
     async def consent_revoked(self, name: str, grant: str, subject: str) -> bool:
         """Tell plugin ``name`` to delete what it holds under ``grant`` for ``subject``; True

@@ -330,6 +330,10 @@ def test_demo_json():
     moderation = doc["moderation"]
     assert (moderation["status"], moderation["category"], moderation["reporter_named"]) == (
         "verified", "drug_sourcing", False)
+    seen = doc["insights"]["amara_reads"]
+    assert seen["nodes"] == 3 and seen["epsilon"] == "1/2" and seen["release"] == doc["insights"]["round"]
+    assert [t["treatment"] for t in seen["treatments"]] == ["lamotrigine", "levetiracetam"]
+    assert all(t["reports"] == "<11" or t["reports"] >= 11 for t in seen["treatments"])
     devices = doc["devices"]
     assert devices["revoked"] == [devices["laptop"]] and devices["epoch"] == 2
     assert list(devices["community_rekeyed"].values()) == ["rekeyed"]
@@ -736,7 +740,7 @@ def test_a_grant_is_checked_against_what_its_recipients_publish(profile, node_ur
         advertising = grant("--purpose", "advertising", "--to", "federation")
         assert advertising.returncode == 2 and advertising.stdout == ""
         assert "no plugin on" in advertising.stderr and "for advertising" in advertising.stderr
-        assert "purposes served there for treatment.outcome: research" in advertising.stderr
+        assert "purposes served there for treatment.outcome: insights, research" in advertising.stderr
         listed = json.loads(rxfed("patient", "consent", "list", "--profile", str(profile), "--json").stdout)
         assert listed["grants"] == []  # nothing was signed or sent
         made = grant("--purpose", "research", "--to", f"plugin:{other}/outcomes", "--json")

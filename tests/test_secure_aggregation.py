@@ -440,3 +440,50 @@ def test_pair_keys_agree_and_seeds_are_bound_to_the_context():
         a.pair_key(bytes(32))  # the all-zero point: no shared secret
     with pytest.raises(Exception):
         a.pair_key(a.public)
+
+
+class StoredRound(Round):
+    """A round whose every party is written out and read back (through JSON, as the node's
+    store keeps them) between any two messages."""
+
+    def _reload(self) -> None:
+        import json
+
+        self.aggregator = Aggregator.from_state(json.loads(json.dumps(self.aggregator.to_state())))
+        self.participants = {n: Participant.from_state(json.loads(json.dumps(p.to_state())), KEYS[n])
+                             for n, p in self.participants.items()}
+
+    def send_to_aggregator(self, node, data):
+        self._reload()
+        return super().send_to_aggregator(node, data)
+
+    def deliver(self, outgoing):
+        self._reload()
+        super().deliver(outgoing)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_a_round_kept_in_the_store_between_messages_ends_as_one_kept_in_memory(data):
+    n = data.draw(st.sampled_from([3, 5]))
+    spec = make_spec(n, 5, bits=48, collusion=1, dropouts=0 if n == 3 else 1)
+    values = data.draw(st.lists(st.lists(st.integers(-10**6, 10**6), min_size=5, max_size=5), min_size=n,
+                                max_size=n))
+    r = StoredRound(spec, vectors_for(spec, values))
+    if n == 5:
+        r.silent[spec.node_ids[-1]] = "rxfed.agg.roster"
+    outcome = r.run()
+    kept = values if n == 3 else values[:-1]
+    assert outcome.phase == Phase.DONE and list(outcome.total) == [sum(col) for col in zip(*kept)]
+    # a finished participant's state holds no secret, and answers nothing more
+    for node, p in r.participants.items():
+        state = p.to_state()
+        if p.phase in (Phase.DONE, Phase.ABANDONED):
+            assert state["mask_secret"] is None and state["self_seed"] is None and state["vector"] is None
+    survivor = next(n for n, p in r.participants.items() if p.phase == Phase.DONE)
+    again = Participant.from_state(r.participants[survivor].to_state(), KEYS[survivor])
+    with pytest.raises(RxfedError):
+        again.receive(canonical({"type": "rxfed.agg.unmask", "round": spec.round, "nodes": [], "sigs": {}}))
+    with pytest.raises(RxfedError):  # another node's identity key cannot take a participant's state
+        Participant.from_state(r.participants[survivor].to_state(), KEYS[spec.node_ids[0] if survivor !=
+                                                                            spec.node_ids[0] else spec.node_ids[1]])

@@ -201,6 +201,7 @@ COMMANDS = {
     "plugins": "rxfed.cli.plugins",
     "demo": "rxfed.cli.demo",
     "web": "rxfed.cli.web",
+    "insights": "rxfed.cli.insights",
 }
 HELP = {
     "node": "run and administer a node",
@@ -210,6 +211,7 @@ HELP = {
     "plugins": "list installed plugins, or start a new one from the template",
     "demo": "run a three-node federation on loopback and show what nodes store",
     "web": "check that a node serves the released patient web client",
+    "insights": "what worked for people with a diagnosis: noisy federation tables, small counts suppressed",
     "completion": "print a shell completion script: eval \"$(rxfed completion bash)\"",
 }
 #: Other names a command answers to.

@@ -191,6 +191,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
                       "used": lambda: f"plugin {e['plugin']} on {e['node']} used {e['count']} {e['kind']} "
                                       f"signal(s) for {e['purpose']}",
                       "revoked": lambda: "revoked",
+                      "released": lambda: f"your signals went into insights table {e['table']} for {e['period']} "
+                                          f"(release {e['release']}, epsilon {e['epsilon']}, {e['nodes']} node(s))",
                       "acknowledged": lambda: f"{e['node']} deleted what it held and acknowledged"
                       + (f" (plugins {', '.join(e['unconfirmed'])} could not confirm their deletion)"
                          if e.get("unconfirmed") else "")

@@ -133,6 +133,7 @@ async def _demo(work: Path) -> dict:
         }
         summary["moderation"] = await _report_handled(clients, address)
         summary["consent"] = await _consent(nodes, clients)
+        summary["insights"] = await _insights(nodes, clients)
         summary["devices"] = await _stolen_laptop(work, nodes, clients, address)
     finally:
         for client in clients.values():
@@ -176,6 +177,34 @@ async def _consent(nodes: dict, clients: dict) -> dict:
         "plugin_holds_after": outcomes.held(),
         "audit": audits,
     }
+
+
+async def _insights(nodes: dict, clients: dict) -> dict:
+    """Each patient lets their own node's ``insights`` plugin count their treatment outcome;
+    the three nodes' operators schedule one round for epilepsy (G40), community-c runs it,
+    and each node's noisy counts reach it only masked. amara reads the federation table."""
+    from rxfed.client.consent import PatientConsent
+    from rxfed.client.insights import insights
+    from rxfed.node.insights import schedule_doc
+    from rxfed.protocol.canonical import canonical
+
+    for name, spec in PATIENTS.items():
+        node = nodes[spec["node"]]
+        await PatientConsent(clients[name]).grant("treatment.outcome", "insights", f"plugin:{node.node_id}/insights")
+    aggregator = nodes["community-c"]
+    doc = schedule_doc("G40", {"treatments": ["lamotrigine", "levetiracetam"], "side_effects": ["dizziness",
+                                                                                                 "irritability"]},
+                       epsilon="1/2", aggregator=aggregator.node_id, nodes=[n.node_id for n in nodes.values()])
+    for node in nodes.values():
+        await node.app_store().set_insights_schedule("G40", canonical(doc))
+    round_id = await aggregator.state.insights.start_round("G40")
+
+    async def everywhere():
+        return all([bool(await n.app_store().insight_releases("G40")) for n in nodes.values()])
+
+    await _wait(everywhere)
+    return {"round": round_id, "aggregator": "community-c", "epsilon": doc["epsilon"],
+            "amara_reads": await insights(clients["amara"], "G40")}
 
 
 async def _true(value: bool) -> bool:
@@ -289,6 +318,14 @@ def _lines(summary: dict) -> list[str]:
         steps = ", ".join(f"{e['event']}" + (f" by {e['plugin']}@{e['node']}" if e["event"] == "used" else "")
                           for e in view["entries"])
         out.append(f"  {name}'s audit log (hash chain verified, {view['head']['seq']} entries): {steps}")
+    i = summary["insights"]
+    seen = i["amara_reads"]
+    out.append("")
+    out.append(f"insights: each node counts its own patients; {i['aggregator']} runs round {i['round'][:12]}.. "
+               f"over {seen['nodes']} nodes, epsilon {seen['epsilon']}; no node sees another's counts")
+    out.append("  what amara reads (`rxfed insights G40`; every figure noisy, under 11 shown as <11):")
+    for t in seen["treatments"]:
+        out.append(f"    {t['treatment']}: {t['reports']} reports, efficacy {t['efficacy']}")
     d = summary["devices"]
     out.append("")
     out.append(f"devices: bruno links a laptop from his phone (confirmation {d['confirmation']}); it reads his "

@@ -1,13 +1,14 @@
-"""``rxfed node accounts|communities|plugins|log|matching``: administer a node's accounts and
-communities (while it runs, too), see plugin health, what operators did and the node's
-matching sessions."""
+"""``rxfed node accounts|communities|plugins|log|matching|insights|bans|reports|clinicians``:
+administer a node's accounts and communities (while it runs, too), see plugin health, what
+operators did and the node's matching sessions, keep block and ban lists, read forwarded
+reports, vouch for clinicians, release insights tables and read the privacy-budget ledger."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from rxfed.cli import Output, UsageError, json_flag, write_export
+from rxfed.cli import Output, UsageError, input_file, json_flag, write_export
 
 
 def add_parsers(nsub) -> None:
@@ -96,6 +97,35 @@ def add_parsers(nsub) -> None:
     matching.add_argument("--limit", type=int, default=100, help="the newest LIMIT sessions (default 100)")
     json_flag(matching)
     matching.set_defaults(func=cmd_matching)
+
+
+    insights = nsub.add_parser("insights", help="insights tables: the privacy-budget ledger, releases, the budget")
+    insights.add_argument("data_dir", metavar="DATA_DIR")
+    insights.add_argument("insights_action", metavar="ACTION",
+                          choices=("ledger", "releases", "budget", "release", "schedule", "round", "rounds"),
+                          help="ledger | releases | budget EPSILON | release CATEGORY --table FILE --epsilon E | "
+                               "schedule CATEGORY --table FILE --epsilon E --aggregator NODE --nodes A,B,C | "
+                               "round CATEGORY | rounds")
+    insights.add_argument("value", metavar="ARG", nargs="?",
+                          help="budget: the epsilon per period (e.g. 1, 1/2, 0.5); release: the ICD-10 category")
+    insights.add_argument("--table", metavar="FILE", type=input_file,
+                          help="release, schedule: the table declaration, JSON {treatments, side_effects, symptoms, "
+                               "max_groups}")
+    insights.add_argument("--epsilon", help="release, schedule: the epsilon a release spends (exact: 1/4, 0.25)")
+    insights.add_argument("--period", help="ledger, release, round: the calendar month YYYY-MM (release and round: "
+                                           "this month)")
+    insights.add_argument("--category", help="releases: only this category's")
+    insights.add_argument("--aggregator", metavar="NODE", help="schedule: the node that runs the round")
+    insights.add_argument("--nodes", metavar="NODE,...", type=lambda v: [n for n in v.split(",") if n],
+                          help="schedule: every node of the round, this one and the aggregator included")
+    insights.add_argument("--collusion", type=int, default=1,
+                          help="schedule: how many nodes may pool what they know (default 1)")
+    insights.add_argument("--dropouts", type=int, default=0,
+                          help="schedule: how many may leave before their masked input (default 0)")
+    insights.add_argument("--monthly", action="store_true",
+                          help="schedule: the aggregator starts the round of the month just ended by itself")
+    json_flag(insights)
+    insights.set_defaults(func=cmd_insights)
 
 
 def _when(ts: int | None) -> str:
@@ -298,3 +328,84 @@ def cmd_clinicians(args: argparse.Namespace) -> None:
 
     sys.stdout.write(bundle)
     note(f"issued {doc['id']}: {doc['role']} {doc['specialty']}, valid until {_when(doc['valid_until'])}")
+def _ledger_lines(doc: dict) -> list[str]:
+    out = [f"budget per period: epsilon {doc['budget']}"]
+    for p in doc["periods"]:
+        out.append(f"{p['period']}: spent {p['spent']}, {p['remaining']} left")
+        out += [f"  {r['release']}\tepsilon {r['epsilon']}\t{_when(r['at'])}" for r in p["releases"]]
+    return out if doc["periods"] else out + ["no release charged yet"]
+
+
+def _declaration(path: str):
+    import json
+    import sys
+
+    try:
+        with (open(path, encoding="utf-8") if path != "-" else sys.stdin) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{path} is not JSON") from None
+
+
+def cmd_insights(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    action = args.insights_action
+    extra = {"--table": args.table, "--epsilon": args.epsilon}
+    if action not in ("release", "schedule") and any(v is not None for v in extra.values()):
+        raise UsageError("--table and --epsilon go with release and schedule")
+    if action != "schedule" and (args.aggregator or args.nodes or args.monthly or args.collusion != 1
+                                 or args.dropouts != 0):
+        raise UsageError("--aggregator, --nodes, --collusion, --dropouts and --monthly go with schedule")
+    if action in ("schedule", "round") and args.value is None:
+        raise UsageError(f"'insights {action}' needs a CATEGORY")
+    if action == "rounds":
+        rows = administer.insights_rounds(args.data_dir)
+        Output(args.json).result({"rounds": rows}, lambda: [
+            f"{r['round']}\t{r['role']}\t{r['category']}\t{r['period']}\t{r['phase']}\taggregator {r['aggregator']}"
+            for r in rows] or ["no rounds"])
+        return
+    if action == "round":
+        doc = administer.insights_round(args.data_dir, args.value, args.period)
+        Output(args.json).result(doc, [f"round {doc['round']} of {doc['category']} started; "
+                                       "'rxfed node insights DATA_DIR rounds' shows how it goes"])
+        return
+    if action == "schedule":
+        if args.table is None or args.epsilon is None or not args.aggregator or not args.nodes:
+            raise UsageError("'insights schedule' needs --table, --epsilon, --aggregator and --nodes")
+        doc = administer.insights_schedule(args.data_dir, args.value, _declaration(args.table), epsilon=args.epsilon,
+                                           aggregator=args.aggregator, nodes=args.nodes, collusion=args.collusion,
+                                           dropouts=args.dropouts, monthly=args.monthly)
+        Output(args.json).result(doc, [f"{doc['category']}: a round of {', '.join(doc['nodes'])} run by "
+                                       f"{doc['aggregator']}, epsilon {doc['epsilon']} per month"
+                                       + (", started monthly" if doc["monthly"] else "")])
+        return
+    if action in ("ledger", "releases") and args.value is not None:
+        raise UsageError(f"'insights {action}' takes no ARG")
+    if args.category is not None and action != "releases":
+        raise UsageError("--category goes with releases")
+    if args.period is not None and action not in ("ledger", "release", "round"):
+        raise UsageError("--period goes with ledger, release and round")
+    if action == "ledger":
+        doc = administer.insights_ledger(args.data_dir, args.period)
+        Output(args.json).result(doc, lambda: _ledger_lines(doc))
+    elif action == "releases":
+        rows = administer.insights_releases(args.data_dir, args.category)
+        Output(args.json).result({"releases": rows}, lambda: [
+            f"{r['release']}\t{r['category']}\t{r['period']}\tepsilon {r['published']['epsilon']}\t"
+            f"{len(r['published']['rows'])} treatments\t{_when(r['computed'])}" for r in rows] or ["no releases"])
+    elif action == "budget":
+        if args.value is None:
+            raise UsageError("'insights budget' needs the EPSILON per period")
+        doc = administer.insights_budget(args.data_dir, args.value)
+        Output(args.json).result(doc, lambda: _ledger_lines(doc))
+    else:
+        if args.value is None or args.table is None or args.epsilon is None:
+            raise UsageError("'insights release' needs a CATEGORY, --table FILE and --epsilon")
+        doc = administer.insights_release(args.data_dir, args.value, _declaration(args.table), epsilon=args.epsilon,
+                                          period=args.period)
+        published = doc["published"]
+        Output(args.json).result(doc, lambda: [
+            f"released {doc['category']} for {published['period']} as {doc['release']} (epsilon {published['epsilon']})",
+            *[f"  {name}: {row['reports']} reports" for name, row in sorted(published["rows"].items())],
+            *_ledger_lines(doc["ledger"])])

@@ -13,11 +13,16 @@ import asyncio
 import getpass
 import json
 import re
+import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from rxfed.errors import BadRequest, Conflict, NotFound
+from rxfed.node import insights as ins
 from rxfed.node.config import NodeConfig
+from rxfed.protocol import insights as pin
+from rxfed.protocol import release as prl
 from rxfed.protocol.canonical import canonical
 from rxfed.store import OperatorEntry
 
@@ -358,3 +363,84 @@ def forwarded_reports(data_dir: str | Path) -> list[dict]:
     return [{"community": f"{r['community_id']}@{r['host']}", "seq": r["seq"], "sender": r["sender"],
              "category": r["category"], "text": r["text"], "sent": r["sent"], "moderator": r["moderator"],
              "from": r["origin"], "received": r["received"]} for r in rows]
+# -- insights ------------------------------------------------------------------------------------
+
+
+def insights_ledger(data_dir: str | Path, period: str | None = None) -> dict:
+    if period is not None:
+        prl.check_period(period)
+    return ins.ledger_doc(_run(data_dir, lambda store: store.insights_ledger())[1], period)
+
+
+def insights_budget(data_dir: str | Path, budget: str) -> dict:
+    eps = prl.epsilon_text(prl.epsilon_of(budget, "budget"))
+
+    async def action(store):
+        await store.set_insights_budget(eps)
+        return await store.insights_ledger()
+
+    return ins.ledger_doc(_run(data_dir, action)[1])
+
+
+def insights_releases(data_dir: str | Path, category: str | None = None) -> list[dict]:
+    if category is not None:
+        pin.check_category(category)
+    return [ins.release_row(r) for r in _run(data_dir, lambda store: store.insight_releases(category))[1]]
+
+
+def insights_release(data_dir: str | Path, category: str, declaration: Any, *, epsilon: str,
+                     period: str | None = None, now: int | None = None) -> dict:
+    """Release ``category``'s table for ``period`` (this month by default) from the records
+    this node holds; Forbidden ``budget_exhausted`` once the period's budget is spent."""
+    schema = ins.declared_table(category, declaration)
+    now = int(time.time()) if now is None else now
+    period = prl.check_period(period) if period is not None else pin.period_of(now)
+    eps = prl.epsilon_text(prl.epsilon_of(epsilon))
+    release_id = secrets.token_urlsafe(12)
+
+    async def action(store):
+        table = await store.release_insights(release_id, schema, category, period, eps, now)
+        return table, await store.insights_ledger()
+
+    table, after = _run(data_dir, action)[1]
+    return {"release": release_id, "category": category, "published": table.to_json(),
+            "ledger": ins.ledger_doc(after, period)}
+
+
+def insights_schedule(data_dir: str | Path, category: str, declaration: Any, *, epsilon: str, aggregator: str,
+                      nodes: list[str], collusion: int = 1, dropouts: int = 0, monthly: bool = False) -> dict:
+    """Declare the round this node takes part in for ``category``: the table, the epsilon,
+    the aggregator and every node, the thresholds; ``monthly``: the aggregator starts the
+    round of the month just ended by itself. A node joins no round that differs."""
+    doc = {**ins.schedule_doc(category, declaration, epsilon=epsilon, aggregator=aggregator, nodes=nodes,
+                              collusion=collusion, dropouts=dropouts), "monthly": bool(monthly)}
+
+    async def action(store):
+        await store.set_insights_schedule(category, canonical(doc))
+
+    _run(data_dir, action)
+    return {"category": category, **doc}
+
+
+def insights_round(data_dir: str | Path, category: str, period: str | None = None) -> dict:
+    """Ask the running node (the round's aggregator) to start the scheduled round."""
+    from rxfed.errors import Forbidden
+    from rxfed.node import control
+
+    pin.check_category(category)
+    if period is not None:
+        prl.check_period(period)
+    config = NodeConfig.load(data_dir)
+    answer = control.ask(config.data_dir, "POST", "/insights/round", {"category": category, "period": period})
+    if answer is None:
+        raise Conflict(f"the node in {data_dir} is not running: a round needs it to reach its peers",
+                       code="not_running")
+    if "error" in answer:
+        raise Forbidden(answer["message"], code=answer["error"])  # the node refused: exit 1
+    return answer
+
+
+def insights_rounds(data_dir: str | Path) -> list[dict]:
+    rows = _run(data_dir, lambda store: store.insight_rounds())[1]
+    return [{"round": r[0], "role": r[1], "release": r[2], "category": r[3], "period": r[4], "aggregator": r[5],
+             "phase": r[6], "updated": r[7]} for r in rows]

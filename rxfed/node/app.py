@@ -25,7 +25,7 @@ from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, 
                              signed_by_a_node)
 from rxfed.node.listener import LISTENER, read_body
 from rxfed.node.listener import install as install_listener
-from rxfed.plugins import RxfedPlugins
+from rxfed.plugins import NodeContext, RxfedPlugins
 from rxfed.protocol import vault as pv
 from rxfed.protocol.federation import TXN_ID
 from rxfed.protocol.canonical import canonical, loads
@@ -367,6 +367,10 @@ async def _store_ctx(app: web.Application):
             reported_store = await report_store(state, reported_store)
             await state.reload_suspended()  # if the operator's command could not tell us
             try:
+                await state.insights.tick()  # insights rounds whose phase timed out
+            except RxfedError as exc:
+                log.warning("insights rounds: %s", exc.message)
+            try:
                 await state.federation.refresh_policies()  # `rxfed node peers` edits the store
             except RxfedError as exc:
                 log.warning("reading peer policies failed: %s", exc.message)
@@ -381,6 +385,9 @@ async def _store_ctx(app: web.Application):
                     log.warning("housekeeping failed: %s", exc.message)
 
     task = asyncio.create_task(housekeeping())
+    failed = await state.plugins.node_started(NodeContext(state.config.node_id, state.now, state.store))
+    if failed:
+        log.warning("plugins %s failed to start; the node serves without them", ", ".join(failed))
     await state.consent.start()
     await state.federation.start()
     await state.matching.start()
@@ -412,7 +419,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
-    from rxfed.node import communities, consent, control, matching, metrics
+    from rxfed.node import communities, consent, control, insights, matching, metrics
 
     state = NodeState(config, keys, store, plugins, clock, worker=worker)
     state.metrics = metrics.NodeMetrics(state)
@@ -425,10 +432,12 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     communities.install(state)
     consent.install(state)
     matching.install(state)
+    insights.install(state)
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
     app.add_routes(matching.routes)
+    app.add_routes(insights.routes)
     from rxfed.node import clinicians
     from rxfed.node import web as web_client
 

@@ -199,6 +199,23 @@ def control_app(state: Any) -> web.Application:
             state.communities.forget(community)
         return reply({"reloaded": True})
 
+    @routes.post("/insights/round")
+    async def insights_round(request: web.Request) -> web.Response:
+        """Start a category's scheduled insights round (``rxfed node insights DATA_DIR round``):
+        the running node sends the invitations. A refusal is answered as ``error``/``message``."""
+        from rxfed.errors import RxfedError
+
+        try:
+            body = await request.json()
+            category, period = body["category"], body.get("period")
+        except (ValueError, AttributeError, TypeError, KeyError):
+            return reply({"error": "bad_request", "message": "a JSON object with category (and period)"}, status=400)
+        try:
+            round_id = await state.insights.start_round(category, period)
+        except RxfedError as exc:
+            return reply({"error": exc.code, "message": exc.message, "status": exc.status})
+        return reply({"round": round_id, "category": category})
+
     from rxfed.node.metrics import METRICS
 
     app = web.Application()

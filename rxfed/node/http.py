@@ -57,6 +57,7 @@ class NodeState:
     communities: Any = None
     consent: Any = None
     matching: Any = None
+    insights: Any = None
     listener: Listener = None
     verifier: concurrent.futures.ThreadPoolExecutor = attrs.Factory(
         lambda: concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="rxfed-verify"))

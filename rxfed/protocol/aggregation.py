@@ -297,6 +297,38 @@ class Participant:
         self._roster: dict[str, bytes] = {}
         self._signed: tuple[str, ...] | None = None
 
+    # -- state kept between messages (the node's store; several workers may serve a node) --
+
+    def to_state(self) -> dict:
+        """Everything this participant holds, for the node's store. Once the round is over
+        (done or abandoned) the secrets are left out: nothing can be revealed any more."""
+        over = self.phase in (Phase.DONE, Phase.ABANDONED)
+        return {"spec": self.spec.to_json(), "node": self.node, "phase": str(self.phase),
+                "vector": None if over else list(self._vector),
+                "mask_public": b64e(self._mask_key.public),
+                "mask_secret": None if over else b64e(self._mask_key.secret),
+                "self_seed": None if over else b64e(self._self_seed),
+                "roster": {n: b64e(k) for n, k in self._roster.items()},
+                "signed": list(self._signed) if self._signed is not None else None}
+
+    @classmethod
+    def from_state(cls, obj: dict, identity: SigningKeyPair) -> Participant:
+        """The participant :meth:`to_state` kept; a finished one answers nothing more."""
+        spec = RoundSpec.from_json(obj["spec"])
+        p = cls.__new__(cls)
+        p.spec, p.node, p._identity = spec, obj["node"], identity
+        if identity.public != spec.key_of(p.node):
+            raise AggregationError("the identity key is not the one the round names for this node")
+        p.phase = Phase(obj["phase"])
+        over = p.phase in (Phase.DONE, Phase.ABANDONED)
+        p._vector = [] if over else list(obj["vector"])
+        public = b64d(obj["mask_public"], length=PUBLIC_KEY_SIZE)
+        p._mask_key = MaskKeyPair(public, b"" if over else b64d(obj["mask_secret"]))
+        p._self_seed = b"" if over else b64d(obj["self_seed"], length=SEED_SIZE)
+        p._roster = {n: b64d(k, length=PUBLIC_KEY_SIZE) for n, k in obj["roster"].items()}
+        p._signed = tuple(obj["signed"]) if obj["signed"] is not None else None
+        return p
+
     def advert(self) -> bytes:
         """The first message: this node's mask key, signed."""
         body = _advert_body(self.spec, self.node, self._mask_key.public)
@@ -417,6 +449,39 @@ class Aggregator:
         self._sigs: dict[str, str] = {}
         self._reveals: dict[str, tuple[bytes, dict[str, bytes]]] = {}
         self.outcome: Outcome | None = None
+
+    # -- state kept between messages -----------------------------------------------------
+
+    def to_state(self) -> dict:
+        """Everything the aggregator holds, for the node's store (no secret of any node:
+        only what it was sent)."""
+        out = self.outcome
+        return {"spec": self.spec.to_json(), "phase": str(self.phase), "adverts": dict(self._adverts),
+                "roster": {n: b64e(k) for n, k in self._roster.items()},
+                "masked": {n: list(v) for n, v in self._masked.items()}, "survivors": list(self._survivors),
+                "sigs": dict(self._sigs),
+                "reveals": {n: [b64e(seed), {p: b64e(x) for p, x in pairs.items()}]
+                            for n, (seed, pairs) in self._reveals.items()},
+                "outcome": None if out is None else {
+                    "phase": str(out.phase), "total": list(out.total) if out.total is not None else None,
+                    "survivors": list(out.survivors), "dropped": list(out.dropped), "reason": out.reason}}
+
+    @classmethod
+    def from_state(cls, obj: dict) -> Aggregator:
+        a = cls(RoundSpec.from_json(obj["spec"]))
+        a.phase = Phase(obj["phase"])
+        a._adverts = dict(obj["adverts"])
+        a._roster = {n: b64d(k, length=PUBLIC_KEY_SIZE) for n, k in obj["roster"].items()}
+        a._masked = {n: list(v) for n, v in obj["masked"].items()}
+        a._survivors = tuple(obj["survivors"])
+        a._sigs = dict(obj["sigs"])
+        a._reveals = {n: (b64d(seed, length=SEED_SIZE), {p: b64d(x, length=SEED_SIZE) for p, x in pairs.items()})
+                      for n, (seed, pairs) in obj["reveals"].items()}
+        out = obj["outcome"]
+        a.outcome = None if out is None else Outcome(
+            Phase(out["phase"]), tuple(out["total"]) if out["total"] is not None else None,
+            tuple(out["survivors"]), tuple(out["dropped"]), out["reason"])
+        return a
 
     # -- input -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ after a restart. ``tests/store/contract.py`` runs every operation on every backe
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from operator import methodcaller
@@ -28,6 +29,9 @@ from rxfed.protocol import account as pa
 from rxfed.protocol import budget
 from rxfed.protocol import blocklists as pbl
 from rxfed.protocol import community as pcm
+from rxfed.protocol import insights as pin
+from rxfed.protocol import release as prl
+from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.federation import track_sequence
 from rxfed.store import (
     Account,
@@ -64,6 +68,10 @@ from rxfed.store.sql import AccountState, SQLConnection as Conn
 TOO_OLD = "undelivered past the maximum age"
 #: How many numbers of an origin's transactions seen out of order are kept.
 SEEN_WINDOW = 10_000
+#: The meta row holding the insights privacy budget per period (an exact fraction as text).
+INSIGHTS_BUDGET = "insights.budget"
+#: The budget per period until the operator sets one (spec/privacy.md section 6).
+DEFAULT_INSIGHTS_BUDGET = "1"
 
 
 # -- steps shared by several operations ---------------------------------------------------
@@ -530,6 +538,134 @@ async def _expire_matching_sessions(c: Conn, before: int, now: int) -> int:
     for s in stale:
         await c.finish_matching_session(attrs.evolve(s, finished=now, outcome="failed:expired", state=None))
     return len(stale)
+
+# -- insights (plugins/insights.py) --------------------------------------------------------
+
+
+async def _insights_ledger(c: Conn, lock: bool) -> prl.Ledger:
+    """The ledger as it stands. With ``lock``, the budget's meta row is written first, so a
+    concurrent release (another worker process, PostgreSQL) waits for this transaction."""
+    budget = await c.get_meta(INSIGHTS_BUDGET) or DEFAULT_INSIGHTS_BUDGET
+    if lock:
+        await c.set_meta(INSIGHTS_BUDGET, budget)
+    entries = tuple(prl.LedgerEntry(r, p, prl.epsilon_of(e), at) for r, _, p, e, at in await c.insight_ledger(None))
+    return prl.Ledger(prl.epsilon_of(budget, "budget"), entries)
+
+
+async def _set_insights_budget(c: Conn, budget: str) -> None:
+    await c.set_meta(INSIGHTS_BUDGET, prl.epsilon_text(prl.epsilon_of(budget, "budget")))
+
+
+async def _charge_and_count(c: Conn, release: str, schema: prl.TableSchema, category: str, period: str,
+                            epsilon: str, nodes: int, now: int) -> tuple[int, ...]:
+    """Charge ``epsilon`` for ``release`` (Forbidden ``budget_exhausted`` when the period's
+    budget does not cover it), log the release in the audit of every patient whose records
+    go into it (once per grant), and return the bounded true counts: for noise, in the same
+    transaction, never to be kept or sent as they are."""
+    ledger = await _insights_ledger(c, lock=True)
+    plan = prl.plan_release(ledger, epsilon, period, release=release, at=now)
+    if not plan.allowed:
+        raise Forbidden(plan.reason, code=plan.code)
+    eps = prl.epsilon_text(prl.epsilon_of(epsilon))
+    await c.add_insight_charge(release, schema.name, period, eps, now)
+    rows = await c.insight_records(period)
+    tokens = {(subject, kind + "|" + group): token for subject, kind, group, token, _ in rows}
+    # the bodies are this node's own canonical JSON (plugins/insights.py wrote them): the
+    # standard parser reads them, without the checks untrusted input gets
+    found, used = pin.contributions(category, period, [(s, k, g, json.loads(b)) for s, k, g, _, b in rows])
+    # the audit of every patient whose records go into the release, once per grant, in one batch
+    went = sorted({tokens[(subject, key)] for subject, keys in used.items() for key in keys
+                   if (subject, key) in tokens})
+    grants = sorted(set((await c.grants_of_tokens(went)).values()))  # (grant, patient), this node's own
+    heads = await c.audit_heads(sorted({p for _, p in grants}))
+    appended: list[tuple[str, AuditRow]] = []
+    for grant_id, patient in grants:
+        (entry,) = audit_append(heads.get(patient), [{"event": "released", "grant": grant_id, "release": release,
+                                                      "table": schema.name, "period": period, "epsilon": eps,
+                                                      "nodes": nodes}], now)
+        heads[patient] = (entry.seq, entry.hash)
+        appended.append((patient, AuditRow(entry.seq, entry.entry, entry.hash)))
+    await c.add_audit_rows(appended)
+    return prl.bound_contributions(schema, period, found).counts
+
+
+async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, category: str, period: str,
+                            epsilon: str, now: int, rng) -> prl.ReleasedTable:
+    counts = await _charge_and_count(c, release, schema, category, period, epsilon, 1, now)
+    noise = prl.noise_share(schema, epsilon, 1, rng)
+    table = prl.publish(schema, period, [n + x for n, x in zip(counts, noise)], epsilon=epsilon, nodes=1, computed=now)
+    await c.add_insight_release(release, schema.name, category, period, now, canonical(table.to_json()))
+    return table
+
+
+#: How many message digests a round's row remembers (a round has a few messages per node).
+_SEEN = 256
+
+
+async def _insights_start(c: Conn, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
+    if not await c.add_insight_round(row):
+        raise Conflict("this round exists already", code="aggregation_replay")
+    await c.enqueue(outbox, now)
+
+
+async def _insights_join(c: Conn, row: tuple, schema: prl.TableSchema, threshold: int, epsilon: str, nodes: int,
+                         make: Callable, outbox_to: str | None, now: int, rng) -> tuple[bytes, bytes]:
+    """Join a round as a participant: refused beyond the schedule (one round per table and
+    period), charged, counted, noised with this node's share; the participant's state kept
+    and its advert queued for the aggregator (unless this node is the aggregator), at once."""
+    round_id, _, release, category, period = row[:5]
+    if await c.insight_round(round_id, "participant") is not None:
+        raise Conflict("this node joined that round already", code="aggregation_replay")
+    if await c.insight_charged(schema.name, period):
+        raise Forbidden(f"{schema.name} was released for {period} already: one round per table and period",
+                        code="beyond_schedule")
+    counts = await _charge_and_count(c, release, schema, category, period, epsilon, nodes, now)
+    noise = prl.noise_share(schema, epsilon, threshold, rng)
+    state, advert = make([n + x for n, x in zip(counts, noise)])
+    await c.add_insight_round((*row[:6], "advertise", state, "[]", now))
+    if outbox_to is not None:
+        await c.enqueue([(outbox_to, advert)], now)
+    return state, advert
+
+
+async def _insights_step(c: Conn, round_id: str, role: str, digest: str | None, step: Callable, me: str,
+                         now: int) -> list[tuple[str, bytes]]:
+    """One message (or a deadline, ``digest`` None) into a round's state, at once: the state
+    read under its row lock, ``step(row)`` (pure) giving the new state, the messages out
+    (queued here, except those to this node, returned) and a table to publish. A message
+    seen before changes nothing."""
+    if not await c.lock_insight_round(round_id, role):
+        raise NotFound("no such round here", code="unknown_round")
+    row = await c.insight_round(round_id, role)
+    seen = loads(row[8].encode())
+    if digest is not None and digest in seen:
+        return []
+    result = step(row)
+    if digest is not None:
+        seen = (seen + [digest])[-_SEEN:]
+    await c.set_insight_round(round_id, role, result["phase"], result["state"], canonical(seen).decode(), now)
+    away = [(node, data) for node, data in result["out"] if node != me]
+    if away:
+        await c.enqueue(away, now)
+    published = result.get("publish")
+    if published is not None and not await c.has_insight_release(published[0]):
+        await c.add_insight_release(*published)
+    return [(node, data) for node, data in result["out"] if node == me]
+
+
+async def _insights_published(c: Conn, round_id: str, origin: str, table: dict, body: bytes, now: int) -> bool:
+    """Keep a round's published table, from its aggregator, on a node that took part."""
+    row = await c.insight_round(round_id, "participant")
+    if row is None or row[5] != origin:
+        raise Forbidden("no round of that aggregator's here", code="unknown_round")
+    if row[6] != "done":
+        raise Forbidden("this node did not reveal its masks in that round", code="aggregation_refused")
+    if table.get("period") != row[4]:
+        raise Forbidden("the table is for another period", code="aggregation_refused")
+    if await c.has_insight_release(row[2]):
+        return False
+    await c.add_insight_release(row[2], table["table"], row[3], row[4], now, body)
+    return True
 
 
 class Store:
@@ -1052,3 +1188,70 @@ class Store:
 
     async def claim_matching_run(self, peer: str, *, now_ms: int, next_ms: int) -> bool:
         return await self.backend.write(methodcaller("claim_matching_run", peer, now_ms, next_ms))
+    # -- insights (plugins/insights.py) ----------------------------------------------------
+    async def put_insight_records(self, token: str, period: str, records: list[tuple[str, str, str, bytes]]) -> None:
+        """Hold the records of a token's latest delivery for ``period``
+        (``(subject, kind, group, body)``), replacing what the token gave in that period."""
+        await self.backend.write(methodcaller("replace_insight_records", token, period, records))
+
+    async def drop_insight_records(self, token: str) -> int:
+        """Forget every record a token gave, in every period (its grant was revoked)."""
+        return await self.backend.write(methodcaller("delete_insight_records", token), heavy=True)
+
+    async def insight_records(self, period: str) -> list[tuple[str, str, str, str, bytes]]:
+        return await self.backend.read(methodcaller("insight_records", period))
+
+    async def insights_ledger(self) -> prl.Ledger:
+        """The privacy-budget ledger: the budget per period and every release charged."""
+        return await self.backend.read(_insights_ledger, False)
+
+    async def set_insights_budget(self, budget: str) -> None:
+        """Set the epsilon each period allows (BadRequest unless an exact positive epsilon)."""
+        await self.backend.write(_set_insights_budget, budget)
+
+    async def release_insights(self, release: str, schema: prl.TableSchema, category: str, period: str,
+                               epsilon: str, now: int, rng=None) -> prl.ReleasedTable:
+        """Release ``category``'s table for ``period`` from the records this node holds, at
+        once: charge ``epsilon`` to the ledger (Forbidden ``budget_exhausted`` when the
+        period's budget does not cover it), count with each patient's influence bounded,
+        add exact discrete Laplace noise, suppress small cells, keep the published table and
+        log the release in the audit of every patient whose signals went into it."""
+        return await self.backend.write(_release_insights, release, schema, category, period, epsilon, now, rng,
+                                        heavy=True)
+
+    async def insight_releases(self, category: str | None = None) -> list[tuple[str, str, str, str, int, bytes]]:
+        """Published tables (of one category, or all), newest first."""
+        return await self.backend.read(methodcaller("insight_releases", category))
+
+    async def set_insights_schedule(self, category: str, body: bytes) -> None:
+        await self.backend.write(methodcaller("set_insight_schedule", category, body))
+
+    async def insights_schedule(self, category: str | None = None) -> list[tuple[str, bytes]]:
+        return await self.backend.read(methodcaller("insight_schedule", category))
+
+    async def start_insights_round(self, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
+        """Keep a new round's aggregator state and queue its invitations, at once."""
+        await self.backend.write(_insights_start, row, outbox, now)
+
+    async def join_insights_round(self, row: tuple, schema: prl.TableSchema, threshold: int, epsilon: str,
+                                  nodes: int, make: Callable, outbox_to: str | None, now: int,
+                                  rng=None) -> tuple[bytes, bytes]:
+        return await self.backend.write(_insights_join, row, schema, threshold, epsilon, nodes, make, outbox_to, now,
+                                        rng, heavy=True)
+
+    async def step_insights_round(self, round_id: str, role: str, digest: str | None, step: Callable, me: str,
+                                  now: int) -> list[tuple[str, bytes]]:
+        return await self.backend.write(_insights_step, round_id, role, digest, step, me, now)
+
+    async def insights_published(self, round_id: str, origin: str, table: dict, body: bytes, now: int) -> bool:
+        return await self.backend.write(_insights_published, round_id, origin, table, body, now)
+
+    async def insight_round(self, round_id: str, role: str) -> tuple | None:
+        return await self.backend.read(methodcaller("insight_round", round_id, role))
+
+    async def insight_charged(self, table: str, period: str) -> bool:
+        """Whether the ledger holds a release of ``table`` for ``period``."""
+        return await self.backend.read(methodcaller("insight_charged", table, period))
+
+    async def insight_rounds(self, role: str | None = None) -> list[tuple]:
+        return await self.backend.read(methodcaller("insight_rounds", role))

@@ -745,6 +745,119 @@ class SQLConnection:
     async def set_delivery_used(self, token: str, delivery: str, now: int) -> None:
         await self._run("UPDATE deliveries SET used=? WHERE token=? AND delivery=?", (now, token, delivery))
 
+    # -- insights (plugins/insights.py) ----------------------------------------------------
+    async def replace_insight_records(self, token: str, period: str,
+                                      records: list[tuple[str, str, str, bytes]]) -> None:
+        """Hold a token's latest delivery for ``period``: ``(subject, kind, group, body)``
+        rows replace what the token gave in that period (one row per subject, kind and group:
+        a later one wins)."""
+        await self._run("DELETE FROM insights_records WHERE token=? AND period=?", (token, period))
+        await self._many("INSERT INTO insights_records (period, subject, kind, grp, token, body) VALUES "
+                         "(?, ?, ?, ?, ?, ?) ON CONFLICT (period, subject, kind, grp) DO UPDATE SET "
+                         "token=excluded.token, body=excluded.body",
+                         [(period, subject, kind, group, token, body) for subject, kind, group, body in records])
+
+    async def delete_insight_records(self, token: str) -> int:
+        return await self._run("DELETE FROM insights_records WHERE token=?", (token,))
+
+    async def insight_records(self, period: str) -> list[tuple[str, str, str, str, bytes]]:
+        """``(subject, kind, group, token, body)`` held for ``period``."""
+        rows = await self._all("SELECT subject, kind, grp, token, body FROM insights_records WHERE period=? "
+                               "ORDER BY subject, kind, grp", (period,))
+        return [(a, k, g, t, bytes(b)) for a, k, g, t, b in rows]
+
+    async def insight_ledger(self, period: str | None) -> list[tuple[str, str, str, str, int]]:
+        """``(release, table, period, epsilon, at)`` charged (in one period, or all), oldest first."""
+        where, args = ("WHERE period=? ", (period,)) if period is not None else ("", ())
+        rows = await self._all(f"SELECT release, tbl, period, epsilon, at FROM insights_ledger {where}"
+                               "ORDER BY at, release", args)
+        return [tuple(r) for r in rows]
+
+    async def add_insight_charge(self, release: str, table: str, period: str, epsilon: str, at: int) -> None:
+        await self._run("INSERT INTO insights_ledger (release, tbl, period, epsilon, at) VALUES (?, ?, ?, ?, ?)",
+                        (release, table, period, epsilon, at))
+
+    async def add_insight_release(self, release: str, table: str, category: str, period: str, computed: int,
+                                  body: bytes) -> None:
+        await self._run("INSERT INTO insights_releases (release, tbl, category, period, computed, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (release, table, category, period, computed, body))
+
+    async def insight_releases(self, category: str | None) -> list[tuple[str, str, str, str, int, bytes]]:
+        """``(release, table, category, period, computed, body)``, newest first."""
+        where, args = ("WHERE category=? ", (category,)) if category is not None else ("", ())
+        rows = await self._all(f"SELECT release, tbl, category, period, computed, body FROM insights_releases "
+                               f"{where}ORDER BY computed DESC, release", args)
+        return [(r, t, c, p, n, bytes(b)) for r, t, c, p, n, b in rows]
+
+    async def grants_of_tokens(self, tokens: list[str]) -> dict[str, tuple[str, str]]:
+        """token -> (grant id, patient) for those of ``tokens`` that are this node's own."""
+        out: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(tokens), CHUNK):
+            part = tokens[start:start + CHUNK]
+            rows = await self._all("SELECT t.token, g.id, g.patient_id FROM grant_tokens t JOIN grants g ON "
+                                   f"g.id = t.grant_id WHERE t.token IN ({', '.join('?' * len(part))})", part)
+            out.update({t: (g, p) for t, g, p in rows})
+        return out
+
+    async def audit_heads(self, patients: list[str]) -> dict[str, tuple[int, bytes]]:
+        """patient -> (seq, hash) of the last audit entry, for those of ``patients`` with one."""
+        out: dict[str, tuple[int, bytes]] = {}
+        for start in range(0, len(patients), CHUNK):
+            part = patients[start:start + CHUNK]
+            rows = await self._all("SELECT a.patient_id, a.seq, a.hash FROM audit a JOIN (SELECT patient_id, "
+                                   "max(seq) AS last FROM audit WHERE patient_id IN "
+                                   f"({', '.join('?' * len(part))}) GROUP BY patient_id) h ON "
+                                   "a.patient_id = h.patient_id AND a.seq = h.last", part)
+            out.update({p: (n, bytes(h)) for p, n, h in rows})
+        return out
+
+    async def add_audit_rows(self, rows: list[tuple[str, AuditRow]]) -> None:
+        await self._many("INSERT INTO audit (patient_id, seq, entry, hash) VALUES (?, ?, ?, ?)",
+                         [(patient, a.seq, a.entry, a.hash) for patient, a in rows])
+
+    async def insight_charged(self, table: str, period: str) -> bool:
+        return await self._one("SELECT 1 FROM insights_ledger WHERE tbl=? AND period=?", (table, period)) is not None
+
+    async def set_insight_schedule(self, category: str, body: bytes) -> None:
+        await self._run("INSERT INTO insights_schedule (category, body) VALUES (?, ?) ON CONFLICT (category) "
+                        "DO UPDATE SET body=excluded.body", (category, body))
+
+    async def insight_schedule(self, category: str | None) -> list[tuple[str, bytes]]:
+        where, args = ("WHERE category=? ", (category,)) if category is not None else ("", ())
+        rows = await self._all(f"SELECT category, body FROM insights_schedule {where}ORDER BY category", args)
+        return [(c, bytes(b)) for c, b in rows]
+
+    _ROUND_COLUMNS = "round, role, release, category, period, aggregator, phase, state, seen, updated"
+
+    async def add_insight_round(self, row: tuple) -> bool:
+        return await self._run(f"INSERT INTO insights_rounds ({self._ROUND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                               "?, ?) ON CONFLICT DO NOTHING", row) == 1
+
+    async def lock_insight_round(self, round_id: str, role: str) -> bool:
+        """Take the row's write lock before reading it (PostgreSQL; SQLite writes one at a time)."""
+        return await self._run("UPDATE insights_rounds SET updated=updated WHERE round=? AND role=?",
+                               (round_id, role)) == 1
+
+    async def insight_round(self, round_id: str, role: str) -> tuple | None:
+        row = await self._one(f"SELECT {self._ROUND_COLUMNS} FROM insights_rounds WHERE round=? AND role=?",
+                              (round_id, role))
+        return (*row[:7], bytes(row[7]), row[8], row[9]) if row else None
+
+    async def set_insight_round(self, round_id: str, role: str, phase: str, state: bytes, seen: str,
+                                updated: int) -> None:
+        await self._run("UPDATE insights_rounds SET phase=?, state=?, seen=?, updated=? WHERE round=? AND role=?",
+                        (phase, state, seen, updated, round_id, role))
+
+    async def insight_rounds(self, role: str | None) -> list[tuple]:
+        """``(round, role, release, category, period, aggregator, phase, updated)``, newest first."""
+        where, args = ("WHERE role=? ", (role,)) if role is not None else ("", ())
+        rows = await self._all(f"SELECT round, role, release, category, period, aggregator, phase, updated FROM "
+                               f"insights_rounds {where}ORDER BY updated DESC, round", args)
+        return [tuple(r) for r in rows]
+
+    async def has_insight_release(self, release: str) -> bool:
+        return await self._one("SELECT 1 FROM insights_releases WHERE release=?", (release,)) is not None
+
     # -- consent: signals received ---------------------------------------------------------
     _RECEIVED_COLUMNS = ("token, origin, subject, subject_key, kind, purpose, recipient, not_after, statement, "
                          "voucher, received, revoked, delivery")

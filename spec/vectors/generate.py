@@ -792,7 +792,28 @@ def psi_vectors() -> dict:
 sys.path.insert(0, str(HERE))
 from generate_records import fhir_vectors, records_vectors  # noqa: E402
 
+def insights_vectors() -> dict:
+    """spec/privacy.md §6: a published table as patients read it (``patient_view``) and the
+    lines ``rxfed insights`` prints for it, which the web client's Insights view prints too."""
+    from rxfed.cli.insights import lines
+    from rxfed.protocol.insights import outcome_table, patient_view
+    from rxfed.protocol.release import publish
+
+    schema = outcome_table("E11", ["insulin", "metformin"], side_effects=["dizziness", "nausea"], symptoms=["fatigue"])
+    noisy = [40, 3, 12, 25, 2, 30, 11, 31, 9, 14, 15, 10, 7, 20,
+             130, 15, 31, 90, 5, 14, 111, 100, 30, 33, 47, 60, 40, 27]
+    table = publish(schema, "2026-11", noisy, epsilon="1/2", nodes=3, computed=1795000000)
+    view = {"release": "r-vector-0001", "category": "E11", **patient_view(table),
+            "ledger": {"budget": "1", "periods": [{"period": "2026-11", "spent": "1/2", "remaining": "1/2",
+                                                   "releases": [{"release": "r-vector-0001", "epsilon": "1/2",
+                                                                 "at": 1795000000}]}]}}
+    return {"view": view, "lines": lines(view),
+            "metformin_lines": lines({**view, "treatments": [t for t in view["treatments"]
+                                                             if t["treatment"] == "metformin"]})}
+
+
 VECTORS = {
+    "insights.json": insights_vectors,
     "records.json": records_vectors,
     "fhir.json": fhir_vectors,
     "restore.json": restore_vectors,

@@ -8,7 +8,9 @@ import attrs
 import pytest
 
 from rxfed.consent.tokens import TokenOutcome
-from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, RateLimited, Unauthorized
+from rxfed.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, QuotaExceeded, RateLimited, Unauthorized
+from rxfed.protocol.canonical import canonical, loads
+from rxfed.protocol.insights import outcome_table
 from rxfed.store import (
     CommunityEvent,
     CommunityRow,
@@ -278,7 +280,92 @@ class ClinicianContract:
                                                                   "clinician-revoke"]
 
 
-class StoreContract(CommunityContract, OperatorContract, MatchingContract, ClinicianContract):
+class InsightsContract:
+    """Insights records, the privacy-budget ledger and releases (mixed into :class:`StoreContract`)."""
+
+    TABLE = outcome_table("E11", ["metformin", "insulin"], side_effects=["nausea"], symptoms=["fatigue"])
+
+    @staticmethod
+    def body(treatment: str, **fields) -> bytes:
+        return canonical({"treatment": treatment, "category": "E11", "status": "ongoing", **fields})
+
+    async def _granted(self, store, n: int, token: str) -> NewPatient:
+        p = await register(store, n)
+        gid = token[:31] + "g"
+        grant = GrantRow(gid, p.patient, "treatment.outcome", "insights", "plugin:a/insights", 5000, 1000, b"grant")
+        await store.add_grant(grant, [TokenRow(token, gid, "a", b"token", b"voucher")], signer=p.device,
+                              audit=[{"event": "granted", "grant": gid}], nonce=nonce(), now=1000)
+        return p
+
+    async def test_a_tokens_records_are_replaced_held_once_and_dropped(self, store):
+        t = "t" * 32
+        await store.put_insight_records(t, "2026-12", [("s1", "treatment.outcome", "metformin", self.body("metformin"))])
+        # the same delivery twice, then a newer one: one record per subject, kind and group
+        for _ in range(2):
+            await store.put_insight_records(t, "2026-12", [
+                ("s1", "treatment.outcome", "insulin", self.body("insulin")),
+                ("s1", "treatment.outcome", "insulin", self.body("insulin", efficacy="high"))])
+        rows = await store.insight_records("2026-12")
+        assert [(s, k, g, tok) for s, k, g, tok, _ in rows] == [("s1", "treatment.outcome", "insulin", t)]
+        assert loads(rows[0][4])["efficacy"] == "high"
+        await store.put_insight_records(t, "2026-11", [("s1", "treatment.outcome", "insulin", self.body("insulin"))])
+        assert await store.drop_insight_records(t) == 2
+        assert await store.insight_records("2026-12") == [] and await store.insight_records("2026-11") == []
+
+    async def test_a_release_is_charged_published_and_audited_and_refused_once_spent(self, store):
+        tokens = [f"{i:031x}t" for i in range(3)]
+        patients = [await self._granted(store, i + 1, t) for i, t in enumerate(tokens)]
+        for i, t in enumerate(tokens):
+            await store.put_insight_records(t, "2026-12", [(f"s{i}", "treatment.outcome", "metformin",
+                                                            self.body("metformin", efficacy="high"))])
+        await store.set_insights_budget("1")
+        table = await store.release_insights("r1", self.TABLE, "E11", "2026-12", "1/2", 2000)
+        assert table.nodes == 1 and set(table.rows) == {"metformin", "insulin"}
+        (row,) = await store.insight_releases("E11")
+        assert row[:5] == ("r1", "outcomes-e11", "E11", "2026-12", 2000) and loads(row[5]) == table.to_json()
+        for p in patients:
+            (entry,) = [loads(a.entry) for a in await store.audit(p.patient) if b"released" in a.entry]
+            assert {k: entry[k] for k in ("event", "release", "table", "period", "epsilon", "nodes")} == {
+                "event": "released", "release": "r1", "table": "outcomes-e11", "period": "2026-12",
+                "epsilon": "1/2", "nodes": 1}
+        await store.release_insights("r2", self.TABLE, "E11", "2026-12", "0.5", 2001)  # exactly the budget
+        with pytest.raises(Forbidden) as refused:
+            await store.release_insights("r3", self.TABLE, "E11", "2026-12", "1/1000", 2002)
+        assert refused.value.code == "budget_exhausted"
+        ledger = await store.insights_ledger()
+        assert ledger.budget == 1 and [e.release for e in ledger.entries] == ["r1", "r2"]
+        assert len(await store.insight_releases()) == 2  # the refused release published nothing
+        # another period has its own budget; a release id is never reused
+        await store.release_insights("r4", self.TABLE, "E11", "2027-01", "1", 2003)
+        with pytest.raises(Conflict):
+            await store.release_insights("r4", self.TABLE, "E11", "2027-02", "1", 2004)
+
+    async def test_a_revoked_patient_is_in_no_later_release(self, store):
+        t1, t2 = "a" * 31 + "t", "b" * 31 + "t"
+        p1, p2 = await self._granted(store, 1, t1), await self._granted(store, 2, t2)
+        for t, s in ((t1, "s1"), (t2, "s2")):
+            await store.put_insight_records(t, "2026-12", [(s, "treatment.outcome", "metformin", self.body("metformin"))])
+        await store.drop_insight_records(t1)
+        await store.release_insights("r1", self.TABLE, "E11", "2026-12", "1/4", 2000)
+        assert not [a for a in await store.audit(p1.patient) if b"released" in a.entry]
+        assert [a for a in await store.audit(p2.patient) if b"released" in a.entry]
+
+    async def test_concurrent_releases_never_overspend(self, store):
+        await store.set_insights_budget("1")
+        results = await asyncio.gather(*(store.release_insights(f"r{i}", self.TABLE, "E11", "2026-12", "1/3", 2000 + i)
+                                         for i in range(6)), return_exceptions=True)
+        assert sum(not isinstance(r, Exception) for r in results) == 3
+        assert all(isinstance(r, Forbidden) for r in results if isinstance(r, Exception))
+        assert (await store.insights_ledger()).spent("2026-12") == 1
+
+    async def test_bad_budgets_are_refused(self, store):
+        for bad in ("0", "-1", "0.1.2", "nan", 0.5, "101"):
+            with pytest.raises(BadRequest):
+                await store.set_insights_budget(bad)
+        assert (await store.insights_ledger()).budget == 1
+
+
+class StoreContract(CommunityContract, OperatorContract, MatchingContract, ClinicianContract, InsightsContract):
     """Subclass with a ``store`` fixture yielding an opened, empty store (communities: see
     :class:`CommunityContract`, which it includes)."""
 

@@ -22,7 +22,8 @@ TABLES = ("meta", "invites", "patients", "devices", "recovery", "records", "iden
           "community_members", "grants", "grant_tokens", "received_tokens", "deliveries", "received_signals", "audit",
           "operator_log", "rate_budgets", "outbox_leases",
           "matching_sessions", "matching_common", "matching_schedule", "domain_blocks", "ban_hashes",
-          "forwarded_reports", "clinician_credentials")
+          "forwarded_reports", "clinician_credentials", "insights_records", "insights_ledger",
+          "insights_releases", "insights_schedule", "insights_rounds")
 #: Columns PostgreSQL numbers itself: after the copy its sequences go on from the highest.
 IDENTITIES = {"outbox": "id", "dead_letters": "id", "operator_log": "seq"}
 

@@ -309,6 +309,53 @@ MIGRATIONS: list[str] = [
         UNIQUE (list_id, idx)
     )
     """,
+    # 6: federated insights (the SQLite schema's migration 16)
+    """
+    CREATE TABLE insights_records (
+        period TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        token TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        PRIMARY KEY (period, subject, kind, grp)
+    );
+    CREATE INDEX insights_records_token ON insights_records(token);
+    CREATE TABLE insights_ledger (
+        release TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        period TEXT NOT NULL,
+        epsilon TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX insights_ledger_period ON insights_ledger(period);
+    CREATE TABLE insights_releases (
+        release TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        computed BIGINT NOT NULL,
+        body BYTEA NOT NULL
+    );
+    CREATE INDEX insights_releases_category ON insights_releases(category, computed);
+    CREATE TABLE insights_schedule (
+        category TEXT PRIMARY KEY,
+        body BYTEA NOT NULL
+    );
+    CREATE TABLE insights_rounds (
+        round TEXT NOT NULL,
+        role TEXT NOT NULL,
+        release TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        aggregator TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        state BYTEA NOT NULL,
+        seen TEXT NOT NULL,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (round, role)
+    )
+    """,
 ]
 
 

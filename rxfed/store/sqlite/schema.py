@@ -408,6 +408,56 @@ MIGRATIONS: list[str] = [
         UNIQUE (list_id, idx)
     )
     """,
+    # 16: federated insights (plugins/insights.py). The records the insights plugin was
+    # handed, one per period, pseudonym, kind and group (a treatment), so a signal delivered
+    # twice is held once; the privacy-budget ledger (exact epsilons as text); the tables
+    # released, as published; each category's scheduled round; the state of rounds.
+    """
+    CREATE TABLE insights_records (
+        period TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        token TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (period, subject, kind, grp)
+    ) WITHOUT ROWID;
+    CREATE INDEX insights_records_token ON insights_records(token);
+    CREATE TABLE insights_ledger (
+        release TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        period TEXT NOT NULL,
+        epsilon TEXT NOT NULL,
+        at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX insights_ledger_period ON insights_ledger(period);
+    CREATE TABLE insights_releases (
+        release TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        computed INTEGER NOT NULL,
+        body BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX insights_releases_category ON insights_releases(category, computed);
+    CREATE TABLE insights_schedule (
+        category TEXT PRIMARY KEY,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE insights_rounds (
+        round TEXT NOT NULL,
+        role TEXT NOT NULL,
+        release TEXT NOT NULL,
+        category TEXT NOT NULL,
+        period TEXT NOT NULL,
+        aggregator TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        state BLOB NOT NULL,
+        seen TEXT NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (round, role)
+    )
+    """,
 ]
 
 

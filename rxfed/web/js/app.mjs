@@ -6,6 +6,7 @@ import * as communitiesView from "./community-ui.mjs";
 import * as consentView from "./consent-ui.mjs";
 import * as matchesView from "./matches-ui.mjs";
 import * as devicesView from "./devices-ui.mjs";
+import * as insightsView from "./insights-ui.mjs";
 import * as nodeKeysView from "./nodekeys-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import * as recordsUi from "./records-ui.mjs";
@@ -131,6 +132,7 @@ async function opened(p) {
   // each with its own status line; the journal does not wait for them
   communitiesView.attach(patient);
   consentView.attach(patient);
+  insightsView.attach(patient);
   nodeKeysView.attach();
   matchesView.attach(patient);
 }
@@ -250,6 +252,7 @@ function closeAccount() {
   communitiesView.detach();
   consentView.detach();
   matchesView.detach();
+  insightsView.detach();
   devicesView.detach();
   nodeKeysView.detach();
   $("entries").replaceChildren();

@@ -134,7 +134,8 @@ async function renderAudit() {
   const { entries, head, acknowledgements } = await consent.audit();
   const forged = Object.values(acknowledgements).filter((s) => s === "forged").length;
   $("audit").replaceChildren(...entries.map((e) => {
-    const what = [e.kind, e.purpose, e.recipient, e.node, e.plugin, e.count !== undefined ? `${e.count} signals` : null].filter(Boolean);
+    const what = [e.kind, e.purpose, e.recipient, e.node, e.plugin, e.count !== undefined ? `${e.count} signals` : null,
+      e.event === "released" ? `insights table ${e.table} for ${e.period} (release ${e.release}, epsilon ${e.epsilon}, ${e.nodes} node(s))` : null].filter(Boolean);
     const ack = acknowledgements[e.seq];
     const li = item(`${e.seq}. ${new Date(e.time * 1000).toISOString().slice(0, 16).replace("T", " ")} ${e.event}`
       + (what.length ? `: ${what.join(", ")}` : "")
