@@ -17,9 +17,10 @@ def fields(obj: Any, where: str, required: Mapping[str, Validator], optional: Ma
     validated values (optional fields missing or null are ``None``)."""
     if not isinstance(obj, dict):
         raise BadRequest(f"{where} must be a JSON object")
-    unknown = set(obj) - set(required) - set(optional)
-    if unknown:
-        raise BadRequest(f"{where}: unknown field {sorted(unknown)[0]!r}", code="unknown_field")
+    for key in obj:
+        if key not in required and key not in optional:
+            unknown = sorted(k for k in obj if k not in required and k not in optional)
+            raise BadRequest(f"{where}: unknown field {unknown[0]!r}", code="unknown_field")
     out = {}
     for name, check in required.items():
         if name not in obj:
