@@ -45,16 +45,35 @@ def test_canonical_vectors():
     assert canonical("\n\t\x01\"\\/\u2028") == b'"\\n\\t\\u0001\\"\\\\/\xe2\x80\xa8"'
 
 
-@pytest.mark.parametrize("bad", [1.5, float("nan"), 2**53, {1: 2}, b"bytes", "\ud800"])
+@pytest.mark.parametrize("bad", [1.5, float("nan"), 2**53, {1: 2}, b"bytes", "\ud800",
+                                 # nested, where the check takes its fast path for exact types
+                                 {"a": 2**53}, {"a": -(2**53)}, {"a": [1.5]}, [{"k": b"x"}], {"a": {"b": float("inf")}},
+                                 {"a": {1: 2}}, ({"a": (None, {"b": {"c": 2**60}})},), {"a": {"b": "\udfff"}}])
 def test_canonical_refuses(bad):
     with pytest.raises(BadRequest):
         canonical(bad)
 
 
-@pytest.mark.parametrize("raw", [b'{"a":1,"a":2}', b"1.0", b"NaN", b"1e5", b"\xff", b"{", b"9007199254740992"])
+@pytest.mark.parametrize("raw", [b'{"a":1,"a":2}', b"1.0", b"NaN", b"1e5", b"\xff", b"{", b"9007199254740992",
+                                 b'\xef\xbb\xbf{}', b'{"a":{"b":1,"b":2}}', b'[{"a":-9007199254740992}]', b'{"a":-Infinity}',
+                                 b'"\\ud800"'])
 def test_strict_parser_refuses(raw):
     with pytest.raises(BadRequest):
         loads(raw)
+
+
+class _Int(int):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+def test_canonical_takes_subclasses_of_the_json_types_as_those_types():
+    assert canonical({"a": _Int(3), _Str("b"): [_Str("x"), True]}) == b'{"a":3,"b":["x",true]}'
+    with pytest.raises(BadRequest):
+        canonical({"a": [_Int(2**53)]})
 
 
 def _signed(key, **kw):

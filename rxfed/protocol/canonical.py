@@ -77,6 +77,38 @@ _FAST = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=Tr
 def _check(value: Any) -> bool:
     """Raise on anything without a canonical form; True if every key is in the BMP (then
     code point order, which the C encoder sorts by, equals UTF-16 order)."""
+    # The exact JSON types first, by identity (one comparison each instead of a chain of
+    # isinstance calls: a record write checks about 25 values); subclasses take the general
+    # path below.
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return True
+    if kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise CanonicalError("integer out of the safe range")
+        return True
+    if kind is dict:
+        bmp = True
+        for key, item in value.items():
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise CanonicalError("object keys must be strings")
+            if not key.isascii() and max(key) > "\uffff":
+                bmp = False
+            kind = type(item)
+            if kind is str or item is None:
+                continue
+            bmp = _check(item) and bmp
+        return bmp
+    if kind is list or kind is tuple:
+        bmp = True
+        for item in value:
+            bmp = _check(item) and bmp
+        return bmp
+    return _check_general(value)
+
+
+def _check_general(value: Any) -> bool:
     if isinstance(value, str) or value is None or isinstance(value, bool):
         return True
     if isinstance(value, int):
@@ -148,6 +180,9 @@ def _safe_int(text: str) -> int:
     return value
 
 
+#: One strict decoder for every call (``json.loads`` with hooks builds a new one each time).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant,
+                            parse_int=_safe_int)
 _SURROGATE_CHECK = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -158,8 +193,9 @@ def loads(data: bytes | str) -> Any:
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
-        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_no_float,
-                           parse_constant=_no_constant, parse_int=_safe_int)
+        if data.startswith("\ufeff"):  # as json.loads refuses it
+            raise ValueError("a byte order mark")
+        value = _DECODER.decode(data)
         # An escaped lone surrogate parses into a str that cannot be UTF-8 encoded; only a
         # \uD800-\uDFFF escape can make one (raw surrogates are not valid UTF-8).
         if _SURROGATE_ESCAPE.search(data):
