@@ -141,3 +141,20 @@ def test_b64_accepts_exactly_what_the_reference_accepts(text):
             b64d(text)
     else:
         assert b64d(text) == expected and b64e(expected) == text
+
+
+def test_verify_signature_refuses_every_wrong_input():
+    from rxfed.crypto import BadSignature, SigningKeyPair, verify_signature
+
+    key, other = SigningKeyPair.generate(), SigningKeyPair.generate()
+    sig = key.sign(b"message")
+    assert verify_signature(key.public, b"message", sig) == b"message"
+    assert verify_signature(key.public, bytearray(b"message"), sig) == b"message"
+    flipped = bytes([sig[0] ^ 1]) + sig[1:]
+    for args in [(other.public, b"message", sig), (key.public, b"messagE", sig), (key.public, b"message", flipped),
+                 (key.public[:31], b"message", sig), (key.public + b"\0", b"message", sig),
+                 (key.public, b"message", sig[:63]), (key.public, b"message", sig + b"\0"),
+                 (bytearray(key.public), b"message", sig), (key.public, "message", sig), (None, b"message", sig),
+                 (key.public, b"message", None), (b"\0" * 32, b"message", b"\0" * 64)]:
+        with pytest.raises(BadSignature):
+            verify_signature(*args)

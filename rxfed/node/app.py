@@ -412,7 +412,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
 
     state = NodeState(config, keys, store, plugins, clock)
     state.metrics = metrics.NodeMetrics(state)
-    app = web.Application(middlewares=[node_middleware(state.metrics.observe)],
+    app = web.Application(middlewares=[node_middleware(state.metrics.observe, state.listener)],
                           client_max_size=config.limits.max_body_bytes)
     install_listener(app, config.limits)
     app[NODE] = state
