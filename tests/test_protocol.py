@@ -76,6 +76,33 @@ def test_canonical_takes_subclasses_of_the_json_types_as_those_types():
         canonical({"a": [_Int(2**53)]})
 
 
+@given(method=st.text(max_size=8), target=st.text(max_size=30), destination=st.text(max_size=20),
+       origin=st.none() | st.text(max_size=20), created=st.integers(-(2**53) + 1, 2**53 - 1) | st.booleans(),
+       nonce=st.binary(min_size=16, max_size=16), digest=st.binary(min_size=32, max_size=32))
+def test_signing_bytes_written_out_equal_the_canonical_object(method, target, destination, origin, created, nonce, digest):
+    from rxfed.protocol.auth import _signing_object, signing_bytes
+    from rxfed.protocol.canonical import reference_canonical
+
+    fields = dict(method=method, target=target, destination=destination, origin=origin, key=b"k" * 32,
+                  created=created, nonce=nonce, digest=digest)
+    try:
+        expected = reference_canonical(_signing_object(**fields))
+    except (BadRequest, UnicodeEncodeError):  # a lone surrogate
+        with pytest.raises(BadRequest):
+            signing_bytes(**fields)
+    else:
+        assert signing_bytes(**fields) == expected
+
+
+@pytest.mark.parametrize("created", [2**53, -(2**53), 2**64, 1.5])
+def test_signing_bytes_refuse_a_time_without_a_canonical_form(created):
+    from rxfed.protocol.auth import signing_bytes
+
+    with pytest.raises(BadRequest):
+        signing_bytes(method="POST", target="/", destination="d", origin=None, key=b"k" * 32, created=created,
+                      nonce=b"n" * 16, digest=b"d" * 32)
+
+
 def _signed(key, **kw):
     args = dict(method="POST", target="/v1/vault?x=1", destination="node.example:443", body=b"{}", now=1000)
     args.update(kw)

@@ -72,6 +72,13 @@ def _encode(value: Any, out: list[str]) -> None:
 
 
 _FAST = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+#: JCS string escaping: the escaper ``_FAST`` uses (``ensure_ascii=False``).
+escape_string = json.encoder.encode_basestring
+#: ``_FAST``'s C encoder, made once rather than per call as ``JSONEncoder.encode`` does; no
+#: circular-reference markers: :func:`_check` has walked the value already (a cycle ends
+#: there, in a RecursionError).
+_C_ENCODE = (json.encoder.c_make_encoder(None, _FAST.default, escape_string, None, ":", ",", True, False, False)
+             if json.encoder.c_make_encoder is not None else None)
 
 
 def _check(value: Any) -> bool:
@@ -138,7 +145,11 @@ def canonical(value: Any) -> bytes:
         # Python's encoder escapes exactly as JCS does (short escapes for \b \f \n \r \t,
         # \u00xx lower-case for other controls, nothing else), so it serves whenever the key
         # order agrees; the tests pin this against the reference encoder below.
-        text = _FAST.encode(value)
+        kind = type(value)
+        if _C_ENCODE is not None and (kind is dict or kind is list):
+            text = "".join(_C_ENCODE(value, 0))
+        else:
+            text = _FAST.encode(value)
     else:
         out: list[str] = []
         _encode(value, out)
