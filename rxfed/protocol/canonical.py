@@ -209,7 +209,7 @@ def loads(data: bytes | str) -> Any:
         value = _DECODER.decode(data)
         # An escaped lone surrogate parses into a str that cannot be UTF-8 encoded; only a
         # \uD800-\uDFFF escape can make one (raw surrogates are not valid UTF-8).
-        if _SURROGATE_ESCAPE.search(data):
+        if "\\" in data and _SURROGATE_ESCAPE.search(data):  # any escape at all: one fast find first
             _SURROGATE_CHECK.encode(value).encode("utf-8")
     except CanonicalError:
         raise
