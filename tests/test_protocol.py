@@ -126,3 +126,27 @@ def test_signed_request_verifies_every_field():
 def test_each_signature_has_a_fresh_nonce():
     key = SigningKeyPair.generate()
     assert _signed(key).nonce != _signed(key).nonce
+
+
+_manifest_key = SigningKeyPair.generate()
+
+
+@given(patient=st.text(alphabet="0123456789abcdef", min_size=32, max_size=32), epoch=st.integers(1, 4096),
+       counter=st.integers(1, 2**31 - 1), issued=st.integers(0, 2**40),
+       entries=st.dictionaries(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+                               st.tuples(st.integers(1, 1000), st.binary(min_size=32, max_size=32)), max_size=3))
+def test_a_manifests_canonical_bytes_written_out_equal_canonical_json(patient, epoch, counter, issued, entries):
+    import json
+
+    from rxfed.protocol.canonical import reference_canonical
+    from rxfed.protocol.vault import Manifest
+
+    issued_manifest = Manifest.issue(_manifest_key, patient=patient, epoch=epoch, counter=counter, entries=entries,
+                                     now=issued)
+    expected = reference_canonical(issued_manifest.signed)
+    assert issued_manifest.canonical_bytes() == expected == canonical(issued_manifest.signed)
+    # as a node parses it from a client's body, whatever its key order and spacing
+    wire = json.dumps({"sig": issued_manifest.signed["sig"], "body": dict(reversed(issued_manifest.signed["body"].items()))},
+                      indent=1)
+    parsed = Manifest.from_json(loads(wire), "m", _manifest_key.public)
+    assert parsed.canonical_bytes() == expected

@@ -21,7 +21,8 @@ from rxfed.crypto import b64e, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
 from rxfed.node.config import NodeConfig, NodeSigningKey
 from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, AccountSuspended, Caller, NodeState,
-                             admit, authenticate, authenticate_new_device, body_json, node_middleware, reply)
+                             admit, authenticate, authenticate_new_device, body_json, node_middleware, reply,
+                             reply_bytes)
 from rxfed.node.listener import LISTENER, check_declared_size, read_body
 from rxfed.node.listener import install as install_listener
 from rxfed.plugins import RxfedPlugins
@@ -266,11 +267,11 @@ async def commit(request: web.Request) -> web.Response:
         raise AccountSuspended()  # deleting stays open (leaving a community deletes its record)
     counter = await state.store.commit(
         caller.patient, signer=caller.auth.device, counter=change.manifest.counter,
-        manifest=canonical(change.manifest.signed),
+        manifest=change.manifest.canonical_bytes(),
         puts=[StoredRecord(p.id, p.version, p.blob) for p in change.puts],
         deletes=[(d.id, d.version) for d in change.deletes], quota=state.quota, nonce=caller.nonce,
         epoch=change.manifest.epoch, base=change.base)
-    return reply({"counter": counter})
+    return reply_bytes(b'{"counter":%d}' % counter)  # canonical({"counter": counter}): the store's int
 
 
 # -- federation ----------------------------------------------------------------------------

@@ -297,6 +297,14 @@ class Manifest:
                 "digest": b64e(digest), "issued": now}
         return cls(patient, epoch, counter, len(entries), digest, now, sign_statement(signer, body))
 
+    def canonical_bytes(self) -> bytes:
+        """``canonical(self.signed)``, written out. Every field of a manifest is validated
+        (issued or parsed by :meth:`from_json`: exactly these keys, a hex patient id,
+        canonical base64url, integers in range), so none needs escaping and the keys' order
+        is fixed (tests/test_vault.py compares the two)."""
+        return (_MANIFEST_CANONICAL % (self.count, self.counter, b64e(self.digest), self.epoch, self.issued,
+                                       self.patient, self.signed["sig"])).encode("ascii")
+
     @classmethod
     def from_json(cls, obj: Any, where: str, signing_key: bytes | None) -> Manifest:
         body = open_statement(obj, where, cls.TYPE, signing_key)
@@ -304,6 +312,8 @@ class Manifest:
         return cls(f["patient"], f["epoch"], f["counter"], f["count"], f["digest"], f["issued"], obj)
 
 
+_MANIFEST_CANONICAL = ('{"body":{"count":%d,"counter":%d,"digest":"%s","epoch":%d,"issued":%d,"patient":"%s",'
+                       '"type":"' + Manifest.TYPE + '"},"sig":"%s"}')
 _MANIFEST_FIELDS = {"type": const(Manifest.TYPE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
                     "counter": integer(1, MAX_VERSION), "count": integer(0, MAX_VERSION), "digest": b64(32),
                     "issued": integer(0, MAX_TIME)}
