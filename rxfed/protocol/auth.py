@@ -88,8 +88,9 @@ class SignedRequest:
             raise Unauthorized("request has no Content-Digest header", code="unsigned")
         if abs(now - self.created) > window:
             raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
-        return self._check(public_key, self.signing_bytes(method=method, target=target, destination=destination,
-                                                          digest=self.digest))
+        return self._check(public_key, signing_bytes(method=method, target=target, destination=destination,
+                                                     origin=self.origin, key=self.key, created=self.created,
+                                                     nonce=self.nonce, digest=self.digest))
 
     def check_body(self, body: bytes) -> bytes:
         """``body`` if it is the one whose digest :meth:`verify_head` checked."""
