@@ -168,11 +168,13 @@ def reference_canonical(value: Any) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise CanonicalError(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a key came twice: name the first one repeated
+        seen = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise CanonicalError(f"duplicate key {key!r}")
+            seen.add(key)
     return obj
 
 
