@@ -99,6 +99,11 @@ def fhir_names() -> dict:
              "RECORD_KEY_SYSTEM")
     out = {name: getattr(fhir, name) for name in names}
     out["EXPORT_NAMESPACE"] = str(fhir._NAMESPACE)
+    # the consent export (fhir.consent_bundle)
+    out.update({"CONSENT_SCOPE": fhir._CONSENT_SCOPE, "CONSENT_CATEGORY": fhir._CONSENT_CATEGORY,
+                "CONSENT_ROLE": fhir._CONSENT_ROLE, "CONSENT_GRANT": fhir._RXFED_GRANT,
+                "CONSENT_PURPOSE": fhir._RXFED_PURPOSE, "CONSENT_KIND": fhir._RXFED_KIND,
+                "CONSENT_RECIPIENT": fhir._RXFED_RECIPIENT})
     return out
 
 

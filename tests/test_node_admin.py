@@ -411,7 +411,7 @@ def test_the_control_socket_is_private_from_the_moment_it_exists(tmp_path, monke
     monkeypatch.setattr(control.os, "chmod", lambda *a, **k: None)  # the moment between bind and chmod
     old = os.umask(0o002)
     try:
-        sock = control._bind(tmp_path / "admin.sock")
+        sock = control.bind(tmp_path / "admin.sock")
     finally:
         os.umask(old)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64e
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import RxfedError
 from rxfed.protocol import community as pc
@@ -147,3 +147,22 @@ for (const [name, history] of Object.entries({json.dumps(cases)})) {{
 """
     got = _js(events, {}, tmp_path, extra)
     assert got["refused"] == expected
+
+
+def test_the_fold_vector_file_holds_in_python():
+    """spec/vectors/community-fold.json (tests/web/fold.test.mjs checks the page against it)
+    read back by rxfed/protocol/community.py: the same states, readings and refusals."""
+    v = json.loads((ROOT / "spec" / "vectors" / "community-fold.json").read_text())
+    pairs = list(enumerate(v["events"], 1))
+    state = pc.CommunityState.empty(pc.parse_event(v["events"][0]).community)
+    for (seq, event), expected in zip(pairs, v["states"], strict=True):
+        state = state.step(event, seq=seq)[0]
+        assert [[m.member_b64, str(m.status), m.node] for m in state.members.values()] == expected["members"]
+        assert (state.seq, state.version) == (expected["seq"], expected["version"])
+    for name, m in v["members"].items():
+        keys = {name: (SigningKeyPair.from_seed(b64d(m["seed"])), BoxKeyPair.from_secret(b64d(m["box_secret"])))}
+        assert _python_view(v["events"], keys)[name] == v["readers"][name]
+    for case in v["refused"]:
+        with pytest.raises(RxfedError) as refused:
+            pc.CommunityState.from_events(list(enumerate(v["events"][:case["kept"]] + case["extra"], 1)))
+        assert refused.value.code == case["error"], case["case"]

@@ -115,6 +115,22 @@ async def test_consent_granted_and_revoked_in_the_page_and_the_cli_reads_it(pair
 
         listed = {g["grant"]: g for g in (await cli("patient", "consent", "list", "--profile", str(profile)))["grants"]}
         assert listed[mine["grant"]]["status"] == "revoked" and listed[mine["grant"]]["acknowledged"] == [b.node_id]
+
+        # the page's FHIR Consent export is the file the CLI writes of the same grants, byte for byte
+        async with page.expect_download() as info:
+            await page.click("#grants-export")
+        download = await info.value
+        assert download.suggested_filename.startswith("rxfed-consent-")
+        exported = tmp_path / "page-consent.json"
+        await download.save_as(exported)
+        await page.wait_for_selector("#consent-status:has-text('Exported 2 FHIR Consent resources')")
+        by_cli_file = tmp_path / "cli-consent.json"
+        assert (await cli("patient", "consent", "export", "--profile", str(profile), "--fhir",
+                          str(by_cli_file)))["consents"] == 2
+        assert exported.read_bytes() == by_cli_file.read_bytes()
+        bundle = __import__("json").loads(exported.read_text())
+        assert {e["resource"]["identifier"][0]["value"]: e["resource"]["status"] for e in bundle["entry"][1:]} \
+            == {mine["grant"]: "inactive", by_cli["grant"]: "inactive"}
         assert listed[by_cli["grant"]]["status"] == "revoked"
         assert (await cli("patient", "audit", "--profile", str(profile)))["verified"]
 

@@ -20,9 +20,11 @@ from test_web_browser import (ARTEFACTS, CLI_PASSPHRASE, PASSPHRASE, _browser_or
 pytestmark = pytest.mark.browser
 
 
-async def cli_refused(*args: str) -> tuple[int, str]:
+async def cli_refused(*args: str, code: str | None = None) -> tuple[int, str]:
     """Run the CLI expecting a refusal: (exit code, what it said on stderr)."""
     env = {**os.environ, "RXFED_PASSPHRASE": CLI_PASSPHRASE, "RXFED_AGENT_DISABLE": "1"}
+    if code:
+        env["RXFED_RECOVERY_CODE"] = code
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rxfed", *args, "--json",
                                                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, env=env)
@@ -173,3 +175,110 @@ async def test_the_page_recovers_an_account_the_cli_made(node, tmp_path):
     for path in node.data_dir.rglob("*"):
         if path.is_file():
             assert MARKER.encode() not in path.read_bytes(), path
+
+
+async def test_the_page_changes_the_recovery_code_and_the_cli_recovers_only_with_the_new_one(node, tmp_path):
+    _browser_or_skip()
+    profile = tmp_path / "cli"
+    async with opened_page(node.url + "/") as (page, watched):
+        old = await register_in_page(page)
+        await page.fill("#j-note", f"{MARKER} written before the change")
+        await page.click("#journal-form button[type=submit]")
+        await page.wait_for_selector("body[data-saved='1']")
+        # a CLI device of the same account, enrolled by the page: it must be kept
+        link = await cli("patient", "link", "request", "--node", node.url, "--profile", str(profile), "--kdf", "min")
+        await page.fill("#add-link", link["link_code"])
+        await page.click("#add-device-form button[type=submit]")
+        await page.wait_for_selector("#add-done:not([hidden])", timeout=30_000)
+        await cli("patient", "link", "finish", "--profile", str(profile),
+                  "--confirm", (await page.text_content("#add-confirm")).strip())
+        await page.wait_for_selector("body[data-consent=ready]")
+        await page.select_option("#g-kind", "treatment.outcome")
+        await page.select_option("#g-to", f"node:{node.node_id}")
+        await page.click("#grant-form button[type=submit]")
+        await page.wait_for_selector("body[data-granted='1']", timeout=30_000)
+
+        # the same warnings as the CLI's and the other code forms: nothing changes without the tick
+        assert "rxfed patient recovery-code rotate" in await page.text_content("#rotate-code-form")
+        await page.fill("#rotate-code", old)
+        await page.click("#rotate-code-form button[type=submit]")
+        await page.wait_for_selector("#devices-error:has-text('you understand')")
+        await page.check("#rotate-understood")
+        await page.fill("#rotate-code", str(RecoveryCode.generate()))
+        await page.click("#rotate-code-form button[type=submit]")
+        await page.wait_for_selector("#devices-error:has-text('not the account')", timeout=30_000)
+        assert await page.is_hidden("#rotate-done")
+        await page.fill("#rotate-code", old)
+        await page.click("#rotate-code-form button[type=submit]")
+        await page.wait_for_selector("body[data-recovery-rotated='1']", timeout=30_000)
+        new = (await page.text_content("#rotate-new-code")).strip()
+        assert str(RecoveryCode.parse(new)) == new and RecoveryCode.parse(new) != RecoveryCode.parse(old)
+        said = await page.text_content("#devices-status")
+        assert "old one no longer works" in said and "1 consent grant renewed" in said
+        assert "shown only now" in await page.text_content("#rotate-done")
+        await axe_scan(page, "journal with the new recovery code shown")
+        await page.screenshot(path=ARTEFACTS / "recovery-code-changed.png", full_page=True)
+        await page.click("#rotate-kept")
+        assert await page.is_hidden("#rotate-done") and (await page.text_content("#rotate-new-code")) == ""
+
+        # the page itself refuses the old code from now on
+        await page.check("#rotate-understood")
+        await page.fill("#rotate-code", old)
+        await page.click("#rotate-code-form button[type=submit]")
+        await page.wait_for_selector("#devices-error:has-text('not the account')", timeout=30_000)
+
+        # the CLI device was kept: it reads on at the new epoch, the grant renewed under its keys
+        shown = await cli("patient", "show", "--profile", str(profile))
+        assert f"{MARKER} written before the change" in {r["data"].get("note") for r in shown["records"]}
+        grants = (await cli("patient", "consent", "list", "--profile", str(profile)))["grants"]
+        assert sorted(g["status"] for g in grants) == ["live", "revoked"]
+
+        # a CLI recovery with the old code is refused; with the page's new code it works
+        status, error = await cli_refused("patient", "recover", "--node", node.url, "--profile",
+                                          str(tmp_path / "old"), "--kdf", "min", "--keep-all", code=old)
+        assert status == 1 and "not the patient's current one" in error, error
+        assert not (tmp_path / "old" / "keys.json").exists()
+        again = tmp_path / "again"
+        await cli("patient", "recover", "--node", node.url, "--profile", str(again), "--kdf", "min", "--keep-all",
+                  code=new)
+        listed = (await cli("patient", "devices", "list", "--profile", str(again)))["devices"]
+        assert sum(1 for d in listed if d["revoked"] is None) == 3 and all(d["verified"] for d in listed)
+
+        # and the other way round: the CLI changes the page's code; the page follows the epochs
+        newest = (await cli("patient", "recovery-code", "rotate", "--profile", str(again), code=new))["recovery_code"]
+        await unlock_by_keyboard(page, node.url + "/")
+        assert MARKER in await entries(page)
+        await page.check("#rotate-understood")
+        await page.fill("#rotate-code", new)
+        await page.click("#rotate-code-form button[type=submit]")
+        await page.wait_for_selector("#devices-error:has-text('not the account')", timeout=30_000)
+
+        # the node makes the change but its answer is lost: the page still shows the new code,
+        # which is then the one that works
+        async def lose_the_answer(route):
+            await route.fetch()
+            await route.abort()
+
+        await page.route("**/v1/identity", lose_the_answer)
+        await page.fill("#rotate-code", newest)
+        await page.click("#rotate-code-form button[type=submit]")
+        await page.wait_for_selector("#devices-error:has-text('No clear answer')", timeout=30_000)
+        assert await page.is_visible("#rotate-done")
+        pending = (await page.text_content("#rotate-new-code")).strip()
+        await page.unroute("**/v1/identity")
+        status, _ = await cli_refused("patient", "recover", "--node", node.url, "--profile", str(tmp_path / "newest"),
+                                      "--kdf", "min", "--keep-all", code=newest)
+        assert status == 1
+        await cli("patient", "recover", "--node", node.url, "--profile", str(tmp_path / "pending"), "--kdf", "min",
+                  "--keep-all", code=pending)
+        # Chromium logs the node's 401 for each code that is not the account's, and the lost
+        # answer; nothing else
+        assert [p for p in watched.problems if "401 (Unauthorized)" not in p and "ERR_FAILED" not in p] == []
+        assert await watched.csp() == []
+    # no recovery code the page made or was given reaches the node's storage
+    for path in node.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for code in (old, new, newest, pending):
+                assert code.encode() not in data and code.replace("-", "").encode() not in data, path
+            assert MARKER.encode() not in data, path

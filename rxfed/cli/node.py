@@ -29,6 +29,9 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     run.add_argument("--port", type=port_number, help="override the configured port")
     run.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     run.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    run.add_argument("--workers", type=int, metavar="N", default=1,
+                     help="serve with N worker processes sharing the port and the database (PostgreSQL store only)")
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor of --workers N
     run.set_defaults(func=cmd_run)
 
     check = nsub.add_parser("check", help="check DATA_DIR's configuration, keys and TLS files without starting")
@@ -130,8 +133,26 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    run_node(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-             print_ready=note)
+    if args.workers != 1:
+        from rxfed.node.config import NodeConfig
+        from rxfed.node.workers import refusal
+
+        why = refusal(NodeConfig.load(args.data_dir), args.workers)
+        if why:
+            raise UsageError(why)
+        if args.worker is not None:
+            raise UsageError("--worker is set by the supervisor of --workers N")
+    if args.worker is not None:
+        from rxfed.node.config import NodeConfig
+        from rxfed.node.workers import refusal
+
+        if not 0 <= args.worker < 64:
+            raise UsageError("--worker must be from 0 to 63")
+        why = refusal(NodeConfig.load(args.data_dir), 2)  # a worker is one of several
+        if why:
+            raise UsageError(why.replace("--workers 2", "--worker"))
+    return run_node(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    print_ready=None if args.worker is not None else note, workers=args.workers, worker=args.worker)
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -204,6 +225,10 @@ def cmd_status(args: argparse.Namespace) -> None:
             out = [f"running: pid {doc['pid']}, rxfed {doc['version']}, up {doc['uptime_seconds']} s, listening on "
                    f"{doc['settings']['node']['host']}:{doc['settings']['node']['port']}"
                    + (f", metrics on {', '.join(doc['metrics_listening'])}" if doc["metrics_listening"] else "")]
+            if doc.get("workers"):
+                ws = doc["workers"]
+                out.append(f"workers: {sum(1 for w in ws if w['answering'])} of {len(ws)} answering (pids "
+                           + ", ".join(str(w["pid"]) for w in ws) + f"), {sum(w['restarts'] for w in ws)} restarts")
             if doc["changed_in_file"]:
                 out.append(f"rxfed.toml differs from what the node runs ({', '.join(doc['changed_in_file'])}): "
                            "edited since it started (restart to apply it, after 'rxfed node check'), or "
@@ -223,10 +248,15 @@ def cmd_status(args: argparse.Namespace) -> None:
             out.append("plugins: not reported yet (the node reports them while it runs)")
         out += [f"plugin {plugin_health(p)}" for p in doc["plugins"] or []]
         st = doc.get("store")
-        out.append("store: not reported yet (the node reports it while it runs)" if st is None else
-                   f"store: last batch on the {st['mode']}, commits {st['commit_us'] / 1000:.2f} ms each (median) "
-                   f"({st['inline_batches']} batches on the event loop with their COMMIT behind it, "
-                   f"{st['thread_batches']} on the writer thread, {st['switches']} moves between the two)")
+        if st is not None and st.get("backend") == "postgresql":
+            out.append(f"store: PostgreSQL, {st['connections']} connections open ({st['idle']} idle, at most "
+                       f"{st['max_connections']}), commits {st['commit_us'] / 1000:.2f} ms each (median, from "
+                       f"taking a connection), {st['retries']} run again after a collision, {st['busy']} given up busy")
+        else:
+            out.append("store: not reported yet (the node reports it while it runs)" if st is None else
+                       f"store: last batch on the {st['mode']}, commits {st['commit_us'] / 1000:.2f} ms each (median) "
+                       f"({st['inline_batches']} batches on the event loop with their COMMIT behind it, "
+                       f"{st['thread_batches']} on the writer thread, {st['switches']} moves between the two)")
         if doc["suspended_accounts"]:
             out.append(f"suspended accounts: {doc['suspended_accounts']}")
         return out

@@ -934,6 +934,9 @@ _CONSENT_CATEGORY = {"system": "http://loinc.org", "code": "59284-0", "display":
 _RXFED_PURPOSE = "https://rxfed.org/fhir/CodeSystem/purpose"
 _RXFED_KIND = "https://rxfed.org/fhir/CodeSystem/signal-kind"
 _RXFED_RECIPIENT = "https://rxfed.org/fhir/NamingSystem/recipient"
+_RXFED_GRANT = "https://rxfed.org/fhir/NamingSystem/grant"
+_CONSENT_ROLE = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP",
+                 "display": "information recipient"}
 
 
 def _instant(unix: int) -> str:
@@ -953,15 +956,14 @@ def consent_bundle(patient_ref: str, grants: list[dict]) -> dict:
         end = g["revoked"] if g.get("revoked") else g["not_after"]
         resource = {
             "resourceType": "Consent", "id": consent_id,
-            "identifier": [{"system": "https://rxfed.org/fhir/NamingSystem/grant", "value": g["grant"]}],
+            "identifier": [{"system": _RXFED_GRANT, "value": g["grant"]}],
             "status": "active" if g["status"] == "live" else "inactive",
             "scope": {"coding": [_CONSENT_SCOPE]}, "category": [{"coding": [_CONSENT_CATEGORY]}],
             "patient": {"reference": patient_url}, "dateTime": _instant(g["created"]),
             "policyRule": {"text": "rxfed consent grant: signed by the patient, revocable at any time"},
             "provision": {
                 "type": "permit", "period": {"start": _instant(g["created"]), "end": _instant(end)},
-                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                                "code": "IRCP", "display": "information recipient"}]},
+                "actor": [{"role": {"coding": [dict(_CONSENT_ROLE)]},
                            "reference": {"identifier": {"system": _RXFED_RECIPIENT, "value": g["recipient"]},
                                          "display": g["recipient"]}}],
                 "purpose": [{"system": _RXFED_PURPOSE, "code": g["purpose"]}],

@@ -227,10 +227,19 @@ class ConnectionCap:
 
 
 def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None = None,
-             tls_cert: str | None = None, tls_key: str | None = None, print_ready=None) -> None:
+             tls_cert: str | None = None, tls_key: str | None = None, print_ready=None,
+             workers: int | None = None, worker: int | None = None) -> int | None:
     """Serve until SIGTERM or SIGINT (a graceful stop: in-flight requests finish, queued
-    writes commit). SIGHUP reopens the log files."""
+    writes commit). SIGHUP reopens the log files. With ``workers``, supervise that many
+    worker processes (:mod:`rxfed.node.workers`); ``worker`` is the index of this process
+    among a supervisor's workers (it listens with ``SO_REUSEPORT`` beside the others)."""
     config = check_node(data_dir, tls_cert=tls_cert, tls_key=tls_key)
+    if workers is not None and workers > 1:
+        from rxfed.node.workers import run_workers
+
+        config = attrs.evolve(config, host=host or config.host, port=port if port is not None else config.port)
+        return run_workers(config, workers, host=config.host, port=config.port, tls_cert=tls_cert, tls_key=tls_key,
+                           print_ready=print_ready)
     # What the process really uses, so `rxfed node status` shows it (overrides included).
     config = attrs.evolve(config, host=host or config.host, port=port or config.port)
     keys = load_node_keys(config.data_dir)
@@ -243,17 +252,17 @@ def run_node(data_dir: str | Path, *, host: str | None = None, port: int | None 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
-        app = create_app(config, keys)
+        app = create_app(config, keys, worker=worker)
         if config.access_log:
             app.cleanup_ctx.append(flush_access_log)
         asyncio.run(_serve(app, config, host=host or config.host, port=port or config.port, ssl_context=context,
-                           logs=logs, print_ready=print_ready))
+                           logs=logs, print_ready=print_ready, reuse_port=worker is not None))
     finally:
         logs.close()
 
 
 async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: int,
-                 ssl_context: ssl.SSLContext | None, logs: NodeLogs, print_ready) -> None:
+                 ssl_context: ssl.SSLContext | None, logs: NodeLogs, print_ready, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
@@ -273,7 +282,8 @@ async def _serve(app: web.Application, config: NodeConfig, *, host: str, port: i
     await runner.setup()
     try:
         ConnectionCap(runner.server, limit)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG,
+                           reuse_port=reuse_port or None)
         await site.start()
         scheme = "https" if ssl_context else "http"
         listening = ", ".join(f"{scheme}://{_url_host(a[0])}:{a[1]}" for a in runner.addresses)
@@ -413,6 +423,8 @@ def node_status(data_dir: str | Path) -> dict:
                "started": live and live["started"], "uptime_seconds": live and live["uptime_seconds"],
                "settings": live and live["settings"], "metrics_listening": live and live["metrics_listening"],
                "suspended_accounts": live and live["suspended_accounts"],
+               # `node run --workers N`: each worker process (None: the node is one process)
+               "workers": live.get("workers") if live else None,
                # settings edited in rxfed.toml (or overridden on the command line) since the start
                "changed_in_file": _differences(live["settings"], config.settings()) if live else []}
     return {

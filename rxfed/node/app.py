@@ -308,8 +308,8 @@ async def receive_transaction(request: web.Request) -> web.Response:
     signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
                   body=raw, now=now, window=lim.request_window_seconds)
     nonce = await admit(state, request, signed, now)
-    reply_bytes = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
-    return web.Response(body=reply_bytes, content_type="application/json")
+    answer = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
+    return web.Response(body=answer, content_type="application/json")
 
 
 # -- the application -----------------------------------------------------------------------
@@ -358,7 +358,8 @@ async def _store_ctx(app: web.Application):
     await state.store.open()
     restore = await state.store.get_meta("restore")
     state.restore = loads(restore.encode()) if restore else None
-    state.nonces.load(await state.store.load_nonces(state.now()))
+    if state.guards.caches:  # (among several workers the nonces are looked up in the store)
+        state.nonces.load(await state.store.load_nonces(state.now()))
     state.suspended = await state.store.suspended_accounts()
     state.reload_keys()
 
@@ -378,6 +379,9 @@ async def _store_ctx(app: web.Application):
             if ticks % 12 == 0:
                 try:
                     await state.store.prune_nonces(state.now())
+                    if not state.guards.caches:  # budgets in the store: forget the full ones
+                        lim = state.config.limits
+                        await state.store.prune_budgets(time.time() - lim.burst / lim.requests_per_second - 60)
                     await state.consent.housekeeping()
                 except RxfedError as exc:
                     log.warning("housekeeping failed: %s", exc.message)
@@ -400,8 +404,11 @@ async def _store_ctx(app: web.Application):
 
 
 def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: RxfedPlugins | None = None,
-               store: Store | None = None, clock: Callable[[], float] = time.time) -> web.Application:
-    """The node application. The store is opened and closed with the application."""
+               store: Store | None = None, clock: Callable[[], float] = time.time,
+               worker: int | None = None) -> web.Application:
+    """The node application. The store is opened and closed with the application. With
+    ``worker`` (one of several processes serving one store, ``node run --workers N``), the
+    state that every worker must agree on is kept in the store (:mod:`rxfed.node.shared`)."""
     own_plugins = plugins is None
     if own_plugins:
         plugins = RxfedPlugins(disabled=config.disabled_plugins)
@@ -411,7 +418,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
         store = backend.open(config.data_dir, options)
     from rxfed.node import communities, consent, control, metrics
 
-    state = NodeState(config, keys, store, plugins, clock)
+    state = NodeState(config, keys, store, plugins, clock, worker=worker)
     state.metrics = metrics.NodeMetrics(state)
     app = web.Application(middlewares=[node_middleware(state.metrics.observe, state.listener)],
                           client_max_size=config.limits.max_body_bytes)
@@ -430,6 +437,6 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     app.cleanup_ctx.append(_store_ctx)
     # After the store: the control socket and the metrics listener read it.
     app.cleanup_ctx.append(control.control_ctx)
-    if config.metrics_listen:
+    if config.metrics_listen and not worker:  # among several workers, the first one's (each on its socket)
         app.cleanup_ctx.append(metrics.metrics_ctx(state.metrics, config.metrics_listen))
     return app

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import attrs
 from aiohttp import web
 
 from rxfed.crypto import b64e, sha256
-from rxfed.errors import BadRequest, Forbidden, NotFound, RxfedError
+from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError
 from rxfed.node.http import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
@@ -38,6 +39,9 @@ EVENT = "community.event"
 PAGE = 1000
 #: Seconds one build of the community directory answers every request for it.
 DIRECTORY_TTL = 2.0
+#: Times a worker among several stamps a local member's event again after another worker
+#: appended to the community first.
+STALE_TRIES = 12
 
 
 @attrs.frozen
@@ -59,6 +63,10 @@ class CommunityService:
         self._hashes: dict[str, set[bytes]] = {}
         #: The latest queued store write of each hosted community.
         self._writes: dict[str, asyncio.Future] = {}
+        #: Among several workers: each community's latest state this worker saw committed,
+        #: which a failed write falls back to (then caught up with the others' events).
+        self._committed: dict[str, Hosted] = {}
+        self._stamping: dict[str, asyncio.Lock] = {}
         #: The directory's reply and until when it serves (see :meth:`directory`).
         self._directory: tuple[float, bytes] | None = None
         self._directory_lock = asyncio.Lock()
@@ -72,6 +80,16 @@ class CommunityService:
             return None
         community_id = address.id
         found = self._hosted.get(community_id)
+        write = self._writes.get(community_id)
+        if found is not None and not self.node.guards.caches and (write is None or write.done()):
+            # Another worker may have appended since: the cached state is used only while
+            # it is the committed one (the seq checks the write again, in its transaction).
+            row = await self.node.store.community(community_id, self.me)
+            if row is None or row.seq < found.state.seq:
+                self.forget(community_id)
+                found = None
+            elif row.seq > found.state.seq:
+                found = await self._catch_up(community_id, found)
         if found is None:
             row = await self.node.store.community(community_id, self.me)
             if row is None:
@@ -80,6 +98,28 @@ class CommunityService:
             state = pc.CommunityState.from_events([(e.seq, loads(e.event)) for e in events])
             found = self._hosted[community_id] = Hosted(state)
             self._hashes[community_id] = {sha256(e.event) for e in events}  # stored canonical
+            self.committed(community_id, found)
+        return found
+
+    async def _catch_up(self, community_id: str, hosted: Hosted) -> Hosted | None:
+        """``hosted`` with the events another worker of this node committed since (checked
+        by that worker before it stored them, so their signatures are not checked again);
+        None (rebuilt from the store by the caller) if they do not follow on."""
+        state, hashes = hosted.state, self._hashes.setdefault(community_id, set())
+        try:
+            while True:
+                page = await self.node.store.community_events(community_id, self.me, after=state.seq, limit=PAGE)
+                for e in page:
+                    state = state.step(loads(e.event), seq=e.seq, checked=True)[0]
+                    hashes.add(sha256(e.event))
+                if len(page) < PAGE:
+                    break
+        except RxfedError:
+            self.forget(community_id)
+            return None
+        found = self._hosted[community_id] = Hosted(state)
+        self._directory = None
+        self.committed(community_id, found)
         return found
 
     def seen(self, hosted: Hosted, digest: bytes) -> bool:
@@ -163,8 +203,39 @@ class CommunityService:
 
     def forget(self, community_id: str) -> None:
         """Drop the cached state (a write failed): the next use reloads it from the store."""
+        self._committed.pop(community_id, None)
         self._hosted.pop(community_id, None)
         self._hashes.pop(community_id, None)
+        self._directory = None
+
+    def one_at_a_time(self, community_id: str) -> asyncio.Lock:
+        """Among several workers: the lock a local submission to a hosted community holds
+        from its stamp to its commit."""
+        lock = self._stamping.get(community_id)
+        if lock is None:
+            if len(self._stamping) > 10_000:
+                self._stamping = {k: v for k, v in self._stamping.items() if v.locked()}
+            lock = self._stamping[community_id] = asyncio.Lock()
+        return lock
+
+    def committed(self, community_id: str, hosted: Hosted) -> None:
+        """Among several workers: ``hosted``'s events are committed."""
+        if not self.node.guards.caches:
+            known = self._committed.get(community_id)
+            if known is None or hosted.state.seq > known.state.seq:
+                self._committed[community_id] = Hosted(hosted.state)
+
+    def failed(self, community_id: str, digest: bytes) -> None:
+        """A write failed: its event is not in the community. On one process the cached
+        state is dropped (rebuilt from the store); among several workers it falls back to
+        the last state seen committed, which the next use catches up with the store."""
+        known = self._committed.get(community_id)
+        if self.node.guards.caches or known is None:
+            self._committed.pop(community_id, None)
+            self.forget(community_id)
+            return
+        self._hosted[community_id] = known
+        self._hashes.get(community_id, set()).discard(digest)
         self._directory = None
 
     def remember(self, community_id: str, hosted: Hosted) -> None:
@@ -275,13 +346,19 @@ class CommunityService:
 
 
 async def _after(previous: asyncio.Future, write):
-    """``write`` (a coroutine not started yet) once ``previous`` is done, whichever way: if
-    it failed, ``write`` fails its own sequence check, as it would on an ordered backend."""
+    """``write`` (a coroutine not started yet) once ``previous`` is done; if that failed,
+    ``write`` (stamped on top of it) never starts and fails as stale. Its own sequence check
+    would not do among several workers: another worker may have appended an event under the
+    number the failed one had, and ``write`` would then land on a predecessor it was never
+    checked against."""
     try:
         await asyncio.wait([previous])
     except BaseException:
         write.close()  # cancelled while it waited: it never starts
         raise
+    if previous.cancelled() or previous.exception() is not None:
+        write.close()
+        raise Conflict("the community moved on; try again", code="stale_community")
     return await write
 
 
@@ -356,7 +433,6 @@ async def submit(request: web.Request) -> web.Response:
         about = pc.About.from_json(f["about"]).check(parsed)
     elif f["about"] is not None:
         raise BadRequest("only a create event comes with about", code="unknown_field")
-    communities = state.communities
     if address.host != state.config.node_id:
         if isinstance(parsed, pc.Create):
             raise BadRequest("create communities on your home node", code="not_host")
@@ -367,6 +443,26 @@ async def submit(request: web.Request) -> web.Response:
         state.federation.notify()
         return reply({"community": str(address), "queued": True}, status=202)
     raw = canonical(event)
+    # Among several workers another one may append first: the write then fails its sequence
+    # check (409 stale_community), the cached state is dropped, and the event is stamped
+    # again on top of what the other worker committed.
+    if state.guards.caches:
+        return await _host_submission(state, caller, address, event, parsed, raw, about)
+    # Among several workers, one event of a community at a time in each worker, from its
+    # stamp to its commit: every stamp is made on the state just read back from the store
+    # (so a collision costs one stamp, not a queue of writes built on a stale one).
+    for attempt in range(STALE_TRIES):
+        async with state.communities.one_at_a_time(address.id):
+            try:
+                return await _host_submission(state, caller, address, event, parsed, raw, about)
+            except Conflict as exc:
+                if exc.code != "stale_community" or attempt == STALE_TRIES - 1:
+                    raise
+        await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 5)))  # out of step with the other
+
+
+async def _host_submission(state, caller, address, event, parsed, raw, about) -> web.Response:
+    communities = state.communities
     async with state.federation.lock:
         hosted = await communities.hosted(address)
         if hosted is not None and communities.seen(hosted, sha256(raw)):
@@ -388,8 +484,9 @@ async def submit(request: web.Request) -> web.Response:
     try:
         await write
     except BaseException:
-        communities.forget(address.id)
+        communities.failed(address.id, sha256(raw))
         raise
+    communities.committed(address.id, after)
     if outbox:
         state.federation.notify()
     return reply({"community": str(address), "seq": stored.seq, "stamp": stamp})

@@ -35,8 +35,10 @@ TIMEOUT = 10.0
 _MAX_PATH = 100
 
 
-def socket_path(data_dir: str | Path) -> Path:
-    return Path(data_dir) / SOCKET_FILE
+def socket_path(data_dir: str | Path, worker: int | None = None) -> Path:
+    """The control socket: the node's, or with ``worker`` the socket of one worker process
+    of ``rxfed node run --workers N`` (whose supervisor answers on the node's)."""
+    return Path(data_dir) / (SOCKET_FILE if worker is None else f"admin.worker-{worker}.sock")
 
 
 @contextlib.contextmanager
@@ -80,7 +82,11 @@ def ask(data_dir: str | Path, method: str, target: str, body: dict | None = None
         timeout: float = TIMEOUT) -> Any:
     """The running node's JSON answer (bytes for ``/metrics``), or None when no node runs
     on ``data_dir``. :class:`NodeUnreachable` when one may run but cannot be asked."""
-    path = socket_path(data_dir)
+    return ask_socket(socket_path(data_dir), method, target, body, timeout=timeout)
+
+
+def ask_socket(path: Path, method: str, target: str, body: dict | None = None, *, timeout: float = TIMEOUT) -> Any:
+    """:func:`ask` of the control socket at ``path``."""
     conn = _UnixConnection(path, timeout)
     try:
         conn.request(method, target, body=None if body is None else json.dumps(body).encode(),
@@ -107,7 +113,8 @@ def ask(data_dir: str | Path, method: str, target: str, body: dict | None = None
 # -- the node's side ---------------------------------------------------------------------------
 
 
-def _bind(path: Path) -> socket.socket:
+def bind(path: Path) -> socket.socket:
+    """The control socket at ``path``, listening (refused while another process answers on it)."""
     from rxfed.node.config import ConfigFileError
 
     try:
@@ -146,6 +153,7 @@ def live_status(state: Any) -> dict:
     return {
         "running": True,
         "pid": os.getpid(),
+        "worker": state.worker,
         "version": rxfed.__version__,
         "started": int(state.started),
         "uptime_seconds": round(time.time() - state.started),
@@ -203,8 +211,8 @@ async def control_ctx(app: web.Application):
     """A cleanup context of the node's application: serve the control socket while it runs."""
 
     state = app[NODE]
-    path = socket_path(state.config.data_dir)
-    sock = _bind(path)
+    path = socket_path(state.config.data_dir, state.worker)
+    sock = bind(path)
     inode = os.stat(path).st_ino
     runner = web.AppRunner(control_app(state), access_log=None)
     await runner.setup()

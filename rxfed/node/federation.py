@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import random
+import secrets
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -47,6 +49,10 @@ log = logging.getLogger("rxfed.federation")
 POLICIES = ("known", "allowed", "denied", "blocked")
 #: How often the inbox is pruned (seconds).
 PRUNE_EVERY = 600
+#: Seconds a worker among several holds a destination's outbox once it took it, renewed
+#: every third of that while it delivers: a worker that dies leaves it to the others after
+#: at most this long.
+LEASE_SECONDS = 15
 #: Origins whose failed key fetch is remembered at once (the oldest are forgotten first).
 MAX_FAILED_FETCHES = 10_000
 
@@ -187,6 +193,10 @@ class FederationService:
         #: (inbound transactions, local community submissions).
         self.lock = asyncio.Lock()
         self._stopping = False
+        #: Among several workers (``node run --workers N``): this process's name on the
+        #: destinations' outbox leases; None for a node of one process, which needs none.
+        self.holder: str | None = None if state.worker is None else f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._renewing: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -203,11 +213,13 @@ class FederationService:
         self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
             total=self.settings.request_timeout), auto_decompress=False)
         self._task = asyncio.create_task(self._run(), name="rxfed-outbox")
+        if self.holder is not None:
+            self._renewing = asyncio.create_task(self._renew_leases(), name="rxfed-outbox-leases")
 
     async def stop(self) -> None:
         # A flag as well as cancellation: a cancel that races a wake-up must not be lost.
         self._stopping = True
-        tasks = [t for t in [self._task, *self._active.values()] if t is not None]
+        tasks = [t for t in [self._task, self._renewing, *self._active.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -481,6 +493,12 @@ class FederationService:
             if due.at_ms and due.at_ms > now * 1000:
                 soonest = due.at_ms if soonest is None else min(soonest, due.at_ms)
                 continue
+            if self.holder is not None and not await self.state.store.take_lease(
+                    destination, self.holder, now=int(now), seconds=LEASE_SECONDS):
+                # Another worker delivers it; if that one dies, its lease lapses.
+                at_ms = (int(now) + LEASE_SECONDS) * 1000
+                soonest = at_ms if soonest is None else min(soonest, at_ms)
+                continue
             self._active[destination] = asyncio.create_task(self._deliver(destination, due.window))
         return soonest
 
@@ -535,8 +553,29 @@ class FederationService:
             for task in in_flight:
                 task.cancel()
         finally:
+            if self.holder is not None:
+                try:  # before the scan: rows queued by another worker meanwhile are seen by it
+                    await self.state.store.drop_lease(destination, self.holder)
+                except BaseException as exc:  # noqa: BLE001 - it lapses on its own
+                    log.debug("dropping the outbox lease of %s failed: %r", destination, exc)
             self._active.pop(destination, None)
             self._wake.set()
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of the destinations this worker delivers to."""
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            now = int(self.state.clock())
+            for destination, task in list(self._active.items()):
+                try:
+                    kept = await self.state.store.take_lease(destination, self.holder, now=now,
+                                                             seconds=LEASE_SECONDS)
+                except RxfedError as exc:
+                    log.warning("renewing the outbox lease of %s failed: %s", destination, exc.message)
+                    continue
+                if not kept:  # taken over after it lapsed (this worker stalled): stop sending
+                    log.warning("the outbox of %s is delivered by another worker now", destination)
+                    task.cancel()
 
     async def _closed(self, destination: str, policy: DeliveryPolicy) -> None:
         peer = await self.state.store.peer(destination)

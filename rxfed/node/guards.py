@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rxfed.errors import RateLimited
+from rxfed.protocol import budget
 from rxfed.store import Nonce, Replayed
 
 
@@ -50,14 +51,14 @@ class RateLimiter:
 
     def take(self, key: object) -> None:
         now = self.clock()
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if tokens < 1.0:
+        try:
+            tokens = budget.take(self._buckets.get(key), now, self.rate, self.burst)
+        except RateLimited:
             self.refused += 1
-            raise RateLimited("too many requests; slow down", retry_after=(1.0 - tokens) / self.rate)
+            raise
         if len(self._buckets) >= self.max_keys and key not in self._buckets:
             # Forget buckets that have refilled completely: they carry no state.
             full = [k for k, (t, ts) in self._buckets.items() if t + (now - ts) * self.rate >= self.burst]
             for k in full:
                 del self._buckets[k]
-        self._buckets[key] = (tokens - 1.0, now)
+        self._buckets[key] = (tokens, now)

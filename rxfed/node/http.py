@@ -24,6 +24,7 @@ from rxfed.crypto import SigningKeyPair
 from rxfed.node.config import KEYS_FILE, NodeConfig, NodeSigningKey, current_key, load_node_keys, rotation_statements
 from rxfed.node.federation import FederationService
 from rxfed.node.guards import NonceWindow, RateLimiter
+from rxfed.node.shared import LocalGuards, StoreGuards
 from rxfed.node.listener import LISTENER, ClientGone, Listener, check_declared_size, guard, read_body
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
@@ -44,8 +45,13 @@ class NodeState:
     store: Store
     plugins: RxfedPlugins
     clock: Callable[[], float] = time.time
+    #: This process's index among the workers of ``node run --workers N``, or None (the
+    #: node's only process).
+    worker: int | None = attrs.field(default=None, kw_only=True)
     nonces: NonceWindow = attrs.Factory(NonceWindow)
     limiter: RateLimiter = None
+    #: Where the nonces seen and the signers' budgets are kept (:mod:`rxfed.node.shared`).
+    guards: LocalGuards | StoreGuards = None
     anonymous: RateLimiter = None
     federation: FederationService = None
     communities: Any = None
@@ -70,6 +76,9 @@ class NodeState:
     def __attrs_post_init__(self) -> None:
         lim = self.config.limits
         self.limiter = RateLimiter(lim.requests_per_second, lim.burst)
+        window = lim.request_window_seconds
+        self.guards = (LocalGuards(self.nonces, self.limiter, window) if self.worker is None
+                       else StoreGuards(self.store, self.limiter, window))
         self.listener = Listener(lim, self.config.trusted_proxies, self.config.forwarded_header)
         self.anonymous = self.listener.anonymous
         self.federation = FederationService(self)
@@ -122,7 +131,9 @@ class NodeState:
             if account is None or not statements:
                 raise Unauthorized("unknown or erased account", code="unknown_account")
             chain = pv.IdentityChain.verify(account.root_key, [loads(s) for s in statements])
-            if len(self._identities) < 100_000:
+            # (not among several workers: another may rotate it, and the old recovery key
+            # must stop working at once)
+            if len(self._identities) < 100_000 and self.guards.caches:
                 self._identities[patient] = chain
         return chain
 
@@ -164,8 +175,9 @@ async def admit(state: NodeState, request: web.Request, signed: SignedRequest, n
     waiting = state.listener.admission.take(request)
     if waiting is not None:
         await waiting
-    nonce = Nonce(signed.nonce, signed.created + state.config.limits.request_window_seconds)
-    state.nonces.add(nonce, now)
+    nonce = state.guards.admit(request, signed, now)
+    if not isinstance(nonce, Nonce):
+        nonce = await nonce
     return nonce
 
 
@@ -195,15 +207,16 @@ async def _signed_body(state: NodeState, request: web.Request, signed: SignedReq
         # record writes: no difference): the GIL hand-backs cost more than the overlap gains.
         signed.verify(key, method=request.method, target=request.raw_path, destination=state.config.node_id, body=raw,
                       now=now, window=lim.request_window_seconds)
-        state.nonces.check(signed.nonce)
-        if rate_limit:
-            state.limiter.take(signed.key)
+        checking = state.guards.check(request, signed, rate_limit, now)
+        if checking is not None:
+            await checking
     else:
         signed.verify_head(key, method=request.method, target=request.raw_path, destination=state.config.node_id,
                            now=now, window=lim.request_window_seconds)
-        state.nonces.check(signed.nonce)  # a replay reads no body and spends nothing of the key's budget
-        if rate_limit:
-            state.limiter.take(signed.key)
+        # A replay reads no body and spends nothing of the key's budget.
+        checking = state.guards.check(request, signed, rate_limit, now)
+        if checking is not None:
+            await checking
         raw = signed.check_body(await read_body(request, limit=limit, timeout=lim.body_timeout))
     return raw, await admit(state, request, signed, now)
 

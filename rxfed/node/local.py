@@ -51,6 +51,11 @@ class LocalNode:
     storage: dict | None = None
     runner: web.AppRunner | None = None
     config: NodeConfig | None = None
+    #: One of several worker processes of one node (``node run --workers N``), or None.
+    worker: int | None = None
+    #: The URL in the node's config, when it is not this listener's own (a second worker
+    #: of the same node, listening on a port of its own in a test).
+    public_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -58,14 +63,16 @@ class LocalNode:
 
     async def start(self):
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.url, port=self.port,
+        self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.public_url or self.url,
+                                 port=self.port,
                                  registration=self.registration, limits=self.limits, federation=self.federation,
                                  trusted_proxies=tuple(self.trusted_proxies), forwarded_header=self.forwarded_header,
                                  metrics_listen=self.metrics_listen, storage=self.storage or {"backend": "sqlite"})
         if not (self.data_dir / "node-keys.json").exists():
             create_node_keys(self.data_dir)
             self.config.save()
-        app = create_app(self.config, load_node_keys(self.data_dir), plugins=self.plugins, clock=self.clock)
+        app = create_app(self.config, load_node_keys(self.data_dir), plugins=self.plugins, clock=self.clock,
+                         worker=self.worker)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()

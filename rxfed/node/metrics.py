@@ -134,6 +134,12 @@ class _NodeCollector:
         if status is None:
             return
         s = status()
+        if s.get("backend") == "postgresql":
+            yield GaugeMetricFamily("rxfed_store_connections", "The PostgreSQL pool's open connections",
+                                    value=s["connections"])
+            yield CounterMetricFamily("rxfed_store_retries", "PostgreSQL transactions run again after a collision "
+                                      "with a concurrent writer", value=s["retries"])
+            return
         yield GaugeMetricFamily("rxfed_store_commit_inline", "1 when the last store batch ran inline (statements "
                                 "on the event loop, COMMIT on the committer thread), 0 when on the writer thread",
                                 value=1 if s["mode"] == "event loop" else 0)

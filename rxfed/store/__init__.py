@@ -28,10 +28,14 @@ class Replayed(Unauthorized):
 
 @attrs.frozen
 class Nonce:
-    """A request nonce and when it may be forgotten (the end of its signature window)."""
+    """A request nonce and when it may be forgotten (the end of its signature window).
+    ``claimed``: stored already, in a transaction of its own, when the request was admitted
+    (several worker processes: :meth:`rxfed.store.operations.Store.spend`); a write then
+    does not store it again."""
 
     value: bytes
     expires: int
+    claimed: bool = False
 
 
 @attrs.frozen

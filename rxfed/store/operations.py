@@ -23,6 +23,7 @@ from rxfed.consent.audit import append as audit_append
 from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_delivery
 from rxfed.errors import Conflict, Forbidden, Gone, NotFound, Unauthorized
 from rxfed.protocol import account as pa
+from rxfed.protocol import budget
 from rxfed.protocol import community as pcm
 from rxfed.protocol.federation import track_sequence
 from rxfed.store import (
@@ -63,8 +64,14 @@ SEEN_WINDOW = 10_000
 
 
 async def _use_nonce(c: Conn, nonce: Nonce) -> None:
-    if not await c.add_nonce(nonce):
+    if not nonce.claimed and not await c.add_nonce(nonce):
         raise Replayed()
+
+
+async def _spend(c: Conn, nonce: Nonce, key: bytes | None, now: float, rate: float, burst: int) -> None:
+    await _use_nonce(c, nonce)
+    if key is not None:
+        await c.set_budget(key, budget.take(await c.budget(key), now, rate, burst), now)
 
 
 async def _signer(c: Conn, patient: str, device: str | None) -> AccountState:
@@ -494,6 +501,28 @@ class Store:
 
     async def prune_nonces(self, now: int) -> int:
         return await self.backend.write(methodcaller("prune_nonces", now), heavy=True)
+
+    # -- state shared by several worker processes (`node run --workers N`) -----------------
+    async def spend(self, nonce: Nonce, key: bytes | None = None, *, now: float, rate: float = 1.0,
+                    burst: int = 1) -> Nonce:
+        """Store a request's nonce (:class:`Replayed` if stored already) and, with ``key``,
+        spend one request of that signer's budget (:class:`RateLimited`, and the nonce is
+        not stored, when it has none left), in one transaction. Returns the nonce marked
+        claimed, so the request's write does not store it again."""
+        await self.backend.write(_spend, nonce, key, now, rate, burst)
+        return Nonce(nonce.value, nonce.expires, True)
+
+    async def prune_budgets(self, before: float) -> int:
+        """Forget budgets last spent before ``before`` (full again by now)."""
+        return await self.backend.write(methodcaller("prune_budgets", before), heavy=True)
+
+    async def take_lease(self, destination: str, holder: str, *, now: int, seconds: int) -> bool:
+        """Whether ``holder`` holds the destination's outbox lease for ``seconds`` from now
+        (taken, renewed, or taken over from a holder that let it lapse)."""
+        return await self.backend.write(methodcaller("take_lease", destination, holder, now, now + seconds))
+
+    async def drop_lease(self, destination: str, holder: str) -> None:
+        await self.backend.write(methodcaller("drop_lease", destination, holder))
 
     # -- patients --------------------------------------------------------------------------
     async def register_patient(self, new: NewPatient, *, invite_hash: bytes | None, nonce: Nonce, now: int) -> None:

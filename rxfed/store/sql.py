@@ -129,6 +129,31 @@ class SQLConnection:
     async def prune_nonces(self, now: int) -> int:
         return await self._run("DELETE FROM nonces WHERE expires < ?", (now,))
 
+    # -- state shared by several worker processes ------------------------------------------
+    async def budget(self, key: bytes) -> tuple[float, float] | None:
+        """A signer's request budget: (tokens, when they were counted), None if never spent."""
+        row = await self._one("SELECT tokens, at FROM rate_budgets WHERE key=?", (key,))
+        return (row[0], row[1]) if row else None
+
+    async def set_budget(self, key: bytes, tokens: float, at: float) -> None:
+        await self._run("INSERT INTO rate_budgets (key, tokens, at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                        "tokens=excluded.tokens, at=excluded.at", (key, tokens, at))
+
+    async def prune_budgets(self, before: float) -> int:
+        return await self._run("DELETE FROM rate_budgets WHERE at < ?", (before,))
+
+    async def take_lease(self, destination: str, holder: str, now: int, expires: int) -> bool:
+        """Whether ``holder`` now holds the destination's outbox lease until ``expires``: it
+        held it already, or nobody did, or its holder let it lapse before ``now``."""
+        return await self._run(
+            "INSERT INTO outbox_leases (destination, holder, expires) VALUES (?, ?, ?) ON CONFLICT (destination) "
+            "DO UPDATE SET holder=excluded.holder, expires=excluded.expires "
+            "WHERE outbox_leases.holder=excluded.holder OR outbox_leases.expires < ?",
+            (destination, holder, expires, now)) == 1
+
+    async def drop_lease(self, destination: str, holder: str) -> None:
+        await self._run("DELETE FROM outbox_leases WHERE destination=? AND holder=?", (destination, holder))
+
     # -- patients --------------------------------------------------------------------------
     async def account_state(self, patient: str, device: str | None) -> AccountState | None:
         row = await self._one("SELECT d.patient_id, d.revoked, p.epoch, p.counter, p.records, p.bytes FROM patients p "

@@ -319,7 +319,41 @@ def rotation_vectors() -> dict:
                 pass
         out.append({"case": why, "anchors": [k.to_json() for k in anchors], "rotations": names,
                     "trusted": [k.to_json() for k in trusted_keys(tuple(anchors), tuple(parsed))]})
+    # Pinning (a node's peers, the web client's `nodes`): a document read with the keys
+    # trusted before (none at first contact: the listed keys are the anchors).
+    from rxfed.crypto import fingerprint
+    from rxfed.protocol.federation import NodeDocument
+
+    def listed(key, valid_from, valid_until=None):
+        return {"key_id": b64e(key.public)[:8], "alg": "ed25519", "public_key": b64e(key.public),
+                "fingerprint": fingerprint(key.public), "valid_from": valid_from, "valid_until": valid_until}
+
+    other = KeyRotation("b.example", k1.public, k2.public, CREATED + 30 * day, CREATED + 37 * day).signed_by(k1)
+    documents = [
+        ("first contact trusts every key listed", None, [listed(k1, CREATED), listed(k2, CREATED + day)], []),
+        ("a pinned key's signed rotation is followed", [anchor1],
+         [listed(k1, CREATED, CREATED + 37 * day), listed(k2, CREATED + 30 * day)], ["r12"]),
+        ("the pinned key may leave the document once its rotation is listed", [anchor1],
+         [listed(k3, CREATED + 60 * day)], ["r12", "r23"]),
+        ("a key changed without a rotation is untrusted", [anchor1], [listed(attacker, CREATED + 40 * day)], []),
+        ("a rotation its old key did not sign changes nothing", [anchor1],
+         [listed(k1, CREATED), listed(attacker, CREATED + 40 * day)], ["forged"]),
+        ("another node's rotation is not followed", [anchor1], [listed(k2, CREATED + 30 * day)], ["other"]),
+        ("a fork by the pinned key is followed by neither branch", [anchor1],
+         [listed(k2, CREATED + 30 * day), listed(attacker, CREATED + 31 * day)], ["r12", "fork"]),
+    ]
+    named = {**statements, "other": other}
+    pinning = []
+    for why, pinned, keys, names in documents:
+        doc = {"node_id": "a.example", "protocol_versions": ["1"], "keys": keys,
+               "rotations": [named[n] for n in names]}
+        parsed = NodeDocument.from_json(doc)
+        view = parsed.trusting(tuple(pinned) if pinned is not None else parsed.keys)
+        pinning.append({"case": why, "pinned": None if pinned is None else [k.to_json() for k in pinned],
+                        "document": doc, "trusted": [k.to_json() for k in view.keys],
+                        "untrusted": sorted(b64e(k) for k in view.untrusted)})
     return {
+        "pinning": pinning,
         "node": "a.example",
         "seeds": {"k1": b64e(bytes([0x11]) * 32), "k2": b64e(bytes([0x12]) * 32), "k3": b64e(bytes([0x13]) * 32),
                   "attacker": b64e(bytes([0xAA]) * 32)},
@@ -400,6 +434,125 @@ def community_vectors() -> dict:
         "events": [{"seq": seq, "event": event, "stamp": stamp, "head": head}
                    for seq, (event, stamp, head) in enumerate(zip(events, stamps, heads), 1)],
         "read_proof": pc.make_read_proof(member, address, "a.example", CREATED + 240),
+    }
+
+
+def fold_vectors() -> dict:
+    """spec/federation.md §5.3: a community's history with every event type (create, join,
+    approve, remove, leave, rekey, sender keys, messages, readable and not), from fixed keys,
+    nonces and times; the state after each event; what each member reads of it; and the
+    histories a host must never stamp, with the error code of their first bad event."""
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.groups import SenderKey, seal_message
+    from rxfed.protocol import community as pc
+
+    names = ("admin", "alice", "bob", "carol", "alice2", "dave")
+    keys = {name: (SigningKeyPair.from_seed(bytes([0x90 + i] * 32)), BoxKeyPair.from_secret(bytes([0xA0 + i] * 32)))
+            for i, name in enumerate(names)}
+    (admin, admin_box), (alice, alice_box), (bob, bob_box), (carol, carol_box), (alice2, alice2_box), (dave, dave_box) = (
+        keys[n] for n in names)
+    about = pc.About("Lupus", "M32", bytes([0xB0] * 32))
+    events = [pc.make_create(admin, admin_box.public, "c.example", about=about, approval=True, node="c.example",
+                             now=CREATED)]
+    address = pc.parse_event(events[0]).community
+    nonces = iter(bytes([0xC0 + i] * 24) for i in range(32))
+    ephemeral = iter(BoxKeyPair.from_secret(bytes([0x40 + i] * 32)) for i in range(64))
+
+    def state():
+        return pc.CommunityState.from_events(list(enumerate(events, 1)))
+
+    def distribute(sender, key):
+        events.append(pc.make_sender_key(sender, state(), key, ephemerals=[next(ephemeral) for _ in state().joined()]))
+
+    def post(sender, key, text, now, franking=None):
+        events.append(pc.make_message(sender, key, address, text, now, franking_key=franking or bytes([now % 251] * 32),
+                                      nonce=next(nonces))[0])
+
+    events.append(pc.make_join(alice, alice_box.public, address, "a.example", CREATED + 1))
+    events.append(pc.make_join(bob, bob_box.public, address, "b.example", CREATED + 2))
+    events.append(pc.make_join(carol, carol_box.public, address, "b.example", CREATED + 3))
+    events.append(pc.make_approve(admin, address, alice.public, CREATED + 4))
+    events.append(pc.make_approve(admin, address, bob.public, CREATED + 5))
+    events.append(pc.make_remove(admin, address, carol.public, CREATED + 6))
+    admin_key = SenderKey(1, bytes([0xD1] * 32))
+    distribute(admin, admin_key)
+    post(admin, admin_key, "welcome, alice and bob", CREATED + 7)
+    alice_key = SenderKey(1, bytes([0xD2] * 32))
+    distribute(alice, alice_key)
+    post(alice, alice_key, "hello from alice \u2713 \U0001F600", CREATED + 8)
+    events.append(pc.make_leave(bob, address, CREATED + 9))
+    events.append(pc.make_rekey(alice, alice2, alice2_box.public, address, "a.example", CREATED + 10))
+    alice_key2 = SenderKey(state().next_epoch(alice2.public), bytes([0xD3] * 32))
+    distribute(alice2, alice_key2)
+    post(alice2, alice_key2, "after bob left", CREATED + 11)
+    # sealed under a key alice2 never distributed: members hold the epoch's key, it does not open
+    post(alice2, SenderKey(alice_key2.epoch, bytes([0xEE] * 32)), "under another key", CREATED + 12)
+    # its commitment made with another franking key than the one inside: it could never be reported
+    inner, other = bytes([0x33] * 32), bytes([0x34] * 32)
+    plaintext = canonical({"text": "a commitment that does not open", "franking_key": b64e(inner), "sent": CREATED + 13})
+    sealed = seal_message(alice_key2, pc._message_ad(address, alice2.public, alice_key2.epoch), plaintext,
+                          nonce=next(nonces))
+    events.append(pc._built(alice2, {
+        "type": pc.MESSAGE, "community": str(address), "sender": b64e(alice2.public), "epoch": alice_key2.epoch,
+        "ciphertext": b64e(sealed), "sent": CREATED + 13,
+        "commitment": b64e(pc.commitment(other, pc._franked(address, alice2.public, "a commitment that does not open",
+                                                             CREATED + 13)))}))
+    events.append(pc.make_join(dave, dave_box.public, address, "d.example", CREATED + 14))
+    events.append(pc.make_approve(admin, address, dave.public, CREATED + 15))
+    admin_key2 = SenderKey(state().next_epoch(admin.public), bytes([0xD4] * 32))
+    distribute(admin, admin_key2)
+    post(admin, admin_key2, "welcome, dave", CREATED + 16)
+
+    pairs = list(enumerate(events, 1))
+    folded = pc.CommunityState.empty(address)
+    states = []
+    for seq, event in pairs:
+        folded = folded.step(event, seq=seq)[0]
+        states.append({"seq": folded.seq, "version": folded.version, "type": event["body"]["type"],
+                       "members": [[m.member_b64, str(m.status), m.node] for m in folded.members.values()]})
+    readers = {}
+    for name, (member, box) in keys.items():
+        reading = pc.read_history(pairs, member, box)
+        readers[name] = {
+            "seq": reading.state.seq, "version": reading.state.version, "admin": b64e(reading.state.meta.admin),
+            "members": [[m.member_b64, str(m.status), m.node] for m in reading.state.members.values()],
+            "senders": {k: list(v) for k, v in sorted(reading.state.senders.items())},
+            "messages": [[m.seq, b64e(m.sender), m.text, m.sent] for m in reading.messages],
+            "unreadable": [[u.seq, u.reason] for u in reading.unreadable]}
+    assert sorted(r for v in readers.values() for _, r in v["unreadable"]) and readers["dave"]["messages"]
+
+    # histories a host must never stamp: (why, the events kept, events added after them)
+    refused = []
+    for why, kept, extra in [
+        ("a second create", 2, [events[0]]),
+        ("a removed member leaves", 7, [pc.make_leave(carol, address, CREATED + 20)]),
+        ("an approval of a member already joined", 5, [events[4]]),
+        ("a sender key for an old membership version", 12, [events[9]]),
+        ("a rekey of a member who left", 12, [pc.make_rekey(bob, dave, dave_box.public, address, "b.example",
+                                                            CREATED + 20)]),
+        ("a message under a sender key never distributed", 9, [pc.make_message(bob, SenderKey(7, bytes(32)), address,
+                                                                                "no key", CREATED + 20,
+                                                                                franking_key=bytes([1] * 32),
+                                                                                nonce=bytes([2] * 24))[0]]),
+        ("a join by someone already pending", 3, [events[1]]),
+        ("an approval by someone not the admin", 4, [pc.make_approve(alice, address, bob.public, CREATED + 20)]),
+        ("a history that does not start with its create event", 0, [events[1]]),
+    ]:
+        history = events[:kept] + extra
+        try:
+            pc.CommunityState.from_events(list(enumerate(history, 1)))
+        except RxfedError as exc:
+            refused.append({"case": why, "kept": kept, "extra": extra, "error": exc.code})
+        else:
+            raise AssertionError(f"{why}: Python accepted it")
+    return {
+        "address": str(address),
+        "members": {name: {"seed": b64e(m.seed), "public_key": b64e(m.public), "box_secret": b64e(b.secret)}
+                    for name, (m, b) in keys.items()},
+        "events": events,
+        "states": states,
+        "readers": readers,
+        "refused": refused,
     }
 
 
@@ -567,6 +720,7 @@ VECTORS = {
     "client.json": client_vectors,
     "vault.json": vault_vectors,
     "community.json": community_vectors,
+    "community-fold.json": fold_vectors,
     "consent.json": consent_vectors,
     "keyfile.json": keyfile_vectors,
     "node-key-rotation.json": rotation_vectors,

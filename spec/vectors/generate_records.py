@@ -5,8 +5,10 @@
   and condition data, import and content keys, and floats as Python writes them in a
   record's plaintext (rxfed/client/records.py);
 * fhir.json: FHIR Bundles and the records rxfed/client/fhir.py imports from them (or the
-  error code it refuses them with), and records with the Bundle it exports of them. The
-  Bundles are the files of tests/data/fhir/ (named by path) and the hand-made ones here.
+  error code it refuses them with), records with the Bundle it exports of them, and consent
+  grants (as `PatientConsent.list` gives them) with the Bundle of FHIR Consent resources
+  `consent_bundle` makes of them (`rxfed patient consent export`). The import Bundles are
+  the files of tests/data/fhir/ (named by path) and the hand-made ones here.
 
 The web client (rxfed/web/js/) gives the same results: tests/web/records.test.mjs.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from rxfed.client import questionnaires as q
 from rxfed.client import records as rec
-from rxfed.client.fhir import export_bundle, import_bundle
+from rxfed.client.fhir import consent_bundle, export_bundle, import_bundle
 from rxfed.errors import RxfedError
 from rxfed.vocabulary.codes import normalise_code
 
@@ -211,6 +213,31 @@ def _export_records() -> list:
     ]
 
 
+def _consent_grants() -> list[dict]:
+    """Grants in each status, as the patient's clients list them (fields the export does not
+    read included, as the list has them)."""
+    node = "b.example"
+    base = {"tokens": [], "device": "d" * 32, "device_active": True, "nodes": [node], "acknowledged": [], "pending": [],
+            "forged": []}
+    return [
+        {**base, "grant": "0" * 31 + "1", "kind": "treatment.outcome", "purpose": "research",
+         "recipient": f"node:{node}", "created": 1764000000, "not_after": 1795536000, "revoked": None, "status": "live"},
+        {**base, "grant": "0" * 31 + "2", "kind": "diagnosis.category", "purpose": "trial-matching",
+         "recipient": f"plugin:{node}/matcher", "created": 1764000123, "not_after": 1795536000, "revoked": 1764086399,
+         "status": "revoked", "acknowledged": [node]},
+        {**base, "grant": "0" * 31 + "3", "kind": "symptom.trend", "purpose": "public-health", "recipient": "federation",
+         "created": 1700000000, "not_after": 1731542400, "revoked": None, "status": "expired", "nodes": None},
+        # revoked from this device, before the node's listing says so
+        {**base, "grant": "0" * 31 + "4", "kind": "demographics.band", "purpose": "research",
+         "recipient": f"node:{node}", "created": 1764000000, "not_after": 1795536000, "revoked": None,
+         "status": "revoked"},
+        # listed by the node, signed by no device of the patient's
+        {**base, "grant": "f" * 32, "kind": "treatment.outcome", "purpose": "marketing", "recipient": "federation",
+         "created": 1764001000, "not_after": 1795536000, "revoked": None, "status": "foreign", "device": None,
+         "device_active": False, "nodes": None},
+    ]
+
+
 def fhir_vectors() -> dict:
     imports = [{"file": path, **_imported(json.loads((ROOT / path).read_text()))} for path in FHIR_FILES]
     imports += [{"name": name, "bundle": doc, **_imported(doc)} for name, doc in _cases()]
@@ -222,4 +249,7 @@ def fhir_vectors() -> dict:
     ]
     # an export imported again: what comes back (the records, their keys) is pinned too
     imports.append({"name": "the first export", "bundle": exports[0]["bundle"], **_imported(exports[0]["bundle"])})
-    return {"imports": imports, "exports": exports}
+    grants = _consent_grants()
+    consents = [{"patient": "p" + "a" * 31, "grants": grants, "bundle": consent_bundle("p" + "a" * 31, grants)},
+                {"patient": "p1", "grants": [], "bundle": consent_bundle("p1", [])}]
+    return {"imports": imports, "exports": exports, "consents": consents}

@@ -539,3 +539,44 @@ class StoreContract(CommunityContract, OperatorContract):
         await store.transaction_failed(third.txn_id, error="x", next_attempt_ms=5000)
         await store.reschedule_transactions("b", next_attempt_ms=40_000)
         assert await store.due_destinations() == [("b", 40_000), ("c", 5000)]
+
+    # -- state several worker processes share ----------------------------------------------
+    async def test_a_spent_nonce_is_claimed_once_and_a_write_does_not_store_it_again(self, store):
+        n = nonce()
+        claimed = await store.spend(n, now=1000.0)
+        assert claimed.claimed and claimed.value == n.value
+        with pytest.raises(Replayed):
+            await store.spend(n, now=1000.0)
+        p = new_patient(90)
+        await store.register_patient(p, invite_hash=None, nonce=claimed, now=1000)  # claimed: not stored again
+        assert await store.account(p.patient) is not None
+        with pytest.raises(Replayed):  # the same nonce unclaimed is a replay of a write
+            await commit(store, p, 1, n=n)
+
+    async def test_a_signers_budget_is_spent_in_the_store_and_refills(self, store):
+        from rxfed.errors import RateLimited
+
+        key = b"k" * 32
+        for _ in range(3):
+            await store.spend(nonce(), key, now=100.0, rate=1.0, burst=3)
+        refused = nonce()
+        with pytest.raises(RateLimited) as info:
+            await store.spend(refused, key, now=100.0, rate=1.0, burst=3)
+        assert 0 < info.value.retry_after <= 1.0
+        # refused: its nonce is not stored, the same request may come again once refilled
+        await store.spend(refused, key, now=101.5, rate=1.0, burst=3)
+        await store.spend(nonce(), b"other" * 6, now=101.5, rate=1.0, burst=3)  # budgets are per signer
+        assert await store.prune_budgets(50.0) == 0
+        assert await store.prune_budgets(200.0) == 2
+
+    async def test_an_outbox_lease_is_held_by_one_holder_until_it_lapses(self, store):
+        assert await store.take_lease("b.example", "w1", now=1000, seconds=15)
+        assert not await store.take_lease("b.example", "w2", now=1010, seconds=15)
+        assert await store.take_lease("b.example", "w1", now=1010, seconds=15)  # renewed to 1025
+        assert await store.take_lease("c.example", "w2", now=1010, seconds=15)  # another destination
+        assert not await store.take_lease("b.example", "w2", now=1025, seconds=15)
+        assert await store.take_lease("b.example", "w2", now=1026, seconds=15)  # lapsed: taken over
+        await store.drop_lease("b.example", "w1")  # not its holder any more: nothing changes
+        assert not await store.take_lease("b.example", "w1", now=1030, seconds=15)
+        await store.drop_lease("b.example", "w2")
+        assert await store.take_lease("b.example", "w1", now=1030, seconds=15)

@@ -98,6 +98,7 @@ def test_node_init_with_db_and_the_commands_that_check_the_schema(rxfed_pg_datab
     code, out, err = run(capsys, "node", "check", str(tmp_path / "n"))
     assert code == 0, err
     # an older schema: `node check` (and `run`) refuse with the hint, `node migrate` migrates
+    latest = len(pg_schema.MIGRATIONS)
     monkeypatch.setattr(pg_schema, "MIGRATIONS", [*pg_schema.MIGRATIONS, "CREATE TABLE later (x INTEGER)"])
     for command in ("check", "run"):
         code, out, err = run(capsys, "node", command, str(tmp_path / "n"))
@@ -106,7 +107,7 @@ def test_node_init_with_db_and_the_commands_that_check_the_schema(rxfed_pg_datab
     code, out, err = run(capsys, "node", "migrate", str(tmp_path / "n"), "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert (doc["from"], doc["to"], doc["migrated"], doc["backup"]) == (1, 2, True, None)
+    assert (doc["from"], doc["to"], doc["migrated"], doc["backup"]) == (latest, latest + 1, True, None)
     code, out, err = run(capsys, "node", "check", str(tmp_path / "n"))
     assert code == 0, err
 
@@ -346,5 +347,69 @@ async def test_a_running_node_reports_its_dsn_without_the_password(rxfed_pg_data
         assert live["running"] is True and "hunter2-secret" not in json.dumps(live)
         assert live["settings"]["storage"]["dsn"].startswith(f"postgresql://{plain.username or 'postgres'}:***@")
         assert "hunter2-secret" not in json.dumps(await asyncio.to_thread(node_status, node.data_dir))
+        # the store line: the pool's connections and commits (not "not reported yet")
+        assert live["store"]["backend"] == "postgresql" and live["store"]["connections"] >= 1
+        code, out, err = await asyncio.to_thread(_status_text, node.data_dir)
+        assert code == 0 and "store: PostgreSQL, " in out and "not reported yet" not in out, out + err
+    finally:
+        await node.stop()
+
+
+def _status_text(data_dir):
+    import contextlib
+    import io
+
+    from rxfed.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["node", "status", str(data_dir)])
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_health_on_postgresql_says_when_writes_fail_and_when_they_work_again(rxfed_pg_databases, tmp_path,
+                                                                                   monkeypatch):
+    """A database that refuses writes (here: made read-only) turns /health to 503 with the
+    store's failure, as a full disk does on SQLite; once writes work, /health's own probe
+    write turns it ok again. `node status` shows the pool's line."""
+    import aiohttp
+
+    from rxfed.node import app as node_app
+    from rxfed.testing import NodeHarness
+
+    monkeypatch.setattr(node_app, "HEALTH_PROBE_S", 0.0)
+    dsn = await rxfed_pg_databases.create()
+    node = await NodeHarness(tmp_path / "node", storage={"backend": "postgresql", "dsn": dsn}).start()
+    from rxfed.testing import pg_test_dsn
+
+    admin = pg_test_dsn()  # the database itself turns read-only: its settings change from another
+    name = await fetchval(dsn, "SELECT current_database()")
+    terminate = f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname='{name}'"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{node.url}/health") as r:
+                assert r.status == 200
+            await fetchval(admin, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            await fetchval(admin, terminate)
+            for _ in range(3):  # the first write may meet a connection the server closed
+                try:
+                    await node.app_store().set_meta("x", "1")
+                except Exception:  # noqa: BLE001 - Unavailable: the write failed cleanly
+                    pass
+            async with http.get(f"{node.url}/health") as r:
+                body = await r.json()
+                assert r.status == 503 and body["status"] == "failing", body
+                assert body["store"]["writable"] is False and body["store"]["failed_batches"] >= 1
+                assert "postgres" not in json.dumps(body).lower()  # no server message, no DSN
+            status = node.app_store().commit_status()
+            assert status["backend"] == "postgresql" and status["max_connections"] == 10
+            await fetchval(admin, f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            await fetchval(admin, terminate)
+            for _ in range(20):
+                async with http.get(f"{node.url}/health") as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            assert r.status == 200
     finally:
         await node.stop()

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { rangeStart, timeline } from "../../rxfed/web/js/charts.mjs";
-import { InvalidFhir, exportBundle, importBundle, parseJson } from "../../rxfed/web/js/fhir.mjs";
+import { InvalidFhir, consentBundle, exportBundle, importBundle, parseJson } from "../../rxfed/web/js/fhir.mjs";
 import { pyFloat, recordPlaintext } from "../../rxfed/web/js/protocol.mjs";
 import { crisisResources, score } from "../../rxfed/web/js/questionnaires.mjs";
 import * as rec from "../../rxfed/web/js/records.mjs";
@@ -98,6 +98,16 @@ test("an export is the Bundle Python exports", async () => {
   for (const e of vectors("fhir.json").exports) {
     assert.deepEqual(await exportBundle(e.records, e.patient), e.bundle);
   }
+});
+
+test("the consent export is the Bundle of FHIR Consent resources Python makes of the same grants", async () => {
+  const cases = vectors("fhir.json").consents;
+  assert.ok(cases.some((c) => new Set(c.grants.map((g) => g.status)).size === 4), "every status is pinned");
+  for (const c of cases) {
+    assert.deepEqual(await consentBundle(c.patient, c.grants), c.bundle);
+  }
+  const [grant] = cases[0].grants;
+  await assert.rejects(consentBundle("p1", [{ ...grant, created: "1764000000" }]), InvalidFhir);
 });
 
 test("the timeline: series by symptom, feeling, treatments as periods", () => {

@@ -18,9 +18,11 @@ transaction, so a read of several rows sees one snapshot.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,6 +60,14 @@ def _without_secrets(text: str, dsn: str) -> str:
     return text
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection going back to the pool keeps its session as it is. asyncpg's default
+    sends ``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL`` and an advisory-lock release after
+    every use: a round trip per operation for state this backend never leaves behind (no
+    session settings, no LISTEN, no cursors or session locks on pooled connections; an open
+    transaction is still rolled back by the pool before this runs)."""
+
+
 class StoreUnreachable(OSError):
     """The database server cannot be reached, or refuses this rxfed's login."""
 
@@ -73,6 +83,13 @@ class PostgreSQLBackend(Backend):
         self.min_connections, self.max_connections = min_connections, max_connections
         self._pool: asyncpg.Pool | None = None
         self.stats = {"retries": 0, "busy": 0}
+        #: (since, error) while writes fail because the server or its connection does, the
+        #: failed writes since then, and when a write last ended (see :meth:`write_health`).
+        self._write_failure: tuple[int, str] | None = None
+        self._failed_writes = 0
+        self._write_checked = 0.0
+        #: The last writes' times from taking a connection to their COMMIT's answer (seconds).
+        self._commit_times: collections.deque[float] = collections.deque(maxlen=64)
 
     def __repr__(self) -> str:
         return f"PostgreSQLBackend({safe_dsn(self.dsn)!r})"
@@ -100,7 +117,7 @@ class PostgreSQLBackend(Backend):
         try:
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_connections,
                                                    max_size=self.max_connections, server_settings=self._settings(),
-                                                   timeout=10)
+                                                   timeout=10, reset=_keep_session)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreUnreachable(f"cannot reach PostgreSQL at {safe_dsn(self.dsn)}: {exc}") from None
 
@@ -137,12 +154,50 @@ class PostgreSQLBackend(Backend):
             log.error("store read failed: %s: %s", type(exc).__name__, exc)
             raise Unavailable("the store could not be read; try again") from None
 
+    def write_health(self) -> dict:
+        """As the SQLite engine's: ``writable`` (the last write that reached the server did
+        not fail for the server's or the connection's sake), and while failing ``since``,
+        ``error``, ``failed_batches`` (failed writes); ``checked``: when a write last ended."""
+        failure = self._write_failure
+        if failure is None:
+            return {"writable": True, "checked": self._write_checked}
+        return {"writable": False, "since": failure[0], "error": failure[1], "failed_batches": self._failed_writes,
+                "checked": self._write_checked}
+
+    def commit_status(self) -> dict:
+        """For ``rxfed node status``: the pool's connections and how commits go."""
+        pool = self._pool
+        times = sorted(self._commit_times)
+        return {"backend": "postgresql", "mode": "connection pool",
+                "commit_us": round(times[len(times) // 2] * 1e6) if times else 0,
+                "connections": pool.get_size() if pool else 0, "idle": pool.get_idle_size() if pool else 0,
+                "max_connections": self.max_connections, **self.stats}
+
+    def _wrote(self, started: float) -> None:
+        now = time.time()
+        self._commit_times.append(time.perf_counter() - started)
+        self._write_checked = now
+        if self._write_failure is not None:
+            log.info("store writes succeed again")
+            self._write_failure = None
+
+    def _write_failed(self, exc: BaseException) -> None:
+        now = time.time()
+        self._write_checked = now
+        if self._write_failure is None:
+            self._write_failure = (int(now), f"{type(exc).__name__}: {_without_secrets(str(exc), self.dsn)}")
+            self._failed_writes = 0
+        self._failed_writes += 1
+
     async def write(self, op: Callable[..., Awaitable[Any]], *args: Any, heavy: bool = False) -> Any:
         for attempt in range(ATTEMPTS):
             try:
+                started = time.perf_counter()
                 async with self._pool_or_fail().acquire() as conn:
                     async with conn.transaction(isolation="repeatable_read"):
-                        return await op(PostgreSQLConnection(conn, write=True), *args)
+                        result = await op(PostgreSQLConnection(conn, write=True), *args)
+                self._wrote(started)
+                return result
             except _RETRY:
                 self.stats["retries"] += 1
                 await asyncio.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 7)))
@@ -156,6 +211,7 @@ class PostgreSQLBackend(Backend):
             except RxfedError:
                 raise
             except _FAILED as exc:
+                self._write_failed(exc)
                 log.error("store write failed: %s: %s", type(exc).__name__, exc)
                 raise Unavailable("the store could not save this change; try again") from None
         self.stats["busy"] += 1

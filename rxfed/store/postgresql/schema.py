@@ -223,6 +223,14 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     )
     """,
+    # 2: state several worker processes share (`node run --workers N`): each signer's
+    # request budget (token bucket), and which process delivers a destination's outbox
+    # (a lease that lapses when its holder dies).
+    """
+    CREATE TABLE rate_budgets (key BYTEA PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
+                               at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE outbox_leases (destination TEXT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL)
+    """,
 ]
 
 

@@ -319,6 +319,14 @@ MIGRATIONS: list[str] = [
     UPDATE inbox SET missing = coalesce(json_extract(CAST(reply AS TEXT), '$.missing'), '[]'),
         reply = CAST(coalesce(json_extract(CAST(reply AS TEXT), '$.results'), '[]') AS BLOB)
     """,
+    # 12: state several worker processes share (`node run --workers N`): each signer's
+    # request budget (token bucket), and which process delivers a destination's outbox
+    # (a lease that lapses when its holder dies).
+    """
+    CREATE TABLE rate_budgets (key BLOB PRIMARY KEY, tokens REAL NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE outbox_leases (destination TEXT PRIMARY KEY, holder TEXT NOT NULL, expires INTEGER NOT NULL)
+        WITHOUT ROWID
+    """,
 ]
 
 

@@ -5,6 +5,7 @@ import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings 
 import * as communitiesView from "./community-ui.mjs";
 import * as consentView from "./consent-ui.mjs";
 import * as devicesView from "./devices-ui.mjs";
+import * as nodeKeysView from "./nodekeys-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
 import * as recordsUi from "./records-ui.mjs";
 import { ready } from "./sodium.mjs";
@@ -129,6 +130,7 @@ async function opened(p) {
   // each with its own status line; the journal does not wait for them
   communitiesView.attach(patient);
   consentView.attach(patient);
+  nodeKeysView.attach();
 }
 
 $("register-form").addEventListener("submit", (ev) => {
@@ -246,6 +248,7 @@ function closeAccount() {
   communitiesView.detach();
   consentView.detach();
   devicesView.detach();
+  nodeKeysView.detach();
   $("entries").replaceChildren();
   $("devices").replaceChildren();
   recordsUi.show(null);

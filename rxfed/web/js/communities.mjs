@@ -9,7 +9,7 @@ import * as cm from "./community.mjs";
 import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
 import * as p from "./protocol.mjs";
-import { followRotations } from "./nodekeys.mjs";
+import { followRotations, trustNode, untrustedError } from "./nodekeys.mjs";
 import { fetchPublic, nodeOrigin } from "./sharing.mjs";
 import { BoxKeyPair, SigningKeyPair, hashId, randomBytes } from "./sodium.mjs";
 import * as store from "./store.mjs";
@@ -79,19 +79,22 @@ export class PageCommunities {
     return this.patient.node.call("POST", "/v1/communities/events", { community: address.text, event, ...extra }, this.patient.id.device);
   }
 
-  /** The host's keys from its own /.well-known/rxfed, never from the home node. */
+  /** The host's keys from its own /.well-known/rxfed, never from the home node, as this
+   * browser trusts them (js/nodekeys.mjs: pinned at first contact, in any view, then
+   * followed only by rotations the pinned keys signed); a host listing any other key is
+   * refused. */
   async hostKeys(host) {
     const doc = await publicGet(this.hostUrl(host), "/.well-known/rxfed", host);
     if (doc.node_id !== host) throw new p.IntegrityError(`${host} says it is ${doc.node_id}`, "wrong_node");
-    const keys = (Array.isArray(doc.keys) ? doc.keys : []).flatMap((k) => {
-      try {
-        return [b64d(k.public_key, 32)];
-      } catch {
-        return [];
-      }
-    });
-    if (!keys.length) throw new p.IntegrityError(`${host} publishes no key to check its stamps with`, "bad_stamp");
-    return keys;
+    let view;
+    try {
+      view = await trustNode(doc);
+    } catch (exc) {
+      if (exc.code === "bad_document") throw new p.IntegrityError(`${host} publishes no key to check its stamps with`, "bad_stamp");
+      throw exc;
+    }
+    if (view.untrusted.length) throw untrustedError(host, view.untrusted);
+    return view.trusted.map((k) => k.key);
   }
 
   /** The communities a node hosts, as it lists them (no account needed), each checked
@@ -224,6 +227,12 @@ export class PageCommunities {
     const host = mine.address.host;
     const doc = await publicGet(this.hostUrl(host), "/.well-known/rxfed", host);
     if (doc.node_id !== host) throw new p.IntegrityError(`${host} says it is ${doc.node_id}`, "wrong_node");
+    try {
+      await trustNode(doc); // the browser's pins follow the same rotations
+    } catch {
+      // a document the pins cannot read adds no key to the membership either
+      return mine;
+    }
     const pinned = new Set(mine.hostKeys.map(b64e));
     const added = followRotations(doc, mine.hostKeys).filter((k) => !pinned.has(b64e(k)));
     if (!added.length) return mine;

@@ -1,8 +1,10 @@
 // The consent view: what a grant would share (derived here), grant, the grants with who
-// acknowledged a revocation, revoke, and the verified audit log. The DOM only, text nodes
+// acknowledged a revocation, revoke, the verified audit log, and the grants as a FHIR
+// Consent download. The DOM only, text nodes
 // only; the work is in sharing.mjs. app.mjs calls attach() once the vault is open and
 // detach() when the page locks.
 
+import { localDate } from "./records.mjs";
 import { PageConsent } from "./sharing.mjs";
 import * as ui from "./ui.mjs";
 
@@ -105,13 +107,15 @@ async function renderRecipients() {
   const to = $("g-to");
   const options = [["federation", "every node your home node federates with"]];
   const purposes = new Set();
-  for (const { node, plugins } of nodes) {
+  for (const { node, plugins, refused } of nodes) {
     options.push([`node:${node}`, `node ${node}`]);
     for (const p of plugins || []) {
       options.push([`plugin:${node}/${p.name}`, `${p.name} on ${node} (reads ${p.reads.join(", ") || "nothing"} for ${p.purposes.join(", ") || "no purpose"})`]);
       p.purposes.forEach((x) => purposes.add(x));
     }
-    if (plugins === undefined) options.push([`node:${node}`, `node ${node} (this browser cannot reach it now)`]);
+    if (plugins === undefined) {
+      options.push([`node:${node}`, `node ${node} (${refused ? "refused: it changed its keys without a signed rotation" : "this browser cannot reach it now"})`]);
+    }
   }
   to.replaceChildren(...options.map(([value, text]) => {
     const o = document.createElement("option");
@@ -199,5 +203,24 @@ $("grants-refresh").addEventListener("click", (ev) => {
     consent.documents.clear(); // fetch each recipient's keys again
     await renderGrants();
     say("");
+  });
+});
+
+$("grants-export").addEventListener("click", (ev) => {
+  if (consent === null) return;
+  guarded(ev.target, "Exporting your grants…", async () => {
+    const bundle = await consent.fhirBundle();
+    const text = JSON.stringify(bundle, null, 2) + "\n"; // as the CLI writes it
+    const url = URL.createObjectURL(new Blob([text], { type: "application/fhir+json" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `rxfed-consent-${localDate()}.json`;
+    link.textContent = "download";
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    const consents = bundle.entry.length - 1;
+    say(`Exported ${consents} FHIR Consent resource${consents === 1 ? "" : "s"}.`);
   });
 });

@@ -1,8 +1,9 @@
 // The patient's devices from the page: enrol another device from its link code, revoke
-// devices, and recover the account on this browser with the recovery code, as
-// rxfed/client/sdk.py does (add_device, revoke_devices, recover, after_revocation).
-// Revoking and recovering open the master key with the recovery code, in this page: a page
-// the node modified would learn the code (spec/web.md §6); the view says so first.
+// devices, recover the account on this browser with the recovery code, and change the
+// recovery code, as rxfed/client/sdk.py does (add_device, revoke_devices, recover,
+// rotate_recovery_code, after_revocation). Revoking, recovering and changing the code open
+// the master key with the recovery code, in this page: a page the node modified would learn
+// the code (spec/web.md §6); the view says so first.
 
 import { loads } from "./canonical.mjs";
 import { b64d, b64e, equal } from "./encoding.mjs";
@@ -40,13 +41,14 @@ function recertify(cert, signer, epoch, now) {
 }
 
 /** The body of POST /v1/identity for epoch nxt.epoch (sdk._rotation): the statement the
- * master key signs, every kept device certified again with the new secrets sealed to it,
- * the recovery material and the vault manifest re-signed (counter + 1). `devices`: parsed
- * certificates to keep, and signed certificates already of the new epoch. */
-export function rotation(chain, nxt, master, code, devices, counter, entries, now) {
+ * master key signs (naming `newMaster`, when given, as the next master key), every kept
+ * device certified again with the new secrets sealed to it, the recovery material (the
+ * next master key sealed under `code`) and the vault manifest re-signed (counter + 1).
+ * `devices`: parsed certificates to keep, and signed certificates already of the new epoch. */
+export function rotation(chain, nxt, master, code, devices, counter, entries, now, { newMaster = null } = {}) {
   const current = chain[chain.length - 1];
   const identity = p.identityStatement(master, {
-    patient: current.patient, epoch: nxt.epoch, previous: current.hash, masterKey: current.masterKey,
+    patient: current.patient, epoch: nxt.epoch, previous: current.hash, masterKey: newMaster ? newMaster.public : current.masterKey,
     signingKey: nxt.signing.public, recoveryAuth: code.authKey().public, recoveryBox: code.box().public, now,
   });
   const certified = devices.map((c) => {
@@ -55,7 +57,8 @@ export function rotation(chain, nxt, master, code, devices, counter, entries, no
     return { device: signed, keyring: b64e(p.sealSecrets(nxt, device, b64d(signed.body.box_key, 32))) };
   });
   const manifest = p.manifest(nxt.signing, { patient: current.patient, epoch: nxt.epoch, counter: counter + 1, entries, now });
-  return { body: { identity, devices: certified, recovery: p.recoveryMaterial(master, code, nxt, current.patient), manifest }, identity };
+  const recovery = p.recoveryMaterial(newMaster || master, code, nxt, current.patient);
+  return { body: { identity, devices: certified, recovery, manifest }, identity };
 }
 
 /** What the node keeps for `code`, checked (sdk._recovery_bundle): only the current code
@@ -161,6 +164,36 @@ export async function revokeDevices(patient, targets, code) {
     devices: { ...pins.devices, ...Object.fromEntries(revoked.map((d) => [d, "revoked"])) } } });
   await patient.load();
   return { revoked, followups: await afterRevocation(patient) };
+}
+
+/** A new recovery code, given the current one (sdk.rotate_recovery_code): a new identity
+ * epoch under a new master key, signed by the old one, every device whose certificate
+ * verifies kept. The old code then opens only the retired master key and the secrets of the
+ * epochs before, which no device that has seen the new epoch accepts; what those secrets
+ * reached (communities, consent grants) is replaced by the follow-ups. Returns {code,
+ * followups}: the new code is in this page's memory only, to be shown once. */
+export async function rotateRecoveryCode(patient, code) {
+  await patient.load();
+  const { chain, account, entries, counter } = patient.state;
+  const pins = (await store.get("state")) || store.EMPTY_PINS;
+  const access = await recoveryBundle(patient.node, code, { pins, rootKey: patient.id.rootKey });
+  const kept = [...activeDevices(chain, account.devices).values()];
+  if (!kept.some((c) => c.device === patient.device)) throw new p.IntegrityError("This browser's certificate does not verify; it cannot change the recovery code.");
+  const fresh = p.RecoveryCode.generate();
+  const nxt = nextSecrets(patient.state.secrets);
+  const { body, identity } = rotation(chain, nxt, access.master, fresh, kept, counter, entries, patient.node.now(),
+    { newMaster: SigningKeyPair.generate() });
+  try {
+    await patient.node.call("POST", "/v1/identity", body, patient.id.device);
+  } catch (exc) {
+    // Refused (4xx): nothing changed, the old code still works. No clear answer (the
+    // network, 5xx): the node may have made the change, and the new code must not be lost.
+    if (!(exc.status >= 400 && exc.status < 500)) exc.pendingCode = fresh;
+    throw exc;
+  }
+  await store.putAll({ state: { ...pins, epoch: nxt.epoch, identity_hash: b64e(p.statementHash(identity)), counter: counter + 1 } });
+  await patient.load();
+  return { code: fresh, followups: await afterRevocation(patient) };
 }
 
 /** Recover the account on this browser from the recovery code alone (sdk.recover): always a

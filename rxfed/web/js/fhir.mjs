@@ -887,3 +887,46 @@ export async function exportBundle(records, patientRef) {
   }
   return { resourceType: "Bundle", type: "collection", entry: exporter.entries };
 }
+
+// -- consent --------------------------------------------------------------------------------------------------
+
+const { CONSENT_SCOPE, CONSENT_CATEGORY, CONSENT_ROLE, CONSENT_GRANT, CONSENT_PURPOSE, CONSENT_KIND, CONSENT_RECIPIENT } = FHIR;
+
+/** A FHIR instant of a Unix time in whole seconds, as Python's strftime("%Y-%m-%dT%H:%M:%SZ"). */
+function instant(unix) {
+  if (!Number.isSafeInteger(unix)) throw bad("a grant's time is not a whole number of seconds");
+  return new Date(unix * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** The patient's consent grants (as PageConsent.list gives them, the CLI's `consent list`)
+ * as FHIR R4B Consent resources in a collection Bundle (fhir.consent_bundle, what `rxfed
+ * patient consent export` writes): status active / inactive (revoked, expired or signed by
+ * no device of the patient's), the signal kind as provision.class, the purpose as
+ * provision.purpose, the recipient as an actor identifier, the grant's period as
+ * provision.period (to its revocation, if revoked). */
+export async function consentBundle(patientRef, grants) {
+  const key = await exportId(patientRef);
+  const patientUrl = `urn:uuid:${key}`;
+  const entries = [{ fullUrl: patientUrl, resource: { resourceType: "Patient", id: key } }];
+  for (const g of grants) {
+    const consentId = await exportId(patientRef, "consent", g.grant);
+    const end = g.revoked ? g.revoked : g.not_after;
+    const resource = {
+      resourceType: "Consent", id: consentId,
+      identifier: [{ system: CONSENT_GRANT, value: g.grant }],
+      status: g.status === "live" ? "active" : "inactive",
+      scope: { coding: [{ ...CONSENT_SCOPE }] }, category: [{ coding: [{ ...CONSENT_CATEGORY }] }],
+      patient: { reference: patientUrl }, dateTime: instant(g.created),
+      policyRule: { text: "rxfed consent grant: signed by the patient, revocable at any time" },
+      provision: {
+        type: "permit", period: { start: instant(g.created), end: instant(end) },
+        actor: [{ role: { coding: [{ ...CONSENT_ROLE }] },
+          reference: { identifier: { system: CONSENT_RECIPIENT, value: g.recipient }, display: g.recipient } }],
+        purpose: [{ system: CONSENT_PURPOSE, code: g.purpose }],
+        class: [{ system: CONSENT_KIND, code: g.kind }],
+      },
+    };
+    entries.push({ fullUrl: `urn:uuid:${consentId}`, resource });
+  }
+  return { resourceType: "Bundle", type: "collection", entry: entries };
+}

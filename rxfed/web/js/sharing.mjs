@@ -7,7 +7,9 @@
 
 import { canonical, loads } from "./canonical.mjs";
 import * as c from "./consent.mjs";
-import { b64d, b64e, equal } from "./encoding.mjs";
+import { b64e, equal } from "./encoding.mjs";
+import { consentBundle } from "./fhir.mjs";
+import { trustNode, untrustedError } from "./nodekeys.mjs";
 import { IntegrityError, checkedDevices, openStatement } from "./protocol.mjs";
 import { derive, validateSignal } from "./signals.mjs";
 import { randomBytes } from "./sodium.mjs";
@@ -45,21 +47,15 @@ export async function fetchPublic(origin, path) {
   }
 }
 
-/** A node's /.well-known/rxfed, fetched from the node itself, never through the home node. */
+/** A node's /.well-known/rxfed, fetched from the node itself, never through the home node,
+ * with its keys as this browser trusts them (`js/nodekeys.mjs`: pinned at first contact,
+ * then only keys reached by rotations the pinned ones signed): {doc, keys, untrusted}. */
 async function fetchDocument(url, nodeId) {
   const doc = await fetchPublic(url, "/.well-known/rxfed");
   if (doc === null) throw new c.ConsentError(`cannot reach ${nodeId} for its keys just now`, "unavailable");
   if (doc.node_id !== nodeId) throw new IntegrityError(`${url || "this node"} does not say it is ${nodeId}`);
-  const keys = [];
-  for (const k of Array.isArray(doc.keys) ? doc.keys.slice(0, 16) : []) {
-    try {
-      keys.push({ key: b64d(k.public_key, 32), validFrom: k.valid_from, validUntil: k.valid_until ?? null });
-    } catch {
-      // a malformed entry names no key
-    }
-  }
-  if (!keys.length) throw new IntegrityError(`${nodeId} publishes no key`);
-  return { doc, keys };
+  const { trusted, untrusted } = await trustNode(doc);
+  return { doc, keys: trusted, untrusted };
 }
 
 /** What a node offers (grants.offered_plugins): the plugins that receive signals, or null. */
@@ -147,8 +143,16 @@ export class PageConsent {
     return this.documents.get(node);
   }
 
+  /** A node's document when every key it lists is one this browser trusts for it; a node
+   * that changed keys without a rotation its trusted keys signed is refused (untrusted_key). */
+  async trusted(node) {
+    const found = await this.document(node);
+    if (found.untrusted.length) throw untrustedError(node, found.untrusted);
+    return found;
+  }
+
   async offers(nodes) {
-    const docs = await Promise.all(nodes.map((n) => this.document(n)));
+    const docs = await Promise.all(nodes.map((n) => this.trusted(n)));
     return Object.fromEntries(nodes.map((n, i) => [n, offered(docs[i].doc)]));
   }
 
@@ -162,15 +166,17 @@ export class PageConsent {
   async recipients() {
     const reachable = await this.call("GET", "/v1/consent/nodes");
     const ids = reachable.nodes.map((n) => n.node_id);
-    const offers = {};
+    const offers = {}, refused = {};
     for (const node of ids) {
       try {
-        offers[node] = offered((await this.document(node)).doc);
-      } catch {
-        offers[node] = undefined; // unreachable from this browser
+        offers[node] = offered((await this.trusted(node)).doc);
+      } catch (exc) {
+        offers[node] = undefined; // unreachable from this browser, or refused
+        if (exc.code === "untrusted_key") refused[node] = exc.message;
       }
     }
-    return { home: reachable.home, kinds: reachable.kinds.map((k) => k.name).sort(), nodes: ids.map((node) => ({ node, plugins: offers[node] })) };
+    return { home: reachable.home, kinds: reachable.kinds.map((k) => k.name).sort(),
+      nodes: ids.map((node) => ({ node, plugins: offers[node], ...(refused[node] ? { refused: refused[node] } : {}) })) };
   }
 
   /** Grant `kind` for `purpose` to `recipient` and (with `share`) share at once (Consent.grant). */
@@ -266,6 +272,12 @@ export class PageConsent {
     return ACK_VERIFIED;
   }
 
+  /** Every grant as a FHIR R4B Consent resource, in a collection Bundle, the one `rxfed
+   * patient consent export` writes (Consent.fhir_bundle). */
+  async fhirBundle() {
+    return consentBundle(this.patient.id.patient, await this.list());
+  }
+
   /** Every grant with its status from what the patient signed and did, where each token
    * went, and who acknowledged a revocation under its own published keys (Consent.list). */
   async list() {
@@ -307,7 +319,7 @@ export class PageConsent {
 
   /** The newest key without an end date of a node: what deliveries are sealed to. */
   async sealKey(node) {
-    const { keys } = await this.document(node);
+    const { keys } = await this.trusted(node);
     return keys.reduce((a, b) => {
       const rank = (k) => [k.validUntil === null ? 1 : 0, k.validFrom];
       const [x, y] = [rank(a), rank(b)];

@@ -33,6 +33,12 @@ export const get = (key) => run("readonly", (store) => store.get(key));
 export const putAll = (entries) => run("readwrite", (store) => {
   for (const [key, value] of Object.entries(entries)) store.put(value, key);
 });
+/** Read one key and write `change(value)` in its place, in one transaction (`change` must
+ * not throw: it runs inside the transaction). */
+export const update = (key, change) => run("readwrite", (store) => {
+  const read = store.get(key);
+  read.onsuccess = () => store.put(change(read.result), key);
+});
 export const clear = () => run("readwrite", (store) => store.clear());
 
 export const EMPTY_PINS = Object.freeze({ counter: 0, epoch: 0, identity_hash: null, devices: {} });
