@@ -202,3 +202,28 @@ def rxfed_consent_revoked(grant, subject):
         def rxfed_consent_revoked(grant, subject):
             SEEN.pop(subject, None)
     """
+
+
+@hookspec
+def rxfed_matching_categories(signals):
+    """Name the matching categories consented signals put their patient in.
+
+    The node calls this for plugins whose manifest serves the ``matching`` purpose, with the
+    signals its own patients granted for matching (a grant whose recipient covers the
+    plugin), when it prepares a private set intersection with a peer or answers a patient's
+    ``GET /v1/matching/suggestions``. The node counts distinct patients per category, offers
+    a category to peers only when at least ``k`` of its patients are in it, and keeps the
+    counting in its store, not in the plugin (spec/federation.md, "Matching").
+
+    :param signals: a list of :class:`rxfed.consent.signals.Signal`.
+    :return: a list as long as ``signals``: for each signal, a list of category names
+        (``system:code``, matching :data:`rxfed.protocol.matching.CATEGORY`, e.g.
+        ``"icd10:G40"``), possibly empty. A result of another shape counts as a failure and
+        contributes nothing.
+
+    Example::
+
+        @hookimpl
+        def rxfed_matching_categories(signals):
+            return [[f"icd10:{s.body['category']}"] for s in signals]
+    """

@@ -578,9 +578,14 @@ class RxfedPlugins:
     async def _call_async(self, impl: pluggy.HookImpl, **kwargs: Any) -> bool:
         """Call one node-hook implementation: coroutine functions on the event loop, plain
         functions on a worker thread; True when it returned in time without raising."""
+        return (await self._answer_async(impl, **kwargs))[0]
+
+    async def _answer_async(self, impl: pluggy.HookImpl, **kwargs: Any) -> tuple[bool, Any]:
+        """As :meth:`_call_async`, with the implementation's answer: ``(True, answer)``, or
+        ``(False, None)`` when it failed."""
         name, hook = impl.plugin_name, _hook_name(impl)
         if not self._begin(name):
-            return False
+            return False, None
         args = [kwargs[a] for a in impl.argnames]
         try:
             if inspect.iscoroutinefunction(impl.function):
@@ -588,15 +593,15 @@ class RxfedPlugins:
             else:
                 result = await self._wait_async(name, self._submit(name, impl.function, args))
             if inspect.isawaitable(result):
-                await self._in_time(result)
+                result = await self._in_time(result)
         except PluginBusy as refusal:
             self._refused(name, hook, refusal)
-            return False
+            return False, None
         except (Exception, SystemExit) as exc:
             self._failed(name, hook, _describe(exc, quote=False))
-            return False
+            return False, None
         self._succeeded(name)
-        return True
+        return True, result
 
     def _results(self, hook: str, check: Callable[[Any], Any], **kwargs: Any) -> list[tuple[str, Any]]:
         """``(plugin, checked result)`` from every implementation that answered well; one
@@ -790,6 +795,37 @@ class RxfedPlugins:
         handed = [attrs.evolve(s, body=types.MappingProxyType(
             {k: list(v) if isinstance(v, list) else v for k, v in s.body.items()})) for s in signals]
         return await self._call_async(impl, signals=handed)
+
+    async def matching_categories(self, name: str, signals: list[Signal]) -> list[list[str]] | None:
+        """What plugin ``name`` says of each of ``signals`` (``rxfed_matching_categories``):
+        a category list per signal, or None when it failed, answered something else, or its
+        manifest does not accept the signals. Never raises."""
+        from rxfed.protocol.matching import valid_category
+
+        impl = self._impl("rxfed_matching_categories", name)
+        manifest = self.manifests().get(name)
+        if impl is None or manifest is None or not all(manifest.accepts(s.kind, s.purpose) for s in signals):
+            return None
+        if not signals:
+            return []
+        handed = [attrs.evolve(s, body=types.MappingProxyType(dict(s.body))) for s in signals]
+        ok, result = await self._answer_async(impl, signals=handed)
+        if not ok:
+            return None
+        if (not isinstance(result, list) or len(result) != len(signals)
+                or not all(isinstance(row, list | tuple) and all(valid_category(c) for c in row) for row in result)):
+            self._failed(name, _hook_name(impl),
+                         "TypeError: returned something other than a list of category lists, one per signal")
+            return None
+        return [sorted(set(row)) for row in result]
+
+    def matchers(self) -> list[str]:
+        """Enabled plugins that name matching categories: their manifest serves ``matching``."""
+        from rxfed.protocol.matching import PURPOSE
+
+        impls = {impl.plugin_name for impl in self._impls("rxfed_matching_categories")}
+        return sorted(name for name, manifest in self.manifests().items()
+                      if name in impls and PURPOSE in manifest.purposes)
 
     async def consent_revoked(self, name: str, grant: str, subject: str) -> bool:
         """Tell plugin ``name`` to delete what it holds under ``grant`` for ``subject``; True

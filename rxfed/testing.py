@@ -27,6 +27,7 @@ TEST_FEDERATION = FederationSettings(backoff_base=0.05, backoff_max=0.5, breaker
 
 def builtin_plugins() -> RxfedPlugins:
     """A plugin manager holding only rxfed's built-in plugins, registered by hand."""
+    import rxfed_plugins.matching
     import rxfed_plugins.outcomes
     import rxfed_plugins.postgresql_store
     import rxfed_plugins.signals
@@ -37,6 +38,7 @@ def builtin_plugins() -> RxfedPlugins:
     plugins.register(rxfed_plugins.postgresql_store, "postgresql")
     plugins.register(rxfed_plugins.signals, "signals")
     plugins.register(rxfed_plugins.outcomes.Outcomes(), "outcomes")
+    plugins.register(rxfed_plugins.matching, "matching")
     return plugins
 
 

@@ -53,6 +53,11 @@ async def test_federation_script():
     assert result["complete"] and result["events_per_s"] > 0
 
 
+async def test_matching_script():
+    result = await run(str(BENCH / "matching.py"), "--k", "5", "--repeats", "1", "--interval", "0.2")
+    assert result["bench"] == "matching" and result["consent_to_first_suggestion_s"]["max"] > 0
+
+
 async def test_psi_script():
     """Two processes intersect 300 elements a side; the script checks the intersection."""
     result = await run(str(BENCH / "psi.py"), "--n", "300", "--repeats", "1", "--no-peer")

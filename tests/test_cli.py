@@ -327,6 +327,9 @@ def test_demo_json():
     assert [e["event"] for e in consent["audit"]["amara"]["entries"]] == \
         ["granted", "shared", "used", "revoked", "acknowledged"]
     assert all(view["verified"] for view in consent["audit"].values())
+    moderation = doc["moderation"]
+    assert (moderation["status"], moderation["category"], moderation["reporter_named"]) == (
+        "verified", "drug_sourcing", False)
     devices = doc["devices"]
     assert devices["revoked"] == [devices["laptop"]] and devices["epoch"] == 2
     assert list(devices["community_rekeyed"].values()) == ["rekeyed"]
@@ -747,3 +750,60 @@ def test_a_grant_is_checked_against_what_its_recipients_publish(profile, node_ur
                                                                                  f"{other}/outcomes"])
     finally:
         next(nodes, None)
+
+
+def test_community_report_queue_and_actions(node_url, profile, tmp_path):
+    """report, reports and act through the CLI: the admin (a moderator) sees the verified
+    report, hides the message; the member's read says the message was hidden and shows no text."""
+    p = str(profile)
+    address = json.loads(rxfed("community", "create", "--profile", p, "Moderated", "--json").stdout)["address"]
+    other = tmp_path / "member"
+    assert rxfed("patient", "register", "--node", node_url, "--profile", str(other)).returncode == 0
+    assert rxfed("community", "join", "--profile", str(other), address).returncode == 0
+    posted = rxfed("community", "post", "--profile", str(other), address, "selling my spare oxycodone, DM me",
+                   "--send-anyway", "--json")
+    assert posted.returncode == 0, posted.stderr
+    seq = json.loads(posted.stdout)["seq"]
+    assert rxfed("community", "report", "--profile", p, address, str(seq), "--category", "nonsense").returncode == 2
+    reported = rxfed("community", "report", "--profile", p, address, str(seq), "--category", "drug_sourcing", "--json")
+    assert reported.returncode == 0, reported.stderr
+    assert set(json.loads(reported.stdout)) == {"address", "seq", "category", "report", "queued", "id"}
+    queue = json.loads(rxfed("community", "reports", "--profile", p, address, "--json").stdout)["reports"]
+    assert [(r["status"], r["seq"], r["category"]) for r in queue] == [("verified", seq, "drug_sourcing")]
+    assert set(queue[0]) == {"report", "time", "seq", "category", "text", "sender", "sent", "status", "reason",
+                             "actions"}
+    refused = rxfed("community", "reports", "--profile", str(other), address)
+    assert refused.returncode == 1 and "moderator" in refused.stderr
+    assert rxfed("community", "act", "--profile", p, address, "hide", "--reason", "x").returncode == 2
+    assert rxfed("community", "act", "--profile", p, address, "explode", "--seq", str(seq), "--reason", "x").returncode == 2
+    not_mod = rxfed("community", "act", "--profile", str(other), address, "hide", "--seq", str(seq), "--reason", "spam")
+    assert not_mod.returncode == 1 and "moderator" in not_mod.stderr
+    acted = rxfed("community", "act", "--profile", p, address, "hide", "--seq", str(seq), "--reason", "drug_sourcing",
+                  "--json")
+    assert acted.returncode == 0, acted.stderr
+    assert set(json.loads(acted.stdout)) == {"address", "action", "member", "about", "reason", "seq", "queued", "id"}
+    doc = json.loads(rxfed("community", "read", "--profile", str(other), address, "--json").stdout)
+    assert doc["messages"] == [] and [h["seq"] for h in doc["hidden"]] == [seq] and doc["hidden"][0]["mine"]
+    text = rxfed("community", "read", "--profile", str(other), address).stdout
+    assert "hidden by a moderator: drug_sourcing" in text and "oxycodone" not in text
+    warned = rxfed("community", "act", "--profile", p, address, "warn", "--seq", str(seq), "--reason", "no selling")
+    assert warned.returncode == 0
+    assert "a moderator warned you about message" in rxfed("community", "read", "--profile", str(other), address).stdout
+    assert rxfed("community", "act", "--profile", str(other), address, "ban", "--seq", str(seq),
+                 "--reason", "x").returncode == 1  # no moderator
+    # The moderator forwards the report to the sender's home node (here this node itself),
+    # whose operator lists it: the pseudonym, the category and the text, no reporter.
+    assert rxfed("community", "act", "--profile", p, address, "forward", "--reason", "spam").returncode == 2
+    sent = rxfed("community", "act", "--profile", p, address, "forward", "--seq", str(seq), "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["reason"] == "drug_sourcing"
+    kept = json.loads(rxfed("node", "reports", str(NODE_DIRS[node_url]), "--json").stdout)["reports"]
+    assert [(r["seq"], r["category"], r["text"]) for r in kept] == [(seq, "drug_sourcing",
+                                                                     "selling my spare oxycodone, DM me")]
+    assert kept[0]["sender"] == doc["hidden"][0]["sender"]
+    banned = rxfed("community", "act", "--profile", p, address, "ban", "--seq", str(seq), "--reason", "drug_sourcing",
+                   "--json")
+    assert banned.returncode == 0, banned.stderr
+    assert json.loads(banned.stdout)["member"] == kept[0]["sender"]
+    members = json.loads(rxfed("community", "read", "--profile", p, address, "--json").stdout)["members"]
+    assert [m["banned"] for m in members if m["member"] == kept[0]["sender"]] == [True]

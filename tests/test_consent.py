@@ -24,7 +24,7 @@ from rxfed.errors import RxfedError
 from rxfed.plugins import PluginManifest
 from rxfed.protocol.canonical import canonical
 from rxfed.protocol.federation import WireEvent
-from rxfed.testing import NodeHarness, builtin_plugins, start_federation
+from rxfed.testing import NodeHarness, builtin_plugins, make_plugins, start_federation
 from test_communities import eventually
 
 #: Every test here runs with its nodes on SQLite and again on PostgreSQL (RXFED_TEST_PG_DSN).
@@ -55,10 +55,10 @@ class Recorder:
 
 
 def plugins_with(*extra):
-    plugins = builtin_plugins()
-    for plugin in extra:
-        plugins.register(plugin, plugin.name)
-    return plugins
+    """The built-ins and ``extra``, without the built-in ``matching`` plugin: these tests
+    watch the recorder stand in for a plugin serving ``matching`` (tests/test_matching.py
+    covers the real one), so that every use they count is the recorder's."""
+    return make_plugins({plugin.name: plugin for plugin in extra}, disabled=("matching",))
 
 
 @pytest.fixture

@@ -313,3 +313,30 @@ def test_credential_vectors():
         tampered["credentialSubject"]["role"] = "nurse"
         with pytest.raises(BadProof):
             vc.verify(tampered, issuers=keys, now=v["verify_at"], status_lists={url: v["status_lists"]["unrevoked"]})
+
+
+def test_moderation_vectors():
+    """spec/vectors/moderation.json: the report opens for each moderator as its payload,
+    the forged one is refused, the hide hides, and the forwarded report verifies."""
+    from rxfed.crypto import BoxKeyPair
+    from rxfed.crypto.records import unpad
+    from rxfed.crypto import open_signed
+    from rxfed.protocol import community as pc
+
+    v, base = load("moderation.json"), load("community.json")
+    events = [(e["seq"], e["event"]) for e in v["events"]]
+    boxes = {base["admin"]["public_key"]: (SigningKeyPair.from_seed(b64d(base["admin"]["seed"])),
+                                           BoxKeyPair.from_secret(b64d(base["admin"]["box_secret"]))),
+             base["member"]["public_key"]: (SigningKeyPair.from_seed(b64d(base["member"]["seed"])),
+                                            BoxKeyPair.from_secret(b64d(base["member"]["box_secret"])))}
+    assert list(boxes) == v["expected"]["moderators"]
+    report = v["events"][v["report"]["seq"] - 1]["event"]["body"]
+    for key, (member, box) in boxes.items():
+        context = v["report"]["contexts"][key].encode()
+        sealed = b64d(report["reports"][key])
+        assert unpad(open_signed(b64d(v["reporter"]["public_key"]), box, context, sealed)) == v["report"]["payload"].encode()
+        reading = pc.read_history(events, member, box)
+        assert sorted(reading.hidden) == v["expected"]["hidden"]
+        assert [[r.report_seq, r.seq, r.category, r.text, r.status] for r in reading.reports] == v["expected"]["reports"]
+    facts = pc.open_forward(v["forward"], [b64d(base["host"]["public_key"])])
+    assert facts.text == v["expected"]["reports"][0][3] and facts.category == "miracle_cure"

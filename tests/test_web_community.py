@@ -166,3 +166,81 @@ def test_the_fold_vector_file_holds_in_python():
         with pytest.raises(RxfedError) as refused:
             pc.CommunityState.from_events(list(enumerate(v["events"][:case["kept"]] + case["extra"], 1)))
         assert refused.value.code == case["error"], case["case"]
+def _moderated_history():
+    """A community with moderators, a report (one genuine, one forged) and every action."""
+    admin, alice, bob, carol = (_keys(i) for i in (11, 12, 13, 14))
+    about = pc.About("Type 2 diabetes", "E11", bytes([7] * 32))
+    events = [pc.make_create(admin[0], admin[1].public, "c.example", about=about, approval=False, node="c.example", now=T)]
+    address = pc.parse_event(events[0]).community
+
+    def add(event):
+        events.append(event)
+        return pc.CommunityState.from_events(list(enumerate(events, 1)))
+
+    for i, (m, b) in enumerate((alice, bob, carol)):
+        state = add(pc.make_join(m, b.public, address, "a.example", T + 1 + i))
+    state = add(pc.make_action(admin[0], address, "appoint", carol[0].public, reason="moderator", now=T + 5))
+    key = SenderKey.generate(1)
+    state = add(pc.make_sender_key(alice[0], state, key))
+    state = add(pc.make_message(alice[0], key, address, "cinnamon cures diabetes ✓", T + 6)[0])
+    seq = state.seq
+    message = next(m for m in pc.read_history(list(enumerate(events, 1)), bob[0], bob[1]).messages if m.seq == seq)
+    state = add(pc.make_report(state, message, "miracle_cure", T + 7))
+    state = add(pc.make_report(state, message, "spam", T + 8, text="something else"))
+    state = add(pc.make_action(carol[0], address, "hide", alice[0].public, seq=seq, reason="miracle_cure", now=T + 9))
+    state = add(pc.make_action(carol[0], address, "warn", alice[0].public, seq=seq, reason="miracle_cure", now=T + 9))
+    state = add(pc.make_action(admin[0], address, "hide", bob[0].public, seq=seq, reason="not bob's", now=T + 10))
+    state = add(pc.make_action(carol[0], address, "ban", alice[0].public, reason="spam", now=T + 11))
+    state = add(pc.make_action(admin[0], address, "dismiss", carol[0].public, reason="term ended", now=T + 12))
+    return events, {"admin": admin, "alice": alice, "bob": bob, "carol": carol}
+
+
+def test_the_page_reads_reports_and_actions_as_python(tmp_path):
+    events, keys = _moderated_history()
+    python = _python_view(events, keys)
+    pairs = list(enumerate(events, 1))
+    for name, (member, box) in keys.items():
+        reading = pc.read_history(pairs, member, box)
+        python[name]["hidden"] = [[s, at] for s, (at, _a) in sorted(reading.hidden.items())]
+        python[name]["actions"] = [[s, a.action, b64e(a.member), a.seq, a.reason] for s, a in reading.actions]
+        python[name]["reports"] = [[r.report_seq, r.seq, r.category, r.text, r.status, r.reason] for r in reading.reports]
+        python[name]["banned"] = sorted(reading.state.banned)
+        python[name]["moderators"] = [m.member_b64 for m in reading.state.moderator_keys()]
+    assert [r[4] for r in python["carol"]["reports"]] == ["verified", "refused"] == [r[4] for r in python["admin"]["reports"]]
+    assert python["bob"]["reports"] == [] and python["bob"]["hidden"] == [[7, 10]]
+    extra = """
+for (const [name, [seed, box]] of Object.entries(members)) {
+  const r = cm.readHistory(events, new so.SigningKeyPair(b64d(seed, 32)), new so.BoxKeyPair(b64d(box, 32)));
+  Object.assign(out[name], {
+    hidden: [...r.hidden.entries()].sort((a, b) => a[0] - b[0]).map(([s, [at]]) => [s, at]),
+    actions: r.actions.map(([s, a]) => [s, a.action, b64e(a.member), a.seq, a.reason]),
+    reports: r.reports.map((x) => [x.report, x.seq, x.category, x.text, x.status, x.reason]),
+    banned: [...r.state.banned].sort(), moderators: cm.moderatorKeys(r.state).map((m) => b64e(m.member)) });
+}
+"""
+    assert _js(events, keys, tmp_path, extra) == python
+    # What the fold refuses, both languages alike: a replayed action, a non-moderator's action.
+    address = pc.parse_event(events[0]).community
+    cases = {"replayed action": events + [events[-1]],
+             "non-moderator": events + [pc.make_action(keys["bob"][0], address, "warn", keys["bob"][0].public,
+                                                        reason="x", now=T + 20)],
+             "dismissed moderator": events + [pc.make_action(keys["carol"][0], address, "warn", keys["bob"][0].public,
+                                                              reason="x", now=T + 20)]}
+    expected = {}
+    for name, history in cases.items():
+        with pytest.raises(RxfedError) as info:
+            pc.CommunityState.from_events(list(enumerate(history, 1)))
+        expected[name] = info.value.code
+    assert expected == {"replayed action": "duplicate_action", "non-moderator": "not_moderator",
+                        "dismissed moderator": "not_moderator"}
+    refused = _run_js(f"""
+import * as cm from {json.dumps((ROOT / "rxfed" / "web" / "js" / "community.mjs").as_uri())};
+import * as so from {json.dumps((ROOT / "rxfed" / "web" / "js" / "sodium.mjs").as_uri())};
+await so.ready();
+const out = {{}};
+for (const [name, history] of Object.entries({json.dumps(cases)})) {{
+  try {{ cm.readHistory(history.map((e, i) => [i + 1, e])); out[name] = null; }} catch (e) {{ out[name] = e.code; }}
+}}
+process.stdout.write(JSON.stringify(out));
+""", tmp_path)
+    assert refused == expected

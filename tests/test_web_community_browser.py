@@ -236,3 +236,82 @@ async def test_a_browser_patient_creates_a_community_and_admits_and_removes_a_cl
         await page.screenshot(path=ARTEFACTS / "community-admin-phone.png", full_page=True)
         assert watched.problems == []
         assert await watched.csp() == []
+
+
+async def test_the_page_reports_to_moderators_keeps_a_queue_and_hides_what_a_moderator_hid(trio, tmp_path):
+    """A browser on A is made a moderator by the CLI admin on C. A report made in the page
+    reaches the admin's queue verified; the report the admin files reaches the page's queue;
+    the page's hide reaches every member: the CLI reads it as hidden, the page shows it so."""
+    _browser_or_skip()
+    a, b, c = trio
+    founder, bob = tmp_path / "founder", tmp_path / "bob"
+    await cli("patient", "register", "--node", c.url, "--profile", str(founder), "--kdf", "min")
+    await cli("patient", "register", "--node", b.url, "--profile", str(bob), "--kdf", "min")
+    address = (await cli("community", "create", "--profile", str(founder), "Diabetes"))["address"]
+    await cli("community", "join", "--profile", str(bob), address)
+    await eventually(lambda: _joined(bob, address), timeout=20)
+
+    async with opened_page(a.url + "/") as (page, watched):
+        await register_in_page(page)
+        await page.wait_for_selector("body[data-communities=ready]")
+        await page.select_option("#c-host", c.node_id)
+        await page.click("#c-browse")
+        await page.wait_for_selector(f"#directory li[data-address='{address}']", timeout=30_000)
+        await page.click(f"#directory li[data-address='{address}'] button.join")
+        await page.wait_for_selector("body[data-joined='1']", timeout=30_000)
+        await eventually(lambda: _cli_sees_member(founder, address, 3), timeout=20)
+        view = await cli("community", "read", "--profile", str(founder), address)
+        browser_key = next(m["member"] for m in view["members"] if m["node"] == a.node_id)
+        await cli("community", "act", "--profile", str(founder), address, "appoint", browser_key, "--reason", "moderator")
+        bad = "selling my spare oxycodone, DM me"
+        await eventually(lambda: _cli_sees_member(bob, address, 3), timeout=20)
+        await cli("community", "post", "--profile", str(bob), address, bad, "--send-anyway")
+
+        async def shown(text):
+            await page.click(f"#my-communities li[data-address='{address}'] button.open")
+            await page.wait_for_selector("#community-view:not([hidden])", timeout=30_000)
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return text in await messages(page)
+
+        await eventually(lambda: shown(bad), timeout=30)
+        assert await page.is_visible("#cv-queue")  # the page is a moderator now
+        seq = int(await page.get_attribute(f"#cv-messages li:has-text('{bad}')", "data-seq"))
+        # the page reports it to the moderators; the admin's CLI queue has it, verified
+        await page.select_option("#report-category", "drug_sourcing")
+        await page.click(f"#cv-messages li[data-seq='{seq}'] button.report-mods")
+
+        async def admin_queue():
+            doc = await cli("community", "reports", "--profile", str(founder), address)
+            return [(r["status"], r["seq"], r["category"], r["text"]) for r in doc["reports"]]
+
+        await eventually(lambda: admin_queue(), timeout=30)
+        assert await admin_queue() == [("verified", seq, "drug_sourcing", bad)]
+        # a report the CLI files reaches the page's queue, verified; the page hides the message
+        await cli("community", "report", "--profile", str(founder), address, str(seq), "--category", "spam")
+
+        async def in_queue():
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return await page.locator("#cv-queue-list li[data-status=verified]").count() == 2
+
+        await eventually(in_queue, timeout=30)
+        assert bad in await page.text_content("#cv-queue-list")
+        await axe_scan(page, "the moderator queue")
+        await page.locator("#cv-queue-list li button.hide").first.click()
+
+        async def hidden_for_bob():
+            doc = await cli("community", "read", "--profile", str(bob), address)
+            return [h["seq"] for h in doc["hidden"]] == [seq] and bad not in [m["text"] for m in doc["messages"]]
+
+        await eventually(hidden_for_bob, timeout=30)
+        await eventually(lambda: _hidden_in_page(page, seq), timeout=30)
+        assert bad not in await messages(page)
+        assert "Hidden by a moderator: drug_sourcing" in await messages(page)
+        await page.screenshot(path=ARTEFACTS / "community-moderation.png", full_page=True)
+        assert await watched.csp() == []
+
+
+async def _hidden_in_page(page, seq: int) -> bool:
+    await page.click("#cv-refresh")
+    await page.wait_for_selector("#cv-refresh:not([disabled])")
+    return await page.locator(f"#cv-messages li.hidden-msg[data-seq='{seq}']").count() == 1

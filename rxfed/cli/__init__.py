@@ -287,6 +287,23 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def write_export(data: str | bytes, path: str | None) -> None:
+    """An exported list on stdout (no path, or -), or written to ``path``."""
+    raw = data.encode() if isinstance(data, str) else data + b"\n"
+    if path in (None, "-"):
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+        return
+    try:
+        with open(path, "xb") as f:
+            f.write(raw)
+    except FileExistsError:
+        fail(f"{path} exists; export to a new file", EXIT_REFUSED)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}", EXIT_REFUSED)
+    note(f"wrote {path}")
+
+
 def _stdout_gone() -> bool:
     """Whether standard output is a pipe or socket whose reader has gone (as opposed to a
     connection to the node that broke)."""

@@ -63,6 +63,49 @@ def add_parser(sub, words: list[str] | None = None) -> None:
         sp.set_defaults(func=func)
 
 
+    report = csub.add_parser("report", help="report a message to the community's moderators (they learn what "
+                                             "was said, never who reported it)")
+    profile_option(report)
+    report.add_argument("address", metavar="ADDRESS")
+    report.add_argument("seq", metavar="SEQ", type=_seq, help="the message's seq, from 'community read --json'")
+    report.add_argument("--category", required=True, choices=REPORT_CATEGORIES)
+    json_flag(report)
+    report.set_defaults(func=cmd_report)
+
+    reports = csub.add_parser("reports", help="the moderator queue: reports sealed to you, each checked")
+    profile_option(reports)
+    reports.add_argument("address", metavar="ADDRESS")
+    json_flag(reports)
+    reports.set_defaults(func=cmd_reports)
+
+    act = csub.add_parser("act", help="a moderator's signed action: hide a message, warn, remove or ban a member; "
+                                      "the admin appoints and dismisses moderators")
+    profile_option(act)
+    act.add_argument("address", metavar="ADDRESS")
+    act.add_argument("action", metavar="ACTION", choices=ACTIONS + ("forward",),
+                     help=", ".join(ACTIONS) + ", or forward (the verified report of --seq, to its sender's "
+                          "home node)")
+    act.add_argument("member", metavar="MEMBER", nargs="?",
+                     help="the member's pseudonym (default: the sender of --seq)")
+    act.add_argument("--seq", type=_seq, default=0, help="the message hidden, or warned about")
+    act.add_argument("--reason", help="shown to members: a report category or a few words (forward: the "
+                                      "category, default the report's)")
+    json_flag(act)
+    act.set_defaults(func=cmd_act)
+
+
+#: Here and not from rxfed.protocol.community, so that building the parser imports no protocol.
+ACTIONS = ("hide", "warn", "remove", "ban", "appoint", "dismiss")
+REPORT_CATEGORIES = ("medication_change", "dosing_advice", "miracle_cure", "drug_sourcing", "crisis", "harassment",
+                     "spam", "privacy", "other")
+
+
+def _seq(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 2**53:
+        raise argparse.ArgumentTypeError("a message's seq: a positive integer")
+    return int(value)
+
+
 def _communities(client):
     from rxfed.client.community import PatientCommunities
 
@@ -177,6 +220,58 @@ def cmd_remove(args: argparse.Namespace) -> None:
     _admin_action(args, "remove", "removed; later messages are sealed to the remaining members only")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    result = with_client(args, lambda c: _communities(c).file_report(args.address, args.seq, args.category))
+    Output(args.json).result({"address": args.address, "seq": args.seq, "category": args.category,
+                              "report": result.get("seq"), "queued": result.get("queued", False), "id": result["id"]},
+                             [f"message {args.seq} reported as {args.category}; only the moderators can read the "
+                              "report, and it does not say who made it"])
+
+
+def cmd_reports(args: argparse.Namespace) -> None:
+    queue = with_client(args, lambda c: _communities(c).reports(args.address))
+
+    def lines():
+        out = []
+        for r in queue:
+            if r["status"] != "verified":
+                out.append(f"report {r['report']}: refused ({r['reason']}): it does not prove what was sent")
+                continue
+            done = ", ".join(f"{a['action']} (event {a['seq']})" for a in r["actions"]) or "no action yet"
+            out.append(f"report {r['report']}: message {r['seq']} from {r['sender'][:8]} [{r['category']}] "
+                       f"(verified; {done})\n  {r['text']}")
+        return out or ["no reports"]
+
+    Output(args.json).result({"address": args.address, "reports": queue}, lines)
+
+
+def cmd_act(args: argparse.Namespace) -> None:
+    if args.action in ("hide", "forward") and not args.seq:
+        fail(f"{args.action} names the message: --seq SEQ", 2)
+    if args.action == "forward":
+        if args.member:
+            fail("forward names the message (--seq), not a member", 2)
+        if args.reason is not None and args.reason not in REPORT_CATEGORIES:
+            fail(f"forward: --reason is a category, one of {', '.join(REPORT_CATEGORIES)}", 2)
+        result = with_client(args, lambda c: _communities(c).forward(args.address, args.seq, args.reason))
+        Output(args.json).result({"address": args.address, "action": "forward", "member": result["member"],
+                                  "about": args.seq, "reason": result["category"], "node": result["node"],
+                                  "queued": result.get("queued", False)},
+                                 [f"the report of message {args.seq} is on its way to {result['node']}, the sender's "
+                                  "home node (sealed to it; it names no reporter)"])
+        return
+    if not args.reason:
+        fail(f"{args.action} needs --reason", 2)
+    if args.member is None and not args.seq:
+        fail(f"{args.action} names the member: MEMBER", 2)
+    result = with_client(args, lambda c: _communities(c).act(args.address, args.action, args.member, seq=args.seq,
+                                                             reason=args.reason))
+    Output(args.json).result({"address": args.address, "action": args.action, "member": result["member"],
+                              "about": args.seq or None, "reason": args.reason, "seq": result.get("seq"),
+                              "queued": result.get("queued", False), "id": result["id"]},
+                             [f"{args.action}: signed and sent; every member's client applies it", result["member"]])
+
+
 def cmd_read(args: argparse.Namespace) -> None:
     view = with_client(args, lambda c: _communities(c).read(args.address))
     doc = view.to_json()
@@ -186,11 +281,22 @@ def cmd_read(args: argparse.Namespace) -> None:
         pending = [m for m in doc["members"] if m["status"] == "pending"]
         if pending:
             out.append("pending approval: " + ", ".join(m["member"] for m in pending))
-        for m in doc["messages"]:
+        hidden = {h["seq"]: h for h in doc["hidden"]}
+        shown = sorted([(m["seq"], m) for m in doc["messages"]] + [(h["seq"], None) for h in doc["hidden"]],
+                       key=lambda x: x[0])
+        for seq, m in shown:
+            if m is None:
+                h = hidden[seq]
+                out.append(f"[message {seq} from {'you' if h['mine'] else h['sender'][:8]} hidden by a moderator: "
+                           f"{h['reason']}]")
+                continue
             when = dt.datetime.fromtimestamp(m["sent"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
             who = "you" if m["mine"] else m["sender"][:8]
             out.append(f"[{when}] {who}: {m['text']}")
-        if not doc["messages"]:
+        for w in doc["warnings"]:
+            out.append("a moderator warned you" + (f" about message {w['about']}" if w["about"] else "")
+                       + f": {w['reason']}")
+        if not doc["messages"] and not doc["hidden"]:
             out.append("no messages you can read yet")
         if doc["unreadable"]:
             out.append(f"{len(doc['unreadable'])} message(s) not shown, tampered with or sent by a faulty client:")

@@ -131,6 +131,7 @@ async def _demo(work: Path) -> dict:
                         for name, v in views.items()},
             "host_stores": [{"seq": e.seq, "type": _event_type(e.event), "bytes": len(e.event)} for e in hosted],
         }
+        summary["moderation"] = await _report_handled(clients, address)
         summary["consent"] = await _consent(nodes, clients)
         summary["devices"] = await _stolen_laptop(work, nodes, clients, address)
     finally:
@@ -187,6 +188,40 @@ def _event_type(raw: bytes) -> str:
     return loads(raw)["body"]["type"].rsplit(".", 1)[-1]
 
 
+async def _report_handled(clients: dict, address: str) -> dict:
+    """bruno offers his spare pills; amara reports the post to the moderators (the report
+    names nobody); carla, the admin, finds it verified in her queue and hides it; every
+    member's client then shows it hidden."""
+    from rxfed.client.community import PatientCommunities
+
+    carla, amara, bruno = (PatientCommunities(clients[n]) for n in ("carla", "amara", "bruno"))
+    offer = "I have spare lamotrigine if anyone needs some, DM me"
+    await bruno.post(address, offer)
+    await _wait(lambda: _has(amara, address, offer))
+    seq = next(m.seq for m in (await amara.read(address)).messages if m.text == offer)
+    await amara.file_report(address, seq, "drug_sourcing")
+
+    async def queued():
+        return any(r["status"] == "verified" for r in await carla.reports(address))
+
+    await _wait(queued)
+    [report] = await carla.reports(address)
+    await carla.act(address, "hide", seq=seq, reason="drug_sourcing")
+
+    async def hidden_everywhere():
+        views = [(await c.read(address)).to_json() for c in (carla, amara, bruno)]
+        return all(seq in [h["seq"] for h in v["hidden"]] for v in views)
+
+    await _wait(hidden_everywhere)
+    return {"seq": seq, "text": offer, "category": report["category"], "status": report["status"],
+            "reporter_named": (await amara.membership(address)).pseudonym in str(report),
+            "hidden_for": ["carla", "amara", "bruno"]}
+
+
+async def _has(member, address: str, text: str) -> bool:
+    return any(m.text == text for m in (await member.read(address)).messages)
+
+
 async def _count(member, address: str, n: int) -> bool:
     return len((await member.read(address)).messages) >= n
 
@@ -237,6 +272,11 @@ def _lines(summary: dict) -> list[str]:
     for name, messages in c["seen_by"].items():
         out.append(f"  what {name} reads (pseudonym {c['members'][name][:8]}):")
         out += [f"    {m['sender']}: {m['text']}" for m in messages]
+    out.append("")
+    r = summary["moderation"]
+    out.append(f"a report handled: amara reports bruno's message {r['seq']} ({r['text']!r}) as {r['category']};")
+    out.append(f"  carla, the admin, finds it {r['status']} in her queue (it names no reporter) and hides it;")
+    out.append(f"  every member's client now shows 'message {r['seq']} hidden by a moderator: {r['category']}'")
     out.append("")
     k = summary["consent"]
     out.append(f"consent: amara and bruno grant {k['kind']} for {k['purpose']} to {k['recipient']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, json_flag, note, port_number
+from rxfed.cli import EXIT_REFUSED, HELP, Output, UsageError, json_flag, note, port_number, write_export
 
 
 def add_parser(sub, words: list[str] | None = None) -> None:
@@ -38,16 +38,27 @@ def add_parser(sub, words: list[str] | None = None) -> None:
     check.add_argument("data_dir", metavar="DATA_DIR")
     check.set_defaults(func=cmd_check)
 
-    peers = nsub.add_parser("peers", help="list peers, or allow, deny, block or reset one, or accept its new key")
+    peers = nsub.add_parser("peers", help="list peers, or allow, deny, block or reset one, or accept its new key; "
+                                          "instance blocks: silence, suspend, unblock, import, export")
     peers.add_argument("data_dir", metavar="DATA_DIR")
     peers.add_argument("peer_action", metavar="ACTION",
-                       choices=("list", "allow", "deny", "block", "reset", "accept-key"),
+                       choices=("list", "allow", "deny", "block", "reset", "accept-key", "silence", "suspend",
+                                "unblock", "import", "export"),
                        help="list | allow PEER | deny PEER (refuse their traffic) | block PEER (also stop ours) | "
                             "reset PEER | accept-key PEER (forget its trusted keys: it changed keys without a "
-                            "signed rotation)")
-    peers.add_argument("peer", metavar="PEER", nargs="?", help="the peer's node id (host[:port])")
+                            "signed rotation) | silence DOMAIN (its members join no community here) | suspend "
+                            "DOMAIN (no traffic either way) | unblock DOMAIN | import FILE (Mastodon's "
+                            "domain-block CSV; - for stdin) | export [FILE] (the same CSV; stdout by default)")
+    peers.add_argument("peer", metavar="PEER", nargs="?",
+                       help="the peer's node id (host[:port]); for silence, suspend, unblock a domain (it covers "
+                            "its subdomains); for import and export a file")
     peers.add_argument("--url", help="with allow: the peer's base URL (needed for http on loopback)")
     peers.add_argument("--fingerprint", help="with allow: pin the peer's key fingerprint (SHA256:...)")
+    peers.add_argument("--reject-media", action="store_true", help="with silence, suspend: Mastodon's flag (kept)")
+    peers.add_argument("--reject-reports", action="store_true",
+                       help="with silence, suspend: refuse reports moderators forward from there")
+    peers.add_argument("--obfuscate", action="store_true", help="with silence, suspend: Mastodon's flag (kept)")
+    peers.add_argument("--comment", default="", help="with silence, suspend: the public comment")
     json_flag(peers)
     peers.set_defaults(func=cmd_peers)
 
@@ -177,19 +188,50 @@ _POLICY = {"allow": "allowed", "deny": "denied", "block": "blocked", "reset": "k
 def cmd_peers(args: argparse.Namespace) -> None:
     from rxfed.node import admin
 
-    if args.peer_action == "list":
-        if args.peer or args.url or args.fingerprint:
-            raise UsageError("'peers list' takes no PEER, --url or --fingerprint")
-        rows = admin.peers_list(args.data_dir)
-        Output(args.json).result({"peers": rows}, lambda: [
-            f"{r['node_id']}\t{r['policy']}\tbreaker {r['breaker']}\tfailures {r['failures']}"
-            + (f"\tlast error: {r['last_error']}" if r["last_error"] and r["failures"] else "") for r in rows]
-            or ["no peers yet"])
-        return
-    if not args.peer:
-        raise UsageError(f"'peers {args.peer_action}' needs a PEER")
+    block_flags = args.reject_media or args.reject_reports or args.obfuscate or args.comment
+    if block_flags and args.peer_action not in ("silence", "suspend"):
+        raise UsageError("--reject-media, --reject-reports, --obfuscate and --comment go with silence and suspend")
     if args.peer_action != "allow" and (args.url or args.fingerprint):
         raise UsageError("--url and --fingerprint go with allow")
+    if args.peer_action == "list":
+        if args.peer:
+            raise UsageError("'peers list' takes no PEER")
+        rows, blocks = admin.peers_and_blocks(args.data_dir)
+
+        def lines():
+            out = [f"{r['node_id']}\t{r['policy']}\tbreaker {r['breaker']}\tfailures {r['failures']}"
+                   + (f"\t{r['block'].upper()} (block of {', '.join(r['blocked_by'])})" if r["block"] else "")
+                   + (f"\tlast error: {r['last_error']}" if r["last_error"] and r["failures"] else "") for r in rows]
+            out = out or ["no peers yet"]
+            out += [f"block: {b['domain']}\t{b['severity']}" + ("\treject reports" if b["reject_reports"] else "")
+                    + (f"\t{b['public_comment']}" if b["public_comment"] else "") for b in blocks]
+            return out
+
+        Output(args.json).result({"peers": rows, "domain_blocks": blocks}, lines)
+        return
+    if args.peer_action == "export":
+        from rxfed.node import administer
+
+        write_export(administer.export_blocks(args.data_dir), args.peer)
+        return
+    if not args.peer:
+        raise UsageError(f"'peers {args.peer_action}' needs a {'FILE' if args.peer_action == 'import' else 'PEER'}")
+    if args.peer_action in ("silence", "suspend", "unblock", "import"):
+        from rxfed.node import administer
+
+        if args.peer_action == "import":
+            doc = administer.import_blocks(args.data_dir, args.peer)
+            Output(args.json).result(doc, [f"{doc['imported']} block(s) imported"])
+        elif args.peer_action == "unblock":
+            doc = administer.unblock_domain(args.data_dir, args.peer)
+            Output(args.json).result(doc, [f"{args.peer} is no longer blocked"])
+        else:
+            doc = administer.block_domain(args.data_dir, args.peer, args.peer_action, reject_media=args.reject_media,
+                                          reject_reports=args.reject_reports, comment=args.comment,
+                                          obfuscate=args.obfuscate)
+            done = "silenced" if args.peer_action == "silence" else "suspended"
+            Output(args.json).result(doc, [f"{doc['domain']} (and its subdomains) {done}"])
+        return
     if args.peer_action == "accept-key":
         pin = admin.accept_peer_key(args.data_dir, args.peer)
         after = f"must list the pinned key {pin}" if pin else "is trusted as on first contact"

@@ -1,12 +1,13 @@
-"""``rxfed node accounts|communities|plugins|log``: administer a node's accounts and
-communities (while it runs, too), see plugin health and what operators did."""
+"""``rxfed node accounts|communities|plugins|log|matching``: administer a node's accounts and
+communities (while it runs, too), see plugin health, what operators did and the node's
+matching sessions."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from rxfed.cli import Output, UsageError, json_flag
+from rxfed.cli import Output, UsageError, json_flag, write_export
 
 
 def add_parsers(nsub) -> None:
@@ -30,6 +31,22 @@ def add_parsers(nsub) -> None:
     json_flag(communities)
     communities.set_defaults(func=cmd_communities)
 
+    bans = nsub.add_parser("bans", help="the hashed ban list of pseudonyms: list, add, remove, import, export")
+    bans.add_argument("data_dir", metavar="DATA_DIR")
+    bans.add_argument("ban_action", metavar="ACTION", choices=("list", "add", "remove", "import", "export"),
+                      help="list | add PSEUDONYM (kept as its hash) | remove HASH-OR-PSEUDONYM | import FILE (a "
+                           "shared list; - for stdin) | export [FILE] (stdout by default)")
+    bans.add_argument("value", metavar="ARG", nargs="?")
+    bans.add_argument("--reason", help="with add: why (kept, and shared by export)")
+    json_flag(bans)
+    bans.set_defaults(func=cmd_bans)
+
+    reports = nsub.add_parser("reports", help="reports communities' moderators forwarded about your members' "
+                                              "messages (verified; no reporter named)")
+    reports.add_argument("data_dir", metavar="DATA_DIR")
+    json_flag(reports)
+    reports.set_defaults(func=cmd_reports)
+
     plugins = nsub.add_parser("plugins", help="plugin health: calls, failures, disabled plugins")
     plugins.add_argument("data_dir", metavar="DATA_DIR")
     json_flag(plugins)
@@ -40,6 +57,13 @@ def add_parsers(nsub) -> None:
     log.add_argument("--limit", type=int, default=100, help="the newest LIMIT entries (default 100)")
     json_flag(log)
     log.set_defaults(func=cmd_log)
+
+    matching = nsub.add_parser("matching", help="cross-node matching: the private set intersection sessions")
+    matching.add_argument("data_dir", metavar="DATA_DIR")
+    matching.add_argument("matching_action", metavar="ACTION", choices=("sessions",), help="sessions")
+    matching.add_argument("--limit", type=int, default=100, help="the newest LIMIT sessions (default 100)")
+    json_flag(matching)
+    matching.set_defaults(func=cmd_matching)
 
 
 def _when(ts: int | None) -> str:
@@ -138,3 +162,59 @@ def cmd_log(args: argparse.Namespace) -> None:
         f"{_when(e['time'])}\t{e['by']}\t{e['action']}\t{e['subject']}"
         + "".join(f"\t{k}: {v}" for k, v in sorted(e["detail"].items()) if v is not None) for e in rows]
         or ["the operator log is empty"])
+
+
+def cmd_matching(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    if not 1 <= args.limit <= 100_000:
+        raise UsageError("--limit must be from 1 to 100000")
+    rows = administer.matching_sessions(args.data_dir, args.limit)
+
+    def line(s: dict) -> str:
+        sizes = (f"offered {s['own_size']} (sent as {s['own_padded']}), peer sent {s['peer_padded']}"
+                 if s["own_padded"] is not None else "no sets exchanged")
+        common = f"\t{s['common']} common" if s["common"] is not None else ""
+        return (f"{_when(s['started'])}\t{s['peer']}\t{s['role']}\t{s['outcome']}\tfinished {_when(s['finished'])}"
+                f"\t{sizes}{common}")
+
+    Output(args.json).result({"sessions": rows}, lambda: [line(s) for s in rows] or ["no matching sessions"])
+def cmd_bans(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    action = args.ban_action
+    if args.reason is not None and action != "add":
+        raise UsageError("--reason goes with add")
+    if action == "list":
+        if args.value:
+            raise UsageError("'bans list' takes no ARG")
+        rows = administer.bans_list(args.data_dir)
+        Output(args.json).result({"bans": rows}, lambda: [
+            f"{r['hashes']['sha256']}\t{r['recommendation']}\t{r['reason']}" for r in rows] or ["no bans"])
+        return
+    if action == "export":
+        write_export(administer.export_bans(args.data_dir), args.value)
+        return
+    if not args.value:
+        needs = {"import": "a FILE", "add": "a PSEUDONYM", "remove": "a HASH or PSEUDONYM"}[action]
+        raise UsageError(f"'bans {action}' needs {needs}")
+    if action == "add":
+        if not args.reason:
+            raise UsageError("'bans add' needs --reason")
+        doc = administer.ban(args.data_dir, args.value, reason=args.reason)
+        Output(args.json).result(doc, [f"banned; the node keeps only the hash {doc['hashes']['sha256']}"])
+    elif action == "remove":
+        doc = administer.unban(args.data_dir, args.value)
+        Output(args.json).result(doc, [f"ban {doc['hash']} lifted"])
+    else:
+        doc = administer.import_bans(args.data_dir, args.value)
+        Output(args.json).result(doc, [f"{doc['imported']} ban(s) imported"])
+
+
+def cmd_reports(args: argparse.Namespace) -> None:
+    from rxfed.node import administer
+
+    rows = administer.forwarded_reports(args.data_dir)
+    Output(args.json).result({"reports": rows}, lambda: [
+        f"{_when(r['received'])}\t{r['community']} message {r['seq']} from {r['sender']} [{r['category']}], "
+        f"forwarded by {r['from']}: {r['text']}" for r in rows] or ["no reports"])

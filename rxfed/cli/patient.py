@@ -269,6 +269,12 @@ def _add_lock(psub) -> None:
     lk.set_defaults(func=cmd_lock)
 
 
+def _add_matches(psub) -> None:
+    from rxfed.cli import matches
+
+    matches.add_parsers(psub, profile_option)
+
+
 def _add_consent(psub) -> None:
     from rxfed.cli import consent
 
@@ -298,6 +304,7 @@ ACTIONS = {
     "audit": "every use of your signals, from a hash chain checked on this device",
     "signals": "preview the signals your records give (nothing is sent)",
     "share": "send current signals under your live grants",
+    "matches": "patients on other nodes who share your diagnosis categories",
 }
 
 #: Who builds each action's parser (one builder may add several actions).
@@ -306,7 +313,7 @@ _BUILDERS = {
     "passphrase": _add_passphrase, "recovery-code": _add_recovery_code, "condition": _add_condition,
     "journal": _add_journal, "treatment": _add_treatment, "record": _add_record, "show": _add_show, "sync": _add_sync,
     "export": _add_export, "import": _add_import, "delete-account": _add_delete_account, "unlock": _add_unlock,
-    "lock": _add_lock, ("consent", "audit", "signals", "share"): _add_consent,
+    "lock": _add_lock, ("consent", "audit", "signals", "share"): _add_consent, "matches": _add_matches,
 }
 
 

@@ -21,10 +21,11 @@ import attrs
 from rxfed.client.profile import write_private
 from rxfed.client.records import Record
 from rxfed.client.sdk import IntegrityError, NodeRefused, PatientCore
-from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id
+from rxfed.crypto import BoxKeyPair, SigningKeyPair, b64d, b64e, hash_id, seal_to_node
 from rxfed.crypto.groups import SenderKey
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError, Unavailable
 from rxfed.protocol import community as pc
+from rxfed.protocol.canonical import canonical
 from rxfed.protocol.statements import statement_hash
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,20 +116,45 @@ class CommunityView:
     messages: tuple[pc.Message, ...]
     me: str
     unreadable: tuple[pc.Unreadable, ...] = ()
+    #: Every moderator action in the log, and the messages they hid (message seq -> action).
+    actions: tuple[tuple[int, pc.Action], ...] = ()
+    hidden: dict[int, tuple[int, pc.Action]] = attrs.field(factory=dict)
+    #: Every member key this membership has had (warnings to any of them are for this patient).
+    my_keys: frozenset[str] = frozenset()
+
+    @property
+    def shown(self) -> tuple[pc.Message, ...]:
+        """The messages shown: every readable one no moderator hid."""
+        return tuple(m for m in self.messages if m.seq not in self.hidden)
 
     def to_json(self) -> dict:
         members = []
+        mine = self.my_keys | {self.me}
         if self.state is not None:
-            members = [{"member": m.member_b64, "node": m.node, "status": str(m.status), "me": m.member_b64 == self.me}
+            moderators = {m.member_b64 for m in self.state.moderator_keys()}
+            members = [{"member": m.member_b64, "node": m.node, "status": str(m.status), "me": m.member_b64 == self.me,
+                        "moderator": m.member_b64 in moderators, "banned": m.member_b64 in self.state.banned}
                        for m in self.state.members.values()]
+        readable = {m.seq: m for m in self.messages}
         return {
             "address": self.address, "name": self.name, "me": self.me, "seq": self.state.seq if self.state else 0,
             "members": members,
             "messages": [{"seq": m.seq, "sender": b64e(m.sender), "mine": b64e(m.sender) == self.me, "text": m.text,
-                          "sent": m.sent} for m in self.messages],
+                          "sent": m.sent} for m in self.shown],
             "unreadable": [{"seq": u.seq, "sender": b64e(u.sender), "reason": u.reason, "explanation": u.explanation}
                            for u in self.unreadable],
+            "hidden": [{"seq": seq, "sender": b64e(a.member), "by": b64e(a.moderator), "action": at,
+                        "reason": a.reason, "mine": b64e(a.member) in mine}
+                       for seq, (at, a) in sorted(self.hidden.items()) if seq in readable],
+            "actions": [_action_json(seq, a) for seq, a in self.actions],
+            "warnings": [_action_json(seq, a) for seq, a in self.actions
+                         if a.action == "warn" and b64e(a.member) in mine],
         }
+
+
+def _action_json(seq: int, action: pc.Action) -> dict:
+    return {"seq": seq, "action": action.action, "member": b64e(action.member), "moderator": b64e(action.moderator),
+            "about": action.seq or None, "reason": action.reason, "time": action.time}
 
 
 def _read_with(mine: Membership, events: list[tuple[int, dict]], checked: int = 0) -> pc.Reading:
@@ -147,8 +173,13 @@ def _read_with(mine: Membership, events: list[tuple[int, dict]], checked: int = 
         for u in earlier.unreadable:
             if u.seq not in messages:
                 unreadable.setdefault(u.seq, u)
+    reports = {r.report_seq: r for r in reading.reports}
+    for member, box in mine.previous:
+        for r in pc.read_history(events, member, box, checked=len(events)).reports:
+            reports.setdefault(r.report_seq, r)
     return attrs.evolve(reading, messages=tuple(messages[k] for k in sorted(messages)),
-                        unreadable=tuple(unreadable[k] for k in sorted(unreadable) if k not in messages))
+                        unreadable=tuple(unreadable[k] for k in sorted(unreadable) if k not in messages),
+                        reports=tuple(reports[k] for k in sorted(reports)))
 
 
 class HistoryPins:
@@ -493,7 +524,104 @@ class PatientCommunities:
             return CommunityView(str(mine.address), mine.name, None, (), mine.pseudonym)
         reading = history.reading
         return CommunityView(str(mine.address), mine.name, reading.state, reading.messages, mine.pseudonym,
-                             reading.unreadable)
+                             reading.unreadable, reading.actions, reading.hidden,
+                             frozenset(b64e(m.public) for m, _ in mine.keys))
+
+    async def file_report(self, address: str, seq: int, category: str) -> dict:
+        """Report message ``seq`` (one this member read) to the community's moderators as
+        ``category``: its text and franking key sealed to each current moderator, under a
+        fresh key that names nobody (spec/moderation.md). Goes through the home node and the
+        host like any event; no node can read it."""
+        if category not in pc.REPORT_CATEGORIES:
+            raise BadRequest(f"category must be one of {', '.join(pc.REPORT_CATEGORIES)}", code="bad_category")
+        mine = await self.membership(address)
+        history = await self.history(mine)
+        messages = history.reading.messages if history.reading else ()
+        message = next((m for m in messages if m.seq == seq), None)
+        if message is None:
+            raise NotFound(f"no message {seq} you can read in {address}", code="unknown_message")
+        event = pc.make_report(history.state, message, category, self._now())
+        result = await self._submit(mine.address, event)
+        return {**(result or {}), "id": b64e(statement_hash(event))}
+
+    async def reports(self, address: str) -> list[dict]:
+        """The moderator queue: the reports sealed to this member as a moderator, each checked
+        against the message it names (whose stamp and signature the history check verified),
+        with the actions a moderator took on that message since."""
+        mine = await self.membership(address)
+        history = await self.history(mine)
+        reading = history.reading
+        if reading is None:
+            return []
+        if not any(b64e(m.public) == k.member_b64 for m, _ in mine.keys for k in reading.state.moderator_keys()) \
+                and not reading.reports:
+            raise Forbidden("you are no moderator of this community", code="not_moderator")
+        out = []
+        for r in reading.reports:
+            if r.status == "verified":
+                # The host's stamp and the sender's signature, checked once more for this report.
+                report = {"type": pc.FRANKING_REPORT, "text": r.text, "franking_key": b64e(r.franking_key),
+                          "event": history.rows[r.seq - 1][1], "stamp": history.stamp(r.seq)}
+                pc.open_franking_report(report, list(history.membership.host_keys))
+            taken = [_action_json(seq, a) for seq, a in reading.actions if a.seq == r.seq and seq > r.report_seq
+                     and a.action in ("hide", "warn")] if r.seq else []
+            taken += [_action_json(seq, a) for seq, a in reading.actions if seq > r.report_seq and r.sender
+                      and a.member == r.sender and a.action in ("remove", "ban")]
+            out.append({**r.to_json(), "actions": taken})
+        return out
+
+    async def forward(self, address: str, seq: int, category: str | None = None) -> dict:
+        """Forward the verified report of message ``seq`` to its sender's home node, as the
+        moderators decided: the franking report and its category (the report's own, unless
+        ``category`` says otherwise), signed by this moderator and sealed to that node's key
+        from its own key document. The reporter is named nowhere in it."""
+        mine = await self.membership(address)
+        history = await self.history(mine)
+        reading = history.reading
+        found = [r for r in (reading.reports if reading else ()) if r.seq == seq and r.status == "verified"]
+        if not found:
+            raise NotFound(f"no verified report of message {seq} in your queue", code="unknown_report")
+        report = found[-1]
+        category = category or report.category
+        franking = {"type": pc.FRANKING_REPORT, "text": report.text, "franking_key": b64e(report.franking_key),
+                    "event": history.rows[seq - 1][1], "stamp": history.stamp(seq)}
+        node = reading.state.members[b64e(report.sender)].node
+        document = await self._host_document(node)
+        key = max(document.keys, key=lambda k: (k.valid_until is None, k.valid_from)).public_key
+        statement = pc.make_forward(mine.member, franking, category, self._now())
+        sealed = seal_to_node(key, canonical(statement))
+        result = await self.client._call("POST", "/v1/communities/forward",
+                                         {"community": str(mine.address), "node": node, "sealed": b64e(sealed)})
+        return {**(result or {}), "node": node, "member": b64e(report.sender), "category": category}
+
+    async def act(self, address: str, action: str, member: str | None = None, *, seq: int = 0,
+                  reason: str) -> dict:
+        """A moderator's action, signed with this member's key (see pc.Action). Without
+        ``member``, the sender of message ``seq`` is the member acted on (a hide or warn then
+        names that message; a remove or ban names none)."""
+        if action not in pc.ACTIONS:
+            raise BadRequest(f"action must be one of {', '.join(pc.ACTIONS)}", code="bad_action")
+        mine = await self.membership(address)
+        history = await self.history(mine, messages=False)
+        if history.state is None:
+            raise NotFound("this node has not received the community yet; try again shortly", code="not_ready")
+        if member is None:
+            if not 0 < seq <= len(history.rows):
+                raise BadRequest("name the member, or a message by its seq", code="bad_action")
+            event = pc.parse_event(history.rows[seq - 1][1])
+            if not isinstance(event, pc.MessagePosted):
+                raise BadRequest(f"event {seq} is not a message", code="not_a_message")
+            target = event.sender
+            if action not in ("hide", "warn"):
+                seq = 0  # "ban the sender of message 12": the ban itself names no message
+        else:
+            target = b64d(member, length=32)
+        statement = pc.make_action(mine.member, mine.address, action, target, seq=seq, reason=reason,
+                                   now=self._now())
+        # The rules of the fold, here first: a refusal says why before anything is sent.
+        history.state.apply(statement, seq=history.state.seq + 1)
+        result = await self._submit(mine.address, statement)
+        return {**(result or {}), "action": action, "member": b64e(target), "id": b64e(statement_hash(statement))}
 
     async def report(self, address: str, seq: int) -> dict:
         """A franking report of message ``seq`` this member received: its text and franking

@@ -356,12 +356,24 @@ def _breaker(peer, now: int) -> str:
 
 
 def peers_list(data_dir: str | Path) -> list[dict]:
-    _config, peers = _store_action(data_dir, lambda store: store.peers())
+    """Every peer, with the instance block that covers it (``block``: the severity, or
+    None), as ``node peers list`` shows them."""
+    return peers_and_blocks(data_dir)[0]
+
+
+def peers_and_blocks(data_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    async def action(store):
+        peers = await store.peers()
+        return peers, [await store.block_for(p.node_id) for p in peers], await store.domain_blocks()
+
+    _config, (peers, blocks, domain_blocks) = _store_action(data_dir, action)
     now = int(time.time())
     return [{"node_id": p.node_id, "policy": p.policy, "url": p.url, "fingerprint": p.fingerprint,
              "trusted_keys": [fingerprint(k.public_key) for k in keys_from_json(p.trusted_keys or b"[]")],
              "failures": p.failures, "breaker": _breaker(p, now),
-             "last_success": p.last_success, "last_error": p.last_error} for p in peers]
+             "last_success": p.last_success, "last_error": p.last_error,
+             "block": b.severity if b else None, "blocked_by": list(b.domains) if b else []}
+            for p, b in zip(peers, blocks)], [b.to_json() for b in domain_blocks]
 
 
 def outbox_list(data_dir: str | Path) -> dict:

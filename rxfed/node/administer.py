@@ -226,3 +226,135 @@ def operator_log(data_dir: str | Path, limit: int) -> list[dict]:
     _config, rows = _run(data_dir, lambda store: store.operator_log(limit))
     return [{"seq": e.seq, "time": e.time, "action": e.action, "subject": e.subject, "by": e.by,
              "detail": json.loads(e.detail)} for e in rows]
+
+
+def matching_sessions(data_dir: str | Path, limit: int) -> list[dict]:
+    """The newest ``limit`` matching sessions, newest first (``rxfed node matching DATA_DIR
+    sessions``): peer, role, times, outcome, set sizes and how many categories were common;
+    the categories themselves are never in the log."""
+    _config, rows = _run(data_dir, lambda store: store.matching_sessions(limit))
+    return [s.to_json() for s in rows]
+# -- block lists (spec/moderation.md, "Operators") ---------------------------------------------
+# The running node reads the lists from the store on every check, so it needs no telling.
+
+
+def _read_file(path: str) -> bytes:
+    import sys
+
+    from rxfed.protocol.blocklists import MAX_FILE
+
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror}", code="unreadable") from None
+    return data
+
+
+def blocks_list(data_dir: str | Path) -> list[dict]:
+    _config, blocks = _run(data_dir, lambda store: store.domain_blocks())
+    return [b.to_json() for b in blocks]
+
+
+def block_domain(data_dir: str | Path, domain: str, severity: str, *, reject_media: bool = False,
+                 reject_reports: bool = False, comment: str = "", obfuscate: bool = False) -> dict:
+    from rxfed.protocol import blocklists as pbl
+
+    block = pbl.domain_block(domain, severity, reject_media=reject_media, reject_reports=reject_reports,
+                             public_comment=comment, obfuscate=obfuscate, where="--")
+    _run(data_dir, lambda store: store.put_domain_blocks(
+        [block], now=int(time.time()), log=_entry(f"domain.{severity}", block.domain, **block.to_json())))
+    return block.to_json()
+
+
+def unblock_domain(data_dir: str | Path, domain: str) -> dict:
+    _config, found = _run(data_dir, lambda store: store.delete_domain_block(domain, log=_entry("domain.unblock",
+                                                                                                domain)))
+    if not found:
+        raise NotFound(f"no block of {domain} (blocks are by domain, as 'node peers DATA_DIR list' shows them)",
+                       code="not_blocked")
+    return {"domain": domain, "unblocked": True}
+
+
+def import_blocks(data_dir: str | Path, path: str) -> dict:
+    """Import a Mastodon domain-block CSV: every row checked first, then all of them in one
+    transaction (a bad row imports nothing). Blocks already kept for a domain are replaced."""
+    from rxfed.protocol import blocklists as pbl
+
+    blocks = pbl.parse_csv(_read_file(path))
+    _run(data_dir, lambda store: store.put_domain_blocks(
+        blocks, now=int(time.time()), log=_entry("domain.import", f"{len(blocks)} blocks", file=str(path))))
+    return {"imported": len(blocks), "blocks": [b.to_json() for b in blocks]}
+
+
+def export_blocks(data_dir: str | Path) -> str:
+    from rxfed.protocol import blocklists as pbl
+
+    _config, blocks = _run(data_dir, lambda store: store.domain_blocks())
+    return pbl.to_csv(blocks)
+
+
+def bans_list(data_dir: str | Path) -> list[dict]:
+    _config, entries = _run(data_dir, lambda store: store.ban_entries())
+    return [e.to_json() for e in entries]
+
+
+def ban(data_dir: str | Path, pseudonym: str, *, reason: str) -> dict:
+    """Ban a pseudonym: the node keeps only its hash (and the operator log only the hash)."""
+    from rxfed.protocol import blocklists as pbl
+
+    entry = pbl.ban_entry(pseudonym, _reason(reason) or "")
+    _run(data_dir, lambda store: store.put_ban_entries([entry], now=int(time.time()),
+                                                       log=_entry("pseudonym.ban", entry.hash, reason=reason)))
+    return entry.to_json()
+
+
+def unban(data_dir: str | Path, value: str) -> dict:
+    """Lift a ban, named by its hash, or by the pseudonym itself."""
+    from rxfed.protocol import blocklists as pbl
+
+    def action(store):
+        async def go():
+            if await store.delete_ban_entry(value, log=_entry("pseudonym.unban", value)):
+                return value
+            try:
+                hashed = pbl.ban_hash(value)
+            except BadRequest:
+                return None
+            return hashed if await store.delete_ban_entry(hashed, log=_entry("pseudonym.unban", hashed)) else None
+        return go()
+
+    _config, hashed = _run(data_dir, action)
+    if hashed is None:
+        raise NotFound("no such ban (name it by its hash, as 'node bans DATA_DIR list' shows it, or by the "
+                       "pseudonym)", code="not_banned")
+    return {"hash": hashed, "unbanned": True}
+
+
+def import_bans(data_dir: str | Path, path: str) -> dict:
+    from rxfed.protocol import blocklists as pbl
+
+    entries = pbl.parse_ban_list(_read_file(path))
+    _run(data_dir, lambda store: store.put_ban_entries(
+        entries, now=int(time.time()), log=_entry("pseudonym.import", f"{len(entries)} bans", file=str(path))))
+    return {"imported": len(entries)}
+
+
+def export_bans(data_dir: str | Path) -> bytes:
+    from rxfed.protocol import blocklists as pbl
+
+    _config, entries = _run(data_dir, lambda store: store.ban_entries())
+    return pbl.to_ban_list(entries)
+
+
+def forwarded_reports(data_dir: str | Path) -> list[dict]:
+    """Reports communities' moderators forwarded about messages of this node's members:
+    each verified on arrival (host's stamp, sender's signature, franking, a moderator's
+    signature). The member appears under the community pseudonym only; no reporter."""
+    _config, rows = _run(data_dir, lambda store: store.forwarded_reports())
+    return [{"community": f"{r['community_id']}@{r['host']}", "seq": r["seq"], "sender": r["sender"],
+             "category": r["category"], "text": r["text"], "sent": r["sent"], "moderator": r["moderator"],
+             "from": r["origin"], "received": r["received"]} for r in rows]

@@ -22,12 +22,11 @@ from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthoriz
 from rxfed.node.config import NodeConfig, NodeSigningKey
 from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, AccountSuspended, Caller, NodeState,
                              admit, authenticate, authenticate_new_device, body_json, node_middleware, reply,
-                             reply_bytes)
-from rxfed.node.listener import LISTENER, check_declared_size, read_body
+                             reply_bytes, signed_by_a_node)
+from rxfed.node.listener import LISTENER, read_body
 from rxfed.node.listener import install as install_listener
 from rxfed.plugins import RxfedPlugins
 from rxfed.protocol import vault as pv
-from rxfed.protocol.auth import SignedRequest
 from rxfed.protocol.federation import TXN_ID
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.schema import fields
@@ -284,16 +283,11 @@ async def receive_transaction(request: web.Request) -> web.Response:
     if not re.fullmatch(TXN_ID, txn_id):
         raise BadRequest("malformed transaction id (16 to 64 of A-Z a-z 0-9 _ -)", code="bad_txn_id")
     lim = state.config.limits
-    check_declared_size(request, lim.max_body_bytes)
     # Everything that needs no key comes before the key look-up, which may fetch the
     # origin's document: a request that is not well formed costs a cheap refusal, no fetch.
     # The body is read before its signature is checked, so it counts among the unverified ones.
-    signed = SignedRequest.from_headers(request.headers)
-    if signed.origin is None:
-        raise Unauthorized("federation requests name their origin", code="unsigned")
+    signed = signed_by_a_node(state, request, lim.max_body_bytes)
     now = state.now()
-    if abs(now - signed.created) > lim.request_window_seconds:
-        raise Unauthorized("request time is outside the accepted window; check the clock", code="stale_request")
     # A work slot before the origin's look-up (a store read), the body, the key fetch and the
     # signature check: shed under load, a transaction has cost its headers only.
     waiting = request.app[LISTENER].admission.take(request)
@@ -389,7 +383,9 @@ async def _store_ctx(app: web.Application):
     task = asyncio.create_task(housekeeping())
     await state.consent.start()
     await state.federation.start()
+    await state.matching.start()
     yield
+    await state.matching.stop()
     await state.consent.stop()
     await state.federation.stop()
     task.cancel()
@@ -416,7 +412,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
         options = dict(config.storage)
         backend = plugins.storage_backend(options.pop("backend", "sqlite"))
         store = backend.open(config.data_dir, options)
-    from rxfed.node import communities, consent, control, metrics
+    from rxfed.node import communities, consent, control, matching, metrics
 
     state = NodeState(config, keys, store, plugins, clock, worker=worker)
     state.metrics = metrics.NodeMetrics(state)
@@ -428,9 +424,11 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
     app[LISTENER] = state.listener
     communities.install(state)
     consent.install(state)
+    matching.install(state)
     app.add_routes(routes)
     app.add_routes(communities.routes)
     app.add_routes(consent.routes)
+    app.add_routes(matching.routes)
     from rxfed.node import web as web_client
 
     web_client.install(app)

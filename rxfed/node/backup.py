@@ -326,6 +326,8 @@ async def _same_reads(old, new, now: int) -> list[str]:
                        ("dead letters", lambda s: s.dead_letters()), ("communities", lambda s: s.communities()),
                        ("received signals", lambda s: s.received_signals()),
                        ("operator log", lambda s: s.operator_log(1 << 30)), ("open invites", lambda s: s.open_invites()),
+                       ("matching sessions", lambda s: s.matching_sessions(1 << 30)),
+                       ("matching results", lambda s: s.matching_common()),
                        ("nonces", lambda s: _as_set(s.load_nonces(0))), ("suspended", lambda s: s.suspended_accounts())):
         await same(what, read)
     for account in accounts:

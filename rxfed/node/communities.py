@@ -20,21 +20,26 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from rxfed.crypto import b64e, sha256
+from rxfed.crypto import DecryptionFailed, b64e, open_as_node, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError
 from rxfed.node.http import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
 from rxfed.node.federation import InboundEffects
+from rxfed.protocol import blocklists as pbl
 from rxfed.protocol import community as pc
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.federation import EventResult, WireEvent
-from rxfed.protocol.schema import anything, fields, integer
+from rxfed.protocol.schema import anything, b64, fields, integer
 from rxfed.store import CommunityEvent, CommunityRow
 
 log = logging.getLogger("rxfed.communities")
 routes = web.RouteTableDef()
 SUBMIT = "community.submit"
 EVENT = "community.event"
+FORWARD = "community.forward"
+#: A forwarded report sealed to a node: the franking report (a message of at most 8 KiB)
+#: and the moderator's signature, as base64url.
+MAX_FORWARD = 64 * 1024
 #: Events in one page of ``POST /v1/communities/read`` (and of the host's own reads).
 PAGE = 1000
 #: Seconds one build of the community directory answers every request for it.
@@ -121,6 +126,23 @@ class CommunityService:
         self._directory = None
         self.committed(community_id, found)
         return found
+
+    async def check_lists(self, parsed: pc.Event, origin: str | None = None) -> None:
+        """The operator's lists (spec/moderation.md, "Operators"): a pseudonym on the node's
+        ban list submits nothing but its leave, whether this node hosts the community or
+        relays for its patient; and members on a silenced or suspended node join no
+        community hosted here (``origin``: the node that submitted it, None for a local
+        patient). Only hashes are looked up: the list holds no pseudonym."""
+        if isinstance(parsed, pc.Leave | pc.Create):
+            return
+        key = parsed.member if isinstance(parsed, pc.Join) else parsed.author
+        if key is not None and await self.node.store.banned([pbl.ban_hash(key)]):
+            raise Forbidden("this node's operator bans that pseudonym", code="banned_pseudonym")
+        if origin is not None and isinstance(parsed, pc.Join):
+            block = await self.node.store.block_for(origin)
+            if block is not None and block.severity in ("silence", "suspend"):
+                raise Forbidden(f"this node silences {origin}: its members join no community hosted here",
+                                code="silenced")
 
     def seen(self, hosted: Hosted, digest: bytes) -> bool:
         """Whether the event with statement hash ``digest`` was accepted already."""
@@ -291,9 +313,10 @@ class CommunityService:
                 parsed = pc.parse_event(event)
                 if isinstance(parsed, pc.Create):
                     raise Forbidden("communities are created on their host by a local patient")
-                member_node = _member_node(hosted.state, parsed)
+                member_node = _member_node(hosted.state, parsed, origin)
                 if member_node != origin:
                     raise Forbidden(f"this member's home node is {member_node}, not {origin}", code="wrong_origin")
+                await self.check_lists(parsed, origin)
                 after, stored, _ = self.accept(hosted, address, event, parsed=parsed, raw=raw)
                 pending[address.id] = after
                 effects.communities.append((self.row(after.state, self.node.now()), [stored]))
@@ -340,6 +363,66 @@ class CommunityService:
             effects.communities.extend(grouped.values())
         return results, effects
 
+    async def on_forward(self, origin: str, events: list[WireEvent]) -> tuple[list[EventResult], InboundEffects]:
+        """At a member's home node: a report a moderator of the community decided to forward
+        about a message of a member on this node. Kept for the operator (``rxfed node
+        reports``) if the report verifies under the host's keys, its sender is a member on
+        this node's copy, its signer a moderator in that copy, and the operator does not
+        reject reports from ``origin``."""
+        results = []
+        for wire in events:
+            try:
+                f = fields(wire.content, "content", {"community": pc.CommunityAddress.parse,
+                                                     "sealed": b64(max_length=MAX_FORWARD)})
+                await self.keep_forward(origin, f["community"], f["sealed"])  # kept once, however often sent
+                results.append(EventResult(True))
+            except RxfedError as exc:
+                results.append(EventResult(False, exc.code, exc.message))
+        return results, InboundEffects()
+
+    async def keep_forward(self, origin: str, address: pc.CommunityAddress, sealed: bytes) -> bool:
+        block = await self.node.store.block_for(origin) if origin != self.me else None
+        if block is not None and block.reject_reports:
+            raise Forbidden(f"this node rejects reports from {origin}", code="reports_rejected")
+        for key in self.node.keys:
+            try:
+                plaintext = open_as_node(key.key, sealed)
+                break
+            except DecryptionFailed:
+                continue
+        else:
+            raise Forbidden("the report is sealed to another node", code="not_for_this_node")
+        statement = loads(plaintext)
+        if address.host == self.me:
+            host_keys = [k.key.public for k in self.node.keys]
+        else:
+            host_keys = [k.public_key for k in (await self.node.federation.document(address.host)).keys]
+        facts = pc.open_forward(statement, host_keys)
+        if facts.community != address:
+            raise BadRequest("the report is of another community", code="wrong_community")
+        if await self.node.store.community_reader(address.id, address.host, facts.sender) is None:
+            raise Forbidden("the reported message's sender is no member on this node", code="not_your_member")
+        events = []
+        while True:
+            page = await self.node.store.community_events(address.id, address.host, after=events[-1][0] if events
+                                                          else 0, limit=PAGE)
+            events.extend((e.seq, loads(e.event)) for e in page)
+            if len(page) < PAGE:
+                break
+        # the copy up to its first gap (a copy may receive events out of order); the host
+        # checked every signature, and the stamps were checked on arrival
+        events = events[:pc.contiguous_end(0, [seq for seq, _ in events])]
+        state = pc.CommunityState.from_events(events, checked=len(events))
+        if not state.is_moderator(facts.moderator):
+            raise Forbidden("the report was forwarded by no moderator of the community", code="not_moderator")
+        # kept once per message and moderator, however often it is forwarded
+        kept_as = b64e(sha256(canonical({"community": str(address), "seq": facts.seq,
+                                         "moderator": b64e(facts.moderator)})))
+        return await self.node.store.keep_forwarded_report({
+            "id": kept_as, "received": self.node.now(), "community_id": address.id, "host": address.host,
+            "seq": facts.seq, "sender": b64e(facts.sender), "category": facts.category, "text": facts.text,
+            "sent": facts.sent, "moderator": b64e(facts.moderator), "origin": origin})
+
     def _mirror_row(self, address: pc.CommunityAddress) -> CommunityRow:
         """A copy of a community hosted elsewhere: no name, no condition."""
         return CommunityRow(address.id, address.host, "", None, False, False, 0, self.node.now())
@@ -383,9 +466,15 @@ def _check_stamps(keys: dict, items: list[tuple[int, dict]]) -> list[tuple[int, 
     return out
 
 
-def _member_node(state: pc.CommunityState, event: Any) -> str:
+def _member_node(state: pc.CommunityState, event: Any, origin: str) -> str:
     if isinstance(event, pc.Join):
         return event.node
+    if isinstance(event, pc.Report):
+        # Filed under a fresh key that names nobody: it comes from the home node of some
+        # joined member (the reporter's, which the host does not pass on).
+        if not any(m.node == origin for m in state.joined()):
+            raise Forbidden(f"no joined member of this community is at {origin}", code="wrong_origin")
+        return origin
     author = event.author if event.author is not None else state.meta.admin
     member = state.members.get(b64e(author))
     if member is None:
@@ -433,6 +522,8 @@ async def submit(request: web.Request) -> web.Response:
         about = pc.About.from_json(f["about"]).check(parsed)
     elif f["about"] is not None:
         raise BadRequest("only a create event comes with about", code="unknown_field")
+    communities = state.communities
+    await communities.check_lists(parsed)
     if address.host != state.config.node_id:
         if isinstance(parsed, pc.Create):
             raise BadRequest("create communities on your home node", code="not_host")
@@ -518,6 +609,26 @@ async def read_events(request: web.Request) -> web.Response:
                   "events": [{"seq": e.seq, "event": loads(e.event), "stamp": loads(e.stamp)} for e in events]})
 
 
+@routes.post("/v1/communities/forward")
+async def forward(request: web.Request) -> web.Response:
+    """A moderator's client forwards a verified report to the sender's home node ``node``,
+    sealed to that node's key (this node relays bytes it cannot read)."""
+    state = request.app[NODE]
+    caller = await authenticate(request)
+    f = fields(caller.body, "forward", {"community": pc.CommunityAddress.parse, "node": pc.node_id,
+                                        "sealed": b64(max_length=MAX_FORWARD)})
+    address, node = f["community"], f["node"]
+    if node == state.config.node_id:
+        await state.communities.keep_forward(node, address, f["sealed"])
+        return reply({"community": str(address), "node": node, "queued": False})
+    await state.federation.check_deliverable(node)
+    wire = canonical(WireEvent(FORWARD, {"community": str(address), "sealed": b64e(f["sealed"])}).to_json())
+    await state.store.relay(node, wire, now=caller.now, nonce=caller.nonce, patient=caller.patient,
+                            signer=caller.auth.device)
+    state.federation.notify()
+    return reply({"community": str(address), "node": node, "queued": True}, status=202)
+
+
 def install(state) -> None:
     """Wire communities into a node: state, federation handlers."""
     state.communities = CommunityService(state)
@@ -525,6 +636,7 @@ def install(state) -> None:
     state.federation.serialised.add(SUBMIT)
     state.federation.ordered.add(SUBMIT)
     state.federation.handlers[EVENT] = state.communities.on_event
+    state.federation.handlers[FORWARD] = state.communities.on_forward
     # A community's history is a log its members' nodes need whole: its events wait for a
     # peer that is away rather than die by age (spec/federation.md §4.1).
     state.federation.logs.update((SUBMIT, EVENT))

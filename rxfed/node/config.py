@@ -152,6 +152,25 @@ class FederationSettings:
     ca_bundle: str = ""
 
 
+@attrs.frozen
+class MatchingSettings:
+    """Cross-node diagnosis matching (spec/federation.md, "Matching")."""
+
+    #: Run sessions with allowed peers and answer theirs (the ``matching`` plugin must be enabled too).
+    enabled: bool = True
+    #: A category is offered, counted and shown only with at least this many consenting
+    #: patients (never fewer than 5).
+    k: int = attrs.field(default=11, validator=_number(int, 5, 10_000_000))
+    #: Seconds between this node's sessions with each allowed peer.
+    interval: float = attrs.field(default=3600.0, validator=_number(float, 0, 7 * 86400, above=True))
+    #: Sessions one peer may open with this node per 24 hours (429 beyond).
+    sessions_per_peer_per_day: int = attrs.field(default=48, validator=_number(int, 1, 100_000))
+    #: The largest padded set a session takes or sends (the request size cap).
+    max_elements: int = attrs.field(default=1024, validator=_number(int, 64, 1 << 20))
+    #: Seconds an open session may take before it ends as ``failed:expired``.
+    session_timeout: float = attrs.field(default=120.0, validator=_number(float, 0, 86400, above=True))
+
+
 def _name_ok(_instance, attribute, value):
     if not isinstance(value, str) or not NAME_OK.match(value):
         raise ValueError("must be 1 to 200 characters, none of them control characters")
@@ -231,6 +250,7 @@ class _ConfigFile:
     storage: Any = attrs.field(factory=_SQLiteStorage)
     limits: Limits = Limits()
     federation: FederationSettings = FederationSettings()
+    matching: MatchingSettings = MatchingSettings()
     tls: _TLSSection = _TLSSection()
     plugins: _PluginsSection = _PluginsSection()
     logging: _LoggingSection = _LoggingSection()
@@ -381,6 +401,7 @@ class NodeConfig:
     storage: dict[str, Any] = attrs.field(factory=lambda: {"backend": "sqlite"})
     limits: Limits = Limits()
     federation: FederationSettings = FederationSettings()
+    matching: MatchingSettings = MatchingSettings()
     tls_cert: str | None = None
     tls_key: str | None = None
     disabled_plugins: tuple[str, ...] = ()
@@ -422,7 +443,7 @@ class NodeConfig:
         return cls(
             data_dir=data_dir, name=parsed.node.name, public_url=parsed.node.public_url, host=parsed.node.host,
             port=parsed.node.port, registration=parsed.node.registration, storage=storage, limits=parsed.limits,
-            federation=parsed.federation, tls_cert=parsed.tls.cert or None, tls_key=parsed.tls.key or None,
+            federation=parsed.federation, matching=parsed.matching, tls_cert=parsed.tls.cert or None, tls_key=parsed.tls.key or None,
             disabled_plugins=parsed.plugins.disabled, log_file=parsed.logging.file or None,
             access_log=parsed.logging.access or None, metrics_listen=parsed.metrics.listen or None,
             trusted_proxies=tuple(parsed.node.trusted_proxies),
@@ -459,6 +480,7 @@ class NodeConfig:
                         if self.storage.get("backend", "sqlite") == "sqlite" else self._shown_storage()),
             "limits": attrs.asdict(self.limits),
             "federation": attrs.asdict(self.federation),
+            "matching": attrs.asdict(self.matching),
             "tls": {"cert": self.tls_cert or "", "key": self.tls_key or ""},
             "plugins": {"disabled": list(self.disabled_plugins)},
             "logging": {"file": self.log_file or "", "access": self.access_log or ""},
@@ -471,6 +493,9 @@ class NodeConfig:
                 "believes\n# forwarded_header: the header those proxies write the client address in (X-Forwarded-For "
                 "or Forwarded; the other is ignored)",
         "tls": "PEM files, relative to this directory; both empty to serve plain HTTP (behind a proxy)",
+        "matching": "cross-node diagnosis matching with allowed peers (spec/federation.md 5b): k: the least number of "
+                    "consenting patients a category is offered, counted or shown with (at least 5); interval: seconds "
+                    "between sessions with each peer",
         "plugins": "plugin names to block, e.g. [\"outcomes\"]",
         "logging": "inside this directory; file empty: stderr only; access: a file name to keep an access log "
                    "(routes and statuses, no client addresses)",

@@ -284,11 +284,13 @@ class FederationService:
         with ``destination`` (blocked or denied, not allowed in allowlist mode, or an address
         it refuses to contact): a local patient learns it at once, instead of from something
         queued that never leaves."""
-        peer = await self.state.store.peer(destination)
+        peer, block = await self.state.store.peer_and_block(destination)
         policy = peer.policy if peer else "known"
         reason = None
         if policy == "blocked":
             reason = "this node blocks it: nothing is sent there"
+        elif block is not None and block.severity == "suspend":
+            reason = f"this node suspends {', '.join(block.domains)}: nothing is sent there"
         elif policy == "denied":
             reason = "this node refuses its traffic, so nothing it sends back would be accepted"
         elif self.settings.mode == "allowlist" and policy != "allowed":
@@ -307,10 +309,12 @@ class FederationService:
             raise BadRequest("malformed origin node id", code="bad_origin")
         if origin == self.state.config.node_id:
             raise Unauthorized("a node does not send itself transactions", code="wrong_origin")
-        peer = await self.state.store.peer(origin)
+        peer, block = await self.state.store.peer_and_block(origin)
         policy = peer.policy if peer else "known"
         if policy in ("denied", "blocked"):
             raise PeerRefused(f"this node does not accept traffic from {origin}")
+        if block is not None and block.severity == "suspend":
+            raise PeerRefused(f"this node suspends {origin}: it accepts no traffic from it")
         if self.settings.mode == "allowlist" and policy != "allowed":
             raise PeerRefused(f"this node federates with allowed peers only; {origin} is not one")
         return peer
@@ -486,9 +490,11 @@ class FederationService:
         for destination, when in await self.state.store.due_destinations():
             if destination in self._active:
                 continue
-            peer = await self.state.store.peer(destination)
+            peer, block = await self.state.store.peer_and_block(destination)
             if peer is not None and peer.policy == "blocked":
                 continue
+            if block is not None and block.severity == "suspend":
+                continue  # kept, as for a blocked peer: lifting the suspension sends it
             due = policy.due(_delivery_state(peer), when, now)
             if due.at_ms and due.at_ms > now * 1000:
                 soonest = due.at_ms if soonest is None else min(soonest, due.at_ms)
@@ -629,18 +635,38 @@ class FederationService:
         log.info("%s is reachable again (it sent us a transaction): delivering to it now", origin)
         self.notify()
 
-    def _signer(self, destination: str, path: str, body: bytes):
+    def _signer(self, destination: str, path: str, body: bytes, method: str = "PUT"):
         """A client middleware that signs each attempt of a request anew. aiohttp resends an
         idempotent request (PUT) once by itself when a kept-alive connection drops; with
         headers signed once, that resend carries the nonce the receiver may already have
         seen, and is refused as a replay. Signed here, every attempt has its own nonce."""
         async def sign(request: aiohttp.ClientRequest, handler) -> aiohttp.ClientResponse:
-            request.headers.update(sign_request(self.state.signing_key(), method="PUT", target=path,
+            request.headers.update(sign_request(self.state.signing_key(), method=method, target=path,
                                                 destination=destination, origin=self.state.config.node_id,
                                                 body=body, now=self.state.now()))
             return await handler(request)
 
         return sign
+
+    async def post(self, destination: str, path: str, body: bytes, *, limit: int,
+                   content_type: str = "application/octet-stream") -> tuple[int, bytes]:
+        """A signed ``POST`` of ``body`` to a peer, outside the outbox (an exchange that
+        needs its answer now, such as a matching session's step): ``(status, answer)``, the
+        answer at most ``limit`` bytes. :class:`PeerRefused` for a peer this node does not
+        contact, :class:`DeliveryError` when it cannot be reached."""
+        peer = await self.state.store.peer(destination)
+        await self.check_deliverable(destination)
+        url = self.url_for(peer, destination)
+        self._check_url(peer, url)
+        if self._session is None:
+            raise DeliveryError("the node is not running its federation client")
+        try:
+            async with self._session.post(url + path, data=body, headers={"Content-Type": content_type},
+                                          allow_redirects=False,
+                                          middlewares=(self._signer(destination, path, body, "POST"),)) as resp:
+                return resp.status, await _read_capped(resp, limit)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
 
     async def _send(self, destination: str, txn) -> dict:
         peer = await self.state.store.peer(destination)

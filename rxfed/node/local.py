@@ -17,7 +17,7 @@ from aiohttp import web
 
 from rxfed.node.app import create_app
 from rxfed.node.http import NODE
-from rxfed.node.config import FederationSettings, Limits, NodeConfig, create_node_keys, load_node_keys
+from rxfed.node.config import FederationSettings, Limits, MatchingSettings, NodeConfig, create_node_keys, load_node_keys
 from rxfed.plugins import RxfedPlugins
 
 
@@ -39,6 +39,7 @@ class LocalNode:
     registration: str = "open"
     limits: Limits = attrs.Factory(Limits)
     federation: FederationSettings = attrs.Factory(FederationSettings)
+    matching: MatchingSettings = attrs.Factory(MatchingSettings)
     clock: Callable[[], float] = time.time
     #: ``[node] trusted_proxies``: peers whose X-Forwarded-For / Forwarded the node believes.
     trusted_proxies: tuple[str, ...] = ()
@@ -66,6 +67,7 @@ class LocalNode:
         self.config = NodeConfig(data_dir=self.data_dir, name=self.name, public_url=self.public_url or self.url,
                                  port=self.port,
                                  registration=self.registration, limits=self.limits, federation=self.federation,
+                                 matching=self.matching,
                                  trusted_proxies=tuple(self.trusted_proxies), forwarded_header=self.forwarded_header,
                                  metrics_listen=self.metrics_listen, storage=self.storage or {"backend": "sqlite"})
         if not (self.data_dir / "node-keys.json").exists():

@@ -31,7 +31,17 @@ from typing import Any
 
 import attrs
 
-from rxfed.crypto import BadSignature, BoxKeyPair, DecryptionFailed, SigningKeyPair, b64e, sha256, verify_signature
+from rxfed.crypto import (
+    BadSignature,
+    BoxKeyPair,
+    DecryptionFailed,
+    SigningKeyPair,
+    b64e,
+    open_signed,
+    seal_signed,
+    sha256,
+    verify_signature,
+)
 from rxfed.crypto.groups import (
     COMMITMENT_SIZE,
     FRANKING_KEY_SIZE,
@@ -49,7 +59,7 @@ from rxfed.crypto.groups import (
     seal_message,
     seal_sender_key,
 )
-from rxfed.crypto.records import bucket_size
+from rxfed.crypto.records import bucket_size, pad, unpad
 from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthorized
 from rxfed.protocol.canonical import canonical, loads
 from rxfed.protocol.schema import HEX_ID, anything, b64, const, fields, integer, mapping, text
@@ -66,6 +76,9 @@ MESSAGE = "rxfed.community.message"
 READ = "rxfed.community.read"
 HOST_STAMP = "rxfed.host-stamp"
 FRANKING_REPORT = "rxfed.franking-report"
+ACTION = "rxfed.community.action"
+REPORT = "rxfed.community.report"
+REPORT_FORWARD = "rxfed.report-forward"
 
 MAX_TIME = 2**40
 MAX_SEQ = 2**53 - 1
@@ -78,6 +91,20 @@ MAX_TEXT = 4000
 #: largest bucket is 4 KiB: 4000 characters of mostly ASCII text fit, far fewer of a script
 #: that takes several UTF-8 bytes a character (make_message says so with message_too_long).
 MAX_CIPHERTEXT = 8 * 1024
+#: What a moderator's action does (spec/moderation.md, "Moderator actions"). ``appoint`` and
+#: ``dismiss`` name or end a moderator, and only the admin may; the others any moderator may.
+ACTIONS = ("hide", "warn", "remove", "ban", "appoint", "dismiss")
+#: What a report says a message is: the pre-send check's categories, and the harms it does
+#: not check for.
+REPORT_CATEGORIES = ("medication_change", "dosing_advice", "miracle_cure", "drug_sourcing", "crisis", "harassment",
+                     "spam", "privacy", "other")
+#: Moderators at most, the admin included: a report is sealed to each of them.
+MAX_MODERATORS = 10
+MAX_REASON = 200
+#: A report sealed to one moderator: the sealed box (48), the reporter's signature (64) and
+#: the padded report. Its text is a message's, whose padded plaintext fits 4 KiB, so the
+#: report (a few bytes more) fits the next bucket, 8 KiB.
+MAX_SEALED_REPORT = 48 + 64 + MAX_CIPHERTEXT
 #: How far an event's own time may stray from the host's clock (see check_timely).
 MAX_SKEW = 300
 
@@ -304,7 +331,52 @@ class MessagePosted:
     when = property(lambda self: self.sent)
 
 
-Event = Create | Join | Approve | Leave | Remove | Rekey | SenderKeyDistribution | MessagePosted
+@attrs.frozen
+class Action:
+    """A moderator's signed decision (spec/moderation.md): hide message ``seq`` of
+    ``member``, warn ``member`` (about message ``seq``, or 0), remove or ban ``member``, or
+    (the admin) appoint or dismiss ``member`` as a moderator. ``reason`` is shown to members
+    (a report category, or a few words)."""
+
+    TYPE = ACTION
+    FIELDS = {"moderator": b64(32), "action": text(16, "|".join(ACTIONS)), "member": b64(32),
+              "seq": integer(0, MAX_SEQ), "reason": text(MAX_REASON, _NAME), "time": _TIME}
+
+    community: CommunityAddress
+    moderator: bytes
+    action: str
+    member: bytes
+    seq: int
+    reason: str
+    time: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.moderator)
+    when = property(lambda self: self.time)
+
+
+@attrs.frozen
+class Report:
+    """A member's report of a message, sealed to each current moderator (``reports``:
+    moderator key to sealed report) and signed by a fresh ``reporter`` key that names nobody:
+    the community learns that a report was made, the moderators what it says, and nobody
+    who made it (spec/moderation.md, "Reports")."""
+
+    TYPE = REPORT
+    FIELDS = {"reporter": b64(32), "reports": mapping(_member_key, b64(max_length=MAX_SEALED_REPORT), MAX_MODERATORS),
+              "time": _TIME}
+
+    community: CommunityAddress
+    reporter: bytes
+    reports: dict[str, bytes] = attrs.field(repr=False)
+    time: int
+    signed: dict = attrs.field(eq=False, repr=False)
+
+    author = property(lambda self: self.reporter)
+    when = property(lambda self: self.time)
+
+
+Event = Create | Join | Approve | Leave | Remove | Rekey | SenderKeyDistribution | MessagePosted | Action | Report
 _EVENTS: dict[str, type] = {cls.TYPE: cls for cls in Event.__args__}
 
 
@@ -401,6 +473,15 @@ class CommunityState:
     # Per sender: the latest ``sent`` and the commitments posted at that second, so a
     # replayed message is refused while the state stays small (``sent`` never goes back).
     _recent: dict[str, tuple[int, frozenset[bytes]]] = attrs.field(factory=dict, repr=False, alias="recent")
+    #: Member keys the admin appointed moderators (the admin always is one).
+    moderators: frozenset[str] = attrs.field(default=frozenset(), repr=False)
+    #: Member keys a moderator banned.
+    banned: frozenset[str] = attrs.field(default=frozenset(), repr=False)
+    #: Per moderator, as ``_recent`` for messages: the latest action's time and the hashes of
+    #: the actions at that second, so a replayed action is refused.
+    _acted: dict[str, tuple[int, frozenset[bytes]]] = attrs.field(factory=dict, repr=False, alias="acted")
+    #: Reporter keys already used: each report is filed under a fresh one.
+    reporters: frozenset[str] = attrs.field(default=frozenset(), repr=False)
 
     @classmethod
     def empty(cls, address: CommunityAddress) -> CommunityState:
@@ -455,6 +536,15 @@ class CommunityState:
     def status(self, member: bytes) -> MemberStatus | None:
         found = self.members.get(b64e(member))
         return found.status if found else None
+
+    def moderator_keys(self) -> tuple[Member, ...]:
+        """The moderators who can act now: the admin and the appointed moderators still
+        joined, in join order (a report is sealed to exactly these)."""
+        admin = b64e(self.meta.admin) if self.meta else None
+        return tuple(m for m in self.joined() if m.member_b64 == admin or m.member_b64 in self.moderators)
+
+    def is_moderator(self, member: bytes) -> bool:
+        return any(m.member == member for m in self.moderator_keys())
 
     def needs_sender_key(self, member: bytes) -> bool:
         """Whether ``member`` must distribute a new sender key before it may post."""
@@ -513,7 +603,10 @@ def _rekey(state: CommunityState, event: Rekey) -> CommunityState:
     meta = state.meta
     if event.member == meta.admin:
         meta = attrs.evolve(meta, admin=event.new_member)
-    return attrs.evolve(state, members=members, meta=meta, version=state.version + 1)
+    moderators = state.moderators
+    if b64e(event.member) in moderators:
+        moderators = (moderators - {b64e(event.member)}) | {new.member_b64}
+    return attrs.evolve(state, members=members, meta=meta, moderators=moderators, version=state.version + 1)
 
 
 def _joined_sender(state: CommunityState, sender: bytes) -> str:
@@ -547,9 +640,73 @@ def _message(state: CommunityState, event: MessagePosted) -> CommunityState:
     return attrs.evolve(state, recent={**state._recent, key: (event.sent, seen)})
 
 
+def _action(state: CommunityState, event: Action) -> CommunityState:
+    key = _joined_sender(state, event.moderator)
+    is_admin = event.moderator == state.meta.admin
+    if not state.is_moderator(event.moderator):
+        raise Forbidden("only a moderator of this community may act", code="not_moderator")
+    last, seen = state._acted.get(key, (0, frozenset()))
+    digest = statement_hash(event.signed)
+    if event.time < last:
+        raise Conflict("an action may not be older than its moderator's last", code="stale_action")
+    if event.time == last and digest in seen:
+        raise Conflict("this action was already taken", code="duplicate_action")
+    acted = {**state._acted, key: (event.time, seen | {digest} if event.time == last else frozenset({digest}))}
+    target = b64e(event.member)
+    current = state.members.get(target)
+    if current is None:
+        raise Conflict("no member of this community has that key", code="not_a_member")
+    if event.action in ("hide", "warn"):
+        if not (0 < event.seq <= state.seq) and not (event.action == "warn" and event.seq == 0):
+            raise Conflict("the action names no earlier event", code="bad_action")
+        return attrs.evolve(state, acted=acted)
+    if event.seq != 0:
+        raise Conflict(f"a {event.action} names no message (seq 0)", code="bad_action")
+    if event.action in ("appoint", "dismiss") and not is_admin:
+        raise Forbidden("only the admin appoints or dismisses moderators", code="not_admin")
+    if event.member == state.meta.admin:
+        raise Conflict("no action removes, bans, appoints or dismisses the admin", code="cannot_act_on_admin")
+    if event.action == "appoint":
+        if current.status is not JOINED:
+            raise Conflict("only a joined member can be a moderator", code="not_a_member")
+        if target in state.moderators:
+            raise Conflict("already a moderator", code="already_moderator")
+        if len(state.moderator_keys()) >= MAX_MODERATORS:
+            raise Conflict(f"a community has at most {MAX_MODERATORS} moderators", code="too_many_moderators")
+        return attrs.evolve(state, acted=acted, moderators=state.moderators | {target})
+    if event.action == "dismiss":
+        if target not in state.moderators:
+            raise Conflict("not a moderator", code="not_moderator")
+        return attrs.evolve(state, acted=acted, moderators=state.moderators - {target})
+    # remove, ban
+    if target in state.moderators and not is_admin:
+        raise Forbidden("only the admin removes or bans a moderator", code="not_admin")
+    banned = state.banned | {target} if event.action == "ban" else state.banned
+    if event.action == "ban" and target in state.banned:
+        raise Conflict("already banned", code="already_banned")
+    if current.status not in (JOINED, PENDING):
+        if event.action == "remove":
+            raise Conflict("not a current member", code="not_a_member")
+        return attrs.evolve(state, acted=acted, banned=banned)
+    return attrs.evolve(state, acted=acted, banned=banned, moderators=state.moderators - {target},
+                        members={**state.members, target: attrs.evolve(current, status=REMOVED)},
+                        version=state.version + 1)
+
+
+def _report(state: CommunityState, event: Report) -> CommunityState:
+    key = b64e(event.reporter)
+    if key in state.members:
+        raise Conflict("a report is filed under a fresh key, never a member key", code="reporter_is_member")
+    if key in state.reporters:
+        raise Conflict("this reporter key has filed a report already", code="duplicate_report")
+    if set(event.reports) != {m.member_b64 for m in state.moderator_keys()}:
+        raise Conflict("a report is sealed to exactly the current moderators", code="wrong_recipients")
+    return attrs.evolve(state, reporters=state.reporters | {key})
+
+
 _FOLD = {Create: _create, Join: _membership, Approve: _membership, Leave: _membership, Remove: _membership,
          Rekey: _rekey,
-         SenderKeyDistribution: _sender_key, MessagePosted: _message}
+         SenderKeyDistribution: _sender_key, MessagePosted: _message, Action: _action, Report: _report}
 
 
 # -- builders, for clients -----------------------------------------------------------------
@@ -687,6 +844,135 @@ def make_message(sender: SigningKeyPair, sender_key: SenderKey, address: Communi
     return statement, franking_key
 
 
+def make_action(moderator: SigningKeyPair, address: CommunityAddress, action: str, member: bytes, *, seq: int = 0,
+                reason: str, now: int) -> dict:
+    """A moderator's signed action (see :class:`Action`)."""
+    return _built(moderator, {"type": ACTION, "community": str(address), "moderator": b64e(moderator.public),
+                              "action": action, "member": b64e(member), "seq": seq, "reason": reason, "time": now})
+
+
+def _report_context(address: CommunityAddress, moderator: bytes, reporter: bytes) -> bytes:
+    return b"rxfed-report|" + canonical({"community": str(address), "moderator": b64e(moderator),
+                                         "reporter": b64e(reporter)})
+
+
+def make_report(state: CommunityState, message: Message, category: str, now: int, *,
+                reporter: SigningKeyPair | None = None, text: str | None = None,
+                franking_key: bytes | None = None, ephemerals: list[BoxKeyPair] | None = None) -> dict:
+    """A report of ``message`` (one this member read) as ``category``, sealed to each current
+    moderator under a fresh reporter key: ``seal_signed(reporter, moderator's box key,
+    "rxfed-report|" || canonical({community, moderator, reporter}), pad(canonical({category,
+    franking_key, seq, text})))``. Nothing in it names the reporter. (``reporter``, ``text``,
+    ``franking_key``: for tests and vectors; a forged text or key is what a moderator's
+    check refuses. ``ephemerals``, one per moderator in order: for test vectors only.)"""
+    if category not in REPORT_CATEGORIES:
+        raise BadRequest(f"category must be one of {', '.join(REPORT_CATEGORIES)}", code="bad_category")
+    reporter = reporter or SigningKeyPair.generate()
+    payload = pad(canonical({"category": category, "franking_key": b64e(franking_key or message.franking_key),
+                             "seq": message.seq, "text": message.text if text is None else text}))
+    reports = {m.member_b64: b64e(seal_signed(reporter, m.box_key, _report_context(state.address, m.member,
+                                                                                  reporter.public), payload,
+                                              ephemeral=ephemerals[i] if ephemerals else None))
+               for i, m in enumerate(state.moderator_keys())}
+    if not reports:
+        raise Conflict("this community has no moderator to report to", code="no_moderator")
+    return _built(reporter, {"type": REPORT, "community": str(state.address), "reporter": b64e(reporter.public),
+                             "reports": reports, "time": now})
+
+
+@attrs.frozen
+class ReceivedReport:
+    """A report as one moderator reads it: ``status`` is ``verified`` (the text and franking
+    key open the commitment of message ``seq``, which the host stamped and its sender
+    signed) or ``refused`` (``reason``: ``bad_franking``, ``not_a_message``,
+    ``undecryptable``). ``report_seq`` is the report's own place in the log."""
+
+    report_seq: int
+    time: int
+    seq: int
+    category: str | None
+    text: str | None
+    sender: bytes | None
+    sent: int | None
+    status: str
+    reason: str | None = None
+    franking_key: bytes | None = attrs.field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {"report": self.report_seq, "time": self.time, "seq": self.seq, "category": self.category,
+                "text": self.text, "sender": b64e(self.sender) if self.sender else None, "sent": self.sent,
+                "status": self.status, "reason": self.reason}
+
+
+def open_report(address: CommunityAddress, report_seq: int, event: Report, me: SigningKeyPair, my_box: BoxKeyPair,
+                messages: dict[int, MessagePosted]) -> ReceivedReport | None:
+    """``event`` as moderator ``me`` reads it, checked against the message it names
+    (``messages``: the log's message events by seq); None if it holds nothing for ``me``."""
+    sealed = event.reports.get(b64e(me.public))
+    if sealed is None:
+        return None
+    try:
+        inner = unpad(open_signed(event.reporter, my_box, _report_context(address, me.public, event.reporter), sealed))
+        f = fields(loads(inner), "report", {"category": text(32), "franking_key": b64(FRANKING_KEY_SIZE),
+                                            "seq": integer(1, MAX_SEQ), "text": _TEXT})
+    except (DecryptionFailed, BadRequest):
+        return ReceivedReport(report_seq, event.time, 0, None, None, None, None, "refused", "undecryptable")
+    category = f["category"] if f["category"] in REPORT_CATEGORIES else "other"
+    posted = messages.get(f["seq"])
+    if posted is None:
+        return ReceivedReport(report_seq, event.time, f["seq"], category, f["text"], None, None, "refused",
+                              "not_a_message")
+    ok = check_commitment(f["franking_key"], _franked(address, posted.sender, f["text"], posted.sent),
+                          posted.commitment)
+    return ReceivedReport(report_seq, event.time, f["seq"], category, f["text"], posted.sender, posted.sent,
+                          "verified" if ok else "refused", None if ok else "bad_franking",
+                          f["franking_key"] if ok else None)
+
+
+@attrs.frozen
+class ForwardedReport:
+    """A report a moderator forwarded to the sender's home node, checked: the host stamped
+    message ``seq`` from ``sender``, its text is ``text``, and ``moderator`` (a member key)
+    signed the decision to forward it, as ``category``. It names no reporter."""
+
+    community: CommunityAddress
+    seq: int
+    sender: bytes
+    text: str
+    sent: int
+    category: str
+    moderator: bytes
+    time: int
+
+
+def make_forward(moderator: SigningKeyPair, report: dict, category: str, now: int) -> dict:
+    """A moderator's decision to show a verified report to the sender's home node: the
+    franking report (text, franking key, the sender-signed event and the host's stamp) and
+    its category, signed by the moderator's member key. Sealed to that node's key
+    (``seal_to_node``) before it leaves the device, so the nodes relaying it read nothing."""
+    if category not in REPORT_CATEGORIES:
+        raise BadRequest(f"category must be one of {', '.join(REPORT_CATEGORIES)}", code="bad_category")
+    community = str(parse_event(report["event"]).community)
+    return sign_statement(moderator, {"type": REPORT_FORWARD, "community": community, "category": category,
+                                      "report": report, "moderator": b64e(moderator.public), "time": now})
+
+
+def open_forward(obj: Any, host_public_keys: list[bytes]) -> ForwardedReport:
+    """The facts of a forwarded report, if its moderator signed it and its franking report
+    verifies under the host's keys; Forbidden or BadRequest otherwise. Whether the signer is
+    a moderator of the community is for the receiver to check against its copy."""
+    body = open_statement(obj, "forward", REPORT_FORWARD, None)
+    f = fields(body, "forward", {"type": const(REPORT_FORWARD), "community": CommunityAddress.parse,
+                                 "category": text(32, "|".join(REPORT_CATEGORIES)), "report": anything,
+                                 "moderator": b64(32), "time": _TIME})
+    open_statement(obj, "forward", REPORT_FORWARD, f["moderator"])
+    facts = open_franking_report(f["report"], host_public_keys)
+    if facts.community != f["community"]:
+        raise BadRequest("the forwarded report is of another community's message", code="wrong_community")
+    return ForwardedReport(facts.community, facts.seq, facts.sender, facts.text, facts.sent, f["category"],
+                           f["moderator"], f["time"])
+
+
 def membership_change(event: Event) -> tuple[tuple[bytes, bool], ...]:
     """For a node's copy of a community: the member keys an event is about and whether each
     may read the copy from now on (the creator and joined or pending members may; one that
@@ -700,6 +986,8 @@ def membership_change(event: Event) -> tuple[tuple[bytes, bool], ...]:
     if isinstance(event, Rekey):
         return ((event.member, False), (event.new_member, True))
     if isinstance(event, Leave | Remove):
+        return ((event.member, False),)
+    if isinstance(event, Action) and event.action in ("remove", "ban"):
         return ((event.member, False),)
     return ()
 
@@ -901,6 +1189,12 @@ class Reading:
     state: CommunityState
     messages: tuple[Message, ...]
     unreadable: tuple[Unreadable, ...]
+    #: Every moderator action in the log, in order (members see what moderators did).
+    actions: tuple[tuple[int, Action], ...] = ()
+    #: Message seq -> the action that hid it (a hide naming a message of that member).
+    hidden: dict[int, tuple[int, Action]] = attrs.field(factory=dict)
+    #: The reports sealed to this member as a moderator, checked.
+    reports: tuple[ReceivedReport, ...] = ()
 
 
 def read_history(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair, *,
@@ -918,8 +1212,25 @@ def read_history(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_bo
     mine = b64e(me.public)
     messages: list[Message] = []
     unreadable: list[Unreadable] = []
+    posted: dict[int, MessagePosted] = {}
+    actions: list[tuple[int, Action]] = []
+    hidden: dict[int, tuple[int, Action]] = {}
+    reports: list[ReceivedReport] = []
     for seq, statement in state_events[1:]:
         state, event = state.step(statement, seq=seq, checked=seq <= checked)
+        if isinstance(event, Action):
+            actions.append((seq, event))
+            target = posted.get(event.seq)
+            if event.action == "hide" and target is not None and target.sender == event.member:
+                hidden.setdefault(event.seq, (seq, event))
+            continue
+        if isinstance(event, Report):
+            received = open_report(state.address, seq, event, me, my_box, posted)
+            if received is not None:
+                reports.append(received)
+            continue
+        if isinstance(event, MessagePosted):
+            posted[seq] = event
         if isinstance(event, SenderKeyDistribution) and mine in event.keys:
             context = _sender_key_context(state.address, me.public, event.epoch)
             try:
@@ -936,7 +1247,7 @@ def read_history(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_bo
                 (messages if isinstance(opened, Message) else unreadable).append(opened)
             elif (event.sender, event.epoch) in broken:
                 unreadable.append(Unreadable(seq, event.sender, "bad_sender_key"))
-    return Reading(state, tuple(messages), tuple(unreadable))
+    return Reading(state, tuple(messages), tuple(unreadable), tuple(actions), hidden, tuple(reports))
 
 
 def read_messages(state_events: list[tuple[int, dict]], me: SigningKeyPair, my_box: BoxKeyPair) -> list[Message]:

@@ -47,7 +47,8 @@ from rxfed.crypto.ristretto import (
     is_element,
     random_scalar,
 )
-from rxfed.errors import BadRequest, Conflict, PayloadTooLarge
+from rxfed.errors import BadRequest, Conflict, PayloadTooLarge, RxfedError
+from rxfed.protocol.canonical import canonical, loads
 
 VERSION = 1
 MAGIC = b"RXPSI"
@@ -606,3 +607,52 @@ def accept(data: bytes, *, federation: str, me: str, peer: str, elements: Iterab
     session = PsiSession(Role.RESPONDER, context, limits, Phase.READY, ExponentKey.generate(random), slots,
                          dummies, own_size, reply, peer_hello=hello.to_bytes(), peer_size=hello.size)
     return session, reply
+
+
+# --- keeping a session between requests ------------------------------------------------
+
+def _b(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+def _unb(value: str | None) -> bytes | None:
+    return None if value is None else bytes.fromhex(value)
+
+
+def session_to_state(session: PsiSession) -> bytes:
+    """Everything a side needs to take the next step of ``session``, as bytes a node keeps
+    in its store between a peer's requests (a node serving several worker processes cannot
+    keep it in memory). It holds the session's secret exponent and the node's own elements:
+    the node deletes it once the session ends."""
+    c, s = session.context, session
+    return canonical({
+        "v": VERSION, "role": int(s.role), "phase": s.phase.value,
+        "context": [c.federation, c.session_id.hex(), c.initiator, c.responder],
+        "limits": [s.limits.max_elements, s.limits.min_padded], "key": s.key.scalar.hex(),
+        "slots": [_b(slot) for slot in s.slots], "dummies": [[slot, scalar.hex()] for slot, scalar in s.dummies],
+        "own_size": s.own_size, "own_hello": s.own_hello.hex(), "peer_hello": _b(s.peer_hello),
+        "peer_size": s.peer_size, "peer_public": _b(s.peer_public),
+        "peer_tags": None if s.peer_tags is None else b"".join(s.peer_tags).hex(),
+        "commitment": _b(s.commitment), "peer_commitment": _b(s.peer_commitment)})
+
+
+def session_from_state(data: bytes) -> PsiSession:
+    """The session :func:`session_to_state` kept. ValueError for bytes it did not write."""
+    try:
+        d = loads(data)
+        if d["v"] != VERSION:
+            raise ValueError("a PSI session kept by another version")
+        federation, session_id, initiator, responder = d["context"]
+        tags = _unb(d["peer_tags"])
+        return PsiSession(
+            Role(d["role"]), PsiContext(federation, bytes.fromhex(session_id), initiator, responder),
+            PsiLimits(*d["limits"]), Phase(d["phase"]), ExponentKey(bytes.fromhex(d["key"])),
+            tuple(_unb(slot) for slot in d["slots"]),
+            tuple((int(slot), bytes.fromhex(scalar)) for slot, scalar in d["dummies"]), int(d["own_size"]),
+            bytes.fromhex(d["own_hello"]), _unb(d["peer_hello"]), d["peer_size"], _unb(d["peer_public"]),
+            None if tags is None else tuple(tags[i:i + TAG_SIZE] for i in range(0, len(tags), TAG_SIZE)),
+            _unb(d["commitment"]), _unb(d["peer_commitment"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not a kept PSI session: {exc}") from None
+    except RxfedError as exc:  # loads: not JSON
+        raise ValueError(f"not a kept PSI session: {exc.message}") from None

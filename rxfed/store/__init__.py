@@ -200,6 +200,44 @@ class OperatorEntry:
 
 
 @attrs.frozen
+class MatchingSession:
+    """One PSI session in the node's log (``rxfed node matching DATA_DIR sessions``):
+    with whom, in which role, when, how it ended (``open``, ``matched``, or ``failed:<code>``),
+    both padded set sizes and how many categories were common, never which. ``state``
+    (the open session this node answers, secret exponent included) is None once it ended,
+    and in listings."""
+
+    id: str
+    role: str
+    peer: str
+    started: int
+    outcome: str = "open"
+    step: int = 0
+    finished: int | None = None
+    own_size: int | None = None
+    own_padded: int | None = None
+    peer_padded: int | None = None
+    common: int | None = None
+    state: bytes | None = attrs.field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "role": self.role, "peer": self.peer, "started": self.started,
+                "finished": self.finished, "outcome": self.outcome, "own_size": self.own_size,
+                "own_padded": self.own_padded, "peer_padded": self.peer_padded, "common": self.common}
+
+
+@attrs.frozen
+class MatchingMember:
+    """A patient of this node who granted a kind for matching, and one signal under it."""
+
+    patient: str
+    token: str
+    subject: str
+    recipient: str
+    body: bytes
+
+
+@attrs.frozen
 class AuditRow:
     seq: int
     entry: bytes

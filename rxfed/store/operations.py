@@ -19,11 +19,14 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from rxfed.consent.audit import append as audit_append
 from rxfed.consent.tokens import ReceivedState, TokenOutcome, check_share, on_delivery
-from rxfed.errors import Conflict, Forbidden, Gone, NotFound, Unauthorized
+from rxfed.errors import Conflict, Forbidden, Gone, NotFound, RateLimited, Unauthorized
 from rxfed.protocol import account as pa
 from rxfed.protocol import budget
+from rxfed.protocol import blocklists as pbl
 from rxfed.protocol import community as pcm
 from rxfed.protocol.federation import track_sequence
 from rxfed.store import (
@@ -38,6 +41,8 @@ from rxfed.store import (
     Device,
     GrantRow,
     Inbound,
+    MatchingMember,
+    MatchingSession,
     NewPatient,
     Nonce,
     OperatorEntry,
@@ -265,6 +270,42 @@ async def _remove_community(c: Conn, community_id: str, host: str, log: Operator
     return True
 
 
+async def _peer_and_block(c: Conn, node_id: str, candidates: list[str]):
+    peer = await c.peer(node_id)
+    return peer, pbl.effective(_block(r) for r in await c.domain_blocks(candidates))
+
+
+def _block(row) -> pbl.DomainBlock:
+    domain, severity, media, reports, comment, obfuscate = row
+    return pbl.DomainBlock(domain, severity, bool(media), bool(reports), comment, bool(obfuscate))
+
+
+async def _put_domain_blocks(c: Conn, rows: list, now: int, log: OperatorEntry | None) -> None:
+    await c.put_domain_blocks(rows, now)
+    if log is not None:
+        await c.log_operator(log)
+
+
+async def _delete_domain_block(c: Conn, domain: str, log: OperatorEntry | None) -> bool:
+    found = await c.delete_domain_block(domain)
+    if found and log is not None:
+        await c.log_operator(log)
+    return found
+
+
+async def _put_ban_entries(c: Conn, rows: list, now: int, log: OperatorEntry | None) -> None:
+    await c.put_ban_hashes(rows, now)
+    if log is not None:
+        await c.log_operator(log)
+
+
+async def _delete_ban_entry(c: Conn, hash_: str, log: OperatorEntry | None) -> bool:
+    found = await c.delete_ban_hash(hash_)
+    if found and log is not None:
+        await c.log_operator(log)
+    return found
+
+
 async def _set_peer_policy(c: Conn, node_id: str, policy: str, url: str | None, fingerprint: str | None) -> None:
     await c.ensure_peer(node_id)
     await c.set_peer_policy(node_id, policy, url, fingerprint)
@@ -430,6 +471,43 @@ async def _expire_received(c: Conn, now: int) -> list[ReceivedToken]:
     if expired:
         c.scrub()
     return expired
+
+
+async def _open_matching_session(c: Conn, session: MatchingSession, per_day: int, nonce: Nonce | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    started, open_now = await c.matching_sessions_since(session.peer, session.role, session.started - 86400)
+    if open_now >= 1:
+        raise RateLimited(f"{session.peer} has a matching session open with this node already", retry_after=60)
+    if started >= per_day:
+        raise RateLimited(f"{session.peer} had its {per_day} matching sessions with this node today", retry_after=3600)
+    if not await c.add_matching_session(session):
+        raise Conflict("a matching session with that id exists", code="psi_wrong_session")
+
+
+async def _advance_matching_session(c: Conn, session_id: str, role: str, step: int, state: bytes,
+                                    nonce: Nonce | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    if not await c.advance_matching_session(session_id, role, step, state):
+        raise Conflict("the matching session moved on", code="psi_out_of_order")
+
+
+async def _finish_matching_session(c: Conn, session: MatchingSession, counts: dict[str, int] | None,
+                                   nonce: Nonce | None) -> None:
+    if nonce is not None:
+        await _use_nonce(c, nonce)
+    if not await c.finish_matching_session(session):
+        raise Conflict("the matching session has ended", code="psi_out_of_order")
+    if counts is not None:
+        await c.replace_matching_common(session.peer, counts, session.finished)
+
+
+async def _expire_matching_sessions(c: Conn, before: int, now: int) -> int:
+    stale = await c.stale_matching_sessions(before)
+    for s in stale:
+        await c.finish_matching_session(attrs.evolve(s, finished=now, outcome="failed:expired", state=None))
+    return len(stale)
 
 
 class Store:
@@ -638,6 +716,55 @@ class Store:
         """The newest ``limit`` entries of the operator log, oldest first."""
         return await self.backend.read(methodcaller("operator_log", limit))
 
+    # -- operators' block lists ---------------------------------------------------------------
+    async def domain_blocks(self) -> list[pbl.DomainBlock]:
+        return [_block(r) for r in await self.backend.read(methodcaller("domain_blocks"))]
+
+    async def block_for(self, node_id: str) -> pbl.Effective | None:
+        """What the instance blocks that cover ``node_id`` add up to (its host and the host's
+        parent domains: :func:`rxfed.protocol.blocklists.candidates`), None when none does."""
+        rows = await self.backend.read(methodcaller("domain_blocks", pbl.candidates(node_id)))
+        return pbl.effective(_block(r) for r in rows)
+
+    async def peer_and_block(self, node_id: str) -> tuple[Peer | None, pbl.Effective | None]:
+        """:meth:`peer` and :meth:`block_for` in one read (the federation's checks of every
+        transaction need both)."""
+        return await self.backend.read(_peer_and_block, node_id, pbl.candidates(node_id))
+
+    async def put_domain_blocks(self, blocks: list[pbl.DomainBlock], *, now: int,
+                                log: OperatorEntry | None = None) -> None:
+        """Add or replace ``blocks`` in one transaction (an import lands whole or not at all)."""
+        await self.backend.write(_put_domain_blocks, [(b.domain, b.severity, b.reject_media, b.reject_reports,
+                                                      b.public_comment, b.obfuscate) for b in blocks], now, log)
+
+    async def delete_domain_block(self, domain: str, *, log: OperatorEntry | None = None) -> bool:
+        return await self.backend.write(_delete_domain_block, domain, log)
+
+    async def ban_entries(self) -> list[pbl.BanEntry]:
+        return [pbl.BanEntry(h, r) for h, r in await self.backend.read(methodcaller("ban_hashes"))]
+
+    async def banned(self, hashes: list[str]) -> list[str]:
+        """Which of ``hashes`` (see :func:`rxfed.protocol.blocklists.ban_hash`) are banned."""
+        return [h for h, _r in await self.backend.read(methodcaller("ban_hashes", hashes))]
+
+    async def put_ban_entries(self, entries: list[pbl.BanEntry], *, now: int, log: OperatorEntry | None = None) -> None:
+        await self.backend.write(_put_ban_entries, [(e.hash, e.reason) for e in entries], now, log)
+
+    async def delete_ban_entry(self, hash_: str, *, log: OperatorEntry | None = None) -> bool:
+        return await self.backend.write(_delete_ban_entry, hash_, log)
+
+    async def keep_forwarded_report(self, row: dict) -> bool:
+        """Keep a report a community's moderator forwarded to this node (keys as
+        :meth:`forwarded_reports` gives them); False when it was kept already."""
+        columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
+                   "moderator", "origin")
+        return await self.backend.write(methodcaller("put_forwarded_report", tuple(row[c] for c in columns)))
+
+    async def forwarded_reports(self) -> list[dict]:
+        columns = ("id", "received", "community_id", "host", "seq", "sender", "category", "text", "sent",
+                   "moderator", "origin")
+        return [dict(zip(columns, r)) for r in await self.backend.read(methodcaller("forwarded_reports"))]
+
     # -- federation: peers -----------------------------------------------------------------
     async def peer(self, node_id: str) -> Peer | None:
         return await self.backend.read(methodcaller("peer", node_id))
@@ -836,3 +963,50 @@ class Store:
     async def expire_received(self, now: int) -> list[ReceivedToken]:
         """Delete the signals of tokens whose grant ended; returns those tokens."""
         return await self.backend.write(_expire_received, now, heavy=True)
+
+    # -- matching --------------------------------------------------------------------------
+    async def matching_members(self, origin: str, kind: str, purpose: str, now: int) -> list[MatchingMember]:
+        """The signals ``origin``'s (this node's) own patients sent it under live grants of
+        ``kind`` for ``purpose``, with the patient each came from (a patient with several
+        grants is one patient)."""
+        return await self.backend.read(methodcaller("matching_members", origin, kind, purpose, now))
+
+    async def matching_budget(self, peer: str, role: str, since: int) -> tuple[int, int]:
+        """(sessions ``peer`` had with this node in ``role`` since ``since``, of them still open)."""
+        return await self.backend.read(methodcaller("matching_sessions_since", peer, role, since))
+
+    async def open_matching_session(self, session: MatchingSession, *, per_day: int, nonce: Nonce | None = None) -> None:
+        """Log a new session (with its state when this node answers it). 429 when the peer
+        has one open with us in that role already, or had ``per_day`` of them in the last 24
+        hours; 409 ``psi_wrong_session`` for an id in use."""
+        await self.backend.write(_open_matching_session, session, per_day, nonce)
+
+    async def advance_matching_session(self, session_id: str, role: str, *, step: int, state: bytes,
+                                       nonce: Nonce | None = None) -> None:
+        """Keep an open session's next state; 409 ``psi_out_of_order`` unless it is still at ``step``."""
+        await self.backend.write(_advance_matching_session, session_id, role, step, state, nonce)
+
+    async def finish_matching_session(self, session: MatchingSession, *, counts: dict[str, int] | None = None,
+                                      nonce: Nonce | None = None) -> None:
+        """End a session as ``session`` says (its state deleted) and, after a match, keep the
+        peer's stated counts of the common categories in place of the previous ones."""
+        await self.backend.write(_finish_matching_session, session, counts, nonce)
+
+    async def matching_session(self, session_id: str, role: str) -> MatchingSession | None:
+        return await self.backend.read(methodcaller("matching_session", session_id, role))
+
+    async def matching_sessions(self, limit: int = 1000) -> list[MatchingSession]:
+        """The newest ``limit`` sessions, newest first, without their state."""
+        return await self.backend.read(methodcaller("matching_sessions", limit))
+
+    async def expire_matching_sessions(self, before: int, now: int) -> int:
+        """End, as ``failed:expired``, every session still open that started before ``before``."""
+        return await self.backend.write(_expire_matching_sessions, before, now)
+
+    async def matching_common(self, categories: list[str] | None = None) -> list[tuple[str, str, int, int]]:
+        """``(peer, category, count, updated)`` of the common categories each peer's last
+        completed session found (those in ``categories``, or all)."""
+        return await self.backend.read(methodcaller("matching_common", categories))
+
+    async def claim_matching_run(self, peer: str, *, now_ms: int, next_ms: int) -> bool:
+        return await self.backend.write(methodcaller("claim_matching_run", peer, now_ms, next_ms))

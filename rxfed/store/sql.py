@@ -29,6 +29,8 @@ from rxfed.store import (
     Device,
     GrantRow,
     Inbound,
+    MatchingMember,
+    MatchingSession,
     Nonce,
     OperatorEntry,
     OutboxSummary,
@@ -341,6 +343,57 @@ class SQLConnection:
         return True
 
     # -- federation: peers -----------------------------------------------------------------
+    # -- operators' block lists (rows: see rxfed.protocol.blocklists) --------------------------
+    _BLOCK_COLUMNS = "domain, severity, reject_media, reject_reports, public_comment, obfuscate"
+
+    async def domain_blocks(self, domains: Sequence[str] | None = None) -> list[Sequence]:
+        if domains is None:
+            return await self._all(f"SELECT {self._BLOCK_COLUMNS} FROM domain_blocks ORDER BY domain")
+        if not domains:
+            return []
+        return await self._all(f"SELECT {self._BLOCK_COLUMNS} FROM domain_blocks WHERE domain IN "
+                               f"({_marks(len(domains))}) ORDER BY domain", list(domains))
+
+    async def put_domain_blocks(self, rows: list[Sequence], now: int) -> None:
+        """Add or replace blocks: (domain, severity, reject_media, reject_reports,
+        public_comment, obfuscate) each."""
+        await self._many("INSERT INTO domain_blocks (domain, severity, reject_media, reject_reports, public_comment, "
+                         "obfuscate, created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET "
+                         "severity=excluded.severity, reject_media=excluded.reject_media, "
+                         "reject_reports=excluded.reject_reports, public_comment=excluded.public_comment, "
+                         "obfuscate=excluded.obfuscate",
+                         [(d, sev, int(m), int(r), c, int(o), now) for d, sev, m, r, c, o in rows])
+
+    async def delete_domain_block(self, domain: str) -> bool:
+        return await self._run("DELETE FROM domain_blocks WHERE domain=?", (domain,)) == 1
+
+    async def ban_hashes(self, hashes: Sequence[str] | None = None) -> list[Sequence]:
+        """(hash, reason) rows: all, or those among ``hashes``."""
+        if hashes is None:
+            return await self._all("SELECT hash, reason FROM ban_hashes ORDER BY hash")
+        if not hashes:
+            return []
+        return await self._all(f"SELECT hash, reason FROM ban_hashes WHERE hash IN ({_marks(len(hashes))})",
+                               list(hashes))
+
+    async def put_ban_hashes(self, rows: list[Sequence], now: int) -> None:
+        await self._many("INSERT INTO ban_hashes (hash, reason, created) VALUES (?, ?, ?) ON CONFLICT (hash) DO "
+                         "UPDATE SET reason=excluded.reason", [(h, r, now) for h, r in rows])
+
+    async def delete_ban_hash(self, hash_: str) -> bool:
+        return await self._run("DELETE FROM ban_hashes WHERE hash=?", (hash_,)) == 1
+
+    async def put_forwarded_report(self, row: Sequence) -> bool:
+        """(id, received, community_id, host, seq, sender, category, text, sent, moderator,
+        origin); False when that report was kept already."""
+        return await self._run("INSERT INTO forwarded_reports (id, received, community_id, host, seq, sender, "
+                               "category, text, sent, moderator, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (id) DO NOTHING", tuple(row)) == 1
+
+    async def forwarded_reports(self) -> list[Sequence]:
+        return await self._all("SELECT id, received, community_id, host, seq, sender, category, text, sent, moderator, "
+                               "origin FROM forwarded_reports ORDER BY received, id")
+
     _PEER_COLUMNS = ("node_id, policy, url, fingerprint, document, fetched, failures, breaker_until, "
                      "last_success, last_error, trusted_keys")
 
@@ -720,3 +773,82 @@ class SQLConnection:
         """Forget tokens without signals whose grant ended before ``ended_before``."""
         await self._run("DELETE FROM received_tokens WHERE not_after <= ? AND token NOT IN "
                         "(SELECT token FROM received_signals)", (ended_before,))
+
+    # -- matching: PSI sessions, results per peer, the schedule ---------------------------
+    _SESSION_COLUMNS = ("id, role, peer, started, outcome, step, finished, own_size, own_padded, peer_padded, "
+                        "common, state")
+
+    async def matching_members(self, origin: str, kind: str, purpose: str, now: int) -> list[MatchingMember]:
+        """Signals this node's own patients (not suspended) sent it under live tokens of ``kind`` for ``purpose``."""
+        rows = await self._all(
+            "SELECT g.patient_id, t.token, t.subject, t.recipient, s.body FROM received_tokens t "
+            "JOIN received_signals s ON s.token = t.token JOIN grant_tokens gt ON gt.token = t.token "
+            "JOIN grants g ON g.id = gt.grant_id JOIN patients p ON p.id = g.patient_id "
+            "WHERE t.origin=? AND t.kind=? AND t.purpose=? AND p.suspended IS NULL "
+            "AND t.revoked IS NULL AND t.not_after > ? AND g.revoked IS NULL AND g.not_after > ? "
+            "ORDER BY t.token, s.n", (origin, kind, purpose, now, now))
+        return [MatchingMember(*r) for r in rows]
+
+    async def matching_sessions_since(self, peer: str, role: str, since: int) -> tuple[int, int]:
+        """(sessions ``peer`` had with us in ``role`` started at or after ``since``, of them open)."""
+        row = await self._one("SELECT count(*), count(state) FROM matching_sessions WHERE peer=? AND role=? "
+                              "AND started >= ?", (peer, role, since))
+        return int(row[0]), int(row[1])
+
+    async def add_matching_session(self, s: MatchingSession) -> bool:
+        return await self._run(f"INSERT INTO matching_sessions ({self._SESSION_COLUMNS}) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (s.id, s.role, s.peer, s.started, s.outcome, s.step, s.finished, s.own_size,
+                                s.own_padded, s.peer_padded, s.common, s.state)) == 1
+
+    async def matching_session(self, session_id: str, role: str) -> MatchingSession | None:
+        row = await self._one(f"SELECT {self._SESSION_COLUMNS} FROM matching_sessions WHERE id=? AND role=?",
+                              (session_id, role))
+        return MatchingSession(*row) if row else None
+
+    async def advance_matching_session(self, session_id: str, role: str, step: int, state: bytes) -> bool:
+        """Move an open session from ``step`` to ``step + 1`` with its new state (False when
+        another request moved it first)."""
+        return await self._run("UPDATE matching_sessions SET step=?, state=? WHERE id=? AND role=? AND step=? "
+                               "AND finished IS NULL", (step + 1, state, session_id, role, step)) == 1
+
+    async def finish_matching_session(self, s: MatchingSession) -> bool:
+        return await self._run("UPDATE matching_sessions SET finished=?, outcome=?, step=?, own_size=?, own_padded=?, "
+                               "peer_padded=?, common=?, state=NULL WHERE id=? AND role=? AND finished IS NULL",
+                               (s.finished, s.outcome, s.step, s.own_size, s.own_padded, s.peer_padded, s.common,
+                                s.id, s.role)) == 1
+
+    async def stale_matching_sessions(self, before: int) -> list[MatchingSession]:
+        rows = await self._all(f"SELECT {self._SESSION_COLUMNS} FROM matching_sessions WHERE finished IS NULL "
+                               "AND started < ?", (before,))
+        return [MatchingSession(*r) for r in rows]
+
+    async def matching_sessions(self, limit: int) -> list[MatchingSession]:
+        rows = await self._all(f"SELECT {self._SESSION_COLUMNS} FROM matching_sessions "
+                               "ORDER BY started DESC, id LIMIT ?", (limit,))
+        return [attrs.evolve(MatchingSession(*r), state=None) for r in rows]
+
+    async def replace_matching_common(self, peer: str, counts: dict[str, int], now: int) -> None:
+        await self._run("DELETE FROM matching_common WHERE peer=?", (peer,))
+        await self._many("INSERT INTO matching_common (peer, category, count, updated) VALUES (?, ?, ?, ?)",
+                         [(peer, category, n, now) for category, n in sorted(counts.items())])
+
+    async def matching_common(self, categories: list[str] | None) -> list[tuple[str, str, int, int]]:
+        """(peer, category, count, updated) for ``categories`` (all when None)."""
+        if categories is None:
+            rows = await self._all("SELECT peer, category, count, updated FROM matching_common ORDER BY peer, category")
+            return [tuple(r) for r in rows]
+        out = []
+        for i in range(0, len(categories), CHUNK):
+            part = categories[i:i + CHUNK]
+            out += [tuple(r) for r in await self._all(
+                f"SELECT peer, category, count, updated FROM matching_common WHERE category IN ({_marks(len(part))}) "
+                "ORDER BY peer, category", part)]
+        return out
+
+    async def claim_matching_run(self, peer: str, now_ms: int, next_ms: int) -> bool:
+        """Whether this caller runs ``peer``'s due session: the schedule moved to ``next_ms``
+        by exactly one caller (another worker process claiming it at once gets False)."""
+        return await self._run("INSERT INTO matching_schedule (peer, next_run) VALUES (?, ?) ON CONFLICT (peer) "
+                               "DO UPDATE SET next_run = excluded.next_run WHERE matching_schedule.next_run <= ?",
+                               (peer, next_ms, now_ms)) == 1

@@ -556,6 +556,53 @@ def fold_vectors() -> dict:
     }
 
 
+def moderation_vectors() -> dict:
+    """spec/moderation.md and spec/crypto.md §14, on the history of community.json: the admin
+    appoints the member a moderator, a report of the member's message sealed to both
+    moderators under a fixed reporter key and fixed ephemeral keys, a forged report (another
+    text), the hide and warn that follow, and a forwarded report."""
+    from rxfed.crypto import BoxKeyPair, b64d
+    from rxfed.protocol import community as pc
+
+    base = community_vectors()
+    admin = SigningKeyPair.from_seed(b64d(base["admin"]["seed"]))
+    admin_box = BoxKeyPair.from_secret(b64d(base["admin"]["box_secret"]))
+    member = SigningKeyPair.from_seed(b64d(base["member"]["seed"]))
+    events = [e["event"] for e in base["events"]]
+    address = pc.parse_event(events[0]).community
+    events.append(pc.make_action(admin, address, "appoint", member.public, reason="moderator", now=CREATED + 300))
+    state = pc.CommunityState.from_events(list(enumerate(events, 1)))
+    message = next(m for m in pc.read_history(list(enumerate(events, 1)), admin, admin_box).messages)
+    reporter = SigningKeyPair.from_seed(bytes([0x91] * 32))
+    ephemerals = [BoxKeyPair.from_secret(bytes([0xa1 + i] * 32)) for i in range(len(state.moderator_keys()))]
+    events.append(pc.make_report(state, message, "miracle_cure", CREATED + 360, reporter=reporter,
+                                 ephemerals=ephemerals))
+    report_seq = len(events)
+    state = pc.CommunityState.from_events(list(enumerate(events, 1)))
+    events.append(pc.make_report(state, message, "spam", CREATED + 370, reporter=SigningKeyPair.from_seed(
+        bytes([0x92] * 32)), text="something else", ephemerals=[BoxKeyPair.from_secret(bytes([0xb1 + i] * 32))
+                                                                 for i in range(2)]))
+    for action in ("hide", "warn"):
+        events.append(pc.make_action(member, address, action, member.public, seq=message.seq, reason="miracle_cure",
+                                     now=CREATED + 400))
+    franking = pc.franking_report(message, events[message.seq - 1], base["events"][message.seq - 1]["stamp"])
+    payload = canonical({"category": "miracle_cure", "franking_key": b64e(message.franking_key), "seq": message.seq,
+                         "text": message.text})
+    return {
+        "community": "the history of community.json, then the events here",
+        "events": [{"seq": seq, "event": event} for seq, event in enumerate(events, 1)],
+        "reporter": {"seed": b64e(reporter.seed), "public_key": b64e(reporter.public)},
+        "report": {"seq": report_seq, "payload": payload.decode(),
+                   "contexts": {m.member_b64: pc._report_context(address, m.member, reporter.public).decode()
+                                for m in state.moderator_keys()},
+                   "ephemeral_secrets": [b64e(e.secret) for e in ephemerals]},
+        "expected": {"hidden": [message.seq], "moderators": [m.member_b64 for m in state.moderator_keys()],
+                     "reports": [[report_seq, message.seq, "miracle_cure", message.text, "verified"],
+                                 [report_seq + 1, message.seq, "spam", "something else", "refused"]]},
+        "forward": pc.make_forward(admin, franking, "miracle_cure", CREATED + 500),
+    }
+
+
 def restore_vectors() -> dict:
     from rxfed.protocol.restore import RestoreStatement
 
@@ -721,6 +768,7 @@ VECTORS = {
     "vault.json": vault_vectors,
     "community.json": community_vectors,
     "community-fold.json": fold_vectors,
+    "moderation.json": moderation_vectors,
     "consent.json": consent_vectors,
     "keyfile.json": keyfile_vectors,
     "node-key-rotation.json": rotation_vectors,

@@ -8,12 +8,13 @@ import attrs
 import pytest
 
 from rxfed.consent.tokens import TokenOutcome
-from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, Unauthorized
+from rxfed.errors import Conflict, Forbidden, Gone, NotFound, QuotaExceeded, RateLimited, Unauthorized
 from rxfed.store import (
     CommunityEvent,
     CommunityRow,
     GrantRow,
     Inbound,
+    MatchingSession,
     NewPatient,
     Nonce,
     OperatorEntry,
@@ -103,6 +104,37 @@ class OperatorContract:
     def entry(action: str, subject: str) -> OperatorEntry:
         return OperatorEntry(7, action, subject, "alice", '{"why":"test"}')
 
+    async def test_block_lists_cover_subdomains_and_keep_only_hashes(self, store):
+        from rxfed.protocol import blocklists as pbl
+
+        blocks = [pbl.domain_block("example.org", "silence", public_comment="spam, \"ads\""),
+                  pbl.domain_block("bad.example.org", "suspend", reject_reports=True),
+                  pbl.domain_block("other.example:8443", "noop", reject_media=True)]
+        await store.put_domain_blocks(blocks, now=10, log=self.entry("block-import", "3 blocks"))
+        assert await store.domain_blocks() == sorted(blocks, key=lambda b: b.domain)
+        worst = await store.block_for("a.bad.example.org:8470")
+        assert (worst.severity, worst.reject_reports, set(worst.domains)) == ("suspend", True,
+                                                                                {"bad.example.org", "example.org"})
+        assert (await store.block_for("example.org")).severity == "silence"
+        assert await store.block_for("other.example") is None  # a block with a port covers that port only
+        assert (await store.block_for("other.example:8443")).reject_media
+        assert await store.block_for("notexample.org") is None
+        await store.put_domain_blocks([pbl.domain_block("example.org", "suspend")], now=11)
+        assert (await store.block_for("example.org")).severity == "suspend"  # replaced
+        assert await store.delete_domain_block("example.org", log=self.entry("unblock", "example.org"))
+        assert not await store.delete_domain_block("example.org")
+        assert [e.action for e in await store.operator_log()][-2:] == ["block-import", "unblock"]
+        entry = pbl.ban_entry("A" * 43, "spam")
+        await store.put_ban_entries([entry], now=12)
+        assert await store.banned([entry.hash, pbl.ban_hash("B" * 42 + "A")]) == [entry.hash]
+        assert await store.ban_entries() == [entry]
+        assert await store.delete_ban_entry(entry.hash) and await store.banned([entry.hash]) == []
+        report = {"id": "r1", "received": 5, "community_id": "c" * 32, "host": "h.example", "seq": 7, "sender": "S",
+                  "category": "spam", "text": "buy ✓", "sent": 4, "moderator": "M", "origin": "m.example"}
+        assert await store.keep_forwarded_report(report)
+        assert not await store.keep_forwarded_report({**report, "text": "other"})  # kept once
+        assert await store.forwarded_reports() == [report]
+
     async def test_suspension_is_kept_logged_and_changes_once(self, store):
         p, q = await register(store, 1), await register(store, 2)
         assert await store.suspended_accounts() == set()
@@ -144,7 +176,68 @@ class OperatorContract:
         assert [e.action for e in await store.operator_log()] == ["remove"]
 
 
-class StoreContract(CommunityContract, OperatorContract):
+class MatchingContract:
+    """Matching sessions, peer counts and the schedule (mixed into :class:`StoreContract`)."""
+
+    @staticmethod
+    def answered(sid: str, peer: str = "a.example", started: int = 10_000) -> MatchingSession:
+        return MatchingSession(sid, "responder", peer, started, step=1, own_size=1, own_padded=64, peer_padded=64,
+                               state=b"secret state")
+
+    async def test_a_session_steps_once_and_ends_without_its_state(self, store):
+        await store.open_matching_session(self.answered("s1"), per_day=10, nonce=nonce())
+        await store.advance_matching_session("s1", "responder", step=1, state=b"next", nonce=nonce())
+        with pytest.raises(Conflict):  # a second request for the same step
+            await store.advance_matching_session("s1", "responder", step=1, state=b"other", nonce=nonce())
+        row = await store.matching_session("s1", "responder")
+        assert (row.step, row.state) == (2, b"next")
+        done = attrs.evolve(row, finished=10_005, outcome="matched", step=3, common=1, state=None)
+        await store.finish_matching_session(done, counts={"icd10:G40": 15}, nonce=nonce())
+        with pytest.raises(Conflict):
+            await store.finish_matching_session(done, counts={"icd10:E11": 20})
+        assert (await store.matching_session("s1", "responder")).state is None
+        assert [s.to_json()["outcome"] for s in await store.matching_sessions()] == ["matched"]
+        assert await store.matching_common() == [("a.example", "icd10:G40", 15, 10_005)]
+        assert await store.matching_common(["icd10:E11"]) == []
+
+    async def test_a_peer_has_one_open_session_and_a_daily_budget(self, store):
+        await store.open_matching_session(self.answered("s1"), per_day=2, nonce=nonce())
+        with pytest.raises(RateLimited):  # one open at a time
+            await store.open_matching_session(self.answered("s2"), per_day=2, nonce=nonce())
+        row = await store.matching_session("s1", "responder")
+        await store.finish_matching_session(attrs.evolve(row, finished=10_001, outcome="failed:x", state=None))
+        await store.open_matching_session(self.answered("s2", started=10_002), per_day=2, nonce=nonce())
+        assert await store.expire_matching_sessions(10_003, 10_003) == 1
+        with pytest.raises(RateLimited):  # two today
+            await store.open_matching_session(self.answered("s3", started=10_004), per_day=2, nonce=nonce())
+        await store.open_matching_session(self.answered("s3", peer="b.example"), per_day=2, nonce=nonce())
+        # a day later the budget is back
+        await store.open_matching_session(self.answered("s4", started=10_000 + 86_401), per_day=2, nonce=nonce())
+        assert await store.matching_budget("a.example", "responder", 10_000) == (3, 1)
+        with pytest.raises(Conflict):  # an id in use
+            await store.open_matching_session(self.answered("s4", peer="c.example"), per_day=2, nonce=nonce())
+        expired = await store.matching_session("s2", "responder")
+        assert expired.outcome == "failed:expired" and expired.state is None
+
+    async def test_a_replayed_nonce_opens_nothing(self, store):
+        n = nonce()
+        await store.open_matching_session(self.answered("s1"), per_day=5, nonce=n)
+        row = await store.matching_session("s1", "responder")
+        await store.finish_matching_session(attrs.evolve(row, finished=10_001, outcome="failed:x", state=None))
+        with pytest.raises(Replayed):
+            await store.open_matching_session(self.answered("s2"), per_day=5, nonce=n)
+        assert await store.matching_session("s2", "responder") is None
+
+    async def test_one_caller_claims_a_due_run(self, store):
+        assert await store.claim_matching_run("b.example", now_ms=1000, next_ms=5000)
+        assert not await store.claim_matching_run("b.example", now_ms=2000, next_ms=6000)
+        assert await store.claim_matching_run("b.example", now_ms=5000, next_ms=9000)
+        claims = await asyncio.gather(*(store.claim_matching_run("b.example", now_ms=9000, next_ms=20_000)
+                                        for _ in range(4)))
+        assert sorted(claims) == [False, False, False, True]
+
+
+class StoreContract(CommunityContract, OperatorContract, MatchingContract):
     """Subclass with a ``store`` fixture yielding an opened, empty store (communities: see
     :class:`CommunityContract`, which it includes)."""
 

@@ -1,7 +1,7 @@
 """Copy a SQLite node's rows into an empty PostgreSQL database (``rxfed node migrate-db``).
 
-Both schemas have the same tables and columns (PostgreSQL's migrations 1 and 2 are SQLite's
-schema 12), so every row is copied as it is, table by table, in one PostgreSQL transaction: the
+Both schemas have the same tables and columns (PostgreSQL's migration 1 is SQLite's schema
+11, each later one the SQLite migration of the same tables), so every row is copied as it is, table by table, in one PostgreSQL transaction: the
 target holds all of the node's data or none of it. The source is read in one SQLite read
 transaction, so the copy is one consistent snapshot.
 """
@@ -20,7 +20,9 @@ from rxfed.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 TABLES = ("meta", "invites", "patients", "devices", "recovery", "records", "identity_chain", "nonces", "tombstones",
           "peers", "outbox", "outbox_txns", "dead_letters", "inbox", "communities", "community_events",
           "community_members", "grants", "grant_tokens", "received_tokens", "deliveries", "received_signals", "audit",
-          "operator_log", "rate_budgets", "outbox_leases")
+          "operator_log", "rate_budgets", "outbox_leases",
+          "matching_sessions", "matching_common", "matching_schedule", "domain_blocks", "ban_hashes",
+          "forwarded_reports")
 #: Columns PostgreSQL numbers itself: after the copy its sequences go on from the highest.
 IDENTITIES = {"outbox": "id", "dead_letters": "id", "operator_log": "seq"}
 

@@ -231,6 +231,67 @@ MIGRATIONS: list[str] = [
                                at DOUBLE PRECISION NOT NULL);
     CREATE TABLE outbox_leases (destination TEXT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL)
     """,
+    # 3: cross-node matching: the PSI session log (with an open session's state), per peer
+    # the common categories and counts of its last completed session, the schedule.
+    """
+    CREATE TABLE matching_sessions (
+        id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        started BIGINT NOT NULL,
+        finished BIGINT,
+        outcome TEXT NOT NULL,
+        step BIGINT NOT NULL,
+        own_size BIGINT,
+        own_padded BIGINT,
+        peer_padded BIGINT,
+        common BIGINT,
+        state BYTEA,
+        PRIMARY KEY (id, role)
+    );
+    CREATE INDEX matching_sessions_peer ON matching_sessions (peer, role, started);
+    CREATE TABLE matching_common (
+        peer TEXT NOT NULL,
+        category TEXT NOT NULL,
+        count BIGINT NOT NULL,
+        updated BIGINT NOT NULL,
+        PRIMARY KEY (peer, category)
+    );
+    CREATE TABLE matching_schedule (peer TEXT PRIMARY KEY, next_run BIGINT NOT NULL)
+    """,
+    # 4: operators' block lists. Instance blocks with Mastodon's severities and flags (a
+    # host also covers its subdomains), and hashed pseudonym bans (MSC4205): the node keeps
+    # only the hash of a banned pseudonym, as the shared list does; and the reports that
+    # communities' moderators forwarded to this node about its members' messages.
+    """
+    CREATE TABLE domain_blocks (
+        domain TEXT PRIMARY KEY,
+        severity TEXT NOT NULL,
+        reject_media INTEGER NOT NULL,
+        reject_reports INTEGER NOT NULL,
+        public_comment TEXT NOT NULL,
+        obfuscate INTEGER NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE TABLE ban_hashes (
+        hash TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE TABLE forwarded_reports (
+        id TEXT PRIMARY KEY,
+        received BIGINT NOT NULL,
+        community_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        sender TEXT NOT NULL,
+        category TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent BIGINT NOT NULL,
+        moderator TEXT NOT NULL,
+        origin TEXT NOT NULL
+    )
+    """,
 ]
 
 

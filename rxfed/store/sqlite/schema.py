@@ -327,6 +327,69 @@ MIGRATIONS: list[str] = [
     CREATE TABLE outbox_leases (destination TEXT PRIMARY KEY, holder TEXT NOT NULL, expires INTEGER NOT NULL)
         WITHOUT ROWID
     """,
+    # 13: cross-node matching. Every PSI session (the log the operator reads, and while a
+    # session this node answers is open, its state: a secret exponent, deleted at the end);
+    # per peer, the common categories of its last completed session and its stated counts;
+    # when each peer's next session is due (claimed by one worker process at a time).
+    """
+    CREATE TABLE matching_sessions (
+        id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        finished INTEGER,
+        outcome TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        own_size INTEGER,
+        own_padded INTEGER,
+        peer_padded INTEGER,
+        common INTEGER,
+        state BLOB,
+        PRIMARY KEY (id, role)
+    ) WITHOUT ROWID;
+    CREATE INDEX matching_sessions_peer ON matching_sessions (peer, role, started);
+    CREATE TABLE matching_common (
+        peer TEXT NOT NULL,
+        category TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (peer, category)
+    ) WITHOUT ROWID;
+    CREATE TABLE matching_schedule (peer TEXT PRIMARY KEY, next_run INTEGER NOT NULL) WITHOUT ROWID
+    """,
+    # 14: operators' block lists. Instance blocks with Mastodon's severities and flags (a
+    # host also covers its subdomains), and hashed pseudonym bans (MSC4205): the node keeps
+    # only the hash of a banned pseudonym, as the shared list does; and the reports that
+    # communities' moderators forwarded to this node about its members' messages.
+    """
+    CREATE TABLE domain_blocks (
+        domain TEXT PRIMARY KEY,
+        severity TEXT NOT NULL,
+        reject_media INTEGER NOT NULL,
+        reject_reports INTEGER NOT NULL,
+        public_comment TEXT NOT NULL,
+        obfuscate INTEGER NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE ban_hashes (
+        hash TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE forwarded_reports (
+        id TEXT PRIMARY KEY,
+        received INTEGER NOT NULL,
+        community_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        category TEXT NOT NULL,
+        text TEXT NOT NULL,
+        sent INTEGER NOT NULL,
+        moderator TEXT NOT NULL,
+        origin TEXT NOT NULL
+    )
+    """,
 ]
 
 

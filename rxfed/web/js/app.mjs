@@ -4,6 +4,7 @@
 import { Invalid, NodeRefused, Patient, checkNewPassphrase, hasProfile, timings } from "./client.mjs";
 import * as communitiesView from "./community-ui.mjs";
 import * as consentView from "./consent-ui.mjs";
+import * as matchesView from "./matches-ui.mjs";
 import * as devicesView from "./devices-ui.mjs";
 import * as nodeKeysView from "./nodekeys-ui.mjs";
 import { KIND_NAMES, byClinicalDate, clinicalDate, summary } from "./records.mjs";
@@ -131,6 +132,7 @@ async function opened(p) {
   communitiesView.attach(patient);
   consentView.attach(patient);
   nodeKeysView.attach();
+  matchesView.attach(patient);
 }
 
 $("register-form").addEventListener("submit", (ev) => {
@@ -247,6 +249,7 @@ function closeAccount() {
   patient = null;
   communitiesView.detach();
   consentView.detach();
+  matchesView.detach();
   devicesView.detach();
   nodeKeysView.detach();
   $("entries").replaceChildren();

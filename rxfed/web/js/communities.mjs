@@ -216,8 +216,12 @@ export class PageCommunities {
       for (const m of earlier.messages) if (!messages.has(m.seq)) messages.set(m.seq, m);
       for (const u of earlier.unreadable) if (!unreadable.has(u.seq)) unreadable.set(u.seq, u);
     }
+    const reports = new Map(reading.reports.map((r) => [r.report, r]));
+    for (const [member, box] of mine.previous) {
+      for (const r of cm.readHistory(events, member, box, events.length).reports) if (!reports.has(r.report)) reports.set(r.report, r);
+    }
     const sorted = (map) => [...map.keys()].sort((a, b) => a - b).map((k) => map.get(k));
-    return { state: reading.state, messages: sorted(messages), unreadable: sorted(unreadable).filter((u) => !messages.has(u.seq)) };
+    return { ...reading, messages: sorted(messages), unreadable: sorted(unreadable).filter((u) => !messages.has(u.seq)), reports: sorted(reports) };
   }
 
   /** After a stamp by a key not pinned: the host's keys reached from the pinned ones by
@@ -362,6 +366,45 @@ export class PageCommunities {
     const mine = await this.membership(address);
     const { reading } = await this.history(mine);
     return { mine, reading };
+  }
+
+  /** Report message `seq` to the community's moderators as `category`, sealed to each of
+   * them under a fresh key that names nobody (Communities.file_report). */
+  async fileReport(address, seq, category) {
+    const mine = await this.membership(address);
+    const { reading } = await this.history(mine);
+    const message = reading && reading.messages.find((m) => m.seq === seq);
+    if (!message) throw new p.IntegrityError(`no message ${seq} you can read in ${address}`, "unknown_message");
+    return this.submit(mine.address, cm.makeReport(reading.state, message, category, this.now(), SigningKeyPair.generate()));
+  }
+
+  /** The moderator queue: the reports sealed to this member, checked, with the actions a
+   * moderator took on each message since (Communities.reports). */
+  async reports(address) {
+    const mine = await this.membership(address);
+    const { reading } = await this.history(mine);
+    if (!reading) return [];
+    return reading.reports.map((r) => ({ ...r, actions: reading.actions.filter(([seq, a]) => seq > r.report
+      && ((r.seq && a.seq === r.seq && (a.action === "hide" || a.action === "warn"))
+        || (r.sender && b64e(a.member) === r.sender && (a.action === "remove" || a.action === "ban"))))
+      .map(([seq, a]) => ({ seq, action: a.action, reason: a.reason })) }));
+  }
+
+  /** A moderator's signed action (Communities.act): `member` a pseudonym, or null for the
+   * sender of message `seq` (hide, warn). Checked against the fold before it is sent. */
+  async act(address, action, member, { seq = 0, reason }) {
+    const mine = await this.membership(address);
+    const { rows, reading } = await this.history(mine, { messages: false });
+    if (!reading) throw new p.IntegrityError("this node has not received the community yet", "not_ready");
+    let target = member ? b64d(member, 32) : null;
+    if (!target) {
+      const event = rows[seq - 1] ? cm.parseEvent(rows[seq - 1][1]) : null;
+      if (!event || event.type !== cm.MESSAGE) throw new p.IntegrityError(`event ${seq} is not a message`, "not_a_message");
+      target = event.sender;
+    }
+    const statement = cm.makeAction(mine.member, mine.address, action, target, { seq, reason, now: this.now() });
+    cm.step(reading.state, statement, reading.state.seq + 1);
+    return this.submit(mine.address, statement);
   }
 
   /** A franking report of message `seq`: its text and franking key with the sender-signed

@@ -1,10 +1,11 @@
-// The communities view: a host's directory, join, your communities, read, post, leave, and
-// a franking report of a message for a moderator. The DOM only, text nodes only; the work
+// The communities view: a host's directory, join, your communities, read, post, leave,
+// reports to the moderators (and a franking report to copy), messages a moderator hid, and
+// for moderators the queue of reports with its actions. The DOM only, text nodes only; the work
 // is in communities.mjs. app.mjs calls attach() once the vault is open and detach() on lock.
 
 import { PRESEND_NOTICE, PageCommunities } from "./communities.mjs";
 import { b64e } from "./encoding.mjs";
-import { UNREADABLE } from "./community.mjs";
+import { UNREADABLE, isModerator } from "./community.mjs";
 import { presendWarnings, shippedRules } from "./moderation.mjs";
 import { browserCountry } from "./questionnaires.mjs";
 import * as ui from "./ui.mjs";
@@ -117,18 +118,39 @@ async function show(address) {
     }));
     if (m.status === "pending") li.append(act("approve", "Approve"), " ");
     li.append(act("remove", "Remove"));
+    if (m.status === "joined" && !reading.state.moderators.has(key)) {
+      li.append(" ", button(`Make ${key.slice(0, 8)} a moderator`, "appoint", (b) => guarded(b, "Appointing…", async () => {
+        await communities.act(address, "appoint", key, { reason: "moderator" });
+        await show(address);
+        say(`${key.slice(0, 8)} is a moderator: reports are sealed to them too from now on.`);
+      })));
+    }
     return li;
   }));
+  const myKeys = new Set([me, ...mine.previous.map(([m]) => b64e(m.public))]);
   $("cv-messages").replaceChildren(...reading.messages.map((m) => {
     const li = document.createElement("li");
     li.dataset.seq = String(m.seq);
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.textContent = `${b64e(m.sender) === me ? "You" : short(m.sender)} · ${when(m.sent)}`;
+    const hidden = reading.hidden.get(m.seq);
+    if (hidden) {
+      // A moderator hid it: every member's client applies the signed action, and says so.
+      li.className = "hidden-msg";
+      const note = document.createElement("div");
+      note.className = "note";
+      note.textContent = `Hidden by a moderator: ${hidden[1].reason}`;
+      li.append(meta, note);
+      return li;
+    }
     const text = document.createElement("div");
     text.className = "note";
     text.textContent = m.text;
-    li.append(meta, text, button(`Report message ${m.seq}`, "report", (b) => guarded(b, "Making the report…", async () => {
+    li.append(meta, text, button(`Report message ${m.seq} to the moderators`, "report-mods", (b) => guarded(b, "Reporting…", async () => {
+      await communities.fileReport(address, m.seq, $("report-category").value);
+      say("Reported: only the community's moderators can read the report, and it does not say who made it.");
+    })), " ", button(`Report message ${m.seq}`, "report", (b) => guarded(b, "Making the report…", async () => {
       const report = await communities.report(address, m.seq);
       $("report-out").value = JSON.stringify(report);
       $("report-wrap").hidden = false;
@@ -136,11 +158,43 @@ async function show(address) {
     })));
     return li;
   }));
+  const warnings = reading.actions.filter(([, a]) => a.action === "warn" && myKeys.has(b64e(a.member)));
+  $("cv-warnings").textContent = warnings.map(([, a]) => `A moderator warned you${a.seq ? ` about message ${a.seq}` : ""}: ${a.reason}.`).join(" ");
+  $("cv-warnings").hidden = warnings.length === 0;
+  const moderator = isModerator(reading.state, mine.member.public);
+  $("cv-queue").hidden = !moderator;
+  if (moderator) await renderQueue(address);
   $("cv-unreadable").textContent = reading.unreadable.map((u) => `Message ${u.seq} from ${short(u.sender)} is not shown: ${UNREADABLE[u.reason]}.`).join(" ");
   $("cv-unreadable").hidden = reading.unreadable.length === 0;
   $("cv-empty").hidden = reading.messages.length > 0;
   say("");
   document.body.dataset.read = String(Number(document.body.dataset.read || 0) + 1);
+}
+
+async function renderQueue(address) {
+  const queue = await communities.reports(address);
+  $("cv-queue-list").replaceChildren(...queue.map((r) => {
+    const li = document.createElement("li");
+    li.dataset.report = String(r.report);
+    li.dataset.status = r.status;
+    if (r.status !== "verified") {
+      li.append(`Report ${r.report}: refused (${r.reason}): it does not prove what was sent.`);
+      return li;
+    }
+    const done = r.actions.map((a) => a.action).join(", ");
+    li.append(`Report ${r.report}: message ${r.seq} from ${r.sender.slice(0, 8)} [${r.category}], verified${done ? `; done: ${done}` : ""}: `);
+    const text = document.createElement("q");
+    text.textContent = r.text;
+    li.append(text, " ");
+    const act = (action, label, member = null) => button(`${label} (report ${r.report})`, action, (b) => guarded(b, `${label}…`, async () => {
+      await communities.act(address, action, member, { seq: member ? 0 : r.seq, reason: r.category });
+      await show(address);
+      say(`${label}: signed and sent; every member's client applies it.`);
+    }));
+    li.append(act("hide", "Hide the message"), " ", act("warn", "Warn the sender"), " ", act("ban", "Ban the sender", r.sender));
+    return li;
+  }));
+  $("cv-queue-empty").hidden = queue.length > 0;
 }
 
 export async function attach(patient) {

@@ -20,6 +20,12 @@ export const SENDER_KEY = "rxfed.community.sender-key";
 export const MESSAGE = "rxfed.community.message";
 export const READ = "rxfed.community.read";
 export const HOST_STAMP = "rxfed.host-stamp";
+export const ACTION = "rxfed.community.action";
+export const REPORT = "rxfed.community.report";
+export const ACTIONS = ["hide", "warn", "remove", "ban", "appoint", "dismiss"];
+export const REPORT_CATEGORIES = ["medication_change", "dosing_advice", "miracle_cure", "drug_sourcing", "crisis", "harassment",
+  "spam", "privacy", "other"];
+const MAX_MODERATORS = 10;
 const HEX_ID = /^[0-9a-f]{32}$/;
 const NODE_ID = /^[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?$/;
 
@@ -150,7 +156,8 @@ export function checkStamp(hostKeys, stamp, event, address, seq, signer = null) 
   if (body === null) throw new IntegrityError("no key the host publishes verifies its stamp", "bad_stamp");
   const e = event && event.body;
   const commitmentOf = e && e.type === MESSAGE ? e.commitment : null;
-  const author = e && (e.type === APPROVE || e.type === REMOVE) ? null : e && (e.member ?? e.sender ?? e.admin);
+  const author = e && (e.type === APPROVE || e.type === REMOVE) ? null
+    : e && (e.type === ACTION ? e.moderator : e.type === REPORT ? e.reporter : e.member ?? e.sender ?? e.admin);
   if (body.event !== b64e(statementHash(event)) || body.community !== address.text || body.seq !== seq
       || (author != null && body.sender !== author) || (signer !== null && body.sender !== b64e(signer))
       || (body.commitment ?? null) !== commitmentOf) {
@@ -217,6 +224,20 @@ const check = {
     return out;
   },
 };
+check.text = (max, pattern) => (v, where) => {
+  if (typeof v !== "string" || !v || [...v].length > max || (pattern && !pattern.test(v))) throw bad(`${where} is not well formed`);
+  return v;
+};
+check.reports = (v, where) => {
+  if (!v || typeof v !== "object" || Array.isArray(v) || Object.keys(v).length > MAX_MODERATORS) throw bad(`${where} must map moderators to sealed reports`);
+  const out = new Map();
+  for (const [k, sealed] of Object.entries(v)) {
+    const data = check.key(null)(sealed, where);
+    if (data.length > 48 + 64 + MAX_CIPHERTEXT) throw bad(`${where} is too long`);
+    out.set(b64e(check.key(32)(k, where)), data);
+  }
+  return out;
+};
 const TIME = check.int(0, MAX_TIME);
 const EVENTS = {
   [CREATE]: { about: check.key(32), approval: check.bool, admin: check.key(32), admin_box: check.key(32), node: check.node, created: TIME },
@@ -227,6 +248,9 @@ const EVENTS = {
   [REKEY]: { member: check.key(32), new_member: check.key(32), box_key: check.key(32), node: check.node, proof: check.key(64), time: TIME },
   [SENDER_KEY]: { sender: check.key(32), epoch: check.int(1, MAX_EPOCH), version: check.int(1, MAX_VERSION), keys: check.keys },
   [MESSAGE]: { sender: check.key(32), epoch: check.int(1, MAX_EPOCH), ciphertext: check.ciphertext, commitment: check.key(32), sent: TIME },
+  [ACTION]: { moderator: check.key(32), action: check.text(16, new RegExp(`^(?:${ACTIONS.join("|")})$`)), member: check.key(32),
+    seq: check.int(0, MAX_SEQ), reason: check.text(200, /^[^\x00-\x1f\x7f]+$/u), time: TIME },
+  [REPORT]: { reporter: check.key(32), reports: check.reports, time: TIME },
 };
 
 /** The typed event of a statement, shape checked (its signature is checked by the fold). */
@@ -244,7 +268,8 @@ export function parseEvent(obj, where = "event") {
   if (e.type === CREATE && communityId(e.community.host, body) !== e.community.id) {
     throw bad(`${where}: the community id is not the one this create event certifies`, "bad_community_id");
   }
-  e.author = e.type === CREATE ? e.admin : e.type === APPROVE || e.type === REMOVE ? null : e.type === SENDER_KEY || e.type === MESSAGE ? e.sender : e.member;
+  e.author = e.type === CREATE ? e.admin : e.type === APPROVE || e.type === REMOVE ? null : e.type === SENDER_KEY || e.type === MESSAGE ? e.sender
+    : e.type === ACTION ? e.moderator : e.type === REPORT ? e.reporter : e.member;
   return e;
 }
 
@@ -257,11 +282,73 @@ const MEMBERSHIP = {
 
 /** An empty community state for `address`: {address, seq, version, meta, members (Map in
  * join order: member b64 -> {member, boxKey, node, status}), senders, recent}. */
-export const emptyState = (address) => ({ address, seq: 0, version: 0, meta: null, members: new Map(), senders: new Map(), recent: new Map() });
+export const emptyState = (address) => ({ address, seq: 0, version: 0, meta: null, members: new Map(), senders: new Map(), recent: new Map(),
+  moderators: new Set(), banned: new Set(), acted: new Map(), reporters: new Set() });
 export const joinedMembers = (state) => [...state.members.values()].filter((m) => m.status === "joined");
+/** The moderators who can act now: the admin and the appointed ones still joined (CommunityState.moderator_keys). */
+export const moderatorKeys = (state) => joinedMembers(state).filter((m) => (state.meta && equal(m.member, state.meta.admin)) || state.moderators.has(b64e(m.member)));
+export const isModerator = (state, member) => moderatorKeys(state).some((m) => equal(m.member, member));
 export const statusOf = (state, member) => state.members.get(b64e(member))?.status ?? null;
 
+function foldAction(state, e) {
+  const s = { ...state, members: new Map(state.members), acted: new Map(state.acted), moderators: new Set(state.moderators), banned: new Set(state.banned) };
+  const key = b64e(e.moderator);
+  if (statusOf(state, e.moderator) !== "joined") throw bad("only a joined member may do this", "not_a_member");
+  const isAdmin = equal(e.moderator, state.meta.admin);
+  if (!isModerator(state, e.moderator)) throw bad("only a moderator of this community may act", "not_moderator");
+  const [last, seen] = state.acted.get(key) ?? [0, new Set()];
+  const digest = b64e(statementHash(e.signed));
+  if (e.time < last) throw bad("an action may not be older than its moderator's last", "stale_action");
+  if (e.time === last && seen.has(digest)) throw bad("this action was already taken", "duplicate_action");
+  s.acted.set(key, [e.time, e.time === last ? new Set([...seen, digest]) : new Set([digest])]);
+  const target = b64e(e.member), current = state.members.get(target);
+  if (!current) throw bad("no member of this community has that key", "not_a_member");
+  if (e.action === "hide" || e.action === "warn") {
+    if (!(e.seq > 0 && e.seq <= state.seq) && !(e.action === "warn" && e.seq === 0)) throw bad("the action names no earlier event", "bad_action");
+    return s;
+  }
+  if (e.seq !== 0) throw bad(`a ${e.action} names no message (seq 0)`, "bad_action");
+  if ((e.action === "appoint" || e.action === "dismiss") && !isAdmin) throw bad("only the admin appoints or dismisses moderators", "not_admin");
+  if (equal(e.member, state.meta.admin)) throw bad("no action removes, bans, appoints or dismisses the admin", "cannot_act_on_admin");
+  if (e.action === "appoint") {
+    if (current.status !== "joined") throw bad("only a joined member can be a moderator", "not_a_member");
+    if (state.moderators.has(target)) throw bad("already a moderator", "already_moderator");
+    if (moderatorKeys(state).length >= MAX_MODERATORS) throw bad(`a community has at most ${MAX_MODERATORS} moderators`, "too_many_moderators");
+    s.moderators.add(target);
+    return s;
+  }
+  if (e.action === "dismiss") {
+    if (!state.moderators.has(target)) throw bad("not a moderator", "not_moderator");
+    s.moderators.delete(target);
+    return s;
+  }
+  if (state.moderators.has(target) && !isAdmin) throw bad("only the admin removes or bans a moderator", "not_admin");
+  if (e.action === "ban") {
+    if (state.banned.has(target)) throw bad("already banned", "already_banned");
+    s.banned.add(target);
+  }
+  if (current.status !== "joined" && current.status !== "pending") {
+    if (e.action === "remove") throw bad("not a current member", "not_a_member");
+    return s;
+  }
+  s.moderators.delete(target);
+  s.members.set(target, { ...current, status: "removed" });
+  s.version += 1;
+  return s;
+}
+
+function foldReport(state, e) {
+  const key = b64e(e.reporter);
+  if (state.members.has(key)) throw bad("a report is filed under a fresh key, never a member key", "reporter_is_member");
+  if (state.reporters.has(key)) throw bad("this reporter key has filed a report already", "duplicate_report");
+  const mods = new Set(moderatorKeys(state).map((m) => b64e(m.member)));
+  if (e.reports.size !== mods.size || [...e.reports.keys()].some((k) => !mods.has(k))) throw bad("a report is sealed to exactly the current moderators", "wrong_recipients");
+  return { ...state, reporters: new Set([...state.reporters, key]) };
+}
+
 function fold(state, e) {
+  if (e.type === ACTION) return foldAction(state, e);
+  if (e.type === REPORT) return foldReport(state, e);
   const s = { ...state, members: new Map(state.members), senders: new Map(state.senders), recent: new Map(state.recent) };
   if (e.type === CREATE) {
     s.meta = { about: e.about, approval: e.approval, admin: e.admin, host: state.address.host, create: e.signed };
@@ -297,6 +384,11 @@ function fold(state, e) {
     s.members.set(b64e(e.member), { ...old, status: "left" });
     s.members.set(b64e(e.new_member), { member: e.new_member, boxKey: e.box_key, node: e.node, status: old.status });
     if (equal(e.member, state.meta.admin)) s.meta = { ...state.meta, admin: e.new_member };
+    if (state.moderators.has(b64e(e.member))) {
+      s.moderators = new Set(state.moderators);
+      s.moderators.delete(b64e(e.member));
+      s.moderators.add(b64e(e.new_member));
+    }
     s.version += 1;
   } else {
     const key = b64e(e.sender);
@@ -345,11 +437,24 @@ export function readHistory(events, me = null, myBox = null, checked = 0) {
   if (!events.length) throw bad("a community starts with its create event");
   let state = emptyState(parseEvent(events[0][1]).community);
   const keys = new Map(), broken = new Set(), messages = [], unreadable = [];
+  const posted = new Map(), actions = [], hidden = new Map(), reports = [];
   const mine = me ? b64e(me.public) : null;
   for (const [seq, statement] of events) {
     let e;
     [state, e] = step(state, statement, seq, seq <= checked);
+    if (e.type === ACTION) {
+      actions.push([seq, e]);
+      const target = posted.get(e.seq);
+      if (e.action === "hide" && target && equal(target.sender, e.member) && !hidden.has(e.seq)) hidden.set(e.seq, [seq, e]);
+      continue;
+    }
+    if (e.type === MESSAGE) posted.set(seq, e);
     if (mine === null) continue;
+    if (e.type === REPORT) {
+      const received = openReport(state.address, seq, e, me, myBox, posted);
+      if (received) reports.push(received);
+      continue;
+    }
     const id = (sender, epoch) => `${b64e(sender)}/${epoch}`;
     if (e.type === SENDER_KEY && e.keys.has(mine)) {
       try {
@@ -371,7 +476,49 @@ export function readHistory(events, me = null, myBox = null, checked = 0) {
       }
     }
   }
-  return { state, messages, unreadable };
+  return { state, messages, unreadable, actions, hidden, reports };
+}
+
+const reportContext = (address, moderator, reporter) =>
+  concat(utf8("rxfed-report|"), canonical({ community: address.text, moderator: b64e(moderator), reporter: b64e(reporter) }));
+
+/** A report sealed to moderator `me`, checked against the message it names (pc.open_report):
+ * {report, time, seq, category, text, sender, sent, status ("verified" or "refused"), reason}, or null. */
+export function openReport(address, reportSeq, e, me, myBox, posted) {
+  const sealed = e.reports.get(b64e(me.public));
+  if (!sealed) return null;
+  const refused = (reason, extra = {}) => ({ report: reportSeq, time: e.time, seq: 0, category: null, text: null, sender: null, sent: null,
+    status: "refused", reason, ...extra });
+  let doc;
+  try {
+    doc = JSON.parse(fromUtf8(unpadAny(openSigned(e.reporter, myBox, reportContext(address, me.public, e.reporter), sealed))));
+    if (!doc || typeof doc !== "object" || Object.keys(doc).sort().join() !== "category,franking_key,seq,text" || typeof doc.text !== "string"
+        || typeof doc.category !== "string" || !Number.isSafeInteger(doc.seq) || doc.seq < 1) throw new DecryptionFailed();
+    doc.key = b64d(doc.franking_key, 32);
+  } catch {
+    return refused("undecryptable");
+  }
+  const category = REPORT_CATEGORIES.includes(doc.category) ? doc.category : "other";
+  const message = posted.get(doc.seq);
+  if (!message) return refused("not_a_message", { seq: doc.seq, category, text: doc.text });
+  const ok = checkCommitment(doc.key, franked(address, message.sender, doc.text, message.sent), message.commitment);
+  return { report: reportSeq, time: e.time, seq: doc.seq, category, text: doc.text, sender: b64e(message.sender), sent: message.sent,
+    status: ok ? "verified" : "refused", reason: ok ? null : "bad_franking" };
+}
+
+/** A moderator's signed action (pc.make_action). */
+export const makeAction = (moderator, address, action, member, { seq = 0, reason, now }) =>
+  signStatement(moderator, { type: ACTION, community: address.text, moderator: b64e(moderator.public), action, member: b64e(member), seq, reason, time: now });
+
+/** A report of `message` as `category`, sealed to each current moderator under a fresh
+ * `reporter` key (pc.make_report). */
+export function makeReport(state, message, category, now, reporter) {
+  if (!REPORT_CATEGORIES.includes(category)) throw bad(`category must be one of ${REPORT_CATEGORIES.join(", ")}`, "bad_category");
+  const payload = canonical({ category, franking_key: b64e(message.frankingKey), seq: message.seq, text: message.text });
+  const padded = padTo(payload, bucketSize(payload.length));
+  const reports = {};
+  for (const m of moderatorKeys(state)) reports[b64e(m.member)] = b64e(sealSigned(reporter, m.boxKey, reportContext(state.address, m.member, reporter.public), padded));
+  return signStatement(reporter, { type: REPORT, community: state.address.text, reporter: b64e(reporter.public), reports, time: now });
 }
 
 /** `me`'s current sender key, opened from its own latest distribution, or null. */
