@@ -105,7 +105,56 @@ def test_b64_round_trip(data):
     assert b64d(b64e(data)) == data
 
 
-@pytest.mark.parametrize("text", ["a", "ab=", "a+b/", "AB", "é"])
+@pytest.mark.parametrize("text", ["a", "ab=", "a+b/", "AB", "é", "AAA=", "AA==", "AAAA\n", " AAA", "AA AA",
+                                  "AAB", "AAAAAB", "A*AA", "\x00AAA", "AAAAA"])
 def test_b64_refuses_non_canonical(text):
     with pytest.raises(ValueError):
         b64d(text)
+
+
+def _reference_b64d(text):
+    """Unpadded base64url as its rules say: the alphabet, no padding, and the one text that
+    re-encodes to itself (the decoder is written for speed; this one for reading)."""
+    import base64
+    import re
+
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
+        raise ValueError(text)
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != text:
+        raise ValueError(text)
+    return data
+
+
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/= \n\x00é"
+
+
+@given(st.one_of(st.text(alphabet=_B64_CHARS, max_size=14),
+                 st.binary(max_size=30).map(b64e).flatmap(
+                     lambda t: st.tuples(st.integers(0, max(0, len(t) - 1)), st.sampled_from(_B64_CHARS)).map(
+                         lambda m: t[:m[0]] + m[1] + t[m[0] + 1:] if t else m[1]))))
+def test_b64_accepts_exactly_what_the_reference_accepts(text):
+    try:
+        expected = _reference_b64d(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            b64d(text)
+    else:
+        assert b64d(text) == expected and b64e(expected) == text
+
+
+def test_verify_signature_refuses_every_wrong_input():
+    from rxfed.crypto import BadSignature, SigningKeyPair, verify_signature
+
+    key, other = SigningKeyPair.generate(), SigningKeyPair.generate()
+    sig = key.sign(b"message")
+    assert verify_signature(key.public, b"message", sig) == b"message"
+    assert verify_signature(key.public, bytearray(b"message"), sig) == b"message"
+    flipped = bytes([sig[0] ^ 1]) + sig[1:]
+    for args in [(other.public, b"message", sig), (key.public, b"messagE", sig), (key.public, b"message", flipped),
+                 (key.public[:31], b"message", sig), (key.public + b"\0", b"message", sig),
+                 (key.public, b"message", sig[:63]), (key.public, b"message", sig + b"\0"),
+                 (bytearray(key.public), b"message", sig), (key.public, "message", sig), (None, b"message", sig),
+                 (key.public, b"message", None), (b"\0" * 32, b"message", b"\0" * 64)]:
+        with pytest.raises(BadSignature):
+            verify_signature(*args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import attrs
+import nacl.bindings
 import nacl.encoding
 import nacl.exceptions
 import nacl.hash
@@ -61,9 +62,15 @@ class SigningKeyPair:
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bytes:
-    """Return ``message`` if ``signature`` is valid for it under ``public_key``; else raise."""
+    """Return ``message`` if ``signature`` is valid for it under ``public_key``; else raise.
+
+    libsodium's ``crypto_sign_open`` directly, as ``nacl.signing.VerifyKey.verify`` calls it,
+    after the same type and length checks (a node verifies one signature per request)."""
+    if not isinstance(public_key, bytes) or len(public_key) != 32 or not isinstance(signature, bytes) \
+            or len(signature) != 64:
+        raise BadSignature()
     try:
-        return nacl.signing.VerifyKey(public_key).verify(message, signature)
+        return nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError) as exc:
         raise BadSignature() from exc
 

@@ -22,7 +22,7 @@ from rxfed.errors import BadRequest, Conflict, Forbidden, RxfedError, Unauthoriz
 from rxfed.node.config import NodeConfig, NodeSigningKey
 from rxfed.node.http import (MAX_DEVICES, NODE, OWN_PLUGINS, PROTOCOL_VERSIONS, AccountSuspended, Caller, NodeState,
                              admit, authenticate, authenticate_new_device, body_json, node_middleware, reply,
-                             signed_by_a_node)
+                             reply_bytes, signed_by_a_node)
 from rxfed.node.listener import LISTENER, read_body
 from rxfed.node.listener import install as install_listener
 from rxfed.plugins import NodeContext, RxfedPlugins
@@ -266,11 +266,11 @@ async def commit(request: web.Request) -> web.Response:
         raise AccountSuspended()  # deleting stays open (leaving a community deletes its record)
     counter = await state.store.commit(
         caller.patient, signer=caller.auth.device, counter=change.manifest.counter,
-        manifest=canonical(change.manifest.signed),
+        manifest=change.manifest.canonical_bytes(),
         puts=[StoredRecord(p.id, p.version, p.blob) for p in change.puts],
         deletes=[(d.id, d.version) for d in change.deletes], quota=state.quota, nonce=caller.nonce,
         epoch=change.manifest.epoch, base=change.base)
-    return reply({"counter": counter})
+    return reply_bytes(b'{"counter":%d}' % counter)  # canonical({"counter": counter}): the store's int
 
 
 # -- federation ----------------------------------------------------------------------------
@@ -302,8 +302,8 @@ async def receive_transaction(request: web.Request) -> web.Response:
     signed.verify(signed.key, method=request.method, target=request.raw_path, destination=state.config.node_id,
                   body=raw, now=now, window=lim.request_window_seconds)
     nonce = await admit(state, request, signed, now)
-    reply_bytes = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
-    return web.Response(body=reply_bytes, content_type="application/json")
+    answer = await state.federation.receive(signed.origin, txn, nonce, peer=peer)
+    return web.Response(body=answer, content_type="application/json")
 
 
 # -- the application -----------------------------------------------------------------------
@@ -423,7 +423,7 @@ def create_app(config: NodeConfig, keys: list[NodeSigningKey], *, plugins: Rxfed
 
     state = NodeState(config, keys, store, plugins, clock, worker=worker)
     state.metrics = metrics.NodeMetrics(state)
-    app = web.Application(middlewares=[node_middleware(state.metrics.observe)],
+    app = web.Application(middlewares=[node_middleware(state.metrics.observe, state.listener)],
                           client_max_size=config.limits.max_body_bytes)
     install_listener(app, config.limits)
     app[NODE] = state

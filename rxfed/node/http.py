@@ -174,7 +174,7 @@ class Caller:
 async def admit(state: NodeState, request: web.Request, signed: SignedRequest, now: int) -> Nonce:
     """Wait for a work slot (or be shed), then record the nonce: a request shed before its
     nonce is recorded may be sent again as it was."""
-    waiting = request.app[LISTENER].admission.take(request)
+    waiting = state.listener.admission.take(request)
     if waiting is not None:
         await waiting
     nonce = state.guards.admit(request, signed, now)
@@ -194,26 +194,27 @@ async def _signed_body(state: NodeState, request: web.Request, signed: SignedReq
     body; without one the body is read first, counted among the unverified bodies."""
     lim = state.config.limits
     limit = lim.max_body_bytes if limit is None else limit
+    listener = state.listener  # the application's LISTENER
     # A work slot first: a request the node sheds under load has cost it its headers only,
     # not a signature check and a body read.
-    waiting = request.app[LISTENER].admission.take(request)
+    waiting = listener.admission.take(request)
     if waiting is not None:
         await waiting
     now = state.now()
-    where = dict(method=request.method, target=request.raw_path, destination=state.config.node_id, now=now,
-                 window=lim.request_window_seconds)
     if signed.digest is None:
-        async with request.app[LISTENER].unverified():
+        async with listener.unverified():
             raw = await read_body(request, limit=limit, timeout=lim.body_timeout)
         # Inline, on the event loop: about 50 us of libsodium. Handing it to a worker thread
         # under load measured slower on two cores (community posts at concurrency 16: -15%;
         # record writes: no difference): the GIL hand-backs cost more than the overlap gains.
-        signed.verify(key, body=raw, **where)
+        signed.verify(key, method=request.method, target=request.raw_path, destination=state.config.node_id, body=raw,
+                      now=now, window=lim.request_window_seconds)
         checking = state.guards.check(request, signed, rate_limit, now)
         if checking is not None:
             await checking
     else:
-        signed.verify_head(key, **where)
+        signed.verify_head(key, method=request.method, target=request.raw_path, destination=state.config.node_id,
+                           now=now, window=lim.request_window_seconds)
         # A replay reads no body and spends nothing of the key's budget.
         checking = state.guards.check(request, signed, rate_limit, now)
         if checking is not None:
@@ -268,7 +269,7 @@ async def authenticate(request: web.Request, *, kinds: tuple[str, ...] = ("devic
     _check_window(state, signed)
     # The key's lookup is a store read: it waits for a work slot too (a request signed by a
     # made-up key spends no signer's budget, so nothing else would bound these reads).
-    waiting = request.app[LISTENER].admission.take(request)
+    waiting = state.listener.admission.take(request)
     if waiting is not None:
         await waiting
     auth = await state.auth_key(signed.key)
@@ -316,7 +317,12 @@ def logged_path(request: web.BaseRequest) -> str:
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=canonical(data), status=status, content_type="application/json")
+    return reply_bytes(canonical(data), status)
+
+
+def reply_bytes(body: bytes, status: int = 200) -> web.Response:
+    """A reply whose body is canonical JSON already."""
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 
@@ -361,19 +367,21 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return _reply_for(request, exc)
 
 
-def node_middleware(observe: Callable[[str, str, int, float], None] | None = None):
+def node_middleware(observe: Callable[[str, str, int, float], None] | None = None, listener: Listener | None = None):
     """The node's one middleware, around every handler: the listener's guard
     (:func:`rxfed.node.listener.guard`: compressed bodies, a full admission queue), every
     error as a JSON reply, the request's admission slot freed when it is answered, and, with
     ``observe`` (:meth:`rxfed.node.metrics.NodeMetrics.observe`), the request counted and
     timed by route pattern with the status the client gets. One middleware rather than
-    three: each layer costs every request a coroutine."""
+    three: each layer costs every request a coroutine. ``listener`` is the application's
+    LISTENER (looked up on each request when not given)."""
     clock = time.perf_counter
+    known = listener
 
     @web.middleware
     async def node(request: web.Request, handler) -> web.StreamResponse:
         started = clock()
-        listener = request.app[LISTENER]
+        listener = known if known is not None else request.app[LISTENER]
         try:
             try:
                 guard(request, listener)

@@ -72,11 +72,50 @@ def _encode(value: Any, out: list[str]) -> None:
 
 
 _FAST = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+#: JCS string escaping: the escaper ``_FAST`` uses (``ensure_ascii=False``).
+escape_string = json.encoder.encode_basestring
+#: ``_FAST``'s C encoder, made once rather than per call as ``JSONEncoder.encode`` does; no
+#: circular-reference markers: :func:`_check` has walked the value already (a cycle ends
+#: there, in a RecursionError).
+_C_ENCODE = (json.encoder.c_make_encoder(None, _FAST.default, escape_string, None, ":", ",", True, False, False)
+             if json.encoder.c_make_encoder is not None else None)
 
 
 def _check(value: Any) -> bool:
     """Raise on anything without a canonical form; True if every key is in the BMP (then
     code point order, which the C encoder sorts by, equals UTF-16 order)."""
+    # The exact JSON types first, by identity (one comparison each instead of a chain of
+    # isinstance calls: a record write checks about 25 values); subclasses take the general
+    # path below.
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return True
+    if kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise CanonicalError("integer out of the safe range")
+        return True
+    if kind is dict:
+        bmp = True
+        for key, item in value.items():
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise CanonicalError("object keys must be strings")
+            if not key.isascii() and max(key) > "\uffff":
+                bmp = False
+            kind = type(item)
+            if kind is str or item is None:
+                continue
+            bmp = _check(item) and bmp
+        return bmp
+    if kind is list or kind is tuple:
+        bmp = True
+        for item in value:
+            bmp = _check(item) and bmp
+        return bmp
+    return _check_general(value)
+
+
+def _check_general(value: Any) -> bool:
     if isinstance(value, str) or value is None or isinstance(value, bool):
         return True
     if isinstance(value, int):
@@ -106,7 +145,11 @@ def canonical(value: Any) -> bytes:
         # Python's encoder escapes exactly as JCS does (short escapes for \b \f \n \r \t,
         # \u00xx lower-case for other controls, nothing else), so it serves whenever the key
         # order agrees; the tests pin this against the reference encoder below.
-        text = _FAST.encode(value)
+        kind = type(value)
+        if _C_ENCODE is not None and (kind is dict or kind is list):
+            text = "".join(_C_ENCODE(value, 0))
+        else:
+            text = _FAST.encode(value)
     else:
         out: list[str] = []
         _encode(value, out)
@@ -125,11 +168,13 @@ def reference_canonical(value: Any) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise CanonicalError(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a key came twice: name the first one repeated
+        seen = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise CanonicalError(f"duplicate key {key!r}")
+            seen.add(key)
     return obj
 
 
@@ -148,6 +193,9 @@ def _safe_int(text: str) -> int:
     return value
 
 
+#: One strict decoder for every call (``json.loads`` with hooks builds a new one each time).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant,
+                            parse_int=_safe_int)
 _SURROGATE_CHECK = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -158,11 +206,12 @@ def loads(data: bytes | str) -> Any:
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
-        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_no_float,
-                           parse_constant=_no_constant, parse_int=_safe_int)
+        if data.startswith("\ufeff"):  # as json.loads refuses it
+            raise ValueError("a byte order mark")
+        value = _DECODER.decode(data)
         # An escaped lone surrogate parses into a str that cannot be UTF-8 encoded; only a
         # \uD800-\uDFFF escape can make one (raw surrogates are not valid UTF-8).
-        if _SURROGATE_ESCAPE.search(data):
+        if "\\" in data and _SURROGATE_ESCAPE.search(data):  # any escape at all: one fast find first
             _SURROGATE_CHECK.encode(value).encode("utf-8")
     except CanonicalError:
         raise

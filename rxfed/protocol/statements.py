@@ -12,6 +12,7 @@ from rxfed.protocol.canonical import canonical
 from rxfed.protocol.schema import anything, b64, fields
 
 DOMAIN = b"rxfed-statement|"
+_STATEMENT = {"body": anything, "sig": b64(64)}
 
 
 def sign_statement(key: SigningKeyPair, body: dict) -> dict:
@@ -21,7 +22,7 @@ def sign_statement(key: SigningKeyPair, body: dict) -> dict:
 
 def open_statement(obj: Any, where: str, kind: str, public_key: bytes | None) -> dict:
     """Check shape and ``type``; with ``public_key``, check the signature too (Forbidden)."""
-    parsed = fields(obj, where, {"body": anything, "sig": b64(64)})
+    parsed = fields(obj, where, _STATEMENT)
     body = parsed["body"]
     if not isinstance(body, dict) or body.get("type") != kind:
         raise BadRequest(f"{where} must be a signed {kind}")

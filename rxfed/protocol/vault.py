@@ -297,14 +297,26 @@ class Manifest:
                 "digest": b64e(digest), "issued": now}
         return cls(patient, epoch, counter, len(entries), digest, now, sign_statement(signer, body))
 
+    def canonical_bytes(self) -> bytes:
+        """``canonical(self.signed)``, written out. Every field of a manifest is validated
+        (issued or parsed by :meth:`from_json`: exactly these keys, a hex patient id,
+        canonical base64url, integers in range), so none needs escaping and the keys' order
+        is fixed (tests/test_vault.py compares the two)."""
+        return (_MANIFEST_CANONICAL % (self.count, self.counter, b64e(self.digest), self.epoch, self.issued,
+                                       self.patient, self.signed["sig"])).encode("ascii")
+
     @classmethod
     def from_json(cls, obj: Any, where: str, signing_key: bytes | None) -> Manifest:
         body = open_statement(obj, where, cls.TYPE, signing_key)
-        f = fields(body, where, {"type": const(cls.TYPE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
-                                 "counter": integer(1, MAX_VERSION), "count": integer(0, MAX_VERSION),
-                                 "digest": b64(32), "issued": integer(0, MAX_TIME)})
+        f = fields(body, where, _MANIFEST_FIELDS)
         return cls(f["patient"], f["epoch"], f["counter"], f["count"], f["digest"], f["issued"], obj)
 
+
+_MANIFEST_CANONICAL = ('{"body":{"count":%d,"counter":%d,"digest":"%s","epoch":%d,"issued":%d,"patient":"%s",'
+                       '"type":"' + Manifest.TYPE + '"},"sig":"%s"}')
+_MANIFEST_FIELDS = {"type": const(Manifest.TYPE), "patient": text(32, HEX_ID), "epoch": integer(1, MAX_EPOCH),
+                    "counter": integer(1, MAX_VERSION), "count": integer(0, MAX_VERSION), "digest": b64(32),
+                    "issued": integer(0, MAX_TIME)}
 
 #: A statement by the current signing key that the patient erased their account.
 TOMBSTONE = "rxfed.tombstone"
@@ -335,9 +347,15 @@ class RecordDelete:
     version: int
 
 
-_put = lambda v, w: RecordPut(**fields(v, w, {"id": text(32, HEX_ID), "version": integer(1, MAX_VERSION),  # noqa: E731
-                                              "blob": b64(max_length=MAX_BLOB)}))
-_delete = lambda v, w: RecordDelete(**fields(v, w, {"id": text(32, HEX_ID), "version": integer(1, MAX_VERSION)}))  # noqa: E731
+_PUT_FIELDS = {"id": text(32, HEX_ID), "version": integer(1, MAX_VERSION), "blob": b64(max_length=MAX_BLOB)}
+_DELETE_FIELDS = {"id": text(32, HEX_ID), "version": integer(1, MAX_VERSION)}
+_put = lambda v, w: RecordPut(**fields(v, w, _PUT_FIELDS))  # noqa: E731
+_delete = lambda v, w: RecordDelete(**fields(v, w, _DELETE_FIELDS))  # noqa: E731
+
+
+_COMMIT_REQUIRED = {"manifest": anything}
+_COMMIT_OPTIONAL = {"put": array(_put, MAX_RECORDS_PER_COMMIT), "delete": array(_delete, MAX_RECORDS_PER_COMMIT),
+                    "base": integer(0, MAX_VERSION)}
 
 
 @attrs.frozen
@@ -358,9 +376,7 @@ class Commit:
         """Parse a commit for ``patient``. The manifest's signature is the client's to check
         (on every read); the node checks what it enforces: that the manifest is the
         patient's, its counter (a compare-and-swap on ``base``) and its epoch (the current one)."""
-        f = fields(obj, "commit", {"manifest": anything},
-                   {"put": array(_put, MAX_RECORDS_PER_COMMIT), "delete": array(_delete, MAX_RECORDS_PER_COMMIT),
-                    "base": integer(0, MAX_VERSION)})
+        f = fields(obj, "commit", _COMMIT_REQUIRED, _COMMIT_OPTIONAL)
         puts, deletes = tuple(f["put"] or ()), tuple(f["delete"] or ())
         ids = [p.id for p in puts] + [d.id for d in deletes]
         if len(ids) != len(set(ids)):

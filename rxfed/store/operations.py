@@ -235,9 +235,12 @@ async def _commit(c: Conn, patient: str, signer: str, counter: int, manifest: by
                           epoch=epoch, puts=[(p.id, p.version, len(p.blob)) for p in puts], deletes=deletes,
                           max_records=quota.max_records, max_bytes=quota.max_bytes)
     blobs = {p.id: p for p in puts}
-    await c.add_records(patient, [blobs[rid] for rid in plan.inserts])
-    await c.replace_records(patient, [blobs[rid] for rid in plan.replaces])
-    await c.delete_records(patient, plan.deletes)
+    if plan.inserts:  # a statement only for what the commit does (a record write: one insert)
+        await c.add_records(patient, [blobs[rid] for rid in plan.inserts])
+    if plan.replaces:
+        await c.replace_records(patient, [blobs[rid] for rid in plan.replaces])
+    if plan.deletes:
+        await c.delete_records(patient, plan.deletes)
     t = plan.totals
     await c.set_vault(patient, t.counter, manifest, t.records, t.bytes)
     return t.counter

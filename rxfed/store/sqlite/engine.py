@@ -523,8 +523,8 @@ class SQLiteBackend(Backend):
     async def read(self, op: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await self._read(run_op, op, args)
 
-    async def write(self, op: Callable[..., Awaitable[Any]], *args: Any, heavy: bool = False) -> Any:
-        return await self._write(run_op, op, args, heavy=heavy)
+    def write(self, op: Callable[..., Awaitable[Any]], *args: Any, heavy: bool = False) -> Awaitable[Any]:
+        return self._write(run_op, op, args, heavy=heavy)  # its coroutine, not one more around it
 
 
 def _failed(batch: list) -> list:
