@@ -332,3 +332,28 @@ async def test_a_hostile_aggregator_cannot_make_a_node_join_another_round(trio):
     assert refused.value.code == "not_scheduled"
     assert (await b.app_store().insights_ledger()).entries == ()
     assert await b.app_store().insight_rounds() == []
+
+
+async def test_two_starts_at_once_make_one_round_and_it_releases(trio, make_patient):
+    """Every worker process of the aggregator runs the monthly check on the same tick (and an
+    operator may ask for the round meanwhile): two starts at once make one round, not two
+    whose invitations split the nodes between them and burn every node's budget for nothing."""
+    for node in trio:
+        for _ in range(2):
+            _, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+    await schedule(trio)
+    a = trio[0]
+    results = await asyncio.gather(*(a.state.insights.start_round("E11") for _ in range(3)),
+                                   return_exceptions=True)
+    started = [r for r in results if isinstance(r, str)]
+    assert len(started) == 1, results
+    assert all(isinstance(r, Forbidden) and r.code == "beyond_schedule" for r in results if not isinstance(r, str))
+    assert [r[0] for r in await a.app_store().insight_rounds("aggregator")] == started
+
+    async def everywhere():
+        return all([len(await releases(n)) == 1 for n in trio])
+
+    await until(everywhere)
+    for node in trio:
+        assert [e.release for e in (await node.app_store().insights_ledger()).entries] == started

@@ -176,7 +176,7 @@ class InsightsService:
         now = self.node.now()
         await self.node.store.start_insights_round(
             (round_id, "aggregator", round_id, category, period, self.me, "advertise", canonical(state), "[]", now),
-            [(n, _wire(ROUND, invite)) for n in spec.node_ids if n != self.me], now)
+            [(n, _wire(ROUND, invite)) for n in spec.node_ids if n != self.me], now, table=schema.name)
         self._notify()
         await self.join(self.me, invite)
         return round_id

@@ -602,7 +602,20 @@ async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, cate
 _SEEN = 256
 
 
-async def _insights_start(c: Conn, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
+async def _insights_start(c: Conn, row: tuple, outbox: list[tuple[str, bytes]], now: int, table: str | None) -> None:
+    """Keep a new round (this node its aggregator) and queue its invitations, unless a round
+    of its category and period is running here already or its table was charged for the
+    period: checked under the ledger's lock, so two starts at once (every worker process's
+    monthly check on the same tick) make one round, not two that split the nodes between
+    them and charge every node's budget for nothing."""
+    _, _, _, category, period = row[:5]
+    await _insights_ledger(c, lock=True)
+    if table is not None and await c.insight_charged(table, period):
+        raise Forbidden(f"{table} was released for {period} already: one round per table and period",
+                        code="beyond_schedule")
+    if any(r[3] == category and r[4] == period and r[6] != "abandoned" for r in await c.insight_rounds("aggregator")):
+        raise Forbidden(f"a round of {category} for {period} is running already: one round per table and period",
+                        code="beyond_schedule")
     if not await c.add_insight_round(row):
         raise Conflict("this round exists already", code="aggregation_replay")
     await c.enqueue(outbox, now)
@@ -1229,9 +1242,12 @@ class Store:
     async def insights_schedule(self, category: str | None = None) -> list[tuple[str, bytes]]:
         return await self.backend.read(methodcaller("insight_schedule", category))
 
-    async def start_insights_round(self, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
-        """Keep a new round's aggregator state and queue its invitations, at once."""
-        await self.backend.write(_insights_start, row, outbox, now)
+    async def start_insights_round(self, row: tuple, outbox: list[tuple[str, bytes]], now: int, *,
+                                   table: str | None = None) -> None:
+        """Keep a new round's aggregator state and queue its invitations, at once; Forbidden
+        ``beyond_schedule`` when a round of its category and period runs here already, or
+        ``table`` was charged for the period."""
+        await self.backend.write(_insights_start, row, outbox, now, table)
 
     async def join_insights_round(self, row: tuple, schema: prl.TableSchema, threshold: int, epsilon: str,
                                   nodes: int, make: Callable, outbox_to: str | None, now: int,
