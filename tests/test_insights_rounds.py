@@ -357,3 +357,59 @@ async def test_two_starts_at_once_make_one_round_and_it_releases(trio, make_pati
     await until(everywhere)
     for node in trio:
         assert [e.release for e in (await node.app_store().insights_ledger()).entries] == started
+
+
+def _unsuppressed(table):
+    """A hostile aggregator's table: the cells it suppressed shown as small counts."""
+    rows = {g: {m: (3 if isinstance(v, str) else v) if not isinstance(v, dict)
+                else {b: 3 if isinstance(x, str) else x for b, x in v.items()} for m, v in r.items()}
+            for g, r in table["rows"].items()}
+    return {**table, "suppressed_below": 0, "rows": rows}
+
+
+def _garbled(table):
+    """A hostile aggregator's table whose rows are not rows."""
+    return {**table, "rows": {g: "x" for g in table["rows"]}}
+
+
+@pytest.mark.parametrize("tamper", [_unsuppressed, _garbled])
+async def test_a_published_table_unlike_the_schedules_release_is_refused(trio, make_patient, tamper):
+    """What the aggregator publishes back is kept only if it is a table the declared schema
+    and release rules make (every cell a count of at least k, or suppressed): a hostile
+    aggregator can make a node's patients read neither counts below k nor a table their
+    node cannot show (a 500 on every read)."""
+    from rxfed.client.insights import insights
+    from rxfed.client.sdk import NodeRefused
+    from rxfed.node import insights as ni
+
+    patients = {}
+    for node in trio:
+        for _ in range(2):
+            patient, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+            patients[node.node_id] = patient
+    await schedule(trio)
+    a, b, c = trio
+    seen = []
+
+    async def tampered(origin, content):
+        content = {**content, "table": tamper(content["table"])}
+        try:
+            await b.state.insights.published(origin, content)
+        except Exception as exc:
+            seen.append(exc)
+            raise
+
+    b.state.federation.handlers[ni.PUBLISHED] = b.state.insights._handler(tampered)
+    await a.state.insights.start_round("E11")
+
+    async def published_elsewhere():
+        return all([len(await releases(n)) == 1 for n in (a, c)]) and bool(seen or await releases(b))
+
+    await until(published_elsewhere)
+    await asyncio.sleep(0.2)
+    assert await releases(b) == []
+    assert seen and all(getattr(e, "code", None) == "not_scheduled" for e in seen), seen
+    with pytest.raises(NodeRefused) as none:
+        await insights(patients[b.node_id], "E11")
+    assert none.value.status == 404 and none.value.code == "no_release"

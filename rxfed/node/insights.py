@@ -275,8 +275,11 @@ class InsightsService:
         row = await self.node.store.insight_round(f["round"], "participant")
         if row is not None:
             doc, schema = await self.schedule(row[3])
+            # the whole table as the release rules make it: the declared cells, each a count
+            # of at least k or suppressed (patients read it as it is kept)
             if table["table"] != schema.name or table["epsilon"] != doc["epsilon"] \
-                    or not isinstance(table["rows"], dict) or sorted(table["rows"]) != sorted(schema.groups):
+                    or not prl.is_published(schema, table, period=row[4], epsilon=doc["epsilon"],
+                                            max_nodes=len(doc["nodes"])):
                 raise Forbidden("the table is not the one this node's schedule declares", code="not_scheduled")
         await self.node.store.insights_published(f["round"], origin, table, canonical(table), self.node.now())
 
