@@ -569,14 +569,24 @@ async def _charge_and_count(c: Conn, release: str, schema: prl.TableSchema, cate
     eps = prl.epsilon_text(prl.epsilon_of(epsilon))
     await c.add_insight_charge(release, schema.name, period, eps, now)
     rows = await c.insight_records(period)
-    tokens = {(subject, kind + "|" + group): token for subject, kind, group, token, _ in rows}
+    # Bounded per patient, not per pseudonym: a patient's grants to the plugin may carry
+    # several (one made before an identity rotation, one after), and each is this node's
+    # own patient's, so the grant's account says whose records they are.
+    owners = await c.grants_of_tokens(sorted({token for _, _, _, token, _ in rows}))  # token -> (grant, patient)
+
+    def whose(subject: str, token: str) -> str:
+        owner = owners.get(token)
+        return "patient|" + owner[1] if owner is not None else "subject|" + subject
+
+    tokens: dict[tuple[str, str], set[str]] = {}
+    for subject, kind, group, token, _ in rows:
+        tokens.setdefault((whose(subject, token), kind + "|" + group), set()).add(token)
     # the bodies are this node's own canonical JSON (plugins/insights.py wrote them): the
     # standard parser reads them, without the checks untrusted input gets
-    found, used = pin.contributions(category, period, [(s, k, g, json.loads(b)) for s, k, g, _, b in rows])
+    found, used = pin.contributions(category, period, [(whose(s, t), k, g, json.loads(b)) for s, k, g, t, b in rows])
     # the audit of every patient whose records go into the release, once per grant, in one batch
-    went = sorted({tokens[(subject, key)] for subject, keys in used.items() for key in keys
-                   if (subject, key) in tokens})
-    grants = sorted(set((await c.grants_of_tokens(went)).values()))  # (grant, patient), this node's own
+    went = {token for who, keys in used.items() for key in keys for token in tokens.get((who, key), ())}
+    grants = sorted({owners[t] for t in went if t in owners})  # (grant, patient), this node's own
     heads = await c.audit_heads(sorted({p for _, p in grants}))
     appended: list[tuple[str, AuditRow]] = []
     for grant_id, patient in grants:
