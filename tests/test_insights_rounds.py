@@ -413,3 +413,41 @@ async def test_a_published_table_unlike_the_schedules_release_is_refused(trio, m
     with pytest.raises(NodeRefused) as none:
         await insights(patients[b.node_id], "E11")
     assert none.value.status == 404 and none.value.code == "no_release"
+
+
+async def test_two_deadlines_at_once_end_one_phase_only(trio, make_patient):
+    """Every worker process of the aggregator checks the rounds' deadlines on the same tick:
+    the second to take the round's lock finds the phase the first moved to, just begun, and
+    must leave it alone; ending it at once as well dropped every node from the round and
+    abandoned it, every node's budget spent for nothing."""
+    from rxfed.node import insights as ni
+    from rxfed.node.federation import InboundEffects
+    from rxfed.node.insights import schedule_doc
+    from rxfed.protocol.federation import EventResult
+
+    for node in trio:
+        for _ in range(2):
+            _, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+    a, b, c = trio
+    doc = schedule_doc("E11", TABLE, epsilon="1/2", aggregator=a.node_id, nodes=[n.node_id for n in trio],
+                       collusion=0, dropouts=1)
+    for n in trio:
+        await n.app_store().set_insights_schedule("E11", canonical(doc))
+
+    async def silent(origin, events):  # c takes the invitation and never joins
+        return [EventResult(True) for _ in events], InboundEffects()
+
+    c.state.federation.handlers[ni.ROUND] = silent
+    round_id = await a.state.insights.start_round("E11")
+    await until(lambda: _aggregator_heard(a, round_id, 2))
+    clock = a.state.clock
+    a.state.clock = lambda: clock() + a.state.insights.phase_timeout + 1  # the advertise phase has timed out
+    await asyncio.gather(a.state.insights.tick(), a.state.insights.tick())
+    assert not await _phase(a, round_id, "aggregator", "abandoned")
+
+    async def released():
+        return all([len(await releases(n)) == 1 for n in (a, b)])
+
+    await until(released)
+    assert loads((await releases(b))[0][5])["nodes"] == 2

@@ -309,10 +309,16 @@ class InsightsService:
         for round_id, *_, phase, updated in await self.node.store.insight_rounds("aggregator"):
             if phase in ("done", "abandoned") or updated + self.phase_timeout > now:
                 continue
+
+            def due(row: tuple):
+                # checked again on the row read under its lock: another worker's tick may have
+                # ended this phase meanwhile, and the next one has only just begun
+                if row[6] in ("done", "abandoned") or row[9] + self.phase_timeout > now:
+                    return None
+                return self._aggregator_step(row, lambda a: a.deadline())
+
             try:
-                local = await self.node.store.step_insights_round(
-                    round_id, "aggregator", None, lambda row: self._aggregator_step(row, lambda a: a.deadline()),
-                    self.me, now)
+                local = await self.node.store.step_insights_round(round_id, "aggregator", None, due, self.me, now)
             except RxfedError as exc:
                 log.warning("an insights round's deadline failed: %s", exc.message)
                 continue

@@ -655,8 +655,8 @@ async def _insights_step(c: Conn, round_id: str, role: str, digest: str | None, 
                          now: int) -> list[tuple[str, bytes]]:
     """One message (or a deadline, ``digest`` None) into a round's state, at once: the state
     read under its row lock, ``step(row)`` (pure) giving the new state, the messages out
-    (queued here, except those to this node, returned) and a table to publish. A message
-    seen before changes nothing."""
+    (queued here, except those to this node, returned) and a table to publish, or None for
+    nothing to do. A message seen before changes nothing."""
     if not await c.lock_insight_round(round_id, role):
         raise NotFound("no such round here", code="unknown_round")
     row = await c.insight_round(round_id, role)
@@ -664,6 +664,8 @@ async def _insights_step(c: Conn, round_id: str, role: str, digest: str | None, 
     if digest is not None and digest in seen:
         return []
     result = step(row)
+    if result is None:  # nothing to do on the row as it stands (a deadline no longer due)
+        return []
     if digest is not None:
         seen = (seen + [digest])[-_SEEN:]
     await c.set_insight_round(round_id, role, result["phase"], result["state"], canonical(seen).decode(), now)
