@@ -69,6 +69,16 @@ def test_a_block_covers_subdomains_and_ports():
     assert pbl.candidates("10.0.0.1") == ["10.0.0.1"]
 
 
+def test_a_block_covers_the_host_written_with_a_trailing_dot():
+    """``evil.example.`` is the same host as ``evil.example`` (the absolute form of the
+    name, which DNS and TLS accept) and a valid federation node id: a suspended node
+    renaming itself so must still be covered by its block, and so must its subdomains."""
+    assert "evil.example" in pbl.candidates("evil.example.")
+    assert pbl.candidates("a.evil.example.:8443")[:3] == ["a.evil.example:8443", "a.evil.example", "evil.example"]
+    assert "example" in pbl.candidates("evil.example..")
+    assert pbl.candidates("10.0.0.1.") == ["10.0.0.1"]
+
+
 def test_cli_import_export_and_peers_show_the_severity(tmp_path):
     data = tmp_path / "node"
     assert rxfed("node", "init", str(data), "--name", "blocks", "--port", "18997").returncode == 0

@@ -520,3 +520,27 @@ async def test_a_reader_pins_the_issuers_keys_and_follows_only_signed_rotations(
     await _raw_post(doctor, await doctor.membership(address), "Under swapped keys.", (key, swapped["credentials"]["badge"]))
     refused = await _wait_badge(reader, address, "Under swapped keys.")
     assert not refused["verified"] and refused["reason"] == "unknown_issuer_key"
+
+
+async def test_the_status_list_is_signed_again_under_the_nodes_new_key(fed, make_patient):
+    """A node whose key changed (a rotation without overlap, a compromised key replaced)
+    serves its status list signed by the new key at once: a copy signed by the old one,
+    kept for up to LIST_TTL, made every badge it issued unverifiable (unknown_issuer_key)."""
+    import time
+
+    from rxfed.node.config import NodeSigningKey, save_node_keys
+
+    a, b, _c = fed
+    doctor = await make_patient(b)
+    key = await clinician_key(doctor, create=True)
+    issued = await issue(a, key.public)
+    entry = StatusEntry(issued["credentials"]["badge"]["credentialStatus"]["statusListCredential"],
+                        issued["status_index"])
+    assert (await get(a.url, "/v1/clinicians/status/1"))[0] == 200  # signed and kept by the old key
+    save_node_keys(a.data_dir, [NodeSigningKey(SigningKeyPair.generate(), int(time.time()) - 60, None)])
+    a.state.reload_keys()
+    keys = IssuerKeys(did_web(a.node_id), tuple(NodeKey(k.key.public, k.valid_from, k.valid_until)
+                                                for k in a.state.keys))
+    status, _h, body = await get(a.url, "/v1/clinicians/status/1")
+    assert status == 200
+    assert not verify_status_list(json.loads(body), keys, entry, now=int(time.time())).get(entry.index)

@@ -332,3 +332,122 @@ async def test_a_hostile_aggregator_cannot_make_a_node_join_another_round(trio):
     assert refused.value.code == "not_scheduled"
     assert (await b.app_store().insights_ledger()).entries == ()
     assert await b.app_store().insight_rounds() == []
+
+
+async def test_two_starts_at_once_make_one_round_and_it_releases(trio, make_patient):
+    """Every worker process of the aggregator runs the monthly check on the same tick (and an
+    operator may ask for the round meanwhile): two starts at once make one round, not two
+    whose invitations split the nodes between them and burn every node's budget for nothing."""
+    for node in trio:
+        for _ in range(2):
+            _, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+    await schedule(trio)
+    a = trio[0]
+    results = await asyncio.gather(*(a.state.insights.start_round("E11") for _ in range(3)),
+                                   return_exceptions=True)
+    started = [r for r in results if isinstance(r, str)]
+    assert len(started) == 1, results
+    assert all(isinstance(r, Forbidden) and r.code == "beyond_schedule" for r in results if not isinstance(r, str))
+    assert [r[0] for r in await a.app_store().insight_rounds("aggregator")] == started
+
+    async def everywhere():
+        return all([len(await releases(n)) == 1 for n in trio])
+
+    await until(everywhere)
+    for node in trio:
+        assert [e.release for e in (await node.app_store().insights_ledger()).entries] == started
+
+
+def _unsuppressed(table):
+    """A hostile aggregator's table: the cells it suppressed shown as small counts."""
+    rows = {g: {m: (3 if isinstance(v, str) else v) if not isinstance(v, dict)
+                else {b: 3 if isinstance(x, str) else x for b, x in v.items()} for m, v in r.items()}
+            for g, r in table["rows"].items()}
+    return {**table, "suppressed_below": 0, "rows": rows}
+
+
+def _garbled(table):
+    """A hostile aggregator's table whose rows are not rows."""
+    return {**table, "rows": {g: "x" for g in table["rows"]}}
+
+
+@pytest.mark.parametrize("tamper", [_unsuppressed, _garbled])
+async def test_a_published_table_unlike_the_schedules_release_is_refused(trio, make_patient, tamper):
+    """What the aggregator publishes back is kept only if it is a table the declared schema
+    and release rules make (every cell a count of at least k, or suppressed): a hostile
+    aggregator can make a node's patients read neither counts below k nor a table their
+    node cannot show (a 500 on every read)."""
+    from rxfed.client.insights import insights
+    from rxfed.client.sdk import NodeRefused
+    from rxfed.node import insights as ni
+
+    patients = {}
+    for node in trio:
+        for _ in range(2):
+            patient, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+            patients[node.node_id] = patient
+    await schedule(trio)
+    a, b, c = trio
+    seen = []
+
+    async def tampered(origin, content):
+        content = {**content, "table": tamper(content["table"])}
+        try:
+            await b.state.insights.published(origin, content)
+        except Exception as exc:
+            seen.append(exc)
+            raise
+
+    b.state.federation.handlers[ni.PUBLISHED] = b.state.insights._handler(tampered)
+    await a.state.insights.start_round("E11")
+
+    async def published_elsewhere():
+        return all([len(await releases(n)) == 1 for n in (a, c)]) and bool(seen or await releases(b))
+
+    await until(published_elsewhere)
+    await asyncio.sleep(0.2)
+    assert await releases(b) == []
+    assert seen and all(getattr(e, "code", None) == "not_scheduled" for e in seen), seen
+    with pytest.raises(NodeRefused) as none:
+        await insights(patients[b.node_id], "E11")
+    assert none.value.status == 404 and none.value.code == "no_release"
+
+
+async def test_two_deadlines_at_once_end_one_phase_only(trio, make_patient):
+    """Every worker process of the aggregator checks the rounds' deadlines on the same tick:
+    the second to take the round's lock finds the phase the first moved to, just begun, and
+    must leave it alone; ending it at once as well dropped every node from the round and
+    abandoned it, every node's budget spent for nothing."""
+    from rxfed.node import insights as ni
+    from rxfed.node.federation import InboundEffects
+    from rxfed.node.insights import schedule_doc
+    from rxfed.protocol.federation import EventResult
+
+    for node in trio:
+        for _ in range(2):
+            _, consent = await diabetic(make_patient, node)
+            await grant_both(consent, node.node_id)
+    a, b, c = trio
+    doc = schedule_doc("E11", TABLE, epsilon="1/2", aggregator=a.node_id, nodes=[n.node_id for n in trio],
+                       collusion=0, dropouts=1)
+    for n in trio:
+        await n.app_store().set_insights_schedule("E11", canonical(doc))
+
+    async def silent(origin, events):  # c takes the invitation and never joins
+        return [EventResult(True) for _ in events], InboundEffects()
+
+    c.state.federation.handlers[ni.ROUND] = silent
+    round_id = await a.state.insights.start_round("E11")
+    await until(lambda: _aggregator_heard(a, round_id, 2))
+    clock = a.state.clock
+    a.state.clock = lambda: clock() + a.state.insights.phase_timeout + 1  # the advertise phase has timed out
+    await asyncio.gather(a.state.insights.tick(), a.state.insights.tick())
+    assert not await _phase(a, round_id, "aggregator", "abandoned")
+
+    async def released():
+        return all([len(await releases(n)) == 1 for n in (a, b)])
+
+    await until(released)
+    assert loads((await releases(b))[0][5])["nodes"] == 2

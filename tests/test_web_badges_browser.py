@@ -157,3 +157,80 @@ async def test_a_clinician_posts_with_a_badge_from_the_page(trio, tmp_path):
 
 async def _status_says(page, words: str) -> bool:
     return words in (await page.text_content("body"))
+
+
+async def test_the_page_pins_the_issuers_keys_as_the_cli_does(trio, tmp_path):
+    """The page pins an issuer's keys at the first badge it checks (as the CLI's issuers.json)
+    and follows only rotations they sign: a credential under keys swapped later at the
+    issuer's address is refused in the page, as by the CLI that read the first badge."""
+    import json
+    import time
+
+    from rxfed.crypto import SigningKeyPair
+    from rxfed.node.config import NodeSigningKey, save_node_keys
+
+    _browser_or_skip()
+    a, b, c = trio
+    founder, doctor = tmp_path / "founder", tmp_path / "doctor"
+    await cli("patient", "register", "--node", c.url, "--profile", str(founder), "--kdf", "min")
+    await cli("patient", "register", "--node", b.url, "--profile", str(doctor), "--kdf", "min")
+    key = (await cli("patient", "clinician", "key", "--profile", str(doctor)))["key"]
+
+    def bundle(name):
+        issued = clinician_admin.issue(a.data_dir, key=key, role="physician", specialty="207RE0101X",
+                                       specialty_name="Endocrinology", npi="1234567893")
+        path = tmp_path / name
+        path.write_text(json.dumps({"clinician": key, "credentials": issued["credentials"]}))
+        return path
+
+    first = await asyncio.to_thread(bundle, "first.json")
+    address = (await cli("community", "create", "--profile", str(founder), "Thyroid"))["address"]
+    await cli("community", "join", "--profile", str(doctor), address)
+    await eventually(lambda: _joined(doctor, address), timeout=20)
+    before, after = f"{MARKER} under the issuer's keys", f"{MARKER} under swapped keys"
+
+    async with opened_page(b.url + "/") as (page, watched):
+        await register_in_page(page)
+        await page.wait_for_selector("body[data-communities=ready]")
+        await page.select_option("#c-host", c.node_id)
+        await page.click("#c-browse")
+        await page.wait_for_selector(f"#directory li[data-address='{address}']", timeout=30_000)
+        await page.click(f"#directory li[data-address='{address}'] button.join")
+        await page.wait_for_selector("body[data-joined='1']", timeout=30_000)
+        await eventually(lambda: _cli_sees_member(doctor, address, 3), timeout=30)
+
+        async def badge_in_page(said):
+            await page.click(f"#my-communities li[data-address='{address}'] button.open")
+            await page.wait_for_selector("#community-view:not([hidden])", timeout=30_000)
+            await page.click("#cv-refresh")
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            item = page.locator("#cv-messages li", has_text=said)
+            if not await item.count():
+                return None
+            badge = item.locator(".badge")
+            return await badge.get_attribute("data-badge") if await badge.count() else None
+
+        async def cli_badge(said):
+            view = await cli("community", "read", "--profile", str(founder), address)
+            return next((m["badge"] for m in view["messages"] if m["text"] == said), None)
+
+        async def shown(said, into):
+            into["page"], into["cli"] = await badge_in_page(said), await cli_badge(said)
+            return into["page"] is not None and into["cli"] is not None
+
+        await cli("community", "post", "--profile", str(doctor), address, before, "--badge", str(first))
+        seen: dict = {}
+        await eventually(lambda: shown(before, seen), timeout=30)
+        assert seen["page"] == "verified" and seen["cli"]["verified"]
+
+        # the issuer's address now answers with another key, no rotation signed to it
+        save_node_keys(a.data_dir, [NodeSigningKey(SigningKeyPair.generate(), int(time.time()) - 60, None)])
+        a.state.reload_keys()
+        swapped = await asyncio.to_thread(bundle, "swapped.json")
+        (doctor / "issuers.json").unlink()  # a poster who never pinned the old keys
+        await cli("community", "post", "--profile", str(doctor), address, after, "--badge", str(swapped))
+        seen = {}
+        await eventually(lambda: shown(after, seen), timeout=30)
+        assert seen["cli"]["reason"] == "unknown_issuer_key"
+        assert seen["page"] == "unknown_issuer_key"
+        assert not await watched.csp()

@@ -466,3 +466,33 @@ def test_the_workers_port_is_refused_while_anything_else_holds_it():
             reserve("127.0.0.1", plain.getsockname()[1])
     finally:
         plain.close()
+
+
+async def test_the_supervisor_passes_an_insights_round_to_a_worker(tmp_path, monkeypatch):
+    """``rxfed node insights DATA_DIR round`` asks the control socket, which the supervisor
+    holds among several workers: it must pass the request to a worker (the first that
+    answers) and give back its answer, refusals included, not answer 404."""
+    import types
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from rxfed.node.workers import Supervisor
+
+    supervisor = Supervisor(types.SimpleNamespace(data_dir=tmp_path), 2, host="127.0.0.1", port=0, tls_cert=None,
+                            tls_key=None)
+    asked = []
+
+    async def ask(worker, method, target, body=None, **kw):
+        asked.append((worker.index, method, target, body))
+        if worker.index == 0:
+            return None  # not answering (restarting, say)
+        return {"error": "beyond_schedule", "message": "released already", "status": 403}
+
+    monkeypatch.setattr(supervisor, "ask", ask)
+    async with TestClient(TestServer(supervisor.control_app())) as client:
+        resp = await client.post("/insights/round", json={"category": "E11", "period": None})
+        assert resp.status == 200 and (await resp.json())["error"] == "beyond_schedule"
+        assert [(i, t) for i, _, t, _ in asked] == [(0, "/insights/round"), (1, "/insights/round")]
+        assert asked[1][3] == {"category": "E11", "period": None}
+        bad = await client.post("/insights/round", data=b"not json")
+        assert bad.status == 400 and len(asked) == 2

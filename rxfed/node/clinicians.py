@@ -32,11 +32,12 @@ routes = web.RouteTableDef()
 
 
 class PublishedLists:
-    """The signed status lists this process serves, re-signed when the revoked set changed
-    or the copy is older than the ``ttl`` (so a copy is always valid for most of a day)."""
+    """The signed status lists this process serves, re-signed when the revoked set or the
+    node's signing key changed or the copy is older than the ``ttl`` (so a copy is always
+    valid for most of a day)."""
 
     def __init__(self) -> None:
-        self._signed: dict[str, tuple[tuple[int, ...], int, bytes]] = {}
+        self._signed: dict[str, tuple[tuple, int, bytes]] = {}
         self._lock = asyncio.Lock()
 
     async def get(self, state, list_id: str) -> bytes | None:
@@ -44,7 +45,9 @@ class PublishedLists:
         if not issued_here:
             return None
         now = state.now()
-        key = tuple(revoked)
+        # signed afresh when the revoked set or the node's key changed: a copy under a key
+        # the node no longer publishes verifies for nobody (unknown_issuer_key)
+        key = (tuple(revoked), state.signing_key().public)
         cached = self._signed.get(list_id)
         if cached is not None and cached[0] == key and now - cached[1] < LIST_TTL:
             return cached[2]

@@ -176,7 +176,7 @@ class InsightsService:
         now = self.node.now()
         await self.node.store.start_insights_round(
             (round_id, "aggregator", round_id, category, period, self.me, "advertise", canonical(state), "[]", now),
-            [(n, _wire(ROUND, invite)) for n in spec.node_ids if n != self.me], now)
+            [(n, _wire(ROUND, invite)) for n in spec.node_ids if n != self.me], now, table=schema.name)
         self._notify()
         await self.join(self.me, invite)
         return round_id
@@ -275,8 +275,11 @@ class InsightsService:
         row = await self.node.store.insight_round(f["round"], "participant")
         if row is not None:
             doc, schema = await self.schedule(row[3])
+            # the whole table as the release rules make it: the declared cells, each a count
+            # of at least k or suppressed (patients read it as it is kept)
             if table["table"] != schema.name or table["epsilon"] != doc["epsilon"] \
-                    or not isinstance(table["rows"], dict) or sorted(table["rows"]) != sorted(schema.groups):
+                    or not prl.is_published(schema, table, period=row[4], epsilon=doc["epsilon"],
+                                            max_nodes=len(doc["nodes"])):
                 raise Forbidden("the table is not the one this node's schedule declares", code="not_scheduled")
         await self.node.store.insights_published(f["round"], origin, table, canonical(table), self.node.now())
 
@@ -306,10 +309,16 @@ class InsightsService:
         for round_id, *_, phase, updated in await self.node.store.insight_rounds("aggregator"):
             if phase in ("done", "abandoned") or updated + self.phase_timeout > now:
                 continue
+
+            def due(row: tuple):
+                # checked again on the row read under its lock: another worker's tick may have
+                # ended this phase meanwhile, and the next one has only just begun
+                if row[6] in ("done", "abandoned") or row[9] + self.phase_timeout > now:
+                    return None
+                return self._aggregator_step(row, lambda a: a.deadline())
+
             try:
-                local = await self.node.store.step_insights_round(
-                    round_id, "aggregator", None, lambda row: self._aggregator_step(row, lambda a: a.deadline()),
-                    self.me, now)
+                local = await self.node.store.step_insights_round(round_id, "aggregator", None, due, self.me, now)
             except RxfedError as exc:
                 log.warning("an insights round's deadline failed: %s", exc.message)
                 continue

@@ -167,12 +167,13 @@ class Supervisor:
             await worker.start()
             log.info("worker %d restarted (pid %d)", worker.index, worker.proc.pid)
 
-    async def ask(self, worker: Worker, method: str, target: str, body: dict | None = None):
+    async def ask(self, worker: Worker, method: str, target: str, body: dict | None = None, *,
+                  timeout: float = 5.0):
         from rxfed.node import control
 
         path = control.socket_path(self.config.data_dir, worker.index)
         try:
-            return await asyncio.to_thread(control.ask_socket, path, method, target, body, timeout=5.0)
+            return await asyncio.to_thread(control.ask_socket, path, method, target, body, timeout=timeout)
         except control.NodeUnreachable as exc:
             log.warning("worker %d did not answer %s %s: %s", worker.index, method, target, exc)
             return None
@@ -219,6 +220,25 @@ class Supervisor:
                                                                 "each a list of ids"}, status=400)
             told = await asyncio.gather(*(self.ask(w, "POST", "/reload", body) for w in self.workers))
             return reply({"reloaded": True, "workers": sum(1 for t in told if t)})
+
+        @routes.post("/insights/round")
+        async def insights_round(request: web.Request) -> web.Response:
+            """``rxfed node insights DATA_DIR round``: one worker starts the round (the first
+            that answers; the store refuses a second start of the same round)."""
+            from rxfed.node import control
+
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or not isinstance(body.get("category"), str):
+                return reply({"error": "bad_request", "message": "a JSON object with category (and period)"},
+                             status=400)
+            for w in self.workers:
+                answer = await self.ask(w, "POST", "/insights/round", body, timeout=control.TIMEOUT)
+                if answer is not None:
+                    return reply(answer)
+            return reply({"error": "unavailable", "message": "no worker answers"}, status=503)
 
         app = web.Application()
         app.add_routes(routes)

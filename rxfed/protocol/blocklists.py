@@ -150,9 +150,13 @@ def to_csv(blocks: Iterable[DomainBlock]) -> str:
 def candidates(node: str) -> list[str]:
     """The blocks that may apply to ``node``, most specific first: the node id itself, its
     host without the port, and each parent domain of the host (a block of ``example.org``
-    covers ``a.example.org:8443``). An IP address covers only itself."""
+    covers ``a.example.org:8443``; trailing dots are dropped, ``a.example.org.`` is the same
+    host). An IP address covers only itself."""
     host, _, port = node.rpartition(":") if not node.endswith("]") and ":" in node else (node, "", "")
-    out = [node] if port else []
+    # ``host.`` is the absolute form of ``host``: the same name to DNS and TLS, and a valid
+    # node id, so a node renaming itself so is covered by the blocks of the host
+    host = host.rstrip(".")
+    out = [f"{host}:{port}"] if port else []
     out.append(host)
     literal = host[1:-1] if host.startswith("[") else host
     try:

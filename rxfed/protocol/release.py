@@ -356,6 +356,37 @@ def publish(schema: TableSchema, period: str, noisy_total: Sequence[int], *, eps
     return ReleasedTable(schema.name, check_period(period), epsilon_of(epsilon), nodes, computed, rows, k)
 
 
+def is_published(schema: TableSchema, table: Any, *, period: str, epsilon: Any, max_nodes: int) -> bool:
+    """Whether ``table`` (a published table's JSON, from another node) is one :func:`publish`
+    makes for ``schema``, ``period`` and ``epsilon`` from some noisy totals: every declared
+    cell and nothing else, each a count of at least ``SUPPRESS_BELOW`` or suppressed, of at
+    most ``max_nodes`` nodes. A node keeps for its patients only such a table, so a hostile
+    aggregator can make them read no count below k and nothing the page cannot show."""
+    if not isinstance(table, dict) or not isinstance(table.get("rows"), dict):
+        return False
+    nodes, computed = table.get("nodes"), table.get("computed")
+    if type(nodes) is not int or not 1 <= nodes <= max_nodes or type(computed) is not int or computed < 0:
+        return False
+    hidden = suppress(0)
+    totals = []
+    for group, measure, value in schema.cells:
+        row = table["rows"].get(group)
+        cell = row.get(measure) if isinstance(row, dict) else None
+        if measure != "reports":
+            cell = cell.get(value) if isinstance(cell, dict) else None
+        if cell == hidden:
+            totals.append(0)
+        elif type(cell) is int and cell >= SUPPRESS_BELOW:
+            totals.append(cell)
+        else:
+            return False
+    try:
+        again = publish(schema, period, totals, epsilon=epsilon, nodes=nodes, computed=computed)
+    except BadRequest:
+        return False
+    return again.to_json() == table
+
+
 # -- the privacy-budget ledger ---------------------------------------------------------------
 
 

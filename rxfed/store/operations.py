@@ -572,14 +572,24 @@ async def _charge_and_count(c: Conn, release: str, schema: prl.TableSchema, cate
     eps = prl.epsilon_text(prl.epsilon_of(epsilon))
     await c.add_insight_charge(release, schema.name, period, eps, now)
     rows = await c.insight_records(period)
-    tokens = {(subject, kind + "|" + group): token for subject, kind, group, token, _ in rows}
+    # Bounded per patient, not per pseudonym: a patient's grants to the plugin may carry
+    # several (one made before an identity rotation, one after), and each is this node's
+    # own patient's, so the grant's account says whose records they are.
+    owners = await c.grants_of_tokens(sorted({token for _, _, _, token, _ in rows}))  # token -> (grant, patient)
+
+    def whose(subject: str, token: str) -> str:
+        owner = owners.get(token)
+        return "patient|" + owner[1] if owner is not None else "subject|" + subject
+
+    tokens: dict[tuple[str, str], set[str]] = {}
+    for subject, kind, group, token, _ in rows:
+        tokens.setdefault((whose(subject, token), kind + "|" + group), set()).add(token)
     # the bodies are this node's own canonical JSON (plugins/insights.py wrote them): the
     # standard parser reads them, without the checks untrusted input gets
-    found, used = pin.contributions(category, period, [(s, k, g, json.loads(b)) for s, k, g, _, b in rows])
+    found, used = pin.contributions(category, period, [(whose(s, t), k, g, json.loads(b)) for s, k, g, t, b in rows])
     # the audit of every patient whose records go into the release, once per grant, in one batch
-    went = sorted({tokens[(subject, key)] for subject, keys in used.items() for key in keys
-                   if (subject, key) in tokens})
-    grants = sorted(set((await c.grants_of_tokens(went)).values()))  # (grant, patient), this node's own
+    went = {token for who, keys in used.items() for key in keys for token in tokens.get((who, key), ())}
+    grants = sorted({owners[t] for t in went if t in owners})  # (grant, patient), this node's own
     heads = await c.audit_heads(sorted({p for _, p in grants}))
     appended: list[tuple[str, AuditRow]] = []
     for grant_id, patient in grants:
@@ -605,7 +615,20 @@ async def _release_insights(c: Conn, release: str, schema: prl.TableSchema, cate
 _SEEN = 256
 
 
-async def _insights_start(c: Conn, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
+async def _insights_start(c: Conn, row: tuple, outbox: list[tuple[str, bytes]], now: int, table: str | None) -> None:
+    """Keep a new round (this node its aggregator) and queue its invitations, unless a round
+    of its category and period is running here already or its table was charged for the
+    period: checked under the ledger's lock, so two starts at once (every worker process's
+    monthly check on the same tick) make one round, not two that split the nodes between
+    them and charge every node's budget for nothing."""
+    _, _, _, category, period = row[:5]
+    await _insights_ledger(c, lock=True)
+    if table is not None and await c.insight_charged(table, period):
+        raise Forbidden(f"{table} was released for {period} already: one round per table and period",
+                        code="beyond_schedule")
+    if any(r[3] == category and r[4] == period and r[6] != "abandoned" for r in await c.insight_rounds("aggregator")):
+        raise Forbidden(f"a round of {category} for {period} is running already: one round per table and period",
+                        code="beyond_schedule")
     if not await c.add_insight_round(row):
         raise Conflict("this round exists already", code="aggregation_replay")
     await c.enqueue(outbox, now)
@@ -635,8 +658,8 @@ async def _insights_step(c: Conn, round_id: str, role: str, digest: str | None, 
                          now: int) -> list[tuple[str, bytes]]:
     """One message (or a deadline, ``digest`` None) into a round's state, at once: the state
     read under its row lock, ``step(row)`` (pure) giving the new state, the messages out
-    (queued here, except those to this node, returned) and a table to publish. A message
-    seen before changes nothing."""
+    (queued here, except those to this node, returned) and a table to publish, or None for
+    nothing to do. A message seen before changes nothing."""
     if not await c.lock_insight_round(round_id, role):
         raise NotFound("no such round here", code="unknown_round")
     row = await c.insight_round(round_id, role)
@@ -644,6 +667,8 @@ async def _insights_step(c: Conn, round_id: str, role: str, digest: str | None, 
     if digest is not None and digest in seen:
         return []
     result = step(row)
+    if result is None:  # nothing to do on the row as it stands (a deadline no longer due)
+        return []
     if digest is not None:
         seen = (seen + [digest])[-_SEEN:]
     await c.set_insight_round(round_id, role, result["phase"], result["state"], canonical(seen).decode(), now)
@@ -1232,9 +1257,12 @@ class Store:
     async def insights_schedule(self, category: str | None = None) -> list[tuple[str, bytes]]:
         return await self.backend.read(methodcaller("insight_schedule", category))
 
-    async def start_insights_round(self, row: tuple, outbox: list[tuple[str, bytes]], now: int) -> None:
-        """Keep a new round's aggregator state and queue its invitations, at once."""
-        await self.backend.write(_insights_start, row, outbox, now)
+    async def start_insights_round(self, row: tuple, outbox: list[tuple[str, bytes]], now: int, *,
+                                   table: str | None = None) -> None:
+        """Keep a new round's aggregator state and queue its invitations, at once; Forbidden
+        ``beyond_schedule`` when a round of its category and period runs here already, or
+        ``table`` was charged for the period."""
+        await self.backend.write(_insights_start, row, outbox, now, table)
 
     async def join_insights_round(self, row: tuple, schema: prl.TableSchema, threshold: int, epsilon: str,
                                   nodes: int, make: Callable, outbox_to: str | None, now: int,

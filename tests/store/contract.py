@@ -358,6 +358,36 @@ class InsightsContract:
         assert all(isinstance(r, Forbidden) for r in results if isinstance(r, Exception))
         assert (await store.insights_ledger()).spent("2026-12") == 1
 
+    async def test_a_patient_under_two_pseudonyms_counts_once(self, store, monkeypatch):
+        """A patient whose grants to the plugin carry two pseudonyms (one made before an
+        identity rotation, one after) is one patient: bounded once, so the release's
+        sensitivity is what its epsilon assumes."""
+        from rxfed.protocol import release as prl
+
+        monkeypatch.setattr(prl, "noise_share", lambda schema, epsilon, threshold, rng=None: [0] * len(schema.cells))
+        t1, t2 = "c" * 31 + "t", "d" * 31 + "t"
+        p = await self._granted(store, 1, t1)
+        gid = t2[:31] + "g"
+        await store.add_grant(GrantRow(gid, p.patient, "treatment.outcome", "insights", "plugin:a/insights", 5000, 1000,
+                                       b"grant"), [TokenRow(t2, gid, "a", b"token", b"voucher")], signer=p.device,
+                              audit=[{"event": "granted", "grant": gid}], nonce=nonce(), now=1000)
+        for t, s in ((t1, "old-epoch"), (t2, "new-epoch")):
+            await store.put_insight_records(t, "2026-12", [(s, "treatment.outcome", "metformin",
+                                                            self.body("metformin", efficacy="high"))])
+        seen = []
+
+        def make(vector):
+            seen.append(vector)
+            return b"state", b"advert"
+
+        rid = "e" * 32
+        await store.join_insights_round((rid, "participant", rid, "E11", "2026-12", "agg.example"), self.TABLE, 2,
+                                        "1/8", 3, make, None, 2000)
+        (reports,) = [i for i, (g, m, _) in enumerate(self.TABLE.cells) if g == "metformin" and m == "reports"]
+        assert seen[0][reports] == 1, (seen[0][reports], self.TABLE.cells[reports])
+        released = [loads(a.entry) for a in await store.audit(p.patient) if b"released" in a.entry]
+        assert sorted(e["grant"] for e in released) == sorted([t1[:31] + "g", gid])
+
     async def test_bad_budgets_are_refused(self, store):
         for bad in ("0", "-1", "0.1.2", "nan", 0.5, "101"):
             with pytest.raises(BadRequest):

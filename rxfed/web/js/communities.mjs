@@ -415,20 +415,21 @@ export class PageCommunities {
     return key;
   }
 
-  /** A credential issuer's keys with their validity, from its own /.well-known/rxfed; null
-   * when this page cannot reach it (its node does not federate with the issuer, say). */
+  /** A credential issuer's keys with their validity, from its own /.well-known/rxfed, as
+   * this browser trusts them (js/nodekeys.mjs: pinned at the first reading, then followed
+   * only by rotations the pinned keys signed, as the CLI's issuers.json), so keys swapped
+   * later at the issuer's address make no badge verify; null when this page cannot reach it
+   * (its node does not federate with the issuer, say) or it lists no key. */
   async issuerKeys(node) {
     const doc = await fetchPublic(this.hostUrl(node), "/.well-known/rxfed");
-    if (doc === null || doc.node_id !== node || !Array.isArray(doc.keys)) return null;
-    const keys = [];
-    for (const k of doc.keys.slice(0, 16)) {
-      try {
-        if (!Number.isSafeInteger(k.valid_from) || !(k.valid_until === null || Number.isSafeInteger(k.valid_until))) continue;
-        keys.push({ key: b64d(k.public_key, 32), validFrom: k.valid_from, validUntil: k.valid_until });
-      } catch {
-        // a malformed entry names no key
-      }
+    if (doc === null || doc.node_id !== node) return null;
+    let view;
+    try {
+      view = await trustNode(doc);
+    } catch {
+      return null; // a malformed document: no key, and no pin changed
     }
+    const keys = view.trusted.slice(0, 16).map((k) => ({ key: k.key, validFrom: k.validFrom, validUntil: k.validUntil }));
     return keys.length ? keys : null;
   }
 
