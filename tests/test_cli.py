@@ -330,6 +330,26 @@ def test_demo_json():
     moderation = doc["moderation"]
     assert (moderation["status"], moderation["category"], moderation["reporter_named"]) == (
         "verified", "drug_sourcing", False)
+    # A verified clinician answers: issued by her hospital after its NPI backend accepted her,
+    # checked by a reader on another node itself, refused once the hospital revoked it.
+    clinician = doc["clinician"]
+    hospital = doc["nodes"][clinician["node"]]["node_id"]
+    assert clinician["node"] == "hospital-a" and clinician["reader_node"] == "hospital-b"
+    assert [(v["backend"], v["accepted"]) for v in clinician["verdicts"]] == [("npi", True)]
+    assert clinician["did"].startswith("did:key:z6Mk") and clinician["specialty"] == "2084N0400X"
+    assert clinician["badge_claims"] == ["id", "role", "specialty"]  # no name, no NPI on a post
+    seen = clinician["reader_sees"]
+    assert seen["verified"] and seen["reason"] is None and seen["clinician"] == clinician["did"]
+    assert seen["badge"] == f"verified physician, Neurology, hospital-a ({hospital})"
+    assert seen["issuer"] == "did:web:" + hospital.replace(":", "%3A")
+    refused = clinician["reader_sees_after_revoke"]
+    assert clinician["revoked"] and not refused["verified"] and refused["badge"] is None
+    assert refused["reason"] == "credential_revoked"
+    assert "1234567893" not in json.dumps([seen, refused]) and "Okafor" not in json.dumps([seen, refused])
+    from rxfed.cli.demo import _lines
+
+    text = "\n".join(_lines(doc))
+    assert f"[{seen['badge']}]" in text and "[clinician badge REFUSED: the issuer has revoked the credential]" in text
     seen = doc["insights"]["amara_reads"]
     assert seen["nodes"] == 3 and seen["epsilon"] == "1/2" and seen["release"] == doc["insights"]["round"]
     assert [t["treatment"] for t in seen["treatments"]] == ["lamotrigine", "levetiracetam"]

@@ -1,5 +1,6 @@
 """``rxfed demo``: three nodes on loopback, patients on different nodes, their encrypted
-records, one end-to-end encrypted community they share, shown from both sides, and consent
+records, one end-to-end encrypted community they share, shown from both sides, a verified
+clinician answering there (and refused once revoked), a report handled, and consent
 granted, used by a plugin on another node, revoked and audited."""
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ async def _demo(work: Path) -> dict:
                         for name, v in views.items()},
             "host_stores": [{"seq": e.seq, "type": _event_type(e.event), "bytes": len(e.event)} for e in hosted],
         }
+        summary["clinician"] = await _clinician_answers(work, nodes, clients, address)
         summary["moderation"] = await _report_handled(clients, address)
         summary["consent"] = await _consent(nodes, clients)
         summary["insights"] = await _insights(nodes, clients)
@@ -209,6 +211,86 @@ async def _insights(nodes: dict, clients: dict) -> dict:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+#: The demo's clinician: a profile on hospital-a, vouched for by hospital-a after its NPI
+#: backend accepts the (valid, illustrative) NPI; a neurologist (NUCC 2084N0400X).
+CLINICIAN = {"name": "dana", "full_name": "Dana Okafor", "node": "hospital-a", "npi": "1234567893",
+             "role": "physician", "specialty": ("2084N0400X", "Neurology")}
+QUESTION = "Question for a clinician: is the irritability on levetiracetam something to worry about?"
+ANSWER = ("Irritability is a known side effect of levetiracetam and often eases after the first months. "
+          "Mention it to your neurologist at your next visit.")
+
+
+async def _clinician_answers(work: Path, nodes: dict, clients: dict, address: str) -> dict:
+    """dana, a neurologist with her patient profile on hospital-a, makes her clinician key
+    (``rxfed patient clinician key``); hospital-a's operator issues her a credential once
+    its NPI backend accepts her (``rxfed node clinicians DATA_DIR issue``); she joins the
+    community and answers amara's question with the badge profile (role, specialty,
+    hospital: no name, no NPI). bruno's client, on hospital-b, checks the badge itself
+    against hospital-a's keys and status list; hospital-a then revokes the credential and
+    bruno's client shows the badge refused."""
+    from rxfed.client import PatientClient
+    from rxfed.client.clinician import clinician_key
+    from rxfed.client.community import PatientCommunities
+    from rxfed.node import clinician_admin
+    from rxfed.protocol import community as pc
+    from rxfed.protocol.credentials import did_key
+
+    spec = CLINICIAN
+    hospital = nodes[spec["node"]]
+    client, _code = await PatientClient.register(hospital.url, work / spec["name"], "demo passphrase for dana",
+                                                 kdf="interactive")
+    clients[spec["name"]] = client
+    key = await clinician_key(client, create=True)
+    code, label = spec["specialty"]
+    issued = await asyncio.to_thread(lambda: clinician_admin.issue(
+        hospital.data_dir, key=did_key(key.public), role=spec["role"],
+        specialty=code, specialty_name=label, name=spec["full_name"], npi=spec["npi"]))
+    dana, amara, bruno = (PatientCommunities(clients[n]) for n in (spec["name"], "amara", "bruno"))
+    await dana.join(address)
+
+    seat = (await dana.membership(address)).member.public
+
+    async def joined_everywhere():
+        states = [(await member.read(address)).state for member in (dana, amara, bruno)]
+        return all(s is not None and s.status(seat) is pc.MemberStatus.JOINED for s in states)
+
+    await _wait(joined_everywhere)
+    await amara.post(address, QUESTION)
+    await _wait(lambda: _has(dana, address, QUESTION))
+    badge = issued["credentials"]["badge"]
+    await dana.post(address, ANSWER, badge=badge)
+
+    async def shown():
+        return (await _badge(bruno, address, ANSWER)) is not None
+
+    await _wait(shown)
+    verified = await _badge(bruno, address, ANSWER)
+    revoked = await asyncio.to_thread(clinician_admin.revoke, hospital.data_dir, issued["id"],
+                                      reason="demo: credential withdrawn")
+
+    async def refused_now():
+        return (await _badge(bruno, address, ANSWER))["reason"] == "credential_revoked"
+
+    await _wait(refused_now)
+    refused = await _badge(bruno, address, ANSWER)
+    return {"clinician": spec["name"], "node": spec["node"], "did": issued["clinician"], "credential": issued["id"],
+            "role": issued["role"], "specialty": issued["specialty"],
+            "verdicts": issued["verdicts"], "profiles": sorted(issued["credentials"]),
+            "badge_claims": sorted(badge["credentialSubject"]),
+            "question": {"by": "amara", "text": QUESTION}, "answer": ANSWER,
+            "reader": "bruno", "reader_node": PATIENTS["bruno"]["node"], "reader_sees": verified,
+            "revoked": revoked["revoked"], "reader_sees_after_revoke": refused}
+
+
+async def _badge(member, address: str, text: str) -> dict | None:
+    """The verdict ``member``'s client reached on the badge of the post ``text`` (None: not
+    read yet, or no badge)."""
+    for m in (await member.read(address)).to_json()["messages"]:
+        if m["text"] == text:
+            return m["badge"]
+    return None
 
 
 def _event_type(raw: bytes) -> str:
@@ -301,6 +383,20 @@ def _lines(summary: dict) -> list[str]:
     for name, messages in c["seen_by"].items():
         out.append(f"  what {name} reads (pseudonym {c['members'][name][:8]}):")
         out += [f"    {m['sender']}: {m['text']}" for m in messages]
+    out.append("")
+    v = summary["clinician"]
+    seen, after = v["reader_sees"], v["reader_sees_after_revoke"]
+    out.append(f"a verified clinician: {v['node']} checks {v['clinician']}'s NPI ("
+               + "; ".join(f"{x['backend']}: {x['reason']}" for x in v["verdicts"]) + ")")
+    out.append(f"  and issues her credential {v['credential']} for her clinician key {v['did'][:24]}..; "
+               f"her posts show {', '.join(c for c in v['badge_claims'] if c != 'id')} and the hospital, "
+               "no name, no NPI")
+    out.append(f"  {v['question']['by']} asks: {v['question']['text']}")
+    out.append(f"  {v['clinician']} answers: {v['answer']}")
+    out.append(f"  {v['reader']}'s client on {v['reader_node']} checks the badge itself against the issuer: "
+               f"[{seen['badge']}]")
+    out.append(f"  {v['node']} revokes the credential; {v['reader']}'s client now shows "
+               f"[clinician badge REFUSED: {after['explanation']}]")
     out.append("")
     r = summary["moderation"]
     out.append(f"a report handled: amara reports bruno's message {r['seq']} ({r['text']!r}) as {r['category']};")
