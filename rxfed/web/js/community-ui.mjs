@@ -127,6 +127,13 @@ async function show(address) {
         say(`${key.slice(0, 8)} is a moderator: reports are sealed to them too from now on.`);
       })));
     }
+    if (reading.state.moderators.has(key)) {
+      li.append(" ", button(`Dismiss ${key.slice(0, 8)} as a moderator`, "dismiss", (b) => guarded(b, "Dismissing…", async () => {
+        await communities.act(address, "dismiss", key, { reason: "moderator" });
+        await show(address);
+        say(`${key.slice(0, 8)} is no moderator now: reports are no longer sealed to them.`);
+      })));
+    }
     return li;
   }));
   const myKeys = new Set([me, ...mine.previous.map(([m]) => b64e(m.public))]);
@@ -203,7 +210,13 @@ async function renderQueue(address) {
       await show(address);
       say(`${label}: signed and sent; every member's client applies it.`);
     }));
-    li.append(act("hide", "Hide the message"), " ", act("warn", "Warn the sender"), " ", act("ban", "Ban the sender", r.sender));
+    li.append(act("hide", "Hide the message"), " ", act("warn", "Warn the sender"), " ", act("remove", "Remove the sender", r.sender),
+      " ", act("ban", "Ban the sender", r.sender), " ",
+      button(`Forward to the sender's home node (report ${r.report})`, "forward", (b) => guarded(b, "Forwarding…", async () => {
+        const sent = await communities.forward(address, r.seq);
+        say(`Forwarded to ${sent.node} [${sent.category}], sealed to its key: it learns the message and its sender, never who reported it.`);
+        document.body.dataset.forwarded = String(Number(document.body.dataset.forwarded || 0) + 1);
+      })));
     return li;
   }));
   $("cv-queue-empty").hidden = queue.length > 0;
