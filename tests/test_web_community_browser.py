@@ -224,6 +224,18 @@ async def test_a_browser_patient_creates_a_community_and_admits_and_removes_a_cl
 
         await eventually(read_it, timeout=30)
 
+        # the admin appoints the CLI member a moderator, then dismisses it (community act appoint|dismiss)
+        async def bob_moderates(expected):
+            view = await cli("community", "read", "--profile", str(bob), address)
+            return [m["moderator"] for m in view["members"] if m["me"]] == [expected]
+
+        await page.click("#cv-admin-list button.appoint")
+        await page.wait_for_selector("#cv-admin-list button.dismiss", timeout=30_000)
+        await eventually(lambda: bob_moderates(True), timeout=30)
+        await page.click("#cv-admin-list button.dismiss")
+        await page.wait_for_selector("#cv-admin-list button.appoint", timeout=30_000)
+        await eventually(lambda: bob_moderates(False), timeout=30)
+
         # removed, the CLI member is told so and posts nothing more
         await page.click("#cv-admin-list button.remove")
         await page.wait_for_selector("#communities-status:has-text('Removed')", timeout=30_000)
@@ -380,4 +392,17 @@ async def test_a_moderator_in_the_page_forwards_a_verified_report_to_the_senders
         # the reporter (the admin on C) is named nowhere; the page's node A forwarded it
         assert founder_key not in json.dumps(row)
         assert (row["from"], row["moderator"]) == (a.node_id, browser_key)
+
+        # a moderator who is not the admin bans a member by pseudonym, as `community act ban MEMBER` does
+        assert await page.text_content("#cv-admin-h") == "Members (you are a moderator)"
+        assert await page.locator(f"#cv-admin-list li[data-member='{founder_key}'] button").count() == 0  # the admin
+        await page.select_option("#report-category", "drug_sourcing")
+        await page.click(f"#cv-admin-list li[data-member='{bob_key}'] button.mod-ban")
+        await page.wait_for_selector("#communities-status:has-text('Ban')", timeout=30_000)
+
+        async def banned():
+            view = await cli("community", "read", "--profile", str(founder), address)
+            return [m["banned"] for m in view["members"] if m["member"] == bob_key] == [True]
+
+        await eventually(banned, timeout=30)
         assert await watched.csp() == []
