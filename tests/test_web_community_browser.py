@@ -405,4 +405,17 @@ async def test_a_moderator_in_the_page_forwards_a_verified_report_to_the_senders
             return [m["banned"] for m in view["members"] if m["member"] == bob_key] == [True]
 
         await eventually(banned, timeout=30)
+
+        # B's keys swapped with no rotation its pinned key signed: the page refuses to seal to
+        # the key it never trusted for B, and B keeps nothing more
+        import time
+
+        from rxfed.node.config import NodeSigningKey, save_node_keys
+
+        save_node_keys(tmp_path / "b", [NodeSigningKey(SigningKeyPair.generate(), int(time.time()) - 60, None)])
+        b.state.reload_keys()
+        await page.locator("#cv-queue-list li button.forward").click()
+        await page.wait_for_selector("#communities-error:has-text('never trusted')", timeout=30_000)
+        assert await page.get_attribute("body", "data-forwarded") == "1"
+        assert len(await kept()) == 1
         assert await watched.csp() == []
