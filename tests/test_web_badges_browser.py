@@ -234,3 +234,94 @@ async def test_the_page_pins_the_issuers_keys_as_the_cli_does(trio, tmp_path):
         assert seen["cli"]["reason"] == "unknown_issuer_key"
         assert seen["page"] == "unknown_issuer_key"
         assert not await watched.csp()
+async def test_the_page_pins_issuers_keys_and_refuses_a_badge_under_keys_swapped_without_a_signed_rotation(tmp_path):
+    """The first badge the page checks pins the issuer's keys in IndexedDB (the pins of
+    js/nodekeys.mjs); a signed rotation is followed; keys the issuer's address publishes
+    later without one are not, so a credential under them is refused in the page as in the
+    CLI (unknown_issuer_key), though a device that never pinned that issuer would trust it."""
+    import json
+    import time
+
+    from rxfed.client.clinician import PINS
+    from rxfed.crypto import SigningKeyPair
+    from rxfed.node.config import NodeSigningKey, rotate_node_key, save_node_keys
+
+    _browser_or_skip()
+    nodes = await start_federation(tmp_path, "hospital-a", "b", "c", "p")
+    try:
+        a, b, c, p = nodes
+        founder, doctor = tmp_path / "founder", tmp_path / "doctor"
+        await cli("patient", "register", "--node", c.url, "--profile", str(founder), "--kdf", "min")
+        await cli("patient", "register", "--node", b.url, "--profile", str(doctor), "--kdf", "min")
+        key = (await cli("patient", "clinician", "key", "--profile", str(doctor)))["key"]
+
+        async def bundle(name):
+            issued = await asyncio.to_thread(lambda: clinician_admin.issue(
+                a.data_dir, key=key, role="physician", specialty="207RE0101X", specialty_name="Endocrinology",
+                npi="1234567893"))
+            path = tmp_path / f"{name}.json"
+            path.write_text(json.dumps({"clinician": key, "credentials": issued["credentials"]}))
+            ids[name] = issued["id"]
+            return path
+
+        ids = {}
+
+        address = (await cli("community", "create", "--profile", str(founder), "Thyroid"))["address"]
+        await cli("community", "join", "--profile", str(doctor), address)
+        await eventually(lambda: _joined(doctor, address), timeout=20)
+
+        async with opened_page(p.url + "/") as (page, watched):
+            await register_in_page(page)
+            await page.wait_for_selector("body[data-communities=ready]")
+            await page.select_option("#c-host", c.node_id)
+            await page.click("#c-browse")
+            await page.wait_for_selector(f"#directory li[data-address='{address}']", timeout=30_000)
+            await page.click(f"#directory li[data-address='{address}'] button.join")
+            await page.wait_for_selector("body[data-joined='1']", timeout=30_000)
+            await eventually(lambda: _cli_sees_member(doctor, address, 3), timeout=30)
+
+            async def verdicts(said):
+                """The badge of `said` in the page and in the founder's CLI, once both show it."""
+                await page.click(f"#my-communities li[data-address='{address}'] button.open")
+                await page.wait_for_selector("#community-view:not([hidden])", timeout=30_000)
+                await page.wait_for_selector("#cv-refresh:not([disabled])")
+                item = page.locator("#cv-messages li", has_text=said)
+                badge = item.locator(".badge")
+                if not await item.count() or not await badge.count():
+                    return None
+                view = await cli("community", "read", "--profile", str(founder), address)
+                cli_badge = next((m["badge"] for m in view["messages"] if m["text"] == said), None)
+                return (await badge.get_attribute("data-badge"), cli_badge) if cli_badge else None
+
+            async def posted(said, path):
+                await cli("community", "post", "--profile", str(doctor), address, said, "--badge", str(path))
+                found = {}
+
+                async def shown():
+                    found["v"] = await verdicts(said)
+                    return found["v"] is not None
+
+                await eventually(shown, timeout=30)
+                return found["v"]
+
+            page_says, cli_says = await posted(f"{MARKER} before the rotation", await bundle("first"))
+            assert page_says == "verified" and cli_says["verified"]
+            # a rotation A's pinned key signed is followed, in the page as in the CLI
+            rotate_node_key(a.data_dir, overlap=3600)
+            a.state.reload_keys()
+            page_says, cli_says = await posted(f"{MARKER} after a signed rotation", await bundle("rotated"))
+            assert page_says == "verified" and cli_says["verified"]
+            # keys swapped with no rotation: the doctor's device forgets its pins, so it posts;
+            # the page and the founder's CLI pinned A's keys, and refuse the badge
+            save_node_keys(a.data_dir, [NodeSigningKey(SigningKeyPair.generate(), int(time.time()) - 60, None)])
+            a.state.reload_keys()
+            # (a revocation makes A sign its status list again, now under the swapped key)
+            await asyncio.to_thread(clinician_admin.revoke, a.data_dir, ids["first"])
+            (doctor / PINS).unlink()
+            page_says, cli_says = await posted(f"{MARKER} under swapped keys", await bundle("swapped"))
+            assert (page_says, cli_says["verified"], cli_says["reason"]) == ("unknown_issuer_key", False, "unknown_issuer_key")
+            assert not watched.problems, watched.problems
+            assert not await watched.csp()
+    finally:
+        for n in nodes:
+            await n.stop()

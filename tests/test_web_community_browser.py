@@ -224,6 +224,18 @@ async def test_a_browser_patient_creates_a_community_and_admits_and_removes_a_cl
 
         await eventually(read_it, timeout=30)
 
+        # the admin appoints the CLI member a moderator, then dismisses it (community act appoint|dismiss)
+        async def bob_moderates(expected):
+            view = await cli("community", "read", "--profile", str(bob), address)
+            return [m["moderator"] for m in view["members"] if m["me"]] == [expected]
+
+        await page.click("#cv-admin-list button.appoint")
+        await page.wait_for_selector("#cv-admin-list button.dismiss", timeout=30_000)
+        await eventually(lambda: bob_moderates(True), timeout=30)
+        await page.click("#cv-admin-list button.dismiss")
+        await page.wait_for_selector("#cv-admin-list button.appoint", timeout=30_000)
+        await eventually(lambda: bob_moderates(False), timeout=30)
+
         # removed, the CLI member is told so and posts nothing more
         await page.click("#cv-admin-list button.remove")
         await page.wait_for_selector("#communities-status:has-text('Removed')", timeout=30_000)
@@ -315,3 +327,95 @@ async def _hidden_in_page(page, seq: int) -> bool:
     await page.click("#cv-refresh")
     await page.wait_for_selector("#cv-refresh:not([disabled])")
     return await page.locator(f"#cv-messages li.hidden-msg[data-seq='{seq}']").count() == 1
+
+
+async def test_a_moderator_in_the_page_forwards_a_verified_report_to_the_senders_home_node(trio, tmp_path):
+    """A browser on A, a moderator of a community hosted on C, forwards the verified report of
+    a message the CLI patient on B posted: sealed in the page to B's key from B's own key
+    document, B keeps it, and `rxfed node reports` on B lists the sender's pseudonym, the
+    category and the text, and nothing that names the reporter (the admin on C)."""
+    _browser_or_skip()
+    a, b, c = trio
+    founder, bob = tmp_path / "founder", tmp_path / "bob"
+    await cli("patient", "register", "--node", c.url, "--profile", str(founder), "--kdf", "min")
+    await cli("patient", "register", "--node", b.url, "--profile", str(bob), "--kdf", "min")
+    address = (await cli("community", "create", "--profile", str(founder), "Chronic pain"))["address"]
+    await cli("community", "join", "--profile", str(bob), address)
+    await eventually(lambda: _joined(bob, address), timeout=20)
+
+    async with opened_page(a.url + "/") as (page, watched):
+        await register_in_page(page)
+        await page.wait_for_selector("body[data-communities=ready]")
+        await page.select_option("#c-host", c.node_id)
+        await page.click("#c-browse")
+        await page.wait_for_selector(f"#directory li[data-address='{address}']", timeout=30_000)
+        await page.click(f"#directory li[data-address='{address}'] button.join")
+        await page.wait_for_selector("body[data-joined='1']", timeout=30_000)
+        await eventually(lambda: _cli_sees_member(founder, address, 3), timeout=20)
+        view = await cli("community", "read", "--profile", str(founder), address)
+        browser_key = next(m["member"] for m in view["members"] if m["node"] == a.node_id)
+        bob_key = next(m["member"] for m in view["members"] if m["node"] == b.node_id)
+        founder_key = next(m["member"] for m in view["members"] if m["node"] == c.node_id)
+        await cli("community", "act", "--profile", str(founder), address, "appoint", browser_key, "--reason", "moderator")
+        bad = "I sell tramadol, no prescription needed"
+        await eventually(lambda: _cli_sees_member(bob, address, 3), timeout=20)
+        await cli("community", "post", "--profile", str(bob), address, bad, "--send-anyway")
+        seq = None
+
+        async def seen():
+            nonlocal seq
+            doc = await cli("community", "read", "--profile", str(founder), address)
+            seq = next((m["seq"] for m in doc["messages"] if m["text"] == bad), None)
+            return seq is not None
+
+        await eventually(seen, timeout=30)
+        await cli("community", "report", "--profile", str(founder), address, str(seq), "--category", "drug_sourcing")
+
+        async def in_queue():
+            await page.click(f"#my-communities li[data-address='{address}'] button.open")
+            await page.wait_for_selector("#community-view:not([hidden])", timeout=30_000)
+            await page.wait_for_selector("#cv-refresh:not([disabled])")
+            return await page.locator("#cv-queue-list li[data-status=verified]").count() == 1
+
+        await eventually(in_queue, timeout=30)
+        await page.locator("#cv-queue-list li button.forward").click()
+        await page.wait_for_selector("body[data-forwarded='1']", timeout=30_000)
+        assert b.node_id in await page.text_content("#communities-status")
+
+        async def kept():
+            doc = await cli("node", "reports", str(tmp_path / "b"))
+            return doc["reports"]
+
+        await eventually(kept, timeout=30)
+        [row] = await kept()
+        assert (row["seq"], row["sender"], row["category"], row["text"]) == (seq, bob_key, "drug_sourcing", bad)
+        # the reporter (the admin on C) is named nowhere; the page's node A forwarded it
+        assert founder_key not in json.dumps(row)
+        assert (row["from"], row["moderator"]) == (a.node_id, browser_key)
+
+        # a moderator who is not the admin bans a member by pseudonym, as `community act ban MEMBER` does
+        assert await page.text_content("#cv-admin-h") == "Members (you are a moderator)"
+        assert await page.locator(f"#cv-admin-list li[data-member='{founder_key}'] button").count() == 0  # the admin
+        await page.select_option("#report-category", "drug_sourcing")
+        await page.click(f"#cv-admin-list li[data-member='{bob_key}'] button.mod-ban")
+        await page.wait_for_selector("#communities-status:has-text('Ban')", timeout=30_000)
+
+        async def banned():
+            view = await cli("community", "read", "--profile", str(founder), address)
+            return [m["banned"] for m in view["members"] if m["member"] == bob_key] == [True]
+
+        await eventually(banned, timeout=30)
+
+        # B's keys swapped with no rotation its pinned key signed: the page refuses to seal to
+        # the key it never trusted for B, and B keeps nothing more
+        import time
+
+        from rxfed.node.config import NodeSigningKey, save_node_keys
+
+        save_node_keys(tmp_path / "b", [NodeSigningKey(SigningKeyPair.generate(), int(time.time()) - 60, None)])
+        b.state.reload_keys()
+        await page.locator("#cv-queue-list li button.forward").click()
+        await page.wait_for_selector("#communities-error:has-text('never trusted')", timeout=30_000)
+        assert await page.get_attribute("body", "data-forwarded") == "1"
+        assert len(await kept()) == 1
+        assert await watched.csp() == []

@@ -38,3 +38,30 @@ test("actions are made as Python makes them, and the fold refuses a replay", () 
   assert.deepEqual(cm.makeAction(member, address, "hide", member.public, { seq: hide.body.seq, reason: hide.body.reason, now: hide.body.time }), hide);
   assert.throws(() => cm.readHistory([...events, [events.length + 1, hide]]), (e) => e.code === "duplicate_action");
 });
+
+test("a forward is made as Python makes it, from the report the queue opened, and sealed to a node's key", async () => {
+  const [admin, adminBox] = keys[base.admin.public_key];
+  const r = cm.readHistory(events, admin, adminBox);
+  const report = r.reports.find((x) => x.status === "verified");
+  const franking = cm.frankingReport({ text: report.text, frankingKey: report.frankingKey }, v.events[report.seq - 1].event,
+    base.events[report.seq - 1].stamp);
+  assert.deepEqual(cm.makeForward(admin, franking, "miracle_cure", v.forward.body.time), v.forward);
+  assert.throws(() => cm.makeForward(admin, franking, "gossip", v.forward.body.time), (e) => e.code === "bad_category");
+  // sealed to the Ed25519 key of a node: only that node's key opens it (rxfed.crypto.open_as_node)
+  const { default: sodium } = await import("../../rxfed/web/vendor/libsodium-wrappers.mjs");
+  const node = new so.SigningKeyPair(new Uint8Array(32).fill(7));
+  const sealed = so.sealToNode(node.public, utf8("the forward"));
+  const secret = sodium.crypto_sign_ed25519_sk_to_curve25519(concatKey(node));
+  assert.equal(fromUtf8(sodium.crypto_box_seal_open(sealed, so.toCurve25519(node.public), secret)), "the forward");
+  const other = new so.SigningKeyPair(new Uint8Array(32).fill(8));
+  assert.throws(() => sodium.crypto_box_seal_open(sealed, so.toCurve25519(other.public),
+    sodium.crypto_sign_ed25519_sk_to_curve25519(concatKey(other))));
+});
+
+/** libsodium's 64-byte Ed25519 secret key: the seed, then the public key. */
+const concatKey = (k) => {
+  const out = new Uint8Array(64);
+  out.set(k.seed);
+  out.set(k.public, 32);
+  return out;
+};

@@ -5,6 +5,7 @@
 // from the host itself; the page's connect-src names the peers the home node federates
 // with (spec/web.md §2), and a host it cannot reach is left to the CLI.
 
+import { canonical } from "./canonical.mjs";
 import * as cm from "./community.mjs";
 import { b64d, b64e, hex } from "./encoding.mjs";
 import { timestamp } from "./client.mjs";
@@ -12,7 +13,7 @@ import * as p from "./protocol.mjs";
 import { followRotations, trustNode, untrustedError } from "./nodekeys.mjs";
 import { badgeVerdict, didKey, makeBadge } from "./credentials.mjs";
 import { fetchPublic, nodeOrigin } from "./sharing.mjs";
-import { BoxKeyPair, SigningKeyPair, hashId, randomBytes } from "./sodium.mjs";
+import { BoxKeyPair, SigningKeyPair, hashId, randomBytes, sealToNode } from "./sodium.mjs";
 import * as store from "./store.mjs";
 
 export const KIND = "community";
@@ -85,17 +86,23 @@ export class PageCommunities {
    * followed only by rotations the pinned keys signed); a host listing any other key is
    * refused. */
   async hostKeys(host) {
-    const doc = await publicGet(this.hostUrl(host), "/.well-known/rxfed", host);
-    if (doc.node_id !== host) throw new p.IntegrityError(`${host} says it is ${doc.node_id}`, "wrong_node");
+    return (await this.nodeKeys(host)).map((k) => k.key);
+  }
+
+  /** A node's keys ({key, validFrom, validUntil, successor}) as this browser trusts them,
+   * from the node's own key document and the pins (hostKeys). */
+  async nodeKeys(node) {
+    const doc = await publicGet(this.hostUrl(node), "/.well-known/rxfed", node);
+    if (doc.node_id !== node) throw new p.IntegrityError(`${node} says it is ${doc.node_id}`, "wrong_node");
     let view;
     try {
       view = await trustNode(doc);
     } catch (exc) {
-      if (exc.code === "bad_document") throw new p.IntegrityError(`${host} publishes no key to check its stamps with`, "bad_stamp");
+      if (exc.code === "bad_document") throw new p.IntegrityError(`${node} publishes no key to check its stamps with`, "bad_stamp");
       throw exc;
     }
-    if (view.untrusted.length) throw untrustedError(host, view.untrusted);
-    return view.trusted.map((k) => k.key);
+    if (view.untrusted.length) throw untrustedError(node, view.untrusted);
+    return view.trusted;
   }
 
   /** The communities a node hosts, as it lists them (no account needed), each checked
@@ -462,6 +469,32 @@ export class PageCommunities {
       && ((r.seq && a.seq === r.seq && (a.action === "hide" || a.action === "warn"))
         || (r.sender && b64e(a.member) === r.sender && (a.action === "remove" || a.action === "ban"))))
       .map(([seq, a]) => ({ seq, action: a.action, reason: a.reason })) }));
+  }
+
+  /** Forward the verified report of message `seq` to its sender's home node
+   * (Communities.forward): the franking report and its category (the report's own unless
+   * `category` says otherwise), signed by this moderator, sealed here to the home node's key
+   * from that node's own key document as this browser trusts it (nodeKeys). The reporter is
+   * named nowhere in it; the nodes relaying it read nothing. */
+  async forward(address, seq, category = null) {
+    const mine = await this.membership(address);
+    const { rows, reading } = await this.history(mine);
+    const found = (reading ? reading.reports : []).filter((r) => r.seq === seq && r.status === "verified");
+    if (!found.length) throw new p.IntegrityError(`no verified report of message ${seq} in your queue`, "unknown_report");
+    const report = found[found.length - 1];
+    const chosen = category || report.category;
+    const franking = cm.frankingReport({ text: report.text, frankingKey: report.frankingKey }, rows[seq - 1][1], rows[seq - 1][2]);
+    const sender = reading.state.members.get(report.sender);
+    if (!sender) throw new p.IntegrityError(`the sender of message ${seq} is no member`, "unknown_report");
+    const keys = await this.nodeKeys(sender.node);
+    // the key the node signs with now: one with no end, else the latest (Communities.forward)
+    const key = keys.reduce((a, b) => ((a.validUntil === null) !== (b.validUntil === null)
+      ? (a.validUntil === null ? a : b) : (b.validFrom > a.validFrom ? b : a))).key;
+    const statement = cm.makeForward(mine.member, franking, chosen, this.now());
+    const sealed = sealToNode(key, canonical(statement));
+    const result = await this.patient.node.call("POST", "/v1/communities/forward",
+      { community: mine.address.text, node: sender.node, sealed: b64e(sealed) }, this.patient.id.device);
+    return { ...(result || {}), node: sender.node, member: report.sender, category: chosen };
   }
 
   /** A moderator's signed action (Communities.act): `member` a pseudonym, or null for the

@@ -105,10 +105,12 @@ async function show(address) {
   const members = [...reading.state.members.values()].filter((m) => m.status === "joined" || m.status === "pending");
   $("cv-members").textContent = `${members.length} member${members.length === 1 ? "" : "s"}; you are ${me.slice(0, 8)}`
     + (reading.state.members.get(me)?.status === "pending" ? " (pending approval)" : "");
-  // the admin approves and removes members
+  // the admin approves and removes members and names moderators; a moderator removes or bans a member
   const admin = b64e(reading.state.meta.admin) === me;
-  $("cv-admin").hidden = !admin;
-  $("cv-admin-list").replaceChildren(...(admin ? members.filter((m) => b64e(m.member) !== me) : []).map((m) => {
+  const moderating = isModerator(reading.state, mine.member.public);
+  $("cv-admin").hidden = !moderating;
+  $("cv-admin-h").textContent = admin ? "Members (you are the admin)" : "Members (you are a moderator)";
+  $("cv-admin-list").replaceChildren(...(moderating ? members.filter((m) => b64e(m.member) !== me) : []).map((m) => {
     const key = b64e(m.member);
     const li = document.createElement("li");
     li.dataset.member = key;
@@ -118,13 +120,32 @@ async function show(address) {
       await show(address);
       say(action === "approve" ? `Approved ${key.slice(0, 8)}.` : `Removed ${key.slice(0, 8)}: the next messages are sealed to the others only.`);
     }));
+    // a moderator's signed action on the member (community act ... remove|ban MEMBER), the
+    // category chosen beside the messages its reason, as members are shown it
+    const moderate = (action, label) => button(`${label} ${key.slice(0, 8)}`, `mod-${action}`, (b) => guarded(b, `${label}…`, async () => {
+      await communities.act(address, action, key, { reason: $("report-category").value });
+      await show(address);
+      say(`${label}: signed and sent; every member's client applies it.`);
+    }));
+    if (!admin) {
+      // no action removes or bans the admin (the fold refuses it): not offered
+      if (key !== b64e(reading.state.meta.admin)) li.append(moderate("remove", "Remove"), " ", moderate("ban", "Ban"));
+      return li;
+    }
     if (m.status === "pending") li.append(act("approve", "Approve"), " ");
-    li.append(act("remove", "Remove"));
+    li.append(act("remove", "Remove"), " ", moderate("ban", "Ban"));
     if (m.status === "joined" && !reading.state.moderators.has(key)) {
       li.append(" ", button(`Make ${key.slice(0, 8)} a moderator`, "appoint", (b) => guarded(b, "Appointing…", async () => {
         await communities.act(address, "appoint", key, { reason: "moderator" });
         await show(address);
         say(`${key.slice(0, 8)} is a moderator: reports are sealed to them too from now on.`);
+      })));
+    }
+    if (reading.state.moderators.has(key)) {
+      li.append(" ", button(`Dismiss ${key.slice(0, 8)} as a moderator`, "dismiss", (b) => guarded(b, "Dismissing…", async () => {
+        await communities.act(address, "dismiss", key, { reason: "moderator" });
+        await show(address);
+        say(`${key.slice(0, 8)} is no moderator now: reports are no longer sealed to them.`);
       })));
     }
     return li;
@@ -203,7 +224,13 @@ async function renderQueue(address) {
       await show(address);
       say(`${label}: signed and sent; every member's client applies it.`);
     }));
-    li.append(act("hide", "Hide the message"), " ", act("warn", "Warn the sender"), " ", act("ban", "Ban the sender", r.sender));
+    li.append(act("hide", "Hide the message"), " ", act("warn", "Warn the sender"), " ", act("remove", "Remove the sender", r.sender),
+      " ", act("ban", "Ban the sender", r.sender), " ",
+      button(`Forward to the sender's home node (report ${r.report})`, "forward", (b) => guarded(b, "Forwarding…", async () => {
+        const sent = await communities.forward(address, r.seq);
+        say(`Forwarded to ${sent.node} [${sent.category}], sealed to its key: it learns the message and its sender, never who reported it.`);
+        document.body.dataset.forwarded = String(Number(document.body.dataset.forwarded || 0) + 1);
+      })));
     return li;
   }));
   $("cv-queue-empty").hidden = queue.length > 0;

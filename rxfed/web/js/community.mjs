@@ -22,6 +22,7 @@ export const READ = "rxfed.community.read";
 export const HOST_STAMP = "rxfed.host-stamp";
 export const ACTION = "rxfed.community.action";
 export const REPORT = "rxfed.community.report";
+export const REPORT_FORWARD = "rxfed.report-forward";
 export const ACTIONS = ["hide", "warn", "remove", "ban", "appoint", "dismiss"];
 export const REPORT_CATEGORIES = ["medication_change", "dosing_advice", "miracle_cure", "drug_sourcing", "crisis", "harassment",
   "spam", "privacy", "other"];
@@ -512,7 +513,16 @@ export function openReport(address, reportSeq, e, me, myBox, posted) {
   if (!message) return refused("not_a_message", { seq: doc.seq, category, text: doc.text });
   const ok = checkCommitment(doc.key, franked(address, message.sender, doc.text, message.sent), message.commitment);
   return { report: reportSeq, time: e.time, seq: doc.seq, category, text: doc.text, sender: b64e(message.sender), sent: message.sent,
-    status: ok ? "verified" : "refused", reason: ok ? null : "bad_franking" };
+    status: ok ? "verified" : "refused", reason: ok ? null : "bad_franking", frankingKey: doc.key };
+}
+
+/** A moderator's decision to show a verified franking report (`report`, as frankingReport
+ * makes it) to the sender's home node, with its category, signed by the moderator's member
+ * key (pc.make_forward); sealed to that node's key (sealToNode) before it leaves the page. */
+export function makeForward(moderator, report, category, now) {
+  if (!REPORT_CATEGORIES.includes(category)) throw bad(`category must be one of ${REPORT_CATEGORIES.join(", ")}`, "bad_category");
+  return signStatement(moderator, { type: REPORT_FORWARD, community: parseEvent(report.event).community.text, category, report,
+    moderator: b64e(moderator.public), time: now });
 }
 
 /** A moderator's signed action (pc.make_action). */

@@ -133,6 +133,10 @@ export function hmacSha256(key, message) {
 /** libsodium crypto_box_seal to an X25519 public key. */
 export const sealTo = (publicKey, message) => s().crypto_box_seal(message, publicKey);
 
+/** `message` sealed to a node's Ed25519 identity key: a libsodium sealed box to its X25519
+ * birational equivalent (rxfed.crypto.seal_to_node), so the nodes that relay it read nothing. */
+export const sealToNode = (nodePublicKey, message) => sealTo(toCurve25519(nodePublicKey), message);
+
 /** `data` sealed to a box key with the signer's signature over `context || data` inside
  * (rxfed.crypto.seal_signed). */
 export function sealSigned(signer, recipientBoxKey, context, data) {
