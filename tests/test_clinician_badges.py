@@ -522,6 +522,29 @@ async def test_a_reader_pins_the_issuers_keys_and_follows_only_signed_rotations(
     assert not refused["verified"] and refused["reason"] == "unknown_issuer_key"
 
 
+def test_a_post_without_a_badge_does_not_load_the_credential_code():
+    """Making and reading a post without a badge never imports the credential code (badges,
+    credentials, data integrity, status lists): it stays off every post's start-up time."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, time
+from rxfed.crypto import SigningKeyPair
+from rxfed.crypto.groups import SenderKey
+from rxfed.protocol import community as pc
+key, sender_key = SigningKeyPair.generate(), SenderKey.generate(1)
+address = pc.CommunityAddress.parse("0123456789abcdef0123456789abcdef@node.example")
+statement, _ = pc.make_message(key, sender_key, address, "hello", int(time.time()))
+loaded = sorted(m for m in ("rxfed.protocol.badges", "rxfed.protocol.credentials",
+                            "rxfed.protocol.data_integrity", "rxfed.protocol.status_list") if m in sys.modules)
+print(",".join(loaded))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
 async def test_the_status_list_is_signed_again_under_the_nodes_new_key(fed, make_patient):
     """A node whose key changed (a rotation without overlap, a compromised key replaced)
     serves its status list signed by the new key at once: a copy signed by the old one,

@@ -833,12 +833,13 @@ def make_message(sender: SigningKeyPair, sender_key: SenderKey, address: Communi
     last message (``state.last_sent``). ``badge``: (the clinician's key, the credential it
     shows), bound to this post inside the ciphertext (rxfed.protocol.badges). (``franking_key``,
     ``nonce``: for test vectors only; by default fresh random ones.)"""
-    from rxfed.protocol.badges import make_badge
-
     _TEXT(text, "text")
     franking_key = franking_key or new_franking_key()
     inner = {"text": text, "franking_key": b64e(franking_key), "sent": now}
     if badge is not None:
+        # here, not at import nor for every post: the credential code is only loaded for a badged post
+        from rxfed.protocol.badges import make_badge
+
         inner["badge"] = make_badge(badge[0], badge[1], community=str(address), sender=sender.public, text=text,
                                     sent=now)
     plaintext = canonical(inner)
