@@ -633,3 +633,33 @@ def test_a_pin_covers_exactly_the_history_it_folded():
     assert pin.covers([one, two]) and HistoryPin().covers([])
     assert not pin.covers([one, other]) and not pin.covers([two, one]) and not pin.covers([one])
     assert not pin.covers([one, two, other])
+
+
+def test_a_plain_post_does_not_load_the_report_and_directory_code():
+    """Making a post never imports rxfed.protocol.community.extra (metadata, the directory,
+    reports, franking reports, forwards): its classes stay off every post's start-up time,
+    and the names are still reachable through rxfed.protocol.community."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, time
+from rxfed.crypto import SigningKeyPair
+from rxfed.crypto.groups import SenderKey
+from rxfed.protocol import community as pc
+key, sender_key = SigningKeyPair.generate(), SenderKey.generate(1)
+address = pc.CommunityAddress.parse("0123456789abcdef0123456789abcdef@node.example")
+statement, _ = pc.make_message(key, sender_key, address, "hello", int(time.time()))
+print("rxfed.protocol.community.extra" in sys.modules)
+from rxfed.protocol.community import extra
+names = ("About", "Listing", "ReceivedReport", "open_report", "ForwardedReport", "make_forward", "open_forward",
+         "FrankingReport", "franking_report", "open_franking_report", "verify_franking_report")
+print(all(getattr(pc, n) is getattr(extra, n) for n in names), sorted(set(names) - set(dir(pc))))
+try:
+    pc.NoSuchThing
+except AttributeError:
+    print("missing")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["False", "True []", "missing"]

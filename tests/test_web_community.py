@@ -1,4 +1,4 @@
-"""The page folds community histories as rxfed/protocol/community.py does: histories built in
+"""The page folds community histories as rxfed/protocol/community/ does: histories built in
 Python with every event type (approval, leave, removal, rekey, sender keys, messages), read by
 each member in both languages, and the same refusals for what a host must never stamp."""
 
@@ -151,7 +151,7 @@ for (const [name, history] of Object.entries({json.dumps(cases)})) {{
 
 def test_the_fold_vector_file_holds_in_python():
     """spec/vectors/community-fold.json (tests/web/fold.test.mjs checks the page against it)
-    read back by rxfed/protocol/community.py: the same states, readings and refusals."""
+    read back by rxfed/protocol/community/: the same states, readings and refusals."""
     v = json.loads((ROOT / "spec" / "vectors" / "community-fold.json").read_text())
     pairs = list(enumerate(v["events"], 1))
     state = pc.CommunityState.empty(pc.parse_event(v["events"][0]).community)

@@ -1,6 +1,6 @@
 // The page's fold of a community history (js/community.mjs step, readHistory) against
 // Python's: spec/vectors/community-fold.json, written by spec/vectors/generate.py from
-// rxfed/protocol/community.py (every event type, the state after each, what each member
+// rxfed/protocol/community/ (every event type, the state after each, what each member
 // reads, and the histories a host must never stamp, with Python's error codes).
 
 import assert from "node:assert/strict";
