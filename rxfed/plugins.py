@@ -224,17 +224,18 @@ class _Workers:
     """A few daemon threads running synchronous plugin code.
 
     Not a ``ThreadPoolExecutor``: the interpreter joins those threads at exit, so one plugin
-    stuck forever would keep the node from shutting down.
+    stuck forever would keep the node from shutting down. Threads start as work arrives (a
+    call that finds no idle thread starts one, up to ``size``), so a command that makes one
+    plugin call starts one thread, not ``size``.
     """
 
     def __init__(self, size: int):
         self._jobs: queue.SimpleQueue[tuple[_Call, Callable[..., Any], list] | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"rxfed-plugin-{i}", daemon=True)
-                         for i in range(size)]
+        self._size = size
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)  # one token per call a started thread has finished
         self._lock = threading.Lock()
         self._closed = False
-        for thread in self._threads:
-            thread.start()
 
     def submit(self, fn: Callable[..., Any], args: list) -> _Call:
         call = _Call()
@@ -242,6 +243,10 @@ class _Workers:
             if self._closed:
                 raise PluginBusy("the plugin manager is closed", charge=False)
             self._jobs.put((call, fn, args))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
+                thread = threading.Thread(target=self._work, name=f"rxfed-plugin-{len(self._threads)}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
         return call
 
     def shutdown(self) -> None:
@@ -257,13 +262,16 @@ class _Workers:
                 break
             if job is not None:
                 job[0].cancel()
-        for _ in self._threads:
+        with self._lock:
+            started = len(self._threads)
+        for _ in range(started):
             self._jobs.put(None)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             self._run(*job)
             del job  # an idle thread keeps no reference to the signals it last handled
+            self._idle.release()
 
     @staticmethod
     def _run(call: _Call, fn: Callable[..., Any], args: list) -> None:

@@ -411,3 +411,26 @@ def test_the_plugin_template_installs_and_passes_its_own_tests(tmp_path):
                            capture_output=True, text=True, env=env, timeout=300)
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     assert "4 passed" in tests.stdout
+
+
+async def test_worker_threads_start_as_work_arrives(make_plugins):
+    """A manager starts one thread for synchronous calls made one at a time (so a command
+    making one plugin call starts one, not ``workers``), and more, up to ``workers``, only
+    while every started thread is busy."""
+    def plugin_threads():
+        return {t for t in threading.enumerate() if t.name.startswith("rxfed-plugin-")}
+
+    before = plugin_threads()
+    hung, good = SyncHang(), Receiver("good")
+    plugins = make_plugins(hung, good, workers=3, max_in_flight=3)
+    for _ in range(3):
+        assert await plugins.deliver_signals("good", [mood()])
+    assert len(plugin_threads() - before) == 1
+    first = [asyncio.ensure_future(plugins.deliver_signals("hung", [mood()])) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert hung.entered == 2 and len(plugin_threads() - before) == 2  # the idle one took the first
+    assert await plugins.deliver_signals("good", [mood()])  # a third thread, for the third call in flight
+    assert len(plugin_threads() - before) == 3
+    hung.release.set()
+    assert await asyncio.gather(*first) == [True, True]
+    assert len(plugin_threads() - before) == 3
