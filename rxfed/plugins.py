@@ -23,7 +23,6 @@ import traceback
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,7 +34,7 @@ from rxfed.errors import RxfedError
 if TYPE_CHECKING:  # pragma: no cover
     from rxfed.consent.signals import Signal, SignalKind
     from rxfed.protocol.credentials import Clinician
-    from rxfed.store.operations import Store  # only named in annotations: the patient's device has no store
+    from rxfed.plugin_offers import BackendVerdict, ClinicianVerifier, NodeContext, StorageBackend
 
 ENTRY_POINT_GROUP = "rxfed"  # rxfed.plugin_index.GROUP
 log = logging.getLogger("rxfed.plugins")
@@ -124,39 +123,6 @@ class PresendWarning:
 
 
 @attrs.frozen
-class StorageBackend:
-    """A storage backend a plugin offers. ``open(data_dir, options)`` returns an unopened
-    :class:`rxfed.store.operations.Store` over the plugin's :class:`rxfed.store.Backend`;
-    ``options`` is the ``[storage]`` config section."""
-
-    name: str
-    description: str
-    open: Callable[[Path, dict[str, Any]], Store]
-
-
-@attrs.frozen
-class BackendVerdict:
-    """What one clinician verification backend says of a clinician: ``accepted`` and why
-    (the reason is for the operator, e.g. "NPI 1234567893 is deactivated in the registry")."""
-
-    backend: str
-    accepted: bool
-    reason: str
-
-
-@attrs.frozen
-class ClinicianVerifier:
-    """A clinician verification backend a plugin offers. ``open(options)`` returns the
-    check: a callable taking a :class:`rxfed.protocol.credentials.Clinician` and returning a
-    :class:`BackendVerdict`; ``options`` is the backend's configuration section. ``open``
-    may raise ``ValueError`` or ``OSError`` for a configuration it cannot use."""
-
-    name: str
-    description: str
-    open: Callable[[dict[str, Any]], Callable[[Clinician], BackendVerdict]]
-
-
-@attrs.frozen
 class PluginStatus:
     """How one plugin is doing, as :meth:`RxfedPlugins.status` reports it.
 
@@ -188,15 +154,6 @@ async def await_me_maybe(value: Any) -> Any:
 
 
 # -- isolation machinery -------------------------------------------------------------------
-
-
-@attrs.frozen
-class NodeContext:
-    """What ``rxfed_node_started`` hands a plugin: the node's id, clock and store."""
-
-    node_id: str
-    now: Callable[[], int]
-    store: Store
 
 
 class PluginTimeout(TimeoutError):
@@ -681,12 +638,16 @@ class RxfedPlugins:
         return offered[name]
 
     def storage_backends(self) -> dict[str, StorageBackend]:
+        from rxfed.plugin_offers import StorageBackend
+
         return self._offered("rxfed_storage_backends", StorageBackend, "storage backend")
 
     def storage_backend(self, name: str) -> StorageBackend:
         return self._chosen(self.storage_backends(), name, "storage backend")
 
     def clinician_verifiers(self) -> dict[str, ClinicianVerifier]:
+        from rxfed.plugin_offers import ClinicianVerifier
+
         return self._offered("rxfed_clinician_verifiers", ClinicianVerifier, "clinician verifier")
 
     def clinician_verifier(self, name: str) -> ClinicianVerifier:
@@ -697,6 +658,8 @@ class RxfedPlugins:
         that is not installed, or cannot use its options, is a PluginError (the operator's
         configuration is wrong); one whose check raises or answers something other than a
         BackendVerdict counts as refusing, with that as its reason."""
+        from rxfed.plugin_offers import BackendVerdict
+
         offered = self.clinician_verifiers()
         checks = []
         for name, options in configured.items():
@@ -903,3 +866,22 @@ def _str_map(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise TypeError(f"returned a {type(value).__name__}, not a dict of str to str")
     return dict(value)
+
+
+#: Classes only a node uses, defined in rxfed.plugin_offers and imported on first use, so a
+#: patient's command does not build them; ``rxfed.plugins.StorageBackend`` and the like work.
+_NODE_ONLY = frozenset({"StorageBackend", "BackendVerdict", "ClinicianVerifier", "NodeContext"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NODE_ONLY:
+        from rxfed import plugin_offers
+
+        value = getattr(plugin_offers, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _NODE_ONLY)

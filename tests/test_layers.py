@@ -52,7 +52,7 @@ def layer_of(module: str) -> str:
         return "plugins"  # rxfed/__init__.py: the plugin author's API (hookimpl, PluginManifest)
     if parts[1:3] == ["store", "operations"]:
         return "operations"  # above the rules it calls; the backends below them (spec/store.md)
-    return {"hookspecs": "plugins", "plugin_index": "plugins", "__main__": "cli"}.get(parts[1], parts[1])
+    return {"hookspecs": "plugins", "plugin_index": "plugins", "plugin_offers": "plugins", "__main__": "cli"}.get(parts[1], parts[1])
 
 
 def modules() -> dict[str, Path]:

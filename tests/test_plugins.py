@@ -434,3 +434,28 @@ async def test_worker_threads_start_as_work_arrives(make_plugins):
     hung.release.set()
     assert await asyncio.gather(*first) == [True, True]
     assert len(plugin_threads() - before) == 3
+
+
+def test_a_manager_that_offers_nothing_to_a_node_does_not_load_the_node_classes():
+    """The node-only classes (StorageBackend, BackendVerdict, ClinicianVerifier, NodeContext)
+    are built on first use: a patient's command with a plugin manager (a post's pre-send
+    check) does not build them, and every public way to name them still works."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from rxfed.plugins import RxfedPlugins
+manager = RxfedPlugins(entry_points=False)
+manager.manifests()
+print("rxfed.plugin_offers" in sys.modules)
+import rxfed, rxfed.plugins, rxfed.plugin_offers as offers
+from rxfed import BackendVerdict, ClinicianVerifier, StorageBackend
+from rxfed.plugins import NodeContext
+print(StorageBackend is rxfed.plugins.StorageBackend is offers.StorageBackend and BackendVerdict is offers.BackendVerdict
+      and ClinicianVerifier is offers.ClinicianVerifier and NodeContext is offers.NodeContext
+      and "NodeContext" in dir(rxfed.plugins))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
