@@ -280,3 +280,14 @@ def test_importing_leaves_no_file_in_the_temporary_directory(tmp_path):
     assert out.stdout.strip() == hash_to_group(b"x", b"y").hex()
     assert list(tmp_path.iterdir()) == []
     assert tempfile.gettempdir() != str(tmp_path)
+
+
+def test_a_node_loads_rbcl_only_when_it_runs_a_psi_session():
+    """rbcl (its own libsodium, and doctest, pdb and unittest through its dependencies) is
+    loaded at the first group operation, not when the node's matching code is imported: an
+    idle node does not carry it (the idle-RSS target)."""
+    code = ("import sys, rxfed.node.app, rxfed.node.matching, rxfed_plugins.matching, rxfed.protocol.psi\n"
+            "assert 'rbcl' not in sys.modules, 'imported at start'\n"
+            "import rxfed.crypto.ristretto as r; r.hash_to_group(b'x', b'y')\n"
+            "assert 'rbcl' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -28,21 +28,31 @@ from collections.abc import Callable, Iterable
 
 import attrs
 import nacl.bindings
-import rbcl
-
-# rbcl writes the libsodium it bundles to a new temporary file at every import (2.8 MB) and
-# loads it from there, never removing it. The loaded mapping outlives the file, so the file
-# goes at once instead of piling up in the temporary directory, one per process.
-_bundled = getattr(rbcl._sodium, "_name", None)
-if (isinstance(_bundled, str) and os.path.dirname(_bundled) == tempfile.gettempdir()
-        and os.path.basename(_bundled).startswith("tmp") and _bundled.endswith(".so")):
-    try:
-        os.unlink(_bundled)
-    except OSError:
-        pass
-
 from rxfed.crypto.errors import CryptoError
 from rxfed.crypto.keys import random_bytes
+
+_rbcl = None
+
+
+def _lib():
+    """rbcl, imported on first use: it bundles its own libsodium (and imports doctest, pdb and
+    unittest through its dependencies), which a node that never runs a PSI session should not
+    carry in memory. rbcl writes that libsodium to a new temporary file at every import (2.8 MB)
+    and loads it from there, never removing it; the loaded mapping outlives the file, so the
+    file goes at once instead of piling up in the temporary directory, one per process."""
+    global _rbcl
+    if _rbcl is None:
+        import rbcl
+
+        bundled = getattr(rbcl._sodium, "_name", None)
+        if (isinstance(bundled, str) and os.path.dirname(bundled) == tempfile.gettempdir()
+                and os.path.basename(bundled).startswith("tmp") and bundled.endswith(".so")):
+            try:
+                os.unlink(bundled)
+            except OSError:
+                pass
+        _rbcl = rbcl
+    return _rbcl
 
 POINT_SIZE = 32
 SCALAR_SIZE = 32
@@ -96,7 +106,7 @@ def element_from_uniform(data: bytes) -> bytes:
     """RFC 9496 §4.3.4: the element derived from 64 uniform bytes (a one-way map)."""
     if len(data) != UNIFORM_SIZE:
         raise ValueError(f"element derivation takes {UNIFORM_SIZE} bytes")
-    return rbcl.crypto_core_ristretto255_from_hash(data)
+    return _lib().crypto_core_ristretto255_from_hash(data)
 
 
 def hash_to_group(msg: bytes, dst: bytes) -> bytes:
@@ -115,7 +125,7 @@ class GroupHasher:
     def __call__(self, element: bytes) -> bytes:
         state = self._state.copy()
         state.update(element)
-        return rbcl.crypto_core_ristretto255_from_hash(_expand(state, UNIFORM_SIZE, self._dst_prime))
+        return _lib().crypto_core_ristretto255_from_hash(_expand(state, UNIFORM_SIZE, self._dst_prime))
 
     def many(self, elements: Iterable[bytes]) -> list[bytes]:
         return [self(element) for element in elements]
@@ -124,7 +134,7 @@ class GroupHasher:
 def is_element(data: bytes) -> bool:
     """Whether ``data`` canonically encodes a ristretto255 element other than the identity."""
     return (isinstance(data, bytes) and len(data) == POINT_SIZE and data != IDENTITY
-            and rbcl.crypto_core_ristretto255_is_valid_point(data))
+            and _lib().crypto_core_ristretto255_is_valid_point(data))
 
 
 def scalar_from_uniform(data: bytes) -> bytes:
@@ -145,7 +155,7 @@ def random_scalar(random: Callable[[int], bytes] = random_bytes) -> bytes:
 def base_exponentiate(scalar: bytes) -> bytes:
     """``scalar`` times the generator (``crypto_scalarmult_ristretto255_base``)."""
     try:
-        return rbcl.crypto_scalarmult_ristretto255_base(scalar)
+        return _lib().crypto_scalarmult_ristretto255_base(scalar)
     except (RuntimeError, TypeError) as exc:
         raise ValueError("not a non-zero scalar") from exc
 
@@ -176,7 +186,7 @@ class ExponentKey:
         if not isinstance(element, bytes) or len(element) != POINT_SIZE or element == IDENTITY:
             raise InvalidElement()
         try:
-            return rbcl.crypto_scalarmult_ristretto255(self.scalar, element)
+            return _lib().crypto_scalarmult_ristretto255(self.scalar, element)
         except RuntimeError:
             # libsodium returns -1 for an encoding that does not decode (non-canonical,
             # not on the curve) and for an identity result, which a non-zero scalar gives
