@@ -547,6 +547,17 @@ class PatientCommunities:
                              reading.unreadable, reading.actions, reading.hidden,
                              frozenset(b64e(m.public) for m, _ in mine.keys), verdicts)
 
+    async def _readable(self, address: str, seq: int):
+        """The checked history of ``address`` and its message ``seq``, one this member can
+        read (NotFound otherwise)."""
+        mine = await self.membership(address)
+        history = await self.history(mine)
+        messages = history.reading.messages if history.reading else ()
+        message = next((m for m in messages if m.seq == seq), None)
+        if message is None:
+            raise NotFound(f"no message {seq} you can read in {address}", code="unknown_message")
+        return history, message
+
     async def file_report(self, address: str, seq: int, category: str) -> dict:
         """Report message ``seq`` (one this member read) to the community's moderators as
         ``category``: its text and franking key sealed to each current moderator, under a
@@ -554,14 +565,9 @@ class PatientCommunities:
         host like any event; no node can read it."""
         if category not in pc.REPORT_CATEGORIES:
             raise BadRequest(f"category must be one of {', '.join(pc.REPORT_CATEGORIES)}", code="bad_category")
-        mine = await self.membership(address)
-        history = await self.history(mine)
-        messages = history.reading.messages if history.reading else ()
-        message = next((m for m in messages if m.seq == seq), None)
-        if message is None:
-            raise NotFound(f"no message {seq} you can read in {address}", code="unknown_message")
+        history, message = await self._readable(address, seq)
         event = pc.make_report(history.state, message, category, self._now())
-        result = await self._submit(mine.address, event)
+        result = await self._submit(history.membership.address, event)
         return {**(result or {}), "id": b64e(statement_hash(event))}
 
     async def reports(self, address: str) -> list[dict]:
@@ -659,12 +665,7 @@ class PatientCommunities:
         key with the sender-signed event and the host's stamp, so a moderator can check who
         sent what (:func:`rxfed.protocol.community.verify_franking_report`) while the node
         never learns any other message."""
-        mine = await self.membership(address)
-        history = await self.history(mine)
-        messages = history.reading.messages if history.reading else ()
-        message = next((m for m in messages if m.seq == seq), None)
-        if message is None:
-            raise NotFound(f"no message {seq} you can read in {address}", code="unknown_message")
+        history, message = await self._readable(address, seq)
         return pc.franking_report(message, history.rows[seq - 1][1], history.stamp(seq))
 
     @staticmethod

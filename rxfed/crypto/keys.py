@@ -183,6 +183,17 @@ def open_as_node(node_key: SigningKeyPair, sealed: bytes) -> bytes:
         raise DecryptionFailed("cannot open: sealed to another key, or tampered") from None
 
 
+def open_as_any_node_key(node_keys, sealed: bytes) -> bytes:
+    """:func:`open_as_node` under the first of ``node_keys`` that opens ``sealed`` (a node
+    with a rotated key keeps the old ones for the overlap); DecryptionFailed if none does."""
+    for node_key in node_keys:
+        try:
+            return open_as_node(node_key, sealed)
+        except DecryptionFailed:
+            continue
+    raise DecryptionFailed("cannot open: sealed to another key, or tampered")
+
+
 def audit_link(previous: bytes, entry: bytes) -> bytes:
     """The next hash of an audit chain: BLAKE2b-256 over the previous hash and the entry's
     canonical bytes (a 32-byte zero hash starts the chain)."""

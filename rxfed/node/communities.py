@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from rxfed.crypto import DecryptionFailed, b64e, open_as_node, sha256
+from rxfed.crypto import DecryptionFailed, b64e, open_as_any_node_key, sha256
 from rxfed.errors import BadRequest, Conflict, Forbidden, NotFound, RxfedError
 from rxfed.node.http import NODE, AccountSuspended, authenticate, reply
 from rxfed.node.listener import LISTENER
@@ -384,14 +384,10 @@ class CommunityService:
         block = await self.node.store.block_for(origin) if origin != self.me else None
         if block is not None and block.reject_reports:
             raise Forbidden(f"this node rejects reports from {origin}", code="reports_rejected")
-        for key in self.node.keys:
-            try:
-                plaintext = open_as_node(key.key, sealed)
-                break
-            except DecryptionFailed:
-                continue
-        else:
-            raise Forbidden("the report is sealed to another node", code="not_for_this_node")
+        try:
+            plaintext = open_as_any_node_key([key.key for key in self.node.keys], sealed)
+        except DecryptionFailed:
+            raise Forbidden("the report is sealed to another node", code="not_for_this_node") from None
         statement = loads(plaintext)
         if address.host == self.me:
             host_keys = [k.key.public for k in self.node.keys]

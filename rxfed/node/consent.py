@@ -21,7 +21,7 @@ from rxfed.consent import audit as pa
 from rxfed.consent import grants as consent_grants
 from rxfed.consent.signals import MAX_SIGNALS, Signal, SignalError
 from rxfed.consent.tokens import TokenOutcome
-from rxfed.crypto import DecryptionFailed, b64e, open_as_node
+from rxfed.crypto import DecryptionFailed, b64e, open_as_any_node_key
 from rxfed.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, RxfedError, Unavailable
 from rxfed.node.http import NODE, authenticate, reply
 from rxfed.node.federation import InboundEffects
@@ -104,14 +104,10 @@ class ConsentService:
                              canonical(voucher) if voucher is not None else None, self.node.now())
 
     def _open(self, sealed: bytes, token: consent_grants.Token, delivery: str) -> tuple[int, list[dict]]:
-        for key in self.node.keys:
-            try:
-                plaintext = open_as_node(key.key, sealed)
-                break
-            except DecryptionFailed:
-                continue
-        else:
-            raise Forbidden("the signals are sealed to another node", code="not_for_this_node")
+        try:
+            plaintext = open_as_any_node_key([key.key for key in self.node.keys], sealed)
+        except DecryptionFailed:
+            raise Forbidden("the signals are sealed to another node", code="not_for_this_node") from None
         seq, items = consent_grants.open_delivery(loads(plaintext), token, delivery)
         if len(items) > MAX_SIGNALS:
             raise SignalError(f"a delivery holds a list of at most {MAX_SIGNALS} signals")
